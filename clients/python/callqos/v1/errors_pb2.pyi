@@ -1,0 +1,48 @@
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from typing import ClassVar as _ClassVar
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class ErrorReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    ERROR_REASON_UNSPECIFIED: _ClassVar[ErrorReason]
+    ERROR_REASON_INVALID_REQUEST: _ClassVar[ErrorReason]
+    ERROR_REASON_REQUEST_ID_REUSED: _ClassVar[ErrorReason]
+    ERROR_REASON_CALL_NOT_FOUND: _ClassVar[ErrorReason]
+    ERROR_REASON_PROVIDER_NOT_FOUND: _ClassVar[ErrorReason]
+    ERROR_REASON_LINK_NOT_FOUND: _ClassVar[ErrorReason]
+    ERROR_REASON_CALL_ALREADY_EXISTS: _ClassVar[ErrorReason]
+    ERROR_REASON_CALL_NOT_CONNECTED: _ClassVar[ErrorReason]
+    ERROR_REASON_NOT_OWNER: _ClassVar[ErrorReason]
+    ERROR_REASON_ETAG_MISMATCH: _ClassVar[ErrorReason]
+    ERROR_REASON_QOS_UNAVAILABLE: _ClassVar[ErrorReason]
+    ERROR_REASON_QOS_POLICY_FAILURE: _ClassVar[ErrorReason]
+    ERROR_REASON_RENEGOTIATION_UNSUPPORTED: _ClassVar[ErrorReason]
+    ERROR_REASON_LINK_ADMIN_UNSUPPORTED: _ClassVar[ErrorReason]
+    ERROR_REASON_CURSOR_EXPIRED: _ClassVar[ErrorReason]
+    ERROR_REASON_CURSOR_UNKNOWN: _ClassVar[ErrorReason]
+    ERROR_REASON_PROVIDER_UNAVAILABLE: _ClassVar[ErrorReason]
+    ERROR_REASON_PROVIDER_CONTRACT_VIOLATION: _ClassVar[ErrorReason]
+    ERROR_REASON_SHUTTING_DOWN: _ClassVar[ErrorReason]
+    ERROR_REASON_TOO_MANY_WATCHERS: _ClassVar[ErrorReason]
+ERROR_REASON_UNSPECIFIED: ErrorReason
+ERROR_REASON_INVALID_REQUEST: ErrorReason
+ERROR_REASON_REQUEST_ID_REUSED: ErrorReason
+ERROR_REASON_CALL_NOT_FOUND: ErrorReason
+ERROR_REASON_PROVIDER_NOT_FOUND: ErrorReason
+ERROR_REASON_LINK_NOT_FOUND: ErrorReason
+ERROR_REASON_CALL_ALREADY_EXISTS: ErrorReason
+ERROR_REASON_CALL_NOT_CONNECTED: ErrorReason
+ERROR_REASON_NOT_OWNER: ErrorReason
+ERROR_REASON_ETAG_MISMATCH: ErrorReason
+ERROR_REASON_QOS_UNAVAILABLE: ErrorReason
+ERROR_REASON_QOS_POLICY_FAILURE: ErrorReason
+ERROR_REASON_RENEGOTIATION_UNSUPPORTED: ErrorReason
+ERROR_REASON_LINK_ADMIN_UNSUPPORTED: ErrorReason
+ERROR_REASON_CURSOR_EXPIRED: ErrorReason
+ERROR_REASON_CURSOR_UNKNOWN: ErrorReason
+ERROR_REASON_PROVIDER_UNAVAILABLE: ErrorReason
+ERROR_REASON_PROVIDER_CONTRACT_VIOLATION: ErrorReason
+ERROR_REASON_SHUTTING_DOWN: ErrorReason
+ERROR_REASON_TOO_MANY_WATCHERS: ErrorReason
