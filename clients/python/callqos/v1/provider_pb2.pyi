@@ -48,15 +48,23 @@ class Provider(_message.Message):
     def __init__(self, name: _Optional[str] = ..., display_name: _Optional[str] = ..., description: _Optional[str] = ..., capabilities: _Optional[_Union[ProviderCapabilities, _Mapping]] = ..., default: _Optional[bool] = ..., implementation: _Optional[str] = ...) -> None: ...
 
 class Link(_message.Message):
-    __slots__ = ("name", "capacity_bytes_per_second", "reserved_bytes_per_second", "mtu_bytes", "reservation_count")
+    __slots__ = ("name", "capacity_bytes_per_second", "sending_reserved_bytes_per_second", "receiving_reserved_bytes_per_second", "mtu_bytes", "reservation_count", "error_term_c_bytes", "error_term_d_microseconds", "min_path_latency_microseconds")
     NAME_FIELD_NUMBER: _ClassVar[int]
     CAPACITY_BYTES_PER_SECOND_FIELD_NUMBER: _ClassVar[int]
-    RESERVED_BYTES_PER_SECOND_FIELD_NUMBER: _ClassVar[int]
+    SENDING_RESERVED_BYTES_PER_SECOND_FIELD_NUMBER: _ClassVar[int]
+    RECEIVING_RESERVED_BYTES_PER_SECOND_FIELD_NUMBER: _ClassVar[int]
     MTU_BYTES_FIELD_NUMBER: _ClassVar[int]
     RESERVATION_COUNT_FIELD_NUMBER: _ClassVar[int]
+    ERROR_TERM_C_BYTES_FIELD_NUMBER: _ClassVar[int]
+    ERROR_TERM_D_MICROSECONDS_FIELD_NUMBER: _ClassVar[int]
+    MIN_PATH_LATENCY_MICROSECONDS_FIELD_NUMBER: _ClassVar[int]
     name: str
     capacity_bytes_per_second: int
-    reserved_bytes_per_second: int
+    sending_reserved_bytes_per_second: int
+    receiving_reserved_bytes_per_second: int
     mtu_bytes: int
     reservation_count: int
-    def __init__(self, name: _Optional[str] = ..., capacity_bytes_per_second: _Optional[int] = ..., reserved_bytes_per_second: _Optional[int] = ..., mtu_bytes: _Optional[int] = ..., reservation_count: _Optional[int] = ...) -> None: ...
+    error_term_c_bytes: int
+    error_term_d_microseconds: int
+    min_path_latency_microseconds: int
+    def __init__(self, name: _Optional[str] = ..., capacity_bytes_per_second: _Optional[int] = ..., sending_reserved_bytes_per_second: _Optional[int] = ..., receiving_reserved_bytes_per_second: _Optional[int] = ..., mtu_bytes: _Optional[int] = ..., reservation_count: _Optional[int] = ..., error_term_c_bytes: _Optional[int] = ..., error_term_d_microseconds: _Optional[int] = ..., min_path_latency_microseconds: _Optional[int] = ...) -> None: ...
