@@ -1,0 +1,178 @@
+// Package callqos is a small client for the callqos.v1.CallQosService API.
+//
+// It wraps the generated stubs in gen/callqos/v1 with what every caller otherwise writes
+// again: a default deadline on unary calls, the caller's principal on every request, errors
+// decoded from google.rpc.Status details (see Error and QosUnavailableError), W3C trace
+// context propagation through otelgrpc, and an event watch that resumes from the last
+// sequence number it delivered when the stream breaks (see Client.Watch).
+//
+// The generated client stays reachable through Client.API for anything not wrapped here.
+package callqos
+
+import (
+	"context"
+	"errors"
+	"time"
+
+	"go.opentelemetry.io/contrib/instrumentation/google.golang.org/grpc/otelgrpc"
+	"go.opentelemetry.io/otel/propagation"
+	"go.opentelemetry.io/otel/trace"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/metadata"
+
+	callqosv1 "github.com/callqos/callqos/clients/go/gen/callqos/v1"
+)
+
+// PrincipalHeader is the request metadata key that names the caller. Only a call's owner may
+// renegotiate or drop it; the server uses "anonymous" when the header is absent.
+const PrincipalHeader = "x-callqos-principal"
+
+// DefaultTimeout is the deadline given to a unary call whose context has none.
+const DefaultTimeout = 10 * time.Second
+
+// serviceConfig retries only UNAVAILABLE (nothing reached the server, or it is shutting down),
+// and only for the methods that are safe to repeat: reads, and the mutations that carry a
+// request_id are left to the caller, who knows whether it set one.
+const serviceConfig = `{"methodConfig":[{"name":[
+ {"service":"callqos.v1.CallQosService","method":"GetCall"},
+ {"service":"callqos.v1.CallQosService","method":"ListCalls"},
+ {"service":"callqos.v1.CallQosService","method":"GetProvider"},
+ {"service":"callqos.v1.CallQosService","method":"ListProviders"},
+ {"service":"callqos.v1.CallQosService","method":"ListLinks"}],
+ "retryPolicy":{"maxAttempts":4,"initialBackoff":"0.1s","maxBackoff":"1s","backoffMultiplier":2,
+  "retryableStatusCodes":["UNAVAILABLE"]}}]}`
+
+type options struct {
+	principal      string
+	timeout        time.Duration
+	tracerProvider trace.TracerProvider
+	tracing        bool
+	dialOptions    []grpc.DialOption
+}
+
+// An Option configures New.
+type Option func(*options)
+
+// WithPrincipal sets the x-callqos-principal metadata sent with every request.
+func WithPrincipal(principal string) Option { return func(o *options) { o.principal = principal } }
+
+// WithTimeout sets the deadline for unary calls whose context has none (DefaultTimeout if
+// not given; 0 means no default deadline).
+func WithTimeout(d time.Duration) Option { return func(o *options) { o.timeout = d } }
+
+// WithTracing makes a client span for every RPC with otelgrpc and sends its W3C trace
+// context (the traceparent header) to the server, so the server's span joins the caller's
+// trace. A nil provider means the global one (otel.GetTracerProvider).
+func WithTracing(tp trace.TracerProvider) Option {
+	return func(o *options) { o.tracing, o.tracerProvider = true, tp }
+}
+
+// WithDialOptions adds gRPC dial options (transport credentials, keepalive, interceptors).
+// Without transport credentials the connection is plaintext, as for a loopback server.
+func WithDialOptions(opts ...grpc.DialOption) Option {
+	return func(o *options) { o.dialOptions = append(o.dialOptions, opts...) }
+}
+
+// Client calls one callqos server. It is safe for concurrent use.
+type Client struct {
+	conn      *grpc.ClientConn
+	api       callqosv1.CallQosServiceClient
+	principal string
+	timeout   time.Duration
+}
+
+// New connects (lazily, as grpc.NewClient does) to target, e.g. "127.0.0.1:50051" or
+// "dns:///callqos.example:443".
+func New(target string, opts ...Option) (*Client, error) {
+	o := options{timeout: DefaultTimeout}
+	for _, opt := range opts {
+		opt(&o)
+	}
+	dial := []grpc.DialOption{
+		grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithDefaultServiceConfig(serviceConfig),
+	}
+	if o.tracing {
+		handlerOpts := []otelgrpc.Option{otelgrpc.WithPropagators(propagation.TraceContext{})}
+		if o.tracerProvider != nil {
+			handlerOpts = append(handlerOpts, otelgrpc.WithTracerProvider(o.tracerProvider))
+		}
+		dial = append(dial, grpc.WithStatsHandler(otelgrpc.NewClientHandler(handlerOpts...)))
+	}
+	dial = append(dial, o.dialOptions...)
+	conn, err := grpc.NewClient(target, dial...)
+	if err != nil {
+		return nil, err
+	}
+	return &Client{
+		conn: conn, api: callqosv1.NewCallQosServiceClient(conn),
+		principal: o.principal, timeout: o.timeout,
+	}, nil
+}
+
+// Close closes the connection.
+func (c *Client) Close() error { return c.conn.Close() }
+
+// API is the generated client on the same connection, for methods this package does not
+// wrap. It sends no principal and sets no deadline by itself.
+func (c *Client) API() callqosv1.CallQosServiceClient { return c.api }
+
+// outgoing adds the principal to ctx and, for unary calls, the default deadline.
+func (c *Client) outgoing(ctx context.Context, unary bool) (context.Context, context.CancelFunc) {
+	if c.principal != "" {
+		ctx = metadata.AppendToOutgoingContext(ctx, PrincipalHeader, c.principal)
+	}
+	if _, ok := ctx.Deadline(); unary && !ok && c.timeout > 0 {
+		return context.WithTimeout(ctx, c.timeout)
+	}
+	return ctx, func() {}
+}
+
+// unary runs one unary RPC with the client's metadata and deadline, decoding its error.
+func unary[Req, Resp any](c *Client, ctx context.Context, req Req,
+	rpc func(context.Context, Req, ...grpc.CallOption) (Resp, error)) (Resp, error) {
+	ctx, cancel := c.outgoing(ctx, true)
+	defer cancel()
+	resp, err := rpc(ctx, req)
+	return resp, decodeError(err)
+}
+
+// CreateCall makes a call. A refused QoS at SERVICE_LEVEL_NEEDED fails with a
+// *QosUnavailableError carrying the provider's counter-offer.
+func (c *Client) CreateCall(ctx context.Context, req *callqosv1.CreateCallRequest) (*callqosv1.Call, error) {
+	return unary(c, ctx, req, c.api.CreateCall)
+}
+
+// GetCall gets a call by name ("calls/{call}").
+func (c *Client) GetCall(ctx context.Context, name string) (*callqosv1.Call, error) {
+	return unary(c, ctx, &callqosv1.GetCallRequest{Name: name}, c.api.GetCall)
+}
+
+// ListCalls lists one page of calls.
+func (c *Client) ListCalls(ctx context.Context, req *callqosv1.ListCallsRequest) (*callqosv1.ListCallsResponse, error) {
+	return unary(c, ctx, req, c.api.ListCalls)
+}
+
+// RenegotiateCall changes a connected call's QoS. On refusal the error is a
+// *QosUnavailableError and the call keeps its previous QoS.
+func (c *Client) RenegotiateCall(ctx context.Context, req *callqosv1.RenegotiateCallRequest) (*callqosv1.Call, error) {
+	return unary(c, ctx, req, c.api.RenegotiateCall)
+}
+
+// DropCall drops a call and releases what it reserved.
+func (c *Client) DropCall(ctx context.Context, name string) (*callqosv1.Call, error) {
+	return unary(c, ctx, &callqosv1.DropCallRequest{Name: name}, c.api.DropCall)
+}
+
+// ListProviders lists one page of providers.
+func (c *Client) ListProviders(ctx context.Context, req *callqosv1.ListProvidersRequest) (*callqosv1.ListProvidersResponse, error) {
+	return unary(c, ctx, req, c.api.ListProviders)
+}
+
+// IsQosUnavailable reports whether err is a QoS refusal, and returns it.
+func IsQosUnavailable(err error) (*QosUnavailableError, bool) {
+	var qe *QosUnavailableError
+	ok := errors.As(err, &qe)
+	return qe, ok
+}

@@ -1,0 +1,125 @@
+// Package testserver runs a real callqos server on a free loopback port for tests and
+// examples: `callqos serve --listen 127.0.0.1:0 --port-file F --storage memory`.
+//
+// The server program is $CALLQOS_BIN, else the repository's .venv/bin/callqos (made by
+// `make venv` at the top). Set CALLQOS_ADDR to use a server that is already running instead.
+package testserver
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// Server is a running callqos server.
+type Server struct {
+	// Addr is host:port on loopback.
+	Addr   string
+	cmd    *exec.Cmd
+	dir    string
+	exited chan error
+}
+
+// Start starts a server and waits until it is serving (it writes its port file then).
+func Start() (*Server, error) {
+	if addr := os.Getenv("CALLQOS_ADDR"); addr != "" {
+		return &Server{Addr: addr}, nil
+	}
+	bin, err := findBinary()
+	if err != nil {
+		return nil, err
+	}
+	dir, err := os.MkdirTemp("", "callqos-go-test-")
+	if err != nil {
+		return nil, err
+	}
+	portFile := filepath.Join(dir, "port")
+	cmd := exec.Command(bin, "serve", "--listen", "127.0.0.1:0", "--port-file", portFile, "--storage", "memory")
+	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
+	if err := cmd.Start(); err != nil {
+		os.RemoveAll(dir)
+		return nil, err
+	}
+	s := &Server{cmd: cmd, dir: dir, exited: make(chan error, 1)}
+	go func() { s.exited <- cmd.Wait() }()
+	for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); {
+		select {
+		case err := <-s.exited:
+			os.RemoveAll(dir)
+			return nil, fmt.Errorf("callqos serve exited before serving: %v", err)
+		case <-time.After(50 * time.Millisecond):
+		}
+		if b, err := os.ReadFile(portFile); err == nil {
+			if port, err := strconv.Atoi(strings.TrimSpace(string(b))); err == nil && port > 0 {
+				s.Addr = fmt.Sprintf("127.0.0.1:%d", port)
+				return s, nil
+			}
+		}
+	}
+	s.Stop()
+	return nil, errors.New("callqos serve wrote no port file within 30s")
+}
+
+// Stop sends SIGTERM and waits for the server to exit (SIGKILL after 10s).
+func (s *Server) Stop() error {
+	if s.cmd == nil {
+		return nil
+	}
+	defer os.RemoveAll(s.dir)
+	_ = s.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case err := <-s.exited:
+		return err
+	case <-time.After(10 * time.Second):
+		_ = s.cmd.Process.Kill()
+		<-s.exited
+		return errors.New("callqos serve did not stop within 10s of SIGTERM")
+	}
+}
+
+// findBinary is $CALLQOS_BIN or the nearest .venv/bin/callqos above the working directory.
+func findBinary() (string, error) {
+	if bin := os.Getenv("CALLQOS_BIN"); bin != "" {
+		return bin, nil
+	}
+	dir, err := os.Getwd()
+	if err != nil {
+		return "", err
+	}
+	for {
+		bin := filepath.Join(dir, ".venv", "bin", "callqos")
+		if _, err := os.Stat(bin); err == nil {
+			return bin, nil
+		}
+		parent := filepath.Dir(dir)
+		if parent == dir {
+			return "", errors.New("no .venv/bin/callqos found above the working directory: run `make venv` at the top, or set CALLQOS_BIN or CALLQOS_ADDR")
+		}
+		dir = parent
+	}
+}
+
+// Main is a TestMain body: it starts a server, sets *addr to its address, runs the tests,
+// stops the server, and exits with the tests' status (failing too if the server did not stop
+// cleanly on SIGTERM).
+func Main(m *testing.M, addr *string) {
+	srv, err := Start()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "starting callqos serve:", err)
+		os.Exit(1)
+	}
+	*addr = srv.Addr
+	code := m.Run()
+	if err := srv.Stop(); err != nil {
+		fmt.Fprintln(os.Stderr, "stopping callqos serve:", err)
+		code = max(code, 1)
+	}
+	os.Exit(code)
+}
