@@ -1,0 +1,1 @@
+"""The callqos server: gRPC service, admission through provider plugins, durable events."""

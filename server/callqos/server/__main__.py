@@ -1,0 +1,5 @@
+import sys
+
+from callqos.server.cli import main
+
+sys.exit(main())

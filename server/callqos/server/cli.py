@@ -1,0 +1,60 @@
+"""`callqos serve` (also `python -m callqos.server`): the server's flags and entry point.
+
+The flags are the highest layer of configuration (TOML file < CALLQOS_* env < flags).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from pathlib import Path
+
+from callqos.server import app, config as config_module, logs
+from callqos.server.providers.registry import ProviderLoadError
+
+
+def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", type=Path, help="TOML configuration file (env: CALLQOS_CONFIG)")
+    parser.add_argument("--listen", help="HOST:PORT to listen on (default 127.0.0.1:50051)")
+    parser.add_argument("--data-dir", type=Path, help="directory of the SQLite database (default ./callqos-data)")
+    parser.add_argument("--storage", choices=config_module.STORAGES, help="sqlite (default) or memory")
+    parser.add_argument("--providers", help="comma-separated provider ids to host (default reference,no-qos)")
+    parser.add_argument("--default-provider", help="provider for calls that name none (default reference)")
+    parser.add_argument("--provider-timeout", type=float, dest="provider_timeout_seconds", help="seconds")
+    parser.add_argument("--event-retention-count", type=int, help="events kept (default 100000)")
+    parser.add_argument("--event-retention-seconds", type=int, help="max event age (0 = unlimited)")
+    parser.add_argument("--max-watchers", type=int, help="open WatchEvents streams allowed")
+    parser.add_argument("--shutdown-grace", type=float, dest="shutdown_grace_seconds", help="seconds")
+    parser.add_argument("--log-level", choices=("debug", "info", "warning", "error"))
+    parser.add_argument("--port-file", type=Path, help="write the bound port here once serving")
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    flags = {
+        key: getattr(args, key, None)
+        for key in (
+            "listen", "data_dir", "storage", "providers", "default_provider", "provider_timeout_seconds",
+            "event_retention_count", "event_retention_seconds", "max_watchers", "shutdown_grace_seconds",
+            "log_level", "port_file",
+        )
+    }
+    try:
+        config = config_module.load(args.config, flags=flags)
+    except config_module.ConfigError as exc:
+        print(f"callqos serve: configuration error: {exc}", file=sys.stderr)
+        return 2
+    logs.configure(config.log_level)
+    try:
+        asyncio.run(app.serve(config))
+    except (ProviderLoadError, OSError) as exc:
+        logging.getLogger("callqos.server").error("cannot start: %s", exc)
+        return 1
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m callqos.server", description="Serve the callqos gRPC API.")
+    add_serve_arguments(parser)
+    return run_serve(parser.parse_args(argv))

@@ -1,0 +1,147 @@
+"""Every failure the service reports, and how it becomes a gRPC status — the one place for that.
+
+Each failure is a `ServiceError` naming an ErrorReason from protos/callqos/v1/errors.proto; the
+gRPC code for a reason is decided here and nowhere else. Every status carries a
+`google.rpc.ErrorInfo` (AIP-193), plus `BadRequest` for invalid input and `QosRefusal` for
+refused QoS.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+import grpc
+from google.protobuf import any_pb2
+from google.protobuf.message import Message
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+
+from callqos.v1 import call_pb2, errors_pb2, flowspec_pb2
+
+DOMAIN = "callqos.dev"
+
+Reason = errors_pb2.ErrorReason
+
+# The gRPC code of each reason (mirrors the comments in errors.proto).
+_CODES: dict[int, grpc.StatusCode] = {
+    Reason.ERROR_REASON_INVALID_REQUEST: grpc.StatusCode.INVALID_ARGUMENT,
+    Reason.ERROR_REASON_REQUEST_ID_REUSED: grpc.StatusCode.INVALID_ARGUMENT,
+    Reason.ERROR_REASON_CALL_NOT_FOUND: grpc.StatusCode.NOT_FOUND,
+    Reason.ERROR_REASON_PROVIDER_NOT_FOUND: grpc.StatusCode.NOT_FOUND,
+    Reason.ERROR_REASON_LINK_NOT_FOUND: grpc.StatusCode.NOT_FOUND,
+    Reason.ERROR_REASON_CALL_ALREADY_EXISTS: grpc.StatusCode.ALREADY_EXISTS,
+    Reason.ERROR_REASON_CALL_NOT_CONNECTED: grpc.StatusCode.FAILED_PRECONDITION,
+    Reason.ERROR_REASON_NOT_OWNER: grpc.StatusCode.PERMISSION_DENIED,
+    Reason.ERROR_REASON_ETAG_MISMATCH: grpc.StatusCode.ABORTED,
+    Reason.ERROR_REASON_QOS_UNAVAILABLE: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    Reason.ERROR_REASON_QOS_POLICY_FAILURE: grpc.StatusCode.PERMISSION_DENIED,
+    Reason.ERROR_REASON_RENEGOTIATION_UNSUPPORTED: grpc.StatusCode.UNIMPLEMENTED,
+    Reason.ERROR_REASON_LINK_ADMIN_UNSUPPORTED: grpc.StatusCode.UNIMPLEMENTED,
+    Reason.ERROR_REASON_CURSOR_EXPIRED: grpc.StatusCode.OUT_OF_RANGE,
+    Reason.ERROR_REASON_CURSOR_UNKNOWN: grpc.StatusCode.OUT_OF_RANGE,
+    Reason.ERROR_REASON_PROVIDER_UNAVAILABLE: grpc.StatusCode.UNAVAILABLE,
+    Reason.ERROR_REASON_PROVIDER_CONTRACT_VIOLATION: grpc.StatusCode.INTERNAL,
+    Reason.ERROR_REASON_SHUTTING_DOWN: grpc.StatusCode.UNAVAILABLE,
+    Reason.ERROR_REASON_TOO_MANY_WATCHERS: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    Reason.ERROR_REASON_INTERNAL: grpc.StatusCode.INTERNAL,
+}
+
+
+def reason_name(reason: int) -> str:
+    """The ErrorInfo.reason string: the enum value name without its prefix."""
+    return Reason.Name(reason).removeprefix("ERROR_REASON_")
+
+
+def code_of(reason: int) -> grpc.StatusCode:
+    return _CODES[reason]
+
+
+@dataclass(frozen=True)
+class FieldViolation:
+    """One bad field, named by its path in the request (e.g. `call.requested_qos.sending`)."""
+
+    field: str
+    description: str
+
+
+@dataclass
+class ServiceError(Exception):
+    """A failure to report to the caller. Raised anywhere; turned into a status in one place."""
+
+    reason: int
+    message: str
+    metadata: Mapping[str, str] = field(default_factory=dict)
+    violations: tuple[FieldViolation, ...] = ()
+    refusal: call_pb2.QosRefusal | None = None
+
+    def __post_init__(self) -> None:
+        super().__init__(self.message)
+
+    @property
+    def code(self) -> grpc.StatusCode:
+        return code_of(self.reason)
+
+    @property
+    def reason_name(self) -> str:
+        return reason_name(self.reason)
+
+    def to_status(self) -> status_pb2.Status:
+        """The google.rpc.Status with ErrorInfo first, then BadRequest / QosRefusal."""
+        details: list[Message] = [
+            error_details_pb2.ErrorInfo(
+                reason=self.reason_name, domain=DOMAIN, metadata=dict(self.metadata)
+            )
+        ]
+        if self.violations:
+            details.append(
+                error_details_pb2.BadRequest(
+                    field_violations=[
+                        error_details_pb2.BadRequest.FieldViolation(
+                            field=v.field, description=v.description
+                        )
+                        for v in self.violations
+                    ]
+                )
+            )
+        if self.refusal is not None:
+            details.append(self.refusal)
+        packed = []
+        for detail in details:
+            any_msg = any_pb2.Any()
+            any_msg.Pack(detail)
+            packed.append(any_msg)
+        return status_pb2.Status(
+            code=getattr(code_pb2, self.code.name), message=self.message, details=packed
+        )
+
+
+def invalid(violations: Iterable[FieldViolation], message: str | None = None) -> ServiceError:
+    """INVALID_ARGUMENT naming every bad field."""
+    found = tuple(violations)
+    if message is None:
+        message = "invalid request: " + "; ".join(f"{v.field}: {v.description}" for v in found)
+    return ServiceError(Reason.ERROR_REASON_INVALID_REQUEST, message, violations=found)
+
+
+def refused(
+    reason: int,
+    call: str,
+    message: str,
+    counter_offer: flowspec_pb2.QosSpec | None,
+    metadata: Mapping[str, str] | None = None,
+) -> ServiceError:
+    """A QoS refusal (QOS_UNAVAILABLE or QOS_POLICY_FAILURE) with the provider's counter-offer."""
+    refusal = call_pb2.QosRefusal(call=call, detail=message)
+    if counter_offer is not None:
+        refusal.counter_offer.CopyFrom(counter_offer)
+    return ServiceError(
+        reason, message, metadata={"call": call, **(metadata or {})}, refusal=refusal
+    )
+
+
+class ReplayedStatus(Exception):
+    """The stored failure of an earlier request with the same request_id, returned again."""
+
+    def __init__(self, status: status_pb2.Status) -> None:
+        super().__init__(status.message)
+        self.status = status

@@ -1,0 +1,98 @@
+"""The event hub: wakes watchers after a commit and serves them from the store's sequence.
+
+Watchers always read by sequence number — from a small in-memory window of the newest events
+when their cursor is inside it, otherwise from the store — so resuming after a reconnect and
+after a restart is the same code path, and a slow watcher can never make the hub drop an event
+(it just reads further behind, from the store).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Sequence
+
+from callqos.server.errors import Reason, ServiceError
+from callqos.server.store.base import Store
+from callqos.v1 import event_pb2
+
+QosEvent = event_pb2.QosEvent
+_BATCH = 256
+
+
+class EventHub:
+    def __init__(self, store: Store, window: int = 4096) -> None:
+        self._store = store
+        self._recent: deque[QosEvent] = deque(maxlen=window)
+        self._changed = asyncio.Condition()
+        self._last = 0
+        self._closed = False
+
+    async def start(self) -> None:
+        self._last = (await self._store.event_bounds()).last
+
+    @property
+    def last_sequence(self) -> int:
+        return self._last
+
+    async def publish(self, events: Sequence[QosEvent]) -> None:
+        """Called after the events are committed, in sequence order."""
+        if not events:
+            return
+        self._recent.extend(events)
+        self._last = events[-1].sequence
+        async with self._changed:
+            self._changed.notify_all()
+
+    async def close(self) -> None:
+        """Ends every watch (they raise SHUTTING_DOWN so clients reconnect and resume)."""
+        self._closed = True
+        async with self._changed:
+            self._changed.notify_all()
+
+    async def check_cursor(self, after: int) -> None:
+        bounds = await self._store.event_bounds()
+        if after < bounds.pruned_through:
+            raise ServiceError(
+                Reason.ERROR_REASON_CURSOR_EXPIRED,
+                f"events up to {bounds.pruned_through} are no longer retained; cursor {after} "
+                "cannot be resumed without a gap",
+                metadata={"after_sequence": str(after), "oldest_available": str(bounds.pruned_through + 1)},
+            )
+        if after > bounds.last:
+            raise ServiceError(
+                Reason.ERROR_REASON_CURSOR_UNKNOWN,
+                f"cursor {after} is beyond the newest event {bounds.last} this server has stored",
+                metadata={"after_sequence": str(after), "last_sequence": str(bounds.last)},
+            )
+
+    async def _read(self, after: int) -> list[QosEvent]:
+        recent = self._recent
+        if recent and recent[0].sequence <= after + 1:
+            start = after + 1 - recent[0].sequence
+            return [recent[i] for i in range(start, min(len(recent), start + _BATCH))]
+        events = await self._store.events_after(after, _BATCH)
+        if events and events[0].sequence != after + 1:
+            # Pruned while this watcher was behind: a gap would be silent loss, so say so.
+            await self.check_cursor(after)
+        return events
+
+    async def watch(
+        self, after: int | None, accept: Callable[[QosEvent], bool]
+    ) -> AsyncIterator[QosEvent]:
+        """Every accepted event with sequence > `after` (None: from now), in order, forever."""
+        cursor = self._last if after is None else after
+        if after is not None:
+            await self.check_cursor(after)
+        while True:
+            if self._closed:
+                raise ServiceError(Reason.ERROR_REASON_SHUTTING_DOWN, "server is shutting down; resume from your last sequence")
+            events = await self._read(cursor)
+            if events:
+                for event in events:
+                    cursor = event.sequence
+                    if accept(event):
+                        yield event
+                continue
+            async with self._changed:
+                await self._changed.wait_for(lambda: self._closed or self._last > cursor)

@@ -1,0 +1,116 @@
+"""Hosting the configured providers: load them, start them with the calls they held, look them
+up by name, and call them under a deadline so a slow or hung provider fails one request instead
+of hanging the server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Mapping, Sequence
+from typing import Any, TypeVar
+
+from callqos.server import names
+from callqos.server.errors import Reason, ServiceError
+from callqos.server.providers import registry
+from callqos.server.providers.base import ProviderChange, ProviderHost, ProviderInfo, Restored
+from callqos.v1 import provider_pb2
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+class ProviderSet:
+    def __init__(
+        self, configured: Mapping[str, Mapping[str, Any]], default: str, timeout: float
+    ) -> None:
+        self.timeout = timeout
+        self._by_id: dict[str, ProviderInfo] = {}
+        for provider_id, settings in configured.items():
+            if not names.is_provider_id(provider_id):
+                raise registry.ProviderLoadError(
+                    f"provider id {provider_id!r} must be a resource id ([a-z][a-z0-9-]*)"
+                )
+            plugin_settings = dict(settings)
+            plugin = str(plugin_settings.pop("plugin", provider_id))
+            provider, target = registry.instantiate(plugin, plugin_settings)
+            provider.id = provider_id
+            self._by_id[provider_id] = ProviderInfo(
+                id=provider_id,
+                provider=provider,
+                implementation=target,
+                default=provider_id == default,
+                capabilities=provider.capabilities(),
+            )
+        self.default_id = default
+
+    async def start(
+        self, host: ProviderHost, connected: Mapping[str, Sequence[Restored]]
+    ) -> list[ProviderChange]:
+        """Start every provider with the connected calls it held; the changes they report for
+        calls that no longer fit are returned for the host to apply."""
+        changes: list[ProviderChange] = []
+        for info in self._by_id.values():
+            changes.extend(await info.provider.start(host, list(connected.get(info.id, ()))))
+        return changes
+
+    async def stop(self) -> None:
+        for info in self._by_id.values():
+            try:
+                await asyncio.wait_for(info.provider.stop(), self.timeout)
+            except Exception:  # one provider's failure must not stop the others' shutdown
+                log.exception("provider %s failed to stop", info.id)
+
+    def all(self) -> list[ProviderInfo]:
+        return sorted(self._by_id.values(), key=lambda info: info.id)
+
+    def find(self, provider_name: str) -> ProviderInfo | None:
+        """`providers/{id}` → the hosted provider; '' → the default one."""
+        if not provider_name:
+            return self._by_id[self.default_id]
+        provider_id = names.parse_provider(provider_name)
+        return self._by_id.get(provider_id) if provider_id else None
+
+    def get(self, provider_name: str) -> ProviderInfo:
+        info = self.find(provider_name)
+        if info is None:
+            raise ServiceError(
+                Reason.ERROR_REASON_PROVIDER_NOT_FOUND,
+                f"no provider {provider_name!r} on this server",
+                metadata={"provider": provider_name},
+            )
+        return info
+
+    async def call(self, info: ProviderInfo, operation: str, work: Awaitable[T]) -> T:
+        """Await a provider operation under the provider deadline. Any failure of the provider
+        becomes PROVIDER_UNAVAILABLE for the caller (and is logged with its traceback)."""
+        try:
+            return await asyncio.wait_for(work, self.timeout)
+        except ServiceError:
+            raise
+        except TimeoutError as exc:
+            raise ServiceError(
+                Reason.ERROR_REASON_PROVIDER_UNAVAILABLE,
+                f"provider {info.id} did not answer {operation} within {self.timeout:g}s",
+                metadata={"provider": names.provider_name(info.id), "operation": operation, "cause": "timeout"},
+            ) from exc
+        except Exception as exc:
+            log.exception("provider %s failed in %s", info.id, operation)
+            raise ServiceError(
+                Reason.ERROR_REASON_PROVIDER_UNAVAILABLE,
+                f"provider {info.id} failed in {operation}: {type(exc).__name__}",
+                metadata={"provider": names.provider_name(info.id), "operation": operation, "cause": "error"},
+            ) from exc
+
+
+def provider_proto(info: ProviderInfo) -> provider_pb2.Provider:
+    return provider_pb2.Provider(
+        name=names.provider_name(info.id),
+        display_name=info.provider.display_name or info.id,
+        description=info.provider.description,
+        capabilities=info.capabilities,
+        default=info.default,
+        implementation=info.implementation,
+    )
+
+

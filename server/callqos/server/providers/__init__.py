@@ -1,0 +1,2 @@
+"""Provider plugins: the contract (`base`), how they are found (`registry`), and the two shipped
+providers (`reference`, `noqos`)."""

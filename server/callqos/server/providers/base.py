@@ -1,0 +1,168 @@
+"""The provider contract: what a QoS provider (the TAPI "service provider") implements.
+
+A provider is a Python class registered under the `callqos.providers` entry-point group (or
+named as `module:Class`). The server creates one instance per configured provider, passing the
+provider's own settings table from the configuration, then calls `start()` once.
+
+The server does everything around the provider: it validates requests before the provider sees
+them (a provider never receives an invalid flowspec), resolves SERVICE_TYPE_NO_CHANGE, enforces
+ownership, idempotency and etags, stores calls and events, and times out slow providers. The
+provider decides one thing: what QoS it can provide, reserving and releasing capacity.
+
+Rules a provider keeps (the conformance suite checks each of them):
+- `admit` either reserves and returns a `Grant`, or reserves nothing and returns a `Refusal`.
+  At level NEEDED a grant must satisfy the request in both directions; at IF_AVAILABLE it may
+  be less; at BEST_EFFORT the server does not call `admit` with a reservation request.
+- A `Refusal` carries the best counter-offer the provider could grant right now; admitting the
+  counter-offer immediately afterwards must succeed.
+- `renegotiate` replaces the call's reservation atomically: on `Refusal` the previous
+  reservation stays exactly as it was.
+- `release` frees everything the call holds; releasing twice, or an unknown call, is harmless.
+- Concurrent calls never make the sum of reservations exceed capacity.
+- Provider-initiated changes are reported through `ProviderHost.report_change`, never by
+  writing to the server's state directly.
+Calls arrive on the server's event loop; long or blocking work belongs in `asyncio.to_thread`.
+"""
+
+from __future__ import annotations
+
+import abc
+import enum
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from callqos.v1 import call_pb2, event_pb2, flowspec_pb2, provider_pb2
+
+QosSpec = flowspec_pb2.QosSpec
+Level = call_pb2.ServiceLevel
+
+
+@dataclass(frozen=True)
+class AdmissionRequest:
+    """A request for QoS on one call: a new call (`current` is None) or a renegotiation."""
+
+    call: str  # `calls/{call}`
+    destination: str
+    level: int  # callqos.v1.ServiceLevel, never UNSPECIFIED (the server resolves it to NEEDED)
+    qos: QosSpec  # validated; NO_CHANGE already resolved
+    principal: str
+    current: QosSpec | None = None  # the QoS in effect, for a renegotiation
+
+
+@dataclass(frozen=True)
+class Grant:
+    """The QoS the provider put in effect, with the defaults it chose resolved."""
+
+    qos: QosSpec
+
+
+class RefusalKind(enum.Enum):
+    ADMISSION = "admission"  # lack of resources: QOS_UNAVAILABLE / QE_ADMISSIONFAILURE
+    POLICY = "policy"  # administrative refusal: QOS_POLICY_FAILURE / QE_POLICYFAILURE
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """The provider cannot provide the requested QoS now. Nothing is reserved for it."""
+
+    kind: RefusalKind
+    message: str
+    counter_offer: QosSpec | None = None
+
+
+Decision = Grant | Refusal
+
+
+@dataclass(frozen=True)
+class ProviderChange:
+    """A change the provider made on its own, e.g. after a link lost capacity.
+
+    `qos` is the QoS now in effect; None means the provider dropped the call (it is recorded
+    DISCONNECTED with reason QOS_UNAVAILABLE). `event` is the QoS event kind that announces a
+    loss (NOQOS, ADMISSION_FAILURE, POLICY_FAILURE or GENERIC_ERROR); a degradation is also
+    announced as QOS_CHANGED.
+    """
+
+    call: str
+    qos: QosSpec | None
+    message: str
+    event: int = event_pb2.QosEventType.QOS_EVENT_TYPE_NOQOS
+
+
+class ProviderHost(Protocol):
+    """What the server offers a running provider."""
+
+    async def report_change(self, change: ProviderChange) -> None:
+        """Apply a provider-initiated change: store it and emit its events."""
+
+
+@dataclass(frozen=True)
+class Restored:
+    """A connected call handed back to its provider after a server restart."""
+
+    call: str
+    destination: str
+    level: int
+    qos: QosSpec  # the QoS that was in effect
+
+
+class Provider(abc.ABC):
+    """Base class of every provider. Subclasses set `display_name` and `description`."""
+
+    display_name: str = ""
+    description: str = ""
+    # Set by the host before start(): the provider's {provider} id in `providers/{provider}`.
+    id: str = ""
+    host: ProviderHost
+
+    def __init__(self, settings: Mapping[str, Any] | None = None) -> None:
+        self.settings: Mapping[str, Any] = settings or {}
+
+    async def start(self, host: ProviderHost, restored: Sequence[Restored]) -> list[ProviderChange]:
+        """Called once before serving, with the calls that were connected when the server last
+        stopped. Re-take their reservations; return a change for each that no longer fits."""
+        self.host = host
+        return []
+
+    async def stop(self) -> None:
+        """Called once at shutdown."""
+
+    @abc.abstractmethod
+    def capabilities(self) -> provider_pb2.ProviderCapabilities:
+        """What this provider can do. Must not change while serving."""
+
+    @abc.abstractmethod
+    async def admit(self, request: AdmissionRequest) -> Decision:
+        """Reserve QoS for a new call, or refuse."""
+
+    async def renegotiate(self, request: AdmissionRequest) -> Decision:
+        """Replace the QoS of a connected call, or refuse and leave it as it was. Only called
+        when capabilities().renegotiation is true."""
+        raise NotImplementedError
+
+    @abc.abstractmethod
+    async def release(self, call: str) -> None:
+        """Free everything `call` holds. Idempotent."""
+
+    async def list_links(self) -> list[provider_pb2.Link]:
+        """The provider's links (only when capabilities().link_admin)."""
+        raise NotImplementedError
+
+    async def update_link(self, link_id: str, capacity: int) -> provider_pb2.Link:
+        """Change a link's capacity (only when capabilities().link_admin). Raise KeyError for an
+        unknown link. Calls that no longer fit are reported through the host."""
+        raise NotImplementedError
+
+
+@dataclass
+class ProviderInfo:
+    """A hosted provider as the server sees it."""
+
+    id: str
+    provider: Provider
+    implementation: str
+    default: bool = False
+    capabilities: provider_pb2.ProviderCapabilities = field(
+        default_factory=provider_pb2.ProviderCapabilities
+    )

@@ -1,0 +1,381 @@
+"""The reference provider: admission control over configured full-duplex links.
+
+- CONTROLLED_LOAD reserves its token rate; GUARANTEED reserves its peak rate (its token rate when
+  the peak is unbounded) and is admitted only if the RFC 2212 delay bound is within the
+  requested latency; BEST_EFFORT, QUALITATIVE and NO_TRAFFIC reserve nothing.
+- Each direction of a link is accounted separately and never exceeds the link's capacity.
+- NETWORK_CONTROL is refused by policy (it belongs to the network operator).
+- When a link loses capacity, the newest calls are shed first: IF_AVAILABLE calls are degraded
+  to what still fits, NEEDED calls are dropped (TAPI: QoS that cannot be sustained disconnects
+  the call with LINEDISCONNECTMODE_QOSUNAVAIL).
+
+Settings (the `[providers.reference]` table of the server configuration):
+
+    [[providers.reference.links]]
+    id = "default"
+    capacity_bytes_per_second = 1250000   # each direction
+    mtu_bytes = 1500
+    error_term_c_bytes = 1500             # RFC 2212 Ctot
+    error_term_d_microseconds = 1000      # RFC 2212 Dtot
+    min_path_latency_microseconds = 2000  # RFC 2215 MINIMUM_PATH_LATENCY
+    destinations = []                     # destination prefixes routed here; [] = the rest
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from callqos.server import names
+from callqos.server.providers.base import (
+    AdmissionRequest,
+    Decision,
+    Grant,
+    Provider,
+    ProviderChange,
+    ProviderHost,
+    Refusal,
+    RefusalKind,
+    Restored,
+)
+from callqos.server.qos import RESERVING, PathTerms, guaranteed_delay_bound_us, reserved_rate
+from callqos.v1 import call_pb2, event_pb2, flowspec_pb2, provider_pb2
+
+ST = flowspec_pb2.ServiceType
+Level = call_pb2.ServiceLevel
+FlowSpec = flowspec_pb2.FlowSpec
+QosSpec = flowspec_pb2.QosSpec
+
+DEFAULT_LINK: dict[str, Any] = {
+    "id": "default",
+    "capacity_bytes_per_second": 1_250_000,
+    "mtu_bytes": 1500,
+    "error_term_c_bytes": 1500,
+    "error_term_d_microseconds": 1000,
+    "min_path_latency_microseconds": 2000,
+    "destinations": [],
+}
+SUPPORTED = (
+    ST.SERVICE_TYPE_BEST_EFFORT,
+    ST.SERVICE_TYPE_CONTROLLED_LOAD,
+    ST.SERVICE_TYPE_GUARANTEED,
+    ST.SERVICE_TYPE_QUALITATIVE,
+    ST.SERVICE_TYPE_NO_TRAFFIC,
+)
+DEFAULT_MIN_POLICED = 64
+
+
+@dataclass
+class _Link:
+    id: str
+    capacity: int
+    terms: PathTerms
+    destinations: tuple[str, ...]
+    reserved: dict[str, int] = field(default_factory=lambda: {"sending": 0, "receiving": 0})
+
+    def free(self, direction: str) -> int:
+        return max(self.capacity - self.reserved[direction], 0)
+
+
+@dataclass
+class _Reservation:
+    link: _Link
+    level: int
+    qos: QosSpec
+    rates: dict[str, int]
+    order: int  # admission order: the newest are shed first
+
+
+def _link_from_settings(raw: Mapping[str, Any]) -> _Link:
+    merged = {**DEFAULT_LINK, **raw}
+    link_id = str(merged["id"])
+    if not names.is_provider_id(link_id):
+        raise ValueError(f"link id {link_id!r} must be a resource id ([a-z][a-z0-9-]*)")
+    capacity = int(merged["capacity_bytes_per_second"])
+    if capacity < 0:
+        raise ValueError(f"link {link_id}: capacity must not be negative")
+    return _Link(
+        id=link_id,
+        capacity=capacity,
+        terms=PathTerms(
+            c_bytes=int(merged["error_term_c_bytes"]),
+            d_microseconds=int(merged["error_term_d_microseconds"]),
+            min_path_latency_microseconds=int(merged["min_path_latency_microseconds"]),
+            mtu_bytes=int(merged["mtu_bytes"]),
+        ),
+        destinations=tuple(str(d) for d in merged["destinations"]),
+    )
+
+
+class ReferenceProvider(Provider):
+    display_name = "Reference admission control"
+    description = (
+        "Token-bucket admission control over configured links: CONTROLLED_LOAD reserves the token "
+        "rate, GUARANTEED the peak rate within the RFC 2212 delay bound."
+    )
+
+    def __init__(self, settings: Mapping[str, Any] | None = None) -> None:
+        super().__init__(settings)
+        raw_links = list(self.settings.get("links", [DEFAULT_LINK]))
+        if not raw_links:
+            raise ValueError("the reference provider needs at least one link")
+        self._links = {link.id: link for link in map(_link_from_settings, raw_links)}
+        if len(self._links) != len(raw_links):
+            raise ValueError("link ids must be unique")
+        self._calls: dict[str, _Reservation] = {}
+        self._order = 0
+        # Admission is check-then-reserve; the lock keeps it atomic even if a later change
+        # adds an await between the two.
+        self._lock = asyncio.Lock()
+
+    # -- what it can do -------------------------------------------------------------------
+    def capabilities(self) -> provider_pb2.ProviderCapabilities:
+        links = self._links.values()
+        return provider_pb2.ProviderCapabilities(
+            qos_supported=True,
+            renegotiation=True,
+            provider_initiated_changes=True,
+            link_admin=True,
+            service_types=list(SUPPORTED),
+            max_reservable_bytes_per_second=max(link.capacity for link in links),
+            max_sdu_size_bytes=max(link.terms.mtu_bytes for link in links),
+            min_latency_microseconds=min(
+                link.terms.d_microseconds + link.terms.min_path_latency_microseconds for link in links
+            ),
+            policy=True,
+            policy_note="NETWORK_CONTROL is reserved for the network operator and always refused.",
+        )
+
+    # -- admission ------------------------------------------------------------------------
+    async def start(self, host: ProviderHost, restored: Sequence[Restored]) -> list[ProviderChange]:
+        self.host = host
+        async with self._lock:
+            for item in restored:
+                link = self._route(item.destination)
+                self._reserve(item.call, link, item.level, item.qos)
+            return self._shed_all()
+
+    async def admit(self, request: AdmissionRequest) -> Decision:
+        async with self._lock:
+            return self._decide(request)
+
+    async def renegotiate(self, request: AdmissionRequest) -> Decision:
+        async with self._lock:
+            return self._decide(request)
+
+    async def release(self, call: str) -> None:
+        async with self._lock:
+            self._unreserve(call)
+
+    # -- links ----------------------------------------------------------------------------
+    async def list_links(self) -> list[provider_pb2.Link]:
+        return [self._link_proto(link) for link in self._links.values()]
+
+    async def update_link(self, link_id: str, capacity: int) -> provider_pb2.Link:
+        async with self._lock:
+            link = self._links[link_id]
+            link.capacity = capacity
+            changes = self._shed_all()
+            result = self._link_proto(link)
+        # Reported after the lock is released: the host takes its own per-call locks, and a
+        # provider must never hold its lock while waiting on the host.
+        for change in changes:
+            await self.host.report_change(change)
+        return result
+
+    # -- internals ------------------------------------------------------------------------
+    def _route(self, destination: str) -> _Link:
+        for link in self._links.values():
+            if any(destination.startswith(prefix) for prefix in link.destinations):
+                return link
+        for link in self._links.values():
+            if not link.destinations:
+                return link
+        return next(iter(self._links.values()))
+
+    def _decide(self, request: AdmissionRequest) -> Decision:
+        link = self._route(request.destination)
+        held = self._calls.get(request.call)
+        # During a renegotiation the call's own reservation counts as free.
+        free = {d: link.free(d) + (held.rates[d] if held and held.link is link else 0) for d in ("sending", "receiving")}
+        for direction in ("sending", "receiving"):
+            spec: FlowSpec = getattr(request.qos, direction)
+            if spec.service_type == ST.SERVICE_TYPE_NETWORK_CONTROL:
+                return self._refuse_or_fallback(
+                    request,
+                    RefusalKind.POLICY,
+                    f"{direction}: NETWORK_CONTROL is reserved for the network operator",
+                    self._counter_offer(request.qos, link, free),
+                )
+            if spec.service_type in RESERVING and spec.HasField("max_sdu_size_bytes") and spec.max_sdu_size_bytes > link.terms.mtu_bytes:
+                return self._refuse_or_fallback(
+                    request,
+                    RefusalKind.ADMISSION,
+                    f"{direction}: max SDU {spec.max_sdu_size_bytes} exceeds link MTU {link.terms.mtu_bytes}",
+                    self._counter_offer(request.qos, link, free),
+                )
+        granted = QosSpec(
+            sending=self._resolve(request.qos.sending, request.qos.sending, link),
+            receiving=self._resolve(request.qos.receiving, request.qos.sending, link),
+            provider_specific=request.qos.provider_specific,
+        )
+        problems = []
+        for direction in ("sending", "receiving"):
+            spec = getattr(granted, direction)
+            if reserved_rate(spec) > free[direction]:
+                problems.append(
+                    f"{direction}: needs {reserved_rate(spec)} B/s, {free[direction]} B/s free on link {link.id}"
+                )
+            if spec.service_type == ST.SERVICE_TYPE_GUARANTEED:
+                bound = guaranteed_delay_bound_us(spec, link.terms)
+                if bound > spec.latency_microseconds:
+                    problems.append(
+                        f"{direction}: RFC 2212 delay bound {math.ceil(bound)} us exceeds latency "
+                        f"{spec.latency_microseconds} us"
+                    )
+        if problems:
+            return self._refuse_or_fallback(
+                request, RefusalKind.ADMISSION, "; ".join(problems), self._counter_offer(request.qos, link, free)
+            )
+        self._reserve(request.call, link, request.level, granted)
+        return Grant(granted)
+
+    def _refuse_or_fallback(
+        self, request: AdmissionRequest, kind: RefusalKind, message: str, offer: QosSpec
+    ) -> Decision:
+        """NEEDED refuses; IF_AVAILABLE connects with the counter-offer instead."""
+        if request.level == Level.SERVICE_LEVEL_IF_AVAILABLE:
+            link = self._route(request.destination)
+            self._reserve(request.call, link, request.level, offer)
+            return Grant(offer)
+        return Refusal(kind, message, offer)
+
+    def _resolve(self, spec: FlowSpec, sending: FlowSpec, link: _Link) -> FlowSpec:
+        """The flowspec as granted: the provider's defaults filled in for unspecified fields."""
+        out = FlowSpec()
+        out.CopyFrom(spec)
+        if spec.service_type not in RESERVING:
+            return out
+        mtu = link.terms.mtu_bytes
+        if not out.HasField("token_rate_bytes_per_second"):
+            # A controlled-load receiver's defaults derive from the sender's TSpec (FLOWSPEC
+            # remarks); with no sender rate, the MTU per second.
+            out.token_rate_bytes_per_second = (
+                sending.token_rate_bytes_per_second if sending.HasField("token_rate_bytes_per_second") else mtu
+            )
+        if not out.HasField("max_sdu_size_bytes"):
+            out.max_sdu_size_bytes = mtu
+        if not out.HasField("minimum_policed_size_bytes"):
+            out.minimum_policed_size_bytes = min(DEFAULT_MIN_POLICED, out.max_sdu_size_bytes)
+        if not out.HasField("token_bucket_size_bytes"):
+            out.token_bucket_size_bytes = out.max_sdu_size_bytes
+        if not out.HasField("peak_bandwidth_bytes_per_second"):
+            out.peak_bandwidth_unbounded = True
+        if out.service_type == ST.SERVICE_TYPE_GUARANTEED and not out.HasField("latency_microseconds"):
+            out.latency_microseconds = math.ceil(guaranteed_delay_bound_us(out, link.terms))
+        return out
+
+    def _counter_offer(self, qos: QosSpec, link: _Link, free: Mapping[str, int]) -> QosSpec:
+        """The best this link can grant now for `qos`: same shape, rates cut to what is free,
+        latency relaxed to the delay bound that rate achieves; best effort where nothing is free
+        or where policy refuses the service type."""
+        offer = QosSpec(provider_specific=qos.provider_specific)
+        for direction in ("sending", "receiving"):
+            spec = self._resolve(getattr(qos, direction), qos.sending, link)
+            target: FlowSpec = getattr(offer, direction)
+            if spec.service_type == ST.SERVICE_TYPE_NETWORK_CONTROL:
+                target.service_type = ST.SERVICE_TYPE_BEST_EFFORT
+                continue
+            if spec.service_type not in RESERVING:
+                target.CopyFrom(spec)
+                continue
+            available = free[direction]
+            if available <= 0:
+                target.service_type = ST.SERVICE_TYPE_BEST_EFFORT
+                continue
+            target.CopyFrom(spec)
+            if spec.max_sdu_size_bytes > link.terms.mtu_bytes:
+                target.max_sdu_size_bytes = link.terms.mtu_bytes
+                target.minimum_policed_size_bytes = min(target.minimum_policed_size_bytes, link.terms.mtu_bytes)
+                target.token_bucket_size_bytes = max(target.token_bucket_size_bytes, target.max_sdu_size_bytes)
+            if reserved_rate(target) > available:
+                target.token_rate_bytes_per_second = min(target.token_rate_bytes_per_second, available)
+                if target.HasField("peak_bandwidth_bytes_per_second") and not target.peak_bandwidth_unbounded:
+                    target.peak_bandwidth_bytes_per_second = max(
+                        min(target.peak_bandwidth_bytes_per_second, available),
+                        target.token_rate_bytes_per_second,
+                    )
+            if target.service_type == ST.SERVICE_TYPE_GUARANTEED:
+                bound = math.ceil(guaranteed_delay_bound_us(target, link.terms))
+                target.latency_microseconds = max(target.latency_microseconds, bound)
+        return offer
+
+    def _reserve(self, call: str, link: _Link, level: int, qos: QosSpec) -> None:
+        self._unreserve(call)
+        rates = {d: reserved_rate(getattr(qos, d)) for d in ("sending", "receiving")}
+        for direction, rate in rates.items():
+            link.reserved[direction] += rate
+        self._order += 1
+        self._calls[call] = _Reservation(link, level, qos, rates, self._order)
+
+    def _unreserve(self, call: str) -> None:
+        held = self._calls.pop(call, None)
+        if held is not None:
+            for direction, rate in held.rates.items():
+                held.link.reserved[direction] -= rate
+
+    def _shed_all(self) -> list[ProviderChange]:
+        """Bring every link back within capacity, newest calls first."""
+        changes: list[ProviderChange] = []
+        for link in self._links.values():
+            victims = sorted(
+                (item for item in self._calls.items() if item[1].link is link),
+                key=lambda item: item[1].order,
+                reverse=True,
+            )
+            for call, held in victims:
+                if all(link.reserved[d] <= link.capacity for d in ("sending", "receiving")):
+                    break
+                if not any(held.rates.values()):
+                    continue
+                self._unreserve(call)
+                free = {d: link.free(d) for d in ("sending", "receiving")}
+                if held.level == Level.SERVICE_LEVEL_IF_AVAILABLE:
+                    degraded = self._counter_offer(held.qos, link, free)
+                    self._reserve(call, link, held.level, degraded)
+                    changes.append(
+                        ProviderChange(
+                            call,
+                            degraded,
+                            f"link {link.id} capacity fell to {link.capacity} B/s; QoS degraded",
+                            event_pb2.QosEventType.QOS_EVENT_TYPE_NOQOS,
+                        )
+                    )
+                else:
+                    changes.append(
+                        ProviderChange(
+                            call,
+                            None,
+                            f"link {link.id} capacity fell to {link.capacity} B/s; QoS cannot be sustained",
+                            event_pb2.QosEventType.QOS_EVENT_TYPE_NOQOS,
+                        )
+                    )
+        return changes
+
+    def _link_proto(self, link: _Link) -> provider_pb2.Link:
+        return provider_pb2.Link(
+            name=names.link_name(self.id, link.id),
+            capacity_bytes_per_second=link.capacity,
+            sending_reserved_bytes_per_second=link.reserved["sending"],
+            receiving_reserved_bytes_per_second=link.reserved["receiving"],
+            mtu_bytes=link.terms.mtu_bytes,
+            reservation_count=sum(
+                1 for held in self._calls.values() if held.link is link and any(held.rates.values())
+            ),
+            error_term_c_bytes=link.terms.c_bytes,
+            error_term_d_microseconds=link.terms.d_microseconds,
+            min_path_latency_microseconds=link.terms.min_path_latency_microseconds,
+        )

@@ -1,0 +1,138 @@
+"""What a flowspec means: how much it reserves, whether a grant satisfies a request, and the
+RFC 2212 delay bound. Pure functions over the published protobuf types, shared by the service
+and the shipped providers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from callqos.v1 import flowspec_pb2
+
+ST = flowspec_pb2.ServiceType
+FlowSpec = flowspec_pb2.FlowSpec
+QosSpec = flowspec_pb2.QosSpec
+
+# Service types that reserve capacity. Everything else valid in a request reserves nothing.
+RESERVING = frozenset({ST.SERVICE_TYPE_CONTROLLED_LOAD, ST.SERVICE_TYPE_GUARANTEED})
+# Notification-only values: a provider may report them, a request may never carry them.
+NOTIFICATION_ONLY = frozenset(
+    {
+        ST.SERVICE_TYPE_NETWORK_UNAVAILABLE,
+        ST.SERVICE_TYPE_GENERAL_INFORMATION,
+        ST.SERVICE_TYPE_NONCONFORMING,
+    }
+)
+# Winsock sentinels that must not appear as raw numbers (absence / peak_bandwidth_unbounded
+# say the same thing without ambiguity).
+QOS_NOT_SPECIFIED = 0xFFFFFFFF
+POSITIVE_INFINITY_RATE = 0xFFFFFFFE
+SENTINELS = frozenset({QOS_NOT_SPECIFIED, POSITIVE_INFINITY_RATE})
+
+MICROS = 1_000_000
+
+
+def reserved_rate(spec: FlowSpec) -> int:
+    """Bytes/s one direction reserves: GUARANTEED its peak (or token) rate, CONTROLLED_LOAD its
+    token rate, anything else nothing."""
+    if spec.service_type == ST.SERVICE_TYPE_GUARANTEED:
+        if spec.HasField("peak_bandwidth_bytes_per_second") and not spec.peak_bandwidth_unbounded:
+            return spec.peak_bandwidth_bytes_per_second
+        return spec.token_rate_bytes_per_second
+    if spec.service_type == ST.SERVICE_TYPE_CONTROLLED_LOAD:
+        return spec.token_rate_bytes_per_second
+    return 0
+
+
+def best_effort_spec() -> FlowSpec:
+    return FlowSpec(service_type=ST.SERVICE_TYPE_BEST_EFFORT)
+
+
+def best_effort_qos(provider_specific: bytes = b"") -> QosSpec:
+    return QosSpec(
+        sending=best_effort_spec(), receiving=best_effort_spec(), provider_specific=provider_specific
+    )
+
+
+def shortfalls(granted: FlowSpec, requested: FlowSpec) -> list[str]:
+    """Why `granted` does not give what `requested` asks for (empty when it does).
+
+    Fields the request leaves unspecified are the provider's to choose and are not compared.
+    """
+    problems: list[str] = []
+    if granted.service_type != requested.service_type:
+        problems.append(
+            f"service type {ST.Name(granted.service_type)} instead of "
+            f"{ST.Name(requested.service_type)}"
+        )
+        return problems
+    if requested.service_type not in RESERVING:
+        return problems
+    if granted.token_rate_bytes_per_second < requested.token_rate_bytes_per_second:
+        problems.append("token rate below the request")
+    if requested.HasField("peak_bandwidth_bytes_per_second") and not granted.peak_bandwidth_unbounded:
+        if granted.peak_bandwidth_bytes_per_second < requested.peak_bandwidth_bytes_per_second:
+            problems.append("peak bandwidth below the request")
+    if requested.HasField("token_bucket_size_bytes"):
+        if granted.token_bucket_size_bytes < requested.token_bucket_size_bytes:
+            problems.append("token bucket below the request")
+    if requested.HasField("latency_microseconds") and granted.HasField("latency_microseconds"):
+        if granted.latency_microseconds > requested.latency_microseconds:
+            problems.append("latency above the request")
+    if requested.HasField("max_sdu_size_bytes"):
+        if granted.max_sdu_size_bytes < requested.max_sdu_size_bytes:
+            problems.append("max SDU size below the request")
+    return problems
+
+
+def qos_shortfalls(granted: QosSpec, requested: QosSpec) -> list[str]:
+    return [f"sending: {p}" for p in shortfalls(granted.sending, requested.sending)] + [
+        f"receiving: {p}" for p in shortfalls(granted.receiving, requested.receiving)
+    ]
+
+
+def resolve_no_change(requested: QosSpec, current: QosSpec) -> QosSpec:
+    """A renegotiation request with SERVICE_TYPE_NO_CHANGE directions (and an empty
+    provider_specific) replaced by what is in effect now."""
+    resolved = QosSpec()
+    resolved.CopyFrom(requested)
+    if requested.sending.service_type == ST.SERVICE_TYPE_NO_CHANGE:
+        resolved.sending.CopyFrom(current.sending)
+    if requested.receiving.service_type == ST.SERVICE_TYPE_NO_CHANGE:
+        resolved.receiving.CopyFrom(current.receiving)
+    if not requested.provider_specific:
+        resolved.provider_specific = current.provider_specific
+    return resolved
+
+
+@dataclass(frozen=True)
+class PathTerms:
+    """RFC 2212 characterisation of a path: error terms and fixed latency."""
+
+    c_bytes: int
+    d_microseconds: int
+    min_path_latency_microseconds: int
+    mtu_bytes: int
+
+
+def guaranteed_delay_bound_us(spec: FlowSpec, path: PathTerms) -> float:
+    """End-to-end delay bound of a GUARANTEED flow, in microseconds (RFC 2212, "Exported
+    information" and the queueing-delay formula), with the reserved rate R = reserved_rate(spec).
+
+    With a bounded peak p the reservation is R = p, so the R >= p branch applies:
+        Q = (M + Ctot) / R + Dtot
+    With no peak (unbounded or unspecified) R = r and p = +inf, so the p > R branch applies, where
+    (p - R) / (p - r) tends to 1:
+        Q = (b - M) / R + (M + Ctot) / R + Dtot
+    The bound adds the fixed path latency (RFC 2215 MINIMUM_PATH_LATENCY).
+    """
+    rate = reserved_rate(spec)
+    if rate <= 0:
+        return float("inf")
+    m_big = spec.max_sdu_size_bytes if spec.HasField("max_sdu_size_bytes") else path.mtu_bytes
+    bucket = spec.token_bucket_size_bytes if spec.HasField("token_bucket_size_bytes") else m_big
+    bounded_peak = spec.HasField("peak_bandwidth_bytes_per_second") and not spec.peak_bandwidth_unbounded
+    queueing_s = (m_big + path.c_bytes) / rate
+    if not bounded_peak:
+        queueing_s += max(bucket - m_big, 0) / rate
+    return queueing_s * MICROS + path.d_microseconds + path.min_path_latency_microseconds

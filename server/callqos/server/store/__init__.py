@@ -1,0 +1,1 @@
+"""Persistence behind one narrow interface (`base.Store`); SQLite now (`sqlite`)."""

@@ -1,0 +1,82 @@
+"""The storage contract. The service and the providers only ever see this interface, so a
+PostgreSQL backend (several replicas sharing admission and events) slots in beside SQLite.
+
+Guarantees every backend gives:
+- `commit` stores a call's new state, the events that announce it and the idempotency record in
+  ONE transaction, and assigns the events strictly increasing sequence numbers, never reused.
+- Sequence order is commit order: once `commit` returns, no event with a lower sequence can
+  appear later (a watcher that has read up to N never misses an event below N).
+- `events_after(n)` returns retained events with sequence > n in order.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from callqos.v1 import call_pb2, event_pb2
+
+
+@dataclass(frozen=True)
+class IdempotencyRecord:
+    """The first outcome of a request carrying a request_id (AIP-155)."""
+
+    request_id: str
+    principal: str
+    method: str
+    fingerprint: str  # hash of the request without its request_id
+    call: str  # the call the request created or changed
+    status: bytes = b""  # serialized google.rpc.Status when it failed; empty on success
+
+
+@dataclass(frozen=True)
+class EventBounds:
+    pruned_through: int  # every event with sequence <= this is gone (0: none pruned)
+    last: int  # the newest sequence ever assigned (0: none)
+
+
+@dataclass(frozen=True)
+class CallPage:
+    calls: list[call_pb2.Call]
+    next_cursor: int  # pass back as `before` for the next page; 0 when there is none
+
+
+class Store(abc.ABC):
+    @abc.abstractmethod
+    async def get_call(self, name: str) -> call_pb2.Call | None: ...
+
+    @abc.abstractmethod
+    async def list_calls(
+        self, *, state: int | None, provider: str | None, limit: int, before: int
+    ) -> CallPage:
+        """Calls newest first; `before` = 0 starts at the newest."""
+
+    @abc.abstractmethod
+    async def connected_calls(self) -> list[call_pb2.Call]: ...
+
+    @abc.abstractmethod
+    async def commit(
+        self,
+        call: call_pb2.Call,
+        events: Sequence[event_pb2.QosEvent],
+        idempotency: IdempotencyRecord | None = None,
+    ) -> list[event_pb2.QosEvent]:
+        """Store the call (insert or replace) with its events; returns the events numbered."""
+
+    @abc.abstractmethod
+    async def find_request(self, request_id: str, principal: str) -> IdempotencyRecord | None: ...
+
+    @abc.abstractmethod
+    async def events_after(self, sequence: int, limit: int) -> list[event_pb2.QosEvent]: ...
+
+    @abc.abstractmethod
+    async def event_bounds(self) -> EventBounds: ...
+
+    @abc.abstractmethod
+    async def prune_events(self, *, keep_last: int, older_than_us: int) -> int:
+        """Drop events beyond retention (by count, and by age when `older_than_us` > 0);
+        returns how many were dropped."""
+
+    @abc.abstractmethod
+    async def close(self) -> None: ...
