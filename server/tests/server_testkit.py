@@ -1,0 +1,136 @@
+"""Helpers for the server tests: request builders, rich-error decoding, a server subprocess."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
+
+from callqos.server import app
+from callqos.server.config import Config
+from callqos.v1 import call_pb2, callqos_service_pb2 as svc, callqos_service_pb2_grpc as svc_grpc, flowspec_pb2
+
+ST = flowspec_pb2.ServiceType
+Level = call_pb2.ServiceLevel
+CAPACITY = 1_250_000  # the reference provider's default link, bytes/s per direction
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def flow(stype: int = ST.SERVICE_TYPE_CONTROLLED_LOAD, rate: int | None = None, **fields: Any) -> flowspec_pb2.FlowSpec:
+    spec = flowspec_pb2.FlowSpec(service_type=stype, **fields)
+    if rate is not None:
+        spec.token_rate_bytes_per_second = rate
+    return spec
+
+
+def qos(send_rate: int | None = 100_000, recv_rate: int | None = None, **kw: Any) -> flowspec_pb2.QosSpec:
+    """CONTROLLED_LOAD sending at `send_rate`; receiving CONTROLLED_LOAD at `recv_rate` or best effort."""
+    sending = flow(rate=send_rate) if send_rate is not None else flow(ST.SERVICE_TYPE_BEST_EFFORT)
+    receiving = flow(rate=recv_rate) if recv_rate is not None else flow(ST.SERVICE_TYPE_BEST_EFFORT)
+    return flowspec_pb2.QosSpec(sending=sending, receiving=receiving, **kw)
+
+
+def make_request(
+    spec: flowspec_pb2.QosSpec | None = None,
+    level: int = Level.SERVICE_LEVEL_NEEDED,
+    destination: str = "sip:alice@example.test",
+    **kw: Any,
+) -> svc.CreateCallRequest:
+    call = call_pb2.Call(destination=destination, service_level=level, requested_qos=spec or qos())
+    provider = kw.pop("provider", "")
+    call.provider = provider
+    return svc.CreateCallRequest(call=call, **kw)
+
+
+def details(error: grpc.RpcError) -> dict[str, Any]:
+    """The rich status details of a failed call, by kind."""
+    status = rpc_status.from_call(error)  # type: ignore[arg-type]
+    out: dict[str, Any] = {}
+    assert status is not None, "error carries no google.rpc.Status"
+    for any_detail in status.details:
+        for kind in (error_details_pb2.ErrorInfo, error_details_pb2.BadRequest, call_pb2.QosRefusal):
+            if any_detail.Is(kind.DESCRIPTOR):
+                message = kind()
+                any_detail.Unpack(message)
+                out[kind.DESCRIPTOR.name] = message
+    return out
+
+
+def reason(error: grpc.RpcError) -> str:
+    return details(error)["ErrorInfo"].reason
+
+
+def violated_fields(error: grpc.RpcError) -> set[str]:
+    return {v.field for v in details(error)["BadRequest"].field_violations}
+
+
+def owner(principal: str) -> tuple[tuple[str, str], ...]:
+    return (("x-callqos-principal", principal),)
+
+
+async def reserved(stub: svc_grpc.CallQosServiceStub) -> tuple[int, int]:
+    """(sending, receiving) bytes/s reserved on the reference provider's default link."""
+    links = await stub.ListLinks(svc.ListLinksRequest(parent="providers/reference"))
+    link = links.links[0]
+    return link.sending_reserved_bytes_per_second, link.receiving_reserved_bytes_per_second
+
+
+async def rpc_error(awaitable: Any) -> grpc.aio.AioRpcError:
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await awaitable
+    return caught.value
+
+
+# -- a server in a subprocess, for restart, SIGKILL and signal tests -------------------------
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class ServerProcess:
+    def __init__(self, data_dir: Path, port: int, *extra: str) -> None:
+        self.data_dir, self.port, self.extra = data_dir, port, extra
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self) -> ServerProcess:
+        port_file = self.data_dir / "port"
+        port_file.unlink(missing_ok=True)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "callqos.server", "--listen", self.target, "--data-dir", str(self.data_dir),
+             "--port-file", str(port_file), "--shutdown-grace", "2", *self.extra],
+            stderr=open(self.data_dir / "server.log", "ab"),
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+        deadline = time.monotonic() + 20
+        while not port_file.exists():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("server did not start:\n" + (self.data_dir / "server.log").read_text())
+            time.sleep(0.05)
+        return self
+
+    def signal(self, signum: int) -> int:
+        assert self.proc is not None
+        self.proc.send_signal(signum)
+        return self.proc.wait(timeout=20)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.signal(signal.SIGTERM)
+
+
