@@ -1,0 +1,65 @@
+"""Configuration precedence: defaults < TOML file < CALLQOS_* environment < flags."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from callqos.server.config import Config, ConfigError, load
+
+
+def test_embedded_defaults() -> None:
+    config = load(env={})
+    assert config.listen == "127.0.0.1:50051"
+    assert config.storage == "sqlite"
+    assert config.database_path == Path("callqos-data/callqos.db")
+    assert config.default_provider == "reference"
+    assert set(config.providers) == {"reference", "no-qos"}
+
+
+def test_toml_then_env_then_flags(tmp_path: Path) -> None:
+    toml = tmp_path / "callqos.toml"
+    toml.write_text(
+        'listen = "127.0.0.1:6000"\ndata_dir = "/from/toml"\nmax_watchers = 7\nlog_level = "debug"\n'
+        "[providers.reference]\nlinks = [{id = \"uplink\", capacity_bytes_per_second = 42}]\n"
+    )
+    env = {"CALLQOS_LISTEN": "127.0.0.1:7000", "CALLQOS_MAX_WATCHERS": "9", "CALLQOS_TARGET": "ignored-client-setting"}
+    config = load(toml, env=env, flags={"listen": "127.0.0.1:8000", "data_dir": None})
+    assert config.listen == "127.0.0.1:8000"  # flag beats env beats TOML
+    assert config.max_watchers == 9  # env beats TOML
+    assert config.data_dir == Path("/from/toml")  # a flag left unset does not override
+    assert config.log_level == "debug"
+    assert config.providers == {"reference": {"links": [{"id": "uplink", "capacity_bytes_per_second": 42}]}}
+
+
+def test_config_file_from_environment(tmp_path: Path) -> None:
+    toml = tmp_path / "c.toml"
+    toml.write_text('storage = "memory"\n')
+    assert load(env={"CALLQOS_CONFIG": str(toml)}).storage == "memory"
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"CALLQOS_STORAGE": "redis"}, "storage"),
+        ({"CALLQOS_MAX_WATCHERS": "many"}, "max_watchers"),
+        ({"CALLQOS_LISTEN": "nowhere"}, "listen"),
+        ({"CALLQOS_DEFAULT_PROVIDER": "ghost"}, "default_provider"),
+        ({"CALLQOS_PROVIDER_TIMEOUT_SECONDS": "0"}, "provider_timeout_seconds"),
+    ],
+)
+def test_bad_settings_are_named(env: dict[str, str], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load(env=env)
+
+
+def test_unknown_toml_key_is_an_error(tmp_path: Path) -> None:
+    toml = tmp_path / "c.toml"
+    toml.write_text("lisen = 1\n")
+    with pytest.raises(ConfigError, match="lisen"):
+        load(toml, env={})
+
+
+def test_config_dataclass_defaults_match_load() -> None:
+    assert load(env={}) == Config()
