@@ -63,3 +63,18 @@ def test_unknown_toml_key_is_an_error(tmp_path: Path) -> None:
 
 def test_config_dataclass_defaults_match_load() -> None:
     assert load(env={}) == Config()
+
+
+def test_example_config_is_the_embedded_defaults(tmp_path: Path) -> None:
+    """The documented example file must stay in step with the code's defaults."""
+    from callqos.server.providers.reference import DEFAULT_LINK
+
+    example = Path(__file__).resolve().parents[1] / "config" / "callqos.example.toml"
+    config = load(example, env={})
+    defaults = Config()
+    for field in ("listen", "data_dir", "storage", "default_provider", "provider_timeout_seconds",
+                  "event_retention_count", "event_retention_seconds", "max_message_bytes",
+                  "max_concurrent_streams", "max_watchers", "shutdown_grace_seconds", "reflection", "log_level"):
+        assert getattr(config, field) == getattr(defaults, field), field
+    assert set(config.providers) == set(defaults.providers)
+    assert config.providers["reference"]["links"] == [DEFAULT_LINK]
