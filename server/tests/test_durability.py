@@ -79,3 +79,19 @@ async def test_graceful_shutdown_ends_watch_with_resumable_status(server_process
     async with grpc.aio.insecure_channel(server_process.target) as channel:
         stub = svc_grpc.CallQosServiceStub(channel)
         assert await _events(stub, 0, 1) == [first.event]
+
+
+async def test_a_data_directory_serves_one_server_at_a_time(tmp_path) -> None:
+    from callqos.server.store.sqlite import SqliteStore, StoreInUseError
+
+    first = SqliteStore(tmp_path / "callqos.db")
+    try:
+        try:
+            SqliteStore(tmp_path / "callqos.db")
+        except StoreInUseError as error:
+            assert "in use" in str(error)
+        else:
+            raise AssertionError("a second store opened the same file")
+    finally:
+        await first.close()
+    await SqliteStore(tmp_path / "callqos.db").close()  # free again once the first closed

@@ -8,8 +8,10 @@ transaction; only an OS crash or power loss can lose the last few.
 
 from __future__ import annotations
 
+import fcntl
 import sqlite3
 import time
+from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -42,12 +44,28 @@ CREATE TABLE IF NOT EXISTS requests (
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
 """
 MEMORY = ":memory:"
+# Serialized calls kept in memory, newest used last. Safe because one process owns the file
+# (see the lock below), so every write to a call passes through `commit` here.
+CACHED_CALLS = 10_000
+
+
+class StoreInUseError(OSError):
+    """Another server process already owns this data directory."""
 
 
 class SqliteStore(Store):
     def __init__(self, path: Path | str) -> None:
+        self._lock_file = None
         if str(path) != MEMORY:
             Path(path).parent.mkdir(parents=True, exist_ok=True)
+            # Two servers admitting against one file would each think they own all capacity.
+            self._lock_file = open(Path(path).with_suffix(".lock"), "w")
+            try:
+                fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError as exc:
+                self._lock_file.close()
+                raise StoreInUseError(f"{path} is in use by another callqos server") from exc
+        self._cache: OrderedDict[str, bytes] = OrderedDict()
         self._db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
@@ -58,8 +76,22 @@ class SqliteStore(Store):
 
     # -- calls ----------------------------------------------------------------------------
     async def get_call(self, name: str) -> call_pb2.Call | None:
-        row = self._db.execute("SELECT data FROM calls WHERE name = ?", (name,)).fetchone()
-        return call_pb2.Call.FromString(row[0]) if row else None
+        data = self._cache.get(name)
+        if data is None:
+            row = self._db.execute("SELECT data FROM calls WHERE name = ?", (name,)).fetchone()
+            if row is None:
+                return None
+            data = row[0]
+            self._remember(name, data)
+        else:
+            self._cache.move_to_end(name)
+        return call_pb2.Call.FromString(data)
+
+    def _remember(self, name: str, data: bytes) -> None:
+        self._cache[name] = data
+        self._cache.move_to_end(name)
+        if len(self._cache) > CACHED_CALLS:
+            self._cache.popitem(last=False)
 
     async def list_calls(
         self, *, state: int | None, provider: str | None, limit: int, before: int
@@ -96,12 +128,13 @@ class SqliteStore(Store):
         numbered: list[event_pb2.QosEvent] = []
         seq = self._last_seq
         now_us = time.time_ns() // 1000
+        data = call.SerializeToString()
         self._db.execute("BEGIN IMMEDIATE")
         try:
             self._db.execute(
                 "INSERT INTO calls (name, provider, state, data) VALUES (?, ?, ?, ?) "
                 "ON CONFLICT (name) DO UPDATE SET state = excluded.state, data = excluded.data",
-                (call.name, call.provider, call.state, call.SerializeToString()),
+                (call.name, call.provider, call.state, data),
             )
             for event in events:
                 seq += 1
@@ -130,6 +163,7 @@ class SqliteStore(Store):
             self._db.execute("ROLLBACK")
             raise
         self._last_seq = seq
+        self._remember(call.name, data)
         return numbered
 
     async def find_request(self, request_id: str, principal: str) -> IdempotencyRecord | None:
@@ -176,3 +210,5 @@ class SqliteStore(Store):
 
     async def close(self) -> None:
         self._db.close()
+        if self._lock_file is not None:
+            self._lock_file.close()
