@@ -95,3 +95,19 @@ async def test_a_data_directory_serves_one_server_at_a_time(tmp_path) -> None:
     finally:
         await first.close()
     await SqliteStore(tmp_path / "callqos.db").close()  # free again once the first closed
+
+
+async def test_a_database_of_another_schema_version_is_refused(tmp_path) -> None:
+    import sqlite3
+
+    from callqos.server.store.sqlite import SqliteStore
+
+    await SqliteStore(tmp_path / "callqos.db").close()
+    with sqlite3.connect(tmp_path / "callqos.db") as db:
+        db.execute("PRAGMA user_version = 99")
+    try:
+        SqliteStore(tmp_path / "callqos.db")
+    except OSError as error:
+        assert "schema version 99" in str(error)
+    else:
+        raise AssertionError("opened a database of an unknown schema")

@@ -75,8 +75,8 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def prune_events(self, *, keep_last: int, older_than_us: int) -> int:
-        """Drop events beyond retention (by count, and by age when `older_than_us` > 0);
-        returns how many were dropped."""
+        """Drop events beyond retention (by count, and by age when `older_than_us` > 0), and
+        idempotency records older than that age; returns how many events were dropped."""
 
     @abc.abstractmethod
     async def close(self) -> None: ...

@@ -32,18 +32,22 @@ CREATE TABLE IF NOT EXISTS events (
     create_us    INTEGER NOT NULL,
     data         BLOB NOT NULL                   -- callqos.v1.QosEvent
 );
-CREATE TABLE IF NOT EXISTS requests (
+CREATE TABLE IF NOT EXISTS requests (            -- AIP-155 idempotency records
     principal   TEXT NOT NULL,
     request_id  TEXT NOT NULL,
     method      TEXT NOT NULL,
     fingerprint TEXT NOT NULL,
     call        TEXT NOT NULL,
     status      BLOB NOT NULL,
+    create_us   INTEGER NOT NULL,
     PRIMARY KEY (principal, request_id)
 );
+CREATE INDEX IF NOT EXISTS requests_age ON requests (create_us);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
 """
 MEMORY = ":memory:"
+# Bumped whenever _SCHEMA changes incompatibly; a file of another version is refused, not guessed at.
+SCHEMA_VERSION = 1
 # Serialized calls kept in memory, newest used last. Safe because one process owns the file
 # (see the lock below), so every write to a call passes through `commit` here.
 CACHED_CALLS = 10_000
@@ -70,7 +74,15 @@ class SqliteStore(Store):
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute("PRAGMA foreign_keys=ON")
+        version = self._db.execute("PRAGMA user_version").fetchone()[0]
+        fresh = not self._db.execute("SELECT 1 FROM sqlite_master WHERE name = 'calls'").fetchone()
+        if not fresh and version != SCHEMA_VERSION:
+            self._db.close()
+            if self._lock_file is not None:
+                self._lock_file.close()
+            raise OSError(f"{path} has schema version {version}; this server needs {SCHEMA_VERSION}")
         self._db.executescript(_SCHEMA)
+        self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         row = self._db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'events'").fetchone()
         self._last_seq: int = row[0] if row else 0
 
@@ -148,7 +160,7 @@ class SqliteStore(Store):
                 numbered.append(stored)
             if idempotency is not None:
                 self._db.execute(
-                    "INSERT OR REPLACE INTO requests VALUES (?, ?, ?, ?, ?, ?)",
+                    "INSERT OR REPLACE INTO requests VALUES (?, ?, ?, ?, ?, ?, ?)",
                     (
                         idempotency.principal,
                         idempotency.request_id,
@@ -156,6 +168,7 @@ class SqliteStore(Store):
                         idempotency.fingerprint,
                         idempotency.call,
                         idempotency.status,
+                        now_us,
                     ),
                 )
             self._db.execute("COMMIT")
@@ -193,6 +206,9 @@ class SqliteStore(Store):
                 "SELECT MAX(seq) FROM events WHERE create_us < ?", (older_than_us,)
             ).fetchone()
             cutoff = max(cutoff, row[0] or 0)
+        if older_than_us > 0:
+            # request_ids are remembered as long as events are (AIP-155 leaves the window to us).
+            self._db.execute("DELETE FROM requests WHERE create_us < ?", (older_than_us,))
         bounds = await self.event_bounds()
         if cutoff <= bounds.pruned_through:
             return 0
