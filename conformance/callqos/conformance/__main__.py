@@ -1,0 +1,5 @@
+import sys
+
+from callqos.conformance.cli import main
+
+sys.exit(main())

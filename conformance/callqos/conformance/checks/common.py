@@ -1,0 +1,80 @@
+"""Steps several checks share: fill to refusal, sum what our calls hold, wait for a call's events."""
+
+from __future__ import annotations
+
+import grpc
+
+from callqos.conformance.harness import Call, CheckContext, EventType, QosEvent, RpcFailure, describe
+from callqos.conformance.model import CheckFailed
+from callqos.conformance.rules import QosSpec, qos_rates
+
+REFUSED = grpc.StatusCode.RESOURCE_EXHAUSTED
+LOSS_EVENTS = (EventType.QOS_EVENT_TYPE_NOQOS, EventType.QOS_EVENT_TYPE_ADMISSION_FAILURE,
+               EventType.QOS_EVENT_TYPE_POLICY_FAILURE, EventType.QOS_EVENT_TYPE_GENERIC_ERROR)
+
+
+def is_qos_refusal(failure: RpcFailure) -> bool:
+    return failure.code == REFUSED and failure.reason == "QOS_UNAVAILABLE"
+
+
+async def fill(ctx: CheckContext, qos: QosSpec, level: int) -> tuple[list[Call], RpcFailure | None]:
+    """Create calls with `qos` until the target refuses one (QOS_UNAVAILABLE) or the bound is hit."""
+    calls: list[Call] = []
+    for _ in range(ctx.params.max_fill_calls):
+        result = await ctx.try_create(qos, level)
+        if isinstance(result, Call):
+            if result.state != Call.State.STATE_CONNECTED:
+                raise CheckFailed(f"CreateCall returned {result.name} not CONNECTED")
+            calls.append(result)
+            continue
+        if not is_qos_refusal(result):
+            raise CheckFailed(f"while filling with {len(calls)} calls: expected success or RESOURCE_EXHAUSTED QOS_UNAVAILABLE, got {result}")
+        return calls, result
+    return calls, None
+
+
+def held(calls: list[Call]) -> tuple[int, int]:
+    """(sending, receiving) bytes/s our connected calls hold according to their granted QoS."""
+    send = recv = 0
+    for call in calls:
+        if call.state == Call.State.STATE_CONNECTED:
+            s, r = qos_rates(call.granted_qos)
+            send, recv = send + s, recv + r
+    return send, recv
+
+
+def check_within(ctx: CheckContext, calls: list[Call], capacity: int, what: str) -> None:
+    send, recv = held(calls)
+    if send > capacity or recv > capacity:
+        raise CheckFailed(
+            f"over-admission: {what}: {len(calls)} connected calls hold {send} B/s sending and {recv} B/s receiving, "
+            f"capacity {capacity} B/s per direction"
+        )
+
+
+async def check_links_within(ctx: CheckContext) -> None:
+    if not ctx.caps.link_admin:
+        return
+    for link in await ctx.links():
+        for direction, used in (("sending", link.sending_reserved_bytes_per_second),
+                                ("receiving", link.receiving_reserved_bytes_per_second)):
+            if used > link.capacity_bytes_per_second:
+                raise CheckFailed(f"{link.name}: {direction} reserved {used} B/s exceeds capacity {link.capacity_bytes_per_second} B/s")
+
+
+async def call_events(ctx: CheckContext, name: str, terminal: int = EventType.QOS_EVENT_TYPE_CALL_DISCONNECTED,
+                      count: int = 0, what: str = "") -> list[QosEvent]:
+    """The call's events, read until `terminal` arrives (or `count` events), plus a settle period."""
+    def done(events: list[QosEvent]) -> bool:
+        if count:
+            return len(events) >= count
+        return any(e.type == terminal for e in events)
+
+    return await ctx.events(name, until=done, what=what or f"events of {name}")
+
+
+def expect_types(events: list[QosEvent], expected: list[int], what: str) -> None:
+    got = [e.type for e in events]
+    if got != expected:
+        want = "[" + ", ".join(EventType.Name(t).removeprefix("QOS_EVENT_TYPE_") for t in expected) + "]"
+        raise CheckFailed(f"{what}: expected exactly {want}, got {describe(events)}")

@@ -1,0 +1,165 @@
+"""EVT: the event stream — exactly the expected events per call, in order, with the right
+before/after QoS; strictly increasing sequences; resume from a cursor; filtering by call."""
+
+from __future__ import annotations
+
+from callqos.conformance.checks.common import call_events, expect_types, is_qos_refusal
+from callqos.conformance.checks.registry import MUST, SHOULD, check
+from callqos.conformance.harness import Call, CheckContext, EventType, Level, RpcFailure, describe, needs_capacity, same
+from callqos.conformance.model import CheckFailed, CheckSkipped
+from callqos.conformance.rules import QosSpec, best_effort, cl
+
+E = EventType
+IF_AVAILABLE, NEEDED = Level.SERVICE_LEVEL_IF_AVAILABLE, Level.SERVICE_LEVEL_NEEDED
+LINE_QOSINFO = "TAPI LINE_QOSINFO / ITQOSEvent; LINE_CALLINFO(QOS)"
+
+
+def simple(ctx: CheckContext) -> QosSpec:
+    return ctx.params.feasible or QosSpec(sending=best_effort(), receiving=best_effort())
+
+
+def increasing(events: list, what: str) -> None:
+    for a, b in zip(events, events[1:]):
+        if b.sequence <= a.sequence:
+            raise CheckFailed(f"{what}: sequence {b.sequence} follows {a.sequence}: {describe(events)}")
+
+
+@check("EVT-001", "A granted call's events: exactly QOS_GRANTED then, on drop, CALL_DISCONNECTED(NORMAL)", MUST, "events",
+       f"{LINE_QOSINFO}; LINE_CALLSTATE DISCONNECTED/NORMAL; no messages after idle; §8.5 #24")
+async def granted_then_dropped(ctx: CheckContext) -> None:
+    """CreateCall, DropCall → [QOS_GRANTED(current=granted), CALL_DISCONNECTED(NORMAL, previous=granted)], nothing after."""
+    call = await ctx.create(simple(ctx), IF_AVAILABLE)
+    await ctx.drop(call.name)
+    events = await call_events(ctx, call.name)
+    expect_types(events, [E.QOS_EVENT_TYPE_QOS_GRANTED, E.QOS_EVENT_TYPE_CALL_DISCONNECTED], "granted call then drop")
+    increasing(events, call.name)
+    granted, gone = events
+    if not same(granted.current_qos, call.granted_qos):
+        raise CheckFailed("QOS_GRANTED.current_qos is not the granted QoS")
+    if gone.disconnect_reason != 1 or not same(gone.previous_qos, call.granted_qos):
+        raise CheckFailed("CALL_DISCONNECTED lacks reason NORMAL or previous_qos = the granted QoS")
+
+
+@check("EVT-002", "A refused call's events: ADMISSION_FAILURE (with the counter-offer) then CALL_DISCONNECTED(QOS_UNAVAILABLE)", MUST, "events",
+       f"{LINE_QOSINFO} QE_ADMISSIONFAILURE; LINEDISCONNECTMODE_QOSUNAVAIL; §8.3")
+async def refused(ctx: CheckContext) -> None:
+    """CreateCall(infeasible, NEEDED) → [ADMISSION_FAILURE(reason QOS_UNAVAILABLE, counter_offer as in QosRefusal),
+    CALL_DISCONNECTED(QOS_UNAVAILABLE)], nothing after."""
+    if ctx.params.infeasible is None:
+        raise CheckSkipped("no infeasible flowspec is known")
+    request = ctx.request(ctx.params.infeasible, NEEDED)
+    result = await ctx.try_create(ctx.params.infeasible, request=request)
+    if not isinstance(result, RpcFailure) or not is_qos_refusal(result):
+        raise CheckFailed(f"expected a QOS_UNAVAILABLE refusal, got {result if isinstance(result, RpcFailure) else 'a connected call'}")
+    name = f"calls/{request.call_id}"
+    events = await call_events(ctx, name)
+    expect_types(events, [E.QOS_EVENT_TYPE_ADMISSION_FAILURE, E.QOS_EVENT_TYPE_CALL_DISCONNECTED], "refused call")
+    increasing(events, name)
+    failure, gone = events
+    if failure.reason != "QOS_UNAVAILABLE":
+        raise CheckFailed(f"ADMISSION_FAILURE.reason is {failure.reason!r}, not QOS_UNAVAILABLE")
+    offer = result.refusal.counter_offer if result.refusal and result.refusal.HasField("counter_offer") else None
+    if offer is not None and not same(failure.counter_offer, offer):
+        raise CheckFailed("ADMISSION_FAILURE.counter_offer differs from the QosRefusal counter-offer")
+    if gone.disconnect_reason != 2:
+        raise CheckFailed("CALL_DISCONNECTED.disconnect_reason is not QOS_UNAVAILABLE")
+
+
+@check("EVT-003", "Renegotiation events: QOS_CHANGED(RENEGOTIATED, before, after); a refusal RENEGOTIATION_FAILED(unchanged)", MUST, "events",
+       f"{LINE_QOSINFO}; TSPI_lineSetCallQualityOfService: no change on failure; §8.5 #13, #14", needs=("renegotiation", "qos_supported"))
+async def renegotiation_events(ctx: CheckContext) -> None:
+    """Create, renegotiate up (ok), renegotiate beyond capacity (refused), drop → [GRANTED, CHANGED, RENEGOTIATION_FAILED, DISCONNECTED]."""
+    capacity = needs_capacity(ctx)
+    call = await ctx.create(QosSpec(sending=cl(capacity // 10), receiving=cl(capacity // 10)), NEEDED)
+    changed = await ctx.renegotiate(call.name, QosSpec(sending=cl(capacity // 8), receiving=cl(capacity // 8)))
+    if isinstance(changed, RpcFailure):
+        raise CheckFailed(f"feasible renegotiation refused: {changed}")
+    refusal = await ctx.renegotiate(call.name, QosSpec(sending=cl(capacity + 1), receiving=cl(capacity // 8)))
+    if isinstance(refusal, Call):
+        raise CheckFailed("renegotiation beyond capacity succeeded")
+    await ctx.drop(call.name)
+    events = await call_events(ctx, call.name)
+    expect_types(events, [E.QOS_EVENT_TYPE_QOS_GRANTED, E.QOS_EVENT_TYPE_QOS_CHANGED,
+                          E.QOS_EVENT_TYPE_RENEGOTIATION_FAILED, E.QOS_EVENT_TYPE_CALL_DISCONNECTED], "renegotiated call")
+    increasing(events, call.name)
+    _, change, failed, _ = events
+    if change.cause != 1 or not same(change.previous_qos, call.granted_qos) or not same(change.current_qos, changed.granted_qos):
+        raise CheckFailed("QOS_CHANGED lacks cause RENEGOTIATED or the right previous/current QoS")
+    if not (same(failed.previous_qos, changed.granted_qos) and same(failed.current_qos, changed.granted_qos)):
+        raise CheckFailed("RENEGOTIATION_FAILED must carry previous_qos == current_qos == the unchanged grant")
+
+
+async def _three_calls(ctx: CheckContext) -> list[Call]:
+    calls = [await ctx.create(simple(ctx), IF_AVAILABLE) for _ in range(3)]
+    for call in calls:
+        await ctx.drop(call.name)
+    return calls
+
+
+@check("EVT-004", "Sequences strictly increase across the stream; each call's events arrive in order", MUST, "events",
+       "event.proto QosEvent.sequence: strictly increasing across the whole service; §8.5 #23")
+async def ordering(ctx: CheckContext) -> None:
+    """Three calls made and dropped; the unfiltered stream from the run's cursor is strictly increasing and has
+    each call's QOS_GRANTED before its CALL_DISCONNECTED."""
+    calls = await _three_calls(ctx)
+    names = {c.name for c in calls}
+    done = lambda got: names <= {e.call for e in got if e.type == E.QOS_EVENT_TYPE_CALL_DISCONNECTED}  # noqa: E731
+    events = await ctx.events(None, until=done, settle=0.1, what="unfiltered stream")
+    increasing(events, "unfiltered stream")
+    for name in names:
+        mine = [e.type for e in events if e.call == name]
+        if mine != [E.QOS_EVENT_TYPE_QOS_GRANTED, E.QOS_EVENT_TYPE_CALL_DISCONNECTED]:
+            raise CheckFailed(f"{name}: events {[E.Name(t) for t in mine]} in the unfiltered stream")
+
+
+@check("EVT-005", "Resuming from a cursor delivers every later event, without loss or repeat", MUST, "events",
+       "callqos_service.proto WatchEvents: from a cursor, without loss across reconnects")
+async def resume(ctx: CheckContext) -> None:
+    """Read a call's events; resume after the first → exactly the rest, byte-identical; resume after the last → nothing."""
+    call = await ctx.create(simple(ctx), IF_AVAILABLE)
+    await ctx.drop(call.name)
+    events = await call_events(ctx, call.name)
+    rest = await ctx.events(call.name, after=events[0].sequence, until=lambda got: len(got) >= len(events) - 1, what="resumed stream")
+    if len(rest) != len(events) - 1 or not all(same(a, b) for a, b in zip(rest, events[1:])):
+        raise CheckFailed(f"resumed after #{events[0].sequence}: expected {describe(events[1:])}, got {describe(rest)}")
+    tail = await ctx.events(call.name, after=events[-1].sequence, until=lambda got: True, what="stream after the last event")
+    if tail:
+        raise CheckFailed(f"resuming after the last event replayed {describe(tail)}")
+
+
+@check("EVT-006", "Watching one call delivers that call's events only", MUST, "events",
+       "callqos_service.proto WatchEventsRequest.call; ITTAPI::put_EventFilter; §8.5 #22")
+async def filtered(ctx: CheckContext) -> None:
+    """Three calls; WatchEvents(call=second) yields only the second call's events."""
+    calls = await _three_calls(ctx)
+    events = await call_events(ctx, calls[1].name)
+    strays = [e for e in events if e.call != calls[1].name]
+    if strays:
+        raise CheckFailed(f"filtered stream carried other calls' events: {describe(strays)}")
+
+
+@check("EVT-007", "A policy refusal emits POLICY_FAILURE, not ADMISSION_FAILURE", MUST, "events",
+       "QE_POLICYFAILURE vs QE_ADMISSIONFAILURE; §8.5 #11", needs=("policy",))
+async def policy_event(ctx: CheckContext) -> None:
+    """CreateCall(policy_refused, NEEDED) → [POLICY_FAILURE(reason QOS_POLICY_FAILURE), CALL_DISCONNECTED(QOS_UNAVAILABLE)]."""
+    if ctx.params.policy_refused is None:
+        raise CheckSkipped("no policy-refused flowspec is known")
+    request = ctx.request(ctx.params.policy_refused, NEEDED)
+    result = await ctx.try_create(ctx.params.policy_refused, request=request)
+    if isinstance(result, Call):
+        raise CheckFailed("the policy-refused request connected")
+    events = await call_events(ctx, f"calls/{request.call_id}")
+    expect_types(events, [E.QOS_EVENT_TYPE_POLICY_FAILURE, E.QOS_EVENT_TYPE_CALL_DISCONNECTED], "policy-refused call")
+    if events[0].reason != "QOS_POLICY_FAILURE":
+        raise CheckFailed(f"POLICY_FAILURE.reason is {events[0].reason!r}")
+
+
+@check("EVT-008", "Events caused by a request carry its request_id", SHOULD, "events",
+       "TSPI ASYNC_COMPLETION(dwRequestID): completion correlated by request id; event.proto QosEvent.request_id; §8.5 #23")
+async def correlation(ctx: CheckContext) -> None:
+    """CreateCall with a request_id → its QOS_GRANTED event carries that request_id."""
+    rid = f"req-{ctx.unique()}"
+    call = await ctx.create(simple(ctx), IF_AVAILABLE, request_id=rid)
+    events = await call_events(ctx, call.name, count=1)
+    if events[0].request_id != rid:
+        raise CheckFailed(f"QOS_GRANTED.request_id is {events[0].request_id!r}, expected {rid!r}")

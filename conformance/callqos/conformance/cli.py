@@ -1,0 +1,77 @@
+"""`callqos-conformance`: certify a provider (`--provider`) or a server (`--target`); `list`
+prints every check."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tomllib
+from pathlib import Path
+
+from callqos.conformance import SPEC_VERSION, SUITE_VERSION
+from callqos.conformance.checks import all_checks
+from callqos.conformance.model import PROFILES
+from callqos.conformance.reports import console
+from callqos.conformance.runner import RunOptions, run_conformance
+
+
+def _ids(values: list[str]) -> tuple[str, ...]:
+    out: list[str] = []
+    for value in values:
+        if value.startswith("@"):  # a file of ids, one a line, # comments
+            lines = Path(value[1:]).read_text().splitlines()
+            out += [line.split("#")[0].strip() for line in lines if line.split("#")[0].strip()]
+        else:
+            out += [v.strip() for v in value.split(",") if v.strip()]
+    return tuple(out)
+
+
+def list_checks(profiles: tuple[str, ...]) -> str:
+    rows = [f"{c.id:14} {c.level.value:6} {c.profile:15} {c.title}\n{'':37}ref: {c.reference}"
+            + (f"\n{'':37}needs: {', '.join(c.needs)}" if c.needs else "")
+            for c in all_checks() if not profiles or c.profile in profiles]
+    return "\n".join(rows) + f"\n{len(rows)} checks (suite {SUITE_VERSION}, spec {SPEC_VERSION})"
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="callqos-conformance", description="Certify a callqos provider or server.")
+    p.add_argument("command", nargs="?", choices=("run", "list"), default="run")
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--target", help="HOST:PORT of a running callqos server (any language)")
+    where.add_argument("--provider", help="entry-point name or module:Class: host it in a spawned server")
+    p.add_argument("--target-provider", help="providers/{id} to certify on --target (default: the server's default)")
+    p.add_argument("--provider-settings", type=Path, help="TOML file: the provider's settings table (for --provider)")
+    p.add_argument("--parameters", type=Path, help="TOML test parameters (feasible/infeasible flowspecs, capacity)")
+    p.add_argument("--profile", action="append", default=[], choices=PROFILES, help="run only this profile (repeatable)")
+    p.add_argument("--check", action="append", default=[], help="run only these check ids or id prefixes (comma-separated, repeatable)")
+    p.add_argument("--known-failing", action="append", default=[], help="check ids expected to fail (comma-separated or @file); an unexpected pass fails the run")
+    p.add_argument("--seed", type=int, help="seed for check order and generated values")
+    p.add_argument("--timeout-scale", type=float, default=1.0, help="multiply every deadline (slow providers)")
+    p.add_argument("--provider-timeout", type=float, default=2.0, help="server-side provider deadline for --provider, seconds")
+    p.add_argument("--output-dir", type=Path, help="write summary.txt, junit.xml, report.json, report.md here")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    if args.command == "list":
+        print(list_checks(tuple(args.profile)))
+        return 0
+    settings = {}
+    if args.provider_settings:
+        settings = tomllib.loads(args.provider_settings.read_text())
+    if args.timeout_scale <= 0:
+        print("--timeout-scale must be positive", file=sys.stderr)
+        return 2
+    report = run_conformance(RunOptions(
+        target=args.target, provider=args.provider, target_provider=args.target_provider, provider_settings=settings,
+        parameters_file=args.parameters, profiles=tuple(args.profile), checks=_ids(args.check),
+        known_failing=_ids(args.known_failing), seed=args.seed, timeout_scale=args.timeout_scale,
+        output_dir=args.output_dir, provider_timeout=args.provider_timeout,
+    ))
+    print(console(report))
+    return report.exit_code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
