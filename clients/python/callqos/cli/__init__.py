@@ -1,0 +1,1 @@
+"""The ``callqos`` command line (entry point :func:`callqos.cli.main.main`)."""

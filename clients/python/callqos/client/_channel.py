@@ -1,0 +1,79 @@
+"""Channel settings shared by the sync and async clients: retry policy, keepalive, identity."""
+
+from __future__ import annotations
+
+import json
+import os
+from importlib import resources
+from typing import Any, Mapping, Sequence
+
+DEFAULT_TARGET = "127.0.0.1:50051"
+#: Deadline of every unary RPC unless the caller gives another (gRPC has no default deadline).
+DEFAULT_TIMEOUT = 10.0
+#: The request metadata key the server reads the caller's identity from.
+PRINCIPAL_METADATA_KEY = "x-callqos-principal"
+#: Environment variables the CLI (and ``Client.from_env``) read.
+TARGET_ENV = "CALLQOS_TARGET"
+PRINCIPAL_ENV = "CALLQOS_PRINCIPAL"
+
+# Must match the server's limit; events and calls are small, so 4 MiB is plenty either way.
+_MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+
+Metadata = Sequence[tuple[str, str]]
+
+
+def load_service_config() -> dict[str, Any]:
+    """The retry policy, kept as data in ``service_config.json`` (gRFC A6 format).
+
+    It retries UNAVAILABLE on the methods that are safe to repeat: the reads, DropCall
+    (dropping twice is harmless), UpdateLink (it sets an absolute value), and CreateCall and
+    RenegotiateCall *because this client always sends a request_id* (AIP-155), so a repeated
+    request returns the first outcome instead of acting twice. The same JSON is meant for the
+    other language clients, under the same request_id rule.
+    """
+    text = resources.files(__package__).joinpath("service_config.json").read_text("utf-8")
+    config: dict[str, Any] = json.loads(text)
+    return config
+
+
+def channel_options(
+    *,
+    retry: bool = True,
+    service_config: Mapping[str, Any] | None = None,
+    extra: Sequence[tuple[str, Any]] = (),
+) -> list[tuple[str, Any]]:
+    """Options for ``grpc.insecure_channel`` / ``grpc.aio.insecure_channel`` and friends."""
+    options: list[tuple[str, Any]] = [
+        ("grpc.max_send_message_length", _MAX_MESSAGE_BYTES),
+        ("grpc.max_receive_message_length", _MAX_MESSAGE_BYTES),
+        # No client keepalive pings on purpose: a server keeps grpc's default 5-minute
+        # min_ping_interval_without_data and answers faster pings on an idle watch stream with
+        # GOAWAY too_many_pings. Any keepalive must be agreed with the server's settings.
+        # After a server restart the channel's own reconnect backoff (up to 120 s by default)
+        # would delay a resuming watch far longer than the restart itself; cap it.
+        ("grpc.initial_reconnect_backoff_ms", 100),
+        ("grpc.min_reconnect_backoff_ms", 100),
+        ("grpc.max_reconnect_backoff_ms", 2_000),
+        ("grpc.enable_retries", 1 if retry else 0),
+    ]
+    if retry:
+        config = dict(service_config) if service_config is not None else load_service_config()
+        options.append(("grpc.service_config", json.dumps(config)))
+    options.extend(extra)
+    return options
+
+
+def request_metadata(principal: str | None, extra: Metadata = ()) -> tuple[tuple[str, str], ...]:
+    """Metadata sent with every RPC: the principal (when given) and the caller's extras."""
+    metadata = list(extra)
+    if principal:
+        metadata.append((PRINCIPAL_METADATA_KEY, principal))
+    return tuple(metadata)
+
+
+def env_target() -> str:
+    return os.environ.get(TARGET_ENV) or DEFAULT_TARGET
+
+
+def env_principal() -> str | None:
+    return os.environ.get(PRINCIPAL_ENV) or None

@@ -1,0 +1,120 @@
+"""Request messages built from the client's keyword arguments (shared by sync and async)."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Iterable
+
+from google.protobuf import field_mask_pb2
+
+from callqos.v1 import call_pb2, callqos_service_pb2, flowspec_pb2, provider_pb2
+
+from . import specs
+
+
+def call_name(name: str) -> str:
+    """``abc`` or ``calls/abc`` -> ``calls/abc``."""
+    return name if name.startswith("calls/") else f"calls/{name}"
+
+
+def provider_name(name: str) -> str:
+    """``reference`` or ``providers/reference`` -> ``providers/reference``."""
+    return name if name.startswith("providers/") else f"providers/{name}"
+
+
+def new_request_id() -> str:
+    """A fresh AIP-155 request_id (UUID4), so that a retried create or renegotiate is safe."""
+    return str(uuid.uuid4())
+
+
+def _qos(
+    qos: flowspec_pb2.QosSpec | None,
+    sending: flowspec_pb2.FlowSpec | None,
+    receiving: flowspec_pb2.FlowSpec | None,
+    default: flowspec_pb2.FlowSpec,
+) -> flowspec_pb2.QosSpec:
+    if qos is not None:
+        if sending is not None or receiving is not None:
+            raise TypeError("pass either qos= or sending=/receiving=, not both")
+        return qos
+    result = flowspec_pb2.QosSpec()
+    result.sending.CopyFrom(sending if sending is not None else default)
+    result.receiving.CopyFrom(receiving if receiving is not None else default)
+    return result
+
+
+def create_call(
+    destination: str,
+    *,
+    qos: flowspec_pb2.QosSpec | None,
+    sending: flowspec_pb2.FlowSpec | None,
+    receiving: flowspec_pb2.FlowSpec | None,
+    level: specs.EnumLike | None,
+    provider: str | None,
+    call_id: str | None,
+    request_id: str | None,
+) -> callqos_service_pb2.CreateCallRequest:
+    call = call_pb2.Call(
+        destination=destination,
+        provider=provider_name(provider) if provider else "",
+        requested_qos=_qos(qos, sending, receiving, specs.best_effort()),
+    )
+    if level is not None:
+        call.service_level = specs.parse_service_level(level)  # type: ignore[assignment]
+    return callqos_service_pb2.CreateCallRequest(
+        call=call, call_id=call_id or "", request_id=request_id or new_request_id()
+    )
+
+
+def renegotiate_call(
+    name: str,
+    *,
+    qos: flowspec_pb2.QosSpec | None,
+    sending: flowspec_pb2.FlowSpec | None,
+    receiving: flowspec_pb2.FlowSpec | None,
+    level: specs.EnumLike | None,
+    etag: str | None,
+    request_id: str | None,
+) -> callqos_service_pb2.RenegotiateCallRequest:
+    # A direction the caller leaves out is kept as it is (SERVICETYPE_NOCHANGE).
+    request = callqos_service_pb2.RenegotiateCallRequest(
+        name=call_name(name),
+        qos=_qos(qos, sending, receiving, specs.no_change()),
+        etag=etag or "",
+        request_id=request_id or new_request_id(),
+    )
+    if level is not None:
+        request.service_level = specs.parse_service_level(level)  # type: ignore[assignment]
+    return request
+
+
+def calls_filter(state: specs.EnumLike | None, provider: str | None) -> str:
+    """The AIP-160 subset ListCalls understands: ``state = X AND provider = "providers/y"``."""
+    terms = []
+    if state is not None:
+        number = specs.parse_call_state(state)
+        terms.append("state = " + call_pb2.Call.State.Name(number).removeprefix("STATE_"))
+    if provider:
+        terms.append(f'provider = "{provider_name(provider)}"')
+    return " AND ".join(terms)
+
+
+def watch_events(
+    after_sequence: int | None,
+    call: str | None,
+    types: Iterable[specs.EnumLike] | None,
+) -> callqos_service_pb2.WatchEventsRequest:
+    request = callqos_service_pb2.WatchEventsRequest(
+        call=call_name(call) if call else "",
+        types=[specs.parse_event_type(t) for t in types or ()],  # type: ignore[misc]
+    )
+    if after_sequence is not None:
+        request.after_sequence = after_sequence
+    return request
+
+
+def update_link_capacity(link: str, capacity: int) -> callqos_service_pb2.UpdateLinkRequest:
+    return callqos_service_pb2.UpdateLinkRequest(
+        link=provider_pb2.Link(name=link, capacity_bytes_per_second=capacity),
+        update_mask=field_mask_pb2.FieldMask(paths=["capacity_bytes_per_second"]),
+    )

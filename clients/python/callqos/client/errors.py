@@ -1,0 +1,526 @@
+"""Typed exceptions for every error the callqos service returns.
+
+There is exactly one mapping from a failed RPC to an exception class, in the style of
+python-api-core's ``exceptions.py``: each class declares the gRPC status code it stands for and,
+for the specific ones, the ``google.rpc.ErrorInfo.reason`` (domain ``callqos.dev``). Subclasses
+register themselves when they are defined, so the table below *is* the class hierarchy.
+
+Lookup order in :func:`from_grpc_error`:
+
+1. ``(code, reason)`` when the ErrorInfo domain is ``callqos.dev``;
+2. the class for the code alone (an unknown or foreign reason falls back here);
+3. :class:`CallQosError` itself.
+
+Status details are decoded with ``grpc_status.rpc_status`` and unpacked into their message types
+(``ErrorInfo``, ``BadRequest``, ``callqos.v1.QosRefusal``, ``RetryInfo``, ...).
+
+.. code-block:: python
+
+    try:
+        client.make_call("sip:bob@example.com", sending=controlled_load(900_000))
+    except QosUnavailableError as exc:
+        client.make_call("sip:bob@example.com", qos=exc.counter_offer)
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar, Mapping, Sequence
+
+import grpc
+from google.protobuf import any_pb2, message
+from google.rpc import error_details_pb2, status_pb2
+
+from callqos.v1 import call_pb2, flowspec_pb2
+
+try:
+    from grpc_status import rpc_status
+except ImportError:  # pragma: no cover - grpcio-status is a declared dependency
+    # Degrade like python-api-core: errors still map by code, just without their details.
+    rpc_status = None  # type: ignore[assignment]
+
+__all__ = [
+    "DOMAIN",
+    "CallQosError",
+    "ClientError",
+    "ServerError",
+    "InvalidArgumentError",
+    "InvalidRequestError",
+    "RequestIdReusedError",
+    "NotFoundError",
+    "CallNotFoundError",
+    "ProviderNotFoundError",
+    "LinkNotFoundError",
+    "AlreadyExistsError",
+    "CallAlreadyExistsError",
+    "FailedPreconditionError",
+    "CallNotConnectedError",
+    "PermissionDeniedError",
+    "NotOwnerError",
+    "QosRefusedError",
+    "QosUnavailableError",
+    "QosPolicyFailureError",
+    "AbortedError",
+    "EtagMismatchError",
+    "ResourceExhaustedError",
+    "TooManyWatchersError",
+    "UnsupportedError",
+    "RenegotiationUnsupportedError",
+    "LinkAdminUnsupportedError",
+    "OutOfRangeError",
+    "CursorExpiredError",
+    "CursorUnknownError",
+    "UnauthenticatedError",
+    "RequestCancelledError",
+    "DeadlineExceededError",
+    "UnavailableError",
+    "ProviderUnavailableError",
+    "ShuttingDownError",
+    "InternalError",
+    "ProviderContractViolationError",
+    "ServerBugError",
+    "UnknownError",
+    "DataLossError",
+    "exception_class_for",
+    "from_grpc_error",
+    "is_retryable",
+]
+
+#: The ErrorInfo domain of every error callqos itself raises.
+DOMAIN = "callqos.dev"
+
+# Filled by CallQosError.__init_subclass__: the first class to claim a key wins, so a
+# subclass of a code-level class does not steal the code-level fallback.
+_BY_CODE: dict[grpc.StatusCode, type[CallQosError]] = {}
+_BY_REASON: dict[tuple[grpc.StatusCode, str], type[CallQosError]] = {}
+
+# Detail types we know how to unpack; anything else stays a google.protobuf.Any.
+_DETAIL_TYPES: dict[str, type[message.Message]] = {
+    cls.DESCRIPTOR.full_name: cls
+    for cls in (
+        error_details_pb2.ErrorInfo,
+        error_details_pb2.BadRequest,
+        error_details_pb2.RetryInfo,
+        error_details_pb2.DebugInfo,
+        error_details_pb2.QuotaFailure,
+        error_details_pb2.PreconditionFailure,
+        error_details_pb2.RequestInfo,
+        error_details_pb2.ResourceInfo,
+        error_details_pb2.Help,
+        error_details_pb2.LocalizedMessage,
+        call_pb2.QosRefusal,
+    )
+}
+
+
+class CallQosError(Exception):
+    """Base class of every error a callqos RPC raises.
+
+    Attributes are read from the gRPC status and its ``google.rpc.ErrorInfo`` detail.
+    """
+
+    #: The gRPC status code this class stands for (class level; the instance's actual code is
+    #: in :attr:`code`, which differs only for the fallback base class).
+    grpc_code: ClassVar[grpc.StatusCode | None] = None
+    #: The ErrorInfo reason this class stands for, or None for a code-level class.
+    error_reason: ClassVar[str | None] = None
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        # A reason class inherits its code from its code-level parent; a class that declares
+        # neither (a mixin like QosRefusedError) registers nothing.
+        code = cls.grpc_code
+        reason = cls.__dict__.get("error_reason")
+        if code is None:
+            return
+        if reason is not None:
+            _BY_REASON.setdefault((code, reason), cls)
+        elif "grpc_code" in cls.__dict__:
+            _BY_CODE.setdefault(code, cls)
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: grpc.StatusCode | None = None,
+        details: Sequence[message.Message] = (),
+        status: status_pb2.Status | None = None,
+        response: grpc.RpcError | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message: str = message
+        self.code: grpc.StatusCode = code or type(self).grpc_code or grpc.StatusCode.UNKNOWN
+        #: The unpacked ``google.rpc.Status.details`` (unknown types stay ``Any``).
+        self.details: list[message.Message] = list(details)
+        #: The whole rich status, if the server sent one.
+        self.status: status_pb2.Status | None = status
+        #: The underlying ``grpc.RpcError`` (``grpc.aio.AioRpcError`` for the async client).
+        self.response: grpc.RpcError | None = response
+        self.error_info: error_details_pb2.ErrorInfo | None = self._find(
+            error_details_pb2.ErrorInfo
+        )
+
+    def _find(self, kind: type[Any]) -> Any:
+        """The first detail of this type (AIP-193: each type appears at most once)."""
+        for detail in self.details:
+            if isinstance(detail, kind):
+                return detail
+        return None
+
+    @property
+    def reason(self) -> str:
+        """``ErrorInfo.reason`` (e.g. ``"QOS_UNAVAILABLE"``), or ``""`` when there is none."""
+        return self.error_info.reason if self.error_info else ""
+
+    @property
+    def domain(self) -> str:
+        """``ErrorInfo.domain``; ``"callqos.dev"`` for errors the service raised itself."""
+        return self.error_info.domain if self.error_info else ""
+
+    @property
+    def metadata(self) -> Mapping[str, str]:
+        """``ErrorInfo.metadata``: the context the server attached (call, provider, ...)."""
+        return dict(self.error_info.metadata) if self.error_info else {}
+
+    @property
+    def retry_delay(self) -> float | None:
+        """``RetryInfo.retry_delay`` in seconds, when the server suggested one."""
+        info = self._find(error_details_pb2.RetryInfo)
+        if info is None or not info.HasField("retry_delay"):
+            return None
+        return info.retry_delay.ToTimedelta().total_seconds()
+
+    def __str__(self) -> str:
+        label = self.reason or self.code.name
+        return f"{label}: {self.message}" if self.message else label
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(code={self.code.name}, reason={self.reason!r}, "
+            f"message={self.message!r})"
+        )
+
+
+class ClientError(CallQosError):
+    """The request cannot succeed as sent (4xx-like codes)."""
+
+
+class ServerError(CallQosError):
+    """The server or a provider failed (5xx-like codes); the request may succeed later."""
+
+
+# --- INVALID_ARGUMENT -------------------------------------------------------------------------
+
+
+class InvalidArgumentError(ClientError):
+    """INVALID_ARGUMENT."""
+
+    grpc_code = grpc.StatusCode.INVALID_ARGUMENT
+
+    @property
+    def field_violations(self) -> list[error_details_pb2.BadRequest.FieldViolation]:
+        """The ``google.rpc.BadRequest`` field violations, one per bad field."""
+        bad = self._find(error_details_pb2.BadRequest)
+        return list(bad.field_violations) if bad else []
+
+    @property
+    def bad_fields(self) -> list[str]:
+        """Just the field paths of :attr:`field_violations`."""
+        return [violation.field for violation in self.field_violations]
+
+
+class InvalidRequestError(InvalidArgumentError):
+    """The request is malformed; nothing was stored or reserved."""
+
+    error_reason = "INVALID_REQUEST"
+
+
+class RequestIdReusedError(InvalidArgumentError):
+    """The request_id was already used for a different request."""
+
+    error_reason = "REQUEST_ID_REUSED"
+
+
+# --- NOT_FOUND / ALREADY_EXISTS ---------------------------------------------------------------
+
+
+class NotFoundError(ClientError):
+    """NOT_FOUND."""
+
+    grpc_code = grpc.StatusCode.NOT_FOUND
+
+
+class CallNotFoundError(NotFoundError):
+    error_reason = "CALL_NOT_FOUND"
+
+
+class ProviderNotFoundError(NotFoundError):
+    error_reason = "PROVIDER_NOT_FOUND"
+
+
+class LinkNotFoundError(NotFoundError):
+    error_reason = "LINK_NOT_FOUND"
+
+
+class AlreadyExistsError(ClientError):
+    """ALREADY_EXISTS."""
+
+    grpc_code = grpc.StatusCode.ALREADY_EXISTS
+
+
+class CallAlreadyExistsError(AlreadyExistsError):
+    error_reason = "CALL_ALREADY_EXISTS"
+
+
+# --- FAILED_PRECONDITION / PERMISSION_DENIED / ABORTED ----------------------------------------
+
+
+class FailedPreconditionError(ClientError):
+    """FAILED_PRECONDITION."""
+
+    grpc_code = grpc.StatusCode.FAILED_PRECONDITION
+
+
+class CallNotConnectedError(FailedPreconditionError):
+    """The call is disconnected, so it cannot be renegotiated (LINEERR_INVALCALLSTATE)."""
+
+    error_reason = "CALL_NOT_CONNECTED"
+
+
+class PermissionDeniedError(ClientError):
+    """PERMISSION_DENIED."""
+
+    grpc_code = grpc.StatusCode.PERMISSION_DENIED
+
+
+class NotOwnerError(PermissionDeniedError):
+    """Only the call's owner may change or drop it (LINEERR_NOTOWNER)."""
+
+    error_reason = "NOT_OWNER"
+
+
+class AbortedError(ClientError):
+    """ABORTED."""
+
+    grpc_code = grpc.StatusCode.ABORTED
+
+
+class EtagMismatchError(AbortedError):
+    """The call changed since its etag was read: read it again and retry."""
+
+    error_reason = "ETAG_MISMATCH"
+
+
+# --- QoS refusals -----------------------------------------------------------------------------
+
+
+class QosRefusedError(CallQosError):
+    """The provider refused the requested QoS; see :attr:`counter_offer`.
+
+    Raised (as one of its subclasses) by ``make_call`` at level NEEDED, where the call is recorded
+    DISCONNECTED, and by ``renegotiate``, where the call keeps its previous QoS.
+    """
+
+    @property
+    def refusal(self) -> call_pb2.QosRefusal | None:
+        """The ``callqos.v1.QosRefusal`` detail."""
+        return self._find(call_pb2.QosRefusal)
+
+    @property
+    def counter_offer(self) -> flowspec_pb2.QosSpec | None:
+        """The best QoS the provider could grant now; retrying with it should succeed."""
+        refusal = self.refusal
+        if refusal is None or not refusal.HasField("counter_offer"):
+            return None
+        return refusal.counter_offer
+
+    @property
+    def call(self) -> str:
+        """``calls/{call}``: the refused call (disconnected after a refused create)."""
+        refusal = self.refusal
+        if refusal is not None and refusal.call:
+            return refusal.call
+        return self.metadata.get("call", "")
+
+
+class ResourceExhaustedError(ClientError):
+    """RESOURCE_EXHAUSTED."""
+
+    grpc_code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+class QosUnavailableError(QosRefusedError, ResourceExhaustedError):
+    """Admission failure: not enough capacity now (LINEERR_RESOURCEUNAVAIL)."""
+
+    grpc_code = grpc.StatusCode.RESOURCE_EXHAUSTED
+    error_reason = "QOS_UNAVAILABLE"
+
+
+class QosPolicyFailureError(QosRefusedError, PermissionDeniedError):
+    """The provider refuses the QoS by policy (WSA_QOS_POLICY_FAILURE)."""
+
+    grpc_code = grpc.StatusCode.PERMISSION_DENIED
+    error_reason = "QOS_POLICY_FAILURE"
+
+
+class TooManyWatchersError(ResourceExhaustedError):
+    error_reason = "TOO_MANY_WATCHERS"
+
+
+# --- UNIMPLEMENTED ----------------------------------------------------------------------------
+
+
+class UnsupportedError(ClientError):
+    """UNIMPLEMENTED: the provider (or server) does not offer this operation."""
+
+    grpc_code = grpc.StatusCode.UNIMPLEMENTED
+
+
+class RenegotiationUnsupportedError(UnsupportedError):
+    """The call's provider cannot renegotiate (LINEERR_OPERATIONUNAVAIL)."""
+
+    error_reason = "RENEGOTIATION_UNSUPPORTED"
+
+
+class LinkAdminUnsupportedError(UnsupportedError):
+    error_reason = "LINK_ADMIN_UNSUPPORTED"
+
+
+# --- OUT_OF_RANGE (watch cursors) -------------------------------------------------------------
+
+
+class OutOfRangeError(ClientError):
+    """OUT_OF_RANGE."""
+
+    grpc_code = grpc.StatusCode.OUT_OF_RANGE
+
+
+class CursorExpiredError(OutOfRangeError):
+    """The resume cursor is older than the retained events: some events are gone."""
+
+    error_reason = "CURSOR_EXPIRED"
+
+
+class CursorUnknownError(OutOfRangeError):
+    """The resume cursor is beyond the newest event the server ever stored."""
+
+    error_reason = "CURSOR_UNKNOWN"
+
+
+# --- the remaining codes ----------------------------------------------------------------------
+
+
+class UnauthenticatedError(ClientError):
+    grpc_code = grpc.StatusCode.UNAUTHENTICATED
+
+
+class RequestCancelledError(ClientError):
+    """CANCELLED (the RPC was cancelled, usually by the client)."""
+
+    grpc_code = grpc.StatusCode.CANCELLED
+
+
+class DeadlineExceededError(ServerError):
+    grpc_code = grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+class UnavailableError(ServerError):
+    """UNAVAILABLE: transient; idempotent requests are retried by the channel."""
+
+    grpc_code = grpc.StatusCode.UNAVAILABLE
+
+
+class ProviderUnavailableError(UnavailableError):
+    """The provider failed or did not answer in time; nothing changed."""
+
+    error_reason = "PROVIDER_UNAVAILABLE"
+
+
+class ShuttingDownError(UnavailableError):
+    """The server is shutting down; reconnect (watchers resume from their cursor)."""
+
+    error_reason = "SHUTTING_DOWN"
+
+
+class InternalError(ServerError):
+    grpc_code = grpc.StatusCode.INTERNAL
+
+
+class ProviderContractViolationError(InternalError):
+    """The provider answered something that breaks its contract; nothing changed."""
+
+    error_reason = "PROVIDER_CONTRACT_VIOLATION"
+
+
+class ServerBugError(InternalError):
+    """A server bug; the request may or may not have taken effect. Report it."""
+
+    error_reason = "INTERNAL"
+
+
+class UnknownError(ServerError):
+    grpc_code = grpc.StatusCode.UNKNOWN
+
+
+class DataLossError(ServerError):
+    grpc_code = grpc.StatusCode.DATA_LOSS
+
+
+# ----------------------------------------------------------------------------------------------
+
+
+def _unpack(detail: any_pb2.Any) -> message.Message:
+    kind = _DETAIL_TYPES.get(detail.TypeName())
+    if kind is None:
+        return detail
+    unpacked = kind()
+    if not detail.Unpack(unpacked):  # pragma: no cover - TypeName matched, so this cannot fail
+        return detail
+    return unpacked
+
+
+def _rich_status(rpc_error: grpc.RpcError) -> status_pb2.Status | None:
+    if rpc_status is None:
+        return None
+    try:
+        # Works for both grpc.RpcError (a grpc.Call) and grpc.aio.AioRpcError: both expose
+        # code(), details() and trailing_metadata() synchronously once the RPC has failed.
+        return rpc_status.from_call(rpc_error)
+    except (ValueError, AttributeError, TypeError):
+        # Code or message in the trailer disagree with the status line, or the error is not a
+        # call at all: trust the status line and go without details rather than raise again.
+        return None
+
+
+def exception_class_for(
+    code: grpc.StatusCode, reason: str = "", domain: str = DOMAIN
+) -> type[CallQosError]:
+    """The exception class for a status code and ErrorInfo reason (the one mapping)."""
+    if reason and domain == DOMAIN:
+        specific = _BY_REASON.get((code, reason))
+        if specific is not None:
+            return specific
+    return _BY_CODE.get(code, CallQosError)
+
+
+def from_grpc_error(rpc_error: grpc.RpcError) -> CallQosError:
+    """Build the typed exception for a failed RPC (sync or aio)."""
+    code_fn = getattr(rpc_error, "code", None)
+    code = code_fn() if callable(code_fn) else grpc.StatusCode.UNKNOWN
+    details_fn = getattr(rpc_error, "details", None)
+    text = (details_fn() if callable(details_fn) else None) or ""
+    status = _rich_status(rpc_error)
+    details = [_unpack(d) for d in status.details] if status is not None else []
+    info = next((d for d in details if isinstance(d, error_details_pb2.ErrorInfo)), None)
+    cls = exception_class_for(code, info.reason if info else "", info.domain if info else "")
+    return cls(text, code=code, details=details, status=status, response=rpc_error)
+
+
+#: Codes after which repeating the same request may succeed and cannot do harm twice (for
+#: idempotent requests). The service config retries only UNAVAILABLE; callers that wait
+#: longer (like watch) use this too.
+_TRANSIENT_CODES = frozenset({grpc.StatusCode.UNAVAILABLE})
+
+
+def is_retryable(exc: BaseException) -> bool:
+    """True for errors after which an idempotent request (or a watch) may be tried again."""
+    return isinstance(exc, CallQosError) and exc.code in _TRANSIENT_CODES

@@ -1,0 +1,359 @@
+"""The blocking client: :class:`Client` and its :class:`EventStream`.
+
+.. code-block:: python
+
+    from callqos.client import Client, controlled_load, QosUnavailableError
+
+    with Client("127.0.0.1:50051", principal="alice") as client:
+        call = client.make_call("sip:bob@example.com", sending=controlled_load(500_000))
+        for event in client.watch(call=call.name):
+            print(event.sequence, event.type)
+"""
+
+from __future__ import annotations
+
+import threading
+from types import TracebackType
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence, TypeVar
+
+import grpc
+
+from callqos.v1 import (
+    call_pb2,
+    callqos_service_pb2,
+    callqos_service_pb2_grpc,
+    event_pb2,
+    flowspec_pb2,
+    provider_pb2,
+)
+
+from . import _channel, _requests, specs
+from ._resume import STREAM_ENDED, ResumePolicy, WatchState
+from .errors import CallQosError, UnavailableError, from_grpc_error
+
+__all__ = ["Client", "EventStream"]
+
+_Request = TypeVar("_Request")
+_Response = TypeVar("_Response")
+
+
+class Client:
+    """A blocking callqos client over one gRPC channel. Thread-safe, like the channel.
+
+    Args:
+        target: ``host:port`` of the server.
+        principal: the identity sent as ``x-callqos-principal`` (the server uses
+            ``"anonymous"`` when absent). Only a call's owner may renegotiate or drop it.
+        timeout: the deadline, in seconds, of every unary RPC; each method takes its own.
+        credentials: TLS credentials; ``None`` for a plaintext channel.
+        metadata: extra request metadata sent with every RPC.
+        retry: retry UNAVAILABLE on idempotent methods per ``service_config.json``.
+        service_config: a gRFC A6 service config to use instead of the bundled one.
+        options: extra channel options (appended after the client's own).
+    """
+
+    def __init__(
+        self,
+        target: str = _channel.DEFAULT_TARGET,
+        *,
+        principal: str | None = None,
+        timeout: float = _channel.DEFAULT_TIMEOUT,
+        credentials: grpc.ChannelCredentials | None = None,
+        metadata: _channel.Metadata = (),
+        retry: bool = True,
+        service_config: Mapping[str, Any] | None = None,
+        options: Sequence[tuple[str, Any]] = (),
+    ) -> None:
+        self.target = target
+        self.principal = principal
+        self.timeout = timeout
+        self._metadata = _channel.request_metadata(principal, metadata)
+        opts = _channel.channel_options(retry=retry, service_config=service_config, extra=options)
+        if credentials is None:
+            self._channel = grpc.insecure_channel(target, options=opts)
+        else:
+            self._channel = grpc.secure_channel(target, credentials, options=opts)
+        self._stub = callqos_service_pb2_grpc.CallQosServiceStub(self._channel)
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Close the channel; open event streams end."""
+        self._channel.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def _unary(
+        self,
+        method: Callable[..., _Response],
+        request: Any,
+        timeout: float | None,
+    ) -> _Response:
+        try:
+            return method(
+                request,
+                timeout=self.timeout if timeout is None else timeout,
+                metadata=self._metadata,
+            )
+        except grpc.RpcError as exc:
+            raise from_grpc_error(exc) from exc
+
+    # -- calls ------------------------------------------------------------------------------
+
+    def make_call(
+        self,
+        destination: str,
+        *,
+        qos: flowspec_pb2.QosSpec | None = None,
+        sending: flowspec_pb2.FlowSpec | None = None,
+        receiving: flowspec_pb2.FlowSpec | None = None,
+        level: specs.EnumLike | None = None,
+        provider: str | None = None,
+        call_id: str | None = None,
+        request_id: str | None = None,
+        timeout: float | None = None,
+    ) -> call_pb2.Call:
+        """Make a call (lineMakeCall). A direction left out is best effort.
+
+        ``level`` is ``"needed"`` (the server's default), ``"if-available"`` or
+        ``"best-effort"``. A ``request_id`` is generated when not given, so the request is
+        safely retried on UNAVAILABLE; pass your own to make retries across processes safe.
+
+        Raises:
+            QosUnavailableError: at NEEDED, not enough capacity; see ``counter_offer``.
+            QosPolicyFailureError: at NEEDED, refused by the provider's policy.
+            InvalidRequestError: a malformed request; see ``field_violations``.
+        """
+        request = _requests.create_call(
+            destination,
+            qos=qos,
+            sending=sending,
+            receiving=receiving,
+            level=level,
+            provider=provider,
+            call_id=call_id,
+            request_id=request_id,
+        )
+        return self._unary(self._stub.CreateCall, request, timeout)
+
+    def get_call(self, name: str, *, timeout: float | None = None) -> call_pb2.Call:
+        """Get a call by ``calls/{call}`` (or just ``{call}``)."""
+        request = callqos_service_pb2.GetCallRequest(name=_requests.call_name(name))
+        return self._unary(self._stub.GetCall, request, timeout)
+
+    def list_calls(
+        self,
+        *,
+        state: specs.EnumLike | None = None,
+        provider: str | None = None,
+        page_size: int | None = None,
+        timeout: float | None = None,
+    ) -> Iterator[call_pb2.Call]:
+        """Every call (newest first), fetching further pages as the iteration goes."""
+        request = callqos_service_pb2.ListCallsRequest(
+            filter=_requests.calls_filter(state, provider), page_size=page_size or 0
+        )
+        return self._paged(self._stub.ListCalls, request, "calls", timeout)
+
+    def renegotiate(
+        self,
+        name: str,
+        *,
+        qos: flowspec_pb2.QosSpec | None = None,
+        sending: flowspec_pb2.FlowSpec | None = None,
+        receiving: flowspec_pb2.FlowSpec | None = None,
+        level: specs.EnumLike | None = None,
+        etag: str | None = None,
+        request_id: str | None = None,
+        timeout: float | None = None,
+    ) -> call_pb2.Call:
+        """Change the QoS of a connected call. A direction left out keeps its QoS.
+
+        On refusal the call keeps its previous QoS, byte for byte.
+
+        Raises:
+            QosUnavailableError / QosPolicyFailureError: refused; see ``counter_offer``.
+            EtagMismatchError: ``etag`` given and the call changed since.
+            NotOwnerError, CallNotConnectedError, RenegotiationUnsupportedError.
+        """
+        request = _requests.renegotiate_call(
+            name,
+            qos=qos,
+            sending=sending,
+            receiving=receiving,
+            level=level,
+            etag=etag,
+            request_id=request_id,
+        )
+        return self._unary(self._stub.RenegotiateCall, request, timeout)
+
+    def drop(
+        self, name: str, *, etag: str | None = None, timeout: float | None = None
+    ) -> call_pb2.Call:
+        """Drop a call and release what it reserved. Dropping twice is harmless."""
+        request = callqos_service_pb2.DropCallRequest(
+            name=_requests.call_name(name), etag=etag or ""
+        )
+        return self._unary(self._stub.DropCall, request, timeout)
+
+    # -- providers and links ----------------------------------------------------------------
+
+    def list_providers(self, *, timeout: float | None = None) -> Iterator[provider_pb2.Provider]:
+        """Every provider the server hosts, with its capabilities."""
+        request = callqos_service_pb2.ListProvidersRequest()
+        return self._paged(self._stub.ListProviders, request, "providers", timeout)
+
+    def get_provider(self, name: str, *, timeout: float | None = None) -> provider_pb2.Provider:
+        """Get a provider by ``providers/{provider}`` (or just ``{provider}``)."""
+        request = callqos_service_pb2.GetProviderRequest(name=_requests.provider_name(name))
+        return self._unary(self._stub.GetProvider, request, timeout)
+
+    def default_provider(self, *, timeout: float | None = None) -> provider_pb2.Provider:
+        """The provider that carries calls naming none."""
+        providers = list(self.list_providers(timeout=timeout))
+        return next((p for p in providers if p.default), providers[0])
+
+    def list_links(
+        self, provider: str | None = None, *, timeout: float | None = None
+    ) -> Iterator[provider_pb2.Link]:
+        """A provider's links (default provider when ``None``)."""
+
+        def links() -> Iterator[provider_pb2.Link]:
+            parent = provider or self.default_provider(timeout=timeout).name
+            request = callqos_service_pb2.ListLinksRequest(parent=_requests.provider_name(parent))
+            yield from self._paged(self._stub.ListLinks, request, "links", timeout)
+
+        return links()
+
+    def update_link_capacity(
+        self, link: str, capacity_bytes_per_second: int, *, timeout: float | None = None
+    ) -> provider_pb2.Link:
+        """Set a link's capacity; calls that no longer fit are degraded or dropped."""
+        request = _requests.update_link_capacity(link, capacity_bytes_per_second)
+        return self._unary(self._stub.UpdateLink, request, timeout)
+
+    # -- events -----------------------------------------------------------------------------
+
+    def watch(
+        self,
+        after_sequence: int | None = None,
+        *,
+        call: str | None = None,
+        types: Iterable[specs.EnumLike] | None = None,
+        resume: ResumePolicy | None = None,
+    ) -> EventStream:
+        """Follow QoS events, reconnecting and resuming after the last one seen.
+
+        ``after_sequence=None`` starts with events committed from now on; ``0`` replays all
+        retained events. Each event is yielded once, in sequence order, across server restarts.
+        Until the first event arrives a "from now on" watch has no cursor, so events committed
+        while it is reconnecting before then are not replayed; start from a sequence to avoid it.
+
+        Raises (from iteration):
+            CursorExpiredError: the cursor is older than the server's retention.
+            CallQosError: any other non-transient error, or UNAVAILABLE for longer than
+                ``resume.give_up_after``.
+        """
+        state = WatchState(after_sequence, call, types, resume or ResumePolicy())
+        return EventStream(self._stub, self._metadata, state)
+
+    # -- paging -----------------------------------------------------------------------------
+
+    def _paged(
+        self, method: Callable[..., Any], request: Any, field: str, timeout: float | None
+    ) -> Iterator[Any]:
+        # A generator, so the first page is fetched when iteration starts (and each later
+        # page when the previous one is used up), each under its own deadline.
+        def pages() -> Iterator[Any]:
+            while True:
+                response = self._unary(method, request, timeout)
+                yield from getattr(response, field)
+                if not response.next_page_token:
+                    return
+                request.page_token = response.next_page_token
+
+        return pages()
+
+
+class EventStream(Iterator[event_pb2.QosEvent]):
+    """Iterator over QoS events that survives server restarts. Close it to stop following."""
+
+    def __init__(
+        self,
+        stub: callqos_service_pb2_grpc.CallQosServiceStub,
+        metadata: _channel.Metadata,
+        state: WatchState,
+    ) -> None:
+        self._stub = stub
+        self._metadata = metadata
+        self._state = state
+        self._responses: Any = None
+        self._closed = threading.Event()
+        self._lock = threading.Lock()
+
+    @property
+    def last_sequence(self) -> int | None:
+        """The sequence of the last event yielded: the cursor to resume from."""
+        return self._state.last_sequence
+
+    @property
+    def reconnects(self) -> int:
+        """How many times the stream was reopened after a transient failure."""
+        return self._state.reconnects
+
+    def __iter__(self) -> EventStream:
+        return self
+
+    def __next__(self) -> event_pb2.QosEvent:
+        while not self._closed.is_set():
+            responses = self._open()
+            try:
+                response = next(responses)
+            except StopIteration:
+                # The server ended the stream with OK; a watch follows for ever, so reopen
+                # (with backoff, in case the server keeps doing that).
+                error: CallQosError = UnavailableError(STREAM_ENDED)
+            except grpc.RpcError as exc:
+                if self._closed.is_set():
+                    break
+                error = from_grpc_error(exc)
+            else:
+                if self._state.accept(response.event):
+                    return response.event
+                continue
+            with self._lock:
+                self._responses = None
+            delay = self._state.backoff(error)
+            # An Event wait, not time.sleep, so that close() from another thread is prompt.
+            self._closed.wait(delay)
+        raise StopIteration
+
+    def _open(self) -> Any:
+        with self._lock:
+            if self._responses is None:
+                self._responses = self._stub.WatchEvents(
+                    self._state.request(), metadata=self._metadata
+                )
+            return self._responses
+
+    def close(self) -> None:
+        """Stop following; safe from another thread, ends a blocked iteration."""
+        self._closed.set()
+        with self._lock:
+            if self._responses is not None:
+                self._responses.cancel()
+
+    def __enter__(self) -> EventStream:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
