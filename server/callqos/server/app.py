@@ -21,6 +21,8 @@ from callqos.server.events import EventHub
 from callqos.server.hosting import ProviderSet
 from callqos.server.service import CallQosServicer
 from callqos.server.store.sqlite import MEMORY, SqliteStore
+from callqos.server.telemetry import Telemetry, setup as telemetry_setup
+from callqos.server.telemetry.interceptor import TelemetryInterceptor
 from callqos.v1 import callqos_service_pb2 as svc, callqos_service_pb2_grpc as svc_grpc
 
 log = logging.getLogger("callqos.server")
@@ -59,7 +61,9 @@ class Running:
     store: SqliteStore
     servicer: CallQosServicer
     config: Config
+    telemetry: Telemetry
     _pruner: asyncio.Task[None] | None = None
+    _owns_telemetry: bool = True
 
     async def stop(self) -> None:
         """Health NOT_SERVING, end watch streams (UNAVAILABLE, resumable), drain in-flight RPCs
@@ -77,6 +81,8 @@ class Running:
         if self.config.port_file is not None:
             self.config.port_file.unlink(missing_ok=True)
         log.info("stopped")
+        if self._owns_telemetry:
+            self.telemetry.shutdown()  # last: flushes the spans of the shutdown itself
 
     async def prune(self) -> int:
         older_than_us = 0
@@ -97,16 +103,48 @@ class Running:
             await asyncio.sleep(PRUNE_INTERVAL_SECONDS)
 
 
-async def start(config: Config, interceptors: list[grpc.aio.ServerInterceptor] | None = None) -> Running:
+async def start(
+    config: Config,
+    interceptors: list[grpc.aio.ServerInterceptor] | None = None,
+    telemetry: Telemetry | None = None,
+) -> Running:
+    """Serve `config`. Telemetry comes from the OTEL_* environment unless given (tests pass
+    providers with in-memory exporters); a given one is not shut down by `stop`."""
+    owns_telemetry = telemetry is None
+    if telemetry is None:
+        telemetry = telemetry_setup.from_environment(config.metrics_listen)
+    try:
+        running = await _start(config, interceptors, telemetry)
+    except BaseException:
+        if owns_telemetry:
+            telemetry.shutdown()
+        raise
+    running._owns_telemetry = owns_telemetry
+    return running
+
+
+async def _start(
+    config: Config, interceptors: list[grpc.aio.ServerInterceptor] | None, telemetry: Telemetry
+) -> Running:
+    instruments = telemetry.instruments()
     store = SqliteStore(MEMORY if config.storage == "memory" else config.database_path)
     hub = EventHub(store)
     await hub.start()
     providers = ProviderSet(config.providers, config.default_provider, config.provider_timeout_seconds)
+    providers.telemetry = instruments
     calls = CallManager(store, hub, providers)
+    calls.telemetry = instruments
     await calls.start()
+    for call in await store.connected_calls():
+        instruments.call_committed(call)
+    for info in providers.all():
+        await instruments.refresh_links(info, config.provider_timeout_seconds)
 
-    server = grpc.aio.server(options=grpc_options(config), interceptors=interceptors or [])
+    # The telemetry interceptor runs first, so the span covers the other interceptors too.
+    tracing = TelemetryInterceptor(instruments, telemetry.excluded_services)
+    server = grpc.aio.server(options=grpc_options(config), interceptors=[tracing, *(interceptors or [])])
     servicer = CallQosServicer(calls, hub, providers, config.max_watchers)
+    instruments.open_watch_streams = lambda: servicer.open_watchers
     svc_grpc.add_CallQosServiceServicer_to_server(servicer, server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -122,7 +160,7 @@ async def start(config: Config, interceptors: list[grpc.aio.ServerInterceptor] |
     await server.start()
     for name in ("", SERVICE_NAME):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    running = Running(server, port, health_servicer, hub, calls, providers, store, servicer, config)
+    running = Running(server, port, health_servicer, hub, calls, providers, store, servicer, config, telemetry)
     running._pruner = asyncio.create_task(running._prune_forever())
     host = config.listen.rpartition(":")[0]
     log.info(
@@ -142,12 +180,21 @@ async def start(config: Config, interceptors: list[grpc.aio.ServerInterceptor] |
     return running
 
 
-async def serve(config: Config) -> None:
-    """Serve until SIGTERM or SIGINT, then shut down gracefully."""
+async def serve(config: Config, telemetry: Telemetry | None = None) -> None:
+    """Serve until SIGTERM or SIGINT, then shut down gracefully (telemetry flushed last)."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    running = await start(config)
+    if telemetry is None:
+        telemetry = telemetry_setup.from_environment(config.metrics_listen)
+    # The process's providers too, so provider plugins' own spans join the same traces.
+    telemetry.install_global()
+    try:
+        running = await start(config, telemetry=telemetry)
+    except BaseException:
+        telemetry.shutdown()
+        raise
+    running._owns_telemetry = True  # flushed at the end of running.stop()
     await stop.wait()
     await running.stop()

@@ -39,7 +39,7 @@ from callqos.server.providers.base import (
 )
 from callqos.server.qos import best_effort_qos, qos_shortfalls, reserved_rate, resolve_no_change
 from callqos.server.store.base import IdempotencyRecord, Store
-from callqos.server.telemetry import current_trace_id
+from callqos.server.telemetry import Instruments, current_trace_id
 from callqos.v1 import call_pb2, callqos_service_pb2 as svc, event_pb2, flowspec_pb2
 
 log = logging.getLogger(__name__)
@@ -84,6 +84,9 @@ def _refusal_reason(kind: RefusalKind) -> int:
 
 
 class CallManager:
+    # Replaced by the server with the instruments of its telemetry (tracer/meter providers).
+    telemetry: Instruments = Instruments()
+
     def __init__(self, store: Store, hub: EventHub, providers: ProviderSet) -> None:
         self.store = store
         self.hub = hub
@@ -176,10 +179,11 @@ class CallManager:
                 return IdempotencyRecord(request.request_id, principal, "CreateCall", fingerprint, name, status)
 
             try:
-                decision = await self.providers.call(info, "admit", info.provider.admit(admission))
+                decision = await self.providers.call(info, "admit", info.provider.admit(admission), request=admission)
                 if isinstance(decision, Grant):
                     self._check_grant(info, level, offered, decision.qos)
             except ServiceError as error:
+                self.telemetry.decision("admit", call.provider, offered, "error", error.reason_name)
                 # The provider failed: whatever it may have reserved is released, and the call
                 # is recorded as failed so watchers learn of it too.
                 await self._release_quietly(info, name)
@@ -195,6 +199,7 @@ class CallManager:
             if isinstance(decision, Refusal):
                 error = refused(_refusal_reason(decision.kind), name, decision.message, decision.counter_offer,
                                 {"provider": call.provider})
+                self.telemetry.decision("admit", call.provider, offered, "refused", error.reason_name)
                 self._disconnect(call, Disconnect.DISCONNECT_REASON_QOS_UNAVAILABLE, now)
                 events = [
                     self._event(call, _refusal_event_type(decision.kind), request.request_id,
@@ -216,6 +221,7 @@ class CallManager:
             except BaseException:
                 await self._release_quietly(info, name)
                 raise
+            self.telemetry.decision("admit", call.provider, offered, "granted")
             return call
 
     def _check_grant(self, info: ProviderInfo, level: int, requested: QosSpec, granted: QosSpec) -> None:
@@ -278,10 +284,13 @@ class CallManager:
                 return IdempotencyRecord(request.request_id, principal, "RenegotiateCall", fingerprint, call.name, status)
 
             try:
-                decision = await self.providers.call(info, "renegotiate", info.provider.renegotiate(admission))
+                decision = await self.providers.call(
+                    info, "renegotiate", info.provider.renegotiate(admission), request=admission
+                )
                 if isinstance(decision, Grant):
                     self._check_grant(info, level, offered, decision.qos)
             except ServiceError as error:
+                self.telemetry.decision("renegotiate", call.provider, offered, "error", error.reason_name)
                 # "The call continues with the previous QOS": the call itself is not touched.
                 failed = self._event(call, EventType.QOS_EVENT_TYPE_RENEGOTIATION_FAILED, request.request_id,
                                      previous=call.granted_qos, current=call.granted_qos,
@@ -291,6 +300,7 @@ class CallManager:
             if isinstance(decision, Refusal):
                 error = refused(_refusal_reason(decision.kind), call.name, decision.message, decision.counter_offer,
                                 {"provider": call.provider})
+                self.telemetry.decision("renegotiate", call.provider, offered, "refused", error.reason_name)
                 failed = self._event(call, EventType.QOS_EVENT_TYPE_RENEGOTIATION_FAILED, request.request_id,
                                      previous=call.granted_qos, current=call.granted_qos,
                                      reason=error.reason_name, message=decision.message,
@@ -308,6 +318,7 @@ class CallManager:
                                   previous=previous, current=decision.qos,
                                   cause=event_pb2.QosChangeCause.QOS_CHANGE_CAUSE_RENEGOTIATED)
             await self._commit(call, [changed], record(None))
+            self.telemetry.decision("renegotiate", call.provider, offered, "granted")
             return call
 
     # -- drop -------------------------------------------------------------------------------
@@ -401,7 +412,7 @@ class CallManager:
 
     async def _release_quietly(self, info: ProviderInfo, name: str) -> None:
         try:
-            await self.providers.call(info, "release", info.provider.release(name))
+            await self.providers.call(info, "release", info.provider.release(name), call=name)
         except ServiceError:
             log.error("provider %s could not release %s; its reservation may leak", info.id, name)
 
@@ -440,6 +451,8 @@ class CallManager:
         return event
 
     async def _commit(self, call: Call, events: Sequence[QosEvent], record: IdempotencyRecord | None) -> None:
-        numbered = await self.store.commit(call, events, record)
+        with self.telemetry.store_commit(call.name, len(events)):
+            numbered = await self.store.commit(call, events, record)
+        self.telemetry.call_committed(call)
         await self.hub.publish(numbered)
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from callqos.server import app, config as config_module, logs
 from callqos.server.providers.registry import ProviderLoadError
+from callqos.server.telemetry import TelemetryConfigError
 
 
 def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
@@ -29,6 +30,7 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--shutdown-grace", type=float, dest="shutdown_grace_seconds", help="seconds")
     parser.add_argument("--log-level", choices=("debug", "info", "warning", "error"))
     parser.add_argument("--port-file", type=Path, help="write the bound port here once serving")
+    parser.add_argument("--metrics-listen", help="HOST:PORT for a Prometheus /metrics endpoint (default off)")
 
 
 def run_serve(args: argparse.Namespace) -> int:
@@ -37,7 +39,7 @@ def run_serve(args: argparse.Namespace) -> int:
         for key in (
             "listen", "data_dir", "storage", "providers", "default_provider", "provider_timeout_seconds",
             "event_retention_count", "event_retention_seconds", "max_watchers", "shutdown_grace_seconds",
-            "log_level", "port_file",
+            "log_level", "port_file", "metrics_listen",
         )
     }
     try:
@@ -48,6 +50,9 @@ def run_serve(args: argparse.Namespace) -> int:
     logs.configure(config.log_level)
     try:
         asyncio.run(app.serve(config))
+    except TelemetryConfigError as exc:
+        print(f"callqos serve: configuration error: {exc}", file=sys.stderr)
+        return 2
     except (ProviderLoadError, OSError) as exc:
         logging.getLogger("callqos.server").error("cannot start: %s", exc)
         return 1

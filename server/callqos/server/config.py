@@ -53,6 +53,9 @@ class Config:
     log_level: str = "info"
     # Written with the bound port once serving (useful with listen = "127.0.0.1:0").
     port_file: Path | None = None
+    # HOST:PORT of a Prometheus /metrics endpoint; "" = off. Exporters, sampler and service name
+    # are set by the standard OTEL_* variables instead (see deploy/README.md).
+    metrics_listen: str = ""
 
     def validate(self) -> None:
         if self.storage not in STORAGES:
@@ -65,6 +68,10 @@ class Config:
         host, sep, port = self.listen.rpartition(":")
         if not sep or not host or not port.isdigit():
             raise ConfigError(f"listen must be HOST:PORT, not {self.listen!r}")
+        if self.metrics_listen:
+            host, sep, port = self.metrics_listen.rpartition(":")
+            if not sep or not host or not port.isdigit():
+                raise ConfigError(f"metrics_listen must be HOST:PORT or empty, not {self.metrics_listen!r}")
         for name in ("provider_timeout_seconds", "shutdown_grace_seconds"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive")

@@ -13,7 +13,8 @@ from typing import Any, TypeVar
 from callqos.server import names
 from callqos.server.errors import Reason, ServiceError
 from callqos.server.providers import registry
-from callqos.server.providers.base import ProviderChange, ProviderHost, ProviderInfo, Restored
+from callqos.server.providers.base import AdmissionRequest, ProviderChange, ProviderHost, ProviderInfo, Restored
+from callqos.server.telemetry.instruments import CHANGES_LINKS, Instruments
 from callqos.v1 import provider_pb2
 
 log = logging.getLogger(__name__)
@@ -21,6 +22,9 @@ T = TypeVar("T")
 
 
 class ProviderSet:
+    # Replaced by the server with the instruments of its telemetry (tracer/meter providers).
+    telemetry: Instruments = Instruments()
+
     def __init__(
         self, configured: Mapping[str, Mapping[str, Any]], default: str, timeout: float
     ) -> None:
@@ -81,9 +85,26 @@ class ProviderSet:
             )
         return info
 
-    async def call(self, info: ProviderInfo, operation: str, work: Awaitable[T]) -> T:
-        """Await a provider operation under the provider deadline. Any failure of the provider
-        becomes PROVIDER_UNAVAILABLE for the caller (and is logged with its traceback)."""
+    async def call(
+        self,
+        info: ProviderInfo,
+        operation: str,
+        work: Awaitable[T],
+        *,
+        request: AdmissionRequest | None = None,
+        call: str = "",
+    ) -> T:
+        """Await a provider operation under the provider deadline, in a child span (with the
+        request's rates and the decision as attributes). Any failure of the provider becomes
+        PROVIDER_UNAVAILABLE for the caller (and is logged with its traceback)."""
+        with self.telemetry.provider_call(info, operation, request, call) as span:
+            result = await self._call(info, operation, work)
+            span.decided(result)
+        if operation in CHANGES_LINKS:
+            await self.telemetry.refresh_links(info, self.timeout)
+        return result
+
+    async def _call(self, info: ProviderInfo, operation: str, work: Awaitable[T]) -> T:
         try:
             return await asyncio.wait_for(work, self.timeout)
         except ServiceError:

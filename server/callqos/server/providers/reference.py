@@ -42,6 +42,7 @@ from callqos.server.providers.base import (
     Restored,
 )
 from callqos.server.qos import RESERVING, PathTerms, guaranteed_delay_bound_us, reserved_rate
+from callqos.server.telemetry import annotate_link
 from callqos.v1 import call_pb2, event_pb2, flowspec_pb2, provider_pb2
 
 ST = flowspec_pb2.ServiceType
@@ -160,15 +161,26 @@ class ReferenceProvider(Provider):
 
     async def admit(self, request: AdmissionRequest) -> Decision:
         async with self._lock:
-            return self._decide(request)
+            decision = self._decide(request)
+            self._annotate(self._route(request.destination))
+            return decision
 
     async def renegotiate(self, request: AdmissionRequest) -> Decision:
         async with self._lock:
-            return self._decide(request)
+            decision = self._decide(request)
+            self._annotate(self._route(request.destination))
+            return decision
 
     async def release(self, call: str) -> None:
         async with self._lock:
+            held = self._calls.get(call)
             self._unreserve(call)
+            if held is not None:
+                self._annotate(held.link)
+
+    def _annotate(self, link: _Link) -> None:
+        """The link and its load after the decision, on the server's span for this call."""
+        annotate_link(names.link_name(self.id, link.id), link.capacity, link.reserved["sending"], link.reserved["receiving"])
 
     # -- links ----------------------------------------------------------------------------
     async def list_links(self) -> list[provider_pb2.Link]:

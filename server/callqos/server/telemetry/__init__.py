@@ -1,11 +1,19 @@
-"""Telemetry set-up lives here; the rest of the server only starts spans and records metrics.
+"""Telemetry: traces and metrics through the OpenTelemetry API.
 
-(Issue 4 extends this module with exporters, the RPC interceptor and metrics.)
+Set-up (exporters, sampler, Prometheus endpoint, all from the standard OTEL_* variables) lives in
+`setup`; the RPC server spans in `interceptor`; the instruments the rest of the server uses
+(provider and store child spans, call and link metrics) in `instruments`. The rest of the server
+only starts spans and records measurements through an `Instruments` it is handed.
 """
 
 from __future__ import annotations
 
 from opentelemetry import trace
+
+from callqos.server.telemetry.instruments import Instruments, annotate_link
+from callqos.server.telemetry.setup import Telemetry, TelemetryConfigError
+
+__all__ = ["Instruments", "Telemetry", "TelemetryConfigError", "annotate_link", "current_trace_id"]
 
 
 def current_trace_id() -> str:

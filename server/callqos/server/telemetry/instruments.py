@@ -1,0 +1,328 @@
+"""What the server records: provider and store child spans, and the service's metrics.
+
+One `Instruments` per running server, built from the tracer and meter providers it was given
+(tests pass SDK providers with in-memory exporters; `serve` passes the ones `setup` built from the
+OTEL_* variables). Span attributes are only computed when the span is recording, and metrics only
+when a meter provider that exports was given, so the default (nothing exported) costs little.
+
+Metrics (OpenTelemetry names; the Prometheus endpoint shows `.` as `_`, counters with `_total`):
+- rpc.server.duration (ms) / rpc.server.call.duration (s): RPC duration, by method and status
+- callqos.provider.duration (s): provider calls, by provider, operation and outcome
+- callqos.admissions: admit decisions, by provider, service type, outcome and reason
+- callqos.renegotiations: renegotiations, by provider, outcome and reason
+- callqos.calls.active: connected calls, by provider and service type
+- callqos.link.capacity / callqos.link.reserved (By/s): per link (and direction), for
+  providers that administer links
+- callqos.watch.streams: open WatchEvents streams
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
+
+import grpc
+from opentelemetry import metrics, trace
+from opentelemetry.metrics import CallbackOptions, Observation
+from opentelemetry.trace import Span, Status, StatusCode
+
+from callqos.server import names
+from callqos.server.providers.base import AdmissionRequest, Grant, ProviderInfo, Refusal, RefusalKind
+from callqos.server.qos import reserved_rate
+from callqos.server.telemetry.semconv import Semconv, rpc_attributes, status_attributes
+from callqos.v1 import call_pb2, flowspec_pb2, provider_pb2
+
+log = logging.getLogger(__name__)
+
+SCOPE = "callqos.server"
+ST = flowspec_pb2.ServiceType
+QosSpec = flowspec_pb2.QosSpec
+DIRECTIONS = ("sending", "receiving")
+# Our RPCs take well under a millisecond; the SDK's default buckets start at 5 (ms).
+DURATION_BUCKETS_S = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+DURATION_BUCKETS_MS = tuple(bound * 1000 for bound in DURATION_BUCKETS_S)
+# Provider operations after which a link's reservations may have changed.
+CHANGES_LINKS = frozenset({"admit", "renegotiate", "release", "update_link"})
+# The label of a call's service type is the more demanding of its two directions.
+_DEMAND = (
+    ST.SERVICE_TYPE_NETWORK_CONTROL,
+    ST.SERVICE_TYPE_GUARANTEED,
+    ST.SERVICE_TYPE_CONTROLLED_LOAD,
+    ST.SERVICE_TYPE_QUALITATIVE,
+    ST.SERVICE_TYPE_BEST_EFFORT,
+    ST.SERVICE_TYPE_NO_TRAFFIC,
+)
+_REFUSAL_REASON = {RefusalKind.ADMISSION: "QOS_UNAVAILABLE", RefusalKind.POLICY: "QOS_POLICY_FAILURE"}
+
+
+def _type_name(kind: int) -> str:
+    return ST.Name(kind).removeprefix("SERVICE_TYPE_") if kind in ST.values() else str(kind)
+
+
+def service_type(qos: QosSpec) -> str:
+    kinds = {qos.sending.service_type, qos.receiving.service_type}
+    for kind in _DEMAND:
+        if kind in kinds:
+            return _type_name(kind)
+    return _type_name(qos.sending.service_type)
+
+
+def annotate_link(link: str, capacity: int, sending_reserved: int, receiving_reserved: int) -> None:
+    """For providers: put on the current span (the server's provider span while admit,
+    renegotiate or release runs) the link the decision was made on and its load after it."""
+    span = trace.get_current_span()
+    if not span.is_recording():
+        return
+    span.set_attributes(
+        {
+            "callqos.link": link,
+            "callqos.link.capacity_bytes_per_second": capacity,
+            "callqos.link.sending.reserved_bytes_per_second": sending_reserved,
+            "callqos.link.receiving.reserved_bytes_per_second": receiving_reserved,
+            "callqos.link.sending.utilization": sending_reserved / capacity if capacity else 0.0,
+            "callqos.link.receiving.utilization": receiving_reserved / capacity if capacity else 0.0,
+        }
+    )
+
+
+class ProviderSpan:
+    """The span of one provider call, told what the provider decided."""
+
+    def __init__(self, span: Span) -> None:
+        self.span = span
+        self.outcome = "ok"
+
+    def decided(self, result: object) -> None:
+        if isinstance(result, Grant):
+            self.outcome = "granted"
+        elif isinstance(result, Refusal):
+            self.outcome = "refused"
+        if not self.span.is_recording():
+            return
+        self.span.set_attribute("callqos.outcome", self.outcome)
+        if isinstance(result, Grant):
+            for direction in DIRECTIONS:
+                rate = reserved_rate(getattr(result.qos, direction))
+                self.span.set_attribute(f"callqos.{direction}.granted_bytes_per_second", rate)
+        elif isinstance(result, Refusal):
+            # A refusal is an outcome, not an error: the span status stays unset.
+            self.span.set_attributes(
+                {
+                    "callqos.reason": _REFUSAL_REASON[result.kind],
+                    "callqos.refusal.kind": result.kind.value,
+                    "callqos.refusal.message": result.message,
+                }
+            )
+            if result.counter_offer is not None:
+                for direction in DIRECTIONS:
+                    rate = reserved_rate(getattr(result.counter_offer, direction))
+                    self.span.set_attribute(f"callqos.{direction}.counter_offer_bytes_per_second", rate)
+
+
+class Instruments:
+    def __init__(
+        self,
+        tracer_provider: trace.TracerProvider | None = None,
+        meter_provider: metrics.MeterProvider | None = None,
+        semconv: Semconv | None = None,
+    ) -> None:
+        self.semconv = semconv or Semconv.from_env()
+        self.tracer = (tracer_provider or trace.get_tracer_provider()).get_tracer(SCOPE)
+        # Without an exporting meter provider, skip even building the measurements' attributes.
+        self.metrics_enabled = meter_provider is not None and not isinstance(meter_provider, metrics.NoOpMeterProvider)
+        meter = (meter_provider or metrics.NoOpMeterProvider()).get_meter(SCOPE)
+        self._rpc_duration_ms = meter.create_histogram(
+            "rpc.server.duration", unit="ms", description="Duration of inbound RPCs",
+            explicit_bucket_boundaries_advisory=list(DURATION_BUCKETS_MS),
+        )
+        self._rpc_duration_s = meter.create_histogram(
+            "rpc.server.call.duration", unit="s", description="Duration of inbound RPCs",
+            explicit_bucket_boundaries_advisory=list(DURATION_BUCKETS_S),
+        )
+        self._provider_duration = meter.create_histogram(
+            "callqos.provider.duration", unit="s", description="Duration of calls into QoS providers",
+            explicit_bucket_boundaries_advisory=list(DURATION_BUCKETS_S),
+        )
+        self._admissions = meter.create_counter(
+            "callqos.admissions", unit="{decision}", description="Admission decisions for new calls"
+        )
+        self._renegotiations = meter.create_counter(
+            "callqos.renegotiations", unit="{renegotiation}", description="Renegotiations of a call's QoS"
+        )
+        meter.create_observable_up_down_counter(
+            "callqos.calls.active", [self._observe_calls], unit="{call}", description="Connected calls"
+        )
+        meter.create_observable_up_down_counter(
+            "callqos.watch.streams", [self._observe_watchers], unit="{stream}", description="Open WatchEvents streams"
+        )
+        meter.create_observable_gauge(
+            "callqos.link.capacity", [self._observe_capacity], unit="By/s",
+            description="Capacity of a provider's link, each direction",
+        )
+        meter.create_observable_gauge(
+            "callqos.link.reserved", [self._observe_reserved], unit="By/s",
+            description="Rate reserved on a provider's link, by direction",
+        )
+        # Set by the server once its servicer exists.
+        self.open_watch_streams: Callable[[], int] = lambda: 0
+        self._active: dict[str, tuple[str, str]] = {}  # connected call → (provider, service type)
+        self._active_counts: Counter[tuple[str, str]] = Counter()
+        self._links: dict[str, provider_pb2.Link] = {}
+        self._rpc_metric_attributes: dict[tuple[str, str, grpc.StatusCode], tuple[dict[str, str | int], dict[str, str | int]]] = {}
+
+    # -- RPCs (the interceptor) ---------------------------------------------------------------
+    def record_rpc(self, service: str, method: str, code: grpc.StatusCode, seconds: float) -> None:
+        if not self.metrics_enabled:
+            return
+        key = (service, method, code)
+        attributes = self._rpc_metric_attributes.get(key)
+        if attributes is None:
+            # Each histogram carries its own convention's attributes, even with rpc/dup.
+            old, new = Semconv(old=True, new=False), Semconv(old=False, new=True)
+            attributes = self._rpc_metric_attributes[key] = (
+                {**rpc_attributes(old, service, method), **status_attributes(old, code)},
+                {**rpc_attributes(new, service, method), **status_attributes(new, code)},
+            )
+        if self.semconv.old:
+            self._rpc_duration_ms.record(seconds * 1000, attributes[0])
+        if self.semconv.new:
+            self._rpc_duration_s.record(seconds, attributes[1])
+
+    # -- providers ----------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def provider_call(
+        self, info: ProviderInfo, operation: str, request: AdmissionRequest | None = None, call: str = ""
+    ) -> Iterator[ProviderSpan]:
+        """A child span around one provider call. Provider code runs inside it, so a provider's
+        own spans are its children. Status ERROR only when the provider failed or timed out."""
+        provider = names.provider_name(info.id)
+        started = time.perf_counter()
+        with self.tracer.start_as_current_span(
+            f"callqos.provider.{operation}", record_exception=False, set_status_on_exception=False
+        ) as span:
+            result = ProviderSpan(span)
+            if span.is_recording():
+                span.set_attributes({"callqos.provider": provider, "callqos.provider.operation": operation})
+                if request is not None:
+                    span.set_attributes(_request_attributes(request))
+                elif call:
+                    span.set_attribute("callqos.call", call)
+            try:
+                yield result
+            except asyncio.CancelledError:
+                result.outcome = "cancelled"  # the caller went away; not the provider's failure
+                raise
+            except Exception as exc:
+                result.outcome = "error"
+                # The host wraps the provider's exception in a ServiceError; record the original.
+                span.record_exception(exc.__cause__ or exc)
+                span.set_status(Status(StatusCode.ERROR, str(exc)))
+                span.set_attribute("callqos.outcome", "error")
+                raise
+            finally:
+                if self.metrics_enabled:
+                    self._provider_duration.record(
+                        time.perf_counter() - started,
+                        {"callqos.provider": provider, "callqos.provider.operation": operation,
+                         "callqos.outcome": result.outcome},
+                    )
+
+    async def refresh_links(self, info: ProviderInfo, timeout: float) -> None:
+        """Read a link-administering provider's links for the link gauges. Observable-gauge
+        callbacks are synchronous and may run on an exporter thread, so they cannot await the
+        provider; they read this snapshot, refreshed after every operation that may move
+        reservations."""
+        if not (self.metrics_enabled and info.capabilities.link_admin):
+            return
+        try:
+            links = await asyncio.wait_for(info.provider.list_links(), timeout)
+        except Exception:  # a gauge must never fail the RPC that refreshed it
+            log.warning("could not read the links of provider %s for metrics", info.id, exc_info=True)
+            return
+        prefix = names.provider_name(info.id) + "/"
+        fresh = {name: link for name, link in self._links.items() if not name.startswith(prefix)}
+        fresh.update((link.name, link) for link in links)
+        self._links = fresh
+
+    # -- call outcomes (CallManager) ----------------------------------------------------------
+    def decision(self, operation: str, provider: str, qos: QosSpec, outcome: str, reason: str = "") -> None:
+        """The outcome of an admit or renegotiate, on the RPC's span and in the counters."""
+        span = trace.get_current_span()
+        if span.is_recording():
+            span.set_attribute("callqos.outcome", outcome)
+            if reason:
+                span.set_attribute("callqos.reason", reason)
+        if not self.metrics_enabled:
+            return
+        attributes = {"callqos.provider": provider, "callqos.outcome": outcome}
+        if reason:
+            attributes["callqos.reason"] = reason
+        if operation == "admit":
+            self._admissions.add(1, {**attributes, "callqos.service_type": service_type(qos)})
+        else:
+            self._renegotiations.add(1, attributes)
+
+    @contextlib.contextmanager
+    def store_commit(self, call: str, events: int) -> Iterator[None]:
+        with self.tracer.start_as_current_span("callqos.store.commit") as span:
+            if span.is_recording():
+                span.set_attributes(
+                    {"db.system.name": "sqlite", "db.operation.name": "commit", "callqos.call": call,
+                     "callqos.events": events}
+                )
+            yield
+
+    def call_committed(self, call: call_pb2.Call) -> None:
+        """Keep the connected-calls gauge in step with the store (called after each commit and
+        for each connected call at start-up; idempotent per call)."""
+        if not self.metrics_enabled:
+            return
+        connected = call.state == call_pb2.Call.State.STATE_CONNECTED
+        new = (call.provider, service_type(call.granted_qos)) if connected else None
+        old = self._active.get(call.name)
+        if old == new:
+            return
+        if old is not None:
+            self._active_counts[old] -= 1
+        if new is None:
+            self._active.pop(call.name, None)
+        else:
+            self._active[call.name] = new
+            self._active_counts[new] += 1
+
+    # -- observable callbacks (may run on an exporter's thread: read snapshots only) ------------
+    def _observe_calls(self, options: CallbackOptions) -> Iterable[Observation]:
+        return [
+            Observation(count, {"callqos.provider": provider, "callqos.service_type": kind})
+            for (provider, kind), count in list(self._active_counts.items())
+        ]
+
+    def _observe_watchers(self, options: CallbackOptions) -> Iterable[Observation]:
+        return [Observation(self.open_watch_streams())]
+
+    def _observe_capacity(self, options: CallbackOptions) -> Iterable[Observation]:
+        return [Observation(link.capacity_bytes_per_second, {"callqos.link": name}) for name, link in list(self._links.items())]
+
+    def _observe_reserved(self, options: CallbackOptions) -> Iterable[Observation]:
+        observations = []
+        for name, link in list(self._links.items()):
+            observations.append(Observation(link.sending_reserved_bytes_per_second, {"callqos.link": name, "callqos.direction": "sending"}))
+            observations.append(Observation(link.receiving_reserved_bytes_per_second, {"callqos.link": name, "callqos.direction": "receiving"}))
+        return observations
+
+
+def _request_attributes(request: AdmissionRequest) -> dict[str, str | int]:
+    attributes: dict[str, str | int] = {
+        "callqos.call": request.call,
+        "callqos.service_level": call_pb2.ServiceLevel.Name(request.level).removeprefix("SERVICE_LEVEL_"),
+        "callqos.service_type": service_type(request.qos),
+    }
+    for direction in DIRECTIONS:
+        spec = getattr(request.qos, direction)
+        attributes[f"callqos.{direction}.service_type"] = _type_name(spec.service_type)
+        attributes[f"callqos.{direction}.requested_bytes_per_second"] = reserved_rate(spec)
+    return attributes

@@ -1,0 +1,187 @@
+"""One server span per RPC (RPC semantic conventions), W3C context from the caller's metadata,
+and the RPC duration histogram.
+
+Why in-house rather than opentelemetry-instrumentation-grpc's `aio_server_interceptor`:
+- its aio streaming wrapper does `async for` over the handler, so handlers written in the
+  `await context.write()` style — grpcio-health-checking's `Watch` among them — fail
+  (opentelemetry-python-contrib#3066, grpc/grpc#28728); this wraps both styles;
+- it emits only the pre-1.37 RPC attributes and ignores OTEL_SEMCONV_STABILITY_OPT_IN, and it
+  records no metrics; this does both;
+- it measured +133 µs of server CPU per RPC here against +75 µs for a minimal hand-written one
+  (shared/reference/perf-baseline.md), and tracing is the largest single cost of this service.
+The ServicerContext is passed through untouched, so `abort_with_status` trailers (our rich
+errors in `grpc-status-details-bin`) reach the client as they are (contrib#2065 was the
+wrapped-context variant of that bug); a test checks it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from typing import Any
+
+import grpc
+from opentelemetry import context as otel_context, propagate, trace
+from opentelemetry.propagators.textmap import Getter
+from opentelemetry.trace import SpanKind, Status, StatusCode
+
+from callqos.server.telemetry.instruments import Instruments
+from callqos.server.telemetry.semconv import SERVER_ERROR_CODES, peer_attributes, rpc_attributes, status_attributes
+
+Metadata = Sequence[tuple[str, str | bytes]]
+
+
+class _MetadataGetter(Getter[Metadata]):
+    def get(self, carrier: Metadata, key: str) -> list[str] | None:
+        values = [value for k, value in carrier if k == key and isinstance(value, str)]
+        return values or None
+
+    def keys(self, carrier: Metadata) -> list[str]:
+        return [k for k, _ in carrier]
+
+
+_GETTER = _MetadataGetter()
+
+
+class _Rpc:
+    """One RPC being traced: its span, the context to run the handler in, and how it ended."""
+
+    __slots__ = ("instruments", "service", "method", "span", "context", "started")
+
+    def __init__(self, interceptor: TelemetryInterceptor, service: str, method: str, metadata: Metadata | None,
+                 servicer_context: grpc.aio.ServicerContext) -> None:
+        self.instruments = interceptor.instruments
+        self.service, self.method = service, method
+        parent = propagate.extract(metadata or (), getter=_GETTER)
+        self.span = self.instruments.tracer.start_span(
+            f"{service}/{method}", context=parent, kind=SpanKind.SERVER,
+            attributes=interceptor.static_attributes(service, method),
+        )
+        if self.span.is_recording():
+            self.span.set_attributes(peer_attributes(self.instruments.semconv, servicer_context.peer()))
+        self.context = trace.set_span_in_context(self.span, parent)
+        self.started = time.perf_counter()
+
+    def run(self) -> object:
+        """Make the span current; returns the token for `leave`. Attached and detached within one
+        step of the handler, never across a `yield`: an async generator closed by the garbage
+        collector runs in another contextvars Context, where resetting a token from the first one
+        fails (grpc/grpc#42295)."""
+        return otel_context.attach(self.context)
+
+    @staticmethod
+    def leave(token: object) -> None:
+        otel_context.detach(token)  # type: ignore[arg-type]
+
+    def end(self, code: grpc.StatusCode, details: str | None, error: BaseException | None = None) -> None:
+        semconv = self.instruments.semconv
+        if self.span.is_recording():
+            self.span.set_attributes(status_attributes(semconv, code))
+            if code in SERVER_ERROR_CODES:
+                if error is not None and not isinstance(error, grpc.aio.AbortError):
+                    self.span.record_exception(error)
+                self.span.set_status(Status(StatusCode.ERROR, details or code.name))
+        self.span.end()
+        self.instruments.record_rpc(self.service, self.method, code, time.perf_counter() - self.started)
+
+
+def _ended(context: grpc.aio.ServicerContext, error: BaseException | None) -> tuple[grpc.StatusCode, str | None]:
+    """The status the RPC ends with, as grpc.aio will send it."""
+    if isinstance(error, (asyncio.CancelledError, GeneratorExit)):  # the caller went away
+        return grpc.StatusCode.CANCELLED, None
+    code = context.code()
+    if isinstance(code, grpc.StatusCode):
+        return code, context.details()
+    if error is None:
+        return grpc.StatusCode.OK, None
+    # A raised exception that is not an abort leaves as UNKNOWN.
+    return grpc.StatusCode.UNKNOWN, f"{type(error).__name__}: {error}"
+
+
+Behaviour = Callable[..., Any]
+
+
+class TelemetryInterceptor(grpc.aio.ServerInterceptor):
+    def __init__(self, instruments: Instruments, excluded_services: frozenset[str] = frozenset()) -> None:
+        self.instruments = instruments
+        self.excluded_services = excluded_services
+        self._static: dict[tuple[str, str], dict[str, str]] = {}
+
+    def static_attributes(self, service: str, method: str) -> dict[str, str]:
+        key = (service, method)
+        attributes = self._static.get(key)
+        if attributes is None:
+            attributes = self._static[key] = rpc_attributes(self.instruments.semconv, service, method)
+        return attributes
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        if handler is None:  # unknown method: grpc answers UNIMPLEMENTED itself
+            return handler
+        service, _, method = handler_call_details.method.lstrip("/").rpartition("/")
+        if service in self.excluded_services:
+            return handler
+        metadata = handler_call_details.invocation_metadata
+        kind = next(k for k in ("unary_unary", "unary_stream", "stream_unary", "stream_stream") if getattr(handler, k))
+        behaviour = getattr(handler, kind)
+        if inspect.isasyncgenfunction(behaviour):
+            wrapped = self._wrap_generator(behaviour, service, method, metadata)
+        elif inspect.iscoroutinefunction(behaviour):
+            wrapped = self._wrap_coroutine(behaviour, service, method, metadata)
+        else:
+            return handler  # a sync handler (migration thread pool): not ours to wrap
+        return handler._replace(**{kind: wrapped})  # grpc's handlers are namedtuples
+
+    def _wrap_coroutine(self, behaviour: Behaviour, service: str, method: str, metadata: Metadata | None) -> Behaviour:
+        """Unary responses, and streams written with `await context.write()`."""
+
+        async def traced(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            rpc = _Rpc(self, service, method, metadata, context)
+            token = rpc.run()
+            error: BaseException | None = None
+            try:
+                return await behaviour(request, context)
+            except BaseException as exc:  # recorded, then re-raised unchanged
+                error = exc
+                raise
+            finally:
+                rpc.leave(token)
+                rpc.end(*_ended(context, error), error)
+
+        return traced
+
+    def _wrap_generator(self, behaviour: Behaviour, service: str, method: str, metadata: Metadata | None) -> Behaviour:
+        """Streams written as async generators (WatchEvents)."""
+
+        async def traced(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+            rpc = _Rpc(self, service, method, metadata, context)
+            inner = behaviour(request, context)
+            error: BaseException | None = None
+            try:
+                while True:
+                    token = rpc.run()
+                    try:
+                        item = await inner.__anext__()
+                    except StopAsyncIteration:
+                        break
+                    finally:
+                        rpc.leave(token)
+                    yield item
+            except BaseException as exc:
+                error = exc
+                raise
+            finally:
+                token = rpc.run()
+                try:
+                    await inner.aclose()  # when the stream was abandoned at a yield
+                finally:
+                    rpc.leave(token)
+                    rpc.end(*_ended(context, error), error)
+
+        return traced

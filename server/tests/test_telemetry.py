@@ -1,0 +1,359 @@
+"""Traces and metrics of a real server on a loopback port, read back through the SDK's in-memory
+exporters (issue 4): the span tree of make / refused make / renegotiate / failed renegotiate /
+drop, trace context from the client, trace ids in QoS events, and metric values."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from opentelemetry import propagate, trace
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanKind, StatusCode
+from server_testkit import CAPACITY, details, make_request, qos, reason, rpc_error
+from test_watch_events import collect
+
+from callqos.server import app
+from callqos.server.config import Config
+from callqos.server.providers.base import AdmissionRequest, Decision, Grant
+from callqos.server.providers.reference import ReferenceProvider
+from callqos.server.telemetry import Telemetry
+from callqos.server.telemetry.semconv import Semconv
+from callqos.v1 import callqos_service_pb2 as svc, callqos_service_pb2_grpc as svc_grpc
+
+SERVICE = "callqos.v1.CallQosService"
+LINK = "providers/reference/links/default"
+
+
+class FailingRenegotiation(ReferenceProvider):
+    """The reference provider, except that renegotiate crashes (a provider bug, not a refusal)
+    and admit starts a span of its own, as a provider plugin may."""
+
+    async def admit(self, request: AdmissionRequest) -> Decision:
+        with trace.get_tracer("test.provider").start_as_current_span("plugin.own-work"):
+            return await super().admit(request)
+
+    async def renegotiate(self, request: AdmissionRequest) -> Grant:
+        raise RuntimeError("link controller unreachable")
+
+
+@dataclass
+class Traced:
+    running: app.Running
+    stub: svc_grpc.CallQosServiceStub
+    channel: grpc.aio.Channel
+    spans: InMemorySpanExporter
+    metrics: InMemoryMetricReader
+    tracer_provider: TracerProvider
+
+    def finished(self) -> list[ReadableSpan]:
+        return list(self.spans.get_finished_spans())
+
+    def rpc(self, method: str) -> ReadableSpan:
+        matching = [s for s in self.finished() if s.name == f"{SERVICE}/{method}"]
+        assert len(matching) == 1, [s.name for s in self.finished()]
+        return matching[0]
+
+    def children(self, parent: ReadableSpan) -> list[ReadableSpan]:
+        return [s for s in self.finished() if s.parent is not None and s.parent.span_id == parent.context.span_id]
+
+    def metric(self, name: str) -> list[tuple[dict[str, Any], Any]]:
+        """(attributes, point) of every data point of metric `name`."""
+        data = self.metrics.get_metrics_data()
+        points = []
+        for resource in data.resource_metrics if data else ():
+            for scope in resource.scope_metrics:
+                for metric in scope.metrics:
+                    if metric.name == name:
+                        points += [(dict(p.attributes), p) for p in metric.data.data_points]
+        return points
+
+
+async def _traced(config: Config, semconv: Semconv, excluded: frozenset[str] = frozenset()) -> AsyncIterator[Traced]:
+    spans = InMemorySpanExporter()
+    tracer_provider = TracerProvider()
+    tracer_provider.add_span_processor(SimpleSpanProcessor(spans))
+    reader = InMemoryMetricReader()
+    meter_provider = MeterProvider(metric_readers=[reader])
+    # The providers are handed to the server explicitly: the global ones are left alone.
+    telemetry = Telemetry(tracer_provider, meter_provider, semconv, excluded)
+    running = await app.start(config, telemetry=telemetry)
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+            yield Traced(running, svc_grpc.CallQosServiceStub(channel), channel, spans, reader, tracer_provider)
+    finally:
+        await running.stop()
+        tracer_provider.shutdown()
+        meter_provider.shutdown()
+
+
+@pytest.fixture
+async def traced(config: Config) -> AsyncIterator[Traced]:
+    config.providers = {"reference": {}, "failing": {"plugin": f"{__name__}:FailingRenegotiation"}}
+    async for value in _traced(config, Semconv()):
+        yield value
+
+
+def trace_id(span: ReadableSpan) -> str:
+    return format(span.context.trace_id, "032x")
+
+
+def names(spans: Sequence[ReadableSpan]) -> list[str]:
+    return sorted(s.name for s in spans)
+
+
+# -- span trees ---------------------------------------------------------------------------------
+async def test_make_call_span_tree(traced: Traced) -> None:
+    call = await traced.stub.CreateCall(make_request(qos(100_000)))
+    server = traced.rpc("CreateCall")
+    assert server.kind is SpanKind.SERVER and server.parent is None
+    assert server.status.status_code is StatusCode.UNSET
+    assert {k: server.attributes[k] for k in ("rpc.system", "rpc.service", "rpc.method", "rpc.grpc.status_code")} == {
+        "rpc.system": "grpc", "rpc.service": SERVICE, "rpc.method": "CreateCall", "rpc.grpc.status_code": 0,
+    }
+    assert server.attributes["net.peer.ip"] == "127.0.0.1"
+    assert server.attributes["callqos.outcome"] == "granted"
+    assert names(traced.children(server)) == ["callqos.provider.admit", "callqos.store.commit"]
+    admit = next(s for s in traced.children(server) if s.name == "callqos.provider.admit")
+    assert admit.status.status_code is StatusCode.UNSET
+    attributes = dict(admit.attributes or {})
+    assert attributes["callqos.provider"] == "providers/reference"
+    assert attributes["callqos.call"] == call.name
+    assert attributes["callqos.service_level"] == "NEEDED"
+    assert attributes["callqos.service_type"] == "CONTROLLED_LOAD"
+    assert attributes["callqos.sending.requested_bytes_per_second"] == 100_000
+    assert attributes["callqos.sending.granted_bytes_per_second"] == 100_000
+    assert attributes["callqos.receiving.granted_bytes_per_second"] == 0
+    assert attributes["callqos.outcome"] == "granted"
+    assert attributes["callqos.link"] == LINK
+    assert attributes["callqos.link.sending.utilization"] == pytest.approx(100_000 / CAPACITY)
+    commit = next(s for s in traced.children(server) if s.name == "callqos.store.commit")
+    assert commit.attributes["db.system.name"] == "sqlite" and commit.attributes["callqos.events"] == 1
+
+
+async def test_refused_make_shows_why_and_is_not_an_error(traced: Traced) -> None:
+    error = await rpc_error(traced.stub.CreateCall(make_request(qos(CAPACITY + 1))))
+    # The rich status (ErrorInfo + QosRefusal in grpc-status-details-bin) passes the interceptor.
+    assert error.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert reason(error) == "QOS_UNAVAILABLE"
+    assert details(error)["QosRefusal"].counter_offer.sending.token_rate_bytes_per_second == CAPACITY
+    server = traced.rpc("CreateCall")
+    assert server.status.status_code is StatusCode.UNSET  # a refusal is an outcome
+    assert server.attributes["rpc.grpc.status_code"] == grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]
+    assert server.attributes["callqos.outcome"] == "refused"
+    assert server.attributes["callqos.reason"] == "QOS_UNAVAILABLE"
+    assert names(traced.children(server)) == ["callqos.provider.admit", "callqos.store.commit"]
+    admit = next(s for s in traced.children(server) if s.name == "callqos.provider.admit")
+    assert admit.status.status_code is StatusCode.UNSET
+    assert admit.attributes["callqos.outcome"] == "refused"
+    assert admit.attributes["callqos.reason"] == "QOS_UNAVAILABLE"
+    assert admit.attributes["callqos.refusal.kind"] == "admission"
+    assert f"needs {CAPACITY + 1} B/s" in str(admit.attributes["callqos.refusal.message"])
+    assert admit.attributes["callqos.sending.requested_bytes_per_second"] == CAPACITY + 1
+    assert admit.attributes["callqos.sending.counter_offer_bytes_per_second"] == CAPACITY
+    assert admit.attributes["callqos.link.sending.utilization"] == 0.0
+
+
+async def test_renegotiate_span_tree(traced: Traced) -> None:
+    call = await traced.stub.CreateCall(make_request(qos(100_000)))
+    await traced.stub.RenegotiateCall(svc.RenegotiateCallRequest(name=call.name, qos=qos(300_000)))
+    server = traced.rpc("RenegotiateCall")
+    assert server.attributes["callqos.outcome"] == "granted"
+    assert names(traced.children(server)) == ["callqos.provider.renegotiate", "callqos.store.commit"]
+    renegotiate = next(s for s in traced.children(server) if s.name == "callqos.provider.renegotiate")
+    assert renegotiate.attributes["callqos.sending.requested_bytes_per_second"] == 300_000
+    assert renegotiate.attributes["callqos.sending.granted_bytes_per_second"] == 300_000
+    assert renegotiate.attributes["callqos.link.sending.reserved_bytes_per_second"] == 300_000
+
+
+async def test_refused_renegotiation_keeps_the_call_and_says_why(traced: Traced) -> None:
+    call = await traced.stub.CreateCall(make_request(qos(100_000)))
+    error = await rpc_error(traced.stub.RenegotiateCall(svc.RenegotiateCallRequest(name=call.name, qos=qos(CAPACITY * 2))))
+    assert reason(error) == "QOS_UNAVAILABLE"
+    server = traced.rpc("RenegotiateCall")
+    assert server.status.status_code is StatusCode.UNSET
+    assert (server.attributes["callqos.outcome"], server.attributes["callqos.reason"]) == ("refused", "QOS_UNAVAILABLE")
+    renegotiate = next(s for s in traced.children(server) if s.name == "callqos.provider.renegotiate")
+    assert renegotiate.attributes["callqos.outcome"] == "refused"
+    assert renegotiate.attributes["callqos.link.sending.reserved_bytes_per_second"] == 100_000  # unchanged
+
+
+async def test_failed_renegotiation_is_an_error_on_both_spans(traced: Traced) -> None:
+    call = await traced.stub.CreateCall(make_request(qos(100_000), provider="providers/failing"))
+    error = await rpc_error(traced.stub.RenegotiateCall(svc.RenegotiateCallRequest(name=call.name, qos=qos(200_000))))
+    assert error.code() is grpc.StatusCode.UNAVAILABLE and reason(error) == "PROVIDER_UNAVAILABLE"
+    server = traced.rpc("RenegotiateCall")
+    assert server.status.status_code is StatusCode.ERROR
+    assert (server.attributes["callqos.outcome"], server.attributes["callqos.reason"]) == ("error", "PROVIDER_UNAVAILABLE")
+    renegotiate = next(s for s in traced.children(server) if s.name == "callqos.provider.renegotiate")
+    assert renegotiate.status.status_code is StatusCode.ERROR
+    assert renegotiate.status.description == "provider failing failed in renegotiate: RuntimeError"
+    (exception,) = renegotiate.events
+    assert exception.attributes["exception.type"] == "RuntimeError"
+    assert exception.attributes["exception.message"] == "link controller unreachable"
+    assert renegotiate.attributes["callqos.provider"] == "providers/failing"
+
+
+async def test_drop_span_tree(traced: Traced) -> None:
+    call = await traced.stub.CreateCall(make_request(qos(100_000)))
+    await traced.stub.DropCall(svc.DropCallRequest(name=call.name))
+    server = traced.rpc("DropCall")
+    assert names(traced.children(server)) == ["callqos.provider.release", "callqos.store.commit"]
+    release = next(s for s in traced.children(server) if s.name == "callqos.provider.release")
+    assert release.attributes["callqos.call"] == call.name
+    assert release.attributes["callqos.link.sending.reserved_bytes_per_second"] == 0
+
+
+async def test_provider_spans_are_parents_of_the_plugins_own_spans(traced: Traced) -> None:
+    # Plugins use the global tracer provider; point it at ours for this check only.
+    tracer = traced.tracer_provider.get_tracer("test.provider")
+    original = trace.get_tracer
+    trace.get_tracer = lambda *a, **k: tracer  # type: ignore[assignment]
+    try:
+        await traced.stub.CreateCall(make_request(qos(1000), provider="providers/failing"))
+    finally:
+        trace.get_tracer = original  # type: ignore[assignment]
+    admit = next(s for s in traced.children(traced.rpc("CreateCall")) if s.name == "callqos.provider.admit")
+    assert names(traced.children(admit)) == ["plugin.own-work"]
+
+
+# -- propagation and trace ids --------------------------------------------------------------------
+async def test_client_span_and_server_span_share_one_trace(traced: Traced) -> None:
+    tracer = traced.tracer_provider.get_tracer("test.client")
+    with tracer.start_as_current_span("client.make-call", kind=SpanKind.CLIENT) as client_span:
+        carrier: dict[str, str] = {}
+        propagate.inject(carrier)  # W3C traceparent, as the Python client sends it
+        call = await traced.stub.CreateCall(make_request(qos(1000)), metadata=tuple(carrier.items()))
+    server = traced.rpc("CreateCall")
+    assert server.context.trace_id == client_span.get_span_context().trace_id
+    assert server.parent is not None and server.parent.span_id == client_span.get_span_context().span_id
+    assert server.parent.is_remote
+    (event,) = await collect(traced.stub, 1, after_sequence=0)
+    assert event.call == call.name and event.trace_id == trace_id(server)
+
+
+async def test_each_event_carries_the_trace_id_of_its_operation(traced: Traced) -> None:
+    call = await traced.stub.CreateCall(make_request(qos(1000)))
+    await traced.stub.DropCall(svc.DropCallRequest(name=call.name))
+    granted, dropped = await collect(traced.stub, 2, after_sequence=0)
+    assert granted.trace_id == trace_id(traced.rpc("CreateCall"))
+    assert dropped.trace_id == trace_id(traced.rpc("DropCall"))
+    assert granted.trace_id != dropped.trace_id
+
+
+async def test_embedded_default_records_nothing_but_still_hands_out_trace_ids(config: Config, monkeypatch: pytest.MonkeyPatch) -> None:
+    for variable in ("OTEL_TRACES_EXPORTER", "OTEL_METRICS_EXPORTER", "OTEL_SDK_DISABLED"):
+        monkeypatch.delenv(variable, raising=False)
+    running = await app.start(config)
+    try:
+        assert not running.providers.telemetry.metrics_enabled
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+            stub = svc_grpc.CallQosServiceStub(channel)
+            await stub.CreateCall(make_request(qos(1000)))
+            (event,) = await collect(stub, 1, after_sequence=0)
+        assert len(event.trace_id) == 32 and int(event.trace_id, 16) != 0
+    finally:
+        await running.stop()
+
+
+# -- streaming through the interceptor ----------------------------------------------------------
+async def test_watch_stream_span_ends_when_the_client_cancels(traced: Traced) -> None:
+    await traced.stub.CreateCall(make_request(qos(1000)))
+    await collect(traced.stub, 1, after_sequence=0)
+    for _ in range(100):  # the server learns of the cancel asynchronously
+        watch = [s for s in traced.finished() if s.name == f"{SERVICE}/WatchEvents"]
+        if watch:
+            break
+        await asyncio.sleep(0.02)
+    (span,) = watch
+    assert span.attributes["rpc.grpc.status_code"] == grpc.StatusCode.CANCELLED.value[0]
+    assert span.status.status_code is StatusCode.UNSET
+
+
+async def test_write_style_stream_works_through_the_interceptor(traced: Traced) -> None:
+    """grpcio-health-checking's Watch streams with `await context.write()` (contrib#3066)."""
+    health = health_pb2_grpc.HealthStub(traced.channel)
+    stream = health.Watch(health_pb2.HealthCheckRequest(service=""))
+    async with asyncio.timeout(10):
+        first = await stream.read()
+    assert first.status == health_pb2.HealthCheckResponse.SERVING
+    stream.cancel()
+    await health.Check(health_pb2.HealthCheckRequest(service=""))
+    checks = [s for s in traced.finished() if s.name == "grpc.health.v1.Health/Check"]
+    assert len(checks) == 1 and checks[0].attributes["rpc.grpc.status_code"] == 0
+
+
+async def test_excluded_services_are_not_traced(config: Config) -> None:
+    async for traced in _traced(config, Semconv(), frozenset({"grpc.health.v1.Health"})):
+        await health_pb2_grpc.HealthStub(traced.channel).Check(health_pb2.HealthCheckRequest(service=""))
+        await traced.stub.ListProviders(svc.ListProvidersRequest())
+        assert names(traced.finished()) == [f"{SERVICE}/ListProviders"]
+
+
+async def test_stable_rpc_semconv_with_dup(config: Config) -> None:
+    async for traced in _traced(config, Semconv(old=True, new=True)):
+        await rpc_error(traced.stub.GetCall(svc.GetCallRequest(name="calls/nope")))
+        span = traced.rpc("GetCall")
+        assert span.attributes["rpc.system.name"] == "grpc" and span.attributes["rpc.system"] == "grpc"
+        assert span.attributes["rpc.method"] == f"{SERVICE}/GetCall"
+        assert span.attributes["rpc.response.status_code"] == "NOT_FOUND"
+        assert span.attributes["rpc.grpc.status_code"] == grpc.StatusCode.NOT_FOUND.value[0]
+        assert span.attributes["network.peer.address"] == "127.0.0.1"
+        (new_point,) = [p for a, p in traced.metric("rpc.server.call.duration") if a["rpc.method"] == f"{SERVICE}/GetCall"]
+        assert new_point.count == 1
+        (old_point,) = [p for a, p in traced.metric("rpc.server.duration") if a["rpc.method"] == "GetCall"]
+        assert old_point.count == 1
+
+
+# -- metrics ------------------------------------------------------------------------------------
+async def test_metric_values_after_a_known_sequence(traced: Traced) -> None:
+    stub = traced.stub
+    first = await stub.CreateCall(make_request(qos(100_000)))
+    second = await stub.CreateCall(make_request(qos(200_000)))
+    await rpc_error(stub.CreateCall(make_request(qos(CAPACITY))))  # 300k already reserved: refused
+    await stub.RenegotiateCall(svc.RenegotiateCallRequest(name=first.name, qos=qos(150_000)))
+    await rpc_error(stub.RenegotiateCall(svc.RenegotiateCallRequest(name=first.name, qos=qos(CAPACITY))))
+    await stub.DropCall(svc.DropCallRequest(name=second.name))
+    watch = stub.WatchEvents(svc.WatchEventsRequest())
+    reading = asyncio.create_task(watch.read())  # the stream opens when the first read starts
+    for _ in range(250):
+        if traced.running.servicer.open_watchers:
+            break
+        await asyncio.sleep(0.02)
+
+    def values(name: str, *keys: str) -> dict[tuple[Any, ...], Any]:
+        return {tuple(a.get(k) for k in keys): p.value for a, p in traced.metric(name)}
+
+    assert values("callqos.admissions", "callqos.provider", "callqos.service_type", "callqos.outcome", "callqos.reason") == {
+        ("providers/reference", "CONTROLLED_LOAD", "granted", None): 2,
+        ("providers/reference", "CONTROLLED_LOAD", "refused", "QOS_UNAVAILABLE"): 1,
+    }
+    assert values("callqos.renegotiations", "callqos.outcome", "callqos.reason") == {
+        ("granted", None): 1, ("refused", "QOS_UNAVAILABLE"): 1,
+    }
+    assert values("callqos.calls.active", "callqos.provider", "callqos.service_type") == {
+        ("providers/reference", "CONTROLLED_LOAD"): 1,
+    }
+    other = "providers/failing/links/default"  # the second provider's link, unused
+    assert values("callqos.link.capacity", "callqos.link") == {(LINK,): CAPACITY, (other,): CAPACITY}
+    assert values("callqos.link.reserved", "callqos.link", "callqos.direction") == {
+        (LINK, "sending"): 150_000, (LINK, "receiving"): 0, (other, "sending"): 0, (other, "receiving"): 0,
+    }
+    assert values("callqos.watch.streams") == {(): 1}
+    durations = {(a["rpc.method"], a["rpc.grpc.status_code"]): p.count for a, p in traced.metric("rpc.server.duration")}
+    assert durations[("CreateCall", 0)] == 2 and durations[("CreateCall", grpc.StatusCode.RESOURCE_EXHAUSTED.value[0])] == 1
+    assert durations[("RenegotiateCall", 0)] == 1 and durations[("DropCall", 0)] == 1
+    provider_calls = {(a["callqos.provider.operation"], a["callqos.outcome"]): p.count for a, p in traced.metric("callqos.provider.duration")}
+    assert provider_calls[("admit", "granted")] == 2 and provider_calls[("admit", "refused")] == 1
+    assert provider_calls[("renegotiate", "refused")] == 1 and provider_calls[("release", "ok")] == 1
+    watch.cancel()
+    reading.cancel()
