@@ -13,8 +13,8 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator
 
 import pytest
 
@@ -28,7 +28,9 @@ DEFAULT_LINK = "providers/reference/links/default"
 class ServerProcess:
     """One ``python -m callqos.server`` subprocess; can be stopped, killed and restarted."""
 
-    def __init__(self, workdir: Path, *, data_dir: Path | None = None, extra: list[str] | None = None):
+    def __init__(
+        self, workdir: Path, *, data_dir: Path | None = None, extra: list[str] | None = None
+    ):
         self.workdir = workdir
         self.data_dir = data_dir
         self.extra = list(extra or [])
@@ -47,9 +49,13 @@ class ServerProcess:
         port_file = self.workdir / "port"
         port_file.unlink(missing_ok=True)
         command = [
-            sys.executable, "-m", "callqos.server",
-            "--listen", f"127.0.0.1:{self.port}",
-            "--port-file", str(port_file),
+            sys.executable,
+            "-m",
+            "callqos.server",
+            "--listen",
+            f"127.0.0.1:{self.port}",
+            "--port-file",
+            str(port_file),
         ]
         if self.data_dir is None:
             command += ["--storage", "memory"]
@@ -74,7 +80,9 @@ class ServerProcess:
                 return
             time.sleep(0.05)
         self.kill()
-        raise RuntimeError(f"server did not write its port within {STARTUP_TIMEOUT}s:\n{self.log()}")
+        raise RuntimeError(
+            f"server did not write its port within {STARTUP_TIMEOUT}s:\n{self.log()}"
+        )
 
     def stop(self, timeout: float = 20.0) -> int:
         """SIGTERM (graceful shutdown) and wait."""

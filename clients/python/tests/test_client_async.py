@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Callable
+from collections.abc import Callable
 
 import pytest
 
@@ -22,7 +22,9 @@ async def test_async_make_renegotiate_list_drop(server) -> None:  # type: ignore
         call = await client.make_call("sip:async@example.com", sending=controlled_load(5_000))
         assert call.owner == "carol" and call.state == call_pb2.Call.STATE_CONNECTED
         assert (await client.get_call(call.name)) == call
-        changed = await client.renegotiate(call.name, sending=controlled_load(6_000), etag=call.etag)
+        changed = await client.renegotiate(
+            call.name, sending=controlled_load(6_000), etag=call.etag
+        )
         assert changed.granted_qos.sending.token_rate_bytes_per_second == 6_000
         names = [c.name async for c in client.list_calls(state="connected", page_size=1)]
         assert call.name in names and len(names) == len(set(names))
@@ -37,9 +39,10 @@ async def test_async_make_renegotiate_list_drop(server) -> None:  # type: ignore
 async def test_async_typed_errors(server, free_sending: Callable[[Client], int]) -> None:  # type: ignore[no-untyped-def]
     with Client(server.target) as sync_client:
         free = free_sending(sync_client)
-    async with AsyncClient(server.target, principal="carol") as client, AsyncClient(
-        server.target, principal="dave"
-    ) as other:
+    async with (
+        AsyncClient(server.target, principal="carol") as client,
+        AsyncClient(server.target, principal="dave") as other,
+    ):
         with pytest.raises(QosUnavailableError) as refused:
             await client.make_call("sip:big@example.com", sending=controlled_load(free + 100_000))
         offer = refused.value.counter_offer

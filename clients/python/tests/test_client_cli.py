@@ -8,8 +8,9 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 
@@ -29,7 +30,9 @@ def _env(**extra: str) -> dict[str, str]:
 
 @pytest.fixture
 def cli(server) -> Callable[..., subprocess.CompletedProcess[str]]:  # type: ignore[no-untyped-def]
-    def run(*args: str, principal: str = "erin", check: bool = True) -> subprocess.CompletedProcess[str]:
+    def run(
+        *args: str, principal: str = "erin", check: bool = True
+    ) -> subprocess.CompletedProcess[str]:
         result = subprocess.run(
             [sys.executable, "-m", "callqos.cli", *args],
             capture_output=True,
@@ -38,7 +41,9 @@ def cli(server) -> Callable[..., subprocess.CompletedProcess[str]]:  # type: ign
             env=_env(CALLQOS_TARGET=server.target, CALLQOS_PRINCIPAL=principal),
         )
         if check and result.returncode != 0:
-            raise AssertionError(f"exit {result.returncode}\nstdout: {result.stdout}\nstderr: {result.stderr}")
+            raise AssertionError(
+                f"exit {result.returncode}\nstdout: {result.stdout}\nstderr: {result.stderr}"
+            )
         return result
 
     return run
@@ -52,11 +57,25 @@ def _lines(text: str) -> list[Any]:
     return [json.loads(line) for line in text.splitlines() if line.strip()]
 
 
-def test_make_get_list_renegotiate_drop_json(cli: Callable[..., subprocess.CompletedProcess[str]]) -> None:
+def test_make_get_list_renegotiate_drop_json(
+    cli: Callable[..., subprocess.CompletedProcess[str]],
+) -> None:
     made = _json(
-        cli("make", "sip:cli@example.com", "--json", "--level", "needed",
-            "--send-type", "controlled-load", "--send-rate", "8000", "--send-bucket", "1500",
-            "--recv-type", "best-effort").stdout
+        cli(
+            "make",
+            "sip:cli@example.com",
+            "--json",
+            "--level",
+            "needed",
+            "--send-type",
+            "controlled-load",
+            "--send-rate",
+            "8000",
+            "--send-bucket",
+            "1500",
+            "--recv-type",
+            "best-effort",
+        ).stdout
     )
     name = made["name"]
     assert made["state"] == "STATE_CONNECTED" and made["owner"] == "erin"
@@ -65,8 +84,17 @@ def test_make_get_list_renegotiate_drop_json(cli: Callable[..., subprocess.Compl
     listed = _lines(cli("list", "--json", "--state", "connected", "--page-size", "2").stdout)
     assert name in {c["name"] for c in listed}
     changed = _json(
-        cli("renegotiate", name, "--json", "--etag", made["etag"],
-            "--send-type", "controlled-load", "--send-rate", "9000").stdout
+        cli(
+            "renegotiate",
+            name,
+            "--json",
+            "--etag",
+            made["etag"],
+            "--send-type",
+            "controlled-load",
+            "--send-rate",
+            "9000",
+        ).stdout
     )
     assert changed["grantedQos"]["sending"]["tokenRateBytesPerSecond"] == "9000"
     # The receiving direction had no flags: NO_CHANGE kept it.
@@ -76,7 +104,9 @@ def test_make_get_list_renegotiate_drop_json(cli: Callable[..., subprocess.Compl
 
 
 def test_text_output(cli: Callable[..., subprocess.CompletedProcess[str]]) -> None:
-    made = cli("make", "sip:text@example.com", "--send-type", "controlled-load", "--send-rate", "1000").stdout
+    made = cli(
+        "make", "sip:text@example.com", "--send-type", "controlled-load", "--send-rate", "1000"
+    ).stdout
     name = made.split()[0]
     assert name.startswith("calls/") and "connected" in made
     assert "controlled-load rate=1,000B/s" in made
@@ -87,27 +117,61 @@ def test_text_output(cli: Callable[..., subprocess.CompletedProcess[str]]) -> No
 
 
 def test_refusal_prints_counter_offer_and_exits_nonzero(
-    cli: Callable[..., subprocess.CompletedProcess[str]], server, free_sending  # type: ignore[no-untyped-def]
+    cli: Callable[..., subprocess.CompletedProcess[str]],
+    server,
+    free_sending,  # type: ignore[no-untyped-def]
 ) -> None:
     with Client(server.target) as client:
         too_much = str(free_sending(client) + 100_000)
-    text = cli("make", "sip:big@example.com", "--send-type", "controlled-load", "--send-rate", too_much, check=False)
+    text = cli(
+        "make",
+        "sip:big@example.com",
+        "--send-type",
+        "controlled-load",
+        "--send-rate",
+        too_much,
+        check=False,
+    )
     assert text.returncode == EXIT_RESOURCE_EXHAUSTED
     assert "QOS_UNAVAILABLE" in text.stderr and "counter-offer:" in text.stderr
-    as_json = cli("make", "sip:big@example.com", "--json", "--send-type", "controlled-load",
-                  "--send-rate", too_much, check=False)
+    as_json = cli(
+        "make",
+        "sip:big@example.com",
+        "--json",
+        "--send-type",
+        "controlled-load",
+        "--send-rate",
+        too_much,
+        check=False,
+    )
     assert as_json.returncode == EXIT_RESOURCE_EXHAUSTED
     error = _json(as_json.stderr)["error"]
     assert error["code"] == "RESOURCE_EXHAUSTED" and error["reason"] == "QOS_UNAVAILABLE"
     # The counter-offer, fed back in, is admitted.
-    made = _json(cli("make", "sip:big@example.com", "--json", "--qos", json.dumps(error["counterOffer"])).stdout)
+    made = _json(
+        cli(
+            "make", "sip:big@example.com", "--json", "--qos", json.dumps(error["counterOffer"])
+        ).stdout
+    )
     assert made["state"] == "STATE_CONNECTED"
     cli("drop", made["name"])
 
 
-def test_invalid_request_and_not_found_and_not_owner(cli: Callable[..., subprocess.CompletedProcess[str]]) -> None:
-    invalid = cli("make", "sip:bad@example.com", "--json", "--send-type", "controlled-load",
-                  "--send-rate", "1000", "--send-peak", "10", check=False)
+def test_invalid_request_and_not_found_and_not_owner(
+    cli: Callable[..., subprocess.CompletedProcess[str]],
+) -> None:
+    invalid = cli(
+        "make",
+        "sip:bad@example.com",
+        "--json",
+        "--send-type",
+        "controlled-load",
+        "--send-rate",
+        "1000",
+        "--send-peak",
+        "10",
+        check=False,
+    )
     assert invalid.returncode == EXIT_INVALID_ARGUMENT
     error = _json(invalid.stderr)["error"]
     assert error["reason"] == "INVALID_REQUEST" and error["fieldViolations"]
@@ -124,10 +188,14 @@ def test_usage_errors_exit_2(cli: Callable[..., subprocess.CompletedProcess[str]
     assert cli("frobnicate", check=False).returncode == 2
 
 
-def test_watch_replays_after_cursor_as_json_lines(cli: Callable[..., subprocess.CompletedProcess[str]]) -> None:
+def test_watch_replays_after_cursor_as_json_lines(
+    cli: Callable[..., subprocess.CompletedProcess[str]],
+) -> None:
     first = _json(cli("make", "sip:w1@example.com", "--json").stdout)
     second = _json(cli("make", "sip:w2@example.com", "--json").stdout)
-    events = _lines(cli("watch", "--json", "--after", "0", "--call", second["name"], "--count", "1").stdout)
+    events = _lines(
+        cli("watch", "--json", "--after", "0", "--call", second["name"], "--count", "1").stdout
+    )
     assert len(events) == 1 and events[0]["call"] == second["name"]
     cursor = int(events[0]["sequence"]) - 1
     replay = _lines(cli("watch", "--json", "--after", str(cursor), "--count", "1").stdout)
@@ -161,8 +229,18 @@ def test_serve_subcommand(tmp_path: Path) -> None:
     pytest.importorskip("callqos.server.cli")
     port_file = tmp_path / "port"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "callqos.cli", "serve", "--listen", "127.0.0.1:0",
-         "--port-file", str(port_file), "--storage", "memory"],
+        [
+            sys.executable,
+            "-m",
+            "callqos.cli",
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--port-file",
+            str(port_file),
+            "--storage",
+            "memory",
+        ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         env=_env(),

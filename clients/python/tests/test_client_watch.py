@@ -5,16 +5,21 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from typing import Callable
+from collections.abc import Callable
 
+import grpc
 import pytest
 
 from callqos.client import (
     AsyncClient,
     Client,
+    CursorExpiredError,
+    CursorUnknownError,
     EventStream,
     InvalidRequestError,
     ResumePolicy,
+    TooManyWatchersError,
+    UnavailableError,
     controlled_load,
 )
 from callqos.v1 import event_pb2
@@ -40,7 +45,9 @@ class Collector:
         except BaseException as exc:  # noqa: BLE001 - reported by wait_for
             self.error = exc
 
-    def wait_for(self, predicate: Callable[[list[event_pb2.QosEvent]], bool], timeout: float = 30.0) -> None:
+    def wait_for(
+        self, predicate: Callable[[list[event_pb2.QosEvent]], bool], timeout: float = 30.0
+    ) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.error is not None:
@@ -48,7 +55,9 @@ class Collector:
             if predicate(self.events):
                 return
             time.sleep(0.05)
-        raise AssertionError(f"timed out; got {[(e.sequence, e.type, e.call) for e in self.events]}")
+        raise AssertionError(
+            f"timed out; got {[(e.sequence, e.type, e.call) for e in self.events]}"
+        )
 
     def close(self) -> None:
         self.stream.close()
@@ -71,7 +80,9 @@ def _read_all(target: str, after: int, until: int) -> list[event_pb2.QosEvent]:
         return [e for e in collector.events if e.sequence <= until]
 
 
-def _assert_gapless_and_unique(events: list[event_pb2.QosEvent], reference: list[event_pb2.QosEvent]) -> None:
+def _assert_gapless_and_unique(
+    events: list[event_pb2.QosEvent], reference: list[event_pb2.QosEvent]
+) -> None:
     sequences = [e.sequence for e in events]
     assert sequences == sorted(set(sequences)), f"duplicate or out of order: {sequences}"
     assert sequences == [e.sequence for e in reference], "an event was lost"
@@ -85,11 +96,19 @@ def test_resume_from_a_cursor_continues_exactly(client: Client, server) -> None:
     try:
         # A "new events only" watch has no cursor until its first event: make one first.
         time.sleep(0.3)
-        calls = [client.make_call(f"sip:w{i}@example.com", sending=controlled_load(1_000)) for i in range(3)]
+        calls = [
+            client.make_call(f"sip:w{i}@example.com", sending=controlled_load(1_000))
+            for i in range(3)
+        ]
         collector.wait_for(lambda evs: {c.name for c in calls} <= _calls_seen(evs))
         for call in calls:
             client.drop(call.name)
-        collector.wait_for(lambda evs: sum(e.type == CALL_DISCONNECTED and e.call in {c.name for c in calls} for e in evs) == 3)
+        collector.wait_for(
+            lambda evs: (
+                sum(e.type == CALL_DISCONNECTED and e.call in {c.name for c in calls} for e in evs)
+                == 3
+            )
+        )
     finally:
         collector.close()
     events = collector.events
@@ -122,17 +141,27 @@ def test_non_retryable_watch_error_is_raised(client: Client) -> None:
 def test_watch_survives_sigkill_and_restart_without_loss_or_duplicates(server_factory) -> None:  # type: ignore[no-untyped-def]
     server = server_factory(sqlite=True)
     with Client(server.target, principal="alice") as client:
-        collector = Collector(client.watch(0, resume=ResumePolicy(max_backoff=0.5, give_up_after=60)))
+        collector = Collector(
+            client.watch(0, resume=ResumePolicy(max_backoff=0.5, give_up_after=60))
+        )
         try:
-            before = [client.make_call(f"sip:k{i}@example.com", sending=controlled_load(1_000)) for i in range(3)]
+            before = [
+                client.make_call(f"sip:k{i}@example.com", sending=controlled_load(1_000))
+                for i in range(3)
+            ]
             collector.wait_for(lambda evs: {c.name for c in before} <= _calls_seen(evs))
             server.kill()
             server.start()  # same port, same data dir
-            after = [client.make_call(f"sip:r{i}@example.com", sending=controlled_load(1_000)) for i in range(3)]
+            after = [
+                client.make_call(f"sip:r{i}@example.com", sending=controlled_load(1_000))
+                for i in range(3)
+            ]
             client.drop(before[0].name)
             collector.wait_for(
-                lambda evs: {c.name for c in after} <= _calls_seen(evs)
-                and any(e.type == CALL_DISCONNECTED and e.call == before[0].name for e in evs)
+                lambda evs: (
+                    {c.name for c in after} <= _calls_seen(evs)
+                    and any(e.type == CALL_DISCONNECTED and e.call == before[0].name for e in evs)
+                )
             )
             assert collector.stream.reconnects >= 1
             # Every call survived the kill.
@@ -169,3 +198,44 @@ async def test_async_watch_resumes_across_graceful_shutdown(server_factory) -> N
     reference = _read_all(server.target, 0, seen[-1].sequence)
     _assert_gapless_and_unique(seen, reference)
 
+
+def test_cursor_older_than_retention_raises_cursor_expired(server_factory) -> None:  # type: ignore[no-untyped-def]
+    server = server_factory(sqlite=True, extra=["--event-retention-count", "2"])
+    with Client(server.target) as client:
+        for i in range(3):
+            client.drop(client.make_call(f"sip:old{i}@example.com").name)
+        # The server prunes on a timer and when it starts: restart to prune now.
+        server.restart()
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                first = next(client.watch(1))
+            except CursorExpiredError as expired:
+                assert expired.code == grpc.StatusCode.OUT_OF_RANGE
+                break
+            assert time.monotonic() < deadline, f"cursor 1 still served (got #{first.sequence})"
+            time.sleep(0.2)
+        with pytest.raises(CursorUnknownError):
+            next(client.watch(1_000_000))
+
+
+def test_too_many_watchers_is_not_retried(server_factory) -> None:  # type: ignore[no-untyped-def]
+    server = server_factory(extra=["--max-watchers", "1"])
+    with Client(server.target) as client:
+        first = Collector(client.watch())
+        try:
+            time.sleep(0.3)
+            with pytest.raises(TooManyWatchersError):
+                next(client.watch())
+        finally:
+            first.close()
+
+
+def test_watch_gives_up_when_the_server_stays_down(server_factory) -> None:  # type: ignore[no-untyped-def]
+    server = server_factory()
+    with Client(server.target) as client:
+        server.kill()
+        started = time.monotonic()
+        with pytest.raises(UnavailableError):
+            next(client.watch(0, resume=ResumePolicy(max_backoff=0.2, give_up_after=1.0)))
+        assert time.monotonic() - started < 15

@@ -10,7 +10,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from google.protobuf import json_format
 
@@ -32,6 +33,8 @@ _SERVICE_TYPES = [
     for n in flowspec_pb2.ServiceType.values()
     if n
 ]
+
+
 def _peak(text: str) -> int | str:
     if text.lower() in ("unbounded", "inf", "infinity"):
         return specs.UNBOUNDED
@@ -40,20 +43,26 @@ def _peak(text: str) -> int | str:
 
 def _add_flowspec_flags(parser: argparse.ArgumentParser, unset: str) -> None:
     group = parser.add_argument_group(
-        "QoS", f"One flowspec per direction (--send-*, --recv-*); a direction with no flags is {unset}."
+        "QoS",
+        f"One flowspec per direction (--send-*, --recv-*); a direction with no flags is {unset}.",
     )
     for prefix, what in (("send", "sending"), ("recv", "receiving")):
         group.add_argument(
-            f"--{prefix}-type", choices=_SERVICE_TYPES, metavar="TYPE",
+            f"--{prefix}-type",
+            choices=_SERVICE_TYPES,
+            metavar="TYPE",
             help=f"{what} service type: {', '.join(_SERVICE_TYPES)}",
         )
         for f in render.FLOW_FIELDS:
             group.add_argument(
-                f"--{prefix}-{f.flag}", type=_peak if f.flag == "peak" else int, metavar="N",
+                f"--{prefix}-{f.flag}",
+                type=_peak if f.flag == "peak" else int,
+                metavar="N",
                 help=f"{what} {f.help}",
             )
     group.add_argument(
-        "--qos", metavar="JSON",
+        "--qos",
+        metavar="JSON",
         help="the whole QosSpec as proto3 JSON (or @FILE), e.g. a counter-offer from --json",
     )
 
@@ -71,7 +80,9 @@ def _flowspec(args: argparse.Namespace, prefix: str) -> flowspec_pb2.FlowSpec | 
     return specs.flowspec(kind, **given)
 
 
-def _qos_args(args: argparse.Namespace) -> dict[str, flowspec_pb2.QosSpec | flowspec_pb2.FlowSpec | None]:
+def _qos_args(
+    args: argparse.Namespace,
+) -> dict[str, flowspec_pb2.QosSpec | flowspec_pb2.FlowSpec | None]:
     if args.qos:
         text = args.qos
         if text.startswith("@"):
@@ -103,7 +114,7 @@ def cmd_make(client: Client, args: argparse.Namespace) -> None:
         provider=args.provider,
         call_id=args.call_id,
         request_id=args.request_id,
-        **_qos_args(args),  # type: ignore[arg-type]
+        **_qos_args(args),
     )
     _show_call(args, call)
 
@@ -114,8 +125,11 @@ def cmd_get(client: Client, args: argparse.Namespace) -> None:
 
 def cmd_renegotiate(client: Client, args: argparse.Namespace) -> None:
     call = client.renegotiate(
-        args.name, level=args.level, etag=args.etag, request_id=args.request_id,
-        **_qos_args(args),  # type: ignore[arg-type]
+        args.name,
+        level=args.level,
+        etag=args.etag,
+        request_id=args.request_id,
+        **_qos_args(args),
     )
     _show_call(args, call)
 
@@ -137,7 +151,9 @@ def cmd_watch(client: Client, args: argparse.Namespace) -> None:
                 break
 
 
-def _print_all(args: argparse.Namespace, items: Sequence[Any], show_table: Callable[..., None]) -> None:
+def _print_all(
+    args: argparse.Namespace, items: Sequence[Any], show_table: Callable[..., None]
+) -> None:
     if args.json:
         for item in items:
             print(render.to_json(item))
@@ -187,19 +203,25 @@ def _add_common(parser: argparse.ArgumentParser, *, top: bool) -> None:
         return value if top else argparse.SUPPRESS
 
     parser.add_argument(
-        "--target", default=default(env_target()),
+        "--target",
+        default=default(env_target()),
         help="server host:port (env CALLQOS_TARGET; default 127.0.0.1:50051)",
     )
     parser.add_argument(
-        "--principal", default=default(env_principal()),
+        "--principal",
+        default=default(env_principal()),
         help="identity sent as x-callqos-principal (env CALLQOS_PRINCIPAL)",
     )
     parser.add_argument(
-        "--timeout", type=float, default=default(DEFAULT_TIMEOUT),
+        "--timeout",
+        type=float,
+        default=default(DEFAULT_TIMEOUT),
         help="deadline of each request, seconds",
     )
     parser.add_argument(
-        "--json", action="store_true", default=default(False),
+        "--json",
+        action="store_true",
+        default=default(False),
         help="print proto3 JSON (one object per line) instead of text",
     )
 
@@ -214,15 +236,15 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(parser, top=True)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def command(name: str, func: Callable[[Client, argparse.Namespace], None], help_text: str) -> argparse.ArgumentParser:
+    def command(
+        name: str, func: Callable[[Client, argparse.Namespace], None], help_text: str
+    ) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_text, description=help_text)
         _add_common(p, top=False)
         p.set_defaults(func=func)
         return p
 
-    sub.add_parser(
-        "serve", help="run the server (see 'callqos serve --help')", add_help=False
-    )
+    sub.add_parser("serve", help="run the server (see 'callqos serve --help')", add_help=False)
 
     p = command("make", cmd_make, "make a call with the QoS it needs")
     p.add_argument("destination", help="where the call goes (e.g. sip:bob@example.com)")
@@ -253,17 +275,24 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("watch", cmd_watch, "follow QoS events; resumes after server restarts")
     p.add_argument(
-        "--after", type=int, metavar="N",
+        "--after",
+        type=int,
+        metavar="N",
         help="replay events after sequence N first (0: all retained); default: new events only",
     )
     p.add_argument("--call", help="only this call's events")
     p.add_argument(
-        "--type", action="append", metavar="TYPE",
+        "--type",
+        action="append",
+        metavar="TYPE",
         help="only events of this type (repeatable), e.g. qos-changed",
     )
     p.add_argument("--count", type=int, metavar="N", help="stop after N events")
     p.add_argument(
-        "--give-up-after", type=float, default=60.0, metavar="SECONDS",
+        "--give-up-after",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
         help="stop when the server stays unreachable this long (default 60)",
     )
 
@@ -295,7 +324,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(json.dumps(render.error_dict(exc)), file=sys.stderr)
         else:
             print(render.error_text(exc), file=sys.stderr)
-        return EXIT_RPC_BASE + exc.code.value[0]
+        code_number: int = exc.code.value[0]
+        return EXIT_RPC_BASE + code_number
     except (_UsageError, ValueError) as exc:
         print(f"callqos {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_USAGE

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Iterable, Sequence, TextIO
+from typing import Any, TextIO
 
 from google.protobuf import json_format, message, timestamp_pb2
 
@@ -14,7 +15,8 @@ from callqos.v1 import call_pb2, event_pb2, flowspec_pb2, provider_pb2
 
 def to_json(msg: message.Message) -> str:
     """One line of canonical proto3 JSON."""
-    return json.dumps(json_format.MessageToDict(msg), separators=(",", ":"))
+    line: str = json.dumps(json_format.MessageToDict(msg), separators=(",", ":"))
+    return line
 
 
 def _label(wrapper: Any, prefix: str, number: int) -> str:
@@ -24,7 +26,8 @@ def _label(wrapper: Any, prefix: str, number: int) -> str:
 def _time(ts: timestamp_pb2.Timestamp) -> str:
     if not ts.seconds and not ts.nanos:
         return "-"
-    return ts.ToDatetime().strftime("%Y-%m-%d %H:%M:%S")
+    text: str = ts.ToDatetime().strftime("%Y-%m-%d %H:%M:%S")
+    return text
 
 
 def _rate(value: int) -> str:
@@ -48,16 +51,28 @@ FLOW_FIELDS = [
     FlowField("token_rate_bytes_per_second", "rate", "token_rate", "B/s", "token rate, bytes/s"),
     FlowField("token_bucket_size_bytes", "bucket", "bucket", "B", "token bucket size, bytes"),
     FlowField(
-        "peak_bandwidth_bytes_per_second", "peak", "peak", "B/s",
+        "peak_bandwidth_bytes_per_second",
+        "peak",
+        "peak",
+        "B/s",
         "peak bandwidth, bytes/s, or 'unbounded'",
     ),
     FlowField("latency_microseconds", "latency", "latency_us", "us", "latency, microseconds"),
     FlowField(
-        "delay_variation_microseconds", "jitter", "delay_variation_us", "us",
+        "delay_variation_microseconds",
+        "jitter",
+        "delay_variation_us",
+        "us",
         "delay variation, microseconds",
     ),
     FlowField("max_sdu_size_bytes", "max-sdu", "max_sdu", "B", "max SDU size, bytes"),
-    FlowField("minimum_policed_size_bytes", "min-policed", "min_policed", "B", "minimum policed size, bytes"),
+    FlowField(
+        "minimum_policed_size_bytes",
+        "min-policed",
+        "min_policed",
+        "B",
+        "minimum policed size, bytes",
+    ),
 ]
 
 
@@ -99,7 +114,9 @@ def _short_qos(spec: flowspec_pb2.QosSpec, has: bool) -> tuple[str, str]:
 def call_text(call: call_pb2.Call) -> str:
     state = _label(call_pb2.Call.State, "STATE_", call.state)
     if call.state == call_pb2.Call.STATE_DISCONNECTED:
-        state += f" ({_label(call_pb2.DisconnectReason, 'DISCONNECT_REASON_', call.disconnect_reason)})"
+        state += (
+            f" ({_label(call_pb2.DisconnectReason, 'DISCONNECT_REASON_', call.disconnect_reason)})"
+        )
     level = _label(call_pb2.ServiceLevel, "SERVICE_LEVEL_", call.service_level)
     lines = [
         f"{call.name}  {state}",
@@ -123,7 +140,8 @@ def table(rows: Sequence[Sequence[str]], out: TextIO) -> None:
         return
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
-        out.write("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() + "\n")
+        cells = (cell.ljust(width) for cell, width in zip(row, widths, strict=True))
+        out.write("  ".join(cells).rstrip() + "\n")
 
 
 def calls_table(calls: Iterable[call_pb2.Call], out: TextIO) -> None:
@@ -188,7 +206,8 @@ def event_text(event: event_pb2.QosEvent) -> str:
         parts.append(_label(event_pb2.QosChangeCause, "QOS_CHANGE_CAUSE_", event.cause))
     if event.disconnect_reason:
         parts.append(
-            "reason=" + _label(call_pb2.DisconnectReason, "DISCONNECT_REASON_", event.disconnect_reason)
+            "reason="
+            + _label(call_pb2.DisconnectReason, "DISCONNECT_REASON_", event.disconnect_reason)
         )
     if event.reason:
         parts.append(f"[{event.reason}]")
@@ -205,7 +224,8 @@ def _retry_flags(offer: flowspec_pb2.QosSpec) -> str:
     """The CLI flags that ask for ``offer`` (so a refusal can be retried by copy and paste)."""
     flags: list[str] = []
     for prefix, flow in (("send", offer.sending), ("recv", offer.receiving)):
-        flags.append(f"--{prefix}-type {_label(flowspec_pb2.ServiceType, 'SERVICE_TYPE_', flow.service_type)}")
+        kind = _label(flowspec_pb2.ServiceType, "SERVICE_TYPE_", flow.service_type)
+        flags.append(f"--{prefix}-type {kind}")
         for f in FLOW_FIELDS:
             if flow.HasField(f.field):
                 flags.append(f"--{prefix}-{f.flag} {getattr(flow, f.field)}")

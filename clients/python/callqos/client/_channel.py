@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping, Sequence
 from importlib import resources
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 DEFAULT_TARGET = "127.0.0.1:50051"
 #: Deadline of every unary RPC unless the caller gives another (gRPC has no default deadline).

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import random
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Callable, Iterable
 
 import grpc
 
@@ -19,7 +19,6 @@ from callqos.v1 import callqos_service_pb2, event_pb2
 
 from . import _requests, specs
 from .errors import CallQosError, is_retryable
-
 
 #: The message of the UNAVAILABLE error a stream that the server ended with OK is treated as.
 STREAM_ENDED = "the server ended the watch stream"

@@ -13,8 +13,9 @@ The twin of :mod:`callqos.client.sync`, with the same methods and arguments, awa
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from types import TracebackType
-from typing import Any, AsyncIterator, Callable, Iterable, Mapping, Sequence
+from typing import Any
 
 import grpc
 import grpc.aio
@@ -74,7 +75,7 @@ class AsyncClient:
                 self._channel = grpc.aio.secure_channel(
                     self.target, self._credentials, options=self._options
                 )
-            self._stub_instance = callqos_service_pb2_grpc.CallQosServiceStub(self._channel)
+            self._stub_instance = callqos_service_pb2_grpc.CallQosServiceStub(self._channel)  # type: ignore[no-untyped-call]
         return self._stub_instance
 
     # -- lifecycle --------------------------------------------------------------------------
@@ -310,7 +311,8 @@ class AsyncEventStream(AsyncIterator[event_pb2.QosEvent]):
                     # (with backoff, in case the server keeps doing that).
                     error = UnavailableError(STREAM_ENDED)
                 elif self._state.accept(response.event):
-                    return response.event
+                    event: event_pb2.QosEvent = response.event
+                    return event
                 else:
                     continue
             self._responses = None

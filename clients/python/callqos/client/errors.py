@@ -24,10 +24,12 @@ Status details are decoded with ``grpc_status.rpc_status`` and unpacked into the
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar
 
 import grpc
-from google.protobuf import any_pb2, message
+from google.protobuf import any_pb2
+from google.protobuf.message import Message as ProtoMessage
 from google.rpc import error_details_pb2, status_pb2
 
 from callqos.v1 import call_pb2, flowspec_pb2
@@ -36,7 +38,7 @@ try:
     from grpc_status import rpc_status
 except ImportError:  # pragma: no cover - grpcio-status is a declared dependency
     # Degrade like python-api-core: errors still map by code, just without their details.
-    rpc_status = None  # type: ignore[assignment]
+    rpc_status = None
 
 __all__ = [
     "DOMAIN",
@@ -94,7 +96,7 @@ _BY_CODE: dict[grpc.StatusCode, type[CallQosError]] = {}
 _BY_REASON: dict[tuple[grpc.StatusCode, str], type[CallQosError]] = {}
 
 # Detail types we know how to unpack; anything else stays a google.protobuf.Any.
-_DETAIL_TYPES: dict[str, type[message.Message]] = {
+_DETAIL_TYPES: dict[str, type[ProtoMessage]] = {
     cls.DESCRIPTOR.full_name: cls
     for cls in (
         error_details_pb2.ErrorInfo,
@@ -142,7 +144,7 @@ class CallQosError(Exception):
         message: str,
         *,
         code: grpc.StatusCode | None = None,
-        details: Sequence[message.Message] = (),
+        details: Sequence[ProtoMessage] = (),
         status: status_pb2.Status | None = None,
         response: grpc.RpcError | None = None,
     ) -> None:
@@ -150,7 +152,7 @@ class CallQosError(Exception):
         self.message: str = message
         self.code: grpc.StatusCode = code or type(self).grpc_code or grpc.StatusCode.UNKNOWN
         #: The unpacked ``google.rpc.Status.details`` (unknown types stay ``Any``).
-        self.details: list[message.Message] = list(details)
+        self.details: list[ProtoMessage] = list(details)
         #: The whole rich status, if the server sent one.
         self.status: status_pb2.Status | None = status
         #: The underlying ``grpc.RpcError`` (``grpc.aio.AioRpcError`` for the async client).
@@ -187,7 +189,8 @@ class CallQosError(Exception):
         info = self._find(error_details_pb2.RetryInfo)
         if info is None or not info.HasField("retry_delay"):
             return None
-        return info.retry_delay.ToTimedelta().total_seconds()
+        seconds: float = info.retry_delay.ToTimedelta().total_seconds()
+        return seconds
 
     def __str__(self) -> str:
         label = self.reason or self.code.name
@@ -323,7 +326,8 @@ class QosRefusedError(CallQosError):
     @property
     def refusal(self) -> call_pb2.QosRefusal | None:
         """The ``callqos.v1.QosRefusal`` detail."""
-        return self._find(call_pb2.QosRefusal)
+        refusal: call_pb2.QosRefusal | None = self._find(call_pb2.QosRefusal)
+        return refusal
 
     @property
     def counter_offer(self) -> flowspec_pb2.QosSpec | None:
@@ -468,7 +472,7 @@ class DataLossError(ServerError):
 # ----------------------------------------------------------------------------------------------
 
 
-def _unpack(detail: any_pb2.Any) -> message.Message:
+def _unpack(detail: any_pb2.Any) -> ProtoMessage:
     kind = _DETAIL_TYPES.get(detail.TypeName())
     if kind is None:
         return detail

@@ -65,7 +65,7 @@ def _parse_enum(wrapper: EnumTypeWrapper, prefix: str, value: EnumLike) -> int:
 def enum_label(wrapper: EnumTypeWrapper, prefix: str, number: int) -> str:
     """``SERVICE_TYPE_CONTROLLED_LOAD`` -> ``controlled-load`` (the spelling the CLI accepts)."""
     try:
-        name = wrapper.Name(number)
+        name: str = wrapper.Name(number)
     except ValueError:
         return str(number)
     return name.removeprefix(prefix).lower().replace("_", "-")

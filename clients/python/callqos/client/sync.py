@@ -13,8 +13,9 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from types import TracebackType
-from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence, TypeVar
+from typing import Any
 
 import grpc
 
@@ -32,9 +33,6 @@ from ._resume import STREAM_ENDED, ResumePolicy, WatchState
 from .errors import CallQosError, UnavailableError, from_grpc_error
 
 __all__ = ["Client", "EventStream"]
-
-_Request = TypeVar("_Request")
-_Response = TypeVar("_Response")
 
 
 class Client:
@@ -73,7 +71,7 @@ class Client:
             self._channel = grpc.insecure_channel(target, options=opts)
         else:
             self._channel = grpc.secure_channel(target, credentials, options=opts)
-        self._stub = callqos_service_pb2_grpc.CallQosServiceStub(self._channel)
+        self._stub = callqos_service_pb2_grpc.CallQosServiceStub(self._channel)  # type: ignore[no-untyped-call]
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -92,12 +90,7 @@ class Client:
     ) -> None:
         self.close()
 
-    def _unary(
-        self,
-        method: Callable[..., _Response],
-        request: Any,
-        timeout: float | None,
-    ) -> _Response:
+    def _unary(self, method: Callable[..., Any], request: Any, timeout: float | None) -> Any:
         try:
             return method(
                 request,
@@ -143,12 +136,14 @@ class Client:
             call_id=call_id,
             request_id=request_id,
         )
-        return self._unary(self._stub.CreateCall, request, timeout)
+        call: call_pb2.Call = self._unary(self._stub.CreateCall, request, timeout)
+        return call
 
     def get_call(self, name: str, *, timeout: float | None = None) -> call_pb2.Call:
         """Get a call by ``calls/{call}`` (or just ``{call}``)."""
         request = callqos_service_pb2.GetCallRequest(name=_requests.call_name(name))
-        return self._unary(self._stub.GetCall, request, timeout)
+        call: call_pb2.Call = self._unary(self._stub.GetCall, request, timeout)
+        return call
 
     def list_calls(
         self,
@@ -194,7 +189,8 @@ class Client:
             etag=etag,
             request_id=request_id,
         )
-        return self._unary(self._stub.RenegotiateCall, request, timeout)
+        call: call_pb2.Call = self._unary(self._stub.RenegotiateCall, request, timeout)
+        return call
 
     def drop(
         self, name: str, *, etag: str | None = None, timeout: float | None = None
@@ -203,7 +199,8 @@ class Client:
         request = callqos_service_pb2.DropCallRequest(
             name=_requests.call_name(name), etag=etag or ""
         )
-        return self._unary(self._stub.DropCall, request, timeout)
+        call: call_pb2.Call = self._unary(self._stub.DropCall, request, timeout)
+        return call
 
     # -- providers and links ----------------------------------------------------------------
 
@@ -215,7 +212,8 @@ class Client:
     def get_provider(self, name: str, *, timeout: float | None = None) -> provider_pb2.Provider:
         """Get a provider by ``providers/{provider}`` (or just ``{provider}``)."""
         request = callqos_service_pb2.GetProviderRequest(name=_requests.provider_name(name))
-        return self._unary(self._stub.GetProvider, request, timeout)
+        provider: provider_pb2.Provider = self._unary(self._stub.GetProvider, request, timeout)
+        return provider
 
     def default_provider(self, *, timeout: float | None = None) -> provider_pb2.Provider:
         """The provider that carries calls naming none."""
@@ -239,7 +237,8 @@ class Client:
     ) -> provider_pb2.Link:
         """Set a link's capacity; calls that no longer fit are degraded or dropped."""
         request = _requests.update_link_capacity(link, capacity_bytes_per_second)
-        return self._unary(self._stub.UpdateLink, request, timeout)
+        updated: provider_pb2.Link = self._unary(self._stub.UpdateLink, request, timeout)
+        return updated
 
     # -- events -----------------------------------------------------------------------------
 
@@ -327,8 +326,9 @@ class EventStream(Iterator[event_pb2.QosEvent]):
                     break
                 error = from_grpc_error(exc)
             else:
-                if self._state.accept(response.event):
-                    return response.event
+                event: event_pb2.QosEvent = response.event
+                if self._state.accept(event):
+                    return event
                 continue
             with self._lock:
                 self._responses = None
