@@ -1,0 +1,153 @@
+"""deploy/ (issue 4): every manifest parses, and its ports, probes, paths and settings agree with
+the server's Config and with each other. (No container engine here: nothing is run.)"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import pytest
+import yaml
+from server_testkit import ROOT
+
+from callqos.server import app
+from callqos.server.config import Config, _FIELDS, load
+
+DEPLOY = ROOT / "deploy"
+K8S = DEPLOY / "k8s"
+MANIFESTS = sorted([*DEPLOY.glob("*.yaml"), *K8S.glob("*.yaml")])
+
+
+def documents(path: Path) -> list[dict[str, Any]]:
+    return [doc for doc in yaml.safe_load_all(path.read_text()) if doc is not None]
+
+
+def k8s(kind: str) -> dict[str, Any]:
+    (found,) = [d for p in K8S.glob("*.yaml") for d in documents(p) if d.get("kind") == kind]
+    return found
+
+
+def port_of(address: str) -> int:
+    return int(address.rpartition(":")[2])
+
+
+def check_callqos_env(env: dict[str, str]) -> None:
+    """CALLQOS_* variables must name Config fields (a typo would be silently ignored)."""
+    for key in env:
+        if key.startswith("CALLQOS_") and key != "CALLQOS_CONFIG":
+            assert key.removeprefix("CALLQOS_").lower() in _FIELDS, key
+
+
+@pytest.mark.parametrize("path", MANIFESTS, ids=lambda p: str(p.relative_to(DEPLOY)))
+def test_every_manifest_parses(path: Path) -> None:
+    assert documents(path)
+
+
+def test_kustomization_lists_every_manifest() -> None:
+    (kustomization,) = documents(K8S / "kustomization.yaml")
+    assert set(kustomization["resources"]) == {p.name for p in K8S.glob("*.yaml")} - {"kustomization.yaml"}
+
+
+@pytest.fixture
+def pod_config(tmp_path: Path) -> Config:
+    """The ConfigMap's TOML, loaded by the server's own loader (unknown keys fail)."""
+    toml = tmp_path / "callqos.toml"
+    toml.write_text(k8s("ConfigMap")["data"]["callqos.toml"])
+    return load(toml, env={})
+
+
+def container() -> dict[str, Any]:
+    (only,) = k8s("Deployment")["spec"]["template"]["spec"]["containers"]
+    return only
+
+
+def test_configmap_is_a_valid_server_config(pod_config: Config) -> None:
+    assert pod_config.listen == "0.0.0.0:50051"  # all interfaces inside the pod
+    assert pod_config.storage == "sqlite" and pod_config.metrics_listen
+    text = k8s("ConfigMap")["data"]["callqos.toml"]
+    assert set(tomllib.loads(text)) <= set(_FIELDS)
+    # Anything the file leaves out is the embedded default.
+    assert pod_config.event_retention_count == Config().event_retention_count
+
+
+def test_deployment_ports_probes_and_volumes_agree_with_the_config(pod_config: Config) -> None:
+    spec = k8s("Deployment")["spec"]
+    pod = spec["template"]["spec"]
+    main = container()
+    ports = {p["name"]: p["containerPort"] for p in main["ports"]}
+    assert ports["grpc"] == port_of(pod_config.listen)
+    assert ports["metrics"] == port_of(pod_config.metrics_listen)
+    # Native gRPC probes on the health service: overall health, and the API service for readiness.
+    assert main["livenessProbe"]["grpc"] == {"port": ports["grpc"], "service": ""}
+    assert main["readinessProbe"]["grpc"] == {"port": ports["grpc"], "service": app.SERVICE_NAME}
+    # The config file the server is told to read is the mounted ConfigMap key.
+    mounts = {m["name"]: m["mountPath"] for m in main["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    config_path = Path(main["args"][main["args"].index("--config") + 1])
+    assert config_path.parent == Path(mounts["config"])
+    assert volumes["config"]["configMap"]["name"] == k8s("ConfigMap")["metadata"]["name"]
+    assert config_path.name in k8s("ConfigMap")["data"]
+    # The SQLite directory is the persistent volume; one writer, so one replica, recreated.
+    assert Path(mounts["data"]) == pod_config.data_dir
+    assert volumes["data"]["persistentVolumeClaim"]["claimName"] == k8s("PersistentVolumeClaim")["metadata"]["name"]
+    assert spec["replicas"] == 1 and spec["strategy"]["type"] == "Recreate"
+    # Kubernetes must not SIGKILL before the server's own graceful stop has finished.
+    assert pod["terminationGracePeriodSeconds"] > pod_config.shutdown_grace_seconds
+    env = {e["name"]: e["value"] for e in main["env"]}
+    check_callqos_env(env)
+    assert env["OTEL_PYTHON_GRPC_EXCLUDED_SERVICES"] == "grpc.health.v1.Health"
+
+
+def test_service_targets_the_container_ports() -> None:
+    service = k8s("Service")
+    names = {p["name"] for p in container()["ports"]}
+    assert {p["targetPort"] for p in service["spec"]["ports"]} <= names
+    assert service["spec"]["selector"].items() <= k8s("Deployment")["spec"]["template"]["metadata"]["labels"].items()
+
+
+def test_dockerfile_runs_the_server_on_all_interfaces() -> None:
+    text = (DEPLOY / "Dockerfile").read_text()
+    assert re.search(r"^RUN pip install .*\s\.\s", text, re.M)
+    assert 'ENTRYPOINT ["callqos", "serve"]' in text
+    cmd = yaml.safe_load(re.search(r"^CMD (.*)$", text, re.M).group(1))  # a JSON array
+    flags = dict(zip(cmd[::2], cmd[1::2]))
+    exposed = {int(p) for p in re.search(r"^EXPOSE (.*)$", text, re.M).group(1).split()}
+    assert port_of(flags["--listen"]) in exposed and flags["--listen"].startswith("0.0.0.0:")
+    assert port_of(k8s("ConfigMap")["data"]["callqos.toml"].split('metrics_listen = "')[1].split('"')[0]) in exposed
+    assert re.search(rf"^VOLUME \[\"{re.escape(flags['--data-dir'])}\"\]", text, re.M)
+    check_callqos_env(dict(re.findall(r"(CALLQOS_\w+)=(\S+)", text)))
+
+
+def test_compose_wires_server_collector_and_trace_viewer() -> None:
+    (compose,) = documents(DEPLOY / "compose.yaml")
+    services = compose["services"]
+    assert {"callqos", "otel-collector", "jaeger"} <= set(services)
+    server = services["callqos"]
+    env = {k: str(v) for k, v in server["environment"].items()}
+    check_callqos_env(env)
+    config = load(env=env)
+    # Published on loopback only, on the ports the server listens on.
+    published = {int(p.split(":")[2]): p for p in server["ports"]}
+    assert all(p.startswith("127.0.0.1:") for s in services.values() for p in s.get("ports", []))
+    assert port_of(config.listen) in published and port_of(config.metrics_listen) in published
+    assert env["OTEL_TRACES_EXPORTER"] == "otlp" and env["OTEL_EXPORTER_OTLP_PROTOCOL"] == "grpc"
+    endpoint = urlparse(env["OTEL_EXPORTER_OTLP_ENDPOINT"])
+    assert endpoint.hostname == "otel-collector"
+    (collector,) = documents(DEPLOY / "otel-collector.yaml")
+    assert port_of(collector["receivers"]["otlp"]["protocols"]["grpc"]["endpoint"]) == endpoint.port
+    mounted = {v.split(":")[0]: v.split(":")[1] for v in services["otel-collector"]["volumes"]}
+    assert mounted["./otel-collector.yaml"] in " ".join(services["otel-collector"]["command"])
+    assert server["build"] == {"context": "..", "dockerfile": "deploy/Dockerfile"}
+    assert "/var/lib/callqos" in " ".join(server["volumes"]) and config.data_dir == Path("/var/lib/callqos")
+
+
+def test_collector_pipelines_use_defined_components_and_reach_jaeger() -> None:
+    (collector,) = documents(DEPLOY / "otel-collector.yaml")
+    for name, pipeline in collector["service"]["pipelines"].items():
+        for kind in ("receivers", "processors", "exporters"):
+            assert set(pipeline.get(kind, [])) <= set(collector[kind]), (name, kind)
+    assert "otlp/jaeger" in collector["service"]["pipelines"]["traces"]["exporters"]
+    assert collector["exporters"]["otlp/jaeger"]["endpoint"].split(":")[0] == "jaeger"
