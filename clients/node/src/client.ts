@@ -1,0 +1,134 @@
+// A small client for callqos.v1.CallQosService over gRPC (connect-node's gRPC transport).
+import type { MessageInitShape } from "@bufbuild/protobuf";
+import {
+  createClient,
+  type CallOptions,
+  type Client,
+  type Interceptor,
+  type Transport,
+} from "@connectrpc/connect";
+import { createGrpcTransport, Http2SessionManager } from "@connectrpc/connect-node";
+import type { TracerProvider } from "@opentelemetry/api";
+import type { Call } from "./gen/callqos/v1/call_pb.js";
+import {
+  CallQosService,
+  type CreateCallRequestSchema,
+  type ListCallsRequestSchema,
+  type ListCallsResponse,
+  type ListProvidersRequestSchema,
+  type ListProvidersResponse,
+  type RenegotiateCallRequestSchema,
+  type WatchEventsRequestSchema,
+} from "./gen/callqos/v1/callqos_service_pb.js";
+import { decodeError } from "./errors.js";
+import { tracingInterceptor } from "./tracing.js";
+import { EventWatcher, type WatchOptions } from "./watch.js";
+
+/** The request metadata that names the caller; only a call's owner may change or drop it. */
+export const PRINCIPAL_HEADER = "x-callqos-principal";
+
+/** The deadline of a unary call made without `timeoutMs` (milliseconds). */
+export const DEFAULT_TIMEOUT_MS = 10_000;
+
+export interface CallQosClientOptions {
+  /** `host:port` (plaintext, e.g. "127.0.0.1:50051") or a URL ("https://callqos.example"). */
+  address: string;
+  /** Sent as x-callqos-principal on every request. */
+  principal?: string;
+  /** Deadline for unary calls that pass no timeoutMs; 0 for none. */
+  timeoutMs?: number;
+  /** Client spans with W3C trace context: true for the global tracer provider, or a provider. */
+  tracing?: boolean | TracerProvider;
+  /** More interceptors, run inside the principal and tracing ones. */
+  interceptors?: Interceptor[];
+}
+
+/**
+ * The wrapped client: default deadlines, the principal header, errors decoded into
+ * CallQosError / QosUnavailableError, optional tracing, and `watch`, an async iterable of
+ * events that resumes from the last sequence across reconnects. `raw` is the generated
+ * client on the same transport.
+ */
+export class CallQosClient {
+  readonly raw: Client<typeof CallQosService>;
+  readonly transport: Transport;
+  private readonly sessions: Http2SessionManager;
+  private readonly timeoutMs: number;
+
+  constructor(options: CallQosClientOptions) {
+    const baseUrl = /^[a-z]+:\/\//.test(options.address)
+      ? options.address
+      : `http://${options.address}`;
+    const interceptors: Interceptor[] = [];
+    if (options.tracing) {
+      interceptors.push(tracingInterceptor(options.tracing === true ? undefined : options.tracing));
+    }
+    if (options.principal) {
+      const principal = options.principal;
+      interceptors.push((next) => (req) => {
+        req.header.set(PRINCIPAL_HEADER, principal);
+        return next(req);
+      });
+    }
+    interceptors.push(...(options.interceptors ?? []));
+    this.sessions = new Http2SessionManager(baseUrl);
+    this.transport = createGrpcTransport({ baseUrl, interceptors, sessionManager: this.sessions });
+    this.raw = createClient(CallQosService, this.transport);
+    this.timeoutMs = options.timeoutMs ?? DEFAULT_TIMEOUT_MS;
+  }
+
+  /** Closes the HTTP/2 connection (and any open stream). */
+  close(): void {
+    this.sessions.abort();
+  }
+
+  private async unary<T>(rpc: (options: CallOptions) => Promise<T>, options?: CallOptions): Promise<T> {
+    try {
+      return await rpc({ timeoutMs: this.timeoutMs || undefined, ...options });
+    } catch (err) {
+      throw decodeError(err);
+    }
+  }
+
+  /** Makes a call. A refused QoS at NEEDED throws QosUnavailableError with the counter-offer. */
+  createCall(req: MessageInitShape<typeof CreateCallRequestSchema>, options?: CallOptions): Promise<Call> {
+    return this.unary((o) => this.raw.createCall(req, o), options);
+  }
+
+  /** Gets a call by name, `calls/{call}`. */
+  getCall(name: string, options?: CallOptions): Promise<Call> {
+    return this.unary((o) => this.raw.getCall({ name }, o), options);
+  }
+
+  listCalls(req: MessageInitShape<typeof ListCallsRequestSchema>, options?: CallOptions): Promise<ListCallsResponse> {
+    return this.unary((o) => this.raw.listCalls(req, o), options);
+  }
+
+  /** Changes a connected call's QoS; on QosUnavailableError the call keeps its previous QoS. */
+  renegotiateCall(req: MessageInitShape<typeof RenegotiateCallRequestSchema>, options?: CallOptions): Promise<Call> {
+    return this.unary((o) => this.raw.renegotiateCall(req, o), options);
+  }
+
+  /** Drops a call and releases what it reserved. */
+  dropCall(name: string, options?: CallOptions): Promise<Call> {
+    return this.unary((o) => this.raw.dropCall({ name }, o), options);
+  }
+
+  listProviders(
+    req: MessageInitShape<typeof ListProvidersRequestSchema> = {},
+    options?: CallOptions,
+  ): Promise<ListProvidersResponse> {
+    return this.unary((o) => this.raw.listProviders(req, o), options);
+  }
+
+  /**
+   * Events matching `req`, in sequence order, each once, as an async iterable that reopens the
+   * stream after the last delivered sequence when it breaks with UNAVAILABLE or ends.
+   * `afterSequence: 0n` replays everything retained; unset means only new events.
+   */
+  watch(req: MessageInitShape<typeof WatchEventsRequestSchema> = {}, options?: WatchOptions): EventWatcher {
+    return new EventWatcher(this.raw, req, options);
+  }
+}
+
+

@@ -1,0 +1,85 @@
+import { create, type MessageInitShape } from "@bufbuild/protobuf";
+import { Code, ConnectError, type Client } from "@connectrpc/connect";
+import {
+  CallQosService,
+  WatchEventsRequestSchema,
+  type WatchEventsRequest,
+} from "./gen/callqos/v1/callqos_service_pb.js";
+import type { QosEvent } from "./gen/callqos/v1/event_pb.js";
+import { decodeError } from "./errors.js";
+
+export interface WatchOptions {
+  /** Ends the watch (the iteration then just stops). */
+  signal?: AbortSignal;
+  /** Reconnects in a row, without an event in between, before giving up (default 10). */
+  maxReconnects?: number;
+  /** First wait before reconnecting, doubled up to 2 s (default 50 ms). */
+  backoffMs?: number;
+}
+
+/**
+ * Follows WatchEvents across reconnects: remembers the last sequence it delivered and reopens
+ * the stream after it, so nothing is lost or repeated. Before the first event, a watch begun
+ * without a cursor reconnects without one, and misses what happened while it was down: start
+ * from a saved `lastSequence` where that matters.
+ */
+export class EventWatcher implements AsyncIterable<QosEvent> {
+  /** The sequence of the last event delivered (or the starting cursor). */
+  lastSequence: bigint | undefined;
+  private readonly req: WatchEventsRequest;
+
+  constructor(
+    private readonly raw: Client<typeof CallQosService>,
+    req: MessageInitShape<typeof WatchEventsRequestSchema>,
+    private readonly options: WatchOptions = {},
+  ) {
+    this.req = create(WatchEventsRequestSchema, req);
+    this.lastSequence = this.req.afterSequence;
+  }
+
+  async *[Symbol.asyncIterator](): AsyncGenerator<QosEvent> {
+    const { signal, maxReconnects = 10, backoffMs = 50 } = this.options;
+    let failures = 0;
+    let wait = backoffMs;
+    for (;;) {
+      const req = create(WatchEventsRequestSchema, { ...this.req, afterSequence: this.lastSequence });
+      let failure: ConnectError | undefined;
+      try {
+        for await (const { event } of this.raw.watchEvents(req, { signal })) {
+          if (!event || (this.lastSequence !== undefined && event.sequence <= this.lastSequence)) {
+            continue; // already delivered before a reconnect
+          }
+          this.lastSequence = event.sequence;
+          failures = 0;
+          yield event;
+        }
+      } catch (err) {
+        failure = ConnectError.from(err);
+      }
+      if (signal?.aborted) {
+        return;
+      }
+      if ((failure && !reconnectable(failure)) || failures >= maxReconnects) {
+        throw decodeError(failure ?? new ConnectError("event stream ended", Code.Unavailable));
+      }
+      if (failures++ === 0) {
+        wait = backoffMs;
+      }
+      await new Promise((resolve) => setTimeout(resolve, wait));
+      wait = Math.min(2 * wait, 2000);
+    }
+  }
+}
+
+/**
+ * The stream ended or broke in a way a new stream may not: UNAVAILABLE, or a stream that
+ * connect-node reset locally (CANCELED with no status from the server) because the connection
+ * under it died. The caller's own abort is checked before this.
+ */
+function reconnectable(err: ConnectError): boolean {
+  return err.code === Code.Unavailable || (err.code === Code.Canceled && !isWireError(err));
+}
+
+function isWireError(err: ConnectError): boolean {
+  return err.isWireError;
+}

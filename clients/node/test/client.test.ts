@@ -1,0 +1,276 @@
+import assert from "node:assert/strict";
+import { createServer as createHttp2Server, type IncomingHttpHeaders } from "node:http2";
+import { createServer as createTcpServer, connect as tcpConnect, type AddressInfo, type Socket } from "node:net";
+import { after, before, describe, test } from "node:test";
+import { Code } from "@connectrpc/connect";
+import { BasicTracerProvider, InMemorySpanExporter, SimpleSpanProcessor } from "@opentelemetry/sdk-trace-base";
+import {
+  CallQosClient,
+  CallQosError,
+  Call_State,
+  ControlledLoad,
+  DisconnectReason,
+  DOMAIN,
+  ErrorReason,
+  PRINCIPAL_HEADER,
+  QosEventType,
+  QosUnavailableError,
+  ServiceLevel,
+  ServiceType,
+  reasonString,
+  type Call,
+  type CallQosClientOptions,
+  type QosEvent,
+} from "../src/index.js";
+import { run as quickstart } from "../examples/quickstart.js";
+import { startServer, type TestServer } from "./server.js";
+
+const LINK_CAPACITY = 1_250_000n; // the reference provider's default link, each way
+
+let server: TestServer;
+const clients: CallQosClient[] = [];
+before(async () => {
+  server = await startServer();
+});
+after(async () => {
+  clients.forEach((c) => c.close());
+  await server.stop();
+});
+
+function client(options: Partial<CallQosClientOptions> = {}): CallQosClient {
+  const c = new CallQosClient({ address: server.address, principal: "alice", ...options });
+  clients.push(c);
+  return c;
+}
+
+async function connect(c: CallQosClient, rate: bigint): Promise<Call> {
+  return c.createCall({
+    call: { destination: "sip:bob@example.com", serviceLevel: ServiceLevel.NEEDED, requestedQos: ControlledLoad(rate) },
+  });
+}
+
+const rate = (c: Call) => c.grantedQos?.sending?.tokenRateBytesPerSecond;
+
+async function rejection(p: Promise<unknown>): Promise<CallQosError> {
+  const err = await p.then(
+    () => assert.fail("expected the call to fail"),
+    (e: unknown) => e,
+  );
+  assert.ok(err instanceof CallQosError, `not a CallQosError: ${err}`);
+  return err;
+}
+
+describe("calls", () => {
+  test("create, get, drop", async () => {
+    const c = client();
+    const call = await connect(c, 100_000n);
+    assert.equal(call.state, Call_State.CONNECTED);
+    assert.equal(rate(call), 100_000n);
+    assert.equal(call.owner, "alice");
+    assert.deepEqual((await c.getCall(call.name)).grantedQos, call.grantedQos);
+    const dropped = await c.dropCall(call.name);
+    assert.equal(dropped.state, Call_State.DISCONNECTED);
+    assert.equal(dropped.disconnectReason, DisconnectReason.NORMAL);
+  });
+
+  test("a refusal carries the counter-offer, and taking it succeeds", async () => {
+    const c = client();
+    const call = {
+      destination: "sip:carol@example.com",
+      serviceLevel: ServiceLevel.NEEDED,
+      requestedQos: ControlledLoad(2n * LINK_CAPACITY),
+    };
+    const err = await rejection(c.createCall({ call }));
+    assert.ok(err instanceof QosUnavailableError);
+    assert.equal(err.code, Code.ResourceExhausted);
+    assert.equal(err.reason, reasonString(ErrorReason.QOS_UNAVAILABLE));
+    assert.equal(err.info?.domain, DOMAIN);
+    assert.match(err.call, /^calls\//);
+    const offered = err.counterOffer?.sending?.tokenRateBytesPerSecond ?? 0n;
+    assert.ok(offered > 0n && offered <= LINK_CAPACITY, `counter-offer ${offered}`);
+    const refused = await c.getCall(err.call);
+    assert.equal(refused.disconnectReason, DisconnectReason.QOS_UNAVAILABLE);
+
+    const granted = await c.createCall({ call: { ...call, requestedQos: err.counterOffer } });
+    assert.equal(rate(granted), offered);
+    await c.dropCall(granted.name);
+  });
+
+  test("renegotiate up and down; a refused one changes nothing; only the owner may", async () => {
+    const c = client();
+    let call = await connect(c, 200_000n);
+    for (const r of [400_000n, 100_000n]) {
+      call = await c.renegotiateCall({ name: call.name, qos: ControlledLoad(r), etag: call.etag });
+      assert.equal(rate(call), r);
+    }
+    const err = await rejection(c.renegotiateCall({ name: call.name, qos: ControlledLoad(2n * LINK_CAPACITY) }));
+    assert.ok(err instanceof QosUnavailableError);
+    assert.equal(err.call, call.name);
+    const after = await c.getCall(call.name);
+    assert.equal(after.state, Call_State.CONNECTED);
+    assert.deepEqual(after.grantedQos, call.grantedQos);
+
+    const other = await rejection(
+      client({ principal: "mallory" }).renegotiateCall({ name: call.name, qos: ControlledLoad(1000) }),
+    );
+    assert.equal(other.code, Code.PermissionDenied);
+    assert.equal(other.reason, "NOT_OWNER");
+    await c.dropCall(call.name);
+  });
+
+  test("an invalid request names the bad field", async () => {
+    const qos = ControlledLoad(1000);
+    qos.sending!.serviceType = ServiceType.UNSPECIFIED;
+    const err = await rejection(client().createCall({ call: { destination: "sip:dave@example.com", requestedQos: qos } }));
+    assert.equal(err.code, Code.InvalidArgument);
+    assert.equal(err.reason, "INVALID_REQUEST");
+    assert.ok((err.badRequest?.fieldViolations.length ?? 0) > 0);
+  });
+
+  test("unary calls get the default deadline", async () => {
+    const err = await rejection(client({ timeoutMs: 1 }).listProviders());
+    assert.equal(err.code, Code.DeadlineExceeded);
+    await client({ timeoutMs: 1 }).listProviders({}, { timeoutMs: 5_000 });
+  });
+});
+
+/** Connects, renegotiates once and drops: QOS_GRANTED, QOS_CHANGED, CALL_DISCONNECTED. */
+async function lifecycle(c: CallQosClient): Promise<string> {
+  const call = await connect(c, 100_000n);
+  await c.renegotiateCall({ name: call.name, qos: ControlledLoad(50_000) });
+  await c.dropCall(call.name);
+  return call.name;
+}
+const LIFECYCLE = [QosEventType.QOS_GRANTED, QosEventType.QOS_CHANGED, QosEventType.CALL_DISCONNECTED];
+
+async function take(events: AsyncIterable<QosEvent>, n: number): Promise<QosEvent[]> {
+  const got: QosEvent[] = [];
+  for await (const ev of events) {
+    if (got.push(ev) === n) {
+      break;
+    }
+  }
+  return got;
+}
+
+/** A loopback TCP proxy whose connections can all be cut, to break streams. */
+async function startProxy(target: string) {
+  const [host, port] = target.split(":");
+  const sockets = new Set<Socket>();
+  let accepted = 0;
+  const srv = createTcpServer((inbound) => {
+    accepted++;
+    const outbound = tcpConnect(Number(port), host);
+    for (const s of [inbound, outbound]) {
+      sockets.add(s);
+      s.on("close", () => sockets.delete(s));
+      s.on("error", () => {});
+    }
+    inbound.pipe(outbound).pipe(inbound);
+  });
+  await new Promise<void>((res) => srv.listen(0, "127.0.0.1", res));
+  return {
+    address: `127.0.0.1:${(srv.address() as AddressInfo).port}`,
+    cut: () => sockets.forEach((s) => s.destroy()),
+    connections: () => accepted,
+    close: () => {
+      sockets.forEach((s) => s.destroy());
+      return new Promise((res) => srv.close(res));
+    },
+  };
+}
+
+describe("events", () => {
+  test("replay from a cursor, then resume after any delivered sequence", async () => {
+    const c = client();
+    const name = await lifecycle(c);
+    const watcher = c.watch({ afterSequence: 0n, call: name });
+    const all = await take(watcher, 3);
+    assert.deepEqual(all.map((e) => e.type), LIFECYCLE);
+    assert.equal(watcher.lastSequence, all[2].sequence);
+    const rest = await take(c.watch({ afterSequence: all[0].sequence, call: name }), 2);
+    assert.deepEqual(rest, all.slice(1));
+  });
+
+  test("the watcher reconnects after a cut and continues after the last event", async (t) => {
+    const direct = client();
+    const proxy = await startProxy(server.address);
+    t.after(() => proxy.close());
+    const proxied = client({ address: proxy.address });
+    const call = await connect(direct, 100_000n);
+    const got: QosEvent[] = [];
+    for await (const ev of proxied.watch({ afterSequence: 0n, call: call.name })) {
+      got.push(ev);
+      if (got.length === 1) {
+        proxy.cut(); // the remaining events happen while the stream is down
+        await direct.renegotiateCall({ name: call.name, qos: ControlledLoad(50_000) });
+        await direct.dropCall(call.name);
+      }
+      if (got.length === 3) {
+        break;
+      }
+    }
+    assert.deepEqual(got.map((e) => e.type), LIFECYCLE);
+    assert.ok(got[0].sequence < got[1].sequence && got[1].sequence < got[2].sequence);
+    assert.ok(proxy.connections() >= 2, "the watch did not reconnect");
+  });
+
+  test("without a cursor only new events come", async () => {
+    const c = client();
+    const old = await lifecycle(c);
+    const abort = new AbortController();
+    const first = take(c.watch({}, { signal: abort.signal }), 1);
+    const made = new Set<string>();
+    let ev: QosEvent | undefined;
+    while (!ev) {
+      // The stream opens at some point: make calls until an event arrives.
+      made.add((await connect(c, 1000n)).name);
+      ev = (await Promise.race([first, new Promise((r) => setTimeout(r, 200))])) ? (await first)[0] : undefined;
+    }
+    abort.abort();
+    assert.notEqual(ev.call, old);
+    assert.ok(made.has(ev.call), `event for ${ev.call}, not a call made after the watch began`);
+    assert.equal(ev.type, QosEventType.QOS_GRANTED);
+    await Promise.all([...made].map((n) => c.dropCall(n)));
+  });
+});
+
+describe("tracing", () => {
+  test("a traced client sends a W3C traceparent naming its span", async () => {
+    // A loopback HTTP/2 server that records the request headers and answers UNIMPLEMENTED.
+    const seen: IncomingHttpHeaders[] = [];
+    const recorder = createHttp2Server((req, res) => {
+      seen.push(req.headers);
+      req.resume();
+      res.writeHead(200, { "content-type": "application/grpc", "grpc-status": "12" });
+      res.end();
+    });
+    await new Promise<void>((res) => recorder.listen(0, "127.0.0.1", res));
+    const exporter = new InMemorySpanExporter();
+    const provider = new BasicTracerProvider({ spanProcessors: [new SimpleSpanProcessor(exporter)] });
+    const c = client({ address: `127.0.0.1:${(recorder.address() as AddressInfo).port}`, tracing: provider });
+    const err = await rejection(c.getCall("calls/x"));
+    assert.equal(err.code, Code.Unimplemented);
+    c.close();
+    recorder.close();
+
+    assert.equal(seen.length, 1);
+    assert.equal(seen[0][PRINCIPAL_HEADER], "alice");
+    const m = /^00-([0-9a-f]{32})-([0-9a-f]{16})-01$/.exec(String(seen[0].traceparent));
+    assert.ok(m, `traceparent = ${seen[0].traceparent}`);
+    const spans = exporter.getFinishedSpans();
+    assert.equal(spans.length, 1);
+    assert.equal(spans[0].name, "callqos.v1.CallQosService/GetCall");
+    assert.equal(spans[0].spanContext().traceId, m[1]);
+    assert.equal(spans[0].spanContext().spanId, m[2]);
+  });
+});
+
+test("the README example runs", async () => {
+  const lines: string[] = [];
+  await quickstart(server.address, (l) => lines.push(l));
+  const out = lines.join("\n");
+  for (const want of ["refused: QOS_UNAVAILABLE", "connected:", "renegotiated: 500000", "QOS_GRANTED", "QOS_CHANGED", "CALL_DISCONNECTED"]) {
+    assert.ok(out.includes(want), `output lacks ${want}:\n${out}`);
+  }
+});
