@@ -236,6 +236,10 @@ async def leak(ctx: CheckContext) -> None:
     first, refusal = await fill(ctx, qos, NEEDED)
     if refusal is None:
         raise CheckSkipped(f"could not fill within {ctx.params.max_fill_calls} calls")
+    if not first:
+        # Every check cleans up after itself, so the suite's own calls hold nothing now.
+        raise CheckFailed(f"a first request of {capacity // 4} B/s each way was refused on {capacity} B/s: "
+                          f"capacity is held by calls that were dropped (leaked), or the target is not idle ({refusal})")
     for call in reversed(first):
         await ctx.drop(call.name)
     if baseline is not None and await ctx.reserved() != baseline:

@@ -1,0 +1,28 @@
+"""The self-test: every deliberately broken implementation is found nonconformant, and the
+check that names its fault is among the failures (for `exact` faults, the only failure)."""
+
+from __future__ import annotations
+
+import pytest
+
+from callqos.conformance.broken import FAULTS, Fault
+from callqos.conformance.broken.selftest import certify, failed_ids
+
+
+def test_at_least_ten_distinct_faults() -> None:
+    assert len({f.name for f in FAULTS}) >= 10
+    assert {f.kind for f in FAULTS} == {"provider", "proxy"}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fault", FAULTS, ids=[f.name for f in FAULTS])
+def test_broken_implementation_fails_with_the_check_naming_its_fault(fault: Fault) -> None:
+    report = certify(fault, full=fault.exact)
+    failing = failed_ids(report)
+    assert report.verdict == "nonconformant", report.verdict
+    assert report.exit_code == 1
+    for check in fault.caught_by:
+        assert check in failing, f"{fault.name}: {check} did not fail; failing: {failing}"
+    if fault.exact:
+        assert sorted(failing) == sorted(fault.caught_by), f"false failures elsewhere: {failing}"
+    assert not report.harness_error
