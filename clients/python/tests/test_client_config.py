@@ -22,9 +22,8 @@ def test_retry_policy_covers_only_methods_safe_to_repeat() -> None:
     assert method_config["retryPolicy"]["retryableStatusCodes"] == ["UNAVAILABLE"]
 
 
-def test_creates_and_renegotiations_always_carry_a_request_id() -> None:
-    # Why CreateCall and RenegotiateCall may be in the retry policy at all (AIP-155).
-    create = _requests.create_call(
+def _create() -> callqos_service_pb2.CreateCallRequest:
+    return _requests.create_call(
         "sip:x",
         qos=None,
         sending=None,
@@ -34,23 +33,16 @@ def test_creates_and_renegotiations_always_carry_a_request_id() -> None:
         call_id=None,
         request_id=None,
     )
+
+
+def test_creates_and_renegotiations_always_carry_a_request_id() -> None:
+    # Why CreateCall and RenegotiateCall may be in the retry policy at all (AIP-155).
+    create = _create()
     renegotiate = _requests.renegotiate_call(
         "x", qos=None, sending=None, receiving=None, level=None, etag=None, request_id=None
     )
     assert create.request_id and renegotiate.request_id
-    assert (
-        create.request_id
-        != _requests.create_call(
-            "sip:x",
-            qos=None,
-            sending=None,
-            receiving=None,
-            level=None,
-            provider=None,
-            call_id=None,
-            request_id=None,
-        ).request_id
-    )
+    assert create.request_id != _create().request_id
     # Directions left out: best effort on create, NO_CHANGE on renegotiation.
     assert create.call.requested_qos.sending.service_type == flowspec_pb2.SERVICE_TYPE_BEST_EFFORT
     assert renegotiate.qos.receiving.service_type == flowspec_pb2.SERVICE_TYPE_NO_CHANGE
