@@ -46,10 +46,11 @@ def proxy(fault: str, upstream: str) -> Iterator[str]:
 
 def certify(fault: Fault, *, full: bool = False, seed: int = 7, output_dir: Path | None = None) -> Report:
     profiles = () if full else fault.profiles
+    checks = () if full else fault.only
     if fault.kind == "provider":
-        return run_conformance(RunOptions(provider=fault.subject, profiles=profiles, seed=seed, output_dir=output_dir))
+        return run_conformance(RunOptions(provider=fault.subject, profiles=profiles, checks=checks, seed=seed, output_dir=output_dir))
     with SpawnedServer("reference") as server, proxy(fault.subject, server.target) as address:
-        return run_conformance(RunOptions(target=address, profiles=profiles, seed=seed, output_dir=output_dir))
+        return run_conformance(RunOptions(target=address, profiles=profiles, checks=checks, seed=seed, output_dir=output_dir))
 
 
 def failed_ids(report: Report) -> list[str]:
