@@ -155,3 +155,14 @@ async def test_update_link_rejects_unknown_links_and_fields(stub) -> None:
     error = await rpc_error(stub.ListLinks(svc.ListLinksRequest(parent="providers/no-qos")))
     assert error.code() == grpc.StatusCode.UNIMPLEMENTED and reason(error) == "LINK_ADMIN_UNSUPPORTED"
     assert (await stub.ListLinks(svc.ListLinksRequest(parent="providers/reference"))).links[0].capacity_bytes_per_second == CAPACITY
+
+
+async def test_watch_from_now_tells_where_it_starts(stub) -> None:
+    await stub.CreateCall(make_request(qos(1000)))
+    stream = stub.WatchEvents(svc.WatchEventsRequest())
+    metadata = dict(await stream.initial_metadata())
+    assert metadata["x-callqos-start-sequence"] == "1"
+    stream.cancel()
+    replay = stub.WatchEvents(svc.WatchEventsRequest(after_sequence=0))
+    assert dict(await replay.initial_metadata())["x-callqos-start-sequence"] == "0"
+    replay.cancel()

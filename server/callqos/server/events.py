@@ -77,13 +77,16 @@ class EventHub:
             await self.check_cursor(after)
         return events
 
-    async def watch(
-        self, after: int | None, accept: Callable[[QosEvent], bool]
-    ) -> AsyncIterator[QosEvent]:
-        """Every accepted event with sequence > `after` (None: from now), in order, forever."""
-        cursor = self._last if after is None else after
-        if after is not None:
-            await self.check_cursor(after)
+    async def start_cursor(self, after: int | None) -> int:
+        """Where a watch starts: after `after` (checked against retention), or after the newest
+        event when None ("from now")."""
+        if after is None:
+            return self._last
+        await self.check_cursor(after)
+        return after
+
+    async def watch(self, cursor: int, accept: Callable[[QosEvent], bool]) -> AsyncIterator[QosEvent]:
+        """Every accepted event with sequence > `cursor`, in order, until the hub closes."""
         while True:
             if self._closed:
                 raise ServiceError(Reason.ERROR_REASON_SHUTTING_DOWN, "server is shutting down; resume from your last sequence")

@@ -28,6 +28,8 @@ from callqos.v1 import call_pb2, callqos_service_pb2 as svc, callqos_service_pb2
 log = logging.getLogger(__name__)
 
 PRINCIPAL_HEADER = "x-callqos-principal"
+# Initial metadata of WatchEvents: the sequence the stream starts after.
+START_SEQUENCE_HEADER = "x-callqos-start-sequence"
 ANONYMOUS = "anonymous"
 _PRINCIPAL = re.compile(r"[\x21-\x7e]{1,128}")
 DEFAULT_PAGE = 50
@@ -178,9 +180,13 @@ class CallQosServicer(svc_grpc.CallQosServiceServicer):
                     f"{self._max_watchers} watch streams are open; try again later",
                 )
             after = request.after_sequence if request.HasField("after_sequence") else None
+            cursor = await self._hub.start_cursor(after)
+            # Tell the client where this stream starts, so that a watch "from now" has a cursor
+            # to resume from even if it breaks before its first event.
+            await context.send_initial_metadata(((START_SEQUENCE_HEADER, str(cursor)),))
             self.open_watchers += 1
             try:
-                async for event in self._hub.watch(after, accept):
+                async for event in self._hub.watch(cursor, accept):
                     yield svc.WatchEventsResponse(event=event)
             finally:
                 self.open_watchers -= 1

@@ -22,6 +22,8 @@ from .errors import CallQosError, is_retryable
 
 #: The message of the UNAVAILABLE error a stream that the server ended with OK is treated as.
 STREAM_ENDED = "the server ended the watch stream"
+#: Initial metadata of WatchEvents: the sequence the stream starts after.
+START_SEQUENCE_HEADER = "x-callqos-start-sequence"
 
 
 @dataclass(frozen=True)
@@ -74,6 +76,15 @@ class WatchState:
         """The request for the next (re)connection: resume after the last sequence seen."""
         self._opened_at = self._clock()
         return _requests.watch_events(self.last_sequence, self._call, self._types)
+
+    def started(self, metadata: Iterable[tuple[str, str | bytes]] | None) -> None:
+        """Take the stream's start as the cursor of a watch "from now" that has none yet, so
+        that events committed while it reconnects before its first event are not missed."""
+        if self.last_sequence is not None:
+            return
+        for key, value in metadata or ():
+            if key == START_SEQUENCE_HEADER:
+                self.last_sequence = int(value)
 
     def accept(self, event: event_pb2.QosEvent) -> bool:
         """Record an event; False for one already delivered (never hand out a duplicate)."""

@@ -293,6 +293,8 @@ class AsyncEventStream(AsyncIterator[event_pb2.QosEvent]):
                 self._responses = self._client._stub.WatchEvents(
                     self._state.request(), metadata=self._client._metadata
                 )
+                if self._state.last_sequence is None:
+                    self._state.started(await self._responses.initial_metadata())
             try:
                 response = await self._responses.read()
             except asyncio.CancelledError:

@@ -343,6 +343,8 @@ class EventStream(Iterator[event_pb2.QosEvent]):
                 self._responses = self._stub.WatchEvents(
                     self._state.request(), metadata=self._metadata
                 )
+                if self._state.last_sequence is None:
+                    self._state.started(self._responses.initial_metadata())
             return self._responses
 
     def close(self) -> None:

@@ -146,6 +146,8 @@ class CallQosServiceServicer:
     def WatchEvents(self, request, context):
         """Streams QoS events in sequence order, from a cursor, without loss across reconnects and
         restarts. A cursor older than the retained events gives OUT_OF_RANGE (CURSOR_EXPIRED).
+        The initial metadata `x-callqos-start-sequence` holds the sequence the stream starts after,
+        so a watch "from now" can resume without loss even if it breaks before its first event.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

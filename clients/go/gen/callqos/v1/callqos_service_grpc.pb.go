@@ -59,6 +59,8 @@ type CallQosServiceClient interface {
 	DropCall(ctx context.Context, in *DropCallRequest, opts ...grpc.CallOption) (*Call, error)
 	// Streams QoS events in sequence order, from a cursor, without loss across reconnects and
 	// restarts. A cursor older than the retained events gives OUT_OF_RANGE (CURSOR_EXPIRED).
+	// The initial metadata `x-callqos-start-sequence` holds the sequence the stream starts after,
+	// so a watch "from now" can resume without loss even if it breaks before its first event.
 	WatchEvents(ctx context.Context, in *WatchEventsRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[WatchEventsResponse], error)
 	// Gets a provider.
 	GetProvider(ctx context.Context, in *GetProviderRequest, opts ...grpc.CallOption) (*Provider, error)
@@ -216,6 +218,8 @@ type CallQosServiceServer interface {
 	DropCall(context.Context, *DropCallRequest) (*Call, error)
 	// Streams QoS events in sequence order, from a cursor, without loss across reconnects and
 	// restarts. A cursor older than the retained events gives OUT_OF_RANGE (CURSOR_EXPIRED).
+	// The initial metadata `x-callqos-start-sequence` holds the sequence the stream starts after,
+	// so a watch "from now" can resume without loss even if it breaks before its first event.
 	WatchEvents(*WatchEventsRequest, grpc.ServerStreamingServer[WatchEventsResponse]) error
 	// Gets a provider.
 	GetProvider(context.Context, *GetProviderRequest) (*Provider, error)

@@ -515,6 +515,8 @@ export const CallQosService: GenService<{
   /**
    * Streams QoS events in sequence order, from a cursor, without loss across reconnects and
    * restarts. A cursor older than the retained events gives OUT_OF_RANGE (CURSOR_EXPIRED).
+   * The initial metadata `x-callqos-start-sequence` holds the sequence the stream starts after,
+   * so a watch "from now" can resume without loss even if it breaks before its first event.
    *
    * @generated from rpc callqos.v1.CallQosService.WatchEvents
    */
