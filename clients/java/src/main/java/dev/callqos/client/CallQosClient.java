@@ -1,0 +1,187 @@
+package dev.callqos.client;
+
+import dev.callqos.v1.Call;
+import dev.callqos.v1.CallQosServiceGrpc;
+import dev.callqos.v1.CreateCallRequest;
+import dev.callqos.v1.DropCallRequest;
+import dev.callqos.v1.GetCallRequest;
+import dev.callqos.v1.ListCallsRequest;
+import dev.callqos.v1.ListCallsResponse;
+import dev.callqos.v1.ListProvidersRequest;
+import dev.callqos.v1.ListProvidersResponse;
+import dev.callqos.v1.RenegotiateCallRequest;
+import dev.callqos.v1.WatchEventsRequest;
+import io.grpc.Grpc;
+import io.grpc.InsecureChannelCredentials;
+import io.grpc.ManagedChannel;
+import io.grpc.Metadata;
+import io.grpc.StatusRuntimeException;
+import io.grpc.stub.MetadataUtils;
+import java.time.Duration;
+import java.util.List;
+import java.util.Map;
+import java.util.concurrent.TimeUnit;
+import java.util.function.Function;
+
+/**
+ * A small client for {@code callqos.v1.CallQosService}: a default deadline on unary calls, the
+ * caller's principal on every request, errors decoded into {@link CallQosException} /
+ * {@link QosUnavailableException}, and {@link #watch}, which resumes the event stream from the
+ * last sequence it delivered. {@link #raw()} is the generated blocking stub on the same channel.
+ *
+ * <pre>{@code
+ * try (CallQosClient client = CallQosClient.builder("127.0.0.1:50051").principal("me").build()) {
+ *   Call call = client.createCall(CreateCallRequest.newBuilder().setCall(...).build());
+ * }
+ * }</pre>
+ */
+public final class CallQosClient implements AutoCloseable {
+  /** The request metadata that names the caller; only a call's owner may change or drop it. */
+  public static final Metadata.Key<String> PRINCIPAL_HEADER =
+      Metadata.Key.of("x-callqos-principal", Metadata.ASCII_STRING_MARSHALLER);
+
+  /** The deadline of a unary call when the builder sets none. */
+  public static final Duration DEFAULT_TIMEOUT = Duration.ofSeconds(10);
+
+  private final ManagedChannel channel;
+  private final boolean ownsChannel;
+  private final CallQosServiceGrpc.CallQosServiceBlockingStub stub;
+  private final Duration timeout;
+
+  private CallQosClient(Builder b) {
+    this.ownsChannel = b.channel == null;
+    this.channel = ownsChannel
+        ? Grpc.newChannelBuilder(b.target, InsecureChannelCredentials.create())
+            .defaultServiceConfig(retryConfig())
+            .enableRetry()
+            .build()
+        : b.channel;
+    CallQosServiceGrpc.CallQosServiceBlockingStub s = CallQosServiceGrpc.newBlockingStub(channel);
+    if (b.principal != null) {
+      Metadata md = new Metadata();
+      md.put(PRINCIPAL_HEADER, b.principal);
+      s = s.withInterceptors(MetadataUtils.newAttachHeadersInterceptor(md));
+    }
+    this.stub = s;
+    this.timeout = b.timeout;
+  }
+
+  /** A builder for a plaintext channel to {@code target} ("host:port", "dns:///host:port"). */
+  public static Builder builder(String target) {
+    return new Builder(target);
+  }
+
+  public static final class Builder {
+    private final String target;
+    private ManagedChannel channel;
+    private String principal;
+    private Duration timeout = DEFAULT_TIMEOUT;
+
+    private Builder(String target) {
+      this.target = target;
+    }
+
+    /** Sent as x-callqos-principal on every request. */
+    public Builder principal(String principal) {
+      this.principal = principal;
+      return this;
+    }
+
+    /** Deadline for each unary call; null for none. */
+    public Builder timeout(Duration timeout) {
+      this.timeout = timeout;
+      return this;
+    }
+
+    /** Use this channel (TLS, interceptors, ...) instead of a plaintext one; not closed by close(). */
+    public Builder channel(ManagedChannel channel) {
+      this.channel = channel;
+      return this;
+    }
+
+    public CallQosClient build() {
+      return new CallQosClient(this);
+    }
+  }
+
+  /**
+   * Retries UNAVAILABLE for the reads only; a mutation is only safe to repeat with a request_id,
+   * which the caller knows about. The same policy as the Go client.
+   */
+  private static Map<String, ?> retryConfig() {
+    List<Map<String, ?>> names = List.of(
+        method("GetCall"), method("ListCalls"), method("GetProvider"), method("ListProviders"), method("ListLinks"));
+    Map<String, ?> retry = Map.of(
+        "maxAttempts", 4.0, "initialBackoff", "0.1s", "maxBackoff", "1s", "backoffMultiplier", 2.0,
+        "retryableStatusCodes", List.of("UNAVAILABLE"));
+    return Map.of("methodConfig", List.of(Map.of("name", names, "retryPolicy", retry)));
+  }
+
+  private static Map<String, ?> method(String name) {
+    return Map.of("service", "callqos.v1.CallQosService", "method", name);
+  }
+
+  /** The generated blocking stub, with the principal but no default deadline. */
+  public CallQosServiceGrpc.CallQosServiceBlockingStub raw() {
+    return stub;
+  }
+
+  private <T> T unary(Function<CallQosServiceGrpc.CallQosServiceBlockingStub, T> rpc) {
+    CallQosServiceGrpc.CallQosServiceBlockingStub s =
+        timeout == null ? stub : stub.withDeadlineAfter(timeout.toNanos(), TimeUnit.NANOSECONDS);
+    try {
+      return rpc.apply(s);
+    } catch (StatusRuntimeException e) {
+      throw CallQosException.from(e);
+    }
+  }
+
+  /** Makes a call. A refused QoS at NEEDED throws {@link QosUnavailableException}. */
+  public Call createCall(CreateCallRequest req) {
+    return unary(s -> s.createCall(req));
+  }
+
+  /** Gets a call by name, {@code calls/{call}}. */
+  public Call getCall(String name) {
+    return unary(s -> s.getCall(GetCallRequest.newBuilder().setName(name).build()));
+  }
+
+  public ListCallsResponse listCalls(ListCallsRequest req) {
+    return unary(s -> s.listCalls(req));
+  }
+
+  /** Changes a connected call's QoS; on {@link QosUnavailableException} the call keeps its QoS. */
+  public Call renegotiateCall(RenegotiateCallRequest req) {
+    return unary(s -> s.renegotiateCall(req));
+  }
+
+  /** Drops a call and releases what it reserved. */
+  public Call dropCall(String name) {
+    return unary(s -> s.dropCall(DropCallRequest.newBuilder().setName(name).build()));
+  }
+
+  public ListProvidersResponse listProviders(ListProvidersRequest req) {
+    return unary(s -> s.listProviders(req));
+  }
+
+  /**
+   * The events matching {@code req}, in sequence order, each once; the stream is reopened after
+   * the last delivered sequence when it breaks with UNAVAILABLE or ends. Close the watcher (or
+   * use try-with-resources) to stop.
+   */
+  public EventWatcher watch(WatchEventsRequest req) {
+    return new EventWatcher(stub, req);
+  }
+
+  @Override
+  public void close() {
+    if (ownsChannel) {
+      channel.shutdownNow();
+      try {
+        channel.awaitTermination(5, TimeUnit.SECONDS);
+      } catch (InterruptedException e) {
+        Thread.currentThread().interrupt();
+      }
+    }
+  }
+}
