@@ -239,3 +239,20 @@ def test_watch_gives_up_when_the_server_stays_down(server_factory) -> None:  # t
         with pytest.raises(UnavailableError):
             next(client.watch(0, resume=ResumePolicy(max_backoff=0.2, give_up_after=1.0)))
         assert time.monotonic() - started < 15
+
+
+async def test_watch_from_now_loses_nothing_when_broken_before_its_first_event(server_factory) -> None:  # type: ignore[no-untyped-def]
+    server = server_factory(sqlite=True)
+    async with AsyncClient(server.target, principal="alice") as client:
+        await client.make_call("sip:before@example.com")
+        stream = client.watch(resume=ResumePolicy(max_backoff=0.5))  # from now: no cursor given
+        first = asyncio.ensure_future(stream.__anext__())
+        await asyncio.sleep(0.5)  # the stream is open and has told its start, no event yet
+        await asyncio.to_thread(server.stop)
+        await asyncio.to_thread(server.start)
+        during = await client.make_call("sip:during@example.com")
+        event = await asyncio.wait_for(first, 20)
+        await stream.aclose()
+        # The call made while the watch was reconnecting is delivered, and nothing older.
+        assert event.call == during.name
+        assert event.sequence == 2
