@@ -143,3 +143,18 @@ async def test_renegotiate_can_change_service_level(stub) -> None:
     )
     assert changed.service_level == Level.SERVICE_LEVEL_IF_AVAILABLE
     assert changed.granted_qos.sending.token_rate_bytes_per_second == CAPACITY
+
+
+async def test_repeated_renegotiation_request_id_applies_once(stub) -> None:
+    call = await stub.CreateCall(make_request(qos(1000)))
+    request = svc.RenegotiateCallRequest(name=call.name, qos=qos(5000), request_id="reneg-1")
+    first = await stub.RenegotiateCall(request)
+    second = await stub.RenegotiateCall(request)
+    assert first == second
+    stream = stub.WatchEvents(svc.WatchEventsRequest(after_sequence=0, call=call.name))
+    seen = [(await stream.read()).event.type for _ in range(2)]
+    stream.cancel()
+    assert seen == [event_pb2.QosEventType.QOS_EVENT_TYPE_QOS_GRANTED, event_pb2.QosEventType.QOS_EVENT_TYPE_QOS_CHANGED]
+    error = await rpc_error(stub.RenegotiateCall(svc.RenegotiateCallRequest(name=call.name, qos=qos(6000), request_id="reneg-1")))
+    assert reason(error) == "REQUEST_ID_REUSED"
+    assert (await stub.GetCall(svc.GetCallRequest(name=call.name))).granted_qos == first.granted_qos

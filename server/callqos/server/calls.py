@@ -10,7 +10,8 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 
 from google.protobuf import timestamp_pb2
 from google.rpc import status_pb2
@@ -69,6 +70,20 @@ def _fingerprint(method: str, request: svc.CreateCallRequest | svc.RenegotiateCa
     return hashlib.sha256(method.encode() + body.SerializeToString(deterministic=True)).hexdigest()
 
 
+@dataclass(frozen=True)
+class _RequestKey:
+    """One request_id's identity: who sent it, to which method, with what body."""
+
+    request_id: str
+    principal: str
+    method: str
+    fingerprint: str
+
+    def record(self, call: str, error: ServiceError | None) -> IdempotencyRecord:
+        status = error.to_status().SerializeToString() if error else b""
+        return IdempotencyRecord(self.request_id, self.principal, self.method, self.fingerprint, call, status)
+
+
 def _now() -> timestamp_pb2.Timestamp:
     stamp = timestamp_pb2.Timestamp()
     stamp.FromNanoseconds(time.time_ns())
@@ -122,32 +137,37 @@ class CallManager:
         if violations:
             raise invalid(violations)
         info = self.providers.get(request.call.provider)
-        if not request.request_id:
-            return await self._create(request, principal, info, None)
-        async with self._locks.hold(("request", principal, request.request_id)):
-            fingerprint = _fingerprint("CreateCall", request)
-            previous = await self._replay(request.request_id, principal, "CreateCall", fingerprint)
-            if previous is not None:
-                return previous
-            return await self._create(request, principal, info, fingerprint)
+        return await self._once("CreateCall", request, principal, lambda key: self._create(request, principal, info, key))
 
-    async def _replay(self, request_id: str, principal: str, method: str, fingerprint: str) -> Call | None:
-        record = await self.store.find_request(request_id, principal)
-        if record is None:
-            return None
-        if record.method != method or record.fingerprint != fingerprint:
-            raise ServiceError(
-                Reason.ERROR_REASON_REQUEST_ID_REUSED,
-                f"request_id {request_id!r} was already used for a different request",
-                metadata={"request_id": request_id, "call": record.call},
-                violations=(FieldViolation("request_id", "already used for a different request"),),
-            )
-        if record.status:
-            raise ReplayedStatus(status_pb2.Status.FromString(record.status))
-        return await self.get(record.call)
+    async def _once(
+        self,
+        method: str,
+        request: svc.CreateCallRequest | svc.RenegotiateCallRequest,
+        principal: str,
+        run: Callable[[_RequestKey | None], Awaitable[Call]],
+    ) -> Call:
+        """AIP-155: a request_id seen before returns the first outcome instead of running again.
+        Repeats are serialized on the request_id so that concurrent ones also run only once."""
+        if not request.request_id:
+            return await run(None)
+        async with self._locks.hold(("request", principal, request.request_id)):
+            key = _RequestKey(request.request_id, principal, method, _fingerprint(method, request))
+            record = await self.store.find_request(key.request_id, principal)
+            if record is None:
+                return await run(key)
+            if record.method != method or record.fingerprint != key.fingerprint:
+                raise ServiceError(
+                    Reason.ERROR_REASON_REQUEST_ID_REUSED,
+                    f"request_id {key.request_id!r} was already used for a different request",
+                    metadata={"request_id": key.request_id, "call": record.call},
+                    violations=(FieldViolation("request_id", "already used for a different request"),),
+                )
+            if record.status:
+                raise ReplayedStatus(status_pb2.Status.FromString(record.status))
+            return await self.get(record.call)
 
     async def _create(
-        self, request: svc.CreateCallRequest, principal: str, info: ProviderInfo, fingerprint: str | None
+        self, request: svc.CreateCallRequest, principal: str, info: ProviderInfo, key: _RequestKey | None
     ) -> Call:
         call_id = request.call_id or names.new_call_id()
         name = names.call_name(call_id)
@@ -173,10 +193,7 @@ class CallManager:
             admission = AdmissionRequest(name, call.destination, level, offered, principal)
 
             def record(error: ServiceError | None) -> IdempotencyRecord | None:
-                if fingerprint is None:
-                    return None
-                status = error.to_status().SerializeToString() if error else b""
-                return IdempotencyRecord(request.request_id, principal, "CreateCall", fingerprint, name, status)
+                return key.record(name, error) if key else None
 
             try:
                 decision = await self.providers.call(info, "admit", info.provider.admit(admission), request=admission)
@@ -250,17 +267,12 @@ class CallManager:
         violations = validation.renegotiate_violations(request, info.capabilities)
         if violations:
             raise invalid(violations)
-        if not request.request_id:
-            return await self._renegotiate(request, principal, info, None)
-        async with self._locks.hold(("request", principal, request.request_id)):
-            fingerprint = _fingerprint("RenegotiateCall", request)
-            previous = await self._replay(request.request_id, principal, "RenegotiateCall", fingerprint)
-            if previous is not None:
-                return previous
-            return await self._renegotiate(request, principal, info, fingerprint)
+        return await self._once(
+            "RenegotiateCall", request, principal, lambda key: self._renegotiate(request, principal, info, key)
+        )
 
     async def _renegotiate(
-        self, request: svc.RenegotiateCallRequest, principal: str, info: ProviderInfo, fingerprint: str | None
+        self, request: svc.RenegotiateCallRequest, principal: str, info: ProviderInfo, key: _RequestKey | None
     ) -> Call:
         async with self._locks.hold(request.name):
             call = await self.get(request.name)
@@ -278,10 +290,7 @@ class CallManager:
             admission = AdmissionRequest(call.name, call.destination, level, offered, principal, current=call.granted_qos)
 
             def record(error: ServiceError | None) -> IdempotencyRecord | None:
-                if fingerprint is None:
-                    return None
-                status = error.to_status().SerializeToString() if error else b""
-                return IdempotencyRecord(request.request_id, principal, "RenegotiateCall", fingerprint, call.name, status)
+                return key.record(call.name, error) if key else None
 
             try:
                 decision = await self.providers.call(
