@@ -148,3 +148,21 @@ async def test_bad_principal_header_is_rejected(stub) -> None:
     error = await rpc_error(stub.CreateCall(make_request(), metadata=(("x-callqos-principal", "has space"),)))
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "x-callqos-principal" in violated_fields(error)
+
+
+@pytest.mark.parametrize(
+    ("method", "streaming"),
+    [("CreateCall", False), ("RenegotiateCall", False), ("ListCalls", False), ("WatchEvents", True)],
+)
+async def test_corrupt_request_bytes_are_invalid_argument_not_unknown(channel, stub, method: str, streaming: bool) -> None:
+    path = f"/callqos.v1.CallQosService/{method}"
+    call = channel.unary_stream(path) if streaming else channel.unary_unary(path)
+    garbage = b"\xff\xff\xff\x0f not protobuf"
+    if streaming:
+        stream = call(garbage)
+        error = await rpc_error(stream.read())
+    else:
+        error = await rpc_error(call(garbage))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert violated_fields(error) == {"request"}
+    assert (await stub.ListCalls(svc.ListCallsRequest())).calls == []

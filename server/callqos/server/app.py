@@ -19,11 +19,11 @@ from callqos.server.calls import CallManager
 from callqos.server.config import Config
 from callqos.server.events import EventHub
 from callqos.server.hosting import ProviderSet
-from callqos.server.service import CallQosServicer
+from callqos.server.service import CallQosServicer, add_to_server
 from callqos.server.store.sqlite import MEMORY, SqliteStore
 from callqos.server.telemetry import Telemetry, setup as telemetry_setup
 from callqos.server.telemetry.interceptor import TelemetryInterceptor
-from callqos.v1 import callqos_service_pb2 as svc, callqos_service_pb2_grpc as svc_grpc
+from callqos.v1 import callqos_service_pb2 as svc
 
 log = logging.getLogger("callqos.server")
 
@@ -145,7 +145,7 @@ async def _start(
     server = grpc.aio.server(options=grpc_options(config), interceptors=[tracing, *(interceptors or [])])
     servicer = CallQosServicer(calls, hub, providers, config.max_watchers)
     instruments.open_watch_streams = lambda: servicer.open_watchers
-    svc_grpc.add_CallQosServiceServicer_to_server(servicer, server)
+    add_to_server(servicer, server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     if config.reflection:

@@ -16,6 +16,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
 import grpc
+from google.protobuf import message_factory
+from google.protobuf.message import DecodeError, Message
 from grpc_status import rpc_status
 
 from callqos.server import names, validation
@@ -50,12 +52,52 @@ def _internal(method: str) -> ServiceError:
     return ServiceError(Reason.ERROR_REASON_INTERNAL, f"internal error in {method}; it was logged")
 
 
+class Undecodable:
+    """A request body that is not valid protobuf for its method. grpc would answer UNKNOWN
+    if the deserializer raised; this lets the handler answer INVALID_ARGUMENT instead."""
+
+    def __init__(self, type_name: str, error: DecodeError) -> None:
+        self.type_name, self.error = type_name, error
+
+    def violation(self) -> ServiceError:
+        return invalid([FieldViolation("request", f"not a valid {self.type_name}: {self.error}")])
+
+
+def _lenient(cls: type[Message]) -> Callable[[bytes], Message | Undecodable]:
+    def parse(data: bytes) -> Message | Undecodable:
+        try:
+            return cls.FromString(data)
+        except DecodeError as error:
+            return Undecodable(cls.DESCRIPTOR.full_name, error)
+
+    return parse
+
+
+def add_to_server(servicer: CallQosServicer, server: grpc.aio.Server) -> None:
+    """Register the service like the generated add_*_to_server, but with deserializers that
+    turn a corrupt body into INVALID_ARGUMENT rather than UNKNOWN."""
+    descriptor = svc.DESCRIPTOR.services_by_name["CallQosService"]
+    handlers = {}
+    for method in descriptor.methods:
+        request_cls = message_factory.GetMessageClass(method.input_type)
+        response_cls = message_factory.GetMessageClass(method.output_type)
+        make = grpc.unary_stream_rpc_method_handler if method.server_streaming else grpc.unary_unary_rpc_method_handler
+        handlers[method.name] = make(
+            getattr(servicer, method.name),
+            request_deserializer=_lenient(request_cls),
+            response_serializer=response_cls.SerializeToString,
+        )
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(descriptor.full_name, handlers),))
+
+
 def unary(method: Handler[R]) -> Handler[R]:
     """Every failure leaves as a status with ErrorInfo; nothing escapes as UNKNOWN."""
 
     @functools.wraps(method)
     async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> R:
         try:
+            if isinstance(request, Undecodable):
+                raise request.violation()
             return await method(self, request, context)
         except (ServiceError, ReplayedStatus) as error:
             await _abort(context, error)
@@ -173,6 +215,8 @@ class CallQosServicer(svc_grpc.CallQosServiceServicer):
         # An async generator (not the context.write style), so tracing interceptors that
         # iterate the handler work (opentelemetry-python-contrib#3066).
         try:
+            if isinstance(request, Undecodable):
+                raise request.violation()
             accept = self._watch_filter(request)
             if self.open_watchers >= self._max_watchers:
                 raise ServiceError(
