@@ -192,6 +192,10 @@ def main() -> None:
         asyncio.run(_echo_server(args.port_file))
         return
     print(report(asyncio.run(run(args.seconds))))
+    # Tracing overhead (issue 4): its own servers, off and on, measured in alternating rounds.
+    from callqos.server import bench_tracing
+
+    print(bench_tracing.report(asyncio.run(bench_tracing.run(min(args.seconds, bench_tracing.ROUND_SECONDS)))))
 
 
 if __name__ == "__main__":
