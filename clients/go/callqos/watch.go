@@ -5,6 +5,8 @@ import (
 	"errors"
 	"io"
 	"iter"
+	"strconv"
+	"sync"
 	"time"
 
 	"google.golang.org/grpc/codes"
@@ -23,12 +25,16 @@ const DefaultMaxReconnects = 10
 // restart or shutdown, a cut connection) or ends, reopens it with after_sequence set to that
 // number, so no event is lost or delivered twice.
 //
-// Before the first event arrives, a watch that started without a cursor ("only new events")
-// reconnects without one too: events committed while it was disconnected are then missed.
-// Start from a cursor (after_sequence, e.g. one saved from LastSequence) where that matters.
+// A watch that starts without a cursor ("only new events") takes the cursor the server sends
+// in the x-callqos-start-sequence header, so it resumes without loss even when the stream
+// breaks before its first event. (From a server that sends no such header, it would
+// reconnect without a cursor and miss what happened while it was down.)
+//
+// A Watcher is used by one goroutine at a time; LastSequence may be called from any.
 type Watcher struct {
 	client *Client
 	req    *callqosv1.WatchEventsRequest
+	mu     sync.Mutex
 	last   uint64
 	has    bool
 	// MaxReconnects bounds the reconnects in a row without an event in between.
@@ -62,7 +68,21 @@ func (c *Client) Watch(ctx context.Context, req *callqosv1.WatchEventsRequest) i
 
 // LastSequence is the sequence number of the last event delivered (or the starting cursor),
 // and false when there is none yet. Save it to resume a later watch from the same place.
-func (w *Watcher) LastSequence() (uint64, bool) { return w.last, w.has }
+func (w *Watcher) LastSequence() (uint64, bool) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.last, w.has
+}
+
+func (w *Watcher) setLast(seq uint64) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.last, w.has = seq, true
+}
+
+// StartSequenceHeader is the WatchEvents response header that holds the sequence the stream
+// starts after.
+const StartSequenceHeader = "x-callqos-start-sequence"
 
 // errStopped says the consumer stopped ranging over the events.
 var errStopped = errors.New("stopped")
@@ -103,12 +123,25 @@ func (w *Watcher) stream(ctx context.Context, yield func(*callqosv1.QosEvent, er
 	defer cancel()
 	ctx, _ = w.client.outgoing(ctx, false)
 	req := proto.Clone(w.req).(*callqosv1.WatchEventsRequest)
-	if w.has {
-		req.AfterSequence = proto.Uint64(w.last)
+	last, has := w.LastSequence()
+	if has {
+		req.AfterSequence = proto.Uint64(last)
 	}
 	s, err := w.client.api.WatchEvents(ctx, req)
 	if err != nil {
 		return err
+	}
+	if !has {
+		md, err := s.Header() // waits for the server to accept the stream
+		if err != nil {
+			return err
+		}
+		if v := md.Get(StartSequenceHeader); len(v) == 1 {
+			if seq, err := strconv.ParseUint(v[0], 10, 64); err == nil {
+				w.setLast(seq)
+				last, has = seq, true
+			}
+		}
 	}
 	for {
 		resp, err := s.Recv()
@@ -116,10 +149,11 @@ func (w *Watcher) stream(ctx context.Context, yield func(*callqosv1.QosEvent, er
 			return err
 		}
 		ev := resp.GetEvent()
-		if w.has && ev.GetSequence() <= w.last {
+		if has && ev.GetSequence() <= last {
 			continue // already delivered before a reconnect
 		}
-		w.last, w.has = ev.GetSequence(), true
+		last, has = ev.GetSequence(), true
+		w.setLast(last)
 		*failures = 0
 		if !yield(ev, nil) {
 			return errStopped

@@ -125,36 +125,58 @@ func TestWatchReconnectsAfterCut(t *testing.T) {
 	}
 }
 
-// TestWatchOnlyNewEvents: without a cursor only events committed after the watch starts come.
-func TestWatchOnlyNewEvents(t *testing.T) {
-	c := newClient(t, addr, "alice")
-	old := lifecycle(t, c) // older events, which must not be delivered
+// watchFirst starts w in the background and waits until its stream is open (it then has the
+// server's start sequence); the first event or error arrives on the returned channel.
+func watchFirst(t *testing.T, w *callqos.Watcher) <-chan *callqosv1.QosEvent {
 	ctx, cancel := context.WithCancel(testContext(t))
-	defer cancel()
+	t.Cleanup(cancel)
 	first := make(chan *callqosv1.QosEvent, 1)
 	go func() {
-		for ev, err := range c.Watch(ctx, &callqosv1.WatchEventsRequest{}) {
-			if err == nil {
-				first <- ev
+		for ev, err := range w.Events(ctx) {
+			if err != nil {
+				t.Errorf("watch: %v", err)
 			}
+			first <- ev
 			return
 		}
 	}()
-	// The stream opens at some point after the goroutine starts: make calls until an event
-	// arrives, then check that it belongs to one of them.
-	made := map[string]bool{}
 	for {
-		made[connect(t, c, 1000).GetName()] = true
-		select {
-		case ev := <-first:
-			if ev.GetCall() == old || !made[ev.GetCall()] ||
-				ev.GetType() != callqosv1.QosEventType_QOS_EVENT_TYPE_QOS_GRANTED {
-				t.Fatalf("first event = %v, want the QOS_GRANTED of a call made after the watch began", ev)
-			}
-			return
-		case <-ctx.Done():
-			t.Fatal("no event")
-		case <-time.After(200 * time.Millisecond):
+		if _, ok := w.LastSequence(); ok {
+			return first
 		}
+		select {
+		case <-ctx.Done():
+			t.Fatal("the watch stream did not open (no x-callqos-start-sequence header?)")
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
+}
+
+// TestWatchOnlyNewEvents: without a cursor only events committed after the watch starts come.
+func TestWatchOnlyNewEvents(t *testing.T) {
+	c := newClient(t, addr, "alice")
+	lifecycle(t, c) // older events, which must not be delivered
+	first := watchFirst(t, c.NewWatcher(&callqosv1.WatchEventsRequest{}))
+	call := connect(t, c, 1000)
+	ev := <-first
+	if ev.GetCall() != call.GetName() || ev.GetType() != callqosv1.QosEventType_QOS_EVENT_TYPE_QOS_GRANTED {
+		t.Fatalf("first event = %v, want the QOS_GRANTED of %s", ev, call.GetName())
+	}
+}
+
+// TestWatchFromNowResumesBeforeFirstEvent: a watch without a cursor whose stream breaks before
+// any event still gets the events committed meanwhile (it resumes from the start sequence).
+func TestWatchFromNowResumesBeforeFirstEvent(t *testing.T) {
+	direct := newClient(t, addr, "alice")
+	p := startProxy(t, addr)
+	first := watchFirst(t, newClient(t, p.addr(), "alice").NewWatcher(&callqosv1.WatchEventsRequest{}))
+	p.cut()
+	call := connect(t, direct, 1000) // while the watch is down or reconnecting
+	ev := <-first
+	if ev.GetCall() != call.GetName() || ev.GetType() != callqosv1.QosEventType_QOS_EVENT_TYPE_QOS_GRANTED {
+		t.Fatalf("first event = %v, want the QOS_GRANTED of %s", ev, call.GetName())
+	}
+	if p.connections() < 2 {
+		t.Errorf("the proxy saw %d connection(s); the watch did not reconnect", p.connections())
 	}
 }

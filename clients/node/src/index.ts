@@ -1,7 +1,7 @@
 export { CallQosClient, DEFAULT_TIMEOUT_MS, PRINCIPAL_HEADER, type CallQosClientOptions } from "./client.js";
 export { CallQosError, QosUnavailableError, DOMAIN, decodeError, reasonString } from "./errors.js";
 export { ControlledLoad } from "./qos.js";
-export { EventWatcher, type WatchOptions } from "./watch.js";
+export { EventWatcher, START_SEQUENCE_HEADER, type WatchOptions } from "./watch.js";
 export { tracingInterceptor } from "./tracing.js";
 export * from "./gen/callqos/v1/call_pb.js";
 export * from "./gen/callqos/v1/callqos_service_pb.js";

@@ -17,11 +17,14 @@ export interface WatchOptions {
   backoffMs?: number;
 }
 
+/** The WatchEvents response header that holds the sequence the stream starts after. */
+export const START_SEQUENCE_HEADER = "x-callqos-start-sequence";
+
 /**
  * Follows WatchEvents across reconnects: remembers the last sequence it delivered and reopens
- * the stream after it, so nothing is lost or repeated. Before the first event, a watch begun
- * without a cursor reconnects without one, and misses what happened while it was down: start
- * from a saved `lastSequence` where that matters.
+ * the stream after it, so nothing is lost or repeated. A watch begun without a cursor takes the
+ * one the server sends in the x-callqos-start-sequence header, so it resumes without loss even
+ * when the stream breaks before its first event.
  */
 export class EventWatcher implements AsyncIterable<QosEvent> {
   /** The sequence of the last event delivered (or the starting cursor). */
@@ -45,7 +48,13 @@ export class EventWatcher implements AsyncIterable<QosEvent> {
       const req = create(WatchEventsRequestSchema, { ...this.req, afterSequence: this.lastSequence });
       let failure: ConnectError | undefined;
       try {
-        for await (const { event } of this.raw.watchEvents(req, { signal })) {
+        const onHeader = (headers: Headers) => {
+          const start = headers.get(START_SEQUENCE_HEADER);
+          if (this.lastSequence === undefined && start !== null && /^\d+$/.test(start)) {
+            this.lastSequence = BigInt(start);
+          }
+        };
+        for await (const { event } of this.raw.watchEvents(req, { signal, onHeader })) {
           if (!event || (this.lastSequence !== undefined && event.sequence <= this.lastSequence)) {
             continue; // already delivered before a reconnect
           }

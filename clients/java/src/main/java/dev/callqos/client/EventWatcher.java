@@ -5,26 +5,34 @@ import dev.callqos.v1.QosEvent;
 import dev.callqos.v1.WatchEventsRequest;
 import dev.callqos.v1.WatchEventsResponse;
 import io.grpc.Context;
+import io.grpc.Metadata;
 import io.grpc.Status;
 import io.grpc.StatusRuntimeException;
+import io.grpc.stub.MetadataUtils;
 import java.time.Duration;
 import java.util.Iterator;
 import java.util.NoSuchElementException;
 import java.util.OptionalLong;
+import java.util.concurrent.atomic.AtomicReference;
 
 /**
  * Follows WatchEvents across reconnects: it remembers the last sequence it delivered and, when
  * the stream breaks with UNAVAILABLE or ends, reopens it after that sequence, so nothing is lost
- * or repeated. Iterate it (blocking) and close it to stop. Before the first event, a watch begun
- * without a cursor reconnects without one and misses what happened while it was down: start from
- * a saved {@link #lastSequence()} where that matters.
+ * or repeated. Iterate it (blocking) and close it to stop. A watch begun without a cursor takes
+ * the one the server sends in the {@code x-callqos-start-sequence} header, so it resumes without
+ * loss even when the stream breaks before its first event.
  */
 public final class EventWatcher implements Iterable<QosEvent>, Iterator<QosEvent>, AutoCloseable {
+  /** The WatchEvents response header that holds the sequence the stream starts after. */
+  public static final Metadata.Key<String> START_SEQUENCE_HEADER =
+      Metadata.Key.of("x-callqos-start-sequence", Metadata.ASCII_STRING_MARSHALLER);
+
   private final CallQosServiceGrpc.CallQosServiceBlockingStub stub;
   private final WatchEventsRequest req;
   private int maxReconnects = 10;
   private Duration backoff = Duration.ofMillis(50);
-  private Long last;
+  private volatile Long last;
+  private final AtomicReference<Metadata> headers = new AtomicReference<>();
   private Context.CancellableContext context;
   private Iterator<WatchEventsResponse> stream;
   private QosEvent next;
@@ -50,7 +58,22 @@ public final class EventWatcher implements Iterable<QosEvent>, Iterator<QosEvent
 
   /** The sequence of the last event delivered (or the starting cursor). */
   public OptionalLong lastSequence() {
-    return last == null ? OptionalLong.empty() : OptionalLong.of(last);
+    adoptStartSequence();
+    Long l = last;
+    return l == null ? OptionalLong.empty() : OptionalLong.of(l);
+  }
+
+  /** Without a cursor yet, takes the start sequence from the stream's response headers. */
+  private synchronized void adoptStartSequence() {
+    Metadata md = headers.get();
+    String start = md == null ? null : md.get(START_SEQUENCE_HEADER);
+    if (last == null && start != null) {
+      try {
+        last = Long.parseUnsignedLong(start);
+      } catch (NumberFormatException ignored) {
+        // not a cursor: resume without one
+      }
+    }
   }
 
   @Override
@@ -72,7 +95,9 @@ public final class EventWatcher implements Iterable<QosEvent>, Iterator<QosEvent
         if (stream == null) {
           open();
         }
-        if (stream.hasNext()) {
+        boolean more = stream.hasNext();
+        adoptStartSequence();
+        if (more) {
           QosEvent ev = stream.next().getEvent();
           if (last == null || Long.compareUnsigned(ev.getSequence(), last) > 0) {
             last = ev.getSequence();
@@ -83,6 +108,7 @@ public final class EventWatcher implements Iterable<QosEvent>, Iterator<QosEvent
       } catch (StatusRuntimeException e) {
         failure = e;
       }
+      adoptStartSequence();
       stopStream();
       if (closed) {
         break;
@@ -122,7 +148,8 @@ public final class EventWatcher implements Iterable<QosEvent>, Iterator<QosEvent
     context = Context.current().withCancellation();
     Context previous = context.attach();
     try {
-      stream = stub.watchEvents(b.build());
+      stream = stub.withInterceptors(MetadataUtils.newCaptureMetadataInterceptor(headers, new AtomicReference<>()))
+          .watchEvents(b.build());
     } finally {
       context.detach(previous);
     }

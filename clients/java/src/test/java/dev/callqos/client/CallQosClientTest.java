@@ -22,6 +22,8 @@ import io.grpc.Status;
 import java.time.Duration;
 import java.util.ArrayList;
 import java.util.List;
+import java.util.concurrent.CompletableFuture;
+import java.util.concurrent.TimeUnit;
 import org.junit.jupiter.api.AfterAll;
 import org.junit.jupiter.api.BeforeAll;
 import org.junit.jupiter.api.Test;
@@ -193,6 +195,44 @@ class CallQosClientTest {
       assertEquals(LIFECYCLE, types(got));
       assertTrue(got.get(0).getSequence() < got.get(1).getSequence() && got.get(1).getSequence() < got.get(2).getSequence());
       assertTrue(proxy.connections() >= 2, "the watch did not reconnect");
+    }
+  }
+
+  /** Starts {@code w} on another thread and waits until its stream is open; gives the first event. */
+  private static CompletableFuture<QosEvent> watchFirst(EventWatcher w) throws InterruptedException {
+    CompletableFuture<QosEvent> first = CompletableFuture.supplyAsync(w::next);
+    for (int i = 0; i < 1000 && w.lastSequence().isEmpty(); i++) {
+      Thread.sleep(10);
+    }
+    assertTrue(w.lastSequence().isPresent(), "the watch stream did not open (no x-callqos-start-sequence header?)");
+    return first;
+  }
+
+  @Test
+  void watchWithoutCursorGetsOnlyNewEvents() throws Exception {
+    lifecycle(alice); // older events, which must not be delivered
+    try (EventWatcher w = alice.watch(WatchEventsRequest.getDefaultInstance())) {
+      CompletableFuture<QosEvent> first = watchFirst(w);
+      Call call = alice.createCall(needed(Qos.controlledLoad(1000)));
+      QosEvent ev = first.get(10, TimeUnit.SECONDS);
+      assertEquals(call.getName(), ev.getCall());
+      assertEquals(QosEventType.QOS_EVENT_TYPE_QOS_GRANTED, ev.getType());
+      alice.dropCall(call.getName());
+    }
+  }
+
+  @Test
+  void watchFromNowResumesWhenCutBeforeFirstEvent() throws Exception {
+    try (TcpProxy proxy = new TcpProxy(server.address); CallQosClient proxied = client(proxy.address(), "alice");
+        EventWatcher w = proxied.watch(WatchEventsRequest.getDefaultInstance())) {
+      CompletableFuture<QosEvent> first = watchFirst(w);
+      proxy.cut();
+      Call call = alice.createCall(needed(Qos.controlledLoad(1000))); // while the watch is down or reconnecting
+      QosEvent ev = first.get(10, TimeUnit.SECONDS);
+      assertEquals(call.getName(), ev.getCall());
+      assertEquals(QosEventType.QOS_EVENT_TYPE_QOS_GRANTED, ev.getType());
+      assertTrue(proxy.connections() >= 2, "the watch did not reconnect");
+      alice.dropCall(call.getName());
     }
   }
 

@@ -53,14 +53,19 @@ final class TestServer implements AutoCloseable {
 
   /** SIGTERM, then SIGKILL after 10 s. */
   @Override
-  public void close() throws Exception {
+  public void close() throws IOException {
     if (process == null) {
       return;
     }
     process.destroy();
-    if (!process.waitFor(10, TimeUnit.SECONDS)) {
-      process.destroyForcibly().waitFor();
-      throw new IllegalStateException("callqos serve did not stop within 10s of SIGTERM");
+    try {
+      if (!process.waitFor(10, TimeUnit.SECONDS)) {
+        process.destroyForcibly().waitFor();
+        throw new IllegalStateException("callqos serve did not stop within 10s of SIGTERM");
+      }
+    } catch (InterruptedException e) {
+      Thread.currentThread().interrupt();
+      process.destroyForcibly();
     }
     try (var files = Files.list(dir)) {
       for (Path f : (Iterable<Path>) files::iterator) {
