@@ -88,6 +88,8 @@ def add_to_server(servicer: CallQosServicer, server: grpc.aio.Server) -> None:
             response_serializer=response_cls.SerializeToString,
         )
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(descriptor.full_name, handlers),))
+    # As the generated code does: registered methods skip the per-call generic lookup.
+    server.add_registered_method_handlers(descriptor.full_name, handlers)
 
 
 def unary(method: Handler[R]) -> Handler[R]:

@@ -131,7 +131,12 @@ class Instruments:
         semconv: Semconv | None = None,
     ) -> None:
         self.semconv = semconv or Semconv.from_env()
-        self.tracer = (tracer_provider or trace.get_tracer_provider()).get_tracer(SCOPE)
+        tracer_provider = tracer_provider or trace.get_tracer_provider()
+        self.tracer = tracer_provider.get_tracer(SCOPE)
+        # Nothing would record a span (no-op provider, or the SDK sampling nothing): skip creating
+        # them at all — the embedded default must cost little. RPCs still get trace ids (see the
+        # interceptor), so events and logs stay correlatable.
+        self.tracing_enabled = records_spans(tracer_provider)
         # Without an exporting meter provider, skip even building the measurements' attributes.
         self.metrics_enabled = meter_provider is not None and not isinstance(meter_provider, metrics.NoOpMeterProvider)
         meter = (meter_provider or metrics.NoOpMeterProvider()).get_meter(SCOPE)
@@ -167,6 +172,8 @@ class Instruments:
             "callqos.link.reserved", [self._observe_reserved], unit="By/s",
             description="Rate reserved on a provider's link, by direction",
         )
+        # Whether anything is recorded at all; when not, callers may skip instrumentation.
+        self.active = self.tracing_enabled or self.metrics_enabled
         # Set by the server once its servicer exists.
         self.open_watch_streams: Callable[[], int] = lambda: 0
         self._active: dict[str, tuple[str, str]] = {}  # connected call → (provider, service type)
@@ -201,9 +208,7 @@ class Instruments:
         own spans are its children. Status ERROR only when the provider failed or timed out."""
         provider = names.provider_name(info.id)
         started = time.perf_counter()
-        with self.tracer.start_as_current_span(
-            f"callqos.provider.{operation}", record_exception=False, set_status_on_exception=False
-        ) as span:
+        with self._span(f"callqos.provider.{operation}") as span:
             result = ProviderSpan(span)
             if span.is_recording():
                 span.set_attributes({"callqos.provider": provider, "callqos.provider.operation": operation})
@@ -266,9 +271,21 @@ class Instruments:
         else:
             self._renegotiations.add(1, attributes)
 
+    def _span(self, name: str) -> contextlib.AbstractContextManager[Span]:
+        """A current child span, or nothing at all when tracing is off."""
+        if not self.tracing_enabled:
+            return contextlib.nullcontext(trace.INVALID_SPAN)
+        return self.tracer.start_as_current_span(name, record_exception=False, set_status_on_exception=False)
+
+    def store_commit(self, call: str, events: int) -> contextlib.AbstractContextManager[object]:
+        """The child span of one store commit (nothing when tracing is off)."""
+        if not self.tracing_enabled:
+            return contextlib.nullcontext()
+        return self._store_span(call, events)
+
     @contextlib.contextmanager
-    def store_commit(self, call: str, events: int) -> Iterator[None]:
-        with self.tracer.start_as_current_span("callqos.store.commit") as span:
+    def _store_span(self, call: str, events: int) -> Iterator[None]:
+        with self._span("callqos.store.commit") as span:
             if span.is_recording():
                 span.set_attributes(
                     {"db.system.name": "sqlite", "db.operation.name": "commit", "callqos.call": call,
@@ -313,6 +330,16 @@ class Instruments:
             observations.append(Observation(link.sending_reserved_bytes_per_second, {"callqos.link": name, "callqos.direction": "sending"}))
             observations.append(Observation(link.receiving_reserved_bytes_per_second, {"callqos.link": name, "callqos.direction": "receiving"}))
         return observations
+
+
+def records_spans(provider: trace.TracerProvider) -> bool:
+    """Whether `provider` can record any span: not the API's no-op, nor an SDK provider that
+    samples nothing."""
+    if isinstance(provider, trace.NoOpTracerProvider):
+        return False
+    from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
+
+    return getattr(provider, "sampler", None) is not ALWAYS_OFF
 
 
 def _request_attributes(request: AdmissionRequest) -> dict[str, str | int]:
