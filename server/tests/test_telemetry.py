@@ -357,3 +357,19 @@ async def test_metric_values_after_a_known_sequence(traced: Traced) -> None:
     assert provider_calls[("renegotiate", "refused")] == 1 and provider_calls[("release", "ok")] == 1
     watch.cancel()
     reading.cancel()
+
+
+async def test_python_client_joins_the_callers_trace(traced: Traced) -> None:
+    """The Python client injects W3C trace context per RPC: its caller's span and the server's
+    span share one trace (the server span is the child of the caller's span)."""
+    from callqos.client import AsyncClient
+
+    tracer = traced.tracer_provider.get_tracer("test-client")
+    async with AsyncClient(f"127.0.0.1:{traced.running.port}") as client:
+        with tracer.start_as_current_span("application work") as outer:
+            call = await client.make_call("sip:traced@example.test")
+        await client.drop(call.name)
+    server_span = traced.rpc("CreateCall")
+    assert server_span.context.trace_id == outer.get_span_context().trace_id
+    assert server_span.parent is not None and server_span.parent.span_id == outer.get_span_context().span_id
+    assert traced.rpc("DropCall").context.trace_id != outer.get_span_context().trace_id

@@ -103,7 +103,7 @@ class AsyncClient:
             return await method(
                 request,
                 timeout=self.timeout if timeout is None else timeout,
-                metadata=self._metadata,
+                metadata=_channel.traced(self._metadata),
             )
         except grpc.RpcError as exc:
             raise from_grpc_error(exc) from exc
@@ -291,7 +291,7 @@ class AsyncEventStream(AsyncIterator[event_pb2.QosEvent]):
         while not self._closed.is_set():
             if self._responses is None:
                 self._responses = self._client._stub.WatchEvents(
-                    self._state.request(), metadata=self._client._metadata
+                    self._state.request(), metadata=_channel.traced(self._client._metadata)
                 )
                 if self._state.last_sequence is None:
                     self._state.started(await self._responses.initial_metadata())

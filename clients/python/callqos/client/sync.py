@@ -95,7 +95,7 @@ class Client:
             return method(
                 request,
                 timeout=self.timeout if timeout is None else timeout,
-                metadata=self._metadata,
+                metadata=_channel.traced(self._metadata),
             )
         except grpc.RpcError as exc:
             raise from_grpc_error(exc) from exc
@@ -341,7 +341,7 @@ class EventStream(Iterator[event_pb2.QosEvent]):
         with self._lock:
             if self._responses is None:
                 self._responses = self._stub.WatchEvents(
-                    self._state.request(), metadata=self._metadata
+                    self._state.request(), metadata=_channel.traced(self._metadata)
                 )
                 if self._state.last_sequence is None:
                     self._state.started(self._responses.initial_metadata())
