@@ -74,7 +74,8 @@ def test_example_config_is_the_embedded_defaults(tmp_path: Path) -> None:
     defaults = Config()
     for field in ("listen", "data_dir", "storage", "default_provider", "provider_timeout_seconds",
                   "event_retention_count", "event_retention_seconds", "max_message_bytes",
-                  "max_concurrent_streams", "max_watchers", "shutdown_grace_seconds", "reflection", "log_level"):
+                  "max_concurrent_streams", "max_watchers", "shutdown_grace_seconds", "reflection", "log_level",
+                  "metrics_listen"):
         assert getattr(config, field) == getattr(defaults, field), field
     assert set(config.providers) == set(defaults.providers)
     assert config.providers["reference"]["links"] == [DEFAULT_LINK]
