@@ -44,9 +44,14 @@ export class EventWatcher implements AsyncIterable<QosEvent> {
     const { signal, maxReconnects = 10, backoffMs = 50 } = this.options;
     let failures = 0;
     let wait = backoffMs;
-    for (;;) {
+    while (!signal?.aborted) {
       const req = create(WatchEventsRequestSchema, { ...this.req, afterSequence: this.lastSequence });
       let failure: ConnectError | undefined;
+      // connect's stream iterable has no return(): abort the stream ourselves when the consumer
+      // stops (break/return run the finally below) or the caller's signal fires.
+      const stream = new AbortController();
+      const abortStream = () => stream.abort();
+      signal?.addEventListener("abort", abortStream);
       try {
         const onHeader = (headers: Headers) => {
           const start = headers.get(START_SEQUENCE_HEADER);
@@ -54,7 +59,7 @@ export class EventWatcher implements AsyncIterable<QosEvent> {
             this.lastSequence = BigInt(start);
           }
         };
-        for await (const { event } of this.raw.watchEvents(req, { signal, onHeader })) {
+        for await (const { event } of this.raw.watchEvents(req, { signal: stream.signal, onHeader })) {
           if (!event || (this.lastSequence !== undefined && event.sequence <= this.lastSequence)) {
             continue; // already delivered before a reconnect
           }
@@ -64,6 +69,9 @@ export class EventWatcher implements AsyncIterable<QosEvent> {
         }
       } catch (err) {
         failure = ConnectError.from(err);
+      } finally {
+        signal?.removeEventListener("abort", abortStream);
+        stream.abort();
       }
       if (signal?.aborted) {
         return;

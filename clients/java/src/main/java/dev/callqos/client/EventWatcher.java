@@ -140,12 +140,16 @@ public final class EventWatcher implements Iterable<QosEvent>, Iterator<QosEvent
     return ev;
   }
 
-  private void open() {
+  /** Synchronized with close(), so that a close between two streams cancels the next one. */
+  private synchronized void open() {
     WatchEventsRequest.Builder b = req.toBuilder();
     if (last != null) {
       b.setAfterSequence(last);
     }
     context = Context.current().withCancellation();
+    if (closed) {
+      context.cancel(null);
+    }
     Context previous = context.attach();
     try {
       stream = stub.withInterceptors(MetadataUtils.newCaptureMetadataInterceptor(headers, new AtomicReference<>()))
@@ -155,7 +159,7 @@ public final class EventWatcher implements Iterable<QosEvent>, Iterator<QosEvent
     }
   }
 
-  private void stopStream() {
+  private synchronized void stopStream() {
     if (context != null) {
       context.cancel(null);
     }
