@@ -67,8 +67,8 @@ func TestTraceContextOnTheWire(t *testing.T) {
 }
 
 // TestTraceSharedWithServer: the server stamps each event with the trace id of the operation
-// that caused it (QosEvent.trace_id). Once it does, that id must be the client span's; until
-// then the test says so and skips.
+// that caused it (QosEvent.trace_id, from the server span that continued the client's
+// traceparent), so the QOS_GRANTED event of a traced CreateCall carries the client span's trace.
 func TestTraceSharedWithServer(t *testing.T) {
 	c, rec := tracedClient(t, addr)
 	call := connect(t, c, 1000)
@@ -87,13 +87,9 @@ func TestTraceSharedWithServer(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		switch ev.GetTraceId() {
-		case "":
-			t.Skip("the server does not record trace ids in events yet (issue 4)")
-		case traceID:
-			return
-		default:
-			t.Fatalf("QOS_GRANTED event trace_id %s, client span trace %s", ev.GetTraceId(), traceID)
+		if ev.GetTraceId() != traceID {
+			t.Fatalf("QOS_GRANTED event trace_id %q, client span trace %s", ev.GetTraceId(), traceID)
 		}
+		return
 	}
 }

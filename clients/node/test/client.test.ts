@@ -284,6 +284,19 @@ describe("tracing", () => {
     assert.equal(spans[0].spanContext().traceId, m[1]);
     assert.equal(spans[0].spanContext().spanId, m[2]);
   });
+
+  test("the server's span joins the client's trace (events carry its trace id)", async () => {
+    const exporter = new InMemorySpanExporter();
+    const provider = new BasicTracerProvider({ spanProcessors: [new SimpleSpanProcessor(exporter)] });
+    const c = client({ tracing: provider });
+    const call = await connect(c, 1000n);
+    const span = exporter.getFinishedSpans().find((s) => s.name === "callqos.v1.CallQosService/CreateCall");
+    assert.ok(span, "no client span for CreateCall");
+    const [granted] = await take(c.watch({ afterSequence: 0n, call: call.name }), 1);
+    assert.equal(granted.type, QosEventType.QOS_GRANTED);
+    assert.equal(granted.traceId, span.spanContext().traceId);
+    await c.dropCall(call.name);
+  });
 });
 
 test("the README example runs", async () => {
