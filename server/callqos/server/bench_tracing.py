@@ -8,8 +8,8 @@ OTLP exporter, without the network (there is no collector to send to here). Each
 two server spans and their provider and store child spans (six spans).
 
 Two "on" variants: every trace sampled (the worst case), and 10% sampled with
-parentbased_traceidratio (as deploy/k8s configures production; an unsampled span is still
-started, with its trace id, but not recorded or exported). The variants are measured in
+parentbased_traceidratio (as deploy/k8s configures production; an unsampled RPC still gets an
+SDK span with its trace id, but no provider or store child spans). The variants are measured in
 alternating rounds on the same machine at the same time, and the ratios of their medians to
 "off" are reported; the target is an overhead of at most 15%.
 """

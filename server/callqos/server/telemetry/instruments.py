@@ -26,7 +26,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 
 import grpc
-from opentelemetry import metrics, trace
+from opentelemetry import context as otel_context, metrics, trace
 from opentelemetry.metrics import CallbackOptions, Observation
 from opentelemetry.trace import Span, Status, StatusCode
 
@@ -272,10 +272,12 @@ class Instruments:
             self._renegotiations.add(1, attributes)
 
     def _span(self, name: str) -> contextlib.AbstractContextManager[Span]:
-        """A current child span, or nothing at all when tracing is off."""
-        if not self.tracing_enabled:
+        """A current child span of the RPC's span — or nothing when tracing is off or the RPC's
+        span was sampled out (a child of an unrecorded parent would not be recorded either, but
+        would still cost an SDK span)."""
+        if not self.tracing_enabled or not trace.get_current_span().is_recording():
             return contextlib.nullcontext(trace.INVALID_SPAN)
-        return self.tracer.start_as_current_span(name, record_exception=False, set_status_on_exception=False)
+        return _CurrentSpan(self.tracer.start_span(name, record_exception=False, set_status_on_exception=False))
 
     def store_commit(self, call: str, events: int) -> contextlib.AbstractContextManager[object]:
         """The child span of one store commit (nothing when tracing is off)."""
@@ -330,6 +332,24 @@ class Instruments:
             observations.append(Observation(link.sending_reserved_bytes_per_second, {"callqos.link": name, "callqos.direction": "sending"}))
             observations.append(Observation(link.receiving_reserved_bytes_per_second, {"callqos.link": name, "callqos.direction": "receiving"}))
         return observations
+
+
+class _CurrentSpan:
+    """`with`: make `span` current, end it on exit. A plain class rather than the SDK's
+    generator-based `start_as_current_span`, which costs measurably at two child spans per RPC."""
+
+    __slots__ = ("span", "token")
+
+    def __init__(self, span: Span) -> None:
+        self.span = span
+
+    def __enter__(self) -> Span:
+        self.token = otel_context.attach(trace.set_span_in_context(self.span))
+        return self.span
+
+    def __exit__(self, *exc_info: object) -> None:
+        otel_context.detach(self.token)
+        self.span.end()
 
 
 def records_spans(provider: trace.TracerProvider) -> bool:
