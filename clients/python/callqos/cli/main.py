@@ -9,17 +9,22 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from google.protobuf import json_format
+# Before grpc is imported (by the client below): gRPC core's own INFO lines (e.g. one per client
+# GOAWAY seen by `callqos serve`) are neither JSON nor actionable; GRPC_VERBOSITY=INFO restores them.
+os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 
-from callqos.client import Client, ResumePolicy, errors, specs
-from callqos.client._channel import DEFAULT_TIMEOUT, env_principal, env_target
-from callqos.v1 import flowspec_pb2
+from google.protobuf import json_format  # noqa: E402
 
-from . import render
+from callqos.client import Client, ResumePolicy, errors, specs  # noqa: E402
+from callqos.client._channel import DEFAULT_TIMEOUT, env_principal, env_target  # noqa: E402
+from callqos.v1 import flowspec_pb2  # noqa: E402
+
+from . import render  # noqa: E402
 
 EXIT_USAGE = 2
 EXIT_ERROR = 1
