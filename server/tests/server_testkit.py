@@ -134,3 +134,17 @@ class ServerProcess:
             self.signal(signal.SIGTERM)
 
 
+
+
+# -- a provider that takes its time, for deadline tests ---------------------------------------
+from callqos.server.providers.reference import ReferenceProvider  # noqa: E402
+
+
+class SlowProvider(ReferenceProvider):
+    """The reference provider, with admissions that take `delay_seconds` (default 3 s)."""
+
+    async def admit(self, request):  # type: ignore[no-untyped-def]
+        import asyncio
+
+        await asyncio.sleep(float(self.settings.get("delay_seconds", 3.0)))
+        return await super().admit(request)

@@ -6,7 +6,9 @@ of hanging the server.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
+import time
 from collections.abc import Awaitable, Mapping, Sequence
 from typing import Any, TypeVar
 
@@ -19,6 +21,12 @@ from callqos.v1 import provider_pb2
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+
+# The caller's gRPC deadline (time.monotonic()), set by the servicer for the request being
+# served. Python gRPC does not propagate deadlines by itself; a provider call never outlives
+# the caller who is waiting for it.
+CALLER_DEADLINE: contextvars.ContextVar[float | None] = contextvars.ContextVar("caller_deadline", default=None)
+CALLER_BOUND = frozenset({"admit", "renegotiate"})
 
 
 class ProviderSet:
@@ -106,15 +114,25 @@ class ProviderSet:
             await self.telemetry.refresh_links(info, self.timeout)
         return result
 
+    def budget(self, operation: str) -> float:
+        """Seconds a provider call may take: the provider deadline, cut to the caller's for a
+        decision the caller waits for. Never for a release: that is cleanup, and must finish
+        even when the caller has given up (or capacity would leak)."""
+        deadline = CALLER_DEADLINE.get()
+        if deadline is None or operation not in CALLER_BOUND:
+            return self.timeout
+        return max(0.0, min(self.timeout, deadline - time.monotonic()))
+
     async def _call(self, info: ProviderInfo, operation: str, work: Awaitable[T]) -> T:
+        budget = self.budget(operation)
         try:
-            return await asyncio.wait_for(work, self.timeout)
+            return await asyncio.wait_for(work, budget)
         except ServiceError:
             raise
         except TimeoutError as exc:
             raise ServiceError(
                 Reason.ERROR_REASON_PROVIDER_UNAVAILABLE,
-                f"provider {info.id} did not answer {operation} within {self.timeout:g}s",
+                f"provider {info.id} did not answer {operation} within {budget:.3g}s",
                 metadata={"provider": names.provider_name(info.id), "operation": operation, "cause": "timeout"},
             ) from exc
         except Exception as exc:

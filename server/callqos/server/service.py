@@ -12,6 +12,7 @@ import hashlib
 import json
 import logging
 import re
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -24,7 +25,7 @@ from callqos.server import names, validation
 from callqos.server.calls import CallManager
 from callqos.server.errors import FieldViolation, Reason, ReplayedStatus, ServiceError, invalid
 from callqos.server.events import EventHub
-from callqos.server.hosting import ProviderSet, provider_proto
+from callqos.server.hosting import CALLER_DEADLINE, ProviderSet, provider_proto
 from callqos.v1 import call_pb2, callqos_service_pb2 as svc, callqos_service_pb2_grpc as svc_grpc, event_pb2
 
 log = logging.getLogger(__name__)
@@ -97,6 +98,9 @@ def unary(method: Handler[R]) -> Handler[R]:
 
     @functools.wraps(method)
     async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> R:
+        remaining = context.time_remaining()
+        if remaining is not None:
+            CALLER_DEADLINE.set(time.monotonic() + remaining)
         try:
             if isinstance(request, Undecodable):
                 raise request.violation()

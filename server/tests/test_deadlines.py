@@ -1,0 +1,37 @@
+"""The caller's deadline bounds the provider call made on its behalf (Python gRPC does not
+propagate deadlines by itself), and a release is never cut short."""
+
+from __future__ import annotations
+
+import time
+
+import grpc
+from server_testkit import make_request, qos, reserved, rpc_error
+
+from callqos.server import app
+from callqos.server.config import Config
+from callqos.v1 import callqos_service_pb2 as svc, callqos_service_pb2_grpc as svc_grpc, event_pb2
+
+
+async def test_provider_call_is_cut_to_the_callers_deadline(tmp_path) -> None:
+    config = Config(
+        listen="127.0.0.1:0", storage="memory", data_dir=tmp_path, provider_timeout_seconds=30.0,
+        providers={"reference": {"plugin": "server_testkit:SlowProvider", "delay_seconds": 3.0}},
+    )
+    running = await app.start(config)
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+            stub = svc_grpc.CallQosServiceStub(channel)
+            started = time.monotonic()
+            error = await rpc_error(stub.CreateCall(make_request(qos(1000)), timeout=0.5))
+            assert error.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+            # The server gave up with the caller (not after its own 30 s provider deadline) and
+            # recorded the attempt as failed, releasing whatever the provider might hold.
+            stream = stub.WatchEvents(svc.WatchEventsRequest(after_sequence=0))
+            first = await stream.read()
+            stream.cancel()
+            assert first.event.type == event_pb2.QosEventType.QOS_EVENT_TYPE_GENERIC_ERROR
+            assert time.monotonic() - started < 2.5
+            assert await reserved(stub) == (0, 0)
+    finally:
+        await running.stop()
