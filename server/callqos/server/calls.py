@@ -90,7 +90,7 @@ def _now() -> timestamp_pb2.Timestamp:
     return stamp
 
 
-def _refusal_event_type(kind: RefusalKind) -> int:
+def _refusal_event_type(kind: RefusalKind) -> event_pb2.QosEventType:
     return EventType.QOS_EVENT_TYPE_POLICY_FAILURE if kind is RefusalKind.POLICY else EventType.QOS_EVENT_TYPE_ADMISSION_FAILURE
 
 
@@ -214,20 +214,20 @@ class CallManager:
                 await self._commit(call, events, record(error))
                 raise
             if isinstance(decision, Refusal):
-                error = refused(_refusal_reason(decision.kind), name, decision.message, decision.counter_offer,
+                refusal = refused(_refusal_reason(decision.kind), name, decision.message, decision.counter_offer,
                                 {"provider": call.provider})
-                self.telemetry.decision("admit", call.provider, offered, "refused", error.reason_name)
+                self.telemetry.decision("admit", call.provider, offered, "refused", refusal.reason_name)
                 self._disconnect(call, Disconnect.DISCONNECT_REASON_QOS_UNAVAILABLE, now)
                 events = [
                     self._event(call, _refusal_event_type(decision.kind), request.request_id,
-                                reason=error.reason_name, message=decision.message,
+                                reason=refusal.reason_name, message=decision.message,
                                 counter_offer=decision.counter_offer),
                     self._event(call, EventType.QOS_EVENT_TYPE_CALL_DISCONNECTED, request.request_id,
                                 disconnect=Disconnect.DISCONNECT_REASON_QOS_UNAVAILABLE,
-                                reason=error.reason_name),
+                                reason=refusal.reason_name),
                 ]
-                await self._commit(call, events, record(error))
-                raise error
+                await self._commit(call, events, record(refusal))
+                raise refusal
             call.state = State.STATE_CONNECTED
             call.granted_qos.CopyFrom(decision.qos)
             call.features.set_qos = info.capabilities.renegotiation
@@ -307,15 +307,15 @@ class CallManager:
                 await self._commit(call, [failed], record(error))
                 raise
             if isinstance(decision, Refusal):
-                error = refused(_refusal_reason(decision.kind), call.name, decision.message, decision.counter_offer,
+                refusal = refused(_refusal_reason(decision.kind), call.name, decision.message, decision.counter_offer,
                                 {"provider": call.provider})
-                self.telemetry.decision("renegotiate", call.provider, offered, "refused", error.reason_name)
+                self.telemetry.decision("renegotiate", call.provider, offered, "refused", refusal.reason_name)
                 failed = self._event(call, EventType.QOS_EVENT_TYPE_RENEGOTIATION_FAILED, request.request_id,
                                      previous=call.granted_qos, current=call.granted_qos,
-                                     reason=error.reason_name, message=decision.message,
+                                     reason=refusal.reason_name, message=decision.message,
                                      counter_offer=decision.counter_offer)
-                await self._commit(call, [failed], record(error))
-                raise error
+                await self._commit(call, [failed], record(refusal))
+                raise refusal
             previous = QosSpec()
             previous.CopyFrom(call.granted_qos)
             call.service_level = level
@@ -412,7 +412,7 @@ class CallManager:
             )
 
     @staticmethod
-    def _disconnect(call: Call, reason: int, when: timestamp_pb2.Timestamp) -> None:
+    def _disconnect(call: Call, reason: call_pb2.DisconnectReason, when: timestamp_pb2.Timestamp) -> None:
         call.state = State.STATE_DISCONNECTED
         call.disconnect_reason = reason
         call.features.set_qos = False
@@ -428,13 +428,13 @@ class CallManager:
     @staticmethod
     def _event(
         call: Call,
-        kind: int,
+        kind: event_pb2.QosEventType,
         request_id: str,
         *,
         previous: QosSpec | None = None,
         current: QosSpec | None = None,
-        cause: int = 0,
-        disconnect: int = 0,
+        cause: event_pb2.QosChangeCause = event_pb2.QosChangeCause.QOS_CHANGE_CAUSE_UNSPECIFIED,
+        disconnect: call_pb2.DisconnectReason = call_pb2.DisconnectReason.DISCONNECT_REASON_UNSPECIFIED,
         reason: str = "",
         message: str = "",
         counter_offer: QosSpec | None = None,

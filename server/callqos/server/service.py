@@ -247,7 +247,7 @@ class CallQosServicer(svc_grpc.CallQosServiceServicer):
 
     @staticmethod
     def _watch_filter(request: svc.WatchEventsRequest) -> Callable[[event_pb2.QosEvent], bool]:
-        violations = []
+        violations: list[FieldViolation] = []
         if request.call:
             violations += validation.call_name_violations(request.call, "call")
         known = set(event_pb2.QosEventType.values()) - {0}
@@ -303,7 +303,7 @@ class CallQosServicer(svc_grpc.CallQosServiceServicer):
     @unary
     async def UpdateLink(self, request: svc.UpdateLinkRequest, context: grpc.aio.ServicerContext) -> Any:
         parsed = names.parse_link(request.link.name)
-        violations = []
+        violations: list[FieldViolation] = []
         if parsed is None:
             violations.append(FieldViolation("link.name", "must be providers/{provider}/links/{link}"))
         for path in request.update_mask.paths:

@@ -74,14 +74,14 @@ def request_metadata(principal: str | None, extra: Metadata = ()) -> tuple[tuple
     return tuple(metadata)
 
 
-def traced(metadata: tuple[tuple[str, str], ...]) -> tuple[tuple[str, str], ...]:
+def traced(metadata: Sequence[tuple[str, str]]) -> tuple[tuple[str, str], ...]:
     """`metadata` plus the W3C trace context (`traceparent`, `tracestate`) of the caller's current
     OpenTelemetry span, so the server's span joins the caller's trace. Injected per RPC, not once
     per client, because the current span differs from call to call. (Not the contrib aio client
     interceptors: they swallow cancellation, opentelemetry-python-contrib#3271.)"""
     carrier: dict[str, str] = {}
     propagate.inject(carrier)
-    return metadata + tuple(carrier.items()) if carrier else metadata
+    return (*metadata, *carrier.items())
 
 
 def env_target() -> str:

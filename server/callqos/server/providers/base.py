@@ -87,7 +87,7 @@ class ProviderChange:
     call: str
     qos: QosSpec | None
     message: str
-    event: int = event_pb2.QosEventType.QOS_EVENT_TYPE_NOQOS
+    event: event_pb2.QosEventType = event_pb2.QosEventType.QOS_EVENT_TYPE_NOQOS
 
 
 class ProviderHost(Protocol):

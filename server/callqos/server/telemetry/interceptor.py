@@ -59,7 +59,7 @@ class _Rpc:
         if not self.instruments.tracing_enabled:
             # Nothing is recorded, but the RPC still runs in a trace: the caller's, or a new id,
             # so that QoS events and log lines carry a trace id. Far cheaper than an SDK span.
-            self.span = _untraced_span(metadata)
+            self.span: trace.Span = _untraced_span(metadata)
             self.context = trace.set_span_in_context(self.span)
             return
         parent = propagate.extract(metadata or (), getter=_GETTER)
