@@ -58,8 +58,13 @@ lint: $(STAMP)
 	$(BUF) lint protos
 	$(BUF) format -d --exit-code protos
 
+.PHONY: typecheck
+typecheck: $(STAMP)
+	$(VENV)/bin/mypy server/callqos clients/python/callqos/client clients/python/callqos/cli
+	$(VENV)/bin/mypy --strict clients/python/callqos/client
+
 .PHONY: test test-python test-clients
-test: lint check-generated test-python test-clients
+test: lint check-generated typecheck test-python test-clients
 
 test-python: $(STAMP)
 	$(PY) -m pytest

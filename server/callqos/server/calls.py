@@ -64,8 +64,7 @@ def etag_of(call: Call) -> str:
 
 
 def _fingerprint(method: str, request: svc.CreateCallRequest | svc.RenegotiateCallRequest) -> str:
-    body = type(request)()
-    body.CopyFrom(request)
+    body = type(request).FromString(request.SerializeToString())
     body.ClearField("request_id")
     return hashlib.sha256(method.encode() + body.SerializeToString(deterministic=True)).hexdigest()
 

@@ -87,7 +87,8 @@ def _flowspec(args: argparse.Namespace, prefix: str) -> flowspec_pb2.FlowSpec | 
 
 def _qos_args(
     args: argparse.Namespace,
-) -> dict[str, flowspec_pb2.QosSpec | flowspec_pb2.FlowSpec | None]:
+) -> dict[str, Any]:
+    """Keyword arguments for make_call/renegotiate: `qos=` from --qos, or `sending=`/`receiving=`."""
     if args.qos:
         text = args.qos
         if text.startswith("@"):

@@ -119,7 +119,7 @@ def _ended(context: grpc.aio.ServicerContext, error: BaseException | None) -> tu
 Behaviour = Callable[..., Any]
 
 
-class TelemetryInterceptor(grpc.aio.ServerInterceptor):
+class TelemetryInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grpc is untyped
     def __init__(self, instruments: Instruments, excluded_services: frozenset[str] = frozenset()) -> None:
         self.instruments = instruments
         self.excluded_services = excluded_services
