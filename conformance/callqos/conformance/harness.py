@@ -27,6 +27,7 @@ from callqos.v1 import (
 )
 
 PRINCIPAL_HEADER = "x-callqos-principal"
+START_SEQUENCE_HEADER = "x-callqos-start-sequence"
 Call = call_pb2.Call
 QosEvent = event_pb2.QosEvent
 EventType = event_pb2.QosEventType
@@ -93,6 +94,8 @@ class Session:
     counter: itertools.count = field(default_factory=lambda: itertools.count(1))
     # Events before this sequence belong to others; every watch resumes from here.
     cursor: int = 0
+    # The highest sequence any watch of this run has delivered.
+    newest: int = 0
 
     @property
     def principal(self) -> str:
@@ -252,37 +255,79 @@ class CheckContext:
         }
 
     # -- events ---------------------------------------------------------------------------
+    def watch(self, after: int | None, call: str | None = None, principal: str | None = None) -> Any:
+        """Open WatchEvents: after `after`, or "from now" when None. The caller cancels it."""
+        request = svc.WatchEventsRequest(call=call or "")
+        if after is not None:
+            request.after_sequence = after
+        return self.stub.WatchEvents(request, metadata=self.metadata(principal))
+
+    async def start_sequence(self, stream: Any) -> int | None:
+        """The stream's x-callqos-start-sequence initial metadata as a number (None when absent)."""
+        try:
+            metadata = await asyncio.wait_for(stream.initial_metadata(), self.rpc_timeout())
+        except TimeoutError:
+            raise TargetTimeout(f"WatchEvents sent no initial metadata within {self.rpc_timeout():g}s") from None
+        values = [v for k, v in metadata or () if k == START_SEQUENCE_HEADER]
+        if not values:
+            return None
+        try:
+            return int(values[0])
+        except ValueError:
+            raise CheckFailed(f"{START_SEQUENCE_HEADER} is {values[0]!r}, not a sequence number") from None
+
+    async def watch_failure(self, after: int, call: str | None = None) -> RpcFailure:
+        """WatchEvents(after) that must end in an error status: the decoded failure. An event,
+        the end of the stream or silence until the deadline fails the check."""
+        stream = self.watch(after, call)
+        try:
+            message = await asyncio.wait_for(stream.read(), self.rpc_timeout())
+        except grpc.aio.AioRpcError as error:
+            return decode(error)
+        except TimeoutError:
+            raise CheckFailed(f"WatchEvents(after_sequence={after}) stayed open without an error for {self.rpc_timeout():g}s") from None
+        finally:
+            stream.cancel()
+        got = "ended without an error" if message is grpc.aio.EOF else f"delivered {describe([message.event])}"
+        raise CheckFailed(f"WatchEvents(after_sequence={after}) {got}")
+
     async def events(
         self, call: str | None, *, until: Callable[[list[QosEvent]], bool], settle: float = 0.25,
-        after: int | None = None, what: str = "events",
+        after: int | None = None, what: str = "events", principal: str | None = None,
     ) -> list[QosEvent]:
         """Events (of `call`, or of every call when None) after the session cursor, read until
         `until(events)` holds and then for `settle` more seconds to catch anything extra."""
+        stream = self.watch(self.session.cursor if after is None else after, call, principal)
+        try:
+            return await self.read(stream, until=until, settle=settle, what=what)
+        finally:
+            stream.cancel()
+
+    async def read(
+        self, stream: Any, *, until: Callable[[list[QosEvent]], bool], settle: float = 0.25, what: str = "events",
+    ) -> list[QosEvent]:
+        """Read an open watch until `until(events)` holds, then for `settle` more seconds."""
         wait = self.rpc_timeout()
-        request = svc.WatchEventsRequest(after_sequence=self.session.cursor if after is None else after, call=call or "")
-        stream = self.stub.WatchEvents(request, metadata=self.metadata())
         got: list[QosEvent] = []
         loop = asyncio.get_running_loop()
         deadline = loop.time() + wait
         settling = False
-        try:
-            while True:
-                if not settling and until(got):
-                    settling, deadline = True, loop.time() + settle * self.session.scale
-                remaining = deadline - loop.time()
-                if remaining <= 0:
-                    break
-                try:
-                    message = await asyncio.wait_for(stream.read(), remaining)
-                except TimeoutError:
-                    break
-                except grpc.aio.AioRpcError as error:
-                    raise CheckFailed(f"WatchEvents failed: {decode(error)}") from None
-                if message is grpc.aio.EOF:
-                    break
-                got.append(message.event)
-        finally:
-            stream.cancel()
+        while True:
+            if not settling and until(got):
+                settling, deadline = True, loop.time() + settle * self.session.scale
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                break
+            try:
+                message = await asyncio.wait_for(stream.read(), remaining)
+            except TimeoutError:
+                break
+            except grpc.aio.AioRpcError as error:
+                raise CheckFailed(f"WatchEvents failed: {decode(error)}") from None
+            if message is grpc.aio.EOF:
+                break
+            got.append(message.event)
+            self.session.newest = max(self.session.newest, message.event.sequence)
         if not until(got):
             raise CheckFailed(f"{what}: expected events did not arrive within {wait:g}s; got {describe(got)}")
         return got

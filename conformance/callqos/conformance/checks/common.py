@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import grpc
 
-from callqos.conformance.harness import Call, CheckContext, EventType, QosEvent, RpcFailure, describe
+from callqos.conformance.harness import Call, CheckContext, EventType, Outcome, QosEvent, RpcFailure, describe
 from callqos.conformance.model import CheckFailed
 from callqos.conformance.rules import QosSpec, qos_rates
+from callqos.v1 import callqos_service_pb2 as svc
 
 REFUSED = grpc.StatusCode.RESOURCE_EXHAUSTED
 LOSS_EVENTS = (EventType.QOS_EVENT_TYPE_NOQOS, EventType.QOS_EVENT_TYPE_ADMISSION_FAILURE,
@@ -78,3 +79,22 @@ def expect_types(events: list[QosEvent], expected: list[int], what: str) -> None
     if got != expected:
         want = "[" + ", ".join(EventType.Name(t).removeprefix("QOS_EVENT_TYPE_") for t in expected) + "]"
         raise CheckFailed(f"{what}: expected exactly {want}, got {describe(events)}")
+
+
+async def refused_to_intruder(ctx: CheckContext, call: Call, qos: QosSpec) -> None:
+    """RenegotiateCall and DropCall of `call` by another principal → PERMISSION_DENIED NOT_OWNER
+    (a renegotiation may be UNIMPLEMENTED where renegotiation is not advertised)."""
+    intruder = ctx.session.intruder
+    failure = None
+    try:
+        await ctx.rpc("RenegotiateCall", svc.RenegotiateCallRequest(name=call.name, qos=qos), intruder)
+    except Outcome as out:
+        failure = out.failure
+    ok = failure is not None and (
+        (failure.code == grpc.StatusCode.PERMISSION_DENIED and failure.reason == "NOT_OWNER")
+        or (not ctx.caps.renegotiation and failure.code == grpc.StatusCode.UNIMPLEMENTED)
+    )
+    if not ok:
+        raise CheckFailed(f"RenegotiateCall by another principal: expected PERMISSION_DENIED NOT_OWNER, got {failure or 'success'}")
+    await ctx.expect_error("DropCall", svc.DropCallRequest(name=call.name), grpc.StatusCode.PERMISSION_DENIED, "NOT_OWNER",
+                           principal=intruder, what="DropCall by another principal")

@@ -1,10 +1,12 @@
-"""CORE-RESP / CORE-CAP / CORE-IDEM / CORE-OWN / CORE-ERR: responsiveness, advertised
-capabilities and their negative probes, idempotency, ownership and not-found errors."""
+"""CORE-RESP / CORE-CAP / CORE-IDEM / CORE-OWN / CORE-ERR / CORE-ETAG / CORE-PSD: responsiveness,
+advertised capabilities and their negative probes, idempotency, ownership, not-found errors,
+etags and opaque provider-specific data."""
 
 from __future__ import annotations
 
 import grpc
 
+from callqos.conformance.checks.common import refused_to_intruder
 from callqos.conformance.checks.registry import MUST, check
 from callqos.conformance.harness import Call, CheckContext, Level, Outcome, RpcFailure, same
 from callqos.conformance.model import CheckFailed
@@ -12,6 +14,43 @@ from callqos.conformance.rules import RESERVING, QosSpec, best_effort
 from callqos.v1 import callqos_service_pb2 as svc
 
 BE_QOS = QosSpec(sending=best_effort(), receiving=best_effort())
+MAX_PROVIDER_SPECIFIC = 4096  # flowspec.proto QosSpec.provider_specific: at most 4096 bytes
+
+
+def blob(ctx: CheckContext, size: int) -> bytes:
+    """`size` opaque bytes (seeded), starting and ending with a zero byte (no C-string truncation)."""
+    return b"\x00" + ctx.session.rng.randbytes(size - 2) + b"\x00"
+
+
+def with_blob(qos: QosSpec, data: bytes) -> QosSpec:
+    out = QosSpec()
+    out.CopyFrom(qos)
+    out.provider_specific = data
+    return out
+
+
+def carries_blob(call: Call, data: bytes, what: str) -> None:
+    """requested_qos and granted_qos both carry `data` byte for byte."""
+    for field in ("requested_qos", "granted_qos"):
+        got = getattr(call, field).provider_specific
+        if got != data:
+            raise CheckFailed(f"{what}: {field}.provider_specific differs from the {len(data)} bytes sent "
+                              f"(got {len(got)} bytes)")
+
+
+async def drop_with_etag(ctx: CheckContext, name: str, etag: str) -> None:
+    """DropCall(name, etag = the current one) must disconnect the call."""
+    try:
+        dropped = await ctx.rpc("DropCall", svc.DropCallRequest(name=name, etag=etag))
+    except Outcome as out:
+        raise CheckFailed(f"DropCall with the current etag failed: {out.failure}") from None
+    if dropped.state != Call.State.STATE_DISCONNECTED:
+        raise CheckFailed(f"DropCall with the current etag left the call {Call.State.Name(dropped.state)}")
+
+
+def other_etag(etag: str) -> str:
+    """An etag of the same length that is certainly not `etag`."""
+    return ("1" if etag.startswith("0") else "0") + etag[1:]
 
 
 @check("CORE-RESP-001", "The provider answers a simple request within its deadline", MUST, "core",
@@ -95,21 +134,7 @@ async def owner_only(ctx: CheckContext) -> None:
     """RenegotiateCall and DropCall as another principal → PERMISSION_DENIED NOT_OWNER; the call keeps its etag."""
     qos = ctx.params.feasible or BE_QOS
     call = await ctx.create(qos, Level.SERVICE_LEVEL_IF_AVAILABLE)
-    intruder = ctx.session.intruder
-    reneg = svc.RenegotiateCallRequest(name=call.name, qos=qos)
-    failure = None
-    try:
-        await ctx.rpc("RenegotiateCall", reneg, intruder)
-    except Outcome as out:
-        failure = out.failure
-    ok = failure is not None and (
-        (failure.code == grpc.StatusCode.PERMISSION_DENIED and failure.reason == "NOT_OWNER")
-        or (not ctx.caps.renegotiation and failure.code == grpc.StatusCode.UNIMPLEMENTED)
-    )
-    if not ok:
-        raise CheckFailed(f"RenegotiateCall by another principal: expected PERMISSION_DENIED NOT_OWNER, got {failure or 'success'}")
-    await ctx.expect_error("DropCall", svc.DropCallRequest(name=call.name), grpc.StatusCode.PERMISSION_DENIED, "NOT_OWNER",
-                           principal=intruder, what="DropCall by another principal")
+    await refused_to_intruder(ctx, call, qos)
     after = await ctx.get(call.name)
     if after.etag != call.etag or after.state != Call.State.STATE_CONNECTED:
         raise CheckFailed("a refused non-owner request changed the call")
@@ -127,3 +152,36 @@ async def not_found(ctx: CheckContext) -> None:
     request = ctx.request(BE_QOS, Level.SERVICE_LEVEL_BEST_EFFORT)
     request.call.provider = f"providers/{ctx.unique()}-none"
     await ctx.expect_error("CreateCall", request, nf, "PROVIDER_NOT_FOUND")
+
+
+@check("CORE-ETAG-001", "DropCall with a mismatched etag is ABORTED (ETAG_MISMATCH) and changes nothing; with the current etag it drops",
+       MUST, "core", "AIP-154; call.proto Call.etag; callqos_service.proto DropCallRequest.etag: ABORTED (ETAG_MISMATCH) "
+       "if the call changed since; errors.proto ETAG_MISMATCH")
+async def etag_drop(ctx: CheckContext) -> None:
+    """CreateCall; DropCall(etag ≠ the call's) → ABORTED ETAG_MISMATCH, GetCall: CONNECTED with the same etag;
+    DropCall(current etag) → DISCONNECTED."""
+    call = await ctx.create(ctx.params.feasible or BE_QOS, Level.SERVICE_LEVEL_IF_AVAILABLE)
+    if not call.etag:
+        raise CheckFailed("CreateCall returned a call without an etag (call.proto: output only, AIP-154)")
+    await ctx.expect_error("DropCall", svc.DropCallRequest(name=call.name, etag=other_etag(call.etag)),
+                           grpc.StatusCode.ABORTED, "ETAG_MISMATCH", what="DropCall with a mismatched etag")
+    after = await ctx.get(call.name)
+    if after.state != Call.State.STATE_CONNECTED or after.etag != call.etag:
+        raise CheckFailed("DropCall refused for its etag changed the call")
+    await drop_with_etag(ctx, call.name, call.etag)
+
+
+@check("CORE-PSD-001", "Provider-specific bytes round-trip unchanged in requested and granted QoS", MUST, "core",
+       "flowspec.proto QosSpec.provider_specific: opaque, passed through untouched, at most 4096 bytes "
+       "(Winsock QOS.ProviderSpecific; LINECALLPARAMS); §8.5 #19")
+async def provider_specific(ctx: CheckContext) -> None:
+    """CreateCall with a 64-byte blob (zero bytes included) at IF_AVAILABLE, and with a 4096-byte one at
+    BEST_EFFORT level → the answer and GetCall carry each blob byte for byte in requested_qos and granted_qos.
+    (Above 4096 bytes: CORE-VAL-022, and CORE-VAL-030 for the BadRequest field.)"""
+    qos = ctx.params.feasible or BE_QOS
+    for size, level in ((64, Level.SERVICE_LEVEL_IF_AVAILABLE), (MAX_PROVIDER_SPECIFIC, Level.SERVICE_LEVEL_BEST_EFFORT)):
+        data = blob(ctx, size)
+        call = await ctx.create(with_blob(qos, data), level)
+        what = f"{size}-byte provider_specific at {Level.Name(level)}"
+        carries_blob(call, data, f"CreateCall with a {what}")
+        carries_blob(await ctx.get(call.name), data, f"GetCall after a {what}")

@@ -1,17 +1,24 @@
 """EVT: the event stream — exactly the expected events per call, in order, with the right
-before/after QoS; strictly increasing sequences; resume from a cursor; filtering by call."""
+before/after QoS; strictly increasing sequences; resume from a cursor; cursor errors; the start
+sequence header; filtering by call; monitors (other principals) see every call's events."""
 
 from __future__ import annotations
 
-from callqos.conformance.checks.common import call_events, expect_types, is_qos_refusal
+import grpc
+
+from callqos.conformance.checks.common import call_events, expect_types, is_qos_refusal, refused_to_intruder
 from callqos.conformance.checks.registry import MUST, SHOULD, check
-from callqos.conformance.harness import Call, CheckContext, EventType, Level, RpcFailure, describe, needs_capacity, same
+from callqos.conformance.harness import (
+    START_SEQUENCE_HEADER, Call, CheckContext, EventType, Level, RpcFailure, describe, needs_capacity, same,
+)
 from callqos.conformance.model import CheckFailed, CheckSkipped
 from callqos.conformance.rules import QosSpec, best_effort, cl
 
 E = EventType
 IF_AVAILABLE, NEEDED = Level.SERVICE_LEVEL_IF_AVAILABLE, Level.SERVICE_LEVEL_NEEDED
 LINE_QOSINFO = "TAPI LINE_QOSINFO / ITQOSEvent; LINE_CALLINFO(QOS)"
+WATCH = "callqos_service.proto WatchEvents"
+GRANTED_THEN_GONE = [E.QOS_EVENT_TYPE_QOS_GRANTED, E.QOS_EVENT_TYPE_CALL_DISCONNECTED]
 
 
 def simple(ctx: CheckContext) -> QosSpec:
@@ -31,7 +38,7 @@ async def granted_then_dropped(ctx: CheckContext) -> None:
     call = await ctx.create(simple(ctx), IF_AVAILABLE)
     await ctx.drop(call.name)
     events = await call_events(ctx, call.name)
-    expect_types(events, [E.QOS_EVENT_TYPE_QOS_GRANTED, E.QOS_EVENT_TYPE_CALL_DISCONNECTED], "granted call then drop")
+    expect_types(events, GRANTED_THEN_GONE, "granted call then drop")
     increasing(events, call.name)
     granted, gone = events
     if not same(granted.current_qos, call.granted_qos):
@@ -89,6 +96,12 @@ async def renegotiation_events(ctx: CheckContext) -> None:
         raise CheckFailed("RENEGOTIATION_FAILED must carry previous_qos == current_qos == the unchanged grant")
 
 
+async def made_and_dropped(ctx: CheckContext) -> Call:
+    call = await ctx.create(simple(ctx), IF_AVAILABLE)
+    await ctx.drop(call.name)
+    return call
+
+
 async def _three_calls(ctx: CheckContext) -> list[Call]:
     calls = [await ctx.create(simple(ctx), IF_AVAILABLE) for _ in range(3)]
     for call in calls:
@@ -108,7 +121,7 @@ async def ordering(ctx: CheckContext) -> None:
     increasing(events, "unfiltered stream")
     for name in names:
         mine = [e.type for e in events if e.call == name]
-        if mine != [E.QOS_EVENT_TYPE_QOS_GRANTED, E.QOS_EVENT_TYPE_CALL_DISCONNECTED]:
+        if mine != GRANTED_THEN_GONE:
             raise CheckFailed(f"{name}: events {[E.Name(t) for t in mine]} in the unfiltered stream")
 
 
@@ -163,3 +176,60 @@ async def correlation(ctx: CheckContext) -> None:
     events = await call_events(ctx, call.name, count=1)
     if events[0].request_id != rid:
         raise CheckFailed(f"QOS_GRANTED.request_id is {events[0].request_id!r}, expected {rid!r}")
+
+
+@check("EVT-009", "A cursor beyond the newest event is OUT_OF_RANGE (CURSOR_UNKNOWN)", MUST, "events",
+       f"{WATCH}: resume from a cursor; errors.proto CURSOR_UNKNOWN (OUT_OF_RANGE): beyond the newest event ever stored")
+async def unknown_cursor(ctx: CheckContext) -> None:
+    """WatchEvents(after_sequence = 2**62) → OUT_OF_RANGE CURSOR_UNKNOWN, not a stream that waits or starts from now.
+    (CURSOR_EXPIRED needs control over retention: not checked.)"""
+    failure = await ctx.watch_failure(2**62)
+    if failure.code != grpc.StatusCode.OUT_OF_RANGE or failure.reason != "CURSOR_UNKNOWN":
+        raise CheckFailed(f"WatchEvents(after_sequence=2**62): expected OUT_OF_RANGE CURSOR_UNKNOWN, got {failure}")
+
+
+@check("EVT-010", "A monitor (another principal) receives the call's events; its refused changes emit none", MUST, "events",
+       f"{LINE_QOSINFO}: QoS events go to owners and monitors; lineSetCallQualityOfService: OWNER privilege "
+       "(LINEERR_NOTOWNER); §8.5 #17, #21, #22")
+async def monitor(ctx: CheckContext) -> None:
+    """CreateCall; RenegotiateCall and DropCall by another principal → NOT_OWNER; DropCall by the owner; that other
+    principal's WatchEvents(call) → exactly [QOS_GRANTED, CALL_DISCONNECTED]."""
+    call = await ctx.create(simple(ctx), IF_AVAILABLE)
+    await refused_to_intruder(ctx, call, simple(ctx))
+    await ctx.drop(call.name)
+    events = await ctx.events(call.name, until=lambda got: any(e.type == E.QOS_EVENT_TYPE_CALL_DISCONNECTED for e in got),
+                              principal=ctx.session.intruder, what="a monitor's watch")
+    expect_types(events, GRANTED_THEN_GONE, "a monitor's watch of a call whose non-owner changes were refused")
+
+
+@check("EVT-011", f"WatchEvents initial metadata {START_SEQUENCE_HEADER} is the cursor the stream starts after", MUST, "events",
+       f"{WATCH}: the initial metadata {START_SEQUENCE_HEADER} holds the sequence the stream starts after")
+async def start_sequence(ctx: CheckContext) -> None:
+    """WatchEvents(after_sequence=N) → header N. WatchEvents from now → header H ≥ every sequence this run has seen;
+    a call made afterwards arrives on it with sequences > H, and resuming after H gives the same events."""
+    first = await made_and_dropped(ctx)
+    last = (await call_events(ctx, first.name))[-1].sequence
+    stream = ctx.watch(last, first.name)
+    try:
+        header = await ctx.start_sequence(stream)
+    finally:
+        stream.cancel()
+    if header != last:
+        raise CheckFailed(f"WatchEvents(after_sequence={last}): {START_SEQUENCE_HEADER} is {header}, expected {last}")
+    seen = ctx.session.newest
+    stream = ctx.watch(None)
+    try:
+        header = await ctx.start_sequence(stream)
+        if header is None or header < seen:
+            raise CheckFailed(f"WatchEvents from now: {START_SEQUENCE_HEADER} is {header}, expected ≥ {seen} (already delivered)")
+        second = await made_and_dropped(ctx)
+        gone = lambda got: any(e.call == second.name and e.type == E.QOS_EVENT_TYPE_CALL_DISCONNECTED for e in got)  # noqa: E731
+        live = [e for e in await ctx.read(stream, until=gone, settle=0, what="a watch from now") if e.call == second.name]
+    finally:
+        stream.cancel()
+    expect_types(live, GRANTED_THEN_GONE, "a call made after a watch from now started")
+    if any(e.sequence <= header for e in live):
+        raise CheckFailed(f"a watch from now started after {header} but delivered {describe(live)}")
+    resumed = await ctx.events(second.name, after=header, until=gone, settle=0, what=f"resumed after {header}")
+    if [e.sequence for e in resumed] != [e.sequence for e in live]:
+        raise CheckFailed(f"resuming after the start sequence {header} gave {describe(resumed)}, the live watch {describe(live)}")

@@ -1,13 +1,15 @@
 """RENEG: renegotiation up and down, refusal leaving the call byte-identical, NO_CHANGE, invalid
-call state, and the negative probe for providers that do not advertise it."""
+call state, etags, request_id, provider-specific bytes, and the negative probe for providers that
+do not advertise it."""
 
 from __future__ import annotations
 
 import grpc
 
-from callqos.conformance.checks.common import is_qos_refusal
+from callqos.conformance.checks.common import call_events, expect_types, is_qos_refusal
+from callqos.conformance.checks.core_api import MAX_PROVIDER_SPECIFIC, blob, carries_blob, drop_with_etag, with_blob
 from callqos.conformance.checks.registry import MUST, check
-from callqos.conformance.harness import Call, CheckContext, Level, RpcFailure, brief, needs_capacity, same
+from callqos.conformance.harness import Call, CheckContext, EventType, Level, RpcFailure, brief, needs_capacity, same
 from callqos.conformance.model import CheckFailed
 from callqos.conformance.rules import ST, QosSpec, best_effort, cl, flow, qos_shortfalls
 from callqos.v1 import callqos_service_pb2 as svc
@@ -152,3 +154,95 @@ async def set_qos_feature(ctx: CheckContext) -> None:
         raise CheckFailed(f"features.set_qos = {call.features.set_qos}, capabilities.renegotiation = {ctx.caps.renegotiation}")
     if (await ctx.drop(call.name)).features.set_qos:
         raise CheckFailed("a disconnected call still offers set_qos")
+
+
+def stale(result: Call | RpcFailure, what: str) -> None:
+    """`result` must be ABORTED ETAG_MISMATCH."""
+    if isinstance(result, Call):
+        raise CheckFailed(f"{what}: expected ABORTED ETAG_MISMATCH, but it succeeded")
+    if result.code != grpc.StatusCode.ABORTED or result.reason != "ETAG_MISMATCH":
+        raise CheckFailed(f"{what}: expected ABORTED ETAG_MISMATCH, got {result}")
+
+
+@check("RENEG-009", "Etags: a stale etag is ABORTED (ETAG_MISMATCH) and changes nothing; a success changes the etag, a refusal does not",
+       MUST, "renegotiation", "AIP-154; callqos_service.proto RenegotiateCallRequest.etag / DropCallRequest.etag: ABORTED "
+       "(ETAG_MISMATCH) if the call changed since; call.proto Call.etag changes whenever the call changes",
+       needs=("renegotiation", "qos_supported"))
+async def etags(ctx: CheckContext) -> None:
+    """RenegotiateCall(etag = current) succeeds with a new etag; with the old etag RenegotiateCall and DropCall →
+    ABORTED ETAG_MISMATCH and GetCall is unchanged; a refused renegotiation keeps the etag; DropCall(current etag) drops."""
+    capacity = needs_capacity(ctx)
+    call = await ctx.create(both(capacity // 10), NEEDED)
+    changed = await ctx.renegotiate(call.name, both(capacity // 8), etag=call.etag)
+    if isinstance(changed, RpcFailure):
+        raise CheckFailed(f"RenegotiateCall with the current etag was refused: {changed}")
+    if changed.etag == call.etag:
+        raise CheckFailed("a successful renegotiation kept the call's etag")
+    stale(await ctx.renegotiate(call.name, both(capacity // 5), etag=call.etag), "RenegotiateCall with a stale etag")
+    await ctx.expect_error("DropCall", svc.DropCallRequest(name=call.name, etag=call.etag), grpc.StatusCode.ABORTED,
+                           "ETAG_MISMATCH", what="DropCall with a stale etag")
+    after = await ctx.get(call.name)
+    if after.state != Call.State.STATE_CONNECTED or after.etag != changed.etag or not same(after.granted_qos, changed.granted_qos):
+        raise CheckFailed("a request refused for a stale etag changed the call")
+    refusal = await ctx.renegotiate(call.name, both(capacity + 1), etag=changed.etag)
+    if isinstance(refusal, Call) or not is_qos_refusal(refusal):
+        raise CheckFailed(f"renegotiation beyond capacity: expected RESOURCE_EXHAUSTED QOS_UNAVAILABLE, got {refusal}")
+    if (await ctx.get(call.name)).etag != changed.etag:
+        raise CheckFailed("a refused renegotiation changed the etag")
+    await drop_with_etag(ctx, call.name, changed.etag)
+
+
+@check("RENEG-010", "A repeated request_id renegotiates once; reused for another body it is REQUEST_ID_REUSED", MUST, "renegotiation",
+       "callqos_service.proto RenegotiateCallRequest.request_id (AIP-155): the first outcome, applied once; "
+       "errors.proto REQUEST_ID_REUSED; §8.5 #13, #23", needs=("renegotiation", "qos_supported"))
+async def idempotent(ctx: CheckContext) -> None:
+    """RenegotiateCall three times with one request_id and body → the same call (etag, grant); a different body under
+    it → INVALID_ARGUMENT REQUEST_ID_REUSED, call unchanged; events [GRANTED, one QOS_CHANGED, DISCONNECTED]."""
+    capacity = needs_capacity(ctx)
+    call = await ctx.create(both(capacity // 10), NEEDED)
+    rid = f"req-{ctx.unique()}"
+    first = await ctx.renegotiate(call.name, both(capacity // 8), request_id=rid)
+    if isinstance(first, RpcFailure):
+        raise CheckFailed(f"RenegotiateCall with a request_id was refused: {first}")
+    for _ in range(2):
+        again = await ctx.renegotiate(call.name, both(capacity // 8), request_id=rid)
+        if isinstance(again, RpcFailure) or again.etag != first.etag or not same(again.granted_qos, first.granted_qos):
+            raise CheckFailed(f"repeating request_id {rid!r} gave another outcome: {again if isinstance(again, RpcFailure) else 'the call changed again'}")
+    reused = await ctx.renegotiate(call.name, both(capacity // 5), request_id=rid)
+    if isinstance(reused, Call) or (reused.code, reused.reason) != (grpc.StatusCode.INVALID_ARGUMENT, "REQUEST_ID_REUSED"):
+        raise CheckFailed(f"RenegotiateCall with a used request_id and a different body: expected INVALID_ARGUMENT "
+                          f"REQUEST_ID_REUSED, got {'success' if isinstance(reused, Call) else reused}")
+    if (await ctx.get(call.name)).etag != first.etag:
+        raise CheckFailed("repeating or reusing a request_id changed the call")
+    await ctx.drop(call.name)
+    expect_types(await call_events(ctx, call.name),
+                 [EventType.QOS_EVENT_TYPE_QOS_GRANTED, EventType.QOS_EVENT_TYPE_QOS_CHANGED,
+                  EventType.QOS_EVENT_TYPE_CALL_DISCONNECTED],
+                 f"a renegotiation repeated with request_id {rid!r}")
+
+
+@check("RENEG-011", "Renegotiation keeps provider-specific bytes when none are given, replaces them when given, refuses above 4096", MUST,
+       "renegotiation", "callqos_service.proto RenegotiateCallRequest.qos; flowspec.proto QosSpec.provider_specific (at most 4096 bytes); "
+       "lineSetCallQualityOfService: LINEERR_INVALPARAM; §8.5 #19", needs=("renegotiation",))
+async def provider_specific(ctx: CheckContext) -> None:
+    """CreateCall(blob A); RenegotiateCall(empty provider_specific) → A kept in requested and granted QoS;
+    RenegotiateCall(blob B) → B; RenegotiateCall(4097 bytes) → INVALID_ARGUMENT, the call keeps B and its etag."""
+    qos = ctx.params.feasible or QosSpec(sending=best_effort(), receiving=best_effort())
+    level = Level.SERVICE_LEVEL_IF_AVAILABLE
+    first = blob(ctx, 64)
+    call = await ctx.create(with_blob(qos, first), level)
+    carries_blob(call, first, "CreateCall")
+    for data, what in ((b"", "an empty provider_specific"), (blob(ctx, 32), "a new provider_specific")):
+        result = await ctx.renegotiate(call.name, with_blob(qos, data))
+        if isinstance(result, RpcFailure):
+            raise CheckFailed(f"RenegotiateCall with {what} was refused: {result}")
+        expected = data or first
+        carries_blob(result, expected, f"RenegotiateCall with {what}")
+        carries_blob(await ctx.get(call.name), expected, f"GetCall after RenegotiateCall with {what}")
+    before = await ctx.get(call.name)
+    oversize = await ctx.renegotiate(call.name, with_blob(qos, bytes(MAX_PROVIDER_SPECIFIC + 1)))
+    if isinstance(oversize, Call) or oversize.code != grpc.StatusCode.INVALID_ARGUMENT:
+        raise CheckFailed(f"RenegotiateCall with {MAX_PROVIDER_SPECIFIC + 1} provider-specific bytes: expected INVALID_ARGUMENT, "
+                          f"got {'success' if isinstance(oversize, Call) else oversize}")
+    if (await ctx.get(call.name)).etag != before.etag:
+        raise CheckFailed("a refused oversize renegotiation changed the call")
