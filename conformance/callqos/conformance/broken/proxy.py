@@ -22,8 +22,11 @@ from callqos.v1 import callqos_service_pb2 as svc, callqos_service_pb2_grpc as s
 UNARY = ("CreateCall", "GetCall", "ListCalls", "RenegotiateCall", "DropCall", "GetProvider", "ListProviders",
          "ListLinks", "UpdateLink")
 FAULTS = ("none", "accepts-invalid-peak", "double-reserves-request-id", "never-emits-events", "reorders-events",
-          "wrong-error-codes")
-FORWARDED_HEADERS = ("x-callqos-principal",)
+          "wrong-error-codes", "drops-provider-specific", "ignores-etag", "ignores-renegotiation-request-id",
+          "unknown-cursor-from-now", "wrong-start-sequence", "owner-only-events")
+PRINCIPAL_HEADER = "x-callqos-principal"
+START_SEQUENCE_HEADER = "x-callqos-start-sequence"
+FORWARDED_HEADERS = (PRINCIPAL_HEADER,)
 
 
 class Proxy(svc_grpc.CallQosServiceServicer):
@@ -44,6 +47,10 @@ class Proxy(svc_grpc.CallQosServiceServicer):
     async def _forward(self, method: str, request: Any, context: grpc.aio.ServicerContext) -> Any:
         if method == "CreateCall":
             request = self._tamper_create(request)
+        elif method == "RenegotiateCall":
+            self._tamper_renegotiate(request)
+        elif method == "DropCall" and self.fault == "ignores-etag":
+            request.etag = ""
         try:
             return await getattr(self.up, method)(request, metadata=self._metadata(context), timeout=context.time_remaining())
         except grpc.aio.AioRpcError as error:
@@ -52,6 +59,8 @@ class Proxy(svc_grpc.CallQosServiceServicer):
     def _tamper_create(self, request: svc.CreateCallRequest) -> svc.CreateCallRequest:
         if self.fault == "double-reserves-request-id":
             request.request_id = ""  # every retry becomes a new call
+        if self.fault == "drops-provider-specific" and request.call.HasField("requested_qos"):
+            request.call.requested_qos.ClearField("provider_specific")  # the fault: not passed through
         if self.fault == "accepts-invalid-peak":
             for direction in (request.call.requested_qos.sending, request.call.requested_qos.receiving):
                 if (direction.HasField("peak_bandwidth_bytes_per_second") and direction.HasField("token_rate_bytes_per_second")
@@ -59,10 +68,38 @@ class Proxy(svc_grpc.CallQosServiceServicer):
                     direction.ClearField("peak_bandwidth_bytes_per_second")  # "repairs" it instead of refusing
         return request
 
+    def _tamper_renegotiate(self, request: svc.RenegotiateCallRequest) -> None:
+        if self.fault == "drops-provider-specific" and request.HasField("qos"):
+            request.qos.ClearField("provider_specific")
+        elif self.fault == "ignores-etag":
+            request.etag = ""  # the fault: every change is unconditional
+        elif self.fault == "ignores-renegotiation-request-id":
+            request.request_id = ""  # the fault: every retry renegotiates again
+
+    async def _open_watch(self, request: svc.WatchEventsRequest, context: grpc.aio.ServicerContext) -> Any:
+        """The upstream stream, its start-sequence header passed on (a refused stream sends none)."""
+        stream = self.up.WatchEvents(request, metadata=self._metadata(context))
+        start = dict(await stream.initial_metadata() or ()).get(START_SEQUENCE_HEADER)
+        if start is None and self.fault == "unknown-cursor-from-now" and request.HasField("after_sequence"):
+            stream.cancel()  # the fault: a refused cursor silently becomes "from now"
+            request.ClearField("after_sequence")
+            return await self._open_watch(request, context)
+        if start is not None:
+            await context.send_initial_metadata(((START_SEQUENCE_HEADER, "0" if self.fault == "wrong-start-sequence" else start),))
+        return stream
+
+    async def _owned(self, event: Any, context: grpc.aio.ServicerContext, owners: dict[str, str]) -> bool:
+        """Whether the watcher owns the event's call (for the owner-only-events fault)."""
+        if event.call not in owners:
+            call = await self.up.GetCall(svc.GetCallRequest(name=event.call), metadata=self._metadata(context))
+            owners[event.call] = call.owner
+        return owners[event.call] == dict(self._metadata(context)).get(PRINCIPAL_HEADER, "anonymous")
+
     async def WatchEvents(self, request: svc.WatchEventsRequest, context: grpc.aio.ServicerContext) -> AsyncIterator[svc.WatchEventsResponse]:
         if self.fault == "never-emits-events":
             await asyncio.Event().wait()
-        stream = self.up.WatchEvents(request, metadata=self._metadata(context))
+        stream = await self._open_watch(request, context)
+        owners: dict[str, str] = {}
         held: svc.WatchEventsResponse | None = None
         try:
             while True:
@@ -75,6 +112,8 @@ class Proxy(svc_grpc.CallQosServiceServicer):
                     continue
                 if message is grpc.aio.EOF:
                     break
+                if self.fault == "owner-only-events" and not await self._owned(message.event, context, owners):
+                    continue  # the fault: monitors see nothing of calls they do not own
                 if self.fault != "reorders-events":
                     yield message
                 elif held is None:
