@@ -276,10 +276,10 @@ class CheckContext:
         except ValueError:
             raise CheckFailed(f"{START_SEQUENCE_HEADER} is {values[0]!r}, not a sequence number") from None
 
-    async def watch_failure(self, after: int, call: str | None = None) -> RpcFailure:
+    async def watch_failure(self, after: int) -> RpcFailure:
         """WatchEvents(after) that must end in an error status: the decoded failure. An event,
         the end of the stream or silence until the deadline fails the check."""
-        stream = self.watch(after, call)
+        stream = self.watch(after)
         try:
             message = await asyncio.wait_for(stream.read(), self.rpc_timeout())
         except grpc.aio.AioRpcError as error:
