@@ -31,10 +31,6 @@ class EventHub:
     async def start(self) -> None:
         self._last = (await self._store.event_bounds()).last
 
-    @property
-    def last_sequence(self) -> int:
-        return self._last
-
     async def publish(self, events: Sequence[QosEvent]) -> None:
         """Called after the events are committed, in sequence order."""
         if not events:
