@@ -28,7 +28,7 @@ from callqos.server.errors import (
 )
 from callqos.server.events import EventHub
 from callqos.server.hosting import ProviderSet
-from callqos.server.locks import KeyedLocks
+from callqos.server.locks import KeyedLocks, to_completion
 from callqos.server.providers.base import (
     AdmissionRequest,
     Grant,
@@ -136,7 +136,9 @@ class CallManager:
         if violations:
             raise invalid(violations)
         info = self.providers.get(request.call.provider)
-        return await self._once("CreateCall", request, principal, lambda key: self._create(request, principal, info, key))
+        return await to_completion(
+            self._once("CreateCall", request, principal, lambda key: self._create(request, principal, info, key))
+        )
 
     async def _once(
         self,
@@ -266,8 +268,8 @@ class CallManager:
         violations = validation.renegotiate_violations(request, info.capabilities)
         if violations:
             raise invalid(violations)
-        return await self._once(
-            "RenegotiateCall", request, principal, lambda key: self._renegotiate(request, principal, info, key)
+        return await to_completion(
+            self._once("RenegotiateCall", request, principal, lambda key: self._renegotiate(request, principal, info, key))
         )
 
     async def _renegotiate(
@@ -335,6 +337,9 @@ class CallManager:
         violations += validation.etag_violations(request.etag)
         if violations:
             raise invalid(violations)
+        return await to_completion(self._drop(request, principal))
+
+    async def _drop(self, request: svc.DropCallRequest, principal: str) -> Call:
         async with self._locks.hold(request.name):
             call = await self.get(request.name)
             if call.owner != principal:

@@ -26,6 +26,7 @@ from callqos.server.calls import CallManager
 from callqos.server.errors import FieldViolation, Reason, ReplayedStatus, ServiceError, invalid
 from callqos.server.events import EventHub
 from callqos.server.hosting import CALLER_DEADLINE, ProviderSet, provider_proto
+from callqos.server.locks import to_completion
 from callqos.v1 import call_pb2, callqos_service_pb2 as svc, callqos_service_pb2_grpc as svc_grpc, event_pb2
 
 log = logging.getLogger(__name__)
@@ -317,6 +318,9 @@ class CallQosServicer(svc_grpc.CallQosServiceServicer):
             raise ServiceError(
                 Reason.ERROR_REASON_LINK_NOT_FOUND, f"no link {request.link.name}", metadata={"link": request.link.name}
             )
-        return await self._providers.call(
-            info, "update_link", info.provider.update_link(parsed[1], request.link.capacity_bytes_per_second)
+        # The provider sheds calls and reports each change: finish that even if the caller leaves.
+        return await to_completion(
+            self._providers.call(
+                info, "update_link", info.provider.update_link(parsed[1], request.link.capacity_bytes_per_second)
+            )
         )
