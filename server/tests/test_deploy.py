@@ -13,7 +13,7 @@ import pytest
 import yaml
 from server_testkit import ROOT
 
-from callqos.server import app
+from callqos.server import app, bench_tracing
 from callqos.server.config import Config, _FIELDS, load
 
 DEPLOY = ROOT / "deploy"
@@ -99,6 +99,9 @@ def test_deployment_ports_probes_and_volumes_agree_with_the_config(pod_config: C
     env = {e["name"]: e["value"] for e in main["env"]}
     check_callqos_env(env)
     assert env["OTEL_PYTHON_GRPC_EXCLUDED_SERVICES"] == "grpc.health.v1.Health"
+    # `make bench` judges the tracing-overhead target on the sampling production runs with.
+    assert env["OTEL_TRACES_SAMPLER"] == "parentbased_traceidratio"
+    assert float(env["OTEL_TRACES_SAMPLER_ARG"]) == bench_tracing.PRODUCTION_SAMPLING
 
 
 def test_service_targets_the_container_ports() -> None:

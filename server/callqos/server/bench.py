@@ -19,6 +19,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
@@ -50,9 +51,18 @@ async def _echo_server(port_file: Path) -> None:
 
 
 # -- load -------------------------------------------------------------------------------------
-async def _measure(work: Callable[[int], Awaitable[int]], seconds: float) -> float:
-    """Run `work(worker)` in CONCURRENCY loops; each returns how many operations it did.
-    Returns operations per second over `seconds` after a warm-up."""
+@dataclass(frozen=True)
+class Measured:
+    rate: float  # operations per second over the measurement window
+    probe_per_op: float | None = None  # what the probe's reading grew by, per operation
+
+
+async def _measure(
+    work: Callable[[int], Awaitable[int]], seconds: float, probe: Callable[[], float] | None = None
+) -> Measured:
+    """Run `work(worker)` in CONCURRENCY loops; each returns how many operations it did. Measures
+    operations per second over `seconds` after a warm-up, and, given a `probe` (a counter such as
+    a process's CPU seconds), how much it grew per operation over the same window."""
     counts = [0] * CONCURRENCY
     measuring = False
     deadline = time.monotonic() + WARMUP_SECONDS + seconds
@@ -66,9 +76,24 @@ async def _measure(work: Callable[[int], Awaitable[int]], seconds: float) -> flo
     tasks = [asyncio.create_task(worker(i)) for i in range(CONCURRENCY)]
     await asyncio.sleep(WARMUP_SECONDS)
     measuring = True
+    probed = probe() if probe else 0.0
     started = time.monotonic()
     await asyncio.gather(*tasks)
-    return sum(counts) / (time.monotonic() - started)
+    elapsed = time.monotonic() - started
+    operations = sum(counts)
+    per_op = (probe() - probed) / operations if probe and operations else None
+    return Measured(operations / elapsed, per_op)
+
+
+def process_cpu_seconds(pid: int) -> Callable[[], float]:
+    """A probe: CPU seconds (user + system, all threads) process `pid` has used so far (Linux)."""
+    ticks = os.sysconf("SC_CLK_TCK")
+
+    def read() -> float:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+        return (int(fields[11]) + int(fields[12])) / ticks  # utime, stime (fields 14, 15)
+
+    return read
 
 
 def _qos(rate: int) -> flowspec_pb2.QosSpec:
@@ -79,7 +104,7 @@ def _qos(rate: int) -> flowspec_pb2.QosSpec:
     )
 
 
-async def bench_echo(target: str, seconds: float) -> float:
+async def bench_echo(target: str, seconds: float) -> Measured:
     async with grpc.aio.insecure_channel(target) as channel:
         echo = channel.unary_unary(ECHO_METHOD)
         payload = _qos(1000).SerializeToString()
@@ -91,7 +116,7 @@ async def bench_echo(target: str, seconds: float) -> float:
         return await _measure(one, seconds)
 
 
-async def bench_make_drop(target: str, seconds: float) -> float:
+async def bench_make_drop(target: str, seconds: float, probe: Callable[[], float] | None = None) -> Measured:
     async with grpc.aio.insecure_channel(target) as channel:
         stub = svc_grpc.CallQosServiceStub(channel)
         request = svc.CreateCallRequest(call=call_pb2.Call(destination="sip:bench", requested_qos=_qos(1000)))
@@ -101,10 +126,10 @@ async def bench_make_drop(target: str, seconds: float) -> float:
             await stub.DropCall(svc.DropCallRequest(name=call.name))
             return 1
 
-        return await _measure(cycle, seconds)
+        return await _measure(cycle, seconds, probe)
 
 
-async def bench_renegotiate(target: str, seconds: float) -> float:
+async def bench_renegotiate(target: str, seconds: float) -> Measured:
     async with grpc.aio.insecure_channel(target) as channel:
         stub = svc_grpc.CallQosServiceStub(channel)
         calls = [
@@ -122,7 +147,7 @@ async def bench_renegotiate(target: str, seconds: float) -> float:
 
 
 # -- processes ----------------------------------------------------------------------------------
-class _Process:
+class ServerProcess:
     def __init__(self, args: list[str], workdir: Path, env: dict[str, str] | None = None) -> None:
         self.port_file = workdir / f"port-{time.monotonic_ns()}"
         self.proc = subprocess.Popen(
@@ -143,9 +168,9 @@ class _Process:
         self.proc.wait(timeout=30)
 
 
-def callqos_server(workdir: Path, env: dict[str, str] | None = None) -> _Process:
+def callqos_server(workdir: Path, env: dict[str, str] | None = None) -> ServerProcess:
     data = workdir / f"data-{time.monotonic_ns()}"
-    return _Process(
+    return ServerProcess(
         ["-m", "callqos.server", "--listen", "127.0.0.1:0", "--data-dir", str(data), "--log-level", "warning"],
         workdir,
         env,
@@ -156,13 +181,13 @@ async def run(seconds: float) -> dict[str, float]:
     results: dict[str, float] = {}
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
-        echo = _Process(["-m", "callqos.server.bench", "--echo-server"], workdir)
+        echo = ServerProcess(["-m", "callqos.server.bench", "--echo-server"], workdir)
         server = callqos_server(workdir)
         try:
             echo_target, target = await echo.target(), await server.target()
-            results["echo_rpcs_per_s"] = await bench_echo(echo_target, seconds)
-            results["make_drop_cycles_per_s"] = await bench_make_drop(target, seconds)
-            results["renegotiations_per_s"] = await bench_renegotiate(target, seconds)
+            results["echo_rpcs_per_s"] = (await bench_echo(echo_target, seconds)).rate
+            results["make_drop_cycles_per_s"] = (await bench_make_drop(target, seconds)).rate
+            results["renegotiations_per_s"] = (await bench_renegotiate(target, seconds)).rate
         finally:
             echo.stop()
             server.stop()

