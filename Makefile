@@ -60,7 +60,7 @@ lint: $(STAMP)
 
 .PHONY: typecheck
 typecheck: $(STAMP)
-	$(VENV)/bin/mypy server/callqos clients/python/callqos/client clients/python/callqos/cli
+	$(VENV)/bin/mypy server/callqos clients/python/callqos/client clients/python/callqos/cli conformance/callqos
 	$(VENV)/bin/mypy --strict clients/python/callqos/client
 
 .PHONY: test test-python test-clients

@@ -190,7 +190,7 @@ class CheckContext:
 
         self.defer(f"drop {name}", undo)
 
-    def request(self, qos: flowspec_pb2.QosSpec, level: int = Level.SERVICE_LEVEL_NEEDED, *,
+    def request(self, qos: flowspec_pb2.QosSpec, level: call_pb2.ServiceLevel = Level.SERVICE_LEVEL_NEEDED, *,
                 call_id: str | None = None, request_id: str = "", destination: str | None = None) -> svc.CreateCallRequest:
         return svc.CreateCallRequest(
             call=Call(destination=destination or self.destination(), provider=self.provider,
@@ -199,7 +199,7 @@ class CheckContext:
             request_id=request_id,
         )
 
-    async def create(self, qos: flowspec_pb2.QosSpec, level: int = Level.SERVICE_LEVEL_NEEDED, **kw: Any) -> Call:
+    async def create(self, qos: flowspec_pb2.QosSpec, level: call_pb2.ServiceLevel = Level.SERVICE_LEVEL_NEEDED, **kw: Any) -> Call:
         """CreateCall that must succeed (connected); registered for cleanup."""
         request = kw.pop("request", None) or self.request(qos, level, **kw)
         try:
@@ -211,7 +211,7 @@ class CheckContext:
             raise CheckFailed(f"CreateCall returned {call.name} in state {Call.State.Name(call.state)}, not CONNECTED")
         return call
 
-    async def try_create(self, qos: flowspec_pb2.QosSpec, level: int = Level.SERVICE_LEVEL_NEEDED, **kw: Any) -> Call | RpcFailure:
+    async def try_create(self, qos: flowspec_pb2.QosSpec, level: call_pb2.ServiceLevel = Level.SERVICE_LEVEL_NEEDED, **kw: Any) -> Call | RpcFailure:
         """CreateCall whose refusal is a legitimate answer: returns the call or the failure."""
         request = kw.pop("request", None) or self.request(qos, level, **kw)
         try:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from callqos.v1 import call_pb2, callqos_service_pb2 as svc, flowspec_pb2
 
@@ -72,14 +73,14 @@ def qos_shortfalls(granted: QosSpec, requested: QosSpec) -> list[str]:
     )
 
 
-def cl(rate: int | None, **fields: int | bool) -> FlowSpec:
+def cl(rate: int | None, **fields: Any) -> FlowSpec:
     spec = FlowSpec(service_type=ST.SERVICE_TYPE_CONTROLLED_LOAD, **fields)
     if rate is not None:
         spec.token_rate_bytes_per_second = rate
     return spec
 
 
-def flow(stype: int, **fields: int | bool) -> FlowSpec:
+def flow(stype: flowspec_pb2.ServiceType, **fields: Any) -> FlowSpec:
     return FlowSpec(service_type=stype, **fields)
 
 
@@ -109,6 +110,17 @@ def _receiving(req: svc.CreateCallRequest) -> FlowSpec:
     return req.call.requested_qos.receiving
 
 
+def _set_sending(**values: Any) -> Mutator:
+    """A mutation setting fields of the sending flowspec; a callable value is computed from it."""
+
+    def mutate(req: svc.CreateCallRequest) -> None:
+        spec = _sending(req)
+        for name, value in values.items():
+            setattr(spec, name, value(spec) if callable(value) else value)
+
+    return mutate
+
+
 Q = "call.requested_qos"
 FLOWSPEC_DOC = "Winsock2 FLOWSPEC remarks (qos.h; qos-domain §1.1)"
 INVALID_CASES: tuple[InvalidCase, ...] = (
@@ -130,11 +142,11 @@ INVALID_CASES: tuple[InvalidCase, ...] = (
                 f"{Q}.sending.peak_bandwidth_bytes_per_second"),
     InvalidCase(7, "peak bandwidth both given and unbounded",
                 "flowspec.proto FlowSpec.peak_bandwidth_bytes_per_second: exclusive with peak_bandwidth_unbounded",
-                lambda r: (setattr(_sending(r), "peak_bandwidth_bytes_per_second", 10 * _sending(r).token_rate_bytes_per_second),
-                           setattr(_sending(r), "peak_bandwidth_unbounded", True)) and None,
+                _set_sending(peak_bandwidth_bytes_per_second=lambda s: 10 * s.token_rate_bytes_per_second,
+                             peak_bandwidth_unbounded=True),
                 f"{Q}.sending.peak_bandwidth_bytes_per_second"),
     InvalidCase(8, "minimum policed size above max SDU size", "RFC 2212 TSpec: m <= M; qos-domain §8.5 #4",
-                lambda r: (setattr(_sending(r), "max_sdu_size_bytes", 500), setattr(_sending(r), "minimum_policed_size_bytes", 501)) and None,
+                _set_sending(max_sdu_size_bytes=500, minimum_policed_size_bytes=501),
                 f"{Q}.sending.minimum_policed_size_bytes"),
     InvalidCase(9, "minimum policed size 0", f"{FLOWSPEC_DOC}: MinimumPolicedSize cannot be 0 with RSVP; §8.5 #4",
                 lambda r: setattr(_sending(r), "minimum_policed_size_bytes", 0), f"{Q}.sending.minimum_policed_size_bytes"),

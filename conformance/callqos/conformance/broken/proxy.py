@@ -107,6 +107,7 @@ class Proxy(svc_grpc.CallQosServiceServicer):
                     # A held event is flushed if nothing follows it soon.
                     message = await asyncio.wait_for(stream.read(), 0.5) if held is not None else await stream.read()
                 except TimeoutError:
+                    assert held is not None  # only a held event is waited for with a timeout
                     yield held
                     held = None
                     continue

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import grpc
 
-from callqos.conformance.harness import Call, CheckContext, EventType, Outcome, QosEvent, RpcFailure, describe
+from callqos.conformance.harness import Call, CheckContext, EventType, Level, Outcome, QosEvent, RpcFailure, describe
 from callqos.conformance.model import CheckFailed
 from callqos.conformance.rules import QosSpec, qos_rates
 from callqos.v1 import callqos_service_pb2 as svc
@@ -18,7 +20,7 @@ def is_qos_refusal(failure: RpcFailure) -> bool:
     return failure.code == REFUSED and failure.reason == "QOS_UNAVAILABLE"
 
 
-async def fill(ctx: CheckContext, qos: QosSpec, level: int) -> tuple[list[Call], RpcFailure | None]:
+async def fill(ctx: CheckContext, qos: QosSpec, level: Level) -> tuple[list[Call], RpcFailure | None]:
     """Create calls with `qos` until the target refuses one (QOS_UNAVAILABLE) or the bound is hit."""
     calls: list[Call] = []
     for _ in range(ctx.params.max_fill_calls):
@@ -74,9 +76,9 @@ async def call_events(ctx: CheckContext, name: str, terminal: int = EventType.QO
     return await ctx.events(name, until=done, what=what or f"events of {name}")
 
 
-def expect_types(events: list[QosEvent], expected: list[int], what: str) -> None:
+def expect_types(events: Sequence[QosEvent], expected: Sequence[int], what: str) -> None:
     got = [e.type for e in events]
-    if got != expected:
+    if got != list(expected):
         want = "[" + ", ".join(EventType.Name(t).removeprefix("QOS_EVENT_TYPE_") for t in expected) + "]"
         raise CheckFailed(f"{what}: expected exactly {want}, got {describe(events)}")
 

@@ -3,6 +3,8 @@ counter-offers, both directions, and release of capacity."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import grpc
 
 from callqos.conformance.checks.common import (
@@ -209,7 +211,7 @@ async def guaranteed_bound(ctx: CheckContext) -> None:
     link = links[0]
     rate, m_big, bucket = max(link.capacity_bytes_per_second // 10, 1), min(link.mtu_bytes, 1000), 4 * min(link.mtu_bytes, 1000)
     fixed = link.error_term_d_microseconds + link.min_path_latency_microseconds
-    branches = {
+    branches: dict[str, tuple[dict[str, Any], float]] = {
         "R≥p (bounded peak)": (dict(peak_bandwidth_bytes_per_second=rate), (m_big + link.error_term_c_bytes) / rate),
         "p>R (unbounded peak)": (dict(peak_bandwidth_unbounded=True), (bucket - m_big + m_big + link.error_term_c_bytes) / rate),
     }
