@@ -2,8 +2,17 @@ import assert from "node:assert/strict";
 import { createServer as createHttp2Server, type IncomingHttpHeaders } from "node:http2";
 import { createServer as createTcpServer, connect as tcpConnect, type AddressInfo, type Socket } from "node:net";
 import { after, before, describe, test } from "node:test";
-import { Code } from "@connectrpc/connect";
-import { BasicTracerProvider, InMemorySpanExporter, SimpleSpanProcessor } from "@opentelemetry/sdk-trace-base";
+import { setTimeout as sleep } from "node:timers/promises";
+import { Code, ConnectError } from "@connectrpc/connect";
+import { SpanStatusCode } from "@opentelemetry/api";
+import { hrTimeToMilliseconds } from "@opentelemetry/core";
+import {
+  BasicTracerProvider,
+  InMemorySpanExporter,
+  SimpleSpanProcessor,
+  type ReadableSpan,
+  type SpanProcessor,
+} from "@opentelemetry/sdk-trace-base";
 import {
   CallQosClient,
   CallQosError,
@@ -154,6 +163,19 @@ async function take(events: AsyncIterable<QosEvent>, n: number): Promise<QosEven
   return got;
 }
 
+/**
+ * Starts `watcher` and waits until its stream is open (it then has the start sequence). The
+ * first event comes wrapped, since an async function cannot resolve to a bare promise.
+ */
+async function watchFirst(watcher: EventWatcher): Promise<{ first: Promise<QosEvent[]> }> {
+  const first = take(watcher, 1);
+  for (const deadline = Date.now() + 10_000; watcher.lastSequence === undefined; ) {
+    assert.ok(Date.now() < deadline, "the watch stream did not open (no x-callqos-start-sequence header?)");
+    await new Promise((r) => setTimeout(r, 10));
+  }
+  return { first };
+}
+
 /** A loopback TCP proxy whose connections can all be cut, to break streams. */
 async function startProxy(target: string) {
   const [host, port] = target.split(":");
@@ -215,19 +237,6 @@ describe("events", () => {
     assert.ok(got[0].sequence < got[1].sequence && got[1].sequence < got[2].sequence);
     assert.ok(proxy.connections() >= 2, "the watch did not reconnect");
   });
-
-  /**
-   * Starts `watcher` and waits until its stream is open (it then has the start sequence). The
-   * first event comes wrapped, since an async function cannot resolve to a bare promise.
-   */
-  async function watchFirst(watcher: EventWatcher): Promise<{ first: Promise<QosEvent[]> }> {
-    const first = take(watcher, 1);
-    for (const deadline = Date.now() + 10_000; watcher.lastSequence === undefined; ) {
-      assert.ok(Date.now() < deadline, "the watch stream did not open (no x-callqos-start-sequence header?)");
-      await new Promise((r) => setTimeout(r, 10));
-    }
-    return { first };
-  }
 
   test("without a cursor only new events come", async () => {
     const c = client();
@@ -297,7 +306,99 @@ describe("tracing", () => {
     assert.equal(granted.traceId, span.spanContext().traceId);
     await c.dropCall(call.name);
   });
+
+  test("a WatchEvents span lasts while the stream is read and ends when the consumer stops", async () => {
+    const { provider, spans } = recordingProvider();
+    const c = client({ tracing: provider });
+    const { first } = await watchFirst(c.watch({})); // the response headers have arrived
+    const [watch] = spans("WatchEvents");
+    assert.ok(watch, "no client span for WatchEvents");
+    assert.ok(!watch.ended, "the WatchEvents span ended with the response headers");
+    await sleep(150);
+    const call = await connect(c, 1000n); // its event ends the watch: take() breaks after one
+    const [ev] = await first;
+    assert.equal(ev.call, call.name);
+    assert.ok(watch.ended, "the WatchEvents span outlived the watch");
+    assert.equal(spans("WatchEvents").length, 1, "the watch reconnected");
+    const [create] = spans("CreateCall");
+    const ms = (t: ReadableSpan["startTime"]) => hrTimeToMilliseconds(t);
+    assert.ok(ms(watch.startTime) < ms(create.startTime) && ms(create.startTime) < ms(watch.endTime));
+    assert.ok(ms(watch.endTime) - ms(watch.startTime) >= 150, `WatchEvents lasted ${ms(watch.duration)} ms`);
+    // Stopping early is the consumer's choice, not an error; the stream was cancelled.
+    assert.equal(watch.status.code, SpanStatusCode.UNSET);
+    assert.equal(watch.attributes["rpc.grpc.status_code"], Code.Canceled);
+    assert.deepEqual(watch.events, []);
+    assert.equal(create.attributes["rpc.grpc.status_code"], 0);
+    await c.dropCall(call.name);
+  });
+
+  test("a WatchEvents span the server refuses (malformed filter) ends with ERROR", async () => {
+    const { provider, spans } = recordingProvider();
+    const c = client({ tracing: provider });
+    const err = await rejection(take(c.watch({ call: "not-a-call-name" }), 1));
+    assert.equal(err.code, Code.InvalidArgument);
+    const watches = spans("WatchEvents");
+    assert.equal(watches.length, 1, "INVALID_ARGUMENT was retried");
+    const [watch] = watches;
+    assert.ok(watch.ended);
+    assert.equal(watch.status.code, SpanStatusCode.ERROR);
+    assert.match(watch.status.message ?? "", /invalid_argument/);
+    assert.equal(watch.attributes["rpc.grpc.status_code"], Code.InvalidArgument);
+    assert.equal(watch.events[0]?.name, "exception");
+  });
+
+  test("a stream the server ends with an error mid-way ends its span then, with ERROR", async (t) => {
+    if (process.env.CALLQOS_ADDR) {
+      t.skip("stops its own server, which CALLQOS_ADDR does not provide");
+      return;
+    }
+    const own = await startServer();
+    t.after(() => own.stop());
+    const { provider, spans } = recordingProvider();
+    const c = client({ address: own.address, tracing: provider });
+    // The raw stream, one RPC attempt: a watch() would reconnect with a new span.
+    let opened!: () => void;
+    const headers = new Promise<void>((res) => (opened = res));
+    const failure = (async () => {
+      for await (const _ of c.raw.watchEvents({}, { onHeader: () => opened() })) {
+        // no events: nothing happens on this server
+      }
+    })().then(
+      () => assert.fail("the stream ended without an error"),
+      (e: unknown) => ConnectError.from(e),
+    );
+    await headers;
+    const [watch] = spans("WatchEvents");
+    assert.ok(watch && !watch.ended, "the WatchEvents span ended with the response headers");
+    await own.stop(); // ends every watch with UNAVAILABLE (SHUTTING_DOWN), after their headers
+    const err = await failure;
+    assert.equal(err.code, Code.Unavailable);
+    assert.ok(watch.ended);
+    assert.equal(watch.status.code, SpanStatusCode.ERROR);
+    assert.match(watch.status.message ?? "", /shutting down/);
+    assert.equal(watch.attributes["rpc.grpc.status_code"], Code.Unavailable);
+    assert.equal(watch.events[0]?.name, "exception");
+    assert.equal(spans("WatchEvents").length, 1);
+  });
 });
+
+/**
+ * A tracer provider whose spans can be looked at while they are open: `spans(method)` lists
+ * the client spans of a method, in start order, open or ended.
+ */
+function recordingProvider() {
+  const started: ReadableSpan[] = [];
+  const recorder: SpanProcessor = {
+    onStart: (span) => void started.push(span as unknown as ReadableSpan),
+    onEnd: () => {},
+    forceFlush: async () => {},
+    shutdown: async () => {},
+  };
+  const exporter = new InMemorySpanExporter();
+  const provider = new BasicTracerProvider({ spanProcessors: [recorder, new SimpleSpanProcessor(exporter)] });
+  const spans = (method: string) => started.filter((s) => s.name === `callqos.v1.CallQosService/${method}`);
+  return { provider, exporter, spans };
+}
 
 test("the README example runs", async () => {
   const lines: string[] = [];
