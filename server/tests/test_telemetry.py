@@ -28,7 +28,7 @@ from callqos.server.providers.base import AdmissionRequest, Decision, Grant
 from callqos.server.providers.reference import ReferenceProvider
 from callqos.server.telemetry import Telemetry
 from callqos.server.telemetry.semconv import Semconv
-from callqos.v1 import callqos_service_pb2 as svc, callqos_service_pb2_grpc as svc_grpc
+from callqos.v1 import callqos_service_pb2 as svc, callqos_service_pb2_grpc as svc_grpc, event_pb2
 
 SERVICE = "callqos.v1.CallQosService"
 LINK = "providers/reference/links/default"
@@ -263,6 +263,49 @@ async def test_embedded_default_records_nothing_but_still_hands_out_trace_ids(co
         assert len(event.trace_id) == 32 and int(event.trace_id, 16) != 0
     finally:
         await running.stop()
+
+
+async def _restart_onto_a_smaller_link(config: Config, traced: bool) -> tuple[list[Any], list[ReadableSpan]]:
+    """Two calls of 500 kB/s on the default link, then a restart with 600 kB/s: the restore drops
+    the newest. Returns the events the restart emitted and the spans it recorded."""
+    config.storage = "sqlite"
+    config.providers = {"reference": {}}
+    async for first in _traced(config, Semconv()):
+        for _ in range(2):
+            await first.stub.CreateCall(make_request(qos(500_000)))
+    config.providers = {"reference": {"links": [{"id": "default", "capacity_bytes_per_second": 600_000}]}}
+    if not traced:
+        running = await app.start(config)
+        try:
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+                return await collect(svc_grpc.CallQosServiceStub(channel), 2, after_sequence=2), []
+        finally:
+            await running.stop()
+    async for second in _traced(config, Semconv()):
+        return await collect(second.stub, 2, after_sequence=2), second.finished()
+    raise AssertionError("unreachable")
+
+
+async def test_events_of_the_restore_at_start_up_carry_the_trace_of_a_restore_span(config: Config) -> None:
+    events, spans = await _restart_onto_a_smaller_link(config, traced=True)
+    (restore,) = [span for span in spans if span.name == "callqos.restore"]
+    assert restore.parent is None and restore.attributes["callqos.calls"] == 2
+    # The commit of the dropped call is recorded under it.
+    assert [span.name for span in spans if span.parent and span.parent.span_id == restore.context.span_id] == [
+        "callqos.store.commit"
+    ]
+    assert [event.type for event in events] == [
+        event_pb2.QosEventType.QOS_EVENT_TYPE_NOQOS, event_pb2.QosEventType.QOS_EVENT_TYPE_CALL_DISCONNECTED
+    ]
+    assert {event.trace_id for event in events} == {trace_id(restore)}
+
+
+async def test_events_of_the_restore_carry_a_trace_id_with_tracing_off(config: Config, monkeypatch: pytest.MonkeyPatch) -> None:
+    for variable in ("OTEL_TRACES_EXPORTER", "OTEL_METRICS_EXPORTER", "OTEL_SDK_DISABLED"):
+        monkeypatch.delenv(variable, raising=False)
+    events, _ = await _restart_onto_a_smaller_link(config, traced=False)
+    (trace_ids,) = {event.trace_id for event in events},
+    assert len(trace_ids) == 1 and int(trace_ids.pop(), 16) != 0
 
 
 # -- streaming through the interceptor ----------------------------------------------------------

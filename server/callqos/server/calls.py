@@ -7,6 +7,7 @@ watchers. Provider-initiated changes enter through the same path (`report_change
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import time
@@ -116,8 +117,14 @@ class CallManager:
             held.setdefault(provider_id, []).append(
                 Restored(call.name, call.destination, call.service_level, call.granted_qos)
             )
-        for change in await self.providers.start(self, held):
-            await self.report_change(change)
+        # A trace for the restore (its events carry its id); none for an empty start-up.
+        restoring = (
+            self.telemetry.background("callqos.restore", {"callqos.calls": sum(map(len, held.values()))})
+            if held else contextlib.nullcontext()
+        )
+        with restoring:
+            for change in await self.providers.start(self, held):
+                await self.report_change(change)
 
     # -- reads ------------------------------------------------------------------------------
     async def get(self, name: str) -> Call:
@@ -359,6 +366,10 @@ class CallManager:
 
     # -- provider-initiated change (ProviderHost) -------------------------------------------
     async def report_change(self, change: ProviderChange) -> None:
+        with self.telemetry.background("callqos.provider.change", {"callqos.call": change.call}):
+            await self._apply_change(change)
+
+    async def _apply_change(self, change: ProviderChange) -> None:
         async with self._locks.hold(change.call):
             call = await self.store.get_call(change.call)
             if call is None or call.state != State.STATE_CONNECTED:

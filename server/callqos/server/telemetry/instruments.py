@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
@@ -271,6 +272,20 @@ class Instruments:
         else:
             self._renegotiations.add(1, attributes)
 
+    def background(self, name: str, attributes: dict[str, str | int]) -> contextlib.AbstractContextManager[Span]:
+        """The current span for work no RPC caused — restoring calls at start-up, a change a
+        provider reports on its own — so that its QoS events carry a trace id too: a root span
+        named `name` when tracing records, else an unrecorded one with fresh ids. Work that runs
+        inside an RPC's trace (a provider reporting changes while UpdateLink runs) stays in it."""
+        current = trace.get_current_span()
+        if current.get_span_context().is_valid:
+            return contextlib.nullcontext(current)
+        if self.tracing_enabled:
+            span: Span = self.tracer.start_span(name, context=otel_context.Context(), attributes=attributes)
+        else:
+            span = untraced_span()
+        return _CurrentSpan(span)
+
     def _span(self, name: str, attributes: dict[str, str | int]) -> contextlib.AbstractContextManager[Span]:
         """A current child span of the RPC's span — or nothing when tracing is off or the RPC's
         span was sampled out (a child of an unrecorded parent would not be recorded either, but
@@ -346,6 +361,13 @@ class _CurrentSpan:
     def __exit__(self, *exc_info: object) -> None:
         otel_context.detach(self.token)
         self.span.end()
+
+
+def untraced_span(trace_id: int = 0) -> trace.NonRecordingSpan:
+    """A span that records nothing but gives the work under it a trace id (`trace_id`, or a new
+    one) for QoS events and logs: what runs instead of an SDK span when nothing would be recorded."""
+    context = trace.SpanContext(trace_id or random.getrandbits(128), random.getrandbits(64), is_remote=False)
+    return trace.NonRecordingSpan(context)
 
 
 def records_spans(provider: trace.TracerProvider) -> bool:

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
@@ -28,7 +27,7 @@ from opentelemetry import context as otel_context, propagate, trace
 from opentelemetry.propagators.textmap import Getter
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
-from callqos.server.telemetry.instruments import Instruments
+from callqos.server.telemetry.instruments import Instruments, untraced_span
 from callqos.server.telemetry.semconv import SERVER_ERROR_CODES, peer_attributes, rpc_attributes, status_attributes
 
 Metadata = Sequence[tuple[str, str | bytes]]
@@ -100,9 +99,7 @@ def _untraced_span(metadata: Metadata | None) -> trace.NonRecordingSpan:
     trace_id = 0
     if metadata and any(key == "traceparent" for key, _ in metadata):
         trace_id = trace.get_current_span(propagate.extract(metadata, getter=_GETTER)).get_span_context().trace_id
-    return trace.NonRecordingSpan(
-        trace.SpanContext(trace_id or random.getrandbits(128), random.getrandbits(64), is_remote=False)
-    )
+    return untraced_span(trace_id)
 
 
 def _ended(context: grpc.aio.ServicerContext, error: BaseException | None) -> tuple[grpc.StatusCode, str | None]:
