@@ -11,12 +11,14 @@ import dev.callqos.v1.ListProvidersRequest;
 import dev.callqos.v1.ListProvidersResponse;
 import dev.callqos.v1.RenegotiateCallRequest;
 import dev.callqos.v1.WatchEventsRequest;
+import io.grpc.ClientInterceptor;
 import io.grpc.Grpc;
 import io.grpc.InsecureChannelCredentials;
 import io.grpc.ManagedChannel;
 import io.grpc.Metadata;
 import io.grpc.StatusRuntimeException;
 import io.grpc.stub.MetadataUtils;
+import io.opentelemetry.api.OpenTelemetry;
 import java.time.Duration;
 import java.util.List;
 import java.util.Map;
@@ -28,6 +30,7 @@ import java.util.function.Function;
  * caller's principal on every request, errors decoded into {@link CallQosException} /
  * {@link QosUnavailableException}, and {@link #watch}, which resumes the event stream from the
  * last sequence it delivered. {@link #raw()} is the generated blocking stub on the same channel.
+ * {@link Builder#openTelemetry} turns on tracing (a client span per RPC, W3C trace context sent).
  *
  * <pre>{@code
  * try (CallQosClient client = CallQosClient.builder("127.0.0.1:50051").principal("me").build()) {
@@ -49,6 +52,18 @@ public final class CallQosClient implements AutoCloseable {
   private final Duration timeout;
 
   private CallQosClient(Builder b) {
+    // Before the channel, so that a missing tracing jar leaks nothing. Tracing is the only class
+    // that names an OpenTelemetry class other than the builder's parameter type, and it is
+    // loaded only here, so an untraced client works without OpenTelemetry on the classpath.
+    ClientInterceptor tracing = null;
+    if (b.openTelemetry != null) {
+      try {
+        tracing = Tracing.clientInterceptor(b.openTelemetry);
+      } catch (NoClassDefFoundError e) {
+        throw new IllegalStateException("tracing needs io.opentelemetry.instrumentation:opentelemetry-grpc-1.6 "
+            + "on the classpath (an optional dependency of callqos-client; see its README, Tracing)", e);
+      }
+    }
     this.ownsChannel = b.channel == null;
     this.channel = ownsChannel
         ? Grpc.newChannelBuilder(b.target, InsecureChannelCredentials.create())
@@ -61,6 +76,9 @@ public final class CallQosClient implements AutoCloseable {
       Metadata md = new Metadata();
       md.put(PRINCIPAL_HEADER, b.principal);
       s = s.withInterceptors(MetadataUtils.newAttachHeadersInterceptor(md));
+    }
+    if (tracing != null) {
+      s = s.withInterceptors(tracing); // the outermost: its span covers the whole call, retries included
     }
     this.stub = s;
     this.timeout = b.timeout;
@@ -76,6 +94,7 @@ public final class CallQosClient implements AutoCloseable {
     private ManagedChannel channel;
     private String principal;
     private Duration timeout = DEFAULT_TIMEOUT;
+    private OpenTelemetry openTelemetry;
 
     private Builder(String target) {
       this.target = target;
@@ -96,6 +115,20 @@ public final class CallQosClient implements AutoCloseable {
     /** Use this channel (TLS, interceptors, ...) instead of a plaintext one; not closed by close(). */
     public Builder channel(ManagedChannel channel) {
       this.channel = channel;
+      return this;
+    }
+
+    /**
+     * Traces every RPC with this OpenTelemetry (e.g. an {@code OpenTelemetrySdk}, or
+     * {@code GlobalOpenTelemetry.get()}): a CLIENT span named {@code callqos.v1.CallQosService/Method}
+     * per call or stream, a child of the current span, whose context is sent to the server with the
+     * OpenTelemetry's propagators, or as W3C {@code traceparent} if it has none. The server's span
+     * joins that trace, and the QoS events it causes carry its trace id ({@code QosEvent.trace_id}).
+     * Needs {@code io.opentelemetry.instrumentation:opentelemetry-grpc-1.6} on the classpath; null
+     * (the default) traces nothing.
+     */
+    public Builder openTelemetry(OpenTelemetry openTelemetry) {
+      this.openTelemetry = openTelemetry;
       return this;
     }
 
@@ -121,7 +154,7 @@ public final class CallQosClient implements AutoCloseable {
     return Map.of("service", "callqos.v1.CallQosService", "method", name);
   }
 
-  /** The generated blocking stub, with the principal but no default deadline. */
+  /** The generated blocking stub, with the principal (and tracing, if set) but no default deadline. */
   public CallQosServiceGrpc.CallQosServiceBlockingStub raw() {
     return stub;
   }
