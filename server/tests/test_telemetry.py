@@ -265,6 +265,21 @@ async def test_embedded_default_records_nothing_but_still_hands_out_trace_ids(co
         await running.stop()
 
 
+async def test_embedded_default_keeps_the_callers_trace_id(config: Config, monkeypatch: pytest.MonkeyPatch) -> None:
+    for variable in ("OTEL_TRACES_EXPORTER", "OTEL_METRICS_EXPORTER", "OTEL_SDK_DISABLED"):
+        monkeypatch.delenv(variable, raising=False)
+    caller = "4bf92f3577b34da6a3ce929d0e0e4736"
+    running = await app.start(config)
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+            stub = svc_grpc.CallQosServiceStub(channel)
+            await stub.CreateCall(make_request(qos(1000)), metadata=(("traceparent", f"00-{caller}-00f067aa0ba902b7-01"),))
+            (event,) = await collect(stub, 1, after_sequence=0)
+        assert event.trace_id == caller
+    finally:
+        await running.stop()
+
+
 async def _restart_onto_a_smaller_link(config: Config, traced: bool) -> tuple[list[Any], list[ReadableSpan]]:
     """Two calls of 500 kB/s on the default link, then a restart with 600 kB/s: the restore drops
     the newest. Returns the events the restart emitted and the spans it recorded."""

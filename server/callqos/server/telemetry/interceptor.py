@@ -56,14 +56,13 @@ class _Rpc:
         self.instruments = interceptor.instruments
         self.service, self.method = service, method
         self.started = time.perf_counter()
-        metadata = servicer_context.invocation_metadata()
+        parent = interceptor.extract(servicer_context.invocation_metadata())
         if not self.instruments.tracing_enabled:
             # Nothing is recorded, but the RPC still runs in a trace: the caller's, or a new id,
             # so that QoS events and log lines carry a trace id. Far cheaper than an SDK span.
-            self.span: trace.Span = _untraced_span(metadata)
+            self.span: trace.Span = untraced_span(trace.get_current_span(parent).get_span_context().trace_id)
             self.context = trace.set_span_in_context(self.span)
             return
-        parent = interceptor.extract(metadata)
         self.span = self.instruments.tracer.start_span(
             f"{service}/{method}", context=parent, kind=SpanKind.SERVER,
             attributes=interceptor.static_attributes(service, method),
@@ -93,13 +92,6 @@ class _Rpc:
                 self.span.set_status(Status(StatusCode.ERROR, details or code.name))
         self.span.end()
         self.instruments.record_rpc(self.service, self.method, code, time.perf_counter() - self.started)
-
-
-def _untraced_span(metadata: Metadata | None) -> trace.NonRecordingSpan:
-    trace_id = 0
-    if metadata and any(key == "traceparent" for key, _ in metadata):
-        trace_id = trace.get_current_span(propagate.extract(metadata, getter=_GETTER)).get_span_context().trace_id
-    return untraced_span(trace_id)
 
 
 def _ended(context: grpc.aio.ServicerContext, error: BaseException | None) -> tuple[grpc.StatusCode, str | None]:
