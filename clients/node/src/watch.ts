@@ -90,11 +90,15 @@ export class EventWatcher implements AsyncIterable<QosEvent> {
 
 /**
  * The stream ended or broke in a way a new stream may not: UNAVAILABLE, or a stream that
- * connect-node reset locally (CANCELED with no status from the server) because the connection
- * under it died. The caller's own abort is checked before this.
+ * connect-node ended locally, with no status from the server, because the connection under it
+ * died: CANCELED when its HTTP/2 session went away, ABORTED when the socket read ECONNRESET
+ * (connect-node maps a reset to ABORTED). The caller's own abort is checked before this.
  */
 function reconnectable(err: ConnectError): boolean {
-  return err.code === Code.Unavailable || (err.code === Code.Canceled && !isWireError(err));
+  if (err.code === Code.Unavailable) {
+    return true;
+  }
+  return (err.code === Code.Canceled || err.code === Code.Aborted) && !isWireError(err);
 }
 
 function isWireError(err: ConnectError): boolean {

@@ -194,7 +194,9 @@ async function startProxy(target: string) {
   await new Promise<void>((res) => srv.listen(0, "127.0.0.1", res));
   return {
     address: `127.0.0.1:${(srv.address() as AddressInfo).port}`,
-    cut: () => sockets.forEach((s) => s.destroy()),
+    /** Cut every connection: closed (FIN), or reset (RST: the client reads ECONNRESET). */
+    cut: (how: "close" | "reset" = "close") =>
+      sockets.forEach((s) => (how === "reset" ? s.resetAndDestroy() : s.destroy())),
     connections: () => accepted,
     close: () => {
       sockets.forEach((s) => s.destroy());
@@ -215,28 +217,30 @@ describe("events", () => {
     assert.deepEqual(rest, all.slice(1));
   });
 
-  test("the watcher reconnects after a cut and continues after the last event", async (t) => {
-    const direct = client();
-    const proxy = await startProxy(server.address);
-    t.after(() => proxy.close());
-    const proxied = client({ address: proxy.address });
-    const call = await connect(direct, 100_000n);
-    const got: QosEvent[] = [];
-    for await (const ev of proxied.watch({ afterSequence: 0n, call: call.name })) {
-      got.push(ev);
-      if (got.length === 1) {
-        proxy.cut(); // the remaining events happen while the stream is down
-        await direct.renegotiateCall({ name: call.name, qos: ControlledLoad(50_000) });
-        await direct.dropCall(call.name);
+  for (const how of ["close", "reset"] as const) {
+    test(`the watcher reconnects after a cut (${how}) and continues after the last event`, async (t) => {
+      const direct = client();
+      const proxy = await startProxy(server.address);
+      t.after(() => proxy.close());
+      const proxied = client({ address: proxy.address });
+      const call = await connect(direct, 100_000n);
+      const got: QosEvent[] = [];
+      for await (const ev of proxied.watch({ afterSequence: 0n, call: call.name })) {
+        got.push(ev);
+        if (got.length === 1) {
+          proxy.cut(how); // the remaining events happen while the stream is down
+          await direct.renegotiateCall({ name: call.name, qos: ControlledLoad(50_000) });
+          await direct.dropCall(call.name);
+        }
+        if (got.length === 3) {
+          break;
+        }
       }
-      if (got.length === 3) {
-        break;
-      }
-    }
-    assert.deepEqual(got.map((e) => e.type), LIFECYCLE);
-    assert.ok(got[0].sequence < got[1].sequence && got[1].sequence < got[2].sequence);
-    assert.ok(proxy.connections() >= 2, "the watch did not reconnect");
-  });
+      assert.deepEqual(got.map((e) => e.type), LIFECYCLE);
+      assert.ok(got[0].sequence < got[1].sequence && got[1].sequence < got[2].sequence);
+      assert.ok(proxy.connections() >= 2, "the watch did not reconnect");
+    });
+  }
 
   test("without a cursor only new events come", async () => {
     const c = client();
