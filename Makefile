@@ -20,7 +20,7 @@ help:
 	@echo "make test       install everything needed and run every test"
 	@echo "make bench      benchmarks, with ratios against a bare grpc.aio baseline measured in the same run"
 	@echo "make generate   regenerate all code from protos/"
-	@echo "make lint       buf lint + buf format check"
+	@echo "make lint       buf lint + buf format check, ruff check + ruff format check"
 
 # The virtual environment; reinstalled whenever pyproject.toml changes.
 $(STAMP): pyproject.toml
@@ -57,6 +57,8 @@ check-generated: $(STAMP)
 lint: $(STAMP)
 	$(BUF) lint protos
 	$(BUF) format -d --exit-code protos
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 
 .PHONY: typecheck
 typecheck: $(STAMP)

@@ -51,9 +51,20 @@ def test_no_qos_provider_is_conformant_with_reasoned_skips() -> None:
 def test_target_mode_against_a_separately_started_server_via_the_cli(tmp_path: Path) -> None:
     with SpawnedServer("reference") as server:
         done = subprocess.run(
-            [sys.executable, "-m", "callqos.conformance", "--target", server.target, "--seed", "3",
-             "--output-dir", str(tmp_path)],
-            capture_output=True, text=True, timeout=120,
+            [
+                sys.executable,
+                "-m",
+                "callqos.conformance",
+                "--target",
+                server.target,
+                "--seed",
+                "3",
+                "--output-dir",
+                str(tmp_path),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
         )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
     assert "VERDICT: conformant" in done.stdout
@@ -61,6 +72,8 @@ def test_target_mode_against_a_separately_started_server_via_the_cli(tmp_path: P
 
 
 def test_cli_list_prints_every_check() -> None:
-    done = subprocess.run([sys.executable, "-m", "callqos.conformance", "list"], capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        [sys.executable, "-m", "callqos.conformance", "list"], capture_output=True, text=True, timeout=60
+    )
     assert done.returncode == 0
     assert "CORE-VAL-001" in done.stdout and "CONC-001" in done.stdout and "ref:" in done.stdout

@@ -6,18 +6,21 @@ import subprocess
 import sys
 from pathlib import Path
 
-TEST_FILE = '''
+TEST_FILE = """
 from callqos.conformance.pytest_plugin import conformance_tests
 
 test_conformance = conformance_tests(provider={provider!r}, profiles=("core", "renegotiation"))
-'''
+"""
 
 
 def _pytest(tmp_path: Path, provider: str) -> subprocess.CompletedProcess[str]:
     (tmp_path / "test_my_provider.py").write_text(TEST_FILE.format(provider=provider))
     return subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-o", "addopts=", str(tmp_path)],
-        capture_output=True, text=True, timeout=300, cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
     )
 
 

@@ -16,8 +16,14 @@ BROKEN = "callqos.conformance.broken.providers:"
 
 
 def test_known_failing_turns_a_failure_into_xfail_and_a_pass_into_a_run_failure() -> None:
-    report = run_conformance(RunOptions(provider=BROKEN + "RefusedCounterOffer", checks=("CORE-ADM-00",),
-                                        known_failing=("CORE-ADM-003", "CORE-ADM-001"), seed=1))
+    report = run_conformance(
+        RunOptions(
+            provider=BROKEN + "RefusedCounterOffer",
+            checks=("CORE-ADM-00",),
+            known_failing=("CORE-ADM-003", "CORE-ADM-001"),
+            seed=1,
+        )
+    )
     outcomes = {r.check.id: r.outcome for r in report.results}
     assert outcomes["CORE-ADM-003"] == Outcome.XFAIL
     assert outcomes["CORE-ADM-001"] == Outcome.XPASS
@@ -28,8 +34,9 @@ def test_known_failing_turns_a_failure_into_xfail_and_a_pass_into_a_run_failure(
 def test_a_hung_provider_is_a_timeout_not_a_hang() -> None:
     # The server's own provider deadline is far away: the suite's per-check deadline must fire.
     started = time.monotonic()
-    report = run_conformance(RunOptions(provider=BROKEN + "Hangs", provider_timeout=60, timeout_scale=0.2, seed=1,
-                                        profiles=("core",)))
+    report = run_conformance(
+        RunOptions(provider=BROKEN + "Hangs", provider_timeout=60, timeout_scale=0.2, seed=1, profiles=("core",))
+    )
     assert time.monotonic() - started < 30
     first = report.results[0]
     assert first.check.id == "CORE-RESP-001" and first.outcome == Outcome.TIMEOUT
@@ -60,10 +67,30 @@ def _result(level: Level, outcome: Outcome, reason: str = "") -> CheckResult:
 
 def test_verdict_rules() -> None:
     assert profile_verdicts([_result(Level.MUST, Outcome.PASSED)])["core"]["result"] == "conformant"
-    assert profile_verdicts([_result(Level.MUST, Outcome.PASSED), _result(Level.SHOULD, Outcome.FAILED)])["core"]["result"] == "partial"
+    assert (
+        profile_verdicts([_result(Level.MUST, Outcome.PASSED), _result(Level.SHOULD, Outcome.FAILED)])["core"]["result"]
+        == "partial"
+    )
     assert profile_verdicts([_result(Level.MUST, Outcome.TIMEOUT)])["core"]["result"] == "nonconformant"
-    assert profile_verdicts([_result(Level.MUST, Outcome.PASSED), _result(Level.MUST, Outcome.ERROR)])["core"]["result"] == "partial"
-    assert profile_verdicts([_result(Level.MUST, Outcome.PASSED),
-                             _result(Level.MUST, Outcome.SKIPPED, "capability: x is not advertised")])["core"]["result"] == "conformant"
-    assert profile_verdicts([_result(Level.MUST, Outcome.PASSED),
-                             _result(Level.MUST, Outcome.SKIPPED, "no infeasible flowspec is known")])["core"]["result"] == "partial"
+    assert (
+        profile_verdicts([_result(Level.MUST, Outcome.PASSED), _result(Level.MUST, Outcome.ERROR)])["core"]["result"]
+        == "partial"
+    )
+    assert (
+        profile_verdicts(
+            [
+                _result(Level.MUST, Outcome.PASSED),
+                _result(Level.MUST, Outcome.SKIPPED, "capability: x is not advertised"),
+            ]
+        )["core"]["result"]
+        == "conformant"
+    )
+    assert (
+        profile_verdicts(
+            [
+                _result(Level.MUST, Outcome.PASSED),
+                _result(Level.MUST, Outcome.SKIPPED, "no infeasible flowspec is known"),
+            ]
+        )["core"]["result"]
+        == "partial"
+    )

@@ -8,7 +8,6 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,9 +16,9 @@ import pytest
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
-from callqos.server import app
-from callqos.server.config import Config
-from callqos.v1 import call_pb2, callqos_service_pb2 as svc, callqos_service_pb2_grpc as svc_grpc, flowspec_pb2
+from callqos.v1 import call_pb2, flowspec_pb2
+from callqos.v1 import callqos_service_pb2 as svc
+from callqos.v1 import callqos_service_pb2_grpc as svc_grpc
 
 ST = flowspec_pb2.ServiceType
 Level = call_pb2.ServiceLevel
@@ -112,9 +111,21 @@ class ServerProcess:
         port_file = self.data_dir / "port"
         port_file.unlink(missing_ok=True)
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "callqos.server", "--listen", self.target, "--data-dir", str(self.data_dir),
-             "--port-file", str(port_file), "--shutdown-grace", "2", *self.extra],
-            stderr=open(self.data_dir / "server.log", "ab"),
+            [
+                sys.executable,
+                "-m",
+                "callqos.server",
+                "--listen",
+                self.target,
+                "--data-dir",
+                str(self.data_dir),
+                "--port-file",
+                str(port_file),
+                "--shutdown-grace",
+                "2",
+                *self.extra,
+            ],
+            stderr=open(self.data_dir / "server.log", "ab"),  # noqa: SIM115 -- the child holds it
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )
         deadline = time.monotonic() + 20
@@ -132,8 +143,6 @@ class ServerProcess:
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
             self.signal(signal.SIGTERM)
-
-
 
 
 # -- a provider that takes its time, for deadline tests ---------------------------------------

@@ -10,12 +10,17 @@ from server_testkit import make_request, qos, reserved, rpc_error
 
 from callqos.server import app
 from callqos.server.config import Config
-from callqos.v1 import callqos_service_pb2 as svc, callqos_service_pb2_grpc as svc_grpc, event_pb2
+from callqos.v1 import callqos_service_pb2 as svc
+from callqos.v1 import callqos_service_pb2_grpc as svc_grpc
+from callqos.v1 import event_pb2
 
 
 async def test_provider_call_is_cut_to_the_callers_deadline(tmp_path) -> None:
     config = Config(
-        listen="127.0.0.1:0", storage="memory", data_dir=tmp_path, provider_timeout_seconds=30.0,
+        listen="127.0.0.1:0",
+        storage="memory",
+        data_dir=tmp_path,
+        provider_timeout_seconds=30.0,
         providers={"reference": {"plugin": "server_testkit:SlowProvider", "delay_seconds": 20.0}},
     )
     running = await app.start(config)
@@ -47,7 +52,9 @@ async def test_a_cancelled_make_call_still_ends_consistently(tmp_path) -> None:
     import asyncio
 
     config = Config(
-        listen="127.0.0.1:0", storage="memory", data_dir=tmp_path,
+        listen="127.0.0.1:0",
+        storage="memory",
+        data_dir=tmp_path,
         providers={"reference": {"plugin": "server_testkit:SlowProvider", "delay_seconds": 1.0}},
     )
     running = await app.start(config)

@@ -14,7 +14,7 @@ import yaml
 from server_testkit import ROOT
 
 from callqos.server import app, bench_tracing
-from callqos.server.config import Config, _FIELDS, load
+from callqos.server.config import _FIELDS, Config, load
 
 DEPLOY = ROOT / "deploy"
 K8S = DEPLOY / "k8s"
@@ -116,7 +116,7 @@ def test_dockerfile_runs_the_server_on_all_interfaces() -> None:
     assert re.search(r"^RUN pip install .*\s\.\s", text, re.M)
     assert 'ENTRYPOINT ["callqos", "serve"]' in text
     cmd = yaml.safe_load(re.search(r"^CMD (.*)$", text, re.M).group(1))  # a JSON array
-    flags = dict(zip(cmd[::2], cmd[1::2]))
+    flags = dict(zip(cmd[::2], cmd[1::2], strict=True))
     exposed = {int(p) for p in re.search(r"^EXPOSE (.*)$", text, re.M).group(1).split()}
     assert port_of(flags["--listen"]) in exposed and flags["--listen"].startswith("0.0.0.0:")
     assert port_of(k8s("ConfigMap")["data"]["callqos.toml"].split('metrics_listen = "')[1].split('"')[0]) in exposed

@@ -9,7 +9,9 @@ import signal
 import grpc
 from server_testkit import CAPACITY, make_request, qos, reason, reserved, rpc_error
 
-from callqos.v1 import call_pb2, callqos_service_pb2 as svc, callqos_service_pb2_grpc as svc_grpc
+from callqos.v1 import call_pb2
+from callqos.v1 import callqos_service_pb2 as svc
+from callqos.v1 import callqos_service_pb2_grpc as svc_grpc
 
 
 async def _events(stub, after: int, count: int):
@@ -41,7 +43,9 @@ async def test_sigkill_and_restart_lose_nothing(server_process) -> None:
         assert await stub.GetCall(svc.GetCallRequest(name=kept.name)) == kept
         gone = await stub.GetCall(svc.GetCallRequest(name=dropped.name))
         assert gone.state == call_pb2.Call.State.STATE_DISCONNECTED
-        assert (await stub.GetCall(svc.GetCallRequest(name=rpc_refusal_call(refused)))).state == call_pb2.Call.State.STATE_DISCONNECTED
+        assert (
+            await stub.GetCall(svc.GetCallRequest(name=rpc_refusal_call(refused)))
+        ).state == call_pb2.Call.State.STATE_DISCONNECTED
         # The reservation is back: the provider was handed the connected call again.
         assert await reserved(stub) == (700_000, 100_000)
         assert reason(await rpc_error(stub.CreateCall(make_request(qos(CAPACITY - 699_999))))) == "QOS_UNAVAILABLE"

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import grpc
 import pytest
-from server_testkit import CAPACITY, Level, ST, flow, make_request, qos, rpc_error, details, reason, reserved
+from server_testkit import CAPACITY, ST, Level, details, flow, make_request, qos, reason, reserved, rpc_error
 
-from callqos.v1 import call_pb2, callqos_service_pb2 as svc, event_pb2, flowspec_pb2
+from callqos.v1 import call_pb2, event_pb2, flowspec_pb2
+from callqos.v1 import callqos_service_pb2 as svc
 
 State = call_pb2.Call.State
 
@@ -83,14 +84,18 @@ async def test_if_available_connects_with_what_is_free(stub) -> None:
 
 
 async def test_best_effort_level_connects_without_reservation(stub) -> None:
-    call = await stub.CreateCall(make_request(qos(5_000_000, recv_rate=5_000_000), level=Level.SERVICE_LEVEL_BEST_EFFORT))
+    call = await stub.CreateCall(
+        make_request(qos(5_000_000, recv_rate=5_000_000), level=Level.SERVICE_LEVEL_BEST_EFFORT)
+    )
     assert call.state == State.STATE_CONNECTED
     assert call.granted_qos.sending.service_type == ST.SERVICE_TYPE_BEST_EFFORT
     assert call.granted_qos.receiving.service_type == ST.SERVICE_TYPE_BEST_EFFORT
     assert await reserved(stub) == (0, 0)
 
 
-@pytest.mark.parametrize("stype", [ST.SERVICE_TYPE_BEST_EFFORT, ST.SERVICE_TYPE_NO_TRAFFIC, ST.SERVICE_TYPE_QUALITATIVE])
+@pytest.mark.parametrize(
+    "stype", [ST.SERVICE_TYPE_BEST_EFFORT, ST.SERVICE_TYPE_NO_TRAFFIC, ST.SERVICE_TYPE_QUALITATIVE]
+)
 async def test_non_reserving_service_types_always_admit(stub, stype: int) -> None:
     await stub.CreateCall(make_request(qos(CAPACITY, recv_rate=CAPACITY)))
     spec = flowspec_pb2.QosSpec(sending=flow(stype), receiving=flow(stype))
@@ -109,8 +114,13 @@ async def test_receiving_direction_is_admitted_separately(stub) -> None:
 
 
 def guaranteed(rate: int, latency_us: int, *, peak: int | None = None, bucket: int = 1500) -> flowspec_pb2.QosSpec:
-    sending = flow(ST.SERVICE_TYPE_GUARANTEED, rate, latency_microseconds=latency_us,
-                   token_bucket_size_bytes=bucket, max_sdu_size_bytes=1500)
+    sending = flow(
+        ST.SERVICE_TYPE_GUARANTEED,
+        rate,
+        latency_microseconds=latency_us,
+        token_bucket_size_bytes=bucket,
+        max_sdu_size_bytes=1500,
+    )
     if peak is not None:
         sending.peak_bandwidth_bytes_per_second = peak
     return flowspec_pb2.QosSpec(sending=sending, receiving=flow(ST.SERVICE_TYPE_BEST_EFFORT))
@@ -118,7 +128,9 @@ def guaranteed(rate: int, latency_us: int, *, peak: int | None = None, bucket: i
 
 async def test_guaranteed_bounded_peak_uses_r_ge_p_branch(stub) -> None:
     # R = p = 300000 B/s: Q = (M + C)/R + D = 3000/300000 s + 1000 us = 11000 us; + 2000 us path = 13000 us.
-    assert (await stub.CreateCall(make_request(guaranteed(100_000, 13_000, peak=300_000)))).state == State.STATE_CONNECTED
+    assert (
+        await stub.CreateCall(make_request(guaranteed(100_000, 13_000, peak=300_000)))
+    ).state == State.STATE_CONNECTED
     error = await rpc_error(stub.CreateCall(make_request(guaranteed(100_000, 12_999, peak=300_000))))
     assert reason(error) == "QOS_UNAVAILABLE"
     offer = details(error)["QosRefusal"].counter_offer
@@ -139,7 +151,9 @@ async def test_guaranteed_unbounded_peak_uses_p_gt_r_branch(stub) -> None:
 
 
 async def test_network_control_is_a_policy_failure(stub) -> None:
-    spec = flowspec_pb2.QosSpec(sending=flow(ST.SERVICE_TYPE_NETWORK_CONTROL, 1000), receiving=flow(ST.SERVICE_TYPE_BEST_EFFORT))
+    spec = flowspec_pb2.QosSpec(
+        sending=flow(ST.SERVICE_TYPE_NETWORK_CONTROL, 1000), receiving=flow(ST.SERVICE_TYPE_BEST_EFFORT)
+    )
     error = await rpc_error(stub.CreateCall(make_request(spec)))
     assert error.code() == grpc.StatusCode.PERMISSION_DENIED
     assert reason(error) == "QOS_POLICY_FAILURE"
@@ -194,7 +208,9 @@ async def test_no_qos_provider_refuses_reservation_at_needed_with_best_effort_of
     assert offer.sending.service_type == ST.SERVICE_TYPE_BEST_EFFORT
     call = await stub.CreateCall(make_request(offer, provider="providers/no-qos"))
     assert call.state == State.STATE_CONNECTED and not call.features.set_qos
-    if_available = await stub.CreateCall(make_request(qos(1000), provider="providers/no-qos", level=Level.SERVICE_LEVEL_IF_AVAILABLE))
+    if_available = await stub.CreateCall(
+        make_request(qos(1000), provider="providers/no-qos", level=Level.SERVICE_LEVEL_IF_AVAILABLE)
+    )
     assert if_available.granted_qos.sending.service_type == ST.SERVICE_TYPE_BEST_EFFORT
 
 
@@ -213,7 +229,9 @@ async def test_list_calls_pages_and_filters(stub) -> None:
     await stub.CreateCall(make_request(qos(1000), provider="providers/no-qos", level=Level.SERVICE_LEVEL_BEST_EFFORT))
     seen, token = [], ""
     while True:
-        page = await stub.ListCalls(svc.ListCallsRequest(page_size=2, page_token=token, filter='provider = "providers/reference"'))
+        page = await stub.ListCalls(
+            svc.ListCallsRequest(page_size=2, page_token=token, filter='provider = "providers/reference"')
+        )
         seen += [c.name for c in page.calls]
         token = page.next_page_token
         if not token:
@@ -222,5 +240,7 @@ async def test_list_calls_pages_and_filters(stub) -> None:
     connected = await stub.ListCalls(svc.ListCallsRequest(filter="state = CONNECTED"))
     assert len(connected.calls) == 6
     token = (await stub.ListCalls(svc.ListCallsRequest(page_size=1))).next_page_token
-    error = await rpc_error(stub.ListCalls(svc.ListCallsRequest(page_size=1, page_token=token, filter="state = CONNECTED")))
+    error = await rpc_error(
+        stub.ListCalls(svc.ListCallsRequest(page_size=1, page_token=token, filter="state = CONNECTED"))
+    )
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import grpc
-from server_testkit import CAPACITY, Level, ST, details, flow, make_request, owner, qos, reason, reserved, rpc_error
+from server_testkit import CAPACITY, ST, Level, details, flow, make_request, owner, qos, reason, reserved, rpc_error
 
-from callqos.v1 import call_pb2, callqos_service_pb2 as svc, event_pb2, flowspec_pb2
+from callqos.v1 import call_pb2, event_pb2, flowspec_pb2
+from callqos.v1 import callqos_service_pb2 as svc
 
 State = call_pb2.Call.State
 
@@ -98,14 +99,18 @@ async def test_only_the_owner_may_renegotiate_or_drop(stub) -> None:
         error = await rpc_error(attempt)
         assert error.code() == grpc.StatusCode.PERMISSION_DENIED and reason(error) == "NOT_OWNER"
     # Monitors may still read it.
-    assert (await stub.GetCall(svc.GetCallRequest(name=call.name), metadata=owner("mallory"))).state == State.STATE_CONNECTED
+    assert (
+        await stub.GetCall(svc.GetCallRequest(name=call.name), metadata=owner("mallory"))
+    ).state == State.STATE_CONNECTED
     assert await reserved(stub) == (1000, 0)
 
 
 async def test_stale_etag_is_aborted_and_changes_nothing(stub) -> None:
     call = await stub.CreateCall(make_request(qos(1000)))
     await stub.RenegotiateCall(svc.RenegotiateCallRequest(name=call.name, qos=qos(2000)))
-    error = await rpc_error(stub.RenegotiateCall(svc.RenegotiateCallRequest(name=call.name, qos=qos(3000), etag=call.etag)))
+    error = await rpc_error(
+        stub.RenegotiateCall(svc.RenegotiateCallRequest(name=call.name, qos=qos(3000), etag=call.etag))
+    )
     assert error.code() == grpc.StatusCode.ABORTED and reason(error) == "ETAG_MISMATCH"
     error = await rpc_error(stub.DropCall(svc.DropCallRequest(name=call.name, etag=call.etag)))
     assert error.code() == grpc.StatusCode.ABORTED
@@ -117,7 +122,9 @@ async def test_invalid_renegotiation_is_rejected_before_the_provider(stub) -> No
     bad = flowspec_pb2.QosSpec(sending=flow(rate=0), receiving=flow(ST.SERVICE_TYPE_NO_CHANGE))
     error = await rpc_error(stub.RenegotiateCall(svc.RenegotiateCallRequest(name=call.name, qos=bad)))
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert {v.field for v in details(error)["BadRequest"].field_violations} == {"qos.sending.token_rate_bytes_per_second"}
+    assert {v.field for v in details(error)["BadRequest"].field_violations} == {
+        "qos.sending.token_rate_bytes_per_second"
+    }
     assert (await stub.GetCall(svc.GetCallRequest(name=call.name))).etag == call.etag
 
 
@@ -154,7 +161,12 @@ async def test_repeated_renegotiation_request_id_applies_once(stub) -> None:
     stream = stub.WatchEvents(svc.WatchEventsRequest(after_sequence=0, call=call.name))
     seen = [(await stream.read()).event.type for _ in range(2)]
     stream.cancel()
-    assert seen == [event_pb2.QosEventType.QOS_EVENT_TYPE_QOS_GRANTED, event_pb2.QosEventType.QOS_EVENT_TYPE_QOS_CHANGED]
-    error = await rpc_error(stub.RenegotiateCall(svc.RenegotiateCallRequest(name=call.name, qos=qos(6000), request_id="reneg-1")))
+    assert seen == [
+        event_pb2.QosEventType.QOS_EVENT_TYPE_QOS_GRANTED,
+        event_pb2.QosEventType.QOS_EVENT_TYPE_QOS_CHANGED,
+    ]
+    error = await rpc_error(
+        stub.RenegotiateCall(svc.RenegotiateCallRequest(name=call.name, qos=qos(6000), request_id="reneg-1"))
+    )
     assert reason(error) == "REQUEST_ID_REUSED"
     assert (await stub.GetCall(svc.GetCallRequest(name=call.name))).granted_qos == first.granted_qos

@@ -22,7 +22,7 @@ def test_toml_then_env_then_flags(tmp_path: Path) -> None:
     toml = tmp_path / "callqos.toml"
     toml.write_text(
         'listen = "127.0.0.1:6000"\ndata_dir = "/from/toml"\nmax_watchers = 7\nlog_level = "debug"\n'
-        "[providers.reference]\nlinks = [{id = \"uplink\", capacity_bytes_per_second = 42}]\n"
+        '[providers.reference]\nlinks = [{id = "uplink", capacity_bytes_per_second = 42}]\n'
     )
     env = {"CALLQOS_LISTEN": "127.0.0.1:7000", "CALLQOS_MAX_WATCHERS": "9", "CALLQOS_TARGET": "ignored-client-setting"}
     config = load(toml, env=env, flags={"listen": "127.0.0.1:8000", "data_dir": None})
@@ -72,10 +72,22 @@ def test_example_config_is_the_embedded_defaults(tmp_path: Path) -> None:
     example = Path(__file__).resolve().parents[1] / "config" / "callqos.example.toml"
     config = load(example, env={})
     defaults = Config()
-    for field in ("listen", "data_dir", "storage", "default_provider", "provider_timeout_seconds",
-                  "event_retention_count", "event_retention_seconds", "max_message_bytes",
-                  "max_concurrent_streams", "max_watchers", "shutdown_grace_seconds", "reflection", "log_level",
-                  "metrics_listen"):
+    for field in (
+        "listen",
+        "data_dir",
+        "storage",
+        "default_provider",
+        "provider_timeout_seconds",
+        "event_retention_count",
+        "event_retention_seconds",
+        "max_message_bytes",
+        "max_concurrent_streams",
+        "max_watchers",
+        "shutdown_grace_seconds",
+        "reflection",
+        "log_level",
+        "metrics_listen",
+    ):
         assert getattr(config, field) == getattr(defaults, field), field
     assert set(config.providers) == set(defaults.providers)
     assert config.providers["reference"]["links"] == [DEFAULT_LINK]

@@ -28,7 +28,9 @@ from callqos.server.providers.base import AdmissionRequest, Decision, Grant
 from callqos.server.providers.reference import ReferenceProvider
 from callqos.server.telemetry import Telemetry
 from callqos.server.telemetry.semconv import Semconv
-from callqos.v1 import callqos_service_pb2 as svc, callqos_service_pb2_grpc as svc_grpc, event_pb2
+from callqos.v1 import callqos_service_pb2 as svc
+from callqos.v1 import callqos_service_pb2_grpc as svc_grpc
+from callqos.v1 import event_pb2
 
 SERVICE = "callqos.v1.CallQosService"
 LINK = "providers/reference/links/default"
@@ -118,7 +120,10 @@ async def test_make_call_span_tree(traced: Traced) -> None:
     assert server.kind is SpanKind.SERVER and server.parent is None
     assert server.status.status_code is StatusCode.UNSET
     assert {k: server.attributes[k] for k in ("rpc.system", "rpc.service", "rpc.method", "rpc.grpc.status_code")} == {
-        "rpc.system": "grpc", "rpc.service": SERVICE, "rpc.method": "CreateCall", "rpc.grpc.status_code": 0,
+        "rpc.system": "grpc",
+        "rpc.service": SERVICE,
+        "rpc.method": "CreateCall",
+        "rpc.grpc.status_code": 0,
     }
     assert server.attributes["net.peer.ip"] == "127.0.0.1"
     assert server.attributes["callqos.outcome"] == "granted"
@@ -177,7 +182,9 @@ async def test_renegotiate_span_tree(traced: Traced) -> None:
 
 async def test_refused_renegotiation_keeps_the_call_and_says_why(traced: Traced) -> None:
     call = await traced.stub.CreateCall(make_request(qos(100_000)))
-    error = await rpc_error(traced.stub.RenegotiateCall(svc.RenegotiateCallRequest(name=call.name, qos=qos(CAPACITY * 2))))
+    error = await rpc_error(
+        traced.stub.RenegotiateCall(svc.RenegotiateCallRequest(name=call.name, qos=qos(CAPACITY * 2)))
+    )
     assert reason(error) == "QOS_UNAVAILABLE"
     server = traced.rpc("RenegotiateCall")
     assert server.status.status_code is StatusCode.UNSET
@@ -193,7 +200,10 @@ async def test_failed_renegotiation_is_an_error_on_both_spans(traced: Traced) ->
     assert error.code() is grpc.StatusCode.UNAVAILABLE and reason(error) == "PROVIDER_UNAVAILABLE"
     server = traced.rpc("RenegotiateCall")
     assert server.status.status_code is StatusCode.ERROR
-    assert (server.attributes["callqos.outcome"], server.attributes["callqos.reason"]) == ("error", "PROVIDER_UNAVAILABLE")
+    assert (server.attributes["callqos.outcome"], server.attributes["callqos.reason"]) == (
+        "error",
+        "PROVIDER_UNAVAILABLE",
+    )
     renegotiate = next(s for s in traced.children(server) if s.name == "callqos.provider.renegotiate")
     assert renegotiate.status.status_code is StatusCode.ERROR
     assert renegotiate.status.description == "provider failing failed in renegotiate: RuntimeError"
@@ -250,7 +260,9 @@ async def test_each_event_carries_the_trace_id_of_its_operation(traced: Traced) 
     assert granted.trace_id != dropped.trace_id
 
 
-async def test_embedded_default_records_nothing_but_still_hands_out_trace_ids(config: Config, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_embedded_default_records_nothing_but_still_hands_out_trace_ids(
+    config: Config, monkeypatch: pytest.MonkeyPatch
+) -> None:
     for variable in ("OTEL_TRACES_EXPORTER", "OTEL_METRICS_EXPORTER", "OTEL_SDK_DISABLED"):
         monkeypatch.delenv(variable, raising=False)
     running = await app.start(config)
@@ -273,7 +285,9 @@ async def test_embedded_default_keeps_the_callers_trace_id(config: Config, monke
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
             stub = svc_grpc.CallQosServiceStub(channel)
-            await stub.CreateCall(make_request(qos(1000)), metadata=(("traceparent", f"00-{caller}-00f067aa0ba902b7-01"),))
+            await stub.CreateCall(
+                make_request(qos(1000)), metadata=(("traceparent", f"00-{caller}-00f067aa0ba902b7-01"),)
+            )
             (event,) = await collect(stub, 1, after_sequence=0)
         assert event.trace_id == caller
     finally:
@@ -310,16 +324,19 @@ async def test_events_of_the_restore_at_start_up_carry_the_trace_of_a_restore_sp
         "callqos.store.commit"
     ]
     assert [event.type for event in events] == [
-        event_pb2.QosEventType.QOS_EVENT_TYPE_NOQOS, event_pb2.QosEventType.QOS_EVENT_TYPE_CALL_DISCONNECTED
+        event_pb2.QosEventType.QOS_EVENT_TYPE_NOQOS,
+        event_pb2.QosEventType.QOS_EVENT_TYPE_CALL_DISCONNECTED,
     ]
     assert {event.trace_id for event in events} == {trace_id(restore)}
 
 
-async def test_events_of_the_restore_carry_a_trace_id_with_tracing_off(config: Config, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_events_of_the_restore_carry_a_trace_id_with_tracing_off(
+    config: Config, monkeypatch: pytest.MonkeyPatch
+) -> None:
     for variable in ("OTEL_TRACES_EXPORTER", "OTEL_METRICS_EXPORTER", "OTEL_SDK_DISABLED"):
         monkeypatch.delenv(variable, raising=False)
     events, _ = await _restart_onto_a_smaller_link(config, traced=False)
-    (trace_ids,) = {event.trace_id for event in events},
+    (trace_ids,) = ({event.trace_id for event in events},)
     assert len(trace_ids) == 1 and int(trace_ids.pop(), 16) != 0
 
 
@@ -366,7 +383,9 @@ async def test_stable_rpc_semconv_with_dup(config: Config) -> None:
         assert span.attributes["rpc.response.status_code"] == "NOT_FOUND"
         assert span.attributes["rpc.grpc.status_code"] == grpc.StatusCode.NOT_FOUND.value[0]
         assert span.attributes["network.peer.address"] == "127.0.0.1"
-        (new_point,) = [p for a, p in traced.metric("rpc.server.call.duration") if a["rpc.method"] == f"{SERVICE}/GetCall"]
+        (new_point,) = [
+            p for a, p in traced.metric("rpc.server.call.duration") if a["rpc.method"] == f"{SERVICE}/GetCall"
+        ]
         assert new_point.count == 1
         (old_point,) = [p for a, p in traced.metric("rpc.server.duration") if a["rpc.method"] == "GetCall"]
         assert old_point.count == 1
@@ -391,12 +410,15 @@ async def test_metric_values_after_a_known_sequence(traced: Traced) -> None:
     def values(name: str, *keys: str) -> dict[tuple[Any, ...], Any]:
         return {tuple(a.get(k) for k in keys): p.value for a, p in traced.metric(name)}
 
-    assert values("callqos.admissions", "callqos.provider", "callqos.service_type", "callqos.outcome", "callqos.reason") == {
+    assert values(
+        "callqos.admissions", "callqos.provider", "callqos.service_type", "callqos.outcome", "callqos.reason"
+    ) == {
         ("providers/reference", "CONTROLLED_LOAD", "granted", None): 2,
         ("providers/reference", "CONTROLLED_LOAD", "refused", "QOS_UNAVAILABLE"): 1,
     }
     assert values("callqos.renegotiations", "callqos.outcome", "callqos.reason") == {
-        ("granted", None): 1, ("refused", "QOS_UNAVAILABLE"): 1,
+        ("granted", None): 1,
+        ("refused", "QOS_UNAVAILABLE"): 1,
     }
     assert values("callqos.calls.active", "callqos.provider", "callqos.service_type") == {
         ("providers/reference", "CONTROLLED_LOAD"): 1,
@@ -404,13 +426,22 @@ async def test_metric_values_after_a_known_sequence(traced: Traced) -> None:
     other = "providers/failing/links/default"  # the second provider's link, unused
     assert values("callqos.link.capacity", "callqos.link") == {(LINK,): CAPACITY, (other,): CAPACITY}
     assert values("callqos.link.reserved", "callqos.link", "callqos.direction") == {
-        (LINK, "sending"): 150_000, (LINK, "receiving"): 0, (other, "sending"): 0, (other, "receiving"): 0,
+        (LINK, "sending"): 150_000,
+        (LINK, "receiving"): 0,
+        (other, "sending"): 0,
+        (other, "receiving"): 0,
     }
     assert values("callqos.watch.streams") == {(): 1}
     durations = {(a["rpc.method"], a["rpc.grpc.status_code"]): p.count for a, p in traced.metric("rpc.server.duration")}
-    assert durations[("CreateCall", 0)] == 2 and durations[("CreateCall", grpc.StatusCode.RESOURCE_EXHAUSTED.value[0])] == 1
+    assert (
+        durations[("CreateCall", 0)] == 2
+        and durations[("CreateCall", grpc.StatusCode.RESOURCE_EXHAUSTED.value[0])] == 1
+    )
     assert durations[("RenegotiateCall", 0)] == 1 and durations[("DropCall", 0)] == 1
-    provider_calls = {(a["callqos.provider.operation"], a["callqos.outcome"]): p.count for a, p in traced.metric("callqos.provider.duration")}
+    provider_calls = {
+        (a["callqos.provider.operation"], a["callqos.outcome"]): p.count
+        for a, p in traced.metric("callqos.provider.duration")
+    }
     assert provider_calls[("admit", "granted")] == 2 and provider_calls[("admit", "refused")] == 1
     assert provider_calls[("renegotiate", "refused")] == 1 and provider_calls[("release", "ok")] == 1
     watch.cancel()

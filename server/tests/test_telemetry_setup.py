@@ -77,8 +77,11 @@ def test_otlp_defaults_to_grpc_and_per_signal_protocol_wins() -> None:
     finally:
         telemetry.shutdown()
     telemetry = from_environment(
-        env={"OTEL_TRACES_EXPORTER": "otlp", "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc",
-             "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL": "http/protobuf"}
+        env={
+            "OTEL_TRACES_EXPORTER": "otlp",
+            "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc",
+            "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL": "http/protobuf",
+        }
     )
     try:
         (otlp,) = processors(telemetry)
@@ -142,13 +145,13 @@ async def test_prometheus_endpoint_serves_the_service_metrics(config: Config) ->
     lines = text.splitlines()
 
     def sample(prefix: str, *labels: str) -> float:
-        (line,) = [l for l in lines if l.startswith(prefix + "{") and all(x in l for x in labels)]
+        (line,) = [ln for ln in lines if ln.startswith(prefix + "{") and all(x in ln for x in labels)]
         return float(line.rsplit(" ", 1)[1])
 
     assert sample("callqos_admissions_total", 'callqos_outcome="granted"') == 1
     assert sample("callqos_admissions_total", 'callqos_outcome="refused"', 'callqos_reason="QOS_UNAVAILABLE"') == 1
     assert sample("callqos_link_reserved_bytes_per_second", 'callqos_direction="sending"') == 100_000
     assert sample("callqos_calls_active", 'callqos_service_type="CONTROLLED_LOAD"') == 1
-    assert any(l.startswith("rpc_server_duration_milliseconds_count{") for l in lines)
+    assert any(ln.startswith("rpc_server_duration_milliseconds_count{") for ln in lines)
     with pytest.raises(OSError):  # closed with the server
         await asyncio.to_thread(_scrape, port)

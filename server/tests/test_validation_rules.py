@@ -7,7 +7,8 @@ import grpc
 import pytest
 from server_testkit import ST, flow, make_request, qos, reason, reserved, rpc_error, violated_fields
 
-from callqos.v1 import call_pb2, callqos_service_pb2 as svc, flowspec_pb2
+from callqos.v1 import call_pb2, flowspec_pb2
+from callqos.v1 import callqos_service_pb2 as svc
 
 CL = ST.SERVICE_TYPE_CONTROLLED_LOAD
 BE = ST.SERVICE_TYPE_BEST_EFFORT
@@ -37,13 +38,16 @@ CASES = {
         {"call.requested_qos.sending.minimum_policed_size_bytes"},
     ),
     "minimum policed 0": (
-        spec(flow(CL, 1000, minimum_policed_size_bytes=0)), {"call.requested_qos.sending.minimum_policed_size_bytes"}
+        spec(flow(CL, 1000, minimum_policed_size_bytes=0)),
+        {"call.requested_qos.sending.minimum_policed_size_bytes"},
     ),
     "max sdu above the provider's MTU": (
-        spec(flow(CL, 1000, max_sdu_size_bytes=9000)), {"call.requested_qos.sending.max_sdu_size_bytes"}
+        spec(flow(CL, 1000, max_sdu_size_bytes=9000)),
+        {"call.requested_qos.sending.max_sdu_size_bytes"},
     ),
     "raw QOS_NOT_SPECIFIED sentinel": (
-        spec(flow(CL, 1000, latency_microseconds=0xFFFFFFFF)), {"call.requested_qos.sending.latency_microseconds"}
+        spec(flow(CL, 1000, latency_microseconds=0xFFFFFFFF)),
+        {"call.requested_qos.sending.latency_microseconds"},
     ),
     "raw POSITIVE_INFINITY_RATE sentinel": (
         spec(flow(CL, 1000, peak_bandwidth_bytes_per_second=0xFFFFFFFE)),
@@ -52,15 +56,21 @@ CASES = {
     "service type unspecified": (spec(flow(ST.SERVICE_TYPE_UNSPECIFIED)), {"call.requested_qos.sending.service_type"}),
     "unknown service type number": (spec(flow(77)), {"call.requested_qos.sending.service_type"}),
     "NETWORK_UNAVAILABLE is a notification": (
-        spec(flow(BE), flow(ST.SERVICE_TYPE_NETWORK_UNAVAILABLE)), {"call.requested_qos.receiving.service_type"}
+        spec(flow(BE), flow(ST.SERVICE_TYPE_NETWORK_UNAVAILABLE)),
+        {"call.requested_qos.receiving.service_type"},
     ),
     "GENERAL_INFORMATION is a notification": (
-        spec(flow(ST.SERVICE_TYPE_GENERAL_INFORMATION)), {"call.requested_qos.sending.service_type"}
+        spec(flow(ST.SERVICE_TYPE_GENERAL_INFORMATION)),
+        {"call.requested_qos.sending.service_type"},
     ),
-    "NONCONFORMING is a notification": (spec(flow(ST.SERVICE_TYPE_NONCONFORMING)), {"call.requested_qos.sending.service_type"}),
+    "NONCONFORMING is a notification": (
+        spec(flow(ST.SERVICE_TYPE_NONCONFORMING)),
+        {"call.requested_qos.sending.service_type"},
+    ),
     "NO_CHANGE when creating": (spec(flow(ST.SERVICE_TYPE_NO_CHANGE)), {"call.requested_qos.sending.service_type"}),
     "oversized provider_specific": (
-        spec(flow(CL, 1000), provider_specific=b"x" * 4097), {"call.requested_qos.provider_specific"}
+        spec(flow(CL, 1000), provider_specific=b"x" * 4097),
+        {"call.requested_qos.provider_specific"},
     ),
     "two bad fields at once": (
         spec(flow(CL, 0), flow(ST.SERVICE_TYPE_NONCONFORMING)),
@@ -154,7 +164,9 @@ async def test_bad_principal_header_is_rejected(stub) -> None:
     ("method", "streaming"),
     [("CreateCall", False), ("RenegotiateCall", False), ("ListCalls", False), ("WatchEvents", True)],
 )
-async def test_corrupt_request_bytes_are_invalid_argument_not_unknown(channel, stub, method: str, streaming: bool) -> None:
+async def test_corrupt_request_bytes_are_invalid_argument_not_unknown(
+    channel, stub, method: str, streaming: bool
+) -> None:
     path = f"/callqos.v1.CallQosService/{method}"
     call = channel.unary_stream(path) if streaming else channel.unary_unary(path)
     garbage = b"\xff\xff\xff\x0f not protobuf"

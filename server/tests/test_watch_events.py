@@ -9,7 +9,9 @@ from server_testkit import CAPACITY, Level, make_request, qos, reason, rpc_error
 
 from callqos.server import app
 from callqos.server.config import Config
-from callqos.v1 import call_pb2, callqos_service_pb2 as svc, callqos_service_pb2_grpc as svc_grpc, event_pb2
+from callqos.v1 import call_pb2, event_pb2
+from callqos.v1 import callqos_service_pb2 as svc
+from callqos.v1 import callqos_service_pb2_grpc as svc_grpc
 
 T = event_pb2.QosEventType
 
@@ -33,7 +35,11 @@ async def test_each_operation_emits_its_events_in_order(stub) -> None:
     changed = await stub.RenegotiateCall(svc.RenegotiateCallRequest(name=call.name, qos=qos(200_000)))
     await stub.DropCall(svc.DropCallRequest(name=call.name))
     events = await collect(stub, 3, after_sequence=0)
-    assert [e.type for e in events] == [T.QOS_EVENT_TYPE_QOS_GRANTED, T.QOS_EVENT_TYPE_QOS_CHANGED, T.QOS_EVENT_TYPE_CALL_DISCONNECTED]
+    assert [e.type for e in events] == [
+        T.QOS_EVENT_TYPE_QOS_GRANTED,
+        T.QOS_EVENT_TYPE_QOS_CHANGED,
+        T.QOS_EVENT_TYPE_CALL_DISCONNECTED,
+    ]
     assert [e.sequence for e in events] == [1, 2, 3]
     granted, change, gone = events
     assert granted.current_qos == call.granted_qos and not granted.HasField("previous_qos")
@@ -89,7 +95,9 @@ async def test_cursor_beyond_the_newest_event_is_out_of_range(stub) -> None:
 
 
 async def test_cursor_older_than_retention_is_out_of_range_not_a_gap(tmp_path) -> None:
-    running = await app.start(Config(listen="127.0.0.1:0", storage="memory", data_dir=tmp_path, event_retention_count=3))
+    running = await app.start(
+        Config(listen="127.0.0.1:0", storage="memory", data_dir=tmp_path, event_retention_count=3)
+    )
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
             stub = svc_grpc.CallQosServiceStub(channel)
@@ -125,7 +133,9 @@ async def test_provider_initiated_capacity_loss_degrades_or_drops_with_events(st
     flexible = await stub.CreateCall(make_request(qos(500_000), level=Level.SERVICE_LEVEL_IF_AVAILABLE))
     newest = await stub.CreateCall(make_request(qos(200_000)))
     start = (await collect(stub, 3, after_sequence=0))[-1].sequence
-    link = await stub.UpdateLink(svc.UpdateLinkRequest(link={"name": "providers/reference/links/default", "capacity_bytes_per_second": 800_000}))
+    link = await stub.UpdateLink(
+        svc.UpdateLinkRequest(link={"name": "providers/reference/links/default", "capacity_bytes_per_second": 800_000})
+    )
     assert link.capacity_bytes_per_second == 800_000
     # Newest first: `newest` (NEEDED) is dropped, `flexible` (IF_AVAILABLE) degraded to what fits.
     events = await collect(stub, 3, after_sequence=start)
@@ -148,13 +158,25 @@ async def test_provider_initiated_capacity_loss_degrades_or_drops_with_events(st
 
 
 async def test_update_link_rejects_unknown_links_and_fields(stub) -> None:
-    error = await rpc_error(stub.UpdateLink(svc.UpdateLinkRequest(link={"name": "providers/reference/links/nope", "capacity_bytes_per_second": 1})))
+    error = await rpc_error(
+        stub.UpdateLink(
+            svc.UpdateLinkRequest(link={"name": "providers/reference/links/nope", "capacity_bytes_per_second": 1})
+        )
+    )
     assert error.code() == grpc.StatusCode.NOT_FOUND and reason(error) == "LINK_NOT_FOUND"
-    error = await rpc_error(stub.UpdateLink(svc.UpdateLinkRequest(link={"name": "providers/reference/links/default"}, update_mask={"paths": ["mtu_bytes"]})))
+    error = await rpc_error(
+        stub.UpdateLink(
+            svc.UpdateLinkRequest(
+                link={"name": "providers/reference/links/default"}, update_mask={"paths": ["mtu_bytes"]}
+            )
+        )
+    )
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
     error = await rpc_error(stub.ListLinks(svc.ListLinksRequest(parent="providers/no-qos")))
     assert error.code() == grpc.StatusCode.UNIMPLEMENTED and reason(error) == "LINK_ADMIN_UNSUPPORTED"
-    assert (await stub.ListLinks(svc.ListLinksRequest(parent="providers/reference"))).links[0].capacity_bytes_per_second == CAPACITY
+    assert (await stub.ListLinks(svc.ListLinksRequest(parent="providers/reference"))).links[
+        0
+    ].capacity_bytes_per_second == CAPACITY
 
 
 async def test_watch_from_now_tells_where_it_starts(stub) -> None:

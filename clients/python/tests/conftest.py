@@ -28,9 +28,7 @@ DEFAULT_LINK = "providers/reference/links/default"
 class ServerProcess:
     """One ``python -m callqos.server`` subprocess; can be stopped, killed and restarted."""
 
-    def __init__(
-        self, workdir: Path, *, data_dir: Path | None = None, extra: list[str] | None = None
-    ):
+    def __init__(self, workdir: Path, *, data_dir: Path | None = None, extra: list[str] | None = None):
         self.workdir = workdir
         self.data_dir = data_dir
         self.extra = list(extra or [])
@@ -63,7 +61,7 @@ class ServerProcess:
             command += ["--data-dir", str(self.data_dir)]
         command += self.extra
         self._starts += 1
-        log = open(self.log_path, "ab")
+        log = open(self.log_path, "ab")  # noqa: SIM115 -- the child process holds it
         log.write(f"--- start #{self._starts}: {' '.join(command)}\n".encode())
         log.flush()
         self.process = subprocess.Popen(
@@ -80,9 +78,7 @@ class ServerProcess:
                 return
             time.sleep(0.05)
         self.kill()
-        raise RuntimeError(
-            f"server did not write its port within {STARTUP_TIMEOUT}s:\n{self.log()}"
-        )
+        raise RuntimeError(f"server did not write its port within {STARTUP_TIMEOUT}s:\n{self.log()}")
 
     def stop(self, timeout: float = 20.0) -> int:
         """SIGTERM (graceful shutdown) and wait."""

@@ -22,9 +22,7 @@ async def test_async_make_renegotiate_list_drop(server) -> None:  # type: ignore
         call = await client.make_call("sip:async@example.com", sending=controlled_load(5_000))
         assert call.owner == "carol" and call.state == call_pb2.Call.STATE_CONNECTED
         assert (await client.get_call(call.name)) == call
-        changed = await client.renegotiate(
-            call.name, sending=controlled_load(6_000), etag=call.etag
-        )
+        changed = await client.renegotiate(call.name, sending=controlled_load(6_000), etag=call.etag)
         assert changed.granted_qos.sending.token_rate_bytes_per_second == 6_000
         names = [c.name async for c in client.list_calls(state="connected", page_size=1)]
         assert call.name in names and len(names) == len(set(names))

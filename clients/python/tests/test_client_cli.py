@@ -30,9 +30,7 @@ def _env(**extra: str) -> dict[str, str]:
 
 @pytest.fixture
 def cli(server) -> Callable[..., subprocess.CompletedProcess[str]]:  # type: ignore[no-untyped-def]
-    def run(
-        *args: str, principal: str = "erin", check: bool = True
-    ) -> subprocess.CompletedProcess[str]:
+    def run(*args: str, principal: str = "erin", check: bool = True) -> subprocess.CompletedProcess[str]:
         result = subprocess.run(
             [sys.executable, "-m", "callqos.cli", *args],
             capture_output=True,
@@ -41,9 +39,7 @@ def cli(server) -> Callable[..., subprocess.CompletedProcess[str]]:  # type: ign
             env=_env(CALLQOS_TARGET=server.target, CALLQOS_PRINCIPAL=principal),
         )
         if check and result.returncode != 0:
-            raise AssertionError(
-                f"exit {result.returncode}\nstdout: {result.stdout}\nstderr: {result.stderr}"
-            )
+            raise AssertionError(f"exit {result.returncode}\nstdout: {result.stdout}\nstderr: {result.stderr}")
         return result
 
     return run
@@ -104,9 +100,7 @@ def test_make_get_list_renegotiate_drop_json(
 
 
 def test_text_output(cli: Callable[..., subprocess.CompletedProcess[str]]) -> None:
-    made = cli(
-        "make", "sip:text@example.com", "--send-type", "controlled-load", "--send-rate", "1000"
-    ).stdout
+    made = cli("make", "sip:text@example.com", "--send-type", "controlled-load", "--send-rate", "1000").stdout
     name = made.split()[0]
     assert name.startswith("calls/") and "connected" in made
     assert "controlled-load rate=1,000B/s" in made
@@ -148,11 +142,7 @@ def test_refusal_prints_counter_offer_and_exits_nonzero(
     error = _json(as_json.stderr)["error"]
     assert error["code"] == "RESOURCE_EXHAUSTED" and error["reason"] == "QOS_UNAVAILABLE"
     # The counter-offer, fed back in, is admitted.
-    made = _json(
-        cli(
-            "make", "sip:big@example.com", "--json", "--qos", json.dumps(error["counterOffer"])
-        ).stdout
-    )
+    made = _json(cli("make", "sip:big@example.com", "--json", "--qos", json.dumps(error["counterOffer"])).stdout)
     assert made["state"] == "STATE_CONNECTED"
     cli("drop", made["name"])
 
@@ -193,9 +183,7 @@ def test_watch_replays_after_cursor_as_json_lines(
 ) -> None:
     first = _json(cli("make", "sip:w1@example.com", "--json").stdout)
     second = _json(cli("make", "sip:w2@example.com", "--json").stdout)
-    events = _lines(
-        cli("watch", "--json", "--after", "0", "--call", second["name"], "--count", "1").stdout
-    )
+    events = _lines(cli("watch", "--json", "--after", "0", "--call", second["name"], "--count", "1").stdout)
     assert len(events) == 1 and events[0]["call"] == second["name"]
     cursor = int(events[0]["sequence"]) - 1
     replay = _lines(cli("watch", "--json", "--after", str(cursor), "--count", "1").stdout)

@@ -55,9 +55,7 @@ def test_flowspec_helpers_keep_not_specified_distinct_from_zero() -> None:
     assert not spec.HasField("token_bucket_size_bytes")
     assert spec.peak_bandwidth_unbounded and not spec.HasField("peak_bandwidth_bytes_per_second")
     assert specs.parse_service_type("controlled-load") == flowspec_pb2.SERVICE_TYPE_CONTROLLED_LOAD
-    assert (
-        specs.parse_service_type("SERVICE_TYPE_NO_TRAFFIC") == flowspec_pb2.SERVICE_TYPE_NO_TRAFFIC
-    )
+    assert specs.parse_service_type("SERVICE_TYPE_NO_TRAFFIC") == flowspec_pb2.SERVICE_TYPE_NO_TRAFFIC
     with pytest.raises(ValueError, match="controlled-load"):
         specs.parse_service_type("controled-load")
 

@@ -51,9 +51,7 @@ class FakeRpcError(grpc.RpcError):
         return (("grpc-status-details-bin", self._status.SerializeToString()),)
 
 
-def _status(
-    code: grpc.StatusCode, reason: str, *extra: object, domain: str = "callqos.dev"
-) -> status_pb2.Status:
+def _status(code: grpc.StatusCode, reason: str, *extra: object, domain: str = "callqos.dev") -> status_pb2.Status:
     details = []
     for message in (
         error_details_pb2.ErrorInfo(reason=reason, domain=domain, metadata={"call": "calls/x"}),
@@ -93,9 +91,7 @@ def test_every_reason_in_errors_proto_has_its_own_class(reason: str, code_name: 
 def test_refusal_details_are_unpacked() -> None:
     offer = qos(controlled_load(400_000), best_effort())
     refusal = call_pb2.QosRefusal(call="calls/x", counter_offer=offer, detail="link full")
-    exc = errors.from_grpc_error(
-        FakeRpcError(_status(grpc.StatusCode.RESOURCE_EXHAUSTED, "QOS_UNAVAILABLE", refusal))
-    )
+    exc = errors.from_grpc_error(FakeRpcError(_status(grpc.StatusCode.RESOURCE_EXHAUSTED, "QOS_UNAVAILABLE", refusal)))
     assert type(exc) is QosUnavailableError
     assert isinstance(exc, QosRefusedError) and isinstance(exc, errors.ResourceExhaustedError)
     assert exc.code == grpc.StatusCode.RESOURCE_EXHAUSTED
@@ -111,9 +107,7 @@ def test_refusal_details_are_unpacked() -> None:
 
 
 def test_unknown_reason_and_foreign_domain_fall_back_by_code() -> None:
-    unknown = errors.from_grpc_error(
-        FakeRpcError(_status(grpc.StatusCode.NOT_FOUND, "SOMETHING_NEW"))
-    )
+    unknown = errors.from_grpc_error(FakeRpcError(_status(grpc.StatusCode.NOT_FOUND, "SOMETHING_NEW")))
     assert type(unknown) is NotFoundError and unknown.reason == "SOMETHING_NEW"
     foreign = errors.from_grpc_error(
         FakeRpcError(_status(grpc.StatusCode.NOT_FOUND, "CALL_NOT_FOUND", domain="example.com"))
@@ -123,15 +117,9 @@ def test_unknown_reason_and_foreign_domain_fall_back_by_code() -> None:
 
 def test_bad_request_field_violations() -> None:
     bad = error_details_pb2.BadRequest(
-        field_violations=[
-            error_details_pb2.BadRequest.FieldViolation(
-                field="call.destination", description="empty"
-            )
-        ]
+        field_violations=[error_details_pb2.BadRequest.FieldViolation(field="call.destination", description="empty")]
     )
-    exc = errors.from_grpc_error(
-        FakeRpcError(_status(grpc.StatusCode.INVALID_ARGUMENT, "INVALID_REQUEST", bad))
-    )
+    exc = errors.from_grpc_error(FakeRpcError(_status(grpc.StatusCode.INVALID_ARGUMENT, "INVALID_REQUEST", bad)))
     assert type(exc) is InvalidRequestError
     assert exc.bad_fields == ["call.destination"]
 
@@ -161,9 +149,7 @@ def test_refusal_exposes_counter_offer_and_retrying_with_it_succeeds(
 ) -> None:
     free = free_sending(client)
     with pytest.raises(QosUnavailableError) as refused:
-        client.make_call(
-            "sip:too-much@example.com", sending=controlled_load(free + 100_000), level="needed"
-        )
+        client.make_call("sip:too-much@example.com", sending=controlled_load(free + 100_000), level="needed")
     exc = refused.value
     assert exc.code == grpc.StatusCode.RESOURCE_EXHAUSTED and exc.reason == "QOS_UNAVAILABLE"
     assert exc.domain == "callqos.dev"
@@ -180,10 +166,7 @@ def test_refusal_exposes_counter_offer_and_retrying_with_it_succeeds(
     call = client.make_call("sip:too-much@example.com", qos=offer, level="needed")
     try:
         assert call.state == call_pb2.Call.STATE_CONNECTED
-        assert (
-            call.granted_qos.sending.token_rate_bytes_per_second
-            == offer.sending.token_rate_bytes_per_second
-        )
+        assert call.granted_qos.sending.token_rate_bytes_per_second == offer.sending.token_rate_bytes_per_second
     finally:
         client.drop(call.name)
 

@@ -62,10 +62,7 @@ def test_make_get_list_drop(client: Client) -> None:
 
 
 def test_list_calls_iterates_every_page(client: Client) -> None:
-    mine = [
-        client.make_call(f"sip:page{i}@example.com", call_id=f"page-{uuid.uuid4().hex[:12]}")
-        for i in range(7)
-    ]
+    mine = [client.make_call(f"sip:page{i}@example.com", call_id=f"page-{uuid.uuid4().hex[:12]}") for i in range(7)]
     try:
         paged = [c.name for c in client.list_calls(page_size=2)]
         whole = [c.name for c in client.list_calls(page_size=500)]
@@ -84,26 +81,20 @@ def test_list_calls_iterates_every_page(client: Client) -> None:
 
 
 def test_renegotiate_up_down_and_no_change(client: Client) -> None:
-    call = client.make_call(
-        "sip:reneg@example.com", sending=controlled_load(10_000), receiving=controlled_load(5_000)
-    )
+    call = client.make_call("sip:reneg@example.com", sending=controlled_load(10_000), receiving=controlled_load(5_000))
     try:
         up = client.renegotiate(call.name, sending=controlled_load(20_000))
         assert up.granted_qos.sending.token_rate_bytes_per_second == 20_000
         # The direction left out was NO_CHANGE: kept byte for byte.
         assert _bytes(qos(up.granted_qos.receiving)) == _bytes(qos(call.granted_qos.receiving))
-        down = client.renegotiate(
-            call.name, sending=controlled_load(1_000), receiving=best_effort()
-        )
+        down = client.renegotiate(call.name, sending=controlled_load(1_000), receiving=best_effort())
         assert down.granted_qos.sending.token_rate_bytes_per_second == 1_000
         assert down.granted_qos.receiving.service_type == flowspec_pb2.SERVICE_TYPE_BEST_EFFORT
     finally:
         client.drop(call.name)
 
 
-def test_refused_renegotiation_keeps_qos_byte_identical(
-    client: Client, free_sending: Callable[[Client], int]
-) -> None:
+def test_refused_renegotiation_keeps_qos_byte_identical(client: Client, free_sending: Callable[[Client], int]) -> None:
     call = client.make_call("sip:keep@example.com", sending=controlled_load(10_000))
     try:
         before = client.get_call(call.name)
@@ -117,39 +108,26 @@ def test_refused_renegotiation_keeps_qos_byte_identical(
         offer = refused.value.counter_offer
         assert offer is not None
         retried = client.renegotiate(call.name, qos=offer)
-        assert (
-            retried.granted_qos.sending.token_rate_bytes_per_second
-            == offer.sending.token_rate_bytes_per_second
-        )
+        assert retried.granted_qos.sending.token_rate_bytes_per_second == offer.sending.token_rate_bytes_per_second
     finally:
         client.drop(call.name)
 
 
-def test_same_request_id_returns_the_same_call(
-    client: Client, free_sending: Callable[[Client], int]
-) -> None:
+def test_same_request_id_returns_the_same_call(client: Client, free_sending: Callable[[Client], int]) -> None:
     request_id = str(uuid.uuid4())
     free = free_sending(client)
-    first = client.make_call(
-        "sip:idem@example.com", sending=controlled_load(50_000), request_id=request_id
-    )
+    first = client.make_call("sip:idem@example.com", sending=controlled_load(50_000), request_id=request_id)
     try:
-        again = client.make_call(
-            "sip:idem@example.com", sending=controlled_load(50_000), request_id=request_id
-        )
+        again = client.make_call("sip:idem@example.com", sending=controlled_load(50_000), request_id=request_id)
         assert again.name == first.name
         assert free_sending(client) == free - 50_000
     finally:
         client.drop(first.name)
 
 
-def test_if_available_connects_with_what_is_free(
-    client: Client, free_sending: Callable[[Client], int]
-) -> None:
+def test_if_available_connects_with_what_is_free(client: Client, free_sending: Callable[[Client], int]) -> None:
     free = free_sending(client)
-    call = client.make_call(
-        "sip:partial@example.com", sending=controlled_load(free + 100_000), level="if-available"
-    )
+    call = client.make_call("sip:partial@example.com", sending=controlled_load(free + 100_000), level="if-available")
     try:
         assert call.state == call_pb2.Call.STATE_CONNECTED
         assert (
@@ -163,9 +141,7 @@ def test_if_available_connects_with_what_is_free(
 def test_update_link_capacity(server_factory) -> None:  # type: ignore[no-untyped-def]
     server = server_factory()
     with Client(server.target, principal="admin") as admin:
-        call = admin.make_call(
-            "sip:shrink@example.com", sending=controlled_load(600_000), level="if-available"
-        )
+        call = admin.make_call("sip:shrink@example.com", sending=controlled_load(600_000), level="if-available")
         link = admin.update_link_capacity("providers/reference/links/default", 300_000)
         assert link.capacity_bytes_per_second == 300_000
         assert link.sending_reserved_bytes_per_second <= 300_000

@@ -42,12 +42,10 @@ class Collector:
         try:
             for event in self.stream:
                 self.events.append(event)
-        except BaseException as exc:  # noqa: BLE001 - reported by wait_for
+        except BaseException as exc:
             self.error = exc
 
-    def wait_for(
-        self, predicate: Callable[[list[event_pb2.QosEvent]], bool], timeout: float = 30.0
-    ) -> None:
+    def wait_for(self, predicate: Callable[[list[event_pb2.QosEvent]], bool], timeout: float = 30.0) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.error is not None:
@@ -55,9 +53,7 @@ class Collector:
             if predicate(self.events):
                 return
             time.sleep(0.05)
-        raise AssertionError(
-            f"timed out; got {[(e.sequence, e.type, e.call) for e in self.events]}"
-        )
+        raise AssertionError(f"timed out; got {[(e.sequence, e.type, e.call) for e in self.events]}")
 
     def close(self) -> None:
         self.stream.close()
@@ -80,9 +76,7 @@ def _read_all(target: str, after: int, until: int) -> list[event_pb2.QosEvent]:
         return [e for e in collector.events if e.sequence <= until]
 
 
-def _assert_gapless_and_unique(
-    events: list[event_pb2.QosEvent], reference: list[event_pb2.QosEvent]
-) -> None:
+def _assert_gapless_and_unique(events: list[event_pb2.QosEvent], reference: list[event_pb2.QosEvent]) -> None:
     sequences = [e.sequence for e in events]
     assert sequences == sorted(set(sequences)), f"duplicate or out of order: {sequences}"
     assert sequences == [e.sequence for e in reference], "an event was lost"
@@ -96,18 +90,12 @@ def test_resume_from_a_cursor_continues_exactly(client: Client, server) -> None:
     try:
         # A "new events only" watch has no cursor until its first event: make one first.
         time.sleep(0.3)
-        calls = [
-            client.make_call(f"sip:w{i}@example.com", sending=controlled_load(1_000))
-            for i in range(3)
-        ]
+        calls = [client.make_call(f"sip:w{i}@example.com", sending=controlled_load(1_000)) for i in range(3)]
         collector.wait_for(lambda evs: {c.name for c in calls} <= _calls_seen(evs))
         for call in calls:
             client.drop(call.name)
         collector.wait_for(
-            lambda evs: (
-                sum(e.type == CALL_DISCONNECTED and e.call in {c.name for c in calls} for e in evs)
-                == 3
-            )
+            lambda evs: sum(e.type == CALL_DISCONNECTED and e.call in {c.name for c in calls} for e in evs) == 3
         )
     finally:
         collector.close()
@@ -141,21 +129,13 @@ def test_non_retryable_watch_error_is_raised(client: Client) -> None:
 def test_watch_survives_sigkill_and_restart_without_loss_or_duplicates(server_factory) -> None:  # type: ignore[no-untyped-def]
     server = server_factory(sqlite=True)
     with Client(server.target, principal="alice") as client:
-        collector = Collector(
-            client.watch(0, resume=ResumePolicy(max_backoff=0.5, give_up_after=60))
-        )
+        collector = Collector(client.watch(0, resume=ResumePolicy(max_backoff=0.5, give_up_after=60)))
         try:
-            before = [
-                client.make_call(f"sip:k{i}@example.com", sending=controlled_load(1_000))
-                for i in range(3)
-            ]
+            before = [client.make_call(f"sip:k{i}@example.com", sending=controlled_load(1_000)) for i in range(3)]
             collector.wait_for(lambda evs: {c.name for c in before} <= _calls_seen(evs))
             server.kill()
             server.start()  # same port, same data dir
-            after = [
-                client.make_call(f"sip:r{i}@example.com", sending=controlled_load(1_000))
-                for i in range(3)
-            ]
+            after = [client.make_call(f"sip:r{i}@example.com", sending=controlled_load(1_000)) for i in range(3)]
             client.drop(before[0].name)
             collector.wait_for(
                 lambda evs: (

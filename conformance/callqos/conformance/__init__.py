@@ -15,4 +15,4 @@ SPEC_VERSION = "callqos.v1"
 
 from callqos.conformance.runner import RunOptions, run_conformance  # noqa: E402
 
-__all__ = ["SUITE_VERSION", "SPEC_VERSION", "RunOptions", "run_conformance"]
+__all__ = ["SPEC_VERSION", "SUITE_VERSION", "RunOptions", "run_conformance"]

@@ -27,9 +27,12 @@ def _ids(values: list[str]) -> tuple[str, ...]:
 
 
 def list_checks(profiles: tuple[str, ...]) -> str:
-    rows = [f"{c.id:14} {c.level.value:6} {c.profile:15} {c.title}\n{'':37}ref: {c.reference}"
-            + (f"\n{'':37}needs: {', '.join(c.needs)}" if c.needs else "")
-            for c in all_checks() if not profiles or c.profile in profiles]
+    rows = [
+        f"{c.id:14} {c.level.value:6} {c.profile:15} {c.title}\n{'':37}ref: {c.reference}"
+        + (f"\n{'':37}needs: {', '.join(c.needs)}" if c.needs else "")
+        for c in all_checks()
+        if not profiles or c.profile in profiles
+    ]
     return "\n".join(rows) + f"\n{len(rows)} checks (suite {SUITE_VERSION}, spec {SPEC_VERSION})"
 
 
@@ -42,12 +45,26 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--target-provider", help="providers/{id} to certify on --target (default: the server's default)")
     p.add_argument("--provider-settings", type=Path, help="TOML file: the provider's settings table (for --provider)")
     p.add_argument("--parameters", type=Path, help="TOML test parameters (feasible/infeasible flowspecs, capacity)")
-    p.add_argument("--profile", action="append", default=[], choices=PROFILES, help="run only this profile (repeatable)")
-    p.add_argument("--check", action="append", default=[], help="run only these check ids or id prefixes (comma-separated, repeatable)")
-    p.add_argument("--known-failing", action="append", default=[], help="check ids expected to fail (comma-separated or @file); an unexpected pass fails the run")
+    p.add_argument(
+        "--profile", action="append", default=[], choices=PROFILES, help="run only this profile (repeatable)"
+    )
+    p.add_argument(
+        "--check",
+        action="append",
+        default=[],
+        help="run only these check ids or id prefixes (comma-separated, repeatable)",
+    )
+    p.add_argument(
+        "--known-failing",
+        action="append",
+        default=[],
+        help="check ids expected to fail (comma-separated or @file); an unexpected pass fails the run",
+    )
     p.add_argument("--seed", type=int, help="seed for check order and generated values")
     p.add_argument("--timeout-scale", type=float, default=1.0, help="multiply every deadline (slow providers)")
-    p.add_argument("--provider-timeout", type=float, default=2.0, help="server-side provider deadline for --provider, seconds")
+    p.add_argument(
+        "--provider-timeout", type=float, default=2.0, help="server-side provider deadline for --provider, seconds"
+    )
     p.add_argument("--output-dir", type=Path, help="write summary.txt, junit.xml, report.json, report.md here")
     return p
 
@@ -63,12 +80,22 @@ def main(argv: list[str] | None = None) -> int:
     if args.timeout_scale <= 0:
         print("--timeout-scale must be positive", file=sys.stderr)
         return 2
-    report = run_conformance(RunOptions(
-        target=args.target, provider=args.provider, target_provider=args.target_provider, provider_settings=settings,
-        parameters_file=args.parameters, profiles=tuple(args.profile), checks=_ids(args.check),
-        known_failing=_ids(args.known_failing), seed=args.seed, timeout_scale=args.timeout_scale,
-        output_dir=args.output_dir, provider_timeout=args.provider_timeout,
-    ))
+    report = run_conformance(
+        RunOptions(
+            target=args.target,
+            provider=args.provider,
+            target_provider=args.target_provider,
+            provider_settings=settings,
+            parameters_file=args.parameters,
+            profiles=tuple(args.profile),
+            checks=_ids(args.check),
+            known_failing=_ids(args.known_failing),
+            seed=args.seed,
+            timeout_scale=args.timeout_scale,
+            output_dir=args.output_dir,
+            provider_timeout=args.provider_timeout,
+        )
+    )
     print(console(report))
     return report.exit_code
 

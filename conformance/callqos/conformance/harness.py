@@ -19,11 +19,15 @@ from callqos.conformance.model import CheckFailed, CheckSkipped, TargetTimeout
 from callqos.conformance.params import Parameters
 from callqos.v1 import (
     call_pb2,
-    callqos_service_pb2 as svc,
-    callqos_service_pb2_grpc as svc_grpc,
     event_pb2,
     flowspec_pb2,
     provider_pb2,
+)
+from callqos.v1 import (
+    callqos_service_pb2 as svc,
+)
+from callqos.v1 import (
+    callqos_service_pb2_grpc as svc_grpc,
 )
 
 PRINCIPAL_HEADER = "x-callqos-principal"
@@ -162,8 +166,13 @@ class CheckContext:
             raise Outcome(failure) from None
 
     async def expect_error(
-        self, method: str, request: Any, code: grpc.StatusCode, reason: str | Sequence[str] | None = None,
-        principal: str | None = None, what: str = "",
+        self,
+        method: str,
+        request: Any,
+        code: grpc.StatusCode,
+        reason: str | Sequence[str] | None = None,
+        principal: str | None = None,
+        what: str = "",
     ) -> RpcFailure:
         """The RPC must fail with `code` (and ErrorInfo reason); anything else fails the check."""
         reasons = (reason,) if isinstance(reason, str) else tuple(reason or ())
@@ -190,28 +199,45 @@ class CheckContext:
 
         self.defer(f"drop {name}", undo)
 
-    def request(self, qos: flowspec_pb2.QosSpec, level: call_pb2.ServiceLevel = Level.SERVICE_LEVEL_NEEDED, *,
-                call_id: str | None = None, request_id: str = "", destination: str | None = None) -> svc.CreateCallRequest:
+    def request(
+        self,
+        qos: flowspec_pb2.QosSpec,
+        level: call_pb2.ServiceLevel = Level.SERVICE_LEVEL_NEEDED,
+        *,
+        call_id: str | None = None,
+        request_id: str = "",
+        destination: str | None = None,
+    ) -> svc.CreateCallRequest:
         return svc.CreateCallRequest(
-            call=Call(destination=destination or self.destination(), provider=self.provider,
-                      service_level=level, requested_qos=qos),
+            call=Call(
+                destination=destination or self.destination(),
+                provider=self.provider,
+                service_level=level,
+                requested_qos=qos,
+            ),
             call_id=self.unique() if call_id is None else call_id,
             request_id=request_id,
         )
 
-    async def create(self, qos: flowspec_pb2.QosSpec, level: call_pb2.ServiceLevel = Level.SERVICE_LEVEL_NEEDED, **kw: Any) -> Call:
+    async def create(
+        self, qos: flowspec_pb2.QosSpec, level: call_pb2.ServiceLevel = Level.SERVICE_LEVEL_NEEDED, **kw: Any
+    ) -> Call:
         """CreateCall that must succeed (connected); registered for cleanup."""
         request = kw.pop("request", None) or self.request(qos, level, **kw)
         try:
             call = await self.rpc("CreateCall", request)
         except Outcome as out:
-            raise CheckFailed(f"CreateCall({_brief(request.call.requested_qos)}, {Level.Name(level)}) failed: {out.failure}") from None
+            raise CheckFailed(
+                f"CreateCall({_brief(request.call.requested_qos)}, {Level.Name(level)}) failed: {out.failure}"
+            ) from None
         self.register(call)
         if call.state != Call.State.STATE_CONNECTED:
             raise CheckFailed(f"CreateCall returned {call.name} in state {Call.State.Name(call.state)}, not CONNECTED")
         return call
 
-    async def try_create(self, qos: flowspec_pb2.QosSpec, level: call_pb2.ServiceLevel = Level.SERVICE_LEVEL_NEEDED, **kw: Any) -> Call | RpcFailure:
+    async def try_create(
+        self, qos: flowspec_pb2.QosSpec, level: call_pb2.ServiceLevel = Level.SERVICE_LEVEL_NEEDED, **kw: Any
+    ) -> Call | RpcFailure:
         """CreateCall whose refusal is a legitimate answer: returns the call or the failure."""
         request = kw.pop("request", None) or self.request(qos, level, **kw)
         try:
@@ -244,7 +270,9 @@ class CheckContext:
         try:
             response = await self.rpc("ListLinks", svc.ListLinksRequest(parent=self.provider))
         except Outcome as out:
-            raise CheckFailed(f"ListLinks({self.provider}) failed although link_admin is advertised: {out.failure}") from None
+            raise CheckFailed(
+                f"ListLinks({self.provider}) failed although link_admin is advertised: {out.failure}"
+            ) from None
         return list(response.links)
 
     async def reserved(self) -> dict[str, tuple[int, int]]:
@@ -285,15 +313,23 @@ class CheckContext:
         except grpc.aio.AioRpcError as error:
             return decode(error)
         except TimeoutError:
-            raise CheckFailed(f"WatchEvents(after_sequence={after}) stayed open without an error for {self.rpc_timeout():g}s") from None
+            raise CheckFailed(
+                f"WatchEvents(after_sequence={after}) stayed open without an error for {self.rpc_timeout():g}s"
+            ) from None
         finally:
             stream.cancel()
         got = "ended without an error" if message is grpc.aio.EOF else f"delivered {describe([message.event])}"
         raise CheckFailed(f"WatchEvents(after_sequence={after}) {got}")
 
     async def events(
-        self, call: str | None, *, until: Callable[[list[QosEvent]], bool], settle: float = 0.25,
-        after: int | None = None, what: str = "events", principal: str | None = None,
+        self,
+        call: str | None,
+        *,
+        until: Callable[[list[QosEvent]], bool],
+        settle: float = 0.25,
+        after: int | None = None,
+        what: str = "events",
+        principal: str | None = None,
     ) -> list[QosEvent]:
         """Events (of `call`, or of every call when None) after the session cursor, read until
         `until(events)` holds and then for `settle` more seconds to catch anything extra."""
@@ -304,7 +340,12 @@ class CheckContext:
             stream.cancel()
 
     async def read(
-        self, stream: Any, *, until: Callable[[list[QosEvent]], bool], settle: float = 0.25, what: str = "events",
+        self,
+        stream: Any,
+        *,
+        until: Callable[[list[QosEvent]], bool],
+        settle: float = 0.25,
+        what: str = "events",
     ) -> list[QosEvent]:
         """Read an open watch until `until(events)` holds, then for `settle` more seconds."""
         wait = self.rpc_timeout()
@@ -336,13 +377,20 @@ class CheckContext:
 def describe(events: Sequence[QosEvent]) -> str:
     if not events:
         return "[]"
-    return "[" + ", ".join(f"#{e.sequence} {EventType.Name(e.type).removeprefix('QOS_EVENT_TYPE_')}" for e in events) + "]"
+    return (
+        "[" + ", ".join(f"#{e.sequence} {EventType.Name(e.type).removeprefix('QOS_EVENT_TYPE_')}" for e in events) + "]"
+    )
 
 
 def _brief(qos: flowspec_pb2.QosSpec) -> str:
     def one(spec: flowspec_pb2.FlowSpec) -> str:
-        name = flowspec_pb2.ServiceType.Name(spec.service_type).removeprefix("SERVICE_TYPE_") if spec.service_type in flowspec_pb2.ServiceType.values() else str(spec.service_type)
+        name = (
+            flowspec_pb2.ServiceType.Name(spec.service_type).removeprefix("SERVICE_TYPE_")
+            if spec.service_type in flowspec_pb2.ServiceType.values()
+            else str(spec.service_type)
+        )
         return f"{name}@{spec.token_rate_bytes_per_second}" if spec.HasField("token_rate_bytes_per_second") else name
+
     return f"send {one(qos.sending)} / recv {one(qos.receiving)}"
 
 
@@ -352,7 +400,10 @@ def brief(qos: flowspec_pb2.QosSpec) -> str:
 
 def needs_capacity(ctx: CheckContext) -> int:
     if not ctx.params.reserving:
-        raise CheckSkipped("no per-direction capacity is known (max_reservable_bytes_per_second not advertised and no capacity_bytes_per_second parameter)")
+        raise CheckSkipped(
+            "no per-direction capacity is known (max_reservable_bytes_per_second not advertised and no "
+            "capacity_bytes_per_second parameter)"
+        )
     return ctx.params.capacity
 
 

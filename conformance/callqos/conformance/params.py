@@ -80,8 +80,10 @@ def _flowspec(raw: Any, where: str) -> flowspec_pb2.FlowSpec:
 def _qos(raw: Any, where: str) -> QosSpec:
     if not isinstance(raw, dict) or "sending" not in raw or "receiving" not in raw:
         raise ParameterError(f"{where}: needs [{where}.sending] and [{where}.receiving]")
-    return QosSpec(sending=_flowspec(raw["sending"], f"{where}.sending"),
-                   receiving=_flowspec(raw["receiving"], f"{where}.receiving"))
+    return QosSpec(
+        sending=_flowspec(raw["sending"], f"{where}.sending"),
+        receiving=_flowspec(raw["receiving"], f"{where}.receiving"),
+    )
 
 
 def load_file(path: Path | None) -> dict[str, Any]:
@@ -124,8 +126,9 @@ def derive(caps: provider_pb2.ProviderCapabilities, table: dict[str, Any], sourc
         params.infeasible = QosSpec(sending=cl(1000), receiving=best_effort())
     if caps.policy and ST.SERVICE_TYPE_NETWORK_CONTROL not in caps.service_types:
         # The common policy: NETWORK_CONTROL belongs to the network operator (qos.h priority).
-        params.policy_refused = QosSpec(sending=flow(ST.SERVICE_TYPE_NETWORK_CONTROL, token_rate_bytes_per_second=1000),
-                                        receiving=best_effort())
+        params.policy_refused = QosSpec(
+            sending=flow(ST.SERVICE_TYPE_NETWORK_CONTROL, token_rate_bytes_per_second=1000), receiving=best_effort()
+        )
     for key in ("feasible", "infeasible", "policy_refused"):
         if key in table:
             setattr(params, key, _qos(table[key], f"parameters.{key}"))

@@ -18,32 +18,47 @@ if TYPE_CHECKING:
     from callqos.conformance.runner import Report
 
 JSON_NAME, JUNIT_NAME, MARKDOWN_NAME, SUMMARY_NAME = "report.json", "junit.xml", "report.md", "summary.txt"
-MARK = {"passed": "PASS", "failed": "FAIL", "timeout": "TIME", "skipped": "skip", "error": "ERR ", "xfail": "xfail", "xpass": "XPASS"}
+MARK = {
+    "passed": "PASS",
+    "failed": "FAIL",
+    "timeout": "TIME",
+    "skipped": "skip",
+    "error": "ERR ",
+    "xfail": "xfail",
+    "xpass": "XPASS",
+}
 
 
 def console(report: Report) -> str:
-    lines = [f"callqos conformance {SUITE_VERSION} (spec {SPEC_VERSION})",
-             f"target {report.target or '-'}  provider {report.provider or '-'}  seed {report.seed}"]
+    lines = [
+        f"callqos conformance {SUITE_VERSION} (spec {SPEC_VERSION})",
+        f"target {report.target or '-'}  provider {report.provider or '-'}  seed {report.seed}",
+    ]
     if report.harness_error:
         lines.append(f"HARNESS ERROR: {report.harness_error}")
     for result in report.results:
-        line = f"  {MARK[result.outcome.value]:5} {result.check.id:14} {result.check.level.value:6} {result.check.title}"
+        line = (
+            f"  {MARK[result.outcome.value]:5} {result.check.id:14} {result.check.level.value:6} {result.check.title}"
+        )
         if result.outcome not in (Outcome.PASSED,) and result.reason:
             line += f"\n        → {result.reason}"
         lines.append(line)
     lines.append("")
     for profile, verdict in report.verdicts.items():
         must, should = verdict["MUST"], verdict["SHOULD"]
-        lines.append(f"  {profile:16} {str(verdict['result']):15} MUST {_counts(must)}  SHOULD {_counts(should)}")
-    lines.append(f"VERDICT: {report.verdict}   ({len(report.results)} checks in {report.duration_seconds:.1f}s; "
-                 f"exit {report.exit_code}{', unexpected: ' + ' '.join(r.check.id for r in report.unexpected) if report.unexpected else ''})")
+        lines.append(f"  {profile:16} {verdict['result']!s:15} MUST {_counts(must)}  SHOULD {_counts(should)}")
+    lines.append(
+        f"VERDICT: {report.verdict}   ({len(report.results)} checks in {report.duration_seconds:.1f}s; "
+        f"exit {report.exit_code}{_unexpected(report)})"
+    )
     return "\n".join(lines)
 
 
 def _counts(level: Any) -> str:
     counts = level["counts"]
     return "/".join(f"{counts.get(k, 0)}{k[0]}" for k in ("passed", "failed", "skipped")) + (
-        f"/{counts['error']}e" if counts.get("error") else "")
+        f"/{counts['error']}e" if counts.get("error") else ""
+    )
 
 
 def as_json(report: Report) -> dict[str, Any]:
@@ -61,7 +76,9 @@ def as_json(report: Report) -> dict[str, Any]:
             "plugin": report.options.provider,
             "display_name": info.display_name if info else "",
             "implementation": info.implementation if info else "",
-            "capabilities": json_format.MessageToDict(info.capabilities, preserving_proto_field_name=True) if info else {},
+            "capabilities": json_format.MessageToDict(info.capabilities, preserving_proto_field_name=True)
+            if info
+            else {},
         },
         "parameters": _parameters(report),
         "seed": report.seed,
@@ -73,9 +90,18 @@ def as_json(report: Report) -> dict[str, Any]:
         "duration_seconds": round(report.duration_seconds, 3),
         "profiles": report.verdicts,
         "checks": [
-            {"id": r.check.id, "title": r.check.title, "profile": r.check.profile, "level": r.check.level.value,
-             "reference": r.check.reference, "needs": list(r.check.needs), "outcome": r.outcome.value,
-             "reason": r.reason, "duration_seconds": round(r.duration_seconds, 4), "cleanup_errors": r.cleanup_errors}
+            {
+                "id": r.check.id,
+                "title": r.check.title,
+                "profile": r.check.profile,
+                "level": r.check.level.value,
+                "reference": r.check.reference,
+                "needs": list(r.check.needs),
+                "outcome": r.outcome.value,
+                "reason": r.reason,
+                "duration_seconds": round(r.duration_seconds, 4),
+                "cleanup_errors": r.cleanup_errors,
+            }
             for r in report.results
         ],
     }
@@ -85,33 +111,64 @@ def _parameters(report: Report) -> dict[str, Any]:
     p = report.parameters
     if p is None:
         return {}
+
     def qos(value: Any) -> Any:
         return json_format.MessageToDict(value, preserving_proto_field_name=True) if value is not None else None
-    return {"source": p.source, "destination": p.destination, "capacity_bytes_per_second": p.capacity,
-            "max_fill_calls": p.max_fill_calls, "feasible": qos(p.feasible), "infeasible": qos(p.infeasible),
-            "policy_refused": qos(p.policy_refused)}
+
+    return {
+        "source": p.source,
+        "destination": p.destination,
+        "capacity_bytes_per_second": p.capacity,
+        "max_fill_calls": p.max_fill_calls,
+        "feasible": qos(p.feasible),
+        "infeasible": qos(p.infeasible),
+        "policy_refused": qos(p.policy_refused),
+    }
 
 
 def junit(report: Report) -> str:
-    suite = ET.Element("testsuite", name="callqos-conformance", tests=str(len(report.results)),
-                       failures=str(sum(r.outcome in (Outcome.FAILED, Outcome.TIMEOUT, Outcome.XPASS) for r in report.results)),
-                       errors=str(sum(r.outcome == Outcome.ERROR for r in report.results) + bool(report.harness_error)),
-                       skipped=str(sum(r.outcome in (Outcome.SKIPPED, Outcome.XFAIL) for r in report.results)),
-                       time=f"{report.duration_seconds:.3f}")
+    suite = ET.Element(
+        "testsuite",
+        name="callqos-conformance",
+        tests=str(len(report.results)),
+        failures=str(sum(r.outcome in (Outcome.FAILED, Outcome.TIMEOUT, Outcome.XPASS) for r in report.results)),
+        errors=str(sum(r.outcome == Outcome.ERROR for r in report.results) + bool(report.harness_error)),
+        skipped=str(sum(r.outcome in (Outcome.SKIPPED, Outcome.XFAIL) for r in report.results)),
+        time=f"{report.duration_seconds:.3f}",
+    )
     props = ET.SubElement(suite, "properties")
-    for key, value in (("suite_version", SUITE_VERSION), ("spec_version", SPEC_VERSION), ("target", report.target),
-                       ("provider", report.provider), ("seed", str(report.seed)), ("verdict", report.verdict)):
+    for key, value in (
+        ("suite_version", SUITE_VERSION),
+        ("spec_version", SPEC_VERSION),
+        ("target", report.target),
+        ("provider", report.provider),
+        ("seed", str(report.seed)),
+        ("verdict", report.verdict),
+    ):
         ET.SubElement(props, "property", name=key, value=value)
     for r in report.results:
-        case = ET.SubElement(suite, "testcase", classname=f"callqos.conformance.{r.check.profile}",
-                             name=f"{r.check.id} {r.check.title}", time=f"{r.duration_seconds:.3f}")
+        case = ET.SubElement(
+            suite,
+            "testcase",
+            classname=f"callqos.conformance.{r.check.profile}",
+            name=f"{r.check.id} {r.check.title}",
+            time=f"{r.duration_seconds:.3f}",
+        )
         if r.outcome in (Outcome.FAILED, Outcome.TIMEOUT, Outcome.XPASS):
-            ET.SubElement(case, "failure", message=f"[{r.check.level.value}] {r.outcome.value}: {r.reason}"[:500],
-                          type=r.outcome.value).text = f"{r.reason}\nreference: {r.check.reference}"
+            ET.SubElement(
+                case,
+                "failure",
+                message=f"[{r.check.level.value}] {r.outcome.value}: {r.reason}"[:500],
+                type=r.outcome.value,
+            ).text = f"{r.reason}\nreference: {r.check.reference}"
         elif r.outcome == Outcome.ERROR:
             ET.SubElement(case, "error", message=r.reason[:500], type="harness").text = r.reason
         elif r.outcome in (Outcome.SKIPPED, Outcome.XFAIL):
-            ET.SubElement(case, "skipped", message=(f"known failing: {r.reason}" if r.outcome == Outcome.XFAIL else r.reason)[:500])
+            ET.SubElement(
+                case,
+                "skipped",
+                message=(f"known failing: {r.reason}" if r.outcome == Outcome.XFAIL else r.reason)[:500],
+            )
     if report.harness_error:
         case = ET.SubElement(suite, "testcase", classname="callqos.conformance.harness", name="connect to target")
         ET.SubElement(case, "error", message=report.harness_error[:500], type="harness")
@@ -120,30 +177,56 @@ def junit(report: Report) -> str:
 
 def markdown(report: Report) -> str:
     info = report.provider_info
-    out = [f"# callqos conformance report: `{report.provider or '?'}`", "",
-           f"**Verdict: {report.verdict}**", "",
-           "| | |", "|---|---|",
-           f"| Suite | callqos-conformance {SUITE_VERSION} |", f"| Spec | {SPEC_VERSION} |",
-           f"| Target | `{report.target}` ({'spawned with --provider ' + str(report.options.provider) if report.options.provider else '--target'}) |",
-           f"| Implementation | `{info.implementation if info else ''}` |",
-           f"| Seed | {report.seed} (reproduce with `--seed {report.seed}`) |",
-           f"| Timeout scale | {report.options.timeout_scale:g} |",
-           f"| Duration | {report.duration_seconds:.1f} s |", ""]
+    out = [
+        f"# callqos conformance report: `{report.provider or '?'}`",
+        "",
+        f"**Verdict: {report.verdict}**",
+        "",
+        "| | |",
+        "|---|---|",
+        f"| Suite | callqos-conformance {SUITE_VERSION} |",
+        f"| Spec | {SPEC_VERSION} |",
+        f"| Target | `{report.target}` "
+        f"({'spawned with --provider ' + str(report.options.provider) if report.options.provider else '--target'}) |",
+        f"| Implementation | `{info.implementation if info else ''}` |",
+        f"| Seed | {report.seed} (reproduce with `--seed {report.seed}`) |",
+        f"| Timeout scale | {report.options.timeout_scale:g} |",
+        f"| Duration | {report.duration_seconds:.1f} s |",
+        "",
+    ]
     if report.harness_error:
         out += [f"> Harness error: {report.harness_error}", ""]
     if info:
         caps = json_format.MessageToDict(info.capabilities, preserving_proto_field_name=True)
         out += ["## Advertised capabilities", "", "```json", json.dumps(caps, indent=2), "```", ""]
-    out += ["## Profiles", "", "| Profile | Result | MUST (pass/fail/skip) | SHOULD (pass/fail/skip) |", "|---|---|---|---|"]
+    out += [
+        "## Profiles",
+        "",
+        "| Profile | Result | MUST (pass/fail/skip) | SHOULD (pass/fail/skip) |",
+        "|---|---|---|---|",
+    ]
     for profile, v in report.verdicts.items():
         out.append(f"| {profile} | **{v['result']}** | {_counts(v['MUST'])} | {_counts(v['SHOULD'])} |")
-    out += ["", "## Checks", "", "| Check | Level | Outcome | Title | Reference | Reason |", "|---|---|---|---|---|---|"]
+    out += [
+        "",
+        "## Checks",
+        "",
+        "| Check | Level | Outcome | Title | Reference | Reason |",
+        "|---|---|---|---|---|---|",
+    ]
     for r in report.results:
         reason = r.reason.replace("|", "\\|").replace("\n", " ")
-        out.append(f"| {r.check.id} | {r.check.level.value} | {r.outcome.value} | {r.check.title} | {r.check.reference} | {reason} |")
-    out += ["", "Verdicts: *conformant* — every applicable check passed; *partial* — no MUST failed, but a SHOULD failed,",
-            "a check could not run, or a MUST was skipped for a missing parameter; *nonconformant* — a MUST failed.",
-            "Checks skipped because a capability is not advertised do not lower the verdict.", ""]
+        out.append(
+            f"| {r.check.id} | {r.check.level.value} | {r.outcome.value} | {r.check.title} | "
+            f"{r.check.reference} | {reason} |"
+        )
+    out += [
+        "",
+        "Verdicts: *conformant* — every applicable check passed; *partial* — no MUST failed, but a SHOULD failed,",
+        "a check could not run, or a MUST was skipped for a missing parameter; *nonconformant* — a MUST failed.",
+        "Checks skipped because a capability is not advertised do not lower the verdict.",
+        "",
+    ]
     return "\n".join(out)
 
 
@@ -153,3 +236,7 @@ def write_all(report: Report, directory: Path) -> None:
     (directory / JUNIT_NAME).write_text(junit(report))
     (directory / JSON_NAME).write_text(json.dumps(as_json(report), indent=2) + "\n")
     (directory / MARKDOWN_NAME).write_text(markdown(report))
+
+
+def _unexpected(report: Report) -> str:
+    return ", unexpected: " + " ".join(r.check.id for r in report.unexpected) if report.unexpected else ""

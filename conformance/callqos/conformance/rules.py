@@ -13,7 +13,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from callqos.v1 import call_pb2, callqos_service_pb2 as svc, flowspec_pb2
+from callqos.v1 import call_pb2, flowspec_pb2
+from callqos.v1 import callqos_service_pb2 as svc
 
 ST = flowspec_pb2.ServiceType
 FlowSpec = flowspec_pb2.FlowSpec
@@ -53,11 +54,16 @@ def shortfalls(granted: FlowSpec, requested: FlowSpec, direction: str) -> list[s
     if requested.service_type not in RESERVING:
         return out
     if granted.token_rate_bytes_per_second < requested.token_rate_bytes_per_second:
-        out.append(f"{direction}: token rate {granted.token_rate_bytes_per_second} < {requested.token_rate_bytes_per_second}")
+        out.append(
+            f"{direction}: token rate {granted.token_rate_bytes_per_second} < {requested.token_rate_bytes_per_second}"
+        )
     if requested.HasField("peak_bandwidth_bytes_per_second") and not granted.peak_bandwidth_unbounded:
         if granted.peak_bandwidth_bytes_per_second < requested.peak_bandwidth_bytes_per_second:
             out.append(f"{direction}: peak below the request")
-    if requested.HasField("token_bucket_size_bytes") and granted.token_bucket_size_bytes < requested.token_bucket_size_bytes:
+    if (
+        requested.HasField("token_bucket_size_bytes")
+        and granted.token_bucket_size_bytes < requested.token_bucket_size_bytes
+    ):
         out.append(f"{direction}: token bucket below the request")
     if requested.HasField("latency_microseconds") and granted.HasField("latency_microseconds"):
         if granted.latency_microseconds > requested.latency_microseconds:
@@ -124,72 +130,191 @@ def _set_sending(**values: Any) -> Mutator:
 Q = "call.requested_qos"
 FLOWSPEC_DOC = "Winsock2 FLOWSPEC remarks (qos.h; qos-domain §1.1)"
 INVALID_CASES: tuple[InvalidCase, ...] = (
-    InvalidCase(1, "sending service type left unspecified", f"{FLOWSPEC_DOC}: ServiceType may never be defaulted",
-                lambda r: _sending(r).ClearField("service_type"), f"{Q}.sending.service_type"),
-    InvalidCase(2, "receiving service type left unspecified", f"{FLOWSPEC_DOC}: ServiceType may never be defaulted",
-                lambda r: _receiving(r).ClearField("service_type"), f"{Q}.receiving.service_type"),
-    InvalidCase(3, "token rate 0", f"{FLOWSPEC_DOC}: TokenRate cannot be set to zero; qos-domain §8.5 #1",
-                lambda r: setattr(_sending(r), "token_rate_bytes_per_second", 0), f"{Q}.sending.token_rate_bytes_per_second"),
-    InvalidCase(4, "sending CONTROLLED_LOAD without a token rate",
-                f"{FLOWSPEC_DOC}: TokenRate cannot be QOS_NOT_SPECIFIED in a sending FLOWSPEC; §8.5 #2",
-                lambda r: _sending(r).ClearField("token_rate_bytes_per_second"), f"{Q}.sending.token_rate_bytes_per_second"),
-    InvalidCase(5, "GUARANTEED receiver without a token rate",
-                f"{FLOWSPEC_DOC}: a guaranteed receiver must specify ServiceType and TokenRate; §8.5 #6",
-                lambda r: _receiving(r).CopyFrom(flow(ST.SERVICE_TYPE_GUARANTEED)), f"{Q}.receiving.token_rate_bytes_per_second"),
-    InvalidCase(6, "peak bandwidth below the token rate",
-                f"{FLOWSPEC_DOC}: PeakBandwidth, if specified, must be >= TokenRate; RFC 2212 TSpec p >= r; §8.5 #3",
-                lambda r: setattr(_sending(r), "peak_bandwidth_bytes_per_second", _sending(r).token_rate_bytes_per_second - 1),
-                f"{Q}.sending.peak_bandwidth_bytes_per_second"),
-    InvalidCase(7, "peak bandwidth both given and unbounded",
-                "flowspec.proto FlowSpec.peak_bandwidth_bytes_per_second: exclusive with peak_bandwidth_unbounded",
-                _set_sending(peak_bandwidth_bytes_per_second=lambda s: 10 * s.token_rate_bytes_per_second,
-                             peak_bandwidth_unbounded=True),
-                f"{Q}.sending.peak_bandwidth_bytes_per_second"),
-    InvalidCase(8, "minimum policed size above max SDU size", "RFC 2212 TSpec: m <= M; qos-domain §8.5 #4",
-                _set_sending(max_sdu_size_bytes=500, minimum_policed_size_bytes=501),
-                f"{Q}.sending.minimum_policed_size_bytes"),
-    InvalidCase(9, "minimum policed size 0", f"{FLOWSPEC_DOC}: MinimumPolicedSize cannot be 0 with RSVP; §8.5 #4",
-                lambda r: setattr(_sending(r), "minimum_policed_size_bytes", 0), f"{Q}.sending.minimum_policed_size_bytes"),
-    InvalidCase(10, "max SDU size 0", "RFC 2212 TSpec: M must be positive (qos-domain §4.1 [K])",
-                lambda r: setattr(_sending(r), "max_sdu_size_bytes", 0), f"{Q}.sending.max_sdu_size_bytes"),
-    InvalidCase(11, "token bucket size 0 on a reserving flow", "RFC 2212 TSpec: b must be positive (qos-domain §4.1 [K])",
-                lambda r: setattr(_sending(r), "token_bucket_size_bytes", 0), f"{Q}.sending.token_bucket_size_bytes"),
-    InvalidCase(12, "max SDU size above the advertised path MTU",
-                "RFC 2212/2211: datagrams larger than the MTU are non-conformant; a request with M > MTU is rejected; §8.5 #5",
-                lambda r: None, f"{Q}.sending.max_sdu_size_bytes", needs_mtu=True),
-    InvalidCase(13, "NETWORK_UNAVAILABLE (a notification) in a request",
-                "qos.h SERVICETYPE_NETWORK_UNAVAILABLE: used to notify change to user; §8.5 #7",
-                lambda r: _sending(r).CopyFrom(flow(ST.SERVICE_TYPE_NETWORK_UNAVAILABLE)), f"{Q}.sending.service_type"),
-    InvalidCase(14, "GENERAL_INFORMATION on the receiving side",
-                "qos.h SERVICETYPE_GENERAL_INFORMATION: sender side only; flowspec.proto: notification only; §8.5 #7",
-                lambda r: _receiving(r).CopyFrom(flow(ST.SERVICE_TYPE_GENERAL_INFORMATION)), f"{Q}.receiving.service_type"),
-    InvalidCase(15, "NONCONFORMING in a request", "qos.h SERVICETYPE_NONCONFORMING; §8.5 #7",
-                lambda r: _sending(r).CopyFrom(flow(ST.SERVICE_TYPE_NONCONFORMING)), f"{Q}.sending.service_type"),
-    InvalidCase(16, "NO_CHANGE when making a call", "qos.h SERVICETYPE_NOCHANGE: no change from the previous flowspec (renegotiation only)",
-                lambda r: _sending(r).CopyFrom(flow(ST.SERVICE_TYPE_NO_CHANGE)), f"{Q}.sending.service_type"),
-    InvalidCase(17, "raw QOS_NOT_SPECIFIED sentinel as a number",
-                "flowspec.proto FlowSpec: raw sentinels 0xFFFFFFFF/0xFFFFFFFE are refused in every numeric field",
-                lambda r: setattr(_sending(r), "latency_microseconds", QOS_NOT_SPECIFIED), f"{Q}.sending.latency_microseconds"),
-    InvalidCase(18, "raw POSITIVE_INFINITY_RATE sentinel as the peak",
-                "flowspec.proto FlowSpec: set peak_bandwidth_unbounded instead of 0xFFFFFFFE",
-                lambda r: setattr(_sending(r), "peak_bandwidth_bytes_per_second", POSITIVE_INFINITY_RATE),
-                f"{Q}.sending.peak_bandwidth_bytes_per_second"),
-    InvalidCase(19, "unknown service type number", "qos.h SERVICETYPE values; WSA_QOS_ESERVICETYPE; §8.5 #7",
-                lambda r: setattr(_sending(r), "service_type", 77), f"{Q}.sending.service_type"),
-    InvalidCase(20, "requested QoS missing", "call.proto CreateCallRequest: requested_qos is read (LINECALLPARAMS flowspecs)",
-                lambda r: r.call.ClearField("requested_qos"), Q),
-    InvalidCase(21, "receiving direction missing", "winsock2.h QOS {SendingFlowspec, ReceivingFlowspec}",
-                lambda r: r.call.requested_qos.ClearField("receiving"), f"{Q}.receiving"),
-    InvalidCase(22, "provider-specific data above 4096 bytes", "flowspec.proto QosSpec.provider_specific: at most 4096 bytes; §8.5 #19",
-                lambda r: setattr(r.call.requested_qos, "provider_specific", b"\x00" * 4097), f"{Q}.provider_specific"),
-    InvalidCase(23, "destination empty", "call.proto Call.destination: 1-256 printable characters",
-                lambda r: setattr(r.call, "destination", ""), "call.destination"),
-    InvalidCase(24, "unknown service level", "call.proto ServiceLevel (TAPI QOS_SERVICE_LEVEL)",
-                lambda r: setattr(r.call, "service_level", 9), "call.service_level"),
-    InvalidCase(25, "request_id longer than 64 characters", "callqos_service.proto CreateCallRequest.request_id (AIP-155)",
-                lambda r: setattr(r, "request_id", "r" * 65), "request_id"),
-    InvalidCase(26, "malformed call_id", "callqos_service.proto CreateCallRequest.call_id: [a-z0-9-], starting with a letter",
-                lambda r: setattr(r, "call_id", "Bad_Call_ID"), "call_id"),
+    InvalidCase(
+        1,
+        "sending service type left unspecified",
+        f"{FLOWSPEC_DOC}: ServiceType may never be defaulted",
+        lambda r: _sending(r).ClearField("service_type"),
+        f"{Q}.sending.service_type",
+    ),
+    InvalidCase(
+        2,
+        "receiving service type left unspecified",
+        f"{FLOWSPEC_DOC}: ServiceType may never be defaulted",
+        lambda r: _receiving(r).ClearField("service_type"),
+        f"{Q}.receiving.service_type",
+    ),
+    InvalidCase(
+        3,
+        "token rate 0",
+        f"{FLOWSPEC_DOC}: TokenRate cannot be set to zero; qos-domain §8.5 #1",
+        lambda r: setattr(_sending(r), "token_rate_bytes_per_second", 0),
+        f"{Q}.sending.token_rate_bytes_per_second",
+    ),
+    InvalidCase(
+        4,
+        "sending CONTROLLED_LOAD without a token rate",
+        f"{FLOWSPEC_DOC}: TokenRate cannot be QOS_NOT_SPECIFIED in a sending FLOWSPEC; §8.5 #2",
+        lambda r: _sending(r).ClearField("token_rate_bytes_per_second"),
+        f"{Q}.sending.token_rate_bytes_per_second",
+    ),
+    InvalidCase(
+        5,
+        "GUARANTEED receiver without a token rate",
+        f"{FLOWSPEC_DOC}: a guaranteed receiver must specify ServiceType and TokenRate; §8.5 #6",
+        lambda r: _receiving(r).CopyFrom(flow(ST.SERVICE_TYPE_GUARANTEED)),
+        f"{Q}.receiving.token_rate_bytes_per_second",
+    ),
+    InvalidCase(
+        6,
+        "peak bandwidth below the token rate",
+        f"{FLOWSPEC_DOC}: PeakBandwidth, if specified, must be >= TokenRate; RFC 2212 TSpec p >= r; §8.5 #3",
+        lambda r: setattr(_sending(r), "peak_bandwidth_bytes_per_second", _sending(r).token_rate_bytes_per_second - 1),
+        f"{Q}.sending.peak_bandwidth_bytes_per_second",
+    ),
+    InvalidCase(
+        7,
+        "peak bandwidth both given and unbounded",
+        "flowspec.proto FlowSpec.peak_bandwidth_bytes_per_second: exclusive with peak_bandwidth_unbounded",
+        _set_sending(
+            peak_bandwidth_bytes_per_second=lambda s: 10 * s.token_rate_bytes_per_second, peak_bandwidth_unbounded=True
+        ),
+        f"{Q}.sending.peak_bandwidth_bytes_per_second",
+    ),
+    InvalidCase(
+        8,
+        "minimum policed size above max SDU size",
+        "RFC 2212 TSpec: m <= M; qos-domain §8.5 #4",
+        _set_sending(max_sdu_size_bytes=500, minimum_policed_size_bytes=501),
+        f"{Q}.sending.minimum_policed_size_bytes",
+    ),
+    InvalidCase(
+        9,
+        "minimum policed size 0",
+        f"{FLOWSPEC_DOC}: MinimumPolicedSize cannot be 0 with RSVP; §8.5 #4",
+        lambda r: setattr(_sending(r), "minimum_policed_size_bytes", 0),
+        f"{Q}.sending.minimum_policed_size_bytes",
+    ),
+    InvalidCase(
+        10,
+        "max SDU size 0",
+        "RFC 2212 TSpec: M must be positive (qos-domain §4.1 [K])",
+        lambda r: setattr(_sending(r), "max_sdu_size_bytes", 0),
+        f"{Q}.sending.max_sdu_size_bytes",
+    ),
+    InvalidCase(
+        11,
+        "token bucket size 0 on a reserving flow",
+        "RFC 2212 TSpec: b must be positive (qos-domain §4.1 [K])",
+        lambda r: setattr(_sending(r), "token_bucket_size_bytes", 0),
+        f"{Q}.sending.token_bucket_size_bytes",
+    ),
+    InvalidCase(
+        12,
+        "max SDU size above the advertised path MTU",
+        "RFC 2212/2211: datagrams larger than the MTU are non-conformant; a request with M > MTU is rejected; §8.5 #5",
+        lambda r: None,
+        f"{Q}.sending.max_sdu_size_bytes",
+        needs_mtu=True,
+    ),
+    InvalidCase(
+        13,
+        "NETWORK_UNAVAILABLE (a notification) in a request",
+        "qos.h SERVICETYPE_NETWORK_UNAVAILABLE: used to notify change to user; §8.5 #7",
+        lambda r: _sending(r).CopyFrom(flow(ST.SERVICE_TYPE_NETWORK_UNAVAILABLE)),
+        f"{Q}.sending.service_type",
+    ),
+    InvalidCase(
+        14,
+        "GENERAL_INFORMATION on the receiving side",
+        "qos.h SERVICETYPE_GENERAL_INFORMATION: sender side only; flowspec.proto: notification only; §8.5 #7",
+        lambda r: _receiving(r).CopyFrom(flow(ST.SERVICE_TYPE_GENERAL_INFORMATION)),
+        f"{Q}.receiving.service_type",
+    ),
+    InvalidCase(
+        15,
+        "NONCONFORMING in a request",
+        "qos.h SERVICETYPE_NONCONFORMING; §8.5 #7",
+        lambda r: _sending(r).CopyFrom(flow(ST.SERVICE_TYPE_NONCONFORMING)),
+        f"{Q}.sending.service_type",
+    ),
+    InvalidCase(
+        16,
+        "NO_CHANGE when making a call",
+        "qos.h SERVICETYPE_NOCHANGE: no change from the previous flowspec (renegotiation only)",
+        lambda r: _sending(r).CopyFrom(flow(ST.SERVICE_TYPE_NO_CHANGE)),
+        f"{Q}.sending.service_type",
+    ),
+    InvalidCase(
+        17,
+        "raw QOS_NOT_SPECIFIED sentinel as a number",
+        "flowspec.proto FlowSpec: raw sentinels 0xFFFFFFFF/0xFFFFFFFE are refused in every numeric field",
+        lambda r: setattr(_sending(r), "latency_microseconds", QOS_NOT_SPECIFIED),
+        f"{Q}.sending.latency_microseconds",
+    ),
+    InvalidCase(
+        18,
+        "raw POSITIVE_INFINITY_RATE sentinel as the peak",
+        "flowspec.proto FlowSpec: set peak_bandwidth_unbounded instead of 0xFFFFFFFE",
+        lambda r: setattr(_sending(r), "peak_bandwidth_bytes_per_second", POSITIVE_INFINITY_RATE),
+        f"{Q}.sending.peak_bandwidth_bytes_per_second",
+    ),
+    InvalidCase(
+        19,
+        "unknown service type number",
+        "qos.h SERVICETYPE values; WSA_QOS_ESERVICETYPE; §8.5 #7",
+        lambda r: setattr(_sending(r), "service_type", 77),
+        f"{Q}.sending.service_type",
+    ),
+    InvalidCase(
+        20,
+        "requested QoS missing",
+        "call.proto CreateCallRequest: requested_qos is read (LINECALLPARAMS flowspecs)",
+        lambda r: r.call.ClearField("requested_qos"),
+        Q,
+    ),
+    InvalidCase(
+        21,
+        "receiving direction missing",
+        "winsock2.h QOS {SendingFlowspec, ReceivingFlowspec}",
+        lambda r: r.call.requested_qos.ClearField("receiving"),
+        f"{Q}.receiving",
+    ),
+    InvalidCase(
+        22,
+        "provider-specific data above 4096 bytes",
+        "flowspec.proto QosSpec.provider_specific: at most 4096 bytes; §8.5 #19",
+        lambda r: setattr(r.call.requested_qos, "provider_specific", b"\x00" * 4097),
+        f"{Q}.provider_specific",
+    ),
+    InvalidCase(
+        23,
+        "destination empty",
+        "call.proto Call.destination: 1-256 printable characters",
+        lambda r: setattr(r.call, "destination", ""),
+        "call.destination",
+    ),
+    InvalidCase(
+        24,
+        "unknown service level",
+        "call.proto ServiceLevel (TAPI QOS_SERVICE_LEVEL)",
+        lambda r: setattr(r.call, "service_level", 9),
+        "call.service_level",
+    ),
+    InvalidCase(
+        25,
+        "request_id longer than 64 characters",
+        "callqos_service.proto CreateCallRequest.request_id (AIP-155)",
+        lambda r: setattr(r, "request_id", "r" * 65),
+        "request_id",
+    ),
+    InvalidCase(
+        26,
+        "malformed call_id",
+        "callqos_service.proto CreateCallRequest.call_id: [a-z0-9-], starting with a letter",
+        lambda r: setattr(r, "call_id", "Bad_Call_ID"),
+        "call_id",
+    ),
 )
 
 

@@ -16,11 +16,14 @@ import grpc
 
 from callqos.conformance import params as params_module
 from callqos.conformance.checks import all_checks
-from callqos.conformance.harness import CheckContext, Outcome as RpcOutcome, Session
+from callqos.conformance.harness import CheckContext, Session
+from callqos.conformance.harness import Outcome as RpcOutcome
 from callqos.conformance.model import Check, CheckFailed, CheckResult, CheckSkipped, Outcome, TargetTimeout
 from callqos.conformance.target import SpawnedServer, TargetError
 from callqos.conformance.verdict import CAPABILITY_SKIP, overall, profile_verdicts
-from callqos.v1 import callqos_service_pb2 as svc, callqos_service_pb2_grpc as svc_grpc, provider_pb2
+from callqos.v1 import callqos_service_pb2 as svc
+from callqos.v1 import callqos_service_pb2_grpc as svc_grpc
+from callqos.v1 import provider_pb2
 
 
 @dataclass
@@ -68,8 +71,12 @@ class Report:
 
 
 def select(checks: list[Check], options: RunOptions) -> list[Check]:
-    chosen = [c for c in checks if (not options.profiles or c.profile in options.profiles)
-              and (not options.checks or any(c.id == x or c.id.startswith(x) for x in options.checks))]
+    chosen = [
+        c
+        for c in checks
+        if (not options.profiles or c.profile in options.profiles)
+        and (not options.checks or any(c.id == x or c.id.startswith(x) for x in options.checks))
+    ]
     return chosen
 
 
@@ -111,7 +118,10 @@ async def run_check(session: Session, check: Check) -> CheckResult:
     except TargetTimeout as exc:
         outcome, reason = Outcome.TIMEOUT, str(exc)
     except TimeoutError:
-        outcome, reason = Outcome.TIMEOUT, f"the check did not finish within {limit:g}s (timeout scale {session.scale:g})"
+        outcome, reason = (
+            Outcome.TIMEOUT,
+            f"the check did not finish within {limit:g}s (timeout scale {session.scale:g})",
+        )
     except RpcOutcome as exc:
         # An RPC the check needed failed with a status the contract does not allow there.
         outcome, reason = Outcome.FAILED, f"unexpected status: {exc.failure}"
@@ -161,8 +171,9 @@ async def run_async(options: RunOptions) -> Report:
         table = params_module.load_file(options.parameters_file)
         if options.provider:
             log_dir = options.output_dir
-            spawned = SpawnedServer(options.provider, options.provider_settings,
-                                    options.provider_timeout * options.timeout_scale, log_dir)
+            spawned = SpawnedServer(
+                options.provider, options.provider_settings, options.provider_timeout * options.timeout_scale, log_dir
+            )
             await asyncio.to_thread(spawned.start)
             target, provider_name = spawned.target, spawned.provider_name
         if not target:
@@ -172,8 +183,16 @@ async def run_async(options: RunOptions) -> Report:
         info = await discover(stub, provider_name or None, options.timeout_scale)
         provider_name = info.name
         parameters = params_module.derive(info.capabilities, table, str(options.parameters_file or ""))
-        session = Session(channel, stub, provider_name, info.capabilities, parameters,
-                          run_token=secrets.token_hex(3), rng=random.Random(seed), scale=options.timeout_scale)
+        session = Session(
+            channel,
+            stub,
+            provider_name,
+            info.capabilities,
+            parameters,
+            run_token=secrets.token_hex(3),
+            rng=random.Random(seed),
+            scale=options.timeout_scale,
+        )
         known = set(options.known_failing)
         unresponsive = ""
         for check in order(select(all_checks(), options), seed):
@@ -194,8 +213,20 @@ async def run_async(options: RunOptions) -> Report:
             await asyncio.to_thread(spawned.stop)
     verdicts = profile_verdicts(results)
     verdict = "error" if harness_error else overall(verdicts)
-    return Report(options, target, provider_name, info, parameters, seed, results, started,
-                  time.monotonic() - clock, verdicts, verdict, harness_error)
+    return Report(
+        options,
+        target,
+        provider_name,
+        info,
+        parameters,
+        seed,
+        results,
+        started,
+        time.monotonic() - clock,
+        verdicts,
+        verdict,
+        harness_error,
+    )
 
 
 def run_conformance(options: RunOptions) -> Report:

@@ -40,8 +40,14 @@ def provider_id_for(plugin: str) -> str:
 def server_config(plugin: str, settings: dict[str, Any], provider_timeout: float) -> str:
     """A TOML server configuration hosting exactly this provider as the default one."""
     pid = provider_id_for(plugin)
-    lines = [f"default_provider = {_toml_value(pid)}", f"provider_timeout_seconds = {provider_timeout!r}",
-             "shutdown_grace_seconds = 1.0", "", f"[providers.{pid}]", f"plugin = {_toml_value(plugin)}"]
+    lines = [
+        f"default_provider = {_toml_value(pid)}",
+        f"provider_timeout_seconds = {provider_timeout!r}",
+        "shutdown_grace_seconds = 1.0",
+        "",
+        f"[providers.{pid}]",
+        f"plugin = {_toml_value(plugin)}",
+    ]
     tables: list[str] = []
     for key, value in settings.items():
         if isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
@@ -54,8 +60,13 @@ def server_config(plugin: str, settings: dict[str, Any], provider_timeout: float
 
 
 class SpawnedServer:
-    def __init__(self, plugin: str, settings: dict[str, Any] | None = None, provider_timeout: float = 2.0,
-                 log_dir: Path | None = None) -> None:
+    def __init__(
+        self,
+        plugin: str,
+        settings: dict[str, Any] | None = None,
+        provider_timeout: float = 2.0,
+        log_dir: Path | None = None,
+    ) -> None:
         self.plugin = plugin
         self.settings = settings or {}
         self.provider_timeout = provider_timeout
@@ -78,18 +89,35 @@ class SpawnedServer:
         config.write_text(server_config(self.plugin, self.settings, self.provider_timeout))
         port_file = self.dir / "port"
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        log = open(self.log_path, "ab")
+        log = open(self.log_path, "ab")  # noqa: SIM115 -- the child process holds it
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "callqos.server", "--config", str(config), "--listen", "127.0.0.1:0",
-             "--port-file", str(port_file), "--storage", "memory", "--log-level", "warning"],
-            stdout=log, stderr=log, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            [
+                sys.executable,
+                "-m",
+                "callqos.server",
+                "--config",
+                str(config),
+                "--listen",
+                "127.0.0.1:0",
+                "--port-file",
+                str(port_file),
+                "--storage",
+                "memory",
+                "--log-level",
+                "warning",
+            ],
+            stdout=log,
+            stderr=log,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )
         log.close()
         deadline = time.monotonic() + wait_seconds
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise TargetError(f"the server hosting {self.plugin!r} exited with {self.proc.returncode}: "
-                                  f"{self.log_path.read_text(errors='replace')[-2000:]}")
+                raise TargetError(
+                    f"the server hosting {self.plugin!r} exited with {self.proc.returncode}: "
+                    f"{self.log_path.read_text(errors='replace')[-2000:]}"
+                )
             text = port_file.read_text().strip() if port_file.exists() else ""
             if text.isdigit():
                 self.port = int(text)

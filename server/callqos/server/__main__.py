@@ -5,6 +5,6 @@ import sys
 # JSON nor actionable. GRPC_VERBOSITY=INFO still brings them back.
 os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 
-from callqos.server.cli import main  # noqa: E402
+from callqos.server.cli import main
 
 sys.exit(main())

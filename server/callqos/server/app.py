@@ -21,7 +21,8 @@ from callqos.server.events import EventHub
 from callqos.server.hosting import ProviderSet
 from callqos.server.service import CallQosServicer, add_to_server
 from callqos.server.store.sqlite import MEMORY, SqliteStore
-from callqos.server.telemetry import Telemetry, setup as telemetry_setup
+from callqos.server.telemetry import Telemetry
+from callqos.server.telemetry import setup as telemetry_setup
 from callqos.server.telemetry.interceptor import TelemetryInterceptor
 from callqos.v1 import callqos_service_pb2 as svc
 
@@ -88,9 +89,7 @@ class Running:
         older_than_us = 0
         if self.config.event_retention_seconds:
             older_than_us = (time.time_ns() // 1000) - self.config.event_retention_seconds * 1_000_000
-        return await self.store.prune_events(
-            keep_last=self.config.event_retention_count, older_than_us=older_than_us
-        )
+        return await self.store.prune_events(keep_last=self.config.event_retention_count, older_than_us=older_than_us)
 
     async def _prune_forever(self) -> None:
         while True:

@@ -24,7 +24,9 @@ from pathlib import Path
 
 import grpc
 
-from callqos.v1 import call_pb2, callqos_service_pb2 as svc, callqos_service_pb2_grpc as svc_grpc, flowspec_pb2
+from callqos.v1 import call_pb2, flowspec_pb2
+from callqos.v1 import callqos_service_pb2 as svc
+from callqos.v1 import callqos_service_pb2_grpc as svc_grpc
 
 ECHO_METHOD = "/bench.Echo/Echo"
 CONCURRENCY = 16
@@ -36,14 +38,12 @@ async def _echo_server(port_file: Path) -> None:
     async def echo(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
         return request
 
-    handler = grpc.method_handlers_generic_handler(
-        "bench.Echo", {"Echo": grpc.unary_unary_rpc_method_handler(echo)}
-    )
+    handler = grpc.method_handlers_generic_handler("bench.Echo", {"Echo": grpc.unary_unary_rpc_method_handler(echo)})
     server = grpc.aio.server()
     server.add_generic_rpc_handlers((handler,))
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
-    port_file.write_text(str(port))
+    port_file.write_text(str(port))  # noqa: ASYNC240 -- once, before the load starts
     stop = asyncio.Event()
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
     await stop.wait()
@@ -133,14 +133,20 @@ async def bench_renegotiate(target: str, seconds: float) -> Measured:
     async with grpc.aio.insecure_channel(target) as channel:
         stub = svc_grpc.CallQosServiceStub(channel)
         calls = [
-            (await stub.CreateCall(svc.CreateCallRequest(call=call_pb2.Call(destination="sip:bench", requested_qos=_qos(1000))))).name
+            (
+                await stub.CreateCall(
+                    svc.CreateCallRequest(call=call_pb2.Call(destination="sip:bench", requested_qos=_qos(1000)))
+                )
+            ).name
             for _ in range(CONCURRENCY)
         ]
         flip = [False] * CONCURRENCY
 
         async def renegotiate(index: int) -> int:
             flip[index] = not flip[index]
-            await stub.RenegotiateCall(svc.RenegotiateCallRequest(name=calls[index], qos=_qos(2000 if flip[index] else 1000)))
+            await stub.RenegotiateCall(
+                svc.RenegotiateCallRequest(name=calls[index], qos=_qos(2000 if flip[index] else 1000))
+            )
             return 1
 
         return await _measure(renegotiate, seconds)

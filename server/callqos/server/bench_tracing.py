@@ -140,8 +140,16 @@ def _stats_file(workdir: Path, variant: str) -> Path:
 def _server(workdir: Path, variant: str) -> bench.ServerProcess:
     data = workdir / f"data-{variant}"
     return bench.ServerProcess(
-        ["-m", "callqos.server.bench_tracing", "--serve", variant, "--data-dir", str(data),
-         "--stats-file", str(_stats_file(workdir, variant))],
+        [
+            "-m",
+            "callqos.server.bench_tracing",
+            "--serve",
+            variant,
+            "--data-dir",
+            str(data),
+            "--stats-file",
+            str(_stats_file(workdir, variant)),
+        ],
         workdir,
     )
 
@@ -159,7 +167,7 @@ async def run(seconds: float, rounds: int = ROUNDS) -> dict[str, VariantResult]:
             for round_ in range(rounds):
                 # Rotated each round: a traced server's exporter thread may still be encoding its
                 # backlog while the next variant is measured.
-                for variant in order[round_ % len(order):] + order[: round_ % len(order)]:
+                for variant in order[round_ % len(order) :] + order[: round_ % len(order)]:
                     cpu = bench.process_cpu_seconds(servers[variant].proc.pid)
                     measured = await bench.bench_make_drop(targets[variant], seconds, cpu)
                     results[variant].rates.append(measured.rate)

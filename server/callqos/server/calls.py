@@ -42,7 +42,8 @@ from callqos.server.providers.base import (
 from callqos.server.qos import best_effort_qos, qos_shortfalls, reserved_rate, resolve_no_change
 from callqos.server.store.base import IdempotencyRecord, Store
 from callqos.server.telemetry import Instruments, current_trace_id
-from callqos.v1 import call_pb2, callqos_service_pb2 as svc, event_pb2, flowspec_pb2
+from callqos.v1 import call_pb2, event_pb2, flowspec_pb2
+from callqos.v1 import callqos_service_pb2 as svc
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +92,11 @@ def _now() -> timestamp_pb2.Timestamp:
 
 
 def _refusal_event_type(kind: RefusalKind) -> event_pb2.QosEventType:
-    return EventType.QOS_EVENT_TYPE_POLICY_FAILURE if kind is RefusalKind.POLICY else EventType.QOS_EVENT_TYPE_ADMISSION_FAILURE
+    return (
+        EventType.QOS_EVENT_TYPE_POLICY_FAILURE
+        if kind is RefusalKind.POLICY
+        else EventType.QOS_EVENT_TYPE_ADMISSION_FAILURE
+    )
 
 
 def _refusal_reason(kind: RefusalKind) -> int:
@@ -120,7 +125,8 @@ class CallManager:
         # A trace for the restore (its events carry its id); none for an empty start-up.
         restoring = (
             self.telemetry.background("callqos.restore", {"callqos.calls": sum(map(len, held.values()))})
-            if held else contextlib.nullcontext()
+            if held
+            else contextlib.nullcontext()
         )
         with restoring:
             for change in await self.providers.start(self, held):
@@ -214,25 +220,48 @@ class CallManager:
                 await self._release_quietly(info, name)
                 self._disconnect(call, Disconnect.DISCONNECT_REASON_PROVIDER_ERROR, now)
                 events = [
-                    self._event(call, EventType.QOS_EVENT_TYPE_GENERIC_ERROR, request.request_id,
-                                reason=error.reason_name, message=error.message),
-                    self._event(call, EventType.QOS_EVENT_TYPE_CALL_DISCONNECTED, request.request_id,
-                                disconnect=Disconnect.DISCONNECT_REASON_PROVIDER_ERROR),
+                    self._event(
+                        call,
+                        EventType.QOS_EVENT_TYPE_GENERIC_ERROR,
+                        request.request_id,
+                        reason=error.reason_name,
+                        message=error.message,
+                    ),
+                    self._event(
+                        call,
+                        EventType.QOS_EVENT_TYPE_CALL_DISCONNECTED,
+                        request.request_id,
+                        disconnect=Disconnect.DISCONNECT_REASON_PROVIDER_ERROR,
+                    ),
                 ]
                 await self._commit(call, events, record(error))
                 raise
             if isinstance(decision, Refusal):
-                refusal = refused(_refusal_reason(decision.kind), name, decision.message, decision.counter_offer,
-                                {"provider": call.provider})
+                refusal = refused(
+                    _refusal_reason(decision.kind),
+                    name,
+                    decision.message,
+                    decision.counter_offer,
+                    {"provider": call.provider},
+                )
                 self.telemetry.decision("admit", call.provider, offered, "refused", refusal.reason_name)
                 self._disconnect(call, Disconnect.DISCONNECT_REASON_QOS_UNAVAILABLE, now)
                 events = [
-                    self._event(call, _refusal_event_type(decision.kind), request.request_id,
-                                reason=refusal.reason_name, message=decision.message,
-                                counter_offer=decision.counter_offer),
-                    self._event(call, EventType.QOS_EVENT_TYPE_CALL_DISCONNECTED, request.request_id,
-                                disconnect=Disconnect.DISCONNECT_REASON_QOS_UNAVAILABLE,
-                                reason=refusal.reason_name),
+                    self._event(
+                        call,
+                        _refusal_event_type(decision.kind),
+                        request.request_id,
+                        reason=refusal.reason_name,
+                        message=decision.message,
+                        counter_offer=decision.counter_offer,
+                    ),
+                    self._event(
+                        call,
+                        EventType.QOS_EVENT_TYPE_CALL_DISCONNECTED,
+                        request.request_id,
+                        disconnect=Disconnect.DISCONNECT_REASON_QOS_UNAVAILABLE,
+                        reason=refusal.reason_name,
+                    ),
                 ]
                 await self._commit(call, events, record(refusal))
                 raise refusal
@@ -276,7 +305,9 @@ class CallManager:
         if violations:
             raise invalid(violations)
         return await to_completion(
-            self._once("RenegotiateCall", request, principal, lambda key: self._renegotiate(request, principal, info, key))
+            self._once(
+                "RenegotiateCall", request, principal, lambda key: self._renegotiate(request, principal, info, key)
+            )
         )
 
     async def _renegotiate(
@@ -295,7 +326,9 @@ class CallManager:
             desired = resolve_no_change(request.qos, call.requested_qos)
             asked = resolve_no_change(request.qos, call.granted_qos)
             offered = best_effort_qos(asked.provider_specific) if level == Level.SERVICE_LEVEL_BEST_EFFORT else asked
-            admission = AdmissionRequest(call.name, call.destination, level, offered, principal, current=call.granted_qos)
+            admission = AdmissionRequest(
+                call.name, call.destination, level, offered, principal, current=call.granted_qos
+            )
 
             def record(error: ServiceError | None) -> IdempotencyRecord | None:
                 return key.record(call.name, error) if key else None
@@ -309,19 +342,36 @@ class CallManager:
             except ServiceError as error:
                 self.telemetry.decision("renegotiate", call.provider, offered, "error", error.reason_name)
                 # "The call continues with the previous QOS": the call itself is not touched.
-                failed = self._event(call, EventType.QOS_EVENT_TYPE_RENEGOTIATION_FAILED, request.request_id,
-                                     previous=call.granted_qos, current=call.granted_qos,
-                                     reason=error.reason_name, message=error.message)
+                failed = self._event(
+                    call,
+                    EventType.QOS_EVENT_TYPE_RENEGOTIATION_FAILED,
+                    request.request_id,
+                    previous=call.granted_qos,
+                    current=call.granted_qos,
+                    reason=error.reason_name,
+                    message=error.message,
+                )
                 await self._commit(call, [failed], record(error))
                 raise
             if isinstance(decision, Refusal):
-                refusal = refused(_refusal_reason(decision.kind), call.name, decision.message, decision.counter_offer,
-                                {"provider": call.provider})
+                refusal = refused(
+                    _refusal_reason(decision.kind),
+                    call.name,
+                    decision.message,
+                    decision.counter_offer,
+                    {"provider": call.provider},
+                )
                 self.telemetry.decision("renegotiate", call.provider, offered, "refused", refusal.reason_name)
-                failed = self._event(call, EventType.QOS_EVENT_TYPE_RENEGOTIATION_FAILED, request.request_id,
-                                     previous=call.granted_qos, current=call.granted_qos,
-                                     reason=refusal.reason_name, message=decision.message,
-                                     counter_offer=decision.counter_offer)
+                failed = self._event(
+                    call,
+                    EventType.QOS_EVENT_TYPE_RENEGOTIATION_FAILED,
+                    request.request_id,
+                    previous=call.granted_qos,
+                    current=call.granted_qos,
+                    reason=refusal.reason_name,
+                    message=decision.message,
+                    counter_offer=decision.counter_offer,
+                )
                 await self._commit(call, [failed], record(refusal))
                 raise refusal
             previous = QosSpec()
@@ -331,9 +381,14 @@ class CallManager:
             call.granted_qos.CopyFrom(decision.qos)
             call.update_time.CopyFrom(_now())
             call.etag = etag_of(call)
-            changed = self._event(call, EventType.QOS_EVENT_TYPE_QOS_CHANGED, request.request_id,
-                                  previous=previous, current=decision.qos,
-                                  cause=event_pb2.QosChangeCause.QOS_CHANGE_CAUSE_RENEGOTIATED)
+            changed = self._event(
+                call,
+                EventType.QOS_EVENT_TYPE_QOS_CHANGED,
+                request.request_id,
+                previous=previous,
+                current=decision.qos,
+                cause=event_pb2.QosChangeCause.QOS_CHANGE_CAUSE_RENEGOTIATED,
+            )
             await self._commit(call, [changed], record(None))
             self.telemetry.decision("renegotiate", call.provider, offered, "granted")
             return call
@@ -359,8 +414,13 @@ class CallManager:
             previous = QosSpec()
             previous.CopyFrom(call.granted_qos)
             self._disconnect(call, Disconnect.DISCONNECT_REASON_NORMAL, _now())
-            event = self._event(call, EventType.QOS_EVENT_TYPE_CALL_DISCONNECTED, "",
-                                previous=previous, disconnect=Disconnect.DISCONNECT_REASON_NORMAL)
+            event = self._event(
+                call,
+                EventType.QOS_EVENT_TYPE_CALL_DISCONNECTED,
+                "",
+                previous=previous,
+                disconnect=Disconnect.DISCONNECT_REASON_NORMAL,
+            )
             await self._commit(call, [event], None)
             return call
 
@@ -380,20 +440,38 @@ class CallManager:
             if change.qos is None:
                 self._disconnect(call, Disconnect.DISCONNECT_REASON_QOS_UNAVAILABLE, _now())
                 events = [
-                    self._event(call, change.event, "", previous=previous, message=change.message,
-                                reason=reason_name(Reason.ERROR_REASON_QOS_UNAVAILABLE)),
-                    self._event(call, EventType.QOS_EVENT_TYPE_CALL_DISCONNECTED, "", previous=previous,
-                                disconnect=Disconnect.DISCONNECT_REASON_QOS_UNAVAILABLE,
-                                reason=reason_name(Reason.ERROR_REASON_QOS_UNAVAILABLE), message=change.message),
+                    self._event(
+                        call,
+                        change.event,
+                        "",
+                        previous=previous,
+                        message=change.message,
+                        reason=reason_name(Reason.ERROR_REASON_QOS_UNAVAILABLE),
+                    ),
+                    self._event(
+                        call,
+                        EventType.QOS_EVENT_TYPE_CALL_DISCONNECTED,
+                        "",
+                        previous=previous,
+                        disconnect=Disconnect.DISCONNECT_REASON_QOS_UNAVAILABLE,
+                        reason=reason_name(Reason.ERROR_REASON_QOS_UNAVAILABLE),
+                        message=change.message,
+                    ),
                 ]
             else:
                 call.granted_qos.CopyFrom(change.qos)
                 call.update_time.CopyFrom(_now())
                 call.etag = etag_of(call)
                 events = [
-                    self._event(call, EventType.QOS_EVENT_TYPE_QOS_CHANGED, "", previous=previous,
-                                current=change.qos, message=change.message,
-                                cause=event_pb2.QosChangeCause.QOS_CHANGE_CAUSE_PROVIDER_INITIATED)
+                    self._event(
+                        call,
+                        EventType.QOS_EVENT_TYPE_QOS_CHANGED,
+                        "",
+                        previous=previous,
+                        current=change.qos,
+                        message=change.message,
+                        cause=event_pb2.QosChangeCause.QOS_CHANGE_CAUSE_PROVIDER_INITIATED,
+                    )
                 ]
             await self._commit(call, events, None)
 
@@ -479,4 +557,3 @@ class CallManager:
             numbered = await self.store.commit(call, events, record)
         self.telemetry.call_committed(call)
         await self.hub.publish(numbered)
-

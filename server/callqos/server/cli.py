@@ -11,7 +11,8 @@ import logging
 import sys
 from pathlib import Path
 
-from callqos.server import app, config as config_module, logs
+from callqos.server import app, logs
+from callqos.server import config as config_module
 from callqos.server.providers.registry import ProviderLoadError
 from callqos.server.telemetry import TelemetryConfigError
 
@@ -37,9 +38,19 @@ def run_serve(args: argparse.Namespace) -> int:
     flags = {
         key: getattr(args, key, None)
         for key in (
-            "listen", "data_dir", "storage", "providers", "default_provider", "provider_timeout_seconds",
-            "event_retention_count", "event_retention_seconds", "max_watchers", "shutdown_grace_seconds",
-            "log_level", "port_file", "metrics_listen",
+            "listen",
+            "data_dir",
+            "storage",
+            "providers",
+            "default_provider",
+            "provider_timeout_seconds",
+            "event_retention_count",
+            "event_retention_seconds",
+            "max_watchers",
+            "shutdown_grace_seconds",
+            "log_level",
+            "port_file",
+            "metrics_listen",
         )
     }
     try:

@@ -146,9 +146,9 @@ def load(
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{path}: {exc}") from exc
     from_env = {
-        key[len(ENV_PREFIX):].lower(): value
+        key[len(ENV_PREFIX) :].lower(): value
         for key, value in env.items()
-        if key.startswith(ENV_PREFIX) and key != "CALLQOS_CONFIG" and key[len(ENV_PREFIX):].lower() in _FIELDS
+        if key.startswith(ENV_PREFIX) and key != "CALLQOS_CONFIG" and key[len(ENV_PREFIX) :].lower() in _FIELDS
     }
     _apply(config, from_env, "environment")
     _apply(config, {k: v for k, v in (flags or {}).items() if v is not None}, "flags")

@@ -88,17 +88,13 @@ class ServiceError(Exception):
     def to_status(self) -> status_pb2.Status:
         """The google.rpc.Status with ErrorInfo first, then BadRequest / QosRefusal."""
         details: list[Message] = [
-            error_details_pb2.ErrorInfo(
-                reason=self.reason_name, domain=DOMAIN, metadata=dict(self.metadata)
-            )
+            error_details_pb2.ErrorInfo(reason=self.reason_name, domain=DOMAIN, metadata=dict(self.metadata))
         ]
         if self.violations:
             details.append(
                 error_details_pb2.BadRequest(
                     field_violations=[
-                        error_details_pb2.BadRequest.FieldViolation(
-                            field=v.field, description=v.description
-                        )
+                        error_details_pb2.BadRequest.FieldViolation(field=v.field, description=v.description)
                         for v in self.violations
                     ]
                 )
@@ -110,9 +106,7 @@ class ServiceError(Exception):
             any_msg = any_pb2.Any()
             any_msg.Pack(detail)
             packed.append(any_msg)
-        return status_pb2.Status(
-            code=getattr(code_pb2, self.code.name), message=self.message, details=packed
-        )
+        return status_pb2.Status(code=getattr(code_pb2, self.code.name), message=self.message, details=packed)
 
 
 def invalid(violations: Iterable[FieldViolation], message: str | None = None) -> ServiceError:
@@ -134,9 +128,7 @@ def refused(
     refusal = call_pb2.QosRefusal(call=call, detail=message)
     if counter_offer is not None:
         refusal.counter_offer.CopyFrom(counter_offer)
-    return ServiceError(
-        reason, message, metadata={"call": call, **(metadata or {})}, refusal=refusal
-    )
+    return ServiceError(reason, message, metadata={"call": call, **(metadata or {})}, refusal=refusal)
 
 
 class ReplayedStatus(Exception):

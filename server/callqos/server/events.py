@@ -85,7 +85,9 @@ class EventHub:
         """Every accepted event with sequence > `cursor`, in order, until the hub closes."""
         while True:
             if self._closed:
-                raise ServiceError(Reason.ERROR_REASON_SHUTTING_DOWN, "server is shutting down; resume from your last sequence")
+                raise ServiceError(
+                    Reason.ERROR_REASON_SHUTTING_DOWN, "server is shutting down; resume from your last sequence"
+                )
             events = await self._read(cursor)
             if events:
                 for event in events:
@@ -94,4 +96,4 @@ class EventHub:
                         yield event
                 continue
             async with self._changed:
-                await self._changed.wait_for(lambda: self._closed or self._last > cursor)
+                await self._changed.wait_for(lambda: self._closed or self._last > cursor)  # noqa: B023 -- awaited here

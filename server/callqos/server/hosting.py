@@ -33,16 +33,12 @@ class ProviderSet:
     # Replaced by the server with the instruments of its telemetry (tracer/meter providers).
     telemetry: Instruments = Instruments()
 
-    def __init__(
-        self, configured: Mapping[str, Mapping[str, Any]], default: str, timeout: float
-    ) -> None:
+    def __init__(self, configured: Mapping[str, Mapping[str, Any]], default: str, timeout: float) -> None:
         self.timeout = timeout
         self._by_id: dict[str, ProviderInfo] = {}
         for provider_id, settings in configured.items():
             if not names.is_provider_id(provider_id):
-                raise registry.ProviderLoadError(
-                    f"provider id {provider_id!r} must be a resource id ([a-z][a-z0-9-]*)"
-                )
+                raise registry.ProviderLoadError(f"provider id {provider_id!r} must be a resource id ([a-z][a-z0-9-]*)")
             plugin_settings = dict(settings)
             plugin = str(plugin_settings.pop("plugin", provider_id))
             provider, target = registry.instantiate(plugin, plugin_settings)
@@ -56,9 +52,7 @@ class ProviderSet:
             )
         self.default_id = default
 
-    async def start(
-        self, host: ProviderHost, connected: Mapping[str, Sequence[Restored]]
-    ) -> list[ProviderChange]:
+    async def start(self, host: ProviderHost, connected: Mapping[str, Sequence[Restored]]) -> list[ProviderChange]:
         """Start every provider with the connected calls it held; the changes they report for
         calls that no longer fit are returned for the host to apply."""
         changes: list[ProviderChange] = []
@@ -153,5 +147,3 @@ def provider_proto(info: ProviderInfo) -> provider_pb2.Provider:
         default=info.default,
         implementation=info.implementation,
     )
-
-

@@ -49,9 +49,7 @@ def best_effort_spec() -> FlowSpec:
 
 
 def best_effort_qos(provider_specific: bytes = b"") -> QosSpec:
-    return QosSpec(
-        sending=best_effort_spec(), receiving=best_effort_spec(), provider_specific=provider_specific
-    )
+    return QosSpec(sending=best_effort_spec(), receiving=best_effort_spec(), provider_specific=provider_specific)
 
 
 def shortfalls(granted: FlowSpec, requested: FlowSpec) -> list[str]:
@@ -61,10 +59,7 @@ def shortfalls(granted: FlowSpec, requested: FlowSpec) -> list[str]:
     """
     problems: list[str] = []
     if granted.service_type != requested.service_type:
-        problems.append(
-            f"service type {ST.Name(granted.service_type)} instead of "
-            f"{ST.Name(requested.service_type)}"
-        )
+        problems.append(f"service type {ST.Name(granted.service_type)} instead of {ST.Name(requested.service_type)}")
         return problems
     if requested.service_type not in RESERVING:
         return problems

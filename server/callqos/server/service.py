@@ -27,7 +27,9 @@ from callqos.server.errors import FieldViolation, Reason, ReplayedStatus, Servic
 from callqos.server.events import EventHub
 from callqos.server.hosting import CALLER_DEADLINE, ProviderSet, provider_proto
 from callqos.server.locks import to_completion
-from callqos.v1 import call_pb2, callqos_service_pb2 as svc, callqos_service_pb2_grpc as svc_grpc, event_pb2
+from callqos.v1 import call_pb2, event_pb2
+from callqos.v1 import callqos_service_pb2 as svc
+from callqos.v1 import callqos_service_pb2_grpc as svc_grpc
 
 log = logging.getLogger(__name__)
 
@@ -200,7 +202,9 @@ class CallQosServicer(svc_grpc.CallQosServiceServicer):
         return await self._calls.get(request.name)
 
     @unary
-    async def ListCalls(self, request: svc.ListCallsRequest, context: grpc.aio.ServicerContext) -> svc.ListCallsResponse:
+    async def ListCalls(
+        self, request: svc.ListCallsRequest, context: grpc.aio.ServicerContext
+    ) -> svc.ListCallsResponse:
         size = _page_size(request.page_size, DEFAULT_PAGE, MAX_PAGE)
         state, provider = parse_call_filter(request.filter)
         scope = hashlib.sha256(request.filter.encode()).hexdigest()[:16]
@@ -209,7 +213,9 @@ class CallQosServicer(svc_grpc.CallQosServiceServicer):
         return svc.ListCallsResponse(calls=page.calls, next_page_token=_page_token(page.next_cursor, scope))
 
     @unary
-    async def RenegotiateCall(self, request: svc.RenegotiateCallRequest, context: grpc.aio.ServicerContext) -> call_pb2.Call:
+    async def RenegotiateCall(
+        self, request: svc.RenegotiateCallRequest, context: grpc.aio.ServicerContext
+    ) -> call_pb2.Call:
         return await self._calls.renegotiate(request, principal_of(context))
 
     @unary
@@ -267,7 +273,9 @@ class CallQosServicer(svc_grpc.CallQosServiceServicer):
         return provider_proto(self._providers.get(request.name))
 
     @unary
-    async def ListProviders(self, request: svc.ListProvidersRequest, context: grpc.aio.ServicerContext) -> svc.ListProvidersResponse:
+    async def ListProviders(
+        self, request: svc.ListProvidersRequest, context: grpc.aio.ServicerContext
+    ) -> svc.ListProvidersResponse:
         size = _page_size(request.page_size, MAX_PROVIDER_PAGE, MAX_PROVIDER_PAGE)
         start = _read_page_token(request.page_token, "providers")
         everything = [provider_proto(info) for info in self._providers.all()]
@@ -290,7 +298,9 @@ class CallQosServicer(svc_grpc.CallQosServiceServicer):
         return info
 
     @unary
-    async def ListLinks(self, request: svc.ListLinksRequest, context: grpc.aio.ServicerContext) -> svc.ListLinksResponse:
+    async def ListLinks(
+        self, request: svc.ListLinksRequest, context: grpc.aio.ServicerContext
+    ) -> svc.ListLinksResponse:
         size = _page_size(request.page_size, MAX_PROVIDER_PAGE, MAX_PROVIDER_PAGE)
         info = self._link_admin(request.parent, "parent")
         start = _read_page_token(request.page_token, request.parent)
@@ -309,7 +319,9 @@ class CallQosServicer(svc_grpc.CallQosServiceServicer):
             violations.append(FieldViolation("link.name", "must be providers/{provider}/links/{link}"))
         for path in request.update_mask.paths:
             if path != "capacity_bytes_per_second":
-                violations.append(FieldViolation("update_mask", f"{path!r} cannot be changed; only capacity_bytes_per_second"))
+                violations.append(
+                    FieldViolation("update_mask", f"{path!r} cannot be changed; only capacity_bytes_per_second")
+                )
         if violations or parsed is None:
             raise invalid(violations)
         info = self._link_admin(names.provider_name(parsed[0]), "link.name")

@@ -13,7 +13,8 @@ from collections.abc import Iterator
 from callqos.server import names
 from callqos.server.errors import FieldViolation
 from callqos.server.qos import NOTIFICATION_ONLY, RESERVING, SENTINELS
-from callqos.v1 import call_pb2, callqos_service_pb2 as svc, flowspec_pb2, provider_pb2
+from callqos.v1 import call_pb2, flowspec_pb2, provider_pb2
+from callqos.v1 import callqos_service_pb2 as svc
 
 ST = flowspec_pb2.ServiceType
 _KNOWN_SERVICE_TYPES = frozenset(ST.values())
@@ -55,9 +56,7 @@ def flowspec_violations(
         yield FieldViolation(f"{path}.service_type", f"unknown service type {stype}")
         return
     if stype in NOTIFICATION_ONLY:
-        yield FieldViolation(
-            f"{path}.service_type", f"{ST.Name(stype)} is a notification, not a request"
-        )
+        yield FieldViolation(f"{path}.service_type", f"{ST.Name(stype)} is a notification, not a request")
         return
     if stype == ST.SERVICE_TYPE_NO_CHANGE:
         if not renegotiation:
@@ -86,9 +85,7 @@ def flowspec_violations(
                 "must be left out when peak_bandwidth_unbounded is set",
             )
         elif has_rate and spec.peak_bandwidth_bytes_per_second < rate:
-            yield FieldViolation(
-                f"{path}.peak_bandwidth_bytes_per_second", "must be >= token_rate_bytes_per_second"
-            )
+            yield FieldViolation(f"{path}.peak_bandwidth_bytes_per_second", "must be >= token_rate_bytes_per_second")
     if spec.HasField("token_bucket_size_bytes") and spec.token_bucket_size_bytes == 0 and stype in RESERVING:
         yield FieldViolation(f"{path}.token_bucket_size_bytes", "must be > 0 (RFC 2212: b positive)")
     if spec.HasField("max_sdu_size_bytes"):
@@ -102,10 +99,7 @@ def flowspec_violations(
     if spec.HasField("minimum_policed_size_bytes"):
         if spec.minimum_policed_size_bytes == 0:
             yield FieldViolation(f"{path}.minimum_policed_size_bytes", "must be > 0 (RSVP semantics)")
-        elif (
-            spec.HasField("max_sdu_size_bytes")
-            and spec.minimum_policed_size_bytes > spec.max_sdu_size_bytes
-        ):
+        elif spec.HasField("max_sdu_size_bytes") and spec.minimum_policed_size_bytes > spec.max_sdu_size_bytes:
             yield FieldViolation(
                 f"{path}.minimum_policed_size_bytes", "must be <= max_sdu_size_bytes (RFC 2212: m <= M)"
             )
@@ -135,9 +129,7 @@ def qos_violations(
             max_sdu_size=mtu,
         )
     if len(qos.provider_specific) > MAX_PROVIDER_SPECIFIC:
-        yield FieldViolation(
-            f"{path}.provider_specific", f"at most {MAX_PROVIDER_SPECIFIC} bytes"
-        )
+        yield FieldViolation(f"{path}.provider_specific", f"at most {MAX_PROVIDER_SPECIFIC} bytes")
 
 
 def level_violations(level: int, path: str) -> Iterator[FieldViolation]:
@@ -172,9 +164,7 @@ def create_violations(
     if not call.destination:
         found.append(FieldViolation("call.destination", "required"))
     elif len(call.destination) > MAX_DESTINATION or not _PRINTABLE.fullmatch(call.destination):
-        found.append(
-            FieldViolation("call.destination", f"1-{MAX_DESTINATION} printable characters")
-        )
+        found.append(FieldViolation("call.destination", f"1-{MAX_DESTINATION} printable characters"))
     if call.provider and names.parse_provider(call.provider) is None:
         found.append(FieldViolation("call.provider", "must be providers/{provider}"))
     found.extend(level_violations(call.service_level, "call.service_level"))
@@ -189,9 +179,7 @@ def create_violations(
     )
     if request.call_id and not names.USER_CALL_ID.fullmatch(request.call_id):
         found.append(
-            FieldViolation(
-                "call_id", "1-63 characters of [a-z0-9-], starting with a letter, not ending with -"
-            )
+            FieldViolation("call_id", "1-63 characters of [a-z0-9-], starting with a letter, not ending with -")
         )
     found.extend(request_id_violations(request.request_id))
     return found
@@ -201,11 +189,7 @@ def renegotiate_violations(
     request: svc.RenegotiateCallRequest, caps: provider_pb2.ProviderCapabilities | None
 ) -> list[FieldViolation]:
     found = list(call_name_violations(request.name))
-    found.extend(
-        qos_violations(
-            request.qos, "qos", renegotiation=True, caps=caps, present=request.HasField("qos")
-        )
-    )
+    found.extend(qos_violations(request.qos, "qos", renegotiation=True, caps=caps, present=request.HasField("qos")))
     found.extend(level_violations(request.service_level, "service_level"))
     found.extend(etag_violations(request.etag))
     found.extend(request_id_violations(request.request_id))

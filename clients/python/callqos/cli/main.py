@@ -18,13 +18,13 @@ from typing import Any
 # GOAWAY seen by `callqos serve`) are neither JSON nor actionable; GRPC_VERBOSITY=INFO restores them.
 os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 
-from google.protobuf import json_format  # noqa: E402
+from google.protobuf import json_format
 
-from callqos.client import Client, ResumePolicy, errors, specs  # noqa: E402
-from callqos.client._channel import DEFAULT_TIMEOUT, env_principal, env_target  # noqa: E402
-from callqos.v1 import flowspec_pb2  # noqa: E402
+from callqos.client import Client, ResumePolicy, errors, specs
+from callqos.client._channel import DEFAULT_TIMEOUT, env_principal, env_target
+from callqos.v1 import flowspec_pb2
 
-from . import render  # noqa: E402
+from . import render
 
 EXIT_USAGE = 2
 EXIT_ERROR = 1
@@ -34,9 +34,7 @@ EXIT_RPC_BASE = 10
 
 _LEVELS = ["needed", "if-available", "best-effort"]
 _SERVICE_TYPES = [
-    specs.enum_label(flowspec_pb2.ServiceType, "SERVICE_TYPE_", n)
-    for n in flowspec_pb2.ServiceType.values()
-    if n
+    specs.enum_label(flowspec_pb2.ServiceType, "SERVICE_TYPE_", n) for n in flowspec_pb2.ServiceType.values() if n
 ]
 
 
@@ -74,9 +72,7 @@ def _add_flowspec_flags(parser: argparse.ArgumentParser, unset: str) -> None:
 
 def _flowspec(args: argparse.Namespace, prefix: str) -> flowspec_pb2.FlowSpec | None:
     kind = getattr(args, f"{prefix}_type")
-    values = {
-        f.keyword: getattr(args, f"{prefix}_{f.flag.replace('-', '_')}") for f in render.FLOW_FIELDS
-    }
+    values = {f.keyword: getattr(args, f"{prefix}_{f.flag.replace('-', '_')}") for f in render.FLOW_FIELDS}
     given = {k: v for k, v in values.items() if v is not None}
     if kind is None:
         if given:
@@ -157,9 +153,7 @@ def cmd_watch(client: Client, args: argparse.Namespace) -> None:
                 break
 
 
-def _print_all(
-    args: argparse.Namespace, items: Sequence[Any], show_table: Callable[..., None]
-) -> None:
+def _print_all(args: argparse.Namespace, items: Sequence[Any], show_table: Callable[..., None]) -> None:
     if args.json:
         for item in items:
             print(render.to_json(item))
@@ -235,8 +229,7 @@ def _add_common(parser: argparse.ArgumentParser, *, top: bool) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="callqos",
-        description="Quality of Service for calls: make calls with flowspecs, renegotiate, "
-        "drop, and watch QoS events.",
+        description="Quality of Service for calls: make calls with flowspecs, renegotiate, drop, and watch QoS events.",
         epilog="Failed requests exit with 10 + the gRPC status code.",
     )
     _add_common(parser, top=True)

@@ -114,9 +114,7 @@ def _short_qos(spec: flowspec_pb2.QosSpec, has: bool) -> tuple[str, str]:
 def call_text(call: call_pb2.Call) -> str:
     state = _label(call_pb2.Call.State, "STATE_", call.state)
     if call.state == call_pb2.Call.STATE_DISCONNECTED:
-        state += (
-            f" ({_label(call_pb2.DisconnectReason, 'DISCONNECT_REASON_', call.disconnect_reason)})"
-        )
+        state += f" ({_label(call_pb2.DisconnectReason, 'DISCONNECT_REASON_', call.disconnect_reason)})"
     level = _label(call_pb2.ServiceLevel, "SERVICE_LEVEL_", call.service_level)
     lines = [
         f"{call.name}  {state}",
@@ -166,9 +164,7 @@ def providers_table(providers: Iterable[provider_pb2.Provider], out: TextIO) -> 
     rows = [["NAME", "DEFAULT", "QOS", "RENEGOTIATE", "LINK-ADMIN", "MAX-RATE", "SERVICE-TYPES"]]
     for p in providers:
         caps = p.capabilities
-        kinds = ",".join(
-            _label(flowspec_pb2.ServiceType, "SERVICE_TYPE_", t) for t in caps.service_types
-        )
+        kinds = ",".join(_label(flowspec_pb2.ServiceType, "SERVICE_TYPE_", t) for t in caps.service_types)
         rows.append(
             [
                 p.name,
@@ -205,10 +201,7 @@ def event_text(event: event_pb2.QosEvent) -> str:
     if event.cause:
         parts.append(_label(event_pb2.QosChangeCause, "QOS_CHANGE_CAUSE_", event.cause))
     if event.disconnect_reason:
-        parts.append(
-            "reason="
-            + _label(call_pb2.DisconnectReason, "DISCONNECT_REASON_", event.disconnect_reason)
-        )
+        parts.append("reason=" + _label(call_pb2.DisconnectReason, "DISCONNECT_REASON_", event.disconnect_reason))
     if event.reason:
         parts.append(f"[{event.reason}]")
     if event.HasField("current_qos"):
@@ -247,9 +240,7 @@ def error_dict(exc: errors.CallQosError) -> dict[str, Any]:
         if exc.counter_offer is not None:
             body["counterOffer"] = json_format.MessageToDict(exc.counter_offer)
     if isinstance(exc, errors.InvalidArgumentError):
-        body["fieldViolations"] = [
-            {"field": v.field, "description": v.description} for v in exc.field_violations
-        ]
+        body["fieldViolations"] = [{"field": v.field, "description": v.description} for v in exc.field_violations]
     return {"error": body}
 
 

@@ -60,9 +60,7 @@ class AsyncClient:
         self.timeout = timeout
         self._credentials = credentials
         self._metadata = _channel.request_metadata(principal, metadata)
-        self._options = _channel.channel_options(
-            retry=retry, service_config=service_config, extra=options
-        )
+        self._options = _channel.channel_options(retry=retry, service_config=service_config, extra=options)
         self._channel: grpc.aio.Channel | None = None
         self._stub_instance: callqos_service_pb2_grpc.CallQosServiceStub | None = None
 
@@ -72,9 +70,7 @@ class AsyncClient:
             if self._credentials is None:
                 self._channel = grpc.aio.insecure_channel(self.target, options=self._options)
             else:
-                self._channel = grpc.aio.secure_channel(
-                    self.target, self._credentials, options=self._options
-                )
+                self._channel = grpc.aio.secure_channel(self.target, self._credentials, options=self._options)
             self._stub_instance = callqos_service_pb2_grpc.CallQosServiceStub(self._channel)  # type: ignore[no-untyped-call]
         return self._stub_instance
 
@@ -182,33 +178,23 @@ class AsyncClient:
         call: call_pb2.Call = await self._unary(self._stub.RenegotiateCall, request, timeout)
         return call
 
-    async def drop(
-        self, name: str, *, etag: str | None = None, timeout: float | None = None
-    ) -> call_pb2.Call:
+    async def drop(self, name: str, *, etag: str | None = None, timeout: float | None = None) -> call_pb2.Call:
         """Drop a call and release what it reserved. Dropping twice is harmless."""
-        request = callqos_service_pb2.DropCallRequest(
-            name=_requests.call_name(name), etag=etag or ""
-        )
+        request = callqos_service_pb2.DropCallRequest(name=_requests.call_name(name), etag=etag or "")
         call: call_pb2.Call = await self._unary(self._stub.DropCall, request, timeout)
         return call
 
     # -- providers and links ----------------------------------------------------------------
 
-    def list_providers(
-        self, *, timeout: float | None = None
-    ) -> AsyncIterator[provider_pb2.Provider]:
+    def list_providers(self, *, timeout: float | None = None) -> AsyncIterator[provider_pb2.Provider]:
         """Every provider the server hosts, with its capabilities."""
         request = callqos_service_pb2.ListProvidersRequest()
         return self._paged(self._stub.ListProviders, request, "providers", timeout)
 
-    async def get_provider(
-        self, name: str, *, timeout: float | None = None
-    ) -> provider_pb2.Provider:
+    async def get_provider(self, name: str, *, timeout: float | None = None) -> provider_pb2.Provider:
         """Get a provider by ``providers/{provider}`` (or just ``{provider}``)."""
         request = callqos_service_pb2.GetProviderRequest(name=_requests.provider_name(name))
-        provider: provider_pb2.Provider = await self._unary(
-            self._stub.GetProvider, request, timeout
-        )
+        provider: provider_pb2.Provider = await self._unary(self._stub.GetProvider, request, timeout)
         return provider
 
     async def default_provider(self, *, timeout: float | None = None) -> provider_pb2.Provider:

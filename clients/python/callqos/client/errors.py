@@ -42,46 +42,46 @@ except ImportError:  # pragma: no cover - grpcio-status is a declared dependency
 
 __all__ = [
     "DOMAIN",
-    "CallQosError",
-    "ClientError",
-    "ServerError",
-    "InvalidArgumentError",
-    "InvalidRequestError",
-    "RequestIdReusedError",
-    "NotFoundError",
-    "CallNotFoundError",
-    "ProviderNotFoundError",
-    "LinkNotFoundError",
+    "AbortedError",
     "AlreadyExistsError",
     "CallAlreadyExistsError",
-    "FailedPreconditionError",
     "CallNotConnectedError",
-    "PermissionDeniedError",
-    "NotOwnerError",
-    "QosRefusedError",
-    "QosUnavailableError",
-    "QosPolicyFailureError",
-    "AbortedError",
-    "EtagMismatchError",
-    "ResourceExhaustedError",
-    "TooManyWatchersError",
-    "UnsupportedError",
-    "RenegotiationUnsupportedError",
-    "LinkAdminUnsupportedError",
-    "OutOfRangeError",
+    "CallNotFoundError",
+    "CallQosError",
+    "ClientError",
     "CursorExpiredError",
     "CursorUnknownError",
-    "UnauthenticatedError",
-    "RequestCancelledError",
-    "DeadlineExceededError",
-    "UnavailableError",
-    "ProviderUnavailableError",
-    "ShuttingDownError",
-    "InternalError",
-    "ProviderContractViolationError",
-    "ServerBugError",
-    "UnknownError",
     "DataLossError",
+    "DeadlineExceededError",
+    "EtagMismatchError",
+    "FailedPreconditionError",
+    "InternalError",
+    "InvalidArgumentError",
+    "InvalidRequestError",
+    "LinkAdminUnsupportedError",
+    "LinkNotFoundError",
+    "NotFoundError",
+    "NotOwnerError",
+    "OutOfRangeError",
+    "PermissionDeniedError",
+    "ProviderContractViolationError",
+    "ProviderNotFoundError",
+    "ProviderUnavailableError",
+    "QosPolicyFailureError",
+    "QosRefusedError",
+    "QosUnavailableError",
+    "RenegotiationUnsupportedError",
+    "RequestCancelledError",
+    "RequestIdReusedError",
+    "ResourceExhaustedError",
+    "ServerBugError",
+    "ServerError",
+    "ShuttingDownError",
+    "TooManyWatchersError",
+    "UnauthenticatedError",
+    "UnavailableError",
+    "UnknownError",
+    "UnsupportedError",
     "exception_class_for",
     "from_grpc_error",
     "is_retryable",
@@ -157,9 +157,7 @@ class CallQosError(Exception):
         self.status: status_pb2.Status | None = status
         #: The underlying ``grpc.RpcError`` (``grpc.aio.AioRpcError`` for the async client).
         self.response: grpc.RpcError | None = response
-        self.error_info: error_details_pb2.ErrorInfo | None = self._find(
-            error_details_pb2.ErrorInfo
-        )
+        self.error_info: error_details_pb2.ErrorInfo | None = self._find(error_details_pb2.ErrorInfo)
 
     def _find(self, kind: type[Any]) -> Any:
         """The first detail of this type (AIP-193: each type appears at most once)."""
@@ -197,10 +195,7 @@ class CallQosError(Exception):
         return f"{label}: {self.message}" if self.message else label
 
     def __repr__(self) -> str:
-        return (
-            f"{type(self).__name__}(code={self.code.name}, reason={self.reason!r}, "
-            f"message={self.message!r})"
-        )
+        return f"{type(self).__name__}(code={self.code.name}, reason={self.reason!r}, message={self.message!r})"
 
 
 class ClientError(CallQosError):
@@ -495,9 +490,7 @@ def _rich_status(rpc_error: grpc.RpcError) -> status_pb2.Status | None:
         return None
 
 
-def exception_class_for(
-    code: grpc.StatusCode, reason: str = "", domain: str = DOMAIN
-) -> type[CallQosError]:
+def exception_class_for(code: grpc.StatusCode, reason: str = "", domain: str = DOMAIN) -> type[CallQosError]:
     """The exception class for a status code and ErrorInfo reason (the one mapping)."""
     if reason and domain == DOMAIN:
         specific = _BY_REASON.get((code, reason))

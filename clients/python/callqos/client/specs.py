@@ -20,21 +20,21 @@ from google.protobuf.internal.enum_type_wrapper import EnumTypeWrapper
 from callqos.v1 import call_pb2, event_pb2, flowspec_pb2
 
 __all__ = [
+    "UNBOUNDED",
     "FlowSpec",
     "QosSpec",
-    "UNBOUNDED",
-    "flowspec",
     "best_effort",
     "controlled_load",
+    "enum_label",
+    "flowspec",
     "guaranteed",
-    "no_traffic",
     "no_change",
-    "qos",
-    "parse_service_type",
-    "parse_service_level",
+    "no_traffic",
     "parse_call_state",
     "parse_event_type",
-    "enum_label",
+    "parse_service_level",
+    "parse_service_type",
+    "qos",
 ]
 
 FlowSpec = flowspec_pb2.FlowSpec

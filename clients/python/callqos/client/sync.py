@@ -192,13 +192,9 @@ class Client:
         call: call_pb2.Call = self._unary(self._stub.RenegotiateCall, request, timeout)
         return call
 
-    def drop(
-        self, name: str, *, etag: str | None = None, timeout: float | None = None
-    ) -> call_pb2.Call:
+    def drop(self, name: str, *, etag: str | None = None, timeout: float | None = None) -> call_pb2.Call:
         """Drop a call and release what it reserved. Dropping twice is harmless."""
-        request = callqos_service_pb2.DropCallRequest(
-            name=_requests.call_name(name), etag=etag or ""
-        )
+        request = callqos_service_pb2.DropCallRequest(name=_requests.call_name(name), etag=etag or "")
         call: call_pb2.Call = self._unary(self._stub.DropCall, request, timeout)
         return call
 
@@ -220,9 +216,7 @@ class Client:
         providers = list(self.list_providers(timeout=timeout))
         return next((p for p in providers if p.default), providers[0])
 
-    def list_links(
-        self, provider: str | None = None, *, timeout: float | None = None
-    ) -> Iterator[provider_pb2.Link]:
+    def list_links(self, provider: str | None = None, *, timeout: float | None = None) -> Iterator[provider_pb2.Link]:
         """A provider's links (default provider when ``None``)."""
 
         def links() -> Iterator[provider_pb2.Link]:
@@ -267,9 +261,7 @@ class Client:
 
     # -- paging -----------------------------------------------------------------------------
 
-    def _paged(
-        self, method: Callable[..., Any], request: Any, field: str, timeout: float | None
-    ) -> Iterator[Any]:
+    def _paged(self, method: Callable[..., Any], request: Any, field: str, timeout: float | None) -> Iterator[Any]:
         # A generator, so the first page is fetched when iteration starts (and each later
         # page when the previous one is used up), each under its own deadline.
         def pages() -> Iterator[Any]:

@@ -77,8 +77,9 @@ class ConnectsBeyondCapacity(ReferenceProvider):
 
     description = "BROKEN: connects instead of refusing at NEEDED"
 
-    def _refuse_or_fallback(self, request: AdmissionRequest, kind: RefusalKind, message: str,
-                            offer: flowspec_pb2.QosSpec) -> Decision:
+    def _refuse_or_fallback(
+        self, request: AdmissionRequest, kind: RefusalKind, message: str, offer: flowspec_pb2.QosSpec
+    ) -> Decision:
         if kind is RefusalKind.ADMISSION and request.level == Level.SERVICE_LEVEL_NEEDED:
             link = self._route(request.destination)
             granted = flowspec_pb2.QosSpec(
@@ -96,8 +97,9 @@ class RefusedCounterOffer(ReferenceProvider):
 
     description = "BROKEN: counter-offer that is itself refused"
 
-    def _refuse_or_fallback(self, request: AdmissionRequest, kind: RefusalKind, message: str,
-                            offer: flowspec_pb2.QosSpec) -> Decision:
+    def _refuse_or_fallback(
+        self, request: AdmissionRequest, kind: RefusalKind, message: str, offer: flowspec_pb2.QosSpec
+    ) -> Decision:
         if request.level == Level.SERVICE_LEVEL_NEEDED:
             return Refusal(kind, message, request.qos)
         return super()._refuse_or_fallback(request, kind, message, offer)

@@ -17,13 +17,34 @@ from typing import Any
 
 import grpc
 
-from callqos.v1 import callqos_service_pb2 as svc, callqos_service_pb2_grpc as svc_grpc
+from callqos.v1 import callqos_service_pb2 as svc
+from callqos.v1 import callqos_service_pb2_grpc as svc_grpc
 
-UNARY = ("CreateCall", "GetCall", "ListCalls", "RenegotiateCall", "DropCall", "GetProvider", "ListProviders",
-         "ListLinks", "UpdateLink")
-FAULTS = ("none", "accepts-invalid-peak", "double-reserves-request-id", "never-emits-events", "reorders-events",
-          "wrong-error-codes", "drops-provider-specific", "ignores-etag", "ignores-renegotiation-request-id",
-          "unknown-cursor-from-now", "wrong-start-sequence", "owner-only-events")
+UNARY = (
+    "CreateCall",
+    "GetCall",
+    "ListCalls",
+    "RenegotiateCall",
+    "DropCall",
+    "GetProvider",
+    "ListProviders",
+    "ListLinks",
+    "UpdateLink",
+)
+FAULTS = (
+    "none",
+    "accepts-invalid-peak",
+    "double-reserves-request-id",
+    "never-emits-events",
+    "reorders-events",
+    "wrong-error-codes",
+    "drops-provider-specific",
+    "ignores-etag",
+    "ignores-renegotiation-request-id",
+    "unknown-cursor-from-now",
+    "wrong-start-sequence",
+    "owner-only-events",
+)
 PRINCIPAL_HEADER = "x-callqos-principal"
 START_SEQUENCE_HEADER = "x-callqos-start-sequence"
 FORWARDED_HEADERS = (PRINCIPAL_HEADER,)
@@ -52,7 +73,9 @@ class Proxy(svc_grpc.CallQosServiceServicer):
         elif method == "DropCall" and self.fault == "ignores-etag":
             request.etag = ""
         try:
-            return await getattr(self.up, method)(request, metadata=self._metadata(context), timeout=context.time_remaining())
+            return await getattr(self.up, method)(
+                request, metadata=self._metadata(context), timeout=context.time_remaining()
+            )
         except grpc.aio.AioRpcError as error:
             await self._abort(context, error)
 
@@ -63,8 +86,11 @@ class Proxy(svc_grpc.CallQosServiceServicer):
             request.call.requested_qos.ClearField("provider_specific")  # the fault: not passed through
         if self.fault == "accepts-invalid-peak":
             for direction in (request.call.requested_qos.sending, request.call.requested_qos.receiving):
-                if (direction.HasField("peak_bandwidth_bytes_per_second") and direction.HasField("token_rate_bytes_per_second")
-                        and direction.peak_bandwidth_bytes_per_second < direction.token_rate_bytes_per_second):
+                if (
+                    direction.HasField("peak_bandwidth_bytes_per_second")
+                    and direction.HasField("token_rate_bytes_per_second")
+                    and direction.peak_bandwidth_bytes_per_second < direction.token_rate_bytes_per_second
+                ):
                     direction.ClearField("peak_bandwidth_bytes_per_second")  # "repairs" it instead of refusing
         return request
 
@@ -85,7 +111,9 @@ class Proxy(svc_grpc.CallQosServiceServicer):
             request.ClearField("after_sequence")
             return await self._open_watch(request, context)
         if start is not None:
-            await context.send_initial_metadata(((START_SEQUENCE_HEADER, "0" if self.fault == "wrong-start-sequence" else start),))
+            await context.send_initial_metadata(
+                ((START_SEQUENCE_HEADER, "0" if self.fault == "wrong-start-sequence" else start),)
+            )
         return stream
 
     async def _owned(self, event: Any, context: grpc.aio.ServicerContext, owners: dict[str, str]) -> bool:
@@ -95,7 +123,9 @@ class Proxy(svc_grpc.CallQosServiceServicer):
             owners[event.call] = call.owner
         return owners[event.call] == dict(self._metadata(context)).get(PRINCIPAL_HEADER, "anonymous")
 
-    async def WatchEvents(self, request: svc.WatchEventsRequest, context: grpc.aio.ServicerContext) -> AsyncIterator[svc.WatchEventsResponse]:
+    async def WatchEvents(
+        self, request: svc.WatchEventsRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[svc.WatchEventsResponse]:
         if self.fault == "never-emits-events":
             await asyncio.Event().wait()
         stream = await self._open_watch(request, context)

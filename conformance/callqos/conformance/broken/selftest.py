@@ -24,9 +24,22 @@ def proxy(fault: str, upstream: str) -> Iterator[str]:
     with tempfile.TemporaryDirectory(prefix="callqos-proxy-") as tmp:
         port_file = Path(tmp) / "port"
         proc = subprocess.Popen(
-            [sys.executable, "-m", "callqos.conformance.broken.proxy", "--fault", fault, "--upstream", upstream,
-             "--listen", "127.0.0.1:0", "--port-file", str(port_file)],
-            stdout=subprocess.DEVNULL, stderr=open(Path(tmp) / "proxy.log", "wb"), env={**os.environ},
+            [
+                sys.executable,
+                "-m",
+                "callqos.conformance.broken.proxy",
+                "--fault",
+                fault,
+                "--upstream",
+                upstream,
+                "--listen",
+                "127.0.0.1:0",
+                "--port-file",
+                str(port_file),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=open(Path(tmp) / "proxy.log", "wb"),  # noqa: SIM115 -- the child holds it
+            env={**os.environ},
         )
         try:
             deadline = time.monotonic() + 20
@@ -48,9 +61,13 @@ def certify(fault: Fault, *, full: bool = False, seed: int = 7, output_dir: Path
     profiles = () if full else fault.profiles
     checks = () if full else fault.only
     if fault.kind == "provider":
-        return run_conformance(RunOptions(provider=fault.subject, profiles=profiles, checks=checks, seed=seed, output_dir=output_dir))
+        return run_conformance(
+            RunOptions(provider=fault.subject, profiles=profiles, checks=checks, seed=seed, output_dir=output_dir)
+        )
     with SpawnedServer("reference") as server, proxy(fault.subject, server.target) as address:
-        return run_conformance(RunOptions(target=address, profiles=profiles, checks=checks, seed=seed, output_dir=output_dir))
+        return run_conformance(
+            RunOptions(target=address, profiles=profiles, checks=checks, seed=seed, output_dir=output_dir)
+        )
 
 
 def failed_ids(report: Report) -> list[str]:

@@ -12,8 +12,12 @@ from callqos.conformance.rules import QosSpec, qos_rates
 from callqos.v1 import callqos_service_pb2 as svc
 
 REFUSED = grpc.StatusCode.RESOURCE_EXHAUSTED
-LOSS_EVENTS = (EventType.QOS_EVENT_TYPE_NOQOS, EventType.QOS_EVENT_TYPE_ADMISSION_FAILURE,
-               EventType.QOS_EVENT_TYPE_POLICY_FAILURE, EventType.QOS_EVENT_TYPE_GENERIC_ERROR)
+LOSS_EVENTS = (
+    EventType.QOS_EVENT_TYPE_NOQOS,
+    EventType.QOS_EVENT_TYPE_ADMISSION_FAILURE,
+    EventType.QOS_EVENT_TYPE_POLICY_FAILURE,
+    EventType.QOS_EVENT_TYPE_GENERIC_ERROR,
+)
 
 
 def is_qos_refusal(failure: RpcFailure) -> bool:
@@ -31,7 +35,10 @@ async def fill(ctx: CheckContext, qos: QosSpec, level: Level) -> tuple[list[Call
             calls.append(result)
             continue
         if not is_qos_refusal(result):
-            raise CheckFailed(f"while filling with {len(calls)} calls: expected success or RESOURCE_EXHAUSTED QOS_UNAVAILABLE, got {result}")
+            raise CheckFailed(
+                f"while filling with {len(calls)} calls: expected success or RESOURCE_EXHAUSTED "
+                f"QOS_UNAVAILABLE, got {result}"
+            )
         return calls, result
     return calls, None
 
@@ -59,15 +66,26 @@ async def check_links_within(ctx: CheckContext) -> None:
     if not ctx.caps.link_admin:
         return
     for link in await ctx.links():
-        for direction, used in (("sending", link.sending_reserved_bytes_per_second),
-                                ("receiving", link.receiving_reserved_bytes_per_second)):
+        for direction, used in (
+            ("sending", link.sending_reserved_bytes_per_second),
+            ("receiving", link.receiving_reserved_bytes_per_second),
+        ):
             if used > link.capacity_bytes_per_second:
-                raise CheckFailed(f"{link.name}: {direction} reserved {used} B/s exceeds capacity {link.capacity_bytes_per_second} B/s")
+                raise CheckFailed(
+                    f"{link.name}: {direction} reserved {used} B/s exceeds capacity "
+                    f"{link.capacity_bytes_per_second} B/s"
+                )
 
 
-async def call_events(ctx: CheckContext, name: str, terminal: int = EventType.QOS_EVENT_TYPE_CALL_DISCONNECTED,
-                      count: int = 0, what: str = "") -> list[QosEvent]:
+async def call_events(
+    ctx: CheckContext,
+    name: str,
+    terminal: int = EventType.QOS_EVENT_TYPE_CALL_DISCONNECTED,
+    count: int = 0,
+    what: str = "",
+) -> list[QosEvent]:
     """The call's events, read until `terminal` arrives (or `count` events), plus a settle period."""
+
     def done(events: list[QosEvent]) -> bool:
         if count:
             return len(events) >= count
@@ -97,6 +115,14 @@ async def refused_to_intruder(ctx: CheckContext, call: Call, qos: QosSpec) -> No
         or (not ctx.caps.renegotiation and failure.code == grpc.StatusCode.UNIMPLEMENTED)
     )
     if not ok:
-        raise CheckFailed(f"RenegotiateCall by another principal: expected PERMISSION_DENIED NOT_OWNER, got {failure or 'success'}")
-    await ctx.expect_error("DropCall", svc.DropCallRequest(name=call.name), grpc.StatusCode.PERMISSION_DENIED, "NOT_OWNER",
-                           principal=intruder, what="DropCall by another principal")
+        raise CheckFailed(
+            f"RenegotiateCall by another principal: expected PERMISSION_DENIED NOT_OWNER, got {failure or 'success'}"
+        )
+    await ctx.expect_error(
+        "DropCall",
+        svc.DropCallRequest(name=call.name),
+        grpc.StatusCode.PERMISSION_DENIED,
+        "NOT_OWNER",
+        principal=intruder,
+        what="DropCall by another principal",
+    )

@@ -15,9 +15,15 @@ NEEDED = Level.SERVICE_LEVEL_NEEDED
 PARALLEL = 10
 
 
-@check("CONC-001", "Concurrent CreateCalls never admit more than capacity", MUST, "concurrency",
-       "RFC 2212 admission: Σ reserved ≤ capacity; provider contract: concurrent calls never exceed capacity; §8.5 #9",
-       needs=("qos_supported",), timeout=15)
+@check(
+    "CONC-001",
+    "Concurrent CreateCalls never admit more than capacity",
+    MUST,
+    "concurrency",
+    "RFC 2212 admission: Σ reserved ≤ capacity; provider contract: concurrent calls never exceed capacity; §8.5 #9",
+    needs=("qos_supported",),
+    timeout=15,
+)
 async def concurrent_create(ctx: CheckContext) -> None:
     """10 CreateCalls of capacity/4 at once: connected calls hold ≤ capacity; links within capacity."""
     capacity = needs_capacity(ctx)
@@ -30,9 +36,15 @@ async def concurrent_create(ctx: CheckContext) -> None:
         raise CheckFailed("no concurrent CreateCall was admitted on an idle provider")
 
 
-@check("CONC-002", "Concurrent renegotiations never admit more than capacity", MUST, "concurrency",
-       "TSPI_lineSetCallQualityOfService atomic replace; provider contract; §8.5 #9",
-       needs=("qos_supported", "renegotiation"), timeout=15)
+@check(
+    "CONC-002",
+    "Concurrent renegotiations never admit more than capacity",
+    MUST,
+    "concurrency",
+    "TSPI_lineSetCallQualityOfService atomic replace; provider contract; §8.5 #9",
+    needs=("qos_supported", "renegotiation"),
+    timeout=15,
+)
 async def concurrent_renegotiate(ctx: CheckContext) -> None:
     """4 calls of capacity/8, then all renegotiated to capacity/3 at once: granted sum ≤ capacity."""
     capacity = needs_capacity(ctx)

@@ -8,16 +8,30 @@ from typing import Any
 import grpc
 
 from callqos.conformance.checks.common import (
-    REFUSED, check_links_within, check_within, fill, held, is_qos_refusal,
+    REFUSED,
+    check_links_within,
+    check_within,
+    fill,
+    is_qos_refusal,
 )
 from callqos.conformance.checks.registry import MUST, SHOULD, check
 from callqos.conformance.harness import Call, CheckContext, Level, RpcFailure, brief, needs_capacity, same
 from callqos.conformance.model import CheckFailed, CheckSkipped
 from callqos.conformance.rules import (
-    NON_RESERVING, RESERVING, ST, QosSpec, best_effort, cl, flow, qos_rates, qos_shortfalls,
+    ST,
+    QosSpec,
+    best_effort,
+    cl,
+    flow,
+    qos_rates,
+    qos_shortfalls,
 )
 
-NEEDED, IF_AVAILABLE, BEST_EFFORT = Level.SERVICE_LEVEL_NEEDED, Level.SERVICE_LEVEL_IF_AVAILABLE, Level.SERVICE_LEVEL_BEST_EFFORT
+NEEDED, IF_AVAILABLE, BEST_EFFORT = (
+    Level.SERVICE_LEVEL_NEEDED,
+    Level.SERVICE_LEVEL_IF_AVAILABLE,
+    Level.SERVICE_LEVEL_BEST_EFFORT,
+)
 
 
 def feasible(ctx: CheckContext) -> QosSpec:
@@ -32,8 +46,13 @@ def infeasible(ctx: CheckContext) -> QosSpec:
     return ctx.params.infeasible
 
 
-@check("CORE-ADM-001", "A feasible request at NEEDED connects and the grant satisfies it in both directions", MUST, "core",
-       "TAPI QSL_NEEDED / LINEQOSSERVICELEVEL_NEEDED; provider contract: a grant at NEEDED satisfies the request")
+@check(
+    "CORE-ADM-001",
+    "A feasible request at NEEDED connects and the grant satisfies it in both directions",
+    MUST,
+    "core",
+    "TAPI QSL_NEEDED / LINEQOSSERVICELEVEL_NEEDED; provider contract: a grant at NEEDED satisfies the request",
+)
 async def feasible_needed(ctx: CheckContext) -> None:
     """CreateCall(feasible, NEEDED) → CONNECTED; granted_qos meets requested_qos in sending and receiving."""
     qos = feasible(ctx)
@@ -45,28 +64,47 @@ async def feasible_needed(ctx: CheckContext) -> None:
         raise CheckFailed("requested_qos is not the QoS asked for")
 
 
-@check("CORE-ADM-002", "An infeasible request at NEEDED fails with QOS_UNAVAILABLE and reserves nothing", MUST, "core",
-       "TAPI QoS overview / LINEDISCONNECTMODE_QOSUNAVAIL; errors.proto QOS_UNAVAILABLE (RESOURCE_EXHAUSTED); §8.5 #12")
+@check(
+    "CORE-ADM-002",
+    "An infeasible request at NEEDED fails with QOS_UNAVAILABLE and reserves nothing",
+    MUST,
+    "core",
+    "TAPI QoS overview / LINEDISCONNECTMODE_QOSUNAVAIL; errors.proto QOS_UNAVAILABLE (RESOURCE_EXHAUSTED); §8.5 #12",
+)
 async def infeasible_needed(ctx: CheckContext) -> None:
     """CreateCall(infeasible, NEEDED) → RESOURCE_EXHAUSTED QOS_UNAVAILABLE with a QosRefusal naming the call;
     the call is DISCONNECTED (QOS_UNAVAILABLE) with no granted QoS; link reservations unchanged."""
     before = await ctx.reserved() if ctx.caps.link_admin else None
     request = ctx.request(infeasible(ctx), NEEDED)
-    failure = await ctx.expect_error("CreateCall", request, REFUSED, "QOS_UNAVAILABLE", what=f"CreateCall({brief(request.call.requested_qos)}) at NEEDED")
+    failure = await ctx.expect_error(
+        "CreateCall",
+        request,
+        REFUSED,
+        "QOS_UNAVAILABLE",
+        what=f"CreateCall({brief(request.call.requested_qos)}) at NEEDED",
+    )
     name = f"calls/{request.call_id}"
     if failure.refusal is None or failure.refusal.call != name:
         raise CheckFailed(f"refusal carries no QosRefusal naming {name}")
     call = await ctx.get(name)
     if call.state != Call.State.STATE_DISCONNECTED or call.disconnect_reason != 2:
-        raise CheckFailed(f"refused call is {Call.State.Name(call.state)} reason {call.disconnect_reason}, expected DISCONNECTED QOS_UNAVAILABLE")
+        raise CheckFailed(
+            f"refused call is {Call.State.Name(call.state)} reason {call.disconnect_reason}, expected "
+            "DISCONNECTED QOS_UNAVAILABLE"
+        )
     if any(qos_rates(call.granted_qos)):
         raise CheckFailed("refused call reports granted reserving QoS")
     if before is not None and await ctx.reserved() != before:
         raise CheckFailed(f"a refused call left capacity reserved: {before} → {await ctx.reserved()}")
 
 
-@check("CORE-ADM-003", "A counter-offer is itself admitted on an immediate retry", MUST, "core",
-       "call.proto QosRefusal.counter_offer: retrying with it succeeds if nothing else changes; §8.5 #12")
+@check(
+    "CORE-ADM-003",
+    "A counter-offer is itself admitted on an immediate retry",
+    MUST,
+    "core",
+    "call.proto QosRefusal.counter_offer: retrying with it succeeds if nothing else changes; §8.5 #12",
+)
 async def counter_offer(ctx: CheckContext) -> None:
     """Refused CreateCall at NEEDED; CreateCall(counter_offer, NEEDED) → CONNECTED, satisfying the offer."""
     request = ctx.request(infeasible(ctx), NEEDED)
@@ -82,8 +120,14 @@ async def counter_offer(ctx: CheckContext) -> None:
         raise CheckFailed(f"the counter-offer was granted short: {'; '.join(problems)}")
 
 
-@check("CORE-ADM-004", "IF_AVAILABLE connects with what is free, within capacity", MUST, "core",
-       "TAPI QSL_IF_AVAILABLE: connect with whatever QoS is available", needs=("qos_supported",))
+@check(
+    "CORE-ADM-004",
+    "IF_AVAILABLE connects with what is free, within capacity",
+    MUST,
+    "core",
+    "TAPI QSL_IF_AVAILABLE: connect with whatever QoS is available",
+    needs=("qos_supported",),
+)
 async def if_available(ctx: CheckContext) -> None:
     """CreateCall(infeasible, IF_AVAILABLE) → CONNECTED; requested_qos kept as asked; granted ≤ capacity."""
     capacity = needs_capacity(ctx)
@@ -95,8 +139,13 @@ async def if_available(ctx: CheckContext) -> None:
     await check_links_within(ctx)
 
 
-@check("CORE-ADM-005", "BEST_EFFORT service level connects and reserves nothing", MUST, "core",
-       "TAPI QSL_BEST_EFFORT; call.proto SERVICE_LEVEL_BEST_EFFORT: connect without any reservation")
+@check(
+    "CORE-ADM-005",
+    "BEST_EFFORT service level connects and reserves nothing",
+    MUST,
+    "core",
+    "TAPI QSL_BEST_EFFORT; call.proto SERVICE_LEVEL_BEST_EFFORT: connect without any reservation",
+)
 async def best_effort_level(ctx: CheckContext) -> None:
     """CreateCall(any QoS, BEST_EFFORT) → CONNECTED; granted reserves 0 B/s; link reservations unchanged."""
     before = await ctx.reserved() if ctx.caps.link_admin else None
@@ -108,12 +157,20 @@ async def best_effort_level(ctx: CheckContext) -> None:
         raise CheckFailed("a BEST_EFFORT-level call changed link reservations")
 
 
-@check("CORE-ADM-006", "BEST_EFFORT and NO_TRAFFIC service types always admit and reserve nothing", MUST, "core",
-       "qos.h SERVICETYPE_BESTEFFORT / SERVICETYPE_NOTRAFFIC; RFC 2211 framing; §8.5 #8")
+@check(
+    "CORE-ADM-006",
+    "BEST_EFFORT and NO_TRAFFIC service types always admit and reserve nothing",
+    MUST,
+    "core",
+    "qos.h SERVICETYPE_BESTEFFORT / SERVICETYPE_NOTRAFFIC; RFC 2211 framing; §8.5 #8",
+)
 async def non_reserving_types(ctx: CheckContext) -> None:
     """CreateCall(send BEST_EFFORT / recv NO_TRAFFIC, NEEDED) → CONNECTED with those types, nothing reserved."""
     before = await ctx.reserved() if ctx.caps.link_admin else None
-    for send, recv in ((ST.SERVICE_TYPE_BEST_EFFORT, ST.SERVICE_TYPE_NO_TRAFFIC), (ST.SERVICE_TYPE_NO_TRAFFIC, ST.SERVICE_TYPE_BEST_EFFORT)):
+    for send, recv in (
+        (ST.SERVICE_TYPE_BEST_EFFORT, ST.SERVICE_TYPE_NO_TRAFFIC),
+        (ST.SERVICE_TYPE_NO_TRAFFIC, ST.SERVICE_TYPE_BEST_EFFORT),
+    ):
         qos = QosSpec(sending=flow(send), receiving=flow(recv))
         call = await ctx.create(qos, NEEDED)
         if call.granted_qos.sending.service_type != send or call.granted_qos.receiving.service_type != recv:
@@ -125,7 +182,11 @@ async def non_reserving_types(ctx: CheckContext) -> None:
 async def _fill_direction(ctx: CheckContext, direction: str) -> None:
     capacity = needs_capacity(ctx)
     rate = capacity // 4
-    qos = QosSpec(sending=cl(rate), receiving=best_effort()) if direction == "sending" else QosSpec(sending=best_effort(), receiving=cl(rate))
+    qos = (
+        QosSpec(sending=cl(rate), receiving=best_effort())
+        if direction == "sending"
+        else QosSpec(sending=best_effort(), receiving=cl(rate))
+    )
     calls, refusal = await fill(ctx, qos, NEEDED)
     check_within(ctx, calls, capacity, f"{direction} filled with {brief(qos)} calls")
     if refusal is None:
@@ -137,41 +198,76 @@ async def _fill_direction(ctx: CheckContext, direction: str) -> None:
     await check_links_within(ctx)
 
 
-@check("CORE-ADM-007", "Sending direction: admits while the sum fits, then refuses", MUST, "core",
-       "WSA_QOS_ADMISSION_FAILURE / LINEERR_RESOURCEUNAVAIL; RFC 2212 admission (ΣR ≤ capacity); §8.5 #9",
-       needs=("qos_supported",), timeout=15)
+@check(
+    "CORE-ADM-007",
+    "Sending direction: admits while the sum fits, then refuses",
+    MUST,
+    "core",
+    "WSA_QOS_ADMISSION_FAILURE / LINEERR_RESOURCEUNAVAIL; RFC 2212 admission (ΣR ≤ capacity); §8.5 #9",
+    needs=("qos_supported",),
+    timeout=15,
+)
 async def fill_sending(ctx: CheckContext) -> None:
     """Calls of capacity/4 B/s sending until refusal: the admitted sum ≤ capacity; earlier calls untouched."""
     await _fill_direction(ctx, "sending")
 
 
-@check("CORE-ADM-008", "Receiving direction: admission-controlled on its own", MUST, "core",
-       "winsock2.h QOS {SendingFlowspec, ReceivingFlowspec}: each direction is a flowspec; §8.5 #9",
-       needs=("qos_supported",), timeout=15)
+@check(
+    "CORE-ADM-008",
+    "Receiving direction: admission-controlled on its own",
+    MUST,
+    "core",
+    "winsock2.h QOS {SendingFlowspec, ReceivingFlowspec}: each direction is a flowspec; §8.5 #9",
+    needs=("qos_supported",),
+    timeout=15,
+)
 async def fill_receiving(ctx: CheckContext) -> None:
     """Calls of capacity/4 B/s receiving (sending best effort) until refusal: the admitted sum ≤ capacity."""
     await _fill_direction(ctx, "receiving")
 
 
-@check("CORE-ADM-009", "A reserving service type not advertised is never granted at NEEDED", MUST, "core",
-       "provider.proto ProviderCapabilities.service_types; a provider must refuse cleanly what it does not advertise")
+@check(
+    "CORE-ADM-009",
+    "A reserving service type not advertised is never granted at NEEDED",
+    MUST,
+    "core",
+    "provider.proto ProviderCapabilities.service_types; a provider must refuse cleanly what it does not advertise",
+)
 async def unadvertised_type(ctx: CheckContext) -> None:
-    """CreateCall(type ∉ service_types, NEEDED) → RESOURCE_EXHAUSTED QOS_UNAVAILABLE or PERMISSION_DENIED QOS_POLICY_FAILURE."""
-    candidates = [t for t in (ST.SERVICE_TYPE_CONTROLLED_LOAD, ST.SERVICE_TYPE_GUARANTEED, ST.SERVICE_TYPE_NETWORK_CONTROL)
-                  if t not in ctx.caps.service_types]
+    """CreateCall(type ∉ service_types, NEEDED) → RESOURCE_EXHAUSTED QOS_UNAVAILABLE or PERMISSION_DENIED
+    QOS_POLICY_FAILURE."""
+    candidates = [
+        t
+        for t in (ST.SERVICE_TYPE_CONTROLLED_LOAD, ST.SERVICE_TYPE_GUARANTEED, ST.SERVICE_TYPE_NETWORK_CONTROL)
+        if t not in ctx.caps.service_types
+    ]
     if not candidates:
         raise CheckSkipped("capability: every reserving service type is advertised")
     for stype in candidates:
-        qos = QosSpec(sending=flow(stype, token_rate_bytes_per_second=1000, latency_microseconds=10_000_000), receiving=best_effort())
+        qos = QosSpec(
+            sending=flow(stype, token_rate_bytes_per_second=1000, latency_microseconds=10_000_000),
+            receiving=best_effort(),
+        )
         result = await ctx.try_create(qos, NEEDED)
         if isinstance(result, Call):
-            raise CheckFailed(f"{ST.Name(stype)} is not advertised but was granted at NEEDED: {brief(result.granted_qos)}")
-        if not (is_qos_refusal(result) or (result.code == grpc.StatusCode.PERMISSION_DENIED and result.reason == "QOS_POLICY_FAILURE")):
+            raise CheckFailed(
+                f"{ST.Name(stype)} is not advertised but was granted at NEEDED: {brief(result.granted_qos)}"
+            )
+        if not (
+            is_qos_refusal(result)
+            or (result.code == grpc.StatusCode.PERMISSION_DENIED and result.reason == "QOS_POLICY_FAILURE")
+        ):
             raise CheckFailed(f"{ST.Name(stype)}: expected a QoS refusal, got {result}")
 
 
-@check("CORE-ADM-010", "A policy refusal is PERMISSION_DENIED QOS_POLICY_FAILURE, not an admission failure", MUST, "core",
-       "WSA_QOS_POLICY_FAILURE vs WSA_QOS_ADMISSION_FAILURE; QE_POLICYFAILURE; §8.5 #11", needs=("policy",))
+@check(
+    "CORE-ADM-010",
+    "A policy refusal is PERMISSION_DENIED QOS_POLICY_FAILURE, not an admission failure",
+    MUST,
+    "core",
+    "WSA_QOS_POLICY_FAILURE vs WSA_QOS_ADMISSION_FAILURE; QE_POLICYFAILURE; §8.5 #11",
+    needs=("policy",),
+)
 async def policy_refusal(ctx: CheckContext) -> None:
     """CreateCall(policy_refused, NEEDED) → PERMISSION_DENIED QOS_POLICY_FAILURE with QosRefusal."""
     if ctx.params.policy_refused is None:
@@ -182,15 +278,25 @@ async def policy_refusal(ctx: CheckContext) -> None:
         raise CheckFailed("policy refusal carries no QosRefusal")
 
 
-@check("CORE-ADM-011", "GUARANTEED at NEEDED: granted latency within the requested bound", MUST, "core",
-       "RFC 2212 (guaranteed delay bound); qos.h SERVICETYPE_GUARANTEED", needs=("qos_supported",))
+@check(
+    "CORE-ADM-011",
+    "GUARANTEED at NEEDED: granted latency within the requested bound",
+    MUST,
+    "core",
+    "RFC 2212 (guaranteed delay bound); qos.h SERVICETYPE_GUARANTEED",
+    needs=("qos_supported",),
+)
 async def guaranteed_needed(ctx: CheckContext) -> None:
     """CreateCall(GUARANTEED with a generous latency, NEEDED) → CONNECTED, latency ≤ requested."""
     if ST.SERVICE_TYPE_GUARANTEED not in ctx.caps.service_types:
         raise CheckSkipped("capability: GUARANTEED is not among service_types")
     capacity = needs_capacity(ctx)
-    spec = flow(ST.SERVICE_TYPE_GUARANTEED, token_rate_bytes_per_second=capacity // 10,
-                peak_bandwidth_bytes_per_second=capacity // 10, latency_microseconds=1_000_000)
+    spec = flow(
+        ST.SERVICE_TYPE_GUARANTEED,
+        token_rate_bytes_per_second=capacity // 10,
+        peak_bandwidth_bytes_per_second=capacity // 10,
+        latency_microseconds=1_000_000,
+    )
     qos = QosSpec(sending=spec, receiving=best_effort())
     call = await ctx.create(qos, NEEDED)
     problems = qos_shortfalls(call.granted_qos, qos)
@@ -198,28 +304,48 @@ async def guaranteed_needed(ctx: CheckContext) -> None:
         raise CheckFailed("; ".join(problems))
 
 
-@check("CORE-ADM-012", "GUARANTEED: admitted only when the RFC 2212 delay bound fits the latency (both branches)", SHOULD, "core",
-       "RFC 2212 queueing delay: R≥p: (M+Ctot)/R+Dtot; p>R (p=∞): (b−M)/R+(M+Ctot)/R+Dtot; + MINIMUM_PATH_LATENCY (RFC 2215) [K]; §8.5 #10",
-       needs=("qos_supported", "link_admin"))
+@check(
+    "CORE-ADM-012",
+    "GUARANTEED: admitted only when the RFC 2212 delay bound fits the latency (both branches)",
+    SHOULD,
+    "core",
+    "RFC 2212 queueing delay: R≥p: (M+Ctot)/R+Dtot; p>R (p=∞): (b-M)/R+(M+Ctot)/R+Dtot; + "
+    "MINIMUM_PATH_LATENCY (RFC 2215) [K]; §8.5 #10",
+    needs=("qos_supported", "link_admin"),
+)
 async def guaranteed_bound(ctx: CheckContext) -> None:
-    """With the link's exported C, D and path latency: latency = bound + 1 ms is admitted, bound − 1 ms refused."""
+    """With the link's exported C, D and path latency: latency = bound + 1 ms is admitted, bound - 1 ms refused."""
     if ST.SERVICE_TYPE_GUARANTEED not in ctx.caps.service_types:
         raise CheckSkipped("capability: GUARANTEED is not among service_types")
     links = await ctx.links()
     if len(links) != 1:
         raise CheckSkipped("the bound is checked on single-link providers only (routing is provider-specific)")
     link = links[0]
-    rate, m_big, bucket = max(link.capacity_bytes_per_second // 10, 1), min(link.mtu_bytes, 1000), 4 * min(link.mtu_bytes, 1000)
+    rate, m_big, bucket = (
+        max(link.capacity_bytes_per_second // 10, 1),
+        min(link.mtu_bytes, 1000),
+        4 * min(link.mtu_bytes, 1000),
+    )
     fixed = link.error_term_d_microseconds + link.min_path_latency_microseconds
     branches: dict[str, tuple[dict[str, Any], float]] = {
         "R≥p (bounded peak)": (dict(peak_bandwidth_bytes_per_second=rate), (m_big + link.error_term_c_bytes) / rate),
-        "p>R (unbounded peak)": (dict(peak_bandwidth_unbounded=True), (bucket - m_big + m_big + link.error_term_c_bytes) / rate),
+        "p>R (unbounded peak)": (
+            dict(peak_bandwidth_unbounded=True),
+            (bucket - m_big + m_big + link.error_term_c_bytes) / rate,
+        ),
     }
     for label, (extra, queue_s) in branches.items():
         bound = queue_s * 1_000_000 + fixed
         for latency, admit in ((int(bound) + 1000, True), (max(int(bound) - 1000, 1), False)):
-            spec = flow(ST.SERVICE_TYPE_GUARANTEED, token_rate_bytes_per_second=rate, token_bucket_size_bytes=bucket,
-                        max_sdu_size_bytes=m_big, minimum_policed_size_bytes=64, latency_microseconds=latency, **extra)
+            spec = flow(
+                ST.SERVICE_TYPE_GUARANTEED,
+                token_rate_bytes_per_second=rate,
+                token_bucket_size_bytes=bucket,
+                max_sdu_size_bytes=m_big,
+                minimum_policed_size_bytes=64,
+                latency_microseconds=latency,
+                **extra,
+            )
             result = await ctx.try_create(QosSpec(sending=spec, receiving=best_effort()), NEEDED)
             if admit and not isinstance(result, Call):
                 raise CheckFailed(f"{label}: latency {latency} us ≥ bound {bound:.0f} us was refused: {result}")
@@ -227,9 +353,15 @@ async def guaranteed_bound(ctx: CheckContext) -> None:
                 raise CheckFailed(f"{label}: latency {latency} us < bound {bound:.0f} us was admitted")
 
 
-@check("CORE-LEAK-001", "Drop releases capacity: fill to refusal, drop all, the same fill succeeds again", MUST, "core",
-       "lineDrop releases the call's resources; CAMARA delete → resources released; §8.5 #24",
-       needs=("qos_supported",), timeout=20)
+@check(
+    "CORE-LEAK-001",
+    "Drop releases capacity: fill to refusal, drop all, the same fill succeeds again",
+    MUST,
+    "core",
+    "lineDrop releases the call's resources; CAMARA delete → resources released; §8.5 #24",
+    needs=("qos_supported",),
+    timeout=20,
+)
 async def leak(ctx: CheckContext) -> None:
     """Fill with capacity/4 calls until refused (N admitted); drop them all; fill again: N admitted again."""
     capacity = needs_capacity(ctx)
@@ -240,8 +372,10 @@ async def leak(ctx: CheckContext) -> None:
         raise CheckSkipped(f"could not fill within {ctx.params.max_fill_calls} calls")
     if not first:
         # Every check cleans up after itself, so the suite's own calls hold nothing now.
-        raise CheckFailed(f"a first request of {capacity // 4} B/s each way was refused on {capacity} B/s: "
-                          f"capacity is held by calls that were dropped (leaked), or the target is not idle ({refusal})")
+        raise CheckFailed(
+            f"a first request of {capacity // 4} B/s each way was refused on {capacity} B/s: "
+            f"capacity is held by calls that were dropped (leaked), or the target is not idle ({refusal})"
+        )
     for call in reversed(first):
         await ctx.drop(call.name)
     if baseline is not None and await ctx.reserved() != baseline:
@@ -251,8 +385,14 @@ async def leak(ctx: CheckContext) -> None:
         raise CheckFailed(f"capacity leaked: {len(first)} calls fitted, after dropping them only {len(second)} fit")
 
 
-@check("CORE-DROP-001", "Drop disconnects (NORMAL), keeps the last granted QoS, and is harmless twice", MUST, "core",
-       "TAPI lineDrop / LINEDISCONNECTMODE_NORMAL; callqos_service.proto DropCall: dropping a disconnected call returns it unchanged")
+@check(
+    "CORE-DROP-001",
+    "Drop disconnects (NORMAL), keeps the last granted QoS, and is harmless twice",
+    MUST,
+    "core",
+    "TAPI lineDrop / LINEDISCONNECTMODE_NORMAL; callqos_service.proto DropCall: dropping a disconnected "
+    "call returns it unchanged",
+)
 async def drop(ctx: CheckContext) -> None:
     """DropCall → DISCONNECTED NORMAL with granted_qos = the last grant; DropCall again → unchanged (same etag)."""
     qos = ctx.params.feasible or QosSpec(sending=best_effort(), receiving=best_effort())

@@ -34,8 +34,9 @@ def carries_blob(call: Call, data: bytes, what: str) -> None:
     for field in ("requested_qos", "granted_qos"):
         got = getattr(call, field).provider_specific
         if got != data:
-            raise CheckFailed(f"{what}: {field}.provider_specific differs from the {len(data)} bytes sent "
-                              f"(got {len(got)} bytes)")
+            raise CheckFailed(
+                f"{what}: {field}.provider_specific differs from the {len(data)} bytes sent (got {len(got)} bytes)"
+            )
 
 
 async def drop_with_etag(ctx: CheckContext, name: str, etag: str) -> None:
@@ -53,8 +54,14 @@ def other_etag(etag: str) -> str:
     return ("1" if etag.startswith("0") else "0") + etag[1:]
 
 
-@check("CORE-RESP-001", "The provider answers a simple request within its deadline", MUST, "core",
-       "TSPI ASYNC_COMPLETION: every request completes; errors.proto PROVIDER_UNAVAILABLE; §8.5 #23", preflight=True)
+@check(
+    "CORE-RESP-001",
+    "The provider answers a simple request within its deadline",
+    MUST,
+    "core",
+    "TSPI ASYNC_COMPLETION: every request completes; errors.proto PROVIDER_UNAVAILABLE; §8.5 #23",
+    preflight=True,
+)
 async def responsive(ctx: CheckContext) -> None:
     """CreateCall(best effort, BEST_EFFORT level) answers in time; its first event fixes the run's event cursor."""
     call = await ctx.create(BE_QOS, Level.SERVICE_LEVEL_BEST_EFFORT)
@@ -65,8 +72,13 @@ async def responsive(ctx: CheckContext) -> None:
         pass  # missing events are the events profile's to report
 
 
-@check("CORE-CAP-001", "Advertised capabilities are coherent and the same from GetProvider and ListProviders", MUST, "core",
-       "provider.proto ProviderCapabilities: must not change while serving; qos_supported=false reserves nothing")
+@check(
+    "CORE-CAP-001",
+    "Advertised capabilities are coherent and the same from GetProvider and ListProviders",
+    MUST,
+    "core",
+    "provider.proto ProviderCapabilities: must not change while serving; qos_supported=false reserves nothing",
+)
 async def capabilities(ctx: CheckContext) -> None:
     """GetProvider == ListProviders entry; without qos_supported no reserving service type is advertised."""
     got = await ctx.rpc("GetProvider", svc.GetProviderRequest(name=ctx.provider))
@@ -80,15 +92,28 @@ async def capabilities(ctx: CheckContext) -> None:
         raise CheckFailed("qos_supported is false but a reserving service type is advertised")
 
 
-@check("CORE-CAP-002", "Without link_admin, ListLinks is refused cleanly (UNIMPLEMENTED)", MUST, "core",
-       "errors.proto LINK_ADMIN_UNSUPPORTED (UNIMPLEMENTED); LINEERR_OPERATIONUNAVAIL", needs=("!link_admin",))
+@check(
+    "CORE-CAP-002",
+    "Without link_admin, ListLinks is refused cleanly (UNIMPLEMENTED)",
+    MUST,
+    "core",
+    "errors.proto LINK_ADMIN_UNSUPPORTED (UNIMPLEMENTED); LINEERR_OPERATIONUNAVAIL",
+    needs=("!link_admin",),
+)
 async def no_link_admin(ctx: CheckContext) -> None:
     """ListLinks(provider) → UNIMPLEMENTED LINK_ADMIN_UNSUPPORTED."""
-    await ctx.expect_error("ListLinks", svc.ListLinksRequest(parent=ctx.provider), grpc.StatusCode.UNIMPLEMENTED, "LINK_ADMIN_UNSUPPORTED")
+    await ctx.expect_error(
+        "ListLinks", svc.ListLinksRequest(parent=ctx.provider), grpc.StatusCode.UNIMPLEMENTED, "LINK_ADMIN_UNSUPPORTED"
+    )
 
 
-@check("CORE-IDEM-001", "A repeated request_id returns the first call and reserves nothing more", MUST, "core",
-       "callqos_service.proto CreateCallRequest.request_id (AIP-155): same outcome, nothing more reserved; §8.5 #23")
+@check(
+    "CORE-IDEM-001",
+    "A repeated request_id returns the first call and reserves nothing more",
+    MUST,
+    "core",
+    "callqos_service.proto CreateCallRequest.request_id (AIP-155): same outcome, nothing more reserved; §8.5 #23",
+)
 async def idempotent_create(ctx: CheckContext) -> None:
     """CreateCall twice with one request_id and body → the same call; link reservations grow once; a
     different body under the same request_id → INVALID_ARGUMENT REQUEST_ID_REUSED."""
@@ -99,19 +124,31 @@ async def idempotent_create(ctx: CheckContext) -> None:
     for _ in range(3):
         again = await ctx.create(qos, request=request)
         if again.name != first.name:
-            raise CheckFailed(f"repeating request_id {request.request_id!r} made a second call {again.name} (first {first.name})")
+            raise CheckFailed(
+                f"repeating request_id {request.request_id!r} made a second call {again.name} (first {first.name})"
+            )
     if after_first is not None and await ctx.reserved() != after_first:
         raise CheckFailed("repeating a request_id reserved capacity again")
     other = svc.CreateCallRequest()
     other.CopyFrom(request)
     other.call.destination = ctx.destination()
     other.call_id = ctx.unique()
-    await ctx.expect_error("CreateCall", other, grpc.StatusCode.INVALID_ARGUMENT, "REQUEST_ID_REUSED",
-                           what="CreateCall with a used request_id and a different body")
+    await ctx.expect_error(
+        "CreateCall",
+        other,
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "REQUEST_ID_REUSED",
+        what="CreateCall with a used request_id and a different body",
+    )
 
 
-@check("CORE-IDEM-002", "A refused request repeated with its request_id gets the same refusal", MUST, "core",
-       "AIP-155: repeating a request returns the first outcome")
+@check(
+    "CORE-IDEM-002",
+    "A refused request repeated with its request_id gets the same refusal",
+    MUST,
+    "core",
+    "AIP-155: repeating a request returns the first outcome",
+)
 async def idempotent_refusal(ctx: CheckContext) -> None:
     """CreateCall(infeasible, NEEDED, request_id) twice → the same code, reason and refused call."""
     if ctx.params.infeasible is None:
@@ -128,8 +165,13 @@ async def idempotent_refusal(ctx: CheckContext) -> None:
         raise CheckFailed(f"repeat gave a different outcome: {a} / {b}")
 
 
-@check("CORE-OWN-001", "Only the owner may renegotiate or drop; others get NOT_OWNER and change nothing", MUST, "core",
-       "lineSetCallQualityOfService: must have OWNER privilege; LINEERR_NOTOWNER; §8.4, §8.5 #17")
+@check(
+    "CORE-OWN-001",
+    "Only the owner may renegotiate or drop; others get NOT_OWNER and change nothing",
+    MUST,
+    "core",
+    "lineSetCallQualityOfService: must have OWNER privilege; LINEERR_NOTOWNER; §8.4, §8.5 #17",
+)
 async def owner_only(ctx: CheckContext) -> None:
     """RenegotiateCall and DropCall as another principal → PERMISSION_DENIED NOT_OWNER; the call keeps its etag."""
     qos = ctx.params.feasible or BE_QOS
@@ -140,10 +182,16 @@ async def owner_only(ctx: CheckContext) -> None:
         raise CheckFailed("a refused non-owner request changed the call")
 
 
-@check("CORE-ERR-001", "Unknown calls and providers are NOT_FOUND with their reasons", MUST, "core",
-       "LINEERR_INVALCALLHANDLE; errors.proto CALL_NOT_FOUND / PROVIDER_NOT_FOUND (NOT_FOUND)")
+@check(
+    "CORE-ERR-001",
+    "Unknown calls and providers are NOT_FOUND with their reasons",
+    MUST,
+    "core",
+    "LINEERR_INVALCALLHANDLE; errors.proto CALL_NOT_FOUND / PROVIDER_NOT_FOUND (NOT_FOUND)",
+)
 async def not_found(ctx: CheckContext) -> None:
-    """GetCall / DropCall / RenegotiateCall of a never-made call → NOT_FOUND CALL_NOT_FOUND; an unknown provider → PROVIDER_NOT_FOUND."""
+    """GetCall / DropCall / RenegotiateCall of a never-made call → NOT_FOUND CALL_NOT_FOUND; an unknown
+    provider → PROVIDER_NOT_FOUND."""
     name = f"calls/{ctx.unique()}-never"
     nf = grpc.StatusCode.NOT_FOUND
     await ctx.expect_error("GetCall", svc.GetCallRequest(name=name), nf, "CALL_NOT_FOUND")
@@ -154,32 +202,50 @@ async def not_found(ctx: CheckContext) -> None:
     await ctx.expect_error("CreateCall", request, nf, "PROVIDER_NOT_FOUND")
 
 
-@check("CORE-ETAG-001", "DropCall with a mismatched etag is ABORTED (ETAG_MISMATCH) and changes nothing; with the current etag it drops",
-       MUST, "core", "AIP-154; call.proto Call.etag; callqos_service.proto DropCallRequest.etag: ABORTED (ETAG_MISMATCH) "
-       "if the call changed since; errors.proto ETAG_MISMATCH")
+@check(
+    "CORE-ETAG-001",
+    "DropCall with a mismatched etag is ABORTED (ETAG_MISMATCH) and changes nothing; with the current etag it drops",
+    MUST,
+    "core",
+    "AIP-154; call.proto Call.etag; callqos_service.proto DropCallRequest.etag: ABORTED (ETAG_MISMATCH) "
+    "if the call changed since; errors.proto ETAG_MISMATCH",
+)
 async def etag_drop(ctx: CheckContext) -> None:
     """CreateCall; DropCall(etag ≠ the call's) → ABORTED ETAG_MISMATCH, GetCall: CONNECTED with the same etag;
     DropCall(current etag) → DISCONNECTED."""
     call = await ctx.create(ctx.params.feasible or BE_QOS, Level.SERVICE_LEVEL_IF_AVAILABLE)
     if not call.etag:
         raise CheckFailed("CreateCall returned a call without an etag (call.proto: output only, AIP-154)")
-    await ctx.expect_error("DropCall", svc.DropCallRequest(name=call.name, etag=other_etag(call.etag)),
-                           grpc.StatusCode.ABORTED, "ETAG_MISMATCH", what="DropCall with a mismatched etag")
+    await ctx.expect_error(
+        "DropCall",
+        svc.DropCallRequest(name=call.name, etag=other_etag(call.etag)),
+        grpc.StatusCode.ABORTED,
+        "ETAG_MISMATCH",
+        what="DropCall with a mismatched etag",
+    )
     after = await ctx.get(call.name)
     if after.state != Call.State.STATE_CONNECTED or after.etag != call.etag:
         raise CheckFailed("DropCall refused for its etag changed the call")
     await drop_with_etag(ctx, call.name, call.etag)
 
 
-@check("CORE-PSD-001", "Provider-specific bytes round-trip unchanged in requested and granted QoS", MUST, "core",
-       "flowspec.proto QosSpec.provider_specific: opaque, passed through untouched, at most 4096 bytes "
-       "(Winsock QOS.ProviderSpecific; LINECALLPARAMS); §8.5 #19")
+@check(
+    "CORE-PSD-001",
+    "Provider-specific bytes round-trip unchanged in requested and granted QoS",
+    MUST,
+    "core",
+    "flowspec.proto QosSpec.provider_specific: opaque, passed through untouched, at most 4096 bytes "
+    "(Winsock QOS.ProviderSpecific; LINECALLPARAMS); §8.5 #19",
+)
 async def provider_specific(ctx: CheckContext) -> None:
     """CreateCall with a 64-byte blob (zero bytes included) at IF_AVAILABLE, and with a 4096-byte one at
     BEST_EFFORT level → the answer and GetCall carry each blob byte for byte in requested_qos and granted_qos.
     (Above 4096 bytes: CORE-VAL-022, and CORE-VAL-030 for the BadRequest field.)"""
     qos = ctx.params.feasible or BE_QOS
-    for size, level in ((64, Level.SERVICE_LEVEL_IF_AVAILABLE), (MAX_PROVIDER_SPECIFIC, Level.SERVICE_LEVEL_BEST_EFFORT)):
+    for size, level in (
+        (64, Level.SERVICE_LEVEL_IF_AVAILABLE),
+        (MAX_PROVIDER_SPECIFIC, Level.SERVICE_LEVEL_BEST_EFFORT),
+    ):
         data = blob(ctx, size)
         call = await ctx.create(with_blob(qos, data), level)
         what = f"{size}-byte provider_specific at {Level.Name(level)}"

@@ -10,7 +10,8 @@ from callqos.conformance.checks.registry import MUST, SHOULD, check
 from callqos.conformance.harness import CheckContext, Outcome
 from callqos.conformance.model import CheckFailed, CheckSkipped
 from callqos.conformance.rules import INVALID_CASES, InvalidCase, cl, valid_request_qos
-from callqos.v1 import call_pb2, callqos_service_pb2 as svc
+from callqos.v1 import call_pb2
+from callqos.v1 import callqos_service_pb2 as svc
 
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
 BASE_RATE = 1000
@@ -29,13 +30,17 @@ def build(ctx: CheckContext, case: InvalidCase) -> svc.CreateCallRequest:
 
 async def refuse_invalid(ctx: CheckContext, case: InvalidCase) -> list[str]:
     request = build(ctx, case)
-    failure = await ctx.expect_error("CreateCall", request, INVALID, "INVALID_REQUEST", what=f"CreateCall with {case.title}")
+    failure = await ctx.expect_error(
+        "CreateCall", request, INVALID, "INVALID_REQUEST", what=f"CreateCall with {case.title}"
+    )
     if request.call_id and request.call_id.startswith("cq"):
         try:
             stored = await ctx.rpc("GetCall", svc.GetCallRequest(name=f"calls/{request.call_id}"))
         except Outcome as out:
             if out.failure.code != grpc.StatusCode.NOT_FOUND:
-                raise CheckFailed(f"GetCall after a refused invalid request: expected NOT_FOUND, got {out.failure}") from None
+                raise CheckFailed(
+                    f"GetCall after a refused invalid request: expected NOT_FOUND, got {out.failure}"
+                ) from None
         else:
             ctx.register(stored)
             raise CheckFailed(f"an invalid request was refused but stored as {stored.name}")
@@ -54,12 +59,19 @@ for _case in INVALID_CASES:
     _make(_case)
 
 
-@check("CORE-VAL-027", "Refuses an invalid flowspec on renegotiation; the call is unchanged", MUST, "core",
-       "lineSetCallQualityOfService: LINEERR_INVALPARAM/INVALRATE; FLOWSPEC TokenRate cannot be 0; §8.2")
+@check(
+    "CORE-VAL-027",
+    "Refuses an invalid flowspec on renegotiation; the call is unchanged",
+    MUST,
+    "core",
+    "lineSetCallQualityOfService: LINEERR_INVALPARAM/INVALRATE; FLOWSPEC TokenRate cannot be 0; §8.2",
+)
 async def renegotiate_invalid(ctx: CheckContext) -> None:
     """RenegotiateCall with token rate 0 → INVALID_ARGUMENT (or UNIMPLEMENTED where renegotiation is not
     advertised); the call keeps its etag."""
-    call = await ctx.create(ctx.params.feasible or valid_request_qos(BASE_RATE), call_pb2.ServiceLevel.SERVICE_LEVEL_IF_AVAILABLE)
+    call = await ctx.create(
+        ctx.params.feasible or valid_request_qos(BASE_RATE), call_pb2.ServiceLevel.SERVICE_LEVEL_IF_AVAILABLE
+    )
     bad = valid_request_qos(BASE_RATE)
     bad.sending.token_rate_bytes_per_second = 0
     codes = {INVALID} if ctx.caps.renegotiation else {INVALID, grpc.StatusCode.UNIMPLEMENTED}
@@ -67,14 +79,21 @@ async def renegotiate_invalid(ctx: CheckContext) -> None:
     if isinstance(result, call_pb2.Call):
         raise CheckFailed("RenegotiateCall with token rate 0 succeeded")
     if result.code not in codes:
-        raise CheckFailed(f"RenegotiateCall with token rate 0: expected {'/'.join(c.name for c in codes)}, got {result}")
+        raise CheckFailed(
+            f"RenegotiateCall with token rate 0: expected {'/'.join(c.name for c in codes)}, got {result}"
+        )
     after = await ctx.get(call.name)
     if after.etag != call.etag:
         raise CheckFailed("a refused invalid renegotiation changed the call (etag differs)")
 
 
-@check("CORE-VAL-028", "Accepts a receiving CONTROLLED_LOAD flowspec without a token rate (defaulted)", MUST, "core",
-       "Winsock2 FLOWSPEC remarks: in a receiving FLOWSPEC everything except ServiceType can be defaulted; §8.5 #2")
+@check(
+    "CORE-VAL-028",
+    "Accepts a receiving CONTROLLED_LOAD flowspec without a token rate (defaulted)",
+    MUST,
+    "core",
+    "Winsock2 FLOWSPEC remarks: in a receiving FLOWSPEC everything except ServiceType can be defaulted; §8.5 #2",
+)
 async def receiving_defaulted(ctx: CheckContext) -> None:
     """IF_AVAILABLE call whose receiving CONTROLLED_LOAD flowspec leaves the token rate out: not INVALID_ARGUMENT."""
     qos = valid_request_qos(BASE_RATE)
@@ -84,8 +103,13 @@ async def receiving_defaulted(ctx: CheckContext) -> None:
         raise CheckFailed(f"a defaultable receiving token rate was refused as invalid: {result}")
 
 
-@check("CORE-VAL-029", "Resolves defaults: a granted reserving flowspec states its token rate", SHOULD, "core",
-       "LINECALLINFO flowspecs are those in effect; QOS_NOT_SPECIFIED means the provider derives it; §8.5 #20")
+@check(
+    "CORE-VAL-029",
+    "Resolves defaults: a granted reserving flowspec states its token rate",
+    SHOULD,
+    "core",
+    "LINECALLINFO flowspecs are those in effect; QOS_NOT_SPECIFIED means the provider derives it; §8.5 #20",
+)
 async def defaults_resolved(ctx: CheckContext) -> None:
     """The granted receiving CONTROLLED_LOAD flowspec of a call that asked without a rate carries one."""
     qos = valid_request_qos(BASE_RATE)
@@ -98,8 +122,13 @@ async def defaults_resolved(ctx: CheckContext) -> None:
         raise CheckFailed("granted receiving CONTROLLED_LOAD flowspec leaves token_rate_bytes_per_second unresolved")
 
 
-@check("CORE-VAL-030", "BadRequest names the bad field of every invalid request", SHOULD, "core",
-       "callqos_service.proto: invalid requests carry google.rpc.BadRequest naming each bad field (AIP-193)")
+@check(
+    "CORE-VAL-030",
+    "BadRequest names the bad field of every invalid request",
+    SHOULD,
+    "core",
+    "callqos_service.proto: invalid requests carry google.rpc.BadRequest naming each bad field (AIP-193)",
+)
 async def names_fields(ctx: CheckContext) -> None:
     """For every CORE-VAL case, the field path appears among BadRequest.field_violations."""
     missing = []

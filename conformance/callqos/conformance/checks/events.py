@@ -4,12 +4,22 @@ sequence header; filtering by call; monitors (other principals) see every call's
 
 from __future__ import annotations
 
+import itertools
+
 import grpc
 
 from callqos.conformance.checks.common import call_events, expect_types, is_qos_refusal, refused_to_intruder
 from callqos.conformance.checks.registry import MUST, SHOULD, check
 from callqos.conformance.harness import (
-    START_SEQUENCE_HEADER, Call, CheckContext, EventType, Level, RpcFailure, describe, needs_capacity, same,
+    START_SEQUENCE_HEADER,
+    Call,
+    CheckContext,
+    EventType,
+    Level,
+    RpcFailure,
+    describe,
+    needs_capacity,
+    same,
 )
 from callqos.conformance.model import CheckFailed, CheckSkipped
 from callqos.conformance.rules import QosSpec, best_effort, cl
@@ -26,15 +36,21 @@ def simple(ctx: CheckContext) -> QosSpec:
 
 
 def increasing(events: list, what: str) -> None:
-    for a, b in zip(events, events[1:]):
+    for a, b in itertools.pairwise(events):
         if b.sequence <= a.sequence:
             raise CheckFailed(f"{what}: sequence {b.sequence} follows {a.sequence}: {describe(events)}")
 
 
-@check("EVT-001", "A granted call's events: exactly QOS_GRANTED then, on drop, CALL_DISCONNECTED(NORMAL)", MUST, "events",
-       f"{LINE_QOSINFO}; LINE_CALLSTATE DISCONNECTED/NORMAL; no messages after idle; §8.5 #24")
+@check(
+    "EVT-001",
+    "A granted call's events: exactly QOS_GRANTED then, on drop, CALL_DISCONNECTED(NORMAL)",
+    MUST,
+    "events",
+    f"{LINE_QOSINFO}; LINE_CALLSTATE DISCONNECTED/NORMAL; no messages after idle; §8.5 #24",
+)
 async def granted_then_dropped(ctx: CheckContext) -> None:
-    """CreateCall, DropCall → [QOS_GRANTED(current=granted), CALL_DISCONNECTED(NORMAL, previous=granted)], nothing after."""
+    """CreateCall, DropCall → [QOS_GRANTED(current=granted), CALL_DISCONNECTED(NORMAL, previous=granted)],
+    nothing after."""
     call = await ctx.create(simple(ctx), IF_AVAILABLE)
     await ctx.drop(call.name)
     events = await call_events(ctx, call.name)
@@ -47,8 +63,13 @@ async def granted_then_dropped(ctx: CheckContext) -> None:
         raise CheckFailed("CALL_DISCONNECTED lacks reason NORMAL or previous_qos = the granted QoS")
 
 
-@check("EVT-002", "A refused call's events: ADMISSION_FAILURE (with the counter-offer) then CALL_DISCONNECTED(QOS_UNAVAILABLE)", MUST, "events",
-       f"{LINE_QOSINFO} QE_ADMISSIONFAILURE; LINEDISCONNECTMODE_QOSUNAVAIL; §8.3")
+@check(
+    "EVT-002",
+    "A refused call's events: ADMISSION_FAILURE (with the counter-offer) then CALL_DISCONNECTED(QOS_UNAVAILABLE)",
+    MUST,
+    "events",
+    f"{LINE_QOSINFO} QE_ADMISSIONFAILURE; LINEDISCONNECTMODE_QOSUNAVAIL; §8.3",
+)
 async def refused(ctx: CheckContext) -> None:
     """CreateCall(infeasible, NEEDED) → [ADMISSION_FAILURE(reason QOS_UNAVAILABLE, counter_offer as in QosRefusal),
     CALL_DISCONNECTED(QOS_UNAVAILABLE)], nothing after."""
@@ -57,7 +78,10 @@ async def refused(ctx: CheckContext) -> None:
     request = ctx.request(ctx.params.infeasible, NEEDED)
     result = await ctx.try_create(ctx.params.infeasible, request=request)
     if not isinstance(result, RpcFailure) or not is_qos_refusal(result):
-        raise CheckFailed(f"expected a QOS_UNAVAILABLE refusal, got {result if isinstance(result, RpcFailure) else 'a connected call'}")
+        raise CheckFailed(
+            "expected a QOS_UNAVAILABLE refusal, got "
+            f"{result if isinstance(result, RpcFailure) else 'a connected call'}"
+        )
     name = f"calls/{request.call_id}"
     events = await call_events(ctx, name)
     expect_types(events, [E.QOS_EVENT_TYPE_ADMISSION_FAILURE, E.QOS_EVENT_TYPE_CALL_DISCONNECTED], "refused call")
@@ -72,10 +96,17 @@ async def refused(ctx: CheckContext) -> None:
         raise CheckFailed("CALL_DISCONNECTED.disconnect_reason is not QOS_UNAVAILABLE")
 
 
-@check("EVT-003", "Renegotiation events: QOS_CHANGED(RENEGOTIATED, before, after); a refusal RENEGOTIATION_FAILED(unchanged)", MUST, "events",
-       f"{LINE_QOSINFO}; TSPI_lineSetCallQualityOfService: no change on failure; §8.5 #13, #14", needs=("renegotiation", "qos_supported"))
+@check(
+    "EVT-003",
+    "Renegotiation events: QOS_CHANGED(RENEGOTIATED, before, after); a refusal RENEGOTIATION_FAILED(unchanged)",
+    MUST,
+    "events",
+    f"{LINE_QOSINFO}; TSPI_lineSetCallQualityOfService: no change on failure; §8.5 #13, #14",
+    needs=("renegotiation", "qos_supported"),
+)
 async def renegotiation_events(ctx: CheckContext) -> None:
-    """Create, renegotiate up (ok), renegotiate beyond capacity (refused), drop → [GRANTED, CHANGED, RENEGOTIATION_FAILED, DISCONNECTED]."""
+    """Create, renegotiate up (ok), renegotiate beyond capacity (refused), drop → [GRANTED, CHANGED,
+    RENEGOTIATION_FAILED, DISCONNECTED]."""
     capacity = needs_capacity(ctx)
     call = await ctx.create(QosSpec(sending=cl(capacity // 10), receiving=cl(capacity // 10)), NEEDED)
     changed = await ctx.renegotiate(call.name, QosSpec(sending=cl(capacity // 8), receiving=cl(capacity // 8)))
@@ -86,11 +117,23 @@ async def renegotiation_events(ctx: CheckContext) -> None:
         raise CheckFailed("renegotiation beyond capacity succeeded")
     await ctx.drop(call.name)
     events = await call_events(ctx, call.name)
-    expect_types(events, [E.QOS_EVENT_TYPE_QOS_GRANTED, E.QOS_EVENT_TYPE_QOS_CHANGED,
-                          E.QOS_EVENT_TYPE_RENEGOTIATION_FAILED, E.QOS_EVENT_TYPE_CALL_DISCONNECTED], "renegotiated call")
+    expect_types(
+        events,
+        [
+            E.QOS_EVENT_TYPE_QOS_GRANTED,
+            E.QOS_EVENT_TYPE_QOS_CHANGED,
+            E.QOS_EVENT_TYPE_RENEGOTIATION_FAILED,
+            E.QOS_EVENT_TYPE_CALL_DISCONNECTED,
+        ],
+        "renegotiated call",
+    )
     increasing(events, call.name)
     _, change, failed, _ = events
-    if change.cause != 1 or not same(change.previous_qos, call.granted_qos) or not same(change.current_qos, changed.granted_qos):
+    if (
+        change.cause != 1
+        or not same(change.previous_qos, call.granted_qos)
+        or not same(change.current_qos, changed.granted_qos)
+    ):
         raise CheckFailed("QOS_CHANGED lacks cause RENEGOTIATED or the right previous/current QoS")
     if not (same(failed.previous_qos, changed.granted_qos) and same(failed.current_qos, changed.granted_qos)):
         raise CheckFailed("RENEGOTIATION_FAILED must carry previous_qos == current_qos == the unchanged grant")
@@ -109,8 +152,13 @@ async def _three_calls(ctx: CheckContext) -> list[Call]:
     return calls
 
 
-@check("EVT-004", "Sequences strictly increase across the stream; each call's events arrive in order", MUST, "events",
-       "event.proto QosEvent.sequence: strictly increasing across the whole service; §8.5 #23")
+@check(
+    "EVT-004",
+    "Sequences strictly increase across the stream; each call's events arrive in order",
+    MUST,
+    "events",
+    "event.proto QosEvent.sequence: strictly increasing across the whole service; §8.5 #23",
+)
 async def ordering(ctx: CheckContext) -> None:
     """Three calls made and dropped; the unfiltered stream from the run's cursor is strictly increasing and has
     each call's QOS_GRANTED before its CALL_DISCONNECTED."""
@@ -125,23 +173,38 @@ async def ordering(ctx: CheckContext) -> None:
             raise CheckFailed(f"{name}: events {[E.Name(t) for t in mine]} in the unfiltered stream")
 
 
-@check("EVT-005", "Resuming from a cursor delivers every later event, without loss or repeat", MUST, "events",
-       "callqos_service.proto WatchEvents: from a cursor, without loss across reconnects")
+@check(
+    "EVT-005",
+    "Resuming from a cursor delivers every later event, without loss or repeat",
+    MUST,
+    "events",
+    "callqos_service.proto WatchEvents: from a cursor, without loss across reconnects",
+)
 async def resume(ctx: CheckContext) -> None:
-    """Read a call's events; resume after the first → exactly the rest, byte-identical; resume after the last → nothing."""
+    """Read a call's events; resume after the first → exactly the rest, byte-identical; resume after the last
+    → nothing."""
     call = await ctx.create(simple(ctx), IF_AVAILABLE)
     await ctx.drop(call.name)
     events = await call_events(ctx, call.name)
-    rest = await ctx.events(call.name, after=events[0].sequence, until=lambda got: len(got) >= len(events) - 1, what="resumed stream")
-    if len(rest) != len(events) - 1 or not all(same(a, b) for a, b in zip(rest, events[1:])):
+    rest = await ctx.events(
+        call.name, after=events[0].sequence, until=lambda got: len(got) >= len(events) - 1, what="resumed stream"
+    )
+    if len(rest) != len(events) - 1 or not all(same(a, b) for a, b in zip(rest, events[1:], strict=True)):
         raise CheckFailed(f"resumed after #{events[0].sequence}: expected {describe(events[1:])}, got {describe(rest)}")
-    tail = await ctx.events(call.name, after=events[-1].sequence, until=lambda got: True, what="stream after the last event")
+    tail = await ctx.events(
+        call.name, after=events[-1].sequence, until=lambda got: True, what="stream after the last event"
+    )
     if tail:
         raise CheckFailed(f"resuming after the last event replayed {describe(tail)}")
 
 
-@check("EVT-006", "Watching one call delivers that call's events only", MUST, "events",
-       "callqos_service.proto WatchEventsRequest.call; ITTAPI::put_EventFilter; §8.5 #22")
+@check(
+    "EVT-006",
+    "Watching one call delivers that call's events only",
+    MUST,
+    "events",
+    "callqos_service.proto WatchEventsRequest.call; ITTAPI::put_EventFilter; §8.5 #22",
+)
 async def filtered(ctx: CheckContext) -> None:
     """Three calls; WatchEvents(call=second) yields only the second call's events."""
     calls = await _three_calls(ctx)
@@ -151,10 +214,17 @@ async def filtered(ctx: CheckContext) -> None:
         raise CheckFailed(f"filtered stream carried other calls' events: {describe(strays)}")
 
 
-@check("EVT-007", "A policy refusal emits POLICY_FAILURE, not ADMISSION_FAILURE", MUST, "events",
-       "QE_POLICYFAILURE vs QE_ADMISSIONFAILURE; §8.5 #11", needs=("policy",))
+@check(
+    "EVT-007",
+    "A policy refusal emits POLICY_FAILURE, not ADMISSION_FAILURE",
+    MUST,
+    "events",
+    "QE_POLICYFAILURE vs QE_ADMISSIONFAILURE; §8.5 #11",
+    needs=("policy",),
+)
 async def policy_event(ctx: CheckContext) -> None:
-    """CreateCall(policy_refused, NEEDED) → [POLICY_FAILURE(reason QOS_POLICY_FAILURE), CALL_DISCONNECTED(QOS_UNAVAILABLE)]."""
+    """CreateCall(policy_refused, NEEDED) → [POLICY_FAILURE(reason QOS_POLICY_FAILURE),
+    CALL_DISCONNECTED(QOS_UNAVAILABLE)]."""
     if ctx.params.policy_refused is None:
         raise CheckSkipped("no policy-refused flowspec is known")
     request = ctx.request(ctx.params.policy_refused, NEEDED)
@@ -167,8 +237,14 @@ async def policy_event(ctx: CheckContext) -> None:
         raise CheckFailed(f"POLICY_FAILURE.reason is {events[0].reason!r}")
 
 
-@check("EVT-008", "Events caused by a request carry its request_id", SHOULD, "events",
-       "TSPI ASYNC_COMPLETION(dwRequestID): completion correlated by request id; event.proto QosEvent.request_id; §8.5 #23")
+@check(
+    "EVT-008",
+    "Events caused by a request carry its request_id",
+    SHOULD,
+    "events",
+    "TSPI ASYNC_COMPLETION(dwRequestID): completion correlated by request id; event.proto "
+    "QosEvent.request_id; §8.5 #23",
+)
 async def correlation(ctx: CheckContext) -> None:
     """CreateCall with a request_id → its QOS_GRANTED event carries that request_id."""
     rid = f"req-{ctx.unique()}"
@@ -178,8 +254,13 @@ async def correlation(ctx: CheckContext) -> None:
         raise CheckFailed(f"QOS_GRANTED.request_id is {events[0].request_id!r}, expected {rid!r}")
 
 
-@check("EVT-009", "A cursor beyond the newest event is OUT_OF_RANGE (CURSOR_UNKNOWN)", MUST, "events",
-       f"{WATCH}: resume from a cursor; errors.proto CURSOR_UNKNOWN (OUT_OF_RANGE): beyond the newest event ever stored")
+@check(
+    "EVT-009",
+    "A cursor beyond the newest event is OUT_OF_RANGE (CURSOR_UNKNOWN)",
+    MUST,
+    "events",
+    f"{WATCH}: resume from a cursor; errors.proto CURSOR_UNKNOWN (OUT_OF_RANGE): beyond the newest event ever stored",
+)
 async def unknown_cursor(ctx: CheckContext) -> None:
     """WatchEvents(after_sequence = 2**62) → OUT_OF_RANGE CURSOR_UNKNOWN, not a stream that waits or starts from now.
     (CURSOR_EXPIRED needs control over retention: not checked.)"""
@@ -188,22 +269,36 @@ async def unknown_cursor(ctx: CheckContext) -> None:
         raise CheckFailed(f"WatchEvents(after_sequence=2**62): expected OUT_OF_RANGE CURSOR_UNKNOWN, got {failure}")
 
 
-@check("EVT-010", "A monitor (another principal) receives the call's events; its refused changes emit none", MUST, "events",
-       f"{LINE_QOSINFO}: QoS events go to owners and monitors; lineSetCallQualityOfService: OWNER privilege "
-       "(LINEERR_NOTOWNER); §8.5 #17, #21, #22")
+@check(
+    "EVT-010",
+    "A monitor (another principal) receives the call's events; its refused changes emit none",
+    MUST,
+    "events",
+    f"{LINE_QOSINFO}: QoS events go to owners and monitors; lineSetCallQualityOfService: OWNER privilege "
+    "(LINEERR_NOTOWNER); §8.5 #17, #21, #22",
+)
 async def monitor(ctx: CheckContext) -> None:
     """CreateCall; RenegotiateCall and DropCall by another principal → NOT_OWNER; DropCall by the owner; that other
     principal's WatchEvents(call) → exactly [QOS_GRANTED, CALL_DISCONNECTED]."""
     call = await ctx.create(simple(ctx), IF_AVAILABLE)
     await refused_to_intruder(ctx, call, simple(ctx))
     await ctx.drop(call.name)
-    events = await ctx.events(call.name, until=lambda got: any(e.type == E.QOS_EVENT_TYPE_CALL_DISCONNECTED for e in got),
-                              principal=ctx.session.intruder, what="a monitor's watch")
+    events = await ctx.events(
+        call.name,
+        until=lambda got: any(e.type == E.QOS_EVENT_TYPE_CALL_DISCONNECTED for e in got),
+        principal=ctx.session.intruder,
+        what="a monitor's watch",
+    )
     expect_types(events, GRANTED_THEN_GONE, "a monitor's watch of a call whose non-owner changes were refused")
 
 
-@check("EVT-011", f"WatchEvents initial metadata {START_SEQUENCE_HEADER} is the cursor the stream starts after", MUST, "events",
-       f"{WATCH}: the initial metadata {START_SEQUENCE_HEADER} holds the sequence the stream starts after")
+@check(
+    "EVT-011",
+    f"WatchEvents initial metadata {START_SEQUENCE_HEADER} is the cursor the stream starts after",
+    MUST,
+    "events",
+    f"{WATCH}: the initial metadata {START_SEQUENCE_HEADER} holds the sequence the stream starts after",
+)
 async def start_sequence(ctx: CheckContext) -> None:
     """WatchEvents(after_sequence=N) → header N. WatchEvents from now → header H ≥ every sequence this run has seen;
     a call made afterwards arrives on it with sequences > H, and resuming after H gives the same events."""
@@ -221,10 +316,14 @@ async def start_sequence(ctx: CheckContext) -> None:
     try:
         header = await ctx.start_sequence(stream)
         if header is None or header < seen:
-            raise CheckFailed(f"WatchEvents from now: {START_SEQUENCE_HEADER} is {header}, expected ≥ {seen} (already delivered)")
+            raise CheckFailed(
+                f"WatchEvents from now: {START_SEQUENCE_HEADER} is {header}, expected ≥ {seen} (already delivered)"
+            )
         second = await made_and_dropped(ctx)
         gone = lambda got: any(e.call == second.name and e.type == E.QOS_EVENT_TYPE_CALL_DISCONNECTED for e in got)  # noqa: E731
-        live = [e for e in await ctx.read(stream, until=gone, settle=0, what="a watch from now") if e.call == second.name]
+        live = [
+            e for e in await ctx.read(stream, until=gone, settle=0, what="a watch from now") if e.call == second.name
+        ]
     finally:
         stream.cancel()
     expect_types(live, GRANTED_THEN_GONE, "a call made after a watch from now started")
@@ -232,4 +331,6 @@ async def start_sequence(ctx: CheckContext) -> None:
         raise CheckFailed(f"a watch from now started after {header} but delivered {describe(live)}")
     resumed = await ctx.events(second.name, after=header, until=gone, settle=0, what=f"resumed after {header}")
     if [e.sequence for e in resumed] != [e.sequence for e in live]:
-        raise CheckFailed(f"resuming after the start sequence {header} gave {describe(resumed)}, the live watch {describe(live)}")
+        raise CheckFailed(
+            f"resuming after the start sequence {header} gave {describe(resumed)}, the live watch {describe(live)}"
+        )

@@ -37,8 +37,14 @@ async def renegotiated(ctx: CheckContext, call: Call, qos: QosSpec) -> Call:
     return result
 
 
-@check("RENEG-001", "Renegotiate down succeeds and releases the difference", MUST, "renegotiation",
-       f"{TSPI}; lineSetCallQualityOfService; §8.5 #13", needs=("renegotiation", "qos_supported"))
+@check(
+    "RENEG-001",
+    "Renegotiate down succeeds and releases the difference",
+    MUST,
+    "renegotiation",
+    f"{TSPI}; lineSetCallQualityOfService; §8.5 #13",
+    needs=("renegotiation", "qos_supported"),
+)
 async def down(ctx: CheckContext) -> None:
     """CreateCall(capacity/5 both ways) then RenegotiateCall(capacity/10) → granted satisfies it; links hold less."""
     capacity = needs_capacity(ctx)
@@ -51,8 +57,14 @@ async def down(ctx: CheckContext) -> None:
             raise CheckFailed(f"renegotiating down did not release capacity: {before} → {after}")
 
 
-@check("RENEG-002", "Renegotiate up within free capacity succeeds", MUST, "renegotiation",
-       f"{TSPI}; §8.5 #13", needs=("renegotiation", "qos_supported"))
+@check(
+    "RENEG-002",
+    "Renegotiate up within free capacity succeeds",
+    MUST,
+    "renegotiation",
+    f"{TSPI}; §8.5 #13",
+    needs=("renegotiation", "qos_supported"),
+)
 async def up(ctx: CheckContext) -> None:
     """CreateCall(capacity/10) then RenegotiateCall(capacity/4) → granted satisfies it."""
     capacity = needs_capacity(ctx)
@@ -71,10 +83,17 @@ async def refused_renegotiation(ctx: CheckContext) -> tuple[Call, RpcFailure]:
     return call, result
 
 
-@check("RENEG-003", "A refused renegotiation leaves the call connected with byte-identical QoS", MUST, "renegotiation",
-       f"{TSPI}: on failure the call continues with the previous QOS; §8.2, §8.5 #14", needs=("renegotiation", "qos_supported"))
+@check(
+    "RENEG-003",
+    "A refused renegotiation leaves the call connected with byte-identical QoS",
+    MUST,
+    "renegotiation",
+    f"{TSPI}: on failure the call continues with the previous QOS; §8.2, §8.5 #14",
+    needs=("renegotiation", "qos_supported"),
+)
 async def refused_unchanged(ctx: CheckContext) -> None:
-    """RenegotiateCall(beyond capacity) → RESOURCE_EXHAUSTED QOS_UNAVAILABLE; GetCall: CONNECTED, same granted bytes, same etag."""
+    """RenegotiateCall(beyond capacity) → RESOURCE_EXHAUSTED QOS_UNAVAILABLE; GetCall: CONNECTED, same
+    granted bytes, same etag."""
     call, _ = await refused_renegotiation(ctx)
     after = await ctx.get(call.name)
     if after.state != Call.State.STATE_CONNECTED:
@@ -83,8 +102,14 @@ async def refused_unchanged(ctx: CheckContext) -> None:
         raise CheckFailed("a refused renegotiation changed the call's granted QoS or etag")
 
 
-@check("RENEG-004", "A refused renegotiation leaves the provider's reservation unchanged", MUST, "renegotiation",
-       f"{TSPI}: the call continues with the previous QOS; provider contract: on Refusal the reservation stays", needs=("renegotiation", "qos_supported", "link_admin"))
+@check(
+    "RENEG-004",
+    "A refused renegotiation leaves the provider's reservation unchanged",
+    MUST,
+    "renegotiation",
+    f"{TSPI}: the call continues with the previous QOS; provider contract: on Refusal the reservation stays",
+    needs=("renegotiation", "qos_supported", "link_admin"),
+)
 async def refused_reservation(ctx: CheckContext) -> None:
     """ListLinks before and after a refused renegotiation: identical reserved bytes/s."""
     capacity = needs_capacity(ctx)
@@ -98,22 +123,38 @@ async def refused_reservation(ctx: CheckContext) -> None:
         raise CheckFailed(f"the refused renegotiation changed link reservations: {before} → {after}")
 
 
-@check("RENEG-005", "Renegotiating a disconnected call is FAILED_PRECONDITION (CALL_NOT_CONNECTED)", MUST, "renegotiation",
-       "LINEERR_INVALCALLSTATE; errors.proto CALL_NOT_CONNECTED; §8.5 #16", needs=("renegotiation",))
+@check(
+    "RENEG-005",
+    "Renegotiating a disconnected call is FAILED_PRECONDITION (CALL_NOT_CONNECTED)",
+    MUST,
+    "renegotiation",
+    "LINEERR_INVALCALLSTATE; errors.proto CALL_NOT_CONNECTED; §8.5 #16",
+    needs=("renegotiation",),
+)
 async def dropped(ctx: CheckContext) -> None:
     """DropCall then RenegotiateCall → FAILED_PRECONDITION CALL_NOT_CONNECTED; the call stays as dropped."""
     qos = ctx.params.feasible or QosSpec(sending=best_effort(), receiving=best_effort())
     call = await ctx.create(qos, Level.SERVICE_LEVEL_IF_AVAILABLE)
     gone = await ctx.drop(call.name)
 
-    await ctx.expect_error("RenegotiateCall", svc.RenegotiateCallRequest(name=call.name, qos=qos),
-                           grpc.StatusCode.FAILED_PRECONDITION, "CALL_NOT_CONNECTED")
+    await ctx.expect_error(
+        "RenegotiateCall",
+        svc.RenegotiateCallRequest(name=call.name, qos=qos),
+        grpc.StatusCode.FAILED_PRECONDITION,
+        "CALL_NOT_CONNECTED",
+    )
     if (await ctx.get(call.name)).etag != gone.etag:
         raise CheckFailed("renegotiating a dropped call changed it")
 
 
-@check("RENEG-006", "NO_CHANGE in one direction renegotiates only the other", MUST, "renegotiation",
-       "qos.h SERVICETYPE_NOCHANGE: no change from the previous flowspec; §8.5 #15", needs=("renegotiation", "qos_supported"))
+@check(
+    "RENEG-006",
+    "NO_CHANGE in one direction renegotiates only the other",
+    MUST,
+    "renegotiation",
+    "qos.h SERVICETYPE_NOCHANGE: no change from the previous flowspec; §8.5 #15",
+    needs=("renegotiation", "qos_supported"),
+)
 async def no_change(ctx: CheckContext) -> None:
     """RenegotiateCall(send NO_CHANGE, recv new) → sending byte-identical, receiving satisfies the new request."""
     capacity = needs_capacity(ctx)
@@ -124,34 +165,53 @@ async def no_change(ctx: CheckContext) -> None:
         raise CheckFailed(f"RenegotiateCall with NO_CHANGE sending was refused: {result}")
     if not same(result.granted_qos.sending, call.granted_qos.sending):
         raise CheckFailed("the NO_CHANGE direction changed")
-    problems = qos_shortfalls(QosSpec(sending=best_effort(), receiving=result.granted_qos.receiving),
-                              QosSpec(sending=best_effort(), receiving=request.receiving))
+    problems = qos_shortfalls(
+        QosSpec(sending=best_effort(), receiving=result.granted_qos.receiving),
+        QosSpec(sending=best_effort(), receiving=request.receiving),
+    )
     if problems:
         raise CheckFailed("; ".join(problems))
 
 
-@check("RENEG-007", "Without renegotiation advertised, RenegotiateCall is UNIMPLEMENTED and changes nothing", MUST, "renegotiation",
-       "LINEERR_OPERATIONUNAVAIL; errors.proto RENEGOTIATION_UNSUPPORTED; §8.5 #18", needs=("!renegotiation",))
+@check(
+    "RENEG-007",
+    "Without renegotiation advertised, RenegotiateCall is UNIMPLEMENTED and changes nothing",
+    MUST,
+    "renegotiation",
+    "LINEERR_OPERATIONUNAVAIL; errors.proto RENEGOTIATION_UNSUPPORTED; §8.5 #18",
+    needs=("!renegotiation",),
+)
 async def unsupported(ctx: CheckContext) -> None:
     """Negative probe: RenegotiateCall on a connected call → UNIMPLEMENTED RENEGOTIATION_UNSUPPORTED; same etag."""
     qos = ctx.params.feasible or QosSpec(sending=best_effort(), receiving=best_effort())
     call = await ctx.create(qos, Level.SERVICE_LEVEL_IF_AVAILABLE)
 
-    await ctx.expect_error("RenegotiateCall", svc.RenegotiateCallRequest(name=call.name, qos=qos),
-                           grpc.StatusCode.UNIMPLEMENTED, "RENEGOTIATION_UNSUPPORTED")
+    await ctx.expect_error(
+        "RenegotiateCall",
+        svc.RenegotiateCallRequest(name=call.name, qos=qos),
+        grpc.StatusCode.UNIMPLEMENTED,
+        "RENEGOTIATION_UNSUPPORTED",
+    )
     after = await ctx.get(call.name)
     if after.etag != call.etag or after.state != Call.State.STATE_CONNECTED:
         raise CheckFailed("an unsupported renegotiation changed the call")
 
 
-@check("RENEG-008", "A connected call's set_qos feature matches the renegotiation capability", MUST, "renegotiation",
-       "LINECALLFEATURE_SETQOS: advertised exactly when SetQOS works; §8.5 #18")
+@check(
+    "RENEG-008",
+    "A connected call's set_qos feature matches the renegotiation capability",
+    MUST,
+    "renegotiation",
+    "LINECALLFEATURE_SETQOS: advertised exactly when SetQOS works; §8.5 #18",
+)
 async def set_qos_feature(ctx: CheckContext) -> None:
     """CreateCall → features.set_qos == capabilities.renegotiation; after drop set_qos is false."""
     qos = ctx.params.feasible or QosSpec(sending=best_effort(), receiving=best_effort())
     call = await ctx.create(qos, Level.SERVICE_LEVEL_IF_AVAILABLE)
     if call.features.set_qos != ctx.caps.renegotiation:
-        raise CheckFailed(f"features.set_qos = {call.features.set_qos}, capabilities.renegotiation = {ctx.caps.renegotiation}")
+        raise CheckFailed(
+            f"features.set_qos = {call.features.set_qos}, capabilities.renegotiation = {ctx.caps.renegotiation}"
+        )
     if (await ctx.drop(call.name)).features.set_qos:
         raise CheckFailed("a disconnected call still offers set_qos")
 
@@ -164,13 +224,20 @@ def stale(result: Call | RpcFailure, what: str) -> None:
         raise CheckFailed(f"{what}: expected ABORTED ETAG_MISMATCH, got {result}")
 
 
-@check("RENEG-009", "Etags: a stale etag is ABORTED (ETAG_MISMATCH) and changes nothing; a success changes the etag, a refusal does not",
-       MUST, "renegotiation", "AIP-154; callqos_service.proto RenegotiateCallRequest.etag / DropCallRequest.etag: ABORTED "
-       "(ETAG_MISMATCH) if the call changed since; call.proto Call.etag changes whenever the call changes",
-       needs=("renegotiation", "qos_supported"))
+@check(
+    "RENEG-009",
+    "Etags: a stale etag is ABORTED (ETAG_MISMATCH) and changes nothing; a success changes the etag, a "
+    "refusal does not",
+    MUST,
+    "renegotiation",
+    "AIP-154; callqos_service.proto RenegotiateCallRequest.etag / DropCallRequest.etag: ABORTED "
+    "(ETAG_MISMATCH) if the call changed since; call.proto Call.etag changes whenever the call changes",
+    needs=("renegotiation", "qos_supported"),
+)
 async def etags(ctx: CheckContext) -> None:
     """RenegotiateCall(etag = current) succeeds with a new etag; with the old etag RenegotiateCall and DropCall →
-    ABORTED ETAG_MISMATCH and GetCall is unchanged; a refused renegotiation keeps the etag; DropCall(current etag) drops."""
+    ABORTED ETAG_MISMATCH and GetCall is unchanged; a refused renegotiation keeps the etag; DropCall(current etag)
+    drops."""
     capacity = needs_capacity(ctx)
     call = await ctx.create(both(capacity // 10), NEEDED)
     changed = await ctx.renegotiate(call.name, both(capacity // 8), etag=call.etag)
@@ -179,10 +246,19 @@ async def etags(ctx: CheckContext) -> None:
     if changed.etag == call.etag:
         raise CheckFailed("a successful renegotiation kept the call's etag")
     stale(await ctx.renegotiate(call.name, both(capacity // 5), etag=call.etag), "RenegotiateCall with a stale etag")
-    await ctx.expect_error("DropCall", svc.DropCallRequest(name=call.name, etag=call.etag), grpc.StatusCode.ABORTED,
-                           "ETAG_MISMATCH", what="DropCall with a stale etag")
+    await ctx.expect_error(
+        "DropCall",
+        svc.DropCallRequest(name=call.name, etag=call.etag),
+        grpc.StatusCode.ABORTED,
+        "ETAG_MISMATCH",
+        what="DropCall with a stale etag",
+    )
     after = await ctx.get(call.name)
-    if after.state != Call.State.STATE_CONNECTED or after.etag != changed.etag or not same(after.granted_qos, changed.granted_qos):
+    if (
+        after.state != Call.State.STATE_CONNECTED
+        or after.etag != changed.etag
+        or not same(after.granted_qos, changed.granted_qos)
+    ):
         raise CheckFailed("a request refused for a stale etag changed the call")
     refusal = await ctx.renegotiate(call.name, both(capacity + 1), etag=changed.etag)
     if isinstance(refusal, Call) or not is_qos_refusal(refusal):
@@ -192,9 +268,15 @@ async def etags(ctx: CheckContext) -> None:
     await drop_with_etag(ctx, call.name, changed.etag)
 
 
-@check("RENEG-010", "A repeated request_id renegotiates once; reused for another body it is REQUEST_ID_REUSED", MUST, "renegotiation",
-       "callqos_service.proto RenegotiateCallRequest.request_id (AIP-155): the first outcome, applied once; "
-       "errors.proto REQUEST_ID_REUSED; §8.5 #13, #23", needs=("renegotiation", "qos_supported"))
+@check(
+    "RENEG-010",
+    "A repeated request_id renegotiates once; reused for another body it is REQUEST_ID_REUSED",
+    MUST,
+    "renegotiation",
+    "callqos_service.proto RenegotiateCallRequest.request_id (AIP-155): the first outcome, applied once; "
+    "errors.proto REQUEST_ID_REUSED; §8.5 #13, #23",
+    needs=("renegotiation", "qos_supported"),
+)
 async def idempotent(ctx: CheckContext) -> None:
     """RenegotiateCall three times with one request_id and body → the same call (etag, grant); a different body under
     it → INVALID_ARGUMENT REQUEST_ID_REUSED, call unchanged; events [GRANTED, one QOS_CHANGED, DISCONNECTED]."""
@@ -207,23 +289,42 @@ async def idempotent(ctx: CheckContext) -> None:
     for _ in range(2):
         again = await ctx.renegotiate(call.name, both(capacity // 8), request_id=rid)
         if isinstance(again, RpcFailure) or again.etag != first.etag or not same(again.granted_qos, first.granted_qos):
-            raise CheckFailed(f"repeating request_id {rid!r} gave another outcome: {again if isinstance(again, RpcFailure) else 'the call changed again'}")
+            raise CheckFailed(
+                f"repeating request_id {rid!r} gave another outcome: "
+                f"{again if isinstance(again, RpcFailure) else 'the call changed again'}"
+            )
     reused = await ctx.renegotiate(call.name, both(capacity // 5), request_id=rid)
-    if isinstance(reused, Call) or (reused.code, reused.reason) != (grpc.StatusCode.INVALID_ARGUMENT, "REQUEST_ID_REUSED"):
-        raise CheckFailed(f"RenegotiateCall with a used request_id and a different body: expected INVALID_ARGUMENT "
-                          f"REQUEST_ID_REUSED, got {'success' if isinstance(reused, Call) else reused}")
+    if isinstance(reused, Call) or (reused.code, reused.reason) != (
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "REQUEST_ID_REUSED",
+    ):
+        raise CheckFailed(
+            f"RenegotiateCall with a used request_id and a different body: expected INVALID_ARGUMENT "
+            f"REQUEST_ID_REUSED, got {'success' if isinstance(reused, Call) else reused}"
+        )
     if (await ctx.get(call.name)).etag != first.etag:
         raise CheckFailed("repeating or reusing a request_id changed the call")
     await ctx.drop(call.name)
-    expect_types(await call_events(ctx, call.name),
-                 [EventType.QOS_EVENT_TYPE_QOS_GRANTED, EventType.QOS_EVENT_TYPE_QOS_CHANGED,
-                  EventType.QOS_EVENT_TYPE_CALL_DISCONNECTED],
-                 f"a renegotiation repeated with request_id {rid!r}")
+    expect_types(
+        await call_events(ctx, call.name),
+        [
+            EventType.QOS_EVENT_TYPE_QOS_GRANTED,
+            EventType.QOS_EVENT_TYPE_QOS_CHANGED,
+            EventType.QOS_EVENT_TYPE_CALL_DISCONNECTED,
+        ],
+        f"a renegotiation repeated with request_id {rid!r}",
+    )
 
 
-@check("RENEG-011", "Renegotiation keeps provider-specific bytes when none are given, replaces them when given, refuses above 4096", MUST,
-       "renegotiation", "callqos_service.proto RenegotiateCallRequest.qos; flowspec.proto QosSpec.provider_specific (at most 4096 bytes); "
-       "lineSetCallQualityOfService: LINEERR_INVALPARAM; §8.5 #19", needs=("renegotiation",))
+@check(
+    "RENEG-011",
+    "Renegotiation keeps provider-specific bytes when none are given, replaces them when given, refuses above 4096",
+    MUST,
+    "renegotiation",
+    "callqos_service.proto RenegotiateCallRequest.qos; flowspec.proto QosSpec.provider_specific (at most 4096 bytes); "
+    "lineSetCallQualityOfService: LINEERR_INVALPARAM; §8.5 #19",
+    needs=("renegotiation",),
+)
 async def provider_specific(ctx: CheckContext) -> None:
     """CreateCall(blob A); RenegotiateCall(empty provider_specific) → A kept in requested and granted QoS;
     RenegotiateCall(blob B) → B; RenegotiateCall(4097 bytes) → INVALID_ARGUMENT, the call keeps B and its etag."""
@@ -242,7 +343,9 @@ async def provider_specific(ctx: CheckContext) -> None:
     before = await ctx.get(call.name)
     oversize = await ctx.renegotiate(call.name, with_blob(qos, bytes(MAX_PROVIDER_SPECIFIC + 1)))
     if isinstance(oversize, Call) or oversize.code != grpc.StatusCode.INVALID_ARGUMENT:
-        raise CheckFailed(f"RenegotiateCall with {MAX_PROVIDER_SPECIFIC + 1} provider-specific bytes: expected INVALID_ARGUMENT, "
-                          f"got {'success' if isinstance(oversize, Call) else oversize}")
+        raise CheckFailed(
+            f"RenegotiateCall with {MAX_PROVIDER_SPECIFIC + 1} provider-specific bytes: expected INVALID_ARGUMENT, "
+            f"got {'success' if isinstance(oversize, Call) else oversize}"
+        )
     if (await ctx.get(call.name)).etag != before.etag:
         raise CheckFailed("a refused oversize renegotiation changed the call")

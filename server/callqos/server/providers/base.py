@@ -163,6 +163,4 @@ class ProviderInfo:
     provider: Provider
     implementation: str
     default: bool = False
-    capabilities: provider_pb2.ProviderCapabilities = field(
-        default_factory=provider_pb2.ProviderCapabilities
-    )
+    capabilities: provider_pb2.ProviderCapabilities = field(default_factory=provider_pb2.ProviderCapabilities)

@@ -34,12 +34,8 @@ class NoQosProvider(Provider):
         offer = flowspec_pb2.QosSpec(provider_specific=request.qos.provider_specific)
         for direction in ("sending", "receiving"):
             spec = getattr(request.qos, direction)
-            getattr(offer, direction).CopyFrom(
-                spec if spec.service_type in _NO_RESERVATION else best_effort_spec()
-            )
-        needs_qos = any(
-            getattr(request.qos, d).service_type not in _NO_RESERVATION for d in ("sending", "receiving")
-        )
+            getattr(offer, direction).CopyFrom(spec if spec.service_type in _NO_RESERVATION else best_effort_spec())
+        needs_qos = any(getattr(request.qos, d).service_type not in _NO_RESERVATION for d in ("sending", "receiving"))
         if needs_qos and request.level == call_pb2.ServiceLevel.SERVICE_LEVEL_NEEDED:
             kinds = sorted(
                 {ST.Name(getattr(request.qos, d).service_type) for d in ("sending", "receiving")}

@@ -180,7 +180,9 @@ class ReferenceProvider(Provider):
 
     def _annotate(self, link: _Link) -> None:
         """The link and its load after the decision, on the server's span for this call."""
-        annotate_link(names.link_name(self.id, link.id), link.capacity, link.reserved["sending"], link.reserved["receiving"])
+        annotate_link(
+            names.link_name(self.id, link.id), link.capacity, link.reserved["sending"], link.reserved["receiving"]
+        )
 
     # -- links ----------------------------------------------------------------------------
     async def list_links(self) -> list[provider_pb2.Link]:
@@ -212,7 +214,9 @@ class ReferenceProvider(Provider):
         link = self._route(request.destination)
         held = self._calls.get(request.call)
         # During a renegotiation the call's own reservation counts as free.
-        free = {d: link.free(d) + (held.rates[d] if held and held.link is link else 0) for d in ("sending", "receiving")}
+        free = {
+            d: link.free(d) + (held.rates[d] if held and held.link is link else 0) for d in ("sending", "receiving")
+        }
         for direction in ("sending", "receiving"):
             spec: FlowSpec = getattr(request.qos, direction)
             if spec.service_type == ST.SERVICE_TYPE_NETWORK_CONTROL:
@@ -222,7 +226,11 @@ class ReferenceProvider(Provider):
                     f"{direction}: NETWORK_CONTROL is reserved for the network operator",
                     self._counter_offer(request.qos, link, free),
                 )
-            if spec.service_type in RESERVING and spec.HasField("max_sdu_size_bytes") and spec.max_sdu_size_bytes > link.terms.mtu_bytes:
+            if (
+                spec.service_type in RESERVING
+                and spec.HasField("max_sdu_size_bytes")
+                and spec.max_sdu_size_bytes > link.terms.mtu_bytes
+            ):
                 return self._refuse_or_fallback(
                     request,
                     RefusalKind.ADMISSION,
@@ -384,9 +392,7 @@ class ReferenceProvider(Provider):
             sending_reserved_bytes_per_second=link.reserved["sending"],
             receiving_reserved_bytes_per_second=link.reserved["receiving"],
             mtu_bytes=link.terms.mtu_bytes,
-            reservation_count=sum(
-                1 for held in self._calls.values() if held.link is link and any(held.rates.values())
-            ),
+            reservation_count=sum(1 for held in self._calls.values() if held.link is link and any(held.rates.values())),
             error_term_c_bytes=link.terms.c_bytes,
             error_term_d_microseconds=link.terms.d_microseconds,
             min_path_latency_microseconds=link.terms.min_path_latency_microseconds,

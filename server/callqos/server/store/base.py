@@ -47,9 +47,7 @@ class Store(abc.ABC):
     async def get_call(self, name: str) -> call_pb2.Call | None: ...
 
     @abc.abstractmethod
-    async def list_calls(
-        self, *, state: int | None, provider: str | None, limit: int, before: int
-    ) -> CallPage:
+    async def list_calls(self, *, state: int | None, provider: str | None, limit: int, before: int) -> CallPage:
         """Calls newest first; `before` = 0 starts at the newest."""
 
     @abc.abstractmethod

@@ -63,7 +63,7 @@ class SqliteStore(Store):
         if str(path) != MEMORY:
             Path(path).parent.mkdir(parents=True, exist_ok=True)
             # Two servers admitting against one file would each think they own all capacity.
-            self._lock_file = open(Path(path).with_suffix(".lock"), "w")
+            self._lock_file = open(Path(path).with_suffix(".lock"), "w")  # noqa: SIM115 -- held for the lock
             try:
                 fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError as exc:
@@ -105,9 +105,7 @@ class SqliteStore(Store):
         if len(self._cache) > CACHED_CALLS:
             self._cache.popitem(last=False)
 
-    async def list_calls(
-        self, *, state: int | None, provider: str | None, limit: int, before: int
-    ) -> CallPage:
+    async def list_calls(self, *, state: int | None, provider: str | None, limit: int, before: int) -> CallPage:
         sql = "SELECT seq, data FROM calls WHERE seq < ?"
         args: list[object] = [before or (1 << 62)]
         if state is not None:
@@ -202,9 +200,7 @@ class SqliteStore(Store):
     async def prune_events(self, *, keep_last: int, older_than_us: int) -> int:
         cutoff = max(self._last_seq - keep_last, 0)
         if older_than_us > 0:
-            row = self._db.execute(
-                "SELECT MAX(seq) FROM events WHERE create_us < ?", (older_than_us,)
-            ).fetchone()
+            row = self._db.execute("SELECT MAX(seq) FROM events WHERE create_us < ?", (older_than_us,)).fetchone()
             cutoff = max(cutoff, row[0] or 0)
         if older_than_us > 0:
             # request_ids are remembered as long as events are (AIP-155 leaves the window to us).
@@ -215,9 +211,7 @@ class SqliteStore(Store):
         self._db.execute("BEGIN IMMEDIATE")
         try:
             dropped = self._db.execute("DELETE FROM events WHERE seq <= ?", (cutoff,)).rowcount
-            self._db.execute(
-                "INSERT OR REPLACE INTO meta (key, value) VALUES ('pruned_through', ?)", (cutoff,)
-            )
+            self._db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('pruned_through', ?)", (cutoff,))
             self._db.execute("COMMIT")
         except BaseException:
             self._db.execute("ROLLBACK")

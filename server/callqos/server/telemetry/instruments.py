@@ -27,7 +27,8 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 
 import grpc
-from opentelemetry import context as otel_context, metrics, trace
+from opentelemetry import context as otel_context
+from opentelemetry import metrics, trace
 from opentelemetry.metrics import CallbackOptions, Observation
 from opentelemetry.trace import Span, Status, StatusCode
 
@@ -44,7 +45,24 @@ ST = flowspec_pb2.ServiceType
 QosSpec = flowspec_pb2.QosSpec
 DIRECTIONS = ("sending", "receiving")
 # Our RPCs take well under a millisecond; the SDK's default buckets start at 5 (ms).
-DURATION_BUCKETS_S = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+DURATION_BUCKETS_S = (
+    0.0001,
+    0.00025,
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+)
 DURATION_BUCKETS_MS = tuple(bound * 1000 for bound in DURATION_BUCKETS_S)
 # Provider operations after which a link's reservations may have changed.
 CHANGES_LINKS = frozenset({"admit", "renegotiate", "release", "update_link"})
@@ -108,7 +126,9 @@ class ProviderSpan:
         attributes: dict[str, str | int] = {"callqos.outcome": self.outcome}
         if isinstance(result, Grant):
             for direction in DIRECTIONS:
-                attributes[f"callqos.{direction}.granted_bytes_per_second"] = reserved_rate(getattr(result.qos, direction))
+                attributes[f"callqos.{direction}.granted_bytes_per_second"] = reserved_rate(
+                    getattr(result.qos, direction)
+                )
         elif isinstance(result, Refusal):
             # A refusal is an outcome, not an error: the span status stays unset.
             attributes["callqos.reason"] = _REFUSAL_REASON[result.kind]
@@ -139,15 +159,21 @@ class Instruments:
         self.metrics_enabled = meter_provider is not None and not isinstance(meter_provider, metrics.NoOpMeterProvider)
         meter = (meter_provider or metrics.NoOpMeterProvider()).get_meter(SCOPE)
         self._rpc_duration_ms = meter.create_histogram(
-            "rpc.server.duration", unit="ms", description="Duration of inbound RPCs",
+            "rpc.server.duration",
+            unit="ms",
+            description="Duration of inbound RPCs",
             explicit_bucket_boundaries_advisory=list(DURATION_BUCKETS_MS),
         )
         self._rpc_duration_s = meter.create_histogram(
-            "rpc.server.call.duration", unit="s", description="Duration of inbound RPCs",
+            "rpc.server.call.duration",
+            unit="s",
+            description="Duration of inbound RPCs",
             explicit_bucket_boundaries_advisory=list(DURATION_BUCKETS_S),
         )
         self._provider_duration = meter.create_histogram(
-            "callqos.provider.duration", unit="s", description="Duration of calls into QoS providers",
+            "callqos.provider.duration",
+            unit="s",
+            description="Duration of calls into QoS providers",
             explicit_bucket_boundaries_advisory=list(DURATION_BUCKETS_S),
         )
         self._admissions = meter.create_counter(
@@ -163,11 +189,15 @@ class Instruments:
             "callqos.watch.streams", [self._observe_watchers], unit="{stream}", description="Open WatchEvents streams"
         )
         meter.create_observable_gauge(
-            "callqos.link.capacity", [self._observe_capacity], unit="By/s",
+            "callqos.link.capacity",
+            [self._observe_capacity],
+            unit="By/s",
             description="Capacity of a provider's link, each direction",
         )
         meter.create_observable_gauge(
-            "callqos.link.reserved", [self._observe_reserved], unit="By/s",
+            "callqos.link.reserved",
+            [self._observe_reserved],
+            unit="By/s",
             description="Rate reserved on a provider's link, by direction",
         )
         # Set by the server once its servicer exists.
@@ -175,7 +205,9 @@ class Instruments:
         self._active: dict[str, tuple[str, str]] = {}  # connected call → (provider, service type)
         self._active_counts: Counter[tuple[str, str]] = Counter()
         self._links: dict[str, provider_pb2.Link] = {}
-        self._rpc_metric_attributes: dict[tuple[str, str, grpc.StatusCode], tuple[dict[str, str | int], dict[str, str | int]]] = {}
+        self._rpc_metric_attributes: dict[
+            tuple[str, str, grpc.StatusCode], tuple[dict[str, str | int], dict[str, str | int]]
+        ] = {}
 
     # -- RPCs (the interceptor) ---------------------------------------------------------------
     def record_rpc(self, service: str, method: str, code: grpc.StatusCode, seconds: float) -> None:
@@ -233,8 +265,11 @@ class Instruments:
                 if self.metrics_enabled:
                     self._provider_duration.record(
                         time.perf_counter() - started,
-                        {"callqos.provider": provider, "callqos.provider.operation": operation,
-                         "callqos.outcome": result.outcome},
+                        {
+                            "callqos.provider": provider,
+                            "callqos.provider.operation": operation,
+                            "callqos.outcome": result.outcome,
+                        },
                     )
 
     async def refresh_links(self, info: ProviderInfo, timeout: float) -> None:
@@ -335,13 +370,24 @@ class Instruments:
         return [Observation(self.open_watch_streams())]
 
     def _observe_capacity(self, options: CallbackOptions) -> Iterable[Observation]:
-        return [Observation(link.capacity_bytes_per_second, {"callqos.link": name}) for name, link in list(self._links.items())]
+        return [
+            Observation(link.capacity_bytes_per_second, {"callqos.link": name})
+            for name, link in list(self._links.items())
+        ]
 
     def _observe_reserved(self, options: CallbackOptions) -> Iterable[Observation]:
         observations = []
         for name, link in list(self._links.items()):
-            observations.append(Observation(link.sending_reserved_bytes_per_second, {"callqos.link": name, "callqos.direction": "sending"}))
-            observations.append(Observation(link.receiving_reserved_bytes_per_second, {"callqos.link": name, "callqos.direction": "receiving"}))
+            observations.append(
+                Observation(
+                    link.sending_reserved_bytes_per_second, {"callqos.link": name, "callqos.direction": "sending"}
+                )
+            )
+            observations.append(
+                Observation(
+                    link.receiving_reserved_bytes_per_second, {"callqos.link": name, "callqos.direction": "receiving"}
+                )
+            )
         return observations
 
 

@@ -23,7 +23,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
 import grpc
-from opentelemetry import context as otel_context, propagate, trace
+from opentelemetry import context as otel_context
+from opentelemetry import propagate, trace
 from opentelemetry.propagators.textmap import Getter
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
@@ -49,10 +50,11 @@ _NO_PARENT = otel_context.Context()
 class _Rpc:
     """One RPC being traced: its span, the context to run the handler in, and how it ended."""
 
-    __slots__ = ("instruments", "service", "method", "span", "context", "started")
+    __slots__ = ("context", "instruments", "method", "service", "span", "started")
 
-    def __init__(self, interceptor: TelemetryInterceptor, service: str, method: str,
-                 servicer_context: grpc.aio.ServicerContext) -> None:
+    def __init__(
+        self, interceptor: TelemetryInterceptor, service: str, method: str, servicer_context: grpc.aio.ServicerContext
+    ) -> None:
         self.instruments = interceptor.instruments
         self.service, self.method = service, method
         self.started = time.perf_counter()
@@ -64,7 +66,9 @@ class _Rpc:
             self.context = trace.set_span_in_context(self.span)
             return
         self.span = self.instruments.tracer.start_span(
-            f"{service}/{method}", context=parent, kind=SpanKind.SERVER,
+            f"{service}/{method}",
+            context=parent,
+            kind=SpanKind.SERVER,
             attributes=interceptor.static_attributes(service, method),
         )
         if self.span.is_recording():

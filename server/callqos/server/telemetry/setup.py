@@ -91,7 +91,9 @@ def _names(env: Mapping[str, str], variable: str, allowed: tuple[str, ...]) -> l
 def _protocol(env: Mapping[str, str], signal: str) -> str:
     protocol = env.get(f"OTEL_EXPORTER_OTLP_{signal}_PROTOCOL") or env.get("OTEL_EXPORTER_OTLP_PROTOCOL") or "grpc"
     if protocol not in PROTOCOLS:
-        raise TelemetryConfigError(f"OTEL_EXPORTER_OTLP_PROTOCOL: unsupported {protocol!r} (use {', '.join(PROTOCOLS)})")
+        raise TelemetryConfigError(
+            f"OTEL_EXPORTER_OTLP_PROTOCOL: unsupported {protocol!r} (use {', '.join(PROTOCOLS)})"
+        )
     return protocol
 
 
@@ -128,7 +130,9 @@ def _prometheus_address(env: Mapping[str, str], listen: str, wanted: bool) -> tu
         host, _, port = listen.rpartition(":")
         return host.strip("[]"), int(port)
     if wanted:
-        return env.get("OTEL_EXPORTER_PROMETHEUS_HOST", "localhost"), int(env.get("OTEL_EXPORTER_PROMETHEUS_PORT", "9464"))
+        return env.get("OTEL_EXPORTER_PROMETHEUS_HOST", "localhost"), int(
+            env.get("OTEL_EXPORTER_PROMETHEUS_PORT", "9464")
+        )
     return None
 
 
@@ -137,9 +141,7 @@ def from_environment(metrics_listen: str = "", env: Mapping[str, str] | None = N
     configuration) switches the Prometheus endpoint on whatever OTEL_METRICS_EXPORTER says."""
     env = os.environ if env is None else env
     semconv = Semconv.from_env(env)
-    excluded = frozenset(
-        s.strip() for s in env.get("OTEL_PYTHON_GRPC_EXCLUDED_SERVICES", "").split(",") if s.strip()
-    )
+    excluded = frozenset(s.strip() for s in env.get("OTEL_PYTHON_GRPC_EXCLUDED_SERVICES", "").split(",") if s.strip())
     if env.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
         return Telemetry(trace.NoOpTracerProvider(), metrics.NoOpMeterProvider(), semconv, excluded)
     resource = _resource()
