@@ -100,6 +100,11 @@ def _directory(directory: Path | None) -> tuple[Path, bool]:
     return directory, False
 
 
+def _remove(directory: Path, owned: bool) -> None:
+    if owned:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
 class InProcessServer:
     """A server on the caller's event loop, started with `app.start` (as `serve` does, minus the
     signal handlers). `start()` returns once the server is SERVING; `stop()` is the graceful
@@ -117,7 +122,11 @@ class InProcessServer:
         **settings: Any,
     ) -> None:
         self.directory, self._owns_directory = _directory(directory)
-        self.config = server_config(self.directory / "data", **settings)
+        try:
+            self.config = server_config(self.directory / "data", **settings)
+        except BaseException:
+            _remove(self.directory, self._owns_directory)
+            raise
         self.telemetry = telemetry
         self.interceptors = list(interceptors)
         self.port = 0
@@ -161,11 +170,14 @@ class InProcessServer:
         try:
             await self.stop()
         finally:
-            if self._owns_directory:
-                shutil.rmtree(self.directory, ignore_errors=True)
+            _remove(self.directory, self._owns_directory)
 
     async def __aenter__(self) -> Self:
-        return await self.start()
+        try:
+            return await self.start()
+        except BaseException:
+            await self.close()
+            raise
 
     async def __aexit__(
         self, kind: type[BaseException] | None, error: BaseException | None, traceback: TracebackType | None
@@ -204,17 +216,21 @@ class ServerProcess:
         **settings: Any,
     ) -> None:
         self.directory, self._owns_directory = _directory(directory)
-        self.config = server_config(self.directory / "data", **settings)
+        self.config_path = self.directory / "server.toml"
+        try:
+            self.config = server_config(self.directory / "data", **settings)
+            _write_config(self.config, self.config_path)
+        except BaseException:
+            _remove(self.directory, self._owns_directory)
+            raise
         self.program = list(program)
         self.log_path = log_path or self.directory / "server.log"
-        self.config_path = self.directory / "server.toml"
         self.port_file = self.directory / "port"
         self.health_check = health_check
         self.startup_timeout = startup_timeout
         self.port = 0
         self._process: subprocess.Popen[bytes] | None = None
         self._starts = 0
-        _write_config(self.config, self.config_path)
         inherited = {key: value for key, value in os.environ.items() if not key.startswith(config_module.ENV_PREFIX)}
         self.env = {
             **inherited,
@@ -307,8 +323,7 @@ class ServerProcess:
             if self.running:
                 self.stop()
         finally:
-            if self._owns_directory:
-                shutil.rmtree(self.directory, ignore_errors=True)
+            _remove(self.directory, self._owns_directory)
 
     def log(self, tail: int = _LOG_TAIL_CHARS) -> str:
         """The last `tail` characters of the program's output, over all its starts."""
