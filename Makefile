@@ -74,9 +74,12 @@ test-python: $(STAMP)
 test-clients: $(STAMP)
 	@for d in $(CLIENT_DIRS); do $(MAKE) -C $$d test; done
 
+# The benchmarks are scripts in server/benchmarks (not shipped); BENCH_ARGS=--seconds 1 for a quick run.
+BENCH_ARGS ?=
 .PHONY: bench
 bench: $(STAMP)
-	$(PY) -m callqos.server.bench
+	$(PY) server/benchmarks/bench.py $(BENCH_ARGS)
+	$(PY) server/benchmarks/bench_tracing.py $(BENCH_ARGS)
 
 .PHONY: clean
 clean:

@@ -1,31 +1,35 @@
-"""Fixtures: a real callqos server on a free loopback port, and a stub talking real gRPC to it."""
+"""Fixtures: a real callqos server on a free loopback port (in this process, or as a subprocess for
+kill/restart/signal tests), and a stub talking real gRPC to it. Both come from
+`callqos.server.testing`; a failing test's report ends with the subprocess server's log."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+import sys
+from collections.abc import AsyncIterator, Generator, Iterator
 from pathlib import Path
 
 import grpc
 import pytest
-from server_testkit import ServerProcess, free_port
+from server_testkit import ROOT
 
-from callqos.server import app
+from callqos.server import app, testing
 from callqos.server.config import Config
 from callqos.v1 import callqos_service_pb2_grpc as svc_grpc
+
+# The benchmarks are scripts outside the shipped package; test_bench and test_deploy import them.
+sys.path.insert(0, str(ROOT / "server" / "benchmarks"))
 
 
 @pytest.fixture
 def config(tmp_path: Path) -> Config:
-    return Config(listen="127.0.0.1:0", storage="memory", data_dir=tmp_path, shutdown_grace_seconds=1.0)
+    """A test server's configuration, for tests that start one with `app.start` themselves."""
+    return testing.server_config(tmp_path)
 
 
 @pytest.fixture
-async def server(config: Config) -> AsyncIterator[app.Running]:
-    running = await app.start(config)
-    try:
-        yield running
-    finally:
-        await running.stop()
+async def server(tmp_path: Path) -> AsyncIterator[app.Running]:
+    async with testing.InProcessServer(tmp_path) as started:
+        yield started.running
 
 
 @pytest.fixture
@@ -40,9 +44,21 @@ def stub(channel: grpc.aio.Channel) -> svc_grpc.CallQosServiceStub:
 
 
 @pytest.fixture
-def server_process(tmp_path: Path) -> Iterator[ServerProcess]:
-    process = ServerProcess(tmp_path, free_port())
+def server_process(tmp_path: Path) -> Iterator[testing.ServerProcess]:
+    """`python -m callqos.server` on SQLite under tmp_path, not started yet."""
+    process = testing.ServerProcess(tmp_path, storage="sqlite", shutdown_grace_seconds=2.0)
     try:
         yield process
     finally:
-        process.stop()
+        process.close()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Generator[None, pytest.TestReport]:
+    """A failed test's report shows the output of the server subprocess it used."""
+    report: pytest.TestReport = yield
+    if report.failed:
+        for value in getattr(item, "funcargs", {}).values():
+            if isinstance(value, testing.ServerProcess):
+                report.sections.append((f"callqos server log ({value.log_path})", value.log()))
+    return report

@@ -1,13 +1,9 @@
-"""Helpers for the server tests: request builders, rich-error decoding, a server subprocess."""
+"""Helpers for the server tests: request builders, rich-error decoding, a slow provider.
+
+Servers themselves come from `callqos.server.testing` (see conftest.py)."""
 
 from __future__ import annotations
 
-import os
-import signal
-import socket
-import subprocess
-import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -89,60 +85,6 @@ async def rpc_error(awaitable: Any) -> grpc.aio.AioRpcError:
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await awaitable
     return caught.value
-
-
-# -- a server in a subprocess, for restart, SIGKILL and signal tests -------------------------
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-class ServerProcess:
-    def __init__(self, data_dir: Path, port: int, *extra: str) -> None:
-        self.data_dir, self.port, self.extra = data_dir, port, extra
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def target(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    def start(self) -> ServerProcess:
-        port_file = self.data_dir / "port"
-        port_file.unlink(missing_ok=True)
-        self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "callqos.server",
-                "--listen",
-                self.target,
-                "--data-dir",
-                str(self.data_dir),
-                "--port-file",
-                str(port_file),
-                "--shutdown-grace",
-                "2",
-                *self.extra,
-            ],
-            stderr=open(self.data_dir / "server.log", "ab"),  # noqa: SIM115 -- the child holds it
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        )
-        deadline = time.monotonic() + 20
-        while not port_file.exists():
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("server did not start:\n" + (self.data_dir / "server.log").read_text())
-            time.sleep(0.05)
-        return self
-
-    def signal(self, signum: int) -> int:
-        assert self.proc is not None
-        self.proc.send_signal(signum)
-        return self.proc.wait(timeout=20)
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.signal(signal.SIGTERM)
 
 
 # -- a provider that takes its time, for deadline tests ---------------------------------------

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 
-from callqos.server import bench_tracing
+import bench_tracing  # server/benchmarks (conftest.py puts it on sys.path)
 
 
 def test_tracing_benchmark_measures_every_variant_and_the_traced_span_tree() -> None:

@@ -9,11 +9,12 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+import bench_tracing  # server/benchmarks (conftest.py puts it on sys.path)
 import pytest
 import yaml
 from server_testkit import ROOT
 
-from callqos.server import app, bench_tracing
+from callqos.server import app
 from callqos.server.config import _FIELDS, Config, load
 
 DEPLOY = ROOT / "deploy"

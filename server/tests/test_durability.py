@@ -4,7 +4,6 @@ reservation and no event; a watcher resumes from its cursor exactly once, in ord
 from __future__ import annotations
 
 import asyncio
-import signal
 
 import grpc
 from server_testkit import CAPACITY, make_request, qos, reason, reserved, rpc_error
@@ -35,7 +34,7 @@ async def test_sigkill_and_restart_lose_nothing(server_process) -> None:
         await stub.DropCall(svc.DropCallRequest(name=dropped.name))
         refused = await rpc_error(stub.CreateCall(make_request(qos(CAPACITY))))
         before = await _events(stub, 0, 5)
-    server_process.signal(signal.SIGKILL)
+    server_process.kill()
 
     server_process.start()
     async with grpc.aio.insecure_channel(server_process.target) as channel:
@@ -74,7 +73,7 @@ async def test_graceful_shutdown_ends_watch_with_resumable_status(server_process
         first = await stream.read()
         assert first.event.sequence == 1
         loop = asyncio.get_running_loop()
-        exit_code = loop.run_in_executor(None, server_process.signal, signal.SIGTERM)
+        exit_code = loop.run_in_executor(None, server_process.stop)  # SIGTERM
         error = await rpc_error(stream.read())
         assert error.code() == grpc.StatusCode.UNAVAILABLE
         assert reason(error) == "SHUTTING_DOWN"

@@ -7,8 +7,7 @@ import asyncio
 import grpc
 from server_testkit import CAPACITY, Level, make_request, qos, reason, rpc_error
 
-from callqos.server import app
-from callqos.server.config import Config
+from callqos.server import testing
 from callqos.v1 import call_pb2, event_pb2
 from callqos.v1 import callqos_service_pb2 as svc
 from callqos.v1 import callqos_service_pb2_grpc as svc_grpc
@@ -95,37 +94,33 @@ async def test_cursor_beyond_the_newest_event_is_out_of_range(stub) -> None:
 
 
 async def test_cursor_older_than_retention_is_out_of_range_not_a_gap(tmp_path) -> None:
-    running = await app.start(
-        Config(listen="127.0.0.1:0", storage="memory", data_dir=tmp_path, event_retention_count=3)
-    )
-    try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
-            stub = svc_grpc.CallQosServiceStub(channel)
-            for _ in range(4):
-                call = await stub.CreateCall(make_request(qos(1000)))
-                await stub.DropCall(svc.DropCallRequest(name=call.name))
-            assert await running.prune() == 5  # 8 events, the newest 3 kept
-            error = await rpc_error(collect(stub, 1, after_sequence=2))
-            assert error.code() == grpc.StatusCode.OUT_OF_RANGE and reason(error) == "CURSOR_EXPIRED"
-            kept = await collect(stub, 3, after_sequence=5)
-            assert [e.sequence for e in kept] == [6, 7, 8]
-    finally:
-        await running.stop()
+    async with (
+        testing.InProcessServer(tmp_path, event_retention_count=3) as server,
+        grpc.aio.insecure_channel(server.target) as channel,
+    ):
+        stub = svc_grpc.CallQosServiceStub(channel)
+        for _ in range(4):
+            call = await stub.CreateCall(make_request(qos(1000)))
+            await stub.DropCall(svc.DropCallRequest(name=call.name))
+        assert await server.running.prune() == 5  # 8 events, the newest 3 kept
+        error = await rpc_error(collect(stub, 1, after_sequence=2))
+        assert error.code() == grpc.StatusCode.OUT_OF_RANGE and reason(error) == "CURSOR_EXPIRED"
+        kept = await collect(stub, 3, after_sequence=5)
+        assert [e.sequence for e in kept] == [6, 7, 8]
 
 
 async def test_too_many_watchers_is_resource_exhausted(tmp_path) -> None:
-    running = await app.start(Config(listen="127.0.0.1:0", storage="memory", data_dir=tmp_path, max_watchers=1))
-    try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
-            stub = svc_grpc.CallQosServiceStub(channel)
-            first = asyncio.create_task(collect(stub, 1))
-            await asyncio.sleep(0.3)
-            error = await rpc_error(collect(stub, 1))
-            assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and reason(error) == "TOO_MANY_WATCHERS"
-            await stub.CreateCall(make_request(qos(1000)))
-            assert len(await first) == 1
-    finally:
-        await running.stop()
+    async with (
+        testing.InProcessServer(tmp_path, max_watchers=1) as server,
+        grpc.aio.insecure_channel(server.target) as channel,
+    ):
+        stub = svc_grpc.CallQosServiceStub(channel)
+        first = asyncio.create_task(collect(stub, 1))
+        await asyncio.sleep(0.3)
+        error = await rpc_error(collect(stub, 1))
+        assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and reason(error) == "TOO_MANY_WATCHERS"
+        await stub.CreateCall(make_request(qos(1000)))
+        assert len(await first) == 1
 
 
 async def test_provider_initiated_capacity_loss_degrades_or_drops_with_events(stub) -> None:

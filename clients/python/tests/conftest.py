@@ -1,158 +1,76 @@
-"""Fixtures that run the real callqos server as a subprocess on a free loopback port.
+"""Fixtures that run the real callqos server (`python -m callqos.server`, started by
+`callqos.server.testing`) as a subprocess on a free loopback port.
 
 ``server`` is one in-memory server for the whole session (tests that reserve capacity drop
-their calls again); ``server_factory`` starts private servers, e.g. with SQLite under a temp
-data dir for kill-and-restart tests.
+their calls again); ``server_factory`` starts private servers, e.g.
+``server_factory(storage="sqlite")`` for kill-and-restart tests, with any other server setting
+by name (``max_watchers=1``). A failing test's report ends with the log of each server it used.
 """
 
 from __future__ import annotations
 
-import importlib.util
-import os
-import signal
-import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from callqos.client import Client
 from callqos.v1 import provider_pb2
 
-STARTUP_TIMEOUT = 30.0
+if TYPE_CHECKING:
+    from callqos.server.testing import ServerProcess
+
 DEFAULT_LINK = "providers/reference/links/default"
 
 
-class ServerProcess:
-    """One ``python -m callqos.server`` subprocess; can be stopped, killed and restarted."""
-
-    def __init__(self, workdir: Path, *, data_dir: Path | None = None, extra: list[str] | None = None):
-        self.workdir = workdir
-        self.data_dir = data_dir
-        self.extra = list(extra or [])
-        self.port = 0
-        self.process: subprocess.Popen[bytes] | None = None
-        self.log_path = workdir / "server.log"
-        self._starts = 0
-
-    @property
-    def target(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    def start(self) -> None:
-        """Start (on the previous port, if it ran before) and wait until it serves."""
-        assert self.process is None or self.process.poll() is not None, "already running"
-        port_file = self.workdir / "port"
-        port_file.unlink(missing_ok=True)
-        command = [
-            sys.executable,
-            "-m",
-            "callqos.server",
-            "--listen",
-            f"127.0.0.1:{self.port}",
-            "--port-file",
-            str(port_file),
-        ]
-        if self.data_dir is None:
-            command += ["--storage", "memory"]
-        else:
-            command += ["--data-dir", str(self.data_dir)]
-        command += self.extra
-        self._starts += 1
-        log = open(self.log_path, "ab")  # noqa: SIM115 -- the child process holds it
-        log.write(f"--- start #{self._starts}: {' '.join(command)}\n".encode())
-        log.flush()
-        self.process = subprocess.Popen(
-            command, stdout=log, stderr=subprocess.STDOUT, cwd=self.workdir, env=_server_env()
-        )
-        log.close()
-        deadline = time.monotonic() + STARTUP_TIMEOUT
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"server exited with {self.process.returncode}:\n{self.log()}")
-            text = port_file.read_text().strip() if port_file.exists() else ""
-            if text.isdigit() and int(text) > 0:
-                self.port = int(text)
-                return
-            time.sleep(0.05)
-        self.kill()
-        raise RuntimeError(f"server did not write its port within {STARTUP_TIMEOUT}s:\n{self.log()}")
-
-    def stop(self, timeout: float = 20.0) -> int:
-        """SIGTERM (graceful shutdown) and wait."""
-        return self._signal(signal.SIGTERM, timeout)
-
-    def kill(self) -> int:
-        """SIGKILL: no chance to flush anything that is not durable yet."""
-        return self._signal(signal.SIGKILL, 10.0)
-
-    def _signal(self, sig: signal.Signals, timeout: float) -> int:
-        assert self.process is not None
-        if self.process.poll() is None:
-            self.process.send_signal(sig)
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        return self.process.returncode
-
-    def restart(self, *, kill: bool = False) -> None:
-        if kill:
-            self.kill()
-        else:
-            self.stop()
-        self.start()
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")[-4000:] if self.log_path.exists() else ""
-
-
-def _server_env() -> dict[str, str]:
-    env = dict(os.environ)
-    # The tests choose storage and ports by flag; stray CALLQOS_* settings must not leak in.
-    for key in list(env):
-        if key.startswith("CALLQOS_"):
-            del env[key]
-    return env
-
-
-def _require_server() -> None:
-    if importlib.util.find_spec("callqos.server") is None:
-        pytest.skip("callqos.server is not installed (client-only checkout)")
+def _server_process(directory: Path, **settings: Any) -> ServerProcess:
+    """A not yet started server; skips the test where the server is not installed (a client-only
+    environment has nothing to test against)."""
+    testing = pytest.importorskip("callqos.server.testing", reason="callqos.server is not installed")
+    return testing.ServerProcess(directory, **settings)
 
 
 @pytest.fixture(scope="session")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     """The shared in-memory server."""
-    _require_server()
-    proc = ServerProcess(tmp_path_factory.mktemp("callqos-server"))
-    proc.start()
-    yield proc
-    proc.stop()
+    with _server_process(tmp_path_factory.mktemp("callqos-server")) as proc:
+        yield proc
+
+
+class ServerFactory:
+    """``factory(**settings)`` starts a private server under its own directory."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.started: list[ServerProcess] = []
+
+    def __call__(self, **settings: Any) -> ServerProcess:
+        proc = _server_process(self.directory / f"server{len(self.started)}", **settings)
+        self.started.append(proc)
+        return proc.start()
 
 
 @pytest.fixture
-def server_factory(tmp_path: Path) -> Iterator[Callable[..., ServerProcess]]:
-    """Start private servers: ``server_factory(sqlite=True)`` keeps data under tmp_path."""
-    _require_server()
-    started: list[ServerProcess] = []
+def server_factory(tmp_path: Path) -> Iterator[ServerFactory]:
+    factory = ServerFactory(tmp_path)
+    yield factory
+    for proc in factory.started:
+        proc.close()
 
-    def make(*, sqlite: bool = False, extra: list[str] | None = None) -> ServerProcess:
-        workdir = tmp_path / f"server{len(started)}"
-        workdir.mkdir()
-        data_dir = workdir / "data" if sqlite else None
-        proc = ServerProcess(workdir, data_dir=data_dir, extra=extra)
-        started.append(proc)
-        proc.start()
-        return proc
 
-    yield make
-    for proc in started:
-        if proc.process is not None and proc.process.poll() is None:
-            proc.kill()
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Generator[None, pytest.TestReport]:
+    """A failed test's report shows the output of the servers it used."""
+    report: pytest.TestReport = yield
+    testing = sys.modules.get("callqos.server.testing")  # imported once any server was started
+    if report.failed and testing is not None:
+        for value in getattr(item, "funcargs", {}).values():
+            for proc in value.started if isinstance(value, ServerFactory) else [value]:
+                if isinstance(proc, testing.ServerProcess):
+                    report.sections.append((f"callqos server log ({proc.log_path})", proc.log()))
+    return report
 
 
 @pytest.fixture

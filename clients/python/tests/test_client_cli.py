@@ -214,33 +214,9 @@ def test_watch_follows_new_events(server) -> None:  # type: ignore[no-untyped-de
 
 
 def test_serve_subcommand(tmp_path: Path) -> None:
-    pytest.importorskip("callqos.server.cli")
-    port_file = tmp_path / "port"
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "callqos.cli",
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--port-file",
-            str(port_file),
-            "--storage",
-            "memory",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        env=_env(),
-    )
-    try:
-        deadline = time.monotonic() + 30
-        while not (port_file.exists() and port_file.read_text().strip().isdigit()):
-            assert proc.poll() is None, "callqos serve exited"
-            assert time.monotonic() < deadline, "callqos serve did not start"
-            time.sleep(0.05)
-        with Client(f"127.0.0.1:{port_file.read_text().strip()}") as client:
+    """`callqos serve` is the server: same flags and configuration as `python -m callqos.server`."""
+    testing = pytest.importorskip("callqos.server.testing", reason="callqos.server is not installed")
+    with testing.ServerProcess(tmp_path, program=[sys.executable, "-m", "callqos.cli", "serve"]) as serve:
+        with Client(serve.target) as client:
             assert client.default_provider().name == "providers/reference"
-    finally:
-        proc.terminate()
-        assert proc.wait(20) == 0
+        assert serve.stop() == 0  # SIGTERM: a clean, graceful exit

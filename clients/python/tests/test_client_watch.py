@@ -127,7 +127,7 @@ def test_non_retryable_watch_error_is_raised(client: Client) -> None:
 
 
 def test_watch_survives_sigkill_and_restart_without_loss_or_duplicates(server_factory) -> None:  # type: ignore[no-untyped-def]
-    server = server_factory(sqlite=True)
+    server = server_factory(storage="sqlite")
     with Client(server.target, principal="alice") as client:
         collector = Collector(client.watch(0, resume=ResumePolicy(max_backoff=0.5, give_up_after=60)))
         try:
@@ -155,7 +155,7 @@ def test_watch_survives_sigkill_and_restart_without_loss_or_duplicates(server_fa
 
 
 async def test_async_watch_resumes_across_graceful_shutdown(server_factory) -> None:  # type: ignore[no-untyped-def]
-    server = server_factory(sqlite=True)
+    server = server_factory(storage="sqlite")
     async with AsyncClient(server.target, principal="alice") as client:
         stream = client.watch(0, resume=ResumePolicy(max_backoff=0.5))
         first = await client.make_call("sip:a1@example.com")
@@ -180,7 +180,7 @@ async def test_async_watch_resumes_across_graceful_shutdown(server_factory) -> N
 
 
 def test_cursor_older_than_retention_raises_cursor_expired(server_factory) -> None:  # type: ignore[no-untyped-def]
-    server = server_factory(sqlite=True, extra=["--event-retention-count", "2"])
+    server = server_factory(storage="sqlite", event_retention_count=2)
     with Client(server.target) as client:
         for i in range(3):
             client.drop(client.make_call(f"sip:old{i}@example.com").name)
@@ -200,7 +200,7 @@ def test_cursor_older_than_retention_raises_cursor_expired(server_factory) -> No
 
 
 def test_too_many_watchers_is_not_retried(server_factory) -> None:  # type: ignore[no-untyped-def]
-    server = server_factory(extra=["--max-watchers", "1"])
+    server = server_factory(max_watchers=1)
     with Client(server.target) as client:
         first = Collector(client.watch())
         try:
@@ -222,7 +222,7 @@ def test_watch_gives_up_when_the_server_stays_down(server_factory) -> None:  # t
 
 
 async def test_watch_from_now_loses_nothing_when_broken_before_its_first_event(server_factory) -> None:  # type: ignore[no-untyped-def]
-    server = server_factory(sqlite=True)
+    server = server_factory(storage="sqlite")
     async with AsyncClient(server.target, principal="alice") as client:
         await client.make_call("sip:before@example.com")
         stream = client.watch(resume=ResumePolicy(max_backoff=0.5))  # from now: no cursor given

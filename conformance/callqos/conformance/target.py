@@ -1,17 +1,18 @@
-"""`--provider`: start `python -m callqos.server` hosting one provider on a free loopback port
-with memory storage, wait for its port file, and stop it with SIGTERM afterwards."""
+"""`--provider`: a callqos server hosting one provider, as the default, on a free loopback port with
+memory storage, started and stopped by `callqos.server.testing`. It runs in a process of its own,
+so a provider that hangs or crashes cannot take the suite down with it; its output goes to
+`server.log` in the output directory, when there is one.
+
+Only this mode needs the server installed; `--target HOST:PORT` certifies any running server."""
 
 from __future__ import annotations
 
-import os
 import re
-import signal
-import subprocess
-import sys
-import tempfile
-import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from callqos.server.testing import ServerProcess
 
 _PROVIDER_ID = re.compile(r"[a-z][a-z0-9-]{0,62}")
 
@@ -20,46 +21,15 @@ class TargetError(Exception):
     """The target could not be started or reached."""
 
 
-def _toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return repr(value)
-    if isinstance(value, str):
-        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
-    if isinstance(value, list):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    raise TargetError(f"cannot write {value!r} into the server configuration")
-
-
 def provider_id_for(plugin: str) -> str:
     """The {provider} id the hosted provider gets: the entry-point name when it is a valid id."""
     return plugin if _PROVIDER_ID.fullmatch(plugin) else "sut"
 
 
-def server_config(plugin: str, settings: dict[str, Any], provider_timeout: float) -> str:
-    """A TOML server configuration hosting exactly this provider as the default one."""
-    pid = provider_id_for(plugin)
-    lines = [
-        f"default_provider = {_toml_value(pid)}",
-        f"provider_timeout_seconds = {provider_timeout!r}",
-        "shutdown_grace_seconds = 1.0",
-        "",
-        f"[providers.{pid}]",
-        f"plugin = {_toml_value(plugin)}",
-    ]
-    tables: list[str] = []
-    for key, value in settings.items():
-        if isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
-            for item in value:  # array of tables, e.g. [[providers.x.links]]
-                tables.append(f"\n[[providers.{pid}.{key}]]")
-                tables.extend(f"{k} = {_toml_value(v)}" for k, v in item.items())
-        else:
-            lines.append(f"{key} = {_toml_value(value)}")
-    return "\n".join(lines + tables) + "\n"
-
-
 class SpawnedServer:
+    """The server of `--provider PLUGIN`: `plugin` (an entry-point name or module:Class) with its
+    `settings`, under `provider_timeout` seconds per provider call."""
+
     def __init__(
         self,
         plugin: str,
@@ -70,71 +40,57 @@ class SpawnedServer:
         self.plugin = plugin
         self.settings = settings or {}
         self.provider_timeout = provider_timeout
-        self._tmp = tempfile.TemporaryDirectory(prefix="callqos-conformance-")
-        self.dir = Path(self._tmp.name)
-        self.log_path = (log_dir or self.dir) / "server.log"
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.port = 0
+        self.log_dir = log_dir
+        self._process: ServerProcess | None = None
 
     @property
     def target(self) -> str:
-        return f"127.0.0.1:{self.port}"
+        if self._process is None:
+            raise TargetError("the server is not started")
+        return self._process.target
 
     @property
     def provider_name(self) -> str:
         return f"providers/{provider_id_for(self.plugin)}"
 
     def start(self, wait_seconds: float = 20.0) -> SpawnedServer:
-        config = self.dir / "server.toml"
-        config.write_text(server_config(self.plugin, self.settings, self.provider_timeout))
-        port_file = self.dir / "port"
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        log = open(self.log_path, "ab")  # noqa: SIM115 -- the child process holds it
-        self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "callqos.server",
-                "--config",
-                str(config),
-                "--listen",
-                "127.0.0.1:0",
-                "--port-file",
-                str(port_file),
-                "--storage",
-                "memory",
-                "--log-level",
-                "warning",
-            ],
-            stdout=log,
-            stderr=log,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        )
-        log.close()
-        deadline = time.monotonic() + wait_seconds
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise TargetError(
-                    f"the server hosting {self.plugin!r} exited with {self.proc.returncode}: "
-                    f"{self.log_path.read_text(errors='replace')[-2000:]}"
-                )
-            text = port_file.read_text().strip() if port_file.exists() else ""
-            if text.isdigit():
-                self.port = int(text)
-                return self
-            time.sleep(0.05)
-        self.stop()
-        raise TargetError(f"the server hosting {self.plugin!r} did not start within {wait_seconds:g}s")
+        try:
+            from callqos.server import testing
+            from callqos.server.config import ConfigError
+        except ImportError as missing:
+            raise TargetError(
+                f"--provider runs the provider in a callqos server, which is not installed ({missing}): "
+                "install the callqos-server distribution, or certify a running server with --target"
+            ) from missing
+        pid = provider_id_for(self.plugin)
+        try:
+            self._process = testing.ServerProcess(
+                providers={pid: {**self.settings, "plugin": self.plugin}},
+                default_provider=pid,
+                provider_timeout_seconds=self.provider_timeout,
+                log_level="warning",
+                log_path=None if self.log_dir is None else self.log_dir / "server.log",
+                startup_timeout=wait_seconds,
+            )
+            self._process.start()
+        except (testing.ServerError, ConfigError, TypeError, ValueError) as error:
+            self.stop()
+            raise TargetError(f"the server hosting {self.plugin!r} did not start: {error}") from error
+        return self
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self._tmp.cleanup()
+        process, self._process = self._process, None
+        if process is None:
+            return
+        from callqos.server.testing import ServerError
+
+        try:
+            if process.running:
+                process.stop(timeout=10.0)
+        except ServerError:
+            pass  # killed after the timeout: the report is about the provider's answers, not its server's exit
+        finally:
+            process.close()
 
     def __enter__(self) -> SpawnedServer:
         return self.start()

@@ -4,57 +4,31 @@ its fault failed. Used by conformance/tests and by `python -m callqos.conformanc
 from __future__ import annotations
 
 import contextlib
-import os
-import signal
-import subprocess
 import sys
-import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 from callqos.conformance.broken import FAULTS, Fault
 from callqos.conformance.runner import Report, RunOptions, run_conformance
 from callqos.conformance.target import SpawnedServer, TargetError
+from callqos.server.testing import ServerError, ServerProcess
 
 
 @contextlib.contextmanager
 def proxy(fault: str, upstream: str) -> Iterator[str]:
     """A broken-target proxy subprocess in front of `upstream`; yields its HOST:PORT."""
-    with tempfile.TemporaryDirectory(prefix="callqos-proxy-") as tmp:
-        port_file = Path(tmp) / "port"
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "callqos.conformance.broken.proxy",
-                "--fault",
-                fault,
-                "--upstream",
-                upstream,
-                "--listen",
-                "127.0.0.1:0",
-                "--port-file",
-                str(port_file),
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=open(Path(tmp) / "proxy.log", "wb"),  # noqa: SIM115 -- the child holds it
-            env={**os.environ},
-        )
-        try:
-            deadline = time.monotonic() + 20
-            while not (port_file.exists() and port_file.read_text().strip().isdigit()):
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise TargetError(f"proxy {fault} did not start: {(Path(tmp) / 'proxy.log').read_text()[-1000:]}")
-                time.sleep(0.05)
-            yield f"127.0.0.1:{int(port_file.read_text())}"
-        finally:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(5)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+    program = [sys.executable, "-m", "callqos.conformance.broken.proxy", "--fault", fault, "--upstream", upstream]
+    # The proxy forwards the callqos API alone (no grpc.health.v1): its port file says it is up.
+    process = ServerProcess(program=program, health_check=False)
+    try:
+        process.start()
+    except ServerError as error:
+        process.close()
+        raise TargetError(f"proxy {fault} did not start: {error}") from error
+    try:
+        yield process.target
+    finally:
+        process.close()
 
 
 def certify(fault: Fault, *, full: bool = False, seed: int = 7, output_dir: Path | None = None) -> Report:

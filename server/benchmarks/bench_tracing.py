@@ -1,6 +1,6 @@
-"""Tracing overhead, for `make bench`: CreateCall + DropCall against servers started the same way,
-one with the embedded default (nothing exported: always-off sampler, no span processor, no
-metrics) and others tracing, measured in alternating rounds in the same run.
+"""`make bench` (second of two), tracing overhead: CreateCall + DropCall against servers started
+the same way, one with the embedded default (nothing exported: always-off sampler, no span
+processor, no metrics) and others tracing, measured in alternating rounds in the same run.
 
 "Tracing on" means spans handed to a BatchSpanProcessor whose exporter encodes each batch to OTLP
 protobuf and discards the bytes: the SDK and serialization work of a real OTLP exporter, without
@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import statistics
 import tempfile
@@ -31,18 +32,22 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from grpc_health.v1 import health_pb2
 from opentelemetry import metrics
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
 from opentelemetry.trace import SpanKind
+from workload import make_drop, process_cpu_seconds, script
 
-from callqos.server import app, bench
-from callqos.server.config import Config
+from callqos.server import app, logs
+from callqos.server import config as config_module
 from callqos.server.telemetry import Telemetry, setup
+from callqos.server.testing import ServerProcess
 
 TARGET_OVERHEAD = 0.15
+HEALTH_SERVICE = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
 # The head-sampling ratio deploy/k8s/deployment.yaml configures (a test keeps the two equal).
 PRODUCTION_SAMPLING = 0.1
 # Many short alternating rounds: on this noisy 2-core box one 3 s window of the same server
@@ -123,59 +128,52 @@ class VariantResult:
 def tracing_telemetry(ratio: float, stats_file: Path | None) -> Telemetry:
     provider = TracerProvider(sampler=ParentBased(TraceIdRatioBased(ratio)))
     provider.add_span_processor(BatchSpanProcessor(EncodeAndDiscardExporter(stats_file)))
-    return Telemetry(provider, metrics.NoOpMeterProvider())
+    # Health checks (the start-up wait here; kubelet probes in deploy/k8s) stay out of traces, as
+    # the deployment's OTEL_PYTHON_GRPC_EXCLUDED_SERVICES keeps them: only the measured cycles count.
+    return Telemetry(provider, metrics.NoOpMeterProvider(), excluded_services=frozenset({HEALTH_SERVICE}))
 
 
-def _serve(variant: str, data_dir: Path, port_file: Path, stats_file: Path | None) -> None:
-    config = Config(listen="127.0.0.1:0", data_dir=data_dir, port_file=port_file, log_level="warning")
+def _serve(variant: str, listen: str, port_file: Path, stats_file: Path) -> None:
+    """The server of one variant (this script as a `ServerProcess` program): the configuration
+    from CALLQOS_CONFIG and the flags, as `callqos serve` reads it, and the variant's telemetry."""
+    config = config_module.load(flags={"listen": listen, "port_file": port_file})
+    logs.configure(config.log_level)
     ratio = VARIANTS[variant]
     telemetry = setup.from_environment(env={}) if ratio is None else tracing_telemetry(ratio, stats_file)
     asyncio.run(app.serve(config, telemetry))
+
+
+def _server(workdir: Path, variant: str) -> ServerProcess:
+    """A variant's server: the default storage (SQLite), as `make run` serves."""
+    program = script("bench_tracing.py", "--serve", variant, "--stats-file", str(_stats_file(workdir, variant)))
+    return ServerProcess(workdir / variant, program=program, storage="sqlite", log_level="warning")
 
 
 def _stats_file(workdir: Path, variant: str) -> Path:
     return workdir / f"export-{variant}.json"
 
 
-def _server(workdir: Path, variant: str) -> bench.ServerProcess:
-    data = workdir / f"data-{variant}"
-    return bench.ServerProcess(
-        [
-            "-m",
-            "callqos.server.bench_tracing",
-            "--serve",
-            variant,
-            "--data-dir",
-            str(data),
-            "--stats-file",
-            str(_stats_file(workdir, variant)),
-        ],
-        workdir,
-    )
-
-
 async def run(seconds: float, rounds: int = ROUNDS) -> dict[str, VariantResult]:
     """Each variant's cycles/s and server CPU per cycle over alternating rounds, and (after the
     servers stopped and flushed) what the traced ones exported."""
     results = {variant: VariantResult() for variant in VARIANTS}
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory(prefix="callqos-bench-") as tmp:
         workdir = Path(tmp)
         servers = {variant: _server(workdir, variant) for variant in VARIANTS}
-        try:
-            targets = {variant: await server.target() for variant, server in servers.items()}
-            order = list(targets)
+        async with contextlib.AsyncExitStack() as stack:
+            for server in servers.values():
+                await stack.enter_async_context(server)
+            order = list(servers)
             for round_ in range(rounds):
                 # Rotated each round: a traced server's exporter thread may still be encoding its
                 # backlog while the next variant is measured.
                 for variant in order[round_ % len(order) :] + order[: round_ % len(order)]:
-                    cpu = bench.process_cpu_seconds(servers[variant].proc.pid)
-                    measured = await bench.bench_make_drop(targets[variant], seconds, cpu)
+                    cpu = process_cpu_seconds(servers[variant].pid)
+                    measured = await make_drop(servers[variant].target, seconds, cpu)
                     results[variant].rates.append(measured.rate)
                     if measured.probe_per_op is not None:
                         results[variant].cpu.append(measured.probe_per_op)
-        finally:
-            for server in servers.values():
-                server.stop()
+        # The servers have stopped: the traced ones flushed their exporters and wrote what they saw.
         for variant, ratio in VARIANTS.items():
             stats_file = _stats_file(workdir, variant)
             if ratio is not None and stats_file.exists():
@@ -218,12 +216,12 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=ROUND_SECONDS, help="measurement window per round")
     parser.add_argument("--rounds", type=int, default=ROUNDS)
     parser.add_argument("--serve", choices=VARIANTS, help=argparse.SUPPRESS)
-    parser.add_argument("--data-dir", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--listen", help=argparse.SUPPRESS)
     parser.add_argument("--port-file", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--stats-file", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:
-        _serve(args.serve, args.data_dir, args.port_file, args.stats_file)
+        _serve(args.serve, args.listen, args.port_file, args.stats_file)
         return
     print(report(asyncio.run(run(args.seconds, args.rounds))))
 

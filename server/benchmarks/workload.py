@@ -1,0 +1,100 @@
+"""What both benchmarks drive and how they measure it: CONCURRENCY loops of work, bounded in time,
+counted after a warm-up; the server process's CPU per operation; and the CreateCall + DropCall
+cycle. bench.py and bench_tracing.py import this module; neither imports the other.
+
+The benchmarks are scripts (run by `make bench`), not part of the shipped server package: each
+server they measure is started as its own process by `callqos.server.testing.ServerProcess`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+
+from callqos.v1 import call_pb2, flowspec_pb2
+from callqos.v1 import callqos_service_pb2 as svc
+from callqos.v1 import callqos_service_pb2_grpc as svc_grpc
+
+CONCURRENCY = 16
+WARMUP_SECONDS = 1.0
+HERE = Path(__file__).resolve().parent
+
+
+def script(name: str, *arguments: str) -> list[str]:
+    """The command running benchmark script `name` of this directory (e.g. as a server program)."""
+    return [sys.executable, str(HERE / name), *arguments]
+
+
+@dataclass(frozen=True)
+class Measured:
+    rate: float  # operations per second over the measurement window
+    probe_per_op: float | None = None  # what the probe's reading grew by, per operation
+
+
+async def measure(
+    work: Callable[[int], Awaitable[int]], seconds: float, probe: Callable[[], float] | None = None
+) -> Measured:
+    """Run `work(worker)` in CONCURRENCY loops; each returns how many operations it did. Measures
+    operations per second over `seconds` after a warm-up, and, given a `probe` (a counter such as
+    a process's CPU seconds), how much it grew per operation over the same window."""
+    counts = [0] * CONCURRENCY
+    measuring = False
+    deadline = time.monotonic() + WARMUP_SECONDS + seconds
+
+    async def worker(index: int) -> None:
+        while time.monotonic() < deadline:
+            done = await work(index)
+            if measuring:
+                counts[index] += done
+
+    tasks = [asyncio.create_task(worker(i)) for i in range(CONCURRENCY)]
+    await asyncio.sleep(WARMUP_SECONDS)
+    measuring = True
+    probed = probe() if probe else 0.0
+    started = time.monotonic()
+    await asyncio.gather(*tasks)
+    elapsed = time.monotonic() - started
+    operations = sum(counts)
+    per_op = (probe() - probed) / operations if probe and operations else None
+    return Measured(operations / elapsed, per_op)
+
+
+def process_cpu_seconds(pid: int) -> Callable[[], float]:
+    """A probe: CPU seconds (user + system, all threads) process `pid` has used so far (Linux)."""
+    ticks = os.sysconf("SC_CLK_TCK")
+
+    def read() -> float:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+        return (int(fields[11]) + int(fields[12])) / ticks  # utime, stime (fields 14, 15)
+
+    return read
+
+
+def qos(rate: int) -> flowspec_pb2.QosSpec:
+    """CONTROLLED_LOAD sending at `rate` bytes/s, best effort receiving."""
+    ST = flowspec_pb2.ServiceType
+    return flowspec_pb2.QosSpec(
+        sending=flowspec_pb2.FlowSpec(service_type=ST.SERVICE_TYPE_CONTROLLED_LOAD, token_rate_bytes_per_second=rate),
+        receiving=flowspec_pb2.FlowSpec(service_type=ST.SERVICE_TYPE_BEST_EFFORT),
+    )
+
+
+async def make_drop(target: str, seconds: float, probe: Callable[[], float] | None = None) -> Measured:
+    """CreateCall + DropCall cycles per second (and `probe` growth per cycle)."""
+    async with grpc.aio.insecure_channel(target) as channel:
+        stub = svc_grpc.CallQosServiceStub(channel)  # type: ignore[no-untyped-call]
+        request = svc.CreateCallRequest(call=call_pb2.Call(destination="sip:bench", requested_qos=qos(1000)))
+
+        async def cycle(_: int) -> int:
+            call = await stub.CreateCall(request)
+            await stub.DropCall(svc.DropCallRequest(name=call.name))
+            return 1
+
+        return await measure(cycle, seconds, probe)
