@@ -64,6 +64,7 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy server/callqos clients/python/callqos/client clients/python/callqos/cli conformance/callqos
 	$(VENV)/bin/mypy --strict clients/python/callqos/client
+	MYPYPATH=server/benchmarks $(VENV)/bin/mypy --strict server/benchmarks/bench.py server/benchmarks/bench_tracing.py server/benchmarks/workload.py
 
 .PHONY: test test-python test-clients
 test: lint check-generated typecheck test-python test-clients
