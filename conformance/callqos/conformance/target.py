@@ -1,8 +1,12 @@
 """`--provider`: start `python -m callqos.server` hosting one provider on a free loopback port
-with memory storage, wait for its port file, and stop it with SIGTERM afterwards."""
+with memory storage, wait for its port file, and stop it with SIGTERM afterwards.
+
+The server is not a dependency of the suite (certifying a running server with --target needs only
+the client stubs); it is the `server` extra, checked for before anything is spawned."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 import signal
@@ -16,8 +20,20 @@ from typing import Any
 _PROVIDER_ID = re.compile(r"[a-z][a-z0-9-]{0,62}")
 
 
+#: What to install for --provider mode.
+SERVER_EXTRA = "callqos-conformance[server]"
+
+
 class TargetError(Exception):
     """The target could not be started or reached."""
+
+
+def require_server() -> None:
+    """Raise a TargetError naming the extra to install when the callqos server is missing."""
+    if importlib.util.find_spec("callqos.server") is None:
+        raise TargetError(
+            f"--provider hosts the provider in the callqos server, which is not installed: pip install '{SERVER_EXTRA}'"
+        )
 
 
 def _toml_value(value: Any) -> str:
@@ -85,6 +101,7 @@ class SpawnedServer:
         return f"providers/{provider_id_for(self.plugin)}"
 
     def start(self, wait_seconds: float = 20.0) -> SpawnedServer:
+        require_server()
         config = self.dir / "server.toml"
         config.write_text(server_config(self.plugin, self.settings, self.provider_timeout))
         port_file = self.dir / "port"
