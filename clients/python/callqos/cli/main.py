@@ -29,7 +29,6 @@ from callqos.v1 import flowspec_pb2
 from . import plugins, render
 
 EXIT_USAGE = 2
-EXIT_ERROR = 1
 EXIT_INTERRUPTED = 130
 #: Added to the gRPC status code to make the exit status of a failed RPC.
 EXIT_RPC_BASE = 10
