@@ -13,6 +13,10 @@ PY_GEN_ROOT := clients/python
 PY_GEN_DIR := $(PY_GEN_ROOT)/callqos/v1
 # Client sub-projects that have their own Makefile with `generate` and `test` targets.
 CLIENT_DIRS := $(sort $(dir $(wildcard clients/*/Makefile)))
+# The three Python distributions (one pyproject.toml each, sharing the `callqos` namespace), the
+# client first: the other two depend on it.
+DISTS := clients/python server conformance
+DIST_DIR := dist
 
 .PHONY: help
 help:
@@ -21,12 +25,16 @@ help:
 	@echo "make bench      benchmarks, with ratios against a bare grpc.aio baseline measured in the same run"
 	@echo "make generate   regenerate all code from protos/"
 	@echo "make lint       buf lint + buf format check, ruff check + ruff format check"
+	@echo "make dist       sdists and wheels of callqos, callqos-server and callqos-conformance in dist/"
+	@echo "make stamp      write VERSION (and LICENSE) into every distribution and client"
 
-# The virtual environment; reinstalled whenever pyproject.toml changes.
-$(STAMP): pyproject.toml
+# The virtual environment: the three distributions editable (the suite with its `server` extra)
+# and the top-level `dev` dependency group (pip >= 25.1 reads dependency groups); reinstalled
+# whenever a pyproject.toml changes.
+$(STAMP): pyproject.toml $(addsuffix /pyproject.toml,$(DISTS))
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet --upgrade 'pip>=25.1'
+	$(PY) -m pip install --quiet -e clients/python -e server -e 'conformance[server]' --group dev
 	touch $@
 
 .PHONY: venv
@@ -37,7 +45,7 @@ run: $(STAMP)
 	$(VENV)/bin/callqos serve
 
 .PHONY: generate generate-python
-generate: generate-python
+generate: generate-python stamp
 	@for d in $(CLIENT_DIRS); do $(MAKE) -C $$d generate; done
 
 # Python stubs for the published API, inside the client package (the server depends on them).
@@ -48,10 +56,19 @@ generate-python: $(STAMP)
 
 # Fails when the checked-in Python stubs differ from what protos/ generates now.
 .PHONY: check-generated
-check-generated: $(STAMP)
+check-generated: $(STAMP) check-stamp
 	tmp=$$(mktemp -d); trap 'rm -rf $$tmp' EXIT; \
 	$(PY) -m grpc_tools.protoc -Iprotos --python_out=$$tmp --pyi_out=$$tmp --grpc_python_out=$$tmp $(PROTOS); \
 	diff -r $$tmp/callqos/v1 $(PY_GEN_DIR) || { echo "generated Python code drifted from protos/: run 'make generate'"; exit 1; }
+
+# One version (VERSION) and one LICENSE for every distribution and client: deploy/release/stamp.py lists
+# every place they are written.
+.PHONY: stamp check-stamp
+stamp:
+	$(PYTHON) deploy/release/stamp.py
+
+check-stamp:
+	$(PYTHON) deploy/release/stamp.py --check
 
 .PHONY: lint
 lint: $(STAMP)
@@ -63,17 +80,31 @@ lint: $(STAMP)
 .PHONY: typecheck
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy server/callqos clients/python/callqos/client clients/python/callqos/cli conformance/callqos
+	MYPYPATH=deploy/release $(VENV)/bin/mypy --strict deploy/release/stamp.py deploy/release/check_dist.py
 	$(VENV)/bin/mypy --strict clients/python/callqos/client
 	MYPYPATH=server/benchmarks $(VENV)/bin/mypy --strict server/benchmarks/bench.py server/benchmarks/bench_tracing.py server/benchmarks/workload.py
 
 .PHONY: test test-python test-clients
-test: lint check-generated typecheck test-python test-clients
+test: lint check-generated typecheck test-python test-clients check-dist
 
 test-python: $(STAMP)
 	$(PY) -m pytest
 
 test-clients: $(STAMP)
 	@for d in $(CLIENT_DIRS); do $(MAKE) -C $$d test; done
+
+# sdist and wheel of each distribution. `python -m build` builds the wheel from the sdist, in an
+# isolated environment, so a file missing from an sdist (or a build requirement) fails here.
+.PHONY: dist check-dist
+dist: $(STAMP)
+	rm -rf $(DIST_DIR)
+	for d in $(DISTS); do $(PY) -m build --quiet --outdir $(DIST_DIR) $$d; done
+	$(VENV)/bin/twine check --strict $(DIST_DIR)/*
+
+# The packaging enforces the dependency direction: the client wheel alone, in a fresh venv,
+# works against a live server and brings no server code or telemetry with it.
+check-dist: dist
+	$(PY) deploy/release/check_dist.py $(DIST_DIR)
 
 # The benchmarks are scripts in server/benchmarks (not shipped); BENCH_ARGS=--seconds 1 for a quick run.
 BENCH_ARGS ?=
@@ -84,4 +115,4 @@ bench: $(STAMP)
 
 .PHONY: clean
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) .pytest_cache $(DIST_DIR)

@@ -112,10 +112,25 @@ def test_service_targets_the_container_ports() -> None:
     assert service["spec"]["selector"].items() <= k8s("Deployment")["spec"]["template"]["metadata"]["labels"].items()
 
 
+def test_dockerfile_installs_the_client_and_the_server_distributions() -> None:
+    text = (DEPLOY / "Dockerfile").read_text()
+    (install,) = re.findall(r"^RUN pip install (.*?) &&", text, re.M)
+    dirs = [arg.removeprefix("./") for arg in install.split() if not arg.startswith("-")]
+    projects = {d: tomllib.loads((ROOT / d / "pyproject.toml").read_text())["project"] for d in dirs}
+    by_name = {project["name"]: project for project in projects.values()}
+    # The server and the client it is pinned to, built from the tree; not the suite.
+    assert set(by_name) == {"callqos", "callqos-server"}
+    assert f"callqos=={by_name['callqos']['version']}" in by_name["callqos-server"]["dependencies"]
+    copied = re.findall(r"^COPY (\S+) ", text, re.M)
+    assert set(dirs) <= set(copied)
+    # `callqos serve`: the client's command, with the subcommand the server registers for it.
+    assert 'ENTRYPOINT ["callqos", "serve"]' in text
+    assert "callqos" in by_name["callqos"]["scripts"]
+    assert "serve" in by_name["callqos-server"]["entry-points"]["callqos.cli"]
+
+
 def test_dockerfile_runs_the_server_on_all_interfaces() -> None:
     text = (DEPLOY / "Dockerfile").read_text()
-    assert re.search(r"^RUN pip install .*\s\.\s", text, re.M)
-    assert 'ENTRYPOINT ["callqos", "serve"]' in text
     cmd = yaml.safe_load(re.search(r"^CMD (.*)$", text, re.M).group(1))  # a JSON array
     flags = dict(zip(cmd[::2], cmd[1::2], strict=True))
     exposed = {int(p) for p in re.search(r"^EXPOSE (.*)$", text, re.M).group(1).split()}

@@ -213,9 +213,19 @@ def test_watch_follows_new_events(server) -> None:  # type: ignore[no-untyped-de
         watcher.wait(10)
 
 
+def test_serve_comes_from_callqos_server() -> None:
+    # The subcommand is callqos-server's `callqos.cli` entry point, listed without importing it.
+    result = subprocess.run(
+        [sys.executable, "-m", "callqos.cli", "--help"], capture_output=True, text=True, timeout=60, env=_env()
+    )
+    assert result.returncode == 0, result.stderr
+    assert "(from callqos-server " in " ".join(result.stdout.split())
+
+
 def test_serve_subcommand(tmp_path: Path) -> None:
     """`callqos serve` is the server: same flags and configuration as `python -m callqos.server`."""
-    testing = pytest.importorskip("callqos.server.testing", reason="callqos.server is not installed")
+    from callqos.server import testing  # the workspace installs the server
+
     with testing.ServerProcess(tmp_path, program=[sys.executable, "-m", "callqos.cli", "serve"]) as serve:
         with Client(serve.target) as client:
             assert client.default_provider().name == "providers/reference"

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import sys
 import tomllib
+from importlib import metadata
 from pathlib import Path
 
 from callqos.conformance import SPEC_VERSION, SUITE_VERSION
@@ -13,6 +14,7 @@ from callqos.conformance.checks import all_checks
 from callqos.conformance.model import PROFILES
 from callqos.conformance.reports import console
 from callqos.conformance.runner import RunOptions, run_conformance
+from callqos.conformance.target import TargetError, require_server
 
 
 def _ids(values: list[str]) -> tuple[str, ...]:
@@ -38,6 +40,9 @@ def list_checks(profiles: tuple[str, ...]) -> str:
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="callqos-conformance", description="Certify a callqos provider or server.")
+    p.add_argument(
+        "--version", action="version", version=f"callqos-conformance {metadata.version('callqos-conformance')}"
+    )
     p.add_argument("command", nargs="?", choices=("run", "list"), default="run")
     where = p.add_mutually_exclusive_group()
     where.add_argument("--target", help="HOST:PORT of a running callqos server (any language)")
@@ -80,6 +85,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.timeout_scale <= 0:
         print("--timeout-scale must be positive", file=sys.stderr)
         return 2
+    if args.provider:
+        try:
+            require_server()  # a one-line answer, before any report is written
+        except TargetError as exc:
+            print(f"callqos-conformance: {exc}", file=sys.stderr)
+            return 2
     report = run_conformance(
         RunOptions(
             target=args.target,

@@ -13,8 +13,8 @@ from typing import Any
 
 import grpc
 from google.rpc import error_details_pb2
-from grpc_status import rpc_status
 
+from callqos.client.errors import rich_status
 from callqos.conformance.model import CheckFailed, CheckSkipped, TargetTimeout
 from callqos.conformance.params import Parameters
 from callqos.v1 import (
@@ -56,10 +56,7 @@ class RpcFailure:
 
 def decode(error: grpc.aio.AioRpcError) -> RpcFailure:
     failure = RpcFailure(error.code(), error.details() or "")
-    try:
-        status = rpc_status.from_call(error)  # type: ignore[arg-type]
-    except ValueError:
-        status = None
+    status = rich_status(error)
     for detail in status.details if status else ():
         if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
             info = error_details_pb2.ErrorInfo()

@@ -7,6 +7,7 @@ Only this mode needs the server installed; `--target HOST:PORT` certifies any ru
 
 from __future__ import annotations
 
+import importlib.util
 import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -15,10 +16,19 @@ if TYPE_CHECKING:
     from callqos.server.testing import ServerProcess
 
 _PROVIDER_ID = re.compile(r"[a-z][a-z0-9-]{0,62}")
+SERVER_EXTRA = "callqos-conformance[server]"
 
 
 class TargetError(Exception):
     """The target could not be started or reached."""
+
+
+def require_server() -> None:
+    """Raise a TargetError naming the extra to install when the callqos server is missing."""
+    if importlib.util.find_spec("callqos.server") is None:
+        raise TargetError(
+            f"--provider hosts the provider in the callqos server, which is not installed: pip install '{SERVER_EXTRA}'"
+        )
 
 
 def provider_id_for(plugin: str) -> str:
@@ -54,14 +64,10 @@ class SpawnedServer:
         return f"providers/{provider_id_for(self.plugin)}"
 
     def start(self, wait_seconds: float = 20.0) -> SpawnedServer:
-        try:
-            from callqos.server import testing
-            from callqos.server.config import ConfigError
-        except ImportError as missing:
-            raise TargetError(
-                f"--provider runs the provider in a callqos server, which is not installed ({missing}): "
-                "install the callqos-server distribution, or certify a running server with --target"
-            ) from missing
+        require_server()
+        from callqos.server import testing
+        from callqos.server.config import ConfigError
+
         pid = provider_id_for(self.plugin)
         try:
             self._process = testing.ServerProcess(

@@ -1,10 +1,7 @@
-import os
-import sys
+"""`python -m callqos.server`: the same as the `callqos-server` command."""
 
-# Before grpc is imported: gRPC core's own INFO lines (e.g. one per client GOAWAY) are neither
-# JSON nor actionable. GRPC_VERBOSITY=INFO still brings them back.
-os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+import sys
 
 from callqos.server.cli import main
 
-sys.exit(main())
+sys.exit(main(prog="python -m callqos.server"))

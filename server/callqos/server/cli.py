@@ -1,6 +1,7 @@
-"""`callqos serve` (also `python -m callqos.server`): the server's flags and entry point.
+"""`callqos-server`, `callqos serve` and `python -m callqos.server`: the server's flags and entry point.
 
-The flags are the highest layer of configuration (TOML file < CALLQOS_* env < flags).
+The flags are the highest layer of configuration (TOML file < CALLQOS_* env < flags). `callqos
+serve` is this same entry point, registered in the callqos CLI's `callqos.cli` entry-point group.
 """
 
 from __future__ import annotations
@@ -8,8 +9,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import sys
+from collections.abc import Sequence
+from importlib import metadata
 from pathlib import Path
+
+# Before grpc is imported (by app below): gRPC core's own INFO lines (e.g. one per client GOAWAY)
+# are neither JSON nor actionable. GRPC_VERBOSITY=INFO still brings them back.
+os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 
 from callqos.server import app, logs
 from callqos.server import config as config_module
@@ -70,7 +78,10 @@ def run_serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m callqos.server", description="Serve the callqos gRPC API.")
+def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
+    """Entry point of `callqos-server`, of `callqos serve` (which passes its own `prog`) and of
+    `python -m callqos.server`."""
+    parser = argparse.ArgumentParser(prog=prog, description="Serve the callqos gRPC API.")
+    parser.add_argument("--version", action="version", version=f"callqos-server {metadata.version('callqos-server')}")
     add_serve_arguments(parser)
     return run_serve(parser.parse_args(argv))

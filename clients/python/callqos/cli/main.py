@@ -1,4 +1,5 @@
-"""The ``callqos`` command: serve, make and manage calls, watch QoS events.
+"""The ``callqos`` command: make and manage calls, watch QoS events; ``callqos serve`` and any other
+subcommand of another distribution come through :mod:`callqos.cli.plugins`.
 
 Exit status: 0 on success, 2 for bad usage, 10 + the gRPC status code for a failed RPC
 (e.g. 18 for RESOURCE_EXHAUSTED / QOS_UNAVAILABLE, 15 for NOT_FOUND), 1 for anything else,
@@ -12,6 +13,7 @@ import json
 import os
 import sys
 from collections.abc import Callable, Sequence
+from importlib import metadata
 from typing import Any
 
 # Before grpc is imported (by the client below): gRPC core's own INFO lines (e.g. one per client
@@ -24,10 +26,9 @@ from callqos.client import Client, ResumePolicy, errors, specs
 from callqos.client._channel import DEFAULT_TIMEOUT, env_principal, env_target
 from callqos.v1 import flowspec_pb2
 
-from . import render
+from . import plugins, render
 
 EXIT_USAGE = 2
-EXIT_ERROR = 1
 EXIT_INTERRUPTED = 130
 #: Added to the gRPC status code to make the exit status of a failed RPC.
 EXIT_RPC_BASE = 10
@@ -180,18 +181,6 @@ def cmd_set_capacity(client: Client, args: argparse.Namespace) -> None:
     _print_all(args, [link], render.links_table)
 
 
-def cmd_serve(args: argparse.Namespace, rest: Sequence[str]) -> int:
-    # Imported here, so the client and the other commands work without the server installed.
-    try:
-        from callqos.server import cli as server_cli
-    except ImportError as exc:
-        print(f"callqos serve: the server is not installed ({exc})", file=sys.stderr)
-        return EXIT_ERROR
-    parser = argparse.ArgumentParser(prog="callqos serve", description="Run the callqos server.")
-    server_cli.add_serve_arguments(parser)
-    return int(server_cli.run_serve(parser.parse_args(list(rest))))
-
-
 # --- parser -----------------------------------------------------------------------------------
 
 
@@ -232,6 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Quality of Service for calls: make calls with flowspecs, renegotiate, drop, and watch QoS events.",
         epilog="Failed requests exit with 10 + the gRPC status code.",
     )
+    parser.add_argument("--version", action="version", version=f"callqos {metadata.version('callqos')}")
     _add_common(parser, top=True)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -242,8 +232,6 @@ def build_parser() -> argparse.ArgumentParser:
         _add_common(p, top=False)
         p.set_defaults(func=func)
         return p
-
-    sub.add_parser("serve", help="run the server (see 'callqos serve --help')", add_help=False)
 
     p = command("make", cmd_make, "make a call with the QoS it needs")
     p.add_argument("destination", help="where the call goes (e.g. sip:bob@example.com)")
@@ -304,6 +292,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("set-capacity", cmd_set_capacity, "change a link's capacity (UpdateLink)")
     p.add_argument("link", help="providers/{provider}/links/{link}")
     p.add_argument("capacity", type=int, help="bytes/s per direction")
+
+    # Subcommands of other distributions (`serve` from callqos-server): they parse their own
+    # arguments, so they get everything after their name.
+    for plugin in plugins.discover(reserved=sub.choices):
+        sub.add_parser(plugin.name, help=plugin.help, add_help=False).set_defaults(plugin=plugin)
     return parser
 
 
@@ -311,8 +304,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``callqos`` console script and ``python -m callqos.cli``."""
     parser = build_parser()
     args, rest = parser.parse_known_args(argv)
-    if args.command == "serve":
-        return cmd_serve(args, rest)
+    plugin: plugins.Subcommand | None = getattr(args, "plugin", None)
+    if plugin is not None:
+        return plugins.run(plugin, rest)
     if rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     try:

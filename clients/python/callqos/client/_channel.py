@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from importlib import resources
 from typing import Any
-
-from opentelemetry import propagate
 
 DEFAULT_TARGET = "127.0.0.1:50051"
 #: Deadline of every unary RPC unless the caller gives another (gRPC has no default deadline).
@@ -23,6 +21,19 @@ PRINCIPAL_ENV = "CALLQOS_PRINCIPAL"
 _MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 
 Metadata = Sequence[tuple[str, str]]
+
+
+def _trace_context_injector() -> Callable[[dict[str, str]], object] | None:
+    """OpenTelemetry's propagator, when it is installed. It is optional (`callqos[otel]`): with it
+    every RPC carries the caller's trace context; without it the client works the same, untraced."""
+    try:
+        from opentelemetry.propagate import inject
+    except ImportError:
+        return None
+    return inject
+
+
+_inject_trace_context = _trace_context_injector()
 
 
 def load_service_config() -> dict[str, Any]:
@@ -78,9 +89,12 @@ def traced(metadata: Sequence[tuple[str, str]]) -> tuple[tuple[str, str], ...]:
     """`metadata` plus the W3C trace context (`traceparent`, `tracestate`) of the caller's current
     OpenTelemetry span, so the server's span joins the caller's trace. Injected per RPC, not once
     per client, because the current span differs from call to call. (Not the contrib aio client
-    interceptors: they swallow cancellation, opentelemetry-python-contrib#3271.)"""
+    interceptors: they swallow cancellation, opentelemetry-python-contrib#3271.) Without
+    OpenTelemetry installed, `metadata` as it is."""
+    if _inject_trace_context is None:
+        return tuple(metadata)
     carrier: dict[str, str] = {}
-    propagate.inject(carrier)
+    _inject_trace_context(carrier)
     return (*metadata, *carrier.items())
 
 

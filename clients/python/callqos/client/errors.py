@@ -11,8 +11,9 @@ Lookup order in :func:`from_grpc_error`:
 2. the class for the code alone (an unknown or foreign reason falls back here);
 3. :class:`CallQosError` itself.
 
-Status details are decoded with ``grpc_status.rpc_status`` and unpacked into their message types
-(``ErrorInfo``, ``BadRequest``, ``callqos.v1.QosRefusal``, ``RetryInfo``, ...).
+Status details are read from the ``grpc-status-details-bin`` trailer (a ``google.rpc.Status``, see
+:func:`rich_status`) and unpacked into their message types (``ErrorInfo``, ``BadRequest``,
+``callqos.v1.QosRefusal``, ``RetryInfo``, ...).
 
 .. code-block:: python
 
@@ -29,16 +30,11 @@ from typing import Any, ClassVar
 
 import grpc
 from google.protobuf import any_pb2
+from google.protobuf.message import DecodeError
 from google.protobuf.message import Message as ProtoMessage
 from google.rpc import error_details_pb2, status_pb2
 
 from callqos.v1 import call_pb2, flowspec_pb2
-
-try:
-    from grpc_status import rpc_status
-except ImportError:  # pragma: no cover - grpcio-status is a declared dependency
-    # Degrade like python-api-core: errors still map by code, just without their details.
-    rpc_status = None
 
 __all__ = [
     "DOMAIN",
@@ -477,17 +473,36 @@ def _unpack(detail: any_pb2.Any) -> ProtoMessage:
     return unpacked
 
 
-def _rich_status(rpc_error: grpc.RpcError) -> status_pb2.Status | None:
-    if rpc_status is None:
-        return None
+#: The trailer a gRPC server puts its google.rpc.Status in (what grpcio-status's from_call reads;
+#: parsed here so that the client needs no more than grpcio, protobuf and googleapis-common-protos).
+STATUS_DETAILS_KEY = "grpc-status-details-bin"
+
+
+def rich_status(rpc_error: grpc.RpcError) -> status_pb2.Status | None:
+    """The ``google.rpc.Status`` a failed RPC carries in its trailers, or None.
+
+    None too when the trailer does not decode, or its code or message disagree with the status
+    line (as grpcio-status would refuse it): trust the status line and go without details rather
+    than raise again. Works for ``grpc.RpcError`` (a ``grpc.Call``) and ``grpc.aio.AioRpcError``
+    alike: both expose code(), details() and trailing_metadata() once the RPC has failed.
+    """
     try:
-        # Works for both grpc.RpcError (a grpc.Call) and grpc.aio.AioRpcError: both expose
-        # code(), details() and trailing_metadata() synchronously once the RPC has failed.
-        return rpc_status.from_call(rpc_error)
-    except (ValueError, AttributeError, TypeError):
-        # Code or message in the trailer disagree with the status line, or the error is not a
-        # call at all: trust the status line and go without details rather than raise again.
+        trailers = rpc_error.trailing_metadata() or ()
+        code: grpc.StatusCode = rpc_error.code()
+        message = rpc_error.details()
+    except AttributeError:  # not a call at all
         return None
+    for key, value in trailers:
+        if key != STATUS_DETAILS_KEY:
+            continue
+        try:
+            status = status_pb2.Status.FromString(value)
+        except (DecodeError, TypeError):
+            return None
+        if status.code != code.value[0] or status.message != (message or ""):
+            return None
+        return status
+    return None
 
 
 def exception_class_for(code: grpc.StatusCode, reason: str = "", domain: str = DOMAIN) -> type[CallQosError]:
@@ -505,7 +520,7 @@ def from_grpc_error(rpc_error: grpc.RpcError) -> CallQosError:
     code = code_fn() if callable(code_fn) else grpc.StatusCode.UNKNOWN
     details_fn = getattr(rpc_error, "details", None)
     text = (details_fn() if callable(details_fn) else None) or ""
-    status = _rich_status(rpc_error)
+    status = rich_status(rpc_error)
     details = [_unpack(d) for d in status.details] if status is not None else []
     info = next((d for d in details if isinstance(d, error_details_pb2.ErrorInfo)), None)
     cls = exception_class_for(code, info.reason if info else "", info.domain if info else "")
