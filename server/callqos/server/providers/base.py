@@ -29,7 +29,7 @@ from __future__ import annotations
 import abc
 import enum
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from callqos.v1 import call_pb2, event_pb2, flowspec_pb2, provider_pb2
@@ -153,14 +153,3 @@ class Provider(abc.ABC):
         """Change a link's capacity (only when capabilities().link_admin). Raise KeyError for an
         unknown link. Calls that no longer fit are reported through the host."""
         raise NotImplementedError
-
-
-@dataclass
-class ProviderInfo:
-    """A hosted provider as the server sees it."""
-
-    id: str
-    provider: Provider
-    implementation: str
-    default: bool = False
-    capabilities: provider_pb2.ProviderCapabilities = field(default_factory=provider_pb2.ProviderCapabilities)
