@@ -132,8 +132,10 @@ class CallQosServicer(svc_grpc.CallQosServiceServicer):
     @unary
     async def CreateCall(self, request: svc.CreateCallRequest, context: grpc.aio.ServicerContext) -> call_pb2.Call:
         principal = principal_of(context)
-        found = self._providers.find(request.call.provider)
-        validation.create(request, found.capabilities if found else None)
+        # The named provider's limits (its MTU) are part of what a valid request is; a provider
+        # this server does not host is NOT_FOUND, once the request is otherwise valid.
+        named = self._providers.find(request.call.provider)
+        validation.create(request, named.capabilities if named else None)
         return await self._calls.create(request, principal, self._providers.get(request.call.provider))
 
     @unary

@@ -2,7 +2,8 @@
 
 A provider is a Python class registered under the `callqos.providers` entry-point group (or
 named as `module:Class`). The server creates one instance per configured provider, passing the
-provider's own settings table from the configuration, then calls `start()` once.
+provider's own settings table from the configuration, then calls `start()` once. Provider
+authors import these types from `callqos.server.providers`, the plugin's public face.
 
 The server does everything around the provider: it validates requests before the provider sees
 them (a provider never receives an invalid flowspec), resolves SERVICE_TYPE_NO_CHANGE, enforces
