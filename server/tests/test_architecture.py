@@ -262,6 +262,42 @@ def test_no_import_cycles_between_subpackages() -> None:
     assert not cycles, "subpackages that import each other:\n" + "\n".join(cycles)
 
 
+# The request flow, as imports: a module may import the ones after it, never one before it. (A
+# request reaches the store before the hub wakes watchers, but the hub reads events from the
+# store, so in imports the hub comes first.)
+FLOW = (
+    ("service",),
+    ("validation",),
+    ("calls", "idempotency"),
+    ("hosting",),
+    ("events",),
+    ("store",),
+)
+
+
+def test_the_request_flow_goes_one_way() -> None:
+    """service → validation → calls → provider host → event hub → store, in imports too: the
+    validation knows nothing of the call manager, the call manager nothing of the service, the
+    host nothing of calls, the store nothing above it."""
+    step = {f"callqos.server.{name}": index for index, names in enumerate(FLOW) for name in names}
+
+    def step_of(module: str) -> int | None:
+        for prefix, index in step.items():
+            if module == prefix or module.startswith(prefix + "."):
+                return index
+        return None
+
+    graph = import_graph(our_modules())
+    backwards = []
+    for importer, targets in graph.items():
+        for target, line in targets.items():
+            here, there = step_of(importer), step_of(target)
+            if here is not None and there is not None and there < here:
+                backwards.append(f"{importer} (line {line}) imports {target}")
+    assert not backwards, backwards
+    assert step_of("callqos.server.store.sqlite") == len(FLOW) - 1
+
+
 def test_every_public_name_of_the_provider_face_resolves() -> None:
     names = public_face.__all__
     assert len(names) == len(set(names)), "duplicates in __all__"
