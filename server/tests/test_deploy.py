@@ -15,7 +15,7 @@ import yaml
 from server_testkit import ROOT
 
 from callqos.server import app
-from callqos.server.config import _FIELDS, Config, load
+from callqos.server.config import SETTINGS, Config, load
 
 DEPLOY = ROOT / "deploy"
 K8S = DEPLOY / "k8s"
@@ -39,7 +39,7 @@ def check_callqos_env(env: dict[str, str]) -> None:
     """CALLQOS_* variables must name Config fields (a typo would be silently ignored)."""
     for key in env:
         if key.startswith("CALLQOS_") and key != "CALLQOS_CONFIG":
-            assert key.removeprefix("CALLQOS_").lower() in _FIELDS, key
+            assert key.removeprefix("CALLQOS_").lower() in SETTINGS, key
 
 
 @pytest.mark.parametrize("path", MANIFESTS, ids=lambda p: str(p.relative_to(DEPLOY)))
@@ -69,7 +69,7 @@ def test_configmap_is_a_valid_server_config(pod_config: Config) -> None:
     assert pod_config.listen == "0.0.0.0:50051"  # all interfaces inside the pod
     assert pod_config.storage == "sqlite" and pod_config.metrics_listen
     text = k8s("ConfigMap")["data"]["callqos.toml"]
-    assert set(tomllib.loads(text)) <= set(_FIELDS)
+    assert set(tomllib.loads(text)) <= set(SETTINGS)
     # Anything the file leaves out is the embedded default.
     assert pod_config.event_retention_count == Config().event_retention_count
 

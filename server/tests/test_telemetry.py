@@ -24,7 +24,7 @@ from test_watch_events import collect
 
 from callqos.server import app
 from callqos.server.config import Config
-from callqos.server.providers.base import AdmissionRequest, Decision, Grant
+from callqos.server.providers import AdmissionRequest, Decision, Grant
 from callqos.server.providers.reference import ReferenceProvider
 from callqos.server.telemetry import Telemetry
 from callqos.server.telemetry.semconv import Semconv

@@ -18,7 +18,7 @@ from grpc_reflection.v1alpha import reflection
 from callqos.server.calls import CallManager
 from callqos.server.config import Config
 from callqos.server.events import EventHub
-from callqos.server.hosting import ProviderSet
+from callqos.server.hosting import HostedProviders
 from callqos.server.service import CallQosServicer, add_to_server
 from callqos.server.store.sqlite import MEMORY, SqliteStore
 from callqos.server.telemetry import Telemetry
@@ -58,7 +58,7 @@ class Running:
     health: health.aio.HealthServicer
     hub: EventHub
     calls: CallManager
-    providers: ProviderSet
+    providers: HostedProviders
     store: SqliteStore
     servicer: CallQosServicer
     config: Config
@@ -129,15 +129,15 @@ async def _start(
     store = SqliteStore(MEMORY if config.storage == "memory" else config.database_path)
     hub = EventHub(store)
     await hub.start()
-    providers = ProviderSet(config.providers, config.default_provider, config.provider_timeout_seconds)
-    providers.telemetry = instruments
-    calls = CallManager(store, hub, providers)
-    calls.telemetry = instruments
+    providers = HostedProviders(
+        config.providers, config.default_provider, config.provider_timeout_seconds, telemetry=instruments
+    )
+    calls = CallManager(store, hub, providers, telemetry=instruments)
     await calls.start()
     for call in await store.connected_calls():
         instruments.call_committed(call)
     for info in providers.all():
-        await instruments.refresh_links(info, config.provider_timeout_seconds)
+        await providers.refresh_link_metrics(info)
 
     # The telemetry interceptor runs first, so the span covers the other interceptors too.
     tracing = TelemetryInterceptor(instruments, telemetry.excluded_services)

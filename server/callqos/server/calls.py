@@ -1,8 +1,18 @@
-"""The life of a call: make, renegotiate, drop, and provider-initiated change.
+"""The life of a call: make, renegotiate, drop, and provider-initiated change — and how each ends.
 
-Every operation follows one path: validate → (idempotency) → lock the call → ask the provider →
-check its answer → commit the call's new state and its events in one transaction → wake the
-watchers. Provider-initiated changes enter through the same path (`report_change`).
+Every operation follows one path: (idempotency) → lock the call → ask the provider → check its
+answer → settle. Requests arrive validated (`validation`, called by the service); nothing here
+re-checks their content. What is decided here is everything about the call itself: whether it
+exists and who owns it, its etag and state, what the provider is asked, whether its answer keeps
+the contract, the call's new state and the events that announce it. Provider-initiated changes
+(`report_change`, the `ProviderHost` side) enter the same way.
+
+Every outcome — a grant, a refusal, a provider error, a drop, a change the provider made — takes
+effect through one step, `_settle`, which owns for all of them: the telemetry of a provider
+decision; what becomes of the provider's reservation (`Release`); the commit of the call, its
+events and the request_id's first outcome in one store transaction, then the watchers woken;
+and the answer (the call, or the failure, raised once recorded). An `Outcome` names each of
+those, so a new kind of outcome cannot leave one out.
 """
 
 from __future__ import annotations
@@ -11,36 +21,27 @@ import contextlib
 import hashlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from google.protobuf import timestamp_pb2
-from google.rpc import status_pb2
 
-from callqos.server import names, validation
-from callqos.server.errors import (
-    FieldViolation,
-    Reason,
-    ReplayedStatus,
-    ServiceError,
-    invalid,
-    reason_name,
-    refused,
-)
+from callqos.server import names
+from callqos.server.errors import Reason, ServiceError, reason_name, refused
 from callqos.server.events import EventHub
-from callqos.server.hosting import ProviderSet
+from callqos.server.hosting import HostedProvider, HostedProviders
+from callqos.server.idempotency import Idempotency, RequestKey
 from callqos.server.locks import KeyedLocks, to_completion
 from callqos.server.providers.base import (
     AdmissionRequest,
     Grant,
     ProviderChange,
-    ProviderInfo,
     Refusal,
     RefusalKind,
     Restored,
 )
 from callqos.server.qos import best_effort_qos, qos_shortfalls, reserved_rate, resolve_no_change
-from callqos.server.store.base import IdempotencyRecord, Store
+from callqos.server.store.base import CallPage, IdempotencyRecord, Store
 from callqos.server.telemetry import Instruments, current_trace_id
 from callqos.v1 import call_pb2, event_pb2, flowspec_pb2
 from callqos.v1 import callqos_service_pb2 as svc
@@ -65,26 +66,6 @@ def etag_of(call: Call) -> str:
     return hashlib.sha256(unsigned.SerializeToString(deterministic=True)).hexdigest()[:16]
 
 
-def _fingerprint(method: str, request: svc.CreateCallRequest | svc.RenegotiateCallRequest) -> str:
-    body = type(request).FromString(request.SerializeToString())
-    body.ClearField("request_id")
-    return hashlib.sha256(method.encode() + body.SerializeToString(deterministic=True)).hexdigest()
-
-
-@dataclass(frozen=True)
-class _RequestKey:
-    """One request_id's identity: who sent it, to which method, with what body."""
-
-    request_id: str
-    principal: str
-    method: str
-    fingerprint: str
-
-    def record(self, call: str, error: ServiceError | None) -> IdempotencyRecord:
-        status = error.to_status().SerializeToString() if error else b""
-        return IdempotencyRecord(self.request_id, self.principal, self.method, self.fingerprint, call, status)
-
-
 def _now() -> timestamp_pb2.Timestamp:
     stamp = timestamp_pb2.Timestamp()
     stamp.FromNanoseconds(time.time_ns())
@@ -103,14 +84,54 @@ def _refusal_reason(kind: RefusalKind) -> int:
     return Reason.ERROR_REASON_QOS_POLICY_FAILURE if kind is RefusalKind.POLICY else Reason.ERROR_REASON_QOS_UNAVAILABLE
 
 
-class CallManager:
-    # Replaced by the server with the instruments of its telemetry (tracer/meter providers).
-    telemetry: Instruments = Instruments()
+@dataclass(frozen=True)
+class Decided:
+    """A provider decision being settled (admit or renegotiate): counted by outcome — granted,
+    refused or error — and put on the RPC's span."""
 
-    def __init__(self, store: Store, hub: EventHub, providers: ProviderSet) -> None:
+    operation: str  # "admit" | "renegotiate"
+    offered: QosSpec  # what the provider was asked for
+
+
+@dataclass(frozen=True)
+class Release:
+    """A reservation `provider` holds for the call, which the outcome frees: before it is
+    recorded (a drop; an admission the provider failed part-way through, which may hold part
+    of one), or only if recording fails (a fresh grant: without the call, nothing would ever
+    release it)."""
+
+    provider: HostedProvider
+    before_commit: bool
+
+    @classmethod
+    def first(cls, provider: HostedProvider) -> Release:
+        return cls(provider, before_commit=True)
+
+    @classmethod
+    def if_commit_fails(cls, provider: HostedProvider) -> Release:
+        return cls(provider, before_commit=False)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Outcome:
+    """How one operation on a call ends. Every field is required, so that each outcome says
+    what it does about each; `CallManager._settle` makes it take effect."""
+
+    call: Call  # the call as it is to be stored
+    events: Sequence[QosEvent]  # the events announcing it, stored with it
+    failure: ServiceError | None  # what the caller gets instead of the call (None: the call)
+    key: RequestKey | None  # the request_id this is the first outcome of (None: no request_id)
+    decided: Decided | None  # the provider decision to count (None: no decision was asked for)
+    release: Release | None  # the reservation this outcome frees (None: the provider keeps or holds none)
+
+
+class CallManager:
+    def __init__(self, store: Store, hub: EventHub, providers: HostedProviders, telemetry: Instruments) -> None:
         self.store = store
         self.hub = hub
         self.providers = providers
+        self.telemetry = telemetry
+        self._requests = Idempotency(store)
         self._locks = KeyedLocks()
 
     # -- start-up ---------------------------------------------------------------------------
@@ -134,54 +155,37 @@ class CallManager:
 
     # -- reads ------------------------------------------------------------------------------
     async def get(self, name: str) -> Call:
-        violations = list(validation.call_name_violations(name))
-        if violations:
-            raise invalid(violations)
+        """The call `name` (a valid call name), or CALL_NOT_FOUND."""
         call = await self.store.get_call(name)
         if call is None:
             raise ServiceError(Reason.ERROR_REASON_CALL_NOT_FOUND, f"no call {name}", metadata={"call": name})
         return call
 
+    async def list_calls(self, *, state: int | None, provider: str | None, limit: int, before: int) -> CallPage:
+        """Calls newest first, `limit` of them from cursor `before` (0: the newest)."""
+        return await self.store.list_calls(state=state, provider=provider, limit=limit, before=before)
+
+    async def provider_of(self, name: str) -> HostedProvider:
+        """The hosted provider of the call `name`: CALL_NOT_FOUND, or PROVIDER_NOT_FOUND when the
+        server no longer hosts it."""
+        call = await self.get(name)
+        return self.providers.get(call.provider)
+
     # -- make -------------------------------------------------------------------------------
-    async def create(self, request: svc.CreateCallRequest, principal: str) -> Call:
-        info = self.providers.find(request.call.provider)
-        violations = validation.create_violations(request, info.capabilities if info else None)
-        if violations:
-            raise invalid(violations)
-        info = self.providers.get(request.call.provider)
+    async def create(self, request: svc.CreateCallRequest, principal: str, info: HostedProvider) -> Call:
+        """Make the call `request` describes (validated) on the provider `info`."""
         return await to_completion(
-            self._once("CreateCall", request, principal, lambda key: self._create(request, principal, info, key))
+            self._requests.once(
+                "CreateCall",
+                request,
+                principal,
+                lambda key: self._create(request, principal, info, key),
+                self.get,
+            )
         )
 
-    async def _once(
-        self,
-        method: str,
-        request: svc.CreateCallRequest | svc.RenegotiateCallRequest,
-        principal: str,
-        run: Callable[[_RequestKey | None], Awaitable[Call]],
-    ) -> Call:
-        """AIP-155: a request_id seen before returns the first outcome instead of running again.
-        Repeats are serialized on the request_id so that concurrent ones also run only once."""
-        if not request.request_id:
-            return await run(None)
-        async with self._locks.hold(("request", principal, request.request_id)):
-            key = _RequestKey(request.request_id, principal, method, _fingerprint(method, request))
-            record = await self.store.find_request(key.request_id, principal)
-            if record is None:
-                return await run(key)
-            if record.method != method or record.fingerprint != key.fingerprint:
-                raise ServiceError(
-                    Reason.ERROR_REASON_REQUEST_ID_REUSED,
-                    f"request_id {key.request_id!r} was already used for a different request",
-                    metadata={"request_id": key.request_id, "call": record.call},
-                    violations=(FieldViolation("request_id", "already used for a different request"),),
-                )
-            if record.status:
-                raise ReplayedStatus(status_pb2.Status.FromString(record.status))
-            return await self.get(record.call)
-
     async def _create(
-        self, request: svc.CreateCallRequest, principal: str, info: ProviderInfo, key: _RequestKey | None
+        self, request: svc.CreateCallRequest, principal: str, info: HostedProvider, key: RequestKey | None
     ) -> Call:
         call_id = request.call_id or names.new_call_id()
         name = names.call_name(call_id)
@@ -197,7 +201,7 @@ class CallManager:
             call = Call(
                 name=name,
                 destination=request.call.destination,
-                provider=names.provider_name(info.id),
+                provider=info.name,
                 service_level=level,
                 requested_qos=asked,
                 owner=principal,
@@ -205,19 +209,14 @@ class CallManager:
                 update_time=now,
             )
             admission = AdmissionRequest(name, call.destination, level, offered, principal)
-
-            def record(error: ServiceError | None) -> IdempotencyRecord | None:
-                return key.record(name, error) if key else None
-
+            decided = Decided("admit", offered)
             try:
                 decision = await self.providers.call(info, "admit", info.provider.admit(admission), request=admission)
                 if isinstance(decision, Grant):
                     self._check_grant(info, level, offered, decision.qos)
             except ServiceError as error:
-                self.telemetry.decision("admit", call.provider, offered, "error", error.reason_name)
                 # The provider failed: whatever it may have reserved is released, and the call
                 # is recorded as failed so watchers learn of it too.
-                await self._release_quietly(info, name)
                 self._disconnect(call, Disconnect.DISCONNECT_REASON_PROVIDER_ERROR, now)
                 events = [
                     self._event(
@@ -234,9 +233,13 @@ class CallManager:
                         disconnect=Disconnect.DISCONNECT_REASON_PROVIDER_ERROR,
                     ),
                 ]
-                await self._commit(call, events, record(error))
-                raise
+                return await self._settle(
+                    Outcome(
+                        call=call, events=events, failure=error, key=key, decided=decided, release=Release.first(info)
+                    )
+                )
             if isinstance(decision, Refusal):
+                # A refusal reserves nothing (the provider contract): there is nothing to release.
                 refusal = refused(
                     _refusal_reason(decision.kind),
                     name,
@@ -244,7 +247,6 @@ class CallManager:
                     decision.counter_offer,
                     {"provider": call.provider},
                 )
-                self.telemetry.decision("admit", call.provider, offered, "refused", refusal.reason_name)
                 self._disconnect(call, Disconnect.DISCONNECT_REASON_QOS_UNAVAILABLE, now)
                 events = [
                     self._event(
@@ -263,22 +265,26 @@ class CallManager:
                         reason=refusal.reason_name,
                     ),
                 ]
-                await self._commit(call, events, record(refusal))
-                raise refusal
+                return await self._settle(
+                    Outcome(call=call, events=events, failure=refusal, key=key, decided=decided, release=None)
+                )
             call.state = State.STATE_CONNECTED
             call.granted_qos.CopyFrom(decision.qos)
             call.features.set_qos = info.capabilities.renegotiation
             call.etag = etag_of(call)
-            event = self._event(call, EventType.QOS_EVENT_TYPE_QOS_GRANTED, request.request_id, current=decision.qos)
-            try:
-                await self._commit(call, [event], record(None))
-            except BaseException:
-                await self._release_quietly(info, name)
-                raise
-            self.telemetry.decision("admit", call.provider, offered, "granted")
-            return call
+            granted = self._event(call, EventType.QOS_EVENT_TYPE_QOS_GRANTED, request.request_id, current=decision.qos)
+            return await self._settle(
+                Outcome(
+                    call=call,
+                    events=[granted],
+                    failure=None,
+                    key=key,
+                    decided=decided,
+                    release=Release.if_commit_fails(info),
+                )
+            )
 
-    def _check_grant(self, info: ProviderInfo, level: int, requested: QosSpec, granted: QosSpec) -> None:
+    def _check_grant(self, info: HostedProvider, level: int, requested: QosSpec, granted: QosSpec) -> None:
         """A grant that breaks the contract is the provider's bug, reported as one."""
         problems: list[str] = []
         if level == Level.SERVICE_LEVEL_NEEDED:
@@ -291,27 +297,24 @@ class CallManager:
             raise ServiceError(
                 Reason.ERROR_REASON_PROVIDER_CONTRACT_VIOLATION,
                 f"provider {info.id} granted QoS that does not satisfy the request: " + "; ".join(problems),
-                metadata={"provider": names.provider_name(info.id)},
+                metadata={"provider": info.name},
             )
 
     # -- renegotiate ------------------------------------------------------------------------
-    async def renegotiate(self, request: svc.RenegotiateCallRequest, principal: str) -> Call:
-        violations = validation.renegotiate_violations(request, None)
-        if violations:
-            raise invalid(violations)
-        call = await self.get(request.name)
-        info = self.providers.get(call.provider)
-        violations = validation.renegotiate_violations(request, info.capabilities)
-        if violations:
-            raise invalid(violations)
+    async def renegotiate(self, request: svc.RenegotiateCallRequest, principal: str, info: HostedProvider) -> Call:
+        """Renegotiate the call `request` names (validated, also against `info`, its provider)."""
         return await to_completion(
-            self._once(
-                "RenegotiateCall", request, principal, lambda key: self._renegotiate(request, principal, info, key)
+            self._requests.once(
+                "RenegotiateCall",
+                request,
+                principal,
+                lambda key: self._renegotiate(request, principal, info, key),
+                self.get,
             )
         )
 
     async def _renegotiate(
-        self, request: svc.RenegotiateCallRequest, principal: str, info: ProviderInfo, key: _RequestKey | None
+        self, request: svc.RenegotiateCallRequest, principal: str, info: HostedProvider, key: RequestKey | None
     ) -> Call:
         async with self._locks.hold(request.name):
             call = await self.get(request.name)
@@ -329,10 +332,9 @@ class CallManager:
             admission = AdmissionRequest(
                 call.name, call.destination, level, offered, principal, current=call.granted_qos
             )
-
-            def record(error: ServiceError | None) -> IdempotencyRecord | None:
-                return key.record(call.name, error) if key else None
-
+            decided = Decided("renegotiate", offered)
+            # On a failure or a refusal "the call continues with the previous QOS": the call
+            # itself is not touched, and the provider keeps the reservation it had.
             try:
                 decision = await self.providers.call(
                     info, "renegotiate", info.provider.renegotiate(admission), request=admission
@@ -340,8 +342,6 @@ class CallManager:
                 if isinstance(decision, Grant):
                     self._check_grant(info, level, offered, decision.qos)
             except ServiceError as error:
-                self.telemetry.decision("renegotiate", call.provider, offered, "error", error.reason_name)
-                # "The call continues with the previous QOS": the call itself is not touched.
                 failed = self._event(
                     call,
                     EventType.QOS_EVENT_TYPE_RENEGOTIATION_FAILED,
@@ -351,8 +351,9 @@ class CallManager:
                     reason=error.reason_name,
                     message=error.message,
                 )
-                await self._commit(call, [failed], record(error))
-                raise
+                return await self._settle(
+                    Outcome(call=call, events=[failed], failure=error, key=key, decided=decided, release=None)
+                )
             if isinstance(decision, Refusal):
                 refusal = refused(
                     _refusal_reason(decision.kind),
@@ -361,7 +362,6 @@ class CallManager:
                     decision.counter_offer,
                     {"provider": call.provider},
                 )
-                self.telemetry.decision("renegotiate", call.provider, offered, "refused", refusal.reason_name)
                 failed = self._event(
                     call,
                     EventType.QOS_EVENT_TYPE_RENEGOTIATION_FAILED,
@@ -372,8 +372,9 @@ class CallManager:
                     message=decision.message,
                     counter_offer=decision.counter_offer,
                 )
-                await self._commit(call, [failed], record(refusal))
-                raise refusal
+                return await self._settle(
+                    Outcome(call=call, events=[failed], failure=refusal, key=key, decided=decided, release=None)
+                )
             previous = QosSpec()
             previous.CopyFrom(call.granted_qos)
             call.service_level = level
@@ -389,16 +390,13 @@ class CallManager:
                 current=decision.qos,
                 cause=event_pb2.QosChangeCause.QOS_CHANGE_CAUSE_RENEGOTIATED,
             )
-            await self._commit(call, [changed], record(None))
-            self.telemetry.decision("renegotiate", call.provider, offered, "granted")
-            return call
+            return await self._settle(
+                Outcome(call=call, events=[changed], failure=None, key=key, decided=decided, release=None)
+            )
 
     # -- drop -------------------------------------------------------------------------------
     async def drop(self, request: svc.DropCallRequest, principal: str) -> Call:
-        violations = list(validation.call_name_violations(request.name))
-        violations += validation.etag_violations(request.etag)
-        if violations:
-            raise invalid(violations)
+        """Drop the call `request` names (validated). Dropping twice is harmless."""
         return await to_completion(self._drop(request, principal))
 
     async def _drop(self, request: svc.DropCallRequest, principal: str) -> Call:
@@ -410,7 +408,6 @@ class CallManager:
                 return call  # dropping twice is harmless
             self._check_etag(call, request.etag)
             info = self.providers.get(call.provider)
-            await self._release_quietly(info, call.name)
             previous = QosSpec()
             previous.CopyFrom(call.granted_qos)
             self._disconnect(call, Disconnect.DISCONNECT_REASON_NORMAL, _now())
@@ -421,8 +418,9 @@ class CallManager:
                 previous=previous,
                 disconnect=Disconnect.DISCONNECT_REASON_NORMAL,
             )
-            await self._commit(call, [event], None)
-            return call
+            return await self._settle(
+                Outcome(call=call, events=[event], failure=None, key=None, decided=None, release=Release.first(info))
+            )
 
     # -- provider-initiated change (ProviderHost) -------------------------------------------
     async def report_change(self, change: ProviderChange) -> None:
@@ -473,7 +471,49 @@ class CallManager:
                         cause=event_pb2.QosChangeCause.QOS_CHANGE_CAUSE_PROVIDER_INITIATED,
                     )
                 ]
-            await self._commit(call, events, None)
+            # The provider made the change itself: it already holds what it reports (or nothing).
+            await self._settle(Outcome(call=call, events=events, failure=None, key=None, decided=None, release=None))
+
+    # -- settling an outcome ----------------------------------------------------------------
+    async def _settle(self, outcome: Outcome) -> Call:
+        """Make `outcome` take effect, in this order: count a failed decision; free a reservation
+        that ends now; commit the call, its events and the request_id's first outcome in one
+        transaction and wake the watchers (freeing a fresh grant's reservation if that fails);
+        then raise the failure, or count the grant and return the call.
+
+        A failed decision is counted before the commit and a grant only after it: a grant the
+        store could not record never connected anything."""
+        call, failure, decided, release = outcome.call, outcome.failure, outcome.decided, outcome.release
+        if decided is not None and failure is not None:
+            # A refusal carries the QosRefusal (with the counter-offer); any other failure is an error.
+            verdict = "refused" if failure.refusal is not None else "error"
+            self.telemetry.decision(decided.operation, call.provider, decided.offered, verdict, failure.reason_name)
+        if release is not None and release.before_commit:
+            await self._release_quietly(release.provider, call.name)
+        record: IdempotencyRecord | None = outcome.key.record(call.name, failure) if outcome.key else None
+        try:
+            await self._commit(call, outcome.events, record)
+        except BaseException:
+            if release is not None and not release.before_commit:
+                await self._release_quietly(release.provider, call.name)
+            raise
+        if failure is not None:
+            raise failure
+        if decided is not None:
+            self.telemetry.decision(decided.operation, call.provider, decided.offered, "granted")
+        return call
+
+    async def _commit(self, call: Call, events: Sequence[QosEvent], record: IdempotencyRecord | None) -> None:
+        with self.telemetry.store_commit(call.name, len(events)):
+            numbered = await self.store.commit(call, events, record)
+        self.telemetry.call_committed(call)
+        await self.hub.publish(numbered)
+
+    async def _release_quietly(self, info: HostedProvider, name: str) -> None:
+        try:
+            await self.providers.call(info, "release", info.provider.release(name), call=name)
+        except ServiceError:
+            log.error("provider %s could not release %s; its reservation may leak", info.id, name)
 
     # -- helpers ----------------------------------------------------------------------------
     def _check_mutable(self, call: Call, principal: str, etag: str) -> None:
@@ -512,12 +552,6 @@ class CallManager:
         call.update_time.CopyFrom(when)
         call.etag = etag_of(call)
 
-    async def _release_quietly(self, info: ProviderInfo, name: str) -> None:
-        try:
-            await self.providers.call(info, "release", info.provider.release(name), call=name)
-        except ServiceError:
-            log.error("provider %s could not release %s; its reservation may leak", info.id, name)
-
     @staticmethod
     def _event(
         call: Call,
@@ -551,9 +585,3 @@ class CallManager:
         if counter_offer is not None:
             event.counter_offer.CopyFrom(counter_offer)
         return event
-
-    async def _commit(self, call: Call, events: Sequence[QosEvent], record: IdempotencyRecord | None) -> None:
-        with self.telemetry.store_commit(call.name, len(events)):
-            numbered = await self.store.commit(call, events, record)
-        self.telemetry.call_committed(call)
-        await self.hub.publish(numbered)

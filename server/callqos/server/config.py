@@ -86,13 +86,14 @@ class Config:
         return self.data_dir / "callqos.db"
 
 
-_FIELDS = {f.name: f for f in dataclasses.fields(Config)}
+# Every setting by name: what a TOML key, a CALLQOS_<SETTING> variable or a flag may set.
+SETTINGS = {f.name: f for f in dataclasses.fields(Config)}
 
 
 def _coerce(name: str, value: Any) -> Any:
     """A raw value from TOML, env or flags, as the field's type."""
     default = getattr(Config(), name)
-    kind = _FIELDS[name].type
+    kind = SETTINGS[name].type
     try:
         if name == "providers":
             if isinstance(value, str):  # env/flag form: "reference,no-qos"
@@ -123,7 +124,7 @@ def _coerce(name: str, value: Any) -> Any:
 
 def _apply(config: Config, values: Mapping[str, Any], origin: str) -> None:
     for key, value in values.items():
-        if key not in _FIELDS:
+        if key not in SETTINGS:
             raise ConfigError(f"{origin}: unknown setting {key!r}")
         setattr(config, key, _coerce(key, value))
 
@@ -148,7 +149,7 @@ def load(
     from_env = {
         key[len(ENV_PREFIX) :].lower(): value
         for key, value in env.items()
-        if key.startswith(ENV_PREFIX) and key != "CALLQOS_CONFIG" and key[len(ENV_PREFIX) :].lower() in _FIELDS
+        if key.startswith(ENV_PREFIX) and key != "CALLQOS_CONFIG" and key[len(ENV_PREFIX) :].lower() in SETTINGS
     }
     _apply(config, from_env, "environment")
     _apply(config, {k: v for k, v in (flags or {}).items() if v is not None}, "flags")

@@ -1,6 +1,12 @@
-"""Hosting the configured providers: load them, start them with the calls they held, look them
-up by name, and call them under a deadline so a slow or hung provider fails one request instead
-of hanging the server.
+"""The provider host: which providers this server hosts, and how each is called.
+
+It loads the configured providers (through `providers.registry`), starts them with the calls
+they held, finds them by name, and calls them — always under a deadline, so a slow or hung
+provider fails one request instead of hanging the server, and inside a provider span with the
+decision's metrics. Any failure of a provider becomes PROVIDER_UNAVAILABLE here. It also owns
+link administration (ListLinks, UpdateLink): which provider has links, and the provider call
+that changes one. What a provider implements is in `providers`; the host's bookkeeping of a
+hosted provider (`HostedProvider`) is kept here, out of the plugin's public face.
 """
 
 from __future__ import annotations
@@ -10,13 +16,15 @@ import contextvars
 import logging
 import time
 from collections.abc import Awaitable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from callqos.server import names
 from callqos.server.errors import Reason, ServiceError
+from callqos.server.locks import to_completion
 from callqos.server.providers import registry
-from callqos.server.providers.base import AdmissionRequest, ProviderChange, ProviderHost, ProviderInfo, Restored
-from callqos.server.telemetry.instruments import CHANGES_LINKS, Instruments
+from callqos.server.providers.base import AdmissionRequest, Provider, ProviderChange, ProviderHost, Restored
+from callqos.server.telemetry.instruments import Instruments
 from callqos.v1 import provider_pb2
 
 log = logging.getLogger(__name__)
@@ -27,23 +35,45 @@ T = TypeVar("T")
 # the caller who is waiting for it.
 CALLER_DEADLINE: contextvars.ContextVar[float | None] = contextvars.ContextVar("caller_deadline", default=None)
 CALLER_BOUND = frozenset({"admit", "renegotiate"})
+# Provider operations after which a link's reservations may have changed (the link gauges are
+# refreshed after each).
+CHANGES_LINKS = frozenset({"admit", "renegotiate", "release", "update_link"})
 
 
-class ProviderSet:
-    # Replaced by the server with the instruments of its telemetry (tracer/meter providers).
-    telemetry: Instruments = Instruments()
+@dataclass
+class HostedProvider:
+    """A provider as the host keeps it: its id, the instance, the `module:Class` it was loaded
+    from, whether it is the default, and its capabilities (read once: they must not change)."""
 
-    def __init__(self, configured: Mapping[str, Mapping[str, Any]], default: str, timeout: float) -> None:
+    id: str
+    provider: Provider
+    implementation: str
+    default: bool = False
+    capabilities: provider_pb2.ProviderCapabilities = field(default_factory=provider_pb2.ProviderCapabilities)
+
+    @property
+    def name(self) -> str:
+        """`providers/{provider}`."""
+        return names.provider_name(self.id)
+
+
+class HostedProviders:
+    """Every provider this server hosts, by id; the one way the rest of the server calls them."""
+
+    def __init__(
+        self, configured: Mapping[str, Mapping[str, Any]], default: str, timeout: float, telemetry: Instruments
+    ) -> None:
         self.timeout = timeout
-        self._by_id: dict[str, ProviderInfo] = {}
+        self.telemetry = telemetry
+        self._by_id: dict[str, HostedProvider] = {}
         for provider_id, settings in configured.items():
-            if not names.is_provider_id(provider_id):
+            if not names.is_resource_id(provider_id):
                 raise registry.ProviderLoadError(f"provider id {provider_id!r} must be a resource id ([a-z][a-z0-9-]*)")
             plugin_settings = dict(settings)
             plugin = str(plugin_settings.pop("plugin", provider_id))
             provider, target = registry.instantiate(plugin, plugin_settings)
             provider.id = provider_id
-            self._by_id[provider_id] = ProviderInfo(
+            self._by_id[provider_id] = HostedProvider(
                 id=provider_id,
                 provider=provider,
                 implementation=target,
@@ -67,17 +97,18 @@ class ProviderSet:
             except Exception:  # one provider's failure must not stop the others' shutdown
                 log.exception("provider %s failed to stop", info.id)
 
-    def all(self) -> list[ProviderInfo]:
+    def all(self) -> list[HostedProvider]:
         return sorted(self._by_id.values(), key=lambda info: info.id)
 
-    def find(self, provider_name: str) -> ProviderInfo | None:
+    def find(self, provider_name: str) -> HostedProvider | None:
         """`providers/{id}` → the hosted provider; '' → the default one."""
         if not provider_name:
             return self._by_id[self.default_id]
         provider_id = names.parse_provider(provider_name)
         return self._by_id.get(provider_id) if provider_id else None
 
-    def get(self, provider_name: str) -> ProviderInfo:
+    def get(self, provider_name: str) -> HostedProvider:
+        """As `find`, but a provider this server does not host is PROVIDER_NOT_FOUND."""
         info = self.find(provider_name)
         if info is None:
             raise ServiceError(
@@ -89,7 +120,7 @@ class ProviderSet:
 
     async def call(
         self,
-        info: ProviderInfo,
+        info: HostedProvider,
         operation: str,
         work: Awaitable[T],
         *,
@@ -101,11 +132,11 @@ class ProviderSet:
         PROVIDER_UNAVAILABLE for the caller (and is logged with its traceback)."""
         if not self.telemetry.observes_provider_calls():  # no span, no metric to feed
             return await self._call(info, operation, work)
-        with self.telemetry.provider_call(info, operation, request, call) as span:
+        with self.telemetry.provider_call(info.name, operation, request, call) as span:
             result = await self._call(info, operation, work)
             span.decided(result)
         if operation in CHANGES_LINKS:
-            await self.telemetry.refresh_links(info, self.timeout)
+            await self.refresh_link_metrics(info)
         return result
 
     def budget(self, operation: str) -> float:
@@ -117,7 +148,7 @@ class ProviderSet:
             return self.timeout
         return max(0.0, min(self.timeout, deadline - time.monotonic()))
 
-    async def _call(self, info: ProviderInfo, operation: str, work: Awaitable[T]) -> T:
+    async def _call(self, info: HostedProvider, operation: str, work: Awaitable[T]) -> T:
         budget = self.budget(operation)
         try:
             return await asyncio.wait_for(work, budget)
@@ -127,20 +158,58 @@ class ProviderSet:
             raise ServiceError(
                 Reason.ERROR_REASON_PROVIDER_UNAVAILABLE,
                 f"provider {info.id} did not answer {operation} within {budget:.3g}s",
-                metadata={"provider": names.provider_name(info.id), "operation": operation, "cause": "timeout"},
+                metadata={"provider": info.name, "operation": operation, "cause": "timeout"},
             ) from exc
         except Exception as exc:
             log.exception("provider %s failed in %s", info.id, operation)
             raise ServiceError(
                 Reason.ERROR_REASON_PROVIDER_UNAVAILABLE,
                 f"provider {info.id} failed in {operation}: {type(exc).__name__}",
-                metadata={"provider": names.provider_name(info.id), "operation": operation, "cause": "error"},
+                metadata={"provider": info.name, "operation": operation, "cause": "error"},
             ) from exc
 
+    async def refresh_link_metrics(self, info: HostedProvider) -> None:
+        """Read a link-administering provider's links for the link gauges (after an operation
+        that may have moved reservations, and at start-up). Never fails: a gauge must not fail
+        the RPC that refreshed it."""
+        if not (self.telemetry.metrics_enabled and info.capabilities.link_admin):
+            return
+        try:
+            links = await asyncio.wait_for(info.provider.list_links(), self.timeout)
+        except Exception:
+            log.warning("could not read the links of provider %s for metrics", info.id, exc_info=True)
+            return
+        self.telemetry.record_links(info.name, links)
 
-def provider_proto(info: ProviderInfo) -> provider_pb2.Provider:
+    # -- link administration (ListLinks, UpdateLink) ----------------------------------------
+    def link_admin(self, provider_name: str) -> HostedProvider:
+        """The hosted provider `providers/{id}` if it administers links: PROVIDER_NOT_FOUND or
+        LINK_ADMIN_UNSUPPORTED otherwise."""
+        info = self.get(provider_name)
+        if not info.capabilities.link_admin:
+            raise ServiceError(
+                Reason.ERROR_REASON_LINK_ADMIN_UNSUPPORTED,
+                f"provider {info.id} has no links to administer",
+                metadata={"provider": provider_name},
+            )
+        return info
+
+    async def list_links(self, info: HostedProvider) -> list[provider_pb2.Link]:
+        return await self.call(info, "list_links", info.provider.list_links())
+
+    async def update_link(self, info: HostedProvider, link_id: str, capacity: int) -> provider_pb2.Link:
+        """Set the capacity of the provider's link `link_id` (LINK_NOT_FOUND if it has none).
+        The provider sheds what no longer fits and reports each change: that runs to the end
+        even if the caller leaves, so the store and the provider agree."""
+        link = names.link_name(info.id, link_id)
+        if not any(known.name == link for known in await self.list_links(info)):
+            raise ServiceError(Reason.ERROR_REASON_LINK_NOT_FOUND, f"no link {link}", metadata={"link": link})
+        return await to_completion(self.call(info, "update_link", info.provider.update_link(link_id, capacity)))
+
+
+def provider_proto(info: HostedProvider) -> provider_pb2.Provider:
     return provider_pb2.Provider(
-        name=names.provider_name(info.id),
+        name=info.name,
         display_name=info.provider.display_name or info.id,
         description=info.provider.description,
         capabilities=info.capabilities,

@@ -1,4 +1,5 @@
-"""Resource names (AIP-122): `calls/{call}`, `providers/{provider}`, `providers/{p}/links/{l}`."""
+"""What a resource name is (AIP-122): `calls/{call}`, `providers/{provider}`,
+`providers/{provider}/links/{link}` — how each is built and parsed, and what an id may be."""
 
 from __future__ import annotations
 
@@ -47,5 +48,6 @@ def parse_link(name: str) -> tuple[str, str] | None:
     return (match.group(1), match.group(2)) if match else None
 
 
-def is_provider_id(value: str) -> bool:
+def is_resource_id(value: str) -> bool:
+    """Whether `value` is a valid AIP-122 resource id: a provider's or a link's {id}."""
     return re.fullmatch(_ID, value) is not None

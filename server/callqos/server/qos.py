@@ -1,6 +1,7 @@
 """What a flowspec means: how much it reserves, whether a grant satisfies a request, and the
-RFC 2212 delay bound. Pure functions over the published protobuf types, shared by the service
-and the shipped providers.
+RFC 2212 delay bound. Pure functions over the published protobuf types, used by validation, the
+call manager and telemetry; what a provider needs of them is exported to provider authors by
+`callqos.server.providers`.
 """
 
 from __future__ import annotations

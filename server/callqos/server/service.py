@@ -1,17 +1,17 @@
-"""The gRPC servicer: decode the request and the caller, call the domain, encode the answer.
+"""The gRPC servicer: decode the request, read the caller's identity, delegate, encode the answer.
 
-No decision is made here beyond request plumbing: validation lives in `validation`, call
-behaviour in `calls`, event delivery in `events`, error statuses in `errors`.
+It decides nothing about a request itself. Each handler passes the request through `validation`
+(what a valid request is), then hands it to the one that decides: the call manager (`calls`) for
+calls, the event hub (`events`) for watch streams, the provider host (`hosting`) for providers
+and links; failures become statuses as `errors` says. What stays here is request plumbing:
+decoding (a corrupt body is INVALID_ARGUMENT, not UNKNOWN), the caller's principal and deadline,
+the count of open watch streams, and encoding answers and pages.
 """
 
 from __future__ import annotations
 
-import base64
 import functools
-import hashlib
-import json
 import logging
-import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
@@ -25,9 +25,9 @@ from callqos.server import names, validation
 from callqos.server.calls import CallManager
 from callqos.server.errors import FieldViolation, Reason, ReplayedStatus, ServiceError, invalid
 from callqos.server.events import EventHub
-from callqos.server.hosting import CALLER_DEADLINE, ProviderSet, provider_proto
-from callqos.server.locks import to_completion
-from callqos.v1 import call_pb2, event_pb2
+from callqos.server.hosting import CALLER_DEADLINE, HostedProviders, provider_proto
+from callqos.server.validation import DEFAULT_PAGE, MAX_PAGE, MAX_PROVIDER_PAGE
+from callqos.v1 import call_pb2
 from callqos.v1 import callqos_service_pb2 as svc
 from callqos.v1 import callqos_service_pb2_grpc as svc_grpc
 
@@ -37,10 +37,6 @@ PRINCIPAL_HEADER = "x-callqos-principal"
 # Initial metadata of WatchEvents: the sequence the stream starts after.
 START_SEQUENCE_HEADER = "x-callqos-start-sequence"
 ANONYMOUS = "anonymous"
-_PRINCIPAL = re.compile(r"[\x21-\x7e]{1,128}")
-DEFAULT_PAGE = 50
-MAX_PAGE = 500
-MAX_PROVIDER_PAGE = 100
 
 R = TypeVar("R")
 Handler = Callable[..., Awaitable[R]]
@@ -118,75 +114,15 @@ def unary(method: Handler[R]) -> Handler[R]:
 
 
 def principal_of(context: grpc.aio.ServicerContext) -> str:
+    """Who is calling: the principal in the request metadata (validated), or ANONYMOUS."""
     for key, value in context.invocation_metadata() or ():
         if key == PRINCIPAL_HEADER:
-            if not isinstance(value, str) or not _PRINCIPAL.fullmatch(value):
-                raise invalid([FieldViolation(PRINCIPAL_HEADER, "1-128 printable ASCII characters, no spaces")])
-            return value
+            return validation.principal(value, PRINCIPAL_HEADER)
     return ANONYMOUS
 
 
-def _page_token(cursor: int, scope: str) -> str:
-    if not cursor:
-        return ""
-    raw = json.dumps({"c": cursor, "s": scope}).encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-
-def _read_page_token(token: str, scope: str) -> int:
-    """AIP-158: a token is only valid with the same other parameters that produced it."""
-    if not token:
-        return 0
-    try:
-        raw = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
-        cursor, token_scope = int(raw["c"]), str(raw["s"])
-    except (ValueError, KeyError, TypeError) as exc:
-        raise invalid([FieldViolation("page_token", "not a token this server issued")]) from exc
-    if token_scope != scope or cursor <= 0:
-        raise invalid([FieldViolation("page_token", "issued for a different filter; start again")])
-    return cursor
-
-
-def _page_size(requested: int, default: int, maximum: int) -> int:
-    violations = list(validation.page_size_violations(requested))
-    if violations:
-        raise invalid(violations)
-    return min(requested or default, maximum)
-
-
-_FILTER_TERM = re.compile(r'\s*(\w+)\s*=\s*("([^"]*)"|[\w/.-]+)\s*')
-
-
-def parse_call_filter(text: str) -> tuple[int | None, str | None]:
-    """The AIP-160 subset ListCalls accepts: `state = X AND provider = "providers/y"`."""
-    state: int | None = None
-    provider: str | None = None
-    if len(text) > validation.MAX_FILTER:
-        raise invalid([FieldViolation("filter", f"at most {validation.MAX_FILTER} characters")])
-    if not text.strip():
-        return state, provider
-    for term in re.split(r"\s+AND\s+", text.strip()):
-        match = _FILTER_TERM.fullmatch(term)
-        if match is None:
-            raise invalid([FieldViolation("filter", f"cannot parse {term!r}; use field = value joined by AND")])
-        key, value = match.group(1), match.group(3) if match.group(3) is not None else match.group(2)
-        if key == "state":
-            wanted = value.upper()
-            wanted = wanted if wanted.startswith("STATE_") else f"STATE_{wanted}"
-            if wanted not in ("STATE_CONNECTED", "STATE_DISCONNECTED"):
-                raise invalid([FieldViolation("filter", f"state must be CONNECTED or DISCONNECTED, not {value!r}")])
-            state = call_pb2.Call.State.Value(wanted)
-        elif key == "provider":
-            if names.parse_provider(value) is None:
-                raise invalid([FieldViolation("filter", "provider must be providers/{provider}")])
-            provider = value
-        else:
-            raise invalid([FieldViolation("filter", f"unknown field {key!r}; filter on state or provider")])
-    return state, provider
-
-
 class CallQosServicer(svc_grpc.CallQosServiceServicer):
-    def __init__(self, calls: CallManager, hub: EventHub, providers: ProviderSet, max_watchers: int) -> None:
+    def __init__(self, calls: CallManager, hub: EventHub, providers: HostedProviders, max_watchers: int) -> None:
         self._calls = calls
         self._hub = hub
         self._providers = providers
@@ -195,32 +131,44 @@ class CallQosServicer(svc_grpc.CallQosServiceServicer):
 
     @unary
     async def CreateCall(self, request: svc.CreateCallRequest, context: grpc.aio.ServicerContext) -> call_pb2.Call:
-        return await self._calls.create(request, principal_of(context))
+        principal = principal_of(context)
+        # The named provider's limits (its MTU) are part of what a valid request is; a provider
+        # this server does not host is NOT_FOUND, once the request is otherwise valid.
+        named = self._providers.find(request.call.provider)
+        validation.create(request, named.capabilities if named else None)
+        return await self._calls.create(request, principal, self._providers.get(request.call.provider))
 
     @unary
     async def GetCall(self, request: svc.GetCallRequest, context: grpc.aio.ServicerContext) -> call_pb2.Call:
-        return await self._calls.get(request.name)
+        return await self._calls.get(validation.call_name(request.name))
 
     @unary
     async def ListCalls(
         self, request: svc.ListCallsRequest, context: grpc.aio.ServicerContext
     ) -> svc.ListCallsResponse:
-        size = _page_size(request.page_size, DEFAULT_PAGE, MAX_PAGE)
-        state, provider = parse_call_filter(request.filter)
-        scope = hashlib.sha256(request.filter.encode()).hexdigest()[:16]
-        before = _read_page_token(request.page_token, scope)
-        page = await self._calls.store.list_calls(state=state, provider=provider, limit=size, before=before)
-        return svc.ListCallsResponse(calls=page.calls, next_page_token=_page_token(page.next_cursor, scope))
+        size = validation.page_size(request.page_size, DEFAULT_PAGE, MAX_PAGE)
+        selected = validation.call_filter(request.filter)
+        before = validation.page_cursor(request.page_token, selected.page_scope)
+        page = await self._calls.list_calls(state=selected.state, provider=selected.provider, limit=size, before=before)
+        return svc.ListCallsResponse(
+            calls=page.calls, next_page_token=validation.page_token(page.next_cursor, selected.page_scope)
+        )
 
     @unary
     async def RenegotiateCall(
         self, request: svc.RenegotiateCallRequest, context: grpc.aio.ServicerContext
     ) -> call_pb2.Call:
-        return await self._calls.renegotiate(request, principal_of(context))
+        principal = principal_of(context)
+        validation.renegotiation(request, None)
+        info = await self._calls.provider_of(request.name)
+        validation.renegotiation(request, info.capabilities)
+        return await self._calls.renegotiate(request, principal, info)
 
     @unary
     async def DropCall(self, request: svc.DropCallRequest, context: grpc.aio.ServicerContext) -> call_pb2.Call:
-        return await self._calls.drop(request, principal_of(context))
+        principal = principal_of(context)
+        validation.drop(request)
+        return await self._calls.drop(request, principal)
 
     async def WatchEvents(
         self, request: svc.WatchEventsRequest, context: grpc.aio.ServicerContext
@@ -230,7 +178,7 @@ class CallQosServicer(svc_grpc.CallQosServiceServicer):
         try:
             if isinstance(request, Undecodable):
                 raise request.violation()
-            accept = self._watch_filter(request)
+            accept = validation.watch_filter(request)
             if self.open_watchers >= self._max_watchers:
                 raise ServiceError(
                     Reason.ERROR_REASON_TOO_MANY_WATCHERS,
@@ -252,87 +200,39 @@ class CallQosServicer(svc_grpc.CallQosServiceServicer):
         except Exception:
             await _abort(context, _internal("WatchEvents"))
 
-    @staticmethod
-    def _watch_filter(request: svc.WatchEventsRequest) -> Callable[[event_pb2.QosEvent], bool]:
-        violations: list[FieldViolation] = []
-        if request.call:
-            violations += validation.call_name_violations(request.call, "call")
-        known = set(event_pb2.QosEventType.values()) - {0}
-        for index, kind in enumerate(request.types):
-            if kind not in known:
-                violations.append(FieldViolation(f"types[{index}]", f"unknown event type {kind}"))
-        if violations:
-            raise invalid(violations)
-        call, types = request.call, frozenset(request.types)
-        return lambda event: (not call or event.call == call) and (not types or event.type in types)
-
     @unary
     async def GetProvider(self, request: svc.GetProviderRequest, context: grpc.aio.ServicerContext) -> Any:
-        if names.parse_provider(request.name) is None:
-            raise invalid([FieldViolation("name", "must be providers/{provider}")])
-        return provider_proto(self._providers.get(request.name))
+        return provider_proto(self._providers.get(validation.provider_name(request.name)))
 
     @unary
     async def ListProviders(
         self, request: svc.ListProvidersRequest, context: grpc.aio.ServicerContext
     ) -> svc.ListProvidersResponse:
-        size = _page_size(request.page_size, MAX_PROVIDER_PAGE, MAX_PROVIDER_PAGE)
-        start = _read_page_token(request.page_token, "providers")
+        size = validation.page_size(request.page_size, MAX_PROVIDER_PAGE, MAX_PROVIDER_PAGE)
+        start = validation.page_cursor(request.page_token, "providers")
         everything = [provider_proto(info) for info in self._providers.all()]
-        page = everything[start : start + size]
         following = start + size
         return svc.ListProvidersResponse(
-            providers=page, next_page_token=_page_token(following if following < len(everything) else 0, "providers")
+            providers=everything[start:following],
+            next_page_token=validation.page_token(following if following < len(everything) else 0, "providers"),
         )
-
-    def _link_admin(self, provider_name: str, field: str) -> Any:
-        if names.parse_provider(provider_name) is None:
-            raise invalid([FieldViolation(field, "must be providers/{provider}")])
-        info = self._providers.get(provider_name)
-        if not info.capabilities.link_admin:
-            raise ServiceError(
-                Reason.ERROR_REASON_LINK_ADMIN_UNSUPPORTED,
-                f"provider {info.id} has no links to administer",
-                metadata={"provider": provider_name},
-            )
-        return info
 
     @unary
     async def ListLinks(
         self, request: svc.ListLinksRequest, context: grpc.aio.ServicerContext
     ) -> svc.ListLinksResponse:
-        size = _page_size(request.page_size, MAX_PROVIDER_PAGE, MAX_PROVIDER_PAGE)
-        info = self._link_admin(request.parent, "parent")
-        start = _read_page_token(request.page_token, request.parent)
-        links = await self._providers.call(info, "list_links", info.provider.list_links())
+        size = validation.page_size(request.page_size, MAX_PROVIDER_PAGE, MAX_PROVIDER_PAGE)
+        info = self._providers.link_admin(validation.provider_name(request.parent, "parent"))
+        start = validation.page_cursor(request.page_token, request.parent)
+        links = await self._providers.list_links(info)
         following = start + size
         return svc.ListLinksResponse(
             links=links[start:following],
-            next_page_token=_page_token(following if following < len(links) else 0, request.parent),
+            next_page_token=validation.page_token(following if following < len(links) else 0, request.parent),
         )
 
     @unary
     async def UpdateLink(self, request: svc.UpdateLinkRequest, context: grpc.aio.ServicerContext) -> Any:
-        parsed = names.parse_link(request.link.name)
-        violations: list[FieldViolation] = []
-        if parsed is None:
-            violations.append(FieldViolation("link.name", "must be providers/{provider}/links/{link}"))
-        for path in request.update_mask.paths:
-            if path != "capacity_bytes_per_second":
-                violations.append(
-                    FieldViolation("update_mask", f"{path!r} cannot be changed; only capacity_bytes_per_second")
-                )
-        if violations or parsed is None:
-            raise invalid(violations)
-        info = self._link_admin(names.provider_name(parsed[0]), "link.name")
-        links = await self._providers.call(info, "list_links", info.provider.list_links())
-        if not any(link.name == request.link.name for link in links):
-            raise ServiceError(
-                Reason.ERROR_REASON_LINK_NOT_FOUND, f"no link {request.link.name}", metadata={"link": request.link.name}
-            )
-        # The provider sheds calls and reports each change: finish that even if the caller leaves.
-        return await to_completion(
-            self._providers.call(
-                info, "update_link", info.provider.update_link(parsed[1], request.link.capacity_bytes_per_second)
-            )
-        )
+        provider_id, link_id = validation.link_update(request)
+        info = self._providers.link_admin(names.provider_name(provider_id))
+        return await self._providers.update_link(info, link_id, request.link.capacity_bytes_per_second)

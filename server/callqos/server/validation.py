@@ -1,19 +1,30 @@
-"""What a valid request is — checked once, before any provider is called.
+"""What a valid request is — every rule about a request's content, checked here and only here,
+before the call manager or any provider sees it.
 
-Each check names the field it is about (its path in the request) so that a client gets one
-google.rpc.BadRequest field violation per bad field. The flowspec rules come from the Winsock2
-FLOWSPEC remarks and RFC 2212 (see shared/reference/qos-domain.md §1.1, §4.1).
+That covers the caller's principal (request metadata), resource names, the FLOWSPEC rules of a
+new call and of a renegotiation (from the Winsock 2 FLOWSPEC remarks and RFC 2212/2215), service
+levels, request ids and etags, page sizes and page tokens (AIP-158), the ListCalls filter (an
+AIP-160 subset), the WatchEvents filter, and UpdateLink's update_mask and link name.
+
+Each check names the field it is about (its path in the request, or the metadata key) so that a
+client gets one google.rpc.BadRequest field violation per bad field. The `*_violations`
+functions list what is wrong; the others raise INVALID_ARGUMENT with all of it, or return the
+request part parsed (a page cursor, a filter), so that what passed validation is what is used.
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import json
 import re
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 
 from callqos.server import names
-from callqos.server.errors import FieldViolation
+from callqos.server.errors import FieldViolation, invalid
 from callqos.server.qos import NOTIFICATION_ONLY, RESERVING, SENTINELS
-from callqos.v1 import call_pb2, flowspec_pb2, provider_pb2
+from callqos.v1 import call_pb2, event_pb2, flowspec_pb2, provider_pb2
 from callqos.v1 import callqos_service_pb2 as svc
 
 ST = flowspec_pb2.ServiceType
@@ -25,6 +36,12 @@ MAX_REQUEST_ID = 64
 MAX_ETAG = 128
 MAX_PROVIDER_SPECIFIC = 4096
 MAX_FILTER = 512
+MAX_PRINCIPAL = 128
+# Page sizes (AIP-158): 0 asks for the default; more than the maximum is cut to it.
+DEFAULT_PAGE = 50
+MAX_PAGE = 500
+MAX_PROVIDER_PAGE = 100
+_PRINCIPAL = re.compile(rf"[\x21-\x7e]{{1,{MAX_PRINCIPAL}}}")
 _PRINTABLE = re.compile(r"[\x20-\x7e\u00a0-\uffff]+")
 _REQUEST_ID = re.compile(r"[\x21-\x7e]+")
 
@@ -199,3 +216,167 @@ def renegotiate_violations(
 def page_size_violations(page_size: int) -> Iterator[FieldViolation]:
     if page_size < 0:
         yield FieldViolation("page_size", "must not be negative")
+
+
+def check(violations: Iterable[FieldViolation]) -> None:
+    """INVALID_ARGUMENT naming every violation, if there is any."""
+    found = list(violations)
+    if found:
+        raise invalid(found)
+
+
+# -- the caller ---------------------------------------------------------------------------------
+def principal(value: str | bytes, key: str) -> str:
+    """The principal a caller sent in request metadata `key`: 1-128 printable ASCII characters."""
+    if not isinstance(value, str) or not _PRINCIPAL.fullmatch(value):
+        raise invalid([FieldViolation(key, f"1-{MAX_PRINCIPAL} printable ASCII characters, no spaces")])
+    return value
+
+
+# -- names ----------------------------------------------------------------------------------------
+def call_name(name: str, path: str = "name") -> str:
+    check(call_name_violations(name, path))
+    return name
+
+
+def provider_name(name: str, path: str = "name") -> str:
+    """`providers/{provider}`."""
+    if names.parse_provider(name) is None:
+        raise invalid([FieldViolation(path, "must be providers/{provider}")])
+    return name
+
+
+# -- calls ----------------------------------------------------------------------------------------
+def create(request: svc.CreateCallRequest, caps: provider_pb2.ProviderCapabilities | None) -> None:
+    """A CreateCallRequest, against the capabilities of the provider it names (None when that
+    provider is unknown: the caller learns that as NOT_FOUND, once the request is valid)."""
+    check(create_violations(request, caps))
+
+
+def renegotiation(request: svc.RenegotiateCallRequest, caps: provider_pb2.ProviderCapabilities | None) -> None:
+    """A RenegotiateCallRequest: first on its own (`caps` None), then, once the call is found,
+    against the capabilities of the call's provider (which can only add the provider's limits)."""
+    check(renegotiate_violations(request, caps))
+
+
+def drop(request: svc.DropCallRequest) -> None:
+    check([*call_name_violations(request.name), *etag_violations(request.etag)])
+
+
+# -- pages (AIP-158) ------------------------------------------------------------------------------
+def page_size(requested: int, default: int, maximum: int) -> int:
+    """The number of items to return: `default` for 0, never more than `maximum`."""
+    check(page_size_violations(requested))
+    return min(requested or default, maximum)
+
+
+def page_token(cursor: int, scope: str) -> str:
+    """The next_page_token that resumes at `cursor` ('' when there is no next page). `scope`
+    identifies the other parameters of the request: the token is only valid with the same."""
+    if not cursor:
+        return ""
+    raw = json.dumps({"c": cursor, "s": scope}).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def page_cursor(token: str, scope: str) -> int:
+    """The cursor of a page_token this server issued with the same `scope` (0 for none)."""
+    if not token:
+        return 0
+    try:
+        raw = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
+        cursor, token_scope = int(raw["c"]), str(raw["s"])
+    except (ValueError, KeyError, TypeError) as exc:
+        raise invalid([FieldViolation("page_token", "not a token this server issued")]) from exc
+    if token_scope != scope or cursor <= 0:
+        raise invalid([FieldViolation("page_token", "issued for a different filter; start again")])
+    return cursor
+
+
+# -- filters --------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class CallFilter:
+    """What ListCalls' filter selects (None: any), and the page-token scope of that filter."""
+
+    state: int | None
+    provider: str | None
+    page_scope: str
+
+
+_FILTER_TERM = re.compile(r'\s*(\w+)\s*=\s*("([^"]*)"|[\w/.-]+)\s*')
+
+
+def call_filter(text: str) -> CallFilter:
+    """The AIP-160 subset ListCalls accepts: `state = X AND provider = "providers/y"`."""
+    state: int | None = None
+    provider: str | None = None
+    if len(text) > MAX_FILTER:
+        raise invalid([FieldViolation("filter", f"at most {MAX_FILTER} characters")])
+    scope = hashlib.sha256(text.encode()).hexdigest()[:16]
+    if not text.strip():
+        return CallFilter(state, provider, scope)
+    for term in re.split(r"\s+AND\s+", text.strip()):
+        match = _FILTER_TERM.fullmatch(term)
+        if match is None:
+            raise invalid([FieldViolation("filter", f"cannot parse {term!r}; use field = value joined by AND")])
+        key, value = match.group(1), match.group(3) if match.group(3) is not None else match.group(2)
+        if key == "state":
+            wanted = value.upper()
+            wanted = wanted if wanted.startswith("STATE_") else f"STATE_{wanted}"
+            if wanted not in ("STATE_CONNECTED", "STATE_DISCONNECTED"):
+                raise invalid([FieldViolation("filter", f"state must be CONNECTED or DISCONNECTED, not {value!r}")])
+            state = call_pb2.Call.State.Value(wanted)
+        elif key == "provider":
+            if names.parse_provider(value) is None:
+                raise invalid([FieldViolation("filter", "provider must be providers/{provider}")])
+            provider = value
+        else:
+            raise invalid([FieldViolation("filter", f"unknown field {key!r}; filter on state or provider")])
+    return CallFilter(state, provider, scope)
+
+
+_KNOWN_EVENT_TYPES = frozenset(event_pb2.QosEventType.values()) - {0}
+
+
+@dataclass(frozen=True)
+class EventFilter:
+    """Which events a WatchEvents stream delivers: those of `call` ('' any) of `types` (empty:
+    any)."""
+
+    call: str
+    types: frozenset[int]
+
+    def __call__(self, event: event_pb2.QosEvent) -> bool:
+        return (not self.call or event.call == self.call) and (not self.types or event.type in self.types)
+
+
+def watch_filter(request: svc.WatchEventsRequest) -> EventFilter:
+    violations: list[FieldViolation] = []
+    if request.call:
+        violations += call_name_violations(request.call, "call")
+    for index, kind in enumerate(request.types):
+        if kind not in _KNOWN_EVENT_TYPES:
+            violations.append(FieldViolation(f"types[{index}]", f"unknown event type {kind}"))
+    check(violations)
+    return EventFilter(request.call, frozenset(request.types))
+
+
+# -- links ----------------------------------------------------------------------------------------
+UPDATABLE_LINK_FIELDS = ("capacity_bytes_per_second",)
+
+
+def link_update(request: svc.UpdateLinkRequest) -> tuple[str, str]:
+    """The (provider id, link id) an UpdateLinkRequest names, once its name and its update_mask
+    (only capacity_bytes_per_second may change) are valid."""
+    parsed = names.parse_link(request.link.name)
+    violations: list[FieldViolation] = []
+    if parsed is None:
+        violations.append(FieldViolation("link.name", "must be providers/{provider}/links/{link}"))
+    for path in request.update_mask.paths:
+        if path not in UPDATABLE_LINK_FIELDS:
+            violations.append(
+                FieldViolation("update_mask", f"{path!r} cannot be changed; only capacity_bytes_per_second")
+            )
+    if violations or parsed is None:
+        raise invalid(violations)
+    return parsed

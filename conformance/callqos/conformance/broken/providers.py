@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import asyncio
 
-from callqos.server.providers.base import AdmissionRequest, Decision, Grant, Refusal, RefusalKind
-from callqos.server.providers.reference import ReferenceProvider, _Link
+from callqos.server.providers import AdmissionRequest, Decision, Grant, Refusal, RefusalKind
+from callqos.server.providers.reference import LinkState, ReferenceProvider
 from callqos.v1 import call_pb2, flowspec_pb2, provider_pb2
 
 Level = call_pb2.ServiceLevel
@@ -65,7 +65,7 @@ class IgnoresReceiving(ReferenceProvider):
 
     description = "BROKEN: ignores the receiving flowspec"
 
-    def _reserve(self, call: str, link: _Link, level: int, qos: flowspec_pb2.QosSpec) -> None:
+    def _reserve(self, call: str, link: LinkState, level: int, qos: flowspec_pb2.QosSpec) -> None:
         super()._reserve(call, link, level, qos)
         held = self._calls[call]
         link.reserved["receiving"] -= held.rates["receiving"]

@@ -1,2 +1,65 @@
-"""Provider plugins: the contract (`base`), how they are found (`registry`), and the two shipped
-providers (`reference`, `noqos`)."""
+"""The provider plugin's public face: everything a provider author uses, and nothing else.
+
+A provider imports from here only (plus the `callqos.v1` messages of the public API):
+
+- the contract (from `base`): `Provider` to subclass; `AdmissionRequest` it is asked to decide;
+  the `Decision` it answers, a `Grant` or a `Refusal` of a `RefusalKind`; `Restored` calls it is
+  handed back at start-up; the `ProviderHost` it reports each `ProviderChange` to;
+- the QoS arithmetic (from `qos`): what a flowspec reserves (`reserved_rate`, `RESERVING`), whether
+  a grant satisfies a request (`shortfalls`, `qos_shortfalls`), best-effort flowspecs, and the
+  RFC 2212 delay bound of a GUARANTEED flow over a path (`PathTerms`, `guaranteed_delay_bound_us`);
+- resource names (from `names`): `link_name` and `is_resource_id`, for providers with links;
+- tracing (from `spans`): `annotate_link`, to describe on the server's span the link a decision
+  was made on and its load.
+
+The shipped providers, `reference` and `noqos`, are written against this face alone, as a third
+party's would be. How the server finds, hosts and calls providers (`registry`, and
+`callqos.server.hosting`) is the host's business and not exported here.
+"""
+
+from callqos.server.names import is_resource_id, link_name
+from callqos.server.providers.base import (
+    AdmissionRequest,
+    Decision,
+    Grant,
+    Provider,
+    ProviderChange,
+    ProviderHost,
+    Refusal,
+    RefusalKind,
+    Restored,
+)
+from callqos.server.providers.spans import annotate_link
+from callqos.server.qos import (
+    RESERVING,
+    PathTerms,
+    best_effort_qos,
+    best_effort_spec,
+    guaranteed_delay_bound_us,
+    qos_shortfalls,
+    reserved_rate,
+    shortfalls,
+)
+
+__all__ = [
+    "RESERVING",
+    "AdmissionRequest",
+    "Decision",
+    "Grant",
+    "PathTerms",
+    "Provider",
+    "ProviderChange",
+    "ProviderHost",
+    "Refusal",
+    "RefusalKind",
+    "Restored",
+    "annotate_link",
+    "best_effort_qos",
+    "best_effort_spec",
+    "guaranteed_delay_bound_us",
+    "is_resource_id",
+    "link_name",
+    "qos_shortfalls",
+    "reserved_rate",
+    "shortfalls",
+]

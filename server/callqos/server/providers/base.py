@@ -2,7 +2,8 @@
 
 A provider is a Python class registered under the `callqos.providers` entry-point group (or
 named as `module:Class`). The server creates one instance per configured provider, passing the
-provider's own settings table from the configuration, then calls `start()` once.
+provider's own settings table from the configuration, then calls `start()` once. Provider
+authors import these types from `callqos.server.providers`, the plugin's public face.
 
 The server does everything around the provider: it validates requests before the provider sees
 them (a provider never receives an invalid flowspec), resolves SERVICE_TYPE_NO_CHANGE, enforces
@@ -29,7 +30,7 @@ from __future__ import annotations
 import abc
 import enum
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from callqos.v1 import call_pb2, event_pb2, flowspec_pb2, provider_pb2
@@ -153,14 +154,3 @@ class Provider(abc.ABC):
         """Change a link's capacity (only when capabilities().link_admin). Raise KeyError for an
         unknown link. Calls that no longer fit are reported through the host."""
         raise NotImplementedError
-
-
-@dataclass
-class ProviderInfo:
-    """A hosted provider as the server sees it."""
-
-    id: str
-    provider: Provider
-    implementation: str
-    default: bool = False
-    capabilities: provider_pb2.ProviderCapabilities = field(default_factory=provider_pb2.ProviderCapabilities)

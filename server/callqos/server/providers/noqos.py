@@ -9,8 +9,15 @@ BEST_EFFORT calls connect best effort. It cannot renegotiate (RenegotiateCall â†
 
 from __future__ import annotations
 
-from callqos.server.providers.base import AdmissionRequest, Decision, Grant, Provider, Refusal, RefusalKind
-from callqos.server.qos import best_effort_spec
+from callqos.server.providers import (
+    AdmissionRequest,
+    Decision,
+    Grant,
+    Provider,
+    Refusal,
+    RefusalKind,
+    best_effort_spec,
+)
 from callqos.v1 import call_pb2, flowspec_pb2, provider_pb2
 
 ST = flowspec_pb2.ServiceType

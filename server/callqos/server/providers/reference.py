@@ -29,20 +29,24 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from callqos.server import names
-from callqos.server.providers.base import (
+from callqos.server.providers import (
+    RESERVING,
     AdmissionRequest,
     Decision,
     Grant,
+    PathTerms,
     Provider,
     ProviderChange,
     ProviderHost,
     Refusal,
     RefusalKind,
     Restored,
+    annotate_link,
+    guaranteed_delay_bound_us,
+    is_resource_id,
+    link_name,
+    reserved_rate,
 )
-from callqos.server.qos import RESERVING, PathTerms, guaranteed_delay_bound_us, reserved_rate
-from callqos.server.telemetry import annotate_link
 from callqos.v1 import call_pb2, event_pb2, flowspec_pb2, provider_pb2
 
 ST = flowspec_pb2.ServiceType
@@ -70,7 +74,11 @@ DEFAULT_MIN_POLICED = 64
 
 
 @dataclass
-class _Link:
+class LinkState:
+    """One configured link as the provider accounts it: its capacity and RFC 2212 path terms,
+    the destinations routed to it, and the rate reserved on it in each direction. Public for
+    providers derived from this one, whose hooks receive it."""
+
     id: str
     capacity: int
     terms: PathTerms
@@ -82,23 +90,26 @@ class _Link:
 
 
 @dataclass
-class _Reservation:
-    link: _Link
+class Reservation:
+    """What one call holds: on which link, at which service level and QoS, and the rate it
+    reserves in each direction. Public for providers derived from this one."""
+
+    link: LinkState
     level: int
     qos: QosSpec
     rates: dict[str, int]
     order: int  # admission order: the newest are shed first
 
 
-def _link_from_settings(raw: Mapping[str, Any]) -> _Link:
+def _link_from_settings(raw: Mapping[str, Any]) -> LinkState:
     merged = {**DEFAULT_LINK, **raw}
     link_id = str(merged["id"])
-    if not names.is_provider_id(link_id):
+    if not is_resource_id(link_id):
         raise ValueError(f"link id {link_id!r} must be a resource id ([a-z][a-z0-9-]*)")
     capacity = int(merged["capacity_bytes_per_second"])
     if capacity < 0:
         raise ValueError(f"link {link_id}: capacity must not be negative")
-    return _Link(
+    return LinkState(
         id=link_id,
         capacity=capacity,
         terms=PathTerms(
@@ -112,6 +123,17 @@ def _link_from_settings(raw: Mapping[str, Any]) -> _Link:
 
 
 class ReferenceProvider(Provider):
+    """Admission control over the configured links (see the module docstring).
+
+    Deriving from it (as the conformance suite's broken providers do, each to inject one fault):
+    its state is `_links` (id → `LinkState`), `_calls` (call → `Reservation`), `_order` (the
+    admission counter) and `_lock`, which every decision holds. The steps a subclass may
+    override or reuse are `_route` (destination → link), `_decide` (decide, and reserve on a
+    grant), `_refuse_or_fallback` (NEEDED refuses; IF_AVAILABLE takes the counter-offer),
+    `_resolve` (a flowspec with this provider's defaults filled in), `_reserve` / `_unreserve`
+    and `_link_proto`. They keep the underscore because the host never calls them.
+    """
+
     display_name = "Reference admission control"
     description = (
         "Token-bucket admission control over configured links: CONTROLLED_LOAD reserves the token "
@@ -126,7 +148,7 @@ class ReferenceProvider(Provider):
         self._links = {link.id: link for link in map(_link_from_settings, raw_links)}
         if len(self._links) != len(raw_links):
             raise ValueError("link ids must be unique")
-        self._calls: dict[str, _Reservation] = {}
+        self._calls: dict[str, Reservation] = {}
         self._order = 0
         # Admission is check-then-reserve; the lock keeps it atomic even if a later change
         # adds an await between the two.
@@ -178,11 +200,9 @@ class ReferenceProvider(Provider):
             if held is not None:
                 self._annotate(held.link)
 
-    def _annotate(self, link: _Link) -> None:
+    def _annotate(self, link: LinkState) -> None:
         """The link and its load after the decision, on the server's span for this call."""
-        annotate_link(
-            names.link_name(self.id, link.id), link.capacity, link.reserved["sending"], link.reserved["receiving"]
-        )
+        annotate_link(link_name(self.id, link.id), link.capacity, link.reserved["sending"], link.reserved["receiving"])
 
     # -- links ----------------------------------------------------------------------------
     async def list_links(self) -> list[provider_pb2.Link]:
@@ -201,7 +221,7 @@ class ReferenceProvider(Provider):
         return result
 
     # -- internals ------------------------------------------------------------------------
-    def _route(self, destination: str) -> _Link:
+    def _route(self, destination: str) -> LinkState:
         for link in self._links.values():
             if any(destination.startswith(prefix) for prefix in link.destinations):
                 return link
@@ -273,7 +293,7 @@ class ReferenceProvider(Provider):
             return Grant(offer)
         return Refusal(kind, message, offer)
 
-    def _resolve(self, spec: FlowSpec, sending: FlowSpec, link: _Link) -> FlowSpec:
+    def _resolve(self, spec: FlowSpec, sending: FlowSpec, link: LinkState) -> FlowSpec:
         """The flowspec as granted: the provider's defaults filled in for unspecified fields."""
         out = FlowSpec()
         out.CopyFrom(spec)
@@ -298,7 +318,7 @@ class ReferenceProvider(Provider):
             out.latency_microseconds = math.ceil(guaranteed_delay_bound_us(out, link.terms))
         return out
 
-    def _counter_offer(self, qos: QosSpec, link: _Link, free: Mapping[str, int]) -> QosSpec:
+    def _counter_offer(self, qos: QosSpec, link: LinkState, free: Mapping[str, int]) -> QosSpec:
         """The best this link can grant now for `qos`: same shape, rates cut to what is free,
         latency relaxed to the delay bound that rate achieves; best effort where nothing is free
         or where policy refuses the service type."""
@@ -333,13 +353,13 @@ class ReferenceProvider(Provider):
                 target.latency_microseconds = max(target.latency_microseconds, bound)
         return offer
 
-    def _reserve(self, call: str, link: _Link, level: int, qos: QosSpec) -> None:
+    def _reserve(self, call: str, link: LinkState, level: int, qos: QosSpec) -> None:
         self._unreserve(call)
         rates = {d: reserved_rate(getattr(qos, d)) for d in ("sending", "receiving")}
         for direction, rate in rates.items():
             link.reserved[direction] += rate
         self._order += 1
-        self._calls[call] = _Reservation(link, level, qos, rates, self._order)
+        self._calls[call] = Reservation(link, level, qos, rates, self._order)
 
     def _unreserve(self, call: str) -> None:
         held = self._calls.pop(call, None)
@@ -385,9 +405,9 @@ class ReferenceProvider(Provider):
                     )
         return changes
 
-    def _link_proto(self, link: _Link) -> provider_pb2.Link:
+    def _link_proto(self, link: LinkState) -> provider_pb2.Link:
         return provider_pb2.Link(
-            name=names.link_name(self.id, link.id),
+            name=link_name(self.id, link.id),
             capacity_bytes_per_second=link.capacity,
             sending_reserved_bytes_per_second=link.reserved["sending"],
             receiving_reserved_bytes_per_second=link.reserved["receiving"],

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 from opentelemetry import trace
 
-from callqos.server.telemetry.instruments import Instruments, annotate_link
+from callqos.server.telemetry.instruments import Instruments
 from callqos.server.telemetry.setup import Telemetry, TelemetryConfigError
 
-__all__ = ["Instruments", "Telemetry", "TelemetryConfigError", "annotate_link", "current_trace_id"]
+__all__ = ["Instruments", "Telemetry", "TelemetryConfigError", "current_trace_id"]
 
 
 def current_trace_id() -> str:

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import random
 import time
 from collections import Counter
@@ -32,13 +31,10 @@ from opentelemetry import metrics, trace
 from opentelemetry.metrics import CallbackOptions, Observation
 from opentelemetry.trace import Span, Status, StatusCode
 
-from callqos.server import names
-from callqos.server.providers.base import AdmissionRequest, Grant, ProviderInfo, Refusal, RefusalKind
+from callqos.server.providers.base import AdmissionRequest, Grant, Refusal, RefusalKind
 from callqos.server.qos import reserved_rate
 from callqos.server.telemetry.semconv import Semconv, rpc_attributes, status_attributes
 from callqos.v1 import call_pb2, flowspec_pb2, provider_pb2
-
-log = logging.getLogger(__name__)
 
 SCOPE = "callqos.server"
 ST = flowspec_pb2.ServiceType
@@ -64,8 +60,6 @@ DURATION_BUCKETS_S = (
     10.0,
 )
 DURATION_BUCKETS_MS = tuple(bound * 1000 for bound in DURATION_BUCKETS_S)
-# Provider operations after which a link's reservations may have changed.
-CHANGES_LINKS = frozenset({"admit", "renegotiate", "release", "update_link"})
 # The label of a call's service type is the more demanding of its two directions.
 _DEMAND = (
     ST.SERVICE_TYPE_NETWORK_CONTROL,
@@ -88,24 +82,6 @@ def service_type(qos: QosSpec) -> str:
         if kind in kinds:
             return _type_name(kind)
     return _type_name(qos.sending.service_type)
-
-
-def annotate_link(link: str, capacity: int, sending_reserved: int, receiving_reserved: int) -> None:
-    """For providers: put on the current span (the server's provider span while admit,
-    renegotiate or release runs) the link the decision was made on and its load after it."""
-    span = trace.get_current_span()
-    if not span.is_recording():
-        return
-    span.set_attributes(
-        {
-            "callqos.link": link,
-            "callqos.link.capacity_bytes_per_second": capacity,
-            "callqos.link.sending.reserved_bytes_per_second": sending_reserved,
-            "callqos.link.receiving.reserved_bytes_per_second": receiving_reserved,
-            "callqos.link.sending.utilization": sending_reserved / capacity if capacity else 0.0,
-            "callqos.link.receiving.utilization": receiving_reserved / capacity if capacity else 0.0,
-        }
-    )
 
 
 class ProviderSpan:
@@ -236,11 +212,11 @@ class Instruments:
 
     @contextlib.contextmanager
     def provider_call(
-        self, info: ProviderInfo, operation: str, request: AdmissionRequest | None = None, call: str = ""
+        self, provider: str, operation: str, request: AdmissionRequest | None = None, call: str = ""
     ) -> Iterator[ProviderSpan]:
-        """A child span around one provider call. Provider code runs inside it, so a provider's
-        own spans are its children. Status ERROR only when the provider failed or timed out."""
-        provider = names.provider_name(info.id)
+        """A child span around one call into `provider` (`providers/{provider}`). Provider code
+        runs inside it, so a provider's own spans are its children. Status ERROR only when the
+        provider failed or timed out."""
         started = time.perf_counter()
         attributes: dict[str, str | int] = {"callqos.provider": provider, "callqos.provider.operation": operation}
         if request is not None:
@@ -272,19 +248,12 @@ class Instruments:
                         },
                     )
 
-    async def refresh_links(self, info: ProviderInfo, timeout: float) -> None:
-        """Read a link-administering provider's links for the link gauges. Observable-gauge
-        callbacks are synchronous and may run on an exporter thread, so they cannot await the
-        provider; they read this snapshot, refreshed after every operation that may move
-        reservations."""
-        if not (self.metrics_enabled and info.capabilities.link_admin):
-            return
-        try:
-            links = await asyncio.wait_for(info.provider.list_links(), timeout)
-        except Exception:  # a gauge must never fail the RPC that refreshed it
-            log.warning("could not read the links of provider %s for metrics", info.id, exc_info=True)
-            return
-        prefix = names.provider_name(info.id) + "/"
+    def record_links(self, provider: str, links: Iterable[provider_pb2.Link]) -> None:
+        """The links of `provider` (`providers/{provider}`) as they are now, for the link gauges.
+        Observable-gauge callbacks are synchronous and may run on an exporter thread, so they
+        cannot await the provider; they read this snapshot, which the provider host refreshes
+        after every operation that may move reservations."""
+        prefix = provider + "/"
         fresh = {name: link for name, link in self._links.items() if not name.startswith(prefix)}
         fresh.update((link.name, link) for link in links)
         self._links = fresh
