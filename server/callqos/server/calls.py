@@ -145,7 +145,11 @@ class CallManager:
     # -- make -------------------------------------------------------------------------------
     async def create(self, request: svc.CreateCallRequest, principal: str) -> Call:
         info = self.providers.find(request.call.provider)
-        violations = validation.create_violations(request, info.capabilities if info else None)
+        violations = validation.create_violations(
+            request,
+            info.capabilities if info else None,
+            info.provider.validate_provider_specific if info else None,
+        )
         if violations:
             raise invalid(violations)
         info = self.providers.get(request.call.provider)
@@ -301,7 +305,9 @@ class CallManager:
             raise invalid(violations)
         call = await self.get(request.name)
         info = self.providers.get(call.provider)
-        violations = validation.renegotiate_violations(request, info.capabilities)
+        violations = validation.renegotiate_violations(
+            request, info.capabilities, info.provider.validate_provider_specific
+        )
         if violations:
             raise invalid(violations)
         return await to_completion(
