@@ -7,9 +7,7 @@
 - `provider`: the provider (the reference provider's accounting, enforced);
 - `traffic`: a paced UDP sender and a receiver measuring goodput, for demos and tests.
 
-See README.md beside this file.
+See README.md beside this file. The entry point names `provider:LinuxTcProvider` directly, so
+that this package imports nothing: `python -m callqos.server.providers.linux_tc.traffic` then
+starts in milliseconds, which matters when senders are timed.
 """
-
-from callqos.server.providers.linux_tc.provider import LinuxTcProvider
-
-__all__ = ["LinuxTcProvider"]

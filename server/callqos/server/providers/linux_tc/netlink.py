@@ -212,7 +212,8 @@ class Interface:
 
     def delete_class(self, classid: int) -> None:
         what = f"deleting HTB class {classid >> 16:x}:{classid & 0xFFFF:x}"
-        self._request(what, "tc", "del-class", "htb", self.index(), classid)
+        # No kind: pyroute2 would build (and fail on) HTB class options for a deletion.
+        self._request(what, "tc", "del-class", index=self.index(), handle=classid)
 
     def classes(self) -> list[int]:
         return [int(c["handle"]) for c in self._request("listing classes", "get_classes", self.index())]
@@ -239,16 +240,16 @@ class Interface:
         )
 
     def delete_filter(self, parent: int, pref: int, ethertype: int) -> None:
+        """Delete the filters at `pref` (a call's filter has a pref of its own). The request
+        header carries pref and protocol in `info`, as `tc filter del ... pref P protocol X`."""
         try:
             self._request(
                 f"deleting the u32 filter (pref {pref})",
                 "tc",
                 "del-filter",
-                "u32",
-                self.index(),
+                index=self.index(),
                 parent=parent,
-                prio=pref,
-                protocol=ethertype,
+                info=(pref << 16) | socket.htons(ethertype),
             )
         except TcError as exc:
             if exc.code != errno.ENOENT:
