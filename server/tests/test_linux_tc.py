@@ -282,3 +282,22 @@ def test_restart_recreates_exactly_the_calls_handed_back(pair: Pair, server: Ser
     assert len(pair.filter_prefs()) == 1
     rates = measure(pair, {5051: 600_000}, seconds=2.5)
     assert within(rates[5051], 300_000), rates
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        ({"interface": "nope0"}, "no interface nope0"),
+        ({"netns": "cqtc-no-such-namespace"}, "network namespace 'cqtc-no-such-namespace'"),
+        ({"mtu_bytes": 9000}, "mtu_bytes 9000 exceeds"),
+        ({"capacity_bytes_per_second": 2_000_000_000}, r"exceeds .* speed 1250000000 B/s"),  # veth: 10 Gbit/s
+        ({"colour": "red"}, "unknown keys"),
+    ],
+)
+def test_settings_are_checked_against_the_interfaces(pair: Pair, change: dict[str, object], expected: str) -> None:
+    from callqos.server.providers.linux_tc.provider import LinuxTcProvider
+
+    settings = pair.settings(CAPACITY)
+    link = {**settings["links"][0], **change}  # type: ignore[index]
+    with pytest.raises(ValueError, match=expected):
+        LinuxTcProvider({"links": [link]})

@@ -153,7 +153,7 @@ def parse(data: bytes) -> FlowFilter | None:
         problems.append("a port needs protocol tcp, udp or sctp")
     if protocol in (1, 58) and protocol != (1 if family == 4 else 58):
         problems.append(f"protocol {protocol} does not belong to IPv{family}")
-    if protocol is None and dscp is None and local == Endpoint() and remote == Endpoint():
+    if protocol is None and dscp is None and all(_matches_any(end) for end in (local, remote)):
         problems.append("matches every packet: give at least a protocol, an address, a port or dscp")
     if problems:
         raise FilterError(problems)
@@ -167,6 +167,10 @@ def problems(data: bytes) -> list[str]:
     except FilterError as error:
         return error.problems
     return []
+
+
+def _matches_any(end: Endpoint) -> bool:
+    return end.port is None and (end.network is None or end.network.prefixlen == 0)
 
 
 def _is_int(value: Any) -> bool:
