@@ -6,9 +6,10 @@
 
 Rates are in bytes per second *on the wire*: each datagram counts its payload plus the UDP, IPv4
 and Ethernet headers (42 bytes), because that is what an HTB class on an Ethernet interface
-counts. The receiver prints one JSON line per interval with cumulative counts per port
-({"t": seconds since start, "ports": {"5000": [frame_bytes, datagrams]}}) and, at the end, a
-summary line with the mean rate per port ({"rates": {"5000": bytes_per_second}}).
+counts. The receiver prints one JSON line per interval with cumulative counts per port and the
+rate over that interval ({"t": seconds since start, "ports": {"5000": [frame_bytes, datagrams]},
+"rates": {"5000": bytes_per_second}}) and, at the end, the mean rate per port over the whole run
+({"rates": {...}}).
 """
 
 from __future__ import annotations
@@ -74,6 +75,7 @@ def receive(ports: list[int], seconds: float, *, interval: float = 0.25, out: Te
         sockets.append(sock)
     start = time.monotonic()
     next_report = start + interval
+    last = {port: 0 for port in ports}
     try:
         while (now := time.monotonic()) - start < seconds:
             for key, _ in selector.select(timeout=max(0.0, min(next_report - now, 0.05))):
@@ -87,7 +89,13 @@ def receive(ports: list[int], seconds: float, *, interval: float = 0.25, out: Te
                     counts[key.data][0] += size + HEADERS
                     counts[key.data][1] += 1
             if time.monotonic() >= next_report:
-                line = {"t": round(time.monotonic() - start, 3), "ports": {str(p): list(c) for p, c in counts.items()}}
+                line = {
+                    "t": round(time.monotonic() - start, 3),
+                    "ports": {str(p): list(c) for p, c in counts.items()},
+                    # frame bytes/s over the interval just ended, for people watching
+                    "rates": {str(p): round((c[0] - last[p]) / interval) for p, c in counts.items()},
+                }
+                last = {p: c[0] for p, c in counts.items()}
                 print(json.dumps(line), file=stream, flush=True)
                 next_report += interval
     finally:
