@@ -83,6 +83,7 @@ def test_grant_is_enforced_against_a_flood_renegotiation_follows_and_drop_falls_
 
     # Offered twice its grant, with a flood of more than the whole link in the default class.
     rates = measure(pair, {voice: 1_000_000, flood: 4_000_000})
+    print("grant 500,000, flood in the default class:", rates)
     assert within(rates[voice], 500_000), rates
     assert within(rates[flood], CAPACITY - 500_000, 0.15), rates  # the default class keeps the rest
 
@@ -92,14 +93,17 @@ def test_grant_is_enforced_against_a_flood_renegotiation_follows_and_drop_falls_
     assert list(pair.call_classes()) == [classid]  # changed in place, not re-created
     assert "rate 8Mbit ceil 8Mbit" in pair.call_classes()[classid]
     rates = measure(pair, {voice: 2_000_000, flood: 4_000_000})
+    print("renegotiated to 1,000,000, flood in the default class:", rates)
     assert within(rates[voice], 1_000_000), rates
 
     client.drop("calls/voice")
     assert pair.call_classes() == {}
     assert pair.filter_prefs() == set()
-    # Best effort again: 1.5 MB/s offered alone gets through whole (above its former grant).
+    # Best effort again: 1.5 MB/s offered alone is no longer held to the former 1 MB/s grant
+    # (on an idle machine it gets through whole; the margin keeps a busy one from flaking).
     rates = measure(pair, {voice: 1_500_000}, seconds=2.5)
-    assert within(rates[voice], 1_500_000), rates
+    print("after drop, 1,500,000 offered:", rates)
+    assert rates[voice] > 1.25 * 1_000_000, rates
 
 
 def test_guaranteed_gets_its_peak_with_priority_and_a_latency_sized_queue(pair: Pair, client: Client) -> None:
@@ -126,6 +130,7 @@ def test_guaranteed_gets_its_peak_with_priority_and_a_latency_sized_queue(pair: 
     # 400,000 B/s x (40 ms - 1 ms Dtot - 2 ms path latency) / 1514-byte frames = 9 packets
     assert "limit 9p" in queues, queues
     rates = measure(pair, {guaranteed: 800_000, other: 1_200_000, flood: 4_000_000})
+    print("GUARANTEED peak 400,000 + CONTROLLED_LOAD 600,000 + flood:", rates)
     assert within(rates[guaranteed], 400_000), rates
     assert within(rates[other], 600_000), rates
 
@@ -281,6 +286,7 @@ def test_restart_recreates_exactly_the_calls_handed_back(pair: Pair, server: Ser
     assert "1:99" not in pair.classes()
     assert len(pair.filter_prefs()) == 1
     rates = measure(pair, {5051: 600_000}, seconds=2.5)
+    print("after restart, grant 300,000:", rates)
     assert within(rates[5051], 300_000), rates
 
 
