@@ -99,3 +99,11 @@ class SlowProvider(ReferenceProvider):
 
         await asyncio.sleep(float(self.settings.get("delay_seconds", 3.0)))
         return await super().admit(request)
+
+
+class PickyProvider(ReferenceProvider):
+    """The reference provider, accepting only provider-specific bytes that start with b"ok"."""
+
+    def validate_provider_specific(self, data: bytes) -> list[str]:
+        problems = [] if data.startswith(b"ok") else ["must start with 'ok'"]
+        return problems + (["must not contain 'x'"] if b"x" in data else [])

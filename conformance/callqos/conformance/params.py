@@ -25,6 +25,16 @@ provider's author in a small TOML file — the csi-sanity `--csi.testvolumeparam
     token_rate_bytes_per_second = 1000
     [parameters.policy_refused.receiving]
     service_type = "BEST_EFFORT"
+
+A provider that interprets QosSpec.provider_specific (Provider.validate_provider_specific)
+lists at least two different payloads it accepts, as UTF-8 strings:
+
+    [parameters]
+    provider_specific = ['{"version": 1, "protocol": "udp"}', '{"version": 1, "protocol": "tcp"}']
+
+The provider-specific checks then send these instead of random bytes (they must round-trip byte
+for byte) and, in addition, require random bytes to be refused: INVALID_ARGUMENT with a field
+violation on the provider_specific field, nothing stored, the call unchanged.
 """
 
 from __future__ import annotations
@@ -56,6 +66,8 @@ class Parameters:
     feasible: QosSpec | None = None
     infeasible: QosSpec | None = None
     policy_refused: QosSpec | None = None
+    # Payloads the provider accepts in provider_specific; empty: it takes any bytes (opaque).
+    provider_specific: tuple[bytes, ...] = ()
     source: str = "derived from advertised capabilities"
 
     @property
@@ -86,6 +98,17 @@ def _qos(raw: Any, where: str) -> QosSpec:
     )
 
 
+def _payloads(raw: Any) -> tuple[bytes, ...]:
+    if not isinstance(raw, list) or not all(isinstance(item, str) and item for item in raw):
+        raise ParameterError("parameters.provider_specific: a list of non-empty strings")
+    payloads = tuple(dict.fromkeys(item.encode("utf-8") for item in raw))
+    if len(payloads) < 2:
+        raise ParameterError("parameters.provider_specific: at least two different payloads (one replaces the other)")
+    if any(len(item) > 4096 for item in payloads):
+        raise ParameterError("parameters.provider_specific: each payload at most 4096 bytes")
+    return payloads
+
+
 def load_file(path: Path | None) -> dict[str, Any]:
     if path is None:
         return {}
@@ -97,7 +120,15 @@ def load_file(path: Path | None) -> dict[str, Any]:
     table = data.get("parameters", {})
     if not isinstance(table, dict):
         raise ParameterError(f"{path}: [parameters] must be a table")
-    known = {"destination", "capacity_bytes_per_second", "max_fill_calls", "feasible", "infeasible", "policy_refused"}
+    known = {
+        "destination",
+        "capacity_bytes_per_second",
+        "max_fill_calls",
+        "feasible",
+        "infeasible",
+        "policy_refused",
+        "provider_specific",
+    }
     unknown = set(table) - known
     if unknown:
         raise ParameterError(f"{path}: unknown parameters {sorted(unknown)} (known: {sorted(known)})")
@@ -132,5 +163,7 @@ def derive(caps: provider_pb2.ProviderCapabilities, table: dict[str, Any], sourc
     for key in ("feasible", "infeasible", "policy_refused"):
         if key in table:
             setattr(params, key, _qos(table[key], f"parameters.{key}"))
+    if "provider_specific" in table:
+        params.provider_specific = _payloads(table["provider_specific"])
     params.source = f"{source} over advertised capabilities" if table else "derived from advertised capabilities"
     return params

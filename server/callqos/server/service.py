@@ -135,7 +135,11 @@ class CallQosServicer(svc_grpc.CallQosServiceServicer):
         # The named provider's limits (its MTU) are part of what a valid request is; a provider
         # this server does not host is NOT_FOUND, once the request is otherwise valid.
         named = self._providers.find(request.call.provider)
-        validation.create(request, named.capabilities if named else None)
+        validation.create(
+            request,
+            named.capabilities if named else None,
+            named.provider.validate_provider_specific if named else None,
+        )
         return await self._calls.create(request, principal, self._providers.get(request.call.provider))
 
     @unary
@@ -161,7 +165,7 @@ class CallQosServicer(svc_grpc.CallQosServiceServicer):
         principal = principal_of(context)
         validation.renegotiation(request, None)
         info = await self._calls.provider_of(request.name)
-        validation.renegotiation(request, info.capabilities)
+        validation.renegotiation(request, info.capabilities, info.provider.validate_provider_specific)
         return await self._calls.renegotiate(request, principal, info)
 
     @unary

@@ -18,7 +18,7 @@ import base64
 import hashlib
 import json
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 from callqos.server import names
@@ -30,6 +30,10 @@ from callqos.v1 import callqos_service_pb2 as svc
 ST = flowspec_pb2.ServiceType
 _KNOWN_SERVICE_TYPES = frozenset(ST.values())
 _KNOWN_LEVELS = frozenset(call_pb2.ServiceLevel.values())
+
+# A provider's own check of its provider_specific bytes (Provider.validate_provider_specific):
+# the problems it finds, empty when the bytes are fine.
+ProviderSpecificCheck = Callable[[bytes], list[str]]
 
 MAX_DESTINATION = 256
 MAX_REQUEST_ID = 64
@@ -129,6 +133,7 @@ def qos_violations(
     renegotiation: bool,
     caps: provider_pb2.ProviderCapabilities | None,
     present: bool,
+    provider_specific: ProviderSpecificCheck | None = None,
 ) -> Iterator[FieldViolation]:
     if not present:
         yield FieldViolation(path, "required")
@@ -147,6 +152,11 @@ def qos_violations(
         )
     if len(qos.provider_specific) > MAX_PROVIDER_SPECIFIC:
         yield FieldViolation(f"{path}.provider_specific", f"at most {MAX_PROVIDER_SPECIFIC} bytes")
+    elif provider_specific is not None and qos.provider_specific:
+        # Empty bytes are not checked: on renegotiation they keep the call's current ones, and
+        # on a new call they mean "nothing provider-specific".
+        for problem in provider_specific(qos.provider_specific):
+            yield FieldViolation(f"{path}.provider_specific", problem)
 
 
 def level_violations(level: int, path: str) -> Iterator[FieldViolation]:
@@ -170,10 +180,13 @@ def call_name_violations(name: str, path: str = "name") -> Iterator[FieldViolati
 
 
 def create_violations(
-    request: svc.CreateCallRequest, caps: provider_pb2.ProviderCapabilities | None
+    request: svc.CreateCallRequest,
+    caps: provider_pb2.ProviderCapabilities | None,
+    provider_specific: ProviderSpecificCheck | None = None,
 ) -> list[FieldViolation]:
     """Every violation in a CreateCallRequest. `caps` are those of the provider it names (None
-    when the provider is unknown: that is reported as NOT_FOUND after validation)."""
+    when the provider is unknown: that is reported as NOT_FOUND after validation), and
+    `provider_specific` its check of the provider-specific bytes."""
     call = request.call
     found: list[FieldViolation] = []
     if not request.HasField("call"):
@@ -192,6 +205,7 @@ def create_violations(
             renegotiation=False,
             caps=caps,
             present=call.HasField("requested_qos"),
+            provider_specific=provider_specific,
         )
     )
     if request.call_id and not names.USER_CALL_ID.fullmatch(request.call_id):
@@ -203,10 +217,21 @@ def create_violations(
 
 
 def renegotiate_violations(
-    request: svc.RenegotiateCallRequest, caps: provider_pb2.ProviderCapabilities | None
+    request: svc.RenegotiateCallRequest,
+    caps: provider_pb2.ProviderCapabilities | None,
+    provider_specific: ProviderSpecificCheck | None = None,
 ) -> list[FieldViolation]:
     found = list(call_name_violations(request.name))
-    found.extend(qos_violations(request.qos, "qos", renegotiation=True, caps=caps, present=request.HasField("qos")))
+    found.extend(
+        qos_violations(
+            request.qos,
+            "qos",
+            renegotiation=True,
+            caps=caps,
+            present=request.HasField("qos"),
+            provider_specific=provider_specific,
+        )
+    )
     found.extend(level_violations(request.service_level, "service_level"))
     found.extend(etag_violations(request.etag))
     found.extend(request_id_violations(request.request_id))
@@ -247,16 +272,26 @@ def provider_name(name: str, path: str = "name") -> str:
 
 
 # -- calls ----------------------------------------------------------------------------------------
-def create(request: svc.CreateCallRequest, caps: provider_pb2.ProviderCapabilities | None) -> None:
+def create(
+    request: svc.CreateCallRequest,
+    caps: provider_pb2.ProviderCapabilities | None,
+    provider_specific: ProviderSpecificCheck | None = None,
+) -> None:
     """A CreateCallRequest, against the capabilities of the provider it names (None when that
-    provider is unknown: the caller learns that as NOT_FOUND, once the request is valid)."""
-    check(create_violations(request, caps))
+    provider is unknown: the caller learns that as NOT_FOUND, once the request is valid) and that
+    provider's own check of its provider-specific bytes."""
+    check(create_violations(request, caps, provider_specific))
 
 
-def renegotiation(request: svc.RenegotiateCallRequest, caps: provider_pb2.ProviderCapabilities | None) -> None:
+def renegotiation(
+    request: svc.RenegotiateCallRequest,
+    caps: provider_pb2.ProviderCapabilities | None,
+    provider_specific: ProviderSpecificCheck | None = None,
+) -> None:
     """A RenegotiateCallRequest: first on its own (`caps` None), then, once the call is found,
-    against the capabilities of the call's provider (which can only add the provider's limits)."""
-    check(renegotiate_violations(request, caps))
+    against the capabilities of the call's provider and its provider-specific check (which can
+    only add the provider's limits)."""
+    check(renegotiate_violations(request, caps, provider_specific))
 
 
 def drop(request: svc.DropCallRequest) -> None:

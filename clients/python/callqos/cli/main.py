@@ -69,6 +69,11 @@ def _add_flowspec_flags(parser: argparse.ArgumentParser, unset: str) -> None:
         metavar="JSON",
         help="the whole QosSpec as proto3 JSON (or @FILE), e.g. a counter-offer from --json",
     )
+    group.add_argument(
+        "--provider-specific",
+        metavar="TEXT",
+        help="provider-specific data as UTF-8 text (or @FILE for its bytes), e.g. a linux-tc filter",
+    )
 
 
 def _flowspec(args: argparse.Namespace, prefix: str) -> flowspec_pb2.FlowSpec | None:
@@ -82,10 +87,20 @@ def _flowspec(args: argparse.Namespace, prefix: str) -> flowspec_pb2.FlowSpec | 
     return specs.flowspec(kind, **given)
 
 
-def _qos_args(
-    args: argparse.Namespace,
-) -> dict[str, Any]:
-    """Keyword arguments for make_call/renegotiate: `qos=` from --qos, or `sending=`/`receiving=`."""
+def _provider_specific(args: argparse.Namespace) -> bytes | None:
+    text: str | None = args.provider_specific
+    if text is None:
+        return None
+    if text.startswith("@"):
+        with open(text[1:], "rb") as handle:
+            return handle.read()
+    return text.encode("utf-8")
+
+
+def _qos_args(args: argparse.Namespace, unset: flowspec_pb2.FlowSpec) -> dict[str, Any]:
+    """Keyword arguments for make_call/renegotiate: `qos=` from --qos (or when provider-specific
+    data is given), or `sending=`/`receiving=`. `unset` is what a direction without flags gets."""
+    data = _provider_specific(args)
     if args.qos:
         text = args.qos
         if text.startswith("@"):
@@ -95,8 +110,19 @@ def _qos_args(
             spec = json_format.Parse(text, flowspec_pb2.QosSpec())
         except json_format.ParseError as exc:
             raise _UsageError(f"--qos: {exc}") from None
+        if data is not None:
+            spec.provider_specific = data
         return {"qos": spec}
-    return {"sending": _flowspec(args, "send"), "receiving": _flowspec(args, "recv")}
+    sending, receiving = _flowspec(args, "send"), _flowspec(args, "recv")
+    if data is None:
+        return {"sending": sending, "receiving": receiving}
+    return {
+        "qos": flowspec_pb2.QosSpec(
+            sending=sending if sending is not None else unset,
+            receiving=receiving if receiving is not None else unset,
+            provider_specific=data,
+        )
+    }
 
 
 class _UsageError(Exception):
@@ -117,7 +143,7 @@ def cmd_make(client: Client, args: argparse.Namespace) -> None:
         provider=args.provider,
         call_id=args.call_id,
         request_id=args.request_id,
-        **_qos_args(args),
+        **_qos_args(args, specs.best_effort()),
     )
     _show_call(args, call)
 
@@ -132,7 +158,7 @@ def cmd_renegotiate(client: Client, args: argparse.Namespace) -> None:
         level=args.level,
         etag=args.etag,
         request_id=args.request_id,
-        **_qos_args(args),
+        **_qos_args(args, specs.no_change()),
     )
     _show_call(args, call)
 

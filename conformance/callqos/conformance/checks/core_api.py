@@ -240,14 +240,44 @@ async def etag_drop(ctx: CheckContext) -> None:
 async def provider_specific(ctx: CheckContext) -> None:
     """CreateCall with a 64-byte blob (zero bytes included) at IF_AVAILABLE, and with a 4096-byte one at
     BEST_EFFORT level → the answer and GetCall carry each blob byte for byte in requested_qos and granted_qos.
-    (Above 4096 bytes: CORE-VAL-022, and CORE-VAL-030 for the BadRequest field.)"""
+    (Above 4096 bytes: CORE-VAL-022, and CORE-VAL-030 for the BadRequest field.)
+
+    With the `provider_specific` parameter (a provider that interprets the bytes): its first payload at
+    IF_AVAILABLE and its longest at BEST_EFFORT level round-trip the same way, and a 64-byte random blob is
+    refused with INVALID_ARGUMENT (INVALID_REQUEST), a field violation on call.requested_qos.provider_specific,
+    and nothing stored."""
     qos = ctx.params.feasible or BE_QOS
-    for size, level in (
-        (64, Level.SERVICE_LEVEL_IF_AVAILABLE),
-        (MAX_PROVIDER_SPECIFIC, Level.SERVICE_LEVEL_BEST_EFFORT),
-    ):
-        data = blob(ctx, size)
+    payloads = ctx.params.provider_specific
+    cases = (
+        ((payloads[0], Level.SERVICE_LEVEL_IF_AVAILABLE), (max(payloads, key=len), Level.SERVICE_LEVEL_BEST_EFFORT))
+        if payloads
+        else (
+            (blob(ctx, 64), Level.SERVICE_LEVEL_IF_AVAILABLE),
+            (blob(ctx, MAX_PROVIDER_SPECIFIC), Level.SERVICE_LEVEL_BEST_EFFORT),
+        )
+    )
+    for data, level in cases:
         call = await ctx.create(with_blob(qos, data), level)
-        what = f"{size}-byte provider_specific at {Level.Name(level)}"
+        what = f"{len(data)}-byte provider_specific at {Level.Name(level)}"
         carries_blob(call, data, f"CreateCall with a {what}")
         carries_blob(await ctx.get(call.name), data, f"GetCall after a {what}")
+    if payloads:
+        request = ctx.request(with_blob(qos, blob(ctx, 64)), Level.SERVICE_LEVEL_IF_AVAILABLE)
+        failure = await ctx.expect_error(
+            "CreateCall",
+            request,
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "INVALID_REQUEST",
+            what="CreateCall with random provider_specific bytes (the provider interprets them)",
+        )
+        field = "call.requested_qos.provider_specific"
+        if field not in failure.fields:
+            raise CheckFailed(f"random provider_specific bytes refused, but BadRequest names {failure.fields}")
+        try:
+            stored = await ctx.rpc("GetCall", svc.GetCallRequest(name=f"calls/{request.call_id}"))
+        except Outcome as out:
+            if out.failure.code != grpc.StatusCode.NOT_FOUND:
+                raise CheckFailed(f"GetCall after the refused request: expected NOT_FOUND, got {out.failure}") from None
+        else:
+            ctx.register(stored)
+            raise CheckFailed(f"random provider_specific bytes were refused but the call was stored as {stored.name}")

@@ -327,13 +327,16 @@ async def idempotent(ctx: CheckContext) -> None:
 )
 async def provider_specific(ctx: CheckContext) -> None:
     """CreateCall(blob A); RenegotiateCall(empty provider_specific) → A kept in requested and granted QoS;
-    RenegotiateCall(blob B) → B; RenegotiateCall(4097 bytes) → INVALID_ARGUMENT, the call keeps B and its etag."""
+    RenegotiateCall(blob B) → B; RenegotiateCall(4097 bytes) → INVALID_ARGUMENT, the call keeps B and its etag.
+    With the `provider_specific` parameter, A and B are its first two payloads, and a renegotiation with random
+    bytes is also INVALID_ARGUMENT, with a field violation on qos.provider_specific, the call unchanged."""
     qos = ctx.params.feasible or QosSpec(sending=best_effort(), receiving=best_effort())
     level = Level.SERVICE_LEVEL_IF_AVAILABLE
-    first = blob(ctx, 64)
+    payloads = ctx.params.provider_specific
+    first, second = payloads[:2] if payloads else (blob(ctx, 64), blob(ctx, 32))
     call = await ctx.create(with_blob(qos, first), level)
     carries_blob(call, first, "CreateCall")
-    for data, what in ((b"", "an empty provider_specific"), (blob(ctx, 32), "a new provider_specific")):
+    for data, what in ((b"", "an empty provider_specific"), (second, "a new provider_specific")):
         result = await ctx.renegotiate(call.name, with_blob(qos, data))
         if isinstance(result, RpcFailure):
             raise CheckFailed(f"RenegotiateCall with {what} was refused: {result}")
@@ -349,3 +352,14 @@ async def provider_specific(ctx: CheckContext) -> None:
         )
     if (await ctx.get(call.name)).etag != before.etag:
         raise CheckFailed("a refused oversize renegotiation changed the call")
+    if payloads:
+        foreign = await ctx.renegotiate(call.name, with_blob(qos, blob(ctx, 64)))
+        if isinstance(foreign, Call) or foreign.code != grpc.StatusCode.INVALID_ARGUMENT:
+            raise CheckFailed(
+                "RenegotiateCall with random provider_specific bytes (the provider interprets them): expected "
+                f"INVALID_ARGUMENT, got {'success' if isinstance(foreign, Call) else foreign}"
+            )
+        if "qos.provider_specific" not in foreign.fields:
+            raise CheckFailed(f"random provider_specific bytes refused, but BadRequest names {foreign.fields}")
+        if (await ctx.get(call.name)).etag != before.etag:
+            raise CheckFailed("a renegotiation refused for its provider_specific bytes changed the call")

@@ -6,7 +6,8 @@ provider's own settings table from the configuration, then calls `start()` once.
 authors import these types from `callqos.server.providers`, the plugin's public face.
 
 The server does everything around the provider: it validates requests before the provider sees
-them (a provider never receives an invalid flowspec), resolves SERVICE_TYPE_NO_CHANGE, enforces
+them (a provider never receives an invalid flowspec, nor provider_specific bytes its
+`validate_provider_specific` refuses), resolves SERVICE_TYPE_NO_CHANGE, enforces
 ownership, idempotency and etags, stores calls and events, and times out slow providers. The
 provider decides one thing: what QoS it can provide, reserving and releasing capacity.
 
@@ -132,6 +133,17 @@ class Provider(abc.ABC):
     @abc.abstractmethod
     def capabilities(self) -> provider_pb2.ProviderCapabilities:
         """What this provider can do. Must not change while serving."""
+
+    def validate_provider_specific(self, data: bytes) -> list[str]:
+        """What is wrong with `data` as this provider's `QosSpec.provider_specific` (empty: it
+        is acceptable). Optional: by default provider-specific bytes are opaque and any are fine.
+
+        Called by the server's validation, before anything is reserved, for a CreateCall and for
+        a RenegotiateCall that carries new bytes (empty bytes on renegotiation keep the call's
+        current ones and are not checked). Each problem becomes one INVALID_ARGUMENT field
+        violation on `call.requested_qos.provider_specific` (or `qos.provider_specific`). Must be
+        fast and side-effect free: it runs on the event loop and under no provider lock."""
+        return []
 
     @abc.abstractmethod
     async def admit(self, request: AdmissionRequest) -> Decision:
