@@ -3,7 +3,8 @@
 Watchers always read by sequence number — from a small in-memory window of the newest events
 when their cursor is inside it, otherwise from the store — so resuming after a reconnect and
 after a restart is the same code path, and a slow watcher can never make the hub drop an event
-(it just reads further behind, from the store).
+(it just reads further behind, from the store). conformance/SPEC.md WATCH-1 … WATCH-9 state the
+contract this serves.
 """
 
 from __future__ import annotations

@@ -1,5 +1,6 @@
-"""What a flowspec means: how much it reserves, whether a grant satisfies a request, and the
-RFC 2212 delay bound. Pure functions over the published protobuf types, shared by the service
+"""What a flowspec means: how much it reserves (conformance/SPEC.md GRANT-1), whether a grant
+satisfies a request (GRANT-3), NO_CHANGE resolution (SETQOS-4) and the RFC 2212 delay bound
+(DELAY-1 … DELAY-3). Pure functions over the published protobuf types, shared by the service
 and the shipped providers.
 """
 
@@ -111,8 +112,8 @@ class PathTerms:
 
 
 def guaranteed_delay_bound_us(spec: FlowSpec, path: PathTerms) -> float:
-    """End-to-end delay bound of a GUARANTEED flow, in microseconds (RFC 2212, "Exported
-    information" and the queueing-delay formula), with the reserved rate R = reserved_rate(spec).
+    """End-to-end delay bound of a GUARANTEED flow, in microseconds (conformance/SPEC.md DELAY-1
+    … DELAY-3, modelled on RFC 2212), with the reserved rate R = reserved_rate(spec).
 
     With a bounded peak p the reservation is R = p, so the R >= p branch applies:
         Q = (M + Ctot) / R + Dtot

@@ -1,8 +1,9 @@
 """What a valid request is — checked once, before any provider is called.
 
 Each check names the field it is about (its path in the request) so that a client gets one
-google.rpc.BadRequest field violation per bad field. The flowspec rules come from the Winsock2
-FLOWSPEC remarks and RFC 2212 (see shared/reference/qos-domain.md §1.1, §4.1).
+google.rpc.BadRequest field violation per bad field (conformance/SPEC.md FLOW-1, FLOW-2). Every
+rule is a clause of SPEC.md — FLOW-3 … FLOW-19 for flowspecs, REQ-1 … REQ-6 for the other
+fields — which names its source: the Winsock 2 FLOWSPEC remarks, RFC 2212, or the proto comments.
 """
 
 from __future__ import annotations
