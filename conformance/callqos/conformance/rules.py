@@ -54,7 +54,10 @@ def shortfalls(granted: FlowSpec, requested: FlowSpec, direction: str) -> list[s
         out.append(
             f"{direction}: token rate {granted.token_rate_bytes_per_second} < {requested.token_rate_bytes_per_second}"
         )
-    if requested.HasField("peak_bandwidth_bytes_per_second") and not granted.peak_bandwidth_unbounded:
+    granted_bounded = granted.HasField("peak_bandwidth_bytes_per_second") and not granted.peak_bandwidth_unbounded
+    if requested.peak_bandwidth_unbounded and granted_bounded:
+        out.append(f"{direction}: peak bounded at {granted.peak_bandwidth_bytes_per_second}, asked unbounded")
+    elif requested.HasField("peak_bandwidth_bytes_per_second") and not granted.peak_bandwidth_unbounded:
         if granted.peak_bandwidth_bytes_per_second < requested.peak_bandwidth_bytes_per_second:
             out.append(f"{direction}: peak below the request")
     if (

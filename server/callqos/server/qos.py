@@ -66,7 +66,11 @@ def shortfalls(granted: FlowSpec, requested: FlowSpec) -> list[str]:
         return problems
     if granted.token_rate_bytes_per_second < requested.token_rate_bytes_per_second:
         problems.append("token rate below the request")
-    if requested.HasField("peak_bandwidth_bytes_per_second") and not granted.peak_bandwidth_unbounded:
+    if requested.peak_bandwidth_unbounded:
+        # Asked to burst without a peak limit: any bounded peak is below that.
+        if granted.HasField("peak_bandwidth_bytes_per_second") and not granted.peak_bandwidth_unbounded:
+            problems.append("peak bandwidth bounded, the request asked for an unbounded one")
+    elif requested.HasField("peak_bandwidth_bytes_per_second") and not granted.peak_bandwidth_unbounded:
         if granted.peak_bandwidth_bytes_per_second < requested.peak_bandwidth_bytes_per_second:
             problems.append("peak bandwidth below the request")
     if requested.HasField("token_bucket_size_bytes"):
