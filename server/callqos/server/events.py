@@ -69,8 +69,11 @@ class EventHub:
             start = after + 1 - recent[0].sequence
             return [recent[i] for i in range(start, min(len(recent), start + _BATCH))]
         events = await self._store.events_after(after, _BATCH)
-        if events and events[0].sequence != after + 1:
-            # Pruned while this watcher was behind: a gap would be silent loss, so say so.
+        following = events[0].sequence if events else self._last + 1
+        if following != after + 1:
+            # Pruned while this watcher was behind: a gap would be silent loss, so say so. That
+            # includes nothing left at all after the cursor, which would otherwise send the watch
+            # back here at once, forever, without ever yielding the event loop.
             await self.check_cursor(after)
         return events
 
