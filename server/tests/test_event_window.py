@@ -142,6 +142,16 @@ async def test_where_a_watch_starts_and_which_cursors_are_refused() -> None:
     assert expired.value.metadata["oldest_available"] == "8"
 
 
+async def test_cursor_zero_means_everything_still_retained_even_after_pruning() -> None:
+    # callqos_service.proto: "0: everything still retained" — not "from event 1", which pruning
+    # removes first.
+    store, hub = await hub_with(before=6, after=4, window=3)
+    await store.prune_events(keep_last=3, older_than_us=0)  # 1..7 gone, 8..10 kept
+    start = await hub.start_cursor(0)
+    assert start == 7
+    assert await take(hub, start, 3) == [8, 9, 10]
+
+
 async def test_pruning_that_overtakes_a_watcher_reading_behind_is_reported() -> None:
     store, hub = await hub_with(before=10, after=0, window=4)
     with mock.patch.object(events, "_BATCH", 3):
