@@ -78,10 +78,14 @@ class EventHub:
         return events
 
     async def start_cursor(self, after: int | None) -> int:
-        """Where a watch starts: after `after` (checked against retention), or after the newest
-        event when None ("from now")."""
+        """Where a watch starts: after `after` (checked against retention), after the oldest
+        retained event when 0, or after the newest event when None ("from now")."""
         if after is None:
             return self._last
+        if after == 0:
+            # 0 asks for everything still retained (callqos_service.proto), not for event 1,
+            # which retention prunes first.
+            return (await self._store.event_bounds()).pruned_through
         await self.check_cursor(after)
         return after
 
