@@ -31,6 +31,8 @@ def test_reference_provider_is_conformant_and_reports_are_written(tmp_path: Path
     assert data["provider"]["capabilities"]["renegotiation"] is True
     assert {c["outcome"] for c in data["checks"]} <= {"passed", "skipped"}
     assert all(c["reference"] and c["level"] in ("MUST", "SHOULD") for c in data["checks"])
+    # Every check is reported with the SPEC.md clauses it verifies, and the report says which document.
+    assert data["spec_document"] == "conformance/SPEC.md" and all(c["clauses"] for c in data["checks"])
     suite = ET.parse(tmp_path / "junit.xml").getroot()
     assert suite.get("failures") == "0" and int(suite.get("tests")) == len(data["checks"])
     assert "**Verdict: conformant**" in (tmp_path / "report.md").read_text()
@@ -76,4 +78,5 @@ def test_cli_list_prints_every_check() -> None:
         [sys.executable, "-m", "callqos.conformance", "list"], capture_output=True, text=True, timeout=60
     )
     assert done.returncode == 0
-    assert "CORE-VAL-001" in done.stdout and "CONC-001" in done.stdout and "ref:" in done.stdout
+    assert "CORE-VAL-001" in done.stdout and "CONC-001" in done.stdout
+    assert "spec: FLOW-1, FLOW-3 (Winsock2 FLOWSPEC remarks" in done.stdout  # the clauses each check verifies

@@ -62,7 +62,8 @@ async def _noop(ctx: object) -> None:
 
 
 def _result(level: Level, outcome: Outcome, reason: str = "") -> CheckResult:
-    return CheckResult(Check(f"X-{level.value}-{outcome.value}", "t", level, "core", "ref", _noop), outcome, reason)
+    check = Check(f"X-{level.value}-{outcome.value}", "t", level, "core", ("API-1",), "a source", _noop)
+    return CheckResult(check, outcome, reason)
 
 
 def test_verdict_rules() -> None:

@@ -1,4 +1,5 @@
-"""Making a call: grant, refusal with a counter-offer, service levels, idempotency (issue 2 §2)."""
+"""Making a call: grant, refusal with a counter-offer, service levels, idempotency (conformance/SPEC.md
+LEVEL, ADMIT, API-3)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Renegotiation (lineSetCallQualityOfService) and drop (issue 2 §2)."""
+"""Renegotiation (lineSetCallQualityOfService) and drop (conformance/SPEC.md SETQOS-1 … SETQOS-7, CALL-2)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """Malformed requests get INVALID_ARGUMENT with a field violation per bad field, and change
-nothing (issue 2 §2, "Validation before the provider is called")."""
+nothing (conformance/SPEC.md FLOW-1, FLOW-2 and the FLOW and REQ clauses)."""
 
 from __future__ import annotations
 

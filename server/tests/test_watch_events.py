@@ -1,4 +1,4 @@
-"""The QoS event stream: order, content, resume, filters, retention (issue 2 §1, §4)."""
+"""The QoS event stream: order, content, resume, filters, retention (conformance/SPEC.md EVENT and WATCH)."""
 
 from __future__ import annotations
 

@@ -1,6 +1,7 @@
 """callqos conformance suite: certifies that whatever answers the callqos.v1 gRPC API (a
 server in any language, or a Python provider plugin hosted by the reference server) keeps the
-provider contract — negotiate, fail, renegotiate, events — with a verdict and reports.
+provider contract — negotiate, fail, renegotiate, events — with a verdict and reports. Every
+check cites the clauses of conformance/SPEC.md it verifies.
 
 Library use:
 
@@ -9,10 +10,8 @@ Library use:
     assert report.verdict == "conformant"
 """
 
-SUITE_VERSION = "1.0.0"
-# The API contract the checks are written against: protos/callqos/v1 (package callqos.v1).
-SPEC_VERSION = "callqos.v1"
-
-from callqos.conformance.runner import RunOptions, run_conformance  # noqa: E402
+from callqos.conformance.model import RunOptions
+from callqos.conformance.runner import run_conformance
+from callqos.conformance.version import SPEC_VERSION, SUITE_VERSION
 
 __all__ = ["SPEC_VERSION", "SUITE_VERSION", "RunOptions", "run_conformance"]

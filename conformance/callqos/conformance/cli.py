@@ -9,12 +9,12 @@ import tomllib
 from importlib import metadata
 from pathlib import Path
 
-from callqos.conformance import SPEC_VERSION, SUITE_VERSION
 from callqos.conformance.checks import all_checks
-from callqos.conformance.model import PROFILES
+from callqos.conformance.model import PROFILES, RunOptions
 from callqos.conformance.reports import console
-from callqos.conformance.runner import RunOptions, run_conformance
+from callqos.conformance.runner import run_conformance
 from callqos.conformance.target import TargetError, require_server
+from callqos.conformance.version import SPEC_DOCUMENT, SPEC_VERSION, SUITE_VERSION
 
 
 def _ids(values: list[str]) -> tuple[str, ...]:
@@ -30,12 +30,15 @@ def _ids(values: list[str]) -> tuple[str, ...]:
 
 def list_checks(profiles: tuple[str, ...]) -> str:
     rows = [
-        f"{c.id:14} {c.level.value:6} {c.profile:15} {c.title}\n{'':37}ref: {c.reference}"
+        f"{c.id:14} {c.level.value:6} {c.profile:15} {c.title}\n{'':37}spec: {', '.join(c.clauses)} ({c.source})"
         + (f"\n{'':37}needs: {', '.join(c.needs)}" if c.needs else "")
         for c in all_checks()
         if not profiles or c.profile in profiles
     ]
-    return "\n".join(rows) + f"\n{len(rows)} checks (suite {SUITE_VERSION}, spec {SPEC_VERSION})"
+    return (
+        "\n".join(rows)
+        + f"\n{len(rows)} checks (suite {SUITE_VERSION}, spec {SPEC_VERSION}: clauses of {SPEC_DOCUMENT})"
+    )
 
 
 def parser() -> argparse.ArgumentParser:

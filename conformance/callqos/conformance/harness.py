@@ -15,7 +15,7 @@ import grpc
 from google.rpc import error_details_pb2
 
 from callqos.client.errors import rich_status
-from callqos.conformance.model import CheckFailed, CheckSkipped, TargetTimeout
+from callqos.conformance.exceptions import CheckFailed, CheckSkipped, TargetTimeout
 from callqos.conformance.params import Parameters
 from callqos.v1 import (
     call_pb2,
@@ -72,7 +72,7 @@ def decode(error: grpc.aio.AioRpcError) -> RpcFailure:
     return failure
 
 
-class Outcome(Exception):
+class RpcFailed(Exception):
     """An RPC ended in an error status; carries the decoded failure."""
 
     def __init__(self, failure: RpcFailure) -> None:
@@ -149,7 +149,7 @@ class CheckContext:
 
     # -- RPCs -----------------------------------------------------------------------------
     async def rpc(self, method: str, request: Any, principal: str | None = None) -> Any:
-        """Call a unary method; an error status raises Outcome, a missed deadline TargetTimeout."""
+        """Call a unary method; an error status raises RpcFailed, a missed deadline TargetTimeout."""
         try:
             return await getattr(self.stub, method)(
                 request, metadata=self.metadata(principal), timeout=self.rpc_timeout()
@@ -160,7 +160,7 @@ class CheckContext:
                 raise TargetTimeout(f"{method} did not answer within {self.rpc_timeout():g}s") from None
             if failure.reason == "PROVIDER_UNAVAILABLE" and failure.metadata.get("cause") == "timeout":
                 raise TargetTimeout(f"{method}: the provider did not answer in time ({failure.message})") from None
-            raise Outcome(failure) from None
+            raise RpcFailed(failure) from None
 
     async def expect_error(
         self,
@@ -175,7 +175,7 @@ class CheckContext:
         reasons = (reason,) if isinstance(reason, str) else tuple(reason or ())
         try:
             result = await self.rpc(method, request, principal)
-        except Outcome as out:
+        except RpcFailed as out:
             failure = out.failure
             if failure.code != code or (reasons and failure.reason not in reasons):
                 raise CheckFailed(
@@ -223,7 +223,7 @@ class CheckContext:
         request = kw.pop("request", None) or self.request(qos, level, **kw)
         try:
             call = await self.rpc("CreateCall", request)
-        except Outcome as out:
+        except RpcFailed as out:
             raise CheckFailed(
                 f"CreateCall({_brief(request.call.requested_qos)}, {Level.Name(level)}) failed: {out.failure}"
             ) from None
@@ -239,7 +239,7 @@ class CheckContext:
         request = kw.pop("request", None) or self.request(qos, level, **kw)
         try:
             call = await self.rpc("CreateCall", request)
-        except Outcome as out:
+        except RpcFailed as out:
             return out.failure
         self.register(call)
         return call
@@ -247,26 +247,26 @@ class CheckContext:
     async def get(self, name: str) -> Call:
         try:
             return await self.rpc("GetCall", svc.GetCallRequest(name=name))
-        except Outcome as out:
+        except RpcFailed as out:
             raise CheckFailed(f"GetCall({name}) failed: {out.failure}") from None
 
     async def drop(self, name: str, principal: str | None = None) -> Call:
         try:
             return await self.rpc("DropCall", svc.DropCallRequest(name=name), principal)
-        except Outcome as out:
+        except RpcFailed as out:
             raise CheckFailed(f"DropCall({name}) failed: {out.failure}") from None
 
     async def renegotiate(self, name: str, qos: flowspec_pb2.QosSpec, **kw: Any) -> Call | RpcFailure:
         try:
             return await self.rpc("RenegotiateCall", svc.RenegotiateCallRequest(name=name, qos=qos, **kw))
-        except Outcome as out:
+        except RpcFailed as out:
             return out.failure
 
     # -- links (only when link_admin is advertised) ---------------------------------------
     async def links(self) -> list[provider_pb2.Link]:
         try:
             response = await self.rpc("ListLinks", svc.ListLinksRequest(parent=self.provider))
-        except Outcome as out:
+        except RpcFailed as out:
             raise CheckFailed(
                 f"ListLinks({self.provider}) failed although link_admin is advertised: {out.failure}"
             ) from None

@@ -1,16 +1,18 @@
-"""What a check is, and what running one can produce. Checks are data: an ID, a level, a
-profile, the clause they come from and the capabilities they need, plus the coroutine that
-exercises the target."""
+"""The suite's data: what a check is (an ID, a level, a profile, the SPEC.md clauses it verifies
+and the capabilities it needs, plus the coroutine that exercises the target), what running one
+produces, and what a run is asked to do and hands to the reporters."""
 
 from __future__ import annotations
 
 import enum
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import Any
 
-if TYPE_CHECKING:
-    from callqos.conformance.harness import CheckContext
+from callqos.conformance.harness import CheckContext
+from callqos.conformance.params import Parameters
+from callqos.v1 import provider_pb2
 
 PROFILES = ("core", "renegotiation", "events", "provider-change", "concurrency")
 
@@ -34,19 +36,7 @@ class Outcome(str, enum.Enum):
         return self in (Outcome.FAILED, Outcome.TIMEOUT, Outcome.XFAIL)
 
 
-class CheckFailed(AssertionError):
-    """The target broke the contract; the message says what was sent, expected and got."""
-
-
-class CheckSkipped(Exception):
-    """The check does not apply to this target; the message says why."""
-
-
-class TargetTimeout(Exception):
-    """The target (or its provider) did not answer within the deadline."""
-
-
-# A predicate over capabilities for checks that need more than "this flag is true".
+# ProviderCapabilities boolean fields a check needs; "!x" means x must be false (negative probes).
 Needs = tuple[str, ...]
 
 
@@ -56,15 +46,23 @@ class Check:
     title: str
     level: Level
     profile: str
-    reference: str  # the clause: TAPI function, FLOWSPEC remark, RFC section, proto comment
+    # The clause ids of conformance/SPEC.md this check verifies (e.g. "FLOW-5"), and the short
+    # source those clauses rest on (TAPI function, FLOWSPEC remark, RFC, proto comment), for
+    # reports read without the document at hand.
+    clauses: tuple[str, ...]
+    source: str
     run: Callable[[CheckContext], Awaitable[None]]
-    # ProviderCapabilities boolean fields that must be true; "!x" means must be false
-    # (negative probes). A check whose needs are not met is skipped with the reason.
+    # A check whose needs are not met is skipped with the reason.
     needs: Needs = ()
     timeout_seconds: float = 10.0
     # Preflight checks run first, in a fixed order; the rest are shuffled by --seed.
     preflight: bool = False
     description: str = ""
+
+    @property
+    def reference(self) -> str:
+        """What reports print: `SPEC.md FLOW-5, FLOW-19 (Winsock2 FLOWSPEC TokenRate)`."""
+        return f"SPEC.md {', '.join(self.clauses)} ({self.source})"
 
 
 @dataclass
@@ -74,3 +72,49 @@ class CheckResult:
     reason: str = ""
     duration_seconds: float = 0.0
     cleanup_errors: list[str] = field(default_factory=list)
+
+
+@dataclass
+class RunOptions:
+    target: str | None = None  # HOST:PORT of a running server
+    provider: str | None = None  # entry-point name or module:Class to host in a spawned server
+    target_provider: str | None = None  # providers/{id} to certify on --target (default: the server's default)
+    provider_settings: dict[str, Any] = field(default_factory=dict)  # settings table for --provider
+    parameters_file: Path | None = None
+    profiles: tuple[str, ...] = ()  # empty: all
+    checks: tuple[str, ...] = ()  # check ids or prefixes; empty: all
+    known_failing: tuple[str, ...] = ()
+    seed: int | None = None
+    timeout_scale: float = 1.0
+    output_dir: Path | None = None
+    # Server-side provider deadline for --provider: short, so a hung provider is answered quickly.
+    provider_timeout: float = 2.0
+
+
+@dataclass
+class Report:
+    """One run, as the reporters print it."""
+
+    options: RunOptions
+    target: str
+    provider: str
+    provider_info: provider_pb2.Provider | None
+    parameters: Parameters | None
+    seed: int
+    results: list[CheckResult]
+    started: float
+    duration_seconds: float
+    verdicts: dict[str, dict[str, object]]
+    verdict: str
+    harness_error: str = ""
+
+    @property
+    def unexpected(self) -> list[CheckResult]:
+        """Results that fail the run: failures not known, unexpected passes, harness errors."""
+        return [r for r in self.results if r.outcome in (Outcome.FAILED, Outcome.TIMEOUT, Outcome.XPASS, Outcome.ERROR)]
+
+    @property
+    def exit_code(self) -> int:
+        if self.harness_error:
+            return 2
+        return 1 if self.unexpected else 0

@@ -23,8 +23,8 @@ from typing import Any
 import pytest
 
 from callqos.conformance.checks import all_checks
-from callqos.conformance.model import Outcome
-from callqos.conformance.runner import Report, RunOptions, run_conformance, select
+from callqos.conformance.model import Outcome, Report, RunOptions
+from callqos.conformance.runner import run_conformance, select
 
 
 def conformance_tests(

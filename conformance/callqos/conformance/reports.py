@@ -1,4 +1,5 @@
-"""The four outputs of a run: console summary, JUnit XML, JSON report and a Markdown report."""
+"""The four outputs of a run: console summary, JUnit XML, JSON report and a Markdown report.
+Each check is reported with the conformance/SPEC.md clauses it verifies."""
 
 from __future__ import annotations
 
@@ -7,15 +8,12 @@ import json
 import platform
 import xml.etree.ElementTree as ET
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from google.protobuf import json_format
 
-from callqos.conformance import SPEC_VERSION, SUITE_VERSION
-from callqos.conformance.model import Outcome
-
-if TYPE_CHECKING:
-    from callqos.conformance.runner import Report
+from callqos.conformance.model import Outcome, Report
+from callqos.conformance.version import SPEC_DOCUMENT, SPEC_VERSION, SUITE_VERSION
 
 JSON_NAME, JUNIT_NAME, MARKDOWN_NAME, SUMMARY_NAME = "report.json", "junit.xml", "report.md", "summary.txt"
 MARK = {
@@ -31,7 +29,7 @@ MARK = {
 
 def console(report: Report) -> str:
     lines = [
-        f"callqos conformance {SUITE_VERSION} (spec {SPEC_VERSION})",
+        f"callqos conformance {SUITE_VERSION} (spec {SPEC_VERSION}, clauses of {SPEC_DOCUMENT})",
         f"target {report.target or '-'}  provider {report.provider or '-'}  seed {report.seed}",
     ]
     if report.harness_error:
@@ -67,6 +65,7 @@ def as_json(report: Report) -> dict[str, Any]:
         "kind": "CallQosConformanceReport",
         "suite_version": SUITE_VERSION,
         "spec_version": SPEC_VERSION,
+        "spec_document": SPEC_DOCUMENT,
         "date": datetime.datetime.fromtimestamp(report.started, datetime.UTC).isoformat(),
         "host": platform.node(),
         "target": report.target,
@@ -95,6 +94,8 @@ def as_json(report: Report) -> dict[str, Any]:
                 "title": r.check.title,
                 "profile": r.check.profile,
                 "level": r.check.level.value,
+                "clauses": list(r.check.clauses),
+                "source": r.check.source,
                 "reference": r.check.reference,
                 "needs": list(r.check.needs),
                 "outcome": r.outcome.value,
@@ -140,6 +141,7 @@ def junit(report: Report) -> str:
     for key, value in (
         ("suite_version", SUITE_VERSION),
         ("spec_version", SPEC_VERSION),
+        ("spec_document", SPEC_DOCUMENT),
         ("target", report.target),
         ("provider", report.provider),
         ("seed", str(report.seed)),
@@ -185,7 +187,7 @@ def markdown(report: Report) -> str:
         "| | |",
         "|---|---|",
         f"| Suite | callqos-conformance {SUITE_VERSION} |",
-        f"| Spec | {SPEC_VERSION} |",
+        f"| Spec | {SPEC_VERSION} (clauses of `{SPEC_DOCUMENT}`) |",
         f"| Target | `{report.target}` "
         f"({'spawned with --provider ' + str(report.options.provider) if report.options.provider else '--target'}) |",
         f"| Implementation | `{info.implementation if info else ''}` |",
@@ -211,14 +213,14 @@ def markdown(report: Report) -> str:
         "",
         "## Checks",
         "",
-        "| Check | Level | Outcome | Title | Reference | Reason |",
+        "| Check | Level | Outcome | Title | Clauses (source) | Reason |",
         "|---|---|---|---|---|---|",
     ]
     for r in report.results:
         reason = r.reason.replace("|", "\\|").replace("\n", " ")
         out.append(
             f"| {r.check.id} | {r.check.level.value} | {r.outcome.value} | {r.check.title} | "
-            f"{r.check.reference} | {reason} |"
+            f"{', '.join(r.check.clauses)} ({r.check.source}) | {reason} |"
         )
     out += [
         "",

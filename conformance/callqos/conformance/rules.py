@@ -1,10 +1,7 @@
 """The contract, stated again independently of the server's code (the suite must not trust
-what it certifies): what a flowspec reserves, when a grant satisfies a request, and the
-invalid requests every implementation must refuse — each with the clause it comes from.
-
-Sources: Winsock2 FLOWSPEC remarks and qos.h (qos-domain.md §1.1, §1.2), RFC 2212/2211
-(§4.1, §4.2), TAPI lineMakeCall / lineSetCallQualityOfService (§2), and the comments of
-protos/callqos/v1 (the API contract this suite certifies).
+what it certifies): what a flowspec reserves (SPEC.md GRANT-1), when a grant satisfies a
+request (GRANT-3), and the invalid requests every implementation must refuse (FLOW-1 and the
+FLOW / REQ clauses), each case with the clauses of conformance/SPEC.md it verifies.
 """
 
 from __future__ import annotations
@@ -21,18 +18,18 @@ FlowSpec = flowspec_pb2.FlowSpec
 QosSpec = flowspec_pb2.QosSpec
 ServiceLevel = call_pb2.ServiceLevel
 
-# FLOWSPEC table: only CONTROLLED_LOAD (RFC 2211) and GUARANTEED (RFC 2212) reserve.
+# SPEC.md GRANT-1: only CONTROLLED_LOAD (RFC 2211) and GUARANTEED (RFC 2212) reserve.
 RESERVING = frozenset({ST.SERVICE_TYPE_CONTROLLED_LOAD, ST.SERVICE_TYPE_GUARANTEED})
-# qos-domain §8.5 #8: BEST_EFFORT and NO_TRAFFIC always admit and reserve nothing.
+# SPEC.md GRANT-2: BEST_EFFORT and NO_TRAFFIC are always admitted and reserve nothing.
 NON_RESERVING = (ST.SERVICE_TYPE_BEST_EFFORT, ST.SERVICE_TYPE_NO_TRAFFIC)
 QOS_NOT_SPECIFIED = 0xFFFFFFFF  # qos.h
 POSITIVE_INFINITY_RATE = 0xFFFFFFFE  # qos.h
 
 
 def reserved_rate(spec: FlowSpec) -> int:
-    """Bytes/s one direction holds (flowspec.proto ServiceType comments): CONTROLLED_LOAD its
-    token rate; GUARANTEED its peak rate, or its token rate when the peak is unbounded or
-    unspecified (RFC 2212 RSpec R >= r); anything else nothing."""
+    """Bytes/s one direction holds (SPEC.md GRANT-1): CONTROLLED_LOAD its token rate; GUARANTEED
+    its peak rate, or its token rate when the peak is unbounded or unspecified; anything else
+    nothing."""
     if spec.service_type == ST.SERVICE_TYPE_CONTROLLED_LOAD:
         return spec.token_rate_bytes_per_second
     if spec.service_type == ST.SERVICE_TYPE_GUARANTEED:
@@ -46,8 +43,8 @@ def qos_rates(qos: QosSpec) -> tuple[int, int]:
 
 
 def shortfalls(granted: FlowSpec, requested: FlowSpec, direction: str) -> list[str]:
-    """Why `granted` does not give what `requested` asks for at NEEDED (TAPI QSL_NEEDED: "connect
-    only with the requested QoS"). Fields the request leaves out are the provider's to choose."""
+    """Why `granted` does not give what `requested` asks for at NEEDED (SPEC.md GRANT-3, LEVEL-1).
+    Fields the request leaves out are the provider's to choose."""
     out: list[str] = []
     if granted.service_type != requested.service_type:
         return [f"{direction}: service type {ST.Name(granted.service_type)}, asked {ST.Name(requested.service_type)}"]
@@ -57,7 +54,10 @@ def shortfalls(granted: FlowSpec, requested: FlowSpec, direction: str) -> list[s
         out.append(
             f"{direction}: token rate {granted.token_rate_bytes_per_second} < {requested.token_rate_bytes_per_second}"
         )
-    if requested.HasField("peak_bandwidth_bytes_per_second") and not granted.peak_bandwidth_unbounded:
+    granted_bounded = granted.HasField("peak_bandwidth_bytes_per_second") and not granted.peak_bandwidth_unbounded
+    if requested.peak_bandwidth_unbounded and granted_bounded:
+        out.append(f"{direction}: peak bounded at {granted.peak_bandwidth_bytes_per_second}, asked unbounded")
+    elif requested.HasField("peak_bandwidth_bytes_per_second") and not granted.peak_bandwidth_unbounded:
         if granted.peak_bandwidth_bytes_per_second < requested.peak_bandwidth_bytes_per_second:
             out.append(f"{direction}: peak below the request")
     if (
@@ -102,7 +102,8 @@ Mutator = Callable[[svc.CreateCallRequest], None]
 class InvalidCase:
     number: int  # CORE-VAL-<number>
     title: str
-    reference: str
+    spec: tuple[str, ...]  # the SPEC.md clauses the case verifies
+    source: str  # their short source, for reports
     mutate: Mutator
     field: str  # the BadRequest field path that must be named
     needs_mtu: bool = False
@@ -128,54 +129,60 @@ def _set_sending(**values: Any) -> Mutator:
 
 
 Q = "call.requested_qos"
-FLOWSPEC_DOC = "Winsock2 FLOWSPEC remarks (qos.h; qos-domain §1.1)"
 INVALID_CASES: tuple[InvalidCase, ...] = (
     InvalidCase(
         1,
         "sending service type left unspecified",
-        f"{FLOWSPEC_DOC}: ServiceType may never be defaulted",
+        ("FLOW-1", "FLOW-3"),
+        "Winsock2 FLOWSPEC remarks: ServiceType is never defaulted",
         lambda r: _sending(r).ClearField("service_type"),
         f"{Q}.sending.service_type",
     ),
     InvalidCase(
         2,
         "receiving service type left unspecified",
-        f"{FLOWSPEC_DOC}: ServiceType may never be defaulted",
+        ("FLOW-1", "FLOW-3"),
+        "Winsock2 FLOWSPEC remarks: ServiceType is never defaulted",
         lambda r: _receiving(r).ClearField("service_type"),
         f"{Q}.receiving.service_type",
     ),
     InvalidCase(
         3,
         "token rate 0",
-        f"{FLOWSPEC_DOC}: TokenRate cannot be set to zero; qos-domain §8.5 #1",
+        ("FLOW-1", "FLOW-7"),
+        "Winsock2 FLOWSPEC TokenRate: cannot be zero",
         lambda r: setattr(_sending(r), "token_rate_bytes_per_second", 0),
         f"{Q}.sending.token_rate_bytes_per_second",
     ),
     InvalidCase(
         4,
         "sending CONTROLLED_LOAD without a token rate",
-        f"{FLOWSPEC_DOC}: TokenRate cannot be QOS_NOT_SPECIFIED in a sending FLOWSPEC; §8.5 #2",
+        ("FLOW-1", "FLOW-8"),
+        "Winsock2 FLOWSPEC TokenRate: not defaulted in a sending flowspec",
         lambda r: _sending(r).ClearField("token_rate_bytes_per_second"),
         f"{Q}.sending.token_rate_bytes_per_second",
     ),
     InvalidCase(
         5,
         "GUARANTEED receiver without a token rate",
-        f"{FLOWSPEC_DOC}: a guaranteed receiver must specify ServiceType and TokenRate; §8.5 #6",
+        ("FLOW-1", "FLOW-8"),
+        "Winsock2 FLOWSPEC remarks: a Guaranteed Service receiver specifies TokenRate",
         lambda r: _receiving(r).CopyFrom(flow(ST.SERVICE_TYPE_GUARANTEED)),
         f"{Q}.receiving.token_rate_bytes_per_second",
     ),
     InvalidCase(
         6,
         "peak bandwidth below the token rate",
-        f"{FLOWSPEC_DOC}: PeakBandwidth, if specified, must be >= TokenRate; RFC 2212 TSpec p >= r; §8.5 #3",
+        ("FLOW-1", "FLOW-10"),
+        "Winsock2 FLOWSPEC remarks: PeakBandwidth >= TokenRate",
         lambda r: setattr(_sending(r), "peak_bandwidth_bytes_per_second", _sending(r).token_rate_bytes_per_second - 1),
         f"{Q}.sending.peak_bandwidth_bytes_per_second",
     ),
     InvalidCase(
         7,
         "peak bandwidth both given and unbounded",
-        "flowspec.proto FlowSpec.peak_bandwidth_bytes_per_second: exclusive with peak_bandwidth_unbounded",
+        ("FLOW-1", "FLOW-11"),
+        "flowspec.proto FlowSpec.peak_bandwidth_bytes_per_second",
         _set_sending(
             peak_bandwidth_bytes_per_second=lambda s: 10 * s.token_rate_bytes_per_second, peak_bandwidth_unbounded=True
         ),
@@ -184,35 +191,40 @@ INVALID_CASES: tuple[InvalidCase, ...] = (
     InvalidCase(
         8,
         "minimum policed size above max SDU size",
-        "RFC 2212 TSpec: m <= M; qos-domain §8.5 #4",
+        ("FLOW-1", "FLOW-14"),
+        "project decision after the RFC 2212 TSpec (m <= M)",
         _set_sending(max_sdu_size_bytes=500, minimum_policed_size_bytes=501),
         f"{Q}.sending.minimum_policed_size_bytes",
     ),
     InvalidCase(
         9,
         "minimum policed size 0",
-        f"{FLOWSPEC_DOC}: MinimumPolicedSize cannot be 0 with RSVP; §8.5 #4",
+        ("FLOW-1", "FLOW-13"),
+        "Winsock2 FLOWSPEC MinimumPolicedSize: not 0 with RSVP",
         lambda r: setattr(_sending(r), "minimum_policed_size_bytes", 0),
         f"{Q}.sending.minimum_policed_size_bytes",
     ),
     InvalidCase(
         10,
         "max SDU size 0",
-        "RFC 2212 TSpec: M must be positive (qos-domain §4.1 [K])",
+        ("FLOW-1", "FLOW-15"),
+        "project decision after the RFC 2212 TSpec (M positive)",
         lambda r: setattr(_sending(r), "max_sdu_size_bytes", 0),
         f"{Q}.sending.max_sdu_size_bytes",
     ),
     InvalidCase(
         11,
         "token bucket size 0 on a reserving flow",
-        "RFC 2212 TSpec: b must be positive (qos-domain §4.1 [K])",
+        ("FLOW-1", "FLOW-16"),
+        "project decision after the RFC 2212 TSpec (b positive)",
         lambda r: setattr(_sending(r), "token_bucket_size_bytes", 0),
         f"{Q}.sending.token_bucket_size_bytes",
     ),
     InvalidCase(
         12,
         "max SDU size above the advertised path MTU",
-        "RFC 2212/2211: datagrams larger than the MTU are non-conformant; a request with M > MTU is rejected; §8.5 #5",
+        ("FLOW-1", "FLOW-17"),
+        "RFC 2212 policing: datagrams above the link MTU are non-conformant",
         lambda r: None,
         f"{Q}.sending.max_sdu_size_bytes",
         needs_mtu=True,
@@ -220,76 +232,87 @@ INVALID_CASES: tuple[InvalidCase, ...] = (
     InvalidCase(
         13,
         "NETWORK_UNAVAILABLE (a notification) in a request",
-        "qos.h SERVICETYPE_NETWORK_UNAVAILABLE: used to notify change to user; §8.5 #7",
+        ("FLOW-1", "FLOW-5"),
+        "Winsock2 FLOWSPEC SERVICETYPE_NETWORK_UNAVAILABLE: a notification",
         lambda r: _sending(r).CopyFrom(flow(ST.SERVICE_TYPE_NETWORK_UNAVAILABLE)),
         f"{Q}.sending.service_type",
     ),
     InvalidCase(
         14,
         "GENERAL_INFORMATION on the receiving side",
-        "qos.h SERVICETYPE_GENERAL_INFORMATION: sender side only; flowspec.proto: notification only; §8.5 #7",
+        ("FLOW-1", "FLOW-5"),
+        "Winsock2 FLOWSPEC SERVICETYPE_GENERAL_INFORMATION: sender side only",
         lambda r: _receiving(r).CopyFrom(flow(ST.SERVICE_TYPE_GENERAL_INFORMATION)),
         f"{Q}.receiving.service_type",
     ),
     InvalidCase(
         15,
         "NONCONFORMING in a request",
-        "qos.h SERVICETYPE_NONCONFORMING; §8.5 #7",
+        ("FLOW-1", "FLOW-5"),
+        "Winsock2 FLOWSPEC SERVICETYPE_NONCONFORMING: a notification",
         lambda r: _sending(r).CopyFrom(flow(ST.SERVICE_TYPE_NONCONFORMING)),
         f"{Q}.sending.service_type",
     ),
     InvalidCase(
         16,
         "NO_CHANGE when making a call",
-        "qos.h SERVICETYPE_NOCHANGE: no change from the previous flowspec (renegotiation only)",
+        ("FLOW-1", "FLOW-6"),
+        "Winsock2 FLOWSPEC SERVICETYPE_NOCHANGE: for a change of QoS",
         lambda r: _sending(r).CopyFrom(flow(ST.SERVICE_TYPE_NO_CHANGE)),
         f"{Q}.sending.service_type",
     ),
     InvalidCase(
         17,
         "raw QOS_NOT_SPECIFIED sentinel as a number",
-        "flowspec.proto FlowSpec: raw sentinels 0xFFFFFFFF/0xFFFFFFFE are refused in every numeric field",
+        ("FLOW-1", "FLOW-12"),
+        "flowspec.proto FlowSpec: no raw qos.h sentinels",
         lambda r: setattr(_sending(r), "latency_microseconds", QOS_NOT_SPECIFIED),
         f"{Q}.sending.latency_microseconds",
     ),
     InvalidCase(
         18,
         "raw POSITIVE_INFINITY_RATE sentinel as the peak",
-        "flowspec.proto FlowSpec: set peak_bandwidth_unbounded instead of 0xFFFFFFFE",
+        ("FLOW-1", "FLOW-12"),
+        "flowspec.proto FlowSpec: peak_bandwidth_unbounded, not 0xFFFFFFFE",
         lambda r: setattr(_sending(r), "peak_bandwidth_bytes_per_second", POSITIVE_INFINITY_RATE),
         f"{Q}.sending.peak_bandwidth_bytes_per_second",
     ),
     InvalidCase(
         19,
         "unknown service type number",
-        "qos.h SERVICETYPE values; WSA_QOS_ESERVICETYPE; §8.5 #7",
+        ("FLOW-1", "FLOW-4"),
+        "Winsock2 FLOWSPEC ServiceType: one of the defined values",
         lambda r: setattr(_sending(r), "service_type", 77),
         f"{Q}.sending.service_type",
     ),
     InvalidCase(
         20,
         "requested QoS missing",
-        "call.proto CreateCallRequest: requested_qos is read (LINECALLPARAMS flowspecs)",
+        ("FLOW-1", "FLOW-18"),
+        "call.proto CreateCallRequest: requested_qos (LINECALLPARAMS flowspecs)",
         lambda r: r.call.ClearField("requested_qos"),
         Q,
     ),
     InvalidCase(
         21,
         "receiving direction missing",
-        "winsock2.h QOS {SendingFlowspec, ReceivingFlowspec}",
+        ("FLOW-1", "FLOW-18"),
+        "Winsock2 QOS: SendingFlowspec and ReceivingFlowspec",
         lambda r: r.call.requested_qos.ClearField("receiving"),
         f"{Q}.receiving",
     ),
     InvalidCase(
         22,
         "provider-specific data above 4096 bytes",
-        "flowspec.proto QosSpec.provider_specific: at most 4096 bytes; §8.5 #19",
+        ("FLOW-1", "FLOW-19"),
+        "flowspec.proto QosSpec.provider_specific: at most 4096 bytes",
         lambda r: setattr(r.call.requested_qos, "provider_specific", b"\x00" * 4097),
         f"{Q}.provider_specific",
     ),
     InvalidCase(
         23,
         "destination empty",
+        ("FLOW-1", "REQ-1"),
         "call.proto Call.destination: 1-256 printable characters",
         lambda r: setattr(r.call, "destination", ""),
         "call.destination",
@@ -297,13 +320,15 @@ INVALID_CASES: tuple[InvalidCase, ...] = (
     InvalidCase(
         24,
         "unknown service level",
-        "call.proto ServiceLevel (TAPI QOS_SERVICE_LEVEL)",
+        ("FLOW-1", "REQ-2"),
+        "call.proto ServiceLevel (TAPI 3 QOS_SERVICE_LEVEL)",
         lambda r: setattr(r.call, "service_level", 9),
         "call.service_level",
     ),
     InvalidCase(
         25,
         "request_id longer than 64 characters",
+        ("FLOW-1", "REQ-3"),
         "callqos_service.proto CreateCallRequest.request_id (AIP-155)",
         lambda r: setattr(r, "request_id", "r" * 65),
         "request_id",
@@ -311,7 +336,8 @@ INVALID_CASES: tuple[InvalidCase, ...] = (
     InvalidCase(
         26,
         "malformed call_id",
-        "callqos_service.proto CreateCallRequest.call_id: [a-z0-9-], starting with a letter",
+        ("FLOW-1", "REQ-4"),
+        "callqos_service.proto CreateCallRequest.call_id (AIP-122)",
         lambda r: setattr(r, "call_id", "Bad_Call_ID"),
         "call_id",
     ),

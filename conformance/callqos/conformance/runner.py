@@ -8,66 +8,24 @@ import asyncio
 import random
 import secrets
 import time
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
 
 import grpc
 
-from callqos.conformance import params as params_module
 from callqos.conformance.checks import all_checks
-from callqos.conformance.harness import CheckContext, Session
-from callqos.conformance.harness import Outcome as RpcOutcome
-from callqos.conformance.model import Check, CheckFailed, CheckResult, CheckSkipped, Outcome, TargetTimeout
+from callqos.conformance.exceptions import CheckFailed, CheckSkipped, TargetTimeout
+from callqos.conformance.harness import CheckContext, RpcFailed, Session
+from callqos.conformance.model import Check, CheckResult, Outcome, Report, RunOptions
+from callqos.conformance.params import ParameterError, derive, load_file
+from callqos.conformance.reports import write_all
 from callqos.conformance.target import SpawnedServer, TargetError
 from callqos.conformance.verdict import CAPABILITY_SKIP, overall, profile_verdicts
 from callqos.v1 import callqos_service_pb2 as svc
 from callqos.v1 import callqos_service_pb2_grpc as svc_grpc
 from callqos.v1 import provider_pb2
 
-
-@dataclass
-class RunOptions:
-    target: str | None = None  # HOST:PORT of a running server
-    provider: str | None = None  # entry-point name or module:Class to host in a spawned server
-    target_provider: str | None = None  # providers/{id} to certify on --target (default: the server's default)
-    provider_settings: dict[str, Any] = field(default_factory=dict)  # settings table for --provider
-    parameters_file: Path | None = None
-    profiles: tuple[str, ...] = ()  # empty: all
-    checks: tuple[str, ...] = ()  # check ids or prefixes; empty: all
-    known_failing: tuple[str, ...] = ()
-    seed: int | None = None
-    timeout_scale: float = 1.0
-    output_dir: Path | None = None
-    # Server-side provider deadline for --provider: short, so a hung provider is answered quickly.
-    provider_timeout: float = 2.0
-
-
-@dataclass
-class Report:
-    options: RunOptions
-    target: str
-    provider: str
-    provider_info: provider_pb2.Provider | None
-    parameters: params_module.Parameters | None
-    seed: int
-    results: list[CheckResult]
-    started: float
-    duration_seconds: float
-    verdicts: dict[str, dict[str, object]]
-    verdict: str
-    harness_error: str = ""
-
-    @property
-    def unexpected(self) -> list[CheckResult]:
-        """Results that fail the run: failures not known, unexpected passes, harness errors."""
-        return [r for r in self.results if r.outcome in (Outcome.FAILED, Outcome.TIMEOUT, Outcome.XPASS, Outcome.ERROR)]
-
-    @property
-    def exit_code(self) -> int:
-        if self.harness_error:
-            return 2
-        return 1 if self.unexpected else 0
+# RunOptions and Report are defined with the rest of the suite's data (model.py); they are also
+# this module's public names, as the arguments and the result of run_conformance.
+__all__ = ["Report", "RunOptions", "order", "run_async", "run_check", "run_conformance", "select"]
 
 
 def select(checks: list[Check], options: RunOptions) -> list[Check]:
@@ -122,7 +80,7 @@ async def run_check(session: Session, check: Check) -> CheckResult:
             Outcome.TIMEOUT,
             f"the check did not finish within {limit:g}s (timeout scale {session.scale:g})",
         )
-    except RpcOutcome as exc:
+    except RpcFailed as exc:
         # An RPC the check needed failed with a status the contract does not allow there.
         outcome, reason = Outcome.FAILED, f"unexpected status: {exc.failure}"
     except grpc.aio.AioRpcError as exc:
@@ -168,7 +126,7 @@ async def run_async(options: RunOptions) -> Report:
     harness_error = ""
     channel: grpc.aio.Channel | None = None
     try:
-        table = params_module.load_file(options.parameters_file)
+        table = load_file(options.parameters_file)
         if options.provider:
             log_dir = options.output_dir
             spawned = SpawnedServer(
@@ -182,7 +140,7 @@ async def run_async(options: RunOptions) -> Report:
         stub = svc_grpc.CallQosServiceStub(channel)
         info = await discover(stub, provider_name or None, options.timeout_scale)
         provider_name = info.name
-        parameters = params_module.derive(info.capabilities, table, str(options.parameters_file or ""))
+        parameters = derive(info.capabilities, table, str(options.parameters_file or ""))
         session = Session(
             channel,
             stub,
@@ -204,7 +162,7 @@ async def run_async(options: RunOptions) -> Report:
             if check.preflight and result.outcome in (Outcome.TIMEOUT, Outcome.XFAIL) and "did not" in result.reason:
                 # A hung target would make every later check wait out its deadline too.
                 unresponsive = f"the target did not answer {check.id} in time"
-    except (TargetError, params_module.ParameterError, grpc.aio.AioRpcError, OSError) as exc:
+    except (TargetError, ParameterError, grpc.aio.AioRpcError, OSError) as exc:
         harness_error = f"{type(exc).__name__}: {exc.details() if isinstance(exc, grpc.aio.AioRpcError) else exc}"
     finally:
         if channel is not None:
@@ -233,7 +191,5 @@ def run_conformance(options: RunOptions) -> Report:
     """Run the suite (blocking) and write the reports when options.output_dir is set."""
     report = asyncio.run(run_async(options))
     if options.output_dir is not None:
-        from callqos.conformance.reports import write_all
-
         write_all(report, options.output_dir)
     return report

@@ -3,7 +3,8 @@
 Watchers always read by sequence number — from a small in-memory window of the newest events
 when their cursor is inside it, otherwise from the store — so resuming after a reconnect and
 after a restart is the same code path, and a slow watcher can never make the hub drop an event
-(it just reads further behind, from the store).
+(it just reads further behind, from the store). conformance/SPEC.md WATCH-1 … WATCH-9 state the
+contract this serves.
 """
 
 from __future__ import annotations
@@ -68,16 +69,23 @@ class EventHub:
             start = after + 1 - recent[0].sequence
             return [recent[i] for i in range(start, min(len(recent), start + _BATCH))]
         events = await self._store.events_after(after, _BATCH)
-        if events and events[0].sequence != after + 1:
-            # Pruned while this watcher was behind: a gap would be silent loss, so say so.
+        following = events[0].sequence if events else self._last + 1
+        if following != after + 1:
+            # Pruned while this watcher was behind: a gap would be silent loss, so say so. That
+            # includes nothing left at all after the cursor, which would otherwise send the watch
+            # back here at once, forever, without ever yielding the event loop.
             await self.check_cursor(after)
         return events
 
     async def start_cursor(self, after: int | None) -> int:
-        """Where a watch starts: after `after` (checked against retention), or after the newest
-        event when None ("from now")."""
+        """Where a watch starts: after `after` (checked against retention), after the oldest
+        retained event when 0, or after the newest event when None ("from now")."""
         if after is None:
             return self._last
+        if after == 0:
+            # 0 asks for everything still retained (callqos_service.proto), not for event 1,
+            # which retention prunes first.
+            return (await self._store.event_bounds()).pruned_through
         await self.check_cursor(after)
         return after
 

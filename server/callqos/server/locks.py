@@ -14,8 +14,9 @@ async def to_completion(work: Awaitable[T]) -> T:
     """Await `work` in its own task, which finishes even if the awaiting RPC is cancelled (the
     client went away, or grpc enforced its deadline). A mutation that has reached a provider
     must end with the store and the provider agreeing — the call recorded and its events
-    emitted, or whatever was reserved released — never cut between the two. Provider decisions
-    are still bounded by the caller's deadline (see hosting.CALLER_DEADLINE)."""
+    emitted, or whatever was reserved released — never cut between the two (conformance/SPEC.md
+    API-8). Provider decisions are still bounded by the caller's deadline (see
+    hosting.CALLER_DEADLINE)."""
     task = asyncio.ensure_future(work)
     # If the caller is gone, nobody awaits the task: retrieve its outcome so it is not reported
     # as "exception never retrieved" (the outcome itself is in the store and the events).

@@ -1,5 +1,6 @@
-"""What a flowspec means: how much it reserves, whether a grant satisfies a request, and the
-RFC 2212 delay bound. Pure functions over the published protobuf types, used by validation, the
+"""What a flowspec means: how much it reserves (conformance/SPEC.md GRANT-1), whether a grant
+satisfies a request (GRANT-3), NO_CHANGE resolution (SETQOS-4) and the RFC 2212 delay bound
+(DELAY-1 … DELAY-3). Pure functions over the published protobuf types, used by validation, the
 call manager and telemetry; what a provider needs of them is exported to provider authors by
 `callqos.server.providers`.
 """
@@ -66,7 +67,11 @@ def shortfalls(granted: FlowSpec, requested: FlowSpec) -> list[str]:
         return problems
     if granted.token_rate_bytes_per_second < requested.token_rate_bytes_per_second:
         problems.append("token rate below the request")
-    if requested.HasField("peak_bandwidth_bytes_per_second") and not granted.peak_bandwidth_unbounded:
+    if requested.peak_bandwidth_unbounded:
+        # Asked to burst without a peak limit: any bounded peak is below that.
+        if granted.HasField("peak_bandwidth_bytes_per_second") and not granted.peak_bandwidth_unbounded:
+            problems.append("peak bandwidth bounded, the request asked for an unbounded one")
+    elif requested.HasField("peak_bandwidth_bytes_per_second") and not granted.peak_bandwidth_unbounded:
         if granted.peak_bandwidth_bytes_per_second < requested.peak_bandwidth_bytes_per_second:
             problems.append("peak bandwidth below the request")
     if requested.HasField("token_bucket_size_bytes"):
@@ -112,8 +117,8 @@ class PathTerms:
 
 
 def guaranteed_delay_bound_us(spec: FlowSpec, path: PathTerms) -> float:
-    """End-to-end delay bound of a GUARANTEED flow, in microseconds (RFC 2212, "Exported
-    information" and the queueing-delay formula), with the reserved rate R = reserved_rate(spec).
+    """End-to-end delay bound of a GUARANTEED flow, in microseconds (conformance/SPEC.md DELAY-1
+    … DELAY-3, modelled on RFC 2212), with the reserved rate R = reserved_rate(spec).
 
     With a bounded peak p the reservation is R = p, so the R >= p branch applies:
         Q = (M + Ctot) / R + Dtot

@@ -7,9 +7,14 @@ levels, request ids and etags, page sizes and page tokens (AIP-158), the ListCal
 AIP-160 subset), the WatchEvents filter, and UpdateLink's update_mask and link name.
 
 Each check names the field it is about (its path in the request, or the metadata key) so that a
-client gets one google.rpc.BadRequest field violation per bad field. The `*_violations`
-functions list what is wrong; the others raise INVALID_ARGUMENT with all of it, or return the
-request part parsed (a page cursor, a filter), so that what passed validation is what is used.
+client gets one google.rpc.BadRequest field violation per bad field (conformance/SPEC.md FLOW-1,
+FLOW-2). The `*_violations` functions list what is wrong; the others raise INVALID_ARGUMENT with
+all of it, or return the request part parsed (a page cursor, a filter), so that what passed
+validation is what is used.
+
+Every rule is a clause of conformance/SPEC.md — FLOW-3 … FLOW-19 for flowspecs, REQ-1 … REQ-6 for
+the other fields — which names its source: the Winsock 2 FLOWSPEC remarks, RFC 2212, or the proto
+comments.
 """
 
 from __future__ import annotations

@@ -3,20 +3,21 @@ REGISTRY in a fixed order; `all_checks()` returns them."""
 
 from __future__ import annotations
 
+from callqos.conformance.checks import (  # noqa: F401  (imported for registration)
+    concurrency,
+    core_admission,
+    core_api,
+    core_validation,
+    events,
+    provider_change,
+    renegotiation,
+)
 from callqos.conformance.checks.registry import REGISTRY
+from callqos.conformance.model import Check
 
 
-def all_checks() -> list:
-    from callqos.conformance.checks import (  # noqa: F401  (imported for registration)
-        concurrency,
-        core_admission,
-        core_api,
-        core_validation,
-        events,
-        provider_change,
-        renegotiation,
-    )
-
+def all_checks() -> list[Check]:
+    """Every registered check, preflight first, then by id; a duplicate id is a bug of the suite."""
     seen: set[str] = set()
     for item in REGISTRY:
         if item.id in seen:

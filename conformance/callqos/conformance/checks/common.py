@@ -6,8 +6,8 @@ from collections.abc import Sequence
 
 import grpc
 
-from callqos.conformance.harness import Call, CheckContext, EventType, Level, Outcome, QosEvent, RpcFailure, describe
-from callqos.conformance.model import CheckFailed
+from callqos.conformance.exceptions import CheckFailed
+from callqos.conformance.harness import Call, CheckContext, EventType, Level, QosEvent, RpcFailed, RpcFailure, describe
 from callqos.conformance.rules import QosSpec, qos_rates
 from callqos.v1 import callqos_service_pb2 as svc
 
@@ -108,7 +108,7 @@ async def refused_to_intruder(ctx: CheckContext, call: Call, qos: QosSpec) -> No
     failure = None
     try:
         await ctx.rpc("RenegotiateCall", svc.RenegotiateCallRequest(name=call.name, qos=qos), intruder)
-    except Outcome as out:
+    except RpcFailed as out:
         failure = out.failure
     ok = failure is not None and (
         (failure.code == grpc.StatusCode.PERMISSION_DENIED and failure.reason == "NOT_OWNER")

@@ -7,8 +7,8 @@ import asyncio
 
 from callqos.conformance.checks.common import check_links_within, check_within
 from callqos.conformance.checks.registry import MUST, check
+from callqos.conformance.exceptions import CheckFailed
 from callqos.conformance.harness import Call, CheckContext, Level, needs_capacity
-from callqos.conformance.model import CheckFailed
 from callqos.conformance.rules import QosSpec, best_effort, cl
 
 NEEDED = Level.SERVICE_LEVEL_NEEDED
@@ -20,7 +20,8 @@ PARALLEL = 10
     "Concurrent CreateCalls never admit more than capacity",
     MUST,
     "concurrency",
-    "RFC 2212 admission: Σ reserved ≤ capacity; provider contract: concurrent calls never exceed capacity; §8.5 #9",
+    spec=("PROV-6", "ADMIT-1", "GRANT-1", "LINK-2"),
+    source="project decision: admission is atomic",
     needs=("qos_supported",),
     timeout=15,
 )
@@ -41,7 +42,8 @@ async def concurrent_create(ctx: CheckContext) -> None:
     "Concurrent renegotiations never admit more than capacity",
     MUST,
     "concurrency",
-    "TSPI_lineSetCallQualityOfService atomic replace; provider contract; §8.5 #9",
+    spec=("PROV-6", "PROV-3", "ADMIT-1", "GRANT-1", "LINK-2"),
+    source="TSPI_lineSetCallQualityOfService; project decision: admission is atomic",
     needs=("qos_supported", "renegotiation"),
     timeout=15,
 )

@@ -15,8 +15,8 @@ from callqos.conformance.checks.common import (
     is_qos_refusal,
 )
 from callqos.conformance.checks.registry import MUST, SHOULD, check
+from callqos.conformance.exceptions import CheckFailed, CheckSkipped
 from callqos.conformance.harness import Call, CheckContext, Level, RpcFailure, brief, needs_capacity, same
-from callqos.conformance.model import CheckFailed, CheckSkipped
 from callqos.conformance.rules import (
     ST,
     QosSpec,
@@ -51,7 +51,8 @@ def infeasible(ctx: CheckContext) -> QosSpec:
     "A feasible request at NEEDED connects and the grant satisfies it in both directions",
     MUST,
     "core",
-    "TAPI QSL_NEEDED / LINEQOSSERVICELEVEL_NEEDED; provider contract: a grant at NEEDED satisfies the request",
+    spec=("LEVEL-1", "GRANT-3", "GRANT-5"),
+    source="TAPI 3 QOS_SERVICE_LEVEL QSL_NEEDED",
 )
 async def feasible_needed(ctx: CheckContext) -> None:
     """CreateCall(feasible, NEEDED) → CONNECTED; granted_qos meets requested_qos in sending and receiving."""
@@ -69,7 +70,8 @@ async def feasible_needed(ctx: CheckContext) -> None:
     "An infeasible request at NEEDED fails with QOS_UNAVAILABLE and reserves nothing",
     MUST,
     "core",
-    "TAPI QoS overview / LINEDISCONNECTMODE_QOSUNAVAIL; errors.proto QOS_UNAVAILABLE (RESOURCE_EXHAUSTED); §8.5 #12",
+    spec=("LEVEL-1", "PROV-1", "ADMIT-3", "CALL-1", "LINK-2"),
+    source="TAPI QoS overview; LINEDISCONNECTMODE_QOSUNAVAIL; errors.proto QOS_UNAVAILABLE",
 )
 async def infeasible_needed(ctx: CheckContext) -> None:
     """CreateCall(infeasible, NEEDED) → RESOURCE_EXHAUSTED QOS_UNAVAILABLE with a QosRefusal naming the call;
@@ -103,7 +105,8 @@ async def infeasible_needed(ctx: CheckContext) -> None:
     "A counter-offer is itself admitted on an immediate retry",
     MUST,
     "core",
-    "call.proto QosRefusal.counter_offer: retrying with it succeeds if nothing else changes; §8.5 #12",
+    spec=("PROV-2", "GRANT-3"),
+    source="call.proto QosRefusal.counter_offer",
 )
 async def counter_offer(ctx: CheckContext) -> None:
     """Refused CreateCall at NEEDED; CreateCall(counter_offer, NEEDED) → CONNECTED, satisfying the offer."""
@@ -125,7 +128,8 @@ async def counter_offer(ctx: CheckContext) -> None:
     "IF_AVAILABLE connects with what is free, within capacity",
     MUST,
     "core",
-    "TAPI QSL_IF_AVAILABLE: connect with whatever QoS is available",
+    spec=("LEVEL-2", "GRANT-1", "GRANT-5", "ADMIT-1", "LINK-2"),
+    source="TAPI 3 QOS_SERVICE_LEVEL QSL_IF_AVAILABLE",
     needs=("qos_supported",),
 )
 async def if_available(ctx: CheckContext) -> None:
@@ -144,7 +148,8 @@ async def if_available(ctx: CheckContext) -> None:
     "BEST_EFFORT service level connects and reserves nothing",
     MUST,
     "core",
-    "TAPI QSL_BEST_EFFORT; call.proto SERVICE_LEVEL_BEST_EFFORT: connect without any reservation",
+    spec=("LEVEL-3", "LINK-2"),
+    source="TAPI 3 QOS_SERVICE_LEVEL QSL_BEST_EFFORT",
 )
 async def best_effort_level(ctx: CheckContext) -> None:
     """CreateCall(any QoS, BEST_EFFORT) → CONNECTED; granted reserves 0 B/s; link reservations unchanged."""
@@ -162,7 +167,8 @@ async def best_effort_level(ctx: CheckContext) -> None:
     "BEST_EFFORT and NO_TRAFFIC service types always admit and reserve nothing",
     MUST,
     "core",
-    "qos.h SERVICETYPE_BESTEFFORT / SERVICETYPE_NOTRAFFIC; RFC 2211 framing; §8.5 #8",
+    spec=("GRANT-2", "LINK-2"),
+    source="Winsock2 FLOWSPEC SERVICETYPE_BESTEFFORT / SERVICETYPE_NOTRAFFIC",
 )
 async def non_reserving_types(ctx: CheckContext) -> None:
     """CreateCall(send BEST_EFFORT / recv NO_TRAFFIC, NEEDED) → CONNECTED with those types, nothing reserved."""
@@ -191,7 +197,7 @@ async def _fill_direction(ctx: CheckContext, direction: str) -> None:
     check_within(ctx, calls, capacity, f"{direction} filled with {brief(qos)} calls")
     if refusal is None:
         raise CheckFailed(f"{len(calls)} calls of {rate} B/s {direction} were all admitted on {capacity} B/s")
-    for call in calls:  # existing reservations are untouched by the refusal (§8.5 #9)
+    for call in calls:  # existing reservations are untouched by the refusal (ADMIT-1)
         now = await ctx.get(call.name)
         if now.state != Call.State.STATE_CONNECTED or not same(now.granted_qos, call.granted_qos):
             raise CheckFailed(f"{call.name} changed when a later request was refused")
@@ -203,7 +209,8 @@ async def _fill_direction(ctx: CheckContext, direction: str) -> None:
     "Sending direction: admits while the sum fits, then refuses",
     MUST,
     "core",
-    "WSA_QOS_ADMISSION_FAILURE / LINEERR_RESOURCEUNAVAIL; RFC 2212 admission (ΣR ≤ capacity); §8.5 #9",
+    spec=("ADMIT-1", "GRANT-1", "LINK-2"),
+    source="TAPI 3 QE_ADMISSIONFAILURE; LINEERR_RESOURCEUNAVAIL",
     needs=("qos_supported",),
     timeout=15,
 )
@@ -217,7 +224,8 @@ async def fill_sending(ctx: CheckContext) -> None:
     "Receiving direction: admission-controlled on its own",
     MUST,
     "core",
-    "winsock2.h QOS {SendingFlowspec, ReceivingFlowspec}: each direction is a flowspec; §8.5 #9",
+    spec=("ADMIT-1", "ADMIT-2", "GRANT-1", "LINK-2"),
+    source="Winsock2 QOS: one flowspec per direction",
     needs=("qos_supported",),
     timeout=15,
 )
@@ -231,7 +239,8 @@ async def fill_receiving(ctx: CheckContext) -> None:
     "A reserving service type not advertised is never granted at NEEDED",
     MUST,
     "core",
-    "provider.proto ProviderCapabilities.service_types; a provider must refuse cleanly what it does not advertise",
+    spec=("PROV-9",),
+    source="provider.proto ProviderCapabilities.service_types",
 )
 async def unadvertised_type(ctx: CheckContext) -> None:
     """CreateCall(type ∉ service_types, NEEDED) → RESOURCE_EXHAUSTED QOS_UNAVAILABLE or PERMISSION_DENIED
@@ -265,7 +274,8 @@ async def unadvertised_type(ctx: CheckContext) -> None:
     "A policy refusal is PERMISSION_DENIED QOS_POLICY_FAILURE, not an admission failure",
     MUST,
     "core",
-    "WSA_QOS_POLICY_FAILURE vs WSA_QOS_ADMISSION_FAILURE; QE_POLICYFAILURE; §8.5 #11",
+    spec=("ADMIT-3", "ADMIT-4"),
+    source="TAPI 3 QE_POLICYFAILURE; WSA_QOS_POLICY_FAILURE",
     needs=("policy",),
 )
 async def policy_refusal(ctx: CheckContext) -> None:
@@ -283,7 +293,8 @@ async def policy_refusal(ctx: CheckContext) -> None:
     "GUARANTEED at NEEDED: granted latency within the requested bound",
     MUST,
     "core",
-    "RFC 2212 (guaranteed delay bound); qos.h SERVICETYPE_GUARANTEED",
+    spec=("GRANT-3",),
+    source="TAPI 3 QSL_NEEDED; Winsock2 FLOWSPEC Latency",
     needs=("qos_supported",),
 )
 async def guaranteed_needed(ctx: CheckContext) -> None:
@@ -309,8 +320,8 @@ async def guaranteed_needed(ctx: CheckContext) -> None:
     "GUARANTEED: admitted only when the RFC 2212 delay bound fits the latency (both branches)",
     SHOULD,
     "core",
-    "RFC 2212 queueing delay: R≥p: (M+Ctot)/R+Dtot; p>R (p=∞): (b-M)/R+(M+Ctot)/R+Dtot; + "
-    "MINIMUM_PATH_LATENCY (RFC 2215) [K]; §8.5 #10",
+    spec=("DELAY-1", "DELAY-2", "DELAY-4"),
+    source="RFC 2212 delay bound, as the project states it",
     needs=("qos_supported", "link_admin"),
 )
 async def guaranteed_bound(ctx: CheckContext) -> None:
@@ -358,7 +369,8 @@ async def guaranteed_bound(ctx: CheckContext) -> None:
     "Drop releases capacity: fill to refusal, drop all, the same fill succeeds again",
     MUST,
     "core",
-    "lineDrop releases the call's resources; CAMARA delete → resources released; §8.5 #24",
+    spec=("PROV-1", "PROV-4", "LINK-2"),
+    source="TAPI lineDrop; callqos_service.proto DropCall",
     needs=("qos_supported",),
     timeout=20,
 )
@@ -390,8 +402,8 @@ async def leak(ctx: CheckContext) -> None:
     "Drop disconnects (NORMAL), keeps the last granted QoS, and is harmless twice",
     MUST,
     "core",
-    "TAPI lineDrop / LINEDISCONNECTMODE_NORMAL; callqos_service.proto DropCall: dropping a disconnected "
-    "call returns it unchanged",
+    spec=("CALL-2", "PROV-4", "LINK-2"),
+    source="TAPI lineDrop, LINEDISCONNECTMODE_NORMAL; callqos_service.proto DropCall",
 )
 async def drop(ctx: CheckContext) -> None:
     """DropCall → DISCONNECTED NORMAL with granted_qos = the last grant; DropCall again → unchanged (same etag)."""

@@ -8,8 +8,8 @@ import grpc
 
 from callqos.conformance.checks.common import refused_to_intruder
 from callqos.conformance.checks.registry import MUST, check
-from callqos.conformance.harness import Call, CheckContext, Level, Outcome, RpcFailure, same
-from callqos.conformance.model import CheckFailed
+from callqos.conformance.exceptions import CheckFailed
+from callqos.conformance.harness import Call, CheckContext, Level, RpcFailed, RpcFailure, same
 from callqos.conformance.rules import RESERVING, QosSpec, best_effort
 from callqos.v1 import callqos_service_pb2 as svc
 
@@ -43,7 +43,7 @@ async def drop_with_etag(ctx: CheckContext, name: str, etag: str) -> None:
     """DropCall(name, etag = the current one) must disconnect the call."""
     try:
         dropped = await ctx.rpc("DropCall", svc.DropCallRequest(name=name, etag=etag))
-    except Outcome as out:
+    except RpcFailed as out:
         raise CheckFailed(f"DropCall with the current etag failed: {out.failure}") from None
     if dropped.state != Call.State.STATE_DISCONNECTED:
         raise CheckFailed(f"DropCall with the current etag left the call {Call.State.Name(dropped.state)}")
@@ -59,7 +59,8 @@ def other_etag(etag: str) -> str:
     "The provider answers a simple request within its deadline",
     MUST,
     "core",
-    "TSPI ASYNC_COMPLETION: every request completes; errors.proto PROVIDER_UNAVAILABLE; §8.5 #23",
+    spec=("PROV-10", "WATCH-2"),
+    source="TAPI asynchronous completion by request id; errors.proto PROVIDER_UNAVAILABLE",
     preflight=True,
 )
 async def responsive(ctx: CheckContext) -> None:
@@ -77,7 +78,8 @@ async def responsive(ctx: CheckContext) -> None:
     "Advertised capabilities are coherent and the same from GetProvider and ListProviders",
     MUST,
     "core",
-    "provider.proto ProviderCapabilities: must not change while serving; qos_supported=false reserves nothing",
+    spec=("PROV-8",),
+    source="provider.proto ProviderCapabilities",
 )
 async def capabilities(ctx: CheckContext) -> None:
     """GetProvider == ListProviders entry; without qos_supported no reserving service type is advertised."""
@@ -97,7 +99,8 @@ async def capabilities(ctx: CheckContext) -> None:
     "Without link_admin, ListLinks is refused cleanly (UNIMPLEMENTED)",
     MUST,
     "core",
-    "errors.proto LINK_ADMIN_UNSUPPORTED (UNIMPLEMENTED); LINEERR_OPERATIONUNAVAIL",
+    spec=("LINK-1", "PROV-9"),
+    source="errors.proto LINK_ADMIN_UNSUPPORTED",
     needs=("!link_admin",),
 )
 async def no_link_admin(ctx: CheckContext) -> None:
@@ -112,7 +115,8 @@ async def no_link_admin(ctx: CheckContext) -> None:
     "A repeated request_id returns the first call and reserves nothing more",
     MUST,
     "core",
-    "callqos_service.proto CreateCallRequest.request_id (AIP-155): same outcome, nothing more reserved; §8.5 #23",
+    spec=("API-3", "LINK-2"),
+    source="AIP-155; callqos_service.proto CreateCallRequest.request_id",
 )
 async def idempotent_create(ctx: CheckContext) -> None:
     """CreateCall twice with one request_id and body → the same call; link reservations grow once; a
@@ -147,7 +151,8 @@ async def idempotent_create(ctx: CheckContext) -> None:
     "A refused request repeated with its request_id gets the same refusal",
     MUST,
     "core",
-    "AIP-155: repeating a request returns the first outcome",
+    spec=("API-3", "LEVEL-1"),
+    source="AIP-155: a repeated request returns the first outcome",
 )
 async def idempotent_refusal(ctx: CheckContext) -> None:
     """CreateCall(infeasible, NEEDED, request_id) twice → the same code, reason and refused call."""
@@ -170,7 +175,8 @@ async def idempotent_refusal(ctx: CheckContext) -> None:
     "Only the owner may renegotiate or drop; others get NOT_OWNER and change nothing",
     MUST,
     "core",
-    "lineSetCallQualityOfService: must have OWNER privilege; LINEERR_NOTOWNER; §8.4, §8.5 #17",
+    spec=("OWNER-1", "OWNER-2"),
+    source="lineSetCallQualityOfService: OWNER privilege; LINEERR_NOTOWNER",
 )
 async def owner_only(ctx: CheckContext) -> None:
     """RenegotiateCall and DropCall as another principal → PERMISSION_DENIED NOT_OWNER; the call keeps its etag."""
@@ -187,7 +193,8 @@ async def owner_only(ctx: CheckContext) -> None:
     "Unknown calls and providers are NOT_FOUND with their reasons",
     MUST,
     "core",
-    "LINEERR_INVALCALLHANDLE; errors.proto CALL_NOT_FOUND / PROVIDER_NOT_FOUND (NOT_FOUND)",
+    spec=("API-1", "API-2"),
+    source="LINEERR_INVALCALLHANDLE; errors.proto; AIP-193",
 )
 async def not_found(ctx: CheckContext) -> None:
     """GetCall / DropCall / RenegotiateCall of a never-made call → NOT_FOUND CALL_NOT_FOUND; an unknown
@@ -207,8 +214,8 @@ async def not_found(ctx: CheckContext) -> None:
     "DropCall with a mismatched etag is ABORTED (ETAG_MISMATCH) and changes nothing; with the current etag it drops",
     MUST,
     "core",
-    "AIP-154; call.proto Call.etag; callqos_service.proto DropCallRequest.etag: ABORTED (ETAG_MISMATCH) "
-    "if the call changed since; errors.proto ETAG_MISMATCH",
+    spec=("API-4",),
+    source="AIP-154; google.rpc.Code ABORTED",
 )
 async def etag_drop(ctx: CheckContext) -> None:
     """CreateCall; DropCall(etag ≠ the call's) → ABORTED ETAG_MISMATCH, GetCall: CONNECTED with the same etag;
@@ -234,8 +241,8 @@ async def etag_drop(ctx: CheckContext) -> None:
     "Provider-specific bytes round-trip unchanged in requested and granted QoS",
     MUST,
     "core",
-    "flowspec.proto QosSpec.provider_specific: opaque, passed through untouched, at most 4096 bytes "
-    "(Winsock QOS.ProviderSpecific; LINECALLPARAMS); §8.5 #19",
+    spec=("API-7",),
+    source="Winsock2 QOS.ProviderSpecific; flowspec.proto QosSpec.provider_specific",
 )
 async def provider_specific(ctx: CheckContext) -> None:
     """CreateCall with a 64-byte blob (zero bytes included) at IF_AVAILABLE, and with a 4096-byte one at
@@ -275,7 +282,7 @@ async def provider_specific(ctx: CheckContext) -> None:
             raise CheckFailed(f"random provider_specific bytes refused, but BadRequest names {failure.fields}")
         try:
             stored = await ctx.rpc("GetCall", svc.GetCallRequest(name=f"calls/{request.call_id}"))
-        except Outcome as out:
+        except RpcFailed as out:
             if out.failure.code != grpc.StatusCode.NOT_FOUND:
                 raise CheckFailed(f"GetCall after the refused request: expected NOT_FOUND, got {out.failure}") from None
         else:

@@ -1,14 +1,14 @@
 """CORE-VAL: every invalid request is refused with INVALID_ARGUMENT / INVALID_REQUEST before any
-provider is asked, and nothing is stored (errors.proto ERROR_REASON_INVALID_REQUEST: "Nothing
-was stored or reserved"; TAPI validates before passing through, qos-domain §8.2)."""
+provider is asked, and nothing is stored (SPEC.md FLOW-1), each case also checking the FLOW or
+REQ clause it breaks."""
 
 from __future__ import annotations
 
 import grpc
 
 from callqos.conformance.checks.registry import MUST, SHOULD, check
-from callqos.conformance.harness import CheckContext, Outcome
-from callqos.conformance.model import CheckFailed, CheckSkipped
+from callqos.conformance.exceptions import CheckFailed, CheckSkipped
+from callqos.conformance.harness import CheckContext, RpcFailed
 from callqos.conformance.rules import INVALID_CASES, InvalidCase, cl, valid_request_qos
 from callqos.v1 import call_pb2
 from callqos.v1 import callqos_service_pb2 as svc
@@ -36,7 +36,7 @@ async def refuse_invalid(ctx: CheckContext, case: InvalidCase) -> list[str]:
     if request.call_id and request.call_id.startswith("cq"):
         try:
             stored = await ctx.rpc("GetCall", svc.GetCallRequest(name=f"calls/{request.call_id}"))
-        except Outcome as out:
+        except RpcFailed as out:
             if out.failure.code != grpc.StatusCode.NOT_FOUND:
                 raise CheckFailed(
                     f"GetCall after a refused invalid request: expected NOT_FOUND, got {out.failure}"
@@ -52,7 +52,7 @@ def _make(case: InvalidCase) -> None:
         await refuse_invalid(ctx, case)
 
     run.__doc__ = f"CreateCall with {case.title} → INVALID_ARGUMENT (INVALID_REQUEST); no call is stored."
-    check(f"CORE-VAL-{case.number:03d}", f"Refuses {case.title}", MUST, "core", case.reference)(run)
+    check(f"CORE-VAL-{case.number:03d}", f"Refuses {case.title}", MUST, "core", spec=case.spec, source=case.source)(run)
 
 
 for _case in INVALID_CASES:
@@ -64,7 +64,8 @@ for _case in INVALID_CASES:
     "Refuses an invalid flowspec on renegotiation; the call is unchanged",
     MUST,
     "core",
-    "lineSetCallQualityOfService: LINEERR_INVALPARAM/INVALRATE; FLOWSPEC TokenRate cannot be 0; §8.2",
+    spec=("FLOW-1", "FLOW-7", "SETQOS-5", "SETQOS-6"),
+    source="lineSetCallQualityOfService: LINEERR_INVALPARAM / LINEERR_INVALRATE",
 )
 async def renegotiate_invalid(ctx: CheckContext) -> None:
     """RenegotiateCall with token rate 0 → INVALID_ARGUMENT (or UNIMPLEMENTED where renegotiation is not
@@ -92,7 +93,8 @@ async def renegotiate_invalid(ctx: CheckContext) -> None:
     "Accepts a receiving CONTROLLED_LOAD flowspec without a token rate (defaulted)",
     MUST,
     "core",
-    "Winsock2 FLOWSPEC remarks: in a receiving FLOWSPEC everything except ServiceType can be defaulted; §8.5 #2",
+    spec=("FLOW-9",),
+    source="Winsock2 FLOWSPEC remarks: a Controlled Load receiver may default TokenRate",
 )
 async def receiving_defaulted(ctx: CheckContext) -> None:
     """IF_AVAILABLE call whose receiving CONTROLLED_LOAD flowspec leaves the token rate out: not INVALID_ARGUMENT."""
@@ -108,7 +110,8 @@ async def receiving_defaulted(ctx: CheckContext) -> None:
     "Resolves defaults: a granted reserving flowspec states its token rate",
     SHOULD,
     "core",
-    "LINECALLINFO flowspecs are those in effect; QOS_NOT_SPECIFIED means the provider derives it; §8.5 #20",
+    spec=("GRANT-4",),
+    source="TAPI LINECALLINFO: the QoS currently in effect",
 )
 async def defaults_resolved(ctx: CheckContext) -> None:
     """The granted receiving CONTROLLED_LOAD flowspec of a call that asked without a rate carries one."""
@@ -127,7 +130,8 @@ async def defaults_resolved(ctx: CheckContext) -> None:
     "BadRequest names the bad field of every invalid request",
     SHOULD,
     "core",
-    "callqos_service.proto: invalid requests carry google.rpc.BadRequest naming each bad field (AIP-193)",
+    spec=("FLOW-2",),
+    source="callqos_service.proto; AIP-193 google.rpc.BadRequest",
 )
 async def names_fields(ctx: CheckContext) -> None:
     """For every CORE-VAL case, the field path appears among BadRequest.field_violations."""

@@ -10,6 +10,7 @@ import grpc
 
 from callqos.conformance.checks.common import call_events, expect_types, is_qos_refusal, refused_to_intruder
 from callqos.conformance.checks.registry import MUST, SHOULD, check
+from callqos.conformance.exceptions import CheckFailed, CheckSkipped
 from callqos.conformance.harness import (
     START_SEQUENCE_HEADER,
     Call,
@@ -21,13 +22,10 @@ from callqos.conformance.harness import (
     needs_capacity,
     same,
 )
-from callqos.conformance.model import CheckFailed, CheckSkipped
 from callqos.conformance.rules import QosSpec, best_effort, cl
 
 E = EventType
 IF_AVAILABLE, NEEDED = Level.SERVICE_LEVEL_IF_AVAILABLE, Level.SERVICE_LEVEL_NEEDED
-LINE_QOSINFO = "TAPI LINE_QOSINFO / ITQOSEvent; LINE_CALLINFO(QOS)"
-WATCH = "callqos_service.proto WatchEvents"
 GRANTED_THEN_GONE = [E.QOS_EVENT_TYPE_QOS_GRANTED, E.QOS_EVENT_TYPE_CALL_DISCONNECTED]
 
 
@@ -46,7 +44,8 @@ def increasing(events: list, what: str) -> None:
     "A granted call's events: exactly QOS_GRANTED then, on drop, CALL_DISCONNECTED(NORMAL)",
     MUST,
     "events",
-    f"{LINE_QOSINFO}; LINE_CALLSTATE DISCONNECTED/NORMAL; no messages after idle; §8.5 #24",
+    spec=("EVENT-1",),
+    source="TAPI LINE_CALLINFO: no messages after the call is idle",
 )
 async def granted_then_dropped(ctx: CheckContext) -> None:
     """CreateCall, DropCall → [QOS_GRANTED(current=granted), CALL_DISCONNECTED(NORMAL, previous=granted)],
@@ -68,7 +67,8 @@ async def granted_then_dropped(ctx: CheckContext) -> None:
     "A refused call's events: ADMISSION_FAILURE (with the counter-offer) then CALL_DISCONNECTED(QOS_UNAVAILABLE)",
     MUST,
     "events",
-    f"{LINE_QOSINFO} QE_ADMISSIONFAILURE; LINEDISCONNECTMODE_QOSUNAVAIL; §8.3",
+    spec=("EVENT-2", "LEVEL-1"),
+    source="TAPI 3 QE_ADMISSIONFAILURE; LINEDISCONNECTMODE_QOSUNAVAIL",
 )
 async def refused(ctx: CheckContext) -> None:
     """CreateCall(infeasible, NEEDED) → [ADMISSION_FAILURE(reason QOS_UNAVAILABLE, counter_offer as in QosRefusal),
@@ -101,7 +101,8 @@ async def refused(ctx: CheckContext) -> None:
     "Renegotiation events: QOS_CHANGED(RENEGOTIATED, before, after); a refusal RENEGOTIATION_FAILED(unchanged)",
     MUST,
     "events",
-    f"{LINE_QOSINFO}; TSPI_lineSetCallQualityOfService: no change on failure; §8.5 #13, #14",
+    spec=("EVENT-3",),
+    source="TSPI_lineSetCallQualityOfService: LINECALLINFOSTATE_QOS on success, no change on failure",
     needs=("renegotiation", "qos_supported"),
 )
 async def renegotiation_events(ctx: CheckContext) -> None:
@@ -157,7 +158,8 @@ async def _three_calls(ctx: CheckContext) -> list[Call]:
     "Sequences strictly increase across the stream; each call's events arrive in order",
     MUST,
     "events",
-    "event.proto QosEvent.sequence: strictly increasing across the whole service; §8.5 #23",
+    spec=("WATCH-1",),
+    source="event.proto QosEvent.sequence",
 )
 async def ordering(ctx: CheckContext) -> None:
     """Three calls made and dropped; the unfiltered stream from the run's cursor is strictly increasing and has
@@ -178,7 +180,8 @@ async def ordering(ctx: CheckContext) -> None:
     "Resuming from a cursor delivers every later event, without loss or repeat",
     MUST,
     "events",
-    "callqos_service.proto WatchEvents: from a cursor, without loss across reconnects",
+    spec=("WATCH-2",),
+    source="callqos_service.proto WatchEvents",
 )
 async def resume(ctx: CheckContext) -> None:
     """Read a call's events; resume after the first → exactly the rest, byte-identical; resume after the last
@@ -203,7 +206,8 @@ async def resume(ctx: CheckContext) -> None:
     "Watching one call delivers that call's events only",
     MUST,
     "events",
-    "callqos_service.proto WatchEventsRequest.call; ITTAPI::put_EventFilter; §8.5 #22",
+    spec=("WATCH-4",),
+    source="callqos_service.proto WatchEventsRequest.call",
 )
 async def filtered(ctx: CheckContext) -> None:
     """Three calls; WatchEvents(call=second) yields only the second call's events."""
@@ -219,7 +223,8 @@ async def filtered(ctx: CheckContext) -> None:
     "A policy refusal emits POLICY_FAILURE, not ADMISSION_FAILURE",
     MUST,
     "events",
-    "QE_POLICYFAILURE vs QE_ADMISSIONFAILURE; §8.5 #11",
+    spec=("EVENT-2", "ADMIT-4"),
+    source="TAPI 3 QE_POLICYFAILURE",
     needs=("policy",),
 )
 async def policy_event(ctx: CheckContext) -> None:
@@ -242,8 +247,8 @@ async def policy_event(ctx: CheckContext) -> None:
     "Events caused by a request carry its request_id",
     SHOULD,
     "events",
-    "TSPI ASYNC_COMPLETION(dwRequestID): completion correlated by request id; event.proto "
-    "QosEvent.request_id; §8.5 #23",
+    spec=("EVENT-6",),
+    source="TSPI request ids; event.proto QosEvent.request_id",
 )
 async def correlation(ctx: CheckContext) -> None:
     """CreateCall with a request_id → its QOS_GRANTED event carries that request_id."""
@@ -259,7 +264,8 @@ async def correlation(ctx: CheckContext) -> None:
     "A cursor beyond the newest event is OUT_OF_RANGE (CURSOR_UNKNOWN)",
     MUST,
     "events",
-    f"{WATCH}: resume from a cursor; errors.proto CURSOR_UNKNOWN (OUT_OF_RANGE): beyond the newest event ever stored",
+    spec=("WATCH-6",),
+    source="errors.proto CURSOR_UNKNOWN",
 )
 async def unknown_cursor(ctx: CheckContext) -> None:
     """WatchEvents(after_sequence = 2**62) → OUT_OF_RANGE CURSOR_UNKNOWN, not a stream that waits or starts from now.
@@ -274,8 +280,8 @@ async def unknown_cursor(ctx: CheckContext) -> None:
     "A monitor (another principal) receives the call's events; its refused changes emit none",
     MUST,
     "events",
-    f"{LINE_QOSINFO}: QoS events go to owners and monitors; lineSetCallQualityOfService: OWNER privilege "
-    "(LINEERR_NOTOWNER); §8.5 #17, #21, #22",
+    spec=("OWNER-2", "OWNER-3", "EVENT-1"),
+    source="TAPI QoS overview: events to owner or monitor; lineSetCallQualityOfService: OWNER privilege",
 )
 async def monitor(ctx: CheckContext) -> None:
     """CreateCall; RenegotiateCall and DropCall by another principal → NOT_OWNER; DropCall by the owner; that other
@@ -297,7 +303,8 @@ async def monitor(ctx: CheckContext) -> None:
     f"WatchEvents initial metadata {START_SEQUENCE_HEADER} is the cursor the stream starts after",
     MUST,
     "events",
-    f"{WATCH}: the initial metadata {START_SEQUENCE_HEADER} holds the sequence the stream starts after",
+    spec=("WATCH-8", "WATCH-2", "EVENT-1"),
+    source="callqos_service.proto WatchEvents: x-callqos-start-sequence",
 )
 async def start_sequence(ctx: CheckContext) -> None:
     """WatchEvents(after_sequence=N) → header N. WatchEvents from now → header H ≥ every sequence this run has seen;

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from callqos.conformance.checks.common import LOSS_EVENTS, call_events, check_links_within
 from callqos.conformance.checks.registry import MUST, check
+from callqos.conformance.exceptions import CheckFailed, CheckSkipped
 from callqos.conformance.harness import Call, CheckContext, EventType, Level, describe, needs_capacity, same
-from callqos.conformance.model import CheckFailed, CheckSkipped
 from callqos.conformance.rules import QosSpec, best_effort, cl, qos_shortfalls
 from callqos.v1 import callqos_service_pb2 as svc
 from callqos.v1 import provider_pb2
@@ -19,8 +19,8 @@ E = EventType
     "Lost link capacity: links stay within capacity; each affected call is degraded or dropped with its events",
     MUST,
     "provider-change",
-    "TAPI LINE_QOSINFO QE_NOQOS to owners and monitors; LINEDISCONNECTMODE_QOSUNAVAIL; §8.2 loss of "
-    "sustainable QoS; §8.5 #21",
+    spec=("EVENT-4", "LINK-3", "PROV-7", "GRANT-3", "LINK-2"),
+    source="TAPI LINE_QOSINFO QE_NOQOS; LINEDISCONNECTMODE_QOSUNAVAIL",
     needs=("provider_initiated_changes", "link_admin", "qos_supported"),
     timeout=15,
 )

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 
+from callqos.conformance.harness import CheckContext
 from callqos.conformance.model import Check, Level
 
 REGISTRY: list[Check] = []
 MUST, SHOULD = Level.MUST, Level.SHOULD
+CheckRun = Callable[[CheckContext], Awaitable[None]]
 
 
 def check(
@@ -15,15 +17,19 @@ def check(
     title: str,
     level: Level,
     profile: str,
-    reference: str,
     *,
+    spec: tuple[str, ...],
+    source: str,
     needs: tuple[str, ...] = (),
     timeout: float = 10.0,
     preflight: bool = False,
-) -> Callable[[Callable[..., Awaitable[None]]], Callable[..., Awaitable[None]]]:
-    def register(fn: Callable[..., Awaitable[None]]) -> Callable[..., Awaitable[None]]:
+) -> Callable[[CheckRun], CheckRun]:
+    """Register the decorated coroutine as check `id`. `spec` names the conformance/SPEC.md
+    clauses it verifies; `source` is the short source of those clauses, for reports."""
+
+    def register(fn: CheckRun) -> CheckRun:
         REGISTRY.append(
-            Check(id, title, level, profile, reference, fn, needs, timeout, preflight, (fn.__doc__ or "").strip())
+            Check(id, title, level, profile, spec, source, fn, needs, timeout, preflight, (fn.__doc__ or "").strip())
         )
         return fn
 

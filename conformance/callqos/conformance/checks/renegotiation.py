@@ -9,13 +9,12 @@ import grpc
 from callqos.conformance.checks.common import call_events, expect_types, is_qos_refusal
 from callqos.conformance.checks.core_api import MAX_PROVIDER_SPECIFIC, blob, carries_blob, drop_with_etag, with_blob
 from callqos.conformance.checks.registry import MUST, check
+from callqos.conformance.exceptions import CheckFailed
 from callqos.conformance.harness import Call, CheckContext, EventType, Level, RpcFailure, brief, needs_capacity, same
-from callqos.conformance.model import CheckFailed
 from callqos.conformance.rules import ST, QosSpec, best_effort, cl, flow, qos_shortfalls
 from callqos.v1 import callqos_service_pb2 as svc
 
 NEEDED = Level.SERVICE_LEVEL_NEEDED
-TSPI = "TSPI_lineSetCallQualityOfService"
 
 
 def both(rate: int) -> QosSpec:
@@ -42,7 +41,8 @@ async def renegotiated(ctx: CheckContext, call: Call, qos: QosSpec) -> Call:
     "Renegotiate down succeeds and releases the difference",
     MUST,
     "renegotiation",
-    f"{TSPI}; lineSetCallQualityOfService; §8.5 #13",
+    spec=("SETQOS-1", "GRANT-3", "LINK-2"),
+    source="TSPI_lineSetCallQualityOfService",
     needs=("renegotiation", "qos_supported"),
 )
 async def down(ctx: CheckContext) -> None:
@@ -62,7 +62,8 @@ async def down(ctx: CheckContext) -> None:
     "Renegotiate up within free capacity succeeds",
     MUST,
     "renegotiation",
-    f"{TSPI}; §8.5 #13",
+    spec=("SETQOS-1", "GRANT-3"),
+    source="TSPI_lineSetCallQualityOfService",
     needs=("renegotiation", "qos_supported"),
 )
 async def up(ctx: CheckContext) -> None:
@@ -88,7 +89,8 @@ async def refused_renegotiation(ctx: CheckContext) -> tuple[Call, RpcFailure]:
     "A refused renegotiation leaves the call connected with byte-identical QoS",
     MUST,
     "renegotiation",
-    f"{TSPI}: on failure the call continues with the previous QOS; §8.2, §8.5 #14",
+    spec=("SETQOS-2",),
+    source="TSPI_lineSetCallQualityOfService: the call continues with the previous QoS",
     needs=("renegotiation", "qos_supported"),
 )
 async def refused_unchanged(ctx: CheckContext) -> None:
@@ -107,7 +109,8 @@ async def refused_unchanged(ctx: CheckContext) -> None:
     "A refused renegotiation leaves the provider's reservation unchanged",
     MUST,
     "renegotiation",
-    f"{TSPI}: the call continues with the previous QOS; provider contract: on Refusal the reservation stays",
+    spec=("SETQOS-2", "PROV-3", "LINK-2"),
+    source="TSPI_lineSetCallQualityOfService: the call continues with the previous QoS",
     needs=("renegotiation", "qos_supported", "link_admin"),
 )
 async def refused_reservation(ctx: CheckContext) -> None:
@@ -128,7 +131,8 @@ async def refused_reservation(ctx: CheckContext) -> None:
     "Renegotiating a disconnected call is FAILED_PRECONDITION (CALL_NOT_CONNECTED)",
     MUST,
     "renegotiation",
-    "LINEERR_INVALCALLSTATE; errors.proto CALL_NOT_CONNECTED; §8.5 #16",
+    spec=("SETQOS-3", "CALL-1"),
+    source="LINEERR_INVALCALLSTATE; errors.proto CALL_NOT_CONNECTED",
     needs=("renegotiation",),
 )
 async def dropped(ctx: CheckContext) -> None:
@@ -152,7 +156,8 @@ async def dropped(ctx: CheckContext) -> None:
     "NO_CHANGE in one direction renegotiates only the other",
     MUST,
     "renegotiation",
-    "qos.h SERVICETYPE_NOCHANGE: no change from the previous flowspec; §8.5 #15",
+    spec=("SETQOS-4", "GRANT-3"),
+    source="Winsock2 FLOWSPEC SERVICETYPE_NOCHANGE",
     needs=("renegotiation", "qos_supported"),
 )
 async def no_change(ctx: CheckContext) -> None:
@@ -178,7 +183,8 @@ async def no_change(ctx: CheckContext) -> None:
     "Without renegotiation advertised, RenegotiateCall is UNIMPLEMENTED and changes nothing",
     MUST,
     "renegotiation",
-    "LINEERR_OPERATIONUNAVAIL; errors.proto RENEGOTIATION_UNSUPPORTED; §8.5 #18",
+    spec=("SETQOS-5", "PROV-9"),
+    source="LINEERR_OPERATIONUNAVAIL; errors.proto RENEGOTIATION_UNSUPPORTED",
     needs=("!renegotiation",),
 )
 async def unsupported(ctx: CheckContext) -> None:
@@ -202,7 +208,8 @@ async def unsupported(ctx: CheckContext) -> None:
     "A connected call's set_qos feature matches the renegotiation capability",
     MUST,
     "renegotiation",
-    "LINECALLFEATURE_SETQOS: advertised exactly when SetQOS works; §8.5 #18",
+    spec=("CALL-3",),
+    source="TAPI LINECALLFEATURE_SETQOS",
 )
 async def set_qos_feature(ctx: CheckContext) -> None:
     """CreateCall → features.set_qos == capabilities.renegotiation; after drop set_qos is false."""
@@ -230,8 +237,8 @@ def stale(result: Call | RpcFailure, what: str) -> None:
     "refusal does not",
     MUST,
     "renegotiation",
-    "AIP-154; callqos_service.proto RenegotiateCallRequest.etag / DropCallRequest.etag: ABORTED "
-    "(ETAG_MISMATCH) if the call changed since; call.proto Call.etag changes whenever the call changes",
+    spec=("API-4", "SETQOS-2"),
+    source="AIP-154; google.rpc.Code ABORTED",
     needs=("renegotiation", "qos_supported"),
 )
 async def etags(ctx: CheckContext) -> None:
@@ -273,8 +280,8 @@ async def etags(ctx: CheckContext) -> None:
     "A repeated request_id renegotiates once; reused for another body it is REQUEST_ID_REUSED",
     MUST,
     "renegotiation",
-    "callqos_service.proto RenegotiateCallRequest.request_id (AIP-155): the first outcome, applied once; "
-    "errors.proto REQUEST_ID_REUSED; §8.5 #13, #23",
+    spec=("API-3", "EVENT-3"),
+    source="AIP-155; errors.proto REQUEST_ID_REUSED",
     needs=("renegotiation", "qos_supported"),
 )
 async def idempotent(ctx: CheckContext) -> None:
@@ -321,8 +328,8 @@ async def idempotent(ctx: CheckContext) -> None:
     "Renegotiation keeps provider-specific bytes when none are given, replaces them when given, refuses above 4096",
     MUST,
     "renegotiation",
-    "callqos_service.proto RenegotiateCallRequest.qos; flowspec.proto QosSpec.provider_specific (at most 4096 bytes); "
-    "lineSetCallQualityOfService: LINEERR_INVALPARAM; §8.5 #19",
+    spec=("SETQOS-4", "SETQOS-6", "API-7", "FLOW-19"),
+    source="Winsock2 SERVICETYPE_NOCHANGE; flowspec.proto QosSpec.provider_specific",
     needs=("renegotiation",),
 )
 async def provider_specific(ctx: CheckContext) -> None:

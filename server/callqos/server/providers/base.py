@@ -11,19 +11,25 @@ them (a provider never receives an invalid flowspec, nor provider_specific bytes
 ownership, idempotency and etags, stores calls and events, and times out slow providers. The
 provider decides one thing: what QoS it can provide, reserving and releasing capacity.
 
-Rules a provider keeps (the conformance suite checks each of them):
-- `admit` either reserves and returns a `Grant`, or reserves nothing and returns a `Refusal`.
-  At level NEEDED a grant must satisfy the request in both directions; at IF_AVAILABLE it may
-  be less; at BEST_EFFORT the server does not call `admit` with a reservation request.
+Rules a provider keeps, each a clause of conformance/SPEC.md (which gives its source and the
+conformance checks that verify it):
+- `admit` either reserves and returns a `Grant`, or reserves nothing and returns a `Refusal`
+  (PROV-1). At level NEEDED a grant must satisfy the request in both directions (LEVEL-1,
+  GRANT-3); at IF_AVAILABLE it may be less (LEVEL-2); at BEST_EFFORT the server does not call
+  `admit` with a reservation request (LEVEL-3, PROV-12).
 - A `Refusal` carries the best counter-offer the provider could grant right now; admitting the
-  counter-offer immediately afterwards must succeed.
+  counter-offer immediately afterwards must succeed (PROV-2).
 - `renegotiate` replaces the call's reservation atomically: on `Refusal` the previous
-  reservation stays exactly as it was.
-- `release` frees everything the call holds; releasing twice, or an unknown call, is harmless.
-- Concurrent calls never make the sum of reservations exceed capacity.
+  reservation stays exactly as it was (PROV-3).
+- `release` frees everything the call holds (PROV-4); releasing twice, or an unknown call, is
+  harmless (PROV-5).
+- Concurrent calls never make the sum of reservations exceed capacity (PROV-6).
 - Provider-initiated changes are reported through `ProviderHost.report_change`, never by
-  writing to the server's state directly.
-Calls arrive on the server's event loop; long or blocking work belongs in `asyncio.to_thread`.
+  writing to the server's state directly (PROV-7).
+- `capabilities()` does not change while serving, and what it does not advertise is refused
+  cleanly (PROV-8, PROV-9).
+Calls arrive on the server's event loop; long or blocking work belongs in `asyncio.to_thread`
+(PROV-10: every call returns within the host's provider deadline).
 """
 
 from __future__ import annotations

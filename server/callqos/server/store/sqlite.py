@@ -1,7 +1,7 @@
 """SQLite storage: one file under the data directory (WAL), or memory when asked.
 
 Writes run inline on the event loop: each is one short transaction (tens of microseconds with
-WAL and synchronous=NORMAL, see shared/reference/perf-baseline.md), cheaper than a thread hop.
+WAL and synchronous=NORMAL), cheaper than a thread hop.
 synchronous=NORMAL in WAL mode survives a process crash (SIGKILL) without losing a committed
 transaction; only an OS crash or power loss can lose the last few.
 """
