@@ -79,9 +79,8 @@ lint: $(STAMP)
 
 .PHONY: typecheck
 typecheck: $(STAMP)
-	$(VENV)/bin/mypy server/callqos clients/python/callqos/client clients/python/callqos/cli conformance/callqos
+	$(VENV)/bin/mypy --strict server/callqos clients/python/callqos/client clients/python/callqos/cli conformance/callqos
 	MYPYPATH=deploy/release $(VENV)/bin/mypy --strict deploy/release/stamp.py deploy/release/check_dist.py
-	$(VENV)/bin/mypy --strict clients/python/callqos/client
 	MYPYPATH=server/benchmarks $(VENV)/bin/mypy --strict server/benchmarks/bench.py server/benchmarks/bench_tracing.py server/benchmarks/workload.py
 
 .PHONY: test test-python test-clients

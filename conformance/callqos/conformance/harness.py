@@ -92,7 +92,7 @@ class Session:
     run_token: str  # unique per run (not seeded: ids must never collide with a previous run)
     rng: random.Random  # seeded: generated values are reproducible
     scale: float = 1.0
-    counter: itertools.count = field(default_factory=lambda: itertools.count(1))
+    counter: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
     # Events before this sequence belong to others; every watch resumes from here.
     cursor: int = 0
     # The highest sequence any watch of this run has delivered.
@@ -222,7 +222,7 @@ class CheckContext:
         """CreateCall that must succeed (connected); registered for cleanup."""
         request = kw.pop("request", None) or self.request(qos, level, **kw)
         try:
-            call = await self.rpc("CreateCall", request)
+            call: Call = await self.rpc("CreateCall", request)
         except RpcFailed as out:
             raise CheckFailed(
                 f"CreateCall({_brief(request.call.requested_qos)}, {Level.Name(level)}) failed: {out.failure}"
@@ -238,7 +238,7 @@ class CheckContext:
         """CreateCall whose refusal is a legitimate answer: returns the call or the failure."""
         request = kw.pop("request", None) or self.request(qos, level, **kw)
         try:
-            call = await self.rpc("CreateCall", request)
+            call: Call = await self.rpc("CreateCall", request)
         except RpcFailed as out:
             return out.failure
         self.register(call)
@@ -246,19 +246,22 @@ class CheckContext:
 
     async def get(self, name: str) -> Call:
         try:
-            return await self.rpc("GetCall", svc.GetCallRequest(name=name))
+            got: Call = await self.rpc("GetCall", svc.GetCallRequest(name=name))
+            return got
         except RpcFailed as out:
             raise CheckFailed(f"GetCall({name}) failed: {out.failure}") from None
 
     async def drop(self, name: str, principal: str | None = None) -> Call:
         try:
-            return await self.rpc("DropCall", svc.DropCallRequest(name=name), principal)
+            dropped: Call = await self.rpc("DropCall", svc.DropCallRequest(name=name), principal)
+            return dropped
         except RpcFailed as out:
             raise CheckFailed(f"DropCall({name}) failed: {out.failure}") from None
 
     async def renegotiate(self, name: str, qos: flowspec_pb2.QosSpec, **kw: Any) -> Call | RpcFailure:
         try:
-            return await self.rpc("RenegotiateCall", svc.RenegotiateCallRequest(name=name, qos=qos, **kw))
+            changed: Call = await self.rpc("RenegotiateCall", svc.RenegotiateCallRequest(name=name, qos=qos, **kw))
+            return changed
         except RpcFailed as out:
             return out.failure
 
@@ -406,4 +409,4 @@ def needs_capacity(ctx: CheckContext) -> int:
 
 def same(a: Any, b: Any) -> bool:
     """Byte-identical protobuf messages (deterministic serialisation)."""
-    return a.SerializeToString(deterministic=True) == b.SerializeToString(deterministic=True)
+    return bool(a.SerializeToString(deterministic=True) == b.SerializeToString(deterministic=True))

@@ -109,11 +109,13 @@ def apply_known_failing(result: CheckResult, known: set[str]) -> CheckResult:
 async def discover(stub: svc_grpc.CallQosServiceStub, wanted: str | None, scale: float) -> provider_pb2.Provider:
     listed = await stub.ListProviders(svc.ListProvidersRequest(), timeout=10 * scale)
     if wanted:
-        return await stub.GetProvider(svc.GetProviderRequest(name=wanted), timeout=10 * scale)
+        named: provider_pb2.Provider = await stub.GetProvider(svc.GetProviderRequest(name=wanted), timeout=10 * scale)
+        return named
     defaults = [p for p in listed.providers if p.default] or list(listed.providers)
     if not defaults:
         raise TargetError("the target hosts no provider")
-    return defaults[0]
+    chosen: provider_pb2.Provider = defaults[0]
+    return chosen
 
 
 async def run_async(options: RunOptions) -> Report:
@@ -137,7 +139,7 @@ async def run_async(options: RunOptions) -> Report:
         if not target:
             raise TargetError("give --target HOST:PORT or --provider NAME")
         channel = grpc.aio.insecure_channel(target)
-        stub = svc_grpc.CallQosServiceStub(channel)
+        stub = svc_grpc.CallQosServiceStub(channel)  # type: ignore[no-untyped-call]  # generated, untyped
         info = await discover(stub, provider_name or None, options.timeout_scale)
         provider_name = info.name
         parameters = derive(info.capabilities, table, str(options.parameters_file or ""))

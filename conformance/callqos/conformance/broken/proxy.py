@@ -52,7 +52,7 @@ FORWARDED_HEADERS = (PRINCIPAL_HEADER,)
 
 class Proxy(svc_grpc.CallQosServiceServicer):
     def __init__(self, upstream: grpc.aio.Channel, fault: str) -> None:
-        self.up = svc_grpc.CallQosServiceStub(upstream)
+        self.up = svc_grpc.CallQosServiceStub(upstream)  # type: ignore[no-untyped-call]  # generated, untyped
         self.fault = fault
 
     @staticmethod
@@ -174,7 +174,7 @@ for _name in UNARY:
 async def serve(fault: str, upstream: str, listen: str, port_file: Path | None) -> None:
     channel = grpc.aio.insecure_channel(upstream)
     server = grpc.aio.server()
-    svc_grpc.add_CallQosServiceServicer_to_server(Proxy(channel, fault), server)
+    svc_grpc.add_CallQosServiceServicer_to_server(Proxy(channel, fault), server)  # type: ignore[no-untyped-call]  # generated
     port = server.add_insecure_port(listen)
     await server.start()
     if port_file is not None:

@@ -5,6 +5,7 @@ sequence header; filtering by call; monitors (other principals) see every call's
 from __future__ import annotations
 
 import itertools
+from collections.abc import Sequence
 
 import grpc
 
@@ -23,6 +24,7 @@ from callqos.conformance.harness import (
     same,
 )
 from callqos.conformance.rules import QosSpec, best_effort, cl
+from callqos.v1 import event_pb2
 
 E = EventType
 IF_AVAILABLE, NEEDED = Level.SERVICE_LEVEL_IF_AVAILABLE, Level.SERVICE_LEVEL_NEEDED
@@ -33,7 +35,7 @@ def simple(ctx: CheckContext) -> QosSpec:
     return ctx.params.feasible or QosSpec(sending=best_effort(), receiving=best_effort())
 
 
-def increasing(events: list, what: str) -> None:
+def increasing(events: Sequence[event_pb2.QosEvent], what: str) -> None:
     for a, b in itertools.pairwise(events):
         if b.sequence <= a.sequence:
             raise CheckFailed(f"{what}: sequence {b.sequence} follows {a.sequence}: {describe(events)}")
