@@ -290,9 +290,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--give-up-after",
         type=float,
-        default=60.0,
+        default=ResumePolicy.give_up_after,
         metavar="SECONDS",
-        help="stop when the server stays unreachable this long (default 60)",
+        help="stop when the server stays unreachable this long (default %(default)s, the clients' resume policy)",
     )
 
     p = command("providers", cmd_providers, "list providers and their capabilities")
