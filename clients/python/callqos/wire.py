@@ -2,8 +2,9 @@
 
 The server, the Python client and CLI, and the conformance suite all import these names instead
 of spelling the strings themselves, so a change here is a change on both sides of the wire. (The
-Go, TypeScript and Java clients keep their own constants; their tests compare them with these
-values' sources: the protos and this module's neighbours.)
+Go, TypeScript and Java clients keep their own copies of the header names and the domain; their
+tests against the real server fail if one differs: the call's owner comes from the principal
+header, a watch "from now" resumes from the start-sequence header, errors carry the domain.)
 
 - Request and response metadata keys, and the principal the server assumes without one.
 - The ``google.rpc.ErrorInfo`` domain and reason strings of the errors the service sends, and the

@@ -1,10 +1,10 @@
 """Every failure the service reports, and how it becomes a gRPC status — the one place for that.
 
-Each failure is a `ServiceError` naming an ErrorReason from protos/callqos/v1/errors.proto; the
-gRPC code for a reason is the `(grpc_code)` option on that reason in the same file, which
-`callqos.wire` reads from the descriptor (and refuses to import without), so no reason can go out
-with a code nobody decided. Every status carries a
-`google.rpc.ErrorInfo` (AIP-193), plus `BadRequest` for invalid input and `QosRefusal` for
+Each failure is a `ServiceError` naming an ErrorReason from protos/callqos/v1/errors.proto. The
+gRPC code of a reason is the `(grpc_code)` option on that reason in the same file, which
+`callqos.wire` reads from the descriptor at import (and refuses to import without), so no reason
+can go out with a code nobody decided. Every status carries a `google.rpc.ErrorInfo` (AIP-193,
+domain `callqos.wire.ERROR_DOMAIN`), plus `BadRequest` for invalid input and `QosRefusal` for
 refused QoS.
 """
 
