@@ -7,6 +7,7 @@ from typing import Any
 import grpc
 import pytest
 from google.protobuf import descriptor_pb2, descriptor_pool
+from google.rpc import code_pb2
 
 from callqos import wire
 from callqos.v1 import errors_pb2
@@ -51,3 +52,12 @@ def test_a_reason_without_a_code_is_refused(code: int | None) -> None:
     enum = _enum(name, {"HAS_ONE": errors_pb2.GRPC_CODE_INTERNAL, "LACKS_ONE": code})
     with pytest.raises(LookupError, match=f"{name.upper()}_LACKS_ONE has no"):
         wire.reason_codes(enum)
+
+
+def test_grpc_code_has_google_rpc_codes_names_and_numbers() -> None:
+    # errors.proto defines its own GrpcCode (so the API builds offline, with no import to fetch);
+    # it must mean exactly google.rpc.Code, 0 aside (OK is never an error's code).
+    ours = {v.number: v.name.removeprefix("GRPC_CODE_") for v in errors_pb2.GrpcCode.DESCRIPTOR.values}
+    google = {v.number: v.name for v in code_pb2.Code.DESCRIPTOR.values}
+    assert ours.pop(0) == "UNSPECIFIED" and google.pop(0) == "OK"
+    assert ours == google
