@@ -11,6 +11,11 @@ BUF := $(VENV)/bin/buf
 PROTOS := $(shell find protos -name '*.proto' | sort)
 PY_GEN_ROOT := clients/python
 PY_GEN_DIR := $(PY_GEN_ROOT)/callqos/v1
+# The retry and resume policy of all four clients (clients/README.md), and the copies each client
+# ships; `make generate` writes them, `make check-generated` fails when one differs.
+POLICY := clients/service_config.json
+PY_POLICY := $(PY_GEN_ROOT)/callqos/client/service_config.json
+POLICY_COPIES := $(PY_POLICY) clients/go/callqos/service_config.json clients/node/src/service_config.json
 # Client sub-projects that have their own Makefile with `generate` and `test` targets.
 CLIENT_DIRS := $(sort $(dir $(wildcard clients/*/Makefile)))
 # The three Python distributions (one pyproject.toml each, sharing the `callqos` namespace), the
@@ -48,18 +53,25 @@ run: $(STAMP)
 generate: generate-python stamp
 	@for d in $(CLIENT_DIRS); do $(MAKE) -C $$d generate; done
 
-# Python stubs for the published API, inside the client package (the server depends on them).
+# Python stubs for the published API, inside the client package (the server depends on them),
+# and the Python client's copy of the retry and resume policy.
 generate-python: $(STAMP)
 	rm -rf $(PY_GEN_DIR)
 	$(PY) -m grpc_tools.protoc -Iprotos --python_out=$(PY_GEN_ROOT) --pyi_out=$(PY_GEN_ROOT) \
 	  --grpc_python_out=$(PY_GEN_ROOT) $(PROTOS)
+	cp $(POLICY) $(PY_POLICY)
 
-# Fails when the checked-in Python stubs differ from what protos/ generates now.
+# Fails when the checked-in Python stubs differ from what protos/ generates now, or a client's
+# copy of the policy differs from $(POLICY) (the Go and TypeScript clients' own check-generated
+# check their generated code too; Java copies the policy at build time and checks in nothing).
 .PHONY: check-generated
 check-generated: $(STAMP) check-stamp
 	tmp=$$(mktemp -d); trap 'rm -rf $$tmp' EXIT; \
 	$(PY) -m grpc_tools.protoc -Iprotos --python_out=$$tmp --pyi_out=$$tmp --grpc_python_out=$$tmp $(PROTOS); \
 	diff -r $$tmp/callqos/v1 $(PY_GEN_DIR) || { echo "generated Python code drifted from protos/: run 'make generate'"; exit 1; }
+	for copy in $(POLICY_COPIES); do \
+	  diff $(POLICY) $$copy || { echo "$$copy drifted from $(POLICY): run 'make generate'"; exit 1; }; \
+	done
 
 # One version (VERSION) and one LICENSE for every distribution and client: deploy/release/stamp.py lists
 # every place they are written.

@@ -11,7 +11,9 @@ package callqos
 
 import (
 	"context"
+	cryptorand "crypto/rand"
 	"errors"
+	"fmt"
 	"time"
 
 	"go.opentelemetry.io/contrib/instrumentation/google.golang.org/grpc/otelgrpc"
@@ -20,6 +22,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/metadata"
+	"google.golang.org/protobuf/proto"
 
 	callqosv1 "github.com/callqos/callqos/clients/go/gen/callqos/v1"
 )
@@ -30,18 +33,6 @@ const PrincipalHeader = "x-callqos-principal"
 
 // DefaultTimeout is the deadline given to a unary call whose context has none.
 const DefaultTimeout = 10 * time.Second
-
-// serviceConfig retries only UNAVAILABLE (nothing reached the server, or it is shutting down),
-// and only for the methods that are safe to repeat: reads, and the mutations that carry a
-// request_id are left to the caller, who knows whether it set one.
-const serviceConfig = `{"methodConfig":[{"name":[
- {"service":"callqos.v1.CallQosService","method":"GetCall"},
- {"service":"callqos.v1.CallQosService","method":"ListCalls"},
- {"service":"callqos.v1.CallQosService","method":"GetProvider"},
- {"service":"callqos.v1.CallQosService","method":"ListProviders"},
- {"service":"callqos.v1.CallQosService","method":"ListLinks"}],
- "retryPolicy":{"maxAttempts":4,"initialBackoff":"0.1s","maxBackoff":"1s","backoffMultiplier":2,
-  "retryableStatusCodes":["UNAVAILABLE"]}}]}`
 
 type options struct {
 	principal      string
@@ -91,7 +82,10 @@ func New(target string, opts ...Option) (*Client, error) {
 	}
 	dial := []grpc.DialOption{
 		grpc.WithTransportCredentials(insecure.NewCredentials()),
+		// The retry policy all four clients share (clients/service_config.json).
 		grpc.WithDefaultServiceConfig(serviceConfig),
+		// Before any retry: every attempt of a create or renegotiation carries the same id.
+		grpc.WithChainUnaryInterceptor(withRequestIDs),
 	}
 	if o.tracing {
 		handlerOpts := []otelgrpc.Option{otelgrpc.WithPropagators(propagation.TraceContext{})}
@@ -139,7 +133,8 @@ func unary[Req, Resp any](c *Client, ctx context.Context, req Req,
 }
 
 // CreateCall makes a call. A refused QoS at SERVICE_LEVEL_NEEDED fails with a
-// *QosUnavailableError carrying the provider's counter-offer.
+// *QosUnavailableError carrying the provider's counter-offer. Without a request_id, one is
+// generated, so the call can be retried safely (UNAVAILABLE is retried automatically).
 func (c *Client) CreateCall(ctx context.Context, req *callqosv1.CreateCallRequest) (*callqosv1.Call, error) {
 	return unary(c, ctx, req, c.api.CreateCall)
 }
@@ -155,7 +150,8 @@ func (c *Client) ListCalls(ctx context.Context, req *callqosv1.ListCallsRequest)
 }
 
 // RenegotiateCall changes a connected call's QoS. On refusal the error is a
-// *QosUnavailableError and the call keeps its previous QoS.
+// *QosUnavailableError and the call keeps its previous QoS. Without a request_id, one is
+// generated, as for CreateCall.
 func (c *Client) RenegotiateCall(ctx context.Context, req *callqosv1.RenegotiateCallRequest) (*callqosv1.Call, error) {
 	return unary(c, ctx, req, c.api.RenegotiateCall)
 }
@@ -168,6 +164,39 @@ func (c *Client) DropCall(ctx context.Context, name string) (*callqosv1.Call, er
 // ListProviders lists one page of providers.
 func (c *Client) ListProviders(ctx context.Context, req *callqosv1.ListProvidersRequest) (*callqosv1.ListProvidersResponse, error) {
 	return unary(c, ctx, req, c.api.ListProviders)
+}
+
+// withRequestIDs gives every CreateCall and RenegotiateCall on the connection, including those
+// made through API(), a request_id (AIP-155) when the caller set none. The service config may
+// then retry them: a retry whose first attempt did reach the server gets that attempt's outcome
+// back instead of making a second call or renegotiating twice. The caller's message is not
+// changed; a copy is sent.
+func withRequestIDs(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn,
+	invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
+	switch r := req.(type) {
+	case *callqosv1.CreateCallRequest:
+		if r.GetRequestId() == "" {
+			r = proto.CloneOf(r)
+			r.RequestId = newRequestID()
+			req = r
+		}
+	case *callqosv1.RenegotiateCallRequest:
+		if r.GetRequestId() == "" {
+			r = proto.CloneOf(r)
+			r.RequestId = newRequestID()
+			req = r
+		}
+	}
+	return invoker(ctx, method, req, reply, cc, opts...)
+}
+
+// newRequestID is a random (version 4) UUID.
+func newRequestID() string {
+	var b [16]byte
+	_, _ = cryptorand.Read(b[:]) // never fails (crypto/rand.Read panics rather than return an error)
+	b[6] = b[6]&0x0f | 0x40
+	b[8] = b[8]&0x3f | 0x80
+	return fmt.Sprintf("%x-%x-%x-%x-%x", b[0:4], b[4:6], b[6:8], b[8:10], b[10:16])
 }
 
 // IsQosUnavailable reports whether err is a QoS refusal, and returns it.

@@ -6,6 +6,7 @@ import (
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 
 	callqosv1 "github.com/callqos/callqos/clients/go/gen/callqos/v1"
 )
@@ -28,6 +29,21 @@ const (
 func Reason(r callqosv1.ErrorReason) string {
 	const prefix = "ERROR_REASON_"
 	return r.String()[len(prefix):]
+}
+
+// CodeOf is the gRPC status code the server always sends with reason r: the (grpc_code) option
+// on r in errors.proto, read from the generated descriptor. It is codes.Unknown for a value
+// without the option (ERROR_REASON_UNSPECIFIED, or a number this client does not know).
+func CodeOf(r callqosv1.ErrorReason) codes.Code {
+	v := r.Descriptor().Values().ByNumber(r.Number())
+	if v == nil {
+		return codes.Unknown
+	}
+	c := proto.GetExtension(v.Options(), callqosv1.E_GrpcCode).(callqosv1.GrpcCode)
+	if c == callqosv1.GrpcCode_GRPC_CODE_UNSPECIFIED {
+		return codes.Unknown
+	}
+	return codes.Code(c)
 }
 
 // Error is a failed RPC with its google.rpc.Status details decoded. Every error the wrapper

@@ -21,6 +21,7 @@ import {
   type WatchEventsRequestSchema,
 } from "./gen/callqos/v1/callqos_service_pb.js";
 import { decodeError } from "./errors.js";
+import { requestIdInterceptor, retryInterceptor } from "./policy.js";
 import { tracingInterceptor } from "./tracing.js";
 import { EventWatcher, type WatchOptions } from "./watch.js";
 
@@ -39,15 +40,17 @@ export interface CallQosClientOptions {
   timeoutMs?: number;
   /** Client spans with W3C trace context: true for the global tracer provider, or a provider. */
   tracing?: boolean | TracerProvider;
-  /** More interceptors, run inside the principal and tracing ones. */
+  /** More interceptors, run inside the principal, tracing and retry ones (once per attempt). */
   interceptors?: Interceptor[];
 }
 
 /**
  * The wrapped client: default deadlines, the principal header, errors decoded into
- * CallQosError / QosUnavailableError, optional tracing, and `watch`, an async iterable of
- * events that resumes from the last sequence across reconnects. `raw` is the generated
- * client on the same transport.
+ * CallQosError / QosUnavailableError, optional tracing, the retry policy all callqos clients
+ * share (UNAVAILABLE retried on the methods safe to repeat; every create and renegotiation
+ * carries a request_id), and `watch`, an async iterable of events that resumes from the last
+ * sequence across reconnects. `raw` is the generated client on the same transport, with the
+ * same interceptors.
  */
 export class CallQosClient {
   readonly raw: Client<typeof CallQosService>;
@@ -70,6 +73,9 @@ export class CallQosClient {
         return next(req);
       });
     }
+    // The shared retry policy (clients/service_config.json), and the request_id that makes
+    // retrying a create or renegotiation safe, added before the first attempt.
+    interceptors.push(requestIdInterceptor(), retryInterceptor());
     interceptors.push(...(options.interceptors ?? []));
     this.sessions = new Http2SessionManager(baseUrl);
     this.transport = createGrpcTransport({ baseUrl, interceptors, sessionManager: this.sessions });
@@ -90,7 +96,10 @@ export class CallQosClient {
     }
   }
 
-  /** Makes a call. A refused QoS at NEEDED throws QosUnavailableError with the counter-offer. */
+  /**
+   * Makes a call. A refused QoS at NEEDED throws QosUnavailableError with the counter-offer.
+   * Without a requestId, one is generated, so the call is retried safely on UNAVAILABLE.
+   */
   createCall(req: MessageInitShape<typeof CreateCallRequestSchema>, options?: CallOptions): Promise<Call> {
     return this.unary((o) => this.raw.createCall(req, o), options);
   }
@@ -123,7 +132,8 @@ export class CallQosClient {
 
   /**
    * Events matching `req`, in sequence order, each once, as an async iterable that reopens the
-   * stream after the last delivered sequence when it breaks with UNAVAILABLE or ends.
+   * stream after the last delivered sequence when it breaks with UNAVAILABLE (or CANCELLED, or
+   * a reset connection) or ends, until failures have gone on for `resume.giveUpAfterMs`.
    * `afterSequence: 0n` replays everything retained; unset means only new events.
    */
   watch(req: MessageInitShape<typeof WatchEventsRequestSchema> = {}, options?: WatchOptions): EventWatcher {

@@ -3,9 +3,10 @@
 // Every callqos error carries google.rpc.ErrorInfo (domain "callqos.dev") whose reason is an
 // ErrorReason name ("QOS_UNAVAILABLE"); invalid requests add google.rpc.BadRequest, and QoS
 // refusals add callqos.v1.QosRefusal with the provider's counter-offer.
+import { getOption } from "@bufbuild/protobuf";
 import { Code, ConnectError } from "@connectrpc/connect";
 import { QosRefusalSchema, type QosRefusal } from "./gen/callqos/v1/call_pb.js";
-import { ErrorReason } from "./gen/callqos/v1/errors_pb.js";
+import { ErrorReason, ErrorReasonSchema, grpc_code } from "./gen/callqos/v1/errors_pb.js";
 import type { QosSpec } from "./gen/callqos/v1/flowspec_pb.js";
 import {
   BadRequestSchema,
@@ -20,6 +21,17 @@ export const DOMAIN = "callqos.dev";
 /** The ErrorInfo.reason string of an ErrorReason, e.g. "QOS_UNAVAILABLE". */
 export function reasonString(reason: ErrorReason): string {
   return ErrorReason[reason];
+}
+
+/**
+ * The gRPC code the server always sends with `reason`: the (grpc_code) option on it in
+ * errors.proto, read from the generated descriptor (connect's Code has gRPC's numbers).
+ * Code.Unknown for a value without the option (UNSPECIFIED, or one this client does not know).
+ */
+export function codeOf(reason: ErrorReason): Code {
+  const value = ErrorReasonSchema.value[reason];
+  const code = value === undefined ? 0 : getOption(value, grpc_code);
+  return code === 0 ? Code.Unknown : (code as number as Code);
 }
 
 /** A failed RPC: the ConnectError (as `cause`) with its details decoded. */

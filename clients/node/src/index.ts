@@ -1,5 +1,6 @@
 export { CallQosClient, DEFAULT_TIMEOUT_MS, PRINCIPAL_HEADER, type CallQosClientOptions } from "./client.js";
-export { CallQosError, QosUnavailableError, DOMAIN, decodeError, reasonString } from "./errors.js";
+export { CallQosError, QosUnavailableError, DOMAIN, codeOf, decodeError, reasonString } from "./errors.js";
+export { defaultResumePolicy, type ResumePolicy } from "./policy.js";
 export { ControlledLoad } from "./qos.js";
 export { EventWatcher, START_SEQUENCE_HEADER, type WatchOptions } from "./watch.js";
 export { tracingInterceptor } from "./tracing.js";

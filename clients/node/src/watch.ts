@@ -7,14 +7,13 @@ import {
 } from "./gen/callqos/v1/callqos_service_pb.js";
 import type { QosEvent } from "./gen/callqos/v1/event_pb.js";
 import { decodeError } from "./errors.js";
+import { defaultResumePolicy, sleep, statusOf, type ResumePolicy } from "./policy.js";
 
 export interface WatchOptions {
   /** Ends the watch (the iteration then just stops). */
   signal?: AbortSignal;
-  /** Reconnects in a row, without an event in between, before giving up (default 10). */
-  maxReconnects?: number;
-  /** First wait before reconnecting, doubled up to 2 s (default 50 ms). */
-  backoffMs?: number;
+  /** Changes to the resume rule (defaultResumePolicy(), from clients/service_config.json). */
+  resume?: Partial<ResumePolicy>;
 }
 
 /** The WatchEvents response header that holds the sequence the stream starts after. */
@@ -25,10 +24,17 @@ export const START_SEQUENCE_HEADER = "x-callqos-start-sequence";
  * the stream after it, so nothing is lost or repeated. A watch begun without a cursor takes the
  * one the server sends in the x-callqos-start-sequence header, so it resumes without loss even
  * when the stream breaks before its first event.
+ *
+ * The rule is the one all callqos clients follow (ResumePolicy): reopen after a failure with a
+ * resumable code (UNAVAILABLE, CANCELLED, a connection reset), or when the server ends the
+ * stream; wait a full-jitter exponential backoff; throw the last error once failures have gone
+ * on for giveUpAfterMs. Any other error (e.g. CURSOR_EXPIRED) is thrown at once.
  */
 export class EventWatcher implements AsyncIterable<QosEvent> {
   /** The sequence of the last event delivered (or the starting cursor). */
   lastSequence: bigint | undefined;
+  /** The resume rule this watcher follows. */
+  readonly resume: ResumePolicy;
   private readonly req: WatchEventsRequest;
 
   constructor(
@@ -38,15 +44,18 @@ export class EventWatcher implements AsyncIterable<QosEvent> {
   ) {
     this.req = create(WatchEventsRequestSchema, req);
     this.lastSequence = this.req.afterSequence;
+    this.resume = { ...defaultResumePolicy(), ...options.resume };
   }
 
   async *[Symbol.asyncIterator](): AsyncGenerator<QosEvent> {
-    const { signal, maxReconnects = 10, backoffMs = 50 } = this.options;
-    let failures = 0;
-    let wait = backoffMs;
+    const { signal } = this.options;
+    const policy = this.resume;
+    let bound = policy.initialBackoffMs;
+    let failingSince: number | undefined;
     while (!signal?.aborted) {
       const req = create(WatchEventsRequestSchema, { ...this.req, afterSequence: this.lastSequence });
-      let failure: ConnectError | undefined;
+      let failure: ConnectError;
+      const opened = Date.now();
       // connect's stream iterable has no return(): abort the stream ourselves when the consumer
       // stops (break/return run the finally below) or the caller's signal fires.
       const stream = new AbortController();
@@ -64,9 +73,12 @@ export class EventWatcher implements AsyncIterable<QosEvent> {
             continue; // already delivered before a reconnect
           }
           this.lastSequence = event.sequence;
-          failures = 0;
+          failingSince = undefined;
+          bound = policy.initialBackoffMs;
           yield event;
         }
+        // A watch never ends by itself: the server went away. Resumed as UNAVAILABLE is.
+        failure = new ConnectError("the server ended the watch stream", Code.Unavailable);
       } catch (err) {
         failure = ConnectError.from(err);
       } finally {
@@ -76,31 +88,26 @@ export class EventWatcher implements AsyncIterable<QosEvent> {
       if (signal?.aborted) {
         return;
       }
-      if ((failure && !reconnectable(failure)) || failures >= maxReconnects) {
-        throw decodeError(failure ?? new ConnectError("event stream ended", Code.Unavailable));
+      if (!policy.resumableCodes.has(statusOf(failure))) {
+        throw decodeError(failure);
       }
-      if (failures++ === 0) {
-        wait = backoffMs;
+      const now = Date.now();
+      if (now - opened >= policy.healthyAfterMs) {
+        failingSince = undefined;
+        bound = policy.initialBackoffMs;
       }
-      await new Promise((resolve) => setTimeout(resolve, wait));
-      wait = Math.min(2 * wait, 2000);
+      failingSince ??= now;
+      if (policy.giveUpAfterMs > 0 && now - failingSince > policy.giveUpAfterMs) {
+        throw decodeError(failure);
+      }
+      // Full jitter keeps a crowd of watchers from reconnecting in lockstep.
+      const wait = Math.random() * bound;
+      bound = Math.min(bound * policy.backoffMultiplier, policy.maxBackoffMs);
+      try {
+        await sleep(wait, signal);
+      } catch {
+        return; // the caller's signal: the iteration just stops
+      }
     }
   }
-}
-
-/**
- * The stream ended or broke in a way a new stream may not: UNAVAILABLE, or a stream that
- * connect-node ended locally, with no status from the server, because the connection under it
- * died: CANCELED when its HTTP/2 session went away, ABORTED when the socket read ECONNRESET
- * (connect-node maps a reset to ABORTED). The caller's own abort is checked before this.
- */
-function reconnectable(err: ConnectError): boolean {
-  if (err.code === Code.Unavailable) {
-    return true;
-  }
-  return (err.code === Code.Canceled || err.code === Code.Aborted) && !isWireError(err);
-}
-
-function isWireError(err: ConnectError): boolean {
-  return err.isWireError;
 }

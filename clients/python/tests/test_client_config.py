@@ -1,25 +1,12 @@
-"""Unit checks of the retry policy data and the CLI's option handling (no server needed)."""
+"""Unit checks of the request builders and the CLI's option handling (no server needed)."""
 
 from __future__ import annotations
 
 import pytest
 
 from callqos.cli.main import build_parser
-from callqos.client import _channel, _requests, specs
+from callqos.client import _requests, specs
 from callqos.v1 import callqos_service_pb2, flowspec_pb2
-
-SERVICE = callqos_service_pb2.DESCRIPTOR.services_by_name["CallQosService"]
-
-
-def test_retry_policy_covers_only_methods_safe_to_repeat() -> None:
-    config = _channel.load_service_config()
-    (method_config,) = config["methodConfig"]
-    names = {entry["method"] for entry in method_config["name"]}
-    assert all(entry["service"] == SERVICE.full_name for entry in method_config["name"])
-    assert names <= {m.name for m in SERVICE.methods}
-    # A server stream is resumed by watch() itself, never replayed by the channel.
-    assert "WatchEvents" not in names
-    assert method_config["retryPolicy"]["retryableStatusCodes"] == ["UNAVAILABLE"]
 
 
 def _create() -> callqos_service_pb2.CreateCallRequest:

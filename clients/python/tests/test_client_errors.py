@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-import re
 import uuid
 from collections.abc import Callable
-from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
 from google.protobuf import any_pb2
 from google.rpc import error_details_pb2, status_pb2
 
+from callqos import wire
 from callqos.client import (
     CallNotConnectedError,
     CallNotFoundError,
@@ -29,10 +29,11 @@ from callqos.client import (
     flowspec,
     qos,
 )
-from callqos.v1 import call_pb2
+from callqos.v1 import call_pb2, errors_pb2
 
-ERRORS_PROTO = Path(__file__).resolve().parents[3] / "protos" / "callqos" / "v1" / "errors.proto"
 _CODES = {code.value[0]: code for code in grpc.StatusCode}
+# The option's extension handle (the generated .pyi types it as a plain FieldDescriptor).
+GRPC_CODE: Any = errors_pb2.grpc_code
 
 
 class FakeRpcError(grpc.RpcError):
@@ -63,29 +64,37 @@ def _status(code: grpc.StatusCode, reason: str, *extra: object, domain: str = "c
     return status_pb2.Status(code=code.value[0], message="refused", details=details)
 
 
-def _reasons_in_proto() -> list[tuple[str, str]]:
-    """(reason, gRPC code name) for every ErrorReason, read from the comments in errors.proto."""
+def _reasons() -> list[tuple[str, grpc.StatusCode]]:
+    """(reason, gRPC code) for every ErrorReason, read from its (grpc_code) option in errors.proto."""
     found = []
-    comment: list[str] = []
-    for line in ERRORS_PROTO.read_text().splitlines():
-        line = line.strip()
-        if line.startswith("//"):
-            comment.append(line[2:].strip())
+    for value in errors_pb2.ErrorReason.DESCRIPTOR.values:
+        if value.number == 0:
             continue
-        match = re.match(r"ERROR_REASON_([A-Z0-9_]+)\s*=", line)
-        if match and match.group(1) != "UNSPECIFIED":
-            code = comment[0].split(":", 1)[0]
-            found.append((match.group(1), code))
-        comment = []
+        options = value.GetOptions()
+        assert options.HasExtension(GRPC_CODE), f"{value.name} has no (callqos.v1.grpc_code) option in errors.proto"
+        code = _CODES[options.Extensions[GRPC_CODE]]
+        found.append((value.name.removeprefix("ERROR_REASON_"), code))
     return found
 
 
-@pytest.mark.parametrize("reason,code_name", _reasons_in_proto())
-def test_every_reason_in_errors_proto_has_its_own_class(reason: str, code_name: str) -> None:
-    code = grpc.StatusCode[code_name]
+@pytest.mark.parametrize("reason,code", _reasons())
+def test_every_reason_in_errors_proto_has_its_own_class(reason: str, code: grpc.StatusCode) -> None:
     cls = errors.exception_class_for(code, reason)
     assert cls.error_reason == reason, f"no exception class for {reason}"
     assert cls.grpc_code == code
+    assert wire.STATUS_CODES_BY_REASON[reason] == code
+
+
+def test_a_reason_class_under_the_wrong_code_is_refused_at_definition() -> None:
+    with pytest.raises(TypeError, match=r"errors\.proto sends CALL_NOT_FOUND with NOT_FOUND"):
+
+        class Misplaced(errors.AbortedError):
+            error_reason = "CALL_NOT_FOUND"
+
+    with pytest.raises(TypeError, match="not an ErrorReason"):
+
+        class Invented(errors.NotFoundError):
+            error_reason = "NO_SUCH_REASON"
 
 
 def test_refusal_details_are_unpacked() -> None:
@@ -97,7 +106,7 @@ def test_refusal_details_are_unpacked() -> None:
     assert exc.code == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert (exc.reason, exc.domain, exc.metadata) == (
         "QOS_UNAVAILABLE",
-        "callqos.dev",
+        wire.ERROR_DOMAIN,
         {"call": "calls/x"},
     )
     assert exc.counter_offer == offer

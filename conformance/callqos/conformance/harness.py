@@ -29,9 +29,8 @@ from callqos.v1 import (
 from callqos.v1 import (
     callqos_service_pb2_grpc as svc_grpc,
 )
+from callqos.wire import PRINCIPAL_HEADER, START_SEQUENCE_HEADER
 
-PRINCIPAL_HEADER = "x-callqos-principal"
-START_SEQUENCE_HEADER = "x-callqos-start-sequence"
 Call = call_pb2.Call
 QosEvent = event_pb2.QosEvent
 EventType = event_pb2.QosEventType

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from callqos import wire
+
 ENV_PREFIX = "CALLQOS_"
 STORAGES = ("sqlite", "memory")
 
@@ -27,8 +29,8 @@ def _default_providers() -> dict[str, dict[str, Any]]:
 
 @dataclass
 class Config:
-    # Where to listen. Only this address is bound.
-    listen: str = "127.0.0.1:50051"
+    # Where to listen. Only this address is bound. The default is where clients connect by default.
+    listen: str = wire.DEFAULT_TARGET
     # SQLite file lives here (callqos.db).
     data_dir: Path = Path("callqos-data")
     # "sqlite" (durable, default) or "memory" (lost at exit; for tests and demos).

@@ -1,8 +1,10 @@
 """Every failure the service reports, and how it becomes a gRPC status — the one place for that.
 
-Each failure is a `ServiceError` naming an ErrorReason from protos/callqos/v1/errors.proto; the
-gRPC code for a reason is decided here and nowhere else. Every status carries a
-`google.rpc.ErrorInfo` (AIP-193), plus `BadRequest` for invalid input and `QosRefusal` for
+Each failure is a `ServiceError` naming an ErrorReason from protos/callqos/v1/errors.proto. The
+gRPC code of a reason is the `(grpc_code)` option on that reason in the same file, which
+`callqos.wire` reads from the descriptor at import (and refuses to import without), so no reason
+can go out with a code nobody decided. Every status carries a `google.rpc.ErrorInfo` (AIP-193,
+domain `callqos.wire.ERROR_DOMAIN`), plus `BadRequest` for invalid input and `QosRefusal` for
 refused QoS.
 """
 
@@ -16,44 +18,20 @@ from google.protobuf import any_pb2
 from google.protobuf.message import Message
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 
+from callqos import wire
 from callqos.v1 import call_pb2, errors_pb2, flowspec_pb2
 
-DOMAIN = "callqos.dev"
-
 Reason = errors_pb2.ErrorReason
-
-# The gRPC code of each reason (mirrors the comments in errors.proto).
-_CODES: dict[int, grpc.StatusCode] = {
-    Reason.ERROR_REASON_INVALID_REQUEST: grpc.StatusCode.INVALID_ARGUMENT,
-    Reason.ERROR_REASON_REQUEST_ID_REUSED: grpc.StatusCode.INVALID_ARGUMENT,
-    Reason.ERROR_REASON_CALL_NOT_FOUND: grpc.StatusCode.NOT_FOUND,
-    Reason.ERROR_REASON_PROVIDER_NOT_FOUND: grpc.StatusCode.NOT_FOUND,
-    Reason.ERROR_REASON_LINK_NOT_FOUND: grpc.StatusCode.NOT_FOUND,
-    Reason.ERROR_REASON_CALL_ALREADY_EXISTS: grpc.StatusCode.ALREADY_EXISTS,
-    Reason.ERROR_REASON_CALL_NOT_CONNECTED: grpc.StatusCode.FAILED_PRECONDITION,
-    Reason.ERROR_REASON_NOT_OWNER: grpc.StatusCode.PERMISSION_DENIED,
-    Reason.ERROR_REASON_ETAG_MISMATCH: grpc.StatusCode.ABORTED,
-    Reason.ERROR_REASON_QOS_UNAVAILABLE: grpc.StatusCode.RESOURCE_EXHAUSTED,
-    Reason.ERROR_REASON_QOS_POLICY_FAILURE: grpc.StatusCode.PERMISSION_DENIED,
-    Reason.ERROR_REASON_RENEGOTIATION_UNSUPPORTED: grpc.StatusCode.UNIMPLEMENTED,
-    Reason.ERROR_REASON_LINK_ADMIN_UNSUPPORTED: grpc.StatusCode.UNIMPLEMENTED,
-    Reason.ERROR_REASON_CURSOR_EXPIRED: grpc.StatusCode.OUT_OF_RANGE,
-    Reason.ERROR_REASON_CURSOR_UNKNOWN: grpc.StatusCode.OUT_OF_RANGE,
-    Reason.ERROR_REASON_PROVIDER_UNAVAILABLE: grpc.StatusCode.UNAVAILABLE,
-    Reason.ERROR_REASON_PROVIDER_CONTRACT_VIOLATION: grpc.StatusCode.INTERNAL,
-    Reason.ERROR_REASON_SHUTTING_DOWN: grpc.StatusCode.UNAVAILABLE,
-    Reason.ERROR_REASON_TOO_MANY_WATCHERS: grpc.StatusCode.RESOURCE_EXHAUSTED,
-    Reason.ERROR_REASON_INTERNAL: grpc.StatusCode.INTERNAL,
-}
 
 
 def reason_name(reason: int) -> str:
     """The ErrorInfo.reason string: the enum value name without its prefix."""
-    return Reason.Name(reason).removeprefix("ERROR_REASON_")
+    return wire.reason_string(reason)
 
 
 def code_of(reason: int) -> grpc.StatusCode:
-    return _CODES[reason]
+    """The gRPC code of a reason: its `(grpc_code)` option in errors.proto, read at import."""
+    return wire.STATUS_CODES[reason]
 
 
 @dataclass(frozen=True)
@@ -76,6 +54,10 @@ class ServiceError(Exception):
 
     def __post_init__(self) -> None:
         super().__init__(self.message)
+        if self.reason not in wire.STATUS_CODES:
+            # Raised where the error is made, so the RPC still ends as INTERNAL with ErrorInfo
+            # (the handler's catch-all) instead of failing while the status is built.
+            raise ValueError(f"not an ErrorReason with a gRPC code: {self.reason}")
 
     @property
     def code(self) -> grpc.StatusCode:
@@ -88,7 +70,7 @@ class ServiceError(Exception):
     def to_status(self) -> status_pb2.Status:
         """The google.rpc.Status with ErrorInfo first, then BadRequest / QosRefusal."""
         details: list[Message] = [
-            error_details_pb2.ErrorInfo(reason=self.reason_name, domain=DOMAIN, metadata=dict(self.metadata))
+            error_details_pb2.ErrorInfo(reason=self.reason_name, domain=wire.ERROR_DOMAIN, metadata=dict(self.metadata))
         ]
         if self.violations:
             details.append(

@@ -30,13 +30,11 @@ from callqos.server.validation import DEFAULT_PAGE, MAX_PAGE, MAX_PROVIDER_PAGE
 from callqos.v1 import call_pb2
 from callqos.v1 import callqos_service_pb2 as svc
 from callqos.v1 import callqos_service_pb2_grpc as svc_grpc
+from callqos.wire import ANONYMOUS_PRINCIPAL as ANONYMOUS
+from callqos.wire import PRINCIPAL_HEADER, START_SEQUENCE_HEADER
 
 log = logging.getLogger(__name__)
 
-PRINCIPAL_HEADER = "x-callqos-principal"
-# Initial metadata of WatchEvents: the sequence the stream starts after.
-START_SEQUENCE_HEADER = "x-callqos-start-sequence"
-ANONYMOUS = "anonymous"
 
 R = TypeVar("R")
 Handler = Callable[..., Awaitable[R]]

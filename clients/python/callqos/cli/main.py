@@ -22,6 +22,7 @@ os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 
 from google.protobuf import json_format
 
+from callqos import wire
 from callqos.client import Client, ResumePolicy, errors, specs
 from callqos.client._channel import DEFAULT_TIMEOUT, env_principal, env_target
 from callqos.v1 import flowspec_pb2
@@ -220,12 +221,12 @@ def _add_common(parser: argparse.ArgumentParser, *, top: bool) -> None:
     parser.add_argument(
         "--target",
         default=default(env_target()),
-        help="server host:port (env CALLQOS_TARGET; default 127.0.0.1:50051)",
+        help=f"server host:port (env {wire.TARGET_ENV}; default {wire.DEFAULT_TARGET})",
     )
     parser.add_argument(
         "--principal",
         default=default(env_principal()),
-        help="identity sent as x-callqos-principal (env CALLQOS_PRINCIPAL)",
+        help=f"identity sent as {wire.PRINCIPAL_HEADER} (env {wire.PRINCIPAL_ENV})",
     )
     parser.add_argument(
         "--timeout",
@@ -304,9 +305,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--give-up-after",
         type=float,
-        default=60.0,
+        default=ResumePolicy.give_up_after,
         metavar="SECONDS",
-        help="stop when the server stays unreachable this long (default 60)",
+        help="stop when the server stays unreachable this long (default %(default)s, the clients' resume policy)",
     )
 
     p = command("providers", cmd_providers, "list providers and their capabilities")

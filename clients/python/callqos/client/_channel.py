@@ -5,17 +5,17 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Callable, Mapping, Sequence
-from importlib import resources
 from typing import Any
 
-DEFAULT_TARGET = "127.0.0.1:50051"
+from callqos import wire
+
+from . import _policy
+
+DEFAULT_TARGET = wire.DEFAULT_TARGET
 #: Deadline of every unary RPC unless the caller gives another (gRPC has no default deadline).
 DEFAULT_TIMEOUT = 10.0
 #: The request metadata key the server reads the caller's identity from.
-PRINCIPAL_METADATA_KEY = "x-callqos-principal"
-#: Environment variables the CLI (and ``Client.from_env``) read.
-TARGET_ENV = "CALLQOS_TARGET"
-PRINCIPAL_ENV = "CALLQOS_PRINCIPAL"
+PRINCIPAL_METADATA_KEY = wire.PRINCIPAL_HEADER
 
 # Must match the server's limit; events and calls are small, so 4 MiB is plenty either way.
 _MAX_MESSAGE_BYTES = 4 * 1024 * 1024
@@ -34,20 +34,6 @@ def _trace_context_injector() -> Callable[[dict[str, str]], object] | None:
 
 
 _inject_trace_context = _trace_context_injector()
-
-
-def load_service_config() -> dict[str, Any]:
-    """The retry policy, kept as data in ``service_config.json`` (gRFC A6 format).
-
-    It retries UNAVAILABLE on the methods that are safe to repeat: the reads, DropCall
-    (dropping twice is harmless), UpdateLink (it sets an absolute value), and CreateCall and
-    RenegotiateCall *because this client always sends a request_id* (AIP-155), so a repeated
-    request returns the first outcome instead of acting twice. The same JSON is meant for the
-    other language clients, under the same request_id rule.
-    """
-    text = resources.files(__package__).joinpath("service_config.json").read_text("utf-8")
-    config: dict[str, Any] = json.loads(text)
-    return config
 
 
 def channel_options(
@@ -71,7 +57,10 @@ def channel_options(
         ("grpc.enable_retries", 1 if retry else 0),
     ]
     if retry:
-        config = dict(service_config) if service_config is not None else load_service_config()
+        # The retry policy all four clients share (clients/service_config.json), unless the caller
+        # brings its own. It retries only UNAVAILABLE, and CreateCall / RenegotiateCall only
+        # because this client always sends a request_id (see _requests.new_request_id).
+        config = dict(service_config) if service_config is not None else _policy.service_config()
         options.append(("grpc.service_config", json.dumps(config)))
     options.extend(extra)
     return options
@@ -99,8 +88,8 @@ def traced(metadata: Sequence[tuple[str, str]]) -> tuple[tuple[str, str], ...]:
 
 
 def env_target() -> str:
-    return os.environ.get(TARGET_ENV) or DEFAULT_TARGET
+    return os.environ.get(wire.TARGET_ENV) or DEFAULT_TARGET
 
 
 def env_principal() -> str | None:
-    return os.environ.get(PRINCIPAL_ENV) or None
+    return os.environ.get(wire.PRINCIPAL_ENV) or None

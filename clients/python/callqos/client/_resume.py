@@ -15,32 +15,41 @@ from dataclasses import dataclass
 
 import grpc
 
+from callqos import wire
 from callqos.v1 import callqos_service_pb2, event_pb2
 
-from . import _requests, specs
-from .errors import CallQosError, is_retryable
+from . import _policy, _requests, specs
+from .errors import CallQosError
 
 #: The message of the UNAVAILABLE error a stream that the server ended with OK is treated as.
 STREAM_ENDED = "the server ended the watch stream"
 #: Initial metadata of WatchEvents: the sequence the stream starts after.
-START_SEQUENCE_HEADER = "x-callqos-start-sequence"
+START_SEQUENCE_HEADER = wire.START_SEQUENCE_HEADER
+_DEFAULT = _policy.watch_resume()
 
 
 @dataclass(frozen=True)
 class ResumePolicy:
-    """How ``watch()`` reconnects after UNAVAILABLE (server restart, shutdown, network).
+    """How ``watch()`` reconnects after a transient failure (server restart, shutdown, network).
 
-    Bounded by time, not by attempts (as python-api-core's Retry is): ``give_up_after`` seconds
-    of consecutive failures raise the last error. ``None`` retries for ever.
+    The defaults are the ``watchResume`` part of ``service_config.json``, the rule all four
+    clients follow: reopen on the ``resumable_codes`` (and when the server ends the stream),
+    after the last sequence delivered, with full-jitter exponential backoff. Bounded by time, not
+    by attempts (as python-api-core's Retry is): ``give_up_after`` seconds of consecutive
+    failures raise the last error. ``None`` retries for ever. Any other error ends the watch.
     """
 
-    initial_backoff: float = 0.1
-    max_backoff: float = 5.0
-    multiplier: float = 2.0
-    give_up_after: float | None = 60.0
+    initial_backoff: float = _DEFAULT.initial_backoff
+    max_backoff: float = _DEFAULT.max_backoff
+    multiplier: float = _DEFAULT.multiplier
+    give_up_after: float | None = _DEFAULT.give_up_after
     #: A stream that stayed open this long before failing counts as having worked, so the
     #: next failure starts a fresh backoff (a quiet stream delivers no event to prove it).
-    healthy_after: float = 2.0
+    healthy_after: float = _DEFAULT.healthy_after
+    #: The codes after which reopening the stream may help. A watch only reads, so reopening it
+    #: can never do harm: UNAVAILABLE covers restarts, SHUTTING_DOWN and cut connections; a
+    #: CANCELLED we did not ask for is what a server that stops past its grace period sends.
+    resumable_codes: frozenset[grpc.StatusCode] = _DEFAULT.resumable_codes
 
     def delays(self) -> Iterable[float]:
         delay = self.initial_backoff
@@ -97,7 +106,7 @@ class WatchState:
 
     def backoff(self, error: CallQosError) -> float:
         """Seconds to wait before reconnecting after ``error``; re-raises it when final."""
-        if not _resumable(error):
+        if error.code not in self._policy.resumable_codes:
             raise error
         now = self._clock()
         if now - self._opened_at >= self._policy.healthy_after:
@@ -110,10 +119,3 @@ class WatchState:
             raise error
         self.reconnects += 1
         return next(self._delays)
-
-
-def _resumable(error: CallQosError) -> bool:
-    # A watch only reads, so reopening it can never do harm. UNAVAILABLE covers restarts and
-    # SHUTTING_DOWN; a CANCELLED we did not ask for is what a server that stops past its grace
-    # period sends. Everything else (CURSOR_EXPIRED, NOT_FOUND, ...) is final.
-    return is_retryable(error) or error.code == grpc.StatusCode.CANCELLED

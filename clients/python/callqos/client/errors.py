@@ -1,8 +1,11 @@
 """Typed exceptions for every error the callqos service returns.
 
 There is exactly one mapping from a failed RPC to an exception class, in the style of
-python-api-core's ``exceptions.py``: each class declares the gRPC status code it stands for and,
-for the specific ones, the ``google.rpc.ErrorInfo.reason`` (domain ``callqos.dev``). Subclasses
+python-api-core's ``exceptions.py``: each code-level class declares the gRPC status code it stands
+for, and each specific one the ``google.rpc.ErrorInfo.reason`` (domain ``callqos.dev``) it stands
+for. A reason's code is not written here: it is the ``(grpc_code)`` option on that reason in
+``errors.proto`` (``callqos.wire.STATUS_CODES_BY_REASON``), and defining a reason class under the
+class of another code, or for a reason errors.proto does not have, fails at import. Subclasses
 register themselves when they are defined, so the table below *is* the class hierarchy.
 
 Lookup order in :func:`from_grpc_error`:
@@ -34,7 +37,10 @@ from google.protobuf.message import DecodeError
 from google.protobuf.message import Message as ProtoMessage
 from google.rpc import error_details_pb2, status_pb2
 
+from callqos import wire
 from callqos.v1 import call_pb2, flowspec_pb2
+
+from . import _policy
 
 __all__ = [
     "DOMAIN",
@@ -84,7 +90,7 @@ __all__ = [
 ]
 
 #: The ErrorInfo domain of every error callqos itself raises.
-DOMAIN = "callqos.dev"
+DOMAIN = wire.ERROR_DOMAIN
 
 # Filled by CallQosError.__init_subclass__: the first class to claim a key wins, so a
 # subclass of a code-level class does not steal the code-level fallback.
@@ -124,16 +130,13 @@ class CallQosError(Exception):
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        # A reason class inherits its code from its code-level parent; a class that declares
-        # neither (a mixin like QosRefusedError) registers nothing.
-        code = cls.grpc_code
         reason = cls.__dict__.get("error_reason")
-        if code is None:
-            return
         if reason is not None:
-            _BY_REASON.setdefault((code, reason), cls)
-        elif "grpc_code" in cls.__dict__:
-            _BY_CODE.setdefault(code, cls)
+            cls.grpc_code = _code_of_reason(cls, reason)
+            _BY_REASON.setdefault((cls.grpc_code, reason), cls)
+        elif "grpc_code" in cls.__dict__ and cls.grpc_code is not None:
+            _BY_CODE.setdefault(cls.grpc_code, cls)
+        # A class that declares neither (a mixin like QosRefusedError) registers nothing.
 
     def __init__(
         self,
@@ -192,6 +195,19 @@ class CallQosError(Exception):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(code={self.code.name}, reason={self.reason!r}, message={self.message!r})"
+
+
+def _code_of_reason(cls: type[CallQosError], reason: str) -> grpc.StatusCode:
+    """The code errors.proto gives `reason`, which must be the code of the class's parents."""
+    code = wire.STATUS_CODES_BY_REASON.get(reason)
+    if code is None:
+        raise TypeError(f"{cls.__name__}: {reason!r} is not an ErrorReason in callqos/v1/errors.proto")
+    inherited = cls.grpc_code
+    if inherited is not None and inherited != code:
+        raise TypeError(
+            f"{cls.__name__} derives from the {inherited.name} class, but errors.proto sends {reason} with {code.name}"
+        )
+    return code
 
 
 class ClientError(CallQosError):
@@ -346,14 +362,12 @@ class ResourceExhaustedError(ClientError):
 class QosUnavailableError(QosRefusedError, ResourceExhaustedError):
     """Admission failure: not enough capacity now (LINEERR_RESOURCEUNAVAIL)."""
 
-    grpc_code = grpc.StatusCode.RESOURCE_EXHAUSTED
     error_reason = "QOS_UNAVAILABLE"
 
 
 class QosPolicyFailureError(QosRefusedError, PermissionDeniedError):
     """The provider refuses the QoS by policy (WSA_QOS_POLICY_FAILURE)."""
 
-    grpc_code = grpc.StatusCode.PERMISSION_DENIED
     error_reason = "QOS_POLICY_FAILURE"
 
 
@@ -528,9 +542,8 @@ def from_grpc_error(rpc_error: grpc.RpcError) -> CallQosError:
 
 
 #: Codes after which repeating the same request may succeed and cannot do harm twice (for
-#: idempotent requests). The service config retries only UNAVAILABLE; callers that wait
-#: longer (like watch) use this too.
-_TRANSIENT_CODES = frozenset({grpc.StatusCode.UNAVAILABLE})
+#: idempotent requests): the ones the shared retry policy (service_config.json) retries on.
+_TRANSIENT_CODES = _policy.retryable_codes()
 
 
 def is_retryable(exc: BaseException) -> bool:

@@ -22,9 +22,10 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.protobuf import descriptor_pb2 as google_dot_protobuf_dot_descriptor__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17\x63\x61llqos/v1/errors.proto\x12\ncallqos.v1*\xf1\x05\n\x0b\x45rrorReason\x12\x1c\n\x18\x45RROR_REASON_UNSPECIFIED\x10\x00\x12 \n\x1c\x45RROR_REASON_INVALID_REQUEST\x10\x01\x12\"\n\x1e\x45RROR_REASON_REQUEST_ID_REUSED\x10\x02\x12\x1f\n\x1b\x45RROR_REASON_CALL_NOT_FOUND\x10\x03\x12#\n\x1f\x45RROR_REASON_PROVIDER_NOT_FOUND\x10\x04\x12\x1f\n\x1b\x45RROR_REASON_LINK_NOT_FOUND\x10\x05\x12$\n ERROR_REASON_CALL_ALREADY_EXISTS\x10\x06\x12#\n\x1f\x45RROR_REASON_CALL_NOT_CONNECTED\x10\x07\x12\x1a\n\x16\x45RROR_REASON_NOT_OWNER\x10\x08\x12\x1e\n\x1a\x45RROR_REASON_ETAG_MISMATCH\x10\t\x12 \n\x1c\x45RROR_REASON_QOS_UNAVAILABLE\x10\n\x12#\n\x1f\x45RROR_REASON_QOS_POLICY_FAILURE\x10\x0b\x12*\n&ERROR_REASON_RENEGOTIATION_UNSUPPORTED\x10\x0c\x12\'\n#ERROR_REASON_LINK_ADMIN_UNSUPPORTED\x10\r\x12\x1f\n\x1b\x45RROR_REASON_CURSOR_EXPIRED\x10\x0e\x12\x1f\n\x1b\x45RROR_REASON_CURSOR_UNKNOWN\x10\x0f\x12%\n!ERROR_REASON_PROVIDER_UNAVAILABLE\x10\x10\x12,\n(ERROR_REASON_PROVIDER_CONTRACT_VIOLATION\x10\x11\x12\x1e\n\x1a\x45RROR_REASON_SHUTTING_DOWN\x10\x12\x12\"\n\x1e\x45RROR_REASON_TOO_MANY_WATCHERS\x10\x13\x12\x19\n\x15\x45RROR_REASON_INTERNAL\x10\x14\x42_\n\x0e\x64\x65v.callqos.v1B\x0b\x45rrorsProtoP\x01Z>github.com/callqos/callqos/clients/go/gen/callqos/v1;callqosv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17\x63\x61llqos/v1/errors.proto\x12\ncallqos.v1\x1a google/protobuf/descriptor.proto*\xe9\x06\n\x0b\x45rrorReason\x12\x1c\n\x18\x45RROR_REASON_UNSPECIFIED\x10\x00\x12&\n\x1c\x45RROR_REASON_INVALID_REQUEST\x10\x01\x1a\x04\xa8\xed\x18\x03\x12(\n\x1e\x45RROR_REASON_REQUEST_ID_REUSED\x10\x02\x1a\x04\xa8\xed\x18\x03\x12%\n\x1b\x45RROR_REASON_CALL_NOT_FOUND\x10\x03\x1a\x04\xa8\xed\x18\x05\x12)\n\x1f\x45RROR_REASON_PROVIDER_NOT_FOUND\x10\x04\x1a\x04\xa8\xed\x18\x05\x12%\n\x1b\x45RROR_REASON_LINK_NOT_FOUND\x10\x05\x1a\x04\xa8\xed\x18\x05\x12*\n ERROR_REASON_CALL_ALREADY_EXISTS\x10\x06\x1a\x04\xa8\xed\x18\x06\x12)\n\x1f\x45RROR_REASON_CALL_NOT_CONNECTED\x10\x07\x1a\x04\xa8\xed\x18\t\x12 \n\x16\x45RROR_REASON_NOT_OWNER\x10\x08\x1a\x04\xa8\xed\x18\x07\x12$\n\x1a\x45RROR_REASON_ETAG_MISMATCH\x10\t\x1a\x04\xa8\xed\x18\n\x12&\n\x1c\x45RROR_REASON_QOS_UNAVAILABLE\x10\n\x1a\x04\xa8\xed\x18\x08\x12)\n\x1f\x45RROR_REASON_QOS_POLICY_FAILURE\x10\x0b\x1a\x04\xa8\xed\x18\x07\x12\x30\n&ERROR_REASON_RENEGOTIATION_UNSUPPORTED\x10\x0c\x1a\x04\xa8\xed\x18\x0c\x12-\n#ERROR_REASON_LINK_ADMIN_UNSUPPORTED\x10\r\x1a\x04\xa8\xed\x18\x0c\x12%\n\x1b\x45RROR_REASON_CURSOR_EXPIRED\x10\x0e\x1a\x04\xa8\xed\x18\x0b\x12%\n\x1b\x45RROR_REASON_CURSOR_UNKNOWN\x10\x0f\x1a\x04\xa8\xed\x18\x0b\x12+\n!ERROR_REASON_PROVIDER_UNAVAILABLE\x10\x10\x1a\x04\xa8\xed\x18\x0e\x12\x32\n(ERROR_REASON_PROVIDER_CONTRACT_VIOLATION\x10\x11\x1a\x04\xa8\xed\x18\r\x12$\n\x1a\x45RROR_REASON_SHUTTING_DOWN\x10\x12\x1a\x04\xa8\xed\x18\x0e\x12(\n\x1e\x45RROR_REASON_TOO_MANY_WATCHERS\x10\x13\x1a\x04\xa8\xed\x18\x08\x12\x1f\n\x15\x45RROR_REASON_INTERNAL\x10\x14\x1a\x04\xa8\xed\x18\r*\xee\x03\n\x08GrpcCode\x12\x19\n\x15GRPC_CODE_UNSPECIFIED\x10\x00\x12\x17\n\x13GRPC_CODE_CANCELLED\x10\x01\x12\x15\n\x11GRPC_CODE_UNKNOWN\x10\x02\x12\x1e\n\x1aGRPC_CODE_INVALID_ARGUMENT\x10\x03\x12\x1f\n\x1bGRPC_CODE_DEADLINE_EXCEEDED\x10\x04\x12\x17\n\x13GRPC_CODE_NOT_FOUND\x10\x05\x12\x1c\n\x18GRPC_CODE_ALREADY_EXISTS\x10\x06\x12\x1f\n\x1bGRPC_CODE_PERMISSION_DENIED\x10\x07\x12 \n\x1cGRPC_CODE_RESOURCE_EXHAUSTED\x10\x08\x12!\n\x1dGRPC_CODE_FAILED_PRECONDITION\x10\t\x12\x15\n\x11GRPC_CODE_ABORTED\x10\n\x12\x1a\n\x16GRPC_CODE_OUT_OF_RANGE\x10\x0b\x12\x1b\n\x17GRPC_CODE_UNIMPLEMENTED\x10\x0c\x12\x16\n\x12GRPC_CODE_INTERNAL\x10\r\x12\x19\n\x15GRPC_CODE_UNAVAILABLE\x10\x0e\x12\x17\n\x13GRPC_CODE_DATA_LOSS\x10\x0f\x12\x1d\n\x19GRPC_CODE_UNAUTHENTICATED\x10\x10:L\n\tgrpc_code\x12!.google.protobuf.EnumValueOptions\x18\xd5\x8d\x03 \x01(\x0e\x32\x14.callqos.v1.GrpcCodeB_\n\x0e\x64\x65v.callqos.v1B\x0b\x45rrorsProtoP\x01Z>github.com/callqos/callqos/clients/go/gen/callqos/v1;callqosv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -32,6 +33,48 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'callqos.v1.errors_pb2', _gl
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'\n\016dev.callqos.v1B\013ErrorsProtoP\001Z>github.com/callqos/callqos/clients/go/gen/callqos/v1;callqosv1'
-  _globals['_ERRORREASON']._serialized_start=40
-  _globals['_ERRORREASON']._serialized_end=793
+  _globals['_ERRORREASON'].values_by_name["ERROR_REASON_INVALID_REQUEST"]._loaded_options = None
+  _globals['_ERRORREASON'].values_by_name["ERROR_REASON_INVALID_REQUEST"]._serialized_options = b'\250\355\030\003'
+  _globals['_ERRORREASON'].values_by_name["ERROR_REASON_REQUEST_ID_REUSED"]._loaded_options = None
+  _globals['_ERRORREASON'].values_by_name["ERROR_REASON_REQUEST_ID_REUSED"]._serialized_options = b'\250\355\030\003'
+  _globals['_ERRORREASON'].values_by_name["ERROR_REASON_CALL_NOT_FOUND"]._loaded_options = None
+  _globals['_ERRORREASON'].values_by_name["ERROR_REASON_CALL_NOT_FOUND"]._serialized_options = b'\250\355\030\005'
+  _globals['_ERRORREASON'].values_by_name["ERROR_REASON_PROVIDER_NOT_FOUND"]._loaded_options = None
+  _globals['_ERRORREASON'].values_by_name["ERROR_REASON_PROVIDER_NOT_FOUND"]._serialized_options = b'\250\355\030\005'
+  _globals['_ERRORREASON'].values_by_name["ERROR_REASON_LINK_NOT_FOUND"]._loaded_options = None
+  _globals['_ERRORREASON'].values_by_name["ERROR_REASON_LINK_NOT_FOUND"]._serialized_options = b'\250\355\030\005'
+  _globals['_ERRORREASON'].values_by_name["ERROR_REASON_CALL_ALREADY_EXISTS"]._loaded_options = None
+  _globals['_ERRORREASON'].values_by_name["ERROR_REASON_CALL_ALREADY_EXISTS"]._serialized_options = b'\250\355\030\006'
+  _globals['_ERRORREASON'].values_by_name["ERROR_REASON_CALL_NOT_CONNECTED"]._loaded_options = None
+  _globals['_ERRORREASON'].values_by_name["ERROR_REASON_CALL_NOT_CONNECTED"]._serialized_options = b'\250\355\030\t'
+  _globals['_ERRORREASON'].values_by_name["ERROR_REASON_NOT_OWNER"]._loaded_options = None
+  _globals['_ERRORREASON'].values_by_name["ERROR_REASON_NOT_OWNER"]._serialized_options = b'\250\355\030\007'
+  _globals['_ERRORREASON'].values_by_name["ERROR_REASON_ETAG_MISMATCH"]._loaded_options = None
+  _globals['_ERRORREASON'].values_by_name["ERROR_REASON_ETAG_MISMATCH"]._serialized_options = b'\250\355\030\n'
+  _globals['_ERRORREASON'].values_by_name["ERROR_REASON_QOS_UNAVAILABLE"]._loaded_options = None
+  _globals['_ERRORREASON'].values_by_name["ERROR_REASON_QOS_UNAVAILABLE"]._serialized_options = b'\250\355\030\010'
+  _globals['_ERRORREASON'].values_by_name["ERROR_REASON_QOS_POLICY_FAILURE"]._loaded_options = None
+  _globals['_ERRORREASON'].values_by_name["ERROR_REASON_QOS_POLICY_FAILURE"]._serialized_options = b'\250\355\030\007'
+  _globals['_ERRORREASON'].values_by_name["ERROR_REASON_RENEGOTIATION_UNSUPPORTED"]._loaded_options = None
+  _globals['_ERRORREASON'].values_by_name["ERROR_REASON_RENEGOTIATION_UNSUPPORTED"]._serialized_options = b'\250\355\030\014'
+  _globals['_ERRORREASON'].values_by_name["ERROR_REASON_LINK_ADMIN_UNSUPPORTED"]._loaded_options = None
+  _globals['_ERRORREASON'].values_by_name["ERROR_REASON_LINK_ADMIN_UNSUPPORTED"]._serialized_options = b'\250\355\030\014'
+  _globals['_ERRORREASON'].values_by_name["ERROR_REASON_CURSOR_EXPIRED"]._loaded_options = None
+  _globals['_ERRORREASON'].values_by_name["ERROR_REASON_CURSOR_EXPIRED"]._serialized_options = b'\250\355\030\013'
+  _globals['_ERRORREASON'].values_by_name["ERROR_REASON_CURSOR_UNKNOWN"]._loaded_options = None
+  _globals['_ERRORREASON'].values_by_name["ERROR_REASON_CURSOR_UNKNOWN"]._serialized_options = b'\250\355\030\013'
+  _globals['_ERRORREASON'].values_by_name["ERROR_REASON_PROVIDER_UNAVAILABLE"]._loaded_options = None
+  _globals['_ERRORREASON'].values_by_name["ERROR_REASON_PROVIDER_UNAVAILABLE"]._serialized_options = b'\250\355\030\016'
+  _globals['_ERRORREASON'].values_by_name["ERROR_REASON_PROVIDER_CONTRACT_VIOLATION"]._loaded_options = None
+  _globals['_ERRORREASON'].values_by_name["ERROR_REASON_PROVIDER_CONTRACT_VIOLATION"]._serialized_options = b'\250\355\030\r'
+  _globals['_ERRORREASON'].values_by_name["ERROR_REASON_SHUTTING_DOWN"]._loaded_options = None
+  _globals['_ERRORREASON'].values_by_name["ERROR_REASON_SHUTTING_DOWN"]._serialized_options = b'\250\355\030\016'
+  _globals['_ERRORREASON'].values_by_name["ERROR_REASON_TOO_MANY_WATCHERS"]._loaded_options = None
+  _globals['_ERRORREASON'].values_by_name["ERROR_REASON_TOO_MANY_WATCHERS"]._serialized_options = b'\250\355\030\010'
+  _globals['_ERRORREASON'].values_by_name["ERROR_REASON_INTERNAL"]._loaded_options = None
+  _globals['_ERRORREASON'].values_by_name["ERROR_REASON_INTERNAL"]._serialized_options = b'\250\355\030\r'
+  _globals['_ERRORREASON']._serialized_start=74
+  _globals['_ERRORREASON']._serialized_end=947
+  _globals['_GRPCCODE']._serialized_start=950
+  _globals['_GRPCCODE']._serialized_end=1444
 # @@protoc_insertion_point(module_scope)

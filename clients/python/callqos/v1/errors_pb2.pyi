@@ -1,3 +1,4 @@
+from google.protobuf import descriptor_pb2 as _descriptor_pb2
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from typing import ClassVar as _ClassVar
@@ -27,6 +28,26 @@ class ErrorReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     ERROR_REASON_SHUTTING_DOWN: _ClassVar[ErrorReason]
     ERROR_REASON_TOO_MANY_WATCHERS: _ClassVar[ErrorReason]
     ERROR_REASON_INTERNAL: _ClassVar[ErrorReason]
+
+class GrpcCode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    GRPC_CODE_UNSPECIFIED: _ClassVar[GrpcCode]
+    GRPC_CODE_CANCELLED: _ClassVar[GrpcCode]
+    GRPC_CODE_UNKNOWN: _ClassVar[GrpcCode]
+    GRPC_CODE_INVALID_ARGUMENT: _ClassVar[GrpcCode]
+    GRPC_CODE_DEADLINE_EXCEEDED: _ClassVar[GrpcCode]
+    GRPC_CODE_NOT_FOUND: _ClassVar[GrpcCode]
+    GRPC_CODE_ALREADY_EXISTS: _ClassVar[GrpcCode]
+    GRPC_CODE_PERMISSION_DENIED: _ClassVar[GrpcCode]
+    GRPC_CODE_RESOURCE_EXHAUSTED: _ClassVar[GrpcCode]
+    GRPC_CODE_FAILED_PRECONDITION: _ClassVar[GrpcCode]
+    GRPC_CODE_ABORTED: _ClassVar[GrpcCode]
+    GRPC_CODE_OUT_OF_RANGE: _ClassVar[GrpcCode]
+    GRPC_CODE_UNIMPLEMENTED: _ClassVar[GrpcCode]
+    GRPC_CODE_INTERNAL: _ClassVar[GrpcCode]
+    GRPC_CODE_UNAVAILABLE: _ClassVar[GrpcCode]
+    GRPC_CODE_DATA_LOSS: _ClassVar[GrpcCode]
+    GRPC_CODE_UNAUTHENTICATED: _ClassVar[GrpcCode]
 ERROR_REASON_UNSPECIFIED: ErrorReason
 ERROR_REASON_INVALID_REQUEST: ErrorReason
 ERROR_REASON_REQUEST_ID_REUSED: ErrorReason
@@ -48,3 +69,22 @@ ERROR_REASON_PROVIDER_CONTRACT_VIOLATION: ErrorReason
 ERROR_REASON_SHUTTING_DOWN: ErrorReason
 ERROR_REASON_TOO_MANY_WATCHERS: ErrorReason
 ERROR_REASON_INTERNAL: ErrorReason
+GRPC_CODE_UNSPECIFIED: GrpcCode
+GRPC_CODE_CANCELLED: GrpcCode
+GRPC_CODE_UNKNOWN: GrpcCode
+GRPC_CODE_INVALID_ARGUMENT: GrpcCode
+GRPC_CODE_DEADLINE_EXCEEDED: GrpcCode
+GRPC_CODE_NOT_FOUND: GrpcCode
+GRPC_CODE_ALREADY_EXISTS: GrpcCode
+GRPC_CODE_PERMISSION_DENIED: GrpcCode
+GRPC_CODE_RESOURCE_EXHAUSTED: GrpcCode
+GRPC_CODE_FAILED_PRECONDITION: GrpcCode
+GRPC_CODE_ABORTED: GrpcCode
+GRPC_CODE_OUT_OF_RANGE: GrpcCode
+GRPC_CODE_UNIMPLEMENTED: GrpcCode
+GRPC_CODE_INTERNAL: GrpcCode
+GRPC_CODE_UNAVAILABLE: GrpcCode
+GRPC_CODE_DATA_LOSS: GrpcCode
+GRPC_CODE_UNAUTHENTICATED: GrpcCode
+GRPC_CODE_FIELD_NUMBER: _ClassVar[int]
+grpc_code: _descriptor.FieldDescriptor

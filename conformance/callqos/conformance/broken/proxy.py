@@ -19,6 +19,7 @@ import grpc
 
 from callqos.v1 import callqos_service_pb2 as svc
 from callqos.v1 import callqos_service_pb2_grpc as svc_grpc
+from callqos.wire import ANONYMOUS_PRINCIPAL, PRINCIPAL_HEADER, START_SEQUENCE_HEADER
 
 UNARY = (
     "CreateCall",
@@ -45,8 +46,6 @@ FAULTS = (
     "wrong-start-sequence",
     "owner-only-events",
 )
-PRINCIPAL_HEADER = "x-callqos-principal"
-START_SEQUENCE_HEADER = "x-callqos-start-sequence"
 FORWARDED_HEADERS = (PRINCIPAL_HEADER,)
 
 
@@ -121,7 +120,7 @@ class Proxy(svc_grpc.CallQosServiceServicer):
         if event.call not in owners:
             call = await self.up.GetCall(svc.GetCallRequest(name=event.call), metadata=self._metadata(context))
             owners[event.call] = call.owner
-        return owners[event.call] == dict(self._metadata(context)).get(PRINCIPAL_HEADER, "anonymous")
+        return owners[event.call] == dict(self._metadata(context)).get(PRINCIPAL_HEADER, ANONYMOUS_PRINCIPAL)
 
     async def WatchEvents(
         self, request: svc.WatchEventsRequest, context: grpc.aio.ServicerContext

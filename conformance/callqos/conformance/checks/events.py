@@ -13,7 +13,6 @@ from callqos.conformance.checks.common import call_events, expect_types, is_qos_
 from callqos.conformance.checks.registry import MUST, SHOULD, check
 from callqos.conformance.exceptions import CheckFailed, CheckSkipped
 from callqos.conformance.harness import (
-    START_SEQUENCE_HEADER,
     Call,
     CheckContext,
     EventType,
@@ -25,6 +24,7 @@ from callqos.conformance.harness import (
 )
 from callqos.conformance.rules import QosSpec, best_effort, cl
 from callqos.v1 import event_pb2
+from callqos.wire import START_SEQUENCE_HEADER
 
 E = EventType
 IF_AVAILABLE, NEEDED = Level.SERVICE_LEVEL_IF_AVAILABLE, Level.SERVICE_LEVEL_NEEDED

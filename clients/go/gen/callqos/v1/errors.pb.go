@@ -9,6 +9,7 @@ package callqosv1
 import (
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
+	descriptorpb "google.golang.org/protobuf/types/descriptorpb"
 	reflect "reflect"
 	sync "sync"
 	unsafe "unsafe"
@@ -23,55 +24,58 @@ const (
 
 // The reasons in google.rpc.ErrorInfo.reason (domain "callqos.dev") of every error the service
 // returns. The reason string is the value name without the ERROR_REASON_ prefix, e.g.
-// "QOS_UNAVAILABLE". Clients branch on the reason; the gRPC code is given for each.
+// "QOS_UNAVAILABLE". Clients branch on the reason. Each reason is always sent with the one gRPC
+// status code its (grpc_code) option names: the server builds its reason-to-code mapping from
+// that option and the clients' tests check theirs against it, so this file is the only place
+// the pairing is decided. A new reason without the option fails those tests.
 type ErrorReason int32
 
 const (
 	// Never sent.
 	ErrorReason_ERROR_REASON_UNSPECIFIED ErrorReason = 0
-	// INVALID_ARGUMENT: the request is malformed; google.rpc.BadRequest names each bad field.
+	// The request is malformed; google.rpc.BadRequest names each bad field.
 	// Nothing was stored or reserved.
 	ErrorReason_ERROR_REASON_INVALID_REQUEST ErrorReason = 1
-	// INVALID_ARGUMENT: the request_id was already used for a different request.
+	// The request_id was already used for a different request.
 	ErrorReason_ERROR_REASON_REQUEST_ID_REUSED ErrorReason = 2
-	// NOT_FOUND: no such call.
+	// No such call.
 	ErrorReason_ERROR_REASON_CALL_NOT_FOUND ErrorReason = 3
-	// NOT_FOUND: no such provider.
+	// No such provider.
 	ErrorReason_ERROR_REASON_PROVIDER_NOT_FOUND ErrorReason = 4
-	// NOT_FOUND: no such link.
+	// No such link.
 	ErrorReason_ERROR_REASON_LINK_NOT_FOUND ErrorReason = 5
-	// ALREADY_EXISTS: the call_id is taken.
+	// The call_id is taken.
 	ErrorReason_ERROR_REASON_CALL_ALREADY_EXISTS ErrorReason = 6
-	// FAILED_PRECONDITION: the call is not connected (LINEERR_INVALCALLSTATE).
+	// The call is not connected (LINEERR_INVALCALLSTATE).
 	ErrorReason_ERROR_REASON_CALL_NOT_CONNECTED ErrorReason = 7
-	// PERMISSION_DENIED: only the call's owner may change it (LINEERR_NOTOWNER).
+	// Only the call's owner may change it (LINEERR_NOTOWNER).
 	ErrorReason_ERROR_REASON_NOT_OWNER ErrorReason = 8
-	// ABORTED: the etag does not match; read the call again and retry.
+	// The etag does not match; read the call again and retry.
 	ErrorReason_ERROR_REASON_ETAG_MISMATCH ErrorReason = 9
-	// RESOURCE_EXHAUSTED: the provider cannot provide the QoS now (admission failure,
+	// The provider cannot provide the QoS now (admission failure,
 	// LINEERR_RESOURCEUNAVAIL). Details carry callqos.v1.QosRefusal with a counter-offer.
 	ErrorReason_ERROR_REASON_QOS_UNAVAILABLE ErrorReason = 10
-	// PERMISSION_DENIED: the provider refuses the QoS by policy (WSA_QOS_POLICY_FAILURE).
+	// The provider refuses the QoS by policy (WSA_QOS_POLICY_FAILURE).
 	// Details carry callqos.v1.QosRefusal.
 	ErrorReason_ERROR_REASON_QOS_POLICY_FAILURE ErrorReason = 11
-	// UNIMPLEMENTED: the call's provider cannot renegotiate (LINEERR_OPERATIONUNAVAIL).
+	// The call's provider cannot renegotiate (LINEERR_OPERATIONUNAVAIL).
 	ErrorReason_ERROR_REASON_RENEGOTIATION_UNSUPPORTED ErrorReason = 12
-	// UNIMPLEMENTED: the provider has no links to administer.
+	// The provider has no links to administer.
 	ErrorReason_ERROR_REASON_LINK_ADMIN_UNSUPPORTED ErrorReason = 13
-	// OUT_OF_RANGE: the resume cursor is older than the retained events; some are gone.
+	// The resume cursor is older than the retained events; some are gone.
 	ErrorReason_ERROR_REASON_CURSOR_EXPIRED ErrorReason = 14
-	// OUT_OF_RANGE: the resume cursor is beyond the newest event this server ever stored.
+	// The resume cursor is beyond the newest event this server ever stored.
 	ErrorReason_ERROR_REASON_CURSOR_UNKNOWN ErrorReason = 15
-	// UNAVAILABLE: the provider failed or did not answer in time; nothing changed. Retry later.
+	// The provider failed or did not answer in time; nothing changed. Retry later.
 	ErrorReason_ERROR_REASON_PROVIDER_UNAVAILABLE ErrorReason = 16
-	// INTERNAL: the provider answered something that breaks its contract (e.g. a grant below a
+	// The provider answered something that breaks its contract (e.g. a grant below a
 	// NEEDED request); nothing changed.
 	ErrorReason_ERROR_REASON_PROVIDER_CONTRACT_VIOLATION ErrorReason = 17
-	// UNAVAILABLE: the server is shutting down; reconnect (watchers resume from their cursor).
+	// The server is shutting down; reconnect (watchers resume from their cursor).
 	ErrorReason_ERROR_REASON_SHUTTING_DOWN ErrorReason = 18
-	// RESOURCE_EXHAUSTED: too many open watch streams.
+	// Too many open watch streams.
 	ErrorReason_ERROR_REASON_TOO_MANY_WATCHERS ErrorReason = 19
-	// INTERNAL: a server bug; the request may or may not have taken effect. Report it.
+	// A server bug; the request may or may not have taken effect. Report it.
 	ErrorReason_ERROR_REASON_INTERNAL ErrorReason = 20
 )
 
@@ -152,35 +156,188 @@ func (ErrorReason) EnumDescriptor() ([]byte, []int) {
 	return file_callqos_v1_errors_proto_rawDescGZIP(), []int{0}
 }
 
+// The gRPC status codes, with the names and numbers of google.rpc.Code, except that 0 (OK) is
+// UNSPECIFIED here: no error is sent with OK. Defined here rather than imported from
+// google/rpc/code.proto so that the API builds from this directory alone, with no dependency
+// to fetch (buf, protoc and each client's generator read only protos/).
+type GrpcCode int32
+
+const (
+	// Not a code: an ErrorReason without a grpc_code is a mistake the tests catch.
+	GrpcCode_GRPC_CODE_UNSPECIFIED GrpcCode = 0
+	// The operation was cancelled, typically by the caller.
+	GrpcCode_GRPC_CODE_CANCELLED GrpcCode = 1
+	// Unknown error.
+	GrpcCode_GRPC_CODE_UNKNOWN GrpcCode = 2
+	// The client specified an invalid argument.
+	GrpcCode_GRPC_CODE_INVALID_ARGUMENT GrpcCode = 3
+	// The deadline expired before the operation could complete.
+	GrpcCode_GRPC_CODE_DEADLINE_EXCEEDED GrpcCode = 4
+	// Some requested entity was not found.
+	GrpcCode_GRPC_CODE_NOT_FOUND GrpcCode = 5
+	// The entity a client attempted to create already exists.
+	GrpcCode_GRPC_CODE_ALREADY_EXISTS GrpcCode = 6
+	// The caller may not execute the operation.
+	GrpcCode_GRPC_CODE_PERMISSION_DENIED GrpcCode = 7
+	// Some resource has been exhausted.
+	GrpcCode_GRPC_CODE_RESOURCE_EXHAUSTED GrpcCode = 8
+	// The system is not in a state required for the operation.
+	GrpcCode_GRPC_CODE_FAILED_PRECONDITION GrpcCode = 9
+	// The operation was aborted, typically because of a concurrency conflict.
+	GrpcCode_GRPC_CODE_ABORTED GrpcCode = 10
+	// The operation was attempted past the valid range.
+	GrpcCode_GRPC_CODE_OUT_OF_RANGE GrpcCode = 11
+	// The operation is not implemented or not supported.
+	GrpcCode_GRPC_CODE_UNIMPLEMENTED GrpcCode = 12
+	// An invariant expected by the system is broken.
+	GrpcCode_GRPC_CODE_INTERNAL GrpcCode = 13
+	// The service is currently unavailable; a retry may succeed.
+	GrpcCode_GRPC_CODE_UNAVAILABLE GrpcCode = 14
+	// Unrecoverable data loss or corruption.
+	GrpcCode_GRPC_CODE_DATA_LOSS GrpcCode = 15
+	// The request does not have valid authentication credentials.
+	GrpcCode_GRPC_CODE_UNAUTHENTICATED GrpcCode = 16
+)
+
+// Enum value maps for GrpcCode.
+var (
+	GrpcCode_name = map[int32]string{
+		0:  "GRPC_CODE_UNSPECIFIED",
+		1:  "GRPC_CODE_CANCELLED",
+		2:  "GRPC_CODE_UNKNOWN",
+		3:  "GRPC_CODE_INVALID_ARGUMENT",
+		4:  "GRPC_CODE_DEADLINE_EXCEEDED",
+		5:  "GRPC_CODE_NOT_FOUND",
+		6:  "GRPC_CODE_ALREADY_EXISTS",
+		7:  "GRPC_CODE_PERMISSION_DENIED",
+		8:  "GRPC_CODE_RESOURCE_EXHAUSTED",
+		9:  "GRPC_CODE_FAILED_PRECONDITION",
+		10: "GRPC_CODE_ABORTED",
+		11: "GRPC_CODE_OUT_OF_RANGE",
+		12: "GRPC_CODE_UNIMPLEMENTED",
+		13: "GRPC_CODE_INTERNAL",
+		14: "GRPC_CODE_UNAVAILABLE",
+		15: "GRPC_CODE_DATA_LOSS",
+		16: "GRPC_CODE_UNAUTHENTICATED",
+	}
+	GrpcCode_value = map[string]int32{
+		"GRPC_CODE_UNSPECIFIED":         0,
+		"GRPC_CODE_CANCELLED":           1,
+		"GRPC_CODE_UNKNOWN":             2,
+		"GRPC_CODE_INVALID_ARGUMENT":    3,
+		"GRPC_CODE_DEADLINE_EXCEEDED":   4,
+		"GRPC_CODE_NOT_FOUND":           5,
+		"GRPC_CODE_ALREADY_EXISTS":      6,
+		"GRPC_CODE_PERMISSION_DENIED":   7,
+		"GRPC_CODE_RESOURCE_EXHAUSTED":  8,
+		"GRPC_CODE_FAILED_PRECONDITION": 9,
+		"GRPC_CODE_ABORTED":             10,
+		"GRPC_CODE_OUT_OF_RANGE":        11,
+		"GRPC_CODE_UNIMPLEMENTED":       12,
+		"GRPC_CODE_INTERNAL":            13,
+		"GRPC_CODE_UNAVAILABLE":         14,
+		"GRPC_CODE_DATA_LOSS":           15,
+		"GRPC_CODE_UNAUTHENTICATED":     16,
+	}
+)
+
+func (x GrpcCode) Enum() *GrpcCode {
+	p := new(GrpcCode)
+	*p = x
+	return p
+}
+
+func (x GrpcCode) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (GrpcCode) Descriptor() protoreflect.EnumDescriptor {
+	return file_callqos_v1_errors_proto_enumTypes[1].Descriptor()
+}
+
+func (GrpcCode) Type() protoreflect.EnumType {
+	return &file_callqos_v1_errors_proto_enumTypes[1]
+}
+
+func (x GrpcCode) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use GrpcCode.Descriptor instead.
+func (GrpcCode) EnumDescriptor() ([]byte, []int) {
+	return file_callqos_v1_errors_proto_rawDescGZIP(), []int{1}
+}
+
+var file_callqos_v1_errors_proto_extTypes = []protoimpl.ExtensionInfo{
+	{
+		ExtendedType:  (*descriptorpb.EnumValueOptions)(nil),
+		ExtensionType: (*GrpcCode)(nil),
+		Field:         50901,
+		Name:          "callqos.v1.grpc_code",
+		Tag:           "varint,50901,opt,name=grpc_code,enum=callqos.v1.GrpcCode",
+		Filename:      "callqos/v1/errors.proto",
+	},
+}
+
+// Extension fields to descriptorpb.EnumValueOptions.
+var (
+	// The gRPC status code sent with an ErrorReason. (A number in the range protobuf leaves to
+	// an organisation's own options, 50000-99999.)
+	//
+	// optional callqos.v1.GrpcCode grpc_code = 50901;
+	E_GrpcCode = &file_callqos_v1_errors_proto_extTypes[0]
+)
+
 var File_callqos_v1_errors_proto protoreflect.FileDescriptor
 
 const file_callqos_v1_errors_proto_rawDesc = "" +
 	"\n" +
 	"\x17callqos/v1/errors.proto\x12\n" +
-	"callqos.v1*\xf1\x05\n" +
+	"callqos.v1\x1a google/protobuf/descriptor.proto*\xe9\x06\n" +
 	"\vErrorReason\x12\x1c\n" +
-	"\x18ERROR_REASON_UNSPECIFIED\x10\x00\x12 \n" +
-	"\x1cERROR_REASON_INVALID_REQUEST\x10\x01\x12\"\n" +
-	"\x1eERROR_REASON_REQUEST_ID_REUSED\x10\x02\x12\x1f\n" +
-	"\x1bERROR_REASON_CALL_NOT_FOUND\x10\x03\x12#\n" +
-	"\x1fERROR_REASON_PROVIDER_NOT_FOUND\x10\x04\x12\x1f\n" +
-	"\x1bERROR_REASON_LINK_NOT_FOUND\x10\x05\x12$\n" +
-	" ERROR_REASON_CALL_ALREADY_EXISTS\x10\x06\x12#\n" +
-	"\x1fERROR_REASON_CALL_NOT_CONNECTED\x10\a\x12\x1a\n" +
-	"\x16ERROR_REASON_NOT_OWNER\x10\b\x12\x1e\n" +
-	"\x1aERROR_REASON_ETAG_MISMATCH\x10\t\x12 \n" +
+	"\x18ERROR_REASON_UNSPECIFIED\x10\x00\x12&\n" +
+	"\x1cERROR_REASON_INVALID_REQUEST\x10\x01\x1a\x04\xa8\xed\x18\x03\x12(\n" +
+	"\x1eERROR_REASON_REQUEST_ID_REUSED\x10\x02\x1a\x04\xa8\xed\x18\x03\x12%\n" +
+	"\x1bERROR_REASON_CALL_NOT_FOUND\x10\x03\x1a\x04\xa8\xed\x18\x05\x12)\n" +
+	"\x1fERROR_REASON_PROVIDER_NOT_FOUND\x10\x04\x1a\x04\xa8\xed\x18\x05\x12%\n" +
+	"\x1bERROR_REASON_LINK_NOT_FOUND\x10\x05\x1a\x04\xa8\xed\x18\x05\x12*\n" +
+	" ERROR_REASON_CALL_ALREADY_EXISTS\x10\x06\x1a\x04\xa8\xed\x18\x06\x12)\n" +
+	"\x1fERROR_REASON_CALL_NOT_CONNECTED\x10\a\x1a\x04\xa8\xed\x18\t\x12 \n" +
+	"\x16ERROR_REASON_NOT_OWNER\x10\b\x1a\x04\xa8\xed\x18\a\x12$\n" +
+	"\x1aERROR_REASON_ETAG_MISMATCH\x10\t\x1a\x04\xa8\xed\x18\n" +
+	"\x12&\n" +
 	"\x1cERROR_REASON_QOS_UNAVAILABLE\x10\n" +
-	"\x12#\n" +
-	"\x1fERROR_REASON_QOS_POLICY_FAILURE\x10\v\x12*\n" +
-	"&ERROR_REASON_RENEGOTIATION_UNSUPPORTED\x10\f\x12'\n" +
-	"#ERROR_REASON_LINK_ADMIN_UNSUPPORTED\x10\r\x12\x1f\n" +
-	"\x1bERROR_REASON_CURSOR_EXPIRED\x10\x0e\x12\x1f\n" +
-	"\x1bERROR_REASON_CURSOR_UNKNOWN\x10\x0f\x12%\n" +
-	"!ERROR_REASON_PROVIDER_UNAVAILABLE\x10\x10\x12,\n" +
-	"(ERROR_REASON_PROVIDER_CONTRACT_VIOLATION\x10\x11\x12\x1e\n" +
-	"\x1aERROR_REASON_SHUTTING_DOWN\x10\x12\x12\"\n" +
-	"\x1eERROR_REASON_TOO_MANY_WATCHERS\x10\x13\x12\x19\n" +
-	"\x15ERROR_REASON_INTERNAL\x10\x14B_\n" +
+	"\x1a\x04\xa8\xed\x18\b\x12)\n" +
+	"\x1fERROR_REASON_QOS_POLICY_FAILURE\x10\v\x1a\x04\xa8\xed\x18\a\x120\n" +
+	"&ERROR_REASON_RENEGOTIATION_UNSUPPORTED\x10\f\x1a\x04\xa8\xed\x18\f\x12-\n" +
+	"#ERROR_REASON_LINK_ADMIN_UNSUPPORTED\x10\r\x1a\x04\xa8\xed\x18\f\x12%\n" +
+	"\x1bERROR_REASON_CURSOR_EXPIRED\x10\x0e\x1a\x04\xa8\xed\x18\v\x12%\n" +
+	"\x1bERROR_REASON_CURSOR_UNKNOWN\x10\x0f\x1a\x04\xa8\xed\x18\v\x12+\n" +
+	"!ERROR_REASON_PROVIDER_UNAVAILABLE\x10\x10\x1a\x04\xa8\xed\x18\x0e\x122\n" +
+	"(ERROR_REASON_PROVIDER_CONTRACT_VIOLATION\x10\x11\x1a\x04\xa8\xed\x18\r\x12$\n" +
+	"\x1aERROR_REASON_SHUTTING_DOWN\x10\x12\x1a\x04\xa8\xed\x18\x0e\x12(\n" +
+	"\x1eERROR_REASON_TOO_MANY_WATCHERS\x10\x13\x1a\x04\xa8\xed\x18\b\x12\x1f\n" +
+	"\x15ERROR_REASON_INTERNAL\x10\x14\x1a\x04\xa8\xed\x18\r*\xee\x03\n" +
+	"\bGrpcCode\x12\x19\n" +
+	"\x15GRPC_CODE_UNSPECIFIED\x10\x00\x12\x17\n" +
+	"\x13GRPC_CODE_CANCELLED\x10\x01\x12\x15\n" +
+	"\x11GRPC_CODE_UNKNOWN\x10\x02\x12\x1e\n" +
+	"\x1aGRPC_CODE_INVALID_ARGUMENT\x10\x03\x12\x1f\n" +
+	"\x1bGRPC_CODE_DEADLINE_EXCEEDED\x10\x04\x12\x17\n" +
+	"\x13GRPC_CODE_NOT_FOUND\x10\x05\x12\x1c\n" +
+	"\x18GRPC_CODE_ALREADY_EXISTS\x10\x06\x12\x1f\n" +
+	"\x1bGRPC_CODE_PERMISSION_DENIED\x10\a\x12 \n" +
+	"\x1cGRPC_CODE_RESOURCE_EXHAUSTED\x10\b\x12!\n" +
+	"\x1dGRPC_CODE_FAILED_PRECONDITION\x10\t\x12\x15\n" +
+	"\x11GRPC_CODE_ABORTED\x10\n" +
+	"\x12\x1a\n" +
+	"\x16GRPC_CODE_OUT_OF_RANGE\x10\v\x12\x1b\n" +
+	"\x17GRPC_CODE_UNIMPLEMENTED\x10\f\x12\x16\n" +
+	"\x12GRPC_CODE_INTERNAL\x10\r\x12\x19\n" +
+	"\x15GRPC_CODE_UNAVAILABLE\x10\x0e\x12\x17\n" +
+	"\x13GRPC_CODE_DATA_LOSS\x10\x0f\x12\x1d\n" +
+	"\x19GRPC_CODE_UNAUTHENTICATED\x10\x10:V\n" +
+	"\tgrpc_code\x12!.google.protobuf.EnumValueOptions\x18Ս\x03 \x01(\x0e2\x14.callqos.v1.GrpcCodeR\bgrpcCodeB_\n" +
 	"\x0edev.callqos.v1B\vErrorsProtoP\x01Z>github.com/callqos/callqos/clients/go/gen/callqos/v1;callqosv1b\x06proto3"
 
 var (
@@ -195,15 +352,19 @@ func file_callqos_v1_errors_proto_rawDescGZIP() []byte {
 	return file_callqos_v1_errors_proto_rawDescData
 }
 
-var file_callqos_v1_errors_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
+var file_callqos_v1_errors_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
 var file_callqos_v1_errors_proto_goTypes = []any{
-	(ErrorReason)(0), // 0: callqos.v1.ErrorReason
+	(ErrorReason)(0),                      // 0: callqos.v1.ErrorReason
+	(GrpcCode)(0),                         // 1: callqos.v1.GrpcCode
+	(*descriptorpb.EnumValueOptions)(nil), // 2: google.protobuf.EnumValueOptions
 }
 var file_callqos_v1_errors_proto_depIdxs = []int32{
-	0, // [0:0] is the sub-list for method output_type
-	0, // [0:0] is the sub-list for method input_type
-	0, // [0:0] is the sub-list for extension type_name
-	0, // [0:0] is the sub-list for extension extendee
+	2, // 0: callqos.v1.grpc_code:extendee -> google.protobuf.EnumValueOptions
+	1, // 1: callqos.v1.grpc_code:type_name -> callqos.v1.GrpcCode
+	2, // [2:2] is the sub-list for method output_type
+	2, // [2:2] is the sub-list for method input_type
+	1, // [1:2] is the sub-list for extension type_name
+	0, // [0:1] is the sub-list for extension extendee
 	0, // [0:0] is the sub-list for field type_name
 }
 
@@ -217,14 +378,15 @@ func file_callqos_v1_errors_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_callqos_v1_errors_proto_rawDesc), len(file_callqos_v1_errors_proto_rawDesc)),
-			NumEnums:      1,
+			NumEnums:      2,
 			NumMessages:   0,
-			NumExtensions: 0,
+			NumExtensions: 1,
 			NumServices:   0,
 		},
 		GoTypes:           file_callqos_v1_errors_proto_goTypes,
 		DependencyIndexes: file_callqos_v1_errors_proto_depIdxs,
 		EnumInfos:         file_callqos_v1_errors_proto_enumTypes,
+		ExtensionInfos:    file_callqos_v1_errors_proto_extTypes,
 	}.Build()
 	File_callqos_v1_errors_proto = out.File
 	file_callqos_v1_errors_proto_goTypes = nil

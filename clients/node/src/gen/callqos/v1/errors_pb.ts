@@ -2,19 +2,24 @@
 // @generated from file callqos/v1/errors.proto (package callqos.v1, syntax proto3)
 /* eslint-disable */
 
-import type { GenEnum, GenFile } from "@bufbuild/protobuf/codegenv2";
-import { enumDesc, fileDesc } from "@bufbuild/protobuf/codegenv2";
+import type { GenEnum, GenExtension, GenFile } from "@bufbuild/protobuf/codegenv2";
+import { enumDesc, extDesc, fileDesc } from "@bufbuild/protobuf/codegenv2";
+import type { EnumValueOptions } from "@bufbuild/protobuf/wkt";
+import { file_google_protobuf_descriptor } from "@bufbuild/protobuf/wkt";
 
 /**
  * Describes the file callqos/v1/errors.proto.
  */
 export const file_callqos_v1_errors: GenFile = /*@__PURE__*/
-  fileDesc("ChdjYWxscW9zL3YxL2Vycm9ycy5wcm90bxIKY2FsbHFvcy52MSrxBQoLRXJyb3JSZWFzb24SHAoYRVJST1JfUkVBU09OX1VOU1BFQ0lGSUVEEAASIAocRVJST1JfUkVBU09OX0lOVkFMSURfUkVRVUVTVBABEiIKHkVSUk9SX1JFQVNPTl9SRVFVRVNUX0lEX1JFVVNFRBACEh8KG0VSUk9SX1JFQVNPTl9DQUxMX05PVF9GT1VORBADEiMKH0VSUk9SX1JFQVNPTl9QUk9WSURFUl9OT1RfRk9VTkQQBBIfChtFUlJPUl9SRUFTT05fTElOS19OT1RfRk9VTkQQBRIkCiBFUlJPUl9SRUFTT05fQ0FMTF9BTFJFQURZX0VYSVNUUxAGEiMKH0VSUk9SX1JFQVNPTl9DQUxMX05PVF9DT05ORUNURUQQBxIaChZFUlJPUl9SRUFTT05fTk9UX09XTkVSEAgSHgoaRVJST1JfUkVBU09OX0VUQUdfTUlTTUFUQ0gQCRIgChxFUlJPUl9SRUFTT05fUU9TX1VOQVZBSUxBQkxFEAoSIwofRVJST1JfUkVBU09OX1FPU19QT0xJQ1lfRkFJTFVSRRALEioKJkVSUk9SX1JFQVNPTl9SRU5FR09USUFUSU9OX1VOU1VQUE9SVEVEEAwSJwojRVJST1JfUkVBU09OX0xJTktfQURNSU5fVU5TVVBQT1JURUQQDRIfChtFUlJPUl9SRUFTT05fQ1VSU09SX0VYUElSRUQQDhIfChtFUlJPUl9SRUFTT05fQ1VSU09SX1VOS05PV04QDxIlCiFFUlJPUl9SRUFTT05fUFJPVklERVJfVU5BVkFJTEFCTEUQEBIsCihFUlJPUl9SRUFTT05fUFJPVklERVJfQ09OVFJBQ1RfVklPTEFUSU9OEBESHgoaRVJST1JfUkVBU09OX1NIVVRUSU5HX0RPV04QEhIiCh5FUlJPUl9SRUFTT05fVE9PX01BTllfV0FUQ0hFUlMQExIZChVFUlJPUl9SRUFTT05fSU5URVJOQUwQFEJfCg5kZXYuY2FsbHFvcy52MUILRXJyb3JzUHJvdG9QAVo+Z2l0aHViLmNvbS9jYWxscW9zL2NhbGxxb3MvY2xpZW50cy9nby9nZW4vY2FsbHFvcy92MTtjYWxscW9zdjFiBnByb3RvMw");
+  fileDesc("ChdjYWxscW9zL3YxL2Vycm9ycy5wcm90bxIKY2FsbHFvcy52MSrpBgoLRXJyb3JSZWFzb24SHAoYRVJST1JfUkVBU09OX1VOU1BFQ0lGSUVEEAASJgocRVJST1JfUkVBU09OX0lOVkFMSURfUkVRVUVTVBABGgSo7RgDEigKHkVSUk9SX1JFQVNPTl9SRVFVRVNUX0lEX1JFVVNFRBACGgSo7RgDEiUKG0VSUk9SX1JFQVNPTl9DQUxMX05PVF9GT1VORBADGgSo7RgFEikKH0VSUk9SX1JFQVNPTl9QUk9WSURFUl9OT1RfRk9VTkQQBBoEqO0YBRIlChtFUlJPUl9SRUFTT05fTElOS19OT1RfRk9VTkQQBRoEqO0YBRIqCiBFUlJPUl9SRUFTT05fQ0FMTF9BTFJFQURZX0VYSVNUUxAGGgSo7RgGEikKH0VSUk9SX1JFQVNPTl9DQUxMX05PVF9DT05ORUNURUQQBxoEqO0YCRIgChZFUlJPUl9SRUFTT05fTk9UX09XTkVSEAgaBKjtGAcSJAoaRVJST1JfUkVBU09OX0VUQUdfTUlTTUFUQ0gQCRoEqO0YChImChxFUlJPUl9SRUFTT05fUU9TX1VOQVZBSUxBQkxFEAoaBKjtGAgSKQofRVJST1JfUkVBU09OX1FPU19QT0xJQ1lfRkFJTFVSRRALGgSo7RgHEjAKJkVSUk9SX1JFQVNPTl9SRU5FR09USUFUSU9OX1VOU1VQUE9SVEVEEAwaBKjtGAwSLQojRVJST1JfUkVBU09OX0xJTktfQURNSU5fVU5TVVBQT1JURUQQDRoEqO0YDBIlChtFUlJPUl9SRUFTT05fQ1VSU09SX0VYUElSRUQQDhoEqO0YCxIlChtFUlJPUl9SRUFTT05fQ1VSU09SX1VOS05PV04QDxoEqO0YCxIrCiFFUlJPUl9SRUFTT05fUFJPVklERVJfVU5BVkFJTEFCTEUQEBoEqO0YDhIyCihFUlJPUl9SRUFTT05fUFJPVklERVJfQ09OVFJBQ1RfVklPTEFUSU9OEBEaBKjtGA0SJAoaRVJST1JfUkVBU09OX1NIVVRUSU5HX0RPV04QEhoEqO0YDhIoCh5FUlJPUl9SRUFTT05fVE9PX01BTllfV0FUQ0hFUlMQExoEqO0YCBIfChVFUlJPUl9SRUFTT05fSU5URVJOQUwQFBoEqO0YDSruAwoIR3JwY0NvZGUSGQoVR1JQQ19DT0RFX1VOU1BFQ0lGSUVEEAASFwoTR1JQQ19DT0RFX0NBTkNFTExFRBABEhUKEUdSUENfQ09ERV9VTktOT1dOEAISHgoaR1JQQ19DT0RFX0lOVkFMSURfQVJHVU1FTlQQAxIfChtHUlBDX0NPREVfREVBRExJTkVfRVhDRUVERUQQBBIXChNHUlBDX0NPREVfTk9UX0ZPVU5EEAUSHAoYR1JQQ19DT0RFX0FMUkVBRFlfRVhJU1RTEAYSHwobR1JQQ19DT0RFX1BFUk1JU1NJT05fREVOSUVEEAcSIAocR1JQQ19DT0RFX1JFU09VUkNFX0VYSEFVU1RFRBAIEiEKHUdSUENfQ09ERV9GQUlMRURfUFJFQ09ORElUSU9OEAkSFQoRR1JQQ19DT0RFX0FCT1JURUQQChIaChZHUlBDX0NPREVfT1VUX09GX1JBTkdFEAsSGwoXR1JQQ19DT0RFX1VOSU1QTEVNRU5URUQQDBIWChJHUlBDX0NPREVfSU5URVJOQUwQDRIZChVHUlBDX0NPREVfVU5BVkFJTEFCTEUQDhIXChNHUlBDX0NPREVfREFUQV9MT1NTEA8SHQoZR1JQQ19DT0RFX1VOQVVUSEVOVElDQVRFRBAQOlYKCWdycGNfY29kZRIhLmdvb2dsZS5wcm90b2J1Zi5FbnVtVmFsdWVPcHRpb25zGNWNAyABKA4yFC5jYWxscW9zLnYxLkdycGNDb2RlUghncnBjQ29kZUJfCg5kZXYuY2FsbHFvcy52MUILRXJyb3JzUHJvdG9QAVo+Z2l0aHViLmNvbS9jYWxscW9zL2NhbGxxb3MvY2xpZW50cy9nby9nZW4vY2FsbHFvcy92MTtjYWxscW9zdjFiBnByb3RvMw", [file_google_protobuf_descriptor]);
 
 /**
  * The reasons in google.rpc.ErrorInfo.reason (domain "callqos.dev") of every error the service
  * returns. The reason string is the value name without the ERROR_REASON_ prefix, e.g.
- * "QOS_UNAVAILABLE". Clients branch on the reason; the gRPC code is given for each.
+ * "QOS_UNAVAILABLE". Clients branch on the reason. Each reason is always sent with the one gRPC
+ * status code its (grpc_code) option names: the server builds its reason-to-code mapping from
+ * that option and the clients' tests check theirs against it, so this file is the only place
+ * the pairing is decided. A new reason without the option fails those tests.
  *
  * @generated from enum callqos.v1.ErrorReason
  */
@@ -27,7 +32,7 @@ export enum ErrorReason {
   UNSPECIFIED = 0,
 
   /**
-   * INVALID_ARGUMENT: the request is malformed; google.rpc.BadRequest names each bad field.
+   * The request is malformed; google.rpc.BadRequest names each bad field.
    * Nothing was stored or reserved.
    *
    * @generated from enum value: ERROR_REASON_INVALID_REQUEST = 1;
@@ -35,63 +40,63 @@ export enum ErrorReason {
   INVALID_REQUEST = 1,
 
   /**
-   * INVALID_ARGUMENT: the request_id was already used for a different request.
+   * The request_id was already used for a different request.
    *
    * @generated from enum value: ERROR_REASON_REQUEST_ID_REUSED = 2;
    */
   REQUEST_ID_REUSED = 2,
 
   /**
-   * NOT_FOUND: no such call.
+   * No such call.
    *
    * @generated from enum value: ERROR_REASON_CALL_NOT_FOUND = 3;
    */
   CALL_NOT_FOUND = 3,
 
   /**
-   * NOT_FOUND: no such provider.
+   * No such provider.
    *
    * @generated from enum value: ERROR_REASON_PROVIDER_NOT_FOUND = 4;
    */
   PROVIDER_NOT_FOUND = 4,
 
   /**
-   * NOT_FOUND: no such link.
+   * No such link.
    *
    * @generated from enum value: ERROR_REASON_LINK_NOT_FOUND = 5;
    */
   LINK_NOT_FOUND = 5,
 
   /**
-   * ALREADY_EXISTS: the call_id is taken.
+   * The call_id is taken.
    *
    * @generated from enum value: ERROR_REASON_CALL_ALREADY_EXISTS = 6;
    */
   CALL_ALREADY_EXISTS = 6,
 
   /**
-   * FAILED_PRECONDITION: the call is not connected (LINEERR_INVALCALLSTATE).
+   * The call is not connected (LINEERR_INVALCALLSTATE).
    *
    * @generated from enum value: ERROR_REASON_CALL_NOT_CONNECTED = 7;
    */
   CALL_NOT_CONNECTED = 7,
 
   /**
-   * PERMISSION_DENIED: only the call's owner may change it (LINEERR_NOTOWNER).
+   * Only the call's owner may change it (LINEERR_NOTOWNER).
    *
    * @generated from enum value: ERROR_REASON_NOT_OWNER = 8;
    */
   NOT_OWNER = 8,
 
   /**
-   * ABORTED: the etag does not match; read the call again and retry.
+   * The etag does not match; read the call again and retry.
    *
    * @generated from enum value: ERROR_REASON_ETAG_MISMATCH = 9;
    */
   ETAG_MISMATCH = 9,
 
   /**
-   * RESOURCE_EXHAUSTED: the provider cannot provide the QoS now (admission failure,
+   * The provider cannot provide the QoS now (admission failure,
    * LINEERR_RESOURCEUNAVAIL). Details carry callqos.v1.QosRefusal with a counter-offer.
    *
    * @generated from enum value: ERROR_REASON_QOS_UNAVAILABLE = 10;
@@ -99,7 +104,7 @@ export enum ErrorReason {
   QOS_UNAVAILABLE = 10,
 
   /**
-   * PERMISSION_DENIED: the provider refuses the QoS by policy (WSA_QOS_POLICY_FAILURE).
+   * The provider refuses the QoS by policy (WSA_QOS_POLICY_FAILURE).
    * Details carry callqos.v1.QosRefusal.
    *
    * @generated from enum value: ERROR_REASON_QOS_POLICY_FAILURE = 11;
@@ -107,42 +112,42 @@ export enum ErrorReason {
   QOS_POLICY_FAILURE = 11,
 
   /**
-   * UNIMPLEMENTED: the call's provider cannot renegotiate (LINEERR_OPERATIONUNAVAIL).
+   * The call's provider cannot renegotiate (LINEERR_OPERATIONUNAVAIL).
    *
    * @generated from enum value: ERROR_REASON_RENEGOTIATION_UNSUPPORTED = 12;
    */
   RENEGOTIATION_UNSUPPORTED = 12,
 
   /**
-   * UNIMPLEMENTED: the provider has no links to administer.
+   * The provider has no links to administer.
    *
    * @generated from enum value: ERROR_REASON_LINK_ADMIN_UNSUPPORTED = 13;
    */
   LINK_ADMIN_UNSUPPORTED = 13,
 
   /**
-   * OUT_OF_RANGE: the resume cursor is older than the retained events; some are gone.
+   * The resume cursor is older than the retained events; some are gone.
    *
    * @generated from enum value: ERROR_REASON_CURSOR_EXPIRED = 14;
    */
   CURSOR_EXPIRED = 14,
 
   /**
-   * OUT_OF_RANGE: the resume cursor is beyond the newest event this server ever stored.
+   * The resume cursor is beyond the newest event this server ever stored.
    *
    * @generated from enum value: ERROR_REASON_CURSOR_UNKNOWN = 15;
    */
   CURSOR_UNKNOWN = 15,
 
   /**
-   * UNAVAILABLE: the provider failed or did not answer in time; nothing changed. Retry later.
+   * The provider failed or did not answer in time; nothing changed. Retry later.
    *
    * @generated from enum value: ERROR_REASON_PROVIDER_UNAVAILABLE = 16;
    */
   PROVIDER_UNAVAILABLE = 16,
 
   /**
-   * INTERNAL: the provider answered something that breaks its contract (e.g. a grant below a
+   * The provider answered something that breaks its contract (e.g. a grant below a
    * NEEDED request); nothing changed.
    *
    * @generated from enum value: ERROR_REASON_PROVIDER_CONTRACT_VIOLATION = 17;
@@ -150,21 +155,21 @@ export enum ErrorReason {
   PROVIDER_CONTRACT_VIOLATION = 17,
 
   /**
-   * UNAVAILABLE: the server is shutting down; reconnect (watchers resume from their cursor).
+   * The server is shutting down; reconnect (watchers resume from their cursor).
    *
    * @generated from enum value: ERROR_REASON_SHUTTING_DOWN = 18;
    */
   SHUTTING_DOWN = 18,
 
   /**
-   * RESOURCE_EXHAUSTED: too many open watch streams.
+   * Too many open watch streams.
    *
    * @generated from enum value: ERROR_REASON_TOO_MANY_WATCHERS = 19;
    */
   TOO_MANY_WATCHERS = 19,
 
   /**
-   * INTERNAL: a server bug; the request may or may not have taken effect. Report it.
+   * A server bug; the request may or may not have taken effect. Report it.
    *
    * @generated from enum value: ERROR_REASON_INTERNAL = 20;
    */
@@ -176,4 +181,148 @@ export enum ErrorReason {
  */
 export const ErrorReasonSchema: GenEnum<ErrorReason> = /*@__PURE__*/
   enumDesc(file_callqos_v1_errors, 0);
+
+/**
+ * The gRPC status codes, with the names and numbers of google.rpc.Code, except that 0 (OK) is
+ * UNSPECIFIED here: no error is sent with OK. Defined here rather than imported from
+ * google/rpc/code.proto so that the API builds from this directory alone, with no dependency
+ * to fetch (buf, protoc and each client's generator read only protos/).
+ *
+ * @generated from enum callqos.v1.GrpcCode
+ */
+export enum GrpcCode {
+  /**
+   * Not a code: an ErrorReason without a grpc_code is a mistake the tests catch.
+   *
+   * @generated from enum value: GRPC_CODE_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * The operation was cancelled, typically by the caller.
+   *
+   * @generated from enum value: GRPC_CODE_CANCELLED = 1;
+   */
+  CANCELLED = 1,
+
+  /**
+   * Unknown error.
+   *
+   * @generated from enum value: GRPC_CODE_UNKNOWN = 2;
+   */
+  UNKNOWN = 2,
+
+  /**
+   * The client specified an invalid argument.
+   *
+   * @generated from enum value: GRPC_CODE_INVALID_ARGUMENT = 3;
+   */
+  INVALID_ARGUMENT = 3,
+
+  /**
+   * The deadline expired before the operation could complete.
+   *
+   * @generated from enum value: GRPC_CODE_DEADLINE_EXCEEDED = 4;
+   */
+  DEADLINE_EXCEEDED = 4,
+
+  /**
+   * Some requested entity was not found.
+   *
+   * @generated from enum value: GRPC_CODE_NOT_FOUND = 5;
+   */
+  NOT_FOUND = 5,
+
+  /**
+   * The entity a client attempted to create already exists.
+   *
+   * @generated from enum value: GRPC_CODE_ALREADY_EXISTS = 6;
+   */
+  ALREADY_EXISTS = 6,
+
+  /**
+   * The caller may not execute the operation.
+   *
+   * @generated from enum value: GRPC_CODE_PERMISSION_DENIED = 7;
+   */
+  PERMISSION_DENIED = 7,
+
+  /**
+   * Some resource has been exhausted.
+   *
+   * @generated from enum value: GRPC_CODE_RESOURCE_EXHAUSTED = 8;
+   */
+  RESOURCE_EXHAUSTED = 8,
+
+  /**
+   * The system is not in a state required for the operation.
+   *
+   * @generated from enum value: GRPC_CODE_FAILED_PRECONDITION = 9;
+   */
+  FAILED_PRECONDITION = 9,
+
+  /**
+   * The operation was aborted, typically because of a concurrency conflict.
+   *
+   * @generated from enum value: GRPC_CODE_ABORTED = 10;
+   */
+  ABORTED = 10,
+
+  /**
+   * The operation was attempted past the valid range.
+   *
+   * @generated from enum value: GRPC_CODE_OUT_OF_RANGE = 11;
+   */
+  OUT_OF_RANGE = 11,
+
+  /**
+   * The operation is not implemented or not supported.
+   *
+   * @generated from enum value: GRPC_CODE_UNIMPLEMENTED = 12;
+   */
+  UNIMPLEMENTED = 12,
+
+  /**
+   * An invariant expected by the system is broken.
+   *
+   * @generated from enum value: GRPC_CODE_INTERNAL = 13;
+   */
+  INTERNAL = 13,
+
+  /**
+   * The service is currently unavailable; a retry may succeed.
+   *
+   * @generated from enum value: GRPC_CODE_UNAVAILABLE = 14;
+   */
+  UNAVAILABLE = 14,
+
+  /**
+   * Unrecoverable data loss or corruption.
+   *
+   * @generated from enum value: GRPC_CODE_DATA_LOSS = 15;
+   */
+  DATA_LOSS = 15,
+
+  /**
+   * The request does not have valid authentication credentials.
+   *
+   * @generated from enum value: GRPC_CODE_UNAUTHENTICATED = 16;
+   */
+  UNAUTHENTICATED = 16,
+}
+
+/**
+ * Describes the enum callqos.v1.GrpcCode.
+ */
+export const GrpcCodeSchema: GenEnum<GrpcCode> = /*@__PURE__*/
+  enumDesc(file_callqos_v1_errors, 1);
+
+/**
+ * The gRPC status code sent with an ErrorReason. (A number in the range protobuf leaves to
+ * an organisation's own options, 50000-99999.)
+ *
+ * @generated from extension: callqos.v1.GrpcCode grpc_code = 50901;
+ */
+export const grpc_code: GenExtension<EnumValueOptions, GrpcCode> = /*@__PURE__*/
+  extDesc(file_callqos_v1_errors, 0);
 

@@ -20,16 +20,15 @@ import io.grpc.StatusRuntimeException;
 import io.grpc.stub.MetadataUtils;
 import io.opentelemetry.api.OpenTelemetry;
 import java.time.Duration;
-import java.util.List;
-import java.util.Map;
 import java.util.concurrent.TimeUnit;
 import java.util.function.Function;
 
 /**
  * A small client for {@code callqos.v1.CallQosService}: a default deadline on unary calls, the
  * caller's principal on every request, errors decoded into {@link CallQosException} /
- * {@link QosUnavailableException}, and {@link #watch}, which resumes the event stream from the
- * last sequence it delivered. {@link #raw()} is the generated blocking stub on the same channel.
+ * {@link QosUnavailableException}, the retry policy all callqos clients share (UNAVAILABLE
+ * retried on the methods safe to repeat; every create and renegotiation carries a request_id),
+ * and {@link #watch}, which resumes the event stream from the last sequence it delivered. {@link #raw()} is the generated blocking stub on the same channel.
  * {@link Builder#openTelemetry} turns on tracing (a client span per RPC, W3C trace context sent).
  *
  * <pre>{@code
@@ -67,11 +66,13 @@ public final class CallQosClient implements AutoCloseable {
     this.ownsChannel = b.channel == null;
     this.channel = ownsChannel
         ? Grpc.newChannelBuilder(b.target, InsecureChannelCredentials.create())
-            .defaultServiceConfig(retryConfig())
+            // The retry policy all four callqos clients share (clients/service_config.json).
+            .defaultServiceConfig(Policy.serviceConfig())
             .enableRetry()
             .build()
         : b.channel;
-    CallQosServiceGrpc.CallQosServiceBlockingStub s = CallQosServiceGrpc.newBlockingStub(channel);
+    CallQosServiceGrpc.CallQosServiceBlockingStub s =
+        CallQosServiceGrpc.newBlockingStub(channel).withInterceptors(new RequestIds());
     if (b.principal != null) {
       Metadata md = new Metadata();
       md.put(PRINCIPAL_HEADER, b.principal);
@@ -112,7 +113,11 @@ public final class CallQosClient implements AutoCloseable {
       return this;
     }
 
-    /** Use this channel (TLS, interceptors, ...) instead of a plaintext one; not closed by close(). */
+    /**
+     * Use this channel (TLS, interceptors, ...) instead of a plaintext one; not closed by close().
+     * Its retry policy is its own: build it with {@code defaultServiceConfig} and {@code
+     * enableRetry} to get the one the client's own channel has.
+     */
     public Builder channel(ManagedChannel channel) {
       this.channel = channel;
       return this;
@@ -138,23 +143,9 @@ public final class CallQosClient implements AutoCloseable {
   }
 
   /**
-   * Retries UNAVAILABLE for the reads only; a mutation is only safe to repeat with a request_id,
-   * which the caller knows about. The same policy as the Go client.
+   * The generated blocking stub, with the principal (and tracing, if set) and request_ids on
+   * creates and renegotiations, but no default deadline.
    */
-  private static Map<String, ?> retryConfig() {
-    List<Map<String, ?>> names = List.of(
-        method("GetCall"), method("ListCalls"), method("GetProvider"), method("ListProviders"), method("ListLinks"));
-    Map<String, ?> retry = Map.of(
-        "maxAttempts", 4.0, "initialBackoff", "0.1s", "maxBackoff", "1s", "backoffMultiplier", 2.0,
-        "retryableStatusCodes", List.of("UNAVAILABLE"));
-    return Map.of("methodConfig", List.of(Map.of("name", names, "retryPolicy", retry)));
-  }
-
-  private static Map<String, ?> method(String name) {
-    return Map.of("service", "callqos.v1.CallQosService", "method", name);
-  }
-
-  /** The generated blocking stub, with the principal (and tracing, if set) but no default deadline. */
   public CallQosServiceGrpc.CallQosServiceBlockingStub raw() {
     return stub;
   }
@@ -169,7 +160,10 @@ public final class CallQosClient implements AutoCloseable {
     }
   }
 
-  /** Makes a call. A refused QoS at NEEDED throws {@link QosUnavailableException}. */
+  /**
+   * Makes a call. A refused QoS at NEEDED throws {@link QosUnavailableException}. Without a
+   * request_id, one is generated, so the call is retried safely on UNAVAILABLE.
+   */
   public Call createCall(CreateCallRequest req) {
     return unary(s -> s.createCall(req));
   }

@@ -5,6 +5,8 @@ import com.google.protobuf.InvalidProtocolBufferException;
 import com.google.rpc.BadRequest;
 import com.google.rpc.ErrorInfo;
 import dev.callqos.v1.ErrorReason;
+import dev.callqos.v1.ErrorsProto;
+import dev.callqos.v1.GrpcCode;
 import dev.callqos.v1.QosRefusal;
 import io.grpc.Status;
 import io.grpc.StatusRuntimeException;
@@ -40,6 +42,21 @@ public class CallQosException extends RuntimeException {
   /** The ErrorInfo.reason string of an ErrorReason, e.g. "QOS_UNAVAILABLE". */
   public static String reason(ErrorReason reason) {
     return reason.name().substring("ERROR_REASON_".length());
+  }
+
+  /**
+   * The gRPC code the server always sends with {@code reason}: the {@code (grpc_code)} option on
+   * it in errors.proto, read from the generated descriptor. UNKNOWN for a value without the option
+   * (ERROR_REASON_UNSPECIFIED, or UNRECOGNIZED).
+   */
+  public static Status.Code codeOf(ErrorReason reason) {
+    if (reason == ErrorReason.UNRECOGNIZED) {
+      return Status.Code.UNKNOWN;
+    }
+    GrpcCode code = reason.getValueDescriptor().getOptions().getExtension(ErrorsProto.grpcCode);
+    return code == GrpcCode.GRPC_CODE_UNSPECIFIED || code == GrpcCode.UNRECOGNIZED
+        ? Status.Code.UNKNOWN
+        : Status.fromCodeValue(code.getNumber()).getCode();
   }
 
   /** Decodes a gRPC failure into a CallQosException or QosUnavailableException. */

@@ -9,18 +9,20 @@ import io.grpc.Metadata;
 import io.grpc.Status;
 import io.grpc.StatusRuntimeException;
 import io.grpc.stub.MetadataUtils;
-import java.time.Duration;
 import java.util.Iterator;
 import java.util.NoSuchElementException;
 import java.util.OptionalLong;
+import java.util.concurrent.ThreadLocalRandom;
+import java.util.concurrent.TimeUnit;
 import java.util.concurrent.atomic.AtomicReference;
 
 /**
  * Follows WatchEvents across reconnects: it remembers the last sequence it delivered and, when
- * the stream breaks with UNAVAILABLE or ends, reopens it after that sequence, so nothing is lost
- * or repeated. Iterate it (blocking) and close it to stop. A watch begun without a cursor takes
- * the one the server sends in the {@code x-callqos-start-sequence} header, so it resumes without
- * loss even when the stream breaks before its first event.
+ * the stream breaks with a resumable code (UNAVAILABLE, CANCELLED) or ends, reopens it after that
+ * sequence, so nothing is lost or repeated, following the {@link ResumePolicy} all callqos clients
+ * share. Iterate it (blocking) and close it to stop. A watch begun without a cursor takes the one
+ * the server sends in the {@code x-callqos-start-sequence} header, so it resumes without loss even
+ * when the stream breaks before its first event.
  */
 public final class EventWatcher implements Iterable<QosEvent>, Iterator<QosEvent>, AutoCloseable {
   /** The WatchEvents response header that holds the sequence the stream starts after. */
@@ -29,8 +31,7 @@ public final class EventWatcher implements Iterable<QosEvent>, Iterator<QosEvent
 
   private final CallQosServiceGrpc.CallQosServiceBlockingStub stub;
   private final WatchEventsRequest req;
-  private int maxReconnects = 10;
-  private Duration backoff = Duration.ofMillis(50);
+  private ResumePolicy resume = ResumePolicy.defaults();
   private volatile Long last;
   private final AtomicReference<Metadata> headers = new AtomicReference<>();
   private Context.CancellableContext context;
@@ -44,16 +45,15 @@ public final class EventWatcher implements Iterable<QosEvent>, Iterator<QosEvent
     this.last = req.hasAfterSequence() ? req.getAfterSequence() : null;
   }
 
-  /** Reconnects in a row, with no event in between, before giving up (default 10). */
-  public EventWatcher maxReconnects(int n) {
-    this.maxReconnects = n;
+  /** Follow this resume rule instead of {@link ResumePolicy#defaults()}. Call before iterating. */
+  public EventWatcher resume(ResumePolicy policy) {
+    this.resume = policy;
     return this;
   }
 
-  /** The first wait before reconnecting, doubled up to 2 s (default 50 ms). */
-  public EventWatcher backoff(Duration d) {
-    this.backoff = d;
-    return this;
+  /** The resume rule this watcher follows. */
+  public ResumePolicy resume() {
+    return resume;
   }
 
   /** The sequence of the last event delivered (or the starting cursor). */
@@ -83,14 +83,17 @@ public final class EventWatcher implements Iterable<QosEvent>, Iterator<QosEvent
 
   /**
    * Blocks until the next event. False once closed. Throws {@link CallQosException} for a failure
-   * that reconnecting cannot fix (e.g. CURSOR_EXPIRED) or after too many failed reconnects.
+   * that reconnecting cannot fix (e.g. CURSOR_EXPIRED), or with the last failure once failures
+   * have gone on for the resume policy's {@code giveUpAfter}.
    */
   @Override
   public boolean hasNext() {
-    int failures = 0;
-    long wait = backoff.toMillis();
+    long bound = resume.initialBackoff().toNanos();
+    long failingSince = 0;
+    boolean failing = false;
     while (next == null && !closed) {
-      StatusRuntimeException failure = null;
+      StatusRuntimeException failure;
+      long opened = System.nanoTime();
       try {
         if (stream == null) {
           open();
@@ -105,6 +108,8 @@ public final class EventWatcher implements Iterable<QosEvent>, Iterator<QosEvent
           }
           continue;
         }
+        // A watch never ends by itself: the server went away. Resumed as UNAVAILABLE is.
+        failure = Status.UNAVAILABLE.withDescription("the server ended the watch stream").asRuntimeException();
       } catch (StatusRuntimeException e) {
         failure = e;
       }
@@ -113,19 +118,30 @@ public final class EventWatcher implements Iterable<QosEvent>, Iterator<QosEvent
       if (closed) {
         break;
       }
-      boolean reconnectable = failure == null || failure.getStatus().getCode() == Status.Code.UNAVAILABLE;
-      if (!reconnectable || failures >= maxReconnects) {
-        throw CallQosException.from(failure != null ? failure
-            : Status.UNAVAILABLE.withDescription("event stream ended").asRuntimeException());
+      if (!resume.resumableCodes().contains(failure.getStatus().getCode())) {
+        throw CallQosException.from(failure);
       }
-      failures++;
+      long now = System.nanoTime();
+      if (now - opened >= resume.healthyAfter().toNanos()) {
+        failing = false;
+        bound = resume.initialBackoff().toNanos();
+      }
+      if (!failing) {
+        failing = true;
+        failingSince = now;
+      }
+      if (!resume.giveUpAfter().isZero() && now - failingSince > resume.giveUpAfter().toNanos()) {
+        throw CallQosException.from(failure);
+      }
+      // Full jitter keeps a crowd of watchers from reconnecting in lockstep.
+      long wait = (long) (ThreadLocalRandom.current().nextDouble() * bound);
+      bound = Math.min((long) (bound * resume.multiplier()), resume.maxBackoff().toNanos());
       try {
-        Thread.sleep(wait);
+        TimeUnit.NANOSECONDS.sleep(wait);
       } catch (InterruptedException e) {
         Thread.currentThread().interrupt();
         close();
       }
-      wait = Math.min(2 * wait, 2000);
     }
     return next != null;
   }

@@ -1,0 +1,81 @@
+"""What a callqos server and its clients agree on besides the messages: the one Python home of it.
+
+The server, the Python client and CLI, and the conformance suite all import these names instead
+of spelling the strings themselves, so a change here is a change on both sides of the wire. (The
+Go, TypeScript and Java clients keep their own copies of the header names and the domain; their
+tests against the real server fail if one differs: the call's owner comes from the principal
+header, a watch "from now" resumes from the start-sequence header, errors carry the domain.)
+
+- Request and response metadata keys, and the principal the server assumes without one.
+- The ``google.rpc.ErrorInfo`` domain and reason strings of the errors the service sends, and the
+  gRPC status code of each reason, read from the ``(callqos.v1.grpc_code)`` option on every
+  ``ErrorReason`` value in ``protos/callqos/v1/errors.proto`` (the only place it is decided).
+- The default address, and the environment variables the client and CLI read.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from types import MappingProxyType
+from typing import Any
+
+import grpc
+from google.protobuf.descriptor import EnumDescriptor
+
+from callqos.v1 import errors_pb2
+
+#: Request metadata naming the caller. Only a call's owner may renegotiate or drop it.
+PRINCIPAL_HEADER = "x-callqos-principal"
+#: The principal of a request that sends no ``x-callqos-principal``.
+ANONYMOUS_PRINCIPAL = "anonymous"
+#: Initial (response) metadata of WatchEvents: the sequence number the stream starts after, so a
+#: watch "from now" can resume without loss even if it breaks before its first event.
+START_SEQUENCE_HEADER = "x-callqos-start-sequence"
+
+#: ``google.rpc.ErrorInfo.domain`` of every error the service itself raises.
+ERROR_DOMAIN = "callqos.dev"
+#: An ``ErrorReason`` value name is this prefix followed by the ``ErrorInfo.reason`` string.
+REASON_PREFIX = "ERROR_REASON_"
+
+#: Where a server listens and a client connects when told nothing else.
+DEFAULT_TARGET = "127.0.0.1:50051"
+#: Environment variables of the client (``Client.from_env``) and the CLI.
+TARGET_ENV = "CALLQOS_TARGET"
+PRINCIPAL_ENV = "CALLQOS_PRINCIPAL"
+
+
+# The extension handle of the option. Typed Any: the generated .pyi calls it a plain
+# FieldDescriptor, which types-protobuf does not accept as an extension handle.
+_GRPC_CODE_OPTION: Any = errors_pb2.grpc_code
+
+
+def reason_string(reason: int) -> str:
+    """The ``ErrorInfo.reason`` of an ``ErrorReason`` number, e.g. ``"QOS_UNAVAILABLE"``."""
+    return errors_pb2.ErrorReason.Name(reason).removeprefix(REASON_PREFIX)
+
+
+def reason_codes(enum: EnumDescriptor = errors_pb2.ErrorReason.DESCRIPTOR) -> dict[int, grpc.StatusCode]:
+    """The gRPC code of every reason of ``enum`` (UNSPECIFIED aside), from its ``grpc_code`` option.
+
+    Raises ``LookupError`` naming the reason when one has no option (or an unspecified one): the
+    server must never be left to send such a reason with a code nobody decided.
+    """
+    by_number = {code.value[0]: code for code in grpc.StatusCode}
+    codes: dict[int, grpc.StatusCode] = {}
+    for value in enum.values:
+        if value.number == 0:
+            continue
+        options = value.GetOptions()
+        number: int = options.Extensions[_GRPC_CODE_OPTION] if options.HasExtension(_GRPC_CODE_OPTION) else 0
+        if number == 0 or number not in by_number:
+            raise LookupError(f"{enum.full_name}.{value.name} has no (callqos.v1.grpc_code) option")
+        codes[value.number] = by_number[number]
+    return codes
+
+
+#: ``ErrorReason`` number → the gRPC status code it is always sent with.
+STATUS_CODES: Mapping[int, grpc.StatusCode] = MappingProxyType(reason_codes())
+#: ``ErrorInfo.reason`` string → the gRPC status code it is always sent with.
+STATUS_CODES_BY_REASON: Mapping[str, grpc.StatusCode] = MappingProxyType(
+    {reason_string(reason): code for reason, code in STATUS_CODES.items()}
+)
