@@ -112,6 +112,12 @@ def check_wheel(name: str, wheel: Path) -> None:
     pin = plain.get(CLIENT)
     expect(pin is not None and str(pin.specifier) == f"=={VERSION}", f"{name} must pin callqos=={VERSION}")
     if name == SUITE:
+        spec = (ROOT / "conformance" / "SPEC.md").read_bytes()
+        with zipfile.ZipFile(wheel) as archive:
+            shipped_spec = (
+                archive.read("callqos/conformance/SPEC.md") if "callqos/conformance/SPEC.md" in files else b""
+            )
+        expect(shipped_spec == spec, "callqos-conformance must ship the SPEC.md its reports cite")
         expect(set(plain) == CLIENT_DEPENDENCIES | {CLIENT}, f"callqos-conformance depends on {sorted(plain)}")
         server = extras.get((SERVER, "server"))
         expect(
