@@ -121,7 +121,8 @@ def unary(method: Handler[R]) -> Handler[R]:
             CALLER_DEADLINE.set(time.monotonic() + remaining)
         caller: Caller | None = None
         try:
-            caller = await self.guard.admit(name, context)
+            caller = await self.guard.authenticate(context)
+            self.guard.authorize(caller, name)
             if isinstance(request, Undecodable):
                 raise request.violation()
             answer = await method(self, request, context, caller)
@@ -209,7 +210,8 @@ class CallQosServicer(svc_grpc.CallQosServiceServicer):
         # iterate the handler work (opentelemetry-python-contrib#3066).
         caller: Caller | None = None
         try:
-            caller = await self.guard.admit("WatchEvents", context)
+            caller = await self.guard.authenticate(context)
+            self.guard.authorize(caller, "WatchEvents")
             if isinstance(request, Undecodable):
                 raise request.violation()
             accept = validation.watch_filter(request)

@@ -212,6 +212,10 @@ class JwtAuthenticator(Authenticator):
         self._clock = clock
         self._verified: OrderedDict[str, tuple[Identity, float]] = OrderedDict()
 
+    @property
+    def keys(self) -> JwksKeys:
+        return self._keys
+
     async def start(self) -> None:
         await self._keys.start()
 

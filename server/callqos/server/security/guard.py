@@ -1,9 +1,10 @@
 """The Guard: the one door of every CallQosService request — who is calling (authentication), may
 they call this method (authorisation), and the audit record of what came of it.
 
-The service's handler wrapper asks `admit(method, context)` before it decodes anything else of
-the request, and hands the resulting `Caller` on. Health and reflection do not pass here: they
-answer anyone (health tells only "serving"; reflection only the public schema).
+The service's handler wrapper asks `authenticate(context)` and then `authorize(caller, method)`
+before it decodes anything else of the request, and hands the resulting `Caller` on. Health and
+reflection do not pass here: they answer anyone (health tells only "serving"; reflection only the
+public schema).
 """
 
 from __future__ import annotations
@@ -118,9 +119,10 @@ class Guard:
         auth = context.auth_context if self._reads_auth_context else dict
         return Credentials.of(context.invocation_metadata(), context.peer() or "", auth)
 
-    async def authenticate(self, credentials: Credentials) -> Caller:
+    async def authenticate(self, context: grpc.aio.ServicerContext) -> Caller:
         """The caller, from the first authenticator that vouches for the request; UNAUTHENTICATED
         when none does (a request with no credentials is never anonymous once one is configured)."""
+        credentials = self.credentials(context)
         for authenticator in self._chain:
             identity = await authenticator.authenticate(credentials)
             if identity is not None:
@@ -163,12 +165,6 @@ class Guard:
                 denial=f"missing permission {needed}",
             )
 
-    async def admit(self, method: str, context: grpc.aio.ServicerContext) -> Caller:
-        """Authenticate, then authorize `method`; raises UNAUTHENTICATED or PERMISSION_DENIED."""
-        caller = await self.authenticate(self.credentials(context))
-        self.authorize(caller, method)
-        return caller
-
     # -- audit ---------------------------------------------------------------------------------
     @staticmethod
     def audit(
@@ -204,4 +200,3 @@ class Guard:
                 peer=peer,
             )
         )
-
