@@ -33,7 +33,7 @@ from callqos.server.security.authn import (
 )
 from callqos.server.security.authz import METHOD_PERMISSIONS, MUTATIONS, Roles
 from callqos.server.security.identity import DEFAULT_TENANT, Caller
-from callqos.server.security.jwks import JwksKeys
+from callqos.server.security.jwks import JwksError, JwksKeys
 from callqos.server.security.quotas import Quotas
 
 log = logging.getLogger("callqos.server.security")
@@ -112,7 +112,10 @@ class Guard:
     async def start(self) -> None:
         """Read what authentication needs before the first request (the JWKS)."""
         if self.jwt is not None:
-            await self.jwt.start()
+            try:
+                await self.jwt.start()
+            except JwksError as exc:
+                raise ConfigError(f"jwt_jwks_file: {exc}") from exc
 
     # -- authentication ------------------------------------------------------------------------
     def credentials(self, context: grpc.aio.ServicerContext) -> Credentials:
