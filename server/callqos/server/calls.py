@@ -222,9 +222,16 @@ class CallManager:
         call_id = request.call_id or names.new_call_id()
         name = names.call_name(call_id)
         async with self._locks.hold(name):
-            if await self.store.get_call(name) is not None:
+            existing = await self.store.get_call(name)
+            if existing is not None:
+                # Call names are platform-wide: a call_id another tenant holds is taken too (the
+                # one thing a tenant can learn of another's calls; conformance/SPEC.md SEC-4),
+                # and the attempt is audited.
                 raise ServiceError(
-                    Reason.ERROR_REASON_CALL_ALREADY_EXISTS, f"{name} already exists", metadata={"call": name}
+                    Reason.ERROR_REASON_CALL_ALREADY_EXISTS,
+                    f"{name} already exists",
+                    metadata={"call": name},
+                    denial="" if existing.tenant == caller.tenant else f"{name} is held by tenant {existing.tenant}",
                 )
             level = request.call.service_level or Level.SERVICE_LEVEL_NEEDED
             asked = request.call.requested_qos
