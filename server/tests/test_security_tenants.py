@@ -81,6 +81,10 @@ async def test_another_tenants_calls_are_not_found_and_not_listed_or_watched(
             nobodys = await rpc_error(attempt("calls/never-made"))
             assert theirs.code() == NOT_FOUND, method
             assert not_found_shape(theirs, secret.name) == not_found_shape(nobodys, "calls/never-made"), method
+        # Call names are platform-wide (SPEC.md SEC-4): the name is taken, nothing more is told.
+        taken = await rpc_error(stub.CreateCall(make_request(call_id="secret"), metadata=gus))
+        assert taken.code() == grpc.StatusCode.ALREADY_EXISTS
+        assert details(taken)["ErrorInfo"].metadata == {"call": secret.name}
         listed = await stub.ListCalls(svc.ListCallsRequest(), metadata=gus)
         assert [c.name for c in listed.calls] == [mine.name]
         events = await read_events(stub, gus, until=10**9)
@@ -97,6 +101,7 @@ async def test_another_tenants_calls_are_not_found_and_not_listed_or_watched(
     probes = audit_lines.where(tenant="globex", outcome="denied", reason="CALL_NOT_FOUND")
     assert {p["method"] for p in probes} == set(attempts), "cross-tenant probes are audited as denials"
     assert all("acme" in p["detail"] for p in probes)
+    assert audit_lines.where(method="CreateCall", tenant="globex", outcome="denied", reason="CALL_ALREADY_EXISTS")
 
 
 OPERATIONS = st.lists(
