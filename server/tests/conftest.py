@@ -4,16 +4,19 @@ kill/restart/signal tests), and a stub talking real gRPC to it. Both come from
 
 from __future__ import annotations
 
+import logging
 import sys
 from collections.abc import AsyncIterator, Generator, Iterator
 from pathlib import Path
 
 import grpc
 import pytest
+from security_testkit import AuditLines
 from server_testkit import ROOT
 
 from callqos.server import app, testing
 from callqos.server.config import Config
+from callqos.server.testpki import TestIssuer, TestPki
 from callqos.v1 import callqos_service_pb2_grpc as svc_grpc
 
 # The benchmarks are scripts outside the shipped package; test_bench and test_deploy import them.
@@ -51,6 +54,33 @@ def server_process(tmp_path: Path) -> Iterator[testing.ServerProcess]:
         yield process
     finally:
         process.close()
+
+
+@pytest.fixture
+def pki(tmp_path: Path) -> TestPki:
+    """A certificate authority made for the test (see callqos.server.testpki)."""
+    return TestPki(tmp_path / "pki")
+
+
+@pytest.fixture
+def issuer(tmp_path: Path) -> TestIssuer:
+    """A token issuer made for the test: an ES256 key and its JWKS file."""
+    return TestIssuer(tmp_path / "issuer")
+
+
+@pytest.fixture
+def audit_lines() -> Iterator[AuditLines]:
+    """What the `callqos.audit` logger records during the test."""
+    handler = AuditLines()
+    logger = logging.getLogger("callqos.audit")
+    logger.addHandler(handler)
+    old_level = logger.level
+    logger.setLevel(logging.INFO)
+    try:
+        yield handler
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(old_level)
 
 
 @pytest.hookimpl(wrapper=True)

@@ -54,7 +54,12 @@ def details(error: grpc.RpcError) -> dict[str, Any]:
     out: dict[str, Any] = {}
     assert status is not None, "error carries no google.rpc.Status"
     for any_detail in status.details:
-        for kind in (error_details_pb2.ErrorInfo, error_details_pb2.BadRequest, call_pb2.QosRefusal):
+        for kind in (
+            error_details_pb2.ErrorInfo,
+            error_details_pb2.BadRequest,
+            call_pb2.QosRefusal,
+            error_details_pb2.QuotaFailure,
+        ):
             if any_detail.Is(kind.DESCRIPTOR):
                 message = kind()
                 any_detail.Unpack(message)

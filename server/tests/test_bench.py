@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import asyncio
 
-import bench_tracing  # server/benchmarks (conftest.py puts it on sys.path)
+import bench_auth  # server/benchmarks (conftest.py puts it on sys.path)
+import bench_tracing
 
 
 def test_tracing_benchmark_measures_every_variant_and_the_traced_span_tree() -> None:
@@ -27,3 +28,11 @@ def test_tracing_benchmark_measures_every_variant_and_the_traced_span_tree() -> 
 
     text = bench_tracing.report(results)
     assert "the 15% target" in text and "spans per cycle" in text
+
+
+def test_authentication_benchmark_measures_every_variant() -> None:
+    results = asyncio.run(bench_auth.run(seconds=0.3, rounds=1))
+    assert set(results) == set(bench_auth.VARIANTS)
+    for variant, result in results.items():
+        assert result.rate > 0 and result.cpu_us_per_cycle > 0, variant
+    assert "the 10% target for JWT" in bench_auth.report(results)

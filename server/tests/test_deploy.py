@@ -67,6 +67,9 @@ def container() -> dict[str, Any]:
 
 def test_configmap_is_a_valid_server_config(pod_config: Config) -> None:
     assert pod_config.listen == "0.0.0.0:50051"  # all interfaces inside the pod
+    # ... so it is served over TLS, to authenticated callers only.
+    assert pod_config.tls_cert and pod_config.tls_key and pod_config.authenticators
+    assert not pod_config.insecure_allow_unauthenticated and not pod_config.insecure_allow_plaintext
     assert pod_config.storage == "sqlite" and pod_config.metrics_listen
     text = k8s("ConfigMap")["data"]["callqos.toml"]
     assert set(tomllib.loads(text)) <= set(SETTINGS)
@@ -81,9 +84,11 @@ def test_deployment_ports_probes_and_volumes_agree_with_the_config(pod_config: C
     ports = {p["name"]: p["containerPort"] for p in main["ports"]}
     assert ports["grpc"] == port_of(pod_config.listen)
     assert ports["metrics"] == port_of(pod_config.metrics_listen)
-    # Native gRPC probes on the health service: overall health, and the API service for readiness.
-    assert main["livenessProbe"]["grpc"] == {"port": ports["grpc"], "service": ""}
-    assert main["readinessProbe"]["grpc"] == {"port": ports["grpc"], "service": app.SERVICE_NAME}
+    assert ports["health"] == port_of(pod_config.health_listen)
+    # Native gRPC probes on the plaintext health port (the kubelet's gRPC probe has no TLS):
+    # overall health, and the API service for readiness.
+    assert main["livenessProbe"]["grpc"] == {"port": ports["health"], "service": ""}
+    assert main["readinessProbe"]["grpc"] == {"port": ports["health"], "service": app.SERVICE_NAME}
     # The config file the server is told to read is the mounted ConfigMap key.
     mounts = {m["name"]: m["mountPath"] for m in main["volumeMounts"]}
     volumes = {v["name"]: v for v in pod["volumes"]}
@@ -91,6 +96,11 @@ def test_deployment_ports_probes_and_volumes_agree_with_the_config(pod_config: C
     assert config_path.parent == Path(mounts["config"])
     assert volumes["config"]["configMap"]["name"] == k8s("ConfigMap")["metadata"]["name"]
     assert config_path.name in k8s("ConfigMap")["data"]
+    # The TLS files are the mounted secret.
+    assert pod_config.tls_cert is not None and pod_config.tls_key is not None
+    assert pod_config.tls_cert.parent == pod_config.tls_key.parent == Path(mounts["tls"])
+    assert volumes["tls"]["secret"]["secretName"] == "callqos-tls"
+    assert {pod_config.tls_cert.name, pod_config.tls_key.name} == {"tls.crt", "tls.key"}  # a kubernetes.io/tls secret
     # The SQLite directory is the persistent volume; one writer, so one replica, recreated.
     assert Path(mounts["data"]) == pod_config.data_dir
     assert volumes["data"]["persistentVolumeClaim"]["claimName"] == k8s("PersistentVolumeClaim")["metadata"]["name"]
@@ -103,6 +113,57 @@ def test_deployment_ports_probes_and_volumes_agree_with_the_config(pod_config: C
     # `make bench` judges the tracing-overhead target on the sampling production runs with.
     assert env["OTEL_TRACES_SAMPLER"] == "parentbased_traceidratio"
     assert float(env["OTEL_TRACES_SAMPLER_ARG"]) == bench_tracing.PRODUCTION_SAMPLING
+
+
+# Pod Security Standard "restricted" (kubernetes.io/docs/concepts/security/pod-security-standards).
+RESTRICTED_VOLUMES = {
+    "configMap",
+    "csi",
+    "downwardAPI",
+    "emptyDir",
+    "ephemeral",
+    "persistentVolumeClaim",
+    "projected",
+    "secret",
+}
+
+
+def test_the_pod_meets_the_restricted_pod_security_standard() -> None:
+    pod = k8s("Deployment")["spec"]["template"]["spec"]
+    pod_context = pod.get("securityContext", {})
+    # Baseline: nothing privileged, no host namespaces, ports or paths.
+    assert not any(pod.get(key) for key in ("hostNetwork", "hostPID", "hostIPC"))
+    for volume in pod["volumes"]:
+        kinds = set(volume) - {"name"}
+        assert kinds <= RESTRICTED_VOLUMES, volume
+    for each in [*pod["containers"], *pod.get("initContainers", []), *pod.get("ephemeralContainers", [])]:
+        context = each.get("securityContext", {})
+        assert not context.get("privileged"), each["name"]
+        assert not any("hostPort" in port for port in each.get("ports", [])), each["name"]
+        assert context.get("allowPrivilegeEscalation") is False, each["name"]
+        assert "ALL" in context.get("capabilities", {}).get("drop", []), each["name"]
+        assert set(context.get("capabilities", {}).get("add", [])) <= {"NET_BIND_SERVICE"}, each["name"]
+        assert (context.get("runAsNonRoot") or pod_context.get("runAsNonRoot")) is True, each["name"]
+        assert context.get("runAsUser", pod_context.get("runAsUser")) != 0, each["name"]
+        seccomp = context.get("seccompProfile", pod_context.get("seccompProfile", {}))
+        assert seccomp.get("type") in ("RuntimeDefault", "Localhost"), each["name"]
+        assert context.get("readOnlyRootFilesystem") is True, each["name"]  # beyond restricted: ours
+        # Non-root without capabilities cannot bind below 1024.
+        assert all(port["containerPort"] > 1024 for port in each.get("ports", [])), each["name"]
+    # Its own ServiceAccount, with no API token mounted.
+    assert pod["serviceAccountName"] == k8s("ServiceAccount")["metadata"]["name"]
+    assert pod["automountServiceAccountToken"] is False
+
+
+def test_the_network_policy_admits_clients_to_the_api_only() -> None:
+    policy = k8s("NetworkPolicy")["spec"]
+    labels = k8s("Deployment")["spec"]["template"]["metadata"]["labels"]
+    assert policy["podSelector"]["matchLabels"].items() <= labels.items()
+    assert set(policy["policyTypes"]) == {"Ingress", "Egress"}
+    opened = {port["port"] for rule in policy["ingress"] for port in rule["ports"]}
+    assert opened == {"grpc", "metrics"}  # not the plaintext health port
+    names = {p["name"] for p in container()["ports"]}
+    assert opened <= names
 
 
 def test_service_targets_the_container_ports() -> None:
@@ -152,6 +213,11 @@ def test_compose_wires_server_collector_and_trace_viewer() -> None:
     published = {int(p.split(":")[2]): p for p in server["ports"]}
     assert all(p.startswith("127.0.0.1:") for s in services.values() for p in s.get("ports", []))
     assert port_of(config.listen) in published and port_of(config.metrics_listen) in published
+    # TLS with mTLS and tokens, with files the certs service makes before the server starts.
+    assert config.tls_cert and config.tls_client_ca and set(config.authenticators) == {"jwt", "mtls"}
+    assert server["depends_on"]["certs"]["condition"] == "service_completed_successfully"
+    assert "callqos.server.testpki" in " ".join(services["certs"]["entrypoint"])
+    assert server["read_only"] is True and server["cap_drop"] == ["ALL"]
     assert env["OTEL_TRACES_EXPORTER"] == "otlp" and env["OTEL_EXPORTER_OTLP_PROTOCOL"] == "grpc"
     endpoint = urlparse(env["OTEL_EXPORTER_OTLP_ENDPOINT"])
     assert endpoint.hostname == "otel-collector"

@@ -71,7 +71,7 @@ async def take(hub: EventHub, cursor: int, count: int) -> list[int]:
     got: list[int] = []
     if count == 0:
         return got
-    stream = hub.watch(cursor, EVERYTHING)
+    stream = hub.watch(cursor, EVERYTHING, tenant="default")
     try:
         async with asyncio.timeout(5):
             async for event in stream:
@@ -155,7 +155,7 @@ async def test_cursor_zero_means_everything_still_retained_even_after_pruning() 
 async def test_pruning_that_overtakes_a_watcher_reading_behind_is_reported() -> None:
     store, hub = await hub_with(before=10, after=0, window=4)
     with mock.patch.object(events, "_BATCH", 3):
-        stream = hub.watch(2, EVERYTHING)
+        stream = hub.watch(2, EVERYTHING, tenant="default")
         assert [(await anext(stream)).sequence for _ in range(3)] == [3, 4, 5]
         await store.prune_events(keep_last=2, older_than_us=0)  # 1..8 gone: 6..8 will never come
         with pytest.raises(ServiceError) as expired:
@@ -168,7 +168,7 @@ async def test_pruning_every_event_after_a_watcher_is_reported_too() -> None:
     # watcher is still behind. Nothing after its cursor is left to read: that is an expired cursor,
     # not a reason to read the store again and again.
     store, hub = await hub_with(before=10, after=0, window=4)
-    stream = hub.watch(2, EVERYTHING)
+    stream = hub.watch(2, EVERYTHING, tenant="default")
     await store.prune_events(keep_last=0, older_than_us=time.time_ns() // 1000 + 10**9)
     with pytest.raises(ServiceError) as expired:
         await anext(stream)
@@ -186,7 +186,7 @@ async def test_a_waiting_watcher_wakes_for_new_events_and_ends_at_shutdown() -> 
     assert await reader == [4, 5]
     assert reads_while_waiting <= 1
 
-    stream = hub.watch(5, EVERYTHING)
+    stream = hub.watch(5, EVERYTHING, tenant="default")
     waiting = asyncio.create_task(anext(stream))
     await asyncio.sleep(0.01)
     await hub.close()
@@ -197,7 +197,7 @@ async def test_a_waiting_watcher_wakes_for_new_events_and_ends_at_shutdown() -> 
 
 async def test_the_filter_skips_events_but_not_the_cursor() -> None:
     _store, hub = await hub_with(before=3, after=3, window=2)
-    stream = hub.watch(0, lambda event: event.sequence % 2 == 1)
+    stream = hub.watch(0, lambda event: event.sequence % 2 == 1, tenant="default")
     async with asyncio.timeout(5):
         odd = [(await anext(stream)).sequence for _ in range(3)]
     await stream.aclose()

@@ -91,3 +91,64 @@ def test_example_config_is_the_embedded_defaults(tmp_path: Path) -> None:
         assert getattr(config, field) == getattr(defaults, field), field
     assert set(config.providers) == set(defaults.providers)
     assert config.providers["reference"]["links"] == [DEFAULT_LINK]
+
+
+def test_every_setting_is_in_the_example_config() -> None:
+    """Each setting is documented in the example file, set or commented out."""
+    import dataclasses
+    import re
+
+    example = (Path(__file__).resolve().parents[1] / "config" / "callqos.example.toml").read_text()
+    documented = set(re.findall(r"^#? ?([a-z_]+) =", example, re.MULTILINE))
+    documented |= set(re.findall(r"^#? ?\[([a-z_]+)[.\]]", example, re.MULTILINE))
+    missing = [f.name for f in dataclasses.fields(Config) if f.name not in documented | {"port_file"}]
+    assert not missing, missing
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"listen": "0.0.0.0:1"}, "no authenticator"),
+        (
+            {
+                "listen": "0.0.0.0:1",
+                "authenticators": ["jwt"],
+                "jwt_issuer": "i",
+                "jwt_audience": "a",
+                "jwt_jwks_url": "https://idp.example/jwks",
+            },
+            "TLS is off",
+        ),
+        ({"authenticators": ["mtls"]}, "tls_client_ca"),
+        ({"authenticators": ["header"]}, "trusted peer"),
+        ({"authenticators": ["magic"]}, "unknown magic"),
+        ({"tls_cert": "a.pem"}, "go together"),
+        ({"jwt_algorithms": ["HS256"]}, "HS256 not allowed"),
+        ({"jwt_algorithms": ["none"]}, "none not allowed"),
+        ({"jwt_leeway_seconds": 3600}, "jwt_leeway_seconds"),
+        ({"authenticators": ["jwt"], "jwt_issuer": "i", "jwt_audience": "a"}, "exactly one of"),
+        ({"authenticators": ["jwt"], "jwt_issuer": "i", "jwt_audience": "a", "jwt_jwks_url": "http://idp"}, "https"),
+        ({"proxy_listen": "127.0.0.1:9", "authenticators": ["header"]}, "unix:PATH"),
+        ({"quota_active_calls": -1}, "quota_active_calls"),
+    ],
+)
+def test_security_settings_that_do_not_fit_together(settings: dict[str, object], message: str) -> None:
+    flags = {k: (str(v) if isinstance(v, str) else v) for k, v in settings.items()}
+    with pytest.raises(ConfigError, match=message):
+        load(env={}, flags=flags)
+
+
+def test_lists_come_from_the_environment_comma_separated() -> None:
+    config = load(
+        env={
+            "CALLQOS_AUTHENTICATORS": "jwt, mtls",
+            "CALLQOS_TLS_CERT": "s.pem",
+            "CALLQOS_TLS_KEY": "s.key",
+            "CALLQOS_TLS_CLIENT_CA": "ca.pem",
+            "CALLQOS_JWT_ISSUER": "i",
+            "CALLQOS_JWT_AUDIENCE": "a",
+            "CALLQOS_JWT_JWKS_URL": "https://idp.example/jwks",
+        }
+    )
+    assert config.authenticators == ["jwt", "mtls"]
+    assert config.tls_client_ca == Path("ca.pem")

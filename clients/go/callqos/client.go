@@ -1,7 +1,9 @@
 // Package callqos is a small client for the callqos.v1.CallQosService API.
 //
 // It wraps the generated stubs in gen/callqos/v1 with what every caller otherwise writes
-// again: a default deadline on unary calls, the caller's principal on every request, errors
+// again: TLS and mTLS (WithTLS, TLSConfig), a bearer token from a refreshing source on every
+// request (WithTokenSource, FileToken), a default deadline on unary calls, the caller's
+// principal on every request (development servers), errors
 // decoded from google.rpc.Status details (see Error and QosUnavailableError), W3C trace
 // context propagation through otelgrpc, and an event watch that resumes from the last
 // sequence number it delivered when the stream breaks (see Client.Watch).
@@ -12,6 +14,7 @@ package callqos
 import (
 	"context"
 	cryptorand "crypto/rand"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"time"
@@ -20,6 +23,7 @@ import (
 	"go.opentelemetry.io/otel/propagation"
 	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/protobuf/proto"
@@ -40,6 +44,8 @@ type options struct {
 	tracerProvider trace.TracerProvider
 	tracing        bool
 	dialOptions    []grpc.DialOption
+	tls            *tls.Config
+	tokens         TokenSource
 }
 
 // An Option configures New.
@@ -80,8 +86,15 @@ func New(target string, opts ...Option) (*Client, error) {
 	for _, opt := range opts {
 		opt(&o)
 	}
+	transport := insecure.NewCredentials()
+	if o.tls != nil {
+		transport = credentials.NewTLS(o.tls)
+	}
+	if o.tokens != nil && o.tls == nil && !isLoopback(target) {
+		return nil, fmt.Errorf("callqos: a bearer token would cross the network to %s in the clear: use WithTLS", target)
+	}
 	dial := []grpc.DialOption{
-		grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithTransportCredentials(transport),
 		// The retry policy all four clients share (clients/service_config.json).
 		grpc.WithDefaultServiceConfig(serviceConfig),
 		// Before any retry: every attempt of a create or renegotiation carries the same id.
@@ -93,6 +106,9 @@ func New(target string, opts ...Option) (*Client, error) {
 			handlerOpts = append(handlerOpts, otelgrpc.WithTracerProvider(o.tracerProvider))
 		}
 		dial = append(dial, grpc.WithStatsHandler(otelgrpc.NewClientHandler(handlerOpts...)))
+	}
+	if o.tokens != nil {
+		dial = append(dial, grpc.WithPerRPCCredentials(bearer{source: o.tokens, secure: o.tls != nil}))
 	}
 	dial = append(dial, o.dialOptions...)
 	conn, err := grpc.NewClient(target, dial...)

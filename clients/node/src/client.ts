@@ -1,4 +1,5 @@
 // A small client for callqos.v1.CallQosService over gRPC (connect-node's gRPC transport).
+import { readFileSync, statSync } from "node:fs";
 import type { MessageInitShape } from "@bufbuild/protobuf";
 import {
   createClient,
@@ -28,6 +29,43 @@ import { EventWatcher, type WatchOptions } from "./watch.js";
 /** The request metadata that names the caller; only a call's owner may change or drop it. */
 export const PRINCIPAL_HEADER = "x-callqos-principal";
 
+/** The request metadata carrying a bearer token, `Bearer <JWT>`. */
+export const AUTHORIZATION_HEADER = "authorization";
+
+/**
+ * The bearer token to send now, asked before every request, so it can refresh whenever it
+ * likes (see `fileToken`).
+ */
+export type TokenSource = () => string | Promise<string>;
+
+/** A token kept in a file, read again whenever the file changes (a rotated token). */
+export function fileToken(path: string): TokenSource {
+  let seen = "";
+  let token = "";
+  return () => {
+    const info = statSync(path);
+    const signature = `${info.mtimeMs}:${info.size}:${info.ino}`;
+    if (signature !== seen) {
+      token = readFileSync(path, "utf8").trim();
+      seen = signature;
+    }
+    return token;
+  };
+}
+
+/** TLS: the CA certificates that sign the server's (the system's when absent), and the client's
+ * own certificate and key for mTLS — PEM, as strings or Buffers. */
+export interface TlsOptions {
+  ca?: string | Buffer;
+  cert?: string | Buffer;
+  key?: string | Buffer;
+}
+
+function isLoopback(url: URL): boolean {
+  const host = url.hostname.replace(/^\[|\]$/g, "");
+  return host === "localhost" || host === "::1" || /^127\./.test(host);
+}
+
 /** The deadline of a unary call made without `timeoutMs` (milliseconds). */
 export const DEFAULT_TIMEOUT_MS = 10_000;
 
@@ -42,6 +80,11 @@ export interface CallQosClientOptions {
   tracing?: boolean | TracerProvider;
   /** More interceptors, run inside the principal, tracing and retry ones (once per attempt). */
   interceptors?: Interceptor[];
+  /** Connect over TLS (the address becomes https://); with `cert` and `key`, mTLS. */
+  tls?: TlsOptions;
+  /** A bearer token for every request: a string, or a source asked before every request.
+   * Only over TLS, or to a loopback address. */
+  token?: string | TokenSource;
 }
 
 /**
@@ -61,8 +104,18 @@ export class CallQosClient {
   constructor(options: CallQosClientOptions) {
     const baseUrl = /^[a-z]+:\/\//.test(options.address)
       ? options.address
-      : `http://${options.address}`;
+      : `${options.tls ? "https" : "http"}://${options.address}`;
     const interceptors: Interceptor[] = [];
+    if (options.token !== undefined) {
+      if (new URL(baseUrl).protocol !== "https:" && !isLoopback(new URL(baseUrl))) {
+        throw new Error(`a bearer token would cross the network to ${options.address} in the clear: use tls`);
+      }
+      const source: TokenSource = typeof options.token === "string" ? () => options.token as string : options.token;
+      interceptors.push((next) => async (req) => {
+        req.header.set(AUTHORIZATION_HEADER, `Bearer ${await source()}`);
+        return next(req);
+      });
+    }
     if (options.tracing) {
       interceptors.push(tracingInterceptor(options.tracing === true ? undefined : options.tracing));
     }
@@ -77,7 +130,7 @@ export class CallQosClient {
     // retrying a create or renegotiation safe, added before the first attempt.
     interceptors.push(requestIdInterceptor(), retryInterceptor());
     interceptors.push(...(options.interceptors ?? []));
-    this.sessions = new Http2SessionManager(baseUrl);
+    this.sessions = new Http2SessionManager(baseUrl, undefined, options.tls ? { ...options.tls } : undefined);
     this.transport = createGrpcTransport({ baseUrl, interceptors, sessionManager: this.sessions });
     this.raw = createClient(CallQosService, this.transport);
     this.timeoutMs = options.timeoutMs ?? DEFAULT_TIMEOUT_MS;

@@ -1,4 +1,13 @@
-export { CallQosClient, DEFAULT_TIMEOUT_MS, PRINCIPAL_HEADER, type CallQosClientOptions } from "./client.js";
+export {
+  AUTHORIZATION_HEADER,
+  CallQosClient,
+  DEFAULT_TIMEOUT_MS,
+  PRINCIPAL_HEADER,
+  fileToken,
+  type CallQosClientOptions,
+  type TlsOptions,
+  type TokenSource,
+} from "./client.js";
 export { CallQosError, QosUnavailableError, DOMAIN, codeOf, decodeError, reasonString } from "./errors.js";
 export { defaultResumePolicy, type ResumePolicy } from "./policy.js";
 export { ControlledLoad } from "./qos.js";

@@ -6,7 +6,8 @@ Go, TypeScript and Java clients keep their own copies of the header names and th
 tests against the real server fail if one differs: the call's owner comes from the principal
 header, a watch "from now" resumes from the start-sequence header, errors carry the domain.)
 
-- Request and response metadata keys, and the principal the server assumes without one.
+- Request and response metadata keys, the principal the server assumes without one, and the
+  tenant of a server without tenants.
 - The ``google.rpc.ErrorInfo`` domain and reason strings of the errors the service sends, and the
   gRPC status code of each reason, read from the ``(callqos.v1.grpc_code)`` option on every
   ``ErrorReason`` value in ``protos/callqos/v1/errors.proto`` (the only place it is decided).
@@ -24,10 +25,21 @@ from google.protobuf.descriptor import EnumDescriptor
 
 from callqos.v1 import errors_pb2
 
-#: Request metadata naming the caller. Only a call's owner may renegotiate or drop it.
+#: Request metadata naming the caller. Only a call's owner may renegotiate or drop it. A server
+#: with an authenticator configured believes it only from a trusted proxy (README "Security");
+#: without one (development, on loopback) from anyone.
 PRINCIPAL_HEADER = "x-callqos-principal"
-#: The principal of a request that sends no ``x-callqos-principal``.
+#: The principal of a request that sends no ``x-callqos-principal`` (development mode only).
 ANONYMOUS_PRINCIPAL = "anonymous"
+#: Request metadata a trusted proxy sets beside the principal: the caller's tenant, and its roles
+#: (comma-separated). Ignored from anyone else.
+TENANT_HEADER = "x-callqos-tenant"
+ROLES_HEADER = "x-callqos-roles"
+#: The tenant of every caller of a server without tenants, and of data from before them.
+DEFAULT_TENANT = "default"
+#: Request metadata carrying a bearer token (``Bearer <JWT>``), as gRPC call credentials send it.
+AUTHORIZATION_HEADER = "authorization"
+BEARER_PREFIX = "Bearer "
 #: Initial (response) metadata of WatchEvents: the sequence number the stream starts after, so a
 #: watch "from now" can resume without loss even if it breaks before its first event.
 START_SEQUENCE_HEADER = "x-callqos-start-sequence"
@@ -42,6 +54,15 @@ DEFAULT_TARGET = "127.0.0.1:50051"
 #: Environment variables of the client (``Client.from_env``) and the CLI.
 TARGET_ENV = "CALLQOS_TARGET"
 PRINCIPAL_ENV = "CALLQOS_PRINCIPAL"
+#: A bearer token, or a file holding one (re-read when it changes, as rotated tokens are).
+TOKEN_ENV = "CALLQOS_TOKEN"
+TOKEN_FILE_ENV = "CALLQOS_TOKEN_FILE"
+#: TLS: the CA certificate(s) that sign the server's certificate (setting it turns TLS on), and
+#: the client's own certificate and key for mTLS. (Not CALLQOS_TLS_CERT / _KEY: those are the
+#: server's settings, and a shell may run both.)
+TLS_CA_ENV = "CALLQOS_TLS_CA"
+TLS_CERT_ENV = "CALLQOS_TLS_CLIENT_CERT"
+TLS_KEY_ENV = "CALLQOS_TLS_CLIENT_KEY"
 
 
 # The extension handle of the option. Typed Any: the generated .pyi calls it a plain

@@ -4,17 +4,20 @@ prints every check."""
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tomllib
 from importlib import metadata
 from pathlib import Path
 
 from callqos.conformance.checks import all_checks
+from callqos.conformance.connection import Connection
 from callqos.conformance.model import PROFILES, RunOptions
 from callqos.conformance.reports import console
 from callqos.conformance.runner import run_conformance
 from callqos.conformance.target import TargetError, require_server
 from callqos.conformance.version import SPEC_DOCUMENT, SPEC_VERSION, SUITE_VERSION
+from callqos.wire import TOKEN_ENV
 
 
 def _ids(values: list[str]) -> tuple[str, ...]:
@@ -74,6 +77,16 @@ def parser() -> argparse.ArgumentParser:
         "--provider-timeout", type=float, default=2.0, help="server-side provider deadline for --provider, seconds"
     )
     p.add_argument("--output-dir", type=Path, help="write summary.txt, junit.xml, report.json, report.md here")
+    secure = p.add_argument_group("connecting to a --target with TLS and authentication")
+    secure.add_argument("--tls-ca", type=Path, help="CA certificate(s) of the server (PEM): TLS on")
+    secure.add_argument("--tls-cert", type=Path, help="client certificate (PEM), for mTLS")
+    secure.add_argument("--tls-key", type=Path, help="the client certificate's key (PEM)")
+    secure.add_argument(
+        "--token", default=os.environ.get(TOKEN_ENV) or None, help=f"bearer token of the suite (env {TOKEN_ENV})"
+    )
+    secure.add_argument(
+        "--intruder-token", help="bearer token of a second principal of the same tenant, for the ownership checks"
+    )
     return p
 
 
@@ -98,6 +111,7 @@ def main(argv: list[str] | None = None) -> int:
         RunOptions(
             target=args.target,
             provider=args.provider,
+            connection=Connection(args.tls_ca, args.tls_cert, args.tls_key, args.token, args.intruder_token),
             target_provider=args.target_provider,
             provider_settings=settings,
             parameters_file=args.parameters,

@@ -15,6 +15,7 @@ import grpc
 from google.rpc import error_details_pb2
 
 from callqos.client.errors import rich_status
+from callqos.conformance.connection import Connection
 from callqos.conformance.exceptions import CheckFailed, CheckSkipped, TargetTimeout
 from callqos.conformance.params import Parameters
 from callqos.v1 import (
@@ -96,6 +97,8 @@ class Session:
     cursor: int = 0
     # The highest sequence any watch of this run has delivered.
     newest: int = 0
+    # TLS and bearer tokens of --target (None: plaintext, callers named by header only).
+    connection: Connection | None = None
 
     @property
     def principal(self) -> str:
@@ -120,7 +123,9 @@ class CheckContext:
 
     # -- identities -----------------------------------------------------------------------
     def metadata(self, principal: str | None = None) -> tuple[tuple[str, str], ...]:
-        return ((PRINCIPAL_HEADER, principal or self.session.principal),)
+        who = principal or self.session.principal
+        tokens = self.session.connection.bearer(who == self.session.intruder) if self.session.connection else ()
+        return ((PRINCIPAL_HEADER, who), *tokens)
 
     def unique(self) -> str:
         return f"cq{self.session.run_token}-{next(self.session.counter)}"

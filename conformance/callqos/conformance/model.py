@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from callqos.conformance.connection import Connection
 from callqos.conformance.harness import CheckContext
 from callqos.conformance.params import Parameters
 from callqos.v1 import provider_pb2
@@ -89,6 +90,8 @@ class RunOptions:
     output_dir: Path | None = None
     # Server-side provider deadline for --provider: short, so a hung provider is answered quickly.
     provider_timeout: float = 2.0
+    # How to reach --target: TLS files and bearer tokens (callqos.conformance.connection); None: plaintext.
+    connection: Connection | None = None
 
 
 @dataclass

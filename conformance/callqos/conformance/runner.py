@@ -12,6 +12,7 @@ import time
 import grpc
 
 from callqos.conformance.checks import all_checks
+from callqos.conformance.connection import Connection, open_channel
 from callqos.conformance.exceptions import CheckFailed, CheckSkipped, TargetTimeout
 from callqos.conformance.harness import CheckContext, RpcFailed, Session
 from callqos.conformance.model import Check, CheckResult, Outcome, Report, RunOptions
@@ -106,10 +107,15 @@ def apply_known_failing(result: CheckResult, known: set[str]) -> CheckResult:
     return result
 
 
-async def discover(stub: svc_grpc.CallQosServiceStub, wanted: str | None, scale: float) -> provider_pb2.Provider:
-    listed = await stub.ListProviders(svc.ListProvidersRequest(), timeout=10 * scale)
+async def discover(
+    stub: svc_grpc.CallQosServiceStub, wanted: str | None, scale: float, connection: Connection | None = None
+) -> provider_pb2.Provider:
+    auth = connection.bearer() if connection else ()
+    listed = await stub.ListProviders(svc.ListProvidersRequest(), timeout=10 * scale, metadata=auth)
     if wanted:
-        named: provider_pb2.Provider = await stub.GetProvider(svc.GetProviderRequest(name=wanted), timeout=10 * scale)
+        named: provider_pb2.Provider = await stub.GetProvider(
+            svc.GetProviderRequest(name=wanted), timeout=10 * scale, metadata=auth
+        )
         return named
     defaults = [p for p in listed.providers if p.default] or list(listed.providers)
     if not defaults:
@@ -138,9 +144,10 @@ async def run_async(options: RunOptions) -> Report:
             target, provider_name = spawned.target, spawned.provider_name
         if not target:
             raise TargetError("give --target HOST:PORT or --provider NAME")
-        channel = grpc.aio.insecure_channel(target)
+        connection = options.connection if options.target else None
+        channel = open_channel(target, connection)
         stub = svc_grpc.CallQosServiceStub(channel)  # type: ignore[no-untyped-call]  # generated, untyped
-        info = await discover(stub, provider_name or None, options.timeout_scale)
+        info = await discover(stub, provider_name or None, options.timeout_scale, connection)
         provider_name = info.name
         parameters = derive(info.capabilities, table, str(options.parameters_file or ""))
         session = Session(
@@ -152,6 +159,7 @@ async def run_async(options: RunOptions) -> Report:
             run_token=secrets.token_hex(3),
             rng=random.Random(seed),
             scale=options.timeout_scale,
+            connection=connection,
         )
         known = set(options.known_failing)
         unresponsive = ""

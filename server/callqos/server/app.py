@@ -1,5 +1,6 @@
 """Wiring: build the store, the providers and the service from a Config, serve gRPC with health
-and reflection, and shut down gracefully on SIGTERM/SIGINT.
+and reflection (over TLS when configured, with the proxy socket and the plaintext health port when
+asked for), and shut down gracefully on SIGTERM/SIGINT.
 """
 
 from __future__ import annotations
@@ -16,9 +17,11 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from callqos.server.calls import CallManager
-from callqos.server.config import Config
+from callqos.server.config import Config, is_loopback
 from callqos.server.events import EventHub
 from callqos.server.hosting import HostedProviders
+from callqos.server.security.guard import Guard
+from callqos.server.security.tls import CertificateFiles
 from callqos.server.service import CallQosServicer, add_to_server
 from callqos.server.store.sqlite import MEMORY, SqliteStore
 from callqos.server.telemetry import Telemetry
@@ -63,6 +66,11 @@ class Running:
     servicer: CallQosServicer
     config: Config
     telemetry: Telemetry
+    guard: Guard | None = None
+    # The TLS files being watched (None: plaintext), and the plaintext health-only server.
+    certificates: CertificateFiles | None = None
+    health_server: grpc.aio.Server | None = None
+    health_port: int = 0
     _pruner: asyncio.Task[None] | None = None
     _owns_telemetry: bool = True
 
@@ -73,6 +81,8 @@ class Running:
         await self.health.enter_graceful_shutdown()
         await self.hub.close()
         await self.server.stop(self.config.shutdown_grace_seconds)
+        if self.health_server is not None:
+            await self.health_server.stop(0)
         if self._pruner is not None:
             self._pruner.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -132,7 +142,9 @@ async def _start(
     providers = HostedProviders(
         config.providers, config.default_provider, config.provider_timeout_seconds, telemetry=instruments
     )
-    calls = CallManager(store, hub, providers, telemetry=instruments)
+    guard = Guard(config)
+    await guard.start()
+    calls = CallManager(store, hub, providers, telemetry=instruments, quotas=guard.quotas)
     await calls.start()
     for call in await store.connected_calls():
         instruments.call_committed(call)
@@ -142,7 +154,7 @@ async def _start(
     # The telemetry interceptor runs first, so the span covers the other interceptors too.
     tracing = TelemetryInterceptor(instruments, telemetry.excluded_services)
     server = grpc.aio.server(options=grpc_options(config), interceptors=[tracing, *(interceptors or [])])
-    servicer = CallQosServicer(calls, hub, providers, config.max_watchers)
+    servicer = CallQosServicer(calls, hub, providers, config.max_watchers, guard)
     instruments.open_watch_streams = lambda: servicer.open_watchers
     add_to_server(servicer, server)
     health_servicer = health.aio.HealthServicer()
@@ -152,14 +164,49 @@ async def _start(
             (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
             server,
         )
-    port = server.add_insecure_port(config.listen)
-    if port == 0:
+    certificates = None
+    try:
+        if config.tls_cert is not None and config.tls_key is not None:
+            certificates = CertificateFiles(config.tls_cert, config.tls_key, config.tls_client_ca)
+            port = server.add_secure_port(config.listen, certificates.credentials())
+        else:
+            port = server.add_insecure_port(config.listen)
+        if port == 0:
+            raise OSError(f"cannot listen on {config.listen}")
+        if config.proxy_listen and server.add_insecure_port(config.proxy_listen) == 0:
+            raise OSError(f"cannot listen on {config.proxy_listen}")
+    except (OSError, RuntimeError, ValueError) as exc:
         await store.close()
-        raise OSError(f"cannot listen on {config.listen}")
+        raise OSError(str(exc)) from exc
+    health_server, health_port = None, 0
+    if config.health_listen:
+        # Probes that cannot speak TLS (Kubernetes' grpc probe) ask here; it serves nothing else.
+        health_server = grpc.aio.server(options=grpc_options(config))
+        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, health_server)
+        health_port = health_server.add_insecure_port(config.health_listen)
+        if health_port == 0:
+            await store.close()
+            raise OSError(f"cannot listen on {config.health_listen}")
+        await health_server.start()
     await server.start()
     for name in ("", SERVICE_NAME):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    running = Running(server, port, health_servicer, hub, calls, providers, store, servicer, config, telemetry)
+    running = Running(
+        server,
+        port,
+        health_servicer,
+        hub,
+        calls,
+        providers,
+        store,
+        servicer,
+        config,
+        telemetry,
+        guard=guard,
+        certificates=certificates,
+        health_server=health_server,
+        health_port=health_port,
+    )
     running._pruner = asyncio.create_task(running._prune_forever())
     host = config.listen.rpartition(":")[0]
     log.info(
@@ -170,13 +217,37 @@ async def _start(
             "database": str(config.database_path) if config.storage == "sqlite" else None,
             "providers": [info.id for info in providers.all()],
             "default_provider": config.default_provider,
+            "tls": "mtls" if config.tls_client_ca else "tls" if certificates else "off",
+            "authenticators": config.authenticators or ["none (development mode)"],
+            "proxy_listen": config.proxy_listen or None,
+            "health_listen": f"{config.health_listen.rpartition(':')[0]}:{health_port}" if health_server else None,
         },
     )
+    _warn_if_exposed(config)
     if config.port_file is not None:
         tmp = config.port_file.with_suffix(".tmp")
         tmp.write_text(f"{port}\n")
         tmp.replace(config.port_file)  # atomic: a reader never sees a half-written file
     return running
+
+
+def _warn_if_exposed(config: Config) -> None:
+    """Say loudly, at every start, when the operator chose to expose the server unsafely (the
+    configuration refuses to start without the explicit insecure_* setting)."""
+    if is_loopback(config.listen):
+        return
+    if config.development_mode:
+        log.warning(
+            "INSECURE: serving %s with no authenticator (insecure_allow_unauthenticated): anyone who can reach "
+            "it can act as any principal, read every call and change link capacity",
+            config.listen,
+        )
+    elif config.tls_cert is None:
+        log.warning(
+            "INSECURE: serving %s without TLS (insecure_allow_plaintext): credentials and calls cross the "
+            "network in the clear",
+            config.listen,
+        )
 
 
 async def serve(config: Config, telemetry: Telemetry | None = None) -> None:

@@ -21,7 +21,7 @@ import contextlib
 import hashlib
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
 
 from google.protobuf import timestamp_pb2
@@ -41,7 +41,10 @@ from callqos.server.providers.base import (
     Restored,
 )
 from callqos.server.qos import best_effort_qos, qos_shortfalls, reserved_rate, resolve_no_change
-from callqos.server.store.base import CallPage, IdempotencyRecord, Store
+from callqos.server.security.authz import Permission
+from callqos.server.security.identity import Caller
+from callqos.server.security.quotas import Quotas, usage_exceeded
+from callqos.server.store.base import CallPage, IdempotencyRecord, QuotaExceededError, Store, Usage, UsageLimits
 from callqos.server.telemetry import Instruments, current_trace_id
 from callqos.v1 import call_pb2, event_pb2, flowspec_pb2
 from callqos.v1 import callqos_service_pb2 as svc
@@ -70,6 +73,15 @@ def _now() -> timestamp_pb2.Timestamp:
     stamp = timestamp_pb2.Timestamp()
     stamp.FromNanoseconds(time.time_ns())
     return stamp
+
+
+def _least_reserved(level: int, qos: QosSpec) -> tuple[int, int]:
+    """The least a call at `level` asking for `qos` will hold once granted, (sending, receiving):
+    a NEEDED grant satisfies the request, so holds at least its reserved rates; any other level
+    may be granted nothing."""
+    if level != Level.SERVICE_LEVEL_NEEDED:
+        return 0, 0
+    return reserved_rate(qos.sending), reserved_rate(qos.receiving)
 
 
 def _refusal_event_type(kind: RefusalKind) -> event_pb2.QosEventType:
@@ -126,11 +138,19 @@ class Outcome:
 
 
 class CallManager:
-    def __init__(self, store: Store, hub: EventHub, providers: HostedProviders, telemetry: Instruments) -> None:
+    def __init__(
+        self,
+        store: Store,
+        hub: EventHub,
+        providers: HostedProviders,
+        telemetry: Instruments,
+        quotas: Quotas | None = None,
+    ) -> None:
         self.store = store
         self.hub = hub
         self.providers = providers
         self.telemetry = telemetry
+        self.quotas = quotas  # None: no tenant has quotas
         self._requests = Idempotency(store)
         self._locks = KeyedLocks()
 
@@ -154,49 +174,71 @@ class CallManager:
                 await self.report_change(change)
 
     # -- reads ------------------------------------------------------------------------------
-    async def get(self, name: str) -> Call:
-        """The call `name` (a valid call name), or CALL_NOT_FOUND."""
+    async def get(self, name: str, caller: Caller) -> Call:
+        """The call `name` (a valid call name) of the caller's tenant, or CALL_NOT_FOUND. Another
+        tenant's call is not found either, with the same answer: its existence is not told."""
         call = await self.store.get_call(name)
-        if call is None:
-            raise ServiceError(Reason.ERROR_REASON_CALL_NOT_FOUND, f"no call {name}", metadata={"call": name})
+        if call is None or call.tenant != caller.tenant:
+            raise ServiceError(
+                Reason.ERROR_REASON_CALL_NOT_FOUND,
+                f"no call {name}",
+                metadata={"call": name},
+                denial="" if call is None else f"{name} belongs to tenant {call.tenant}",
+            )
         return call
 
-    async def list_calls(self, *, state: int | None, provider: str | None, limit: int, before: int) -> CallPage:
-        """Calls newest first, `limit` of them from cursor `before` (0: the newest)."""
-        return await self.store.list_calls(state=state, provider=provider, limit=limit, before=before)
+    async def list_calls(
+        self, caller: Caller, *, state: int | None, provider: str | None, limit: int, before: int
+    ) -> CallPage:
+        """The caller's tenant's calls newest first, `limit` of them from cursor `before` (0: the newest)."""
+        return await self.store.list_calls(
+            tenant=caller.tenant, state=state, provider=provider, limit=limit, before=before
+        )
 
-    async def provider_of(self, name: str) -> HostedProvider:
+    async def provider_of(self, name: str, caller: Caller) -> HostedProvider:
         """The hosted provider of the call `name`: CALL_NOT_FOUND, or PROVIDER_NOT_FOUND when the
         server no longer hosts it."""
-        call = await self.get(name)
+        call = await self.get(name, caller)
         return self.providers.get(call.provider)
 
     # -- make -------------------------------------------------------------------------------
-    async def create(self, request: svc.CreateCallRequest, principal: str, info: HostedProvider) -> Call:
+    async def create(self, request: svc.CreateCallRequest, caller: Caller, info: HostedProvider) -> Call:
         """Make the call `request` describes (validated) on the provider `info`."""
         return await to_completion(
             self._requests.once(
                 "CreateCall",
                 request,
-                principal,
-                lambda key: self._create(request, principal, info, key),
-                self.get,
+                caller.principal,
+                lambda key: self._create(request, caller, info, key),
+                lambda name: self.get(name, caller),
+                tenant=caller.tenant,
             )
         )
 
     async def _create(
-        self, request: svc.CreateCallRequest, principal: str, info: HostedProvider, key: RequestKey | None
+        self, request: svc.CreateCallRequest, caller: Caller, info: HostedProvider, key: RequestKey | None
     ) -> Call:
+        principal = caller.principal
         call_id = request.call_id or names.new_call_id()
         name = names.call_name(call_id)
         async with self._locks.hold(name):
-            if await self.store.get_call(name) is not None:
+            existing = await self.store.get_call(name)
+            if existing is not None:
+                # Call names are platform-wide: a call_id another tenant holds is taken too (the
+                # one thing a tenant can learn of another's calls; conformance/SPEC.md SEC-4),
+                # and the attempt is audited.
                 raise ServiceError(
-                    Reason.ERROR_REASON_CALL_ALREADY_EXISTS, f"{name} already exists", metadata={"call": name}
+                    Reason.ERROR_REASON_CALL_ALREADY_EXISTS,
+                    f"{name} already exists",
+                    metadata={"call": name},
+                    denial="" if existing.tenant == caller.tenant else f"{name} is held by tenant {existing.tenant}",
                 )
             level = request.call.service_level or Level.SERVICE_LEVEL_NEEDED
             asked = request.call.requested_qos
             offered = best_effort_qos(asked.provider_specific) if level == Level.SERVICE_LEVEL_BEST_EFFORT else asked
+            limits = self._limits(caller.tenant)
+            if limits is not None:
+                await self._check_quota(limits, Usage(1, *_least_reserved(level, offered)))
             now = _now()
             call = Call(
                 name=name,
@@ -205,6 +247,7 @@ class CallManager:
                 service_level=level,
                 requested_qos=asked,
                 owner=principal,
+                tenant=caller.tenant,
                 create_time=now,
                 update_time=now,
             )
@@ -273,6 +316,8 @@ class CallManager:
             call.features.set_qos = info.capabilities.renegotiation
             call.etag = etag_of(call)
             granted = self._event(call, EventType.QOS_EVENT_TYPE_QOS_GRANTED, request.request_id, current=decision.qos)
+            # Over quota after all (a concurrent admission of the tenant committed first): the
+            # store refuses the commit and the grant is released, as for any failed commit.
             return await self._settle(
                 Outcome(
                     call=call,
@@ -281,7 +326,8 @@ class CallManager:
                     key=key,
                     decided=decided,
                     release=Release.if_commit_fails(info),
-                )
+                ),
+                limits,
             )
 
     def _check_grant(self, info: HostedProvider, level: int, requested: QosSpec, granted: QosSpec) -> None:
@@ -301,23 +347,25 @@ class CallManager:
             )
 
     # -- renegotiate ------------------------------------------------------------------------
-    async def renegotiate(self, request: svc.RenegotiateCallRequest, principal: str, info: HostedProvider) -> Call:
+    async def renegotiate(self, request: svc.RenegotiateCallRequest, caller: Caller, info: HostedProvider) -> Call:
         """Renegotiate the call `request` names (validated, also against `info`, its provider)."""
         return await to_completion(
             self._requests.once(
                 "RenegotiateCall",
                 request,
-                principal,
-                lambda key: self._renegotiate(request, principal, info, key),
-                self.get,
+                caller.principal,
+                lambda key: self._renegotiate(request, caller, info, key),
+                lambda name: self.get(name, caller),
+                tenant=caller.tenant,
             )
         )
 
     async def _renegotiate(
-        self, request: svc.RenegotiateCallRequest, principal: str, info: HostedProvider, key: RequestKey | None
+        self, request: svc.RenegotiateCallRequest, caller: Caller, info: HostedProvider, key: RequestKey | None
     ) -> Call:
+        principal = caller.principal
         async with self._locks.hold(request.name):
-            call = await self.get(request.name)
+            call = await self.get(request.name, caller)
             self._check_mutable(call, principal, request.etag)
             if not info.capabilities.renegotiation:
                 raise ServiceError(
@@ -329,6 +377,11 @@ class CallManager:
             desired = resolve_no_change(request.qos, call.requested_qos)
             asked = resolve_no_change(request.qos, call.granted_qos)
             offered = best_effort_qos(asked.provider_specific) if level == Level.SERVICE_LEVEL_BEST_EFFORT else asked
+            limits = self._limits(call.tenant)
+            if limits is not None:
+                least = _least_reserved(level, offered)
+                held = _least_reserved(Level.SERVICE_LEVEL_NEEDED, call.granted_qos)
+                await self._check_quota(limits, Usage(0, *(max(0, a - b) for a, b in zip(least, held, strict=True))))
             admission = AdmissionRequest(
                 call.name, call.destination, level, offered, principal, current=call.granted_qos
             )
@@ -377,6 +430,7 @@ class CallManager:
                 )
             previous = QosSpec()
             previous.CopyFrom(call.granted_qos)
+            previous_level = call.service_level
             call.service_level = level
             call.requested_qos.CopyFrom(desired)
             call.granted_qos.CopyFrom(decision.qos)
@@ -390,19 +444,30 @@ class CallManager:
                 current=decision.qos,
                 cause=event_pb2.QosChangeCause.QOS_CHANGE_CAUSE_RENEGOTIATED,
             )
-            return await self._settle(
-                Outcome(call=call, events=[changed], failure=None, key=key, decided=decided, release=None)
-            )
+            try:
+                return await self._settle(
+                    Outcome(call=call, events=[changed], failure=None, key=key, decided=decided, release=None), limits
+                )
+            except ServiceError as error:
+                if error.reason == Reason.ERROR_REASON_QUOTA_EXCEEDED:
+                    # The store refused the new grant (the tenant filled its quota meanwhile): the
+                    # call keeps its previous QoS, so the provider must go back to it too.
+                    back = AdmissionRequest(
+                        call.name, call.destination, previous_level, previous, principal, current=decision.qos
+                    )
+                    await self._quietly(info, "renegotiate", info.provider.renegotiate(back), back)
+                raise
 
     # -- drop -------------------------------------------------------------------------------
-    async def drop(self, request: svc.DropCallRequest, principal: str) -> Call:
-        """Drop the call `request` names (validated). Dropping twice is harmless."""
-        return await to_completion(self._drop(request, principal))
+    async def drop(self, request: svc.DropCallRequest, caller: Caller) -> Call:
+        """Drop the call `request` names (validated). Dropping twice is harmless. The owner may,
+        and a caller whose roles grant calls.drop.any (admin) may drop any call of its tenant."""
+        return await to_completion(self._drop(request, caller))
 
-    async def _drop(self, request: svc.DropCallRequest, principal: str) -> Call:
+    async def _drop(self, request: svc.DropCallRequest, caller: Caller) -> Call:
         async with self._locks.hold(request.name):
-            call = await self.get(request.name)
-            if call.owner != principal:
+            call = await self.get(request.name, caller)
+            if call.owner != caller.principal and not caller.can(Permission.DROP_ANY_CALL):
                 raise self._not_owner(call)
             if call.state != State.STATE_CONNECTED:
                 return call  # dropping twice is harmless
@@ -475,7 +540,7 @@ class CallManager:
             await self._settle(Outcome(call=call, events=events, failure=None, key=None, decided=None, release=None))
 
     # -- settling an outcome ----------------------------------------------------------------
-    async def _settle(self, outcome: Outcome) -> Call:
+    async def _settle(self, outcome: Outcome, limits: UsageLimits | None = None) -> Call:
         """Make `outcome` take effect, in this order: count a failed decision; free a reservation
         that ends now; commit the call, its events and the request_id's first outcome in one
         transaction and wake the watchers (freeing a fresh grant's reservation if that fails);
@@ -492,7 +557,7 @@ class CallManager:
             await self._release_quietly(release.provider, call.name)
         record: IdempotencyRecord | None = outcome.key.record(call.name, failure) if outcome.key else None
         try:
-            await self._commit(call, outcome.events, record)
+            await self._commit(call, outcome.events, record, limits)
         except BaseException:
             if release is not None and not release.before_commit:
                 await self._release_quietly(release.provider, call.name)
@@ -503,9 +568,14 @@ class CallManager:
             self.telemetry.decision(decided.operation, call.provider, decided.offered, "granted")
         return call
 
-    async def _commit(self, call: Call, events: Sequence[QosEvent], record: IdempotencyRecord | None) -> None:
+    async def _commit(
+        self, call: Call, events: Sequence[QosEvent], record: IdempotencyRecord | None, limits: UsageLimits | None
+    ) -> None:
         with self.telemetry.store_commit(call.name, len(events)):
-            numbered = await self.store.commit(call, events, record)
+            try:
+                numbered = await self.store.commit(call, events, record, limits=limits)
+            except QuotaExceededError as exceeded:
+                raise usage_exceeded(exceeded) from None
         self.telemetry.call_committed(call)
         await self.hub.publish(numbered)
 
@@ -514,6 +584,24 @@ class CallManager:
             await self.providers.call(info, "release", info.provider.release(name), call=name)
         except ServiceError:
             log.error("provider %s could not release %s; its reservation may leak", info.id, name)
+
+    async def _quietly(
+        self, info: HostedProvider, operation: str, work: Awaitable[object], request: AdmissionRequest
+    ) -> None:
+        try:
+            await self.providers.call(info, operation, work, request=request)
+        except ServiceError:
+            log.error("provider %s could not take back %s of %s; it may hold more", info.id, operation, request.call)
+
+    # -- quotas -----------------------------------------------------------------------------
+    def _limits(self, tenant: str) -> UsageLimits | None:
+        return self.quotas.limits(tenant) if self.quotas is not None else None
+
+    async def _check_quota(self, limits: UsageLimits, adding: Usage) -> None:
+        """Before the provider is asked: QUOTA_EXCEEDED if even the least the request will hold
+        does not fit. (The store checks the real grant again when it is committed.)"""
+        if self.quotas is not None:
+            self.quotas.check(limits, await self.store.usage(limits.tenant), adding)
 
     # -- helpers ----------------------------------------------------------------------------
     def _check_mutable(self, call: Call, principal: str, etag: str) -> None:
@@ -568,6 +656,7 @@ class CallManager:
     ) -> QosEvent:
         event = QosEvent(
             call=call.name,
+            tenant=call.tenant,
             type=kind,
             provider=call.provider,
             cause=cause,

@@ -40,6 +40,17 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--log-level", choices=("debug", "info", "warning", "error"))
     parser.add_argument("--port-file", type=Path, help="write the bound port here once serving")
     parser.add_argument("--metrics-listen", help="HOST:PORT for a Prometheus /metrics endpoint (default off)")
+    parser.add_argument("--health-listen", help="HOST:PORT for a plaintext grpc.health.v1-only port (default off)")
+    parser.add_argument("--tls-cert", type=Path, help="server certificate chain (PEM): TLS on --listen")
+    parser.add_argument("--tls-key", type=Path, help="server private key (PEM)")
+    parser.add_argument("--tls-client-ca", type=Path, help="CA of client certificates: require mTLS")
+    parser.add_argument("--authenticators", help="comma-separated: mtls, jwt, header (default none: development mode)")
+    parser.add_argument(
+        "--insecure-allow-unauthenticated",
+        action="store_const",
+        const=True,
+        help="allow development mode (no authenticator) on a non-loopback --listen",
+    )
 
 
 def run_serve(args: argparse.Namespace) -> int:
@@ -59,6 +70,12 @@ def run_serve(args: argparse.Namespace) -> int:
             "log_level",
             "port_file",
             "metrics_listen",
+            "health_listen",
+            "tls_cert",
+            "tls_key",
+            "tls_client_ca",
+            "authenticators",
+            "insecure_allow_unauthenticated",
         )
     }
     try:
@@ -69,7 +86,7 @@ def run_serve(args: argparse.Namespace) -> int:
     logs.configure(config.log_level)
     try:
         asyncio.run(app.serve(config))
-    except TelemetryConfigError as exc:
+    except (TelemetryConfigError, config_module.ConfigError) as exc:
         print(f"callqos serve: configuration error: {exc}", file=sys.stderr)
         return 2
     except (ProviderLoadError, OSError) as exc:

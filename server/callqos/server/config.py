@@ -6,6 +6,7 @@ defaults (127.0.0.1:50051, SQLite under ./callqos-data, the reference and no-qos
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 import tomllib
 from collections.abc import Mapping
@@ -17,6 +18,13 @@ from callqos import wire
 
 ENV_PREFIX = "CALLQOS_"
 STORAGES = ("sqlite", "memory")
+# The shipped authenticators (callqos.server.security.authn), in the order a request is tried.
+AUTHENTICATORS = ("header", "jwt", "mtls")
+# Signature algorithms a JWT may use: asymmetric only. Keys come from a JWKS (public keys), so an
+# HMAC algorithm could only ever verify with a public key as its secret — the key-confusion
+# attack (RFC 8725 2.1) — and "none" verifies nothing.
+JWT_ALGORITHMS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA")
+MAX_JWT_LEEWAY_SECONDS = 300.0
 
 
 class ConfigError(Exception):
@@ -58,6 +66,63 @@ class Config:
     # HOST:PORT of a Prometheus /metrics endpoint; "" = off. Exporters, sampler and service name
     # are set by the standard OTEL_* variables instead (see deploy/README.md).
     metrics_listen: str = ""
+    # HOST:PORT of a plaintext listener serving only grpc.health.v1 (for probes that cannot speak
+    # TLS, such as Kubernetes' grpc probe); "" = off. Health is served on `listen` too.
+    health_listen: str = ""
+
+    # -- security (README "Security") -----------------------------------------------------------
+    # TLS on `listen`: the server's certificate chain and key (PEM files, re-read when they change).
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    # CA certificates (PEM) that sign client certificates. Set: every client must present one (mTLS).
+    tls_client_ca: Path | None = None
+    # Which authenticators identify callers: any of "mtls", "jwt", "header". None (the default) is
+    # development mode: the x-callqos-principal header is believed from anyone (default
+    # "anonymous"), one tenant, the `unauthenticated_roles`; only allowed on a loopback `listen`.
+    authenticators: list[str] = field(default_factory=list)
+    # Allow development mode on a non-loopback `listen` (anyone who can connect is anyone they
+    # claim to be). Logged as a warning at every start.
+    insecure_allow_unauthenticated: bool = False
+    # Allow authenticators without TLS on a non-loopback `listen` (tokens cross the network in
+    # the clear). Logged as a warning at every start.
+    insecure_allow_plaintext: bool = False
+    # unix:PATH: a listener for an authenticating proxy on the same host; the "header"
+    # authenticator believes the x-callqos-principal/-tenant/-roles headers of its peers.
+    proxy_listen: str = ""
+    # mTLS principals (see `mtls`) of proxies whose x-callqos-* headers the "header" authenticator believes.
+    trusted_proxies: list[str] = field(default_factory=list)
+    # "jwt": bearer tokens, verified against the keys of a JWKS (a file, or an https URL).
+    jwt_issuer: str = ""
+    jwt_audience: str = ""
+    jwt_jwks_file: Path | None = None
+    jwt_jwks_url: str = ""
+    jwt_algorithms: list[str] = field(default_factory=lambda: ["RS256", "ES256"])
+    jwt_leeway_seconds: float = 30.0  # clock skew allowed on exp, nbf and iat (at most 300)
+    jwt_principal_claim: str = "sub"
+    jwt_tenant_claim: str = ""  # "" = every token's principal is in the default tenant; else required
+    jwt_roles_claim: str = "roles"  # a list of role names, or one space-separated string
+    jwks_cache_seconds: float = 300.0  # keys are re-read this often
+    jwks_min_refresh_seconds: float = 30.0  # and at most this often for a token with an unknown kid
+    # "mtls": the principal is the client certificate's SPIFFE ID (its one URI SAN, spiffe://...),
+    # else its first DNS SAN, else its subject CN. With a trust domain, other SPIFFE IDs are refused.
+    mtls_trust_domain: str = ""
+    # Principal → {tenant = "...", roles = [...]}: the tenant and roles of identities that carry none
+    # of their own (client certificates), or extra roles for any principal.
+    principals: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # Roles of an authenticated principal that got none from its credential or `principals`.
+    default_roles: list[str] = field(default_factory=lambda: ["caller"])
+    # Roles of every caller in development mode (today's behaviour: create, read, watch, change links).
+    unauthenticated_roles: list[str] = field(default_factory=lambda: ["caller", "monitor", "operator"])
+    # Role → permissions, replacing or adding to the built-in roles (caller, monitor, operator,
+    # admin; see callqos.server.security.authz).
+    roles: dict[str, list[str]] = field(default_factory=dict)
+    # Quotas of every tenant (0 = unlimited): connected calls, and reserved bytes/s in each
+    # direction; and open WatchEvents streams of one principal.
+    quota_active_calls: int = 0
+    quota_reserved_bytes_per_second: int = 0
+    quota_watchers_per_principal: int = 0
+    # Tenant → {active_calls, reserved_bytes_per_second, watchers_per_principal}: per-tenant overrides.
+    tenant_quotas: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def validate(self) -> None:
         if self.storage not in STORAGES:
@@ -82,14 +147,94 @@ class Config:
                 raise ConfigError(f"{name} must be at least 1")
         if self.event_retention_seconds < 0:
             raise ConfigError("event_retention_seconds must not be negative")
+        if self.health_listen:
+            host, sep, port = self.health_listen.rpartition(":")
+            if not sep or not host or not port.isdigit():
+                raise ConfigError(f"health_listen must be HOST:PORT or empty, not {self.health_listen!r}")
+        self._validate_security()
+
+    def _validate_security(self) -> None:
+        """The security settings fit together, and the server is not exposed by mistake. (What
+        the role and quota tables contain is checked where they are built, in
+        callqos.server.security, when the server starts.)"""
+        unknown = sorted(set(self.authenticators) - set(AUTHENTICATORS))
+        if unknown:
+            raise ConfigError(f"authenticators: unknown {', '.join(unknown)} (known: {', '.join(AUTHENTICATORS)})")
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ConfigError("tls_cert and tls_key go together")
+        if self.tls_client_ca is not None and self.tls_cert is None:
+            raise ConfigError("tls_client_ca needs tls_cert and tls_key (mTLS is TLS first)")
+        on = set(self.authenticators)
+        if "mtls" in on and self.tls_client_ca is None:
+            raise ConfigError("the mtls authenticator needs tls_client_ca (the CA of client certificates)")
+        if self.trusted_proxies and "mtls" not in on:
+            raise ConfigError("trusted_proxies are mTLS principals: add mtls to authenticators")
+        if "header" in on and not (self.proxy_listen or self.trusted_proxies):
+            raise ConfigError(
+                "the header authenticator needs a trusted peer: proxy_listen (a unix socket) or trusted_proxies"
+            )
+        if (self.proxy_listen or self.trusted_proxies) and "header" not in on:
+            raise ConfigError("proxy_listen and trusted_proxies are for the header authenticator: add it")
+        if self.proxy_listen and not self.proxy_listen.startswith("unix:"):
+            raise ConfigError(f"proxy_listen must be unix:PATH, not {self.proxy_listen!r}")
+        if "jwt" in on:
+            if not self.jwt_issuer or not self.jwt_audience:
+                raise ConfigError("the jwt authenticator needs jwt_issuer and jwt_audience")
+            if (self.jwt_jwks_file is None) == (not self.jwt_jwks_url):
+                raise ConfigError("the jwt authenticator needs exactly one of jwt_jwks_file and jwt_jwks_url")
+            if self.jwt_jwks_url and not self.jwt_jwks_url.startswith(("https://", "http://127.", "http://localhost")):
+                raise ConfigError("jwt_jwks_url must be https (plain http only on loopback)")
+        bad = [name for name in self.jwt_algorithms if name not in JWT_ALGORITHMS]
+        if bad or not self.jwt_algorithms:
+            raise ConfigError(
+                f"jwt_algorithms: {', '.join(bad) or 'none given'} not allowed (asymmetric only: "
+                f"{', '.join(JWT_ALGORITHMS)})"
+            )
+        if not 0 <= self.jwt_leeway_seconds <= MAX_JWT_LEEWAY_SECONDS:
+            raise ConfigError(f"jwt_leeway_seconds must be between 0 and {MAX_JWT_LEEWAY_SECONDS:g}")
+        if self.jwks_cache_seconds <= 0 or self.jwks_min_refresh_seconds < 0:
+            raise ConfigError("jwks_cache_seconds must be positive and jwks_min_refresh_seconds not negative")
+        for name in ("quota_active_calls", "quota_reserved_bytes_per_second", "quota_watchers_per_principal"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must not be negative (0 = unlimited)")
+        if not is_loopback(self.listen):
+            if not on and not self.insecure_allow_unauthenticated:
+                raise ConfigError(
+                    f"listen {self.listen} is not a loopback address and no authenticator is configured: anyone "
+                    "who can connect could act as anyone. Configure authenticators (and TLS), or set "
+                    "insecure_allow_unauthenticated = true if that is really meant"
+                )
+            if on and self.tls_cert is None and not self.insecure_allow_plaintext:
+                raise ConfigError(
+                    f"listen {self.listen} is not a loopback address and TLS is off: credentials would cross the "
+                    "network in the clear. Set tls_cert and tls_key, or insecure_allow_plaintext = true"
+                )
+
+    @property
+    def development_mode(self) -> bool:
+        """No authenticator: every caller is who its x-callqos-principal header says."""
+        return not self.authenticators
 
     @property
     def database_path(self) -> Path:
         return self.data_dir / "callqos.db"
 
 
+def is_loopback(address: str) -> bool:
+    """Whether HOST:PORT listens on loopback only (127.0.0.0/8, ::1, localhost)."""
+    host = address.rpartition(":")[0].strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 # Every setting by name: what a TOML key, a CALLQOS_<SETTING> variable or a flag may set.
 SETTINGS = {f.name: f for f in dataclasses.fields(Config)}
+# Settings that are tables (TOML only); lists are TOML arrays or comma-separated in env and flags.
+TABLES = frozenset({"providers", "principals", "roles", "tenant_quotas"})
 
 
 def _coerce(name: str, value: Any) -> Any:
@@ -105,6 +250,16 @@ def _coerce(name: str, value: Any) -> Any:
             if not isinstance(value, Mapping):
                 raise TypeError("a table of provider settings")
             return {str(k): dict(v) for k, v in value.items()}
+        if name in TABLES:
+            if not isinstance(value, Mapping):
+                raise TypeError("a table")
+            return {str(k): (dict(v) if isinstance(v, Mapping) else list(v)) for k, v in value.items()}
+        if isinstance(default, list):
+            if isinstance(value, str):  # env/flag form: "mtls,jwt"
+                return [item.strip() for item in value.split(",") if item.strip()]
+            if not isinstance(value, list):
+                raise TypeError("a list")
+            return [str(item) for item in value]
         if "Path" in str(kind):
             return Path(value) if value not in (None, "") else None
         if isinstance(default, bool):

@@ -4,8 +4,8 @@ Each failure is a `ServiceError` naming an ErrorReason from protos/callqos/v1/er
 gRPC code of a reason is the `(grpc_code)` option on that reason in the same file, which
 `callqos.wire` reads from the descriptor at import (and refuses to import without), so no reason
 can go out with a code nobody decided. Every status carries a `google.rpc.ErrorInfo` (AIP-193,
-domain `callqos.wire.ERROR_DOMAIN`), plus `BadRequest` for invalid input and `QosRefusal` for
-refused QoS.
+domain `callqos.wire.ERROR_DOMAIN`), plus `BadRequest` for invalid input, `QosRefusal` for
+refused QoS and `QuotaFailure` for an exceeded quota.
 """
 
 from __future__ import annotations
@@ -51,6 +51,11 @@ class ServiceError(Exception):
     metadata: Mapping[str, str] = field(default_factory=dict)
     violations: tuple[FieldViolation, ...] = ()
     refusal: call_pb2.QosRefusal | None = None
+    # Further google.rpc details, after ErrorInfo (e.g. QuotaFailure).
+    details: tuple[Message, ...] = ()
+    # Why access was refused, for the audit log only: never sent to the caller (whom a NOT_FOUND
+    # for another tenant's call must tell nothing more than a NOT_FOUND for no call).
+    denial: str = ""
 
     def __post_init__(self) -> None:
         super().__init__(self.message)
@@ -68,7 +73,7 @@ class ServiceError(Exception):
         return reason_name(self.reason)
 
     def to_status(self) -> status_pb2.Status:
-        """The google.rpc.Status with ErrorInfo first, then BadRequest / QosRefusal."""
+        """The google.rpc.Status with ErrorInfo first, then BadRequest / QosRefusal / the others."""
         details: list[Message] = [
             error_details_pb2.ErrorInfo(reason=self.reason_name, domain=wire.ERROR_DOMAIN, metadata=dict(self.metadata))
         ]
@@ -83,6 +88,7 @@ class ServiceError(Exception):
             )
         if self.refusal is not None:
             details.append(self.refusal)
+        details.extend(self.details)
         packed = []
         for detail in details:
             any_msg = any_pb2.Any()

@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from callqos.server.errors import Reason, ServiceError
 from callqos.server.store.base import Store
 from callqos.v1 import event_pb2
+from callqos.wire import DEFAULT_TENANT
 
 QosEvent = event_pb2.QosEvent
 _BATCH = 256
@@ -89,8 +90,10 @@ class EventHub:
         await self.check_cursor(after)
         return after
 
-    async def watch(self, cursor: int, accept: Callable[[QosEvent], bool]) -> AsyncIterator[QosEvent]:
-        """Every accepted event with sequence > `cursor`, in order, until the hub closes."""
+    async def watch(self, cursor: int, accept: Callable[[QosEvent], bool], *, tenant: str) -> AsyncIterator[QosEvent]:
+        """Every accepted event of `tenant` with sequence > `cursor`, in order, until the hub
+        closes. The tenant is the watcher's, as authentication established it: a watcher never
+        receives another tenant's events, whatever filter it sent."""
         while True:
             if self._closed:
                 raise ServiceError(
@@ -100,7 +103,7 @@ class EventHub:
             if events:
                 for event in events:
                     cursor = event.sequence
-                    if accept(event):
+                    if (event.tenant or DEFAULT_TENANT) == tenant and accept(event):
                         yield event
                 continue
             async with self._changed:

@@ -1,5 +1,5 @@
 """Idempotent requests (AIP-155): a request_id makes CreateCall and RenegotiateCall run at most
-once per principal, and a repeat answers with the first outcome.
+once per principal (of a tenant), and a repeat answers with the first outcome.
 
 A request is known by its `RequestKey`: who sent it, to which method, and a fingerprint of its
 body without the request_id. Repeats of one request_id are serialized, so that concurrent ones
@@ -23,6 +23,7 @@ from callqos.server.locks import KeyedLocks
 from callqos.server.store.base import IdempotencyRecord, Store
 from callqos.v1 import call_pb2
 from callqos.v1 import callqos_service_pb2 as svc
+from callqos.wire import DEFAULT_TENANT
 
 IdempotentRequest = svc.CreateCallRequest | svc.RenegotiateCallRequest
 
@@ -42,11 +43,14 @@ class RequestKey:
     principal: str
     method: str
     fingerprint: str
+    tenant: str = DEFAULT_TENANT
 
     def record(self, call: str, error: ServiceError | None) -> IdempotencyRecord:
         """The record of this request's first outcome: `error`, or success on `call`."""
         status = error.to_status().SerializeToString() if error else b""
-        return IdempotencyRecord(self.request_id, self.principal, self.method, self.fingerprint, call, status)
+        return IdempotencyRecord(
+            self.request_id, self.principal, self.method, self.fingerprint, call, status, self.tenant
+        )
 
 
 class Idempotency:
@@ -63,15 +67,17 @@ class Idempotency:
         principal: str,
         run: Callable[[RequestKey | None], Awaitable[call_pb2.Call]],
         read: Callable[[str], Awaitable[call_pb2.Call]],
+        *,
+        tenant: str = DEFAULT_TENANT,
     ) -> call_pb2.Call:
         """`run(key)` the first time this principal sends this request_id (`run(None)` for a
         request without one; `key` is for recording the outcome); for a repeat, the first
         outcome again: its failure, or the call it succeeded on, read with `read`."""
         if not request.request_id:
             return await run(None)
-        async with self._locks.hold((principal, request.request_id)):
-            key = RequestKey(request.request_id, principal, method, fingerprint(method, request))
-            record = await self._store.find_request(key.request_id, principal)
+        async with self._locks.hold((tenant, principal, request.request_id)):
+            key = RequestKey(request.request_id, principal, method, fingerprint(method, request), tenant)
+            record = await self._store.find_request(key.request_id, principal, tenant)
             if record is None:
                 return await run(key)
             if record.method != method or record.fingerprint != key.fingerprint:

@@ -1,11 +1,17 @@
-"""The gRPC servicer: decode the request, read the caller's identity, delegate, encode the answer.
+"""The gRPC servicer: admit the caller, decode the request, delegate, encode the answer.
 
 It decides nothing about a request itself. Each handler passes the request through `validation`
 (what a valid request is), then hands it to the one that decides: the call manager (`calls`) for
 calls, the event hub (`events`) for watch streams, the provider host (`hosting`) for providers
 and links; failures become statuses as `errors` says. What stays here is request plumbing:
-decoding (a corrupt body is INVALID_ARGUMENT, not UNKNOWN), the caller's principal and deadline,
-the count of open watch streams, and encoding answers and pages.
+decoding (a corrupt body is INVALID_ARGUMENT, not UNKNOWN), the caller's deadline, the count of
+open watch streams, and encoding answers and pages.
+
+Who the caller is comes from one place: every handler first passes the security `Guard`
+(authentication, then the permission its method needs), before the request is even looked at, and
+receives the resulting `Caller`, which it hands on to the call manager (ownership and tenancy of
+calls) and the event hub (a watcher sees its own tenant's events). The Guard also writes the audit
+record of every mutation and every denial.
 """
 
 from __future__ import annotations
@@ -26,12 +32,14 @@ from callqos.server.calls import CallManager
 from callqos.server.errors import FieldViolation, Reason, ReplayedStatus, ServiceError, invalid
 from callqos.server.events import EventHub
 from callqos.server.hosting import CALLER_DEADLINE, HostedProviders, provider_proto
+from callqos.server.security.authz import MUTATIONS
+from callqos.server.security.guard import Guard
+from callqos.server.security.identity import Caller
 from callqos.server.validation import DEFAULT_PAGE, MAX_PAGE, MAX_PROVIDER_PAGE
 from callqos.v1 import call_pb2
 from callqos.v1 import callqos_service_pb2 as svc
 from callqos.v1 import callqos_service_pb2_grpc as svc_grpc
-from callqos.wire import ANONYMOUS_PRINCIPAL as ANONYMOUS
-from callqos.wire import PRINCIPAL_HEADER, START_SEQUENCE_HEADER
+from callqos.wire import START_SEQUENCE_HEADER
 
 log = logging.getLogger(__name__)
 
@@ -90,46 +98,65 @@ def add_to_server(servicer: CallQosServicer, server: grpc.aio.Server) -> None:
     server.add_registered_method_handlers(descriptor.full_name, handlers)
 
 
+def _resource(request: Any, answer: Any = None) -> str:
+    """The resource a request is about, for the audit log: the call or link it names or made."""
+    if answer is not None and hasattr(answer, "name"):
+        return str(answer.name)
+    if isinstance(request, svc.UpdateLinkRequest):
+        return request.link.name
+    if isinstance(request, svc.CreateCallRequest):
+        return names.call_name(request.call_id) if request.call_id else ""
+    return str(getattr(request, "name", "") or getattr(request, "parent", ""))
+
+
 def unary(method: Handler[R]) -> Handler[R]:
-    """Every failure leaves as a status with ErrorInfo; nothing escapes as UNKNOWN."""
+    """The Guard admits the caller first; every failure leaves as a status with ErrorInfo (nothing
+    escapes as UNKNOWN); mutations and denials are audited."""
+    name = method.__name__
 
     @functools.wraps(method)
-    async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> R:
+    async def wrapper(self: CallQosServicer, request: Any, context: grpc.aio.ServicerContext) -> R:
         remaining = context.time_remaining()
         if remaining is not None:
             CALLER_DEADLINE.set(time.monotonic() + remaining)
+        caller: Caller | None = None
         try:
+            caller = await self.guard.authenticate(context)
+            self.guard.authorize(caller, name)
             if isinstance(request, Undecodable):
                 raise request.violation()
-            return await method(self, request, context)
+            answer = await method(self, request, context, caller)
         except (ServiceError, ReplayedStatus) as error:
+            self.guard.audit(name, caller, context.peer(), _resource(request), error)
             await _abort(context, error)
         except Exception:
-            await _abort(context, _internal(method.__name__))
+            internal = _internal(name)
+            self.guard.audit(name, caller, context.peer(), _resource(request), internal)
+            await _abort(context, internal)
+        else:
+            if name in MUTATIONS:
+                self.guard.audit(name, caller, context.peer(), _resource(request, answer), None)
+            return answer
         raise AssertionError("unreachable: abort raises")
 
     return wrapper
 
 
-def principal_of(context: grpc.aio.ServicerContext) -> str:
-    """Who is calling: the principal in the request metadata (validated), or ANONYMOUS."""
-    for key, value in context.invocation_metadata() or ():
-        if key == PRINCIPAL_HEADER:
-            return validation.principal(value, PRINCIPAL_HEADER)
-    return ANONYMOUS
-
-
 class CallQosServicer(svc_grpc.CallQosServiceServicer):
-    def __init__(self, calls: CallManager, hub: EventHub, providers: HostedProviders, max_watchers: int) -> None:
+    def __init__(
+        self, calls: CallManager, hub: EventHub, providers: HostedProviders, max_watchers: int, guard: Guard
+    ) -> None:
         self._calls = calls
         self._hub = hub
         self._providers = providers
         self._max_watchers = max_watchers
+        self.guard = guard
         self.open_watchers = 0
 
     @unary
-    async def CreateCall(self, request: svc.CreateCallRequest, context: grpc.aio.ServicerContext) -> call_pb2.Call:
-        principal = principal_of(context)
+    async def CreateCall(
+        self, request: svc.CreateCallRequest, context: grpc.aio.ServicerContext, caller: Caller
+    ) -> call_pb2.Call:
         # The named provider's limits (its MTU) are part of what a valid request is; a provider
         # this server does not host is NOT_FOUND, once the request is otherwise valid.
         named = self._providers.find(request.call.provider)
@@ -138,46 +165,53 @@ class CallQosServicer(svc_grpc.CallQosServiceServicer):
             named.capabilities if named else None,
             named.provider.validate_provider_specific if named else None,
         )
-        return await self._calls.create(request, principal, self._providers.get(request.call.provider))
+        return await self._calls.create(request, caller, self._providers.get(request.call.provider))
 
     @unary
-    async def GetCall(self, request: svc.GetCallRequest, context: grpc.aio.ServicerContext) -> call_pb2.Call:
-        return await self._calls.get(validation.call_name(request.name))
+    async def GetCall(
+        self, request: svc.GetCallRequest, context: grpc.aio.ServicerContext, caller: Caller
+    ) -> call_pb2.Call:
+        return await self._calls.get(validation.call_name(request.name), caller)
 
     @unary
     async def ListCalls(
-        self, request: svc.ListCallsRequest, context: grpc.aio.ServicerContext
+        self, request: svc.ListCallsRequest, context: grpc.aio.ServicerContext, caller: Caller
     ) -> svc.ListCallsResponse:
         size = validation.page_size(request.page_size, DEFAULT_PAGE, MAX_PAGE)
         selected = validation.call_filter(request.filter)
         before = validation.page_cursor(request.page_token, selected.page_scope)
-        page = await self._calls.list_calls(state=selected.state, provider=selected.provider, limit=size, before=before)
+        page = await self._calls.list_calls(
+            caller, state=selected.state, provider=selected.provider, limit=size, before=before
+        )
         return svc.ListCallsResponse(
             calls=page.calls, next_page_token=validation.page_token(page.next_cursor, selected.page_scope)
         )
 
     @unary
     async def RenegotiateCall(
-        self, request: svc.RenegotiateCallRequest, context: grpc.aio.ServicerContext
+        self, request: svc.RenegotiateCallRequest, context: grpc.aio.ServicerContext, caller: Caller
     ) -> call_pb2.Call:
-        principal = principal_of(context)
         validation.renegotiation(request, None)
-        info = await self._calls.provider_of(request.name)
+        info = await self._calls.provider_of(request.name, caller)
         validation.renegotiation(request, info.capabilities, info.provider.validate_provider_specific)
-        return await self._calls.renegotiate(request, principal, info)
+        return await self._calls.renegotiate(request, caller, info)
 
     @unary
-    async def DropCall(self, request: svc.DropCallRequest, context: grpc.aio.ServicerContext) -> call_pb2.Call:
-        principal = principal_of(context)
+    async def DropCall(
+        self, request: svc.DropCallRequest, context: grpc.aio.ServicerContext, caller: Caller
+    ) -> call_pb2.Call:
         validation.drop(request)
-        return await self._calls.drop(request, principal)
+        return await self._calls.drop(request, caller)
 
     async def WatchEvents(
         self, request: svc.WatchEventsRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[svc.WatchEventsResponse]:
         # An async generator (not the context.write style), so tracing interceptors that
         # iterate the handler work (opentelemetry-python-contrib#3066).
+        caller: Caller | None = None
         try:
+            caller = await self.guard.authenticate(context)
+            self.guard.authorize(caller, "WatchEvents")
             if isinstance(request, Undecodable):
                 raise request.violation()
             accept = validation.watch_filter(request)
@@ -186,29 +220,33 @@ class CallQosServicer(svc_grpc.CallQosServiceServicer):
                     Reason.ERROR_REASON_TOO_MANY_WATCHERS,
                     f"{self._max_watchers} watch streams are open; try again later",
                 )
-            after = request.after_sequence if request.HasField("after_sequence") else None
-            cursor = await self._hub.start_cursor(after)
-            # Tell the client where this stream starts, so that a watch "from now" has a cursor
-            # to resume from even if it breaks before its first event.
-            await context.send_initial_metadata(((START_SEQUENCE_HEADER, str(cursor)),))
-            self.open_watchers += 1
-            try:
-                async for event in self._hub.watch(cursor, accept):
-                    yield svc.WatchEventsResponse(event=event)
-            finally:
-                self.open_watchers -= 1
+            with self.guard.quotas.watcher(caller):
+                after = request.after_sequence if request.HasField("after_sequence") else None
+                cursor = await self._hub.start_cursor(after)
+                # Tell the client where this stream starts, so that a watch "from now" has a cursor
+                # to resume from even if it breaks before its first event.
+                await context.send_initial_metadata(((START_SEQUENCE_HEADER, str(cursor)),))
+                self.open_watchers += 1
+                try:
+                    async for event in self._hub.watch(cursor, accept, tenant=caller.tenant):
+                        yield svc.WatchEventsResponse(event=event)
+                finally:
+                    self.open_watchers -= 1
         except (ServiceError, ReplayedStatus) as error:
+            self.guard.audit("WatchEvents", caller, context.peer(), "", error)
             await _abort(context, error)
         except Exception:
             await _abort(context, _internal("WatchEvents"))
 
     @unary
-    async def GetProvider(self, request: svc.GetProviderRequest, context: grpc.aio.ServicerContext) -> Any:
+    async def GetProvider(
+        self, request: svc.GetProviderRequest, context: grpc.aio.ServicerContext, caller: Caller
+    ) -> Any:
         return provider_proto(self._providers.get(validation.provider_name(request.name)))
 
     @unary
     async def ListProviders(
-        self, request: svc.ListProvidersRequest, context: grpc.aio.ServicerContext
+        self, request: svc.ListProvidersRequest, context: grpc.aio.ServicerContext, caller: Caller
     ) -> svc.ListProvidersResponse:
         size = validation.page_size(request.page_size, MAX_PROVIDER_PAGE, MAX_PROVIDER_PAGE)
         start = validation.page_cursor(request.page_token, "providers")
@@ -221,7 +259,7 @@ class CallQosServicer(svc_grpc.CallQosServiceServicer):
 
     @unary
     async def ListLinks(
-        self, request: svc.ListLinksRequest, context: grpc.aio.ServicerContext
+        self, request: svc.ListLinksRequest, context: grpc.aio.ServicerContext, caller: Caller
     ) -> svc.ListLinksResponse:
         size = validation.page_size(request.page_size, MAX_PROVIDER_PAGE, MAX_PROVIDER_PAGE)
         info = self._providers.link_admin(validation.provider_name(request.parent, "parent"))
@@ -234,7 +272,9 @@ class CallQosServicer(svc_grpc.CallQosServiceServicer):
         )
 
     @unary
-    async def UpdateLink(self, request: svc.UpdateLinkRequest, context: grpc.aio.ServicerContext) -> Any:
+    async def UpdateLink(
+        self, request: svc.UpdateLinkRequest, context: grpc.aio.ServicerContext, caller: Caller
+    ) -> Any:
         provider_id, link_id = validation.link_update(request)
         info = self._providers.link_admin(names.provider_name(provider_id))
         return await self._providers.update_link(info, link_id, request.link.capacity_bytes_per_second)

@@ -198,7 +198,9 @@ class ServerProcess:
     the same flags and `CALLQOS_CONFIG`), or, with `health_check=False`, any gRPC program that
     takes `--listen` and `--port-file` (a proxy, a baseline echo server). `env` is added to the
     environment (`OTEL_*`, ...). `log_path` defaults to `server.log` in the directory; each start
-    appends to it under a line naming the command.
+    appends to it under a line naming the command. A server with TLS (`tls_cert=...`) is
+    health-checked over a channel with `credentials` (the test CA, and a client certificate when
+    the server requires one).
 
     Use it as a context manager (`with`, or `async with`, which starts and stops it in a worker
     thread), or call `start()` and `close()`; in async code, `await asyncio.to_thread(server.stop)`.
@@ -213,10 +215,12 @@ class ServerProcess:
         log_path: Path | None = None,
         health_check: bool = True,
         startup_timeout: float = STARTUP_TIMEOUT_SECONDS,
+        credentials: grpc.ChannelCredentials | None = None,
         **settings: Any,
     ) -> None:
         self.directory, self._owns_directory = _directory(directory)
         self.config_path = self.directory / "server.toml"
+        self.credentials = credentials
         try:
             self.config = server_config(self.directory / "data", **settings)
             _write_config(self.config, self.config_path)
@@ -381,7 +385,12 @@ class ServerProcess:
         bound, this says the server answers on it."""
         process = self._started()
         last = "no answer"
-        with grpc.insecure_channel(self.target) as channel:
+        channel = (
+            grpc.insecure_channel(self.target)
+            if self.credentials is None
+            else grpc.secure_channel(self.target, self.credentials)
+        )
+        with channel:
             health = health_pb2_grpc.HealthStub(channel)
             while True:
                 try:
@@ -411,7 +420,7 @@ def _write_config(config: Config, path: Path) -> None:
     lines = [
         f"{field.name} = {_toml_value(getattr(config, field.name))}"
         for field in dataclasses.fields(config)
-        if field.name not in ("listen", "port_file")
+        if field.name not in ("listen", "port_file") and getattr(config, field.name) is not None
     ]
     path.write_text("\n".join(lines) + "\n")
     loaded = config_module.load(path, env={}, flags={"listen": config.listen, "port_file": config.port_file})

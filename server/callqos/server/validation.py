@@ -256,6 +256,11 @@ def check(violations: Iterable[FieldViolation]) -> None:
 
 
 # -- the caller ---------------------------------------------------------------------------------
+def is_principal(value: str) -> bool:
+    """Whether `value` may name a principal or a tenant: 1-128 printable ASCII characters."""
+    return _PRINCIPAL.fullmatch(value) is not None
+
+
 def principal(value: str | bytes, key: str) -> str:
     """The principal a caller sent in request metadata `key`: 1-128 printable ASCII characters."""
     if not isinstance(value, str) or not _PRINCIPAL.fullmatch(value):

@@ -6,6 +6,7 @@
 package testserver
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
@@ -40,8 +41,50 @@ func Start() (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
+	return start(bin, dir, "--storage", "memory")
+}
+
+// Secure is a server that requires TLS with a client certificate (mTLS) and accepts bearer
+// tokens, with the files made for it: ca, client_cert, client_key, alice_token, bob_token (see
+// `python -m callqos.server.testpki`). Tokens are of tenant acme; the client certificate's
+// principal, spiffe://callqos.test/client, is of tenant acme too.
+type Secure struct {
+	*Server
+	Files map[string]string
+}
+
+// StartSecure makes a CA, certificates, a JWKS and tokens with the server's own test kit, and
+// starts a server that uses them.
+func StartSecure() (*Secure, error) {
+	bin, err := findBinary()
+	if err != nil {
+		return nil, err
+	}
+	dir, err := os.MkdirTemp("", "callqos-go-tls-test-")
+	if err != nil {
+		return nil, err
+	}
+	python := filepath.Join(filepath.Dir(bin), "python")
+	out, err := exec.Command(python, "-m", "callqos.server.testpki", filepath.Join(dir, "pki")).Output()
+	if err != nil {
+		os.RemoveAll(dir)
+		return nil, fmt.Errorf("making the test PKI: %v", err)
+	}
+	files := map[string]string{}
+	if err := json.Unmarshal(out, &files); err != nil {
+		os.RemoveAll(dir)
+		return nil, err
+	}
+	s, err := start(bin, dir, "--config", files["config"])
+	if err != nil {
+		return nil, err
+	}
+	return &Secure{Server: s, Files: files}, nil
+}
+
+func start(bin, dir string, args ...string) (*Server, error) {
 	portFile := filepath.Join(dir, "port")
-	cmd := exec.Command(bin, "serve", "--listen", "127.0.0.1:0", "--port-file", portFile, "--storage", "memory")
+	cmd := exec.Command(bin, append([]string{"serve", "--listen", "127.0.0.1:0", "--port-file", portFile}, args...)...)
 	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
 	if err := cmd.Start(); err != nil {
 		os.RemoveAll(dir)

@@ -20,10 +20,11 @@ from typing import Any
 # GOAWAY seen by `callqos serve`) are neither JSON nor actionable; GRPC_VERBOSITY=INFO restores them.
 os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 
+import grpc
 from google.protobuf import json_format
 
 from callqos import wire
-from callqos.client import Client, ResumePolicy, errors, specs
+from callqos.client import Client, FileToken, ResumePolicy, errors, specs, tls_credentials
 from callqos.client._channel import DEFAULT_TIMEOUT, env_principal, env_target
 from callqos.v1 import flowspec_pb2
 
@@ -229,6 +230,37 @@ def _add_common(parser: argparse.ArgumentParser, *, top: bool) -> None:
         help=f"identity sent as {wire.PRINCIPAL_HEADER} (env {wire.PRINCIPAL_ENV})",
     )
     parser.add_argument(
+        "--tls-ca",
+        default=default(os.environ.get(wire.TLS_CA_ENV) or None),
+        help=f"CA certificate(s) of the server (PEM); turns TLS on (env {wire.TLS_CA_ENV})",
+    )
+    parser.add_argument(
+        "--tls",
+        action="store_true",
+        default=default(False),
+        help="TLS with the system's CA certificates (implied by --tls-ca)",
+    )
+    parser.add_argument(
+        "--tls-cert",
+        default=default(os.environ.get(wire.TLS_CERT_ENV) or None),
+        help=f"client certificate (PEM), for mTLS (env {wire.TLS_CERT_ENV})",
+    )
+    parser.add_argument(
+        "--tls-key",
+        default=default(os.environ.get(wire.TLS_KEY_ENV) or None),
+        help=f"the client certificate's key (PEM) (env {wire.TLS_KEY_ENV})",
+    )
+    parser.add_argument(
+        "--token",
+        default=default(os.environ.get(wire.TOKEN_ENV) or None),
+        help=f"bearer token sent with every request (env {wire.TOKEN_ENV})",
+    )
+    parser.add_argument(
+        "--token-file",
+        default=default(os.environ.get(wire.TOKEN_FILE_ENV) or None),
+        help=f"file holding the bearer token, re-read when it changes (env {wire.TOKEN_FILE_ENV})",
+    )
+    parser.add_argument(
         "--timeout",
         type=float,
         default=default(DEFAULT_TIMEOUT),
@@ -327,6 +359,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _credentials(args: argparse.Namespace) -> grpc.ChannelCredentials | None:
+    """TLS when asked for (--tls, --tls-ca, or a client certificate), else plaintext."""
+    if not (args.tls or args.tls_ca or args.tls_cert):
+        return None
+    try:
+        return tls_credentials(args.tls_ca, args.tls_cert, args.tls_key)
+    except OSError as exc:
+        raise _UsageError(f"cannot read {exc.filename}: {exc.strerror}") from exc
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``callqos`` console script and ``python -m callqos.cli``."""
     parser = build_parser()
@@ -337,7 +379,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     try:
-        with Client(args.target, principal=args.principal, timeout=args.timeout) as client:
+        with Client(
+            args.target,
+            principal=args.principal,
+            timeout=args.timeout,
+            credentials=_credentials(args),
+            token=args.token or (FileToken(args.token_file) if args.token_file else None),
+        ) as client:
             args.func(client, args)
     except errors.CallQosError as exc:
         if args.json:

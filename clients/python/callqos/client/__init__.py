@@ -10,12 +10,23 @@
         except QosUnavailableError as refused:
             call = client.make_call("sip:bob@example.com", qos=refused.counter_offer)
 
+Over TLS, with a client certificate (mTLS) and a bearer token refreshed from a file:
+
+.. code-block:: python
+
+    from callqos.client import Client, FileToken, tls_credentials
+
+    credentials = tls_credentials(ca="ca.pem", cert="client.pem", key="client.key")
+    with Client("callqos.example.com:50051", credentials=credentials, token=FileToken("token")) as client:
+        ...
+
 The data types are the generated protobuf messages in :mod:`callqos.v1`; errors are the typed
 exceptions in :mod:`callqos.client.errors` (all re-exported here).
 """
 
 from ._channel import DEFAULT_TARGET, DEFAULT_TIMEOUT, PRINCIPAL_METADATA_KEY
 from ._resume import ResumePolicy
+from ._security import FileToken, TokenSource, tls_credentials
 from .aio import AsyncClient, AsyncEventStream
 from .errors import *  # noqa: F403 - the error hierarchy is part of the public surface
 from .errors import __all__ as _errors_all
@@ -39,6 +50,9 @@ __all__ = [
     "EventStream",
     "AsyncEventStream",
     "ResumePolicy",
+    "FileToken",
+    "TokenSource",
+    "tls_credentials",
     "DEFAULT_TARGET",
     "DEFAULT_TIMEOUT",
     "PRINCIPAL_METADATA_KEY",

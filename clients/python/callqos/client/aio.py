@@ -31,6 +31,7 @@ from callqos.v1 import (
 
 from . import _channel, _requests, specs
 from ._resume import STREAM_ENDED, ResumePolicy, WatchState
+from ._security import TokenSource, bearer_metadata, check_token_transport, token_getter
 from .errors import CallQosError, UnavailableError, from_grpc_error
 
 __all__ = ["AsyncClient", "AsyncEventStream"]
@@ -50,6 +51,7 @@ class AsyncClient:
         principal: str | None = None,
         timeout: float = _channel.DEFAULT_TIMEOUT,
         credentials: grpc.ChannelCredentials | None = None,
+        token: TokenSource | None = None,
         metadata: _channel.Metadata = (),
         retry: bool = True,
         service_config: Mapping[str, Any] | None = None,
@@ -58,6 +60,8 @@ class AsyncClient:
         self.target = target
         self.principal = principal
         self.timeout = timeout
+        check_token_transport(target, token, credentials)
+        self._token = token_getter(token)
         self._credentials = credentials
         self._metadata = _channel.request_metadata(principal, metadata)
         self._options = _channel.channel_options(retry=retry, service_config=service_config, extra=options)
@@ -99,7 +103,7 @@ class AsyncClient:
             return await method(
                 request,
                 timeout=self.timeout if timeout is None else timeout,
-                metadata=_channel.traced(self._metadata),
+                metadata=_channel.traced(self._metadata + bearer_metadata(self._token)),
             )
         except grpc.RpcError as exc:
             raise from_grpc_error(exc) from exc
@@ -277,7 +281,8 @@ class AsyncEventStream(AsyncIterator[event_pb2.QosEvent]):
         while not self._closed.is_set():
             if self._responses is None:
                 self._responses = self._client._stub.WatchEvents(
-                    self._state.request(), metadata=_channel.traced(self._client._metadata)
+                    self._state.request(),
+                    metadata=_channel.traced(self._client._metadata + bearer_metadata(self._client._token)),
                 )
                 if self._state.last_sequence is None:
                     self._state.started(await self._responses.initial_metadata())

@@ -51,6 +51,7 @@ __all__ = [
     "CallNotFoundError",
     "CallQosError",
     "ClientError",
+    "CredentialsRefusedError",
     "CursorExpiredError",
     "CursorUnknownError",
     "DataLossError",
@@ -62,6 +63,7 @@ __all__ = [
     "InvalidRequestError",
     "LinkAdminUnsupportedError",
     "LinkNotFoundError",
+    "MissingPermissionError",
     "NotFoundError",
     "NotOwnerError",
     "OutOfRangeError",
@@ -72,6 +74,7 @@ __all__ = [
     "QosPolicyFailureError",
     "QosRefusedError",
     "QosUnavailableError",
+    "QuotaExceededError",
     "RenegotiationUnsupportedError",
     "RequestCancelledError",
     "RequestIdReusedError",
@@ -302,6 +305,13 @@ class PermissionDeniedError(ClientError):
     grpc_code = grpc.StatusCode.PERMISSION_DENIED
 
 
+class MissingPermissionError(PermissionDeniedError):
+    """None of the caller's roles grants the permission the method needs
+    (``metadata["permission"]``)."""
+
+    error_reason = "PERMISSION_DENIED"
+
+
 class NotOwnerError(PermissionDeniedError):
     """Only the call's owner may change or drop it (LINEERR_NOTOWNER)."""
 
@@ -375,6 +385,18 @@ class TooManyWatchersError(ResourceExhaustedError):
     error_reason = "TOO_MANY_WATCHERS"
 
 
+class QuotaExceededError(ResourceExhaustedError):
+    """A quota of the caller's tenant (active calls, reserved bytes/s) or of the caller (open
+    watch streams) would be exceeded; nothing changed. :attr:`quota_failure` names it."""
+
+    error_reason = "QUOTA_EXCEEDED"
+
+    @property
+    def quota_failure(self) -> error_details_pb2.QuotaFailure | None:
+        found: error_details_pb2.QuotaFailure | None = self._find(error_details_pb2.QuotaFailure)
+        return found
+
+
 # --- UNIMPLEMENTED ----------------------------------------------------------------------------
 
 
@@ -420,6 +442,13 @@ class CursorUnknownError(OutOfRangeError):
 
 class UnauthenticatedError(ClientError):
     grpc_code = grpc.StatusCode.UNAUTHENTICATED
+
+
+class CredentialsRefusedError(UnauthenticatedError):
+    """The server accepted no credential of the request (none sent, or a bad, expired or
+    foreign token or certificate); ``metadata["cause"]`` says why."""
+
+    error_reason = "UNAUTHENTICATED"
 
 
 class RequestCancelledError(ClientError):

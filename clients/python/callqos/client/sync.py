@@ -30,6 +30,7 @@ from callqos.v1 import (
 
 from . import _channel, _requests, specs
 from ._resume import STREAM_ENDED, ResumePolicy, WatchState
+from ._security import TokenSource, bearer_metadata, check_token_transport, token_getter
 from .errors import CallQosError, UnavailableError, from_grpc_error
 
 __all__ = ["Client", "EventStream"]
@@ -43,7 +44,11 @@ class Client:
         principal: the identity sent as ``x-callqos-principal`` (the server uses
             ``"anonymous"`` when absent). Only a call's owner may renegotiate or drop it.
         timeout: the deadline, in seconds, of every unary RPC; each method takes its own.
-        credentials: TLS credentials; ``None`` for a plaintext channel.
+        credentials: TLS credentials (:func:`~callqos.client.tls_credentials`: the CA, and a
+            client certificate for mTLS); ``None`` for a plaintext channel.
+        token: a bearer token sent with every RPC, or its source: a callable asked at every
+            RPC (so it can refresh), or :class:`~callqos.client.FileToken`. Only over TLS or
+            to a loopback address.
         metadata: extra request metadata sent with every RPC.
         retry: retry UNAVAILABLE on idempotent methods per ``service_config.json``.
         service_config: a gRFC A6 service config to use instead of the bundled one.
@@ -57,6 +62,7 @@ class Client:
         principal: str | None = None,
         timeout: float = _channel.DEFAULT_TIMEOUT,
         credentials: grpc.ChannelCredentials | None = None,
+        token: TokenSource | None = None,
         metadata: _channel.Metadata = (),
         retry: bool = True,
         service_config: Mapping[str, Any] | None = None,
@@ -65,6 +71,8 @@ class Client:
         self.target = target
         self.principal = principal
         self.timeout = timeout
+        check_token_transport(target, token, credentials)
+        self._token = token_getter(token)
         self._metadata = _channel.request_metadata(principal, metadata)
         opts = _channel.channel_options(retry=retry, service_config=service_config, extra=options)
         if credentials is None:
@@ -95,7 +103,7 @@ class Client:
             return method(
                 request,
                 timeout=self.timeout if timeout is None else timeout,
-                metadata=_channel.traced(self._metadata),
+                metadata=_channel.traced(self._metadata + bearer_metadata(self._token)),
             )
         except grpc.RpcError as exc:
             raise from_grpc_error(exc) from exc
@@ -257,7 +265,7 @@ class Client:
                 ``resume.give_up_after``.
         """
         state = WatchState(after_sequence, call, types, resume or ResumePolicy())
-        return EventStream(self._stub, self._metadata, state)
+        return EventStream(self._stub, self._metadata, state, self._token)
 
     # -- paging -----------------------------------------------------------------------------
 
@@ -283,9 +291,11 @@ class EventStream(Iterator[event_pb2.QosEvent]):
         stub: callqos_service_pb2_grpc.CallQosServiceStub,
         metadata: _channel.Metadata,
         state: WatchState,
+        token: Callable[[], str] | None = None,
     ) -> None:
         self._stub = stub
         self._metadata = metadata
+        self._token = token  # asked again at every reconnect: a resumed watch sends a fresh token
         self._state = state
         self._responses: Any = None
         self._closed = threading.Event()
@@ -333,7 +343,7 @@ class EventStream(Iterator[event_pb2.QosEvent]):
         with self._lock:
             if self._responses is None:
                 self._responses = self._stub.WatchEvents(
-                    self._state.request(), metadata=_channel.traced(self._metadata)
+                    self._state.request(), metadata=_channel.traced((*self._metadata, *bearer_metadata(self._token)))
                 )
                 if self._state.last_sequence is None:
                     self._state.started(self._responses.initial_metadata())

@@ -33,7 +33,7 @@ DISCONNECT_REASON_QOS_UNAVAILABLE: DisconnectReason
 DISCONNECT_REASON_PROVIDER_ERROR: DisconnectReason
 
 class Call(_message.Message):
-    __slots__ = ("name", "destination", "provider", "state", "disconnect_reason", "service_level", "requested_qos", "granted_qos", "features", "owner", "etag", "create_time", "update_time")
+    __slots__ = ("name", "destination", "provider", "state", "disconnect_reason", "service_level", "requested_qos", "granted_qos", "features", "owner", "etag", "create_time", "update_time", "tenant")
     class State(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
         __slots__ = ()
         STATE_UNSPECIFIED: _ClassVar[Call.State]
@@ -60,6 +60,7 @@ class Call(_message.Message):
     ETAG_FIELD_NUMBER: _ClassVar[int]
     CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
     UPDATE_TIME_FIELD_NUMBER: _ClassVar[int]
+    TENANT_FIELD_NUMBER: _ClassVar[int]
     name: str
     destination: str
     provider: str
@@ -73,7 +74,8 @@ class Call(_message.Message):
     etag: str
     create_time: _timestamp_pb2.Timestamp
     update_time: _timestamp_pb2.Timestamp
-    def __init__(self, name: _Optional[str] = ..., destination: _Optional[str] = ..., provider: _Optional[str] = ..., state: _Optional[_Union[Call.State, str]] = ..., disconnect_reason: _Optional[_Union[DisconnectReason, str]] = ..., service_level: _Optional[_Union[ServiceLevel, str]] = ..., requested_qos: _Optional[_Union[_flowspec_pb2.QosSpec, _Mapping]] = ..., granted_qos: _Optional[_Union[_flowspec_pb2.QosSpec, _Mapping]] = ..., features: _Optional[_Union[Call.Features, _Mapping]] = ..., owner: _Optional[str] = ..., etag: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    tenant: str
+    def __init__(self, name: _Optional[str] = ..., destination: _Optional[str] = ..., provider: _Optional[str] = ..., state: _Optional[_Union[Call.State, str]] = ..., disconnect_reason: _Optional[_Union[DisconnectReason, str]] = ..., service_level: _Optional[_Union[ServiceLevel, str]] = ..., requested_qos: _Optional[_Union[_flowspec_pb2.QosSpec, _Mapping]] = ..., granted_qos: _Optional[_Union[_flowspec_pb2.QosSpec, _Mapping]] = ..., features: _Optional[_Union[Call.Features, _Mapping]] = ..., owner: _Optional[str] = ..., etag: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., tenant: _Optional[str] = ...) -> None: ...
 
 class QosRefusal(_message.Message):
     __slots__ = ("call", "counter_offer", "detail")

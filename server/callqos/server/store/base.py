@@ -7,6 +7,10 @@ Guarantees every backend gives:
 - Sequence order is commit order: once `commit` returns, no event with a lower sequence can
   appear later (a watcher that has read up to N never misses an event below N).
 - `events_after(n)` returns retained events with sequence > n in order.
+- Calls, events and request_ids belong to a tenant (`Call.tenant`, `QosEvent.tenant`); listing and
+  request_id lookup are per tenant, and `commit` given a tenant's `UsageLimits` refuses, in the
+  same transaction, a commit that would take the tenant beyond them (so concurrent admissions, or
+  several replicas sharing a database, cannot overshoot a quota together).
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from callqos.v1 import call_pb2, event_pb2
+from callqos.wire import DEFAULT_TENANT
 
 
 @dataclass(frozen=True)
@@ -28,6 +33,48 @@ class IdempotencyRecord:
     fingerprint: str  # hash of the request without its request_id
     call: str  # the call the request created or changed
     status: bytes = b""  # serialized google.rpc.Status when it failed; empty on success
+    tenant: str = DEFAULT_TENANT  # a principal is unique only within its tenant
+
+
+@dataclass(frozen=True)
+class Usage:
+    """What a tenant holds: its connected calls, and the bytes/s they reserve in each direction
+    (`qos.reserved_rate` of the granted flowspecs)."""
+
+    active_calls: int = 0
+    sending: int = 0
+    receiving: int = 0
+
+
+@dataclass(frozen=True)
+class UsageLimits:
+    """A tenant's quotas (0 = unlimited), which `Store.commit` refuses to let a commit exceed."""
+
+    tenant: str
+    active_calls: int = 0
+    reserved_bytes_per_second: int = 0  # each direction
+
+    def exceeded(self, usage: Usage, before: Usage) -> list[str]:
+        """The quotas `usage` exceeds where it grew from `before` (a commit that lowers or keeps
+        usage is never refused, even over a quota lowered since)."""
+        over = []
+        if self.active_calls and usage.active_calls > self.active_calls and usage.active_calls > before.active_calls:
+            over.append("active_calls")
+        limit = self.reserved_bytes_per_second
+        if limit and (
+            (usage.sending > limit and usage.sending > before.sending)
+            or (usage.receiving > limit and usage.receiving > before.receiving)
+        ):
+            over.append("reserved_bytes_per_second")
+        return over
+
+
+class QuotaExceededError(Exception):
+    """A commit would take a tenant beyond its quotas; nothing was stored."""
+
+    def __init__(self, limits: UsageLimits, quotas: list[str], usage: Usage) -> None:
+        super().__init__(f"tenant {limits.tenant}: {', '.join(quotas)} exceeded")
+        self.limits, self.quotas, self.usage = limits, quotas, usage
 
 
 @dataclass(frozen=True)
@@ -47,8 +94,14 @@ class Store(abc.ABC):
     async def get_call(self, name: str) -> call_pb2.Call | None: ...
 
     @abc.abstractmethod
-    async def list_calls(self, *, state: int | None, provider: str | None, limit: int, before: int) -> CallPage:
-        """Calls newest first; `before` = 0 starts at the newest."""
+    async def list_calls(
+        self, *, tenant: str, state: int | None, provider: str | None, limit: int, before: int
+    ) -> CallPage:
+        """The tenant's calls newest first; `before` = 0 starts at the newest."""
+
+    @abc.abstractmethod
+    async def usage(self, tenant: str) -> Usage:
+        """What the tenant's connected calls hold now."""
 
     @abc.abstractmethod
     async def connected_calls(self) -> list[call_pb2.Call]: ...
@@ -59,11 +112,17 @@ class Store(abc.ABC):
         call: call_pb2.Call,
         events: Sequence[event_pb2.QosEvent],
         idempotency: IdempotencyRecord | None = None,
+        *,
+        limits: UsageLimits | None = None,
     ) -> list[event_pb2.QosEvent]:
-        """Store the call (insert or replace) with its events; returns the events numbered."""
+        """Store the call (insert or replace) with its events; returns the events numbered.
+        With `limits` (the call's tenant's), raises QuotaExceededError instead when the commit
+        would take the tenant beyond them."""
 
     @abc.abstractmethod
-    async def find_request(self, request_id: str, principal: str) -> IdempotencyRecord | None: ...
+    async def find_request(
+        self, request_id: str, principal: str, tenant: str = DEFAULT_TENANT
+    ) -> IdempotencyRecord | None: ...
 
     @abc.abstractmethod
     async def events_after(self, sequence: int, limit: int) -> list[event_pb2.QosEvent]: ...

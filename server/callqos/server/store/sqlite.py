@@ -12,11 +12,21 @@ import fcntl
 import sqlite3
 import time
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from callqos.server.store.base import CallPage, EventBounds, IdempotencyRecord, Store
+from callqos.server.qos import reserved_rate
+from callqos.server.store.base import (
+    CallPage,
+    EventBounds,
+    IdempotencyRecord,
+    QuotaExceededError,
+    Store,
+    Usage,
+    UsageLimits,
+)
 from callqos.v1 import call_pb2, event_pb2
+from callqos.wire import DEFAULT_TENANT
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS calls (
@@ -24,15 +34,22 @@ CREATE TABLE IF NOT EXISTS calls (
     name     TEXT NOT NULL UNIQUE,
     provider TEXT NOT NULL,
     state    INTEGER NOT NULL,
-    data     BLOB NOT NULL                       -- callqos.v1.Call
+    data     BLOB NOT NULL,                      -- callqos.v1.Call
+    tenant   TEXT NOT NULL DEFAULT 'default',
+    reserved_sending   INTEGER NOT NULL DEFAULT 0,  -- bytes/s held while connected (quotas)
+    reserved_receiving INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS calls_state ON calls (state, seq);
+CREATE INDEX IF NOT EXISTS calls_tenant ON calls (tenant, seq);
+CREATE INDEX IF NOT EXISTS calls_usage ON calls (tenant, state, reserved_sending, reserved_receiving);
 CREATE TABLE IF NOT EXISTS events (
     seq          INTEGER PRIMARY KEY AUTOINCREMENT,
     create_us    INTEGER NOT NULL,
-    data         BLOB NOT NULL                   -- callqos.v1.QosEvent
+    data         BLOB NOT NULL,                  -- callqos.v1.QosEvent
+    tenant       TEXT NOT NULL DEFAULT 'default'
 );
 CREATE TABLE IF NOT EXISTS requests (            -- AIP-155 idempotency records
+    tenant      TEXT NOT NULL,
     principal   TEXT NOT NULL,
     request_id  TEXT NOT NULL,
     method      TEXT NOT NULL,
@@ -40,17 +57,71 @@ CREATE TABLE IF NOT EXISTS requests (            -- AIP-155 idempotency records
     call        TEXT NOT NULL,
     status      BLOB NOT NULL,
     create_us   INTEGER NOT NULL,
-    PRIMARY KEY (principal, request_id)
+    PRIMARY KEY (tenant, principal, request_id)
 );
 CREATE INDEX IF NOT EXISTS requests_age ON requests (create_us);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
 """
 MEMORY = ":memory:"
-# Bumped whenever _SCHEMA changes incompatibly; a file of another version is refused, not guessed at.
-SCHEMA_VERSION = 1
+# Bumped whenever _SCHEMA changes incompatibly. A file of an older version is brought forward by
+# the steps in _MIGRATIONS, each in one transaction; a newer one is refused, not guessed at.
+SCHEMA_VERSION = 2
 # Serialized calls kept in memory, newest used last. Safe because one process owns the file
 # (see the lock below), so every write to a call passes through `commit` here.
 CACHED_CALLS = 10_000
+
+
+def _usage_columns(call: call_pb2.Call) -> tuple[int, int]:
+    """What a call holds, for the quota columns: its granted rates while connected, else nothing."""
+    if call.state != call_pb2.Call.State.STATE_CONNECTED:
+        return 0, 0
+    return reserved_rate(call.granted_qos.sending), reserved_rate(call.granted_qos.receiving)
+
+
+def _script(db: sqlite3.Connection, script: str) -> None:
+    """Run `script` statement by statement: unlike `executescript`, this stays inside the
+    transaction the caller began (Python 3.11's executescript commits first)."""
+    for statement in script.split(";"):
+        if statement.strip():
+            db.execute(statement)
+
+
+def _migrate_to_2(db: sqlite3.Connection) -> None:
+    """Version 1 → 2: tenants (issue #13). Every call, event and request_id so far belongs to the
+    default tenant; each call gets the quota columns of what it holds. (One small step of its own,
+    so that other schema changes line up before or after it.)"""
+    _script(
+        db,
+        """
+        ALTER TABLE calls ADD COLUMN tenant TEXT NOT NULL DEFAULT 'default';
+        ALTER TABLE calls ADD COLUMN reserved_sending INTEGER NOT NULL DEFAULT 0;
+        ALTER TABLE calls ADD COLUMN reserved_receiving INTEGER NOT NULL DEFAULT 0;
+        ALTER TABLE events ADD COLUMN tenant TEXT NOT NULL DEFAULT 'default';
+        ALTER TABLE requests RENAME TO requests_1;
+        DROP INDEX IF EXISTS requests_age;
+        """,
+    )
+    for seq, data in db.execute("SELECT seq, data FROM calls").fetchall():
+        call = call_pb2.Call.FromString(data)
+        call.tenant = DEFAULT_TENANT
+        db.execute(
+            "UPDATE calls SET data = ?, reserved_sending = ?, reserved_receiving = ? WHERE seq = ?",
+            (call.SerializeToString(), *_usage_columns(call), seq),
+        )
+    for seq, data in db.execute("SELECT seq, data FROM events").fetchall():
+        event = event_pb2.QosEvent.FromString(data)
+        event.tenant = DEFAULT_TENANT
+        db.execute("UPDATE events SET data = ? WHERE seq = ?", (event.SerializeToString(), seq))
+    _script(db, _SCHEMA)  # the new requests table and the new indexes
+    db.execute(
+        "INSERT INTO requests SELECT 'default', principal, request_id, method, fingerprint, call, status, create_us "
+        "FROM requests_1"
+    )
+    db.execute("DROP TABLE requests_1")
+
+
+# Version N → the step that makes a version N-1 file version N.
+_MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {2: _migrate_to_2}
 
 
 class StoreInUseError(OSError):
@@ -76,13 +147,24 @@ class SqliteStore(Store):
         self._db.execute("PRAGMA foreign_keys=ON")
         version = self._db.execute("PRAGMA user_version").fetchone()[0]
         fresh = not self._db.execute("SELECT 1 FROM sqlite_master WHERE name = 'calls'").fetchone()
-        if not fresh and version != SCHEMA_VERSION:
+        if not fresh and not (0 < version <= SCHEMA_VERSION):
             self._db.close()
             if self._lock_file is not None:
                 self._lock_file.close()
             raise OSError(f"{path} has schema version {version}; this server needs {SCHEMA_VERSION}")
-        self._db.executescript(_SCHEMA)
-        self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        if fresh:
+            self._db.executescript(_SCHEMA)
+            self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        while version and version < SCHEMA_VERSION:
+            version += 1
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                _MIGRATIONS[version](self._db)
+                self._db.execute(f"PRAGMA user_version = {version}")
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
         row = self._db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'events'").fetchone()
         self._last_seq: int = row[0] if row else 0
 
@@ -105,9 +187,11 @@ class SqliteStore(Store):
         if len(self._cache) > CACHED_CALLS:
             self._cache.popitem(last=False)
 
-    async def list_calls(self, *, state: int | None, provider: str | None, limit: int, before: int) -> CallPage:
-        sql = "SELECT seq, data FROM calls WHERE seq < ?"
-        args: list[object] = [before or (1 << 62)]
+    async def list_calls(
+        self, *, tenant: str, state: int | None, provider: str | None, limit: int, before: int
+    ) -> CallPage:
+        sql = "SELECT seq, data FROM calls WHERE tenant = ? AND seq < ?"
+        args: list[object] = [tenant, before or (1 << 62)]
         if state is not None:
             sql += " AND state = ?"
             args.append(state)
@@ -120,6 +204,17 @@ class SqliteStore(Store):
         calls = [call_pb2.Call.FromString(data) for _, data in rows[:limit]]
         next_cursor = rows[limit - 1][0] if len(rows) > limit else 0
         return CallPage(calls, next_cursor)
+
+    async def usage(self, tenant: str) -> Usage:
+        return self._usage(tenant)
+
+    def _usage(self, tenant: str) -> Usage:
+        row = self._db.execute(
+            "SELECT COUNT(*), COALESCE(SUM(reserved_sending), 0), COALESCE(SUM(reserved_receiving), 0) "
+            "FROM calls WHERE tenant = ? AND state = ?",
+            (tenant, call_pb2.Call.State.STATE_CONNECTED),
+        ).fetchone()
+        return Usage(active_calls=row[0], sending=row[1], receiving=row[2])
 
     async def connected_calls(self) -> list[call_pb2.Call]:
         rows = self._db.execute(
@@ -134,32 +229,44 @@ class SqliteStore(Store):
         call: call_pb2.Call,
         events: Sequence[event_pb2.QosEvent],
         idempotency: IdempotencyRecord | None = None,
+        *,
+        limits: UsageLimits | None = None,
     ) -> list[event_pb2.QosEvent]:
         numbered: list[event_pb2.QosEvent] = []
         seq = self._last_seq
         now_us = time.time_ns() // 1000
         data = call.SerializeToString()
+        tenant = call.tenant or DEFAULT_TENANT
         self._db.execute("BEGIN IMMEDIATE")
         try:
+            before = self._usage(tenant) if limits is not None else None
             self._db.execute(
-                "INSERT INTO calls (name, provider, state, data) VALUES (?, ?, ?, ?) "
-                "ON CONFLICT (name) DO UPDATE SET state = excluded.state, data = excluded.data",
-                (call.name, call.provider, call.state, data),
+                "INSERT INTO calls (name, provider, state, data, tenant, reserved_sending, reserved_receiving) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (name) DO UPDATE SET state = excluded.state, "
+                "data = excluded.data, reserved_sending = excluded.reserved_sending, "
+                "reserved_receiving = excluded.reserved_receiving",
+                (call.name, call.provider, call.state, data, tenant, *_usage_columns(call)),
             )
+            if limits is not None and before is not None:
+                after = self._usage(tenant)
+                over = limits.exceeded(after, before)
+                if over:
+                    raise QuotaExceededError(limits, over, after)
             for event in events:
                 seq += 1
                 stored = event_pb2.QosEvent()
                 stored.CopyFrom(event)
                 stored.sequence = seq
                 self._db.execute(
-                    "INSERT INTO events (seq, create_us, data) VALUES (?, ?, ?)",
-                    (seq, now_us, stored.SerializeToString()),
+                    "INSERT INTO events (seq, create_us, data, tenant) VALUES (?, ?, ?, ?)",
+                    (seq, now_us, stored.SerializeToString(), stored.tenant or DEFAULT_TENANT),
                 )
                 numbered.append(stored)
             if idempotency is not None:
                 self._db.execute(
-                    "INSERT OR REPLACE INTO requests VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    "INSERT OR REPLACE INTO requests VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                     (
+                        idempotency.tenant,
                         idempotency.principal,
                         idempotency.request_id,
                         idempotency.method,
@@ -177,14 +284,17 @@ class SqliteStore(Store):
         self._remember(call.name, data)
         return numbered
 
-    async def find_request(self, request_id: str, principal: str) -> IdempotencyRecord | None:
+    async def find_request(
+        self, request_id: str, principal: str, tenant: str = DEFAULT_TENANT
+    ) -> IdempotencyRecord | None:
         row = self._db.execute(
-            "SELECT method, fingerprint, call, status FROM requests WHERE principal = ? AND request_id = ?",
-            (principal, request_id),
+            "SELECT method, fingerprint, call, status FROM requests "
+            "WHERE tenant = ? AND principal = ? AND request_id = ?",
+            (tenant, principal, request_id),
         ).fetchone()
         if row is None:
             return None
-        return IdempotencyRecord(request_id, principal, row[0], row[1], row[2], bytes(row[3]))
+        return IdempotencyRecord(request_id, principal, row[0], row[1], row[2], bytes(row[3]), tenant)
 
     # -- events ---------------------------------------------------------------------------
     async def events_after(self, sequence: int, limit: int) -> list[event_pb2.QosEvent]:

@@ -220,7 +220,11 @@ type Call struct {
 	// Output only.
 	CreateTime *timestamppb.Timestamp `protobuf:"bytes,12,opt,name=create_time,json=createTime,proto3" json:"create_time,omitempty"`
 	// Output only.
-	UpdateTime    *timestamppb.Timestamp `protobuf:"bytes,13,opt,name=update_time,json=updateTime,proto3" json:"update_time,omitempty"`
+	UpdateTime *timestamppb.Timestamp `protobuf:"bytes,13,opt,name=update_time,json=updateTime,proto3" json:"update_time,omitempty"`
+	// Output only. The tenant of the principal that created the call. A call is visible only to
+	// callers of its tenant ("default" when the server runs without tenants). (Numbered 20 to stay
+	// clear of other additions.)
+	Tenant        string `protobuf:"bytes,20,opt,name=tenant,proto3" json:"tenant,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -346,6 +350,13 @@ func (x *Call) GetUpdateTime() *timestamppb.Timestamp {
 	return nil
 }
 
+func (x *Call) GetTenant() string {
+	if x != nil {
+		return x.Tenant
+	}
+	return ""
+}
+
 // Sent in the status details of a refused CreateCall or RenegotiateCall, next to
 // google.rpc.ErrorInfo: the call it concerns and the provider's counter-offer.
 type QosRefusal struct {
@@ -465,7 +476,7 @@ var File_callqos_v1_call_proto protoreflect.FileDescriptor
 const file_callqos_v1_call_proto_rawDesc = "" +
 	"\n" +
 	"\x15callqos/v1/call.proto\x12\n" +
-	"callqos.v1\x1a\x19callqos/v1/flowspec.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xcd\x05\n" +
+	"callqos.v1\x1a\x19callqos/v1/flowspec.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xe5\x05\n" +
 	"\x04Call\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12 \n" +
 	"\vdestination\x18\x02 \x01(\tR\vdestination\x12\x1a\n" +
@@ -483,7 +494,8 @@ const file_callqos_v1_call_proto_rawDesc = "" +
 	"\vcreate_time\x18\f \x01(\v2\x1a.google.protobuf.TimestampR\n" +
 	"createTime\x12;\n" +
 	"\vupdate_time\x18\r \x01(\v2\x1a.google.protobuf.TimestampR\n" +
-	"updateTime\x1a#\n" +
+	"updateTime\x12\x16\n" +
+	"\x06tenant\x18\x14 \x01(\tR\x06tenant\x1a#\n" +
 	"\bFeatures\x12\x17\n" +
 	"\aset_qos\x18\x01 \x01(\bR\x06setQos\"K\n" +
 	"\x05State\x12\x15\n" +

@@ -40,7 +40,12 @@ const (
 // Every error carries google.rpc.ErrorInfo (domain "callqos.dev") whose reason a client can
 // branch on; invalid requests also carry google.rpc.BadRequest naming each bad field, and QoS
 // refusals carry callqos.v1.QosRefusal with the provider's counter-offer.
-// The caller's identity is the `x-callqos-principal` request metadata ("anonymous" if absent).
+// The caller's identity comes from its credentials: a client certificate (mTLS), a bearer token
+// (`authorization: Bearer <JWT>`), or the `x-callqos-principal` (`-tenant`, `-roles`) metadata set
+// by a trusted authenticating proxy. A server without authenticators (development, on loopback)
+// believes `x-callqos-principal` from anyone ("anonymous" if absent). Bad or missing credentials
+// are UNAUTHENTICATED; a method the caller's roles do not permit is PERMISSION_DENIED; a call
+// of another tenant is NOT_FOUND, and a watcher receives only its own tenant's events.
 type CallQosServiceClient interface {
 	// Makes a call (lineMakeCall with LINECALLPARAMS flowspecs). The provider admits or refuses
 	// the requested QoS. At NEEDED a refusal fails the call: RESOURCE_EXHAUSTED with reason
@@ -199,7 +204,12 @@ func (c *callQosServiceClient) UpdateLink(ctx context.Context, in *UpdateLinkReq
 // Every error carries google.rpc.ErrorInfo (domain "callqos.dev") whose reason a client can
 // branch on; invalid requests also carry google.rpc.BadRequest naming each bad field, and QoS
 // refusals carry callqos.v1.QosRefusal with the provider's counter-offer.
-// The caller's identity is the `x-callqos-principal` request metadata ("anonymous" if absent).
+// The caller's identity comes from its credentials: a client certificate (mTLS), a bearer token
+// (`authorization: Bearer <JWT>`), or the `x-callqos-principal` (`-tenant`, `-roles`) metadata set
+// by a trusted authenticating proxy. A server without authenticators (development, on loopback)
+// believes `x-callqos-principal` from anyone ("anonymous" if absent). Bad or missing credentials
+// are UNAUTHENTICATED; a method the caller's roles do not permit is PERMISSION_DENIED; a call
+// of another tenant is NOT_FOUND, and a watcher receives only its own tenant's events.
 type CallQosServiceServer interface {
 	// Makes a call (lineMakeCall with LINECALLPARAMS flowspecs). The provider admits or refuses
 	// the requested QoS. At NEEDED a refusal fails the call: RESOURCE_EXHAUSTED with reason

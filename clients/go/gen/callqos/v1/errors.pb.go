@@ -77,6 +77,22 @@ const (
 	ErrorReason_ERROR_REASON_TOO_MANY_WATCHERS ErrorReason = 19
 	// A server bug; the request may or may not have taken effect. Report it.
 	ErrorReason_ERROR_REASON_INTERNAL ErrorReason = 20
+	// Access control (README "Security"), numbered from 40 so that other additions to this enum
+	// do not collide with them.
+	//
+	// The request carries no credentials the server accepts, or credentials it refuses (a bad,
+	// expired or foreign token; a client certificate it cannot map). Nothing was done. Metadata:
+	// `authenticator` (which one refused) and `cause`. Not retried: get a valid credential first.
+	ErrorReason_ERROR_REASON_UNAUTHENTICATED ErrorReason = 40
+	// The caller is authenticated but none of its roles grants the permission the method needs
+	// (e.g. UpdateLink needs links.update, which only the operator role has). Checked before any
+	// provider is called. Metadata: `permission`, `principal`, `tenant`.
+	ErrorReason_ERROR_REASON_PERMISSION_DENIED ErrorReason = 41
+	// A quota of the caller's tenant (active calls, reserved bytes/s per direction) or of the
+	// caller (open watch streams) would be exceeded. Details carry google.rpc.QuotaFailure naming
+	// the quota (`subject` tenant:{tenant} or principal:{tenant}/{principal}). Nothing changed;
+	// retry after a call of the tenant ends.
+	ErrorReason_ERROR_REASON_QUOTA_EXCEEDED ErrorReason = 42
 )
 
 // Enum value maps for ErrorReason.
@@ -103,6 +119,9 @@ var (
 		18: "ERROR_REASON_SHUTTING_DOWN",
 		19: "ERROR_REASON_TOO_MANY_WATCHERS",
 		20: "ERROR_REASON_INTERNAL",
+		40: "ERROR_REASON_UNAUTHENTICATED",
+		41: "ERROR_REASON_PERMISSION_DENIED",
+		42: "ERROR_REASON_QUOTA_EXCEEDED",
 	}
 	ErrorReason_value = map[string]int32{
 		"ERROR_REASON_UNSPECIFIED":                 0,
@@ -126,6 +145,9 @@ var (
 		"ERROR_REASON_SHUTTING_DOWN":               18,
 		"ERROR_REASON_TOO_MANY_WATCHERS":           19,
 		"ERROR_REASON_INTERNAL":                    20,
+		"ERROR_REASON_UNAUTHENTICATED":             40,
+		"ERROR_REASON_PERMISSION_DENIED":           41,
+		"ERROR_REASON_QUOTA_EXCEEDED":              42,
 	}
 )
 
@@ -293,7 +315,7 @@ var File_callqos_v1_errors_proto protoreflect.FileDescriptor
 const file_callqos_v1_errors_proto_rawDesc = "" +
 	"\n" +
 	"\x17callqos/v1/errors.proto\x12\n" +
-	"callqos.v1\x1a google/protobuf/descriptor.proto*\xe9\x06\n" +
+	"callqos.v1\x1a google/protobuf/descriptor.proto*\xe2\a\n" +
 	"\vErrorReason\x12\x1c\n" +
 	"\x18ERROR_REASON_UNSPECIFIED\x10\x00\x12&\n" +
 	"\x1cERROR_REASON_INVALID_REQUEST\x10\x01\x1a\x04\xa8\xed\x18\x03\x12(\n" +
@@ -317,7 +339,10 @@ const file_callqos_v1_errors_proto_rawDesc = "" +
 	"(ERROR_REASON_PROVIDER_CONTRACT_VIOLATION\x10\x11\x1a\x04\xa8\xed\x18\r\x12$\n" +
 	"\x1aERROR_REASON_SHUTTING_DOWN\x10\x12\x1a\x04\xa8\xed\x18\x0e\x12(\n" +
 	"\x1eERROR_REASON_TOO_MANY_WATCHERS\x10\x13\x1a\x04\xa8\xed\x18\b\x12\x1f\n" +
-	"\x15ERROR_REASON_INTERNAL\x10\x14\x1a\x04\xa8\xed\x18\r*\xee\x03\n" +
+	"\x15ERROR_REASON_INTERNAL\x10\x14\x1a\x04\xa8\xed\x18\r\x12&\n" +
+	"\x1cERROR_REASON_UNAUTHENTICATED\x10(\x1a\x04\xa8\xed\x18\x10\x12(\n" +
+	"\x1eERROR_REASON_PERMISSION_DENIED\x10)\x1a\x04\xa8\xed\x18\a\x12%\n" +
+	"\x1bERROR_REASON_QUOTA_EXCEEDED\x10*\x1a\x04\xa8\xed\x18\b*\xee\x03\n" +
 	"\bGrpcCode\x12\x19\n" +
 	"\x15GRPC_CODE_UNSPECIFIED\x10\x00\x12\x17\n" +
 	"\x13GRPC_CODE_CANCELLED\x10\x01\x12\x15\n" +

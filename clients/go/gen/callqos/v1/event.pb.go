@@ -183,7 +183,9 @@ type QosEvent struct {
 	// W3C trace id (32 hex digits) of the operation that caused the event, if it was traced.
 	TraceId string `protobuf:"bytes,13,opt,name=trace_id,json=traceId,proto3" json:"trace_id,omitempty"`
 	// When the server committed the event.
-	CreateTime    *timestamppb.Timestamp `protobuf:"bytes,14,opt,name=create_time,json=createTime,proto3" json:"create_time,omitempty"`
+	CreateTime *timestamppb.Timestamp `protobuf:"bytes,14,opt,name=create_time,json=createTime,proto3" json:"create_time,omitempty"`
+	// The tenant of the event's call: a watcher receives only the events of its own tenant.
+	Tenant        string `protobuf:"bytes,20,opt,name=tenant,proto3" json:"tenant,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -316,12 +318,19 @@ func (x *QosEvent) GetCreateTime() *timestamppb.Timestamp {
 	return nil
 }
 
+func (x *QosEvent) GetTenant() string {
+	if x != nil {
+		return x.Tenant
+	}
+	return ""
+}
+
 var File_callqos_v1_event_proto protoreflect.FileDescriptor
 
 const file_callqos_v1_event_proto_rawDesc = "" +
 	"\n" +
 	"\x16callqos/v1/event.proto\x12\n" +
-	"callqos.v1\x1a\x15callqos/v1/call.proto\x1a\x19callqos/v1/flowspec.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xd2\x04\n" +
+	"callqos.v1\x1a\x15callqos/v1/call.proto\x1a\x19callqos/v1/flowspec.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xea\x04\n" +
 	"\bQosEvent\x12\x1a\n" +
 	"\bsequence\x18\x01 \x01(\x04R\bsequence\x12\x12\n" +
 	"\x04call\x18\x02 \x01(\tR\x04call\x12,\n" +
@@ -340,7 +349,8 @@ const file_callqos_v1_event_proto_rawDesc = "" +
 	"request_id\x18\f \x01(\tR\trequestId\x12\x19\n" +
 	"\btrace_id\x18\r \x01(\tR\atraceId\x12;\n" +
 	"\vcreate_time\x18\x0e \x01(\v2\x1a.google.protobuf.TimestampR\n" +
-	"createTime*\xc2\x02\n" +
+	"createTime\x12\x16\n" +
+	"\x06tenant\x18\x14 \x01(\tR\x06tenant*\xc2\x02\n" +
 	"\fQosEventType\x12\x1e\n" +
 	"\x1aQOS_EVENT_TYPE_UNSPECIFIED\x10\x00\x12\x1e\n" +
 	"\x1aQOS_EVENT_TYPE_QOS_GRANTED\x10\x01\x12\x1e\n" +

@@ -11,14 +11,18 @@ import dev.callqos.v1.ListProvidersRequest;
 import dev.callqos.v1.ListProvidersResponse;
 import dev.callqos.v1.RenegotiateCallRequest;
 import dev.callqos.v1.WatchEventsRequest;
+import io.grpc.ChannelCredentials;
 import io.grpc.ClientInterceptor;
 import io.grpc.Grpc;
 import io.grpc.InsecureChannelCredentials;
 import io.grpc.ManagedChannel;
 import io.grpc.Metadata;
 import io.grpc.StatusRuntimeException;
+import io.grpc.TlsChannelCredentials;
 import io.grpc.stub.MetadataUtils;
 import io.opentelemetry.api.OpenTelemetry;
+import java.io.File;
+import java.io.IOException;
 import java.time.Duration;
 import java.util.concurrent.TimeUnit;
 import java.util.function.Function;
@@ -64,8 +68,12 @@ public final class CallQosClient implements AutoCloseable {
       }
     }
     this.ownsChannel = b.channel == null;
+    if (b.token != null && b.tls == null && b.channel == null && !isLoopback(b.target)) {
+      throw new IllegalArgumentException(
+          "a bearer token would cross the network to " + b.target + " in the clear: use tls(...)");
+    }
     this.channel = ownsChannel
-        ? Grpc.newChannelBuilder(b.target, InsecureChannelCredentials.create())
+        ? Grpc.newChannelBuilder(b.target, b.tls != null ? b.tls : InsecureChannelCredentials.create())
             // The retry policy all four callqos clients share (clients/service_config.json).
             .defaultServiceConfig(Policy.serviceConfig())
             .enableRetry()
@@ -78,6 +86,9 @@ public final class CallQosClient implements AutoCloseable {
       md.put(PRINCIPAL_HEADER, b.principal);
       s = s.withInterceptors(MetadataUtils.newAttachHeadersInterceptor(md));
     }
+    if (b.token != null) {
+      s = s.withCallCredentials(new BearerCredentials(b.token, isLoopback(b.target)));
+    }
     if (tracing != null) {
       s = s.withInterceptors(tracing); // the outermost: its span covers the whole call, retries included
     }
@@ -85,7 +96,36 @@ public final class CallQosClient implements AutoCloseable {
     this.timeout = b.timeout;
   }
 
-  /** A builder for a plaintext channel to {@code target} ("host:port", "dns:///host:port"). */
+  /** Whether {@code target} ("host:port", "dns:///host:port") stays on this machine. */
+  static boolean isLoopback(String target) {
+    String host = target.replaceFirst("^dns:///", "");
+    int colon = host.lastIndexOf(':');
+    if (colon > 0) {
+      host = host.substring(0, colon);
+    }
+    host = host.replace("[", "").replace("]", "");
+    return host.equals("localhost") || host.equals("::1") || host.startsWith("127.");
+  }
+
+  /**
+   * TLS channel credentials trusting the CA certificates in {@code ca} (the system's when null),
+   * presenting {@code cert} with its {@code key} (PKCS#8 PEM) when given: mTLS.
+   */
+  public static ChannelCredentials tlsCredentials(File ca, File cert, File key) throws IOException {
+    TlsChannelCredentials.Builder tls = TlsChannelCredentials.newBuilder();
+    if (ca != null) {
+      tls.trustManager(ca);
+    }
+    if (cert != null || key != null) {
+      if (cert == null || key == null) {
+        throw new IllegalArgumentException("a client certificate needs its key, and a key its certificate");
+      }
+      tls.keyManager(cert, key);
+    }
+    return tls.build();
+  }
+
+  /** A builder for a channel to {@code target} ("host:port", "dns:///host:port"), plaintext unless {@link Builder#tls}. */
   public static Builder builder(String target) {
     return new Builder(target);
   }
@@ -96,6 +136,8 @@ public final class CallQosClient implements AutoCloseable {
     private String principal;
     private Duration timeout = DEFAULT_TIMEOUT;
     private OpenTelemetry openTelemetry;
+    private ChannelCredentials tls;
+    private TokenSource token;
 
     private Builder(String target) {
       this.target = target;
@@ -104,6 +146,22 @@ public final class CallQosClient implements AutoCloseable {
     /** Sent as x-callqos-principal on every request. */
     public Builder principal(String principal) {
       this.principal = principal;
+      return this;
+    }
+
+    /** Connect over TLS with these credentials (see {@link CallQosClient#tlsCredentials}). */
+    public Builder tls(ChannelCredentials credentials) {
+      this.tls = credentials;
+      return this;
+    }
+
+    /**
+     * Send {@code authorization: Bearer <token>} with every RPC, asking {@code source} each time
+     * (so it can refresh; {@link TokenSource#file} re-reads a rotated file). Only over TLS, or
+     * to a loopback target.
+     */
+    public Builder token(TokenSource source) {
+      this.token = source;
       return this;
     }
 
