@@ -60,8 +60,15 @@ class Traced:
     def finished(self) -> list[ReadableSpan]:
         return list(self.spans.get_finished_spans())
 
-    def rpc(self, method: str) -> ReadableSpan:
-        matching = [s for s in self.finished() if s.name == f"{SERVICE}/{method}"]
+    async def rpc(self, method: str) -> ReadableSpan:
+        """The server span of the one `method` RPC. The client can hold its answer (or error status)
+        a moment before the server's handler has ended its span, so wait for it, briefly."""
+        name = f"{SERVICE}/{method}"
+        for _ in range(200):  # at most about 2 s
+            if any(s.name == name for s in self.finished()):
+                break
+            await asyncio.sleep(0.01)
+        matching = [s for s in self.finished() if s.name == name]
         assert len(matching) == 1, [s.name for s in self.finished()]
         return matching[0]
 
@@ -116,7 +123,7 @@ def names(spans: Sequence[ReadableSpan]) -> list[str]:
 # -- span trees ---------------------------------------------------------------------------------
 async def test_make_call_span_tree(traced: Traced) -> None:
     call = await traced.stub.CreateCall(make_request(qos(100_000)))
-    server = traced.rpc("CreateCall")
+    server = await traced.rpc("CreateCall")
     assert server.kind is SpanKind.SERVER and server.parent is None
     assert server.status.status_code is StatusCode.UNSET
     assert {k: server.attributes[k] for k in ("rpc.system", "rpc.service", "rpc.method", "rpc.grpc.status_code")} == {
@@ -151,7 +158,7 @@ async def test_refused_make_shows_why_and_is_not_an_error(traced: Traced) -> Non
     assert error.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
     assert reason(error) == "QOS_UNAVAILABLE"
     assert details(error)["QosRefusal"].counter_offer.sending.token_rate_bytes_per_second == CAPACITY
-    server = traced.rpc("CreateCall")
+    server = await traced.rpc("CreateCall")
     assert server.status.status_code is StatusCode.UNSET  # a refusal is an outcome
     assert server.attributes["rpc.grpc.status_code"] == grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]
     assert server.attributes["callqos.outcome"] == "refused"
@@ -171,7 +178,7 @@ async def test_refused_make_shows_why_and_is_not_an_error(traced: Traced) -> Non
 async def test_renegotiate_span_tree(traced: Traced) -> None:
     call = await traced.stub.CreateCall(make_request(qos(100_000)))
     await traced.stub.RenegotiateCall(svc.RenegotiateCallRequest(name=call.name, qos=qos(300_000)))
-    server = traced.rpc("RenegotiateCall")
+    server = await traced.rpc("RenegotiateCall")
     assert server.attributes["callqos.outcome"] == "granted"
     assert names(traced.children(server)) == ["callqos.provider.renegotiate", "callqos.store.commit"]
     renegotiate = next(s for s in traced.children(server) if s.name == "callqos.provider.renegotiate")
@@ -186,7 +193,7 @@ async def test_refused_renegotiation_keeps_the_call_and_says_why(traced: Traced)
         traced.stub.RenegotiateCall(svc.RenegotiateCallRequest(name=call.name, qos=qos(CAPACITY * 2)))
     )
     assert reason(error) == "QOS_UNAVAILABLE"
-    server = traced.rpc("RenegotiateCall")
+    server = await traced.rpc("RenegotiateCall")
     assert server.status.status_code is StatusCode.UNSET
     assert (server.attributes["callqos.outcome"], server.attributes["callqos.reason"]) == ("refused", "QOS_UNAVAILABLE")
     renegotiate = next(s for s in traced.children(server) if s.name == "callqos.provider.renegotiate")
@@ -198,7 +205,7 @@ async def test_failed_renegotiation_is_an_error_on_both_spans(traced: Traced) ->
     call = await traced.stub.CreateCall(make_request(qos(100_000), provider="providers/failing"))
     error = await rpc_error(traced.stub.RenegotiateCall(svc.RenegotiateCallRequest(name=call.name, qos=qos(200_000))))
     assert error.code() is grpc.StatusCode.UNAVAILABLE and reason(error) == "PROVIDER_UNAVAILABLE"
-    server = traced.rpc("RenegotiateCall")
+    server = await traced.rpc("RenegotiateCall")
     assert server.status.status_code is StatusCode.ERROR
     assert (server.attributes["callqos.outcome"], server.attributes["callqos.reason"]) == (
         "error",
@@ -216,7 +223,7 @@ async def test_failed_renegotiation_is_an_error_on_both_spans(traced: Traced) ->
 async def test_drop_span_tree(traced: Traced) -> None:
     call = await traced.stub.CreateCall(make_request(qos(100_000)))
     await traced.stub.DropCall(svc.DropCallRequest(name=call.name))
-    server = traced.rpc("DropCall")
+    server = await traced.rpc("DropCall")
     assert names(traced.children(server)) == ["callqos.provider.release", "callqos.store.commit"]
     release = next(s for s in traced.children(server) if s.name == "callqos.provider.release")
     assert release.attributes["callqos.call"] == call.name
@@ -232,7 +239,7 @@ async def test_provider_spans_are_parents_of_the_plugins_own_spans(traced: Trace
         await traced.stub.CreateCall(make_request(qos(1000), provider="providers/failing"))
     finally:
         trace.get_tracer = original  # type: ignore[assignment]
-    admit = next(s for s in traced.children(traced.rpc("CreateCall")) if s.name == "callqos.provider.admit")
+    admit = next(s for s in traced.children(await traced.rpc("CreateCall")) if s.name == "callqos.provider.admit")
     assert names(traced.children(admit)) == ["plugin.own-work"]
 
 
@@ -243,7 +250,7 @@ async def test_client_span_and_server_span_share_one_trace(traced: Traced) -> No
         carrier: dict[str, str] = {}
         propagate.inject(carrier)  # W3C traceparent, as the Python client sends it
         call = await traced.stub.CreateCall(make_request(qos(1000)), metadata=tuple(carrier.items()))
-    server = traced.rpc("CreateCall")
+    server = await traced.rpc("CreateCall")
     assert server.context.trace_id == client_span.get_span_context().trace_id
     assert server.parent is not None and server.parent.span_id == client_span.get_span_context().span_id
     assert server.parent.is_remote
@@ -255,8 +262,8 @@ async def test_each_event_carries_the_trace_id_of_its_operation(traced: Traced) 
     call = await traced.stub.CreateCall(make_request(qos(1000)))
     await traced.stub.DropCall(svc.DropCallRequest(name=call.name))
     granted, dropped = await collect(traced.stub, 2, after_sequence=0)
-    assert granted.trace_id == trace_id(traced.rpc("CreateCall"))
-    assert dropped.trace_id == trace_id(traced.rpc("DropCall"))
+    assert granted.trace_id == trace_id(await traced.rpc("CreateCall"))
+    assert dropped.trace_id == trace_id(await traced.rpc("DropCall"))
     assert granted.trace_id != dropped.trace_id
 
 
@@ -377,7 +384,7 @@ async def test_excluded_services_are_not_traced(config: Config) -> None:
 async def test_stable_rpc_semconv_with_dup(config: Config) -> None:
     async for traced in _traced(config, Semconv(old=True, new=True)):
         await rpc_error(traced.stub.GetCall(svc.GetCallRequest(name="calls/nope")))
-        span = traced.rpc("GetCall")
+        span = await traced.rpc("GetCall")
         assert span.attributes["rpc.system.name"] == "grpc" and span.attributes["rpc.system"] == "grpc"
         assert span.attributes["rpc.method"] == f"{SERVICE}/GetCall"
         assert span.attributes["rpc.response.status_code"] == "NOT_FOUND"
@@ -458,7 +465,7 @@ async def test_python_client_joins_the_callers_trace(traced: Traced) -> None:
         with tracer.start_as_current_span("application work") as outer:
             call = await client.make_call("sip:traced@example.test")
         await client.drop(call.name)
-    server_span = traced.rpc("CreateCall")
+    server_span = await traced.rpc("CreateCall")
     assert server_span.context.trace_id == outer.get_span_context().trace_id
     assert server_span.parent is not None and server_span.parent.span_id == outer.get_span_context().span_id
-    assert traced.rpc("DropCall").context.trace_id != outer.get_span_context().trace_id
+    assert (await traced.rpc("DropCall")).context.trace_id != outer.get_span_context().trace_id
