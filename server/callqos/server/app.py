@@ -15,10 +15,11 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from callqos.server.calls import CallManager
 from callqos.server.config import Config
 from callqos.server.events import EventHub
 from callqos.server.hosting import HostedProviders
+from callqos.server.incoming import Switchboard
+from callqos.server.lines import LineManager
 from callqos.server.service import CallQosServicer, add_to_server
 from callqos.server.store.sqlite import MEMORY, SqliteStore
 from callqos.server.telemetry import Telemetry
@@ -57,7 +58,7 @@ class Running:
     port: int
     health: health.aio.HealthServicer
     hub: EventHub
-    calls: CallManager
+    calls: Switchboard
     providers: HostedProviders
     store: SqliteStore
     servicer: CallQosServicer
@@ -73,6 +74,7 @@ class Running:
         await self.health.enter_graceful_shutdown()
         await self.hub.close()
         await self.server.stop(self.config.shutdown_grace_seconds)
+        await self.calls.stop()
         if self._pruner is not None:
             self._pruner.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -132,7 +134,8 @@ async def _start(
     providers = HostedProviders(
         config.providers, config.default_provider, config.provider_timeout_seconds, telemetry=instruments
     )
-    calls = CallManager(store, hub, providers, telemetry=instruments)
+    lines = LineManager(store, config.no_answer_seconds)
+    calls = Switchboard(store, hub, providers, instruments, lines)
     await calls.start()
     for call in await store.connected_calls():
         instruments.call_committed(call)
@@ -142,7 +145,7 @@ async def _start(
     # The telemetry interceptor runs first, so the span covers the other interceptors too.
     tracing = TelemetryInterceptor(instruments, telemetry.excluded_services)
     server = grpc.aio.server(options=grpc_options(config), interceptors=[tracing, *(interceptors or [])])
-    servicer = CallQosServicer(calls, hub, providers, config.max_watchers)
+    servicer = CallQosServicer(calls, hub, providers, config.max_watchers, lines)
     instruments.open_watch_streams = lambda: servicer.open_watchers
     add_to_server(servicer, server)
     health_servicer = health.aio.HealthServicer()

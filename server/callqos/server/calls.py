@@ -35,6 +35,7 @@ from callqos.server.locks import KeyedLocks, to_completion
 from callqos.server.providers.base import (
     AdmissionRequest,
     Grant,
+    IncomingOffer,
     ProviderChange,
     Refusal,
     RefusalKind,
@@ -64,6 +65,13 @@ def etag_of(call: Call) -> str:
     unsigned.CopyFrom(call)
     unsigned.ClearField("etag")
     return hashlib.sha256(unsigned.SerializeToString(deterministic=True)).hexdigest()[:16]
+
+
+def holds_reservation(call: Call) -> bool:
+    """Whether the provider holds `call`'s reservation under the call's own name. Every call
+    does but the answering leg of a call between two lines: that pair's one reservation is held
+    under the caller's leg, its `peer` (see `incoming`)."""
+    return not (call.direction == Call.Direction.DIRECTION_INCOMING and call.peer)
 
 
 def _now() -> timestamp_pb2.Timestamp:
@@ -98,18 +106,20 @@ class Release:
     """A reservation `provider` holds for the call, which the outcome frees: before it is
     recorded (a drop; an admission the provider failed part-way through, which may hold part
     of one), or only if recording fails (a fresh grant: without the call, nothing would ever
-    release it)."""
+    release it). `holder` names the call the provider holds it under when that is not the
+    settled call (the caller's leg of a call between two lines)."""
 
     provider: HostedProvider
     before_commit: bool
+    holder: str = ""
 
     @classmethod
-    def first(cls, provider: HostedProvider) -> Release:
-        return cls(provider, before_commit=True)
+    def first(cls, provider: HostedProvider, holder: str = "") -> Release:
+        return cls(provider, before_commit=True, holder=holder)
 
     @classmethod
-    def if_commit_fails(cls, provider: HostedProvider) -> Release:
-        return cls(provider, before_commit=False)
+    def if_commit_fails(cls, provider: HostedProvider, holder: str = "") -> Release:
+        return cls(provider, before_commit=False, holder=holder)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -118,6 +128,7 @@ class Outcome:
     what it does about each; `CallManager._settle` makes it take effect."""
 
     call: Call  # the call as it is to be stored
+    peers: Sequence[Call]  # other calls stored in the same transaction: the other leg of a pair, or none
     events: Sequence[QosEvent]  # the events announcing it, stored with it
     failure: ServiceError | None  # what the caller gets instead of the call (None: the call)
     key: RequestKey | None  # the request_id this is the first outcome of (None: no request_id)
@@ -139,6 +150,8 @@ class CallManager:
         """Hand every connected call back to its provider; apply what no longer fits."""
         held: dict[str, list[Restored]] = {}
         for call in await self.store.connected_calls():
+            if not holds_reservation(call):
+                continue  # its pair's reservation is restored with the caller's leg
             provider_id = names.parse_provider(call.provider) or ""
             held.setdefault(provider_id, []).append(
                 Restored(call.name, call.destination, call.service_level, call.granted_qos)
@@ -161,9 +174,11 @@ class CallManager:
             raise ServiceError(Reason.ERROR_REASON_CALL_NOT_FOUND, f"no call {name}", metadata={"call": name})
         return call
 
-    async def list_calls(self, *, state: int | None, provider: str | None, limit: int, before: int) -> CallPage:
+    async def list_calls(
+        self, *, state: int | None, provider: str | None, limit: int, before: int, line: str | None = None
+    ) -> CallPage:
         """Calls newest first, `limit` of them from cursor `before` (0: the newest)."""
-        return await self.store.list_calls(state=state, provider=provider, limit=limit, before=before)
+        return await self.store.list_calls(state=state, provider=provider, limit=limit, before=before, line=line)
 
     async def provider_of(self, name: str) -> HostedProvider:
         """The hosted provider of the call `name`: CALL_NOT_FOUND, or PROVIDER_NOT_FOUND when the
@@ -200,6 +215,7 @@ class CallManager:
             now = _now()
             call = Call(
                 name=name,
+                direction=Call.Direction.DIRECTION_OUTGOING,
                 destination=request.call.destination,
                 provider=info.name,
                 service_level=level,
@@ -235,7 +251,13 @@ class CallManager:
                 ]
                 return await self._settle(
                     Outcome(
-                        call=call, events=events, failure=error, key=key, decided=decided, release=Release.first(info)
+                        call=call,
+                        peers=(),
+                        events=events,
+                        failure=error,
+                        key=key,
+                        decided=decided,
+                        release=Release.first(info),
                     )
                 )
             if isinstance(decision, Refusal):
@@ -266,7 +288,7 @@ class CallManager:
                     ),
                 ]
                 return await self._settle(
-                    Outcome(call=call, events=events, failure=refusal, key=key, decided=decided, release=None)
+                    Outcome(call=call, peers=(), events=events, failure=refusal, key=key, decided=decided, release=None)
                 )
             call.state = State.STATE_CONNECTED
             call.granted_qos.CopyFrom(decision.qos)
@@ -276,6 +298,7 @@ class CallManager:
             return await self._settle(
                 Outcome(
                     call=call,
+                    peers=(),
                     events=[granted],
                     failure=None,
                     key=key,
@@ -352,7 +375,7 @@ class CallManager:
                     message=error.message,
                 )
                 return await self._settle(
-                    Outcome(call=call, events=[failed], failure=error, key=key, decided=decided, release=None)
+                    Outcome(call=call, peers=(), events=[failed], failure=error, key=key, decided=decided, release=None)
                 )
             if isinstance(decision, Refusal):
                 refusal = refused(
@@ -373,7 +396,9 @@ class CallManager:
                     counter_offer=decision.counter_offer,
                 )
                 return await self._settle(
-                    Outcome(call=call, events=[failed], failure=refusal, key=key, decided=decided, release=None)
+                    Outcome(
+                        call=call, peers=(), events=[failed], failure=refusal, key=key, decided=decided, release=None
+                    )
                 )
             previous = QosSpec()
             previous.CopyFrom(call.granted_qos)
@@ -391,7 +416,7 @@ class CallManager:
                 cause=event_pb2.QosChangeCause.QOS_CHANGE_CAUSE_RENEGOTIATED,
             )
             return await self._settle(
-                Outcome(call=call, events=[changed], failure=None, key=key, decided=decided, release=None)
+                Outcome(call=call, peers=(), events=[changed], failure=None, key=key, decided=decided, release=None)
             )
 
     # -- drop -------------------------------------------------------------------------------
@@ -419,10 +444,23 @@ class CallManager:
                 disconnect=Disconnect.DISCONNECT_REASON_NORMAL,
             )
             return await self._settle(
-                Outcome(call=call, events=[event], failure=None, key=None, decided=None, release=Release.first(info))
+                Outcome(
+                    call=call,
+                    peers=(),
+                    events=[event],
+                    failure=None,
+                    key=None,
+                    decided=None,
+                    release=Release.first(info),
+                )
             )
 
-    # -- provider-initiated change (ProviderHost) -------------------------------------------
+    # -- provider-initiated change and offers (ProviderHost) ---------------------------------
+    async def offer(self, provider: str, offer: IncomingOffer) -> str | None:
+        """A call arriving from a provider's network is offered on a line; this manager has no
+        lines (`incoming.Switchboard` has), so no line is open for any address."""
+        return None
+
     async def report_change(self, change: ProviderChange) -> None:
         with self.telemetry.background("callqos.provider.change", {"callqos.call": change.call}):
             await self._apply_change(change)
@@ -472,7 +510,9 @@ class CallManager:
                     )
                 ]
             # The provider made the change itself: it already holds what it reports (or nothing).
-            await self._settle(Outcome(call=call, events=events, failure=None, key=None, decided=None, release=None))
+            await self._settle(
+                Outcome(call=call, peers=(), events=events, failure=None, key=None, decided=None, release=None)
+            )
 
     # -- settling an outcome ----------------------------------------------------------------
     async def _settle(self, outcome: Outcome) -> Call:
@@ -489,13 +529,13 @@ class CallManager:
             verdict = "refused" if failure.refusal is not None else "error"
             self.telemetry.decision(decided.operation, call.provider, decided.offered, verdict, failure.reason_name)
         if release is not None and release.before_commit:
-            await self._release_quietly(release.provider, call.name)
+            await self._release_quietly(release.provider, release.holder or call.name)
         record: IdempotencyRecord | None = outcome.key.record(call.name, failure) if outcome.key else None
         try:
-            await self._commit(call, outcome.events, record)
+            await self._commit([call, *outcome.peers], outcome.events, record)
         except BaseException:
             if release is not None and not release.before_commit:
-                await self._release_quietly(release.provider, call.name)
+                await self._release_quietly(release.provider, release.holder or call.name)
             raise
         if failure is not None:
             raise failure
@@ -503,10 +543,13 @@ class CallManager:
             self.telemetry.decision(decided.operation, call.provider, decided.offered, "granted")
         return call
 
-    async def _commit(self, call: Call, events: Sequence[QosEvent], record: IdempotencyRecord | None) -> None:
-        with self.telemetry.store_commit(call.name, len(events)):
-            numbered = await self.store.commit(call, events, record)
-        self.telemetry.call_committed(call)
+    async def _commit(
+        self, calls: Sequence[Call], events: Sequence[QosEvent], record: IdempotencyRecord | None
+    ) -> None:
+        with self.telemetry.store_commit(calls[0].name, len(events)):
+            numbered = await self.store.commit(calls, events, record)
+        for call in calls:
+            self.telemetry.call_committed(call)
         await self.hub.publish(numbered)
 
     async def _release_quietly(self, info: HostedProvider, name: str) -> None:
@@ -568,6 +611,7 @@ class CallManager:
     ) -> QosEvent:
         event = QosEvent(
             call=call.name,
+            line=call.line,
             type=kind,
             provider=call.provider,
             cause=cause,

@@ -17,6 +17,9 @@ from callqos import wire
 
 ENV_PREFIX = "CALLQOS_"
 STORAGES = ("sqlite", "memory")
+# The range of a no-answer timeout, the server's default and a line's own alike.
+MIN_NO_ANSWER_SECONDS = 1.0
+MAX_NO_ANSWER_SECONDS = 600.0
 
 
 class ConfigError(Exception):
@@ -58,6 +61,9 @@ class Config:
     # HOST:PORT of a Prometheus /metrics endpoint; "" = off. Exporters, sampler and service name
     # are set by the standard OTEL_* variables instead (see deploy/README.md).
     metrics_listen: str = ""
+    # How long a call offered on a line rings before it is disconnected NO_ANSWER, unless the
+    # line sets its own no_answer_timeout when it is opened (whoever opens a line may).
+    no_answer_seconds: float = 30.0
 
     def validate(self) -> None:
         if self.storage not in STORAGES:
@@ -82,6 +88,10 @@ class Config:
                 raise ConfigError(f"{name} must be at least 1")
         if self.event_retention_seconds < 0:
             raise ConfigError("event_retention_seconds must not be negative")
+        if not MIN_NO_ANSWER_SECONDS <= self.no_answer_seconds <= MAX_NO_ANSWER_SECONDS:
+            raise ConfigError(
+                f"no_answer_seconds must be between {MIN_NO_ANSWER_SECONDS:g} and {MAX_NO_ANSWER_SECONDS:g}"
+            )
 
     @property
     def database_path(self) -> Path:

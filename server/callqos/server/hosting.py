@@ -17,13 +17,13 @@ import logging
 import time
 from collections.abc import Awaitable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from callqos.server import names
 from callqos.server.errors import Reason, ServiceError
 from callqos.server.locks import to_completion
 from callqos.server.providers import registry
-from callqos.server.providers.base import AdmissionRequest, Provider, ProviderChange, ProviderHost, Restored
+from callqos.server.providers.base import AdmissionRequest, IncomingOffer, Provider, ProviderChange, Restored
 from callqos.server.telemetry.instruments import Instruments
 from callqos.v1 import provider_pb2
 
@@ -38,6 +38,29 @@ CALLER_BOUND = frozenset({"admit", "renegotiate"})
 # Provider operations after which a link's reservations may have changed (the link gauges are
 # refreshed after each).
 CHANGES_LINKS = frozenset({"admit", "renegotiate", "release", "update_link"})
+
+
+class Host(Protocol):
+    """What the server does for its providers (the call manager): each provider sees it through
+    a `ProviderHostView` of its own, so the server knows which provider offers a call."""
+
+    async def report_change(self, change: ProviderChange) -> None: ...
+
+    async def offer(self, provider: str, offer: IncomingOffer) -> str | None: ...
+
+
+@dataclass(frozen=True)
+class ProviderHostView:
+    """The `ProviderHost` one provider is given: the server's host, with its offers its own."""
+
+    host: Host
+    provider: str  # `providers/{provider}`
+
+    async def report_change(self, change: ProviderChange) -> None:
+        await self.host.report_change(change)
+
+    async def offer_call(self, offer: IncomingOffer) -> str | None:
+        return await self.host.offer(self.provider, offer)
 
 
 @dataclass
@@ -82,12 +105,13 @@ class HostedProviders:
             )
         self.default_id = default
 
-    async def start(self, host: ProviderHost, connected: Mapping[str, Sequence[Restored]]) -> list[ProviderChange]:
+    async def start(self, host: Host, connected: Mapping[str, Sequence[Restored]]) -> list[ProviderChange]:
         """Start every provider with the connected calls it held; the changes they report for
         calls that no longer fit are returned for the host to apply."""
         changes: list[ProviderChange] = []
         for info in self._by_id.values():
-            changes.extend(await info.provider.start(host, list(connected.get(info.id, ()))))
+            view = ProviderHostView(host, info.name)
+            changes.extend(await info.provider.start(view, list(connected.get(info.id, ()))))
         return changes
 
     async def stop(self) -> None:
@@ -180,6 +204,14 @@ class HostedProviders:
             log.warning("could not read the links of provider %s for metrics", info.id, exc_info=True)
             return
         self.telemetry.record_links(info.name, links)
+
+    async def offer_ended(self, info: HostedProvider, call: str, reason: int) -> None:
+        """Tell the provider that the call it offered ended unanswered. Never fails: the call has
+        ended whatever the provider makes of it."""
+        try:
+            await self.call(info, "offer_ended", info.provider.offer_ended(call, reason), call=call)
+        except ServiceError:
+            log.warning("provider %s was not told that its offer %s ended", info.id, call)
 
     # -- link administration (ListLinks, UpdateLink) ----------------------------------------
     def link_admin(self, provider_name: str) -> HostedProvider:

@@ -1,11 +1,13 @@
 """The gRPC servicer: decode the request, read the caller's identity, delegate, encode the answer.
 
 It decides nothing about a request itself. Each handler passes the request through `validation`
-(what a valid request is), then hands it to the one that decides: the call manager (`calls`) for
-calls, the event hub (`events`) for watch streams, the provider host (`hosting`) for providers
-and links; failures become statuses as `errors` says. What stays here is request plumbing:
-decoding (a corrupt body is INVALID_ARGUMENT, not UNKNOWN), the caller's principal and deadline,
-the count of open watch streams, and encoding answers and pages.
+(what a valid request is), then hands it to the one that decides: the call manager (the
+switchboard, `incoming`, which is `calls` plus lines) for calls, answers and closing a line, the
+line manager (`lines`) for opening and reading lines, the event hub (`events`) for watch streams,
+the provider host (`hosting`) for providers and links; failures become statuses as `errors` says.
+What stays here is request plumbing: decoding (a corrupt body is INVALID_ARGUMENT, not UNKNOWN),
+the caller's principal and deadline, the count of open watch streams, and encoding answers and
+pages.
 """
 
 from __future__ import annotations
@@ -22,12 +24,13 @@ from google.protobuf.message import DecodeError, Message
 from grpc_status import rpc_status
 
 from callqos.server import names, validation
-from callqos.server.calls import CallManager
 from callqos.server.errors import FieldViolation, Reason, ReplayedStatus, ServiceError, invalid
 from callqos.server.events import EventHub
 from callqos.server.hosting import CALLER_DEADLINE, HostedProviders, provider_proto
+from callqos.server.incoming import Switchboard
+from callqos.server.lines import LineManager
 from callqos.server.validation import DEFAULT_PAGE, MAX_PAGE, MAX_PROVIDER_PAGE
-from callqos.v1 import call_pb2
+from callqos.v1 import call_pb2, line_pb2
 from callqos.v1 import callqos_service_pb2 as svc
 from callqos.v1 import callqos_service_pb2_grpc as svc_grpc
 from callqos.wire import ANONYMOUS_PRINCIPAL as ANONYMOUS
@@ -120,8 +123,11 @@ def principal_of(context: grpc.aio.ServicerContext) -> str:
 
 
 class CallQosServicer(svc_grpc.CallQosServiceServicer):
-    def __init__(self, calls: CallManager, hub: EventHub, providers: HostedProviders, max_watchers: int) -> None:
+    def __init__(
+        self, calls: Switchboard, hub: EventHub, providers: HostedProviders, max_watchers: int, lines: LineManager
+    ) -> None:
         self._calls = calls
+        self._lines = lines
         self._hub = hub
         self._providers = providers
         self._max_watchers = max_watchers
@@ -151,7 +157,9 @@ class CallQosServicer(svc_grpc.CallQosServiceServicer):
         size = validation.page_size(request.page_size, DEFAULT_PAGE, MAX_PAGE)
         selected = validation.call_filter(request.filter)
         before = validation.page_cursor(request.page_token, selected.page_scope)
-        page = await self._calls.list_calls(state=selected.state, provider=selected.provider, limit=size, before=before)
+        page = await self._calls.list_calls(
+            state=selected.state, provider=selected.provider, limit=size, before=before, line=selected.line
+        )
         return svc.ListCallsResponse(
             calls=page.calls, next_page_token=validation.page_token(page.next_cursor, selected.page_scope)
         )
@@ -171,6 +179,53 @@ class CallQosServicer(svc_grpc.CallQosServiceServicer):
         principal = principal_of(context)
         validation.drop(request)
         return await self._calls.drop(request, principal)
+
+    @unary
+    async def AnswerCall(self, request: svc.AnswerCallRequest, context: grpc.aio.ServicerContext) -> call_pb2.Call:
+        principal = principal_of(context)
+        validation.answer(request, None)
+        # What may be answered depends on the offer (the call's requested_qos, which does not
+        # change while it is offered) and its provider's limits.
+        offered = await self._calls.get(request.name)
+        info = self._providers.get(offered.provider)
+        validation.answer(request, offered.requested_qos, info.capabilities, info.provider.validate_provider_specific)
+        return await self._calls.answer(request, principal)
+
+    @unary
+    async def RejectCall(self, request: svc.RejectCallRequest, context: grpc.aio.ServicerContext) -> call_pb2.Call:
+        principal = principal_of(context)
+        validation.reject(request)
+        return await self._calls.reject(request, principal)
+
+    @unary
+    async def CreateLine(self, request: svc.CreateLineRequest, context: grpc.aio.ServicerContext) -> line_pb2.Line:
+        principal = principal_of(context)
+        validation.line_create(request)
+        return await self._lines.create(request, principal)
+
+    @unary
+    async def GetLine(self, request: svc.GetLineRequest, context: grpc.aio.ServicerContext) -> line_pb2.Line:
+        return await self._lines.get(validation.line_name(request.name))
+
+    @unary
+    async def ListLines(
+        self, request: svc.ListLinesRequest, context: grpc.aio.ServicerContext
+    ) -> svc.ListLinesResponse:
+        size = validation.page_size(request.page_size, DEFAULT_PAGE, MAX_PAGE)
+        selected = validation.line_filter(request.filter)
+        before = validation.page_cursor(request.page_token, selected.page_scope)
+        page = await self._lines.list_lines(
+            state=selected.state, address=selected.address, owner=selected.owner, limit=size, before=before
+        )
+        return svc.ListLinesResponse(
+            lines=page.lines, next_page_token=validation.page_token(page.next_cursor, selected.page_scope)
+        )
+
+    @unary
+    async def CloseLine(self, request: svc.CloseLineRequest, context: grpc.aio.ServicerContext) -> line_pb2.Line:
+        principal = principal_of(context)
+        validation.close_line(request)
+        return await self._calls.close_line(request, principal)
 
     async def WatchEvents(
         self, request: svc.WatchEventsRequest, context: grpc.aio.ServicerContext

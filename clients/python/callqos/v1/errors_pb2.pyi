@@ -28,6 +28,10 @@ class ErrorReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     ERROR_REASON_SHUTTING_DOWN: _ClassVar[ErrorReason]
     ERROR_REASON_TOO_MANY_WATCHERS: _ClassVar[ErrorReason]
     ERROR_REASON_INTERNAL: _ClassVar[ErrorReason]
+    ERROR_REASON_LINE_NOT_FOUND: _ClassVar[ErrorReason]
+    ERROR_REASON_LINE_ALREADY_EXISTS: _ClassVar[ErrorReason]
+    ERROR_REASON_ADDRESS_IN_USE: _ClassVar[ErrorReason]
+    ERROR_REASON_CALL_NOT_OFFERING: _ClassVar[ErrorReason]
 
 class GrpcCode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -69,6 +73,10 @@ ERROR_REASON_PROVIDER_CONTRACT_VIOLATION: ErrorReason
 ERROR_REASON_SHUTTING_DOWN: ErrorReason
 ERROR_REASON_TOO_MANY_WATCHERS: ErrorReason
 ERROR_REASON_INTERNAL: ErrorReason
+ERROR_REASON_LINE_NOT_FOUND: ErrorReason
+ERROR_REASON_LINE_ALREADY_EXISTS: ErrorReason
+ERROR_REASON_ADDRESS_IN_USE: ErrorReason
+ERROR_REASON_CALL_NOT_OFFERING: ErrorReason
 GRPC_CODE_UNSPECIFIED: GrpcCode
 GRPC_CODE_CANCELLED: GrpcCode
 GRPC_CODE_UNKNOWN: GrpcCode

@@ -2,8 +2,10 @@
 PostgreSQL backend (several replicas sharing admission and events) slots in beside SQLite.
 
 Guarantees every backend gives:
-- `commit` stores a call's new state, the events that announce it and the idempotency record in
-  ONE transaction, and assigns the events strictly increasing sequence numbers, never reused.
+- `commit` stores the new state of a call — or of several: both legs of a call between two lines
+  — and of any lines it changes, the events that announce it and the idempotency record in ONE
+  transaction, and assigns the events strictly increasing sequence numbers, never reused.
+- At most one line is open per address, whatever commits race.
 - Sequence order is commit order: once `commit` returns, no event with a lower sequence can
   appear later (a watcher that has read up to N never misses an event below N).
 - `events_after(n)` returns retained events with sequence > n in order.
@@ -15,7 +17,7 @@ import abc
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from callqos.v1 import call_pb2, event_pb2
+from callqos.v1 import call_pb2, event_pb2, line_pb2
 
 
 @dataclass(frozen=True)
@@ -26,7 +28,7 @@ class IdempotencyRecord:
     principal: str
     method: str
     fingerprint: str  # hash of the request without its request_id
-    call: str  # the call the request created or changed
+    call: str  # the resource (a call, or a line) the request created or changed
     status: bytes = b""  # serialized google.rpc.Status when it failed; empty on success
 
 
@@ -42,25 +44,58 @@ class CallPage:
     next_cursor: int  # pass back as `before` for the next page; 0 when there is none
 
 
+@dataclass(frozen=True)
+class LinePage:
+    lines: list[line_pb2.Line]
+    next_cursor: int  # pass back as `before` for the next page; 0 when there is none
+
+
+class AddressInUseError(Exception):
+    """`commit` would open a second line for an address; nothing was stored."""
+
+
 class Store(abc.ABC):
     @abc.abstractmethod
     async def get_call(self, name: str) -> call_pb2.Call | None: ...
 
     @abc.abstractmethod
-    async def list_calls(self, *, state: int | None, provider: str | None, limit: int, before: int) -> CallPage:
+    async def list_calls(
+        self, *, state: int | None, provider: str | None, limit: int, before: int, line: str | None = None
+    ) -> CallPage:
         """Calls newest first; `before` = 0 starts at the newest."""
 
     @abc.abstractmethod
     async def connected_calls(self) -> list[call_pb2.Call]: ...
 
     @abc.abstractmethod
+    async def calls_in_state(self, state: int) -> list[call_pb2.Call]:
+        """Every call in `state`, oldest first (the offered calls to ring out at start-up)."""
+
+    @abc.abstractmethod
     async def commit(
         self,
-        call: call_pb2.Call,
+        call: call_pb2.Call | Sequence[call_pb2.Call],
         events: Sequence[event_pb2.QosEvent],
         idempotency: IdempotencyRecord | None = None,
+        *,
+        lines: Sequence[line_pb2.Line] = (),
     ) -> list[event_pb2.QosEvent]:
-        """Store the call (insert or replace) with its events; returns the events numbered."""
+        """Store the call or calls and the lines (each inserted or replaced) with the events;
+        returns the events numbered. AddressInUseError (nothing stored) when a line would be the
+        second open one for its address."""
+
+    @abc.abstractmethod
+    async def get_line(self, name: str) -> line_pb2.Line | None: ...
+
+    @abc.abstractmethod
+    async def open_line(self, address: str) -> line_pb2.Line | None:
+        """The line open for `address`, if there is one."""
+
+    @abc.abstractmethod
+    async def list_lines(
+        self, *, state: int | None, address: str | None, owner: str | None, limit: int, before: int
+    ) -> LinePage:
+        """Lines newest first; `before` = 0 starts at the newest."""
 
     @abc.abstractmethod
     async def find_request(self, request_id: str, principal: str) -> IdempotencyRecord | None: ...

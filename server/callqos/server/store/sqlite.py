@@ -15,8 +15,8 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
 
-from callqos.server.store.base import CallPage, EventBounds, IdempotencyRecord, Store
-from callqos.v1 import call_pb2, event_pb2
+from callqos.server.store.base import AddressInUseError, CallPage, EventBounds, IdempotencyRecord, LinePage, Store
+from callqos.v1 import call_pb2, event_pb2, line_pb2
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS calls (
@@ -44,7 +44,20 @@ CREATE TABLE IF NOT EXISTS requests (            -- AIP-155 idempotency records
 );
 CREATE INDEX IF NOT EXISTS requests_age ON requests (create_us);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS lines (
+    seq      INTEGER PRIMARY KEY AUTOINCREMENT,  -- creation order, for newest-first listing
+    name     TEXT NOT NULL UNIQUE,
+    address  TEXT NOT NULL,
+    owner    TEXT NOT NULL,
+    state    INTEGER NOT NULL,
+    data     BLOB NOT NULL                       -- callqos.v1.Line
+);
+-- At most one open line per address, whatever commits race (callqos.v1.Line.State.STATE_OPEN = 1).
+CREATE UNIQUE INDEX IF NOT EXISTS lines_open_address ON lines (address) WHERE state = 1;
 """
+# Added to the calls of a file made before lines existed (see _add_line_column). Both additions
+# are compatible both ways (a new table, a column with a default), so SCHEMA_VERSION stays.
+_CALLS_BY_LINE = "CREATE INDEX IF NOT EXISTS calls_line ON calls (line, seq) WHERE line != ''"
 MEMORY = ":memory:"
 # Bumped whenever _SCHEMA changes incompatibly; a file of another version is refused, not guessed at.
 SCHEMA_VERSION = 1
@@ -82,9 +95,18 @@ class SqliteStore(Store):
                 self._lock_file.close()
             raise OSError(f"{path} has schema version {version}; this server needs {SCHEMA_VERSION}")
         self._db.executescript(_SCHEMA)
+        self._add_line_column()
         self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         row = self._db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'events'").fetchone()
         self._last_seq: int = row[0] if row else 0
+
+    def _add_line_column(self) -> None:
+        """The `line` of each call (its Call.line), for ListCalls' line filter: part of a new
+        file's calls table, added to one made before lines existed."""
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(calls)")}
+        if "line" not in columns:
+            self._db.execute("ALTER TABLE calls ADD COLUMN line TEXT NOT NULL DEFAULT ''")
+        self._db.execute(_CALLS_BY_LINE)
 
     # -- calls ----------------------------------------------------------------------------
     async def get_call(self, name: str) -> call_pb2.Call | None:
@@ -105,7 +127,9 @@ class SqliteStore(Store):
         if len(self._cache) > CACHED_CALLS:
             self._cache.popitem(last=False)
 
-    async def list_calls(self, *, state: int | None, provider: str | None, limit: int, before: int) -> CallPage:
+    async def list_calls(
+        self, *, state: int | None, provider: str | None, limit: int, before: int, line: str | None = None
+    ) -> CallPage:
         sql = "SELECT seq, data FROM calls WHERE seq < ?"
         args: list[object] = [before or (1 << 62)]
         if state is not None:
@@ -114,6 +138,9 @@ class SqliteStore(Store):
         if provider is not None:
             sql += " AND provider = ?"
             args.append(provider)
+        if line is not None:
+            sql += " AND line = ?"
+            args.append(line)
         sql += " ORDER BY seq DESC LIMIT ?"
         args.append(limit + 1)  # one more tells whether another page exists
         rows = self._db.execute(sql, args).fetchall()
@@ -128,34 +155,74 @@ class SqliteStore(Store):
         ).fetchall()
         return [call_pb2.Call.FromString(data) for (data,) in rows]
 
+    async def calls_in_state(self, state: int) -> list[call_pb2.Call]:
+        rows = self._db.execute("SELECT data FROM calls WHERE state = ? ORDER BY seq", (state,)).fetchall()
+        return [call_pb2.Call.FromString(data) for (data,) in rows]
+
+    # -- lines ----------------------------------------------------------------------------
+    async def get_line(self, name: str) -> line_pb2.Line | None:
+        row = self._db.execute("SELECT data FROM lines WHERE name = ?", (name,)).fetchone()
+        return line_pb2.Line.FromString(row[0]) if row else None
+
+    async def open_line(self, address: str) -> line_pb2.Line | None:
+        row = self._db.execute(
+            "SELECT data FROM lines WHERE address = ? AND state = ?", (address, line_pb2.Line.State.STATE_OPEN)
+        ).fetchone()
+        return line_pb2.Line.FromString(row[0]) if row else None
+
+    async def list_lines(
+        self, *, state: int | None, address: str | None, owner: str | None, limit: int, before: int
+    ) -> LinePage:
+        sql = "SELECT seq, data FROM lines WHERE seq < ?"
+        args: list[object] = [before or (1 << 62)]
+        for column, value in (("state", state), ("address", address), ("owner", owner)):
+            if value is not None:
+                sql += f" AND {column} = ?"
+                args.append(value)
+        sql += " ORDER BY seq DESC LIMIT ?"
+        args.append(limit + 1)
+        rows = self._db.execute(sql, args).fetchall()
+        lines = [line_pb2.Line.FromString(data) for _, data in rows[:limit]]
+        return LinePage(lines, rows[limit - 1][0] if len(rows) > limit else 0)
+
     # -- the one write path ---------------------------------------------------------------
     async def commit(
         self,
-        call: call_pb2.Call,
+        call: call_pb2.Call | Sequence[call_pb2.Call],
         events: Sequence[event_pb2.QosEvent],
         idempotency: IdempotencyRecord | None = None,
+        *,
+        lines: Sequence[line_pb2.Line] = (),
     ) -> list[event_pb2.QosEvent]:
         numbered: list[event_pb2.QosEvent] = []
         seq = self._last_seq
         now_us = time.time_ns() // 1000
-        data = call.SerializeToString()
+        calls = [call] if isinstance(call, call_pb2.Call) else list(call)
+        stored = [(each, each.SerializeToString()) for each in calls]
         self._db.execute("BEGIN IMMEDIATE")
         try:
-            self._db.execute(
-                "INSERT INTO calls (name, provider, state, data) VALUES (?, ?, ?, ?) "
-                "ON CONFLICT (name) DO UPDATE SET state = excluded.state, data = excluded.data",
-                (call.name, call.provider, call.state, data),
-            )
+            for each, data in stored:
+                self._db.execute(
+                    "INSERT INTO calls (name, provider, state, line, data) VALUES (?, ?, ?, ?, ?) "
+                    "ON CONFLICT (name) DO UPDATE SET state = excluded.state, data = excluded.data",
+                    (each.name, each.provider, each.state, each.line, data),
+                )
+            for line in lines:
+                self._db.execute(
+                    "INSERT INTO lines (name, address, owner, state, data) VALUES (?, ?, ?, ?, ?) "
+                    "ON CONFLICT (name) DO UPDATE SET state = excluded.state, data = excluded.data",
+                    (line.name, line.address, line.owner, line.state, line.SerializeToString()),
+                )
             for event in events:
                 seq += 1
-                stored = event_pb2.QosEvent()
-                stored.CopyFrom(event)
-                stored.sequence = seq
+                numbered_event = event_pb2.QosEvent()
+                numbered_event.CopyFrom(event)
+                numbered_event.sequence = seq
                 self._db.execute(
                     "INSERT INTO events (seq, create_us, data) VALUES (?, ?, ?)",
-                    (seq, now_us, stored.SerializeToString()),
+                    (seq, now_us, numbered_event.SerializeToString()),
                 )
-                numbered.append(stored)
+                numbered.append(numbered_event)
             if idempotency is not None:
                 self._db.execute(
                     "INSERT OR REPLACE INTO requests VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -170,11 +237,17 @@ class SqliteStore(Store):
                     ),
                 )
             self._db.execute("COMMIT")
+        except sqlite3.IntegrityError as error:
+            self._db.execute("ROLLBACK")
+            if "lines.address" in str(error):
+                raise AddressInUseError(str(error)) from error
+            raise
         except BaseException:
             self._db.execute("ROLLBACK")
             raise
         self._last_seq = seq
-        self._remember(call.name, data)
+        for each, data in stored:
+            self._remember(each.name, data)
         return numbered
 
     async def find_request(self, request_id: str, principal: str) -> IdempotencyRecord | None:
