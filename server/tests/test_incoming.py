@@ -143,7 +143,9 @@ async def test_an_answer_may_not_ask_for_more_than_the_offer(stub) -> None:
     still = await get(stub, callee.name)
     assert still.state == State.STATE_OFFERING and still.etag == callee.etag
     # Falling back to a type that reserves nothing is always less.
-    fallback = flowspec_pb2.QosSpec(sending=flow(ST.SERVICE_TYPE_BEST_EFFORT), receiving=flow(ST.SERVICE_TYPE_NO_CHANGE))
+    fallback = flowspec_pb2.QosSpec(
+        sending=flow(ST.SERVICE_TYPE_BEST_EFFORT), receiving=flow(ST.SERVICE_TYPE_NO_CHANGE)
+    )
     assert (await stub.AnswerCall(answer_request(callee.name, fallback), metadata=BOB)).state == State.STATE_CONNECTED
 
 
@@ -172,7 +174,10 @@ async def test_reject_disconnects_both_legs_rejected_and_is_harmless_twice(stub)
     assert rejected.state == State.STATE_DISCONNECTED
     assert rejected.disconnect_reason == Disconnect.DISCONNECT_REASON_REJECTED
     assert (await get(stub, caller.name)).disconnect_reason == Disconnect.DISCONNECT_REASON_REJECTED
-    assert kinds(await events_of(stub, caller.name)) == [E.QOS_EVENT_TYPE_CALL_RINGBACK, E.QOS_EVENT_TYPE_CALL_DISCONNECTED]
+    assert kinds(await events_of(stub, caller.name)) == [
+        E.QOS_EVENT_TYPE_CALL_RINGBACK,
+        E.QOS_EVENT_TYPE_CALL_DISCONNECTED,
+    ]
     again = await stub.RejectCall(svc.RejectCallRequest(name=callee.name), metadata=BOB)
     assert again == rejected
     late = await rpc_error(stub.AnswerCall(answer_request(callee.name), metadata=BOB))

@@ -49,7 +49,10 @@ async def network(tmp_path) -> AsyncIterator[Network]:
     async with (
         testing.InProcessServer(
             tmp_path,
-            providers={"net": {"plugin": "incoming_kit:NetworkProvider"}, "quiet": {"plugin": "incoming_kit:SilentProvider"}},
+            providers={
+                "net": {"plugin": "incoming_kit:NetworkProvider"},
+                "quiet": {"plugin": "incoming_kit:SilentProvider"},
+            },
             default_provider="net",
         ) as server,
         grpc.aio.insecure_channel(server.target) as channel,
@@ -136,7 +139,9 @@ async def test_a_caller_who_gives_up_withdraws_the_offer(network: Network) -> No
 async def test_an_invalid_offer_and_an_offer_without_the_capability_are_refused(network: Network) -> None:
     await open_line(network.stub)
     with pytest.raises(ValueError, match="caller_qos.sending.token_rate_bytes_per_second"):
-        await network.provider.ring(spec=flowspec_pb2.QosSpec(sending=flow(rate=0), receiving=flow(ST.SERVICE_TYPE_BEST_EFFORT)))
+        await network.provider.ring(
+            spec=flowspec_pb2.QosSpec(sending=flow(rate=0), receiving=flow(ST.SERVICE_TYPE_BEST_EFFORT))
+        )
     with pytest.raises(ValueError, match="level"):
         await network.provider.ring(level=Level.SERVICE_LEVEL_UNSPECIFIED)
     quiet = network.server.running.providers.get("providers/quiet").provider
