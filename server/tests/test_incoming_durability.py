@@ -10,7 +10,18 @@ import sqlite3
 import time
 
 import grpc
-from incoming_kit import BOB, CAROL, Disconnect, State, answer_request, call_line, events_of, get, open_line
+from incoming_kit import (
+    BOB,
+    CAROL,
+    Disconnect,
+    State,
+    answer_request,
+    call_line,
+    events_of,
+    get,
+    open_line,
+    wait_for_state,
+)
 from server_testkit import make_request, qos, reason, reserved, rpc_error
 
 from callqos.server.store.sqlite import SqliteStore
@@ -104,9 +115,7 @@ async def test_the_no_answer_timer_keeps_running_across_a_restart(server_process
         stub = svc_grpc.CallQosServiceStub(channel)
         if time.time() < deadline - 0.5:  # the restart was quick enough to see it still ringing
             assert (await get(stub, callee.name)).state == State.STATE_OFFERING
-        async with asyncio.timeout(max(0.0, deadline - time.time()) + 5):
-            while (await get(stub, callee.name)).state == State.STATE_OFFERING:
-                await asyncio.sleep(0.1)
+        await wait_for_state(stub, callee.name, State.STATE_DISCONNECTED, within=max(0.0, deadline - time.time()) + 5)
         assert time.time() >= deadline - 0.05, "rang out before its offer_expire_time"
         assert (await get(stub, caller.name)).disconnect_reason == Disconnect.DISCONNECT_REASON_NO_ANSWER
 

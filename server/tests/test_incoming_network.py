@@ -12,9 +12,9 @@ import grpc
 import pytest
 from incoming_kit import (
     BOB,
-    E,
     Direction,
     Disconnect,
+    E,
     Level,
     NetworkProvider,
     SilentProvider,
@@ -138,7 +138,7 @@ async def test_a_caller_who_gives_up_withdraws_the_offer(network: Network) -> No
 
 async def test_an_invalid_offer_and_an_offer_without_the_capability_are_refused(network: Network) -> None:
     await open_line(network.stub)
-    with pytest.raises(ValueError, match="caller_qos.sending.token_rate_bytes_per_second"):
+    with pytest.raises(ValueError, match=r"caller_qos\.sending\.token_rate_bytes_per_second"):
         await network.provider.ring(
             spec=flowspec_pb2.QosSpec(sending=flow(rate=0), receiving=flow(ST.SERVICE_TYPE_BEST_EFFORT))
         )
@@ -155,5 +155,7 @@ async def wait_until(condition, within: float = 5.0) -> None:  # type: ignore[no
     import asyncio
 
     async with asyncio.timeout(within):
-        while not condition():
+        while True:
+            if condition():
+                return
             await asyncio.sleep(0.02)
