@@ -1,5 +1,5 @@
-"""Incoming calls across restarts of a real server process on SQLite (conformance/SPEC.md OFFER-5,
-PAIR-5): an offered call survives a SIGKILL and can be answered after it; its no-answer timer is
+"""Incoming calls across restarts of a real server process on SQLite (conformance/SPEC.md OFFER-4,
+PAIR-2): an offered call survives a SIGKILL and can be answered after it; its no-answer timer is
 stored with it, so it rings out on time across a restart, or at start when its time passed while
 the server was down; an answered pair is restored with ONE reservation."""
 

@@ -1,5 +1,5 @@
 """Calls arriving from a provider's network (capability incoming_calls, ProviderHost.offer_call;
-conformance/SPEC.md PROV-14, OFFER-4): offered on the open line of their destination, admitted by
+conformance/SPEC.md PROV-14): offered on the open line of their destination, admitted by
 the provider once answered (AdmissionRequest.incoming), its offer_ended told when they end
 unanswered, withdrawn when the caller gives up."""
 

@@ -8,7 +8,7 @@ reading and listing lines, and closing one (owner only; a closed line stays read
 address may be opened again). What closing does to the calls ringing on the line is the
 switchboard's business: it closes the line here, then ends them.
 
-Who may do what (conformance/SPEC.md LINE-1 … LINE-5): anyone opens a line and becomes its
+Who may do what (conformance/SPEC.md LINE-1 … LINE-4): anyone opens a line and becomes its
 owner; anyone reads, lists and watches lines (a monitor needs no permission, as anyone may
 watch any call, OWNER-3); only the owner closes it and answers or rejects its calls.
 """

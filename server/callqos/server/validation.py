@@ -411,7 +411,7 @@ def reject(request: svc.RejectCallRequest) -> None:
 
 
 def offer_violations(offer: IncomingOffer, caps: provider_pb2.ProviderCapabilities) -> list[FieldViolation]:
-    """What is wrong with a call a provider offers from its network (OFFER-4): the rules of a
+    """What is wrong with a call a provider offers from its network (PROV-14): the rules of a
     CreateCall, applied to the provider's offer."""
     found = list(address_violations(offer.destination, "destination"))
     if len(offer.caller_id) > MAX_DESTINATION or (offer.caller_id and not _PRINTABLE.fullmatch(offer.caller_id)):
