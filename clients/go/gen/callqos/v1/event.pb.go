@@ -45,20 +45,28 @@ const (
 	QosEventType_QOS_EVENT_TYPE_RENEGOTIATION_FAILED QosEventType = 7
 	// The call disconnected: see disconnect_reason.
 	QosEventType_QOS_EVENT_TYPE_CALL_DISCONNECTED QosEventType = 8
+	// An INCOMING call is offered on its line (LINECALLSTATE_OFFERING); the call's requested_qos is
+	// the caller's request, mirrored. Nothing is reserved until it is answered.
+	QosEventType_QOS_EVENT_TYPE_CALL_OFFERED QosEventType = 9
+	// The call rings at the other end: it was made to an open line's address
+	// (LINECALLSTATE_RINGBACK).
+	QosEventType_QOS_EVENT_TYPE_CALL_RINGBACK QosEventType = 10
 )
 
 // Enum value maps for QosEventType.
 var (
 	QosEventType_name = map[int32]string{
-		0: "QOS_EVENT_TYPE_UNSPECIFIED",
-		1: "QOS_EVENT_TYPE_QOS_GRANTED",
-		2: "QOS_EVENT_TYPE_QOS_CHANGED",
-		3: "QOS_EVENT_TYPE_NOQOS",
-		4: "QOS_EVENT_TYPE_ADMISSION_FAILURE",
-		5: "QOS_EVENT_TYPE_POLICY_FAILURE",
-		6: "QOS_EVENT_TYPE_GENERIC_ERROR",
-		7: "QOS_EVENT_TYPE_RENEGOTIATION_FAILED",
-		8: "QOS_EVENT_TYPE_CALL_DISCONNECTED",
+		0:  "QOS_EVENT_TYPE_UNSPECIFIED",
+		1:  "QOS_EVENT_TYPE_QOS_GRANTED",
+		2:  "QOS_EVENT_TYPE_QOS_CHANGED",
+		3:  "QOS_EVENT_TYPE_NOQOS",
+		4:  "QOS_EVENT_TYPE_ADMISSION_FAILURE",
+		5:  "QOS_EVENT_TYPE_POLICY_FAILURE",
+		6:  "QOS_EVENT_TYPE_GENERIC_ERROR",
+		7:  "QOS_EVENT_TYPE_RENEGOTIATION_FAILED",
+		8:  "QOS_EVENT_TYPE_CALL_DISCONNECTED",
+		9:  "QOS_EVENT_TYPE_CALL_OFFERED",
+		10: "QOS_EVENT_TYPE_CALL_RINGBACK",
 	}
 	QosEventType_value = map[string]int32{
 		"QOS_EVENT_TYPE_UNSPECIFIED":          0,
@@ -70,6 +78,8 @@ var (
 		"QOS_EVENT_TYPE_GENERIC_ERROR":        6,
 		"QOS_EVENT_TYPE_RENEGOTIATION_FAILED": 7,
 		"QOS_EVENT_TYPE_CALL_DISCONNECTED":    8,
+		"QOS_EVENT_TYPE_CALL_OFFERED":         9,
+		"QOS_EVENT_TYPE_CALL_RINGBACK":        10,
 	}
 )
 
@@ -183,7 +193,9 @@ type QosEvent struct {
 	// W3C trace id (32 hex digits) of the operation that caused the event, if it was traced.
 	TraceId string `protobuf:"bytes,13,opt,name=trace_id,json=traceId,proto3" json:"trace_id,omitempty"`
 	// When the server committed the event.
-	CreateTime    *timestamppb.Timestamp `protobuf:"bytes,14,opt,name=create_time,json=createTime,proto3" json:"create_time,omitempty"`
+	CreateTime *timestamppb.Timestamp `protobuf:"bytes,14,opt,name=create_time,json=createTime,proto3" json:"create_time,omitempty"`
+	// `lines/{line}` of an INCOMING call (empty for other calls): watchers of a line filter on it.
+	Line          string `protobuf:"bytes,15,opt,name=line,proto3" json:"line,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -316,12 +328,19 @@ func (x *QosEvent) GetCreateTime() *timestamppb.Timestamp {
 	return nil
 }
 
+func (x *QosEvent) GetLine() string {
+	if x != nil {
+		return x.Line
+	}
+	return ""
+}
+
 var File_callqos_v1_event_proto protoreflect.FileDescriptor
 
 const file_callqos_v1_event_proto_rawDesc = "" +
 	"\n" +
 	"\x16callqos/v1/event.proto\x12\n" +
-	"callqos.v1\x1a\x15callqos/v1/call.proto\x1a\x19callqos/v1/flowspec.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xd2\x04\n" +
+	"callqos.v1\x1a\x15callqos/v1/call.proto\x1a\x19callqos/v1/flowspec.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xe6\x04\n" +
 	"\bQosEvent\x12\x1a\n" +
 	"\bsequence\x18\x01 \x01(\x04R\bsequence\x12\x12\n" +
 	"\x04call\x18\x02 \x01(\tR\x04call\x12,\n" +
@@ -340,7 +359,8 @@ const file_callqos_v1_event_proto_rawDesc = "" +
 	"request_id\x18\f \x01(\tR\trequestId\x12\x19\n" +
 	"\btrace_id\x18\r \x01(\tR\atraceId\x12;\n" +
 	"\vcreate_time\x18\x0e \x01(\v2\x1a.google.protobuf.TimestampR\n" +
-	"createTime*\xc2\x02\n" +
+	"createTime\x12\x12\n" +
+	"\x04line\x18\x0f \x01(\tR\x04line*\x85\x03\n" +
 	"\fQosEventType\x12\x1e\n" +
 	"\x1aQOS_EVENT_TYPE_UNSPECIFIED\x10\x00\x12\x1e\n" +
 	"\x1aQOS_EVENT_TYPE_QOS_GRANTED\x10\x01\x12\x1e\n" +
@@ -350,7 +370,10 @@ const file_callqos_v1_event_proto_rawDesc = "" +
 	"\x1dQOS_EVENT_TYPE_POLICY_FAILURE\x10\x05\x12 \n" +
 	"\x1cQOS_EVENT_TYPE_GENERIC_ERROR\x10\x06\x12'\n" +
 	"#QOS_EVENT_TYPE_RENEGOTIATION_FAILED\x10\a\x12$\n" +
-	" QOS_EVENT_TYPE_CALL_DISCONNECTED\x10\b*~\n" +
+	" QOS_EVENT_TYPE_CALL_DISCONNECTED\x10\b\x12\x1f\n" +
+	"\x1bQOS_EVENT_TYPE_CALL_OFFERED\x10\t\x12 \n" +
+	"\x1cQOS_EVENT_TYPE_CALL_RINGBACK\x10\n" +
+	"*~\n" +
 	"\x0eQosChangeCause\x12 \n" +
 	"\x1cQOS_CHANGE_CAUSE_UNSPECIFIED\x10\x00\x12!\n" +
 	"\x1dQOS_CHANGE_CAUSE_RENEGOTIATED\x10\x01\x12'\n" +
