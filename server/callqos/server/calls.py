@@ -9,8 +9,9 @@ the contract, the call's new state and the events that announce it. Provider-ini
 
 Every outcome — a grant, a refusal, a provider error, a drop, a change the provider made — takes
 effect through one step, `_settle`, which owns for all of them: the telemetry of a provider
-decision; what becomes of the provider's reservation (`Release`); the commit of the call, its
-events and the request_id's first outcome in one store transaction, then the watchers woken;
+decision; what becomes of the provider's reservation (`Release`); the commit of the call (with
+the other leg of a call between two lines, `incoming`), its events and the request_id's first
+outcome in one store transaction, then the watchers woken;
 and the answer (the call, or the failure, raised once recorded). An `Outcome` names each of
 those, so a new kind of outcome cannot leave one out.
 """
