@@ -135,7 +135,8 @@ class ProviderHost(Protocol):
 
     async def offer_call(self, offer: IncomingOffer) -> str | None:
         """Offer a call arriving from the provider's network (capability `incoming_calls`) to the
-        owner of the line open for its destination. Returns the offered call's name
+        owner of the line open for its destination (among the lines of the tenant the provider's
+        `incoming_tenant` setting names). Returns the offered call's name
         (`calls/{call}`), or None when no line is open for the address (tell the network the
         callee is not available). Raises ValueError, naming what is wrong, for an invalid offer."""
 
