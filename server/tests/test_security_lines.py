@@ -11,7 +11,10 @@ Invariants:
 - A provider's network calls ring the lines of the tenant its `incoming_tenant` names.
 - An offered call reserves nothing and counts toward no quota; a connected pair counts once;
   an answer over quota fails QUOTA_EXCEEDED and leaves the call ringing, unchanged.
-- Line mutations and answers are audited like other mutations; cross-tenant probes as denials."""
+- Line mutations and answers are audited like other mutations; cross-tenant probes as denials.
+
+Checked for fixed scenarios and, with hypothesis, over random interleavings of line operations
+by principals of three tenants sharing one address."""
 
 from __future__ import annotations
 
@@ -21,6 +24,8 @@ from typing import Any
 
 import grpc
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from incoming_kit import NetworkProvider
 from security_testkit import AuditLines, bearer, jwt_settings
 from server_testkit import details, make_request, qos, reason, rpc_error
@@ -213,3 +218,107 @@ async def test_network_calls_ring_the_lines_of_the_providers_incoming_tenant(
         assert (call.line, call.tenant, call.owner) == (line.name, "globex", "gus")
         error = await rpc_error(stub.GetCall(svc.GetCallRequest(name=name), metadata=bob))
         assert reason(error) == "CALL_NOT_FOUND"
+
+
+LINE_OPERATIONS = st.lists(
+    st.tuples(
+        st.sampled_from(["open", "close", "ring", "answer", "get", "list"]),
+        st.integers(0, 2),  # tenant
+        st.integers(0, 1),  # principal within the tenant
+        st.integers(0, 7),  # which line or offer (by creation index)
+    ),
+    min_size=1,
+    max_size=20,
+)
+
+
+@settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(operations=LINE_OPERATIONS)
+async def test_no_interleaving_of_line_operations_leaks_across_tenants(
+    tmp_path_factory: Any, issuer: TestIssuer, operations: list[tuple[str, int, int, int]]
+) -> None:
+    """Principals of three tenants open and close lines for ONE address, call it, answer, read and
+    list, in any order. A model says what each must see: its own tenant's open line rings (or the
+    call is an ordinary one), another tenant's line or offer is NOT_FOUND exactly as a missing one,
+    lists and watches hold the tenant's own only."""
+    tenants = ["t0", "t1", "t2"]
+    async with (
+        InProcessServer(tmp_path_factory.mktemp("lines"), **jwt_settings(issuer)) as server,
+        grpc.aio.insecure_channel(server.target) as channel,
+    ):
+        stub = svc_grpc.CallQosServiceStub(channel)
+
+        def who(tenant: int, principal: int) -> Any:
+            return bearer(issuer.token(f"p{principal}", tenant=tenants[tenant], roles=["caller"]))
+
+        open_now: dict[int, str] = {}  # tenant → its open line for ADDRESS
+        lines: list[tuple[str, int, int]] = []  # (name, tenant, owner principal)
+        offers: list[tuple[str, int]] = []  # (offered leg, tenant)
+        for operation, tenant, principal, index in operations:
+            me = who(tenant, principal)
+            if operation == "open":
+                attempt = stub.CreateLine(open_request(), metadata=me)
+                if tenant in open_now:
+                    error = await rpc_error(attempt)
+                    assert reason(error) == "ADDRESS_IN_USE"
+                    assert details(error)["ErrorInfo"].metadata["line"] == open_now[tenant]
+                else:
+                    line = await attempt
+                    assert line.tenant == tenants[tenant]
+                    open_now[tenant] = line.name
+                    lines.append((line.name, tenant, principal))
+            elif operation == "ring":
+                call = await stub.CreateCall(make_request(qos(1_000), destination=ADDRESS), metadata=me)
+                assert call.tenant == tenants[tenant]
+                if tenant in open_now:
+                    assert call.state == State.STATE_RINGBACK
+                    offered = await stub.GetCall(svc.GetCallRequest(name=call.peer), metadata=me)
+                    assert (offered.line, offered.tenant) == (open_now[tenant], tenants[tenant])
+                    offers.append((offered.name, tenant))
+                else:
+                    assert call.state == State.STATE_CONNECTED and not call.peer
+                    await stub.DropCall(svc.DropCallRequest(name=call.name), metadata=me)
+            elif operation == "list":
+                listed = await stub.ListLines(svc.ListLinesRequest(page_size=500), metadata=me)
+                assert {line.name for line in listed.lines} == {n for n, t, _ in lines if t == tenant}
+            elif operation in ("close", "get") and lines:
+                name, owner_tenant, owner = lines[index % len(lines)]
+                rpc: Any = (
+                    stub.CloseLine(svc.CloseLineRequest(name=name), metadata=me)
+                    if operation == "close"
+                    else stub.GetLine(svc.GetLineRequest(name=name), metadata=me)
+                )
+                if owner_tenant != tenant:
+                    absent = (
+                        stub.CloseLine(svc.CloseLineRequest(name="lines/absent"), metadata=me)
+                        if operation == "close"
+                        else stub.GetLine(svc.GetLineRequest(name="lines/absent"), metadata=me)
+                    )
+                    assert not_found_shape(await rpc_error(rpc), name) == not_found_shape(
+                        await rpc_error(absent), "lines/absent"
+                    )
+                elif operation == "close" and owner != principal:
+                    assert reason(await rpc_error(rpc)) == "NOT_OWNER"
+                else:
+                    line = await rpc
+                    assert line.tenant == tenants[tenant]
+                    if operation == "close" and open_now.get(tenant) == name:
+                        del open_now[tenant]
+            elif operation == "answer" and offers:
+                name, owner_tenant = offers[index % len(offers)]
+                try:
+                    answered = await stub.AnswerCall(svc.AnswerCallRequest(name=name), metadata=me)
+                except grpc.aio.AioRpcError as error:
+                    if owner_tenant != tenant:
+                        assert (error.code(), reason(error)) == (NOT_FOUND, "CALL_NOT_FOUND")
+                    else:
+                        assert reason(error) in ("NOT_OWNER", "CALL_NOT_OFFERING")
+                else:
+                    assert owner_tenant == tenant and answered.tenant == tenants[tenant]
+        for tenant in range(3):
+            events = await read_events(stub, who(tenant, 0), until=10**9)
+            assert all(e.tenant == tenants[tenant] for e in events)
+            assert {e.line for e in events if e.line} <= {n for n, t, _ in lines if t == tenant}
+            assert {e.call for e in events if e.type == E.QOS_EVENT_TYPE_CALL_OFFERED} == {
+                n for n, t in offers if t == tenant
+            }
