@@ -195,6 +195,37 @@ async def test_a_connected_pair_counts_once_toward_quotas_and_an_offer_not_at_al
         assert answered.state == State.STATE_CONNECTED
 
 
+async def test_concurrent_answers_never_take_a_tenant_over_its_quota(tmp_path: Path, issuer: TestIssuer) -> None:
+    """Both answers pass the check made before the provider is asked (the provider decides slowly,
+    so both are admitted before either commits); the store's check in the commit refuses the
+    second, its grant is released, and its call rings on."""
+    slow = {"reference": {"plugin": "security_testkit:CountingProvider", "delay_seconds": 0.3}}
+    settings = jwt_settings(issuer, tenant_quotas={"acme": {"active_calls": 1}})
+    async with (
+        InProcessServer(tmp_path, providers=slow, **settings) as server,
+        grpc.aio.insecure_channel(server.target) as channel,
+    ):
+        stub = svc_grpc.CallQosServiceStub(channel)
+        alice = bearer(issuer.token("alice", tenant="acme", roles=["caller"]))
+        bob = bearer(issuer.token("bob", tenant="acme", roles=["caller"]))
+        await stub.CreateLine(open_request(), metadata=bob)
+        rings = [
+            await stub.CreateCall(make_request(qos(10_000), destination=ADDRESS), metadata=alice) for _ in range(2)
+        ]
+        outcomes = await asyncio.gather(
+            *(stub.AnswerCall(svc.AnswerCallRequest(name=ring.peer), metadata=bob) for ring in rings),
+            return_exceptions=True,
+        )
+        connected = [o for o in outcomes if isinstance(o, call_pb2.Call)]
+        refused = [o for o in outcomes if isinstance(o, grpc.aio.AioRpcError)]
+        assert len(connected) == 1 and len(refused) == 1, outcomes
+        assert reason(refused[0]) == "QUOTA_EXCEEDED"
+        states = {(await stub.GetCall(svc.GetCallRequest(name=ring.peer), metadata=bob)).state for ring in rings}
+        assert states == {State.STATE_CONNECTED, State.STATE_OFFERING}
+        [link] = (await stub.ListLinks(svc.ListLinksRequest(parent="providers/reference"), metadata=bob)).links
+        assert link.sending_reserved_bytes_per_second == 10_000, "the refused answer's grant was released"
+
+
 async def test_network_calls_ring_the_lines_of_the_providers_incoming_tenant(
     tmp_path: Path, issuer: TestIssuer
 ) -> None:
