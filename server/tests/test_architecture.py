@@ -267,8 +267,10 @@ def test_no_import_cycles_between_subpackages() -> None:
 # store, so in imports the hub comes first.)
 FLOW = (
     ("service",),
+    # The switchboard is the call manager with lines: it validates what providers offer.
+    ("incoming",),
     ("validation",),
-    ("calls", "idempotency"),
+    ("calls", "idempotency", "lines"),
     ("hosting",),
     ("events",),
     ("store",),
@@ -276,9 +278,9 @@ FLOW = (
 
 
 def test_the_request_flow_goes_one_way() -> None:
-    """service → validation → calls → provider host → event hub → store, in imports too: the
-    validation knows nothing of the call manager, the call manager nothing of the service, the
-    host nothing of calls, the store nothing above it."""
+    """service → (switchboard →) validation → calls → provider host → event hub → store, in
+    imports too: the validation knows nothing of the call manager, the call manager nothing of
+    the service or the switchboard, the host nothing of calls, the store nothing above it."""
     step = {f"callqos.server.{name}": index for index, names in enumerate(FLOW) for name in names}
 
     def step_of(module: str) -> int | None:

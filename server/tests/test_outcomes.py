@@ -143,8 +143,9 @@ async def test_a_grant_the_store_cannot_record_is_released_and_not_counted(
 
 def test_an_outcome_names_every_step_it_takes() -> None:
     """No field of an outcome has a default, so a new kind of outcome must say what it does
-    about the events, the failure, the request_id, the decision count and the reservation."""
+    about the other calls it stores, the events, the failure, the request_id, the decision count
+    and the reservation."""
     fields = dataclasses.fields(Outcome)
-    assert {field.name for field in fields} == {"call", "events", "failure", "key", "decided", "release"}
+    assert {field.name for field in fields} == {"call", "peers", "events", "failure", "key", "decided", "release"}
     missing = dataclasses.MISSING
     assert [f.name for f in fields if f.default is not missing or f.default_factory is not missing] == []

@@ -18,14 +18,22 @@ from callqos.server.testing import InProcessServer
 from callqos.server.testpki import TestIssuer
 from callqos.v1 import callqos_service_pb2 as svc
 from callqos.v1 import callqos_service_pb2_grpc as svc_grpc
+from callqos.v1 import line_pb2
 
 DENIED = grpc.StatusCode.PERMISSION_DENIED
 ROLES = sorted(BUILTIN_ROLES)
 
 
-def requests(call: str) -> dict[str, tuple[str, Any]]:
-    """One request per method, aimed at `call` (an existing call of the tenant)."""
+def requests(call: str, line: str = "lines/x", offered: str = "calls/y", n: int = 0) -> dict[str, tuple[str, Any]]:
+    """One request per method, aimed at `call` (an existing call of the tenant), `line` (a line of
+    the tenant) and `offered` (a call ringing on it); the `n`th such set."""
     return {
+        "CreateLine": ("CreateLine", svc.CreateLineRequest(line=line_pb2.Line(address=f"sip:new-{n}@example.test"))),
+        "GetLine": ("GetLine", svc.GetLineRequest(name=line)),
+        "ListLines": ("ListLines", svc.ListLinesRequest()),
+        "AnswerCall": ("AnswerCall", svc.AnswerCallRequest(name=offered)),
+        "RejectCall": ("RejectCall", svc.RejectCallRequest(name=offered)),
+        "CloseLine": ("CloseLine", svc.CloseLineRequest(name=line)),
         "CreateCall": ("CreateCall", make_request()),
         "GetCall": ("GetCall", svc.GetCallRequest(name=call)),
         "ListCalls": ("ListCalls", svc.ListCallsRequest()),
@@ -54,13 +62,17 @@ async def test_every_method_against_every_combination_of_roles(tmp_path: Path, i
         grpc.aio.insecure_channel(server.target) as channel,
     ):
         stub = svc_grpc.CallQosServiceStub(channel)
+        quinn = bearer(issuer.token("quinn", tenant="acme", roles=["caller"]))
         for size in range(len(ROLES) + 1):
-            for roles in itertools.combinations(ROLES, size):
+            for n, roles in enumerate(itertools.combinations(ROLES, size)):
                 granted = set().union(*(BUILTIN_ROLES[r] for r in roles))
                 owner = bearer(issuer.token("pat", tenant="acme", roles=["caller"]))
                 call = await stub.CreateCall(make_request(), metadata=owner)
+                address = f"sip:pat-{size}-{n}@example.test"
+                line = await stub.CreateLine(svc.CreateLineRequest(line=line_pb2.Line(address=address)), metadata=owner)
+                ringing = await stub.CreateCall(make_request(qos(1_000), destination=address), metadata=quinn)
                 me = bearer(issuer.token("pat", tenant="acme", roles=list(roles)))
-                for method, (rpc, request) in requests(call.name).items():
+                for method, (rpc, request) in requests(call.name, line.name, ringing.peer, size * 100 + n).items():
                     PROVIDER_CALLS.clear()
                     try:
                         await getattr(stub, rpc)(request, metadata=me)

@@ -177,33 +177,76 @@ func (c *Client) DropCall(ctx context.Context, name string) (*callqosv1.Call, er
 	return unary(c, ctx, &callqosv1.DropCallRequest{Name: name}, c.api.DropCall)
 }
 
+// CreateLine opens a line (lineOpen): calls made to req.Line.Address are offered to this
+// client's principal, its owner. ALREADY_EXISTS (ADDRESS_IN_USE) while another line is open for
+// the address. Without a request_id, one is generated, so it can be retried safely.
+func (c *Client) CreateLine(ctx context.Context, req *callqosv1.CreateLineRequest) (*callqosv1.Line, error) {
+	return unary(c, ctx, req, c.api.CreateLine)
+}
+
+// GetLine gets a line by name ("lines/{line}").
+func (c *Client) GetLine(ctx context.Context, name string) (*callqosv1.Line, error) {
+	return unary(c, ctx, &callqosv1.GetLineRequest{Name: name}, c.api.GetLine)
+}
+
+// ListLines lists one page of lines (newest first; req.Filter on state, address, owner).
+func (c *Client) ListLines(ctx context.Context, req *callqosv1.ListLinesRequest) (*callqosv1.ListLinesResponse, error) {
+	return unary(c, ctx, req, c.api.ListLines)
+}
+
+// CloseLine closes a line (owner only): calls still ringing on it end NO_ANSWER.
+func (c *Client) CloseLine(ctx context.Context, name string) (*callqosv1.Line, error) {
+	return unary(c, ctx, &callqosv1.CloseLineRequest{Name: name}, c.api.CloseLine)
+}
+
+// AnswerCall answers an offered call (lineAnswer). req.Qos, in the answering call's own terms,
+// may only lower the offer; nil accepts it as offered (SERVICE_TYPE_NO_CHANGE keeps one
+// direction as offered). At NEEDED an answer below the caller's request fails the call with a
+// *QosUnavailableError. Without a request_id, one is generated, so it can be retried safely.
+func (c *Client) AnswerCall(ctx context.Context, req *callqosv1.AnswerCallRequest) (*callqosv1.Call, error) {
+	return unary(c, ctx, req, c.api.AnswerCall)
+}
+
+// RejectCall rejects an offered call: both ends disconnect REJECTED.
+func (c *Client) RejectCall(ctx context.Context, name string) (*callqosv1.Call, error) {
+	return unary(c, ctx, &callqosv1.RejectCallRequest{Name: name}, c.api.RejectCall)
+}
+
 // ListProviders lists one page of providers.
 func (c *Client) ListProviders(ctx context.Context, req *callqosv1.ListProvidersRequest) (*callqosv1.ListProvidersResponse, error) {
 	return unary(c, ctx, req, c.api.ListProviders)
 }
 
-// withRequestIDs gives every CreateCall and RenegotiateCall on the connection, including those
-// made through API(), a request_id (AIP-155) when the caller set none. The service config may
-// then retry them: a retry whose first attempt did reach the server gets that attempt's outcome
-// back instead of making a second call or renegotiating twice. The caller's message is not
-// changed; a copy is sent.
+// withRequestIDs gives every CreateCall, RenegotiateCall, CreateLine, AnswerCall and RejectCall
+// on the connection, including those made through API(), a request_id (AIP-155) when the caller
+// set none. The service config may then retry them: a retry whose first attempt did reach the
+// server gets that attempt's outcome back instead of making a second call, renegotiating or
+// answering twice. The caller's message is not changed; a copy is sent.
 func withRequestIDs(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn,
 	invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
 	switch r := req.(type) {
 	case *callqosv1.CreateCallRequest:
-		if r.GetRequestId() == "" {
-			r = proto.CloneOf(r)
-			r.RequestId = newRequestID()
-			req = r
-		}
+		req = withID(r, r.GetRequestId(), func(m *callqosv1.CreateCallRequest) { m.RequestId = newRequestID() })
 	case *callqosv1.RenegotiateCallRequest:
-		if r.GetRequestId() == "" {
-			r = proto.CloneOf(r)
-			r.RequestId = newRequestID()
-			req = r
-		}
+		req = withID(r, r.GetRequestId(), func(m *callqosv1.RenegotiateCallRequest) { m.RequestId = newRequestID() })
+	case *callqosv1.CreateLineRequest:
+		req = withID(r, r.GetRequestId(), func(m *callqosv1.CreateLineRequest) { m.RequestId = newRequestID() })
+	case *callqosv1.AnswerCallRequest:
+		req = withID(r, r.GetRequestId(), func(m *callqosv1.AnswerCallRequest) { m.RequestId = newRequestID() })
+	case *callqosv1.RejectCallRequest:
+		req = withID(r, r.GetRequestId(), func(m *callqosv1.RejectCallRequest) { m.RequestId = newRequestID() })
 	}
 	return invoker(ctx, method, req, reply, cc, opts...)
+}
+
+// withID is r itself when it has a request_id (id), else a copy given one by set.
+func withID[M proto.Message](r M, id string, set func(M)) M {
+	if id != "" {
+		return r
+	}
+	r = proto.CloneOf(r)
+	set(r)
+	return r
 }
 
 // newRequestID is a random (version 4) UUID.

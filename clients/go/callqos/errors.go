@@ -23,6 +23,8 @@ const (
 	ReasonCallNotFound     = "CALL_NOT_FOUND"
 	ReasonNotOwner         = "NOT_OWNER"
 	ReasonCursorExpired    = "CURSOR_EXPIRED"
+	ReasonCallNotOffering  = "CALL_NOT_OFFERING"
+	ReasonAddressInUse     = "ADDRESS_IN_USE"
 )
 
 // Reason is the ErrorInfo.reason string of r, e.g. "QOS_UNAVAILABLE".

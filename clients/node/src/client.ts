@@ -11,9 +11,14 @@ import {
 import { createGrpcTransport, Http2SessionManager } from "@connectrpc/connect-node";
 import type { TracerProvider } from "@opentelemetry/api";
 import type { Call } from "./gen/callqos/v1/call_pb.js";
+import type { Line } from "./gen/callqos/v1/line_pb.js";
 import {
   CallQosService,
+  type AnswerCallRequestSchema,
   type CreateCallRequestSchema,
+  type CreateLineRequestSchema,
+  type ListLinesRequestSchema,
+  type ListLinesResponse,
   type ListCallsRequestSchema,
   type ListCallsResponse,
   type ListProvidersRequestSchema,
@@ -24,6 +29,7 @@ import {
 import { decodeError } from "./errors.js";
 import { requestIdInterceptor, retryInterceptor } from "./policy.js";
 import { tracingInterceptor } from "./tracing.js";
+import { OfferWatcher } from "./offers.js";
 import { EventWatcher, type WatchOptions } from "./watch.js";
 
 /** The request metadata that names the caller; only a call's owner may change or drop it. */
@@ -174,6 +180,53 @@ export class CallQosClient {
   /** Drops a call and releases what it reserved. */
   dropCall(name: string, options?: CallOptions): Promise<Call> {
     return this.unary((o) => this.raw.dropCall({ name }, o), options);
+  }
+
+  /**
+   * Opens a line (lineOpen): calls made to `req.line.address` are offered to this client's
+   * principal, its owner. Throws CallQosError ADDRESS_IN_USE while another line is open for it.
+   */
+  createLine(req: MessageInitShape<typeof CreateLineRequestSchema>, options?: CallOptions): Promise<Line> {
+    return this.unary((o) => this.raw.createLine(req, o), options);
+  }
+
+  /** Gets a line by name, `lines/{line}`. */
+  getLine(name: string, options?: CallOptions): Promise<Line> {
+    return this.unary((o) => this.raw.getLine({ name }, o), options);
+  }
+
+  /** One page of lines, newest first (`filter` on state, address, owner). */
+  listLines(req: MessageInitShape<typeof ListLinesRequestSchema> = {}, options?: CallOptions): Promise<ListLinesResponse> {
+    return this.unary((o) => this.raw.listLines(req, o), options);
+  }
+
+  /** Closes a line (owner only): calls still ringing on it end NO_ANSWER. */
+  closeLine(name: string, options?: CallOptions): Promise<Line> {
+    return this.unary((o) => this.raw.closeLine({ name }, o), options);
+  }
+
+  /**
+   * Answers an offered call (lineAnswer). `req.qos`, in the answering call's terms, may only lower
+   * the offer; unset accepts it (SERVICE_TYPE_NO_CHANGE keeps one direction as offered). At
+   * NEEDED an answer below the caller's request throws QosUnavailableError.
+   */
+  answerCall(req: MessageInitShape<typeof AnswerCallRequestSchema>, options?: CallOptions): Promise<Call> {
+    return this.unary((o) => this.raw.answerCall(req, o), options);
+  }
+
+  /** Rejects an offered call: both ends disconnect REJECTED. */
+  rejectCall(name: string, options?: CallOptions): Promise<Call> {
+    return this.unary((o) => this.raw.rejectCall({ name }, o), options);
+  }
+
+  /**
+   * The calls offered on `line`, each still OFFERING, as an async iterable: those ringing now,
+   * then each new one (or, with `afterSequence`, the offers after that event sequence). It
+   * resumes across reconnects like `watch`, and skips a call that stopped ringing before it was
+   * read.
+   */
+  offers(line: string, afterSequence?: bigint, options?: WatchOptions): OfferWatcher {
+    return new OfferWatcher(this, line, afterSequence, options);
   }
 
   listProviders(

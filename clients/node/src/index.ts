@@ -12,10 +12,12 @@ export { CallQosError, QosUnavailableError, DOMAIN, codeOf, decodeError, reasonS
 export { defaultResumePolicy, type ResumePolicy } from "./policy.js";
 export { ControlledLoad } from "./qos.js";
 export { EventWatcher, START_SEQUENCE_HEADER, type WatchOptions } from "./watch.js";
+export { OfferWatcher } from "./offers.js";
 export { tracingInterceptor } from "./tracing.js";
 export * from "./gen/callqos/v1/call_pb.js";
 export * from "./gen/callqos/v1/callqos_service_pb.js";
 export * from "./gen/callqos/v1/errors_pb.js";
 export * from "./gen/callqos/v1/event_pb.js";
 export * from "./gen/callqos/v1/flowspec_pb.js";
+export * from "./gen/callqos/v1/line_pb.js";
 export * from "./gen/callqos/v1/provider_pb.js";

@@ -3,10 +3,16 @@
 // drifts; clients/README.md explains each choice). connect-es has no gRPC service config, so
 // this module applies its serviceConfig part with an interceptor that retries as gRPC would
 // (gRFC A6), and turns its watchResume part into the EventWatcher's default ResumePolicy.
-import { clone, isMessage } from "@bufbuild/protobuf";
+import { clone, isMessage, type DescMessage } from "@bufbuild/protobuf";
 import { Code, ConnectError, type Interceptor } from "@connectrpc/connect";
 import { randomUUID } from "node:crypto";
-import { CreateCallRequestSchema, RenegotiateCallRequestSchema } from "./gen/callqos/v1/callqos_service_pb.js";
+import {
+  AnswerCallRequestSchema,
+  CreateCallRequestSchema,
+  CreateLineRequestSchema,
+  RejectCallRequestSchema,
+  RenegotiateCallRequestSchema,
+} from "./gen/callqos/v1/callqos_service_pb.js";
 import { GrpcCode } from "./gen/callqos/v1/errors_pb.js";
 import policyFile from "./service_config.json" with { type: "json" };
 
@@ -130,29 +136,35 @@ export function retryInterceptor(policies: ReadonlyMap<string, RetryPolicy> = RE
 }
 
 /**
- * Gives every CreateCall and RenegotiateCall a request_id (AIP-155) when the caller set none, so
- * that retrying them is safe: a retry whose first attempt did reach the server gets that
+ * Gives every CreateCall, RenegotiateCall, CreateLine, AnswerCall and RejectCall a request_id
+ * (AIP-155) when the caller set none, so that retrying them is safe: a retry whose first attempt did reach the server gets that
  * attempt's outcome back. Runs before retryInterceptor, so every attempt carries the same id.
  * The caller's message is not changed; a copy is sent.
  */
 export function requestIdInterceptor(): Interceptor {
   return (next) => async (req) => {
     if (!req.stream) {
-      const message = req.message;
-      if (isMessage(message, CreateCallRequestSchema) && !message.requestId) {
-        const copy = clone(CreateCallRequestSchema, message);
-        copy.requestId = randomUUID();
-        return next({ ...req, message: copy });
-      }
-      if (isMessage(message, RenegotiateCallRequestSchema) && !message.requestId) {
-        const copy = clone(RenegotiateCallRequestSchema, message);
-        copy.requestId = randomUUID();
-        return next({ ...req, message: copy });
+      for (const schema of IDEMPOTENT_BY_REQUEST_ID) {
+        const message: unknown = req.message;
+        if (isMessage(message, schema) && !(message as unknown as { requestId: string }).requestId) {
+          const copy = clone(schema, message);
+          (copy as unknown as { requestId: string }).requestId = randomUUID();
+          return next({ ...req, message: copy as unknown as typeof req.message });
+        }
       }
     }
     return next(req);
   };
 }
+
+/** The requests a request_id makes safe to retry (clients/README.md), each given one if unset. */
+const IDEMPOTENT_BY_REQUEST_ID: readonly DescMessage[] = [
+  CreateCallRequestSchema,
+  RenegotiateCallRequestSchema,
+  CreateLineRequestSchema,
+  AnswerCallRequestSchema,
+  RejectCallRequestSchema,
+];
 
 /** The grpc-timeout header in milliseconds, if the call has a deadline. */
 function grpcTimeoutMs(header: Headers): number | undefined {

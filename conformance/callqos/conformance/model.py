@@ -15,7 +15,7 @@ from callqos.conformance.harness import CheckContext
 from callqos.conformance.params import Parameters
 from callqos.v1 import provider_pb2
 
-PROFILES = ("core", "renegotiation", "events", "provider-change", "concurrency")
+PROFILES = ("core", "renegotiation", "events", "provider-change", "concurrency", "incoming")
 
 
 class Level(str, enum.Enum):

@@ -16,10 +16,11 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from callqos.server.calls import CallManager
 from callqos.server.config import Config, is_loopback
 from callqos.server.events import EventHub
 from callqos.server.hosting import HostedProviders
+from callqos.server.incoming import Switchboard
+from callqos.server.lines import LineManager
 from callqos.server.security.guard import Guard
 from callqos.server.security.tls import CertificateFiles
 from callqos.server.service import CallQosServicer, add_to_server
@@ -60,7 +61,7 @@ class Running:
     port: int
     health: health.aio.HealthServicer
     hub: EventHub
-    calls: CallManager
+    calls: Switchboard
     providers: HostedProviders
     store: SqliteStore
     servicer: CallQosServicer
@@ -81,6 +82,7 @@ class Running:
         await self.health.enter_graceful_shutdown()
         await self.hub.close()
         await self.server.stop(self.config.shutdown_grace_seconds)
+        await self.calls.stop()
         if self.health_server is not None:
             await self.health_server.stop(0)
         if self._pruner is not None:
@@ -144,7 +146,8 @@ async def _start(
     )
     guard = Guard(config)
     await guard.start()
-    calls = CallManager(store, hub, providers, telemetry=instruments, quotas=guard.quotas)
+    lines = LineManager(store, config.no_answer_seconds)
+    calls = Switchboard(store, hub, providers, instruments, lines, quotas=guard.quotas)
     await calls.start()
     for call in await store.connected_calls():
         instruments.call_committed(call)
@@ -154,7 +157,7 @@ async def _start(
     # The telemetry interceptor runs first, so the span covers the other interceptors too.
     tracing = TelemetryInterceptor(instruments, telemetry.excluded_services)
     server = grpc.aio.server(options=grpc_options(config), interceptors=[tracing, *(interceptors or [])])
-    servicer = CallQosServicer(calls, hub, providers, config.max_watchers, guard)
+    servicer = CallQosServicer(calls, hub, providers, config.max_watchers, guard, lines)
     instruments.open_watch_streams = lambda: servicer.open_watchers
     add_to_server(servicer, server)
     health_servicer = health.aio.HealthServicer()

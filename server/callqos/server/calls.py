@@ -9,8 +9,9 @@ the contract, the call's new state and the events that announce it. Provider-ini
 
 Every outcome — a grant, a refusal, a provider error, a drop, a change the provider made — takes
 effect through one step, `_settle`, which owns for all of them: the telemetry of a provider
-decision; what becomes of the provider's reservation (`Release`); the commit of the call, its
-events and the request_id's first outcome in one store transaction, then the watchers woken;
+decision; what becomes of the provider's reservation (`Release`); the commit of the call (with
+the other leg of a call between two lines, `incoming`), its events and the request_id's first
+outcome in one store transaction, then the watchers woken;
 and the answer (the call, or the failure, raised once recorded). An `Outcome` names each of
 those, so a new kind of outcome cannot leave one out.
 """
@@ -35,6 +36,7 @@ from callqos.server.locks import KeyedLocks, to_completion
 from callqos.server.providers.base import (
     AdmissionRequest,
     Grant,
+    IncomingOffer,
     ProviderChange,
     Refusal,
     RefusalKind,
@@ -44,7 +46,15 @@ from callqos.server.qos import best_effort_qos, qos_shortfalls, reserved_rate, r
 from callqos.server.security.authz import Permission
 from callqos.server.security.identity import Caller
 from callqos.server.security.quotas import Quotas, usage_exceeded
-from callqos.server.store.base import CallPage, IdempotencyRecord, QuotaExceededError, Store, Usage, UsageLimits
+from callqos.server.store.base import (
+    CallPage,
+    IdempotencyRecord,
+    QuotaExceededError,
+    Store,
+    Usage,
+    UsageLimits,
+    holds_reservation,
+)
 from callqos.server.telemetry import Instruments, current_trace_id
 from callqos.v1 import call_pb2, event_pb2, flowspec_pb2
 from callqos.v1 import callqos_service_pb2 as svc
@@ -110,18 +120,20 @@ class Release:
     """A reservation `provider` holds for the call, which the outcome frees: before it is
     recorded (a drop; an admission the provider failed part-way through, which may hold part
     of one), or only if recording fails (a fresh grant: without the call, nothing would ever
-    release it)."""
+    release it). `holder` names the call the provider holds it under when that is not the
+    settled call (the caller's leg of a call between two lines)."""
 
     provider: HostedProvider
     before_commit: bool
+    holder: str = ""
 
     @classmethod
-    def first(cls, provider: HostedProvider) -> Release:
-        return cls(provider, before_commit=True)
+    def first(cls, provider: HostedProvider, holder: str = "") -> Release:
+        return cls(provider, before_commit=True, holder=holder)
 
     @classmethod
-    def if_commit_fails(cls, provider: HostedProvider) -> Release:
-        return cls(provider, before_commit=False)
+    def if_commit_fails(cls, provider: HostedProvider, holder: str = "") -> Release:
+        return cls(provider, before_commit=False, holder=holder)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -130,6 +142,7 @@ class Outcome:
     what it does about each; `CallManager._settle` makes it take effect."""
 
     call: Call  # the call as it is to be stored
+    peers: Sequence[Call]  # other calls stored in the same transaction: the other leg of a pair, or none
     events: Sequence[QosEvent]  # the events announcing it, stored with it
     failure: ServiceError | None  # what the caller gets instead of the call (None: the call)
     key: RequestKey | None  # the request_id this is the first outcome of (None: no request_id)
@@ -159,6 +172,8 @@ class CallManager:
         """Hand every connected call back to its provider; apply what no longer fits."""
         held: dict[str, list[Restored]] = {}
         for call in await self.store.connected_calls():
+            if not holds_reservation(call):
+                continue  # its pair's reservation is restored with the caller's leg
             provider_id = names.parse_provider(call.provider) or ""
             held.setdefault(provider_id, []).append(
                 Restored(call.name, call.destination, call.service_level, call.granted_qos)
@@ -187,12 +202,27 @@ class CallManager:
             )
         return call
 
+    async def _stored(self, name: str) -> Call:
+        """The call `name`, whatever its tenant, or CALL_NOT_FOUND: for the server's own reads
+        (the other leg of a pair, a ring-out, a provider's change), never to answer a caller."""
+        call = await self.store.get_call(name)
+        if call is None:
+            raise ServiceError(Reason.ERROR_REASON_CALL_NOT_FOUND, f"no call {name}", metadata={"call": name})
+        return call
+
     async def list_calls(
-        self, caller: Caller, *, state: int | None, provider: str | None, limit: int, before: int
+        self,
+        caller: Caller,
+        *,
+        state: int | None,
+        provider: str | None,
+        limit: int,
+        before: int,
+        line: str | None = None,
     ) -> CallPage:
         """The caller's tenant's calls newest first, `limit` of them from cursor `before` (0: the newest)."""
         return await self.store.list_calls(
-            tenant=caller.tenant, state=state, provider=provider, limit=limit, before=before
+            tenant=caller.tenant, state=state, provider=provider, limit=limit, before=before, line=line
         )
 
     async def provider_of(self, name: str, caller: Caller) -> HostedProvider:
@@ -242,6 +272,7 @@ class CallManager:
             now = _now()
             call = Call(
                 name=name,
+                direction=Call.Direction.DIRECTION_OUTGOING,
                 destination=request.call.destination,
                 provider=info.name,
                 service_level=level,
@@ -278,7 +309,13 @@ class CallManager:
                 ]
                 return await self._settle(
                     Outcome(
-                        call=call, events=events, failure=error, key=key, decided=decided, release=Release.first(info)
+                        call=call,
+                        peers=(),
+                        events=events,
+                        failure=error,
+                        key=key,
+                        decided=decided,
+                        release=Release.first(info),
                     )
                 )
             if isinstance(decision, Refusal):
@@ -309,7 +346,7 @@ class CallManager:
                     ),
                 ]
                 return await self._settle(
-                    Outcome(call=call, events=events, failure=refusal, key=key, decided=decided, release=None)
+                    Outcome(call=call, peers=(), events=events, failure=refusal, key=key, decided=decided, release=None)
                 )
             call.state = State.STATE_CONNECTED
             call.granted_qos.CopyFrom(decision.qos)
@@ -321,6 +358,7 @@ class CallManager:
             return await self._settle(
                 Outcome(
                     call=call,
+                    peers=(),
                     events=[granted],
                     failure=None,
                     key=key,
@@ -405,7 +443,7 @@ class CallManager:
                     message=error.message,
                 )
                 return await self._settle(
-                    Outcome(call=call, events=[failed], failure=error, key=key, decided=decided, release=None)
+                    Outcome(call=call, peers=(), events=[failed], failure=error, key=key, decided=decided, release=None)
                 )
             if isinstance(decision, Refusal):
                 refusal = refused(
@@ -426,7 +464,9 @@ class CallManager:
                     counter_offer=decision.counter_offer,
                 )
                 return await self._settle(
-                    Outcome(call=call, events=[failed], failure=refusal, key=key, decided=decided, release=None)
+                    Outcome(
+                        call=call, peers=(), events=[failed], failure=refusal, key=key, decided=decided, release=None
+                    )
                 )
             previous = QosSpec()
             previous.CopyFrom(call.granted_qos)
@@ -446,7 +486,10 @@ class CallManager:
             )
             try:
                 return await self._settle(
-                    Outcome(call=call, events=[changed], failure=None, key=key, decided=decided, release=None), limits
+                    Outcome(
+                        call=call, peers=(), events=[changed], failure=None, key=key, decided=decided, release=None
+                    ),
+                    limits,
                 )
             except ServiceError as error:
                 if error.reason == Reason.ERROR_REASON_QUOTA_EXCEEDED:
@@ -484,10 +527,23 @@ class CallManager:
                 disconnect=Disconnect.DISCONNECT_REASON_NORMAL,
             )
             return await self._settle(
-                Outcome(call=call, events=[event], failure=None, key=None, decided=None, release=Release.first(info))
+                Outcome(
+                    call=call,
+                    peers=(),
+                    events=[event],
+                    failure=None,
+                    key=None,
+                    decided=None,
+                    release=Release.first(info),
+                )
             )
 
-    # -- provider-initiated change (ProviderHost) -------------------------------------------
+    # -- provider-initiated change and offers (ProviderHost) ---------------------------------
+    async def offer(self, provider: str, offer: IncomingOffer) -> str | None:
+        """A call arriving from a provider's network is offered on a line; this manager has no
+        lines (`incoming.Switchboard` has), so no line is open for any address."""
+        return None
+
     async def report_change(self, change: ProviderChange) -> None:
         with self.telemetry.background("callqos.provider.change", {"callqos.call": change.call}):
             await self._apply_change(change)
@@ -537,7 +593,9 @@ class CallManager:
                     )
                 ]
             # The provider made the change itself: it already holds what it reports (or nothing).
-            await self._settle(Outcome(call=call, events=events, failure=None, key=None, decided=None, release=None))
+            await self._settle(
+                Outcome(call=call, peers=(), events=events, failure=None, key=None, decided=None, release=None)
+            )
 
     # -- settling an outcome ----------------------------------------------------------------
     async def _settle(self, outcome: Outcome, limits: UsageLimits | None = None) -> Call:
@@ -554,13 +612,13 @@ class CallManager:
             verdict = "refused" if failure.refusal is not None else "error"
             self.telemetry.decision(decided.operation, call.provider, decided.offered, verdict, failure.reason_name)
         if release is not None and release.before_commit:
-            await self._release_quietly(release.provider, call.name)
+            await self._release_quietly(release.provider, release.holder or call.name)
         record: IdempotencyRecord | None = outcome.key.record(call.name, failure) if outcome.key else None
         try:
-            await self._commit(call, outcome.events, record, limits)
+            await self._commit([call, *outcome.peers], outcome.events, record, limits)
         except BaseException:
             if release is not None and not release.before_commit:
-                await self._release_quietly(release.provider, call.name)
+                await self._release_quietly(release.provider, release.holder or call.name)
             raise
         if failure is not None:
             raise failure
@@ -569,14 +627,19 @@ class CallManager:
         return call
 
     async def _commit(
-        self, call: Call, events: Sequence[QosEvent], record: IdempotencyRecord | None, limits: UsageLimits | None
+        self,
+        calls: Sequence[Call],
+        events: Sequence[QosEvent],
+        record: IdempotencyRecord | None,
+        limits: UsageLimits | None,
     ) -> None:
-        with self.telemetry.store_commit(call.name, len(events)):
+        with self.telemetry.store_commit(calls[0].name, len(events)):
             try:
-                numbered = await self.store.commit(call, events, record, limits=limits)
+                numbered = await self.store.commit(calls, events, record, limits=limits)
             except QuotaExceededError as exceeded:
                 raise usage_exceeded(exceeded) from None
-        self.telemetry.call_committed(call)
+        for call in calls:
+            self.telemetry.call_committed(call)
         await self.hub.publish(numbered)
 
     async def _release_quietly(self, info: HostedProvider, name: str) -> None:
@@ -657,6 +720,7 @@ class CallManager:
         event = QosEvent(
             call=call.name,
             tenant=call.tenant,
+            line=call.line,
             type=kind,
             provider=call.provider,
             cause=cause,

@@ -25,6 +25,9 @@ AUTHENTICATORS = ("header", "jwt", "mtls")
 # attack (RFC 8725 2.1) — and "none" verifies nothing.
 JWT_ALGORITHMS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA")
 MAX_JWT_LEEWAY_SECONDS = 300.0
+# The range of a no-answer timeout, the server's default and a line's own alike.
+MIN_NO_ANSWER_SECONDS = 1.0
+MAX_NO_ANSWER_SECONDS = 600.0
 
 
 class ConfigError(Exception):
@@ -69,6 +72,9 @@ class Config:
     # HOST:PORT of a plaintext listener serving only grpc.health.v1 (for probes that cannot speak
     # TLS, such as Kubernetes' grpc probe); "" = off. Health is served on `listen` too.
     health_listen: str = ""
+    # How long a call offered on a line rings before it is disconnected NO_ANSWER, unless the
+    # line sets its own no_answer_timeout when it is opened (whoever opens a line may).
+    no_answer_seconds: float = 30.0
 
     # -- security (README "Security") -----------------------------------------------------------
     # TLS on `listen`: the server's certificate chain and key (PEM files, re-read when they change).
@@ -151,6 +157,10 @@ class Config:
             host, sep, port = self.health_listen.rpartition(":")
             if not sep or not host or not port.isdigit():
                 raise ConfigError(f"health_listen must be HOST:PORT or empty, not {self.health_listen!r}")
+        if not MIN_NO_ANSWER_SECONDS <= self.no_answer_seconds <= MAX_NO_ANSWER_SECONDS:
+            raise ConfigError(
+                f"no_answer_seconds must be between {MIN_NO_ANSWER_SECONDS:g} and {MAX_NO_ANSWER_SECONDS:g}"
+            )
         self._validate_security()
 
     def _validate_security(self) -> None:

@@ -17,15 +17,16 @@ import logging
 import time
 from collections.abc import Awaitable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from callqos.server import names
 from callqos.server.errors import Reason, ServiceError
 from callqos.server.locks import to_completion
 from callqos.server.providers import registry
-from callqos.server.providers.base import AdmissionRequest, Provider, ProviderChange, ProviderHost, Restored
+from callqos.server.providers.base import AdmissionRequest, IncomingOffer, Provider, ProviderChange, Restored
 from callqos.server.telemetry.instruments import Instruments
 from callqos.v1 import provider_pb2
+from callqos.wire import DEFAULT_TENANT
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -40,16 +41,41 @@ CALLER_BOUND = frozenset({"admit", "renegotiate"})
 CHANGES_LINKS = frozenset({"admit", "renegotiate", "release", "update_link"})
 
 
+class Host(Protocol):
+    """What the server does for its providers (the call manager): each provider sees it through
+    a `ProviderHostView` of its own, so the server knows which provider offers a call."""
+
+    async def report_change(self, change: ProviderChange) -> None: ...
+
+    async def offer(self, provider: str, offer: IncomingOffer) -> str | None: ...
+
+
+@dataclass(frozen=True)
+class ProviderHostView:
+    """The `ProviderHost` one provider is given: the server's host, with its offers its own."""
+
+    host: Host
+    provider: str  # `providers/{provider}`
+
+    async def report_change(self, change: ProviderChange) -> None:
+        await self.host.report_change(change)
+
+    async def offer_call(self, offer: IncomingOffer) -> str | None:
+        return await self.host.offer(self.provider, offer)
+
+
 @dataclass
 class HostedProvider:
     """A provider as the host keeps it: its id, the instance, the `module:Class` it was loaded
-    from, whether it is the default, and its capabilities (read once: they must not change)."""
+    from, whether it is the default, its capabilities (read once: they must not change), and the
+    tenant whose lines the calls from its network ring (its `incoming_tenant` setting)."""
 
     id: str
     provider: Provider
     implementation: str
     default: bool = False
     capabilities: provider_pb2.ProviderCapabilities = field(default_factory=provider_pb2.ProviderCapabilities)
+    incoming_tenant: str = DEFAULT_TENANT
 
     @property
     def name(self) -> str:
@@ -71,6 +97,11 @@ class HostedProviders:
                 raise registry.ProviderLoadError(f"provider id {provider_id!r} must be a resource id ([a-z][a-z0-9-]*)")
             plugin_settings = dict(settings)
             plugin = str(plugin_settings.pop("plugin", provider_id))
+            # Host-level, like `plugin`: providers are platform-wide, so the tenant a call from the
+            # provider's network belongs to is the operator's to say.
+            incoming_tenant = plugin_settings.pop("incoming_tenant", DEFAULT_TENANT)
+            if not isinstance(incoming_tenant, str) or not incoming_tenant.strip():
+                raise registry.ProviderLoadError(f"providers.{provider_id}.incoming_tenant must be a tenant name")
             provider, target = registry.instantiate(plugin, plugin_settings)
             provider.id = provider_id
             self._by_id[provider_id] = HostedProvider(
@@ -79,15 +110,17 @@ class HostedProviders:
                 implementation=target,
                 default=provider_id == default,
                 capabilities=provider.capabilities(),
+                incoming_tenant=incoming_tenant,
             )
         self.default_id = default
 
-    async def start(self, host: ProviderHost, connected: Mapping[str, Sequence[Restored]]) -> list[ProviderChange]:
+    async def start(self, host: Host, connected: Mapping[str, Sequence[Restored]]) -> list[ProviderChange]:
         """Start every provider with the connected calls it held; the changes they report for
         calls that no longer fit are returned for the host to apply."""
         changes: list[ProviderChange] = []
         for info in self._by_id.values():
-            changes.extend(await info.provider.start(host, list(connected.get(info.id, ()))))
+            view = ProviderHostView(host, info.name)
+            changes.extend(await info.provider.start(view, list(connected.get(info.id, ()))))
         return changes
 
     async def stop(self) -> None:
@@ -180,6 +213,14 @@ class HostedProviders:
             log.warning("could not read the links of provider %s for metrics", info.id, exc_info=True)
             return
         self.telemetry.record_links(info.name, links)
+
+    async def offer_ended(self, info: HostedProvider, call: str, reason: int) -> None:
+        """Tell the provider that the call it offered ended unanswered. Never fails: the call has
+        ended whatever the provider makes of it."""
+        try:
+            await self.call(info, "offer_ended", info.provider.offer_ended(call, reason), call=call)
+        except ServiceError:
+            log.warning("provider %s was not told that its offer %s ended", info.id, call)
 
     # -- link administration (ListLinks, UpdateLink) ----------------------------------------
     def link_admin(self, provider_name: str) -> HostedProvider:

@@ -1,11 +1,12 @@
-"""Idempotent requests (AIP-155): a request_id makes CreateCall and RenegotiateCall run at most
-once per principal (of a tenant), and a repeat answers with the first outcome.
+"""Idempotent requests (AIP-155): a request_id makes CreateCall, RenegotiateCall, AnswerCall,
+RejectCall and CreateLine run at most once per principal (of a tenant), and a repeat answers with
+the first outcome.
 
 A request is known by its `RequestKey`: who sent it, to which method, and a fingerprint of its
 body without the request_id. Repeats of one request_id are serialized, so that concurrent ones
 also run once. A repeat with another method or body is REQUEST_ID_REUSED; a repeat of a request
 that failed gets the same status again (`ReplayedStatus`); a repeat of one that succeeded gets
-the call as it is now. The first outcome itself is recorded by the call manager, in the same
+the call (or line) as it is now. The first outcome itself is recorded by the call manager, in the same
 store transaction as the call and its events (see `calls.CallManager._settle`), so an outcome
 and its record can never disagree.
 """
@@ -15,17 +16,25 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 from google.rpc import status_pb2
 
 from callqos.server.errors import FieldViolation, Reason, ReplayedStatus, ServiceError
 from callqos.server.locks import KeyedLocks
 from callqos.server.store.base import IdempotencyRecord, Store
-from callqos.v1 import call_pb2
 from callqos.v1 import callqos_service_pb2 as svc
 from callqos.wire import DEFAULT_TENANT
 
-IdempotentRequest = svc.CreateCallRequest | svc.RenegotiateCallRequest
+IdempotentRequest = (
+    svc.CreateCallRequest
+    | svc.RenegotiateCallRequest
+    | svc.AnswerCallRequest
+    | svc.RejectCallRequest
+    | svc.CreateLineRequest
+)
+# What a request creates or changes: a call, or a line.
+Resource = TypeVar("Resource")
 
 
 def fingerprint(method: str, request: IdempotentRequest) -> str:
@@ -46,7 +55,8 @@ class RequestKey:
     tenant: str = DEFAULT_TENANT
 
     def record(self, call: str, error: ServiceError | None) -> IdempotencyRecord:
-        """The record of this request's first outcome: `error`, or success on `call`."""
+        """The record of this request's first outcome: `error`, or success on `call` (the name
+        of the call, or line, it created or changed)."""
         status = error.to_status().SerializeToString() if error else b""
         return IdempotencyRecord(
             self.request_id, self.principal, self.method, self.fingerprint, call, status, self.tenant
@@ -65,11 +75,11 @@ class Idempotency:
         method: str,
         request: IdempotentRequest,
         principal: str,
-        run: Callable[[RequestKey | None], Awaitable[call_pb2.Call]],
-        read: Callable[[str], Awaitable[call_pb2.Call]],
+        run: Callable[[RequestKey | None], Awaitable[Resource]],
+        read: Callable[[str], Awaitable[Resource]],
         *,
         tenant: str = DEFAULT_TENANT,
-    ) -> call_pb2.Call:
+    ) -> Resource:
         """`run(key)` the first time this principal sends this request_id (`run(None)` for a
         request without one; `key` is for recording the outcome); for a repeat, the first
         outcome again: its failure, or the call it succeeded on, read with `read`."""

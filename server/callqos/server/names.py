@@ -1,4 +1,4 @@
-"""What a resource name is (AIP-122): `calls/{call}`, `providers/{provider}`,
+"""What a resource name is (AIP-122): `calls/{call}`, `lines/{line}`, `providers/{provider}`,
 `providers/{provider}/links/{link}` — how each is built and parsed, and what an id may be."""
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ _ID = r"[a-z](?:[a-z0-9-]{0,61}[a-z0-9])?"
 # Server-generated call ids are UUIDs, which may start with a digit.
 _CALL_ID = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
 _CALL = re.compile(rf"calls/({_CALL_ID})")
+_LINE = re.compile(rf"lines/({_CALL_ID})")
 _PROVIDER = re.compile(rf"providers/({_ID})")
 _LINK = re.compile(rf"providers/({_ID})/links/({_ID})")
 USER_CALL_ID = re.compile(_ID)
@@ -22,6 +23,20 @@ def call_name(call_id: str) -> str:
 
 def new_call_id() -> str:
     return str(uuid.uuid4())
+
+
+def line_name(line_id: str) -> str:
+    return f"lines/{line_id}"
+
+
+def new_line_id() -> str:
+    return str(uuid.uuid4())
+
+
+def parse_line(name: str) -> str | None:
+    """The {line} of `lines/{line}` (a user's id or a server UUID), or None."""
+    match = _LINE.fullmatch(name)
+    return match.group(1) if match else None
 
 
 def provider_name(provider_id: str) -> str:

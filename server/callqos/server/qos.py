@@ -1,5 +1,6 @@
 """What a flowspec means: how much it reserves (conformance/SPEC.md GRANT-1), whether a grant
-satisfies a request (GRANT-3), NO_CHANGE resolution (SETQOS-4) and the RFC 2212 delay bound
+satisfies a request (GRANT-3), NO_CHANGE resolution (SETQOS-4), the two ends of a call as each
+other's mirror and what an answer may ask for (OFFER-2, ANSWER-2), and the RFC 2212 delay bound
 (DELAY-1 … DELAY-3). Pure functions over the published protobuf types, used by validation, the
 call manager and telemetry; what a provider needs of them is exported to provider authors by
 `callqos.server.providers`.
@@ -104,6 +105,35 @@ def resolve_no_change(requested: QosSpec, current: QosSpec) -> QosSpec:
     if not requested.provider_specific:
         resolved.provider_specific = current.provider_specific
     return resolved
+
+
+def mirror(qos: QosSpec) -> QosSpec:
+    """The same QoS seen from the other end of the call: what one party sends, the other
+    receives (the sending and receiving flowspecs swapped; provider-specific data kept)."""
+    return QosSpec(sending=qos.receiving, receiving=qos.sending, provider_specific=qos.provider_specific)
+
+
+def answer_excess(answer: FlowSpec, offer: FlowSpec) -> list[str]:
+    """Why one direction of an answer asks for more than the offer did (empty when it does not).
+
+    An answer may keep the offered service type and ask for no more than the offer (the offer
+    satisfies it, GRANT-3), or fall back to a service type that reserves nothing."""
+    if answer.service_type not in RESERVING:
+        return []
+    if answer.service_type != offer.service_type:
+        return [f"{ST.Name(answer.service_type)} was not offered (the offer is {ST.Name(offer.service_type)})"]
+    # shortfalls() words it from the grant's side; here the offer plays the grant.
+    return [_AS_EXCESS.get(problem, problem) for problem in shortfalls(offer, answer)]
+
+
+_AS_EXCESS = {
+    "token rate below the request": "token rate above the offer",
+    "peak bandwidth bounded, the request asked for an unbounded one": "unbounded peak, the offer's is bounded",
+    "peak bandwidth below the request": "peak bandwidth above the offer",
+    "token bucket below the request": "token bucket above the offer",
+    "latency above the request": "latency below the offer",
+    "max SDU size below the request": "max SDU size above the offer",
+}
 
 
 @dataclass(frozen=True)

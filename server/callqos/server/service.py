@@ -1,17 +1,18 @@
 """The gRPC servicer: admit the caller, decode the request, delegate, encode the answer.
 
 It decides nothing about a request itself. Each handler passes the request through `validation`
-(what a valid request is), then hands it to the one that decides: the call manager (`calls`) for
-calls, the event hub (`events`) for watch streams, the provider host (`hosting`) for providers
-and links; failures become statuses as `errors` says. What stays here is request plumbing:
-decoding (a corrupt body is INVALID_ARGUMENT, not UNKNOWN), the caller's deadline, the count of
-open watch streams, and encoding answers and pages.
+(what a valid request is), then hands it to the one that decides: the call manager (the
+switchboard, `incoming`, which is `calls` plus lines) for calls, answers and closing a line, the
+line manager (`lines`) for opening and reading lines, the event hub (`events`) for watch streams,
+the provider host (`hosting`) for providers and links; failures become statuses as `errors` says.
+What stays here is request plumbing: decoding (a corrupt body is INVALID_ARGUMENT, not UNKNOWN),
+the caller's deadline, the count of open watch streams, and encoding answers and pages.
 
 Who the caller is comes from one place: every handler first passes the security `Guard`
 (authentication, then the permission its method needs), before the request is even looked at, and
-receives the resulting `Caller`, which it hands on to the call manager (ownership and tenancy of
-calls) and the event hub (a watcher sees its own tenant's events). The Guard also writes the audit
-record of every mutation and every denial.
+receives the resulting `Caller`, which it hands on to the call and line managers (ownership and
+tenancy of calls and lines) and the event hub (a watcher sees its own tenant's events). The Guard
+also writes the audit record of every mutation and every denial.
 """
 
 from __future__ import annotations
@@ -28,15 +29,16 @@ from google.protobuf.message import DecodeError, Message
 from grpc_status import rpc_status
 
 from callqos.server import names, validation
-from callqos.server.calls import CallManager
 from callqos.server.errors import FieldViolation, Reason, ReplayedStatus, ServiceError, invalid
 from callqos.server.events import EventHub
 from callqos.server.hosting import CALLER_DEADLINE, HostedProviders, provider_proto
+from callqos.server.incoming import Switchboard
+from callqos.server.lines import LineManager
 from callqos.server.security.authz import MUTATIONS
 from callqos.server.security.guard import Guard
 from callqos.server.security.identity import Caller
 from callqos.server.validation import DEFAULT_PAGE, MAX_PAGE, MAX_PROVIDER_PAGE
-from callqos.v1 import call_pb2
+from callqos.v1 import call_pb2, line_pb2
 from callqos.v1 import callqos_service_pb2 as svc
 from callqos.v1 import callqos_service_pb2_grpc as svc_grpc
 from callqos.wire import START_SEQUENCE_HEADER
@@ -99,13 +101,15 @@ def add_to_server(servicer: CallQosServicer, server: grpc.aio.Server) -> None:
 
 
 def _resource(request: Any, answer: Any = None) -> str:
-    """The resource a request is about, for the audit log: the call or link it names or made."""
+    """The resource a request is about, for the audit log: the call, line or link it names or made."""
     if answer is not None and hasattr(answer, "name"):
         return str(answer.name)
     if isinstance(request, svc.UpdateLinkRequest):
         return request.link.name
     if isinstance(request, svc.CreateCallRequest):
         return names.call_name(request.call_id) if request.call_id else ""
+    if isinstance(request, svc.CreateLineRequest):
+        return names.line_name(request.line_id) if request.line_id else ""
     return str(getattr(request, "name", "") or getattr(request, "parent", ""))
 
 
@@ -144,9 +148,16 @@ def unary(method: Handler[R]) -> Handler[R]:
 
 class CallQosServicer(svc_grpc.CallQosServiceServicer):
     def __init__(
-        self, calls: CallManager, hub: EventHub, providers: HostedProviders, max_watchers: int, guard: Guard
+        self,
+        calls: Switchboard,
+        hub: EventHub,
+        providers: HostedProviders,
+        max_watchers: int,
+        guard: Guard,
+        lines: LineManager,
     ) -> None:
         self._calls = calls
+        self._lines = lines
         self._hub = hub
         self._providers = providers
         self._max_watchers = max_watchers
@@ -181,7 +192,12 @@ class CallQosServicer(svc_grpc.CallQosServiceServicer):
         selected = validation.call_filter(request.filter)
         before = validation.page_cursor(request.page_token, selected.page_scope)
         page = await self._calls.list_calls(
-            caller, state=selected.state, provider=selected.provider, limit=size, before=before
+            caller,
+            state=selected.state,
+            provider=selected.provider,
+            limit=size,
+            before=before,
+            line=selected.line,
         )
         return svc.ListCallsResponse(
             calls=page.calls, next_page_token=validation.page_token(page.next_cursor, selected.page_scope)
@@ -202,6 +218,59 @@ class CallQosServicer(svc_grpc.CallQosServiceServicer):
     ) -> call_pb2.Call:
         validation.drop(request)
         return await self._calls.drop(request, caller)
+
+    @unary
+    async def AnswerCall(
+        self, request: svc.AnswerCallRequest, context: grpc.aio.ServicerContext, caller: Caller
+    ) -> call_pb2.Call:
+        validation.answer(request, None)
+        # What may be answered depends on the offer (the call's requested_qos, which does not
+        # change while it is offered) and its provider's limits.
+        offered = await self._calls.get(request.name, caller)
+        info = self._providers.get(offered.provider)
+        validation.answer(request, offered.requested_qos, info.capabilities, info.provider.validate_provider_specific)
+        return await self._calls.answer(request, caller)
+
+    @unary
+    async def RejectCall(
+        self, request: svc.RejectCallRequest, context: grpc.aio.ServicerContext, caller: Caller
+    ) -> call_pb2.Call:
+        validation.reject(request)
+        return await self._calls.reject(request, caller)
+
+    @unary
+    async def CreateLine(
+        self, request: svc.CreateLineRequest, context: grpc.aio.ServicerContext, caller: Caller
+    ) -> line_pb2.Line:
+        validation.line_create(request)
+        return await self._lines.create(request, caller)
+
+    @unary
+    async def GetLine(
+        self, request: svc.GetLineRequest, context: grpc.aio.ServicerContext, caller: Caller
+    ) -> line_pb2.Line:
+        return await self._lines.get(validation.line_name(request.name), caller)
+
+    @unary
+    async def ListLines(
+        self, request: svc.ListLinesRequest, context: grpc.aio.ServicerContext, caller: Caller
+    ) -> svc.ListLinesResponse:
+        size = validation.page_size(request.page_size, DEFAULT_PAGE, MAX_PAGE)
+        selected = validation.line_filter(request.filter)
+        before = validation.page_cursor(request.page_token, selected.page_scope)
+        page = await self._lines.list_lines(
+            caller, state=selected.state, address=selected.address, owner=selected.owner, limit=size, before=before
+        )
+        return svc.ListLinesResponse(
+            lines=page.lines, next_page_token=validation.page_token(page.next_cursor, selected.page_scope)
+        )
+
+    @unary
+    async def CloseLine(
+        self, request: svc.CloseLineRequest, context: grpc.aio.ServicerContext, caller: Caller
+    ) -> line_pb2.Line:
+        validation.close_line(request)
+        return await self._calls.close_line(request, caller)
 
     async def WatchEvents(
         self, request: svc.WatchEventsRequest, context: grpc.aio.ServicerContext

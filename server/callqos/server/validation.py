@@ -4,7 +4,9 @@ before the call manager or any provider sees it.
 That covers the caller's principal (request metadata), resource names, the FLOWSPEC rules of a
 new call and of a renegotiation (from the Winsock 2 FLOWSPEC remarks and RFC 2212/2215), service
 levels, request ids and etags, page sizes and page tokens (AIP-158), the ListCalls filter (an
-AIP-160 subset), the WatchEvents filter, and UpdateLink's update_mask and link name.
+AIP-160 subset), the WatchEvents filter, UpdateLink's update_mask and link name, lines (CreateLine,
+CloseLine, the ListLines filter), answers (an answer asks no more than the offer) and the calls a
+provider offers from its network.
 
 Each check names the field it is about (its path in the request, or the metadata key) so that a
 client gets one google.rpc.BadRequest field violation per bad field (conformance/SPEC.md FLOW-1,
@@ -27,9 +29,11 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 from callqos.server import names
+from callqos.server.config import MAX_NO_ANSWER_SECONDS, MIN_NO_ANSWER_SECONDS
 from callqos.server.errors import FieldViolation, invalid
-from callqos.server.qos import NOTIFICATION_ONLY, RESERVING, SENTINELS
-from callqos.v1 import call_pb2, event_pb2, flowspec_pb2, provider_pb2
+from callqos.server.providers.base import IncomingOffer
+from callqos.server.qos import NOTIFICATION_ONLY, RESERVING, SENTINELS, answer_excess
+from callqos.v1 import call_pb2, event_pb2, flowspec_pb2, line_pb2, provider_pb2
 from callqos.v1 import callqos_service_pb2 as svc
 
 ST = flowspec_pb2.ServiceType
@@ -184,6 +188,19 @@ def call_name_violations(name: str, path: str = "name") -> Iterator[FieldViolati
         yield FieldViolation(path, "must be calls/{call}")
 
 
+def line_name_violations(name: str, path: str = "name") -> Iterator[FieldViolation]:
+    if names.parse_line(name) is None:
+        yield FieldViolation(path, "must be lines/{line}")
+
+
+def address_violations(address: str, path: str) -> Iterator[FieldViolation]:
+    """A destination or a line's address: 1-256 printable characters (REQ-1)."""
+    if not address:
+        yield FieldViolation(path, "required")
+    elif len(address) > MAX_DESTINATION or not _PRINTABLE.fullmatch(address):
+        yield FieldViolation(path, f"1-{MAX_DESTINATION} printable characters")
+
+
 def create_violations(
     request: svc.CreateCallRequest,
     caps: provider_pb2.ProviderCapabilities | None,
@@ -196,10 +213,7 @@ def create_violations(
     found: list[FieldViolation] = []
     if not request.HasField("call"):
         return [FieldViolation("call", "required")]
-    if not call.destination:
-        found.append(FieldViolation("call.destination", "required"))
-    elif len(call.destination) > MAX_DESTINATION or not _PRINTABLE.fullmatch(call.destination):
-        found.append(FieldViolation("call.destination", f"1-{MAX_DESTINATION} printable characters"))
+    found.extend(address_violations(call.destination, "call.destination"))
     if call.provider and names.parse_provider(call.provider) is None:
         found.append(FieldViolation("call.provider", "must be providers/{provider}"))
     found.extend(level_violations(call.service_level, "call.service_level"))
@@ -308,6 +322,112 @@ def drop(request: svc.DropCallRequest) -> None:
     check([*call_name_violations(request.name), *etag_violations(request.etag)])
 
 
+# -- lines ----------------------------------------------------------------------------------------
+def line_name(name: str, path: str = "name") -> str:
+    """`lines/{line}`."""
+    check(line_name_violations(name, path))
+    return name
+
+
+def line_create_violations(request: svc.CreateLineRequest) -> list[FieldViolation]:
+    if not request.HasField("line"):
+        return [FieldViolation("line", "required")]
+    found = list(address_violations(request.line.address, "line.address"))
+    if request.line.HasField("no_answer_timeout"):
+        timeout = request.line.no_answer_timeout
+        seconds = timeout.seconds + timeout.nanos / 1e9
+        if not 0 <= timeout.nanos < 1_000_000_000 or not MIN_NO_ANSWER_SECONDS <= seconds <= MAX_NO_ANSWER_SECONDS:
+            found.append(
+                FieldViolation(
+                    "line.no_answer_timeout",
+                    f"between {MIN_NO_ANSWER_SECONDS:g} s and {MAX_NO_ANSWER_SECONDS:g} s",
+                )
+            )
+    if request.line_id and not names.USER_CALL_ID.fullmatch(request.line_id):
+        found.append(
+            FieldViolation("line_id", "1-63 characters of [a-z0-9-], starting with a letter, not ending with -")
+        )
+    found.extend(request_id_violations(request.request_id))
+    return found
+
+
+def line_create(request: svc.CreateLineRequest) -> None:
+    """A CreateLineRequest (LINE-1)."""
+    check(line_create_violations(request))
+
+
+def close_line(request: svc.CloseLineRequest) -> None:
+    check([*line_name_violations(request.name), *etag_violations(request.etag)])
+
+
+# -- answering ------------------------------------------------------------------------------------
+def answer_violations(
+    request: svc.AnswerCallRequest,
+    offered: flowspec_pb2.QosSpec | None,
+    caps: provider_pb2.ProviderCapabilities | None,
+    provider_specific: ProviderSpecificCheck | None = None,
+) -> list[FieldViolation]:
+    """Every violation in an AnswerCallRequest: on its own (`offered` None), or also against the
+    offer, the call's requested_qos, and its provider's limits (ANSWER-2)."""
+    found = list(call_name_violations(request.name))
+    if request.HasField("qos"):
+        # NO_CHANGE is valid in an answer: it keeps that direction as offered.
+        found.extend(
+            qos_violations(
+                request.qos,
+                "qos",
+                renegotiation=True,
+                caps=caps,
+                present=True,
+                provider_specific=provider_specific,
+            )
+        )
+        if offered is not None:
+            for direction in ("sending", "receiving"):
+                answer: flowspec_pb2.FlowSpec = getattr(request.qos, direction)
+                if answer.service_type == ST.SERVICE_TYPE_NO_CHANGE:
+                    continue
+                for problem in answer_excess(answer, getattr(offered, direction)):
+                    found.append(FieldViolation(f"qos.{direction}", problem))
+    found.extend(etag_violations(request.etag))
+    found.extend(request_id_violations(request.request_id))
+    return found
+
+
+def answer(
+    request: svc.AnswerCallRequest,
+    offered: flowspec_pb2.QosSpec | None,
+    caps: provider_pb2.ProviderCapabilities | None = None,
+    provider_specific: ProviderSpecificCheck | None = None,
+) -> None:
+    """An AnswerCallRequest: first on its own, then, once the call is found, against what it
+    was offered and its provider (which can only add problems)."""
+    check(answer_violations(request, offered, caps, provider_specific))
+
+
+def reject(request: svc.RejectCallRequest) -> None:
+    check(
+        [
+            *call_name_violations(request.name),
+            *etag_violations(request.etag),
+            *request_id_violations(request.request_id),
+        ]
+    )
+
+
+def offer_violations(offer: IncomingOffer, caps: provider_pb2.ProviderCapabilities) -> list[FieldViolation]:
+    """What is wrong with a call a provider offers from its network (PROV-14): the rules of a
+    CreateCall, applied to the provider's offer."""
+    found = list(address_violations(offer.destination, "destination"))
+    if len(offer.caller_id) > MAX_DESTINATION or (offer.caller_id and not _PRINTABLE.fullmatch(offer.caller_id)):
+        found.append(FieldViolation("caller_id", f"at most {MAX_DESTINATION} printable characters"))
+    if offer.level == call_pb2.ServiceLevel.SERVICE_LEVEL_UNSPECIFIED:
+        found.append(FieldViolation("level", "required: NEEDED, IF_AVAILABLE or BEST_EFFORT"))
+    found.extend(level_violations(offer.level, "level"))
+    found.extend(qos_violations(offer.caller_qos, "caller_qos", renegotiation=False, caps=caps, present=True))
+    return found
+
+
 # -- pages (AIP-158) ------------------------------------------------------------------------------
 def page_size(requested: int, default: int, maximum: int) -> int:
     """The number of items to return: `default` for 0, never more than `maximum`."""
@@ -346,38 +466,96 @@ class CallFilter:
     state: int | None
     provider: str | None
     page_scope: str
+    line: str | None = None
 
 
 _FILTER_TERM = re.compile(r'\s*(\w+)\s*=\s*("([^"]*)"|[\w/.-]+)\s*')
 
 
+_CALL_STATES = ("STATE_CONNECTED", "STATE_DISCONNECTED", "STATE_OFFERING", "STATE_RINGBACK")
+
+
 def call_filter(text: str) -> CallFilter:
-    """The AIP-160 subset ListCalls accepts: `state = X AND provider = "providers/y"`."""
+    """The AIP-160 subset ListCalls accepts: `state = X AND provider = "providers/y" AND
+    line = "lines/z"`."""
     state: int | None = None
     provider: str | None = None
+    line: str | None = None
     if len(text) > MAX_FILTER:
         raise invalid([FieldViolation("filter", f"at most {MAX_FILTER} characters")])
     scope = hashlib.sha256(text.encode()).hexdigest()[:16]
     if not text.strip():
         return CallFilter(state, provider, scope)
-    for term in re.split(r"\s+AND\s+", text.strip()):
-        match = _FILTER_TERM.fullmatch(term)
-        if match is None:
-            raise invalid([FieldViolation("filter", f"cannot parse {term!r}; use field = value joined by AND")])
-        key, value = match.group(1), match.group(3) if match.group(3) is not None else match.group(2)
+    for key, value in _filter_terms(text):
         if key == "state":
             wanted = value.upper()
             wanted = wanted if wanted.startswith("STATE_") else f"STATE_{wanted}"
-            if wanted not in ("STATE_CONNECTED", "STATE_DISCONNECTED"):
-                raise invalid([FieldViolation("filter", f"state must be CONNECTED or DISCONNECTED, not {value!r}")])
+            if wanted not in _CALL_STATES:
+                raise invalid(
+                    [
+                        FieldViolation(
+                            "filter", f"state must be CONNECTED, DISCONNECTED, OFFERING or RINGBACK, not {value!r}"
+                        )
+                    ]
+                )
             state = call_pb2.Call.State.Value(wanted)
         elif key == "provider":
             if names.parse_provider(value) is None:
                 raise invalid([FieldViolation("filter", "provider must be providers/{provider}")])
             provider = value
+        elif key == "line":
+            if names.parse_line(value) is None:
+                raise invalid([FieldViolation("filter", "line must be lines/{line}")])
+            line = value
         else:
-            raise invalid([FieldViolation("filter", f"unknown field {key!r}; filter on state or provider")])
-    return CallFilter(state, provider, scope)
+            raise invalid([FieldViolation("filter", f"unknown field {key!r}; filter on state, provider or line")])
+    return CallFilter(state, provider, scope, line)
+
+
+def _filter_terms(text: str) -> Iterator[tuple[str, str]]:
+    """(field, value) of each `field = value` term of an AIP-160 conjunction."""
+    for term in re.split(r"\s+AND\s+", text.strip()):
+        match = _FILTER_TERM.fullmatch(term)
+        if match is None:
+            raise invalid([FieldViolation("filter", f"cannot parse {term!r}; use field = value joined by AND")])
+        yield match.group(1), match.group(3) if match.group(3) is not None else match.group(2)
+
+
+@dataclass(frozen=True)
+class LineFilter:
+    """What ListLines' filter selects (None: any), and the page-token scope of that filter."""
+
+    state: int | None
+    address: str | None
+    owner: str | None
+    page_scope: str
+
+
+def line_filter(text: str) -> LineFilter:
+    """The AIP-160 subset ListLines accepts: `state = OPEN|CLOSED`, `address = "..."` and
+    `owner = "..."`, joined by AND."""
+    if len(text) > MAX_FILTER:
+        raise invalid([FieldViolation("filter", f"at most {MAX_FILTER} characters")])
+    scope = "lines:" + hashlib.sha256(text.encode()).hexdigest()[:16]
+    state: int | None = None
+    address: str | None = None
+    owner: str | None = None
+    if not text.strip():
+        return LineFilter(state, address, owner, scope)
+    for key, value in _filter_terms(text):
+        if key == "state":
+            wanted = value.upper()
+            wanted = wanted if wanted.startswith("STATE_") else f"STATE_{wanted}"
+            if wanted not in ("STATE_OPEN", "STATE_CLOSED"):
+                raise invalid([FieldViolation("filter", f"state must be OPEN or CLOSED, not {value!r}")])
+            state = line_pb2.Line.State.Value(wanted)
+        elif key == "address":
+            address = value
+        elif key == "owner":
+            owner = value
+        else:
+            raise invalid([FieldViolation("filter", f"unknown field {key!r}; filter on state, address or owner")])
+    return LineFilter(state, address, owner, scope)
 
 
 _KNOWN_EVENT_TYPES = frozenset(event_pb2.QosEventType.values()) - {0}
@@ -385,25 +563,32 @@ _KNOWN_EVENT_TYPES = frozenset(event_pb2.QosEventType.values()) - {0}
 
 @dataclass(frozen=True)
 class EventFilter:
-    """Which events a WatchEvents stream delivers: those of `call` ('' any) of `types` (empty:
-    any)."""
+    """Which events a WatchEvents stream delivers: those of `call` ('' any), of calls on `line`
+    ('' any), of `types` (empty: any)."""
 
     call: str
     types: frozenset[int]
+    line: str = ""
 
     def __call__(self, event: event_pb2.QosEvent) -> bool:
-        return (not self.call or event.call == self.call) and (not self.types or event.type in self.types)
+        return (
+            (not self.call or event.call == self.call)
+            and (not self.line or event.line == self.line)
+            and (not self.types or event.type in self.types)
+        )
 
 
 def watch_filter(request: svc.WatchEventsRequest) -> EventFilter:
     violations: list[FieldViolation] = []
     if request.call:
         violations += call_name_violations(request.call, "call")
+    if request.line:
+        violations += line_name_violations(request.line, "line")
     for index, kind in enumerate(request.types):
         if kind not in _KNOWN_EVENT_TYPES:
             violations.append(FieldViolation(f"types[{index}]", f"unknown event type {kind}"))
     check(violations)
-    return EventFilter(request.call, frozenset(request.types))
+    return EventFilter(request.call, frozenset(request.types), request.line)
 
 
 # -- links ----------------------------------------------------------------------------------------

@@ -171,7 +171,7 @@ def cmd_drop(client: Client, args: argparse.Namespace) -> None:
 
 def cmd_watch(client: Client, args: argparse.Namespace) -> None:
     policy = ResumePolicy(give_up_after=args.give_up_after)
-    stream = client.watch(args.after, call=args.call, types=args.type, resume=policy)
+    stream = client.watch(args.after, call=args.call, line=args.line, types=args.type, resume=policy)
     seen = 0
     with stream:
         for event in stream:
@@ -191,8 +191,80 @@ def _print_all(args: argparse.Namespace, items: Sequence[Any], show_table: Calla
 
 
 def cmd_list(client: Client, args: argparse.Namespace) -> None:
-    calls = client.list_calls(state=args.state, provider=args.provider, page_size=args.page_size)
+    calls = client.list_calls(state=args.state, provider=args.provider, line=args.line, page_size=args.page_size)
     _print_all(args, list(calls), render.calls_table)
+
+
+# --- lines and incoming calls -----------------------------------------------------------------
+
+
+def _show_line(args: argparse.Namespace, line: object) -> None:
+    print(render.to_json(line) if args.json else render.line_text(line))  # type: ignore[arg-type]
+
+
+def cmd_line_open(client: Client, args: argparse.Namespace) -> None:
+    line = client.open_line(
+        args.address, line_id=args.line_id, no_answer_timeout=args.no_answer_timeout, request_id=args.request_id
+    )
+    _show_line(args, line)
+
+
+def cmd_line_close(client: Client, args: argparse.Namespace) -> None:
+    _show_line(args, client.close_line(args.name, etag=args.etag))
+
+
+def cmd_line_get(client: Client, args: argparse.Namespace) -> None:
+    _show_line(args, client.get_line(args.name))
+
+
+def cmd_line_list(client: Client, args: argparse.Namespace) -> None:
+    lines = client.list_lines(state=args.state, address=args.address, owner=args.owner)
+    _print_all(args, list(lines), render.lines_table)
+
+
+def _my_line(client: Client, args: argparse.Namespace) -> str:
+    """--line, or the one line the principal has open."""
+    if args.line:
+        return str(args.line)
+    mine = list(client.list_lines(state="open", owner=client.principal or wire.ANONYMOUS_PRINCIPAL))
+    if len(mine) != 1:
+        have = ", ".join(line.name for line in mine) or "none"
+        raise _UsageError(f"name the line with --line (open lines of this principal: {have})")
+    return mine[0].name
+
+
+def _offered_call(client: Client, args: argparse.Namespace) -> str:
+    """The call named, or the one ringing longest on the line (--line, or the principal's own)."""
+    if args.name:
+        return str(args.name)
+    line = _my_line(client, args)
+    ringing = list(client.list_calls(state="offering", line=line))
+    if not ringing:
+        raise _UsageError(f"no call is ringing on {line}")
+    return ringing[-1].name  # the list is newest first
+
+
+def cmd_offers(client: Client, args: argparse.Namespace) -> None:
+    policy = ResumePolicy(give_up_after=args.give_up_after)
+    seen = 0
+    with client.offers(_my_line(client, args), after_sequence=args.after, resume=policy) as offers:
+        for call in offers:
+            print(render.to_json(call) if args.json else render.call_text(call), flush=True)
+            seen += 1
+            if args.count and seen >= args.count:
+                break
+
+
+def cmd_answer(client: Client, args: argparse.Namespace) -> None:
+    qos = _qos_args(args, specs.no_change())
+    if args.qos is None and qos.get("qos") is None and qos.get("sending") is None and qos.get("receiving") is None:
+        qos = {}  # no QoS flag at all: accept the offer as it is
+    call = client.answer(_offered_call(client, args), etag=args.etag, request_id=args.request_id, **qos)
+    _show_call(args, call)
+
+
+def cmd_reject(client: Client, args: argparse.Namespace) -> None:
+    _show_call(args, client.reject(_offered_call(client, args), etag=args.etag, request_id=args.request_id))
 
 
 def cmd_providers(client: Client, args: argparse.Namespace) -> None:
@@ -277,7 +349,10 @@ def _add_common(parser: argparse.ArgumentParser, *, top: bool) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="callqos",
-        description="Quality of Service for calls: make calls with flowspecs, renegotiate, drop, and watch QoS events.",
+        description=(
+            "Quality of Service for calls: make calls with flowspecs, renegotiate, drop, and watch QoS events; "
+            "open lines and answer the calls made to them."
+        ),
         epilog="Failed requests exit with 10 + the gRPC status code.",
     )
     parser.add_argument("--version", action="version", version=f"callqos {metadata.version('callqos')}")
@@ -304,8 +379,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name", help="calls/{call} or {call}")
 
     p = command("list", cmd_list, "list calls, newest first")
-    p.add_argument("--state", choices=["connected", "disconnected"])
+    p.add_argument("--state", choices=["connected", "disconnected", "offering", "ringback"])
     p.add_argument("--provider")
+    p.add_argument("--line", help="only calls offered on this line (lines/{line})")
     p.add_argument("--page-size", type=int, help="calls fetched per request")
 
     p = command("renegotiate", cmd_renegotiate, "change the QoS of a connected call")
@@ -319,6 +395,59 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name", help="calls/{call} or {call}")
     p.add_argument("--etag", help="fail with ETAG_MISMATCH if the call changed since")
 
+    p = sub.add_parser("line", help="open, close, show and list lines", description="lines: receive calls")
+    _add_common(p, top=False)
+    line_sub = p.add_subparsers(dest="line_command", required=True, metavar="LINE-COMMAND")
+
+    def line_command(
+        name: str, func: Callable[[Client, argparse.Namespace], None], help_text: str
+    ) -> argparse.ArgumentParser:
+        q = line_sub.add_parser(name, help=help_text, description=help_text)
+        _add_common(q, top=False)
+        q.set_defaults(func=func)
+        return q
+
+    q = line_command("open", cmd_line_open, "open a line: calls to its address ring here (lineOpen)")
+    q.add_argument("address", help="the address calls are made to (e.g. sip:bob@example.test)")
+    q.add_argument("--line-id", help="the {line} in lines/{line} (default: server UUID)")
+    q.add_argument("--no-answer-timeout", type=float, metavar="SECONDS", help="how long a call rings (1-600)")
+    q.add_argument("--request-id", help="idempotency key (default: a fresh UUID)")
+    q = line_command("close", cmd_line_close, "close a line: calls still ringing on it end no-answer")
+    q.add_argument("name", help="lines/{line} or {line}")
+    q.add_argument("--etag", help="fail with ETAG_MISMATCH if the line changed since")
+    q = line_command("get", cmd_line_get, "show a line")
+    q.add_argument("name", help="lines/{line} or {line}")
+    q = line_command("list", cmd_line_list, "list lines, newest first")
+    q.add_argument("--state", choices=["open", "closed"])
+    q.add_argument("--address")
+    q.add_argument("--owner")
+
+    line_help = "lines/{line} (default: the one line this principal has open)"
+    p = command("offers", cmd_offers, "show the calls ringing on a line, then each new one as it is offered")
+    p.add_argument("--line", help=line_help)
+    p.add_argument("--after", type=int, metavar="N", help="resume after event sequence N instead")
+    p.add_argument("--count", type=int, metavar="N", help="stop after N calls")
+    p.add_argument(
+        "--give-up-after",
+        type=float,
+        default=ResumePolicy.give_up_after,
+        metavar="SECONDS",
+        help="stop when the server stays unreachable this long (default %(default)s)",
+    )
+
+    p = command("answer", cmd_answer, "answer a ringing call, with the QoS offered or less (lineAnswer)")
+    p.add_argument("name", nargs="?", help="calls/{call} (default: the call ringing longest on the line)")
+    p.add_argument("--line", help=line_help)
+    p.add_argument("--etag", help="fail with ETAG_MISMATCH if the call changed since")
+    p.add_argument("--request-id", help="idempotency key (default: a fresh UUID)")
+    _add_flowspec_flags(p, "kept as offered")
+
+    p = command("reject", cmd_reject, "reject a ringing call")
+    p.add_argument("name", nargs="?", help="calls/{call} (default: the call ringing longest on the line)")
+    p.add_argument("--line", help=line_help)
+    p.add_argument("--etag", help="fail with ETAG_MISMATCH if the call changed since")
+    p.add_argument("--request-id", help="idempotency key (default: a fresh UUID)")
+
     p = command("watch", cmd_watch, "follow QoS events; resumes after server restarts")
     p.add_argument(
         "--after",
@@ -327,6 +456,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="replay events after sequence N first (0: all retained); default: new events only",
     )
     p.add_argument("--call", help="only this call's events")
+    p.add_argument("--line", help="only the events of calls offered on this line (lines/{line})")
     p.add_argument(
         "--type",
         action="append",

@@ -10,7 +10,7 @@ from typing import Any, TextIO
 from google.protobuf import json_format, message, timestamp_pb2
 
 from callqos.client import errors, specs
-from callqos.v1 import call_pb2, event_pb2, flowspec_pb2, provider_pb2
+from callqos.v1 import call_pb2, event_pb2, flowspec_pb2, line_pb2, provider_pb2
 
 
 def to_json(msg: message.Message) -> str:
@@ -116,6 +116,7 @@ def call_text(call: call_pb2.Call) -> str:
     if call.state == call_pb2.Call.STATE_DISCONNECTED:
         state += f" ({_label(call_pb2.DisconnectReason, 'DISCONNECT_REASON_', call.disconnect_reason)})"
     level = _label(call_pb2.ServiceLevel, "SERVICE_LEVEL_", call.service_level)
+    features = [name for name, on in (("set-qos", call.features.set_qos), ("answer", call.features.answer)) if on]
     lines = [
         f"{call.name}  {state}",
         f"  destination: {call.destination}",
@@ -123,12 +124,48 @@ def call_text(call: call_pb2.Call) -> str:
         f"  level:       {level}",
         f"  requested:   {qos_text(call.requested_qos)}",
         f"  granted:     {qos_text(call.granted_qos) if call.HasField('granted_qos') else '-'}",
-        f"  features:    {'set-qos' if call.features.set_qos else '-'}",
+        f"  features:    {' '.join(features) or '-'}",
         f"  owner:       {call.owner}",
+    ]
+    if call.direction == call_pb2.Call.Direction.DIRECTION_INCOMING:
+        lines.append(f"  incoming:    on {call.line}, from {call.caller_id or '(unknown)'}")
+    if call.peer:
+        lines.append(f"  peer:        {call.peer}")
+    if call.HasField("offer_expire_time"):
+        lines.append(f"  rings until: {_time(call.offer_expire_time)}")
+    lines += [
         f"  etag:        {call.etag}",
         f"  created:     {_time(call.create_time)}   updated: {_time(call.update_time)}",
     ]
     return "\n".join(lines)
+
+
+def line_text(line: line_pb2.Line) -> str:
+    state = _label(line_pb2.Line.State, "STATE_", line.state)
+    lines = [
+        f"{line.name}  {state}",
+        f"  address:     {line.address}",
+        f"  owner:       {line.owner}",
+        f"  no answer:   after {line.no_answer_timeout.ToNanoseconds() / 1e9:g} s",
+        f"  etag:        {line.etag}",
+        f"  created:     {_time(line.create_time)}   closed: {_time(line.close_time)}",
+    ]
+    return "\n".join(lines)
+
+
+def lines_table(found: Iterable[line_pb2.Line], out: TextIO) -> None:
+    rows = [["NAME", "STATE", "ADDRESS", "OWNER", "NO-ANSWER"]]
+    for line in found:
+        rows.append(
+            [
+                line.name,
+                _label(line_pb2.Line.State, "STATE_", line.state),
+                line.address,
+                line.owner,
+                f"{line.no_answer_timeout.ToNanoseconds() / 1e9:g}s",
+            ]
+        )
+    table(rows, out)
 
 
 def table(rows: Sequence[Sequence[str]], out: TextIO) -> None:
@@ -198,6 +235,8 @@ def links_table(links: Iterable[provider_pb2.Link], out: TextIO) -> None:
 def event_text(event: event_pb2.QosEvent) -> str:
     kind = event_pb2.QosEventType.Name(event.type).removeprefix("QOS_EVENT_TYPE_")
     parts = [f"#{event.sequence}", _time(event.create_time), kind, event.call]
+    if event.line:
+        parts.append(f"on {event.line}")
     if event.cause:
         parts.append(_label(event_pb2.QosChangeCause, "QOS_CHANGE_CAUSE_", event.cause))
     if event.disconnect_reason:

@@ -27,7 +27,7 @@ exceptions in :mod:`callqos.client.errors` (all re-exported here).
 from ._channel import DEFAULT_TARGET, DEFAULT_TIMEOUT, PRINCIPAL_METADATA_KEY
 from ._resume import ResumePolicy
 from ._security import FileToken, TokenSource, tls_credentials
-from .aio import AsyncClient, AsyncEventStream
+from .aio import AsyncClient, AsyncEventStream, AsyncOfferStream
 from .errors import *  # noqa: F403 - the error hierarchy is part of the public surface
 from .errors import __all__ as _errors_all
 from .specs import (
@@ -42,13 +42,15 @@ from .specs import (
     no_traffic,
     qos,
 )
-from .sync import Client, EventStream
+from .sync import Client, EventStream, OfferStream
 
 __all__ = [
     "Client",
     "AsyncClient",
     "EventStream",
     "AsyncEventStream",
+    "OfferStream",
+    "AsyncOfferStream",
     "ResumePolicy",
     "FileToken",
     "TokenSource",

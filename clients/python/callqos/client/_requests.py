@@ -5,9 +5,9 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterable
 
-from google.protobuf import field_mask_pb2
+from google.protobuf import duration_pb2, field_mask_pb2
 
-from callqos.v1 import call_pb2, callqos_service_pb2, flowspec_pb2, provider_pb2
+from callqos.v1 import call_pb2, callqos_service_pb2, event_pb2, flowspec_pb2, line_pb2, provider_pb2
 
 from . import specs
 
@@ -15,6 +15,11 @@ from . import specs
 def call_name(name: str) -> str:
     """``abc`` or ``calls/abc`` -> ``calls/abc``."""
     return name if name.startswith("calls/") else f"calls/{name}"
+
+
+def line_name(name: str) -> str:
+    """``bob`` or ``lines/bob`` -> ``lines/bob``."""
+    return name if name.startswith("lines/") else f"lines/{name}"
 
 
 def provider_name(name: str) -> str:
@@ -88,24 +93,84 @@ def renegotiate_call(
     return request
 
 
-def calls_filter(state: specs.EnumLike | None, provider: str | None) -> str:
-    """The AIP-160 subset ListCalls understands: ``state = X AND provider = "providers/y"``."""
+def calls_filter(state: specs.EnumLike | None, provider: str | None, line: str | None = None) -> str:
+    """The AIP-160 subset ListCalls understands: ``state = X AND provider = "providers/y" AND
+    line = "lines/z"``."""
     terms = []
     if state is not None:
         number = specs.parse_call_state(state)
         terms.append("state = " + call_pb2.Call.State.Name(number).removeprefix("STATE_"))
     if provider:
         terms.append(f'provider = "{provider_name(provider)}"')
+    if line:
+        terms.append(f'line = "{line_name(line)}"')
     return " AND ".join(terms)
+
+
+def lines_filter(state: specs.EnumLike | None, address: str | None, owner: str | None) -> str:
+    """The AIP-160 subset ListLines understands: ``state = OPEN AND address = "..." AND owner = "..."``."""
+    terms = []
+    if state is not None:
+        number = specs.parse_line_state(state)
+        terms.append("state = " + line_pb2.Line.State.Name(number).removeprefix("STATE_"))
+    if address:
+        terms.append(f'address = "{address}"')
+    if owner:
+        terms.append(f'owner = "{owner}"')
+    return " AND ".join(terms)
+
+
+def create_line(
+    address: str, *, line_id: str | None, no_answer_timeout: float | None, request_id: str | None
+) -> callqos_service_pb2.CreateLineRequest:
+    line = line_pb2.Line(address=address)
+    if no_answer_timeout is not None:
+        timeout = duration_pb2.Duration()
+        timeout.FromNanoseconds(round(no_answer_timeout * 1e9))
+        line.no_answer_timeout.CopyFrom(timeout)
+    return callqos_service_pb2.CreateLineRequest(
+        line=line, line_id=line_id or "", request_id=request_id or new_request_id()
+    )
+
+
+def answer_call(
+    name: str,
+    *,
+    qos: flowspec_pb2.QosSpec | None,
+    sending: flowspec_pb2.FlowSpec | None,
+    receiving: flowspec_pb2.FlowSpec | None,
+    etag: str | None,
+    request_id: str | None,
+) -> callqos_service_pb2.AnswerCallRequest:
+    """An answer: with no QoS at all, the offer as it is; a direction left out keeps what was
+    offered (SERVICETYPE_NOCHANGE)."""
+    request = callqos_service_pb2.AnswerCallRequest(
+        name=call_name(name), etag=etag or "", request_id=request_id or new_request_id()
+    )
+    if qos is not None or sending is not None or receiving is not None:
+        request.qos.CopyFrom(_qos(qos, sending, receiving, specs.no_change()))
+    return request
+
+
+def reject_call(name: str, *, etag: str | None, request_id: str | None) -> callqos_service_pb2.RejectCallRequest:
+    return callqos_service_pb2.RejectCallRequest(
+        name=call_name(name), etag=etag or "", request_id=request_id or new_request_id()
+    )
+
+
+#: The event a line's offers stream follows.
+OFFERED = event_pb2.QosEventType.QOS_EVENT_TYPE_CALL_OFFERED
 
 
 def watch_events(
     after_sequence: int | None,
     call: str | None,
     types: Iterable[specs.EnumLike] | None,
+    line: str | None = None,
 ) -> callqos_service_pb2.WatchEventsRequest:
     request = callqos_service_pb2.WatchEventsRequest(
         call=call_name(call) if call else "",
+        line=line_name(line) if line else "",
         types=[specs.parse_event_type(t) for t in types or ()],  # type: ignore[misc]
     )
     if after_sequence is not None:

@@ -69,9 +69,11 @@ class WatchState:
         types: Iterable[specs.EnumLike] | None,
         policy: ResumePolicy,
         clock: Callable[[], float] = time.monotonic,
+        line: str | None = None,
     ) -> None:
         self.last_sequence: int | None = after_sequence
         self._call = call
+        self._line = line
         self._types = list(types or ())
         self._policy = policy
         self._clock = clock
@@ -84,7 +86,7 @@ class WatchState:
     def request(self) -> callqos_service_pb2.WatchEventsRequest:
         """The request for the next (re)connection: resume after the last sequence seen."""
         self._opened_at = self._clock()
-        return _requests.watch_events(self.last_sequence, self._call, self._types)
+        return _requests.watch_events(self.last_sequence, self._call, self._types, self._line)
 
     def started(self, metadata: Iterable[tuple[str, str | bytes]] | None) -> None:
         """Take the stream's start as the cursor of a watch "from now" that has none yet, so

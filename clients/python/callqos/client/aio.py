@@ -13,6 +13,7 @@ The twin of :mod:`callqos.client.sync`, with the same methods and arguments, awa
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from types import TracebackType
 from typing import Any
@@ -26,15 +27,16 @@ from callqos.v1 import (
     callqos_service_pb2_grpc,
     event_pb2,
     flowspec_pb2,
+    line_pb2,
     provider_pb2,
 )
 
 from . import _channel, _requests, specs
-from ._resume import STREAM_ENDED, ResumePolicy, WatchState
+from ._resume import START_SEQUENCE_HEADER, STREAM_ENDED, ResumePolicy, WatchState
 from ._security import TokenSource, bearer_metadata, check_token_transport, token_getter
 from .errors import CallQosError, UnavailableError, from_grpc_error
 
-__all__ = ["AsyncClient", "AsyncEventStream"]
+__all__ = ["AsyncClient", "AsyncEventStream", "AsyncOfferStream"]
 
 
 class AsyncClient:
@@ -148,12 +150,13 @@ class AsyncClient:
         *,
         state: specs.EnumLike | None = None,
         provider: str | None = None,
+        line: str | None = None,
         page_size: int | None = None,
         timeout: float | None = None,
     ) -> AsyncIterator[call_pb2.Call]:
         """Every call (newest first), fetching further pages as the iteration goes."""
         request = callqos_service_pb2.ListCallsRequest(
-            filter=_requests.calls_filter(state, provider), page_size=page_size or 0
+            filter=_requests.calls_filter(state, provider, line), page_size=page_size or 0
         )
         return self._paged(self._stub.ListCalls, request, "calls", timeout)
 
@@ -187,6 +190,100 @@ class AsyncClient:
         request = callqos_service_pb2.DropCallRequest(name=_requests.call_name(name), etag=etag or "")
         call: call_pb2.Call = await self._unary(self._stub.DropCall, request, timeout)
         return call
+
+    # -- lines and incoming calls -----------------------------------------------------------
+
+    async def open_line(
+        self,
+        address: str,
+        *,
+        line_id: str | None = None,
+        no_answer_timeout: float | None = None,
+        request_id: str | None = None,
+        timeout: float | None = None,
+    ) -> line_pb2.Line:
+        """See :meth:`Client.open_line <callqos.client.sync.Client.open_line>`."""
+        request = _requests.create_line(
+            address, line_id=line_id, no_answer_timeout=no_answer_timeout, request_id=request_id
+        )
+        line: line_pb2.Line = await self._unary(self._stub.CreateLine, request, timeout)
+        return line
+
+    async def get_line(self, name: str, *, timeout: float | None = None) -> line_pb2.Line:
+        """Get a line by ``lines/{line}`` (or just ``{line}``)."""
+        request = callqos_service_pb2.GetLineRequest(name=_requests.line_name(name))
+        line: line_pb2.Line = await self._unary(self._stub.GetLine, request, timeout)
+        return line
+
+    def list_lines(
+        self,
+        *,
+        state: specs.EnumLike | None = None,
+        address: str | None = None,
+        owner: str | None = None,
+        page_size: int | None = None,
+        timeout: float | None = None,
+    ) -> AsyncIterator[line_pb2.Line]:
+        """Every line (newest first; only those in ``state``, for ``address``, of ``owner``)."""
+        request = callqos_service_pb2.ListLinesRequest(
+            filter=_requests.lines_filter(state, address, owner), page_size=page_size or 0
+        )
+        return self._paged(self._stub.ListLines, request, "lines", timeout)
+
+    async def close_line(self, name: str, *, etag: str | None = None, timeout: float | None = None) -> line_pb2.Line:
+        """See :meth:`Client.close_line <callqos.client.sync.Client.close_line>`."""
+        request = callqos_service_pb2.CloseLineRequest(name=_requests.line_name(name), etag=etag or "")
+        line: line_pb2.Line = await self._unary(self._stub.CloseLine, request, timeout)
+        return line
+
+    async def answer(
+        self,
+        name: str,
+        *,
+        qos: flowspec_pb2.QosSpec | None = None,
+        sending: flowspec_pb2.FlowSpec | None = None,
+        receiving: flowspec_pb2.FlowSpec | None = None,
+        etag: str | None = None,
+        request_id: str | None = None,
+        timeout: float | None = None,
+    ) -> call_pb2.Call:
+        """See :meth:`Client.answer <callqos.client.sync.Client.answer>`."""
+        request = _requests.answer_call(
+            name, qos=qos, sending=sending, receiving=receiving, etag=etag, request_id=request_id
+        )
+        call: call_pb2.Call = await self._unary(self._stub.AnswerCall, request, timeout)
+        return call
+
+    async def reject(
+        self, name: str, *, etag: str | None = None, request_id: str | None = None, timeout: float | None = None
+    ) -> call_pb2.Call:
+        """See :meth:`Client.reject <callqos.client.sync.Client.reject>`."""
+        request = _requests.reject_call(name, etag=etag, request_id=request_id)
+        call: call_pb2.Call = await self._unary(self._stub.RejectCall, request, timeout)
+        return call
+
+    def offers(
+        self, line: str, *, after_sequence: int | None = None, resume: ResumePolicy | None = None
+    ) -> AsyncOfferStream:
+        """See :meth:`Client.offers <callqos.client.sync.Client.offers>`."""
+        return AsyncOfferStream(self, _requests.line_name(line), after_sequence, resume or ResumePolicy())
+
+    async def _start_sequence(self, line: str) -> int:
+        """The sequence a watch "from now" starts after (its x-callqos-start-sequence)."""
+        request = _requests.watch_events(None, None, [_requests.OFFERED], line)
+        responses = self._stub.WatchEvents(
+            request, metadata=_channel.traced(self._metadata + bearer_metadata(self._token)), timeout=self.timeout
+        )
+        try:
+            metadata = await responses.initial_metadata()
+        except grpc.RpcError as exc:
+            raise from_grpc_error(exc) from exc
+        finally:
+            responses.cancel()
+        for key, value in metadata or ():
+            if key == START_SEQUENCE_HEADER:
+                return int(value)
+        raise UnavailableError(f"the server sent no {START_SEQUENCE_HEADER}")
 
     # -- providers and links ----------------------------------------------------------------
 
@@ -234,11 +331,12 @@ class AsyncClient:
         after_sequence: int | None = None,
         *,
         call: str | None = None,
+        line: str | None = None,
         types: Iterable[specs.EnumLike] | None = None,
         resume: ResumePolicy | None = None,
     ) -> AsyncEventStream:
         """See :meth:`Client.watch <callqos.client.sync.Client.watch>`."""
-        state = WatchState(after_sequence, call, types, resume or ResumePolicy())
+        state = WatchState(after_sequence, call, types, resume or ResumePolicy(), line=line)
         return AsyncEventStream(self, state)
 
     # -- paging -----------------------------------------------------------------------------
@@ -324,6 +422,66 @@ class AsyncEventStream(AsyncIterator[event_pb2.QosEvent]):
             self._responses.cancel()
 
     async def __aenter__(self) -> AsyncEventStream:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+
+class AsyncOfferStream(AsyncIterator[call_pb2.Call]):
+    """The calls offered on a line, each still OFFERING when yielded. See
+    :class:`callqos.client.sync.OfferStream`; the listing happens on the first iteration."""
+
+    def __init__(self, client: AsyncClient, line: str, after_sequence: int | None, resume: ResumePolicy) -> None:
+        self._client = client
+        self._line = line
+        self._after = after_sequence
+        self._resume = resume
+        self._ringing: deque[call_pb2.Call] = deque()
+        self._listed: set[str] = set()
+        self._events: AsyncEventStream | None = None
+        self._closed = False
+
+    @property
+    def last_sequence(self) -> int | None:
+        """The sequence of the last offer event read: resume with ``offers(line, after_sequence=...)``."""
+        return self._events.last_sequence if self._events is not None else self._after
+
+    def __aiter__(self) -> AsyncOfferStream:
+        return self
+
+    async def _start(self) -> AsyncEventStream:
+        after = self._after
+        if after is None:
+            after = await self._client._start_sequence(self._line)
+            listed = [call async for call in self._client.list_calls(state="offering", line=self._line)]
+            self._ringing.extend(reversed(listed))
+            self._listed = {call.name for call in listed}
+        self._events = self._client.watch(after, line=self._line, types=[_requests.OFFERED], resume=self._resume)
+        return self._events
+
+    async def __anext__(self) -> call_pb2.Call:
+        if self._closed:
+            raise StopAsyncIteration
+        events = self._events or await self._start()
+        if self._ringing:
+            return self._ringing.popleft()
+        async for event in events:
+            if event.call in self._listed:
+                self._listed.discard(event.call)
+                continue
+            call = await self._client.get_call(event.call)
+            if call.state == call_pb2.Call.State.STATE_OFFERING:
+                return call
+        raise StopAsyncIteration
+
+    async def aclose(self) -> None:
+        """Stop following."""
+        self._closed = True
+        if self._events is not None:
+            await self._events.aclose()
+
+    async def __aenter__(self) -> AsyncOfferStream:
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:

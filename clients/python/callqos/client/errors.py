@@ -45,10 +45,12 @@ from . import _policy
 __all__ = [
     "DOMAIN",
     "AbortedError",
+    "AddressInUseError",
     "AlreadyExistsError",
     "CallAlreadyExistsError",
     "CallNotConnectedError",
     "CallNotFoundError",
+    "CallNotOfferingError",
     "CallQosError",
     "ClientError",
     "CredentialsRefusedError",
@@ -61,6 +63,8 @@ __all__ = [
     "InternalError",
     "InvalidArgumentError",
     "InvalidRequestError",
+    "LineAlreadyExistsError",
+    "LineNotFoundError",
     "LinkAdminUnsupportedError",
     "LinkNotFoundError",
     "MissingPermissionError",
@@ -274,6 +278,10 @@ class LinkNotFoundError(NotFoundError):
     error_reason = "LINK_NOT_FOUND"
 
 
+class LineNotFoundError(NotFoundError):
+    error_reason = "LINE_NOT_FOUND"
+
+
 class AlreadyExistsError(ClientError):
     """ALREADY_EXISTS."""
 
@@ -282,6 +290,16 @@ class AlreadyExistsError(ClientError):
 
 class CallAlreadyExistsError(AlreadyExistsError):
     error_reason = "CALL_ALREADY_EXISTS"
+
+
+class LineAlreadyExistsError(AlreadyExistsError):
+    error_reason = "LINE_ALREADY_EXISTS"
+
+
+class AddressInUseError(AlreadyExistsError):
+    """Another line is open for the address (its name is in ``metadata["line"]``)."""
+
+    error_reason = "ADDRESS_IN_USE"
 
 
 # --- FAILED_PRECONDITION / PERMISSION_DENIED / ABORTED ----------------------------------------
@@ -297,6 +315,12 @@ class CallNotConnectedError(FailedPreconditionError):
     """The call is disconnected, so it cannot be renegotiated (LINEERR_INVALCALLSTATE)."""
 
     error_reason = "CALL_NOT_CONNECTED"
+
+
+class CallNotOfferingError(FailedPreconditionError):
+    """The call is not an incoming call that is offering: it cannot be answered or rejected."""
+
+    error_reason = "CALL_NOT_OFFERING"
 
 
 class PermissionDeniedError(ClientError):

@@ -17,7 +17,7 @@ from typing import Literal, TypeAlias
 
 from google.protobuf.internal.enum_type_wrapper import EnumTypeWrapper
 
-from callqos.v1 import call_pb2, event_pb2, flowspec_pb2
+from callqos.v1 import call_pb2, event_pb2, flowspec_pb2, line_pb2
 
 __all__ = [
     "UNBOUNDED",
@@ -32,6 +32,7 @@ __all__ = [
     "no_traffic",
     "parse_call_state",
     "parse_event_type",
+    "parse_line_state",
     "parse_service_level",
     "parse_service_type",
     "qos",
@@ -84,6 +85,11 @@ def parse_service_level(value: EnumLike) -> int:
 def parse_call_state(value: EnumLike) -> int:
     """A ``Call.State`` number from e.g. ``"connected"``."""
     return _parse_enum(call_pb2.Call.State, "STATE_", value)
+
+
+def parse_line_state(value: EnumLike) -> int:
+    """A ``Line.State`` number from e.g. ``"open"``."""
+    return _parse_enum(line_pb2.Line.State, "STATE_", value)
 
 
 def parse_event_type(value: EnumLike) -> int:

@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import threading
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from types import TracebackType
 from typing import Any
@@ -25,15 +26,16 @@ from callqos.v1 import (
     callqos_service_pb2_grpc,
     event_pb2,
     flowspec_pb2,
+    line_pb2,
     provider_pb2,
 )
 
 from . import _channel, _requests, specs
-from ._resume import STREAM_ENDED, ResumePolicy, WatchState
+from ._resume import START_SEQUENCE_HEADER, STREAM_ENDED, ResumePolicy, WatchState
 from ._security import TokenSource, bearer_metadata, check_token_transport, token_getter
 from .errors import CallQosError, UnavailableError, from_grpc_error
 
-__all__ = ["Client", "EventStream"]
+__all__ = ["Client", "EventStream", "OfferStream"]
 
 
 class Client:
@@ -158,12 +160,14 @@ class Client:
         *,
         state: specs.EnumLike | None = None,
         provider: str | None = None,
+        line: str | None = None,
         page_size: int | None = None,
         timeout: float | None = None,
     ) -> Iterator[call_pb2.Call]:
-        """Every call (newest first), fetching further pages as the iteration goes."""
+        """Every call (newest first; only those in ``state``, of ``provider``, offered on
+        ``line``), fetching further pages as the iteration goes."""
         request = callqos_service_pb2.ListCallsRequest(
-            filter=_requests.calls_filter(state, provider), page_size=page_size or 0
+            filter=_requests.calls_filter(state, provider, line), page_size=page_size or 0
         )
         return self._paged(self._stub.ListCalls, request, "calls", timeout)
 
@@ -205,6 +209,120 @@ class Client:
         request = callqos_service_pb2.DropCallRequest(name=_requests.call_name(name), etag=etag or "")
         call: call_pb2.Call = self._unary(self._stub.DropCall, request, timeout)
         return call
+
+    # -- lines and incoming calls -----------------------------------------------------------
+
+    def open_line(
+        self,
+        address: str,
+        *,
+        line_id: str | None = None,
+        no_answer_timeout: float | None = None,
+        request_id: str | None = None,
+        timeout: float | None = None,
+    ) -> line_pb2.Line:
+        """Open a line for ``address`` (lineOpen): calls made to it are offered to this client's
+        principal, its owner. ``no_answer_timeout`` (seconds, 1-600) is how long an offered call
+        rings; the server's default otherwise.
+
+        Raises:
+            AddressInUseError: another line is open for the address.
+            LineAlreadyExistsError: ``line_id`` is taken.
+        """
+        request = _requests.create_line(
+            address, line_id=line_id, no_answer_timeout=no_answer_timeout, request_id=request_id
+        )
+        line: line_pb2.Line = self._unary(self._stub.CreateLine, request, timeout)
+        return line
+
+    def get_line(self, name: str, *, timeout: float | None = None) -> line_pb2.Line:
+        """Get a line by ``lines/{line}`` (or just ``{line}``)."""
+        request = callqos_service_pb2.GetLineRequest(name=_requests.line_name(name))
+        line: line_pb2.Line = self._unary(self._stub.GetLine, request, timeout)
+        return line
+
+    def list_lines(
+        self,
+        *,
+        state: specs.EnumLike | None = None,
+        address: str | None = None,
+        owner: str | None = None,
+        page_size: int | None = None,
+        timeout: float | None = None,
+    ) -> Iterator[line_pb2.Line]:
+        """Every line (newest first; only those in ``state``, for ``address``, of ``owner``)."""
+        request = callqos_service_pb2.ListLinesRequest(
+            filter=_requests.lines_filter(state, address, owner), page_size=page_size or 0
+        )
+        return self._paged(self._stub.ListLines, request, "lines", timeout)
+
+    def close_line(self, name: str, *, etag: str | None = None, timeout: float | None = None) -> line_pb2.Line:
+        """Close a line (owner only): calls still ringing on it end NO_ANSWER; answered calls go
+        on. Closing twice is harmless."""
+        request = callqos_service_pb2.CloseLineRequest(name=_requests.line_name(name), etag=etag or "")
+        line: line_pb2.Line = self._unary(self._stub.CloseLine, request, timeout)
+        return line
+
+    def answer(
+        self,
+        name: str,
+        *,
+        qos: flowspec_pb2.QosSpec | None = None,
+        sending: flowspec_pb2.FlowSpec | None = None,
+        receiving: flowspec_pb2.FlowSpec | None = None,
+        etag: str | None = None,
+        request_id: str | None = None,
+        timeout: float | None = None,
+    ) -> call_pb2.Call:
+        """Answer an offered call (lineAnswer), in this end's terms: with no QoS, as offered; a
+        direction left out keeps what was offered; a direction may only ask for less.
+
+        Raises:
+            QosUnavailableError: the caller asked at NEEDED for more than the answer (or the
+                provider) gives; the call is failed, both ends disconnected QOS_UNAVAILABLE.
+            CallNotOfferingError: the call is not offering (answered, rejected, rang out).
+            InvalidRequestError: the answer asks for more than the offer.
+        """
+        request = _requests.answer_call(
+            name, qos=qos, sending=sending, receiving=receiving, etag=etag, request_id=request_id
+        )
+        call: call_pb2.Call = self._unary(self._stub.AnswerCall, request, timeout)
+        return call
+
+    def reject(
+        self, name: str, *, etag: str | None = None, request_id: str | None = None, timeout: float | None = None
+    ) -> call_pb2.Call:
+        """Reject an offered call: both ends disconnect REJECTED. Rejecting twice is harmless."""
+        request = _requests.reject_call(name, etag=etag, request_id=request_id)
+        call: call_pb2.Call = self._unary(self._stub.RejectCall, request, timeout)
+        return call
+
+    def offers(
+        self, line: str, *, after_sequence: int | None = None, resume: ResumePolicy | None = None
+    ) -> OfferStream:
+        """Follow the calls offered on ``line``: each as a ``Call`` still OFFERING, to answer or
+        reject. Without ``after_sequence`` it starts with the calls already ringing on the line,
+        then follows new offers; with one, it resumes after that event sequence (its
+        ``last_sequence``). It reconnects and resumes across server restarts like :meth:`watch`;
+        a call that stopped ringing before it is read is skipped."""
+        return OfferStream(self, _requests.line_name(line), after_sequence, resume or ResumePolicy())
+
+    def _start_sequence(self, line: str) -> int:
+        """The sequence a watch "from now" starts after (its x-callqos-start-sequence)."""
+        request = _requests.watch_events(None, None, [_requests.OFFERED], line)
+        responses = self._stub.WatchEvents(
+            request, metadata=_channel.traced(self._metadata + bearer_metadata(self._token)), timeout=self.timeout
+        )
+        try:
+            metadata = responses.initial_metadata()
+        except grpc.RpcError as exc:
+            raise from_grpc_error(exc) from exc
+        finally:
+            responses.cancel()
+        for key, value in metadata or ():
+            if key == START_SEQUENCE_HEADER:
+                return int(value)
+        raise UnavailableError(f"the server sent no {START_SEQUENCE_HEADER}")
 
     # -- providers and links ----------------------------------------------------------------
 
@@ -249,13 +367,16 @@ class Client:
         after_sequence: int | None = None,
         *,
         call: str | None = None,
+        line: str | None = None,
         types: Iterable[specs.EnumLike] | None = None,
         resume: ResumePolicy | None = None,
     ) -> EventStream:
         """Follow QoS events, reconnecting and resuming after the last one seen.
 
         ``after_sequence=None`` starts with events committed from now on; ``0`` replays all
-        retained events. Each event is yielded once, in sequence order, across server restarts.
+        retained events. ``call`` and ``line`` keep only the events of that call, or of the calls
+        offered on that line (a monitor's view of it). Each event is yielded once, in sequence
+        order, across server restarts.
         Until the first event arrives a "from now on" watch has no cursor, so events committed
         while it is reconnecting before then are not replayed; start from a sequence to avoid it.
 
@@ -264,7 +385,7 @@ class Client:
             CallQosError: any other non-transient error, or UNAVAILABLE for longer than
                 ``resume.give_up_after``.
         """
-        state = WatchState(after_sequence, call, types, resume or ResumePolicy())
+        state = WatchState(after_sequence, call, types, resume or ResumePolicy(), line=line)
         return EventStream(self._stub, self._metadata, state, self._token)
 
     # -- paging -----------------------------------------------------------------------------
@@ -357,6 +478,54 @@ class EventStream(Iterator[event_pb2.QosEvent]):
                 self._responses.cancel()
 
     def __enter__(self) -> EventStream:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+class OfferStream(Iterator[call_pb2.Call]):
+    """The calls offered on a line, each still OFFERING when yielded (see :meth:`Client.offers`).
+
+    Started without a cursor, it first reads where a watch "from now" begins, then lists the calls
+    already ringing on the line, then follows the line's CALL_OFFERED events from that point: an
+    offer made meanwhile shows in both and is yielded once."""
+
+    def __init__(self, client: Client, line: str, after_sequence: int | None, resume: ResumePolicy) -> None:
+        self._client = client
+        self._ringing: deque[call_pb2.Call] = deque()
+        self._listed: set[str] = set()
+        if after_sequence is None:
+            after_sequence = client._start_sequence(line)
+            self._ringing.extend(reversed(list(client.list_calls(state="offering", line=line))))
+            self._listed = {call.name for call in self._ringing}
+        self._events = client.watch(after_sequence, line=line, types=[_requests.OFFERED], resume=resume)
+
+    @property
+    def last_sequence(self) -> int | None:
+        """The sequence of the last offer event read: resume with ``offers(line, after_sequence=...)``."""
+        return self._events.last_sequence
+
+    def __iter__(self) -> OfferStream:
+        return self
+
+    def __next__(self) -> call_pb2.Call:
+        if self._ringing:
+            return self._ringing.popleft()
+        for event in self._events:
+            if event.call in self._listed:
+                self._listed.discard(event.call)  # listed already; each offer has one such event
+                continue
+            call = self._client.get_call(event.call)
+            if call.state == call_pb2.Call.State.STATE_OFFERING:
+                return call
+        raise StopIteration
+
+    def close(self) -> None:
+        """Stop following; safe from another thread."""
+        self._events.close()
+
+    def __enter__(self) -> OfferStream:
         return self
 
     def __exit__(self, *exc_info: object) -> None:

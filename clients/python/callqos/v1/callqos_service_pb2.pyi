@@ -1,6 +1,7 @@
 from callqos.v1 import call_pb2 as _call_pb2
 from callqos.v1 import event_pb2 as _event_pb2
 from callqos.v1 import flowspec_pb2 as _flowspec_pb2
+from callqos.v1 import line_pb2 as _line_pb2
 from callqos.v1 import provider_pb2 as _provider_pb2
 from google.protobuf import field_mask_pb2 as _field_mask_pb2
 from google.protobuf.internal import containers as _containers
@@ -68,14 +69,16 @@ class DropCallRequest(_message.Message):
     def __init__(self, name: _Optional[str] = ..., etag: _Optional[str] = ...) -> None: ...
 
 class WatchEventsRequest(_message.Message):
-    __slots__ = ("after_sequence", "call", "types")
+    __slots__ = ("after_sequence", "call", "types", "line")
     AFTER_SEQUENCE_FIELD_NUMBER: _ClassVar[int]
     CALL_FIELD_NUMBER: _ClassVar[int]
     TYPES_FIELD_NUMBER: _ClassVar[int]
+    LINE_FIELD_NUMBER: _ClassVar[int]
     after_sequence: int
     call: str
     types: _containers.RepeatedScalarFieldContainer[_event_pb2.QosEventType]
-    def __init__(self, after_sequence: _Optional[int] = ..., call: _Optional[str] = ..., types: _Optional[_Iterable[_Union[_event_pb2.QosEventType, str]]] = ...) -> None: ...
+    line: str
+    def __init__(self, after_sequence: _Optional[int] = ..., call: _Optional[str] = ..., types: _Optional[_Iterable[_Union[_event_pb2.QosEventType, str]]] = ..., line: _Optional[str] = ...) -> None: ...
 
 class WatchEventsResponse(_message.Message):
     __slots__ = ("event",)
@@ -130,3 +133,67 @@ class UpdateLinkRequest(_message.Message):
     link: _provider_pb2.Link
     update_mask: _field_mask_pb2.FieldMask
     def __init__(self, link: _Optional[_Union[_provider_pb2.Link, _Mapping]] = ..., update_mask: _Optional[_Union[_field_mask_pb2.FieldMask, _Mapping]] = ...) -> None: ...
+
+class CreateLineRequest(_message.Message):
+    __slots__ = ("line", "line_id", "request_id")
+    LINE_FIELD_NUMBER: _ClassVar[int]
+    LINE_ID_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    line: _line_pb2.Line
+    line_id: str
+    request_id: str
+    def __init__(self, line: _Optional[_Union[_line_pb2.Line, _Mapping]] = ..., line_id: _Optional[str] = ..., request_id: _Optional[str] = ...) -> None: ...
+
+class GetLineRequest(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class ListLinesRequest(_message.Message):
+    __slots__ = ("page_size", "page_token", "filter")
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    FILTER_FIELD_NUMBER: _ClassVar[int]
+    page_size: int
+    page_token: str
+    filter: str
+    def __init__(self, page_size: _Optional[int] = ..., page_token: _Optional[str] = ..., filter: _Optional[str] = ...) -> None: ...
+
+class ListLinesResponse(_message.Message):
+    __slots__ = ("lines", "next_page_token")
+    LINES_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    lines: _containers.RepeatedCompositeFieldContainer[_line_pb2.Line]
+    next_page_token: str
+    def __init__(self, lines: _Optional[_Iterable[_Union[_line_pb2.Line, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
+
+class CloseLineRequest(_message.Message):
+    __slots__ = ("name", "etag")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    ETAG_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    etag: str
+    def __init__(self, name: _Optional[str] = ..., etag: _Optional[str] = ...) -> None: ...
+
+class AnswerCallRequest(_message.Message):
+    __slots__ = ("name", "qos", "etag", "request_id")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    QOS_FIELD_NUMBER: _ClassVar[int]
+    ETAG_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    qos: _flowspec_pb2.QosSpec
+    etag: str
+    request_id: str
+    def __init__(self, name: _Optional[str] = ..., qos: _Optional[_Union[_flowspec_pb2.QosSpec, _Mapping]] = ..., etag: _Optional[str] = ..., request_id: _Optional[str] = ...) -> None: ...
+
+class RejectCallRequest(_message.Message):
+    __slots__ = ("name", "etag", "request_id")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    ETAG_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    etag: str
+    request_id: str
+    def __init__(self, name: _Optional[str] = ..., etag: _Optional[str] = ..., request_id: _Optional[str] = ...) -> None: ...

@@ -5,6 +5,7 @@ import warnings
 
 from callqos.v1 import call_pb2 as callqos_dot_v1_dot_call__pb2
 from callqos.v1 import callqos_service_pb2 as callqos_dot_v1_dot_callqos__service__pb2
+from callqos.v1 import line_pb2 as callqos_dot_v1_dot_line__pb2
 from callqos.v1 import provider_pb2 as callqos_dot_v1_dot_provider__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
@@ -97,6 +98,36 @@ class CallQosServiceStub:
                 request_serializer=callqos_dot_v1_dot_callqos__service__pb2.UpdateLinkRequest.SerializeToString,
                 response_deserializer=callqos_dot_v1_dot_provider__pb2.Link.FromString,
                 _registered_method=True)
+        self.CreateLine = channel.unary_unary(
+                '/callqos.v1.CallQosService/CreateLine',
+                request_serializer=callqos_dot_v1_dot_callqos__service__pb2.CreateLineRequest.SerializeToString,
+                response_deserializer=callqos_dot_v1_dot_line__pb2.Line.FromString,
+                _registered_method=True)
+        self.GetLine = channel.unary_unary(
+                '/callqos.v1.CallQosService/GetLine',
+                request_serializer=callqos_dot_v1_dot_callqos__service__pb2.GetLineRequest.SerializeToString,
+                response_deserializer=callqos_dot_v1_dot_line__pb2.Line.FromString,
+                _registered_method=True)
+        self.ListLines = channel.unary_unary(
+                '/callqos.v1.CallQosService/ListLines',
+                request_serializer=callqos_dot_v1_dot_callqos__service__pb2.ListLinesRequest.SerializeToString,
+                response_deserializer=callqos_dot_v1_dot_callqos__service__pb2.ListLinesResponse.FromString,
+                _registered_method=True)
+        self.CloseLine = channel.unary_unary(
+                '/callqos.v1.CallQosService/CloseLine',
+                request_serializer=callqos_dot_v1_dot_callqos__service__pb2.CloseLineRequest.SerializeToString,
+                response_deserializer=callqos_dot_v1_dot_line__pb2.Line.FromString,
+                _registered_method=True)
+        self.AnswerCall = channel.unary_unary(
+                '/callqos.v1.CallQosService/AnswerCall',
+                request_serializer=callqos_dot_v1_dot_callqos__service__pb2.AnswerCallRequest.SerializeToString,
+                response_deserializer=callqos_dot_v1_dot_call__pb2.Call.FromString,
+                _registered_method=True)
+        self.RejectCall = channel.unary_unary(
+                '/callqos.v1.CallQosService/RejectCall',
+                request_serializer=callqos_dot_v1_dot_callqos__service__pb2.RejectCallRequest.SerializeToString,
+                response_deserializer=callqos_dot_v1_dot_call__pb2.Call.FromString,
+                _registered_method=True)
 
 
 class CallQosServiceServicer:
@@ -118,6 +149,10 @@ class CallQosServiceServicer:
         the requested QoS. At NEEDED a refusal fails the call: RESOURCE_EXHAUSTED with reason
         QOS_UNAVAILABLE (or PERMISSION_DENIED with QOS_POLICY_FAILURE) and a QosRefusal; the call
         is recorded DISCONNECTED with reason QOS_UNAVAILABLE and nothing stays reserved.
+        A call to the address of an open line of the caller's tenant is not admitted yet: it is
+        offered to the line's owner (an INCOMING call, OFFERING) and returned RINGBACK; the QoS is
+        negotiated when the owner answers (AnswerCall), and the caller learns the outcome from its
+        call's events. Another tenant's lines are never rung: such a call goes out to its provider.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -192,6 +227,66 @@ class CallQosServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CreateLine(self, request, context):
+        """Opens a line (lineOpen): the caller becomes its owner, the line belongs to the caller's
+        tenant, and calls its tenant makes to its address are offered to it. ALREADY_EXISTS
+        (ADDRESS_IN_USE) while another line of the tenant is open for the address, ALREADY_EXISTS
+        (LINE_ALREADY_EXISTS) when line_id is taken. Needs permission lines.create (role caller).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetLine(self, request, context):
+        """Gets a line of the caller's tenant (another tenant's is NOT_FOUND). Needs lines.get (roles
+        caller, monitor, admin).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListLines(self, request, context):
+        """Lists the lines of the caller's tenant, newest first. Needs lines.list (roles caller,
+        monitor, admin).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CloseLine(self, request, context):
+        """Closes a line (lineClose): it receives no more calls, and calls still ringing on it are
+        disconnected NO_ANSWER; calls already answered go on. The line stays readable as CLOSED and
+        its address may be opened again. Owner only (permission lines.close, role caller). Closing a
+        closed line returns it unchanged.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AnswerCall(self, request, context):
+        """Answers an INCOMING call that is OFFERING (lineAnswer), with the QoS offered or less. The
+        provider then admits the call once for both legs. At NEEDED an answer below the caller's
+        request, or a provider refusal, fails the call like a refused CreateCall: RESOURCE_EXHAUSTED
+        QOS_UNAVAILABLE (or PERMISSION_DENIED QOS_POLICY_FAILURE) with a QosRefusal, both legs
+        DISCONNECTED QOS_UNAVAILABLE. At IF_AVAILABLE the call connects with what the answer and the
+        provider give, and the caller sees it in its granted_qos. Owner of the call only (permission
+        calls.answer, role caller); FAILED_PRECONDITION (CALL_NOT_OFFERING) unless it is offering.
+        The connected pair counts once toward its tenant's quotas (an offer counts nothing):
+        RESOURCE_EXHAUSTED (QUOTA_EXCEEDED) leaves the call offering.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RejectCall(self, request, context):
+        """Rejects an INCOMING call that is OFFERING: both legs are disconnected REJECTED. Owner of the
+        call only (permission calls.reject, role caller). Rejecting a disconnected call returns it unchanged; a connected one is
+        FAILED_PRECONDITION (CALL_NOT_OFFERING).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CallQosServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -244,6 +339,36 @@ def add_CallQosServiceServicer_to_server(servicer, server):
                     servicer.UpdateLink,
                     request_deserializer=callqos_dot_v1_dot_callqos__service__pb2.UpdateLinkRequest.FromString,
                     response_serializer=callqos_dot_v1_dot_provider__pb2.Link.SerializeToString,
+            ),
+            'CreateLine': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateLine,
+                    request_deserializer=callqos_dot_v1_dot_callqos__service__pb2.CreateLineRequest.FromString,
+                    response_serializer=callqos_dot_v1_dot_line__pb2.Line.SerializeToString,
+            ),
+            'GetLine': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetLine,
+                    request_deserializer=callqos_dot_v1_dot_callqos__service__pb2.GetLineRequest.FromString,
+                    response_serializer=callqos_dot_v1_dot_line__pb2.Line.SerializeToString,
+            ),
+            'ListLines': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListLines,
+                    request_deserializer=callqos_dot_v1_dot_callqos__service__pb2.ListLinesRequest.FromString,
+                    response_serializer=callqos_dot_v1_dot_callqos__service__pb2.ListLinesResponse.SerializeToString,
+            ),
+            'CloseLine': grpc.unary_unary_rpc_method_handler(
+                    servicer.CloseLine,
+                    request_deserializer=callqos_dot_v1_dot_callqos__service__pb2.CloseLineRequest.FromString,
+                    response_serializer=callqos_dot_v1_dot_line__pb2.Line.SerializeToString,
+            ),
+            'AnswerCall': grpc.unary_unary_rpc_method_handler(
+                    servicer.AnswerCall,
+                    request_deserializer=callqos_dot_v1_dot_callqos__service__pb2.AnswerCallRequest.FromString,
+                    response_serializer=callqos_dot_v1_dot_call__pb2.Call.SerializeToString,
+            ),
+            'RejectCall': grpc.unary_unary_rpc_method_handler(
+                    servicer.RejectCall,
+                    request_deserializer=callqos_dot_v1_dot_callqos__service__pb2.RejectCallRequest.FromString,
+                    response_serializer=callqos_dot_v1_dot_call__pb2.Call.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -527,6 +652,168 @@ class CallQosService:
             '/callqos.v1.CallQosService/UpdateLink',
             callqos_dot_v1_dot_callqos__service__pb2.UpdateLinkRequest.SerializeToString,
             callqos_dot_v1_dot_provider__pb2.Link.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateLine(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/callqos.v1.CallQosService/CreateLine',
+            callqos_dot_v1_dot_callqos__service__pb2.CreateLineRequest.SerializeToString,
+            callqos_dot_v1_dot_line__pb2.Line.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetLine(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/callqos.v1.CallQosService/GetLine',
+            callqos_dot_v1_dot_callqos__service__pb2.GetLineRequest.SerializeToString,
+            callqos_dot_v1_dot_line__pb2.Line.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListLines(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/callqos.v1.CallQosService/ListLines',
+            callqos_dot_v1_dot_callqos__service__pb2.ListLinesRequest.SerializeToString,
+            callqos_dot_v1_dot_callqos__service__pb2.ListLinesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CloseLine(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/callqos.v1.CallQosService/CloseLine',
+            callqos_dot_v1_dot_callqos__service__pb2.CloseLineRequest.SerializeToString,
+            callqos_dot_v1_dot_line__pb2.Line.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AnswerCall(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/callqos.v1.CallQosService/AnswerCall',
+            callqos_dot_v1_dot_callqos__service__pb2.AnswerCallRequest.SerializeToString,
+            callqos_dot_v1_dot_call__pb2.Call.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RejectCall(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/callqos.v1.CallQosService/RejectCall',
+            callqos_dot_v1_dot_callqos__service__pb2.RejectCallRequest.SerializeToString,
+            callqos_dot_v1_dot_call__pb2.Call.FromString,
             options,
             channel_credentials,
             insecure,

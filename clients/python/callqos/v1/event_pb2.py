@@ -27,7 +27,7 @@ from callqos.v1 import flowspec_pb2 as callqos_dot_v1_dot_flowspec__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16\x63\x61llqos/v1/event.proto\x12\ncallqos.v1\x1a\x15\x63\x61llqos/v1/call.proto\x1a\x19\x63\x61llqos/v1/flowspec.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xd1\x03\n\x08QosEvent\x12\x10\n\x08sequence\x18\x01 \x01(\x04\x12\x0c\n\x04\x63\x61ll\x18\x02 \x01(\t\x12&\n\x04type\x18\x03 \x01(\x0e\x32\x18.callqos.v1.QosEventType\x12\x10\n\x08provider\x18\x04 \x01(\t\x12)\n\x0cprevious_qos\x18\x05 \x01(\x0b\x32\x13.callqos.v1.QosSpec\x12(\n\x0b\x63urrent_qos\x18\x06 \x01(\x0b\x32\x13.callqos.v1.QosSpec\x12)\n\x05\x63\x61use\x18\x07 \x01(\x0e\x32\x1a.callqos.v1.QosChangeCause\x12\x37\n\x11\x64isconnect_reason\x18\x08 \x01(\x0e\x32\x1c.callqos.v1.DisconnectReason\x12\x0e\n\x06reason\x18\t \x01(\t\x12\x0f\n\x07message\x18\n \x01(\t\x12*\n\rcounter_offer\x18\x0b \x01(\x0b\x32\x13.callqos.v1.QosSpec\x12\x12\n\nrequest_id\x18\x0c \x01(\t\x12\x10\n\x08trace_id\x18\r \x01(\t\x12/\n\x0b\x63reate_time\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06tenant\x18\x14 \x01(\t*\xc2\x02\n\x0cQosEventType\x12\x1e\n\x1aQOS_EVENT_TYPE_UNSPECIFIED\x10\x00\x12\x1e\n\x1aQOS_EVENT_TYPE_QOS_GRANTED\x10\x01\x12\x1e\n\x1aQOS_EVENT_TYPE_QOS_CHANGED\x10\x02\x12\x18\n\x14QOS_EVENT_TYPE_NOQOS\x10\x03\x12$\n QOS_EVENT_TYPE_ADMISSION_FAILURE\x10\x04\x12!\n\x1dQOS_EVENT_TYPE_POLICY_FAILURE\x10\x05\x12 \n\x1cQOS_EVENT_TYPE_GENERIC_ERROR\x10\x06\x12\'\n#QOS_EVENT_TYPE_RENEGOTIATION_FAILED\x10\x07\x12$\n QOS_EVENT_TYPE_CALL_DISCONNECTED\x10\x08*~\n\x0eQosChangeCause\x12 \n\x1cQOS_CHANGE_CAUSE_UNSPECIFIED\x10\x00\x12!\n\x1dQOS_CHANGE_CAUSE_RENEGOTIATED\x10\x01\x12\'\n#QOS_CHANGE_CAUSE_PROVIDER_INITIATED\x10\x02\x42^\n\x0e\x64\x65v.callqos.v1B\nEventProtoP\x01Z>github.com/callqos/callqos/clients/go/gen/callqos/v1;callqosv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16\x63\x61llqos/v1/event.proto\x12\ncallqos.v1\x1a\x15\x63\x61llqos/v1/call.proto\x1a\x19\x63\x61llqos/v1/flowspec.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xdf\x03\n\x08QosEvent\x12\x10\n\x08sequence\x18\x01 \x01(\x04\x12\x0c\n\x04\x63\x61ll\x18\x02 \x01(\t\x12&\n\x04type\x18\x03 \x01(\x0e\x32\x18.callqos.v1.QosEventType\x12\x10\n\x08provider\x18\x04 \x01(\t\x12)\n\x0cprevious_qos\x18\x05 \x01(\x0b\x32\x13.callqos.v1.QosSpec\x12(\n\x0b\x63urrent_qos\x18\x06 \x01(\x0b\x32\x13.callqos.v1.QosSpec\x12)\n\x05\x63\x61use\x18\x07 \x01(\x0e\x32\x1a.callqos.v1.QosChangeCause\x12\x37\n\x11\x64isconnect_reason\x18\x08 \x01(\x0e\x32\x1c.callqos.v1.DisconnectReason\x12\x0e\n\x06reason\x18\t \x01(\t\x12\x0f\n\x07message\x18\n \x01(\t\x12*\n\rcounter_offer\x18\x0b \x01(\x0b\x32\x13.callqos.v1.QosSpec\x12\x12\n\nrequest_id\x18\x0c \x01(\t\x12\x10\n\x08trace_id\x18\r \x01(\t\x12/\n\x0b\x63reate_time\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0c\n\x04line\x18\x0f \x01(\t\x12\x0e\n\x06tenant\x18\x14 \x01(\t*\x85\x03\n\x0cQosEventType\x12\x1e\n\x1aQOS_EVENT_TYPE_UNSPECIFIED\x10\x00\x12\x1e\n\x1aQOS_EVENT_TYPE_QOS_GRANTED\x10\x01\x12\x1e\n\x1aQOS_EVENT_TYPE_QOS_CHANGED\x10\x02\x12\x18\n\x14QOS_EVENT_TYPE_NOQOS\x10\x03\x12$\n QOS_EVENT_TYPE_ADMISSION_FAILURE\x10\x04\x12!\n\x1dQOS_EVENT_TYPE_POLICY_FAILURE\x10\x05\x12 \n\x1cQOS_EVENT_TYPE_GENERIC_ERROR\x10\x06\x12\'\n#QOS_EVENT_TYPE_RENEGOTIATION_FAILED\x10\x07\x12$\n QOS_EVENT_TYPE_CALL_DISCONNECTED\x10\x08\x12\x1f\n\x1bQOS_EVENT_TYPE_CALL_OFFERED\x10\t\x12 \n\x1cQOS_EVENT_TYPE_CALL_RINGBACK\x10\n*~\n\x0eQosChangeCause\x12 \n\x1cQOS_CHANGE_CAUSE_UNSPECIFIED\x10\x00\x12!\n\x1dQOS_CHANGE_CAUSE_RENEGOTIATED\x10\x01\x12\'\n#QOS_CHANGE_CAUSE_PROVIDER_INITIATED\x10\x02\x42^\n\x0e\x64\x65v.callqos.v1B\nEventProtoP\x01Z>github.com/callqos/callqos/clients/go/gen/callqos/v1;callqosv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,10 +35,10 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'callqos.v1.event_pb2', _glo
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'\n\016dev.callqos.v1B\nEventProtoP\001Z>github.com/callqos/callqos/clients/go/gen/callqos/v1;callqosv1'
-  _globals['_QOSEVENTTYPE']._serialized_start=590
-  _globals['_QOSEVENTTYPE']._serialized_end=912
-  _globals['_QOSCHANGECAUSE']._serialized_start=914
-  _globals['_QOSCHANGECAUSE']._serialized_end=1040
+  _globals['_QOSEVENTTYPE']._serialized_start=604
+  _globals['_QOSEVENTTYPE']._serialized_end=993
+  _globals['_QOSCHANGECAUSE']._serialized_start=995
+  _globals['_QOSCHANGECAUSE']._serialized_end=1121
   _globals['_QOSEVENT']._serialized_start=122
-  _globals['_QOSEVENT']._serialized_end=587
+  _globals['_QOSEVENT']._serialized_end=601
 # @@protoc_insertion_point(module_scope)

@@ -22,6 +22,8 @@ class QosEventType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     QOS_EVENT_TYPE_GENERIC_ERROR: _ClassVar[QosEventType]
     QOS_EVENT_TYPE_RENEGOTIATION_FAILED: _ClassVar[QosEventType]
     QOS_EVENT_TYPE_CALL_DISCONNECTED: _ClassVar[QosEventType]
+    QOS_EVENT_TYPE_CALL_OFFERED: _ClassVar[QosEventType]
+    QOS_EVENT_TYPE_CALL_RINGBACK: _ClassVar[QosEventType]
 
 class QosChangeCause(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -37,12 +39,14 @@ QOS_EVENT_TYPE_POLICY_FAILURE: QosEventType
 QOS_EVENT_TYPE_GENERIC_ERROR: QosEventType
 QOS_EVENT_TYPE_RENEGOTIATION_FAILED: QosEventType
 QOS_EVENT_TYPE_CALL_DISCONNECTED: QosEventType
+QOS_EVENT_TYPE_CALL_OFFERED: QosEventType
+QOS_EVENT_TYPE_CALL_RINGBACK: QosEventType
 QOS_CHANGE_CAUSE_UNSPECIFIED: QosChangeCause
 QOS_CHANGE_CAUSE_RENEGOTIATED: QosChangeCause
 QOS_CHANGE_CAUSE_PROVIDER_INITIATED: QosChangeCause
 
 class QosEvent(_message.Message):
-    __slots__ = ("sequence", "call", "type", "provider", "previous_qos", "current_qos", "cause", "disconnect_reason", "reason", "message", "counter_offer", "request_id", "trace_id", "create_time", "tenant")
+    __slots__ = ("sequence", "call", "type", "provider", "previous_qos", "current_qos", "cause", "disconnect_reason", "reason", "message", "counter_offer", "request_id", "trace_id", "create_time", "line", "tenant")
     SEQUENCE_FIELD_NUMBER: _ClassVar[int]
     CALL_FIELD_NUMBER: _ClassVar[int]
     TYPE_FIELD_NUMBER: _ClassVar[int]
@@ -57,6 +61,7 @@ class QosEvent(_message.Message):
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     TRACE_ID_FIELD_NUMBER: _ClassVar[int]
     CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
+    LINE_FIELD_NUMBER: _ClassVar[int]
     TENANT_FIELD_NUMBER: _ClassVar[int]
     sequence: int
     call: str
@@ -72,5 +77,6 @@ class QosEvent(_message.Message):
     request_id: str
     trace_id: str
     create_time: _timestamp_pb2.Timestamp
+    line: str
     tenant: str
-    def __init__(self, sequence: _Optional[int] = ..., call: _Optional[str] = ..., type: _Optional[_Union[QosEventType, str]] = ..., provider: _Optional[str] = ..., previous_qos: _Optional[_Union[_flowspec_pb2.QosSpec, _Mapping]] = ..., current_qos: _Optional[_Union[_flowspec_pb2.QosSpec, _Mapping]] = ..., cause: _Optional[_Union[QosChangeCause, str]] = ..., disconnect_reason: _Optional[_Union[_call_pb2.DisconnectReason, str]] = ..., reason: _Optional[str] = ..., message: _Optional[str] = ..., counter_offer: _Optional[_Union[_flowspec_pb2.QosSpec, _Mapping]] = ..., request_id: _Optional[str] = ..., trace_id: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., tenant: _Optional[str] = ...) -> None: ...
+    def __init__(self, sequence: _Optional[int] = ..., call: _Optional[str] = ..., type: _Optional[_Union[QosEventType, str]] = ..., provider: _Optional[str] = ..., previous_qos: _Optional[_Union[_flowspec_pb2.QosSpec, _Mapping]] = ..., current_qos: _Optional[_Union[_flowspec_pb2.QosSpec, _Mapping]] = ..., cause: _Optional[_Union[QosChangeCause, str]] = ..., disconnect_reason: _Optional[_Union[_call_pb2.DisconnectReason, str]] = ..., reason: _Optional[str] = ..., message: _Optional[str] = ..., counter_offer: _Optional[_Union[_flowspec_pb2.QosSpec, _Mapping]] = ..., request_id: _Optional[str] = ..., trace_id: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., line: _Optional[str] = ..., tenant: _Optional[str] = ...) -> None: ...

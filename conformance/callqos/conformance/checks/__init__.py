@@ -9,6 +9,7 @@ from callqos.conformance.checks import (  # noqa: F401  (imported for registrati
     core_api,
     core_validation,
     events,
+    incoming,
     provider_change,
     renegotiation,
 )

@@ -4,7 +4,8 @@ A provider imports from here only (plus the `callqos.v1` messages of the public 
 
 - the contract (from `base`): `Provider` to subclass; `AdmissionRequest` it is asked to decide;
   the `Decision` it answers, a `Grant` or a `Refusal` of a `RefusalKind`; `Restored` calls it is
-  handed back at start-up; the `ProviderHost` it reports each `ProviderChange` to;
+  handed back at start-up; the `ProviderHost` it reports each `ProviderChange` to, and offers
+  each `IncomingOffer` from its network to;
 - the QoS arithmetic (from `qos`): what a flowspec reserves (`reserved_rate`, `RESERVING`), whether
   a grant satisfies a request (`shortfalls`, `qos_shortfalls`), best-effort flowspecs, and the
   RFC 2212 delay bound of a GUARANTEED flow over a path (`PathTerms`, `guaranteed_delay_bound_us`);
@@ -22,6 +23,7 @@ from callqos.server.providers.base import (
     AdmissionRequest,
     Decision,
     Grant,
+    IncomingOffer,
     Provider,
     ProviderChange,
     ProviderHost,
@@ -36,6 +38,7 @@ from callqos.server.qos import (
     best_effort_qos,
     best_effort_spec,
     guaranteed_delay_bound_us,
+    mirror,
     qos_shortfalls,
     reserved_rate,
     shortfalls,
@@ -46,6 +49,7 @@ __all__ = [
     "AdmissionRequest",
     "Decision",
     "Grant",
+    "IncomingOffer",
     "PathTerms",
     "Provider",
     "ProviderChange",
@@ -59,6 +63,7 @@ __all__ = [
     "guaranteed_delay_bound_us",
     "is_resource_id",
     "link_name",
+    "mirror",
     "qos_shortfalls",
     "reserved_rate",
     "shortfalls",

@@ -28,6 +28,16 @@ conformance checks that verify it):
   writing to the server's state directly (PROV-7).
 - `capabilities()` does not change while serving, and what it does not advertise is refused
   cleanly (PROV-8, PROV-9).
+- A call between two applications on this server (a call to an open line's address) is one
+  call to the provider: admitted once, when its owner answers, under the caller's call name and
+  in the caller's terms; released, renegotiated and changed under that name too (PROV-13). Its
+  other leg never reaches the provider.
+- A provider that advertises `incoming_calls` reports each call arriving from its own network
+  with `ProviderHost.offer_call` (PROV-14). When the line's owner answers it, `admit` is called
+  with `AdmissionRequest.incoming` set: connect that call, do not place a new one. An offer that
+  ends unanswered (rejected, rung out, refused at NEEDED, its line closed) is told to
+  `offer_ended`; a caller who gives up is reported with `report_change(ProviderChange(call,
+  None, ...))`.
 Calls arrive on the server's event loop; long or blocking work belongs in `asyncio.to_thread`
 (PROV-10: every call returns within the host's provider deadline).
 """
@@ -56,6 +66,10 @@ class AdmissionRequest:
     qos: QosSpec  # validated; NO_CHANGE already resolved
     principal: str
     current: QosSpec | None = None  # the QoS in effect, for a renegotiation
+    # True when admitting a call this provider offered (ProviderHost.offer_call) as its owner
+    # answers it: connect that call rather than place a new one to `destination`. `qos` is then
+    # in the answering party's terms.
+    incoming: bool = False
 
 
 @dataclass(frozen=True)
@@ -98,11 +112,33 @@ class ProviderChange:
     event: event_pb2.QosEventType = event_pb2.QosEventType.QOS_EVENT_TYPE_NOQOS
 
 
+@dataclass(frozen=True)
+class IncomingOffer:
+    """A call arriving from the provider's network (capability `incoming_calls`).
+
+    The server offers it to the owner of the line open for `destination`, with the QoS the caller
+    asked for mirrored into the callee's terms; nothing is reserved until the owner answers."""
+
+    destination: str  # the address called: the address of an open line on this server
+    caller_id: str  # who is calling, as the network identifies them (for people; may be empty)
+    level: int  # callqos.v1.ServiceLevel the caller asked for (not UNSPECIFIED)
+    caller_qos: QosSpec  # the caller's request in the caller's terms: its sending is what it sends
+
+
 class ProviderHost(Protocol):
     """What the server offers a running provider."""
 
     async def report_change(self, change: ProviderChange) -> None:
-        """Apply a provider-initiated change: store it and emit its events."""
+        """Apply a provider-initiated change: store it and emit its events. For a call still
+        offered (not yet answered), `qos=None` means the caller gave up: it is disconnected
+        PEER_DROPPED."""
+
+    async def offer_call(self, offer: IncomingOffer) -> str | None:
+        """Offer a call arriving from the provider's network (capability `incoming_calls`) to the
+        owner of the line open for its destination (among the lines of the tenant the provider's
+        `incoming_tenant` setting names). Returns the offered call's name
+        (`calls/{call}`), or None when no line is open for the address (tell the network the
+        callee is not available). Raises ValueError, naming what is wrong, for an invalid offer."""
 
 
 @dataclass(frozen=True)
@@ -163,6 +199,11 @@ class Provider(abc.ABC):
     @abc.abstractmethod
     async def release(self, call: str) -> None:
         """Free everything `call` holds. Idempotent."""
+
+    async def offer_ended(self, call: str, reason: int) -> None:
+        """An offered call (`offer_call`) ended without being admitted: `reason` is its
+        callqos.v1.DisconnectReason (REJECTED, NO_ANSWER, QOS_UNAVAILABLE when the answer fell
+        short of a NEEDED request). Optional: only providers with `incoming_calls` get it."""
 
     async def list_links(self) -> list[provider_pb2.Link]:
         """The provider's links (only when capabilities().link_admin)."""

@@ -6,9 +6,9 @@ act on one particular call — it must be of the caller's tenant, and owned by t
 role says otherwise — is checked by the call manager against the call itself (`calls`), after this
 method-level check and before any provider is called.
 
-To add a method (e.g. an incoming-call answer): give it a permission here, grant the permission to
-the roles that should have it in `BUILTIN_ROLES`, and check resource ownership in the call manager
-the way DropCall does. A deployment can redefine roles, or add its own, with the `roles` setting.
+To add a method: give it a permission here, grant the permission to the roles that should have it
+in `BUILTIN_ROLES`, and check resource ownership in the call (or line) manager the way DropCall
+and AnswerCall do. A deployment can redefine roles, or add its own, with the `roles` setting.
 """
 
 from __future__ import annotations
@@ -28,6 +28,12 @@ class Permission:
     RENEGOTIATE_CALL = "calls.renegotiate"  # the caller's own calls
     DROP_CALL = "calls.drop"  # the caller's own calls
     DROP_ANY_CALL = "calls.drop.any"  # any call of the caller's tenant
+    ANSWER_CALL = "calls.answer"  # the caller's own offered calls (those offered on its lines)
+    REJECT_CALL = "calls.reject"  # the caller's own offered calls
+    CREATE_LINE = "lines.create"  # the line is the caller's, in its tenant
+    GET_LINE = "lines.get"  # any line of the caller's tenant
+    LIST_LINES = "lines.list"  # the caller's tenant's lines
+    CLOSE_LINE = "lines.close"  # the caller's own lines
     WATCH_EVENTS = "events.watch"  # the caller's tenant's events
     READ_PROVIDERS = "providers.read"
     READ_LINKS = "links.read"  # links are platform-wide: capacity is visible to every role
@@ -40,26 +46,31 @@ class Permission:
 
 P = Permission
 READ_PLATFORM = (P.READ_PROVIDERS, P.READ_LINKS)
+# Reading a tenant's calls and lines, and watching their events (a monitor, LINECALLPRIVILEGE_MONITOR).
+READ_TENANT = (P.GET_CALL, P.LIST_CALLS, P.GET_LINE, P.LIST_LINES, P.WATCH_EVENTS)
 
-#: The built-in roles. caller: makes calls and changes its own, reads and watches its tenant's;
-#: monitor: reads and watches its tenant's calls; operator: changes link capacity (platform-wide);
-#: admin: a monitor who may also drop any call of its tenant.
+#: The built-in roles. caller: makes calls, opens lines and answers or rejects the calls offered on
+#: them, changes its own calls and lines, reads and watches its tenant's; monitor: reads and
+#: watches its tenant's calls and lines; operator: changes link capacity (platform-wide); admin: a
+#: monitor who may also drop any call of its tenant.
 BUILTIN_ROLES: Mapping[str, frozenset[str]] = MappingProxyType(
     {
         "caller": frozenset(
             {
                 P.CREATE_CALL,
-                P.GET_CALL,
-                P.LIST_CALLS,
                 P.RENEGOTIATE_CALL,
                 P.DROP_CALL,
-                P.WATCH_EVENTS,
+                P.ANSWER_CALL,
+                P.REJECT_CALL,
+                P.CREATE_LINE,
+                P.CLOSE_LINE,
+                *READ_TENANT,
                 *READ_PLATFORM,
             }
         ),
-        "monitor": frozenset({P.GET_CALL, P.LIST_CALLS, P.WATCH_EVENTS, *READ_PLATFORM}),
+        "monitor": frozenset({*READ_TENANT, *READ_PLATFORM}),
         "operator": frozenset({P.UPDATE_LINK, *READ_PLATFORM}),
-        "admin": frozenset({P.GET_CALL, P.LIST_CALLS, P.WATCH_EVENTS, P.DROP_CALL, P.DROP_ANY_CALL, *READ_PLATFORM}),
+        "admin": frozenset({P.DROP_CALL, P.DROP_ANY_CALL, *READ_TENANT, *READ_PLATFORM}),
     }
 )
 
@@ -76,9 +87,17 @@ METHOD_PERMISSIONS: Mapping[str, str] = MappingProxyType(
         "ListProviders": P.READ_PROVIDERS,
         "ListLinks": P.READ_LINKS,
         "UpdateLink": P.UPDATE_LINK,
+        "CreateLine": P.CREATE_LINE,
+        "GetLine": P.GET_LINE,
+        "ListLines": P.LIST_LINES,
+        "CloseLine": P.CLOSE_LINE,
+        "AnswerCall": P.ANSWER_CALL,
+        "RejectCall": P.REJECT_CALL,
     }
 )
-MUTATIONS = frozenset({"CreateCall", "RenegotiateCall", "DropCall", "UpdateLink"})
+MUTATIONS = frozenset(
+    {"CreateCall", "RenegotiateCall", "DropCall", "UpdateLink", "CreateLine", "CloseLine", "AnswerCall", "RejectCall"}
+)
 
 
 class Roles:

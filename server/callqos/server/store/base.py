@@ -2,15 +2,18 @@
 PostgreSQL backend (several replicas sharing admission and events) slots in beside SQLite.
 
 Guarantees every backend gives:
-- `commit` stores a call's new state, the events that announce it and the idempotency record in
-  ONE transaction, and assigns the events strictly increasing sequence numbers, never reused.
+- `commit` stores the new state of a call — or of several: both legs of a call between two lines
+  — and of any lines it changes, the events that announce it and the idempotency record in ONE
+  transaction, and assigns the events strictly increasing sequence numbers, never reused.
+- At most one line of a tenant is open per address, whatever commits race.
 - Sequence order is commit order: once `commit` returns, no event with a lower sequence can
   appear later (a watcher that has read up to N never misses an event below N).
 - `events_after(n)` returns retained events with sequence > n in order.
-- Calls, events and request_ids belong to a tenant (`Call.tenant`, `QosEvent.tenant`); listing and
-  request_id lookup are per tenant, and `commit` given a tenant's `UsageLimits` refuses, in the
-  same transaction, a commit that would take the tenant beyond them (so concurrent admissions, or
-  several replicas sharing a database, cannot overshoot a quota together).
+- Calls, lines, events and request_ids belong to a tenant (`Call.tenant`, `Line.tenant`,
+  `QosEvent.tenant`); listing, finding a line by address and request_id lookup are per tenant,
+  and `commit` given a tenant's `UsageLimits` refuses, in the same transaction, a commit that
+  would take the tenant beyond them (so concurrent admissions, or several replicas sharing a
+  database, cannot overshoot a quota together).
 """
 
 from __future__ import annotations
@@ -19,7 +22,8 @@ import abc
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from callqos.v1 import call_pb2, event_pb2
+from callqos.server.qos import reserved_rate
+from callqos.v1 import call_pb2, event_pb2, line_pb2
 from callqos.wire import DEFAULT_TENANT
 
 
@@ -31,7 +35,7 @@ class IdempotencyRecord:
     principal: str
     method: str
     fingerprint: str  # hash of the request without its request_id
-    call: str  # the call the request created or changed
+    call: str  # the resource (a call, or a line) the request created or changed
     status: bytes = b""  # serialized google.rpc.Status when it failed; empty on success
     tenant: str = DEFAULT_TENANT  # a principal is unique only within its tenant
 
@@ -39,11 +43,28 @@ class IdempotencyRecord:
 @dataclass(frozen=True)
 class Usage:
     """What a tenant holds: its connected calls, and the bytes/s they reserve in each direction
-    (`qos.reserved_rate` of the granted flowspecs)."""
+    (`qos.reserved_rate` of the granted flowspecs). A call between two applications counts once,
+    as the one reservation it holds: under its caller's leg, in the caller's terms."""
 
     active_calls: int = 0
     sending: int = 0
     receiving: int = 0
+
+
+def holds_reservation(call: call_pb2.Call) -> bool:
+    """Whether the provider holds `call`'s reservation under the call's own name. Every call
+    does but the answering leg of a call between two applications: that pair's one reservation
+    is held under the caller's leg, its `peer`."""
+    return not (call.direction == call_pb2.Call.Direction.DIRECTION_INCOMING and call.peer)
+
+
+def held_usage(call: call_pb2.Call) -> Usage:
+    """What `call` counts toward its tenant's quotas: while connected, one active call and the
+    bytes/s its grant reserves — unless its pair's reservation is held under its peer, which
+    then counts for both (an offered call, like any unconnected one, counts nothing)."""
+    if call.state != call_pb2.Call.State.STATE_CONNECTED or not holds_reservation(call):
+        return Usage()
+    return Usage(1, reserved_rate(call.granted_qos.sending), reserved_rate(call.granted_qos.receiving))
 
 
 @dataclass(frozen=True)
@@ -89,13 +110,30 @@ class CallPage:
     next_cursor: int  # pass back as `before` for the next page; 0 when there is none
 
 
+@dataclass(frozen=True)
+class LinePage:
+    lines: list[line_pb2.Line]
+    next_cursor: int  # pass back as `before` for the next page; 0 when there is none
+
+
+class AddressInUseError(Exception):
+    """`commit` would open a second line of a tenant for an address; nothing was stored."""
+
+
 class Store(abc.ABC):
     @abc.abstractmethod
     async def get_call(self, name: str) -> call_pb2.Call | None: ...
 
     @abc.abstractmethod
     async def list_calls(
-        self, *, tenant: str, state: int | None, provider: str | None, limit: int, before: int
+        self,
+        *,
+        tenant: str,
+        state: int | None,
+        provider: str | None,
+        limit: int,
+        before: int,
+        line: str | None = None,
     ) -> CallPage:
         """The tenant's calls newest first; `before` = 0 starts at the newest."""
 
@@ -107,17 +145,45 @@ class Store(abc.ABC):
     async def connected_calls(self) -> list[call_pb2.Call]: ...
 
     @abc.abstractmethod
+    async def calls_in_state(self, state: int) -> list[call_pb2.Call]:
+        """Every call in `state`, oldest first (the offered calls to ring out at start-up)."""
+
+    @abc.abstractmethod
     async def commit(
         self,
-        call: call_pb2.Call,
+        call: call_pb2.Call | Sequence[call_pb2.Call],
         events: Sequence[event_pb2.QosEvent],
         idempotency: IdempotencyRecord | None = None,
         *,
+        lines: Sequence[line_pb2.Line] = (),
         limits: UsageLimits | None = None,
     ) -> list[event_pb2.QosEvent]:
-        """Store the call (insert or replace) with its events; returns the events numbered.
-        With `limits` (the call's tenant's), raises QuotaExceededError instead when the commit
-        would take the tenant beyond them."""
+        """Store the call or calls and the lines (each inserted or replaced) with the events;
+        returns the events numbered. AddressInUseError (nothing stored) when a line would be the
+        second open one of its tenant for its address. With `limits` (the calls' tenant's: both
+        legs of a pair are of one tenant), raises QuotaExceededError instead when the commit would
+        take the tenant beyond them."""
+
+    @abc.abstractmethod
+    async def get_line(self, name: str) -> line_pb2.Line | None:
+        """The line `name`, of whichever tenant: the caller checks the tenant."""
+
+    @abc.abstractmethod
+    async def open_line(self, address: str, tenant: str) -> line_pb2.Line | None:
+        """The tenant's line open for `address`, if there is one."""
+
+    @abc.abstractmethod
+    async def list_lines(
+        self,
+        *,
+        tenant: str,
+        state: int | None,
+        address: str | None,
+        owner: str | None,
+        limit: int,
+        before: int,
+    ) -> LinePage:
+        """The tenant's lines newest first; `before` = 0 starts at the newest."""
 
     @abc.abstractmethod
     async def find_request(

@@ -17,15 +17,18 @@ from pathlib import Path
 
 from callqos.server.qos import reserved_rate
 from callqos.server.store.base import (
+    AddressInUseError,
     CallPage,
     EventBounds,
     IdempotencyRecord,
+    LinePage,
     QuotaExceededError,
     Store,
     Usage,
     UsageLimits,
+    held_usage,
 )
-from callqos.v1 import call_pb2, event_pb2
+from callqos.v1 import call_pb2, event_pb2, line_pb2
 from callqos.wire import DEFAULT_TENANT
 
 _SCHEMA = """
@@ -37,11 +40,14 @@ CREATE TABLE IF NOT EXISTS calls (
     data     BLOB NOT NULL,                      -- callqos.v1.Call
     tenant   TEXT NOT NULL DEFAULT 'default',
     reserved_sending   INTEGER NOT NULL DEFAULT 0,  -- bytes/s held while connected (quotas)
-    reserved_receiving INTEGER NOT NULL DEFAULT 0
+    reserved_receiving INTEGER NOT NULL DEFAULT 0,
+    line     TEXT NOT NULL DEFAULT '',           -- Call.line: the line an INCOMING call was offered on
+    active   INTEGER NOT NULL DEFAULT 0          -- 1: counts toward its tenant's active calls (held_usage)
 );
 CREATE INDEX IF NOT EXISTS calls_state ON calls (state, seq);
 CREATE INDEX IF NOT EXISTS calls_tenant ON calls (tenant, seq);
-CREATE INDEX IF NOT EXISTS calls_usage ON calls (tenant, state, reserved_sending, reserved_receiving);
+CREATE INDEX IF NOT EXISTS calls_line ON calls (line, seq) WHERE line != '';
+CREATE INDEX IF NOT EXISTS calls_active ON calls (tenant, active, reserved_sending, reserved_receiving);
 CREATE TABLE IF NOT EXISTS events (
     seq          INTEGER PRIMARY KEY AUTOINCREMENT,
     create_us    INTEGER NOT NULL,
@@ -54,28 +60,41 @@ CREATE TABLE IF NOT EXISTS requests (            -- AIP-155 idempotency records
     request_id  TEXT NOT NULL,
     method      TEXT NOT NULL,
     fingerprint TEXT NOT NULL,
-    call        TEXT NOT NULL,
+    call        TEXT NOT NULL,                   -- the call, or line, the request created or changed
     status      BLOB NOT NULL,
     create_us   INTEGER NOT NULL,
     PRIMARY KEY (tenant, principal, request_id)
 );
 CREATE INDEX IF NOT EXISTS requests_age ON requests (create_us);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS lines (
+    seq      INTEGER PRIMARY KEY AUTOINCREMENT,  -- creation order, for newest-first listing
+    name     TEXT NOT NULL UNIQUE,
+    address  TEXT NOT NULL,
+    owner    TEXT NOT NULL,
+    state    INTEGER NOT NULL,
+    data     BLOB NOT NULL,                      -- callqos.v1.Line
+    tenant   TEXT NOT NULL DEFAULT 'default'
+);
+-- At most one open line of a tenant per address, whatever commits race
+-- (callqos.v1.Line.State.STATE_OPEN = 1).
+CREATE UNIQUE INDEX IF NOT EXISTS lines_open_address ON lines (tenant, address) WHERE state = 1;
+CREATE INDEX IF NOT EXISTS lines_tenant ON lines (tenant, seq);
 """
 MEMORY = ":memory:"
-# Bumped whenever _SCHEMA changes incompatibly. A file of an older version is brought forward by
-# the steps in _MIGRATIONS, each in one transaction; a newer one is refused, not guessed at.
-SCHEMA_VERSION = 2
+# Bumped whenever _SCHEMA changes. A new file gets _SCHEMA as it is; a file of an older version
+# is brought forward by the steps in _MIGRATIONS, one version at a time, each step in one
+# transaction. A step is self-contained: it names its own DDL (never _SCHEMA, which keeps
+# moving) so that it means the same thing whatever steps come after it. A newer file is refused,
+# not guessed at.
+SCHEMA_VERSION = 3
 # Serialized calls kept in memory, newest used last. Safe because one process owns the file
 # (see the lock below), so every write to a call passes through `commit` here.
 CACHED_CALLS = 10_000
 
 
-def _usage_columns(call: call_pb2.Call) -> tuple[int, int]:
-    """What a call holds, for the quota columns: its granted rates while connected, else nothing."""
-    if call.state != call_pb2.Call.State.STATE_CONNECTED:
-        return 0, 0
-    return reserved_rate(call.granted_qos.sending), reserved_rate(call.granted_qos.receiving)
+def _columns(db: sqlite3.Connection, table: str) -> set[str]:
+    return {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
 
 
 def _script(db: sqlite3.Connection, script: str) -> None:
@@ -88,8 +107,10 @@ def _script(db: sqlite3.Connection, script: str) -> None:
 
 def _migrate_to_2(db: sqlite3.Connection) -> None:
     """Version 1 → 2: tenants (issue #13). Every call, event and request_id so far belongs to the
-    default tenant; each call gets the quota columns of what it holds. (One small step of its own,
-    so that other schema changes line up before or after it.)"""
+    default tenant; each call gets the quota columns of what it holds (connected: its grant).
+    A version-1 file may already have the `lines` table and `calls.line` column that incoming
+    calls (issue #10) added without a version of their own; this step leaves them be, and
+    step 3 makes them whole."""
     _script(
         db,
         """
@@ -101,18 +122,43 @@ def _migrate_to_2(db: sqlite3.Connection) -> None:
         DROP INDEX IF EXISTS requests_age;
         """,
     )
+    connected = call_pb2.Call.State.STATE_CONNECTED
     for seq, data in db.execute("SELECT seq, data FROM calls").fetchall():
         call = call_pb2.Call.FromString(data)
         call.tenant = DEFAULT_TENANT
+        held = call.state == connected
         db.execute(
             "UPDATE calls SET data = ?, reserved_sending = ?, reserved_receiving = ? WHERE seq = ?",
-            (call.SerializeToString(), *_usage_columns(call), seq),
+            (
+                call.SerializeToString(),
+                reserved_rate(call.granted_qos.sending) if held else 0,
+                reserved_rate(call.granted_qos.receiving) if held else 0,
+                seq,
+            ),
         )
     for seq, data in db.execute("SELECT seq, data FROM events").fetchall():
         event = event_pb2.QosEvent.FromString(data)
         event.tenant = DEFAULT_TENANT
         db.execute("UPDATE events SET data = ? WHERE seq = ?", (event.SerializeToString(), seq))
-    _script(db, _SCHEMA)  # the new requests table and the new indexes
+    _script(
+        db,
+        """
+        CREATE TABLE requests (
+            tenant      TEXT NOT NULL,
+            principal   TEXT NOT NULL,
+            request_id  TEXT NOT NULL,
+            method      TEXT NOT NULL,
+            fingerprint TEXT NOT NULL,
+            call        TEXT NOT NULL,
+            status      BLOB NOT NULL,
+            create_us   INTEGER NOT NULL,
+            PRIMARY KEY (tenant, principal, request_id)
+        );
+        CREATE INDEX requests_age ON requests (create_us);
+        CREATE INDEX IF NOT EXISTS calls_tenant ON calls (tenant, seq);
+        CREATE INDEX IF NOT EXISTS calls_usage ON calls (tenant, state, reserved_sending, reserved_receiving);
+        """,
+    )
     db.execute(
         "INSERT INTO requests SELECT 'default', principal, request_id, method, fingerprint, call, status, create_us "
         "FROM requests_1"
@@ -120,8 +166,54 @@ def _migrate_to_2(db: sqlite3.Connection) -> None:
     db.execute("DROP TABLE requests_1")
 
 
+def _migrate_to_3(db: sqlite3.Connection) -> None:
+    """Version 2 → 3: lines and incoming calls (issue #10) under tenants. Lines belong to a
+    tenant (the default one for lines opened before tenants: the `lines` table a version-1 file
+    may already have gets a tenant column), and an address is unique among the OPEN lines of one
+    tenant. Calls get `line` (for ListCalls' line filter) if they lack it, and `active`: a call
+    counts toward its tenant's quotas while connected, except the answering leg of a call between
+    two applications, whose one reservation its caller's leg holds (`held_usage`)."""
+    if "line" not in _columns(db, "calls"):
+        db.execute("ALTER TABLE calls ADD COLUMN line TEXT NOT NULL DEFAULT ''")
+    db.execute("ALTER TABLE calls ADD COLUMN active INTEGER NOT NULL DEFAULT 0")
+    lines_exist = db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'lines'").fetchone()
+    if lines_exist and "tenant" not in _columns(db, "lines"):
+        db.execute("ALTER TABLE lines ADD COLUMN tenant TEXT NOT NULL DEFAULT 'default'")
+        for seq, data in db.execute("SELECT seq, data FROM lines").fetchall():
+            line = line_pb2.Line.FromString(data)
+            line.tenant = DEFAULT_TENANT
+            db.execute("UPDATE lines SET data = ? WHERE seq = ?", (line.SerializeToString(), seq))
+    _script(
+        db,
+        """
+        CREATE TABLE IF NOT EXISTS lines (
+            seq      INTEGER PRIMARY KEY AUTOINCREMENT,
+            name     TEXT NOT NULL UNIQUE,
+            address  TEXT NOT NULL,
+            owner    TEXT NOT NULL,
+            state    INTEGER NOT NULL,
+            data     BLOB NOT NULL,
+            tenant   TEXT NOT NULL DEFAULT 'default'
+        );
+        DROP INDEX IF EXISTS lines_open_address;
+        CREATE UNIQUE INDEX lines_open_address ON lines (tenant, address) WHERE state = 1;
+        CREATE INDEX IF NOT EXISTS lines_tenant ON lines (tenant, seq);
+        DROP INDEX IF EXISTS calls_usage;
+        CREATE INDEX IF NOT EXISTS calls_line ON calls (line, seq) WHERE line != '';
+        CREATE INDEX IF NOT EXISTS calls_active ON calls (tenant, active, reserved_sending, reserved_receiving);
+        """,
+    )
+    for seq, data in db.execute("SELECT seq, data FROM calls").fetchall():
+        call = call_pb2.Call.FromString(data)
+        held = held_usage(call)
+        db.execute(
+            "UPDATE calls SET line = ?, active = ?, reserved_sending = ?, reserved_receiving = ? WHERE seq = ?",
+            (call.line, held.active_calls, held.sending, held.receiving, seq),
+        )
+
+
 # Version N → the step that makes a version N-1 file version N.
-_MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {2: _migrate_to_2}
+_MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {2: _migrate_to_2, 3: _migrate_to_3}
 
 
 class StoreInUseError(OSError):
@@ -188,7 +280,14 @@ class SqliteStore(Store):
             self._cache.popitem(last=False)
 
     async def list_calls(
-        self, *, tenant: str, state: int | None, provider: str | None, limit: int, before: int
+        self,
+        *,
+        tenant: str,
+        state: int | None,
+        provider: str | None,
+        limit: int,
+        before: int,
+        line: str | None = None,
     ) -> CallPage:
         sql = "SELECT seq, data FROM calls WHERE tenant = ? AND seq < ?"
         args: list[object] = [tenant, before or (1 << 62)]
@@ -198,6 +297,9 @@ class SqliteStore(Store):
         if provider is not None:
             sql += " AND provider = ?"
             args.append(provider)
+        if line is not None:
+            sql += " AND line = ?"
+            args.append(line)
         sql += " ORDER BY seq DESC LIMIT ?"
         args.append(limit + 1)  # one more tells whether another page exists
         rows = self._db.execute(sql, args).fetchall()
@@ -211,8 +313,8 @@ class SqliteStore(Store):
     def _usage(self, tenant: str) -> Usage:
         row = self._db.execute(
             "SELECT COUNT(*), COALESCE(SUM(reserved_sending), 0), COALESCE(SUM(reserved_receiving), 0) "
-            "FROM calls WHERE tenant = ? AND state = ?",
-            (tenant, call_pb2.Call.State.STATE_CONNECTED),
+            "FROM calls WHERE tenant = ? AND active = 1",
+            (tenant,),
         ).fetchone()
         return Usage(active_calls=row[0], sending=row[1], receiving=row[2])
 
@@ -223,45 +325,109 @@ class SqliteStore(Store):
         ).fetchall()
         return [call_pb2.Call.FromString(data) for (data,) in rows]
 
+    async def calls_in_state(self, state: int) -> list[call_pb2.Call]:
+        rows = self._db.execute("SELECT data FROM calls WHERE state = ? ORDER BY seq", (state,)).fetchall()
+        return [call_pb2.Call.FromString(data) for (data,) in rows]
+
+    # -- lines ----------------------------------------------------------------------------
+    async def get_line(self, name: str) -> line_pb2.Line | None:
+        row = self._db.execute("SELECT data FROM lines WHERE name = ?", (name,)).fetchone()
+        return line_pb2.Line.FromString(row[0]) if row else None
+
+    async def open_line(self, address: str, tenant: str) -> line_pb2.Line | None:
+        row = self._db.execute(
+            "SELECT data FROM lines WHERE tenant = ? AND address = ? AND state = ?",
+            (tenant, address, line_pb2.Line.State.STATE_OPEN),
+        ).fetchone()
+        return line_pb2.Line.FromString(row[0]) if row else None
+
+    async def list_lines(
+        self,
+        *,
+        tenant: str,
+        state: int | None,
+        address: str | None,
+        owner: str | None,
+        limit: int,
+        before: int,
+    ) -> LinePage:
+        sql = "SELECT seq, data FROM lines WHERE tenant = ? AND seq < ?"
+        args: list[object] = [tenant, before or (1 << 62)]
+        for column, value in (("state", state), ("address", address), ("owner", owner)):
+            if value is not None:
+                sql += f" AND {column} = ?"
+                args.append(value)
+        sql += " ORDER BY seq DESC LIMIT ?"
+        args.append(limit + 1)
+        rows = self._db.execute(sql, args).fetchall()
+        lines = [line_pb2.Line.FromString(data) for _, data in rows[:limit]]
+        return LinePage(lines, rows[limit - 1][0] if len(rows) > limit else 0)
+
     # -- the one write path ---------------------------------------------------------------
     async def commit(
         self,
-        call: call_pb2.Call,
+        call: call_pb2.Call | Sequence[call_pb2.Call],
         events: Sequence[event_pb2.QosEvent],
         idempotency: IdempotencyRecord | None = None,
         *,
+        lines: Sequence[line_pb2.Line] = (),
         limits: UsageLimits | None = None,
     ) -> list[event_pb2.QosEvent]:
         numbered: list[event_pb2.QosEvent] = []
         seq = self._last_seq
         now_us = time.time_ns() // 1000
-        data = call.SerializeToString()
-        tenant = call.tenant or DEFAULT_TENANT
+        calls = [call] if isinstance(call, call_pb2.Call) else list(call)
+        stored = [(each, each.SerializeToString()) for each in calls]
         self._db.execute("BEGIN IMMEDIATE")
         try:
-            before = self._usage(tenant) if limits is not None else None
-            self._db.execute(
-                "INSERT INTO calls (name, provider, state, data, tenant, reserved_sending, reserved_receiving) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (name) DO UPDATE SET state = excluded.state, "
-                "data = excluded.data, reserved_sending = excluded.reserved_sending, "
-                "reserved_receiving = excluded.reserved_receiving",
-                (call.name, call.provider, call.state, data, tenant, *_usage_columns(call)),
-            )
+            before = self._usage(limits.tenant) if limits is not None else None
+            for each, data in stored:
+                held = held_usage(each)
+                self._db.execute(
+                    "INSERT INTO calls (name, provider, state, data, tenant, reserved_sending, reserved_receiving, "
+                    "line, active) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (name) DO UPDATE SET "
+                    "state = excluded.state, data = excluded.data, reserved_sending = excluded.reserved_sending, "
+                    "reserved_receiving = excluded.reserved_receiving, active = excluded.active",
+                    (
+                        each.name,
+                        each.provider,
+                        each.state,
+                        data,
+                        each.tenant or DEFAULT_TENANT,
+                        held.sending,
+                        held.receiving,
+                        each.line,
+                        held.active_calls,
+                    ),
+                )
             if limits is not None and before is not None:
-                after = self._usage(tenant)
+                after = self._usage(limits.tenant)
                 over = limits.exceeded(after, before)
                 if over:
                     raise QuotaExceededError(limits, over, after)
+            for line in lines:
+                self._db.execute(
+                    "INSERT INTO lines (name, address, owner, state, data, tenant) VALUES (?, ?, ?, ?, ?, ?) "
+                    "ON CONFLICT (name) DO UPDATE SET state = excluded.state, data = excluded.data",
+                    (
+                        line.name,
+                        line.address,
+                        line.owner,
+                        line.state,
+                        line.SerializeToString(),
+                        line.tenant or DEFAULT_TENANT,
+                    ),
+                )
             for event in events:
                 seq += 1
-                stored = event_pb2.QosEvent()
-                stored.CopyFrom(event)
-                stored.sequence = seq
+                numbered_event = event_pb2.QosEvent()
+                numbered_event.CopyFrom(event)
+                numbered_event.sequence = seq
                 self._db.execute(
                     "INSERT INTO events (seq, create_us, data, tenant) VALUES (?, ?, ?, ?)",
-                    (seq, now_us, stored.SerializeToString(), stored.tenant or DEFAULT_TENANT),
+                    (seq, now_us, numbered_event.SerializeToString(), numbered_event.tenant or DEFAULT_TENANT),
                 )
-                numbered.append(stored)
+                numbered.append(numbered_event)
             if idempotency is not None:
                 self._db.execute(
                     "INSERT OR REPLACE INTO requests VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
@@ -277,11 +443,17 @@ class SqliteStore(Store):
                     ),
                 )
             self._db.execute("COMMIT")
+        except sqlite3.IntegrityError as error:
+            self._db.execute("ROLLBACK")
+            if "lines.address" in str(error):
+                raise AddressInUseError(str(error)) from error
+            raise
         except BaseException:
             self._db.execute("ROLLBACK")
             raise
         self._last_seq = seq
-        self._remember(call.name, data)
+        for each, data in stored:
+            self._remember(each.name, data)
         return numbered
 
     async def find_request(

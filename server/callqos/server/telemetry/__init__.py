@@ -10,10 +10,10 @@ from __future__ import annotations
 
 from opentelemetry import trace
 
-from callqos.server.telemetry.instruments import Instruments
+from callqos.server.telemetry.instruments import Instruments, current_traceparent
 from callqos.server.telemetry.setup import Telemetry, TelemetryConfigError
 
-__all__ = ["Instruments", "Telemetry", "TelemetryConfigError", "current_trace_id"]
+__all__ = ["Instruments", "Telemetry", "TelemetryConfigError", "current_trace_id", "current_traceparent"]
 
 
 def current_trace_id() -> str:

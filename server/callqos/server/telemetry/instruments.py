@@ -10,6 +10,8 @@ Metrics (OpenTelemetry names; the Prometheus endpoint shows `.` as `_`, counters
 - callqos.provider.duration (s): provider calls, by provider, operation and outcome
 - callqos.admissions: admit decisions, by provider, service type, outcome and reason
 - callqos.renegotiations: renegotiations, by provider, outcome and reason
+- callqos.incoming_calls: calls offered on lines and how each offer ended, by provider and
+  outcome (offered, answered, refused, rejected, no_answer, canceled, failed)
 - callqos.calls.active: connected calls, by provider and service type
 - callqos.link.capacity / callqos.link.reserved (By/s): per link (and direction), for
   providers that administer links
@@ -158,6 +160,9 @@ class Instruments:
         self._renegotiations = meter.create_counter(
             "callqos.renegotiations", unit="{renegotiation}", description="Renegotiations of a call's QoS"
         )
+        self._incoming = meter.create_counter(
+            "callqos.incoming_calls", unit="{call}", description="Calls offered on lines, and how each offer ended"
+        )
         meter.create_observable_up_down_counter(
             "callqos.calls.active", [self._observe_calls], unit="{call}", description="Connected calls"
         )
@@ -276,6 +281,35 @@ class Instruments:
         else:
             self._renegotiations.add(1, attributes)
 
+    def incoming_call(self, outcome: str, provider: str) -> None:
+        """A call was offered on a line (`offered`), or its offer ended: `answered`, `refused`
+        (the answer or the provider fell short), `rejected`, `no_answer`, `canceled` (the caller
+        gave up) or `failed` (the provider failed at answer)."""
+        if self.metrics_enabled:
+            self._incoming.add(1, {"callqos.provider": provider, "callqos.outcome": outcome})
+
+    def continued(
+        self, traceparent: str, name: str, attributes: dict[str, str | int]
+    ) -> contextlib.AbstractContextManager[Span]:
+        """A current span that continues the trace `traceparent` (W3C) — that of the offer of a
+        call, for its answer, rejection or ring-out, so a call's set-up is one trace — and links
+        to the span current now (the AnswerCall RPC's, say). Without tracing: an unrecorded span
+        in that trace, so the events it causes still carry the offer's trace id. An unusable
+        `traceparent` leaves the current trace as it is."""
+        parent = parse_traceparent(traceparent)
+        if parent is None:
+            return contextlib.nullcontext(trace.get_current_span())
+        if not self.tracing_enabled:
+            return _CurrentSpan(untraced_span(parent.trace_id))
+        here = trace.get_current_span().get_span_context()
+        span = self.tracer.start_span(
+            name,
+            context=trace.set_span_in_context(trace.NonRecordingSpan(parent)),
+            links=[trace.Link(here)] if here.is_valid else [],
+            attributes=attributes,
+        )
+        return _CurrentSpan(span)
+
     def background(self, name: str, attributes: dict[str, str | int]) -> contextlib.AbstractContextManager[Span]:
         """The current span for work no RPC caused — restoring calls at start-up, a change a
         provider reports on its own — so that its QoS events carry a trace id too: a root span
@@ -383,6 +417,28 @@ def untraced_span(trace_id: int = 0) -> trace.NonRecordingSpan:
     one) for QoS events and logs: what runs instead of an SDK span when nothing would be recorded."""
     context = trace.SpanContext(trace_id or random.getrandbits(128), random.getrandbits(64), is_remote=False)
     return trace.NonRecordingSpan(context)
+
+
+def current_traceparent() -> str:
+    """The W3C traceparent of the current span ('' outside a trace)."""
+    context = trace.get_current_span().get_span_context()
+    if not context.is_valid:
+        return ""
+    return f"00-{context.trace_id:032x}-{context.span_id:016x}-{int(context.trace_flags):02x}"
+
+
+def parse_traceparent(text: str) -> trace.SpanContext | None:
+    """The remote span context a W3C traceparent names (version 00), or None."""
+    parts = text.split("-")
+    if len(parts) != 4 or parts[0] != "00" or len(parts[1]) != 32 or len(parts[2]) != 16 or len(parts[3]) != 2:
+        return None
+    try:
+        trace_id, span_id, flags = int(parts[1], 16), int(parts[2], 16), int(parts[3], 16)
+    except ValueError:
+        return None
+    if not trace_id or not span_id:
+        return None
+    return trace.SpanContext(trace_id, span_id, is_remote=True, trace_flags=trace.TraceFlags(flags))
 
 
 def records_spans(provider: trace.TracerProvider) -> bool:

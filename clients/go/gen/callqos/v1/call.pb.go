@@ -92,6 +92,15 @@ const (
 	DisconnectReason_DISCONNECT_REASON_QOS_UNAVAILABLE DisconnectReason = 2
 	// The provider failed (raised, timed out or broke its contract) while setting up the call.
 	DisconnectReason_DISCONNECT_REASON_PROVIDER_ERROR DisconnectReason = 3
+	// LINEDISCONNECTMODE_REJECT: the owner of the line the call was offered on rejected it
+	// (RejectCall, or DropCall of the offered call).
+	DisconnectReason_DISCONNECT_REASON_REJECTED DisconnectReason = 4
+	// LINEDISCONNECTMODE_NOANSWER: the call was not answered: it rang for its line's
+	// no_answer_timeout, or its line closed while it was offered.
+	DisconnectReason_DISCONNECT_REASON_NO_ANSWER DisconnectReason = 5
+	// The other party of a call between two applications dropped its leg, or the caller gave up
+	// before the call was answered (what LINEDISCONNECTMODE_NORMAL tells the remote end).
+	DisconnectReason_DISCONNECT_REASON_PEER_DROPPED DisconnectReason = 6
 )
 
 // Enum value maps for DisconnectReason.
@@ -101,12 +110,18 @@ var (
 		1: "DISCONNECT_REASON_NORMAL",
 		2: "DISCONNECT_REASON_QOS_UNAVAILABLE",
 		3: "DISCONNECT_REASON_PROVIDER_ERROR",
+		4: "DISCONNECT_REASON_REJECTED",
+		5: "DISCONNECT_REASON_NO_ANSWER",
+		6: "DISCONNECT_REASON_PEER_DROPPED",
 	}
 	DisconnectReason_value = map[string]int32{
 		"DISCONNECT_REASON_UNSPECIFIED":     0,
 		"DISCONNECT_REASON_NORMAL":          1,
 		"DISCONNECT_REASON_QOS_UNAVAILABLE": 2,
 		"DISCONNECT_REASON_PROVIDER_ERROR":  3,
+		"DISCONNECT_REASON_REJECTED":        4,
+		"DISCONNECT_REASON_NO_ANSWER":       5,
+		"DISCONNECT_REASON_PEER_DROPPED":    6,
 	}
 )
 
@@ -147,6 +162,12 @@ const (
 	Call_STATE_CONNECTED Call_State = 1
 	// Disconnected (see disconnect_reason): nothing is reserved.
 	Call_STATE_DISCONNECTED Call_State = 2
+	// An INCOMING call ringing on its line (LINECALLSTATE_OFFERING): its owner may AnswerCall or
+	// RejectCall it. requested_qos is the caller's request mirrored. Nothing is reserved yet.
+	Call_STATE_OFFERING Call_State = 3
+	// A call made to an open line, ringing at the other end until it is answered, rejected or
+	// rings out (LINECALLSTATE_RINGBACK). Nothing is reserved yet.
+	Call_STATE_RINGBACK Call_State = 4
 )
 
 // Enum value maps for Call_State.
@@ -155,11 +176,15 @@ var (
 		0: "STATE_UNSPECIFIED",
 		1: "STATE_CONNECTED",
 		2: "STATE_DISCONNECTED",
+		3: "STATE_OFFERING",
+		4: "STATE_RINGBACK",
 	}
 	Call_State_value = map[string]int32{
 		"STATE_UNSPECIFIED":  0,
 		"STATE_CONNECTED":    1,
 		"STATE_DISCONNECTED": 2,
+		"STATE_OFFERING":     3,
+		"STATE_RINGBACK":     4,
 	}
 )
 
@@ -190,12 +215,68 @@ func (Call_State) EnumDescriptor() ([]byte, []int) {
 	return file_callqos_v1_call_proto_rawDescGZIP(), []int{0, 0}
 }
 
+// Which way a call goes (TAPI LINECALLORIGIN).
+type Call_Direction int32
+
+const (
+	// Not set: a call stored before calls had a direction (they were all outgoing).
+	Call_DIRECTION_UNSPECIFIED Call_Direction = 0
+	// Made by its owner with CreateCall.
+	Call_DIRECTION_OUTGOING Call_Direction = 1
+	// Offered to its owner on a line: a call made to the line's address, on this server or
+	// from a provider's network (LINECALLORIGIN_INBOUND).
+	Call_DIRECTION_INCOMING Call_Direction = 2
+)
+
+// Enum value maps for Call_Direction.
+var (
+	Call_Direction_name = map[int32]string{
+		0: "DIRECTION_UNSPECIFIED",
+		1: "DIRECTION_OUTGOING",
+		2: "DIRECTION_INCOMING",
+	}
+	Call_Direction_value = map[string]int32{
+		"DIRECTION_UNSPECIFIED": 0,
+		"DIRECTION_OUTGOING":    1,
+		"DIRECTION_INCOMING":    2,
+	}
+)
+
+func (x Call_Direction) Enum() *Call_Direction {
+	p := new(Call_Direction)
+	*p = x
+	return p
+}
+
+func (x Call_Direction) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (Call_Direction) Descriptor() protoreflect.EnumDescriptor {
+	return file_callqos_v1_call_proto_enumTypes[3].Descriptor()
+}
+
+func (Call_Direction) Type() protoreflect.EnumType {
+	return &file_callqos_v1_call_proto_enumTypes[3]
+}
+
+func (x Call_Direction) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use Call_Direction.Descriptor instead.
+func (Call_Direction) EnumDescriptor() ([]byte, []int) {
+	return file_callqos_v1_call_proto_rawDescGZIP(), []int{0, 1}
+}
+
 // A call and the QoS it asked for and holds. Resource name: `calls/{call}`.
 type Call struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Output only. `calls/{call}`; {call} is the call_id given at creation or a server UUID.
 	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
 	// Where the call goes: an address meaningful to the provider (1-256 printable characters).
+	// When a line is open for this address on this server, the call is offered to the line's
+	// owner instead (the call RINGBACKs until answered). For an INCOMING call: the line's address.
 	Destination string `protobuf:"bytes,2,opt,name=destination,proto3" json:"destination,omitempty"`
 	// `providers/{provider}` that carries the call. Empty on creation means the default one.
 	Provider string `protobuf:"bytes,3,opt,name=provider,proto3" json:"provider,omitempty"`
@@ -205,14 +286,18 @@ type Call struct {
 	DisconnectReason DisconnectReason `protobuf:"varint,5,opt,name=disconnect_reason,json=disconnectReason,proto3,enum=callqos.v1.DisconnectReason" json:"disconnect_reason,omitempty"`
 	// How much the caller insists on requested_qos.
 	ServiceLevel ServiceLevel `protobuf:"varint,6,opt,name=service_level,json=serviceLevel,proto3,enum=callqos.v1.ServiceLevel" json:"service_level,omitempty"`
-	// The QoS desired (LINECALLPARAMS flowspecs), as the caller last asked for it.
+	// The QoS desired (LINECALLPARAMS flowspecs), as the caller last asked for it. For an INCOMING
+	// call it is the caller's request mirrored: the caller's sending flowspec is this call's
+	// receiving one.
 	RequestedQos *QosSpec `protobuf:"bytes,7,opt,name=requested_qos,json=requestedQos,proto3" json:"requested_qos,omitempty"`
 	// Output only. The QoS in effect (LINECALLINFO flowspecs), with defaults resolved by the
 	// provider. Unset when the call never connected; the last granted QoS after a drop.
 	GrantedQos *QosSpec `protobuf:"bytes,8,opt,name=granted_qos,json=grantedQos,proto3" json:"granted_qos,omitempty"`
 	// Output only.
 	Features *Call_Features `protobuf:"bytes,9,opt,name=features,proto3" json:"features,omitempty"`
-	// Output only. The principal that created the call; only it may change or drop the call.
+	// Output only. The principal that created the call (for an INCOMING call: the owner of its
+	// line); only it may change, answer, reject or drop the call (and a caller whose roles grant
+	// calls.drop.any, admin, may drop any call of its tenant).
 	Owner string `protobuf:"bytes,10,opt,name=owner,proto3" json:"owner,omitempty"`
 	// Output only. Changes whenever the call changes (AIP-154). Pass it back to make a change
 	// conditional on the call being as you last saw it.
@@ -221,9 +306,29 @@ type Call struct {
 	CreateTime *timestamppb.Timestamp `protobuf:"bytes,12,opt,name=create_time,json=createTime,proto3" json:"create_time,omitempty"`
 	// Output only.
 	UpdateTime *timestamppb.Timestamp `protobuf:"bytes,13,opt,name=update_time,json=updateTime,proto3" json:"update_time,omitempty"`
-	// Output only. The tenant of the principal that created the call. A call is visible only to
-	// callers of its tenant ("default" when the server runs without tenants). (Numbered 20 to stay
-	// clear of other additions.)
+	// Output only. OUTGOING for a call made with CreateCall, INCOMING for a call offered on a line.
+	Direction Call_Direction `protobuf:"varint,14,opt,name=direction,proto3,enum=callqos.v1.Call_Direction" json:"direction,omitempty"`
+	// Output only. For an INCOMING call: `lines/{line}`, the line it was offered on.
+	Line string `protobuf:"bytes,15,opt,name=line,proto3" json:"line,omitempty"`
+	// Output only. For a call between two applications on this server (a call made to the address
+	// of an open line): `calls/{call}`, the other party's leg. The two legs hold one reservation
+	// between them, their QoS is each other's mirror (one's sending flowspec is the other's
+	// receiving one), and they change and end together. Empty for any other call.
+	Peer string `protobuf:"bytes,16,opt,name=peer,proto3" json:"peer,omitempty"`
+	// Output only. For an INCOMING call: who is calling: the caller's principal for a call made on
+	// this server, or the caller's address as the provider reported it.
+	CallerId string `protobuf:"bytes,17,opt,name=caller_id,json=callerId,proto3" json:"caller_id,omitempty"`
+	// Output only. While the call is OFFERING or RINGBACK: when it rings out (NO_ANSWER) unless it
+	// is answered, rejected or dropped first. Unset otherwise.
+	OfferExpireTime *timestamppb.Timestamp `protobuf:"bytes,18,opt,name=offer_expire_time,json=offerExpireTime,proto3" json:"offer_expire_time,omitempty"`
+	// Output only. For a call offered on a line (and the caller's leg of it): the W3C traceparent
+	// of the operation that offered it. Answering, rejecting and ringing out continue that trace,
+	// so a call's set-up is one trace, and the events they cause carry its trace id.
+	OfferTraceparent string `protobuf:"bytes,19,opt,name=offer_traceparent,json=offerTraceparent,proto3" json:"offer_traceparent,omitempty"`
+	// Output only. The tenant of the principal that created the call (for an INCOMING call: of its
+	// line; both legs of a call between two applications are of one tenant). A call is visible only
+	// to callers of its tenant ("default" when the server runs without tenants). (Numbered 20 to
+	// stay clear of other additions.)
 	Tenant        string `protobuf:"bytes,20,opt,name=tenant,proto3" json:"tenant,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -350,6 +455,48 @@ func (x *Call) GetUpdateTime() *timestamppb.Timestamp {
 	return nil
 }
 
+func (x *Call) GetDirection() Call_Direction {
+	if x != nil {
+		return x.Direction
+	}
+	return Call_DIRECTION_UNSPECIFIED
+}
+
+func (x *Call) GetLine() string {
+	if x != nil {
+		return x.Line
+	}
+	return ""
+}
+
+func (x *Call) GetPeer() string {
+	if x != nil {
+		return x.Peer
+	}
+	return ""
+}
+
+func (x *Call) GetCallerId() string {
+	if x != nil {
+		return x.CallerId
+	}
+	return ""
+}
+
+func (x *Call) GetOfferExpireTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.OfferExpireTime
+	}
+	return nil
+}
+
+func (x *Call) GetOfferTraceparent() string {
+	if x != nil {
+		return x.OfferTraceparent
+	}
+	return ""
+}
+
 func (x *Call) GetTenant() string {
 	if x != nil {
 		return x.Tenant
@@ -429,7 +576,10 @@ type Call_Features struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// LINECALLFEATURE_SETQOS: RenegotiateCall is allowed (the call is connected and its
 	// provider can renegotiate).
-	SetQos        bool `protobuf:"varint,1,opt,name=set_qos,json=setQos,proto3" json:"set_qos,omitempty"`
+	SetQos bool `protobuf:"varint,1,opt,name=set_qos,json=setQos,proto3" json:"set_qos,omitempty"`
+	// LINECALLFEATURE_ANSWER: AnswerCall and RejectCall are allowed (an INCOMING call in
+	// OFFERING).
+	Answer        bool `protobuf:"varint,2,opt,name=answer,proto3" json:"answer,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -471,12 +621,19 @@ func (x *Call_Features) GetSetQos() bool {
 	return false
 }
 
+func (x *Call_Features) GetAnswer() bool {
+	if x != nil {
+		return x.Answer
+	}
+	return false
+}
+
 var File_callqos_v1_call_proto protoreflect.FileDescriptor
 
 const file_callqos_v1_call_proto_rawDesc = "" +
 	"\n" +
 	"\x15callqos/v1/call.proto\x12\n" +
-	"callqos.v1\x1a\x19callqos/v1/flowspec.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xe5\x05\n" +
+	"callqos.v1\x1a\x19callqos/v1/flowspec.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xf1\b\n" +
 	"\x04Call\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12 \n" +
 	"\vdestination\x18\x02 \x01(\tR\vdestination\x12\x1a\n" +
@@ -494,14 +651,27 @@ const file_callqos_v1_call_proto_rawDesc = "" +
 	"\vcreate_time\x18\f \x01(\v2\x1a.google.protobuf.TimestampR\n" +
 	"createTime\x12;\n" +
 	"\vupdate_time\x18\r \x01(\v2\x1a.google.protobuf.TimestampR\n" +
-	"updateTime\x12\x16\n" +
-	"\x06tenant\x18\x14 \x01(\tR\x06tenant\x1a#\n" +
+	"updateTime\x128\n" +
+	"\tdirection\x18\x0e \x01(\x0e2\x1a.callqos.v1.Call.DirectionR\tdirection\x12\x12\n" +
+	"\x04line\x18\x0f \x01(\tR\x04line\x12\x12\n" +
+	"\x04peer\x18\x10 \x01(\tR\x04peer\x12\x1b\n" +
+	"\tcaller_id\x18\x11 \x01(\tR\bcallerId\x12F\n" +
+	"\x11offer_expire_time\x18\x12 \x01(\v2\x1a.google.protobuf.TimestampR\x0fofferExpireTime\x12+\n" +
+	"\x11offer_traceparent\x18\x13 \x01(\tR\x10offerTraceparent\x12\x16\n" +
+	"\x06tenant\x18\x14 \x01(\tR\x06tenant\x1a;\n" +
 	"\bFeatures\x12\x17\n" +
-	"\aset_qos\x18\x01 \x01(\bR\x06setQos\"K\n" +
+	"\aset_qos\x18\x01 \x01(\bR\x06setQos\x12\x16\n" +
+	"\x06answer\x18\x02 \x01(\bR\x06answer\"s\n" +
 	"\x05State\x12\x15\n" +
 	"\x11STATE_UNSPECIFIED\x10\x00\x12\x13\n" +
 	"\x0fSTATE_CONNECTED\x10\x01\x12\x16\n" +
-	"\x12STATE_DISCONNECTED\x10\x02\"r\n" +
+	"\x12STATE_DISCONNECTED\x10\x02\x12\x12\n" +
+	"\x0eSTATE_OFFERING\x10\x03\x12\x12\n" +
+	"\x0eSTATE_RINGBACK\x10\x04\"V\n" +
+	"\tDirection\x12\x19\n" +
+	"\x15DIRECTION_UNSPECIFIED\x10\x00\x12\x16\n" +
+	"\x12DIRECTION_OUTGOING\x10\x01\x12\x16\n" +
+	"\x12DIRECTION_INCOMING\x10\x02\"r\n" +
 	"\n" +
 	"QosRefusal\x12\x12\n" +
 	"\x04call\x18\x01 \x01(\tR\x04call\x128\n" +
@@ -511,12 +681,15 @@ const file_callqos_v1_call_proto_rawDesc = "" +
 	"\x19SERVICE_LEVEL_UNSPECIFIED\x10\x00\x12\x18\n" +
 	"\x14SERVICE_LEVEL_NEEDED\x10\x01\x12\x1e\n" +
 	"\x1aSERVICE_LEVEL_IF_AVAILABLE\x10\x02\x12\x1d\n" +
-	"\x19SERVICE_LEVEL_BEST_EFFORT\x10\x03*\xa0\x01\n" +
+	"\x19SERVICE_LEVEL_BEST_EFFORT\x10\x03*\x85\x02\n" +
 	"\x10DisconnectReason\x12!\n" +
 	"\x1dDISCONNECT_REASON_UNSPECIFIED\x10\x00\x12\x1c\n" +
 	"\x18DISCONNECT_REASON_NORMAL\x10\x01\x12%\n" +
 	"!DISCONNECT_REASON_QOS_UNAVAILABLE\x10\x02\x12$\n" +
-	" DISCONNECT_REASON_PROVIDER_ERROR\x10\x03B]\n" +
+	" DISCONNECT_REASON_PROVIDER_ERROR\x10\x03\x12\x1e\n" +
+	"\x1aDISCONNECT_REASON_REJECTED\x10\x04\x12\x1f\n" +
+	"\x1bDISCONNECT_REASON_NO_ANSWER\x10\x05\x12\"\n" +
+	"\x1eDISCONNECT_REASON_PEER_DROPPED\x10\x06B]\n" +
 	"\x0edev.callqos.v1B\tCallProtoP\x01Z>github.com/callqos/callqos/clients/go/gen/callqos/v1;callqosv1b\x06proto3"
 
 var (
@@ -531,33 +704,36 @@ func file_callqos_v1_call_proto_rawDescGZIP() []byte {
 	return file_callqos_v1_call_proto_rawDescData
 }
 
-var file_callqos_v1_call_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
+var file_callqos_v1_call_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
 var file_callqos_v1_call_proto_msgTypes = make([]protoimpl.MessageInfo, 3)
 var file_callqos_v1_call_proto_goTypes = []any{
 	(ServiceLevel)(0),             // 0: callqos.v1.ServiceLevel
 	(DisconnectReason)(0),         // 1: callqos.v1.DisconnectReason
 	(Call_State)(0),               // 2: callqos.v1.Call.State
-	(*Call)(nil),                  // 3: callqos.v1.Call
-	(*QosRefusal)(nil),            // 4: callqos.v1.QosRefusal
-	(*Call_Features)(nil),         // 5: callqos.v1.Call.Features
-	(*QosSpec)(nil),               // 6: callqos.v1.QosSpec
-	(*timestamppb.Timestamp)(nil), // 7: google.protobuf.Timestamp
+	(Call_Direction)(0),           // 3: callqos.v1.Call.Direction
+	(*Call)(nil),                  // 4: callqos.v1.Call
+	(*QosRefusal)(nil),            // 5: callqos.v1.QosRefusal
+	(*Call_Features)(nil),         // 6: callqos.v1.Call.Features
+	(*QosSpec)(nil),               // 7: callqos.v1.QosSpec
+	(*timestamppb.Timestamp)(nil), // 8: google.protobuf.Timestamp
 }
 var file_callqos_v1_call_proto_depIdxs = []int32{
-	2, // 0: callqos.v1.Call.state:type_name -> callqos.v1.Call.State
-	1, // 1: callqos.v1.Call.disconnect_reason:type_name -> callqos.v1.DisconnectReason
-	0, // 2: callqos.v1.Call.service_level:type_name -> callqos.v1.ServiceLevel
-	6, // 3: callqos.v1.Call.requested_qos:type_name -> callqos.v1.QosSpec
-	6, // 4: callqos.v1.Call.granted_qos:type_name -> callqos.v1.QosSpec
-	5, // 5: callqos.v1.Call.features:type_name -> callqos.v1.Call.Features
-	7, // 6: callqos.v1.Call.create_time:type_name -> google.protobuf.Timestamp
-	7, // 7: callqos.v1.Call.update_time:type_name -> google.protobuf.Timestamp
-	6, // 8: callqos.v1.QosRefusal.counter_offer:type_name -> callqos.v1.QosSpec
-	9, // [9:9] is the sub-list for method output_type
-	9, // [9:9] is the sub-list for method input_type
-	9, // [9:9] is the sub-list for extension type_name
-	9, // [9:9] is the sub-list for extension extendee
-	0, // [0:9] is the sub-list for field type_name
+	2,  // 0: callqos.v1.Call.state:type_name -> callqos.v1.Call.State
+	1,  // 1: callqos.v1.Call.disconnect_reason:type_name -> callqos.v1.DisconnectReason
+	0,  // 2: callqos.v1.Call.service_level:type_name -> callqos.v1.ServiceLevel
+	7,  // 3: callqos.v1.Call.requested_qos:type_name -> callqos.v1.QosSpec
+	7,  // 4: callqos.v1.Call.granted_qos:type_name -> callqos.v1.QosSpec
+	6,  // 5: callqos.v1.Call.features:type_name -> callqos.v1.Call.Features
+	8,  // 6: callqos.v1.Call.create_time:type_name -> google.protobuf.Timestamp
+	8,  // 7: callqos.v1.Call.update_time:type_name -> google.protobuf.Timestamp
+	3,  // 8: callqos.v1.Call.direction:type_name -> callqos.v1.Call.Direction
+	8,  // 9: callqos.v1.Call.offer_expire_time:type_name -> google.protobuf.Timestamp
+	7,  // 10: callqos.v1.QosRefusal.counter_offer:type_name -> callqos.v1.QosSpec
+	11, // [11:11] is the sub-list for method output_type
+	11, // [11:11] is the sub-list for method input_type
+	11, // [11:11] is the sub-list for extension type_name
+	11, // [11:11] is the sub-list for extension extendee
+	0,  // [0:11] is the sub-list for field type_name
 }
 
 func init() { file_callqos_v1_call_proto_init() }
@@ -571,7 +747,7 @@ func file_callqos_v1_call_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_callqos_v1_call_proto_rawDesc), len(file_callqos_v1_call_proto_rawDesc)),
-			NumEnums:      3,
+			NumEnums:      4,
 			NumMessages:   3,
 			NumExtensions: 0,
 			NumServices:   0,

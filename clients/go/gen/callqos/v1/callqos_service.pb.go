@@ -141,8 +141,8 @@ type ListCallsRequest struct {
 	PageSize int32 `protobuf:"varint,1,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
 	// From a previous ListCallsResponse.
 	PageToken string `protobuf:"bytes,2,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
-	// AIP-160 subset: conjunctions of `state = CONNECTED|DISCONNECTED` and
-	// `provider = "providers/x"`, joined by AND. Empty: all calls.
+	// AIP-160 subset: conjunctions of `state = CONNECTED|DISCONNECTED|OFFERING|RINGBACK`,
+	// `provider = "providers/x"` and `line = "lines/x"`, joined by AND. Empty: all calls.
 	Filter        string `protobuf:"bytes,3,opt,name=filter,proto3" json:"filter,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -400,7 +400,10 @@ type WatchEventsRequest struct {
 	// Optional `calls/{call}`: only this call's events.
 	Call string `protobuf:"bytes,2,opt,name=call,proto3" json:"call,omitempty"`
 	// Optional: only these event types (empty: all).
-	Types         []QosEventType `protobuf:"varint,3,rep,packed,name=types,proto3,enum=callqos.v1.QosEventType" json:"types,omitempty"`
+	Types []QosEventType `protobuf:"varint,3,rep,packed,name=types,proto3,enum=callqos.v1.QosEventType" json:"types,omitempty"`
+	// Optional `lines/{line}`: only events of calls offered on this line (how an application
+	// receives the calls offered on a line, and how a monitor follows it).
+	Line          string `protobuf:"bytes,4,opt,name=line,proto3" json:"line,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -454,6 +457,13 @@ func (x *WatchEventsRequest) GetTypes() []QosEventType {
 		return x.Types
 	}
 	return nil
+}
+
+func (x *WatchEventsRequest) GetLine() string {
+	if x != nil {
+		return x.Line
+	}
+	return ""
 }
 
 // One message of the WatchEvents stream.
@@ -832,12 +842,439 @@ func (x *UpdateLinkRequest) GetUpdateMask() *fieldmaskpb.FieldMask {
 	return nil
 }
 
+// Request for CreateLine.
+type CreateLineRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The line to open: address and no_answer_timeout are read.
+	Line *Line `protobuf:"bytes,1,opt,name=line,proto3" json:"line,omitempty"`
+	// Optional {line} id: 1-63 characters of [a-z0-9-], starting with a letter. ALREADY_EXISTS if
+	// taken. The server picks a UUID when empty.
+	LineId string `protobuf:"bytes,2,opt,name=line_id,json=lineId,proto3" json:"line_id,omitempty"`
+	// Optional idempotency key (AIP-155), at most 64 characters.
+	RequestId     string `protobuf:"bytes,3,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CreateLineRequest) Reset() {
+	*x = CreateLineRequest{}
+	mi := &file_callqos_v1_callqos_service_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CreateLineRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CreateLineRequest) ProtoMessage() {}
+
+func (x *CreateLineRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_callqos_v1_callqos_service_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CreateLineRequest.ProtoReflect.Descriptor instead.
+func (*CreateLineRequest) Descriptor() ([]byte, []int) {
+	return file_callqos_v1_callqos_service_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *CreateLineRequest) GetLine() *Line {
+	if x != nil {
+		return x.Line
+	}
+	return nil
+}
+
+func (x *CreateLineRequest) GetLineId() string {
+	if x != nil {
+		return x.LineId
+	}
+	return ""
+}
+
+func (x *CreateLineRequest) GetRequestId() string {
+	if x != nil {
+		return x.RequestId
+	}
+	return ""
+}
+
+// Request for GetLine.
+type GetLineRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// `lines/{line}`.
+	Name          string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetLineRequest) Reset() {
+	*x = GetLineRequest{}
+	mi := &file_callqos_v1_callqos_service_proto_msgTypes[15]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetLineRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetLineRequest) ProtoMessage() {}
+
+func (x *GetLineRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_callqos_v1_callqos_service_proto_msgTypes[15]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetLineRequest.ProtoReflect.Descriptor instead.
+func (*GetLineRequest) Descriptor() ([]byte, []int) {
+	return file_callqos_v1_callqos_service_proto_rawDescGZIP(), []int{15}
+}
+
+func (x *GetLineRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+// Request for ListLines.
+type ListLinesRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// At most this many lines (default 50, values above 500 are treated as 500).
+	PageSize int32 `protobuf:"varint,1,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
+	// From a previous ListLinesResponse.
+	PageToken string `protobuf:"bytes,2,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
+	// AIP-160 subset: conjunctions of `state = OPEN|CLOSED`, `address = "..."` and
+	// `owner = "..."`, joined by AND. Empty: all lines.
+	Filter        string `protobuf:"bytes,3,opt,name=filter,proto3" json:"filter,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListLinesRequest) Reset() {
+	*x = ListLinesRequest{}
+	mi := &file_callqos_v1_callqos_service_proto_msgTypes[16]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListLinesRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListLinesRequest) ProtoMessage() {}
+
+func (x *ListLinesRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_callqos_v1_callqos_service_proto_msgTypes[16]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListLinesRequest.ProtoReflect.Descriptor instead.
+func (*ListLinesRequest) Descriptor() ([]byte, []int) {
+	return file_callqos_v1_callqos_service_proto_rawDescGZIP(), []int{16}
+}
+
+func (x *ListLinesRequest) GetPageSize() int32 {
+	if x != nil {
+		return x.PageSize
+	}
+	return 0
+}
+
+func (x *ListLinesRequest) GetPageToken() string {
+	if x != nil {
+		return x.PageToken
+	}
+	return ""
+}
+
+func (x *ListLinesRequest) GetFilter() string {
+	if x != nil {
+		return x.Filter
+	}
+	return ""
+}
+
+// Response for ListLines.
+type ListLinesResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The lines, newest first.
+	Lines []*Line `protobuf:"bytes,1,rep,name=lines,proto3" json:"lines,omitempty"`
+	// Empty when there are no more.
+	NextPageToken string `protobuf:"bytes,2,opt,name=next_page_token,json=nextPageToken,proto3" json:"next_page_token,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListLinesResponse) Reset() {
+	*x = ListLinesResponse{}
+	mi := &file_callqos_v1_callqos_service_proto_msgTypes[17]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListLinesResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListLinesResponse) ProtoMessage() {}
+
+func (x *ListLinesResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_callqos_v1_callqos_service_proto_msgTypes[17]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListLinesResponse.ProtoReflect.Descriptor instead.
+func (*ListLinesResponse) Descriptor() ([]byte, []int) {
+	return file_callqos_v1_callqos_service_proto_rawDescGZIP(), []int{17}
+}
+
+func (x *ListLinesResponse) GetLines() []*Line {
+	if x != nil {
+		return x.Lines
+	}
+	return nil
+}
+
+func (x *ListLinesResponse) GetNextPageToken() string {
+	if x != nil {
+		return x.NextPageToken
+	}
+	return ""
+}
+
+// Request for CloseLine.
+type CloseLineRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// `lines/{line}`.
+	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// Optional: the line's etag; ABORTED (ETAG_MISMATCH) if the line changed since.
+	Etag          string `protobuf:"bytes,2,opt,name=etag,proto3" json:"etag,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CloseLineRequest) Reset() {
+	*x = CloseLineRequest{}
+	mi := &file_callqos_v1_callqos_service_proto_msgTypes[18]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CloseLineRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CloseLineRequest) ProtoMessage() {}
+
+func (x *CloseLineRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_callqos_v1_callqos_service_proto_msgTypes[18]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CloseLineRequest.ProtoReflect.Descriptor instead.
+func (*CloseLineRequest) Descriptor() ([]byte, []int) {
+	return file_callqos_v1_callqos_service_proto_rawDescGZIP(), []int{18}
+}
+
+func (x *CloseLineRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *CloseLineRequest) GetEtag() string {
+	if x != nil {
+		return x.Etag
+	}
+	return ""
+}
+
+// Request for AnswerCall.
+type AnswerCallRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// `calls/{call}`: an INCOMING call that is OFFERING.
+	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// Optional: the QoS to answer with, in the answering call's own terms (its sending flowspec
+	// is what its owner sends). Each direction asks no more than the offer (the call's
+	// requested_qos): the same service type with the offer satisfying it, or a service type that
+	// reserves nothing. SERVICE_TYPE_NO_CHANGE (and empty provider_specific) keeps that part of
+	// the offer. Unset: accept the offer as it is.
+	Qos *QosSpec `protobuf:"bytes,2,opt,name=qos,proto3" json:"qos,omitempty"`
+	// Optional: the call's etag; ABORTED (ETAG_MISMATCH) if the call changed since.
+	Etag string `protobuf:"bytes,3,opt,name=etag,proto3" json:"etag,omitempty"`
+	// Optional idempotency key (AIP-155). A repeat returns the first outcome.
+	RequestId     string `protobuf:"bytes,4,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AnswerCallRequest) Reset() {
+	*x = AnswerCallRequest{}
+	mi := &file_callqos_v1_callqos_service_proto_msgTypes[19]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AnswerCallRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AnswerCallRequest) ProtoMessage() {}
+
+func (x *AnswerCallRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_callqos_v1_callqos_service_proto_msgTypes[19]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AnswerCallRequest.ProtoReflect.Descriptor instead.
+func (*AnswerCallRequest) Descriptor() ([]byte, []int) {
+	return file_callqos_v1_callqos_service_proto_rawDescGZIP(), []int{19}
+}
+
+func (x *AnswerCallRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *AnswerCallRequest) GetQos() *QosSpec {
+	if x != nil {
+		return x.Qos
+	}
+	return nil
+}
+
+func (x *AnswerCallRequest) GetEtag() string {
+	if x != nil {
+		return x.Etag
+	}
+	return ""
+}
+
+func (x *AnswerCallRequest) GetRequestId() string {
+	if x != nil {
+		return x.RequestId
+	}
+	return ""
+}
+
+// Request for RejectCall.
+type RejectCallRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// `calls/{call}`: an INCOMING call that is OFFERING.
+	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// Optional: the call's etag; ABORTED (ETAG_MISMATCH) if the call changed since.
+	Etag string `protobuf:"bytes,2,opt,name=etag,proto3" json:"etag,omitempty"`
+	// Optional idempotency key (AIP-155). A repeat returns the first outcome.
+	RequestId     string `protobuf:"bytes,3,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RejectCallRequest) Reset() {
+	*x = RejectCallRequest{}
+	mi := &file_callqos_v1_callqos_service_proto_msgTypes[20]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RejectCallRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RejectCallRequest) ProtoMessage() {}
+
+func (x *RejectCallRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_callqos_v1_callqos_service_proto_msgTypes[20]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RejectCallRequest.ProtoReflect.Descriptor instead.
+func (*RejectCallRequest) Descriptor() ([]byte, []int) {
+	return file_callqos_v1_callqos_service_proto_rawDescGZIP(), []int{20}
+}
+
+func (x *RejectCallRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *RejectCallRequest) GetEtag() string {
+	if x != nil {
+		return x.Etag
+	}
+	return ""
+}
+
+func (x *RejectCallRequest) GetRequestId() string {
+	if x != nil {
+		return x.RequestId
+	}
+	return ""
+}
+
 var File_callqos_v1_callqos_service_proto protoreflect.FileDescriptor
 
 const file_callqos_v1_callqos_service_proto_rawDesc = "" +
 	"\n" +
 	" callqos/v1/callqos_service.proto\x12\n" +
-	"callqos.v1\x1a\x15callqos/v1/call.proto\x1a\x16callqos/v1/event.proto\x1a\x19callqos/v1/flowspec.proto\x1a\x19callqos/v1/provider.proto\x1a google/protobuf/field_mask.proto\"q\n" +
+	"callqos.v1\x1a\x15callqos/v1/call.proto\x1a\x16callqos/v1/event.proto\x1a\x19callqos/v1/flowspec.proto\x1a\x15callqos/v1/line.proto\x1a\x19callqos/v1/provider.proto\x1a google/protobuf/field_mask.proto\"q\n" +
 	"\x11CreateCallRequest\x12$\n" +
 	"\x04call\x18\x01 \x01(\v2\x10.callqos.v1.CallR\x04call\x12\x17\n" +
 	"\acall_id\x18\x02 \x01(\tR\x06callId\x12\x1d\n" +
@@ -862,11 +1299,12 @@ const file_callqos_v1_callqos_service_proto_rawDesc = "" +
 	"\rservice_level\x18\x05 \x01(\x0e2\x18.callqos.v1.ServiceLevelR\fserviceLevel\"9\n" +
 	"\x0fDropCallRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x12\n" +
-	"\x04etag\x18\x02 \x01(\tR\x04etag\"\x97\x01\n" +
+	"\x04etag\x18\x02 \x01(\tR\x04etag\"\xab\x01\n" +
 	"\x12WatchEventsRequest\x12*\n" +
 	"\x0eafter_sequence\x18\x01 \x01(\x04H\x00R\rafterSequence\x88\x01\x01\x12\x12\n" +
 	"\x04call\x18\x02 \x01(\tR\x04call\x12.\n" +
-	"\x05types\x18\x03 \x03(\x0e2\x18.callqos.v1.QosEventTypeR\x05typesB\x11\n" +
+	"\x05types\x18\x03 \x03(\x0e2\x18.callqos.v1.QosEventTypeR\x05types\x12\x12\n" +
+	"\x04line\x18\x04 \x01(\tR\x04lineB\x11\n" +
 	"\x0f_after_sequence\"A\n" +
 	"\x13WatchEventsResponse\x12*\n" +
 	"\x05event\x18\x01 \x01(\v2\x14.callqos.v1.QosEventR\x05event\"(\n" +
@@ -890,7 +1328,36 @@ const file_callqos_v1_callqos_service_proto_rawDesc = "" +
 	"\x11UpdateLinkRequest\x12$\n" +
 	"\x04link\x18\x01 \x01(\v2\x10.callqos.v1.LinkR\x04link\x12;\n" +
 	"\vupdate_mask\x18\x02 \x01(\v2\x1a.google.protobuf.FieldMaskR\n" +
-	"updateMask2\xcc\x05\n" +
+	"updateMask\"q\n" +
+	"\x11CreateLineRequest\x12$\n" +
+	"\x04line\x18\x01 \x01(\v2\x10.callqos.v1.LineR\x04line\x12\x17\n" +
+	"\aline_id\x18\x02 \x01(\tR\x06lineId\x12\x1d\n" +
+	"\n" +
+	"request_id\x18\x03 \x01(\tR\trequestId\"$\n" +
+	"\x0eGetLineRequest\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\"f\n" +
+	"\x10ListLinesRequest\x12\x1b\n" +
+	"\tpage_size\x18\x01 \x01(\x05R\bpageSize\x12\x1d\n" +
+	"\n" +
+	"page_token\x18\x02 \x01(\tR\tpageToken\x12\x16\n" +
+	"\x06filter\x18\x03 \x01(\tR\x06filter\"c\n" +
+	"\x11ListLinesResponse\x12&\n" +
+	"\x05lines\x18\x01 \x03(\v2\x10.callqos.v1.LineR\x05lines\x12&\n" +
+	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\":\n" +
+	"\x10CloseLineRequest\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x12\n" +
+	"\x04etag\x18\x02 \x01(\tR\x04etag\"\x81\x01\n" +
+	"\x11AnswerCallRequest\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12%\n" +
+	"\x03qos\x18\x02 \x01(\v2\x13.callqos.v1.QosSpecR\x03qos\x12\x12\n" +
+	"\x04etag\x18\x03 \x01(\tR\x04etag\x12\x1d\n" +
+	"\n" +
+	"request_id\x18\x04 \x01(\tR\trequestId\"Z\n" +
+	"\x11RejectCallRequest\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x12\n" +
+	"\x04etag\x18\x02 \x01(\tR\x04etag\x12\x1d\n" +
+	"\n" +
+	"request_id\x18\x03 \x01(\tR\trequestId2\xc9\b\n" +
 	"\x0eCallQosService\x12=\n" +
 	"\n" +
 	"CreateCall\x12\x1d.callqos.v1.CreateCallRequest\x1a\x10.callqos.v1.Call\x127\n" +
@@ -903,7 +1370,16 @@ const file_callqos_v1_callqos_service_proto_rawDesc = "" +
 	"\rListProviders\x12 .callqos.v1.ListProvidersRequest\x1a!.callqos.v1.ListProvidersResponse\x12H\n" +
 	"\tListLinks\x12\x1c.callqos.v1.ListLinksRequest\x1a\x1d.callqos.v1.ListLinksResponse\x12=\n" +
 	"\n" +
-	"UpdateLink\x12\x1d.callqos.v1.UpdateLinkRequest\x1a\x10.callqos.v1.LinkBg\n" +
+	"UpdateLink\x12\x1d.callqos.v1.UpdateLinkRequest\x1a\x10.callqos.v1.Link\x12=\n" +
+	"\n" +
+	"CreateLine\x12\x1d.callqos.v1.CreateLineRequest\x1a\x10.callqos.v1.Line\x127\n" +
+	"\aGetLine\x12\x1a.callqos.v1.GetLineRequest\x1a\x10.callqos.v1.Line\x12H\n" +
+	"\tListLines\x12\x1c.callqos.v1.ListLinesRequest\x1a\x1d.callqos.v1.ListLinesResponse\x12;\n" +
+	"\tCloseLine\x12\x1c.callqos.v1.CloseLineRequest\x1a\x10.callqos.v1.Line\x12=\n" +
+	"\n" +
+	"AnswerCall\x12\x1d.callqos.v1.AnswerCallRequest\x1a\x10.callqos.v1.Call\x12=\n" +
+	"\n" +
+	"RejectCall\x12\x1d.callqos.v1.RejectCallRequest\x1a\x10.callqos.v1.CallBg\n" +
 	"\x0edev.callqos.v1B\x13CallqosServiceProtoP\x01Z>github.com/callqos/callqos/clients/go/gen/callqos/v1;callqosv1b\x06proto3"
 
 var (
@@ -918,7 +1394,7 @@ func file_callqos_v1_callqos_service_proto_rawDescGZIP() []byte {
 	return file_callqos_v1_callqos_service_proto_rawDescData
 }
 
-var file_callqos_v1_callqos_service_proto_msgTypes = make([]protoimpl.MessageInfo, 14)
+var file_callqos_v1_callqos_service_proto_msgTypes = make([]protoimpl.MessageInfo, 21)
 var file_callqos_v1_callqos_service_proto_goTypes = []any{
 	(*CreateCallRequest)(nil),      // 0: callqos.v1.CreateCallRequest
 	(*GetCallRequest)(nil),         // 1: callqos.v1.GetCallRequest
@@ -934,51 +1410,74 @@ var file_callqos_v1_callqos_service_proto_goTypes = []any{
 	(*ListLinksRequest)(nil),       // 11: callqos.v1.ListLinksRequest
 	(*ListLinksResponse)(nil),      // 12: callqos.v1.ListLinksResponse
 	(*UpdateLinkRequest)(nil),      // 13: callqos.v1.UpdateLinkRequest
-	(*Call)(nil),                   // 14: callqos.v1.Call
-	(*QosSpec)(nil),                // 15: callqos.v1.QosSpec
-	(ServiceLevel)(0),              // 16: callqos.v1.ServiceLevel
-	(QosEventType)(0),              // 17: callqos.v1.QosEventType
-	(*QosEvent)(nil),               // 18: callqos.v1.QosEvent
-	(*Provider)(nil),               // 19: callqos.v1.Provider
-	(*Link)(nil),                   // 20: callqos.v1.Link
-	(*fieldmaskpb.FieldMask)(nil),  // 21: google.protobuf.FieldMask
+	(*CreateLineRequest)(nil),      // 14: callqos.v1.CreateLineRequest
+	(*GetLineRequest)(nil),         // 15: callqos.v1.GetLineRequest
+	(*ListLinesRequest)(nil),       // 16: callqos.v1.ListLinesRequest
+	(*ListLinesResponse)(nil),      // 17: callqos.v1.ListLinesResponse
+	(*CloseLineRequest)(nil),       // 18: callqos.v1.CloseLineRequest
+	(*AnswerCallRequest)(nil),      // 19: callqos.v1.AnswerCallRequest
+	(*RejectCallRequest)(nil),      // 20: callqos.v1.RejectCallRequest
+	(*Call)(nil),                   // 21: callqos.v1.Call
+	(*QosSpec)(nil),                // 22: callqos.v1.QosSpec
+	(ServiceLevel)(0),              // 23: callqos.v1.ServiceLevel
+	(QosEventType)(0),              // 24: callqos.v1.QosEventType
+	(*QosEvent)(nil),               // 25: callqos.v1.QosEvent
+	(*Provider)(nil),               // 26: callqos.v1.Provider
+	(*Link)(nil),                   // 27: callqos.v1.Link
+	(*fieldmaskpb.FieldMask)(nil),  // 28: google.protobuf.FieldMask
+	(*Line)(nil),                   // 29: callqos.v1.Line
 }
 var file_callqos_v1_callqos_service_proto_depIdxs = []int32{
-	14, // 0: callqos.v1.CreateCallRequest.call:type_name -> callqos.v1.Call
-	14, // 1: callqos.v1.ListCallsResponse.calls:type_name -> callqos.v1.Call
-	15, // 2: callqos.v1.RenegotiateCallRequest.qos:type_name -> callqos.v1.QosSpec
-	16, // 3: callqos.v1.RenegotiateCallRequest.service_level:type_name -> callqos.v1.ServiceLevel
-	17, // 4: callqos.v1.WatchEventsRequest.types:type_name -> callqos.v1.QosEventType
-	18, // 5: callqos.v1.WatchEventsResponse.event:type_name -> callqos.v1.QosEvent
-	19, // 6: callqos.v1.ListProvidersResponse.providers:type_name -> callqos.v1.Provider
-	20, // 7: callqos.v1.ListLinksResponse.links:type_name -> callqos.v1.Link
-	20, // 8: callqos.v1.UpdateLinkRequest.link:type_name -> callqos.v1.Link
-	21, // 9: callqos.v1.UpdateLinkRequest.update_mask:type_name -> google.protobuf.FieldMask
-	0,  // 10: callqos.v1.CallQosService.CreateCall:input_type -> callqos.v1.CreateCallRequest
-	1,  // 11: callqos.v1.CallQosService.GetCall:input_type -> callqos.v1.GetCallRequest
-	2,  // 12: callqos.v1.CallQosService.ListCalls:input_type -> callqos.v1.ListCallsRequest
-	4,  // 13: callqos.v1.CallQosService.RenegotiateCall:input_type -> callqos.v1.RenegotiateCallRequest
-	5,  // 14: callqos.v1.CallQosService.DropCall:input_type -> callqos.v1.DropCallRequest
-	6,  // 15: callqos.v1.CallQosService.WatchEvents:input_type -> callqos.v1.WatchEventsRequest
-	8,  // 16: callqos.v1.CallQosService.GetProvider:input_type -> callqos.v1.GetProviderRequest
-	9,  // 17: callqos.v1.CallQosService.ListProviders:input_type -> callqos.v1.ListProvidersRequest
-	11, // 18: callqos.v1.CallQosService.ListLinks:input_type -> callqos.v1.ListLinksRequest
-	13, // 19: callqos.v1.CallQosService.UpdateLink:input_type -> callqos.v1.UpdateLinkRequest
-	14, // 20: callqos.v1.CallQosService.CreateCall:output_type -> callqos.v1.Call
-	14, // 21: callqos.v1.CallQosService.GetCall:output_type -> callqos.v1.Call
-	3,  // 22: callqos.v1.CallQosService.ListCalls:output_type -> callqos.v1.ListCallsResponse
-	14, // 23: callqos.v1.CallQosService.RenegotiateCall:output_type -> callqos.v1.Call
-	14, // 24: callqos.v1.CallQosService.DropCall:output_type -> callqos.v1.Call
-	7,  // 25: callqos.v1.CallQosService.WatchEvents:output_type -> callqos.v1.WatchEventsResponse
-	19, // 26: callqos.v1.CallQosService.GetProvider:output_type -> callqos.v1.Provider
-	10, // 27: callqos.v1.CallQosService.ListProviders:output_type -> callqos.v1.ListProvidersResponse
-	12, // 28: callqos.v1.CallQosService.ListLinks:output_type -> callqos.v1.ListLinksResponse
-	20, // 29: callqos.v1.CallQosService.UpdateLink:output_type -> callqos.v1.Link
-	20, // [20:30] is the sub-list for method output_type
-	10, // [10:20] is the sub-list for method input_type
-	10, // [10:10] is the sub-list for extension type_name
-	10, // [10:10] is the sub-list for extension extendee
-	0,  // [0:10] is the sub-list for field type_name
+	21, // 0: callqos.v1.CreateCallRequest.call:type_name -> callqos.v1.Call
+	21, // 1: callqos.v1.ListCallsResponse.calls:type_name -> callqos.v1.Call
+	22, // 2: callqos.v1.RenegotiateCallRequest.qos:type_name -> callqos.v1.QosSpec
+	23, // 3: callqos.v1.RenegotiateCallRequest.service_level:type_name -> callqos.v1.ServiceLevel
+	24, // 4: callqos.v1.WatchEventsRequest.types:type_name -> callqos.v1.QosEventType
+	25, // 5: callqos.v1.WatchEventsResponse.event:type_name -> callqos.v1.QosEvent
+	26, // 6: callqos.v1.ListProvidersResponse.providers:type_name -> callqos.v1.Provider
+	27, // 7: callqos.v1.ListLinksResponse.links:type_name -> callqos.v1.Link
+	27, // 8: callqos.v1.UpdateLinkRequest.link:type_name -> callqos.v1.Link
+	28, // 9: callqos.v1.UpdateLinkRequest.update_mask:type_name -> google.protobuf.FieldMask
+	29, // 10: callqos.v1.CreateLineRequest.line:type_name -> callqos.v1.Line
+	29, // 11: callqos.v1.ListLinesResponse.lines:type_name -> callqos.v1.Line
+	22, // 12: callqos.v1.AnswerCallRequest.qos:type_name -> callqos.v1.QosSpec
+	0,  // 13: callqos.v1.CallQosService.CreateCall:input_type -> callqos.v1.CreateCallRequest
+	1,  // 14: callqos.v1.CallQosService.GetCall:input_type -> callqos.v1.GetCallRequest
+	2,  // 15: callqos.v1.CallQosService.ListCalls:input_type -> callqos.v1.ListCallsRequest
+	4,  // 16: callqos.v1.CallQosService.RenegotiateCall:input_type -> callqos.v1.RenegotiateCallRequest
+	5,  // 17: callqos.v1.CallQosService.DropCall:input_type -> callqos.v1.DropCallRequest
+	6,  // 18: callqos.v1.CallQosService.WatchEvents:input_type -> callqos.v1.WatchEventsRequest
+	8,  // 19: callqos.v1.CallQosService.GetProvider:input_type -> callqos.v1.GetProviderRequest
+	9,  // 20: callqos.v1.CallQosService.ListProviders:input_type -> callqos.v1.ListProvidersRequest
+	11, // 21: callqos.v1.CallQosService.ListLinks:input_type -> callqos.v1.ListLinksRequest
+	13, // 22: callqos.v1.CallQosService.UpdateLink:input_type -> callqos.v1.UpdateLinkRequest
+	14, // 23: callqos.v1.CallQosService.CreateLine:input_type -> callqos.v1.CreateLineRequest
+	15, // 24: callqos.v1.CallQosService.GetLine:input_type -> callqos.v1.GetLineRequest
+	16, // 25: callqos.v1.CallQosService.ListLines:input_type -> callqos.v1.ListLinesRequest
+	18, // 26: callqos.v1.CallQosService.CloseLine:input_type -> callqos.v1.CloseLineRequest
+	19, // 27: callqos.v1.CallQosService.AnswerCall:input_type -> callqos.v1.AnswerCallRequest
+	20, // 28: callqos.v1.CallQosService.RejectCall:input_type -> callqos.v1.RejectCallRequest
+	21, // 29: callqos.v1.CallQosService.CreateCall:output_type -> callqos.v1.Call
+	21, // 30: callqos.v1.CallQosService.GetCall:output_type -> callqos.v1.Call
+	3,  // 31: callqos.v1.CallQosService.ListCalls:output_type -> callqos.v1.ListCallsResponse
+	21, // 32: callqos.v1.CallQosService.RenegotiateCall:output_type -> callqos.v1.Call
+	21, // 33: callqos.v1.CallQosService.DropCall:output_type -> callqos.v1.Call
+	7,  // 34: callqos.v1.CallQosService.WatchEvents:output_type -> callqos.v1.WatchEventsResponse
+	26, // 35: callqos.v1.CallQosService.GetProvider:output_type -> callqos.v1.Provider
+	10, // 36: callqos.v1.CallQosService.ListProviders:output_type -> callqos.v1.ListProvidersResponse
+	12, // 37: callqos.v1.CallQosService.ListLinks:output_type -> callqos.v1.ListLinksResponse
+	27, // 38: callqos.v1.CallQosService.UpdateLink:output_type -> callqos.v1.Link
+	29, // 39: callqos.v1.CallQosService.CreateLine:output_type -> callqos.v1.Line
+	29, // 40: callqos.v1.CallQosService.GetLine:output_type -> callqos.v1.Line
+	17, // 41: callqos.v1.CallQosService.ListLines:output_type -> callqos.v1.ListLinesResponse
+	29, // 42: callqos.v1.CallQosService.CloseLine:output_type -> callqos.v1.Line
+	21, // 43: callqos.v1.CallQosService.AnswerCall:output_type -> callqos.v1.Call
+	21, // 44: callqos.v1.CallQosService.RejectCall:output_type -> callqos.v1.Call
+	29, // [29:45] is the sub-list for method output_type
+	13, // [13:29] is the sub-list for method input_type
+	13, // [13:13] is the sub-list for extension type_name
+	13, // [13:13] is the sub-list for extension extendee
+	0,  // [0:13] is the sub-list for field type_name
 }
 
 func init() { file_callqos_v1_callqos_service_proto_init() }
@@ -989,6 +1488,7 @@ func file_callqos_v1_callqos_service_proto_init() {
 	file_callqos_v1_call_proto_init()
 	file_callqos_v1_event_proto_init()
 	file_callqos_v1_flowspec_proto_init()
+	file_callqos_v1_line_proto_init()
 	file_callqos_v1_provider_proto_init()
 	file_callqos_v1_callqos_service_proto_msgTypes[6].OneofWrappers = []any{}
 	type x struct{}
@@ -997,7 +1497,7 @@ func file_callqos_v1_callqos_service_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_callqos_v1_callqos_service_proto_rawDesc), len(file_callqos_v1_callqos_service_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   14,
+			NumMessages:   21,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

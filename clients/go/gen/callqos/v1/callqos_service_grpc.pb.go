@@ -29,6 +29,12 @@ const (
 	CallQosService_ListProviders_FullMethodName   = "/callqos.v1.CallQosService/ListProviders"
 	CallQosService_ListLinks_FullMethodName       = "/callqos.v1.CallQosService/ListLinks"
 	CallQosService_UpdateLink_FullMethodName      = "/callqos.v1.CallQosService/UpdateLink"
+	CallQosService_CreateLine_FullMethodName      = "/callqos.v1.CallQosService/CreateLine"
+	CallQosService_GetLine_FullMethodName         = "/callqos.v1.CallQosService/GetLine"
+	CallQosService_ListLines_FullMethodName       = "/callqos.v1.CallQosService/ListLines"
+	CallQosService_CloseLine_FullMethodName       = "/callqos.v1.CallQosService/CloseLine"
+	CallQosService_AnswerCall_FullMethodName      = "/callqos.v1.CallQosService/AnswerCall"
+	CallQosService_RejectCall_FullMethodName      = "/callqos.v1.CallQosService/RejectCall"
 )
 
 // CallQosServiceClient is the client API for CallQosService service.
@@ -51,6 +57,10 @@ type CallQosServiceClient interface {
 	// the requested QoS. At NEEDED a refusal fails the call: RESOURCE_EXHAUSTED with reason
 	// QOS_UNAVAILABLE (or PERMISSION_DENIED with QOS_POLICY_FAILURE) and a QosRefusal; the call
 	// is recorded DISCONNECTED with reason QOS_UNAVAILABLE and nothing stays reserved.
+	// A call to the address of an open line of the caller's tenant is not admitted yet: it is
+	// offered to the line's owner (an INCOMING call, OFFERING) and returned RINGBACK; the QoS is
+	// negotiated when the owner answers (AnswerCall), and the caller learns the outcome from its
+	// call's events. Another tenant's lines are never rung: such a call goes out to its provider.
 	CreateCall(ctx context.Context, in *CreateCallRequest, opts ...grpc.CallOption) (*Call, error)
 	// Gets a call.
 	GetCall(ctx context.Context, in *GetCallRequest, opts ...grpc.CallOption) (*Call, error)
@@ -76,6 +86,36 @@ type CallQosServiceClient interface {
 	// Changes a link's capacity. Calls that no longer fit are degraded or dropped by the
 	// provider, with events.
 	UpdateLink(ctx context.Context, in *UpdateLinkRequest, opts ...grpc.CallOption) (*Link, error)
+	// Opens a line (lineOpen): the caller becomes its owner, the line belongs to the caller's
+	// tenant, and calls its tenant makes to its address are offered to it. ALREADY_EXISTS
+	// (ADDRESS_IN_USE) while another line of the tenant is open for the address, ALREADY_EXISTS
+	// (LINE_ALREADY_EXISTS) when line_id is taken. Needs permission lines.create (role caller).
+	CreateLine(ctx context.Context, in *CreateLineRequest, opts ...grpc.CallOption) (*Line, error)
+	// Gets a line of the caller's tenant (another tenant's is NOT_FOUND). Needs lines.get (roles
+	// caller, monitor, admin).
+	GetLine(ctx context.Context, in *GetLineRequest, opts ...grpc.CallOption) (*Line, error)
+	// Lists the lines of the caller's tenant, newest first. Needs lines.list (roles caller,
+	// monitor, admin).
+	ListLines(ctx context.Context, in *ListLinesRequest, opts ...grpc.CallOption) (*ListLinesResponse, error)
+	// Closes a line (lineClose): it receives no more calls, and calls still ringing on it are
+	// disconnected NO_ANSWER; calls already answered go on. The line stays readable as CLOSED and
+	// its address may be opened again. Owner only (permission lines.close, role caller). Closing a
+	// closed line returns it unchanged.
+	CloseLine(ctx context.Context, in *CloseLineRequest, opts ...grpc.CallOption) (*Line, error)
+	// Answers an INCOMING call that is OFFERING (lineAnswer), with the QoS offered or less. The
+	// provider then admits the call once for both legs. At NEEDED an answer below the caller's
+	// request, or a provider refusal, fails the call like a refused CreateCall: RESOURCE_EXHAUSTED
+	// QOS_UNAVAILABLE (or PERMISSION_DENIED QOS_POLICY_FAILURE) with a QosRefusal, both legs
+	// DISCONNECTED QOS_UNAVAILABLE. At IF_AVAILABLE the call connects with what the answer and the
+	// provider give, and the caller sees it in its granted_qos. Owner of the call only (permission
+	// calls.answer, role caller); FAILED_PRECONDITION (CALL_NOT_OFFERING) unless it is offering.
+	// The connected pair counts once toward its tenant's quotas (an offer counts nothing):
+	// RESOURCE_EXHAUSTED (QUOTA_EXCEEDED) leaves the call offering.
+	AnswerCall(ctx context.Context, in *AnswerCallRequest, opts ...grpc.CallOption) (*Call, error)
+	// Rejects an INCOMING call that is OFFERING: both legs are disconnected REJECTED. Owner of the
+	// call only (permission calls.reject, role caller). Rejecting a disconnected call returns it unchanged; a connected one is
+	// FAILED_PRECONDITION (CALL_NOT_OFFERING).
+	RejectCall(ctx context.Context, in *RejectCallRequest, opts ...grpc.CallOption) (*Call, error)
 }
 
 type callQosServiceClient struct {
@@ -195,6 +235,66 @@ func (c *callQosServiceClient) UpdateLink(ctx context.Context, in *UpdateLinkReq
 	return out, nil
 }
 
+func (c *callQosServiceClient) CreateLine(ctx context.Context, in *CreateLineRequest, opts ...grpc.CallOption) (*Line, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(Line)
+	err := c.cc.Invoke(ctx, CallQosService_CreateLine_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *callQosServiceClient) GetLine(ctx context.Context, in *GetLineRequest, opts ...grpc.CallOption) (*Line, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(Line)
+	err := c.cc.Invoke(ctx, CallQosService_GetLine_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *callQosServiceClient) ListLines(ctx context.Context, in *ListLinesRequest, opts ...grpc.CallOption) (*ListLinesResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListLinesResponse)
+	err := c.cc.Invoke(ctx, CallQosService_ListLines_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *callQosServiceClient) CloseLine(ctx context.Context, in *CloseLineRequest, opts ...grpc.CallOption) (*Line, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(Line)
+	err := c.cc.Invoke(ctx, CallQosService_CloseLine_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *callQosServiceClient) AnswerCall(ctx context.Context, in *AnswerCallRequest, opts ...grpc.CallOption) (*Call, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(Call)
+	err := c.cc.Invoke(ctx, CallQosService_AnswerCall_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *callQosServiceClient) RejectCall(ctx context.Context, in *RejectCallRequest, opts ...grpc.CallOption) (*Call, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(Call)
+	err := c.cc.Invoke(ctx, CallQosService_RejectCall_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // CallQosServiceServer is the server API for CallQosService service.
 // All implementations must embed UnimplementedCallQosServiceServer
 // for forward compatibility.
@@ -215,6 +315,10 @@ type CallQosServiceServer interface {
 	// the requested QoS. At NEEDED a refusal fails the call: RESOURCE_EXHAUSTED with reason
 	// QOS_UNAVAILABLE (or PERMISSION_DENIED with QOS_POLICY_FAILURE) and a QosRefusal; the call
 	// is recorded DISCONNECTED with reason QOS_UNAVAILABLE and nothing stays reserved.
+	// A call to the address of an open line of the caller's tenant is not admitted yet: it is
+	// offered to the line's owner (an INCOMING call, OFFERING) and returned RINGBACK; the QoS is
+	// negotiated when the owner answers (AnswerCall), and the caller learns the outcome from its
+	// call's events. Another tenant's lines are never rung: such a call goes out to its provider.
 	CreateCall(context.Context, *CreateCallRequest) (*Call, error)
 	// Gets a call.
 	GetCall(context.Context, *GetCallRequest) (*Call, error)
@@ -240,6 +344,36 @@ type CallQosServiceServer interface {
 	// Changes a link's capacity. Calls that no longer fit are degraded or dropped by the
 	// provider, with events.
 	UpdateLink(context.Context, *UpdateLinkRequest) (*Link, error)
+	// Opens a line (lineOpen): the caller becomes its owner, the line belongs to the caller's
+	// tenant, and calls its tenant makes to its address are offered to it. ALREADY_EXISTS
+	// (ADDRESS_IN_USE) while another line of the tenant is open for the address, ALREADY_EXISTS
+	// (LINE_ALREADY_EXISTS) when line_id is taken. Needs permission lines.create (role caller).
+	CreateLine(context.Context, *CreateLineRequest) (*Line, error)
+	// Gets a line of the caller's tenant (another tenant's is NOT_FOUND). Needs lines.get (roles
+	// caller, monitor, admin).
+	GetLine(context.Context, *GetLineRequest) (*Line, error)
+	// Lists the lines of the caller's tenant, newest first. Needs lines.list (roles caller,
+	// monitor, admin).
+	ListLines(context.Context, *ListLinesRequest) (*ListLinesResponse, error)
+	// Closes a line (lineClose): it receives no more calls, and calls still ringing on it are
+	// disconnected NO_ANSWER; calls already answered go on. The line stays readable as CLOSED and
+	// its address may be opened again. Owner only (permission lines.close, role caller). Closing a
+	// closed line returns it unchanged.
+	CloseLine(context.Context, *CloseLineRequest) (*Line, error)
+	// Answers an INCOMING call that is OFFERING (lineAnswer), with the QoS offered or less. The
+	// provider then admits the call once for both legs. At NEEDED an answer below the caller's
+	// request, or a provider refusal, fails the call like a refused CreateCall: RESOURCE_EXHAUSTED
+	// QOS_UNAVAILABLE (or PERMISSION_DENIED QOS_POLICY_FAILURE) with a QosRefusal, both legs
+	// DISCONNECTED QOS_UNAVAILABLE. At IF_AVAILABLE the call connects with what the answer and the
+	// provider give, and the caller sees it in its granted_qos. Owner of the call only (permission
+	// calls.answer, role caller); FAILED_PRECONDITION (CALL_NOT_OFFERING) unless it is offering.
+	// The connected pair counts once toward its tenant's quotas (an offer counts nothing):
+	// RESOURCE_EXHAUSTED (QUOTA_EXCEEDED) leaves the call offering.
+	AnswerCall(context.Context, *AnswerCallRequest) (*Call, error)
+	// Rejects an INCOMING call that is OFFERING: both legs are disconnected REJECTED. Owner of the
+	// call only (permission calls.reject, role caller). Rejecting a disconnected call returns it unchanged; a connected one is
+	// FAILED_PRECONDITION (CALL_NOT_OFFERING).
+	RejectCall(context.Context, *RejectCallRequest) (*Call, error)
 	mustEmbedUnimplementedCallQosServiceServer()
 }
 
@@ -279,6 +413,24 @@ func (UnimplementedCallQosServiceServer) ListLinks(context.Context, *ListLinksRe
 }
 func (UnimplementedCallQosServiceServer) UpdateLink(context.Context, *UpdateLinkRequest) (*Link, error) {
 	return nil, status.Error(codes.Unimplemented, "method UpdateLink not implemented")
+}
+func (UnimplementedCallQosServiceServer) CreateLine(context.Context, *CreateLineRequest) (*Line, error) {
+	return nil, status.Error(codes.Unimplemented, "method CreateLine not implemented")
+}
+func (UnimplementedCallQosServiceServer) GetLine(context.Context, *GetLineRequest) (*Line, error) {
+	return nil, status.Error(codes.Unimplemented, "method GetLine not implemented")
+}
+func (UnimplementedCallQosServiceServer) ListLines(context.Context, *ListLinesRequest) (*ListLinesResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListLines not implemented")
+}
+func (UnimplementedCallQosServiceServer) CloseLine(context.Context, *CloseLineRequest) (*Line, error) {
+	return nil, status.Error(codes.Unimplemented, "method CloseLine not implemented")
+}
+func (UnimplementedCallQosServiceServer) AnswerCall(context.Context, *AnswerCallRequest) (*Call, error) {
+	return nil, status.Error(codes.Unimplemented, "method AnswerCall not implemented")
+}
+func (UnimplementedCallQosServiceServer) RejectCall(context.Context, *RejectCallRequest) (*Call, error) {
+	return nil, status.Error(codes.Unimplemented, "method RejectCall not implemented")
 }
 func (UnimplementedCallQosServiceServer) mustEmbedUnimplementedCallQosServiceServer() {}
 func (UnimplementedCallQosServiceServer) testEmbeddedByValue()                        {}
@@ -474,6 +626,114 @@ func _CallQosService_UpdateLink_Handler(srv interface{}, ctx context.Context, de
 	return interceptor(ctx, in, info, handler)
 }
 
+func _CallQosService_CreateLine_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(CreateLineRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(CallQosServiceServer).CreateLine(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: CallQosService_CreateLine_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(CallQosServiceServer).CreateLine(ctx, req.(*CreateLineRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _CallQosService_GetLine_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetLineRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(CallQosServiceServer).GetLine(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: CallQosService_GetLine_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(CallQosServiceServer).GetLine(ctx, req.(*GetLineRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _CallQosService_ListLines_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListLinesRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(CallQosServiceServer).ListLines(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: CallQosService_ListLines_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(CallQosServiceServer).ListLines(ctx, req.(*ListLinesRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _CallQosService_CloseLine_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(CloseLineRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(CallQosServiceServer).CloseLine(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: CallQosService_CloseLine_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(CallQosServiceServer).CloseLine(ctx, req.(*CloseLineRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _CallQosService_AnswerCall_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(AnswerCallRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(CallQosServiceServer).AnswerCall(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: CallQosService_AnswerCall_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(CallQosServiceServer).AnswerCall(ctx, req.(*AnswerCallRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _CallQosService_RejectCall_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RejectCallRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(CallQosServiceServer).RejectCall(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: CallQosService_RejectCall_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(CallQosServiceServer).RejectCall(ctx, req.(*RejectCallRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // CallQosService_ServiceDesc is the grpc.ServiceDesc for CallQosService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -516,6 +776,30 @@ var CallQosService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "UpdateLink",
 			Handler:    _CallQosService_UpdateLink_Handler,
+		},
+		{
+			MethodName: "CreateLine",
+			Handler:    _CallQosService_CreateLine_Handler,
+		},
+		{
+			MethodName: "GetLine",
+			Handler:    _CallQosService_GetLine_Handler,
+		},
+		{
+			MethodName: "ListLines",
+			Handler:    _CallQosService_ListLines_Handler,
+		},
+		{
+			MethodName: "CloseLine",
+			Handler:    _CallQosService_CloseLine_Handler,
+		},
+		{
+			MethodName: "AnswerCall",
+			Handler:    _CallQosService_AnswerCall_Handler,
+		},
+		{
+			MethodName: "RejectCall",
+			Handler:    _CallQosService_RejectCall_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

@@ -77,6 +77,16 @@ const (
 	ErrorReason_ERROR_REASON_TOO_MANY_WATCHERS ErrorReason = 19
 	// A server bug; the request may or may not have taken effect. Report it.
 	ErrorReason_ERROR_REASON_INTERNAL ErrorReason = 20
+	// No such line.
+	ErrorReason_ERROR_REASON_LINE_NOT_FOUND ErrorReason = 21
+	// The line_id is taken.
+	ErrorReason_ERROR_REASON_LINE_ALREADY_EXISTS ErrorReason = 22
+	// Another line is open for the address (at most one is, so that a call to it has one owner to
+	// ring). ErrorInfo metadata names it.
+	ErrorReason_ERROR_REASON_ADDRESS_IN_USE ErrorReason = 23
+	// The call is not an incoming call that is offering, so it cannot be answered or rejected
+	// (LINEERR_INVALCALLSTATE): it was answered, rejected or dropped, rang out, or is outgoing.
+	ErrorReason_ERROR_REASON_CALL_NOT_OFFERING ErrorReason = 24
 	// Access control (README "Security"), numbered from 40 so that other additions to this enum
 	// do not collide with them.
 	//
@@ -119,6 +129,10 @@ var (
 		18: "ERROR_REASON_SHUTTING_DOWN",
 		19: "ERROR_REASON_TOO_MANY_WATCHERS",
 		20: "ERROR_REASON_INTERNAL",
+		21: "ERROR_REASON_LINE_NOT_FOUND",
+		22: "ERROR_REASON_LINE_ALREADY_EXISTS",
+		23: "ERROR_REASON_ADDRESS_IN_USE",
+		24: "ERROR_REASON_CALL_NOT_OFFERING",
 		40: "ERROR_REASON_UNAUTHENTICATED",
 		41: "ERROR_REASON_PERMISSION_DENIED",
 		42: "ERROR_REASON_QUOTA_EXCEEDED",
@@ -145,6 +159,10 @@ var (
 		"ERROR_REASON_SHUTTING_DOWN":               18,
 		"ERROR_REASON_TOO_MANY_WATCHERS":           19,
 		"ERROR_REASON_INTERNAL":                    20,
+		"ERROR_REASON_LINE_NOT_FOUND":              21,
+		"ERROR_REASON_LINE_ALREADY_EXISTS":         22,
+		"ERROR_REASON_ADDRESS_IN_USE":              23,
+		"ERROR_REASON_CALL_NOT_OFFERING":           24,
 		"ERROR_REASON_UNAUTHENTICATED":             40,
 		"ERROR_REASON_PERMISSION_DENIED":           41,
 		"ERROR_REASON_QUOTA_EXCEEDED":              42,
@@ -315,7 +333,7 @@ var File_callqos_v1_errors_proto protoreflect.FileDescriptor
 const file_callqos_v1_errors_proto_rawDesc = "" +
 	"\n" +
 	"\x17callqos/v1/errors.proto\x12\n" +
-	"callqos.v1\x1a google/protobuf/descriptor.proto*\xe2\a\n" +
+	"callqos.v1\x1a google/protobuf/descriptor.proto*\x86\t\n" +
 	"\vErrorReason\x12\x1c\n" +
 	"\x18ERROR_REASON_UNSPECIFIED\x10\x00\x12&\n" +
 	"\x1cERROR_REASON_INVALID_REQUEST\x10\x01\x1a\x04\xa8\xed\x18\x03\x12(\n" +
@@ -339,7 +357,11 @@ const file_callqos_v1_errors_proto_rawDesc = "" +
 	"(ERROR_REASON_PROVIDER_CONTRACT_VIOLATION\x10\x11\x1a\x04\xa8\xed\x18\r\x12$\n" +
 	"\x1aERROR_REASON_SHUTTING_DOWN\x10\x12\x1a\x04\xa8\xed\x18\x0e\x12(\n" +
 	"\x1eERROR_REASON_TOO_MANY_WATCHERS\x10\x13\x1a\x04\xa8\xed\x18\b\x12\x1f\n" +
-	"\x15ERROR_REASON_INTERNAL\x10\x14\x1a\x04\xa8\xed\x18\r\x12&\n" +
+	"\x15ERROR_REASON_INTERNAL\x10\x14\x1a\x04\xa8\xed\x18\r\x12%\n" +
+	"\x1bERROR_REASON_LINE_NOT_FOUND\x10\x15\x1a\x04\xa8\xed\x18\x05\x12*\n" +
+	" ERROR_REASON_LINE_ALREADY_EXISTS\x10\x16\x1a\x04\xa8\xed\x18\x06\x12%\n" +
+	"\x1bERROR_REASON_ADDRESS_IN_USE\x10\x17\x1a\x04\xa8\xed\x18\x06\x12(\n" +
+	"\x1eERROR_REASON_CALL_NOT_OFFERING\x10\x18\x1a\x04\xa8\xed\x18\t\x12&\n" +
 	"\x1cERROR_REASON_UNAUTHENTICATED\x10(\x1a\x04\xa8\xed\x18\x10\x12(\n" +
 	"\x1eERROR_REASON_PERMISSION_DENIED\x10)\x1a\x04\xa8\xed\x18\a\x12%\n" +
 	"\x1bERROR_REASON_QUOTA_EXCEEDED\x10*\x1a\x04\xa8\xed\x18\b*\xee\x03\n" +

@@ -45,20 +45,28 @@ const (
 	QosEventType_QOS_EVENT_TYPE_RENEGOTIATION_FAILED QosEventType = 7
 	// The call disconnected: see disconnect_reason.
 	QosEventType_QOS_EVENT_TYPE_CALL_DISCONNECTED QosEventType = 8
+	// An INCOMING call is offered on its line (LINECALLSTATE_OFFERING); the call's requested_qos is
+	// the caller's request, mirrored. Nothing is reserved until it is answered.
+	QosEventType_QOS_EVENT_TYPE_CALL_OFFERED QosEventType = 9
+	// The call rings at the other end: it was made to an open line's address
+	// (LINECALLSTATE_RINGBACK).
+	QosEventType_QOS_EVENT_TYPE_CALL_RINGBACK QosEventType = 10
 )
 
 // Enum value maps for QosEventType.
 var (
 	QosEventType_name = map[int32]string{
-		0: "QOS_EVENT_TYPE_UNSPECIFIED",
-		1: "QOS_EVENT_TYPE_QOS_GRANTED",
-		2: "QOS_EVENT_TYPE_QOS_CHANGED",
-		3: "QOS_EVENT_TYPE_NOQOS",
-		4: "QOS_EVENT_TYPE_ADMISSION_FAILURE",
-		5: "QOS_EVENT_TYPE_POLICY_FAILURE",
-		6: "QOS_EVENT_TYPE_GENERIC_ERROR",
-		7: "QOS_EVENT_TYPE_RENEGOTIATION_FAILED",
-		8: "QOS_EVENT_TYPE_CALL_DISCONNECTED",
+		0:  "QOS_EVENT_TYPE_UNSPECIFIED",
+		1:  "QOS_EVENT_TYPE_QOS_GRANTED",
+		2:  "QOS_EVENT_TYPE_QOS_CHANGED",
+		3:  "QOS_EVENT_TYPE_NOQOS",
+		4:  "QOS_EVENT_TYPE_ADMISSION_FAILURE",
+		5:  "QOS_EVENT_TYPE_POLICY_FAILURE",
+		6:  "QOS_EVENT_TYPE_GENERIC_ERROR",
+		7:  "QOS_EVENT_TYPE_RENEGOTIATION_FAILED",
+		8:  "QOS_EVENT_TYPE_CALL_DISCONNECTED",
+		9:  "QOS_EVENT_TYPE_CALL_OFFERED",
+		10: "QOS_EVENT_TYPE_CALL_RINGBACK",
 	}
 	QosEventType_value = map[string]int32{
 		"QOS_EVENT_TYPE_UNSPECIFIED":          0,
@@ -70,6 +78,8 @@ var (
 		"QOS_EVENT_TYPE_GENERIC_ERROR":        6,
 		"QOS_EVENT_TYPE_RENEGOTIATION_FAILED": 7,
 		"QOS_EVENT_TYPE_CALL_DISCONNECTED":    8,
+		"QOS_EVENT_TYPE_CALL_OFFERED":         9,
+		"QOS_EVENT_TYPE_CALL_RINGBACK":        10,
 	}
 )
 
@@ -184,6 +194,8 @@ type QosEvent struct {
 	TraceId string `protobuf:"bytes,13,opt,name=trace_id,json=traceId,proto3" json:"trace_id,omitempty"`
 	// When the server committed the event.
 	CreateTime *timestamppb.Timestamp `protobuf:"bytes,14,opt,name=create_time,json=createTime,proto3" json:"create_time,omitempty"`
+	// `lines/{line}` of an INCOMING call (empty for other calls): watchers of a line filter on it.
+	Line string `protobuf:"bytes,15,opt,name=line,proto3" json:"line,omitempty"`
 	// The tenant of the event's call: a watcher receives only the events of its own tenant.
 	Tenant        string `protobuf:"bytes,20,opt,name=tenant,proto3" json:"tenant,omitempty"`
 	unknownFields protoimpl.UnknownFields
@@ -318,6 +330,13 @@ func (x *QosEvent) GetCreateTime() *timestamppb.Timestamp {
 	return nil
 }
 
+func (x *QosEvent) GetLine() string {
+	if x != nil {
+		return x.Line
+	}
+	return ""
+}
+
 func (x *QosEvent) GetTenant() string {
 	if x != nil {
 		return x.Tenant
@@ -330,7 +349,7 @@ var File_callqos_v1_event_proto protoreflect.FileDescriptor
 const file_callqos_v1_event_proto_rawDesc = "" +
 	"\n" +
 	"\x16callqos/v1/event.proto\x12\n" +
-	"callqos.v1\x1a\x15callqos/v1/call.proto\x1a\x19callqos/v1/flowspec.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xea\x04\n" +
+	"callqos.v1\x1a\x15callqos/v1/call.proto\x1a\x19callqos/v1/flowspec.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xfe\x04\n" +
 	"\bQosEvent\x12\x1a\n" +
 	"\bsequence\x18\x01 \x01(\x04R\bsequence\x12\x12\n" +
 	"\x04call\x18\x02 \x01(\tR\x04call\x12,\n" +
@@ -349,8 +368,9 @@ const file_callqos_v1_event_proto_rawDesc = "" +
 	"request_id\x18\f \x01(\tR\trequestId\x12\x19\n" +
 	"\btrace_id\x18\r \x01(\tR\atraceId\x12;\n" +
 	"\vcreate_time\x18\x0e \x01(\v2\x1a.google.protobuf.TimestampR\n" +
-	"createTime\x12\x16\n" +
-	"\x06tenant\x18\x14 \x01(\tR\x06tenant*\xc2\x02\n" +
+	"createTime\x12\x12\n" +
+	"\x04line\x18\x0f \x01(\tR\x04line\x12\x16\n" +
+	"\x06tenant\x18\x14 \x01(\tR\x06tenant*\x85\x03\n" +
 	"\fQosEventType\x12\x1e\n" +
 	"\x1aQOS_EVENT_TYPE_UNSPECIFIED\x10\x00\x12\x1e\n" +
 	"\x1aQOS_EVENT_TYPE_QOS_GRANTED\x10\x01\x12\x1e\n" +
@@ -360,7 +380,10 @@ const file_callqos_v1_event_proto_rawDesc = "" +
 	"\x1dQOS_EVENT_TYPE_POLICY_FAILURE\x10\x05\x12 \n" +
 	"\x1cQOS_EVENT_TYPE_GENERIC_ERROR\x10\x06\x12'\n" +
 	"#QOS_EVENT_TYPE_RENEGOTIATION_FAILED\x10\a\x12$\n" +
-	" QOS_EVENT_TYPE_CALL_DISCONNECTED\x10\b*~\n" +
+	" QOS_EVENT_TYPE_CALL_DISCONNECTED\x10\b\x12\x1f\n" +
+	"\x1bQOS_EVENT_TYPE_CALL_OFFERED\x10\t\x12 \n" +
+	"\x1cQOS_EVENT_TYPE_CALL_RINGBACK\x10\n" +
+	"*~\n" +
 	"\x0eQosChangeCause\x12 \n" +
 	"\x1cQOS_CHANGE_CAUSE_UNSPECIFIED\x10\x00\x12!\n" +
 	"\x1dQOS_CHANGE_CAUSE_RENEGOTIATED\x10\x01\x12'\n" +

@@ -45,7 +45,11 @@ type ProviderCapabilities struct {
 	// The provider refuses some requests by policy (QOS_POLICY_FAILURE); see policy_note.
 	Policy bool `protobuf:"varint,9,opt,name=policy,proto3" json:"policy,omitempty"`
 	// For people: what the provider's policy refuses.
-	PolicyNote    string `protobuf:"bytes,10,opt,name=policy_note,json=policyNote,proto3" json:"policy_note,omitempty"`
+	PolicyNote string `protobuf:"bytes,10,opt,name=policy_note,json=policyNote,proto3" json:"policy_note,omitempty"`
+	// The provider reports calls arriving from its own network (ProviderHost.offer_call): each is
+	// offered to the owner of the line open for its destination and admitted when answered. Calls
+	// between two applications on this server need no capability: any provider carries them.
+	IncomingCalls bool `protobuf:"varint,11,opt,name=incoming_calls,json=incomingCalls,proto3" json:"incoming_calls,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -148,6 +152,13 @@ func (x *ProviderCapabilities) GetPolicyNote() string {
 		return x.PolicyNote
 	}
 	return ""
+}
+
+func (x *ProviderCapabilities) GetIncomingCalls() bool {
+	if x != nil {
+		return x.IncomingCalls
+	}
+	return false
 }
 
 // A QoS provider hosted by the server (the TAPI "service provider"). Resource name:
@@ -367,7 +378,7 @@ var File_callqos_v1_provider_proto protoreflect.FileDescriptor
 const file_callqos_v1_provider_proto_rawDesc = "" +
 	"\n" +
 	"\x19callqos/v1/provider.proto\x12\n" +
-	"callqos.v1\x1a\x19callqos/v1/flowspec.proto\"\xe2\x03\n" +
+	"callqos.v1\x1a\x19callqos/v1/flowspec.proto\"\x89\x04\n" +
 	"\x14ProviderCapabilities\x12#\n" +
 	"\rqos_supported\x18\x01 \x01(\bR\fqosSupported\x12$\n" +
 	"\rrenegotiation\x18\x02 \x01(\bR\rrenegotiation\x12<\n" +
@@ -381,7 +392,8 @@ const file_callqos_v1_provider_proto_rawDesc = "" +
 	"\x06policy\x18\t \x01(\bR\x06policy\x12\x1f\n" +
 	"\vpolicy_note\x18\n" +
 	" \x01(\tR\n" +
-	"policyNote\"\xeb\x01\n" +
+	"policyNote\x12%\n" +
+	"\x0eincoming_calls\x18\v \x01(\bR\rincomingCalls\"\xeb\x01\n" +
 	"\bProvider\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12!\n" +
 	"\fdisplay_name\x18\x02 \x01(\tR\vdisplayName\x12 \n" +

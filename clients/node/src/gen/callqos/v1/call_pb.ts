@@ -14,7 +14,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file callqos/v1/call.proto.
  */
 export const file_callqos_v1_call: GenFile = /*@__PURE__*/
-  fileDesc("ChVjYWxscW9zL3YxL2NhbGwucHJvdG8SCmNhbGxxb3MudjEiyAQKBENhbGwSDAoEbmFtZRgBIAEoCRITCgtkZXN0aW5hdGlvbhgCIAEoCRIQCghwcm92aWRlchgDIAEoCRIlCgVzdGF0ZRgEIAEoDjIWLmNhbGxxb3MudjEuQ2FsbC5TdGF0ZRI3ChFkaXNjb25uZWN0X3JlYXNvbhgFIAEoDjIcLmNhbGxxb3MudjEuRGlzY29ubmVjdFJlYXNvbhIvCg1zZXJ2aWNlX2xldmVsGAYgASgOMhguY2FsbHFvcy52MS5TZXJ2aWNlTGV2ZWwSKgoNcmVxdWVzdGVkX3FvcxgHIAEoCzITLmNhbGxxb3MudjEuUW9zU3BlYxIoCgtncmFudGVkX3FvcxgIIAEoCzITLmNhbGxxb3MudjEuUW9zU3BlYxIrCghmZWF0dXJlcxgJIAEoCzIZLmNhbGxxb3MudjEuQ2FsbC5GZWF0dXJlcxINCgVvd25lchgKIAEoCRIMCgRldGFnGAsgASgJEi8KC2NyZWF0ZV90aW1lGAwgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIvCgt1cGRhdGVfdGltZRgNIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASDgoGdGVuYW50GBQgASgJGhsKCEZlYXR1cmVzEg8KB3NldF9xb3MYASABKAgiSwoFU3RhdGUSFQoRU1RBVEVfVU5TUEVDSUZJRUQQABITCg9TVEFURV9DT05ORUNURUQQARIWChJTVEFURV9ESVNDT05ORUNURUQQAiJWCgpRb3NSZWZ1c2FsEgwKBGNhbGwYASABKAkSKgoNY291bnRlcl9vZmZlchgCIAEoCzITLmNhbGxxb3MudjEuUW9zU3BlYxIOCgZkZXRhaWwYAyABKAkqhgEKDFNlcnZpY2VMZXZlbBIdChlTRVJWSUNFX0xFVkVMX1VOU1BFQ0lGSUVEEAASGAoUU0VSVklDRV9MRVZFTF9ORUVERUQQARIeChpTRVJWSUNFX0xFVkVMX0lGX0FWQUlMQUJMRRACEh0KGVNFUlZJQ0VfTEVWRUxfQkVTVF9FRkZPUlQQAyqgAQoQRGlzY29ubmVjdFJlYXNvbhIhCh1ESVNDT05ORUNUX1JFQVNPTl9VTlNQRUNJRklFRBAAEhwKGERJU0NPTk5FQ1RfUkVBU09OX05PUk1BTBABEiUKIURJU0NPTk5FQ1RfUkVBU09OX1FPU19VTkFWQUlMQUJMRRACEiQKIERJU0NPTk5FQ1RfUkVBU09OX1BST1ZJREVSX0VSUk9SEANCXQoOZGV2LmNhbGxxb3MudjFCCUNhbGxQcm90b1ABWj5naXRodWIuY29tL2NhbGxxb3MvY2FsbHFvcy9jbGllbnRzL2dvL2dlbi9jYWxscW9zL3YxO2NhbGxxb3N2MWIGcHJvdG8z", [file_callqos_v1_flowspec, file_google_protobuf_timestamp]);
+  fileDesc("ChVjYWxscW9zL3YxL2NhbGwucHJvdG8SCmNhbGxxb3MudjEiiAcKBENhbGwSDAoEbmFtZRgBIAEoCRITCgtkZXN0aW5hdGlvbhgCIAEoCRIQCghwcm92aWRlchgDIAEoCRIlCgVzdGF0ZRgEIAEoDjIWLmNhbGxxb3MudjEuQ2FsbC5TdGF0ZRI3ChFkaXNjb25uZWN0X3JlYXNvbhgFIAEoDjIcLmNhbGxxb3MudjEuRGlzY29ubmVjdFJlYXNvbhIvCg1zZXJ2aWNlX2xldmVsGAYgASgOMhguY2FsbHFvcy52MS5TZXJ2aWNlTGV2ZWwSKgoNcmVxdWVzdGVkX3FvcxgHIAEoCzITLmNhbGxxb3MudjEuUW9zU3BlYxIoCgtncmFudGVkX3FvcxgIIAEoCzITLmNhbGxxb3MudjEuUW9zU3BlYxIrCghmZWF0dXJlcxgJIAEoCzIZLmNhbGxxb3MudjEuQ2FsbC5GZWF0dXJlcxINCgVvd25lchgKIAEoCRIMCgRldGFnGAsgASgJEi8KC2NyZWF0ZV90aW1lGAwgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIvCgt1cGRhdGVfdGltZRgNIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLQoJZGlyZWN0aW9uGA4gASgOMhouY2FsbHFvcy52MS5DYWxsLkRpcmVjdGlvbhIMCgRsaW5lGA8gASgJEgwKBHBlZXIYECABKAkSEQoJY2FsbGVyX2lkGBEgASgJEjUKEW9mZmVyX2V4cGlyZV90aW1lGBIgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIZChFvZmZlcl90cmFjZXBhcmVudBgTIAEoCRIOCgZ0ZW5hbnQYFCABKAkaKwoIRmVhdHVyZXMSDwoHc2V0X3FvcxgBIAEoCBIOCgZhbnN3ZXIYAiABKAgicwoFU3RhdGUSFQoRU1RBVEVfVU5TUEVDSUZJRUQQABITCg9TVEFURV9DT05ORUNURUQQARIWChJTVEFURV9ESVNDT05ORUNURUQQAhISCg5TVEFURV9PRkZFUklORxADEhIKDlNUQVRFX1JJTkdCQUNLEAQiVgoJRGlyZWN0aW9uEhkKFURJUkVDVElPTl9VTlNQRUNJRklFRBAAEhYKEkRJUkVDVElPTl9PVVRHT0lORxABEhYKEkRJUkVDVElPTl9JTkNPTUlORxACIlYKClFvc1JlZnVzYWwSDAoEY2FsbBgBIAEoCRIqCg1jb3VudGVyX29mZmVyGAIgASgLMhMuY2FsbHFvcy52MS5Rb3NTcGVjEg4KBmRldGFpbBgDIAEoCSqGAQoMU2VydmljZUxldmVsEh0KGVNFUlZJQ0VfTEVWRUxfVU5TUEVDSUZJRUQQABIYChRTRVJWSUNFX0xFVkVMX05FRURFRBABEh4KGlNFUlZJQ0VfTEVWRUxfSUZfQVZBSUxBQkxFEAISHQoZU0VSVklDRV9MRVZFTF9CRVNUX0VGRk9SVBADKoUCChBEaXNjb25uZWN0UmVhc29uEiEKHURJU0NPTk5FQ1RfUkVBU09OX1VOU1BFQ0lGSUVEEAASHAoYRElTQ09OTkVDVF9SRUFTT05fTk9STUFMEAESJQohRElTQ09OTkVDVF9SRUFTT05fUU9TX1VOQVZBSUxBQkxFEAISJAogRElTQ09OTkVDVF9SRUFTT05fUFJPVklERVJfRVJST1IQAxIeChpESVNDT05ORUNUX1JFQVNPTl9SRUpFQ1RFRBAEEh8KG0RJU0NPTk5FQ1RfUkVBU09OX05PX0FOU1dFUhAFEiIKHkRJU0NPTk5FQ1RfUkVBU09OX1BFRVJfRFJPUFBFRBAGQl0KDmRldi5jYWxscW9zLnYxQglDYWxsUHJvdG9QAVo+Z2l0aHViLmNvbS9jYWxscW9zL2NhbGxxb3MvY2xpZW50cy9nby9nZW4vY2FsbHFvcy92MTtjYWxscW9zdjFiBnByb3RvMw", [file_callqos_v1_flowspec, file_google_protobuf_timestamp]);
 
 /**
  * A call and the QoS it asked for and holds. Resource name: `calls/{call}`.
@@ -31,6 +31,8 @@ export type Call = Message<"callqos.v1.Call"> & {
 
   /**
    * Where the call goes: an address meaningful to the provider (1-256 printable characters).
+   * When a line is open for this address on this server, the call is offered to the line's
+   * owner instead (the call RINGBACKs until answered). For an INCOMING call: the line's address.
    *
    * @generated from field: string destination = 2;
    */
@@ -65,7 +67,9 @@ export type Call = Message<"callqos.v1.Call"> & {
   serviceLevel: ServiceLevel;
 
   /**
-   * The QoS desired (LINECALLPARAMS flowspecs), as the caller last asked for it.
+   * The QoS desired (LINECALLPARAMS flowspecs), as the caller last asked for it. For an INCOMING
+   * call it is the caller's request mirrored: the caller's sending flowspec is this call's
+   * receiving one.
    *
    * @generated from field: callqos.v1.QosSpec requested_qos = 7;
    */
@@ -87,7 +91,9 @@ export type Call = Message<"callqos.v1.Call"> & {
   features?: Call_Features | undefined;
 
   /**
-   * Output only. The principal that created the call; only it may change or drop the call.
+   * Output only. The principal that created the call (for an INCOMING call: the owner of its
+   * line); only it may change, answer, reject or drop the call (and a caller whose roles grant
+   * calls.drop.any, admin, may drop any call of its tenant).
    *
    * @generated from field: string owner = 10;
    */
@@ -116,9 +122,59 @@ export type Call = Message<"callqos.v1.Call"> & {
   updateTime?: Timestamp | undefined;
 
   /**
-   * Output only. The tenant of the principal that created the call. A call is visible only to
-   * callers of its tenant ("default" when the server runs without tenants). (Numbered 20 to stay
-   * clear of other additions.)
+   * Output only. OUTGOING for a call made with CreateCall, INCOMING for a call offered on a line.
+   *
+   * @generated from field: callqos.v1.Call.Direction direction = 14;
+   */
+  direction: Call_Direction;
+
+  /**
+   * Output only. For an INCOMING call: `lines/{line}`, the line it was offered on.
+   *
+   * @generated from field: string line = 15;
+   */
+  line: string;
+
+  /**
+   * Output only. For a call between two applications on this server (a call made to the address
+   * of an open line): `calls/{call}`, the other party's leg. The two legs hold one reservation
+   * between them, their QoS is each other's mirror (one's sending flowspec is the other's
+   * receiving one), and they change and end together. Empty for any other call.
+   *
+   * @generated from field: string peer = 16;
+   */
+  peer: string;
+
+  /**
+   * Output only. For an INCOMING call: who is calling: the caller's principal for a call made on
+   * this server, or the caller's address as the provider reported it.
+   *
+   * @generated from field: string caller_id = 17;
+   */
+  callerId: string;
+
+  /**
+   * Output only. While the call is OFFERING or RINGBACK: when it rings out (NO_ANSWER) unless it
+   * is answered, rejected or dropped first. Unset otherwise.
+   *
+   * @generated from field: google.protobuf.Timestamp offer_expire_time = 18;
+   */
+  offerExpireTime?: Timestamp | undefined;
+
+  /**
+   * Output only. For a call offered on a line (and the caller's leg of it): the W3C traceparent
+   * of the operation that offered it. Answering, rejecting and ringing out continue that trace,
+   * so a call's set-up is one trace, and the events they cause carry its trace id.
+   *
+   * @generated from field: string offer_traceparent = 19;
+   */
+  offerTraceparent: string;
+
+  /**
+   * Output only. The tenant of the principal that created the call (for an INCOMING call: of its
+   * line; both legs of a call between two applications are of one tenant). A call is visible only
+   * to callers of its tenant ("default" when the server runs without tenants). (Numbered 20 to
+   * stay clear of other additions.)
    *
    * @generated from field: string tenant = 20;
    */
@@ -145,6 +201,14 @@ export type Call_Features = Message<"callqos.v1.Call.Features"> & {
    * @generated from field: bool set_qos = 1;
    */
   setQos: boolean;
+
+  /**
+   * LINECALLFEATURE_ANSWER: AnswerCall and RejectCall are allowed (an INCOMING call in
+   * OFFERING).
+   *
+   * @generated from field: bool answer = 2;
+   */
+  answer: boolean;
 };
 
 /**
@@ -180,6 +244,22 @@ export enum Call_State {
    * @generated from enum value: STATE_DISCONNECTED = 2;
    */
   DISCONNECTED = 2,
+
+  /**
+   * An INCOMING call ringing on its line (LINECALLSTATE_OFFERING): its owner may AnswerCall or
+   * RejectCall it. requested_qos is the caller's request mirrored. Nothing is reserved yet.
+   *
+   * @generated from enum value: STATE_OFFERING = 3;
+   */
+  OFFERING = 3,
+
+  /**
+   * A call made to an open line, ringing at the other end until it is answered, rejected or
+   * rings out (LINECALLSTATE_RINGBACK). Nothing is reserved yet.
+   *
+   * @generated from enum value: STATE_RINGBACK = 4;
+   */
+  RINGBACK = 4,
 }
 
 /**
@@ -187,6 +267,41 @@ export enum Call_State {
  */
 export const Call_StateSchema: GenEnum<Call_State> = /*@__PURE__*/
   enumDesc(file_callqos_v1_call, 0, 0);
+
+/**
+ * Which way a call goes (TAPI LINECALLORIGIN).
+ *
+ * @generated from enum callqos.v1.Call.Direction
+ */
+export enum Call_Direction {
+  /**
+   * Not set: a call stored before calls had a direction (they were all outgoing).
+   *
+   * @generated from enum value: DIRECTION_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * Made by its owner with CreateCall.
+   *
+   * @generated from enum value: DIRECTION_OUTGOING = 1;
+   */
+  OUTGOING = 1,
+
+  /**
+   * Offered to its owner on a line: a call made to the line's address, on this server or
+   * from a provider's network (LINECALLORIGIN_INBOUND).
+   *
+   * @generated from enum value: DIRECTION_INCOMING = 2;
+   */
+  INCOMING = 2,
+}
+
+/**
+ * Describes the enum callqos.v1.Call.Direction.
+ */
+export const Call_DirectionSchema: GenEnum<Call_Direction> = /*@__PURE__*/
+  enumDesc(file_callqos_v1_call, 0, 1);
 
 /**
  * Sent in the status details of a refused CreateCall or RenegotiateCall, next to
@@ -301,6 +416,30 @@ export enum DisconnectReason {
    * @generated from enum value: DISCONNECT_REASON_PROVIDER_ERROR = 3;
    */
   PROVIDER_ERROR = 3,
+
+  /**
+   * LINEDISCONNECTMODE_REJECT: the owner of the line the call was offered on rejected it
+   * (RejectCall, or DropCall of the offered call).
+   *
+   * @generated from enum value: DISCONNECT_REASON_REJECTED = 4;
+   */
+  REJECTED = 4,
+
+  /**
+   * LINEDISCONNECTMODE_NOANSWER: the call was not answered: it rang for its line's
+   * no_answer_timeout, or its line closed while it was offered.
+   *
+   * @generated from enum value: DISCONNECT_REASON_NO_ANSWER = 5;
+   */
+  NO_ANSWER = 5,
+
+  /**
+   * The other party of a call between two applications dropped its leg, or the caller gave up
+   * before the call was answered (what LINEDISCONNECTMODE_NORMAL tells the remote end).
+   *
+   * @generated from enum value: DISCONNECT_REASON_PEER_DROPPED = 6;
+   */
+  PEER_DROPPED = 6,
 }
 
 /**

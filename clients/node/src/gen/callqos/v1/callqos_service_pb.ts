@@ -10,6 +10,8 @@ import type { QosEvent, QosEventType } from "./event_pb.js";
 import { file_callqos_v1_event } from "./event_pb.js";
 import type { QosSpec } from "./flowspec_pb.js";
 import { file_callqos_v1_flowspec } from "./flowspec_pb.js";
+import type { Line, LineSchema } from "./line_pb.js";
+import { file_callqos_v1_line } from "./line_pb.js";
 import type { Link, LinkSchema, Provider, ProviderSchema } from "./provider_pb.js";
 import { file_callqos_v1_provider } from "./provider_pb.js";
 import type { FieldMask } from "@bufbuild/protobuf/wkt";
@@ -20,7 +22,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file callqos/v1/callqos_service.proto.
  */
 export const file_callqos_v1_callqos_service: GenFile = /*@__PURE__*/
-  fileDesc("CiBjYWxscW9zL3YxL2NhbGxxb3Nfc2VydmljZS5wcm90bxIKY2FsbHFvcy52MSJYChFDcmVhdGVDYWxsUmVxdWVzdBIeCgRjYWxsGAEgASgLMhAuY2FsbHFvcy52MS5DYWxsEg8KB2NhbGxfaWQYAiABKAkSEgoKcmVxdWVzdF9pZBgDIAEoCSIeCg5HZXRDYWxsUmVxdWVzdBIMCgRuYW1lGAEgASgJIkkKEExpc3RDYWxsc1JlcXVlc3QSEQoJcGFnZV9zaXplGAEgASgFEhIKCnBhZ2VfdG9rZW4YAiABKAkSDgoGZmlsdGVyGAMgASgJIk0KEUxpc3RDYWxsc1Jlc3BvbnNlEh8KBWNhbGxzGAEgAygLMhAuY2FsbHFvcy52MS5DYWxsEhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSKbAQoWUmVuZWdvdGlhdGVDYWxsUmVxdWVzdBIMCgRuYW1lGAEgASgJEiAKA3FvcxgCIAEoCzITLmNhbGxxb3MudjEuUW9zU3BlYxIMCgRldGFnGAMgASgJEhIKCnJlcXVlc3RfaWQYBCABKAkSLwoNc2VydmljZV9sZXZlbBgFIAEoDjIYLmNhbGxxb3MudjEuU2VydmljZUxldmVsIi0KD0Ryb3BDYWxsUmVxdWVzdBIMCgRuYW1lGAEgASgJEgwKBGV0YWcYAiABKAkiewoSV2F0Y2hFdmVudHNSZXF1ZXN0EhsKDmFmdGVyX3NlcXVlbmNlGAEgASgESACIAQESDAoEY2FsbBgCIAEoCRInCgV0eXBlcxgDIAMoDjIYLmNhbGxxb3MudjEuUW9zRXZlbnRUeXBlQhEKD19hZnRlcl9zZXF1ZW5jZSI6ChNXYXRjaEV2ZW50c1Jlc3BvbnNlEiMKBWV2ZW50GAEgASgLMhQuY2FsbHFvcy52MS5Rb3NFdmVudCIiChJHZXRQcm92aWRlclJlcXVlc3QSDAoEbmFtZRgBIAEoCSI9ChRMaXN0UHJvdmlkZXJzUmVxdWVzdBIRCglwYWdlX3NpemUYASABKAUSEgoKcGFnZV90b2tlbhgCIAEoCSJZChVMaXN0UHJvdmlkZXJzUmVzcG9uc2USJwoJcHJvdmlkZXJzGAEgAygLMhQuY2FsbHFvcy52MS5Qcm92aWRlchIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiSQoQTGlzdExpbmtzUmVxdWVzdBIOCgZwYXJlbnQYASABKAkSEQoJcGFnZV9zaXplGAIgASgFEhIKCnBhZ2VfdG9rZW4YAyABKAkiTQoRTGlzdExpbmtzUmVzcG9uc2USHwoFbGlua3MYASADKAsyEC5jYWxscW9zLnYxLkxpbmsSFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJImQKEVVwZGF0ZUxpbmtSZXF1ZXN0Eh4KBGxpbmsYASABKAsyEC5jYWxscW9zLnYxLkxpbmsSLwoLdXBkYXRlX21hc2sYAiABKAsyGi5nb29nbGUucHJvdG9idWYuRmllbGRNYXNrMswFCg5DYWxsUW9zU2VydmljZRI9CgpDcmVhdGVDYWxsEh0uY2FsbHFvcy52MS5DcmVhdGVDYWxsUmVxdWVzdBoQLmNhbGxxb3MudjEuQ2FsbBI3CgdHZXRDYWxsEhouY2FsbHFvcy52MS5HZXRDYWxsUmVxdWVzdBoQLmNhbGxxb3MudjEuQ2FsbBJICglMaXN0Q2FsbHMSHC5jYWxscW9zLnYxLkxpc3RDYWxsc1JlcXVlc3QaHS5jYWxscW9zLnYxLkxpc3RDYWxsc1Jlc3BvbnNlEkcKD1JlbmVnb3RpYXRlQ2FsbBIiLmNhbGxxb3MudjEuUmVuZWdvdGlhdGVDYWxsUmVxdWVzdBoQLmNhbGxxb3MudjEuQ2FsbBI5CghEcm9wQ2FsbBIbLmNhbGxxb3MudjEuRHJvcENhbGxSZXF1ZXN0GhAuY2FsbHFvcy52MS5DYWxsElAKC1dhdGNoRXZlbnRzEh4uY2FsbHFvcy52MS5XYXRjaEV2ZW50c1JlcXVlc3QaHy5jYWxscW9zLnYxLldhdGNoRXZlbnRzUmVzcG9uc2UwARJDCgtHZXRQcm92aWRlchIeLmNhbGxxb3MudjEuR2V0UHJvdmlkZXJSZXF1ZXN0GhQuY2FsbHFvcy52MS5Qcm92aWRlchJUCg1MaXN0UHJvdmlkZXJzEiAuY2FsbHFvcy52MS5MaXN0UHJvdmlkZXJzUmVxdWVzdBohLmNhbGxxb3MudjEuTGlzdFByb3ZpZGVyc1Jlc3BvbnNlEkgKCUxpc3RMaW5rcxIcLmNhbGxxb3MudjEuTGlzdExpbmtzUmVxdWVzdBodLmNhbGxxb3MudjEuTGlzdExpbmtzUmVzcG9uc2USPQoKVXBkYXRlTGluaxIdLmNhbGxxb3MudjEuVXBkYXRlTGlua1JlcXVlc3QaEC5jYWxscW9zLnYxLkxpbmtCZwoOZGV2LmNhbGxxb3MudjFCE0NhbGxxb3NTZXJ2aWNlUHJvdG9QAVo+Z2l0aHViLmNvbS9jYWxscW9zL2NhbGxxb3MvY2xpZW50cy9nby9nZW4vY2FsbHFvcy92MTtjYWxscW9zdjFiBnByb3RvMw", [file_callqos_v1_call, file_callqos_v1_event, file_callqos_v1_flowspec, file_callqos_v1_provider, file_google_protobuf_field_mask]);
+  fileDesc("CiBjYWxscW9zL3YxL2NhbGxxb3Nfc2VydmljZS5wcm90bxIKY2FsbHFvcy52MSJYChFDcmVhdGVDYWxsUmVxdWVzdBIeCgRjYWxsGAEgASgLMhAuY2FsbHFvcy52MS5DYWxsEg8KB2NhbGxfaWQYAiABKAkSEgoKcmVxdWVzdF9pZBgDIAEoCSIeCg5HZXRDYWxsUmVxdWVzdBIMCgRuYW1lGAEgASgJIkkKEExpc3RDYWxsc1JlcXVlc3QSEQoJcGFnZV9zaXplGAEgASgFEhIKCnBhZ2VfdG9rZW4YAiABKAkSDgoGZmlsdGVyGAMgASgJIk0KEUxpc3RDYWxsc1Jlc3BvbnNlEh8KBWNhbGxzGAEgAygLMhAuY2FsbHFvcy52MS5DYWxsEhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSKbAQoWUmVuZWdvdGlhdGVDYWxsUmVxdWVzdBIMCgRuYW1lGAEgASgJEiAKA3FvcxgCIAEoCzITLmNhbGxxb3MudjEuUW9zU3BlYxIMCgRldGFnGAMgASgJEhIKCnJlcXVlc3RfaWQYBCABKAkSLwoNc2VydmljZV9sZXZlbBgFIAEoDjIYLmNhbGxxb3MudjEuU2VydmljZUxldmVsIi0KD0Ryb3BDYWxsUmVxdWVzdBIMCgRuYW1lGAEgASgJEgwKBGV0YWcYAiABKAkiiQEKEldhdGNoRXZlbnRzUmVxdWVzdBIbCg5hZnRlcl9zZXF1ZW5jZRgBIAEoBEgAiAEBEgwKBGNhbGwYAiABKAkSJwoFdHlwZXMYAyADKA4yGC5jYWxscW9zLnYxLlFvc0V2ZW50VHlwZRIMCgRsaW5lGAQgASgJQhEKD19hZnRlcl9zZXF1ZW5jZSI6ChNXYXRjaEV2ZW50c1Jlc3BvbnNlEiMKBWV2ZW50GAEgASgLMhQuY2FsbHFvcy52MS5Rb3NFdmVudCIiChJHZXRQcm92aWRlclJlcXVlc3QSDAoEbmFtZRgBIAEoCSI9ChRMaXN0UHJvdmlkZXJzUmVxdWVzdBIRCglwYWdlX3NpemUYASABKAUSEgoKcGFnZV90b2tlbhgCIAEoCSJZChVMaXN0UHJvdmlkZXJzUmVzcG9uc2USJwoJcHJvdmlkZXJzGAEgAygLMhQuY2FsbHFvcy52MS5Qcm92aWRlchIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiSQoQTGlzdExpbmtzUmVxdWVzdBIOCgZwYXJlbnQYASABKAkSEQoJcGFnZV9zaXplGAIgASgFEhIKCnBhZ2VfdG9rZW4YAyABKAkiTQoRTGlzdExpbmtzUmVzcG9uc2USHwoFbGlua3MYASADKAsyEC5jYWxscW9zLnYxLkxpbmsSFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJImQKEVVwZGF0ZUxpbmtSZXF1ZXN0Eh4KBGxpbmsYASABKAsyEC5jYWxscW9zLnYxLkxpbmsSLwoLdXBkYXRlX21hc2sYAiABKAsyGi5nb29nbGUucHJvdG9idWYuRmllbGRNYXNrIlgKEUNyZWF0ZUxpbmVSZXF1ZXN0Eh4KBGxpbmUYASABKAsyEC5jYWxscW9zLnYxLkxpbmUSDwoHbGluZV9pZBgCIAEoCRISCgpyZXF1ZXN0X2lkGAMgASgJIh4KDkdldExpbmVSZXF1ZXN0EgwKBG5hbWUYASABKAkiSQoQTGlzdExpbmVzUmVxdWVzdBIRCglwYWdlX3NpemUYASABKAUSEgoKcGFnZV90b2tlbhgCIAEoCRIOCgZmaWx0ZXIYAyABKAkiTQoRTGlzdExpbmVzUmVzcG9uc2USHwoFbGluZXMYASADKAsyEC5jYWxscW9zLnYxLkxpbmUSFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIi4KEENsb3NlTGluZVJlcXVlc3QSDAoEbmFtZRgBIAEoCRIMCgRldGFnGAIgASgJImUKEUFuc3dlckNhbGxSZXF1ZXN0EgwKBG5hbWUYASABKAkSIAoDcW9zGAIgASgLMhMuY2FsbHFvcy52MS5Rb3NTcGVjEgwKBGV0YWcYAyABKAkSEgoKcmVxdWVzdF9pZBgEIAEoCSJDChFSZWplY3RDYWxsUmVxdWVzdBIMCgRuYW1lGAEgASgJEgwKBGV0YWcYAiABKAkSEgoKcmVxdWVzdF9pZBgDIAEoCTLJCAoOQ2FsbFFvc1NlcnZpY2USPQoKQ3JlYXRlQ2FsbBIdLmNhbGxxb3MudjEuQ3JlYXRlQ2FsbFJlcXVlc3QaEC5jYWxscW9zLnYxLkNhbGwSNwoHR2V0Q2FsbBIaLmNhbGxxb3MudjEuR2V0Q2FsbFJlcXVlc3QaEC5jYWxscW9zLnYxLkNhbGwSSAoJTGlzdENhbGxzEhwuY2FsbHFvcy52MS5MaXN0Q2FsbHNSZXF1ZXN0Gh0uY2FsbHFvcy52MS5MaXN0Q2FsbHNSZXNwb25zZRJHCg9SZW5lZ290aWF0ZUNhbGwSIi5jYWxscW9zLnYxLlJlbmVnb3RpYXRlQ2FsbFJlcXVlc3QaEC5jYWxscW9zLnYxLkNhbGwSOQoIRHJvcENhbGwSGy5jYWxscW9zLnYxLkRyb3BDYWxsUmVxdWVzdBoQLmNhbGxxb3MudjEuQ2FsbBJQCgtXYXRjaEV2ZW50cxIeLmNhbGxxb3MudjEuV2F0Y2hFdmVudHNSZXF1ZXN0Gh8uY2FsbHFvcy52MS5XYXRjaEV2ZW50c1Jlc3BvbnNlMAESQwoLR2V0UHJvdmlkZXISHi5jYWxscW9zLnYxLkdldFByb3ZpZGVyUmVxdWVzdBoULmNhbGxxb3MudjEuUHJvdmlkZXISVAoNTGlzdFByb3ZpZGVycxIgLmNhbGxxb3MudjEuTGlzdFByb3ZpZGVyc1JlcXVlc3QaIS5jYWxscW9zLnYxLkxpc3RQcm92aWRlcnNSZXNwb25zZRJICglMaXN0TGlua3MSHC5jYWxscW9zLnYxLkxpc3RMaW5rc1JlcXVlc3QaHS5jYWxscW9zLnYxLkxpc3RMaW5rc1Jlc3BvbnNlEj0KClVwZGF0ZUxpbmsSHS5jYWxscW9zLnYxLlVwZGF0ZUxpbmtSZXF1ZXN0GhAuY2FsbHFvcy52MS5MaW5rEj0KCkNyZWF0ZUxpbmUSHS5jYWxscW9zLnYxLkNyZWF0ZUxpbmVSZXF1ZXN0GhAuY2FsbHFvcy52MS5MaW5lEjcKB0dldExpbmUSGi5jYWxscW9zLnYxLkdldExpbmVSZXF1ZXN0GhAuY2FsbHFvcy52MS5MaW5lEkgKCUxpc3RMaW5lcxIcLmNhbGxxb3MudjEuTGlzdExpbmVzUmVxdWVzdBodLmNhbGxxb3MudjEuTGlzdExpbmVzUmVzcG9uc2USOwoJQ2xvc2VMaW5lEhwuY2FsbHFvcy52MS5DbG9zZUxpbmVSZXF1ZXN0GhAuY2FsbHFvcy52MS5MaW5lEj0KCkFuc3dlckNhbGwSHS5jYWxscW9zLnYxLkFuc3dlckNhbGxSZXF1ZXN0GhAuY2FsbHFvcy52MS5DYWxsEj0KClJlamVjdENhbGwSHS5jYWxscW9zLnYxLlJlamVjdENhbGxSZXF1ZXN0GhAuY2FsbHFvcy52MS5DYWxsQmcKDmRldi5jYWxscW9zLnYxQhNDYWxscW9zU2VydmljZVByb3RvUAFaPmdpdGh1Yi5jb20vY2FsbHFvcy9jYWxscW9zL2NsaWVudHMvZ28vZ2VuL2NhbGxxb3MvdjE7Y2FsbHFvc3YxYgZwcm90bzM", [file_callqos_v1_call, file_callqos_v1_event, file_callqos_v1_flowspec, file_callqos_v1_line, file_callqos_v1_provider, file_google_protobuf_field_mask]);
 
 /**
  * Request for CreateCall.
@@ -101,8 +103,8 @@ export type ListCallsRequest = Message<"callqos.v1.ListCallsRequest"> & {
   pageToken: string;
 
   /**
-   * AIP-160 subset: conjunctions of `state = CONNECTED|DISCONNECTED` and
-   * `provider = "providers/x"`, joined by AND. Empty: all calls.
+   * AIP-160 subset: conjunctions of `state = CONNECTED|DISCONNECTED|OFFERING|RINGBACK`,
+   * `provider = "providers/x"` and `line = "lines/x"`, joined by AND. Empty: all calls.
    *
    * @generated from field: string filter = 3;
    */
@@ -248,6 +250,14 @@ export type WatchEventsRequest = Message<"callqos.v1.WatchEventsRequest"> & {
    * @generated from field: repeated callqos.v1.QosEventType types = 3;
    */
   types: QosEventType[];
+
+  /**
+   * Optional `lines/{line}`: only events of calls offered on this line (how an application
+   * receives the calls offered on a line, and how a monitor follows it).
+   *
+   * @generated from field: string line = 4;
+   */
+  line: string;
 };
 
 /**
@@ -447,6 +457,236 @@ export const UpdateLinkRequestSchema: GenMessage<UpdateLinkRequest> = /*@__PURE_
   messageDesc(file_callqos_v1_callqos_service, 13);
 
 /**
+ * Request for CreateLine.
+ *
+ * @generated from message callqos.v1.CreateLineRequest
+ */
+export type CreateLineRequest = Message<"callqos.v1.CreateLineRequest"> & {
+  /**
+   * The line to open: address and no_answer_timeout are read.
+   *
+   * @generated from field: callqos.v1.Line line = 1;
+   */
+  line?: Line | undefined;
+
+  /**
+   * Optional {line} id: 1-63 characters of [a-z0-9-], starting with a letter. ALREADY_EXISTS if
+   * taken. The server picks a UUID when empty.
+   *
+   * @generated from field: string line_id = 2;
+   */
+  lineId: string;
+
+  /**
+   * Optional idempotency key (AIP-155), at most 64 characters.
+   *
+   * @generated from field: string request_id = 3;
+   */
+  requestId: string;
+};
+
+/**
+ * Describes the message callqos.v1.CreateLineRequest.
+ * Use `create(CreateLineRequestSchema)` to create a new message.
+ */
+export const CreateLineRequestSchema: GenMessage<CreateLineRequest> = /*@__PURE__*/
+  messageDesc(file_callqos_v1_callqos_service, 14);
+
+/**
+ * Request for GetLine.
+ *
+ * @generated from message callqos.v1.GetLineRequest
+ */
+export type GetLineRequest = Message<"callqos.v1.GetLineRequest"> & {
+  /**
+   * `lines/{line}`.
+   *
+   * @generated from field: string name = 1;
+   */
+  name: string;
+};
+
+/**
+ * Describes the message callqos.v1.GetLineRequest.
+ * Use `create(GetLineRequestSchema)` to create a new message.
+ */
+export const GetLineRequestSchema: GenMessage<GetLineRequest> = /*@__PURE__*/
+  messageDesc(file_callqos_v1_callqos_service, 15);
+
+/**
+ * Request for ListLines.
+ *
+ * @generated from message callqos.v1.ListLinesRequest
+ */
+export type ListLinesRequest = Message<"callqos.v1.ListLinesRequest"> & {
+  /**
+   * At most this many lines (default 50, values above 500 are treated as 500).
+   *
+   * @generated from field: int32 page_size = 1;
+   */
+  pageSize: number;
+
+  /**
+   * From a previous ListLinesResponse.
+   *
+   * @generated from field: string page_token = 2;
+   */
+  pageToken: string;
+
+  /**
+   * AIP-160 subset: conjunctions of `state = OPEN|CLOSED`, `address = "..."` and
+   * `owner = "..."`, joined by AND. Empty: all lines.
+   *
+   * @generated from field: string filter = 3;
+   */
+  filter: string;
+};
+
+/**
+ * Describes the message callqos.v1.ListLinesRequest.
+ * Use `create(ListLinesRequestSchema)` to create a new message.
+ */
+export const ListLinesRequestSchema: GenMessage<ListLinesRequest> = /*@__PURE__*/
+  messageDesc(file_callqos_v1_callqos_service, 16);
+
+/**
+ * Response for ListLines.
+ *
+ * @generated from message callqos.v1.ListLinesResponse
+ */
+export type ListLinesResponse = Message<"callqos.v1.ListLinesResponse"> & {
+  /**
+   * The lines, newest first.
+   *
+   * @generated from field: repeated callqos.v1.Line lines = 1;
+   */
+  lines: Line[];
+
+  /**
+   * Empty when there are no more.
+   *
+   * @generated from field: string next_page_token = 2;
+   */
+  nextPageToken: string;
+};
+
+/**
+ * Describes the message callqos.v1.ListLinesResponse.
+ * Use `create(ListLinesResponseSchema)` to create a new message.
+ */
+export const ListLinesResponseSchema: GenMessage<ListLinesResponse> = /*@__PURE__*/
+  messageDesc(file_callqos_v1_callqos_service, 17);
+
+/**
+ * Request for CloseLine.
+ *
+ * @generated from message callqos.v1.CloseLineRequest
+ */
+export type CloseLineRequest = Message<"callqos.v1.CloseLineRequest"> & {
+  /**
+   * `lines/{line}`.
+   *
+   * @generated from field: string name = 1;
+   */
+  name: string;
+
+  /**
+   * Optional: the line's etag; ABORTED (ETAG_MISMATCH) if the line changed since.
+   *
+   * @generated from field: string etag = 2;
+   */
+  etag: string;
+};
+
+/**
+ * Describes the message callqos.v1.CloseLineRequest.
+ * Use `create(CloseLineRequestSchema)` to create a new message.
+ */
+export const CloseLineRequestSchema: GenMessage<CloseLineRequest> = /*@__PURE__*/
+  messageDesc(file_callqos_v1_callqos_service, 18);
+
+/**
+ * Request for AnswerCall.
+ *
+ * @generated from message callqos.v1.AnswerCallRequest
+ */
+export type AnswerCallRequest = Message<"callqos.v1.AnswerCallRequest"> & {
+  /**
+   * `calls/{call}`: an INCOMING call that is OFFERING.
+   *
+   * @generated from field: string name = 1;
+   */
+  name: string;
+
+  /**
+   * Optional: the QoS to answer with, in the answering call's own terms (its sending flowspec
+   * is what its owner sends). Each direction asks no more than the offer (the call's
+   * requested_qos): the same service type with the offer satisfying it, or a service type that
+   * reserves nothing. SERVICE_TYPE_NO_CHANGE (and empty provider_specific) keeps that part of
+   * the offer. Unset: accept the offer as it is.
+   *
+   * @generated from field: callqos.v1.QosSpec qos = 2;
+   */
+  qos?: QosSpec | undefined;
+
+  /**
+   * Optional: the call's etag; ABORTED (ETAG_MISMATCH) if the call changed since.
+   *
+   * @generated from field: string etag = 3;
+   */
+  etag: string;
+
+  /**
+   * Optional idempotency key (AIP-155). A repeat returns the first outcome.
+   *
+   * @generated from field: string request_id = 4;
+   */
+  requestId: string;
+};
+
+/**
+ * Describes the message callqos.v1.AnswerCallRequest.
+ * Use `create(AnswerCallRequestSchema)` to create a new message.
+ */
+export const AnswerCallRequestSchema: GenMessage<AnswerCallRequest> = /*@__PURE__*/
+  messageDesc(file_callqos_v1_callqos_service, 19);
+
+/**
+ * Request for RejectCall.
+ *
+ * @generated from message callqos.v1.RejectCallRequest
+ */
+export type RejectCallRequest = Message<"callqos.v1.RejectCallRequest"> & {
+  /**
+   * `calls/{call}`: an INCOMING call that is OFFERING.
+   *
+   * @generated from field: string name = 1;
+   */
+  name: string;
+
+  /**
+   * Optional: the call's etag; ABORTED (ETAG_MISMATCH) if the call changed since.
+   *
+   * @generated from field: string etag = 2;
+   */
+  etag: string;
+
+  /**
+   * Optional idempotency key (AIP-155). A repeat returns the first outcome.
+   *
+   * @generated from field: string request_id = 3;
+   */
+  requestId: string;
+};
+
+/**
+ * Describes the message callqos.v1.RejectCallRequest.
+ * Use `create(RejectCallRequestSchema)` to create a new message.
+ */
+export const RejectCallRequestSchema: GenMessage<RejectCallRequest> = /*@__PURE__*/
+  messageDesc(file_callqos_v1_callqos_service, 20);
+
+/**
  * Calls with Quality of Service, and the events that tell when their QoS changes.
  *
  * Every error carries google.rpc.ErrorInfo (domain "callqos.dev") whose reason a client can
@@ -467,6 +707,10 @@ export const CallQosService: GenService<{
    * the requested QoS. At NEEDED a refusal fails the call: RESOURCE_EXHAUSTED with reason
    * QOS_UNAVAILABLE (or PERMISSION_DENIED with QOS_POLICY_FAILURE) and a QosRefusal; the call
    * is recorded DISCONNECTED with reason QOS_UNAVAILABLE and nothing stays reserved.
+   * A call to the address of an open line of the caller's tenant is not admitted yet: it is
+   * offered to the line's owner (an INCOMING call, OFFERING) and returned RINGBACK; the QoS is
+   * negotiated when the owner answers (AnswerCall), and the caller learns the outcome from its
+   * call's events. Another tenant's lines are never rung: such a call goes out to its provider.
    *
    * @generated from rpc callqos.v1.CallQosService.CreateCall
    */
@@ -570,6 +814,84 @@ export const CallQosService: GenService<{
     methodKind: "unary";
     input: typeof UpdateLinkRequestSchema;
     output: typeof LinkSchema;
+  },
+  /**
+   * Opens a line (lineOpen): the caller becomes its owner, the line belongs to the caller's
+   * tenant, and calls its tenant makes to its address are offered to it. ALREADY_EXISTS
+   * (ADDRESS_IN_USE) while another line of the tenant is open for the address, ALREADY_EXISTS
+   * (LINE_ALREADY_EXISTS) when line_id is taken. Needs permission lines.create (role caller).
+   *
+   * @generated from rpc callqos.v1.CallQosService.CreateLine
+   */
+  createLine: {
+    methodKind: "unary";
+    input: typeof CreateLineRequestSchema;
+    output: typeof LineSchema;
+  },
+  /**
+   * Gets a line of the caller's tenant (another tenant's is NOT_FOUND). Needs lines.get (roles
+   * caller, monitor, admin).
+   *
+   * @generated from rpc callqos.v1.CallQosService.GetLine
+   */
+  getLine: {
+    methodKind: "unary";
+    input: typeof GetLineRequestSchema;
+    output: typeof LineSchema;
+  },
+  /**
+   * Lists the lines of the caller's tenant, newest first. Needs lines.list (roles caller,
+   * monitor, admin).
+   *
+   * @generated from rpc callqos.v1.CallQosService.ListLines
+   */
+  listLines: {
+    methodKind: "unary";
+    input: typeof ListLinesRequestSchema;
+    output: typeof ListLinesResponseSchema;
+  },
+  /**
+   * Closes a line (lineClose): it receives no more calls, and calls still ringing on it are
+   * disconnected NO_ANSWER; calls already answered go on. The line stays readable as CLOSED and
+   * its address may be opened again. Owner only (permission lines.close, role caller). Closing a
+   * closed line returns it unchanged.
+   *
+   * @generated from rpc callqos.v1.CallQosService.CloseLine
+   */
+  closeLine: {
+    methodKind: "unary";
+    input: typeof CloseLineRequestSchema;
+    output: typeof LineSchema;
+  },
+  /**
+   * Answers an INCOMING call that is OFFERING (lineAnswer), with the QoS offered or less. The
+   * provider then admits the call once for both legs. At NEEDED an answer below the caller's
+   * request, or a provider refusal, fails the call like a refused CreateCall: RESOURCE_EXHAUSTED
+   * QOS_UNAVAILABLE (or PERMISSION_DENIED QOS_POLICY_FAILURE) with a QosRefusal, both legs
+   * DISCONNECTED QOS_UNAVAILABLE. At IF_AVAILABLE the call connects with what the answer and the
+   * provider give, and the caller sees it in its granted_qos. Owner of the call only (permission
+   * calls.answer, role caller); FAILED_PRECONDITION (CALL_NOT_OFFERING) unless it is offering.
+   * The connected pair counts once toward its tenant's quotas (an offer counts nothing):
+   * RESOURCE_EXHAUSTED (QUOTA_EXCEEDED) leaves the call offering.
+   *
+   * @generated from rpc callqos.v1.CallQosService.AnswerCall
+   */
+  answerCall: {
+    methodKind: "unary";
+    input: typeof AnswerCallRequestSchema;
+    output: typeof CallSchema;
+  },
+  /**
+   * Rejects an INCOMING call that is OFFERING: both legs are disconnected REJECTED. Owner of the
+   * call only (permission calls.reject, role caller). Rejecting a disconnected call returns it unchanged; a connected one is
+   * FAILED_PRECONDITION (CALL_NOT_OFFERING).
+   *
+   * @generated from rpc callqos.v1.CallQosService.RejectCall
+   */
+  rejectCall: {
+    methodKind: "unary";
+    input: typeof RejectCallRequestSchema;
+    output: typeof CallSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_callqos_v1_callqos_service, 0);

@@ -1,10 +1,18 @@
 package dev.callqos.client;
 
+import dev.callqos.v1.AnswerCallRequest;
 import dev.callqos.v1.Call;
 import dev.callqos.v1.CallQosServiceGrpc;
+import dev.callqos.v1.CloseLineRequest;
 import dev.callqos.v1.CreateCallRequest;
+import dev.callqos.v1.CreateLineRequest;
 import dev.callqos.v1.DropCallRequest;
 import dev.callqos.v1.GetCallRequest;
+import dev.callqos.v1.GetLineRequest;
+import dev.callqos.v1.Line;
+import dev.callqos.v1.ListLinesRequest;
+import dev.callqos.v1.ListLinesResponse;
+import dev.callqos.v1.RejectCallRequest;
 import dev.callqos.v1.ListCallsRequest;
 import dev.callqos.v1.ListCallsResponse;
 import dev.callqos.v1.ListProvidersRequest;
@@ -12,11 +20,14 @@ import dev.callqos.v1.ListProvidersResponse;
 import dev.callqos.v1.RenegotiateCallRequest;
 import dev.callqos.v1.WatchEventsRequest;
 import io.grpc.ChannelCredentials;
+import dev.callqos.v1.WatchEventsResponse;
+import io.grpc.ClientCall;
 import io.grpc.ClientInterceptor;
 import io.grpc.Grpc;
 import io.grpc.InsecureChannelCredentials;
 import io.grpc.ManagedChannel;
 import io.grpc.Metadata;
+import io.grpc.Status;
 import io.grpc.StatusRuntimeException;
 import io.grpc.TlsChannelCredentials;
 import io.grpc.stub.MetadataUtils;
@@ -24,7 +35,10 @@ import io.opentelemetry.api.OpenTelemetry;
 import java.io.File;
 import java.io.IOException;
 import java.time.Duration;
+import java.util.concurrent.CompletableFuture;
+import java.util.concurrent.ExecutionException;
 import java.util.concurrent.TimeUnit;
+import java.util.concurrent.TimeoutException;
 import java.util.function.Function;
 
 /**
@@ -243,6 +257,95 @@ public final class CallQosClient implements AutoCloseable {
   /** Drops a call and releases what it reserved. */
   public Call dropCall(String name) {
     return unary(s -> s.dropCall(DropCallRequest.newBuilder().setName(name).build()));
+  }
+
+  /**
+   * Opens a line (lineOpen): calls made to its address are offered to this client's principal,
+   * its owner. Throws {@link CallQosException} ADDRESS_IN_USE while another line is open for it.
+   * Without a request_id, one is generated, so it is retried safely on UNAVAILABLE.
+   */
+  public Line createLine(CreateLineRequest req) {
+    return unary(s -> s.createLine(req));
+  }
+
+  /** Gets a line by name, {@code lines/{line}}. */
+  public Line getLine(String name) {
+    return unary(s -> s.getLine(GetLineRequest.newBuilder().setName(name).build()));
+  }
+
+  /** One page of lines, newest first (filter on state, address, owner). */
+  public ListLinesResponse listLines(ListLinesRequest req) {
+    return unary(s -> s.listLines(req));
+  }
+
+  /** Closes a line (owner only): calls still ringing on it end NO_ANSWER. */
+  public Line closeLine(String name) {
+    return unary(s -> s.closeLine(CloseLineRequest.newBuilder().setName(name).build()));
+  }
+
+  /**
+   * Answers an offered call (lineAnswer). The request's qos, in the answering call's own terms,
+   * may only lower the offer; unset accepts it (SERVICE_TYPE_NO_CHANGE keeps a direction as
+   * offered). At NEEDED an answer below the caller's request throws {@link QosUnavailableException}.
+   */
+  public Call answerCall(AnswerCallRequest req) {
+    return unary(s -> s.answerCall(req));
+  }
+
+  /** Rejects an offered call: both ends disconnect REJECTED. */
+  public Call rejectCall(String name) {
+    return unary(s -> s.rejectCall(RejectCallRequest.newBuilder().setName(name).build()));
+  }
+
+  /**
+   * The calls offered on {@code line}, each still OFFERING: those ringing now, then each new one.
+   * Close it to stop.
+   */
+  public OfferWatcher offers(String line) {
+    return new OfferWatcher(this, line, null);
+  }
+
+  /** The calls offered on {@code line} after event sequence {@code afterSequence} (a saved cursor). */
+  public OfferWatcher offers(String line, long afterSequence) {
+    return new OfferWatcher(this, line, afterSequence);
+  }
+
+  /** Where a watch of {@code req} "from now" starts: its x-callqos-start-sequence header. */
+  long startSequence(WatchEventsRequest req) {
+    CompletableFuture<Metadata> headers = new CompletableFuture<>();
+    ClientCall<WatchEventsRequest, WatchEventsResponse> call = stub.getChannel()
+        .newCall(CallQosServiceGrpc.getWatchEventsMethod(), stub.getCallOptions());
+    call.start(new ClientCall.Listener<>() {
+      @Override
+      public void onHeaders(Metadata received) {
+        headers.complete(received);
+      }
+
+      @Override
+      public void onClose(Status status, Metadata trailers) {
+        headers.completeExceptionally(status.asRuntimeException(trailers));
+      }
+    }, new Metadata());
+    call.sendMessage(req);
+    call.halfClose();
+    try {
+      Duration wait = timeout == null ? DEFAULT_TIMEOUT : timeout;
+      String start = headers.get(wait.toNanos(), TimeUnit.NANOSECONDS).get(EventWatcher.START_SEQUENCE_HEADER);
+      if (start == null) {
+        throw CallQosException.from(
+            Status.UNAVAILABLE.withDescription("the server sent no x-callqos-start-sequence").asRuntimeException());
+      }
+      return Long.parseUnsignedLong(start);
+    } catch (ExecutionException e) {
+      throw e.getCause() instanceof StatusRuntimeException s ? CallQosException.from(s) : new IllegalStateException(e);
+    } catch (TimeoutException e) {
+      throw CallQosException.from(Status.DEADLINE_EXCEEDED.withCause(e).asRuntimeException());
+    } catch (InterruptedException e) {
+      Thread.currentThread().interrupt();
+      throw CallQosException.from(Status.CANCELLED.withCause(e).asRuntimeException());
+    } finally {
+      call.cancel("read the start sequence", null);
+    }
   }
 
   public ListProvidersResponse listProviders(ListProvidersRequest req) {
