@@ -9,7 +9,7 @@ import contextlib
 import logging
 import signal
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -24,6 +24,7 @@ from callqos.server.store.sqlite import MEMORY, SqliteStore
 from callqos.server.telemetry import Telemetry
 from callqos.server.telemetry import setup as telemetry_setup
 from callqos.server.telemetry.interceptor import TelemetryInterceptor
+from callqos.server.watchers import Watchers, WatchLimits
 from callqos.v1 import callqos_service_pb2 as svc
 
 log = logging.getLogger("callqos.server")
@@ -33,11 +34,27 @@ PRUNE_INTERVAL_SECONDS = 60.0
 
 
 def grpc_options(config: Config) -> list[tuple[str, int]]:
-    """Limits set explicitly, not left to library defaults."""
+    """Limits set explicitly, not left to library defaults.
+
+    Overload is refused where a retry is safe and cheap, never by cancelling an RPC: a connection
+    beyond `max_connections` is closed as it opens, and a stream beyond `max_concurrent_streams`
+    on a connection is refused with HTTP/2 REFUSED_STREAM (gRPC's overload protection counts a
+    stream until the server has finished with it). Both reach every gRPC client as UNAVAILABLE
+    before the request was seen (REFUSED_STREAM is even retried transparently), and the clients'
+    policy retries UNAVAILABLE. So at most max_connections x max_concurrent_streams RPCs can be
+    waiting for the server, and gRPC's own pending-request limit — which *cancels* RPCs beyond
+    it, 1000 by default — is set to `max_pending_rpcs`, which config.validate keeps at least that.
+    """
     return [
         ("grpc.max_receive_message_length", config.max_message_bytes),
         ("grpc.max_send_message_length", config.max_message_bytes),
+        ("grpc.max_metadata_size", config.max_metadata_bytes),
+        ("grpc.absolute_max_metadata_size", config.max_metadata_bytes),
         ("grpc.max_concurrent_streams", config.max_concurrent_streams),
+        ("grpc.http.overload_protection", 1),
+        ("grpc.max_allowed_incoming_connections", config.max_connections),
+        ("grpc.server.max_pending_requests", config.max_pending_rpcs),
+        ("grpc.server.max_pending_requests_hard_limit", config.max_pending_rpcs),
         # Keepalive: let long-lived watch streams survive idle NATs, and let clients ping
         # every 10 s or more without being told GOAWAY too_many_pings.
         ("grpc.keepalive_time_ms", 30_000),
@@ -63,7 +80,7 @@ class Running:
     servicer: CallQosServicer
     config: Config
     telemetry: Telemetry
-    _pruner: asyncio.Task[None] | None = None
+    _background: list[asyncio.Task[None]] = field(default_factory=list)
     _owns_telemetry: bool = True
 
     async def stop(self) -> None:
@@ -73,10 +90,10 @@ class Running:
         await self.health.enter_graceful_shutdown()
         await self.hub.close()
         await self.server.stop(self.config.shutdown_grace_seconds)
-        if self._pruner is not None:
-            self._pruner.cancel()
+        for task in self._background:
+            task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await self._pruner
+                await task
         await self.providers.stop()
         await self.store.close()
         if self.config.port_file is not None:
@@ -142,7 +159,15 @@ async def _start(
     # The telemetry interceptor runs first, so the span covers the other interceptors too.
     tracing = TelemetryInterceptor(instruments, telemetry.excluded_services)
     server = grpc.aio.server(options=grpc_options(config), interceptors=[tracing, *(interceptors or [])])
-    servicer = CallQosServicer(calls, hub, providers, config.max_watchers)
+    watchers = Watchers(
+        WatchLimits(
+            total=config.max_watchers,
+            per_principal=config.max_watchers_per_principal,
+            stall_seconds=config.watch_stall_seconds,
+            backlog_events=config.watch_backlog_events,
+        )
+    )
+    servicer = CallQosServicer(calls, hub, providers, watchers)
     instruments.open_watch_streams = lambda: servicer.open_watchers
     add_to_server(servicer, server)
     health_servicer = health.aio.HealthServicer()
@@ -160,7 +185,10 @@ async def _start(
     for name in ("", SERVICE_NAME):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     running = Running(server, port, health_servicer, hub, calls, providers, store, servicer, config, telemetry)
-    running._pruner = asyncio.create_task(running._prune_forever())
+    running._background = [
+        asyncio.create_task(running._prune_forever()),
+        asyncio.create_task(watchers.supervise(lambda: hub.last_sequence)),
+    ]
     host = config.listen.rpartition(":")[0]
     log.info(
         "serving",

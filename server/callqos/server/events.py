@@ -32,6 +32,11 @@ class EventHub:
     async def start(self) -> None:
         self._last = (await self._store.event_bounds()).last
 
+    @property
+    def last_sequence(self) -> int:
+        """The newest sequence published (what a watcher at its cursor is behind by)."""
+        return self._last
+
     async def publish(self, events: Sequence[QosEvent]) -> None:
         """Called after the events are committed, in sequence order."""
         if not events:
@@ -89,8 +94,15 @@ class EventHub:
         await self.check_cursor(after)
         return after
 
-    async def watch(self, cursor: int, accept: Callable[[QosEvent], bool]) -> AsyncIterator[QosEvent]:
-        """Every accepted event with sequence > `cursor`, in order, until the hub closes."""
+    async def watch(
+        self,
+        cursor: int,
+        accept: Callable[[QosEvent], bool],
+        passed: Callable[[int], None] | None = None,
+    ) -> AsyncIterator[QosEvent]:
+        """Every accepted event with sequence > `cursor`, in order, until the hub closes.
+        `passed(sequence)` is told of every event the watch gets past, accepted or not (how the
+        server tells a stalled watcher from a filtering one, see `watchers`)."""
         while True:
             if self._closed:
                 raise ServiceError(
@@ -100,6 +112,8 @@ class EventHub:
             if events:
                 for event in events:
                     cursor = event.sequence
+                    if passed is not None:
+                        passed(cursor)
                     if accept(event):
                         yield event
                 continue

@@ -10,6 +10,7 @@ the count of open watch streams, and encoding answers and pages.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 import time
@@ -27,6 +28,7 @@ from callqos.server.errors import FieldViolation, Reason, ReplayedStatus, Servic
 from callqos.server.events import EventHub
 from callqos.server.hosting import CALLER_DEADLINE, HostedProviders, provider_proto
 from callqos.server.validation import DEFAULT_PAGE, MAX_PAGE, MAX_PROVIDER_PAGE
+from callqos.server.watchers import Watchers
 from callqos.v1 import call_pb2
 from callqos.v1 import callqos_service_pb2 as svc
 from callqos.v1 import callqos_service_pb2_grpc as svc_grpc
@@ -43,6 +45,23 @@ Handler = Callable[..., Awaitable[R]]
 async def _abort(context: grpc.aio.ServicerContext, error: ServiceError | ReplayedStatus) -> None:
     status = error.status if isinstance(error, ReplayedStatus) else error.to_status()
     await context.abort_with_status(rpc_status.to_status(status))
+
+
+async def _abort_quietly(context: grpc.aio.ServicerContext, error: ServiceError) -> None:
+    """Abort from outside the handler (see WatchEvents): the AbortError is the handler's, not
+    ours, and a stream that has ended meanwhile needs no status."""
+    try:
+        await _abort(context, error)
+    except grpc.aio.AbortError:
+        pass
+    except Exception:
+        log.debug("could not send the status of a cut watch stream", exc_info=True)
+
+
+def _cancel_unless_done(handler: asyncio.Task[Any], sending: asyncio.Task[None]) -> None:
+    if not sending.done():
+        handler.cancel()
+        sending.cancel()
 
 
 def _internal(method: str) -> ServiceError:
@@ -120,12 +139,15 @@ def principal_of(context: grpc.aio.ServicerContext) -> str:
 
 
 class CallQosServicer(svc_grpc.CallQosServiceServicer):
-    def __init__(self, calls: CallManager, hub: EventHub, providers: HostedProviders, max_watchers: int) -> None:
+    def __init__(self, calls: CallManager, hub: EventHub, providers: HostedProviders, watchers: Watchers) -> None:
         self._calls = calls
         self._hub = hub
         self._providers = providers
-        self._max_watchers = max_watchers
-        self.open_watchers = 0
+        self.watchers = watchers
+
+    @property
+    def open_watchers(self) -> int:
+        return self.watchers.open
 
     @unary
     async def CreateCall(self, request: svc.CreateCallRequest, context: grpc.aio.ServicerContext) -> call_pb2.Call:
@@ -181,26 +203,42 @@ class CallQosServicer(svc_grpc.CallQosServiceServicer):
             if isinstance(request, Undecodable):
                 raise request.violation()
             accept = validation.watch_filter(request)
-            if self.open_watchers >= self._max_watchers:
-                raise ServiceError(
-                    Reason.ERROR_REASON_TOO_MANY_WATCHERS,
-                    f"{self._max_watchers} watch streams are open; try again later",
-                )
+            # A slot is taken before the first await, in the same step as the limits are checked.
+            watcher = self.watchers.admit(principal_of(context))
+        except (ServiceError, ReplayedStatus) as error:
+            await _abort(context, error)
+            return
+        try:
             after = request.after_sequence if request.HasField("after_sequence") else None
             cursor = await self._hub.start_cursor(after)
+            watcher.advanced(cursor)
             # Tell the client where this stream starts, so that a watch "from now" has a cursor
             # to resume from even if it breaks before its first event.
             await context.send_initial_metadata(((START_SEQUENCE_HEADER, str(cursor)),))
-            self.open_watchers += 1
-            try:
-                async for event in self._hub.watch(cursor, accept):
-                    yield svc.WatchEventsResponse(event=event)
-            finally:
-                self.open_watchers -= 1
+
+            handler = asyncio.current_task()
+
+            async def cut(error: ServiceError) -> None:
+                # Called by the supervisor while this stream waits on flow control. The status
+                # is queued behind the messages the client has not read yet, so it is sent from a
+                # task of its own; a client that reads again within the stall period reads them,
+                # then WATCHER_TOO_SLOW. One that does not is cancelled then (CANCELLED, also
+                # resumable), so that the stream's buffers are freed too.
+                sending = asyncio.create_task(_abort_quietly(context, error))
+                if handler is not None:
+                    grace = self.watchers.limits.stall_seconds
+                    asyncio.get_running_loop().call_later(grace, _cancel_unless_done, handler, sending)
+
+            watcher.cut = cut
+            async for event in self._hub.watch(cursor, accept, watcher.advanced):
+                yield svc.WatchEventsResponse(event=event)
         except (ServiceError, ReplayedStatus) as error:
             await _abort(context, error)
         except Exception:
             await _abort(context, _internal("WatchEvents"))
+        finally:
+            watcher.cut = None
+            self.watchers.release(watcher)
 
     @unary
     async def GetProvider(self, request: svc.GetProviderRequest, context: grpc.aio.ServicerContext) -> Any:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import itertools
 import json
 import re
 from collections.abc import Callable, Iterable, Iterator
@@ -46,6 +47,11 @@ MAX_ETAG = 128
 MAX_PROVIDER_SPECIFIC = 4096
 MAX_FILTER = 512
 MAX_PRINCIPAL = 128
+# Repeated fields are bounded before anything looks at their entries, so what a request costs to
+# validate (and to refuse) does not grow with what a client chose to send (SPEC.md REQ-7).
+MAX_WATCH_TYPES = 32  # WatchEvents.types: more entries than there are event types is a mistake
+MAX_MASK_PATHS = 8  # UpdateLink.update_mask.paths
+MAX_PAGE_TOKEN = 512  # the tokens this server issues are far shorter
 # Page sizes (AIP-158): 0 asks for the default; more than the maximum is cut to it.
 DEFAULT_PAGE = 50
 MAX_PAGE = 500
@@ -249,10 +255,12 @@ def page_size_violations(page_size: int) -> Iterator[FieldViolation]:
 
 
 def check(violations: Iterable[FieldViolation]) -> None:
-    """INVALID_ARGUMENT naming every violation, if there is any."""
-    found = list(violations)
-    if found:
-        raise invalid(found)
+    """INVALID_ARGUMENT naming every violation (up to errors.MAX_VIOLATIONS), if there is any.
+    The violations are consumed lazily: a generator is never run past what the status can hold."""
+    found = iter(violations)
+    first = next(found, None)
+    if first is not None:
+        raise invalid(itertools.chain((first,), found))
 
 
 # -- the caller ---------------------------------------------------------------------------------
@@ -323,6 +331,8 @@ def page_cursor(token: str, scope: str) -> int:
     """The cursor of a page_token this server issued with the same `scope` (0 for none)."""
     if not token:
         return 0
+    if len(token) > MAX_PAGE_TOKEN:
+        raise invalid([FieldViolation("page_token", "not a token this server issued")])
     try:
         raw = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
         cursor, token_scope = int(raw["c"]), str(raw["s"])
@@ -394,9 +404,13 @@ def watch_filter(request: svc.WatchEventsRequest) -> EventFilter:
     violations: list[FieldViolation] = []
     if request.call:
         violations += call_name_violations(request.call, "call")
-    for index, kind in enumerate(request.types):
-        if kind not in _KNOWN_EVENT_TYPES:
-            violations.append(FieldViolation(f"types[{index}]", f"unknown event type {kind}"))
+    if len(request.types) > MAX_WATCH_TYPES:
+        # Refused on its length alone: no entry is looked at (nor echoed back).
+        violations.append(FieldViolation("types", f"at most {MAX_WATCH_TYPES} entries"))
+    else:
+        for index, kind in enumerate(request.types):
+            if kind not in _KNOWN_EVENT_TYPES:
+                violations.append(FieldViolation(f"types[{index}]", f"unknown event type {kind}"))
     check(violations)
     return EventFilter(request.call, frozenset(request.types))
 
@@ -412,6 +426,9 @@ def link_update(request: svc.UpdateLinkRequest) -> tuple[str, str]:
     violations: list[FieldViolation] = []
     if parsed is None:
         violations.append(FieldViolation("link.name", "must be providers/{provider}/links/{link}"))
+    if len(request.update_mask.paths) > MAX_MASK_PATHS:
+        violations.append(FieldViolation("update_mask", f"at most {MAX_MASK_PATHS} paths"))
+        raise invalid(violations)
     for path in request.update_mask.paths:
         if path not in UPDATABLE_LINK_FIELDS:
             violations.append(
