@@ -33,7 +33,7 @@ SETTINGS = {"max_concurrent_streams": 2000, "max_connections": 10, "storage": "m
 
 def options(retry: bool) -> list[tuple[str, Any]]:
     """The Python client's channel options (its retry policy or none), one connection each."""
-    from callqos.client import _channel  # noqa: PLC0415 -- the client's own option builder
+    from callqos.client import _channel
 
     return _channel.channel_options(retry=retry, extra=[("grpc.use_local_subchannel_pool", 1)])
 

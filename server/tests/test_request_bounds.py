@@ -165,4 +165,3 @@ def test_a_few_bad_fields_are_all_named() -> None:
     assert [v.field for v in raised.value.violations] == [v.field for v in found]
     assert len(found) == 4
     assert "see the BadRequest details" in raised.value.message
-

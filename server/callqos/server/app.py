@@ -7,7 +7,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
+import sys
+import threading
 import time
 from dataclasses import dataclass, field
 
@@ -17,6 +20,7 @@ from grpc_reflection.v1alpha import reflection
 
 from callqos.server.calls import CallManager
 from callqos.server.config import Config
+from callqos.server.containment import Containment, LoopLag
 from callqos.server.events import EventHub
 from callqos.server.hosting import HostedProviders
 from callqos.server.service import CallQosServicer, add_to_server
@@ -146,8 +150,13 @@ async def _start(
     store = SqliteStore(MEMORY if config.storage == "memory" else config.database_path)
     hub = EventHub(store)
     await hub.start()
+    containment = Containment(config.provider_cancel_grace_seconds, config.loop_lag_warning_seconds)
     providers = HostedProviders(
-        config.providers, config.default_provider, config.provider_timeout_seconds, telemetry=instruments
+        config.providers,
+        config.default_provider,
+        config.provider_timeout_seconds,
+        telemetry=instruments,
+        containment=containment,
     )
     calls = CallManager(store, hub, providers, telemetry=instruments)
     await calls.start()
@@ -188,6 +197,9 @@ async def _start(
     running._background = [
         asyncio.create_task(running._prune_forever()),
         asyncio.create_task(watchers.supervise(lambda: hub.last_sequence)),
+        asyncio.create_task(
+            LoopLag(containment.clock, instruments.record_loop_lag, config.loop_lag_warning_seconds).run()
+        ),
     ]
     host = config.listen.rpartition(":")[0]
     log.info(
@@ -207,12 +219,54 @@ async def _start(
     return running
 
 
+class ShutdownDeadline:
+    """The hard deadline of a shutdown: once started (by the first SIGTERM/SIGINT) the process
+    exits `seconds` later whatever is still running — a provider that ignores cancellation, a
+    thread blocked in a provider, an event loop a provider blocks. A thread, so that it fires even
+    then; started from a signal handler (`signal.signal`, which runs between two bytecodes even
+    while a provider blocks the loop), so that a blocked loop cannot delay it either. A second
+    signal exits at once."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self._timer: threading.Timer | None = None
+
+    def start(self) -> None:
+        if self._timer is not None:
+            _exit_now(1, "second signal: exiting at once")
+        self._timer = threading.Timer(self.seconds, _exit_now, (1, f"shutdown took longer than {self.seconds:g}s"))
+        self._timer.daemon = True
+        self._timer.start()
+
+
+def _exit_now(status: int, why: str) -> None:
+    log.error("exiting without finishing the shutdown: %s", why)
+    _flush_and_exit(status)
+
+
+def _flush_and_exit(status: int) -> None:
+    for handler in logging.getLogger().handlers:
+        with contextlib.suppress(Exception):
+            handler.flush()
+    with contextlib.suppress(Exception):
+        sys.stdout.flush()
+        sys.stderr.flush()
+    os._exit(status)
+
+
 async def serve(config: Config, telemetry: Telemetry | None = None) -> None:
-    """Serve until SIGTERM or SIGINT, then shut down gracefully (telemetry flushed last)."""
+    """Serve until SIGTERM or SIGINT, then shut down gracefully (telemetry flushed last), within
+    `shutdown_timeout_seconds` at the latest (see ShutdownDeadline)."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+    deadline = ShutdownDeadline(config.shutdown_timeout_seconds)
+
+    def on_signal(signum: int, frame: object) -> None:
+        deadline.start()
+        loop.call_soon_threadsafe(stop.set)
+
     for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
+        signal.signal(signum, on_signal)
     if telemetry is None:
         telemetry = telemetry_setup.from_environment(config.metrics_listen)
     # The process's providers too, so provider plugins' own spans join the same traces.
@@ -225,3 +279,9 @@ async def serve(config: Config, telemetry: Telemetry | None = None) -> None:
     running._owns_telemetry = True  # flushed at the end of running.stop()
     await stop.wait()
     await running.stop()
+    abandoned = len(running.providers.containment.abandoned)
+    if abandoned:
+        # Everything is committed and closed; what is left are provider calls that ignore
+        # cancellation, which the event loop's own teardown would wait for for ever.
+        log.warning("exiting with %d provider calls that ignored cancellation still running", abandoned)
+        _flush_and_exit(0)

@@ -211,7 +211,9 @@ class CallManager:
             admission = AdmissionRequest(name, call.destination, level, offered, principal)
             decided = Decided("admit", offered)
             try:
-                decision = await self.providers.call(info, "admit", info.provider.admit(admission), request=admission)
+                decision = await self.providers.call(
+                    info, "admit", lambda: info.provider.admit(admission), request=admission
+                )
                 if isinstance(decision, Grant):
                     self._check_grant(info, level, offered, decision.qos)
             except ServiceError as error:
@@ -337,7 +339,7 @@ class CallManager:
             # itself is not touched, and the provider keeps the reservation it had.
             try:
                 decision = await self.providers.call(
-                    info, "renegotiate", info.provider.renegotiate(admission), request=admission
+                    info, "renegotiate", lambda: info.provider.renegotiate(admission), request=admission
                 )
                 if isinstance(decision, Grant):
                     self._check_grant(info, level, offered, decision.qos)
@@ -511,7 +513,7 @@ class CallManager:
 
     async def _release_quietly(self, info: HostedProvider, name: str) -> None:
         try:
-            await self.providers.call(info, "release", info.provider.release(name), call=name)
+            await self.providers.call(info, "release", lambda: info.provider.release(name), call=name)
         except ServiceError:
             log.error("provider %s could not release %s; its reservation may leak", info.id, name)
 

@@ -14,6 +14,7 @@ Metrics (OpenTelemetry names; the Prometheus endpoint shows `.` as `_`, counters
 - callqos.link.capacity / callqos.link.reserved (By/s): per link (and direction), for
   providers that administer links
 - callqos.watch.streams: open WatchEvents streams
+- callqos.event_loop.lag (s): how late the event loop ran a timer
 """
 
 from __future__ import annotations
@@ -152,6 +153,12 @@ class Instruments:
             description="Duration of calls into QoS providers",
             explicit_bucket_boundaries_advisory=list(DURATION_BUCKETS_S),
         )
+        self._loop_lag = meter.create_histogram(
+            "callqos.event_loop.lag",
+            unit="s",
+            description="How late the server's event loop ran a timer (blocking code delays every RPC)",
+            explicit_bucket_boundaries_advisory=list(DURATION_BUCKETS_S),
+        )
         self._admissions = meter.create_counter(
             "callqos.admissions", unit="{decision}", description="Admission decisions for new calls"
         )
@@ -202,6 +209,10 @@ class Instruments:
             self._rpc_duration_ms.record(seconds * 1000, attributes[0])
         if self.semconv.new:
             self._rpc_duration_s.record(seconds, attributes[1])
+
+    def record_loop_lag(self, seconds: float) -> None:
+        if self.metrics_enabled:
+            self._loop_lag.record(seconds)
 
     # -- providers ----------------------------------------------------------------------------
     def observes_provider_calls(self) -> bool:
