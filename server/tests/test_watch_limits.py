@@ -1,6 +1,6 @@
 """Limits on watchers: the total and per-principal caps are never overshot, and a watcher that
 stops reading is cut with a resumable status once its backlog outgrows the window, while one that
-keeps up is left alone (conformance/SPEC.md WATCH-10, WATCH-11)."""
+keeps up is left alone (conformance/SPEC.md WATCH-10, WATCH-11, WATCH-12)."""
 
 from __future__ import annotations
 

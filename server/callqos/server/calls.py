@@ -329,6 +329,12 @@ class CallManager:
                 )
             level = request.service_level or call.service_level
             desired = resolve_no_change(request.qos, call.requested_qos)
+            if self._unchanged(call, level, desired):
+                # Nothing to change (SPEC.md SETQOS-8): the call as it is, no provider call, no
+                # event; recorded, so that a repeat of this request_id answers the same.
+                return await self._settle(
+                    Outcome(call=call, events=[], failure=None, key=key, decided=None, release=None)
+                )
             asked = resolve_no_change(request.qos, call.granted_qos)
             offered = best_effort_qos(asked.provider_specific) if level == Level.SERVICE_LEVEL_BEST_EFFORT else asked
             admission = AdmissionRequest(
@@ -395,6 +401,14 @@ class CallManager:
             return await self._settle(
                 Outcome(call=call, events=[changed], failure=None, key=key, decided=decided, release=None)
             )
+
+    @staticmethod
+    def _unchanged(call: Call, level: int, desired: QosSpec) -> bool:
+        """A renegotiation that asks for what the call already asked for, at the same level — except
+        an IF_AVAILABLE call granted less than it asked, for which asking again may get more."""
+        if level != call.service_level or desired != call.requested_qos:
+            return False
+        return level != Level.SERVICE_LEVEL_IF_AVAILABLE or not qos_shortfalls(call.granted_qos, call.requested_qos)
 
     # -- drop -------------------------------------------------------------------------------
     async def drop(self, request: svc.DropCallRequest, principal: str) -> Call:

@@ -143,16 +143,13 @@ def qos_violations(
     *,
     renegotiation: bool,
     caps: provider_pb2.ProviderCapabilities | None,
-    present: bool,
     provider_specific: ProviderSpecificCheck | None = None,
 ) -> Iterator[FieldViolation]:
-    if not present:
-        yield FieldViolation(path, "required")
-        return
+    """Violations of a QoS. An absent direction is no violation: `absent_directions` gives it
+    its meaning (FLOW-20) once the request is valid."""
     mtu = caps.max_sdu_size_bytes if caps is not None else 0
     for direction, sending in (("sending", True), ("receiving", False)):
         if not qos.HasField(direction):
-            yield FieldViolation(f"{path}.{direction}", "required")
             continue
         yield from flowspec_violations(
             getattr(qos, direction),
@@ -215,7 +212,6 @@ def create_violations(
             "call.requested_qos",
             renegotiation=False,
             caps=caps,
-            present=call.HasField("requested_qos"),
             provider_specific=provider_specific,
         )
     )
@@ -239,7 +235,6 @@ def renegotiate_violations(
             "qos",
             renegotiation=True,
             caps=caps,
-            present=request.HasField("qos"),
             provider_specific=provider_specific,
         )
     )
@@ -292,8 +287,10 @@ def create(
 ) -> None:
     """A CreateCallRequest, against the capabilities of the provider it names (None when that
     provider is unknown: the caller learns that as NOT_FOUND, once the request is valid) and that
-    provider's own check of its provider-specific bytes."""
+    provider's own check of its provider-specific bytes. An absent direction is filled in as
+    BEST_EFFORT (FLOW-20), so that the call records what it asked for."""
     check(create_violations(request, caps, provider_specific))
+    absent_directions(request.call.requested_qos, ST.SERVICE_TYPE_BEST_EFFORT)
 
 
 def renegotiation(
@@ -303,8 +300,19 @@ def renegotiation(
 ) -> None:
     """A RenegotiateCallRequest: first on its own (`caps` None), then, once the call is found,
     against the capabilities of the call's provider and its provider-specific check (which can
-    only add the provider's limits)."""
+    only add the provider's limits). An absent direction is filled in as NO_CHANGE (FLOW-20)."""
     check(renegotiate_violations(request, caps, provider_specific))
+    absent_directions(request.qos, ST.SERVICE_TYPE_NO_CHANGE)
+
+
+def absent_directions(qos: flowspec_pb2.QosSpec, meaning: int) -> None:
+    """The rule for a direction a request leaves out (conformance/SPEC.md FLOW-20): in a new call
+    it is BEST_EFFORT with nothing specified — what TAPI does for a call whose LINECALLPARAMS carry
+    no flowspec for a direction, and safe at NEEDED, since best effort reserves nothing and is
+    always admitted (GRANT-2); in a renegotiation it is NO_CHANGE, kept as it is."""
+    for direction in ("sending", "receiving"):
+        if not qos.HasField(direction):
+            getattr(qos, direction).service_type = meaning
 
 
 def drop(request: svc.DropCallRequest) -> None:

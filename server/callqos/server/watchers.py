@@ -2,8 +2,9 @@
 
 Every open stream holds a slot. `max_watchers` bounds them all and `max_watchers_per_principal`
 those of one principal, so that one client opening a thousand idle streams cannot lock every
-other watcher out. Taking a slot is one synchronous step — the check and the count together, no
-await between them — so streams opened at the same moment can never overshoot a limit.
+other watcher out (SPEC.md WATCH-10, WATCH-11). Taking a slot is one synchronous step — the check
+and the count together, no await between them — so streams opened at the same moment can never
+overshoot a limit.
 
 A watcher that has stopped reading (its client stopped, HTTP/2 flow control has filled every
 buffer between us) would otherwise keep its slot, and the events it will never read, for ever.
@@ -11,7 +12,7 @@ Its cursor stops moving while newer events pile up behind it; once it has not mo
 `watch_stall_seconds` while more than `watch_backlog_events` newer events wait, the stream is cut
 with UNAVAILABLE / WATCHER_TOO_SLOW. That status is resumable: the client's watch reopens from
 the last event it received, so a consumer that was only slow loses nothing (conformance/SPEC.md
-WATCH-10). An idle watcher — nothing to send — is never cut: it costs nothing.
+WATCH-12). An idle watcher — nothing to send — is never cut: it costs nothing.
 """
 
 from __future__ import annotations

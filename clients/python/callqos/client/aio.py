@@ -30,7 +30,7 @@ from callqos.v1 import (
 )
 
 from . import _channel, _requests, specs
-from ._resume import STREAM_ENDED, ResumePolicy, WatchState
+from ._resume import START_SEQUENCE_HEADER, STREAM_ENDED, ResumePolicy, WatchState
 from .errors import CallQosError, UnavailableError, from_grpc_error
 
 __all__ = ["AsyncClient", "AsyncEventStream"]
@@ -45,7 +45,7 @@ class AsyncClient:
 
     def __init__(
         self,
-        target: str = _channel.DEFAULT_TARGET,
+        target: str | None = None,
         *,
         principal: str | None = None,
         timeout: float = _channel.DEFAULT_TIMEOUT,
@@ -55,7 +55,7 @@ class AsyncClient:
         service_config: Mapping[str, Any] | None = None,
         options: Sequence[tuple[str, Any]] = (),
     ) -> None:
-        self.target = target
+        self.target: str = target or _channel.env_target()
         self.principal = principal
         self.timeout = timeout
         self._credentials = credentials
@@ -225,6 +225,24 @@ class AsyncClient:
 
     # -- events -----------------------------------------------------------------------------
 
+    async def event_cursor(self, *, timeout: float | None = None) -> int:
+        """See :meth:`Client.event_cursor <callqos.client.sync.Client.event_cursor>`."""
+        stream = self._stub.WatchEvents(
+            _requests.watch_events(None, None, None),
+            timeout=self.timeout if timeout is None else timeout,
+            metadata=_channel.traced(self._metadata),
+        )
+        try:
+            for key, value in await stream.initial_metadata() or ():
+                if key == START_SEQUENCE_HEADER:
+                    return int(value)
+            await stream.read()  # no start: the server refused the stream; raise its error
+            raise UnavailableError("the server sent no start sequence")
+        except grpc.RpcError as exc:
+            raise from_grpc_error(exc) from exc
+        finally:
+            stream.cancel()
+
     def watch(
         self,
         after_sequence: int | None = None,
@@ -232,9 +250,10 @@ class AsyncClient:
         call: str | None = None,
         types: Iterable[specs.EnumLike] | None = None,
         resume: ResumePolicy | None = None,
+        on_reconnect: Callable[[CallQosError, float], object] | None = None,
     ) -> AsyncEventStream:
         """See :meth:`Client.watch <callqos.client.sync.Client.watch>`."""
-        state = WatchState(after_sequence, call, types, resume or ResumePolicy())
+        state = WatchState(after_sequence, call, types, resume or ResumePolicy(), on_reconnect=on_reconnect)
         return AsyncEventStream(self, state)
 
     # -- paging -----------------------------------------------------------------------------
