@@ -9,6 +9,7 @@ import contextlib
 import logging
 import os
 import signal
+import socket
 import sys
 import threading
 import time
@@ -35,6 +36,33 @@ log = logging.getLogger("callqos.server")
 
 SERVICE_NAME = svc.DESCRIPTOR.services_by_name["CallQosService"].full_name
 PRUNE_INTERVAL_SECONDS = 60.0
+
+
+class ListenError(OSError):
+    """An address the server cannot listen on; the message says which, and why."""
+
+
+def check_listen(address: str, setting: str) -> None:
+    """Bind `address` (HOST:PORT) once with a plain socket and let go, so that a port in use or a
+    host that does not resolve is reported in one line before gRPC tries (whose failure is a core
+    log line and an exception). Port 0 (any free port) needs no check."""
+    host, _, port = address.rpartition(":")
+    if int(port) == 0:
+        return
+    try:
+        candidates = socket.getaddrinfo(host.strip("[]"), int(port), type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise ListenError(f"cannot listen on {address} ({setting}): {exc.strerror}") from None
+    reasons = []
+    for family, kind, protocol, _, bound in candidates:
+        with socket.socket(family, kind, protocol) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gRPC binds
+            try:
+                probe.bind(bound)
+                return
+            except OSError as exc:
+                reasons.append((exc.strerror or str(exc)).lower())
+    raise ListenError(f"cannot listen on {address} ({setting}): {reasons[0] if reasons else 'no address'}")
 
 
 def grpc_options(config: Config) -> list[tuple[str, int]]:
@@ -186,10 +214,13 @@ async def _start(
             (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
             server,
         )
-    port = server.add_insecure_port(config.listen)
+    try:
+        port = server.add_insecure_port(config.listen)
+    except RuntimeError:  # in use since check_listen looked, or a host gRPC cannot bind
+        port = 0
     if port == 0:
         await store.close()
-        raise OSError(f"cannot listen on {config.listen}")
+        raise ListenError(f"cannot listen on {config.listen} (listen)")
     await server.start()
     for name in ("", SERVICE_NAME):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
