@@ -2,6 +2,7 @@ export { CallQosClient, DEFAULT_TIMEOUT_MS, PRINCIPAL_HEADER, type CallQosClient
 export { CallQosError, QosUnavailableError, DOMAIN, codeOf, decodeError, reasonString } from "./errors.js";
 export { defaultResumePolicy, type ResumePolicy } from "./policy.js";
 export { ControlledLoad } from "./qos.js";
+export { DEFAULT_ADDRESS, LISTEN_ENV, TARGET_ENV, defaultTarget } from "./target.js";
 export { EventWatcher, START_SEQUENCE_HEADER, type WatchOptions } from "./watch.js";
 export { tracingInterceptor } from "./tracing.js";
 export * from "./gen/callqos/v1/call_pb.js";

@@ -1,6 +1,6 @@
 // Runs a real callqos server on a free loopback port for the tests:
 // `callqos serve --listen 127.0.0.1:0 --port-file F --storage memory`. The program is
-// $CALLQOS_BIN, else ../../.venv/bin/callqos; CALLQOS_ADDR uses a running server instead.
+// $CALLQOS_BIN, else ../../.venv/bin/callqos; CALLQOS_TARGET uses a running server instead.
 import { spawn, type ChildProcess } from "node:child_process";
 import { existsSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
@@ -12,20 +12,25 @@ export interface TestServer {
   stop(): Promise<void>;
 }
 
+function serverEnv(): NodeJS.ProcessEnv {
+  return Object.fromEntries(Object.entries(process.env).filter(([key]) => !key.startsWith("CALLQOS_")));
+}
+
 export async function startServer(): Promise<TestServer> {
-  if (process.env.CALLQOS_ADDR) {
-    return { address: process.env.CALLQOS_ADDR, stop: async () => {} };
+  if (process.env.CALLQOS_TARGET) {
+    return { address: process.env.CALLQOS_TARGET, stop: async () => {} };
   }
   const bin = process.env.CALLQOS_BIN ?? resolve("../../.venv/bin/callqos");
   if (!existsSync(bin)) {
-    throw new Error(`no ${bin}: run \`make venv\` at the top, or set CALLQOS_BIN or CALLQOS_ADDR`);
+    throw new Error(`no ${bin}: run \`make venv\` at the top, or set CALLQOS_BIN or CALLQOS_TARGET`);
   }
   const dir = mkdtempSync(join(tmpdir(), "callqos-node-test-"));
   const portFile = join(dir, "port");
   const child: ChildProcess = spawn(
     bin,
     ["serve", "--listen", "127.0.0.1:0", "--port-file", portFile, "--storage", "memory"],
-    { stdio: ["ignore", "inherit", "inherit"] },
+    // The server reads only what it is given: no CALLQOS_* of the caller's shell.
+    { stdio: ["ignore", "inherit", "inherit"], env: serverEnv() },
   );
   const exited = new Promise<number | null>((res) => child.on("exit", (code) => res(code)));
   let exitCode: number | null | undefined;

@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 
+from callqos.server import reflection
 from callqos.server.calls import CallManager
 from callqos.server.config import Config
 from callqos.server.containment import Containment, LoopLag
@@ -192,6 +192,7 @@ async def _start(
         instruments.call_committed(call)
     for info in providers.all():
         await providers.refresh_link_metrics(info)
+    instruments.providers_hosted(info.name for info in providers.all())
 
     # The telemetry interceptor runs first, so the span covers the other interceptors too.
     tracing = TelemetryInterceptor(instruments, telemetry.excluded_services)
@@ -210,10 +211,7 @@ async def _start(
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     if config.reflection:
-        reflection.enable_server_reflection(
-            (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
-            server,
-        )
+        reflection.enable(server, (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name))
     try:
         port = server.add_insecure_port(config.listen)
     except RuntimeError:  # in use since check_listen looked, or a host gRPC cannot bind

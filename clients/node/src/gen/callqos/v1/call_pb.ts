@@ -65,7 +65,8 @@ export type Call = Message<"callqos.v1.Call"> & {
   serviceLevel: ServiceLevel;
 
   /**
-   * The QoS desired (LINECALLPARAMS flowspecs), as the caller last asked for it.
+   * The QoS desired (LINECALLPARAMS flowspecs), as the caller last asked for it. Optional in
+   * CreateCall: a direction left out (or the whole QoS) is BEST_EFFORT, and is recorded so.
    *
    * @generated from field: callqos.v1.QosSpec requested_qos = 7;
    */

@@ -8,7 +8,7 @@ import java.util.concurrent.TimeUnit;
 /**
  * A real callqos server on a free loopback port: {@code callqos serve --listen 127.0.0.1:0
  * --port-file F --storage memory}. The program is $CALLQOS_BIN (the pom sets it to
- * ../../.venv/bin/callqos); $CALLQOS_ADDR uses a running server instead.
+ * ../../.venv/bin/callqos); $CALLQOS_TARGET uses a running server instead.
  */
 final class TestServer implements AutoCloseable {
   final String address;
@@ -22,18 +22,21 @@ final class TestServer implements AutoCloseable {
   }
 
   static TestServer start() throws IOException, InterruptedException {
-    String addr = System.getenv("CALLQOS_ADDR");
+    String addr = System.getenv(Targets.TARGET_ENV);
     if (addr != null && !addr.isEmpty()) {
       return new TestServer(addr, null, null);
     }
     String bin = System.getenv().getOrDefault("CALLQOS_BIN", "../../.venv/bin/callqos");
     if (!Files.isExecutable(Path.of(bin))) {
-      throw new IllegalStateException("no " + bin + ": run `make venv` at the top, or set CALLQOS_BIN or CALLQOS_ADDR");
+      throw new IllegalStateException("no " + bin + ": run `make venv` at the top, or set CALLQOS_BIN or CALLQOS_TARGET");
     }
     Path dir = Files.createTempDirectory("callqos-java-test-");
     Path portFile = dir.resolve("port");
-    Process p = new ProcessBuilder(bin, "serve", "--listen", "127.0.0.1:0", "--port-file", portFile.toString(),
-        "--storage", "memory").inheritIO().start();
+    ProcessBuilder builder = new ProcessBuilder(bin, "serve", "--listen", "127.0.0.1:0", "--port-file",
+        portFile.toString(), "--storage", "memory").inheritIO();
+    // The server reads only what it is given: no CALLQOS_* of the caller's shell.
+    builder.environment().keySet().removeIf(key -> key.startsWith("CALLQOS_"));
+    Process p = builder.start();
     long deadline = System.nanoTime() + TimeUnit.SECONDS.toNanos(30);
     while (System.nanoTime() < deadline) {
       if (!p.isAlive()) {
