@@ -4,8 +4,8 @@ service name each setting gives, the Prometheus endpoint, and the cheap embedded
 from __future__ import annotations
 
 import asyncio
-from importlib import metadata
 import urllib.request
+from importlib import metadata
 
 import grpc
 import pytest
