@@ -452,6 +452,10 @@ class CallManager:
             previous = QosSpec()
             previous.CopyFrom(call.granted_qos)
             if change.qos is None:
+                log.warning(
+                    "provider shed a call",
+                    extra={"call": call.name, "provider": call.provider, "why": change.message},
+                )
                 self._disconnect(call, Disconnect.DISCONNECT_REASON_QOS_UNAVAILABLE, _now())
                 events = [
                     self._event(
@@ -473,6 +477,10 @@ class CallManager:
                     ),
                 ]
             else:
+                log.info(
+                    "provider changed a call's QoS",
+                    extra={"call": call.name, "provider": call.provider, "why": change.message},
+                )
                 call.granted_qos.CopyFrom(change.qos)
                 call.update_time.CopyFrom(_now())
                 call.etag = etag_of(call)
