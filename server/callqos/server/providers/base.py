@@ -29,7 +29,12 @@ conformance checks that verify it):
 - `capabilities()` does not change while serving, and what it does not advertise is refused
   cleanly (PROV-8, PROV-9).
 Calls arrive on the server's event loop; long or blocking work belongs in `asyncio.to_thread`
-(PROV-10: every call returns within the host's provider deadline).
+(PROV-10: every call returns within the host's provider deadline). A provider that blocks
+throughout (a blocking driver or library) sets `threaded = true` in its settings table: the host
+then runs all of it — start, admit, ..., stop — on an event loop of its own in a thread of its
+own, and its `ProviderHost` hands changes back to the server's loop. Either way the host contains
+what a provider does (PROV-13): an exception of any kind fails only that call, an answer of the
+wrong type is a contract violation, and a call that ignores its cancellation is abandoned.
 """
 
 from __future__ import annotations
