@@ -259,7 +259,9 @@ type RenegotiateCallRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// `calls/{call}`.
 	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
-	// The new QoS. SERVICE_TYPE_NO_CHANGE in a direction keeps that direction as it is.
+	// The new QoS. SERVICE_TYPE_NO_CHANGE in a direction, or a direction left out, keeps that
+	// direction as it is; without qos only service_level changes. A request that changes
+	// nothing returns the call unchanged, with no event.
 	Qos *QosSpec `protobuf:"bytes,2,opt,name=qos,proto3" json:"qos,omitempty"`
 	// Optional: the call's etag; ABORTED (ETAG_MISMATCH) if the call changed since.
 	Etag string `protobuf:"bytes,3,opt,name=etag,proto3" json:"etag,omitempty"`

@@ -160,7 +160,9 @@ export type RenegotiateCallRequest = Message<"callqos.v1.RenegotiateCallRequest"
   name: string;
 
   /**
-   * The new QoS. SERVICE_TYPE_NO_CHANGE in a direction keeps that direction as it is.
+   * The new QoS. SERVICE_TYPE_NO_CHANGE in a direction, or a direction left out, keeps that
+   * direction as it is; without qos only service_level changes. A request that changes
+   * nothing returns the call unchanged, with no event.
    *
    * @generated from field: callqos.v1.QosSpec qos = 2;
    */
