@@ -51,7 +51,15 @@ def assert_one_clean_line(result: subprocess.CompletedProcess[str], *expected: s
     ],
 )
 def test_a_bad_listen_address_is_one_clean_line(tmp_path: Path, address: str, expected: tuple[str, ...]) -> None:
-    assert_one_clean_line(serve("--listen", address, cwd=tmp_path), *expected)
+    # Allowed to listen beyond loopback without an authenticator (SEC-2), so that what is
+    # refused is the address itself.
+    result = serve("--listen", address, "--insecure-allow-unauthenticated", cwd=tmp_path)
+    assert_one_clean_line(result, *expected)
+
+
+def test_an_exposed_server_without_authenticator_is_one_clean_line(tmp_path: Path) -> None:
+    result = serve("--listen", "0.0.0.0:0", cwd=tmp_path)
+    assert_one_clean_line(result, "not a loopback address and no authenticator is configured")
 
 
 def test_a_port_in_use_is_one_clean_line(tmp_path: Path, busy_port: int) -> None:
@@ -62,6 +70,11 @@ def test_a_port_in_use_is_one_clean_line(tmp_path: Path, busy_port: int) -> None
 def test_a_metrics_port_in_use_is_one_clean_line(tmp_path: Path, busy_port: int) -> None:
     result = serve("--listen", "127.0.0.1:0", "--metrics-listen", f"127.0.0.1:{busy_port}", cwd=tmp_path)
     assert_one_clean_line(result, "(metrics_listen): address already in use")
+
+
+def test_a_health_port_in_use_is_one_clean_line(tmp_path: Path, busy_port: int) -> None:
+    result = serve("--listen", "127.0.0.1:0", "--health-listen", f"127.0.0.1:{busy_port}", cwd=tmp_path)
+    assert_one_clean_line(result, "(health_listen): address already in use")
 
 
 def test_a_bad_setting_in_the_environment_is_one_clean_line(tmp_path: Path) -> None:
