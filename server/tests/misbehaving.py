@@ -52,6 +52,14 @@ class SyncAdmit(ReferenceProvider):
         return Grant(qos=request.qos)
 
 
+class ExitingAtOnceAdmit(ReferenceProvider):
+    """`admit` is a plain method that raises SystemExit as it is called, before any awaitable
+    exists: only a provider call started inside the containment catches that."""
+
+    def admit(self, request: AdmissionRequest) -> Any:  # type: ignore[override]
+        raise SystemExit(4)
+
+
 class WedgedAdmit(ReferenceProvider):
     """Never answers, and swallows every cancellation."""
 

@@ -1,8 +1,10 @@
 """An absent direction (conformance/SPEC.md FLOW-20): in CreateCall it is BEST_EFFORT with nothing
 specified, at any service level — what TAPI does for a direction LINECALLPARAMS gives no flowspec
 for, and safe at NEEDED, since best effort reserves nothing — and the call records it so; in
-RenegotiateCall it is NO_CHANGE. And a renegotiation that changes nothing changes nothing
-(SETQOS-8): no provider call, no event, the same etag."""
+RenegotiateCall it is NO_CHANGE. The same in calls between two applications: an offer mirrors
+what the caller's call recorded, and an answer's absent direction keeps the offer. And a
+renegotiation that changes nothing changes nothing (SETQOS-8), on a single call or a pair: no
+provider call, no event, the same etag."""
 
 from __future__ import annotations
 
@@ -10,7 +12,9 @@ import grpc
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from server_testkit import CAPACITY, Level, flow, reserved
+from incoming_kit import BOB, CAROL, answer_request, call_line, get, mirror, open_line
+from incoming_kit import events_of as events_of_kit
+from server_testkit import CAPACITY, Level, flow, qos, reserved
 
 from callqos.server import validation
 from callqos.v1 import call_pb2, event_pb2, flowspec_pb2
@@ -148,3 +152,50 @@ def test_validation_fills_exactly_the_absent_directions(sending, receiving, leve
     validation.renegotiation(renegotiation, None)
     for name in ("sending", "receiving"):
         assert getattr(renegotiation.qos, name) == directions.get(name, NO_CHANGE)
+
+
+# -- calls between two applications (FLOW-20 with OFFER-2, ANSWER-2, SETQOS-8 on pairs) ----------
+async def test_a_call_to_a_line_without_receiving_is_offered_with_a_best_effort_direction(stub) -> None:
+    """The caller's absent receiving direction is recorded BEST_EFFORT, and the offer mirrors
+    what was recorded: the callee is offered best effort in what it sends."""
+    await open_line(stub)
+    caller, callee = await call_line(stub, flowspec_pb2.QosSpec(sending=flow(rate=100_000)))
+    assert caller.requested_qos.receiving == BE
+    assert callee.requested_qos == mirror(caller.requested_qos)
+    assert callee.requested_qos.sending == BE
+
+
+async def test_an_answer_that_leaves_out_a_direction_keeps_it_as_offered(stub) -> None:
+    """An answer's absent direction is read as NO_CHANGE: as offered, exactly like spelling it."""
+    await open_line(stub)
+    asked = qos(400_000, recv_rate=100_000)
+    legs = [await call_line(stub, asked, Level.SERVICE_LEVEL_IF_AVAILABLE) for _ in range(2)]
+    lower = flow(rate=250_000)
+    left_out = await stub.AnswerCall(
+        answer_request(legs[0][1].name, flowspec_pb2.QosSpec(receiving=lower)), metadata=BOB
+    )
+    spelled = await stub.AnswerCall(
+        answer_request(legs[1][1].name, flowspec_pb2.QosSpec(sending=NO_CHANGE, receiving=lower)), metadata=BOB
+    )
+    assert left_out.state == spelled.state == call_pb2.Call.State.STATE_CONNECTED
+    assert left_out.granted_qos == spelled.granted_qos
+    offered = legs[0][1].requested_qos.sending
+    kept = left_out.granted_qos.sending  # as offered, with the provider's defaults filled in
+    assert (kept.service_type, kept.token_rate_bytes_per_second) == (
+        offered.service_type,
+        offered.token_rate_bytes_per_second,
+    )
+    assert left_out.granted_qos.receiving.token_rate_bytes_per_second == 250_000
+
+
+async def test_a_pair_renegotiation_that_changes_nothing_changes_neither_leg(stub) -> None:
+    await open_line(stub)
+    caller, callee = await call_line(stub, qos(400_000, recv_rate=100_000))
+    answered = await stub.AnswerCall(answer_request(callee.name), metadata=BOB)
+    caller = await get(stub, caller.name)
+    before = {name: len(await events_of_kit(stub, name)) for name in (caller.name, callee.name)}
+    for leg, who in ((caller, CAROL), (answered, BOB)):
+        request = svc.RenegotiateCallRequest(name=leg.name, qos=flowspec_pb2.QosSpec())
+        assert await stub.RenegotiateCall(request, metadata=who) == leg
+    assert await get(stub, caller.name) == caller and await get(stub, callee.name) == answered
+    assert {name: len(await events_of_kit(stub, name)) for name in before} == before, "no event on either leg"

@@ -16,10 +16,10 @@ from typing import Any
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from server_testkit import details, make_request, qos, reason
+from server_testkit import details, make_request, owner, qos, reason
 
 from callqos.server import testing
-from callqos.v1 import call_pb2
+from callqos.v1 import call_pb2, line_pb2
 from callqos.v1 import callqos_service_pb2 as svc
 from callqos.v1 import callqos_service_pb2_grpc as svc_grpc
 
@@ -35,6 +35,7 @@ CONTAINED = {
     "garbage": ("GarbageAdmit", grpc.StatusCode.INTERNAL, "PROVIDER_CONTRACT_VIOLATION"),
     "garbage-grant": ("GrantOfGarbage", grpc.StatusCode.INTERNAL, "PROVIDER_CONTRACT_VIOLATION"),
     "sync": ("SyncAdmit", grpc.StatusCode.INTERNAL, "PROVIDER_CONTRACT_VIOLATION"),
+    "exits-at-once": ("ExitingAtOnceAdmit", grpc.StatusCode.UNAVAILABLE, "PROVIDER_UNAVAILABLE"),
 }
 
 
@@ -72,6 +73,35 @@ def test_every_escape_of_a_provider_becomes_a_status(tmp_path: Path) -> None:
             assert server.running and serving(server.target), f"{provider_id} took the server down"
         good = stub.CreateCall(make_request(qos(1000)), timeout=5)
         assert good.state == call_pb2.Call.State.STATE_CONNECTED
+
+
+def test_an_answer_is_contained_like_a_new_call(tmp_path: Path) -> None:
+    """A call between two applications reaches its provider only when it is answered (PROV-13):
+    that admit is contained too. The answer gets the status a CreateCall would, both legs end
+    PROVIDER_ERROR, and the server serves on."""
+    answered_by = ("exits", "sync", "exits-at-once")
+    providers = {"reference": {}, **{pid: plugin(CONTAINED[pid][0]) for pid in answered_by}}
+    bob, carol = owner("bob"), owner("carol")
+    with (
+        testing.ServerProcess(tmp_path, env=ENV, providers=providers) as server,
+        grpc.insecure_channel(server.target) as channel,
+    ):
+        stub = svc_grpc.CallQosServiceStub(channel)
+        for provider_id in answered_by:
+            _, code, expected = CONTAINED[provider_id]
+            address = f"sip:bob-{provider_id}@example.test"
+            stub.CreateLine(svc.CreateLineRequest(line=line_pb2.Line(address=address)), metadata=bob, timeout=5)
+            request = make_request(qos(1000), destination=address, provider=f"providers/{provider_id}")
+            caller = stub.CreateCall(request, metadata=carol, timeout=5)
+            assert caller.state == call_pb2.Call.State.STATE_RINGBACK, "an offer asks nothing of the provider"
+            with pytest.raises(grpc.RpcError) as raised:
+                stub.AnswerCall(svc.AnswerCallRequest(name=caller.peer), metadata=bob, timeout=10)
+            assert (raised.value.code(), reason(raised.value)) == (code, expected), (provider_id, raised.value)
+            for name in (caller.name, caller.peer):
+                leg = stub.GetCall(svc.GetCallRequest(name=name), timeout=5)
+                assert leg.state == call_pb2.Call.State.STATE_DISCONNECTED
+                assert leg.disconnect_reason == call_pb2.DisconnectReason.DISCONNECT_REASON_PROVIDER_ERROR
+            assert server.running and serving(server.target), f"{provider_id} took the server down"
 
 
 def test_a_wedged_admit_fails_its_call_frees_its_key_and_sigterm_still_stops(tmp_path: Path) -> None:

@@ -1,6 +1,7 @@
-"""Limits on watchers: the total and per-principal caps are never overshot, and a watcher that
-stops reading is cut with a resumable status once its backlog outgrows the window, while one that
-keeps up is left alone (conformance/SPEC.md WATCH-10, WATCH-11, WATCH-12)."""
+"""Limits on watchers: the total and per-principal caps (and a tenant's quota of streams per
+principal, SEC-5) are never overshot, and a watcher that stops reading is cut with a resumable
+status once its backlog outgrows the window, while one that keeps up is left alone
+(conformance/SPEC.md WATCH-10, WATCH-11, WATCH-12)."""
 
 from __future__ import annotations
 
@@ -10,10 +11,15 @@ from pathlib import Path
 
 import grpc
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from server_testkit import Level, details, make_request, owner, qos, reason
 
 from callqos.client import AsyncClient
 from callqos.server import testing
+from callqos.server.errors import ServiceError
+from callqos.server.security.identity import Caller
+from callqos.server.watchers import Watcher, Watchers, WatchLimits
 from callqos.v1 import callqos_service_pb2 as svc
 from callqos.v1 import callqos_service_pb2_grpc as svc_grpc
 from callqos.wire import START_SEQUENCE_HEADER
@@ -149,3 +155,54 @@ async def test_a_slow_reader_that_keeps_moving_is_not_cut(tmp_path: Path) -> Non
                     break
         stream.cancel()
         assert seen == list(range(1, 61))
+
+
+# -- the one rule of watch slots: server total, tenant quota, per-principal cap ----------------
+SUBJECTS = [Caller(p, tenant=t) for t in ("acme", "globex") for p in ("alice", "bob")]
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    total=st.integers(1, 8),
+    cap=st.integers(1, 5),
+    quotas=st.fixed_dictionaries({"acme": st.integers(0, 5), "globex": st.integers(0, 5)}),
+    steps=st.lists(st.tuples(st.booleans(), st.integers(0, len(SUBJECTS) - 1)), max_size=60),
+)
+def test_watch_slots_follow_one_rule(
+    total: int, cap: int, quotas: dict[str, int], steps: list[tuple[bool, int]]
+) -> None:
+    """Random opens and closes by principals of two tenants, against a model: the server's total,
+    then the tenant's quota (QUOTA_EXCEEDED, 0 = none), then the per-principal cap
+    (TOO_MANY_WATCHERS scope=principal) — a principal holds at most min(quota, cap), the same
+    name in another tenant is another principal, and no limit is ever exceeded."""
+    watchers = Watchers(WatchLimits(total=total, per_principal=cap, stall_seconds=30.0, backlog_events=1000))
+    held: dict[str, list[Watcher]] = {caller.subject: [] for caller in SUBJECTS}
+    for opening, index in steps:
+        caller = SUBJECTS[index]
+        mine = held[caller.subject]
+        if not opening:
+            if mine:
+                watchers.release(mine.pop())
+            continue
+        quota = quotas[caller.tenant]
+        count = sum(len(each) for each in held.values())
+        if count >= total:
+            expected = ("TOO_MANY_WATCHERS", "server")
+        elif quota and len(mine) >= quota:
+            expected = ("QUOTA_EXCEEDED", None)
+        elif len(mine) >= cap:
+            expected = ("TOO_MANY_WATCHERS", "principal")
+        else:
+            expected = None
+        try:
+            mine.append(watchers.admit(caller, quota))
+            outcome = None
+        except ServiceError as refused:
+            outcome = (refused.reason_name, refused.metadata.get("scope"))
+            if refused.reason_name == "QUOTA_EXCEEDED":
+                assert refused.metadata["subject"] == f"principal:{caller.subject}"
+        assert outcome == expected
+        assert watchers.open == sum(len(each) for each in held.values()) <= total
+        for subject, each in held.items():
+            tenant_quota = quotas[subject.partition("/")[0]]
+            assert len(each) <= min(cap, tenant_quota or cap)

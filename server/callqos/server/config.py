@@ -74,7 +74,9 @@ class Config:
     # refused before it gets here, with statuses clients retry.
     max_pending_rpcs: int = 128_000
     max_watchers: int = 1000  # open WatchEvents streams across all connections
-    max_watchers_per_principal: int = 250  # of which one principal may hold this many
+    # Of which one principal (of a tenant) may hold this many, whatever its tenant's quota: a
+    # principal holds at most the lower of this and quota_watchers_per_principal (watchers.py).
+    max_watchers_per_principal: int = 250
     # A watcher whose cursor has not moved for watch_stall_seconds while more than
     # watch_backlog_events newer events wait for it is cut (UNAVAILABLE WATCHER_TOO_SLOW; clients
     # resume from their cursor), so an unread stream cannot hold its slot and buffers for ever.

@@ -1138,8 +1138,8 @@ type AnswerCallRequest struct {
 	// Optional: the QoS to answer with, in the answering call's own terms (its sending flowspec
 	// is what its owner sends). Each direction asks no more than the offer (the call's
 	// requested_qos): the same service type with the offer satisfying it, or a service type that
-	// reserves nothing. SERVICE_TYPE_NO_CHANGE (and empty provider_specific) keeps that part of
-	// the offer. Unset: accept the offer as it is.
+	// reserves nothing. A direction left out, or SERVICE_TYPE_NO_CHANGE (and empty
+	// provider_specific), keeps that part of the offer. Unset: accept the offer as it is.
 	Qos *QosSpec `protobuf:"bytes,2,opt,name=qos,proto3" json:"qos,omitempty"`
 	// Optional: the call's etag; ABORTED (ETAG_MISMATCH) if the call changed since.
 	Etag string `protobuf:"bytes,3,opt,name=etag,proto3" json:"etag,omitempty"`
