@@ -16,6 +16,10 @@ shell would have it, and the repository's .venv/bin comes first on PATH.
 - `sh` / `bash` blocks run with `bash -eu -o pipefail` and must exit 0.
 - `console` blocks run each `$ ` line; a `# exits N` line after one says it must exit N (0
   otherwise), like the README's tour.
+
+README.md's tour and its two-application scene are console blocks without the marker: they run in
+order on one server, as a reader runs them, with their output checked, in test_readme_tour.py —
+once, not twice. Every other console block of README.md must be marked.
 """
 
 from __future__ import annotations
@@ -88,6 +92,32 @@ def test_runnable_blocks_are_found() -> None:
     for document in DOCUMENTS:
         text = document.read_text() if document.exists() else ""
         assert text.count("runnable -->") == text.count(MARKER), f"{document}: a misspelt marker"
+
+
+# The sections whose console block test_readme_tour.py runs.
+TOUR_SECTIONS = ("## A one-minute tour", "## A call between two applications")
+
+
+def test_every_console_block_of_the_readme_is_run() -> None:
+    """A console block of README.md is either marked runnable (run here) or the tour's or the
+    scene's (run by test_readme_tour.py): none is left unrun, none is run twice."""
+    lines = (ROOT / "README.md").read_text().splitlines()
+    section = ""
+    unrun, twice = [], []
+    for index, line in enumerate(lines):
+        if line.startswith("## "):
+            section = line.strip()
+        if line.strip() != "```console":
+            continue
+        marked = index > 0 and lines[index - 1].strip() == MARKER
+        toured = section in TOUR_SECTIONS
+        if marked and toured:
+            twice.append(index + 1)
+        elif not marked and not toured:
+            unrun.append(index + 1)
+    assert not unrun, f"README.md console blocks run by no test, at lines {unrun}: mark them {MARKER}"
+    assert not twice, f"README.md lines {twice}: test_readme_tour.py runs these already; drop the marker"
+    assert sum(1 for line in lines if line.strip() == "```console") >= len(TOUR_SECTIONS)
 
 
 def console_steps(text: str) -> list[tuple[str, int]]:
