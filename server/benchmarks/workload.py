@@ -1,6 +1,7 @@
-"""What both benchmarks drive and how they measure it: CONCURRENCY loops of work, bounded in time,
-counted after a warm-up; the server process's CPU per operation; and the CreateCall + DropCall
-cycle. bench.py and bench_tracing.py import this module; neither imports the other.
+"""What the benchmarks drive and how they measure it: CONCURRENCY loops of work, bounded in time,
+counted after a warm-up; the server process's CPU per operation; and the RPCs measured (echo,
+CreateCall + DropCall, RenegotiateCall, GetCall). The bench_*.py scripts import this module; none
+imports another.
 
 The benchmarks are scripts (run by `make bench`), not part of the shipped server package: each
 server they measure is started as its own process by `callqos.server.testing.ServerProcess`.
@@ -17,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
+from programs import ECHO_METHOD
 
 from callqos.v1 import call_pb2, flowspec_pb2
 from callqos.v1 import callqos_service_pb2 as svc
@@ -98,3 +100,62 @@ async def make_drop(target: str, seconds: float, probe: Callable[[], float] | No
             return 1
 
         return await measure(cycle, seconds, probe)
+
+
+async def echo(target: str, seconds: float, probe: Callable[[], float] | None = None) -> Measured:
+    """Unary RPCs per second against the bare echo server (the request: a serialized QosSpec)."""
+    async with grpc.aio.insecure_channel(target) as channel:
+        call = channel.unary_unary(ECHO_METHOD)
+        payload = qos(1000).SerializeToString()
+
+        async def one(_: int) -> int:
+            await call(payload)
+            return 1
+
+        return await measure(one, seconds, probe)
+
+
+async def _connected_calls(stub: svc_grpc.CallQosServiceStub) -> list[str]:
+    """CONCURRENCY connected calls (one per load loop), made for the benchmark."""
+    names = []
+    for _ in range(CONCURRENCY):
+        request = svc.CreateCallRequest(call=call_pb2.Call(destination="sip:bench", requested_qos=qos(1000)))
+        names.append((await stub.CreateCall(request)).name)
+    return names
+
+
+async def renegotiate(target: str, seconds: float, probe: Callable[[], float] | None = None) -> Measured:
+    """RenegotiateCall per second, each load loop alternating its own call between two rates."""
+    async with grpc.aio.insecure_channel(target) as channel:
+        stub = svc_grpc.CallQosServiceStub(channel)  # type: ignore[no-untyped-call]
+        calls = await _connected_calls(stub)
+        flip = [False] * CONCURRENCY
+
+        async def one(index: int) -> int:
+            flip[index] = not flip[index]
+            await stub.RenegotiateCall(
+                svc.RenegotiateCallRequest(name=calls[index], qos=qos(2000 if flip[index] else 1000))
+            )
+            return 1
+
+        measured = await measure(one, seconds, probe)
+        for name in calls:
+            await stub.DropCall(svc.DropCallRequest(name=name))
+        return measured
+
+
+async def get(target: str, seconds: float, probe: Callable[[], float] | None = None) -> Measured:
+    """GetCall per second, each load loop reading its own connected call."""
+    async with grpc.aio.insecure_channel(target) as channel:
+        stub = svc_grpc.CallQosServiceStub(channel)  # type: ignore[no-untyped-call]
+        calls = await _connected_calls(stub)
+        requests = [svc.GetCallRequest(name=name) for name in calls]
+
+        async def one(index: int) -> int:
+            await stub.GetCall(requests[index])
+            return 1
+
+        measured = await measure(one, seconds, probe)
+        for name in calls:
+            await stub.DropCall(svc.DropCallRequest(name=name))
+        return measured

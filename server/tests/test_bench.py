@@ -1,13 +1,18 @@
-"""`make bench` is not run by CI; this runs the tracing-overhead benchmark briefly, so that it keeps
-working and keeps measuring what it says: real server processes, a traced make+drop cycle
-recording its six spans, and the production variant exporting only a sample of them."""
+"""`make bench` is not run by CI; this runs each benchmark briefly, so that it keeps working and
+keeps measuring what it says: real server processes, every target row judged, a traced make+drop
+cycle recording its six spans and the production variant exporting only a sample of them, every
+event reaching every watcher."""
 
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
-import bench_auth  # server/benchmarks (conftest.py puts it on sys.path)
+import bench  # server/benchmarks (conftest.py puts it on sys.path)
+import bench_auth
 import bench_tracing
+import bench_watch
+import targets
 
 
 def test_tracing_benchmark_measures_every_variant_and_the_traced_span_tree() -> None:
@@ -27,7 +32,7 @@ def test_tracing_benchmark_measures_every_variant_and_the_traced_span_tree() -> 
     assert production is not None and production.spans < every.spans
 
     text = bench_tracing.report(results)
-    assert "the 15% target" in text and "spans per cycle" in text
+    assert "the 10% target" in text and "spans per cycle" in text
 
 
 def test_authentication_benchmark_measures_every_variant() -> None:
@@ -36,3 +41,35 @@ def test_authentication_benchmark_measures_every_variant() -> None:
     for variant, result in results.items():
         assert result.rate > 0 and result.cpu_us_per_cycle > 0, variant
     assert "the 10% target for JWT" in bench_auth.report(results)
+
+
+def test_throughput_benchmark_judges_every_row_against_the_echo_of_its_run(tmp_path: Path) -> None:
+    results = asyncio.run(bench.run(seconds=0.3, rounds=1))
+    assert set(results) == set(bench.VARIANTS)
+    for name, series in results.items():
+        assert series.rate > 0 and series.cpu_us_per_rpc > 0, name
+    judged = bench.rows(results)
+    assert {row.key for row in judged} == {
+        "make_drop",
+        "make_drop_sampled",
+        "renegotiate",
+        "get",
+        "tracing_sampled",
+        "tracing_all",
+    }
+    text = targets.report(judged, tmp_path / "results.jsonl")
+    assert text.count("PASS") + text.count("FAIL") == len(judged)
+    assert "watchers" in targets.summary(tmp_path / "results.jsonl")  # the rows not measured are listed too
+
+
+def test_watch_benchmark_delivers_every_event_to_every_watcher() -> None:
+    delivery, at_once = asyncio.run(bench_watch.run(watchers=30, events=3, rate=20.0, open_at_once=60, processes=2))
+    assert delivery.opened == 30 and not delivery.failed
+    assert len(delivery.delays_ms) == 30 * 3 and delivery.missing == 0
+    assert all(delay >= 0 for delay in delivery.delays_ms)
+    assert at_once is not None and at_once.opened == 60 and at_once.missing == 0
+    assert {row.key for row in bench_watch.rows(delivery, at_once)} == {
+        "watch_p99",
+        "watch_memory",
+        "watch_open_failed",
+    }

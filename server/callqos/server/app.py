@@ -394,3 +394,9 @@ async def serve(config: Config, telemetry: Telemetry | None = None) -> None:
         # cancellation, which the event loop's own teardown would wait for for ever.
         log.warning("exiting with %d provider calls that ignored cancellation still running", abandoned)
         _flush_and_exit(0)
+
+
+def run(config: Config, telemetry: Telemetry | None = None) -> None:
+    """Serve `config` until SIGTERM or SIGINT, on an event loop of this process's own (what
+    `callqos serve` runs)."""
+    asyncio.run(serve(config, telemetry))

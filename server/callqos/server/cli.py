@@ -7,7 +7,6 @@ serve` is this same entry point, registered in the callqos CLI's `callqos.cli` e
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 import os
 import sys
@@ -154,7 +153,7 @@ def run_serve(args: argparse.Namespace) -> int:
         return _configuration_error(exc)
     logs.configure(config.log_level)
     try:
-        asyncio.run(app.serve(config))
+        app.run(config)
     except (TelemetryConfigError, config_module.ConfigError, app.ListenError) as exc:
         return _configuration_error(exc)
     except (ProviderLoadError, OSError) as exc:

@@ -1,0 +1,140 @@
+"""The server programs the benchmarks start, each as its own process through `ServerProcess`
+(`python programs.py echo|callqos ...`): the bare grpc.aio echo baseline, and the callqos server
+with the embedded default telemetry or with tracing at a given sampling ratio.
+
+"Tracing on" means spans handed to a BatchSpanProcessor whose exporter encodes each batch to OTLP
+protobuf and discards the bytes: the SDK and serialization work of a real OTLP exporter, without
+the network (there is no collector to send to here). The exporter writes what it saw (spans,
+attributes, its thread's CPU time) as JSON to `--stats-file` at shutdown.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import signal
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2
+from opentelemetry import metrics
+from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
+from opentelemetry.trace import SpanKind
+
+from callqos.server import app, logs
+from callqos.server import config as config_module
+from callqos.server.telemetry import Telemetry, setup
+
+HERE = Path(__file__).resolve().parent
+ECHO_METHOD = "/bench.Echo/Echo"
+HEALTH_SERVICE = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
+# The head-sampling ratio deploy/k8s/deployment.yaml configures (a test keeps the two equal).
+PRODUCTION_SAMPLING = 0.1
+
+
+def command(*arguments: str) -> list[str]:
+    """The command running this module with `arguments` (a `ServerProcess` program)."""
+    return [sys.executable, str(HERE / "programs.py"), *arguments]
+
+
+def echo_program() -> list[str]:
+    return command("echo")
+
+
+def callqos_program(sampling: float | None = None, stats_file: Path | None = None) -> list[str]:
+    """The callqos server as `callqos serve` runs it (configuration from CALLQOS_CONFIG and the
+    flags), with the embedded default telemetry (`sampling` None: nothing recorded) or tracing
+    `sampling` of the traces."""
+    arguments = ["callqos"]
+    if sampling is not None:
+        arguments += ["--sampling", str(sampling)]
+    if stats_file is not None:
+        arguments += ["--stats-file", str(stats_file)]
+    return command(*arguments)
+
+
+# -- the baseline -------------------------------------------------------------------------------
+async def _echo(listen: str, port_file: Path) -> None:
+    """A bare grpc.aio server with one unary method that returns its request: no interceptors, no
+    health or reflection service, nothing stored, the default asyncio event loop."""
+
+    async def echo(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        return request
+
+    handler = grpc.method_handlers_generic_handler("bench.Echo", {"Echo": grpc.unary_unary_rpc_method_handler(echo)})
+    server = grpc.aio.server()
+    server.add_generic_rpc_handlers((handler,))
+    port = server.add_insecure_port(listen)
+    await server.start()
+    port_file.write_text(str(port))  # noqa: ASYNC240 -- once, before the load starts
+    stop = asyncio.Event()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+    await stop.wait()
+    await server.stop(1)
+
+
+# -- callqos, traced or not ------------------------------------------------------------------
+class EncodeAndDiscardExporter(SpanExporter):
+    """Does an OTLP exporter's work up to the wire: encode the batch, then drop it. Counts what
+    it saw and the export thread's CPU time, written as JSON to `stats_file` at shutdown."""
+
+    def __init__(self, stats_file: Path | None = None) -> None:
+        self.stats_file = stats_file
+        self.spans = 0
+        self.server_spans = 0
+        self.attributes = 0
+        self.encode_cpu_seconds = 0.0
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        # CPU time of this thread, not wall time: waiting for the GIL is not encoding.
+        started = time.thread_time()
+        encode_spans(spans).SerializeToString()
+        self.encode_cpu_seconds += time.thread_time() - started
+        self.spans += len(spans)
+        self.server_spans += sum(1 for span in spans if span.kind == SpanKind.SERVER)
+        self.attributes += sum(len(span.attributes or ()) for span in spans)
+        return SpanExportResult.SUCCESS
+
+    def shutdown(self) -> None:
+        if self.stats_file is not None:
+            self.stats_file.write_text(json.dumps(vars(self) | {"stats_file": None}))
+
+
+def tracing_telemetry(ratio: float, stats_file: Path | None) -> Telemetry:
+    provider = TracerProvider(sampler=ParentBased(TraceIdRatioBased(ratio)))
+    provider.add_span_processor(BatchSpanProcessor(EncodeAndDiscardExporter(stats_file)))
+    # Health checks (the start-up wait here; kubelet probes in deploy/k8s) stay out of traces, as
+    # the deployment's OTEL_PYTHON_GRPC_EXCLUDED_SERVICES keeps them: only the measured RPCs count.
+    return Telemetry(provider, metrics.NoOpMeterProvider(), excluded_services=frozenset({HEALTH_SERVICE}))
+
+
+def _callqos(listen: str, port_file: Path, sampling: float | None, stats_file: Path | None) -> None:
+    config = config_module.load(flags={"listen": listen, "port_file": port_file})
+    logs.configure(config.log_level)
+    telemetry = setup.from_environment(env={}) if sampling is None else tracing_telemetry(sampling, stats_file)
+    app.run(config, telemetry)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("program", choices=("echo", "callqos"))
+    parser.add_argument("--sampling", type=float)
+    parser.add_argument("--stats-file", type=Path)
+    parser.add_argument("--listen", required=True)
+    parser.add_argument("--port-file", type=Path, required=True)
+    args = parser.parse_args()
+    if args.program == "echo":
+        asyncio.run(_echo(args.listen, args.port_file))
+    else:
+        _callqos(args.listen, args.port_file, args.sampling, args.stats_file)
+
+
+if __name__ == "__main__":
+    main()
