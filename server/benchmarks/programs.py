@@ -1,6 +1,7 @@
 """The server programs the benchmarks start, each as its own process through `ServerProcess`
-(`python programs.py echo|callqos ...`): the bare grpc.aio echo baseline, and the callqos server
-with the embedded default telemetry or with tracing at a given sampling ratio.
+(`python programs.py echo|fanout|callqos ...`): the bare grpc.aio baselines (an echo for unary
+RPCs, a fan-out for watch streams), and the callqos server with the embedded default telemetry or
+with tracing at a given sampling ratio.
 
 "Tracing on" means spans handed to a BatchSpanProcessor whose exporter encodes each batch to OTLP
 protobuf and discards the bytes: the SDK and serialization work of a real OTLP exporter, without
@@ -16,7 +17,7 @@ import json
 import signal
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
 import grpc
@@ -31,9 +32,13 @@ from opentelemetry.trace import SpanKind
 from callqos.server import app, logs
 from callqos.server import config as config_module
 from callqos.server.telemetry import Telemetry, setup
+from callqos.v1 import callqos_service_pb2 as svc
+from callqos.v1 import event_pb2
+from callqos.wire import START_SEQUENCE_HEADER
 
 HERE = Path(__file__).resolve().parent
 ECHO_METHOD = "/bench.Echo/Echo"
+PUBLISH_METHOD = "/bench.Fanout/Publish"
 HEALTH_SERVICE = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
 # The head-sampling ratio deploy/k8s/deployment.yaml configures (a test keeps the two equal).
 PRODUCTION_SAMPLING = 0.1
@@ -46,6 +51,10 @@ def command(*arguments: str) -> list[str]:
 
 def echo_program() -> list[str]:
     return command("echo")
+
+
+def fanout_program() -> list[str]:
+    return command("fanout")
 
 
 def callqos_program(sampling: float | None = None, stats_file: Path | None = None) -> list[str]:
@@ -71,6 +80,49 @@ async def _echo(listen: str, port_file: Path) -> None:
     handler = grpc.method_handlers_generic_handler("bench.Echo", {"Echo": grpc.unary_unary_rpc_method_handler(echo)})
     server = grpc.aio.server()
     server.add_generic_rpc_handlers((handler,))
+    port = server.add_insecure_port(listen)
+    await server.start()
+    port_file.write_text(str(port))  # noqa: ASYNC240 -- once, before the load starts
+    stop = asyncio.Event()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+    await stop.wait()
+    await server.stop(1)
+
+
+async def _fanout(listen: str, port_file: Path) -> None:
+    """The watchers' baseline: a bare grpc.aio server with callqos's WatchEvents method name that
+    holds every stream open, and PUBLISH_METHOD, which sends one WatchEventsResponse (encoded once,
+    its event stamped with the time) to every open stream. No hub, no store, no interceptors."""
+    streams: set[asyncio.Queue[bytes]] = set()
+
+    async def watch(request: bytes, context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
+        await context.send_initial_metadata(((START_SEQUENCE_HEADER, "0"),))
+        queue: asyncio.Queue[bytes] = asyncio.Queue()
+        streams.add(queue)
+        try:
+            while True:
+                yield await queue.get()
+        finally:
+            streams.discard(queue)
+
+    async def publish(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        event = event_pb2.QosEvent()
+        event.create_time.FromNanoseconds(time.time_ns())
+        frame = svc.WatchEventsResponse(event=event).SerializeToString()
+        for queue in streams:
+            queue.put_nowait(frame)
+        return b""
+
+    service, _, method = PUBLISH_METHOD.strip("/").partition("/")
+    server = grpc.aio.server(options=[("grpc.server.max_pending_requests", 1 << 20)])
+    server.add_generic_rpc_handlers(
+        (
+            grpc.method_handlers_generic_handler(
+                "callqos.v1.CallQosService", {"WatchEvents": grpc.unary_stream_rpc_method_handler(watch)}
+            ),
+            grpc.method_handlers_generic_handler(service, {method: grpc.unary_unary_rpc_method_handler(publish)}),
+        )
+    )
     port = server.add_insecure_port(listen)
     await server.start()
     port_file.write_text(str(port))  # noqa: ASYNC240 -- once, before the load starts
@@ -124,7 +176,7 @@ def _callqos(listen: str, port_file: Path, sampling: float | None, stats_file: P
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("program", choices=("echo", "callqos"))
+    parser.add_argument("program", choices=("echo", "fanout", "callqos"))
     parser.add_argument("--sampling", type=float)
     parser.add_argument("--stats-file", type=Path)
     parser.add_argument("--listen", required=True)
@@ -132,6 +184,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.program == "echo":
         asyncio.run(_echo(args.listen, args.port_file))
+    elif args.program == "fanout":
+        asyncio.run(_fanout(args.listen, args.port_file))
     else:
         _callqos(args.listen, args.port_file, args.sampling, args.stats_file)
 

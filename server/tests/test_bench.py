@@ -62,14 +62,16 @@ def test_throughput_benchmark_judges_every_row_against_the_echo_of_its_run(tmp_p
     assert "watchers" in targets.summary(tmp_path / "results.jsonl")  # the rows not measured are listed too
 
 
-def test_watch_benchmark_delivers_every_event_to_every_watcher() -> None:
-    delivery, at_once = asyncio.run(bench_watch.run(watchers=30, events=3, rate=20.0, open_at_once=60, processes=2))
-    assert delivery.opened == 30 and not delivery.failed
-    assert len(delivery.delays_ms) == 30 * 3 and delivery.missing == 0
-    assert all(delay >= 0 for delay in delivery.delays_ms)
-    assert at_once is not None and at_once.opened == 60 and at_once.missing == 0
-    assert {row.key for row in bench_watch.rows(delivery, at_once)} == {
-        "watch_p99",
-        "watch_memory",
-        "watch_open_failed",
-    }
+def test_watch_benchmark_delivers_every_event_to_every_watcher_of_both_servers() -> None:
+    results = asyncio.run(
+        bench_watch.run(watchers=30, events=3, rate=20.0, open_at_once=60, processes=2, generator="python", rounds=1)
+    )
+    assert set(results) == {"bare", "callqos"}
+    for name, measured in results.items():
+        (delivery,) = measured.delivery
+        assert delivery.opened == 30 and not delivery.failed, name
+        assert len(delivery.delays_ms) == 30 * 3 and delivery.missing == 0, name
+        assert all(delay >= 0 for delay in delivery.delays_ms), name
+        assert measured.at_once is not None and measured.at_once.opened == 60, name
+        assert measured.at_once.missing == 0, name
+    assert {row.key for row in bench_watch.rows(results)} == {"watch_p99", "watch_memory", "watch_open_failed"}

@@ -26,7 +26,10 @@ class EventHub:
     def __init__(self, store: Store, window: int = 4096) -> None:
         self._store = store
         self._recent: deque[QosEvent] = deque(maxlen=window)
-        self._changed = asyncio.Condition()
+        # One future per watcher waiting for a newer event, resolved together by the next publish.
+        # (An asyncio.Condition would make every woken watcher take its lock again, one after
+        # another: a thousand watchers, a thousand lock hand-overs per event.)
+        self._waiting: set[asyncio.Future[None]] = set()
         self._last = 0
         self._closed = False
 
@@ -44,14 +47,18 @@ class EventHub:
             return
         self._recent.extend(events)
         self._last = events[-1].sequence
-        async with self._changed:
-            self._changed.notify_all()
+        self._wake()
 
     async def close(self) -> None:
         """Ends every watch (they raise SHUTTING_DOWN so clients reconnect and resume)."""
         self._closed = True
-        async with self._changed:
-            self._changed.notify_all()
+        self._wake()
+
+    def _wake(self) -> None:
+        waiting, self._waiting = self._waiting, set()
+        for waiter in waiting:
+            if not waiter.done():
+                waiter.set_result(None)
 
     async def check_cursor(self, after: int) -> None:
         bounds = await self._store.event_bounds()
@@ -122,5 +129,11 @@ class EventHub:
                     if (event.tenant or DEFAULT_TENANT) == tenant and accept(event):
                         yield event
                 continue
-            async with self._changed:
-                await self._changed.wait_for(lambda: self._closed or self._last > cursor)  # noqa: B023 -- awaited here
+            if self._closed or self._last > cursor:
+                continue
+            waiter = asyncio.get_running_loop().create_future()
+            self._waiting.add(waiter)
+            try:
+                await waiter
+            finally:
+                self._waiting.discard(waiter)

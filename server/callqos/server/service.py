@@ -40,7 +40,7 @@ from callqos.server.security.guard import Guard
 from callqos.server.security.identity import Caller
 from callqos.server.validation import DEFAULT_PAGE, MAX_PAGE, MAX_PROVIDER_PAGE
 from callqos.server.watchers import Watchers
-from callqos.v1 import call_pb2, line_pb2
+from callqos.v1 import call_pb2, event_pb2, line_pb2
 from callqos.v1 import callqos_service_pb2 as svc
 from callqos.v1 import callqos_service_pb2_grpc as svc_grpc
 from callqos.wire import START_SEQUENCE_HEADER
@@ -100,9 +100,35 @@ def _lenient(cls: type[Message]) -> Callable[[bytes], Message | Undecodable]:
     return parse
 
 
+def _encoded(message: Message | bytes) -> bytes:
+    """A response as it goes on the wire: a WatchEvents stream yields its messages encoded
+    already (`Frames`); every other answer is a message."""
+    return message if isinstance(message, bytes) else message.SerializeToString()
+
+
+class Frames:
+    """Each event's WatchEventsResponse, encoded once and sent as the same bytes to every watcher
+    (rather than a message built and serialized per watcher), for the newest `size` events."""
+
+    def __init__(self, size: int = 4096) -> None:
+        self._size = size
+        self._encoded: dict[int, bytes] = {}
+
+    def of(self, event: event_pb2.QosEvent) -> bytes:
+        encoded = self._encoded.get(event.sequence)
+        if encoded is None:
+            encoded = svc.WatchEventsResponse(event=event).SerializeToString()
+            if len(self._encoded) >= self._size:
+                # Dicts keep insertion order: the first key is the oldest event encoded.
+                del self._encoded[next(iter(self._encoded))]
+            self._encoded[event.sequence] = encoded
+        return encoded
+
+
 def add_to_server(servicer: CallQosServicer, server: grpc.aio.Server) -> None:
     """Register the service like the generated add_*_to_server, but with deserializers that
-    turn a corrupt body into INVALID_ARGUMENT rather than UNKNOWN."""
+    turn a corrupt body into INVALID_ARGUMENT rather than UNKNOWN, and a serializer that sends
+    what is encoded already as it is."""
     descriptor = svc.DESCRIPTOR.services_by_name["CallQosService"]
     handlers = {}
     for method in descriptor.methods:
@@ -112,7 +138,7 @@ def add_to_server(servicer: CallQosServicer, server: grpc.aio.Server) -> None:
         handlers[method.name] = make(
             getattr(servicer, method.name),
             request_deserializer=_lenient(request_cls),
-            response_serializer=response_cls.SerializeToString,
+            response_serializer=_encoded if method.server_streaming else response_cls.SerializeToString,
         )
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(descriptor.full_name, handlers),))
     # As the generated code does: registered methods skip the per-call generic lookup.
@@ -181,6 +207,7 @@ class CallQosServicer(svc_grpc.CallQosServiceServicer):
         self._providers = providers
         self.guard = guard
         self.watchers = watchers
+        self._frames = Frames()
 
     @property
     def open_watchers(self) -> int:
@@ -296,7 +323,7 @@ class CallQosServicer(svc_grpc.CallQosServiceServicer):
 
     async def WatchEvents(
         self, request: svc.WatchEventsRequest, context: grpc.aio.ServicerContext
-    ) -> AsyncIterator[svc.WatchEventsResponse]:
+    ) -> AsyncIterator[bytes]:
         # An async generator (not the context.write style), so tracing interceptors that
         # iterate the handler work (opentelemetry-python-contrib#3066).
         caller: Caller | None = None
@@ -339,8 +366,9 @@ class CallQosServicer(svc_grpc.CallQosServiceServicer):
                     asyncio.get_running_loop().call_later(grace, _cancel_unless_done, handler, sending)
 
             watcher.cut = cut
+            frames = self._frames
             async for event in self._hub.watch(cursor, accept, tenant=caller.tenant, passed=watcher.advanced):
-                yield svc.WatchEventsResponse(event=event)
+                yield frames.of(event)  # an encoded WatchEventsResponse
         except (ServiceError, ReplayedStatus) as error:
             self.guard.audit("WatchEvents", caller, context.peer(), "", error)
             await _abort(context, error)
