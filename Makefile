@@ -29,6 +29,7 @@ help:
 	@echo "make test       install everything needed and run every test"
 	@echo "make bench      benchmarks, with ratios against a bare grpc.aio baseline measured in the same run"
 	@echo "make bench-watch  the WatchEvents benchmark alone (1,000 watchers, 10,000 opened at once)"
+	@echo "make profile    where the server's CPU goes under load (py-spy; PROFILE=make_drop|renegotiate|get|watch)"
 	@echo "make generate   regenerate all code from protos/"
 	@echo "make lint       buf lint + buf format check, ruff check + ruff format check"
 	@echo "make dist       sdists and wheels of callqos, callqos-server and callqos-conformance in dist/"
@@ -134,6 +135,14 @@ bench: $(STAMP)
 # WatchEvents alone: 1,000 watchers' delivery times and memory, 10,000 opened at once.
 bench-watch: $(STAMP)
 	$(PY) server/benchmarks/bench_watch.py $(BENCH_ARGS)
+
+# Where the server's CPU goes under one workload, sampled with py-spy: make profile PROFILE=watch
+# (make_drop, renegotiate, get or watch; PROFILE_ARGS=--native adds the C frames).
+PROFILE ?= make_drop
+PROFILE_ARGS ?=
+.PHONY: profile
+profile: $(STAMP)
+	$(PY) server/benchmarks/profile_server.py $(PROFILE) $(PROFILE_ARGS)
 
 .PHONY: clean
 clean:

@@ -3,7 +3,7 @@ the same way, one with the embedded default (nothing exported: always-off sample
 processor, no metrics) and others tracing, measured in alternating rounds in the same run.
 
 "Tracing on" is `programs.py`'s: spans encoded to OTLP and discarded. A traced cycle records two
-server spans and their provider and store child spans (six spans). bench.py judges the overhead
+server spans and their provider child spans (four spans). bench.py judges the overhead
 against the echo of its own run; this one explains it.
 
 Variants:

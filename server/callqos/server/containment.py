@@ -26,6 +26,7 @@ host (`hosting`) runs each provider call through `Containment.run`, which guaran
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import inspect
 import logging
 import threading
@@ -120,6 +121,34 @@ class _Stepped:
                 value, error = None, thrown
 
 
+class _Resumed:
+    """A coroutine that has run its first step (and is waiting on `waiting`, what that step
+    yielded), driven on to the end by the task that awaits `run()`."""
+
+    __slots__ = ("_coroutine", "_waiting")
+
+    def __init__(self, coroutine: Coroutine[Any, Any, Any], waiting: Any) -> None:
+        self._coroutine, self._waiting = coroutine, waiting
+
+    def __await__(self) -> Generator[Any, Any, Any]:
+        yielded = self._waiting
+        while True:
+            try:
+                value, error = (yield yielded), None
+            except GeneratorExit:
+                self._coroutine.close()
+                raise
+            except BaseException as thrown:  # a cancellation, passed on to the provider
+                value, error = None, thrown
+            try:
+                yielded = self._coroutine.send(value) if error is None else self._coroutine.throw(error)
+            except StopIteration as done:
+                return done.value
+
+    async def run(self) -> Any:
+        return await self
+
+
 def _start(work: Work[T]) -> Awaitable[T]:
     awaitable = work() if callable(work) else work
     if not inspect.isawaitable(awaitable):
@@ -212,8 +241,23 @@ class Containment:
         """`work`'s result. Raises TimeoutError past `budget`, Wedged when it then ignored its
         cancellation for `cancel_grace` (`late(result)` is called if it ever returns after all),
         ProviderRaised for a BaseException or a non-awaitable, and whatever Exception it raised."""
-        coroutine = thread.run(work, label) if thread is not None else _guarded(work, label, self.clock)
-        task: asyncio.Task[T] = asyncio.ensure_future(coroutine)
+        if thread is not None:
+            task: asyncio.Task[T] = asyncio.ensure_future(thread.run(work, label))
+        else:
+            # The call's first step runs here, at once: a provider that decides without waiting
+            # (the reference provider; most in-memory ones) is done then, with no task and no
+            # timer. One that waits goes on in a task of its own, under its budget, as any call
+            # did. Its steps all run in one Context of their own (a copy of the caller's), so that
+            # a context variable it sets, or a span it makes current, is its own in every step.
+            started = time.monotonic()
+            context = contextvars.copy_context()
+            coroutine = _guarded(work, label, self.clock)
+            try:
+                waiting = context.run(coroutine.send, None)
+            except StopIteration as finished:
+                return finished.value  # type: ignore[no-any-return]
+            budget = max(0.0, budget - (time.monotonic() - started))
+            task = asyncio.get_running_loop().create_task(_Resumed(coroutine, waiting).run(), context=context)
         try:
             done, _ = await asyncio.wait({task}, timeout=budget)
         except asyncio.CancelledError:  # our own caller is cancelled (shutdown): so is the provider

@@ -40,12 +40,17 @@ class AuditRecord:
 
 
 def record(entry: AuditRecord) -> None:
-    """Write `entry` (with the current trace id) to the audit log and the current span."""
+    """Write `entry` (with the current trace id) to the audit log and the current span. Nothing
+    is built when neither would keep it (a log level above the record's, an unsampled span)."""
+    level = logging.INFO if entry.outcome == OK else logging.WARNING
+    logged = audit_log.isEnabledFor(level)
+    span = trace.get_current_span()
+    if not logged and not span.is_recording():
+        return
     fields = {key: value for key, value in asdict(entry).items() if value}
     fields.setdefault("trace_id", current_trace_id())
     fields["outcome"] = entry.outcome
-    level = logging.INFO if entry.outcome == OK else logging.WARNING
-    audit_log.log(level, "audit %s %s %s", entry.method, entry.outcome, entry.resource, extra=fields)
-    span = trace.get_current_span()
+    if logged:
+        audit_log.log(level, "audit %s %s %s", entry.method, entry.outcome, entry.resource, extra=fields)
     if span.is_recording():
         span.add_event("callqos.audit", {f"callqos.audit.{key}": value for key, value in fields.items()})

@@ -100,6 +100,9 @@ MUTATIONS = frozenset(
 )
 
 
+_GRANTED_CACHE = 1024
+
+
 class Roles:
     """The roles in force: the built-in ones, with the `roles` setting's replacing or adding."""
 
@@ -113,6 +116,10 @@ class Roles:
                 raise ConfigError(f"roles.{role}: unknown permission(s) {', '.join(unknown)}")
             table[role] = granted
         self._table: Mapping[str, frozenset[str]] = MappingProxyType(table)
+        # The permissions of each set of roles asked about, worked out once: every request asks,
+        # almost always for one of a handful of sets (bounded, so a token carrying ever new role
+        # names cannot grow it without limit).
+        self._granted: dict[frozenset[str], frozenset[str]] = {}
 
     @property
     def names(self) -> frozenset[str]:
@@ -129,7 +136,14 @@ class Roles:
     def permissions(self, roles: Iterable[str]) -> frozenset[str]:
         """Everything the roles grant together. Unknown role names (a token may carry roles for
         other services) grant nothing."""
+        key = roles if isinstance(roles, frozenset) else frozenset(roles)
+        cached = self._granted.get(key)
+        if cached is not None:
+            return cached
         granted: set[str] = set()
-        for role in roles:
+        for role in key:
             granted |= self._table.get(role, frozenset())
-        return frozenset(granted)
+        if len(self._granted) >= _GRANTED_CACHE:
+            self._granted.clear()
+        cached = self._granted[key] = frozenset(granted)
+        return cached

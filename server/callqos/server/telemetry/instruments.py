@@ -359,16 +359,6 @@ class Instruments:
             self.tracer.start_span(name, attributes=attributes, record_exception=False, set_status_on_exception=False)
         )
 
-    def store_commit(self, call: str, events: int) -> contextlib.AbstractContextManager[object]:
-        """The child span of one store commit (nothing when tracing is off or the RPC's span is
-        not sampled)."""
-        if not self.tracing_enabled:
-            return contextlib.nullcontext()
-        return self._span(
-            "callqos.store.commit",
-            {"db.system.name": "sqlite", "db.operation.name": "commit", "callqos.call": call, "callqos.events": events},
-        )
-
     def call_committed(self, call: call_pb2.Call) -> None:
         """Keep the connected-calls gauge in step with the store (called after each commit and
         for each connected call at start-up; idempotent per call)."""
