@@ -42,11 +42,19 @@ class EventHub:
         return self._last
 
     async def publish(self, events: Sequence[QosEvent]) -> None:
-        """Called after the events are committed, in sequence order."""
+        """Called after the events are committed, normally in sequence order. The window only
+        ever holds consecutive sequences: events that do not follow it (commits of one group
+        published out of order) start it afresh, and a watcher behind its start reads from the
+        store, where every committed event is."""
         if not events:
             return
-        self._recent.extend(events)
-        self._last = events[-1].sequence
+        recent = self._recent
+        if recent and events[0].sequence != recent[-1].sequence + 1:
+            if events[-1].sequence <= recent[-1].sequence:
+                return  # published late: the store has them, and the watchers were woken
+            recent.clear()
+        recent.extend(events)
+        self._last = max(self._last, events[-1].sequence)
         self._wake()
 
     async def close(self) -> None:

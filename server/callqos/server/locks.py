@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Hashable
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Hashable
 from typing import TypeVar
 
 T = TypeVar("T")
@@ -28,16 +27,42 @@ class KeyedLocks:
     def __init__(self) -> None:
         self._locks: dict[Hashable, tuple[asyncio.Lock, int]] = {}
 
-    @asynccontextmanager
-    async def hold(self, key: Hashable) -> AsyncIterator[None]:
-        lock, users = self._locks.get(key, (asyncio.Lock(), 0))
-        self._locks[key] = (lock, users + 1)
+    def hold(self, key: Hashable) -> _Held:
+        """`async with locks.hold(key)`: the lock of `key`, made when first asked for and dropped
+        when nobody holds or waits for it."""
+        return _Held(self, key)
+
+
+class _Held:
+    """One `hold`: a plain async context manager (every mutation takes one or two; a generator-
+    based one costs several times as much to enter and leave)."""
+
+    __slots__ = ("_key", "_locks")
+
+    def __init__(self, locks: KeyedLocks, key: Hashable) -> None:
+        self._locks, self._key = locks, key
+
+    async def __aenter__(self) -> None:
+        table = self._locks._locks
+        lock, users = table.get(self._key, (None, 0))
+        if lock is None:
+            lock = asyncio.Lock()
+        table[self._key] = (lock, users + 1)
         try:
-            async with lock:
-                yield
-        finally:
-            lock, users = self._locks[key]
-            if users == 1:
-                del self._locks[key]
-            else:
-                self._locks[key] = (lock, users - 1)
+            await lock.acquire()
+        except BaseException:
+            self._leave(held=False)
+            raise
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self._leave(held=True)
+
+    def _leave(self, *, held: bool) -> None:
+        table = self._locks._locks
+        lock, users = table[self._key]
+        if held:
+            lock.release()
+        if users == 1:
+            del table[self._key]
+        else:
+            table[self._key] = (lock, users - 1)

@@ -183,7 +183,7 @@ def unary(method: Handler[R]) -> Handler[R]:
             self.guard.audit(name, caller, context.peer(), _resource(request), internal)
             await _abort(context, internal)
         else:
-            if name in MUTATIONS:
+            if name in MUTATIONS and self.guard.audits_success():
                 self.guard.audit(name, caller, context.peer(), _resource(request, answer), None)
             return answer
         raise AssertionError("unreachable: abort raises")

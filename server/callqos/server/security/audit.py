@@ -39,6 +39,13 @@ class AuditRecord:
     trace_id: str = ""
 
 
+def kept(outcome: str) -> bool:
+    """Whether a record of `outcome` would be kept anywhere now (the audit logger's level, the
+    current span): callers skip building one that nothing keeps."""
+    level = logging.INFO if outcome == OK else logging.WARNING
+    return audit_log.isEnabledFor(level) or trace.get_current_span().is_recording()
+
+
 def record(entry: AuditRecord) -> None:
     """Write `entry` (with the current trace id) to the audit log and the current span. Nothing
     is built when neither would keep it (a log level above the record's, an unsampled span)."""

@@ -170,6 +170,11 @@ class Guard:
 
     # -- audit ---------------------------------------------------------------------------------
     @staticmethod
+    def audits_success() -> bool:
+        """Whether the record of a mutation that succeeded would be kept now (see `audit.kept`)."""
+        return audit.kept(audit.OK)
+
+    @staticmethod
     def audit(
         method: str,
         caller: Caller | None,
@@ -188,6 +193,8 @@ class Guard:
         if not denied and method not in MUTATIONS:
             return
         outcome = audit.DENIED if denied else audit.FAILED if error is not None else audit.OK
+        if not audit.kept(outcome):
+            return
         audit.record(
             audit.AuditRecord(
                 method=method,

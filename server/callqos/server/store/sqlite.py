@@ -1,7 +1,8 @@
 """SQLite storage: one file under the data directory (WAL), or memory when asked.
 
-Writes run inline on the event loop: each is one short transaction (tens of microseconds with
-WAL and synchronous=NORMAL), cheaper than a thread hop.
+Writes run on the event loop, cheaper than a thread hop: the commits that are ready in the same
+turn of the loop share one short transaction (group commit, `store.group`), each acknowledged
+only once it has committed.
 synchronous=NORMAL in WAL mode survives a process crash (SIGKILL) without losing a committed
 transaction; only an OS crash or power loss can lose the last few.
 """
@@ -28,6 +29,7 @@ from callqos.server.store.base import (
     UsageLimits,
     held_usage,
 )
+from callqos.server.store.group import GroupCommitter
 from callqos.v1 import call_pb2, event_pb2, line_pb2
 from callqos.wire import DEFAULT_TENANT
 
@@ -258,7 +260,10 @@ class SqliteStore(Store):
                 self._db.execute("ROLLBACK")
                 raise
         row = self._db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'events'").fetchone()
-        self._last_seq: int = row[0] if row else 0
+        self._last_seq: int = row[0] if row else 0  # the newest event committed
+        self._next_seq = self._last_seq  # the newest event numbered in the group being written
+        # Commits ready together share one transaction (store/group.py).
+        self._committer = GroupCommitter(self._db, self._forget_group)
 
     # -- calls ----------------------------------------------------------------------------
     async def get_call(self, name: str) -> call_pb2.Call | None:
@@ -373,12 +378,39 @@ class SqliteStore(Store):
         lines: Sequence[line_pb2.Line] = (),
         limits: UsageLimits | None = None,
     ) -> list[event_pb2.QosEvent]:
-        numbered: list[event_pb2.QosEvent] = []
-        seq = self._last_seq
-        now_us = time.time_ns() // 1000
         calls = [call] if isinstance(call, call_pb2.Call) else list(call)
         stored = [(each, each.SerializeToString()) for each in calls]
-        self._db.execute("BEGIN IMMEDIATE")
+
+        def write() -> tuple[list[event_pb2.QosEvent], Callable[[], None]]:
+            numbered, seq = self._write(stored, events, idempotency, lines, limits)
+            self._next_seq = seq
+
+            def committed() -> None:
+                self._last_seq = seq
+                for each, data in stored:
+                    self._remember(each.name, data)
+
+            return numbered, committed
+
+        return await self._committer.submit(write)
+
+    def _forget_group(self) -> None:
+        """A group's transaction failed: the sequence numbers its writes took are free again."""
+        self._next_seq = self._last_seq
+
+    def _write(
+        self,
+        stored: Sequence[tuple[call_pb2.Call, bytes]],
+        events: Sequence[event_pb2.QosEvent],
+        idempotency: IdempotencyRecord | None,
+        lines: Sequence[line_pb2.Line],
+        limits: UsageLimits | None,
+    ) -> tuple[list[event_pb2.QosEvent], int]:
+        """One commit's statements, inside the group's transaction (`store.group`): the events
+        numbered after those of the writes before it in the group, and the last number taken."""
+        numbered: list[event_pb2.QosEvent] = []
+        seq = self._next_seq
+        now_us = time.time_ns() // 1000
         try:
             before = self._usage(limits.tenant) if limits is not None else None
             for each, data in stored:
@@ -442,19 +474,11 @@ class SqliteStore(Store):
                         now_us,
                     ),
                 )
-            self._db.execute("COMMIT")
         except sqlite3.IntegrityError as error:
-            self._db.execute("ROLLBACK")
             if "lines.address" in str(error):
                 raise AddressInUseError(str(error)) from error
             raise
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
-        self._last_seq = seq
-        for each, data in stored:
-            self._remember(each.name, data)
-        return numbered
+        return numbered, seq
 
     async def find_request(
         self, request_id: str, principal: str, tenant: str = DEFAULT_TENANT
