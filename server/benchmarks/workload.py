@@ -38,6 +38,7 @@ def script(name: str, *arguments: str) -> list[str]:
 class Measured:
     rate: float  # operations per second over the measurement window
     probe_per_op: float | None = None  # what the probe's reading grew by, per operation
+    own_cpu_per_op: float = 0.0  # CPU seconds this process (the load generator) spent per operation
 
 
 async def measure(
@@ -60,12 +61,14 @@ async def measure(
     await asyncio.sleep(WARMUP_SECONDS)
     measuring = True
     probed = probe() if probe else 0.0
+    own = time.process_time()
     started = time.monotonic()
     await asyncio.gather(*tasks)
     elapsed = time.monotonic() - started
+    own = time.process_time() - own
     operations = sum(counts)
     per_op = (probe() - probed) / operations if probe and operations else None
-    return Measured(operations / elapsed, per_op)
+    return Measured(operations / elapsed, per_op, own / operations if operations else 0.0)
 
 
 def process_cpu_seconds(pid: int) -> Callable[[], float]:

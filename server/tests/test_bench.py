@@ -48,7 +48,10 @@ def test_throughput_benchmark_judges_every_row_against_the_echo_of_its_run(tmp_p
     assert set(results) == set(bench.VARIANTS)
     for name, series in results.items():
         assert series.rate > 0 and series.cpu_us_per_rpc > 0, name
-    judged = bench.rows(results)
+    commit_us = asyncio.run(bench.commit_cost_us(commits=64))
+    assert commit_us > 0
+    judged = bench.rows(results, commit_us)
+    assert "limit" in bench.table(results, commit_us)
     assert {row.key for row in judged} == {
         "make_drop",
         "make_drop_sampled",

@@ -69,14 +69,28 @@ EventType = event_pb2.QosEventType
 QosSpec = flowspec_pb2.QosSpec
 QosEvent = event_pb2.QosEvent
 ST = flowspec_pb2.ServiceType
+# The values the make and drop paths compare with or set on every call, read once: each
+# `Enum.NAME` is a Python-level __getattr__ of protobuf's enum wrapper.
+_NEEDED = Level.SERVICE_LEVEL_NEEDED
+_BEST_EFFORT = Level.SERVICE_LEVEL_BEST_EFFORT
+_OUTGOING = Call.Direction.DIRECTION_OUTGOING
+_CONNECTED = State.STATE_CONNECTED
+_DISCONNECTED = State.STATE_DISCONNECTED
+_GRANTED = EventType.QOS_EVENT_TYPE_QOS_GRANTED
+_CALL_DISCONNECTED = EventType.QOS_EVENT_TYPE_CALL_DISCONNECTED
+_NORMAL = Disconnect.DISCONNECT_REASON_NORMAL
 
 
 def etag_of(call: Call) -> str:
-    """A strong etag (AIP-154): changes whenever any field of the call changes."""
-    unsigned = Call()
-    unsigned.CopyFrom(call)
-    unsigned.ClearField("etag")
-    return hashlib.sha256(unsigned.SerializeToString(deterministic=True)).hexdigest()[:16]
+    """A strong etag (AIP-154): changes whenever any field of the call changes. (Hashed with
+    the call's own etag left out for the moment, rather than from a copy without it: copying a
+    call cost more than hashing it.)"""
+    etag = call.etag
+    call.ClearField("etag")
+    try:
+        return hashlib.sha256(call.SerializeToString(deterministic=True)).hexdigest()[:16]
+    finally:
+        call.etag = etag
 
 
 def _now() -> timestamp_pb2.Timestamp:
@@ -89,7 +103,7 @@ def _least_reserved(level: int, qos: QosSpec) -> tuple[int, int]:
     """The least a call at `level` asking for `qos` will hold once granted, (sending, receiving):
     a NEEDED grant satisfies the request, so holds at least its reserved rates; any other level
     may be granted nothing."""
-    if level != Level.SERVICE_LEVEL_NEEDED:
+    if level != _NEEDED:
         return 0, 0
     return reserved_rate(qos.sending), reserved_rate(qos.receiving)
 
@@ -263,16 +277,16 @@ class CallManager:
                     metadata={"call": name},
                     denial="" if existing.tenant == caller.tenant else f"{name} is held by tenant {existing.tenant}",
                 )
-            level = request.call.service_level or Level.SERVICE_LEVEL_NEEDED
+            level = request.call.service_level or _NEEDED
             asked = request.call.requested_qos
-            offered = best_effort_qos(asked.provider_specific) if level == Level.SERVICE_LEVEL_BEST_EFFORT else asked
+            offered = best_effort_qos(asked.provider_specific) if level == _BEST_EFFORT else asked
             limits = self._limits(caller.tenant)
             if limits is not None:
                 await self._check_quota(limits, Usage(1, *_least_reserved(level, offered)))
             now = _now()
             call = Call(
                 name=name,
-                direction=Call.Direction.DIRECTION_OUTGOING,
+                direction=_OUTGOING,
                 destination=request.call.destination,
                 provider=info.name,
                 service_level=level,
@@ -350,11 +364,11 @@ class CallManager:
                 return await self._settle(
                     Outcome(call=call, peers=(), events=events, failure=refusal, key=key, decided=decided, release=None)
                 )
-            call.state = State.STATE_CONNECTED
+            call.state = _CONNECTED
             call.granted_qos.CopyFrom(decision.qos)
             call.features.set_qos = info.capabilities.renegotiation
             call.etag = etag_of(call)
-            granted = self._event(call, EventType.QOS_EVENT_TYPE_QOS_GRANTED, request.request_id, current=decision.qos)
+            granted = self._event(call, _GRANTED, request.request_id, current=decision.qos)
             # Over quota after all (a concurrent admission of the tenant committed first): the
             # store refuses the commit and the grant is released, as for any failed commit.
             return await self._settle(
@@ -528,20 +542,14 @@ class CallManager:
             call = await self.get(request.name, caller)
             if call.owner != caller.principal and not caller.can(Permission.DROP_ANY_CALL):
                 raise self._not_owner(call)
-            if call.state != State.STATE_CONNECTED:
+            if call.state != _CONNECTED:
                 return call  # dropping twice is harmless
             self._check_etag(call, request.etag)
             info = self.providers.get(call.provider)
             previous = QosSpec()
             previous.CopyFrom(call.granted_qos)
-            self._disconnect(call, Disconnect.DISCONNECT_REASON_NORMAL, _now())
-            event = self._event(
-                call,
-                EventType.QOS_EVENT_TYPE_CALL_DISCONNECTED,
-                "",
-                previous=previous,
-                disconnect=Disconnect.DISCONNECT_REASON_NORMAL,
-            )
+            self._disconnect(call, _NORMAL, _now())
+            event = self._event(call, _CALL_DISCONNECTED, "", previous=previous, disconnect=_NORMAL)
             return await self._settle(
                 Outcome(
                     call=call,
@@ -724,7 +732,7 @@ class CallManager:
 
     @staticmethod
     def _disconnect(call: Call, reason: call_pb2.DisconnectReason, when: timestamp_pb2.Timestamp) -> None:
-        call.state = State.STATE_DISCONNECTED
+        call.state = _DISCONNECTED
         call.disconnect_reason = reason
         call.features.set_qos = False
         call.update_time.CopyFrom(when)

@@ -4,9 +4,11 @@ acknowledged only after that COMMIT.
 
 Each mutation is a `Write`: a function that runs its statements inside the open transaction and
 returns its result and what to do once it is durable (`on_commit`: the store's in-memory state,
-its cache and last sequence, follows the database only then). Each runs under a SAVEPOINT of its
-own, so one that fails (a quota exceeded, an address in use) is rolled back alone and gets its
-own error, while the others commit. When the transaction itself fails — its COMMIT, or a write
+its cache and last sequence, follows the database only then). One that fails on its own (a quota
+exceeded, an address in use) gets its own error, and the rest of its group is rolled back and
+written again without it, so the others commit as if it had never been tried (the writes are
+functions of the database as they find it, so writing one again is the same write). When the
+transaction itself fails — its COMMIT, or a write
 after which SQLite has rolled the whole transaction back (a full disk, an I/O error) — every
 mutation of the group fails with that error and nothing of the group is acknowledged: no caller
 is ever told "committed" about something that is not.
@@ -64,30 +66,32 @@ class GroupCommitter:
         # A write whose submitter was cancelled before its group formed is not made.
         group = [member for member in self._waiting if not member.future.done()]
         self._waiting = []
-        if not group:
-            return
-        self.groups += 1
+        self.groups += 1 if group else 0
         self.writes += len(group)
+        while group:
+            group = self._commit(group)
+
+    def _commit(self, group: list[_Member[Any]]) -> list[_Member[Any]]:
+        """Write `group` in one transaction and commit it; what is left to write again: the group
+        without a write that failed on its own (none when the group committed or failed)."""
         db = self._db
         done: list[tuple[_Member[Any], Any, OnCommit]] = []
-        failed: list[tuple[_Member[Any], BaseException]] = []
-        alone = len(group) == 1  # no savepoint needed: its failure is the transaction's
         try:
             db.execute("BEGIN IMMEDIATE")
             for member in group:
-                if not alone:
-                    db.execute("SAVEPOINT member")
                 try:
                     result, on_commit = member.write()
                 except BaseException as error:
-                    if alone or not db.in_transaction:
-                        raise  # the transaction is gone (SQLite rolled it back): the group fails
-                    db.execute("ROLLBACK TO member")
-                    db.execute("RELEASE member")
-                    failed.append((member, error))
-                    continue
-                if not alone:
-                    db.execute("RELEASE member")
+                    if len(group) == 1 or not db.in_transaction:
+                        raise  # its failure is the group's (or SQLite rolled the whole transaction back)
+                    # A write that fails on its own (a quota, an address in use) fails alone: the
+                    # group is rolled back and written again without it. (Cheaper than a savepoint
+                    # around every write, for a failure that is rare.)
+                    db.execute("ROLLBACK")
+                    self._on_abort()
+                    if not member.future.done():
+                        member.future.set_exception(error)
+                    return [other for other in group if other is not member]
                 done.append((member, result, on_commit))
             db.execute("COMMIT")
         except BaseException as aborted:
@@ -97,12 +101,10 @@ class GroupCommitter:
             for member in group:
                 if not member.future.done():
                     member.future.set_exception(aborted)
-            return
+            return []
         # Durable now: the store's memory follows, then each is told, in the order they committed.
         for member, result, on_commit in done:
             on_commit()
             if not member.future.done():
                 member.future.set_result(result)
-        for member, refused in failed:
-            if not member.future.done():
-                member.future.set_exception(refused)
+        return []
