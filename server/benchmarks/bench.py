@@ -35,7 +35,7 @@ from pathlib import Path
 import programs
 import workload
 from targets import Row, report
-from workload import CONCURRENCY, Measured, process_cpu_seconds
+from workload import CONCURRENCY, Measured, process_cpu_seconds, rotated
 
 from callqos.server.store.sqlite import SqliteStore
 from callqos.server.testing import ServerProcess
@@ -146,11 +146,8 @@ async def run(seconds: float = ROUND_SECONDS, rounds: int = ROUNDS) -> dict[str,
         async with contextlib.AsyncExitStack() as stack:
             for server in started.values():
                 await stack.enter_async_context(server)
-            order = list(VARIANTS)
             for round_ in range(rounds):
-                # Rotated each round: a traced server's exporter may still be encoding its backlog
-                # while the next variant is measured.
-                for name in order[round_ % len(order) :] + order[: round_ % len(order)]:
+                for name in rotated(list(VARIANTS), round_):
                     variant = VARIANTS[name]
                     server = started[variant.server]
                     measured = await variant.load(server.target, seconds, process_cpu_seconds(server.pid))

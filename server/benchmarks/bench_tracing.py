@@ -31,7 +31,7 @@ from pathlib import Path
 
 import programs
 from programs import PRODUCTION_SAMPLING
-from workload import make_drop, process_cpu_seconds
+from workload import make_drop, process_cpu_seconds, rotated
 
 from callqos.server.testing import ServerProcess
 
@@ -108,11 +108,8 @@ async def run(seconds: float, rounds: int = ROUNDS) -> dict[str, VariantResult]:
         async with contextlib.AsyncExitStack() as stack:
             for server in servers.values():
                 await stack.enter_async_context(server)
-            order = list(servers)
             for round_ in range(rounds):
-                # Rotated each round: a traced server's exporter thread may still be encoding its
-                # backlog while the next variant is measured.
-                for variant in order[round_ % len(order) :] + order[: round_ % len(order)]:
+                for variant in rotated(list(servers), round_):
                     cpu = process_cpu_seconds(servers[variant].pid)
                     measured = await make_drop(servers[variant].target, seconds, cpu)
                     results[variant].rates.append(measured.rate)

@@ -71,6 +71,14 @@ async def measure(
     return Measured(operations / elapsed, per_op, own / operations if operations else 0.0)
 
 
+def rotated(order: list[str], round_: int) -> list[str]:
+    """`order` started `round_` places further each round, so that no variant always follows the
+    same one (a traced server's exporter may still be encoding its backlog while the next variant
+    is measured)."""
+    shift = round_ % len(order)
+    return order[shift:] + order[:shift]
+
+
 def process_cpu_seconds(pid: int) -> Callable[[], float]:
     """A probe: CPU seconds (user + system, all threads) process `pid` has used so far (Linux)."""
     ticks = os.sysconf("SC_CLK_TCK")
