@@ -268,7 +268,7 @@ def test_no_import_cycles_between_subpackages() -> None:
 FLOW = (
     ("service",),
     ("validation",),
-    ("calls", "idempotency"),
+    ("calls", "idempotency", "ledger"),
     ("hosting",),
     ("events",),
     ("store",),

@@ -19,6 +19,7 @@ from callqos.server.calls import CallManager
 from callqos.server.config import Config
 from callqos.server.events import EventHub
 from callqos.server.hosting import HostedProviders
+from callqos.server.ledger import Ledger
 from callqos.server.service import CallQosServicer, add_to_server
 from callqos.server.store.sqlite import MEMORY, SqliteStore
 from callqos.server.telemetry import Telemetry
@@ -60,6 +61,7 @@ class Running:
     calls: CallManager
     providers: HostedProviders
     store: SqliteStore
+    ledger: Ledger
     servicer: CallQosServicer
     config: Config
     telemetry: Telemetry
@@ -77,6 +79,7 @@ class Running:
             self._pruner.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._pruner
+        await self.ledger.stop()
         await self.providers.stop()
         await self.store.close()
         if self.config.port_file is not None:
@@ -133,7 +136,19 @@ async def _start(
         config.providers, config.default_provider, config.provider_timeout_seconds, telemetry=instruments
     )
     calls = CallManager(store, hub, providers, telemetry=instruments)
+    ledger = Ledger(
+        store,
+        providers,
+        calls,
+        instruments,
+        reconcile_interval_seconds=config.reconcile_interval_seconds,
+        release_retry_max_seconds=config.release_retry_max_seconds,
+    )
+    # Capacities set with UpdateLink first, so that restored calls are re-taken under them; then
+    # the calls; then the releases still owed and a reconciliation, before serving.
+    await ledger.put_back_link_capacities()
     await calls.start()
+    await ledger.start()
     for call in await store.connected_calls():
         instruments.call_committed(call)
     for info in providers.all():
@@ -142,7 +157,7 @@ async def _start(
     # The telemetry interceptor runs first, so the span covers the other interceptors too.
     tracing = TelemetryInterceptor(instruments, telemetry.excluded_services)
     server = grpc.aio.server(options=grpc_options(config), interceptors=[tracing, *(interceptors or [])])
-    servicer = CallQosServicer(calls, hub, providers, config.max_watchers)
+    servicer = CallQosServicer(calls, hub, providers, config.max_watchers, ledger)
     instruments.open_watch_streams = lambda: servicer.open_watchers
     add_to_server(servicer, server)
     health_servicer = health.aio.HealthServicer()
@@ -159,7 +174,7 @@ async def _start(
     await server.start()
     for name in ("", SERVICE_NAME):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    running = Running(server, port, health_servicer, hub, calls, providers, store, servicer, config, telemetry)
+    running = Running(server, port, health_servicer, hub, calls, providers, store, ledger, servicer, config, telemetry)
     running._pruner = asyncio.create_task(running._prune_forever())
     host = config.listen.rpartition(":")[0]
     log.info(

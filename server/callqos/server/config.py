@@ -51,6 +51,11 @@ class Config:
     max_watchers: int = 1000  # open WatchEvents streams across all connections
     # On SIGTERM/SIGINT: health goes NOT_SERVING, watchers are ended, in-flight RPCs get this long.
     shutdown_grace_seconds: float = 5.0
+    # The ledger (operator settings): how often the providers that list their reservations are
+    # reconciled with the connected calls (0 = only at start-up), and the longest wait between two
+    # attempts at a release a provider has not confirmed (the wait doubles from 0.5 s up to it).
+    reconcile_interval_seconds: float = 60.0
+    release_retry_max_seconds: float = 60.0
     reflection: bool = True
     log_level: str = "info"
     # Written with the bound port once serving (useful with listen = "127.0.0.1:0").
@@ -74,9 +79,11 @@ class Config:
             host, sep, port = self.metrics_listen.rpartition(":")
             if not sep or not host or not port.isdigit():
                 raise ConfigError(f"metrics_listen must be HOST:PORT or empty, not {self.metrics_listen!r}")
-        for name in ("provider_timeout_seconds", "shutdown_grace_seconds"):
+        for name in ("provider_timeout_seconds", "shutdown_grace_seconds", "release_retry_max_seconds"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive")
+        if self.reconcile_interval_seconds < 0:
+            raise ConfigError("reconcile_interval_seconds must not be negative")
         for name in ("event_retention_count", "max_message_bytes", "max_concurrent_streams", "max_watchers"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1")

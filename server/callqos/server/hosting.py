@@ -4,9 +4,11 @@ It loads the configured providers (through `providers.registry`), starts them wi
 they held, finds them by name, and calls them — always under a deadline, so a slow or hung
 provider fails one request instead of hanging the server, and inside a provider span with the
 decision's metrics. Any failure of a provider becomes PROVIDER_UNAVAILABLE here. It also owns
-link administration (ListLinks, UpdateLink): which provider has links, and the provider call
-that changes one. What a provider implements is in `providers`; the host's bookkeeping of a
-hosted provider (`HostedProvider`) is kept here, out of the plugin's public face.
+link administration (ListLinks, UpdateLink): which provider has links, their configured
+capacities, and the provider call that changes one; and what the ledger's reconciliation asks
+of a provider: the reservations it holds (`holdings`). What a provider implements is in
+`providers`; the host's bookkeeping of a hosted provider (`HostedProvider`) is kept here, out of
+the plugin's public face.
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ CALLER_DEADLINE: contextvars.ContextVar[float | None] = contextvars.ContextVar("
 CALLER_BOUND = frozenset({"admit", "renegotiate"})
 # Provider operations after which a link's reservations may have changed (the link gauges are
 # refreshed after each).
-CHANGES_LINKS = frozenset({"admit", "renegotiate", "release", "update_link"})
+CHANGES_LINKS = frozenset({"admit", "renegotiate", "release", "update_link", "restore"})
 
 
 @dataclass
@@ -81,14 +83,47 @@ class HostedProviders:
                 capabilities=provider.capabilities(),
             )
         self.default_id = default
+        # Each administered link's capacity as configured (`providers/{p}/links/{l}` → B/s), read
+        # before any capacity set with UpdateLink is put back (`read_configured_links`).
+        self.configured_capacity: dict[str, int] = {}
 
-    async def start(self, host: ProviderHost, connected: Mapping[str, Sequence[Restored]]) -> list[ProviderChange]:
-        """Start every provider with the connected calls it held; the changes they report for
-        calls that no longer fit are returned for the host to apply."""
-        changes: list[ProviderChange] = []
-        for info in self._by_id.values():
-            changes.extend(await info.provider.start(host, list(connected.get(info.id, ()))))
-        return changes
+    async def read_configured_links(self) -> None:
+        """Remember every administered link's configured capacity (before start-up applies the
+        capacities kept from UpdateLink: LINK-5 compares against these)."""
+        for info in self.all():
+            if info.capabilities.link_admin:
+                for link in await self.list_links(info):
+                    self.configured_capacity[link.name] = link.capacity_bytes_per_second
+
+    async def start(
+        self, info: HostedProvider, host: ProviderHost, restored: Sequence[Restored]
+    ) -> list[ProviderChange]:
+        """Start one provider with the connected calls it held; the changes it reports for calls
+        that no longer fit are returned for the host to apply. A provider that fails to start is
+        PROVIDER_UNAVAILABLE (logged with its traceback); the host then restores its calls one by
+        one (conformance/SPEC.md CALL-7)."""
+        try:
+            return await info.provider.start(host, list(restored))
+        except Exception as exc:
+            log.exception("provider %s failed to start with %d calls", info.id, len(restored))
+            raise ServiceError(
+                Reason.ERROR_REASON_PROVIDER_UNAVAILABLE,
+                f"provider {info.id} failed to start: {type(exc).__name__}: {exc}",
+                metadata={"provider": info.name, "operation": "start", "cause": "error"},
+            ) from exc
+
+    async def holdings(self, info: HostedProvider) -> dict[str, tuple[int, int]] | None:
+        """What the provider lists as held (call → (sending, receiving) B/s), under the provider
+        deadline; None when it does not advertise `reservation_listing` (PROV-13)."""
+        if not info.capabilities.reservation_listing:
+            return None
+        listed = await self.call(info, "reservations", info.provider.reservations())
+        return {held.call: (held.sending_bytes_per_second, held.receiving_bytes_per_second) for held in listed}
+
+    async def holding(self, info: HostedProvider, call: str) -> tuple[int, int] | None:
+        """What the provider holds for `call` now, or None when it lists nothing for it."""
+        held = await self.holdings(info)
+        return held.get(call) if held else None
 
     async def stop(self) -> None:
         for info in self._by_id.values():

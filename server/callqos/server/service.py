@@ -23,9 +23,11 @@ from grpc_status import rpc_status
 
 from callqos.server import names, validation
 from callqos.server.calls import CallManager
-from callqos.server.errors import FieldViolation, Reason, ReplayedStatus, ServiceError, invalid
+from callqos.server.errors import FieldViolation, Reason, ReplayedStatus, ServiceError, invalid, storage_unavailable
 from callqos.server.events import EventHub
 from callqos.server.hosting import CALLER_DEADLINE, HostedProviders, provider_proto
+from callqos.server.ledger import Ledger
+from callqos.server.store.base import StoreUnavailable
 from callqos.server.validation import DEFAULT_PAGE, MAX_PAGE, MAX_PROVIDER_PAGE
 from callqos.v1 import call_pb2
 from callqos.v1 import callqos_service_pb2 as svc
@@ -104,6 +106,8 @@ def unary(method: Handler[R]) -> Handler[R]:
             return await method(self, request, context)
         except (ServiceError, ReplayedStatus) as error:
             await _abort(context, error)
+        except StoreUnavailable as error:  # a read the storage failed: retryable, never INTERNAL
+            await _abort(context, storage_unavailable(error.cause, f"answer {method.__name__}"))
         except Exception:
             await _abort(context, _internal(method.__name__))
         raise AssertionError("unreachable: abort raises")
@@ -120,11 +124,14 @@ def principal_of(context: grpc.aio.ServicerContext) -> str:
 
 
 class CallQosServicer(svc_grpc.CallQosServiceServicer):
-    def __init__(self, calls: CallManager, hub: EventHub, providers: HostedProviders, max_watchers: int) -> None:
+    def __init__(
+        self, calls: CallManager, hub: EventHub, providers: HostedProviders, max_watchers: int, ledger: Ledger
+    ) -> None:
         self._calls = calls
         self._hub = hub
         self._providers = providers
         self._max_watchers = max_watchers
+        self._ledger = ledger
         self.open_watchers = 0
 
     @unary
@@ -237,4 +244,4 @@ class CallQosServicer(svc_grpc.CallQosServiceServicer):
     async def UpdateLink(self, request: svc.UpdateLinkRequest, context: grpc.aio.ServicerContext) -> Any:
         provider_id, link_id = validation.link_update(request)
         info = self._providers.link_admin(names.provider_name(provider_id))
-        return await self._providers.update_link(info, link_id, request.link.capacity_bytes_per_second)
+        return await self._ledger.update_link(info, link_id, request.link.capacity_bytes_per_second)

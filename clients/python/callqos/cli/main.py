@@ -204,8 +204,14 @@ def cmd_links(client: Client, args: argparse.Namespace) -> None:
 
 
 def cmd_set_capacity(client: Client, args: argparse.Namespace) -> None:
-    link = client.update_link_capacity(args.link, args.capacity)
-    _print_all(args, [link], render.links_table)
+    answer = client.update_link_capacity(args.link, args.capacity)
+    if args.json:
+        print(render.to_json(answer))
+        return
+    render.links_table([answer.link], sys.stdout)
+    if answer.changes:
+        print()
+        render.link_changes_table(answer.changes, sys.stdout)
 
 
 # --- parser -----------------------------------------------------------------------------------

@@ -10,7 +10,7 @@ from typing import Any, TextIO
 from google.protobuf import json_format, message, timestamp_pb2
 
 from callqos.client import errors, specs
-from callqos.v1 import call_pb2, event_pb2, flowspec_pb2, provider_pb2
+from callqos.v1 import call_pb2, callqos_service_pb2, event_pb2, flowspec_pb2, provider_pb2
 
 
 def to_json(msg: message.Message) -> str:
@@ -191,6 +191,19 @@ def links_table(links: Iterable[provider_pb2.Link], out: TextIO) -> None:
                 str(link.reservation_count),
                 str(link.mtu_bytes),
             ]
+        )
+    table(rows, out)
+
+
+def link_changes_table(changes: Iterable[callqos_service_pb2.LinkChange], out: TextIO) -> None:
+    """The calls an UpdateLink degraded or disconnected, with what each holds now."""
+    rows = [["CALL", "OUTCOME", "SEND", "RECV", "WHY"]]
+    for change in changes:
+        outcome = _label(callqos_service_pb2.LinkChange.Outcome, "OUTCOME_", change.outcome)
+        if not change.recorded:
+            outcome += " (not recorded yet)"
+        rows.append(
+            [change.call, outcome, *_short_qos(change.current_qos, change.HasField("current_qos")), change.message]
         )
     table(rows, out)
 

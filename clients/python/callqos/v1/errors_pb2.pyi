@@ -28,6 +28,7 @@ class ErrorReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     ERROR_REASON_SHUTTING_DOWN: _ClassVar[ErrorReason]
     ERROR_REASON_TOO_MANY_WATCHERS: _ClassVar[ErrorReason]
     ERROR_REASON_INTERNAL: _ClassVar[ErrorReason]
+    ERROR_REASON_STORAGE_UNAVAILABLE: _ClassVar[ErrorReason]
 
 class GrpcCode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -69,6 +70,7 @@ ERROR_REASON_PROVIDER_CONTRACT_VIOLATION: ErrorReason
 ERROR_REASON_SHUTTING_DOWN: ErrorReason
 ERROR_REASON_TOO_MANY_WATCHERS: ErrorReason
 ERROR_REASON_INTERNAL: ErrorReason
+ERROR_REASON_STORAGE_UNAVAILABLE: ErrorReason
 GRPC_CODE_UNSPECIFIED: GrpcCode
 GRPC_CODE_CANCELLED: GrpcCode
 GRPC_CODE_UNKNOWN: GrpcCode

@@ -28,8 +28,22 @@ conformance checks that verify it):
   writing to the server's state directly (PROV-7).
 - `capabilities()` does not change while serving, and what it does not advertise is refused
   cleanly (PROV-8, PROV-9).
+- A validated request never makes it raise: every quantity it derives is bounded, and what it
+  cannot represent in a flowspec field it refuses, with a counter-offer that it can (PROV-14,
+  DELAY-5).
+- An operation that fails leaves nothing half-done: a decision, or the shedding after a capacity
+  change, either takes effect whole or not at all (PROV-15).
+- Optionally, `reservations()` lists what it holds, call by call, for the server to reconcile
+  its ledger with (advertised as `capabilities().reservation_listing`, PROV-13).
 Calls arrive on the server's event loop; long or blocking work belongs in `asyncio.to_thread`
 (PROV-10: every call returns within the host's provider deadline).
+
+What the host does around failures, so that a provider need not: it commits every outcome after
+the provider's decision and, when the commit fails, undoes the decision (it releases a fresh
+grant, renegotiates a call back to its previous QoS); a release it could not complete is retried
+with backoff until it succeeds; and at start-up and periodically it compares `reservations()` with
+the connected calls it recorded, releasing what no call holds and re-taking, or disconnecting,
+what a call lost (CALL-5, CALL-6, PROV-13).
 """
 
 from __future__ import annotations
@@ -102,7 +116,21 @@ class ProviderHost(Protocol):
     """What the server offers a running provider."""
 
     async def report_change(self, change: ProviderChange) -> None:
-        """Apply a provider-initiated change: store it and emit its events."""
+        """Apply a provider-initiated change: store it and emit its events. Never raises: a
+        change the server cannot record now is reconciled later (PROV-13)."""
+
+
+@dataclass(frozen=True)
+class Holding:
+    """What the provider holds for one call, as its own books account it (`Provider.reservations`):
+    the rate reserved in each direction, and on which link (`providers/{p}/links/{l}`, or "" for a
+    provider without links). The server compares these rates with what the call's granted QoS
+    reserves by GRANT-1."""
+
+    call: str  # `calls/{call}`
+    sending_bytes_per_second: int
+    receiving_bytes_per_second: int
+    link: str = ""
 
 
 @dataclass(frozen=True)
@@ -170,5 +198,19 @@ class Provider(abc.ABC):
 
     async def update_link(self, link_id: str, capacity: int) -> provider_pb2.Link:
         """Change a link's capacity (only when capabilities().link_admin). Raise KeyError for an
-        unknown link. Calls that no longer fit are reported through the host."""
+        unknown link. Calls that no longer fit are reported through the host, from within this
+        call (the host lists them in the UpdateLink response), all of them or none: if it raises,
+        nothing changed (PROV-15).
+
+        The host also calls it BEFORE `start()`, with no call held yet, to put back a capacity an
+        operator set with UpdateLink before the server restarted (LINK-5); it must then change the
+        capacity and report nothing."""
+        raise NotImplementedError
+
+    async def reservations(self) -> list[Holding]:
+        """Every call this provider holds a reservation for, with the rates its books hold
+        (only when capabilities().reservation_listing, PROV-13). Calls holding nothing (best
+        effort) may be left out. The server reconciles its ledger with this listing at start-up
+        and every `reconcile_interval_seconds`; it must be consistent with what `list_links`
+        reports (each link's reserved rates are the sums of its holdings)."""
         raise NotImplementedError

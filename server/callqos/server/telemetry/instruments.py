@@ -14,6 +14,8 @@ Metrics (OpenTelemetry names; the Prometheus endpoint shows `.` as `_`, counters
 - callqos.link.capacity / callqos.link.reserved (By/s): per link (and direction), for
   providers that administer links
 - callqos.watch.streams: open WatchEvents streams
+- callqos.releases.pending: releases owed to providers and not yet confirmed (CALL-6)
+- callqos.ledger.repairs: reconciliation outcomes, by provider and outcome (PROV-13)
 """
 
 from __future__ import annotations
@@ -164,6 +166,17 @@ class Instruments:
         meter.create_observable_up_down_counter(
             "callqos.watch.streams", [self._observe_watchers], unit="{stream}", description="Open WatchEvents streams"
         )
+        meter.create_observable_up_down_counter(
+            "callqos.releases.pending",
+            [self._observe_pending_releases],
+            unit="{release}",
+            description="Releases owed to providers that they have not confirmed yet",
+        )
+        self._repairs = meter.create_counter(
+            "callqos.ledger.repairs",
+            unit="{call}",
+            description="Calls on which reconciliation found the provider and the store disagreeing, by outcome",
+        )
         meter.create_observable_gauge(
             "callqos.link.capacity",
             [self._observe_capacity],
@@ -176,8 +189,9 @@ class Instruments:
             unit="By/s",
             description="Rate reserved on a provider's link, by direction",
         )
-        # Set by the server once its servicer exists.
+        # Set by the server once its servicer (and its ledger) exist.
         self.open_watch_streams: Callable[[], int] = lambda: 0
+        self.pending_releases: Callable[[], int] = lambda: 0
         self._active: dict[str, tuple[str, str]] = {}  # connected call → (provider, service type)
         self._active_counts: Counter[tuple[str, str]] = Counter()
         self._links: dict[str, provider_pb2.Link] = {}
@@ -276,6 +290,11 @@ class Instruments:
         else:
             self._renegotiations.add(1, attributes)
 
+    def ledger_repair(self, provider: str, outcome: str) -> None:
+        """One call reconciled (`outcome`: released, re-taken, changed, disconnected, failed, agreed)."""
+        if self.metrics_enabled:
+            self._repairs.add(1, {"callqos.provider": provider, "callqos.outcome": outcome})
+
     def background(self, name: str, attributes: dict[str, str | int]) -> contextlib.AbstractContextManager[Span]:
         """The current span for work no RPC caused — restoring calls at start-up, a change a
         provider reports on its own — so that its QoS events carry a trace id too: a root span
@@ -337,6 +356,9 @@ class Instruments:
 
     def _observe_watchers(self, options: CallbackOptions) -> Iterable[Observation]:
         return [Observation(self.open_watch_streams())]
+
+    def _observe_pending_releases(self, options: CallbackOptions) -> Iterable[Observation]:
+        return [Observation(self.pending_releases())]
 
     def _observe_capacity(self, options: CallbackOptions) -> Iterable[Observation]:
         return [

@@ -22,6 +22,59 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+// What became of the call.
+type LinkChange_Outcome int32
+
+const (
+	// Never sent.
+	LinkChange_OUTCOME_UNSPECIFIED LinkChange_Outcome = 0
+	// The call stays connected with less QoS: current_qos (an IF_AVAILABLE call).
+	LinkChange_OUTCOME_DEGRADED LinkChange_Outcome = 1
+	// The call was disconnected with reason QOS_UNAVAILABLE (a NEEDED call).
+	LinkChange_OUTCOME_DISCONNECTED LinkChange_Outcome = 2
+)
+
+// Enum value maps for LinkChange_Outcome.
+var (
+	LinkChange_Outcome_name = map[int32]string{
+		0: "OUTCOME_UNSPECIFIED",
+		1: "OUTCOME_DEGRADED",
+		2: "OUTCOME_DISCONNECTED",
+	}
+	LinkChange_Outcome_value = map[string]int32{
+		"OUTCOME_UNSPECIFIED":  0,
+		"OUTCOME_DEGRADED":     1,
+		"OUTCOME_DISCONNECTED": 2,
+	}
+)
+
+func (x LinkChange_Outcome) Enum() *LinkChange_Outcome {
+	p := new(LinkChange_Outcome)
+	*p = x
+	return p
+}
+
+func (x LinkChange_Outcome) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (LinkChange_Outcome) Descriptor() protoreflect.EnumDescriptor {
+	return file_callqos_v1_callqos_service_proto_enumTypes[0].Descriptor()
+}
+
+func (LinkChange_Outcome) Type() protoreflect.EnumType {
+	return &file_callqos_v1_callqos_service_proto_enumTypes[0]
+}
+
+func (x LinkChange_Outcome) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use LinkChange_Outcome.Descriptor instead.
+func (LinkChange_Outcome) EnumDescriptor() ([]byte, []int) {
+	return file_callqos_v1_callqos_service_proto_rawDescGZIP(), []int{15, 0}
+}
+
 // Request for CreateCall.
 type CreateCallRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -832,6 +885,156 @@ func (x *UpdateLinkRequest) GetUpdateMask() *fieldmaskpb.FieldMask {
 	return nil
 }
 
+// Response for UpdateLink. Not the bare Link (AIP-134): a capacity change may degrade or drop
+// other resources, the calls on the link, and the caller learns which from the same answer.
+type UpdateLinkResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The link as it is after the change.
+	Link *Link `protobuf:"bytes,1,opt,name=link,proto3" json:"link,omitempty"`
+	// Every call the change degraded or disconnected, in the order the provider reported them;
+	// empty when everything still fits.
+	Changes       []*LinkChange `protobuf:"bytes,2,rep,name=changes,proto3" json:"changes,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UpdateLinkResponse) Reset() {
+	*x = UpdateLinkResponse{}
+	mi := &file_callqos_v1_callqos_service_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UpdateLinkResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UpdateLinkResponse) ProtoMessage() {}
+
+func (x *UpdateLinkResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_callqos_v1_callqos_service_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UpdateLinkResponse.ProtoReflect.Descriptor instead.
+func (*UpdateLinkResponse) Descriptor() ([]byte, []int) {
+	return file_callqos_v1_callqos_service_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *UpdateLinkResponse) GetLink() *Link {
+	if x != nil {
+		return x.Link
+	}
+	return nil
+}
+
+func (x *UpdateLinkResponse) GetChanges() []*LinkChange {
+	if x != nil {
+		return x.Changes
+	}
+	return nil
+}
+
+// One call that a change of its link's capacity degraded or disconnected. Its QoS events
+// (QOS_CHANGED, or NOQOS then CALL_DISCONNECTED) announce the same change.
+type LinkChange struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// `calls/{call}`.
+	Call string `protobuf:"bytes,1,opt,name=call,proto3" json:"call,omitempty"`
+	// Degraded or disconnected.
+	Outcome LinkChange_Outcome `protobuf:"varint,2,opt,name=outcome,proto3,enum=callqos.v1.LinkChange_Outcome" json:"outcome,omitempty"`
+	// The QoS in effect before the change.
+	PreviousQos *QosSpec `protobuf:"bytes,3,opt,name=previous_qos,json=previousQos,proto3" json:"previous_qos,omitempty"`
+	// The QoS in effect now (unset when disconnected).
+	CurrentQos *QosSpec `protobuf:"bytes,4,opt,name=current_qos,json=currentQos,proto3" json:"current_qos,omitempty"`
+	// The provider's explanation, for people.
+	Message string `protobuf:"bytes,5,opt,name=message,proto3" json:"message,omitempty"`
+	// The sequence of the last event announcing the change. 0 when the server could not record
+	// it yet (its storage failed): the server reconciles the call as soon as it can.
+	EventSequence uint64 `protobuf:"varint,6,opt,name=event_sequence,json=eventSequence,proto3" json:"event_sequence,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *LinkChange) Reset() {
+	*x = LinkChange{}
+	mi := &file_callqos_v1_callqos_service_proto_msgTypes[15]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *LinkChange) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*LinkChange) ProtoMessage() {}
+
+func (x *LinkChange) ProtoReflect() protoreflect.Message {
+	mi := &file_callqos_v1_callqos_service_proto_msgTypes[15]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use LinkChange.ProtoReflect.Descriptor instead.
+func (*LinkChange) Descriptor() ([]byte, []int) {
+	return file_callqos_v1_callqos_service_proto_rawDescGZIP(), []int{15}
+}
+
+func (x *LinkChange) GetCall() string {
+	if x != nil {
+		return x.Call
+	}
+	return ""
+}
+
+func (x *LinkChange) GetOutcome() LinkChange_Outcome {
+	if x != nil {
+		return x.Outcome
+	}
+	return LinkChange_OUTCOME_UNSPECIFIED
+}
+
+func (x *LinkChange) GetPreviousQos() *QosSpec {
+	if x != nil {
+		return x.PreviousQos
+	}
+	return nil
+}
+
+func (x *LinkChange) GetCurrentQos() *QosSpec {
+	if x != nil {
+		return x.CurrentQos
+	}
+	return nil
+}
+
+func (x *LinkChange) GetMessage() string {
+	if x != nil {
+		return x.Message
+	}
+	return ""
+}
+
+func (x *LinkChange) GetEventSequence() uint64 {
+	if x != nil {
+		return x.EventSequence
+	}
+	return 0
+}
+
 var File_callqos_v1_callqos_service_proto protoreflect.FileDescriptor
 
 const file_callqos_v1_callqos_service_proto_rawDesc = "" +
@@ -890,7 +1093,23 @@ const file_callqos_v1_callqos_service_proto_rawDesc = "" +
 	"\x11UpdateLinkRequest\x12$\n" +
 	"\x04link\x18\x01 \x01(\v2\x10.callqos.v1.LinkR\x04link\x12;\n" +
 	"\vupdate_mask\x18\x02 \x01(\v2\x1a.google.protobuf.FieldMaskR\n" +
-	"updateMask2\xcc\x05\n" +
+	"updateMask\"l\n" +
+	"\x12UpdateLinkResponse\x12$\n" +
+	"\x04link\x18\x01 \x01(\v2\x10.callqos.v1.LinkR\x04link\x120\n" +
+	"\achanges\x18\x02 \x03(\v2\x16.callqos.v1.LinkChangeR\achanges\"\xdd\x02\n" +
+	"\n" +
+	"LinkChange\x12\x12\n" +
+	"\x04call\x18\x01 \x01(\tR\x04call\x128\n" +
+	"\aoutcome\x18\x02 \x01(\x0e2\x1e.callqos.v1.LinkChange.OutcomeR\aoutcome\x126\n" +
+	"\fprevious_qos\x18\x03 \x01(\v2\x13.callqos.v1.QosSpecR\vpreviousQos\x124\n" +
+	"\vcurrent_qos\x18\x04 \x01(\v2\x13.callqos.v1.QosSpecR\n" +
+	"currentQos\x12\x18\n" +
+	"\amessage\x18\x05 \x01(\tR\amessage\x12%\n" +
+	"\x0eevent_sequence\x18\x06 \x01(\x04R\reventSequence\"R\n" +
+	"\aOutcome\x12\x17\n" +
+	"\x13OUTCOME_UNSPECIFIED\x10\x00\x12\x14\n" +
+	"\x10OUTCOME_DEGRADED\x10\x01\x12\x18\n" +
+	"\x14OUTCOME_DISCONNECTED\x10\x022\xda\x05\n" +
 	"\x0eCallQosService\x12=\n" +
 	"\n" +
 	"CreateCall\x12\x1d.callqos.v1.CreateCallRequest\x1a\x10.callqos.v1.Call\x127\n" +
@@ -901,9 +1120,9 @@ const file_callqos_v1_callqos_service_proto_rawDesc = "" +
 	"\vWatchEvents\x12\x1e.callqos.v1.WatchEventsRequest\x1a\x1f.callqos.v1.WatchEventsResponse0\x01\x12C\n" +
 	"\vGetProvider\x12\x1e.callqos.v1.GetProviderRequest\x1a\x14.callqos.v1.Provider\x12T\n" +
 	"\rListProviders\x12 .callqos.v1.ListProvidersRequest\x1a!.callqos.v1.ListProvidersResponse\x12H\n" +
-	"\tListLinks\x12\x1c.callqos.v1.ListLinksRequest\x1a\x1d.callqos.v1.ListLinksResponse\x12=\n" +
+	"\tListLinks\x12\x1c.callqos.v1.ListLinksRequest\x1a\x1d.callqos.v1.ListLinksResponse\x12K\n" +
 	"\n" +
-	"UpdateLink\x12\x1d.callqos.v1.UpdateLinkRequest\x1a\x10.callqos.v1.LinkBg\n" +
+	"UpdateLink\x12\x1d.callqos.v1.UpdateLinkRequest\x1a\x1e.callqos.v1.UpdateLinkResponseBg\n" +
 	"\x0edev.callqos.v1B\x13CallqosServiceProtoP\x01Z>github.com/callqos/callqos/clients/go/gen/callqos/v1;callqosv1b\x06proto3"
 
 var (
@@ -918,67 +1137,76 @@ func file_callqos_v1_callqos_service_proto_rawDescGZIP() []byte {
 	return file_callqos_v1_callqos_service_proto_rawDescData
 }
 
-var file_callqos_v1_callqos_service_proto_msgTypes = make([]protoimpl.MessageInfo, 14)
+var file_callqos_v1_callqos_service_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
+var file_callqos_v1_callqos_service_proto_msgTypes = make([]protoimpl.MessageInfo, 16)
 var file_callqos_v1_callqos_service_proto_goTypes = []any{
-	(*CreateCallRequest)(nil),      // 0: callqos.v1.CreateCallRequest
-	(*GetCallRequest)(nil),         // 1: callqos.v1.GetCallRequest
-	(*ListCallsRequest)(nil),       // 2: callqos.v1.ListCallsRequest
-	(*ListCallsResponse)(nil),      // 3: callqos.v1.ListCallsResponse
-	(*RenegotiateCallRequest)(nil), // 4: callqos.v1.RenegotiateCallRequest
-	(*DropCallRequest)(nil),        // 5: callqos.v1.DropCallRequest
-	(*WatchEventsRequest)(nil),     // 6: callqos.v1.WatchEventsRequest
-	(*WatchEventsResponse)(nil),    // 7: callqos.v1.WatchEventsResponse
-	(*GetProviderRequest)(nil),     // 8: callqos.v1.GetProviderRequest
-	(*ListProvidersRequest)(nil),   // 9: callqos.v1.ListProvidersRequest
-	(*ListProvidersResponse)(nil),  // 10: callqos.v1.ListProvidersResponse
-	(*ListLinksRequest)(nil),       // 11: callqos.v1.ListLinksRequest
-	(*ListLinksResponse)(nil),      // 12: callqos.v1.ListLinksResponse
-	(*UpdateLinkRequest)(nil),      // 13: callqos.v1.UpdateLinkRequest
-	(*Call)(nil),                   // 14: callqos.v1.Call
-	(*QosSpec)(nil),                // 15: callqos.v1.QosSpec
-	(ServiceLevel)(0),              // 16: callqos.v1.ServiceLevel
-	(QosEventType)(0),              // 17: callqos.v1.QosEventType
-	(*QosEvent)(nil),               // 18: callqos.v1.QosEvent
-	(*Provider)(nil),               // 19: callqos.v1.Provider
-	(*Link)(nil),                   // 20: callqos.v1.Link
-	(*fieldmaskpb.FieldMask)(nil),  // 21: google.protobuf.FieldMask
+	(LinkChange_Outcome)(0),        // 0: callqos.v1.LinkChange.Outcome
+	(*CreateCallRequest)(nil),      // 1: callqos.v1.CreateCallRequest
+	(*GetCallRequest)(nil),         // 2: callqos.v1.GetCallRequest
+	(*ListCallsRequest)(nil),       // 3: callqos.v1.ListCallsRequest
+	(*ListCallsResponse)(nil),      // 4: callqos.v1.ListCallsResponse
+	(*RenegotiateCallRequest)(nil), // 5: callqos.v1.RenegotiateCallRequest
+	(*DropCallRequest)(nil),        // 6: callqos.v1.DropCallRequest
+	(*WatchEventsRequest)(nil),     // 7: callqos.v1.WatchEventsRequest
+	(*WatchEventsResponse)(nil),    // 8: callqos.v1.WatchEventsResponse
+	(*GetProviderRequest)(nil),     // 9: callqos.v1.GetProviderRequest
+	(*ListProvidersRequest)(nil),   // 10: callqos.v1.ListProvidersRequest
+	(*ListProvidersResponse)(nil),  // 11: callqos.v1.ListProvidersResponse
+	(*ListLinksRequest)(nil),       // 12: callqos.v1.ListLinksRequest
+	(*ListLinksResponse)(nil),      // 13: callqos.v1.ListLinksResponse
+	(*UpdateLinkRequest)(nil),      // 14: callqos.v1.UpdateLinkRequest
+	(*UpdateLinkResponse)(nil),     // 15: callqos.v1.UpdateLinkResponse
+	(*LinkChange)(nil),             // 16: callqos.v1.LinkChange
+	(*Call)(nil),                   // 17: callqos.v1.Call
+	(*QosSpec)(nil),                // 18: callqos.v1.QosSpec
+	(ServiceLevel)(0),              // 19: callqos.v1.ServiceLevel
+	(QosEventType)(0),              // 20: callqos.v1.QosEventType
+	(*QosEvent)(nil),               // 21: callqos.v1.QosEvent
+	(*Provider)(nil),               // 22: callqos.v1.Provider
+	(*Link)(nil),                   // 23: callqos.v1.Link
+	(*fieldmaskpb.FieldMask)(nil),  // 24: google.protobuf.FieldMask
 }
 var file_callqos_v1_callqos_service_proto_depIdxs = []int32{
-	14, // 0: callqos.v1.CreateCallRequest.call:type_name -> callqos.v1.Call
-	14, // 1: callqos.v1.ListCallsResponse.calls:type_name -> callqos.v1.Call
-	15, // 2: callqos.v1.RenegotiateCallRequest.qos:type_name -> callqos.v1.QosSpec
-	16, // 3: callqos.v1.RenegotiateCallRequest.service_level:type_name -> callqos.v1.ServiceLevel
-	17, // 4: callqos.v1.WatchEventsRequest.types:type_name -> callqos.v1.QosEventType
-	18, // 5: callqos.v1.WatchEventsResponse.event:type_name -> callqos.v1.QosEvent
-	19, // 6: callqos.v1.ListProvidersResponse.providers:type_name -> callqos.v1.Provider
-	20, // 7: callqos.v1.ListLinksResponse.links:type_name -> callqos.v1.Link
-	20, // 8: callqos.v1.UpdateLinkRequest.link:type_name -> callqos.v1.Link
-	21, // 9: callqos.v1.UpdateLinkRequest.update_mask:type_name -> google.protobuf.FieldMask
-	0,  // 10: callqos.v1.CallQosService.CreateCall:input_type -> callqos.v1.CreateCallRequest
-	1,  // 11: callqos.v1.CallQosService.GetCall:input_type -> callqos.v1.GetCallRequest
-	2,  // 12: callqos.v1.CallQosService.ListCalls:input_type -> callqos.v1.ListCallsRequest
-	4,  // 13: callqos.v1.CallQosService.RenegotiateCall:input_type -> callqos.v1.RenegotiateCallRequest
-	5,  // 14: callqos.v1.CallQosService.DropCall:input_type -> callqos.v1.DropCallRequest
-	6,  // 15: callqos.v1.CallQosService.WatchEvents:input_type -> callqos.v1.WatchEventsRequest
-	8,  // 16: callqos.v1.CallQosService.GetProvider:input_type -> callqos.v1.GetProviderRequest
-	9,  // 17: callqos.v1.CallQosService.ListProviders:input_type -> callqos.v1.ListProvidersRequest
-	11, // 18: callqos.v1.CallQosService.ListLinks:input_type -> callqos.v1.ListLinksRequest
-	13, // 19: callqos.v1.CallQosService.UpdateLink:input_type -> callqos.v1.UpdateLinkRequest
-	14, // 20: callqos.v1.CallQosService.CreateCall:output_type -> callqos.v1.Call
-	14, // 21: callqos.v1.CallQosService.GetCall:output_type -> callqos.v1.Call
-	3,  // 22: callqos.v1.CallQosService.ListCalls:output_type -> callqos.v1.ListCallsResponse
-	14, // 23: callqos.v1.CallQosService.RenegotiateCall:output_type -> callqos.v1.Call
-	14, // 24: callqos.v1.CallQosService.DropCall:output_type -> callqos.v1.Call
-	7,  // 25: callqos.v1.CallQosService.WatchEvents:output_type -> callqos.v1.WatchEventsResponse
-	19, // 26: callqos.v1.CallQosService.GetProvider:output_type -> callqos.v1.Provider
-	10, // 27: callqos.v1.CallQosService.ListProviders:output_type -> callqos.v1.ListProvidersResponse
-	12, // 28: callqos.v1.CallQosService.ListLinks:output_type -> callqos.v1.ListLinksResponse
-	20, // 29: callqos.v1.CallQosService.UpdateLink:output_type -> callqos.v1.Link
-	20, // [20:30] is the sub-list for method output_type
-	10, // [10:20] is the sub-list for method input_type
-	10, // [10:10] is the sub-list for extension type_name
-	10, // [10:10] is the sub-list for extension extendee
-	0,  // [0:10] is the sub-list for field type_name
+	17, // 0: callqos.v1.CreateCallRequest.call:type_name -> callqos.v1.Call
+	17, // 1: callqos.v1.ListCallsResponse.calls:type_name -> callqos.v1.Call
+	18, // 2: callqos.v1.RenegotiateCallRequest.qos:type_name -> callqos.v1.QosSpec
+	19, // 3: callqos.v1.RenegotiateCallRequest.service_level:type_name -> callqos.v1.ServiceLevel
+	20, // 4: callqos.v1.WatchEventsRequest.types:type_name -> callqos.v1.QosEventType
+	21, // 5: callqos.v1.WatchEventsResponse.event:type_name -> callqos.v1.QosEvent
+	22, // 6: callqos.v1.ListProvidersResponse.providers:type_name -> callqos.v1.Provider
+	23, // 7: callqos.v1.ListLinksResponse.links:type_name -> callqos.v1.Link
+	23, // 8: callqos.v1.UpdateLinkRequest.link:type_name -> callqos.v1.Link
+	24, // 9: callqos.v1.UpdateLinkRequest.update_mask:type_name -> google.protobuf.FieldMask
+	23, // 10: callqos.v1.UpdateLinkResponse.link:type_name -> callqos.v1.Link
+	16, // 11: callqos.v1.UpdateLinkResponse.changes:type_name -> callqos.v1.LinkChange
+	0,  // 12: callqos.v1.LinkChange.outcome:type_name -> callqos.v1.LinkChange.Outcome
+	18, // 13: callqos.v1.LinkChange.previous_qos:type_name -> callqos.v1.QosSpec
+	18, // 14: callqos.v1.LinkChange.current_qos:type_name -> callqos.v1.QosSpec
+	1,  // 15: callqos.v1.CallQosService.CreateCall:input_type -> callqos.v1.CreateCallRequest
+	2,  // 16: callqos.v1.CallQosService.GetCall:input_type -> callqos.v1.GetCallRequest
+	3,  // 17: callqos.v1.CallQosService.ListCalls:input_type -> callqos.v1.ListCallsRequest
+	5,  // 18: callqos.v1.CallQosService.RenegotiateCall:input_type -> callqos.v1.RenegotiateCallRequest
+	6,  // 19: callqos.v1.CallQosService.DropCall:input_type -> callqos.v1.DropCallRequest
+	7,  // 20: callqos.v1.CallQosService.WatchEvents:input_type -> callqos.v1.WatchEventsRequest
+	9,  // 21: callqos.v1.CallQosService.GetProvider:input_type -> callqos.v1.GetProviderRequest
+	10, // 22: callqos.v1.CallQosService.ListProviders:input_type -> callqos.v1.ListProvidersRequest
+	12, // 23: callqos.v1.CallQosService.ListLinks:input_type -> callqos.v1.ListLinksRequest
+	14, // 24: callqos.v1.CallQosService.UpdateLink:input_type -> callqos.v1.UpdateLinkRequest
+	17, // 25: callqos.v1.CallQosService.CreateCall:output_type -> callqos.v1.Call
+	17, // 26: callqos.v1.CallQosService.GetCall:output_type -> callqos.v1.Call
+	4,  // 27: callqos.v1.CallQosService.ListCalls:output_type -> callqos.v1.ListCallsResponse
+	17, // 28: callqos.v1.CallQosService.RenegotiateCall:output_type -> callqos.v1.Call
+	17, // 29: callqos.v1.CallQosService.DropCall:output_type -> callqos.v1.Call
+	8,  // 30: callqos.v1.CallQosService.WatchEvents:output_type -> callqos.v1.WatchEventsResponse
+	22, // 31: callqos.v1.CallQosService.GetProvider:output_type -> callqos.v1.Provider
+	11, // 32: callqos.v1.CallQosService.ListProviders:output_type -> callqos.v1.ListProvidersResponse
+	13, // 33: callqos.v1.CallQosService.ListLinks:output_type -> callqos.v1.ListLinksResponse
+	15, // 34: callqos.v1.CallQosService.UpdateLink:output_type -> callqos.v1.UpdateLinkResponse
+	25, // [25:35] is the sub-list for method output_type
+	15, // [15:25] is the sub-list for method input_type
+	15, // [15:15] is the sub-list for extension type_name
+	15, // [15:15] is the sub-list for extension extendee
+	0,  // [0:15] is the sub-list for field type_name
 }
 
 func init() { file_callqos_v1_callqos_service_proto_init() }
@@ -996,13 +1224,14 @@ func file_callqos_v1_callqos_service_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_callqos_v1_callqos_service_proto_rawDesc), len(file_callqos_v1_callqos_service_proto_rawDesc)),
-			NumEnums:      0,
-			NumMessages:   14,
+			NumEnums:      1,
+			NumMessages:   16,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
 		GoTypes:           file_callqos_v1_callqos_service_proto_goTypes,
 		DependencyIndexes: file_callqos_v1_callqos_service_proto_depIdxs,
+		EnumInfos:         file_callqos_v1_callqos_service_proto_enumTypes,
 		MessageInfos:      file_callqos_v1_callqos_service_proto_msgTypes,
 	}.Build()
 	File_callqos_v1_callqos_service_proto = out.File

@@ -77,6 +77,10 @@ const (
 	ErrorReason_ERROR_REASON_TOO_MANY_WATCHERS ErrorReason = 19
 	// A server bug; the request may or may not have taken effect. Report it.
 	ErrorReason_ERROR_REASON_INTERNAL ErrorReason = 20
+	// The server could not record the outcome (the data directory's disk is full, or its storage
+	// failed); ErrorInfo metadata `cause` says which. Nothing changed: the provider was put back
+	// as it was. Retry later.
+	ErrorReason_ERROR_REASON_STORAGE_UNAVAILABLE ErrorReason = 40
 )
 
 // Enum value maps for ErrorReason.
@@ -103,6 +107,7 @@ var (
 		18: "ERROR_REASON_SHUTTING_DOWN",
 		19: "ERROR_REASON_TOO_MANY_WATCHERS",
 		20: "ERROR_REASON_INTERNAL",
+		40: "ERROR_REASON_STORAGE_UNAVAILABLE",
 	}
 	ErrorReason_value = map[string]int32{
 		"ERROR_REASON_UNSPECIFIED":                 0,
@@ -126,6 +131,7 @@ var (
 		"ERROR_REASON_SHUTTING_DOWN":               18,
 		"ERROR_REASON_TOO_MANY_WATCHERS":           19,
 		"ERROR_REASON_INTERNAL":                    20,
+		"ERROR_REASON_STORAGE_UNAVAILABLE":         40,
 	}
 )
 
@@ -293,7 +299,7 @@ var File_callqos_v1_errors_proto protoreflect.FileDescriptor
 const file_callqos_v1_errors_proto_rawDesc = "" +
 	"\n" +
 	"\x17callqos/v1/errors.proto\x12\n" +
-	"callqos.v1\x1a google/protobuf/descriptor.proto*\xe9\x06\n" +
+	"callqos.v1\x1a google/protobuf/descriptor.proto*\x95\a\n" +
 	"\vErrorReason\x12\x1c\n" +
 	"\x18ERROR_REASON_UNSPECIFIED\x10\x00\x12&\n" +
 	"\x1cERROR_REASON_INVALID_REQUEST\x10\x01\x1a\x04\xa8\xed\x18\x03\x12(\n" +
@@ -317,7 +323,8 @@ const file_callqos_v1_errors_proto_rawDesc = "" +
 	"(ERROR_REASON_PROVIDER_CONTRACT_VIOLATION\x10\x11\x1a\x04\xa8\xed\x18\r\x12$\n" +
 	"\x1aERROR_REASON_SHUTTING_DOWN\x10\x12\x1a\x04\xa8\xed\x18\x0e\x12(\n" +
 	"\x1eERROR_REASON_TOO_MANY_WATCHERS\x10\x13\x1a\x04\xa8\xed\x18\b\x12\x1f\n" +
-	"\x15ERROR_REASON_INTERNAL\x10\x14\x1a\x04\xa8\xed\x18\r*\xee\x03\n" +
+	"\x15ERROR_REASON_INTERNAL\x10\x14\x1a\x04\xa8\xed\x18\r\x12*\n" +
+	" ERROR_REASON_STORAGE_UNAVAILABLE\x10(\x1a\x04\xa8\xed\x18\x0e*\xee\x03\n" +
 	"\bGrpcCode\x12\x19\n" +
 	"\x15GRPC_CODE_UNSPECIFIED\x10\x00\x12\x17\n" +
 	"\x13GRPC_CODE_CANCELLED\x10\x01\x12\x15\n" +

@@ -45,20 +45,28 @@ const (
 	QosEventType_QOS_EVENT_TYPE_RENEGOTIATION_FAILED QosEventType = 7
 	// The call disconnected: see disconnect_reason.
 	QosEventType_QOS_EVENT_TYPE_CALL_DISCONNECTED QosEventType = 8
+	// The provider could not free what a disconnected call reserved (reason and message say why);
+	// the server keeps retrying, with backoff, until it can. Follows the call's CALL_DISCONNECTED.
+	QosEventType_QOS_EVENT_TYPE_RELEASE_PENDING QosEventType = 20
+	// What a disconnected call reserved is free again, after a RELEASE_PENDING (or found still held
+	// by the provider when the server reconciled its ledger).
+	QosEventType_QOS_EVENT_TYPE_RELEASE_COMPLETED QosEventType = 21
 )
 
 // Enum value maps for QosEventType.
 var (
 	QosEventType_name = map[int32]string{
-		0: "QOS_EVENT_TYPE_UNSPECIFIED",
-		1: "QOS_EVENT_TYPE_QOS_GRANTED",
-		2: "QOS_EVENT_TYPE_QOS_CHANGED",
-		3: "QOS_EVENT_TYPE_NOQOS",
-		4: "QOS_EVENT_TYPE_ADMISSION_FAILURE",
-		5: "QOS_EVENT_TYPE_POLICY_FAILURE",
-		6: "QOS_EVENT_TYPE_GENERIC_ERROR",
-		7: "QOS_EVENT_TYPE_RENEGOTIATION_FAILED",
-		8: "QOS_EVENT_TYPE_CALL_DISCONNECTED",
+		0:  "QOS_EVENT_TYPE_UNSPECIFIED",
+		1:  "QOS_EVENT_TYPE_QOS_GRANTED",
+		2:  "QOS_EVENT_TYPE_QOS_CHANGED",
+		3:  "QOS_EVENT_TYPE_NOQOS",
+		4:  "QOS_EVENT_TYPE_ADMISSION_FAILURE",
+		5:  "QOS_EVENT_TYPE_POLICY_FAILURE",
+		6:  "QOS_EVENT_TYPE_GENERIC_ERROR",
+		7:  "QOS_EVENT_TYPE_RENEGOTIATION_FAILED",
+		8:  "QOS_EVENT_TYPE_CALL_DISCONNECTED",
+		20: "QOS_EVENT_TYPE_RELEASE_PENDING",
+		21: "QOS_EVENT_TYPE_RELEASE_COMPLETED",
 	}
 	QosEventType_value = map[string]int32{
 		"QOS_EVENT_TYPE_UNSPECIFIED":          0,
@@ -70,6 +78,8 @@ var (
 		"QOS_EVENT_TYPE_GENERIC_ERROR":        6,
 		"QOS_EVENT_TYPE_RENEGOTIATION_FAILED": 7,
 		"QOS_EVENT_TYPE_CALL_DISCONNECTED":    8,
+		"QOS_EVENT_TYPE_RELEASE_PENDING":      20,
+		"QOS_EVENT_TYPE_RELEASE_COMPLETED":    21,
 	}
 )
 
@@ -340,7 +350,7 @@ const file_callqos_v1_event_proto_rawDesc = "" +
 	"request_id\x18\f \x01(\tR\trequestId\x12\x19\n" +
 	"\btrace_id\x18\r \x01(\tR\atraceId\x12;\n" +
 	"\vcreate_time\x18\x0e \x01(\v2\x1a.google.protobuf.TimestampR\n" +
-	"createTime*\xc2\x02\n" +
+	"createTime*\x8c\x03\n" +
 	"\fQosEventType\x12\x1e\n" +
 	"\x1aQOS_EVENT_TYPE_UNSPECIFIED\x10\x00\x12\x1e\n" +
 	"\x1aQOS_EVENT_TYPE_QOS_GRANTED\x10\x01\x12\x1e\n" +
@@ -350,7 +360,9 @@ const file_callqos_v1_event_proto_rawDesc = "" +
 	"\x1dQOS_EVENT_TYPE_POLICY_FAILURE\x10\x05\x12 \n" +
 	"\x1cQOS_EVENT_TYPE_GENERIC_ERROR\x10\x06\x12'\n" +
 	"#QOS_EVENT_TYPE_RENEGOTIATION_FAILED\x10\a\x12$\n" +
-	" QOS_EVENT_TYPE_CALL_DISCONNECTED\x10\b*~\n" +
+	" QOS_EVENT_TYPE_CALL_DISCONNECTED\x10\b\x12\"\n" +
+	"\x1eQOS_EVENT_TYPE_RELEASE_PENDING\x10\x14\x12$\n" +
+	" QOS_EVENT_TYPE_RELEASE_COMPLETED\x10\x15*~\n" +
 	"\x0eQosChangeCause\x12 \n" +
 	"\x1cQOS_CHANGE_CAUSE_UNSPECIFIED\x10\x00\x12!\n" +
 	"\x1dQOS_CHANGE_CAUSE_RENEGOTIATED\x10\x01\x12'\n" +

@@ -45,9 +45,13 @@ type ProviderCapabilities struct {
 	// The provider refuses some requests by policy (QOS_POLICY_FAILURE); see policy_note.
 	Policy bool `protobuf:"varint,9,opt,name=policy,proto3" json:"policy,omitempty"`
 	// For people: what the provider's policy refuses.
-	PolicyNote    string `protobuf:"bytes,10,opt,name=policy_note,json=policyNote,proto3" json:"policy_note,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	PolicyNote string `protobuf:"bytes,10,opt,name=policy_note,json=policyNote,proto3" json:"policy_note,omitempty"`
+	// The provider lists the reservations it holds, so the server reconciles its ledger with it:
+	// at start-up and periodically it compares them with the connected calls it recorded, and
+	// releases what no call holds, re-takes (or disconnects) what a call lost.
+	ReservationListing bool `protobuf:"varint,20,opt,name=reservation_listing,json=reservationListing,proto3" json:"reservation_listing,omitempty"`
+	unknownFields      protoimpl.UnknownFields
+	sizeCache          protoimpl.SizeCache
 }
 
 func (x *ProviderCapabilities) Reset() {
@@ -148,6 +152,13 @@ func (x *ProviderCapabilities) GetPolicyNote() string {
 		return x.PolicyNote
 	}
 	return ""
+}
+
+func (x *ProviderCapabilities) GetReservationListing() bool {
+	if x != nil {
+		return x.ReservationListing
+	}
+	return false
 }
 
 // A QoS provider hosted by the server (the TAPI "service provider"). Resource name:
@@ -367,7 +378,7 @@ var File_callqos_v1_provider_proto protoreflect.FileDescriptor
 const file_callqos_v1_provider_proto_rawDesc = "" +
 	"\n" +
 	"\x19callqos/v1/provider.proto\x12\n" +
-	"callqos.v1\x1a\x19callqos/v1/flowspec.proto\"\xe2\x03\n" +
+	"callqos.v1\x1a\x19callqos/v1/flowspec.proto\"\x93\x04\n" +
 	"\x14ProviderCapabilities\x12#\n" +
 	"\rqos_supported\x18\x01 \x01(\bR\fqosSupported\x12$\n" +
 	"\rrenegotiation\x18\x02 \x01(\bR\rrenegotiation\x12<\n" +
@@ -381,7 +392,8 @@ const file_callqos_v1_provider_proto_rawDesc = "" +
 	"\x06policy\x18\t \x01(\bR\x06policy\x12\x1f\n" +
 	"\vpolicy_note\x18\n" +
 	" \x01(\tR\n" +
-	"policyNote\"\xeb\x01\n" +
+	"policyNote\x12/\n" +
+	"\x13reservation_listing\x18\x14 \x01(\bR\x12reservationListing\"\xeb\x01\n" +
 	"\bProvider\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12!\n" +
 	"\fdisplay_name\x18\x02 \x01(\tR\vdisplayName\x12 \n" +

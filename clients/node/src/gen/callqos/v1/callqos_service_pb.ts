@@ -2,15 +2,15 @@
 // @generated from file callqos/v1/callqos_service.proto (package callqos.v1, syntax proto3)
 /* eslint-disable */
 
-import type { GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegenv2";
-import { fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
+import type { GenEnum, GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegenv2";
+import { enumDesc, fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
 import type { Call, CallSchema, ServiceLevel } from "./call_pb.js";
 import { file_callqos_v1_call } from "./call_pb.js";
 import type { QosEvent, QosEventType } from "./event_pb.js";
 import { file_callqos_v1_event } from "./event_pb.js";
 import type { QosSpec } from "./flowspec_pb.js";
 import { file_callqos_v1_flowspec } from "./flowspec_pb.js";
-import type { Link, LinkSchema, Provider, ProviderSchema } from "./provider_pb.js";
+import type { Link, Provider, ProviderSchema } from "./provider_pb.js";
 import { file_callqos_v1_provider } from "./provider_pb.js";
 import type { FieldMask } from "@bufbuild/protobuf/wkt";
 import { file_google_protobuf_field_mask } from "@bufbuild/protobuf/wkt";
@@ -20,7 +20,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file callqos/v1/callqos_service.proto.
  */
 export const file_callqos_v1_callqos_service: GenFile = /*@__PURE__*/
-  fileDesc("CiBjYWxscW9zL3YxL2NhbGxxb3Nfc2VydmljZS5wcm90bxIKY2FsbHFvcy52MSJYChFDcmVhdGVDYWxsUmVxdWVzdBIeCgRjYWxsGAEgASgLMhAuY2FsbHFvcy52MS5DYWxsEg8KB2NhbGxfaWQYAiABKAkSEgoKcmVxdWVzdF9pZBgDIAEoCSIeCg5HZXRDYWxsUmVxdWVzdBIMCgRuYW1lGAEgASgJIkkKEExpc3RDYWxsc1JlcXVlc3QSEQoJcGFnZV9zaXplGAEgASgFEhIKCnBhZ2VfdG9rZW4YAiABKAkSDgoGZmlsdGVyGAMgASgJIk0KEUxpc3RDYWxsc1Jlc3BvbnNlEh8KBWNhbGxzGAEgAygLMhAuY2FsbHFvcy52MS5DYWxsEhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSKbAQoWUmVuZWdvdGlhdGVDYWxsUmVxdWVzdBIMCgRuYW1lGAEgASgJEiAKA3FvcxgCIAEoCzITLmNhbGxxb3MudjEuUW9zU3BlYxIMCgRldGFnGAMgASgJEhIKCnJlcXVlc3RfaWQYBCABKAkSLwoNc2VydmljZV9sZXZlbBgFIAEoDjIYLmNhbGxxb3MudjEuU2VydmljZUxldmVsIi0KD0Ryb3BDYWxsUmVxdWVzdBIMCgRuYW1lGAEgASgJEgwKBGV0YWcYAiABKAkiewoSV2F0Y2hFdmVudHNSZXF1ZXN0EhsKDmFmdGVyX3NlcXVlbmNlGAEgASgESACIAQESDAoEY2FsbBgCIAEoCRInCgV0eXBlcxgDIAMoDjIYLmNhbGxxb3MudjEuUW9zRXZlbnRUeXBlQhEKD19hZnRlcl9zZXF1ZW5jZSI6ChNXYXRjaEV2ZW50c1Jlc3BvbnNlEiMKBWV2ZW50GAEgASgLMhQuY2FsbHFvcy52MS5Rb3NFdmVudCIiChJHZXRQcm92aWRlclJlcXVlc3QSDAoEbmFtZRgBIAEoCSI9ChRMaXN0UHJvdmlkZXJzUmVxdWVzdBIRCglwYWdlX3NpemUYASABKAUSEgoKcGFnZV90b2tlbhgCIAEoCSJZChVMaXN0UHJvdmlkZXJzUmVzcG9uc2USJwoJcHJvdmlkZXJzGAEgAygLMhQuY2FsbHFvcy52MS5Qcm92aWRlchIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiSQoQTGlzdExpbmtzUmVxdWVzdBIOCgZwYXJlbnQYASABKAkSEQoJcGFnZV9zaXplGAIgASgFEhIKCnBhZ2VfdG9rZW4YAyABKAkiTQoRTGlzdExpbmtzUmVzcG9uc2USHwoFbGlua3MYASADKAsyEC5jYWxscW9zLnYxLkxpbmsSFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJImQKEVVwZGF0ZUxpbmtSZXF1ZXN0Eh4KBGxpbmsYASABKAsyEC5jYWxscW9zLnYxLkxpbmsSLwoLdXBkYXRlX21hc2sYAiABKAsyGi5nb29nbGUucHJvdG9idWYuRmllbGRNYXNrMswFCg5DYWxsUW9zU2VydmljZRI9CgpDcmVhdGVDYWxsEh0uY2FsbHFvcy52MS5DcmVhdGVDYWxsUmVxdWVzdBoQLmNhbGxxb3MudjEuQ2FsbBI3CgdHZXRDYWxsEhouY2FsbHFvcy52MS5HZXRDYWxsUmVxdWVzdBoQLmNhbGxxb3MudjEuQ2FsbBJICglMaXN0Q2FsbHMSHC5jYWxscW9zLnYxLkxpc3RDYWxsc1JlcXVlc3QaHS5jYWxscW9zLnYxLkxpc3RDYWxsc1Jlc3BvbnNlEkcKD1JlbmVnb3RpYXRlQ2FsbBIiLmNhbGxxb3MudjEuUmVuZWdvdGlhdGVDYWxsUmVxdWVzdBoQLmNhbGxxb3MudjEuQ2FsbBI5CghEcm9wQ2FsbBIbLmNhbGxxb3MudjEuRHJvcENhbGxSZXF1ZXN0GhAuY2FsbHFvcy52MS5DYWxsElAKC1dhdGNoRXZlbnRzEh4uY2FsbHFvcy52MS5XYXRjaEV2ZW50c1JlcXVlc3QaHy5jYWxscW9zLnYxLldhdGNoRXZlbnRzUmVzcG9uc2UwARJDCgtHZXRQcm92aWRlchIeLmNhbGxxb3MudjEuR2V0UHJvdmlkZXJSZXF1ZXN0GhQuY2FsbHFvcy52MS5Qcm92aWRlchJUCg1MaXN0UHJvdmlkZXJzEiAuY2FsbHFvcy52MS5MaXN0UHJvdmlkZXJzUmVxdWVzdBohLmNhbGxxb3MudjEuTGlzdFByb3ZpZGVyc1Jlc3BvbnNlEkgKCUxpc3RMaW5rcxIcLmNhbGxxb3MudjEuTGlzdExpbmtzUmVxdWVzdBodLmNhbGxxb3MudjEuTGlzdExpbmtzUmVzcG9uc2USPQoKVXBkYXRlTGluaxIdLmNhbGxxb3MudjEuVXBkYXRlTGlua1JlcXVlc3QaEC5jYWxscW9zLnYxLkxpbmtCZwoOZGV2LmNhbGxxb3MudjFCE0NhbGxxb3NTZXJ2aWNlUHJvdG9QAVo+Z2l0aHViLmNvbS9jYWxscW9zL2NhbGxxb3MvY2xpZW50cy9nby9nZW4vY2FsbHFvcy92MTtjYWxscW9zdjFiBnByb3RvMw", [file_callqos_v1_call, file_callqos_v1_event, file_callqos_v1_flowspec, file_callqos_v1_provider, file_google_protobuf_field_mask]);
+  fileDesc("CiBjYWxscW9zL3YxL2NhbGxxb3Nfc2VydmljZS5wcm90bxIKY2FsbHFvcy52MSJYChFDcmVhdGVDYWxsUmVxdWVzdBIeCgRjYWxsGAEgASgLMhAuY2FsbHFvcy52MS5DYWxsEg8KB2NhbGxfaWQYAiABKAkSEgoKcmVxdWVzdF9pZBgDIAEoCSIeCg5HZXRDYWxsUmVxdWVzdBIMCgRuYW1lGAEgASgJIkkKEExpc3RDYWxsc1JlcXVlc3QSEQoJcGFnZV9zaXplGAEgASgFEhIKCnBhZ2VfdG9rZW4YAiABKAkSDgoGZmlsdGVyGAMgASgJIk0KEUxpc3RDYWxsc1Jlc3BvbnNlEh8KBWNhbGxzGAEgAygLMhAuY2FsbHFvcy52MS5DYWxsEhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSKbAQoWUmVuZWdvdGlhdGVDYWxsUmVxdWVzdBIMCgRuYW1lGAEgASgJEiAKA3FvcxgCIAEoCzITLmNhbGxxb3MudjEuUW9zU3BlYxIMCgRldGFnGAMgASgJEhIKCnJlcXVlc3RfaWQYBCABKAkSLwoNc2VydmljZV9sZXZlbBgFIAEoDjIYLmNhbGxxb3MudjEuU2VydmljZUxldmVsIi0KD0Ryb3BDYWxsUmVxdWVzdBIMCgRuYW1lGAEgASgJEgwKBGV0YWcYAiABKAkiewoSV2F0Y2hFdmVudHNSZXF1ZXN0EhsKDmFmdGVyX3NlcXVlbmNlGAEgASgESACIAQESDAoEY2FsbBgCIAEoCRInCgV0eXBlcxgDIAMoDjIYLmNhbGxxb3MudjEuUW9zRXZlbnRUeXBlQhEKD19hZnRlcl9zZXF1ZW5jZSI6ChNXYXRjaEV2ZW50c1Jlc3BvbnNlEiMKBWV2ZW50GAEgASgLMhQuY2FsbHFvcy52MS5Rb3NFdmVudCIiChJHZXRQcm92aWRlclJlcXVlc3QSDAoEbmFtZRgBIAEoCSI9ChRMaXN0UHJvdmlkZXJzUmVxdWVzdBIRCglwYWdlX3NpemUYASABKAUSEgoKcGFnZV90b2tlbhgCIAEoCSJZChVMaXN0UHJvdmlkZXJzUmVzcG9uc2USJwoJcHJvdmlkZXJzGAEgAygLMhQuY2FsbHFvcy52MS5Qcm92aWRlchIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiSQoQTGlzdExpbmtzUmVxdWVzdBIOCgZwYXJlbnQYASABKAkSEQoJcGFnZV9zaXplGAIgASgFEhIKCnBhZ2VfdG9rZW4YAyABKAkiTQoRTGlzdExpbmtzUmVzcG9uc2USHwoFbGlua3MYASADKAsyEC5jYWxscW9zLnYxLkxpbmsSFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJImQKEVVwZGF0ZUxpbmtSZXF1ZXN0Eh4KBGxpbmsYASABKAsyEC5jYWxscW9zLnYxLkxpbmsSLwoLdXBkYXRlX21hc2sYAiABKAsyGi5nb29nbGUucHJvdG9idWYuRmllbGRNYXNrIl0KElVwZGF0ZUxpbmtSZXNwb25zZRIeCgRsaW5rGAEgASgLMhAuY2FsbHFvcy52MS5MaW5rEicKB2NoYW5nZXMYAiADKAsyFi5jYWxscW9zLnYxLkxpbmtDaGFuZ2UinQIKCkxpbmtDaGFuZ2USDAoEY2FsbBgBIAEoCRIvCgdvdXRjb21lGAIgASgOMh4uY2FsbHFvcy52MS5MaW5rQ2hhbmdlLk91dGNvbWUSKQoMcHJldmlvdXNfcW9zGAMgASgLMhMuY2FsbHFvcy52MS5Rb3NTcGVjEigKC2N1cnJlbnRfcW9zGAQgASgLMhMuY2FsbHFvcy52MS5Rb3NTcGVjEg8KB21lc3NhZ2UYBSABKAkSFgoOZXZlbnRfc2VxdWVuY2UYBiABKAQiUgoHT3V0Y29tZRIXChNPVVRDT01FX1VOU1BFQ0lGSUVEEAASFAoQT1VUQ09NRV9ERUdSQURFRBABEhgKFE9VVENPTUVfRElTQ09OTkVDVEVEEAIy2gUKDkNhbGxRb3NTZXJ2aWNlEj0KCkNyZWF0ZUNhbGwSHS5jYWxscW9zLnYxLkNyZWF0ZUNhbGxSZXF1ZXN0GhAuY2FsbHFvcy52MS5DYWxsEjcKB0dldENhbGwSGi5jYWxscW9zLnYxLkdldENhbGxSZXF1ZXN0GhAuY2FsbHFvcy52MS5DYWxsEkgKCUxpc3RDYWxscxIcLmNhbGxxb3MudjEuTGlzdENhbGxzUmVxdWVzdBodLmNhbGxxb3MudjEuTGlzdENhbGxzUmVzcG9uc2USRwoPUmVuZWdvdGlhdGVDYWxsEiIuY2FsbHFvcy52MS5SZW5lZ290aWF0ZUNhbGxSZXF1ZXN0GhAuY2FsbHFvcy52MS5DYWxsEjkKCERyb3BDYWxsEhsuY2FsbHFvcy52MS5Ecm9wQ2FsbFJlcXVlc3QaEC5jYWxscW9zLnYxLkNhbGwSUAoLV2F0Y2hFdmVudHMSHi5jYWxscW9zLnYxLldhdGNoRXZlbnRzUmVxdWVzdBofLmNhbGxxb3MudjEuV2F0Y2hFdmVudHNSZXNwb25zZTABEkMKC0dldFByb3ZpZGVyEh4uY2FsbHFvcy52MS5HZXRQcm92aWRlclJlcXVlc3QaFC5jYWxscW9zLnYxLlByb3ZpZGVyElQKDUxpc3RQcm92aWRlcnMSIC5jYWxscW9zLnYxLkxpc3RQcm92aWRlcnNSZXF1ZXN0GiEuY2FsbHFvcy52MS5MaXN0UHJvdmlkZXJzUmVzcG9uc2USSAoJTGlzdExpbmtzEhwuY2FsbHFvcy52MS5MaXN0TGlua3NSZXF1ZXN0Gh0uY2FsbHFvcy52MS5MaXN0TGlua3NSZXNwb25zZRJLCgpVcGRhdGVMaW5rEh0uY2FsbHFvcy52MS5VcGRhdGVMaW5rUmVxdWVzdBoeLmNhbGxxb3MudjEuVXBkYXRlTGlua1Jlc3BvbnNlQmcKDmRldi5jYWxscW9zLnYxQhNDYWxscW9zU2VydmljZVByb3RvUAFaPmdpdGh1Yi5jb20vY2FsbHFvcy9jYWxscW9zL2NsaWVudHMvZ28vZ2VuL2NhbGxxb3MvdjE7Y2FsbHFvc3YxYgZwcm90bzM", [file_callqos_v1_call, file_callqos_v1_event, file_callqos_v1_flowspec, file_callqos_v1_provider, file_google_protobuf_field_mask]);
 
 /**
  * Request for CreateCall.
@@ -447,6 +447,128 @@ export const UpdateLinkRequestSchema: GenMessage<UpdateLinkRequest> = /*@__PURE_
   messageDesc(file_callqos_v1_callqos_service, 13);
 
 /**
+ * Response for UpdateLink. Not the bare Link (AIP-134): a capacity change may degrade or drop
+ * other resources, the calls on the link, and the caller learns which from the same answer.
+ *
+ * @generated from message callqos.v1.UpdateLinkResponse
+ */
+export type UpdateLinkResponse = Message<"callqos.v1.UpdateLinkResponse"> & {
+  /**
+   * The link as it is after the change.
+   *
+   * @generated from field: callqos.v1.Link link = 1;
+   */
+  link?: Link | undefined;
+
+  /**
+   * Every call the change degraded or disconnected, in the order the provider reported them;
+   * empty when everything still fits.
+   *
+   * @generated from field: repeated callqos.v1.LinkChange changes = 2;
+   */
+  changes: LinkChange[];
+};
+
+/**
+ * Describes the message callqos.v1.UpdateLinkResponse.
+ * Use `create(UpdateLinkResponseSchema)` to create a new message.
+ */
+export const UpdateLinkResponseSchema: GenMessage<UpdateLinkResponse> = /*@__PURE__*/
+  messageDesc(file_callqos_v1_callqos_service, 14);
+
+/**
+ * One call that a change of its link's capacity degraded or disconnected. Its QoS events
+ * (QOS_CHANGED, or NOQOS then CALL_DISCONNECTED) announce the same change.
+ *
+ * @generated from message callqos.v1.LinkChange
+ */
+export type LinkChange = Message<"callqos.v1.LinkChange"> & {
+  /**
+   * `calls/{call}`.
+   *
+   * @generated from field: string call = 1;
+   */
+  call: string;
+
+  /**
+   * Degraded or disconnected.
+   *
+   * @generated from field: callqos.v1.LinkChange.Outcome outcome = 2;
+   */
+  outcome: LinkChange_Outcome;
+
+  /**
+   * The QoS in effect before the change.
+   *
+   * @generated from field: callqos.v1.QosSpec previous_qos = 3;
+   */
+  previousQos?: QosSpec | undefined;
+
+  /**
+   * The QoS in effect now (unset when disconnected).
+   *
+   * @generated from field: callqos.v1.QosSpec current_qos = 4;
+   */
+  currentQos?: QosSpec | undefined;
+
+  /**
+   * The provider's explanation, for people.
+   *
+   * @generated from field: string message = 5;
+   */
+  message: string;
+
+  /**
+   * The sequence of the last event announcing the change. 0 when the server could not record
+   * it yet (its storage failed): the server reconciles the call as soon as it can.
+   *
+   * @generated from field: uint64 event_sequence = 6;
+   */
+  eventSequence: bigint;
+};
+
+/**
+ * Describes the message callqos.v1.LinkChange.
+ * Use `create(LinkChangeSchema)` to create a new message.
+ */
+export const LinkChangeSchema: GenMessage<LinkChange> = /*@__PURE__*/
+  messageDesc(file_callqos_v1_callqos_service, 15);
+
+/**
+ * What became of the call.
+ *
+ * @generated from enum callqos.v1.LinkChange.Outcome
+ */
+export enum LinkChange_Outcome {
+  /**
+   * Never sent.
+   *
+   * @generated from enum value: OUTCOME_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * The call stays connected with less QoS: current_qos (an IF_AVAILABLE call).
+   *
+   * @generated from enum value: OUTCOME_DEGRADED = 1;
+   */
+  DEGRADED = 1,
+
+  /**
+   * The call was disconnected with reason QOS_UNAVAILABLE (a NEEDED call).
+   *
+   * @generated from enum value: OUTCOME_DISCONNECTED = 2;
+   */
+  DISCONNECTED = 2,
+}
+
+/**
+ * Describes the enum callqos.v1.LinkChange.Outcome.
+ */
+export const LinkChange_OutcomeSchema: GenEnum<LinkChange_Outcome> = /*@__PURE__*/
+  enumDesc(file_callqos_v1_callqos_service, 15, 0);
+
+/**
  * Calls with Quality of Service, and the events that tell when their QoS changes.
  *
  * Every error carries google.rpc.ErrorInfo (domain "callqos.dev") whose reason a client can
@@ -556,15 +678,17 @@ export const CallQosService: GenService<{
     output: typeof ListLinksResponseSchema;
   },
   /**
-   * Changes a link's capacity. Calls that no longer fit are degraded or dropped by the
-   * provider, with events.
+   * Changes a link's capacity, durably: the capacity set here survives restarts for as long as
+   * the link's configured capacity stays what it was when it was set (a changed configuration
+   * wins). Calls that no longer fit are degraded or dropped by the provider, with events, and
+   * the response lists each of them.
    *
    * @generated from rpc callqos.v1.CallQosService.UpdateLink
    */
   updateLink: {
     methodKind: "unary";
     input: typeof UpdateLinkRequestSchema;
-    output: typeof LinkSchema;
+    output: typeof UpdateLinkResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_callqos_v1_callqos_service, 0);
