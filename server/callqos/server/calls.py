@@ -53,7 +53,7 @@ from callqos.server.providers.base import (
     RefusalKind,
     Restored,
 )
-from callqos.server.qos import best_effort_qos, qos_shortfalls, reserved_rate, resolve_no_change
+from callqos.server.qos import best_effort_qos, qos_shortfalls, reserved_rate, resolve_no_change, shortfalls
 from callqos.server.store.base import CallPage, IdempotencyRecord, PendingRelease, Store, StoreUnavailable
 from callqos.server.telemetry import Instruments, current_trace_id
 from callqos.v1 import call_pb2, event_pb2, flowspec_pb2
@@ -424,7 +424,7 @@ class CallManager:
                     metadata={"provider": call.provider, "call": call.name},
                 )
             level = request.service_level or call.service_level
-            desired = resolve_no_change(request.qos, call.requested_qos)
+            desired = self._desired(request.qos, call, level)
             asked = resolve_no_change(request.qos, call.granted_qos)
             offered = best_effort_qos(asked.provider_specific) if level == Level.SERVICE_LEVEL_BEST_EFFORT else asked
             admission = AdmissionRequest(
@@ -510,6 +510,24 @@ class CallManager:
                     call=call, events=[changed], failure=None, key=key, decided=decided, release=None, restore=restore
                 )
             )
+
+    @staticmethod
+    def _desired(asked: QosSpec, call: Call, level: int) -> QosSpec:
+        """The call's request after a renegotiation asking `asked` at `level`. A NO_CHANGE
+        direction keeps what is in effect, and what the call asks for in it stays what it asked
+        before, so that a shortfall stays visible (GRANT-5) — except at NEEDED, where a request
+        the grant in effect falls short of (the call was IF_AVAILABLE or BEST_EFFORT and got less)
+        becomes that grant: a NEEDED call is never connected below its request (LEVEL-1,
+        EVENT-4)."""
+        desired = resolve_no_change(asked, call.requested_qos)
+        if level == Level.SERVICE_LEVEL_NEEDED:
+            for direction in ("sending", "receiving"):
+                kept: flowspec_pb2.FlowSpec = getattr(call.granted_qos, direction)
+                if getattr(asked, direction).service_type == ST.SERVICE_TYPE_NO_CHANGE and shortfalls(
+                    kept, getattr(desired, direction)
+                ):
+                    getattr(desired, direction).CopyFrom(kept)
+        return desired
 
     # -- drop -------------------------------------------------------------------------------
     async def drop(self, request: svc.DropCallRequest, principal: str) -> Call:
