@@ -230,3 +230,28 @@ def test_serve_subcommand(tmp_path: Path) -> None:
         with Client(serve.target) as client:
             assert client.default_provider().name == "providers/reference"
         assert serve.stop() == 0  # SIGTERM: a clean, graceful exit
+
+
+def test_set_capacity_lists_the_calls_it_changed(server_factory) -> None:  # type: ignore[no-untyped-def]
+    server = server_factory()
+
+    def run(*args: str) -> str:
+        result = subprocess.run(
+            [sys.executable, "-m", "callqos.cli", *args],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=_env(CALLQOS_TARGET=server.target, CALLQOS_PRINCIPAL="erin"),
+        )
+        assert result.returncode == 0, result.stderr
+        return result.stdout
+
+    link = "providers/reference/links/default"
+    run("make", "sip:a@example.com", "--call-id", "kept", "--send-type", "controlled-load", "--send-rate", "500000")
+    run("make", "sip:b@example.com", "--call-id", "shed", "--send-type", "controlled-load", "--send-rate", "500000")
+    text = run("set-capacity", link, "600000")
+    assert link in text and "600,000" in text
+    (shed_row,) = [line for line in text.splitlines() if line.startswith("calls/shed")]
+    assert "disconnected" in shed_row.lower()
+    answer = _json(run("--json", "set-capacity", link, "1250000"))
+    assert answer["link"]["capacityBytesPerSecond"] == "1250000" and "changes" not in answer

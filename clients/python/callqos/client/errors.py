@@ -79,6 +79,7 @@ __all__ = [
     "ServerBugError",
     "ServerError",
     "ShuttingDownError",
+    "StorageUnavailableError",
     "TooManyWatchersError",
     "UnauthenticatedError",
     "UnavailableError",
@@ -448,6 +449,13 @@ class ShuttingDownError(UnavailableError):
     """The server is shutting down; reconnect (watchers resume from their cursor)."""
 
     error_reason = "SHUTTING_DOWN"
+
+
+class StorageUnavailableError(UnavailableError):
+    """The server could not record the outcome (its disk is full, its storage failed; ErrorInfo
+    metadata ``cause`` says which); nothing changed. Retry later."""
+
+    error_reason = "STORAGE_UNAVAILABLE"
 
 
 class InternalError(ServerError):

@@ -156,8 +156,12 @@ class Provider(abc.ABC):
         self.settings: Mapping[str, Any] = settings or {}
 
     async def start(self, host: ProviderHost, restored: Sequence[Restored]) -> list[ProviderChange]:
-        """Called once before serving, with the calls that were connected when the server last
-        stopped. Re-take their reservations; return a change for each that no longer fits."""
+        """Called before serving, with the calls that were connected when the server last
+        stopped. Re-take their reservations; return a change for each that no longer fits.
+
+        If it raises, the host calls it once more with no calls, then re-takes each call with
+        `admit` (oldest first) and disconnects those that fail, with a reason: the server always
+        starts (CALL-7)."""
         self.host = host
         return []
 

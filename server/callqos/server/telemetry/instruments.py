@@ -74,6 +74,15 @@ _DEMAND = (
 _REFUSAL_REASON = {RefusalKind.ADMISSION: "QOS_UNAVAILABLE", RefusalKind.POLICY: "QOS_POLICY_FAILURE"}
 
 
+# Span attributes are int64 in OTLP; a rate may be any uint64 (issue 11: every derived quantity
+# is bounded). Larger values are recorded as the int64 maximum rather than failing the export.
+INT64_MAX = 2**63 - 1
+
+
+def _int64(value: int) -> int:
+    return min(value, INT64_MAX)
+
+
 def _type_name(kind: int) -> str:
     return ST.Name(kind).removeprefix("SERVICE_TYPE_") if kind in ST.values() else str(kind)
 
@@ -104,8 +113,8 @@ class ProviderSpan:
         attributes: dict[str, str | int] = {"callqos.outcome": self.outcome}
         if isinstance(result, Grant):
             for direction in DIRECTIONS:
-                attributes[f"callqos.{direction}.granted_bytes_per_second"] = reserved_rate(
-                    getattr(result.qos, direction)
+                attributes[f"callqos.{direction}.granted_bytes_per_second"] = _int64(
+                    reserved_rate(getattr(result.qos, direction))
                 )
         elif isinstance(result, Refusal):
             # A refusal is an outcome, not an error: the span status stays unset.
@@ -115,7 +124,7 @@ class ProviderSpan:
             if result.counter_offer is not None:
                 for direction in DIRECTIONS:
                     rate = reserved_rate(getattr(result.counter_offer, direction))
-                    attributes[f"callqos.{direction}.counter_offer_bytes_per_second"] = rate
+                    attributes[f"callqos.{direction}.counter_offer_bytes_per_second"] = _int64(rate)
         self.span.set_attributes(attributes)
 
 
@@ -362,7 +371,7 @@ class Instruments:
 
     def _observe_capacity(self, options: CallbackOptions) -> Iterable[Observation]:
         return [
-            Observation(link.capacity_bytes_per_second, {"callqos.link": name})
+            Observation(_int64(link.capacity_bytes_per_second), {"callqos.link": name})
             for name, link in list(self._links.items())
         ]
 
@@ -371,12 +380,14 @@ class Instruments:
         for name, link in list(self._links.items()):
             observations.append(
                 Observation(
-                    link.sending_reserved_bytes_per_second, {"callqos.link": name, "callqos.direction": "sending"}
+                    _int64(link.sending_reserved_bytes_per_second),
+                    {"callqos.link": name, "callqos.direction": "sending"},
                 )
             )
             observations.append(
                 Observation(
-                    link.receiving_reserved_bytes_per_second, {"callqos.link": name, "callqos.direction": "receiving"}
+                    _int64(link.receiving_reserved_bytes_per_second),
+                    {"callqos.link": name, "callqos.direction": "receiving"},
                 )
             )
         return observations
@@ -426,5 +437,5 @@ def _request_attributes(request: AdmissionRequest) -> dict[str, str | int]:
     for direction in DIRECTIONS:
         spec = getattr(request.qos, direction)
         attributes[f"callqos.{direction}.service_type"] = _type_name(spec.service_type)
-        attributes[f"callqos.{direction}.requested_bytes_per_second"] = reserved_rate(spec)
+        attributes[f"callqos.{direction}.requested_bytes_per_second"] = _int64(reserved_rate(spec))
     return attributes
