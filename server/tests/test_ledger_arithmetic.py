@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import grpc
 import pytest
@@ -327,3 +328,48 @@ def rpc_error_sync(call) -> grpc.RpcError:  # type: ignore[no-untyped-def]
     with pytest.raises(grpc.RpcError) as caught:
         call()
     return caught.value
+
+
+class FailsWhileShedding(ReferenceProvider):
+    """The reference provider, failing on the second call it degrades (a fault half-way through
+    shedding: the first call has already been changed)."""
+
+    degraded = 0
+
+    def _counter_offer(self, qos: QosSpec, link: Any, free: Any) -> QosSpec:
+        self.degraded += 1
+        if self.degraded == 2:
+            raise RuntimeError("half-way")
+        return super()._counter_offer(qos, link, free)
+
+
+def test_a_shedding_that_fails_half_way_changes_nothing() -> None:
+    """PROV-15: the capacity, every reservation and the admission order are put back, and no
+    change is reported for the call that was already degraded."""
+    provider = FailsWhileShedding({"links": LINKS})
+    provider.id = "reference"
+    host = Recorder()
+    loop = asyncio.new_event_loop()
+    try:
+        loop.run_until_complete(provider.start(host, []))
+        for n in range(3):
+            spec = QosSpec(sending=flow(rate=400_000), receiving=flow(ST.SERVICE_TYPE_BEST_EFFORT))
+            request = AdmissionRequest(f"calls/c{n}", DESTINATIONS[0], Level.SERVICE_LEVEL_IF_AVAILABLE, spec, "t")
+            assert isinstance(loop.run_until_complete(provider.admit(request)), Grant)
+        before = (
+            sorted(loop.run_until_complete(provider.reservations()), key=str),
+            loop.run_until_complete(provider.list_links()),
+        )
+        with pytest.raises(RuntimeError, match="half-way"):
+            loop.run_until_complete(provider.update_link("default", 500_000))
+        after = (
+            sorted(loop.run_until_complete(provider.reservations()), key=str),
+            loop.run_until_complete(provider.list_links()),
+        )
+        assert after == before and host.changes == []
+        # And the provider still works: the same cut, without the fault, sheds as usual.
+        provider.degraded = 10
+        loop.run_until_complete(provider.update_link("default", 500_000))
+        assert [change.call for change in host.changes] == ["calls/c2", "calls/c1"]
+    finally:
+        loop.close()

@@ -154,8 +154,8 @@ def test_calls_a_provider_cannot_restore_are_disconnected_and_the_server_starts(
             events = events_of(stub, name)
             assert events[-1].type == EventType.QOS_EVENT_TYPE_CALL_DISCONNECTED
             assert why in events[-1].message, (name, events[-1].message)
-        orphaned = stub.GetCall(svc.GetCallRequest(name="calls/orphaned"))
-        assert orphaned.disconnect_reason == call_pb2.DisconnectReason.DISCONNECT_REASON_PROVIDER_ERROR
+            assert call.disconnect_reason == call_pb2.DisconnectReason.DISCONNECT_REASON_PROVIDER_ERROR, name
+            assert [e.type for e in events][-2] == EventType.QOS_EVENT_TYPE_GENERIC_ERROR
         assert stub.CreateCall(make_request(qos(1000))).state == State.STATE_CONNECTED
         assert "failed to start" in server.log(tail=10**6)
 

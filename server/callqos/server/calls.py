@@ -239,7 +239,11 @@ class CallManager:
             return []
         for call in calls:
             async with self._locks.hold(call.name):
-                await self._retake(info, call, None, "restoring it after a restart")
+                try:
+                    await self._retake(info, call, None, "restoring it after a restart")
+                except ServiceError as error:  # not recorded: reconciled once the store takes it
+                    log.error("could not record how %s was restored: %s", call.name, error.message)
+                    self.suspects.add(call.name)
         return changes
 
     # -- reads ------------------------------------------------------------------------------
@@ -771,6 +775,9 @@ class CallManager:
             f"provider {info.id} no longer holds this call's QoS and could not take it again while {why}: {reason}"
         )
         log.error("disconnecting %s: %s", call.name, message)
+        if failure:  # the provider failed: a provider error, as at creation (EVENT-5)
+            await self._fail(call, message, info)
+            return "disconnected"
         events = self._lost(call, EventType.QOS_EVENT_TYPE_NOQOS, message)
         await self._settle(
             Outcome(

@@ -49,6 +49,7 @@ log = logging.getLogger(__name__)
 # How often the loop looks for owed releases that are due; backoff starts here and doubles.
 TICK_SECONDS = 0.25
 FIRST_RETRY_SECONDS = 0.5
+SUSPECT_PASS_SECONDS = 1.0
 
 
 @dataclass
@@ -140,13 +141,18 @@ class Ledger:
 
     async def _run(self) -> None:
         next_pass = time.monotonic() + self.reconcile_interval
+        last_pass = 0.0
         while True:
             await asyncio.sleep(TICK_SECONDS)
             try:
                 await self.retry_releases()
-                periodic = self.reconcile_interval > 0 and time.monotonic() >= next_pass
-                if periodic or self.calls.suspects:
-                    await self.reconcile(confirm=True)  # suspects are acted on at once regardless
+                now = time.monotonic()
+                periodic = self.reconcile_interval > 0 and now >= next_pass
+                # Suspects are reconciled soon (acted on without waiting for a second sighting),
+                # but no more than once a second while they keep failing (a full disk).
+                if periodic or (self.calls.suspects and now - last_pass >= SUSPECT_PASS_SECONDS):
+                    last_pass = now
+                    await self.reconcile(confirm=True)
                     if periodic:
                         next_pass = time.monotonic() + self.reconcile_interval
             except Exception:  # the loop must outlive any one failure (a storage error, a bug)
@@ -216,6 +222,7 @@ class Ledger:
         outcomes: Counter[str] = Counter()
         async with self._admin:
             suspects = set(self.calls.suspects)
+            failed: set[str] = set()
             seen_now: set[tuple[str, str, tuple[int, int] | None, tuple[int, int] | None]] = set()
             connected_calls = await self.store.connected_calls()
             for info in self.providers.all():
@@ -237,8 +244,8 @@ class Ledger:
                         continue
                     outcome = await self.calls.reconcile_call(info, name)
                     outcomes[outcome] += 1
-                    if outcome != "failed":
-                        self.calls.suspects.discard(name)
+                    if outcome == "failed":
+                        failed.add(name)
                     if outcome not in ("agreed", "failed"):
                         log.warning(
                             "ledger: provider %s held %s for %s, the store %s: %s",
@@ -250,5 +257,7 @@ class Ledger:
                         )
                     self.telemetry.ledger_repair(info.name, outcome)
             self._seen = seen_now
+            # A suspect is cleared once a pass found nothing to do for it, or put it right.
+            self.calls.suspects -= suspects - failed
         self.repairs.update(outcomes)
         return outcomes

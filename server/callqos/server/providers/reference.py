@@ -115,14 +115,16 @@ class Reservation:
     order: int  # admission order: the newest are shed first
 
 
-@dataclass(frozen=True)
-class _Books:
-    """The provider's books at one moment, to put back when an operation fails part-way."""
+@dataclass
+class _Undo:
+    """What an operation under way changed, to put back if it fails part-way: the links' capacities
+    and reservations as they were (a few links, copied), and each call's reservation before its
+    first change (a journal, so that the cost does not grow with the number of calls held)."""
 
     capacity: dict[str, int]
     reserved: dict[str, dict[str, int]]
-    calls: dict[str, Reservation]
     order: int
+    calls: dict[str, Reservation | None] = field(default_factory=dict)
 
 
 def _bounded(link_id: str, merged: Mapping[str, Any], key: str, low: int, high: int) -> int:
@@ -185,6 +187,7 @@ class ReferenceProvider(Provider):
             raise ValueError("link ids must be unique")
         self._calls: dict[str, Reservation] = {}
         self._order = 0
+        self._undo: _Undo | None = None  # while an _all_or_nothing block runs
         # Admission is check-then-reserve; the lock keeps it atomic even if a later change
         # adds an await between the two.
         self._lock = asyncio.Lock()
@@ -432,6 +435,7 @@ class ReferenceProvider(Provider):
         return offer
 
     def _reserve(self, call: str, link: LinkState, level: int, qos: QosSpec) -> None:
+        self._journal(call)
         self._unreserve(call)
         rates = {d: reserved_rate(getattr(qos, d)) for d in ("sending", "receiving")}
         for direction, rate in rates.items():
@@ -440,6 +444,7 @@ class ReferenceProvider(Provider):
         self._calls[call] = Reservation(link, level, qos, rates, self._order)
 
     def _unreserve(self, call: str) -> None:
+        self._journal(call)
         held = self._calls.pop(call, None)
         if held is not None:
             for direction, rate in held.rates.items():
@@ -449,20 +454,35 @@ class ReferenceProvider(Provider):
     def _all_or_nothing(self) -> Iterator[None]:
         """What runs inside takes effect whole, or not at all: if it raises, the capacities, the
         reservations and the admission counter are put back as they were (PROV-15)."""
-        books = _Books(
+        if self._undo is not None:  # nested: the outer block puts everything back
+            yield
+            return
+        self._undo = _Undo(
             capacity={link_id: link.capacity for link_id, link in self._links.items()},
             reserved={link_id: dict(link.reserved) for link_id, link in self._links.items()},
-            calls=dict(self._calls),
             order=self._order,
         )
         try:
             yield
         except BaseException:
+            undo = self._undo
             for link_id, link in self._links.items():
-                link.capacity = books.capacity[link_id]
-                link.reserved = dict(books.reserved[link_id])
-            self._calls, self._order = books.calls, books.order
+                link.capacity = undo.capacity[link_id]
+                link.reserved = dict(undo.reserved[link_id])
+            for call, before in undo.calls.items():
+                if before is None:
+                    self._calls.pop(call, None)
+                else:
+                    self._calls[call] = before
+            self._order = undo.order
             raise
+        finally:
+            self._undo = None
+
+    def _journal(self, call: str) -> None:
+        """Remember `call`'s reservation before its first change in an _all_or_nothing block."""
+        if self._undo is not None and call not in self._undo.calls:
+            self._undo.calls[call] = self._calls.get(call)
 
     def _shed_all(self) -> list[ProviderChange]:
         """Bring every link back within capacity, newest calls first."""
