@@ -956,9 +956,9 @@ type LinkChange struct {
 	CurrentQos *QosSpec `protobuf:"bytes,4,opt,name=current_qos,json=currentQos,proto3" json:"current_qos,omitempty"`
 	// The provider's explanation, for people.
 	Message string `protobuf:"bytes,5,opt,name=message,proto3" json:"message,omitempty"`
-	// The sequence of the last event announcing the change. 0 when the server could not record
-	// it yet (its storage failed): the server reconciles the call as soon as it can.
-	EventSequence uint64 `protobuf:"varint,6,opt,name=event_sequence,json=eventSequence,proto3" json:"event_sequence,omitempty"`
+	// The change is recorded, with its events. False when the server's storage failed: the call
+	// still reads as before until the server reconciles it with the provider, as soon as it can.
+	Recorded      bool `protobuf:"varint,6,opt,name=recorded,proto3" json:"recorded,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1028,11 +1028,11 @@ func (x *LinkChange) GetMessage() string {
 	return ""
 }
 
-func (x *LinkChange) GetEventSequence() uint64 {
+func (x *LinkChange) GetRecorded() bool {
 	if x != nil {
-		return x.EventSequence
+		return x.Recorded
 	}
-	return 0
+	return false
 }
 
 var File_callqos_v1_callqos_service_proto protoreflect.FileDescriptor
@@ -1096,7 +1096,7 @@ const file_callqos_v1_callqos_service_proto_rawDesc = "" +
 	"updateMask\"l\n" +
 	"\x12UpdateLinkResponse\x12$\n" +
 	"\x04link\x18\x01 \x01(\v2\x10.callqos.v1.LinkR\x04link\x120\n" +
-	"\achanges\x18\x02 \x03(\v2\x16.callqos.v1.LinkChangeR\achanges\"\xdd\x02\n" +
+	"\achanges\x18\x02 \x03(\v2\x16.callqos.v1.LinkChangeR\achanges\"\xd2\x02\n" +
 	"\n" +
 	"LinkChange\x12\x12\n" +
 	"\x04call\x18\x01 \x01(\tR\x04call\x128\n" +
@@ -1104,8 +1104,8 @@ const file_callqos_v1_callqos_service_proto_rawDesc = "" +
 	"\fprevious_qos\x18\x03 \x01(\v2\x13.callqos.v1.QosSpecR\vpreviousQos\x124\n" +
 	"\vcurrent_qos\x18\x04 \x01(\v2\x13.callqos.v1.QosSpecR\n" +
 	"currentQos\x12\x18\n" +
-	"\amessage\x18\x05 \x01(\tR\amessage\x12%\n" +
-	"\x0eevent_sequence\x18\x06 \x01(\x04R\reventSequence\"R\n" +
+	"\amessage\x18\x05 \x01(\tR\amessage\x12\x1a\n" +
+	"\brecorded\x18\x06 \x01(\bR\brecorded\"R\n" +
 	"\aOutcome\x12\x17\n" +
 	"\x13OUTCOME_UNSPECIFIED\x10\x00\x12\x14\n" +
 	"\x10OUTCOME_DEGRADED\x10\x01\x12\x18\n" +
