@@ -87,13 +87,23 @@ class HostedProviders:
         # before any capacity set with UpdateLink is put back (`read_configured_links`).
         self.configured_capacity: dict[str, int] = {}
 
-    async def read_configured_links(self) -> None:
+    async def read_configured_links(self) -> set[str]:
         """Remember every administered link's configured capacity (before start-up applies the
-        capacities kept from UpdateLink: LINK-5 compares against these)."""
+        capacities kept from UpdateLink: LINK-5 compares against these). Returns the providers
+        (`providers/{p}`) whose links could be read; one that fails is logged, not fatal."""
+        read: set[str] = set()
         for info in self.all():
-            if info.capabilities.link_admin:
-                for link in await self.list_links(info):
-                    self.configured_capacity[link.name] = link.capacity_bytes_per_second
+            if not info.capabilities.link_admin:
+                continue
+            try:
+                links = await self.list_links(info)
+            except ServiceError as error:
+                log.error("could not read the links of provider %s at start-up: %s", info.id, error.message)
+                continue
+            for link in links:
+                self.configured_capacity[link.name] = link.capacity_bytes_per_second
+            read.add(info.name)
+        return read
 
     async def start(
         self, info: HostedProvider, host: ProviderHost, restored: Sequence[Restored]

@@ -92,10 +92,13 @@ class Ledger:
     async def put_back_link_capacities(self) -> None:
         """Before any call is restored: apply each capacity kept from UpdateLink whose link is
         still configured as it was when it was set; forget the others (LINK-5)."""
-        await self.providers.read_configured_links()
+        readable = await self.providers.read_configured_links()
         for kept in await self.store.link_capacities():
-            configured = self.providers.configured_capacity.get(kept.link)
             parsed = names.parse_link(kept.link)
+            provider = names.provider_name(parsed[0]) if parsed is not None else ""
+            if provider and provider not in readable and self.providers.find(provider) is not None:
+                continue  # hosted, but its links cannot be read now: kept for the next start
+            configured = self.providers.configured_capacity.get(kept.link)
             if configured is None or parsed is None:
                 log.warning("forgetting the capacity set for %s: no hosted provider administers it", kept.link)
                 await self._forget_capacity(kept.link)
