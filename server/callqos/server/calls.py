@@ -584,7 +584,7 @@ class CallManager:
                     "could not record the provider's change of %s (%s); it will be reconciled", change.call, cause
                 )
                 self.suspects.add(change.call)
-                self._collect(change, None, None, recorded=False)
+                self._collect(change, None, recorded=False)
 
     async def _apply_change(self, change: ProviderChange) -> None:
         """`report_change`, with the call's lock held."""
@@ -602,10 +602,10 @@ class CallManager:
         await self._settle(
             Outcome(call=call, events=events, failure=None, key=None, decided=None, release=None, restore=None)
         )
-        self._collect(change, previous, call, recorded=True)
+        self._collect(change, previous, recorded=True)
 
     @staticmethod
-    def _collect(change: ProviderChange, previous: QosSpec | None, call: Call | None, *, recorded: bool) -> None:
+    def _collect(change: ProviderChange, previous: QosSpec | None, *, recorded: bool) -> None:
         """Add the change to the UpdateLink response being gathered, if one is."""
         gathered = LINK_CHANGES.get()
         if gathered is None:
@@ -714,7 +714,7 @@ class CallManager:
                             message=f"the provider still held {held[0]}/{held[1]} B/s for this call; released "
                             "by reconciliation",
                         )
-                        await self._commit(call, [event], None)
+                        await self._commit(call, [event], None, released=True)  # nothing owed any more
                     return "released" if released else "failed"
                 assert call is not None
                 if (held or (0, 0)) == rates_of(call.granted_qos):
@@ -768,9 +768,14 @@ class CallManager:
             )
             await self._record(call, self._degraded(call, granted, message))
             return "changed"
-        reason = failure or (
-            decision.message if isinstance(decision, Refusal) else "it granted less than the call needs"
-        )
+        if failure:
+            reason = failure
+        elif isinstance(decision, Refusal):
+            reason = decision.message
+        elif decision is None:
+            reason = "it holds something else and cannot renegotiate"
+        else:
+            reason = "it granted less than the call needs"
         message = (
             f"provider {info.id} no longer holds this call's QoS and could not take it again while {why}: {reason}"
         )
