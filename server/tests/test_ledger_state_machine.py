@@ -63,7 +63,7 @@ Level = call_pb2.ServiceLevel
 State = call_pb2.Call.State
 RPC_TIMEOUT = 30.0
 RESTART_PERCENT = 4  # of the restart rule's draws that restart (the rule is drawn like any other)
-FIXED_SEED = 20261129
+FIXED_SEED = 7  # picked for a good mix of every rule (hypothesis enables rules per example)
 STEPS_PER_EXAMPLE = 50
 # What `make test` runs: about a minute on the shared 2-core machine.
 QUICK_EXAMPLES = 30
