@@ -28,6 +28,7 @@ help:
 	@echo "make run        serve on the embedded defaults (127.0.0.1:50051, SQLite under ./callqos-data)"
 	@echo "make test       install everything needed and run every test"
 	@echo "make bench      benchmarks, with ratios against a bare grpc.aio baseline measured in the same run"
+	@echo "make soak       the ledger's state machine for CALLQOS_SOAK_STEPS steps (default 100000) or CALLQOS_SOAK_SECONDS"
 	@echo "make generate   regenerate all code from protos/"
 	@echo "make lint       buf lint + buf format check, ruff check + ruff format check"
 	@echo "make dist       sdists and wheels of callqos, callqos-server and callqos-conformance in dist/"
@@ -124,6 +125,17 @@ bench: $(STAMP)
 	$(PY) server/benchmarks/bench.py $(BENCH_ARGS)
 	$(PY) server/benchmarks/bench_tracing.py $(BENCH_ARGS)
 	$(PY) server/benchmarks/bench_auth.py $(BENCH_ARGS)
+
+# The admission ledger's stateful property test (server/tests/test_ledger_state_machine.py), far
+# longer than `make test` runs it: round after round against a real server, each round with a
+# fresh seed that is printed first, until CALLQOS_SOAK_STEPS steps have run (or, when set,
+# CALLQOS_SOAK_SECONDS have passed). CALLQOS_SOAK_SEED=<seed> replays one round and shrinks a
+# failure to the shortest sequence of steps that shows it.
+CALLQOS_SOAK_STEPS ?= 100000
+.PHONY: soak
+soak: $(STAMP)
+	CALLQOS_SOAK_STEPS=$(if $(CALLQOS_SOAK_SECONDS),0,$(CALLQOS_SOAK_STEPS)) \
+	  $(PY) -m pytest server/tests/test_ledger_state_machine.py -k test_soak -s -q -p no:cacheprovider
 
 .PHONY: clean
 clean:
