@@ -215,43 +215,35 @@ def write_version_1_with_lines(path: Path) -> None:
     db.close()
 
 
-def write_version_2(path: Path) -> None:
-    """What the release with tenants left: the connected call, of the default tenant."""
+def _write_with_tenants(path: Path, schema: str, *, active: bool) -> None:
+    """The connected call, of the default tenant, with its quota columns (and `active`, from
+    version 3 on), its events and its request_id, in a file of `schema`."""
     path.parent.mkdir(parents=True, exist_ok=True)
     db = sqlite3.connect(path)
-    db.executescript(SCHEMA_2)
+    db.executescript(schema)
     old = Call()
     old.CopyFrom(OLD)
     old.tenant = "default"
+    column, value = (", active", ", 1") if active else ("", "")
     db.execute(
-        "INSERT INTO calls (name, provider, state, data, tenant, reserved_sending, reserved_receiving) "
-        "VALUES (?, ?, ?, ?, 'default', 100000, 20000)",
+        f"INSERT INTO calls (name, provider, state, data, tenant, reserved_sending, reserved_receiving{column}) "
+        f"VALUES (?, ?, ?, ?, 'default', 100000, 20000{value})",
         (old.name, old.provider, old.state, old.SerializeToString()),
     )
     _insert_history(db, "default")
     db.execute("INSERT INTO requests VALUES ('default', 'alice', 'r1', 'CreateCall', 'f', 'calls/old', x'', 1)")
     db.commit()
     db.close()
+
+
+def write_version_2(path: Path) -> None:
+    """What the release with tenants left: the connected call, of the default tenant."""
+    _write_with_tenants(path, SCHEMA_2, active=False)
 
 
 def write_version_3(path: Path) -> None:
-    """What the release with lines under tenants left: the connected call, of the default tenant,
-    counted toward its quotas."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    db = sqlite3.connect(path)
-    db.executescript(SCHEMA_3)
-    old = Call()
-    old.CopyFrom(OLD)
-    old.tenant = "default"
-    db.execute(
-        "INSERT INTO calls (name, provider, state, data, tenant, reserved_sending, reserved_receiving, active) "
-        "VALUES (?, ?, ?, ?, 'default', 100000, 20000, 1)",
-        (old.name, old.provider, old.state, old.SerializeToString()),
-    )
-    _insert_history(db, "default")
-    db.execute("INSERT INTO requests VALUES ('default', 'alice', 'r1', 'CreateCall', 'f', 'calls/old', x'', 1)")
-    db.commit()
-    db.close()
+    """What the release with lines under tenants left: the same, counted toward its quotas."""
+    _write_with_tenants(path, SCHEMA_3, active=True)
 
 
 def schema_of(path: Path) -> dict[str, object]:

@@ -17,7 +17,8 @@ module does what no single operation can:
   the `callqos.releases.pending` gauge.
 - **Reconciliation** (PROV-16): at start-up, and every `reconcile_interval_seconds`, each
   provider that lists its reservations is compared with the connected calls the store holds for
-  it, call by call, by the rates GRANT-1 counts. A reservation no connected call holds is
+  it, call by call, by the rates GRANT-1 counts (a call between two applications once, under its
+  caller's leg, which holds the pair's one reservation). A reservation no connected call holds is
   released; a connected call whose provider holds something else is re-taken, or recorded as
   what the provider holds when its level accepts that, or disconnected. A difference is acted on
   when a second pass sees it again (so that an operation in flight between the provider and the
