@@ -10,6 +10,9 @@ guarantee of the ledger holds for it, on both legs together (PAIR-1):
 - a pair's release that the provider fails is owed under its holder, announced on it and retried
   until it succeeds (CALL-6);
 - a pair whose provider is no longer hosted is disconnected at start-up, both legs (CALL-7).
+
+A call the provider's own network offered (one leg, no peer) is re-taken as what it is: the
+provider is asked to connect that call again (`AdmissionRequest.incoming`), not to place one.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from typing import Any
 
 import grpc
 import pytest
-from incoming_kit import BOB, CAROL, answer_request, call_line, open_line
+from incoming_kit import BOB, CAROL, NetworkProvider, answer_request, call_line, open_line
 from server_testkit import make_request, qos, reason, reserved, rpc_error
 from test_ledger_faults import FlakyRelease, Served, eventually, failing_commits, serving
 from test_watch_events import collect
@@ -185,3 +188,24 @@ async def test_a_pair_whose_provider_is_gone_is_disconnected_at_start_up_on_both
             events = await collect(stub, 4, call=leg.name, after_sequence=0)
             assert [e.type for e in events][-2:] == [E.QOS_EVENT_TYPE_GENERIC_ERROR, E.QOS_EVENT_TYPE_CALL_DISCONNECTED]
             assert "not hosted" in events[-1].message
+
+
+async def test_a_network_call_the_provider_lost_is_retaken_as_an_incoming_call(tmp_path: Any) -> None:
+    async with serving(
+        tmp_path, providers={"reference": {"plugin": "incoming_kit:NetworkProvider"}}, reconcile_interval_seconds=0.2
+    ) as served:
+        stub = served.stub
+        await open_line(stub)
+        provider: NetworkProvider = served.provider
+        offered = await provider.ring()
+        assert offered is not None
+        answered = await stub.AnswerCall(answer_request(offered), metadata=BOB)
+        await provider.release(offered)  # the provider forgets it behind the server's back
+
+        async def retaken() -> bool:
+            return await reserved(stub) == (50_000, 300_000)  # the callee's terms: it receives 300,000
+
+        await eventually(retaken, "the network call's reservation re-taken")
+        again = provider.admitted[-1]
+        assert (again.call, again.incoming, again.current) == (offered, True, None)
+        assert await stub.GetCall(svc.GetCallRequest(name=offered)) == answered

@@ -929,6 +929,8 @@ class CallManager:
             call.granted_qos,
             call.owner,
             current=call.granted_qos if held is not None else None,
+            # A call the provider's network offered is connected again, not placed anew.
+            incoming=held is None and call.direction == Call.Direction.DIRECTION_INCOMING,
         )
         decision: Grant | Refusal | None = None
         failure = ""
