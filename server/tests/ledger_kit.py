@@ -1,6 +1,6 @@
 """Strategies and checks for the ledger tests: flowspecs over the WHOLE valid range of every field
 (rate 1, huge buckets, the largest values a field may carry), and the invariants of the
-admission ledger (README "The admission ledger"; conformance/SPEC.md LINK-2, LINK-4, CALL-5).
+admission ledger (README "The admission ledger"; conformance/SPEC.md LINK-2, LINK-6, CALL-5).
 
 Validity is decided by the server's own `validation` module (the oracle): a drawn request is a
 "validated request" exactly when validation accepts it, so the tests hold the rest of the server to

@@ -1,7 +1,7 @@
 """Arithmetic that cannot fail (issue 11, item 1): every quantity the reference provider derives —
 the RFC 2212 delay bound, reserved rates, their sums, counter-offers — is bounded, so that a
 validated request, at any value of any field, is granted or refused with a representable
-counter-offer, and never makes the provider raise (conformance/SPEC.md PROV-17, DELAY-5).
+counter-offer, and never makes the provider raise (conformance/SPEC.md PROV-20, DELAY-5).
 
 First the provider alone, driven by hypothesis through random sequences of admissions,
 renegotiations, releases and capacity swings; then the data directory that used to brick the
@@ -344,7 +344,7 @@ class FailsWhileShedding(ReferenceProvider):
 
 
 def test_a_shedding_that_fails_half_way_changes_nothing() -> None:
-    """PROV-18: the capacity, every reservation and the admission order are put back, and no
+    """PROV-21: the capacity, every reservation and the admission order are put back, and no
     change is reported for the call that was already degraded."""
     provider = FailsWhileShedding({"links": LINKS})
     provider.id = "reference"

@@ -1,5 +1,5 @@
 """The store and the provider agree under every failure (issue 11, items 2 and 3; conformance/SPEC.md
-CALL-5, CALL-6, PROV-16), seen from a client of a real server:
+CALL-5, CALL-6, PROV-19), seen from a client of a real server:
 
 - a commit that fails after a provider decision is compensated — a renegotiation is put back, a
   drop releases nothing — and the caller gets UNAVAILABLE / STORAGE_UNAVAILABLE naming the cause;
@@ -270,7 +270,7 @@ async def test_an_owed_release_survives_a_restart(tmp_path: Any) -> None:
         assert events[-1].type == EventType.QOS_EVENT_TYPE_RELEASE_COMPLETED
 
 
-# -- reconciliation (PROV-16) --------------------------------------------------------------------
+# -- reconciliation (PROV-19) --------------------------------------------------------------------
 async def test_reconciliation_releases_what_no_call_holds(served: Served) -> None:
     stub = served.stub
     kept = await stub.CreateCall(make_request(qos(200_000)))

@@ -4,7 +4,7 @@ guarantee of the ledger holds for it, on both legs together (PAIR-1):
 
 - reconciliation counts the pair once, under its holder: it never re-takes a reservation for the
   answering leg, re-takes the pair's if the provider lost it, and, when it cannot, disconnects
-  both legs (PROV-16);
+  both legs (PROV-19);
 - a pair's answer or renegotiation whose commit fails is undone at the provider, and both legs
   stay as they were (CALL-5);
 - a pair's release that the provider fails is owed under its holder, announced on it and retried
@@ -62,7 +62,7 @@ async def served(tmp_path: Any) -> Any:
         yield value
 
 
-# -- reconciliation (PROV-16) --------------------------------------------------------------------
+# -- reconciliation (PROV-19) --------------------------------------------------------------------
 async def test_reconciliation_counts_a_pair_once(served: Served) -> None:
     """Several passes over a connected pair find nothing to repair: the answering leg holds nothing
     of its own, so no reservation is ever taken for it."""

@@ -5,7 +5,7 @@ graceful restart and `kill -9` are real) through the public API only: calls made
 and service type with values across the whole valid range of every field, renegotiated
 (NO_CHANGE on either side included), dropped, link capacities swung from 0 to the largest uint64
 and back, the server restarted gracefully or killed. After every step it checks the ledger's
-invariants (README "The admission ledger"; conformance/SPEC.md LINK-2, LINK-4, LINK-5, CALL-5):
+invariants (README "The admission ledger"; conformance/SPEC.md LINK-2, LINK-6, LINK-5, CALL-5):
 
 - each link reports, per direction, exactly the sum of what its CONNECTED calls reserve under
   GRANT-1 (CONTROLLED_LOAD its token rate, GUARANTEED its peak, or its token rate when the peak
@@ -14,7 +14,7 @@ invariants (README "The admission ledger"; conformance/SPEC.md LINK-2, LINK-4, L
 - a validated request never gets UNKNOWN, INTERNAL or UNAVAILABLE (PROVIDER_UNAVAILABLE): only
   a grant or a refusal with a counter-offer that is itself granted at once (PROV-2);
 - a refused renegotiation leaves the call byte for byte as it was (SETQOS-2); UpdateLink names
-  exactly the calls it changed (LINK-4); a restart, graceful or not, keeps every connected call
+  exactly the calls it changed (LINK-6); a restart, graceful or not, keeps every connected call
   and its grant (capacities are durable, LINK-5);
 - and the server logs no error and never had to repair its ledger (its reconciliation runs
   every half second here and must find nothing).
@@ -230,7 +230,7 @@ class LedgerMachine(RuleBasedStateMachine):
         assert answer.link.capacity_bytes_per_second == capacity
         after = self.connected()
         changed = {change.call: change for change in answer.changes}
-        for change in answer.changes:  # LINK-4: each change named is what happened to the call
+        for change in answer.changes:  # LINK-6: each change named is what happened to the call
             assert change.recorded and change.call in before
             if change.outcome == svc.LinkChange.OUTCOME_DISCONNECTED:
                 assert change.call not in after

@@ -132,7 +132,7 @@ async def test_provider_initiated_capacity_loss_degrades_or_drops_with_events(st
         svc.UpdateLinkRequest(link={"name": "providers/reference/links/default", "capacity_bytes_per_second": 800_000})
     )
     assert answer.link.capacity_bytes_per_second == 800_000
-    # The answer names each call the change touched, as its events do (LINK-4).
+    # The answer names each call the change touched, as its events do (LINK-6).
     assert [(c.call, c.outcome, c.recorded) for c in answer.changes] == [
         (newest.name, svc.LinkChange.OUTCOME_DISCONNECTED, True),
         (flexible.name, svc.LinkChange.OUTCOME_DEGRADED, True),

@@ -877,7 +877,7 @@ class CallManager:
 
     # -- reconciliation (driven by the ledger) ----------------------------------------------
     async def reconcile_call(self, info: HostedProvider, name: str) -> str:
-        """Make `info` and the store agree about the call `name` (PROV-16), and say what was done:
+        """Make `info` and the store agree about the call `name` (PROV-19), and say what was done:
         "agreed" (nothing to do), "released" (the provider held a call the store does not have
         connected), "re-taken" (the provider holds the stored grant again), "changed" (the store
         now records what the provider holds), "disconnected" (nothing acceptable could be held),

@@ -180,7 +180,7 @@ class HostedProviders:
 
     async def holdings(self, info: HostedProvider) -> dict[str, tuple[int, int]] | None:
         """What the provider lists as held (call → (sending, receiving) B/s), contained and under
-        the provider deadline; None when it does not advertise `reservation_listing` (PROV-16)."""
+        the provider deadline; None when it does not advertise `reservation_listing` (PROV-19)."""
         if not info.capabilities.reservation_listing:
             return None
         listed = await self.call(info, "reservations", info.provider.reservations)

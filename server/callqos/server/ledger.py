@@ -1,6 +1,6 @@
 """The admission ledger: what callqos says is reserved is what the providers hold, and stays so
-across failures and restarts (README "The admission ledger"; conformance/SPEC.md LINK-4, LINK-5,
-CALL-6, PROV-16).
+across failures and restarts (README "The admission ledger"; conformance/SPEC.md LINK-6, LINK-5,
+CALL-6, PROV-19).
 
 The call manager keeps the two in step on every operation (`calls.CallManager._settle`); this
 module does what no single operation can:
@@ -8,14 +8,14 @@ module does what no single operation can:
 - **Link capacities set with UpdateLink are durable** (LINK-5). UpdateLink keeps the new
   capacity, with the configured capacity it overrode, BEFORE asking the provider (a capacity the
   store cannot keep is refused with STORAGE_UNAVAILABLE, nothing changed), and answers with every
-  call the change degraded or dropped (LINK-4). At start-up, before any call is restored, a kept
+  call the change degraded or dropped (LINK-6). At start-up, before any call is restored, a kept
   capacity is put back while the link's configured capacity is still the one it overrode; once
   the configuration changes, the configuration wins and the kept capacity is forgotten.
 - **Owed releases are retried** (CALL-6): a release the provider did not confirm stays owed (in
   the store when the call was recorded, else in memory) and is retried with exponential backoff,
   up to `release_retry_max_seconds` apart, until the provider confirms it; the pending count is
   the `callqos.releases.pending` gauge.
-- **Reconciliation** (PROV-16): at start-up, and every `reconcile_interval_seconds`, each
+- **Reconciliation** (PROV-19): at start-up, and every `reconcile_interval_seconds`, each
   provider that lists its reservations is compared with the connected calls the store holds for
   it, call by call, by the rates GRANT-1 counts (a call between two applications once, under its
   caller's leg, which holds the pair's one reservation). A reservation no connected call holds is
@@ -165,7 +165,7 @@ class Ledger:
     # -- UpdateLink --------------------------------------------------------------------------
     async def update_link(self, info: HostedProvider, link_id: str, capacity: int) -> svc.UpdateLinkResponse:
         """Set the capacity of the provider's link `link_id`, durably (LINK-5), and answer with
-        the link and every call the provider degraded or dropped for it (LINK-4). Runs to the end
+        the link and every call the provider degraded or dropped for it (LINK-6). Runs to the end
         even if the caller leaves, so the kept capacity and the provider's agree."""
         return await to_completion(self._update_link(info, link_id, capacity))
 
@@ -186,7 +186,7 @@ class Ledger:
             try:
                 updated = await self.providers.update_link(info, link_id, capacity)
             except BaseException:
-                # The provider changed nothing (PROV-18): neither does the store.
+                # The provider changed nothing (PROV-21): neither does the store.
                 with contextlib.suppress(StoreUnavailable):
                     await self.store.set_link_capacity(before, link)
                 raise
@@ -220,7 +220,7 @@ class Ledger:
 
     # -- reconciliation ----------------------------------------------------------------------
     async def reconcile(self, *, confirm: bool) -> Counter[str]:
-        """One pass over every provider that lists its reservations (PROV-16). With `confirm`, a
+        """One pass over every provider that lists its reservations (PROV-19). With `confirm`, a
         difference is acted on only when the previous pass saw the same one (or its call is a
         suspect); without, at once. Returns the outcomes by kind ("released", "re-taken", ...)."""
         outcomes: Counter[str] = Counter()

@@ -5,7 +5,7 @@ other's mirror and what an answer may ask for (OFFER-2, ANSWER-2), and the RFC 2
 call manager and telemetry; what a provider needs of them is exported to provider authors by
 `callqos.server.providers`.
 
-Every quantity derived here is bounded (DELAY-5, PROV-17): latencies and sizes are uint32 on the
+Every quantity derived here is bounded (DELAY-5, PROV-20): latencies and sizes are uint32 on the
 wire and rates uint64, and a flowspec never carries a raw Winsock sentinel (FLOW-12), so what a
 provider writes into a flowspec goes through `representable`, and the delay bound is computed
 exactly, in integers (`delay_bound_ceil_us`), so that comparing it with a latency never depends

@@ -39,12 +39,12 @@ conformance checks that verify it):
   `offer_ended`; a caller who gives up is reported with `report_change(ProviderChange(call,
   None, ...))`.
 - A validated request never makes it raise: every quantity it derives is bounded, and what it
-  cannot represent in a flowspec field it refuses, with a counter-offer that it can (PROV-17,
+  cannot represent in a flowspec field it refuses, with a counter-offer that it can (PROV-20,
   DELAY-5).
 - An operation that fails leaves nothing half-done: a decision, or the shedding after a capacity
-  change, either takes effect whole or not at all (PROV-18).
+  change, either takes effect whole or not at all (PROV-21).
 - Optionally, `reservations()` lists what it holds, call by call, for the server to reconcile
-  its ledger with (advertised as `capabilities().reservation_listing`, PROV-16).
+  its ledger with (advertised as `capabilities().reservation_listing`, PROV-19).
 Calls arrive on the server's event loop; long or blocking work belongs in `asyncio.to_thread`
 (PROV-10: every call returns within the host's provider deadline). A provider that blocks
 throughout (a blocking driver or library) sets `threaded = true` in its settings table: the host
@@ -58,7 +58,7 @@ the provider's decision and, when the commit fails, undoes the decision (it rele
 grant, renegotiates a call back to its previous QoS); a release it could not complete is retried
 with backoff until it succeeds; and at start-up and periodically it compares `reservations()` with
 the connected calls it recorded, releasing what no call holds and re-taking, or disconnecting,
-what a call lost (CALL-5, CALL-6, PROV-16).
+what a call lost (CALL-5, CALL-6, PROV-19).
 """
 
 from __future__ import annotations
@@ -153,7 +153,7 @@ class ProviderHost(Protocol):
         """Apply a provider-initiated change: store it and emit its events. For a call still
         offered (not yet answered), `qos=None` means the caller gave up: it is disconnected
         PEER_DROPPED. Never raises: a change the server cannot record now is reconciled later
-        (PROV-16)."""
+        (PROV-19)."""
 
     async def offer_call(self, offer: IncomingOffer) -> str | None:
         """Offer a call arriving from the provider's network (capability `incoming_calls`) to the
@@ -252,7 +252,7 @@ class Provider(abc.ABC):
         """Change a link's capacity (only when capabilities().link_admin). Raise KeyError for an
         unknown link. Calls that no longer fit are reported through the host, from within this
         call (the host lists them in the UpdateLink response), all of them or none: if it raises,
-        nothing changed (PROV-18).
+        nothing changed (PROV-21).
 
         The host also calls it BEFORE `start()`, with no call held yet, to put back a capacity an
         operator set with UpdateLink before the server restarted (LINK-5); it must then change the
@@ -261,7 +261,7 @@ class Provider(abc.ABC):
 
     async def reservations(self) -> list[Holding]:
         """Every call this provider holds a reservation for, with the rates its books hold
-        (only when capabilities().reservation_listing, PROV-16). Calls holding nothing (best
+        (only when capabilities().reservation_listing, PROV-19). Calls holding nothing (best
         effort) may be left out. The server reconciles its ledger with this listing at start-up
         and every `reconcile_interval_seconds`; it must be consistent with what `list_links`
         reports (each link's reserved rates are the sums of its holdings)."""

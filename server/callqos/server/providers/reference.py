@@ -8,14 +8,14 @@
 - When a link loses capacity, the newest calls are shed first: IF_AVAILABLE calls are degraded
   to what still fits, NEEDED calls are dropped (TAPI: QoS that cannot be sustained disconnects
   the call with LINEDISCONNECTMODE_QOSUNAVAIL).
-- Every derived quantity is bounded (conformance/SPEC.md PROV-17, DELAY-5): the delay bound is
+- Every derived quantity is bounded (conformance/SPEC.md PROV-20, DELAY-5): the delay bound is
   computed exactly; a GUARANTEED flow whose bound exceeds the largest latency a flowspec can
   carry (0xFFFFFFFD µs) is refused, and its counter-offer cuts the token bucket until the bound
   fits (best effort when no bucket can); a counter-offer never carries a raw Winsock sentinel,
   and never a minimum policed size above its max SDU.
 - Each decision, and the shedding after a capacity change, takes effect whole or not at all
-  (PROV-18); `reservations()` lists what the books hold, for the server's reconciliation
-  (PROV-16).
+  (PROV-21); `reservations()` lists what the books hold, for the server's reconciliation
+  (PROV-19).
 
 Settings (the `[providers.reference]` table of the server configuration):
 
@@ -453,7 +453,7 @@ class ReferenceProvider(Provider):
     @contextlib.contextmanager
     def _all_or_nothing(self) -> Iterator[None]:
         """What runs inside takes effect whole, or not at all: if it raises, the capacities, the
-        reservations and the admission counter are put back as they were (PROV-18)."""
+        reservations and the admission counter are put back as they were (PROV-21)."""
         if self._undo is not None:  # nested: the outer block puts everything back
             yield
             return

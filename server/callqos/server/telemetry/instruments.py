@@ -21,7 +21,7 @@ units as suffixes):
 - callqos.event_loop.lag (s): how late the event loop ran a timer
 - callqos.build.info: 1, with the server's version (and the Python implementation) as attributes
 - callqos.releases.pending: releases owed to providers and not yet confirmed (CALL-6)
-- callqos.ledger.repairs: reconciliation outcomes, by provider and outcome (PROV-16)
+- callqos.ledger.repairs: reconciliation outcomes, by provider and outcome (PROV-19)
 (and on the Prometheus endpoint, the standard process_* and python_info metrics)
 """
 

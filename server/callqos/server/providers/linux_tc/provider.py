@@ -155,7 +155,7 @@ class LinuxTcProvider(ReferenceProvider):
             link = self._links[link_id]
             previous = self._configured[link_id]
             try:
-                # All or nothing, like the reference provider (PROV-18).
+                # All or nothing, like the reference provider (PROV-21).
                 with self._all_or_nothing():
                     self._configured[link_id] = capacity
                     changes = await self._apply_capacity(link)
