@@ -4,8 +4,9 @@ Each failure is a `ServiceError` naming an ErrorReason from protos/callqos/v1/er
 gRPC code of a reason is the `(grpc_code)` option on that reason in the same file, which
 `callqos.wire` reads from the descriptor at import (and refuses to import without), so no reason
 can go out with a code nobody decided. Every status carries a `google.rpc.ErrorInfo` (AIP-193,
-domain `callqos.wire.ERROR_DOMAIN`), plus `BadRequest` for invalid input and `QosRefusal` for
-refused QoS.
+domain `callqos.wire.ERROR_DOMAIN`), plus `BadRequest` for invalid input, `QosRefusal` for
+refused QoS and `RetryInfo` when the server knows when a retry may succeed (a provider that is
+restarting or reconnecting).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 import grpc
-from google.protobuf import any_pb2
+from google.protobuf import any_pb2, duration_pb2
 from google.protobuf.message import Message
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 
@@ -51,6 +52,8 @@ class ServiceError(Exception):
     metadata: Mapping[str, str] = field(default_factory=dict)
     violations: tuple[FieldViolation, ...] = ()
     refusal: call_pb2.QosRefusal | None = None
+    # Seconds after which a retry may succeed (google.rpc.RetryInfo); None: no advice.
+    retry_delay: float | None = None
 
     def __post_init__(self) -> None:
         super().__init__(self.message)
@@ -68,7 +71,7 @@ class ServiceError(Exception):
         return reason_name(self.reason)
 
     def to_status(self) -> status_pb2.Status:
-        """The google.rpc.Status with ErrorInfo first, then BadRequest / QosRefusal."""
+        """The google.rpc.Status with ErrorInfo first, then BadRequest / QosRefusal / RetryInfo."""
         details: list[Message] = [
             error_details_pb2.ErrorInfo(reason=self.reason_name, domain=wire.ERROR_DOMAIN, metadata=dict(self.metadata))
         ]
@@ -83,6 +86,10 @@ class ServiceError(Exception):
             )
         if self.refusal is not None:
             details.append(self.refusal)
+        if self.retry_delay is not None:
+            delay = duration_pb2.Duration()
+            delay.FromNanoseconds(max(0, round(self.retry_delay * 1e9)))
+            details.append(error_details_pb2.RetryInfo(retry_delay=delay))
         packed = []
         for detail in details:
             any_msg = any_pb2.Any()

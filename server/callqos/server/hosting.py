@@ -35,6 +35,10 @@ T = TypeVar("T")
 # the caller who is waiting for it.
 CALLER_DEADLINE: contextvars.ContextVar[float | None] = contextvars.ContextVar("caller_deadline", default=None)
 CALLER_BOUND = frozenset({"admit", "renegotiate"})
+# The deadline (time.monotonic()) of the provider call now running: its budget, set by the host
+# around each call, so that a provider that calls further (the remote host passes it on as the
+# gRPC deadline of its own RPC) knows when its answer stops mattering.
+PROVIDER_DEADLINE: contextvars.ContextVar[float | None] = contextvars.ContextVar("provider_deadline", default=None)
 # Provider operations after which a link's reservations may have changed (the link gauges are
 # refreshed after each).
 CHANGES_LINKS = frozenset({"admit", "renegotiate", "release", "update_link"})
@@ -88,6 +92,9 @@ class HostedProviders:
         changes: list[ProviderChange] = []
         for info in self._by_id.values():
             changes.extend(await info.provider.start(host, list(connected.get(info.id, ()))))
+            # Read once more now that it has started: a remote provider learns its capabilities
+            # from the provider process it connects to in start().
+            info.capabilities = info.provider.capabilities()
         return changes
 
     async def stop(self) -> None:
@@ -150,6 +157,7 @@ class HostedProviders:
 
     async def _call(self, info: HostedProvider, operation: str, work: Awaitable[T]) -> T:
         budget = self.budget(operation)
+        deadline = PROVIDER_DEADLINE.set(time.monotonic() + budget)
         try:
             return await asyncio.wait_for(work, budget)
         except ServiceError:
@@ -167,6 +175,8 @@ class HostedProviders:
                 f"provider {info.id} failed in {operation}: {type(exc).__name__}",
                 metadata={"provider": info.name, "operation": operation, "cause": "error"},
             ) from exc
+        finally:
+            PROVIDER_DEADLINE.reset(deadline)
 
     async def refresh_link_metrics(self, info: HostedProvider) -> None:
         """Read a link-administering provider's links for the link gauges (after an operation

@@ -183,10 +183,12 @@ class UpdateLinkRequest(_message.Message):
     def __init__(self, link: _Optional[str] = ..., capacity_bytes_per_second: _Optional[int] = ..., request_id: _Optional[str] = ...) -> None: ...
 
 class UpdateLinkResponse(_message.Message):
-    __slots__ = ("link",)
+    __slots__ = ("link", "change_sequence")
     LINK_FIELD_NUMBER: _ClassVar[int]
+    CHANGE_SEQUENCE_FIELD_NUMBER: _ClassVar[int]
     link: _provider_pb2.Link
-    def __init__(self, link: _Optional[_Union[_provider_pb2.Link, _Mapping]] = ...) -> None: ...
+    change_sequence: int
+    def __init__(self, link: _Optional[_Union[_provider_pb2.Link, _Mapping]] = ..., change_sequence: _Optional[int] = ...) -> None: ...
 
 class Change(_message.Message):
     __slots__ = ("sequence", "call", "qos", "message", "event")

@@ -1241,9 +1241,13 @@ func (x *UpdateLinkRequest) GetRequestId() string {
 type UpdateLinkResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The link as it is now (its name `links/{link}`).
-	Link          *v1.Link `protobuf:"bytes,1,opt,name=link,proto3" json:"link,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Link *v1.Link `protobuf:"bytes,1,opt,name=link,proto3" json:"link,omitempty"`
+	// The sequence of the newest change on WatchChanges when the update finished (0: none yet):
+	// every change the update caused is at or before it. The host answers its own caller once it
+	// has applied the changes up to it, so that caller reads its calls as the update left them.
+	ChangeSequence uint64 `protobuf:"varint,2,opt,name=change_sequence,json=changeSequence,proto3" json:"change_sequence,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *UpdateLinkResponse) Reset() {
@@ -1281,6 +1285,13 @@ func (x *UpdateLinkResponse) GetLink() *v1.Link {
 		return x.Link
 	}
 	return nil
+}
+
+func (x *UpdateLinkResponse) GetChangeSequence() uint64 {
+	if x != nil {
+		return x.ChangeSequence
+	}
+	return 0
 }
 
 // A change the provider made on its own.
@@ -1638,9 +1649,10 @@ const file_callqos_provider_v1_provider_service_proto_rawDesc = "" +
 	"\x04link\x18\x01 \x01(\tR\x04link\x129\n" +
 	"\x19capacity_bytes_per_second\x18\x02 \x01(\x04R\x16capacityBytesPerSecond\x12\x1d\n" +
 	"\n" +
-	"request_id\x18\x03 \x01(\tR\trequestId\":\n" +
+	"request_id\x18\x03 \x01(\tR\trequestId\"c\n" +
 	"\x12UpdateLinkResponse\x12$\n" +
-	"\x04link\x18\x01 \x01(\v2\x10.callqos.v1.LinkR\x04link\"\xa9\x01\n" +
+	"\x04link\x18\x01 \x01(\v2\x10.callqos.v1.LinkR\x04link\x12'\n" +
+	"\x0fchange_sequence\x18\x02 \x01(\x04R\x0echangeSequence\"\xa9\x01\n" +
 	"\x06Change\x12\x1a\n" +
 	"\bsequence\x18\x01 \x01(\x04R\bsequence\x12\x12\n" +
 	"\x04call\x18\x02 \x01(\tR\x04call\x12%\n" +

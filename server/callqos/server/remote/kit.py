@@ -1,0 +1,367 @@
+"""The provider end of `callqos.provider.v1` for Python: any in-process `Provider`, served over
+the protocol, so that the same class runs inside the server or in a process of its own.
+
+The wrapped provider sees exactly the contract it sees in-process (`start` once with the calls
+to re-take, `admit`, `renegotiate`, `release`, links, `host.report_change`); what the protocol
+adds is kept here, around it:
+
+- a ledger of the calls the provider holds, by the host's requests and the provider's own
+  changes: what ListReservations answers and what a repeated Restore is compared with;
+- idempotency: a repeated Admit or Renegotiate (same call, same request_id) gets the first
+  answer again and reaches the provider once; a Release cancels an Admit still being decided;
+- the change journal: every change the provider reports is numbered and kept (the newest per
+  call) until the host acknowledges it, and replayed to a host that reconnects;
+- deadlines: each provider call is cut to the gRPC deadline of the request that caused it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import uuid
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Awaitable
+from dataclasses import dataclass
+from typing import NoReturn, TypeVar
+
+import grpc
+from google.protobuf import any_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+from grpc_status import rpc_status
+
+from callqos.provider.v1 import provider_service_pb2 as pb
+from callqos.provider.v1 import provider_service_pb2_grpc as pb_grpc
+from callqos.server import names
+from callqos.server.providers.base import (
+    AdmissionRequest,
+    Decision,
+    Grant,
+    Provider,
+    ProviderChange,
+    Restored,
+)
+from callqos.server.remote import protocol
+from callqos.v1 import flowspec_pb2
+
+log = logging.getLogger("callqos.provider.kit")
+T = TypeVar("T")
+QosSpec = flowspec_pb2.QosSpec
+
+# Answers remembered for repeats (by call and request_id). A host repeats a request only while
+# it is deciding it, so a bounded memory of the latest is enough.
+ANSWERS_REMEMBERED = 4096
+
+
+@dataclass
+class Held:
+    """A call the provider holds, as the ledger knows it."""
+
+    destination: str
+    level: int
+    qos: QosSpec
+
+
+class Journal:
+    """The provider's own changes, numbered from 1, kept until the host acknowledges them. Only
+    the newest change of a call is kept: it says all the host needs (the QoS now, or dropped),
+    so a host away for long finds at most one change per call."""
+
+    def __init__(self) -> None:
+        self.sequence = 0
+        self._entries: dict[int, pb.Change] = {}
+        self._by_call: dict[str, int] = {}
+        self._grew = asyncio.Event()
+
+    def append(self, change: ProviderChange) -> pb.Change:
+        self.sequence += 1
+        replaced = self._by_call.pop(change.call, None)
+        if replaced is not None:
+            del self._entries[replaced]
+        entry = protocol.change_message(change, self.sequence)
+        self._entries[self.sequence] = entry
+        self._by_call[change.call] = self.sequence
+        self._grew.set()
+        self._grew = asyncio.Event()
+        return entry
+
+    def after(self, sequence: int) -> list[pb.Change]:
+        return [entry for number, entry in sorted(self._entries.items()) if number > sequence]
+
+    def latest(self, call: str) -> pb.Change | None:
+        number = self._by_call.get(call)
+        return None if number is None else self._entries[number]
+
+    def acknowledge(self, sequence: int) -> None:
+        for number in [n for n in self._entries if n <= sequence]:
+            entry = self._entries.pop(number)
+            if self._by_call.get(entry.call) == number:
+                del self._by_call[entry.call]
+
+    @property
+    def next_append(self) -> asyncio.Event:
+        """Set by the next append (take it before reading, so that no append falls between)."""
+        return self._grew
+
+
+class ProviderServicer(pb_grpc.ProviderServiceServicer):
+    """`callqos.provider.v1.ProviderService` over one in-process provider. It is also the
+    provider's `ProviderHost`: what the provider reports goes into the journal."""
+
+    def __init__(self, provider: Provider, implementation: str, vendor_version: str = "") -> None:
+        self.provider = provider
+        self.implementation = implementation
+        self.vendor_version = vendor_version or implementation
+        self.instance_id = str(uuid.uuid4())
+        self.capabilities = provider.capabilities()  # read once: they must not change
+        self.journal = Journal()
+        self.held: dict[str, Held] = {}
+        self.started = False
+        self._answers: OrderedDict[tuple[str, str], pb.AdmitResponse | pb.RenegotiateResponse] = OrderedDict()
+        self._deciding: dict[str, asyncio.Task[Decision]] = {}
+        self._restoring = asyncio.Lock()
+
+    # -- the provider's host ------------------------------------------------------------------
+    async def report_change(self, change: ProviderChange) -> None:
+        """The provider changed a call on its own: note it in the ledger, journal it for the host."""
+        self._note(change)
+        self.journal.append(change)
+
+    def _note(self, change: ProviderChange) -> None:
+        if change.qos is None:
+            self.held.pop(change.call, None)
+        elif change.call in self.held:
+            self.held[change.call].qos = change.qos
+
+    # -- who it is --------------------------------------------------------------------------
+    async def GetProviderInfo(
+        self, request: pb.GetProviderInfoRequest, context: grpc.aio.ServicerContext
+    ) -> pb.GetProviderInfoResponse:
+        provider_id = names.parse_provider(request.provider)
+        if provider_id and not self.started:
+            self.provider.id = provider_id  # the names it gives its links use the host's id
+        return pb.GetProviderInfoResponse(
+            display_name=self.provider.display_name or self.implementation,
+            description=self.provider.description,
+            vendor_version=self.vendor_version,
+            capabilities=self.capabilities,
+            instance_id=self.instance_id,
+        )
+
+    # -- restore ----------------------------------------------------------------------------
+    async def Restore(self, request: pb.RestoreRequest, context: grpc.aio.ServicerContext) -> pb.RestoreResponse:
+        async with self._restoring:
+            listed = [protocol.restored_of(item) for item in request.calls]
+            if not self.started:
+                changes = await self._run(self.provider.start(self, listed), context)
+                self.started = True
+                self.held = {item.call: Held(item.destination, item.level, item.qos) for item in listed}
+                for change in changes:
+                    self._note(change)
+                return pb.RestoreResponse(changes=[protocol.change_message(change) for change in changes])
+            return pb.RestoreResponse(changes=await self._restore_again(listed, context))
+
+    async def _restore_again(self, listed: list[Restored], context: grpc.aio.ServicerContext) -> list[pb.Change]:
+        """A host that reconnected to this (running) provider: release what the host no longer
+        holds, keep what both hold, tell the host where they differ, re-take the rest."""
+        wanted = {item.call: item for item in listed}
+        for call in [call for call in self.held if call not in wanted]:
+            await self._release(call, context)
+        answers: list[pb.Change] = []
+        for item in listed:
+            held = self.held.get(item.call)
+            if held is not None:
+                if held.qos != item.qos:  # changed by the provider since; the host missed it
+                    answers.append(protocol.change_message(ProviderChange(item.call, held.qos, "QoS changed")))
+                continue
+            dropped = self.journal.latest(item.call)
+            if dropped is not None and not dropped.HasField("qos"):  # dropped by the provider since
+                answer = pb.Change()
+                answer.CopyFrom(dropped)
+                answer.sequence = 0
+                answers.append(answer)
+                continue
+            answers.extend(await self._retake(item, context))
+        return answers
+
+    async def _retake(self, item: Restored, context: grpc.aio.ServicerContext) -> list[pb.Change]:
+        """A call the host holds and this running provider does not know: ask for it again."""
+        request = AdmissionRequest(item.call, item.destination, item.level, item.qos, principal="")
+        decision = await self._run(self.provider.admit(request), context)
+        if not isinstance(decision, Grant):
+            return [
+                protocol.change_message(ProviderChange(item.call, None, f"could not be restored: {decision.message}"))
+            ]
+        self.held[item.call] = Held(item.destination, item.level, decision.qos)
+        if decision.qos != item.qos:
+            return [protocol.change_message(ProviderChange(item.call, decision.qos, "restored with other QoS"))]
+        return []
+
+    # -- decisions --------------------------------------------------------------------------
+    async def Admit(self, request: pb.AdmitRequest, context: grpc.aio.ServicerContext) -> pb.AdmitResponse:
+        await self._require_started(context)
+        key = (request.call, request.request_id)
+        answered = self._answers.get(key)
+        if isinstance(answered, pb.AdmitResponse):
+            return answered
+        if request.call in self.held or request.call in self._deciding:
+            await _abort(context, grpc.StatusCode.FAILED_PRECONDITION, f"{request.call} is held: release it first")
+        await self._check_provider_specific(request.qos, context)
+        decision = await self._decide(request.call, self.provider.admit(protocol.admission(request)), context)
+        if isinstance(decision, Grant):
+            self.held[request.call] = Held(request.destination, request.service_level, decision.qos)
+        response = pb.AdmitResponse(**protocol.decision_fields(decision))  # type: ignore[arg-type]
+        self._remember(key, response)
+        return response
+
+    async def Renegotiate(
+        self, request: pb.RenegotiateRequest, context: grpc.aio.ServicerContext
+    ) -> pb.RenegotiateResponse:
+        await self._require_started(context)
+        key = (request.call, request.request_id)
+        answered = self._answers.get(key)
+        if isinstance(answered, pb.RenegotiateResponse):
+            return answered
+        held = self.held.get(request.call)
+        if held is None:
+            await _abort(context, grpc.StatusCode.NOT_FOUND, f"{request.call} is not held by this provider")
+        if not self.capabilities.renegotiation:
+            await _abort(context, grpc.StatusCode.UNIMPLEMENTED, "this provider does not renegotiate")
+        await self._check_provider_specific(request.qos, context)
+        decision = await self._decide(request.call, self.provider.renegotiate(protocol.admission(request)), context)
+        if isinstance(decision, Grant):
+            held.qos, held.level = decision.qos, request.service_level
+        response = pb.RenegotiateResponse(**protocol.decision_fields(decision))  # type: ignore[arg-type]
+        self._remember(key, response)
+        return response
+
+    async def Release(self, request: pb.ReleaseRequest, context: grpc.aio.ServicerContext) -> pb.ReleaseResponse:
+        if self.started:
+            await self._release(request.call, context)
+        return pb.ReleaseResponse()
+
+    async def _release(self, call: str, context: grpc.aio.ServicerContext) -> None:
+        deciding = self._deciding.get(call)
+        if deciding is not None:  # an Admit the host gave up on: it must not reserve after this
+            deciding.cancel()
+            with contextlib.suppress(BaseException):
+                await deciding
+        await self._run(self.provider.release(call), context)
+        self.held.pop(call, None)
+        for key in [key for key in self._answers if key[0] == call]:
+            del self._answers[key]
+
+    async def _decide(self, call: str, work: Awaitable[Decision], context: grpc.aio.ServicerContext) -> Decision:
+        task = asyncio.ensure_future(work)
+        self._deciding[call] = task
+        try:
+            return await self._run(task, context)
+        finally:
+            if self._deciding.get(call) is task:
+                del self._deciding[call]
+
+    def _remember(self, key: tuple[str, str], response: pb.AdmitResponse | pb.RenegotiateResponse) -> None:
+        self._answers[key] = response
+        while len(self._answers) > ANSWERS_REMEMBERED:
+            self._answers.popitem(last=False)
+
+    async def _check_provider_specific(self, qos: QosSpec, context: grpc.aio.ServicerContext) -> None:
+        """The provider's own check of its provider_specific bytes (in-process, the server's
+        validation calls it): INVALID_ARGUMENT naming `qos.provider_specific` per problem."""
+        if not qos.provider_specific:
+            return
+        problems = self.provider.validate_provider_specific(qos.provider_specific)
+        if not problems:
+            return
+        violations = error_details_pb2.BadRequest(
+            field_violations=[
+                error_details_pb2.BadRequest.FieldViolation(field="qos.provider_specific", description=problem)
+                for problem in problems
+            ]
+        )
+        detail = any_pb2.Any()
+        detail.Pack(violations)
+        status = status_pb2.Status(code=code_pb2.INVALID_ARGUMENT, message="; ".join(problems), details=[detail])
+        await context.abort_with_status(rpc_status.to_status(status))
+
+    async def _require_started(self, context: grpc.aio.ServicerContext) -> None:
+        if not self.started:
+            await _abort(context, grpc.StatusCode.FAILED_PRECONDITION, "not restored yet: the host sends Restore first")
+
+    # -- reservations and links ---------------------------------------------------------------
+    async def ListReservations(
+        self, request: pb.ListReservationsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListReservationsResponse:
+        return pb.ListReservationsResponse(
+            reservations=[pb.Reservation(call=call, qos=held.qos) for call, held in self.held.items()]
+        )
+
+    async def ListLinks(self, request: pb.ListLinksRequest, context: grpc.aio.ServicerContext) -> pb.ListLinksResponse:
+        if not self.capabilities.link_admin:
+            await _abort(context, grpc.StatusCode.UNIMPLEMENTED, "this provider has no links")
+        links = await self._run(self.provider.list_links(), context)
+        for link in links:
+            link.name = "links/" + protocol.link_id_of(link.name)
+        return pb.ListLinksResponse(links=links)
+
+    async def UpdateLink(
+        self, request: pb.UpdateLinkRequest, context: grpc.aio.ServicerContext
+    ) -> pb.UpdateLinkResponse:
+        if not self.capabilities.link_admin:
+            await _abort(context, grpc.StatusCode.UNIMPLEMENTED, "this provider has no links")
+        link_id = protocol.link_id_of(request.link)
+        try:
+            link = await self._run(
+                self.provider.update_link(link_id, request.capacity_bytes_per_second), context, unknown=KeyError
+            )
+        except KeyError:
+            await _abort(context, grpc.StatusCode.NOT_FOUND, f"no link {request.link}")
+        link.name = "links/" + protocol.link_id_of(link.name)
+        return pb.UpdateLinkResponse(link=link, change_sequence=self.journal.sequence)
+
+    # -- the change stream --------------------------------------------------------------------
+    async def WatchChanges(
+        self, request: pb.WatchChangesRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.WatchChangesResponse]:
+        sent = request.after_sequence if request.instance_id == self.instance_id else 0
+        while True:
+            grew = self.journal.next_append
+            for entry in self.journal.after(sent):
+                yield pb.WatchChangesResponse(change=entry)
+                sent = entry.sequence
+            await grew.wait()
+
+    async def AckChanges(
+        self, request: pb.AckChangesRequest, context: grpc.aio.ServicerContext
+    ) -> pb.AckChangesResponse:
+        if request.instance_id == self.instance_id:
+            self.journal.acknowledge(request.sequence)
+        return pb.AckChangesResponse()
+
+    # -- running the provider -----------------------------------------------------------------
+    async def _run(
+        self, work: Awaitable[T], context: grpc.aio.ServicerContext, unknown: type[Exception] | None = None
+    ) -> T:
+        """Await a provider call within the request's deadline. Its failure is the request's:
+        INTERNAL (logged with the traceback), UNIMPLEMENTED for NotImplementedError,
+        DEADLINE_EXCEEDED when it outlives the deadline. `unknown` is re-raised for the caller."""
+        try:
+            return await asyncio.wait_for(work, context.time_remaining())
+        except TimeoutError:
+            await _abort(context, grpc.StatusCode.DEADLINE_EXCEEDED, "the provider did not answer in time")
+        except NotImplementedError:
+            await _abort(context, grpc.StatusCode.UNIMPLEMENTED, "not implemented by this provider")
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            if unknown is not None and isinstance(exc, unknown):
+                raise
+            if isinstance(exc, grpc.aio.AbortError):
+                raise
+            log.exception("the provider failed")
+            await _abort(context, grpc.StatusCode.INTERNAL, f"the provider failed: {type(exc).__name__}: {exc}")
+
+
+async def _abort(context: grpc.aio.ServicerContext, code: grpc.StatusCode, message: str) -> NoReturn:
+    await context.abort(code, message)
+    raise AssertionError("unreachable: abort raises")

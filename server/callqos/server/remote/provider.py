@@ -1,0 +1,580 @@
+"""`RemoteProvider`: a provider in another process, hosted like any in-process one.
+
+Configured as a provider plugin (`plugin = "remote"` with `endpoint = ...` or `command = [...]`,
+see `settings`), it forwards each call of the contract to the provider process over
+`callqos.provider.v1`, so nothing else in the server knows the difference.
+
+What the host keeps its promises with when the provider lives elsewhere:
+
+- **It never admits on its own.** Every grant is a grant the provider made. While the provider
+  is unreachable (not started yet, restarting, hung) every decision fails with UNAVAILABLE /
+  PROVIDER_UNAVAILABLE and a google.rpc.RetryInfo saying when the next attempt is due.
+- **What the host holds is mirrored here** (`held`): the calls the server handed back at
+  start-up, plus each grant, minus each release and each change the provider reported. On every
+  (re)connection the provider is restored to exactly that set (Restore), every change it made
+  meanwhile is applied (WatchChanges from the last one applied), and its reservations are
+  compared with the set (ListReservations): a reservation the host does not hold is released, a
+  call the provider no longer holds is disconnected. After that the two agree on every call.
+- **A release is never lost.** If the provider cannot be told now, the call is left out of the
+  mirror, so the next Restore releases it; until then it is retried after the connection is back.
+- **Deadlines and traces go along**: each RPC carries the host's provider deadline (cut to the
+  caller's for a decision) and the W3C trace context of the caller's request.
+- **A launched provider is supervised**: restarted with backoff when it exits or stops
+  answering health checks, stopped at shutdown (see `process`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+from google.rpc import error_details_pb2
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_status import rpc_status
+from opentelemetry import propagate
+
+from callqos.provider.v1 import provider_service_pb2 as pb
+from callqos.provider.v1 import provider_service_pb2_grpc as pb_grpc
+from callqos.server import names
+from callqos.server.errors import FieldViolation, Reason, ServiceError, invalid
+from callqos.server.hosting import PROVIDER_DEADLINE
+from callqos.server.providers.base import (
+    AdmissionRequest,
+    Decision,
+    Grant,
+    Provider,
+    ProviderChange,
+    ProviderHost,
+    Restored,
+)
+from callqos.server.remote import protocol
+from callqos.server.remote.process import PluginProcess, PluginStartError
+from callqos.server.remote.settings import RemoteSettings, is_loopback
+from callqos.v1 import event_pb2, flowspec_pb2, provider_pb2
+
+log = logging.getLogger("callqos.server.remote")
+QosSpec = flowspec_pb2.QosSpec
+
+# A connection that lasted this long resets the reconnection backoff to its first step.
+STABLE_SECONDS = 60.0
+MAX_MESSAGE_BYTES = 64 << 20  # Restore and ListReservations carry every call the host holds
+# Where the provider's decision failed, in the caller's request: its BadRequest field paths.
+PROVIDER_SPECIFIC_FIELD = {"admit": "call.requested_qos.provider_specific", "renegotiate": "qos.provider_specific"}
+
+
+class ProviderUnreachable(Exception):
+    """The provider could not be reached when the server started."""
+
+
+class ConnectionLost(Exception):
+    """Why the connection to the provider ended (the message says)."""
+
+
+@dataclass
+class HeldCall:
+    """A call the host holds on this provider, as Restore lists it."""
+
+    destination: str
+    level: int
+    qos: QosSpec
+
+
+class RemoteProvider(Provider):
+    """A provider process speaking `callqos.provider.v1`; see the module docstring."""
+
+    display_name = "Remote provider"
+    description = "A provider in another process, over callqos.provider.v1."
+
+    def __init__(self, settings: Mapping[str, Any] | None = None) -> None:
+        super().__init__(settings)
+        self.options = RemoteSettings.parse(self.settings)
+        self.vendor_version = ""
+        self.held: dict[str, HeldCall] = {}
+        self.process: PluginProcess | None = None
+        self._capabilities = provider_pb2.ProviderCapabilities()  # nothing, until the provider says
+        self._known = False  # GetProviderInfo answered once: the capabilities above are the provider's
+        self._pending_releases: dict[str, str] = {}  # call → the request_id of its release
+        self._instance_id = ""
+        self._applied = 0  # the last change of that instance applied to the host
+        self._advanced = asyncio.Event()  # set (and replaced) each time _applied moves
+        self._channel: grpc.aio.Channel | None = None
+        self._stub: pb_grpc.ProviderServiceStub | None = None
+        self._ready = False
+        self._connected = asyncio.Event()  # the first connection is up
+        self._unready_reason = "not connected yet"
+        self._retry_at = 0.0
+        self._supervisor: asyncio.Task[None] | None = None
+        self._background: set[asyncio.Task[None]] = set()
+
+    @property
+    def name(self) -> str:
+        return names.provider_name(self.id or "remote")
+
+    @property
+    def ready(self) -> bool:
+        """Connected, restored, and serving decisions."""
+        return self._ready
+
+    def capabilities(self) -> provider_pb2.ProviderCapabilities:
+        return self._capabilities
+
+    # -- life ---------------------------------------------------------------------------------
+    async def start(self, host: ProviderHost, restored: Sequence[Restored]) -> list[ProviderChange]:
+        """Hold the restored calls, connect (launching the provider in command mode) and restore
+        them there; the changes that answers are applied through `host` as they come. The server
+        does not start without its providers' capabilities, so a provider not reached within the
+        start timeout fails the start."""
+        self.host = host
+        self.held = {item.call: HeldCall(item.destination, item.level, item.qos) for item in restored}
+        self._supervisor = asyncio.create_task(self._supervise(), name=f"remote provider {self.name}")
+        try:
+            await asyncio.wait_for(self._connected.wait(), self.options.start_timeout_seconds * 2)
+        except TimeoutError:
+            reason = self._unready_reason
+            await self.stop()
+            raise ProviderUnreachable(f"provider {self.name} not reached at start-up: {reason}") from None
+        return []
+
+    async def stop(self) -> None:
+        supervisor, self._supervisor = self._supervisor, None
+        if supervisor is not None:
+            supervisor.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await supervisor
+        await self._disconnect()
+
+    # -- the connection -----------------------------------------------------------------------
+    async def _supervise(self) -> None:
+        """Connect, restore, serve; when the connection ends, back off and do it again."""
+        backoff = self.options.restart_backoff_initial_seconds
+        while True:
+            ready_since: float | None = None
+            try:
+                await self._connect()
+                await self._resync()
+                self._set_ready()
+                ready_since = time.monotonic()
+                await self._watch()
+            except asyncio.CancelledError:
+                self._set_unready("stopped")
+                raise
+            except (grpc.aio.AioRpcError, ConnectionLost, PluginStartError, protocol.ProtocolViolation) as exc:
+                self._set_unready(_describe(exc))
+            except Exception as exc:  # a bug here must not end supervision: log it and reconnect
+                log.exception("remote provider %s: unexpected failure", self.name)
+                self._set_unready(f"{type(exc).__name__}: {exc}")
+            await self._disconnect()
+            if ready_since is not None and time.monotonic() - ready_since > STABLE_SECONDS:
+                backoff = self.options.restart_backoff_initial_seconds
+            self._retry_at = time.monotonic() + backoff
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, self.options.restart_backoff_max_seconds)
+
+    async def _connect(self) -> None:
+        """Reach the provider and ask who it is: launch it (command mode), dial it, wait for
+        health SERVING, GetProviderInfo."""
+        if self.options.command:
+            self.process = PluginProcess(
+                self.options.command,
+                provider=self.name,
+                env=self.options.env,
+                start_timeout=self.options.start_timeout_seconds,
+                stop_grace=self.options.stop_grace_seconds,
+            )
+            handshake = await self.process.start()
+            if handshake.network == "tcp" and not is_loopback(handshake.address.rpartition(":")[0]):
+                raise ConnectionLost(f"the provider announced a non-loopback address {handshake.address}")
+            self._channel = self._dial(handshake.target, tls=False)
+        else:
+            self._channel = self._dial(self.options.target, tls=self.options.tls is not None)
+        self._stub = pb_grpc.ProviderServiceStub(self._channel)  # type: ignore[no-untyped-call]  # generated
+        health = health_pb2_grpc.HealthStub(self._channel)
+        answer = await health.Check(
+            health_pb2.HealthCheckRequest(service=protocol.HEALTH_SERVICE),
+            timeout=self.options.start_timeout_seconds,
+            wait_for_ready=True,
+        )
+        if answer.status != health_pb2.HealthCheckResponse.SERVING:
+            status = health_pb2.HealthCheckResponse.ServingStatus.Name(answer.status)
+            raise ConnectionLost(f"the provider's health is {status}")
+        info = await self._stub.GetProviderInfo(
+            pb.GetProviderInfoRequest(provider=self.name, protocol_versions=[str(protocol.PROTOCOL_VERSION)]),
+            timeout=self.options.call_timeout_seconds,
+        )
+        if self._known and info.capabilities != self._capabilities:
+            # The server validated every request against the first ones: a provider that comes
+            # back able to do other things is not this provider. Restart it as it was.
+            raise ConnectionLost("the provider's capabilities changed; they must not change while the server runs")
+        if not self._known:
+            self._capabilities = info.capabilities
+            self._known = True
+            self.display_name = info.display_name or self.name
+            self.description = info.description
+            self.vendor_version = info.vendor_version
+        if info.instance_id != self._instance_id:
+            # A new provider process: it holds nothing yet, and numbers its changes from 1.
+            log.info(
+                "connected to provider %s instance %s (%s)",
+                self.name,
+                info.instance_id,
+                info.vendor_version,
+                extra={"provider": self.name, "pid": self.process.pid if self.process else None},
+            )
+            self._instance_id, self._applied = info.instance_id, 0
+
+    def _dial(self, target: str, *, tls: bool) -> grpc.aio.Channel:
+        options: list[tuple[str, str | int]] = [
+            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+        ]
+        if not tls or self.options.tls is None:
+            return grpc.aio.insecure_channel(target, options=options)
+        root, key, chain = self.options.tls.read()
+        if self.options.tls.server_name:
+            options.append(("grpc.ssl_target_name_override", self.options.tls.server_name))
+        credentials = grpc.ssl_channel_credentials(root, key, chain)
+        return grpc.aio.secure_channel(target, credentials, options=options)
+
+    async def _resync(self) -> None:
+        """Make the provider hold what the host holds, and apply what it says differs."""
+        stub = self._need_stub()
+        snapshot = dict(self.held)
+        released_before = set(self._pending_releases)
+        answer = await stub.Restore(
+            pb.RestoreRequest(
+                calls=[
+                    pb.HeldCall(call=call, destination=held.destination, service_level=held.level, qos=held.qos)  # type: ignore[arg-type]
+                    for call, held in snapshot.items()
+                ]
+            ),
+            timeout=self.options.start_timeout_seconds,
+            metadata=_trace_metadata(),
+        )
+        # Releases pending before the snapshot were left out of it: Restore released them.
+        for call in released_before:
+            self._pending_releases.pop(call, None)
+        for change in answer.changes:
+            await self._apply(protocol.change_of(change))
+        await self._verify()
+
+    async def _verify(self) -> None:
+        """Compare the provider's reservations with the host's calls, and make them agree: a
+        reservation the host does not hold is released; a call the provider does not hold (and
+        did not say it dropped) is disconnected; a QoS that differs is the provider's."""
+        stub = self._need_stub()
+        listing = await stub.ListReservations(pb.ListReservationsRequest(), timeout=self.options.call_timeout_seconds)
+        theirs = {item.call: item.qos for item in listing.reservations}
+        for call in sorted(set(theirs) - set(self.held) - set(self._pending_releases)):
+            log.warning("provider %s held %s, which the host does not: released", self.name, call)
+            await stub.Release(
+                pb.ReleaseRequest(call=call, request_id=str(uuid.uuid4())), timeout=self.options.call_timeout_seconds
+            )
+        for call in sorted(set(self.held) - set(theirs)):
+            log.warning("provider %s no longer holds %s: disconnected", self.name, call)
+            await self._apply(
+                ProviderChange(
+                    call,
+                    None,
+                    "the provider no longer holds a reservation for this call",
+                    event_pb2.QosEventType.QOS_EVENT_TYPE_GENERIC_ERROR,
+                )
+            )
+        for call, qos in sorted(theirs.items()):
+            held = self.held.get(call)
+            if held is not None and held.qos != qos:
+                await self._apply(ProviderChange(call, qos, "the provider holds other QoS for this call"))
+
+    async def _watch(self) -> None:
+        """While connected: apply the provider's changes, check its health, and (command mode)
+        notice its exit. Returns never; raises ConnectionLost (or the stream's error) when the
+        connection ends."""
+        watchers = [
+            asyncio.create_task(self._follow_changes()),
+            asyncio.create_task(self._check_health()),
+        ]
+        if self.process is not None:
+            watchers.append(asyncio.create_task(self._wait_for_exit(self.process)))
+        self._retry_pending_releases()
+        try:
+            done, _ = await asyncio.wait(watchers, return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                task.result()  # raises why it ended
+            raise ConnectionLost("the connection ended")
+        finally:
+            for task in watchers:
+                task.cancel()
+            await asyncio.gather(*watchers, return_exceptions=True)
+
+    async def _follow_changes(self) -> None:
+        stub = self._need_stub()
+        stream = stub.WatchChanges(pb.WatchChangesRequest(instance_id=self._instance_id, after_sequence=self._applied))
+        async for response in stream:
+            change = response.change
+            if change.sequence <= self._applied:
+                continue  # applied already (the provider replays what was not acknowledged)
+            await self._apply(protocol.change_of(change))
+            self._applied = change.sequence
+            self._advanced.set()
+            self._advanced = asyncio.Event()
+            await stub.AckChanges(
+                pb.AckChangesRequest(instance_id=self._instance_id, sequence=change.sequence),
+                timeout=self.options.call_timeout_seconds,
+            )
+        raise ConnectionLost("the provider ended its change stream")
+
+    async def _check_health(self) -> None:
+        health = health_pb2_grpc.HealthStub(self._channel)
+        failures = 0
+        while True:
+            await asyncio.sleep(self.options.health_interval_seconds)
+            try:
+                answer = await health.Check(
+                    health_pb2.HealthCheckRequest(service=protocol.HEALTH_SERVICE),
+                    timeout=self.options.health_interval_seconds,
+                )
+                failures = 0 if answer.status == health_pb2.HealthCheckResponse.SERVING else failures + 1
+            except grpc.aio.AioRpcError:
+                failures += 1
+            if failures >= self.options.health_failures:
+                raise ConnectionLost(f"the provider failed {failures} health checks in a row")
+
+    @staticmethod
+    async def _wait_for_exit(process: PluginProcess) -> None:
+        status = await process.wait()
+        raise ConnectionLost(f"the provider process exited with status {status}")
+
+    async def _disconnect(self) -> None:
+        channel, self._channel, self._stub = self._channel, None, None
+        if channel is not None:
+            await channel.close()
+        process, self.process = self.process, None
+        if process is not None:
+            await process.stop()
+
+    def _set_ready(self) -> None:
+        self._ready = True
+        self._connected.set()
+        log.info("provider %s is ready", self.name, extra={"provider": self.name})
+
+    def _set_unready(self, reason: str) -> None:
+        if self._ready:
+            log.warning("provider %s is unavailable: %s", self.name, reason, extra={"provider": self.name})
+        self._ready = False
+        self._unready_reason = reason
+
+    def _need_stub(self) -> pb_grpc.ProviderServiceStub:
+        if self._stub is None:
+            raise ConnectionLost("not connected")
+        return self._stub
+
+    # -- applying the provider's changes ------------------------------------------------------
+    async def _apply(self, change: ProviderChange) -> None:
+        """Hand a change to the host, then mirror it. In that order: the host applies it under
+        the call's lock, after any decision on the call still being settled, and so must the
+        mirror."""
+        await self.host.report_change(change)
+        if change.qos is None:
+            self.held.pop(change.call, None)
+        elif change.call in self.held:
+            self.held[change.call].qos = change.qos
+
+    # -- the contract -------------------------------------------------------------------------
+    async def admit(self, request: AdmissionRequest) -> Decision:
+        stub = self._serving("admit")
+        await self._flush_release(request.call)
+        message = protocol.admit_request(request, str(uuid.uuid4()))
+        try:
+            answer = await stub.Admit(message, timeout=self._timeout(), metadata=_trace_metadata())
+        except grpc.aio.AioRpcError as error:
+            raise self._failed("admit", error) from error
+        decision = self._decoded("admit", answer)
+        if isinstance(decision, Grant):
+            self.held[request.call] = HeldCall(request.destination, request.level, decision.qos)
+        return decision
+
+    async def renegotiate(self, request: AdmissionRequest) -> Decision:
+        stub = self._serving("renegotiate")
+        message = protocol.renegotiate_request(request, str(uuid.uuid4()))
+        try:
+            answer = await stub.Renegotiate(message, timeout=self._timeout(), metadata=_trace_metadata())
+        except grpc.aio.AioRpcError as error:
+            raise self._failed("renegotiate", error) from error
+        decision = self._decoded("renegotiate", answer)
+        if isinstance(decision, Grant):
+            self.held[request.call] = HeldCall(request.destination, request.level, decision.qos)
+        return decision
+
+    async def release(self, call: str) -> None:
+        """Free the call's reservation. Never fails: if the provider cannot be told now, the call
+        is already out of what the host holds, so the next Restore releases it; until then it is
+        retried after each reconnection."""
+        self.held.pop(call, None)
+        request_id = self._pending_releases.setdefault(call, str(uuid.uuid4()))
+        if not self._ready or self._stub is None:
+            return
+        try:
+            await self._stub.Release(
+                pb.ReleaseRequest(call=call, request_id=request_id), timeout=self._timeout(), metadata=_trace_metadata()
+            )
+        except grpc.aio.AioRpcError as error:
+            log.warning("provider %s could not release %s now (%s): it will be", self.name, call, _describe(error))
+            return
+        self._pending_releases.pop(call, None)
+
+    async def list_links(self) -> list[provider_pb2.Link]:
+        stub = self._serving("list_links")
+        try:
+            answer = await stub.ListLinks(pb.ListLinksRequest(), timeout=self._timeout(), metadata=_trace_metadata())
+        except grpc.aio.AioRpcError as error:
+            raise self._failed("list_links", error) from error
+        return [self._host_link(link) for link in answer.links]
+
+    async def update_link(self, link_id: str, capacity: int) -> provider_pb2.Link:
+        """Change the link's capacity, and answer once the changes it caused are applied, as the
+        in-process contract does."""
+        stub = self._serving("update_link")
+        message = pb.UpdateLinkRequest(
+            link=f"links/{link_id}", capacity_bytes_per_second=capacity, request_id=str(uuid.uuid4())
+        )
+        try:
+            answer = await stub.UpdateLink(message, timeout=self._timeout(), metadata=_trace_metadata())
+        except grpc.aio.AioRpcError as error:
+            if error.code() == grpc.StatusCode.NOT_FOUND:
+                raise KeyError(link_id) from error
+            raise self._failed("update_link", error) from error
+        while self._applied < answer.change_sequence and self._ready:
+            advanced = self._advanced
+            remaining = self._timeout()
+            try:
+                await asyncio.wait_for(advanced.wait(), remaining)
+            except TimeoutError:
+                break  # the changes still come; the caller is not kept past its deadline
+        return self._host_link(answer.link)
+
+    async def list_reservations(self) -> dict[str, QosSpec]:
+        """The provider's reservations (call → QoS), as it reports them: the reconciliation
+        hook's listing for an out-of-process provider."""
+        stub = self._serving("list_reservations")
+        try:
+            answer = await stub.ListReservations(pb.ListReservationsRequest(), timeout=self._timeout())
+        except grpc.aio.AioRpcError as error:
+            raise self._failed("list_reservations", error) from error
+        return {item.call: item.qos for item in answer.reservations}
+
+    def _host_link(self, link: provider_pb2.Link) -> provider_pb2.Link:
+        named = provider_pb2.Link()
+        named.CopyFrom(link)
+        named.name = names.link_name(self.id, protocol.link_id_of(link.name))
+        return named
+
+    # -- calling the provider -----------------------------------------------------------------
+    def _serving(self, operation: str) -> pb_grpc.ProviderServiceStub:
+        """The stub, when the provider is connected and restored; PROVIDER_UNAVAILABLE with the
+        time of the next attempt otherwise."""
+        if self._ready and self._stub is not None:
+            return self._stub
+        raise self._unavailable(operation, "unreachable", self._unready_reason)
+
+    def _unavailable(self, operation: str, cause: str, detail: str) -> ServiceError:
+        """PROVIDER_UNAVAILABLE, with RetryInfo: when the next connection attempt is due (or
+        the first backoff step, while connected)."""
+        delay = max(self._retry_at - time.monotonic(), self.options.restart_backoff_initial_seconds)
+        return ServiceError(
+            Reason.ERROR_REASON_PROVIDER_UNAVAILABLE,
+            f"provider {self.id} is unavailable ({detail}); retry in {delay:.2g}s",
+            metadata={"provider": self.name, "operation": operation, "cause": cause},
+            retry_delay=delay,
+        )
+
+    def _timeout(self) -> float:
+        """The host's budget for the provider call now running (its provider deadline, cut to
+        the caller's for a decision), as the gRPC deadline of the RPC that makes it."""
+        deadline = PROVIDER_DEADLINE.get()
+        if deadline is None:
+            return self.options.call_timeout_seconds
+        return max(deadline - time.monotonic(), 0.001)
+
+    def _decoded(self, operation: str, answer: pb.AdmitResponse | pb.RenegotiateResponse) -> Decision:
+        try:
+            return protocol.decision_of(answer)
+        except protocol.ProtocolViolation as exc:
+            raise self._violation(operation, str(exc)) from exc
+
+    def _violation(self, operation: str, what: str) -> ServiceError:
+        return ServiceError(
+            Reason.ERROR_REASON_PROVIDER_CONTRACT_VIOLATION,
+            f"provider {self.id} answered {operation} with {what}",
+            metadata={"provider": self.name, "operation": operation},
+        )
+
+    def _failed(self, operation: str, error: grpc.aio.AioRpcError) -> ServiceError:
+        """The ServiceError for a provider RPC that failed with `error`."""
+        code = error.code()
+        if code == grpc.StatusCode.INVALID_ARGUMENT and operation in PROVIDER_SPECIFIC_FIELD:
+            problems = _provider_specific_problems(error)
+            if problems:
+                field = PROVIDER_SPECIFIC_FIELD[operation]
+                return invalid([FieldViolation(field, problem) for problem in problems])
+        if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+            cause, detail = "timeout", f"did not answer {operation} in time"
+        elif code == grpc.StatusCode.UNAVAILABLE:
+            cause, detail = "unreachable", f"unreachable: {error.details()}"
+        elif code in (grpc.StatusCode.UNIMPLEMENTED, grpc.StatusCode.INVALID_ARGUMENT) or _malformed(error):
+            return self._violation(operation, f"{code.name}: {error.details()}")
+        else:
+            cause, detail = "error", f"failed in {operation}: {code.name}: {error.details()}"
+        return self._unavailable(operation, cause, detail)
+
+    async def _flush_release(self, call: str) -> None:
+        """A release of `call` the provider has not confirmed goes before a new admission of it."""
+        if call not in self._pending_releases:
+            return
+        await self.release(call)
+        if call in self._pending_releases:
+            raise self._unavailable("admit", "unreachable", f"the release of {call} is not confirmed yet")
+
+    def _retry_pending_releases(self) -> None:
+        for call in list(self._pending_releases):
+            if call not in self.held:
+                task = asyncio.get_running_loop().create_task(self.release(call))
+                self._background.add(task)
+                task.add_done_callback(self._background.discard)
+
+
+def _trace_metadata() -> tuple[tuple[str, str], ...]:
+    """The current trace context (W3C traceparent, tracestate) as gRPC metadata."""
+    carrier: dict[str, str] = {}
+    propagate.inject(carrier)
+    return tuple(carrier.items())
+
+
+def _provider_specific_problems(error: grpc.aio.AioRpcError) -> list[str]:
+    """The provider's objections to its provider_specific bytes, from the BadRequest of its
+    INVALID_ARGUMENT (violations on any other field are not the caller's doing)."""
+    status = rpc_status.from_call(error)  # an aio error answers what a Call does
+    if status is None:
+        return []
+    problems: list[str] = []
+    for detail in status.details:
+        bad = error_details_pb2.BadRequest()
+        if detail.Unpack(bad):
+            problems += [v.description for v in bad.field_violations if v.field == "qos.provider_specific"]
+    return problems
+
+
+def _malformed(error: grpc.aio.AioRpcError) -> bool:
+    """An answer the host could not decode (gRPC reports it as INTERNAL on the client side)."""
+    return error.code() == grpc.StatusCode.INTERNAL and "deserializ" in (error.details() or "").lower()
+
+
+def _describe(error: BaseException) -> str:
+    if isinstance(error, grpc.aio.AioRpcError):
+        return f"{error.code().name}: {error.details()}"
+    return str(error) or type(error).__name__
