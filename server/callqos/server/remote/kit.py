@@ -256,6 +256,12 @@ class ProviderServicer(pb_grpc.ProviderServiceServicer):
         self._deciding[call] = task
         try:
             return await self._run(task, context)
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if current is not None and current.cancelling():
+                raise  # this request itself is cancelled (the host gave up on it)
+            # A Release cancelled the decision: it reserved nothing the host will ever hear of.
+            await _abort(context, grpc.StatusCode.ABORTED, f"{call} was released while being decided")
         finally:
             if self._deciding.get(call) is task:
                 del self._deciding[call]

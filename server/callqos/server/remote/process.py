@@ -179,10 +179,10 @@ class PluginProcess:
     def _log_line(self, line: str, stream: str) -> None:
         """One line the provider wrote, as one record of the server's JSON log: a JSON object's
         level and message are used, its other fields kept under `plugin`; any other line is the
-        message itself, at INFO."""
+        message itself, at WARNING from stderr (where a crash's traceback goes), else at INFO."""
         if not line.strip():
             return
-        level, message, fields = logging.INFO, line, {}
+        level, message, fields = logging.WARNING if stream == "stderr" else logging.INFO, line, {}
         if line.startswith("{"):
             try:
                 parsed = json.loads(line)

@@ -129,13 +129,13 @@ class RemoteProvider(Provider):
     async def start(self, host: ProviderHost, restored: Sequence[Restored]) -> list[ProviderChange]:
         """Hold the restored calls, connect (launching the provider in command mode) and restore
         them there; the changes that answers are applied through `host` as they come. The server
-        does not start without its providers' capabilities, so a provider not reached within the
-        start timeout fails the start."""
+        does not start without its providers' capabilities, so a provider not connected and
+        restored within the start timeout fails the start."""
         self.host = host
         self.held = {item.call: HeldCall(item.destination, item.level, item.qos) for item in restored}
         self._supervisor = asyncio.create_task(self._supervise(), name=f"remote provider {self.name}")
         try:
-            await asyncio.wait_for(self._connected.wait(), self.options.start_timeout_seconds * 2)
+            await asyncio.wait_for(self._connected.wait(), self.options.start_timeout_seconds)
         except TimeoutError:
             reason = self._unready_reason
             await self.stop()
@@ -154,6 +154,7 @@ class RemoteProvider(Provider):
     async def _supervise(self) -> None:
         """Connect, restore, serve; when the connection ends, back off and do it again."""
         backoff = self.options.restart_backoff_initial_seconds
+        logged = ""
         while True:
             ready_since: float | None = None
             try:
@@ -174,6 +175,17 @@ class RemoteProvider(Provider):
             if ready_since is not None and time.monotonic() - ready_since > STABLE_SECONDS:
                 backoff = self.options.restart_backoff_initial_seconds
             self._retry_at = time.monotonic() + backoff
+            # Each new reason once at WARNING; the same one again (a provider down for long) at DEBUG.
+            repeated = self._unready_reason == logged
+            log.log(
+                logging.DEBUG if repeated else logging.WARNING,
+                "provider %s: %s; next attempt in %.2gs",
+                self.name,
+                self._unready_reason,
+                backoff,
+                extra={"provider": self.name},
+            )
+            logged = self._unready_reason
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, self.options.restart_backoff_max_seconds)
 
@@ -364,8 +376,6 @@ class RemoteProvider(Provider):
         log.info("provider %s is ready", self.name, extra={"provider": self.name})
 
     def _set_unready(self, reason: str) -> None:
-        if self._ready:
-            log.warning("provider %s is unavailable: %s", self.name, reason, extra={"provider": self.name})
         self._ready = False
         self._unready_reason = reason
 
@@ -501,7 +511,9 @@ class RemoteProvider(Provider):
             return self.options.call_timeout_seconds
         return max(deadline - time.monotonic(), 0.001)
 
-    def _decoded(self, operation: str, answer: pb.AdmitResponse | pb.RenegotiateResponse) -> Decision:
+    def _decoded(self, operation: str, answer: pb.AdmitResponse | pb.RenegotiateResponse | None) -> Decision:
+        if answer is None:  # grpc.aio hands back None for an answer it could not deserialize
+            raise self._violation(operation, "an answer that does not decode")
         try:
             return protocol.decision_of(answer)
         except protocol.ProtocolViolation as exc:

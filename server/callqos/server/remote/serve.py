@@ -25,6 +25,7 @@ import sys
 import threading
 import tomllib
 from collections.abc import Mapping
+from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -108,22 +109,29 @@ def handshake_for(address: str, port: int) -> protocol.Handshake:
     return protocol.Handshake(protocol.PROTOCOL_VERSION, "tcp", f"{host}:{port}")
 
 
-async def serve(
-    plugin: str,
-    settings: Mapping[str, Any],
-    address: str,
-    *,
-    port_file: Path | None = None,
-    launched: bool = False,
-) -> None:
-    """Serve `plugin` on `address` until SIGTERM/SIGINT (or, when `launched`, until the server
-    closes stdin)."""
-    provider, implementation = registry.instantiate(plugin, settings)
-    env = {**os.environ}
-    env.setdefault("OTEL_SERVICE_NAME", "callqos-provider")
-    telemetry = telemetry_setup.from_environment(env=env)
-    telemetry.install_global()  # the provider's own spans join the server's traces
-    servicer = ProviderServicer(provider, implementation, f"{implementation} (callqos-provider)")
+@dataclass
+class KitServer:
+    """A provider served over the protocol: the gRPC server, the kit's servicer, and where."""
+
+    server: grpc.aio.Server
+    servicer: ProviderServicer
+    health: health.aio.HealthServicer
+    handshake: protocol.Handshake
+
+    async def stop(self, grace: float = STOP_GRACE_SECONDS) -> None:
+        """Health NOT_SERVING, in-flight calls get `grace`, then the provider stops."""
+        await self.health.enter_graceful_shutdown()
+        await self.server.stop(grace)
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self.servicer.provider.stop(), STOP_GRACE_SECONDS)
+        if self.handshake.network == "unix":
+            with contextlib.suppress(OSError):
+                os.unlink(self.handshake.address)
+
+
+async def start_kit(servicer: ProviderServicer, address: str, telemetry: telemetry_setup.Telemetry) -> KitServer:
+    """Serve the kit's `servicer` on `address` (unix:/path or HOST:PORT): the protocol, and
+    grpc.health.v1 SERVING; each request in the trace of the host's request that caused it."""
     server = grpc.aio.server(
         interceptors=[TelemetryInterceptor(telemetry.instruments(), telemetry.excluded_services)],
         options=[
@@ -144,12 +152,32 @@ async def serve(
     await server.start()
     for name in ("", protocol.HEALTH_SERVICE):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    handshake = handshake_for(address, port)
+    return KitServer(server, servicer, health_servicer, handshake_for(address, port))
+
+
+async def serve(
+    plugin: str,
+    settings: Mapping[str, Any],
+    address: str,
+    *,
+    port_file: Path | None = None,
+    launched: bool = False,
+) -> None:
+    """Serve `plugin` on `address` until SIGTERM/SIGINT (or, when `launched`, until the server
+    closes stdin)."""
+    provider, implementation = registry.instantiate(plugin, settings)
+    env = {**os.environ}
+    env.setdefault("OTEL_SERVICE_NAME", "callqos-provider")
+    telemetry = telemetry_setup.from_environment(env=env)
+    telemetry.install_global()  # the provider's own spans join the server's traces
+    servicer = ProviderServicer(provider, implementation, f"{implementation} (callqos-provider)")
+    kit = await start_kit(servicer, address, telemetry)
+    handshake = kit.handshake
     if port_file is not None and handshake.network == "tcp":
         tmp = port_file.with_suffix(".tmp")
-        tmp.write_text(f"{port}\n")
+        tmp.write_text(f"{handshake.address.rpartition(':')[2]}\n")
         tmp.replace(port_file)
-    where = {"plugin": implementation, "address": handshake.address, "instance": servicer.instance_id}
+    where = {"plugin": implementation, "address": handshake.address, "instance": kit.servicer.instance_id}
     log.info("serving", extra=where)
     print(handshake.line(), flush=True)  # last: the host dials as soon as it reads it
 
@@ -161,13 +189,7 @@ async def serve(
         _stop_when_stdin_closes(loop, stop)
     await stop.wait()
     log.info("stopping")
-    await health_servicer.enter_graceful_shutdown()
-    await server.stop(STOP_GRACE_SECONDS)
-    with contextlib.suppress(Exception):
-        await asyncio.wait_for(provider.stop(), STOP_GRACE_SECONDS)
-    if handshake.network == "unix":
-        with contextlib.suppress(OSError):
-            os.unlink(handshake.address)
+    await kit.stop()
     telemetry.shutdown()
 
 
