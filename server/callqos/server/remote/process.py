@@ -55,13 +55,11 @@ class PluginProcess:
         *,
         provider: str,
         env: Mapping[str, str] | None = None,
-        start_timeout: float = 10.0,
         stop_grace: float = 2.0,
     ) -> None:
         self.command = list(command)
         self.provider = provider  # `providers/{provider}`, on every log line it forwards
         self.extra_env = dict(env or {})
-        self.start_timeout = start_timeout
         self.stop_grace = stop_grace
         self.handshake: protocol.Handshake | None = None
         self._process: asyncio.subprocess.Process | None = None
@@ -76,9 +74,9 @@ class PluginProcess:
     def returncode(self) -> int | None:
         return None if self._process is None else self._process.returncode
 
-    async def start(self) -> protocol.Handshake:
+    async def start(self, timeout: float) -> protocol.Handshake:
         """Start the command and wait for its handshake line (PluginStartError if it exits or
-        prints none within the start timeout; the process is then stopped)."""
+        prints none within `timeout` seconds; the process is then stopped)."""
         self._directory = Path(tempfile.mkdtemp(prefix="callqos-provider-"))  # 0700
         socket = self._directory / "provider.sock"
         env = {
@@ -105,10 +103,10 @@ class PluginProcess:
         log.info("provider process started", extra={"provider": self.provider, "pid": self._process.pid})
         self._forwarders.append(asyncio.create_task(self._forward(self._process.stderr, "stderr")))
         try:
-            self.handshake = await asyncio.wait_for(self._read_handshake(self._process.stdout), self.start_timeout)
+            self.handshake = await asyncio.wait_for(self._read_handshake(self._process.stdout), timeout)
         except TimeoutError:
             await self.stop()
-            raise PluginStartError(f"no handshake line within {self.start_timeout:g}s") from None
+            raise PluginStartError(f"no handshake line within {timeout:g}s") from None
         except (PluginStartError, protocol.HandshakeError) as exc:
             await self.stop()
             raise PluginStartError(str(exc)) from exc

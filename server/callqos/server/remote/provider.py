@@ -30,9 +30,9 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 from google.rpc import error_details_pb2
@@ -61,6 +61,7 @@ from callqos.v1 import event_pb2, flowspec_pb2, provider_pb2
 
 log = logging.getLogger("callqos.server.remote")
 QosSpec = flowspec_pb2.QosSpec
+T = TypeVar("T")
 
 # A connection that lasted this long resets the reconnection backoff to its first step.
 STABLE_SECONDS = 60.0
@@ -135,7 +136,8 @@ class RemoteProvider(Provider):
         self.held = {item.call: HeldCall(item.destination, item.level, item.qos) for item in restored}
         self._supervisor = asyncio.create_task(self._supervise(), name=f"remote provider {self.name}")
         try:
-            await asyncio.wait_for(self._connected.wait(), self.options.start_timeout_seconds)
+            # One attempt takes at most the start timeout; a moment more to learn why it failed.
+            await asyncio.wait_for(self._connected.wait(), self.options.start_timeout_seconds + 1.0)
         except TimeoutError:
             reason = self._unready_reason
             await self.stop()
@@ -191,16 +193,16 @@ class RemoteProvider(Provider):
 
     async def _connect(self) -> None:
         """Reach the provider and ask who it is: launch it (command mode), dial it, wait for
-        health SERVING, GetProviderInfo."""
+        health SERVING, GetProviderInfo — all within one start timeout."""
+        deadline = time.monotonic() + self.options.start_timeout_seconds
         if self.options.command:
             self.process = PluginProcess(
                 self.options.command,
                 provider=self.name,
                 env=self.options.env,
-                start_timeout=self.options.start_timeout_seconds,
                 stop_grace=self.options.stop_grace_seconds,
             )
-            handshake = await self.process.start()
+            handshake = await self.process.start(timeout=self.options.start_timeout_seconds)
             if handshake.network == "tcp" and not is_loopback(handshake.address.rpartition(":")[0]):
                 raise ConnectionLost(f"the provider announced a non-loopback address {handshake.address}")
             self._channel = self._dial(handshake.target, tls=False)
@@ -210,7 +212,7 @@ class RemoteProvider(Provider):
         health = health_pb2_grpc.HealthStub(self._channel)
         answer = await health.Check(
             health_pb2.HealthCheckRequest(service=protocol.HEALTH_SERVICE),
-            timeout=self.options.start_timeout_seconds,
+            timeout=max(deadline - time.monotonic(), 0.001),
             wait_for_ready=True,
         )
         if answer.status != health_pb2.HealthCheckResponse.SERVING:
@@ -218,7 +220,7 @@ class RemoteProvider(Provider):
             raise ConnectionLost(f"the provider's health is {status}")
         info = await self._stub.GetProviderInfo(
             pb.GetProviderInfoRequest(provider=self.name, protocol_versions=[str(protocol.PROTOCOL_VERSION)]),
-            timeout=self.options.call_timeout_seconds,
+            timeout=max(deadline - time.monotonic(), 0.001),
         )
         if self._known and info.capabilities != self._capabilities:
             # The server validated every request against the first ones: a provider that comes
@@ -400,10 +402,7 @@ class RemoteProvider(Provider):
         stub = self._serving("admit")
         await self._flush_release(request.call)
         message = protocol.admit_request(request, str(uuid.uuid4()))
-        try:
-            answer = await stub.Admit(message, timeout=self._timeout(), metadata=_trace_metadata())
-        except grpc.aio.AioRpcError as error:
-            raise self._failed("admit", error) from error
+        answer = await self._rpc("admit", stub.Admit(message, timeout=self._timeout(), metadata=_trace_metadata()))
         decision = self._decoded("admit", answer)
         if isinstance(decision, Grant):
             self.held[request.call] = HeldCall(request.destination, request.level, decision.qos)
@@ -412,10 +411,9 @@ class RemoteProvider(Provider):
     async def renegotiate(self, request: AdmissionRequest) -> Decision:
         stub = self._serving("renegotiate")
         message = protocol.renegotiate_request(request, str(uuid.uuid4()))
-        try:
-            answer = await stub.Renegotiate(message, timeout=self._timeout(), metadata=_trace_metadata())
-        except grpc.aio.AioRpcError as error:
-            raise self._failed("renegotiate", error) from error
+        answer = await self._rpc(
+            "renegotiate", stub.Renegotiate(message, timeout=self._timeout(), metadata=_trace_metadata())
+        )
         decision = self._decoded("renegotiate", answer)
         if isinstance(decision, Grant):
             self.held[request.call] = HeldCall(request.destination, request.level, decision.qos)
@@ -429,21 +427,19 @@ class RemoteProvider(Provider):
         request_id = self._pending_releases.setdefault(call, str(uuid.uuid4()))
         if not self._ready or self._stub is None:
             return
+        message = pb.ReleaseRequest(call=call, request_id=request_id)
         try:
-            await self._stub.Release(
-                pb.ReleaseRequest(call=call, request_id=request_id), timeout=self._timeout(), metadata=_trace_metadata()
-            )
-        except grpc.aio.AioRpcError as error:
-            log.warning("provider %s could not release %s now (%s): it will be", self.name, call, _describe(error))
+            await self._rpc("release", self._stub.Release(message, timeout=self._timeout(), metadata=_trace_metadata()))
+        except ServiceError as failure:
+            log.warning("provider %s could not release %s now (%s): it will be", self.name, call, failure.message)
             return
         self._pending_releases.pop(call, None)
 
     async def list_links(self) -> list[provider_pb2.Link]:
         stub = self._serving("list_links")
-        try:
-            answer = await stub.ListLinks(pb.ListLinksRequest(), timeout=self._timeout(), metadata=_trace_metadata())
-        except grpc.aio.AioRpcError as error:
-            raise self._failed("list_links", error) from error
+        answer = await self._rpc(
+            "list_links", stub.ListLinks(pb.ListLinksRequest(), timeout=self._timeout(), metadata=_trace_metadata())
+        )
         return [self._host_link(link) for link in answer.links]
 
     async def update_link(self, link_id: str, capacity: int) -> provider_pb2.Link:
@@ -453,17 +449,15 @@ class RemoteProvider(Provider):
         message = pb.UpdateLinkRequest(
             link=f"links/{link_id}", capacity_bytes_per_second=capacity, request_id=str(uuid.uuid4())
         )
-        try:
-            answer = await stub.UpdateLink(message, timeout=self._timeout(), metadata=_trace_metadata())
-        except grpc.aio.AioRpcError as error:
-            if error.code() == grpc.StatusCode.NOT_FOUND:
-                raise KeyError(link_id) from error
-            raise self._failed("update_link", error) from error
+        answer = await self._rpc(
+            "update_link",
+            stub.UpdateLink(message, timeout=self._timeout(), metadata=_trace_metadata()),
+            not_found=KeyError(link_id),
+        )
         while self._applied < answer.change_sequence and self._ready:
             advanced = self._advanced
-            remaining = self._timeout()
             try:
-                await asyncio.wait_for(advanced.wait(), remaining)
+                await asyncio.wait_for(advanced.wait(), self._timeout())
             except TimeoutError:
                 break  # the changes still come; the caller is not kept past its deadline
         return self._host_link(answer.link)
@@ -472,11 +466,27 @@ class RemoteProvider(Provider):
         """The provider's reservations (call → QoS), as it reports them: the reconciliation
         hook's listing for an out-of-process provider."""
         stub = self._serving("list_reservations")
-        try:
-            answer = await stub.ListReservations(pb.ListReservationsRequest(), timeout=self._timeout())
-        except grpc.aio.AioRpcError as error:
-            raise self._failed("list_reservations", error) from error
+        answer = await self._rpc(
+            "list_reservations", stub.ListReservations(pb.ListReservationsRequest(), timeout=self._timeout())
+        )
         return {item.call: item.qos for item in answer.reservations}
+
+    async def _rpc(self, operation: str, rpc: Awaitable[T], not_found: Exception | None = None) -> T:
+        """Await one RPC to the provider; its failure as the ServiceError the caller gets. A
+        cancellation that is not this request's own (the connection was closed under it, as the
+        supervisor does when it gives the provider up) is the provider's failure too: it must not
+        end the caller's request without an answer."""
+        try:
+            return await rpc
+        except grpc.aio.AioRpcError as error:
+            if not_found is not None and error.code() == grpc.StatusCode.NOT_FOUND:
+                raise not_found from error
+            raise self._failed(operation, error) from error
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise
+            raise self._unavailable(operation, "unreachable", "the connection to the provider was closed") from None
 
     def _host_link(self, link: provider_pb2.Link) -> provider_pb2.Link:
         named = provider_pb2.Link()
