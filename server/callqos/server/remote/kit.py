@@ -316,6 +316,7 @@ class ProviderServicer(pb_grpc.ProviderServiceServicer):
         if not self.capabilities.link_admin:
             await _abort(context, grpc.StatusCode.UNIMPLEMENTED, "this provider has no links")
         link_id = protocol.link_id_of(request.link)
+        before = self.journal.sequence
         try:
             link = await self._run(
                 self.provider.update_link(link_id, request.capacity_bytes_per_second), context, unknown=KeyError
@@ -323,7 +324,8 @@ class ProviderServicer(pb_grpc.ProviderServiceServicer):
         except KeyError:
             await _abort(context, grpc.StatusCode.NOT_FOUND, f"no link {request.link}")
         link.name = "links/" + protocol.link_id_of(link.name)
-        return pb.UpdateLinkResponse(link=link, change_sequence=self.journal.sequence)
+        caused = self.journal.sequence if self.journal.sequence > before else 0
+        return pb.UpdateLinkResponse(link=link, change_sequence=caused)
 
     # -- the change stream --------------------------------------------------------------------
     async def WatchChanges(

@@ -1242,9 +1242,9 @@ type UpdateLinkResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The link as it is now (its name `links/{link}`).
 	Link *v1.Link `protobuf:"bytes,1,opt,name=link,proto3" json:"link,omitempty"`
-	// The sequence of the newest change on WatchChanges when the update finished (0: none yet):
-	// every change the update caused is at or before it. The host answers its own caller once it
-	// has applied the changes up to it, so that caller reads its calls as the update left them.
+	// The sequence of the newest change the update caused (0: it caused none): the host answers
+	// its own caller once it has applied the changes up to it, so that caller reads its calls as
+	// the update left them.
 	ChangeSequence uint64 `protobuf:"varint,2,opt,name=change_sequence,json=changeSequence,proto3" json:"change_sequence,omitempty"`
 	unknownFields  protoimpl.UnknownFields
 	sizeCache      protoimpl.SizeCache
@@ -1297,7 +1297,8 @@ func (x *UpdateLinkResponse) GetChangeSequence() uint64 {
 // A change the provider made on its own.
 type Change struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// Numbered from 1 by each provider instance, increasing by one; 0 in a RestoreResponse.
+	// Numbered from 1 by each provider instance, increasing (a gap where a newer change of the
+	// same call replaced one not yet acknowledged); 0 in a RestoreResponse.
 	Sequence uint64 `protobuf:"varint,1,opt,name=sequence,proto3" json:"sequence,omitempty"`
 	// `calls/{call}`.
 	Call string `protobuf:"bytes,2,opt,name=call,proto3" json:"call,omitempty"`

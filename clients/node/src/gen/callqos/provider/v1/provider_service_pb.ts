@@ -630,9 +630,9 @@ export type UpdateLinkResponse = Message<"callqos.provider.v1.UpdateLinkResponse
   link?: Link | undefined;
 
   /**
-   * The sequence of the newest change on WatchChanges when the update finished (0: none yet):
-   * every change the update caused is at or before it. The host answers its own caller once it
-   * has applied the changes up to it, so that caller reads its calls as the update left them.
+   * The sequence of the newest change the update caused (0: it caused none): the host answers
+   * its own caller once it has applied the changes up to it, so that caller reads its calls as
+   * the update left them.
    *
    * @generated from field: uint64 change_sequence = 2;
    */
@@ -653,7 +653,8 @@ export const UpdateLinkResponseSchema: GenMessage<UpdateLinkResponse> = /*@__PUR
  */
 export type Change = Message<"callqos.provider.v1.Change"> & {
   /**
-   * Numbered from 1 by each provider instance, increasing by one; 0 in a RestoreResponse.
+   * Numbered from 1 by each provider instance, increasing (a gap where a newer change of the
+   * same call replaced one not yet acknowledged); 0 in a RestoreResponse.
    *
    * @generated from field: uint64 sequence = 1;
    */
