@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import asyncio
 
-import bench_tracing  # server/benchmarks (conftest.py puts it on sys.path)
+import bench  # server/benchmarks (conftest.py puts it on sys.path)
+import bench_tracing
 
 
 def test_tracing_benchmark_measures_every_variant_and_the_traced_span_tree() -> None:
@@ -27,3 +28,13 @@ def test_tracing_benchmark_measures_every_variant_and_the_traced_span_tree() -> 
 
     text = bench_tracing.report(results)
     assert "the 15% target" in text and "spans per cycle" in text
+
+
+def test_remote_provider_benchmark_measures_both_ways_with_the_provider_process_cpu() -> None:
+    results = bench.run_remote(seconds=0.3, rounds=1)
+    results = asyncio.run(results)
+    for kind in ("in_process", "remote"):
+        assert results[f"{kind}_cycles_per_s"] > 0, kind
+        assert results[f"{kind}_cpu_us_per_cycle"] > 0, kind
+    text = bench.report_remote(results)
+    assert "out of process / in process" in text and "goal >= 0.7" in text

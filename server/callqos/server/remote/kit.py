@@ -17,12 +17,11 @@ adds is kept here, around it:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import uuid
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import NoReturn, TypeVar
 
 import grpc
@@ -104,6 +103,15 @@ class Journal:
         return self._grew
 
 
+@dataclass
+class Deciding:
+    """An Admit or Renegotiate the provider is deciding, in the task of its request."""
+
+    task: asyncio.Task[object]
+    released: bool = False  # a Release cancelled it
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+
+
 class ProviderServicer(pb_grpc.ProviderServiceServicer):
     """`callqos.provider.v1.ProviderService` over one in-process provider. It is also the
     provider's `ProviderHost`: what the provider reports goes into the journal."""
@@ -118,7 +126,7 @@ class ProviderServicer(pb_grpc.ProviderServiceServicer):
         self.held: dict[str, Held] = {}
         self.started = False
         self._answers: OrderedDict[tuple[str, str], pb.AdmitResponse | pb.RenegotiateResponse] = OrderedDict()
-        self._deciding: dict[str, asyncio.Task[Decision]] = {}
+        self._deciding: dict[str, Deciding] = {}
         self._restoring = asyncio.Lock()
 
     # -- the provider's host ------------------------------------------------------------------
@@ -243,28 +251,33 @@ class ProviderServicer(pb_grpc.ProviderServiceServicer):
     async def _release(self, call: str, context: grpc.aio.ServicerContext) -> None:
         deciding = self._deciding.get(call)
         if deciding is not None:  # an Admit the host gave up on: it must not reserve after this
-            deciding.cancel()
-            with contextlib.suppress(BaseException):
-                await deciding
+            deciding.released = True
+            deciding.task.cancel()
+            await deciding.done.wait()
         await self._run(self.provider.release(call), context)
         self.held.pop(call, None)
         for key in [key for key in self._answers if key[0] == call]:
             del self._answers[key]
 
     async def _decide(self, call: str, work: Awaitable[Decision], context: grpc.aio.ServicerContext) -> Decision:
-        task = asyncio.ensure_future(work)
-        self._deciding[call] = task
+        """Run one decision in this request's own task (no task of its own: a decision is the
+        hot path), cancellable by a Release of the same call."""
+        task = asyncio.current_task()
+        assert task is not None
+        deciding = Deciding(task)
+        self._deciding[call] = deciding
         try:
-            return await self._run(task, context)
+            return await self._run(work, context)
         except asyncio.CancelledError:
-            current = asyncio.current_task()
-            if current is not None and current.cancelling():
+            if not deciding.released:
                 raise  # this request itself is cancelled (the host gave up on it)
+            task.uncancel()
             # A Release cancelled the decision: it reserved nothing the host will ever hear of.
             await _abort(context, grpc.StatusCode.ABORTED, f"{call} was released while being decided")
         finally:
-            if self._deciding.get(call) is task:
+            if self._deciding.get(call) is deciding:
                 del self._deciding[call]
+            deciding.done.set()
 
     def _remember(self, key: tuple[str, str], response: pb.AdmitResponse | pb.RenegotiateResponse) -> None:
         self._answers[key] = response
@@ -354,7 +367,8 @@ class ProviderServicer(pb_grpc.ProviderServiceServicer):
         INTERNAL (logged with the traceback), UNIMPLEMENTED for NotImplementedError,
         DEADLINE_EXCEEDED when it outlives the deadline. `unknown` is re-raised for the caller."""
         try:
-            return await asyncio.wait_for(work, context.time_remaining())
+            async with asyncio.timeout(context.time_remaining()):
+                return await work
         except TimeoutError:
             await _abort(context, grpc.StatusCode.DEADLINE_EXCEEDED, "the provider did not answer in time")
         except NotImplementedError:

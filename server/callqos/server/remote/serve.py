@@ -132,8 +132,12 @@ class KitServer:
 async def start_kit(servicer: ProviderServicer, address: str, telemetry: telemetry_setup.Telemetry) -> KitServer:
     """Serve the kit's `servicer` on `address` (unix:/path or HOST:PORT): the protocol, and
     grpc.health.v1 SERVING; each request in the trace of the host's request that caused it."""
+    instruments = telemetry.instruments()
+    # The telemetry interceptor (a server span per request, in the host's trace) when there is
+    # something to record; none when telemetry is off (a request costs less, and nothing is lost).
+    observed = instruments.tracing_enabled or instruments.metrics_enabled
     server = grpc.aio.server(
-        interceptors=[TelemetryInterceptor(telemetry.instruments(), telemetry.excluded_services)],
+        interceptors=[TelemetryInterceptor(instruments, telemetry.excluded_services)] if observed else [],
         options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
