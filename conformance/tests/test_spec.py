@@ -28,7 +28,7 @@ SPEC = ROOT / SPEC_DOCUMENT
 # The clause-id prefixes SPEC.md uses, kept apart from the words of check ids (CORE-ADM-001).
 PREFIXES = (
     *("PROV", "FLOW", "REQ", "GRANT", "DELAY", "LEVEL", "ADMIT"),
-    *("CALL", "OWNER", "SETQOS", "EVENT", "WATCH", "LINK", "API"),
+    *("CALL", "OWNER", "SETQOS", "EVENT", "WATCH", "LINK", "API", "REMOTE"),
 )
 CLAUSE_ID = re.compile(rf"\b(?:{'|'.join(PREFIXES)})-[0-9]+\b")
 HEADING = re.compile(r"^### ((?:[A-Z]+)-[0-9]+) — (.+)$")

@@ -8,6 +8,7 @@ The provider here is served by the Python kit in this process, on a Unix socket 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import shutil
 import tempfile
 import time
@@ -47,7 +48,7 @@ from callqos.server.providers.noqos import NoQosProvider
 from callqos.server.providers.reference import ReferenceProvider
 from callqos.server.remote import protocol
 from callqos.server.remote.kit import ProviderServicer
-from callqos.server.remote.settings import RemoteSettings
+from callqos.server.remote.settings import RemoteSettings, TlsSettings
 from callqos.server.telemetry import Telemetry
 from callqos.v1 import call_pb2, event_pb2, flowspec_pb2, provider_pb2
 from callqos.v1 import callqos_service_pb2 as svc
@@ -134,6 +135,14 @@ def test_the_handshake_line_names_the_version_network_and_address() -> None:
 def test_settings_that_cannot_work_are_refused_with_the_key(settings: dict[str, Any], words: str) -> None:
     with pytest.raises(ValueError, match=words):
         RemoteSettings.parse(settings)
+
+
+def test_every_remote_setting_is_in_the_example_configuration() -> None:
+    example = (Path(__file__).resolve().parents[1] / "config" / "callqos.example.toml").read_text()
+    for setting in dataclasses.fields(RemoteSettings):
+        assert f"# {setting.name} = " in example or f"# [providers.acme.{setting.name}]" in example, setting.name
+    for setting in dataclasses.fields(TlsSettings):
+        assert f"# {setting.name} = " in example, setting.name
 
 
 def test_settings_accept_an_endpoint_with_tls_and_loopback_without() -> None:

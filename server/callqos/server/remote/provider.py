@@ -4,7 +4,8 @@ Configured as a provider plugin (`plugin = "remote"` with `endpoint = ...` or `c
 see `settings`), it forwards each call of the contract to the provider process over
 `callqos.provider.v1`, so nothing else in the server knows the difference.
 
-What the host keeps its promises with when the provider lives elsewhere:
+What the host keeps its promises with when the provider lives elsewhere (conformance/SPEC.md
+REMOTE-1 to REMOTE-7):
 
 - **It never admits on its own.** Every grant is a grant the provider made. While the provider
   is unreachable (not started yet, restarting, hung) every decision fails with UNAVAILABLE /
