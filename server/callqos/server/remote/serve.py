@@ -5,6 +5,7 @@
         [--settings provider.toml]    the provider's settings table
         [--listen unix:///run/p.sock | 127.0.0.1:7000]
         [--port-file FILE]            the bound TCP port, once serving
+        [--tls-cert F --tls-key F [--tls-client-ca F]]   TLS (mutual with a client CA)
 
 Launched by a callqos server (`command = ["callqos-provider", "serve", ...]`), it listens where the
 server tells it (CALLQOS_PROVIDER_SOCKET), prints the handshake line, and exits when the server
@@ -67,7 +68,24 @@ def parser() -> argparse.ArgumentParser:
     serve.add_argument("--listen", help="unix:///path or HOST:PORT (default: where the launching server says)")
     serve.add_argument("--port-file", type=Path, help="write the bound TCP port here once serving")
     serve.add_argument("--log-level", default="info", help="debug, info, warning or error")
+    serve.add_argument("--tls-cert", type=Path, help="serve TLS with this certificate chain (PEM) ...")
+    serve.add_argument("--tls-key", type=Path, help="... and its private key (PEM)")
+    serve.add_argument("--tls-client-ca", type=Path, help="require client certificates signed by this CA (mutual TLS)")
     return p
+
+
+def server_credentials(cert: Path | None, key: Path | None, client_ca: Path | None) -> grpc.ServerCredentials | None:
+    """TLS for a provider served over TCP beyond loopback (the host requires it there)."""
+    if cert is None and key is None:
+        if client_ca is not None:
+            raise ValueError("--tls-client-ca needs --tls-cert and --tls-key")
+        return None
+    if cert is None or key is None:
+        raise ValueError("--tls-cert and --tls-key go together")
+    roots = client_ca.read_bytes() if client_ca is not None else None
+    return grpc.ssl_server_credentials(
+        [(key.read_bytes(), cert.read_bytes())], root_certificates=roots, require_client_auth=roots is not None
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -86,7 +104,14 @@ def main(argv: list[str] | None = None) -> int:
             print(f"callqos-provider: cannot read {args.settings}: {exc}", file=sys.stderr)
             return 2
     try:
-        asyncio.run(serve(args.plugin, settings, address, port_file=args.port_file, launched=launched))
+        credentials = server_credentials(args.tls_cert, args.tls_key, args.tls_client_ca)
+    except (OSError, ValueError) as exc:
+        print(f"callqos-provider: {exc}", file=sys.stderr)
+        return 2
+    try:
+        asyncio.run(
+            serve(args.plugin, settings, address, port_file=args.port_file, launched=launched, credentials=credentials)
+        )
     except registry.ProviderLoadError as exc:
         print(f"callqos-provider: {exc}", file=sys.stderr)
         return 2
@@ -129,9 +154,15 @@ class KitServer:
                 os.unlink(self.handshake.address)
 
 
-async def start_kit(servicer: ProviderServicer, address: str, telemetry: telemetry_setup.Telemetry) -> KitServer:
-    """Serve the kit's `servicer` on `address` (unix:/path or HOST:PORT): the protocol, and
-    grpc.health.v1 SERVING; each request in the trace of the host's request that caused it."""
+async def start_kit(
+    servicer: ProviderServicer,
+    address: str,
+    telemetry: telemetry_setup.Telemetry,
+    credentials: grpc.ServerCredentials | None = None,
+) -> KitServer:
+    """Serve the kit's `servicer` on `address` (unix:/path or HOST:PORT), with TLS when given
+    `credentials`: the protocol, and grpc.health.v1 SERVING; each request in the trace of the
+    host's request that caused it."""
     instruments = telemetry.instruments()
     # The telemetry interceptor (a server span per request, in the host's trace) when there is
     # something to record; none when telemetry is off (a request costs less, and nothing is lost).
@@ -148,7 +179,11 @@ async def start_kit(servicer: ProviderServicer, address: str, telemetry: telemet
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     try:
-        port = server.add_insecure_port(address)
+        port = (
+            server.add_secure_port(address, credentials)
+            if credentials is not None
+            else server.add_insecure_port(address)
+        )
     except RuntimeError as exc:
         raise OSError(f"cannot listen on {address}: {exc}") from exc
     if port == 0:
@@ -166,6 +201,7 @@ async def serve(
     *,
     port_file: Path | None = None,
     launched: bool = False,
+    credentials: grpc.ServerCredentials | None = None,
 ) -> None:
     """Serve `plugin` on `address` until SIGTERM/SIGINT (or, when `launched`, until the server
     closes stdin)."""
@@ -175,7 +211,7 @@ async def serve(
     telemetry = telemetry_setup.from_environment(env=env)
     telemetry.install_global()  # the provider's own spans join the server's traces
     servicer = ProviderServicer(provider, implementation, f"{implementation} (callqos-provider)")
-    kit = await start_kit(servicer, address, telemetry)
+    kit = await start_kit(servicer, address, telemetry, credentials)
     handshake = kit.handshake
     if port_file is not None and handshake.network == "tcp":
         tmp = port_file.with_suffix(".tmp")
