@@ -71,7 +71,7 @@ generate-python: $(STAMP)
 check-generated: $(STAMP) check-stamp
 	tmp=$$(mktemp -d); trap 'rm -rf $$tmp' EXIT; \
 	$(PY) -m grpc_tools.protoc -Iprotos --python_out=$$tmp --pyi_out=$$tmp --grpc_python_out=$$tmp $(PROTOS); \
-	diff -r $$tmp/callqos/v1 $(PY_GEN_DIR) || { echo "generated Python code drifted from protos/: run 'make generate'"; exit 1; }
+	diff -r $$tmp/callqos/v1 $(PY_GEN_DIR) || { echo "generated Python code drifted from protos/: run 'make generate'"; exit 1; }; \
 	diff -r $$tmp/callqos/provider/v1 $(PY_PROVIDER_GEN_DIR) || { echo "generated Python code drifted from protos/: run 'make generate'"; exit 1; }
 	for copy in $(POLICY_COPIES); do \
 	  diff $(POLICY) $$copy || { echo "$$copy drifted from $(POLICY): run 'make generate'"; exit 1; }; \
