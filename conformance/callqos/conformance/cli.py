@@ -103,9 +103,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.timeout_scale <= 0:
         print("--timeout-scale must be positive", file=sys.stderr)
         return 2
-    if args.provider or args.provider_command or args.provider_endpoint:
+    hosting = "--provider-command" if args.provider_command else "--provider-endpoint" if args.provider_endpoint else ""
+    if args.provider or hosting:
         try:
-            require_server()  # a one-line answer, before any report is written
+            require_server(hosting or "--provider")  # a one-line answer, before any report is written
         except TargetError as exc:
             print(f"callqos-conformance: {exc}", file=sys.stderr)
             return 2

@@ -29,11 +29,11 @@ class TargetError(Exception):
     """The target could not be started or reached."""
 
 
-def require_server() -> None:
+def require_server(flag: str = "--provider") -> None:
     """Raise a TargetError naming the extra to install when the callqos server is missing."""
     if importlib.util.find_spec("callqos.server") is None:
         raise TargetError(
-            f"--provider hosts the provider in the callqos server, which is not installed: pip install '{SERVER_EXTRA}'"
+            f"{flag} hosts the provider in the callqos server, which is not installed: pip install '{SERVER_EXTRA}'"
         )
 
 
