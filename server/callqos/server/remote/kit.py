@@ -17,7 +17,9 @@ adds is kept here, around it:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import time
 import uuid
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable
@@ -28,6 +30,7 @@ import grpc
 from google.protobuf import any_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
+from opentelemetry import propagate, trace
 
 from callqos.provider.v1 import provider_service_pb2 as pb
 from callqos.provider.v1 import provider_service_pb2_grpc as pb_grpc
@@ -41,7 +44,7 @@ from callqos.server.providers.base import (
     Restored,
 )
 from callqos.server.remote import protocol
-from callqos.v1 import flowspec_pb2
+from callqos.v1 import errors_pb2, flowspec_pb2
 
 log = logging.getLogger("callqos.provider.kit")
 T = TypeVar("T")
@@ -116,8 +119,11 @@ class ProviderServicer(pb_grpc.ProviderServiceServicer):
     """`callqos.provider.v1.ProviderService` over one in-process provider. It is also the
     provider's `ProviderHost`: what the provider reports goes into the journal."""
 
-    def __init__(self, provider: Provider, implementation: str, vendor_version: str = "") -> None:
+    def __init__(
+        self, provider: Provider, implementation: str, vendor_version: str = "", decide_stream: bool = True
+    ) -> None:
         self.provider = provider
+        self.decide_stream = decide_stream  # serve Decide (and say so): the host's cheaper way to ask
         self.implementation = implementation
         self.vendor_version = vendor_version or implementation
         self.instance_id = str(uuid.uuid4())
@@ -128,6 +134,8 @@ class ProviderServicer(pb_grpc.ProviderServiceServicer):
         self._answers: OrderedDict[tuple[str, str], pb.AdmitResponse | pb.RenegotiateResponse] = OrderedDict()
         self._deciding: dict[str, Deciding] = {}
         self._restoring = asyncio.Lock()
+        # Set by the kit's server when this process records spans: a span per request on Decide.
+        self.tracer: trace.Tracer | None = None
 
     # -- the provider's host ------------------------------------------------------------------
     async def report_change(self, change: ProviderChange) -> None:
@@ -154,6 +162,7 @@ class ProviderServicer(pb_grpc.ProviderServiceServicer):
             vendor_version=self.vendor_version,
             capabilities=self.capabilities,
             instance_id=self.instance_id,
+            decide_stream=self.decide_stream,
         )
 
     # -- restore ----------------------------------------------------------------------------
@@ -307,6 +316,62 @@ class ProviderServicer(pb_grpc.ProviderServiceServicer):
         if not self.started:
             await _abort(context, grpc.StatusCode.FAILED_PRECONDITION, "not restored yet: the host sends Restore first")
 
+    # -- the Decide stream ---------------------------------------------------------------------
+    async def Decide(
+        self, request_iterator: AsyncIterator[pb.DecideRequest], context: grpc.aio.ServicerContext
+    ) -> None:
+        """Admit, Renegotiate and Release on one stream: each request answered by the method it
+        names, in a task of its own (so a Release can cancel an Admit still being decided), under
+        its own deadline and in its caller's trace; answers written as they are ready."""
+        if not self.decide_stream:
+            await _abort(context, grpc.StatusCode.UNIMPLEMENTED, "this provider does not serve Decide")
+        writing = asyncio.Lock()
+        answering: set[asyncio.Task[None]] = set()
+
+        async def answer(request: pb.DecideRequest) -> None:
+            response = await self._decide_one(request)
+            async with writing:
+                await context.write(response)
+
+        try:
+            async for request in request_iterator:
+                task = asyncio.create_task(answer(request))
+                answering.add(task)
+                task.add_done_callback(answering.discard)
+        finally:
+            for task in list(answering):
+                task.cancel()
+
+    async def _decide_one(self, request: pb.DecideRequest) -> pb.DecideResponse:
+        timeout = request.timeout.ToTimedelta().total_seconds() if request.HasField("timeout") else None
+        on_stream = StreamRequest(timeout)
+        which = request.WhichOneof("request")
+        try:
+            with self._traced(which or "Decide", request.traceparent, request.tracestate):
+                if which == "admit":
+                    return pb.DecideResponse(id=request.id, admit=await self.Admit(request.admit, on_stream))
+                if which == "renegotiate":
+                    return pb.DecideResponse(
+                        id=request.id, renegotiate=await self.Renegotiate(request.renegotiate, on_stream)
+                    )
+                if which == "release":
+                    return pb.DecideResponse(id=request.id, release=await self.Release(request.release, on_stream))
+                return pb.DecideResponse(
+                    id=request.id,
+                    failure=pb.DecideFailure(code=errors_pb2.GRPC_CODE_INVALID_ARGUMENT, message="an empty request"),
+                )
+        except Aborted as failure:
+            return pb.DecideResponse(id=request.id, failure=failure.as_message())
+
+    def _traced(self, method: str, traceparent: str, tracestate: str) -> contextlib.AbstractContextManager[object]:
+        """A server span for one request on the stream, child of the caller's span, when this
+        process records spans (the interceptor makes one per RPC; the stream is one RPC)."""
+        if self.tracer is None or not traceparent:
+            return contextlib.nullcontext()
+        carrier = {"traceparent": traceparent, **({"tracestate": tracestate} if tracestate else {})}
+        name = f"{pb.DESCRIPTOR.services_by_name['ProviderService'].full_name}/{method.capitalize()}"
+        return self.tracer.start_as_current_span(name, context=propagate.extract(carrier), kind=trace.SpanKind.SERVER)
+
     # -- reservations and links ---------------------------------------------------------------
     async def ListReservations(
         self, request: pb.ListReservationsRequest, context: grpc.aio.ServicerContext
@@ -382,6 +447,46 @@ class ProviderServicer(pb_grpc.ProviderServiceServicer):
                 raise
             log.exception("the provider failed")
             await _abort(context, grpc.StatusCode.INTERNAL, f"the provider failed: {type(exc).__name__}: {exc}")
+
+
+class Aborted(grpc.aio.AbortError):  # type: ignore[misc]  # grpc is untyped
+    """A request on the Decide stream failed with this status (what its method would have
+    failed with)."""
+
+    def __init__(self, code: grpc.StatusCode, message: str, problems: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.code, self.message, self.problems = code, message, problems
+
+    def as_message(self) -> pb.DecideFailure:
+        return pb.DecideFailure(
+            code=self.code.value[0], message=self.message, provider_specific_violations=self.problems
+        )
+
+
+class StreamRequest:
+    """What the methods use of a gRPC context, for a request on the Decide stream: its deadline,
+    and aborting it (raises Aborted, which becomes the request's DecideFailure)."""
+
+    def __init__(self, timeout: float | None) -> None:
+        self._deadline = None if timeout is None else time.monotonic() + timeout
+
+    def time_remaining(self) -> float | None:
+        return None if self._deadline is None else max(self._deadline - time.monotonic(), 0.0)
+
+    async def abort(self, code: grpc.StatusCode, details: str = "", trailing_metadata: object = ()) -> NoReturn:
+        raise Aborted(code, details)
+
+    async def abort_with_status(self, status: grpc.Status) -> NoReturn:
+        code, details = status.code, status.details
+        problems: list[str] = []
+        for key, value in status.trailing_metadata or ():
+            if key == "grpc-status-details-bin":
+                rich = status_pb2.Status.FromString(value)
+                for detail in rich.details:
+                    bad = error_details_pb2.BadRequest()
+                    if detail.Unpack(bad):  # only objections to provider_specific are the caller's
+                        problems += [v.description for v in bad.field_violations if v.field == "qos.provider_specific"]
+        raise Aborted(code, details, tuple(problems))
 
 
 async def _abort(context: grpc.aio.ServicerContext, code: grpc.StatusCode, message: str) -> NoReturn:

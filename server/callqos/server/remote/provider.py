@@ -56,6 +56,7 @@ from callqos.server.providers.base import (
     Restored,
 )
 from callqos.server.remote import protocol
+from callqos.server.remote.decisions import DecisionStream, StreamClosed, grpc_code
 from callqos.server.remote.process import PluginProcess, PluginStartError
 from callqos.server.remote.settings import RemoteSettings, is_loopback
 from callqos.v1 import event_pb2, flowspec_pb2, provider_pb2
@@ -114,6 +115,8 @@ class RemoteProvider(Provider):
         self._retry_at = 0.0
         self._supervisor: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[None]] = set()
+        self._decide_stream = False  # the provider serves Decide (GetProviderInfo)
+        self._decisions: DecisionStream | None = None  # open while connected, when it does
 
     @property
     def name(self) -> str:
@@ -123,6 +126,11 @@ class RemoteProvider(Provider):
     def ready(self) -> bool:
         """Connected, restored, and serving decisions."""
         return self._ready
+
+    @property
+    def deciding_on_stream(self) -> bool:
+        """Decisions go on the Decide stream (the provider serves it), not one RPC each."""
+        return self._decisions is not None
 
     def capabilities(self) -> provider_pb2.ProviderCapabilities:
         return self._capabilities
@@ -163,13 +171,21 @@ class RemoteProvider(Provider):
             try:
                 await self._connect()
                 await self._resync()
+                if self._decide_stream:
+                    self._decisions = DecisionStream(self._need_stub())
                 self._set_ready()
                 ready_since = time.monotonic()
                 await self._watch()
             except asyncio.CancelledError:
                 self._set_unready("stopped")
                 raise
-            except (grpc.aio.AioRpcError, ConnectionLost, PluginStartError, protocol.ProtocolViolation) as exc:
+            except (
+                grpc.aio.AioRpcError,
+                ConnectionLost,
+                StreamClosed,
+                PluginStartError,
+                protocol.ProtocolViolation,
+            ) as exc:
                 self._set_unready(_describe(exc))
             except Exception as exc:  # a bug here must not end supervision: log it and reconnect
                 log.exception("remote provider %s: unexpected failure", self.name)
@@ -233,6 +249,7 @@ class RemoteProvider(Provider):
             self.display_name = info.display_name or self.name
             self.description = info.description
             self.vendor_version = info.vendor_version
+        self._decide_stream = info.decide_stream
         if info.instance_id != self._instance_id:
             # A new provider process: it holds nothing yet, and numbers its changes from 1.
             log.info(
@@ -316,6 +333,8 @@ class RemoteProvider(Provider):
         ]
         if self.process is not None:
             watchers.append(asyncio.create_task(self._wait_for_exit(self.process)))
+        if self._decisions is not None:
+            watchers.append(asyncio.create_task(self._decisions.read()))
         self._retry_pending_releases()
         try:
             done, _ = await asyncio.wait(watchers, return_when=asyncio.FIRST_COMPLETED)
@@ -366,6 +385,9 @@ class RemoteProvider(Provider):
         raise ConnectionLost(f"the provider process exited with status {status}")
 
     async def _disconnect(self) -> None:
+        decisions, self._decisions = self._decisions, None
+        if decisions is not None:
+            decisions.close()
         channel, self._channel, self._stub = self._channel, None, None
         if channel is not None:
             await channel.close()
@@ -403,7 +425,10 @@ class RemoteProvider(Provider):
         stub = self._serving("admit")
         await self._flush_release(request.call)
         message = protocol.admit_request(request, str(uuid.uuid4()))
-        answer = await self._rpc("admit", stub.Admit(message, timeout=self._timeout(), metadata=_trace_metadata()))
+        if self._decisions is not None:
+            answer = (await self._ask("admit", pb.DecideRequest(admit=message))).admit
+        else:
+            answer = await self._rpc("admit", stub.Admit(message, timeout=self._timeout(), metadata=_trace_metadata()))
         decision = self._decoded("admit", answer)
         if isinstance(decision, Grant):
             self.held[request.call] = HeldCall(request.destination, request.level, decision.qos)
@@ -412,9 +437,12 @@ class RemoteProvider(Provider):
     async def renegotiate(self, request: AdmissionRequest) -> Decision:
         stub = self._serving("renegotiate")
         message = protocol.renegotiate_request(request, str(uuid.uuid4()))
-        answer = await self._rpc(
-            "renegotiate", stub.Renegotiate(message, timeout=self._timeout(), metadata=_trace_metadata())
-        )
+        if self._decisions is not None:
+            answer = (await self._ask("renegotiate", pb.DecideRequest(renegotiate=message))).renegotiate
+        else:
+            answer = await self._rpc(
+                "renegotiate", stub.Renegotiate(message, timeout=self._timeout(), metadata=_trace_metadata())
+            )
         decision = self._decoded("renegotiate", answer)
         if isinstance(decision, Grant):
             self.held[request.call] = HeldCall(request.destination, request.level, decision.qos)
@@ -430,7 +458,12 @@ class RemoteProvider(Provider):
             return
         message = pb.ReleaseRequest(call=call, request_id=request_id)
         try:
-            await self._rpc("release", self._stub.Release(message, timeout=self._timeout(), metadata=_trace_metadata()))
+            if self._decisions is not None:
+                await self._ask("release", pb.DecideRequest(release=message))
+            else:
+                await self._rpc(
+                    "release", self._stub.Release(message, timeout=self._timeout(), metadata=_trace_metadata())
+                )
         except ServiceError as failure:
             log.warning("provider %s could not release %s now (%s): it will be", self.name, call, failure.message)
             return
@@ -539,21 +572,62 @@ class RemoteProvider(Provider):
 
     def _failed(self, operation: str, error: grpc.aio.AioRpcError) -> ServiceError:
         """The ServiceError for a provider RPC that failed with `error`."""
-        code = error.code()
-        if code == grpc.StatusCode.INVALID_ARGUMENT and operation in PROVIDER_SPECIFIC_FIELD:
-            problems = _provider_specific_problems(error)
-            if problems:
-                field = PROVIDER_SPECIFIC_FIELD[operation]
-                return invalid([FieldViolation(field, problem) for problem in problems])
+        problems = _provider_specific_problems(error) if error.code() == grpc.StatusCode.INVALID_ARGUMENT else []
+        return self._failure(operation, error.code(), error.details() or "", problems, malformed=_malformed(error))
+
+    def _failure(
+        self, operation: str, code: grpc.StatusCode, details: str, problems: Sequence[str], malformed: bool = False
+    ) -> ServiceError:
+        """The ServiceError for a provider request that failed with status `code`: the caller's
+        bad request (the provider refused its provider_specific bytes), the provider's contract
+        violation, or the provider unavailable (with why)."""
+        if code == grpc.StatusCode.INVALID_ARGUMENT and problems and operation in PROVIDER_SPECIFIC_FIELD:
+            field = PROVIDER_SPECIFIC_FIELD[operation]
+            return invalid([FieldViolation(field, problem) for problem in problems])
         if code == grpc.StatusCode.DEADLINE_EXCEEDED:
             cause, detail = "timeout", f"did not answer {operation} in time"
         elif code == grpc.StatusCode.UNAVAILABLE:
-            cause, detail = "unreachable", f"unreachable: {error.details()}"
-        elif code in (grpc.StatusCode.UNIMPLEMENTED, grpc.StatusCode.INVALID_ARGUMENT) or _malformed(error):
-            return self._violation(operation, f"{code.name}: {error.details()}")
+            cause, detail = "unreachable", f"unreachable: {details}"
+        elif code in (grpc.StatusCode.UNIMPLEMENTED, grpc.StatusCode.INVALID_ARGUMENT) or malformed:
+            return self._violation(operation, f"{code.name}: {details}")
         else:
-            cause, detail = "error", f"failed in {operation}: {code.name}: {error.details()}"
+            cause, detail = "error", f"failed in {operation}: {code.name}: {details}"
         return self._unavailable(operation, cause, detail)
+
+    async def _ask(self, operation: str, request: pb.DecideRequest) -> pb.DecideResponse:
+        """One request on the Decide stream, with the deadline and trace context an RPC would
+        carry; its failure as the ServiceError the RPC's would be."""
+        decisions = self._decisions
+        if decisions is None:
+            raise self._unavailable(operation, "unreachable", "not connected")
+        timeout = self._timeout()
+        carrier = dict(_trace_metadata())
+        request.traceparent = carrier.get("traceparent", "")
+        request.tracestate = carrier.get("tracestate", "")
+        request.timeout.FromNanoseconds(round(timeout * 1e9))
+        try:
+            if PROVIDER_DEADLINE.get() is None:  # not under the host's deadline: bound it here
+                answer = await asyncio.wait_for(decisions.ask(request), timeout)
+            else:
+                answer = await decisions.ask(request)
+        except TimeoutError:
+            raise self._failure(operation, grpc.StatusCode.DEADLINE_EXCEEDED, "", ()) from None
+        except StreamClosed:
+            raise self._unavailable(operation, "unreachable", "the connection to the provider was closed") from None
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise
+            raise self._unavailable(operation, "unreachable", "the connection to the provider was closed") from None
+        which = answer.WhichOneof("response")
+        if which == "failure":
+            failure = answer.failure
+            raise self._failure(
+                operation, grpc_code(failure.code), failure.message, list(failure.provider_specific_violations)
+            )
+        if which != request.WhichOneof("request"):
+            raise self._violation(operation, f"an answer of another kind ({which or 'none'}) on the Decide stream")
+        return answer
 
     async def _flush_release(self, call: str) -> None:
         """A release of `call` the provider has not confirmed goes before a new admission of it."""

@@ -175,6 +175,8 @@ async def start_kit(
             ("grpc.so_reuseport", 0),
         ],
     )
+    if instruments.tracing_enabled:  # one span per request on the Decide stream too
+        servicer.tracer = telemetry.tracer_provider.get_tracer("callqos.provider.kit")
     pb_grpc.add_ProviderServiceServicer_to_server(servicer, server)  # type: ignore[no-untyped-call]  # generated
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

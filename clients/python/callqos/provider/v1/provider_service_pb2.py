@@ -23,12 +23,14 @@ _sym_db = _symbol_database.Default()
 
 
 from callqos.v1 import call_pb2 as callqos_dot_v1_dot_call__pb2
+from callqos.v1 import errors_pb2 as callqos_dot_v1_dot_errors__pb2
 from callqos.v1 import event_pb2 as callqos_dot_v1_dot_event__pb2
 from callqos.v1 import flowspec_pb2 as callqos_dot_v1_dot_flowspec__pb2
 from callqos.v1 import provider_pb2 as callqos_dot_v1_dot_provider__pb2
+from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n*callqos/provider/v1/provider_service.proto\x12\x13\x63\x61llqos.provider.v1\x1a\x15\x63\x61llqos/v1/call.proto\x1a\x16\x63\x61llqos/v1/event.proto\x1a\x19\x63\x61llqos/v1/flowspec.proto\x1a\x19\x63\x61llqos/v1/provider.proto\"E\n\x16GetProviderInfoRequest\x12\x10\n\x08provider\x18\x01 \x01(\t\x12\x19\n\x11protocol_versions\x18\x02 \x03(\t\"\xa9\x01\n\x17GetProviderInfoResponse\x12\x14\n\x0c\x64isplay_name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12\x16\n\x0evendor_version\x18\x03 \x01(\t\x12\x36\n\x0c\x63\x61pabilities\x18\x04 \x01(\x0b\x32 .callqos.v1.ProviderCapabilities\x12\x13\n\x0binstance_id\x18\x05 \x01(\t\")\n\x05Grant\x12 \n\x03qos\x18\x01 \x01(\x0b\x32\x13.callqos.v1.QosSpec\"v\n\x07Refusal\x12.\n\x04kind\x18\x01 \x01(\x0e\x32 .callqos.provider.v1.RefusalKind\x12\x0f\n\x07message\x18\x02 \x01(\t\x12*\n\rcounter_offer\x18\x03 \x01(\x0b\x32\x13.callqos.v1.QosSpec\"\xab\x01\n\x0c\x41\x64mitRequest\x12\x0c\n\x04\x63\x61ll\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\x12\x13\n\x0b\x64\x65stination\x18\x03 \x01(\t\x12/\n\rservice_level\x18\x04 \x01(\x0e\x32\x18.callqos.v1.ServiceLevel\x12 \n\x03qos\x18\x05 \x01(\x0b\x32\x13.callqos.v1.QosSpec\x12\x11\n\tprincipal\x18\x06 \x01(\t\"y\n\rAdmitResponse\x12+\n\x05grant\x18\x01 \x01(\x0b\x32\x1a.callqos.provider.v1.GrantH\x00\x12/\n\x07refusal\x18\x02 \x01(\x0b\x32\x1c.callqos.provider.v1.RefusalH\x00\x42\n\n\x08\x64\x65\x63ision\"\xdb\x01\n\x12RenegotiateRequest\x12\x0c\n\x04\x63\x61ll\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\x12\x13\n\x0b\x64\x65stination\x18\x03 \x01(\t\x12/\n\rservice_level\x18\x04 \x01(\x0e\x32\x18.callqos.v1.ServiceLevel\x12 \n\x03qos\x18\x05 \x01(\x0b\x32\x13.callqos.v1.QosSpec\x12\x11\n\tprincipal\x18\x06 \x01(\t\x12(\n\x0b\x63urrent_qos\x18\x07 \x01(\x0b\x32\x13.callqos.v1.QosSpec\"\x7f\n\x13RenegotiateResponse\x12+\n\x05grant\x18\x01 \x01(\x0b\x32\x1a.callqos.provider.v1.GrantH\x00\x12/\n\x07refusal\x18\x02 \x01(\x0b\x32\x1c.callqos.provider.v1.RefusalH\x00\x42\n\n\x08\x64\x65\x63ision\"2\n\x0eReleaseRequest\x12\x0c\n\x04\x63\x61ll\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\"\x11\n\x0fReleaseResponse\"\x80\x01\n\x08HeldCall\x12\x0c\n\x04\x63\x61ll\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65stination\x18\x02 \x01(\t\x12/\n\rservice_level\x18\x03 \x01(\x0e\x32\x18.callqos.v1.ServiceLevel\x12 \n\x03qos\x18\x04 \x01(\x0b\x32\x13.callqos.v1.QosSpec\">\n\x0eRestoreRequest\x12,\n\x05\x63\x61lls\x18\x01 \x03(\x0b\x32\x1d.callqos.provider.v1.HeldCall\"?\n\x0fRestoreResponse\x12,\n\x07\x63hanges\x18\x01 \x03(\x0b\x32\x1b.callqos.provider.v1.Change\"\x19\n\x17ListReservationsRequest\"=\n\x0bReservation\x12\x0c\n\x04\x63\x61ll\x18\x01 \x01(\t\x12 \n\x03qos\x18\x02 \x01(\x0b\x32\x13.callqos.v1.QosSpec\"R\n\x18ListReservationsResponse\x12\x36\n\x0creservations\x18\x01 \x03(\x0b\x32 .callqos.provider.v1.Reservation\"\x12\n\x10ListLinksRequest\"4\n\x11ListLinksResponse\x12\x1f\n\x05links\x18\x01 \x03(\x0b\x32\x10.callqos.v1.Link\"X\n\x11UpdateLinkRequest\x12\x0c\n\x04link\x18\x01 \x01(\t\x12!\n\x19\x63\x61pacity_bytes_per_second\x18\x02 \x01(\x04\x12\x12\n\nrequest_id\x18\x03 \x01(\t\"M\n\x12UpdateLinkResponse\x12\x1e\n\x04link\x18\x01 \x01(\x0b\x32\x10.callqos.v1.Link\x12\x17\n\x0f\x63hange_sequence\x18\x02 \x01(\x04\"\x84\x01\n\x06\x43hange\x12\x10\n\x08sequence\x18\x01 \x01(\x04\x12\x0c\n\x04\x63\x61ll\x18\x02 \x01(\t\x12 \n\x03qos\x18\x03 \x01(\x0b\x32\x13.callqos.v1.QosSpec\x12\x0f\n\x07message\x18\x04 \x01(\t\x12\'\n\x05\x65vent\x18\x05 \x01(\x0e\x32\x18.callqos.v1.QosEventType\"B\n\x13WatchChangesRequest\x12\x13\n\x0binstance_id\x18\x01 \x01(\t\x12\x16\n\x0e\x61\x66ter_sequence\x18\x02 \x01(\x04\"C\n\x14WatchChangesResponse\x12+\n\x06\x63hange\x18\x01 \x01(\x0b\x32\x1b.callqos.provider.v1.Change\":\n\x11\x41\x63kChangesRequest\x12\x13\n\x0binstance_id\x18\x01 \x01(\t\x12\x10\n\x08sequence\x18\x02 \x01(\x04\"\x14\n\x12\x41\x63kChangesResponse*`\n\x0bRefusalKind\x12\x1c\n\x18REFUSAL_KIND_UNSPECIFIED\x10\x00\x12\x1a\n\x16REFUSAL_KIND_ADMISSION\x10\x01\x12\x17\n\x13REFUSAL_KIND_POLICY\x10\x02\x32\xcf\x07\n\x0fProviderService\x12l\n\x0fGetProviderInfo\x12+.callqos.provider.v1.GetProviderInfoRequest\x1a,.callqos.provider.v1.GetProviderInfoResponse\x12N\n\x05\x41\x64mit\x12!.callqos.provider.v1.AdmitRequest\x1a\".callqos.provider.v1.AdmitResponse\x12`\n\x0bRenegotiate\x12\'.callqos.provider.v1.RenegotiateRequest\x1a(.callqos.provider.v1.RenegotiateResponse\x12T\n\x07Release\x12#.callqos.provider.v1.ReleaseRequest\x1a$.callqos.provider.v1.ReleaseResponse\x12T\n\x07Restore\x12#.callqos.provider.v1.RestoreRequest\x1a$.callqos.provider.v1.RestoreResponse\x12o\n\x10ListReservations\x12,.callqos.provider.v1.ListReservationsRequest\x1a-.callqos.provider.v1.ListReservationsResponse\x12Z\n\tListLinks\x12%.callqos.provider.v1.ListLinksRequest\x1a&.callqos.provider.v1.ListLinksResponse\x12]\n\nUpdateLink\x12&.callqos.provider.v1.UpdateLinkRequest\x1a\'.callqos.provider.v1.UpdateLinkResponse\x12\x65\n\x0cWatchChanges\x12(.callqos.provider.v1.WatchChangesRequest\x1a).callqos.provider.v1.WatchChangesResponse0\x01\x12]\n\nAckChanges\x12&.callqos.provider.v1.AckChangesRequest\x1a\'.callqos.provider.v1.AckChangesResponseB{\n\x17\x64\x65v.callqos.provider.v1B\x14ProviderServiceProtoP\x01ZHgithub.com/callqos/callqos/clients/go/gen/callqos/provider/v1;providerv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n*callqos/provider/v1/provider_service.proto\x12\x13\x63\x61llqos.provider.v1\x1a\x15\x63\x61llqos/v1/call.proto\x1a\x17\x63\x61llqos/v1/errors.proto\x1a\x16\x63\x61llqos/v1/event.proto\x1a\x19\x63\x61llqos/v1/flowspec.proto\x1a\x19\x63\x61llqos/v1/provider.proto\x1a\x1egoogle/protobuf/duration.proto\"E\n\x16GetProviderInfoRequest\x12\x10\n\x08provider\x18\x01 \x01(\t\x12\x19\n\x11protocol_versions\x18\x02 \x03(\t\"\xc0\x01\n\x17GetProviderInfoResponse\x12\x14\n\x0c\x64isplay_name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12\x16\n\x0evendor_version\x18\x03 \x01(\t\x12\x36\n\x0c\x63\x61pabilities\x18\x04 \x01(\x0b\x32 .callqos.v1.ProviderCapabilities\x12\x13\n\x0binstance_id\x18\x05 \x01(\t\x12\x15\n\rdecide_stream\x18\x06 \x01(\x08\")\n\x05Grant\x12 \n\x03qos\x18\x01 \x01(\x0b\x32\x13.callqos.v1.QosSpec\"v\n\x07Refusal\x12.\n\x04kind\x18\x01 \x01(\x0e\x32 .callqos.provider.v1.RefusalKind\x12\x0f\n\x07message\x18\x02 \x01(\t\x12*\n\rcounter_offer\x18\x03 \x01(\x0b\x32\x13.callqos.v1.QosSpec\"\xab\x01\n\x0c\x41\x64mitRequest\x12\x0c\n\x04\x63\x61ll\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\x12\x13\n\x0b\x64\x65stination\x18\x03 \x01(\t\x12/\n\rservice_level\x18\x04 \x01(\x0e\x32\x18.callqos.v1.ServiceLevel\x12 \n\x03qos\x18\x05 \x01(\x0b\x32\x13.callqos.v1.QosSpec\x12\x11\n\tprincipal\x18\x06 \x01(\t\"y\n\rAdmitResponse\x12+\n\x05grant\x18\x01 \x01(\x0b\x32\x1a.callqos.provider.v1.GrantH\x00\x12/\n\x07refusal\x18\x02 \x01(\x0b\x32\x1c.callqos.provider.v1.RefusalH\x00\x42\n\n\x08\x64\x65\x63ision\"\xdb\x01\n\x12RenegotiateRequest\x12\x0c\n\x04\x63\x61ll\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\x12\x13\n\x0b\x64\x65stination\x18\x03 \x01(\t\x12/\n\rservice_level\x18\x04 \x01(\x0e\x32\x18.callqos.v1.ServiceLevel\x12 \n\x03qos\x18\x05 \x01(\x0b\x32\x13.callqos.v1.QosSpec\x12\x11\n\tprincipal\x18\x06 \x01(\t\x12(\n\x0b\x63urrent_qos\x18\x07 \x01(\x0b\x32\x13.callqos.v1.QosSpec\"\x7f\n\x13RenegotiateResponse\x12+\n\x05grant\x18\x01 \x01(\x0b\x32\x1a.callqos.provider.v1.GrantH\x00\x12/\n\x07refusal\x18\x02 \x01(\x0b\x32\x1c.callqos.provider.v1.RefusalH\x00\x42\n\n\x08\x64\x65\x63ision\"2\n\x0eReleaseRequest\x12\x0c\n\x04\x63\x61ll\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\"\x11\n\x0fReleaseResponse\"\xa7\x02\n\rDecideRequest\x12\n\n\x02id\x18\x01 \x01(\x04\x12*\n\x07timeout\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x13\n\x0btraceparent\x18\x03 \x01(\t\x12\x12\n\ntracestate\x18\x04 \x01(\t\x12\x32\n\x05\x61\x64mit\x18\x05 \x01(\x0b\x32!.callqos.provider.v1.AdmitRequestH\x00\x12>\n\x0brenegotiate\x18\x06 \x01(\x0b\x32\'.callqos.provider.v1.RenegotiateRequestH\x00\x12\x36\n\x07release\x18\x07 \x01(\x0b\x32#.callqos.provider.v1.ReleaseRequestH\x00\x42\t\n\x07request\"\x8e\x02\n\x0e\x44\x65\x63ideResponse\x12\n\n\x02id\x18\x01 \x01(\x04\x12\x33\n\x05\x61\x64mit\x18\x02 \x01(\x0b\x32\".callqos.provider.v1.AdmitResponseH\x00\x12?\n\x0brenegotiate\x18\x03 \x01(\x0b\x32(.callqos.provider.v1.RenegotiateResponseH\x00\x12\x37\n\x07release\x18\x04 \x01(\x0b\x32$.callqos.provider.v1.ReleaseResponseH\x00\x12\x35\n\x07\x66\x61ilure\x18\x05 \x01(\x0b\x32\".callqos.provider.v1.DecideFailureH\x00\x42\n\n\x08response\"j\n\rDecideFailure\x12\"\n\x04\x63ode\x18\x01 \x01(\x0e\x32\x14.callqos.v1.GrpcCode\x12\x0f\n\x07message\x18\x02 \x01(\t\x12$\n\x1cprovider_specific_violations\x18\x03 \x03(\t\"\x80\x01\n\x08HeldCall\x12\x0c\n\x04\x63\x61ll\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65stination\x18\x02 \x01(\t\x12/\n\rservice_level\x18\x03 \x01(\x0e\x32\x18.callqos.v1.ServiceLevel\x12 \n\x03qos\x18\x04 \x01(\x0b\x32\x13.callqos.v1.QosSpec\">\n\x0eRestoreRequest\x12,\n\x05\x63\x61lls\x18\x01 \x03(\x0b\x32\x1d.callqos.provider.v1.HeldCall\"?\n\x0fRestoreResponse\x12,\n\x07\x63hanges\x18\x01 \x03(\x0b\x32\x1b.callqos.provider.v1.Change\"\x19\n\x17ListReservationsRequest\"=\n\x0bReservation\x12\x0c\n\x04\x63\x61ll\x18\x01 \x01(\t\x12 \n\x03qos\x18\x02 \x01(\x0b\x32\x13.callqos.v1.QosSpec\"R\n\x18ListReservationsResponse\x12\x36\n\x0creservations\x18\x01 \x03(\x0b\x32 .callqos.provider.v1.Reservation\"\x12\n\x10ListLinksRequest\"4\n\x11ListLinksResponse\x12\x1f\n\x05links\x18\x01 \x03(\x0b\x32\x10.callqos.v1.Link\"X\n\x11UpdateLinkRequest\x12\x0c\n\x04link\x18\x01 \x01(\t\x12!\n\x19\x63\x61pacity_bytes_per_second\x18\x02 \x01(\x04\x12\x12\n\nrequest_id\x18\x03 \x01(\t\"M\n\x12UpdateLinkResponse\x12\x1e\n\x04link\x18\x01 \x01(\x0b\x32\x10.callqos.v1.Link\x12\x17\n\x0f\x63hange_sequence\x18\x02 \x01(\x04\"\x84\x01\n\x06\x43hange\x12\x10\n\x08sequence\x18\x01 \x01(\x04\x12\x0c\n\x04\x63\x61ll\x18\x02 \x01(\t\x12 \n\x03qos\x18\x03 \x01(\x0b\x32\x13.callqos.v1.QosSpec\x12\x0f\n\x07message\x18\x04 \x01(\t\x12\'\n\x05\x65vent\x18\x05 \x01(\x0e\x32\x18.callqos.v1.QosEventType\"B\n\x13WatchChangesRequest\x12\x13\n\x0binstance_id\x18\x01 \x01(\t\x12\x16\n\x0e\x61\x66ter_sequence\x18\x02 \x01(\x04\"C\n\x14WatchChangesResponse\x12+\n\x06\x63hange\x18\x01 \x01(\x0b\x32\x1b.callqos.provider.v1.Change\":\n\x11\x41\x63kChangesRequest\x12\x13\n\x0binstance_id\x18\x01 \x01(\t\x12\x10\n\x08sequence\x18\x02 \x01(\x04\"\x14\n\x12\x41\x63kChangesResponse*`\n\x0bRefusalKind\x12\x1c\n\x18REFUSAL_KIND_UNSPECIFIED\x10\x00\x12\x1a\n\x16REFUSAL_KIND_ADMISSION\x10\x01\x12\x17\n\x13REFUSAL_KIND_POLICY\x10\x02\x32\xa6\x08\n\x0fProviderService\x12l\n\x0fGetProviderInfo\x12+.callqos.provider.v1.GetProviderInfoRequest\x1a,.callqos.provider.v1.GetProviderInfoResponse\x12N\n\x05\x41\x64mit\x12!.callqos.provider.v1.AdmitRequest\x1a\".callqos.provider.v1.AdmitResponse\x12`\n\x0bRenegotiate\x12\'.callqos.provider.v1.RenegotiateRequest\x1a(.callqos.provider.v1.RenegotiateResponse\x12T\n\x07Release\x12#.callqos.provider.v1.ReleaseRequest\x1a$.callqos.provider.v1.ReleaseResponse\x12U\n\x06\x44\x65\x63ide\x12\".callqos.provider.v1.DecideRequest\x1a#.callqos.provider.v1.DecideResponse(\x01\x30\x01\x12T\n\x07Restore\x12#.callqos.provider.v1.RestoreRequest\x1a$.callqos.provider.v1.RestoreResponse\x12o\n\x10ListReservations\x12,.callqos.provider.v1.ListReservationsRequest\x1a-.callqos.provider.v1.ListReservationsResponse\x12Z\n\tListLinks\x12%.callqos.provider.v1.ListLinksRequest\x1a&.callqos.provider.v1.ListLinksResponse\x12]\n\nUpdateLink\x12&.callqos.provider.v1.UpdateLinkRequest\x1a\'.callqos.provider.v1.UpdateLinkResponse\x12\x65\n\x0cWatchChanges\x12(.callqos.provider.v1.WatchChangesRequest\x1a).callqos.provider.v1.WatchChangesResponse0\x01\x12]\n\nAckChanges\x12&.callqos.provider.v1.AckChangesRequest\x1a\'.callqos.provider.v1.AckChangesResponseB{\n\x17\x64\x65v.callqos.provider.v1B\x14ProviderServiceProtoP\x01ZHgithub.com/callqos/callqos/clients/go/gen/callqos/provider/v1;providerv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,58 +38,64 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'callqos.provider.v1.provide
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'\n\027dev.callqos.provider.v1B\024ProviderServiceProtoP\001ZHgithub.com/callqos/callqos/clients/go/gen/callqos/provider/v1;providerv1'
-  _globals['_REFUSALKIND']._serialized_start=2324
-  _globals['_REFUSALKIND']._serialized_end=2420
-  _globals['_GETPROVIDERINFOREQUEST']._serialized_start=168
-  _globals['_GETPROVIDERINFOREQUEST']._serialized_end=237
-  _globals['_GETPROVIDERINFORESPONSE']._serialized_start=240
-  _globals['_GETPROVIDERINFORESPONSE']._serialized_end=409
-  _globals['_GRANT']._serialized_start=411
-  _globals['_GRANT']._serialized_end=452
-  _globals['_REFUSAL']._serialized_start=454
-  _globals['_REFUSAL']._serialized_end=572
-  _globals['_ADMITREQUEST']._serialized_start=575
-  _globals['_ADMITREQUEST']._serialized_end=746
-  _globals['_ADMITRESPONSE']._serialized_start=748
-  _globals['_ADMITRESPONSE']._serialized_end=869
-  _globals['_RENEGOTIATEREQUEST']._serialized_start=872
-  _globals['_RENEGOTIATEREQUEST']._serialized_end=1091
-  _globals['_RENEGOTIATERESPONSE']._serialized_start=1093
-  _globals['_RENEGOTIATERESPONSE']._serialized_end=1220
-  _globals['_RELEASEREQUEST']._serialized_start=1222
-  _globals['_RELEASEREQUEST']._serialized_end=1272
-  _globals['_RELEASERESPONSE']._serialized_start=1274
-  _globals['_RELEASERESPONSE']._serialized_end=1291
-  _globals['_HELDCALL']._serialized_start=1294
-  _globals['_HELDCALL']._serialized_end=1422
-  _globals['_RESTOREREQUEST']._serialized_start=1424
-  _globals['_RESTOREREQUEST']._serialized_end=1486
-  _globals['_RESTORERESPONSE']._serialized_start=1488
-  _globals['_RESTORERESPONSE']._serialized_end=1551
-  _globals['_LISTRESERVATIONSREQUEST']._serialized_start=1553
-  _globals['_LISTRESERVATIONSREQUEST']._serialized_end=1578
-  _globals['_RESERVATION']._serialized_start=1580
-  _globals['_RESERVATION']._serialized_end=1641
-  _globals['_LISTRESERVATIONSRESPONSE']._serialized_start=1643
-  _globals['_LISTRESERVATIONSRESPONSE']._serialized_end=1725
-  _globals['_LISTLINKSREQUEST']._serialized_start=1727
-  _globals['_LISTLINKSREQUEST']._serialized_end=1745
-  _globals['_LISTLINKSRESPONSE']._serialized_start=1747
-  _globals['_LISTLINKSRESPONSE']._serialized_end=1799
-  _globals['_UPDATELINKREQUEST']._serialized_start=1801
-  _globals['_UPDATELINKREQUEST']._serialized_end=1889
-  _globals['_UPDATELINKRESPONSE']._serialized_start=1891
-  _globals['_UPDATELINKRESPONSE']._serialized_end=1968
-  _globals['_CHANGE']._serialized_start=1971
-  _globals['_CHANGE']._serialized_end=2103
-  _globals['_WATCHCHANGESREQUEST']._serialized_start=2105
-  _globals['_WATCHCHANGESREQUEST']._serialized_end=2171
-  _globals['_WATCHCHANGESRESPONSE']._serialized_start=2173
-  _globals['_WATCHCHANGESRESPONSE']._serialized_end=2240
-  _globals['_ACKCHANGESREQUEST']._serialized_start=2242
-  _globals['_ACKCHANGESREQUEST']._serialized_end=2300
-  _globals['_ACKCHANGESRESPONSE']._serialized_start=2302
-  _globals['_ACKCHANGESRESPONSE']._serialized_end=2322
-  _globals['_PROVIDERSERVICE']._serialized_start=2423
-  _globals['_PROVIDERSERVICE']._serialized_end=3398
+  _globals['_REFUSALKIND']._serialized_start=3083
+  _globals['_REFUSALKIND']._serialized_end=3179
+  _globals['_GETPROVIDERINFOREQUEST']._serialized_start=225
+  _globals['_GETPROVIDERINFOREQUEST']._serialized_end=294
+  _globals['_GETPROVIDERINFORESPONSE']._serialized_start=297
+  _globals['_GETPROVIDERINFORESPONSE']._serialized_end=489
+  _globals['_GRANT']._serialized_start=491
+  _globals['_GRANT']._serialized_end=532
+  _globals['_REFUSAL']._serialized_start=534
+  _globals['_REFUSAL']._serialized_end=652
+  _globals['_ADMITREQUEST']._serialized_start=655
+  _globals['_ADMITREQUEST']._serialized_end=826
+  _globals['_ADMITRESPONSE']._serialized_start=828
+  _globals['_ADMITRESPONSE']._serialized_end=949
+  _globals['_RENEGOTIATEREQUEST']._serialized_start=952
+  _globals['_RENEGOTIATEREQUEST']._serialized_end=1171
+  _globals['_RENEGOTIATERESPONSE']._serialized_start=1173
+  _globals['_RENEGOTIATERESPONSE']._serialized_end=1300
+  _globals['_RELEASEREQUEST']._serialized_start=1302
+  _globals['_RELEASEREQUEST']._serialized_end=1352
+  _globals['_RELEASERESPONSE']._serialized_start=1354
+  _globals['_RELEASERESPONSE']._serialized_end=1371
+  _globals['_DECIDEREQUEST']._serialized_start=1374
+  _globals['_DECIDEREQUEST']._serialized_end=1669
+  _globals['_DECIDERESPONSE']._serialized_start=1672
+  _globals['_DECIDERESPONSE']._serialized_end=1942
+  _globals['_DECIDEFAILURE']._serialized_start=1944
+  _globals['_DECIDEFAILURE']._serialized_end=2050
+  _globals['_HELDCALL']._serialized_start=2053
+  _globals['_HELDCALL']._serialized_end=2181
+  _globals['_RESTOREREQUEST']._serialized_start=2183
+  _globals['_RESTOREREQUEST']._serialized_end=2245
+  _globals['_RESTORERESPONSE']._serialized_start=2247
+  _globals['_RESTORERESPONSE']._serialized_end=2310
+  _globals['_LISTRESERVATIONSREQUEST']._serialized_start=2312
+  _globals['_LISTRESERVATIONSREQUEST']._serialized_end=2337
+  _globals['_RESERVATION']._serialized_start=2339
+  _globals['_RESERVATION']._serialized_end=2400
+  _globals['_LISTRESERVATIONSRESPONSE']._serialized_start=2402
+  _globals['_LISTRESERVATIONSRESPONSE']._serialized_end=2484
+  _globals['_LISTLINKSREQUEST']._serialized_start=2486
+  _globals['_LISTLINKSREQUEST']._serialized_end=2504
+  _globals['_LISTLINKSRESPONSE']._serialized_start=2506
+  _globals['_LISTLINKSRESPONSE']._serialized_end=2558
+  _globals['_UPDATELINKREQUEST']._serialized_start=2560
+  _globals['_UPDATELINKREQUEST']._serialized_end=2648
+  _globals['_UPDATELINKRESPONSE']._serialized_start=2650
+  _globals['_UPDATELINKRESPONSE']._serialized_end=2727
+  _globals['_CHANGE']._serialized_start=2730
+  _globals['_CHANGE']._serialized_end=2862
+  _globals['_WATCHCHANGESREQUEST']._serialized_start=2864
+  _globals['_WATCHCHANGESREQUEST']._serialized_end=2930
+  _globals['_WATCHCHANGESRESPONSE']._serialized_start=2932
+  _globals['_WATCHCHANGESRESPONSE']._serialized_end=2999
+  _globals['_ACKCHANGESREQUEST']._serialized_start=3001
+  _globals['_ACKCHANGESREQUEST']._serialized_end=3059
+  _globals['_ACKCHANGESRESPONSE']._serialized_start=3061
+  _globals['_ACKCHANGESRESPONSE']._serialized_end=3081
+  _globals['_PROVIDERSERVICE']._serialized_start=3182
+  _globals['_PROVIDERSERVICE']._serialized_end=4244
 # @@protoc_insertion_point(module_scope)

@@ -1,7 +1,11 @@
+import datetime
+
 from callqos.v1 import call_pb2 as _call_pb2
+from callqos.v1 import errors_pb2 as _errors_pb2
 from callqos.v1 import event_pb2 as _event_pb2
 from callqos.v1 import flowspec_pb2 as _flowspec_pb2
 from callqos.v1 import provider_pb2 as _provider_pb2
+from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
@@ -29,18 +33,20 @@ class GetProviderInfoRequest(_message.Message):
     def __init__(self, provider: _Optional[str] = ..., protocol_versions: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class GetProviderInfoResponse(_message.Message):
-    __slots__ = ("display_name", "description", "vendor_version", "capabilities", "instance_id")
+    __slots__ = ("display_name", "description", "vendor_version", "capabilities", "instance_id", "decide_stream")
     DISPLAY_NAME_FIELD_NUMBER: _ClassVar[int]
     DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
     VENDOR_VERSION_FIELD_NUMBER: _ClassVar[int]
     CAPABILITIES_FIELD_NUMBER: _ClassVar[int]
     INSTANCE_ID_FIELD_NUMBER: _ClassVar[int]
+    DECIDE_STREAM_FIELD_NUMBER: _ClassVar[int]
     display_name: str
     description: str
     vendor_version: str
     capabilities: _provider_pb2.ProviderCapabilities
     instance_id: str
-    def __init__(self, display_name: _Optional[str] = ..., description: _Optional[str] = ..., vendor_version: _Optional[str] = ..., capabilities: _Optional[_Union[_provider_pb2.ProviderCapabilities, _Mapping]] = ..., instance_id: _Optional[str] = ...) -> None: ...
+    decide_stream: bool
+    def __init__(self, display_name: _Optional[str] = ..., description: _Optional[str] = ..., vendor_version: _Optional[str] = ..., capabilities: _Optional[_Union[_provider_pb2.ProviderCapabilities, _Mapping]] = ..., instance_id: _Optional[str] = ..., decide_stream: _Optional[bool] = ...) -> None: ...
 
 class Grant(_message.Message):
     __slots__ = ("qos",)
@@ -119,6 +125,48 @@ class ReleaseRequest(_message.Message):
 class ReleaseResponse(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
+
+class DecideRequest(_message.Message):
+    __slots__ = ("id", "timeout", "traceparent", "tracestate", "admit", "renegotiate", "release")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    TIMEOUT_FIELD_NUMBER: _ClassVar[int]
+    TRACEPARENT_FIELD_NUMBER: _ClassVar[int]
+    TRACESTATE_FIELD_NUMBER: _ClassVar[int]
+    ADMIT_FIELD_NUMBER: _ClassVar[int]
+    RENEGOTIATE_FIELD_NUMBER: _ClassVar[int]
+    RELEASE_FIELD_NUMBER: _ClassVar[int]
+    id: int
+    timeout: _duration_pb2.Duration
+    traceparent: str
+    tracestate: str
+    admit: AdmitRequest
+    renegotiate: RenegotiateRequest
+    release: ReleaseRequest
+    def __init__(self, id: _Optional[int] = ..., timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., traceparent: _Optional[str] = ..., tracestate: _Optional[str] = ..., admit: _Optional[_Union[AdmitRequest, _Mapping]] = ..., renegotiate: _Optional[_Union[RenegotiateRequest, _Mapping]] = ..., release: _Optional[_Union[ReleaseRequest, _Mapping]] = ...) -> None: ...
+
+class DecideResponse(_message.Message):
+    __slots__ = ("id", "admit", "renegotiate", "release", "failure")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    ADMIT_FIELD_NUMBER: _ClassVar[int]
+    RENEGOTIATE_FIELD_NUMBER: _ClassVar[int]
+    RELEASE_FIELD_NUMBER: _ClassVar[int]
+    FAILURE_FIELD_NUMBER: _ClassVar[int]
+    id: int
+    admit: AdmitResponse
+    renegotiate: RenegotiateResponse
+    release: ReleaseResponse
+    failure: DecideFailure
+    def __init__(self, id: _Optional[int] = ..., admit: _Optional[_Union[AdmitResponse, _Mapping]] = ..., renegotiate: _Optional[_Union[RenegotiateResponse, _Mapping]] = ..., release: _Optional[_Union[ReleaseResponse, _Mapping]] = ..., failure: _Optional[_Union[DecideFailure, _Mapping]] = ...) -> None: ...
+
+class DecideFailure(_message.Message):
+    __slots__ = ("code", "message", "provider_specific_violations")
+    CODE_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    PROVIDER_SPECIFIC_VIOLATIONS_FIELD_NUMBER: _ClassVar[int]
+    code: _errors_pb2.GrpcCode
+    message: str
+    provider_specific_violations: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, code: _Optional[_Union[_errors_pb2.GrpcCode, str]] = ..., message: _Optional[str] = ..., provider_specific_violations: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class HeldCall(_message.Message):
     __slots__ = ("call", "destination", "service_level", "qos")

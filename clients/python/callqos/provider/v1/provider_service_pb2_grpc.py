@@ -98,6 +98,11 @@ class ProviderServiceStub:
                 request_serializer=callqos_dot_provider_dot_v1_dot_provider__service__pb2.ReleaseRequest.SerializeToString,
                 response_deserializer=callqos_dot_provider_dot_v1_dot_provider__service__pb2.ReleaseResponse.FromString,
                 _registered_method=True)
+        self.Decide = channel.stream_stream(
+                '/callqos.provider.v1.ProviderService/Decide',
+                request_serializer=callqos_dot_provider_dot_v1_dot_provider__service__pb2.DecideRequest.SerializeToString,
+                response_deserializer=callqos_dot_provider_dot_v1_dot_provider__service__pb2.DecideResponse.FromString,
+                _registered_method=True)
         self.Restore = channel.unary_unary(
                 '/callqos.provider.v1.ProviderService/Restore',
                 request_serializer=callqos_dot_provider_dot_v1_dot_provider__service__pb2.RestoreRequest.SerializeToString,
@@ -213,6 +218,18 @@ class ProviderServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Decide(self, request_iterator, context):
+        """Admit, Renegotiate and Release on one stream the host keeps open while connected: the same
+        requests, answers and rules as the three methods above, without the cost of an RPC each.
+        Optional: a provider that serves it says so (GetProviderInfoResponse.decide_stream), and the
+        host uses the three methods otherwise. Each request carries an id its answer repeats, its
+        deadline and the caller's trace context; answers come in any order. The stream ending is
+        the connection ending.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Restore(self, request, context):
         """Make the calls the provider holds exactly the calls the host holds: re-take each listed
         call's reservation (keeping one the provider already holds), and release every reservation
@@ -288,6 +305,11 @@ def add_ProviderServiceServicer_to_server(servicer, server):
                     servicer.Release,
                     request_deserializer=callqos_dot_provider_dot_v1_dot_provider__service__pb2.ReleaseRequest.FromString,
                     response_serializer=callqos_dot_provider_dot_v1_dot_provider__service__pb2.ReleaseResponse.SerializeToString,
+            ),
+            'Decide': grpc.stream_stream_rpc_method_handler(
+                    servicer.Decide,
+                    request_deserializer=callqos_dot_provider_dot_v1_dot_provider__service__pb2.DecideRequest.FromString,
+                    response_serializer=callqos_dot_provider_dot_v1_dot_provider__service__pb2.DecideResponse.SerializeToString,
             ),
             'Restore': grpc.unary_unary_rpc_method_handler(
                     servicer.Restore,
@@ -472,6 +494,33 @@ class ProviderService:
             '/callqos.provider.v1.ProviderService/Release',
             callqos_dot_provider_dot_v1_dot_provider__service__pb2.ReleaseRequest.SerializeToString,
             callqos_dot_provider_dot_v1_dot_provider__service__pb2.ReleaseResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Decide(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/callqos.provider.v1.ProviderService/Decide',
+            callqos_dot_provider_dot_v1_dot_provider__service__pb2.DecideRequest.SerializeToString,
+            callqos_dot_provider_dot_v1_dot_provider__service__pb2.DecideResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -10,6 +10,7 @@ import (
 	v1 "github.com/callqos/callqos/clients/go/gen/callqos/v1"
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
+	durationpb "google.golang.org/protobuf/types/known/durationpb"
 	reflect "reflect"
 	sync "sync"
 	unsafe "unsafe"
@@ -144,7 +145,9 @@ type GetProviderInfoResponse struct {
 	Capabilities *v1.ProviderCapabilities `protobuf:"bytes,4,opt,name=capabilities,proto3" json:"capabilities,omitempty"`
 	// Different for every start of the provider process (a UUID). A new instance holds nothing
 	// and numbers its changes from 1 again, so the host restores it in full.
-	InstanceId    string `protobuf:"bytes,5,opt,name=instance_id,json=instanceId,proto3" json:"instance_id,omitempty"`
+	InstanceId string `protobuf:"bytes,5,opt,name=instance_id,json=instanceId,proto3" json:"instance_id,omitempty"`
+	// The provider serves Decide: the host sends Admit, Renegotiate and Release on it.
+	DecideStream  bool `protobuf:"varint,6,opt,name=decide_stream,json=decideStream,proto3" json:"decide_stream,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -212,6 +215,13 @@ func (x *GetProviderInfoResponse) GetInstanceId() string {
 		return x.InstanceId
 	}
 	return ""
+}
+
+func (x *GetProviderInfoResponse) GetDecideStream() bool {
+	if x != nil {
+		return x.DecideStream
+	}
+	return false
 }
 
 // The QoS the provider put in effect, with the defaults it chose resolved.
@@ -782,6 +792,341 @@ func (*ReleaseResponse) Descriptor() ([]byte, []int) {
 	return file_callqos_provider_v1_provider_service_proto_rawDescGZIP(), []int{9}
 }
 
+// A request on the Decide stream.
+type DecideRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Chosen by the host, unique on the stream; the answer carries it back.
+	Id uint64 `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`
+	// How long the host waits for the answer: the gRPC deadline the request would have had.
+	Timeout *durationpb.Duration `protobuf:"bytes,2,opt,name=timeout,proto3" json:"timeout,omitempty"`
+	// The caller's W3C trace context: what the `traceparent` header would have carried.
+	Traceparent string `protobuf:"bytes,3,opt,name=traceparent,proto3" json:"traceparent,omitempty"`
+	// The caller's W3C `tracestate`, if any.
+	Tracestate string `protobuf:"bytes,4,opt,name=tracestate,proto3" json:"tracestate,omitempty"`
+	// The request.
+	//
+	// Types that are valid to be assigned to Request:
+	//
+	//	*DecideRequest_Admit
+	//	*DecideRequest_Renegotiate
+	//	*DecideRequest_Release
+	Request       isDecideRequest_Request `protobuf_oneof:"request"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DecideRequest) Reset() {
+	*x = DecideRequest{}
+	mi := &file_callqos_provider_v1_provider_service_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DecideRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DecideRequest) ProtoMessage() {}
+
+func (x *DecideRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_callqos_provider_v1_provider_service_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DecideRequest.ProtoReflect.Descriptor instead.
+func (*DecideRequest) Descriptor() ([]byte, []int) {
+	return file_callqos_provider_v1_provider_service_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *DecideRequest) GetId() uint64 {
+	if x != nil {
+		return x.Id
+	}
+	return 0
+}
+
+func (x *DecideRequest) GetTimeout() *durationpb.Duration {
+	if x != nil {
+		return x.Timeout
+	}
+	return nil
+}
+
+func (x *DecideRequest) GetTraceparent() string {
+	if x != nil {
+		return x.Traceparent
+	}
+	return ""
+}
+
+func (x *DecideRequest) GetTracestate() string {
+	if x != nil {
+		return x.Tracestate
+	}
+	return ""
+}
+
+func (x *DecideRequest) GetRequest() isDecideRequest_Request {
+	if x != nil {
+		return x.Request
+	}
+	return nil
+}
+
+func (x *DecideRequest) GetAdmit() *AdmitRequest {
+	if x != nil {
+		if x, ok := x.Request.(*DecideRequest_Admit); ok {
+			return x.Admit
+		}
+	}
+	return nil
+}
+
+func (x *DecideRequest) GetRenegotiate() *RenegotiateRequest {
+	if x != nil {
+		if x, ok := x.Request.(*DecideRequest_Renegotiate); ok {
+			return x.Renegotiate
+		}
+	}
+	return nil
+}
+
+func (x *DecideRequest) GetRelease() *ReleaseRequest {
+	if x != nil {
+		if x, ok := x.Request.(*DecideRequest_Release); ok {
+			return x.Release
+		}
+	}
+	return nil
+}
+
+type isDecideRequest_Request interface {
+	isDecideRequest_Request()
+}
+
+type DecideRequest_Admit struct {
+	// As Admit.
+	Admit *AdmitRequest `protobuf:"bytes,5,opt,name=admit,proto3,oneof"`
+}
+
+type DecideRequest_Renegotiate struct {
+	// As Renegotiate.
+	Renegotiate *RenegotiateRequest `protobuf:"bytes,6,opt,name=renegotiate,proto3,oneof"`
+}
+
+type DecideRequest_Release struct {
+	// As Release.
+	Release *ReleaseRequest `protobuf:"bytes,7,opt,name=release,proto3,oneof"`
+}
+
+func (*DecideRequest_Admit) isDecideRequest_Request() {}
+
+func (*DecideRequest_Renegotiate) isDecideRequest_Request() {}
+
+func (*DecideRequest_Release) isDecideRequest_Request() {}
+
+// An answer on the Decide stream.
+type DecideResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The id of the request this answers.
+	Id uint64 `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`
+	// The answer: the one the method would have returned, or how it would have failed.
+	//
+	// Types that are valid to be assigned to Response:
+	//
+	//	*DecideResponse_Admit
+	//	*DecideResponse_Renegotiate
+	//	*DecideResponse_Release
+	//	*DecideResponse_Failure
+	Response      isDecideResponse_Response `protobuf_oneof:"response"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DecideResponse) Reset() {
+	*x = DecideResponse{}
+	mi := &file_callqos_provider_v1_provider_service_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DecideResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DecideResponse) ProtoMessage() {}
+
+func (x *DecideResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_callqos_provider_v1_provider_service_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DecideResponse.ProtoReflect.Descriptor instead.
+func (*DecideResponse) Descriptor() ([]byte, []int) {
+	return file_callqos_provider_v1_provider_service_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *DecideResponse) GetId() uint64 {
+	if x != nil {
+		return x.Id
+	}
+	return 0
+}
+
+func (x *DecideResponse) GetResponse() isDecideResponse_Response {
+	if x != nil {
+		return x.Response
+	}
+	return nil
+}
+
+func (x *DecideResponse) GetAdmit() *AdmitResponse {
+	if x != nil {
+		if x, ok := x.Response.(*DecideResponse_Admit); ok {
+			return x.Admit
+		}
+	}
+	return nil
+}
+
+func (x *DecideResponse) GetRenegotiate() *RenegotiateResponse {
+	if x != nil {
+		if x, ok := x.Response.(*DecideResponse_Renegotiate); ok {
+			return x.Renegotiate
+		}
+	}
+	return nil
+}
+
+func (x *DecideResponse) GetRelease() *ReleaseResponse {
+	if x != nil {
+		if x, ok := x.Response.(*DecideResponse_Release); ok {
+			return x.Release
+		}
+	}
+	return nil
+}
+
+func (x *DecideResponse) GetFailure() *DecideFailure {
+	if x != nil {
+		if x, ok := x.Response.(*DecideResponse_Failure); ok {
+			return x.Failure
+		}
+	}
+	return nil
+}
+
+type isDecideResponse_Response interface {
+	isDecideResponse_Response()
+}
+
+type DecideResponse_Admit struct {
+	// As Admit's.
+	Admit *AdmitResponse `protobuf:"bytes,2,opt,name=admit,proto3,oneof"`
+}
+
+type DecideResponse_Renegotiate struct {
+	// As Renegotiate's.
+	Renegotiate *RenegotiateResponse `protobuf:"bytes,3,opt,name=renegotiate,proto3,oneof"`
+}
+
+type DecideResponse_Release struct {
+	// As Release's.
+	Release *ReleaseResponse `protobuf:"bytes,4,opt,name=release,proto3,oneof"`
+}
+
+type DecideResponse_Failure struct {
+	// The request failed.
+	Failure *DecideFailure `protobuf:"bytes,5,opt,name=failure,proto3,oneof"`
+}
+
+func (*DecideResponse_Admit) isDecideResponse_Response() {}
+
+func (*DecideResponse_Renegotiate) isDecideResponse_Response() {}
+
+func (*DecideResponse_Release) isDecideResponse_Response() {}
+
+func (*DecideResponse_Failure) isDecideResponse_Response() {}
+
+// How a request on the Decide stream failed: the status its method would have failed with.
+type DecideFailure struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The gRPC status code.
+	Code v1.GrpcCode `protobuf:"varint,1,opt,name=code,proto3,enum=callqos.v1.GrpcCode" json:"code,omitempty"`
+	// For people.
+	Message string `protobuf:"bytes,2,opt,name=message,proto3" json:"message,omitempty"`
+	// With INVALID_ARGUMENT: the provider's objections to `qos.provider_specific`, one each (what
+	// the method sends as google.rpc.BadRequest violations on that field).
+	ProviderSpecificViolations []string `protobuf:"bytes,3,rep,name=provider_specific_violations,json=providerSpecificViolations,proto3" json:"provider_specific_violations,omitempty"`
+	unknownFields              protoimpl.UnknownFields
+	sizeCache                  protoimpl.SizeCache
+}
+
+func (x *DecideFailure) Reset() {
+	*x = DecideFailure{}
+	mi := &file_callqos_provider_v1_provider_service_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DecideFailure) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DecideFailure) ProtoMessage() {}
+
+func (x *DecideFailure) ProtoReflect() protoreflect.Message {
+	mi := &file_callqos_provider_v1_provider_service_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DecideFailure.ProtoReflect.Descriptor instead.
+func (*DecideFailure) Descriptor() ([]byte, []int) {
+	return file_callqos_provider_v1_provider_service_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *DecideFailure) GetCode() v1.GrpcCode {
+	if x != nil {
+		return x.Code
+	}
+	return v1.GrpcCode(0)
+}
+
+func (x *DecideFailure) GetMessage() string {
+	if x != nil {
+		return x.Message
+	}
+	return ""
+}
+
+func (x *DecideFailure) GetProviderSpecificViolations() []string {
+	if x != nil {
+		return x.ProviderSpecificViolations
+	}
+	return nil
+}
+
 // A call the host holds, as Restore lists it.
 type HeldCall struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -799,7 +1144,7 @@ type HeldCall struct {
 
 func (x *HeldCall) Reset() {
 	*x = HeldCall{}
-	mi := &file_callqos_provider_v1_provider_service_proto_msgTypes[10]
+	mi := &file_callqos_provider_v1_provider_service_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -811,7 +1156,7 @@ func (x *HeldCall) String() string {
 func (*HeldCall) ProtoMessage() {}
 
 func (x *HeldCall) ProtoReflect() protoreflect.Message {
-	mi := &file_callqos_provider_v1_provider_service_proto_msgTypes[10]
+	mi := &file_callqos_provider_v1_provider_service_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -824,7 +1169,7 @@ func (x *HeldCall) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HeldCall.ProtoReflect.Descriptor instead.
 func (*HeldCall) Descriptor() ([]byte, []int) {
-	return file_callqos_provider_v1_provider_service_proto_rawDescGZIP(), []int{10}
+	return file_callqos_provider_v1_provider_service_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *HeldCall) GetCall() string {
@@ -867,7 +1212,7 @@ type RestoreRequest struct {
 
 func (x *RestoreRequest) Reset() {
 	*x = RestoreRequest{}
-	mi := &file_callqos_provider_v1_provider_service_proto_msgTypes[11]
+	mi := &file_callqos_provider_v1_provider_service_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -879,7 +1224,7 @@ func (x *RestoreRequest) String() string {
 func (*RestoreRequest) ProtoMessage() {}
 
 func (x *RestoreRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_callqos_provider_v1_provider_service_proto_msgTypes[11]
+	mi := &file_callqos_provider_v1_provider_service_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -892,7 +1237,7 @@ func (x *RestoreRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RestoreRequest.ProtoReflect.Descriptor instead.
 func (*RestoreRequest) Descriptor() ([]byte, []int) {
-	return file_callqos_provider_v1_provider_service_proto_rawDescGZIP(), []int{11}
+	return file_callqos_provider_v1_provider_service_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *RestoreRequest) GetCalls() []*HeldCall {
@@ -914,7 +1259,7 @@ type RestoreResponse struct {
 
 func (x *RestoreResponse) Reset() {
 	*x = RestoreResponse{}
-	mi := &file_callqos_provider_v1_provider_service_proto_msgTypes[12]
+	mi := &file_callqos_provider_v1_provider_service_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -926,7 +1271,7 @@ func (x *RestoreResponse) String() string {
 func (*RestoreResponse) ProtoMessage() {}
 
 func (x *RestoreResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_callqos_provider_v1_provider_service_proto_msgTypes[12]
+	mi := &file_callqos_provider_v1_provider_service_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -939,7 +1284,7 @@ func (x *RestoreResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RestoreResponse.ProtoReflect.Descriptor instead.
 func (*RestoreResponse) Descriptor() ([]byte, []int) {
-	return file_callqos_provider_v1_provider_service_proto_rawDescGZIP(), []int{12}
+	return file_callqos_provider_v1_provider_service_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *RestoreResponse) GetChanges() []*Change {
@@ -958,7 +1303,7 @@ type ListReservationsRequest struct {
 
 func (x *ListReservationsRequest) Reset() {
 	*x = ListReservationsRequest{}
-	mi := &file_callqos_provider_v1_provider_service_proto_msgTypes[13]
+	mi := &file_callqos_provider_v1_provider_service_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -970,7 +1315,7 @@ func (x *ListReservationsRequest) String() string {
 func (*ListReservationsRequest) ProtoMessage() {}
 
 func (x *ListReservationsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_callqos_provider_v1_provider_service_proto_msgTypes[13]
+	mi := &file_callqos_provider_v1_provider_service_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -983,7 +1328,7 @@ func (x *ListReservationsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListReservationsRequest.ProtoReflect.Descriptor instead.
 func (*ListReservationsRequest) Descriptor() ([]byte, []int) {
-	return file_callqos_provider_v1_provider_service_proto_rawDescGZIP(), []int{13}
+	return file_callqos_provider_v1_provider_service_proto_rawDescGZIP(), []int{16}
 }
 
 // One reservation the provider holds.
@@ -999,7 +1344,7 @@ type Reservation struct {
 
 func (x *Reservation) Reset() {
 	*x = Reservation{}
-	mi := &file_callqos_provider_v1_provider_service_proto_msgTypes[14]
+	mi := &file_callqos_provider_v1_provider_service_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1011,7 +1356,7 @@ func (x *Reservation) String() string {
 func (*Reservation) ProtoMessage() {}
 
 func (x *Reservation) ProtoReflect() protoreflect.Message {
-	mi := &file_callqos_provider_v1_provider_service_proto_msgTypes[14]
+	mi := &file_callqos_provider_v1_provider_service_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1024,7 +1369,7 @@ func (x *Reservation) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Reservation.ProtoReflect.Descriptor instead.
 func (*Reservation) Descriptor() ([]byte, []int) {
-	return file_callqos_provider_v1_provider_service_proto_rawDescGZIP(), []int{14}
+	return file_callqos_provider_v1_provider_service_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *Reservation) GetCall() string {
@@ -1053,7 +1398,7 @@ type ListReservationsResponse struct {
 
 func (x *ListReservationsResponse) Reset() {
 	*x = ListReservationsResponse{}
-	mi := &file_callqos_provider_v1_provider_service_proto_msgTypes[15]
+	mi := &file_callqos_provider_v1_provider_service_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1065,7 +1410,7 @@ func (x *ListReservationsResponse) String() string {
 func (*ListReservationsResponse) ProtoMessage() {}
 
 func (x *ListReservationsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_callqos_provider_v1_provider_service_proto_msgTypes[15]
+	mi := &file_callqos_provider_v1_provider_service_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1078,7 +1423,7 @@ func (x *ListReservationsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListReservationsResponse.ProtoReflect.Descriptor instead.
 func (*ListReservationsResponse) Descriptor() ([]byte, []int) {
-	return file_callqos_provider_v1_provider_service_proto_rawDescGZIP(), []int{15}
+	return file_callqos_provider_v1_provider_service_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *ListReservationsResponse) GetReservations() []*Reservation {
@@ -1097,7 +1442,7 @@ type ListLinksRequest struct {
 
 func (x *ListLinksRequest) Reset() {
 	*x = ListLinksRequest{}
-	mi := &file_callqos_provider_v1_provider_service_proto_msgTypes[16]
+	mi := &file_callqos_provider_v1_provider_service_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1109,7 +1454,7 @@ func (x *ListLinksRequest) String() string {
 func (*ListLinksRequest) ProtoMessage() {}
 
 func (x *ListLinksRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_callqos_provider_v1_provider_service_proto_msgTypes[16]
+	mi := &file_callqos_provider_v1_provider_service_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1122,7 +1467,7 @@ func (x *ListLinksRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListLinksRequest.ProtoReflect.Descriptor instead.
 func (*ListLinksRequest) Descriptor() ([]byte, []int) {
-	return file_callqos_provider_v1_provider_service_proto_rawDescGZIP(), []int{16}
+	return file_callqos_provider_v1_provider_service_proto_rawDescGZIP(), []int{19}
 }
 
 // Response for ListLinks.
@@ -1137,7 +1482,7 @@ type ListLinksResponse struct {
 
 func (x *ListLinksResponse) Reset() {
 	*x = ListLinksResponse{}
-	mi := &file_callqos_provider_v1_provider_service_proto_msgTypes[17]
+	mi := &file_callqos_provider_v1_provider_service_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1149,7 +1494,7 @@ func (x *ListLinksResponse) String() string {
 func (*ListLinksResponse) ProtoMessage() {}
 
 func (x *ListLinksResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_callqos_provider_v1_provider_service_proto_msgTypes[17]
+	mi := &file_callqos_provider_v1_provider_service_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1162,7 +1507,7 @@ func (x *ListLinksResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListLinksResponse.ProtoReflect.Descriptor instead.
 func (*ListLinksResponse) Descriptor() ([]byte, []int) {
-	return file_callqos_provider_v1_provider_service_proto_rawDescGZIP(), []int{17}
+	return file_callqos_provider_v1_provider_service_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *ListLinksResponse) GetLinks() []*v1.Link {
@@ -1188,7 +1533,7 @@ type UpdateLinkRequest struct {
 
 func (x *UpdateLinkRequest) Reset() {
 	*x = UpdateLinkRequest{}
-	mi := &file_callqos_provider_v1_provider_service_proto_msgTypes[18]
+	mi := &file_callqos_provider_v1_provider_service_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1200,7 +1545,7 @@ func (x *UpdateLinkRequest) String() string {
 func (*UpdateLinkRequest) ProtoMessage() {}
 
 func (x *UpdateLinkRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_callqos_provider_v1_provider_service_proto_msgTypes[18]
+	mi := &file_callqos_provider_v1_provider_service_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1213,7 +1558,7 @@ func (x *UpdateLinkRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateLinkRequest.ProtoReflect.Descriptor instead.
 func (*UpdateLinkRequest) Descriptor() ([]byte, []int) {
-	return file_callqos_provider_v1_provider_service_proto_rawDescGZIP(), []int{18}
+	return file_callqos_provider_v1_provider_service_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *UpdateLinkRequest) GetLink() string {
@@ -1252,7 +1597,7 @@ type UpdateLinkResponse struct {
 
 func (x *UpdateLinkResponse) Reset() {
 	*x = UpdateLinkResponse{}
-	mi := &file_callqos_provider_v1_provider_service_proto_msgTypes[19]
+	mi := &file_callqos_provider_v1_provider_service_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1264,7 +1609,7 @@ func (x *UpdateLinkResponse) String() string {
 func (*UpdateLinkResponse) ProtoMessage() {}
 
 func (x *UpdateLinkResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_callqos_provider_v1_provider_service_proto_msgTypes[19]
+	mi := &file_callqos_provider_v1_provider_service_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1277,7 +1622,7 @@ func (x *UpdateLinkResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateLinkResponse.ProtoReflect.Descriptor instead.
 func (*UpdateLinkResponse) Descriptor() ([]byte, []int) {
-	return file_callqos_provider_v1_provider_service_proto_rawDescGZIP(), []int{19}
+	return file_callqos_provider_v1_provider_service_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *UpdateLinkResponse) GetLink() *v1.Link {
@@ -1316,7 +1661,7 @@ type Change struct {
 
 func (x *Change) Reset() {
 	*x = Change{}
-	mi := &file_callqos_provider_v1_provider_service_proto_msgTypes[20]
+	mi := &file_callqos_provider_v1_provider_service_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1328,7 +1673,7 @@ func (x *Change) String() string {
 func (*Change) ProtoMessage() {}
 
 func (x *Change) ProtoReflect() protoreflect.Message {
-	mi := &file_callqos_provider_v1_provider_service_proto_msgTypes[20]
+	mi := &file_callqos_provider_v1_provider_service_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1341,7 +1686,7 @@ func (x *Change) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Change.ProtoReflect.Descriptor instead.
 func (*Change) Descriptor() ([]byte, []int) {
-	return file_callqos_provider_v1_provider_service_proto_rawDescGZIP(), []int{20}
+	return file_callqos_provider_v1_provider_service_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *Change) GetSequence() uint64 {
@@ -1393,7 +1738,7 @@ type WatchChangesRequest struct {
 
 func (x *WatchChangesRequest) Reset() {
 	*x = WatchChangesRequest{}
-	mi := &file_callqos_provider_v1_provider_service_proto_msgTypes[21]
+	mi := &file_callqos_provider_v1_provider_service_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1405,7 +1750,7 @@ func (x *WatchChangesRequest) String() string {
 func (*WatchChangesRequest) ProtoMessage() {}
 
 func (x *WatchChangesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_callqos_provider_v1_provider_service_proto_msgTypes[21]
+	mi := &file_callqos_provider_v1_provider_service_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1418,7 +1763,7 @@ func (x *WatchChangesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchChangesRequest.ProtoReflect.Descriptor instead.
 func (*WatchChangesRequest) Descriptor() ([]byte, []int) {
-	return file_callqos_provider_v1_provider_service_proto_rawDescGZIP(), []int{21}
+	return file_callqos_provider_v1_provider_service_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *WatchChangesRequest) GetInstanceId() string {
@@ -1446,7 +1791,7 @@ type WatchChangesResponse struct {
 
 func (x *WatchChangesResponse) Reset() {
 	*x = WatchChangesResponse{}
-	mi := &file_callqos_provider_v1_provider_service_proto_msgTypes[22]
+	mi := &file_callqos_provider_v1_provider_service_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1458,7 +1803,7 @@ func (x *WatchChangesResponse) String() string {
 func (*WatchChangesResponse) ProtoMessage() {}
 
 func (x *WatchChangesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_callqos_provider_v1_provider_service_proto_msgTypes[22]
+	mi := &file_callqos_provider_v1_provider_service_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1471,7 +1816,7 @@ func (x *WatchChangesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchChangesResponse.ProtoReflect.Descriptor instead.
 func (*WatchChangesResponse) Descriptor() ([]byte, []int) {
-	return file_callqos_provider_v1_provider_service_proto_rawDescGZIP(), []int{22}
+	return file_callqos_provider_v1_provider_service_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *WatchChangesResponse) GetChange() *Change {
@@ -1495,7 +1840,7 @@ type AckChangesRequest struct {
 
 func (x *AckChangesRequest) Reset() {
 	*x = AckChangesRequest{}
-	mi := &file_callqos_provider_v1_provider_service_proto_msgTypes[23]
+	mi := &file_callqos_provider_v1_provider_service_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1507,7 +1852,7 @@ func (x *AckChangesRequest) String() string {
 func (*AckChangesRequest) ProtoMessage() {}
 
 func (x *AckChangesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_callqos_provider_v1_provider_service_proto_msgTypes[23]
+	mi := &file_callqos_provider_v1_provider_service_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1520,7 +1865,7 @@ func (x *AckChangesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AckChangesRequest.ProtoReflect.Descriptor instead.
 func (*AckChangesRequest) Descriptor() ([]byte, []int) {
-	return file_callqos_provider_v1_provider_service_proto_rawDescGZIP(), []int{23}
+	return file_callqos_provider_v1_provider_service_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *AckChangesRequest) GetInstanceId() string {
@@ -1546,7 +1891,7 @@ type AckChangesResponse struct {
 
 func (x *AckChangesResponse) Reset() {
 	*x = AckChangesResponse{}
-	mi := &file_callqos_provider_v1_provider_service_proto_msgTypes[24]
+	mi := &file_callqos_provider_v1_provider_service_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1558,7 +1903,7 @@ func (x *AckChangesResponse) String() string {
 func (*AckChangesResponse) ProtoMessage() {}
 
 func (x *AckChangesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_callqos_provider_v1_provider_service_proto_msgTypes[24]
+	mi := &file_callqos_provider_v1_provider_service_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1571,24 +1916,25 @@ func (x *AckChangesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AckChangesResponse.ProtoReflect.Descriptor instead.
 func (*AckChangesResponse) Descriptor() ([]byte, []int) {
-	return file_callqos_provider_v1_provider_service_proto_rawDescGZIP(), []int{24}
+	return file_callqos_provider_v1_provider_service_proto_rawDescGZIP(), []int{27}
 }
 
 var File_callqos_provider_v1_provider_service_proto protoreflect.FileDescriptor
 
 const file_callqos_provider_v1_provider_service_proto_rawDesc = "" +
 	"\n" +
-	"*callqos/provider/v1/provider_service.proto\x12\x13callqos.provider.v1\x1a\x15callqos/v1/call.proto\x1a\x16callqos/v1/event.proto\x1a\x19callqos/v1/flowspec.proto\x1a\x19callqos/v1/provider.proto\"a\n" +
+	"*callqos/provider/v1/provider_service.proto\x12\x13callqos.provider.v1\x1a\x15callqos/v1/call.proto\x1a\x17callqos/v1/errors.proto\x1a\x16callqos/v1/event.proto\x1a\x19callqos/v1/flowspec.proto\x1a\x19callqos/v1/provider.proto\x1a\x1egoogle/protobuf/duration.proto\"a\n" +
 	"\x16GetProviderInfoRequest\x12\x1a\n" +
 	"\bprovider\x18\x01 \x01(\tR\bprovider\x12+\n" +
-	"\x11protocol_versions\x18\x02 \x03(\tR\x10protocolVersions\"\xec\x01\n" +
+	"\x11protocol_versions\x18\x02 \x03(\tR\x10protocolVersions\"\x91\x02\n" +
 	"\x17GetProviderInfoResponse\x12!\n" +
 	"\fdisplay_name\x18\x01 \x01(\tR\vdisplayName\x12 \n" +
 	"\vdescription\x18\x02 \x01(\tR\vdescription\x12%\n" +
 	"\x0evendor_version\x18\x03 \x01(\tR\rvendorVersion\x12D\n" +
 	"\fcapabilities\x18\x04 \x01(\v2 .callqos.v1.ProviderCapabilitiesR\fcapabilities\x12\x1f\n" +
 	"\vinstance_id\x18\x05 \x01(\tR\n" +
-	"instanceId\".\n" +
+	"instanceId\x12#\n" +
+	"\rdecide_stream\x18\x06 \x01(\bR\fdecideStream\".\n" +
 	"\x05Grant\x12%\n" +
 	"\x03qos\x18\x01 \x01(\v2\x13.callqos.v1.QosSpecR\x03qos\"\x93\x01\n" +
 	"\aRefusal\x124\n" +
@@ -1627,7 +1973,30 @@ const file_callqos_provider_v1_provider_service_proto_rawDesc = "" +
 	"\x04call\x18\x01 \x01(\tR\x04call\x12\x1d\n" +
 	"\n" +
 	"request_id\x18\x02 \x01(\tR\trequestId\"\x11\n" +
-	"\x0fReleaseResponse\"\xa6\x01\n" +
+	"\x0fReleaseResponse\"\xea\x02\n" +
+	"\rDecideRequest\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\x04R\x02id\x123\n" +
+	"\atimeout\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\atimeout\x12 \n" +
+	"\vtraceparent\x18\x03 \x01(\tR\vtraceparent\x12\x1e\n" +
+	"\n" +
+	"tracestate\x18\x04 \x01(\tR\n" +
+	"tracestate\x129\n" +
+	"\x05admit\x18\x05 \x01(\v2!.callqos.provider.v1.AdmitRequestH\x00R\x05admit\x12K\n" +
+	"\vrenegotiate\x18\x06 \x01(\v2'.callqos.provider.v1.RenegotiateRequestH\x00R\vrenegotiate\x12?\n" +
+	"\arelease\x18\a \x01(\v2#.callqos.provider.v1.ReleaseRequestH\x00R\areleaseB\t\n" +
+	"\arequest\"\xb8\x02\n" +
+	"\x0eDecideResponse\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\x04R\x02id\x12:\n" +
+	"\x05admit\x18\x02 \x01(\v2\".callqos.provider.v1.AdmitResponseH\x00R\x05admit\x12L\n" +
+	"\vrenegotiate\x18\x03 \x01(\v2(.callqos.provider.v1.RenegotiateResponseH\x00R\vrenegotiate\x12@\n" +
+	"\arelease\x18\x04 \x01(\v2$.callqos.provider.v1.ReleaseResponseH\x00R\arelease\x12>\n" +
+	"\afailure\x18\x05 \x01(\v2\".callqos.provider.v1.DecideFailureH\x00R\afailureB\n" +
+	"\n" +
+	"\bresponse\"\x95\x01\n" +
+	"\rDecideFailure\x12(\n" +
+	"\x04code\x18\x01 \x01(\x0e2\x14.callqos.v1.GrpcCodeR\x04code\x12\x18\n" +
+	"\amessage\x18\x02 \x01(\tR\amessage\x12@\n" +
+	"\x1cprovider_specific_violations\x18\x03 \x03(\tR\x1aproviderSpecificViolations\"\xa6\x01\n" +
 	"\bHeldCall\x12\x12\n" +
 	"\x04call\x18\x01 \x01(\tR\x04call\x12 \n" +
 	"\vdestination\x18\x02 \x01(\tR\vdestination\x12=\n" +
@@ -1674,12 +2043,13 @@ const file_callqos_provider_v1_provider_service_proto_rawDesc = "" +
 	"\vRefusalKind\x12\x1c\n" +
 	"\x18REFUSAL_KIND_UNSPECIFIED\x10\x00\x12\x1a\n" +
 	"\x16REFUSAL_KIND_ADMISSION\x10\x01\x12\x17\n" +
-	"\x13REFUSAL_KIND_POLICY\x10\x022\xcf\a\n" +
+	"\x13REFUSAL_KIND_POLICY\x10\x022\xa6\b\n" +
 	"\x0fProviderService\x12l\n" +
 	"\x0fGetProviderInfo\x12+.callqos.provider.v1.GetProviderInfoRequest\x1a,.callqos.provider.v1.GetProviderInfoResponse\x12N\n" +
 	"\x05Admit\x12!.callqos.provider.v1.AdmitRequest\x1a\".callqos.provider.v1.AdmitResponse\x12`\n" +
 	"\vRenegotiate\x12'.callqos.provider.v1.RenegotiateRequest\x1a(.callqos.provider.v1.RenegotiateResponse\x12T\n" +
-	"\aRelease\x12#.callqos.provider.v1.ReleaseRequest\x1a$.callqos.provider.v1.ReleaseResponse\x12T\n" +
+	"\aRelease\x12#.callqos.provider.v1.ReleaseRequest\x1a$.callqos.provider.v1.ReleaseResponse\x12U\n" +
+	"\x06Decide\x12\".callqos.provider.v1.DecideRequest\x1a#.callqos.provider.v1.DecideResponse(\x010\x01\x12T\n" +
 	"\aRestore\x12#.callqos.provider.v1.RestoreRequest\x1a$.callqos.provider.v1.RestoreResponse\x12o\n" +
 	"\x10ListReservations\x12,.callqos.provider.v1.ListReservationsRequest\x1a-.callqos.provider.v1.ListReservationsResponse\x12Z\n" +
 	"\tListLinks\x12%.callqos.provider.v1.ListLinksRequest\x1a&.callqos.provider.v1.ListLinksResponse\x12]\n" +
@@ -1703,7 +2073,7 @@ func file_callqos_provider_v1_provider_service_proto_rawDescGZIP() []byte {
 }
 
 var file_callqos_provider_v1_provider_service_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_callqos_provider_v1_provider_service_proto_msgTypes = make([]protoimpl.MessageInfo, 25)
+var file_callqos_provider_v1_provider_service_proto_msgTypes = make([]protoimpl.MessageInfo, 28)
 var file_callqos_provider_v1_provider_service_proto_goTypes = []any{
 	(RefusalKind)(0),                 // 0: callqos.provider.v1.RefusalKind
 	(*GetProviderInfoRequest)(nil),   // 1: callqos.provider.v1.GetProviderInfoRequest
@@ -1716,77 +2086,93 @@ var file_callqos_provider_v1_provider_service_proto_goTypes = []any{
 	(*RenegotiateResponse)(nil),      // 8: callqos.provider.v1.RenegotiateResponse
 	(*ReleaseRequest)(nil),           // 9: callqos.provider.v1.ReleaseRequest
 	(*ReleaseResponse)(nil),          // 10: callqos.provider.v1.ReleaseResponse
-	(*HeldCall)(nil),                 // 11: callqos.provider.v1.HeldCall
-	(*RestoreRequest)(nil),           // 12: callqos.provider.v1.RestoreRequest
-	(*RestoreResponse)(nil),          // 13: callqos.provider.v1.RestoreResponse
-	(*ListReservationsRequest)(nil),  // 14: callqos.provider.v1.ListReservationsRequest
-	(*Reservation)(nil),              // 15: callqos.provider.v1.Reservation
-	(*ListReservationsResponse)(nil), // 16: callqos.provider.v1.ListReservationsResponse
-	(*ListLinksRequest)(nil),         // 17: callqos.provider.v1.ListLinksRequest
-	(*ListLinksResponse)(nil),        // 18: callqos.provider.v1.ListLinksResponse
-	(*UpdateLinkRequest)(nil),        // 19: callqos.provider.v1.UpdateLinkRequest
-	(*UpdateLinkResponse)(nil),       // 20: callqos.provider.v1.UpdateLinkResponse
-	(*Change)(nil),                   // 21: callqos.provider.v1.Change
-	(*WatchChangesRequest)(nil),      // 22: callqos.provider.v1.WatchChangesRequest
-	(*WatchChangesResponse)(nil),     // 23: callqos.provider.v1.WatchChangesResponse
-	(*AckChangesRequest)(nil),        // 24: callqos.provider.v1.AckChangesRequest
-	(*AckChangesResponse)(nil),       // 25: callqos.provider.v1.AckChangesResponse
-	(*v1.ProviderCapabilities)(nil),  // 26: callqos.v1.ProviderCapabilities
-	(*v1.QosSpec)(nil),               // 27: callqos.v1.QosSpec
-	(v1.ServiceLevel)(0),             // 28: callqos.v1.ServiceLevel
-	(*v1.Link)(nil),                  // 29: callqos.v1.Link
-	(v1.QosEventType)(0),             // 30: callqos.v1.QosEventType
+	(*DecideRequest)(nil),            // 11: callqos.provider.v1.DecideRequest
+	(*DecideResponse)(nil),           // 12: callqos.provider.v1.DecideResponse
+	(*DecideFailure)(nil),            // 13: callqos.provider.v1.DecideFailure
+	(*HeldCall)(nil),                 // 14: callqos.provider.v1.HeldCall
+	(*RestoreRequest)(nil),           // 15: callqos.provider.v1.RestoreRequest
+	(*RestoreResponse)(nil),          // 16: callqos.provider.v1.RestoreResponse
+	(*ListReservationsRequest)(nil),  // 17: callqos.provider.v1.ListReservationsRequest
+	(*Reservation)(nil),              // 18: callqos.provider.v1.Reservation
+	(*ListReservationsResponse)(nil), // 19: callqos.provider.v1.ListReservationsResponse
+	(*ListLinksRequest)(nil),         // 20: callqos.provider.v1.ListLinksRequest
+	(*ListLinksResponse)(nil),        // 21: callqos.provider.v1.ListLinksResponse
+	(*UpdateLinkRequest)(nil),        // 22: callqos.provider.v1.UpdateLinkRequest
+	(*UpdateLinkResponse)(nil),       // 23: callqos.provider.v1.UpdateLinkResponse
+	(*Change)(nil),                   // 24: callqos.provider.v1.Change
+	(*WatchChangesRequest)(nil),      // 25: callqos.provider.v1.WatchChangesRequest
+	(*WatchChangesResponse)(nil),     // 26: callqos.provider.v1.WatchChangesResponse
+	(*AckChangesRequest)(nil),        // 27: callqos.provider.v1.AckChangesRequest
+	(*AckChangesResponse)(nil),       // 28: callqos.provider.v1.AckChangesResponse
+	(*v1.ProviderCapabilities)(nil),  // 29: callqos.v1.ProviderCapabilities
+	(*v1.QosSpec)(nil),               // 30: callqos.v1.QosSpec
+	(v1.ServiceLevel)(0),             // 31: callqos.v1.ServiceLevel
+	(*durationpb.Duration)(nil),      // 32: google.protobuf.Duration
+	(v1.GrpcCode)(0),                 // 33: callqos.v1.GrpcCode
+	(*v1.Link)(nil),                  // 34: callqos.v1.Link
+	(v1.QosEventType)(0),             // 35: callqos.v1.QosEventType
 }
 var file_callqos_provider_v1_provider_service_proto_depIdxs = []int32{
-	26, // 0: callqos.provider.v1.GetProviderInfoResponse.capabilities:type_name -> callqos.v1.ProviderCapabilities
-	27, // 1: callqos.provider.v1.Grant.qos:type_name -> callqos.v1.QosSpec
+	29, // 0: callqos.provider.v1.GetProviderInfoResponse.capabilities:type_name -> callqos.v1.ProviderCapabilities
+	30, // 1: callqos.provider.v1.Grant.qos:type_name -> callqos.v1.QosSpec
 	0,  // 2: callqos.provider.v1.Refusal.kind:type_name -> callqos.provider.v1.RefusalKind
-	27, // 3: callqos.provider.v1.Refusal.counter_offer:type_name -> callqos.v1.QosSpec
-	28, // 4: callqos.provider.v1.AdmitRequest.service_level:type_name -> callqos.v1.ServiceLevel
-	27, // 5: callqos.provider.v1.AdmitRequest.qos:type_name -> callqos.v1.QosSpec
+	30, // 3: callqos.provider.v1.Refusal.counter_offer:type_name -> callqos.v1.QosSpec
+	31, // 4: callqos.provider.v1.AdmitRequest.service_level:type_name -> callqos.v1.ServiceLevel
+	30, // 5: callqos.provider.v1.AdmitRequest.qos:type_name -> callqos.v1.QosSpec
 	3,  // 6: callqos.provider.v1.AdmitResponse.grant:type_name -> callqos.provider.v1.Grant
 	4,  // 7: callqos.provider.v1.AdmitResponse.refusal:type_name -> callqos.provider.v1.Refusal
-	28, // 8: callqos.provider.v1.RenegotiateRequest.service_level:type_name -> callqos.v1.ServiceLevel
-	27, // 9: callqos.provider.v1.RenegotiateRequest.qos:type_name -> callqos.v1.QosSpec
-	27, // 10: callqos.provider.v1.RenegotiateRequest.current_qos:type_name -> callqos.v1.QosSpec
+	31, // 8: callqos.provider.v1.RenegotiateRequest.service_level:type_name -> callqos.v1.ServiceLevel
+	30, // 9: callqos.provider.v1.RenegotiateRequest.qos:type_name -> callqos.v1.QosSpec
+	30, // 10: callqos.provider.v1.RenegotiateRequest.current_qos:type_name -> callqos.v1.QosSpec
 	3,  // 11: callqos.provider.v1.RenegotiateResponse.grant:type_name -> callqos.provider.v1.Grant
 	4,  // 12: callqos.provider.v1.RenegotiateResponse.refusal:type_name -> callqos.provider.v1.Refusal
-	28, // 13: callqos.provider.v1.HeldCall.service_level:type_name -> callqos.v1.ServiceLevel
-	27, // 14: callqos.provider.v1.HeldCall.qos:type_name -> callqos.v1.QosSpec
-	11, // 15: callqos.provider.v1.RestoreRequest.calls:type_name -> callqos.provider.v1.HeldCall
-	21, // 16: callqos.provider.v1.RestoreResponse.changes:type_name -> callqos.provider.v1.Change
-	27, // 17: callqos.provider.v1.Reservation.qos:type_name -> callqos.v1.QosSpec
-	15, // 18: callqos.provider.v1.ListReservationsResponse.reservations:type_name -> callqos.provider.v1.Reservation
-	29, // 19: callqos.provider.v1.ListLinksResponse.links:type_name -> callqos.v1.Link
-	29, // 20: callqos.provider.v1.UpdateLinkResponse.link:type_name -> callqos.v1.Link
-	27, // 21: callqos.provider.v1.Change.qos:type_name -> callqos.v1.QosSpec
-	30, // 22: callqos.provider.v1.Change.event:type_name -> callqos.v1.QosEventType
-	21, // 23: callqos.provider.v1.WatchChangesResponse.change:type_name -> callqos.provider.v1.Change
-	1,  // 24: callqos.provider.v1.ProviderService.GetProviderInfo:input_type -> callqos.provider.v1.GetProviderInfoRequest
-	5,  // 25: callqos.provider.v1.ProviderService.Admit:input_type -> callqos.provider.v1.AdmitRequest
-	7,  // 26: callqos.provider.v1.ProviderService.Renegotiate:input_type -> callqos.provider.v1.RenegotiateRequest
-	9,  // 27: callqos.provider.v1.ProviderService.Release:input_type -> callqos.provider.v1.ReleaseRequest
-	12, // 28: callqos.provider.v1.ProviderService.Restore:input_type -> callqos.provider.v1.RestoreRequest
-	14, // 29: callqos.provider.v1.ProviderService.ListReservations:input_type -> callqos.provider.v1.ListReservationsRequest
-	17, // 30: callqos.provider.v1.ProviderService.ListLinks:input_type -> callqos.provider.v1.ListLinksRequest
-	19, // 31: callqos.provider.v1.ProviderService.UpdateLink:input_type -> callqos.provider.v1.UpdateLinkRequest
-	22, // 32: callqos.provider.v1.ProviderService.WatchChanges:input_type -> callqos.provider.v1.WatchChangesRequest
-	24, // 33: callqos.provider.v1.ProviderService.AckChanges:input_type -> callqos.provider.v1.AckChangesRequest
-	2,  // 34: callqos.provider.v1.ProviderService.GetProviderInfo:output_type -> callqos.provider.v1.GetProviderInfoResponse
-	6,  // 35: callqos.provider.v1.ProviderService.Admit:output_type -> callqos.provider.v1.AdmitResponse
-	8,  // 36: callqos.provider.v1.ProviderService.Renegotiate:output_type -> callqos.provider.v1.RenegotiateResponse
-	10, // 37: callqos.provider.v1.ProviderService.Release:output_type -> callqos.provider.v1.ReleaseResponse
-	13, // 38: callqos.provider.v1.ProviderService.Restore:output_type -> callqos.provider.v1.RestoreResponse
-	16, // 39: callqos.provider.v1.ProviderService.ListReservations:output_type -> callqos.provider.v1.ListReservationsResponse
-	18, // 40: callqos.provider.v1.ProviderService.ListLinks:output_type -> callqos.provider.v1.ListLinksResponse
-	20, // 41: callqos.provider.v1.ProviderService.UpdateLink:output_type -> callqos.provider.v1.UpdateLinkResponse
-	23, // 42: callqos.provider.v1.ProviderService.WatchChanges:output_type -> callqos.provider.v1.WatchChangesResponse
-	25, // 43: callqos.provider.v1.ProviderService.AckChanges:output_type -> callqos.provider.v1.AckChangesResponse
-	34, // [34:44] is the sub-list for method output_type
-	24, // [24:34] is the sub-list for method input_type
-	24, // [24:24] is the sub-list for extension type_name
-	24, // [24:24] is the sub-list for extension extendee
-	0,  // [0:24] is the sub-list for field type_name
+	32, // 13: callqos.provider.v1.DecideRequest.timeout:type_name -> google.protobuf.Duration
+	5,  // 14: callqos.provider.v1.DecideRequest.admit:type_name -> callqos.provider.v1.AdmitRequest
+	7,  // 15: callqos.provider.v1.DecideRequest.renegotiate:type_name -> callqos.provider.v1.RenegotiateRequest
+	9,  // 16: callqos.provider.v1.DecideRequest.release:type_name -> callqos.provider.v1.ReleaseRequest
+	6,  // 17: callqos.provider.v1.DecideResponse.admit:type_name -> callqos.provider.v1.AdmitResponse
+	8,  // 18: callqos.provider.v1.DecideResponse.renegotiate:type_name -> callqos.provider.v1.RenegotiateResponse
+	10, // 19: callqos.provider.v1.DecideResponse.release:type_name -> callqos.provider.v1.ReleaseResponse
+	13, // 20: callqos.provider.v1.DecideResponse.failure:type_name -> callqos.provider.v1.DecideFailure
+	33, // 21: callqos.provider.v1.DecideFailure.code:type_name -> callqos.v1.GrpcCode
+	31, // 22: callqos.provider.v1.HeldCall.service_level:type_name -> callqos.v1.ServiceLevel
+	30, // 23: callqos.provider.v1.HeldCall.qos:type_name -> callqos.v1.QosSpec
+	14, // 24: callqos.provider.v1.RestoreRequest.calls:type_name -> callqos.provider.v1.HeldCall
+	24, // 25: callqos.provider.v1.RestoreResponse.changes:type_name -> callqos.provider.v1.Change
+	30, // 26: callqos.provider.v1.Reservation.qos:type_name -> callqos.v1.QosSpec
+	18, // 27: callqos.provider.v1.ListReservationsResponse.reservations:type_name -> callqos.provider.v1.Reservation
+	34, // 28: callqos.provider.v1.ListLinksResponse.links:type_name -> callqos.v1.Link
+	34, // 29: callqos.provider.v1.UpdateLinkResponse.link:type_name -> callqos.v1.Link
+	30, // 30: callqos.provider.v1.Change.qos:type_name -> callqos.v1.QosSpec
+	35, // 31: callqos.provider.v1.Change.event:type_name -> callqos.v1.QosEventType
+	24, // 32: callqos.provider.v1.WatchChangesResponse.change:type_name -> callqos.provider.v1.Change
+	1,  // 33: callqos.provider.v1.ProviderService.GetProviderInfo:input_type -> callqos.provider.v1.GetProviderInfoRequest
+	5,  // 34: callqos.provider.v1.ProviderService.Admit:input_type -> callqos.provider.v1.AdmitRequest
+	7,  // 35: callqos.provider.v1.ProviderService.Renegotiate:input_type -> callqos.provider.v1.RenegotiateRequest
+	9,  // 36: callqos.provider.v1.ProviderService.Release:input_type -> callqos.provider.v1.ReleaseRequest
+	11, // 37: callqos.provider.v1.ProviderService.Decide:input_type -> callqos.provider.v1.DecideRequest
+	15, // 38: callqos.provider.v1.ProviderService.Restore:input_type -> callqos.provider.v1.RestoreRequest
+	17, // 39: callqos.provider.v1.ProviderService.ListReservations:input_type -> callqos.provider.v1.ListReservationsRequest
+	20, // 40: callqos.provider.v1.ProviderService.ListLinks:input_type -> callqos.provider.v1.ListLinksRequest
+	22, // 41: callqos.provider.v1.ProviderService.UpdateLink:input_type -> callqos.provider.v1.UpdateLinkRequest
+	25, // 42: callqos.provider.v1.ProviderService.WatchChanges:input_type -> callqos.provider.v1.WatchChangesRequest
+	27, // 43: callqos.provider.v1.ProviderService.AckChanges:input_type -> callqos.provider.v1.AckChangesRequest
+	2,  // 44: callqos.provider.v1.ProviderService.GetProviderInfo:output_type -> callqos.provider.v1.GetProviderInfoResponse
+	6,  // 45: callqos.provider.v1.ProviderService.Admit:output_type -> callqos.provider.v1.AdmitResponse
+	8,  // 46: callqos.provider.v1.ProviderService.Renegotiate:output_type -> callqos.provider.v1.RenegotiateResponse
+	10, // 47: callqos.provider.v1.ProviderService.Release:output_type -> callqos.provider.v1.ReleaseResponse
+	12, // 48: callqos.provider.v1.ProviderService.Decide:output_type -> callqos.provider.v1.DecideResponse
+	16, // 49: callqos.provider.v1.ProviderService.Restore:output_type -> callqos.provider.v1.RestoreResponse
+	19, // 50: callqos.provider.v1.ProviderService.ListReservations:output_type -> callqos.provider.v1.ListReservationsResponse
+	21, // 51: callqos.provider.v1.ProviderService.ListLinks:output_type -> callqos.provider.v1.ListLinksResponse
+	23, // 52: callqos.provider.v1.ProviderService.UpdateLink:output_type -> callqos.provider.v1.UpdateLinkResponse
+	26, // 53: callqos.provider.v1.ProviderService.WatchChanges:output_type -> callqos.provider.v1.WatchChangesResponse
+	28, // 54: callqos.provider.v1.ProviderService.AckChanges:output_type -> callqos.provider.v1.AckChangesResponse
+	44, // [44:55] is the sub-list for method output_type
+	33, // [33:44] is the sub-list for method input_type
+	33, // [33:33] is the sub-list for extension type_name
+	33, // [33:33] is the sub-list for extension extendee
+	0,  // [0:33] is the sub-list for field type_name
 }
 
 func init() { file_callqos_provider_v1_provider_service_proto_init() }
@@ -1802,13 +2188,24 @@ func file_callqos_provider_v1_provider_service_proto_init() {
 		(*RenegotiateResponse_Grant)(nil),
 		(*RenegotiateResponse_Refusal)(nil),
 	}
+	file_callqos_provider_v1_provider_service_proto_msgTypes[10].OneofWrappers = []any{
+		(*DecideRequest_Admit)(nil),
+		(*DecideRequest_Renegotiate)(nil),
+		(*DecideRequest_Release)(nil),
+	}
+	file_callqos_provider_v1_provider_service_proto_msgTypes[11].OneofWrappers = []any{
+		(*DecideResponse_Admit)(nil),
+		(*DecideResponse_Renegotiate)(nil),
+		(*DecideResponse_Release)(nil),
+		(*DecideResponse_Failure)(nil),
+	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_callqos_provider_v1_provider_service_proto_rawDesc), len(file_callqos_provider_v1_provider_service_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   25,
+			NumMessages:   28,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

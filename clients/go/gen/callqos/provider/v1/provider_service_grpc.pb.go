@@ -23,6 +23,7 @@ const (
 	ProviderService_Admit_FullMethodName            = "/callqos.provider.v1.ProviderService/Admit"
 	ProviderService_Renegotiate_FullMethodName      = "/callqos.provider.v1.ProviderService/Renegotiate"
 	ProviderService_Release_FullMethodName          = "/callqos.provider.v1.ProviderService/Release"
+	ProviderService_Decide_FullMethodName           = "/callqos.provider.v1.ProviderService/Decide"
 	ProviderService_Restore_FullMethodName          = "/callqos.provider.v1.ProviderService/Restore"
 	ProviderService_ListReservations_FullMethodName = "/callqos.provider.v1.ProviderService/ListReservations"
 	ProviderService_ListLinks_FullMethodName        = "/callqos.provider.v1.ProviderService/ListLinks"
@@ -100,6 +101,13 @@ type ProviderServiceClient interface {
 	// Free everything the call holds, and cancel an Admit of the call still being decided.
 	// Releasing a call the provider does not hold is OK.
 	Release(ctx context.Context, in *ReleaseRequest, opts ...grpc.CallOption) (*ReleaseResponse, error)
+	// Admit, Renegotiate and Release on one stream the host keeps open while connected: the same
+	// requests, answers and rules as the three methods above, without the cost of an RPC each.
+	// Optional: a provider that serves it says so (GetProviderInfoResponse.decide_stream), and the
+	// host uses the three methods otherwise. Each request carries an id its answer repeats, its
+	// deadline and the caller's trace context; answers come in any order. The stream ending is
+	// the connection ending.
+	Decide(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[DecideRequest, DecideResponse], error)
 	// Make the calls the provider holds exactly the calls the host holds: re-take each listed
 	// call's reservation (keeping one the provider already holds), and release every reservation
 	// of a call not listed. A listed call that no longer fits, or that the provider changed on
@@ -173,6 +181,19 @@ func (c *providerServiceClient) Release(ctx context.Context, in *ReleaseRequest,
 	return out, nil
 }
 
+func (c *providerServiceClient) Decide(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[DecideRequest, DecideResponse], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &ProviderService_ServiceDesc.Streams[0], ProviderService_Decide_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[DecideRequest, DecideResponse]{ClientStream: stream}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type ProviderService_DecideClient = grpc.BidiStreamingClient[DecideRequest, DecideResponse]
+
 func (c *providerServiceClient) Restore(ctx context.Context, in *RestoreRequest, opts ...grpc.CallOption) (*RestoreResponse, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(RestoreResponse)
@@ -215,7 +236,7 @@ func (c *providerServiceClient) UpdateLink(ctx context.Context, in *UpdateLinkRe
 
 func (c *providerServiceClient) WatchChanges(ctx context.Context, in *WatchChangesRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[WatchChangesResponse], error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
-	stream, err := c.cc.NewStream(ctx, &ProviderService_ServiceDesc.Streams[0], ProviderService_WatchChanges_FullMethodName, cOpts...)
+	stream, err := c.cc.NewStream(ctx, &ProviderService_ServiceDesc.Streams[1], ProviderService_WatchChanges_FullMethodName, cOpts...)
 	if err != nil {
 		return nil, err
 	}
@@ -311,6 +332,13 @@ type ProviderServiceServer interface {
 	// Free everything the call holds, and cancel an Admit of the call still being decided.
 	// Releasing a call the provider does not hold is OK.
 	Release(context.Context, *ReleaseRequest) (*ReleaseResponse, error)
+	// Admit, Renegotiate and Release on one stream the host keeps open while connected: the same
+	// requests, answers and rules as the three methods above, without the cost of an RPC each.
+	// Optional: a provider that serves it says so (GetProviderInfoResponse.decide_stream), and the
+	// host uses the three methods otherwise. Each request carries an id its answer repeats, its
+	// deadline and the caller's trace context; answers come in any order. The stream ending is
+	// the connection ending.
+	Decide(grpc.BidiStreamingServer[DecideRequest, DecideResponse]) error
 	// Make the calls the provider holds exactly the calls the host holds: re-take each listed
 	// call's reservation (keeping one the provider already holds), and release every reservation
 	// of a call not listed. A listed call that no longer fits, or that the provider changed on
@@ -355,6 +383,9 @@ func (UnimplementedProviderServiceServer) Renegotiate(context.Context, *Renegoti
 }
 func (UnimplementedProviderServiceServer) Release(context.Context, *ReleaseRequest) (*ReleaseResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method Release not implemented")
+}
+func (UnimplementedProviderServiceServer) Decide(grpc.BidiStreamingServer[DecideRequest, DecideResponse]) error {
+	return status.Error(codes.Unimplemented, "method Decide not implemented")
 }
 func (UnimplementedProviderServiceServer) Restore(context.Context, *RestoreRequest) (*RestoreResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method Restore not implemented")
@@ -466,6 +497,13 @@ func _ProviderService_Release_Handler(srv interface{}, ctx context.Context, dec 
 	}
 	return interceptor(ctx, in, info, handler)
 }
+
+func _ProviderService_Decide_Handler(srv interface{}, stream grpc.ServerStream) error {
+	return srv.(ProviderServiceServer).Decide(&grpc.GenericServerStream[DecideRequest, DecideResponse]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type ProviderService_DecideServer = grpc.BidiStreamingServer[DecideRequest, DecideResponse]
 
 func _ProviderService_Restore_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(RestoreRequest)
@@ -613,6 +651,12 @@ var ProviderService_ServiceDesc = grpc.ServiceDesc{
 		},
 	},
 	Streams: []grpc.StreamDesc{
+		{
+			StreamName:    "Decide",
+			Handler:       _ProviderService_Decide_Handler,
+			ServerStreams: true,
+			ClientStreams: true,
+		},
 		{
 			StreamName:    "WatchChanges",
 			Handler:       _ProviderService_WatchChanges_Handler,

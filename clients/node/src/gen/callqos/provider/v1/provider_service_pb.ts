@@ -6,19 +6,23 @@ import type { GenEnum, GenFile, GenMessage, GenService } from "@bufbuild/protobu
 import { enumDesc, fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
 import type { ServiceLevel } from "../../v1/call_pb.js";
 import { file_callqos_v1_call } from "../../v1/call_pb.js";
+import type { GrpcCode } from "../../v1/errors_pb.js";
+import { file_callqos_v1_errors } from "../../v1/errors_pb.js";
 import type { QosEventType } from "../../v1/event_pb.js";
 import { file_callqos_v1_event } from "../../v1/event_pb.js";
 import type { QosSpec } from "../../v1/flowspec_pb.js";
 import { file_callqos_v1_flowspec } from "../../v1/flowspec_pb.js";
 import type { Link, ProviderCapabilities } from "../../v1/provider_pb.js";
 import { file_callqos_v1_provider } from "../../v1/provider_pb.js";
+import type { Duration } from "@bufbuild/protobuf/wkt";
+import { file_google_protobuf_duration } from "@bufbuild/protobuf/wkt";
 import type { Message } from "@bufbuild/protobuf";
 
 /**
  * Describes the file callqos/provider/v1/provider_service.proto.
  */
 export const file_callqos_provider_v1_provider_service: GenFile = /*@__PURE__*/
-  fileDesc("CipjYWxscW9zL3Byb3ZpZGVyL3YxL3Byb3ZpZGVyX3NlcnZpY2UucHJvdG8SE2NhbGxxb3MucHJvdmlkZXIudjEiRQoWR2V0UHJvdmlkZXJJbmZvUmVxdWVzdBIQCghwcm92aWRlchgBIAEoCRIZChFwcm90b2NvbF92ZXJzaW9ucxgCIAMoCSKpAQoXR2V0UHJvdmlkZXJJbmZvUmVzcG9uc2USFAoMZGlzcGxheV9uYW1lGAEgASgJEhMKC2Rlc2NyaXB0aW9uGAIgASgJEhYKDnZlbmRvcl92ZXJzaW9uGAMgASgJEjYKDGNhcGFiaWxpdGllcxgEIAEoCzIgLmNhbGxxb3MudjEuUHJvdmlkZXJDYXBhYmlsaXRpZXMSEwoLaW5zdGFuY2VfaWQYBSABKAkiKQoFR3JhbnQSIAoDcW9zGAEgASgLMhMuY2FsbHFvcy52MS5Rb3NTcGVjInYKB1JlZnVzYWwSLgoEa2luZBgBIAEoDjIgLmNhbGxxb3MucHJvdmlkZXIudjEuUmVmdXNhbEtpbmQSDwoHbWVzc2FnZRgCIAEoCRIqCg1jb3VudGVyX29mZmVyGAMgASgLMhMuY2FsbHFvcy52MS5Rb3NTcGVjIqsBCgxBZG1pdFJlcXVlc3QSDAoEY2FsbBgBIAEoCRISCgpyZXF1ZXN0X2lkGAIgASgJEhMKC2Rlc3RpbmF0aW9uGAMgASgJEi8KDXNlcnZpY2VfbGV2ZWwYBCABKA4yGC5jYWxscW9zLnYxLlNlcnZpY2VMZXZlbBIgCgNxb3MYBSABKAsyEy5jYWxscW9zLnYxLlFvc1NwZWMSEQoJcHJpbmNpcGFsGAYgASgJInkKDUFkbWl0UmVzcG9uc2USKwoFZ3JhbnQYASABKAsyGi5jYWxscW9zLnByb3ZpZGVyLnYxLkdyYW50SAASLwoHcmVmdXNhbBgCIAEoCzIcLmNhbGxxb3MucHJvdmlkZXIudjEuUmVmdXNhbEgAQgoKCGRlY2lzaW9uItsBChJSZW5lZ290aWF0ZVJlcXVlc3QSDAoEY2FsbBgBIAEoCRISCgpyZXF1ZXN0X2lkGAIgASgJEhMKC2Rlc3RpbmF0aW9uGAMgASgJEi8KDXNlcnZpY2VfbGV2ZWwYBCABKA4yGC5jYWxscW9zLnYxLlNlcnZpY2VMZXZlbBIgCgNxb3MYBSABKAsyEy5jYWxscW9zLnYxLlFvc1NwZWMSEQoJcHJpbmNpcGFsGAYgASgJEigKC2N1cnJlbnRfcW9zGAcgASgLMhMuY2FsbHFvcy52MS5Rb3NTcGVjIn8KE1JlbmVnb3RpYXRlUmVzcG9uc2USKwoFZ3JhbnQYASABKAsyGi5jYWxscW9zLnByb3ZpZGVyLnYxLkdyYW50SAASLwoHcmVmdXNhbBgCIAEoCzIcLmNhbGxxb3MucHJvdmlkZXIudjEuUmVmdXNhbEgAQgoKCGRlY2lzaW9uIjIKDlJlbGVhc2VSZXF1ZXN0EgwKBGNhbGwYASABKAkSEgoKcmVxdWVzdF9pZBgCIAEoCSIRCg9SZWxlYXNlUmVzcG9uc2UigAEKCEhlbGRDYWxsEgwKBGNhbGwYASABKAkSEwoLZGVzdGluYXRpb24YAiABKAkSLwoNc2VydmljZV9sZXZlbBgDIAEoDjIYLmNhbGxxb3MudjEuU2VydmljZUxldmVsEiAKA3FvcxgEIAEoCzITLmNhbGxxb3MudjEuUW9zU3BlYyI+Cg5SZXN0b3JlUmVxdWVzdBIsCgVjYWxscxgBIAMoCzIdLmNhbGxxb3MucHJvdmlkZXIudjEuSGVsZENhbGwiPwoPUmVzdG9yZVJlc3BvbnNlEiwKB2NoYW5nZXMYASADKAsyGy5jYWxscW9zLnByb3ZpZGVyLnYxLkNoYW5nZSIZChdMaXN0UmVzZXJ2YXRpb25zUmVxdWVzdCI9CgtSZXNlcnZhdGlvbhIMCgRjYWxsGAEgASgJEiAKA3FvcxgCIAEoCzITLmNhbGxxb3MudjEuUW9zU3BlYyJSChhMaXN0UmVzZXJ2YXRpb25zUmVzcG9uc2USNgoMcmVzZXJ2YXRpb25zGAEgAygLMiAuY2FsbHFvcy5wcm92aWRlci52MS5SZXNlcnZhdGlvbiISChBMaXN0TGlua3NSZXF1ZXN0IjQKEUxpc3RMaW5rc1Jlc3BvbnNlEh8KBWxpbmtzGAEgAygLMhAuY2FsbHFvcy52MS5MaW5rIlgKEVVwZGF0ZUxpbmtSZXF1ZXN0EgwKBGxpbmsYASABKAkSIQoZY2FwYWNpdHlfYnl0ZXNfcGVyX3NlY29uZBgCIAEoBBISCgpyZXF1ZXN0X2lkGAMgASgJIk0KElVwZGF0ZUxpbmtSZXNwb25zZRIeCgRsaW5rGAEgASgLMhAuY2FsbHFvcy52MS5MaW5rEhcKD2NoYW5nZV9zZXF1ZW5jZRgCIAEoBCKEAQoGQ2hhbmdlEhAKCHNlcXVlbmNlGAEgASgEEgwKBGNhbGwYAiABKAkSIAoDcW9zGAMgASgLMhMuY2FsbHFvcy52MS5Rb3NTcGVjEg8KB21lc3NhZ2UYBCABKAkSJwoFZXZlbnQYBSABKA4yGC5jYWxscW9zLnYxLlFvc0V2ZW50VHlwZSJCChNXYXRjaENoYW5nZXNSZXF1ZXN0EhMKC2luc3RhbmNlX2lkGAEgASgJEhYKDmFmdGVyX3NlcXVlbmNlGAIgASgEIkMKFFdhdGNoQ2hhbmdlc1Jlc3BvbnNlEisKBmNoYW5nZRgBIAEoCzIbLmNhbGxxb3MucHJvdmlkZXIudjEuQ2hhbmdlIjoKEUFja0NoYW5nZXNSZXF1ZXN0EhMKC2luc3RhbmNlX2lkGAEgASgJEhAKCHNlcXVlbmNlGAIgASgEIhQKEkFja0NoYW5nZXNSZXNwb25zZSpgCgtSZWZ1c2FsS2luZBIcChhSRUZVU0FMX0tJTkRfVU5TUEVDSUZJRUQQABIaChZSRUZVU0FMX0tJTkRfQURNSVNTSU9OEAESFwoTUkVGVVNBTF9LSU5EX1BPTElDWRACMs8HCg9Qcm92aWRlclNlcnZpY2USbAoPR2V0UHJvdmlkZXJJbmZvEisuY2FsbHFvcy5wcm92aWRlci52MS5HZXRQcm92aWRlckluZm9SZXF1ZXN0GiwuY2FsbHFvcy5wcm92aWRlci52MS5HZXRQcm92aWRlckluZm9SZXNwb25zZRJOCgVBZG1pdBIhLmNhbGxxb3MucHJvdmlkZXIudjEuQWRtaXRSZXF1ZXN0GiIuY2FsbHFvcy5wcm92aWRlci52MS5BZG1pdFJlc3BvbnNlEmAKC1JlbmVnb3RpYXRlEicuY2FsbHFvcy5wcm92aWRlci52MS5SZW5lZ290aWF0ZVJlcXVlc3QaKC5jYWxscW9zLnByb3ZpZGVyLnYxLlJlbmVnb3RpYXRlUmVzcG9uc2USVAoHUmVsZWFzZRIjLmNhbGxxb3MucHJvdmlkZXIudjEuUmVsZWFzZVJlcXVlc3QaJC5jYWxscW9zLnByb3ZpZGVyLnYxLlJlbGVhc2VSZXNwb25zZRJUCgdSZXN0b3JlEiMuY2FsbHFvcy5wcm92aWRlci52MS5SZXN0b3JlUmVxdWVzdBokLmNhbGxxb3MucHJvdmlkZXIudjEuUmVzdG9yZVJlc3BvbnNlEm8KEExpc3RSZXNlcnZhdGlvbnMSLC5jYWxscW9zLnByb3ZpZGVyLnYxLkxpc3RSZXNlcnZhdGlvbnNSZXF1ZXN0Gi0uY2FsbHFvcy5wcm92aWRlci52MS5MaXN0UmVzZXJ2YXRpb25zUmVzcG9uc2USWgoJTGlzdExpbmtzEiUuY2FsbHFvcy5wcm92aWRlci52MS5MaXN0TGlua3NSZXF1ZXN0GiYuY2FsbHFvcy5wcm92aWRlci52MS5MaXN0TGlua3NSZXNwb25zZRJdCgpVcGRhdGVMaW5rEiYuY2FsbHFvcy5wcm92aWRlci52MS5VcGRhdGVMaW5rUmVxdWVzdBonLmNhbGxxb3MucHJvdmlkZXIudjEuVXBkYXRlTGlua1Jlc3BvbnNlEmUKDFdhdGNoQ2hhbmdlcxIoLmNhbGxxb3MucHJvdmlkZXIudjEuV2F0Y2hDaGFuZ2VzUmVxdWVzdBopLmNhbGxxb3MucHJvdmlkZXIudjEuV2F0Y2hDaGFuZ2VzUmVzcG9uc2UwARJdCgpBY2tDaGFuZ2VzEiYuY2FsbHFvcy5wcm92aWRlci52MS5BY2tDaGFuZ2VzUmVxdWVzdBonLmNhbGxxb3MucHJvdmlkZXIudjEuQWNrQ2hhbmdlc1Jlc3BvbnNlQnsKF2Rldi5jYWxscW9zLnByb3ZpZGVyLnYxQhRQcm92aWRlclNlcnZpY2VQcm90b1ABWkhnaXRodWIuY29tL2NhbGxxb3MvY2FsbHFvcy9jbGllbnRzL2dvL2dlbi9jYWxscW9zL3Byb3ZpZGVyL3YxO3Byb3ZpZGVydjFiBnByb3RvMw", [file_callqos_v1_call, file_callqos_v1_event, file_callqos_v1_flowspec, file_callqos_v1_provider]);
+  fileDesc("CipjYWxscW9zL3Byb3ZpZGVyL3YxL3Byb3ZpZGVyX3NlcnZpY2UucHJvdG8SE2NhbGxxb3MucHJvdmlkZXIudjEiRQoWR2V0UHJvdmlkZXJJbmZvUmVxdWVzdBIQCghwcm92aWRlchgBIAEoCRIZChFwcm90b2NvbF92ZXJzaW9ucxgCIAMoCSLAAQoXR2V0UHJvdmlkZXJJbmZvUmVzcG9uc2USFAoMZGlzcGxheV9uYW1lGAEgASgJEhMKC2Rlc2NyaXB0aW9uGAIgASgJEhYKDnZlbmRvcl92ZXJzaW9uGAMgASgJEjYKDGNhcGFiaWxpdGllcxgEIAEoCzIgLmNhbGxxb3MudjEuUHJvdmlkZXJDYXBhYmlsaXRpZXMSEwoLaW5zdGFuY2VfaWQYBSABKAkSFQoNZGVjaWRlX3N0cmVhbRgGIAEoCCIpCgVHcmFudBIgCgNxb3MYASABKAsyEy5jYWxscW9zLnYxLlFvc1NwZWMidgoHUmVmdXNhbBIuCgRraW5kGAEgASgOMiAuY2FsbHFvcy5wcm92aWRlci52MS5SZWZ1c2FsS2luZBIPCgdtZXNzYWdlGAIgASgJEioKDWNvdW50ZXJfb2ZmZXIYAyABKAsyEy5jYWxscW9zLnYxLlFvc1NwZWMiqwEKDEFkbWl0UmVxdWVzdBIMCgRjYWxsGAEgASgJEhIKCnJlcXVlc3RfaWQYAiABKAkSEwoLZGVzdGluYXRpb24YAyABKAkSLwoNc2VydmljZV9sZXZlbBgEIAEoDjIYLmNhbGxxb3MudjEuU2VydmljZUxldmVsEiAKA3FvcxgFIAEoCzITLmNhbGxxb3MudjEuUW9zU3BlYxIRCglwcmluY2lwYWwYBiABKAkieQoNQWRtaXRSZXNwb25zZRIrCgVncmFudBgBIAEoCzIaLmNhbGxxb3MucHJvdmlkZXIudjEuR3JhbnRIABIvCgdyZWZ1c2FsGAIgASgLMhwuY2FsbHFvcy5wcm92aWRlci52MS5SZWZ1c2FsSABCCgoIZGVjaXNpb24i2wEKElJlbmVnb3RpYXRlUmVxdWVzdBIMCgRjYWxsGAEgASgJEhIKCnJlcXVlc3RfaWQYAiABKAkSEwoLZGVzdGluYXRpb24YAyABKAkSLwoNc2VydmljZV9sZXZlbBgEIAEoDjIYLmNhbGxxb3MudjEuU2VydmljZUxldmVsEiAKA3FvcxgFIAEoCzITLmNhbGxxb3MudjEuUW9zU3BlYxIRCglwcmluY2lwYWwYBiABKAkSKAoLY3VycmVudF9xb3MYByABKAsyEy5jYWxscW9zLnYxLlFvc1NwZWMifwoTUmVuZWdvdGlhdGVSZXNwb25zZRIrCgVncmFudBgBIAEoCzIaLmNhbGxxb3MucHJvdmlkZXIudjEuR3JhbnRIABIvCgdyZWZ1c2FsGAIgASgLMhwuY2FsbHFvcy5wcm92aWRlci52MS5SZWZ1c2FsSABCCgoIZGVjaXNpb24iMgoOUmVsZWFzZVJlcXVlc3QSDAoEY2FsbBgBIAEoCRISCgpyZXF1ZXN0X2lkGAIgASgJIhEKD1JlbGVhc2VSZXNwb25zZSKnAgoNRGVjaWRlUmVxdWVzdBIKCgJpZBgBIAEoBBIqCgd0aW1lb3V0GAIgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEhMKC3RyYWNlcGFyZW50GAMgASgJEhIKCnRyYWNlc3RhdGUYBCABKAkSMgoFYWRtaXQYBSABKAsyIS5jYWxscW9zLnByb3ZpZGVyLnYxLkFkbWl0UmVxdWVzdEgAEj4KC3JlbmVnb3RpYXRlGAYgASgLMicuY2FsbHFvcy5wcm92aWRlci52MS5SZW5lZ290aWF0ZVJlcXVlc3RIABI2CgdyZWxlYXNlGAcgASgLMiMuY2FsbHFvcy5wcm92aWRlci52MS5SZWxlYXNlUmVxdWVzdEgAQgkKB3JlcXVlc3QijgIKDkRlY2lkZVJlc3BvbnNlEgoKAmlkGAEgASgEEjMKBWFkbWl0GAIgASgLMiIuY2FsbHFvcy5wcm92aWRlci52MS5BZG1pdFJlc3BvbnNlSAASPwoLcmVuZWdvdGlhdGUYAyABKAsyKC5jYWxscW9zLnByb3ZpZGVyLnYxLlJlbmVnb3RpYXRlUmVzcG9uc2VIABI3CgdyZWxlYXNlGAQgASgLMiQuY2FsbHFvcy5wcm92aWRlci52MS5SZWxlYXNlUmVzcG9uc2VIABI1CgdmYWlsdXJlGAUgASgLMiIuY2FsbHFvcy5wcm92aWRlci52MS5EZWNpZGVGYWlsdXJlSABCCgoIcmVzcG9uc2UiagoNRGVjaWRlRmFpbHVyZRIiCgRjb2RlGAEgASgOMhQuY2FsbHFvcy52MS5HcnBjQ29kZRIPCgdtZXNzYWdlGAIgASgJEiQKHHByb3ZpZGVyX3NwZWNpZmljX3Zpb2xhdGlvbnMYAyADKAkigAEKCEhlbGRDYWxsEgwKBGNhbGwYASABKAkSEwoLZGVzdGluYXRpb24YAiABKAkSLwoNc2VydmljZV9sZXZlbBgDIAEoDjIYLmNhbGxxb3MudjEuU2VydmljZUxldmVsEiAKA3FvcxgEIAEoCzITLmNhbGxxb3MudjEuUW9zU3BlYyI+Cg5SZXN0b3JlUmVxdWVzdBIsCgVjYWxscxgBIAMoCzIdLmNhbGxxb3MucHJvdmlkZXIudjEuSGVsZENhbGwiPwoPUmVzdG9yZVJlc3BvbnNlEiwKB2NoYW5nZXMYASADKAsyGy5jYWxscW9zLnByb3ZpZGVyLnYxLkNoYW5nZSIZChdMaXN0UmVzZXJ2YXRpb25zUmVxdWVzdCI9CgtSZXNlcnZhdGlvbhIMCgRjYWxsGAEgASgJEiAKA3FvcxgCIAEoCzITLmNhbGxxb3MudjEuUW9zU3BlYyJSChhMaXN0UmVzZXJ2YXRpb25zUmVzcG9uc2USNgoMcmVzZXJ2YXRpb25zGAEgAygLMiAuY2FsbHFvcy5wcm92aWRlci52MS5SZXNlcnZhdGlvbiISChBMaXN0TGlua3NSZXF1ZXN0IjQKEUxpc3RMaW5rc1Jlc3BvbnNlEh8KBWxpbmtzGAEgAygLMhAuY2FsbHFvcy52MS5MaW5rIlgKEVVwZGF0ZUxpbmtSZXF1ZXN0EgwKBGxpbmsYASABKAkSIQoZY2FwYWNpdHlfYnl0ZXNfcGVyX3NlY29uZBgCIAEoBBISCgpyZXF1ZXN0X2lkGAMgASgJIk0KElVwZGF0ZUxpbmtSZXNwb25zZRIeCgRsaW5rGAEgASgLMhAuY2FsbHFvcy52MS5MaW5rEhcKD2NoYW5nZV9zZXF1ZW5jZRgCIAEoBCKEAQoGQ2hhbmdlEhAKCHNlcXVlbmNlGAEgASgEEgwKBGNhbGwYAiABKAkSIAoDcW9zGAMgASgLMhMuY2FsbHFvcy52MS5Rb3NTcGVjEg8KB21lc3NhZ2UYBCABKAkSJwoFZXZlbnQYBSABKA4yGC5jYWxscW9zLnYxLlFvc0V2ZW50VHlwZSJCChNXYXRjaENoYW5nZXNSZXF1ZXN0EhMKC2luc3RhbmNlX2lkGAEgASgJEhYKDmFmdGVyX3NlcXVlbmNlGAIgASgEIkMKFFdhdGNoQ2hhbmdlc1Jlc3BvbnNlEisKBmNoYW5nZRgBIAEoCzIbLmNhbGxxb3MucHJvdmlkZXIudjEuQ2hhbmdlIjoKEUFja0NoYW5nZXNSZXF1ZXN0EhMKC2luc3RhbmNlX2lkGAEgASgJEhAKCHNlcXVlbmNlGAIgASgEIhQKEkFja0NoYW5nZXNSZXNwb25zZSpgCgtSZWZ1c2FsS2luZBIcChhSRUZVU0FMX0tJTkRfVU5TUEVDSUZJRUQQABIaChZSRUZVU0FMX0tJTkRfQURNSVNTSU9OEAESFwoTUkVGVVNBTF9LSU5EX1BPTElDWRACMqYICg9Qcm92aWRlclNlcnZpY2USbAoPR2V0UHJvdmlkZXJJbmZvEisuY2FsbHFvcy5wcm92aWRlci52MS5HZXRQcm92aWRlckluZm9SZXF1ZXN0GiwuY2FsbHFvcy5wcm92aWRlci52MS5HZXRQcm92aWRlckluZm9SZXNwb25zZRJOCgVBZG1pdBIhLmNhbGxxb3MucHJvdmlkZXIudjEuQWRtaXRSZXF1ZXN0GiIuY2FsbHFvcy5wcm92aWRlci52MS5BZG1pdFJlc3BvbnNlEmAKC1JlbmVnb3RpYXRlEicuY2FsbHFvcy5wcm92aWRlci52MS5SZW5lZ290aWF0ZVJlcXVlc3QaKC5jYWxscW9zLnByb3ZpZGVyLnYxLlJlbmVnb3RpYXRlUmVzcG9uc2USVAoHUmVsZWFzZRIjLmNhbGxxb3MucHJvdmlkZXIudjEuUmVsZWFzZVJlcXVlc3QaJC5jYWxscW9zLnByb3ZpZGVyLnYxLlJlbGVhc2VSZXNwb25zZRJVCgZEZWNpZGUSIi5jYWxscW9zLnByb3ZpZGVyLnYxLkRlY2lkZVJlcXVlc3QaIy5jYWxscW9zLnByb3ZpZGVyLnYxLkRlY2lkZVJlc3BvbnNlKAEwARJUCgdSZXN0b3JlEiMuY2FsbHFvcy5wcm92aWRlci52MS5SZXN0b3JlUmVxdWVzdBokLmNhbGxxb3MucHJvdmlkZXIudjEuUmVzdG9yZVJlc3BvbnNlEm8KEExpc3RSZXNlcnZhdGlvbnMSLC5jYWxscW9zLnByb3ZpZGVyLnYxLkxpc3RSZXNlcnZhdGlvbnNSZXF1ZXN0Gi0uY2FsbHFvcy5wcm92aWRlci52MS5MaXN0UmVzZXJ2YXRpb25zUmVzcG9uc2USWgoJTGlzdExpbmtzEiUuY2FsbHFvcy5wcm92aWRlci52MS5MaXN0TGlua3NSZXF1ZXN0GiYuY2FsbHFvcy5wcm92aWRlci52MS5MaXN0TGlua3NSZXNwb25zZRJdCgpVcGRhdGVMaW5rEiYuY2FsbHFvcy5wcm92aWRlci52MS5VcGRhdGVMaW5rUmVxdWVzdBonLmNhbGxxb3MucHJvdmlkZXIudjEuVXBkYXRlTGlua1Jlc3BvbnNlEmUKDFdhdGNoQ2hhbmdlcxIoLmNhbGxxb3MucHJvdmlkZXIudjEuV2F0Y2hDaGFuZ2VzUmVxdWVzdBopLmNhbGxxb3MucHJvdmlkZXIudjEuV2F0Y2hDaGFuZ2VzUmVzcG9uc2UwARJdCgpBY2tDaGFuZ2VzEiYuY2FsbHFvcy5wcm92aWRlci52MS5BY2tDaGFuZ2VzUmVxdWVzdBonLmNhbGxxb3MucHJvdmlkZXIudjEuQWNrQ2hhbmdlc1Jlc3BvbnNlQnsKF2Rldi5jYWxscW9zLnByb3ZpZGVyLnYxQhRQcm92aWRlclNlcnZpY2VQcm90b1ABWkhnaXRodWIuY29tL2NhbGxxb3MvY2FsbHFvcy9jbGllbnRzL2dvL2dlbi9jYWxscW9zL3Byb3ZpZGVyL3YxO3Byb3ZpZGVydjFiBnByb3RvMw", [file_callqos_v1_call, file_callqos_v1_errors, file_callqos_v1_event, file_callqos_v1_flowspec, file_callqos_v1_provider, file_google_protobuf_duration]);
 
 /**
  * Request for GetProviderInfo.
@@ -90,6 +94,13 @@ export type GetProviderInfoResponse = Message<"callqos.provider.v1.GetProviderIn
    * @generated from field: string instance_id = 5;
    */
   instanceId: string;
+
+  /**
+   * The provider serves Decide: the host sends Admit, Renegotiate and Release on it.
+   *
+   * @generated from field: bool decide_stream = 6;
+   */
+  decideStream: boolean;
 };
 
 /**
@@ -393,6 +404,175 @@ export const ReleaseResponseSchema: GenMessage<ReleaseResponse> = /*@__PURE__*/
   messageDesc(file_callqos_provider_v1_provider_service, 9);
 
 /**
+ * A request on the Decide stream.
+ *
+ * @generated from message callqos.provider.v1.DecideRequest
+ */
+export type DecideRequest = Message<"callqos.provider.v1.DecideRequest"> & {
+  /**
+   * Chosen by the host, unique on the stream; the answer carries it back.
+   *
+   * @generated from field: uint64 id = 1;
+   */
+  id: bigint;
+
+  /**
+   * How long the host waits for the answer: the gRPC deadline the request would have had.
+   *
+   * @generated from field: google.protobuf.Duration timeout = 2;
+   */
+  timeout?: Duration | undefined;
+
+  /**
+   * The caller's W3C trace context: what the `traceparent` header would have carried.
+   *
+   * @generated from field: string traceparent = 3;
+   */
+  traceparent: string;
+
+  /**
+   * The caller's W3C `tracestate`, if any.
+   *
+   * @generated from field: string tracestate = 4;
+   */
+  tracestate: string;
+
+  /**
+   * The request.
+   *
+   * @generated from oneof callqos.provider.v1.DecideRequest.request
+   */
+  request: {
+    /**
+     * As Admit.
+     *
+     * @generated from field: callqos.provider.v1.AdmitRequest admit = 5;
+     */
+    value: AdmitRequest;
+    case: "admit";
+  } | {
+    /**
+     * As Renegotiate.
+     *
+     * @generated from field: callqos.provider.v1.RenegotiateRequest renegotiate = 6;
+     */
+    value: RenegotiateRequest;
+    case: "renegotiate";
+  } | {
+    /**
+     * As Release.
+     *
+     * @generated from field: callqos.provider.v1.ReleaseRequest release = 7;
+     */
+    value: ReleaseRequest;
+    case: "release";
+  } | { case: undefined; value?: undefined };
+};
+
+/**
+ * Describes the message callqos.provider.v1.DecideRequest.
+ * Use `create(DecideRequestSchema)` to create a new message.
+ */
+export const DecideRequestSchema: GenMessage<DecideRequest> = /*@__PURE__*/
+  messageDesc(file_callqos_provider_v1_provider_service, 10);
+
+/**
+ * An answer on the Decide stream.
+ *
+ * @generated from message callqos.provider.v1.DecideResponse
+ */
+export type DecideResponse = Message<"callqos.provider.v1.DecideResponse"> & {
+  /**
+   * The id of the request this answers.
+   *
+   * @generated from field: uint64 id = 1;
+   */
+  id: bigint;
+
+  /**
+   * The answer: the one the method would have returned, or how it would have failed.
+   *
+   * @generated from oneof callqos.provider.v1.DecideResponse.response
+   */
+  response: {
+    /**
+     * As Admit's.
+     *
+     * @generated from field: callqos.provider.v1.AdmitResponse admit = 2;
+     */
+    value: AdmitResponse;
+    case: "admit";
+  } | {
+    /**
+     * As Renegotiate's.
+     *
+     * @generated from field: callqos.provider.v1.RenegotiateResponse renegotiate = 3;
+     */
+    value: RenegotiateResponse;
+    case: "renegotiate";
+  } | {
+    /**
+     * As Release's.
+     *
+     * @generated from field: callqos.provider.v1.ReleaseResponse release = 4;
+     */
+    value: ReleaseResponse;
+    case: "release";
+  } | {
+    /**
+     * The request failed.
+     *
+     * @generated from field: callqos.provider.v1.DecideFailure failure = 5;
+     */
+    value: DecideFailure;
+    case: "failure";
+  } | { case: undefined; value?: undefined };
+};
+
+/**
+ * Describes the message callqos.provider.v1.DecideResponse.
+ * Use `create(DecideResponseSchema)` to create a new message.
+ */
+export const DecideResponseSchema: GenMessage<DecideResponse> = /*@__PURE__*/
+  messageDesc(file_callqos_provider_v1_provider_service, 11);
+
+/**
+ * How a request on the Decide stream failed: the status its method would have failed with.
+ *
+ * @generated from message callqos.provider.v1.DecideFailure
+ */
+export type DecideFailure = Message<"callqos.provider.v1.DecideFailure"> & {
+  /**
+   * The gRPC status code.
+   *
+   * @generated from field: callqos.v1.GrpcCode code = 1;
+   */
+  code: GrpcCode;
+
+  /**
+   * For people.
+   *
+   * @generated from field: string message = 2;
+   */
+  message: string;
+
+  /**
+   * With INVALID_ARGUMENT: the provider's objections to `qos.provider_specific`, one each (what
+   * the method sends as google.rpc.BadRequest violations on that field).
+   *
+   * @generated from field: repeated string provider_specific_violations = 3;
+   */
+  providerSpecificViolations: string[];
+};
+
+/**
+ * Describes the message callqos.provider.v1.DecideFailure.
+ * Use `create(DecideFailureSchema)` to create a new message.
+ */
+export const DecideFailureSchema: GenMessage<DecideFailure> = /*@__PURE__*/
+  messageDesc(file_callqos_provider_v1_provider_service, 12);
+
+/**
  * A call the host holds, as Restore lists it.
  *
  * @generated from message callqos.provider.v1.HeldCall
@@ -432,7 +612,7 @@ export type HeldCall = Message<"callqos.provider.v1.HeldCall"> & {
  * Use `create(HeldCallSchema)` to create a new message.
  */
 export const HeldCallSchema: GenMessage<HeldCall> = /*@__PURE__*/
-  messageDesc(file_callqos_provider_v1_provider_service, 10);
+  messageDesc(file_callqos_provider_v1_provider_service, 13);
 
 /**
  * Request for Restore.
@@ -454,7 +634,7 @@ export type RestoreRequest = Message<"callqos.provider.v1.RestoreRequest"> & {
  * Use `create(RestoreRequestSchema)` to create a new message.
  */
 export const RestoreRequestSchema: GenMessage<RestoreRequest> = /*@__PURE__*/
-  messageDesc(file_callqos_provider_v1_provider_service, 11);
+  messageDesc(file_callqos_provider_v1_provider_service, 14);
 
 /**
  * Response for Restore.
@@ -476,7 +656,7 @@ export type RestoreResponse = Message<"callqos.provider.v1.RestoreResponse"> & {
  * Use `create(RestoreResponseSchema)` to create a new message.
  */
 export const RestoreResponseSchema: GenMessage<RestoreResponse> = /*@__PURE__*/
-  messageDesc(file_callqos_provider_v1_provider_service, 12);
+  messageDesc(file_callqos_provider_v1_provider_service, 15);
 
 /**
  * Request for ListReservations.
@@ -491,7 +671,7 @@ export type ListReservationsRequest = Message<"callqos.provider.v1.ListReservati
  * Use `create(ListReservationsRequestSchema)` to create a new message.
  */
 export const ListReservationsRequestSchema: GenMessage<ListReservationsRequest> = /*@__PURE__*/
-  messageDesc(file_callqos_provider_v1_provider_service, 13);
+  messageDesc(file_callqos_provider_v1_provider_service, 16);
 
 /**
  * One reservation the provider holds.
@@ -519,7 +699,7 @@ export type Reservation = Message<"callqos.provider.v1.Reservation"> & {
  * Use `create(ReservationSchema)` to create a new message.
  */
 export const ReservationSchema: GenMessage<Reservation> = /*@__PURE__*/
-  messageDesc(file_callqos_provider_v1_provider_service, 14);
+  messageDesc(file_callqos_provider_v1_provider_service, 17);
 
 /**
  * Response for ListReservations. Every reservation in one answer: there is one per connected
@@ -541,7 +721,7 @@ export type ListReservationsResponse = Message<"callqos.provider.v1.ListReservat
  * Use `create(ListReservationsResponseSchema)` to create a new message.
  */
 export const ListReservationsResponseSchema: GenMessage<ListReservationsResponse> = /*@__PURE__*/
-  messageDesc(file_callqos_provider_v1_provider_service, 15);
+  messageDesc(file_callqos_provider_v1_provider_service, 18);
 
 /**
  * Request for ListLinks.
@@ -556,7 +736,7 @@ export type ListLinksRequest = Message<"callqos.provider.v1.ListLinksRequest"> &
  * Use `create(ListLinksRequestSchema)` to create a new message.
  */
 export const ListLinksRequestSchema: GenMessage<ListLinksRequest> = /*@__PURE__*/
-  messageDesc(file_callqos_provider_v1_provider_service, 16);
+  messageDesc(file_callqos_provider_v1_provider_service, 19);
 
 /**
  * Response for ListLinks.
@@ -578,7 +758,7 @@ export type ListLinksResponse = Message<"callqos.provider.v1.ListLinksResponse">
  * Use `create(ListLinksResponseSchema)` to create a new message.
  */
 export const ListLinksResponseSchema: GenMessage<ListLinksResponse> = /*@__PURE__*/
-  messageDesc(file_callqos_provider_v1_provider_service, 17);
+  messageDesc(file_callqos_provider_v1_provider_service, 20);
 
 /**
  * Request for UpdateLink.
@@ -614,7 +794,7 @@ export type UpdateLinkRequest = Message<"callqos.provider.v1.UpdateLinkRequest">
  * Use `create(UpdateLinkRequestSchema)` to create a new message.
  */
 export const UpdateLinkRequestSchema: GenMessage<UpdateLinkRequest> = /*@__PURE__*/
-  messageDesc(file_callqos_provider_v1_provider_service, 18);
+  messageDesc(file_callqos_provider_v1_provider_service, 21);
 
 /**
  * Response for UpdateLink.
@@ -644,7 +824,7 @@ export type UpdateLinkResponse = Message<"callqos.provider.v1.UpdateLinkResponse
  * Use `create(UpdateLinkResponseSchema)` to create a new message.
  */
 export const UpdateLinkResponseSchema: GenMessage<UpdateLinkResponse> = /*@__PURE__*/
-  messageDesc(file_callqos_provider_v1_provider_service, 19);
+  messageDesc(file_callqos_provider_v1_provider_service, 22);
 
 /**
  * A change the provider made on its own.
@@ -696,7 +876,7 @@ export type Change = Message<"callqos.provider.v1.Change"> & {
  * Use `create(ChangeSchema)` to create a new message.
  */
 export const ChangeSchema: GenMessage<Change> = /*@__PURE__*/
-  messageDesc(file_callqos_provider_v1_provider_service, 20);
+  messageDesc(file_callqos_provider_v1_provider_service, 23);
 
 /**
  * Request for WatchChanges.
@@ -725,7 +905,7 @@ export type WatchChangesRequest = Message<"callqos.provider.v1.WatchChangesReque
  * Use `create(WatchChangesRequestSchema)` to create a new message.
  */
 export const WatchChangesRequestSchema: GenMessage<WatchChangesRequest> = /*@__PURE__*/
-  messageDesc(file_callqos_provider_v1_provider_service, 21);
+  messageDesc(file_callqos_provider_v1_provider_service, 24);
 
 /**
  * Response for WatchChanges: one change.
@@ -746,7 +926,7 @@ export type WatchChangesResponse = Message<"callqos.provider.v1.WatchChangesResp
  * Use `create(WatchChangesResponseSchema)` to create a new message.
  */
 export const WatchChangesResponseSchema: GenMessage<WatchChangesResponse> = /*@__PURE__*/
-  messageDesc(file_callqos_provider_v1_provider_service, 22);
+  messageDesc(file_callqos_provider_v1_provider_service, 25);
 
 /**
  * Request for AckChanges.
@@ -775,7 +955,7 @@ export type AckChangesRequest = Message<"callqos.provider.v1.AckChangesRequest">
  * Use `create(AckChangesRequestSchema)` to create a new message.
  */
 export const AckChangesRequestSchema: GenMessage<AckChangesRequest> = /*@__PURE__*/
-  messageDesc(file_callqos_provider_v1_provider_service, 23);
+  messageDesc(file_callqos_provider_v1_provider_service, 26);
 
 /**
  * Response for AckChanges.
@@ -790,7 +970,7 @@ export type AckChangesResponse = Message<"callqos.provider.v1.AckChangesResponse
  * Use `create(AckChangesResponseSchema)` to create a new message.
  */
 export const AckChangesResponseSchema: GenMessage<AckChangesResponse> = /*@__PURE__*/
-  messageDesc(file_callqos_provider_v1_provider_service, 24);
+  messageDesc(file_callqos_provider_v1_provider_service, 27);
 
 /**
  * Why a provider refuses (the in-process contract's RefusalKind).
@@ -922,6 +1102,21 @@ export const ProviderService: GenService<{
     methodKind: "unary";
     input: typeof ReleaseRequestSchema;
     output: typeof ReleaseResponseSchema;
+  },
+  /**
+   * Admit, Renegotiate and Release on one stream the host keeps open while connected: the same
+   * requests, answers and rules as the three methods above, without the cost of an RPC each.
+   * Optional: a provider that serves it says so (GetProviderInfoResponse.decide_stream), and the
+   * host uses the three methods otherwise. Each request carries an id its answer repeats, its
+   * deadline and the caller's trace context; answers come in any order. The stream ending is
+   * the connection ending.
+   *
+   * @generated from rpc callqos.provider.v1.ProviderService.Decide
+   */
+  decide: {
+    methodKind: "bidi_streaming";
+    input: typeof DecideRequestSchema;
+    output: typeof DecideResponseSchema;
   },
   /**
    * Make the calls the provider holds exactly the calls the host holds: re-take each listed
