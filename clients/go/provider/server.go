@@ -112,6 +112,7 @@ func (s *Server) GetProviderInfo(ctx context.Context, req *providerv1.GetProvide
 		VendorVersion: s.info.Version,
 		Capabilities:  s.info.Capabilities,
 		InstanceId:    s.instanceID,
+		DecideStream:  true,
 	}, nil
 }
 

@@ -20,6 +20,7 @@ import (
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/durationpb"
 
 	providerv1 "github.com/callqos/callqos/clients/go/gen/callqos/provider/v1"
 	callqosv1 "github.com/callqos/callqos/clients/go/gen/callqos/v1"
@@ -482,4 +483,74 @@ func TestTheCallersTraceReachesTheProvider(t *testing.T) {
 		got := traces[0].String()
 		t.Fatalf("the provider's context is in trace %s", got)
 	}
+}
+
+func TestTheDecideStreamAnswersAsTheMethodsDo(t *testing.T) {
+	p := newLedger(1000)
+	client, _, _ := serve(t, p)
+	ctx := testContext(t)
+	info, _ := client.GetProviderInfo(ctx, &providerv1.GetProviderInfoRequest{})
+	if !info.GetDecideStream() {
+		t.Fatal("the kit serves Decide and says so")
+	}
+	client.Restore(ctx, &providerv1.RestoreRequest{})
+	stream, err := client.Decide(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const traceID = "4bf92f3577b34da6a3ce929d0e0e4736"
+	bad := admit("calls/b", "r2", 10)
+	bad.Qos.ProviderSpecific = []byte("nope")
+	requests := []*providerv1.DecideRequest{
+		{Id: 1, Timeout: durationpb.New(5 * time.Second), Traceparent: "00-" + traceID + "-00f067aa0ba902b7-01",
+			Request: &providerv1.DecideRequest_Admit{Admit: admit("calls/a", "r1", 600)}},
+		{Id: 2, Request: &providerv1.DecideRequest_Admit{Admit: bad}},
+		{Id: 3, Request: &providerv1.DecideRequest_Admit{Admit: admit("calls/c", "r3", 600)}},
+	}
+	for _, r := range requests {
+		if err := stream.Send(r); err != nil {
+			t.Fatal(err)
+		}
+	}
+	answers := map[uint64]*providerv1.DecideResponse{}
+	for len(answers) < len(requests) {
+		answer, err := stream.Recv()
+		if err != nil {
+			t.Fatal(err)
+		}
+		answers[answer.GetId()] = answer
+	}
+	if f := answers[2].GetFailure(); f.GetCode() != callqosv1.GrpcCode_GRPC_CODE_INVALID_ARGUMENT || len(f.GetProviderSpecificViolations()) != 1 {
+		t.Fatalf("2: %v", answers[2])
+	}
+	// Answered concurrently: only one of a and c fits, whichever came first.
+	granted := ""
+	for id, call := range map[uint64]string{1: "calls/a", 3: "calls/c"} {
+		if answers[id].GetAdmit().GetGrant() != nil {
+			granted += call
+		} else if answers[id].GetAdmit().GetRefusal() == nil {
+			t.Fatalf("%d: %v", id, answers[id])
+		}
+	}
+	if granted != "calls/a" && granted != "calls/c" {
+		t.Fatalf("granted %q", granted)
+	}
+	if err := stream.Send(&providerv1.DecideRequest{Id: 4, Request: &providerv1.DecideRequest_Release{Release: &providerv1.ReleaseRequest{Call: granted}}}); err != nil {
+		t.Fatal(err)
+	}
+	if answer, err := stream.Recv(); err != nil || answer.GetId() != 4 || answer.GetRelease() == nil {
+		t.Fatalf("4: %v %v", answer, err)
+	}
+	if got := p.holds(); len(got) != 0 {
+		t.Fatalf("still held: %v", got)
+	}
+	_, traces, _ := p.seen()
+	found := false
+	for _, id := range traces {
+		found = found || id.String() == traceID
+	}
+	if !found {
+		t.Fatalf("no decision ran in the caller's trace: %v", traces)
+	}
+	stream.CloseSend()
 }

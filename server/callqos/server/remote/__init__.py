@@ -12,6 +12,8 @@ contract); this package holds the Python ends of it:
   the host holds and applies every change the provider made meanwhile.
 - `process`: `PluginProcess`, the life of a provider the host launches (handshake, logs,
   restart with backoff, stop).
+- `decisions`: `DecisionStream`, the host's end of the Decide stream (decisions on one stream
+  instead of an RPC each, when the provider serves it).
 - `kit`: `ProviderServicer`, the provider end for Python: it serves any in-process `Provider`
   over the protocol (idempotency by request_id, the change journal, restore).
 - `serve`: the `callqos-provider serve module:Class` command built on the kit.

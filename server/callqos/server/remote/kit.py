@@ -11,7 +11,9 @@ adds is kept here, around it:
   answer again and reaches the provider once; a Release cancels an Admit still being decided;
 - the change journal: every change the provider reports is numbered and kept (the newest per
   call) until the host acknowledges it, and replayed to a host that reconnects;
-- deadlines: each provider call is cut to the gRPC deadline of the request that caused it.
+- deadlines: each provider call is cut to the gRPC deadline of the request that caused it;
+- the Decide stream: Admit, Renegotiate and Release arriving on one stream, each answered by the
+  same method as its RPC, under its own deadline and in its caller's trace.
 """
 
 from __future__ import annotations
