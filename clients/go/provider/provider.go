@@ -3,11 +3,12 @@
 // (protos/callqos/provider/v1/provider_service.proto).
 //
 // You implement Provider (and, for what you advertise, Renegotiator, LinkAdmin,
-// ProviderSpecificValidator); Main or Serve does the rest: the gRPC service and grpc.health.v1,
+// ProviderSpecificValidator, OfferEnder); Main or Serve does the rest: the gRPC service and grpc.health.v1,
 // the handshake with a server that launches you, idempotency of retried requests, the journal of
 // the changes you report (kept until the server acknowledges them, replayed when it reconnects),
 // restores after a reconnection, deadlines (each method's ctx carries the server's) and trace
-// context (spans you start from ctx join the caller's trace).
+// context (spans you start from ctx join the caller's trace), and the calls you offer from your
+// network (Host.OfferCall), each offered once however the connection breaks.
 //
 // What the server does for you, so a provider never sees it: it validates every request (a
 // flowspec you receive is valid, and NO_CHANGE is resolved), checks ownership, etags and
@@ -72,11 +73,39 @@ type ProviderSpecificValidator interface {
 	ValidateProviderSpecific(data []byte) []string
 }
 
-// Host is what a running provider reports its own changes to.
+// OfferEnder is implemented by providers that advertise Capabilities.IncomingCalls.
+type OfferEnder interface {
+	// OfferEnded says that a call you offered (Host.OfferCall) ended without being admitted:
+	// reason is REJECTED, NO_ANSWER, or QOS_UNAVAILABLE (an answer short of a NEEDED request).
+	// Tell your network; nothing was reserved for it.
+	OfferEnded(ctx context.Context, call string, reason callqosv1.DisconnectReason) error
+}
+
+// Host is what a running provider reports its own changes to, and offers calls from its network
+// to.
 type Host interface {
 	// ReportChange records a change you made on your own. It does not wait for the server:
-	// the change is kept until the server has applied it, across reconnections.
+	// the change is kept until the server has applied it, across reconnections. For a call you
+	// offered that is not answered yet, a change without QoS means the caller gave up.
 	ReportChange(change Change)
+	// OfferCall offers a call arriving from your network (only with Capabilities.IncomingCalls)
+	// to the application whose line is open for offer.Destination, and returns the offered
+	// call's name, "calls/{call}": its answer comes as Admit with Request.Incoming set, its end
+	// without an answer as OfferEnder.OfferEnded. It returns "" when no line is open for the
+	// address — and when no server answers before ctx ends or within OfferWait (none is
+	// connected): tell your network the callee is not available. An invalid offer is an error
+	// wrapping ErrInvalidOffer.
+	OfferCall(ctx context.Context, offer Offer) (string, error)
+}
+
+// Offer is a call arriving from your network.
+type Offer struct {
+	Destination string                 // the address called
+	CallerID    string                 // who calls, as your network identifies them (may be empty)
+	Level       callqosv1.ServiceLevel // what the caller asked for; not unspecified
+	// The caller's request in the caller's terms (its Sending is what the caller sends); the
+	// server validates it as a CreateCall's. A direction left out is BEST_EFFORT.
+	CallerQoS *callqosv1.QosSpec
 }
 
 // Info is who the provider is and what it can do.
@@ -95,6 +124,9 @@ type Request struct {
 	QoS         *callqosv1.QosSpec     // validated by the server
 	Principal   string                 // who asks
 	Current     *callqosv1.QosSpec     // the QoS in effect (Renegotiate only)
+	// Admit only: the call is one you offered (Host.OfferCall), now answered by its line's
+	// owner. Connect that call rather than place a new one; QoS is in the answering party's terms.
+	Incoming bool
 }
 
 // Held is a call the server holds, handed back by Restore.

@@ -58,6 +58,7 @@ type Server struct {
 	order     []string // answer keys, oldest first
 	deciding  map[string]*deciding
 	journal   journal
+	offers    offers
 }
 
 // NewServer wraps p: it reads p.Info once, then calls p.Start with the server as the Host.
@@ -75,6 +76,7 @@ func NewServer(p Provider, logger *slog.Logger) (*Server, error) {
 		deciding:   map[string]*deciding{},
 	}
 	s.journal.init()
+	s.offers.init()
 	if s.info.Capabilities == nil {
 		return nil, errors.New("provider: Info().Capabilities is nil: say what the provider can do")
 	}
@@ -228,7 +230,7 @@ func (s *Server) Admit(ctx context.Context, req *providerv1.AdmitRequest) (*prov
 	if err := s.checkProviderSpecific(req.GetQos()); err != nil {
 		return nil, err
 	}
-	request := Request{Call: req.GetCall(), Destination: req.GetDestination(), Level: req.GetServiceLevel(), QoS: req.GetQos(), Principal: req.GetPrincipal()}
+	request := Request{Call: req.GetCall(), Destination: req.GetDestination(), Level: req.GetServiceLevel(), QoS: req.GetQos(), Principal: req.GetPrincipal(), Incoming: req.GetIncoming()}
 	decision, err := s.decide(ctx, req.GetCall(), func(ctx context.Context) (Decision, error) { return s.provider.Admit(ctx, request) })
 	if err != nil {
 		return nil, err

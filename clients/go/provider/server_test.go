@@ -193,6 +193,13 @@ func (l *ledger) holds() map[string]uint64 {
 // ReportChange) and what Serve wrote as its handshake.
 func serve(t *testing.T, p provider.Provider) (providerv1.ProviderServiceClient, *provider.Server, string) {
 	t.Helper()
+	client, server, handshake, _ := serveAt(t, p)
+	return client, server, handshake
+}
+
+// serveAt is serve, also returning the socket's path.
+func serveAt(t *testing.T, p provider.Provider) (providerv1.ProviderServiceClient, *provider.Server, string, string) {
+	t.Helper()
 	dir, err := os.MkdirTemp("/tmp", "cq-go-kit-")
 	if err != nil {
 		t.Fatal(err)
@@ -230,7 +237,7 @@ func serve(t *testing.T, p provider.Provider) (providerv1.ProviderServiceClient,
 	for !strings.Contains(handshake.String(), "\n") && time.Now().Before(deadline) {
 		time.Sleep(5 * time.Millisecond)
 	}
-	return providerv1.NewProviderServiceClient(conn), server, handshake.String()
+	return providerv1.NewProviderServiceClient(conn), server, handshake.String(), socket
 }
 
 func testContext(t *testing.T) context.Context {

@@ -5,7 +5,7 @@ see `settings`), it forwards each call of the contract to the provider process o
 `callqos.provider.v1`, so nothing else in the server knows the difference.
 
 What the host keeps its promises with when the provider lives elsewhere (conformance/SPEC.md
-REMOTE-1 to REMOTE-7):
+REMOTE-1 to REMOTE-8):
 
 - **It never admits on its own.** Every grant is a grant the provider made. While the provider
   is unreachable (not started yet, restarting, hung) every decision fails with UNAVAILABLE /

@@ -25,6 +25,9 @@ func (r *recorder) ReportChange(c provider.Change) {
 	r.changes = append(r.changes, c)
 }
 
+// OfferCall: this provider has no network calls to offer.
+func (r *recorder) OfferCall(context.Context, provider.Offer) (string, error) { return "", nil }
+
 func newQuota(t *testing.T) (*Quota, *recorder) {
 	q := &Quota{Capacity: 1_000_000, ControlledLoadShare: 0.8, GuaranteedShare: 0.3, MTU: 1500, ErrorTermC: 3000, ErrorTermD: 500, PathLatency: 1000}
 	host := &recorder{}
