@@ -172,6 +172,8 @@ class RemoteProvider(Provider):
             supervisor.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await supervisor
+        for offering in self._offers.values():  # an offer still being made when the server stops
+            offering.cancel()
         await self._disconnect()
 
     # -- the connection -----------------------------------------------------------------------
