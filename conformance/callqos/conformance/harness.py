@@ -1,6 +1,8 @@
 """What a check works with: a gRPC client for the target bound to the suite's own principal,
-unique call ids and destinations, a LIFO cleanup registry, rich-error decoding, and an event
-reader with deadlines (a missing event is a failure, never a hang)."""
+unique call ids and destinations, a LIFO cleanup registry, rich-error decoding, an event reader
+with deadlines (a missing event is a failure, never a hang), and — for every grant, refusal and
+counter-offer a check receives — the suite's own verdict on it (`verify`): a check fails on a bad
+answer even when the server in front of the provider let it through."""
 
 from __future__ import annotations
 
@@ -9,7 +11,7 @@ import itertools
 import random
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 from google.rpc import error_details_pb2
@@ -17,6 +19,8 @@ from google.rpc import error_details_pb2
 from callqos.client.errors import rich_status
 from callqos.conformance.exceptions import CheckFailed, CheckSkipped, TargetTimeout
 from callqos.conformance.params import Parameters
+from callqos.conformance.rules import ST, qos_rates
+from callqos.conformance.verify import Limits, grant_problems, refusal_problems
 from callqos.v1 import (
     call_pb2,
     event_pb2,
@@ -30,6 +34,9 @@ from callqos.v1 import (
     callqos_service_pb2_grpc as svc_grpc,
 )
 from callqos.wire import PRINCIPAL_HEADER, START_SEQUENCE_HEADER
+
+if TYPE_CHECKING:
+    from callqos.conformance.target import SpawnedServer
 
 Call = call_pb2.Call
 QosEvent = event_pb2.QosEvent
@@ -96,10 +103,38 @@ class Session:
     cursor: int = 0
     # The highest sequence any watch of this run has delivered.
     newest: int = 0
+    # The server the suite started and may restart (--provider); None for --target.
+    server: SpawnedServer | None = None
+    target: str = ""  # HOST:PORT
+    # Seconds the model-based checker may spend generating histories (0: its default), or a number
+    # of histories to run whatever the time.
+    budget_seconds: float = 0.0
+    histories: int = 0
+    seed: int = 0
+    # What the provider advertised, for verifying every answer.
+    limits: Limits = field(default_factory=lambda: Limits(frozenset(), 0, 0, 0, False))
 
     @property
     def principal(self) -> str:
         return f"conformance-{self.run_token}"
+
+    @property
+    def restartable(self) -> bool:
+        return self.server is not None
+
+    async def restart(self) -> None:
+        """Restart the server the suite owns (SIGTERM, then start on the same data directory and
+        port) and reconnect. Only with `--provider`."""
+        if self.server is None:
+            raise CheckSkipped("mode: the suite does not own the target's server (--target), so it cannot restart it")
+        # The old channel stays open while the server shuts down, so its open streams see how the
+        # server ends them (WATCH-9); it is closed once the new one is up.
+        old = self.channel
+        await asyncio.to_thread(self.server.restart)
+        await old.close()
+        self.channel = grpc.aio.insecure_channel(self.server.target)
+        self.stub = svc_grpc.CallQosServiceStub(self.channel)  # type: ignore[no-untyped-call]  # generated, untyped
+        await asyncio.wait_for(self.channel.channel_ready(), RPC_SECONDS * self.scale)
 
     @property
     def intruder(self) -> str:
@@ -112,11 +147,20 @@ class CheckContext:
     def __init__(self, session: Session, check_id: str) -> None:
         self.session = session
         self.check_id = check_id
-        self.stub = session.stub
         self.caps = session.caps
         self.params = session.params
         self.provider = session.provider
         self._cleanups: list[tuple[str, Callable[[], Awaitable[Any]]]] = []
+        # The service level of each call this check made, for verifying its renegotiations.
+        self._levels: dict[str, int] = {}
+        # A runnable reproduction of the failure, when the check can write one (model-based checker),
+        # and what a passing check wants said about what it did (how many histories it ran).
+        self.reproduction = ""
+        self.detail = ""
+
+    @property
+    def stub(self) -> svc_grpc.CallQosServiceStub:
+        return self.session.stub  # replaced when the server restarts
 
     # -- identities -----------------------------------------------------------------------
     def metadata(self, principal: str | None = None) -> tuple[tuple[str, str], ...]:
@@ -180,6 +224,10 @@ class CheckContext:
                 raise CheckFailed(
                     f"{what or method}: expected {code.name} {'/'.join(reasons)}, got {failure}"
                 ) from None
+            if method == "CreateCall" and request.call_id:
+                self.verify_failure(f"calls/{request.call_id}", failure)
+            elif method == "RenegotiateCall":
+                self.verify_failure(request.name, failure)
             return failure
         if isinstance(result, Call) and method == "CreateCall":
             self.register(result)
@@ -223,12 +271,15 @@ class CheckContext:
         try:
             call: Call = await self.rpc("CreateCall", request)
         except RpcFailed as out:
+            self.verify_failure(f"calls/{request.call_id}" if request.call_id else "", out.failure)
             raise CheckFailed(
-                f"CreateCall({_brief(request.call.requested_qos)}, {Level.Name(level)}) failed: {out.failure}"
+                f"CreateCall({_brief(request.call.requested_qos)}, {Level.Name(request.call.service_level)}) failed: "
+                f"{out.failure}"
             ) from None
         self.register(call)
         if call.state != Call.State.STATE_CONNECTED:
             raise CheckFailed(f"CreateCall returned {call.name} in state {Call.State.Name(call.state)}, not CONNECTED")
+        self.verify_created(request, call)
         return call
 
     async def try_create(
@@ -239,9 +290,49 @@ class CheckContext:
         try:
             call: Call = await self.rpc("CreateCall", request)
         except RpcFailed as out:
+            self.verify_failure(f"calls/{request.call_id}" if request.call_id else "", out.failure)
             return out.failure
         self.register(call)
+        if call.state == Call.State.STATE_CONNECTED:
+            self.verify_created(request, call)
         return call
+
+    # -- the suite's own verdict on every answer (verify.py) ------------------------------
+    def verify_created(self, request: svc.CreateCallRequest, call: Call) -> None:
+        """A connected call's grant, judged against what was asked at its level."""
+        level = request.call.service_level or Level.SERVICE_LEVEL_NEEDED
+        self._levels[call.name] = level
+        problems = grant_problems(level, request.call.requested_qos, call.granted_qos, self.session.limits)
+        if call.service_level != level:
+            problems.append(
+                f"[LEVEL-4] the call was recorded at {Level.Name(call.service_level)}, asked {Level.Name(level)}"
+            )
+        if problems:
+            raise CheckFailed(
+                f"CreateCall({_brief(request.call.requested_qos)}, {Level.Name(level)}) → {call.name} granted "
+                f"{_brief(call.granted_qos)}: " + "; ".join(problems)
+            )
+
+    def verify_failure(self, name: str, failure: RpcFailure) -> None:
+        """A QoS refusal names the call and offers only what can be granted."""
+        if failure.reason in ("QOS_UNAVAILABLE", "QOS_POLICY_FAILURE") and name:
+            problems = refusal_problems(name, failure.refusal, self.session.limits)
+            if problems:
+                raise CheckFailed(f"the refusal of {name} ({failure}): " + "; ".join(problems))
+
+    def verify_renegotiated(self, name: str, asked: flowspec_pb2.QosSpec, level: int, call: Call) -> None:
+        """A renegotiation's grant: the directions asked NO_CHANGE are judged by the checks that
+        know the call's previous QoS; the others like a new call's."""
+        resolved = flowspec_pb2.QosSpec()
+        resolved.CopyFrom(asked)
+        for direction in ("sending", "receiving"):
+            if getattr(asked, direction).service_type == ST.SERVICE_TYPE_NO_CHANGE:
+                getattr(resolved, direction).CopyFrom(getattr(call.granted_qos, direction))
+        problems = grant_problems(level, resolved, call.granted_qos, self.session.limits)
+        if problems:
+            raise CheckFailed(
+                f"RenegotiateCall({name} → {_brief(asked)}) granted {_brief(call.granted_qos)}: " + "; ".join(problems)
+            )
 
     async def get(self, name: str) -> Call:
         try:
@@ -258,11 +349,18 @@ class CheckContext:
             raise CheckFailed(f"DropCall({name}) failed: {out.failure}") from None
 
     async def renegotiate(self, name: str, qos: flowspec_pb2.QosSpec, **kw: Any) -> Call | RpcFailure:
+        """RenegotiateCall: the changed call, or the failure (a refusal being a legitimate answer);
+        either is verified like a new call's answer."""
         try:
             changed: Call = await self.rpc("RenegotiateCall", svc.RenegotiateCallRequest(name=name, qos=qos, **kw))
-            return changed
         except RpcFailed as out:
+            self.verify_failure(name, out.failure)
             return out.failure
+        level = kw.get("service_level") or self._levels.get(name, 0)
+        if level:
+            self._levels[name] = level
+            self.verify_renegotiated(name, qos, level, changed)
+        return changed
 
     # -- links (only when link_admin is advertised) ---------------------------------------
     async def links(self) -> list[provider_pb2.Link]:
@@ -280,6 +378,44 @@ class CheckContext:
             link.name: (link.sending_reserved_bytes_per_second, link.receiving_reserved_bytes_per_second)
             for link in await self.links()
         }
+
+    async def connected_calls(self) -> list[Call]:
+        """Every connected call of the provider under test, whoever owns it (ListCalls, paged)."""
+        calls: list[Call] = []
+        token = ""
+        for _ in range(1000):  # bounded: 500 calls a page
+            page = await self.rpc(
+                "ListCalls",
+                svc.ListCallsRequest(
+                    page_size=500, page_token=token, filter=f'state = CONNECTED AND provider = "{self.provider}"'
+                ),
+            )
+            calls.extend(page.calls)
+            token = page.next_page_token
+            if not token:
+                break
+        return calls
+
+    async def accounting(self) -> str:
+        """Whether the links report exactly what the connected calls hold (SPEC.md LINK-2, GRANT-1):
+        '' when they do, else what differs. The sums are compared over all links, so the check
+        needs no knowledge of how the provider routes a destination."""
+        links = await self.links()
+        calls = await self.connected_calls()
+        held = [0, 0]
+        for call in calls:
+            for index, rate in enumerate(qos_rates(call.granted_qos)):
+                held[index] += rate
+        reported = [
+            sum(link.sending_reserved_bytes_per_second for link in links),
+            sum(link.receiving_reserved_bytes_per_second for link in links),
+        ]
+        if reported == held:
+            return ""
+        return (
+            f"the links report {reported[0]} B/s sending and {reported[1]} B/s receiving reserved, while the "
+            f"{len(calls)} connected calls hold {held[0]} and {held[1]} B/s by their granted QoS (GRANT-1)"
+        )
 
     # -- events ---------------------------------------------------------------------------
     def watch(self, after: int | None, call: str | None = None, principal: str | None = None) -> Any:

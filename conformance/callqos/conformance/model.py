@@ -14,7 +14,18 @@ from callqos.conformance.harness import CheckContext
 from callqos.conformance.params import Parameters
 from callqos.v1 import provider_pb2
 
-PROFILES = ("core", "renegotiation", "events", "provider-change", "concurrency")
+# In the order reports list failures: the most specific diagnosis first, the model-based
+# histories (which catch what no targeted check names) last. A new profile is one more line.
+PROFILES = (
+    "core",
+    "renegotiation",
+    "events",
+    "provider-change",
+    "concurrency",
+    "restart",
+    "host",
+    "model",
+)
 
 
 class Level(str, enum.Enum):
@@ -36,8 +47,11 @@ class Outcome(str, enum.Enum):
         return self in (Outcome.FAILED, Outcome.TIMEOUT, Outcome.XFAIL)
 
 
-# ProviderCapabilities boolean fields a check needs; "!x" means x must be false (negative probes).
+# ProviderCapabilities boolean fields a check needs; "!x" means x must be false (negative probes);
+# "@owns_server" means the suite must own the target's server (--provider), to restart it, read its
+# log or start a side server with other settings.
 Needs = tuple[str, ...]
+OWNS_SERVER = "@owns_server"
 
 
 @dataclass(frozen=True)
@@ -55,9 +69,15 @@ class Check:
     # A check whose needs are not met is skipped with the reason.
     needs: Needs = ()
     timeout_seconds: float = 10.0
-    # Preflight checks run first, in a fixed order; the rest are shuffled by --seed.
+    # Preflight checks run first, in a fixed order; the rest are shuffled by --seed, except the
+    # `last` ones (the model-based histories), which run after them.
     preflight: bool = False
     description: str = ""
+    last: bool = False
+    # Its deadline grows with the run's --budget (the model-based histories).
+    budgeted: bool = False
+    # Not run as such: the runner records its outcome from what it verifies between checks.
+    sentinel: bool = False
 
     @property
     def reference(self) -> str:
@@ -72,6 +92,12 @@ class CheckResult:
     reason: str = ""
     duration_seconds: float = 0.0
     cleanup_errors: list[str] = field(default_factory=list)
+    # What the hosting server logged (error or above, tracebacks) while the check ran (--provider).
+    findings: list[str] = field(default_factory=list)
+    # A runnable reproduction of the failure, when the check produced one (the model-based checker).
+    reproduction: str = ""
+    # What the check did, when it says (the model-based checker: how many histories and steps).
+    detail: str = ""
 
 
 @dataclass
@@ -89,6 +115,9 @@ class RunOptions:
     output_dir: Path | None = None
     # Server-side provider deadline for --provider: short, so a hung provider is answered quickly.
     provider_timeout: float = 2.0
+    # The model-based checker: seconds of random histories (0: the default), or a number of them.
+    budget_seconds: float = 0.0
+    histories: int = 0
 
 
 @dataclass
@@ -112,6 +141,16 @@ class Report:
     def unexpected(self) -> list[CheckResult]:
         """Results that fail the run: failures not known, unexpected passes, harness errors."""
         return [r for r in self.results if r.outcome in (Outcome.FAILED, Outcome.TIMEOUT, Outcome.XPASS, Outcome.ERROR)]
+
+    @property
+    def failures(self) -> list[CheckResult]:
+        """Failed and timed-out checks (known-failing ones included), most specific first: in the
+        order of PROFILES, the preflight first, then by id — never in the shuffled run order, so
+        the first failure listed is the one that explains the fault."""
+        return sorted(
+            (r for r in self.results if r.outcome.is_failure),
+            key=lambda r: (not r.check.preflight, PROFILES.index(r.check.profile), r.check.id),
+        )
 
     @property
     def exit_code(self) -> int:
