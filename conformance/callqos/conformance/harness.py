@@ -111,6 +111,8 @@ class Session:
     budget_seconds: float = 0.0
     histories: int = 0
     seed: int = 0
+    # Set when the target holds capacity for no call and could not be made to release it (CORE-IDLE-001).
+    leaked: str = ""
     # What the provider advertised, for verifying every answer.
     limits: Limits = field(default_factory=lambda: Limits(frozenset(), 0, 0, 0, False))
 
@@ -304,8 +306,11 @@ class CheckContext:
         self._levels[call.name] = level
         problems = grant_problems(level, request.call.requested_qos, call.granted_qos, self.session.limits)
         if call.service_level != level:
+            clause = {Level.SERVICE_LEVEL_IF_AVAILABLE: "LEVEL-2", Level.SERVICE_LEVEL_BEST_EFFORT: "LEVEL-3"}.get(
+                level, "LEVEL-4" if not request.call.service_level else "LEVEL-1"
+            )
             problems.append(
-                f"[LEVEL-4] the call was recorded at {Level.Name(call.service_level)}, asked {Level.Name(level)}"
+                f"[{clause}] the call was recorded at {Level.Name(call.service_level)}, asked {Level.Name(level)}"
             )
         if problems:
             raise CheckFailed(
@@ -379,8 +384,10 @@ class CheckContext:
             for link in await self.links()
         }
 
-    async def connected_calls(self) -> list[Call]:
-        """Every connected call of the provider under test, whoever owns it (ListCalls, paged)."""
+    async def connected_calls(self, *, strict: bool = True) -> list[Call]:
+        """Every connected call of the provider under test, whoever owns it (ListCalls, paged). A call the
+        filter should have left out fails the check (API-6); not `strict` (the idle verification, which
+        must work even then), such calls are only left out."""
         calls: list[Call] = []
         token = ""
         for _ in range(1000):  # bounded: 500 calls a page
@@ -390,7 +397,15 @@ class CheckContext:
                     page_size=500, page_token=token, filter=f'state = CONNECTED AND provider = "{self.provider}"'
                 ),
             )
-            calls.extend(page.calls)
+            for call in page.calls:
+                if call.state != Call.State.STATE_CONNECTED or call.provider != self.provider:
+                    if not strict:
+                        continue
+                    raise CheckFailed(
+                        f"[API-6] ListCalls(filter = state = CONNECTED AND provider = {self.provider!r}) returned "
+                        f"{call.name}, {Call.State.Name(call.state)} on {call.provider}"
+                    )
+            calls.extend(c for c in page.calls if c.state == Call.State.STATE_CONNECTED and c.provider == self.provider)
             token = page.next_page_token
             if not token:
                 break
@@ -533,12 +548,17 @@ def brief(qos: flowspec_pb2.QosSpec) -> str:
     return _brief(qos)
 
 
-def needs_capacity(ctx: CheckContext) -> int:
+def needs_capacity(ctx: CheckContext, *, whole: bool = True) -> int:
+    """The per-direction capacity the check sizes its calls by. A check that needs the `whole` of it free
+    (fills, shedding, admitting what fits) does not run on a target that leaked capacity it could not be
+    made to release (see idle.py): it would only fail for want of it."""
     if not ctx.params.reserving:
         raise CheckSkipped(
             "no per-direction capacity is known (max_reservable_bytes_per_second not advertised and no "
             "capacity_bytes_per_second parameter)"
         )
+    if whole and ctx.session.leaked:
+        raise CheckSkipped(f"not run: it needs the whole capacity free, and {ctx.session.leaked}")
     return ctx.params.capacity
 
 

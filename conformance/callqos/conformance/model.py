@@ -78,6 +78,9 @@ class Check:
     budgeted: bool = False
     # Not run as such: the runner records its outcome from what it verifies between checks.
     sentinel: bool = False
+    # A check whose rule others take for granted (what is reserved is what ListLinks reports, what fits
+    # is admitted, the capabilities are coherent): its failure explains theirs, so it is listed first.
+    foundation: bool = False
 
     @property
     def reference(self) -> str:
@@ -96,6 +99,9 @@ class CheckResult:
     findings: list[str] = field(default_factory=list)
     # A runnable reproduction of the failure, when the check produced one (the model-based checker).
     reproduction: str = ""
+    # For a result the runner records between checks (CORE-IDLE-001): the check after which it was seen;
+    # the failure is listed right after that check's.
+    attached_to: Check | None = None
     # What the check did, when it says (the model-based checker: how many histories and steps).
     detail: str = ""
 
@@ -144,13 +150,23 @@ class Report:
 
     @property
     def failures(self) -> list[CheckResult]:
-        """Failed and timed-out checks (known-failing ones included), most specific first: in the
-        order of PROFILES, the preflight first, then by id — never in the shuffled run order, so
-        the first failure listed is the one that explains the fault."""
-        return sorted(
-            (r for r in self.results if r.outcome.is_failure),
-            key=lambda r: (not r.check.preflight, PROFILES.index(r.check.profile), r.check.id),
-        )
+        """Failed and timed-out checks (known-failing ones included), the one that explains the fault
+        first — never in the shuffled run order: MUST before SHOULD; the preflight, then the foundations
+        (checks whose rule the others take for granted); then in the order of PROFILES and by id. A
+        failure recorded between checks (a leak) is listed right after the check it followed."""
+
+        def key(result: CheckResult) -> tuple[bool, bool, bool, int, str, int]:
+            check = result.attached_to or result.check
+            return (
+                result.check.level is not Level.MUST,
+                not check.preflight,
+                not check.foundation,
+                PROFILES.index(check.profile),
+                check.id,
+                result.attached_to is not None,
+            )
+
+        return sorted((r for r in self.results if r.outcome.is_failure), key=key)
 
     @property
     def exit_code(self) -> int:

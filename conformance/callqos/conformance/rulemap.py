@@ -39,9 +39,10 @@ def render(rows: list[Row], width: int = 100) -> str:
     for row in rows:
         clause = row.clause
         out.append(f"{clause.id:10} {clause.level:6} {clause.title}")
-        wrap = lambda label, text: textwrap.fill(  # noqa: E731
-            text, width, initial_indent=f"{'':17}{label}: ", subsequent_indent=" " * 19
-        )
+
+        def wrap(label: str, text: str) -> str:
+            return textwrap.fill(text, width, initial_indent=f"{'':17}{label}: ", subsequent_indent=" " * 19)
+
         out.append(wrap("why " + clause.level, clause.why_level or "(no reason given)"))
         if row.checks:
             out.append(wrap("checked by", ", ".join(row.checks)))

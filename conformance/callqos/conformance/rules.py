@@ -6,6 +6,7 @@ FLOW / REQ clauses), each case with the clauses of conformance/SPEC.md it verifi
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -101,10 +102,14 @@ def flowspec_problems(spec: FlowSpec, direction: str, mtu: int = 0) -> list[str]
     the advertised max_sdu_size_bytes (0: not advertised)."""
     out: list[str] = []
     stype = spec.service_type
-    if stype not in ST.values() or stype == ST.SERVICE_TYPE_UNSPECIFIED:
-        return [f"{direction}: service type {stype} is not a requestable one (FLOW-3, FLOW-4)"]
-    if stype in NOTIFICATIONS or stype == ST.SERVICE_TYPE_NO_CHANGE:
-        return [f"{direction}: {ST.Name(stype)} cannot be asked for in a new call (FLOW-5, FLOW-6)"]
+    if stype == ST.SERVICE_TYPE_UNSPECIFIED:
+        return [f"{direction}: no service type (FLOW-3)"]
+    if stype not in ST.values():
+        return [f"{direction}: service type {stype} is not defined (FLOW-4)"]
+    if stype in NOTIFICATIONS:
+        return [f"{direction}: {ST.Name(stype)} is a notification, not a request (FLOW-5)"]
+    if stype == ST.SERVICE_TYPE_NO_CHANGE:
+        return [f"{direction}: NO_CHANGE cannot be asked for in a new call (FLOW-6)"]
     reserving = stype in RESERVING
     for name in NUMERIC_FIELDS:
         if spec.HasField(name) and getattr(spec, name) in SENTINELS:
@@ -142,6 +147,29 @@ def qos_problems(qos: QosSpec, mtu: int = 0) -> list[str]:
     if not qos.HasField("sending") or not qos.HasField("receiving"):
         return ["a direction is missing (FLOW-18)"]
     return flowspec_problems(qos.sending, "sending", mtu) + flowspec_problems(qos.receiving, "receiving", mtu)
+
+
+def request_clauses(request: svc.CreateCallRequest, mtu: int = 0) -> set[str]:
+    """The clauses of SPEC.md a CreateCallRequest breaks, as the suite states them (empty: valid)."""
+    found: set[str] = set()
+    call = request.call
+    if not call.HasField("requested_qos"):
+        found.add("FLOW-18")
+    else:
+        for problem in qos_problems(call.requested_qos, mtu):
+            found.update(re.findall(r"(FLOW-[0-9]+)", problem))
+        if len(call.requested_qos.provider_specific) > 4096:
+            found.add("FLOW-19")
+    if not call.destination or len(call.destination) > 256 or not call.destination.isprintable():
+        found.add("REQ-1")
+    if call.service_level not in ServiceLevel.values():
+        found.add("REQ-2")
+    rid = request.request_id
+    if rid and (len(rid) > 64 or not rid.isascii() or not rid.isprintable() or " " in rid):
+        found.add("REQ-3")
+    if request.call_id and not re.fullmatch(r"[a-z]([a-z0-9-]{0,61}[a-z0-9])?", request.call_id):
+        found.add("REQ-4")
+    return found
 
 
 # -- the guaranteed-service delay bound (SPEC.md DELAY-1 … DELAY-3), stated again ----------------

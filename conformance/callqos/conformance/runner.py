@@ -147,6 +147,7 @@ class Hygiene:
         self.sentinel = sentinel
         self.baseline: Snapshot | None = None
         self.failure = ""  # the first leak, reported once
+        self.after_check: Check | None = None  # the check after which it was seen
         self.broken = ""  # set when the target could not be made idle again: later checks do not run
 
     async def start(self) -> None:
@@ -156,9 +157,12 @@ class Hygiene:
             return
         try:
             self.baseline = await snapshot(ctx)
+        except (RpcFailed, grpc.aio.AioRpcError, TargetTimeout, CheckFailed):
+            return  # the checks themselves will say what is wrong with ListLinks
+        try:
             problem = await ctx.accounting()
         except (RpcFailed, grpc.aio.AioRpcError, TargetTimeout, CheckFailed):
-            return  # the checks themselves will say what is wrong with ListLinks / ListCalls
+            return  # the checks that rely on ListCalls will say what is wrong with it
         if problem:
             self.failure = f"before the first check: {problem}"
 
@@ -168,33 +172,50 @@ class Hygiene:
         try:
             verdict = await verify(ctx, self.baseline)
         except (RpcFailed, grpc.aio.AioRpcError, TargetTimeout, CheckFailed) as exc:
-            self.broken = f"the target could not be verified idle after {check.id}: {exc}"
+            # The target failed the very reads the verification makes: that is the finding, once; a server
+            # the suite owns is restarted, anything else cannot be trusted to run further checks.
+            if not self.failure:
+                self.failure, self.after_check = (
+                    f"after {check.id}, the target could not be verified idle: {exc}",
+                    check,
+                )
+            if not self.session.restartable:
+                self.broken = f"the target could not be verified idle after {check.id} ({IDLE_CHECK})"
+                return []
+            await self.recover(ctx)
             return []
         if verdict.leak:
             if not self.failure:
-                self.failure = leak_reason(check.id, verdict.leak)
+                self.failure, self.after_check = leak_reason(check.id, verdict.leak), check
             await self.recover(ctx)
         return verdict.tidied
 
     async def recover(self, ctx: CheckContext) -> None:
-        """Make the target idle again: restart a server the suite owns, or give up."""
+        """Make the target idle again: restart a server the suite owns. Otherwise (or if that does not
+        help) take what it holds now as the baseline: the checks that need the whole capacity free are
+        then not run (needs_capacity), the others still are."""
         if self.session.restartable:
             try:
                 await self.session.restart()
                 now = await snapshot(ctx)
                 if self.baseline is None or now is None or not self.baseline.differences(now):
                     return
-                self.broken = f"the target still holds capacity for no call after a restart ({IDLE_CHECK})"
             except (TargetError, OSError, TimeoutError, grpc.aio.AioRpcError) as exc:
                 self.broken = f"the target did not come back from a restart: {exc}"
-            return
-        self.broken = f"the target holds capacity for no call ({IDLE_CHECK}) and the suite cannot restart it"
+                return
+        self.session.leaked = f"the target holds capacity for no call ({IDLE_CHECK}), which the suite could not free"
+        try:
+            self.baseline = await snapshot(ctx)
+        except (RpcFailed, grpc.aio.AioRpcError, TargetTimeout, CheckFailed) as exc:
+            self.broken = f"the target could not be read after a leak: {exc}"
 
     def result(self) -> CheckResult | None:
         if self.sentinel is None:
             return None
         if self.failure:
-            return CheckResult(self.sentinel, Outcome.FAILED, self.failure)
+            result = CheckResult(self.sentinel, Outcome.FAILED, self.failure)
+            result.attached_to = self.after_check
+            return result
         return CheckResult(self.sentinel, Outcome.PASSED)
 
 

@@ -105,12 +105,13 @@ async def idle(ctx: CheckContext) -> None:
     source="provider.proto Link: reserved rates are the sums over connected calls",
     needs=("link_admin", "qos_supported"),
     timeout=15,
+    foundation=True,
 )
 async def accounting(ctx: CheckContext) -> None:
     """CONTROLLED_LOAD with different rates each way; GUARANTEED with a bounded peak (holds the peak) and with an
     unbounded one (holds the token rate); a renegotiation up and down; drops one by one. After each step the links'
     sums equal the calls' GRANT-1 rates and ListCalls agrees with ListLinks."""
-    capacity = needs_capacity(ctx)
+    capacity = needs_capacity(ctx, whole=False)
     ledger = Ledger(ctx, await totals(ctx))
     steps: list[tuple[str, QosSpec]] = [
         ("CONTROLLED_LOAD send c/8, receive c/10", QosSpec(sending=cl(capacity // 8), receiving=cl(capacity // 10)))
@@ -157,7 +158,7 @@ async def accounting(ctx: CheckContext) -> None:
 async def drop_exactly(ctx: CheckContext) -> None:
     """Three calls with different rates each way; drop the middle one, then the first: after each drop the links
     hold exactly what the remaining calls hold."""
-    capacity = needs_capacity(ctx)
+    capacity = needs_capacity(ctx, whole=False)
     ledger = Ledger(ctx, await totals(ctx))
     for send, recv in (
         (capacity // 8, capacity // 16),
@@ -181,6 +182,7 @@ async def drop_exactly(ctx: CheckContext) -> None:
     spec=("PROV-8", "ADMIT-5"),
     source="provider.proto ProviderCapabilities.max_reservable_bytes_per_second",
     needs=("qos_supported",),
+    foundation=True,
 )
 async def advertised_maximum(ctx: CheckContext) -> None:
     """CreateCall(CONTROLLED_LOAD at the advertised maximum, sending; then receiving) at NEEDED → CONNECTED."""
@@ -280,6 +282,7 @@ async def latency_not_ignored(ctx: CheckContext) -> None:
     source="flowspec.proto ServiceType: GUARANTEED (RFC 2212) reserves its peak",
     needs=("qos_supported",),
     timeout=15,
+    foundation=True,
 )
 async def guaranteed_holds_peak(ctx: CheckContext) -> None:
     """Calls of GUARANTEED token c/8, peak c/4 until refused: exactly 4 fit (the peak is held, not the token rate);
@@ -317,6 +320,7 @@ async def guaranteed_holds_peak(ctx: CheckContext) -> None:
     spec=("ADMIT-1", "ADMIT-5"),
     source="TAPI QoS overview: the provider fails the call only if it cannot provide the QoS",
     needs=("qos_supported",),
+    foundation=True,
 )
 async def exactly_full(ctx: CheckContext) -> None:
     """Three calls of c/4 sending; a fourth of c - 3·(c/4) (all that is free) → CONNECTED; then 1 B/s more →

@@ -82,6 +82,7 @@ async def responsive(ctx: CheckContext) -> None:
     "core",
     spec=("PROV-8",),
     source="provider.proto ProviderCapabilities",
+    foundation=True,
 )
 async def capabilities(ctx: CheckContext) -> None:
     """GetProvider == ListProviders entry; without qos_supported no reserving service type is advertised."""
@@ -184,6 +185,8 @@ async def owner_only(ctx: CheckContext) -> None:
     """RenegotiateCall and DropCall as another principal → PERMISSION_DENIED NOT_OWNER; the call keeps its etag."""
     qos = ctx.params.feasible or BE_QOS
     call = await ctx.create(qos, Level.SERVICE_LEVEL_IF_AVAILABLE)
+    if call.owner != ctx.session.principal:
+        raise CheckFailed(f"the call's owner is {call.owner!r}, not its creator {ctx.session.principal!r}")
     await refused_to_intruder(ctx, call, qos)
     after = await ctx.get(call.name)
     if after.etag != call.etag or after.state != Call.State.STATE_CONNECTED:
@@ -504,6 +507,14 @@ async def given_up(ctx: CheckContext) -> None:
             raise CheckFailed("the retry of a CreateCall whose caller gave up did not answer in time") from None
     else:
         ctx.register(call)
+    made = [c for c in await ctx.connected_calls() if c.destination == request.call.destination]
+    for extra in made:
+        if call is None or extra.name != call.name:
+            ctx.register(extra)
+    if len(made) > 1:
+        raise CheckFailed(
+            f"[API-3] one request_id, given up and retried, made {len(made)} calls: {[c.name for c in made]}"
+        )
     if ctx.caps.link_admin:
         problem = await ctx.accounting()
         if problem:

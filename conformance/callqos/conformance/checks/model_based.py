@@ -31,7 +31,9 @@ def header(ctx: CheckContext) -> str:
         "export CALLQOS_PRINCIPAL=repro",
     ]
     if server is None:
-        return "\n".join([*lines, f"export CALLQOS_TARGET={ctx.session.target or '127.0.0.1:50051'}"])
+        return "\n".join(
+            [*lines, f"export CALLQOS_TARGET=${{CALLQOS_TARGET:-{ctx.session.target or '127.0.0.1:50051'}}}"]
+        )
     return "\n".join(
         [
             *lines,
@@ -39,7 +41,7 @@ def header(ctx: CheckContext) -> str:
             "cat > repro.toml <<'TOML'",
             server.toml().rstrip(),
             "TOML",
-            "export CALLQOS_TARGET=127.0.0.1:50071",
+            "export CALLQOS_TARGET=${CALLQOS_TARGET:-127.0.0.1:50071}",
             "serve() { callqos serve --config repro.toml --data-dir ./repro-data --listen $CALLQOS_TARGET "
             ">>repro-server.log 2>&1 & SERVER=$!; until callqos providers >/dev/null 2>&1; do sleep 0.2; done; }",
             'restart_server() { kill "$SERVER"; wait "$SERVER"; serve; }',

@@ -26,6 +26,7 @@ def check(
     last: bool = False,
     budgeted: bool = False,
     sentinel: bool = False,
+    foundation: bool = False,
 ) -> Callable[[CheckRun], CheckRun]:
     """Register the decorated coroutine as check `id`. `spec` names the conformance/SPEC.md
     clauses it verifies; `source` is the short source of those clauses, for reports."""
@@ -47,6 +48,7 @@ def check(
                 last=last,
                 budgeted=budgeted,
                 sentinel=sentinel,
+                foundation=foundation,
             )
         )
         return fn

@@ -22,7 +22,7 @@ from typing import Any
 
 import grpc
 
-from callqos.conformance.exceptions import TargetTimeout
+from callqos.conformance.exceptions import CheckFailed, TargetTimeout
 from callqos.conformance.harness import Call, CheckContext, RpcFailed, RpcFailure
 from callqos.conformance.model_based.ops import (
     Burst,
@@ -570,7 +570,7 @@ async def reset(ctx: CheckContext, world: World) -> str:
             problem = (
                 f"{world.link} holds {link.sending_reserved_bytes_per_second if link else '?'} B/s sending with no call"
             )
-        except (RpcFailed, TargetTimeout) as exc:
+        except (RpcFailed, TargetTimeout, CheckFailed) as exc:
             problem = f"the target could not be reset: {exc}"
         if attempt == 0 and ctx.session.restartable:
             await ctx.session.restart()

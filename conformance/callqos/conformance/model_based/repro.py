@@ -87,7 +87,9 @@ def script(
             lines.append("restart_server")
         else:
             lines.append(command(op, world))
-            if index in offers:
+            if index in offers and isinstance(op, Make | Renegotiate):
+                lines += [f"#   {line.split(': ', 1)[1]}" for line in seen[:1]]
+                seen = seen[1:]
                 retry = f"m{op.call}r-$R"
                 offer = json.dumps(json_format.MessageToDict(offers[index], preserving_proto_field_name=True))
                 verb = (
