@@ -307,6 +307,8 @@ async def run_async(options: RunOptions) -> Report:
                 attach_findings(result, [str(finding) for finding in log.read()])
                 apply_known_failing(result, known)
         idle = hygiene.result()
+        if idle is not None and idle.outcome == Outcome.PASSED and (unresponsive or hygiene.broken):
+            idle = CheckResult(idle.check, Outcome.ERROR, f"not run: {unresponsive or hygiene.broken}")
         if idle is not None and (idle.outcome != Outcome.PASSED or sentinel in selected):
             results.append(apply_known_failing(idle, known))
     except (TargetError, ParameterError, grpc.aio.AioRpcError, OSError, TimeoutError) as exc:
