@@ -274,7 +274,7 @@ async def correlation(ctx: CheckContext) -> None:
 )
 async def unknown_cursor(ctx: CheckContext) -> None:
     """WatchEvents(after_sequence = 2**62) → OUT_OF_RANGE CURSOR_UNKNOWN, not a stream that waits or starts from now.
-    (CURSOR_EXPIRED needs control over retention: not checked.)"""
+    (CURSOR_EXPIRED needs control over retention: EVT-013, on a side server.)"""
     failure = await ctx.watch_failure(2**62)
     if failure.code != grpc.StatusCode.OUT_OF_RANGE or failure.reason != "CURSOR_UNKNOWN":
         raise CheckFailed(f"WatchEvents(after_sequence=2**62): expected OUT_OF_RANGE CURSOR_UNKNOWN, got {failure}")
