@@ -35,6 +35,8 @@ class Fault:
     upstream: str = LEDGER  # the provider behind a proxy
     # Only these checks (a silent event stream would make every event check wait out its deadline).
     only: tuple[str, ...] = ()
+    # Checks that may also catch it, depending on timing, and then name it first (they need not fail).
+    also: tuple[str, ...] = ()
 
 
 def plugin(
@@ -51,8 +53,9 @@ def api(
     verdict: str = "nonconformant",
     upstream: str = LEDGER,
     only: tuple[str, ...] = (),
+    also: tuple[str, ...] = (),
 ) -> Fault:
-    return Fault(name, "proxy", name, description, clauses, caught, verdict, upstream, only)
+    return Fault(name, "proxy", name, description, clauses, caught, verdict, upstream, only, also)
 
 
 def validation_checks(clause: str) -> tuple[str, ...]:
@@ -153,7 +156,7 @@ FAULTS: tuple[Fault, ...] = (
     # -- proxies: the API layer -----------------------------------------------------------------
     api("accepts-invalid-peak", "accepts a peak below the token rate", ("FLOW-10",), "CORE-VAL-006"),
     api("double-reserves-request-id", "ignores request_id: a retried CreateCall makes a second call",
-          ("API-3",), "CORE-CANCEL-001", "CORE-IDEM-001"),
+          ("API-3",), "CORE-IDEM-001", also=("CORE-CANCEL-001",)),
     api("never-emits-events", "WatchEvents stays open and delivers nothing", ("EVENT-1",), "EVT-001",
           only=("CORE-RESP-001", "EVT-001")),
     api("reorders-events", "delivers events in swapped pairs", ("WATCH-1",), "RENEG-010", "EVT-004"),

@@ -188,8 +188,8 @@ def judge(fault: Fault, report: Report) -> Verdict:
     if missed:
         verdict.problems.append(f"did not fail: {missed}")
     first = failing[0] if failing else (partial_ids(report) or ["none"])[0]
-    if first not in fault.caught_by:
-        verdict.problems.append(f"first failure {first}, not one of {list(fault.caught_by)}")
+    if first not in fault.caught_by + fault.also:
+        verdict.problems.append(f"first failure {first}, not one of {list(fault.caught_by + fault.also)}")
     return verdict
 
 
