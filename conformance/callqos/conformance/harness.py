@@ -55,6 +55,7 @@ class RpcFailure:
     reason: str = ""
     metadata: dict[str, str] = field(default_factory=dict)
     fields: list[str] = field(default_factory=list)
+    descriptions: list[str] = field(default_factory=list)  # of the BadRequest's violations, in order
     refusal: call_pb2.QosRefusal | None = None
 
     def __str__(self) -> str:
@@ -73,6 +74,7 @@ def decode(error: grpc.aio.AioRpcError) -> RpcFailure:
             bad = error_details_pb2.BadRequest()
             detail.Unpack(bad)
             failure.fields = [v.field for v in bad.field_violations]
+            failure.descriptions = [v.description for v in bad.field_violations]
         elif detail.Is(call_pb2.QosRefusal.DESCRIPTOR):
             failure.refusal = call_pb2.QosRefusal()
             detail.Unpack(failure.refusal)
@@ -475,10 +477,10 @@ class CheckContext:
         except ValueError:
             raise CheckFailed(f"{START_SEQUENCE_HEADER} is {values[0]!r}, not a sequence number") from None
 
-    async def watch_failure(self, after: int) -> RpcFailure:
+    async def watch_failure(self, after: int, principal: str | None = None) -> RpcFailure:
         """WatchEvents(after) that must end in an error status: the decoded failure. An event,
         the end of the stream or silence until the deadline fails the check."""
-        stream = self.watch(after)
+        stream = self.watch(after, principal=principal)
         try:
             message = await asyncio.wait_for(stream.read(), self.rpc_timeout())
         except grpc.aio.AioRpcError as error:

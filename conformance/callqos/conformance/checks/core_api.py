@@ -7,13 +7,15 @@ from __future__ import annotations
 import asyncio
 
 import grpc
+from google.protobuf import field_mask_pb2
 
 from callqos.conformance.checks.common import refused_to_intruder
 from callqos.conformance.checks.registry import MUST, check
 from callqos.conformance.exceptions import CheckFailed, CheckSkipped
-from callqos.conformance.harness import Call, CheckContext, Level, RpcFailed, RpcFailure, decode, same
+from callqos.conformance.harness import Call, CheckContext, EventType, Level, RpcFailed, RpcFailure, decode, same
 from callqos.conformance.rules import RESERVING, QosSpec, best_effort
 from callqos.v1 import callqos_service_pb2 as svc
+from callqos.v1 import provider_pb2
 
 BE_QOS = QosSpec(sending=best_effort(), receiving=best_effort())
 MAX_PROVIDER_SPECIFIC = 4096  # flowspec.proto QosSpec.provider_specific: at most 4096 bytes
@@ -405,6 +407,69 @@ async def bounded_sizes(ctx: CheckContext) -> None:
         finally:
             stream.cancel()
         raise CheckFailed(f"WatchEvents with a malformed filter was accepted and delivered {message!r}")
+
+
+async def refused_watch(ctx: CheckContext, request: svc.WatchEventsRequest, what: str) -> RpcFailure:
+    """WatchEvents that must end INVALID_ARGUMENT at once: its failure."""
+    stream = ctx.stub.WatchEvents(request, metadata=ctx.metadata())
+    try:
+        message = await asyncio.wait_for(stream.read(), ctx.rpc_timeout())
+    except grpc.aio.AioRpcError as error:
+        failure = decode(error)
+        if failure.code != grpc.StatusCode.INVALID_ARGUMENT:
+            raise CheckFailed(f"WatchEvents with {what}: expected INVALID_ARGUMENT, got {failure}") from None
+        return failure
+    except TimeoutError:
+        raise CheckFailed(f"WatchEvents with {what} was accepted (stayed open)") from None
+    finally:
+        stream.cancel()
+    raise CheckFailed(f"WatchEvents with {what} was accepted and delivered {message!r}")
+
+
+MAX_WATCH_TYPES, MAX_MASK_PATHS, MAX_DESCRIPTION = 32, 8, 300  # REQ-7
+
+
+@check(
+    "CORE-VAL-034",
+    "Refusing costs a bounded amount: long repeated fields refused on their length, BadRequest kept small",
+    MUST,
+    "core",
+    spec=("REQ-7",),
+    source="callqos_service.proto: WatchEvents.types, UpdateLink.update_mask; AIP-193",
+)
+async def bounded_refusals(ctx: CheckContext) -> None:
+    """WatchEvents(types = QOS_GRANTED 33 times) → INVALID_ARGUMENT naming `types` (valid entries, refused on the
+    list's length); with link administration, UpdateLink(update_mask = capacity_bytes_per_second 9 times) →
+    INVALID_ARGUMENT naming `update_mask`, the capacity unchanged; CreateCall with a 200,000-character destination →
+    INVALID_ARGUMENT whose BadRequest descriptions have at most 300 characters and whose message fewer than 2,000."""
+    granted = EventType.QOS_EVENT_TYPE_QOS_GRANTED  # a valid type: only the count is wrong
+    failure = await refused_watch(
+        ctx, svc.WatchEventsRequest(types=[granted] * (MAX_WATCH_TYPES + 1)), f"{MAX_WATCH_TYPES + 1} event types"
+    )
+    if "types" not in failure.fields:
+        raise CheckFailed(f"WatchEvents with {MAX_WATCH_TYPES + 1} event types: BadRequest names {failure.fields}")
+    if ctx.caps.link_admin:
+        link = (await ctx.links())[0]
+        update = svc.UpdateLinkRequest(
+            link=provider_pb2.Link(name=link.name, capacity_bytes_per_second=link.capacity_bytes_per_second),
+            update_mask=field_mask_pb2.FieldMask(paths=["capacity_bytes_per_second"] * (MAX_MASK_PATHS + 1)),
+        )
+        failure = await ctx.expect_error(
+            "UpdateLink", update, grpc.StatusCode.INVALID_ARGUMENT, what=f"UpdateLink with {MAX_MASK_PATHS + 1} paths"
+        )
+        if "update_mask" not in failure.fields:
+            raise CheckFailed(f"UpdateLink with {MAX_MASK_PATHS + 1} mask paths: BadRequest names {failure.fields}")
+    request = ctx.request(BE_QOS, Level.SERVICE_LEVEL_BEST_EFFORT, destination="d" * 200_000)
+    failure = await ctx.expect_error(
+        "CreateCall", request, grpc.StatusCode.INVALID_ARGUMENT, what="CreateCall with a 200,000-character destination"
+    )
+    longest = max((len(d) for d in failure.descriptions), default=0)
+    if longest > MAX_DESCRIPTION or len(failure.message) >= 2000:
+        raise CheckFailed(
+            f"refusing a 200,000-character destination: a BadRequest description of {longest} characters and a "
+            f"message of {len(failure.message)} (at most {MAX_DESCRIPTION}, and under 2,000)"
+        )
+    await nothing_stored(ctx, f"calls/{request.call_id}")
 
 
 async def listed(ctx: CheckContext, request: svc.ListCallsRequest) -> svc.ListCallsResponse:

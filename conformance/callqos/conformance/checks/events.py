@@ -373,19 +373,20 @@ async def type_filter(ctx: CheckContext) -> None:
 
 @check(
     "EVT-013",
-    "A cursor older than retention is OUT_OF_RANGE (CURSOR_EXPIRED); past the watcher limit, TOO_MANY_WATCHERS",
+    "A cursor older than retention is OUT_OF_RANGE (CURSOR_EXPIRED); past the watcher limits, TOO_MANY_WATCHERS",
     MUST,
     "events",
-    spec=("WATCH-7", "WATCH-10"),
+    spec=("WATCH-7", "WATCH-10", "WATCH-11"),
     source="callqos_service.proto WatchEvents; errors.proto CURSOR_EXPIRED, TOO_MANY_WATCHERS",
     needs=(OWNS_SERVER,),
     timeout=40,
 )
 async def retention_and_limits(ctx: CheckContext) -> None:
-    """On a side server keeping 2 events and 2 watchers: two calls made and dropped (4 events), the server restarted
-    (it prunes at start) → WatchEvents(after_sequence = 1) fails OUT_OF_RANGE CURSOR_EXPIRED; two watches open →
-    a third fails RESOURCE_EXHAUSTED TOO_MANY_WATCHERS."""
-    async with side_server(ctx, event_retention_count=2, max_watchers=2) as side:
+    """On a side server keeping 2 events, 3 watchers, 2 per principal: two calls made and dropped (4 events), the
+    server restarted (it prunes at start) → WatchEvents(after_sequence = 1) fails OUT_OF_RANGE CURSOR_EXPIRED; two
+    watches open → the same principal's third fails RESOURCE_EXHAUSTED TOO_MANY_WATCHERS (scope principal); another
+    principal's opens; a fourth fails TOO_MANY_WATCHERS (scope server)."""
+    async with side_server(ctx, event_retention_count=2, max_watchers=3, max_watchers_per_principal=2) as side:
         for _ in range(2):
             call = await side.create(simple(ctx), IF_AVAILABLE)
             await side.drop(call.name)
@@ -395,15 +396,28 @@ async def retention_and_limits(ctx: CheckContext) -> None:
             raise CheckFailed(
                 f"WatchEvents(after_sequence=1) behind retention: expected OUT_OF_RANGE CURSOR_EXPIRED, got {expired}"
             )
+        intruder = ctx.session.intruder
         streams = [side.watch(None), side.watch(None)]
         try:
             for stream in streams:
                 await side.start_sequence(stream)
             third = await side.watch_failure(0)
+            streams.append(side.watch(None, principal=intruder))
+            await side.start_sequence(streams[-1])
+            fourth = await side.watch_failure(0, principal=intruder)
         finally:
             for stream in streams:
                 stream.cancel()
-        if (third.code, third.reason) != (grpc.StatusCode.RESOURCE_EXHAUSTED, "TOO_MANY_WATCHERS"):
-            raise CheckFailed(
-                f"a third watcher with max_watchers = 2: expected RESOURCE_EXHAUSTED TOO_MANY_WATCHERS, got {third}"
-            )
+        for failure, scope, what in (
+            (third, "principal", "a principal's third watch with max_watchers_per_principal = 2"),
+            (fourth, "server", "a fourth watch with max_watchers = 3"),
+        ):
+            if (failure.code, failure.reason, failure.metadata.get("scope")) != (
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                "TOO_MANY_WATCHERS",
+                scope,
+            ):
+                raise CheckFailed(
+                    f"{what}: expected RESOURCE_EXHAUSTED TOO_MANY_WATCHERS (scope {scope}), got {failure} "
+                    f"(scope {failure.metadata.get('scope')!r})"
+                )

@@ -507,3 +507,37 @@ async def renegotiation_counter_offer(ctx: CheckContext) -> None:
     if refused.refusal is None or not refused.refusal.HasField("counter_offer"):
         return
     await renegotiated(ctx, call, refused.refusal.counter_offer)
+
+
+@check(
+    "RENEG-016",
+    "A renegotiation that asks for what the call already asked for changes nothing: same etag, no event",
+    MUST,
+    "renegotiation",
+    spec=("SETQOS-8",),
+    source="TSPI_lineSetCallQualityOfService; AIP-154 (an etag changes when the resource does)",
+    needs=("renegotiation",),
+)
+async def unchanged(ctx: CheckContext) -> None:
+    """A call at NEEDED; RenegotiateCall with its requested_qos and level, then with NO_CHANGE both ways, then with
+    no direction at all (FLOW-20) → each returns the call with the same etag and QoS; dropped, its events are exactly
+    [QOS_GRANTED, CALL_DISCONNECTED] (no QOS_CHANGED, no RENEGOTIATION_FAILED)."""
+    qos = ctx.params.feasible or QosSpec(sending=best_effort(), receiving=best_effort())
+    call = await ctx.create(qos, NEEDED)
+    keep = QosSpec(sending=flow(ST.SERVICE_TYPE_NO_CHANGE), receiving=flow(ST.SERVICE_TYPE_NO_CHANGE))
+    for asked, what in ((call.requested_qos, "its own requested_qos"), (keep, "NO_CHANGE"), (QosSpec(), "no QoS")):
+        result = await ctx.renegotiate(call.name, asked, service_level=NEEDED)
+        if isinstance(result, RpcFailure):
+            raise CheckFailed(f"RenegotiateCall({call.name}) with {what} failed: {result}")
+        if result.etag != call.etag or not same(result.granted_qos, call.granted_qos):
+            raise CheckFailed(
+                f"RenegotiateCall({call.name}) with {what} changed the call: etag {call.etag!r} → {result.etag!r}, "
+                f"{brief(call.granted_qos)} → {brief(result.granted_qos)}"
+            )
+    await ctx.drop(call.name)
+    events = await call_events(ctx, call.name)
+    expect_types(
+        events,
+        [EventType.QOS_EVENT_TYPE_QOS_GRANTED, EventType.QOS_EVENT_TYPE_CALL_DISCONNECTED],
+        f"events of {call.name}, renegotiated three times to what it already had",
+    )

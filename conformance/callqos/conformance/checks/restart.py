@@ -6,9 +6,11 @@ again on the same SQLite data directory and port."""
 from __future__ import annotations
 
 import asyncio
+import datetime
 
 import grpc
 
+from callqos.conformance.checks import incoming
 from callqos.conformance.checks.common import call_events, is_qos_refusal
 from callqos.conformance.checks.registry import MUST, check
 from callqos.conformance.exceptions import CheckFailed
@@ -17,6 +19,8 @@ from callqos.conformance.model import OWNS_SERVER
 from callqos.conformance.rules import ST, QosSpec, best_effort, cl, flow
 from callqos.v1 import callqos_service_pb2 as svc
 from callqos.v1 import provider_pb2
+
+IF_AVAILABLE = Level.SERVICE_LEVEL_IF_AVAILABLE
 
 
 @check(
@@ -159,3 +163,52 @@ async def watch_across_restart(ctx: CheckContext) -> None:
         raise CheckFailed(f"after a restart {call.name}'s events are {describe(after)}; before it {describe(before)}")
     if not all(same(a, b) for a, b in zip(after, before, strict=True)):
         raise CheckFailed(f"after a restart {call.name}'s events differ in content from before it")
+
+
+@check(
+    "RESTART-004",
+    "Offered calls survive a restart with their timers; an answered pair comes back holding one reservation",
+    MUST,
+    "restart",
+    spec=("OFFER-4",),
+    source="TAPI LINECALLSTATE_OFFERING; LINEDISCONNECTMODE_NOANSWER",
+    needs=(OWNS_SERVER,),
+    timeout=40,
+)
+async def offers_survive(ctx: CheckContext) -> None:
+    """A call ringing on a line with a 60 s no-answer timeout, one on a line with 1 s, and an answered pair; restart →
+    the first still OFFERING / RINGBACK with the same offer_expire_time, and answering it connects both legs; the
+    second, whose time passed while the server was down, DISCONNECTED NO_ANSWER on both legs at the first read; the
+    pair CONNECTED, the links holding what they held before."""
+    qos = incoming.simple(ctx)
+    ringing = await incoming.call_line(ctx, await incoming.open_line(ctx), qos)
+    short = await incoming.call_line(ctx, await incoming.open_line(ctx, no_answer_seconds=1.0), qos)
+    pair_caller, pair_callee = await incoming.call_line(ctx, await incoming.open_line(ctx), qos, IF_AVAILABLE)
+    await incoming.answer(ctx, pair_callee)
+    before = await ctx.reserved() if ctx.caps.link_admin else None
+    await ctx.session.restart()
+    expired_at = short[1].offer_expire_time.ToDatetime(tzinfo=datetime.UTC)
+    if datetime.datetime.now(datetime.UTC) > expired_at:
+        legs = [await ctx.get(leg.name) for leg in short]
+        incoming.reasons(legs, [incoming.NO_ANSWER] * 2, "an offer whose time passed while the server was down")
+    caller, callee = [await ctx.get(leg.name) for leg in ringing]
+    if (caller.state, callee.state) != (Call.State.STATE_RINGBACK, Call.State.STATE_OFFERING) or (
+        callee.offer_expire_time != ringing[1].offer_expire_time
+    ):
+        raise CheckFailed(
+            f"after a restart the ringing call is {Call.State.Name(caller.state)} / {Call.State.Name(callee.state)}, "
+            f"offer_expire_time {callee.offer_expire_time.ToJsonString()} (was "
+            f"{ringing[1].offer_expire_time.ToJsonString()})"
+        )
+    answered = await incoming.answer(ctx, callee)
+    incoming.legs_agree(await ctx.get(caller.name), answered, Call.State.STATE_CONNECTED)
+    for leg in (pair_caller, pair_callee):
+        if (await ctx.get(leg.name)).state != Call.State.STATE_CONNECTED:
+            raise CheckFailed(f"after a restart the answered pair's leg {leg.name} is no longer CONNECTED")
+    if before is not None:
+        await ctx.drop(caller.name)  # the call answered after the restart: back to what was held before it
+        after = await ctx.reserved()
+        if after != before:
+            raise CheckFailed(
+                f"after a restart the links hold {after}, before it {before}: the pair was not restored once"
+            )
