@@ -32,6 +32,8 @@ SERVER_ONLY = {
     "WATCH-7": "retention pruning on a side server (EVT-013)",
     "WATCH-9": "the shutdown of the server the suite owns (RESTART-003)",
     "WATCH-10": "the watcher limit of a side server (EVT-013)",
+    "WATCH-11": "the per-principal watcher limit of a side server (EVT-013)",
+    "OFFER-4": "offers across a restart of the server the suite owns (RESTART-004)",
     "API-8": "a mutation finishing after its caller gave up happens inside the server (CORE-CANCEL-001)",
     "FLOW-9": "accepting a receiver's defaulted token rate: a proxy can refuse it, but then CORE-VAL-028 sees the "
     "refusal exactly as it sees any other (see the skips-* proxies for the opposite fault)",

@@ -25,7 +25,7 @@ import grpc
 from google.rpc import status_pb2
 
 from callqos.conformance.rules import request_clauses
-from callqos.v1 import call_pb2, event_pb2, flowspec_pb2
+from callqos.v1 import call_pb2, event_pb2, flowspec_pb2, line_pb2
 from callqos.v1 import callqos_service_pb2 as svc
 from callqos.v1 import callqos_service_pb2_grpc as svc_grpc
 from callqos.wire import ANONYMOUS_PRINCIPAL, PRINCIPAL_HEADER, START_SEQUENCE_HEADER
@@ -40,6 +40,12 @@ UNARY = (
     "ListProviders",
     "ListLinks",
     "UpdateLink",
+    "CreateLine",
+    "GetLine",
+    "ListLines",
+    "CloseLine",
+    "AnswerCall",
+    "RejectCall",
 )
 VALIDATION_CLAUSES = (
     *("FLOW-3", "FLOW-4", "FLOW-5", "FLOW-6", "FLOW-7", "FLOW-8", "FLOW-11", "FLOW-12", "FLOW-13", "FLOW-14"),
@@ -88,6 +94,26 @@ FAULTS = (
     "ignores-list-filter",
     "accepts-malformed-principal",
     "accepts-oversize-etag",
+    "unbounded-watch-types",
+    "renegotiation-readmits",
+    "refuses-absent-direction",
+    # lines and incoming calls
+    "line-ignores-no-answer-timeout",
+    "address-reused",
+    "line-watch-unfiltered",
+    "anyone-may-close",
+    "offer-without-answer-feature",
+    "offer-not-mirrored",
+    "no-ringback-event",
+    "anyone-may-answer",
+    "answer-above-offer-accepted",
+    "needed-short-answer-connects",
+    "answer-grant-unmirrored",
+    "reject-hangs-up-caller",
+    "peer-dropped-as-normal",
+    "reserves-each-leg",
+    "pair-renegotiation-one-leg",
+    "pair-change-one-leg",
     *(f"skips-{clause}" for clause in VALIDATION_CLAUSES),
 )
 FORWARDED_HEADERS = (PRINCIPAL_HEADER,)
@@ -95,12 +121,23 @@ DETAILS = "grpc-status-details-bin"
 ST = flowspec_pb2.ServiceType
 Level = call_pb2.ServiceLevel
 E = event_pb2.QosEventType
+Call = call_pb2.Call
+PEER_DROPPED = call_pb2.DisconnectReason.DISCONNECT_REASON_PEER_DROPPED
+NORMAL = call_pb2.DisconnectReason.DISCONNECT_REASON_NORMAL
+RENEGOTIATED = event_pb2.QosChangeCause.QOS_CHANGE_CAUSE_RENEGOTIATED
+PROVIDER_INITIATED = event_pb2.QosChangeCause.QOS_CHANGE_CAUSE_PROVIDER_INITIATED
+
+
+def mirrored(qos: flowspec_pb2.QosSpec) -> flowspec_pb2.QosSpec:
+    return flowspec_pb2.QosSpec(sending=qos.receiving, receiving=qos.sending, provider_specific=qos.provider_specific)
 
 
 class Proxy(svc_grpc.CallQosServiceServicer):
     def __init__(self, upstream: grpc.aio.Channel, fault: str) -> None:
         self.up = svc_grpc.CallQosServiceStub(upstream)  # type: ignore[no-untyped-call]  # generated, untyped
         self.fault = fault
+        # reserves-each-leg: the second reservation made for each answered pair, by either leg's name.
+        self.shadows: dict[str, Call] = {}
 
     @staticmethod
     def _metadata(context: grpc.aio.ServicerContext) -> tuple[tuple[str, str], ...]:
@@ -151,10 +188,13 @@ class Proxy(svc_grpc.CallQosServiceServicer):
     async def _forward(self, method: str, request: Any, context: grpc.aio.ServicerContext) -> Any:
         try:
             request, principal = await self._before(method, request, context)
-            try:
-                response = await self._call(method, request, context, principal)
-            except grpc.aio.AioRpcError as error:
-                response = await self._recover(method, request, context, error)
+            response = await self._instead(method, request, context)
+            if response is None:
+                try:
+                    response = await self._call(method, request, context, principal)
+                except grpc.aio.AioRpcError as error:
+                    response = await self._recover(method, request, context, error)
+            await self._also(method, response, context)
             return self._after(method, request, response)
         except grpc.aio.AioRpcError as error:
             await self._abort(context, error, method)
@@ -167,6 +207,10 @@ class Proxy(svc_grpc.CallQosServiceServicer):
         if fault == "accepts-malformed-principal" and caller and (" " in caller or len(caller) > 128):
             principal = ANONYMOUS_PRINCIPAL  # the fault: a malformed identity is taken as anonymous
         if method == "CreateCall":
+            qos = request.call.requested_qos
+            if fault == "refuses-absent-direction" and not (qos.HasField("sending") and qos.HasField("receiving")):
+                # the fault: both directions still required (the withdrawn FLOW-18)
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "both directions are required")
             self._tamper_create(request)
         elif method == "RenegotiateCall":
             self._tamper_renegotiate(request)
@@ -184,7 +228,81 @@ class Proxy(svc_grpc.CallQosServiceServicer):
                 request.page_size = 0
             if fault == "ignores-list-filter":
                 request.filter = ""
+        elif method in ("AnswerCall", "RejectCall") and fault in ("anyone-may-answer", "needed-short-answer-connects"):
+            leg = await self._call("GetCall", svc.GetCallRequest(name=request.name), context)
+            if fault == "anyone-may-answer":
+                principal = leg.owner  # the fault: the leg's owner is not checked
+            elif method == "AnswerCall" and leg.service_level == Level.SERVICE_LEVEL_NEEDED:
+                request.ClearField("qos")  # the fault: a lower answer at NEEDED is taken as the full offer
+        elif method == "CloseLine" and fault == "anyone-may-close":
+            line = await self._call("GetLine", svc.GetLineRequest(name=request.name), context)
+            principal = line.owner  # the fault: the line's owner is not checked
+        elif method == "CreateLine" and fault == "line-ignores-no-answer-timeout":
+            request.line.ClearField("no_answer_timeout")  # the fault: every line rings for the server's default
         return request, principal
+
+    async def _instead(self, method: str, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        """Faults that answer a request with other requests upstream; None: forward it."""
+        fault = self.fault
+        if method == "RejectCall" and fault == "reject-hangs-up-caller":
+            leg = await self._call("GetCall", svc.GetCallRequest(name=request.name), context)
+            if leg.state == Call.State.STATE_OFFERING:
+                caller = await self._call("GetCall", svc.GetCallRequest(name=leg.peer), context)
+                # the fault: rejecting hangs up the caller's leg instead
+                await self._call("DropCall", svc.DropCallRequest(name=caller.name), context, caller.owner)
+                return await self._call("GetCall", svc.GetCallRequest(name=request.name), context)
+        # (A repeated request_id is answered from the idempotency record first, as before.)
+        if (
+            method == "RenegotiateCall"
+            and fault == "renegotiation-readmits"
+            and not (request.etag or request.request_id)
+        ):
+            call = await self._call("GetCall", svc.GetCallRequest(name=request.name), context)
+            asked = flowspec_pb2.QosSpec()
+            asked.CopyFrom(call.requested_qos)
+            for direction in ("sending", "receiving"):
+                given = getattr(request.qos, direction)
+                if request.qos.HasField(direction) and given.service_type != ST.SERVICE_TYPE_NO_CHANGE:
+                    getattr(asked, direction).CopyFrom(given)
+            if request.qos.provider_specific:
+                asked.provider_specific = request.qos.provider_specific
+            level = request.service_level or call.service_level
+            if call.state == Call.State.STATE_CONNECTED and asked == call.requested_qos and level == call.service_level:
+                # the fault: every renegotiation releases and admits again, even one that changes nothing
+                nothing = flowspec_pb2.QosSpec(
+                    sending=flowspec_pb2.FlowSpec(service_type=ST.SERVICE_TYPE_BEST_EFFORT),
+                    receiving=flowspec_pb2.FlowSpec(service_type=ST.SERVICE_TYPE_BEST_EFFORT),
+                )
+                await self._call("RenegotiateCall", svc.RenegotiateCallRequest(name=call.name, qos=nothing), context)
+                return await self._call(
+                    "RenegotiateCall", svc.RenegotiateCallRequest(name=call.name, qos=call.requested_qos), context
+                )
+        return None
+
+    async def _also(self, method: str, response: Any, context: grpc.aio.ServicerContext) -> None:
+        """Faults that do more upstream after a request succeeded."""
+        if self.fault != "reserves-each-leg" or not isinstance(response, call_pb2.Call):
+            return
+        if method == "AnswerCall" and response.state == Call.State.STATE_CONNECTED:
+            # the fault: the answering leg is reserved too, in its own terms, as a call of its own
+            shadow = await self._call(
+                "CreateCall",
+                svc.CreateCallRequest(
+                    call=Call(
+                        destination=f"leg:{response.name}",
+                        provider=response.provider,
+                        service_level=response.service_level,
+                        requested_qos=response.granted_qos,
+                    )
+                ),
+                context,
+                response.owner,
+            )
+            self.shadows[response.name] = self.shadows[response.peer] = shadow
+        elif method == "DropCall" and response.name in self.shadows:
+            shadow = self.shadows.pop(response.name)
+            self.shadows.pop(response.peer, None)
+            await self._call("DropCall", svc.DropCallRequest(name=shadow.name), context, shadow.owner)
 
     def _tamper_create(self, request: svc.CreateCallRequest) -> None:
         fault, qos = self.fault, request.call.requested_qos
@@ -256,6 +374,20 @@ class Proxy(svc_grpc.CallQosServiceServicer):
                 return await self._call("GetCall", svc.GetCallRequest(name=request.name), context)
         if method == "ListLinks" and fault == "links-without-link-admin" and code == grpc.StatusCode.UNIMPLEMENTED:
             return svc.ListLinksResponse()
+        if (
+            method == "AnswerCall"
+            and fault == "answer-above-offer-accepted"
+            and code == grpc.StatusCode.INVALID_ARGUMENT
+        ):
+            request.ClearField("qos")
+            return await self._call("AnswerCall", request, context)  # the fault: an answer above the offer is taken
+        if method == "CreateLine" and fault == "address-reused" and code == grpc.StatusCode.ALREADY_EXISTS:
+            listed = await self._call(
+                "ListLines", svc.ListLinesRequest(filter=f'address = "{request.line.address}"'), context
+            )
+            for line in listed.lines:
+                if line.state == line_pb2.Line.State.STATE_OPEN:
+                    return line  # the fault: a second opener of an address gets the open line
         raise error
 
     # -- responses --------------------------------------------------------------------------------
@@ -276,6 +408,14 @@ class Proxy(svc_grpc.CallQosServiceServicer):
                 response.owner = ""
             if fault == "rewrites-requested-qos":
                 response.requested_qos.CopyFrom(response.granted_qos)
+            if fault == "offer-without-answer-feature" and response.state == Call.State.STATE_OFFERING:
+                response.features.answer = False
+            if fault == "offer-not-mirrored" and response.direction == Call.Direction.DIRECTION_INCOMING:
+                response.requested_qos.CopyFrom(mirrored(response.requested_qos))  # the caller's terms
+            if fault == "answer-grant-unmirrored" and method == "AnswerCall":
+                response.granted_qos.CopyFrom(mirrored(response.granted_qos))  # the caller's terms
+            if fault == "peer-dropped-as-normal" and response.disconnect_reason == PEER_DROPPED:
+                response.disconnect_reason = NORMAL
         return response
 
     async def _unary(self, method: str, request: Any, context: grpc.aio.ServicerContext) -> Any:
@@ -292,6 +432,13 @@ class Proxy(svc_grpc.CallQosServiceServicer):
             request.call = ""
         if self.fault == "type-filter-ignored":
             del request.types[:]
+        if self.fault == "unbounded-watch-types":
+            # the fault: the list is read and de-duplicated instead of refused on its length
+            kept = list(dict.fromkeys(request.types))
+            del request.types[:]
+            request.types.extend(kept)
+        if self.fault == "line-watch-unfiltered":
+            request.line = ""
         resumed = self.fault == "resume-repeats-cursor-event" and request.after_sequence > 0
         if resumed:
             request.after_sequence -= 1  # the fault: the event at the cursor is delivered again
@@ -323,6 +470,13 @@ class Proxy(svc_grpc.CallQosServiceServicer):
             return event.cause == event_pb2.QosChangeCause.QOS_CHANGE_CAUSE_PROVIDER_INITIATED or event.type in (
                 E.QOS_EVENT_TYPE_NOQOS,
             )
+        if fault == "no-ringback-event":
+            return event.type == E.QOS_EVENT_TYPE_CALL_RINGBACK
+        # An event with `line` set is of a callee's leg (LINE-3).
+        if fault == "pair-renegotiation-one-leg":
+            return bool(event.line) and event.cause == RENEGOTIATED
+        if fault == "pair-change-one-leg":
+            return bool(event.line) and (event.cause == PROVIDER_INITIATED or event.type == E.QOS_EVENT_TYPE_NOQOS)
         return False
 
     async def WatchEvents(
