@@ -26,6 +26,14 @@ SERVER_TESTED: dict[str, tuple[str, ...]] = {
     "SEC-4": ("server/tests/test_security_tenants.py", "server/tests/test_security_lines.py"),
     "SEC-5": ("server/tests/test_security_quotas.py",),
     "SEC-6": ("server/tests/test_security_authz.py", "server/tests/test_security_tenants.py"),
+    "REMOTE-1": ("server/tests/test_remote_provider.py", "server/tests/test_remote_process.py"),
+    "REMOTE-2": ("server/tests/test_remote_provider.py",),
+    "REMOTE-3": ("server/tests/test_remote_provider.py",),
+    "REMOTE-4": ("server/tests/test_remote_provider.py",),
+    "REMOTE-5": ("server/tests/test_remote_provider.py",),
+    "REMOTE-6": ("server/tests/test_remote_provider.py",),
+    "REMOTE-7": ("server/tests/test_remote_process.py",),
+    "REMOTE-8": ("server/tests/test_incoming_network.py", "server/tests/test_remote_incoming.py"),
 }
 
 
