@@ -6,9 +6,11 @@ hand the result to the reporters."""
 from __future__ import annotations
 
 import asyncio
+import os
 import random
 import secrets
 import time
+from typing import Any
 
 import grpc
 
@@ -21,7 +23,7 @@ from callqos.conformance.model import OWNS_SERVER, Check, CheckResult, Outcome, 
 from callqos.conformance.params import ParameterError, derive, load_file
 from callqos.conformance.reports import write_all
 from callqos.conformance.serverlog import MAX_FINDINGS, LogWatch
-from callqos.conformance.target import SpawnedServer, TargetError, hosted_provider
+from callqos.conformance.target import SpawnedServer, TargetError
 from callqos.conformance.verdict import CAPABILITY_SKIP, MODE_SKIP, overall, profile_verdicts
 from callqos.conformance.verify import Limits
 from callqos.v1 import callqos_service_pb2 as svc
@@ -245,6 +247,22 @@ async def discover(
         raise TargetError("the target hosts no provider")
     chosen: provider_pb2.Provider = defaults[0]
     return chosen
+
+
+def hosted_provider(options: RunOptions) -> tuple[str, dict[str, Any]]:
+    """The plugin and settings table the spawned server hosts for `options`: the --provider plugin
+    with its settings, or a `remote` provider (whose settings table --provider-settings extends:
+    `env`, `tls`, timeouts) launching --provider-command or dialling --provider-endpoint."""
+    if options.provider_command:
+        program, *arguments = options.provider_command
+        if "/" in program:  # relative to where the suite runs, not to the spawned server's directory
+            program = os.path.abspath(program)  # not resolve(): a venv's python is a symlink
+        return "remote", {**options.provider_settings, "command": [program, *arguments]}
+    if options.provider_endpoint:
+        return "remote", {**options.provider_settings, "endpoint": options.provider_endpoint}
+    if not options.provider:
+        raise TargetError("no provider to host")
+    return options.provider, options.provider_settings
 
 
 async def run_async(options: RunOptions) -> Report:

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
 import re
 import shutil
 import tempfile
@@ -26,7 +25,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from callqos.conformance.model import RunOptions
     from callqos.server.testing import ServerProcess
 
 _PROVIDER_ID = re.compile(r"[a-z][a-z0-9-]{0,62}")
@@ -58,22 +56,6 @@ def toml_value(value: Any) -> str:
     if isinstance(value, dict):
         return "{" + ", ".join(f"{json.dumps(str(k))} = {toml_value(v)}" for k, v in value.items()) + "}"
     raise TypeError(f"a provider setting cannot be a {type(value).__name__}")
-
-
-def hosted_provider(options: RunOptions) -> tuple[str, dict[str, Any]]:
-    """The plugin and settings table the spawned server hosts for `options`: the --provider plugin
-    with its settings, or a `remote` provider (whose settings table --provider-settings extends:
-    `env`, `tls`, timeouts) launching --provider-command or dialling --provider-endpoint."""
-    if options.provider_command:
-        program, *arguments = options.provider_command
-        if "/" in program:  # relative to where the suite runs, not to the spawned server's directory
-            program = os.path.abspath(program)  # not resolve(): a venv's python is a symlink
-        return "remote", {**options.provider_settings, "command": [program, *arguments]}
-    if options.provider_endpoint:
-        return "remote", {**options.provider_settings, "endpoint": options.provider_endpoint}
-    if not options.provider:
-        raise TargetError("no provider to host")
-    return options.provider, options.provider_settings
 
 
 def provider_id_for(plugin: str) -> str:
