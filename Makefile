@@ -31,6 +31,7 @@ help:
 	@echo "make run        serve on the embedded defaults (127.0.0.1:50051, SQLite under ./callqos-data)"
 	@echo "make test       install everything needed and run every test"
 	@echo "make bench      benchmarks, with ratios against a bare grpc.aio baseline measured in the same run"
+	@echo "make parity     every shipped broken provider certified in and out of process (make test: every fourth)"
 	@echo "make generate   regenerate all code from protos/"
 	@echo "make lint       buf lint + buf format check, ruff check + ruff format check"
 	@echo "make dist       sdists and wheels of callqos, callqos-server and callqos-conformance in dist/"
@@ -104,6 +105,11 @@ test: lint check-generated typecheck test-python test-clients check-dist
 
 test-python: $(STAMP)
 	$(PY) -m pytest
+
+# Every shipped broken provider certified in process and out of process (make test runs every fourth).
+.PHONY: parity
+parity: $(STAMP)
+	CALLQOS_PARITY=all $(PY) -m pytest -q conformance/tests/test_remote_parity.py
 
 test-clients: $(STAMP)
 	@for d in $(CLIENT_DIRS); do $(MAKE) -C $$d test; done
