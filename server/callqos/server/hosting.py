@@ -51,6 +51,10 @@ T = TypeVar("T")
 # the caller who is waiting for it.
 CALLER_DEADLINE: contextvars.ContextVar[float | None] = contextvars.ContextVar("caller_deadline", default=None)
 CALLER_BOUND = frozenset({"admit", "renegotiate"})
+# The deadline (time.monotonic()) of the provider call now running: its budget, set by the host
+# around each call, so that a provider that calls further (the remote host passes it on as the
+# gRPC deadline of its own RPC) knows when its answer stops mattering.
+PROVIDER_DEADLINE: contextvars.ContextVar[float | None] = contextvars.ContextVar("provider_deadline", default=None)
 # Provider operations after which a link's reservations may have changed (the link gauges are
 # refreshed after each).
 CHANGES_LINKS = frozenset({"admit", "renegotiate", "release", "update_link", "restore"})
@@ -173,10 +177,14 @@ class HostedProviders:
         # A threaded provider reaches the server's loop through HostOnLoop, made here, on it.
         target: ProviderHost = HostOnLoop(view, asyncio.get_running_loop()) if info.thread is not None else view
         try:
-            return await self._call(info, "start", lambda: info.provider.start(target, held))
+            changes = await self._call(info, "start", lambda: info.provider.start(target, held))
         except ServiceError as error:
             log.error("provider %s failed to start with %d calls: %s", info.id, len(held), error.message)
             raise
+        # Read once more now that it has started: a remote provider learns its capabilities from
+        # the provider process it connects to in start().
+        info.capabilities = info.provider.capabilities()
+        return changes
 
     async def holdings(self, info: HostedProvider) -> dict[str, tuple[int, int]] | None:
         """What the provider lists as held (call → (sending, receiving) B/s), contained and under
@@ -263,6 +271,7 @@ class HostedProviders:
     ) -> T:
         budget = self.budget(operation)
         label = f"{info.id}.{operation}"
+        deadline = PROVIDER_DEADLINE.set(time.monotonic() + budget)  # the contained task copies it
         try:
             result: T = await self.containment.run(
                 work, label=label, budget=budget, thread=info.thread, late=self._late(info, operation, request)
@@ -301,6 +310,8 @@ class HostedProviders:
                 f"provider {info.id} failed in {operation}: {type(exc).__name__}",
                 metadata={"provider": info.name, "operation": operation, "cause": "error"},
             ) from exc
+        finally:
+            PROVIDER_DEADLINE.reset(deadline)
         problem = _wrong_answer(operation, result)
         if problem:
             raise ServiceError(
