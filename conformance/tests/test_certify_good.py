@@ -18,18 +18,13 @@ from callqos.conformance.model import Outcome, Report
 from callqos.conformance.runner import RunOptions, run_conformance
 from callqos.conformance.target import SpawnedServer
 
-# Faults of the reference provider this suite finds. Helper #11 ("the admission ledger always right") fixes
-# them in server/callqos/server/providers/reference.py; until then the reference is nonconformant, and the
-# test below that says it is conformant is an expected failure (strict: it fails the run once it passes).
+# Faults of the reference provider this suite still finds (#11 fixed CORE-ADM-019, PCHG-004 and RESTART-002);
+# while any remains, the test below that says the reference is conformant is an expected failure (strict:
+# it fails the run once it passes).
 REFERENCE_BUGS = {
-    "CORE-ADM-019": "admit raises ValueError (not a decision) for a valid GUARANTEED request whose delay bound "
-    "does not fit the uint32 latency it resolves (1 B/s, a 2^40-byte bucket, no latency): PROV-16",
-    "PCHG-004": "shedding an IF_AVAILABLE GUARANTEED call down to a few B/s raises half-way through (its degraded "
-    "offer's latency overflows): the call is unreserved but stays connected, UpdateLink fails, the ledger drifts "
-    "from the store: PROV-16, LINK-3, LINK-2",
-    "RESTART-002": "UpdateLink is not durable: after a restart the link has its configured capacity again: LINK-4",
-    "MODEL-001": "random histories reach the same faults (a capacity change then a restart: LINK-4; the overflows: "
-    "PROV-16 and a ledger that drifts from the calls: LINK-2)",
+    "MODEL-001": "random histories find a renegotiation at IF_AVAILABLE granted less than a request that fits "
+    "(LEVEL-2): a GUARANTEED sending flowspec of token rate 1 with a latency near the uint32 maximum gets a smaller "
+    "bucket (seed 11). Open after #11, which fixed CORE-ADM-019, PCHG-004 and RESTART-002",
 }
 
 
@@ -52,7 +47,7 @@ def test_the_reference_provider_fails_only_where_it_is_known_to_be_wrong(referen
 
 @pytest.mark.xfail(
     strict=True,
-    reason="reference provider bugs, fixed by #11: "
+    reason="reference provider bugs still open: "
     + "; ".join(f"{check}: {bug}" for check, bug in REFERENCE_BUGS.items()),
 )
 def test_the_reference_provider_is_conformant(reference: Report) -> None:

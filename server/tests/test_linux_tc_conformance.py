@@ -28,10 +28,8 @@ FILTERS = [
 # linux-tc derives from the reference provider and keeps its ledger, so it has the reference's faults that
 # the suite finds (conformance/README.md, "The reference provider today"); #11 fixes them there.
 INHERITED = {
-    "CORE-ADM-019": "admit raises instead of deciding a GUARANTEED request whose delay bound overflows its latency",
-    "PCHG-004": "shedding a GUARANTEED call down to a few B/s raises half-way; the ledger drifts from the calls",
-    "RESTART-002": "UpdateLink is not durable",
-    "MODEL-001": "the histories reach the same faults",
+    "MODEL-001": "the histories find an IF_AVAILABLE renegotiation granted less than a request that fits (LEVEL-2) "
+    "at the edge of the range (open after #11, which fixed CORE-ADM-019, PCHG-004, RESTART-002)",
 }
 
 
@@ -93,7 +91,7 @@ def test_linux_tc_fails_only_what_it_inherits_and_releases_every_class(certified
 
 @pytest.mark.xfail(
     strict=True,
-    reason="reference-provider faults linux-tc inherits, fixed by #11: "
+    reason="reference-provider faults linux-tc inherits, still open: "
     + "; ".join(f"{check}: {fault}" for check, fault in INHERITED.items()),
 )
 def test_linux_tc_is_certified_conformant(certified: Certified) -> None:

@@ -552,12 +552,19 @@ class RestoreDoubleCounts(LedgerProvider):
 
 
 class ForgetsCapacityOnRestart(LedgerProvider):
-    """Changes the link's capacity in memory only: a restart brings back the configured one."""
+    """Keeps the link's capacity in memory only and sets up its link in `start()`: the capacity the
+    hosting server puts back before starting it (LINK-5) is overwritten by the configured one, so a
+    restart brings the configured capacity back. (A provider that merely keeps capacities in memory
+    is made whole by the server since #11; one that resets them as it starts is not.)"""
 
-    description = "BROKEN: UpdateLink is not durable"
+    description = "BROKEN: UpdateLink is not durable (start() resets the link)"
 
     def remember(self) -> None:
         return None
+
+    async def start(self, host: ProviderHost, restored: Sequence[Restored]) -> list[ProviderChange]:
+        self.capacity = int(self.settings.get("capacity_bytes_per_second", 1_000_000))
+        return await super().start(host, restored)
 
 
 # -- capabilities and liveness ------------------------------------------------------------------
