@@ -78,3 +78,13 @@ def test_watch_benchmark_delivers_every_event_to_every_watcher_of_both_servers()
         assert measured.at_once is not None and measured.at_once.opened == 60, name
         assert measured.at_once.missing == 0, name
     assert {row.key for row in bench_watch.rows(results)} == {"watch_p99", "watch_memory", "watch_open_failed"}
+
+
+def test_remote_provider_benchmark_measures_both_ways_with_the_provider_process_cpu() -> None:
+    results = bench.run_remote(seconds=0.3, rounds=1)
+    results = asyncio.run(results)
+    for kind in ("in_process", "remote"):
+        assert results[f"{kind}_cycles_per_s"] > 0, kind
+        assert results[f"{kind}_cpu_us_per_cycle"] > 0, kind
+    text = bench.report_remote(results)
+    assert "out of process / in process" in text and "goal >= 0.7" in text

@@ -2,21 +2,31 @@
 one transaction, and still each is acknowledged only once it is durable — alone when it fails
 (a quota exceeded), never when its group's transaction fails (a full disk) — with the events of
 every acknowledged commit numbered consecutively, none lost and none reused (store/base.py's
-guarantees), whatever mix of commits and failures meets in a group."""
+guarantees), whatever mix of commits and failures meets in a group. And, through a real server,
+a group whose commit fails has every call in it compensated by the ledger (issue #11) and every
+request answered UNAVAILABLE / STORAGE_UNAVAILABLE."""
 
 from __future__ import annotations
 
 import asyncio
 import sqlite3
+import time
 from pathlib import Path
+from typing import Any
 
+import grpc
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from server_testkit import details, make_request, qos, reason, reserved
+from test_ledger_faults import serving
 
-from callqos.server.store.base import QuotaExceededError, UsageLimits
+from callqos.server.providers import AdmissionRequest, Decision
+from callqos.server.providers.reference import ReferenceProvider
+from callqos.server.store.base import QuotaExceededError, StoreUnavailable, UsageLimits
 from callqos.server.store.sqlite import SqliteStore
 from callqos.v1 import call_pb2, event_pb2
+from callqos.v1 import callqos_service_pb2 as svc
 
 State = call_pb2.Call.State
 QosEvent = event_pb2.QosEvent
@@ -73,7 +83,12 @@ async def test_when_the_groups_transaction_fails_no_commit_of_it_is_acknowledged
     for call in big:
         call.destination = "sip:" + "x" * 3000
     outcomes = await asyncio.gather(*(store.commit(call, events_of(call)) for call in big), return_exceptions=True)
-    assert all(isinstance(outcome, sqlite3.Error) for outcome in outcomes)
+    # Each commit of the group fails with the storage's failure, named for the caller (who
+    # compensates and answers UNAVAILABLE / STORAGE_UNAVAILABLE, issue #11).
+    assert all(isinstance(outcome, StoreUnavailable) for outcome in outcomes), outcomes
+    assert {outcome.cause for outcome in outcomes if isinstance(outcome, StoreUnavailable)} == {
+        "disk is full (SQLITE_FULL)"
+    }
     assert [event.call for event in await store.events_after(0, 100)] == ["calls/first"]
     assert [await store.get_call(call.name) for call in big] == [None] * len(big)
     assert (await store.event_bounds()).last == 1
@@ -121,3 +136,120 @@ async def _run_groups(path: Path, groups: list[list[Commit]]) -> None:
     assert [(e.sequence, e.call) for e in stored] == [(e.sequence, e.call) for e in acknowledged]
     assert (await store.event_bounds()).last == len(acknowledged)
     await store.close()
+
+
+# -- a failed group commit, seen from clients of a real server (issue #11's CALL-5 with #17's groups)
+class Gated(ReferenceProvider):
+    """The reference provider, except that while `gate` is set up its admissions and renegotiations
+    wait for it: released together, the calls they decide reach the store in the same turn of the
+    loop, so that their commits share one group."""
+
+    gate: asyncio.Event | None = None
+    waiting = 0
+
+    async def _through_gate(self) -> None:
+        if self.gate is not None:
+            self.waiting += 1
+            await self.gate.wait()
+
+    async def admit(self, request: AdmissionRequest) -> Decision:
+        await self._through_gate()
+        return await super().admit(request)
+
+    async def renegotiate(self, request: AdmissionRequest) -> Decision:
+        await self._through_gate()
+        return await super().renegotiate(request)
+
+
+def disk_full() -> sqlite3.Error:
+    """The very error SQLite raises when the file cannot grow (SQLITE_FULL), made for real."""
+    db = sqlite3.connect(":memory:", isolation_level=None)
+    db.execute("CREATE TABLE t (x)")
+    db.execute("PRAGMA max_page_count = 3")
+    try:
+        for _ in range(100):
+            db.execute("INSERT INTO t VALUES (?)", (b"x" * 4000,))
+    except sqlite3.Error as error:
+        assert error.sqlite_errorcode == 13  # SQLITE_FULL
+        return error
+    finally:
+        db.close()
+    raise AssertionError("a database of three pages took 400 KB")
+
+
+class CommitFails:
+    """The store's connection as its group committer sees it, except that COMMIT fails with
+    `error` (the writes of the group went in; the disk refused the commit)."""
+
+    def __init__(self, db: sqlite3.Connection, error: sqlite3.Error) -> None:
+        self._db, self._error = db, error
+
+    @property
+    def in_transaction(self) -> bool:
+        return self._db.in_transaction
+
+    def execute(self, sql: str, *args: Any) -> sqlite3.Cursor:
+        if sql == "COMMIT":
+            raise self._error
+        return self._db.execute(sql, *args)
+
+
+async def test_a_group_whose_commit_fails_compensates_every_call_in_it_and_answers_each_retryably(
+    tmp_path: Path,
+) -> None:
+    async with serving(tmp_path, providers={"reference": {"plugin": f"{__name__}:Gated"}}) as served:
+        stub, store, provider = served.stub, served.server.running.store, served.provider
+        kept = await stub.CreateCall(make_request(qos(300_000, recv_rate=100_000), destination="sip:kept@example.test"))
+        victim = await stub.CreateCall(make_request(qos(200_000), destination="sip:victim@example.test"))
+        before_link = await reserved(stub)
+        before_holdings = {holding.call: holding for holding in await provider.reservations()}
+        before_events = (await store.event_bounds()).last
+        committer = store._committer
+        groups, writes = committer.groups, committer.writes
+
+        # Every COMMIT fails as on a full disk; eight admissions and a renegotiation decided
+        # together, and a drop, meet in the group(s) that fail.
+        committer._db = CommitFails(committer._db, disk_full())
+        provider.gate, provider.waiting = asyncio.Event(), 0
+        creates = [
+            asyncio.ensure_future(stub.CreateCall(make_request(qos(50_000), destination=f"sip:new{i}@example.test")))
+            for i in range(8)
+        ]
+        renegotiation = asyncio.ensure_future(
+            stub.RenegotiateCall(svc.RenegotiateCallRequest(name=kept.name, qos=qos(600_000, recv_rate=100_000)))
+        )
+        drop = asyncio.ensure_future(stub.DropCall(svc.DropCallRequest(name=victim.name)))
+        deadline = time.monotonic() + 10
+        while provider.waiting < 9:
+            assert time.monotonic() < deadline, f"only {provider.waiting} of 9 decisions reached the provider"
+            await asyncio.sleep(0.01)
+        provider.gate.set()
+        outcomes = await asyncio.gather(*creates, renegotiation, drop, return_exceptions=True)
+
+        for outcome in outcomes:  # each request answered with the retryable status, naming the cause
+            assert isinstance(outcome, grpc.aio.AioRpcError), outcome
+            assert outcome.code() == grpc.StatusCode.UNAVAILABLE and reason(outcome) == "STORAGE_UNAVAILABLE"
+            assert details(outcome)["ErrorInfo"].metadata["cause"] == "disk is full (SQLITE_FULL)"
+        # The ten commits went through the group committer, and the eight admissions and the
+        # renegotiation let through together shared a group: one failed group held several calls.
+        assert committer.writes - writes == 10
+        assert committer.groups - groups < 10
+        # Every member compensated: each fresh admission released, the renegotiation put back, the
+        # drop released nothing (it releases only after its commit); none of it acknowledged.
+        assert await reserved(stub) == before_link
+        assert {holding.call: holding for holding in await provider.reservations()} == before_holdings
+        assert (await store.event_bounds()).last == before_events
+        assert await stub.GetCall(svc.GetCallRequest(name=kept.name)) == kept
+        assert await stub.GetCall(svc.GetCallRequest(name=victim.name)) == victim
+        page = await stub.ListCalls(svc.ListCallsRequest(page_size=100))
+        assert sorted(call.name for call in page.calls) == sorted([kept.name, victim.name])
+
+        # The disk recovers: the same requests go through, without a restart.
+        committer._db = store._db
+        provider.gate = None
+        made = await stub.CreateCall(make_request(qos(50_000), destination="sip:after@example.test"))
+        assert made.state == State.STATE_CONNECTED
+        await stub.RenegotiateCall(svc.RenegotiateCallRequest(name=kept.name, qos=qos(600_000, recv_rate=100_000)))
+        await stub.DropCall(svc.DropCallRequest(name=victim.name))
+        assert await reserved(stub) == (650_000, 100_000)
+        assert (await store.event_bounds()).last > before_events

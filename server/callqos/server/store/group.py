@@ -8,10 +8,11 @@ its cache and last sequence, follows the database only then). One that fails on 
 exceeded, an address in use) gets its own error, and the rest of its group is rolled back and
 written again without it, so the others commit as if it had never been tried (the writes are
 functions of the database as they find it, so writing one again is the same write). When the
-transaction itself fails — its COMMIT, or a write
-after which SQLite has rolled the whole transaction back (a full disk, an I/O error) — every
-mutation of the group fails with that error and nothing of the group is acknowledged: no caller
-is ever told "committed" about something that is not.
+storage fails — the COMMIT, a write that raises `StoreUnavailable` (a full disk, an I/O error),
+or a write after which SQLite has rolled the whole transaction back — every mutation of the group
+fails with the same error (the store names it: `StoreUnavailable`, which the call manager answers
+with UNAVAILABLE / STORAGE_UNAVAILABLE after compensating each call, issue #11) and nothing of the
+group is acknowledged: no caller is ever told "committed" about something that is not.
 
 Writes run synchronously in one callback of the loop, so nothing else touches the connection
 while a group's transaction is open, and groups commit in the order they formed: the sequence
@@ -21,9 +22,12 @@ numbers a group's events get follow those of every group before it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
 from collections.abc import Callable
 from typing import Any, Generic, TypeVar
+
+from callqos.server.store.base import StoreUnavailable
 
 T = TypeVar("T")
 OnCommit = Callable[[], None]
@@ -38,10 +42,12 @@ class _Member(Generic[T]):
 
 
 class GroupCommitter:
-    """Commits the writes submitted on `db` in groups (see the module). `on_abort` is told when
-    a whole group failed, so that the store forgets what its writes prepared."""
+    """Commits the writes submitted on `db` in groups (see the module). `on_abort` is told when a
+    transaction was rolled back, with the error that ended it, so that the store forgets what the
+    writes prepared; it returns the error every member of a failed group gets (a failure of the
+    storage named as the store names it)."""
 
-    def __init__(self, db: sqlite3.Connection, on_abort: Callable[[], None]) -> None:
+    def __init__(self, db: sqlite3.Connection, on_abort: Callable[[BaseException], BaseException]) -> None:
         self._db = db
         self._on_abort = on_abort
         self._waiting: list[_Member[Any]] = []
@@ -59,7 +65,17 @@ class GroupCommitter:
             # After every callback already due in this turn: what they submit joins the group.
             self._scheduled = True
             loop.call_soon(self._flush)
-        return await future
+        try:
+            return await future
+        except asyncio.CancelledError:
+            if not future.done() or future.cancelled():
+                raise  # cancelled before its group formed: never written
+            # Cancelled after its group was written: the outcome stands (the caller must not take
+            # a durable commit for one that never happened); the cancellation comes at its next await.
+            task = asyncio.current_task()
+            if task is not None:
+                task.cancel()
+            return future.result()
 
     def _flush(self) -> None:
         self._scheduled = False
@@ -82,13 +98,15 @@ class GroupCommitter:
                 try:
                     result, on_commit = member.write()
                 except BaseException as error:
-                    if len(group) == 1 or not db.in_transaction:
-                        raise  # its failure is the group's (or SQLite rolled the whole transaction back)
+                    if len(group) == 1 or not db.in_transaction or isinstance(error, StoreUnavailable):
+                        # Its failure is the group's: the storage failed (or SQLite rolled the
+                        # whole transaction back), and would fail the others as well.
+                        raise
                     # A write that fails on its own (a quota, an address in use) fails alone: the
                     # group is rolled back and written again without it. (Cheaper than a savepoint
                     # around every write, for a failure that is rare.)
                     db.execute("ROLLBACK")
-                    self._on_abort()
+                    self._on_abort(error)
                     if not member.future.done():
                         member.future.set_exception(error)
                     return [other for other in group if other is not member]
@@ -96,11 +114,14 @@ class GroupCommitter:
             db.execute("COMMIT")
         except BaseException as aborted:
             if db.in_transaction:
-                db.execute("ROLLBACK")
-            self._on_abort()
+                # (After SQLITE_FULL SQLite may have rolled back already; a failing ROLLBACK must
+                # not hide the cause.)
+                with contextlib.suppress(sqlite3.Error):
+                    db.execute("ROLLBACK")
+            failure = self._on_abort(aborted)
             for member in group:
                 if not member.future.done():
-                    member.future.set_exception(aborted)
+                    member.future.set_exception(failure)
             return []
         # Durable now: the store's memory follows, then each is told, in the order they committed.
         for member, result, on_commit in done:
