@@ -65,11 +65,18 @@ class Variant:
     commits_per_rpc: float  # store commits each RPC makes (the limit: see `limit`)
 
 
+# A make+drop cycle commits three times: CreateCall's call, DropCall's (with the release it owes,
+# issue #11), and the owed release forgotten once the provider has confirmed it.
+MAKE_DROP_COMMITS = 3 / 2
+
+
 VARIANTS = {
     "echo": Variant("bare grpc.aio echo (baseline)", "echo", workload.echo, 1, 0),
-    "make_drop": Variant("CreateCall + DropCall, tracing off", "off", workload.make_drop, 2, 1),
-    "make_drop_sampled": Variant("CreateCall + DropCall, 10% sampled", "sampled", workload.make_drop, 2, 1),
-    "make_drop_all": Variant("CreateCall + DropCall, all sampled", "all", workload.make_drop, 2, 1),
+    "make_drop": Variant("CreateCall + DropCall, tracing off", "off", workload.make_drop, 2, MAKE_DROP_COMMITS),
+    "make_drop_sampled": Variant(
+        "CreateCall + DropCall, 10% sampled", "sampled", workload.make_drop, 2, MAKE_DROP_COMMITS
+    ),
+    "make_drop_all": Variant("CreateCall + DropCall, all sampled", "all", workload.make_drop, 2, MAKE_DROP_COMMITS),
     "renegotiate": Variant("RenegotiateCall", "off", workload.renegotiate, 1, 1),
     "get": Variant("GetCall", "off", workload.get, 1, 0),
 }
