@@ -204,6 +204,7 @@ async def _start(
         config.provider_timeout_seconds,
         telemetry=instruments,
         containment=containment,
+        start_timeout=config.provider_start_timeout_seconds,
     )
     guard = Guard(config)
     await guard.start()
@@ -220,8 +221,15 @@ async def _start(
     # Capacities set with UpdateLink first, so that restored calls are re-taken under them; then
     # the calls; then (once the ports are bound) the releases still owed and a reconciliation,
     # before serving.
-    await ledger.put_back_link_capacities()
-    await calls.start()
+    try:
+        await ledger.put_back_link_capacities()
+        await calls.start()
+    except BaseException:
+        # A provider that could not start (ProviderStartError): stop the others, whose processes
+        # or threads would otherwise outlive this failed start, and close the store.
+        await providers.stop()
+        await store.close()
+        raise
     for call in await store.connected_calls():
         instruments.call_committed(call)
     for info in providers.all():
