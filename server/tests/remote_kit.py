@@ -85,6 +85,30 @@ class ChattyReference(ReferenceProvider):
         return await super().start(host, restored)
 
 
+class MisbookingReference(ReferenceProvider):
+    """The reference provider with two bookkeeping bugs its kit cannot see, for the host's ledger to
+    find through `reservations()` (PROV-19): admitting a destination starting with `sip:forget` grants
+    and then drops the reservation from its books (once per call), and one starting with `sip:leak`
+    also books the same reservation for a call nobody made (`calls/phantom-{call id}`)."""
+
+    def __init__(self, settings: Any = None) -> None:
+        super().__init__(settings)
+        self.forgotten: set[str] = set()
+
+    async def admit(self, request: AdmissionRequest) -> Decision:
+        decision = await super().admit(request)
+        granted = getattr(decision, "qos", None)
+        if granted is not None and request.destination.startswith("sip:leak"):
+            async with self._lock:
+                phantom = "calls/phantom-" + request.call.rpartition("/")[2]
+                self._reserve(phantom, self._route(request.destination), request.level, granted)
+        if granted is not None and request.destination.startswith("sip:forget") and request.call not in self.forgotten:
+            self.forgotten.add(request.call)
+            async with self._lock:
+                self._unreserve(request.call)
+        return decision
+
+
 # -- a provider served in this process --------------------------------------------------------
 class Kit:
     """A provider served over the protocol in this process, on a Unix socket of its own. `stop()`

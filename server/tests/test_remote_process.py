@@ -181,6 +181,46 @@ async def test_a_provider_that_does_not_shake_hands_fails_the_start_and_is_not_l
     assert pids and not any(alive(pid) for pid in pids)
 
 
+async def test_a_launched_provider_starts_under_the_start_deadline_not_the_provider_deadline(tmp_path: Path) -> None:
+    """Launching a Python process takes longer than a decision may (here 0.3 s): the start has a
+    deadline of its own (provider_start_timeout_seconds), and decisions keep theirs."""
+    async with testing.InProcessServer(
+        tmp_path,
+        providers={"acme": launched("remote_kit:GatedReference")},
+        default_provider="acme",
+        provider_timeout_seconds=0.3,
+    ) as server:
+        async with grpc.aio.insecure_channel(server.target) as channel:
+            stub = svc_grpc.CallQosServiceStub(channel)
+            assert (await stub.CreateCall(make_request(qos(1000)))).state == State.STATE_CONNECTED
+            slow = await rpc_error(stub.CreateCall(make_request(qos(1000), destination="sip:slow@example.test")))
+            assert reason(slow) == "PROVIDER_UNAVAILABLE"  # 2 s to decide: past the provider deadline
+
+
+async def test_the_start_deadline_ends_a_start_that_would_take_longer(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A provider that never shakes hands, with a 10 s start timeout per attempt: the start
+    deadline (2 s) ends the attempts, the server does not start, and says why."""
+    caplog.set_level(logging.INFO)
+    program = [sys.executable, "-c", "import time; time.sleep(30)"]
+    server = testing.InProcessServer(
+        tmp_path,
+        providers={
+            "acme": {"plugin": "remote", "command": program, "start_timeout_seconds": 10, "stop_grace_seconds": 0.5}
+        },
+        default_provider="acme",
+        provider_start_timeout_seconds=2.0,
+    )
+    started = time.monotonic()
+    with pytest.raises(Exception, match="provider acme could not start: .*not reached at start-up: not connected yet"):
+        await server.start()
+    assert time.monotonic() - started < 6  # one start (no calls to retry without), within its deadline
+    await server.close()
+    pids = [r.pid for r in caplog.records if r.getMessage() == "provider process started"]  # type: ignore[attr-defined]
+    assert pids and not any(alive(pid) for pid in pids)
+
+
 def _provider_pid(log: Path) -> int:
     for line in log.read_text().splitlines():
         if line.startswith("{"):

@@ -3,7 +3,7 @@
 // (protos/callqos/provider/v1/provider_service.proto).
 //
 // You implement Provider (and, for what you advertise, Renegotiator, LinkAdmin,
-// ProviderSpecificValidator, OfferEnder); Main or Serve does the rest: the gRPC service and grpc.health.v1,
+// ReservationLister, ProviderSpecificValidator, OfferEnder); Main or Serve does the rest: the gRPC service and grpc.health.v1,
 // the handshake with a server that launches you, idempotency of retried requests, the journal of
 // the changes you report (kept until the server acknowledges them, replayed when it reconnects),
 // restores after a reconnection, deadlines (each method's ctx carries the server's) and trace
@@ -64,6 +64,23 @@ type LinkAdmin interface {
 	// no longer fits with Host.ReportChange before returning. Return ErrUnknownLink for a link
 	// you do not have.
 	UpdateLink(ctx context.Context, link string, capacity uint64) (*callqosv1.Link, error)
+}
+
+// ReservationLister is implemented by providers that advertise Capabilities.ReservationListing.
+type ReservationLister interface {
+	// Reservations lists every call you hold a reservation for, with the rates your own books
+	// hold for it, so that the server can reconcile its ledger with them (SPEC.md PROV-19): it
+	// releases what no call holds and re-takes what a call lost. A call holding nothing may be
+	// left out.
+	Reservations(ctx context.Context) ([]Holding, error)
+}
+
+// Holding is what your books hold for one call.
+type Holding struct {
+	Call      string // "calls/{call}"
+	Sending   uint64 // bytes per second reserved, sending
+	Receiving uint64 // bytes per second reserved, receiving
+	Link      string // "links/{link}" the reservation is on, or "" without links
 }
 
 // ProviderSpecificValidator is implemented by providers that interpret QosSpec.provider_specific.

@@ -364,13 +364,35 @@ func (s *Server) release(ctx context.Context, call string) error {
 	return nil
 }
 
-// ListReservations answers what the provider holds.
+// ListReservations answers what the provider holds: the calls the kit's ledger holds, with their
+// QoS, and, from a provider that advertises Capabilities.ReservationListing (a ReservationLister),
+// the rates its own books hold for each. A call the books leave out holds nothing; one only the
+// books hold is listed without QoS, for the server to release.
 func (s *Server) ListReservations(ctx context.Context, req *providerv1.ListReservationsRequest) (*providerv1.ListReservationsResponse, error) {
+	var books []Holding
+	if lister, ok := s.provider.(ReservationLister); ok && s.info.Capabilities.GetReservationListing() {
+		var err error
+		if books, err = lister.Reservations(ctx); err != nil {
+			return nil, failure("Reservations", err)
+		}
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	answer := &providerv1.ListReservationsResponse{}
+	listed := map[string]*providerv1.Reservation{}
 	for call, h := range s.ledger {
-		answer.Reservations = append(answer.Reservations, &providerv1.Reservation{Call: call, Qos: h.qos})
+		listed[call] = &providerv1.Reservation{Call: call, Qos: h.qos}
+	}
+	for _, b := range books {
+		item, ok := listed[b.Call]
+		if !ok {
+			item = &providerv1.Reservation{Call: b.Call}
+			listed[b.Call] = item
+		}
+		item.SendingBytesPerSecond, item.ReceivingBytesPerSecond, item.Link = b.Sending, b.Receiving, b.Link
+	}
+	answer := &providerv1.ListReservationsResponse{}
+	for _, item := range listed {
+		answer.Reservations = append(answer.Reservations, item)
 	}
 	sort.Slice(answer.Reservations, func(i, j int) bool { return answer.Reservations[i].Call < answer.Reservations[j].Call })
 	return answer, nil

@@ -561,3 +561,69 @@ func TestTheDecideStreamAnswersAsTheMethodsDo(t *testing.T) {
 	}
 	stream.CloseSend()
 }
+
+// listing is the ledger provider with reservation listing: its books are its held map.
+type listing struct{ *ledger }
+
+func (l listing) Info() provider.Info {
+	info := l.ledger.Info()
+	info.Capabilities.ReservationListing = true
+	return info
+}
+
+func (l listing) Reservations(ctx context.Context) ([]provider.Holding, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	var held []provider.Holding
+	for call, rate := range l.held {
+		held = append(held, provider.Holding{Call: call, Sending: rate, Link: "links/only"})
+	}
+	return held, nil
+}
+
+func TestListReservationsCarriesTheProvidersBooks(t *testing.T) {
+	p := listing{newLedger(10_000)}
+	client, _, _ := serve(t, p)
+	ctx := testContext(t)
+	calls := []*providerv1.HeldCall{
+		{Call: "calls/a", Destination: "sip:x", ServiceLevel: callqosv1.ServiceLevel_SERVICE_LEVEL_NEEDED, Qos: cl(100)},
+		{Call: "calls/b", Destination: "sip:x", ServiceLevel: callqosv1.ServiceLevel_SERVICE_LEVEL_NEEDED, Qos: cl(200)},
+	}
+	if _, err := client.Restore(ctx, &providerv1.RestoreRequest{Calls: calls}); err != nil {
+		t.Fatal(err)
+	}
+	// The books lose b and book a call nobody made: the kit's ledger cannot see either.
+	p.mu.Lock()
+	delete(p.held, "calls/b")
+	p.held["calls/ghost"] = 50
+	p.mu.Unlock()
+	answer, err := client.ListReservations(ctx, &providerv1.ListReservationsRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]*providerv1.Reservation{}
+	for _, r := range answer.GetReservations() {
+		got[r.GetCall()] = r
+	}
+	if len(got) != 3 {
+		t.Fatalf("listed %v", answer.GetReservations())
+	}
+	if a := got["calls/a"]; a.GetSendingBytesPerSecond() != 100 || a.GetLink() != "links/only" || a.GetQos() == nil {
+		t.Fatalf("calls/a: %v", a)
+	}
+	if b := got["calls/b"]; b.GetSendingBytesPerSecond() != 0 || b.GetQos().GetSending().GetTokenRateBytesPerSecond() != 200 {
+		t.Fatalf("calls/b (forgotten by the books): %v", b)
+	}
+	if ghost := got["calls/ghost"]; ghost.GetQos() != nil || ghost.GetSendingBytesPerSecond() != 50 {
+		t.Fatalf("calls/ghost (booked for no call): %v", ghost)
+	}
+	// Without the capability the books are not asked: QoS only.
+	plain, _, _ := serve(t, newLedger(10_000))
+	if _, err := plain.Restore(ctx, &providerv1.RestoreRequest{Calls: calls}); err != nil {
+		t.Fatal(err)
+	}
+	answer, err = plain.ListReservations(ctx, &providerv1.ListReservationsRequest{})
+	if err != nil || len(answer.GetReservations()) != 2 || answer.GetReservations()[0].GetSendingBytesPerSecond() != 0 {
+		t.Fatalf("without reservation_listing: %v %v", answer, err)
+	}
+}

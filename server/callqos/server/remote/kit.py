@@ -6,7 +6,8 @@ to re-take, `admit`, `renegotiate`, `release`, links, `host.report_change`); wha
 adds is kept here, around it:
 
 - a ledger of the calls the provider holds, by the host's requests and the provider's own
-  changes: what ListReservations answers and what a repeated Restore is compared with;
+  changes: what ListReservations answers (with the rates of the provider's own books, when it
+  lists its reservations) and what a repeated Restore is compared with;
 - idempotency: a repeated Admit or Renegotiate (same call, same request_id) gets the first
   answer again and reaches the provider once; a Release cancels an Admit still being decided;
 - the change journal: every change the provider reports is numbered and kept (the newest per
@@ -452,9 +453,18 @@ class ProviderServicer(pb_grpc.ProviderServiceServicer):
     async def ListReservations(
         self, request: pb.ListReservationsRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListReservationsResponse:
-        return pb.ListReservationsResponse(
-            reservations=[pb.Reservation(call=call, qos=held.qos) for call, held in self.held.items()]
-        )
+        """The calls the kit's ledger holds, with their QoS; with `reservation_listing`, each with
+        the rates the provider's own books hold (PROV-19) — a call the books leave out holds
+        nothing, and one only the books hold is listed without QoS, for the host to release."""
+        listed = {call: pb.Reservation(call=call, qos=held.qos) for call, held in self.held.items()}
+        if self.capabilities.reservation_listing:
+            for holding in await self._run(self.provider.reservations(), context):
+                item = listed.setdefault(holding.call, pb.Reservation(call=holding.call))
+                item.sending_bytes_per_second = holding.sending_bytes_per_second
+                item.receiving_bytes_per_second = holding.receiving_bytes_per_second
+                link_id = protocol.link_id_of(holding.link)
+                item.link = f"links/{link_id}" if link_id else ""
+        return pb.ListReservationsResponse(reservations=list(listed.values()))
 
     async def ListLinks(self, request: pb.ListLinksRequest, context: grpc.aio.ServicerContext) -> pb.ListLinksResponse:
         if not self.capabilities.link_admin:

@@ -54,6 +54,7 @@ from callqos.server.providers.base import (
     AdmissionRequest,
     Decision,
     Grant,
+    Holding,
     Provider,
     ProviderChange,
     ProviderHost,
@@ -328,7 +329,9 @@ class RemoteProvider(Provider):
         did not say it dropped) is disconnected; a QoS that differs is the provider's."""
         stub = self._need_stub()
         listing = await stub.ListReservations(pb.ListReservationsRequest(), timeout=self.options.call_timeout_seconds)
-        theirs = {item.call: item.qos for item in listing.reservations}
+        # A reservation without QoS is one the provider's books hold for no call it was granted
+        # through the protocol: released below, as the host holds no such call.
+        theirs = {item.call: item.qos if item.HasField("qos") else None for item in listing.reservations}
         for call in sorted(set(theirs) - set(self.held) - set(self._pending_releases)):
             log.warning("provider %s held %s, which the host does not: released", self.name, call)
             await stub.Release(
@@ -346,7 +349,7 @@ class RemoteProvider(Provider):
             )
         for call, qos in sorted(theirs.items()):
             held = self.held.get(call)
-            if held is not None and held.qos != qos:
+            if held is not None and qos is not None and held.qos != qos:
                 await self._apply(ProviderChange(call, qos, "the provider holds other QoS for this call"))
 
     async def _watch(self) -> None:
@@ -599,13 +602,31 @@ class RemoteProvider(Provider):
         return self._host_link(answer.link)
 
     async def list_reservations(self) -> dict[str, QosSpec]:
-        """The provider's reservations (call → QoS), as it reports them: the reconciliation
-        hook's listing for an out-of-process provider."""
-        stub = self._serving("list_reservations")
+        """The provider's reservations (call → QoS), as it reports them (one it holds for no call
+        the protocol granted has no QoS, and is left out)."""
+        return {item.call: item.qos for item in await self._list_reservations() if item.HasField("qos")}
+
+    async def reservations(self) -> list[Holding]:
+        """The contract's listing (PROV-19, only when the provider advertises
+        `reservation_listing`): the rates the provider's own books hold for each call, as
+        ListReservations reports them, its links named as the host names them."""
+        return [
+            Holding(
+                item.call,
+                item.sending_bytes_per_second,
+                item.receiving_bytes_per_second,
+                names.link_name(self.id, protocol.link_id_of(item.link)) if item.link else "",
+            )
+            for item in await self._list_reservations()
+        ]
+
+    async def _list_reservations(self) -> Sequence[pb.Reservation]:
+        stub = self._serving("reservations")
         answer = await self._rpc(
-            "list_reservations", stub.ListReservations(pb.ListReservationsRequest(), timeout=self._timeout())
+            "reservations",
+            stub.ListReservations(pb.ListReservationsRequest(), timeout=self._timeout(), metadata=_trace_metadata()),
         )
-        return {item.call: item.qos for item in answer.reservations}
+        return list(answer.reservations)
 
     async def _rpc(self, operation: str, rpc: Awaitable[T], not_found: Exception | None = None) -> T:
         """Await one RPC to the provider; its failure as the ServiceError the caller gets. A

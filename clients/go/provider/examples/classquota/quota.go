@@ -73,6 +73,7 @@ func (q *Quota) Info() provider.Info {
 			Renegotiation:               true,
 			ProviderInitiatedChanges:    true,
 			LinkAdmin:                   true,
+			ReservationListing:          true,
 			ServiceTypes:                []callqosv1.ServiceType{bestEffort, controlledLoad, guaranteed, qualitative, noTraffic},
 			MaxReservableBytesPerSecond: max(q.quota(controlledLoad), q.quota(guaranteed)),
 			MaxSduSizeBytes:             uint32(q.MTU),
@@ -125,6 +126,21 @@ func (q *Quota) Renegotiate(ctx context.Context, request provider.Request) (prov
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	return q.decide(request), nil
+}
+
+// -- provider.ReservationLister ---------------------------------------------------------------
+
+// Reservations lists what the books hold, call by call, for the server's ledger to reconcile.
+func (q *Quota) Reservations(ctx context.Context) ([]provider.Holding, error) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	held := make([]provider.Holding, 0, len(q.calls))
+	for call, r := range q.calls {
+		held = append(held, provider.Holding{
+			Call: call, Sending: reservedRate(flow(r.qos, 0)), Receiving: reservedRate(flow(r.qos, 1)), Link: "links/" + linkID,
+		})
+	}
+	return held, nil
 }
 
 // -- provider.LinkAdmin -----------------------------------------------------------------------

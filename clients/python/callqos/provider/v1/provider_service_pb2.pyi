@@ -199,12 +199,18 @@ class ListReservationsRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class Reservation(_message.Message):
-    __slots__ = ("call", "qos")
+    __slots__ = ("call", "qos", "sending_bytes_per_second", "receiving_bytes_per_second", "link")
     CALL_FIELD_NUMBER: _ClassVar[int]
     QOS_FIELD_NUMBER: _ClassVar[int]
+    SENDING_BYTES_PER_SECOND_FIELD_NUMBER: _ClassVar[int]
+    RECEIVING_BYTES_PER_SECOND_FIELD_NUMBER: _ClassVar[int]
+    LINK_FIELD_NUMBER: _ClassVar[int]
     call: str
     qos: _flowspec_pb2.QosSpec
-    def __init__(self, call: _Optional[str] = ..., qos: _Optional[_Union[_flowspec_pb2.QosSpec, _Mapping]] = ...) -> None: ...
+    sending_bytes_per_second: int
+    receiving_bytes_per_second: int
+    link: str
+    def __init__(self, call: _Optional[str] = ..., qos: _Optional[_Union[_flowspec_pb2.QosSpec, _Mapping]] = ..., sending_bytes_per_second: _Optional[int] = ..., receiving_bytes_per_second: _Optional[int] = ..., link: _Optional[str] = ...) -> None: ...
 
 class ListReservationsResponse(_message.Message):
     __slots__ = ("reservations",)

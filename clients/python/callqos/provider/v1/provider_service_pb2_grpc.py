@@ -257,7 +257,8 @@ class ProviderServiceServicer:
 
     def ListReservations(self, request, context):
         """The calls the provider holds a reservation for, and their QoS now: how the host (and an
-        operator) checks that the two agree.
+        operator) checks that the two agree. With capabilities.reservation_listing, also the rates the
+        provider's own books hold for each, which the host's ledger reconciles with (PROV-19).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

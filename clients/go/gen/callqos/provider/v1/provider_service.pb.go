@@ -1347,8 +1347,18 @@ type Reservation struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// `calls/{call}`.
 	Call string `protobuf:"bytes,1,opt,name=call,proto3" json:"call,omitempty"`
-	// The QoS in effect for it.
-	Qos           *v1.QosSpec `protobuf:"bytes,2,opt,name=qos,proto3" json:"qos,omitempty"`
+	// The QoS in effect for it. Absent for a reservation the provider's own books hold for a call
+	// never granted through this protocol (the host releases it).
+	Qos *v1.QosSpec `protobuf:"bytes,2,opt,name=qos,proto3" json:"qos,omitempty"`
+	// What the provider's own books hold for the call, in bytes per second in each direction: only
+	// from a provider that advertises `capabilities.reservation_listing`, whose host reconciles its
+	// ledger with these rates (conformance/SPEC.md PROV-19). 0 in a direction it holds nothing in.
+	SendingBytesPerSecond uint64 `protobuf:"varint,3,opt,name=sending_bytes_per_second,json=sendingBytesPerSecond,proto3" json:"sending_bytes_per_second,omitempty"`
+	// As `sending_bytes_per_second`, receiving.
+	ReceivingBytesPerSecond uint64 `protobuf:"varint,4,opt,name=receiving_bytes_per_second,json=receivingBytesPerSecond,proto3" json:"receiving_bytes_per_second,omitempty"`
+	// The provider's link the reservation is on (`links/{link}`), or empty for a provider without
+	// links. Only with `capabilities.reservation_listing`.
+	Link          string `protobuf:"bytes,5,opt,name=link,proto3" json:"link,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1395,6 +1405,27 @@ func (x *Reservation) GetQos() *v1.QosSpec {
 		return x.Qos
 	}
 	return nil
+}
+
+func (x *Reservation) GetSendingBytesPerSecond() uint64 {
+	if x != nil {
+		return x.SendingBytesPerSecond
+	}
+	return 0
+}
+
+func (x *Reservation) GetReceivingBytesPerSecond() uint64 {
+	if x != nil {
+		return x.ReceivingBytesPerSecond
+	}
+	return 0
+}
+
+func (x *Reservation) GetLink() string {
+	if x != nil {
+		return x.Link
+	}
+	return ""
 }
 
 // Response for ListReservations. Every reservation in one answer: there is one per connected
@@ -2364,10 +2395,13 @@ const file_callqos_provider_v1_provider_service_proto_rawDesc = "" +
 	"\x05calls\x18\x01 \x03(\v2\x1d.callqos.provider.v1.HeldCallR\x05calls\"H\n" +
 	"\x0fRestoreResponse\x125\n" +
 	"\achanges\x18\x01 \x03(\v2\x1b.callqos.provider.v1.ChangeR\achanges\"\x19\n" +
-	"\x17ListReservationsRequest\"H\n" +
+	"\x17ListReservationsRequest\"\xd2\x01\n" +
 	"\vReservation\x12\x12\n" +
 	"\x04call\x18\x01 \x01(\tR\x04call\x12%\n" +
-	"\x03qos\x18\x02 \x01(\v2\x13.callqos.v1.QosSpecR\x03qos\"`\n" +
+	"\x03qos\x18\x02 \x01(\v2\x13.callqos.v1.QosSpecR\x03qos\x127\n" +
+	"\x18sending_bytes_per_second\x18\x03 \x01(\x04R\x15sendingBytesPerSecond\x12;\n" +
+	"\x1areceiving_bytes_per_second\x18\x04 \x01(\x04R\x17receivingBytesPerSecond\x12\x12\n" +
+	"\x04link\x18\x05 \x01(\tR\x04link\"`\n" +
 	"\x18ListReservationsResponse\x12D\n" +
 	"\freservations\x18\x01 \x03(\v2 .callqos.provider.v1.ReservationR\freservations\"\x12\n" +
 	"\x10ListLinksRequest\";\n" +

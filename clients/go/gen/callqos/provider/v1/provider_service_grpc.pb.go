@@ -119,7 +119,8 @@ type ProviderServiceClient interface {
 	// every connection, before any Admit; safe to repeat.
 	Restore(ctx context.Context, in *RestoreRequest, opts ...grpc.CallOption) (*RestoreResponse, error)
 	// The calls the provider holds a reservation for, and their QoS now: how the host (and an
-	// operator) checks that the two agree.
+	// operator) checks that the two agree. With capabilities.reservation_listing, also the rates the
+	// provider's own books hold for each, which the host's ledger reconciles with (PROV-19).
 	ListReservations(ctx context.Context, in *ListReservationsRequest, opts ...grpc.CallOption) (*ListReservationsResponse, error)
 	// The provider's links. Only when capabilities.link_admin.
 	ListLinks(ctx context.Context, in *ListLinksRequest, opts ...grpc.CallOption) (*ListLinksResponse, error)
@@ -389,7 +390,8 @@ type ProviderServiceServer interface {
 	// every connection, before any Admit; safe to repeat.
 	Restore(context.Context, *RestoreRequest) (*RestoreResponse, error)
 	// The calls the provider holds a reservation for, and their QoS now: how the host (and an
-	// operator) checks that the two agree.
+	// operator) checks that the two agree. With capabilities.reservation_listing, also the rates the
+	// provider's own books hold for each, which the host's ledger reconciles with (PROV-19).
 	ListReservations(context.Context, *ListReservationsRequest) (*ListReservationsResponse, error)
 	// The provider's links. Only when capabilities.link_admin.
 	ListLinks(context.Context, *ListLinksRequest) (*ListLinksResponse, error)

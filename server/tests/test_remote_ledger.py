@@ -1,0 +1,80 @@
+"""The admission ledger reconciles a provider in another process as it does one in process
+(conformance/SPEC.md PROV-19): the provider's `reservations()` crosses the protocol
+(ListReservations, with the rates of the provider's own books), and the host releases what no call
+holds and re-takes what a call lost — here with a real provider process the server launches."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import grpc
+import pytest
+from remote_kit import launched, remote_of, until
+from server_testkit import make_request, qos
+
+from callqos.server import testing
+from callqos.server.providers import Holding
+from callqos.v1 import call_pb2
+from callqos.v1 import callqos_service_pb2 as svc
+from callqos.v1 import callqos_service_pb2_grpc as svc_grpc
+
+ACME = "providers/acme"
+LINK = "providers/acme/links/default"
+
+
+@pytest.fixture
+async def misbooking(tmp_path: Path) -> AsyncIterator[tuple[testing.InProcessServer, svc_grpc.CallQosServiceStub]]:
+    server = testing.InProcessServer(
+        tmp_path,
+        providers={"acme": launched("remote_kit:MisbookingReference")},
+        default_provider="acme",
+        reconcile_interval_seconds=0.3,
+    )
+    await server.start()
+    try:
+        async with grpc.aio.insecure_channel(server.target) as channel:
+            yield server, svc_grpc.CallQosServiceStub(channel)
+    finally:
+        await server.close()
+
+
+async def link_reserved(stub: svc_grpc.CallQosServiceStub) -> int:
+    (link,) = (await stub.ListLinks(svc.ListLinksRequest(parent=ACME))).links
+    return link.sending_reserved_bytes_per_second
+
+
+async def test_the_ledger_repairs_what_a_remote_providers_books_lose_or_leak(
+    misbooking: tuple[testing.InProcessServer, svc_grpc.CallQosServiceStub],
+) -> None:
+    server, stub = misbooking
+    remote = remote_of(server)
+    (provider,) = (await stub.ListProviders(svc.ListProvidersRequest())).providers
+    assert provider.capabilities.reservation_listing  # the process's, passed on by the host
+    kept = await stub.CreateCall(make_request(qos(100_000), call_id="kept"))
+    # Booked twice by the provider: once for the call, once for a call nobody made.
+    leaked = await stub.CreateCall(make_request(qos(200_000), destination="sip:leak@example.test", call_id="leaked"))
+    # Granted, then forgotten by the provider's books (its kit still lists it, with nothing held).
+    lost = await stub.CreateCall(make_request(qos(300_000), destination="sip:forget@example.test", call_id="lost"))
+    assert all(c.state == call_pb2.Call.State.STATE_CONNECTED for c in (kept, leaked, lost))
+
+    held = {item.call: item for item in await remote.reservations()}
+    assert all(isinstance(item, Holding) for item in held.values())
+    assert held["calls/phantom-leaked"].sending_bytes_per_second == 200_000
+    assert held["calls/phantom-leaked"].link == LINK
+    assert (held["calls/lost"].sending_bytes_per_second, held["calls/lost"].receiving_bytes_per_second) == (0, 0)
+    assert held["calls/kept"].sending_bytes_per_second == 100_000 and held["calls/kept"].link == LINK
+
+    # Two passes see each difference; then the phantom is released and the lost call re-taken.
+    async def repaired() -> bool:
+        return await link_reserved(stub) == 600_000
+
+    await until(repaired, what="the link reserving exactly what its connected calls hold")
+    held = {item.call: item for item in await remote.reservations()}
+    assert set(held) == {"calls/kept", "calls/leaked", "calls/lost"}
+    assert held["calls/lost"].sending_bytes_per_second == 300_000
+    ledger = server.running.ledger
+    assert ledger.repairs["released"] >= 1 and ledger.repairs["re-taken"] >= 1
+    # The calls themselves are untouched: the repair was the provider's books, not the calls.
+    for call in (kept, leaked, lost):
+        assert await stub.GetCall(svc.GetCallRequest(name=call.name)) == call
