@@ -1,21 +1,24 @@
-"""The admission ledger reconciles a provider in another process as it does one in process
-(conformance/SPEC.md PROV-19): the provider's `reservations()` crosses the protocol
+"""The admission ledger with a provider in another process, as with one in process: reconciliation
+(conformance/SPEC.md PROV-19) — the provider's `reservations()` crosses the protocol
 (ListReservations, with the rates of the provider's own books), and the host releases what no call
-holds and re-takes what a call lost — here with a real provider process the server launches."""
+holds and re-takes what a call lost — and durable link capacities (LINK-5), across restarts of the
+server and of the provider process. Real provider processes the server launches."""
 
 from __future__ import annotations
 
+import os
+import signal
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import grpc
 import pytest
-from remote_kit import launched, remote_of, until
+from remote_kit import assert_agree, launched, remote_of, until
 from server_testkit import make_request, qos
 
 from callqos.server import testing
 from callqos.server.providers import Holding
-from callqos.v1 import call_pb2
+from callqos.v1 import call_pb2, provider_pb2
 from callqos.v1 import callqos_service_pb2 as svc
 from callqos.v1 import callqos_service_pb2_grpc as svc_grpc
 
@@ -78,3 +81,41 @@ async def test_the_ledger_repairs_what_a_remote_providers_books_lose_or_leak(
     # The calls themselves are untouched: the repair was the provider's books, not the calls.
     for call in (kept, leaked, lost):
         assert await stub.GetCall(svc.GetCallRequest(name=call.name)) == call
+
+
+async def test_a_remote_providers_link_capacity_survives_restarts_of_the_server_and_of_the_process(
+    tmp_path: Path,
+) -> None:
+    """LINK-5 out of process: a capacity raised with UpdateLink, and a call admitted under it, come
+    back after the server restarts (the capacity is put back in the new provider process before
+    the call is restored) and after the provider process is killed and relaunched."""
+    server = testing.InProcessServer(
+        tmp_path, storage="sqlite", providers={"acme": launched("reference")}, default_provider="acme"
+    )
+    await server.start()
+    try:
+        async with grpc.aio.insecure_channel(server.target) as channel:
+            stub = svc_grpc.CallQosServiceStub(channel)
+            link = provider_pb2.Link(name=LINK, capacity_bytes_per_second=3_000_000)
+            await stub.UpdateLink(svc.UpdateLinkRequest(link=link))
+            big = await stub.CreateCall(make_request(qos(2_500_000), call_id="big"))
+        await server.restart()
+        async with grpc.aio.insecure_channel(server.target) as channel:
+            stub = svc_grpc.CallQosServiceStub(channel)
+            (link,) = (await stub.ListLinks(svc.ListLinksRequest(parent=ACME))).links
+            assert (link.capacity_bytes_per_second, link.sending_reserved_bytes_per_second) == (3_000_000, 2_500_000)
+            assert await stub.GetCall(svc.GetCallRequest(name=big.name)) == big  # restored, not shed
+            remote = remote_of(server)
+            assert remote.process is not None and remote.process.pid is not None
+            pid = remote.process.pid
+            os.kill(pid, signal.SIGKILL)
+            await until(
+                lambda: remote.ready and remote.process is not None and remote.process.pid != pid,
+                what="a new provider process, restored",
+            )
+            assert await assert_agree(stub, remote) == {big.name: big.granted_qos}
+            (link,) = (await stub.ListLinks(svc.ListLinksRequest(parent=ACME))).links
+            assert link.capacity_bytes_per_second == 3_000_000
+            assert await stub.GetCall(svc.GetCallRequest(name=big.name)) == big
+    finally:
+        await server.close()

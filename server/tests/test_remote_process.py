@@ -184,17 +184,19 @@ async def test_a_provider_that_does_not_shake_hands_fails_the_start_and_is_not_l
 async def test_a_launched_provider_starts_under_the_start_deadline_not_the_provider_deadline(tmp_path: Path) -> None:
     """Launching a Python process takes longer than a decision may (here 0.3 s): the start has a
     deadline of its own (provider_start_timeout_seconds), and decisions keep theirs."""
-    async with testing.InProcessServer(
-        tmp_path,
-        providers={"acme": launched("remote_kit:GatedReference")},
-        default_provider="acme",
-        provider_timeout_seconds=0.3,
-    ) as server:
-        async with grpc.aio.insecure_channel(server.target) as channel:
-            stub = svc_grpc.CallQosServiceStub(channel)
-            assert (await stub.CreateCall(make_request(qos(1000)))).state == State.STATE_CONNECTED
-            slow = await rpc_error(stub.CreateCall(make_request(qos(1000), destination="sip:slow@example.test")))
-            assert reason(slow) == "PROVIDER_UNAVAILABLE"  # 2 s to decide: past the provider deadline
+    async with (
+        testing.InProcessServer(
+            tmp_path,
+            providers={"acme": launched("remote_kit:GatedReference")},
+            default_provider="acme",
+            provider_timeout_seconds=0.3,
+        ) as server,
+        grpc.aio.insecure_channel(server.target) as channel,
+    ):
+        stub = svc_grpc.CallQosServiceStub(channel)
+        assert (await stub.CreateCall(make_request(qos(1000)))).state == State.STATE_CONNECTED
+        slow = await rpc_error(stub.CreateCall(make_request(qos(1000), destination="sip:slow@example.test")))
+        assert reason(slow) == "PROVIDER_UNAVAILABLE"  # 2 s to decide: past the provider deadline
 
 
 async def test_the_start_deadline_ends_a_start_that_would_take_longer(
@@ -213,7 +215,7 @@ async def test_the_start_deadline_ends_a_start_that_would_take_longer(
         provider_start_timeout_seconds=2.0,
     )
     started = time.monotonic()
-    with pytest.raises(Exception, match="provider acme could not start: .*not reached at start-up: not connected yet"):
+    with pytest.raises(Exception, match=r"provider acme could not start: .*not reached at start-up: not connected yet"):
         await server.start()
     assert time.monotonic() - started < 6  # one start (no calls to retry without), within its deadline
     await server.close()

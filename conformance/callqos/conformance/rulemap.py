@@ -39,7 +39,7 @@ SERVER_TESTED: dict[str, tuple[str, ...]] = {
     "CALL-6": ("server/tests/test_ledger_faults.py",),
     "CALL-7": ("server/tests/test_ledger_durability.py", "server/tests/test_remote_process.py"),
     "EVENT-8": ("server/tests/test_ledger_faults.py",),
-    "LINK-5": ("server/tests/test_ledger_durability.py",),
+    "LINK-5": ("server/tests/test_ledger_durability.py", "server/tests/test_remote_ledger.py"),
     "LINK-6": ("server/tests/test_watch_events.py", "server/tests/test_ledger_state_machine.py"),
     "PROV-19": ("server/tests/test_ledger_faults.py", "server/tests/test_remote_ledger.py"),
     "PROV-20": ("server/tests/test_ledger_arithmetic.py", "server/tests/test_ledger_state_machine.py"),

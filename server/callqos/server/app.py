@@ -218,10 +218,11 @@ async def _start(
         reconcile_interval_seconds=config.reconcile_interval_seconds,
         release_retry_max_seconds=config.release_retry_max_seconds,
     )
-    # Capacities set with UpdateLink first, so that restored calls are re-taken under them; then
-    # the calls; then (once the ports are bound) the releases still owed and a reconciliation,
-    # before serving.
+    # The providers reached (a remote one's process: its capabilities and links); the capacities
+    # set with UpdateLink put back, so that restored calls are re-taken under them; then the calls;
+    # then (once the ports are bound) the releases still owed and a reconciliation, before serving.
     try:
+        await providers.prepare()
         await ledger.put_back_link_capacities()
         await calls.start()
     except BaseException:

@@ -159,6 +159,19 @@ class HostedProviders:
         # before any capacity set with UpdateLink is put back (`read_configured_links`).
         self.configured_capacity: dict[str, int] = {}
 
+    async def prepare(self) -> None:
+        """Let every provider reach what it needs before its links are read (`Provider.prepare`),
+        contained and under the start deadline; then read its capabilities again (a remote
+        provider learns them from its process). One that fails stops the server's start
+        (ProviderStartError): its capabilities and links are unknown."""
+        for info in self.all():
+            try:
+                await self._call(info, "prepare", info.provider.prepare)
+            except ServiceError as error:
+                log.error("provider %s could not prepare: %s", info.id, why_start_failed(error))
+                raise ProviderStartError(f"provider {info.id} could not start: {why_start_failed(error)}") from error
+            info.capabilities = info.provider.capabilities()
+
     async def read_configured_links(self) -> set[str]:
         """Remember every administered link's configured capacity (before start-up applies the
         capacities kept from UpdateLink: LINK-5 compares against these). Returns the providers
@@ -274,7 +287,7 @@ class HostedProviders:
         decision the caller waits for. Never for a release: that is cleanup, and must finish
         even when the caller has given up (or capacity would leak). A start has the start
         deadline: no caller waits for it, and it may launch a process and re-take every call."""
-        if operation == "start":
+        if operation in ("prepare", "start"):
             return self.start_timeout
         deadline = CALLER_DEADLINE.get()
         if deadline is None or operation not in CALLER_BOUND:

@@ -198,6 +198,13 @@ class Provider(abc.ABC):
     def __init__(self, settings: Mapping[str, Any] | None = None) -> None:
         self.settings: Mapping[str, Any] = settings or {}
 
+    async def prepare(self) -> None:
+        """Optional: called once before anything else — before the host reads `capabilities()`
+        again and `list_links`, and puts back the capacities kept from UpdateLink with
+        `update_link` (LINK-5), all before `start` — under the start deadline. A provider that
+        must reach something to know its capabilities and links (a provider process) does it
+        here. If it raises, the server does not start."""
+
     async def start(self, host: ProviderHost, restored: Sequence[Restored]) -> list[ProviderChange]:
         """Called before serving, with the calls that were connected when the server last
         stopped. Re-take their reservations; return a change for each that no longer fits.

@@ -120,7 +120,12 @@ class RemoteProvider(Provider):
         self._channel: grpc.aio.Channel | None = None
         self._stub: pb_grpc.ProviderServiceStub | None = None
         self._ready = False
-        self._connected = asyncio.Event()  # the first connection is up
+        self._connected = asyncio.Event()  # the first connection is up (and restored)
+        self._reachable = asyncio.Event()  # the first connection reached the provider (prepare)
+        self._begun = asyncio.Event()  # start() has handed over the calls: connections restore them
+        # Link capacities set with UpdateLink (link id → B/s), put back on every connection before
+        # Restore: a provider process that restarts comes back with its configured ones.
+        self._capacities: dict[str, int] = {}
         self._unready_reason = "not connected yet"
         self._retry_at = 0.0
         self._supervisor: asyncio.Task[None] | None = None
@@ -151,32 +156,48 @@ class RemoteProvider(Provider):
         return self._capabilities
 
     # -- life ---------------------------------------------------------------------------------
+    async def prepare(self) -> None:
+        """Reach the provider (launching it in command mode) and learn its capabilities and links,
+        before the host reads them and puts back the capacities kept from UpdateLink (LINK-5); the
+        calls are restored once `start` hands them over."""
+        self._supervise_once()
+        await self._until(self._reachable)
+
     async def start(self, host: ProviderHost, restored: Sequence[Restored]) -> list[ProviderChange]:
-        """Hold the restored calls, connect (launching the provider in command mode) and restore
-        them there; the changes that answers are applied through `host` as they come. The server
-        does not start without its providers' capabilities, so a provider not connected and
-        restored within the start timeout fails the start."""
+        """Hold the restored calls, connect (launching the provider in command mode, unless
+        `prepare` did) and restore them there; the changes that answers are applied through
+        `host` as they come. The server does not start without its providers' capabilities, so a
+        provider not connected and restored within the start timeout fails the start."""
         self.host = host
         self.held = {item.call: HeldCall(item.destination, item.level, item.qos) for item in restored}
-        self._supervisor = asyncio.create_task(self._supervise(), name=f"remote provider {self.name}")
-        # One attempt takes at most the start timeout; a moment more to learn why it failed. The
-        # host's start deadline (PROVIDER_DEADLINE) ends the attempts earlier, with time left to
-        # stop a launched process and say why.
+        self._supervise_once()
+        self._begun.set()
+        await self._until(self._connected)
+        self._started.set()
+        return []
+
+    def _supervise_once(self) -> None:
+        if self._supervisor is None:
+            self._supervisor = asyncio.create_task(self._supervise(), name=f"remote provider {self.name}")
+
+    async def _until(self, reached: asyncio.Event) -> None:
+        """Wait for the supervisor to get `reached`: at most one attempt's start timeout, and a
+        moment more to learn why it failed; less when the host's start deadline
+        (PROVIDER_DEADLINE) ends first, keeping time to stop a launched process and say why. On
+        failure (or cancellation) nothing of it keeps running."""
         wait = self.options.start_timeout_seconds + 1.0
         deadline = PROVIDER_DEADLINE.get()
         if deadline is not None:
             wait = min(wait, deadline - time.monotonic() - self.options.stop_grace_seconds - STOP_MARGIN_SECONDS)
         try:
-            await asyncio.wait_for(self._connected.wait(), max(wait, 0.0))
+            await asyncio.wait_for(reached.wait(), max(wait, 0.0))
         except TimeoutError:
             reason = self._unready_reason
             await self.stop()
             raise ProviderUnreachable(f"provider {self.name} not reached at start-up: {reason}") from None
-        except BaseException:  # cancelled by the host: nothing of this start may keep running
+        except BaseException:  # cancelled by the host
             await self.stop()
             raise
-        self._started.set()
-        return []
 
     async def stop(self) -> None:
         supervisor, self._supervisor = self._supervisor, None
@@ -197,6 +218,8 @@ class RemoteProvider(Provider):
             ready_since: float | None = None
             try:
                 await self._connect()
+                self._reachable.set()
+                await self._begun.wait()  # prepared: the links may be read and set until start
                 await self._resync()
                 if self._decide_stream:
                     self._decisions = DecisionStream(self._need_stub())
@@ -302,8 +325,23 @@ class RemoteProvider(Provider):
         return grpc.aio.secure_channel(target, credentials, options=options)
 
     async def _resync(self) -> None:
-        """Make the provider hold what the host holds, and apply what it says differs."""
+        """Make the provider hold what the host holds, and apply what it says differs — under the
+        link capacities set with UpdateLink, put back first."""
         stub = self._need_stub()
+        for link_id, capacity in list(self._capacities.items()):
+            try:
+                await stub.UpdateLink(
+                    pb.UpdateLinkRequest(
+                        link=f"links/{link_id}", capacity_bytes_per_second=capacity, request_id=str(uuid.uuid4())
+                    ),
+                    timeout=self.options.call_timeout_seconds,
+                    metadata=_trace_metadata(),
+                )
+            except grpc.aio.AioRpcError as error:
+                if error.code() != grpc.StatusCode.NOT_FOUND:
+                    raise
+                log.warning("provider %s has no link %s any more: its capacity is forgotten", self.name, link_id)
+                del self._capacities[link_id]
         snapshot = dict(self.held)
         released_before = set(self._pending_releases)
         answer = await stub.Restore(
@@ -575,7 +613,7 @@ class RemoteProvider(Provider):
         self._pending_offer_ends.pop(call, None)
 
     async def list_links(self) -> list[provider_pb2.Link]:
-        stub = self._serving("list_links")
+        stub = self._linking("list_links")
         answer = await self._rpc(
             "list_links", stub.ListLinks(pb.ListLinksRequest(), timeout=self._timeout(), metadata=_trace_metadata())
         )
@@ -584,7 +622,7 @@ class RemoteProvider(Provider):
     async def update_link(self, link_id: str, capacity: int) -> provider_pb2.Link:
         """Change the link's capacity, and answer once the changes it caused are applied, as the
         in-process contract does."""
-        stub = self._serving("update_link")
+        stub = self._linking("update_link")
         message = pb.UpdateLinkRequest(
             link=f"links/{link_id}", capacity_bytes_per_second=capacity, request_id=str(uuid.uuid4())
         )
@@ -593,6 +631,7 @@ class RemoteProvider(Provider):
             stub.UpdateLink(message, timeout=self._timeout(), metadata=_trace_metadata()),
             not_found=KeyError(link_id),
         )
+        self._capacities[link_id] = capacity
         while self._applied < answer.change_sequence and self._ready:
             advanced = self._advanced
             try:
@@ -658,6 +697,13 @@ class RemoteProvider(Provider):
         if self._ready and self._stub is not None:
             return self._stub
         raise self._unavailable(operation, "unreachable", self._unready_reason)
+
+    def _linking(self, operation: str) -> pb_grpc.ProviderServiceStub:
+        """As `_serving`; and, between `prepare` and `start`, the stub of the provider reached:
+        the host reads the links and puts back their capacities before any call is restored."""
+        if self._stub is not None and self._reachable.is_set() and not self._begun.is_set():
+            return self._stub
+        return self._serving(operation)
 
     def _unavailable(self, operation: str, cause: str, detail: str) -> ServiceError:
         """PROVIDER_UNAVAILABLE, with RetryInfo: when the next connection attempt is due (or
