@@ -39,7 +39,7 @@ help:
 $(STAMP): pyproject.toml $(addsuffix /pyproject.toml,$(DISTS))
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade 'pip>=25.1'
-	$(PY) -m pip install --quiet -e clients/python -e server -e 'conformance[server]' --group dev
+	$(PY) -m pip install --quiet -e clients/python -e 'server[postgresql]' -e 'conformance[server]' --group dev
 	touch $@
 
 .PHONY: venv

@@ -1,12 +1,11 @@
 """Wiring: build the store, the providers and the service from a Config, serve gRPC with health
 and reflection (over TLS when configured, with the proxy socket and the plaintext health port when
-asked for), and shut down gracefully on SIGTERM/SIGINT.
+asked for), run the background work (`background`), and shut down gracefully on SIGTERM/SIGINT.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import signal
 import time
@@ -16,6 +15,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from callqos.server.background import Background
 from callqos.server.config import Config, is_loopback
 from callqos.server.events import EventHub
 from callqos.server.hosting import HostedProviders
@@ -24,6 +24,7 @@ from callqos.server.lines import LineManager
 from callqos.server.security.guard import Guard
 from callqos.server.security.tls import CertificateFiles
 from callqos.server.service import CallQosServicer, add_to_server
+from callqos.server.store.base import Store
 from callqos.server.store.sqlite import MEMORY, SqliteStore
 from callqos.server.telemetry import Telemetry
 from callqos.server.telemetry import setup as telemetry_setup
@@ -33,7 +34,6 @@ from callqos.v1 import callqos_service_pb2 as svc
 log = logging.getLogger("callqos.server")
 
 SERVICE_NAME = svc.DESCRIPTOR.services_by_name["CallQosService"].full_name
-PRUNE_INTERVAL_SECONDS = 60.0
 
 
 def grpc_options(config: Config) -> list[tuple[str, int]]:
@@ -63,7 +63,7 @@ class Running:
     hub: EventHub
     calls: Switchboard
     providers: HostedProviders
-    store: SqliteStore
+    store: Store
     servicer: CallQosServicer
     config: Config
     telemetry: Telemetry
@@ -72,7 +72,7 @@ class Running:
     certificates: CertificateFiles | None = None
     health_server: grpc.aio.Server | None = None
     health_port: int = 0
-    _pruner: asyncio.Task[None] | None = None
+    background: Background | None = None
     _owns_telemetry: bool = True
 
     async def stop(self) -> None:
@@ -85,10 +85,8 @@ class Running:
         await self.calls.stop()
         if self.health_server is not None:
             await self.health_server.stop(0)
-        if self._pruner is not None:
-            self._pruner.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._pruner
+        if self.background is not None:
+            await self.background.stop()
         await self.providers.stop()
         await self.store.close()
         if self.config.port_file is not None:
@@ -103,15 +101,24 @@ class Running:
             older_than_us = (time.time_ns() // 1000) - self.config.event_retention_seconds * 1_000_000
         return await self.store.prune_events(keep_last=self.config.event_retention_count, older_than_us=older_than_us)
 
-    async def _prune_forever(self) -> None:
-        while True:
-            try:
-                dropped = await self.prune()
-                if dropped:
-                    log.info("pruned events beyond retention", extra={"dropped": dropped})
-            except Exception:
-                log.exception("event pruning failed")
-            await asyncio.sleep(PRUNE_INTERVAL_SECONDS)
+    async def set_serving(self, serving: bool) -> None:
+        """Readiness: NOT_SERVING while the store cannot be reached (see `background`)."""
+        status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        for name in ("", SERVICE_NAME):
+            await self.health.set(name, status)
+
+
+async def open_store(config: Config) -> Store:
+    """The store the configuration names: SQLite (a file one process owns, or memory), or the
+    PostgreSQL database at `database_url` that any number of replicas share."""
+    if config.storage == "postgresql":
+        # psycopg comes with the [postgresql] extra: only a server that uses it imports it.
+        from callqos.server.store.postgres import PostgresStore
+
+        return await PostgresStore.open(
+            config.database_url, pool_size=config.database_pool_size, poll_seconds=config.event_poll_seconds
+        )
+    return SqliteStore(MEMORY if config.storage == "memory" else config.database_path)
 
 
 async def start(
@@ -138,11 +145,15 @@ async def _start(
     config: Config, interceptors: list[grpc.aio.ServerInterceptor] | None, telemetry: Telemetry
 ) -> Running:
     instruments = telemetry.instruments()
-    store = SqliteStore(MEMORY if config.storage == "memory" else config.database_path)
+    store = await open_store(config)
     hub = EventHub(store)
     await hub.start()
     providers = HostedProviders(
-        config.providers, config.default_provider, config.provider_timeout_seconds, telemetry=instruments
+        config.providers,
+        config.default_provider,
+        config.provider_timeout_seconds,
+        telemetry=instruments,
+        ledger=store.shared_ledger(),
     )
     guard = Guard(config)
     await guard.start()
@@ -210,14 +221,21 @@ async def _start(
         health_server=health_server,
         health_port=health_port,
     )
-    running._pruner = asyncio.create_task(running._prune_forever())
+    running.background = Background(
+        store,
+        calls,
+        prune=running.prune,
+        leader_check_seconds=config.leader_check_seconds,
+        set_serving=running.set_serving,
+    )
+    running.background.start()
     host = config.listen.rpartition(":")[0]
     log.info(
         "serving",
         extra={
             "address": f"{host}:{port}",
             "storage": config.storage,
-            "database": str(config.database_path) if config.storage == "sqlite" else None,
+            "database": _database_shown(config),
             "providers": [info.id for info in providers.all()],
             "default_provider": config.default_provider,
             "tls": "mtls" if config.tls_client_ca else "tls" if certificates else "off",
@@ -232,6 +250,17 @@ async def _start(
         tmp.write_text(f"{port}\n")
         tmp.replace(config.port_file)  # atomic: a reader never sees a half-written file
     return running
+
+
+def _database_shown(config: Config) -> str | None:
+    """Where the data is, as it may be logged (a DSN without its password)."""
+    if config.storage == "sqlite":
+        return str(config.database_path)
+    if config.storage == "postgresql":
+        from callqos.server.store.pg_coordination import shown
+
+        return shown(config.database_url)
+    return None
 
 
 def _warn_if_exposed(config: Config) -> None:

@@ -165,7 +165,7 @@ class CallManager:
         self.telemetry = telemetry
         self.quotas = quotas  # None: no tenant has quotas
         self._requests = Idempotency(store)
-        self._locks = KeyedLocks()
+        self._locks = KeyedLocks(store.shared_locks(), "call")
 
     # -- start-up ---------------------------------------------------------------------------
     async def start(self) -> None:

@@ -22,6 +22,7 @@ os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 from callqos.server import app, logs
 from callqos.server import config as config_module
 from callqos.server.providers.registry import ProviderLoadError
+from callqos.server.store.base import StoreUnavailable
 from callqos.server.telemetry import TelemetryConfigError
 
 
@@ -29,7 +30,11 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", type=Path, help="TOML configuration file (env: CALLQOS_CONFIG)")
     parser.add_argument("--listen", help="HOST:PORT to listen on (default 127.0.0.1:50051)")
     parser.add_argument("--data-dir", type=Path, help="directory of the SQLite database (default ./callqos-data)")
-    parser.add_argument("--storage", choices=config_module.STORAGES, help="sqlite (default) or memory")
+    parser.add_argument(
+        "--storage",
+        choices=config_module.STORAGES,
+        help="sqlite (default), memory or postgresql (CALLQOS_DATABASE_URL)",
+    )
     parser.add_argument("--providers", help="comma-separated provider ids to host (default reference,no-qos)")
     parser.add_argument("--default-provider", help="provider for calls that name none (default reference)")
     parser.add_argument("--provider-timeout", type=float, dest="provider_timeout_seconds", help="seconds")
@@ -89,7 +94,7 @@ def run_serve(args: argparse.Namespace) -> int:
     except (TelemetryConfigError, config_module.ConfigError) as exc:
         print(f"callqos serve: configuration error: {exc}", file=sys.stderr)
         return 2
-    except (ProviderLoadError, OSError) as exc:
+    except (ProviderLoadError, OSError, StoreUnavailable) as exc:
         logging.getLogger("callqos.server").error("cannot start: %s", exc)
         return 1
     return 0

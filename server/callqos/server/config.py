@@ -17,7 +17,7 @@ from typing import Any
 from callqos import wire
 
 ENV_PREFIX = "CALLQOS_"
-STORAGES = ("sqlite", "memory")
+STORAGES = ("sqlite", "memory", "postgresql")
 # The shipped authenticators (callqos.server.security.authn), in the order a request is tried.
 AUTHENTICATORS = ("header", "jwt", "mtls")
 # Signature algorithms a JWT may use: asymmetric only. Keys come from a JWKS (public keys), so an
@@ -44,8 +44,23 @@ class Config:
     listen: str = wire.DEFAULT_TARGET
     # SQLite file lives here (callqos.db).
     data_dir: Path = Path("callqos-data")
-    # "sqlite" (durable, default) or "memory" (lost at exit; for tests and demos).
+    # "sqlite" (durable, default; one process owns the file), "memory" (lost at exit; for tests
+    # and demos) or "postgresql" (the database at `database_url`, shared by any number of replicas).
     storage: str = "sqlite"
+    # storage = "postgresql": the libpq connection string or URL (postgresql://user:pass@host/db).
+    # The operator's, like every setting; best from the CALLQOS_DATABASE_URL environment variable
+    # (a Secret), not a file or a flag. Never logged with its password.
+    database_url: str = field(default="", repr=False)
+    # storage = "postgresql": pooled connections per replica (each also keeps 4 of its own: the
+    # commit listener, the leader's lock and two for key locks).
+    database_pool_size: int = 10
+    # storage = "postgresql": a watcher learns of other replicas' events by NOTIFY at once, and by
+    # polling this often in any case (a notification lost with a dropped connection).
+    event_poll_seconds: float = 1.0
+    # storage = "postgresql": how often a replica that does not lead tries to take the lead, and
+    # the leader runs its duties (ringing out offers whose replica died, reconciling the shared
+    # admission ledger); a dead leader is replaced within about this long.
+    leader_check_seconds: float = 2.0
     # Provider id → its settings table; `plugin` in the table names the entry point or
     # module:Class (default: the id itself).
     providers: dict[str, dict[str, Any]] = field(default_factory=_default_providers)
@@ -133,6 +148,13 @@ class Config:
     def validate(self) -> None:
         if self.storage not in STORAGES:
             raise ConfigError(f"storage must be one of {', '.join(STORAGES)}, not {self.storage!r}")
+        if self.storage == "postgresql" and not self.database_url:
+            raise ConfigError("storage = postgresql needs database_url (or CALLQOS_DATABASE_URL)")
+        if self.database_pool_size < 2:
+            raise ConfigError("database_pool_size must be at least 2")
+        for name in ("event_poll_seconds", "leader_check_seconds"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name} must be positive")
         if self.default_provider not in self.providers:
             raise ConfigError(
                 f"default_provider {self.default_provider!r} is not among the configured providers "

@@ -23,7 +23,14 @@ from callqos.server import names
 from callqos.server.errors import Reason, ServiceError
 from callqos.server.locks import to_completion
 from callqos.server.providers import registry
-from callqos.server.providers.base import AdmissionRequest, IncomingOffer, Provider, ProviderChange, Restored
+from callqos.server.providers.base import (
+    AdmissionRequest,
+    IncomingOffer,
+    Provider,
+    ProviderChange,
+    Restored,
+    SharedLedger,
+)
 from callqos.server.telemetry.instruments import Instruments
 from callqos.v1 import provider_pb2
 from callqos.wire import DEFAULT_TENANT
@@ -50,12 +57,14 @@ class Host(Protocol):
     async def offer(self, provider: str, offer: IncomingOffer) -> str | None: ...
 
 
-@dataclass(frozen=True)
+@dataclass
 class ProviderHostView:
-    """The `ProviderHost` one provider is given: the server's host, with its offers its own."""
+    """The `ProviderHost` one provider is given: the server's host, with its offers its own, and
+    the ledger the server's replicas share (None when this process owns its store)."""
 
     host: Host
     provider: str  # `providers/{provider}`
+    ledger: SharedLedger | None = None
 
     async def report_change(self, change: ProviderChange) -> None:
         await self.host.report_change(change)
@@ -87,10 +96,16 @@ class HostedProviders:
     """Every provider this server hosts, by id; the one way the rest of the server calls them."""
 
     def __init__(
-        self, configured: Mapping[str, Mapping[str, Any]], default: str, timeout: float, telemetry: Instruments
+        self,
+        configured: Mapping[str, Mapping[str, Any]],
+        default: str,
+        timeout: float,
+        telemetry: Instruments,
+        ledger: SharedLedger | None = None,
     ) -> None:
         self.timeout = timeout
         self.telemetry = telemetry
+        self.ledger = ledger  # offered to every provider (ProviderHost.ledger)
         self._by_id: dict[str, HostedProvider] = {}
         for provider_id, settings in configured.items():
             if not names.is_resource_id(provider_id):
@@ -119,8 +134,22 @@ class HostedProviders:
         calls that no longer fit are returned for the host to apply."""
         changes: list[ProviderChange] = []
         for info in self._by_id.values():
-            view = ProviderHostView(host, info.name)
+            view = ProviderHostView(host, info.name, self.ledger)
             changes.extend(await info.provider.start(view, list(connected.get(info.id, ()))))
+        return changes
+
+    async def reconcile(self, connected: Mapping[str, Sequence[Restored]]) -> list[ProviderChange]:
+        """Ask every provider to make its shared books agree with the connected calls it holds
+        (`Provider.reconcile`; the leader's duty, only with a shared ledger). A provider that
+        fails is logged and asked again next time; the changes are returned for the host."""
+        changes: list[ProviderChange] = []
+        for info in self._by_id.values():
+            try:
+                changes.extend(
+                    await self.call(info, "reconcile", info.provider.reconcile(list(connected.get(info.id, ()))))
+                )
+            except ServiceError as error:
+                log.warning("provider %s could not reconcile its shared books: %s", info.id, error.message)
         return changes
 
     async def stop(self) -> None:

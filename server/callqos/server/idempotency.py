@@ -68,7 +68,7 @@ class Idempotency:
 
     def __init__(self, store: Store) -> None:
         self._store = store
-        self._locks = KeyedLocks()
+        self._locks = KeyedLocks(store.shared_locks(), "request")
 
     async def once(
         self,

@@ -579,6 +579,11 @@ class Switchboard(CallManager):
         if handle is not None:
             handle.cancel()
 
+    async def ring_out(self, name: str, message: str) -> None:
+        """End the offered call `name` NO_ANSWER if its time is up (the leading replica does this
+        for the offers of a replica that died, whose timers died with it). Never raises."""
+        await self._ring_out(name, message)
+
     async def _ring_out(self, name: str, message: str, *, force: bool = False) -> None:
         """End the offered call `name` NO_ANSWER, if it is still offering and its time is up (or
         `force`: its line closed). Never raises: it runs on its own."""

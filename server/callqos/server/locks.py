@@ -1,4 +1,5 @@
-"""Concurrency helpers: per-key locks, and running a mutation to completion."""
+"""Concurrency helpers: per-key locks (across replicas when the store is shared), and running a
+mutation to completion."""
 
 from __future__ import annotations
 
@@ -6,6 +7,8 @@ import asyncio
 from collections.abc import AsyncIterator, Awaitable, Hashable
 from contextlib import asynccontextmanager
 from typing import TypeVar
+
+from callqos.server.store.base import SharedLocks
 
 T = TypeVar("T")
 
@@ -25,8 +28,16 @@ async def to_completion(work: Awaitable[T]) -> T:
 
 
 class KeyedLocks:
-    def __init__(self) -> None:
+    """One holder per key at a time. With `shared` (the store's `shared_locks()`: several
+    replicas on one database), one holder among every replica: this process's holders of a key
+    queue here first, then the one at the front takes the key from the other replicas too.
+    `namespace` keeps the keys of different lock sets apart there (a call's name and a line's
+    may be equal strings)."""
+
+    def __init__(self, shared: SharedLocks | None = None, namespace: str = "") -> None:
         self._locks: dict[Hashable, tuple[asyncio.Lock, int]] = {}
+        self._shared = shared
+        self._namespace = namespace
 
     @asynccontextmanager
     async def hold(self, key: Hashable) -> AsyncIterator[None]:
@@ -34,7 +45,11 @@ class KeyedLocks:
         self._locks[key] = (lock, users + 1)
         try:
             async with lock:
-                yield
+                if self._shared is None:
+                    yield
+                else:
+                    async with self._shared.hold(f"{self._namespace}:{key!r}"):
+                        yield
         finally:
             lock, users = self._locks[key]
             if users == 1:

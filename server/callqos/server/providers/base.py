@@ -40,6 +40,19 @@ conformance checks that verify it):
   None, ...))`.
 Calls arrive on the server's event loop; long or blocking work belongs in `asyncio.to_thread`
 (PROV-10: every call returns within the host's provider deadline).
+
+Several replicas. A server may run as several processes (replicas) on one database; each hosts
+its own instance of every provider, and any of them may be asked to admit, release or change a
+link. A provider whose books live in its own memory would then let each replica admit the whole
+capacity. So the host offers one capability: `ProviderHost.ledger`, a `SharedLedger` when the
+server's replicas share a database (None when one process owns its store, where memory is
+right). A provider that keeps admission books keeps them there when it is offered one: each
+decision opens `ledger.books(provider_id)`, locks the rows of the links it decides on
+(`LedgerBooks.links(..., lock=True)`: every other replica deciding on those links waits), reads
+and writes reservations, and commits at the end of the block, before it answers (as the
+reference provider does). Its `reconcile` is then called on the one replica that leads background
+work, with every connected call, to put right what a replica that died between its decision and
+the server's commit left behind.
 """
 
 from __future__ import annotations
@@ -47,6 +60,7 @@ from __future__ import annotations
 import abc
 import enum
 from collections.abc import Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -125,8 +139,80 @@ class IncomingOffer:
     caller_qos: QosSpec  # the caller's request in the caller's terms: its sending is what it sends
 
 
+@dataclass
+class BookedLink:
+    """A link as a shared ledger keeps it: its capacity (bytes/s, each direction), the capacity
+    the configuration gave it (`SharedLedger.add_links` compares them), the rate reserved on it
+    in each direction, the last admission order given on it, and (read only) how many
+    reservations on it reserve anything."""
+
+    id: str  # the provider's own link id
+    capacity: int
+    configured: int
+    sending: int = 0
+    receiving: int = 0
+    last_order: int = 0
+    reserving: int = 0
+
+
+@dataclass
+class BookedReservation:
+    """What one call holds in a shared ledger: on which link, at which level and QoS, the rate
+    it reserves in each direction, its admission order on the link, and (read only) how long ago,
+    by the database's clock, it was last written."""
+
+    call: str  # `calls/{call}`
+    link: str
+    level: int
+    qos: QosSpec
+    sending: int
+    receiving: int
+    order: int
+    age_seconds: float = 0.0
+
+
+class LedgerBooks(Protocol):
+    """A provider's books inside one transaction of a shared ledger. Rows read with `lock=True`
+    stay locked against every other replica until the transaction ends."""
+
+    async def links(self, ids: Sequence[str], *, lock: bool) -> dict[str, BookedLink]:
+        """The rows of the links `ids` that exist; `lock`: locked until the end (in id order, so
+        that two deciders never wait for each other)."""
+
+    async def reservations(self, *, calls: Sequence[str] = (), links: Sequence[str] = ()) -> list[BookedReservation]:
+        """The reservations of `calls`, and every reservation on `links`."""
+
+    async def put_link(self, link: BookedLink) -> None:
+        """Write a link's capacity, reserved rates and last order (a locked link's)."""
+
+    async def put_reservation(self, reservation: BookedReservation) -> None:
+        """Insert or replace the reservation of `reservation.call`."""
+
+    async def delete_reservation(self, call: str) -> None: ...
+
+
+class SharedLedger(abc.ABC):
+    """Admission books shared by every replica of a server (`ProviderHost.ledger`): link rows and
+    reservation rows in the replicas' database, one set per provider id."""
+
+    @abc.abstractmethod
+    def books(self, provider: str) -> AbstractAsyncContextManager[LedgerBooks]:
+        """One transaction on `provider`'s books: committed when the block ends, rolled back (and
+        nothing written) when it raises."""
+
+    @abc.abstractmethod
+    async def add_links(self, provider: str, links: Sequence[BookedLink]) -> None:
+        """At start-up: add each configured link the books lack. A link already there keeps its
+        capacity (set by UpdateLink on any replica) while its configured capacity is unchanged;
+        once the configuration gives it another, the configuration wins."""
+
+
 class ProviderHost(Protocol):
     """What the server offers a running provider."""
+
+    # A ledger shared by every replica of the server, or None when this process owns its
+    # store alone (keep admission books in memory then). See the module docstring.
+    ledger: SharedLedger | None
 
     async def report_change(self, change: ProviderChange) -> None:
         """Apply a provider-initiated change: store it and emit its events. For a call still
@@ -167,6 +253,16 @@ class Provider(abc.ABC):
         """Called once before serving, with the calls that were connected when the server last
         stopped. Re-take their reservations; return a change for each that no longer fits."""
         self.host = host
+        return []
+
+    async def reconcile(self, connected: Sequence[Restored]) -> list[ProviderChange]:
+        """Only for a provider that keeps its books in `host.ledger`: called every few seconds on
+        the one replica that leads background work, with every call the server holds connected
+        on this provider. Make the shared books agree with them — release what no connected call
+        holds, re-take what a connected call lacks — acting only on a difference an operation in
+        flight cannot explain (one seen again on the next call, and older than the provider
+        deadline), and return a change for each call that then no longer fits. Default: nothing
+        to do (books in memory are rebuilt from `start`'s calls)."""
         return []
 
     async def stop(self) -> None:

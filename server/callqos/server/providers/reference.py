@@ -8,6 +8,13 @@
 - When a link loses capacity, the newest calls are shed first: IF_AVAILABLE calls are degraded
   to what still fits, NEEDED calls are dropped (TAPI: QoS that cannot be sustained disconnects
   the call with LINEDISCONNECTMODE_QOSUNAVAIL).
+- Its books (each link's capacity and reserved rates, each call's reservation) are in memory when
+  the server runs alone, and in the host's shared ledger (`ProviderHost.ledger`) when it runs as
+  several replicas on one database: every decision then locks the rows of its link, reads them,
+  decides exactly as in memory, and writes back what changed before it answers, so replicas
+  deciding on one link take turns and together never reserve more than its capacity. What a
+  replica that died between a decision and the server's commit left behind is put right by
+  `reconcile`, on the replica that leads background work.
 
 Settings (the `[providers.reference]` table of the server configuration):
 
@@ -24,16 +31,20 @@ Settings (the `[providers.reference]` table of the server configuration):
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from callqos.server.providers import (
     RESERVING,
     AdmissionRequest,
+    BookedLink,
+    BookedReservation,
     Decision,
     Grant,
+    LedgerBooks,
     PathTerms,
     Provider,
     ProviderChange,
@@ -41,6 +52,7 @@ from callqos.server.providers import (
     Refusal,
     RefusalKind,
     Restored,
+    SharedLedger,
     annotate_link,
     guaranteed_delay_bound_us,
     is_resource_id,
@@ -71,6 +83,10 @@ SUPPORTED = (
     ST.SERVICE_TYPE_NO_TRAFFIC,
 )
 DEFAULT_MIN_POLICED = 64
+# With a shared ledger: a reservation no connected call holds is released by `reconcile` only once
+# it is this old and was seen so on the previous pass too (an operation in flight on another
+# replica writes its call within milliseconds of its reservation).
+SETTLE_SECONDS = 10.0
 
 
 @dataclass
@@ -153,6 +169,10 @@ class ReferenceProvider(Provider):
         # Admission is check-then-reserve; the lock keeps it atomic even if a later change
         # adds an await between the two.
         self._lock = asyncio.Lock()
+        # The host's shared ledger, when the server runs as replicas (see `_books`).
+        self._ledger: SharedLedger | None = None
+        self._ages: dict[str, float] = {}  # with a shared ledger: age of each loaded reservation
+        self._suspects: set[tuple[object, ...]] = set()  # differences the last reconcile saw
 
     # -- what it can do -------------------------------------------------------------------
     def capabilities(self) -> provider_pb2.ProviderCapabilities:
@@ -175,6 +195,15 @@ class ReferenceProvider(Provider):
     # -- admission ------------------------------------------------------------------------
     async def start(self, host: ProviderHost, restored: Sequence[Restored]) -> list[ProviderChange]:
         self.host = host
+        # A host of a single process (or one written before replicas) offers no ledger.
+        self._ledger = getattr(host, "ledger", None)
+        if self._ledger is not None:
+            # The shared books outlive every replica: nothing to re-take. What a replica that
+            # died left half-done is the leader's `reconcile`.
+            await self._ledger.add_links(
+                self.id, [BookedLink(link.id, link.capacity, link.capacity) for link in self._links.values()]
+            )
+            return []
         async with self._lock:
             for item in restored:
                 link = self._route(item.destination)
@@ -182,19 +211,19 @@ class ReferenceProvider(Provider):
             return self._shed_all()
 
     async def admit(self, request: AdmissionRequest) -> Decision:
-        async with self._lock:
+        async with self._books([self._route(request.destination).id], [request.call]):
             decision = self._decide(request)
             self._annotate(self._route(request.destination))
             return decision
 
     async def renegotiate(self, request: AdmissionRequest) -> Decision:
-        async with self._lock:
+        async with self._books([self._route(request.destination).id], [request.call]):
             decision = self._decide(request)
             self._annotate(self._route(request.destination))
             return decision
 
     async def release(self, call: str) -> None:
-        async with self._lock:
+        async with self._books(None, [call]):
             held = self._calls.get(call)
             self._unreserve(call)
             if held is not None:
@@ -206,10 +235,23 @@ class ReferenceProvider(Provider):
 
     # -- links ----------------------------------------------------------------------------
     async def list_links(self) -> list[provider_pb2.Link]:
-        return [self._link_proto(link) for link in self._links.values()]
+        if self._ledger is None:
+            return [self._link_proto(link) for link in self._links.values()]
+        async with self._ledger.books(self.id) as books:
+            rows = await books.links(list(self._links), lock=False)
+        links = []
+        for link_id, link in self._links.items():
+            row = rows.get(link_id)
+            shown = LinkState(link.id, link.capacity, link.terms, link.destinations)
+            if row is not None:
+                shown.capacity, shown.reserved = row.capacity, {"sending": row.sending, "receiving": row.receiving}
+            links.append(self._link_proto(shown, row.reserving if row is not None else 0))
+        return links
 
     async def update_link(self, link_id: str, capacity: int) -> provider_pb2.Link:
-        async with self._lock:
+        if link_id not in self._links:
+            raise KeyError(link_id)
+        async with self._books([link_id], [], whole=True):
             link = self._links[link_id]
             link.capacity = capacity
             changes = self._shed_all()
@@ -405,15 +447,146 @@ class ReferenceProvider(Provider):
                     )
         return changes
 
-    def _link_proto(self, link: LinkState) -> provider_pb2.Link:
+    def _link_proto(self, link: LinkState, reserving: int | None = None) -> provider_pb2.Link:
+        """`reserving`: how many reservations on it reserve anything (counted from `_calls`
+        when not given)."""
+        if reserving is None:
+            reserving = sum(1 for held in self._calls.values() if held.link is link and any(held.rates.values()))
         return provider_pb2.Link(
             name=link_name(self.id, link.id),
             capacity_bytes_per_second=link.capacity,
             sending_reserved_bytes_per_second=link.reserved["sending"],
             receiving_reserved_bytes_per_second=link.reserved["receiving"],
             mtu_bytes=link.terms.mtu_bytes,
-            reservation_count=sum(1 for held in self._calls.values() if held.link is link and any(held.rates.values())),
+            reservation_count=reserving,
             error_term_c_bytes=link.terms.c_bytes,
             error_term_d_microseconds=link.terms.d_microseconds,
             min_path_latency_microseconds=link.terms.min_path_latency_microseconds,
         )
+
+    # -- the books: in memory, or shared by the server's replicas -------------------------------
+    @contextlib.asynccontextmanager
+    async def _books(
+        self, links: Sequence[str] | None, calls: Sequence[str], *, whole: bool = False
+    ) -> AsyncIterator[None]:
+        """Hold the books for one decision: the provider's lock and, with a shared ledger, one
+        ledger transaction. In it the rows of `links` (None: the links `calls` hold reservations
+        on) are locked and read into `_links`, and the reservations of `calls` on them (`whole`:
+        every reservation on them) into `_calls`; the block decides on them as it would in
+        memory; what it changed is written back and committed as it ends (nothing if it raises).
+        Outside a block, `_calls` is empty: another replica may have changed anything since."""
+        async with self._lock:
+            if self._ledger is None:
+                yield
+                return
+            async with self._ledger.books(self.id) as books:
+                if links is None:
+                    links = sorted({held.link for held in await books.reservations(calls=calls)})
+                rows = await books.links([link for link in links if link in self._links], lock=True)
+                self._load(rows, await books.reservations(calls=calls, links=list(rows) if whole else ()))
+                before = self._snapshot()
+                try:
+                    yield
+                    await self._write_back(books, rows, before)
+                finally:
+                    self._calls = {}
+
+    def _load(self, rows: Mapping[str, BookedLink], reservations: Sequence[BookedReservation]) -> None:
+        for link_id, row in rows.items():
+            link = self._links[link_id]
+            link.capacity, link.reserved = row.capacity, {"sending": row.sending, "receiving": row.receiving}
+        self._order = max((row.last_order for row in rows.values()), default=0)
+        self._calls = {
+            held.call: Reservation(
+                self._links[held.link],
+                held.level,
+                held.qos,
+                {"sending": held.sending, "receiving": held.receiving},
+                held.order,
+            )
+            for held in reservations
+            if held.link in rows  # only what is locked may be changed
+        }
+        self._ages = {held.call: held.age_seconds for held in reservations}
+
+    def _snapshot(self) -> dict[str, tuple[object, ...]]:
+        return {
+            call: (held.link.id, held.level, held.qos.SerializeToString(deterministic=True), held.rates, held.order)
+            for call, held in self._calls.items()
+        }
+
+    async def _write_back(
+        self, books: LedgerBooks, rows: Mapping[str, BookedLink], before: Mapping[str, tuple[object, ...]]
+    ) -> None:
+        after = self._snapshot()
+        for call, state in after.items():
+            if before.get(call) != state:
+                held = self._calls[call]
+                await books.put_reservation(
+                    BookedReservation(
+                        call,
+                        held.link.id,
+                        held.level,
+                        held.qos,
+                        held.rates["sending"],
+                        held.rates["receiving"],
+                        held.order,
+                    )
+                )
+        for call in before.keys() - after.keys():
+            await books.delete_reservation(call)
+        for link_id, row in rows.items():
+            link = self._links[link_id]
+            written = BookedLink(
+                link_id,
+                link.capacity,
+                row.configured,
+                link.reserved["sending"],
+                link.reserved["receiving"],
+                max(row.last_order, self._order),
+            )
+            if written != row:
+                await books.put_link(written)
+
+    async def reconcile(self, connected: Sequence[Restored]) -> list[ProviderChange]:
+        """With a shared ledger (on the leading replica): a reservation no connected call holds is
+        released, and a connected call the books hold differently (or not at all) is re-taken
+        as the server recorded it — each only when the previous pass saw the same difference
+        (and, for a release, when the reservation is SETTLE_SECONDS old), so that an operation
+        in flight between its reservation and its commit is left alone. Then every link is
+        brought back within capacity, newest first, and the changes returned for the host."""
+        if self._ledger is None:
+            return []
+        async with self._books(list(self._links), [], whole=True):
+            stored = {item.call: item for item in connected}
+            seen: set[tuple[object, ...]] = set()
+            for call, reservation in list(self._calls.items()):
+                if call not in stored and self._ages.get(call, 0.0) >= SETTLE_SECONDS:
+                    key: tuple[object, ...] = (
+                        "released",
+                        call,
+                        reservation.link.id,
+                        reservation.rates["sending"],
+                        reservation.rates["receiving"],
+                    )
+                    seen.add(key)
+                    if key in self._suspects:
+                        self._unreserve(call)
+            for item in connected:
+                held = self._calls.get(item.call)
+                rates = {d: reserved_rate(getattr(item.qos, d)) for d in ("sending", "receiving")}
+                if held is not None and held.rates == rates:
+                    continue
+                key = (
+                    "re-taken",
+                    item.call,
+                    rates["sending"],
+                    rates["receiving"],
+                    held and held.rates["sending"],
+                    held and held.rates["receiving"],
+                )
+                seen.add(key)
+                if key in self._suspects:
+                    self._reserve(item.call, self._route(item.destination), item.level, item.qos)
+            self._suspects = seen
+            return self._shed_all()

@@ -14,14 +14,26 @@ Guarantees every backend gives:
   and `commit` given a tenant's `UsageLimits` refuses, in the same transaction, a commit that
   would take the tenant beyond them (so concurrent admissions, or several replicas sharing a
   database, cannot overshoot a quota together).
+- A store that several server processes share (`shared`: PostgreSQL) gives them, besides: sequence
+  order equal to commit order ACROSS processes; `changes()`, to learn of events the others
+  committed; `shared_locks()`, mutual exclusion by key among them (the call manager's per-call,
+  per-line and per-request_id locks); `shared_ledger()`, admission books every process decides
+  against (`ProviderHost.ledger`); and `leadership()`, which one of them does the background work
+  that must happen once. A store one process owns (SQLite) keeps the defaults below: no locks or
+  ledger to share, and it always leads.
+- A write (or read) the storage cannot take now raises `StoreUnavailable` naming the cause, with
+  nothing written; the next one may succeed.
 """
 
 from __future__ import annotations
 
 import abc
-from collections.abc import Sequence
+import asyncio
+from collections.abc import AsyncIterator, Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 
+from callqos.server.providers.base import SharedLedger
 from callqos.server.qos import reserved_rate
 from callqos.v1 import call_pb2, event_pb2, line_pb2
 from callqos.wire import DEFAULT_TENANT
@@ -120,6 +132,46 @@ class AddressInUseError(Exception):
     """`commit` would open a second line of a tenant for an address; nothing was stored."""
 
 
+class StoreUnavailable(Exception):
+    """The storage cannot take a write (or a read) now; nothing was written. `cause` says why, in
+    words an operator acts on ("disk is full", "the database cannot be reached")."""
+
+    def __init__(self, cause: str) -> None:
+        super().__init__(cause)
+        self.cause = cause
+
+
+class SharedLocks(abc.ABC):
+    """Mutual exclusion by key among every server process sharing a store: while one process
+    holds a key, another that asks for it waits. Not re-entrant: a process serialises its own
+    holders of one key first (`locks.KeyedLocks` does)."""
+
+    @abc.abstractmethod
+    def hold(self, key: str) -> AbstractAsyncContextManager[None]: ...
+
+
+class Leadership(abc.ABC):
+    """Which of the processes sharing a store does the background work that must happen once
+    (pruning, ringing out offers, reconciling a shared ledger). At most one leads at a time as
+    far as the store can tell; every duty is written so that a second leader (one that lost the
+    lead without knowing it yet) only repeats harmlessly what the first did."""
+
+    @abc.abstractmethod
+    async def lead(self) -> bool:
+        """Whether this process leads now, taking the lead if no process holds it. Asked before
+        every round of duties, so that a leader that died is replaced within one round."""
+
+    async def close(self) -> None:
+        """Give the lead up (at shutdown), so that another process takes it at once."""
+
+
+class SoleLeader(Leadership):
+    """The one process that owns its store leads, always."""
+
+    async def lead(self) -> bool:
+        return True
+
+
 class Store(abc.ABC):
     @abc.abstractmethod
     async def get_call(self, name: str) -> call_pb2.Call | None: ...
@@ -203,3 +255,27 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def close(self) -> None: ...
+
+    # -- several server processes on one store (see the module docstring) ---------------------
+    shared = False  # True: other server processes may commit to this store at the same time
+
+    def shared_locks(self) -> SharedLocks | None:
+        """Locks held across every process sharing the store; None when one process owns it."""
+        return None
+
+    def shared_ledger(self) -> SharedLedger | None:
+        """Admission books shared by every process (`ProviderHost.ledger`); None when one owns it."""
+        return None
+
+    def leadership(self) -> Leadership:
+        return SoleLeader()
+
+    async def changes(self) -> AsyncIterator[None]:
+        """Yields whenever another process may have committed events (the store notified it, or
+        a poll interval passed: notifications can be lost): read `events_after` your cursor.
+        A store one process owns never yields."""
+        await asyncio.Event().wait()
+        yield
+
+    async def check(self) -> None:
+        """Raise StoreUnavailable when the storage cannot be reached now (readiness)."""
