@@ -5,6 +5,7 @@ kill/restart/signal tests), and a stub talking real gRPC to it. Both come from
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from collections.abc import AsyncIterator, Generator, Iterator
 from pathlib import Path
@@ -54,6 +55,29 @@ def server_process(tmp_path: Path) -> Iterator[testing.ServerProcess]:
         yield process
     finally:
         process.close()
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[testing.PostgresServer]:
+    """One throwaway PostgreSQL cluster for the whole run (initdb + pg_ctl on a free port; see
+    callqos.server.testing.PostgresServer). Without PostgreSQL installed its tests are skipped,
+    unless CALLQOS_REQUIRE_POSTGRES is set (as `make test`, which installs it, sets it)."""
+    try:
+        server = testing.PostgresServer().start()
+    except testing.PostgresUnavailable as exc:
+        if os.environ.get("CALLQOS_REQUIRE_POSTGRES"):
+            raise
+        pytest.skip(f"PostgreSQL cannot be run here: {exc}")
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def database_url(postgres: testing.PostgresServer) -> str:
+    """An empty database of its own for the test, in the session's PostgreSQL."""
+    return postgres.database()
 
 
 @pytest.fixture

@@ -244,8 +244,9 @@ class PostgresStore(Store):
                 if limits is not None:
                     await conn.execute("SELECT pg_advisory_xact_lock(%s, hashtext(%s))", (TENANT_LOCK, limits.tenant))
                     before = await _usage(conn, limits.tenant)
-                async with conn.cursor() as cursor:
-                    await cursor.executemany(_UPSERT_CALL.encode(), [_call_row(each) for each in calls])
+                if calls:
+                    async with conn.cursor() as cursor:
+                        await cursor.executemany(_UPSERT_CALL.encode(), [_call_row(each) for each in calls])
                 if limits is not None and before is not None:
                     after = await _usage(conn, limits.tenant)
                     over = limits.exceeded(after, before)

@@ -1,0 +1,326 @@
+"""The storage contract (store/base.py), one suite run against both backends: a SQLite file and a
+real PostgreSQL database (the session's throwaway cluster). That PostgreSQL "slots in" behind the
+contract is what this file shows: every test runs, unchanged, on each.
+
+What it holds them to: a commit stores its calls, lines, events and idempotency record in one
+transaction, or nothing (a refused quota, a second open line for an address); events are
+numbered consecutively, never reused, also across a reopen; reads, listings and pages are per
+tenant; usage counts what connected calls hold; retention prunes by count and by age and says
+how far it pruned; concurrent commits on one store get distinct, gap-free numbers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from callqos.server.store.base import (
+    AddressInUseError,
+    IdempotencyRecord,
+    QuotaExceededError,
+    Store,
+    Usage,
+    UsageLimits,
+)
+from callqos.server.store.sqlite import SqliteStore
+from callqos.v1 import call_pb2, event_pb2, flowspec_pb2, line_pb2
+
+Call = call_pb2.Call
+State = Call.State
+QosEvent = event_pb2.QosEvent
+EventType = event_pb2.QosEventType
+Opener = Callable[[], Awaitable[Store]]
+
+BACKENDS = ["sqlite", "postgresql"]
+
+
+@pytest.fixture(params=BACKENDS)
+def open_store(request: pytest.FixtureRequest, tmp_path: Path) -> Opener:
+    """Opens the test's store: each call a new connection to the same data (a reopen)."""
+    if request.param == "sqlite":
+        path = tmp_path / "callqos.db"
+
+        async def sqlite() -> Store:
+            return SqliteStore(path)
+
+        return sqlite
+    from callqos.server.store.postgres import PostgresStore
+
+    url = request.getfixturevalue("database_url")
+
+    async def postgresql() -> Store:
+        return await PostgresStore.open(url, pool_size=4)
+
+    return postgresql
+
+
+@pytest.fixture
+async def store(open_store: Opener) -> AsyncIterator[Store]:
+    opened = await open_store()
+    try:
+        yield opened
+    finally:
+        await opened.close()
+
+
+def qos(sending: int, receiving: int = 0) -> flowspec_pb2.QosSpec:
+    spec = flowspec_pb2.QosSpec()
+    for direction, rate in (("sending", sending), ("receiving", receiving)):
+        flow = getattr(spec, direction)
+        flow.service_type = flowspec_pb2.ServiceType.SERVICE_TYPE_CONTROLLED_LOAD
+        flow.token_rate_bytes_per_second = rate
+    return spec
+
+
+def call(
+    name: str,
+    *,
+    state: int = State.STATE_CONNECTED,
+    tenant: str = "default",
+    provider: str = "providers/reference",
+    rate: int = 0,
+    line: str = "",
+) -> Call:
+    made = Call(name=f"calls/{name}", state=state, tenant=tenant, provider=provider, line=line)
+    made.granted_qos.CopyFrom(qos(rate))
+    return made
+
+
+def event(of: Call, kind: int = EventType.QOS_EVENT_TYPE_QOS_GRANTED) -> QosEvent:
+    return QosEvent(call=of.name, tenant=of.tenant, type=kind, provider=of.provider)
+
+
+def line(
+    name: str, address: str, *, tenant: str = "default", state: int = line_pb2.Line.State.STATE_OPEN
+) -> line_pb2.Line:
+    return line_pb2.Line(name=f"lines/{name}", address=address, owner="bob", state=state, tenant=tenant)
+
+
+def record(request_id: str, of: str, *, tenant: str = "default") -> IdempotencyRecord:
+    return IdempotencyRecord(request_id, "alice", "CreateCall", "f" * 64, of, b"", tenant)
+
+
+async def sequences(store: Store, after: int = 0) -> list[int]:
+    return [e.sequence for e in await store.events_after(after, 10_000)]
+
+
+# -- one transaction --------------------------------------------------------------------------
+async def test_a_commit_stores_calls_events_and_record_together_numbered_from_one(store: Store) -> None:
+    first, second = call("a", rate=100), call("b", state=State.STATE_DISCONNECTED)
+    numbered = await store.commit(
+        [first, second],
+        [event(first), event(second, EventType.QOS_EVENT_TYPE_CALL_DISCONNECTED)],
+        record("r1", first.name),
+    )
+    assert [e.sequence for e in numbered] == [1, 2]
+    assert await store.events_after(0, 10) == numbered
+    assert await store.get_call(first.name) == first
+    assert await store.get_call(second.name) == second
+    assert await store.find_request("r1", "alice") == record("r1", first.name)
+    assert (await store.event_bounds()).last == 2
+    # Replacing a call keeps one row, and a commit without events takes no number.
+    first.state = State.STATE_DISCONNECTED
+    assert await store.commit(first, []) == []
+    assert await store.get_call(first.name) == first
+    assert (await store.event_bounds()).last == 2
+
+
+async def test_a_refused_quota_stores_nothing_and_takes_no_number(store: Store) -> None:
+    await store.commit(call("held", rate=600), [event(call("held"))])
+    limits = UsageLimits("default", active_calls=0, reserved_bytes_per_second=1000)
+    over = call("over", rate=500)
+    with pytest.raises(QuotaExceededError) as refused:
+        await store.commit(over, [event(over)], record("r-over", over.name), limits=limits)
+    assert refused.value.quotas == ["reserved_bytes_per_second"]
+    assert await store.get_call(over.name) is None
+    assert await store.find_request("r-over", "alice") is None
+    assert await sequences(store) == [1]
+    fits = call("fits", rate=400)
+    assert [e.sequence for e in await store.commit(fits, [event(fits)], limits=limits)] == [2]
+    # Lowering usage is never refused, even over a quota lowered since.
+    smaller = UsageLimits("default", active_calls=1)
+    fits.state = State.STATE_DISCONNECTED
+    await store.commit(fits, [event(fits)], limits=smaller)
+    assert await store.usage("default") == Usage(1, 600, 0)
+
+
+async def test_one_open_line_per_address_and_tenant_and_nothing_stored_beside_a_second(store: Store) -> None:
+    await store.commit([], [], lines=[line("one", "sip:bob@example.test")])
+    offered = call("offered", state=State.STATE_OFFERING, line="lines/one")
+    with pytest.raises(AddressInUseError):
+        await store.commit(offered, [event(offered)], lines=[line("two", "sip:bob@example.test")])
+    assert await store.get_line("lines/two") is None
+    assert await store.get_call(offered.name) is None
+    assert await sequences(store) == []
+    # Another tenant may open the address; closing the line frees it for its own tenant.
+    await store.commit([], [], lines=[line("other", "sip:bob@example.test", tenant="acme")])
+    await store.commit([], [], lines=[line("one", "sip:bob@example.test", state=line_pb2.Line.State.STATE_CLOSED)])
+    await store.commit([], [], lines=[line("two", "sip:bob@example.test")])
+    assert (await store.open_line("sip:bob@example.test", "default")) == line("two", "sip:bob@example.test")
+    assert (await store.open_line("sip:bob@example.test", "acme")) == line(
+        "other", "sip:bob@example.test", tenant="acme"
+    )
+
+
+async def test_a_second_record_of_a_request_replaces_the_first(store: Store) -> None:
+    await store.commit(call("a"), [], record("r", "calls/a"))
+    await store.commit(call("a"), [], IdempotencyRecord("r", "alice", "CreateCall", "f" * 64, "calls/a", b"\x08\x05"))
+    found = await store.find_request("r", "alice")
+    assert found is not None and found.status == b"\x08\x05"
+
+
+# -- reads per tenant -------------------------------------------------------------------------
+async def test_reads_listings_and_pages_are_per_tenant_newest_first(store: Store) -> None:
+    for index in range(7):
+        tenant = "default" if index % 2 == 0 else "acme"
+        state = State.STATE_CONNECTED if index < 5 else State.STATE_DISCONNECTED
+        await store.commit(call(f"c{index}", tenant=tenant, state=state, line="lines/l" if index == 4 else ""), [])
+    await store.commit([], [], record("r", "calls/c0", tenant="acme"))
+    assert await store.find_request("r", "alice", "acme") is not None
+    assert await store.find_request("r", "alice", "default") is None
+
+    async def names(**filters: object) -> list[str]:
+        got, before = [], 0
+        while True:
+            page = await store.list_calls(limit=2, before=before, **filters)  # type: ignore[arg-type]
+            got += [c.name.removeprefix("calls/") for c in page.calls]
+            if not page.next_cursor:
+                return got
+            before = page.next_cursor
+
+    assert await names(tenant="default", state=None, provider=None) == ["c6", "c4", "c2", "c0"]
+    assert await names(tenant="acme", state=None, provider=None) == ["c5", "c3", "c1"]
+    assert await names(tenant="default", state=State.STATE_CONNECTED, provider=None) == ["c4", "c2", "c0"]
+    assert await names(tenant="default", state=None, provider="providers/none") == []
+    assert await names(tenant="default", state=None, provider=None, line="lines/l") == ["c4"]
+    assert [c.name for c in await store.connected_calls()] == [f"calls/c{i}" for i in range(5)]
+    assert [c.name for c in await store.calls_in_state(State.STATE_DISCONNECTED)] == ["calls/c5", "calls/c6"]
+
+    for index in range(5):
+        await store.commit(
+            [], [], lines=[line(f"l{index}", f"sip:{index}@x", tenant="acme" if index == 3 else "default")]
+        )
+    page = await store.list_lines(tenant="default", state=None, address=None, owner=None, limit=3, before=0)
+    assert [each.name for each in page.lines] == ["lines/l4", "lines/l2", "lines/l1"]
+    rest = await store.list_lines(
+        tenant="default", state=None, address=None, owner=None, limit=3, before=page.next_cursor
+    )
+    assert [each.name for each in rest.lines] == ["lines/l0"] and rest.next_cursor == 0
+    assert (await store.get_line("lines/l3")) == line("l3", "sip:3@x", tenant="acme")
+
+
+async def test_usage_counts_what_connected_calls_hold_once_per_pair(store: Store) -> None:
+    caller = call("caller", rate=300)
+    caller.peer = "calls/callee"
+    callee = call("callee", rate=0)
+    callee.direction, callee.peer = Call.Direction.DIRECTION_INCOMING, caller.name
+    callee.granted_qos.CopyFrom(qos(0, 300))
+    await store.commit(
+        [caller, callee, call("alone", rate=200), call("gone", rate=900, state=State.STATE_DISCONNECTED)], []
+    )
+    assert await store.usage("default") == Usage(active_calls=2, sending=500, receiving=0)
+    assert await store.usage("acme") == Usage()
+
+
+# -- retention and reopening ------------------------------------------------------------------
+async def test_retention_by_count_and_by_age(store: Store) -> None:
+    for index in range(10):
+        await store.commit(call(f"c{index}"), [event(call(f"c{index}"))], record(f"r{index}", f"calls/c{index}"))
+    assert await store.prune_events(keep_last=4, older_than_us=0) == 6
+    bounds = await store.event_bounds()
+    assert (bounds.pruned_through, bounds.last) == (6, 10)
+    assert await sequences(store) == [7, 8, 9, 10]
+    assert await store.prune_events(keep_last=4, older_than_us=0) == 0  # already done: harmless again
+    assert await store.find_request("r0", "alice") is not None  # kept: no age limit
+    # By age: everything older than a second from now goes, events and request_ids alike.
+    assert await store.prune_events(keep_last=100, older_than_us=time.time_ns() // 1000 + 1_000_000) == 4
+    assert (await store.event_bounds()).pruned_through == 10
+    assert await store.find_request("r9", "alice") is None
+    # Numbering carries on after everything was pruned.
+    assert [e.sequence for e in await store.commit(call("next"), [event(call("next"))])] == [11]
+
+
+async def test_a_reopened_store_has_everything_and_numbers_on(open_store: Opener) -> None:
+    first = await open_store()
+    try:
+        kept = call("kept", rate=100)
+        await first.commit(kept, [event(kept)], record("r", kept.name), lines=[line("l", "sip:l@x")])
+        await first.prune_events(keep_last=1, older_than_us=0)
+    finally:
+        await first.close()
+    second = await open_store()
+    try:
+        assert await second.get_call(kept.name) == kept
+        assert await second.get_line("lines/l") == line("l", "sip:l@x")
+        assert await second.find_request("r", "alice") is not None
+        assert [e.sequence for e in await second.commit(call("more"), [event(call("more"))] * 2)] == [2, 3]
+        bounds = await second.event_bounds()
+        assert (bounds.pruned_through, bounds.last) == (0, 3)
+    finally:
+        await second.close()
+
+
+# -- concurrency ------------------------------------------------------------------------------
+async def test_concurrent_commits_get_distinct_gap_free_numbers(store: Store) -> None:
+    async def committer(worker: int) -> list[list[int]]:
+        got = []
+        for index in range(10):
+            each = call(f"w{worker}-{index}")
+            numbered = await store.commit(each, [event(each)] * (1 + index % 3))
+            got.append([e.sequence for e in numbered])
+        return got
+
+    batches = [batch for worker in await asyncio.gather(*(committer(w) for w in range(6))) for batch in worker]
+    everything = sorted(seq for batch in batches for seq in batch)
+    assert everything == list(range(1, len(everything) + 1))
+    assert all(batch == list(range(batch[0], batch[0] + len(batch))) for batch in batches)
+    assert await sequences(store) == everything
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    steps=st.lists(
+        st.one_of(
+            st.tuples(st.just("commit"), st.integers(0, 4)),
+            st.tuples(st.just("prune"), st.integers(0, 12)),
+        ),
+        min_size=1,
+        max_size=25,
+    ),
+    cursors=st.lists(st.integers(0, 60), max_size=4),
+)
+def test_events_after_any_cursor_are_exactly_those_retained_after_it(
+    open_store: Opener, steps: list[tuple[str, int]], cursors: list[int]
+) -> None:
+    """A model of the event log — a number per event, retention by count — against the store,
+    over any sequence of commits and prunes: events_after(c) is exactly the retained events after
+    c, in order, and the bounds say where retention cut."""
+
+    async def scenario() -> None:
+        store = await open_store()
+        try:
+            bounds = await store.event_bounds()
+            last, pruned = bounds.last, bounds.pruned_through  # examples share the store's history
+            for kind, amount in steps:
+                if kind == "commit":
+                    numbered = await store.commit(call(f"c{last}"), [event(call(f"c{last}"))] * amount)
+                    assert [e.sequence for e in numbered] == list(range(last + 1, last + amount + 1))
+                    last += amount
+                else:
+                    await store.prune_events(keep_last=max(amount, 1), older_than_us=0)
+                    pruned = max(pruned, last - max(amount, 1))
+                bounds = await store.event_bounds()
+                assert (bounds.pruned_through, bounds.last) == (pruned, last)
+            for cursor in [0, pruned, last, *cursors]:
+                expected = list(range(max(cursor, pruned) + 1, last + 1))
+                assert [e.sequence for e in await store.events_after(cursor, 10_000)] == expected
+        finally:
+            await store.close()
+
+    asyncio.run(scenario())
