@@ -98,8 +98,23 @@ typecheck: $(STAMP)
 .PHONY: test test-python test-clients
 test: lint check-generated typecheck test-python test-clients check-dist
 
-test-python: $(STAMP)
-	$(PY) -m pytest
+# The PostgreSQL tests (the store suite on PostgreSQL, three replicas on one database) start their
+# own PostgreSQL with initdb and pg_ctl: the distribution's package is installed when they are
+# missing. Where it cannot be, those tests are skipped, saying why; where it is, they must run
+# (CALLQOS_REQUIRE_POSTGRES turns a PostgreSQL that does not start into a failure, not a skip).
+HAVE_POSTGRES := $(PY) -c 'import sys; from callqos.server.testing import postgres_bin_dir; sys.exit(postgres_bin_dir() is None)'
+
+.PHONY: postgres
+postgres: $(STAMP)
+	@$(HAVE_POSTGRES) || { \
+	  echo "installing PostgreSQL (initdb, pg_ctl) for the replica tests"; \
+	  sudo=$$([ "$$(id -u)" = 0 ] || echo sudo -n); \
+	  { $$sudo apt-get install -y -q --no-install-recommends postgresql >/dev/null \
+	    || { $$sudo apt-get update -q >/dev/null && $$sudo apt-get install -y -q --no-install-recommends postgresql >/dev/null; }; } \
+	  || echo "could not install PostgreSQL (apt-get install postgresql failed): its tests will be skipped"; }
+
+test-python: $(STAMP) postgres
+	if $(HAVE_POSTGRES); then export CALLQOS_REQUIRE_POSTGRES=1; fi; $(PY) -m pytest
 
 test-clients: $(STAMP)
 	@for d in $(CLIENT_DIRS); do $(MAKE) -C $$d test; done

@@ -109,10 +109,12 @@ def audit_lines() -> Iterator[AuditLines]:
 
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Generator[None, pytest.TestReport]:
-    """A failed test's report shows the output of the server subprocess it used."""
+    """A failed test's report shows the output of the server subprocesses it used (one, or the
+    `replicas` of a fixture that started several)."""
     report: pytest.TestReport = yield
     if report.failed:
         for value in getattr(item, "funcargs", {}).values():
-            if isinstance(value, testing.ServerProcess):
-                report.sections.append((f"callqos server log ({value.log_path})", value.log()))
+            for process in [value, *getattr(value, "replicas", ())]:
+                if isinstance(process, testing.ServerProcess):
+                    report.sections.append((f"callqos server log ({process.log_path})", process.log()))
     return report

@@ -22,7 +22,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from callqos.server.providers import AdmissionRequest, Grant, ProviderChange, Restored, reference
+from callqos.server.providers import AdmissionRequest, Grant, ProviderChange, Restored
 from callqos.server.providers.reference import ReferenceProvider
 from callqos.server.store import pg_schema
 from callqos.server.store.base import SharedLedger, StoreUnavailable
@@ -220,8 +220,12 @@ class Host:
         return None
 
 
-async def reference_on(store: PostgresStore, capacity: int = CAPACITY) -> tuple[ReferenceProvider, Host]:
-    provider = ReferenceProvider({"links": [{"id": "default", "capacity_bytes_per_second": capacity}]})
+async def reference_on(
+    store: PostgresStore, capacity: int = CAPACITY, settle_seconds: float = 10.0
+) -> tuple[ReferenceProvider, Host]:
+    provider = ReferenceProvider(
+        {"links": [{"id": "default", "capacity_bytes_per_second": capacity}], "settle_seconds": settle_seconds}
+    )
     provider.id = "reference"
     host = Host(store.shared_ledger())
     assert await provider.start(host, []) == []
@@ -347,7 +351,7 @@ def connected(call: str, rate: int, level: int = Level.SERVICE_LEVEL_NEEDED) -> 
 
 
 async def test_reconciliation_releases_orphans_and_retakes_what_a_dead_replica_left_half_done(
-    two_stores: tuple[PostgresStore, PostgresStore], monkeypatch: pytest.MonkeyPatch
+    two_stores: tuple[PostgresStore, PostgresStore],
 ) -> None:
     """A replica died after its provider reserved but before the server recorded the call (an
     orphan: capacity nobody uses), and another after it released a dropped call's reservation but
@@ -355,8 +359,7 @@ async def test_reconciliation_releases_orphans_and_retakes_what_a_dead_replica_l
     reconciliation releases the first and re-takes the second — each only on the second pass
     that sees it, so that an operation still in flight is never undone — and sheds what then
     does not fit."""
-    monkeypatch.setattr(reference, "SETTLE_SECONDS", 0.0)  # the reservations here are young
-    (dead, _), (leader, _) = [await reference_on(store) for store in two_stores]
+    (dead, _), (leader, _) = [await reference_on(store, settle_seconds=0.0) for store in two_stores]
     assert isinstance(await dead.admit(request("calls/orphan", 600_000)), Grant)
     assert isinstance(await dead.admit(request("calls/kept", 300_000)), Grant)
     assert isinstance(await dead.admit(request("calls/dropped", 200_000)), Grant)

@@ -18,6 +18,10 @@
 
 Settings (the `[providers.reference]` table of the server configuration):
 
+    [providers.reference]
+    settle_seconds = 10.0   # replicas only: how old a reservation no connected call holds must be
+                            # before `reconcile` releases it (an operation in flight is younger)
+
     [[providers.reference.links]]
     id = "default"
     capacity_bytes_per_second = 1250000   # each direction
@@ -173,6 +177,9 @@ class ReferenceProvider(Provider):
         self._ledger: SharedLedger | None = None
         self._ages: dict[str, float] = {}  # with a shared ledger: age of each loaded reservation
         self._suspects: set[tuple[object, ...]] = set()  # differences the last reconcile saw
+        self._settle = float(self.settings.get("settle_seconds", SETTLE_SECONDS))
+        if self._settle < 0:
+            raise ValueError("settle_seconds must not be negative")
 
     # -- what it can do -------------------------------------------------------------------
     def capabilities(self) -> provider_pb2.ProviderCapabilities:
@@ -552,7 +559,7 @@ class ReferenceProvider(Provider):
         """With a shared ledger (on the leading replica): a reservation no connected call holds is
         released, and a connected call the books hold differently (or not at all) is re-taken
         as the server recorded it — each only when the previous pass saw the same difference
-        (and, for a release, when the reservation is SETTLE_SECONDS old), so that an operation
+        (and, for a release, when the reservation is `settle_seconds` old), so that an operation
         in flight between its reservation and its commit is left alone. Then every link is
         brought back within capacity, newest first, and the changes returned for the host."""
         if self._ledger is None:
@@ -561,7 +568,7 @@ class ReferenceProvider(Provider):
             stored = {item.call: item for item in connected}
             seen: set[tuple[object, ...]] = set()
             for call, reservation in list(self._calls.items()):
-                if call not in stored and self._ages.get(call, 0.0) >= SETTLE_SECONDS:
+                if call not in stored and self._ages.get(call, 0.0) >= self._settle:
                     key: tuple[object, ...] = (
                         "released",
                         call,

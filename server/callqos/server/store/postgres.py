@@ -22,8 +22,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from decimal import Decimal
 from collections.abc import AsyncIterator, Sequence
+from decimal import Decimal
 
 import psycopg
 from psycopg import errors as pg_errors

@@ -1,0 +1,331 @@
+"""Three server processes (`ServerProcess`, storage = "postgresql") on one PostgreSQL database,
+used as a load balancer would use them: requests spread across the replicas.
+
+- Concurrent CreateCalls spread across the replicas never admit beyond a link's capacity
+  together, and every replica's ListLinks agrees with the calls connected.
+- A request_id sent to every replica at once runs once: one call, the same answer everywhere.
+- A watcher on one replica receives every replica's events, gap-free and in order; resumed on
+  another replica from its cursor, it gets the rest, without loss or duplicate.
+- `kill -9` of the leading replica under load loses no acknowledged call or event; the
+  survivors carry on serving, and one of them takes over the background work the dead one led:
+  an offer whose ring timer died with it is rung out, the shared ledger is reconciled with the
+  calls connected, and retention is pruned.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from contextlib import AsyncExitStack
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+import pytest
+from incoming_kit import CAROL, get, open_line, wait_for_state
+from server_testkit import CAPACITY, make_request, qos, reason
+
+from callqos.server.testing import PostgresServer, ServerProcess
+from callqos.v1 import call_pb2, event_pb2
+from callqos.v1 import callqos_service_pb2 as svc
+from callqos.v1 import callqos_service_pb2_grpc as svc_grpc
+
+pytestmark = pytest.mark.slow
+
+State = call_pb2.Call.State
+EventType = event_pb2.QosEventType
+# What a replica logs when it takes the lead, and when it loses it (store.pg_coordination).
+TOOK_THE_LEAD = "leading the replicas' background work"
+LOST_THE_LEAD = "lost the lead"
+# Fast background work, so that failover is seen within seconds.
+REPLICA_SETTINGS: dict[str, Any] = {
+    "leader_check_seconds": 0.5,
+    "event_poll_seconds": 0.5,
+    "shutdown_grace_seconds": 1.0,
+    "providers": {"reference": {"settle_seconds": 1.0}, "no-qos": {}},
+}
+
+
+@dataclass
+class Cluster:
+    """Replicas on one database, and a channel to each (what a load balancer would spread over).
+    A failing test's report shows every replica's log (conftest)."""
+
+    replicas: list[ServerProcess]
+    channels: list[grpc.aio.Channel] = field(default_factory=list)
+
+    @property
+    def stubs(self) -> list[svc_grpc.CallQosServiceStub]:
+        return [svc_grpc.CallQosServiceStub(channel) for channel in self.channels]
+
+    def leaders(self) -> list[int]:
+        """The running replicas whose log says they lead now: they took the lead and have not
+        said since that they lost it."""
+        leading = []
+        for index, replica in enumerate(self.replicas):
+            if not replica.running:
+                continue
+            log = replica.log(1_000_000)
+            if log.rfind(TOOK_THE_LEAD) > log.rfind(LOST_THE_LEAD):
+                leading.append(index)
+        return leading
+
+    async def leader(self, within: float = 10.0) -> int:
+        """The one replica that leads, once one does."""
+        async with asyncio.timeout(within):
+            while not (leading := self.leaders()):  # noqa: ASYNC110 -- the logs of other processes
+                await asyncio.sleep(0.1)
+        assert len(leading) == 1, f"replicas {leading} all say they lead"
+        return leading[0]
+
+
+async def start_cluster(postgres: PostgresServer, count: int, stack: AsyncExitStack, **settings: Any) -> Cluster:
+    url = postgres.database()
+    replicas = [
+        ServerProcess(storage="postgresql", database_url=url, **{**REPLICA_SETTINGS, **settings}) for _ in range(count)
+    ]
+    for replica in replicas:
+        stack.callback(replica.close)
+    await asyncio.gather(*(asyncio.to_thread(replica.start) for replica in replicas))
+    cluster = Cluster(replicas)
+    for replica in replicas:
+        cluster.channels.append(await stack.enter_async_context(grpc.aio.insecure_channel(replica.target)))
+    return cluster
+
+
+@pytest.fixture
+async def cluster(postgres: PostgresServer) -> AsyncIterator[Cluster]:
+    async with AsyncExitStack() as stack:
+        yield await start_cluster(postgres, 3, stack)
+
+
+async def read_events(
+    stub: svc_grpc.CallQosServiceStub, after: int, until: int, within: float = 20.0
+) -> list[event_pb2.QosEvent]:
+    """Every event after `after` up to `until`, from one replica's WatchEvents."""
+    events: list[event_pb2.QosEvent] = []
+    if until <= after:
+        return events
+    stream = stub.WatchEvents(svc.WatchEventsRequest(after_sequence=after))
+    try:
+        async with asyncio.timeout(within):
+            async for response in stream:
+                events.append(response.event)
+                if response.event.sequence >= until:
+                    break
+    finally:
+        stream.cancel()
+    return events
+
+
+async def newest_sequence(stub: svc_grpc.CallQosServiceStub) -> int:
+    """A sequence every event committed so far is at or below: that of a probe call's
+    disconnection, committed after them (sequence order is commit order)."""
+    probe = await stub.CreateCall(make_request(qos(1), call_id=f"probe-{uuid.uuid4().hex[:8]}"))
+    await stub.DropCall(svc.DropCallRequest(name=probe.name))
+    stream = stub.WatchEvents(svc.WatchEventsRequest(call=probe.name, after_sequence=0))
+    try:
+        async with asyncio.timeout(10):
+            async for response in stream:
+                if response.event.type == EventType.QOS_EVENT_TYPE_CALL_DISCONNECTED:
+                    return response.event.sequence
+    finally:
+        stream.cancel()
+    raise AssertionError("no disconnection event for the probe")
+
+
+async def books(cluster: Cluster, alive: Sequence[int]) -> set[tuple[int, int]]:
+    """(bytes/s reserved, reservations) on the reference provider's link, as each replica reads it."""
+    seen = set()
+    for index in alive:
+        (link,) = (await cluster.stubs[index].ListLinks(svc.ListLinksRequest(parent="providers/reference"))).links
+        seen.add((link.sending_reserved_bytes_per_second, link.reservation_count))
+    return seen
+
+
+async def connected(stub: svc_grpc.CallQosServiceStub) -> tuple[int, int]:
+    """(bytes/s, calls) the connected calls hold, as the server recorded them."""
+    page = await stub.ListCalls(svc.ListCallsRequest(filter="state = CONNECTED", page_size=1000))
+    assert not page.next_page_token
+    return sum(call.granted_qos.sending.token_rate_bytes_per_second for call in page.calls), len(page.calls)
+
+
+# -- admission and idempotency across replicas ------------------------------------------------
+async def test_concurrent_calls_across_replicas_never_exceed_capacity(cluster: Cluster) -> None:
+    stubs = cluster.stubs
+    rate = 100_000
+    fits = CAPACITY // rate  # 12
+    outcomes = await asyncio.gather(
+        *(stubs[i % 3].CreateCall(make_request(qos(rate), call_id=f"c{i}")) for i in range(5 * fits)),
+        return_exceptions=True,
+    )
+    granted = [o for o in outcomes if isinstance(o, call_pb2.Call)]
+    refused = [o for o in outcomes if isinstance(o, grpc.aio.AioRpcError)]
+    assert len(granted) == fits and len(refused) == 4 * fits
+    assert {reason(error) for error in refused} == {"QOS_UNAVAILABLE"}
+    assert await books(cluster, [0, 1, 2]) == {(fits * rate, fits)}
+    # Dropped on one replica, freed for all: the next calls fit wherever they are made.
+    await asyncio.gather(
+        *(stubs[(i + 1) % 3].DropCall(svc.DropCallRequest(name=c.name)) for i, c in enumerate(granted))
+    )
+    assert await books(cluster, [0, 1, 2]) == {(0, 0)}
+    again = await asyncio.gather(*(stubs[i % 3].CreateCall(make_request(qos(rate))) for i in range(fits)))
+    assert all(call.state == State.STATE_CONNECTED for call in again)
+
+
+async def test_a_request_id_sent_to_every_replica_at_once_runs_once(cluster: Cluster) -> None:
+    request = make_request(qos(200_000), request_id=str(uuid.uuid4()))
+    answers = await asyncio.gather(*(stub.CreateCall(request) for stub in cluster.stubs for _ in range(3)))
+    assert len({answer.name for answer in answers}) == 1
+    assert await books(cluster, [0, 1, 2]) == {(200_000, 1)}
+    page = await cluster.stubs[2].ListCalls(svc.ListCallsRequest())
+    assert [call.name for call in page.calls] == [answers[0].name]
+
+
+# -- events across replicas -------------------------------------------------------------------
+async def test_a_watcher_on_one_replica_sees_every_replicas_events_and_resumes_on_another(cluster: Cluster) -> None:
+    stubs = cluster.stubs
+    watcher = stubs[0].WatchEvents(svc.WatchEventsRequest(after_sequence=0))
+    made = []
+    for index in range(12):
+        call = await stubs[1 + index % 2].CreateCall(make_request(qos(10_000)))
+        await stubs[2 - index % 2].DropCall(svc.DropCallRequest(name=call.name))
+        made.append(call.name)
+    received: list[event_pb2.QosEvent] = []
+    async with asyncio.timeout(20):
+        async for response in watcher:
+            received.append(response.event)
+            if len(received) == 12:
+                break
+    watcher.cancel()
+    assert [event.sequence for event in received] == list(range(1, 13))
+    # The rest from another replica, from the cursor: nothing lost, nothing twice.
+    rest = await read_events(stubs[2], received[-1].sequence, 24)
+    everything = received + rest
+    assert [event.sequence for event in everything] == list(range(1, 25))
+    assert [event.call for event in everything if event.type == EventType.QOS_EVENT_TYPE_QOS_GRANTED] == made
+
+
+# -- kill -9 under load -----------------------------------------------------------------------
+@dataclass
+class Acknowledged:
+    created: set[str] = field(default_factory=set)  # CreateCall answered with a connected call
+    dropped: set[str] = field(default_factory=set)  # DropCall answered
+    unknown: set[str] = field(default_factory=set)  # a request whose answer never came
+
+
+async def load(cluster: Cluster, worker: int, alive: list[int], stop: asyncio.Event, acked: Acknowledged) -> None:
+    """Make and drop calls round the live replicas until `stop`, noting what was acknowledged."""
+    stubs = cluster.stubs
+    turn = itertools.count(worker)
+    for index in itertools.count():
+        if stop.is_set() or index >= 500:
+            return
+        name = f"calls/w{worker}-{index}"
+        request = make_request(qos(20_000), call_id=name.removeprefix("calls/"), request_id=str(uuid.uuid4()))
+        for step in ("create", "drop"):
+            replica = alive[next(turn) % len(alive)]
+            try:
+                if step == "create":
+                    call = await stubs[replica].CreateCall(request, timeout=10)
+                    assert call.state == State.STATE_CONNECTED
+                    acked.created.add(name)
+                else:
+                    await stubs[replica].DropCall(svc.DropCallRequest(name=name), timeout=10)
+                    acked.dropped.add(name)
+            except grpc.aio.AioRpcError as error:
+                assert error.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED), error
+                acked.unknown.add(name)
+                break
+
+
+async def test_kill_9_of_the_leader_under_load_loses_nothing_acknowledged_and_the_others_take_over(
+    cluster: Cluster,
+) -> None:
+    stubs = cluster.stubs
+    leader = await cluster.leader()
+    survivors = [index for index in range(3) if index != leader]
+    # An offer made on the leader: its ring timer lives (and dies) there.
+    line = await open_line(stubs[survivors[0]], timeout_s=5.0)
+    offered = await stubs[leader].CreateCall(make_request(qos(10_000), destination=line.address), metadata=CAROL)
+    # A watcher on a survivor, from the start, through the kill.
+    watched: list[event_pb2.QosEvent] = []
+
+    async def watch() -> None:
+        async for response in stubs[survivors[1]].WatchEvents(svc.WatchEventsRequest(after_sequence=0)):
+            watched.append(response.event)
+
+    watcher = asyncio.create_task(watch())
+    acked = Acknowledged()
+    stop = asyncio.Event()
+    alive = [0, 1, 2]
+    workers = [asyncio.create_task(load(cluster, worker, alive, stop, acked)) for worker in range(6)]
+    await asyncio.sleep(2.0)
+    assert (await get(stubs[leader], offered.peer)).state == State.STATE_OFFERING  # still ringing
+    cluster.replicas[leader].kill()
+    killed_at = time.monotonic()
+    alive.remove(leader)  # new requests go to the survivors; those in flight on it fail
+    await asyncio.sleep(3.0)
+    stop.set()
+    await asyncio.gather(*workers)
+    assert len(acked.created) > 20, "the load did not run"
+
+    # Every acknowledged call is there, as acknowledged (or changed by a request whose answer was lost).
+    for name in acked.created:
+        call = await stubs[survivors[0]].GetCall(svc.GetCallRequest(name=name))
+        if name in acked.dropped:
+            assert call.state == State.STATE_DISCONNECTED, name
+        elif name not in acked.unknown:
+            assert call.state == State.STATE_CONNECTED, name
+    # Every event, gap-free, on both survivors; each acknowledged outcome announced.
+    last = await newest_sequence(stubs[survivors[0]])
+    events = await read_events(stubs[survivors[0]], 0, last)
+    assert [event.sequence for event in events] == list(range(1, last + 1))
+    granted = {e.call for e in events if e.type == EventType.QOS_EVENT_TYPE_QOS_GRANTED}
+    disconnected = {e.call for e in events if e.type == EventType.QOS_EVENT_TYPE_CALL_DISCONNECTED}
+    assert acked.created <= granted and acked.dropped <= disconnected
+    async with asyncio.timeout(20):
+        while not watched or watched[-1].sequence < last:  # noqa: ASYNC110 -- a stream read by another task
+            await asyncio.sleep(0.05)
+    watcher.cancel()
+    assert [event.sequence for event in watched[:last]] == list(range(1, last + 1))
+
+    # The survivors took over what the dead leader led: one of them leads ...
+    new_leader = await cluster.leader()
+    assert new_leader in survivors
+    # ... its offer is rung out ...
+    callee = await wait_for_state(stubs[survivors[0]], offered.peer, State.STATE_DISCONNECTED, within=20)
+    assert callee.disconnect_reason == call_pb2.DisconnectReason.DISCONNECT_REASON_NO_ANSWER
+    assert time.monotonic() - killed_at < 20
+    # ... and the shared ledger agrees with the calls connected (a reservation the dead replica
+    # took for a call it never recorded is released by reconciliation).
+    async with asyncio.timeout(20):
+        while await books(cluster, survivors) != {await connected(stubs[survivors[1]])}:  # noqa: ASYNC110 -- other processes' state
+            await asyncio.sleep(0.2)
+    # And they carry on.
+    after = await stubs[survivors[1]].CreateCall(make_request(qos(50_000)))
+    assert after.state == State.STATE_CONNECTED
+
+
+async def test_the_next_leader_prunes_retention(postgres: PostgresServer) -> None:
+    async with AsyncExitStack() as stack:
+        cluster = await start_cluster(postgres, 2, stack, event_retention_count=5)
+        stubs = cluster.stubs
+        leader = await cluster.leader()
+        follower = 1 - leader
+        cluster.replicas[leader].kill()  # its next prune was a minute away
+        for _ in range(10):
+            call = await stubs[follower].CreateCall(make_request(qos(1000)))
+            await stubs[follower].DropCall(svc.DropCallRequest(name=call.name))
+        assert await cluster.leader() == follower
+        async with asyncio.timeout(15):
+            while True:
+                try:
+                    await read_events(stubs[follower], 1, 2, within=1)
+                except grpc.aio.AioRpcError as error:
+                    assert reason(error) == "CURSOR_EXPIRED"
+                    break
+                await asyncio.sleep(0.2)
