@@ -118,6 +118,7 @@ class NetworkProvider(ReferenceProvider):
     def __init__(self, settings: Any = None) -> None:
         super().__init__(settings)
         self.admitted: list[AdmissionRequest] = []
+        self.admitted_on: list[asyncio.AbstractEventLoop] = []  # the loop each admit ran on
         self.ended: list[tuple[str, int]] = []
 
     def capabilities(self) -> provider_pb2.ProviderCapabilities:
@@ -127,6 +128,7 @@ class NetworkProvider(ReferenceProvider):
 
     async def admit(self, request: AdmissionRequest) -> Decision:
         self.admitted.append(request)
+        self.admitted_on.append(asyncio.get_running_loop())
         return await super().admit(request)
 
     async def offer_ended(self, call: str, reason: int) -> None:

@@ -107,6 +107,7 @@ def test_deployment_ports_probes_and_volumes_agree_with_the_config(pod_config: C
     assert spec["replicas"] == 1 and spec["strategy"]["type"] == "Recreate"
     # Kubernetes must not SIGKILL before the server's own graceful stop has finished.
     assert pod["terminationGracePeriodSeconds"] > pod_config.shutdown_grace_seconds
+    assert pod["terminationGracePeriodSeconds"] > pod_config.shutdown_timeout_seconds
     env = {e["name"]: e["value"] for e in main["env"]}
     check_callqos_env(env)
     assert env["OTEL_PYTHON_GRPC_EXCLUDED_SERVICES"] == "grpc.health.v1.Health"
@@ -236,3 +237,27 @@ def test_collector_pipelines_use_defined_components_and_reach_jaeger() -> None:
             assert set(pipeline.get(kind, [])) <= set(collector[kind]), (name, kind)
     assert "otlp/jaeger" in collector["service"]["pipelines"]["traces"]["exporters"]
     assert collector["exporters"]["otlp/jaeger"]["endpoint"].split(":")[0] == "jaeger"
+
+
+def test_callqos_commands_in_the_deploy_files_parse() -> None:
+    """A `callqos …` command quoted in a deploy file's comments is one the CLI accepts (the compose
+    file once showed `callqos make --destination`, a flag that never existed)."""
+    import shlex
+
+    from callqos.cli.main import build_parser
+
+    commands = []
+    for path in sorted(DEPLOY.rglob("*")):
+        if path.is_file() and path.suffix in (".yaml", ".yml", "") and "release" not in path.parts:
+            for line in path.read_text(errors="replace").splitlines():
+                comment = line.strip().lstrip("#").strip()
+                if line.strip().startswith("#") and re.match(r"callqos [a-z][a-z-]+( |$)", comment):
+                    commands.append((path.name, comment.split("  (")[0].split("   ")[0]))
+    assert commands, "no callqos command found in the deploy files' comments"
+    parser = build_parser()
+    for name, command in commands:
+        argv = shlex.split(command)[1:]
+        try:
+            parser.parse_args(argv)
+        except SystemExit as exit_:
+            raise AssertionError(f"{name}: `{command}` does not parse") from exit_

@@ -151,6 +151,44 @@ async def test_an_invalid_offer_and_an_offer_without_the_capability_are_refused(
     assert not (await network.stub.ListCalls(svc.ListCallsRequest())).calls
 
 
+async def test_a_network_offer_without_a_direction_offers_it_best_effort(network: Network) -> None:
+    """FLOW-20 for a provider's offer, as for a CreateCall: the caller's absent receiving
+    direction is BEST_EFFORT, mirrored into the callee's sending."""
+    stub, provider = network.stub, network.provider
+    await open_line(stub)
+    name = await provider.ring(spec=flowspec_pb2.QosSpec(sending=flow(rate=300_000)))
+    assert name is not None
+    call = await get(stub, name)
+    assert call.requested_qos.receiving.token_rate_bytes_per_second == 300_000
+    assert call.requested_qos.sending == flowspec_pb2.FlowSpec(service_type=ST.SERVICE_TYPE_BEST_EFFORT)
+    answered = await stub.AnswerCall(answer_request(name), metadata=BOB)
+    assert answered.state == State.STATE_CONNECTED
+    assert answered.granted_qos.sending.service_type == ST.SERVICE_TYPE_BEST_EFFORT
+
+
+async def test_a_threaded_provider_offers_calls_from_its_own_loop(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A provider with `threaded = true` runs on a loop of its own: the calls it offers from there
+    are handed to the server's loop (HostOnLoop.offer_call), and its admit runs on its loop."""
+    import asyncio
+
+    settings = {"providers": {"net": {"plugin": "incoming_kit:NetworkProvider", "threaded": True}}}
+    async with (
+        testing.InProcessServer(tmp_path, default_provider="net", **settings) as server,
+        grpc.aio.insecure_channel(server.target) as channel,
+    ):
+        stub = svc_grpc.CallQosServiceStub(channel)
+        info = server.running.providers.get("providers/net")
+        provider = info.provider
+        assert isinstance(provider, NetworkProvider) and info.thread is not None
+        await open_line(stub)
+        offered = asyncio.run_coroutine_threadsafe(provider.ring(), info.thread.loop)
+        name = await asyncio.wrap_future(offered)
+        assert name is not None and (await get(stub, name)).state == State.STATE_OFFERING
+        answered = await stub.AnswerCall(answer_request(name), metadata=BOB)
+        assert answered.state == State.STATE_CONNECTED
+        assert provider.admitted_on == [info.thread.loop]
+
+
 async def wait_until(condition, within: float = 5.0) -> None:  # type: ignore[no-untyped-def]
     import asyncio
 

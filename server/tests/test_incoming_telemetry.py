@@ -34,8 +34,8 @@ async def test_the_answer_continues_the_offers_trace_and_links_to_its_rpc(traced
     await open_line(stub)
     caller, callee = await call_line(stub)
     await stub.AnswerCall(answer_request(callee.name), metadata=BOB)
-    offer_rpc = traced.rpc("CreateCall")
-    answer_rpc = traced.rpc("AnswerCall")
+    offer_rpc = await traced.rpc("CreateCall")
+    answer_rpc = await traced.rpc("AnswerCall")
     assert trace_id(offer_rpc) != trace_id(answer_rpc), "two RPCs, two client traces"
     (answer,) = spans_named(traced, "callqos.answer")
     assert answer.context.trace_id == offer_rpc.context.trace_id

@@ -28,7 +28,7 @@ import pytest
 from incoming_kit import CAROL, get, open_line, wait_for_state
 from server_testkit import CAPACITY, make_request, qos, reason
 
-from callqos.server.testing import PostgresServer, ServerProcess
+from callqos.server.testing import InProcessServer, PostgresServer, ServerProcess
 from callqos.v1 import call_pb2, event_pb2
 from callqos.v1 import callqos_service_pb2 as svc
 from callqos.v1 import callqos_service_pb2_grpc as svc_grpc
@@ -329,3 +329,31 @@ async def test_the_next_leader_prunes_retention(postgres: PostgresServer) -> Non
                     assert reason(error) == "CURSOR_EXPIRED"
                     break
                 await asyncio.sleep(0.2)
+
+
+# -- a threaded provider on replicas ----------------------------------------------------------
+async def test_a_threaded_reference_provider_shares_the_books_across_replicas(database_url: str) -> None:
+    """`threaded = true` runs the provider on a loop of its own; its shared ledger still runs
+    every transaction on the server's loop (where the database connections are), so two
+    replicas still never admit beyond the link together, and a refused block writes nothing."""
+    threaded = {"reference": {"threaded": True}, "no-qos": {}}
+    async with (
+        InProcessServer(storage="postgresql", database_url=database_url, providers=threaded) as first,
+        InProcessServer(storage="postgresql", database_url=database_url, providers=threaded) as second,
+        grpc.aio.insecure_channel(first.target) as one,
+        grpc.aio.insecure_channel(second.target) as two,
+    ):
+        stubs = [svc_grpc.CallQosServiceStub(one), svc_grpc.CallQosServiceStub(two)]
+        rate = 250_000
+        outcomes = await asyncio.gather(
+            *(stubs[i % 2].CreateCall(make_request(qos(rate))) for i in range(12)), return_exceptions=True
+        )
+        granted = [o for o in outcomes if isinstance(o, call_pb2.Call)]
+        assert len(granted) == CAPACITY // rate
+        assert {reason(o) for o in outcomes if isinstance(o, grpc.aio.AioRpcError)} == {"QOS_UNAVAILABLE"}
+        for stub in stubs:
+            (link,) = (await stub.ListLinks(svc.ListLinksRequest(parent="providers/reference"))).links
+            assert (link.sending_reserved_bytes_per_second, link.reservation_count) == (
+                len(granted) * rate,
+                len(granted),
+            )

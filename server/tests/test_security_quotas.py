@@ -173,6 +173,38 @@ async def test_open_watch_streams_per_principal(tmp_path: Path, issuer: TestIssu
             stream.cancel()
 
 
+async def test_the_watch_quota_and_the_per_principal_cap_bind_whichever_is_lower(
+    tmp_path: Path, issuer: TestIssuer
+) -> None:
+    """acme's quota (2) is below the server's per-principal cap (3): alice of acme is refused
+    QUOTA_EXCEEDED at 2. globex's quota (10) is above it: alice of globex is refused
+    TOO_MANY_WATCHERS (scope principal) at 3. The two alices are different principals."""
+    settings = jwt_settings(
+        issuer,
+        quota_watchers_per_principal=2,
+        tenant_quotas={"globex": {"watchers_per_principal": 10}},
+        max_watchers_per_principal=3,
+    )
+    async with InProcessServer(tmp_path, **settings) as server, grpc.aio.insecure_channel(server.target) as channel:
+        stub = svc_grpc.CallQosServiceStub(channel)
+        opened = []
+        for tenant, allowed, refused in (("acme", 2, "QUOTA_EXCEEDED"), ("globex", 3, "TOO_MANY_WATCHERS")):
+            alice = bearer(issuer.token("alice", tenant=tenant))
+            for _ in range(allowed):
+                stream = stub.WatchEvents(svc.WatchEventsRequest(), metadata=alice)
+                await stream.initial_metadata()
+                opened.append(stream)
+            error = await rpc_error(stub.WatchEvents(svc.WatchEventsRequest(), metadata=alice).read())
+            assert (error.code(), reason(error)) == (EXHAUSTED, refused), tenant
+            if refused == "QUOTA_EXCEEDED":
+                assert details(error)["QuotaFailure"].violations[0].subject == f"principal:{tenant}/alice"
+            else:
+                assert details(error)["ErrorInfo"].metadata["scope"] == "principal"
+        assert server.running.servicer.open_watchers == 5
+        for stream in opened:
+            stream.cancel()
+
+
 @settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
     limit=st.integers(1, 6),

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
 
-from callqos.server.config import Config, ConfigError, load
+from callqos.server.config import SETTINGS, Config, ConfigError, load
 
 
 def test_embedded_defaults() -> None:
@@ -47,6 +48,11 @@ def test_config_file_from_environment(tmp_path: Path) -> None:
         ({"CALLQOS_LISTEN": "nowhere"}, "listen"),
         ({"CALLQOS_DEFAULT_PROVIDER": "ghost"}, "default_provider"),
         ({"CALLQOS_PROVIDER_TIMEOUT_SECONDS": "0"}, "provider_timeout_seconds"),
+        ({"CALLQOS_LISTEN": "127.0.0.1:99999"}, "port 99999 is out of range"),
+        ({"CALLQOS_METRICS_LISTEN": "127.0.0.1:65536"}, "metrics_listen: port 65536"),
+        ({"CALLQOS_MAX_CONCURRENT_STREAMS": "1000"}, r"max_pending_rpcs \(128000\) must be at least"),
+        ({"CALLQOS_SHUTDOWN_GRACE_SECONDS": "30"}, "shutdown_timeout_seconds"),
+        ({"CALLQOS_MAX_WATCHERS_PER_PRINCIPAL": "0"}, "max_watchers_per_principal"),
     ],
 )
 def test_bad_settings_are_named(env: dict[str, str], message: str) -> None:
@@ -72,23 +78,12 @@ def test_example_config_is_the_embedded_defaults(tmp_path: Path) -> None:
     example = Path(__file__).resolve().parents[1] / "config" / "callqos.example.toml"
     config = load(example, env={})
     defaults = Config()
-    for field in (
-        "listen",
-        "data_dir",
-        "storage",
-        "default_provider",
-        "provider_timeout_seconds",
-        "event_retention_count",
-        "event_retention_seconds",
-        "max_message_bytes",
-        "max_concurrent_streams",
-        "max_watchers",
-        "shutdown_grace_seconds",
-        "reflection",
-        "log_level",
-        "metrics_listen",
-    ):
-        assert getattr(config, field) == getattr(defaults, field), field
+    # Every setting is written out in the file (port_file commented: it has no default value).
+    text = example.read_text()
+    for name in SETTINGS:
+        assert re.search(rf"^#? ?{name} = ", text, re.MULTILINE) or name == "providers", f"{name} missing"
+        if name not in ("providers", "port_file"):
+            assert getattr(config, name) == getattr(defaults, name), name
     assert set(config.providers) == set(defaults.providers)
     assert config.providers["reference"]["links"] == [DEFAULT_LINK]
 

@@ -390,12 +390,14 @@ async def test_stable_rpc_semconv_with_dup(config: Config) -> None:
         assert span.attributes["rpc.response.status_code"] == "NOT_FOUND"
         assert span.attributes["rpc.grpc.status_code"] == grpc.StatusCode.NOT_FOUND.value[0]
         assert span.attributes["network.peer.address"] == "127.0.0.1"
-        (new_point,) = [
-            p for a, p in traced.metric("rpc.server.call.duration") if a["rpc.method"] == f"{SERVICE}/GetCall"
+        (point,) = [
+            (a, p) for a, p in traced.metric("rpc.server.call.duration") if a["rpc.method"] == f"{SERVICE}/GetCall"
         ]
-        assert new_point.count == 1
-        (old_point,) = [p for a, p in traced.metric("rpc.server.duration") if a["rpc.method"] == "GetCall"]
-        assert old_point.count == 1
+        attributes, data = point
+        assert data.count == 1
+        # Both conventions' attributes on the one histogram in seconds.
+        assert attributes["rpc.response.status_code"] == "NOT_FOUND" and attributes["rpc.grpc.status_code"] == 5
+        assert traced.metric("rpc.server.duration") == []  # no second histogram in milliseconds
 
 
 # -- metrics ------------------------------------------------------------------------------------
@@ -423,9 +425,15 @@ async def test_metric_values_after_a_known_sequence(traced: Traced) -> None:
         ("providers/reference", "CONTROLLED_LOAD", "granted", None): 2,
         ("providers/reference", "CONTROLLED_LOAD", "refused", "QOS_UNAVAILABLE"): 1,
     }
-    assert values("callqos.renegotiations", "callqos.outcome", "callqos.reason") == {
-        ("granted", None): 1,
-        ("refused", "QOS_UNAVAILABLE"): 1,
+    assert values("callqos.renegotiations", "callqos.provider", "callqos.outcome", "callqos.reason") == {
+        ("providers/reference", "granted", None): 1,
+        ("providers/reference", "refused", "QOS_UNAVAILABLE"): 1,
+        # Present from the start, at 0: the series exist before the first renegotiation.
+        ("providers/reference", "refused", None): 0,
+        ("providers/reference", "error", None): 0,
+        ("providers/failing", "granted", None): 0,
+        ("providers/failing", "refused", None): 0,
+        ("providers/failing", "error", None): 0,
     }
     assert values("callqos.calls.active", "callqos.provider", "callqos.service_type") == {
         ("providers/reference", "CONTROLLED_LOAD"): 1,
@@ -439,7 +447,9 @@ async def test_metric_values_after_a_known_sequence(traced: Traced) -> None:
         (other, "receiving"): 0,
     }
     assert values("callqos.watch.streams") == {(): 1}
-    durations = {(a["rpc.method"], a["rpc.grpc.status_code"]): p.count for a, p in traced.metric("rpc.server.duration")}
+    durations = {
+        (a["rpc.method"], a["rpc.grpc.status_code"]): p.count for a, p in traced.metric("rpc.server.call.duration")
+    }
     assert (
         durations[("CreateCall", 0)] == 2
         and durations[("CreateCall", grpc.StatusCode.RESOURCE_EXHAUSTED.value[0])] == 1

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import urllib.request
+from importlib import metadata
 
 import grpc
 import pytest
@@ -139,6 +140,7 @@ async def test_prometheus_endpoint_serves_the_service_metrics(config: Config) ->
             stub = svc_grpc.CallQosServiceStub(channel)
             await stub.CreateCall(make_request(qos(100_000)))
             await rpc_error(stub.CreateCall(make_request(qos(CAPACITY))))
+        await asyncio.sleep(0.3)  # a few event-loop lag measurements (one per 0.1 s)
         text = await asyncio.to_thread(_scrape, port)
     finally:
         await running.stop()
@@ -152,6 +154,16 @@ async def test_prometheus_endpoint_serves_the_service_metrics(config: Config) ->
     assert sample("callqos_admissions_total", 'callqos_outcome="refused"', 'callqos_reason="QOS_UNAVAILABLE"') == 1
     assert sample("callqos_link_reserved_bytes_per_second", 'callqos_direction="sending"') == 100_000
     assert sample("callqos_calls_active", 'callqos_service_type="CONTROLLED_LOAD"') == 1
-    assert any(ln.startswith("rpc_server_duration_milliseconds_count{") for ln in lines)
+    assert any(ln.startswith("rpc_server_call_duration_seconds_count{") for ln in lines)
+    assert not any("milliseconds" in ln for ln in lines)
+    # Before any renegotiation, the counter is there at 0.
+    assert sample("callqos_renegotiations_total", "reference", 'callqos_outcome="granted"') == 0
+    # The build and the process, as a scraper expects of any service.
+    assert sample("callqos_build_info", f'version="{metadata.version("callqos-server")}"') == 1
+    # The event loop's lag is measured all along (every 0.1 s), in seconds.
+    (lag,) = [ln for ln in lines if ln.startswith("callqos_event_loop_lag_seconds_count")]
+    assert float(lag.rsplit(" ", 1)[1]) >= 1
+    for name in ("process_cpu_seconds_total", "process_resident_memory_bytes", "process_start_time_seconds"):
+        assert any(ln.startswith(name + " ") for ln in lines), name
     with pytest.raises(OSError):  # closed with the server
         await asyncio.to_thread(_scrape, port)

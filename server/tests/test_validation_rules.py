@@ -7,8 +7,8 @@ import grpc
 import pytest
 from server_testkit import ST, flow, make_request, qos, reason, reserved, rpc_error, violated_fields
 
-from callqos.v1 import call_pb2, flowspec_pb2
 from callqos.v1 import callqos_service_pb2 as svc
+from callqos.v1 import flowspec_pb2
 
 CL = ST.SERVICE_TYPE_CONTROLLED_LOAD
 BE = ST.SERVICE_TYPE_BEST_EFFORT
@@ -114,9 +114,8 @@ async def test_invalid_call_fields_are_rejected(stub, request_fields: dict, fiel
     assert (await stub.ListCalls(svc.ListCallsRequest())).calls == []
 
 
-async def test_missing_qos_is_rejected(stub) -> None:
-    error = await rpc_error(stub.CreateCall(svc.CreateCallRequest(call=call_pb2.Call(destination="sip:x"))))
-    assert violated_fields(error) == {"call.requested_qos"}
+async def test_missing_call_is_rejected(stub) -> None:
+    # (A missing QoS is no error: an absent direction is best effort, test_absent_direction.py.)
     error = await rpc_error(stub.CreateCall(svc.CreateCallRequest()))
     assert violated_fields(error) == {"call"}
 

@@ -200,8 +200,8 @@ func (c *Client) CloseLine(ctx context.Context, name string) (*callqosv1.Line, e
 }
 
 // AnswerCall answers an offered call (lineAnswer). req.Qos, in the answering call's own terms,
-// may only lower the offer; nil accepts it as offered (SERVICE_TYPE_NO_CHANGE keeps one
-// direction as offered). At NEEDED an answer below the caller's request fails the call with a
+// may only lower the offer; nil accepts it as offered (a direction left out, or
+// SERVICE_TYPE_NO_CHANGE, keeps that direction as offered). At NEEDED an answer below the caller's request fails the call with a
 // *QosUnavailableError. Without a request_id, one is generated, so it can be retried safely.
 func (c *Client) AnswerCall(ctx context.Context, req *callqosv1.AnswerCallRequest) (*callqosv1.Call, error) {
 	return unary(c, ctx, req, c.api.AnswerCall)

@@ -17,8 +17,8 @@ import (
 // TestTLSAndTokens runs against a server of its own that requires mTLS and accepts bearer
 // tokens, with certificates and tokens made for it by the server's test kit.
 func TestTLSAndTokens(t *testing.T) {
-	if os.Getenv("CALLQOS_ADDR") != "" {
-		t.Skip("CALLQOS_ADDR: no server of our own to start")
+	if os.Getenv("CALLQOS_TARGET") != "" {
+		t.Skip("CALLQOS_TARGET: no server of our own to start")
 	}
 	srv, err := testserver.StartSecure()
 	if err != nil {

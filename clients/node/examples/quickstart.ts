@@ -1,6 +1,7 @@
 // The callqos API in one walk: ask for more QoS than the link has, get refused with a
 // counter-offer, take it, renegotiate down, drop the call, then replay its events.
 //
+//   node dist/examples/quickstart.js                  # CALLQOS_TARGET, else CALLQOS_LISTEN, else 127.0.0.1:50051
 //   node dist/examples/quickstart.js 127.0.0.1:50051
 import { pathToFileURL } from "node:url";
 import {
@@ -9,6 +10,7 @@ import {
   QosEventType,
   QosUnavailableError,
   ServiceLevel,
+  defaultTarget,
 } from "../src/index.js";
 
 export async function run(address: string, log: (line: string) => void = console.log): Promise<void> {
@@ -62,5 +64,5 @@ export async function run(address: string, log: (line: string) => void = console
 }
 
 if (import.meta.url === pathToFileURL(process.argv[1] ?? "").href) {
-  await run(process.argv[2] ?? "127.0.0.1:50051");
+  await run(process.argv[2] ?? defaultTarget());
 }

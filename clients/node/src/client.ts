@@ -207,7 +207,7 @@ export class CallQosClient {
 
   /**
    * Answers an offered call (lineAnswer). `req.qos`, in the answering call's terms, may only lower
-   * the offer; unset accepts it (SERVICE_TYPE_NO_CHANGE keeps one direction as offered). At
+   * the offer; unset accepts it (a direction left out, or SERVICE_TYPE_NO_CHANGE, keeps it as offered). At
    * NEEDED an answer below the caller's request throws QosUnavailableError.
    */
   answerCall(req: MessageInitShape<typeof AnswerCallRequestSchema>, options?: CallOptions): Promise<Call> {

@@ -11,6 +11,7 @@ export {
 export { CallQosError, QosUnavailableError, DOMAIN, codeOf, decodeError, reasonString } from "./errors.js";
 export { defaultResumePolicy, type ResumePolicy } from "./policy.js";
 export { ControlledLoad } from "./qos.js";
+export { DEFAULT_ADDRESS, LISTEN_ENV, TARGET_ENV, defaultTarget } from "./target.js";
 export { EventWatcher, START_SEQUENCE_HEADER, type WatchOptions } from "./watch.js";
 export { OfferWatcher } from "./offers.js";
 export { tracingInterceptor } from "./tracing.js";

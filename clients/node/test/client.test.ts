@@ -352,8 +352,8 @@ describe("tracing", () => {
   });
 
   test("a stream the server ends with an error mid-way ends its span then, with ERROR", async (t) => {
-    if (process.env.CALLQOS_ADDR) {
-      t.skip("stops its own server, which CALLQOS_ADDR does not provide");
+    if (process.env.CALLQOS_TARGET) {
+      t.skip("stops its own server, which CALLQOS_TARGET does not provide");
       return;
     }
     const own = await startServer();

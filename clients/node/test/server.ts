@@ -1,6 +1,6 @@
 // Runs a real callqos server on a free loopback port for the tests:
 // `callqos serve --listen 127.0.0.1:0 --port-file F --storage memory`. The program is
-// $CALLQOS_BIN, else ../../.venv/bin/callqos; CALLQOS_ADDR uses a running server instead.
+// $CALLQOS_BIN, else ../../.venv/bin/callqos; CALLQOS_TARGET uses a running server instead.
 import { spawn, spawnSync, type ChildProcess } from "node:child_process";
 import { existsSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
@@ -12,17 +12,22 @@ export interface TestServer {
   stop(): Promise<void>;
 }
 
+// The server reads only what it is given: no CALLQOS_* of the caller's shell.
+function serverEnv(): NodeJS.ProcessEnv {
+  return Object.fromEntries(Object.entries(process.env).filter(([key]) => !key.startsWith("CALLQOS_")));
+}
+
 function serverBinary(): string {
   const bin = process.env.CALLQOS_BIN ?? resolve("../../.venv/bin/callqos");
   if (!existsSync(bin)) {
-    throw new Error(`no ${bin}: run \`make venv\` at the top, or set CALLQOS_BIN or CALLQOS_ADDR`);
+    throw new Error(`no ${bin}: run \`make venv\` at the top, or set CALLQOS_BIN or CALLQOS_TARGET`);
   }
   return bin;
 }
 
 export async function startServer(): Promise<TestServer> {
-  if (process.env.CALLQOS_ADDR) {
-    return { address: process.env.CALLQOS_ADDR, stop: async () => {} };
+  if (process.env.CALLQOS_TARGET) {
+    return { address: process.env.CALLQOS_TARGET, stop: async () => {} };
   }
   const dir = mkdtempSync(join(tmpdir(), "callqos-node-test-"));
   return start(serverBinary(), dir, ["--storage", "memory"]);
@@ -54,7 +59,7 @@ async function start(bin: string, dir: string, args: string[]): Promise<TestServ
   const child: ChildProcess = spawn(
     bin,
     ["serve", "--listen", "127.0.0.1:0", "--port-file", portFile, ...args],
-    { stdio: ["ignore", "inherit", "inherit"] },
+    { stdio: ["ignore", "inherit", "inherit"], env: serverEnv() },
   );
   const exited = new Promise<number | null>((res) => child.on("exit", (code) => res(code)));
   let exitCode: number | null | undefined;

@@ -11,11 +11,22 @@ header, a watch "from now" resumes from the start-sequence header, errors carry 
 - The ``google.rpc.ErrorInfo`` domain and reason strings of the errors the service sends, and the
   gRPC status code of each reason, read from the ``(callqos.v1.grpc_code)`` option on every
   ``ErrorReason`` value in ``protos/callqos/v1/errors.proto`` (the only place it is decided).
-- The default address, and the environment variables the client and CLI read.
+- The address convention (below), and the environment variables the client and CLI read.
+
+The address convention — one for the server, the CLI, the clients in every language, their tests
+and the examples:
+
+- The server listens on ``CALLQOS_LISTEN`` (its ``listen`` setting; ``--listen``), default
+  ``127.0.0.1:50051``.
+- A client connects to ``CALLQOS_TARGET`` (the CLI's ``--target``). Without it, to the address in
+  ``CALLQOS_LISTEN`` — with a wildcard host (``0.0.0.0``, ``[::]``, empty) read as loopback — so
+  that a shell that set only the server's variable reaches that server. Without either, to
+  ``127.0.0.1:50051``.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Any
@@ -51,8 +62,11 @@ REASON_PREFIX = "ERROR_REASON_"
 
 #: Where a server listens and a client connects when told nothing else.
 DEFAULT_TARGET = "127.0.0.1:50051"
-#: Environment variables of the client (``Client.from_env``) and the CLI.
+#: Where a client connects (the CLI's ``--target``; every client's default target).
 TARGET_ENV = "CALLQOS_TARGET"
+#: Where the server listens (its ``listen`` setting); clients fall back to it (see the module).
+LISTEN_ENV = "CALLQOS_LISTEN"
+#: The principal the CLI sends when ``--principal`` is not given.
 PRINCIPAL_ENV = "CALLQOS_PRINCIPAL"
 #: A bearer token, or a file holding one (re-read when it changes, as rotated tokens are).
 TOKEN_ENV = "CALLQOS_TOKEN"
@@ -63,6 +77,24 @@ TOKEN_FILE_ENV = "CALLQOS_TOKEN_FILE"
 TLS_CA_ENV = "CALLQOS_TLS_CA"
 TLS_CERT_ENV = "CALLQOS_TLS_CLIENT_CERT"
 TLS_KEY_ENV = "CALLQOS_TLS_CLIENT_KEY"
+
+_WILDCARD_HOSTS = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "[::]": "[::1]", "::": "[::1]"}
+
+
+def default_target(env: Mapping[str, str] | None = None) -> str:
+    """Where a client connects when given no target: ``CALLQOS_TARGET``, else the address the
+    server listens on by ``CALLQOS_LISTEN`` (a wildcard host as loopback), else
+    ``DEFAULT_TARGET``."""
+    env = os.environ if env is None else env
+    target = env.get(TARGET_ENV, "").strip()
+    if target:
+        return target
+    listen = env.get(LISTEN_ENV, "").strip()
+    if listen:
+        host, sep, port = listen.rpartition(":")
+        if sep:
+            return f"{_WILDCARD_HOSTS.get(host, host)}:{port}"
+    return DEFAULT_TARGET
 
 
 # The extension handle of the option. Typed Any: the generated .pyi calls it a plain

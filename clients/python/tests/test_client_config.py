@@ -30,9 +30,10 @@ def test_creates_and_renegotiations_always_carry_a_request_id() -> None:
     )
     assert create.request_id and renegotiate.request_id
     assert create.request_id != _create().request_id
-    # Directions left out: best effort on create, NO_CHANGE on renegotiation.
-    assert create.call.requested_qos.sending.service_type == flowspec_pb2.SERVICE_TYPE_BEST_EFFORT
-    assert renegotiate.qos.receiving.service_type == flowspec_pb2.SERVICE_TYPE_NO_CHANGE
+    # Directions left out are left out: the server reads them as best effort on create and as
+    # NO_CHANGE on renegotiation (SPEC.md FLOW-20), so the client fills nothing in silently.
+    assert not create.call.requested_qos.HasField("sending")
+    assert not renegotiate.qos.HasField("receiving")
     assert renegotiate.name == "calls/x"
 
 

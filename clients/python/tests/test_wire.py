@@ -61,3 +61,23 @@ def test_grpc_code_has_google_rpc_codes_names_and_numbers() -> None:
     google = {v.number: v.name for v in code_pb2.Code.DESCRIPTOR.values}
     assert ours.pop(0) == "UNSPECIFIED" and google.pop(0) == "OK"
     assert ours == google
+
+
+@pytest.mark.parametrize(
+    ("env", "target"),
+    [
+        ({}, "127.0.0.1:50051"),
+        ({"CALLQOS_TARGET": "10.0.0.1:7000"}, "10.0.0.1:7000"),
+        ({"CALLQOS_TARGET": "10.0.0.1:7000", "CALLQOS_LISTEN": "127.0.0.1:6000"}, "10.0.0.1:7000"),
+        ({"CALLQOS_LISTEN": "127.0.0.1:6000"}, "127.0.0.1:6000"),
+        ({"CALLQOS_LISTEN": "0.0.0.0:6000"}, "127.0.0.1:6000"),
+        ({"CALLQOS_LISTEN": "[::]:6000"}, "[::1]:6000"),
+        ({"CALLQOS_LISTEN": "[::1]:6000"}, "[::1]:6000"),
+        ({"CALLQOS_LISTEN": "server.example:6000"}, "server.example:6000"),
+        ({"CALLQOS_TARGET": " ", "CALLQOS_LISTEN": "127.0.0.1:6000"}, "127.0.0.1:6000"),
+    ],
+)
+def test_the_address_convention(env: dict[str, str], target: str) -> None:
+    """A client connects to CALLQOS_TARGET, else to where CALLQOS_LISTEN makes the server listen
+    (a wildcard host read as loopback), else to the default address."""
+    assert wire.default_target(env) == target

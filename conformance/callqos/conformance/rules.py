@@ -285,22 +285,8 @@ INVALID_CASES: tuple[InvalidCase, ...] = (
         lambda r: setattr(_sending(r), "service_type", 77),
         f"{Q}.sending.service_type",
     ),
-    InvalidCase(
-        20,
-        "requested QoS missing",
-        ("FLOW-1", "FLOW-18"),
-        "call.proto CreateCallRequest: requested_qos (LINECALLPARAMS flowspecs)",
-        lambda r: r.call.ClearField("requested_qos"),
-        Q,
-    ),
-    InvalidCase(
-        21,
-        "receiving direction missing",
-        ("FLOW-1", "FLOW-18"),
-        "Winsock2 QOS: SendingFlowspec and ReceivingFlowspec",
-        lambda r: r.call.requested_qos.ClearField("receiving"),
-        f"{Q}.receiving",
-    ),
+    # 20 and 21 (a missing QoS, a missing direction) were withdrawn with FLOW-18: an absent
+    # direction is best effort (FLOW-20, CORE-VAL-031). Check ids are never reused.
     InvalidCase(
         22,
         "provider-specific data above 4096 bytes",

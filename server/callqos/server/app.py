@@ -6,17 +6,23 @@ asked for), run the background work (`background`), and shut down gracefully on 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import os
 import signal
+import socket
+import sys
+import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 
+from callqos.server import reflection
 from callqos.server.background import Background
 from callqos.server.config import Config, is_loopback
+from callqos.server.containment import Containment, LoopLag
 from callqos.server.events import EventHub
 from callqos.server.hosting import HostedProviders
 from callqos.server.incoming import Switchboard
@@ -29,6 +35,7 @@ from callqos.server.store.sqlite import MEMORY, SqliteStore
 from callqos.server.telemetry import Telemetry
 from callqos.server.telemetry import setup as telemetry_setup
 from callqos.server.telemetry.interceptor import TelemetryInterceptor
+from callqos.server.watchers import Watchers, WatchLimits
 from callqos.v1 import callqos_service_pb2 as svc
 
 log = logging.getLogger("callqos.server")
@@ -36,12 +43,55 @@ log = logging.getLogger("callqos.server")
 SERVICE_NAME = svc.DESCRIPTOR.services_by_name["CallQosService"].full_name
 
 
+class ListenError(OSError):
+    """An address the server cannot listen on; the message says which, and why."""
+
+
+def check_listen(address: str, setting: str) -> None:
+    """Bind `address` (HOST:PORT) once with a plain socket and let go, so that a port in use or a
+    host that does not resolve is reported in one line before gRPC tries (whose failure is a core
+    log line and an exception). Port 0 (any free port) needs no check."""
+    host, _, port = address.rpartition(":")
+    if int(port) == 0:
+        return
+    try:
+        candidates = socket.getaddrinfo(host.strip("[]"), int(port), type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise ListenError(f"cannot listen on {address} ({setting}): {exc.strerror}") from None
+    reasons = []
+    for family, kind, protocol, _, bound in candidates:
+        with socket.socket(family, kind, protocol) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gRPC binds
+            try:
+                probe.bind(bound)
+                return
+            except OSError as exc:
+                reasons.append((exc.strerror or str(exc)).lower())
+    raise ListenError(f"cannot listen on {address} ({setting}): {reasons[0] if reasons else 'no address'}")
+
+
 def grpc_options(config: Config) -> list[tuple[str, int]]:
-    """Limits set explicitly, not left to library defaults."""
+    """Limits set explicitly, not left to library defaults.
+
+    Overload is refused where a retry is safe and cheap, never by cancelling an RPC: a connection
+    beyond `max_connections` is closed as it opens, and a stream beyond `max_concurrent_streams`
+    on a connection is refused with HTTP/2 REFUSED_STREAM (gRPC's overload protection counts a
+    stream until the server has finished with it). Both reach every gRPC client as UNAVAILABLE
+    before the request was seen (REFUSED_STREAM is even retried transparently), and the clients'
+    policy retries UNAVAILABLE. So at most max_connections x max_concurrent_streams RPCs can be
+    waiting for the server, and gRPC's own pending-request limit — which *cancels* RPCs beyond
+    it, 1000 by default — is set to `max_pending_rpcs`, which config.validate keeps at least that.
+    """
     return [
         ("grpc.max_receive_message_length", config.max_message_bytes),
         ("grpc.max_send_message_length", config.max_message_bytes),
+        ("grpc.max_metadata_size", config.max_metadata_bytes),
+        ("grpc.absolute_max_metadata_size", config.max_metadata_bytes),
         ("grpc.max_concurrent_streams", config.max_concurrent_streams),
+        ("grpc.http.overload_protection", 1),
+        ("grpc.max_allowed_incoming_connections", config.max_connections),
+        ("grpc.server.max_pending_requests", config.max_pending_rpcs),
+        ("grpc.server.max_pending_requests_hard_limit", config.max_pending_rpcs),
         # Keepalive: let long-lived watch streams survive idle NATs, and let clients ping
         # every 10 s or more without being told GOAWAY too_many_pings.
         ("grpc.keepalive_time_ms", 30_000),
@@ -72,7 +122,10 @@ class Running:
     certificates: CertificateFiles | None = None
     health_server: grpc.aio.Server | None = None
     health_port: int = 0
+    # The leader's duties and readiness (`background`); the watchers' supervisor and the
+    # loop-lag probe.
     background: Background | None = None
+    _background: list[asyncio.Task[None]] = field(default_factory=list)
     _owns_telemetry: bool = True
 
     async def stop(self) -> None:
@@ -87,6 +140,10 @@ class Running:
             await self.health_server.stop(0)
         if self.background is not None:
             await self.background.stop()
+        for task in self._background:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         await self.providers.stop()
         await self.store.close()
         if self.config.port_file is not None:
@@ -148,11 +205,13 @@ async def _start(
     store = await open_store(config)
     hub = EventHub(store)
     await hub.start()
+    containment = Containment(config.provider_cancel_grace_seconds, config.loop_lag_warning_seconds)
     providers = HostedProviders(
         config.providers,
         config.default_provider,
         config.provider_timeout_seconds,
         telemetry=instruments,
+        containment=containment,
         ledger=store.shared_ledger(),
     )
     guard = Guard(config)
@@ -164,20 +223,26 @@ async def _start(
         instruments.call_committed(call)
     for info in providers.all():
         await providers.refresh_link_metrics(info)
+    instruments.providers_hosted(info.name for info in providers.all())
 
     # The telemetry interceptor runs first, so the span covers the other interceptors too.
     tracing = TelemetryInterceptor(instruments, telemetry.excluded_services)
     server = grpc.aio.server(options=grpc_options(config), interceptors=[tracing, *(interceptors or [])])
-    servicer = CallQosServicer(calls, hub, providers, config.max_watchers, guard, lines)
+    watchers = Watchers(
+        WatchLimits(
+            total=config.max_watchers,
+            per_principal=config.max_watchers_per_principal,
+            stall_seconds=config.watch_stall_seconds,
+            backlog_events=config.watch_backlog_events,
+        )
+    )
+    servicer = CallQosServicer(calls, hub, providers, watchers, guard, lines)
     instruments.open_watch_streams = lambda: servicer.open_watchers
     add_to_server(servicer, server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     if config.reflection:
-        reflection.enable_server_reflection(
-            (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
-            server,
-        )
+        reflection.enable(server, (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name))
     certificates = None
     try:
         if config.tls_cert is not None and config.tls_key is not None:
@@ -186,21 +251,29 @@ async def _start(
         else:
             port = server.add_insecure_port(config.listen)
         if port == 0:
-            raise OSError(f"cannot listen on {config.listen}")
+            raise ListenError(f"cannot listen on {config.listen} (listen)")
         if config.proxy_listen and server.add_insecure_port(config.proxy_listen) == 0:
-            raise OSError(f"cannot listen on {config.proxy_listen}")
-    except (OSError, RuntimeError, ValueError) as exc:
+            raise ListenError(f"cannot listen on {config.proxy_listen} (proxy_listen)")
+    except RuntimeError as exc:  # in use since check_listen looked, or a host gRPC cannot bind
         await store.close()
+        raise ListenError(f"cannot listen on {config.listen} (listen): {exc}") from exc
+    except (OSError, ValueError) as exc:  # ListenError, or TLS files that cannot be read or used
+        await store.close()
+        if isinstance(exc, ListenError):
+            raise
         raise OSError(str(exc)) from exc
     health_server, health_port = None, 0
     if config.health_listen:
         # Probes that cannot speak TLS (Kubernetes' grpc probe) ask here; it serves nothing else.
         health_server = grpc.aio.server(options=grpc_options(config))
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, health_server)
-        health_port = health_server.add_insecure_port(config.health_listen)
+        try:
+            health_port = health_server.add_insecure_port(config.health_listen)
+        except RuntimeError:
+            health_port = 0
         if health_port == 0:
             await store.close()
-            raise OSError(f"cannot listen on {config.health_listen}")
+            raise ListenError(f"cannot listen on {config.health_listen} (health_listen)")
         await health_server.start()
     await server.start()
     for name in ("", SERVICE_NAME):
@@ -229,6 +302,12 @@ async def _start(
         set_serving=running.set_serving,
     )
     running.background.start()
+    running._background = [
+        asyncio.create_task(watchers.supervise(lambda: hub.last_sequence)),
+        asyncio.create_task(
+            LoopLag(containment.clock, instruments.record_loop_lag, config.loop_lag_warning_seconds).run()
+        ),
+    ]
     host = config.listen.rpartition(":")[0]
     log.info(
         "serving",
@@ -282,12 +361,54 @@ def _warn_if_exposed(config: Config) -> None:
         )
 
 
+class ShutdownDeadline:
+    """The hard deadline of a shutdown: once started (by the first SIGTERM/SIGINT) the process
+    exits `seconds` later whatever is still running — a provider that ignores cancellation, a
+    thread blocked in a provider, an event loop a provider blocks. A thread, so that it fires even
+    then; started from a signal handler (`signal.signal`, which runs between two bytecodes even
+    while a provider blocks the loop), so that a blocked loop cannot delay it either. A second
+    signal exits at once."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self._timer: threading.Timer | None = None
+
+    def start(self) -> None:
+        if self._timer is not None:
+            _exit_now(1, "second signal: exiting at once")
+        self._timer = threading.Timer(self.seconds, _exit_now, (1, f"shutdown took longer than {self.seconds:g}s"))
+        self._timer.daemon = True
+        self._timer.start()
+
+
+def _exit_now(status: int, why: str) -> None:
+    log.error("exiting without finishing the shutdown: %s", why)
+    _flush_and_exit(status)
+
+
+def _flush_and_exit(status: int) -> None:
+    for handler in logging.getLogger().handlers:
+        with contextlib.suppress(Exception):
+            handler.flush()
+    with contextlib.suppress(Exception):
+        sys.stdout.flush()
+        sys.stderr.flush()
+    os._exit(status)
+
+
 async def serve(config: Config, telemetry: Telemetry | None = None) -> None:
-    """Serve until SIGTERM or SIGINT, then shut down gracefully (telemetry flushed last)."""
+    """Serve until SIGTERM or SIGINT, then shut down gracefully (telemetry flushed last), within
+    `shutdown_timeout_seconds` at the latest (see ShutdownDeadline)."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+    deadline = ShutdownDeadline(config.shutdown_timeout_seconds)
+
+    def on_signal(signum: int, frame: object) -> None:
+        deadline.start()
+        loop.call_soon_threadsafe(stop.set)
+
     for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
+        signal.signal(signum, on_signal)
     if telemetry is None:
         telemetry = telemetry_setup.from_environment(config.metrics_listen)
     # The process's providers too, so provider plugins' own spans join the same traces.
@@ -300,3 +421,9 @@ async def serve(config: Config, telemetry: Telemetry | None = None) -> None:
     running._owns_telemetry = True  # flushed at the end of running.stop()
     await stop.wait()
     await running.stop()
+    abandoned = len(running.providers.containment.abandoned)
+    if abandoned:
+        # Everything is committed and closed; what is left are provider calls that ignore
+        # cancellation, which the event loop's own teardown would wait for for ever.
+        log.warning("exiting with %d provider calls that ignored cancellation still running", abandoned)
+        _flush_and_exit(0)

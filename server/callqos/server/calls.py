@@ -22,7 +22,7 @@ import contextlib
 import hashlib
 import logging
 import time
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 from google.protobuf import timestamp_pb2
@@ -285,7 +285,9 @@ class CallManager:
             admission = AdmissionRequest(name, call.destination, level, offered, principal)
             decided = Decided("admit", offered)
             try:
-                decision = await self.providers.call(info, "admit", info.provider.admit(admission), request=admission)
+                decision = await self.providers.call(
+                    info, "admit", lambda: info.provider.admit(admission), request=admission
+                )
                 if isinstance(decision, Grant):
                     self._check_grant(info, level, offered, decision.qos)
             except ServiceError as error:
@@ -413,6 +415,12 @@ class CallManager:
                 )
             level = request.service_level or call.service_level
             desired = resolve_no_change(request.qos, call.requested_qos)
+            if self._unchanged(call, level, desired):
+                # Nothing to change (SPEC.md SETQOS-8): the call as it is, no provider call, no
+                # event; recorded, so that a repeat of this request_id answers the same.
+                return await self._settle(
+                    Outcome(call=call, peers=(), events=[], failure=None, key=key, decided=None, release=None)
+                )
             asked = resolve_no_change(request.qos, call.granted_qos)
             offered = best_effort_qos(asked.provider_specific) if level == Level.SERVICE_LEVEL_BEST_EFFORT else asked
             limits = self._limits(call.tenant)
@@ -428,7 +436,7 @@ class CallManager:
             # itself is not touched, and the provider keeps the reservation it had.
             try:
                 decision = await self.providers.call(
-                    info, "renegotiate", info.provider.renegotiate(admission), request=admission
+                    info, "renegotiate", lambda: info.provider.renegotiate(admission), request=admission
                 )
                 if isinstance(decision, Grant):
                     self._check_grant(info, level, offered, decision.qos)
@@ -498,8 +506,16 @@ class CallManager:
                     back = AdmissionRequest(
                         call.name, call.destination, previous_level, previous, principal, current=decision.qos
                     )
-                    await self._quietly(info, "renegotiate", info.provider.renegotiate(back), back)
+                    await self._quietly(info, "renegotiate", lambda: info.provider.renegotiate(back), back)
                 raise
+
+    @staticmethod
+    def _unchanged(call: Call, level: int, desired: QosSpec) -> bool:
+        """A renegotiation that asks for what the call already asked for, at the same level — except
+        an IF_AVAILABLE call granted less than it asked, for which asking again may get more."""
+        if level != call.service_level or desired != call.requested_qos:
+            return False
+        return level != Level.SERVICE_LEVEL_IF_AVAILABLE or not qos_shortfalls(call.granted_qos, call.requested_qos)
 
     # -- drop -------------------------------------------------------------------------------
     async def drop(self, request: svc.DropCallRequest, caller: Caller) -> Call:
@@ -557,6 +573,10 @@ class CallManager:
             previous = QosSpec()
             previous.CopyFrom(call.granted_qos)
             if change.qos is None:
+                log.warning(
+                    "provider shed a call",
+                    extra={"call": call.name, "provider": call.provider, "why": change.message},
+                )
                 self._disconnect(call, Disconnect.DISCONNECT_REASON_QOS_UNAVAILABLE, _now())
                 events = [
                     self._event(
@@ -578,6 +598,10 @@ class CallManager:
                     ),
                 ]
             else:
+                log.info(
+                    "provider changed a call's QoS",
+                    extra={"call": call.name, "provider": call.provider, "why": change.message},
+                )
                 call.granted_qos.CopyFrom(change.qos)
                 call.update_time.CopyFrom(_now())
                 call.etag = etag_of(call)
@@ -644,13 +668,15 @@ class CallManager:
 
     async def _release_quietly(self, info: HostedProvider, name: str) -> None:
         try:
-            await self.providers.call(info, "release", info.provider.release(name), call=name)
+            await self.providers.call(info, "release", lambda: info.provider.release(name), call=name)
         except ServiceError:
             log.error("provider %s could not release %s; its reservation may leak", info.id, name)
 
     async def _quietly(
-        self, info: HostedProvider, operation: str, work: Awaitable[object], request: AdmissionRequest
+        self, info: HostedProvider, operation: str, work: Callable[[], Awaitable[object]], request: AdmissionRequest
     ) -> None:
+        """A provider call that takes back what a failed commit left it holding: contained like
+        any other (`work` starts it), and only logged when it fails."""
         try:
             await self.providers.call(info, operation, work, request=request)
         except ServiceError:

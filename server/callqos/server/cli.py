@@ -11,89 +11,153 @@ import asyncio
 import logging
 import os
 import sys
+import textwrap
 from collections.abc import Sequence
 from importlib import metadata
 from pathlib import Path
+from typing import Any
 
 # Before grpc is imported (by app below): gRPC core's own INFO lines (e.g. one per client GOAWAY)
 # are neither JSON nor actionable. GRPC_VERBOSITY=INFO still brings them back.
 os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 
+from callqos import wire
 from callqos.server import app, logs
 from callqos.server import config as config_module
 from callqos.server.providers.registry import ProviderLoadError
 from callqos.server.store.base import StoreUnavailable
 from callqos.server.telemetry import TelemetryConfigError
 
+# The flags of `serve`: (flag, setting, type, what). Every other setting is TOML or environment
+# only; the help lists them all, with defaults and variables, in its epilog.
+FLAGS: tuple[tuple[str, str, Any, str], ...] = (
+    ("--listen", "listen", str, "HOST:PORT to listen on (port 0: any free port)"),
+    ("--data-dir", "data_dir", Path, "directory of the SQLite database"),
+    ("--storage", "storage", str, "sqlite, memory or postgresql (database_url: CALLQOS_DATABASE_URL)"),
+    ("--providers", "providers", str, "comma-separated provider ids to host"),
+    ("--default-provider", "default_provider", str, "provider for calls that name none"),
+    ("--provider-timeout", "provider_timeout_seconds", float, "seconds a provider may take"),
+    ("--event-retention-count", "event_retention_count", int, "events kept"),
+    ("--event-retention-seconds", "event_retention_seconds", int, "max event age (0 = unlimited)"),
+    ("--max-watchers", "max_watchers", int, "open WatchEvents streams allowed"),
+    ("--max-connections", "max_connections", int, "client connections allowed"),
+    ("--shutdown-grace", "shutdown_grace_seconds", float, "seconds in-flight RPCs get after SIGTERM"),
+    ("--shutdown-timeout", "shutdown_timeout_seconds", float, "seconds after SIGTERM by which the process exits"),
+    ("--log-level", "log_level", str, "debug (one line per RPC), info, warning or error"),
+    ("--port-file", "port_file", Path, "write the bound port here once serving"),
+    ("--metrics-listen", "metrics_listen", str, "HOST:PORT for a Prometheus /metrics endpoint"),
+    ("--health-listen", "health_listen", str, "HOST:PORT for a plaintext grpc.health.v1-only port"),
+    ("--tls-cert", "tls_cert", Path, "server certificate chain (PEM): TLS on --listen"),
+    ("--tls-key", "tls_key", Path, "server private key (PEM)"),
+    ("--tls-client-ca", "tls_client_ca", Path, "CA of client certificates: require mTLS"),
+    ("--authenticators", "authenticators", str, "comma-separated: mtls, jwt, header (none: development mode)"),
+    (
+        "--insecure-allow-unauthenticated",
+        "insecure_allow_unauthenticated",
+        bool,
+        "allow development mode (no authenticator) on a non-loopback --listen",
+    ),
+)
+_CHOICES = {"storage": config_module.STORAGES, "log_level": ("debug", "info", "warning", "error")}
+# The standard OpenTelemetry variables the server reads (telemetry/setup.py).
+OTEL_VARIABLES = (
+    "OTEL_TRACES_EXPORTER",
+    "OTEL_METRICS_EXPORTER",
+    "OTEL_EXPORTER_OTLP_PROTOCOL",
+    "OTEL_EXPORTER_OTLP_ENDPOINT",
+    "OTEL_SERVICE_NAME",
+    "OTEL_RESOURCE_ATTRIBUTES",
+    "OTEL_TRACES_SAMPLER",
+    "OTEL_TRACES_SAMPLER_ARG",
+    "OTEL_SEMCONV_STABILITY_OPT_IN",
+    "OTEL_PYTHON_GRPC_EXCLUDED_SERVICES",
+    "OTEL_EXPORTER_PROMETHEUS_HOST",
+    "OTEL_EXPORTER_PROMETHEUS_PORT",
+    "OTEL_SDK_DISABLED",
+)
+
+
+def _env_name(setting: str) -> str:
+    return config_module.ENV_PREFIX + setting.upper()
+
+
+def _shown(value: Any) -> str:
+    if isinstance(value, dict | list):
+        return ",".join(value) or "none"
+    if value is None or value == "":
+        return "none"
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def settings_epilog() -> str:
+    """Every setting, its environment variable and its default (TOML key = the setting's name)."""
+    defaults = config_module.Config()
+    flagged = {setting for _, setting, _, _ in FLAGS}
+    rows = [
+        f"  {name:<30} {_env_name(name):<40} {_shown(getattr(defaults, name))}"
+        + ("" if name in flagged else "  (no flag)")
+        for name in config_module.SETTINGS
+    ]
+    return "\n".join(
+        [
+            "Every setting, by TOML key, environment variable and default. Precedence: defaults < TOML",
+            "file (--config or CALLQOS_CONFIG) < CALLQOS_* environment < flags. Clients connect to",
+            f"{wire.TARGET_ENV}, else to the address in {wire.LISTEN_ENV}, else {wire.DEFAULT_TARGET}.",
+            "",
+            f"  {'setting':<30} {'environment':<40} default",
+            *rows,
+            "",
+            textwrap.fill("Telemetry: " + ", ".join(OTEL_VARIABLES) + " (see deploy/README.md).", width=96),
+            "GRPC_VERBOSITY (default ERROR) shows gRPC's own log lines.",
+        ]
+    )
+
 
 def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", type=Path, help="TOML configuration file (env: CALLQOS_CONFIG)")
-    parser.add_argument("--listen", help="HOST:PORT to listen on (default 127.0.0.1:50051)")
-    parser.add_argument("--data-dir", type=Path, help="directory of the SQLite database (default ./callqos-data)")
-    parser.add_argument(
-        "--storage",
-        choices=config_module.STORAGES,
-        help="sqlite (default), memory or postgresql (CALLQOS_DATABASE_URL)",
-    )
-    parser.add_argument("--providers", help="comma-separated provider ids to host (default reference,no-qos)")
-    parser.add_argument("--default-provider", help="provider for calls that name none (default reference)")
-    parser.add_argument("--provider-timeout", type=float, dest="provider_timeout_seconds", help="seconds")
-    parser.add_argument("--event-retention-count", type=int, help="events kept (default 100000)")
-    parser.add_argument("--event-retention-seconds", type=int, help="max event age (0 = unlimited)")
-    parser.add_argument("--max-watchers", type=int, help="open WatchEvents streams allowed")
-    parser.add_argument("--shutdown-grace", type=float, dest="shutdown_grace_seconds", help="seconds")
-    parser.add_argument("--log-level", choices=("debug", "info", "warning", "error"))
-    parser.add_argument("--port-file", type=Path, help="write the bound port here once serving")
-    parser.add_argument("--metrics-listen", help="HOST:PORT for a Prometheus /metrics endpoint (default off)")
-    parser.add_argument("--health-listen", help="HOST:PORT for a plaintext grpc.health.v1-only port (default off)")
-    parser.add_argument("--tls-cert", type=Path, help="server certificate chain (PEM): TLS on --listen")
-    parser.add_argument("--tls-key", type=Path, help="server private key (PEM)")
-    parser.add_argument("--tls-client-ca", type=Path, help="CA of client certificates: require mTLS")
-    parser.add_argument("--authenticators", help="comma-separated: mtls, jwt, header (default none: development mode)")
-    parser.add_argument(
-        "--insecure-allow-unauthenticated",
-        action="store_const",
-        const=True,
-        help="allow development mode (no authenticator) on a non-loopback --listen",
-    )
+    parser.add_argument("--config", type=Path, help="TOML configuration file (env CALLQOS_CONFIG; default none)")
+    defaults = config_module.Config()
+    for flag, setting, kind, what in FLAGS:
+        default = _shown(getattr(defaults, setting))
+        shown = f"{what} (default {default}; env {_env_name(setting)})"
+        if kind is bool:  # a switch: given, it turns the setting on
+            parser.add_argument(flag, dest=setting, action="store_const", const=True, help=shown)
+            continue
+        parser.add_argument(
+            flag,
+            dest=setting,
+            type=kind,
+            choices=_CHOICES.get(setting),
+            metavar=None if setting in _CHOICES else setting.upper().removesuffix("_SECONDS"),
+            help=shown,
+        )
+
+
+def _configuration_error(exc: Exception) -> int:
+    print(f"callqos serve: configuration error: {exc}", file=sys.stderr)
+    return EXIT_CONFIGURATION
+
+
+EXIT_CONFIGURATION = 2
 
 
 def run_serve(args: argparse.Namespace) -> int:
-    flags = {
-        key: getattr(args, key, None)
-        for key in (
-            "listen",
-            "data_dir",
-            "storage",
-            "providers",
-            "default_provider",
-            "provider_timeout_seconds",
-            "event_retention_count",
-            "event_retention_seconds",
-            "max_watchers",
-            "shutdown_grace_seconds",
-            "log_level",
-            "port_file",
-            "metrics_listen",
-            "health_listen",
-            "tls_cert",
-            "tls_key",
-            "tls_client_ca",
-            "authenticators",
-            "insecure_allow_unauthenticated",
-        )
-    }
+    flags = {setting: getattr(args, setting, None) for _, setting, _, _ in FLAGS}
     try:
         config = config_module.load(args.config, flags=flags)
-    except config_module.ConfigError as exc:
-        print(f"callqos serve: configuration error: {exc}", file=sys.stderr)
-        return 2
+        # Before anything starts: a port in use or a host that does not resolve is one line,
+        # not a gRPC core log line and a traceback.
+        app.check_listen(config.listen, "listen")
+        if config.metrics_listen:
+            app.check_listen(config.metrics_listen, "metrics_listen")
+        if config.health_listen:
+            app.check_listen(config.health_listen, "health_listen")
+    except (config_module.ConfigError, app.ListenError) as exc:
+        return _configuration_error(exc)
     logs.configure(config.log_level)
     try:
         asyncio.run(app.serve(config))
-    except (TelemetryConfigError, config_module.ConfigError) as exc:
-        print(f"callqos serve: configuration error: {exc}", file=sys.stderr)
-        return 2
+    except (TelemetryConfigError, config_module.ConfigError, app.ListenError) as exc:
+        return _configuration_error(exc)
     except (ProviderLoadError, OSError, StoreUnavailable) as exc:
         logging.getLogger("callqos.server").error("cannot start: %s", exc)
         return 1
@@ -103,7 +167,12 @@ def run_serve(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
     """Entry point of `callqos-server`, of `callqos serve` (which passes its own `prog`) and of
     `python -m callqos.server`."""
-    parser = argparse.ArgumentParser(prog=prog, description="Serve the callqos gRPC API.")
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description="Serve the callqos gRPC API.",
+        epilog=settings_epilog(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--version", action="version", version=f"callqos-server {metadata.version('callqos-server')}")
     add_serve_arguments(parser)
     return run_serve(parser.parse_args(argv))

@@ -40,7 +40,9 @@ def _default_providers() -> dict[str, dict[str, Any]]:
 
 @dataclass
 class Config:
-    # Where to listen. Only this address is bound. The default is where clients connect by default.
+    # Where to listen: HOST:PORT (port 0: any free one). Only this address is bound. The default
+    # is where clients connect by default; clients given only CALLQOS_LISTEN connect there too
+    # (callqos.wire.ADDRESS_CONVENTION).
     listen: str = wire.DEFAULT_TARGET
     # SQLite file lives here (callqos.db).
     data_dir: Path = Path("callqos-data")
@@ -62,21 +64,43 @@ class Config:
     # admission ledger); a dead leader is replaced within about this long.
     leader_check_seconds: float = 2.0
     # Provider id → its settings table; `plugin` in the table names the entry point or
-    # module:Class (default: the id itself).
+    # module:Class (default: the id itself); `threaded = true` runs it on a thread of its own.
     providers: dict[str, dict[str, Any]] = field(default_factory=_default_providers)
     # Calls that name no provider go here.
     default_provider: str = "reference"
     # A provider that does not answer in this time fails the request (PROVIDER_UNAVAILABLE).
     provider_timeout_seconds: float = 5.0
+    # A provider call past its deadline is cancelled; one that still has not ended this much later
+    # is abandoned (it ignores cancellation): its call fails and its locks are freed.
+    provider_cancel_grace_seconds: float = 1.0
+    # The event loop blocked this long (by a provider, usually) is logged as a warning naming the
+    # provider that was running.
+    loop_lag_warning_seconds: float = 0.25
     # Event retention: the newest N events are kept, and none older than the age (0 = no limit).
     event_retention_count: int = 100_000
     event_retention_seconds: int = 7 * 24 * 3600
     # gRPC limits, set explicitly rather than left to library defaults.
     max_message_bytes: int = 1 << 20
-    max_concurrent_streams: int = 256  # per HTTP/2 connection
+    max_metadata_bytes: int = 16 << 10  # request headers of one RPC
+    max_concurrent_streams: int = 256  # per HTTP/2 connection; streams beyond it are refused (retryable)
+    max_connections: int = 500  # open client connections; more are closed at once (retryable)
+    # RPCs received but not yet picked up by the server. At least max_connections x
+    # max_concurrent_streams, so that gRPC never cancels an RPC for want of room: overload is
+    # refused before it gets here, with statuses clients retry.
+    max_pending_rpcs: int = 128_000
     max_watchers: int = 1000  # open WatchEvents streams across all connections
+    # Of which one principal (of a tenant) may hold this many, whatever its tenant's quota: a
+    # principal holds at most the lower of this and quota_watchers_per_principal (watchers.py).
+    max_watchers_per_principal: int = 250
+    # A watcher whose cursor has not moved for watch_stall_seconds while more than
+    # watch_backlog_events newer events wait for it is cut (UNAVAILABLE WATCHER_TOO_SLOW; clients
+    # resume from their cursor), so an unread stream cannot hold its slot and buffers for ever.
+    watch_stall_seconds: float = 30.0
+    watch_backlog_events: int = 1000
     # On SIGTERM/SIGINT: health goes NOT_SERVING, watchers are ended, in-flight RPCs get this long.
     shutdown_grace_seconds: float = 5.0
+    # The whole shutdown takes at most this long; then the process exits whatever a provider does.
+    shutdown_timeout_seconds: float = 10.0
     reflection: bool = True
     log_level: str = "info"
     # Written with the bound port once serving (useful with listen = "127.0.0.1:0").
@@ -160,28 +184,50 @@ class Config:
                 f"default_provider {self.default_provider!r} is not among the configured providers "
                 f"({', '.join(self.providers) or 'none'})"
             )
-        host, sep, port = self.listen.rpartition(":")
-        if not sep or not host or not port.isdigit():
-            raise ConfigError(f"listen must be HOST:PORT, not {self.listen!r}")
+        check_address("listen", self.listen)
         if self.metrics_listen:
-            host, sep, port = self.metrics_listen.rpartition(":")
-            if not sep or not host or not port.isdigit():
-                raise ConfigError(f"metrics_listen must be HOST:PORT or empty, not {self.metrics_listen!r}")
-        for name in ("provider_timeout_seconds", "shutdown_grace_seconds"):
+            check_address("metrics_listen", self.metrics_listen, empty="or empty")
+        for name in (
+            "provider_timeout_seconds",
+            "provider_cancel_grace_seconds",
+            "loop_lag_warning_seconds",
+            "watch_stall_seconds",
+            "shutdown_grace_seconds",
+            "shutdown_timeout_seconds",
+        ):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive")
-        for name in ("event_retention_count", "max_message_bytes", "max_concurrent_streams", "max_watchers"):
+        for name in (
+            "event_retention_count",
+            "max_message_bytes",
+            "max_metadata_bytes",
+            "max_concurrent_streams",
+            "max_connections",
+            "max_pending_rpcs",
+            "max_watchers",
+            "max_watchers_per_principal",
+            "watch_backlog_events",
+        ):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1")
         if self.event_retention_seconds < 0:
             raise ConfigError("event_retention_seconds must not be negative")
         if self.health_listen:
-            host, sep, port = self.health_listen.rpartition(":")
-            if not sep or not host or not port.isdigit():
-                raise ConfigError(f"health_listen must be HOST:PORT or empty, not {self.health_listen!r}")
+            check_address("health_listen", self.health_listen, empty="or empty")
         if not MIN_NO_ANSWER_SECONDS <= self.no_answer_seconds <= MAX_NO_ANSWER_SECONDS:
             raise ConfigError(
                 f"no_answer_seconds must be between {MIN_NO_ANSWER_SECONDS:g} and {MAX_NO_ANSWER_SECONDS:g}"
+            )
+        if self.max_pending_rpcs < self.max_connections * self.max_concurrent_streams:
+            raise ConfigError(
+                f"max_pending_rpcs ({self.max_pending_rpcs}) must be at least max_connections x "
+                f"max_concurrent_streams ({self.max_connections} x {self.max_concurrent_streams} = "
+                f"{self.max_connections * self.max_concurrent_streams}), or gRPC would cancel RPCs under load"
+            )
+        if self.shutdown_timeout_seconds <= self.shutdown_grace_seconds:
+            raise ConfigError(
+                f"shutdown_timeout_seconds ({self.shutdown_timeout_seconds:g}) must exceed "
+                f"shutdown_grace_seconds ({self.shutdown_grace_seconds:g})"
             )
         self._validate_security()
 
@@ -261,6 +307,16 @@ def is_loopback(address: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def check_address(name: str, value: str, empty: str = "") -> None:
+    """HOST:PORT with a port in 0-65535 (0: any free port); IPv6 hosts in brackets."""
+    host, sep, port = value.rpartition(":")
+    usage = f"{name} must be HOST:PORT{' ' + empty if empty else ''}, not {value!r}"
+    if not sep or not host or not port.isdigit():
+        raise ConfigError(usage)
+    if int(port) > 65535:
+        raise ConfigError(f"{name}: port {port} is out of range (0-65535)")
 
 
 # Every setting by name: what a TOML key, a CALLQOS_<SETTING> variable or a flag may set.

@@ -97,11 +97,43 @@ class ServiceError(Exception):
         return status_pb2.Status(code=getattr(code_pb2, self.code.name), message=self.message, details=packed)
 
 
+# At most this many field violations go into a BadRequest (and the status message), then one that
+# says how many more there were: what a rejection costs to build and to send is bounded by a
+# small constant, however many fields a request gets wrong (conformance/SPEC.md REQ-7).
+MAX_VIOLATIONS = 20
+# Longest description of one violation; longer ones (a provider's own check may say anything)
+# are cut.
+MAX_DESCRIPTION = 300
+
+
+def _bounded(violations: Iterable[FieldViolation]) -> tuple[FieldViolation, ...]:
+    """The first MAX_VIOLATIONS violations, and one summarising the rest (counted, up to a
+    bound, without building them all)."""
+    kept: list[FieldViolation] = []
+    more = 0
+    for violation in violations:
+        if len(kept) < MAX_VIOLATIONS:
+            description = violation.description
+            if len(description) > MAX_DESCRIPTION:
+                description = description[: MAX_DESCRIPTION - 1] + "…"
+            kept.append(FieldViolation(violation.field[:MAX_DESCRIPTION], description))
+        else:
+            more += 1
+            if more >= 1000:  # counting further costs more than it tells
+                break
+    if more:
+        counted = f"{more}" if more < 1000 else "1000 or more"
+        kept.append(FieldViolation("request", f"{counted} further invalid fields are not listed"))
+    return tuple(kept)
+
+
 def invalid(violations: Iterable[FieldViolation], message: str | None = None) -> ServiceError:
-    """INVALID_ARGUMENT naming every bad field."""
-    found = tuple(violations)
+    """INVALID_ARGUMENT naming every bad field (up to MAX_VIOLATIONS, then a summary)."""
+    found = _bounded(violations)
     if message is None:
-        message = "invalid request: " + "; ".join(f"{v.field}: {v.description}" for v in found)
+        message = "invalid request: " + "; ".join(f"{v.field}: {v.description}" for v in found[:3])
+        if len(found) > 3:
+            message += f"; and {len(found) - 3} more (see the BadRequest details)"
     return ServiceError(Reason.ERROR_REASON_INVALID_REQUEST, message, violations=found)
 
 

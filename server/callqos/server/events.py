@@ -49,6 +49,11 @@ class EventHub:
         if self._store.shared:
             self._follower = asyncio.create_task(self._follow(), name="callqos event follower")
 
+    @property
+    def last_sequence(self) -> int:
+        """The newest sequence published (what a watcher at its cursor is behind by)."""
+        return self._last
+
     async def publish(self, events: Sequence[QosEvent]) -> None:
         """Called after the events are committed, in sequence order."""
         if not events:
@@ -143,10 +148,19 @@ class EventHub:
         await self.check_cursor(after)
         return after
 
-    async def watch(self, cursor: int, accept: Callable[[QosEvent], bool], *, tenant: str) -> AsyncIterator[QosEvent]:
+    async def watch(
+        self,
+        cursor: int,
+        accept: Callable[[QosEvent], bool],
+        *,
+        tenant: str,
+        passed: Callable[[int], None] | None = None,
+    ) -> AsyncIterator[QosEvent]:
         """Every accepted event of `tenant` with sequence > `cursor`, in order, until the hub
         closes. The tenant is the watcher's, as authentication established it: a watcher never
-        receives another tenant's events, whatever filter it sent."""
+        receives another tenant's events, whatever filter it sent. `passed(sequence)` is told of
+        every event the watch gets past, delivered or not (how the server tells a stalled watcher
+        from a filtering one, see `watchers`)."""
         while True:
             if self._closed:
                 raise ServiceError(
@@ -156,6 +170,8 @@ class EventHub:
             if events:
                 for event in events:
                     cursor = event.sequence
+                    if passed is not None:
+                        passed(cursor)
                     if (event.tenant or DEFAULT_TENANT) == tenant and accept(event):
                         yield event
                 continue

@@ -1,9 +1,12 @@
 """The provider host: which providers this server hosts, and how each is called.
 
 It loads the configured providers (through `providers.registry`), starts them with the calls
-they held, finds them by name, and calls them — always under a deadline, so a slow or hung
-provider fails one request instead of hanging the server, and inside a provider span with the
-decision's metrics. Any failure of a provider becomes PROVIDER_UNAVAILABLE here. It also owns
+they held, finds them by name, and calls them — always contained (`containment`: under a
+deadline, in a task of their own, abandoned if they ignore cancellation, every BaseException
+caught, optionally on a thread of their own), so a slow, hung, blocking or raising provider fails
+one request instead of the server, and inside a provider span with the decision's metrics. Any
+failure of a provider becomes PROVIDER_UNAVAILABLE here, and an answer of the wrong kind
+PROVIDER_CONTRACT_VIOLATION. It also owns
 link administration (ListLinks, UpdateLink): which provider has links, and the provider call
 that changes one. What a provider implements is in `providers`; the host's bookkeeping of a
 hosted provider (`HostedProvider`) is kept here, out of the plugin's public face.
@@ -15,24 +18,27 @@ import asyncio
 import contextvars
 import logging
 import time
-from collections.abc import Awaitable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
 from callqos.server import names
+from callqos.server.containment import Containment, HostOnLoop, ProviderRaised, ProviderThread, Wedged, Work
 from callqos.server.errors import Reason, ServiceError
 from callqos.server.locks import to_completion
 from callqos.server.providers import registry
 from callqos.server.providers.base import (
     AdmissionRequest,
+    Grant,
     IncomingOffer,
     Provider,
     ProviderChange,
+    Refusal,
     Restored,
     SharedLedger,
 )
 from callqos.server.telemetry.instruments import Instruments
-from callqos.v1 import provider_pb2
+from callqos.v1 import flowspec_pb2, provider_pb2
 from callqos.wire import DEFAULT_TENANT
 
 log = logging.getLogger(__name__)
@@ -85,6 +91,8 @@ class HostedProvider:
     default: bool = False
     capabilities: provider_pb2.ProviderCapabilities = field(default_factory=provider_pb2.ProviderCapabilities)
     incoming_tenant: str = DEFAULT_TENANT
+    # The provider's own event loop thread, when its settings say `threaded = true`.
+    thread: ProviderThread | None = None
 
     @property
     def name(self) -> str:
@@ -101,10 +109,12 @@ class HostedProviders:
         default: str,
         timeout: float,
         telemetry: Instruments,
+        containment: Containment | None = None,
         ledger: SharedLedger | None = None,
     ) -> None:
         self.timeout = timeout
         self.telemetry = telemetry
+        self.containment = containment or Containment(cancel_grace=1.0, warn_after=0.25)
         self.ledger = ledger  # offered to every provider (ProviderHost.ledger)
         self._by_id: dict[str, HostedProvider] = {}
         for provider_id, settings in configured.items():
@@ -117,6 +127,9 @@ class HostedProviders:
             incoming_tenant = plugin_settings.pop("incoming_tenant", DEFAULT_TENANT)
             if not isinstance(incoming_tenant, str) or not incoming_tenant.strip():
                 raise registry.ProviderLoadError(f"providers.{provider_id}.incoming_tenant must be a tenant name")
+            threaded = plugin_settings.pop("threaded", False)
+            if not isinstance(threaded, bool):
+                raise registry.ProviderLoadError(f"provider {provider_id}: threaded must be true or false")
             provider, target = registry.instantiate(plugin, plugin_settings)
             provider.id = provider_id
             self._by_id[provider_id] = HostedProvider(
@@ -126,6 +139,7 @@ class HostedProviders:
                 default=provider_id == default,
                 capabilities=provider.capabilities(),
                 incoming_tenant=incoming_tenant,
+                thread=ProviderThread(provider_id) if threaded else None,
             )
         self.default_id = default
 
@@ -135,7 +149,12 @@ class HostedProviders:
         changes: list[ProviderChange] = []
         for info in self._by_id.values():
             view = ProviderHostView(host, info.name, self.ledger)
-            changes.extend(await info.provider.start(view, list(connected.get(info.id, ()))))
+            held = list(connected.get(info.id, ()))
+            if info.thread is not None:
+                starting = info.provider.start(HostOnLoop(view, asyncio.get_running_loop()), held)
+                changes.extend(await info.thread.run(starting, f"{info.id}.start"))
+            else:
+                changes.extend(await info.provider.start(view, held))
         return changes
 
     async def reconcile(self, connected: Mapping[str, Sequence[Restored]]) -> list[ProviderChange]:
@@ -153,11 +172,18 @@ class HostedProviders:
         return changes
 
     async def stop(self) -> None:
+        """Stop every provider, each contained and under the provider deadline."""
         for info in self._by_id.values():
             try:
-                await asyncio.wait_for(info.provider.stop(), self.timeout)
+                await self.containment.run(
+                    info.provider.stop, label=f"{info.id}.stop", budget=self.timeout, thread=info.thread
+                )
             except Exception:  # one provider's failure must not stop the others' shutdown
                 log.exception("provider %s failed to stop", info.id)
+            if info.thread is not None:
+                info.thread.close()
+        if self.containment.abandoned:
+            log.warning("stopping with %d abandoned provider calls still running", len(self.containment.abandoned))
 
     def all(self) -> list[HostedProvider]:
         return sorted(self._by_id.values(), key=lambda info: info.id)
@@ -184,18 +210,20 @@ class HostedProviders:
         self,
         info: HostedProvider,
         operation: str,
-        work: Awaitable[T],
+        work: Work[T],
         *,
         request: AdmissionRequest | None = None,
         call: str = "",
     ) -> T:
-        """Await a provider operation under the provider deadline, in a child span (with the
-        request's rates and the decision as attributes). Any failure of the provider becomes
-        PROVIDER_UNAVAILABLE for the caller (and is logged with its traceback)."""
+        """Run a provider operation — `work` starts it: `lambda: info.provider.admit(request)` —
+        contained and under the provider deadline, in a child span (with the request's rates and
+        the decision as attributes). Any failure of the provider becomes PROVIDER_UNAVAILABLE for
+        the caller (and is logged with its traceback); an answer of the wrong type for the
+        operation, PROVIDER_CONTRACT_VIOLATION."""
         if not self.telemetry.observes_provider_calls():  # no span, no metric to feed
-            return await self._call(info, operation, work)
+            return await self._call(info, operation, work, request)
         with self.telemetry.provider_call(info.name, operation, request, call) as span:
-            result = await self._call(info, operation, work)
+            result = await self._call(info, operation, work, request)
             span.decided(result)
         if operation in CHANGES_LINKS:
             await self.refresh_link_metrics(info)
@@ -210,10 +238,15 @@ class HostedProviders:
             return self.timeout
         return max(0.0, min(self.timeout, deadline - time.monotonic()))
 
-    async def _call(self, info: HostedProvider, operation: str, work: Awaitable[T]) -> T:
+    async def _call(
+        self, info: HostedProvider, operation: str, work: Work[T], request: AdmissionRequest | None = None
+    ) -> T:
         budget = self.budget(operation)
+        label = f"{info.id}.{operation}"
         try:
-            return await asyncio.wait_for(work, budget)
+            result: T = await self.containment.run(
+                work, label=label, budget=budget, thread=info.thread, late=self._late(info, operation, request)
+            )
         except ServiceError:
             raise
         except TimeoutError as exc:
@@ -222,6 +255,25 @@ class HostedProviders:
                 f"provider {info.id} did not answer {operation} within {budget:.3g}s",
                 metadata={"provider": info.name, "operation": operation, "cause": "timeout"},
             ) from exc
+        except Wedged as exc:
+            raise ServiceError(
+                Reason.ERROR_REASON_PROVIDER_UNAVAILABLE,
+                f"provider {info.id} did not answer {operation} within {budget:.3g}s and ignored its cancellation",
+                metadata={"provider": info.name, "operation": operation, "cause": "wedged"},
+            ) from exc
+        except ProviderRaised as exc:
+            if exc.original is None:  # its method is not a coroutine function
+                raise ServiceError(
+                    Reason.ERROR_REASON_PROVIDER_CONTRACT_VIOLATION,
+                    f"provider {info.id}'s {operation} {exc}",
+                    metadata={"provider": info.name, "operation": operation},
+                ) from exc
+            log.error("provider %s raised %r in %s", info.id, exc.original, operation)
+            raise ServiceError(
+                Reason.ERROR_REASON_PROVIDER_UNAVAILABLE,
+                f"provider {info.id} failed in {operation}: {type(exc.original).__name__}",
+                metadata={"provider": info.name, "operation": operation, "cause": "error"},
+            ) from exc
         except Exception as exc:
             log.exception("provider %s failed in %s", info.id, operation)
             raise ServiceError(
@@ -229,6 +281,30 @@ class HostedProviders:
                 f"provider {info.id} failed in {operation}: {type(exc).__name__}",
                 metadata={"provider": info.name, "operation": operation, "cause": "error"},
             ) from exc
+        problem = _wrong_answer(operation, result)
+        if problem:
+            raise ServiceError(
+                Reason.ERROR_REASON_PROVIDER_CONTRACT_VIOLATION,
+                f"provider {info.id}'s {operation} {problem}",
+                metadata={"provider": info.name, "operation": operation},
+            )
+        return result
+
+    def _late(self, info: HostedProvider, operation: str, request: AdmissionRequest | None) -> Callable[[Any], None]:
+        """What to do with the answer of an abandoned call that returns after all: the call has
+        failed meanwhile, so a late grant of a new call is released."""
+
+        def late(result: Any) -> None:
+            if operation == "admit" and request is not None and isinstance(result, Grant):
+                log.warning("releasing the late grant of %s by provider %s", request.call, info.id)
+                task = asyncio.ensure_future(
+                    self.call(info, "release", lambda: info.provider.release(request.call), call=request.call)
+                )
+                task.add_done_callback(lambda done: done.cancelled() or done.exception())
+            elif operation == "renegotiate" and isinstance(result, Grant):
+                log.error("provider %s renegotiated %s after it was abandoned", info.id, getattr(request, "call", "?"))
+
+        return late
 
     async def refresh_link_metrics(self, info: HostedProvider) -> None:
         """Read a link-administering provider's links for the link gauges (after an operation
@@ -237,7 +313,11 @@ class HostedProviders:
         if not (self.telemetry.metrics_enabled and info.capabilities.link_admin):
             return
         try:
-            links = await asyncio.wait_for(info.provider.list_links(), self.timeout)
+            links = await self.containment.run(
+                info.provider.list_links, label=f"{info.id}.list_links", budget=self.timeout, thread=info.thread
+            )
+            if _wrong_answer("list_links", links):
+                raise TypeError(_wrong_answer("list_links", links))
         except Exception:
             log.warning("could not read the links of provider %s for metrics", info.id, exc_info=True)
             return
@@ -247,7 +327,7 @@ class HostedProviders:
         """Tell the provider that the call it offered ended unanswered. Never fails: the call has
         ended whatever the provider makes of it."""
         try:
-            await self.call(info, "offer_ended", info.provider.offer_ended(call, reason), call=call)
+            await self.call(info, "offer_ended", lambda: info.provider.offer_ended(call, reason), call=call)
         except ServiceError:
             log.warning("provider %s was not told that its offer %s ended", info.id, call)
 
@@ -265,7 +345,7 @@ class HostedProviders:
         return info
 
     async def list_links(self, info: HostedProvider) -> list[provider_pb2.Link]:
-        return await self.call(info, "list_links", info.provider.list_links())
+        return await self.call(info, "list_links", info.provider.list_links)
 
     async def update_link(self, info: HostedProvider, link_id: str, capacity: int) -> provider_pb2.Link:
         """Set the capacity of the provider's link `link_id` (LINK_NOT_FOUND if it has none).
@@ -274,7 +354,26 @@ class HostedProviders:
         link = names.link_name(info.id, link_id)
         if not any(known.name == link for known in await self.list_links(info)):
             raise ServiceError(Reason.ERROR_REASON_LINK_NOT_FOUND, f"no link {link}", metadata={"link": link})
-        return await to_completion(self.call(info, "update_link", info.provider.update_link(link_id, capacity)))
+        return await to_completion(self.call(info, "update_link", lambda: info.provider.update_link(link_id, capacity)))
+
+
+def _wrong_answer(operation: str, result: object) -> str:
+    """How `result` breaks the contract of `operation` ('' when it does not)."""
+    if operation in ("admit", "renegotiate"):
+        if isinstance(result, Grant):
+            return "" if isinstance(result.qos, flowspec_pb2.QosSpec) else "returned a Grant without a QosSpec"
+        if isinstance(result, Refusal):
+            offer = result.counter_offer
+            if offer is not None and not isinstance(offer, flowspec_pb2.QosSpec):
+                return "returned a Refusal whose counter_offer is not a QosSpec"
+            return ""
+        return f"returned {type(result).__name__}, not a Grant or a Refusal"
+    if operation == "list_links":
+        if not isinstance(result, list) or not all(isinstance(link, provider_pb2.Link) for link in result):
+            return f"returned {type(result).__name__}, not a list of Link"
+    if operation == "update_link" and not isinstance(result, provider_pb2.Link):
+        return f"returned {type(result).__name__}, not a Link"
+    return ""
 
 
 def provider_proto(info: HostedProvider) -> provider_pb2.Provider:

@@ -267,7 +267,7 @@ class Switchboard(CallManager):
                     provider=info.name,
                     state=State.STATE_OFFERING,
                     service_level=offer.level,  # type: ignore[arg-type]  # validated: a ServiceLevel
-                    requested_qos=mirror(offer.caller_qos),
+                    requested_qos=mirror(validation.offered_qos(offer)),
                     owner=line.owner,
                     tenant=line.tenant,
                     caller_id=offer.caller_id,
@@ -361,7 +361,9 @@ class Switchboard(CallManager):
         )
         decided = Decided("admit", offered)
         try:
-            decision = await self.providers.call(info, "admit", info.provider.admit(admission), request=admission)
+            decision = await self.providers.call(
+                info, "admit", lambda: info.provider.admit(admission), request=admission
+            )
             if isinstance(decision, Grant):
                 self._check_grant(info, level, offered, decision.qos)
         except ServiceError as error:
@@ -714,6 +716,12 @@ class Switchboard(CallManager):
             ours = _copy if holder is leg else mirror
             level = request.service_level or leg.service_level
             desired = resolve_no_change(request.qos, leg.requested_qos)
+            if self._unchanged(leg, level, desired):
+                # Nothing to change (SPEC.md SETQOS-8), on either leg: both as they are, no
+                # provider call, no event; recorded for the request_id like any outcome.
+                return await self._settle(
+                    Outcome(call=leg, peers=(), events=[], failure=None, key=key, decided=None, release=None)
+                )
             asked = resolve_no_change(request.qos, leg.granted_qos)
             if level == Level.SERVICE_LEVEL_BEST_EFFORT:
                 asked = best_effort_qos(asked.provider_specific)
@@ -730,7 +738,7 @@ class Switchboard(CallManager):
             decided = Decided("renegotiate", offered)
             try:
                 decision = await self.providers.call(
-                    info, "renegotiate", info.provider.renegotiate(admission), request=admission
+                    info, "renegotiate", lambda: info.provider.renegotiate(admission), request=admission
                 )
                 if isinstance(decision, Grant):
                     self._check_grant(info, level, offered, decision.qos)
@@ -812,7 +820,7 @@ class Switchboard(CallManager):
                         principal,
                         current=decision.qos,
                     )
-                    await self._quietly(info, "renegotiate", info.provider.renegotiate(back), back)
+                    await self._quietly(info, "renegotiate", lambda: info.provider.renegotiate(back), back)
                 raise
 
     async def _apply_change(self, change: ProviderChange) -> None:

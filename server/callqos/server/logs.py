@@ -31,9 +31,17 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, default=str)
 
 
+# Libraries whose own lines are internals, not the service's story: gRPC's Python layer (its debug
+# lines, and a line for every client that goes away mid-stream) and asyncio's. Their warnings and
+# errors still show. gRPC core's C lines are kept out by GRPC_VERBOSITY=ERROR (cli.py).
+QUIET_LIBRARIES = {"grpc": logging.WARNING, "asyncio": logging.WARNING}
+
+
 def configure(level: str) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    for name, quiet in QUIET_LIBRARIES.items():
+        logging.getLogger(name).setLevel(max(quiet, root.level))

@@ -6,7 +6,7 @@ switchboard, `incoming`, which is `calls` plus lines) for calls, answers and clo
 line manager (`lines`) for opening and reading lines, the event hub (`events`) for watch streams,
 the provider host (`hosting`) for providers and links; failures become statuses as `errors` says.
 What stays here is request plumbing: decoding (a corrupt body is INVALID_ARGUMENT, not UNKNOWN),
-the caller's deadline, the count of open watch streams, and encoding answers and pages.
+the caller's deadline, a watch stream's slot (taken and cut by `watchers`), and encoding answers and pages.
 
 Who the caller is comes from one place: every handler first passes the security `Guard`
 (authentication, then the permission its method needs), before the request is even looked at, and
@@ -17,6 +17,7 @@ also writes the audit record of every mutation and every denial.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 import time
@@ -38,6 +39,7 @@ from callqos.server.security.authz import MUTATIONS
 from callqos.server.security.guard import Guard
 from callqos.server.security.identity import Caller
 from callqos.server.validation import DEFAULT_PAGE, MAX_PAGE, MAX_PROVIDER_PAGE
+from callqos.server.watchers import Watchers
 from callqos.v1 import call_pb2, line_pb2
 from callqos.v1 import callqos_service_pb2 as svc
 from callqos.v1 import callqos_service_pb2_grpc as svc_grpc
@@ -53,6 +55,23 @@ Handler = Callable[..., Awaitable[R]]
 async def _abort(context: grpc.aio.ServicerContext, error: ServiceError | ReplayedStatus) -> None:
     status = error.status if isinstance(error, ReplayedStatus) else error.to_status()
     await context.abort_with_status(rpc_status.to_status(status))
+
+
+async def _abort_quietly(context: grpc.aio.ServicerContext, error: ServiceError) -> None:
+    """Abort from outside the handler (see WatchEvents): the AbortError is the handler's, not
+    ours, and a stream that has ended meanwhile needs no status."""
+    try:
+        await _abort(context, error)
+    except grpc.aio.AbortError:
+        pass
+    except Exception:
+        log.debug("could not send the status of a cut watch stream", exc_info=True)
+
+
+def _cancel_unless_done(handler: asyncio.Task[Any], sending: asyncio.Task[None]) -> None:
+    if not sending.done():
+        handler.cancel()
+        sending.cancel()
 
 
 def _internal(method: str) -> ServiceError:
@@ -152,7 +171,7 @@ class CallQosServicer(svc_grpc.CallQosServiceServicer):
         calls: Switchboard,
         hub: EventHub,
         providers: HostedProviders,
-        max_watchers: int,
+        watchers: Watchers,
         guard: Guard,
         lines: LineManager,
     ) -> None:
@@ -160,9 +179,12 @@ class CallQosServicer(svc_grpc.CallQosServiceServicer):
         self._lines = lines
         self._hub = hub
         self._providers = providers
-        self._max_watchers = max_watchers
         self.guard = guard
-        self.open_watchers = 0
+        self.watchers = watchers
+
+    @property
+    def open_watchers(self) -> int:
+        return self.watchers.open
 
     @unary
     async def CreateCall(
@@ -284,28 +306,49 @@ class CallQosServicer(svc_grpc.CallQosServiceServicer):
             if isinstance(request, Undecodable):
                 raise request.violation()
             accept = validation.watch_filter(request)
-            if self.open_watchers >= self._max_watchers:
-                raise ServiceError(
-                    Reason.ERROR_REASON_TOO_MANY_WATCHERS,
-                    f"{self._max_watchers} watch streams are open; try again later",
-                )
-            with self.guard.quotas.watcher(caller):
-                after = request.after_sequence if request.HasField("after_sequence") else None
-                cursor = await self._hub.start_cursor(after)
-                # Tell the client where this stream starts, so that a watch "from now" has a cursor
-                # to resume from even if it breaks before its first event.
-                await context.send_initial_metadata(((START_SEQUENCE_HEADER, str(cursor)),))
-                self.open_watchers += 1
-                try:
-                    async for event in self._hub.watch(cursor, accept, tenant=caller.tenant):
-                        yield svc.WatchEventsResponse(event=event)
-                finally:
-                    self.open_watchers -= 1
+            # A slot is taken before the first await, in the same step as the limits are checked.
+            # Every watch limit (the server's, the tenant's quota, the per-principal cap) is
+            # checked in `watchers`, in one step with taking the slot.
+            watcher = self.watchers.admit(caller, self.guard.quotas.of(caller.tenant).watchers_per_principal)
+        except (ServiceError, ReplayedStatus) as error:
+            self.guard.audit("WatchEvents", caller, context.peer(), "", error)
+            await _abort(context, error)
+            return
+        except Exception:
+            await _abort(context, _internal("WatchEvents"))
+            return
+        try:
+            after = request.after_sequence if request.HasField("after_sequence") else None
+            cursor = await self._hub.start_cursor(after)
+            watcher.advanced(cursor)
+            # Tell the client where this stream starts, so that a watch "from now" has a cursor
+            # to resume from even if it breaks before its first event.
+            await context.send_initial_metadata(((START_SEQUENCE_HEADER, str(cursor)),))
+
+            handler = asyncio.current_task()
+
+            async def cut(error: ServiceError) -> None:
+                # Called by the supervisor while this stream waits on flow control. The status
+                # is queued behind the messages the client has not read yet, so it is sent from a
+                # task of its own; a client that reads again within the stall period reads them,
+                # then WATCHER_TOO_SLOW. One that does not is cancelled then (CANCELLED, also
+                # resumable), so that the stream's buffers are freed too.
+                sending = asyncio.create_task(_abort_quietly(context, error))
+                if handler is not None:
+                    grace = self.watchers.limits.stall_seconds
+                    asyncio.get_running_loop().call_later(grace, _cancel_unless_done, handler, sending)
+
+            watcher.cut = cut
+            async for event in self._hub.watch(cursor, accept, tenant=caller.tenant, passed=watcher.advanced):
+                yield svc.WatchEventsResponse(event=event)
         except (ServiceError, ReplayedStatus) as error:
             self.guard.audit("WatchEvents", caller, context.peer(), "", error)
             await _abort(context, error)
         except Exception:
             await _abort(context, _internal("WatchEvents"))
+        finally:
+            watcher.cut = None
+            self.watchers.release(watcher)
 
     @unary
     async def GetProvider(

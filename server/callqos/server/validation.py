@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import itertools
 import json
 import re
 from collections.abc import Callable, Iterable, Iterator
@@ -50,6 +51,11 @@ MAX_ETAG = 128
 MAX_PROVIDER_SPECIFIC = 4096
 MAX_FILTER = 512
 MAX_PRINCIPAL = 128
+# Repeated fields are bounded before anything looks at their entries, so what a request costs to
+# validate (and to refuse) does not grow with what a client chose to send (SPEC.md REQ-7).
+MAX_WATCH_TYPES = 32  # WatchEvents.types: more entries than there are event types is a mistake
+MAX_MASK_PATHS = 8  # UpdateLink.update_mask.paths
+MAX_PAGE_TOKEN = 512  # the tokens this server issues are far shorter
 # Page sizes (AIP-158): 0 asks for the default; more than the maximum is cut to it.
 DEFAULT_PAGE = 50
 MAX_PAGE = 500
@@ -141,16 +147,13 @@ def qos_violations(
     *,
     renegotiation: bool,
     caps: provider_pb2.ProviderCapabilities | None,
-    present: bool,
     provider_specific: ProviderSpecificCheck | None = None,
 ) -> Iterator[FieldViolation]:
-    if not present:
-        yield FieldViolation(path, "required")
-        return
+    """Violations of a QoS. An absent direction is no violation: `absent_directions` gives it
+    its meaning (FLOW-20) once the request is valid."""
     mtu = caps.max_sdu_size_bytes if caps is not None else 0
     for direction, sending in (("sending", True), ("receiving", False)):
         if not qos.HasField(direction):
-            yield FieldViolation(f"{path}.{direction}", "required")
             continue
         yield from flowspec_violations(
             getattr(qos, direction),
@@ -223,7 +226,6 @@ def create_violations(
             "call.requested_qos",
             renegotiation=False,
             caps=caps,
-            present=call.HasField("requested_qos"),
             provider_specific=provider_specific,
         )
     )
@@ -247,7 +249,6 @@ def renegotiate_violations(
             "qos",
             renegotiation=True,
             caps=caps,
-            present=request.HasField("qos"),
             provider_specific=provider_specific,
         )
     )
@@ -263,10 +264,12 @@ def page_size_violations(page_size: int) -> Iterator[FieldViolation]:
 
 
 def check(violations: Iterable[FieldViolation]) -> None:
-    """INVALID_ARGUMENT naming every violation, if there is any."""
-    found = list(violations)
-    if found:
-        raise invalid(found)
+    """INVALID_ARGUMENT naming every violation (up to errors.MAX_VIOLATIONS), if there is any.
+    The violations are consumed lazily: a generator is never run past what the status can hold."""
+    found = iter(violations)
+    first = next(found, None)
+    if first is not None:
+        raise invalid(itertools.chain((first,), found))
 
 
 # -- the caller ---------------------------------------------------------------------------------
@@ -303,8 +306,10 @@ def create(
 ) -> None:
     """A CreateCallRequest, against the capabilities of the provider it names (None when that
     provider is unknown: the caller learns that as NOT_FOUND, once the request is valid) and that
-    provider's own check of its provider-specific bytes."""
+    provider's own check of its provider-specific bytes. An absent direction is filled in as
+    BEST_EFFORT (FLOW-20), so that the call records what it asked for."""
     check(create_violations(request, caps, provider_specific))
+    absent_directions(request.call.requested_qos, ST.SERVICE_TYPE_BEST_EFFORT)
 
 
 def renegotiation(
@@ -314,8 +319,19 @@ def renegotiation(
 ) -> None:
     """A RenegotiateCallRequest: first on its own (`caps` None), then, once the call is found,
     against the capabilities of the call's provider and its provider-specific check (which can
-    only add the provider's limits)."""
+    only add the provider's limits). An absent direction is filled in as NO_CHANGE (FLOW-20)."""
     check(renegotiate_violations(request, caps, provider_specific))
+    absent_directions(request.qos, ST.SERVICE_TYPE_NO_CHANGE)
+
+
+def absent_directions(qos: flowspec_pb2.QosSpec, meaning: int) -> None:
+    """The rule for a direction a request leaves out (conformance/SPEC.md FLOW-20): in a new call
+    it is BEST_EFFORT with nothing specified — what TAPI does for a call whose LINECALLPARAMS carry
+    no flowspec for a direction, and safe at NEEDED, since best effort reserves nothing and is
+    always admitted (GRANT-2); in a renegotiation it is NO_CHANGE, kept as it is."""
+    for direction in ("sending", "receiving"):
+        if not qos.HasField(direction):
+            getattr(qos, direction).service_type = meaning
 
 
 def drop(request: svc.DropCallRequest) -> None:
@@ -378,14 +394,13 @@ def answer_violations(
                 "qos",
                 renegotiation=True,
                 caps=caps,
-                present=True,
                 provider_specific=provider_specific,
             )
         )
         if offered is not None:
             for direction in ("sending", "receiving"):
                 answer: flowspec_pb2.FlowSpec = getattr(request.qos, direction)
-                if answer.service_type == ST.SERVICE_TYPE_NO_CHANGE:
+                if not request.qos.HasField(direction) or answer.service_type == ST.SERVICE_TYPE_NO_CHANGE:
                     continue
                 for problem in answer_excess(answer, getattr(offered, direction)):
                     found.append(FieldViolation(f"qos.{direction}", problem))
@@ -401,8 +416,11 @@ def answer(
     provider_specific: ProviderSpecificCheck | None = None,
 ) -> None:
     """An AnswerCallRequest: first on its own, then, once the call is found, against what it
-    was offered and its provider (which can only add problems)."""
+    was offered and its provider (which can only add problems). A direction the answer's QoS
+    leaves out is filled in as NO_CHANGE, kept as offered (FLOW-20, as in a renegotiation)."""
     check(answer_violations(request, offered, caps, provider_specific))
+    if request.HasField("qos"):
+        absent_directions(request.qos, ST.SERVICE_TYPE_NO_CHANGE)
 
 
 def reject(request: svc.RejectCallRequest) -> None:
@@ -424,8 +442,17 @@ def offer_violations(offer: IncomingOffer, caps: provider_pb2.ProviderCapabiliti
     if offer.level == call_pb2.ServiceLevel.SERVICE_LEVEL_UNSPECIFIED:
         found.append(FieldViolation("level", "required: NEEDED, IF_AVAILABLE or BEST_EFFORT"))
     found.extend(level_violations(offer.level, "level"))
-    found.extend(qos_violations(offer.caller_qos, "caller_qos", renegotiation=False, caps=caps, present=True))
+    found.extend(qos_violations(offer.caller_qos, "caller_qos", renegotiation=False, caps=caps))
     return found
+
+
+def offered_qos(offer: IncomingOffer) -> flowspec_pb2.QosSpec:
+    """The caller's QoS of a (valid) network offer, a direction it leaves out filled in as
+    BEST_EFFORT, as in a CreateCall (FLOW-20). A copy: the provider's offer is left as it is."""
+    qos = flowspec_pb2.QosSpec()
+    qos.CopyFrom(offer.caller_qos)
+    absent_directions(qos, ST.SERVICE_TYPE_BEST_EFFORT)
+    return qos
 
 
 # -- pages (AIP-158) ------------------------------------------------------------------------------
@@ -448,6 +475,8 @@ def page_cursor(token: str, scope: str) -> int:
     """The cursor of a page_token this server issued with the same `scope` (0 for none)."""
     if not token:
         return 0
+    if len(token) > MAX_PAGE_TOKEN:
+        raise invalid([FieldViolation("page_token", "not a token this server issued")])
     try:
         raw = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
         cursor, token_scope = int(raw["c"]), str(raw["s"])
@@ -584,9 +613,13 @@ def watch_filter(request: svc.WatchEventsRequest) -> EventFilter:
         violations += call_name_violations(request.call, "call")
     if request.line:
         violations += line_name_violations(request.line, "line")
-    for index, kind in enumerate(request.types):
-        if kind not in _KNOWN_EVENT_TYPES:
-            violations.append(FieldViolation(f"types[{index}]", f"unknown event type {kind}"))
+    if len(request.types) > MAX_WATCH_TYPES:
+        # Refused on its length alone: no entry is looked at (nor echoed back).
+        violations.append(FieldViolation("types", f"at most {MAX_WATCH_TYPES} entries"))
+    else:
+        for index, kind in enumerate(request.types):
+            if kind not in _KNOWN_EVENT_TYPES:
+                violations.append(FieldViolation(f"types[{index}]", f"unknown event type {kind}"))
     check(violations)
     return EventFilter(request.call, frozenset(request.types), request.line)
 
@@ -602,6 +635,9 @@ def link_update(request: svc.UpdateLinkRequest) -> tuple[str, str]:
     violations: list[FieldViolation] = []
     if parsed is None:
         violations.append(FieldViolation("link.name", "must be providers/{provider}/links/{link}"))
+    if len(request.update_mask.paths) > MAX_MASK_PATHS:
+        violations.append(FieldViolation("update_mask", f"at most {MAX_MASK_PATHS} paths"))
+        raise invalid(violations)
     for path in request.update_mask.paths:
         if path not in UPDATABLE_LINK_FIELDS:
             violations.append(

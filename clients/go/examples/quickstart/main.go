@@ -2,6 +2,7 @@
 // QoS than the link has, is refused with a counter-offer, takes the counter-offer, renegotiates
 // down, drops the call, and replays the call's events from the event log.
 //
+//	go run ./examples/quickstart                      # CALLQOS_TARGET, else CALLQOS_LISTEN, else 127.0.0.1:50051
 //	go run ./examples/quickstart -addr 127.0.0.1:50051
 package main
 
@@ -22,7 +23,7 @@ import (
 )
 
 func main() {
-	addr := flag.String("addr", "127.0.0.1:50051", "callqos server host:port")
+	addr := flag.String("addr", callqos.DefaultTarget(), "callqos server host:port (default: $CALLQOS_TARGET, else $CALLQOS_LISTEN's address)")
 	flag.Parse()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()

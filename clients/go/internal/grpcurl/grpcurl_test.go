@@ -46,6 +46,21 @@ func TestListServicesByReflection(t *testing.T) {
 	if out := grpcurl(t, nil, "describe", "callqos.v1.CallQosService"); !strings.Contains(out, "rpc WatchEvents") {
 		t.Errorf("describe CallQosService:\n%s", out)
 	}
+	if out := grpcurl(t, nil, "list"); !strings.Contains(out, "grpc.reflection.v1.ServerReflection\n") {
+		t.Errorf("grpcurl list lacks grpc.reflection.v1:\n%s", out)
+	}
+}
+
+// A method and a message describe too (grpc-python's own reflection answers "Symbol not
+// found" for them, grpc/grpc#34743, which also breaks ghz in reflection mode).
+func TestDescribeMethodAndMessage(t *testing.T) {
+	out := grpcurl(t, nil, "describe", "callqos.v1.CallQosService.CreateCall")
+	if !strings.Contains(out, "rpc CreateCall ( .callqos.v1.CreateCallRequest ) returns ( .callqos.v1.Call )") {
+		t.Errorf("describe CreateCall:\n%s", out)
+	}
+	if out := grpcurl(t, nil, "describe", "callqos.v1.Call"); !strings.Contains(out, "message Call {") {
+		t.Errorf("describe Call:\n%s", out)
+	}
 }
 
 func TestCreateCallWithJSON(t *testing.T) {

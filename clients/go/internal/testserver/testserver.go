@@ -2,7 +2,8 @@
 // examples: `callqos serve --listen 127.0.0.1:0 --port-file F --storage memory`.
 //
 // The server program is $CALLQOS_BIN, else the repository's .venv/bin/callqos (made by
-// `make venv` at the top). Set CALLQOS_ADDR to use a server that is already running instead.
+// `make venv` at the top). Set CALLQOS_TARGET to use a server that is already running instead
+// (the address convention: callqos.DefaultTarget).
 package testserver
 
 import (
@@ -30,7 +31,7 @@ type Server struct {
 
 // Start starts a server and waits until it is serving (it writes its port file then).
 func Start() (*Server, error) {
-	if addr := os.Getenv("CALLQOS_ADDR"); addr != "" {
+	if addr := os.Getenv("CALLQOS_TARGET"); addr != "" {
 		return &Server{Addr: addr}, nil
 	}
 	bin, err := findBinary()
@@ -85,6 +86,8 @@ func StartSecure() (*Secure, error) {
 func start(bin, dir string, args ...string) (*Server, error) {
 	portFile := filepath.Join(dir, "port")
 	cmd := exec.Command(bin, append([]string{"serve", "--listen", "127.0.0.1:0", "--port-file", portFile}, args...)...)
+	// The server reads only what it is given: no CALLQOS_* of the caller's shell.
+	cmd.Env = serverEnv()
 	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
 	if err := cmd.Start(); err != nil {
 		os.RemoveAll(dir)
@@ -127,6 +130,16 @@ func (s *Server) Stop() error {
 	}
 }
 
+func serverEnv() []string {
+	var env []string
+	for _, kv := range os.Environ() {
+		if !strings.HasPrefix(kv, "CALLQOS_") {
+			env = append(env, kv)
+		}
+	}
+	return env
+}
+
 // findBinary is $CALLQOS_BIN or the nearest .venv/bin/callqos above the working directory.
 func findBinary() (string, error) {
 	if bin := os.Getenv("CALLQOS_BIN"); bin != "" {
@@ -143,7 +156,7 @@ func findBinary() (string, error) {
 		}
 		parent := filepath.Dir(dir)
 		if parent == dir {
-			return "", errors.New("no .venv/bin/callqos found above the working directory: run `make venv` at the top, or set CALLQOS_BIN or CALLQOS_ADDR")
+			return "", errors.New("no .venv/bin/callqos found above the working directory: run `make venv` at the top, or set CALLQOS_BIN or CALLQOS_TARGET")
 		}
 		dir = parent
 	}

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import secrets
 import sys
 from collections.abc import Callable, Sequence
 from importlib import metadata
@@ -22,13 +23,14 @@ os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 
 import grpc
 from google.protobuf import json_format
+from google.protobuf.descriptor import FieldDescriptor
 
 from callqos import wire
 from callqos.client import Client, FileToken, ResumePolicy, errors, specs, tls_credentials
 from callqos.client._channel import DEFAULT_TIMEOUT, env_principal, env_target
-from callqos.v1 import flowspec_pb2
+from callqos.v1 import event_pb2, flowspec_pb2
 
-from . import plugins, render
+from . import completion, plugins, render
 
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
@@ -41,10 +43,34 @@ _SERVICE_TYPES = [
 ]
 
 
+def unsigned(bits: int) -> Callable[[str], int]:
+    """An argparse type: a whole number in 0 .. 2**bits - 1 (the range of the proto field). A bad
+    value is reported by argparse with the flag's name: `argument --send-rate: -5 is out of range`."""
+    limit = (1 << bits) - 1
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if not 0 <= value <= limit:
+            raise argparse.ArgumentTypeError(f"{value} is out of range (0-{limit})")
+        return value
+
+    parse.__name__ = f"uint{bits}"
+    return parse
+
+
+def _field_bits(field: str) -> int:
+    """32 for a uint32 FlowSpec field, 64 for a uint64 one."""
+    kind = flowspec_pb2.FlowSpec.DESCRIPTOR.fields_by_name[field].type
+    return 32 if kind == FieldDescriptor.TYPE_UINT32 else 64
+
+
 def _peak(text: str) -> int | str:
     if text.lower() in ("unbounded", "inf", "infinity"):
         return specs.UNBOUNDED
-    return int(text)
+    return unsigned(64)(text)
 
 
 def _add_flowspec_flags(parser: argparse.ArgumentParser, unset: str) -> None:
@@ -62,7 +88,7 @@ def _add_flowspec_flags(parser: argparse.ArgumentParser, unset: str) -> None:
         for f in render.FLOW_FIELDS:
             group.add_argument(
                 f"--{prefix}-{f.flag}",
-                type=_peak if f.flag == "peak" else int,
+                type=_peak if f.flag == "peak" else unsigned(_field_bits(f.field)),
                 metavar="N",
                 help=f"{what} {f.help}",
             )
@@ -99,9 +125,11 @@ def _provider_specific(args: argparse.Namespace) -> bytes | None:
     return text.encode("utf-8")
 
 
-def _qos_args(args: argparse.Namespace, unset: flowspec_pb2.FlowSpec) -> dict[str, Any]:
+def _qos_args(args: argparse.Namespace) -> dict[str, Any]:
     """Keyword arguments for make_call/renegotiate: `qos=` from --qos (or when provider-specific
-    data is given), or `sending=`/`receiving=`. `unset` is what a direction without flags gets."""
+    data is given), or `sending=`/`receiving=`. A direction without flags is left out, and the
+    server applies the rule for an absent direction (conformance/SPEC.md FLOW-20): best effort in
+    a new call, kept as it is in a renegotiation."""
     data = _provider_specific(args)
     if args.qos:
         text = args.qos
@@ -118,13 +146,23 @@ def _qos_args(args: argparse.Namespace, unset: flowspec_pb2.FlowSpec) -> dict[st
     sending, receiving = _flowspec(args, "send"), _flowspec(args, "recv")
     if data is None:
         return {"sending": sending, "receiving": receiving}
-    return {
-        "qos": flowspec_pb2.QosSpec(
-            sending=sending if sending is not None else unset,
-            receiving=receiving if receiving is not None else unset,
-            provider_specific=data,
-        )
-    }
+    spec = flowspec_pb2.QosSpec(provider_specific=data)
+    if sending is not None:
+        spec.sending.CopyFrom(sending)
+    if receiving is not None:
+        spec.receiving.CopyFrom(receiving)
+    return {"qos": spec}
+
+
+def _asks_for_qos(args: argparse.Namespace) -> bool:
+    """Whether any QoS flag was given (--send-*, --recv-*, --qos, --provider-specific)."""
+    if args.qos is not None or args.provider_specific is not None:
+        return True
+    return any(
+        getattr(args, f"{prefix}_{name}") is not None
+        for prefix in ("send", "recv")
+        for name in ["type", *(f.flag.replace("-", "_") for f in render.FLOW_FIELDS)]
+    )
 
 
 class _UsageError(Exception):
@@ -145,7 +183,7 @@ def cmd_make(client: Client, args: argparse.Namespace) -> None:
         provider=args.provider,
         call_id=args.call_id,
         request_id=args.request_id,
-        **_qos_args(args, specs.best_effort()),
+        **_qos_args(args),
     )
     _show_call(args, call)
 
@@ -155,12 +193,16 @@ def cmd_get(client: Client, args: argparse.Namespace) -> None:
 
 
 def cmd_renegotiate(client: Client, args: argparse.Namespace) -> None:
+    if args.level is None and not _asks_for_qos(args):
+        raise _UsageError(
+            "nothing to renegotiate: give the new QoS (--send-*, --recv-*, --qos or --provider-specific) or --level"
+        )
     call = client.renegotiate(
         args.name,
         level=args.level,
         etag=args.etag,
         request_id=args.request_id,
-        **_qos_args(args, specs.no_change()),
+        **_qos_args(args),
     )
     _show_call(args, call)
 
@@ -169,9 +211,17 @@ def cmd_drop(client: Client, args: argparse.Namespace) -> None:
     _show_call(args, client.drop(args.name, etag=args.etag))
 
 
+def _reconnecting(error: errors.CallQosError, delay: float) -> None:
+    """Said on stderr, so that a watch that has gone quiet says why (stdout stays the events)."""
+    why = error.reason or error.code.name
+    print(f"callqos watch: {why}: {error.message or 'stream broken'}; reconnecting in {delay:.1f}s", file=sys.stderr)
+
+
 def cmd_watch(client: Client, args: argparse.Namespace) -> None:
     policy = ResumePolicy(give_up_after=args.give_up_after)
-    stream = client.watch(args.after, call=args.call, line=args.line, types=args.type, resume=policy)
+    stream = client.watch(
+        args.after, call=args.call, line=args.line, types=args.type, resume=policy, on_reconnect=_reconnecting
+    )
     seen = 0
     with stream:
         for event in stream:
@@ -256,9 +306,8 @@ def cmd_offers(client: Client, args: argparse.Namespace) -> None:
 
 
 def cmd_answer(client: Client, args: argparse.Namespace) -> None:
-    qos = _qos_args(args, specs.no_change())
-    if args.qos is None and qos.get("qos") is None and qos.get("sending") is None and qos.get("receiving") is None:
-        qos = {}  # no QoS flag at all: accept the offer as it is
+    # No QoS flag at all: the offer as it is; a direction without flags: as offered.
+    qos = _qos_args(args)
     call = client.answer(_offered_call(client, args), etag=args.etag, request_id=args.request_id, **qos)
     _show_call(args, call)
 
@@ -277,8 +326,39 @@ def cmd_links(client: Client, args: argparse.Namespace) -> None:
 
 
 def cmd_set_capacity(client: Client, args: argparse.Namespace) -> None:
-    link = client.update_link_capacity(args.link, args.capacity)
-    _print_all(args, [link], render.links_table)
+    """UpdateLink, then which calls it shed: the QoS events its provider reported while it ran,
+    found by the trace id this command gives the request (every QoS event carries the trace id
+    of the operation that caused it)."""
+    before = client.event_cursor()
+    trace_id = secrets.token_hex(16)
+    traceparent = f"00-{trace_id}-{secrets.token_hex(8)}-01"
+    with _client(args, metadata=[("traceparent", traceparent)]) as traced:
+        link = traced.update_link_capacity(args.link, args.capacity)
+    shed = _shed_by(client, before, client.event_cursor(), trace_id)
+    if args.json:
+        print(render.to_json(link))
+        for event in shed:
+            print(render.to_json(event))
+        return
+    render.links_table([link], sys.stdout)
+    print(render.shed_text(shed))
+
+
+_SHEDDING = {event_pb2.QOS_EVENT_TYPE_CALL_DISCONNECTED, event_pb2.QOS_EVENT_TYPE_QOS_CHANGED}
+
+
+def _shed_by(client: Client, after: int, through: int, trace_id: str) -> list[event_pb2.QosEvent]:
+    """The disconnections and QoS changes in events after..through that carry `trace_id`."""
+    found: list[event_pb2.QosEvent] = []
+    if through <= after:
+        return found
+    with client.watch(after_sequence=after) as stream:
+        for event in stream:
+            if event.trace_id == trace_id and event.type in _SHEDDING:
+                found.append(event)
+            if event.sequence >= through:
+                break
+    return found
 
 
 # --- parser -----------------------------------------------------------------------------------
@@ -382,7 +462,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--state", choices=["connected", "disconnected", "offering", "ringback"])
     p.add_argument("--provider")
     p.add_argument("--line", help="only calls offered on this line (lines/{line})")
-    p.add_argument("--page-size", type=int, help="calls fetched per request")
+    p.add_argument("--page-size", type=unsigned(31), help="calls fetched per request")
 
     p = command("renegotiate", cmd_renegotiate, "change the QoS of a connected call")
     p.add_argument("name", help="calls/{call} or {call}")
@@ -425,8 +505,8 @@ def build_parser() -> argparse.ArgumentParser:
     line_help = "lines/{line} (default: the one line this principal has open)"
     p = command("offers", cmd_offers, "show the calls ringing on a line, then each new one as it is offered")
     p.add_argument("--line", help=line_help)
-    p.add_argument("--after", type=int, metavar="N", help="resume after event sequence N instead")
-    p.add_argument("--count", type=int, metavar="N", help="stop after N calls")
+    p.add_argument("--after", type=unsigned(64), metavar="N", help="resume after event sequence N instead")
+    p.add_argument("--count", type=unsigned(31), metavar="N", help="stop after N calls")
     p.add_argument(
         "--give-up-after",
         type=float,
@@ -451,7 +531,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("watch", cmd_watch, "follow QoS events; resumes after server restarts")
     p.add_argument(
         "--after",
-        type=int,
+        type=unsigned(64),
         metavar="N",
         help="replay events after sequence N first (0: all retained); default: new events only",
     )
@@ -463,7 +543,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="TYPE",
         help="only events of this type (repeatable), e.g. qos-changed",
     )
-    p.add_argument("--count", type=int, metavar="N", help="stop after N events")
+    p.add_argument("--count", type=unsigned(31), metavar="N", help="stop after N events")
     p.add_argument(
         "--give-up-after",
         type=float,
@@ -480,7 +560,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("set-capacity", cmd_set_capacity, "change a link's capacity (UpdateLink)")
     p.add_argument("link", help="providers/{provider}/links/{link}")
-    p.add_argument("capacity", type=int, help="bytes/s per direction")
+    p.add_argument("capacity", type=unsigned(64), help="bytes/s per direction")
+
+    p = sub.add_parser(
+        "completion",
+        help="print a shell completion script: source <(callqos completion bash)",
+        description="Print a completion script for bash (zsh: run `autoload -U bashcompinit && bashcompinit` first).",
+    )
+    p.add_argument("shell", choices=completion.SHELLS)
+    p.set_defaults(completion=True)
 
     # Subcommands of other distributions (`serve` from callqos-server): they parse their own
     # arguments, so they get everything after their name.
@@ -499,6 +587,18 @@ def _credentials(args: argparse.Namespace) -> grpc.ChannelCredentials | None:
         raise _UsageError(f"cannot read {exc.filename}: {exc.strerror}") from exc
 
 
+def _client(args: argparse.Namespace, metadata: Sequence[tuple[str, str]] = ()) -> Client:
+    """A client as the flags (and the environment) say: target, principal, TLS, token."""
+    return Client(
+        args.target,
+        principal=args.principal,
+        timeout=args.timeout,
+        credentials=_credentials(args),
+        token=args.token or (FileToken(args.token_file) if args.token_file else None),
+        metadata=metadata,
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``callqos`` console script and ``python -m callqos.cli``."""
     parser = build_parser()
@@ -508,14 +608,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return plugins.run(plugin, rest)
     if rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    if getattr(args, "completion", False):
+        print(completion.script(parser, args.shell))
+        return 0
     try:
-        with Client(
-            args.target,
-            principal=args.principal,
-            timeout=args.timeout,
-            credentials=_credentials(args),
-            token=args.token or (FileToken(args.token_file) if args.token_file else None),
-        ) as client:
+        with _client(args) as client:
             args.func(client, args)
     except errors.CallQosError as exc:
         if args.json:

@@ -112,9 +112,7 @@ def _short_qos(spec: flowspec_pb2.QosSpec, has: bool) -> tuple[str, str]:
 
 
 def call_text(call: call_pb2.Call) -> str:
-    state = _label(call_pb2.Call.State, "STATE_", call.state)
-    if call.state == call_pb2.Call.STATE_DISCONNECTED:
-        state += f" ({_label(call_pb2.DisconnectReason, 'DISCONNECT_REASON_', call.disconnect_reason)})"
+    state = state_text(call)
     level = _label(call_pb2.ServiceLevel, "SERVICE_LEVEL_", call.service_level)
     features = [name for name, on in (("set-qos", call.features.set_qos), ("answer", call.features.answer)) if on]
     lines = [
@@ -179,6 +177,14 @@ def table(rows: Sequence[Sequence[str]], out: TextIO) -> None:
         out.write("  ".join(cells).rstrip() + "\n")
 
 
+def state_text(call: call_pb2.Call) -> str:
+    """``connected``, or ``disconnected (qos-unavailable)``: why a call ended is part of its state."""
+    state = _label(call_pb2.Call.State, "STATE_", call.state)
+    if call.state == call_pb2.Call.STATE_DISCONNECTED and call.disconnect_reason:
+        state += f" ({_label(call_pb2.DisconnectReason, 'DISCONNECT_REASON_', call.disconnect_reason)})"
+    return state
+
+
 def calls_table(calls: Iterable[call_pb2.Call], out: TextIO) -> None:
     rows = [["NAME", "STATE", "LEVEL", "SEND (granted)", "RECV (granted)", "OWNER", "PROVIDER"]]
     for call in calls:
@@ -186,7 +192,7 @@ def calls_table(calls: Iterable[call_pb2.Call], out: TextIO) -> None:
         rows.append(
             [
                 call.name,
-                _label(call_pb2.Call.State, "STATE_", call.state),
+                state_text(call),
                 _label(call_pb2.ServiceLevel, "SERVICE_LEVEL_", call.service_level),
                 send,
                 recv,
@@ -252,6 +258,20 @@ def event_text(event: event_pb2.QosEvent) -> str:
     return "  ".join(parts)
 
 
+def shed_text(events: Sequence[event_pb2.QosEvent]) -> str:
+    """What a capacity change did to the calls on the link, from the events it caused."""
+    if not events:
+        return "no call was shed"
+    lines = [f"shed {len(events)} call{'s' if len(events) != 1 else ''}:"]
+    for event in events:
+        if event.type == event_pb2.QOS_EVENT_TYPE_CALL_DISCONNECTED:
+            why = _label(call_pb2.DisconnectReason, "DISCONNECT_REASON_", event.disconnect_reason)
+            lines.append(f"  {event.call}  disconnected ({why})")
+        else:
+            lines.append(f"  {event.call}  degraded to {qos_text(event.current_qos)}")
+    return "\n".join(lines)
+
+
 def _retry_flags(offer: flowspec_pb2.QosSpec) -> str:
     """The CLI flags that ask for ``offer`` (so a refusal can be retried by copy and paste)."""
     flags: list[str] = []
@@ -287,7 +307,12 @@ def error_text(exc: errors.CallQosError) -> str:
     head = f"error: {exc.reason or exc.code.name}"
     if exc.reason:
         head += f" ({exc.code.name})"
-    lines = [f"{head}: {exc.message}" if exc.message else head]
+    message = exc.message
+    if isinstance(exc, errors.InvalidArgumentError) and exc.field_violations:
+        # The server's message repeats the violations; each is shown once, below.
+        count = len(exc.field_violations)
+        message = f"{count} invalid field{'s' if count != 1 else ''}"
+    lines = [f"{head}: {message}" if message else head]
     if isinstance(exc, errors.QosRefusedError):
         if exc.call:
             lines.append(f"  call:          {exc.call}")

@@ -88,7 +88,8 @@ def traced(metadata: Sequence[tuple[str, str]]) -> tuple[tuple[str, str], ...]:
 
 
 def env_target() -> str:
-    return os.environ.get(wire.TARGET_ENV) or DEFAULT_TARGET
+    """The target of the address convention (`callqos.wire.default_target`)."""
+    return wire.default_target()
 
 
 def env_principal() -> str | None:

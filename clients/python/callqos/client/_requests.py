@@ -36,15 +36,18 @@ def _qos(
     qos: flowspec_pb2.QosSpec | None,
     sending: flowspec_pb2.FlowSpec | None,
     receiving: flowspec_pb2.FlowSpec | None,
-    default: flowspec_pb2.FlowSpec,
 ) -> flowspec_pb2.QosSpec:
+    """The QoS to send. A direction not given is left out: the server reads an absent direction
+    as best effort in a new call and as "keep it" in a renegotiation (SPEC.md FLOW-20)."""
     if qos is not None:
         if sending is not None or receiving is not None:
             raise TypeError("pass either qos= or sending=/receiving=, not both")
         return qos
     result = flowspec_pb2.QosSpec()
-    result.sending.CopyFrom(sending if sending is not None else default)
-    result.receiving.CopyFrom(receiving if receiving is not None else default)
+    if sending is not None:
+        result.sending.CopyFrom(sending)
+    if receiving is not None:
+        result.receiving.CopyFrom(receiving)
     return result
 
 
@@ -62,7 +65,7 @@ def create_call(
     call = call_pb2.Call(
         destination=destination,
         provider=provider_name(provider) if provider else "",
-        requested_qos=_qos(qos, sending, receiving, specs.best_effort()),
+        requested_qos=_qos(qos, sending, receiving),
     )
     if level is not None:
         call.service_level = specs.parse_service_level(level)  # type: ignore[assignment]
@@ -81,10 +84,10 @@ def renegotiate_call(
     etag: str | None,
     request_id: str | None,
 ) -> callqos_service_pb2.RenegotiateCallRequest:
-    # A direction the caller leaves out is kept as it is (SERVICETYPE_NOCHANGE).
+    # A direction the caller leaves out is kept as it is (the server reads it as NO_CHANGE).
     request = callqos_service_pb2.RenegotiateCallRequest(
         name=call_name(name),
-        qos=_qos(qos, sending, receiving, specs.no_change()),
+        qos=_qos(qos, sending, receiving),
         etag=etag or "",
         request_id=request_id or new_request_id(),
     )
@@ -143,12 +146,12 @@ def answer_call(
     request_id: str | None,
 ) -> callqos_service_pb2.AnswerCallRequest:
     """An answer: with no QoS at all, the offer as it is; a direction left out keeps what was
-    offered (SERVICETYPE_NOCHANGE)."""
+    offered (the server reads it as NO_CHANGE, SPEC.md FLOW-20)."""
     request = callqos_service_pb2.AnswerCallRequest(
         name=call_name(name), etag=etag or "", request_id=request_id or new_request_id()
     )
     if qos is not None or sending is not None or receiving is not None:
-        request.qos.CopyFrom(_qos(qos, sending, receiving, specs.no_change()))
+        request.qos.CopyFrom(_qos(qos, sending, receiving))
     return request
 
 

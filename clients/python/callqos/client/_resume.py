@@ -70,6 +70,7 @@ class WatchState:
         policy: ResumePolicy,
         clock: Callable[[], float] = time.monotonic,
         line: str | None = None,
+        on_reconnect: Callable[[CallQosError, float], object] | None = None,
     ) -> None:
         self.last_sequence: int | None = after_sequence
         self._call = call
@@ -82,6 +83,8 @@ class WatchState:
         self._opened_at = 0.0
         #: How many times the stream was reopened after a failure.
         self.reconnects = 0
+        #: Told (the error, the seconds until the next attempt) before each reconnection.
+        self.on_reconnect = on_reconnect
 
     def request(self) -> callqos_service_pb2.WatchEventsRequest:
         """The request for the next (re)connection: resume after the last sequence seen."""
@@ -120,4 +123,7 @@ class WatchState:
         if give_up is not None and now - self._failing_since > give_up:
             raise error
         self.reconnects += 1
-        return next(self._delays)
+        delay = next(self._delays)
+        if self.on_reconnect is not None:
+            self.on_reconnect(error, delay)
+        return delay

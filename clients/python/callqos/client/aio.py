@@ -48,7 +48,7 @@ class AsyncClient:
 
     def __init__(
         self,
-        target: str = _channel.DEFAULT_TARGET,
+        target: str | None = None,
         *,
         principal: str | None = None,
         timeout: float = _channel.DEFAULT_TIMEOUT,
@@ -59,10 +59,10 @@ class AsyncClient:
         service_config: Mapping[str, Any] | None = None,
         options: Sequence[tuple[str, Any]] = (),
     ) -> None:
-        self.target = target
+        self.target: str = target or _channel.env_target()
         self.principal = principal
         self.timeout = timeout
-        check_token_transport(target, token, credentials)
+        check_token_transport(self.target, token, credentials)
         self._token = token_getter(token)
         self._credentials = credentials
         self._metadata = _channel.request_metadata(principal, metadata)
@@ -326,6 +326,24 @@ class AsyncClient:
 
     # -- events -----------------------------------------------------------------------------
 
+    async def event_cursor(self, *, timeout: float | None = None) -> int:
+        """See :meth:`Client.event_cursor <callqos.client.sync.Client.event_cursor>`."""
+        stream = self._stub.WatchEvents(
+            _requests.watch_events(None, None, None),
+            timeout=self.timeout if timeout is None else timeout,
+            metadata=_channel.traced(self._metadata),
+        )
+        try:
+            for key, value in await stream.initial_metadata() or ():
+                if key == START_SEQUENCE_HEADER:
+                    return int(value)
+            await stream.read()  # no start: the server refused the stream; raise its error
+            raise UnavailableError("the server sent no start sequence")
+        except grpc.RpcError as exc:
+            raise from_grpc_error(exc) from exc
+        finally:
+            stream.cancel()
+
     def watch(
         self,
         after_sequence: int | None = None,
@@ -334,9 +352,10 @@ class AsyncClient:
         line: str | None = None,
         types: Iterable[specs.EnumLike] | None = None,
         resume: ResumePolicy | None = None,
+        on_reconnect: Callable[[CallQosError, float], object] | None = None,
     ) -> AsyncEventStream:
         """See :meth:`Client.watch <callqos.client.sync.Client.watch>`."""
-        state = WatchState(after_sequence, call, types, resume or ResumePolicy(), line=line)
+        state = WatchState(after_sequence, call, types, resume or ResumePolicy(), line=line, on_reconnect=on_reconnect)
         return AsyncEventStream(self, state)
 
     # -- paging -----------------------------------------------------------------------------

@@ -91,6 +91,7 @@ __all__ = [
     "UnavailableError",
     "UnknownError",
     "UnsupportedError",
+    "WatcherTooSlowError",
     "exception_class_for",
     "from_grpc_error",
     "is_retryable",
@@ -501,6 +502,13 @@ class ShuttingDownError(UnavailableError):
     """The server is shutting down; reconnect (watchers resume from their cursor)."""
 
     error_reason = "SHUTTING_DOWN"
+
+
+class WatcherTooSlowError(UnavailableError):
+    """The server cut a watch stream that read nothing while events piled up behind it; a
+    ``watch()`` resumes from its cursor by itself."""
+
+    error_reason = "WATCHER_TOO_SLOW"
 
 
 class InternalError(ServerError):

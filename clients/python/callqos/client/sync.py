@@ -42,7 +42,8 @@ class Client:
     """A blocking callqos client over one gRPC channel. Thread-safe, like the channel.
 
     Args:
-        target: ``host:port`` of the server.
+        target: ``host:port`` of the server; by default the address convention's
+            (``CALLQOS_TARGET``, else ``CALLQOS_LISTEN``'s address, else 127.0.0.1:50051).
         principal: the identity sent as ``x-callqos-principal`` (the server uses
             ``"anonymous"`` when absent). Only a call's owner may renegotiate or drop it.
         timeout: the deadline, in seconds, of every unary RPC; each method takes its own.
@@ -59,7 +60,7 @@ class Client:
 
     def __init__(
         self,
-        target: str = _channel.DEFAULT_TARGET,
+        target: str | None = None,
         *,
         principal: str | None = None,
         timeout: float = _channel.DEFAULT_TIMEOUT,
@@ -70,17 +71,17 @@ class Client:
         service_config: Mapping[str, Any] | None = None,
         options: Sequence[tuple[str, Any]] = (),
     ) -> None:
-        self.target = target
+        self.target: str = target or _channel.env_target()
         self.principal = principal
         self.timeout = timeout
-        check_token_transport(target, token, credentials)
+        check_token_transport(self.target, token, credentials)
         self._token = token_getter(token)
         self._metadata = _channel.request_metadata(principal, metadata)
         opts = _channel.channel_options(retry=retry, service_config=service_config, extra=options)
         if credentials is None:
-            self._channel = grpc.insecure_channel(target, options=opts)
+            self._channel = grpc.insecure_channel(self.target, options=opts)
         else:
-            self._channel = grpc.secure_channel(target, credentials, options=opts)
+            self._channel = grpc.secure_channel(self.target, credentials, options=opts)
         self._stub = callqos_service_pb2_grpc.CallQosServiceStub(self._channel)  # type: ignore[no-untyped-call]
 
     # -- lifecycle --------------------------------------------------------------------------
@@ -362,6 +363,25 @@ class Client:
 
     # -- events -----------------------------------------------------------------------------
 
+    def event_cursor(self, *, timeout: float | None = None) -> int:
+        """The sequence of the newest event now: ``watch(after_sequence=cursor)`` later yields
+        exactly what happened from here on (the start a watch "from now" reports)."""
+        stream = self._stub.WatchEvents(
+            _requests.watch_events(None, None, None),
+            timeout=self.timeout if timeout is None else timeout,
+            metadata=_channel.traced(self._metadata),
+        )
+        try:
+            for key, value in stream.initial_metadata() or ():
+                if key == START_SEQUENCE_HEADER:
+                    return int(value)
+            next(stream)  # no start: the server refused the stream; raise its error
+            raise UnavailableError("the server sent no start sequence")
+        except grpc.RpcError as exc:
+            raise from_grpc_error(exc) from exc
+        finally:
+            stream.cancel()
+
     def watch(
         self,
         after_sequence: int | None = None,
@@ -370,13 +390,15 @@ class Client:
         line: str | None = None,
         types: Iterable[specs.EnumLike] | None = None,
         resume: ResumePolicy | None = None,
+        on_reconnect: Callable[[CallQosError, float], object] | None = None,
     ) -> EventStream:
         """Follow QoS events, reconnecting and resuming after the last one seen.
 
         ``after_sequence=None`` starts with events committed from now on; ``0`` replays all
         retained events. ``call`` and ``line`` keep only the events of that call, or of the calls
         offered on that line (a monitor's view of it). Each event is yielded once, in sequence
-        order, across server restarts.
+        order, across server restarts. ``on_reconnect(error, delay)`` is told of each
+        reconnection before it waits ``delay`` seconds (the CLI prints it).
         Until the first event arrives a "from now on" watch has no cursor, so events committed
         while it is reconnecting before then are not replayed; start from a sequence to avoid it.
 
@@ -385,7 +407,7 @@ class Client:
             CallQosError: any other non-transient error, or UNAVAILABLE for longer than
                 ``resume.give_up_after``.
         """
-        state = WatchState(after_sequence, call, types, resume or ResumePolicy(), line=line)
+        state = WatchState(after_sequence, call, types, resume or ResumePolicy(), line=line, on_reconnect=on_reconnect)
         return EventStream(self._stub, self._metadata, state, self._token)
 
     # -- paging -----------------------------------------------------------------------------

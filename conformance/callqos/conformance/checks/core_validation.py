@@ -10,8 +10,11 @@ from callqos.conformance.checks.registry import MUST, SHOULD, check
 from callqos.conformance.exceptions import CheckFailed, CheckSkipped
 from callqos.conformance.harness import CheckContext, RpcFailed
 from callqos.conformance.rules import INVALID_CASES, InvalidCase, cl, valid_request_qos
-from callqos.v1 import call_pb2
+from callqos.v1 import call_pb2, flowspec_pb2
 from callqos.v1 import callqos_service_pb2 as svc
+
+QosSpec = flowspec_pb2.QosSpec
+ST = flowspec_pb2.ServiceType
 
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
 BASE_RATE = 1000
@@ -123,6 +126,32 @@ async def defaults_resolved(ctx: CheckContext) -> None:
     granted = result.granted_qos.receiving
     if granted.service_type == qos.receiving.service_type and not granted.HasField("token_rate_bytes_per_second"):
         raise CheckFailed("granted receiving CONTROLLED_LOAD flowspec leaves token_rate_bytes_per_second unresolved")
+
+
+@check(
+    "CORE-VAL-031",
+    "An absent direction is best effort in a new call and kept in a renegotiation",
+    MUST,
+    "core",
+    spec=("FLOW-20",),
+    source="TAPI LINECALLPARAMS: a direction without a flowspec asks no QoS for it",
+)
+async def absent_direction(ctx: CheckContext) -> None:
+    """CreateCall with only a (feasible) sending flowspec connects with a BEST_EFFORT receiving
+    direction in requested_qos and granted_qos; a renegotiation giving only the sending direction
+    keeps the receiving one as it was."""
+    sending = (ctx.params.feasible or valid_request_qos(BASE_RATE)).sending
+    call = await ctx.create(QosSpec(sending=sending))
+    for what, spec in (("requested_qos", call.requested_qos), ("granted_qos", call.granted_qos)):
+        if spec.receiving.service_type != ST.SERVICE_TYPE_BEST_EFFORT:
+            raise CheckFailed(f"absent receiving direction: {what}.receiving is {spec.receiving}, not BEST_EFFORT")
+    if not ctx.caps.renegotiation:
+        return
+    result = await ctx.renegotiate(call.name, QosSpec(sending=sending))
+    if not isinstance(result, call_pb2.Call):
+        raise CheckFailed(f"RenegotiateCall with only a sending direction failed: {result}")
+    if result.granted_qos.receiving != call.granted_qos.receiving:
+        raise CheckFailed("an absent receiving direction in RenegotiateCall changed the receiving QoS")
 
 
 @check(

@@ -39,7 +39,12 @@ conformance checks that verify it):
   `offer_ended`; a caller who gives up is reported with `report_change(ProviderChange(call,
   None, ...))`.
 Calls arrive on the server's event loop; long or blocking work belongs in `asyncio.to_thread`
-(PROV-10: every call returns within the host's provider deadline).
+(PROV-10: every call returns within the host's provider deadline). A provider that blocks
+throughout (a blocking driver or library) sets `threaded = true` in its settings table: the host
+then runs all of it — start, admit, ..., stop — on an event loop of its own in a thread of its
+own, and its `ProviderHost` hands changes back to the server's loop. Either way the host contains
+what a provider does (PROV-15): an exception of any kind fails only that call, an answer of the
+wrong type is a contract violation, and a call that ignores its cancellation is abandoned.
 
 Several replicas. A server may run as several processes (replicas) on one database; each hosts
 its own instance of every provider, and any of them may be asked to admit, release or change a
@@ -52,7 +57,8 @@ decision opens `ledger.books(provider_id)`, locks the rows of the links it decid
 and writes reservations, and commits at the end of the block, before it answers (as the
 reference provider does). Its `reconcile` is then called on the one replica that leads background
 work, with every connected call, to put right what a replica that died between its decision and
-the server's commit left behind.
+the server's commit left behind. A threaded provider's ledger runs each transaction on the
+server's loop, where the database connections are, handing every step over.
 """
 
 from __future__ import annotations
@@ -136,7 +142,9 @@ class IncomingOffer:
     destination: str  # the address called: the address of an open line on this server
     caller_id: str  # who is calling, as the network identifies them (for people; may be empty)
     level: int  # callqos.v1.ServiceLevel the caller asked for (not UNSPECIFIED)
-    caller_qos: QosSpec  # the caller's request in the caller's terms: its sending is what it sends
+    # The caller's request in the caller's terms: its sending is what it sends. A direction left
+    # out is BEST_EFFORT, as in CreateCall (SPEC.md FLOW-20).
+    caller_qos: QosSpec
 
 
 @dataclass

@@ -1,5 +1,6 @@
 """Quotas: per tenant, its connected calls and the bytes/s they reserve in each direction; per
-principal, its open WatchEvents streams. 0 is unlimited.
+principal, its open WatchEvents streams (enforced with the other watch limits, in
+`callqos.server.watchers`). 0 is unlimited.
 
 A quota is never exceeded, not even by concurrent requests: admission checks it before the
 provider is asked (so a request that cannot fit costs the provider nothing), and the store checks
@@ -11,8 +12,7 @@ google.rpc.QuotaFailure naming the quota.
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -20,7 +20,6 @@ from google.rpc import error_details_pb2
 
 from callqos.server.config import Config, ConfigError
 from callqos.server.errors import Reason, ServiceError
-from callqos.server.security.identity import Caller
 from callqos.server.store.base import QuotaExceededError, Usage, UsageLimits
 
 
@@ -70,7 +69,6 @@ class Quotas:
             config.quota_active_calls, config.quota_reserved_bytes_per_second, config.quota_watchers_per_principal
         )
         self._tenants = {tenant: self._override(tenant, table) for tenant, table in config.tenant_quotas.items()}
-        self._watchers: dict[str, int] = {}
 
     def _override(self, tenant: str, table: Mapping[str, Any]) -> TenantQuota:
         unknown = sorted(set(table) - QUOTA_NAMES)
@@ -101,27 +99,3 @@ class Quotas:
         over = limits.exceeded(after, now)
         if over:
             raise usage_exceeded(QuotaExceededError(limits, over, after))
-
-    @contextlib.contextmanager
-    def watcher(self, caller: Caller) -> Iterator[None]:
-        """Count an open watch stream of `caller` while the block runs; QUOTA_EXCEEDED when the
-        principal already has its quota open. (Checked and counted without an await between.)"""
-        limit = self.of(caller.tenant).watchers_per_principal
-        subject = caller.subject
-        open_now = self._watchers.get(subject, 0)
-        if limit and open_now >= limit:
-            raise quota_failure(
-                f"principal:{subject}",
-                "watchers_per_principal",
-                limit,
-                f"{caller.principal} already has {open_now} watch streams open (quota {limit})",
-            )
-        self._watchers[subject] = open_now + 1
-        try:
-            yield
-        finally:
-            remaining = self._watchers[subject] - 1
-            if remaining:
-                self._watchers[subject] = remaining
-            else:
-                del self._watchers[subject]

@@ -5,8 +5,10 @@ One `Instruments` per running server, built from the tracer and meter providers 
 OTEL_* variables). Span attributes are only computed when the span is recording, and metrics only
 when a meter provider that exports was given, so the default (nothing exported) costs little.
 
-Metrics (OpenTelemetry names; the Prometheus endpoint shows `.` as `_`, counters with `_total`):
-- rpc.server.duration (ms) / rpc.server.call.duration (s): RPC duration, by method and status
+Metrics (OpenTelemetry names; the Prometheus endpoint shows `.` as `_`, counters with `_total`,
+units as suffixes):
+- rpc.server.call.duration (s): RPC duration, by method and status (in seconds, the Prometheus
+  and stable-semconv convention; its attributes follow OTEL_SEMCONV_STABILITY_OPT_IN)
 - callqos.provider.duration (s): provider calls, by provider, operation and outcome
 - callqos.admissions: admit decisions, by provider, service type, outcome and reason
 - callqos.renegotiations: renegotiations, by provider, outcome and reason
@@ -16,16 +18,21 @@ Metrics (OpenTelemetry names; the Prometheus endpoint shows `.` as `_`, counters
 - callqos.link.capacity / callqos.link.reserved (By/s): per link (and direction), for
   providers that administer links
 - callqos.watch.streams: open WatchEvents streams
+- callqos.event_loop.lag (s): how late the event loop ran a timer
+- callqos.build.info: 1, with the server's version (and the Python implementation) as attributes
+(and on the Prometheus endpoint, the standard process_* and python_info metrics)
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import platform
 import random
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
+from importlib import metadata
 
 import grpc
 from opentelemetry import context as otel_context
@@ -61,7 +68,6 @@ DURATION_BUCKETS_S = (
     5.0,
     10.0,
 )
-DURATION_BUCKETS_MS = tuple(bound * 1000 for bound in DURATION_BUCKETS_S)
 # The label of a call's service type is the more demanding of its two directions.
 _DEMAND = (
     ST.SERVICE_TYPE_NETWORK_CONTROL,
@@ -72,6 +78,13 @@ _DEMAND = (
     ST.SERVICE_TYPE_NO_TRAFFIC,
 )
 _REFUSAL_REASON = {RefusalKind.ADMISSION: "QOS_UNAVAILABLE", RefusalKind.POLICY: "QOS_POLICY_FAILURE"}
+
+
+def _version() -> str:
+    try:
+        return metadata.version("callqos-server")
+    except metadata.PackageNotFoundError:  # running from a source tree without installing
+        return "unknown"
 
 
 def _type_name(kind: int) -> str:
@@ -136,12 +149,6 @@ class Instruments:
         # Without an exporting meter provider, skip even building the measurements' attributes.
         self.metrics_enabled = meter_provider is not None and not isinstance(meter_provider, metrics.NoOpMeterProvider)
         meter = (meter_provider or metrics.NoOpMeterProvider()).get_meter(SCOPE)
-        self._rpc_duration_ms = meter.create_histogram(
-            "rpc.server.duration",
-            unit="ms",
-            description="Duration of inbound RPCs",
-            explicit_bucket_boundaries_advisory=list(DURATION_BUCKETS_MS),
-        )
         self._rpc_duration_s = meter.create_histogram(
             "rpc.server.call.duration",
             unit="s",
@@ -152,6 +159,12 @@ class Instruments:
             "callqos.provider.duration",
             unit="s",
             description="Duration of calls into QoS providers",
+            explicit_bucket_boundaries_advisory=list(DURATION_BUCKETS_S),
+        )
+        self._loop_lag = meter.create_histogram(
+            "callqos.event_loop.lag",
+            unit="s",
+            description="How late the server's event loop ran a timer (blocking code delays every RPC)",
             explicit_bucket_boundaries_advisory=list(DURATION_BUCKETS_S),
         )
         self._admissions = meter.create_counter(
@@ -186,9 +199,13 @@ class Instruments:
         self._active: dict[str, tuple[str, str]] = {}  # connected call → (provider, service type)
         self._active_counts: Counter[tuple[str, str]] = Counter()
         self._links: dict[str, provider_pb2.Link] = {}
-        self._rpc_metric_attributes: dict[
-            tuple[str, str, grpc.StatusCode], tuple[dict[str, str | int], dict[str, str | int]]
-        ] = {}
+        self._rpc_metric_attributes: dict[tuple[str, str, grpc.StatusCode], dict[str, str | int]] = {}
+        self._build = {"version": _version(), "python": platform.python_implementation()}
+        meter.create_observable_gauge(
+            "callqos.build.info",
+            [lambda options: [Observation(1, self._build)]],
+            description="The running server's version (always 1)",
+        )
 
     # -- RPCs (the interceptor) ---------------------------------------------------------------
     def record_rpc(self, service: str, method: str, code: grpc.StatusCode, seconds: float) -> None:
@@ -197,16 +214,24 @@ class Instruments:
         key = (service, method, code)
         attributes = self._rpc_metric_attributes.get(key)
         if attributes is None:
-            # Each histogram carries its own convention's attributes, even with rpc/dup.
-            old, new = Semconv(old=True, new=False), Semconv(old=False, new=True)
-            attributes = self._rpc_metric_attributes[key] = (
-                {**rpc_attributes(old, service, method), **status_attributes(old, code)},
-                {**rpc_attributes(new, service, method), **status_attributes(new, code)},
-            )
-        if self.semconv.old:
-            self._rpc_duration_ms.record(seconds * 1000, attributes[0])
-        if self.semconv.new:
-            self._rpc_duration_s.record(seconds, attributes[1])
+            attributes = self._rpc_metric_attributes[key] = {
+                **rpc_attributes(self.semconv, service, method),
+                **status_attributes(self.semconv, code),
+            }
+        self._rpc_duration_s.record(seconds, attributes)
+
+    def providers_hosted(self, providers: Iterable[str]) -> None:
+        """Start each provider's decision counters at 0, so that a dashboard sees the series (and a
+        rate of 0) before the first renegotiation or refusal rather than no data."""
+        if not self.metrics_enabled:
+            return
+        for provider in providers:
+            for outcome in ("granted", "refused", "error"):
+                self._renegotiations.add(0, {"callqos.provider": provider, "callqos.outcome": outcome})
+
+    def record_loop_lag(self, seconds: float) -> None:
+        if self.metrics_enabled:
+            self._loop_lag.record(seconds)
 
     # -- providers ----------------------------------------------------------------------------
     def observes_provider_calls(self) -> bool:

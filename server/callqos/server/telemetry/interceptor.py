@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
@@ -33,6 +34,7 @@ from callqos.server.telemetry.instruments import Instruments, untraced_span
 from callqos.server.telemetry.semconv import SERVER_ERROR_CODES, peer_attributes, rpc_attributes, status_attributes
 
 Metadata = Sequence[tuple[str, str | bytes]]
+log = logging.getLogger("callqos.server.rpc")
 
 
 class _MetadataGetter(Getter[Metadata]):
@@ -96,7 +98,17 @@ class _Rpc:
                     self.span.record_exception(error)
                 self.span.set_status(Status(StatusCode.ERROR, details or code.name))
         self.span.end()
-        self.instruments.record_rpc(self.service, self.method, code, time.perf_counter() - self.started)
+        seconds = time.perf_counter() - self.started
+        self.instruments.record_rpc(self.service, self.method, code, seconds)
+        if log.isEnabledFor(logging.DEBUG):  # one line per RPC, at debug (in the RPC's trace)
+            token = otel_context.attach(self.context)
+            try:
+                log.debug(
+                    "rpc",
+                    extra={"method": f"{self.service}/{self.method}", "code": code.name, "seconds": round(seconds, 6)},
+                )
+            finally:
+                otel_context.detach(token)
 
 
 def _ended(context: grpc.aio.ServicerContext, error: BaseException | None) -> tuple[grpc.StatusCode, str | None]:

@@ -3,8 +3,10 @@
 The RPC conventions were renamed after semconv v1.37 (`rpc.system` → `rpc.system.name`,
 `rpc.method` fully qualified, `rpc.grpc.status_code` int → `rpc.response.status_code` string,
 `rpc.server.duration` in ms → `rpc.server.call.duration` in s). As the conventions ask of existing
-instrumentations, the old names stay the default; `rpc` switches to the new ones and `rpc/dup`
-emits both (and wins over `rpc` when both are listed).
+instrumentations, the old attribute names stay the default; `rpc` switches to the new ones and
+`rpc/dup` emits both (and wins over `rpc` when both are listed). The duration metric is always
+`rpc.server.call.duration`, in seconds (the Prometheus convention); only its attributes follow
+the choice.
 """
 
 from __future__ import annotations

@@ -170,11 +170,14 @@ def from_environment(metrics_listen: str = "", env: Mapping[str, str] | None = N
 
 def _start_prometheus(telemetry: Telemetry, host: str, port: int) -> MetricReader:
     from opentelemetry.exporter.prometheus import PrometheusMetricReader
-    from prometheus_client import CollectorRegistry, start_http_server
+    from prometheus_client import CollectorRegistry, PlatformCollector, ProcessCollector, start_http_server
 
     # A registry of our own, not prometheus_client's global one: two servers in one process
-    # (tests) must not collide, and only these metrics are served.
+    # (tests) must not collide, and only these metrics are served — with the standard process_*
+    # (CPU, memory, open files, start time) and python_info a scraper expects of any process.
     registry = CollectorRegistry(auto_describe=True)
+    ProcessCollector(registry=registry)
+    PlatformCollector(registry=registry)
     reader = PrometheusMetricReader(registry=registry)
     http_server, thread = start_http_server(port, addr=host, registry=registry)
     telemetry.prometheus_port = int(http_server.server_port)

@@ -286,9 +286,10 @@ type Call struct {
 	DisconnectReason DisconnectReason `protobuf:"varint,5,opt,name=disconnect_reason,json=disconnectReason,proto3,enum=callqos.v1.DisconnectReason" json:"disconnect_reason,omitempty"`
 	// How much the caller insists on requested_qos.
 	ServiceLevel ServiceLevel `protobuf:"varint,6,opt,name=service_level,json=serviceLevel,proto3,enum=callqos.v1.ServiceLevel" json:"service_level,omitempty"`
-	// The QoS desired (LINECALLPARAMS flowspecs), as the caller last asked for it. For an INCOMING
-	// call it is the caller's request mirrored: the caller's sending flowspec is this call's
-	// receiving one.
+	// The QoS desired (LINECALLPARAMS flowspecs), as the caller last asked for it. Optional in
+	// CreateCall: a direction left out (or the whole QoS) is BEST_EFFORT, and is recorded so. For
+	// an INCOMING call it is the caller's request mirrored: the caller's sending flowspec is this
+	// call's receiving one.
 	RequestedQos *QosSpec `protobuf:"bytes,7,opt,name=requested_qos,json=requestedQos,proto3" json:"requested_qos,omitempty"`
 	// Output only. The QoS in effect (LINECALLINFO flowspecs), with defaults resolved by the
 	// provider. Unset when the call never connected; the last granted QoS after a drop.

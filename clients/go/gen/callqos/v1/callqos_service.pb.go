@@ -259,7 +259,9 @@ type RenegotiateCallRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// `calls/{call}`.
 	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
-	// The new QoS. SERVICE_TYPE_NO_CHANGE in a direction keeps that direction as it is.
+	// The new QoS. SERVICE_TYPE_NO_CHANGE in a direction, or a direction left out, keeps that
+	// direction as it is; without qos only service_level changes. A request that changes
+	// nothing returns the call unchanged, with no event.
 	Qos *QosSpec `protobuf:"bytes,2,opt,name=qos,proto3" json:"qos,omitempty"`
 	// Optional: the call's etag; ABORTED (ETAG_MISMATCH) if the call changed since.
 	Etag string `protobuf:"bytes,3,opt,name=etag,proto3" json:"etag,omitempty"`
@@ -1136,8 +1138,8 @@ type AnswerCallRequest struct {
 	// Optional: the QoS to answer with, in the answering call's own terms (its sending flowspec
 	// is what its owner sends). Each direction asks no more than the offer (the call's
 	// requested_qos): the same service type with the offer satisfying it, or a service type that
-	// reserves nothing. SERVICE_TYPE_NO_CHANGE (and empty provider_specific) keeps that part of
-	// the offer. Unset: accept the offer as it is.
+	// reserves nothing. A direction left out, or SERVICE_TYPE_NO_CHANGE (and empty
+	// provider_specific), keeps that part of the offer. Unset: accept the offer as it is.
 	Qos *QosSpec `protobuf:"bytes,2,opt,name=qos,proto3" json:"qos,omitempty"`
 	// Optional: the call's etag; ABORTED (ETAG_MISMATCH) if the call changed since.
 	Etag string `protobuf:"bytes,3,opt,name=etag,proto3" json:"etag,omitempty"`

@@ -254,12 +254,13 @@ func (x *FlowSpec) GetNoTrafficControl() bool {
 	return false
 }
 
-// The QoS of a call in both directions: the Winsock2 QOS struct.
+// The QoS of a call in both directions: the Winsock2 QOS struct. A direction left out is
+// BEST_EFFORT in a new call and NO_CHANGE in a renegotiation (conformance/SPEC.md FLOW-20).
 type QosSpec struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// What this end sends.
+	// What this end sends. Optional in a request (see above).
 	Sending *FlowSpec `protobuf:"bytes,1,opt,name=sending,proto3" json:"sending,omitempty"`
-	// What this end receives.
+	// What this end receives. Optional in a request (see above).
 	Receiving *FlowSpec `protobuf:"bytes,2,opt,name=receiving,proto3" json:"receiving,omitempty"`
 	// Opaque provider data (Winsock QOS.ProviderSpecific), passed through untouched. At most
 	// 4096 bytes. It must not contain pointers.

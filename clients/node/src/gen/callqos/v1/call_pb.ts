@@ -67,9 +67,10 @@ export type Call = Message<"callqos.v1.Call"> & {
   serviceLevel: ServiceLevel;
 
   /**
-   * The QoS desired (LINECALLPARAMS flowspecs), as the caller last asked for it. For an INCOMING
-   * call it is the caller's request mirrored: the caller's sending flowspec is this call's
-   * receiving one.
+   * The QoS desired (LINECALLPARAMS flowspecs), as the caller last asked for it. Optional in
+   * CreateCall: a direction left out (or the whole QoS) is BEST_EFFORT, and is recorded so. For
+   * an INCOMING call it is the caller's request mirrored: the caller's sending flowspec is this
+   * call's receiving one.
    *
    * @generated from field: callqos.v1.QosSpec requested_qos = 7;
    */

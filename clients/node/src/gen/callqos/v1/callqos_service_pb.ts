@@ -160,7 +160,9 @@ export type RenegotiateCallRequest = Message<"callqos.v1.RenegotiateCallRequest"
   name: string;
 
   /**
-   * The new QoS. SERVICE_TYPE_NO_CHANGE in a direction keeps that direction as it is.
+   * The new QoS. SERVICE_TYPE_NO_CHANGE in a direction, or a direction left out, keeps that
+   * direction as it is; without qos only service_level changes. A request that changes
+   * nothing returns the call unchanged, with no event.
    *
    * @generated from field: callqos.v1.QosSpec qos = 2;
    */
@@ -622,8 +624,8 @@ export type AnswerCallRequest = Message<"callqos.v1.AnswerCallRequest"> & {
    * Optional: the QoS to answer with, in the answering call's own terms (its sending flowspec
    * is what its owner sends). Each direction asks no more than the offer (the call's
    * requested_qos): the same service type with the offer satisfying it, or a service type that
-   * reserves nothing. SERVICE_TYPE_NO_CHANGE (and empty provider_specific) keeps that part of
-   * the offer. Unset: accept the offer as it is.
+   * reserves nothing. A direction left out, or SERVICE_TYPE_NO_CHANGE (and empty
+   * provider_specific), keeps that part of the offer. Unset: accept the offer as it is.
    *
    * @generated from field: callqos.v1.QosSpec qos = 2;
    */

@@ -112,20 +112,21 @@ export const FlowSpecSchema: GenMessage<FlowSpec> = /*@__PURE__*/
   messageDesc(file_callqos_v1_flowspec, 0);
 
 /**
- * The QoS of a call in both directions: the Winsock2 QOS struct.
+ * The QoS of a call in both directions: the Winsock2 QOS struct. A direction left out is
+ * BEST_EFFORT in a new call and NO_CHANGE in a renegotiation (conformance/SPEC.md FLOW-20).
  *
  * @generated from message callqos.v1.QosSpec
  */
 export type QosSpec = Message<"callqos.v1.QosSpec"> & {
   /**
-   * What this end sends.
+   * What this end sends. Optional in a request (see above).
    *
    * @generated from field: callqos.v1.FlowSpec sending = 1;
    */
   sending?: FlowSpec | undefined;
 
   /**
-   * What this end receives.
+   * What this end receives. Optional in a request (see above).
    *
    * @generated from field: callqos.v1.FlowSpec receiving = 2;
    */

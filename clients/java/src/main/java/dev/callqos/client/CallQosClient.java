@@ -285,8 +285,8 @@ public final class CallQosClient implements AutoCloseable {
 
   /**
    * Answers an offered call (lineAnswer). The request's qos, in the answering call's own terms,
-   * may only lower the offer; unset accepts it (SERVICE_TYPE_NO_CHANGE keeps a direction as
-   * offered). At NEEDED an answer below the caller's request throws {@link QosUnavailableException}.
+   * may only lower the offer; unset accepts it (a direction left out, or SERVICE_TYPE_NO_CHANGE,
+   * keeps it as offered). At NEEDED an answer below the caller's request throws {@link QosUnavailableException}.
    */
   public Call answerCall(AnswerCallRequest req) {
     return unary(s -> s.answerCall(req));

@@ -15,7 +15,7 @@ import java.util.concurrent.TimeUnit;
 /**
  * A real callqos server on a free loopback port: {@code callqos serve --listen 127.0.0.1:0
  * --port-file F --storage memory}. The program is $CALLQOS_BIN (the pom sets it to
- * ../../.venv/bin/callqos); $CALLQOS_ADDR uses a running server instead.
+ * ../../.venv/bin/callqos); $CALLQOS_TARGET uses a running server instead.
  */
 final class TestServer implements AutoCloseable {
   final String address;
@@ -37,13 +37,13 @@ final class TestServer implements AutoCloseable {
   private static String binary() {
     String bin = System.getenv().getOrDefault("CALLQOS_BIN", "../../.venv/bin/callqos");
     if (!Files.isExecutable(Path.of(bin))) {
-      throw new IllegalStateException("no " + bin + ": run `make venv` at the top, or set CALLQOS_BIN or CALLQOS_ADDR");
+      throw new IllegalStateException("no " + bin + ": run `make venv` at the top, or set CALLQOS_BIN or CALLQOS_TARGET");
     }
     return bin;
   }
 
   static TestServer start() throws IOException, InterruptedException {
-    String addr = System.getenv("CALLQOS_ADDR");
+    String addr = System.getenv(Targets.TARGET_ENV);
     if (addr != null && !addr.isEmpty()) {
       return new TestServer(addr, null, null, Map.of());
     }
@@ -76,7 +76,10 @@ final class TestServer implements AutoCloseable {
     List<String> command = new ArrayList<>(
         List.of(bin, "serve", "--listen", "127.0.0.1:0", "--port-file", portFile.toString()));
     command.addAll(List.of(args));
-    Process p = new ProcessBuilder(command).inheritIO().start();
+    ProcessBuilder builder = new ProcessBuilder(command).inheritIO();
+    // The server reads only what it is given: no CALLQOS_* of the caller's shell.
+    builder.environment().keySet().removeIf(key -> key.startsWith("CALLQOS_"));
+    Process p = builder.start();
     long deadline = System.nanoTime() + TimeUnit.SECONDS.toNanos(30);
     while (System.nanoTime() < deadline) {
       if (!p.isAlive()) {

@@ -4,6 +4,7 @@ import dev.callqos.client.CallQosClient;
 import dev.callqos.client.EventWatcher;
 import dev.callqos.client.Qos;
 import dev.callqos.client.QosUnavailableException;
+import dev.callqos.client.Targets;
 import dev.callqos.v1.Call;
 import dev.callqos.v1.CreateCallRequest;
 import dev.callqos.v1.QosEvent;
@@ -18,13 +19,14 @@ import java.util.function.Consumer;
  * The callqos API in one walk: ask for more QoS than the link has, get refused with a
  * counter-offer, take it, renegotiate down, drop the call, then replay its events.
  *
- * <pre>mvn -q compile exec:java -Dexec.args=127.0.0.1:50051</pre>
+ * <pre>mvn -q compile exec:java                               # CALLQOS_TARGET, else CALLQOS_LISTEN
+ * mvn -q compile exec:java -Dexec.args=127.0.0.1:50051</pre>
  */
 public final class Quickstart {
   private Quickstart() {}
 
   public static void main(String[] args) {
-    run(args.length > 0 ? args[0] : "127.0.0.1:50051", System.out::println);
+    run(args.length > 0 ? args[0] : Targets.defaultTarget(), System.out::println);
   }
 
   public static void run(String address, Consumer<String> log) {
