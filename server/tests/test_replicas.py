@@ -24,10 +24,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
+import psycopg
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from incoming_kit import CAROL, get, open_line, wait_for_state
 from server_testkit import CAPACITY, make_request, qos, reason
 
+from callqos.server import app
 from callqos.server.testing import InProcessServer, PostgresServer, ServerProcess
 from callqos.v1 import call_pb2, event_pb2
 from callqos.v1 import callqos_service_pb2 as svc
@@ -36,6 +39,7 @@ from callqos.v1 import callqos_service_pb2_grpc as svc_grpc
 pytestmark = pytest.mark.slow
 
 State = call_pb2.Call.State
+SERVING_STATUS = health_pb2.HealthCheckResponse.ServingStatus
 EventType = event_pb2.QosEventType
 # What a replica logs when it takes the lead, and when it loses it (store.pg_coordination).
 TOOK_THE_LEAD = "leading the replicas' background work"
@@ -68,7 +72,7 @@ class Cluster:
         for index, replica in enumerate(self.replicas):
             if not replica.running:
                 continue
-            log = replica.log(1_000_000)
+            log = replica.log(1 << 40)  # all of it
             if log.rfind(TOOK_THE_LEAD) > log.rfind(LOST_THE_LEAD):
                 leading.append(index)
         return leading
@@ -357,3 +361,42 @@ async def test_a_threaded_reference_provider_shares_the_books_across_replicas(da
                 len(granted) * rate,
                 len(granted),
             )
+
+
+# -- readiness --------------------------------------------------------------------------------
+async def health_of(channel: grpc.aio.Channel, service: str) -> int:
+    response = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=service))
+    return int(response.status)
+
+
+async def test_readiness_follows_the_database_and_liveness_does_not(postgres: PostgresServer) -> None:
+    """The database away (connections refused, those open cut): the API service turns
+    NOT_SERVING (readiness: a load balancer sends requests elsewhere) while the server itself
+    stays SERVING (liveness: a restart would not help); back, it serves again and leads again."""
+    async with AsyncExitStack() as stack:
+        cluster = await start_cluster(postgres, 1, stack)
+        (channel,) = cluster.channels
+        database = cluster.replicas[0].config.database_url.rsplit("/", 1)[1]
+        await cluster.leader()
+
+        async def allow_connections(allowed: bool) -> None:
+            async with await psycopg.AsyncConnection.connect(postgres.url(), autocommit=True) as admin:
+                await admin.execute(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS {str(allowed).lower()}'.encode())
+                if not allowed:
+                    await admin.execute(
+                        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (database,)
+                    )
+
+        async def until(service: str, status: int) -> None:
+            async with asyncio.timeout(20):
+                while await health_of(channel, service) != status:  # noqa: ASYNC110 -- another process's state
+                    await asyncio.sleep(0.2)
+
+        await allow_connections(False)
+        await until(app.SERVICE_NAME, SERVING_STATUS.NOT_SERVING)
+        assert await health_of(channel, "") == SERVING_STATUS.SERVING
+        await allow_connections(True)
+        await until(app.SERVICE_NAME, SERVING_STATUS.SERVING)
+        call = await cluster.stubs[0].CreateCall(make_request(qos(10_000)))
+        assert call.state == State.STATE_CONNECTED
+        await cluster.leader()

@@ -159,10 +159,12 @@ class Running:
         return await self.store.prune_events(keep_last=self.config.event_retention_count, older_than_us=older_than_us)
 
     async def set_serving(self, serving: bool) -> None:
-        """Readiness: NOT_SERVING while the store cannot be reached (see `background`)."""
+        """Readiness: the API service NOT_SERVING while the store cannot be reached (see
+        `background`), so that a load balancer sends its requests to other replicas. The whole
+        server ("", what liveness asks) stays SERVING: restarting it would not bring the
+        database back."""
         status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
-        for name in ("", SERVICE_NAME):
-            await self.health.set(name, status)
+        await self.health.set(SERVICE_NAME, status)
 
 
 async def open_store(config: Config) -> Store:

@@ -12,9 +12,10 @@ Each duty is harmless when two replicas run it (a leader that lost its lead with
 pruning deletes what is already gone, a ring-out re-checks the call under its lock, and a
 reconciliation acts only on a difference seen twice, under the ledger's link locks.
 
-On every replica: readiness. The health service says NOT_SERVING while the store cannot be
-reached (`Store.check`), so a load balancer stops sending requests that could only fail, and
-SERVING again once it can.
+On every replica: readiness. The health service says the API service (callqos.v1.CallQosService,
+what readiness probes ask) is NOT_SERVING while the store cannot be reached (`Store.check`), so a
+load balancer stops sending requests that could only fail, and SERVING again once it can; the
+whole server ("", what liveness asks) stays SERVING, as a restart would not help.
 """
 
 from __future__ import annotations
