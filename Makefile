@@ -93,7 +93,7 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy --strict server/callqos clients/python/callqos/client clients/python/callqos/cli conformance/callqos
 	MYPYPATH=deploy/release $(VENV)/bin/mypy --strict deploy/release/stamp.py deploy/release/check_dist.py
-	MYPYPATH=server/benchmarks $(VENV)/bin/mypy --strict server/benchmarks/bench.py server/benchmarks/bench_tracing.py server/benchmarks/bench_auth.py server/benchmarks/workload.py
+	MYPYPATH=server/benchmarks $(VENV)/bin/mypy --strict server/benchmarks/bench.py server/benchmarks/bench_tracing.py server/benchmarks/bench_auth.py server/benchmarks/bench_replicas.py server/benchmarks/workload.py
 
 .PHONY: test test-python test-clients
 test: lint check-generated typecheck test-python test-clients check-dist
@@ -139,6 +139,8 @@ bench: $(STAMP)
 	$(PY) server/benchmarks/bench.py $(BENCH_ARGS)
 	$(PY) server/benchmarks/bench_tracing.py $(BENCH_ARGS)
 	$(PY) server/benchmarks/bench_auth.py $(BENCH_ARGS)
+	$(MAKE) --no-print-directory postgres
+	$(PY) server/benchmarks/bench_replicas.py $(BENCH_ARGS)
 
 .PHONY: clean
 clean:

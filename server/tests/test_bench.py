@@ -7,7 +7,10 @@ from __future__ import annotations
 import asyncio
 
 import bench_auth  # server/benchmarks (conftest.py puts it on sys.path)
+import bench_replicas
 import bench_tracing
+
+from callqos.server.testing import PostgresServer
 
 
 def test_tracing_benchmark_measures_every_variant_and_the_traced_span_tree() -> None:
@@ -36,3 +39,14 @@ def test_authentication_benchmark_measures_every_variant() -> None:
     for variant, result in results.items():
         assert result.rate > 0 and result.cpu_us_per_cycle > 0, variant
     assert "the 10% target for JWT" in bench_auth.report(results)
+
+
+def test_replicas_benchmark_measures_sqlite_and_one_and_two_replicas(postgres: PostgresServer) -> None:
+    results = asyncio.run(bench_replicas.run(seconds=0.3, postgres=postgres))
+    assert set(results.variants) == set(bench_replicas.VARIANTS)
+    for name, variant in results.variants.items():
+        assert variant.rate > 0 and variant.server_cpu_ms > 0, name
+        assert (variant.database_cpu_ms > 0) == name.startswith("postgresql"), name
+    assert results.event_commits_per_s > 0
+    text = bench_replicas.report(results)
+    assert "2 replicas against 1" in text and "projection" in text

@@ -482,16 +482,19 @@ class PostgresServer:
 
     `start()` runs initdb (trust authentication for the `postgres` role, UTF-8) on a directory of
     its own and `pg_ctl start`s the server with fsync off (nothing here needs to survive a crash
-    of PostgreSQL itself; the servers under test are the ones killed). Run as root, the programs
-    run as the `postgres` user, who owns the directory. `database()` creates an empty database
-    and returns its URL. `stop()` stops the cluster and removes the directory."""
+    of PostgreSQL itself; the servers under test are the ones killed) — unless `durable`, for a
+    benchmark that must pay for commits as production does (fsync and synchronous commit on).
+    Run as root, the programs run as the `postgres` user, who owns the directory. `database()`
+    creates an empty database and returns its URL. `stop()` stops the cluster and removes the
+    directory; `postmaster_pid` is its main process (a benchmark measures the CPU of its tree)."""
 
-    def __init__(self, *, max_connections: int = 300) -> None:
+    def __init__(self, *, max_connections: int = 300, durable: bool = False) -> None:
         bin_dir = postgres_bin_dir()
         if bin_dir is None:
             raise PostgresUnavailable("PostgreSQL is not installed (no initdb): apt-get install postgresql")
         self.bin_dir = bin_dir
         self.max_connections = max_connections
+        self.durable = durable
         self.port = 0
         self.directory: Path | None = None
         self._names = itertools.count(1)
@@ -532,9 +535,10 @@ class PostgresServer:
                 self.port = probe.getsockname()[1]
             options = (
                 f"-p {self.port} -c listen_addresses={LOOPBACK} -c unix_socket_directories={self.directory} "
-                f"-c max_connections={self.max_connections} -c fsync=off -c synchronous_commit=off "
-                "-c full_page_writes=off"
+                f"-c max_connections={self.max_connections}"
             )
+            if not self.durable:
+                options += " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
             try:
                 self._run(
                     "pg_ctl",
@@ -565,6 +569,10 @@ class PostgresServer:
             return self.log_path.read_text(errors="replace")[-tail:]
         except (FileNotFoundError, RuntimeError, AssertionError):
             return ""
+
+    @property
+    def postmaster_pid(self) -> int:
+        return int((self.data_dir / "postmaster.pid").read_text().split()[0])
 
     def database(self, name: str | None = None) -> str:
         """Create an empty database (named `name`, or test_N) and return its URL."""

@@ -21,6 +21,7 @@ import contextlib
 import hashlib
 import logging
 import time
+import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -34,7 +35,8 @@ log = logging.getLogger(__name__)
 
 Connection = psycopg.AsyncConnection[TupleRow]
 
-# The channel commits with events NOTIFY (the payload is empty: a wake-up, never the data).
+# The channel commits with events NOTIFY. The payload names the store that committed (a wake-up,
+# never the data), so that a replica skips its own: it has its own events already.
 CHANNEL = "callqos_events"
 # pg_try_advisory_lock(LEADER_LOCK): the replica that holds it leads.
 LEADER_LOCK = (7117, 2)
@@ -207,11 +209,13 @@ class AdvisoryLeader(Leadership):
 
 class CommitListener:
     """LISTEN on CHANNEL on a dedicated connection, and wake whoever waits in `changes()` on
-    every notification, on every (re)connection (what was committed while not listening), and
-    every `poll_seconds` in any case (so a notification lost with a connection costs at most
-    that long)."""
+    every other store's notification, on every (re)connection (what was committed while not
+    listening), and every `poll_seconds` in any case (so a notification lost with a connection
+    costs at most that long). `instance` is the payload this store's own commits notify with:
+    those wake nobody here, as the committer hands its events to the hub itself."""
 
     def __init__(self, conninfo: str, poll_seconds: float) -> None:
+        self.instance = uuid.uuid4().hex
         self._conninfo = conninfo
         self._poll = poll_seconds
         self._changed = asyncio.Condition()
@@ -234,8 +238,9 @@ class CommitListener:
                     await conn.execute(f"LISTEN {CHANNEL}")
                     pause = 0.1
                     await self._wake()
-                    async for _ in conn.notifies():
-                        await self._wake()
+                    async for notification in conn.notifies():
+                        if notification.payload != self.instance:
+                            await self._wake()
             except psycopg.Error as exc:
                 log.warning("listening for other replicas' commits failed (%s); polling until it is back", exc)
                 await asyncio.sleep(pause)

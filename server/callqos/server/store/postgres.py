@@ -7,7 +7,8 @@ The same contract as SQLite (store.base), with what several processes need on to
   turns, so together they cannot overshoot it); then the idempotency record; then, as the last
   statement, the events numbered from the one `event_log` row (its lock orders the commits that
   carry events, so sequence order is commit order across replicas: see store.pg_schema), and a
-  NOTIFY that PostgreSQL delivers at commit to every replica listening (`changes()`).
+  NOTIFY that PostgreSQL delivers at commit to every replica listening (`changes()`; the
+  committing replica skips its own).
 - No cache of calls: another replica may change any call at any time.
 - Retention is pruned by the leading replica only (`leader`); event ages are the database's
   clock, one clock for every replica.
@@ -293,7 +294,7 @@ class PostgresStore(Store):
                         },
                     )
                     first = min(_int(row[0]) for row in await cursor.fetchall())
-                    await conn.execute(f"NOTIFY {CHANNEL}".encode())
+                    await conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, self._listener.instance))
         except pg_errors.UniqueViolation as error:
             if error.diag.constraint_name == "lines_open_address":
                 raise AddressInUseError(str(error)) from error
