@@ -1,5 +1,6 @@
 """Three server processes (`ServerProcess`, storage = "postgresql") on one PostgreSQL database,
-used as a load balancer would use them: requests spread across the replicas.
+used as a load balancer would use them: requests spread across the replicas (SPEC.md REPL-1 …
+REPL-4).
 
 - Concurrent CreateCalls spread across the replicas never admit beyond a link's capacity
   together, and every replica's ListLinks agrees with the calls connected.
