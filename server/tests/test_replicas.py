@@ -33,7 +33,7 @@ from server_testkit import CAPACITY, make_request, qos, reason
 
 from callqos.server import app
 from callqos.server.testing import InProcessServer, PostgresServer, ServerProcess
-from callqos.v1 import call_pb2, event_pb2
+from callqos.v1 import call_pb2, event_pb2, provider_pb2
 from callqos.v1 import callqos_service_pb2 as svc
 from callqos.v1 import callqos_service_pb2_grpc as svc_grpc
 
@@ -188,6 +188,30 @@ async def test_a_request_id_sent_to_every_replica_at_once_runs_once(cluster: Clu
     assert await books(cluster, [0, 1, 2]) == {(200_000, 1)}
     page = await cluster.stubs[2].ListCalls(svc.ListCallsRequest())
     assert [call.name for call in page.calls] == [answers[0].name]
+
+
+async def test_a_capacity_lowered_on_one_replica_sheds_calls_made_on_the_others_once(cluster: Cluster) -> None:
+    """UpdateLink on one replica changes the link for all: calls made on the other replicas are
+    shed newest first (NEEDED disconnected), once, and every replica then reads the same books."""
+    stubs = cluster.stubs
+    made = [await stubs[1 + index % 2].CreateCall(make_request(qos(300_000))) for index in range(4)]
+    await stubs[0].UpdateLink(
+        svc.UpdateLinkRequest(
+            link=provider_pb2.Link(name="providers/reference/links/default", capacity_bytes_per_second=700_000)
+        )
+    )
+    states = [(await stubs[2].GetCall(svc.GetCallRequest(name=call.name))).state for call in made]
+    assert states == [State.STATE_CONNECTED] * 2 + [State.STATE_DISCONNECTED] * 2  # the newest shed
+    for index in range(3):
+        (link,) = (await stubs[index].ListLinks(svc.ListLinksRequest(parent="providers/reference"))).links
+        assert link.capacity_bytes_per_second == 700_000
+    assert await books(cluster, [0, 1, 2]) == {(600_000, 2)} == {await connected(stubs[1])}
+    # Each shed call was announced once, whichever replica the watcher is on.
+    last = await newest_sequence(stubs[1])
+    events = await read_events(stubs[2], 0, last)
+    for call in made[2:]:
+        ends = [e for e in events if e.call == call.name and e.type == EventType.QOS_EVENT_TYPE_CALL_DISCONNECTED]
+        assert len(ends) == 1, call.name
 
 
 # -- events across replicas -------------------------------------------------------------------
