@@ -46,6 +46,7 @@ from callqos.server.store.base import (
     UsageLimits,
     held_usage,
 )
+from callqos.server.store.paging import newest_first, next_cursor
 from callqos.server.store.pg_coordination import (
     CHANNEL,
     AdvisoryKeyLocks,
@@ -165,17 +166,10 @@ class PostgresStore(Store):
         before: int,
         line: str | None = None,
     ) -> CallPage:
-        sql = "SELECT seq, data FROM calls WHERE tenant = %s AND seq < %s"
-        args: list[object] = [tenant, before or (1 << 62)]
-        for column, value in (("state", state), ("provider", provider), ("line", line)):
-            if value is not None:
-                sql += f" AND {column} = %s"
-                args.append(value)
-        sql += " ORDER BY seq DESC LIMIT %s"
-        args.append(limit + 1)  # one more tells whether another page exists
+        filters = {"state": state, "provider": provider, "line": line}
+        sql, args = newest_first("calls", tenant, filters, limit=limit, before=before, mark="%s")
         rows = await self._rows(sql, args)
-        calls = [call_pb2.Call.FromString(_bytes(data)) for _, data in rows[:limit]]
-        return CallPage(calls, _int(rows[limit - 1][0]) if len(rows) > limit else 0)
+        return CallPage([call_pb2.Call.FromString(_bytes(data)) for _, data in rows[:limit]], next_cursor(rows, limit))
 
     async def usage(self, tenant: str) -> Usage:
         async with self._connection() as conn:
@@ -210,17 +204,10 @@ class PostgresStore(Store):
         limit: int,
         before: int,
     ) -> LinePage:
-        sql = "SELECT seq, data FROM lines WHERE tenant = %s AND seq < %s"
-        args: list[object] = [tenant, before or (1 << 62)]
-        for column, value in (("state", state), ("address", address), ("owner", owner)):
-            if value is not None:
-                sql += f" AND {column} = %s"
-                args.append(value)
-        sql += " ORDER BY seq DESC LIMIT %s"
-        args.append(limit + 1)
+        filters = {"state": state, "address": address, "owner": owner}
+        sql, args = newest_first("lines", tenant, filters, limit=limit, before=before, mark="%s")
         rows = await self._rows(sql, args)
-        lines = [line_pb2.Line.FromString(_bytes(data)) for _, data in rows[:limit]]
-        return LinePage(lines, _int(rows[limit - 1][0]) if len(rows) > limit else 0)
+        return LinePage([line_pb2.Line.FromString(_bytes(data)) for _, data in rows[:limit]], next_cursor(rows, limit))
 
     # -- the one write path ---------------------------------------------------------------
     async def commit(

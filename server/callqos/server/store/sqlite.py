@@ -28,6 +28,7 @@ from callqos.server.store.base import (
     UsageLimits,
     held_usage,
 )
+from callqos.server.store.paging import newest_first, next_cursor
 from callqos.v1 import call_pb2, event_pb2, line_pb2
 from callqos.wire import DEFAULT_TENANT
 
@@ -289,23 +290,10 @@ class SqliteStore(Store):
         before: int,
         line: str | None = None,
     ) -> CallPage:
-        sql = "SELECT seq, data FROM calls WHERE tenant = ? AND seq < ?"
-        args: list[object] = [tenant, before or (1 << 62)]
-        if state is not None:
-            sql += " AND state = ?"
-            args.append(state)
-        if provider is not None:
-            sql += " AND provider = ?"
-            args.append(provider)
-        if line is not None:
-            sql += " AND line = ?"
-            args.append(line)
-        sql += " ORDER BY seq DESC LIMIT ?"
-        args.append(limit + 1)  # one more tells whether another page exists
+        filters = {"state": state, "provider": provider, "line": line}
+        sql, args = newest_first("calls", tenant, filters, limit=limit, before=before, mark="?")
         rows = self._db.execute(sql, args).fetchall()
-        calls = [call_pb2.Call.FromString(data) for _, data in rows[:limit]]
-        next_cursor = rows[limit - 1][0] if len(rows) > limit else 0
-        return CallPage(calls, next_cursor)
+        return CallPage([call_pb2.Call.FromString(data) for _, data in rows[:limit]], next_cursor(rows, limit))
 
     async def usage(self, tenant: str) -> Usage:
         return self._usage(tenant)
@@ -351,17 +339,10 @@ class SqliteStore(Store):
         limit: int,
         before: int,
     ) -> LinePage:
-        sql = "SELECT seq, data FROM lines WHERE tenant = ? AND seq < ?"
-        args: list[object] = [tenant, before or (1 << 62)]
-        for column, value in (("state", state), ("address", address), ("owner", owner)):
-            if value is not None:
-                sql += f" AND {column} = ?"
-                args.append(value)
-        sql += " ORDER BY seq DESC LIMIT ?"
-        args.append(limit + 1)
+        filters = {"state": state, "address": address, "owner": owner}
+        sql, args = newest_first("lines", tenant, filters, limit=limit, before=before, mark="?")
         rows = self._db.execute(sql, args).fetchall()
-        lines = [line_pb2.Line.FromString(data) for _, data in rows[:limit]]
-        return LinePage(lines, rows[limit - 1][0] if len(rows) > limit else 0)
+        return LinePage([line_pb2.Line.FromString(data) for _, data in rows[:limit]], next_cursor(rows, limit))
 
     # -- the one write path ---------------------------------------------------------------
     async def commit(
