@@ -29,7 +29,7 @@ import psycopg
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from incoming_kit import CAROL, get, open_line, wait_for_state
-from server_testkit import CAPACITY, make_request, qos, reason
+from server_testkit import CAPACITY, details, make_request, qos, reason, rpc_error
 
 from callqos.server import app
 from callqos.server.testing import InProcessServer, PostgresServer, ServerProcess
@@ -420,6 +420,14 @@ async def test_readiness_follows_the_database_and_liveness_does_not(postgres: Po
         await allow_connections(False)
         await until(app.SERVICE_NAME, SERVING_STATUS.NOT_SERVING)
         assert await health_of(channel, "") == SERVING_STATUS.SERVING
+        # A request that reaches it anyway fails as retryable, naming the cause; never INTERNAL.
+        for attempt in (
+            cluster.stubs[0].CreateCall(make_request(qos(10_000)), timeout=30),
+            cluster.stubs[0].ListCalls(svc.ListCallsRequest(), timeout=30),
+        ):
+            error = await rpc_error(attempt)
+            assert (error.code(), reason(error)) == (grpc.StatusCode.UNAVAILABLE, "STORAGE_UNAVAILABLE")
+            assert "the database cannot be reached" in details(error)["ErrorInfo"].metadata["cause"]
         await allow_connections(True)
         await until(app.SERVICE_NAME, SERVING_STATUS.SERVING)
         call = await cluster.stubs[0].CreateCall(make_request(qos(10_000)))

@@ -151,6 +151,16 @@ def refused(
     return ServiceError(reason, message, metadata={"call": call, **(metadata or {})}, refusal=refusal)
 
 
+def storage_unavailable(cause: str, doing: str) -> ServiceError:
+    """UNAVAILABLE / STORAGE_UNAVAILABLE: the server could not `doing` because its storage failed
+    or cannot be reached (`cause`); nothing changed, and a retry may succeed."""
+    return ServiceError(
+        Reason.ERROR_REASON_STORAGE_UNAVAILABLE,
+        f"could not {doing}: {cause}; nothing changed, retry later",
+        metadata={"cause": cause},
+    )
+
+
 class ReplayedStatus(Exception):
     """The stored failure of an earlier request with the same request_id, returned again."""
 

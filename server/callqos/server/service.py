@@ -30,7 +30,7 @@ from google.protobuf.message import DecodeError, Message
 from grpc_status import rpc_status
 
 from callqos.server import names, validation
-from callqos.server.errors import FieldViolation, Reason, ReplayedStatus, ServiceError, invalid
+from callqos.server.errors import FieldViolation, Reason, ReplayedStatus, ServiceError, invalid, storage_unavailable
 from callqos.server.events import EventHub
 from callqos.server.hosting import CALLER_DEADLINE, HostedProviders, provider_proto
 from callqos.server.incoming import Switchboard
@@ -38,6 +38,7 @@ from callqos.server.lines import LineManager
 from callqos.server.security.authz import MUTATIONS
 from callqos.server.security.guard import Guard
 from callqos.server.security.identity import Caller
+from callqos.server.store.base import StoreUnavailable
 from callqos.server.validation import DEFAULT_PAGE, MAX_PAGE, MAX_PROVIDER_PAGE
 from callqos.server.watchers import Watchers
 from callqos.v1 import call_pb2, line_pb2
@@ -74,7 +75,12 @@ def _cancel_unless_done(handler: asyncio.Task[Any], sending: asyncio.Task[None])
         sending.cancel()
 
 
-def _internal(method: str) -> ServiceError:
+def _unexpected(method: str, error: Exception) -> ServiceError:
+    """The status of an exception no layer turned into one: the storage unavailable (a read or a
+    write it could not take: retryable, never INTERNAL), or a bug."""
+    if isinstance(error, StoreUnavailable):
+        log.warning("%s failed: the storage is unavailable: %s", method, error.cause)
+        return storage_unavailable(error.cause, f"answer {method}")
     log.exception("unexpected failure in %s", method)
     return ServiceError(Reason.ERROR_REASON_INTERNAL, f"internal error in {method}; it was logged")
 
@@ -152,8 +158,8 @@ def unary(method: Handler[R]) -> Handler[R]:
         except (ServiceError, ReplayedStatus) as error:
             self.guard.audit(name, caller, context.peer(), _resource(request), error)
             await _abort(context, error)
-        except Exception:
-            internal = _internal(name)
+        except Exception as unexpected:
+            internal = _unexpected(name, unexpected)
             self.guard.audit(name, caller, context.peer(), _resource(request), internal)
             await _abort(context, internal)
         else:
@@ -314,8 +320,8 @@ class CallQosServicer(svc_grpc.CallQosServiceServicer):
             self.guard.audit("WatchEvents", caller, context.peer(), "", error)
             await _abort(context, error)
             return
-        except Exception:
-            await _abort(context, _internal("WatchEvents"))
+        except Exception as unexpected:
+            await _abort(context, _unexpected("WatchEvents", unexpected))
             return
         try:
             after = request.after_sequence if request.HasField("after_sequence") else None
@@ -344,8 +350,8 @@ class CallQosServicer(svc_grpc.CallQosServiceServicer):
         except (ServiceError, ReplayedStatus) as error:
             self.guard.audit("WatchEvents", caller, context.peer(), "", error)
             await _abort(context, error)
-        except Exception:
-            await _abort(context, _internal("WatchEvents"))
+        except Exception as unexpected:
+            await _abort(context, _unexpected("WatchEvents", unexpected))
         finally:
             watcher.cut = None
             self.watchers.release(watcher)

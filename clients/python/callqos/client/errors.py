@@ -86,6 +86,7 @@ __all__ = [
     "ServerBugError",
     "ServerError",
     "ShuttingDownError",
+    "StorageUnavailableError",
     "TooManyWatchersError",
     "UnauthenticatedError",
     "UnavailableError",
@@ -509,6 +510,13 @@ class WatcherTooSlowError(UnavailableError):
     ``watch()`` resumes from its cursor by itself."""
 
     error_reason = "WATCHER_TOO_SLOW"
+
+
+class StorageUnavailableError(UnavailableError):
+    """The server could not read or record what the request needs (its storage failed or cannot
+    be reached; ErrorInfo metadata ``cause`` says which); nothing changed. Retry later."""
+
+    error_reason = "STORAGE_UNAVAILABLE"
 
 
 class InternalError(ServerError):
