@@ -29,7 +29,7 @@ SPEC = ROOT / SPEC_DOCUMENT
 PREFIXES = (
     *("PROV", "FLOW", "REQ", "GRANT", "DELAY", "LEVEL", "ADMIT"),
     *("CALL", "OWNER", "SETQOS", "EVENT", "WATCH", "LINK", "API", "SEC"),
-    *("LINE", "OFFER", "ANSWER", "PAIR", "REPL"),
+    *("LINE", "OFFER", "ANSWER", "PAIR", "REMOTE", "REPL"),
 )
 CLAUSE_ID = re.compile(rf"\b(?:{'|'.join(PREFIXES)})-[0-9]+\b")
 HEADING = re.compile(r"^### ((?:[A-Z]+)-[0-9]+) — (.+)$")

@@ -40,7 +40,7 @@ VERSION = (ROOT / "VERSION").read_text(encoding="utf-8").strip()
 
 CLIENT, SERVER, SUITE = "callqos", "callqos-server", "callqos-conformance"
 #: The subpackages of the `callqos` namespace each wheel ships.
-PACKAGES = {CLIENT: {"v1", "client", "cli"}, SERVER: {"server"}, SUITE: {"conformance"}}
+PACKAGES = {CLIENT: {"v1", "provider", "client", "cli"}, SERVER: {"server"}, SUITE: {"conformance"}}
 #: The client's whole dependency list (beyond it, only what these depend on in turn).
 CLIENT_DEPENDENCIES = {"grpcio", "protobuf", "googleapis-common-protos"}
 #: Nothing of these may arrive with the client.
@@ -238,6 +238,8 @@ def check_client_alone(client_wheel: Path, suite_wheel: Path, workdir: Path) -> 
         expect(version == f"{SUITE} {VERSION}", f"callqos-conformance --version printed {version!r}")
         refusal = run([conformance, "--provider", "reference"], env=env)
         expect_one_line_refusal(refusal, "callqos-conformance --provider", f"{SUITE}[server]")
+        refusal = run([conformance, "--provider-command", "./my-provider"], env=env)
+        expect_one_line_refusal(refusal, "callqos-conformance --provider-command", f"{SUITE}[server]")
         certified = run([conformance, "--target", target, "--profile", "core"], env=env)
         expect(
             certified.returncode == 0,

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 
+import bench  # server/benchmarks (conftest.py puts it on sys.path)
 import bench_auth  # server/benchmarks (conftest.py puts it on sys.path)
 import bench_replicas
 import bench_tracing
@@ -50,3 +51,13 @@ def test_replicas_benchmark_measures_sqlite_and_one_and_two_replicas(postgres: P
     assert results.event_commits_per_s > 0
     text = bench_replicas.report(results)
     assert "2 replicas against 1" in text and "projection" in text
+
+
+def test_remote_provider_benchmark_measures_both_ways_with_the_provider_process_cpu() -> None:
+    results = bench.run_remote(seconds=0.3, rounds=1)
+    results = asyncio.run(results)
+    for kind in ("in_process", "remote"):
+        assert results[f"{kind}_cycles_per_s"] > 0, kind
+        assert results[f"{kind}_cpu_us_per_cycle"] > 0, kind
+    text = bench.report_remote(results)
+    assert "out of process / in process" in text and "goal >= 0.7" in text

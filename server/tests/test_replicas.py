@@ -32,7 +32,7 @@ from incoming_kit import CAROL, get, open_line, wait_for_state
 from server_testkit import CAPACITY, details, make_request, qos, reason, rpc_error
 
 from callqos.server import app
-from callqos.server.testing import InProcessServer, PostgresServer, ServerProcess
+from callqos.server.testing import InProcessServer, PostgresServer, ServerError, ServerProcess
 from callqos.v1 import call_pb2, event_pb2, provider_pb2
 from callqos.v1 import callqos_service_pb2 as svc
 from callqos.v1 import callqos_service_pb2_grpc as svc_grpc
@@ -433,3 +433,18 @@ async def test_readiness_follows_the_database_and_liveness_does_not(postgres: Po
         call = await cluster.stubs[0].CreateCall(make_request(qos(10_000)))
         assert call.state == State.STATE_CONNECTED
         await cluster.leader()
+
+
+def test_a_provider_out_of_process_is_refused_on_replicas(database_url: str) -> None:
+    """A remote provider keeps its books in its own process, mirrored by each host: replicas would
+    each mirror only their own calls (or launch a provider each), so the server refuses to start
+    rather than over-admit."""
+    remote = {"acme": {"plugin": "remote", "endpoint": "unix:///nonexistent/acme.sock"}}
+    server = ServerProcess(storage="postgresql", database_url=database_url, providers=remote, default_provider="acme")
+    try:
+        with pytest.raises(ServerError):
+            server.start()
+        assert "several replicas cannot share" in server.log()
+        assert server.stop() == 1
+    finally:
+        server.close()

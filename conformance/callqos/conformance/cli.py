@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import sys
 import tomllib
 from importlib import metadata
@@ -53,8 +54,22 @@ def parser() -> argparse.ArgumentParser:
     where = p.add_mutually_exclusive_group()
     where.add_argument("--target", help="HOST:PORT of a running callqos server (any language)")
     where.add_argument("--provider", help="entry-point name or module:Class: host it in a spawned server")
+    where.add_argument(
+        "--provider-command",
+        help="a provider program speaking callqos.provider.v1 (any language), e.g. './my-provider --flag': "
+        "a spawned server launches it",
+    )
+    where.add_argument(
+        "--provider-endpoint",
+        help="unix:///path or HOST:PORT of a running callqos.provider.v1 provider: a spawned server dials it",
+    )
     p.add_argument("--target-provider", help="providers/{id} to certify on --target (default: the server's default)")
-    p.add_argument("--provider-settings", type=Path, help="TOML file: the provider's settings table (for --provider)")
+    p.add_argument(
+        "--provider-settings",
+        type=Path,
+        help="TOML file: the provider's settings table (for --provider; for --provider-command/--provider-endpoint "
+        "the remote provider's: env, tls, timeouts)",
+    )
     p.add_argument("--parameters", type=Path, help="TOML test parameters (feasible/infeasible flowspecs, capacity)")
     p.add_argument(
         "--profile", action="append", default=[], choices=PROFILES, help="run only this profile (repeatable)"
@@ -101,9 +116,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.timeout_scale <= 0:
         print("--timeout-scale must be positive", file=sys.stderr)
         return 2
-    if args.provider:
+    hosting = "--provider-command" if args.provider_command else "--provider-endpoint" if args.provider_endpoint else ""
+    if args.provider or hosting:
         try:
-            require_server()  # a one-line answer, before any report is written
+            require_server(hosting or "--provider")  # a one-line answer, before any report is written
         except TargetError as exc:
             print(f"callqos-conformance: {exc}", file=sys.stderr)
             return 2
@@ -112,6 +128,8 @@ def main(argv: list[str] | None = None) -> int:
             target=args.target,
             provider=args.provider,
             connection=Connection(args.tls_ca, args.tls_cert, args.tls_key, args.token, args.intruder_token),
+            provider_command=tuple(shlex.split(args.provider_command or "")),
+            provider_endpoint=args.provider_endpoint or "",
             target_provider=args.target_provider,
             provider_settings=settings,
             parameters_file=args.parameters,

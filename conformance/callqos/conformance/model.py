@@ -81,6 +81,10 @@ class RunOptions:
     provider: str | None = None  # entry-point name or module:Class to host in a spawned server
     target_provider: str | None = None  # providers/{id} to certify on --target (default: the server's default)
     provider_settings: dict[str, Any] = field(default_factory=dict)  # settings table for --provider
+    # A provider in another process (callqos.provider.v1), hosted in a spawned server as a remote
+    # provider: the command the server launches, or the endpoint it dials.
+    provider_command: tuple[str, ...] = ()
+    provider_endpoint: str = ""
     parameters_file: Path | None = None
     profiles: tuple[str, ...] = ()  # empty: all
     checks: tuple[str, ...] = ()  # check ids or prefixes; empty: all

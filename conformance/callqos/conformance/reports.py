@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime
 import json
 import platform
+import shlex
 import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
@@ -59,6 +60,25 @@ def _counts(level: Any) -> str:
     )
 
 
+def mode(report: Report) -> str:
+    """How the target was reached: `provider`, `provider-command`, `provider-endpoint` or `target`."""
+    options = report.options
+    if options.provider_command:
+        return "provider-command"
+    if options.provider_endpoint:
+        return "provider-endpoint"
+    return "provider" if options.provider else "target"
+
+
+def spawned_with(report: Report) -> str:
+    options = report.options
+    if options.provider_command:
+        return "spawned with --provider-command " + shlex.join(options.provider_command)
+    if options.provider_endpoint:
+        return "spawned with --provider-endpoint " + options.provider_endpoint
+    return "spawned with --provider " + options.provider if options.provider else "--target"
+
+
 def as_json(report: Report) -> dict[str, Any]:
     info = report.provider_info
     return {
@@ -69,10 +89,12 @@ def as_json(report: Report) -> dict[str, Any]:
         "date": datetime.datetime.fromtimestamp(report.started, datetime.UTC).isoformat(),
         "host": platform.node(),
         "target": report.target,
-        "mode": "provider" if report.options.provider else "target",
+        "mode": mode(report),
         "provider": {
             "name": report.provider,
             "plugin": report.options.provider,
+            "command": list(report.options.provider_command),
+            "endpoint": report.options.provider_endpoint,
             "display_name": info.display_name if info else "",
             "implementation": info.implementation if info else "",
             "capabilities": json_format.MessageToDict(info.capabilities, preserving_proto_field_name=True)
@@ -188,8 +210,7 @@ def markdown(report: Report) -> str:
         "|---|---|",
         f"| Suite | callqos-conformance {SUITE_VERSION} |",
         f"| Spec | {SPEC_VERSION} (clauses of `{SPEC_DOCUMENT}`) |",
-        f"| Target | `{report.target}` "
-        f"({'spawned with --provider ' + str(report.options.provider) if report.options.provider else '--target'}) |",
+        f"| Target | `{report.target}` ({spawned_with(report)}) |",
         f"| Implementation | `{info.implementation if info else ''}` |",
         f"| Seed | {report.seed} (reproduce with `--seed {report.seed}`) |",
         f"| Timeout scale | {report.options.timeout_scale:g} |",

@@ -18,7 +18,7 @@ from callqos.conformance.harness import CheckContext, RpcFailed, Session
 from callqos.conformance.model import Check, CheckResult, Outcome, Report, RunOptions
 from callqos.conformance.params import ParameterError, derive, load_file
 from callqos.conformance.reports import write_all
-from callqos.conformance.target import SpawnedServer, TargetError
+from callqos.conformance.target import SpawnedServer, TargetError, hosted_provider
 from callqos.conformance.verdict import CAPABILITY_SKIP, overall, profile_verdicts
 from callqos.v1 import callqos_service_pb2 as svc
 from callqos.v1 import callqos_service_pb2_grpc as svc_grpc
@@ -135,15 +135,15 @@ async def run_async(options: RunOptions) -> Report:
     channel: grpc.aio.Channel | None = None
     try:
         table = load_file(options.parameters_file)
-        if options.provider:
-            log_dir = options.output_dir
+        if options.provider or options.provider_command or options.provider_endpoint:
+            plugin, settings = hosted_provider(options)
             spawned = SpawnedServer(
-                options.provider, options.provider_settings, options.provider_timeout * options.timeout_scale, log_dir
+                plugin, settings, options.provider_timeout * options.timeout_scale, options.output_dir
             )
             await asyncio.to_thread(spawned.start)
             target, provider_name = spawned.target, spawned.provider_name
         if not target:
-            raise TargetError("give --target HOST:PORT or --provider NAME")
+            raise TargetError("give --target HOST:PORT, --provider NAME, --provider-command or --provider-endpoint")
         connection = options.connection if options.target else None
         channel = open_channel(target, connection)
         stub = svc_grpc.CallQosServiceStub(channel)  # type: ignore[no-untyped-call]  # generated, untyped

@@ -3,16 +3,22 @@ memory storage, started and stopped by `callqos.server.testing`. It runs in a pr
 so a provider that hangs or crashes cannot take the suite down with it; its output goes to
 `server.log` in the output directory, when there is one.
 
-Only this mode needs the server installed; `--target HOST:PORT` certifies any running server."""
+`--provider-command` / `--provider-endpoint`: the same server, hosting a provider in another
+process (any language, `callqos.provider.v1`) as its `remote` provider: launched by the server
+from the command, or dialled at the endpoint.
+
+Only these modes need the server installed; `--target HOST:PORT` certifies any running server."""
 
 from __future__ import annotations
 
 import importlib.util
+import os
 import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from callqos.conformance.model import RunOptions
     from callqos.server.testing import ServerProcess
 
 _PROVIDER_ID = re.compile(r"[a-z][a-z0-9-]{0,62}")
@@ -23,12 +29,28 @@ class TargetError(Exception):
     """The target could not be started or reached."""
 
 
-def require_server() -> None:
+def require_server(flag: str = "--provider") -> None:
     """Raise a TargetError naming the extra to install when the callqos server is missing."""
     if importlib.util.find_spec("callqos.server") is None:
         raise TargetError(
-            f"--provider hosts the provider in the callqos server, which is not installed: pip install '{SERVER_EXTRA}'"
+            f"{flag} hosts the provider in the callqos server, which is not installed: pip install '{SERVER_EXTRA}'"
         )
+
+
+def hosted_provider(options: RunOptions) -> tuple[str, dict[str, Any]]:
+    """The plugin and settings table the spawned server hosts for `options`: the --provider plugin
+    with its settings, or a `remote` provider (whose settings table --provider-settings extends:
+    `env`, `tls`, timeouts) launching --provider-command or dialling --provider-endpoint."""
+    if options.provider_command:
+        program, *arguments = options.provider_command
+        if "/" in program:  # relative to where the suite runs, not to the spawned server's directory
+            program = os.path.abspath(program)  # not resolve(): a venv's python is a symlink
+        return "remote", {**options.provider_settings, "command": [program, *arguments]}
+    if options.provider_endpoint:
+        return "remote", {**options.provider_settings, "endpoint": options.provider_endpoint}
+    if not options.provider:
+        raise TargetError("no provider to host")
+    return options.provider, options.provider_settings
 
 
 def provider_id_for(plugin: str) -> str:

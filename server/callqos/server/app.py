@@ -203,8 +203,20 @@ async def start(
 async def _start(
     config: Config, interceptors: list[grpc.aio.ServerInterceptor] | None, telemetry: Telemetry
 ) -> Running:
-    instruments = telemetry.instruments()
     store = await open_store(config)
+    try:
+        return await _start_on(store, config, interceptors, telemetry)
+    except BaseException:
+        # A start that fails lets go of the store: a database's pool, listener and locks too.
+        with contextlib.suppress(Exception):
+            await store.close()
+        raise
+
+
+async def _start_on(
+    store: Store, config: Config, interceptors: list[grpc.aio.ServerInterceptor] | None, telemetry: Telemetry
+) -> Running:
+    instruments = telemetry.instruments()
     hub = EventHub(store)
     await hub.start()
     containment = Containment(config.provider_cancel_grace_seconds, config.loop_lag_warning_seconds)

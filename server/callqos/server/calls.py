@@ -291,6 +291,8 @@ class CallManager:
                 if isinstance(decision, Grant):
                     self._check_grant(info, level, offered, decision.qos)
             except ServiceError as error:
+                if error.reason == Reason.ERROR_REASON_INVALID_REQUEST:
+                    raise  # an out-of-process provider refused its provider_specific bytes: a bad request
                 # The provider failed: whatever it may have reserved is released, and the call
                 # is recorded as failed so watchers learn of it too.
                 self._disconnect(call, Disconnect.DISCONNECT_REASON_PROVIDER_ERROR, now)
@@ -441,6 +443,8 @@ class CallManager:
                 if isinstance(decision, Grant):
                     self._check_grant(info, level, offered, decision.qos)
             except ServiceError as error:
+                if error.reason == Reason.ERROR_REASON_INVALID_REQUEST:
+                    raise  # an out-of-process provider refused its provider_specific bytes: a bad request
                 failed = self._event(
                     call,
                     EventType.QOS_EVENT_TYPE_RENEGOTIATION_FAILED,

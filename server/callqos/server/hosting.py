@@ -49,6 +49,10 @@ T = TypeVar("T")
 # the caller who is waiting for it.
 CALLER_DEADLINE: contextvars.ContextVar[float | None] = contextvars.ContextVar("caller_deadline", default=None)
 CALLER_BOUND = frozenset({"admit", "renegotiate"})
+# The deadline (time.monotonic()) of the provider call now running: its budget, set by the host
+# around each call, so that a provider that calls further (the remote host passes it on as the
+# gRPC deadline of its own RPC) knows when its answer stops mattering.
+PROVIDER_DEADLINE: contextvars.ContextVar[float | None] = contextvars.ContextVar("provider_deadline", default=None)
 # Provider operations after which a link's reservations may have changed (the link gauges are
 # refreshed after each).
 CHANGES_LINKS = frozenset({"admit", "renegotiate", "release", "update_link"})
@@ -155,6 +159,9 @@ class HostedProviders:
                 changes.extend(await info.thread.run(starting, f"{info.id}.start"))
             else:
                 changes.extend(await info.provider.start(view, held))
+            # Read once more now that it has started: a remote provider learns its capabilities
+            # from the provider process it connects to in start().
+            info.capabilities = info.provider.capabilities()
         return changes
 
     async def reconcile(self, connected: Mapping[str, Sequence[Restored]]) -> list[ProviderChange]:
@@ -243,6 +250,7 @@ class HostedProviders:
     ) -> T:
         budget = self.budget(operation)
         label = f"{info.id}.{operation}"
+        deadline = PROVIDER_DEADLINE.set(time.monotonic() + budget)  # the contained task copies it
         try:
             result: T = await self.containment.run(
                 work, label=label, budget=budget, thread=info.thread, late=self._late(info, operation, request)
@@ -281,6 +289,8 @@ class HostedProviders:
                 f"provider {info.id} failed in {operation}: {type(exc).__name__}",
                 metadata={"provider": info.name, "operation": operation, "cause": "error"},
             ) from exc
+        finally:
+            PROVIDER_DEADLINE.reset(deadline)
         problem = _wrong_answer(operation, result)
         if problem:
             raise ServiceError(

@@ -58,7 +58,8 @@ and writes reservations, and commits at the end of the block, before it answers 
 reference provider does). Its `reconcile` is then called on the one replica that leads background
 work, with every connected call, to put right what a replica that died between its decision and
 the server's commit left behind. A threaded provider's ledger runs each transaction on the
-server's loop, where the database connections are, handing every step over.
+server's loop, where the database connections are, handing every step over. (A provider in
+another process, `remote`, keeps its books there and is refused on replicas for now.)
 """
 
 from __future__ import annotations
