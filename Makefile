@@ -31,6 +31,8 @@ help:
 	@echo "make run        serve on the embedded defaults (127.0.0.1:50051, SQLite under ./callqos-data)"
 	@echo "make test       install everything needed and run every test"
 	@echo "make bench      benchmarks, with ratios against a bare grpc.aio baseline measured in the same run"
+	@echo "make soak       the ledger's state machine for CALLQOS_SOAK_STEPS steps (default 100000) or CALLQOS_SOAK_SECONDS"
+	@echo "make parity     every shipped broken provider certified in and out of process (make test: every fourth)"
 	@echo "make generate   regenerate all code from protos/"
 	@echo "make lint       buf lint + buf format check, ruff check + ruff format check"
 	@echo "make dist       sdists and wheels of callqos, callqos-server and callqos-conformance in dist/"
@@ -120,6 +122,11 @@ postgres: $(STAMP)
 test-python: $(STAMP) postgres
 	if $(HAVE_POSTGRES); then export CALLQOS_REQUIRE_POSTGRES=1; fi; $(PY) -m pytest
 
+# Every shipped broken provider certified in process and out of process (make test runs every fourth).
+.PHONY: parity
+parity: $(STAMP)
+	CALLQOS_PARITY=all $(PY) -m pytest -q conformance/tests/test_remote_parity.py
+
 test-clients: $(STAMP)
 	@for d in $(CLIENT_DIRS); do $(MAKE) -C $$d test; done
 
@@ -161,6 +168,17 @@ bench: $(STAMP)
 	$(PY) server/benchmarks/bench_auth.py $(BENCH_ARGS)
 	$(MAKE) --no-print-directory postgres
 	$(PY) server/benchmarks/bench_replicas.py $(BENCH_ARGS)
+
+# The admission ledger's stateful property test (server/tests/test_ledger_state_machine.py), far
+# longer than `make test` runs it: round after round against a real server, each round with a
+# fresh seed that is printed first, until CALLQOS_SOAK_STEPS steps have run (or, when set,
+# CALLQOS_SOAK_SECONDS have passed). CALLQOS_SOAK_SEED=<seed> replays one round and shrinks a
+# failure to the shortest sequence of steps that shows it.
+CALLQOS_SOAK_STEPS ?= 100000
+.PHONY: soak
+soak: $(STAMP)
+	CALLQOS_SOAK_STEPS=$(if $(CALLQOS_SOAK_SECONDS),0,$(CALLQOS_SOAK_STEPS)) \
+	  $(PY) -m pytest server/tests/test_ledger_state_machine.py -k test_soak -s -q -p no:cacheprovider
 
 .PHONY: clean
 clean:

@@ -240,12 +240,15 @@ def check_client_alone(client_wheel: Path, suite_wheel: Path, workdir: Path) -> 
         expect_one_line_refusal(refusal, "callqos-conformance --provider", f"{SUITE}[server]")
         refusal = run([conformance, "--provider-command", "./my-provider"], env=env)
         expect_one_line_refusal(refusal, "callqos-conformance --provider-command", f"{SUITE}[server]")
-        certified = run([conformance, "--target", target, "--profile", "core"], env=env)
+        # The packaging is what is checked here, not the reference provider: a sample of core checks that
+        # needs nothing but the client stubs (the whole suite certifies the reference in conformance/tests).
+        sample = "CORE-RESP,CORE-CAP,CORE-ACCT,CORE-VAL"
+        certified = run([conformance, "--target", target, "--check", sample], env=env)
         expect(
             certified.returncode == 0,
             f"callqos-conformance --target without the server: exit {certified.returncode}\n{certified.stdout}",
         )
-        step(f"+ {suite_wheel.name}: still no server; --provider names {SUITE}[server]; --target certifies (core)")
+        step(f"+ {suite_wheel.name}: still no server; --provider names {SUITE}[server]; --target certifies ({sample})")
 
 
 def main(argv: list[str] | None = None) -> int:

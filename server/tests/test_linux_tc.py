@@ -237,8 +237,9 @@ def test_capacity_cut_and_interface_down_shed_calls_with_events(
     client.make_call("sip:far@example.test", qos=specs.qos(specs.controlled_load(800_000)), call_id="new")
     assert len(pair.call_classes()) == 3
 
-    link = client.update_link_capacity(LINK, 2_000_000)
-    assert link.capacity_bytes_per_second == 2_000_000
+    answer = client.update_link_capacity(LINK, 2_000_000)
+    assert answer.link.capacity_bytes_per_second == 2_000_000
+    assert [(change.call, change.recorded) for change in answer.changes] == [("calls/new", True)]
     assert client.get_call("calls/new").state == State.STATE_DISCONNECTED
     assert len(pair.call_classes()) == 2
     assert "rate 16Mbit ceil 16Mbit" in pair.classes()["1:1"]

@@ -6,6 +6,8 @@ in exactly the schema of a new file.
   a version of their own.
 - Version 2 (tenants, quota columns) → 3 (lines under tenants; the `active` quota column that
   counts a call between two applications once).
+- Version 3 → 4 (the admission ledger: link capacities kept from UpdateLink, releases owed to
+  providers; both start empty).
 
 After migrating, every call, line, event and request_id belongs to the default tenant, the quota
 columns hold what each call reserves (a connected pair once), and a server serves the file as
@@ -73,6 +75,31 @@ CREATE TABLE requests (tenant TEXT NOT NULL, principal TEXT NOT NULL, request_id
 CREATE INDEX requests_age ON requests (create_us);
 CREATE TABLE meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
 PRAGMA user_version = 2;
+"""
+# The schema of version 3, as the release with lines under tenants created it.
+SCHEMA_3 = """
+CREATE TABLE calls (seq INTEGER PRIMARY KEY AUTOINCREMENT, name TEXT NOT NULL UNIQUE,
+    provider TEXT NOT NULL, state INTEGER NOT NULL, data BLOB NOT NULL,
+    tenant TEXT NOT NULL DEFAULT 'default', reserved_sending INTEGER NOT NULL DEFAULT 0,
+    reserved_receiving INTEGER NOT NULL DEFAULT 0, line TEXT NOT NULL DEFAULT '',
+    active INTEGER NOT NULL DEFAULT 0);
+CREATE INDEX calls_state ON calls (state, seq);
+CREATE INDEX calls_tenant ON calls (tenant, seq);
+CREATE INDEX calls_line ON calls (line, seq) WHERE line != '';
+CREATE INDEX calls_active ON calls (tenant, active, reserved_sending, reserved_receiving);
+CREATE TABLE events (seq INTEGER PRIMARY KEY AUTOINCREMENT, create_us INTEGER NOT NULL, data BLOB NOT NULL,
+    tenant TEXT NOT NULL DEFAULT 'default');
+CREATE TABLE requests (tenant TEXT NOT NULL, principal TEXT NOT NULL, request_id TEXT NOT NULL,
+    method TEXT NOT NULL, fingerprint TEXT NOT NULL, call TEXT NOT NULL, status BLOB NOT NULL,
+    create_us INTEGER NOT NULL, PRIMARY KEY (tenant, principal, request_id));
+CREATE INDEX requests_age ON requests (create_us);
+CREATE TABLE meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE TABLE lines (seq INTEGER PRIMARY KEY AUTOINCREMENT, name TEXT NOT NULL UNIQUE,
+    address TEXT NOT NULL, owner TEXT NOT NULL, state INTEGER NOT NULL, data BLOB NOT NULL,
+    tenant TEXT NOT NULL DEFAULT 'default');
+CREATE UNIQUE INDEX lines_open_address ON lines (tenant, address) WHERE state = 1;
+CREATE INDEX lines_tenant ON lines (tenant, seq);
+PRAGMA user_version = 3;
 """
 
 OLD = Call(
@@ -188,23 +215,35 @@ def write_version_1_with_lines(path: Path) -> None:
     db.close()
 
 
-def write_version_2(path: Path) -> None:
-    """What the release with tenants left: the connected call, of the default tenant."""
+def _write_with_tenants(path: Path, schema: str, *, active: bool) -> None:
+    """The connected call, of the default tenant, with its quota columns (and `active`, from
+    version 3 on), its events and its request_id, in a file of `schema`."""
     path.parent.mkdir(parents=True, exist_ok=True)
     db = sqlite3.connect(path)
-    db.executescript(SCHEMA_2)
+    db.executescript(schema)
     old = Call()
     old.CopyFrom(OLD)
     old.tenant = "default"
+    column, value = (", active", ", 1") if active else ("", "")
     db.execute(
-        "INSERT INTO calls (name, provider, state, data, tenant, reserved_sending, reserved_receiving) "
-        "VALUES (?, ?, ?, ?, 'default', 100000, 20000)",
+        f"INSERT INTO calls (name, provider, state, data, tenant, reserved_sending, reserved_receiving{column}) "
+        f"VALUES (?, ?, ?, ?, 'default', 100000, 20000{value})",
         (old.name, old.provider, old.state, old.SerializeToString()),
     )
     _insert_history(db, "default")
     db.execute("INSERT INTO requests VALUES ('default', 'alice', 'r1', 'CreateCall', 'f', 'calls/old', x'', 1)")
     db.commit()
     db.close()
+
+
+def write_version_2(path: Path) -> None:
+    """What the release with tenants left: the connected call, of the default tenant."""
+    _write_with_tenants(path, SCHEMA_2, active=False)
+
+
+def write_version_3(path: Path) -> None:
+    """What the release with lines under tenants left: the same, counted toward its quotas."""
+    _write_with_tenants(path, SCHEMA_3, active=True)
 
 
 def schema_of(path: Path) -> dict[str, object]:
@@ -228,7 +267,7 @@ def schema_of(path: Path) -> dict[str, object]:
         db.close()
 
 
-@pytest.mark.parametrize("write", [write_version_1, write_version_1_with_lines, write_version_2])
+@pytest.mark.parametrize("write", [write_version_1, write_version_1_with_lines, write_version_2, write_version_3])
 async def test_every_earlier_file_ends_in_the_schema_of_a_new_file(
     tmp_path: Path, write: Callable[[Path], None]
 ) -> None:
@@ -238,10 +277,10 @@ async def test_every_earlier_file_ends_in_the_schema_of_a_new_file(
     for path in (old, new):
         await SqliteStore(path).close()
     assert schema_of(old) == schema_of(new)
-    assert schema_of(new)["version"] == SCHEMA_VERSION == 3
+    assert schema_of(new)["version"] == SCHEMA_VERSION == 4
 
 
-@pytest.mark.parametrize("write", [write_version_1, write_version_2])
+@pytest.mark.parametrize("write", [write_version_1, write_version_2, write_version_3])
 async def test_an_earlier_file_keeps_its_calls_events_and_request_ids_in_the_default_tenant(
     tmp_path: Path, write: Callable[[Path], None]
 ) -> None:
@@ -257,6 +296,8 @@ async def test_an_earlier_file_keeps_its_calls_events_and_request_ids_in_the_def
         assert record is not None and record.call == OLD.name
         listed = await store.list_calls(tenant="default", state=None, provider=None, limit=10, before=0)
         assert [c.name for c in listed.calls] == [OLD.name]
+        # The ledger's tables start empty: no capacity was kept, no release owed.
+        assert await store.link_capacities() == [] and await store.pending_releases() == []
     finally:
         await store.close()
 
@@ -288,8 +329,9 @@ async def test_a_version_1_file_with_lines_keeps_them_in_the_default_tenant(tmp_
         await store.close()
 
 
-async def test_a_server_serves_a_migrated_file(tmp_path: Path) -> None:
-    write_version_1(tmp_path / "data" / "callqos.db")
+@pytest.mark.parametrize("write", [write_version_1, write_version_3])
+async def test_a_server_serves_a_migrated_file(tmp_path: Path, write: Callable[[Path], None]) -> None:
+    write(tmp_path / "data" / "callqos.db")
     async with (
         InProcessServer(tmp_path, storage="sqlite") as server,
         grpc.aio.insecure_channel(server.target) as channel,

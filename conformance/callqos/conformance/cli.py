@@ -1,5 +1,5 @@
 """`callqos-conformance`: certify a provider (`--provider`) or a server (`--target`); `list`
-prints every check."""
+prints every check, `rules` every clause of SPEC.md with its level, why, and its checks."""
 
 from __future__ import annotations
 
@@ -50,7 +50,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--version", action="version", version=f"callqos-conformance {metadata.version('callqos-conformance')}"
     )
-    p.add_argument("command", nargs="?", choices=("run", "list"), default="run")
+    p.add_argument("command", nargs="?", choices=("run", "list", "rules"), default="run")
     where = p.add_mutually_exclusive_group()
     where.add_argument("--target", help="HOST:PORT of a running callqos server (any language)")
     where.add_argument("--provider", help="entry-point name or module:Class: host it in a spawned server")
@@ -92,6 +92,16 @@ def parser() -> argparse.ArgumentParser:
         "--provider-timeout", type=float, default=2.0, help="server-side provider deadline for --provider, seconds"
     )
     p.add_argument("--output-dir", type=Path, help="write summary.txt, junit.xml, report.json, report.md here")
+    p.add_argument(
+        "--budget",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="seconds of model-based histories (MODEL-001; default 20): longer runs for certification",
+    )
+    p.add_argument(
+        "--histories", type=int, default=0, metavar="N", help="run exactly N model-based histories, whatever the time"
+    )
     secure = p.add_argument_group("connecting to a --target with TLS and authentication")
     secure.add_argument("--tls-ca", type=Path, help="CA certificate(s) of the server (PEM): TLS on")
     secure.add_argument("--tls-cert", type=Path, help="client certificate (PEM), for mTLS")
@@ -110,6 +120,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "list":
         print(list_checks(tuple(args.profile)))
         return 0
+    if args.command == "rules":
+        from callqos.conformance.rulemap import render, rule_map
+
+        print(render(rule_map()))
+        return 0
+    if args.budget < 0 or args.histories < 0:
+        print("--budget and --histories must not be negative", file=sys.stderr)
+        return 2
     settings = {}
     if args.provider_settings:
         settings = tomllib.loads(args.provider_settings.read_text())
@@ -140,6 +158,8 @@ def main(argv: list[str] | None = None) -> int:
             timeout_scale=args.timeout_scale,
             output_dir=args.output_dir,
             provider_timeout=args.provider_timeout,
+            budget_seconds=args.budget,
+            histories=args.histories,
         )
     )
     print(console(report))

@@ -35,12 +35,26 @@ def console(report: Report) -> str:
     ]
     if report.harness_error:
         lines.append(f"HARNESS ERROR: {report.harness_error}")
+    failures = report.failures
+    if failures:
+        lines.append(f"FAILURES, most specific first ({len(failures)}; the first explains the fault):")
+        for result in failures:
+            lines.append(
+                f"  {MARK[result.outcome.value]:5} {result.check.id:14} {result.check.level.value:6} {result.reason}"
+            )
+            if result.reproduction:
+                lines.append("        reproduction:")
+                lines += [f"          {line}" for line in result.reproduction.splitlines()]
+        lines.append("")
+        lines.append("ALL CHECKS, in the order they ran:")
     for result in report.results:
         line = (
             f"  {MARK[result.outcome.value]:5} {result.check.id:14} {result.check.level.value:6} {result.check.title}"
         )
         if result.outcome not in (Outcome.PASSED,) and result.reason:
             line += f"\n        → {result.reason}"
+        elif result.detail:
+            line += f"\n        ({result.detail})"
         lines.append(line)
     lines.append("")
     for profile, verdict in report.verdicts.items():
@@ -110,6 +124,8 @@ def as_json(report: Report) -> dict[str, Any]:
         "harness_error": report.harness_error,
         "duration_seconds": round(report.duration_seconds, 3),
         "profiles": report.verdicts,
+        # Failed checks, most specific first: the first one explains the fault.
+        "failures": [r.check.id for r in report.failures],
         "checks": [
             {
                 "id": r.check.id,
@@ -124,6 +140,9 @@ def as_json(report: Report) -> dict[str, Any]:
                 "reason": r.reason,
                 "duration_seconds": round(r.duration_seconds, 4),
                 "cleanup_errors": r.cleanup_errors,
+                "findings": r.findings,
+                "reproduction": r.reproduction,
+                "detail": r.detail,
             }
             for r in report.results
         ],
@@ -184,7 +203,9 @@ def junit(report: Report) -> str:
                 "failure",
                 message=f"[{r.check.level.value}] {r.outcome.value}: {r.reason}"[:500],
                 type=r.outcome.value,
-            ).text = f"{r.reason}\nreference: {r.check.reference}"
+            ).text = f"{r.reason}\nreference: {r.check.reference}" + (
+                f"\nreproduction:\n{r.reproduction}" if r.reproduction else ""
+            )
         elif r.outcome == Outcome.ERROR:
             ET.SubElement(case, "error", message=r.reason[:500], type="harness").text = r.reason
         elif r.outcome in (Outcome.SKIPPED, Outcome.XFAIL):
@@ -222,6 +243,15 @@ def markdown(report: Report) -> str:
     if info:
         caps = json_format.MessageToDict(info.capabilities, preserving_proto_field_name=True)
         out += ["## Advertised capabilities", "", "```json", json.dumps(caps, indent=2), "```", ""]
+    if report.failures:
+        out += ["## Failures, most specific first", ""]
+        for r in report.failures:
+            out += [f"- **{r.check.id}** ({r.check.level.value}, {r.outcome.value}): {r.reason}"]
+            if r.reproduction:
+                out += ["", "  Reproduction (`callqos` CLI):", "", "  ```sh"]
+                out += [f"  {line}" for line in r.reproduction.splitlines()]
+                out += ["  ```"]
+        out.append("")
     out += [
         "## Profiles",
         "",

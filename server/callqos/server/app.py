@@ -26,6 +26,7 @@ from callqos.server.containment import Containment, LoopLag
 from callqos.server.events import EventHub
 from callqos.server.hosting import HostedProviders
 from callqos.server.incoming import Switchboard
+from callqos.server.ledger import Ledger
 from callqos.server.lines import LineManager
 from callqos.server.security.guard import Guard
 from callqos.server.security.tls import CertificateFiles
@@ -114,6 +115,7 @@ class Running:
     calls: Switchboard
     providers: HostedProviders
     store: Store
+    ledger: Ledger
     servicer: CallQosServicer
     config: Config
     telemetry: Telemetry
@@ -144,6 +146,7 @@ class Running:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        await self.ledger.stop()
         await self.providers.stop()
         await self.store.close()
         if self.config.port_file is not None:
@@ -232,6 +235,20 @@ async def _start_on(
     await guard.start()
     lines = LineManager(store, config.no_answer_seconds)
     calls = Switchboard(store, hub, providers, instruments, lines, quotas=guard.quotas)
+    background: Background | None = None  # made once serving; the ledger asks it who leads
+    ledger = Ledger(
+        store,
+        providers,
+        calls,
+        instruments,
+        reconcile_interval_seconds=config.reconcile_interval_seconds,
+        release_retry_max_seconds=config.release_retry_max_seconds,
+        leading=lambda: background is not None and background.leading,
+    )
+    # Capacities set with UpdateLink first, so that restored calls are re-taken under them; then
+    # the calls; then (once the ports are bound) the releases still owed and a reconciliation,
+    # before serving.
+    await ledger.put_back_link_capacities()
     await calls.start()
     for call in await store.connected_calls():
         instruments.call_committed(call)
@@ -250,7 +267,7 @@ async def _start_on(
             backlog_events=config.watch_backlog_events,
         )
     )
-    servicer = CallQosServicer(calls, hub, providers, watchers, guard, lines)
+    servicer = CallQosServicer(calls, hub, providers, watchers, guard, lines, ledger)
     instruments.open_watch_streams = lambda: servicer.open_watchers
     add_to_server(servicer, server)
     health_servicer = health.aio.HealthServicer()
@@ -289,6 +306,7 @@ async def _start_on(
             await store.close()
             raise ListenError(f"cannot listen on {config.health_listen} (health_listen)")
         await health_server.start()
+    await ledger.start()
     await server.start()
     for name in ("", SERVICE_NAME):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
@@ -300,6 +318,7 @@ async def _start_on(
         calls,
         providers,
         store,
+        ledger,
         servicer,
         config,
         telemetry,
@@ -308,14 +327,14 @@ async def _start_on(
         health_server=health_server,
         health_port=health_port,
     )
-    running.background = Background(
+    running.background = background = Background(
         store,
         calls,
         prune=running.prune,
         leader_check_seconds=config.leader_check_seconds,
         set_serving=running.set_serving,
     )
-    running.background.start()
+    background.start()
     running._background = [
         asyncio.create_task(watchers.supervise(lambda: hub.last_sequence)),
         asyncio.create_task(

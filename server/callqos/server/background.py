@@ -6,11 +6,12 @@ among replicas sharing PostgreSQL, the holder of the leader's advisory lock, rep
 - pruning events and idempotency records beyond retention (every PRUNE_INTERVAL_SECONDS);
 - with a shared store, ringing out the offered calls whose ring time passed and that no replica's
   timer ended (the replica that offered them died: each replica times only its own offers);
-- with a shared ledger, reconciling the providers' shared books with the connected calls
-  (`Provider.reconcile`), and applying the changes that brings (calls that no longer fit).
+- with a shared store, the admission ledger's duties (`ledger.Ledger`, which asks `leading`):
+  retrying the releases owed in the store, and reconciling the providers' books with the calls.
 Each duty is harmless when two replicas run it (a leader that lost its lead without knowing it):
 pruning deletes what is already gone, a ring-out re-checks the call under its lock, and a
-reconciliation acts only on a difference seen twice, under the ledger's link locks.
+reconciliation acts only on a difference seen twice, under the call's lock (held across the
+replicas).
 
 On every replica: readiness. The health service says the API service (callqos.v1.CallQosService,
 what readiness probes ask) is NOT_SERVING while the store cannot be reached (`Store.check`), so a
@@ -26,10 +27,8 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 
-from callqos.server import names
 from callqos.server.incoming import Switchboard
-from callqos.server.providers.base import Restored
-from callqos.server.store.base import Store, StoreUnavailable, holds_reservation
+from callqos.server.store.base import Store, StoreUnavailable
 from callqos.v1 import call_pb2
 
 log = logging.getLogger(__name__)
@@ -89,8 +88,6 @@ class Background:
                             log.info("pruned events beyond retention", extra={"dropped": dropped})
                     if self.store.shared:
                         await self.ring_out_orphaned_offers()
-                    if self.store.shared_ledger() is not None:
-                        await self.reconcile()
                     self.rounds += 1
             except Exception:  # the loop must outlive any one failure (the database away, a bug)
                 log.exception("the leader's background work failed; trying again")
@@ -102,20 +99,6 @@ class Background:
         for call in await self.store.calls_in_state(call_pb2.Call.State.STATE_OFFERING):
             if call.offer_expire_time.ToNanoseconds() / 1e9 + RING_OUT_LATE_SECONDS <= now:
                 await self.calls.ring_out(call.name, "nobody answered (rung out by the leading replica)")
-
-    async def reconcile(self) -> None:
-        """Make every provider's shared books agree with the connected calls, and apply what
-        no longer fits."""
-        held: dict[str, list[Restored]] = {}
-        for call in await self.store.connected_calls():
-            if holds_reservation(call):
-                provider_id = names.parse_provider(call.provider) or ""
-                held.setdefault(provider_id, []).append(
-                    Restored(call.name, call.destination, call.service_level, call.granted_qos)
-                )
-        for change in await self.calls.providers.reconcile(held):
-            log.warning("reconciliation: %s: %s", change.call, change.message)
-            await self.calls.report_change(change)
 
     # -- readiness ---------------------------------------------------------------------------
     async def _watch_readiness(self) -> None:

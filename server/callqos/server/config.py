@@ -101,6 +101,13 @@ class Config:
     shutdown_grace_seconds: float = 5.0
     # The whole shutdown takes at most this long; then the process exits whatever a provider does.
     shutdown_timeout_seconds: float = 10.0
+    # The ledger (operator settings): how often the providers that list their reservations are
+    # reconciled with the connected calls (0 = only at start-up; with storage = "postgresql" it
+    # must be positive: the leading replica's passes are what put right a replica that died
+    # mid-operation), and the longest wait between two
+    # attempts at a release a provider has not confirmed (the wait doubles from 0.5 s up to it).
+    reconcile_interval_seconds: float = 60.0
+    release_retry_max_seconds: float = 60.0
     reflection: bool = True
     log_level: str = "info"
     # Written with the bound port once serving (useful with listen = "127.0.0.1:0").
@@ -194,9 +201,17 @@ class Config:
             "watch_stall_seconds",
             "shutdown_grace_seconds",
             "shutdown_timeout_seconds",
+            "release_retry_max_seconds",
         ):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive")
+        if self.reconcile_interval_seconds < 0:
+            raise ConfigError("reconcile_interval_seconds must not be negative")
+        if self.storage == "postgresql" and self.reconcile_interval_seconds == 0:
+            raise ConfigError(
+                "reconcile_interval_seconds must be positive with storage = postgresql: replicas reconcile only "
+                "periodically, on the leading replica (what a replica that died mid-operation left behind)"
+            )
         for name in (
             "event_retention_count",
             "max_message_bytes",

@@ -34,6 +34,7 @@ from callqos.server.errors import FieldViolation, Reason, ReplayedStatus, Servic
 from callqos.server.events import EventHub
 from callqos.server.hosting import CALLER_DEADLINE, HostedProviders, provider_proto
 from callqos.server.incoming import Switchboard
+from callqos.server.ledger import Ledger
 from callqos.server.lines import LineManager
 from callqos.server.security.authz import MUTATIONS
 from callqos.server.security.guard import Guard
@@ -180,6 +181,7 @@ class CallQosServicer(svc_grpc.CallQosServiceServicer):
         watchers: Watchers,
         guard: Guard,
         lines: LineManager,
+        ledger: Ledger,
     ) -> None:
         self._calls = calls
         self._lines = lines
@@ -187,6 +189,7 @@ class CallQosServicer(svc_grpc.CallQosServiceServicer):
         self._providers = providers
         self.guard = guard
         self.watchers = watchers
+        self._ledger = ledger
 
     @property
     def open_watchers(self) -> int:
@@ -395,4 +398,4 @@ class CallQosServicer(svc_grpc.CallQosServiceServicer):
     ) -> Any:
         provider_id, link_id = validation.link_update(request)
         info = self._providers.link_admin(names.provider_name(provider_id))
-        return await self._providers.update_link(info, link_id, request.link.capacity_bytes_per_second)
+        return await self._ledger.update_link(info, link_id, request.link.capacity_bytes_per_second)

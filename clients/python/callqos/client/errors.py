@@ -513,8 +513,9 @@ class WatcherTooSlowError(UnavailableError):
 
 
 class StorageUnavailableError(UnavailableError):
-    """The server could not read or record what the request needs (its storage failed or cannot
-    be reached; ErrorInfo metadata ``cause`` says which); nothing changed. Retry later."""
+    """The server could not read or record what the request needs (its disk is full, its storage
+    failed or cannot be reached; ErrorInfo metadata ``cause`` says which); nothing changed. Retry
+    later."""
 
     error_reason = "STORAGE_UNAVAILABLE"
 

@@ -8,19 +8,24 @@
 - When a link loses capacity, the newest calls are shed first: IF_AVAILABLE calls are degraded
   to what still fits, NEEDED calls are dropped (TAPI: QoS that cannot be sustained disconnects
   the call with LINEDISCONNECTMODE_QOSUNAVAIL).
+- Every derived quantity is bounded (conformance/SPEC.md PROV-20, DELAY-5): the delay bound is
+  computed exactly; a GUARANTEED flow whose bound exceeds the largest latency a flowspec can
+  carry (0xFFFFFFFD µs) is refused, and its counter-offer cuts the token bucket until the bound
+  fits (best effort when no bucket can); a counter-offer never carries a raw Winsock sentinel,
+  and never a minimum policed size above its max SDU.
+- Each decision, and the shedding after a capacity change, takes effect whole or not at all
+  (PROV-21); `reservations()` lists what the books hold, for the server's reconciliation
+  (PROV-19).
 - Its books (each link's capacity and reserved rates, each call's reservation) are in memory when
   the server runs alone, and in the host's shared ledger (`ProviderHost.ledger`) when it runs as
   several replicas on one database: every decision then locks the rows of its link, reads them,
   decides exactly as in memory, and writes back what changed before it answers, so replicas
-  deciding on one link take turns and together never reserve more than its capacity. What a
-  replica that died between a decision and the server's commit left behind is put right by
-  `reconcile`, on the replica that leads background work.
+  deciding on one link take turns and together never reserve more than its capacity.
+  `reservations()` then lists the shared books, so that what a replica that died between a
+  decision and the server's commit left behind is put right by the server's reconciliation, on
+  the replica that leads background work.
 
 Settings (the `[providers.reference]` table of the server configuration):
-
-    [providers.reference]
-    settle_seconds = 10.0   # replicas only: how old a reservation no connected call holds must be
-                            # before `reconcile` releases it (an operation in flight is younger)
 
     [[providers.reference.links]]
     id = "default"
@@ -36,18 +41,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import math
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from callqos.server.providers import (
+    LARGEST_UINT32_FIELD,
+    LARGEST_UINT64,
     RESERVING,
     AdmissionRequest,
     BookedLink,
     BookedReservation,
     Decision,
     Grant,
+    Holding,
     LedgerBooks,
     PathTerms,
     Provider,
@@ -58,9 +65,12 @@ from callqos.server.providers import (
     Restored,
     SharedLedger,
     annotate_link,
-    guaranteed_delay_bound_us,
+    best_effort_spec,
+    delay_bound_ceil_us,
     is_resource_id,
+    largest_bucket_within,
     link_name,
+    representable,
     reserved_rate,
 )
 from callqos.v1 import call_pb2, event_pb2, flowspec_pb2, provider_pb2
@@ -87,10 +97,6 @@ SUPPORTED = (
     ST.SERVICE_TYPE_NO_TRAFFIC,
 )
 DEFAULT_MIN_POLICED = 64
-# With a shared ledger: a reservation no connected call holds is released by `reconcile` only once
-# it is this old and was seen so on the previous pass too (an operation in flight on another
-# replica writes its call within milliseconds of its reservation).
-SETTLE_SECONDS = 10.0
 
 
 @dataclass
@@ -121,23 +127,45 @@ class Reservation:
     order: int  # admission order: the newest are shed first
 
 
+@dataclass
+class _Undo:
+    """What an operation under way changed, to put back if it fails part-way: the links' capacities
+    and reservations as they were (a few links, copied), and each call's reservation before its
+    first change (a journal, so that the cost does not grow with the number of calls held)."""
+
+    capacity: dict[str, int]
+    reserved: dict[str, dict[str, int]]
+    order: int
+    calls: dict[str, Reservation | None] = field(default_factory=dict)
+
+
+def _bounded(link_id: str, merged: Mapping[str, Any], key: str, low: int, high: int) -> int:
+    """A link setting as an int within what its field in `callqos.v1.Link` can carry."""
+    value = int(merged[key])
+    if not low <= value <= high:
+        raise ValueError(f"link {link_id}: {key} must be between {low} and {high}, not {value}")
+    return value
+
+
 def _link_from_settings(raw: Mapping[str, Any]) -> LinkState:
     merged = {**DEFAULT_LINK, **raw}
     link_id = str(merged["id"])
     if not is_resource_id(link_id):
         raise ValueError(f"link id {link_id!r} must be a resource id ([a-z][a-z0-9-]*)")
-    capacity = int(merged["capacity_bytes_per_second"])
-    if capacity < 0:
-        raise ValueError(f"link {link_id}: capacity must not be negative")
+    terms = PathTerms(
+        c_bytes=_bounded(link_id, merged, "error_term_c_bytes", 0, LARGEST_UINT32_FIELD),
+        d_microseconds=_bounded(link_id, merged, "error_term_d_microseconds", 0, LARGEST_UINT32_FIELD),
+        min_path_latency_microseconds=_bounded(
+            link_id, merged, "min_path_latency_microseconds", 0, LARGEST_UINT32_FIELD
+        ),
+        mtu_bytes=_bounded(link_id, merged, "mtu_bytes", 1, LARGEST_UINT32_FIELD),
+    )
+    if terms.d_microseconds + terms.min_path_latency_microseconds > LARGEST_UINT32_FIELD:
+        raise ValueError(f"link {link_id}: error_term_d_microseconds + min_path_latency_microseconds is too large")
     return LinkState(
         id=link_id,
-        capacity=capacity,
-        terms=PathTerms(
-            c_bytes=int(merged["error_term_c_bytes"]),
-            d_microseconds=int(merged["error_term_d_microseconds"]),
-            min_path_latency_microseconds=int(merged["min_path_latency_microseconds"]),
-            mtu_bytes=int(merged["mtu_bytes"]),
-        ),
+        capacity=_bounded(link_id, merged, "capacity_bytes_per_second", 0, LARGEST_UINT64),
+        terms=terms,
         destinations=tuple(str(d) for d in merged["destinations"]),
     )
 
@@ -150,8 +178,9 @@ class ReferenceProvider(Provider):
     admission counter) and `_lock`, which every decision holds. The steps a subclass may
     override or reuse are `_route` (destination → link), `_decide` (decide, and reserve on a
     grant), `_refuse_or_fallback` (NEEDED refuses; IF_AVAILABLE takes the counter-offer),
-    `_resolve` (a flowspec with this provider's defaults filled in), `_reserve` / `_unreserve`
-    and `_link_proto`. They keep the underscore because the host never calls them.
+    `_resolve` (a flowspec with this provider's defaults filled in), `_counter_offer`,
+    `_reserve` / `_unreserve`, `_shed_all`, `_all_or_nothing` (put the books back if what runs
+    inside raises) and `_link_proto`. They keep the underscore because the host never calls them.
     """
 
     display_name = "Reference admission control"
@@ -170,16 +199,15 @@ class ReferenceProvider(Provider):
             raise ValueError("link ids must be unique")
         self._calls: dict[str, Reservation] = {}
         self._order = 0
+        self._undo: _Undo | None = None  # while an _all_or_nothing block runs
         # Admission is check-then-reserve; the lock keeps it atomic even if a later change
         # adds an await between the two.
         self._lock = asyncio.Lock()
         # The host's shared ledger, when the server runs as replicas (see `_books`).
         self._ledger: SharedLedger | None = None
-        self._ages: dict[str, float] = {}  # with a shared ledger: age of each loaded reservation
-        self._suspects: set[tuple[object, ...]] = set()  # differences the last reconcile saw
-        self._settle = float(self.settings.get("settle_seconds", SETTLE_SECONDS))
-        if self._settle < 0:
-            raise ValueError("settle_seconds must not be negative")
+        # Each link's capacity as configured: the shared books compare it with the one they were
+        # given (`SharedLedger.add_links`), whatever capacity was put back before start().
+        self._configured = {link.id: link.capacity for link in self._links.values()}
 
     # -- what it can do -------------------------------------------------------------------
     def capabilities(self) -> provider_pb2.ProviderCapabilities:
@@ -197,6 +225,7 @@ class ReferenceProvider(Provider):
             ),
             policy=True,
             policy_note="NETWORK_CONTROL is reserved for the network operator and always refused.",
+            reservation_listing=True,
         )
 
     # -- admission ------------------------------------------------------------------------
@@ -205,27 +234,35 @@ class ReferenceProvider(Provider):
         # A host of a single process (or one written before replicas) offers no ledger.
         self._ledger = getattr(host, "ledger", None)
         if self._ledger is not None:
-            # The shared books outlive every replica: nothing to re-take. What a replica that
-            # died left half-done is the leader's `reconcile`.
+            # The shared books outlive every replica: nothing to re-take (what a replica that died
+            # left half-done is the server's reconciliation). A capacity put back before start()
+            # (LINK-5) is the one a new link gets; an existing link keeps its books' capacity
+            # unless the configuration changed it, and then what no longer fits is shed.
             await self._ledger.add_links(
-                self.id, [BookedLink(link.id, link.capacity, link.capacity) for link in self._links.values()]
+                self.id,
+                [BookedLink(link.id, link.capacity, self._configured[link.id]) for link in self._links.values()],
             )
-            return []
+            async with self._books(list(self._links), [], whole=True):
+                with self._all_or_nothing():
+                    return self._shed_all()
         async with self._lock:
-            for item in restored:
-                link = self._route(item.destination)
-                self._reserve(item.call, link, item.level, item.qos)
-            return self._shed_all()
+            with self._all_or_nothing():
+                for item in restored:
+                    link = self._route(item.destination)
+                    self._reserve(item.call, link, item.level, item.qos)
+                return self._shed_all()
 
     async def admit(self, request: AdmissionRequest) -> Decision:
         async with self._books([self._route(request.destination).id], [request.call]):
-            decision = self._decide(request)
+            with self._all_or_nothing():
+                decision = self._decide(request)
             self._annotate(self._route(request.destination))
             return decision
 
     async def renegotiate(self, request: AdmissionRequest) -> Decision:
         async with self._books([self._route(request.destination).id], [request.call]):
-            decision = self._decide(request)
+            with self._all_or_nothing():
+                decision = self._decide(request)
             self._annotate(self._route(request.destination))
             return decision
 
@@ -235,6 +272,17 @@ class ReferenceProvider(Provider):
             self._unreserve(call)
             if held is not None:
                 self._annotate(held.link)
+
+    async def reservations(self) -> list[Holding]:
+        if self._ledger is not None:  # the shared books, as committed now
+            async with self._ledger.books(self.id) as books:
+                rows = await books.reservations(links=list(self._links))
+            return [Holding(row.call, row.sending, row.receiving, link_name(self.id, row.link)) for row in rows]
+        async with self._lock:
+            return [
+                Holding(call, held.rates["sending"], held.rates["receiving"], link_name(self.id, held.link.id))
+                for call, held in self._calls.items()
+            ]
 
     def _annotate(self, link: LinkState) -> None:
         """The link and its load after the decision, on the server's span for this call."""
@@ -260,8 +308,9 @@ class ReferenceProvider(Provider):
             raise KeyError(link_id)
         async with self._books([link_id], [], whole=True):
             link = self._links[link_id]
-            link.capacity = capacity
-            changes = self._shed_all()
+            with self._all_or_nothing():
+                link.capacity = capacity
+                changes = self._shed_all()
             result = self._link_proto(link)
         # Reported after the lock is released: the host takes its own per-call locks, and a
         # provider must never hold its lock while waiting on the host.
@@ -318,12 +367,22 @@ class ReferenceProvider(Provider):
                 problems.append(
                     f"{direction}: needs {reserved_rate(spec)} B/s, {free[direction]} B/s free on link {link.id}"
                 )
+            if spec.service_type in RESERVING and spec.minimum_policed_size_bytes > spec.max_sdu_size_bytes:
+                problems.append(
+                    f"{direction}: minimum policed size {spec.minimum_policed_size_bytes} exceeds the max SDU "
+                    f"{spec.max_sdu_size_bytes} on link {link.id} (RFC 2212: m <= M)"
+                )
             if spec.service_type == ST.SERVICE_TYPE_GUARANTEED:
-                bound = guaranteed_delay_bound_us(spec, link.terms)
-                if bound > spec.latency_microseconds:
+                bound = delay_bound_ceil_us(spec, link.terms)
+                if bound is None or not spec.HasField("latency_microseconds"):
+                    # _resolve leaves the latency out when the bound is beyond what it can carry.
                     problems.append(
-                        f"{direction}: RFC 2212 delay bound {math.ceil(bound)} us exceeds latency "
-                        f"{spec.latency_microseconds} us"
+                        f"{direction}: RFC 2212 delay bound {bound} us exceeds the largest latency a flowspec "
+                        f"can carry ({LARGEST_UINT32_FIELD} us)"
+                    )
+                elif bound > spec.latency_microseconds:
+                    problems.append(
+                        f"{direction}: RFC 2212 delay bound {bound} us exceeds latency {spec.latency_microseconds} us"
                     )
         if problems:
             return self._refuse_or_fallback(
@@ -355,6 +414,11 @@ class ReferenceProvider(Provider):
             out.token_rate_bytes_per_second = (
                 sending.token_rate_bytes_per_second if sending.HasField("token_rate_bytes_per_second") else mtu
             )
+            if out.HasField("peak_bandwidth_bytes_per_second") and not out.peak_bandwidth_unbounded:
+                # Never above the peak the receiver gave (FLOW-10: p >= r).
+                out.token_rate_bytes_per_second = min(
+                    out.token_rate_bytes_per_second, out.peak_bandwidth_bytes_per_second
+                )
         if not out.HasField("max_sdu_size_bytes"):
             out.max_sdu_size_bytes = mtu
         if not out.HasField("minimum_policed_size_bytes"):
@@ -364,45 +428,62 @@ class ReferenceProvider(Provider):
         if not out.HasField("peak_bandwidth_bytes_per_second"):
             out.peak_bandwidth_unbounded = True
         if out.service_type == ST.SERVICE_TYPE_GUARANTEED and not out.HasField("latency_microseconds"):
-            out.latency_microseconds = math.ceil(guaranteed_delay_bound_us(out, link.terms))
+            bound = delay_bound_ceil_us(out, link.terms)
+            if bound is not None and bound <= LARGEST_UINT32_FIELD:
+                out.latency_microseconds = bound
+            # Otherwise no latency can promise it: left out, and _decide refuses (DELAY-5).
         return out
 
     def _counter_offer(self, qos: QosSpec, link: LinkState, free: Mapping[str, int]) -> QosSpec:
         """The best this link can grant now for `qos`: same shape, rates cut to what is free,
         latency relaxed to the delay bound that rate achieves; best effort where nothing is free
-        or where policy refuses the service type."""
+        or where policy refuses the service type.
+
+        Always a valid request that this link would grant at once (PROV-2): the max SDU within the
+        MTU and the minimum policed size within the max SDU, no field a raw sentinel, and, for
+        GUARANTEED, a bound a latency field can carry — the token bucket is cut until it is, and
+        best effort offered when no bucket can (DELAY-5)."""
         offer = QosSpec(provider_specific=qos.provider_specific)
         for direction in ("sending", "receiving"):
             spec = self._resolve(getattr(qos, direction), qos.sending, link)
             target: FlowSpec = getattr(offer, direction)
             if spec.service_type == ST.SERVICE_TYPE_NETWORK_CONTROL:
-                target.service_type = ST.SERVICE_TYPE_BEST_EFFORT
+                target.CopyFrom(best_effort_spec())
                 continue
             if spec.service_type not in RESERVING:
                 target.CopyFrom(spec)
                 continue
             available = free[direction]
             if available <= 0:
-                target.service_type = ST.SERVICE_TYPE_BEST_EFFORT
+                target.CopyFrom(best_effort_spec())
                 continue
             target.CopyFrom(spec)
             if spec.max_sdu_size_bytes > link.terms.mtu_bytes:
                 target.max_sdu_size_bytes = link.terms.mtu_bytes
-                target.minimum_policed_size_bytes = min(target.minimum_policed_size_bytes, link.terms.mtu_bytes)
                 target.token_bucket_size_bytes = max(target.token_bucket_size_bytes, target.max_sdu_size_bytes)
+            if target.minimum_policed_size_bytes > target.max_sdu_size_bytes:
+                target.minimum_policed_size_bytes = target.max_sdu_size_bytes
             if reserved_rate(target) > available:
-                target.token_rate_bytes_per_second = min(target.token_rate_bytes_per_second, available)
+                cut = representable(available)
+                target.token_rate_bytes_per_second = min(target.token_rate_bytes_per_second, cut)
                 if target.HasField("peak_bandwidth_bytes_per_second") and not target.peak_bandwidth_unbounded:
                     target.peak_bandwidth_bytes_per_second = max(
-                        min(target.peak_bandwidth_bytes_per_second, available),
+                        min(target.peak_bandwidth_bytes_per_second, cut),
                         target.token_rate_bytes_per_second,
                     )
             if target.service_type == ST.SERVICE_TYPE_GUARANTEED:
-                bound = math.ceil(guaranteed_delay_bound_us(target, link.terms))
-                target.latency_microseconds = max(target.latency_microseconds, bound)
+                bucket = largest_bucket_within(target, link.terms, LARGEST_UINT32_FIELD)
+                if bucket is None:
+                    target.CopyFrom(best_effort_spec())
+                    continue
+                target.token_bucket_size_bytes = bucket
+                bound = delay_bound_ceil_us(target, link.terms) or 0
+                if not target.HasField("latency_microseconds") or target.latency_microseconds < bound:
+                    target.latency_microseconds = bound
         return offer
 
     def _reserve(self, call: str, link: LinkState, level: int, qos: QosSpec) -> None:
+        self._journal(call)
         self._unreserve(call)
         rates = {d: reserved_rate(getattr(qos, d)) for d in ("sending", "receiving")}
         for direction, rate in rates.items():
@@ -411,10 +492,45 @@ class ReferenceProvider(Provider):
         self._calls[call] = Reservation(link, level, qos, rates, self._order)
 
     def _unreserve(self, call: str) -> None:
+        self._journal(call)
         held = self._calls.pop(call, None)
         if held is not None:
             for direction, rate in held.rates.items():
                 held.link.reserved[direction] -= rate
+
+    @contextlib.contextmanager
+    def _all_or_nothing(self) -> Iterator[None]:
+        """What runs inside takes effect whole, or not at all: if it raises, the capacities, the
+        reservations and the admission counter are put back as they were (PROV-21)."""
+        if self._undo is not None:  # nested: the outer block puts everything back
+            yield
+            return
+        self._undo = _Undo(
+            capacity={link_id: link.capacity for link_id, link in self._links.items()},
+            reserved={link_id: dict(link.reserved) for link_id, link in self._links.items()},
+            order=self._order,
+        )
+        try:
+            yield
+        except BaseException:
+            undo = self._undo
+            for link_id, link in self._links.items():
+                link.capacity = undo.capacity[link_id]
+                link.reserved = dict(undo.reserved[link_id])
+            for call, before in undo.calls.items():
+                if before is None:
+                    self._calls.pop(call, None)
+                else:
+                    self._calls[call] = before
+            self._order = undo.order
+            raise
+        finally:
+            self._undo = None
+
+    def _journal(self, call: str) -> None:
+        """Remember `call`'s reservation before its first change in an _all_or_nothing block."""
+        if self._undo is not None and call not in self._undo.calls:
+            self._undo.calls[call] = self._calls.get(call)
 
     def _shed_all(self) -> list[ProviderChange]:
         """Bring every link back within capacity, newest calls first."""
@@ -514,7 +630,6 @@ class ReferenceProvider(Provider):
             for held in reservations
             if held.link in rows  # only what is locked may be changed
         }
-        self._ages = {held.call: held.age_seconds for held in reservations}
 
     def _snapshot(self) -> dict[str, tuple[object, ...]]:
         return {
@@ -554,46 +669,3 @@ class ReferenceProvider(Provider):
             )
             if written != row:
                 await books.put_link(written)
-
-    async def reconcile(self, connected: Sequence[Restored]) -> list[ProviderChange]:
-        """With a shared ledger (on the leading replica): a reservation no connected call holds is
-        released, and a connected call the books hold differently (or not at all) is re-taken
-        as the server recorded it — each only when the previous pass saw the same difference
-        (and, for a release, when the reservation is `settle_seconds` old), so that an operation
-        in flight between its reservation and its commit is left alone. Then every link is
-        brought back within capacity, newest first, and the changes returned for the host."""
-        if self._ledger is None:
-            return []
-        async with self._books(list(self._links), [], whole=True):
-            stored = {item.call: item for item in connected}
-            seen: set[tuple[object, ...]] = set()
-            for call, reservation in list(self._calls.items()):
-                if call not in stored and self._ages.get(call, 0.0) >= self._settle:
-                    key: tuple[object, ...] = (
-                        "released",
-                        call,
-                        reservation.link.id,
-                        reservation.rates["sending"],
-                        reservation.rates["receiving"],
-                    )
-                    seen.add(key)
-                    if key in self._suspects:
-                        self._unreserve(call)
-            for item in connected:
-                held = self._calls.get(item.call)
-                rates = {d: reserved_rate(getattr(item.qos, d)) for d in ("sending", "receiving")}
-                if held is not None and held.rates == rates:
-                    continue
-                key = (
-                    "re-taken",
-                    item.call,
-                    rates["sending"],
-                    rates["receiving"],
-                    held and held.rates["sending"],
-                    held and held.rates["receiving"],
-                )
-                seen.add(key)
-                if key in self._suspects:
-                    self._reserve(item.call, self._route(item.destination), item.level, item.qos)
-            self._suspects = seen
-            return self._shed_all()

@@ -14,6 +14,15 @@ Guarantees every backend gives:
   and `commit` given a tenant's `UsageLimits` refuses, in the same transaction, a commit that
   would take the tenant beyond them (so concurrent admissions, or several replicas sharing a
   database, cannot overshoot a quota together).
+- A write (or read) the storage cannot take now (the disk is full, an I/O error, the file is
+  locked or read-only, the database cannot be reached) raises `StoreUnavailable`, naming the
+  cause, with nothing written; the next one may succeed (no restart needed once space is freed
+  or the database is back).
+- The releases the server owes its providers (`PendingRelease`) are written in the same
+  transaction as the call's end, and forgotten only once the provider confirmed the release
+  (conformance/SPEC.md CALL-6).
+- A link capacity set with UpdateLink is kept (`LinkCapacity`) with the configured capacity it
+  overrode, so that a changed configuration can win over it (LINK-5).
 - A store that several server processes share (`shared`: PostgreSQL) gives them, besides: sequence
   order equal to commit order ACROSS processes; `changes()`, to learn of events the others
   committed; `shared_locks()`, mutual exclusion by key among them (the call manager's per-call,
@@ -21,8 +30,6 @@ Guarantees every backend gives:
   against (`ProviderHost.ledger`); and `leadership()`, which one of them does the background work
   that must happen once. A store one process owns (SQLite) keeps the defaults below: no locks or
   ledger to share, and it always leads.
-- A write (or read) the storage cannot take now raises `StoreUnavailable` naming the cause, with
-  nothing written; the next one may succeed.
 """
 
 from __future__ import annotations
@@ -70,6 +77,16 @@ def holds_reservation(call: call_pb2.Call) -> bool:
     return not (call.direction == call_pb2.Call.Direction.DIRECTION_INCOMING and call.peer)
 
 
+# Rates are uint64 and a database's integers int64: a rate beyond it is stored as the int64
+# maximum, far above any quota (every quantity is bounded, none overflows), by every backend.
+INT64_MAX = 2**63 - 1
+
+
+def stored_rate(rate: int) -> int:
+    """A rate as a database stores it (saturated at INT64_MAX)."""
+    return min(rate, INT64_MAX)
+
+
 def held_usage(call: call_pb2.Call) -> Usage:
     """What `call` counts toward its tenant's quotas: while connected, one active call and the
     bytes/s its grant reserves — unless its pair's reservation is held under its peer, which
@@ -108,6 +125,27 @@ class QuotaExceededError(Exception):
     def __init__(self, limits: UsageLimits, quotas: list[str], usage: Usage) -> None:
         super().__init__(f"tenant {limits.tenant}: {', '.join(quotas)} exceeded")
         self.limits, self.quotas, self.usage = limits, quotas, usage
+
+
+@dataclass(frozen=True)
+class PendingRelease:
+    """A release the server owes a provider: the call ended (or never connected) and the provider
+    has not confirmed that it freed what the call held."""
+
+    call: str  # `calls/{call}`
+    provider: str  # `providers/{provider}`
+    attempts: int = 0  # failed attempts so far
+    next_attempt_us: int = 0  # when to try again (epoch microseconds; 0: now)
+    last_error: str = ""
+
+
+@dataclass(frozen=True)
+class LinkCapacity:
+    """A capacity set with UpdateLink, and the configured capacity of the link at the time."""
+
+    link: str  # `providers/{provider}/links/{link}`
+    capacity: int
+    configured: int
 
 
 @dataclass(frozen=True)
@@ -201,6 +239,22 @@ class Store(abc.ABC):
         """Every call in `state`, oldest first (the offered calls to ring out at start-up)."""
 
     @abc.abstractmethod
+    async def pending_releases(self) -> list[PendingRelease]:
+        """Every release still owed, oldest first."""
+
+    @abc.abstractmethod
+    async def forget_release(self, call: str) -> None:
+        """The provider confirmed the release of `call`: nothing is owed for it any more."""
+
+    @abc.abstractmethod
+    async def link_capacities(self) -> list[LinkCapacity]:
+        """Every link capacity set with UpdateLink that is still in force."""
+
+    @abc.abstractmethod
+    async def set_link_capacity(self, capacity: LinkCapacity | None, link: str) -> None:
+        """Keep `capacity` for `link` (None: forget what was kept, the configured one applies)."""
+
+    @abc.abstractmethod
     async def commit(
         self,
         call: call_pb2.Call | Sequence[call_pb2.Call],
@@ -209,12 +263,15 @@ class Store(abc.ABC):
         *,
         lines: Sequence[line_pb2.Line] = (),
         limits: UsageLimits | None = None,
+        owe: PendingRelease | None = None,
+        released: bool = False,
     ) -> list[event_pb2.QosEvent]:
         """Store the call or calls and the lines (each inserted or replaced) with the events;
         returns the events numbered. AddressInUseError (nothing stored) when a line would be the
         second open one of its tenant for its address. With `limits` (the calls' tenant's: both
         legs of a pair are of one tenant), raises QuotaExceededError instead when the commit would
-        take the tenant beyond them."""
+        take the tenant beyond them. In the same transaction, `owe` records (or updates) a release
+        owed to a provider, and `released` forgets the ones owed for the calls stored."""
 
     @abc.abstractmethod
     async def get_line(self, name: str) -> line_pb2.Line | None:

@@ -53,8 +53,7 @@ class PostgresBooks(LedgerBooks):
     async def reservations(self, *, calls: Sequence[str] = (), links: Sequence[str] = ()) -> list[BookedReservation]:
         rows = await (
             await self._conn.execute(
-                "SELECT call, link, level, qos, sending, receiving, ord, "
-                "extract(epoch FROM now() - written_at)::float8 FROM ledger_reservations "
+                "SELECT call, link, level, qos, sending, receiving, ord FROM ledger_reservations "
                 "WHERE provider = %s AND (call = ANY(%s) OR link = ANY(%s)) ORDER BY ord",
                 (self._provider, list(calls), list(links)),
             )
@@ -68,7 +67,6 @@ class PostgresBooks(LedgerBooks):
                 sending=int(row[4]),
                 receiving=int(row[5]),
                 order=int(row[6]),
-                age_seconds=max(0.0, float(row[7])),
             )
             for row in rows
         ]
@@ -85,7 +83,7 @@ class PostgresBooks(LedgerBooks):
             "INSERT INTO ledger_reservations (provider, call, link, level, qos, sending, receiving, ord) "
             "VALUES (%s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT (provider, call) DO UPDATE SET "
             "link = excluded.link, level = excluded.level, qos = excluded.qos, sending = excluded.sending, "
-            "receiving = excluded.receiving, ord = excluded.ord, written_at = now()",
+            "receiving = excluded.receiving, ord = excluded.ord",
             (
                 self._provider,
                 reservation.call,
@@ -99,14 +97,15 @@ class PostgresBooks(LedgerBooks):
         )
 
     async def add_link(self, link: BookedLink) -> None:
-        """New: as configured. Known and configured as it was: kept (UpdateLink on any replica
-        may have changed its capacity). Configured otherwise since: the configuration wins."""
+        """New: the capacity given (the configured one, or one UpdateLink set that was put back).
+        Known and configured as it was: kept (UpdateLink on any replica may have changed its
+        capacity). Configured otherwise since: the configuration wins."""
         await self._conn.execute(
             "INSERT INTO ledger_links (provider, link, capacity, configured, sending, receiving, last_order) "
             "VALUES (%s, %s, %s, %s, 0, 0, 0) ON CONFLICT (provider, link) DO UPDATE SET "
             "capacity = excluded.capacity, configured = excluded.configured "
             "WHERE ledger_links.configured <> excluded.configured",
-            (self._provider, link.id, link.configured, link.configured),
+            (self._provider, link.id, link.capacity, link.configured),
         )
 
     async def delete_reservation(self, call: str) -> None:

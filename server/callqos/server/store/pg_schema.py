@@ -5,7 +5,9 @@ server applies the versions its code has and the database lacks, all in one tran
 transaction-level advisory lock (so replicas starting together migrate once, one after the
 other); it refuses a database whose newest applied version is beyond its code (a newer server
 migrated it: this one would misread it), naming both versions. A step is never edited once
-released; a change is a new step appended to MIGRATIONS.
+released; a change is a new step appended to MIGRATIONS (the one place: nothing else names a
+version), self-contained like SQLite's (its own DDL). Version 1 holds everything SQLite's schema
+version 4 holds, plus the shared ledger; the PostgreSQL versions count on their own from there.
 
 What the tables hold, and why the event numbers come from one row:
 - `calls`, `lines`, `requests` (AIP-155 records) and `events` are those of the SQLite store, with
@@ -16,9 +18,13 @@ What the tables hold, and why the event numbers come from one row:
   the order they commit: sequence order is commit order across every replica (a SERIAL column
   would not give that: its numbers are taken at insert, not at commit, so a reader could see 11
   before 10 commits and skip it forever).
+- `link_capacities` (capacities set with UpdateLink, with the configured capacity each overrode:
+  LINK-5) and `pending_releases` (releases owed to providers until they confirm them: CALL-6), as
+  in SQLite; both shared by every replica.
 - `ledger_links` and `ledger_reservations` are the admission books providers keep in the shared
   ledger (`store.pg_ledger`), rows locked per link while a decision is made. Capacities and rates
-  are numeric(20): a uint64 capacity fits.
+  are numeric(20): a uint64 capacity fits. (A call's reserved rates, for quotas, are bigint,
+  saturated as SQLite's are: `store.base.stored_rate`.)
 """
 
 from __future__ import annotations
@@ -38,7 +44,8 @@ class Migration:
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(
         1,
-        "calls, lines, events, idempotency records, the event counter, the shared admission ledger",
+        "calls, lines, events, idempotency records, the event counter, link capacities, owed releases, "
+        "the shared admission ledger",
         """
         CREATE TABLE calls (
             seq      bigserial PRIMARY KEY,          -- creation order, for newest-first listing
@@ -93,6 +100,19 @@ MIGRATIONS: tuple[Migration, ...] = (
         -- At most one open line of a tenant per address (callqos.v1.Line.State.STATE_OPEN = 1).
         CREATE UNIQUE INDEX lines_open_address ON lines (tenant, address) WHERE state = 1;
         CREATE INDEX lines_tenant ON lines (tenant, seq);
+        CREATE TABLE link_capacities (               -- UpdateLink, durable (LINK-5)
+            link       text PRIMARY KEY,
+            capacity   numeric(20) NOT NULL,
+            configured numeric(20) NOT NULL          -- the configured capacity it overrode
+        );
+        CREATE TABLE pending_releases (              -- releases owed to providers (CALL-6)
+            call       text PRIMARY KEY,
+            provider   text NOT NULL,
+            attempts   integer NOT NULL,
+            next_us    bigint NOT NULL,
+            last_error text NOT NULL,
+            seq        bigserial NOT NULL            -- insertion order, oldest retried first
+        );
         CREATE TABLE ledger_links (
             provider   text NOT NULL,
             link       text NOT NULL,
@@ -112,7 +132,6 @@ MIGRATIONS: tuple[Migration, ...] = (
             sending    numeric(20) NOT NULL,
             receiving  numeric(20) NOT NULL,
             ord        bigint NOT NULL,
-            written_at timestamptz NOT NULL DEFAULT now(),
             PRIMARY KEY (provider, call)
         );
         CREATE INDEX ledger_reservations_link ON ledger_reservations (provider, link, ord);

@@ -12,6 +12,9 @@ The same contract as SQLite (store.base), with what several processes need on to
 - No cache of calls: another replica may change any call at any time.
 - Retention is pruned by the leading replica only (`leader`); event ages are the database's
   clock, one clock for every replica.
+- The releases owed to providers (`owe`, `released`) are written in the commit's transaction, and
+  the capacities kept from UpdateLink in their own, as in SQLite; every replica reads them, the
+  leading one retries the releases (`ledger`).
 - `shared_locks()`, `leadership()` and the commit listener use dedicated connections
   (store.pg_coordination); `shared_ledger()` the pool (store.pg_ledger).
 - A failure to reach the database (a connection refused or lost, the pool exhausted for
@@ -38,6 +41,8 @@ from callqos.server.store.base import (
     IdempotencyRecord,
     Leadership,
     LinePage,
+    LinkCapacity,
+    PendingRelease,
     QuotaExceededError,
     SharedLocks,
     Store,
@@ -45,6 +50,7 @@ from callqos.server.store.base import (
     Usage,
     UsageLimits,
     held_usage,
+    stored_rate,
 )
 from callqos.server.store.paging import newest_first, next_cursor
 from callqos.server.store.pg_coordination import (
@@ -78,6 +84,11 @@ _UPSERT_CALL = (
 _UPSERT_LINE = (
     "INSERT INTO lines (name, address, owner, state, data, tenant) VALUES (%s, %s, %s, %s, %s, %s) "
     "ON CONFLICT (name) DO UPDATE SET state = excluded.state, data = excluded.data"
+)
+_OWE = (
+    "INSERT INTO pending_releases (call, provider, attempts, next_us, last_error) VALUES (%s, %s, %s, %s, %s) "
+    "ON CONFLICT (call) DO UPDATE SET provider = excluded.provider, attempts = excluded.attempts, "
+    "next_us = excluded.next_us, last_error = excluded.last_error"
 )
 # The events of one commit, numbered from event_log.last in the statement that inserts them.
 _INSERT_EVENTS = (
@@ -218,6 +229,8 @@ class PostgresStore(Store):
         *,
         lines: Sequence[line_pb2.Line] = (),
         limits: UsageLimits | None = None,
+        owe: PendingRelease | None = None,
+        released: bool = False,
     ) -> list[event_pb2.QosEvent]:
         calls = [call] if isinstance(call, call_pb2.Call) else list(call)
         unnumbered = []
@@ -268,6 +281,14 @@ class PostgresStore(Store):
                             idempotency.status,
                         ),
                     )
+                if owe is not None:
+                    await conn.execute(
+                        _OWE.encode(), (owe.call, owe.provider, owe.attempts, owe.next_attempt_us, owe.last_error)
+                    )
+                if released and calls:
+                    await conn.execute(
+                        "DELETE FROM pending_releases WHERE call = ANY(%s)", ([each.name for each in calls],)
+                    )
                 first = 0
                 if unnumbered:
                     # Last: the event_log row stays locked from here to COMMIT, and every other
@@ -293,6 +314,35 @@ class PostgresStore(Store):
             copy.sequence = first + index
             numbered.append(copy)
         return numbered
+
+    async def pending_releases(self) -> list[PendingRelease]:
+        rows = await self._rows(
+            "SELECT call, provider, attempts, next_us, last_error FROM pending_releases ORDER BY seq"
+        )
+        return [
+            PendingRelease(str(call), str(provider), _int(attempts), _int(next_us), str(error))
+            for call, provider, attempts, next_us, error in rows
+        ]
+
+    async def forget_release(self, call: str) -> None:
+        async with self._connection() as conn:
+            await conn.execute("DELETE FROM pending_releases WHERE call = %s", (call,))
+
+    # -- link capacities set with UpdateLink ----------------------------------------------
+    async def link_capacities(self) -> list[LinkCapacity]:
+        rows = await self._rows("SELECT link, capacity, configured FROM link_capacities ORDER BY link")
+        return [LinkCapacity(str(link), _int(capacity), _int(configured)) for link, capacity, configured in rows]
+
+    async def set_link_capacity(self, capacity: LinkCapacity | None, link: str) -> None:
+        async with self._connection() as conn:
+            if capacity is None:
+                await conn.execute("DELETE FROM link_capacities WHERE link = %s", (link,))
+            else:
+                await conn.execute(
+                    "INSERT INTO link_capacities (link, capacity, configured) VALUES (%s, %s, %s) "
+                    "ON CONFLICT (link) DO UPDATE SET capacity = excluded.capacity, configured = excluded.configured",
+                    (link, capacity.capacity, capacity.configured),
+                )
 
     async def find_request(
         self, request_id: str, principal: str, tenant: str = DEFAULT_TENANT
@@ -388,8 +438,8 @@ def _call_row(call: call_pb2.Call) -> tuple[object, ...]:
         call.state,
         call.SerializeToString(),
         call.tenant or DEFAULT_TENANT,
-        held.sending,
-        held.receiving,
+        stored_rate(held.sending),
+        stored_rate(held.receiving),
         call.line,
         bool(held.active_calls),
     )

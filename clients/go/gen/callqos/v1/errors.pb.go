@@ -92,8 +92,9 @@ const (
 	// received; metadata "after_sequence" is where the server had got to.
 	ErrorReason_ERROR_REASON_WATCHER_TOO_SLOW ErrorReason = 25
 	// The server could not read or record what the request needs: its storage failed or cannot be
-	// reached now (the database several replicas share is away, a disk is full); ErrorInfo
-	// metadata `cause` says which. Nothing changed. Retry later (on any replica).
+	// reached now (the data directory's disk is full, the database several replicas share is
+	// away); ErrorInfo metadata `cause` says which. Nothing changed: a provider's decision was put
+	// back as it was. Retry later (on any replica).
 	ErrorReason_ERROR_REASON_STORAGE_UNAVAILABLE ErrorReason = 26
 	// Access control (README "Security"), numbered from 40 so that other additions to this enum
 	// do not collide with them.

@@ -216,8 +216,9 @@ export enum ErrorReason {
 
   /**
    * The server could not read or record what the request needs: its storage failed or cannot be
-   * reached now (the database several replicas share is away, a disk is full); ErrorInfo
-   * metadata `cause` says which. Nothing changed. Retry later (on any replica).
+   * reached now (the data directory's disk is full, the database several replicas share is
+   * away); ErrorInfo metadata `cause` says which. Nothing changed: a provider's decision was put
+   * back as it was. Retry later (on any replica).
    *
    * @generated from enum value: ERROR_REASON_STORAGE_UNAVAILABLE = 26;
    */
