@@ -2,8 +2,9 @@
 forward-only migrations checked at start-up; sequence order equal to commit order across
 PROCESSES (a reader never sees a gap filled later); key locks and the leader across stores, and
 released when the process holding them is killed; the shared ledger, which two reference
-providers on two stores decide against without ever over-admitting together, and which the
-leader's reconciliation repairs after a replica died half-way; the database unreachable as
+providers on two stores decide against without ever over-admitting together, which every
+replica lists alike for the leader's reconciliation, and whose links a new configuration
+changes (shedding what no longer fits); the database unreachable as
 StoreUnavailable, never a crash; a password never logged.
 """
 
@@ -22,7 +23,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from callqos.server.providers import AdmissionRequest, Grant, ProviderChange, Restored
+from callqos.server.providers import AdmissionRequest, Grant, Holding, ProviderChange
 from callqos.server.providers.reference import ReferenceProvider
 from callqos.server.store import pg_schema
 from callqos.server.store.base import SharedLedger, StoreUnavailable
@@ -209,9 +210,9 @@ async def test_one_store_leads_and_another_takes_over_when_it_closes(database_ur
 class Host:
     """The host a provider is given (ProviderHost): the store's ledger, and the changes it reports."""
 
-    def __init__(self, ledger: SharedLedger | None) -> None:
+    def __init__(self, ledger: SharedLedger | None, changes: list[ProviderChange] | None = None) -> None:
         self.ledger = ledger
-        self.changes: list[ProviderChange] = []
+        self.changes: list[ProviderChange] = [] if changes is None else changes  # may be shared
 
     async def report_change(self, change: ProviderChange) -> None:
         self.changes.append(change)
@@ -221,14 +222,22 @@ class Host:
 
 
 async def reference_on(
-    store: PostgresStore, capacity: int = CAPACITY, settle_seconds: float = 10.0
+    store: PostgresStore,
+    capacity: int = CAPACITY,
+    shed: list[ProviderChange] | None = None,
+    reported: list[ProviderChange] | None = None,
 ) -> tuple[ReferenceProvider, Host]:
-    provider = ReferenceProvider(
-        {"links": [{"id": "default", "capacity_bytes_per_second": capacity}], "settle_seconds": settle_seconds}
-    )
+    """A reference provider started on `store`'s shared ledger (as a replica's host starts it);
+    what its start sheds is put in `shed` (and must be nothing when not asked for), and what it
+    reports later in `reported` (when given: several providers' reports in the order made)."""
+    provider = ReferenceProvider({"links": [{"id": "default", "capacity_bytes_per_second": capacity}]})
     provider.id = "reference"
-    host = Host(store.shared_ledger())
-    assert await provider.start(host, []) == []
+    host = Host(store.shared_ledger(), reported)
+    changes = await provider.start(host, [])
+    if shed is None:
+        assert changes == []
+    else:
+        shed.extend(changes)
     return provider, host
 
 
@@ -308,7 +317,11 @@ def test_shared_books_decide_exactly_as_books_in_memory(
             memory.id = "reference"
             memory_host = Host(None)
             await memory.start(memory_host, [])
-            (a, host_a), (b, host_b) = await reference_on(store_a), await reference_on(store_b)
+            reported: list[ProviderChange] = []  # both replicas' reports, in the order made
+            (a, _), (b, _) = (
+                await reference_on(store_a, reported=reported),
+                await reference_on(store_b, reported=reported),
+            )
             for index, operation in enumerate(operations):
                 shared = a if index % 2 == 0 else b
                 outcomes = []
@@ -324,7 +337,7 @@ def test_shared_books_decide_exactly_as_books_in_memory(
                         outcomes.append(await provider.update_link("default", int(operation[1])))
                 assert outcomes[0] == outcomes[1], operation
                 assert await memory.list_links() == await shared.list_links()
-                assert memory_host.changes == host_a.changes + host_b.changes
+                assert memory_host.changes == reported
         finally:
             await store_a.close()
             await store_b.close()
@@ -345,42 +358,43 @@ async def test_a_restarted_replica_keeps_the_capacity_update_link_set(database_u
         await store.close()
 
 
-def connected(call: str, rate: int, level: int = Level.SERVICE_LEVEL_NEEDED) -> Restored:
-    asked = request(call, rate, level)
-    return Restored(call, asked.destination, level, asked.qos)
+async def test_a_new_configuration_sheds_what_no_longer_fits_once(database_url: str) -> None:
+    """A replica started with a lower configured capacity than the books': the configuration wins
+    (LINK-5) and its start sheds the newest calls that no longer fit; the next replica started
+    with the same configuration finds nothing to shed."""
+    store = await PostgresStore.open(database_url, pool_size=2)
+    try:
+        first, _ = await reference_on(store)
+        for index in range(4):
+            assert isinstance(await first.admit(request(f"calls/c{index}", 300_000)), Grant)
+        shed: list[ProviderChange] = []
+        lowered, _ = await reference_on(store, capacity=700_000, shed=shed)
+        assert [(change.call, change.qos) for change in shed] == [("calls/c3", None), ("calls/c2", None)]
+        assert await reserved_on(first) == await reserved_on(lowered) == 600_000
+        await reference_on(store, capacity=700_000)  # nothing more to shed
+    finally:
+        await store.close()
 
 
-async def test_reconciliation_releases_orphans_and_retakes_what_a_dead_replica_left_half_done(
+async def test_every_replica_lists_the_shared_books_for_reconciliation(
     two_stores: tuple[PostgresStore, PostgresStore],
 ) -> None:
-    """A replica died after its provider reserved but before the server recorded the call (an
-    orphan: capacity nobody uses), and another after it released a dropped call's reservation but
-    before recording the drop (a connected call the books no longer hold). The leader's
-    reconciliation releases the first and re-takes the second — each only on the second pass
-    that sees it, so that an operation still in flight is never undone — and sheds what then
-    does not fit."""
-    (dead, _), (leader, _) = [await reference_on(store, settle_seconds=0.0) for store in two_stores]
+    """What the server's reconciliation compares with the calls it recorded (PROV-19): a replica
+    died after its provider reserved but before the server recorded the call (an orphan), and
+    another after it released a dropped call's reservation but before recording the drop. Every
+    replica lists the books alike — the orphan held, the dropped call not — and a release on any
+    of them (what reconciliation does with the orphan) frees it for all."""
+    (dead, _), (leader, _) = [await reference_on(store) for store in two_stores]
     assert isinstance(await dead.admit(request("calls/orphan", 600_000)), Grant)
     assert isinstance(await dead.admit(request("calls/kept", 300_000)), Grant)
     assert isinstance(await dead.admit(request("calls/dropped", 200_000)), Grant)
     await dead.release("calls/dropped")  # ... and the replica died before recording the drop
-    stored = [connected("calls/kept", 300_000), connected("calls/dropped", 200_000)]
-    assert await leader.reconcile(stored) == []  # first sighting: nothing done yet
-    assert await reserved_on(leader) == 900_000
-    assert await leader.reconcile(stored) == []  # second: released and re-taken
-    assert await reserved_on(leader) == 500_000
-    # A call admitted now, and not recorded yet, is seen once and left alone; recorded, agreed.
-    assert isinstance(await dead.admit(request("calls/in-flight", 100_000)), Grant)
-    assert await leader.reconcile(stored) == []
-    stored.append(connected("calls/in-flight", 100_000))
-    assert await leader.reconcile(stored) == []
-    assert await reserved_on(leader) == 600_000
-    # A connected call the books lost that no longer fits is re-taken, then shed (newest first).
-    stored.append(connected("calls/ghost", 900_000))
-    assert await leader.reconcile(stored) == []
-    (shed,) = await leader.reconcile(stored)
-    assert (shed.call, shed.qos) == ("calls/ghost", None)
-    assert await reserved_on(leader) == 600_000
+    link = "providers/reference/links/default"
+    expected = [Holding("calls/orphan", 600_000, 0, link), Holding("calls/kept", 300_000, 0, link)]
+    assert await dead.reservations() == await leader.reservations() == expected
+    await leader.release("calls/orphan")
+    assert await dead.reservations() == [Holding("calls/kept", 300_000, 0, link)]
+    assert await reserved_on(dead) == 300_000
 
 
 async def test_a_commit_while_the_database_is_away_writes_nothing(postgres: PostgresServer) -> None:

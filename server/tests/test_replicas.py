@@ -11,6 +11,8 @@ REPL-4).
   survivors carry on serving, and one of them takes over the background work the dead one led:
   an offer whose ring timer died with it is rung out, the shared ledger is reconciled with the
   calls connected, and retention is pruned.
+- What a replica that died left behind — a reservation for a call it never recorded, a release
+  it owed in the store — is put right by the leading replica (reconciliation, release retries).
 """
 
 from __future__ import annotations
@@ -30,9 +32,17 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from incoming_kit import CAROL, get, open_line, wait_for_state
 from server_testkit import CAPACITY, details, make_request, qos, reason, rpc_error
+from test_postgres_store import Host, request
 
 from callqos.server import app
-from callqos.server.testing import InProcessServer, PostgresServer, ServerError, ServerProcess
+from callqos.server.config import ConfigError
+from callqos.server.providers import Grant
+from callqos.server.providers.reference import ReferenceProvider
+from callqos.server.providers.registry import ProviderLoadError
+from callqos.server.remote.provider import RemoteProvider
+from callqos.server.store.base import PendingRelease
+from callqos.server.store.postgres import PostgresStore
+from callqos.server.testing import InProcessServer, PostgresServer, ServerProcess
 from callqos.v1 import call_pb2, event_pb2, provider_pb2
 from callqos.v1 import callqos_service_pb2 as svc
 from callqos.v1 import callqos_service_pb2_grpc as svc_grpc
@@ -50,7 +60,8 @@ REPLICA_SETTINGS: dict[str, Any] = {
     "leader_check_seconds": 0.5,
     "event_poll_seconds": 0.5,
     "shutdown_grace_seconds": 1.0,
-    "providers": {"reference": {"settle_seconds": 1.0}, "no-qos": {}},
+    "reconcile_interval_seconds": 1.0,
+    "providers": {"reference": {}, "no-qos": {}},
 }
 
 
@@ -339,6 +350,29 @@ async def test_kill_9_of_the_leader_under_load_loses_nothing_acknowledged_and_th
     assert after.state == State.STATE_CONNECTED
 
 
+async def test_the_leader_puts_right_what_a_dead_replica_left_behind(postgres: PostgresServer) -> None:
+    """A replica died after its provider reserved for a call it never recorded (an orphan), and
+    another after recording a call's end but before its provider released it (a release owed in
+    the store). The leading replica's reconciliation releases the orphan, and its retries the
+    owed release; every replica then reads the books empty, and nothing is owed any more."""
+    async with AsyncExitStack() as stack:
+        cluster = await start_cluster(postgres, 2, stack)
+        await cluster.leader()
+        store = await PostgresStore.open(cluster.replicas[0].config.database_url, pool_size=2)
+        stack.push_async_callback(store.close)
+        dead = ReferenceProvider({})  # the dead replica's provider, on the same books
+        dead.id = "reference"
+        await dead.start(Host(store.shared_ledger()), [])
+        assert isinstance(await dead.admit(request("calls/orphan", 300_000)), Grant)
+        assert isinstance(await dead.admit(request("calls/ended", 200_000)), Grant)
+        ended = call_pb2.Call(name="calls/ended", provider="providers/reference", state=State.STATE_DISCONNECTED)
+        await store.commit(ended, [], owe=PendingRelease(ended.name, ended.provider))
+        assert await books(cluster, [0, 1]) == {(500_000, 2)}
+        async with asyncio.timeout(20):
+            while await books(cluster, [0, 1]) != {(0, 0)} or await store.pending_releases():  # noqa: ASYNC110 -- other processes' work
+                await asyncio.sleep(0.2)
+
+
 async def test_the_next_leader_prunes_retention(postgres: PostgresServer) -> None:
     async with AsyncExitStack() as stack:
         cluster = await start_cluster(postgres, 2, stack, event_retention_count=5)
@@ -435,16 +469,19 @@ async def test_readiness_follows_the_database_and_liveness_does_not(postgres: Po
         await cluster.leader()
 
 
-def test_a_provider_out_of_process_is_refused_on_replicas(database_url: str) -> None:
+async def test_a_provider_out_of_process_is_refused_on_replicas(database_url: str) -> None:
     """A remote provider keeps its books in its own process, mirrored by each host: replicas would
-    each mirror only their own calls (or launch a provider each), so the server refuses to start
-    rather than over-admit."""
+    each mirror only their own calls (or launch a provider each), so such a configuration is
+    refused (`callqos serve` exits with a configuration error), and the provider's own start
+    refuses a shared ledger too, rather than over-admit."""
     remote = {"acme": {"plugin": "remote", "endpoint": "unix:///nonexistent/acme.sock"}}
-    server = ServerProcess(storage="postgresql", database_url=database_url, providers=remote, default_provider="acme")
+    with pytest.raises(ConfigError, match="several replicas cannot share"):
+        ServerProcess(storage="postgresql", database_url=database_url, providers=remote, default_provider="acme")
+    store = await PostgresStore.open(database_url, pool_size=2)
     try:
-        with pytest.raises(ServerError):
-            server.start()
-        assert "several replicas cannot share" in server.log()
-        assert server.stop() == 1
+        provider = RemoteProvider({"endpoint": "unix:///nonexistent/acme.sock"})
+        provider.id = "acme"
+        with pytest.raises(ProviderLoadError, match="several replicas cannot share"):
+            await provider.start(Host(store.shared_ledger()), [])
     finally:
-        server.close()
+        await store.close()

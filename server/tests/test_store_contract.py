@@ -5,8 +5,13 @@ contract is what this file shows: every test runs, unchanged, on each.
 What it holds them to: a commit stores its calls, lines, events and idempotency record in one
 transaction, or nothing (a refused quota, a second open line for an address); events are
 numbered consecutively, never reused, also across a reopen; reads, listings and pages are per
-tenant; usage counts what connected calls hold; retention prunes by count and by age and says
-how far it pruned; concurrent commits on one store get distinct, gap-free numbers.
+tenant; usage counts what connected calls hold (exactly, at the largest rates too); retention
+prunes by count and by age and says how far it pruned; concurrent commits on one store get
+distinct, gap-free numbers. And the admission ledger's bookkeeping (#11): a release owed is
+written in the commit's own transaction (nothing when the commit is refused), updated in place,
+listed oldest first, and forgotten with the call's next commit (`released`) or `forget_release`;
+a capacity kept from UpdateLink, with the configured one it overrode, survives a reopen, up to
+the largest uint64.
 """
 
 from __future__ import annotations
@@ -23,6 +28,8 @@ from hypothesis import strategies as st
 from callqos.server.store.base import (
     AddressInUseError,
     IdempotencyRecord,
+    LinkCapacity,
+    PendingRelease,
     QuotaExceededError,
     Store,
     Usage,
@@ -226,6 +233,119 @@ async def test_usage_counts_what_connected_calls_hold_once_per_pair(store: Store
     )
     assert await store.usage("default") == Usage(active_calls=2, sending=500, receiving=0)
     assert await store.usage("acme") == Usage()
+
+
+async def test_usage_at_the_largest_rates_is_exact_and_never_overflows(store: Store) -> None:
+    """Rates are uint64, database integers int64: each call's rate is stored saturated at the
+    int64 maximum, and the sums never overflow, on every backend alike."""
+    largest = 2**64 - 1
+    await store.commit([call(f"big-{index}", rate=largest) for index in range(3)], [])
+    assert await store.usage("default") == Usage(3, 3 * (2**63 - 1), 0)
+    await store.commit(call("small", rate=7), [])
+    assert (await store.usage("default")).sending == 3 * (2**63 - 1) + 7
+
+
+# -- the admission ledger's bookkeeping -------------------------------------------------------
+def owed(of: Call, attempts: int = 0, error: str = "") -> PendingRelease:
+    return PendingRelease(of.name, of.provider, attempts, 1_000 * attempts, error)
+
+
+async def test_a_release_owed_is_written_with_the_commit_and_forgotten_with_the_next(store: Store) -> None:
+    first, second = call("first", state=State.STATE_DISCONNECTED), call("second", state=State.STATE_DISCONNECTED)
+    await store.commit(first, [event(first)], owe=owed(first))
+    await store.commit(second, [event(second)], owe=owed(second))
+    assert await store.pending_releases() == [owed(first), owed(second)]  # oldest first
+    # Updated in place (a failed attempt), keeping its place in the order.
+    await store.commit(first, [], owe=owed(first, attempts=2, error="provider away"))
+    assert await store.pending_releases() == [owed(first, 2, "provider away"), owed(second)]
+    # Forgotten with the call's next commit, or on its own; the others stay.
+    await store.commit(first, [event(first, EventType.QOS_EVENT_TYPE_RELEASE_COMPLETED)], released=True)
+    assert await store.pending_releases() == [owed(second)]
+    await store.forget_release(second.name)
+    await store.forget_release(second.name)  # harmless again
+    assert await store.pending_releases() == []
+
+
+async def test_a_refused_commit_owes_nothing(store: Store) -> None:
+    await store.commit(call("held", rate=600), [])
+    over = call("over", rate=500)
+    with pytest.raises(QuotaExceededError):
+        await store.commit(
+            over, [event(over)], owe=owed(over), limits=UsageLimits("default", reserved_bytes_per_second=1000)
+        )
+    await store.commit([], [], lines=[line("one", "sip:bob@x")])
+    offered = call("offered", state=State.STATE_OFFERING)
+    with pytest.raises(AddressInUseError):
+        await store.commit(offered, [], owe=owed(offered), lines=[line("two", "sip:bob@x")])
+    assert await store.pending_releases() == []
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    steps=st.lists(
+        st.tuples(st.sampled_from(["owe", "released", "forget", "commit"]), st.integers(0, 4), st.integers(0, 50)),
+        min_size=1,
+        max_size=30,
+    )
+)
+def test_the_releases_owed_are_what_a_model_says_whatever_the_order(
+    open_store: Opener, steps: list[tuple[str, int, int]]
+) -> None:
+    """Owing, re-owing, forgetting by commit and on its own, in any order, against a model: an
+    ordered map call → what is owed, where re-owing keeps the place."""
+
+    async def scenario() -> None:
+        store = await open_store()
+        try:
+            for stale in await store.pending_releases():  # examples share the store
+                await store.forget_release(stale.call)
+            model: dict[str, PendingRelease] = {}
+            for kind, which, attempts in steps:
+                each = call(f"c{which}", state=State.STATE_DISCONNECTED)
+                if kind == "owe":
+                    await store.commit(each, [event(each)], owe=owed(each, attempts))
+                    model[each.name] = owed(each, attempts)
+                elif kind == "released":
+                    await store.commit(each, [], released=True)
+                    model.pop(each.name, None)
+                elif kind == "forget":
+                    await store.forget_release(each.name)
+                    model.pop(each.name, None)
+                else:  # a commit that neither owes nor forgets leaves what is owed alone
+                    await store.commit(each, [event(each)])
+                assert await store.pending_releases() == list(model.values())
+        finally:
+            await store.close()
+
+    asyncio.run(scenario())
+
+
+async def test_a_capacity_kept_from_update_link_survives_a_reopen_up_to_the_largest(open_store: Opener) -> None:
+    largest = 2**64 - 1
+    first = await open_store()
+    try:
+        await first.set_link_capacity(
+            LinkCapacity("providers/reference/links/b", largest, 1_250_000), "providers/reference/links/b"
+        )
+        await first.set_link_capacity(
+            LinkCapacity("providers/reference/links/a", 500, 1_000), "providers/reference/links/a"
+        )
+        await first.set_link_capacity(
+            LinkCapacity("providers/reference/links/a", 700, 1_000), "providers/reference/links/a"
+        )  # replaced
+        await first.set_link_capacity(LinkCapacity("providers/reference/links/c", 1, 2), "providers/reference/links/c")
+        await first.set_link_capacity(None, "providers/reference/links/c")  # forgotten
+        await first.set_link_capacity(None, "providers/reference/links/none")  # nothing kept: harmless
+    finally:
+        await first.close()
+    second = await open_store()
+    try:
+        assert await second.link_capacities() == [
+            LinkCapacity("providers/reference/links/a", 700, 1_000),
+            LinkCapacity("providers/reference/links/b", largest, 1_250_000),
+        ]
+    finally:
+        await second.close()
 
 
 # -- retention and reopening ------------------------------------------------------------------

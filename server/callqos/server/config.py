@@ -181,6 +181,15 @@ class Config:
             raise ConfigError(f"storage must be one of {', '.join(STORAGES)}, not {self.storage!r}")
         if self.storage == "postgresql" and not self.database_url:
             raise ConfigError("storage = postgresql needs database_url (or CALLQOS_DATABASE_URL)")
+        remote = [pid for pid, settings in self.providers.items() if str(settings.get("plugin", pid)) == "remote"]
+        if self.storage == "postgresql" and remote:
+            # Each replica would mirror only its own calls into the provider (one replica's
+            # Restore would release the others'), or launch a provider of its own (each admitting
+            # the whole capacity): refused rather than over-admitting (SPEC.md REPL-2).
+            raise ConfigError(
+                f"provider {', '.join(remote)} runs out of process (plugin = remote), which several replicas "
+                "cannot share yet (storage = postgresql): host it in one server process on SQLite"
+            )
         if self.database_pool_size < 2:
             raise ConfigError("database_pool_size must be at least 2")
         for name in ("event_poll_seconds", "leader_check_seconds"):
