@@ -5,7 +5,8 @@ in exactly the schema of a new file.
   lines of incoming calls (the `lines` table, the `calls.line` column), which were added without
   a version of their own.
 - Version 2 (tenants, quota columns) → 3 (lines under tenants; the `active` quota column that
-  counts a call between two applications once).
+  counts a call between two applications once) → 4 (call leases: the `lease_expire_us` column
+  the lease timer reads).
 
 After migrating, every call, line, event and request_id belongs to the default tenant, the quota
 columns hold what each call reserves (a connected pair once), and a server serves the file as
@@ -73,6 +74,31 @@ CREATE TABLE requests (tenant TEXT NOT NULL, principal TEXT NOT NULL, request_id
 CREATE INDEX requests_age ON requests (create_us);
 CREATE TABLE meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
 PRAGMA user_version = 2;
+"""
+
+# The schema of version 3, as the release with lines under tenants created it.
+SCHEMA_3 = """
+CREATE TABLE calls (seq INTEGER PRIMARY KEY AUTOINCREMENT, name TEXT NOT NULL UNIQUE,
+    provider TEXT NOT NULL, state INTEGER NOT NULL, data BLOB NOT NULL,
+    tenant TEXT NOT NULL DEFAULT 'default', reserved_sending INTEGER NOT NULL DEFAULT 0,
+    reserved_receiving INTEGER NOT NULL DEFAULT 0, line TEXT NOT NULL DEFAULT '',
+    active INTEGER NOT NULL DEFAULT 0);
+CREATE INDEX calls_state ON calls (state, seq);
+CREATE INDEX calls_tenant ON calls (tenant, seq);
+CREATE INDEX calls_line ON calls (line, seq) WHERE line != '';
+CREATE INDEX calls_active ON calls (tenant, active, reserved_sending, reserved_receiving);
+CREATE TABLE events (seq INTEGER PRIMARY KEY AUTOINCREMENT, create_us INTEGER NOT NULL, data BLOB NOT NULL,
+    tenant TEXT NOT NULL DEFAULT 'default');
+CREATE TABLE requests (tenant TEXT NOT NULL, principal TEXT NOT NULL, request_id TEXT NOT NULL,
+    method TEXT NOT NULL, fingerprint TEXT NOT NULL, call TEXT NOT NULL, status BLOB NOT NULL,
+    create_us INTEGER NOT NULL, PRIMARY KEY (tenant, principal, request_id));
+CREATE INDEX requests_age ON requests (create_us);
+CREATE TABLE meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE TABLE lines (seq INTEGER PRIMARY KEY AUTOINCREMENT, name TEXT NOT NULL UNIQUE, address TEXT NOT NULL,
+    owner TEXT NOT NULL, state INTEGER NOT NULL, data BLOB NOT NULL, tenant TEXT NOT NULL DEFAULT 'default');
+CREATE UNIQUE INDEX lines_open_address ON lines (tenant, address) WHERE state = 1;
+CREATE INDEX lines_tenant ON lines (tenant, seq);
+PRAGMA user_version = 3;
 """
 
 OLD = Call(
@@ -207,6 +233,33 @@ def write_version_2(path: Path) -> None:
     db.close()
 
 
+def write_version_3(path: Path, *calls: Call) -> None:
+    """What the release before leases left: the connected call (and `calls`), of the default tenant."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    db = sqlite3.connect(path)
+    db.executescript(SCHEMA_3)
+    for each in (OLD, *calls):
+        stored = Call()
+        stored.CopyFrom(each)
+        stored.tenant = "default"
+        db.execute(
+            "INSERT INTO calls (name, provider, state, data, tenant, reserved_sending, reserved_receiving, active) "
+            "VALUES (?, ?, ?, ?, 'default', ?, ?, 1)",
+            (
+                stored.name,
+                stored.provider,
+                stored.state,
+                stored.SerializeToString(),
+                stored.granted_qos.sending.token_rate_bytes_per_second,
+                stored.granted_qos.receiving.token_rate_bytes_per_second,
+            ),
+        )
+    _insert_history(db, "default")
+    db.execute("INSERT INTO requests VALUES ('default', 'alice', 'r1', 'CreateCall', 'f', 'calls/old', x'', 1)")
+    db.commit()
+    db.close()
+
+
 def schema_of(path: Path) -> dict[str, object]:
     """A file's schema as sets (column order differs with the path a file took): each table's
     columns, each index's table, columns, uniqueness and partial condition; the version."""
@@ -228,7 +281,7 @@ def schema_of(path: Path) -> dict[str, object]:
         db.close()
 
 
-@pytest.mark.parametrize("write", [write_version_1, write_version_1_with_lines, write_version_2])
+@pytest.mark.parametrize("write", [write_version_1, write_version_1_with_lines, write_version_2, write_version_3])
 async def test_every_earlier_file_ends_in_the_schema_of_a_new_file(
     tmp_path: Path, write: Callable[[Path], None]
 ) -> None:
@@ -238,10 +291,10 @@ async def test_every_earlier_file_ends_in_the_schema_of_a_new_file(
     for path in (old, new):
         await SqliteStore(path).close()
     assert schema_of(old) == schema_of(new)
-    assert schema_of(new)["version"] == SCHEMA_VERSION == 3
+    assert schema_of(new)["version"] == SCHEMA_VERSION == 4
 
 
-@pytest.mark.parametrize("write", [write_version_1, write_version_2])
+@pytest.mark.parametrize("write", [write_version_1, write_version_2, write_version_3])
 async def test_an_earlier_file_keeps_its_calls_events_and_request_ids_in_the_default_tenant(
     tmp_path: Path, write: Callable[[Path], None]
 ) -> None:
@@ -328,3 +381,32 @@ async def test_a_server_serves_a_migrated_file_with_lines(tmp_path: Path) -> Non
         )
         caller = await stub.GetCall(svc.GetCallRequest(name="calls/ring-a"))
         assert caller.disconnect_reason == call_pb2.DisconnectReason.DISCONNECT_REASON_REJECTED
+
+
+async def test_the_lease_step_indexes_what_a_call_holds(tmp_path: Path) -> None:
+    """Step 4 reads each call's lease into the column the lease timer uses (version-3 calls have
+    none; one that has, say from a build of this branch, is indexed as a new file would), so a
+    lease that ended while the server was down ends the call at the first start."""
+    leased = Call()
+    leased.CopyFrom(OLD)
+    leased.name = "calls/leased"
+    leased.lease_duration.FromSeconds(5)
+    leased.lease_expire_time.FromSeconds(1_000_000_000)  # long ago
+    write_version_3(tmp_path / "data" / "callqos.db", leased)
+    store = SqliteStore(tmp_path / "data" / "callqos.db")
+    try:
+        assert await store.expired_leases(2_000_000_000 * 10**6, 10) == ["calls/leased"]
+        assert await store.next_lease_expiry() == 1_000_000_000 * 10**6
+    finally:
+        await store.close()
+    async with (
+        InProcessServer(tmp_path, storage="sqlite") as server,
+        grpc.aio.insecure_channel(server.target) as channel,
+    ):
+        stub = svc_grpc.CallQosServiceStub(channel)
+        ended = await stub.GetCall(svc.GetCallRequest(name="calls/leased"))
+        assert ended.disconnect_reason == call_pb2.DisconnectReason.DISCONNECT_REASON_LEASE_EXPIRED
+        kept = await stub.GetCall(svc.GetCallRequest(name=OLD.name))
+        assert kept.state == State.STATE_CONNECTED and not kept.HasField("lease_expire_time")
+        [link] = (await stub.ListLinks(svc.ListLinksRequest(parent="providers/reference"))).links
+        assert link.sending_reserved_bytes_per_second == 100_000, "the expired call was released"

@@ -25,6 +25,7 @@ from callqos.server.containment import Containment, LoopLag
 from callqos.server.events import EventHub
 from callqos.server.hosting import HostedProviders
 from callqos.server.incoming import Switchboard
+from callqos.server.leases import Clock, LeasePolicy
 from callqos.server.lines import LineManager
 from callqos.server.security.guard import Guard
 from callqos.server.security.tls import CertificateFiles
@@ -168,14 +169,16 @@ async def start(
     config: Config,
     interceptors: list[grpc.aio.ServerInterceptor] | None = None,
     telemetry: Telemetry | None = None,
+    lease_clock: Clock | None = None,
 ) -> Running:
     """Serve `config`. Telemetry comes from the OTEL_* environment unless given (tests pass
-    providers with in-memory exporters); a given one is not shut down by `stop`."""
+    providers with in-memory exporters); a given one is not shut down by `stop`. Leases are
+    timed by the system clock unless `lease_clock` is given (tests pass a `testing.ManualClock`)."""
     owns_telemetry = telemetry is None
     if telemetry is None:
         telemetry = telemetry_setup.from_environment(config.metrics_listen)
     try:
-        running = await _start(config, interceptors, telemetry)
+        running = await _start(config, interceptors, telemetry, lease_clock)
     except BaseException:
         if owns_telemetry:
             telemetry.shutdown()
@@ -185,7 +188,10 @@ async def start(
 
 
 async def _start(
-    config: Config, interceptors: list[grpc.aio.ServerInterceptor] | None, telemetry: Telemetry
+    config: Config,
+    interceptors: list[grpc.aio.ServerInterceptor] | None,
+    telemetry: Telemetry,
+    lease_clock: Clock | None,
 ) -> Running:
     instruments = telemetry.instruments()
     store = SqliteStore(MEMORY if config.storage == "memory" else config.database_path)
@@ -202,7 +208,16 @@ async def _start(
     guard = Guard(config)
     await guard.start()
     lines = LineManager(store, config.no_answer_seconds)
-    calls = Switchboard(store, hub, providers, instruments, lines, quotas=guard.quotas)
+    calls = Switchboard(
+        store,
+        hub,
+        providers,
+        instruments,
+        lines,
+        quotas=guard.quotas,
+        leases=LeasePolicy(config.max_lease_seconds),
+        lease_clock=lease_clock,
+    )
     await calls.start()
     for call in await store.connected_calls():
         instruments.call_committed(call)

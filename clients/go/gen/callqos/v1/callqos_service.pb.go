@@ -9,6 +9,7 @@ package callqosv1
 import (
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
+	durationpb "google.golang.org/protobuf/types/known/durationpb"
 	fieldmaskpb "google.golang.org/protobuf/types/known/fieldmaskpb"
 	reflect "reflect"
 	sync "sync"
@@ -393,6 +394,82 @@ func (x *DropCallRequest) GetEtag() string {
 	return ""
 }
 
+// Request for ExtendCall.
+type ExtendCallRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// `calls/{call}`.
+	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// Optional: the new lease length, from now (at least 1 s, at most the server's
+	// max_lease_seconds: INVALID_ARGUMENT otherwise). It becomes the call's lease_duration. Unset:
+	// the call's lease_duration.
+	LeaseDuration *durationpb.Duration `protobuf:"bytes,2,opt,name=lease_duration,json=leaseDuration,proto3" json:"lease_duration,omitempty"`
+	// Optional: the call's etag; ABORTED (ETAG_MISMATCH) if the call changed since.
+	Etag string `protobuf:"bytes,3,opt,name=etag,proto3" json:"etag,omitempty"`
+	// Optional idempotency key (AIP-155). A repeat returns the first outcome (and extends nothing
+	// further).
+	RequestId     string `protobuf:"bytes,4,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ExtendCallRequest) Reset() {
+	*x = ExtendCallRequest{}
+	mi := &file_callqos_v1_callqos_service_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ExtendCallRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ExtendCallRequest) ProtoMessage() {}
+
+func (x *ExtendCallRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_callqos_v1_callqos_service_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ExtendCallRequest.ProtoReflect.Descriptor instead.
+func (*ExtendCallRequest) Descriptor() ([]byte, []int) {
+	return file_callqos_v1_callqos_service_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *ExtendCallRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *ExtendCallRequest) GetLeaseDuration() *durationpb.Duration {
+	if x != nil {
+		return x.LeaseDuration
+	}
+	return nil
+}
+
+func (x *ExtendCallRequest) GetEtag() string {
+	if x != nil {
+		return x.Etag
+	}
+	return ""
+}
+
+func (x *ExtendCallRequest) GetRequestId() string {
+	if x != nil {
+		return x.RequestId
+	}
+	return ""
+}
+
 // Request for WatchEvents.
 type WatchEventsRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -412,7 +489,7 @@ type WatchEventsRequest struct {
 
 func (x *WatchEventsRequest) Reset() {
 	*x = WatchEventsRequest{}
-	mi := &file_callqos_v1_callqos_service_proto_msgTypes[6]
+	mi := &file_callqos_v1_callqos_service_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -424,7 +501,7 @@ func (x *WatchEventsRequest) String() string {
 func (*WatchEventsRequest) ProtoMessage() {}
 
 func (x *WatchEventsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_callqos_v1_callqos_service_proto_msgTypes[6]
+	mi := &file_callqos_v1_callqos_service_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -437,7 +514,7 @@ func (x *WatchEventsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchEventsRequest.ProtoReflect.Descriptor instead.
 func (*WatchEventsRequest) Descriptor() ([]byte, []int) {
-	return file_callqos_v1_callqos_service_proto_rawDescGZIP(), []int{6}
+	return file_callqos_v1_callqos_service_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *WatchEventsRequest) GetAfterSequence() uint64 {
@@ -479,7 +556,7 @@ type WatchEventsResponse struct {
 
 func (x *WatchEventsResponse) Reset() {
 	*x = WatchEventsResponse{}
-	mi := &file_callqos_v1_callqos_service_proto_msgTypes[7]
+	mi := &file_callqos_v1_callqos_service_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -491,7 +568,7 @@ func (x *WatchEventsResponse) String() string {
 func (*WatchEventsResponse) ProtoMessage() {}
 
 func (x *WatchEventsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_callqos_v1_callqos_service_proto_msgTypes[7]
+	mi := &file_callqos_v1_callqos_service_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -504,7 +581,7 @@ func (x *WatchEventsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchEventsResponse.ProtoReflect.Descriptor instead.
 func (*WatchEventsResponse) Descriptor() ([]byte, []int) {
-	return file_callqos_v1_callqos_service_proto_rawDescGZIP(), []int{7}
+	return file_callqos_v1_callqos_service_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *WatchEventsResponse) GetEvent() *QosEvent {
@@ -525,7 +602,7 @@ type GetProviderRequest struct {
 
 func (x *GetProviderRequest) Reset() {
 	*x = GetProviderRequest{}
-	mi := &file_callqos_v1_callqos_service_proto_msgTypes[8]
+	mi := &file_callqos_v1_callqos_service_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -537,7 +614,7 @@ func (x *GetProviderRequest) String() string {
 func (*GetProviderRequest) ProtoMessage() {}
 
 func (x *GetProviderRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_callqos_v1_callqos_service_proto_msgTypes[8]
+	mi := &file_callqos_v1_callqos_service_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -550,7 +627,7 @@ func (x *GetProviderRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetProviderRequest.ProtoReflect.Descriptor instead.
 func (*GetProviderRequest) Descriptor() ([]byte, []int) {
-	return file_callqos_v1_callqos_service_proto_rawDescGZIP(), []int{8}
+	return file_callqos_v1_callqos_service_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *GetProviderRequest) GetName() string {
@@ -573,7 +650,7 @@ type ListProvidersRequest struct {
 
 func (x *ListProvidersRequest) Reset() {
 	*x = ListProvidersRequest{}
-	mi := &file_callqos_v1_callqos_service_proto_msgTypes[9]
+	mi := &file_callqos_v1_callqos_service_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -585,7 +662,7 @@ func (x *ListProvidersRequest) String() string {
 func (*ListProvidersRequest) ProtoMessage() {}
 
 func (x *ListProvidersRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_callqos_v1_callqos_service_proto_msgTypes[9]
+	mi := &file_callqos_v1_callqos_service_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -598,7 +675,7 @@ func (x *ListProvidersRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListProvidersRequest.ProtoReflect.Descriptor instead.
 func (*ListProvidersRequest) Descriptor() ([]byte, []int) {
-	return file_callqos_v1_callqos_service_proto_rawDescGZIP(), []int{9}
+	return file_callqos_v1_callqos_service_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *ListProvidersRequest) GetPageSize() int32 {
@@ -628,7 +705,7 @@ type ListProvidersResponse struct {
 
 func (x *ListProvidersResponse) Reset() {
 	*x = ListProvidersResponse{}
-	mi := &file_callqos_v1_callqos_service_proto_msgTypes[10]
+	mi := &file_callqos_v1_callqos_service_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -640,7 +717,7 @@ func (x *ListProvidersResponse) String() string {
 func (*ListProvidersResponse) ProtoMessage() {}
 
 func (x *ListProvidersResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_callqos_v1_callqos_service_proto_msgTypes[10]
+	mi := &file_callqos_v1_callqos_service_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -653,7 +730,7 @@ func (x *ListProvidersResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListProvidersResponse.ProtoReflect.Descriptor instead.
 func (*ListProvidersResponse) Descriptor() ([]byte, []int) {
-	return file_callqos_v1_callqos_service_proto_rawDescGZIP(), []int{10}
+	return file_callqos_v1_callqos_service_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *ListProvidersResponse) GetProviders() []*Provider {
@@ -685,7 +762,7 @@ type ListLinksRequest struct {
 
 func (x *ListLinksRequest) Reset() {
 	*x = ListLinksRequest{}
-	mi := &file_callqos_v1_callqos_service_proto_msgTypes[11]
+	mi := &file_callqos_v1_callqos_service_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -697,7 +774,7 @@ func (x *ListLinksRequest) String() string {
 func (*ListLinksRequest) ProtoMessage() {}
 
 func (x *ListLinksRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_callqos_v1_callqos_service_proto_msgTypes[11]
+	mi := &file_callqos_v1_callqos_service_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -710,7 +787,7 @@ func (x *ListLinksRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListLinksRequest.ProtoReflect.Descriptor instead.
 func (*ListLinksRequest) Descriptor() ([]byte, []int) {
-	return file_callqos_v1_callqos_service_proto_rawDescGZIP(), []int{11}
+	return file_callqos_v1_callqos_service_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *ListLinksRequest) GetParent() string {
@@ -747,7 +824,7 @@ type ListLinksResponse struct {
 
 func (x *ListLinksResponse) Reset() {
 	*x = ListLinksResponse{}
-	mi := &file_callqos_v1_callqos_service_proto_msgTypes[12]
+	mi := &file_callqos_v1_callqos_service_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -759,7 +836,7 @@ func (x *ListLinksResponse) String() string {
 func (*ListLinksResponse) ProtoMessage() {}
 
 func (x *ListLinksResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_callqos_v1_callqos_service_proto_msgTypes[12]
+	mi := &file_callqos_v1_callqos_service_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -772,7 +849,7 @@ func (x *ListLinksResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListLinksResponse.ProtoReflect.Descriptor instead.
 func (*ListLinksResponse) Descriptor() ([]byte, []int) {
-	return file_callqos_v1_callqos_service_proto_rawDescGZIP(), []int{12}
+	return file_callqos_v1_callqos_service_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *ListLinksResponse) GetLinks() []*Link {
@@ -802,7 +879,7 @@ type UpdateLinkRequest struct {
 
 func (x *UpdateLinkRequest) Reset() {
 	*x = UpdateLinkRequest{}
-	mi := &file_callqos_v1_callqos_service_proto_msgTypes[13]
+	mi := &file_callqos_v1_callqos_service_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -814,7 +891,7 @@ func (x *UpdateLinkRequest) String() string {
 func (*UpdateLinkRequest) ProtoMessage() {}
 
 func (x *UpdateLinkRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_callqos_v1_callqos_service_proto_msgTypes[13]
+	mi := &file_callqos_v1_callqos_service_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -827,7 +904,7 @@ func (x *UpdateLinkRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateLinkRequest.ProtoReflect.Descriptor instead.
 func (*UpdateLinkRequest) Descriptor() ([]byte, []int) {
-	return file_callqos_v1_callqos_service_proto_rawDescGZIP(), []int{13}
+	return file_callqos_v1_callqos_service_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *UpdateLinkRequest) GetLink() *Link {
@@ -860,7 +937,7 @@ type CreateLineRequest struct {
 
 func (x *CreateLineRequest) Reset() {
 	*x = CreateLineRequest{}
-	mi := &file_callqos_v1_callqos_service_proto_msgTypes[14]
+	mi := &file_callqos_v1_callqos_service_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -872,7 +949,7 @@ func (x *CreateLineRequest) String() string {
 func (*CreateLineRequest) ProtoMessage() {}
 
 func (x *CreateLineRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_callqos_v1_callqos_service_proto_msgTypes[14]
+	mi := &file_callqos_v1_callqos_service_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -885,7 +962,7 @@ func (x *CreateLineRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateLineRequest.ProtoReflect.Descriptor instead.
 func (*CreateLineRequest) Descriptor() ([]byte, []int) {
-	return file_callqos_v1_callqos_service_proto_rawDescGZIP(), []int{14}
+	return file_callqos_v1_callqos_service_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *CreateLineRequest) GetLine() *Line {
@@ -920,7 +997,7 @@ type GetLineRequest struct {
 
 func (x *GetLineRequest) Reset() {
 	*x = GetLineRequest{}
-	mi := &file_callqos_v1_callqos_service_proto_msgTypes[15]
+	mi := &file_callqos_v1_callqos_service_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -932,7 +1009,7 @@ func (x *GetLineRequest) String() string {
 func (*GetLineRequest) ProtoMessage() {}
 
 func (x *GetLineRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_callqos_v1_callqos_service_proto_msgTypes[15]
+	mi := &file_callqos_v1_callqos_service_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -945,7 +1022,7 @@ func (x *GetLineRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetLineRequest.ProtoReflect.Descriptor instead.
 func (*GetLineRequest) Descriptor() ([]byte, []int) {
-	return file_callqos_v1_callqos_service_proto_rawDescGZIP(), []int{15}
+	return file_callqos_v1_callqos_service_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *GetLineRequest) GetName() string {
@@ -971,7 +1048,7 @@ type ListLinesRequest struct {
 
 func (x *ListLinesRequest) Reset() {
 	*x = ListLinesRequest{}
-	mi := &file_callqos_v1_callqos_service_proto_msgTypes[16]
+	mi := &file_callqos_v1_callqos_service_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -983,7 +1060,7 @@ func (x *ListLinesRequest) String() string {
 func (*ListLinesRequest) ProtoMessage() {}
 
 func (x *ListLinesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_callqos_v1_callqos_service_proto_msgTypes[16]
+	mi := &file_callqos_v1_callqos_service_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -996,7 +1073,7 @@ func (x *ListLinesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListLinesRequest.ProtoReflect.Descriptor instead.
 func (*ListLinesRequest) Descriptor() ([]byte, []int) {
-	return file_callqos_v1_callqos_service_proto_rawDescGZIP(), []int{16}
+	return file_callqos_v1_callqos_service_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *ListLinesRequest) GetPageSize() int32 {
@@ -1033,7 +1110,7 @@ type ListLinesResponse struct {
 
 func (x *ListLinesResponse) Reset() {
 	*x = ListLinesResponse{}
-	mi := &file_callqos_v1_callqos_service_proto_msgTypes[17]
+	mi := &file_callqos_v1_callqos_service_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1045,7 +1122,7 @@ func (x *ListLinesResponse) String() string {
 func (*ListLinesResponse) ProtoMessage() {}
 
 func (x *ListLinesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_callqos_v1_callqos_service_proto_msgTypes[17]
+	mi := &file_callqos_v1_callqos_service_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1058,7 +1135,7 @@ func (x *ListLinesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListLinesResponse.ProtoReflect.Descriptor instead.
 func (*ListLinesResponse) Descriptor() ([]byte, []int) {
-	return file_callqos_v1_callqos_service_proto_rawDescGZIP(), []int{17}
+	return file_callqos_v1_callqos_service_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *ListLinesResponse) GetLines() []*Line {
@@ -1088,7 +1165,7 @@ type CloseLineRequest struct {
 
 func (x *CloseLineRequest) Reset() {
 	*x = CloseLineRequest{}
-	mi := &file_callqos_v1_callqos_service_proto_msgTypes[18]
+	mi := &file_callqos_v1_callqos_service_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1100,7 +1177,7 @@ func (x *CloseLineRequest) String() string {
 func (*CloseLineRequest) ProtoMessage() {}
 
 func (x *CloseLineRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_callqos_v1_callqos_service_proto_msgTypes[18]
+	mi := &file_callqos_v1_callqos_service_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1113,7 +1190,7 @@ func (x *CloseLineRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CloseLineRequest.ProtoReflect.Descriptor instead.
 func (*CloseLineRequest) Descriptor() ([]byte, []int) {
-	return file_callqos_v1_callqos_service_proto_rawDescGZIP(), []int{18}
+	return file_callqos_v1_callqos_service_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *CloseLineRequest) GetName() string {
@@ -1151,7 +1228,7 @@ type AnswerCallRequest struct {
 
 func (x *AnswerCallRequest) Reset() {
 	*x = AnswerCallRequest{}
-	mi := &file_callqos_v1_callqos_service_proto_msgTypes[19]
+	mi := &file_callqos_v1_callqos_service_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1163,7 +1240,7 @@ func (x *AnswerCallRequest) String() string {
 func (*AnswerCallRequest) ProtoMessage() {}
 
 func (x *AnswerCallRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_callqos_v1_callqos_service_proto_msgTypes[19]
+	mi := &file_callqos_v1_callqos_service_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1176,7 +1253,7 @@ func (x *AnswerCallRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AnswerCallRequest.ProtoReflect.Descriptor instead.
 func (*AnswerCallRequest) Descriptor() ([]byte, []int) {
-	return file_callqos_v1_callqos_service_proto_rawDescGZIP(), []int{19}
+	return file_callqos_v1_callqos_service_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *AnswerCallRequest) GetName() string {
@@ -1222,7 +1299,7 @@ type RejectCallRequest struct {
 
 func (x *RejectCallRequest) Reset() {
 	*x = RejectCallRequest{}
-	mi := &file_callqos_v1_callqos_service_proto_msgTypes[20]
+	mi := &file_callqos_v1_callqos_service_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1234,7 +1311,7 @@ func (x *RejectCallRequest) String() string {
 func (*RejectCallRequest) ProtoMessage() {}
 
 func (x *RejectCallRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_callqos_v1_callqos_service_proto_msgTypes[20]
+	mi := &file_callqos_v1_callqos_service_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1247,7 +1324,7 @@ func (x *RejectCallRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RejectCallRequest.ProtoReflect.Descriptor instead.
 func (*RejectCallRequest) Descriptor() ([]byte, []int) {
-	return file_callqos_v1_callqos_service_proto_rawDescGZIP(), []int{20}
+	return file_callqos_v1_callqos_service_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *RejectCallRequest) GetName() string {
@@ -1276,7 +1353,7 @@ var File_callqos_v1_callqos_service_proto protoreflect.FileDescriptor
 const file_callqos_v1_callqos_service_proto_rawDesc = "" +
 	"\n" +
 	" callqos/v1/callqos_service.proto\x12\n" +
-	"callqos.v1\x1a\x15callqos/v1/call.proto\x1a\x16callqos/v1/event.proto\x1a\x19callqos/v1/flowspec.proto\x1a\x15callqos/v1/line.proto\x1a\x19callqos/v1/provider.proto\x1a google/protobuf/field_mask.proto\"q\n" +
+	"callqos.v1\x1a\x15callqos/v1/call.proto\x1a\x16callqos/v1/event.proto\x1a\x19callqos/v1/flowspec.proto\x1a\x15callqos/v1/line.proto\x1a\x19callqos/v1/provider.proto\x1a\x1egoogle/protobuf/duration.proto\x1a google/protobuf/field_mask.proto\"q\n" +
 	"\x11CreateCallRequest\x12$\n" +
 	"\x04call\x18\x01 \x01(\v2\x10.callqos.v1.CallR\x04call\x12\x17\n" +
 	"\acall_id\x18\x02 \x01(\tR\x06callId\x12\x1d\n" +
@@ -1301,7 +1378,13 @@ const file_callqos_v1_callqos_service_proto_rawDesc = "" +
 	"\rservice_level\x18\x05 \x01(\x0e2\x18.callqos.v1.ServiceLevelR\fserviceLevel\"9\n" +
 	"\x0fDropCallRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x12\n" +
-	"\x04etag\x18\x02 \x01(\tR\x04etag\"\xab\x01\n" +
+	"\x04etag\x18\x02 \x01(\tR\x04etag\"\x9c\x01\n" +
+	"\x11ExtendCallRequest\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12@\n" +
+	"\x0elease_duration\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\rleaseDuration\x12\x12\n" +
+	"\x04etag\x18\x03 \x01(\tR\x04etag\x12\x1d\n" +
+	"\n" +
+	"request_id\x18\x04 \x01(\tR\trequestId\"\xab\x01\n" +
 	"\x12WatchEventsRequest\x12*\n" +
 	"\x0eafter_sequence\x18\x01 \x01(\x04H\x00R\rafterSequence\x88\x01\x01\x12\x12\n" +
 	"\x04call\x18\x02 \x01(\tR\x04call\x12.\n" +
@@ -1359,14 +1442,16 @@ const file_callqos_v1_callqos_service_proto_rawDesc = "" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x12\n" +
 	"\x04etag\x18\x02 \x01(\tR\x04etag\x12\x1d\n" +
 	"\n" +
-	"request_id\x18\x03 \x01(\tR\trequestId2\xc9\b\n" +
+	"request_id\x18\x03 \x01(\tR\trequestId2\x88\t\n" +
 	"\x0eCallQosService\x12=\n" +
 	"\n" +
 	"CreateCall\x12\x1d.callqos.v1.CreateCallRequest\x1a\x10.callqos.v1.Call\x127\n" +
 	"\aGetCall\x12\x1a.callqos.v1.GetCallRequest\x1a\x10.callqos.v1.Call\x12H\n" +
 	"\tListCalls\x12\x1c.callqos.v1.ListCallsRequest\x1a\x1d.callqos.v1.ListCallsResponse\x12G\n" +
 	"\x0fRenegotiateCall\x12\".callqos.v1.RenegotiateCallRequest\x1a\x10.callqos.v1.Call\x129\n" +
-	"\bDropCall\x12\x1b.callqos.v1.DropCallRequest\x1a\x10.callqos.v1.Call\x12P\n" +
+	"\bDropCall\x12\x1b.callqos.v1.DropCallRequest\x1a\x10.callqos.v1.Call\x12=\n" +
+	"\n" +
+	"ExtendCall\x12\x1d.callqos.v1.ExtendCallRequest\x1a\x10.callqos.v1.Call\x12P\n" +
 	"\vWatchEvents\x12\x1e.callqos.v1.WatchEventsRequest\x1a\x1f.callqos.v1.WatchEventsResponse0\x01\x12C\n" +
 	"\vGetProvider\x12\x1e.callqos.v1.GetProviderRequest\x1a\x14.callqos.v1.Provider\x12T\n" +
 	"\rListProviders\x12 .callqos.v1.ListProvidersRequest\x1a!.callqos.v1.ListProvidersResponse\x12H\n" +
@@ -1396,7 +1481,7 @@ func file_callqos_v1_callqos_service_proto_rawDescGZIP() []byte {
 	return file_callqos_v1_callqos_service_proto_rawDescData
 }
 
-var file_callqos_v1_callqos_service_proto_msgTypes = make([]protoimpl.MessageInfo, 21)
+var file_callqos_v1_callqos_service_proto_msgTypes = make([]protoimpl.MessageInfo, 22)
 var file_callqos_v1_callqos_service_proto_goTypes = []any{
 	(*CreateCallRequest)(nil),      // 0: callqos.v1.CreateCallRequest
 	(*GetCallRequest)(nil),         // 1: callqos.v1.GetCallRequest
@@ -1404,82 +1489,87 @@ var file_callqos_v1_callqos_service_proto_goTypes = []any{
 	(*ListCallsResponse)(nil),      // 3: callqos.v1.ListCallsResponse
 	(*RenegotiateCallRequest)(nil), // 4: callqos.v1.RenegotiateCallRequest
 	(*DropCallRequest)(nil),        // 5: callqos.v1.DropCallRequest
-	(*WatchEventsRequest)(nil),     // 6: callqos.v1.WatchEventsRequest
-	(*WatchEventsResponse)(nil),    // 7: callqos.v1.WatchEventsResponse
-	(*GetProviderRequest)(nil),     // 8: callqos.v1.GetProviderRequest
-	(*ListProvidersRequest)(nil),   // 9: callqos.v1.ListProvidersRequest
-	(*ListProvidersResponse)(nil),  // 10: callqos.v1.ListProvidersResponse
-	(*ListLinksRequest)(nil),       // 11: callqos.v1.ListLinksRequest
-	(*ListLinksResponse)(nil),      // 12: callqos.v1.ListLinksResponse
-	(*UpdateLinkRequest)(nil),      // 13: callqos.v1.UpdateLinkRequest
-	(*CreateLineRequest)(nil),      // 14: callqos.v1.CreateLineRequest
-	(*GetLineRequest)(nil),         // 15: callqos.v1.GetLineRequest
-	(*ListLinesRequest)(nil),       // 16: callqos.v1.ListLinesRequest
-	(*ListLinesResponse)(nil),      // 17: callqos.v1.ListLinesResponse
-	(*CloseLineRequest)(nil),       // 18: callqos.v1.CloseLineRequest
-	(*AnswerCallRequest)(nil),      // 19: callqos.v1.AnswerCallRequest
-	(*RejectCallRequest)(nil),      // 20: callqos.v1.RejectCallRequest
-	(*Call)(nil),                   // 21: callqos.v1.Call
-	(*QosSpec)(nil),                // 22: callqos.v1.QosSpec
-	(ServiceLevel)(0),              // 23: callqos.v1.ServiceLevel
-	(QosEventType)(0),              // 24: callqos.v1.QosEventType
-	(*QosEvent)(nil),               // 25: callqos.v1.QosEvent
-	(*Provider)(nil),               // 26: callqos.v1.Provider
-	(*Link)(nil),                   // 27: callqos.v1.Link
-	(*fieldmaskpb.FieldMask)(nil),  // 28: google.protobuf.FieldMask
-	(*Line)(nil),                   // 29: callqos.v1.Line
+	(*ExtendCallRequest)(nil),      // 6: callqos.v1.ExtendCallRequest
+	(*WatchEventsRequest)(nil),     // 7: callqos.v1.WatchEventsRequest
+	(*WatchEventsResponse)(nil),    // 8: callqos.v1.WatchEventsResponse
+	(*GetProviderRequest)(nil),     // 9: callqos.v1.GetProviderRequest
+	(*ListProvidersRequest)(nil),   // 10: callqos.v1.ListProvidersRequest
+	(*ListProvidersResponse)(nil),  // 11: callqos.v1.ListProvidersResponse
+	(*ListLinksRequest)(nil),       // 12: callqos.v1.ListLinksRequest
+	(*ListLinksResponse)(nil),      // 13: callqos.v1.ListLinksResponse
+	(*UpdateLinkRequest)(nil),      // 14: callqos.v1.UpdateLinkRequest
+	(*CreateLineRequest)(nil),      // 15: callqos.v1.CreateLineRequest
+	(*GetLineRequest)(nil),         // 16: callqos.v1.GetLineRequest
+	(*ListLinesRequest)(nil),       // 17: callqos.v1.ListLinesRequest
+	(*ListLinesResponse)(nil),      // 18: callqos.v1.ListLinesResponse
+	(*CloseLineRequest)(nil),       // 19: callqos.v1.CloseLineRequest
+	(*AnswerCallRequest)(nil),      // 20: callqos.v1.AnswerCallRequest
+	(*RejectCallRequest)(nil),      // 21: callqos.v1.RejectCallRequest
+	(*Call)(nil),                   // 22: callqos.v1.Call
+	(*QosSpec)(nil),                // 23: callqos.v1.QosSpec
+	(ServiceLevel)(0),              // 24: callqos.v1.ServiceLevel
+	(*durationpb.Duration)(nil),    // 25: google.protobuf.Duration
+	(QosEventType)(0),              // 26: callqos.v1.QosEventType
+	(*QosEvent)(nil),               // 27: callqos.v1.QosEvent
+	(*Provider)(nil),               // 28: callqos.v1.Provider
+	(*Link)(nil),                   // 29: callqos.v1.Link
+	(*fieldmaskpb.FieldMask)(nil),  // 30: google.protobuf.FieldMask
+	(*Line)(nil),                   // 31: callqos.v1.Line
 }
 var file_callqos_v1_callqos_service_proto_depIdxs = []int32{
-	21, // 0: callqos.v1.CreateCallRequest.call:type_name -> callqos.v1.Call
-	21, // 1: callqos.v1.ListCallsResponse.calls:type_name -> callqos.v1.Call
-	22, // 2: callqos.v1.RenegotiateCallRequest.qos:type_name -> callqos.v1.QosSpec
-	23, // 3: callqos.v1.RenegotiateCallRequest.service_level:type_name -> callqos.v1.ServiceLevel
-	24, // 4: callqos.v1.WatchEventsRequest.types:type_name -> callqos.v1.QosEventType
-	25, // 5: callqos.v1.WatchEventsResponse.event:type_name -> callqos.v1.QosEvent
-	26, // 6: callqos.v1.ListProvidersResponse.providers:type_name -> callqos.v1.Provider
-	27, // 7: callqos.v1.ListLinksResponse.links:type_name -> callqos.v1.Link
-	27, // 8: callqos.v1.UpdateLinkRequest.link:type_name -> callqos.v1.Link
-	28, // 9: callqos.v1.UpdateLinkRequest.update_mask:type_name -> google.protobuf.FieldMask
-	29, // 10: callqos.v1.CreateLineRequest.line:type_name -> callqos.v1.Line
-	29, // 11: callqos.v1.ListLinesResponse.lines:type_name -> callqos.v1.Line
-	22, // 12: callqos.v1.AnswerCallRequest.qos:type_name -> callqos.v1.QosSpec
-	0,  // 13: callqos.v1.CallQosService.CreateCall:input_type -> callqos.v1.CreateCallRequest
-	1,  // 14: callqos.v1.CallQosService.GetCall:input_type -> callqos.v1.GetCallRequest
-	2,  // 15: callqos.v1.CallQosService.ListCalls:input_type -> callqos.v1.ListCallsRequest
-	4,  // 16: callqos.v1.CallQosService.RenegotiateCall:input_type -> callqos.v1.RenegotiateCallRequest
-	5,  // 17: callqos.v1.CallQosService.DropCall:input_type -> callqos.v1.DropCallRequest
-	6,  // 18: callqos.v1.CallQosService.WatchEvents:input_type -> callqos.v1.WatchEventsRequest
-	8,  // 19: callqos.v1.CallQosService.GetProvider:input_type -> callqos.v1.GetProviderRequest
-	9,  // 20: callqos.v1.CallQosService.ListProviders:input_type -> callqos.v1.ListProvidersRequest
-	11, // 21: callqos.v1.CallQosService.ListLinks:input_type -> callqos.v1.ListLinksRequest
-	13, // 22: callqos.v1.CallQosService.UpdateLink:input_type -> callqos.v1.UpdateLinkRequest
-	14, // 23: callqos.v1.CallQosService.CreateLine:input_type -> callqos.v1.CreateLineRequest
-	15, // 24: callqos.v1.CallQosService.GetLine:input_type -> callqos.v1.GetLineRequest
-	16, // 25: callqos.v1.CallQosService.ListLines:input_type -> callqos.v1.ListLinesRequest
-	18, // 26: callqos.v1.CallQosService.CloseLine:input_type -> callqos.v1.CloseLineRequest
-	19, // 27: callqos.v1.CallQosService.AnswerCall:input_type -> callqos.v1.AnswerCallRequest
-	20, // 28: callqos.v1.CallQosService.RejectCall:input_type -> callqos.v1.RejectCallRequest
-	21, // 29: callqos.v1.CallQosService.CreateCall:output_type -> callqos.v1.Call
-	21, // 30: callqos.v1.CallQosService.GetCall:output_type -> callqos.v1.Call
-	3,  // 31: callqos.v1.CallQosService.ListCalls:output_type -> callqos.v1.ListCallsResponse
-	21, // 32: callqos.v1.CallQosService.RenegotiateCall:output_type -> callqos.v1.Call
-	21, // 33: callqos.v1.CallQosService.DropCall:output_type -> callqos.v1.Call
-	7,  // 34: callqos.v1.CallQosService.WatchEvents:output_type -> callqos.v1.WatchEventsResponse
-	26, // 35: callqos.v1.CallQosService.GetProvider:output_type -> callqos.v1.Provider
-	10, // 36: callqos.v1.CallQosService.ListProviders:output_type -> callqos.v1.ListProvidersResponse
-	12, // 37: callqos.v1.CallQosService.ListLinks:output_type -> callqos.v1.ListLinksResponse
-	27, // 38: callqos.v1.CallQosService.UpdateLink:output_type -> callqos.v1.Link
-	29, // 39: callqos.v1.CallQosService.CreateLine:output_type -> callqos.v1.Line
-	29, // 40: callqos.v1.CallQosService.GetLine:output_type -> callqos.v1.Line
-	17, // 41: callqos.v1.CallQosService.ListLines:output_type -> callqos.v1.ListLinesResponse
-	29, // 42: callqos.v1.CallQosService.CloseLine:output_type -> callqos.v1.Line
-	21, // 43: callqos.v1.CallQosService.AnswerCall:output_type -> callqos.v1.Call
-	21, // 44: callqos.v1.CallQosService.RejectCall:output_type -> callqos.v1.Call
-	29, // [29:45] is the sub-list for method output_type
-	13, // [13:29] is the sub-list for method input_type
-	13, // [13:13] is the sub-list for extension type_name
-	13, // [13:13] is the sub-list for extension extendee
-	0,  // [0:13] is the sub-list for field type_name
+	22, // 0: callqos.v1.CreateCallRequest.call:type_name -> callqos.v1.Call
+	22, // 1: callqos.v1.ListCallsResponse.calls:type_name -> callqos.v1.Call
+	23, // 2: callqos.v1.RenegotiateCallRequest.qos:type_name -> callqos.v1.QosSpec
+	24, // 3: callqos.v1.RenegotiateCallRequest.service_level:type_name -> callqos.v1.ServiceLevel
+	25, // 4: callqos.v1.ExtendCallRequest.lease_duration:type_name -> google.protobuf.Duration
+	26, // 5: callqos.v1.WatchEventsRequest.types:type_name -> callqos.v1.QosEventType
+	27, // 6: callqos.v1.WatchEventsResponse.event:type_name -> callqos.v1.QosEvent
+	28, // 7: callqos.v1.ListProvidersResponse.providers:type_name -> callqos.v1.Provider
+	29, // 8: callqos.v1.ListLinksResponse.links:type_name -> callqos.v1.Link
+	29, // 9: callqos.v1.UpdateLinkRequest.link:type_name -> callqos.v1.Link
+	30, // 10: callqos.v1.UpdateLinkRequest.update_mask:type_name -> google.protobuf.FieldMask
+	31, // 11: callqos.v1.CreateLineRequest.line:type_name -> callqos.v1.Line
+	31, // 12: callqos.v1.ListLinesResponse.lines:type_name -> callqos.v1.Line
+	23, // 13: callqos.v1.AnswerCallRequest.qos:type_name -> callqos.v1.QosSpec
+	0,  // 14: callqos.v1.CallQosService.CreateCall:input_type -> callqos.v1.CreateCallRequest
+	1,  // 15: callqos.v1.CallQosService.GetCall:input_type -> callqos.v1.GetCallRequest
+	2,  // 16: callqos.v1.CallQosService.ListCalls:input_type -> callqos.v1.ListCallsRequest
+	4,  // 17: callqos.v1.CallQosService.RenegotiateCall:input_type -> callqos.v1.RenegotiateCallRequest
+	5,  // 18: callqos.v1.CallQosService.DropCall:input_type -> callqos.v1.DropCallRequest
+	6,  // 19: callqos.v1.CallQosService.ExtendCall:input_type -> callqos.v1.ExtendCallRequest
+	7,  // 20: callqos.v1.CallQosService.WatchEvents:input_type -> callqos.v1.WatchEventsRequest
+	9,  // 21: callqos.v1.CallQosService.GetProvider:input_type -> callqos.v1.GetProviderRequest
+	10, // 22: callqos.v1.CallQosService.ListProviders:input_type -> callqos.v1.ListProvidersRequest
+	12, // 23: callqos.v1.CallQosService.ListLinks:input_type -> callqos.v1.ListLinksRequest
+	14, // 24: callqos.v1.CallQosService.UpdateLink:input_type -> callqos.v1.UpdateLinkRequest
+	15, // 25: callqos.v1.CallQosService.CreateLine:input_type -> callqos.v1.CreateLineRequest
+	16, // 26: callqos.v1.CallQosService.GetLine:input_type -> callqos.v1.GetLineRequest
+	17, // 27: callqos.v1.CallQosService.ListLines:input_type -> callqos.v1.ListLinesRequest
+	19, // 28: callqos.v1.CallQosService.CloseLine:input_type -> callqos.v1.CloseLineRequest
+	20, // 29: callqos.v1.CallQosService.AnswerCall:input_type -> callqos.v1.AnswerCallRequest
+	21, // 30: callqos.v1.CallQosService.RejectCall:input_type -> callqos.v1.RejectCallRequest
+	22, // 31: callqos.v1.CallQosService.CreateCall:output_type -> callqos.v1.Call
+	22, // 32: callqos.v1.CallQosService.GetCall:output_type -> callqos.v1.Call
+	3,  // 33: callqos.v1.CallQosService.ListCalls:output_type -> callqos.v1.ListCallsResponse
+	22, // 34: callqos.v1.CallQosService.RenegotiateCall:output_type -> callqos.v1.Call
+	22, // 35: callqos.v1.CallQosService.DropCall:output_type -> callqos.v1.Call
+	22, // 36: callqos.v1.CallQosService.ExtendCall:output_type -> callqos.v1.Call
+	8,  // 37: callqos.v1.CallQosService.WatchEvents:output_type -> callqos.v1.WatchEventsResponse
+	28, // 38: callqos.v1.CallQosService.GetProvider:output_type -> callqos.v1.Provider
+	11, // 39: callqos.v1.CallQosService.ListProviders:output_type -> callqos.v1.ListProvidersResponse
+	13, // 40: callqos.v1.CallQosService.ListLinks:output_type -> callqos.v1.ListLinksResponse
+	29, // 41: callqos.v1.CallQosService.UpdateLink:output_type -> callqos.v1.Link
+	31, // 42: callqos.v1.CallQosService.CreateLine:output_type -> callqos.v1.Line
+	31, // 43: callqos.v1.CallQosService.GetLine:output_type -> callqos.v1.Line
+	18, // 44: callqos.v1.CallQosService.ListLines:output_type -> callqos.v1.ListLinesResponse
+	31, // 45: callqos.v1.CallQosService.CloseLine:output_type -> callqos.v1.Line
+	22, // 46: callqos.v1.CallQosService.AnswerCall:output_type -> callqos.v1.Call
+	22, // 47: callqos.v1.CallQosService.RejectCall:output_type -> callqos.v1.Call
+	31, // [31:48] is the sub-list for method output_type
+	14, // [14:31] is the sub-list for method input_type
+	14, // [14:14] is the sub-list for extension type_name
+	14, // [14:14] is the sub-list for extension extendee
+	0,  // [0:14] is the sub-list for field type_name
 }
 
 func init() { file_callqos_v1_callqos_service_proto_init() }
@@ -1492,14 +1582,14 @@ func file_callqos_v1_callqos_service_proto_init() {
 	file_callqos_v1_flowspec_proto_init()
 	file_callqos_v1_line_proto_init()
 	file_callqos_v1_provider_proto_init()
-	file_callqos_v1_callqos_service_proto_msgTypes[6].OneofWrappers = []any{}
+	file_callqos_v1_callqos_service_proto_msgTypes[7].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_callqos_v1_callqos_service_proto_rawDesc), len(file_callqos_v1_callqos_service_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   21,
+			NumMessages:   22,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

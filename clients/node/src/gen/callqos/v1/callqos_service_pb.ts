@@ -14,15 +14,15 @@ import type { Line, LineSchema } from "./line_pb.js";
 import { file_callqos_v1_line } from "./line_pb.js";
 import type { Link, LinkSchema, Provider, ProviderSchema } from "./provider_pb.js";
 import { file_callqos_v1_provider } from "./provider_pb.js";
-import type { FieldMask } from "@bufbuild/protobuf/wkt";
-import { file_google_protobuf_field_mask } from "@bufbuild/protobuf/wkt";
+import type { Duration, FieldMask } from "@bufbuild/protobuf/wkt";
+import { file_google_protobuf_duration, file_google_protobuf_field_mask } from "@bufbuild/protobuf/wkt";
 import type { Message } from "@bufbuild/protobuf";
 
 /**
  * Describes the file callqos/v1/callqos_service.proto.
  */
 export const file_callqos_v1_callqos_service: GenFile = /*@__PURE__*/
-  fileDesc("CiBjYWxscW9zL3YxL2NhbGxxb3Nfc2VydmljZS5wcm90bxIKY2FsbHFvcy52MSJYChFDcmVhdGVDYWxsUmVxdWVzdBIeCgRjYWxsGAEgASgLMhAuY2FsbHFvcy52MS5DYWxsEg8KB2NhbGxfaWQYAiABKAkSEgoKcmVxdWVzdF9pZBgDIAEoCSIeCg5HZXRDYWxsUmVxdWVzdBIMCgRuYW1lGAEgASgJIkkKEExpc3RDYWxsc1JlcXVlc3QSEQoJcGFnZV9zaXplGAEgASgFEhIKCnBhZ2VfdG9rZW4YAiABKAkSDgoGZmlsdGVyGAMgASgJIk0KEUxpc3RDYWxsc1Jlc3BvbnNlEh8KBWNhbGxzGAEgAygLMhAuY2FsbHFvcy52MS5DYWxsEhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSKbAQoWUmVuZWdvdGlhdGVDYWxsUmVxdWVzdBIMCgRuYW1lGAEgASgJEiAKA3FvcxgCIAEoCzITLmNhbGxxb3MudjEuUW9zU3BlYxIMCgRldGFnGAMgASgJEhIKCnJlcXVlc3RfaWQYBCABKAkSLwoNc2VydmljZV9sZXZlbBgFIAEoDjIYLmNhbGxxb3MudjEuU2VydmljZUxldmVsIi0KD0Ryb3BDYWxsUmVxdWVzdBIMCgRuYW1lGAEgASgJEgwKBGV0YWcYAiABKAkiiQEKEldhdGNoRXZlbnRzUmVxdWVzdBIbCg5hZnRlcl9zZXF1ZW5jZRgBIAEoBEgAiAEBEgwKBGNhbGwYAiABKAkSJwoFdHlwZXMYAyADKA4yGC5jYWxscW9zLnYxLlFvc0V2ZW50VHlwZRIMCgRsaW5lGAQgASgJQhEKD19hZnRlcl9zZXF1ZW5jZSI6ChNXYXRjaEV2ZW50c1Jlc3BvbnNlEiMKBWV2ZW50GAEgASgLMhQuY2FsbHFvcy52MS5Rb3NFdmVudCIiChJHZXRQcm92aWRlclJlcXVlc3QSDAoEbmFtZRgBIAEoCSI9ChRMaXN0UHJvdmlkZXJzUmVxdWVzdBIRCglwYWdlX3NpemUYASABKAUSEgoKcGFnZV90b2tlbhgCIAEoCSJZChVMaXN0UHJvdmlkZXJzUmVzcG9uc2USJwoJcHJvdmlkZXJzGAEgAygLMhQuY2FsbHFvcy52MS5Qcm92aWRlchIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiSQoQTGlzdExpbmtzUmVxdWVzdBIOCgZwYXJlbnQYASABKAkSEQoJcGFnZV9zaXplGAIgASgFEhIKCnBhZ2VfdG9rZW4YAyABKAkiTQoRTGlzdExpbmtzUmVzcG9uc2USHwoFbGlua3MYASADKAsyEC5jYWxscW9zLnYxLkxpbmsSFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJImQKEVVwZGF0ZUxpbmtSZXF1ZXN0Eh4KBGxpbmsYASABKAsyEC5jYWxscW9zLnYxLkxpbmsSLwoLdXBkYXRlX21hc2sYAiABKAsyGi5nb29nbGUucHJvdG9idWYuRmllbGRNYXNrIlgKEUNyZWF0ZUxpbmVSZXF1ZXN0Eh4KBGxpbmUYASABKAsyEC5jYWxscW9zLnYxLkxpbmUSDwoHbGluZV9pZBgCIAEoCRISCgpyZXF1ZXN0X2lkGAMgASgJIh4KDkdldExpbmVSZXF1ZXN0EgwKBG5hbWUYASABKAkiSQoQTGlzdExpbmVzUmVxdWVzdBIRCglwYWdlX3NpemUYASABKAUSEgoKcGFnZV90b2tlbhgCIAEoCRIOCgZmaWx0ZXIYAyABKAkiTQoRTGlzdExpbmVzUmVzcG9uc2USHwoFbGluZXMYASADKAsyEC5jYWxscW9zLnYxLkxpbmUSFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIi4KEENsb3NlTGluZVJlcXVlc3QSDAoEbmFtZRgBIAEoCRIMCgRldGFnGAIgASgJImUKEUFuc3dlckNhbGxSZXF1ZXN0EgwKBG5hbWUYASABKAkSIAoDcW9zGAIgASgLMhMuY2FsbHFvcy52MS5Rb3NTcGVjEgwKBGV0YWcYAyABKAkSEgoKcmVxdWVzdF9pZBgEIAEoCSJDChFSZWplY3RDYWxsUmVxdWVzdBIMCgRuYW1lGAEgASgJEgwKBGV0YWcYAiABKAkSEgoKcmVxdWVzdF9pZBgDIAEoCTLJCAoOQ2FsbFFvc1NlcnZpY2USPQoKQ3JlYXRlQ2FsbBIdLmNhbGxxb3MudjEuQ3JlYXRlQ2FsbFJlcXVlc3QaEC5jYWxscW9zLnYxLkNhbGwSNwoHR2V0Q2FsbBIaLmNhbGxxb3MudjEuR2V0Q2FsbFJlcXVlc3QaEC5jYWxscW9zLnYxLkNhbGwSSAoJTGlzdENhbGxzEhwuY2FsbHFvcy52MS5MaXN0Q2FsbHNSZXF1ZXN0Gh0uY2FsbHFvcy52MS5MaXN0Q2FsbHNSZXNwb25zZRJHCg9SZW5lZ290aWF0ZUNhbGwSIi5jYWxscW9zLnYxLlJlbmVnb3RpYXRlQ2FsbFJlcXVlc3QaEC5jYWxscW9zLnYxLkNhbGwSOQoIRHJvcENhbGwSGy5jYWxscW9zLnYxLkRyb3BDYWxsUmVxdWVzdBoQLmNhbGxxb3MudjEuQ2FsbBJQCgtXYXRjaEV2ZW50cxIeLmNhbGxxb3MudjEuV2F0Y2hFdmVudHNSZXF1ZXN0Gh8uY2FsbHFvcy52MS5XYXRjaEV2ZW50c1Jlc3BvbnNlMAESQwoLR2V0UHJvdmlkZXISHi5jYWxscW9zLnYxLkdldFByb3ZpZGVyUmVxdWVzdBoULmNhbGxxb3MudjEuUHJvdmlkZXISVAoNTGlzdFByb3ZpZGVycxIgLmNhbGxxb3MudjEuTGlzdFByb3ZpZGVyc1JlcXVlc3QaIS5jYWxscW9zLnYxLkxpc3RQcm92aWRlcnNSZXNwb25zZRJICglMaXN0TGlua3MSHC5jYWxscW9zLnYxLkxpc3RMaW5rc1JlcXVlc3QaHS5jYWxscW9zLnYxLkxpc3RMaW5rc1Jlc3BvbnNlEj0KClVwZGF0ZUxpbmsSHS5jYWxscW9zLnYxLlVwZGF0ZUxpbmtSZXF1ZXN0GhAuY2FsbHFvcy52MS5MaW5rEj0KCkNyZWF0ZUxpbmUSHS5jYWxscW9zLnYxLkNyZWF0ZUxpbmVSZXF1ZXN0GhAuY2FsbHFvcy52MS5MaW5lEjcKB0dldExpbmUSGi5jYWxscW9zLnYxLkdldExpbmVSZXF1ZXN0GhAuY2FsbHFvcy52MS5MaW5lEkgKCUxpc3RMaW5lcxIcLmNhbGxxb3MudjEuTGlzdExpbmVzUmVxdWVzdBodLmNhbGxxb3MudjEuTGlzdExpbmVzUmVzcG9uc2USOwoJQ2xvc2VMaW5lEhwuY2FsbHFvcy52MS5DbG9zZUxpbmVSZXF1ZXN0GhAuY2FsbHFvcy52MS5MaW5lEj0KCkFuc3dlckNhbGwSHS5jYWxscW9zLnYxLkFuc3dlckNhbGxSZXF1ZXN0GhAuY2FsbHFvcy52MS5DYWxsEj0KClJlamVjdENhbGwSHS5jYWxscW9zLnYxLlJlamVjdENhbGxSZXF1ZXN0GhAuY2FsbHFvcy52MS5DYWxsQmcKDmRldi5jYWxscW9zLnYxQhNDYWxscW9zU2VydmljZVByb3RvUAFaPmdpdGh1Yi5jb20vY2FsbHFvcy9jYWxscW9zL2NsaWVudHMvZ28vZ2VuL2NhbGxxb3MvdjE7Y2FsbHFvc3YxYgZwcm90bzM", [file_callqos_v1_call, file_callqos_v1_event, file_callqos_v1_flowspec, file_callqos_v1_line, file_callqos_v1_provider, file_google_protobuf_field_mask]);
+  fileDesc("CiBjYWxscW9zL3YxL2NhbGxxb3Nfc2VydmljZS5wcm90bxIKY2FsbHFvcy52MSJYChFDcmVhdGVDYWxsUmVxdWVzdBIeCgRjYWxsGAEgASgLMhAuY2FsbHFvcy52MS5DYWxsEg8KB2NhbGxfaWQYAiABKAkSEgoKcmVxdWVzdF9pZBgDIAEoCSIeCg5HZXRDYWxsUmVxdWVzdBIMCgRuYW1lGAEgASgJIkkKEExpc3RDYWxsc1JlcXVlc3QSEQoJcGFnZV9zaXplGAEgASgFEhIKCnBhZ2VfdG9rZW4YAiABKAkSDgoGZmlsdGVyGAMgASgJIk0KEUxpc3RDYWxsc1Jlc3BvbnNlEh8KBWNhbGxzGAEgAygLMhAuY2FsbHFvcy52MS5DYWxsEhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSKbAQoWUmVuZWdvdGlhdGVDYWxsUmVxdWVzdBIMCgRuYW1lGAEgASgJEiAKA3FvcxgCIAEoCzITLmNhbGxxb3MudjEuUW9zU3BlYxIMCgRldGFnGAMgASgJEhIKCnJlcXVlc3RfaWQYBCABKAkSLwoNc2VydmljZV9sZXZlbBgFIAEoDjIYLmNhbGxxb3MudjEuU2VydmljZUxldmVsIi0KD0Ryb3BDYWxsUmVxdWVzdBIMCgRuYW1lGAEgASgJEgwKBGV0YWcYAiABKAkidgoRRXh0ZW5kQ2FsbFJlcXVlc3QSDAoEbmFtZRgBIAEoCRIxCg5sZWFzZV9kdXJhdGlvbhgCIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhIMCgRldGFnGAMgASgJEhIKCnJlcXVlc3RfaWQYBCABKAkiiQEKEldhdGNoRXZlbnRzUmVxdWVzdBIbCg5hZnRlcl9zZXF1ZW5jZRgBIAEoBEgAiAEBEgwKBGNhbGwYAiABKAkSJwoFdHlwZXMYAyADKA4yGC5jYWxscW9zLnYxLlFvc0V2ZW50VHlwZRIMCgRsaW5lGAQgASgJQhEKD19hZnRlcl9zZXF1ZW5jZSI6ChNXYXRjaEV2ZW50c1Jlc3BvbnNlEiMKBWV2ZW50GAEgASgLMhQuY2FsbHFvcy52MS5Rb3NFdmVudCIiChJHZXRQcm92aWRlclJlcXVlc3QSDAoEbmFtZRgBIAEoCSI9ChRMaXN0UHJvdmlkZXJzUmVxdWVzdBIRCglwYWdlX3NpemUYASABKAUSEgoKcGFnZV90b2tlbhgCIAEoCSJZChVMaXN0UHJvdmlkZXJzUmVzcG9uc2USJwoJcHJvdmlkZXJzGAEgAygLMhQuY2FsbHFvcy52MS5Qcm92aWRlchIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiSQoQTGlzdExpbmtzUmVxdWVzdBIOCgZwYXJlbnQYASABKAkSEQoJcGFnZV9zaXplGAIgASgFEhIKCnBhZ2VfdG9rZW4YAyABKAkiTQoRTGlzdExpbmtzUmVzcG9uc2USHwoFbGlua3MYASADKAsyEC5jYWxscW9zLnYxLkxpbmsSFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJImQKEVVwZGF0ZUxpbmtSZXF1ZXN0Eh4KBGxpbmsYASABKAsyEC5jYWxscW9zLnYxLkxpbmsSLwoLdXBkYXRlX21hc2sYAiABKAsyGi5nb29nbGUucHJvdG9idWYuRmllbGRNYXNrIlgKEUNyZWF0ZUxpbmVSZXF1ZXN0Eh4KBGxpbmUYASABKAsyEC5jYWxscW9zLnYxLkxpbmUSDwoHbGluZV9pZBgCIAEoCRISCgpyZXF1ZXN0X2lkGAMgASgJIh4KDkdldExpbmVSZXF1ZXN0EgwKBG5hbWUYASABKAkiSQoQTGlzdExpbmVzUmVxdWVzdBIRCglwYWdlX3NpemUYASABKAUSEgoKcGFnZV90b2tlbhgCIAEoCRIOCgZmaWx0ZXIYAyABKAkiTQoRTGlzdExpbmVzUmVzcG9uc2USHwoFbGluZXMYASADKAsyEC5jYWxscW9zLnYxLkxpbmUSFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIi4KEENsb3NlTGluZVJlcXVlc3QSDAoEbmFtZRgBIAEoCRIMCgRldGFnGAIgASgJImUKEUFuc3dlckNhbGxSZXF1ZXN0EgwKBG5hbWUYASABKAkSIAoDcW9zGAIgASgLMhMuY2FsbHFvcy52MS5Rb3NTcGVjEgwKBGV0YWcYAyABKAkSEgoKcmVxdWVzdF9pZBgEIAEoCSJDChFSZWplY3RDYWxsUmVxdWVzdBIMCgRuYW1lGAEgASgJEgwKBGV0YWcYAiABKAkSEgoKcmVxdWVzdF9pZBgDIAEoCTKICQoOQ2FsbFFvc1NlcnZpY2USPQoKQ3JlYXRlQ2FsbBIdLmNhbGxxb3MudjEuQ3JlYXRlQ2FsbFJlcXVlc3QaEC5jYWxscW9zLnYxLkNhbGwSNwoHR2V0Q2FsbBIaLmNhbGxxb3MudjEuR2V0Q2FsbFJlcXVlc3QaEC5jYWxscW9zLnYxLkNhbGwSSAoJTGlzdENhbGxzEhwuY2FsbHFvcy52MS5MaXN0Q2FsbHNSZXF1ZXN0Gh0uY2FsbHFvcy52MS5MaXN0Q2FsbHNSZXNwb25zZRJHCg9SZW5lZ290aWF0ZUNhbGwSIi5jYWxscW9zLnYxLlJlbmVnb3RpYXRlQ2FsbFJlcXVlc3QaEC5jYWxscW9zLnYxLkNhbGwSOQoIRHJvcENhbGwSGy5jYWxscW9zLnYxLkRyb3BDYWxsUmVxdWVzdBoQLmNhbGxxb3MudjEuQ2FsbBI9CgpFeHRlbmRDYWxsEh0uY2FsbHFvcy52MS5FeHRlbmRDYWxsUmVxdWVzdBoQLmNhbGxxb3MudjEuQ2FsbBJQCgtXYXRjaEV2ZW50cxIeLmNhbGxxb3MudjEuV2F0Y2hFdmVudHNSZXF1ZXN0Gh8uY2FsbHFvcy52MS5XYXRjaEV2ZW50c1Jlc3BvbnNlMAESQwoLR2V0UHJvdmlkZXISHi5jYWxscW9zLnYxLkdldFByb3ZpZGVyUmVxdWVzdBoULmNhbGxxb3MudjEuUHJvdmlkZXISVAoNTGlzdFByb3ZpZGVycxIgLmNhbGxxb3MudjEuTGlzdFByb3ZpZGVyc1JlcXVlc3QaIS5jYWxscW9zLnYxLkxpc3RQcm92aWRlcnNSZXNwb25zZRJICglMaXN0TGlua3MSHC5jYWxscW9zLnYxLkxpc3RMaW5rc1JlcXVlc3QaHS5jYWxscW9zLnYxLkxpc3RMaW5rc1Jlc3BvbnNlEj0KClVwZGF0ZUxpbmsSHS5jYWxscW9zLnYxLlVwZGF0ZUxpbmtSZXF1ZXN0GhAuY2FsbHFvcy52MS5MaW5rEj0KCkNyZWF0ZUxpbmUSHS5jYWxscW9zLnYxLkNyZWF0ZUxpbmVSZXF1ZXN0GhAuY2FsbHFvcy52MS5MaW5lEjcKB0dldExpbmUSGi5jYWxscW9zLnYxLkdldExpbmVSZXF1ZXN0GhAuY2FsbHFvcy52MS5MaW5lEkgKCUxpc3RMaW5lcxIcLmNhbGxxb3MudjEuTGlzdExpbmVzUmVxdWVzdBodLmNhbGxxb3MudjEuTGlzdExpbmVzUmVzcG9uc2USOwoJQ2xvc2VMaW5lEhwuY2FsbHFvcy52MS5DbG9zZUxpbmVSZXF1ZXN0GhAuY2FsbHFvcy52MS5MaW5lEj0KCkFuc3dlckNhbGwSHS5jYWxscW9zLnYxLkFuc3dlckNhbGxSZXF1ZXN0GhAuY2FsbHFvcy52MS5DYWxsEj0KClJlamVjdENhbGwSHS5jYWxscW9zLnYxLlJlamVjdENhbGxSZXF1ZXN0GhAuY2FsbHFvcy52MS5DYWxsQmcKDmRldi5jYWxscW9zLnYxQhNDYWxscW9zU2VydmljZVByb3RvUAFaPmdpdGh1Yi5jb20vY2FsbHFvcy9jYWxscW9zL2NsaWVudHMvZ28vZ2VuL2NhbGxxb3MvdjE7Y2FsbHFvc3YxYgZwcm90bzM", [file_callqos_v1_call, file_callqos_v1_event, file_callqos_v1_flowspec, file_callqos_v1_line, file_callqos_v1_provider, file_google_protobuf_duration, file_google_protobuf_field_mask]);
 
 /**
  * Request for CreateCall.
@@ -226,6 +226,51 @@ export const DropCallRequestSchema: GenMessage<DropCallRequest> = /*@__PURE__*/
   messageDesc(file_callqos_v1_callqos_service, 5);
 
 /**
+ * Request for ExtendCall.
+ *
+ * @generated from message callqos.v1.ExtendCallRequest
+ */
+export type ExtendCallRequest = Message<"callqos.v1.ExtendCallRequest"> & {
+  /**
+   * `calls/{call}`.
+   *
+   * @generated from field: string name = 1;
+   */
+  name: string;
+
+  /**
+   * Optional: the new lease length, from now (at least 1 s, at most the server's
+   * max_lease_seconds: INVALID_ARGUMENT otherwise). It becomes the call's lease_duration. Unset:
+   * the call's lease_duration.
+   *
+   * @generated from field: google.protobuf.Duration lease_duration = 2;
+   */
+  leaseDuration?: Duration | undefined;
+
+  /**
+   * Optional: the call's etag; ABORTED (ETAG_MISMATCH) if the call changed since.
+   *
+   * @generated from field: string etag = 3;
+   */
+  etag: string;
+
+  /**
+   * Optional idempotency key (AIP-155). A repeat returns the first outcome (and extends nothing
+   * further).
+   *
+   * @generated from field: string request_id = 4;
+   */
+  requestId: string;
+};
+
+/**
+ * Describes the message callqos.v1.ExtendCallRequest.
+ * Use `create(ExtendCallRequestSchema)` to create a new message.
+ */
+export const ExtendCallRequestSchema: GenMessage<ExtendCallRequest> = /*@__PURE__*/
+  messageDesc(file_callqos_v1_callqos_service, 6);
+
+/**
  * Request for WatchEvents.
  *
  * @generated from message callqos.v1.WatchEventsRequest
@@ -267,7 +312,7 @@ export type WatchEventsRequest = Message<"callqos.v1.WatchEventsRequest"> & {
  * Use `create(WatchEventsRequestSchema)` to create a new message.
  */
 export const WatchEventsRequestSchema: GenMessage<WatchEventsRequest> = /*@__PURE__*/
-  messageDesc(file_callqos_v1_callqos_service, 6);
+  messageDesc(file_callqos_v1_callqos_service, 7);
 
 /**
  * One message of the WatchEvents stream.
@@ -288,7 +333,7 @@ export type WatchEventsResponse = Message<"callqos.v1.WatchEventsResponse"> & {
  * Use `create(WatchEventsResponseSchema)` to create a new message.
  */
 export const WatchEventsResponseSchema: GenMessage<WatchEventsResponse> = /*@__PURE__*/
-  messageDesc(file_callqos_v1_callqos_service, 7);
+  messageDesc(file_callqos_v1_callqos_service, 8);
 
 /**
  * Request for GetProvider.
@@ -309,7 +354,7 @@ export type GetProviderRequest = Message<"callqos.v1.GetProviderRequest"> & {
  * Use `create(GetProviderRequestSchema)` to create a new message.
  */
 export const GetProviderRequestSchema: GenMessage<GetProviderRequest> = /*@__PURE__*/
-  messageDesc(file_callqos_v1_callqos_service, 8);
+  messageDesc(file_callqos_v1_callqos_service, 9);
 
 /**
  * Request for ListProviders.
@@ -337,7 +382,7 @@ export type ListProvidersRequest = Message<"callqos.v1.ListProvidersRequest"> & 
  * Use `create(ListProvidersRequestSchema)` to create a new message.
  */
 export const ListProvidersRequestSchema: GenMessage<ListProvidersRequest> = /*@__PURE__*/
-  messageDesc(file_callqos_v1_callqos_service, 9);
+  messageDesc(file_callqos_v1_callqos_service, 10);
 
 /**
  * Response for ListProviders.
@@ -365,7 +410,7 @@ export type ListProvidersResponse = Message<"callqos.v1.ListProvidersResponse"> 
  * Use `create(ListProvidersResponseSchema)` to create a new message.
  */
 export const ListProvidersResponseSchema: GenMessage<ListProvidersResponse> = /*@__PURE__*/
-  messageDesc(file_callqos_v1_callqos_service, 10);
+  messageDesc(file_callqos_v1_callqos_service, 11);
 
 /**
  * Request for ListLinks.
@@ -400,7 +445,7 @@ export type ListLinksRequest = Message<"callqos.v1.ListLinksRequest"> & {
  * Use `create(ListLinksRequestSchema)` to create a new message.
  */
 export const ListLinksRequestSchema: GenMessage<ListLinksRequest> = /*@__PURE__*/
-  messageDesc(file_callqos_v1_callqos_service, 11);
+  messageDesc(file_callqos_v1_callqos_service, 12);
 
 /**
  * Response for ListLinks.
@@ -428,7 +473,7 @@ export type ListLinksResponse = Message<"callqos.v1.ListLinksResponse"> & {
  * Use `create(ListLinksResponseSchema)` to create a new message.
  */
 export const ListLinksResponseSchema: GenMessage<ListLinksResponse> = /*@__PURE__*/
-  messageDesc(file_callqos_v1_callqos_service, 12);
+  messageDesc(file_callqos_v1_callqos_service, 13);
 
 /**
  * Request for UpdateLink.
@@ -456,7 +501,7 @@ export type UpdateLinkRequest = Message<"callqos.v1.UpdateLinkRequest"> & {
  * Use `create(UpdateLinkRequestSchema)` to create a new message.
  */
 export const UpdateLinkRequestSchema: GenMessage<UpdateLinkRequest> = /*@__PURE__*/
-  messageDesc(file_callqos_v1_callqos_service, 13);
+  messageDesc(file_callqos_v1_callqos_service, 14);
 
 /**
  * Request for CreateLine.
@@ -492,7 +537,7 @@ export type CreateLineRequest = Message<"callqos.v1.CreateLineRequest"> & {
  * Use `create(CreateLineRequestSchema)` to create a new message.
  */
 export const CreateLineRequestSchema: GenMessage<CreateLineRequest> = /*@__PURE__*/
-  messageDesc(file_callqos_v1_callqos_service, 14);
+  messageDesc(file_callqos_v1_callqos_service, 15);
 
 /**
  * Request for GetLine.
@@ -513,7 +558,7 @@ export type GetLineRequest = Message<"callqos.v1.GetLineRequest"> & {
  * Use `create(GetLineRequestSchema)` to create a new message.
  */
 export const GetLineRequestSchema: GenMessage<GetLineRequest> = /*@__PURE__*/
-  messageDesc(file_callqos_v1_callqos_service, 15);
+  messageDesc(file_callqos_v1_callqos_service, 16);
 
 /**
  * Request for ListLines.
@@ -549,7 +594,7 @@ export type ListLinesRequest = Message<"callqos.v1.ListLinesRequest"> & {
  * Use `create(ListLinesRequestSchema)` to create a new message.
  */
 export const ListLinesRequestSchema: GenMessage<ListLinesRequest> = /*@__PURE__*/
-  messageDesc(file_callqos_v1_callqos_service, 16);
+  messageDesc(file_callqos_v1_callqos_service, 17);
 
 /**
  * Response for ListLines.
@@ -577,7 +622,7 @@ export type ListLinesResponse = Message<"callqos.v1.ListLinesResponse"> & {
  * Use `create(ListLinesResponseSchema)` to create a new message.
  */
 export const ListLinesResponseSchema: GenMessage<ListLinesResponse> = /*@__PURE__*/
-  messageDesc(file_callqos_v1_callqos_service, 17);
+  messageDesc(file_callqos_v1_callqos_service, 18);
 
 /**
  * Request for CloseLine.
@@ -605,7 +650,7 @@ export type CloseLineRequest = Message<"callqos.v1.CloseLineRequest"> & {
  * Use `create(CloseLineRequestSchema)` to create a new message.
  */
 export const CloseLineRequestSchema: GenMessage<CloseLineRequest> = /*@__PURE__*/
-  messageDesc(file_callqos_v1_callqos_service, 18);
+  messageDesc(file_callqos_v1_callqos_service, 19);
 
 /**
  * Request for AnswerCall.
@@ -651,7 +696,7 @@ export type AnswerCallRequest = Message<"callqos.v1.AnswerCallRequest"> & {
  * Use `create(AnswerCallRequestSchema)` to create a new message.
  */
 export const AnswerCallRequestSchema: GenMessage<AnswerCallRequest> = /*@__PURE__*/
-  messageDesc(file_callqos_v1_callqos_service, 19);
+  messageDesc(file_callqos_v1_callqos_service, 20);
 
 /**
  * Request for RejectCall.
@@ -686,7 +731,7 @@ export type RejectCallRequest = Message<"callqos.v1.RejectCallRequest"> & {
  * Use `create(RejectCallRequestSchema)` to create a new message.
  */
 export const RejectCallRequestSchema: GenMessage<RejectCallRequest> = /*@__PURE__*/
-  messageDesc(file_callqos_v1_callqos_service, 20);
+  messageDesc(file_callqos_v1_callqos_service, 21);
 
 /**
  * Calls with Quality of Service, and the events that tell when their QoS changes.
@@ -713,6 +758,8 @@ export const CallQosService: GenService<{
    * offered to the line's owner (an INCOMING call, OFFERING) and returned RINGBACK; the QoS is
    * negotiated when the owner answers (AnswerCall), and the caller learns the outcome from its
    * call's events. Another tenant's lines are never rung: such a call goes out to its provider.
+   * With a lease (`call.lease_duration`, or the server's max_lease_seconds) the call lives until
+   * its lease_expire_time unless its owner extends it (ExtendCall).
    *
    * @generated from rpc callqos.v1.CallQosService.CreateCall
    */
@@ -761,6 +808,25 @@ export const CallQosService: GenService<{
   dropCall: {
     methodKind: "unary";
     input: typeof DropCallRequestSchema;
+    output: typeof CallSchema;
+  },
+  /**
+   * Extends a call's lease (AIP-136 custom method `:extend`): its lease then ends lease_duration
+   * after now (the request's, or the call's own). A call whose lease ends is disconnected
+   * LEASE_EXPIRED and its reservation released, so an application keeps a call by extending it
+   * well within each lease (the clients' keep-alive helpers renew at a third of it). Owner of the
+   * leased leg only (permission calls.extend, role caller): NOT_OWNER otherwise. The call must be
+   * CONNECTED or RINGBACK: FAILED_PRECONDITION LEASE_EXPIRED once its lease has ended (even if
+   * the server has not disconnected it yet), CALL_NOT_CONNECTED when it ended otherwise,
+   * CALL_NOT_LEASED when it has no lease (or is the answering leg: the caller's lease governs a
+   * pair). Renewing changes only lease_expire_time (and lease_duration), not the etag; it sends no
+   * event.
+   *
+   * @generated from rpc callqos.v1.CallQosService.ExtendCall
+   */
+  extendCall: {
+    methodKind: "unary";
+    input: typeof ExtendCallRequestSchema;
     output: typeof CallSchema;
   },
   /**
