@@ -44,7 +44,10 @@ async def test_a_leased_call_ends_when_its_lease_does(tmp_path: Path) -> None:
 
         assert await s.advance(0.001) == 1
         ended = await get(s.stub, call.name)
-        assert (ended.state, ended.disconnect_reason) == (State.STATE_DISCONNECTED, Disconnect.DISCONNECT_REASON_LEASE_EXPIRED)
+        assert (ended.state, ended.disconnect_reason) == (
+            State.STATE_DISCONNECTED,
+            Disconnect.DISCONNECT_REASON_LEASE_EXPIRED,
+        )
         assert ended.lease_expire_time == call.lease_expire_time, "the call keeps the time its lease ran to"
         assert not ended.features.set_qos
         assert await reserved(s.stub) == (0, 0), "the provider was told to release it"
@@ -268,9 +271,7 @@ async def test_the_lease_timer_ends_calls_by_itself(tmp_path: Path) -> None:
     ):
         stub = svc_grpc.CallQosServiceStub(channel)
         long = await stub.CreateCall(leased(30), metadata=ALICE)
-        stream = stub.WatchEvents(
-            svc.WatchEventsRequest(types=[E.QOS_EVENT_TYPE_CALL_DISCONNECTED]), metadata=ALICE
-        )
+        stream = stub.WatchEvents(svc.WatchEventsRequest(types=[E.QOS_EVENT_TYPE_CALL_DISCONNECTED]), metadata=ALICE)
         await stream.initial_metadata()
         short = await stub.CreateCall(leased(1), metadata=ALICE)
         message = await asyncio.wait_for(stream.read(), 10)
