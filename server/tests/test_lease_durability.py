@@ -38,7 +38,7 @@ async def test_a_lease_that_ended_while_the_server_was_down_ends_the_call_at_sta
     else:
         server_process.stop()
     # Down for longer than the short lease.
-    time.sleep(max(0.0, (expires_ns(short) - time.time_ns()) / 1e9) + 0.2)
+    await asyncio.sleep(max(0.0, (expires_ns(short) - time.time_ns()) / 1e9) + 0.2)
 
     server_process.start()
     async with grpc.aio.insecure_channel(server_process.target) as channel:
