@@ -30,6 +30,7 @@ PREFIXES = (
     *("PROV", "FLOW", "REQ", "GRANT", "DELAY", "LEVEL", "ADMIT"),
     *("CALL", "OWNER", "SETQOS", "EVENT", "WATCH", "LINK", "API", "SEC"),
     *("LINE", "OFFER", "ANSWER", "PAIR"),
+    "LEASE",
 )
 CLAUSE_ID = re.compile(rf"\b(?:{'|'.join(PREFIXES)})-[0-9]+\b")
 HEADING = re.compile(r"^### ((?:[A-Z]+)-[0-9]+) — (.+)$")

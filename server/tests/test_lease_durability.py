@@ -1,4 +1,4 @@
-"""Leases across restarts of a real server process on SQLite (conformance/SPEC.md LEASE-5): a lease
+"""Leases across restarts of a real server process on SQLite (conformance/SPEC.md LEASE-6): a lease
 is stored with its call, so it ends on time after a graceful restart or a SIGKILL; a lease that
 ended while no server ran ends its call at start, before the server serves (released to its
 provider, announced on the stream); and an extension acknowledged before a SIGKILL is kept."""

@@ -1,4 +1,4 @@
-"""Leases as a stateful property (conformance/SPEC.md LEASE-3, LEASE-4, LEASE-5): random sequences of
+"""Leases as a stateful property (conformance/SPEC.md LEASE-3, LEASE-4, LEASE-5, LEASE-6): random sequences of
 calls made with and without leases, extensions (to the call's own length or a new one, in time or
 too late), drops, the clock moving with and without the lease timer running, and restarts of the
 server on its SQLite file, over the whole valid range of lease lengths — checked against a model

@@ -1,4 +1,4 @@
-"""Call leases against a real server (conformance/SPEC.md LEASE-1 … LEASE-7): a call made with a
+"""Call leases against a real server (conformance/SPEC.md LEASE-1 … LEASE-5): a call made with a
 lease lives until its lease_expire_time unless its owner extends it; a lease that ends disconnects
 the call LEASE_EXPIRED, announces it, and releases its reservation to its provider; ExtendCall
 renews it (owner only, request_id idempotent, the etag untouched, no event); the server's
