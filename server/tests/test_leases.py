@@ -12,14 +12,30 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import grpc
 import pytest
-from incoming_kit import BOB, CAROL, MALLORY, E, answer_request, call_line, events_of, get, kinds, open_line
+from incoming_kit import (
+    BOB,
+    CAROL,
+    MALLORY,
+    E,
+    answer_request,
+    call_line,
+    events_of,
+    get,
+    kinds,
+    open_line,
+    wait_for_state,
+)
 from lease_kit import expires_ns, extension, lease_server, leased, seconds
-from server_testkit import owner, qos, reason, reserved, rpc_error, violated_fields
+from server_testkit import details, owner, qos, reason, reserved, rpc_error, violated_fields
+from test_telemetry import Traced, _traced
 
+from callqos.server.config import Config
+from callqos.server.telemetry.semconv import Semconv
 from callqos.server.testing import InProcessServer
 from callqos.v1 import call_pb2
 from callqos.v1 import callqos_service_pb2 as svc
@@ -195,8 +211,6 @@ async def test_a_fractional_maximum_is_the_lease_of_a_call_asking_none(tmp_path:
 
 
 def details_text(error: grpc.aio.AioRpcError) -> str:
-    from server_testkit import details
-
     return " ".join(v.description for v in details(error)["BadRequest"].field_violations)
 
 
@@ -283,3 +297,25 @@ async def test_the_lease_timer_ends_calls_by_itself(tmp_path: Path) -> None:
         stream.cancel()
         assert (await get(stub, long.name)).state == State.STATE_CONNECTED
         assert await reserved(stub) == (100_000, 0)
+
+
+@pytest.fixture
+async def traced(config: Config) -> AsyncIterator[Traced]:
+    async for value in _traced(config, Semconv()):
+        yield value
+
+
+async def test_an_expiry_is_traced_and_counted(traced: Traced) -> None:
+    """An expiry runs in a trace of its own (`callqos.lease.expire`), the release to the provider
+    and the commit inside it, and `callqos.leases.expired` counts it."""
+    call = await traced.stub.CreateCall(leased(1), metadata=ALICE)
+    ended = await wait_for_state(traced.stub, call.name, State.STATE_DISCONNECTED)
+    assert ended.disconnect_reason == Disconnect.DISCONNECT_REASON_LEASE_EXPIRED
+    [expiry] = [span for span in traced.finished() if span.name == "callqos.lease.expire"]
+    assert expiry.attributes["callqos.call"] == call.name
+    inside = {s.name for s in traced.finished() if s.parent and s.parent.span_id == expiry.context.span_id}
+    assert {"callqos.provider.release", "callqos.store.commit"} <= inside
+    [event] = [e for e in await events_of(traced.stub, call.name) if e.type == E.QOS_EVENT_TYPE_CALL_DISCONNECTED]
+    assert event.trace_id == format(expiry.context.trace_id, "032x")
+    [(attributes, point)] = traced.metric("callqos.leases.expired")
+    assert (attributes, point.value) == ({"callqos.provider": "providers/reference"}, 1)

@@ -691,17 +691,23 @@ class CallManager:
                     message=f"its lease ended at {call.lease_expire_time.ToJsonString()} without being extended",
                 )
             )
-        return await self._settle(
-            Outcome(
-                call=call,
-                peers=[peer] if peer else (),
-                events=events,
-                failure=failure,
-                key=key,
-                decided=None,
-                release=Release.first(info) if connected else None,
-            )
+        outcome = Outcome(
+            call=call,
+            peers=[peer] if peer else (),
+            events=events,
+            failure=failure,
+            key=key,
+            decided=None,
+            release=Release.first(info) if connected else None,
         )
+        try:
+            ended = await self._settle(outcome)
+        except ServiceError as raised:
+            if raised is failure:  # recorded: the call did end
+                self.telemetry.lease_expired(call.provider)
+            raise
+        self.telemetry.lease_expired(call.provider)
+        return ended
 
     @staticmethod
     def _lease_expired(call: Call) -> ServiceError:
