@@ -84,6 +84,7 @@ class _Lease:
         call: call_pb2.Call,
         interval: float | None,
         on_lost: Callable[[LeaseLostError], object] | None,
+        drop: bool,
     ) -> None:
         if not call.HasField("lease_duration"):
             raise ValueError(f"{call.name} has no lease to keep alive (make it with lease=...)")
@@ -98,6 +99,7 @@ class _Lease:
         self.renewals = 0
         self.error: LeaseLostError | None = None
         self._on_lost = on_lost
+        self._drop = drop  # whether closing drops the call
 
     @property
     def lost(self) -> bool:
@@ -156,9 +158,8 @@ class KeepAlive(_Lease):
         drop: bool = True,
         on_lost: Callable[[LeaseLostError], object] | None = None,
     ) -> None:
-        super().__init__(call, interval, on_lost)
+        super().__init__(call, interval, on_lost, drop)
         self._client = client
-        self._drop = drop
         self._stop = threading.Event()
         self._lost_event = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"callqos keep-alive {call.name}", daemon=True)
@@ -222,9 +223,8 @@ class AsyncKeepAlive(_Lease):
         drop: bool = True,
         on_lost: Callable[[LeaseLostError], object] | None = None,
     ) -> None:
-        super().__init__(call, interval, on_lost)
+        super().__init__(call, interval, on_lost, drop)
         self._client = client
-        self._drop = drop
         self._task: asyncio.Task[None] | None = None
         self._lost_event = asyncio.Event()
         self._closed = False
