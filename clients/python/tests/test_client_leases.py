@@ -3,7 +3,8 @@ keep-alive helpers (sync ``KeepAlive`` in a ``with`` block, async ``AsyncKeepAli
 with``) that keep a call alive while the application holds it, stop and drop it when the block
 ends, and surface a lost lease; and the CLI's ``make --duration``, ``extend``, ``get`` and ``list``.
 
-Leases here are real seconds (the least a lease may be is 1 s), so each test waits out a lease or
+Leases here are real seconds (the least a lease may be is 1 s; the tests that hold a call use 3 s,
+so that each renewal has two seconds to get through on a busy machine), so a test waits out a lease or
 two; the ends are observed through the API, not guessed from sleeps."""
 
 from __future__ import annotations
@@ -65,11 +66,13 @@ def test_a_lease_and_its_extension(client: Client) -> None:
 
 
 def test_keep_alive_keeps_the_call_then_drops_it(client: Client) -> None:
-    call = client.make_call("sip:kept@example.test", sending=controlled_load(1_000), lease=1)
+    # A 3 s lease renewed every second: each renewal has two seconds to get through, enough on a
+    # busy machine; the block holds the call for more than two leases.
+    call = client.make_call("sip:kept@example.test", sending=controlled_load(1_000), lease=3)
     lost: list[LeaseLostError] = []
     with client.keep_alive(call, on_lost=lost.append) as lease:
-        time.sleep(3.5)  # three and a half leases
-        assert not lease.lost and lease.renewals >= 6, lease.renewals
+        time.sleep(7)
+        assert not lease.lost and lease.renewals >= 5, lease.renewals
         assert client.get_call(call.name).state == State.STATE_CONNECTED
     assert not lost
     ended = client.get_call(call.name)
@@ -77,7 +80,7 @@ def test_keep_alive_keeps_the_call_then_drops_it(client: Client) -> None:
 
 
 def test_keep_alive_without_drop_leaves_the_call_to_its_lease(client: Client) -> None:
-    call = client.make_call("sip:kept@example.test", lease=1)
+    call = client.make_call("sip:kept@example.test", lease=3)
     with client.keep_alive(call, drop=False):
         time.sleep(1.5)
     assert client.get_call(call.name).state == State.STATE_CONNECTED, "stopping does not drop it"
@@ -89,7 +92,7 @@ def test_keep_alive_without_drop_leaves_the_call_to_its_lease(client: Client) ->
 def test_keep_alive_surfaces_a_lost_lease(client: Client) -> None:
     """Another hand ends the call (here: its owner drops it behind the helper's back): the helper
     reports it at once, through on_lost, `lost`, and LeaseLostError when the block ends."""
-    call = client.make_call("sip:lost@example.test", lease=1)
+    call = client.make_call("sip:lost@example.test", lease=3)
     seen = threading.Event()
     with pytest.raises(LeaseLostError) as raised, client.keep_alive(call, on_lost=lambda _: seen.set()) as lease:
         client.drop(call.name)
@@ -128,14 +131,14 @@ def test_keep_alive_needs_a_leased_call(client: Client) -> None:
 
 async def test_async_keep_alive(server) -> None:  # type: ignore[no-untyped-def]
     async with AsyncClient(server.target, principal="alice", timeout=10.0) as client:
-        call = await client.make_call("sip:async@example.test", sending=controlled_load(1_000), lease=1)
+        call = await client.make_call("sip:async@example.test", sending=controlled_load(1_000), lease=3)
         async with client.keep_alive(call) as lease:
-            await asyncio.sleep(2.5)
-            assert not lease.lost and lease.renewals >= 4
+            await asyncio.sleep(7)  # more than two leases
+            assert not lease.lost and lease.renewals >= 5
             assert (await client.get_call(call.name)).state == State.STATE_CONNECTED
         assert (await client.get_call(call.name)).disconnect_reason == Disconnect.DISCONNECT_REASON_NORMAL
 
-        other = await client.make_call("sip:async@example.test", lease=1)
+        other = await client.make_call("sip:async@example.test", lease=3)
         with pytest.raises(LeaseLostError):
             async with client.keep_alive(other, interval=0.1) as lease:
                 await client.drop(other.name)
