@@ -208,7 +208,7 @@ class Config:
         if self.max_lease_seconds and not MIN_LEASE_SECONDS <= self.max_lease_seconds <= LEASE_CEILING_SECONDS:
             raise ConfigError(
                 f"max_lease_seconds must be 0 (no maximum) or between {MIN_LEASE_SECONDS:g} and "
-                f"{LEASE_CEILING_SECONDS:g} (366 days)"
+                f"{LEASE_CEILING_SECONDS:.10g} (366 days)"
             )
         if self.max_pending_rpcs < self.max_connections * self.max_concurrent_streams:
             raise ConfigError(

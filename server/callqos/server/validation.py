@@ -217,7 +217,7 @@ def lease_violations(duration: duration_pb2.Duration, path: str, max_seconds: fl
     ceiling = max_seconds or LEASE_CEILING_SECONDS
     if not MIN_LEASE_SECONDS <= seconds <= ceiling:
         limit = "the server's max_lease_seconds" if max_seconds else "366 days"
-        yield FieldViolation(path, f"between {MIN_LEASE_SECONDS:g} s and {ceiling:g} s ({limit})")
+        yield FieldViolation(path, f"between {MIN_LEASE_SECONDS:g} s and {ceiling:.10g} s ({limit})")
 
 
 def create_violations(

@@ -150,7 +150,8 @@ def call_text(call: call_pb2.Call) -> str:
     if call.HasField("offer_expire_time"):
         lines.append(f"  rings until: {_time(call.offer_expire_time)}")
     if call.HasField("lease_duration"):
-        lines.append(f"  lease:       {_seconds(call.lease_duration)}, {lease_text(call)}")
+        until = lease_text(call)
+        lines.append(f"  lease:       {_seconds(call.lease_duration)}" + (f", {until}" if until != "-" else ""))
     lines += [
         f"  etag:        {call.etag}",
         f"  created:     {_time(call.create_time)}   updated: {_time(call.update_time)}",

@@ -129,9 +129,14 @@ public final class KeepAlive implements AutoCloseable {
   }
 
   private void lose(String why, Throwable cause) {
+    if (lost.isDone()) {
+      return;
+    }
     LeaseLostException error = new LeaseLostException(name, why, cause);
-    if (lost.complete(error)) {
-      options.onLost.accept(error);
+    try {
+      options.onLost.accept(error); // first, so that whoever waits on lost() finds it told
+    } finally {
+      lost.complete(error);
     }
   }
 
