@@ -11,6 +11,9 @@ BUF := $(VENV)/bin/buf
 PROTOS := $(shell find protos -name '*.proto' | sort)
 PY_GEN_ROOT := clients/python
 PY_GEN_DIR := $(PY_GEN_ROOT)/callqos/v1
+# The out-of-process provider protocol (protos/callqos/provider/v1): its stubs ship with the client
+# stubs, since the server's remote host and the provider kits both build on them.
+PY_PROVIDER_GEN_DIR := $(PY_GEN_ROOT)/callqos/provider/v1
 # The retry and resume policy of all four clients (clients/README.md), and the copies each client
 # ships; `make generate` writes them, `make check-generated` fails when one differs.
 POLICY := clients/service_config.json
@@ -28,6 +31,8 @@ help:
 	@echo "make run        serve on the embedded defaults (127.0.0.1:50051, SQLite under ./callqos-data)"
 	@echo "make test       install everything needed and run every test"
 	@echo "make bench      benchmarks, with ratios against a bare grpc.aio baseline measured in the same run"
+	@echo "make soak       the ledger's state machine for CALLQOS_SOAK_STEPS steps (default 100000) or CALLQOS_SOAK_SECONDS"
+	@echo "make parity     every shipped broken provider certified in and out of process (make test: every fourth)"
 	@echo "make generate   regenerate all code from protos/"
 	@echo "make lint       buf lint + buf format check, ruff check + ruff format check"
 	@echo "make dist       sdists and wheels of callqos, callqos-server and callqos-conformance in dist/"
@@ -56,7 +61,7 @@ generate: generate-python stamp
 # Python stubs for the published API, inside the client package (the server depends on them),
 # and the Python client's copy of the retry and resume policy.
 generate-python: $(STAMP)
-	rm -rf $(PY_GEN_DIR)
+	rm -rf $(PY_GEN_DIR) $(PY_PROVIDER_GEN_DIR)
 	$(PY) -m grpc_tools.protoc -Iprotos --python_out=$(PY_GEN_ROOT) --pyi_out=$(PY_GEN_ROOT) \
 	  --grpc_python_out=$(PY_GEN_ROOT) $(PROTOS)
 	cp $(POLICY) $(PY_POLICY)
@@ -68,7 +73,8 @@ generate-python: $(STAMP)
 check-generated: $(STAMP) check-stamp
 	tmp=$$(mktemp -d); trap 'rm -rf $$tmp' EXIT; \
 	$(PY) -m grpc_tools.protoc -Iprotos --python_out=$$tmp --pyi_out=$$tmp --grpc_python_out=$$tmp $(PROTOS); \
-	diff -r $$tmp/callqos/v1 $(PY_GEN_DIR) || { echo "generated Python code drifted from protos/: run 'make generate'"; exit 1; }
+	diff -r $$tmp/callqos/v1 $(PY_GEN_DIR) || { echo "generated Python code drifted from protos/: run 'make generate'"; exit 1; }; \
+	diff -r $$tmp/callqos/provider/v1 $(PY_PROVIDER_GEN_DIR) || { echo "generated Python code drifted from protos/: run 'make generate'"; exit 1; }
 	for copy in $(POLICY_COPIES); do \
 	  diff $(POLICY) $$copy || { echo "$$copy drifted from $(POLICY): run 'make generate'"; exit 1; }; \
 	done
@@ -82,8 +88,8 @@ stamp:
 check-stamp:
 	$(PYTHON) deploy/release/stamp.py --check
 
-.PHONY: lint
-lint: $(STAMP)
+.PHONY: lint breaking
+lint: $(STAMP) breaking
 	$(BUF) lint protos
 	$(BUF) format -d --exit-code protos
 	$(VENV)/bin/ruff check .
@@ -101,8 +107,29 @@ test: lint check-generated typecheck test-python test-clients check-dist
 test-python: $(STAMP)
 	$(PY) -m pytest
 
+# Every shipped broken provider certified in process and out of process (make test runs every fourth).
+.PHONY: parity
+parity: $(STAMP)
+	CALLQOS_PARITY=all $(PY) -m pytest -q conformance/tests/test_remote_parity.py
+
 test-clients: $(STAMP)
 	@for d in $(CLIENT_DIRS); do $(MAKE) -C $$d test; done
+
+# No change to protos/ may break what was published before it: buf breaking (the FILE rules of
+# protos/buf.yaml) against protos/ as of BUF_BREAKING_AGAINST (default: the previous commit; CI may
+# set the branch it merges into). The working tree is compared, so an uncommitted change is checked
+# too; a new file or package is never breaking. Skipped, saying so, where there is nothing to compare
+# with: outside a git checkout, in a shallow clone without that commit, or before protos/ existed.
+BUF_BREAKING_AGAINST ?= HEAD~1
+breaking: $(STAMP)
+	if ! git rev-parse --verify --quiet '$(BUF_BREAKING_AGAINST)^{commit}' >/dev/null 2>&1; then \
+	  echo "buf breaking: skipped (no commit $(BUF_BREAKING_AGAINST) here: not a git checkout, a shallow clone or the first commit)"; \
+	  exit 0; \
+	fi; \
+	tmp=$$(mktemp -d); trap 'rm -rf $$tmp' EXIT; \
+	git archive '$(BUF_BREAKING_AGAINST)' protos 2>/dev/null | tar -x -C $$tmp 2>/dev/null || true; \
+	if [ ! -f $$tmp/protos/buf.yaml ]; then echo "buf breaking: skipped ($(BUF_BREAKING_AGAINST) has no protos/buf.yaml)"; exit 0; fi; \
+	$(BUF) breaking protos --against $$tmp/protos && echo "buf breaking: no breaking change against $(BUF_BREAKING_AGAINST)"
 
 # sdist and wheel of each distribution. `python -m build` builds the wheel from the sdist, in an
 # isolated environment, so a file missing from an sdist (or a build requirement) fails here.
@@ -124,6 +151,17 @@ bench: $(STAMP)
 	$(PY) server/benchmarks/bench.py $(BENCH_ARGS)
 	$(PY) server/benchmarks/bench_tracing.py $(BENCH_ARGS)
 	$(PY) server/benchmarks/bench_auth.py $(BENCH_ARGS)
+
+# The admission ledger's stateful property test (server/tests/test_ledger_state_machine.py), far
+# longer than `make test` runs it: round after round against a real server, each round with a
+# fresh seed that is printed first, until CALLQOS_SOAK_STEPS steps have run (or, when set,
+# CALLQOS_SOAK_SECONDS have passed). CALLQOS_SOAK_SEED=<seed> replays one round and shrinks a
+# failure to the shortest sequence of steps that shows it.
+CALLQOS_SOAK_STEPS ?= 100000
+.PHONY: soak
+soak: $(STAMP)
+	CALLQOS_SOAK_STEPS=$(if $(CALLQOS_SOAK_SECONDS),0,$(CALLQOS_SOAK_STEPS)) \
+	  $(PY) -m pytest server/tests/test_ledger_state_machine.py -k test_soak -s -q -p no:cacheprovider
 
 .PHONY: clean
 clean:

@@ -1,6 +1,7 @@
-"""The suite passes the shipped providers: reference (everything) and no-qos (renegotiation
-skipped with the reason, its negative probe passing), by --provider and by --target, with all
-four reports written."""
+"""The suite passes correct providers — LedgerProvider (everything, restarts and side servers included),
+no-qos (renegotiation and links skipped with the reason, its negative probes passing) — by --provider
+and by --target, with all four reports written; and it fails the reference provider exactly where the
+reference is wrong today."""
 
 from __future__ import annotations
 
@@ -10,23 +11,58 @@ import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-from callqos.conformance.model import Outcome
+import pytest
+
+from callqos.conformance.broken import LEDGER
+from callqos.conformance.model import Outcome, Report
 from callqos.conformance.runner import RunOptions, run_conformance
 from callqos.conformance.target import SpawnedServer
 
+# Faults of the reference provider this suite still finds (#11 fixed CORE-ADM-019, PCHG-004 and RESTART-002);
+# while any remains, the test below that says the reference is conformant is an expected failure (strict:
+# it fails the run once it passes).
+REFERENCE_BUGS = {
+    "MODEL-001": "random histories find a renegotiation at IF_AVAILABLE granted less than a request that fits "
+    "(LEVEL-2): a GUARANTEED sending flowspec of token rate 1 with a latency near the uint32 maximum gets a smaller "
+    "bucket (seed 11). Open after #11, which fixed CORE-ADM-019, PCHG-004 and RESTART-002",
+}
 
-def by_id(report):
+
+def by_id(report: Report) -> dict[str, object]:
     return {r.check.id: r for r in report.results}
 
 
-def test_reference_provider_is_conformant_and_reports_are_written(tmp_path: Path) -> None:
-    report = run_conformance(RunOptions(provider="reference", seed=11, output_dir=tmp_path))
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory: pytest.TempPathFactory) -> Report:
+    return run_conformance(
+        RunOptions(provider="reference", seed=11, budget_seconds=5, output_dir=tmp_path_factory.mktemp("reference"))
+    )
+
+
+def test_the_reference_provider_fails_only_where_it_is_known_to_be_wrong(reference: Report) -> None:
+    failed = {r.check.id for r in reference.failures}
+    assert failed <= set(REFERENCE_BUGS), {r.check.id: r.reason for r in reference.failures}
+    assert not reference.harness_error
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="reference provider bugs still open: "
+    + "; ".join(f"{check}: {bug}" for check, bug in REFERENCE_BUGS.items()),
+)
+def test_the_reference_provider_is_conformant(reference: Report) -> None:
+    assert reference.verdict == "conformant", [(r.check.id, r.reason[:200]) for r in reference.failures]
+
+
+def test_a_correct_provider_is_conformant_and_reports_are_written(tmp_path: Path) -> None:
+    report = run_conformance(RunOptions(provider=LEDGER, seed=11, budget_seconds=5, output_dir=tmp_path))
     assert report.verdict == "conformant", [(r.check.id, r.reason) for r in report.unexpected]
     assert report.exit_code == 0
     assert all(v["result"] == "conformant" for v in report.verdicts.values())
-    assert report.duration_seconds < 30
+    results = by_id(report)
+    assert "histories" in results["MODEL-001"].detail  # type: ignore[attr-defined]
     data = json.loads((tmp_path / "report.json").read_text())
-    assert data["verdict"] == "conformant" and data["seed"] == 11
+    assert data["verdict"] == "conformant" and data["seed"] == 11 and data["failures"] == []
     assert data["suite_version"] and data["spec_version"] == "callqos.v1"
     assert data["provider"]["capabilities"]["renegotiation"] is True
     assert {c["outcome"] for c in data["checks"]} <= {"passed", "skipped"}
@@ -34,24 +70,25 @@ def test_reference_provider_is_conformant_and_reports_are_written(tmp_path: Path
     # Every check is reported with the SPEC.md clauses it verifies, and the report says which document.
     assert data["spec_document"] == "conformance/SPEC.md" and all(c["clauses"] for c in data["checks"])
     suite = ET.parse(tmp_path / "junit.xml").getroot()
-    assert suite.get("failures") == "0" and int(suite.get("tests")) == len(data["checks"])
+    assert suite.get("failures") == "0" and int(suite.get("tests") or 0) == len(data["checks"])
     assert "**Verdict: conformant**" in (tmp_path / "report.md").read_text()
     assert "VERDICT: conformant" in (tmp_path / "summary.txt").read_text()
+    assert (tmp_path / "server.log").exists()
 
 
 def test_no_qos_provider_is_conformant_with_reasoned_skips() -> None:
-    report = run_conformance(RunOptions(provider="no-qos", seed=5))
+    report = run_conformance(RunOptions(provider="no-qos", seed=5, budget_seconds=1))
     assert report.verdict == "conformant", [(r.check.id, r.reason) for r in report.unexpected]
     results = by_id(report)
-    assert results["RENEG-007"].outcome == Outcome.PASSED  # UNIMPLEMENTED negative probe
-    assert results["CORE-CAP-002"].outcome == Outcome.PASSED  # link_admin negative probe
+    assert results["RENEG-007"].outcome == Outcome.PASSED  # type: ignore[attr-defined]  # UNIMPLEMENTED probe
+    assert results["CORE-CAP-002"].outcome == Outcome.PASSED  # type: ignore[attr-defined]  # link_admin probe
     for check in ("RENEG-001", "RENEG-003", "EVT-003"):
-        assert results[check].outcome == Outcome.SKIPPED
-        assert "renegotiation is not advertised" in results[check].reason
+        assert results[check].outcome == Outcome.SKIPPED  # type: ignore[attr-defined]
+        assert "renegotiation is not advertised" in results[check].reason  # type: ignore[attr-defined]
 
 
 def test_target_mode_against_a_separately_started_server_via_the_cli(tmp_path: Path) -> None:
-    with SpawnedServer("reference") as server:
+    with SpawnedServer(LEDGER) as server:
         done = subprocess.run(
             [
                 sys.executable,
@@ -61,16 +98,23 @@ def test_target_mode_against_a_separately_started_server_via_the_cli(tmp_path: P
                 server.target,
                 "--seed",
                 "3",
+                "--histories",
+                "3",
                 "--output-dir",
                 str(tmp_path),
             ],
             capture_output=True,
             text=True,
-            timeout=120,
+            timeout=180,
         )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
     assert "VERDICT: conformant" in done.stdout
-    assert json.loads((tmp_path / "report.json").read_text())["mode"] == "target"
+    data = json.loads((tmp_path / "report.json").read_text())
+    assert data["mode"] == "target"
+    # What needs the suite to own the server was not certified, and the report says so.
+    restart = [c for c in data["checks"] if c["profile"] == "restart"]
+    assert restart and all(c["outcome"] == "skipped" and c["reason"].startswith("mode:") for c in restart)
+    assert data["profiles"]["restart"]["result"] == "not-applicable"
 
 
 def test_cli_list_prints_every_check() -> None:
@@ -78,5 +122,5 @@ def test_cli_list_prints_every_check() -> None:
         [sys.executable, "-m", "callqos.conformance", "list"], capture_output=True, text=True, timeout=60
     )
     assert done.returncode == 0
-    assert "CORE-VAL-001" in done.stdout and "CONC-001" in done.stdout
+    assert "CORE-VAL-001" in done.stdout and "CONC-001" in done.stdout and "MODEL-001" in done.stdout
     assert "spec: FLOW-1, FLOW-3 (Winsock2 FLOWSPEC remarks" in done.stdout  # the clauses each check verifies

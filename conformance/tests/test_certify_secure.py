@@ -8,6 +8,7 @@ from pathlib import Path
 
 import grpc
 
+from callqos.conformance.broken import LEDGER
 from callqos.conformance.connection import Connection
 from callqos.conformance.runner import RunOptions, run_conformance
 from callqos.server import testing
@@ -39,7 +40,10 @@ def test_a_tls_and_token_server_is_certified(tmp_path: Path) -> None:
         token=issuer.token("suite", tenant="certification", roles=roles),
         intruder_token=issuer.token("intruder", tenant="certification", roles=roles),
     )
-    with testing.ServerProcess(tmp_path / "server", credentials=credentials, **settings) as server:
+    # The suite's own correct provider: what is certified here is reaching the server, not the reference
+    # provider's ledger (whose known faults test_certify_good.py names).
+    hosted = {"providers": {"ledger": {"plugin": LEDGER}}, "default_provider": "ledger"}
+    with testing.ServerProcess(tmp_path / "server", credentials=credentials, **settings, **hosted) as server:
         report = run_conformance(RunOptions(target=server.target, seed=3, connection=connection))
         assert report.verdict == "conformant", [(r.check.id, r.reason) for r in report.unexpected]
         # Without tokens every request is the client certificate's principal, whatever header the

@@ -1,7 +1,7 @@
 """conformance/SPEC.md and the suite stay in step, and the repository cites nothing it does not ship.
 
-- Every clause of SPEC.md has a level and either names the checks that verify it or says why the
-  suite does not check it.
+- Every clause of SPEC.md has a level, says why it has that level, and either names the checks that
+  verify it or says why the suite does not check it.
 - Every check cites at least one clause, and a clause's "Checked by" list is exactly the set of
   checks citing it (the document cannot claim a check the code does not run, nor miss one).
 - A MUST check verifies at least one MUST clause, and a SHOULD check only SHOULD clauses.
@@ -13,28 +13,20 @@ from __future__ import annotations
 
 import re
 import subprocess
-from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
 import pytest
 
+from callqos.conformance import spec
 from callqos.conformance.checks import all_checks
 from callqos.conformance.model import Check, Level
+from callqos.conformance.spec import PREFIXES, Clause
 from callqos.conformance.version import SPEC_DOCUMENT, SPEC_VERSION
 
 ROOT = Path(__file__).resolve().parents[2]
 SPEC = ROOT / SPEC_DOCUMENT
-# The clause-id prefixes SPEC.md uses, kept apart from the words of check ids (CORE-ADM-001).
-PREFIXES = (
-    *("PROV", "FLOW", "REQ", "GRANT", "DELAY", "LEVEL", "ADMIT"),
-    *("CALL", "OWNER", "SETQOS", "EVENT", "WATCH", "LINK", "API", "SEC"),
-    *("LINE", "OFFER", "ANSWER", "PAIR"),
-    "LEASE",
-)
 CLAUSE_ID = re.compile(rf"\b(?:{'|'.join(PREFIXES)})-[0-9]+\b")
-HEADING = re.compile(r"^### ((?:[A-Z]+)-[0-9]+) — (.+)$")
-FIELD = re.compile(r"^- (Level|Rule|Source|Checked by|Not checked by the suite): ?(.*)$")
 # The research notes this project was written from, which it does not ship; built from parts so
 # that this file does not itself match what it looks for.
 NOTES = (
@@ -51,53 +43,8 @@ OUTSIDE_NOTES = ("shared" + "/reference", *(name + ".md" for name in NOTES))
 SECTION_SIGN = "\u00a7"
 
 
-@dataclass
-class Clause:
-    id: str
-    title: str
-    fields: dict[str, str]
-
-    @property
-    def level(self) -> str:
-        return self.fields.get("Level", "")
-
-    @property
-    def checked_by(self) -> set[str]:
-        return {item.strip() for item in self.fields.get("Checked by", "").split(",") if item.strip()}
-
-
-@cache
 def clauses() -> dict[str, Clause]:
-    """SPEC.md's clauses by id: a `### ID — title` heading, then `- Field: value` lines whose
-    continuation lines are indented. Fenced blocks (the format's example) are not clauses."""
-    found: dict[str, Clause] = {}
-    current: Clause | None = None
-    field = ""
-    fenced = False
-    for line in SPEC.read_text().splitlines():
-        if line.startswith("```"):
-            fenced = not fenced
-            continue
-        if fenced:
-            continue
-        heading = HEADING.match(line)
-        if heading:
-            assert heading.group(1) not in found, f"clause {heading.group(1)} appears twice in SPEC.md"
-            current = found[heading.group(1)] = Clause(heading.group(1), heading.group(2), {})
-            field = ""
-            continue
-        if current is None:
-            continue
-        if line.startswith(("#", "## ")):
-            current = None
-            continue
-        match = FIELD.match(line)
-        if match:
-            field = match.group(1)
-            current.fields[field] = match.group(2).strip()
-        elif line.startswith("  ") and field:
-            current.fields[field] += " " + line.strip()
-    return found
+    return spec.clauses()
 
 
 @cache
@@ -125,6 +72,10 @@ def repository_text_files() -> list[Path]:
     return files
 
 
+def test_the_suite_reads_the_document_this_repository_ships() -> None:
+    assert spec.document().resolve() == SPEC.resolve()
+
+
 def test_spec_names_the_version_the_suite_reports() -> None:
     assert f"Specification version: `{SPEC_VERSION}`" in SPEC.read_text()
     assert len(clauses()) > 50
@@ -140,10 +91,11 @@ def test_clause_ids_cannot_be_mistaken_for_check_ids() -> None:
 def test_every_clause_has_a_level_a_rule_a_source_and_checks_or_a_reason(clause_id: str) -> None:
     clause = clauses()[clause_id]
     assert clause.level in ("MUST", "SHOULD"), f"{clause_id}: level {clause.level!r}"
+    assert clause.why_level, f"{clause_id}: say why it is a {clause.level} ('- Why this level: ...')"
     assert clause.fields.get("Rule") and clause.fields.get("Source"), f"{clause_id} needs a rule and a source"
     checked, reason = "Checked by" in clause.fields, clause.fields.get("Not checked by the suite", "")
     assert checked != bool(reason), f"{clause_id}: give either 'Checked by' or 'Not checked by the suite: <why>'"
-    unknown = clause.checked_by - set(checks())
+    unknown = set(clause.checked_by) - set(checks())
     assert not unknown, f"{clause_id} names checks that do not exist: {sorted(unknown)}"
     if checked:
         assert clause.checked_by, f"{clause_id}: 'Checked by' lists no check"
@@ -159,7 +111,7 @@ def test_each_clause_lists_exactly_the_checks_that_cite_it() -> None:
     mismatched = {
         clause_id: {"SPEC.md lists": sorted(clause.checked_by), "checks citing it": sorted(citing[clause_id])}
         for clause_id, clause in clauses().items()
-        if clause.checked_by != citing[clause_id]
+        if set(clause.checked_by) != citing[clause_id]
     }
     assert not mismatched, f"SPEC.md 'Checked by' differs from the checks' clauses: {mismatched}"
 

@@ -6,15 +6,23 @@ the ratios compare like with like on the same noisy machine at the same moment. 
 - echo: bare grpc.aio unary RPCs/s (the baseline);
 - make+drop: CreateCall + DropCall cycles/s against the default server (SQLite file storage,
   reference provider), and its ratio in RPCs to the echo baseline;
-- renegotiate: RenegotiateCall/s (alternating up and down on connected calls), and its ratio.
+- renegotiate: RenegotiateCall/s (alternating up and down on connected calls), and its ratio;
+- remote provider: CreateCall + DropCall with the reference provider out of process (served by
+  `callqos-provider serve reference`, which the server launches and talks to over a Unix socket,
+  callqos.provider.v1) against the same provider in process, measured in alternating rounds in
+  the same run, with the CPU per cycle of the server (plus the provider process, out of process).
+  Goal: out of process at least 0.7 of in process.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import signal
+import statistics
+import sys
 from pathlib import Path
 
 import grpc
@@ -85,6 +93,69 @@ async def bench_renegotiate(target: str, seconds: float) -> Measured:
         return await measure(renegotiate, seconds)
 
 
+# -- a provider out of process ----------------------------------------------------------------
+REMOTE_ROUNDS = 2
+REMOTE_GOAL = 0.7
+SERVE_REFERENCE = [sys.executable, "-m", "callqos.server.remote.serve", "serve", "reference"]
+
+
+def _provider_pid(server: ServerProcess) -> int:
+    """The pid of the provider process `server` launched (from its log: `provider process started`)."""
+    for line in server.log_path.read_text().splitlines():
+        if line.startswith("{"):
+            entry = json.loads(line)
+            if entry.get("message") == "provider process started":
+                return int(entry["pid"])
+    raise RuntimeError(f"no provider process in the log of the server\n{server.log()}")
+
+
+async def run_remote(seconds: float, rounds: int = REMOTE_ROUNDS) -> dict[str, float]:
+    """make+drop cycles/s and CPU µs per cycle, the reference provider in process and out of
+    process (both servers on SQLite, as `make run`), in alternating rounds; the means."""
+    in_process = ServerProcess(storage="sqlite", log_level="warning")
+    remote = ServerProcess(
+        storage="sqlite",
+        log_level="info",  # the log names the provider process, whose CPU counts too
+        providers={"reference": {"plugin": "remote", "command": SERVE_REFERENCE}},
+        default_provider="reference",
+    )
+    rates: dict[str, list[float]] = {"in_process": [], "remote": []}
+    cpu: dict[str, list[float]] = {"in_process": [], "remote": []}
+    async with in_process, remote:
+        server_cpu = workload.process_cpu_seconds(in_process.pid)
+        remote_cpu = workload.process_cpu_seconds(remote.pid)
+        provider_cpu = workload.process_cpu_seconds(_provider_pid(remote))
+        probes = {"in_process": server_cpu, "remote": lambda: remote_cpu() + provider_cpu()}
+        targets = {"in_process": in_process.target, "remote": remote.target}
+        for _ in range(rounds):
+            for kind in ("in_process", "remote"):
+                measured = await workload.make_drop(targets[kind], seconds, probes[kind])
+                rates[kind].append(measured.rate)
+                cpu[kind].append((measured.probe_per_op or 0.0) * 1e6)
+    return {
+        "in_process_cycles_per_s": statistics.mean(rates["in_process"]),
+        "remote_cycles_per_s": statistics.mean(rates["remote"]),
+        "in_process_cpu_us_per_cycle": statistics.mean(cpu["in_process"]),
+        "remote_cpu_us_per_cycle": statistics.mean(cpu["remote"]),
+    }
+
+
+def report_remote(results: dict[str, float]) -> str:
+    ratio = results["remote_cycles_per_s"] / results["in_process_cycles_per_s"]
+    verdict = "met" if ratio >= REMOTE_GOAL else "NOT met"
+    return "\n".join(
+        [
+            "reference provider in process vs out of process (Unix socket, callqos.provider.v1), "
+            "in alternating rounds:",
+            f"{'CreateCall + DropCall, in process':<44}{results['in_process_cycles_per_s']:>8.0f} cycles/s "
+            f"{results['in_process_cpu_us_per_cycle']:>6.0f} µs CPU per cycle (server)",
+            f"{'CreateCall + DropCall, out of process':<44}{results['remote_cycles_per_s']:>8.0f} cycles/s "
+            f"{results['remote_cpu_us_per_cycle']:>6.0f} µs CPU per cycle (server + provider)",
+            f"out of process / in process: {ratio:.2f} (goal >= {REMOTE_GOAL}: {verdict})",
+        ]
+    )
+
+
 # -- the run ----------------------------------------------------------------------------------
 async def run(seconds: float) -> dict[str, float]:
     results: dict[str, float] = {}
@@ -122,6 +193,8 @@ def main() -> None:
         asyncio.run(_echo_server(args.listen, args.port_file))
         return
     print(report(asyncio.run(run(args.seconds))))
+    print()
+    print(report_remote(asyncio.run(run_remote(args.seconds))))
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 
+import bench  # server/benchmarks (conftest.py puts it on sys.path)
 import bench_auth  # server/benchmarks (conftest.py puts it on sys.path)
 import bench_tracing
 
@@ -36,3 +37,13 @@ def test_authentication_benchmark_measures_every_variant() -> None:
     for variant, result in results.items():
         assert result.rate > 0 and result.cpu_us_per_cycle > 0, variant
     assert "the 10% target for JWT" in bench_auth.report(results)
+
+
+def test_remote_provider_benchmark_measures_both_ways_with_the_provider_process_cpu() -> None:
+    results = bench.run_remote(seconds=0.3, rounds=1)
+    results = asyncio.run(results)
+    for kind in ("in_process", "remote"):
+        assert results[f"{kind}_cycles_per_s"] > 0, kind
+        assert results[f"{kind}_cpu_us_per_cycle"] > 0, kind
+    text = bench.report_remote(results)
+    assert "out of process / in process" in text and "goal >= 0.7" in text

@@ -1,7 +1,9 @@
 """Calls arriving from a provider's network (capability incoming_calls, ProviderHost.offer_call;
 conformance/SPEC.md PROV-14): offered on the open line of their destination, admitted by
 the provider once answered (AdmissionRequest.incoming), its offer_ended told when they end
-unanswered, withdrawn when the caller gives up."""
+unanswered, withdrawn when the caller gives up — each both with the provider in process and with
+the same provider out of process, served by the Python kit over callqos.provider.v1 (WatchOffers,
+OfferEnded, AdmitRequest.incoming; REMOTE-8)."""
 
 from __future__ import annotations
 
@@ -27,6 +29,7 @@ from incoming_kit import (
     open_line,
     wait_for_state,
 )
+from remote_kit import dialled, kit
 from server_testkit import flow, qos, reason, rpc_error
 
 from callqos.server import testing
@@ -42,24 +45,41 @@ class Network:
     stub: svc_grpc.CallQosServiceStub
     provider: NetworkProvider
     server: testing.InProcessServer
+    quiet: SilentProvider  # a provider without the capability
 
 
-@pytest.fixture
-async def network(tmp_path) -> AsyncIterator[Network]:
+@pytest.fixture(params=["in process", "out of process"])
+async def network(request: pytest.FixtureRequest, tmp_path) -> AsyncIterator[Network]:  # type: ignore[no-untyped-def]
+    if request.param == "in process":
+        async with (
+            testing.InProcessServer(
+                tmp_path,
+                providers={
+                    "net": {"plugin": "incoming_kit:NetworkProvider"},
+                    "quiet": {"plugin": "incoming_kit:SilentProvider"},
+                },
+                default_provider="net",
+            ) as server,
+            grpc.aio.insecure_channel(server.target) as channel,
+        ):
+            provider = server.running.providers.get("providers/net").provider
+            quiet = server.running.providers.get("providers/quiet").provider
+            assert isinstance(provider, NetworkProvider) and isinstance(quiet, SilentProvider)
+            yield Network(svc_grpc.CallQosServiceStub(channel), provider, server, quiet)
+        return
+    # The same providers served by the Python kit, each on a socket the server dials.
     async with (
+        kit(NetworkProvider) as net,
+        kit(SilentProvider) as silent,
         testing.InProcessServer(
             tmp_path,
-            providers={
-                "net": {"plugin": "incoming_kit:NetworkProvider"},
-                "quiet": {"plugin": "incoming_kit:SilentProvider"},
-            },
+            providers={"net": dialled(net.endpoint), "quiet": dialled(silent.endpoint)},
             default_provider="net",
         ) as server,
         grpc.aio.insecure_channel(server.target) as channel,
     ):
-        provider = server.running.providers.get("providers/net").provider
-        assert isinstance(provider, NetworkProvider)
-        yield Network(svc_grpc.CallQosServiceStub(channel), provider, server)
+        assert isinstance(net.provider, NetworkProvider) and isinstance(silent.provider, SilentProvider)
+        yield Network(svc_grpc.CallQosServiceStub(channel), net.provider, server, silent.provider)
 
 
 async def test_a_network_call_is_offered_on_the_open_line_with_its_qos_mirrored(network: Network) -> None:
@@ -131,7 +151,7 @@ async def test_a_caller_who_gives_up_withdraws_the_offer(network: Network) -> No
     name = await provider.ring()
     assert name is not None
     await provider.hang_up(name)
-    gone = await get(stub, name)
+    gone = await wait_for_state(stub, name, State.STATE_DISCONNECTED)
     assert gone.disconnect_reason == Disconnect.DISCONNECT_REASON_PEER_DROPPED
     assert reason(await rpc_error(stub.AnswerCall(answer_request(name), metadata=BOB))) == "CALL_NOT_OFFERING"
 
@@ -144,10 +164,8 @@ async def test_an_invalid_offer_and_an_offer_without_the_capability_are_refused(
         )
     with pytest.raises(ValueError, match="level"):
         await network.provider.ring(level=Level.SERVICE_LEVEL_UNSPECIFIED)
-    quiet = network.server.running.providers.get("providers/quiet").provider
-    assert isinstance(quiet, SilentProvider)
     with pytest.raises(ValueError, match="does not advertise incoming_calls"):
-        await quiet.ring()
+        await network.quiet.ring()
     assert not (await network.stub.ListCalls(svc.ListCallsRequest())).calls
 
 

@@ -1,7 +1,8 @@
 """Call leases against a real server (conformance/SPEC.md LEASE-1 … LEASE-5): a call made with a
 lease lives until its lease_expire_time unless its owner extends it; a lease that ends disconnects
 the call LEASE_EXPIRED, announces it, and releases its reservation to its provider; ExtendCall
-renews it (owner only, request_id idempotent, the etag untouched, no event); the server's
+renews it (owner only, request_id idempotent, the etag untouched, no event); a release the
+provider fails is owed and retried as a drop's is (CALL-6); the server's
 max_lease_seconds bounds every lease and is the lease of a call that asks for none.
 
 Most tests time leases with a `ManualClock`, so that they say exactly when a lease ends without
@@ -32,6 +33,7 @@ from incoming_kit import (
 )
 from lease_kit import expires_ns, extension, lease_server, leased, seconds
 from server_testkit import details, owner, qos, reason, reserved, rpc_error, violated_fields
+from test_ledger_faults import eventually
 from test_telemetry import Traced, _traced
 
 from callqos.server.config import Config
@@ -74,6 +76,42 @@ async def test_a_leased_call_ends_when_its_lease_does(tmp_path: Path) -> None:
         assert last.previous_qos == call.granted_qos and not last.HasField("current_qos")
         assert last.trace_id, "the expiry runs in a trace of its own"
         assert await s.advance(60) == 0, "an ended call ends once"
+
+
+async def test_an_expiry_the_provider_cannot_release_is_owed_and_retried(tmp_path: Path) -> None:
+    """A lease that ends is released through the one release path a drop takes (CALL-6): the call
+    ends though the provider's release fails, RELEASE_PENDING says so, the release stays owed in
+    the store and is retried until the provider confirms it (RELEASE_COMPLETED, nothing owed)."""
+    async with lease_server(
+        tmp_path,
+        storage="sqlite",
+        providers={"reference": {"plugin": "test_ledger_faults:FlakyRelease"}},
+        provider_timeout_seconds=0.5,
+        release_retry_max_seconds=0.5,
+    ) as s:
+        call = await s.stub.CreateCall(leased(30), metadata=ALICE)
+        provider = s.server.running.providers.get("providers/reference").provider
+        provider.failing = "raise"
+        assert await s.advance(30) == 1
+        ended = await get(s.stub, call.name)
+        assert (ended.state, ended.disconnect_reason) == (
+            State.STATE_DISCONNECTED,
+            Disconnect.DISCONNECT_REASON_LEASE_EXPIRED,
+        )
+        assert kinds(await events_of(s.stub, call.name)) == [
+            E.QOS_EVENT_TYPE_QOS_GRANTED,
+            E.QOS_EVENT_TYPE_CALL_DISCONNECTED,
+            E.QOS_EVENT_TYPE_RELEASE_PENDING,
+        ]
+        assert [owed.call for owed in await s.server.running.store.pending_releases()] == [call.name]
+        assert await reserved(s.stub) == (100_000, 0), "the provider still holds it while the release fails"
+        provider.failing = ""
+
+        async def released() -> bool:
+            return await reserved(s.stub) == (0, 0) and not await s.server.running.store.pending_releases()
+
+        await eventually(released, "the owed release retried by the ledger")
+        assert kinds(await events_of(s.stub, call.name))[-1] == E.QOS_EVENT_TYPE_RELEASE_COMPLETED
 
 
 async def test_extending_renews_the_lease_from_now(tmp_path: Path) -> None:

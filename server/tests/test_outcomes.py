@@ -8,7 +8,6 @@ that cannot record a grant."""
 from __future__ import annotations
 
 import dataclasses
-import sqlite3
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -18,7 +17,7 @@ import pytest
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace import TracerProvider
-from server_testkit import make_request, qos, reason, reserved, rpc_error
+from server_testkit import details, make_request, qos, reason, reserved, rpc_error
 from test_watch_events import collect
 
 from callqos.server import app
@@ -26,6 +25,7 @@ from callqos.server.calls import Outcome
 from callqos.server.config import Config
 from callqos.server.providers import AdmissionRequest, Decision
 from callqos.server.providers.reference import ReferenceProvider
+from callqos.server.store.base import StoreUnavailable
 from callqos.server.telemetry import Telemetry
 from callqos.v1 import call_pb2, event_pb2
 from callqos.v1 import callqos_service_pb2 as svc
@@ -120,11 +120,13 @@ async def test_a_grant_the_store_cannot_record_is_released_and_not_counted(
     commit = store.commit
 
     async def disk_fails(*args: Any, **kwargs: Any) -> Any:
-        raise sqlite3.OperationalError("disk I/O error")
+        raise StoreUnavailable("disk I/O error (SQLITE_IOERR)")
 
     monkeypatch.setattr(store, "commit", disk_fails)
     error = await rpc_error(stub.CreateCall(make_request(qos(300_000), call_id="unrecorded", request_id="u-1")))
-    assert error.code() == grpc.StatusCode.INTERNAL and reason(error) == "INTERNAL"
+    # Retryable, naming the cause; never INTERNAL (conformance/SPEC.md CALL-5, API-10).
+    assert error.code() == grpc.StatusCode.UNAVAILABLE and reason(error) == "STORAGE_UNAVAILABLE"
+    assert details(error)["ErrorInfo"].metadata["cause"] == "disk I/O error (SQLITE_IOERR)"
     assert await reserved(stub) == (0, 0), "the grant nobody recorded still holds its reservation"
     missing = await rpc_error(stub.GetCall(svc.GetCallRequest(name="calls/unrecorded")))
     assert missing.code() == grpc.StatusCode.NOT_FOUND
@@ -143,9 +145,18 @@ async def test_a_grant_the_store_cannot_record_is_released_and_not_counted(
 
 def test_an_outcome_names_every_step_it_takes() -> None:
     """No field of an outcome has a default, so a new kind of outcome must say what it does
-    about the other calls it stores, the events, the failure, the request_id, the decision count
-    and the reservation."""
+    about the other calls it stores, the events, the failure, the request_id, the decision count,
+    the reservation it frees and the one it puts back if the commit fails."""
     fields = dataclasses.fields(Outcome)
-    assert {field.name for field in fields} == {"call", "peers", "events", "failure", "key", "decided", "release"}
+    assert {field.name for field in fields} == {
+        "call",
+        "peers",
+        "events",
+        "failure",
+        "key",
+        "decided",
+        "release",
+        "restore",
+    }
     missing = dataclasses.MISSING
     assert [f.name for f in fields if f.default is not missing or f.default_factory is not missing] == []

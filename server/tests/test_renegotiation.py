@@ -5,6 +5,7 @@ from __future__ import annotations
 import grpc
 from server_testkit import CAPACITY, ST, Level, details, flow, make_request, owner, qos, reason, reserved, rpc_error
 
+from callqos.server.qos import qos_shortfalls
 from callqos.v1 import call_pb2, event_pb2, flowspec_pb2
 from callqos.v1 import callqos_service_pb2 as svc
 
@@ -170,3 +171,20 @@ async def test_repeated_renegotiation_request_id_applies_once(stub) -> None:
     )
     assert reason(error) == "REQUEST_ID_REUSED"
     assert (await stub.GetCall(svc.GetCallRequest(name=call.name))).granted_qos == first.granted_qos
+
+
+async def test_no_change_at_needed_never_leaves_the_call_below_its_request(stub) -> None:
+    """Found by the ledger's state machine: an IF_AVAILABLE call granted less than it asked,
+    renegotiated to NEEDED keeping that direction (NO_CHANGE), keeps its grant — and its request
+    in that direction becomes the grant, so a NEEDED call is never connected below its request
+    (LEVEL-1, EVENT-4)."""
+    await stub.CreateCall(make_request(qos(1_000_000)))
+    flexible = await stub.CreateCall(make_request(qos(1_000_000), level=Level.SERVICE_LEVEL_IF_AVAILABLE))
+    assert flexible.granted_qos.sending.token_rate_bytes_per_second == 250_000
+    keep = flowspec_pb2.QosSpec(sending=flow(ST.SERVICE_TYPE_NO_CHANGE), receiving=flow(ST.SERVICE_TYPE_BEST_EFFORT))
+    needed = await stub.RenegotiateCall(
+        svc.RenegotiateCallRequest(name=flexible.name, qos=keep, service_level=Level.SERVICE_LEVEL_NEEDED)
+    )
+    assert needed.granted_qos.sending == flexible.granted_qos.sending
+    assert needed.requested_qos.sending == flexible.granted_qos.sending
+    assert qos_shortfalls(needed.granted_qos, needed.requested_qos) == []

@@ -131,7 +131,7 @@ async def test_monitors_read_callers_own_operators_change_links_admins_drop(
         assert (error.code(), reason(error)) == (DENIED, "PERMISSION_DENIED")
         assert PROVIDER_CALLS == []
         # The operator changes capacity; everyone sees links.
-        assert (await stub.UpdateLink(update, metadata=operator)).capacity_bytes_per_second == 1_250_000
+        assert (await stub.UpdateLink(update, metadata=operator)).link.capacity_bytes_per_second == 1_250_000
         for reader in (alice, monitor, operator, admin):
             links = await stub.ListLinks(svc.ListLinksRequest(parent="providers/reference"), metadata=reader)
             assert links.links

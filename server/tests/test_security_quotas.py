@@ -19,6 +19,8 @@ from hypothesis import strategies as st
 from security_testkit import PROVIDER_CALLS, AuditLines, bearer, jwt_settings
 from server_testkit import details, make_request, qos, reason, rpc_error
 
+from callqos.server.store.base import Usage
+from callqos.server.store.sqlite import MEMORY, SqliteStore
 from callqos.server.testing import InProcessServer
 from callqos.server.testpki import TestIssuer
 from callqos.v1 import call_pb2
@@ -243,3 +245,28 @@ async def test_no_burst_exceeds_any_quota(
                 fits_count = len(calls) + 1 <= limit
                 fits_rate = not rate_limit or total + rate * unit <= rate_limit * 2 * unit
                 assert not (fits_count and fits_rate)
+
+
+async def test_usage_at_the_largest_rates_is_exact_and_never_overflows() -> None:
+    """Rates are uint64 and SQLite integers int64: each call's rate is stored saturated at the
+    int64 maximum and the sums taken so that none overflows, so a tenant holding the largest
+    grants (a link raised to 2^64-1) still commits, and its usage is what it holds, exactly."""
+    store = SqliteStore(MEMORY)
+    try:
+        largest = 2**64 - 1
+        calls = [
+            call_pb2.Call(
+                name=f"calls/big-{index}",
+                provider="providers/reference",
+                state=CONNECTED,
+                tenant="acme",
+                granted_qos=qos(largest, largest),
+            )
+            for index in range(3)
+        ]
+        await store.commit(calls, [])
+        assert await store.usage("acme") == Usage(3, 3 * (2**63 - 1), 3 * (2**63 - 1))
+        await store.commit(call_pb2.Call(name="calls/small", state=CONNECTED, tenant="acme", granted_qos=qos(7)), [])
+        assert (await store.usage("acme")).sending == 3 * (2**63 - 1) + 7
+    finally:
+        await store.close()

@@ -5,8 +5,10 @@ in exactly the schema of a new file.
   lines of incoming calls (the `lines` table, the `calls.line` column), which were added without
   a version of their own.
 - Version 2 (tenants, quota columns) → 3 (lines under tenants; the `active` quota column that
-  counts a call between two applications once) → 4 (call leases: the `lease_expire_us` column
-  the lease timer reads).
+  counts a call between two applications once).
+- Version 3 → 4 (the admission ledger: link capacities kept from UpdateLink, releases owed to
+  providers; both start empty) → 5 (call leases: the `lease_expire_us` column the lease timer
+  reads).
 
 After migrating, every call, line, event and request_id belongs to the default tenant, the quota
 columns hold what each call reserves (a connected pair once), and a server serves the file as
@@ -16,7 +18,7 @@ from __future__ import annotations
 
 import re
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import grpc
@@ -75,7 +77,6 @@ CREATE INDEX requests_age ON requests (create_us);
 CREATE TABLE meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
 PRAGMA user_version = 2;
 """
-
 # The schema of version 3, as the release with lines under tenants created it.
 SCHEMA_3 = """
 CREATE TABLE calls (seq INTEGER PRIMARY KEY AUTOINCREMENT, name TEXT NOT NULL UNIQUE,
@@ -94,12 +95,23 @@ CREATE TABLE requests (tenant TEXT NOT NULL, principal TEXT NOT NULL, request_id
     create_us INTEGER NOT NULL, PRIMARY KEY (tenant, principal, request_id));
 CREATE INDEX requests_age ON requests (create_us);
 CREATE TABLE meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
-CREATE TABLE lines (seq INTEGER PRIMARY KEY AUTOINCREMENT, name TEXT NOT NULL UNIQUE, address TEXT NOT NULL,
-    owner TEXT NOT NULL, state INTEGER NOT NULL, data BLOB NOT NULL, tenant TEXT NOT NULL DEFAULT 'default');
+CREATE TABLE lines (seq INTEGER PRIMARY KEY AUTOINCREMENT, name TEXT NOT NULL UNIQUE,
+    address TEXT NOT NULL, owner TEXT NOT NULL, state INTEGER NOT NULL, data BLOB NOT NULL,
+    tenant TEXT NOT NULL DEFAULT 'default');
 CREATE UNIQUE INDEX lines_open_address ON lines (tenant, address) WHERE state = 1;
 CREATE INDEX lines_tenant ON lines (tenant, seq);
 PRAGMA user_version = 3;
 """
+
+# The schema of version 4, as the release with the admission ledger created it: version 3 and the
+# ledger's two tables.
+SCHEMA_4 = SCHEMA_3.replace(
+    "PRAGMA user_version = 3;",
+    """CREATE TABLE link_capacities (link TEXT PRIMARY KEY, capacity TEXT NOT NULL, configured TEXT NOT NULL);
+CREATE TABLE pending_releases (call TEXT PRIMARY KEY, provider TEXT NOT NULL, attempts INTEGER NOT NULL,
+    next_us INTEGER NOT NULL, last_error TEXT NOT NULL, seq INTEGER NOT NULL);
+PRAGMA user_version = 4;""",
+)
 
 OLD = Call(
     name="calls/old",
@@ -214,37 +226,21 @@ def write_version_1_with_lines(path: Path) -> None:
     db.close()
 
 
-def write_version_2(path: Path) -> None:
-    """What the release with tenants left: the connected call, of the default tenant."""
+def _write_with_tenants(path: Path, schema: str, *, active: bool, calls: Sequence[Call] = ()) -> None:
+    """The connected call (and `calls`, connected), of the default tenant, with their quota
+    columns (and `active`, from version 3 on), its events and its request_id, in a file of
+    `schema`."""
     path.parent.mkdir(parents=True, exist_ok=True)
     db = sqlite3.connect(path)
-    db.executescript(SCHEMA_2)
-    old = Call()
-    old.CopyFrom(OLD)
-    old.tenant = "default"
-    db.execute(
-        "INSERT INTO calls (name, provider, state, data, tenant, reserved_sending, reserved_receiving) "
-        "VALUES (?, ?, ?, ?, 'default', 100000, 20000)",
-        (old.name, old.provider, old.state, old.SerializeToString()),
-    )
-    _insert_history(db, "default")
-    db.execute("INSERT INTO requests VALUES ('default', 'alice', 'r1', 'CreateCall', 'f', 'calls/old', x'', 1)")
-    db.commit()
-    db.close()
-
-
-def write_version_3(path: Path, *calls: Call) -> None:
-    """What the release before leases left: the connected call (and `calls`), of the default tenant."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    db = sqlite3.connect(path)
-    db.executescript(SCHEMA_3)
+    db.executescript(schema)
+    column, value = (", active", ", 1") if active else ("", "")
     for each in (OLD, *calls):
         stored = Call()
         stored.CopyFrom(each)
         stored.tenant = "default"
         db.execute(
-            "INSERT INTO calls (name, provider, state, data, tenant, reserved_sending, reserved_receiving, active) "
-            "VALUES (?, ?, ?, ?, 'default', ?, ?, 1)",
+            f"INSERT INTO calls (name, provider, state, data, tenant, reserved_sending, reserved_receiving{column}) "
+            f"VALUES (?, ?, ?, ?, 'default', ?, ?{value})",
             (
                 stored.name,
                 stored.provider,
@@ -258,6 +254,21 @@ def write_version_3(path: Path, *calls: Call) -> None:
     db.execute("INSERT INTO requests VALUES ('default', 'alice', 'r1', 'CreateCall', 'f', 'calls/old', x'', 1)")
     db.commit()
     db.close()
+
+
+def write_version_2(path: Path) -> None:
+    """What the release with tenants left: the connected call, of the default tenant."""
+    _write_with_tenants(path, SCHEMA_2, active=False)
+
+
+def write_version_3(path: Path) -> None:
+    """What the release with lines under tenants left: the same, counted toward its quotas."""
+    _write_with_tenants(path, SCHEMA_3, active=True)
+
+
+def write_version_4(path: Path, *calls: Call) -> None:
+    """What the release before leases left (the admission ledger's): the same, and `calls`."""
+    _write_with_tenants(path, SCHEMA_4, active=True, calls=calls)
 
 
 def schema_of(path: Path) -> dict[str, object]:
@@ -281,7 +292,9 @@ def schema_of(path: Path) -> dict[str, object]:
         db.close()
 
 
-@pytest.mark.parametrize("write", [write_version_1, write_version_1_with_lines, write_version_2, write_version_3])
+@pytest.mark.parametrize(
+    "write", [write_version_1, write_version_1_with_lines, write_version_2, write_version_3, write_version_4]
+)
 async def test_every_earlier_file_ends_in_the_schema_of_a_new_file(
     tmp_path: Path, write: Callable[[Path], None]
 ) -> None:
@@ -291,10 +304,10 @@ async def test_every_earlier_file_ends_in_the_schema_of_a_new_file(
     for path in (old, new):
         await SqliteStore(path).close()
     assert schema_of(old) == schema_of(new)
-    assert schema_of(new)["version"] == SCHEMA_VERSION == 4
+    assert schema_of(new)["version"] == SCHEMA_VERSION == 5
 
 
-@pytest.mark.parametrize("write", [write_version_1, write_version_2, write_version_3])
+@pytest.mark.parametrize("write", [write_version_1, write_version_2, write_version_3, write_version_4])
 async def test_an_earlier_file_keeps_its_calls_events_and_request_ids_in_the_default_tenant(
     tmp_path: Path, write: Callable[[Path], None]
 ) -> None:
@@ -310,6 +323,8 @@ async def test_an_earlier_file_keeps_its_calls_events_and_request_ids_in_the_def
         assert record is not None and record.call == OLD.name
         listed = await store.list_calls(tenant="default", state=None, provider=None, limit=10, before=0)
         assert [c.name for c in listed.calls] == [OLD.name]
+        # The ledger's tables start empty: no capacity was kept, no release owed.
+        assert await store.link_capacities() == [] and await store.pending_releases() == []
     finally:
         await store.close()
 
@@ -341,8 +356,9 @@ async def test_a_version_1_file_with_lines_keeps_them_in_the_default_tenant(tmp_
         await store.close()
 
 
-async def test_a_server_serves_a_migrated_file(tmp_path: Path) -> None:
-    write_version_1(tmp_path / "data" / "callqos.db")
+@pytest.mark.parametrize("write", [write_version_1, write_version_3, write_version_4])
+async def test_a_server_serves_a_migrated_file(tmp_path: Path, write: Callable[[Path], None]) -> None:
+    write(tmp_path / "data" / "callqos.db")
     async with (
         InProcessServer(tmp_path, storage="sqlite") as server,
         grpc.aio.insecure_channel(server.target) as channel,
@@ -384,15 +400,16 @@ async def test_a_server_serves_a_migrated_file_with_lines(tmp_path: Path) -> Non
 
 
 async def test_the_lease_step_indexes_what_a_call_holds(tmp_path: Path) -> None:
-    """Step 4 reads each call's lease into the column the lease timer uses (version-3 calls have
-    none; one that has, say from a build of this branch, is indexed as a new file would), so a
-    lease that ended while the server was down ends the call at the first start."""
+    """Step 5 reads each call's lease into the column the lease timer uses (version-4 calls have
+    none; one that has, say from a build of the leases branch, is indexed as a new file would), so
+    a lease that ended while the server was down ends the call at the first start — released
+    through the ledger's owed release like any other end (nothing is left owed)."""
     leased = Call()
     leased.CopyFrom(OLD)
     leased.name = "calls/leased"
     leased.lease_duration.FromSeconds(5)
     leased.lease_expire_time.FromSeconds(1_000_000_000)  # long ago
-    write_version_3(tmp_path / "data" / "callqos.db", leased)
+    write_version_4(tmp_path / "data" / "callqos.db", leased)
     store = SqliteStore(tmp_path / "data" / "callqos.db")
     try:
         assert await store.expired_leases(2_000_000_000 * 10**6, 10) == ["calls/leased"]
@@ -410,3 +427,4 @@ async def test_the_lease_step_indexes_what_a_call_holds(tmp_path: Path) -> None:
         assert kept.state == State.STATE_CONNECTED and not kept.HasField("lease_expire_time")
         [link] = (await stub.ListLinks(svc.ListLinksRequest(parent="providers/reference"))).links
         assert link.sending_reserved_bytes_per_second == 100_000, "the expired call was released"
+        assert await server.running.store.pending_releases() == [], "and the release is owed no more"

@@ -479,3 +479,26 @@ async def test_python_client_joins_the_callers_trace(traced: Traced) -> None:
     assert server_span.context.trace_id == outer.get_span_context().trace_id
     assert server_span.parent is not None and server_span.parent.span_id == outer.get_span_context().span_id
     assert (await traced.rpc("DropCall")).context.trace_id != outer.get_span_context().trace_id
+
+
+async def test_the_largest_rates_are_exported_saturated_not_dropped(traced: Traced) -> None:
+    """A link at the largest uint64 capacity and a call reserving it: OTLP carries int64, so the
+    spans and the link gauges record the int64 maximum, and both still encode (issue 11: every
+    derived quantity is bounded — an exporter failing on a value would drop every span)."""
+    from opentelemetry.exporter.otlp.proto.common._internal.metrics_encoder import encode_metrics
+    from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+
+    largest = 2**64 - 1
+    stub = traced.stub
+    await stub.UpdateLink(
+        svc.UpdateLinkRequest(link={"name": "providers/reference/links/default", "capacity_bytes_per_second": largest})
+    )
+    await stub.CreateCall(make_request(qos(largest)))
+    encode_spans(traced.finished())  # raises on an attribute beyond int64
+    attributes = [dict(span.attributes or {}) for span in traced.finished()]
+    assert max(a.get("callqos.link.capacity_bytes_per_second", 0) for a in attributes) == 2**63 - 1
+    data = traced.metrics.get_metrics_data()
+    assert data is not None
+    encode_metrics(data)
+    capacity = {attrs["callqos.link"]: point.value for attrs, point in traced.metric("callqos.link.capacity")}
+    assert capacity["providers/reference/links/default"] == 2**63 - 1

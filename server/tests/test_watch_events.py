@@ -128,10 +128,17 @@ async def test_provider_initiated_capacity_loss_degrades_or_drops_with_events(st
     flexible = await stub.CreateCall(make_request(qos(500_000), level=Level.SERVICE_LEVEL_IF_AVAILABLE))
     newest = await stub.CreateCall(make_request(qos(200_000)))
     start = (await collect(stub, 3, after_sequence=0))[-1].sequence
-    link = await stub.UpdateLink(
+    answer = await stub.UpdateLink(
         svc.UpdateLinkRequest(link={"name": "providers/reference/links/default", "capacity_bytes_per_second": 800_000})
     )
-    assert link.capacity_bytes_per_second == 800_000
+    assert answer.link.capacity_bytes_per_second == 800_000
+    # The answer names each call the change touched, as its events do (LINK-6).
+    assert [(c.call, c.outcome, c.recorded) for c in answer.changes] == [
+        (newest.name, svc.LinkChange.OUTCOME_DISCONNECTED, True),
+        (flexible.name, svc.LinkChange.OUTCOME_DEGRADED, True),
+    ]
+    assert answer.changes[0].previous_qos == newest.granted_qos and not answer.changes[0].HasField("current_qos")
+    assert answer.changes[1].current_qos.sending.token_rate_bytes_per_second == 300_000
     # Newest first: `newest` (NEEDED) is dropped, `flexible` (IF_AVAILABLE) degraded to what fits.
     events = await collect(stub, 3, after_sequence=start)
     assert [(e.call, e.type) for e in events] == [

@@ -142,12 +142,17 @@ def test_update_link_capacity(server_factory) -> None:  # type: ignore[no-untype
     server = server_factory()
     with Client(server.target, principal="admin") as admin:
         call = admin.make_call("sip:shrink@example.com", sending=controlled_load(600_000), level="if-available")
-        link = admin.update_link_capacity("providers/reference/links/default", 300_000)
+        answer = admin.update_link_capacity("providers/reference/links/default", 300_000)
+        link = answer.link
         assert link.capacity_bytes_per_second == 300_000
         assert link.sending_reserved_bytes_per_second <= 300_000
         after = admin.get_call(call.name)
-        # The provider either degraded the call to fit or dropped it.
+        # The provider either degraded the call to fit or dropped it, and the answer says which.
+        (change,) = answer.changes
+        assert change.call == call.name and change.recorded
         if after.state == call_pb2.Call.STATE_CONNECTED:
             assert after.granted_qos.sending.token_rate_bytes_per_second <= 300_000
+            assert change.current_qos == after.granted_qos
         else:
             assert after.disconnect_reason == call_pb2.DISCONNECT_REASON_QOS_UNAVAILABLE
+            assert not change.HasField("current_qos")

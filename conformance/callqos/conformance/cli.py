@@ -1,10 +1,11 @@
 """`callqos-conformance`: certify a provider (`--provider`) or a server (`--target`); `list`
-prints every check."""
+prints every check, `rules` every clause of SPEC.md with its level, why, and its checks."""
 
 from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import sys
 import tomllib
 from importlib import metadata
@@ -49,12 +50,26 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--version", action="version", version=f"callqos-conformance {metadata.version('callqos-conformance')}"
     )
-    p.add_argument("command", nargs="?", choices=("run", "list"), default="run")
+    p.add_argument("command", nargs="?", choices=("run", "list", "rules"), default="run")
     where = p.add_mutually_exclusive_group()
     where.add_argument("--target", help="HOST:PORT of a running callqos server (any language)")
     where.add_argument("--provider", help="entry-point name or module:Class: host it in a spawned server")
+    where.add_argument(
+        "--provider-command",
+        help="a provider program speaking callqos.provider.v1 (any language), e.g. './my-provider --flag': "
+        "a spawned server launches it",
+    )
+    where.add_argument(
+        "--provider-endpoint",
+        help="unix:///path or HOST:PORT of a running callqos.provider.v1 provider: a spawned server dials it",
+    )
     p.add_argument("--target-provider", help="providers/{id} to certify on --target (default: the server's default)")
-    p.add_argument("--provider-settings", type=Path, help="TOML file: the provider's settings table (for --provider)")
+    p.add_argument(
+        "--provider-settings",
+        type=Path,
+        help="TOML file: the provider's settings table (for --provider; for --provider-command/--provider-endpoint "
+        "the remote provider's: env, tls, timeouts)",
+    )
     p.add_argument("--parameters", type=Path, help="TOML test parameters (feasible/infeasible flowspecs, capacity)")
     p.add_argument(
         "--profile", action="append", default=[], choices=PROFILES, help="run only this profile (repeatable)"
@@ -77,6 +92,16 @@ def parser() -> argparse.ArgumentParser:
         "--provider-timeout", type=float, default=2.0, help="server-side provider deadline for --provider, seconds"
     )
     p.add_argument("--output-dir", type=Path, help="write summary.txt, junit.xml, report.json, report.md here")
+    p.add_argument(
+        "--budget",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="seconds of model-based histories (MODEL-001; default 20): longer runs for certification",
+    )
+    p.add_argument(
+        "--histories", type=int, default=0, metavar="N", help="run exactly N model-based histories, whatever the time"
+    )
     secure = p.add_argument_group("connecting to a --target with TLS and authentication")
     secure.add_argument("--tls-ca", type=Path, help="CA certificate(s) of the server (PEM): TLS on")
     secure.add_argument("--tls-cert", type=Path, help="client certificate (PEM), for mTLS")
@@ -95,15 +120,24 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "list":
         print(list_checks(tuple(args.profile)))
         return 0
+    if args.command == "rules":
+        from callqos.conformance.rulemap import render, rule_map
+
+        print(render(rule_map()))
+        return 0
+    if args.budget < 0 or args.histories < 0:
+        print("--budget and --histories must not be negative", file=sys.stderr)
+        return 2
     settings = {}
     if args.provider_settings:
         settings = tomllib.loads(args.provider_settings.read_text())
     if args.timeout_scale <= 0:
         print("--timeout-scale must be positive", file=sys.stderr)
         return 2
-    if args.provider:
+    hosting = "--provider-command" if args.provider_command else "--provider-endpoint" if args.provider_endpoint else ""
+    if args.provider or hosting:
         try:
-            require_server()  # a one-line answer, before any report is written
+            require_server(hosting or "--provider")  # a one-line answer, before any report is written
         except TargetError as exc:
             print(f"callqos-conformance: {exc}", file=sys.stderr)
             return 2
@@ -112,6 +146,8 @@ def main(argv: list[str] | None = None) -> int:
             target=args.target,
             provider=args.provider,
             connection=Connection(args.tls_ca, args.tls_cert, args.tls_key, args.token, args.intruder_token),
+            provider_command=tuple(shlex.split(args.provider_command or "")),
+            provider_endpoint=args.provider_endpoint or "",
             target_provider=args.target_provider,
             provider_settings=settings,
             parameters_file=args.parameters,
@@ -122,6 +158,8 @@ def main(argv: list[str] | None = None) -> int:
             timeout_scale=args.timeout_scale,
             output_dir=args.output_dir,
             provider_timeout=args.provider_timeout,
+            budget_seconds=args.budget,
+            histories=args.histories,
         )
     )
     print(console(report))

@@ -11,7 +11,8 @@ pytest then collects `test_conformance[CORE-VAL-001]`, … The suite runs once (
 these tests) and each test reports its check: passed, skipped with the suite's reason (feature
 not advertised), xfail (listed in `known_failing`), or failed with the suite's reason. Give
 `target="127.0.0.1:PORT"` instead of `provider=` to certify a running server in any language;
-`output_dir=` also writes the suite's reports.
+`output_dir=` also writes the suite's reports; `budget_seconds=` or `histories=` sizes the
+model-based histories (MODEL-001). A failure's reproduction, when there is one, is in the message.
 """
 
 from __future__ import annotations
@@ -39,6 +40,8 @@ def conformance_tests(
     timeout_scale: float = 1.0,
     seed: int | None = None,
     output_dir: Path | None = None,
+    budget_seconds: float = 0.0,
+    histories: int = 0,
 ) -> Callable[[str], None]:
     """A pytest test function parametrized over the selected checks."""
     options = RunOptions(
@@ -52,6 +55,8 @@ def conformance_tests(
         seed=seed,
         timeout_scale=timeout_scale,
         output_dir=output_dir,
+        budget_seconds=budget_seconds,
+        histories=histories,
     )
     ids = [check.id for check in select(all_checks(), options)]
     runs: list[Report] = []  # the one run, made by whichever test comes first
@@ -70,6 +75,7 @@ def conformance_tests(
         if result.outcome is Outcome.XFAIL:
             pytest.xfail(result.reason)
         if result.outcome is not Outcome.PASSED:
-            pytest.fail(f"{result.outcome.value}: {where}: {result.reason}", pytrace=False)
+            repro = f"\nreproduction:\n{result.reproduction}" if result.reproduction else ""
+            pytest.fail(f"{result.outcome.value}: {where}: {result.reason}{repro}", pytrace=False)
 
     return test_conformance

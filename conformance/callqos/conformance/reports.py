@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime
 import json
 import platform
+import shlex
 import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
@@ -34,12 +35,26 @@ def console(report: Report) -> str:
     ]
     if report.harness_error:
         lines.append(f"HARNESS ERROR: {report.harness_error}")
+    failures = report.failures
+    if failures:
+        lines.append(f"FAILURES, most specific first ({len(failures)}; the first explains the fault):")
+        for result in failures:
+            lines.append(
+                f"  {MARK[result.outcome.value]:5} {result.check.id:14} {result.check.level.value:6} {result.reason}"
+            )
+            if result.reproduction:
+                lines.append("        reproduction:")
+                lines += [f"          {line}" for line in result.reproduction.splitlines()]
+        lines.append("")
+        lines.append("ALL CHECKS, in the order they ran:")
     for result in report.results:
         line = (
             f"  {MARK[result.outcome.value]:5} {result.check.id:14} {result.check.level.value:6} {result.check.title}"
         )
         if result.outcome not in (Outcome.PASSED,) and result.reason:
             line += f"\n        → {result.reason}"
+        elif result.detail:
+            line += f"\n        ({result.detail})"
         lines.append(line)
     lines.append("")
     for profile, verdict in report.verdicts.items():
@@ -59,6 +74,25 @@ def _counts(level: Any) -> str:
     )
 
 
+def mode(report: Report) -> str:
+    """How the target was reached: `provider`, `provider-command`, `provider-endpoint` or `target`."""
+    options = report.options
+    if options.provider_command:
+        return "provider-command"
+    if options.provider_endpoint:
+        return "provider-endpoint"
+    return "provider" if options.provider else "target"
+
+
+def spawned_with(report: Report) -> str:
+    options = report.options
+    if options.provider_command:
+        return "spawned with --provider-command " + shlex.join(options.provider_command)
+    if options.provider_endpoint:
+        return "spawned with --provider-endpoint " + options.provider_endpoint
+    return "spawned with --provider " + options.provider if options.provider else "--target"
+
+
 def as_json(report: Report) -> dict[str, Any]:
     info = report.provider_info
     return {
@@ -69,10 +103,12 @@ def as_json(report: Report) -> dict[str, Any]:
         "date": datetime.datetime.fromtimestamp(report.started, datetime.UTC).isoformat(),
         "host": platform.node(),
         "target": report.target,
-        "mode": "provider" if report.options.provider else "target",
+        "mode": mode(report),
         "provider": {
             "name": report.provider,
             "plugin": report.options.provider,
+            "command": list(report.options.provider_command),
+            "endpoint": report.options.provider_endpoint,
             "display_name": info.display_name if info else "",
             "implementation": info.implementation if info else "",
             "capabilities": json_format.MessageToDict(info.capabilities, preserving_proto_field_name=True)
@@ -88,6 +124,8 @@ def as_json(report: Report) -> dict[str, Any]:
         "harness_error": report.harness_error,
         "duration_seconds": round(report.duration_seconds, 3),
         "profiles": report.verdicts,
+        # Failed checks, most specific first: the first one explains the fault.
+        "failures": [r.check.id for r in report.failures],
         "checks": [
             {
                 "id": r.check.id,
@@ -102,6 +140,9 @@ def as_json(report: Report) -> dict[str, Any]:
                 "reason": r.reason,
                 "duration_seconds": round(r.duration_seconds, 4),
                 "cleanup_errors": r.cleanup_errors,
+                "findings": r.findings,
+                "reproduction": r.reproduction,
+                "detail": r.detail,
             }
             for r in report.results
         ],
@@ -162,7 +203,9 @@ def junit(report: Report) -> str:
                 "failure",
                 message=f"[{r.check.level.value}] {r.outcome.value}: {r.reason}"[:500],
                 type=r.outcome.value,
-            ).text = f"{r.reason}\nreference: {r.check.reference}"
+            ).text = f"{r.reason}\nreference: {r.check.reference}" + (
+                f"\nreproduction:\n{r.reproduction}" if r.reproduction else ""
+            )
         elif r.outcome == Outcome.ERROR:
             ET.SubElement(case, "error", message=r.reason[:500], type="harness").text = r.reason
         elif r.outcome in (Outcome.SKIPPED, Outcome.XFAIL):
@@ -188,8 +231,7 @@ def markdown(report: Report) -> str:
         "|---|---|",
         f"| Suite | callqos-conformance {SUITE_VERSION} |",
         f"| Spec | {SPEC_VERSION} (clauses of `{SPEC_DOCUMENT}`) |",
-        f"| Target | `{report.target}` "
-        f"({'spawned with --provider ' + str(report.options.provider) if report.options.provider else '--target'}) |",
+        f"| Target | `{report.target}` ({spawned_with(report)}) |",
         f"| Implementation | `{info.implementation if info else ''}` |",
         f"| Seed | {report.seed} (reproduce with `--seed {report.seed}`) |",
         f"| Timeout scale | {report.options.timeout_scale:g} |",
@@ -201,6 +243,15 @@ def markdown(report: Report) -> str:
     if info:
         caps = json_format.MessageToDict(info.capabilities, preserving_proto_field_name=True)
         out += ["## Advertised capabilities", "", "```json", json.dumps(caps, indent=2), "```", ""]
+    if report.failures:
+        out += ["## Failures, most specific first", ""]
+        for r in report.failures:
+            out += [f"- **{r.check.id}** ({r.check.level.value}, {r.outcome.value}): {r.reason}"]
+            if r.reproduction:
+                out += ["", "  Reproduction (`callqos` CLI):", "", "  ```sh"]
+                out += [f"  {line}" for line in r.reproduction.splitlines()]
+                out += ["  ```"]
+        out.append("")
     out += [
         "## Profiles",
         "",

@@ -6,6 +6,7 @@ FLOW / REQ clauses), each case with the clauses of conformance/SPEC.md it verifi
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -77,6 +78,130 @@ def qos_shortfalls(granted: QosSpec, requested: QosSpec) -> list[str]:
     return shortfalls(granted.sending, requested.sending, "sending") + shortfalls(
         granted.receiving, requested.receiving, "receiving"
     )
+
+
+# -- what a valid flowspec is (the FLOW clauses), for what the suite receives rather than sends ---
+NOTIFICATIONS = frozenset(
+    {ST.SERVICE_TYPE_NETWORK_UNAVAILABLE, ST.SERVICE_TYPE_GENERAL_INFORMATION, ST.SERVICE_TYPE_NONCONFORMING}
+)
+SENTINELS = frozenset({QOS_NOT_SPECIFIED, POSITIVE_INFINITY_RATE})
+NUMERIC_FIELDS = (
+    "token_rate_bytes_per_second",
+    "token_bucket_size_bytes",
+    "peak_bandwidth_bytes_per_second",
+    "latency_microseconds",
+    "delay_variation_microseconds",
+    "max_sdu_size_bytes",
+    "minimum_policed_size_bytes",
+)
+
+
+def flowspec_problems(spec: FlowSpec, direction: str, mtu: int = 0) -> list[str]:
+    """Why `spec` could not be sent as the `direction` flowspec of a CreateCall (SPEC.md FLOW-3 …
+    FLOW-17): a counter-offer the application cannot even ask for is no offer (PROV-2). `mtu` is
+    the advertised max_sdu_size_bytes (0: not advertised)."""
+    out: list[str] = []
+    stype = spec.service_type
+    if stype == ST.SERVICE_TYPE_UNSPECIFIED:
+        return [f"{direction}: no service type (FLOW-3)"]
+    if stype not in ST.values():
+        return [f"{direction}: service type {stype} is not defined (FLOW-4)"]
+    if stype in NOTIFICATIONS:
+        return [f"{direction}: {ST.Name(stype)} is a notification, not a request (FLOW-5)"]
+    if stype == ST.SERVICE_TYPE_NO_CHANGE:
+        return [f"{direction}: NO_CHANGE cannot be asked for in a new call (FLOW-6)"]
+    reserving = stype in RESERVING
+    for name in NUMERIC_FIELDS:
+        if spec.HasField(name) and getattr(spec, name) in SENTINELS:
+            out.append(f"{direction}: {name} is the raw Winsock sentinel {getattr(spec, name):#x} (FLOW-12)")
+    has_rate = spec.HasField("token_rate_bytes_per_second")
+    if has_rate and spec.token_rate_bytes_per_second == 0:
+        out.append(f"{direction}: token rate 0 (FLOW-7)")
+    needs_rate = (direction == "sending" and reserving) or stype == ST.SERVICE_TYPE_GUARANTEED
+    if needs_rate and not has_rate:
+        out.append(f"{direction}: {ST.Name(stype)} without a token rate (FLOW-8)")
+    if spec.HasField("peak_bandwidth_bytes_per_second"):
+        if spec.peak_bandwidth_unbounded:
+            out.append(f"{direction}: peak both given and unbounded (FLOW-11)")
+        elif has_rate and spec.peak_bandwidth_bytes_per_second < spec.token_rate_bytes_per_second:
+            out.append(
+                f"{direction}: peak {spec.peak_bandwidth_bytes_per_second} below token rate "
+                f"{spec.token_rate_bytes_per_second} (FLOW-10)"
+            )
+    if spec.HasField("minimum_policed_size_bytes"):
+        if spec.minimum_policed_size_bytes == 0:
+            out.append(f"{direction}: minimum policed size 0 (FLOW-13)")
+        elif spec.HasField("max_sdu_size_bytes") and spec.minimum_policed_size_bytes > spec.max_sdu_size_bytes:
+            out.append(f"{direction}: minimum policed size above max SDU (FLOW-14)")
+    if spec.HasField("max_sdu_size_bytes"):
+        if spec.max_sdu_size_bytes == 0:
+            out.append(f"{direction}: max SDU 0 (FLOW-15)")
+        elif reserving and mtu and spec.max_sdu_size_bytes > mtu:
+            out.append(f"{direction}: max SDU {spec.max_sdu_size_bytes} above the advertised MTU {mtu} (FLOW-17)")
+    if reserving and spec.HasField("token_bucket_size_bytes") and spec.token_bucket_size_bytes == 0:
+        out.append(f"{direction}: token bucket 0 (FLOW-16)")
+    return out
+
+
+def qos_problems(qos: QosSpec, mtu: int = 0) -> list[str]:
+    """What makes `qos` invalid in a request. A direction left out is valid: best effort in a new
+    call, kept in a renegotiation (FLOW-20)."""
+    return [
+        problem
+        for direction in ("sending", "receiving")
+        if qos.HasField(direction)
+        for problem in flowspec_problems(getattr(qos, direction), direction, mtu)
+    ]
+
+
+def request_clauses(request: svc.CreateCallRequest, mtu: int = 0) -> set[str]:
+    """The clauses of SPEC.md a CreateCallRequest breaks, as the suite states them (empty: valid)."""
+    found: set[str] = set()
+    call = request.call
+    for problem in qos_problems(call.requested_qos, mtu):
+        found.update(re.findall(r"(FLOW-[0-9]+)", problem))
+    if len(call.requested_qos.provider_specific) > 4096:
+        found.add("FLOW-19")
+    if not call.destination or len(call.destination) > 256 or not call.destination.isprintable():
+        found.add("REQ-1")
+    if call.service_level not in ServiceLevel.values():
+        found.add("REQ-2")
+    rid = request.request_id
+    if rid and (len(rid) > 64 or not rid.isascii() or not rid.isprintable() or " " in rid):
+        found.add("REQ-3")
+    if request.call_id and not re.fullmatch(r"[a-z]([a-z0-9-]{0,61}[a-z0-9])?", request.call_id):
+        found.add("REQ-4")
+    return found
+
+
+# -- the guaranteed-service delay bound (SPEC.md DELAY-1 … DELAY-3), stated again ----------------
+@dataclass(frozen=True)
+class Path:
+    """A link's exported RFC 2212 terms, as ListLinks reports them."""
+
+    c_bytes: int
+    d_microseconds: int
+    latency_microseconds: int  # the fixed path latency (RFC 2215 minimum path latency)
+    mtu_bytes: int
+
+    @property
+    def fixed_microseconds(self) -> int:
+        """What no rate can remove from the bound: Dtot plus the fixed path latency."""
+        return self.d_microseconds + self.latency_microseconds
+
+
+def delay_bound_us(spec: FlowSpec, path: Path) -> float:
+    """The end-to-end delay bound of a GUARANTEED flowspec over `path` (DELAY-1, DELAY-2, DELAY-3):
+    R = what it reserves; M = its max SDU (else the MTU); b = its bucket (else M); with a bounded
+    peak R = p and Q = (M + C)/R + D + L; otherwise Q = (b - M)/R + (M + C)/R + D + L (b - M ≥ 0)."""
+    rate = reserved_rate(spec)
+    if rate <= 0:
+        return float("inf")
+    m_big = spec.max_sdu_size_bytes if spec.HasField("max_sdu_size_bytes") else path.mtu_bytes
+    bucket = spec.token_bucket_size_bytes if spec.HasField("token_bucket_size_bytes") else m_big
+    bounded = spec.HasField("peak_bandwidth_bytes_per_second") and not spec.peak_bandwidth_unbounded
+    queueing = (m_big + path.c_bytes) / rate + (0 if bounded else max(bucket - m_big, 0) / rate)
+    return queueing * 1_000_000 + path.fixed_microseconds
 
 
 def cl(rate: int | None, **fields: Any) -> FlowSpec:

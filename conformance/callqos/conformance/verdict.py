@@ -4,7 +4,8 @@ with RFC 2119 levels kept apart):
 - nonconformant: a MUST check failed or timed out (known-failing ones included: the verdict is
   honest; --known-failing only changes the exit code);
 - partial: no MUST failure, but a SHOULD check failed, a check could not run (harness error),
-  or a MUST check was skipped for a reason other than an unadvertised capability;
+  or a MUST check was skipped for a reason other than an unadvertised capability or the mode
+  (checks that restart the server need --provider);
 - conformant: everything that applies passed;
 - not-applicable: every check of the profile was skipped because the capability is not advertised.
 """
@@ -18,6 +19,14 @@ from callqos.conformance.model import PROFILES, CheckResult, Level, Outcome
 
 RANK = {"not-applicable": 0, "conformant": 1, "partial": 2, "nonconformant": 3}
 CAPABILITY_SKIP = "capability"  # reasons of capability skips start with this word
+# Checks that need the suite to own the target's server (restart it, read its log) are skipped
+# under --target with a reason starting with this word; like a capability skip, the profile is
+# then not applicable rather than partial, and the report says the mode did not cover it.
+MODE_SKIP = "mode"
+
+
+def not_applicable(result: CheckResult) -> bool:
+    return result.outcome == Outcome.SKIPPED and result.reason.startswith((CAPABILITY_SKIP, MODE_SKIP))
 
 
 @dataclass
@@ -32,12 +41,12 @@ def level_result(results: list[CheckResult]) -> LevelSummary:
     counts = Counter(r.outcome.value for r in results)
     failed = [r.check.id for r in results if r.outcome.is_failure]
     skipped = [r.check.id for r in results if r.outcome == Outcome.SKIPPED]
-    if not results or all(r.outcome == Outcome.SKIPPED and r.reason.startswith(CAPABILITY_SKIP) for r in results):
+    if not results or all(not_applicable(r) for r in results):
         result = "not-applicable"
     elif failed:
         result = "nonconformant"
     elif any(r.outcome == Outcome.ERROR for r in results) or any(
-        r.outcome == Outcome.SKIPPED and not r.reason.startswith(CAPABILITY_SKIP) for r in results
+        r.outcome == Outcome.SKIPPED and not not_applicable(r) for r in results
     ):
         result = "partial"
     else:

@@ -26,6 +26,7 @@ from callqos.server.events import EventHub
 from callqos.server.hosting import HostedProviders
 from callqos.server.incoming import Switchboard
 from callqos.server.leases import Clock, LeasePolicy
+from callqos.server.ledger import Ledger
 from callqos.server.lines import LineManager
 from callqos.server.security.guard import Guard
 from callqos.server.security.tls import CertificateFiles
@@ -114,6 +115,7 @@ class Running:
     calls: Switchboard
     providers: HostedProviders
     store: SqliteStore
+    ledger: Ledger
     servicer: CallQosServicer
     config: Config
     telemetry: Telemetry
@@ -140,6 +142,7 @@ class Running:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        await self.ledger.stop()
         await self.providers.stop()
         await self.store.close()
         if self.config.port_file is not None:
@@ -218,6 +221,18 @@ async def _start(
         leases=LeasePolicy(config.max_lease_seconds),
         lease_clock=lease_clock,
     )
+    ledger = Ledger(
+        store,
+        providers,
+        calls,
+        instruments,
+        reconcile_interval_seconds=config.reconcile_interval_seconds,
+        release_retry_max_seconds=config.release_retry_max_seconds,
+    )
+    # Capacities set with UpdateLink first, so that restored calls are re-taken under them; then
+    # the calls; then (once the ports are bound) the releases still owed and a reconciliation,
+    # before serving.
+    await ledger.put_back_link_capacities()
     await calls.start()
     for call in await store.connected_calls():
         instruments.call_committed(call)
@@ -236,7 +251,7 @@ async def _start(
             backlog_events=config.watch_backlog_events,
         )
     )
-    servicer = CallQosServicer(calls, hub, providers, watchers, guard, lines)
+    servicer = CallQosServicer(calls, hub, providers, watchers, guard, lines, ledger)
     instruments.open_watch_streams = lambda: servicer.open_watchers
     add_to_server(servicer, server)
     health_servicer = health.aio.HealthServicer()
@@ -275,6 +290,7 @@ async def _start(
             await store.close()
             raise ListenError(f"cannot listen on {config.health_listen} (health_listen)")
         await health_server.start()
+    await ledger.start()
     await server.start()
     for name in ("", SERVICE_NAME):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
@@ -286,6 +302,7 @@ async def _start(
         calls,
         providers,
         store,
+        ledger,
         servicer,
         config,
         telemetry,

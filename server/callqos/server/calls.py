@@ -11,26 +11,41 @@ same way.
 
 Every outcome — a grant, a refusal, a provider error, a drop, a change the provider made — takes
 effect through one step, `_settle`, which owns for all of them: the telemetry of a provider
-decision; what becomes of the provider's reservation (`Release`); the commit of the call (with
-the other leg of a call between two lines, `incoming`), its events and the request_id's first
-outcome in one store transaction, then the watchers woken;
-and the answer (the call, or the failure, raised once recorded). An `Outcome` names each of
-those, so a new kind of outcome cannot leave one out.
+decision; the commit of the call (with the other leg of a call between two lines, `incoming`),
+its events and the request_id's first outcome in one store transaction, then the watchers woken;
+what becomes of the provider's reservation (`Release`); what is undone when the commit fails
+(`Release`, `Restore`); and the answer (the call, or the failure, raised once recorded). An
+`Outcome` names each of those, so a new kind of outcome cannot leave one out.
+
+The store and the provider agree under every failure (conformance/SPEC.md CALL-5, CALL-6):
+- the provider decides first and the store records after; when the record fails — the storage
+  cannot take it, or a tenant's quota refuses it in the same transaction — the decision is undone
+  (a fresh grant released, a renegotiation put back to the previous QoS) and the caller gets
+  UNAVAILABLE / STORAGE_UNAVAILABLE (or QUOTA_EXCEEDED), with nothing changed;
+- a reservation that ends is released only AFTER the end is recorded, and the release is owed (a
+  row written in the same transaction) until the provider confirms it; a release that fails is
+  announced (RELEASE_PENDING) and retried by the ledger (`ledger.py`) until it succeeds;
+- what cannot be undone at once is left to reconciliation (`reconcile_call`), which makes the
+  provider hold what the store says, or records what it does hold, or disconnects the call.
+A call between two applications is one reservation, held under its caller's leg (its holder):
+everything above is done under the holder's name, and changes both legs.
 """
 
 from __future__ import annotations
 
 import contextlib
+import contextvars
+import enum
 import hashlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from google.protobuf import duration_pb2, timestamp_pb2
 
 from callqos.server import names
-from callqos.server.errors import Reason, ServiceError, reason_name, refused
+from callqos.server.errors import Reason, ServiceError, reason_name, refused, storage_unavailable
 from callqos.server.events import EventHub
 from callqos.server.hosting import HostedProvider, HostedProviders
 from callqos.server.idempotency import Idempotency, RequestKey
@@ -45,15 +60,17 @@ from callqos.server.providers.base import (
     RefusalKind,
     Restored,
 )
-from callqos.server.qos import best_effort_qos, qos_shortfalls, reserved_rate, resolve_no_change
+from callqos.server.qos import best_effort_qos, mirror, qos_shortfalls, reserved_rate, resolve_no_change, shortfalls
 from callqos.server.security.authz import Permission
 from callqos.server.security.identity import Caller
 from callqos.server.security.quotas import Quotas, usage_exceeded
 from callqos.server.store.base import (
     CallPage,
     IdempotencyRecord,
+    PendingRelease,
     QuotaExceededError,
     Store,
+    StoreUnavailable,
     Usage,
     UsageLimits,
     holds_reservation,
@@ -73,6 +90,16 @@ EventType = event_pb2.QosEventType
 QosSpec = flowspec_pb2.QosSpec
 QosEvent = event_pb2.QosEvent
 ST = flowspec_pb2.ServiceType
+Rates = tuple[int, int]  # (sending, receiving) bytes/s, as GRANT-1 counts them
+
+# Where the changes a provider reports are gathered while an UpdateLink runs (the ledger sets a
+# list here around the provider's update_link; `report_change` appends to it), for the response.
+LINK_CHANGES: contextvars.ContextVar[list[svc.LinkChange] | None] = contextvars.ContextVar("link_changes", default=None)
+
+
+def rates_of(qos: QosSpec) -> Rates:
+    """What a QoS reserves, per direction (GRANT-1)."""
+    return reserved_rate(qos.sending), reserved_rate(qos.receiving)
 
 
 def etag_of(call: Call) -> str:
@@ -122,25 +149,47 @@ class Decided:
     offered: QosSpec  # what the provider was asked for
 
 
+class ReleaseWhen(enum.Enum):
+    AFTER_COMMIT = "after commit"  # the reservation ends with this outcome (a drop)
+    ALWAYS = "always"  # nothing should be held, recorded or not (an admission failed part-way)
+    IF_COMMIT_FAILS = "if commit fails"  # a fresh grant, undone when nothing recorded it
+
+
 @dataclass(frozen=True)
 class Release:
-    """A reservation `provider` holds for the call, which the outcome frees: before it is
-    recorded (a drop; an admission the provider failed part-way through, which may hold part
-    of one), or only if recording fails (a fresh grant: without the call, nothing would ever
-    release it). `holder` names the call the provider holds it under when that is not the
-    settled call (the caller's leg of a call between two lines)."""
+    """A reservation `provider` holds for the call, which the outcome frees. Never before the
+    outcome is recorded (a release that then failed to record would leave a connected call with
+    nothing reserved); AFTER_COMMIT and ALWAYS releases are owed in the commit's own transaction
+    and forgotten once the provider confirms them. IF_COMMIT_FAILS undoes a fresh grant that the
+    store could not record: without the call, nothing would ever release it. `holder` names the
+    call the provider holds it under when that is not the settled call (the caller's leg of a
+    call between two lines)."""
 
     provider: HostedProvider
-    before_commit: bool
+    when: ReleaseWhen
     holder: str = ""
 
     @classmethod
-    def first(cls, provider: HostedProvider, holder: str = "") -> Release:
-        return cls(provider, before_commit=True, holder=holder)
+    def after_commit(cls, provider: HostedProvider, holder: str = "") -> Release:
+        return cls(provider, ReleaseWhen.AFTER_COMMIT, holder)
+
+    @classmethod
+    def always(cls, provider: HostedProvider, holder: str = "") -> Release:
+        return cls(provider, ReleaseWhen.ALWAYS, holder)
 
     @classmethod
     def if_commit_fails(cls, provider: HostedProvider, holder: str = "") -> Release:
-        return cls(provider, before_commit=False, holder=holder)
+        return cls(provider, ReleaseWhen.IF_COMMIT_FAILS, holder)
+
+
+@dataclass(frozen=True)
+class Restore:
+    """A renegotiation's previous reservation, put back (by renegotiating to it) when the new one
+    cannot be recorded — the storage failed, or the tenant's quota refused it: `request` asks for
+    the previous QoS at the previous level, under the name the provider holds it."""
+
+    provider: HostedProvider
+    request: AdmissionRequest
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -155,6 +204,7 @@ class Outcome:
     key: RequestKey | None  # the request_id this is the first outcome of (None: no request_id)
     decided: Decided | None  # the provider decision to count (None: no decision was asked for)
     release: Release | None  # the reservation this outcome frees (None: the provider keeps or holds none)
+    restore: Restore | None  # the reservation to put back if the commit fails (None: nothing to put back)
 
 
 class CallManager:
@@ -177,13 +227,19 @@ class CallManager:
         self.leases = LeaseTimer(store, self.expire_lease, *(() if lease_clock is None else (lease_clock,)))
         self._requests = Idempotency(store)
         self._locks = KeyedLocks()
+        # Releases owed where the store could not record them (the call itself was never
+        # recorded): the ledger retries them with the durable ones.
+        self.owed: dict[str, PendingRelease] = {}
+        # Calls whose provider may hold something other than what the store says (a change or a
+        # compensation that could not be recorded or undone): the ledger reconciles them first.
+        self.suspects: set[str] = set()
 
     # -- start-up and shutdown ----------------------------------------------------------------
     async def start(self) -> None:
         """Hand every connected call back to its provider; apply what no longer fits; end the
         calls whose lease ran out while no server ran (released to their provider, which has just
-        re-taken them), then start the lease timer."""
-        await self._restore()
+        re-taken them, through the same owed release as a drop), then start the lease timer."""
+        await self._restore_calls()
         await self.leases.expire_overdue()
         self.leases.start()
 
@@ -191,25 +247,68 @@ class CallManager:
         """Stop the lease timer (leases stay stored; the next start honours them)."""
         await self.leases.stop()
 
-    async def _restore(self) -> None:
-        """Hand every connected call back to its provider; apply what no longer fits."""
+    async def _restore_calls(self) -> None:
+        """Hand every connected call back to its provider; apply what no longer fits. The server
+        always starts (CALL-7): a call whose provider is no longer hosted, or that its provider
+        cannot restore, is disconnected with its events and a reason, never a crash."""
         held: dict[str, list[Restored]] = {}
+        connected: dict[str, Call] = {}
+        orphans: list[Call] = []
         for call in await self.store.connected_calls():
             if not holds_reservation(call):
                 continue  # its pair's reservation is restored with the caller's leg
-            provider_id = names.parse_provider(call.provider) or ""
-            held.setdefault(provider_id, []).append(
+            info = self.providers.find(call.provider)
+            if info is None:
+                orphans.append(call)
+                continue
+            connected[call.name] = call
+            held.setdefault(info.id, []).append(
                 Restored(call.name, call.destination, call.service_level, call.granted_qos)
             )
         # A trace for the restore (its events carry its id); none for an empty start-up.
         restoring = (
-            self.telemetry.background("callqos.restore", {"callqos.calls": sum(map(len, held.values()))})
-            if held
+            self.telemetry.background("callqos.restore", {"callqos.calls": len(connected) + len(orphans)})
+            if connected or orphans
             else contextlib.nullcontext()
         )
         with restoring:
-            for change in await self.providers.start(self, held):
-                await self.report_change(change)
+            for call in orphans:
+                message = f"{call.provider} is not hosted by this server any more; the call cannot be restored"
+                log.error("disconnecting %s: %s", call.name, message)
+                await self._fail(call, message, None)
+            for info in self.providers.all():
+                restored = held.get(info.id, [])
+                try:
+                    changes = await self.providers.start(info, self, restored)
+                except ServiceError as error:
+                    log.error(
+                        "provider %s could not restore its %d calls (%s); restoring them one by one",
+                        info.id,
+                        len(restored),
+                        error.message,
+                    )
+                    changes = await self._restore_one_by_one(info, [connected[item.call] for item in restored])
+                for change in changes:
+                    await self.report_change(change)
+
+    async def _restore_one_by_one(self, info: HostedProvider, calls: Sequence[Call]) -> list[ProviderChange]:
+        """After a provider's `start` failed with its calls: start it with none, then re-take each
+        call (oldest first, so that the newest are the ones that no longer fit); a call it cannot
+        re-take is disconnected with the reason."""
+        try:
+            changes = await self.providers.start(info, self, [])
+        except ServiceError as error:
+            for call in calls:
+                await self._fail(call, f"provider {info.id} could not start: {error.message}", info)
+            return []
+        for call in calls:
+            async with self._locks.hold(call.name):
+                try:
+                    await self._retake(info, call, None, "restoring it after a restart")
+                except ServiceError as error:  # not recorded: reconciled once the store takes it
+                    log.error("could not record how %s was restored: %s", call.name, error.message)
+                    self.suspects.add(call.name)
+        return changes
 
     # -- reads ------------------------------------------------------------------------------
     async def get(self, name: str, caller: Caller) -> Call:
@@ -314,6 +413,8 @@ class CallManager:
                 if isinstance(decision, Grant):
                     self._check_grant(info, level, offered, decision.qos)
             except ServiceError as error:
+                if error.reason == Reason.ERROR_REASON_INVALID_REQUEST:
+                    raise  # an out-of-process provider refused its provider_specific bytes: a bad request
                 # The provider failed: whatever it may have reserved is released, and the call
                 # is recorded as failed so watchers learn of it too.
                 self._disconnect(call, Disconnect.DISCONNECT_REASON_PROVIDER_ERROR, now)
@@ -340,7 +441,8 @@ class CallManager:
                         failure=error,
                         key=key,
                         decided=decided,
-                        release=Release.first(info),
+                        release=Release.always(info),
+                        restore=None,
                     )
                 )
             if isinstance(decision, Refusal):
@@ -371,7 +473,16 @@ class CallManager:
                     ),
                 ]
                 return await self._settle(
-                    Outcome(call=call, peers=(), events=events, failure=refusal, key=key, decided=decided, release=None)
+                    Outcome(
+                        call=call,
+                        peers=(),
+                        events=events,
+                        failure=refusal,
+                        key=key,
+                        decided=decided,
+                        release=None,
+                        restore=None,
+                    )
                 )
             call.state = State.STATE_CONNECTED
             call.granted_qos.CopyFrom(decision.qos)
@@ -390,6 +501,7 @@ class CallManager:
                     key=key,
                     decided=decided,
                     release=Release.if_commit_fails(info),
+                    restore=None,
                 ),
                 limits,
             )
@@ -438,12 +550,14 @@ class CallManager:
                     metadata={"provider": call.provider, "call": call.name},
                 )
             level = request.service_level or call.service_level
-            desired = resolve_no_change(request.qos, call.requested_qos)
+            desired = self._desired(request.qos, call, level)
             if self._unchanged(call, level, desired):
                 # Nothing to change (SPEC.md SETQOS-8): the call as it is, no provider call, no
                 # event; recorded, so that a repeat of this request_id answers the same.
                 return await self._settle(
-                    Outcome(call=call, peers=(), events=[], failure=None, key=key, decided=None, release=None)
+                    Outcome(
+                        call=call, peers=(), events=[], failure=None, key=key, decided=None, release=None, restore=None
+                    )
                 )
             asked = resolve_no_change(request.qos, call.granted_qos)
             offered = best_effort_qos(asked.provider_specific) if level == Level.SERVICE_LEVEL_BEST_EFFORT else asked
@@ -465,6 +579,8 @@ class CallManager:
                 if isinstance(decision, Grant):
                     self._check_grant(info, level, offered, decision.qos)
             except ServiceError as error:
+                if error.reason == Reason.ERROR_REASON_INVALID_REQUEST:
+                    raise  # an out-of-process provider refused its provider_specific bytes: a bad request
                 failed = self._event(
                     call,
                     EventType.QOS_EVENT_TYPE_RENEGOTIATION_FAILED,
@@ -475,7 +591,16 @@ class CallManager:
                     message=error.message,
                 )
                 return await self._settle(
-                    Outcome(call=call, peers=(), events=[failed], failure=error, key=key, decided=decided, release=None)
+                    Outcome(
+                        call=call,
+                        peers=(),
+                        events=[failed],
+                        failure=error,
+                        key=key,
+                        decided=decided,
+                        release=None,
+                        restore=None,
+                    )
                 )
             if isinstance(decision, Refusal):
                 refusal = refused(
@@ -497,12 +622,26 @@ class CallManager:
                 )
                 return await self._settle(
                     Outcome(
-                        call=call, peers=(), events=[failed], failure=refusal, key=key, decided=decided, release=None
+                        call=call,
+                        peers=(),
+                        events=[failed],
+                        failure=refusal,
+                        key=key,
+                        decided=decided,
+                        release=None,
+                        restore=None,
                     )
                 )
             previous = QosSpec()
             previous.CopyFrom(call.granted_qos)
-            previous_level = call.service_level
+            # If the new grant cannot be recorded (the storage failed, or the tenant filled its
+            # quota meanwhile), the provider is renegotiated back to this.
+            restore = Restore(
+                info,
+                AdmissionRequest(
+                    call.name, call.destination, call.service_level, previous, principal, current=decision.qos
+                ),
+            )
             call.service_level = level
             call.requested_qos.CopyFrom(desired)
             call.granted_qos.CopyFrom(decision.qos)
@@ -516,22 +655,37 @@ class CallManager:
                 current=decision.qos,
                 cause=event_pb2.QosChangeCause.QOS_CHANGE_CAUSE_RENEGOTIATED,
             )
-            try:
-                return await self._settle(
-                    Outcome(
-                        call=call, peers=(), events=[changed], failure=None, key=key, decided=decided, release=None
-                    ),
-                    limits,
-                )
-            except ServiceError as error:
-                if error.reason == Reason.ERROR_REASON_QUOTA_EXCEEDED:
-                    # The store refused the new grant (the tenant filled its quota meanwhile): the
-                    # call keeps its previous QoS, so the provider must go back to it too.
-                    back = AdmissionRequest(
-                        call.name, call.destination, previous_level, previous, principal, current=decision.qos
-                    )
-                    await self._quietly(info, "renegotiate", lambda: info.provider.renegotiate(back), back)
-                raise
+            return await self._settle(
+                Outcome(
+                    call=call,
+                    peers=(),
+                    events=[changed],
+                    failure=None,
+                    key=key,
+                    decided=decided,
+                    release=None,
+                    restore=restore,
+                ),
+                limits,
+            )
+
+    @staticmethod
+    def _desired(asked: QosSpec, call: Call, level: int) -> QosSpec:
+        """The call's request after a renegotiation asking `asked` at `level`. A NO_CHANGE
+        direction keeps what is in effect, and what the call asks for in it stays what it asked
+        before, so that a shortfall stays visible (GRANT-5) — except at NEEDED, where a request
+        the grant in effect falls short of (the call was IF_AVAILABLE or BEST_EFFORT and got less)
+        becomes that grant: a NEEDED call is never connected below its request (LEVEL-1,
+        EVENT-4)."""
+        desired = resolve_no_change(asked, call.requested_qos)
+        if level == Level.SERVICE_LEVEL_NEEDED:
+            for direction in ("sending", "receiving"):
+                kept: flowspec_pb2.FlowSpec = getattr(call.granted_qos, direction)
+                if getattr(asked, direction).service_type == ST.SERVICE_TYPE_NO_CHANGE and shortfalls(
+                    kept, getattr(desired, direction)
+                ):
+                    getattr(desired, direction).CopyFrom(kept)
+        return desired
 
     @staticmethod
     def _unchanged(call: Call, level: int, desired: QosSpec) -> bool:
@@ -574,7 +728,8 @@ class CallManager:
                     failure=None,
                     key=None,
                     decided=None,
-                    release=Release.first(info),
+                    release=Release.after_commit(info),
+                    restore=None,
                 )
             )
 
@@ -650,6 +805,7 @@ class CallManager:
                     key=key,
                     decided=None,
                     release=None,
+                    restore=None,
                 )
             )
 
@@ -698,7 +854,8 @@ class CallManager:
             failure=failure,
             key=key,
             decided=None,
-            release=Release.first(info) if connected else None,
+            release=Release.after_commit(info) if connected else None,
+            restore=None,
         )
         try:
             ended = await self._settle(outcome)
@@ -724,72 +881,352 @@ class CallManager:
         return None
 
     async def report_change(self, change: ProviderChange) -> None:
+        """Record a change the provider made. Never raises into the provider: a change the store
+        cannot record is logged and its call reconciled later (the provider already holds what
+        it reports)."""
         with self.telemetry.background("callqos.provider.change", {"callqos.call": change.call}):
-            await self._apply_change(change)
+            try:
+                async with self._locks.hold(change.call):
+                    previous = await self._apply_change(change)
+            except Exception as exc:
+                cause = exc.message if isinstance(exc, ServiceError) else repr(exc)
+                log.error(
+                    "could not record the provider's change of %s (%s); it will be reconciled", change.call, cause
+                )
+                self.suspects.add(change.call)
+                self._collect(change, None, recorded=False)
+            else:
+                if previous is not None:
+                    self._collect(change, previous, recorded=True)
 
-    async def _apply_change(self, change: ProviderChange) -> None:
-        async with self._locks.hold(change.call):
-            call = await self.store.get_call(change.call)
-            if call is None or call.state != State.STATE_CONNECTED:
-                log.info("ignoring provider change for %s: not a connected call", change.call)
-                return
+    async def _apply_change(self, change: ProviderChange) -> QosSpec | None:
+        """`report_change`, with the call's lock held: the change applied to the call (both legs of
+        a call between two applications); returns the QoS the call had before, or None when the
+        change was ignored (the call is not connected)."""
+        call = await self.store.get_call(change.call)
+        if call is None or call.state != State.STATE_CONNECTED:
+            log.info("ignoring provider change for %s: not a connected call", change.call)
+            return None
+        previous = QosSpec()
+        previous.CopyFrom(call.granted_qos)
+        legs = await self._legs(call)
+        if change.qos is None:
+            log.warning(
+                "provider shed a call",
+                extra={"call": call.name, "provider": call.provider, "why": change.message},
+            )
+            events = self._lost(legs, change.event, change.message)
+        else:
+            log.info(
+                "provider changed a call's QoS",
+                extra={"call": call.name, "provider": call.provider, "why": change.message},
+            )
+            events = self._degraded(legs, change.qos, change.message)
+        # The provider made the change itself: it already holds what it reports (or nothing).
+        await self._record(legs, events)
+        return previous
+
+    @staticmethod
+    def _collect(change: ProviderChange, previous: QosSpec | None, *, recorded: bool) -> None:
+        """Add the change to the UpdateLink response being gathered, if one is."""
+        gathered = LINK_CHANGES.get()
+        if gathered is None:
+            return
+        item = svc.LinkChange(
+            call=change.call,
+            outcome=svc.LinkChange.OUTCOME_DISCONNECTED if change.qos is None else svc.LinkChange.OUTCOME_DEGRADED,
+            message=change.message,
+            recorded=recorded,
+        )
+        if previous is not None:
+            item.previous_qos.CopyFrom(previous)
+        if change.qos is not None:
+            item.current_qos.CopyFrom(change.qos)
+        gathered.append(item)
+
+    async def _legs(self, call: Call) -> list[Call]:
+        """`call`, and the other leg of a call between two applications (in the same state): what
+        a change to the one reservation the provider holds for them changes. `call` first."""
+        peer = await self.store.get_call(call.peer) if call.peer else None
+        return [call, peer] if peer is not None and peer.state == call.state else [call]
+
+    def _lost(self, legs: Sequence[Call], kind: event_pb2.QosEventType, message: str) -> list[QosEvent]:
+        """Disconnect each leg (QOS_UNAVAILABLE): its loss event, then CALL_DISCONNECTED."""
+        unavailable = reason_name(Reason.ERROR_REASON_QOS_UNAVAILABLE)
+        now = _now()
+        events: list[QosEvent] = []
+        for call in legs:
             previous = QosSpec()
             previous.CopyFrom(call.granted_qos)
-            if change.qos is None:
-                log.warning(
-                    "provider shed a call",
-                    extra={"call": call.name, "provider": call.provider, "why": change.message},
+            self._disconnect(call, Disconnect.DISCONNECT_REASON_QOS_UNAVAILABLE, now)
+            events.append(self._event(call, kind, "", previous=previous, message=message, reason=unavailable))
+            events.append(
+                self._event(
+                    call,
+                    EventType.QOS_EVENT_TYPE_CALL_DISCONNECTED,
+                    "",
+                    previous=previous,
+                    disconnect=Disconnect.DISCONNECT_REASON_QOS_UNAVAILABLE,
+                    reason=unavailable,
+                    message=message,
                 )
-                self._disconnect(call, Disconnect.DISCONNECT_REASON_QOS_UNAVAILABLE, _now())
-                events = [
-                    self._event(
-                        call,
-                        change.event,
-                        "",
-                        previous=previous,
-                        message=change.message,
-                        reason=reason_name(Reason.ERROR_REASON_QOS_UNAVAILABLE),
-                    ),
-                    self._event(
-                        call,
-                        EventType.QOS_EVENT_TYPE_CALL_DISCONNECTED,
-                        "",
-                        previous=previous,
-                        disconnect=Disconnect.DISCONNECT_REASON_QOS_UNAVAILABLE,
-                        reason=reason_name(Reason.ERROR_REASON_QOS_UNAVAILABLE),
-                        message=change.message,
-                    ),
-                ]
-            else:
-                log.info(
-                    "provider changed a call's QoS",
-                    extra={"call": call.name, "provider": call.provider, "why": change.message},
-                )
-                call.granted_qos.CopyFrom(change.qos)
-                call.update_time.CopyFrom(_now())
-                call.etag = etag_of(call)
-                events = [
-                    self._event(
-                        call,
-                        EventType.QOS_EVENT_TYPE_QOS_CHANGED,
-                        "",
-                        previous=previous,
-                        current=change.qos,
-                        message=change.message,
-                        cause=event_pb2.QosChangeCause.QOS_CHANGE_CAUSE_PROVIDER_INITIATED,
-                    )
-                ]
-            # The provider made the change itself: it already holds what it reports (or nothing).
-            await self._settle(
-                Outcome(call=call, peers=(), events=events, failure=None, key=None, decided=None, release=None)
             )
+        return events
+
+    def _degraded(self, legs: Sequence[Call], qos: QosSpec, message: str) -> list[QosEvent]:
+        """Give the first leg the QoS the provider now holds for it, and its peer the same QoS in
+        its own terms (mirrored): QOS_CHANGED (provider-initiated) on each."""
+        now = _now()
+        events: list[QosEvent] = []
+        for index, call in enumerate(legs):
+            mine = qos if index == 0 else mirror(qos)
+            previous = QosSpec()
+            previous.CopyFrom(call.granted_qos)
+            call.granted_qos.CopyFrom(mine)
+            call.update_time.CopyFrom(now)
+            call.etag = etag_of(call)
+            events.append(
+                self._event(
+                    call,
+                    EventType.QOS_EVENT_TYPE_QOS_CHANGED,
+                    "",
+                    previous=previous,
+                    current=mine,
+                    message=message,
+                    cause=event_pb2.QosChangeCause.QOS_CHANGE_CAUSE_PROVIDER_INITIATED,
+                )
+            )
+        return events
+
+    async def _fail(self, call: Call, message: str, info: HostedProvider | None) -> None:
+        """Disconnect a connected call its provider cannot hold (PROVIDER_ERROR), with its other
+        leg if it has one: GENERIC_ERROR, then CALL_DISCONNECTED, on each; anything the provider
+        `info` may hold for it (under `call`'s name) is released."""
+        failed = reason_name(Reason.ERROR_REASON_PROVIDER_UNAVAILABLE)
+        legs = await self._legs(call)
+        now = _now()
+        events: list[QosEvent] = []
+        for leg in legs:
+            previous = QosSpec()
+            previous.CopyFrom(leg.granted_qos)
+            self._disconnect(leg, Disconnect.DISCONNECT_REASON_PROVIDER_ERROR, now)
+            events.append(
+                self._event(
+                    leg, EventType.QOS_EVENT_TYPE_GENERIC_ERROR, "", previous=previous, reason=failed, message=message
+                )
+            )
+            events.append(
+                self._event(
+                    leg,
+                    EventType.QOS_EVENT_TYPE_CALL_DISCONNECTED,
+                    "",
+                    previous=previous,
+                    disconnect=Disconnect.DISCONNECT_REASON_PROVIDER_ERROR,
+                    reason=failed,
+                    message=message,
+                )
+            )
+        release = Release.after_commit(info) if info is not None else None
+        try:
+            await self._settle(
+                Outcome(
+                    call=call,
+                    peers=legs[1:],
+                    events=events,
+                    failure=None,
+                    key=None,
+                    decided=None,
+                    release=release,
+                    restore=None,
+                )
+            )
+        except ServiceError as error:
+            log.error("could not record that %s was disconnected (%s); it will be reconciled", call.name, error.message)
+            self.suspects.add(call.name)
+
+    # -- reconciliation (driven by the ledger) ----------------------------------------------
+    async def reconcile_call(self, info: HostedProvider, name: str) -> str:
+        """Make `info` and the store agree about the call `name` (PROV-19), and say what was done:
+        "agreed" (nothing to do), "released" (the provider held a call the store does not have
+        connected), "re-taken" (the provider holds the stored grant again), "changed" (the store
+        now records what the provider holds), "disconnected" (nothing acceptable could be held),
+        or "failed" (try again later). A call between two applications is reconciled under its
+        holder (the caller's leg); its other leg holds nothing of its own."""
+        async with self._locks.hold(name):
+            try:
+                held = await self.providers.holding(info, name)
+                call = await self.store.get_call(name)
+                connected = (
+                    call is not None
+                    and call.state == State.STATE_CONNECTED
+                    and call.provider == info.name
+                    and holds_reservation(call)
+                )
+                if not connected:
+                    if held is None:
+                        return "agreed"
+                    released = await self._release(info, name, call, durable=False)
+                    if released and call is not None:
+                        event = self._event(
+                            call,
+                            EventType.QOS_EVENT_TYPE_RELEASE_COMPLETED,
+                            "",
+                            message=f"the provider still held {held[0]}/{held[1]} B/s for this call; released "
+                            "by reconciliation",
+                        )
+                        await self._commit([call], [event], None, None, released=True)  # nothing owed any more
+                    return "released" if released else "failed"
+                assert call is not None
+                if (held or (0, 0)) == rates_of(call.granted_qos):
+                    return "agreed"
+                return await self._retake(info, call, held, "reconciling the ledger")
+            except ServiceError as error:
+                log.warning("could not reconcile %s with provider %s: %s", name, info.id, error.message)
+                return "failed"
+
+    async def _retake(self, info: HostedProvider, call: Call, held: Rates | None, why: str) -> str:
+        """Ask `info` to hold the call's stored grant again (admit when it holds nothing,
+        renegotiate otherwise), at the call's level. A grant of the same rates is "re-taken"; one
+        the call's level accepts is recorded ("changed": IF_AVAILABLE takes less, NEEDED only
+        what satisfies its request); anything else is released and the call disconnected
+        (QOS_UNAVAILABLE). The call's lock is held by the caller."""
+        stored = rates_of(call.granted_qos)
+        request = AdmissionRequest(
+            call.name,
+            call.destination,
+            call.service_level,
+            call.granted_qos,
+            call.owner,
+            current=call.granted_qos if held is not None else None,
+            # A call the provider's network offered is connected again, not placed anew.
+            incoming=held is None and call.direction == Call.Direction.DIRECTION_INCOMING,
+        )
+        decision: Grant | Refusal | None = None
+        failure = ""
+        if held is None or info.capabilities.renegotiation:
+            operation = "admit" if held is None else "renegotiate"
+            method = info.provider.admit if held is None else info.provider.renegotiate
+            try:
+                decision = await self.providers.call(info, operation, lambda: method(request), request=request)
+            except ServiceError as error:
+                failure = error.message
+        granted = decision.qos if isinstance(decision, Grant) else None
+        if granted is not None and rates_of(granted) == stored:
+            if granted != call.granted_qos:
+                legs = await self._legs(call)
+                await self._record(legs, self._degraded(legs, granted, f"re-taken while {why}"))
+            log.warning(
+                "provider %s had lost %s (held %s, the call %s); re-taken while %s",
+                info.id,
+                call.name,
+                held,
+                stored,
+                why,
+            )
+            return "re-taken"
+        if granted is not None and self._acceptable(call, granted):
+            message = f"the provider could hold only this while {why}"
+            log.warning(
+                "%s: provider %s holds %s instead of %s; recorded", call.name, info.id, rates_of(granted), stored
+            )
+            legs = await self._legs(call)
+            await self._record(legs, self._degraded(legs, granted, message))
+            return "changed"
+        if failure:
+            reason = failure
+        elif isinstance(decision, Refusal):
+            reason = decision.message
+        elif decision is None:
+            reason = "it holds something else and cannot renegotiate"
+        else:
+            reason = "it granted less than the call needs"
+        message = (
+            f"provider {info.id} no longer holds this call's QoS and could not take it again while {why}: {reason}"
+        )
+        log.error("disconnecting %s: %s", call.name, message)
+        if failure:  # the provider failed: a provider error, as at creation (EVENT-5)
+            await self._fail(call, message, info)
+            return "disconnected"
+        legs = await self._legs(call)
+        await self._settle(
+            Outcome(
+                call=call,
+                peers=legs[1:],
+                events=self._lost(legs, EventType.QOS_EVENT_TYPE_NOQOS, message),
+                failure=None,
+                key=None,
+                decided=None,
+                release=Release.after_commit(info),
+                restore=None,
+            )
+        )
+        return "disconnected"
+
+    @staticmethod
+    def _acceptable(call: Call, granted: QosSpec) -> bool:
+        """Whether the call's level lets it stay connected with `granted` (LEVEL-1 … LEVEL-3)."""
+        if call.service_level == Level.SERVICE_LEVEL_IF_AVAILABLE:
+            return True
+        if call.service_level == Level.SERVICE_LEVEL_BEST_EFFORT:
+            return rates_of(granted) == (0, 0)
+        return not qos_shortfalls(granted, call.requested_qos)
+
+    async def _record(self, legs: Sequence[Call], events: Sequence[QosEvent]) -> None:
+        """Store a change the provider already holds (nothing to release or put back)."""
+        await self._settle(
+            Outcome(
+                call=legs[0],
+                peers=legs[1:],
+                events=events,
+                failure=None,
+                key=None,
+                decided=None,
+                release=None,
+                restore=None,
+            )
+        )
+
+    async def retry_release(self, owed: PendingRelease) -> bool:
+        """Try an owed release again (the ledger's retry loop): True once the provider confirmed
+        it, and it is forgotten (announced RELEASE_COMPLETED if RELEASE_PENDING was)."""
+        info = self.providers.find(owed.provider)
+        if info is None:
+            log.error("release of %s is owed to %s, which is not hosted any more; forgotten", owed.call, owed.provider)
+            await self.store.forget_release(owed.call)
+            return True
+        async with self._locks.hold(owed.call):
+            try:
+                await self.providers.call(info, "release", lambda: info.provider.release(owed.call), call=owed.call)
+            except ServiceError as error:
+                log.warning("provider %s still cannot release %s: %s", info.id, owed.call, error.message)
+                return False
+            self.owed.pop(owed.call, None)
+            call = await self.store.get_call(owed.call)
+            if call is not None and owed.attempts > 0:
+                done = self._event(
+                    call,
+                    EventType.QOS_EVENT_TYPE_RELEASE_COMPLETED,
+                    "",
+                    message=f"provider {info.id} released what this call held, after {owed.attempts} failed attempts",
+                )
+                await self._commit([call], [done], None, None, released=True)
+            else:
+                await self.store.forget_release(owed.call)
+            log.info("provider %s released %s after %d failed attempts", info.id, owed.call, owed.attempts)
+            return True
 
     # -- settling an outcome ----------------------------------------------------------------
     async def _settle(self, outcome: Outcome, limits: UsageLimits | None = None) -> Call:
-        """Make `outcome` take effect, in this order: count a failed decision; free a reservation
-        that ends now; commit the call, its events and the request_id's first outcome in one
-        transaction and wake the watchers (freeing a fresh grant's reservation if that fails);
+        """Make `outcome` take effect, in this order: count a failed decision; commit the call (and
+        its peers), its events, the request_id's first outcome and any release owed, in one
+        transaction (refused over `limits`, the tenant's quotas), and wake the watchers; then
+        free the reservation that ends (forgetting what was owed once the provider confirms);
         then raise the failure, or count the grant and return the call.
+
+        If the commit fails, nothing was recorded, so what the provider did for this outcome is
+        undone — a fresh grant released, a renegotiation put back — and the caller gets
+        STORAGE_UNAVAILABLE (or QUOTA_EXCEEDED, or the error itself): the store and the provider
+        agree, and the request changed nothing (CALL-5).
 
         A failed decision is counted before the commit and a grant only after it: a grant the
         store could not record never connected anything."""
@@ -798,15 +1235,25 @@ class CallManager:
             # A refusal carries the QosRefusal (with the counter-offer); any other failure is an error.
             verdict = "refused" if failure.refusal is not None else "error"
             self.telemetry.decision(decided.operation, call.provider, decided.offered, verdict, failure.reason_name)
-        if release is not None and release.before_commit:
-            await self._release_quietly(release.provider, release.holder or call.name)
         record: IdempotencyRecord | None = outcome.key.record(call.name, failure) if outcome.key else None
+        stored = [call, *outcome.peers]
+        holder = (release.holder or call.name) if release is not None else ""
+        owe = None
+        if release is not None and release.when is not ReleaseWhen.IF_COMMIT_FAILS:
+            owe = PendingRelease(holder, release.provider.name)
         try:
-            await self._commit([call, *outcome.peers], outcome.events, record, limits)
-        except BaseException:
-            if release is not None and not release.before_commit:
-                await self._release_quietly(release.provider, release.holder or call.name)
+            await self._commit(stored, outcome.events, record, limits, owe=owe)
+        except BaseException as exc:
+            if release is not None and release.when is not ReleaseWhen.AFTER_COMMIT:
+                await self._release(release.provider, holder, None, durable=False)
+            if outcome.restore is not None:
+                await self._restore(outcome.restore)
+            if isinstance(exc, StoreUnavailable):
+                raise storage_unavailable(exc.cause, f"record {call.name}") from exc
             raise
+        if owe is not None and release is not None:
+            held_by = next((each for each in stored if each.name == holder), None)
+            await self._release(release.provider, holder, held_by, durable=True)
         if failure is not None:
             raise failure
         if decided is not None:
@@ -819,10 +1266,13 @@ class CallManager:
         events: Sequence[QosEvent],
         record: IdempotencyRecord | None,
         limits: UsageLimits | None,
+        *,
+        owe: PendingRelease | None = None,
+        released: bool = False,
     ) -> None:
         with self.telemetry.store_commit(calls[0].name, len(events)):
             try:
-                numbered = await self.store.commit(calls, events, record, limits=limits)
+                numbered = await self.store.commit(calls, events, record, limits=limits, owe=owe, released=released)
             except QuotaExceededError as exceeded:
                 raise usage_exceeded(exceeded) from None
         for call in calls:
@@ -832,21 +1282,55 @@ class CallManager:
                 self.leases.scheduled(deadline)
         await self.hub.publish(numbered)
 
-    async def _release_quietly(self, info: HostedProvider, name: str) -> None:
+    async def _release(self, info: HostedProvider, name: str, call: Call | None, *, durable: bool) -> bool:
+        """Release what `info` holds under `name`; True when the provider confirmed it. With
+        `durable`, the release was owed in the store: it is forgotten once confirmed, and when it
+        fails the failure is announced on the call (RELEASE_PENDING) for the ledger to retry. A
+        release that is not durable and fails is owed in memory (the call was never recorded, so
+        there is nothing to announce it on)."""
         try:
             await self.providers.call(info, "release", lambda: info.provider.release(name), call=name)
-        except ServiceError:
-            log.error("provider %s could not release %s; its reservation may leak", info.id, name)
+        except ServiceError as error:
+            log.error("provider %s could not release %s (%s); retrying until it can", info.id, name, error.message)
+            owed = PendingRelease(name, info.name, attempts=1, last_error=error.message)
+            if not durable or call is None:
+                self.owed[name] = owed
+                return False
+            pending = self._event(
+                call,
+                EventType.QOS_EVENT_TYPE_RELEASE_PENDING,
+                "",
+                reason=error.reason_name,
+                message=f"provider {info.id} could not free what this call reserved: {error.message}; retrying",
+            )
+            try:
+                await self._commit([call], [pending], None, None, owe=owed)
+            except StoreUnavailable:
+                self.owed[name] = owed  # the row from the call's own commit stays: it is retried anyway
+            return False
+        if durable:
+            try:
+                await self.store.forget_release(name)
+            except StoreUnavailable:
+                pass  # the row stays and the release is retried: harmless (PROV-5)
+        return True
 
-    async def _quietly(
-        self, info: HostedProvider, operation: str, work: Callable[[], Awaitable[object]], request: AdmissionRequest
-    ) -> None:
-        """A provider call that takes back what a failed commit left it holding: contained like
-        any other (`work` starts it), and only logged when it fails."""
+    async def _restore(self, restore: Restore) -> None:
+        """Put a renegotiated call back to its previous reservation (its new one could not be
+        recorded). If the provider cannot, the call is left to reconciliation."""
+        info, request = restore.provider, restore.request
         try:
-            await self.providers.call(info, operation, work, request=request)
-        except ServiceError:
-            log.error("provider %s could not take back %s of %s; it may hold more", info.id, operation, request.call)
+            decision = await self.providers.call(
+                info, "restore", lambda: info.provider.renegotiate(request), request=request
+            )
+        except ServiceError as error:
+            decision = Refusal(RefusalKind.ADMISSION, error.message)
+        if isinstance(decision, Grant) and rates_of(decision.qos) == rates_of(request.qos):
+            return
+        log.error(
+            "could not put %s back to its previous QoS after a failed commit; it will be reconciled", request.call
+        )
+        self.suspects.add(request.call)
 
     # -- quotas -----------------------------------------------------------------------------
     def _limits(self, tenant: str) -> UsageLimits | None:

@@ -90,6 +90,11 @@ class Config:
     shutdown_grace_seconds: float = 5.0
     # The whole shutdown takes at most this long; then the process exits whatever a provider does.
     shutdown_timeout_seconds: float = 10.0
+    # The ledger (operator settings): how often the providers that list their reservations are
+    # reconciled with the connected calls (0 = only at start-up), and the longest wait between two
+    # attempts at a release a provider has not confirmed (the wait doubles from 0.5 s up to it).
+    reconcile_interval_seconds: float = 60.0
+    release_retry_max_seconds: float = 60.0
     reflection: bool = True
     log_level: str = "info"
     # Written with the bound port once serving (useful with listen = "127.0.0.1:0").
@@ -181,9 +186,12 @@ class Config:
             "watch_stall_seconds",
             "shutdown_grace_seconds",
             "shutdown_timeout_seconds",
+            "release_retry_max_seconds",
         ):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive")
+        if self.reconcile_interval_seconds < 0:
+            raise ConfigError("reconcile_interval_seconds must not be negative")
         for name in (
             "event_retention_count",
             "max_message_bytes",

@@ -5,7 +5,8 @@ gRPC code of a reason is the `(grpc_code)` option on that reason in the same fil
 `callqos.wire` reads from the descriptor at import (and refuses to import without), so no reason
 can go out with a code nobody decided. Every status carries a `google.rpc.ErrorInfo` (AIP-193,
 domain `callqos.wire.ERROR_DOMAIN`), plus `BadRequest` for invalid input, `QosRefusal` for
-refused QoS and `QuotaFailure` for an exceeded quota.
+refused QoS, `QuotaFailure` for an exceeded quota and `RetryInfo` (`retry_info`) when the server
+knows when a retry may succeed (a provider that is restarting or reconnecting).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 import grpc
-from google.protobuf import any_pb2
+from google.protobuf import any_pb2, duration_pb2
 from google.protobuf.message import Message
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 
@@ -51,7 +52,7 @@ class ServiceError(Exception):
     metadata: Mapping[str, str] = field(default_factory=dict)
     violations: tuple[FieldViolation, ...] = ()
     refusal: call_pb2.QosRefusal | None = None
-    # Further google.rpc details, after ErrorInfo (e.g. QuotaFailure).
+    # Further google.rpc details, after ErrorInfo (e.g. QuotaFailure, RetryInfo).
     details: tuple[Message, ...] = ()
     # Why access was refused, for the audit log only: never sent to the caller (whom a NOT_FOUND
     # for another tenant's call must tell nothing more than a NOT_FOUND for no call).
@@ -95,6 +96,13 @@ class ServiceError(Exception):
             any_msg.Pack(detail)
             packed.append(any_msg)
         return status_pb2.Status(code=getattr(code_pb2, self.code.name), message=self.message, details=packed)
+
+
+def retry_info(seconds: float) -> error_details_pb2.RetryInfo:
+    """A google.rpc.RetryInfo detail: a retry may succeed after `seconds`."""
+    delay = duration_pb2.Duration()
+    delay.FromNanoseconds(max(0, round(seconds * 1e9)))
+    return error_details_pb2.RetryInfo(retry_delay=delay)
 
 
 # At most this many field violations go into a BadRequest (and the status message), then one that
@@ -149,6 +157,16 @@ def refused(
     if counter_offer is not None:
         refusal.counter_offer.CopyFrom(counter_offer)
     return ServiceError(reason, message, metadata={"call": call, **(metadata or {})}, refusal=refusal)
+
+
+def storage_unavailable(cause: str, doing: str) -> ServiceError:
+    """UNAVAILABLE / STORAGE_UNAVAILABLE: the server could not `doing` because its storage failed
+    (`cause`, e.g. "disk is full"); nothing changed, and a retry may succeed."""
+    return ServiceError(
+        Reason.ERROR_REASON_STORAGE_UNAVAILABLE,
+        f"could not {doing}: {cause}; nothing changed, retry later",
+        metadata={"cause": cause},
+    )
 
 
 class ReplayedStatus(Exception):

@@ -6,10 +6,11 @@ deadline, in a task of their own, abandoned if they ignore cancellation, every B
 caught, optionally on a thread of their own), so a slow, hung, blocking or raising provider fails
 one request instead of the server, and inside a provider span with the decision's metrics. Any
 failure of a provider becomes PROVIDER_UNAVAILABLE here, and an answer of the wrong kind
-PROVIDER_CONTRACT_VIOLATION. It also owns
-link administration (ListLinks, UpdateLink): which provider has links, and the provider call
-that changes one. What a provider implements is in `providers`; the host's bookkeeping of a
-hosted provider (`HostedProvider`) is kept here, out of the plugin's public face.
+PROVIDER_CONTRACT_VIOLATION. It also owns link administration (ListLinks, UpdateLink): which
+provider has links, their configured capacities, and the provider call that changes one; and what
+the ledger's reconciliation asks of a provider: the reservations it holds (`holdings`). What a
+provider implements is in `providers`; the host's bookkeeping of a hosted provider
+(`HostedProvider`) is kept here, out of the plugin's public face.
 """
 
 from __future__ import annotations
@@ -30,9 +31,11 @@ from callqos.server.providers import registry
 from callqos.server.providers.base import (
     AdmissionRequest,
     Grant,
+    Holding,
     IncomingOffer,
     Provider,
     ProviderChange,
+    ProviderHost,
     Refusal,
     Restored,
 )
@@ -48,9 +51,13 @@ T = TypeVar("T")
 # the caller who is waiting for it.
 CALLER_DEADLINE: contextvars.ContextVar[float | None] = contextvars.ContextVar("caller_deadline", default=None)
 CALLER_BOUND = frozenset({"admit", "renegotiate"})
+# The deadline (time.monotonic()) of the provider call now running: its budget, set by the host
+# around each call, so that a provider that calls further (the remote host passes it on as the
+# gRPC deadline of its own RPC) knows when its answer stops mattering.
+PROVIDER_DEADLINE: contextvars.ContextVar[float | None] = contextvars.ContextVar("provider_deadline", default=None)
 # Provider operations after which a link's reservations may have changed (the link gauges are
 # refreshed after each).
-CHANGES_LINKS = frozenset({"admit", "renegotiate", "release", "update_link"})
+CHANGES_LINKS = frozenset({"admit", "renegotiate", "release", "update_link", "restore"})
 
 
 class Host(Protocol):
@@ -137,20 +144,60 @@ class HostedProviders:
                 thread=ProviderThread(provider_id) if threaded else None,
             )
         self.default_id = default
+        # Each administered link's capacity as configured (`providers/{p}/links/{l}` → B/s), read
+        # before any capacity set with UpdateLink is put back (`read_configured_links`).
+        self.configured_capacity: dict[str, int] = {}
 
-    async def start(self, host: Host, connected: Mapping[str, Sequence[Restored]]) -> list[ProviderChange]:
-        """Start every provider with the connected calls it held; the changes they report for
-        calls that no longer fit are returned for the host to apply."""
-        changes: list[ProviderChange] = []
-        for info in self._by_id.values():
-            view = ProviderHostView(host, info.name)
-            held = list(connected.get(info.id, ()))
-            if info.thread is not None:
-                starting = info.provider.start(HostOnLoop(view, asyncio.get_running_loop()), held)
-                changes.extend(await info.thread.run(starting, f"{info.id}.start"))
-            else:
-                changes.extend(await info.provider.start(view, held))
+    async def read_configured_links(self) -> set[str]:
+        """Remember every administered link's configured capacity (before start-up applies the
+        capacities kept from UpdateLink: LINK-5 compares against these). Returns the providers
+        (`providers/{p}`) whose links could be read; one that fails is logged, not fatal."""
+        read: set[str] = set()
+        for info in self.all():
+            if not info.capabilities.link_admin:
+                continue
+            try:
+                links = await self.list_links(info)
+            except ServiceError as error:
+                log.error("could not read the links of provider %s at start-up: %s", info.id, error.message)
+                continue
+            for link in links:
+                self.configured_capacity[link.name] = link.capacity_bytes_per_second
+            read.add(info.name)
+        return read
+
+    async def start(self, info: HostedProvider, host: Host, restored: Sequence[Restored]) -> list[ProviderChange]:
+        """Start one provider with the connected calls it held, contained and under the provider
+        deadline like any provider call; the changes it reports for calls that no longer fit are
+        returned for the host to apply. A provider that fails to start is PROVIDER_UNAVAILABLE (or
+        PROVIDER_CONTRACT_VIOLATION), logged; the host then restores its calls one by one
+        (conformance/SPEC.md CALL-7)."""
+        view = ProviderHostView(host, info.name)
+        held = list(restored)
+        # A threaded provider reaches the server's loop through HostOnLoop, made here, on it.
+        target: ProviderHost = HostOnLoop(view, asyncio.get_running_loop()) if info.thread is not None else view
+        try:
+            changes = await self._call(info, "start", lambda: info.provider.start(target, held))
+        except ServiceError as error:
+            log.error("provider %s failed to start with %d calls: %s", info.id, len(held), error.message)
+            raise
+        # Read once more now that it has started: a remote provider learns its capabilities from
+        # the provider process it connects to in start().
+        info.capabilities = info.provider.capabilities()
         return changes
+
+    async def holdings(self, info: HostedProvider) -> dict[str, tuple[int, int]] | None:
+        """What the provider lists as held (call → (sending, receiving) B/s), contained and under
+        the provider deadline; None when it does not advertise `reservation_listing` (PROV-19)."""
+        if not info.capabilities.reservation_listing:
+            return None
+        listed = await self.call(info, "reservations", info.provider.reservations)
+        return {held.call: (held.sending_bytes_per_second, held.receiving_bytes_per_second) for held in listed}
+
+    async def holding(self, info: HostedProvider, call: str) -> tuple[int, int] | None:
+        """What the provider holds for `call` now, or None when it lists nothing for it."""
+        held = await self.holdings(info)
+        return held.get(call) if held else None
 
     async def stop(self) -> None:
         """Stop every provider, each contained and under the provider deadline."""
@@ -224,6 +271,7 @@ class HostedProviders:
     ) -> T:
         budget = self.budget(operation)
         label = f"{info.id}.{operation}"
+        deadline = PROVIDER_DEADLINE.set(time.monotonic() + budget)  # the contained task copies it
         try:
             result: T = await self.containment.run(
                 work, label=label, budget=budget, thread=info.thread, late=self._late(info, operation, request)
@@ -262,6 +310,8 @@ class HostedProviders:
                 f"provider {info.id} failed in {operation}: {type(exc).__name__}",
                 metadata={"provider": info.name, "operation": operation, "cause": "error"},
             ) from exc
+        finally:
+            PROVIDER_DEADLINE.reset(deadline)
         problem = _wrong_answer(operation, result)
         if problem:
             raise ServiceError(
@@ -354,6 +404,14 @@ def _wrong_answer(operation: str, result: object) -> str:
             return f"returned {type(result).__name__}, not a list of Link"
     if operation == "update_link" and not isinstance(result, provider_pb2.Link):
         return f"returned {type(result).__name__}, not a Link"
+    if operation == "start" and not (
+        isinstance(result, list) and all(isinstance(change, ProviderChange) for change in result)
+    ):
+        return f"returned {type(result).__name__}, not a list of ProviderChange"
+    if operation == "reservations" and not (
+        isinstance(result, list) and all(isinstance(held, Holding) for held in result)
+    ):
+        return f"returned {type(result).__name__}, not a list of Holding"
     return ""
 
 

@@ -52,12 +52,13 @@ from callqos.server.calls import (
     Decided,
     Outcome,
     Release,
+    Restore,
     _least_reserved,
     _refusal_event_type,
     _refusal_reason,
     etag_of,
 )
-from callqos.server.errors import Reason, ServiceError, reason_name, refused
+from callqos.server.errors import Reason, ServiceError, refused
 from callqos.server.events import EventHub
 from callqos.server.hosting import HostedProvider, HostedProviders
 from callqos.server.idempotency import RequestKey
@@ -238,7 +239,16 @@ class Switchboard(CallManager):
                 self._event(calling, EventType.QOS_EVENT_TYPE_CALL_RINGBACK, request.request_id),
             ]
             offered = await self._settle(
-                Outcome(call=calling, peers=[callee], events=events, failure=None, key=key, decided=None, release=None)
+                Outcome(
+                    call=calling,
+                    peers=[callee],
+                    events=events,
+                    failure=None,
+                    key=key,
+                    decided=None,
+                    release=None,
+                    restore=None,
+                )
             )
             self.telemetry.incoming_call("offered", info.name)
             self._ring(callee)
@@ -288,7 +298,16 @@ class Switchboard(CallManager):
                 callee.etag = etag_of(callee)
                 event = self._event(callee, EventType.QOS_EVENT_TYPE_CALL_OFFERED, "")
                 await self._settle(
-                    Outcome(call=callee, peers=(), events=[event], failure=None, key=None, decided=None, release=None)
+                    Outcome(
+                        call=callee,
+                        peers=(),
+                        events=[event],
+                        failure=None,
+                        key=None,
+                        decided=None,
+                        release=None,
+                        restore=None,
+                    )
                 )
                 self.telemetry.incoming_call("offered", info.name)
                 self._ring(callee)
@@ -403,7 +422,8 @@ class Switchboard(CallManager):
                 failure=error,
                 key=key,
                 decided=decided,
-                release=Release.first(info, holder=holder.name),
+                release=Release.always(info, holder=holder.name),
+                restore=None,
             )
             return await self._settled(outcome, lambda: self.telemetry.incoming_call("failed", info.name))
         if isinstance(decision, Refusal):
@@ -446,6 +466,7 @@ class Switchboard(CallManager):
             key=key,
             decided=decided,
             release=Release.if_commit_fails(info, holder=holder.name),
+            restore=None,
         )
         # Over quota after all (a concurrent admission of the tenant committed first): the store
         # refuses the commit, the grant is released, and the call rings on.
@@ -498,6 +519,7 @@ class Switchboard(CallManager):
             key=key,
             decided=decided,
             release=None,
+            restore=None,
         )
 
         def after() -> None:
@@ -557,7 +579,14 @@ class Switchboard(CallManager):
                 )
             )
         outcome = Outcome(
-            call=leg, peers=[peer] if peer else (), events=events, failure=None, key=key, decided=None, release=None
+            call=leg,
+            peers=[peer] if peer else (),
+            events=events,
+            failure=None,
+            key=key,
+            decided=None,
+            release=None,
+            restore=None,
         )
 
         def after() -> None:
@@ -669,7 +698,8 @@ class Switchboard(CallManager):
 
     async def _hang_up(self, leg: Call) -> Call:
         """Drop a connected call with (or without) a peer: `leg` NORMAL, its peer PEER_DROPPED,
-        each with its last grant as previous_qos; the one reservation released first."""
+        each with its last grant as previous_qos; the one reservation released once that is
+        recorded."""
         peer = await self._stored(leg.peer) if leg.peer else None
         info = self.providers.get(leg.provider)
         now = _now()
@@ -693,7 +723,8 @@ class Switchboard(CallManager):
                 failure=None,
                 key=None,
                 decided=None,
-                release=Release.first(info, holder=holder_of(leg)),
+                release=Release.after_commit(info, holder=holder_of(leg)),
+                restore=None,
             )
         )
 
@@ -718,12 +749,14 @@ class Switchboard(CallManager):
             # The request is in `leg`'s terms; the provider's reservation in the holder's.
             ours = _copy if holder is leg else mirror
             level = request.service_level or leg.service_level
-            desired = resolve_no_change(request.qos, leg.requested_qos)
+            desired = self._desired(request.qos, leg, level)
             if self._unchanged(leg, level, desired):
                 # Nothing to change (SPEC.md SETQOS-8), on either leg: both as they are, no
                 # provider call, no event; recorded for the request_id like any outcome.
                 return await self._settle(
-                    Outcome(call=leg, peers=(), events=[], failure=None, key=key, decided=None, release=None)
+                    Outcome(
+                        call=leg, peers=(), events=[], failure=None, key=key, decided=None, release=None, restore=None
+                    )
                 )
             asked = resolve_no_change(request.qos, leg.granted_qos)
             if level == Level.SERVICE_LEVEL_BEST_EFFORT:
@@ -756,7 +789,16 @@ class Switchboard(CallManager):
                     message=error.message,
                 )
                 return await self._settle(
-                    Outcome(call=leg, peers=(), events=[failed], failure=error, key=key, decided=decided, release=None)
+                    Outcome(
+                        call=leg,
+                        peers=(),
+                        events=[failed],
+                        failure=error,
+                        key=key,
+                        decided=decided,
+                        release=None,
+                        restore=None,
+                    )
                 )
             if isinstance(decision, Refusal):
                 counter = ours(decision.counter_offer) if decision.counter_offer is not None else None
@@ -775,12 +817,28 @@ class Switchboard(CallManager):
                 )
                 return await self._settle(
                     Outcome(
-                        call=leg, peers=(), events=[failed], failure=refusal, key=key, decided=decided, release=None
+                        call=leg,
+                        peers=(),
+                        events=[failed],
+                        failure=refusal,
+                        key=key,
+                        decided=decided,
+                        release=None,
+                        restore=None,
                     )
                 )
             now = _now()
             holder_requested = ours(desired)
-            previous_level, holder_previous = holder.service_level, _copy(holder.granted_qos)
+            # If the new grant cannot be recorded (the storage failed, or the tenant filled its
+            # quota meanwhile), both legs keep their previous QoS: the provider is put back to it.
+            back = AdmissionRequest(
+                holder.name,
+                holder.destination,
+                holder.service_level,
+                _copy(holder.granted_qos),
+                principal,
+                current=decision.qos,
+            )
             events: list[QosEvent] = []
             for each, granted, requested in (
                 (holder, decision.qos, holder_requested),
@@ -804,94 +862,39 @@ class Switchboard(CallManager):
                 )
             if holder is not leg:
                 events.reverse()  # the renegotiating leg's event first
-            try:
-                return await self._settle(
-                    Outcome(
-                        call=leg, peers=[peer], events=events, failure=None, key=key, decided=decided, release=None
-                    ),
-                    limits,
-                )
-            except ServiceError as error:
-                if error.reason == Reason.ERROR_REASON_QUOTA_EXCEEDED:
-                    # The store refused the new grant (the tenant filled its quota meanwhile): both
-                    # legs keep their previous QoS, so the provider must go back to it too.
-                    back = AdmissionRequest(
-                        holder.name,
-                        holder.destination,
-                        previous_level,
-                        holder_previous,
-                        principal,
-                        current=decision.qos,
-                    )
-                    await self._quietly(info, "renegotiate", lambda: info.provider.renegotiate(back), back)
-                raise
+            return await self._settle(
+                Outcome(
+                    call=leg,
+                    peers=[peer],
+                    events=events,
+                    failure=None,
+                    key=key,
+                    decided=decided,
+                    release=None,
+                    restore=Restore(info, back),
+                ),
+                limits,
+            )
 
-    async def _apply_change(self, change: ProviderChange) -> None:
-        first = await self.store.get_call(change.call)
-        if first is None or (not first.peer and first.state != State.STATE_OFFERING):
-            await super()._apply_change(change)
-            return
-        if not holds_reservation(first):
+    async def _apply_change(self, change: ProviderChange) -> QosSpec | None:
+        """A provider's change (the call's lock held): to a pair, under its caller's leg, it
+        changes both legs (`CallManager._apply_change`); a call from the provider's network still
+        offered whose caller gave up (`qos=None`) ends PEER_DROPPED."""
+        call = await self.store.get_call(change.call)
+        if call is not None and not holds_reservation(call):
             log.warning(
                 "ignoring provider change for %s: its reservation is held under %s, the caller's leg",
                 change.call,
-                first.peer,
+                call.peer,
             )
-            return
-        async with self._locks.hold(change.call):
-            call = await self._stored(change.call)
-            if call.state == State.STATE_OFFERING and not call.peer:
-                if change.qos is None:  # the caller on the provider's network gave up
-                    await self._end_offer(
-                        call, Disconnect.DISCONNECT_REASON_PEER_DROPPED, "", None, "canceled", change.message
-                    )
-                return
-            if call.state != State.STATE_CONNECTED:
-                log.info("ignoring provider change for %s: not a connected call", change.call)
-                return
-            peer = await self._stored(call.peer)
-            now = _now()
-            events: list[QosEvent] = []
-            for each, mine in ((call, change.qos), (peer, mirror(change.qos) if change.qos is not None else None)):
-                previous = _copy(each.granted_qos)
-                if mine is None:
-                    self._end(each, Disconnect.DISCONNECT_REASON_QOS_UNAVAILABLE, now)
-                    unavailable = reason_name(Reason.ERROR_REASON_QOS_UNAVAILABLE)
-                    events.append(
-                        self._event(
-                            each, change.event, "", previous=previous, message=change.message, reason=unavailable
-                        )
-                    )
-                    events.append(
-                        self._event(
-                            each,
-                            EventType.QOS_EVENT_TYPE_CALL_DISCONNECTED,
-                            "",
-                            previous=previous,
-                            disconnect=Disconnect.DISCONNECT_REASON_QOS_UNAVAILABLE,
-                            reason=unavailable,
-                            message=change.message,
-                        )
-                    )
-                else:
-                    each.granted_qos.CopyFrom(mine)
-                    each.update_time.CopyFrom(now)
-                    each.etag = etag_of(each)
-                    events.append(
-                        self._event(
-                            each,
-                            EventType.QOS_EVENT_TYPE_QOS_CHANGED,
-                            "",
-                            previous=previous,
-                            current=mine,
-                            message=change.message,
-                            cause=Cause.QOS_CHANGE_CAUSE_PROVIDER_INITIATED,
-                        )
-                    )
-            # The provider made the change itself: it already holds what it reports (or nothing).
-            await self._settle(
-                Outcome(call=call, peers=[peer], events=events, failure=None, key=None, decided=None, release=None)
-            )
+            return None
+        if call is not None and call.state == State.STATE_OFFERING and not call.peer:
+            if change.qos is None:  # the caller on the provider's network gave up
+                await self._end_offer(
+                    call, Disconnect.DISCONNECT_REASON_PEER_DROPPED, "", None, "canceled", change.message
+                )
+            return None
+        return await super()._apply_change(change)
 
     async def _end_lease(self, call: Call, failure: ServiceError | None, key: RequestKey | None) -> Call:
         """A lease that ends while its pair still rings ends the offer too: the answering leg rings

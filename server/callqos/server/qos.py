@@ -4,6 +4,12 @@ other's mirror and what an answer may ask for (OFFER-2, ANSWER-2), and the RFC 2
 (DELAY-1 … DELAY-3). Pure functions over the published protobuf types, used by validation, the
 call manager and telemetry; what a provider needs of them is exported to provider authors by
 `callqos.server.providers`.
+
+Every quantity derived here is bounded (DELAY-5, PROV-20): latencies and sizes are uint32 on the
+wire and rates uint64, and a flowspec never carries a raw Winsock sentinel (FLOW-12), so what a
+provider writes into a flowspec goes through `representable`, and the delay bound is computed
+exactly, in integers (`delay_bound_ceil_us`), so that comparing it with a latency never depends
+on floating-point rounding at any magnitude.
 """
 
 from __future__ import annotations
@@ -33,6 +39,20 @@ POSITIVE_INFINITY_RATE = 0xFFFFFFFE
 SENTINELS = frozenset({QOS_NOT_SPECIFIED, POSITIVE_INFINITY_RATE})
 
 MICROS = 1_000_000
+# The largest value a flowspec's uint32 field (latency, delay variation, SDU sizes) may carry:
+# 0xFFFFFFFE and 0xFFFFFFFF are the sentinels. A GUARANTEED flow whose delay bound exceeds it
+# cannot be promised (DELAY-5).
+LARGEST_UINT32_FIELD = 0xFFFFFFFD
+# The largest value of a uint64 field (rates, bucket sizes, link capacities).
+LARGEST_UINT64 = 2**64 - 1
+
+
+def representable(value: int, largest: int = LARGEST_UINT64) -> int:
+    """`value` as a provider may write it into a flowspec field: at most `largest`, never negative,
+    and never a raw Winsock sentinel (a sentinel becomes the largest value below them). Only ever
+    lowers a value, so a rate cut to what is free stays within what is free."""
+    value = max(min(value, largest), 0)
+    return LARGEST_UINT32_FIELD if value in SENTINELS else value
 
 
 def reserved_rate(spec: FlowSpec) -> int:
@@ -167,3 +187,41 @@ def guaranteed_delay_bound_us(spec: FlowSpec, path: PathTerms) -> float:
     if not bounded_peak:
         queueing_s += max(bucket - m_big, 0) / rate
     return queueing_s * MICROS + path.d_microseconds + path.min_path_latency_microseconds
+
+
+def delay_bound_ceil_us(spec: FlowSpec, path: PathTerms) -> int | None:
+    """The delay bound of `guaranteed_delay_bound_us`, rounded up to a whole microsecond and
+    computed exactly in integers (no float rounding at any magnitude); None when the flowspec
+    reserves no rate (it has no bound). It may exceed any latency a flowspec can carry: compare
+    it with `LARGEST_UINT32_FIELD` before writing it into one (DELAY-5)."""
+    rate = reserved_rate(spec)
+    if rate <= 0:
+        return None
+    m_big = spec.max_sdu_size_bytes if spec.HasField("max_sdu_size_bytes") else path.mtu_bytes
+    bucket = spec.token_bucket_size_bytes if spec.HasField("token_bucket_size_bytes") else m_big
+    bounded_peak = spec.HasField("peak_bandwidth_bytes_per_second") and not spec.peak_bandwidth_unbounded
+    burst = 0 if bounded_peak else max(bucket - m_big, 0)
+    queued_bytes = burst + m_big + path.c_bytes
+    return -(-queued_bytes * MICROS // rate) + path.d_microseconds + path.min_path_latency_microseconds
+
+
+def largest_bucket_within(spec: FlowSpec, path: PathTerms, latency_us: int) -> int | None:
+    """The largest token bucket (at most the flowspec's own) with which a GUARANTEED flow's delay
+    bound stays within `latency_us`; None when no bucket can (the rate is too low for that
+    latency whatever the burst). With a bounded peak the bucket does not enter the bound (DELAY-2),
+    so it is kept as it is when the bound fits."""
+    rate = reserved_rate(spec)
+    if rate <= 0:
+        return None
+    m_big = spec.max_sdu_size_bytes if spec.HasField("max_sdu_size_bytes") else path.mtu_bytes
+    bucket = spec.token_bucket_size_bytes if spec.HasField("token_bucket_size_bytes") else m_big
+    slack_us = latency_us - path.d_microseconds - path.min_path_latency_microseconds
+    # ceil(x * 1e6 / R) <= slack  ⟺  x <= floor(slack * R / 1e6), for whole bytes x.
+    budget_bytes = slack_us * rate // MICROS if slack_us >= 0 else -1
+    if m_big + path.c_bytes > budget_bytes:
+        return None
+    bounded_peak = spec.HasField("peak_bandwidth_bytes_per_second") and not spec.peak_bandwidth_unbounded
+    if bounded_peak:
+        return bucket
+    # (b - M) + M + C <= budget  ⟺  b <= budget - C; a bucket below M adds no burst anyway.
+    return min(bucket, budget_bytes - path.c_bytes)

@@ -30,14 +30,16 @@ from google.protobuf.message import DecodeError, Message
 from grpc_status import rpc_status
 
 from callqos.server import names, validation
-from callqos.server.errors import FieldViolation, Reason, ReplayedStatus, ServiceError, invalid
+from callqos.server.errors import FieldViolation, Reason, ReplayedStatus, ServiceError, invalid, storage_unavailable
 from callqos.server.events import EventHub
 from callqos.server.hosting import CALLER_DEADLINE, HostedProviders, provider_proto
 from callqos.server.incoming import Switchboard
+from callqos.server.ledger import Ledger
 from callqos.server.lines import LineManager
 from callqos.server.security.authz import MUTATIONS
 from callqos.server.security.guard import Guard
 from callqos.server.security.identity import Caller
+from callqos.server.store.base import StoreUnavailable
 from callqos.server.validation import DEFAULT_PAGE, MAX_PAGE, MAX_PROVIDER_PAGE
 from callqos.server.watchers import Watchers
 from callqos.v1 import call_pb2, line_pb2
@@ -152,6 +154,10 @@ def unary(method: Handler[R]) -> Handler[R]:
         except (ServiceError, ReplayedStatus) as error:
             self.guard.audit(name, caller, context.peer(), _resource(request), error)
             await _abort(context, error)
+        except StoreUnavailable as error:  # a read the storage failed: retryable, never INTERNAL
+            unavailable = storage_unavailable(error.cause, f"answer {name}")
+            self.guard.audit(name, caller, context.peer(), _resource(request), unavailable)
+            await _abort(context, unavailable)
         except Exception:
             internal = _internal(name)
             self.guard.audit(name, caller, context.peer(), _resource(request), internal)
@@ -174,6 +180,7 @@ class CallQosServicer(svc_grpc.CallQosServiceServicer):
         watchers: Watchers,
         guard: Guard,
         lines: LineManager,
+        ledger: Ledger,
     ) -> None:
         self._calls = calls
         self._lines = lines
@@ -181,6 +188,7 @@ class CallQosServicer(svc_grpc.CallQosServiceServicer):
         self._providers = providers
         self.guard = guard
         self.watchers = watchers
+        self._ledger = ledger
 
     @property
     def open_watchers(self) -> int:
@@ -397,4 +405,4 @@ class CallQosServicer(svc_grpc.CallQosServiceServicer):
     ) -> Any:
         provider_id, link_id = validation.link_update(request)
         info = self._providers.link_admin(names.provider_name(provider_id))
-        return await self._providers.update_link(info, link_id, request.link.capacity_bytes_per_second)
+        return await self._ledger.update_link(info, link_id, request.link.capacity_bytes_per_second)

@@ -34,6 +34,12 @@ func Start() (*Server, error) {
 	if addr := os.Getenv("CALLQOS_TARGET"); addr != "" {
 		return &Server{Addr: addr}, nil
 	}
+	return StartWith()
+}
+
+// StartWith starts a server of its own (never CALLQOS_TARGET's) with these further arguments,
+// e.g. "--config", file.
+func StartWith(args ...string) (*Server, error) {
 	bin, err := findBinary()
 	if err != nil {
 		return nil, err
@@ -42,7 +48,7 @@ func Start() (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
-	return start(bin, dir, "--storage", "memory")
+	return start(bin, dir, append([]string{"--storage", "memory"}, args...)...)
 }
 
 // Secure is a server that requires TLS with a client certificate (mTLS) and accepts bearer

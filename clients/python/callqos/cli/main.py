@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import secrets
 import sys
 from collections.abc import Callable, Sequence
 from importlib import metadata
@@ -28,7 +27,7 @@ from google.protobuf.descriptor import FieldDescriptor
 from callqos import wire
 from callqos.client import Client, FileToken, ResumePolicy, errors, specs, tls_credentials
 from callqos.client._channel import DEFAULT_TIMEOUT, env_principal, env_target
-from callqos.v1 import event_pb2, flowspec_pb2
+from callqos.v1 import flowspec_pb2
 
 from . import completion, plugins, render
 
@@ -343,39 +342,14 @@ def cmd_links(client: Client, args: argparse.Namespace) -> None:
 
 
 def cmd_set_capacity(client: Client, args: argparse.Namespace) -> None:
-    """UpdateLink, then which calls it shed: the QoS events its provider reported while it ran,
-    found by the trace id this command gives the request (every QoS event carries the trace id
-    of the operation that caused it)."""
-    before = client.event_cursor()
-    trace_id = secrets.token_hex(16)
-    traceparent = f"00-{trace_id}-{secrets.token_hex(8)}-01"
-    with _client(args, metadata=[("traceparent", traceparent)]) as traced:
-        link = traced.update_link_capacity(args.link, args.capacity)
-    shed = _shed_by(client, before, client.event_cursor(), trace_id)
+    """UpdateLink, then which calls it shed: the response lists every call the provider degraded or
+    disconnected to make the new capacity hold."""
+    answer = client.update_link_capacity(args.link, args.capacity)
     if args.json:
-        print(render.to_json(link))
-        for event in shed:
-            print(render.to_json(event))
+        print(render.to_json(answer))
         return
-    render.links_table([link], sys.stdout)
-    print(render.shed_text(shed))
-
-
-_SHEDDING = {event_pb2.QOS_EVENT_TYPE_CALL_DISCONNECTED, event_pb2.QOS_EVENT_TYPE_QOS_CHANGED}
-
-
-def _shed_by(client: Client, after: int, through: int, trace_id: str) -> list[event_pb2.QosEvent]:
-    """The disconnections and QoS changes in events after..through that carry `trace_id`."""
-    found: list[event_pb2.QosEvent] = []
-    if through <= after:
-        return found
-    with client.watch(after_sequence=after) as stream:
-        for event in stream:
-            if event.trace_id == trace_id and event.type in _SHEDDING:
-                found.append(event)
-            if event.sequence >= through:
-                break
-    return found
+    render.links_table([answer.link], sys.stdout)
+    print(render.shed_text(answer.changes))
 
 
 # --- parser -----------------------------------------------------------------------------------
@@ -617,7 +591,7 @@ def _credentials(args: argparse.Namespace) -> grpc.ChannelCredentials | None:
         raise _UsageError(f"cannot read {exc.filename}: {exc.strerror}") from exc
 
 
-def _client(args: argparse.Namespace, metadata: Sequence[tuple[str, str]] = ()) -> Client:
+def _client(args: argparse.Namespace) -> Client:
     """A client as the flags (and the environment) say: target, principal, TLS, token."""
     return Client(
         args.target,
@@ -625,7 +599,6 @@ def _client(args: argparse.Namespace, metadata: Sequence[tuple[str, str]] = ()) 
         timeout=args.timeout,
         credentials=_credentials(args),
         token=args.token or (FileToken(args.token_file) if args.token_file else None),
-        metadata=metadata,
     )
 
 

@@ -10,7 +10,7 @@ from typing import Any, TextIO
 from google.protobuf import duration_pb2, json_format, message, timestamp_pb2
 
 from callqos.client import errors, specs
-from callqos.v1 import call_pb2, event_pb2, flowspec_pb2, line_pb2, provider_pb2
+from callqos.v1 import call_pb2, callqos_service_pb2, event_pb2, flowspec_pb2, line_pb2, provider_pb2
 
 
 def to_json(msg: message.Message) -> str:
@@ -280,17 +280,22 @@ def event_text(event: event_pb2.QosEvent) -> str:
     return "  ".join(parts)
 
 
-def shed_text(events: Sequence[event_pb2.QosEvent]) -> str:
-    """What a capacity change did to the calls on the link, from the events it caused."""
-    if not events:
+def shed_text(changes: Sequence[callqos_service_pb2.LinkChange]) -> str:
+    """What a capacity change did to the calls on the link, as its UpdateLinkResponse lists it."""
+    if not changes:
         return "no call was shed"
-    lines = [f"shed {len(events)} call{'s' if len(events) != 1 else ''}:"]
-    for event in events:
-        if event.type == event_pb2.QOS_EVENT_TYPE_CALL_DISCONNECTED:
-            why = _label(call_pb2.DisconnectReason, "DISCONNECT_REASON_", event.disconnect_reason)
-            lines.append(f"  {event.call}  disconnected ({why})")
+    lines = [f"shed {len(changes)} call{'s' if len(changes) != 1 else ''}:"]
+    for change in changes:
+        if change.outcome == callqos_service_pb2.LinkChange.OUTCOME_DISCONNECTED:
+            why = _label(call_pb2.DisconnectReason, "DISCONNECT_REASON_", call_pb2.DISCONNECT_REASON_QOS_UNAVAILABLE)
+            what = f"disconnected ({why})"
         else:
-            lines.append(f"  {event.call}  degraded to {qos_text(event.current_qos)}")
+            what = f"degraded to {qos_text(change.current_qos)}"
+        if not change.recorded:
+            what += " (not recorded yet)"
+        if change.message:
+            what += f" - {change.message}"
+        lines.append(f"  {change.call}  {what}")
     return "\n".join(lines)
 
 

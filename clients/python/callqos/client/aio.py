@@ -349,10 +349,12 @@ class AsyncClient:
 
     async def update_link_capacity(
         self, link: str, capacity_bytes_per_second: int, *, timeout: float | None = None
-    ) -> provider_pb2.Link:
-        """Set a link's capacity; calls that no longer fit are degraded or dropped."""
+    ) -> callqos_service_pb2.UpdateLinkResponse:
+        """Set a link's capacity, durably (it survives server restarts while the link's configured
+        capacity is unchanged). Calls that no longer fit are degraded or dropped; the response has
+        the link (`.link`) and each call changed (`.changes`)."""
         request = _requests.update_link_capacity(link, capacity_bytes_per_second)
-        updated: provider_pb2.Link = await self._unary(self._stub.UpdateLink, request, timeout)
+        updated: callqos_service_pb2.UpdateLinkResponse = await self._unary(self._stub.UpdateLink, request, timeout)
         return updated
 
     # -- events -----------------------------------------------------------------------------

@@ -88,6 +88,7 @@ __all__ = [
     "ServerBugError",
     "ServerError",
     "ShuttingDownError",
+    "StorageUnavailableError",
     "TooManyWatchersError",
     "UnauthenticatedError",
     "UnavailableError",
@@ -525,6 +526,13 @@ class WatcherTooSlowError(UnavailableError):
     ``watch()`` resumes from its cursor by itself."""
 
     error_reason = "WATCHER_TOO_SLOW"
+
+
+class StorageUnavailableError(UnavailableError):
+    """The server could not record the outcome (its disk is full, its storage failed; ErrorInfo
+    metadata ``cause`` says which); nothing changed. Retry later."""
+
+    error_reason = "STORAGE_UNAVAILABLE"
 
 
 class InternalError(ServerError):

@@ -8,6 +8,7 @@ from callqos.v1 import provider_pb2 as _provider_pb2
 from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import field_mask_pb2 as _field_mask_pb2
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from collections.abc import Iterable as _Iterable, Mapping as _Mapping
@@ -212,3 +213,35 @@ class RejectCallRequest(_message.Message):
     etag: str
     request_id: str
     def __init__(self, name: _Optional[str] = ..., etag: _Optional[str] = ..., request_id: _Optional[str] = ...) -> None: ...
+
+class UpdateLinkResponse(_message.Message):
+    __slots__ = ("link", "changes")
+    LINK_FIELD_NUMBER: _ClassVar[int]
+    CHANGES_FIELD_NUMBER: _ClassVar[int]
+    link: _provider_pb2.Link
+    changes: _containers.RepeatedCompositeFieldContainer[LinkChange]
+    def __init__(self, link: _Optional[_Union[_provider_pb2.Link, _Mapping]] = ..., changes: _Optional[_Iterable[_Union[LinkChange, _Mapping]]] = ...) -> None: ...
+
+class LinkChange(_message.Message):
+    __slots__ = ("call", "outcome", "previous_qos", "current_qos", "message", "recorded")
+    class Outcome(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+        __slots__ = ()
+        OUTCOME_UNSPECIFIED: _ClassVar[LinkChange.Outcome]
+        OUTCOME_DEGRADED: _ClassVar[LinkChange.Outcome]
+        OUTCOME_DISCONNECTED: _ClassVar[LinkChange.Outcome]
+    OUTCOME_UNSPECIFIED: LinkChange.Outcome
+    OUTCOME_DEGRADED: LinkChange.Outcome
+    OUTCOME_DISCONNECTED: LinkChange.Outcome
+    CALL_FIELD_NUMBER: _ClassVar[int]
+    OUTCOME_FIELD_NUMBER: _ClassVar[int]
+    PREVIOUS_QOS_FIELD_NUMBER: _ClassVar[int]
+    CURRENT_QOS_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    RECORDED_FIELD_NUMBER: _ClassVar[int]
+    call: str
+    outcome: LinkChange.Outcome
+    previous_qos: _flowspec_pb2.QosSpec
+    current_qos: _flowspec_pb2.QosSpec
+    message: str
+    recorded: bool
+    def __init__(self, call: _Optional[str] = ..., outcome: _Optional[_Union[LinkChange.Outcome, str]] = ..., previous_qos: _Optional[_Union[_flowspec_pb2.QosSpec, _Mapping]] = ..., current_qos: _Optional[_Union[_flowspec_pb2.QosSpec, _Mapping]] = ..., message: _Optional[str] = ..., recorded: _Optional[bool] = ...) -> None: ...

@@ -101,7 +101,7 @@ class CallQosServiceStub:
         self.UpdateLink = channel.unary_unary(
                 '/callqos.v1.CallQosService/UpdateLink',
                 request_serializer=callqos_dot_v1_dot_callqos__service__pb2.UpdateLinkRequest.SerializeToString,
-                response_deserializer=callqos_dot_v1_dot_provider__pb2.Link.FromString,
+                response_deserializer=callqos_dot_v1_dot_callqos__service__pb2.UpdateLinkResponse.FromString,
                 _registered_method=True)
         self.CreateLine = channel.unary_unary(
                 '/callqos.v1.CallQosService/CreateLine',
@@ -243,8 +243,10 @@ class CallQosServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def UpdateLink(self, request, context):
-        """Changes a link's capacity. Calls that no longer fit are degraded or dropped by the
-        provider, with events.
+        """Changes a link's capacity, durably: the capacity set here survives restarts for as long as
+        the link's configured capacity stays what it was when it was set (a changed configuration
+        wins). Calls that no longer fit are degraded or dropped by the provider, with events, and
+        the response lists each of them. Needs permission links.update (role operator).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -366,7 +368,7 @@ def add_CallQosServiceServicer_to_server(servicer, server):
             'UpdateLink': grpc.unary_unary_rpc_method_handler(
                     servicer.UpdateLink,
                     request_deserializer=callqos_dot_v1_dot_callqos__service__pb2.UpdateLinkRequest.FromString,
-                    response_serializer=callqos_dot_v1_dot_provider__pb2.Link.SerializeToString,
+                    response_serializer=callqos_dot_v1_dot_callqos__service__pb2.UpdateLinkResponse.SerializeToString,
             ),
             'CreateLine': grpc.unary_unary_rpc_method_handler(
                     servicer.CreateLine,
@@ -706,7 +708,7 @@ class CallQosService:
             target,
             '/callqos.v1.CallQosService/UpdateLink',
             callqos_dot_v1_dot_callqos__service__pb2.UpdateLinkRequest.SerializeToString,
-            callqos_dot_v1_dot_provider__pb2.Link.FromString,
+            callqos_dot_v1_dot_callqos__service__pb2.UpdateLinkResponse.FromString,
             options,
             channel_credentials,
             insecure,

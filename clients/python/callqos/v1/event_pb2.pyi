@@ -24,6 +24,8 @@ class QosEventType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     QOS_EVENT_TYPE_CALL_DISCONNECTED: _ClassVar[QosEventType]
     QOS_EVENT_TYPE_CALL_OFFERED: _ClassVar[QosEventType]
     QOS_EVENT_TYPE_CALL_RINGBACK: _ClassVar[QosEventType]
+    QOS_EVENT_TYPE_RELEASE_PENDING: _ClassVar[QosEventType]
+    QOS_EVENT_TYPE_RELEASE_COMPLETED: _ClassVar[QosEventType]
 
 class QosChangeCause(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -41,6 +43,8 @@ QOS_EVENT_TYPE_RENEGOTIATION_FAILED: QosEventType
 QOS_EVENT_TYPE_CALL_DISCONNECTED: QosEventType
 QOS_EVENT_TYPE_CALL_OFFERED: QosEventType
 QOS_EVENT_TYPE_CALL_RINGBACK: QosEventType
+QOS_EVENT_TYPE_RELEASE_PENDING: QosEventType
+QOS_EVENT_TYPE_RELEASE_COMPLETED: QosEventType
 QOS_CHANGE_CAUSE_UNSPECIFIED: QosChangeCause
 QOS_CHANGE_CAUSE_RENEGOTIATED: QosChangeCause
 QOS_CHANGE_CAUSE_PROVIDER_INITIATED: QosChangeCause

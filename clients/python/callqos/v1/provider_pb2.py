@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from callqos.v1 import flowspec_pb2 as callqos_dot_v1_dot_flowspec__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19\x63\x61llqos/v1/provider.proto\x12\ncallqos.v1\x1a\x19\x63\x61llqos/v1/flowspec.proto\"\xd0\x02\n\x14ProviderCapabilities\x12\x15\n\rqos_supported\x18\x01 \x01(\x08\x12\x15\n\rrenegotiation\x18\x02 \x01(\x08\x12\"\n\x1aprovider_initiated_changes\x18\x03 \x01(\x08\x12\x12\n\nlink_admin\x18\x04 \x01(\x08\x12.\n\rservice_types\x18\x05 \x03(\x0e\x32\x17.callqos.v1.ServiceType\x12\'\n\x1fmax_reservable_bytes_per_second\x18\x06 \x01(\x04\x12\x1a\n\x12max_sdu_size_bytes\x18\x07 \x01(\r\x12 \n\x18min_latency_microseconds\x18\x08 \x01(\r\x12\x0e\n\x06policy\x18\t \x01(\x08\x12\x13\n\x0bpolicy_note\x18\n \x01(\t\x12\x16\n\x0eincoming_calls\x18\x0b \x01(\x08\"\xa4\x01\n\x08Provider\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x02 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\x12\x36\n\x0c\x63\x61pabilities\x18\x04 \x01(\x0b\x32 .callqos.v1.ProviderCapabilities\x12\x0f\n\x07\x64\x65\x66\x61ult\x18\x05 \x01(\x08\x12\x16\n\x0eimplementation\x18\x06 \x01(\t\"\xa3\x02\n\x04Link\x12\x0c\n\x04name\x18\x01 \x01(\t\x12!\n\x19\x63\x61pacity_bytes_per_second\x18\x02 \x01(\x04\x12)\n!sending_reserved_bytes_per_second\x18\x03 \x01(\x04\x12+\n#receiving_reserved_bytes_per_second\x18\x04 \x01(\x04\x12\x11\n\tmtu_bytes\x18\x05 \x01(\r\x12\x19\n\x11reservation_count\x18\x06 \x01(\r\x12\x1a\n\x12\x65rror_term_c_bytes\x18\x07 \x01(\r\x12!\n\x19\x65rror_term_d_microseconds\x18\x08 \x01(\r\x12%\n\x1dmin_path_latency_microseconds\x18\t \x01(\rBa\n\x0e\x64\x65v.callqos.v1B\rProviderProtoP\x01Z>github.com/callqos/callqos/clients/go/gen/callqos/v1;callqosv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19\x63\x61llqos/v1/provider.proto\x12\ncallqos.v1\x1a\x19\x63\x61llqos/v1/flowspec.proto\"\xed\x02\n\x14ProviderCapabilities\x12\x15\n\rqos_supported\x18\x01 \x01(\x08\x12\x15\n\rrenegotiation\x18\x02 \x01(\x08\x12\"\n\x1aprovider_initiated_changes\x18\x03 \x01(\x08\x12\x12\n\nlink_admin\x18\x04 \x01(\x08\x12.\n\rservice_types\x18\x05 \x03(\x0e\x32\x17.callqos.v1.ServiceType\x12\'\n\x1fmax_reservable_bytes_per_second\x18\x06 \x01(\x04\x12\x1a\n\x12max_sdu_size_bytes\x18\x07 \x01(\r\x12 \n\x18min_latency_microseconds\x18\x08 \x01(\r\x12\x0e\n\x06policy\x18\t \x01(\x08\x12\x13\n\x0bpolicy_note\x18\n \x01(\t\x12\x16\n\x0eincoming_calls\x18\x0b \x01(\x08\x12\x1b\n\x13reservation_listing\x18\x0c \x01(\x08\"\xa4\x01\n\x08Provider\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x02 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\x12\x36\n\x0c\x63\x61pabilities\x18\x04 \x01(\x0b\x32 .callqos.v1.ProviderCapabilities\x12\x0f\n\x07\x64\x65\x66\x61ult\x18\x05 \x01(\x08\x12\x16\n\x0eimplementation\x18\x06 \x01(\t\"\xa3\x02\n\x04Link\x12\x0c\n\x04name\x18\x01 \x01(\t\x12!\n\x19\x63\x61pacity_bytes_per_second\x18\x02 \x01(\x04\x12)\n!sending_reserved_bytes_per_second\x18\x03 \x01(\x04\x12+\n#receiving_reserved_bytes_per_second\x18\x04 \x01(\x04\x12\x11\n\tmtu_bytes\x18\x05 \x01(\r\x12\x19\n\x11reservation_count\x18\x06 \x01(\r\x12\x1a\n\x12\x65rror_term_c_bytes\x18\x07 \x01(\r\x12!\n\x19\x65rror_term_d_microseconds\x18\x08 \x01(\r\x12%\n\x1dmin_path_latency_microseconds\x18\t \x01(\rBa\n\x0e\x64\x65v.callqos.v1B\rProviderProtoP\x01Z>github.com/callqos/callqos/clients/go/gen/callqos/v1;callqosv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,9 +34,9 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'\n\016dev.callqos.v1B\rProviderProtoP\001Z>github.com/callqos/callqos/clients/go/gen/callqos/v1;callqosv1'
   _globals['_PROVIDERCAPABILITIES']._serialized_start=69
-  _globals['_PROVIDERCAPABILITIES']._serialized_end=405
-  _globals['_PROVIDER']._serialized_start=408
-  _globals['_PROVIDER']._serialized_end=572
-  _globals['_LINK']._serialized_start=575
-  _globals['_LINK']._serialized_end=866
+  _globals['_PROVIDERCAPABILITIES']._serialized_end=434
+  _globals['_PROVIDER']._serialized_start=437
+  _globals['_PROVIDER']._serialized_end=601
+  _globals['_LINK']._serialized_start=604
+  _globals['_LINK']._serialized_end=895
 # @@protoc_insertion_point(module_scope)

@@ -8,7 +8,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class ProviderCapabilities(_message.Message):
-    __slots__ = ("qos_supported", "renegotiation", "provider_initiated_changes", "link_admin", "service_types", "max_reservable_bytes_per_second", "max_sdu_size_bytes", "min_latency_microseconds", "policy", "policy_note", "incoming_calls")
+    __slots__ = ("qos_supported", "renegotiation", "provider_initiated_changes", "link_admin", "service_types", "max_reservable_bytes_per_second", "max_sdu_size_bytes", "min_latency_microseconds", "policy", "policy_note", "incoming_calls", "reservation_listing")
     QOS_SUPPORTED_FIELD_NUMBER: _ClassVar[int]
     RENEGOTIATION_FIELD_NUMBER: _ClassVar[int]
     PROVIDER_INITIATED_CHANGES_FIELD_NUMBER: _ClassVar[int]
@@ -20,6 +20,7 @@ class ProviderCapabilities(_message.Message):
     POLICY_FIELD_NUMBER: _ClassVar[int]
     POLICY_NOTE_FIELD_NUMBER: _ClassVar[int]
     INCOMING_CALLS_FIELD_NUMBER: _ClassVar[int]
+    RESERVATION_LISTING_FIELD_NUMBER: _ClassVar[int]
     qos_supported: bool
     renegotiation: bool
     provider_initiated_changes: bool
@@ -31,7 +32,8 @@ class ProviderCapabilities(_message.Message):
     policy: bool
     policy_note: str
     incoming_calls: bool
-    def __init__(self, qos_supported: _Optional[bool] = ..., renegotiation: _Optional[bool] = ..., provider_initiated_changes: _Optional[bool] = ..., link_admin: _Optional[bool] = ..., service_types: _Optional[_Iterable[_Union[_flowspec_pb2.ServiceType, str]]] = ..., max_reservable_bytes_per_second: _Optional[int] = ..., max_sdu_size_bytes: _Optional[int] = ..., min_latency_microseconds: _Optional[int] = ..., policy: _Optional[bool] = ..., policy_note: _Optional[str] = ..., incoming_calls: _Optional[bool] = ...) -> None: ...
+    reservation_listing: bool
+    def __init__(self, qos_supported: _Optional[bool] = ..., renegotiation: _Optional[bool] = ..., provider_initiated_changes: _Optional[bool] = ..., link_admin: _Optional[bool] = ..., service_types: _Optional[_Iterable[_Union[_flowspec_pb2.ServiceType, str]]] = ..., max_reservable_bytes_per_second: _Optional[int] = ..., max_sdu_size_bytes: _Optional[int] = ..., min_latency_microseconds: _Optional[int] = ..., policy: _Optional[bool] = ..., policy_note: _Optional[str] = ..., incoming_calls: _Optional[bool] = ..., reservation_listing: _Optional[bool] = ...) -> None: ...
 
 class Provider(_message.Message):
     __slots__ = ("name", "display_name", "description", "capabilities", "default", "implementation")

@@ -3,15 +3,20 @@ REGISTRY in a fixed order; `all_checks()` returns them."""
 
 from __future__ import annotations
 
+# One line per module of checks (a new profile's module is one more line).
 from callqos.conformance.checks import (  # noqa: F401  (imported for registration)
     concurrency,
+    core_accounting,
     core_admission,
     core_api,
     core_validation,
     events,
+    host,
     incoming,
+    model_based,
     provider_change,
     renegotiation,
+    restart,
 )
 from callqos.conformance.checks.registry import REGISTRY
 from callqos.conformance.model import Check

@@ -102,25 +102,48 @@ async def infeasible_needed(ctx: CheckContext) -> None:
 
 @check(
     "CORE-ADM-003",
-    "A counter-offer is itself admitted on an immediate retry",
+    "A counter-offer is itself admitted on an immediate retry, on an idle and on a partly loaded link",
     MUST,
     "core",
     spec=("PROV-2", "GRANT-3"),
     source="call.proto QosRefusal.counter_offer",
 )
 async def counter_offer(ctx: CheckContext) -> None:
-    """Refused CreateCall at NEEDED; CreateCall(counter_offer, NEEDED) → CONNECTED, satisfying the offer."""
-    request = ctx.request(infeasible(ctx), NEEDED)
-    failure = await ctx.expect_error("CreateCall", request, REFUSED, "QOS_UNAVAILABLE")
-    if failure.refusal is None or not failure.refusal.HasField("counter_offer"):
-        return  # "unset when the provider can offer nothing": nothing to retry
-    offer = failure.refusal.counter_offer
-    result = await ctx.try_create(offer, NEEDED)
-    if isinstance(result, RpcFailure):
-        raise CheckFailed(f"the counter-offer ({brief(offer)}) was refused on retry: {result}")
-    problems = qos_shortfalls(result.granted_qos, offer)
-    if problems:
-        raise CheckFailed(f"the counter-offer was granted short: {'; '.join(problems)}")
+    """Refused CreateCall at NEEDED; CreateCall(counter_offer, NEEDED) → CONNECTED, satisfying the offer. Then the
+    same with c/2 already held each way (the offer must fit what is free, not the capacity), for CONTROLLED_LOAD
+    and, when advertised, GUARANTEED with a bounded peak."""
+    cases: list[tuple[str, QosSpec | None, QosSpec]] = [("idle", None, infeasible(ctx))]
+    if ctx.params.reserving and ctx.caps.qos_supported:
+        capacity = ctx.params.capacity
+        half = QosSpec(sending=cl(capacity // 2), receiving=cl(capacity // 2))
+        cases.append(("c/2 held each way", half, QosSpec(sending=cl(3 * capacity // 4), receiving=cl(capacity // 4))))
+        if ST.SERVICE_TYPE_GUARANTEED in ctx.caps.service_types:
+            spec = flow(
+                ST.SERVICE_TYPE_GUARANTEED,
+                token_rate_bytes_per_second=3 * capacity // 5,
+                peak_bandwidth_bytes_per_second=3 * capacity // 4,
+            )
+            cases.append(("c/2 held each way, GUARANTEED", half, QosSpec(sending=spec, receiving=best_effort())))
+    for label, held, asked in cases:
+        holder = await ctx.create(held, NEEDED) if held is not None else None
+        request = ctx.request(asked, NEEDED)
+        failure = await ctx.expect_error(
+            "CreateCall", request, REFUSED, "QOS_UNAVAILABLE", what=f"CreateCall({brief(asked)}) with {label}"
+        )
+        if failure.refusal is None or not failure.refusal.HasField("counter_offer"):
+            continue  # "unset when the provider can offer nothing": nothing to retry
+        offer = failure.refusal.counter_offer
+        result = await ctx.try_create(offer, NEEDED)
+        if isinstance(result, RpcFailure):
+            raise CheckFailed(
+                f"{label}: the counter-offer ({brief(offer)}) was refused on an immediate retry: {result}"
+            )
+        problems = qos_shortfalls(result.granted_qos, offer)
+        if problems:
+            raise CheckFailed(f"{label}: the counter-offer was granted short: {'; '.join(problems)}")
+        await ctx.drop(result.name)
+        if holder is not None:
+            await ctx.drop(holder.name)
 
 
 @check(
@@ -171,18 +194,27 @@ async def best_effort_level(ctx: CheckContext) -> None:
     source="Winsock2 FLOWSPEC SERVICETYPE_BESTEFFORT / SERVICETYPE_NOTRAFFIC",
 )
 async def non_reserving_types(ctx: CheckContext) -> None:
-    """CreateCall(send BEST_EFFORT / recv NO_TRAFFIC, NEEDED) → CONNECTED with those types, nothing reserved."""
+    """CreateCall(send BEST_EFFORT / recv NO_TRAFFIC, and the mirror, NEEDED) → CONNECTED with those types; also
+    BEST_EFFORT stating a token rate both ways (it still reserves nothing); links unchanged."""
     before = await ctx.reserved() if ctx.caps.link_admin else None
-    for send, recv in (
-        (ST.SERVICE_TYPE_BEST_EFFORT, ST.SERVICE_TYPE_NO_TRAFFIC),
-        (ST.SERVICE_TYPE_NO_TRAFFIC, ST.SERVICE_TYPE_BEST_EFFORT),
+    stated = flow(ST.SERVICE_TYPE_BEST_EFFORT, token_rate_bytes_per_second=max(ctx.params.capacity // 4, 1000))
+    for sending, receiving in (
+        (flow(ST.SERVICE_TYPE_BEST_EFFORT), flow(ST.SERVICE_TYPE_NO_TRAFFIC)),
+        (flow(ST.SERVICE_TYPE_NO_TRAFFIC), flow(ST.SERVICE_TYPE_BEST_EFFORT)),
+        (stated, stated),
     ):
-        qos = QosSpec(sending=flow(send), receiving=flow(recv))
+        qos = QosSpec(sending=sending, receiving=receiving)
         call = await ctx.create(qos, NEEDED)
-        if call.granted_qos.sending.service_type != send or call.granted_qos.receiving.service_type != recv:
+        if (call.granted_qos.sending.service_type, call.granted_qos.receiving.service_type) != (
+            sending.service_type,
+            receiving.service_type,
+        ):
             raise CheckFailed(f"granted {brief(call.granted_qos)} for {brief(qos)}")
-    if before is not None and await ctx.reserved() != before:
-        raise CheckFailed("non-reserving calls changed link reservations")
+        if before is not None and await ctx.reserved() != before:
+            raise CheckFailed(
+                f"{brief(qos)} (token rate {sending.token_rate_bytes_per_second} stated) changed link "
+                f"reservations: {before} → {await ctx.reserved()}"
+            )
 
 
 async def _fill_direction(ctx: CheckContext, direction: str) -> None:
@@ -320,7 +352,7 @@ async def guaranteed_needed(ctx: CheckContext) -> None:
     "GUARANTEED: admitted only when the RFC 2212 delay bound fits the latency (both branches)",
     SHOULD,
     "core",
-    spec=("DELAY-1", "DELAY-2", "DELAY-4"),
+    spec=("DELAY-1", "DELAY-2"),
     source="RFC 2212 delay bound, as the project states it",
     needs=("qos_supported", "link_admin"),
 )

@@ -4,14 +4,18 @@ etags and opaque provider-specific data."""
 
 from __future__ import annotations
 
+import asyncio
+
 import grpc
+from google.protobuf import field_mask_pb2
 
 from callqos.conformance.checks.common import refused_to_intruder
 from callqos.conformance.checks.registry import MUST, check
-from callqos.conformance.exceptions import CheckFailed
-from callqos.conformance.harness import Call, CheckContext, Level, RpcFailed, RpcFailure, same
+from callqos.conformance.exceptions import CheckFailed, CheckSkipped
+from callqos.conformance.harness import Call, CheckContext, EventType, Level, RpcFailed, RpcFailure, decode, same
 from callqos.conformance.rules import RESERVING, QosSpec, best_effort
 from callqos.v1 import callqos_service_pb2 as svc
+from callqos.v1 import provider_pb2
 
 BE_QOS = QosSpec(sending=best_effort(), receiving=best_effort())
 MAX_PROVIDER_SPECIFIC = 4096  # flowspec.proto QosSpec.provider_specific: at most 4096 bytes
@@ -80,6 +84,7 @@ async def responsive(ctx: CheckContext) -> None:
     "core",
     spec=("PROV-8",),
     source="provider.proto ProviderCapabilities",
+    foundation=True,
 )
 async def capabilities(ctx: CheckContext) -> None:
     """GetProvider == ListProviders entry; without qos_supported no reserving service type is advertised."""
@@ -182,6 +187,14 @@ async def owner_only(ctx: CheckContext) -> None:
     """RenegotiateCall and DropCall as another principal → PERMISSION_DENIED NOT_OWNER; the call keeps its etag."""
     qos = ctx.params.feasible or BE_QOS
     call = await ctx.create(qos, Level.SERVICE_LEVEL_IF_AVAILABLE)
+    connection = ctx.session.connection
+    if connection is not None and connection.token:
+        # The server names the suite after its token (SEC-1), a name the suite is not told: it must name
+        # someone, and refused_to_intruder shows that someone else is not the owner.
+        if not call.owner:
+            raise CheckFailed("the call has no owner")
+    elif call.owner != ctx.session.principal:
+        raise CheckFailed(f"the call's owner is {call.owner!r}, not its creator {ctx.session.principal!r}")
     await refused_to_intruder(ctx, call, qos)
     after = await ctx.get(call.name)
     if after.etag != call.etag or after.state != Call.State.STATE_CONNECTED:
@@ -288,3 +301,286 @@ async def provider_specific(ctx: CheckContext) -> None:
         else:
             ctx.register(stored)
             raise CheckFailed(f"random provider_specific bytes were refused but the call was stored as {stored.name}")
+
+
+@check(
+    "CORE-ERR-002",
+    "A call_id already taken is ALREADY_EXISTS (CALL_ALREADY_EXISTS) and changes nothing",
+    MUST,
+    "core",
+    spec=("CALL-4", "API-1"),
+    source="callqos_service.proto CreateCallRequest.call_id; errors.proto CALL_ALREADY_EXISTS",
+)
+async def taken_call_id(ctx: CheckContext) -> None:
+    """CreateCall(call_id = an existing call's) → ALREADY_EXISTS CALL_ALREADY_EXISTS; the existing call keeps its etag
+    and QoS; with link administration, nothing more is reserved."""
+    qos = ctx.params.feasible or BE_QOS
+    call = await ctx.create(qos, Level.SERVICE_LEVEL_IF_AVAILABLE)
+    before = await ctx.reserved() if ctx.caps.link_admin else None
+    again = ctx.request(qos, Level.SERVICE_LEVEL_IF_AVAILABLE, call_id=call.name.removeprefix("calls/"))
+    await ctx.expect_error(
+        "CreateCall",
+        again,
+        grpc.StatusCode.ALREADY_EXISTS,
+        "CALL_ALREADY_EXISTS",
+        what="CreateCall with a taken call_id",
+    )
+    after = await ctx.get(call.name)
+    if after.etag != call.etag or not same(after.granted_qos, call.granted_qos):
+        raise CheckFailed("CreateCall with a taken call_id changed the existing call")
+    if before is not None and await ctx.reserved() != before:
+        raise CheckFailed("CreateCall with a taken call_id reserved capacity")
+
+
+@check(
+    "CORE-VAL-033",
+    "Refuses a malformed caller principal",
+    MUST,
+    "core",
+    spec=("REQ-5", "FLOW-1"),
+    source="callqos_service.proto: x-callqos-principal, 1-128 printable ASCII characters",
+)
+async def malformed_principal(ctx: CheckContext) -> None:
+    """CreateCall with x-callqos-principal 'two words' (a space), and with 129 characters → INVALID_ARGUMENT; no
+    call is stored under the request's call_id. Not applicable when the suite authenticates with a token: the
+    header then names no one, and the server ignores it (SEC-1)."""
+    if ctx.session.connection is not None and ctx.session.connection.token:
+        raise CheckSkipped("mode: the suite authenticates by token, so the server ignores x-callqos-principal")
+    for principal in ("two words", "p" * 129):
+        request = ctx.request(BE_QOS, Level.SERVICE_LEVEL_BEST_EFFORT)
+        await ctx.expect_error(
+            "CreateCall",
+            request,
+            grpc.StatusCode.INVALID_ARGUMENT,
+            principal=principal,
+            what=f"CreateCall as principal {principal[:12]!r}{'…' if len(principal) > 12 else ''}",
+        )
+        await nothing_stored(ctx, f"calls/{request.call_id}")
+
+
+async def nothing_stored(ctx: CheckContext, name: str) -> None:
+    try:
+        stored = await ctx.rpc("GetCall", svc.GetCallRequest(name=name))
+    except RpcFailed as out:
+        if out.failure.code != grpc.StatusCode.NOT_FOUND:
+            raise CheckFailed(f"GetCall after a refused request: expected NOT_FOUND, got {out.failure}") from None
+        return
+    ctx.register(stored)
+    raise CheckFailed(f"a refused request was stored as {stored.name}")
+
+
+@check(
+    "CORE-VAL-032",
+    "Refuses an oversize etag, an oversize ListCalls filter and a malformed watch filter",
+    MUST,
+    "core",
+    spec=("REQ-6", "FLOW-1"),
+    source="callqos_service.proto: bounds on what a request may make the server hold or parse",
+)
+async def bounded_sizes(ctx: CheckContext) -> None:
+    """DropCall(etag of 129 characters) → INVALID_ARGUMENT, the call still CONNECTED; ListCalls(filter of 513
+    characters) → INVALID_ARGUMENT; WatchEvents(call = 'bogus') and WatchEvents(types = [999]) → INVALID_ARGUMENT."""
+    call = await ctx.create(BE_QOS, Level.SERVICE_LEVEL_BEST_EFFORT)
+    invalid = grpc.StatusCode.INVALID_ARGUMENT
+    await ctx.expect_error(
+        "DropCall", svc.DropCallRequest(name=call.name, etag="e" * 129), invalid, what="DropCall with a 129-char etag"
+    )
+    if (await ctx.get(call.name)).state != Call.State.STATE_CONNECTED:
+        raise CheckFailed("DropCall with an oversize etag dropped the call")
+    await ctx.expect_error(
+        "ListCalls", svc.ListCallsRequest(filter="state = CONNECTED" + " " * 500), invalid, what="a 517-char filter"
+    )
+    unknown_type = svc.WatchEventsRequest()
+    unknown_type.types.append(999)  # type: ignore[arg-type]  # a number the API does not define
+    for request in (svc.WatchEventsRequest(call="bogus"), unknown_type):
+        await refused_watch(ctx, request, f"a malformed filter ({request})")
+
+
+async def refused_watch(ctx: CheckContext, request: svc.WatchEventsRequest, what: str) -> RpcFailure:
+    """WatchEvents that must end INVALID_ARGUMENT at once: its failure."""
+    stream = ctx.stub.WatchEvents(request, metadata=ctx.metadata())
+    try:
+        message = await asyncio.wait_for(stream.read(), ctx.rpc_timeout())
+    except grpc.aio.AioRpcError as error:
+        failure = decode(error)
+        if failure.code != grpc.StatusCode.INVALID_ARGUMENT:
+            raise CheckFailed(f"WatchEvents with {what}: expected INVALID_ARGUMENT, got {failure}") from None
+        return failure
+    except TimeoutError:
+        raise CheckFailed(f"WatchEvents with {what} was accepted (stayed open)") from None
+    finally:
+        stream.cancel()
+    raise CheckFailed(f"WatchEvents with {what} was accepted and delivered {message!r}")
+
+
+MAX_WATCH_TYPES, MAX_MASK_PATHS, MAX_DESCRIPTION = 32, 8, 300  # REQ-7
+
+
+@check(
+    "CORE-VAL-034",
+    "Refusing costs a bounded amount: long repeated fields refused on their length, BadRequest kept small",
+    MUST,
+    "core",
+    spec=("REQ-7",),
+    source="callqos_service.proto: WatchEvents.types, UpdateLink.update_mask; AIP-193",
+)
+async def bounded_refusals(ctx: CheckContext) -> None:
+    """WatchEvents(types = QOS_GRANTED 33 times) → INVALID_ARGUMENT naming `types` (valid entries, refused on the
+    list's length); with link administration, UpdateLink(update_mask = capacity_bytes_per_second 9 times) →
+    INVALID_ARGUMENT naming `update_mask`, the capacity unchanged; CreateCall with a 200,000-character destination →
+    INVALID_ARGUMENT whose BadRequest descriptions have at most 300 characters and whose message fewer than 2,000."""
+    granted = EventType.QOS_EVENT_TYPE_QOS_GRANTED  # a valid type: only the count is wrong
+    failure = await refused_watch(
+        ctx, svc.WatchEventsRequest(types=[granted] * (MAX_WATCH_TYPES + 1)), f"{MAX_WATCH_TYPES + 1} event types"
+    )
+    if "types" not in failure.fields:
+        raise CheckFailed(f"WatchEvents with {MAX_WATCH_TYPES + 1} event types: BadRequest names {failure.fields}")
+    if ctx.caps.link_admin:
+        link = (await ctx.links())[0]
+        update = svc.UpdateLinkRequest(
+            link=provider_pb2.Link(name=link.name, capacity_bytes_per_second=link.capacity_bytes_per_second),
+            update_mask=field_mask_pb2.FieldMask(paths=["capacity_bytes_per_second"] * (MAX_MASK_PATHS + 1)),
+        )
+        failure = await ctx.expect_error(
+            "UpdateLink", update, grpc.StatusCode.INVALID_ARGUMENT, what=f"UpdateLink with {MAX_MASK_PATHS + 1} paths"
+        )
+        if "update_mask" not in failure.fields:
+            raise CheckFailed(f"UpdateLink with {MAX_MASK_PATHS + 1} mask paths: BadRequest names {failure.fields}")
+    request = ctx.request(BE_QOS, Level.SERVICE_LEVEL_BEST_EFFORT, destination="d" * 200_000)
+    failure = await ctx.expect_error(
+        "CreateCall", request, grpc.StatusCode.INVALID_ARGUMENT, what="CreateCall with a 200,000-character destination"
+    )
+    longest = max((len(d) for d in failure.descriptions), default=0)
+    if longest > MAX_DESCRIPTION or len(failure.message) >= 2000:
+        raise CheckFailed(
+            f"refusing a 200,000-character destination: a BadRequest description of {longest} characters and a "
+            f"message of {len(failure.message)} (at most {MAX_DESCRIPTION}, and under 2,000)"
+        )
+    await nothing_stored(ctx, f"calls/{request.call_id}")
+
+
+async def listed(ctx: CheckContext, request: svc.ListCallsRequest) -> svc.ListCallsResponse:
+    try:
+        response: svc.ListCallsResponse = await ctx.rpc("ListCalls", request)
+    except RpcFailed as out:
+        raise CheckFailed(f"ListCalls({request}) failed: {out.failure}") from None
+    return response
+
+
+@check(
+    "CORE-LIST-001",
+    "ListCalls pages newest first; a negative page size and a token used with another filter are refused",
+    MUST,
+    "core",
+    spec=("API-5",),
+    source="AIP-158",
+)
+async def paging(ctx: CheckContext) -> None:
+    """Three calls; ListCalls(page_size 1, filter on the provider) pages through them newest first, one a page;
+    page_size -1 → INVALID_ARGUMENT; the first page's token with another filter → INVALID_ARGUMENT."""
+    made = [await ctx.create(BE_QOS, Level.SERVICE_LEVEL_BEST_EFFORT) for _ in range(3)]
+    wanted = {call.name for call in made}
+    query = f'provider = "{ctx.provider}"'
+    seen: list[str] = []
+    token = ""
+    first_token = ""
+    for _ in range(10_000):  # bounded: stops once the three were seen or the list ends
+        page = await listed(ctx, svc.ListCallsRequest(page_size=1, page_token=token, filter=query))
+        if len(page.calls) > 1:
+            raise CheckFailed(f"ListCalls(page_size=1) returned {len(page.calls)} calls")
+        seen += [call.name for call in page.calls if call.name in wanted]
+        token = page.next_page_token
+        first_token = first_token or token
+        if not token or len(seen) == 3:
+            break
+    expected = [call.name for call in reversed(made)]
+    if seen != expected:
+        raise CheckFailed(f"paging with page_size=1 gave the suite's calls as {seen}; newest first is {expected}")
+    await ctx.expect_error(
+        "ListCalls",
+        svc.ListCallsRequest(page_size=-1),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        what="ListCalls(page_size=-1)",
+    )
+    if first_token:
+        await ctx.expect_error(
+            "ListCalls",
+            svc.ListCallsRequest(page_size=1, page_token=first_token, filter="state = DISCONNECTED"),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            what="ListCalls with a page token issued for another filter",
+        )
+
+
+@check(
+    "CORE-LIST-002",
+    "ListCalls filters on state and provider; other filters are refused",
+    MUST,
+    "core",
+    spec=("API-6",),
+    source="callqos_service.proto ListCallsRequest.filter (an AIP-160 subset)",
+)
+async def filtering(ctx: CheckContext) -> None:
+    """A connected and a dropped call: the filter `state = CONNECTED AND provider = "…"` lists the first and not the
+    second, `state = DISCONNECTED` the second; `owner = "x"` → INVALID_ARGUMENT."""
+    connected = await ctx.create(BE_QOS, Level.SERVICE_LEVEL_BEST_EFFORT)
+    dropped = await ctx.create(BE_QOS, Level.SERVICE_LEVEL_BEST_EFFORT)
+    await ctx.drop(dropped.name)
+    names = {call.name for call in await ctx.connected_calls()}
+    if connected.name not in names or dropped.name in names:
+        raise CheckFailed(
+            f"the filter state = CONNECTED AND provider = {ctx.provider!r} listed the dropped call or "
+            "missed the connected one"
+        )
+    page = await listed(ctx, svc.ListCallsRequest(page_size=50, filter="state = DISCONNECTED"))
+    states = {call.state for call in page.calls}
+    if states - {Call.State.STATE_DISCONNECTED}:
+        raise CheckFailed("the filter state = DISCONNECTED listed connected calls")
+    await ctx.expect_error(
+        "ListCalls", svc.ListCallsRequest(filter='owner = "x"'), grpc.StatusCode.INVALID_ARGUMENT, what="filter owner"
+    )
+
+
+@check(
+    "CORE-CANCEL-001",
+    "A CreateCall whose caller gave up leaves either one call with its reservation, or nothing",
+    MUST,
+    "core",
+    spec=("API-8", "API-3", "LINK-2"),
+    source="project decision: a mutation that reached the provider runs to the end; AIP-155",
+)
+async def given_up(ctx: CheckContext) -> None:
+    """CreateCall(feasible, request_id) with a 1 ms deadline (the caller gives up), then the same request with a
+    normal deadline → one outcome, the first one (a call, or the failure recorded when the decision came too late);
+    the links report what the connected calls hold; after dropping the call, they are back where they were."""
+    qos = ctx.params.feasible or BE_QOS
+    request = ctx.request(qos, Level.SERVICE_LEVEL_IF_AVAILABLE, request_id=f"req-{ctx.unique()}")
+    before = await ctx.reserved() if ctx.caps.link_admin else None
+    try:
+        await ctx.stub.CreateCall(request, metadata=ctx.metadata(), timeout=0.001)
+    except grpc.aio.AioRpcError:
+        pass  # the caller gave up (or the server refused in time): the retry tells what happened
+    try:
+        call = await ctx.stub.CreateCall(request, metadata=ctx.metadata(), timeout=ctx.rpc_timeout())
+    except grpc.aio.AioRpcError as error:
+        call = None
+        failure = decode(error)
+        if failure.code == grpc.StatusCode.DEADLINE_EXCEEDED:
+            raise CheckFailed("the retry of a CreateCall whose caller gave up did not answer in time") from None
+    else:
+        ctx.register(call)
+    made = [c for c in await ctx.connected_calls() if c.destination == request.call.destination]
+    for extra in made:
+        if call is None or extra.name != call.name:
+            ctx.register(extra)
+    if len(made) > 1:
+        raise CheckFailed(
+            f"[API-3] one request_id, given up and retried, made {len(made)} calls: {[c.name for c in made]}"
+        )
+    if ctx.caps.link_admin:
+        problem = await ctx.accounting()
+        if problem:
+            raise CheckFailed(f"after a CreateCall given up and retried with its request_id: {problem}")
+        if call is not None and call.state == Call.State.STATE_CONNECTED:
+            await ctx.drop(call.name)
+        if await ctx.reserved() != before:
+            raise CheckFailed(f"after dropping the retried call the links hold {await ctx.reserved()}, before {before}")

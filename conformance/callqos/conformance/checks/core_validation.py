@@ -111,7 +111,7 @@ async def receiving_defaulted(ctx: CheckContext) -> None:
 @check(
     "CORE-VAL-029",
     "Resolves defaults: a granted reserving flowspec states its token rate",
-    SHOULD,
+    MUST,
     "core",
     spec=("GRANT-4",),
     source="TAPI LINECALLINFO: the QoS currently in effect",

@@ -11,6 +11,7 @@ import grpc
 
 from callqos.conformance.checks.common import call_events, expect_types, is_qos_refusal, refused_to_intruder
 from callqos.conformance.checks.registry import MUST, SHOULD, check
+from callqos.conformance.checks.side import side_server
 from callqos.conformance.exceptions import CheckFailed, CheckSkipped
 from callqos.conformance.harness import (
     Call,
@@ -22,7 +23,9 @@ from callqos.conformance.harness import (
     needs_capacity,
     same,
 )
+from callqos.conformance.model import OWNS_SERVER
 from callqos.conformance.rules import QosSpec, best_effort, cl
+from callqos.v1 import callqos_service_pb2 as svc
 from callqos.v1 import event_pb2
 from callqos.wire import START_SEQUENCE_HEADER
 
@@ -271,7 +274,7 @@ async def correlation(ctx: CheckContext) -> None:
 )
 async def unknown_cursor(ctx: CheckContext) -> None:
     """WatchEvents(after_sequence = 2**62) → OUT_OF_RANGE CURSOR_UNKNOWN, not a stream that waits or starts from now.
-    (CURSOR_EXPIRED needs control over retention: not checked.)"""
+    (CURSOR_EXPIRED needs control over retention: EVT-013, on a side server.)"""
     failure = await ctx.watch_failure(2**62)
     if failure.code != grpc.StatusCode.OUT_OF_RANGE or failure.reason != "CURSOR_UNKNOWN":
         raise CheckFailed(f"WatchEvents(after_sequence=2**62): expected OUT_OF_RANGE CURSOR_UNKNOWN, got {failure}")
@@ -343,3 +346,78 @@ async def start_sequence(ctx: CheckContext) -> None:
         raise CheckFailed(
             f"resuming after the start sequence {header} gave {describe(resumed)}, the live watch {describe(live)}"
         )
+
+
+@check(
+    "EVT-012",
+    "Watching some event types delivers those types only",
+    MUST,
+    "events",
+    spec=("WATCH-5",),
+    source="callqos_service.proto WatchEventsRequest.types",
+)
+async def type_filter(ctx: CheckContext) -> None:
+    """A call made and dropped; WatchEvents(call, types = [CALL_DISCONNECTED]) → exactly its CALL_DISCONNECTED."""
+    call = await made_and_dropped(ctx)
+    request = svc.WatchEventsRequest(call=call.name, types=[E.QOS_EVENT_TYPE_CALL_DISCONNECTED])
+    request.after_sequence = ctx.session.cursor
+    stream = ctx.stub.WatchEvents(request, metadata=ctx.metadata())
+    try:
+        got = await ctx.read(
+            stream, until=lambda got: any(e.type == E.QOS_EVENT_TYPE_CALL_DISCONNECTED for e in got), what="type filter"
+        )
+    finally:
+        stream.cancel()
+    expect_types(got, [E.QOS_EVENT_TYPE_CALL_DISCONNECTED], "a watch of CALL_DISCONNECTED events only")
+
+
+@check(
+    "EVT-013",
+    "A cursor older than retention is OUT_OF_RANGE (CURSOR_EXPIRED); past the watcher limits, TOO_MANY_WATCHERS",
+    MUST,
+    "events",
+    spec=("WATCH-7", "WATCH-10", "WATCH-11"),
+    source="callqos_service.proto WatchEvents; errors.proto CURSOR_EXPIRED, TOO_MANY_WATCHERS",
+    needs=(OWNS_SERVER,),
+    timeout=40,
+)
+async def retention_and_limits(ctx: CheckContext) -> None:
+    """On a side server keeping 2 events, 3 watchers, 2 per principal: two calls made and dropped (4 events), the
+    server restarted (it prunes at start) → WatchEvents(after_sequence = 1) fails OUT_OF_RANGE CURSOR_EXPIRED; two
+    watches open → the same principal's third fails RESOURCE_EXHAUSTED TOO_MANY_WATCHERS (scope principal); another
+    principal's opens; a fourth fails TOO_MANY_WATCHERS (scope server)."""
+    async with side_server(ctx, event_retention_count=2, max_watchers=3, max_watchers_per_principal=2) as side:
+        for _ in range(2):
+            call = await side.create(simple(ctx), IF_AVAILABLE)
+            await side.drop(call.name)
+        await side.session.restart()
+        expired = await side.watch_failure(1)
+        if (expired.code, expired.reason) != (grpc.StatusCode.OUT_OF_RANGE, "CURSOR_EXPIRED"):
+            raise CheckFailed(
+                f"WatchEvents(after_sequence=1) behind retention: expected OUT_OF_RANGE CURSOR_EXPIRED, got {expired}"
+            )
+        intruder = ctx.session.intruder
+        streams = [side.watch(None), side.watch(None)]
+        try:
+            for stream in streams:
+                await side.start_sequence(stream)
+            third = await side.watch_failure(0)
+            streams.append(side.watch(None, principal=intruder))
+            await side.start_sequence(streams[-1])
+            fourth = await side.watch_failure(0, principal=intruder)
+        finally:
+            for stream in streams:
+                stream.cancel()
+        for failure, scope, what in (
+            (third, "principal", "a principal's third watch with max_watchers_per_principal = 2"),
+            (fourth, "server", "a fourth watch with max_watchers = 3"),
+        ):
+            if (failure.code, failure.reason, failure.metadata.get("scope")) != (
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                "TOO_MANY_WATCHERS",
+                scope,
+            ):
+                raise CheckFailed(
+                    f"{what}: expected RESOURCE_EXHAUSTED TOO_MANY_WATCHERS (scope {scope}), got {failure} "
+                    f"(scope {failure.metadata.get('scope')!r})"
+                )

@@ -13,10 +13,21 @@ from collections.abc import Sequence
 import grpc
 from google.protobuf import duration_pb2
 
-from callqos.conformance.checks.common import call_events, expect_types
+from callqos.conformance.checks.common import LOSS_EVENTS, call_events, expect_types
+from callqos.conformance.checks.provider_change import lowerable_link, set_capacity
 from callqos.conformance.checks.registry import MUST, check
 from callqos.conformance.exceptions import CheckFailed, CheckSkipped
-from callqos.conformance.harness import Call, CheckContext, EventType, Level, RpcFailed, describe, needs_capacity, same
+from callqos.conformance.harness import (
+    Call,
+    CheckContext,
+    EventType,
+    Level,
+    RpcFailed,
+    brief,
+    describe,
+    needs_capacity,
+    same,
+)
 from callqos.conformance.rules import FlowSpec, QosSpec, best_effort, cl, flow, qos_rates, qos_shortfalls
 from callqos.conformance.verdict import CAPABILITY_SKIP
 from callqos.v1 import callqos_service_pb2 as svc
@@ -31,6 +42,7 @@ SOURCE = "TAPI lineOpen / lineAnswer; LINECALLSTATE_OFFERING, RINGBACK; LINEDISC
 NO_CHANGE = flow(ST.SERVICE_TYPE_NO_CHANGE)
 # Disconnect reasons (callqos.v1.DisconnectReason).
 NORMAL, QOS_UNAVAILABLE, REJECTED, NO_ANSWER, PEER_DROPPED = 1, 2, 4, 5, 6
+PROVIDER_INITIATED = 2  # callqos.v1.QosChangeCause
 
 
 def mirror(qos: QosSpec) -> QosSpec:
@@ -607,3 +619,58 @@ async def close_line(ctx: CheckContext) -> None:
     ctx.defer(f"close {reopened.name}", close_again)
     if reopened.state != Line.State.STATE_OPEN:
         raise CheckFailed("the address of a closed line could not be opened again")
+
+
+@check(
+    "INC-014",
+    "A provider-initiated change to an answered pair reaches both legs, each in its own terms",
+    MUST,
+    "incoming",
+    spec=("PAIR-5", "PAIR-1"),
+    source="TAPI LINE_QOSINFO to both ends; LINEDISCONNECTMODE_QOSUNAVAIL",
+    needs=("provider_initiated_changes", "link_admin", "qos_supported"),
+    timeout=20.0,
+)
+async def pair_change(ctx: CheckContext) -> None:
+    """An answered IF_AVAILABLE pair holding r sending (CONTROLLED_LOAD, the caller's terms); its link lowered to
+    r/2 → either both legs CONNECTED with mirrored grants, each with QOS_CHANGED(PROVIDER_INITIATED, previous = its
+    grant, current = its new grant), or both DISCONNECTED QOS_UNAVAILABLE, each with a loss event then
+    CALL_DISCONNECTED. The capacity is restored afterwards."""
+    rate = reserving(ctx)
+    line = await open_line(ctx)
+    caller, callee = await call_line(ctx, line, QosSpec(sending=cl(rate), receiving=best_effort()), IF_AVAILABLE)
+    callee = await answer(ctx, callee)
+    caller = await ctx.get(caller.name)
+    link, _ = await lowerable_link(ctx, caller)
+    await set_capacity(ctx, link, rate // 2)
+    legs = [await ctx.get(caller.name), await ctx.get(callee.name)]
+    first = (E.QOS_EVENT_TYPE_CALL_RINGBACK, E.QOS_EVENT_TYPE_CALL_OFFERED)
+    if legs[0].state == State.STATE_DISCONNECTED or legs[1].state == State.STATE_DISCONNECTED:
+        reasons(legs, [QOS_UNAVAILABLE, QOS_UNAVAILABLE], f"a pair whose link was lowered to {rate // 2} B/s")
+        for leg, opened in zip(legs, first, strict=True):
+            events = await call_events(ctx, leg.name, what=f"events of {leg.name}, shed by the provider")
+            tail = [e.type for e in events[2:]]
+            if [e.type for e in events[:2]] != [opened, E.QOS_EVENT_TYPE_QOS_GRANTED] or (
+                len(tail) != 2 or tail[0] not in LOSS_EVENTS or tail[1] != E.QOS_EVENT_TYPE_CALL_DISCONNECTED
+            ):
+                raise CheckFailed(
+                    f"{leg.name}, shed with its pair: expected [offer event, QOS_GRANTED, NOQOS|…, "
+                    f"CALL_DISCONNECTED], got {describe(events)}"
+                )
+        return
+    legs_agree(legs[0], legs[1], State.STATE_CONNECTED)
+    for before, leg, opened in zip((caller, callee), legs, first, strict=True):
+        if same(leg.granted_qos, before.granted_qos):
+            raise CheckFailed(f"{leg.name} keeps {brief(leg.granted_qos)} on a link lowered to {rate // 2} B/s")
+        events = await call_events(ctx, leg.name, count=3, what=f"events of {leg.name}, degraded by the provider")
+        expect_types(events, [opened, E.QOS_EVENT_TYPE_QOS_GRANTED, E.QOS_EVENT_TYPE_QOS_CHANGED], leg.name)
+        change = events[2]
+        if (
+            change.cause != PROVIDER_INITIATED
+            or not same(change.previous_qos, before.granted_qos)
+            or not same(change.current_qos, leg.granted_qos)
+        ):
+            raise CheckFailed(
+                f"{leg.name}: QOS_CHANGED lacks cause PROVIDER_INITIATED, or its previous/current QoS are not this "
+                "leg's own grants before and after"
+            )

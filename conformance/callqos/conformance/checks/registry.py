@@ -23,13 +23,33 @@ def check(
     needs: tuple[str, ...] = (),
     timeout: float = 10.0,
     preflight: bool = False,
+    last: bool = False,
+    budgeted: bool = False,
+    sentinel: bool = False,
+    foundation: bool = False,
 ) -> Callable[[CheckRun], CheckRun]:
     """Register the decorated coroutine as check `id`. `spec` names the conformance/SPEC.md
     clauses it verifies; `source` is the short source of those clauses, for reports."""
 
     def register(fn: CheckRun) -> CheckRun:
         REGISTRY.append(
-            Check(id, title, level, profile, spec, source, fn, needs, timeout, preflight, (fn.__doc__ or "").strip())
+            Check(
+                id,
+                title,
+                level,
+                profile,
+                spec,
+                source,
+                fn,
+                needs,
+                timeout,
+                preflight,
+                (fn.__doc__ or "").strip(),
+                last=last,
+                budgeted=budgeted,
+                sentinel=sentinel,
+                foundation=foundation,
+            )
         )
         return fn
 

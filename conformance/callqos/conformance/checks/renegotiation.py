@@ -11,7 +11,7 @@ from callqos.conformance.checks.core_api import MAX_PROVIDER_SPECIFIC, blob, car
 from callqos.conformance.checks.registry import MUST, check
 from callqos.conformance.exceptions import CheckFailed
 from callqos.conformance.harness import Call, CheckContext, EventType, Level, RpcFailure, brief, needs_capacity, same
-from callqos.conformance.rules import ST, QosSpec, best_effort, cl, flow, qos_shortfalls
+from callqos.conformance.rules import ST, QosSpec, best_effort, cl, flow, qos_rates, qos_shortfalls, shortfalls
 from callqos.v1 import callqos_service_pb2 as svc
 
 NEEDED = Level.SERVICE_LEVEL_NEEDED
@@ -153,29 +153,46 @@ async def dropped(ctx: CheckContext) -> None:
 
 @check(
     "RENEG-006",
-    "NO_CHANGE in one direction renegotiates only the other",
+    "NO_CHANGE in one direction renegotiates only the other, in both directions",
     MUST,
     "renegotiation",
-    spec=("SETQOS-4", "GRANT-3"),
+    spec=("SETQOS-4", "GRANT-3", "LINK-2"),
     source="Winsock2 FLOWSPEC SERVICETYPE_NOCHANGE",
     needs=("renegotiation", "qos_supported"),
 )
 async def no_change(ctx: CheckContext) -> None:
-    """RenegotiateCall(send NO_CHANGE, recv new) → sending byte-identical, receiving satisfies the new request."""
+    """RenegotiateCall(send NO_CHANGE, recv new) → sending byte-identical, receiving satisfies the new request; then
+    (send new, recv NO_CHANGE) → the mirror. With link administration, each direction's reservation follows: the
+    NO_CHANGE one stays, the other becomes the new rate."""
     capacity = needs_capacity(ctx)
-    call = await ctx.create(both(capacity // 10), NEEDED)
-    request = QosSpec(sending=flow(ST.SERVICE_TYPE_NO_CHANGE), receiving=cl(capacity // 8))
-    result = await ctx.renegotiate(call.name, request)
-    if isinstance(result, RpcFailure):
-        raise CheckFailed(f"RenegotiateCall with NO_CHANGE sending was refused: {result}")
-    if not same(result.granted_qos.sending, call.granted_qos.sending):
-        raise CheckFailed("the NO_CHANGE direction changed")
-    problems = qos_shortfalls(
-        QosSpec(sending=best_effort(), receiving=result.granted_qos.receiving),
-        QosSpec(sending=best_effort(), receiving=request.receiving),
-    )
-    if problems:
-        raise CheckFailed("; ".join(problems))
+    call = await ctx.create(QosSpec(sending=cl(capacity // 10), receiving=cl(capacity // 9)), NEEDED)
+    current = call
+    for kept, changed, rate in (("sending", "receiving", capacity // 8), ("receiving", "sending", capacity // 7)):
+        request = QosSpec()
+        getattr(request, kept).CopyFrom(flow(ST.SERVICE_TYPE_NO_CHANGE))
+        getattr(request, changed).CopyFrom(cl(rate))
+        before = await ctx.reserved() if ctx.caps.link_admin else None
+        result = await ctx.renegotiate(call.name, request)
+        if isinstance(result, RpcFailure):
+            raise CheckFailed(f"RenegotiateCall with NO_CHANGE {kept} was refused: {result}")
+        if not same(getattr(result.granted_qos, kept), getattr(current.granted_qos, kept)):
+            raise CheckFailed(
+                f"the NO_CHANGE direction ({kept}) changed: {brief(current.granted_qos)} → {brief(result.granted_qos)}"
+            )
+        problems = shortfalls(getattr(result.granted_qos, changed), getattr(request, changed), changed)
+        if problems:
+            raise CheckFailed("; ".join(problems))
+        if before is not None:
+            after = await ctx.reserved()
+            old_rates, new_rates = qos_rates(current.granted_qos), qos_rates(result.granted_qos)
+            total = [sum(v[i] for v in after.values()) - sum(v[i] for v in before.values()) for i in (0, 1)]
+            want = [new_rates[i] - old_rates[i] for i in (0, 1)]
+            if total != want:
+                raise CheckFailed(
+                    f"renegotiating {changed} with {kept} NO_CHANGE moved the links' reservations by {total} "
+                    f"(sending, receiving); the grants moved by {want}"
+                )
+        current = result
 
 
 @check(
@@ -370,3 +387,157 @@ async def provider_specific(ctx: CheckContext) -> None:
             raise CheckFailed(f"random provider_specific bytes refused, but BadRequest names {foreign.fields}")
         if (await ctx.get(call.name)).etag != before.etag:
             raise CheckFailed("a renegotiation refused for its provider_specific bytes changed the call")
+
+
+@check(
+    "RENEG-012",
+    "Renegotiating up counts the call's own reservation as free",
+    MUST,
+    "renegotiation",
+    spec=("SETQOS-1", "ADMIT-5", "PROV-3"),
+    source="TSPI_lineSetCallQualityOfService: the new QoS replaces the old one",
+    needs=("renegotiation", "qos_supported"),
+)
+async def up_in_place(ctx: CheckContext) -> None:
+    """CreateCall(c/2 both ways) on an idle provider, then RenegotiateCall(3c/4 both ways) → granted: with the call's
+    own c/2 released the new rate fits."""
+    capacity = needs_capacity(ctx)
+    call = await ctx.create(both(capacity // 2), NEEDED)
+    await renegotiated(ctx, call, both(3 * capacity // 4))
+
+
+@check(
+    "RENEG-013",
+    "A refused renegotiation where one direction would fit changes neither direction",
+    MUST,
+    "renegotiation",
+    spec=("PROV-3", "SETQOS-2", "LINK-2"),
+    source="TSPI_lineSetCallQualityOfService: the call continues with the previous QoS",
+    needs=("renegotiation", "qos_supported", "link_admin"),
+)
+async def refused_one_direction(ctx: CheckContext) -> None:
+    """Another call holds c/2 receiving; RenegotiateCall(send c/4 — fits, receive 3c/4 — does not) → refused; the
+    call's granted QoS and etag are unchanged and the links hold exactly what they held in both directions; and the
+    mirror."""
+    capacity = needs_capacity(ctx)
+    for held, asked in (
+        (
+            QosSpec(sending=best_effort(), receiving=cl(capacity // 2)),
+            QosSpec(sending=cl(capacity // 4), receiving=cl(3 * capacity // 4)),
+        ),
+        (
+            QosSpec(sending=cl(capacity // 2), receiving=best_effort()),
+            QosSpec(sending=cl(3 * capacity // 4), receiving=cl(capacity // 4)),
+        ),
+    ):
+        holder = await ctx.create(held, NEEDED)
+        call = await ctx.create(both(capacity // 10), NEEDED)
+        before = await ctx.reserved()
+        result = await ctx.renegotiate(call.name, asked)
+        if isinstance(result, Call):
+            raise CheckFailed(f"renegotiating to {brief(asked)} next to {brief(held)} succeeded on {capacity} B/s")
+        after = await ctx.reserved()
+        now = await ctx.get(call.name)
+        if after != before:
+            raise CheckFailed(
+                f"the refused renegotiation to {brief(asked)} changed the links: {before} → {after} "
+                "(the direction that fitted was applied)"
+            )
+        if not same(now.granted_qos, call.granted_qos) or now.etag != call.etag:
+            raise CheckFailed(
+                f"the refused renegotiation changed the call: {brief(call.granted_qos)} → {brief(now.granted_qos)}"
+            )
+        await ctx.drop(call.name)
+        await ctx.drop(holder.name)
+
+
+@check(
+    "RENEG-014",
+    "A renegotiation may change the service level: IF_AVAILABLE connects with what is free, BEST_EFFORT holds nothing",
+    MUST,
+    "renegotiation",
+    spec=("SETQOS-7", "LEVEL-2", "LEVEL-3"),
+    source="callqos_service.proto RenegotiateCallRequest.service_level; TAPI 3 ITBasicCallControl::SetQOS",
+    needs=("renegotiation", "qos_supported"),
+)
+async def level_change(ctx: CheckContext) -> None:
+    """A NEEDED call of c/10; RenegotiateCall(c + 1, service_level IF_AVAILABLE) → CONNECTED at IF_AVAILABLE within
+    capacity; RenegotiateCall(c/10, service_level BEST_EFFORT) → BEST_EFFORT, nothing reserved."""
+    capacity = needs_capacity(ctx)
+    call = await ctx.create(both(capacity // 10), NEEDED)
+    result = await ctx.renegotiate(call.name, both(capacity + 1), service_level=Level.SERVICE_LEVEL_IF_AVAILABLE)
+    if isinstance(result, RpcFailure):
+        raise CheckFailed(f"RenegotiateCall to IF_AVAILABLE beyond capacity was refused: {result}")
+    if result.service_level != Level.SERVICE_LEVEL_IF_AVAILABLE:
+        raise CheckFailed(
+            f"the call's level stayed {Level.Name(result.service_level)} after a renegotiation to IF_AVAILABLE"
+        )
+    if any(rate > capacity for rate in qos_rates(result.granted_qos)):
+        raise CheckFailed(f"IF_AVAILABLE renegotiation granted beyond capacity: {brief(result.granted_qos)}")
+    lowest = await ctx.renegotiate(call.name, both(capacity // 10), service_level=Level.SERVICE_LEVEL_BEST_EFFORT)
+    if isinstance(lowest, RpcFailure):
+        raise CheckFailed(f"RenegotiateCall to BEST_EFFORT level was refused: {lowest}")
+    if lowest.service_level != Level.SERVICE_LEVEL_BEST_EFFORT or any(qos_rates(lowest.granted_qos)):
+        raise CheckFailed(
+            f"after a renegotiation to BEST_EFFORT level the call is {Level.Name(lowest.service_level)} "
+            f"holding {qos_rates(lowest.granted_qos)}"
+        )
+
+
+@check(
+    "RENEG-015",
+    "A refused renegotiation's counter-offer is granted on an immediate retry, on a partly loaded link",
+    MUST,
+    "renegotiation",
+    spec=("PROV-2", "SETQOS-1"),
+    source="call.proto QosRefusal.counter_offer; TSPI_lineSetCallQualityOfService",
+    needs=("renegotiation", "qos_supported"),
+)
+async def renegotiation_counter_offer(ctx: CheckContext) -> None:
+    """Another call holds c/2 each way; a call of c/10 is renegotiated to 3c/4 → refused with a counter-offer;
+    RenegotiateCall(counter-offer) → granted and satisfying it."""
+    capacity = needs_capacity(ctx)
+    await ctx.create(both(capacity // 2), NEEDED)
+    call = await ctx.create(both(capacity // 10), NEEDED)
+    refused = await ctx.renegotiate(call.name, both(3 * capacity // 4))
+    if isinstance(refused, Call):
+        raise CheckFailed(f"renegotiating to 3c/4 next to a call of c/2 succeeded on {capacity} B/s")
+    if not is_qos_refusal(refused):
+        raise CheckFailed(f"expected RESOURCE_EXHAUSTED QOS_UNAVAILABLE, got {refused}")
+    if refused.refusal is None or not refused.refusal.HasField("counter_offer"):
+        return
+    await renegotiated(ctx, call, refused.refusal.counter_offer)
+
+
+@check(
+    "RENEG-016",
+    "A renegotiation that asks for what the call already asked for changes nothing: same etag, no event",
+    MUST,
+    "renegotiation",
+    spec=("SETQOS-8",),
+    source="TSPI_lineSetCallQualityOfService; AIP-154 (an etag changes when the resource does)",
+    needs=("renegotiation",),
+)
+async def unchanged(ctx: CheckContext) -> None:
+    """A call at NEEDED; RenegotiateCall with its requested_qos and level, then with NO_CHANGE both ways, then with
+    no direction at all (FLOW-20) → each returns the call with the same etag and QoS; dropped, its events are exactly
+    [QOS_GRANTED, CALL_DISCONNECTED] (no QOS_CHANGED, no RENEGOTIATION_FAILED)."""
+    qos = ctx.params.feasible or QosSpec(sending=best_effort(), receiving=best_effort())
+    call = await ctx.create(qos, NEEDED)
+    keep = QosSpec(sending=flow(ST.SERVICE_TYPE_NO_CHANGE), receiving=flow(ST.SERVICE_TYPE_NO_CHANGE))
+    for asked, what in ((call.requested_qos, "its own requested_qos"), (keep, "NO_CHANGE"), (QosSpec(), "no QoS")):
+        result = await ctx.renegotiate(call.name, asked, service_level=NEEDED)
+        if isinstance(result, RpcFailure):
+            raise CheckFailed(f"RenegotiateCall({call.name}) with {what} failed: {result}")
+        if result.etag != call.etag or not same(result.granted_qos, call.granted_qos):
+            raise CheckFailed(
+                f"RenegotiateCall({call.name}) with {what} changed the call: etag {call.etag!r} → {result.etag!r}, "
+                f"{brief(call.granted_qos)} → {brief(result.granted_qos)}"
+            )
+    await ctx.drop(call.name)
+    events = await call_events(ctx, call.name)
+    expect_types(
+        events,
+        [EventType.QOS_EVENT_TYPE_QOS_GRANTED, EventType.QOS_EVENT_TYPE_CALL_DISCONNECTED],
+        f"events of {call.name}, renegotiated three times to what it already had",
+    )

@@ -40,6 +40,13 @@ conformance checks that verify it):
   ends unanswered (rejected, rung out, refused at NEEDED, its line closed) is told to
   `offer_ended`; a caller who gives up is reported with `report_change(ProviderChange(call,
   None, ...))`.
+- A validated request never makes it raise: every quantity it derives is bounded, and what it
+  cannot represent in a flowspec field it refuses, with a counter-offer that it can (PROV-20,
+  DELAY-5).
+- An operation that fails leaves nothing half-done: a decision, or the shedding after a capacity
+  change, either takes effect whole or not at all (PROV-21).
+- Optionally, `reservations()` lists what it holds, call by call, for the server to reconcile
+  its ledger with (advertised as `capabilities().reservation_listing`, PROV-19).
 Calls arrive on the server's event loop; long or blocking work belongs in `asyncio.to_thread`
 (PROV-10: every call returns within the host's provider deadline). A provider that blocks
 throughout (a blocking driver or library) sets `threaded = true` in its settings table: the host
@@ -47,6 +54,13 @@ then runs all of it — start, admit, ..., stop — on an event loop of its own 
 own, and its `ProviderHost` hands changes back to the server's loop. Either way the host contains
 what a provider does (PROV-15): an exception of any kind fails only that call, an answer of the
 wrong type is a contract violation, and a call that ignores its cancellation is abandoned.
+
+What the host does around failures, so that a provider need not: it commits every outcome after
+the provider's decision and, when the commit fails, undoes the decision (it releases a fresh
+grant, renegotiates a call back to its previous QoS); a release it could not complete is retried
+with backoff until it succeeds; and at start-up and periodically it compares `reservations()` with
+the connected calls it recorded, releasing what no call holds and re-taking, or disconnecting,
+what a call lost (CALL-5, CALL-6, PROV-19).
 """
 
 from __future__ import annotations
@@ -140,7 +154,8 @@ class ProviderHost(Protocol):
     async def report_change(self, change: ProviderChange) -> None:
         """Apply a provider-initiated change: store it and emit its events. For a call still
         offered (not yet answered), `qos=None` means the caller gave up: it is disconnected
-        PEER_DROPPED."""
+        PEER_DROPPED. Never raises: a change the server cannot record now is reconciled later
+        (PROV-19)."""
 
     async def offer_call(self, offer: IncomingOffer) -> str | None:
         """Offer a call arriving from the provider's network (capability `incoming_calls`) to the
@@ -148,6 +163,19 @@ class ProviderHost(Protocol):
         `incoming_tenant` setting names). Returns the offered call's name
         (`calls/{call}`), or None when no line is open for the address (tell the network the
         callee is not available). Raises ValueError, naming what is wrong, for an invalid offer."""
+
+
+@dataclass(frozen=True)
+class Holding:
+    """What the provider holds for one call, as its own books account it (`Provider.reservations`):
+    the rate reserved in each direction, and on which link (`providers/{p}/links/{l}`, or "" for a
+    provider without links). The server compares these rates with what the call's granted QoS
+    reserves by GRANT-1."""
+
+    call: str  # `calls/{call}`
+    sending_bytes_per_second: int
+    receiving_bytes_per_second: int
+    link: str = ""
 
 
 @dataclass(frozen=True)
@@ -173,8 +201,12 @@ class Provider(abc.ABC):
         self.settings: Mapping[str, Any] = settings or {}
 
     async def start(self, host: ProviderHost, restored: Sequence[Restored]) -> list[ProviderChange]:
-        """Called once before serving, with the calls that were connected when the server last
-        stopped. Re-take their reservations; return a change for each that no longer fits."""
+        """Called before serving, with the calls that were connected when the server last
+        stopped. Re-take their reservations; return a change for each that no longer fits.
+
+        If it raises, the host calls it once more with no calls, then re-takes each call with
+        `admit` (oldest first) and disconnects those that fail, with a reason: the server always
+        starts (CALL-7)."""
         self.host = host
         return []
 
@@ -220,5 +252,19 @@ class Provider(abc.ABC):
 
     async def update_link(self, link_id: str, capacity: int) -> provider_pb2.Link:
         """Change a link's capacity (only when capabilities().link_admin). Raise KeyError for an
-        unknown link. Calls that no longer fit are reported through the host."""
+        unknown link. Calls that no longer fit are reported through the host, from within this
+        call (the host lists them in the UpdateLink response), all of them or none: if it raises,
+        nothing changed (PROV-21).
+
+        The host also calls it BEFORE `start()`, with no call held yet, to put back a capacity an
+        operator set with UpdateLink before the server restarted (LINK-5); it must then change the
+        capacity and report nothing."""
+        raise NotImplementedError
+
+    async def reservations(self) -> list[Holding]:
+        """Every call this provider holds a reservation for, with the rates its books hold
+        (only when capabilities().reservation_listing, PROV-19). Calls holding nothing (best
+        effort) may be left out. The server reconciles its ledger with this listing at start-up
+        and every `reconcile_interval_seconds`; it must be consistent with what `list_links`
+        reports (each link's reserved rates are the sums of its holdings)."""
         raise NotImplementedError

@@ -8,6 +8,14 @@
 - When a link loses capacity, the newest calls are shed first: IF_AVAILABLE calls are degraded
   to what still fits, NEEDED calls are dropped (TAPI: QoS that cannot be sustained disconnects
   the call with LINEDISCONNECTMODE_QOSUNAVAIL).
+- Every derived quantity is bounded (conformance/SPEC.md PROV-20, DELAY-5): the delay bound is
+  computed exactly; a GUARANTEED flow whose bound exceeds the largest latency a flowspec can
+  carry (0xFFFFFFFD µs) is refused, and its counter-offer cuts the token bucket until the bound
+  fits (best effort when no bucket can); a counter-offer never carries a raw Winsock sentinel,
+  and never a minimum policed size above its max SDU.
+- Each decision, and the shedding after a capacity change, takes effect whole or not at all
+  (PROV-21); `reservations()` lists what the books hold, for the server's reconciliation
+  (PROV-19).
 
 Settings (the `[providers.reference]` table of the server configuration):
 
@@ -24,16 +32,19 @@ Settings (the `[providers.reference]` table of the server configuration):
 from __future__ import annotations
 
 import asyncio
-import math
-from collections.abc import Mapping, Sequence
+import contextlib
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from callqos.server.providers import (
+    LARGEST_UINT32_FIELD,
+    LARGEST_UINT64,
     RESERVING,
     AdmissionRequest,
     Decision,
     Grant,
+    Holding,
     PathTerms,
     Provider,
     ProviderChange,
@@ -42,9 +53,12 @@ from callqos.server.providers import (
     RefusalKind,
     Restored,
     annotate_link,
-    guaranteed_delay_bound_us,
+    best_effort_spec,
+    delay_bound_ceil_us,
     is_resource_id,
+    largest_bucket_within,
     link_name,
+    representable,
     reserved_rate,
 )
 from callqos.v1 import call_pb2, event_pb2, flowspec_pb2, provider_pb2
@@ -101,23 +115,45 @@ class Reservation:
     order: int  # admission order: the newest are shed first
 
 
+@dataclass
+class _Undo:
+    """What an operation under way changed, to put back if it fails part-way: the links' capacities
+    and reservations as they were (a few links, copied), and each call's reservation before its
+    first change (a journal, so that the cost does not grow with the number of calls held)."""
+
+    capacity: dict[str, int]
+    reserved: dict[str, dict[str, int]]
+    order: int
+    calls: dict[str, Reservation | None] = field(default_factory=dict)
+
+
+def _bounded(link_id: str, merged: Mapping[str, Any], key: str, low: int, high: int) -> int:
+    """A link setting as an int within what its field in `callqos.v1.Link` can carry."""
+    value = int(merged[key])
+    if not low <= value <= high:
+        raise ValueError(f"link {link_id}: {key} must be between {low} and {high}, not {value}")
+    return value
+
+
 def _link_from_settings(raw: Mapping[str, Any]) -> LinkState:
     merged = {**DEFAULT_LINK, **raw}
     link_id = str(merged["id"])
     if not is_resource_id(link_id):
         raise ValueError(f"link id {link_id!r} must be a resource id ([a-z][a-z0-9-]*)")
-    capacity = int(merged["capacity_bytes_per_second"])
-    if capacity < 0:
-        raise ValueError(f"link {link_id}: capacity must not be negative")
+    terms = PathTerms(
+        c_bytes=_bounded(link_id, merged, "error_term_c_bytes", 0, LARGEST_UINT32_FIELD),
+        d_microseconds=_bounded(link_id, merged, "error_term_d_microseconds", 0, LARGEST_UINT32_FIELD),
+        min_path_latency_microseconds=_bounded(
+            link_id, merged, "min_path_latency_microseconds", 0, LARGEST_UINT32_FIELD
+        ),
+        mtu_bytes=_bounded(link_id, merged, "mtu_bytes", 1, LARGEST_UINT32_FIELD),
+    )
+    if terms.d_microseconds + terms.min_path_latency_microseconds > LARGEST_UINT32_FIELD:
+        raise ValueError(f"link {link_id}: error_term_d_microseconds + min_path_latency_microseconds is too large")
     return LinkState(
         id=link_id,
-        capacity=capacity,
-        terms=PathTerms(
-            c_bytes=int(merged["error_term_c_bytes"]),
-            d_microseconds=int(merged["error_term_d_microseconds"]),
-            min_path_latency_microseconds=int(merged["min_path_latency_microseconds"]),
-            mtu_bytes=int(merged["mtu_bytes"]),
-        ),
+        capacity=_bounded(link_id, merged, "capacity_bytes_per_second", 0, LARGEST_UINT64),
+        terms=terms,
         destinations=tuple(str(d) for d in merged["destinations"]),
     )
 
@@ -130,8 +166,9 @@ class ReferenceProvider(Provider):
     admission counter) and `_lock`, which every decision holds. The steps a subclass may
     override or reuse are `_route` (destination → link), `_decide` (decide, and reserve on a
     grant), `_refuse_or_fallback` (NEEDED refuses; IF_AVAILABLE takes the counter-offer),
-    `_resolve` (a flowspec with this provider's defaults filled in), `_reserve` / `_unreserve`
-    and `_link_proto`. They keep the underscore because the host never calls them.
+    `_resolve` (a flowspec with this provider's defaults filled in), `_counter_offer`,
+    `_reserve` / `_unreserve`, `_shed_all`, `_all_or_nothing` (put the books back if what runs
+    inside raises) and `_link_proto`. They keep the underscore because the host never calls them.
     """
 
     display_name = "Reference admission control"
@@ -150,6 +187,7 @@ class ReferenceProvider(Provider):
             raise ValueError("link ids must be unique")
         self._calls: dict[str, Reservation] = {}
         self._order = 0
+        self._undo: _Undo | None = None  # while an _all_or_nothing block runs
         # Admission is check-then-reserve; the lock keeps it atomic even if a later change
         # adds an await between the two.
         self._lock = asyncio.Lock()
@@ -170,26 +208,30 @@ class ReferenceProvider(Provider):
             ),
             policy=True,
             policy_note="NETWORK_CONTROL is reserved for the network operator and always refused.",
+            reservation_listing=True,
         )
 
     # -- admission ------------------------------------------------------------------------
     async def start(self, host: ProviderHost, restored: Sequence[Restored]) -> list[ProviderChange]:
         self.host = host
         async with self._lock:
-            for item in restored:
-                link = self._route(item.destination)
-                self._reserve(item.call, link, item.level, item.qos)
-            return self._shed_all()
+            with self._all_or_nothing():
+                for item in restored:
+                    link = self._route(item.destination)
+                    self._reserve(item.call, link, item.level, item.qos)
+                return self._shed_all()
 
     async def admit(self, request: AdmissionRequest) -> Decision:
         async with self._lock:
-            decision = self._decide(request)
+            with self._all_or_nothing():
+                decision = self._decide(request)
             self._annotate(self._route(request.destination))
             return decision
 
     async def renegotiate(self, request: AdmissionRequest) -> Decision:
         async with self._lock:
-            decision = self._decide(request)
+            with self._all_or_nothing():
+                decision = self._decide(request)
             self._annotate(self._route(request.destination))
             return decision
 
@@ -199,6 +241,13 @@ class ReferenceProvider(Provider):
             self._unreserve(call)
             if held is not None:
                 self._annotate(held.link)
+
+    async def reservations(self) -> list[Holding]:
+        async with self._lock:
+            return [
+                Holding(call, held.rates["sending"], held.rates["receiving"], link_name(self.id, held.link.id))
+                for call, held in self._calls.items()
+            ]
 
     def _annotate(self, link: LinkState) -> None:
         """The link and its load after the decision, on the server's span for this call."""
@@ -211,8 +260,9 @@ class ReferenceProvider(Provider):
     async def update_link(self, link_id: str, capacity: int) -> provider_pb2.Link:
         async with self._lock:
             link = self._links[link_id]
-            link.capacity = capacity
-            changes = self._shed_all()
+            with self._all_or_nothing():
+                link.capacity = capacity
+                changes = self._shed_all()
             result = self._link_proto(link)
         # Reported after the lock is released: the host takes its own per-call locks, and a
         # provider must never hold its lock while waiting on the host.
@@ -269,12 +319,22 @@ class ReferenceProvider(Provider):
                 problems.append(
                     f"{direction}: needs {reserved_rate(spec)} B/s, {free[direction]} B/s free on link {link.id}"
                 )
+            if spec.service_type in RESERVING and spec.minimum_policed_size_bytes > spec.max_sdu_size_bytes:
+                problems.append(
+                    f"{direction}: minimum policed size {spec.minimum_policed_size_bytes} exceeds the max SDU "
+                    f"{spec.max_sdu_size_bytes} on link {link.id} (RFC 2212: m <= M)"
+                )
             if spec.service_type == ST.SERVICE_TYPE_GUARANTEED:
-                bound = guaranteed_delay_bound_us(spec, link.terms)
-                if bound > spec.latency_microseconds:
+                bound = delay_bound_ceil_us(spec, link.terms)
+                if bound is None or not spec.HasField("latency_microseconds"):
+                    # _resolve leaves the latency out when the bound is beyond what it can carry.
                     problems.append(
-                        f"{direction}: RFC 2212 delay bound {math.ceil(bound)} us exceeds latency "
-                        f"{spec.latency_microseconds} us"
+                        f"{direction}: RFC 2212 delay bound {bound} us exceeds the largest latency a flowspec "
+                        f"can carry ({LARGEST_UINT32_FIELD} us)"
+                    )
+                elif bound > spec.latency_microseconds:
+                    problems.append(
+                        f"{direction}: RFC 2212 delay bound {bound} us exceeds latency {spec.latency_microseconds} us"
                     )
         if problems:
             return self._refuse_or_fallback(
@@ -306,6 +366,11 @@ class ReferenceProvider(Provider):
             out.token_rate_bytes_per_second = (
                 sending.token_rate_bytes_per_second if sending.HasField("token_rate_bytes_per_second") else mtu
             )
+            if out.HasField("peak_bandwidth_bytes_per_second") and not out.peak_bandwidth_unbounded:
+                # Never above the peak the receiver gave (FLOW-10: p >= r).
+                out.token_rate_bytes_per_second = min(
+                    out.token_rate_bytes_per_second, out.peak_bandwidth_bytes_per_second
+                )
         if not out.HasField("max_sdu_size_bytes"):
             out.max_sdu_size_bytes = mtu
         if not out.HasField("minimum_policed_size_bytes"):
@@ -315,45 +380,62 @@ class ReferenceProvider(Provider):
         if not out.HasField("peak_bandwidth_bytes_per_second"):
             out.peak_bandwidth_unbounded = True
         if out.service_type == ST.SERVICE_TYPE_GUARANTEED and not out.HasField("latency_microseconds"):
-            out.latency_microseconds = math.ceil(guaranteed_delay_bound_us(out, link.terms))
+            bound = delay_bound_ceil_us(out, link.terms)
+            if bound is not None and bound <= LARGEST_UINT32_FIELD:
+                out.latency_microseconds = bound
+            # Otherwise no latency can promise it: left out, and _decide refuses (DELAY-5).
         return out
 
     def _counter_offer(self, qos: QosSpec, link: LinkState, free: Mapping[str, int]) -> QosSpec:
         """The best this link can grant now for `qos`: same shape, rates cut to what is free,
         latency relaxed to the delay bound that rate achieves; best effort where nothing is free
-        or where policy refuses the service type."""
+        or where policy refuses the service type.
+
+        Always a valid request that this link would grant at once (PROV-2): the max SDU within the
+        MTU and the minimum policed size within the max SDU, no field a raw sentinel, and, for
+        GUARANTEED, a bound a latency field can carry — the token bucket is cut until it is, and
+        best effort offered when no bucket can (DELAY-5)."""
         offer = QosSpec(provider_specific=qos.provider_specific)
         for direction in ("sending", "receiving"):
             spec = self._resolve(getattr(qos, direction), qos.sending, link)
             target: FlowSpec = getattr(offer, direction)
             if spec.service_type == ST.SERVICE_TYPE_NETWORK_CONTROL:
-                target.service_type = ST.SERVICE_TYPE_BEST_EFFORT
+                target.CopyFrom(best_effort_spec())
                 continue
             if spec.service_type not in RESERVING:
                 target.CopyFrom(spec)
                 continue
             available = free[direction]
             if available <= 0:
-                target.service_type = ST.SERVICE_TYPE_BEST_EFFORT
+                target.CopyFrom(best_effort_spec())
                 continue
             target.CopyFrom(spec)
             if spec.max_sdu_size_bytes > link.terms.mtu_bytes:
                 target.max_sdu_size_bytes = link.terms.mtu_bytes
-                target.minimum_policed_size_bytes = min(target.minimum_policed_size_bytes, link.terms.mtu_bytes)
                 target.token_bucket_size_bytes = max(target.token_bucket_size_bytes, target.max_sdu_size_bytes)
+            if target.minimum_policed_size_bytes > target.max_sdu_size_bytes:
+                target.minimum_policed_size_bytes = target.max_sdu_size_bytes
             if reserved_rate(target) > available:
-                target.token_rate_bytes_per_second = min(target.token_rate_bytes_per_second, available)
+                cut = representable(available)
+                target.token_rate_bytes_per_second = min(target.token_rate_bytes_per_second, cut)
                 if target.HasField("peak_bandwidth_bytes_per_second") and not target.peak_bandwidth_unbounded:
                     target.peak_bandwidth_bytes_per_second = max(
-                        min(target.peak_bandwidth_bytes_per_second, available),
+                        min(target.peak_bandwidth_bytes_per_second, cut),
                         target.token_rate_bytes_per_second,
                     )
             if target.service_type == ST.SERVICE_TYPE_GUARANTEED:
-                bound = math.ceil(guaranteed_delay_bound_us(target, link.terms))
-                target.latency_microseconds = max(target.latency_microseconds, bound)
+                bucket = largest_bucket_within(target, link.terms, LARGEST_UINT32_FIELD)
+                if bucket is None:
+                    target.CopyFrom(best_effort_spec())
+                    continue
+                target.token_bucket_size_bytes = bucket
+                bound = delay_bound_ceil_us(target, link.terms) or 0
+                if not target.HasField("latency_microseconds") or target.latency_microseconds < bound:
+                    target.latency_microseconds = bound
         return offer
 
     def _reserve(self, call: str, link: LinkState, level: int, qos: QosSpec) -> None:
+        self._journal(call)
         self._unreserve(call)
         rates = {d: reserved_rate(getattr(qos, d)) for d in ("sending", "receiving")}
         for direction, rate in rates.items():
@@ -362,10 +444,45 @@ class ReferenceProvider(Provider):
         self._calls[call] = Reservation(link, level, qos, rates, self._order)
 
     def _unreserve(self, call: str) -> None:
+        self._journal(call)
         held = self._calls.pop(call, None)
         if held is not None:
             for direction, rate in held.rates.items():
                 held.link.reserved[direction] -= rate
+
+    @contextlib.contextmanager
+    def _all_or_nothing(self) -> Iterator[None]:
+        """What runs inside takes effect whole, or not at all: if it raises, the capacities, the
+        reservations and the admission counter are put back as they were (PROV-21)."""
+        if self._undo is not None:  # nested: the outer block puts everything back
+            yield
+            return
+        self._undo = _Undo(
+            capacity={link_id: link.capacity for link_id, link in self._links.items()},
+            reserved={link_id: dict(link.reserved) for link_id, link in self._links.items()},
+            order=self._order,
+        )
+        try:
+            yield
+        except BaseException:
+            undo = self._undo
+            for link_id, link in self._links.items():
+                link.capacity = undo.capacity[link_id]
+                link.reserved = dict(undo.reserved[link_id])
+            for call, before in undo.calls.items():
+                if before is None:
+                    self._calls.pop(call, None)
+                else:
+                    self._calls[call] = before
+            self._order = undo.order
+            raise
+        finally:
+            self._undo = None
+
+    def _journal(self, call: str) -> None:
+        """Remember `call`'s reservation before its first change in an _all_or_nothing block."""
+        if self._undo is not None and call not in self._undo.calls:
+            self._undo.calls[call] = self._calls.get(call)
 
     def _shed_all(self) -> list[ProviderChange]:
         """Bring every link back within capacity, newest calls first."""

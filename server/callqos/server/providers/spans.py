@@ -9,6 +9,10 @@ from __future__ import annotations
 
 from opentelemetry import trace
 
+# OTLP carries int64 attributes; a capacity may be any uint64. Larger values are recorded as the
+# int64 maximum (the utilisation, a float, stays exact enough).
+_INT64_MAX = 2**63 - 1
+
 
 def annotate_link(link: str, capacity: int, sending_reserved: int, receiving_reserved: int) -> None:
     """Put on the current span (the server's provider span while admit, renegotiate or release
@@ -20,9 +24,9 @@ def annotate_link(link: str, capacity: int, sending_reserved: int, receiving_res
     span.set_attributes(
         {
             "callqos.link": link,
-            "callqos.link.capacity_bytes_per_second": capacity,
-            "callqos.link.sending.reserved_bytes_per_second": sending_reserved,
-            "callqos.link.receiving.reserved_bytes_per_second": receiving_reserved,
+            "callqos.link.capacity_bytes_per_second": min(capacity, _INT64_MAX),
+            "callqos.link.sending.reserved_bytes_per_second": min(sending_reserved, _INT64_MAX),
+            "callqos.link.receiving.reserved_bytes_per_second": min(receiving_reserved, _INT64_MAX),
             "callqos.link.sending.utilization": sending_reserved / capacity if capacity else 0.0,
             "callqos.link.receiving.utilization": receiving_reserved / capacity if capacity else 0.0,
         }

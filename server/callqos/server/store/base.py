@@ -17,6 +17,14 @@ Guarantees every backend gives:
   and `commit` given a tenant's `UsageLimits` refuses, in the same transaction, a commit that
   would take the tenant beyond them (so concurrent admissions, or several replicas sharing a
   database, cannot overshoot a quota together).
+- A write the storage cannot take now (the disk is full, an I/O error, the file is locked or
+  read-only) raises `StoreUnavailable`, naming the cause, with nothing written; the next write
+  may succeed (no restart needed once space is freed).
+- The releases the server owes its providers (`PendingRelease`) are written in the same
+  transaction as the call's end, and forgotten only once the provider confirmed the release
+  (conformance/SPEC.md CALL-6).
+- A link capacity set with UpdateLink is kept (`LinkCapacity`) with the configured capacity it
+  overrode, so that a changed configuration can win over it (LINK-5).
 """
 
 from __future__ import annotations
@@ -113,6 +121,36 @@ class QuotaExceededError(Exception):
         self.limits, self.quotas, self.usage = limits, quotas, usage
 
 
+class StoreUnavailable(Exception):
+    """The storage cannot take a write (or a read) now; nothing was written. `cause` says why, in
+    words an operator acts on ("disk is full")."""
+
+    def __init__(self, cause: str) -> None:
+        super().__init__(cause)
+        self.cause = cause
+
+
+@dataclass(frozen=True)
+class PendingRelease:
+    """A release the server owes a provider: the call ended (or never connected) and the provider
+    has not confirmed that it freed what the call held."""
+
+    call: str  # `calls/{call}`
+    provider: str  # `providers/{provider}`
+    attempts: int = 0  # failed attempts so far
+    next_attempt_us: int = 0  # when to try again (epoch microseconds; 0: now)
+    last_error: str = ""
+
+
+@dataclass(frozen=True)
+class LinkCapacity:
+    """A capacity set with UpdateLink, and the configured capacity of the link at the time."""
+
+    link: str  # `providers/{provider}/links/{link}`
+    capacity: int
+    configured: int
+
+
 @dataclass(frozen=True)
 class EventBounds:
     pruned_through: int  # every event with sequence <= this is gone (0: none pruned)
@@ -174,6 +212,22 @@ class Store(abc.ABC):
         (`lease_deadline_us`), the earliest ending first."""
 
     @abc.abstractmethod
+    async def pending_releases(self) -> list[PendingRelease]:
+        """Every release still owed, oldest first."""
+
+    @abc.abstractmethod
+    async def forget_release(self, call: str) -> None:
+        """The provider confirmed the release of `call`: nothing is owed for it any more."""
+
+    @abc.abstractmethod
+    async def link_capacities(self) -> list[LinkCapacity]:
+        """Every link capacity set with UpdateLink that is still in force."""
+
+    @abc.abstractmethod
+    async def set_link_capacity(self, capacity: LinkCapacity | None, link: str) -> None:
+        """Keep `capacity` for `link` (None: forget what was kept, the configured one applies)."""
+
+    @abc.abstractmethod
     async def commit(
         self,
         call: call_pb2.Call | Sequence[call_pb2.Call],
@@ -182,12 +236,15 @@ class Store(abc.ABC):
         *,
         lines: Sequence[line_pb2.Line] = (),
         limits: UsageLimits | None = None,
+        owe: PendingRelease | None = None,
+        released: bool = False,
     ) -> list[event_pb2.QosEvent]:
         """Store the call or calls and the lines (each inserted or replaced) with the events;
         returns the events numbered. AddressInUseError (nothing stored) when a line would be the
         second open one of its tenant for its address. With `limits` (the calls' tenant's: both
         legs of a pair are of one tenant), raises QuotaExceededError instead when the commit would
-        take the tenant beyond them."""
+        take the tenant beyond them. In the same transaction, `owe` records (or updates) a release
+        owed to a provider, and `released` forgets the ones owed for the calls stored."""
 
     @abc.abstractmethod
     async def get_line(self, name: str) -> line_pb2.Line | None:

@@ -4,15 +4,20 @@ Writes run inline on the event loop: each is one short transaction (tens of micr
 WAL and synchronous=NORMAL), cheaper than a thread hop.
 synchronous=NORMAL in WAL mode survives a process crash (SIGKILL) without losing a committed
 transaction; only an OS crash or power loss can lose the last few.
+
+A write SQLite cannot make (SQLITE_FULL, SQLITE_IOERR, a locked or read-only file) leaves the
+transaction rolled back and raises `StoreUnavailable` naming the cause; the connection stays
+usable, so writes succeed again once space is freed.
 """
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import sqlite3
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from callqos.server.qos import reserved_rate
@@ -22,8 +27,11 @@ from callqos.server.store.base import (
     EventBounds,
     IdempotencyRecord,
     LinePage,
+    LinkCapacity,
+    PendingRelease,
     QuotaExceededError,
     Store,
+    StoreUnavailable,
     Usage,
     UsageLimits,
     held_usage,
@@ -83,6 +91,19 @@ CREATE TABLE IF NOT EXISTS lines (
 -- (callqos.v1.Line.State.STATE_OPEN = 1).
 CREATE UNIQUE INDEX IF NOT EXISTS lines_open_address ON lines (tenant, address) WHERE state = 1;
 CREATE INDEX IF NOT EXISTS lines_tenant ON lines (tenant, seq);
+CREATE TABLE IF NOT EXISTS link_capacities (     -- UpdateLink, durable (LINK-5); uint64 as decimal text
+    link       TEXT PRIMARY KEY,
+    capacity   TEXT NOT NULL,
+    configured TEXT NOT NULL                     -- the configured capacity it overrode
+);
+CREATE TABLE IF NOT EXISTS pending_releases (    -- releases owed to providers (CALL-6)
+    call       TEXT PRIMARY KEY,
+    provider   TEXT NOT NULL,
+    attempts   INTEGER NOT NULL,
+    next_us    INTEGER NOT NULL,
+    last_error TEXT NOT NULL,
+    seq        INTEGER NOT NULL                  -- insertion order, oldest retried first
+);
 """
 MEMORY = ":memory:"
 # Bumped whenever _SCHEMA changes. A new file gets _SCHEMA as it is; a file of an older version
@@ -90,10 +111,28 @@ MEMORY = ":memory:"
 # transaction. A step is self-contained: it names its own DDL (never _SCHEMA, which keeps
 # moving) so that it means the same thing whatever steps come after it. A newer file is refused,
 # not guessed at.
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
+# SQLite primary result codes (`sqlite_errorcode & 0xFF`) that mean "the storage cannot take
+# this now" rather than a bug, with the cause an operator reads.
+_UNAVAILABLE = {
+    5: "the database is locked (SQLITE_BUSY)",
+    6: "the database is locked (SQLITE_LOCKED)",
+    7: "out of memory (SQLITE_NOMEM)",
+    8: "the data directory is read-only (SQLITE_READONLY)",
+    10: "disk I/O error (SQLITE_IOERR)",
+    13: "disk is full (SQLITE_FULL)",
+    14: "cannot open the database file (SQLITE_CANTOPEN)",
+}
+INT64_MAX = 2**63 - 1
 # Serialized calls kept in memory, newest used last. Safe because one process owns the file
 # (see the lock below), so every write to a call passes through `commit` here.
 CACHED_CALLS = 10_000
+
+
+def _int64(rate: int) -> int:
+    """A rate as an SQLite INTEGER (int64): a uint64 rate beyond it is stored as the int64
+    maximum, far above any quota (issue #11: every quantity is bounded, none overflows)."""
+    return min(rate, INT64_MAX)
 
 
 def _columns(db: sqlite3.Connection, table: str) -> set[str]:
@@ -134,8 +173,8 @@ def _migrate_to_2(db: sqlite3.Connection) -> None:
             "UPDATE calls SET data = ?, reserved_sending = ?, reserved_receiving = ? WHERE seq = ?",
             (
                 call.SerializeToString(),
-                reserved_rate(call.granted_qos.sending) if held else 0,
-                reserved_rate(call.granted_qos.receiving) if held else 0,
+                _int64(reserved_rate(call.granted_qos.sending)) if held else 0,
+                _int64(reserved_rate(call.granted_qos.receiving)) if held else 0,
                 seq,
             ),
         )
@@ -211,12 +250,37 @@ def _migrate_to_3(db: sqlite3.Connection) -> None:
         held = held_usage(call)
         db.execute(
             "UPDATE calls SET line = ?, active = ?, reserved_sending = ?, reserved_receiving = ? WHERE seq = ?",
-            (call.line, held.active_calls, held.sending, held.receiving, seq),
+            (call.line, held.active_calls, _int64(held.sending), _int64(held.receiving), seq),
         )
 
 
 def _migrate_to_4(db: sqlite3.Connection) -> None:
-    """Version 3 → 4: call leases (issue #14). Each call gets the column the lease timer reads,
+    """Version 3 → 4: the admission ledger (issue #11). Link capacities set with UpdateLink are
+    kept (with the configured capacity each overrode, LINK-5), and releases owed to providers are
+    recorded until they confirm them (CALL-6). Both tables start empty: nothing was kept or owed
+    before."""
+    _script(
+        db,
+        """
+        CREATE TABLE link_capacities (
+            link       TEXT PRIMARY KEY,
+            capacity   TEXT NOT NULL,
+            configured TEXT NOT NULL
+        );
+        CREATE TABLE pending_releases (
+            call       TEXT PRIMARY KEY,
+            provider   TEXT NOT NULL,
+            attempts   INTEGER NOT NULL,
+            next_us    INTEGER NOT NULL,
+            last_error TEXT NOT NULL,
+            seq        INTEGER NOT NULL
+        );
+        """,
+    )
+
+
+def _migrate_to_5(db: sqlite3.Connection) -> None:
+    """Version 4 → 5: call leases (issue #14). Each call gets the column the lease timer reads,
     from the call itself (no call of an earlier version has a lease, so it stays 0)."""
     _script(
         db,
@@ -236,6 +300,7 @@ _MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {
     2: _migrate_to_2,
     3: _migrate_to_3,
     4: _migrate_to_4,
+    5: _migrate_to_5,
 }
 
 
@@ -334,12 +399,16 @@ class SqliteStore(Store):
         return self._usage(tenant)
 
     def _usage(self, tenant: str) -> Usage:
+        # Summed in two 32-bit halves, so that no SQLite SUM overflows int64 however large the
+        # rates (each stored saturated at the int64 maximum), and the total stays exact.
         row = self._db.execute(
-            "SELECT COUNT(*), COALESCE(SUM(reserved_sending), 0), COALESCE(SUM(reserved_receiving), 0) "
+            "SELECT COUNT(*), "
+            "COALESCE(SUM(reserved_sending >> 32), 0), COALESCE(SUM(reserved_sending & 4294967295), 0), "
+            "COALESCE(SUM(reserved_receiving >> 32), 0), COALESCE(SUM(reserved_receiving & 4294967295), 0) "
             "FROM calls WHERE tenant = ? AND active = 1",
             (tenant,),
         ).fetchone()
-        return Usage(active_calls=row[0], sending=row[1], receiving=row[2])
+        return Usage(active_calls=row[0], sending=(row[1] << 32) + row[2], receiving=(row[3] << 32) + row[4])
 
     async def connected_calls(self) -> list[call_pb2.Call]:
         rows = self._db.execute(
@@ -398,7 +467,30 @@ class SqliteStore(Store):
         lines = [line_pb2.Line.FromString(data) for _, data in rows[:limit]]
         return LinePage(lines, rows[limit - 1][0] if len(rows) > limit else 0)
 
-    # -- the one write path ---------------------------------------------------------------
+    # -- writes ---------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[None]:
+        """BEGIN IMMEDIATE … COMMIT, aborted (`_abort`) on any failure."""
+        try:
+            self._db.execute("BEGIN IMMEDIATE")
+            yield
+            self._db.execute("COMMIT")
+        except BaseException as exc:
+            self._abort(exc)
+            raise
+
+    def _abort(self, exc: BaseException) -> None:
+        """Roll back the transaction `exc` failed (if SQLite has not already done so: after
+        SQLITE_FULL it has, and a second ROLLBACK would hide the cause); a failure of the storage
+        itself is raised as StoreUnavailable."""
+        if self._db.in_transaction:
+            with contextlib.suppress(sqlite3.Error):
+                self._db.execute("ROLLBACK")
+        if isinstance(exc, sqlite3.Error):
+            code = getattr(exc, "sqlite_errorcode", -1) & 0xFF
+            if code in _UNAVAILABLE:
+                raise StoreUnavailable(_UNAVAILABLE[code]) from exc
+
     async def commit(
         self,
         call: call_pb2.Call | Sequence[call_pb2.Call],
@@ -407,14 +499,16 @@ class SqliteStore(Store):
         *,
         lines: Sequence[line_pb2.Line] = (),
         limits: UsageLimits | None = None,
+        owe: PendingRelease | None = None,
+        released: bool = False,
     ) -> list[event_pb2.QosEvent]:
         numbered: list[event_pb2.QosEvent] = []
         seq = self._last_seq
         now_us = time.time_ns() // 1000
         calls = [call] if isinstance(call, call_pb2.Call) else list(call)
         stored = [(each, each.SerializeToString()) for each in calls]
-        self._db.execute("BEGIN IMMEDIATE")
         try:
+            self._db.execute("BEGIN IMMEDIATE")
             before = self._usage(limits.tenant) if limits is not None else None
             for each, data in stored:
                 held = held_usage(each)
@@ -430,8 +524,8 @@ class SqliteStore(Store):
                         each.state,
                         data,
                         each.tenant or DEFAULT_TENANT,
-                        held.sending,
-                        held.receiving,
+                        _int64(held.sending),
+                        _int64(held.receiving),
                         each.line,
                         held.active_calls,
                         lease_deadline_us(each),
@@ -479,19 +573,55 @@ class SqliteStore(Store):
                         now_us,
                     ),
                 )
+            if owe is not None:
+                self._owe(owe, now_us)
+            if released and calls:
+                names = [each.name for each in calls]
+                self._db.execute(f"DELETE FROM pending_releases WHERE call IN ({', '.join('?' * len(names))})", names)
             self._db.execute("COMMIT")
-        except sqlite3.IntegrityError as error:
-            self._db.execute("ROLLBACK")
-            if "lines.address" in str(error):
-                raise AddressInUseError(str(error)) from error
-            raise
-        except BaseException:
-            self._db.execute("ROLLBACK")
+        except BaseException as exc:
+            self._abort(exc)
+            if isinstance(exc, sqlite3.IntegrityError) and "lines.address" in str(exc):
+                raise AddressInUseError(str(exc)) from exc
             raise
         self._last_seq = seq
         for each, data in stored:
             self._remember(each.name, data)
         return numbered
+
+    def _owe(self, owe: PendingRelease, now_us: int) -> None:
+        self._db.execute(
+            "INSERT INTO pending_releases (call, provider, attempts, next_us, last_error, seq) "
+            "VALUES (?, ?, ?, ?, ?, ?) "
+            "ON CONFLICT (call) DO UPDATE SET provider = excluded.provider, attempts = excluded.attempts, "
+            "next_us = excluded.next_us, last_error = excluded.last_error",
+            (owe.call, owe.provider, owe.attempts, owe.next_attempt_us, owe.last_error, now_us),
+        )
+
+    async def pending_releases(self) -> list[PendingRelease]:
+        rows = self._db.execute(
+            "SELECT call, provider, attempts, next_us, last_error FROM pending_releases ORDER BY seq"
+        ).fetchall()
+        return [PendingRelease(*row) for row in rows]
+
+    async def forget_release(self, call: str) -> None:
+        with self._transaction():
+            self._db.execute("DELETE FROM pending_releases WHERE call = ?", (call,))
+
+    # -- link capacities set with UpdateLink ----------------------------------------------
+    async def link_capacities(self) -> list[LinkCapacity]:
+        rows = self._db.execute("SELECT link, capacity, configured FROM link_capacities ORDER BY link").fetchall()
+        return [LinkCapacity(link, int(capacity), int(configured)) for link, capacity, configured in rows]
+
+    async def set_link_capacity(self, capacity: LinkCapacity | None, link: str) -> None:
+        with self._transaction():
+            if capacity is None:
+                self._db.execute("DELETE FROM link_capacities WHERE link = ?", (link,))
+            else:
+                self._db.execute(
+                    "INSERT OR REPLACE INTO link_capacities (link, capacity, configured) VALUES (?, ?, ?)",
+                    (link, str(capacity.capacity), str(capacity.configured)),
+                )
 
     async def find_request(
         self, request_id: str, principal: str, tenant: str = DEFAULT_TENANT
@@ -523,18 +653,14 @@ class SqliteStore(Store):
             cutoff = max(cutoff, row[0] or 0)
         if older_than_us > 0:
             # request_ids are remembered as long as events are (AIP-155 leaves the window to us).
-            self._db.execute("DELETE FROM requests WHERE create_us < ?", (older_than_us,))
+            with self._transaction():
+                self._db.execute("DELETE FROM requests WHERE create_us < ?", (older_than_us,))
         bounds = await self.event_bounds()
         if cutoff <= bounds.pruned_through:
             return 0
-        self._db.execute("BEGIN IMMEDIATE")
-        try:
-            dropped = self._db.execute("DELETE FROM events WHERE seq <= ?", (cutoff,)).rowcount
+        with self._transaction():
+            dropped: int = self._db.execute("DELETE FROM events WHERE seq <= ?", (cutoff,)).rowcount
             self._db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('pruned_through', ?)", (cutoff,))
-            self._db.execute("COMMIT")
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
         return dropped
 
     async def close(self) -> None:

@@ -21,6 +21,8 @@ units as suffixes):
 - callqos.watch.streams: open WatchEvents streams
 - callqos.event_loop.lag (s): how late the event loop ran a timer
 - callqos.build.info: 1, with the server's version (and the Python implementation) as attributes
+- callqos.releases.pending: releases owed to providers and not yet confirmed (CALL-6)
+- callqos.ledger.repairs: reconciliation outcomes, by provider and outcome (PROV-19)
 (and on the Prometheus endpoint, the standard process_* and python_info metrics)
 """
 
@@ -88,6 +90,15 @@ def _version() -> str:
         return "unknown"
 
 
+# Span attributes are int64 in OTLP; a rate may be any uint64 (issue 11: every derived quantity
+# is bounded). Larger values are recorded as the int64 maximum rather than failing the export.
+INT64_MAX = 2**63 - 1
+
+
+def _int64(value: int) -> int:
+    return min(value, INT64_MAX)
+
+
 def _type_name(kind: int) -> str:
     return ST.Name(kind).removeprefix("SERVICE_TYPE_") if kind in ST.values() else str(kind)
 
@@ -118,8 +129,8 @@ class ProviderSpan:
         attributes: dict[str, str | int] = {"callqos.outcome": self.outcome}
         if isinstance(result, Grant):
             for direction in DIRECTIONS:
-                attributes[f"callqos.{direction}.granted_bytes_per_second"] = reserved_rate(
-                    getattr(result.qos, direction)
+                attributes[f"callqos.{direction}.granted_bytes_per_second"] = _int64(
+                    reserved_rate(getattr(result.qos, direction))
                 )
         elif isinstance(result, Refusal):
             # A refusal is an outcome, not an error: the span status stays unset.
@@ -129,7 +140,7 @@ class ProviderSpan:
             if result.counter_offer is not None:
                 for direction in DIRECTIONS:
                     rate = reserved_rate(getattr(result.counter_offer, direction))
-                    attributes[f"callqos.{direction}.counter_offer_bytes_per_second"] = rate
+                    attributes[f"callqos.{direction}.counter_offer_bytes_per_second"] = _int64(rate)
         self.span.set_attributes(attributes)
 
 
@@ -186,6 +197,17 @@ class Instruments:
         meter.create_observable_up_down_counter(
             "callqos.watch.streams", [self._observe_watchers], unit="{stream}", description="Open WatchEvents streams"
         )
+        meter.create_observable_up_down_counter(
+            "callqos.releases.pending",
+            [self._observe_pending_releases],
+            unit="{release}",
+            description="Releases owed to providers that they have not confirmed yet",
+        )
+        self._repairs = meter.create_counter(
+            "callqos.ledger.repairs",
+            unit="{call}",
+            description="Calls on which reconciliation found the provider and the store disagreeing, by outcome",
+        )
         meter.create_observable_gauge(
             "callqos.link.capacity",
             [self._observe_capacity],
@@ -198,8 +220,9 @@ class Instruments:
             unit="By/s",
             description="Rate reserved on a provider's link, by direction",
         )
-        # Set by the server once its servicer exists.
+        # Set by the server once its servicer (and its ledger) exist.
         self.open_watch_streams: Callable[[], int] = lambda: 0
+        self.pending_releases: Callable[[], int] = lambda: 0
         self._active: dict[str, tuple[str, str]] = {}  # connected call → (provider, service type)
         self._active_counts: Counter[tuple[str, str]] = Counter()
         self._links: dict[str, provider_pb2.Link] = {}
@@ -344,6 +367,11 @@ class Instruments:
         )
         return _CurrentSpan(span)
 
+    def ledger_repair(self, provider: str, outcome: str) -> None:
+        """One call reconciled (`outcome`: released, re-taken, changed, disconnected, failed, agreed)."""
+        if self.metrics_enabled:
+            self._repairs.add(1, {"callqos.provider": provider, "callqos.outcome": outcome})
+
     def background(self, name: str, attributes: dict[str, str | int]) -> contextlib.AbstractContextManager[Span]:
         """The current span for work no RPC caused — restoring calls at start-up, a change a
         provider reports on its own — so that its QoS events carry a trace id too: a root span
@@ -406,9 +434,12 @@ class Instruments:
     def _observe_watchers(self, options: CallbackOptions) -> Iterable[Observation]:
         return [Observation(self.open_watch_streams())]
 
+    def _observe_pending_releases(self, options: CallbackOptions) -> Iterable[Observation]:
+        return [Observation(self.pending_releases())]
+
     def _observe_capacity(self, options: CallbackOptions) -> Iterable[Observation]:
         return [
-            Observation(link.capacity_bytes_per_second, {"callqos.link": name})
+            Observation(_int64(link.capacity_bytes_per_second), {"callqos.link": name})
             for name, link in list(self._links.items())
         ]
 
@@ -417,12 +448,14 @@ class Instruments:
         for name, link in list(self._links.items()):
             observations.append(
                 Observation(
-                    link.sending_reserved_bytes_per_second, {"callqos.link": name, "callqos.direction": "sending"}
+                    _int64(link.sending_reserved_bytes_per_second),
+                    {"callqos.link": name, "callqos.direction": "sending"},
                 )
             )
             observations.append(
                 Observation(
-                    link.receiving_reserved_bytes_per_second, {"callqos.link": name, "callqos.direction": "receiving"}
+                    _int64(link.receiving_reserved_bytes_per_second),
+                    {"callqos.link": name, "callqos.direction": "receiving"},
                 )
             )
         return observations
@@ -494,5 +527,5 @@ def _request_attributes(request: AdmissionRequest) -> dict[str, str | int]:
     for direction in DIRECTIONS:
         spec = getattr(request.qos, direction)
         attributes[f"callqos.{direction}.service_type"] = _type_name(spec.service_type)
-        attributes[f"callqos.{direction}.requested_bytes_per_second"] = reserved_rate(spec)
+        attributes[f"callqos.{direction}.requested_bytes_per_second"] = _int64(reserved_rate(spec))
     return attributes

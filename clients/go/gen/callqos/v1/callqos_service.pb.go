@@ -23,6 +23,59 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+// What became of the call.
+type LinkChange_Outcome int32
+
+const (
+	// Never sent.
+	LinkChange_OUTCOME_UNSPECIFIED LinkChange_Outcome = 0
+	// The call stays connected with less QoS: current_qos (an IF_AVAILABLE call).
+	LinkChange_OUTCOME_DEGRADED LinkChange_Outcome = 1
+	// The call was disconnected with reason QOS_UNAVAILABLE (a NEEDED call).
+	LinkChange_OUTCOME_DISCONNECTED LinkChange_Outcome = 2
+)
+
+// Enum value maps for LinkChange_Outcome.
+var (
+	LinkChange_Outcome_name = map[int32]string{
+		0: "OUTCOME_UNSPECIFIED",
+		1: "OUTCOME_DEGRADED",
+		2: "OUTCOME_DISCONNECTED",
+	}
+	LinkChange_Outcome_value = map[string]int32{
+		"OUTCOME_UNSPECIFIED":  0,
+		"OUTCOME_DEGRADED":     1,
+		"OUTCOME_DISCONNECTED": 2,
+	}
+)
+
+func (x LinkChange_Outcome) Enum() *LinkChange_Outcome {
+	p := new(LinkChange_Outcome)
+	*p = x
+	return p
+}
+
+func (x LinkChange_Outcome) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (LinkChange_Outcome) Descriptor() protoreflect.EnumDescriptor {
+	return file_callqos_v1_callqos_service_proto_enumTypes[0].Descriptor()
+}
+
+func (LinkChange_Outcome) Type() protoreflect.EnumType {
+	return &file_callqos_v1_callqos_service_proto_enumTypes[0]
+}
+
+func (x LinkChange_Outcome) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use LinkChange_Outcome.Descriptor instead.
+func (LinkChange_Outcome) EnumDescriptor() ([]byte, []int) {
+	return file_callqos_v1_callqos_service_proto_rawDescGZIP(), []int{23, 0}
+}
+
 // Request for CreateCall.
 type CreateCallRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -1348,6 +1401,156 @@ func (x *RejectCallRequest) GetRequestId() string {
 	return ""
 }
 
+// Response for UpdateLink. Not the bare Link (AIP-134): a capacity change may degrade or drop
+// other resources, the calls on the link, and the caller learns which from the same answer.
+type UpdateLinkResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The link as it is after the change.
+	Link *Link `protobuf:"bytes,1,opt,name=link,proto3" json:"link,omitempty"`
+	// Every call the change degraded or disconnected, in the order the provider reported them;
+	// empty when everything still fits.
+	Changes       []*LinkChange `protobuf:"bytes,2,rep,name=changes,proto3" json:"changes,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UpdateLinkResponse) Reset() {
+	*x = UpdateLinkResponse{}
+	mi := &file_callqos_v1_callqos_service_proto_msgTypes[22]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UpdateLinkResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UpdateLinkResponse) ProtoMessage() {}
+
+func (x *UpdateLinkResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_callqos_v1_callqos_service_proto_msgTypes[22]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UpdateLinkResponse.ProtoReflect.Descriptor instead.
+func (*UpdateLinkResponse) Descriptor() ([]byte, []int) {
+	return file_callqos_v1_callqos_service_proto_rawDescGZIP(), []int{22}
+}
+
+func (x *UpdateLinkResponse) GetLink() *Link {
+	if x != nil {
+		return x.Link
+	}
+	return nil
+}
+
+func (x *UpdateLinkResponse) GetChanges() []*LinkChange {
+	if x != nil {
+		return x.Changes
+	}
+	return nil
+}
+
+// One call that a change of its link's capacity degraded or disconnected. Its QoS events
+// (QOS_CHANGED, or NOQOS then CALL_DISCONNECTED) announce the same change.
+type LinkChange struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// `calls/{call}`.
+	Call string `protobuf:"bytes,1,opt,name=call,proto3" json:"call,omitempty"`
+	// Degraded or disconnected.
+	Outcome LinkChange_Outcome `protobuf:"varint,2,opt,name=outcome,proto3,enum=callqos.v1.LinkChange_Outcome" json:"outcome,omitempty"`
+	// The QoS in effect before the change.
+	PreviousQos *QosSpec `protobuf:"bytes,3,opt,name=previous_qos,json=previousQos,proto3" json:"previous_qos,omitempty"`
+	// The QoS in effect now (unset when disconnected).
+	CurrentQos *QosSpec `protobuf:"bytes,4,opt,name=current_qos,json=currentQos,proto3" json:"current_qos,omitempty"`
+	// The provider's explanation, for people.
+	Message string `protobuf:"bytes,5,opt,name=message,proto3" json:"message,omitempty"`
+	// The change is recorded, with its events. False when the server's storage failed: the call
+	// still reads as before until the server reconciles it with the provider, as soon as it can.
+	Recorded      bool `protobuf:"varint,6,opt,name=recorded,proto3" json:"recorded,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *LinkChange) Reset() {
+	*x = LinkChange{}
+	mi := &file_callqos_v1_callqos_service_proto_msgTypes[23]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *LinkChange) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*LinkChange) ProtoMessage() {}
+
+func (x *LinkChange) ProtoReflect() protoreflect.Message {
+	mi := &file_callqos_v1_callqos_service_proto_msgTypes[23]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use LinkChange.ProtoReflect.Descriptor instead.
+func (*LinkChange) Descriptor() ([]byte, []int) {
+	return file_callqos_v1_callqos_service_proto_rawDescGZIP(), []int{23}
+}
+
+func (x *LinkChange) GetCall() string {
+	if x != nil {
+		return x.Call
+	}
+	return ""
+}
+
+func (x *LinkChange) GetOutcome() LinkChange_Outcome {
+	if x != nil {
+		return x.Outcome
+	}
+	return LinkChange_OUTCOME_UNSPECIFIED
+}
+
+func (x *LinkChange) GetPreviousQos() *QosSpec {
+	if x != nil {
+		return x.PreviousQos
+	}
+	return nil
+}
+
+func (x *LinkChange) GetCurrentQos() *QosSpec {
+	if x != nil {
+		return x.CurrentQos
+	}
+	return nil
+}
+
+func (x *LinkChange) GetMessage() string {
+	if x != nil {
+		return x.Message
+	}
+	return ""
+}
+
+func (x *LinkChange) GetRecorded() bool {
+	if x != nil {
+		return x.Recorded
+	}
+	return false
+}
+
 var File_callqos_v1_callqos_service_proto protoreflect.FileDescriptor
 
 const file_callqos_v1_callqos_service_proto_rawDesc = "" +
@@ -1442,7 +1645,23 @@ const file_callqos_v1_callqos_service_proto_rawDesc = "" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x12\n" +
 	"\x04etag\x18\x02 \x01(\tR\x04etag\x12\x1d\n" +
 	"\n" +
-	"request_id\x18\x03 \x01(\tR\trequestId2\x88\t\n" +
+	"request_id\x18\x03 \x01(\tR\trequestId\"l\n" +
+	"\x12UpdateLinkResponse\x12$\n" +
+	"\x04link\x18\x01 \x01(\v2\x10.callqos.v1.LinkR\x04link\x120\n" +
+	"\achanges\x18\x02 \x03(\v2\x16.callqos.v1.LinkChangeR\achanges\"\xd2\x02\n" +
+	"\n" +
+	"LinkChange\x12\x12\n" +
+	"\x04call\x18\x01 \x01(\tR\x04call\x128\n" +
+	"\aoutcome\x18\x02 \x01(\x0e2\x1e.callqos.v1.LinkChange.OutcomeR\aoutcome\x126\n" +
+	"\fprevious_qos\x18\x03 \x01(\v2\x13.callqos.v1.QosSpecR\vpreviousQos\x124\n" +
+	"\vcurrent_qos\x18\x04 \x01(\v2\x13.callqos.v1.QosSpecR\n" +
+	"currentQos\x12\x18\n" +
+	"\amessage\x18\x05 \x01(\tR\amessage\x12\x1a\n" +
+	"\brecorded\x18\x06 \x01(\bR\brecorded\"R\n" +
+	"\aOutcome\x12\x17\n" +
+	"\x13OUTCOME_UNSPECIFIED\x10\x00\x12\x14\n" +
+	"\x10OUTCOME_DEGRADED\x10\x01\x12\x18\n" +
+	"\x14OUTCOME_DISCONNECTED\x10\x022\x96\t\n" +
 	"\x0eCallQosService\x12=\n" +
 	"\n" +
 	"CreateCall\x12\x1d.callqos.v1.CreateCallRequest\x1a\x10.callqos.v1.Call\x127\n" +
@@ -1455,9 +1674,9 @@ const file_callqos_v1_callqos_service_proto_rawDesc = "" +
 	"\vWatchEvents\x12\x1e.callqos.v1.WatchEventsRequest\x1a\x1f.callqos.v1.WatchEventsResponse0\x01\x12C\n" +
 	"\vGetProvider\x12\x1e.callqos.v1.GetProviderRequest\x1a\x14.callqos.v1.Provider\x12T\n" +
 	"\rListProviders\x12 .callqos.v1.ListProvidersRequest\x1a!.callqos.v1.ListProvidersResponse\x12H\n" +
-	"\tListLinks\x12\x1c.callqos.v1.ListLinksRequest\x1a\x1d.callqos.v1.ListLinksResponse\x12=\n" +
+	"\tListLinks\x12\x1c.callqos.v1.ListLinksRequest\x1a\x1d.callqos.v1.ListLinksResponse\x12K\n" +
 	"\n" +
-	"UpdateLink\x12\x1d.callqos.v1.UpdateLinkRequest\x1a\x10.callqos.v1.Link\x12=\n" +
+	"UpdateLink\x12\x1d.callqos.v1.UpdateLinkRequest\x1a\x1e.callqos.v1.UpdateLinkResponse\x12=\n" +
 	"\n" +
 	"CreateLine\x12\x1d.callqos.v1.CreateLineRequest\x1a\x10.callqos.v1.Line\x127\n" +
 	"\aGetLine\x12\x1a.callqos.v1.GetLineRequest\x1a\x10.callqos.v1.Line\x12H\n" +
@@ -1481,95 +1700,104 @@ func file_callqos_v1_callqos_service_proto_rawDescGZIP() []byte {
 	return file_callqos_v1_callqos_service_proto_rawDescData
 }
 
-var file_callqos_v1_callqos_service_proto_msgTypes = make([]protoimpl.MessageInfo, 22)
+var file_callqos_v1_callqos_service_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
+var file_callqos_v1_callqos_service_proto_msgTypes = make([]protoimpl.MessageInfo, 24)
 var file_callqos_v1_callqos_service_proto_goTypes = []any{
-	(*CreateCallRequest)(nil),      // 0: callqos.v1.CreateCallRequest
-	(*GetCallRequest)(nil),         // 1: callqos.v1.GetCallRequest
-	(*ListCallsRequest)(nil),       // 2: callqos.v1.ListCallsRequest
-	(*ListCallsResponse)(nil),      // 3: callqos.v1.ListCallsResponse
-	(*RenegotiateCallRequest)(nil), // 4: callqos.v1.RenegotiateCallRequest
-	(*DropCallRequest)(nil),        // 5: callqos.v1.DropCallRequest
-	(*ExtendCallRequest)(nil),      // 6: callqos.v1.ExtendCallRequest
-	(*WatchEventsRequest)(nil),     // 7: callqos.v1.WatchEventsRequest
-	(*WatchEventsResponse)(nil),    // 8: callqos.v1.WatchEventsResponse
-	(*GetProviderRequest)(nil),     // 9: callqos.v1.GetProviderRequest
-	(*ListProvidersRequest)(nil),   // 10: callqos.v1.ListProvidersRequest
-	(*ListProvidersResponse)(nil),  // 11: callqos.v1.ListProvidersResponse
-	(*ListLinksRequest)(nil),       // 12: callqos.v1.ListLinksRequest
-	(*ListLinksResponse)(nil),      // 13: callqos.v1.ListLinksResponse
-	(*UpdateLinkRequest)(nil),      // 14: callqos.v1.UpdateLinkRequest
-	(*CreateLineRequest)(nil),      // 15: callqos.v1.CreateLineRequest
-	(*GetLineRequest)(nil),         // 16: callqos.v1.GetLineRequest
-	(*ListLinesRequest)(nil),       // 17: callqos.v1.ListLinesRequest
-	(*ListLinesResponse)(nil),      // 18: callqos.v1.ListLinesResponse
-	(*CloseLineRequest)(nil),       // 19: callqos.v1.CloseLineRequest
-	(*AnswerCallRequest)(nil),      // 20: callqos.v1.AnswerCallRequest
-	(*RejectCallRequest)(nil),      // 21: callqos.v1.RejectCallRequest
-	(*Call)(nil),                   // 22: callqos.v1.Call
-	(*QosSpec)(nil),                // 23: callqos.v1.QosSpec
-	(ServiceLevel)(0),              // 24: callqos.v1.ServiceLevel
-	(*durationpb.Duration)(nil),    // 25: google.protobuf.Duration
-	(QosEventType)(0),              // 26: callqos.v1.QosEventType
-	(*QosEvent)(nil),               // 27: callqos.v1.QosEvent
-	(*Provider)(nil),               // 28: callqos.v1.Provider
-	(*Link)(nil),                   // 29: callqos.v1.Link
-	(*fieldmaskpb.FieldMask)(nil),  // 30: google.protobuf.FieldMask
-	(*Line)(nil),                   // 31: callqos.v1.Line
+	(LinkChange_Outcome)(0),        // 0: callqos.v1.LinkChange.Outcome
+	(*CreateCallRequest)(nil),      // 1: callqos.v1.CreateCallRequest
+	(*GetCallRequest)(nil),         // 2: callqos.v1.GetCallRequest
+	(*ListCallsRequest)(nil),       // 3: callqos.v1.ListCallsRequest
+	(*ListCallsResponse)(nil),      // 4: callqos.v1.ListCallsResponse
+	(*RenegotiateCallRequest)(nil), // 5: callqos.v1.RenegotiateCallRequest
+	(*DropCallRequest)(nil),        // 6: callqos.v1.DropCallRequest
+	(*ExtendCallRequest)(nil),      // 7: callqos.v1.ExtendCallRequest
+	(*WatchEventsRequest)(nil),     // 8: callqos.v1.WatchEventsRequest
+	(*WatchEventsResponse)(nil),    // 9: callqos.v1.WatchEventsResponse
+	(*GetProviderRequest)(nil),     // 10: callqos.v1.GetProviderRequest
+	(*ListProvidersRequest)(nil),   // 11: callqos.v1.ListProvidersRequest
+	(*ListProvidersResponse)(nil),  // 12: callqos.v1.ListProvidersResponse
+	(*ListLinksRequest)(nil),       // 13: callqos.v1.ListLinksRequest
+	(*ListLinksResponse)(nil),      // 14: callqos.v1.ListLinksResponse
+	(*UpdateLinkRequest)(nil),      // 15: callqos.v1.UpdateLinkRequest
+	(*CreateLineRequest)(nil),      // 16: callqos.v1.CreateLineRequest
+	(*GetLineRequest)(nil),         // 17: callqos.v1.GetLineRequest
+	(*ListLinesRequest)(nil),       // 18: callqos.v1.ListLinesRequest
+	(*ListLinesResponse)(nil),      // 19: callqos.v1.ListLinesResponse
+	(*CloseLineRequest)(nil),       // 20: callqos.v1.CloseLineRequest
+	(*AnswerCallRequest)(nil),      // 21: callqos.v1.AnswerCallRequest
+	(*RejectCallRequest)(nil),      // 22: callqos.v1.RejectCallRequest
+	(*UpdateLinkResponse)(nil),     // 23: callqos.v1.UpdateLinkResponse
+	(*LinkChange)(nil),             // 24: callqos.v1.LinkChange
+	(*Call)(nil),                   // 25: callqos.v1.Call
+	(*QosSpec)(nil),                // 26: callqos.v1.QosSpec
+	(ServiceLevel)(0),              // 27: callqos.v1.ServiceLevel
+	(*durationpb.Duration)(nil),    // 28: google.protobuf.Duration
+	(QosEventType)(0),              // 29: callqos.v1.QosEventType
+	(*QosEvent)(nil),               // 30: callqos.v1.QosEvent
+	(*Provider)(nil),               // 31: callqos.v1.Provider
+	(*Link)(nil),                   // 32: callqos.v1.Link
+	(*fieldmaskpb.FieldMask)(nil),  // 33: google.protobuf.FieldMask
+	(*Line)(nil),                   // 34: callqos.v1.Line
 }
 var file_callqos_v1_callqos_service_proto_depIdxs = []int32{
-	22, // 0: callqos.v1.CreateCallRequest.call:type_name -> callqos.v1.Call
-	22, // 1: callqos.v1.ListCallsResponse.calls:type_name -> callqos.v1.Call
-	23, // 2: callqos.v1.RenegotiateCallRequest.qos:type_name -> callqos.v1.QosSpec
-	24, // 3: callqos.v1.RenegotiateCallRequest.service_level:type_name -> callqos.v1.ServiceLevel
-	25, // 4: callqos.v1.ExtendCallRequest.lease_duration:type_name -> google.protobuf.Duration
-	26, // 5: callqos.v1.WatchEventsRequest.types:type_name -> callqos.v1.QosEventType
-	27, // 6: callqos.v1.WatchEventsResponse.event:type_name -> callqos.v1.QosEvent
-	28, // 7: callqos.v1.ListProvidersResponse.providers:type_name -> callqos.v1.Provider
-	29, // 8: callqos.v1.ListLinksResponse.links:type_name -> callqos.v1.Link
-	29, // 9: callqos.v1.UpdateLinkRequest.link:type_name -> callqos.v1.Link
-	30, // 10: callqos.v1.UpdateLinkRequest.update_mask:type_name -> google.protobuf.FieldMask
-	31, // 11: callqos.v1.CreateLineRequest.line:type_name -> callqos.v1.Line
-	31, // 12: callqos.v1.ListLinesResponse.lines:type_name -> callqos.v1.Line
-	23, // 13: callqos.v1.AnswerCallRequest.qos:type_name -> callqos.v1.QosSpec
-	0,  // 14: callqos.v1.CallQosService.CreateCall:input_type -> callqos.v1.CreateCallRequest
-	1,  // 15: callqos.v1.CallQosService.GetCall:input_type -> callqos.v1.GetCallRequest
-	2,  // 16: callqos.v1.CallQosService.ListCalls:input_type -> callqos.v1.ListCallsRequest
-	4,  // 17: callqos.v1.CallQosService.RenegotiateCall:input_type -> callqos.v1.RenegotiateCallRequest
-	5,  // 18: callqos.v1.CallQosService.DropCall:input_type -> callqos.v1.DropCallRequest
-	6,  // 19: callqos.v1.CallQosService.ExtendCall:input_type -> callqos.v1.ExtendCallRequest
-	7,  // 20: callqos.v1.CallQosService.WatchEvents:input_type -> callqos.v1.WatchEventsRequest
-	9,  // 21: callqos.v1.CallQosService.GetProvider:input_type -> callqos.v1.GetProviderRequest
-	10, // 22: callqos.v1.CallQosService.ListProviders:input_type -> callqos.v1.ListProvidersRequest
-	12, // 23: callqos.v1.CallQosService.ListLinks:input_type -> callqos.v1.ListLinksRequest
-	14, // 24: callqos.v1.CallQosService.UpdateLink:input_type -> callqos.v1.UpdateLinkRequest
-	15, // 25: callqos.v1.CallQosService.CreateLine:input_type -> callqos.v1.CreateLineRequest
-	16, // 26: callqos.v1.CallQosService.GetLine:input_type -> callqos.v1.GetLineRequest
-	17, // 27: callqos.v1.CallQosService.ListLines:input_type -> callqos.v1.ListLinesRequest
-	19, // 28: callqos.v1.CallQosService.CloseLine:input_type -> callqos.v1.CloseLineRequest
-	20, // 29: callqos.v1.CallQosService.AnswerCall:input_type -> callqos.v1.AnswerCallRequest
-	21, // 30: callqos.v1.CallQosService.RejectCall:input_type -> callqos.v1.RejectCallRequest
-	22, // 31: callqos.v1.CallQosService.CreateCall:output_type -> callqos.v1.Call
-	22, // 32: callqos.v1.CallQosService.GetCall:output_type -> callqos.v1.Call
-	3,  // 33: callqos.v1.CallQosService.ListCalls:output_type -> callqos.v1.ListCallsResponse
-	22, // 34: callqos.v1.CallQosService.RenegotiateCall:output_type -> callqos.v1.Call
-	22, // 35: callqos.v1.CallQosService.DropCall:output_type -> callqos.v1.Call
-	22, // 36: callqos.v1.CallQosService.ExtendCall:output_type -> callqos.v1.Call
-	8,  // 37: callqos.v1.CallQosService.WatchEvents:output_type -> callqos.v1.WatchEventsResponse
-	28, // 38: callqos.v1.CallQosService.GetProvider:output_type -> callqos.v1.Provider
-	11, // 39: callqos.v1.CallQosService.ListProviders:output_type -> callqos.v1.ListProvidersResponse
-	13, // 40: callqos.v1.CallQosService.ListLinks:output_type -> callqos.v1.ListLinksResponse
-	29, // 41: callqos.v1.CallQosService.UpdateLink:output_type -> callqos.v1.Link
-	31, // 42: callqos.v1.CallQosService.CreateLine:output_type -> callqos.v1.Line
-	31, // 43: callqos.v1.CallQosService.GetLine:output_type -> callqos.v1.Line
-	18, // 44: callqos.v1.CallQosService.ListLines:output_type -> callqos.v1.ListLinesResponse
-	31, // 45: callqos.v1.CallQosService.CloseLine:output_type -> callqos.v1.Line
-	22, // 46: callqos.v1.CallQosService.AnswerCall:output_type -> callqos.v1.Call
-	22, // 47: callqos.v1.CallQosService.RejectCall:output_type -> callqos.v1.Call
-	31, // [31:48] is the sub-list for method output_type
-	14, // [14:31] is the sub-list for method input_type
-	14, // [14:14] is the sub-list for extension type_name
-	14, // [14:14] is the sub-list for extension extendee
-	0,  // [0:14] is the sub-list for field type_name
+	25, // 0: callqos.v1.CreateCallRequest.call:type_name -> callqos.v1.Call
+	25, // 1: callqos.v1.ListCallsResponse.calls:type_name -> callqos.v1.Call
+	26, // 2: callqos.v1.RenegotiateCallRequest.qos:type_name -> callqos.v1.QosSpec
+	27, // 3: callqos.v1.RenegotiateCallRequest.service_level:type_name -> callqos.v1.ServiceLevel
+	28, // 4: callqos.v1.ExtendCallRequest.lease_duration:type_name -> google.protobuf.Duration
+	29, // 5: callqos.v1.WatchEventsRequest.types:type_name -> callqos.v1.QosEventType
+	30, // 6: callqos.v1.WatchEventsResponse.event:type_name -> callqos.v1.QosEvent
+	31, // 7: callqos.v1.ListProvidersResponse.providers:type_name -> callqos.v1.Provider
+	32, // 8: callqos.v1.ListLinksResponse.links:type_name -> callqos.v1.Link
+	32, // 9: callqos.v1.UpdateLinkRequest.link:type_name -> callqos.v1.Link
+	33, // 10: callqos.v1.UpdateLinkRequest.update_mask:type_name -> google.protobuf.FieldMask
+	34, // 11: callqos.v1.CreateLineRequest.line:type_name -> callqos.v1.Line
+	34, // 12: callqos.v1.ListLinesResponse.lines:type_name -> callqos.v1.Line
+	26, // 13: callqos.v1.AnswerCallRequest.qos:type_name -> callqos.v1.QosSpec
+	32, // 14: callqos.v1.UpdateLinkResponse.link:type_name -> callqos.v1.Link
+	24, // 15: callqos.v1.UpdateLinkResponse.changes:type_name -> callqos.v1.LinkChange
+	0,  // 16: callqos.v1.LinkChange.outcome:type_name -> callqos.v1.LinkChange.Outcome
+	26, // 17: callqos.v1.LinkChange.previous_qos:type_name -> callqos.v1.QosSpec
+	26, // 18: callqos.v1.LinkChange.current_qos:type_name -> callqos.v1.QosSpec
+	1,  // 19: callqos.v1.CallQosService.CreateCall:input_type -> callqos.v1.CreateCallRequest
+	2,  // 20: callqos.v1.CallQosService.GetCall:input_type -> callqos.v1.GetCallRequest
+	3,  // 21: callqos.v1.CallQosService.ListCalls:input_type -> callqos.v1.ListCallsRequest
+	5,  // 22: callqos.v1.CallQosService.RenegotiateCall:input_type -> callqos.v1.RenegotiateCallRequest
+	6,  // 23: callqos.v1.CallQosService.DropCall:input_type -> callqos.v1.DropCallRequest
+	7,  // 24: callqos.v1.CallQosService.ExtendCall:input_type -> callqos.v1.ExtendCallRequest
+	8,  // 25: callqos.v1.CallQosService.WatchEvents:input_type -> callqos.v1.WatchEventsRequest
+	10, // 26: callqos.v1.CallQosService.GetProvider:input_type -> callqos.v1.GetProviderRequest
+	11, // 27: callqos.v1.CallQosService.ListProviders:input_type -> callqos.v1.ListProvidersRequest
+	13, // 28: callqos.v1.CallQosService.ListLinks:input_type -> callqos.v1.ListLinksRequest
+	15, // 29: callqos.v1.CallQosService.UpdateLink:input_type -> callqos.v1.UpdateLinkRequest
+	16, // 30: callqos.v1.CallQosService.CreateLine:input_type -> callqos.v1.CreateLineRequest
+	17, // 31: callqos.v1.CallQosService.GetLine:input_type -> callqos.v1.GetLineRequest
+	18, // 32: callqos.v1.CallQosService.ListLines:input_type -> callqos.v1.ListLinesRequest
+	20, // 33: callqos.v1.CallQosService.CloseLine:input_type -> callqos.v1.CloseLineRequest
+	21, // 34: callqos.v1.CallQosService.AnswerCall:input_type -> callqos.v1.AnswerCallRequest
+	22, // 35: callqos.v1.CallQosService.RejectCall:input_type -> callqos.v1.RejectCallRequest
+	25, // 36: callqos.v1.CallQosService.CreateCall:output_type -> callqos.v1.Call
+	25, // 37: callqos.v1.CallQosService.GetCall:output_type -> callqos.v1.Call
+	4,  // 38: callqos.v1.CallQosService.ListCalls:output_type -> callqos.v1.ListCallsResponse
+	25, // 39: callqos.v1.CallQosService.RenegotiateCall:output_type -> callqos.v1.Call
+	25, // 40: callqos.v1.CallQosService.DropCall:output_type -> callqos.v1.Call
+	25, // 41: callqos.v1.CallQosService.ExtendCall:output_type -> callqos.v1.Call
+	9,  // 42: callqos.v1.CallQosService.WatchEvents:output_type -> callqos.v1.WatchEventsResponse
+	31, // 43: callqos.v1.CallQosService.GetProvider:output_type -> callqos.v1.Provider
+	12, // 44: callqos.v1.CallQosService.ListProviders:output_type -> callqos.v1.ListProvidersResponse
+	14, // 45: callqos.v1.CallQosService.ListLinks:output_type -> callqos.v1.ListLinksResponse
+	23, // 46: callqos.v1.CallQosService.UpdateLink:output_type -> callqos.v1.UpdateLinkResponse
+	34, // 47: callqos.v1.CallQosService.CreateLine:output_type -> callqos.v1.Line
+	34, // 48: callqos.v1.CallQosService.GetLine:output_type -> callqos.v1.Line
+	19, // 49: callqos.v1.CallQosService.ListLines:output_type -> callqos.v1.ListLinesResponse
+	34, // 50: callqos.v1.CallQosService.CloseLine:output_type -> callqos.v1.Line
+	25, // 51: callqos.v1.CallQosService.AnswerCall:output_type -> callqos.v1.Call
+	25, // 52: callqos.v1.CallQosService.RejectCall:output_type -> callqos.v1.Call
+	36, // [36:53] is the sub-list for method output_type
+	19, // [19:36] is the sub-list for method input_type
+	19, // [19:19] is the sub-list for extension type_name
+	19, // [19:19] is the sub-list for extension extendee
+	0,  // [0:19] is the sub-list for field type_name
 }
 
 func init() { file_callqos_v1_callqos_service_proto_init() }
@@ -1588,13 +1816,14 @@ func file_callqos_v1_callqos_service_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_callqos_v1_callqos_service_proto_rawDesc), len(file_callqos_v1_callqos_service_proto_rawDesc)),
-			NumEnums:      0,
-			NumMessages:   22,
+			NumEnums:      1,
+			NumMessages:   24,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
 		GoTypes:           file_callqos_v1_callqos_service_proto_goTypes,
 		DependencyIndexes: file_callqos_v1_callqos_service_proto_depIdxs,
+		EnumInfos:         file_callqos_v1_callqos_service_proto_enumTypes,
 		MessageInfos:      file_callqos_v1_callqos_service_proto_msgTypes,
 	}.Build()
 	File_callqos_v1_callqos_service_proto = out.File

@@ -97,9 +97,11 @@ type CallQosServiceClient interface {
 	ListProviders(ctx context.Context, in *ListProvidersRequest, opts ...grpc.CallOption) (*ListProvidersResponse, error)
 	// Lists a provider's links (providers that advertise link_admin).
 	ListLinks(ctx context.Context, in *ListLinksRequest, opts ...grpc.CallOption) (*ListLinksResponse, error)
-	// Changes a link's capacity. Calls that no longer fit are degraded or dropped by the
-	// provider, with events.
-	UpdateLink(ctx context.Context, in *UpdateLinkRequest, opts ...grpc.CallOption) (*Link, error)
+	// Changes a link's capacity, durably: the capacity set here survives restarts for as long as
+	// the link's configured capacity stays what it was when it was set (a changed configuration
+	// wins). Calls that no longer fit are degraded or dropped by the provider, with events, and
+	// the response lists each of them. Needs permission links.update (role operator).
+	UpdateLink(ctx context.Context, in *UpdateLinkRequest, opts ...grpc.CallOption) (*UpdateLinkResponse, error)
 	// Opens a line (lineOpen): the caller becomes its owner, the line belongs to the caller's
 	// tenant, and calls its tenant makes to its address are offered to it. ALREADY_EXISTS
 	// (ADDRESS_IN_USE) while another line of the tenant is open for the address, ALREADY_EXISTS
@@ -249,9 +251,9 @@ func (c *callQosServiceClient) ListLinks(ctx context.Context, in *ListLinksReque
 	return out, nil
 }
 
-func (c *callQosServiceClient) UpdateLink(ctx context.Context, in *UpdateLinkRequest, opts ...grpc.CallOption) (*Link, error) {
+func (c *callQosServiceClient) UpdateLink(ctx context.Context, in *UpdateLinkRequest, opts ...grpc.CallOption) (*UpdateLinkResponse, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
-	out := new(Link)
+	out := new(UpdateLinkResponse)
 	err := c.cc.Invoke(ctx, CallQosService_UpdateLink_FullMethodName, in, out, cOpts...)
 	if err != nil {
 		return nil, err
@@ -378,9 +380,11 @@ type CallQosServiceServer interface {
 	ListProviders(context.Context, *ListProvidersRequest) (*ListProvidersResponse, error)
 	// Lists a provider's links (providers that advertise link_admin).
 	ListLinks(context.Context, *ListLinksRequest) (*ListLinksResponse, error)
-	// Changes a link's capacity. Calls that no longer fit are degraded or dropped by the
-	// provider, with events.
-	UpdateLink(context.Context, *UpdateLinkRequest) (*Link, error)
+	// Changes a link's capacity, durably: the capacity set here survives restarts for as long as
+	// the link's configured capacity stays what it was when it was set (a changed configuration
+	// wins). Calls that no longer fit are degraded or dropped by the provider, with events, and
+	// the response lists each of them. Needs permission links.update (role operator).
+	UpdateLink(context.Context, *UpdateLinkRequest) (*UpdateLinkResponse, error)
 	// Opens a line (lineOpen): the caller becomes its owner, the line belongs to the caller's
 	// tenant, and calls its tenant makes to its address are offered to it. ALREADY_EXISTS
 	// (ADDRESS_IN_USE) while another line of the tenant is open for the address, ALREADY_EXISTS
@@ -451,7 +455,7 @@ func (UnimplementedCallQosServiceServer) ListProviders(context.Context, *ListPro
 func (UnimplementedCallQosServiceServer) ListLinks(context.Context, *ListLinksRequest) (*ListLinksResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method ListLinks not implemented")
 }
-func (UnimplementedCallQosServiceServer) UpdateLink(context.Context, *UpdateLinkRequest) (*Link, error) {
+func (UnimplementedCallQosServiceServer) UpdateLink(context.Context, *UpdateLinkRequest) (*UpdateLinkResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method UpdateLink not implemented")
 }
 func (UnimplementedCallQosServiceServer) CreateLine(context.Context, *CreateLineRequest) (*Line, error) {

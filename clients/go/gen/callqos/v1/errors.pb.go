@@ -91,6 +91,10 @@ const (
 	// stopped reading), so the server ended it. Resumable: reconnect after the last event
 	// received; metadata "after_sequence" is where the server had got to.
 	ErrorReason_ERROR_REASON_WATCHER_TOO_SLOW ErrorReason = 25
+	// The server could not record the outcome (the data directory's disk is full, or its storage
+	// failed); ErrorInfo metadata `cause` says which. Nothing changed: the provider was put back
+	// as it was. Retry later.
+	ErrorReason_ERROR_REASON_STORAGE_UNAVAILABLE ErrorReason = 26
 	// Access control (README "Security"), numbered from 40 so that other additions to this enum
 	// do not collide with them.
 	//
@@ -147,6 +151,7 @@ var (
 		23: "ERROR_REASON_ADDRESS_IN_USE",
 		24: "ERROR_REASON_CALL_NOT_OFFERING",
 		25: "ERROR_REASON_WATCHER_TOO_SLOW",
+		26: "ERROR_REASON_STORAGE_UNAVAILABLE",
 		40: "ERROR_REASON_UNAUTHENTICATED",
 		41: "ERROR_REASON_PERMISSION_DENIED",
 		42: "ERROR_REASON_QUOTA_EXCEEDED",
@@ -180,6 +185,7 @@ var (
 		"ERROR_REASON_ADDRESS_IN_USE":              23,
 		"ERROR_REASON_CALL_NOT_OFFERING":           24,
 		"ERROR_REASON_WATCHER_TOO_SLOW":            25,
+		"ERROR_REASON_STORAGE_UNAVAILABLE":         26,
 		"ERROR_REASON_UNAUTHENTICATED":             40,
 		"ERROR_REASON_PERMISSION_DENIED":           41,
 		"ERROR_REASON_QUOTA_EXCEEDED":              42,
@@ -352,7 +358,8 @@ var File_callqos_v1_errors_proto protoreflect.FileDescriptor
 const file_callqos_v1_errors_proto_rawDesc = "" +
 	"\n" +
 	"\x17callqos/v1/errors.proto\x12\n" +
-	"callqos.v1\x1a google/protobuf/descriptor.proto*\xfd\t\n" +
+	"callqos.v1\x1a google/protobuf/descriptor.proto*\xa9\n" +
+	"\n" +
 	"\vErrorReason\x12\x1c\n" +
 	"\x18ERROR_REASON_UNSPECIFIED\x10\x00\x12&\n" +
 	"\x1cERROR_REASON_INVALID_REQUEST\x10\x01\x1a\x04\xa8\xed\x18\x03\x12(\n" +
@@ -381,7 +388,8 @@ const file_callqos_v1_errors_proto_rawDesc = "" +
 	" ERROR_REASON_LINE_ALREADY_EXISTS\x10\x16\x1a\x04\xa8\xed\x18\x06\x12%\n" +
 	"\x1bERROR_REASON_ADDRESS_IN_USE\x10\x17\x1a\x04\xa8\xed\x18\x06\x12(\n" +
 	"\x1eERROR_REASON_CALL_NOT_OFFERING\x10\x18\x1a\x04\xa8\xed\x18\t\x12'\n" +
-	"\x1dERROR_REASON_WATCHER_TOO_SLOW\x10\x19\x1a\x04\xa8\xed\x18\x0e\x12&\n" +
+	"\x1dERROR_REASON_WATCHER_TOO_SLOW\x10\x19\x1a\x04\xa8\xed\x18\x0e\x12*\n" +
+	" ERROR_REASON_STORAGE_UNAVAILABLE\x10\x1a\x1a\x04\xa8\xed\x18\x0e\x12&\n" +
 	"\x1cERROR_REASON_UNAUTHENTICATED\x10(\x1a\x04\xa8\xed\x18\x10\x12(\n" +
 	"\x1eERROR_REASON_PERMISSION_DENIED\x10)\x1a\x04\xa8\xed\x18\a\x12%\n" +
 	"\x1bERROR_REASON_QUOTA_EXCEEDED\x10*\x1a\x04\xa8\xed\x18\b\x12$\n" +

@@ -51,6 +51,12 @@ const (
 	// The call rings at the other end: it was made to an open line's address
 	// (LINECALLSTATE_RINGBACK).
 	QosEventType_QOS_EVENT_TYPE_CALL_RINGBACK QosEventType = 10
+	// The provider could not free what a disconnected call reserved (reason and message say why);
+	// the server keeps retrying, with backoff, until it can. Follows the call's CALL_DISCONNECTED.
+	QosEventType_QOS_EVENT_TYPE_RELEASE_PENDING QosEventType = 11
+	// What a disconnected call reserved is free again, after a RELEASE_PENDING (or found still held
+	// by the provider when the server reconciled its ledger).
+	QosEventType_QOS_EVENT_TYPE_RELEASE_COMPLETED QosEventType = 12
 )
 
 // Enum value maps for QosEventType.
@@ -67,6 +73,8 @@ var (
 		8:  "QOS_EVENT_TYPE_CALL_DISCONNECTED",
 		9:  "QOS_EVENT_TYPE_CALL_OFFERED",
 		10: "QOS_EVENT_TYPE_CALL_RINGBACK",
+		11: "QOS_EVENT_TYPE_RELEASE_PENDING",
+		12: "QOS_EVENT_TYPE_RELEASE_COMPLETED",
 	}
 	QosEventType_value = map[string]int32{
 		"QOS_EVENT_TYPE_UNSPECIFIED":          0,
@@ -80,6 +88,8 @@ var (
 		"QOS_EVENT_TYPE_CALL_DISCONNECTED":    8,
 		"QOS_EVENT_TYPE_CALL_OFFERED":         9,
 		"QOS_EVENT_TYPE_CALL_RINGBACK":        10,
+		"QOS_EVENT_TYPE_RELEASE_PENDING":      11,
+		"QOS_EVENT_TYPE_RELEASE_COMPLETED":    12,
 	}
 )
 
@@ -370,7 +380,7 @@ const file_callqos_v1_event_proto_rawDesc = "" +
 	"\vcreate_time\x18\x0e \x01(\v2\x1a.google.protobuf.TimestampR\n" +
 	"createTime\x12\x12\n" +
 	"\x04line\x18\x0f \x01(\tR\x04line\x12\x16\n" +
-	"\x06tenant\x18\x14 \x01(\tR\x06tenant*\x85\x03\n" +
+	"\x06tenant\x18\x14 \x01(\tR\x06tenant*\xcf\x03\n" +
 	"\fQosEventType\x12\x1e\n" +
 	"\x1aQOS_EVENT_TYPE_UNSPECIFIED\x10\x00\x12\x1e\n" +
 	"\x1aQOS_EVENT_TYPE_QOS_GRANTED\x10\x01\x12\x1e\n" +
@@ -383,7 +393,9 @@ const file_callqos_v1_event_proto_rawDesc = "" +
 	" QOS_EVENT_TYPE_CALL_DISCONNECTED\x10\b\x12\x1f\n" +
 	"\x1bQOS_EVENT_TYPE_CALL_OFFERED\x10\t\x12 \n" +
 	"\x1cQOS_EVENT_TYPE_CALL_RINGBACK\x10\n" +
-	"*~\n" +
+	"\x12\"\n" +
+	"\x1eQOS_EVENT_TYPE_RELEASE_PENDING\x10\v\x12$\n" +
+	" QOS_EVENT_TYPE_RELEASE_COMPLETED\x10\f*~\n" +
 	"\x0eQosChangeCause\x12 \n" +
 	"\x1cQOS_CHANGE_CAUSE_UNSPECIFIED\x10\x00\x12!\n" +
 	"\x1dQOS_CHANGE_CAUSE_RENEGOTIATED\x10\x01\x12'\n" +

@@ -50,8 +50,12 @@ type ProviderCapabilities struct {
 	// offered to the owner of the line open for its destination and admitted when answered. Calls
 	// between two applications on this server need no capability: any provider carries them.
 	IncomingCalls bool `protobuf:"varint,11,opt,name=incoming_calls,json=incomingCalls,proto3" json:"incoming_calls,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	// The provider lists the reservations it holds, so the server reconciles its ledger with it:
+	// at start-up and periodically it compares them with the connected calls it recorded, and
+	// releases what no call holds, re-takes (or disconnects) what a call lost.
+	ReservationListing bool `protobuf:"varint,12,opt,name=reservation_listing,json=reservationListing,proto3" json:"reservation_listing,omitempty"`
+	unknownFields      protoimpl.UnknownFields
+	sizeCache          protoimpl.SizeCache
 }
 
 func (x *ProviderCapabilities) Reset() {
@@ -157,6 +161,13 @@ func (x *ProviderCapabilities) GetPolicyNote() string {
 func (x *ProviderCapabilities) GetIncomingCalls() bool {
 	if x != nil {
 		return x.IncomingCalls
+	}
+	return false
+}
+
+func (x *ProviderCapabilities) GetReservationListing() bool {
+	if x != nil {
+		return x.ReservationListing
 	}
 	return false
 }
@@ -378,7 +389,7 @@ var File_callqos_v1_provider_proto protoreflect.FileDescriptor
 const file_callqos_v1_provider_proto_rawDesc = "" +
 	"\n" +
 	"\x19callqos/v1/provider.proto\x12\n" +
-	"callqos.v1\x1a\x19callqos/v1/flowspec.proto\"\x89\x04\n" +
+	"callqos.v1\x1a\x19callqos/v1/flowspec.proto\"\xba\x04\n" +
 	"\x14ProviderCapabilities\x12#\n" +
 	"\rqos_supported\x18\x01 \x01(\bR\fqosSupported\x12$\n" +
 	"\rrenegotiation\x18\x02 \x01(\bR\rrenegotiation\x12<\n" +
@@ -393,7 +404,8 @@ const file_callqos_v1_provider_proto_rawDesc = "" +
 	"\vpolicy_note\x18\n" +
 	" \x01(\tR\n" +
 	"policyNote\x12%\n" +
-	"\x0eincoming_calls\x18\v \x01(\bR\rincomingCalls\"\xeb\x01\n" +
+	"\x0eincoming_calls\x18\v \x01(\bR\rincomingCalls\x12/\n" +
+	"\x13reservation_listing\x18\f \x01(\bR\x12reservationListing\"\xeb\x01\n" +
 	"\bProvider\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12!\n" +
 	"\fdisplay_name\x18\x02 \x01(\tR\vdisplayName\x12 \n" +

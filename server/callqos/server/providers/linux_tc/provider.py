@@ -153,8 +153,15 @@ class LinuxTcProvider(ReferenceProvider):
     async def update_link(self, link_id: str, capacity: int) -> provider_pb2.Link:
         async with self._lock:
             link = self._links[link_id]
-            self._configured[link_id] = capacity
-            changes = await self._apply_capacity(link)
+            previous = self._configured[link_id]
+            try:
+                # All or nothing, like the reference provider (PROV-21).
+                with self._all_or_nothing():
+                    self._configured[link_id] = capacity
+                    changes = await self._apply_capacity(link)
+            except BaseException:
+                self._configured[link_id] = previous
+                raise
             result = self._link_proto(link)
         # Reported after the lock is released, like the reference provider does.
         for change in changes:

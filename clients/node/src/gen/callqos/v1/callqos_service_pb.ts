@@ -2,8 +2,8 @@
 // @generated from file callqos/v1/callqos_service.proto (package callqos.v1, syntax proto3)
 /* eslint-disable */
 
-import type { GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegenv2";
-import { fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
+import type { GenEnum, GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegenv2";
+import { enumDesc, fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
 import type { Call, CallSchema, ServiceLevel } from "./call_pb.js";
 import { file_callqos_v1_call } from "./call_pb.js";
 import type { QosEvent, QosEventType } from "./event_pb.js";
@@ -12,7 +12,7 @@ import type { QosSpec } from "./flowspec_pb.js";
 import { file_callqos_v1_flowspec } from "./flowspec_pb.js";
 import type { Line, LineSchema } from "./line_pb.js";
 import { file_callqos_v1_line } from "./line_pb.js";
-import type { Link, LinkSchema, Provider, ProviderSchema } from "./provider_pb.js";
+import type { Link, Provider, ProviderSchema } from "./provider_pb.js";
 import { file_callqos_v1_provider } from "./provider_pb.js";
 import type { Duration, FieldMask } from "@bufbuild/protobuf/wkt";
 import { file_google_protobuf_duration, file_google_protobuf_field_mask } from "@bufbuild/protobuf/wkt";
@@ -22,7 +22,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file callqos/v1/callqos_service.proto.
  */
 export const file_callqos_v1_callqos_service: GenFile = /*@__PURE__*/
-  fileDesc("CiBjYWxscW9zL3YxL2NhbGxxb3Nfc2VydmljZS5wcm90bxIKY2FsbHFvcy52MSJYChFDcmVhdGVDYWxsUmVxdWVzdBIeCgRjYWxsGAEgASgLMhAuY2FsbHFvcy52MS5DYWxsEg8KB2NhbGxfaWQYAiABKAkSEgoKcmVxdWVzdF9pZBgDIAEoCSIeCg5HZXRDYWxsUmVxdWVzdBIMCgRuYW1lGAEgASgJIkkKEExpc3RDYWxsc1JlcXVlc3QSEQoJcGFnZV9zaXplGAEgASgFEhIKCnBhZ2VfdG9rZW4YAiABKAkSDgoGZmlsdGVyGAMgASgJIk0KEUxpc3RDYWxsc1Jlc3BvbnNlEh8KBWNhbGxzGAEgAygLMhAuY2FsbHFvcy52MS5DYWxsEhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSKbAQoWUmVuZWdvdGlhdGVDYWxsUmVxdWVzdBIMCgRuYW1lGAEgASgJEiAKA3FvcxgCIAEoCzITLmNhbGxxb3MudjEuUW9zU3BlYxIMCgRldGFnGAMgASgJEhIKCnJlcXVlc3RfaWQYBCABKAkSLwoNc2VydmljZV9sZXZlbBgFIAEoDjIYLmNhbGxxb3MudjEuU2VydmljZUxldmVsIi0KD0Ryb3BDYWxsUmVxdWVzdBIMCgRuYW1lGAEgASgJEgwKBGV0YWcYAiABKAkidgoRRXh0ZW5kQ2FsbFJlcXVlc3QSDAoEbmFtZRgBIAEoCRIxCg5sZWFzZV9kdXJhdGlvbhgCIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhIMCgRldGFnGAMgASgJEhIKCnJlcXVlc3RfaWQYBCABKAkiiQEKEldhdGNoRXZlbnRzUmVxdWVzdBIbCg5hZnRlcl9zZXF1ZW5jZRgBIAEoBEgAiAEBEgwKBGNhbGwYAiABKAkSJwoFdHlwZXMYAyADKA4yGC5jYWxscW9zLnYxLlFvc0V2ZW50VHlwZRIMCgRsaW5lGAQgASgJQhEKD19hZnRlcl9zZXF1ZW5jZSI6ChNXYXRjaEV2ZW50c1Jlc3BvbnNlEiMKBWV2ZW50GAEgASgLMhQuY2FsbHFvcy52MS5Rb3NFdmVudCIiChJHZXRQcm92aWRlclJlcXVlc3QSDAoEbmFtZRgBIAEoCSI9ChRMaXN0UHJvdmlkZXJzUmVxdWVzdBIRCglwYWdlX3NpemUYASABKAUSEgoKcGFnZV90b2tlbhgCIAEoCSJZChVMaXN0UHJvdmlkZXJzUmVzcG9uc2USJwoJcHJvdmlkZXJzGAEgAygLMhQuY2FsbHFvcy52MS5Qcm92aWRlchIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiSQoQTGlzdExpbmtzUmVxdWVzdBIOCgZwYXJlbnQYASABKAkSEQoJcGFnZV9zaXplGAIgASgFEhIKCnBhZ2VfdG9rZW4YAyABKAkiTQoRTGlzdExpbmtzUmVzcG9uc2USHwoFbGlua3MYASADKAsyEC5jYWxscW9zLnYxLkxpbmsSFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJImQKEVVwZGF0ZUxpbmtSZXF1ZXN0Eh4KBGxpbmsYASABKAsyEC5jYWxscW9zLnYxLkxpbmsSLwoLdXBkYXRlX21hc2sYAiABKAsyGi5nb29nbGUucHJvdG9idWYuRmllbGRNYXNrIlgKEUNyZWF0ZUxpbmVSZXF1ZXN0Eh4KBGxpbmUYASABKAsyEC5jYWxscW9zLnYxLkxpbmUSDwoHbGluZV9pZBgCIAEoCRISCgpyZXF1ZXN0X2lkGAMgASgJIh4KDkdldExpbmVSZXF1ZXN0EgwKBG5hbWUYASABKAkiSQoQTGlzdExpbmVzUmVxdWVzdBIRCglwYWdlX3NpemUYASABKAUSEgoKcGFnZV90b2tlbhgCIAEoCRIOCgZmaWx0ZXIYAyABKAkiTQoRTGlzdExpbmVzUmVzcG9uc2USHwoFbGluZXMYASADKAsyEC5jYWxscW9zLnYxLkxpbmUSFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIi4KEENsb3NlTGluZVJlcXVlc3QSDAoEbmFtZRgBIAEoCRIMCgRldGFnGAIgASgJImUKEUFuc3dlckNhbGxSZXF1ZXN0EgwKBG5hbWUYASABKAkSIAoDcW9zGAIgASgLMhMuY2FsbHFvcy52MS5Rb3NTcGVjEgwKBGV0YWcYAyABKAkSEgoKcmVxdWVzdF9pZBgEIAEoCSJDChFSZWplY3RDYWxsUmVxdWVzdBIMCgRuYW1lGAEgASgJEgwKBGV0YWcYAiABKAkSEgoKcmVxdWVzdF9pZBgDIAEoCTKICQoOQ2FsbFFvc1NlcnZpY2USPQoKQ3JlYXRlQ2FsbBIdLmNhbGxxb3MudjEuQ3JlYXRlQ2FsbFJlcXVlc3QaEC5jYWxscW9zLnYxLkNhbGwSNwoHR2V0Q2FsbBIaLmNhbGxxb3MudjEuR2V0Q2FsbFJlcXVlc3QaEC5jYWxscW9zLnYxLkNhbGwSSAoJTGlzdENhbGxzEhwuY2FsbHFvcy52MS5MaXN0Q2FsbHNSZXF1ZXN0Gh0uY2FsbHFvcy52MS5MaXN0Q2FsbHNSZXNwb25zZRJHCg9SZW5lZ290aWF0ZUNhbGwSIi5jYWxscW9zLnYxLlJlbmVnb3RpYXRlQ2FsbFJlcXVlc3QaEC5jYWxscW9zLnYxLkNhbGwSOQoIRHJvcENhbGwSGy5jYWxscW9zLnYxLkRyb3BDYWxsUmVxdWVzdBoQLmNhbGxxb3MudjEuQ2FsbBI9CgpFeHRlbmRDYWxsEh0uY2FsbHFvcy52MS5FeHRlbmRDYWxsUmVxdWVzdBoQLmNhbGxxb3MudjEuQ2FsbBJQCgtXYXRjaEV2ZW50cxIeLmNhbGxxb3MudjEuV2F0Y2hFdmVudHNSZXF1ZXN0Gh8uY2FsbHFvcy52MS5XYXRjaEV2ZW50c1Jlc3BvbnNlMAESQwoLR2V0UHJvdmlkZXISHi5jYWxscW9zLnYxLkdldFByb3ZpZGVyUmVxdWVzdBoULmNhbGxxb3MudjEuUHJvdmlkZXISVAoNTGlzdFByb3ZpZGVycxIgLmNhbGxxb3MudjEuTGlzdFByb3ZpZGVyc1JlcXVlc3QaIS5jYWxscW9zLnYxLkxpc3RQcm92aWRlcnNSZXNwb25zZRJICglMaXN0TGlua3MSHC5jYWxscW9zLnYxLkxpc3RMaW5rc1JlcXVlc3QaHS5jYWxscW9zLnYxLkxpc3RMaW5rc1Jlc3BvbnNlEj0KClVwZGF0ZUxpbmsSHS5jYWxscW9zLnYxLlVwZGF0ZUxpbmtSZXF1ZXN0GhAuY2FsbHFvcy52MS5MaW5rEj0KCkNyZWF0ZUxpbmUSHS5jYWxscW9zLnYxLkNyZWF0ZUxpbmVSZXF1ZXN0GhAuY2FsbHFvcy52MS5MaW5lEjcKB0dldExpbmUSGi5jYWxscW9zLnYxLkdldExpbmVSZXF1ZXN0GhAuY2FsbHFvcy52MS5MaW5lEkgKCUxpc3RMaW5lcxIcLmNhbGxxb3MudjEuTGlzdExpbmVzUmVxdWVzdBodLmNhbGxxb3MudjEuTGlzdExpbmVzUmVzcG9uc2USOwoJQ2xvc2VMaW5lEhwuY2FsbHFvcy52MS5DbG9zZUxpbmVSZXF1ZXN0GhAuY2FsbHFvcy52MS5MaW5lEj0KCkFuc3dlckNhbGwSHS5jYWxscW9zLnYxLkFuc3dlckNhbGxSZXF1ZXN0GhAuY2FsbHFvcy52MS5DYWxsEj0KClJlamVjdENhbGwSHS5jYWxscW9zLnYxLlJlamVjdENhbGxSZXF1ZXN0GhAuY2FsbHFvcy52MS5DYWxsQmcKDmRldi5jYWxscW9zLnYxQhNDYWxscW9zU2VydmljZVByb3RvUAFaPmdpdGh1Yi5jb20vY2FsbHFvcy9jYWxscW9zL2NsaWVudHMvZ28vZ2VuL2NhbGxxb3MvdjE7Y2FsbHFvc3YxYgZwcm90bzM", [file_callqos_v1_call, file_callqos_v1_event, file_callqos_v1_flowspec, file_callqos_v1_line, file_callqos_v1_provider, file_google_protobuf_duration, file_google_protobuf_field_mask]);
+  fileDesc("CiBjYWxscW9zL3YxL2NhbGxxb3Nfc2VydmljZS5wcm90bxIKY2FsbHFvcy52MSJYChFDcmVhdGVDYWxsUmVxdWVzdBIeCgRjYWxsGAEgASgLMhAuY2FsbHFvcy52MS5DYWxsEg8KB2NhbGxfaWQYAiABKAkSEgoKcmVxdWVzdF9pZBgDIAEoCSIeCg5HZXRDYWxsUmVxdWVzdBIMCgRuYW1lGAEgASgJIkkKEExpc3RDYWxsc1JlcXVlc3QSEQoJcGFnZV9zaXplGAEgASgFEhIKCnBhZ2VfdG9rZW4YAiABKAkSDgoGZmlsdGVyGAMgASgJIk0KEUxpc3RDYWxsc1Jlc3BvbnNlEh8KBWNhbGxzGAEgAygLMhAuY2FsbHFvcy52MS5DYWxsEhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSKbAQoWUmVuZWdvdGlhdGVDYWxsUmVxdWVzdBIMCgRuYW1lGAEgASgJEiAKA3FvcxgCIAEoCzITLmNhbGxxb3MudjEuUW9zU3BlYxIMCgRldGFnGAMgASgJEhIKCnJlcXVlc3RfaWQYBCABKAkSLwoNc2VydmljZV9sZXZlbBgFIAEoDjIYLmNhbGxxb3MudjEuU2VydmljZUxldmVsIi0KD0Ryb3BDYWxsUmVxdWVzdBIMCgRuYW1lGAEgASgJEgwKBGV0YWcYAiABKAkidgoRRXh0ZW5kQ2FsbFJlcXVlc3QSDAoEbmFtZRgBIAEoCRIxCg5sZWFzZV9kdXJhdGlvbhgCIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhIMCgRldGFnGAMgASgJEhIKCnJlcXVlc3RfaWQYBCABKAkiiQEKEldhdGNoRXZlbnRzUmVxdWVzdBIbCg5hZnRlcl9zZXF1ZW5jZRgBIAEoBEgAiAEBEgwKBGNhbGwYAiABKAkSJwoFdHlwZXMYAyADKA4yGC5jYWxscW9zLnYxLlFvc0V2ZW50VHlwZRIMCgRsaW5lGAQgASgJQhEKD19hZnRlcl9zZXF1ZW5jZSI6ChNXYXRjaEV2ZW50c1Jlc3BvbnNlEiMKBWV2ZW50GAEgASgLMhQuY2FsbHFvcy52MS5Rb3NFdmVudCIiChJHZXRQcm92aWRlclJlcXVlc3QSDAoEbmFtZRgBIAEoCSI9ChRMaXN0UHJvdmlkZXJzUmVxdWVzdBIRCglwYWdlX3NpemUYASABKAUSEgoKcGFnZV90b2tlbhgCIAEoCSJZChVMaXN0UHJvdmlkZXJzUmVzcG9uc2USJwoJcHJvdmlkZXJzGAEgAygLMhQuY2FsbHFvcy52MS5Qcm92aWRlchIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiSQoQTGlzdExpbmtzUmVxdWVzdBIOCgZwYXJlbnQYASABKAkSEQoJcGFnZV9zaXplGAIgASgFEhIKCnBhZ2VfdG9rZW4YAyABKAkiTQoRTGlzdExpbmtzUmVzcG9uc2USHwoFbGlua3MYASADKAsyEC5jYWxscW9zLnYxLkxpbmsSFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJImQKEVVwZGF0ZUxpbmtSZXF1ZXN0Eh4KBGxpbmsYASABKAsyEC5jYWxscW9zLnYxLkxpbmsSLwoLdXBkYXRlX21hc2sYAiABKAsyGi5nb29nbGUucHJvdG9idWYuRmllbGRNYXNrIlgKEUNyZWF0ZUxpbmVSZXF1ZXN0Eh4KBGxpbmUYASABKAsyEC5jYWxscW9zLnYxLkxpbmUSDwoHbGluZV9pZBgCIAEoCRISCgpyZXF1ZXN0X2lkGAMgASgJIh4KDkdldExpbmVSZXF1ZXN0EgwKBG5hbWUYASABKAkiSQoQTGlzdExpbmVzUmVxdWVzdBIRCglwYWdlX3NpemUYASABKAUSEgoKcGFnZV90b2tlbhgCIAEoCRIOCgZmaWx0ZXIYAyABKAkiTQoRTGlzdExpbmVzUmVzcG9uc2USHwoFbGluZXMYASADKAsyEC5jYWxscW9zLnYxLkxpbmUSFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIi4KEENsb3NlTGluZVJlcXVlc3QSDAoEbmFtZRgBIAEoCRIMCgRldGFnGAIgASgJImUKEUFuc3dlckNhbGxSZXF1ZXN0EgwKBG5hbWUYASABKAkSIAoDcW9zGAIgASgLMhMuY2FsbHFvcy52MS5Rb3NTcGVjEgwKBGV0YWcYAyABKAkSEgoKcmVxdWVzdF9pZBgEIAEoCSJDChFSZWplY3RDYWxsUmVxdWVzdBIMCgRuYW1lGAEgASgJEgwKBGV0YWcYAiABKAkSEgoKcmVxdWVzdF9pZBgDIAEoCSJdChJVcGRhdGVMaW5rUmVzcG9uc2USHgoEbGluaxgBIAEoCzIQLmNhbGxxb3MudjEuTGluaxInCgdjaGFuZ2VzGAIgAygLMhYuY2FsbHFvcy52MS5MaW5rQ2hhbmdlIpcCCgpMaW5rQ2hhbmdlEgwKBGNhbGwYASABKAkSLwoHb3V0Y29tZRgCIAEoDjIeLmNhbGxxb3MudjEuTGlua0NoYW5nZS5PdXRjb21lEikKDHByZXZpb3VzX3FvcxgDIAEoCzITLmNhbGxxb3MudjEuUW9zU3BlYxIoCgtjdXJyZW50X3FvcxgEIAEoCzITLmNhbGxxb3MudjEuUW9zU3BlYxIPCgdtZXNzYWdlGAUgASgJEhAKCHJlY29yZGVkGAYgASgIIlIKB091dGNvbWUSFwoTT1VUQ09NRV9VTlNQRUNJRklFRBAAEhQKEE9VVENPTUVfREVHUkFERUQQARIYChRPVVRDT01FX0RJU0NPTk5FQ1RFRBACMpYJCg5DYWxsUW9zU2VydmljZRI9CgpDcmVhdGVDYWxsEh0uY2FsbHFvcy52MS5DcmVhdGVDYWxsUmVxdWVzdBoQLmNhbGxxb3MudjEuQ2FsbBI3CgdHZXRDYWxsEhouY2FsbHFvcy52MS5HZXRDYWxsUmVxdWVzdBoQLmNhbGxxb3MudjEuQ2FsbBJICglMaXN0Q2FsbHMSHC5jYWxscW9zLnYxLkxpc3RDYWxsc1JlcXVlc3QaHS5jYWxscW9zLnYxLkxpc3RDYWxsc1Jlc3BvbnNlEkcKD1JlbmVnb3RpYXRlQ2FsbBIiLmNhbGxxb3MudjEuUmVuZWdvdGlhdGVDYWxsUmVxdWVzdBoQLmNhbGxxb3MudjEuQ2FsbBI5CghEcm9wQ2FsbBIbLmNhbGxxb3MudjEuRHJvcENhbGxSZXF1ZXN0GhAuY2FsbHFvcy52MS5DYWxsEj0KCkV4dGVuZENhbGwSHS5jYWxscW9zLnYxLkV4dGVuZENhbGxSZXF1ZXN0GhAuY2FsbHFvcy52MS5DYWxsElAKC1dhdGNoRXZlbnRzEh4uY2FsbHFvcy52MS5XYXRjaEV2ZW50c1JlcXVlc3QaHy5jYWxscW9zLnYxLldhdGNoRXZlbnRzUmVzcG9uc2UwARJDCgtHZXRQcm92aWRlchIeLmNhbGxxb3MudjEuR2V0UHJvdmlkZXJSZXF1ZXN0GhQuY2FsbHFvcy52MS5Qcm92aWRlchJUCg1MaXN0UHJvdmlkZXJzEiAuY2FsbHFvcy52MS5MaXN0UHJvdmlkZXJzUmVxdWVzdBohLmNhbGxxb3MudjEuTGlzdFByb3ZpZGVyc1Jlc3BvbnNlEkgKCUxpc3RMaW5rcxIcLmNhbGxxb3MudjEuTGlzdExpbmtzUmVxdWVzdBodLmNhbGxxb3MudjEuTGlzdExpbmtzUmVzcG9uc2USSwoKVXBkYXRlTGluaxIdLmNhbGxxb3MudjEuVXBkYXRlTGlua1JlcXVlc3QaHi5jYWxscW9zLnYxLlVwZGF0ZUxpbmtSZXNwb25zZRI9CgpDcmVhdGVMaW5lEh0uY2FsbHFvcy52MS5DcmVhdGVMaW5lUmVxdWVzdBoQLmNhbGxxb3MudjEuTGluZRI3CgdHZXRMaW5lEhouY2FsbHFvcy52MS5HZXRMaW5lUmVxdWVzdBoQLmNhbGxxb3MudjEuTGluZRJICglMaXN0TGluZXMSHC5jYWxscW9zLnYxLkxpc3RMaW5lc1JlcXVlc3QaHS5jYWxscW9zLnYxLkxpc3RMaW5lc1Jlc3BvbnNlEjsKCUNsb3NlTGluZRIcLmNhbGxxb3MudjEuQ2xvc2VMaW5lUmVxdWVzdBoQLmNhbGxxb3MudjEuTGluZRI9CgpBbnN3ZXJDYWxsEh0uY2FsbHFvcy52MS5BbnN3ZXJDYWxsUmVxdWVzdBoQLmNhbGxxb3MudjEuQ2FsbBI9CgpSZWplY3RDYWxsEh0uY2FsbHFvcy52MS5SZWplY3RDYWxsUmVxdWVzdBoQLmNhbGxxb3MudjEuQ2FsbEJnCg5kZXYuY2FsbHFvcy52MUITQ2FsbHFvc1NlcnZpY2VQcm90b1ABWj5naXRodWIuY29tL2NhbGxxb3MvY2FsbHFvcy9jbGllbnRzL2dvL2dlbi9jYWxscW9zL3YxO2NhbGxxb3N2MWIGcHJvdG8z", [file_callqos_v1_call, file_callqos_v1_event, file_callqos_v1_flowspec, file_callqos_v1_line, file_callqos_v1_provider, file_google_protobuf_duration, file_google_protobuf_field_mask]);
 
 /**
  * Request for CreateCall.
@@ -734,6 +734,128 @@ export const RejectCallRequestSchema: GenMessage<RejectCallRequest> = /*@__PURE_
   messageDesc(file_callqos_v1_callqos_service, 21);
 
 /**
+ * Response for UpdateLink. Not the bare Link (AIP-134): a capacity change may degrade or drop
+ * other resources, the calls on the link, and the caller learns which from the same answer.
+ *
+ * @generated from message callqos.v1.UpdateLinkResponse
+ */
+export type UpdateLinkResponse = Message<"callqos.v1.UpdateLinkResponse"> & {
+  /**
+   * The link as it is after the change.
+   *
+   * @generated from field: callqos.v1.Link link = 1;
+   */
+  link?: Link | undefined;
+
+  /**
+   * Every call the change degraded or disconnected, in the order the provider reported them;
+   * empty when everything still fits.
+   *
+   * @generated from field: repeated callqos.v1.LinkChange changes = 2;
+   */
+  changes: LinkChange[];
+};
+
+/**
+ * Describes the message callqos.v1.UpdateLinkResponse.
+ * Use `create(UpdateLinkResponseSchema)` to create a new message.
+ */
+export const UpdateLinkResponseSchema: GenMessage<UpdateLinkResponse> = /*@__PURE__*/
+  messageDesc(file_callqos_v1_callqos_service, 22);
+
+/**
+ * One call that a change of its link's capacity degraded or disconnected. Its QoS events
+ * (QOS_CHANGED, or NOQOS then CALL_DISCONNECTED) announce the same change.
+ *
+ * @generated from message callqos.v1.LinkChange
+ */
+export type LinkChange = Message<"callqos.v1.LinkChange"> & {
+  /**
+   * `calls/{call}`.
+   *
+   * @generated from field: string call = 1;
+   */
+  call: string;
+
+  /**
+   * Degraded or disconnected.
+   *
+   * @generated from field: callqos.v1.LinkChange.Outcome outcome = 2;
+   */
+  outcome: LinkChange_Outcome;
+
+  /**
+   * The QoS in effect before the change.
+   *
+   * @generated from field: callqos.v1.QosSpec previous_qos = 3;
+   */
+  previousQos?: QosSpec | undefined;
+
+  /**
+   * The QoS in effect now (unset when disconnected).
+   *
+   * @generated from field: callqos.v1.QosSpec current_qos = 4;
+   */
+  currentQos?: QosSpec | undefined;
+
+  /**
+   * The provider's explanation, for people.
+   *
+   * @generated from field: string message = 5;
+   */
+  message: string;
+
+  /**
+   * The change is recorded, with its events. False when the server's storage failed: the call
+   * still reads as before until the server reconciles it with the provider, as soon as it can.
+   *
+   * @generated from field: bool recorded = 6;
+   */
+  recorded: boolean;
+};
+
+/**
+ * Describes the message callqos.v1.LinkChange.
+ * Use `create(LinkChangeSchema)` to create a new message.
+ */
+export const LinkChangeSchema: GenMessage<LinkChange> = /*@__PURE__*/
+  messageDesc(file_callqos_v1_callqos_service, 23);
+
+/**
+ * What became of the call.
+ *
+ * @generated from enum callqos.v1.LinkChange.Outcome
+ */
+export enum LinkChange_Outcome {
+  /**
+   * Never sent.
+   *
+   * @generated from enum value: OUTCOME_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * The call stays connected with less QoS: current_qos (an IF_AVAILABLE call).
+   *
+   * @generated from enum value: OUTCOME_DEGRADED = 1;
+   */
+  DEGRADED = 1,
+
+  /**
+   * The call was disconnected with reason QOS_UNAVAILABLE (a NEEDED call).
+   *
+   * @generated from enum value: OUTCOME_DISCONNECTED = 2;
+   */
+  DISCONNECTED = 2,
+}
+
+/**
+ * Describes the enum callqos.v1.LinkChange.Outcome.
+ */
+export const LinkChange_OutcomeSchema: GenEnum<LinkChange_Outcome> = /*@__PURE__*/
+  enumDesc(file_callqos_v1_callqos_service, 23, 0);
+
+/**
  * Calls with Quality of Service, and the events that tell when their QoS changes.
  *
  * Every error carries google.rpc.ErrorInfo (domain "callqos.dev") whose reason a client can
@@ -873,15 +995,17 @@ export const CallQosService: GenService<{
     output: typeof ListLinksResponseSchema;
   },
   /**
-   * Changes a link's capacity. Calls that no longer fit are degraded or dropped by the
-   * provider, with events.
+   * Changes a link's capacity, durably: the capacity set here survives restarts for as long as
+   * the link's configured capacity stays what it was when it was set (a changed configuration
+   * wins). Calls that no longer fit are degraded or dropped by the provider, with events, and
+   * the response lists each of them. Needs permission links.update (role operator).
    *
    * @generated from rpc callqos.v1.CallQosService.UpdateLink
    */
   updateLink: {
     methodKind: "unary";
     input: typeof UpdateLinkRequestSchema;
-    output: typeof LinkSchema;
+    output: typeof UpdateLinkResponseSchema;
   },
   /**
    * Opens a line (lineOpen): the caller becomes its owner, the line belongs to the caller's

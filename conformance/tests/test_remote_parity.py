@@ -1,0 +1,92 @@
+"""A provider in another process is certified exactly as in process.
+
+Every shipped broken provider, served over callqos.provider.v1 by the Python kit
+(`callqos-provider serve module:Class`) and hosted by `--provider-command`, gets the same verdict
+and the same failing checks as when the suite hosts it in process with `--provider`; the shipped
+good providers are conformant both ways; and `--provider-endpoint` certifies a provider someone
+else runs."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+
+import pytest
+
+from callqos.conformance.broken import FAULTS, Fault
+from callqos.conformance.broken.selftest import certify, failed_ids
+from callqos.conformance.cli import main
+from callqos.conformance.model import Report
+from callqos.conformance.runner import RunOptions, run_async, run_conformance
+from callqos.server.testing import ServerProcess
+
+SERVE = (sys.executable, "-m", "callqos.server.remote.serve", "serve")
+PROVIDER_FAULTS = [fault for fault in FAULTS if fault.kind == "provider"]
+# Every shipped broken provider takes about 4 minutes both ways, too long for `make test`: it runs every
+# fourth (a fixed spread over the list), `make parity` (CALLQOS_PARITY=all) runs them all.
+PARITY_FAULTS = PROVIDER_FAULTS if os.environ.get("CALLQOS_PARITY") == "all" else PROVIDER_FAULTS[::4]
+# The reference provider's ledger faults the suite finds (conformance/tests/test_certify_good.py), fixed
+# by #11: until then they are the only failures allowed of it, in process or out of process.
+REFERENCE_BUGS = {"CORE-ADM-019", "PCHG-004", "RESTART-002", "MODEL-001"}
+
+
+async def out_of_process(fault: Fault, *, seed: int = 7) -> Report:
+    """The targeted run `certify(..., targeted=True)` makes for `fault` (the preflight and the checks
+    that must catch it), with the provider served by the kit instead."""
+    return await run_async(
+        RunOptions(provider_command=(*SERVE, fault.subject), checks=("CORE-RESP-001", *fault.caught_by), seed=seed)
+    )
+
+
+async def compare(fault: Fault) -> str:
+    """What differs between `fault` in process and out of process ("" when nothing does)."""
+    in_process, remote = await asyncio.gather(certify(fault, targeted=True), out_of_process(fault))
+    if remote.harness_error or in_process.harness_error:
+        return f"{fault.name}: {remote.harness_error or in_process.harness_error}"
+    if (remote.verdict, in_process.verdict) != (fault.verdict, fault.verdict):
+        return f"{fault.name}: verdict {remote.verdict} out of process, {in_process.verdict} in process"
+    if sorted(failed_ids(remote)) != sorted(failed_ids(in_process)):
+        return f"{fault.name}: out of process failed {failed_ids(remote)}, in process {failed_ids(in_process)}"
+    return ""
+
+
+def test_every_broken_provider_is_compared() -> None:
+    assert len(PROVIDER_FAULTS) >= 9
+    assert set(PARITY_FAULTS) <= set(PROVIDER_FAULTS)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fault", PARITY_FAULTS, ids=[fault.name for fault in PARITY_FAULTS])
+def test_a_broken_provider_fails_the_same_checks_out_of_process(fault: Fault) -> None:
+    assert asyncio.run(compare(fault)) == ""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("plugin", ["reference", "no-qos"])
+def test_the_shipped_providers_are_conformant_out_of_process(plugin: str) -> None:
+    report = run_conformance(RunOptions(provider_command=(*SERVE, plugin), seed=7, budget_seconds=5))
+    failed = {r.check.id for r in report.failures}
+    assert failed <= (REFERENCE_BUGS if plugin == "reference" else set()), [
+        (r.check.id, r.reason[:200]) for r in report.failures
+    ]
+    assert not report.harness_error, report.harness_error
+    assert report.provider_info is not None and report.provider_info.name == "providers/remote"
+
+
+@pytest.mark.slow
+def test_a_provider_someone_else_runs_is_certified_by_endpoint() -> None:
+    # The kit takes the flags a test server takes (--listen 127.0.0.1:0 --port-file F).
+    with ServerProcess(program=[*SERVE, "reference"]) as provider:
+        report = run_conformance(RunOptions(provider_endpoint=provider.target, checks=("CORE-ADM",), seed=7))
+    assert {r.check.id for r in report.failures} <= REFERENCE_BUGS, [(r.check.id, r.reason) for r in report.failures]
+    assert report.results and not report.harness_error
+
+
+def test_the_command_line_takes_a_provider_command(capsys: pytest.CaptureFixture[str]) -> None:
+    command = " ".join([*SERVE, "reference"])
+    assert main(["--provider-command", command, "--check", "CORE-RESP-001"]) == 0
+    assert "VERDICT: conformant" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as both:
+        main(["--provider-command", command, "--target", "127.0.0.1:1"])
+    assert both.value.code == 2

@@ -1,0 +1,77 @@
+"""The host's end of the Decide stream: Admit, Renegotiate and Release on one stream per
+connection instead of an RPC each (an RPC costs a Python gRPC client about three times what a
+message on an open stream does, and a decision is the hot path of CreateCall and DropCall).
+
+Requests are numbered and written one at a time; a reader matches each answer to the request
+waiting for it. When the stream ends, every request still waiting fails with StreamClosed, and
+the connection is over (the supervisor reconnects and restores, as for any other loss).
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import grpc
+
+from callqos.provider.v1 import provider_service_pb2 as pb
+from callqos.provider.v1 import provider_service_pb2_grpc as pb_grpc
+
+
+class StreamClosed(Exception):
+    """The Decide stream ended before the answer came."""
+
+
+class DecisionStream:
+    """One open Decide stream."""
+
+    def __init__(self, stub: pb_grpc.ProviderServiceStub) -> None:
+        self._call = stub.Decide()
+        self._next = 0
+        self._waiting: dict[int, asyncio.Future[pb.DecideResponse]] = {}
+        self._writing = asyncio.Lock()
+        self._closed = False
+
+    async def ask(self, request: pb.DecideRequest) -> pb.DecideResponse:
+        """Send `request` (its id set here) and wait for its answer. The caller bounds the wait,
+        writing included (the provider host runs every provider call under its deadline), so a
+        provider that stops reading cannot hold it."""
+        if self._closed:
+            raise StreamClosed("the Decide stream is closed")
+        self._next += 1
+        request.id = self._next
+        answer: asyncio.Future[pb.DecideResponse] = asyncio.get_running_loop().create_future()
+        self._waiting[request.id] = answer
+        try:
+            async with self._writing:
+                await self._call.write(request)
+            return await answer
+        finally:
+            self._waiting.pop(request.id, None)
+
+    async def read(self) -> None:
+        """Hand each answer to its request until the stream ends; then fail those still waiting.
+        Raises the stream's error (or StreamClosed when it ends cleanly)."""
+        try:
+            async for response in self._call:
+                waiting = self._waiting.get(response.id)
+                if waiting is not None and not waiting.done():
+                    waiting.set_result(response)
+            raise StreamClosed("the provider ended the Decide stream")
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        self._closed = True
+        for waiting in self._waiting.values():
+            if not waiting.done():
+                waiting.set_exception(StreamClosed("the Decide stream ended"))
+        self._waiting.clear()
+        self._call.cancel()
+
+
+def grpc_code(code: int) -> grpc.StatusCode:
+    """The grpc.StatusCode of a google.rpc.Code number (callqos.v1.GrpcCode has the same)."""
+    for status in grpc.StatusCode:
+        if status.value[0] == code:
+            return status
+    return grpc.StatusCode.UNKNOWN
