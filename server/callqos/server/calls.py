@@ -9,13 +9,13 @@ the provider is asked, whether its answer keeps the contract, the call's new sta
 that announce it. Provider-initiated changes (`report_change`, the `ProviderHost` side) enter the
 same way.
 
-Every outcome — a grant, a refusal, a provider error, a drop, a change the provider made — takes
-effect through one step, `_settle`, which owns for all of them: the telemetry of a provider
-decision; the commit of the call (with the other leg of a call between two lines, `incoming`),
-its events and the request_id's first outcome in one store transaction, then the watchers woken;
-what becomes of the provider's reservation (`Release`); what is undone when the commit fails
-(`Release`, `Restore`); and the answer (the call, or the failure, raised once recorded). An
-`Outcome` names each of those, so a new kind of outcome cannot leave one out.
+Every outcome — a grant, a refusal, a provider error, a drop, a lease that ends, a change the
+provider made — takes effect through one step, `_settle`, which owns for all of them: the
+telemetry of a provider decision; the commit of the call (with the other leg of a call between two
+lines, `incoming`), its events and the request_id's first outcome in one store transaction, then
+the watchers woken; what becomes of the provider's reservation (`Release`); what is undone when
+the commit fails (`Release`, `Restore`); and the answer (the call, or the failure, raised once
+recorded). An `Outcome` names each of those, so a new kind of outcome cannot leave one out.
 
 The store and the provider agree under every failure (conformance/SPEC.md CALL-5, CALL-6):
 - the provider decides first and the store records after; when the record fails — the storage
@@ -821,8 +821,9 @@ class CallManager:
             return True
 
     async def _end_lease(self, call: Call, failure: ServiceError | None, key: RequestKey | None) -> Call:
-        """Disconnect `call` (and its peer) LEASE_EXPIRED, its reservation released to its provider
-        first, each leg announced to its owner and monitors."""
+        """Disconnect `call` (and its peer) LEASE_EXPIRED, each leg announced to its owner and
+        monitors; its reservation is released as a drop's is (`Release.after_commit`: owed in the
+        same transaction, freed once recorded, retried by the ledger if the provider fails)."""
         log.info("a call's lease ran out", extra={"call": call.name, "provider": call.provider})
         peer = await self._stored(call.peer) if call.peer else None
         connected = call.state == State.STATE_CONNECTED
