@@ -26,6 +26,7 @@ from callqos.server.containment import Containment, LoopLag
 from callqos.server.events import EventHub
 from callqos.server.hosting import HostedProviders
 from callqos.server.incoming import Switchboard
+from callqos.server.leases import Clock, LeasePolicy
 from callqos.server.ledger import Ledger
 from callqos.server.lines import LineManager
 from callqos.server.security.guard import Guard
@@ -187,14 +188,16 @@ async def start(
     config: Config,
     interceptors: list[grpc.aio.ServerInterceptor] | None = None,
     telemetry: Telemetry | None = None,
+    lease_clock: Clock | None = None,
 ) -> Running:
     """Serve `config`. Telemetry comes from the OTEL_* environment unless given (tests pass
-    providers with in-memory exporters); a given one is not shut down by `stop`."""
+    providers with in-memory exporters); a given one is not shut down by `stop`. Leases are
+    timed by the system clock unless `lease_clock` is given (tests pass a `testing.ManualClock`)."""
     owns_telemetry = telemetry is None
     if telemetry is None:
         telemetry = telemetry_setup.from_environment(config.metrics_listen)
     try:
-        running = await _start(config, interceptors, telemetry)
+        running = await _start(config, interceptors, telemetry, lease_clock)
     except BaseException:
         if owns_telemetry:
             telemetry.shutdown()
@@ -204,11 +207,14 @@ async def start(
 
 
 async def _start(
-    config: Config, interceptors: list[grpc.aio.ServerInterceptor] | None, telemetry: Telemetry
+    config: Config,
+    interceptors: list[grpc.aio.ServerInterceptor] | None,
+    telemetry: Telemetry,
+    lease_clock: Clock | None,
 ) -> Running:
     store = await open_store(config)
     try:
-        return await _start_on(store, config, interceptors, telemetry)
+        return await _start_on(store, config, interceptors, telemetry, lease_clock)
     except BaseException:
         # A start that fails lets go of the store: a database's pool, listener and locks too.
         with contextlib.suppress(Exception):
@@ -217,7 +223,11 @@ async def _start(
 
 
 async def _start_on(
-    store: Store, config: Config, interceptors: list[grpc.aio.ServerInterceptor] | None, telemetry: Telemetry
+    store: Store,
+    config: Config,
+    interceptors: list[grpc.aio.ServerInterceptor] | None,
+    telemetry: Telemetry,
+    lease_clock: Clock | None,
 ) -> Running:
     instruments = telemetry.instruments()
     hub = EventHub(store)
@@ -234,7 +244,16 @@ async def _start_on(
     guard = Guard(config)
     await guard.start()
     lines = LineManager(store, config.no_answer_seconds)
-    calls = Switchboard(store, hub, providers, instruments, lines, quotas=guard.quotas)
+    calls = Switchboard(
+        store,
+        hub,
+        providers,
+        instruments,
+        lines,
+        quotas=guard.quotas,
+        leases=LeasePolicy(config.max_lease_seconds),
+        lease_clock=lease_clock,
+    )
     background: Background | None = None  # made once serving; the ledger asks it who leads
     ledger = Ledger(
         store,

@@ -41,6 +41,7 @@ FLAGS: tuple[tuple[str, str, Any, str], ...] = (
     ("--event-retention-seconds", "event_retention_seconds", int, "max event age (0 = unlimited)"),
     ("--max-watchers", "max_watchers", int, "open WatchEvents streams allowed"),
     ("--max-connections", "max_connections", int, "client connections allowed"),
+    ("--max-lease", "max_lease_seconds", float, "longest lease of a call, and the lease of one asking none (0: none)"),
     ("--shutdown-grace", "shutdown_grace_seconds", float, "seconds in-flight RPCs get after SIGTERM"),
     ("--shutdown-timeout", "shutdown_timeout_seconds", float, "seconds after SIGTERM by which the process exits"),
     ("--log-level", "log_level", str, "debug (one line per RPC), info, warning or error"),

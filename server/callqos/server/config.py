@@ -28,6 +28,10 @@ MAX_JWT_LEEWAY_SECONDS = 300.0
 # The range of a no-answer timeout, the server's default and a line's own alike.
 MIN_NO_ANSWER_SECONDS = 1.0
 MAX_NO_ANSWER_SECONDS = 600.0
+# The range of a call's lease (CreateCall's lease_duration, ExtendCall's), and of the server's
+# max_lease_seconds: at least a second, and at most 366 days even on a server without a maximum.
+MIN_LEASE_SECONDS = 1.0
+LEASE_CEILING_SECONDS = 366 * 24 * 3600.0
 
 
 class ConfigError(Exception):
@@ -121,6 +125,11 @@ class Config:
     # How long a call offered on a line rings before it is disconnected NO_ANSWER, unless the
     # line sets its own no_answer_timeout when it is opened (whoever opens a line may).
     no_answer_seconds: float = 30.0
+    # The longest lease a call may have (CreateCall and ExtendCall ask at most this; more is
+    # INVALID_ARGUMENT), and the lease of a call that asks for none. 0: no maximum, and a call
+    # that asks for no lease has none. Set, no call holds a reservation longer than this after
+    # its owner last made or extended it.
+    max_lease_seconds: float = 0.0
 
     # -- security (README "Security") -----------------------------------------------------------
     # TLS on `listen`: the server's certificate chain and key (PEM files, re-read when they change).
@@ -241,6 +250,11 @@ class Config:
         if not MIN_NO_ANSWER_SECONDS <= self.no_answer_seconds <= MAX_NO_ANSWER_SECONDS:
             raise ConfigError(
                 f"no_answer_seconds must be between {MIN_NO_ANSWER_SECONDS:g} and {MAX_NO_ANSWER_SECONDS:g}"
+            )
+        if self.max_lease_seconds and not MIN_LEASE_SECONDS <= self.max_lease_seconds <= LEASE_CEILING_SECONDS:
+            raise ConfigError(
+                f"max_lease_seconds must be 0 (no maximum) or between {MIN_LEASE_SECONDS:g} and "
+                f"{LEASE_CEILING_SECONDS:.10g} (366 days)"
             )
         if self.max_pending_rpcs < self.max_connections * self.max_concurrent_streams:
             raise ConfigError(

@@ -206,6 +206,7 @@ class CallQosServicer(svc_grpc.CallQosServiceServicer):
             request,
             named.capabilities if named else None,
             named.provider.validate_provider_specific if named else None,
+            self._calls.lease_policy.max_seconds,
         )
         return await self._calls.create(request, caller, self._providers.get(request.call.provider))
 
@@ -249,6 +250,13 @@ class CallQosServicer(svc_grpc.CallQosServiceServicer):
     ) -> call_pb2.Call:
         validation.drop(request)
         return await self._calls.drop(request, caller)
+
+    @unary
+    async def ExtendCall(
+        self, request: svc.ExtendCallRequest, context: grpc.aio.ServicerContext, caller: Caller
+    ) -> call_pb2.Call:
+        validation.extend(request, self._calls.lease_policy.max_seconds)
+        return await self._calls.extend(request, caller)
 
     @unary
     async def AnswerCall(

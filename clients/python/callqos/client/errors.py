@@ -50,6 +50,7 @@ __all__ = [
     "CallAlreadyExistsError",
     "CallNotConnectedError",
     "CallNotFoundError",
+    "CallNotLeasedError",
     "CallNotOfferingError",
     "CallQosError",
     "ClientError",
@@ -63,6 +64,7 @@ __all__ = [
     "InternalError",
     "InvalidArgumentError",
     "InvalidRequestError",
+    "LeaseExpiredError",
     "LineAlreadyExistsError",
     "LineNotFoundError",
     "LinkAdminUnsupportedError",
@@ -323,6 +325,20 @@ class CallNotOfferingError(FailedPreconditionError):
     """The call is not an incoming call that is offering: it cannot be answered or rejected."""
 
     error_reason = "CALL_NOT_OFFERING"
+
+
+class LeaseExpiredError(FailedPreconditionError):
+    """The call's lease ended before the extension arrived: the call is disconnected
+    LEASE_EXPIRED and what it reserved released (``metadata["lease_expire_time"]``)."""
+
+    error_reason = "LEASE_EXPIRED"
+
+
+class CallNotLeasedError(FailedPreconditionError):
+    """The call has no lease to extend: made without one, or the answering leg of a call between
+    two applications, whose lease is its caller's (``metadata["peer"]``)."""
+
+    error_reason = "CALL_NOT_LEASED"
 
 
 class PermissionDeniedError(ClientError):

@@ -22,7 +22,9 @@ conformance checks that verify it):
 - `renegotiate` replaces the call's reservation atomically: on `Refusal` the previous
   reservation stays exactly as it was (PROV-3).
 - `release` frees everything the call holds (PROV-4); releasing twice, or an unknown call, is
-  harmless (PROV-5).
+  harmless (PROV-5). A call whose lease runs out is released exactly as a dropped one is: a
+  provider sees nothing else of leases (LEASE-3), and after a restart it may be asked to release
+  a call it has just re-taken (LEASE-6).
 - Concurrent calls never make the sum of reservations exceed capacity (PROV-6).
 - Provider-initiated changes are reported through `ProviderHost.report_change`, never by
   writing to the server's state directly (PROV-7).

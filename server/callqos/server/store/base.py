@@ -9,6 +9,9 @@ Guarantees every backend gives:
 - Sequence order is commit order: once `commit` returns, no event with a lower sequence can
   appear later (a watcher that has read up to N never misses an event below N).
 - `events_after(n)` returns retained events with sequence > n in order.
+- A call's live lease (`lease_deadline_us`) is indexed as it is committed: `next_lease_expiry`
+  and `expired_leases` read it back, so the lease timer needs nothing but the store to find, after
+  any restart, every lease that ended while no server ran.
 - Calls, lines, events and request_ids belong to a tenant (`Call.tenant`, `Line.tenant`,
   `QosEvent.tenant`); listing, finding a line by address and request_id lookup are per tenant,
   and `commit` given a tenant's `UsageLimits` refuses, in the same transaction, a commit that
@@ -94,6 +97,18 @@ def held_usage(call: call_pb2.Call) -> Usage:
     if call.state != call_pb2.Call.State.STATE_CONNECTED or not holds_reservation(call):
         return Usage()
     return Usage(1, reserved_rate(call.granted_qos.sending), reserved_rate(call.granted_qos.receiving))
+
+
+_LIVE = (call_pb2.Call.State.STATE_CONNECTED, call_pb2.Call.State.STATE_RINGBACK)
+
+
+def lease_deadline_us(call: call_pb2.Call) -> int:
+    """When `call`'s live lease ends, in microseconds since the epoch, or 0 when there is none to
+    act on: the call is not CONNECTED or RINGBACK, has no lease, or is the answering leg of a pair
+    (which shows its caller's lease; the caller's leg holds it, as it holds the reservation)."""
+    if call.state not in _LIVE or not call.HasField("lease_expire_time") or not holds_reservation(call):
+        return 0
+    return max(1, call.lease_expire_time.ToMicroseconds())
 
 
 @dataclass(frozen=True)
@@ -237,6 +252,16 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def calls_in_state(self, state: int) -> list[call_pb2.Call]:
         """Every call in `state`, oldest first (the offered calls to ring out at start-up)."""
+
+    @abc.abstractmethod
+    async def next_lease_expiry(self) -> int | None:
+        """The earliest `lease_deadline_us` of any call (of any tenant) that has one, None when no
+        call has a live lease."""
+
+    @abc.abstractmethod
+    async def expired_leases(self, now_us: int, limit: int) -> list[str]:
+        """The names of at most `limit` calls whose live lease ended at or before `now_us`
+        (`lease_deadline_us`), the earliest ending first."""
 
     @abc.abstractmethod
     async def pending_releases(self) -> list[PendingRelease]:

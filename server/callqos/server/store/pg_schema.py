@@ -7,12 +7,15 @@ other); it refuses a database whose newest applied version is beyond its code (a
 migrated it: this one would misread it), naming both versions. A step is never edited once
 released; a change is a new step appended to MIGRATIONS (the one place: nothing else names a
 version), self-contained like SQLite's (its own DDL). Version 1 holds everything SQLite's schema
-version 4 holds, plus the shared ledger; the PostgreSQL versions count on their own from there.
+version 5 holds (#11's ledger tables, the leases' column), plus the shared ledger; the PostgreSQL
+versions count on their own from there.
 
 What the tables hold, and why the event numbers come from one row:
-- `calls`, `lines`, `requests` (AIP-155 records) and `events` are those of the SQLite store, with
-  `events.data` holding a QosEvent WITHOUT its sequence (the row's `seq` is the sequence: it is
-  known only inside the committing transaction, from the statement that inserts the events).
+- `calls`, `lines`, `requests` (AIP-155 records) and `events` are those of the SQLite store
+  (`calls.lease_expire_us` and its partial index too: the lease index every replica's lease
+  timer reads, `store.base.lease_deadline_us`), with `events.data` holding a QosEvent WITHOUT
+  its sequence (the row's `seq` is the sequence: it is known only inside the committing
+  transaction, from the statement that inserts the events).
 - `event_log` is one row: the last sequence ever given and how far events were pruned. A commit
   with events bumps `last` as its last statement, so the row lock serialises those commits in
   the order they commit: sequence order is commit order across every replica (a SERIAL column
@@ -44,8 +47,8 @@ class Migration:
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(
         1,
-        "calls, lines, events, idempotency records, the event counter, link capacities, owed releases, "
-        "the shared admission ledger",
+        "calls (with their leases), lines, events, idempotency records, the event counter, link capacities, "
+        "owed releases, the shared admission ledger",
         """
         CREATE TABLE calls (
             seq      bigserial PRIMARY KEY,          -- creation order, for newest-first listing
@@ -57,12 +60,14 @@ MIGRATIONS: tuple[Migration, ...] = (
             reserved_sending   bigint NOT NULL DEFAULT 0,  -- bytes/s held while connected (quotas)
             reserved_receiving bigint NOT NULL DEFAULT 0,
             line     text NOT NULL DEFAULT '',
-            active   boolean NOT NULL DEFAULT false  -- counts toward its tenant's active calls
+            active   boolean NOT NULL DEFAULT false, -- counts toward its tenant's active calls
+            lease_expire_us bigint NOT NULL DEFAULT 0 -- when its live lease ends (lease_deadline_us); 0: none
         );
         CREATE INDEX calls_state ON calls (state, seq);
         CREATE INDEX calls_tenant ON calls (tenant, seq);
         CREATE INDEX calls_line ON calls (line, seq) WHERE line <> '';
         CREATE INDEX calls_active ON calls (tenant) WHERE active;
+        CREATE INDEX calls_lease ON calls (lease_expire_us) WHERE lease_expire_us > 0;
         CREATE TABLE event_log (
             id             integer PRIMARY KEY CHECK (id = 1),
             last           bigint NOT NULL,          -- the newest sequence ever given

@@ -50,6 +50,7 @@ from callqos.server.store.base import (
     Usage,
     UsageLimits,
     held_usage,
+    lease_deadline_us,
     stored_rate,
 )
 from callqos.server.store.paging import newest_first, next_cursor
@@ -76,10 +77,11 @@ POOL_WAIT_SECONDS = 10.0
 TENANT_LOCK = 7118
 _NOW_US = "(extract(epoch FROM clock_timestamp()) * 1000000)::bigint"
 _UPSERT_CALL = (
-    "INSERT INTO calls (name, provider, state, data, tenant, reserved_sending, reserved_receiving, line, active) "
-    "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT (name) DO UPDATE SET "
+    "INSERT INTO calls (name, provider, state, data, tenant, reserved_sending, reserved_receiving, line, active, "
+    "lease_expire_us) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT (name) DO UPDATE SET "
     "state = excluded.state, data = excluded.data, reserved_sending = excluded.reserved_sending, "
-    "reserved_receiving = excluded.reserved_receiving, active = excluded.active"
+    "reserved_receiving = excluded.reserved_receiving, active = excluded.active, "
+    "lease_expire_us = excluded.lease_expire_us"
 )
 _UPSERT_LINE = (
     "INSERT INTO lines (name, address, owner, state, data, tenant) VALUES (%s, %s, %s, %s, %s, %s) "
@@ -192,6 +194,18 @@ class PostgresStore(Store):
     async def calls_in_state(self, state: int) -> list[call_pb2.Call]:
         rows = await self._rows("SELECT data FROM calls WHERE state = %s ORDER BY seq", (state,))
         return [call_pb2.Call.FromString(_bytes(data)) for (data,) in rows]
+
+    async def next_lease_expiry(self) -> int | None:
+        rows = await self._rows("SELECT min(lease_expire_us) FROM calls WHERE lease_expire_us > 0")
+        return _int(rows[0][0]) if rows[0][0] is not None else None
+
+    async def expired_leases(self, now_us: int, limit: int) -> list[str]:
+        rows = await self._rows(
+            "SELECT name FROM calls WHERE lease_expire_us > 0 AND lease_expire_us <= %s "
+            "ORDER BY lease_expire_us LIMIT %s",
+            (now_us, limit),
+        )
+        return [str(name) for (name,) in rows]
 
     # -- lines ----------------------------------------------------------------------------
     async def get_line(self, name: str) -> line_pb2.Line | None:
@@ -442,6 +456,7 @@ def _call_row(call: call_pb2.Call) -> tuple[object, ...]:
         stored_rate(held.receiving),
         call.line,
         bool(held.active_calls),
+        lease_deadline_us(call),
     )
 
 

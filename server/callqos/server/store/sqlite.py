@@ -35,6 +35,7 @@ from callqos.server.store.base import (
     Usage,
     UsageLimits,
     held_usage,
+    lease_deadline_us,
     stored_rate,
 )
 from callqos.server.store.paging import newest_first, next_cursor
@@ -52,12 +53,14 @@ CREATE TABLE IF NOT EXISTS calls (
     reserved_sending   INTEGER NOT NULL DEFAULT 0,  -- bytes/s held while connected (quotas)
     reserved_receiving INTEGER NOT NULL DEFAULT 0,
     line     TEXT NOT NULL DEFAULT '',           -- Call.line: the line an INCOMING call was offered on
-    active   INTEGER NOT NULL DEFAULT 0          -- 1: counts toward its tenant's active calls (held_usage)
+    active   INTEGER NOT NULL DEFAULT 0,         -- 1: counts toward its tenant's active calls (held_usage)
+    lease_expire_us INTEGER NOT NULL DEFAULT 0   -- when its live lease ends (lease_deadline_us); 0: none
 );
 CREATE INDEX IF NOT EXISTS calls_state ON calls (state, seq);
 CREATE INDEX IF NOT EXISTS calls_tenant ON calls (tenant, seq);
 CREATE INDEX IF NOT EXISTS calls_line ON calls (line, seq) WHERE line != '';
 CREATE INDEX IF NOT EXISTS calls_active ON calls (tenant, active, reserved_sending, reserved_receiving);
+CREATE INDEX IF NOT EXISTS calls_lease ON calls (lease_expire_us) WHERE lease_expire_us > 0;
 CREATE TABLE IF NOT EXISTS events (
     seq          INTEGER PRIMARY KEY AUTOINCREMENT,
     create_us    INTEGER NOT NULL,
@@ -110,7 +113,7 @@ MEMORY = ":memory:"
 # transaction. A step is self-contained: it names its own DDL (never _SCHEMA, which keeps
 # moving) so that it means the same thing whatever steps come after it. A newer file is refused,
 # not guessed at.
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 # SQLite primary result codes (`sqlite_errorcode & 0xFF`) that mean "the storage cannot take
 # this now" rather than a bug, with the cause an operator reads.
 _UNAVAILABLE = {
@@ -271,8 +274,29 @@ def _migrate_to_4(db: sqlite3.Connection) -> None:
     )
 
 
+def _migrate_to_5(db: sqlite3.Connection) -> None:
+    """Version 4 → 5: call leases (issue #14). Each call gets the column the lease timer reads,
+    from the call itself (no call of an earlier version has a lease, so it stays 0)."""
+    _script(
+        db,
+        """
+        ALTER TABLE calls ADD COLUMN lease_expire_us INTEGER NOT NULL DEFAULT 0;
+        CREATE INDEX IF NOT EXISTS calls_lease ON calls (lease_expire_us) WHERE lease_expire_us > 0;
+        """,
+    )
+    for seq, data in db.execute("SELECT seq, data FROM calls").fetchall():
+        deadline = lease_deadline_us(call_pb2.Call.FromString(data))
+        if deadline:
+            db.execute("UPDATE calls SET lease_expire_us = ? WHERE seq = ?", (deadline, seq))
+
+
 # Version N → the step that makes a version N-1 file version N.
-_MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {2: _migrate_to_2, 3: _migrate_to_3, 4: _migrate_to_4}
+_MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {
+    2: _migrate_to_2,
+    3: _migrate_to_3,
+    4: _migrate_to_4,
+    5: _migrate_to_5,
+}
 
 
 class StoreInUseError(OSError):
@@ -379,6 +403,18 @@ class SqliteStore(Store):
         rows = self._db.execute("SELECT data FROM calls WHERE state = ? ORDER BY seq", (state,)).fetchall()
         return [call_pb2.Call.FromString(data) for (data,) in rows]
 
+    async def next_lease_expiry(self) -> int | None:
+        row = self._db.execute("SELECT MIN(lease_expire_us) FROM calls WHERE lease_expire_us > 0").fetchone()
+        return int(row[0]) if row[0] is not None else None
+
+    async def expired_leases(self, now_us: int, limit: int) -> list[str]:
+        rows = self._db.execute(
+            "SELECT name FROM calls WHERE lease_expire_us > 0 AND lease_expire_us <= ? "
+            "ORDER BY lease_expire_us LIMIT ?",
+            (now_us, limit),
+        ).fetchall()
+        return [name for (name,) in rows]
+
     # -- lines ----------------------------------------------------------------------------
     async def get_line(self, name: str) -> line_pb2.Line | None:
         row = self._db.execute("SELECT data FROM lines WHERE name = ?", (name,)).fetchone()
@@ -453,9 +489,10 @@ class SqliteStore(Store):
                 held = held_usage(each)
                 self._db.execute(
                     "INSERT INTO calls (name, provider, state, data, tenant, reserved_sending, reserved_receiving, "
-                    "line, active) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (name) DO UPDATE SET "
-                    "state = excluded.state, data = excluded.data, reserved_sending = excluded.reserved_sending, "
-                    "reserved_receiving = excluded.reserved_receiving, active = excluded.active",
+                    "line, active, lease_expire_us) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (name) DO "
+                    "UPDATE SET state = excluded.state, data = excluded.data, "
+                    "reserved_sending = excluded.reserved_sending, reserved_receiving = excluded.reserved_receiving, "
+                    "active = excluded.active, lease_expire_us = excluded.lease_expire_us",
                     (
                         each.name,
                         each.provider,
@@ -466,6 +503,7 @@ class SqliteStore(Store):
                         stored_rate(held.receiving),
                         each.line,
                         held.active_calls,
+                        lease_deadline_us(each),
                     ),
                 )
             if limits is not None and before is not None:
