@@ -13,6 +13,9 @@ REPL-4).
   calls connected, and retention is pruned.
 - What a replica that died left behind — a reservation for a call it never recorded, a release
   it owed in the store — is put right by the leading replica (reconciliation, release retries).
+- Leases end on time and once whichever replica made the call: `kill -9` of the replica that made
+  a leased call (the leader) leaves it to the others, which learn of it from the database and
+  race to end it; it is released and announced once.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ import psycopg
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from incoming_kit import CAROL, get, open_line, wait_for_state
+from lease_kit import leased
 from server_testkit import CAPACITY, details, make_request, qos, reason, rpc_error
 from test_postgres_store import Host, request
 
@@ -348,6 +352,49 @@ async def test_kill_9_of_the_leader_under_load_loses_nothing_acknowledged_and_th
     # And they carry on.
     after = await stubs[survivors[1]].CreateCall(make_request(qos(50_000)))
     assert after.state == State.STATE_CONNECTED
+
+
+# -- leases across replicas -------------------------------------------------------------------
+async def test_a_lease_ends_once_on_time_though_the_replica_that_made_the_call_was_killed(cluster: Cluster) -> None:
+    """A leased call made on the leader, which is then killed with SIGKILL, and one made on a
+    survivor with a longer lease. Every replica's lease timer may end any call (REPL-4, LEASE-3):
+    the survivors learn of the dead replica's lease from the database and end its call on time
+    (never before its lease_expire_time, and long before the survivor's own lease would have
+    woken it); the two survivors race for each lease, and each call is released and announced
+    CALL_DISCONNECTED(LEASE_EXPIRED) exactly once."""
+    stubs = cluster.stubs
+    dead = await cluster.leader()
+    survivors = [index for index in range(3) if index != dead]
+    # The survivor's lease first: its timer is then set for it, and told of nothing later.
+    kept = await stubs[survivors[0]].CreateCall(leased(9.0, qos(200_000)))
+    orphan = await stubs[dead].CreateCall(leased(3.0, qos(100_000)))
+    assert orphan.state == kept.state == State.STATE_CONNECTED
+    assert await books(cluster, [0, 1, 2]) == {(300_000, 2)}
+    cluster.replicas[dead].kill()
+    ended = await wait_for_state(stubs[survivors[1]], orphan.name, State.STATE_DISCONNECTED, within=20)
+    assert ended.disconnect_reason == call_pb2.DisconnectReason.DISCONNECT_REASON_LEASE_EXPIRED
+    assert (await get(stubs[survivors[1]], kept.name)).state == State.STATE_CONNECTED
+    async with asyncio.timeout(10):
+        while await books(cluster, survivors) != {(200_000, 1)}:  # noqa: ASYNC110 -- the survivors' work
+            await asyncio.sleep(0.1)
+    # The survivor's own lease ends too (both survivors racing for it), and frees everything.
+    ended = await wait_for_state(stubs[survivors[1]], kept.name, State.STATE_DISCONNECTED, within=20)
+    assert ended.disconnect_reason == call_pb2.DisconnectReason.DISCONNECT_REASON_LEASE_EXPIRED
+    async with asyncio.timeout(10):
+        while await books(cluster, survivors) != {(0, 0)}:  # noqa: ASYNC110 -- the survivors' work
+            await asyncio.sleep(0.1)
+    events = await read_events(stubs[survivors[1]], 0, await newest_sequence(stubs[survivors[0]]))
+    ends = {}
+    for call in (orphan, kept):
+        mine = [e for e in events if e.call == call.name and e.type == EventType.QOS_EVENT_TYPE_CALL_DISCONNECTED]
+        assert len(mine) == 1, (call.name, mine)
+        (ends[call.name],) = mine
+        assert ends[call.name].disconnect_reason == call_pb2.DisconnectReason.DISCONNECT_REASON_LEASE_EXPIRED
+        assert ends[call.name].reason == "LEASE_EXPIRED"
+        assert ends[call.name].create_time.ToNanoseconds() >= call.lease_expire_time.ToNanoseconds(), call.name
+        assert not [e for e in events if e.call == call.name and e.type == EventType.QOS_EVENT_TYPE_RELEASE_PENDING]
+    # Ended by a replica that learned of it from the database, not when its own lease woke it.
+    assert ends[orphan.name].create_time.ToNanoseconds() < kept.lease_expire_time.ToNanoseconds()
 
 
 async def test_the_leader_puts_right_what_a_dead_replica_left_behind(postgres: PostgresServer) -> None:

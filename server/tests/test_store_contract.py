@@ -11,7 +11,10 @@ distinct, gap-free numbers. And the admission ledger's bookkeeping (#11): a rele
 written in the commit's own transaction (nothing when the commit is refused), updated in place,
 listed oldest first, and forgotten with the call's next commit (`released`) or `forget_release`;
 a capacity kept from UpdateLink, with the configured one it overrode, survives a reopen, up to
-the largest uint64.
+the largest uint64. And the lease index (#14) the lease timer reads: every call's live lease —
+CONNECTED or RINGBACK, leased, not the answering leg of a pair — whatever its tenant, earliest
+first, moved or dropped by the call's next commit, across a reopen, at any instant a Timestamp
+can hold.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from callqos.server.store.base import (
     Store,
     Usage,
     UsageLimits,
+    lease_deadline_us,
 )
 from callqos.server.store.sqlite import SqliteStore
 from callqos.v1 import call_pb2, event_pb2, flowspec_pb2, line_pb2
@@ -346,6 +350,115 @@ async def test_a_capacity_kept_from_update_link_survives_a_reopen_up_to_the_larg
         ]
     finally:
         await second.close()
+
+
+# -- the lease index --------------------------------------------------------------------------
+def with_lease(made: Call, expire_us: int) -> Call:
+    made.lease_duration.seconds = 60
+    made.lease_expire_time.FromMicroseconds(expire_us)
+    return made
+
+
+def answering(name: str, expire_us: int) -> Call:
+    """The answering leg of a pair: it shows its caller's lease, which the caller's leg holds."""
+    leg = with_lease(call(name), expire_us)
+    leg.direction, leg.peer = Call.Direction.DIRECTION_INCOMING, "calls/its-caller"
+    return leg
+
+
+async def test_the_lease_index_holds_every_live_lease_earliest_first_across_a_reopen(open_store: Opener) -> None:
+    store = await open_store()
+    try:
+        assert await store.next_lease_expiry() is None
+        assert await store.expired_leases(2**62, 10) == []
+        await store.commit(
+            [
+                with_lease(call("connected"), 3_000),
+                with_lease(call("ringback", state=State.STATE_RINGBACK), 1_000),
+                with_lease(call("acme", tenant="acme"), 2_000),  # every tenant's
+                with_lease(call("offering", state=State.STATE_OFFERING), 10),  # not live: nothing to end
+                with_lease(call("ended", state=State.STATE_DISCONNECTED), 20),
+                call("unleased"),
+                answering("answering", 30),
+            ],
+            [],
+        )
+        assert await store.next_lease_expiry() == 1_000
+        assert await store.expired_leases(999, 10) == []
+        assert await store.expired_leases(1_000, 10) == ["calls/ringback"]  # at or before
+        assert await store.expired_leases(2_500, 10) == ["calls/ringback", "calls/acme"]
+        assert await store.expired_leases(2**62, 2) == ["calls/ringback", "calls/acme"]
+        # The call's next commit moves its lease (an extension), or drops it (the call ended).
+        await store.commit(with_lease(call("connected"), 500), [])
+        ended = with_lease(call("ringback", state=State.STATE_DISCONNECTED), 1_000)
+        await store.commit(ended, [event(ended, EventType.QOS_EVENT_TYPE_CALL_DISCONNECTED)])
+        assert await store.expired_leases(2**62, 10) == ["calls/connected", "calls/acme"]
+    finally:
+        await store.close()
+    reopened = await open_store()
+    try:
+        assert await reopened.next_lease_expiry() == 500
+        assert await reopened.expired_leases(2**62, 10) == ["calls/connected", "calls/acme"]
+    finally:
+        await reopened.close()
+
+
+# Any instant a protobuf Timestamp holds (years 1 to 9999), in microseconds.
+INSTANTS = st.integers(-62_135_596_800 * 10**6, 253_402_300_799 * 10**6 + 999_999)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    steps=st.lists(
+        st.tuples(
+            st.integers(0, 5),
+            st.sampled_from([State.STATE_CONNECTED, State.STATE_RINGBACK, State.STATE_DISCONNECTED]),
+            st.sampled_from(["leased", "unleased", "answering"]),
+            INSTANTS,
+        ),
+        min_size=1,
+        max_size=20,
+    ),
+    looks=st.lists(st.tuples(INSTANTS, st.integers(1, 8)), min_size=1, max_size=4),
+)
+def test_the_lease_index_is_what_a_model_says_whatever_the_commits(
+    open_store: Opener, steps: list[tuple[int, int, str, int]], looks: list[tuple[int, int]]
+) -> None:
+    """Calls committed and recommitted in any state, with and without leases, as either leg,
+    at any instant: the index is a model's map call → `lease_deadline_us(call)` (0: not
+    indexed). `next_lease_expiry` is its least deadline; `expired_leases(now, limit)` the names of
+    the `limit` earliest at or before `now` (ties in any order)."""
+
+    async def scenario() -> None:
+        store = await open_store()
+        try:
+            for stale in await store.expired_leases(2**62, 10_000):  # examples share the store
+                left = await store.get_call(stale)
+                assert left is not None
+                left.state = State.STATE_DISCONNECTED
+                await store.commit(left, [])
+            model: dict[str, int] = {}
+            for which, state, kind, instant in steps:
+                if kind == "answering":
+                    each = answering(f"c{which}", instant)
+                else:
+                    each = call(f"c{which}", state=state)
+                    if kind == "leased":
+                        with_lease(each, instant)
+                each.state = state
+                await store.commit(each, [])
+                model[each.name] = lease_deadline_us(each)
+                live = {name: deadline for name, deadline in model.items() if deadline}
+                assert await store.next_lease_expiry() == (min(live.values()) if live else None)
+            for now, limit in looks:
+                due = sorted(deadline for deadline in live.values() if deadline <= now)[:limit]
+                found = await store.expired_leases(now, limit)
+                assert len(set(found)) == len(found)
+                assert [live[name] for name in found] == due
+        finally:
+            await store.close()
+
+    asyncio.run(scenario())
 
 
 # -- retention and reopening ------------------------------------------------------------------

@@ -811,14 +811,23 @@ class CallManager:
 
     async def expire_lease(self, name: str) -> bool:
         """End the call `name` if its lease has ended (the lease timer asks); whether it did. A
-        lease extended meanwhile, or a call that ended otherwise, is left alone."""
+        lease extended meanwhile, or a call that ended otherwise, is left alone. With several
+        replicas, each replica's timer may ask for the same call: the call is re-read under its
+        lock (held across the replicas), so only the first ends it; a call already ended is seen
+        without taking the lock at all."""
+        if not self._lease_ended(await self.store.get_call(name)):
+            return False
         async with self._locks.hold(name):
             call = await self.store.get_call(name)
-            if call is None or not 0 < lease_deadline_us(call) <= self.leases.now_us():
+            if call is None or not self._lease_ended(call):
                 return False
             with self.telemetry.background("callqos.lease.expire", {"callqos.call": name}):
                 await self._end_lease(call, None, None)
             return True
+
+    def _lease_ended(self, call: Call | None) -> bool:
+        """Whether `call` has a live lease that has ended by now (the lease timer's clock)."""
+        return call is not None and 0 < lease_deadline_us(call) <= self.leases.now_us()
 
     async def _end_lease(self, call: Call, failure: ServiceError | None, key: RequestKey | None) -> Call:
         """Disconnect `call` (and its peer) LEASE_EXPIRED, each leg announced to its owner and

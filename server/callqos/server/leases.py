@@ -22,6 +22,20 @@ Whether a lease has ended is decided with one clock (`Clock`, the system's by de
 a `testing.ManualClock`): by the manager when it expires a call and when it extends one, each
 under the call's lock, so an extension that arrives before the lease ends always keeps the call,
 and one that arrives after it never revives it.
+
+Several replicas on one database (`Store.shared`; conformance/SPEC.md REPL-4): every replica runs
+this timer over the one lease index, and any of them may end any call whose lease ran out — it is
+not left to the leader. Each ending re-reads the call under its lock, which is held across the
+replicas (`locks.KeyedLocks` on the store's shared locks), so a call is ended, released and
+announced once: the replicas that come second find it ended (or extended) and do nothing. Why
+not the leader alone: a replica's own commits wake its timer at once (`scheduled`), so a lease
+ends on time wherever it was made, with no failover to wait for; and when a replica dies, the
+others already know its leases, because on a shared store the timer looks at the index again at
+least every SHARED_LOOK_AGAIN_SECONDS (a lease set on another replica wakes nobody here; an
+indexed MIN every second is cheap). Replicas woken by the same deadline go through what is due in
+different orders (shuffled), so that a burst of expiries is shared out rather than contended for
+call by call. The clock is each replica's own: replicas keep their clocks synchronised (NTP), as a
+skew of s lets a lease end up to s early on the replica whose clock is ahead.
 """
 
 from __future__ import annotations
@@ -29,6 +43,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -45,6 +60,10 @@ Clock = Callable[[], int]
 EXPIRY_BATCH = 100
 # After a call could not be expired (the store failed), how long until the timer tries again.
 RETRY_SECONDS = 1.0
+# On a store several replicas share, the longest the timer sleeps without looking at the lease
+# index again: how late, at most, a replica learns of a lease another replica set (one that died
+# before ending it, in particular).
+SHARED_LOOK_AGAIN_SECONDS = 1.0
 
 
 @dataclass(frozen=True)
@@ -86,6 +105,8 @@ class LeaseTimer:
         self._store = store
         self._expire = expire
         self.clock = clock
+        # Other replicas commit leases this timer is not told of (see the module docstring).
+        self._look_again_us: int | None = int(SHARED_LOOK_AGAIN_SECONDS * 1e6) if store.shared else None
         self._wake = asyncio.Event()
         # When the task next wakes by itself (µs since the epoch); 0 while it is looking (any new
         # lease wakes it then), None when it waits for a lease to exist.
@@ -112,6 +133,8 @@ class LeaseTimer:
             due = [name for name in await self._store.expired_leases(now, EXPIRY_BATCH) if name not in tried]
             if not due:
                 return ended
+            if self._store.shared:  # other replicas are likely ending the same ones: start elsewhere
+                random.shuffle(due)
             for name in due:
                 tried.add(name)
                 try:
@@ -146,6 +169,9 @@ class LeaseTimer:
             except Exception:
                 log.exception("the lease timer could not read the store; trying again shortly")
                 following = self.now_us() + int(RETRY_SECONDS * 1e6)
+            if self._look_again_us is not None:
+                soon = self.now_us() + self._look_again_us
+                following = soon if following is None else min(following, soon)
             self._target = following
             delay = None if following is None else max(0.0, (following - self.now_us()) / 1e6)
             with contextlib.suppress(TimeoutError):
