@@ -240,6 +240,7 @@ async def _start_on(
         telemetry=instruments,
         containment=containment,
         ledger=store.shared_ledger(),
+        start_timeout=config.provider_start_timeout_seconds,
     )
     guard = Guard(config)
     await guard.start()
@@ -267,8 +268,14 @@ async def _start_on(
     # Capacities set with UpdateLink first, so that restored calls are re-taken under them; then
     # the calls; then (once the ports are bound) the releases still owed and a reconciliation,
     # before serving.
-    await ledger.put_back_link_capacities()
-    await calls.start()
+    try:
+        await ledger.put_back_link_capacities()
+        await calls.start()
+    except BaseException:
+        # A provider that could not start (ProviderStartError): stop the others, whose processes
+        # or threads would otherwise outlive this failed start (`_start` closes the store).
+        await providers.stop()
+        raise
     for call in await store.connected_calls():
         instruments.call_committed(call)
     for info in providers.all():

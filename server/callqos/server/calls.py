@@ -47,7 +47,7 @@ from google.protobuf import duration_pb2, timestamp_pb2
 from callqos.server import names
 from callqos.server.errors import Reason, ServiceError, reason_name, refused, storage_unavailable
 from callqos.server.events import EventHub
-from callqos.server.hosting import HostedProvider, HostedProviders
+from callqos.server.hosting import HostedProvider, HostedProviders, ProviderStartError, why_start_failed
 from callqos.server.idempotency import Idempotency, RequestKey
 from callqos.server.leases import Clock, LeasePolicy, LeaseTimer, expiry
 from callqos.server.locks import KeyedLocks, to_completion
@@ -238,7 +238,9 @@ class CallManager:
     async def start(self) -> None:
         """Hand every connected call back to its provider; apply what no longer fits; end the
         calls whose lease ran out while no server ran (released to their provider, which has just
-        re-taken them, through the same owed release as a drop), then start the lease timer."""
+        re-taken them, through the same owed release as a drop), then start the lease timer. A
+        provider that cannot start even without calls raises ProviderStartError (`_restore_calls`)
+        before any lease is ended or the timer started."""
         await self._restore_calls()
         await self.leases.expire_overdue()
         self.leases.start()
@@ -248,9 +250,11 @@ class CallManager:
         await self.leases.stop()
 
     async def _restore_calls(self) -> None:
-        """Hand every connected call back to its provider; apply what no longer fits. The server
-        always starts (CALL-7): a call whose provider is no longer hosted, or that its provider
-        cannot restore, is disconnected with its events and a reason, never a crash."""
+        """Hand every connected call back to its provider; apply what no longer fits. No stored
+        value stops the server (CALL-7): a call whose provider is no longer hosted, or that its
+        provider cannot restore, is disconnected with its events and a reason, never a crash. A
+        provider that cannot start even without calls raises ProviderStartError: the server does
+        not serve without it, and its calls are kept for the next start."""
         held: dict[str, list[Restored]] = {}
         connected: dict[str, Call] = {}
         orphans: list[Call] = []
@@ -281,6 +285,8 @@ class CallManager:
                 try:
                     changes = await self.providers.start(info, self, restored)
                 except ServiceError as error:
+                    if not restored:
+                        raise self._cannot_start(info, error) from error
                     log.error(
                         "provider %s could not restore its %d calls (%s); restoring them one by one",
                         info.id,
@@ -294,13 +300,12 @@ class CallManager:
     async def _restore_one_by_one(self, info: HostedProvider, calls: Sequence[Call]) -> list[ProviderChange]:
         """After a provider's `start` failed with its calls: start it with none, then re-take each
         call (oldest first, so that the newest are the ones that no longer fit); a call it cannot
-        re-take is disconnected with the reason."""
+        re-take is disconnected with the reason. A provider that fails to start even without calls
+        is not the data's doing: the server does not start, and the calls stay as stored."""
         try:
             changes = await self.providers.start(info, self, [])
         except ServiceError as error:
-            for call in calls:
-                await self._fail(call, f"provider {info.id} could not start: {error.message}", info)
-            return []
+            raise self._cannot_start(info, error) from error
         for call in calls:
             async with self._locks.hold(call.name):
                 try:
@@ -309,6 +314,10 @@ class CallManager:
                     log.error("could not record how %s was restored: %s", call.name, error.message)
                     self.suspects.add(call.name)
         return changes
+
+    @staticmethod
+    def _cannot_start(info: HostedProvider, error: ServiceError) -> ProviderStartError:
+        return ProviderStartError(f"provider {info.id} could not start: {why_start_failed(error)}")
 
     # -- reads ------------------------------------------------------------------------------
     async def get(self, name: str, caller: Caller) -> Call:

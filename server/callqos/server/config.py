@@ -74,6 +74,9 @@ class Config:
     default_provider: str = "reference"
     # A provider that does not answer in this time fails the request (PROVIDER_UNAVAILABLE).
     provider_timeout_seconds: float = 5.0
+    # A provider's start (re-taking the calls it held; a remote provider's launch, connection and
+    # restore) may take this long, once, before the server serves; past it the start has failed.
+    provider_start_timeout_seconds: float = 30.0
     # A provider call past its deadline is cancelled; one that still has not ended this much later
     # is abandoned (it ignores cancellation): its call fails and its locks are freed.
     provider_cancel_grace_seconds: float = 1.0
@@ -214,6 +217,7 @@ class Config:
             check_address("metrics_listen", self.metrics_listen, empty="or empty")
         for name in (
             "provider_timeout_seconds",
+            "provider_start_timeout_seconds",
             "provider_cancel_grace_seconds",
             "loop_lag_warning_seconds",
             "watch_stall_seconds",

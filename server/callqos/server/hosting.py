@@ -61,6 +61,13 @@ PROVIDER_DEADLINE: contextvars.ContextVar[float | None] = contextvars.ContextVar
 CHANGES_LINKS = frozenset({"admit", "renegotiate", "release", "update_link", "restore"})
 
 
+class ProviderStartError(Exception):
+    """A provider could not start even without calls: the server does not serve without it (its
+    capabilities, and what it holds, are unknown). Nothing stored is changed, so the next start
+    restores its calls. A stored value cannot cause this (CALL-7): `start` with calls that fails
+    is retried without them."""
+
+
 class Host(Protocol):
     """What the server does for its providers (the call manager): each provider sees it through
     a `ProviderHostView` of its own, so the server knows which provider offers a call."""
@@ -118,8 +125,12 @@ class HostedProviders:
         telemetry: Instruments,
         containment: Containment | None = None,
         ledger: SharedLedger | None = None,
+        start_timeout: float | None = None,
     ) -> None:
         self.timeout = timeout
+        # A start re-takes every call the provider held, and a remote provider launches or dials a
+        # process first: it gets a deadline of its own (`provider_start_timeout_seconds`).
+        self.start_timeout = timeout if start_timeout is None else start_timeout
         self.telemetry = telemetry
         self.containment = containment or Containment(cancel_grace=1.0, warn_after=0.25)
         self.ledger = ledger  # offered to every provider (ProviderHost.ledger)
@@ -172,11 +183,12 @@ class HostedProviders:
         return read
 
     async def start(self, info: HostedProvider, host: Host, restored: Sequence[Restored]) -> list[ProviderChange]:
-        """Start one provider with the connected calls it held, contained and under the provider
-        deadline like any provider call; the changes it reports for calls that no longer fit are
-        returned for the host to apply. A provider that fails to start is PROVIDER_UNAVAILABLE (or
-        PROVIDER_CONTRACT_VIOLATION), logged; the host then restores its calls one by one
-        (conformance/SPEC.md CALL-7)."""
+        """Start one provider with the connected calls it held, contained like any provider call,
+        under the start deadline (`budget`); the changes it reports for calls that no longer fit
+        are returned for the host to apply. A provider that fails to start is PROVIDER_UNAVAILABLE
+        (or PROVIDER_CONTRACT_VIOLATION), logged with why; the host then restores its calls one by
+        one (conformance/SPEC.md CALL-7), or, when it fails without calls, does not start
+        (`ProviderStartError`)."""
         view = ProviderHostView(host, info.name, self.ledger)
         held = list(restored)
         # A threaded provider reaches the server's loop through HostOnLoop, made here, on it.
@@ -184,7 +196,7 @@ class HostedProviders:
         try:
             changes = await self._call(info, "start", lambda: info.provider.start(target, held))
         except ServiceError as error:
-            log.error("provider %s failed to start with %d calls: %s", info.id, len(held), error.message)
+            log.error("provider %s failed to start with %d calls: %s", info.id, len(held), why_start_failed(error))
             raise
         # Read once more now that it has started: a remote provider learns its capabilities from
         # the provider process it connects to in start().
@@ -265,7 +277,10 @@ class HostedProviders:
     def budget(self, operation: str) -> float:
         """Seconds a provider call may take: the provider deadline, cut to the caller's for a
         decision the caller waits for. Never for a release: that is cleanup, and must finish
-        even when the caller has given up (or capacity would leak)."""
+        even when the caller has given up (or capacity would leak). A start has the start
+        deadline: no caller waits for it, and it may launch a process and re-take every call."""
+        if operation == "start":
+            return self.start_timeout
         deadline = CALLER_DEADLINE.get()
         if deadline is None or operation not in CALLER_BOUND:
             return self.timeout
@@ -391,6 +406,16 @@ class HostedProviders:
         if not any(known.name == link for known in await self.list_links(info)):
             raise ServiceError(Reason.ERROR_REASON_LINK_NOT_FOUND, f"no link {link}", metadata={"link": link})
         return await to_completion(self.call(info, "update_link", lambda: info.provider.update_link(link_id, capacity)))
+
+
+def why_start_failed(error: ServiceError) -> str:
+    """What an operator reads when a provider failed to start: the failure and, unlike what a
+    client is told, the provider's own words (a remote provider's 'no handshake line within 10s')."""
+    cause = error.__cause__
+    original = cause.original if isinstance(cause, ProviderRaised) else cause
+    if original is None or isinstance(original, (TimeoutError, Wedged)) or not str(original):
+        return error.message
+    return f"{error.message}: {original}"
 
 
 def _wrong_answer(operation: str, result: object) -> str:

@@ -292,8 +292,9 @@ class Provider(abc.ABC):
         stopped. Re-take their reservations; return a change for each that no longer fits.
 
         If it raises, the host calls it once more with no calls, then re-takes each call with
-        `admit` (oldest first) and disconnects those that fail, with a reason: the server always
-        starts (CALL-7).
+        `admit` (oldest first) and disconnects those that fail, with a reason: no stored call
+        stops the server (CALL-7). If it raises with no calls, the server does not start. It runs
+        under the start deadline (`provider_start_timeout_seconds`), not the provider deadline.
 
         Offered a shared ledger (`host.ledger`), there is nothing to re-take: the books outlive
         every replica. Add the configured links the books lack (`SharedLedger.add_links`) and

@@ -72,6 +72,8 @@ T = TypeVar("T")
 
 # A connection that lasted this long resets the reconnection backoff to its first step.
 STABLE_SECONDS = 60.0
+# What a failed start keeps of the host's start deadline, beyond stop_grace_seconds, to stop.
+STOP_MARGIN_SECONDS = 0.5
 MAX_MESSAGE_BYTES = 64 << 20  # Restore and ListReservations carry every call the host holds
 # Answers to offers remembered per provider instance, for offers sent again after a reconnection
 # (only an offer unanswered when a stream ended is): the newest this many are plenty.
@@ -165,13 +167,22 @@ class RemoteProvider(Provider):
         self.host = host
         self.held = {item.call: HeldCall(item.destination, item.level, item.qos) for item in restored}
         self._supervisor = asyncio.create_task(self._supervise(), name=f"remote provider {self.name}")
+        # One attempt takes at most the start timeout; a moment more to learn why it failed. The
+        # host's start deadline (PROVIDER_DEADLINE) ends the attempts earlier, with time left to
+        # stop a launched process and say why.
+        wait = self.options.start_timeout_seconds + 1.0
+        deadline = PROVIDER_DEADLINE.get()
+        if deadline is not None:
+            wait = min(wait, deadline - time.monotonic() - self.options.stop_grace_seconds - STOP_MARGIN_SECONDS)
         try:
-            # One attempt takes at most the start timeout; a moment more to learn why it failed.
-            await asyncio.wait_for(self._connected.wait(), self.options.start_timeout_seconds + 1.0)
+            await asyncio.wait_for(self._connected.wait(), max(wait, 0.0))
         except TimeoutError:
             reason = self._unready_reason
             await self.stop()
             raise ProviderUnreachable(f"provider {self.name} not reached at start-up: {reason}") from None
+        except BaseException:  # cancelled by the host: nothing of this start may keep running
+            await self.stop()
+            raise
         self._started.set()
         return []
 
