@@ -1,7 +1,6 @@
 """The suite passes correct providers — LedgerProvider (everything, restarts and side servers included),
 no-qos (renegotiation and links skipped with the reason, its negative probes passing) — by --provider
-and by --target, with all four reports written; and it fails the reference provider exactly where the
-reference is wrong today."""
+and by --target, with all four reports written — and the reference provider."""
 
 from __future__ import annotations
 
@@ -18,15 +17,6 @@ from callqos.conformance.model import Outcome, Report
 from callqos.conformance.runner import RunOptions, run_conformance
 from callqos.conformance.target import SpawnedServer
 
-# Faults of the reference provider this suite still finds (#11 fixed CORE-ADM-019, PCHG-004 and RESTART-002);
-# while any remains, the test below that says the reference is conformant is an expected failure (strict:
-# it fails the run once it passes).
-REFERENCE_BUGS = {
-    "MODEL-001": "random histories find a renegotiation at IF_AVAILABLE granted less than a request that fits "
-    "(LEVEL-2): a GUARANTEED sending flowspec of token rate 1 with a latency near the uint32 maximum gets a smaller "
-    "bucket (seed 11). Open after #11, which fixed CORE-ADM-019, PCHG-004 and RESTART-002",
-}
-
 
 def by_id(report: Report) -> dict[str, object]:
     return {r.check.id: r for r in report.results}
@@ -39,19 +29,11 @@ def reference(tmp_path_factory: pytest.TempPathFactory) -> Report:
     )
 
 
-def test_the_reference_provider_fails_only_where_it_is_known_to_be_wrong(reference: Report) -> None:
-    failed = {r.check.id for r in reference.failures}
-    assert failed <= set(REFERENCE_BUGS), {r.check.id: r.reason for r in reference.failures}
-    assert not reference.harness_error
-
-
-@pytest.mark.xfail(
-    strict=True,
-    reason="reference provider bugs still open: "
-    + "; ".join(f"{check}: {bug}" for check, bug in REFERENCE_BUGS.items()),
-)
 def test_the_reference_provider_is_conformant(reference: Report) -> None:
-    assert reference.verdict == "conformant", [(r.check.id, r.reason[:200]) for r in reference.failures]
+    """#11 fixed what the suite found in it (CORE-ADM-019, PCHG-004, RESTART-002); MODEL-001's last
+    finding was the model's: it demanded a GUARANTEED grant whose delay bound no latency can state."""
+    assert reference.verdict == "conformant", [(r.check.id, r.reason[:300]) for r in reference.failures]
+    assert not reference.harness_error
 
 
 def test_a_correct_provider_is_conformant_and_reports_are_written(tmp_path: Path) -> None:

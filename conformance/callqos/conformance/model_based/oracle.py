@@ -41,7 +41,8 @@ def admissible(qos: QosSpec, free: tuple[int, int], world: World) -> bool | None
 
     Must refuse: a reserving type it does not advertise (PROV-9), a rate above what is free (ADMIT-1),
     a GUARANTEED latency below the path's fixed delay (DELAY-4). Must admit (ADMIT-5): everything else
-    that fits — non-reserving types always (GRANT-2)."""
+    that fits — non-reserving types always (GRANT-2) — except a GUARANTEED flowspec whose delay bound
+    no latency field can carry (DELAY-5), which it may refuse."""
     verdict: bool | None = True
     for direction, room in zip(DIRECTIONS, free, strict=True):
         spec: FlowSpec = getattr(qos, direction)
@@ -67,6 +68,10 @@ def admissible(qos: QosSpec, free: tuple[int, int], world: World) -> bool | None
             generous = generous_latency(spec, world)
             if not generous or spec.latency_microseconds < generous:
                 verdict = None
+        if stype == ST.SERVICE_TYPE_GUARANTEED and delay_bound_us(spec, world.path) > UINT32_LIMIT:
+            # No latency field can state its bound (DELAY-5): refused, or granted with a bucket cut
+            # to a bound that can be stated; either keeps the contract.
+            verdict = None
     return verdict
 
 

@@ -17,6 +17,7 @@ import asyncio
 import ctypes
 import errno
 import fcntl
+import math
 import os
 import socket
 import struct
@@ -34,6 +35,10 @@ IFF_UP = 0x1
 SIOCETHTOOL = 0x8946
 ETHTOOL_GSET = 0x00000001
 SPEED_UNKNOWN = (0, 0xFFFF, 0xFFFFFFFF)
+# The kernel's HTB buffer (a burst as its transmission time in scheduler ticks) is an unsigned
+# 32-bit field, and a pfifo's limit (in packets) a signed one.
+U32_MAX = 0xFFFFFFFF
+FIFO_LIMIT_MAX = 0x7FFFFFFF
 
 
 class TcError(Exception):
@@ -60,6 +65,39 @@ class HtbClass:
     ceil: int
     burst: int
     prio: int
+
+
+def fitting_rate(rate: int, mtu: int) -> int:
+    """`rate`, or the kernel's smallest above it: an HTB class carries a rate table, each packet
+    size's transmission time in 32-bit scheduler ticks, which a few bytes per second cannot hold
+    (1 B/s takes 2048 s for 2048 bytes). A class reserved below it (the least a validated
+    flowspec may ask is 1 B/s) is installed at it: about 8 B/s more than the books hold, far
+    below one packet per second."""
+    from pyroute2.netlink.rtnl.tcmsg.common import calc_xmittime  # as pyroute2 encodes the table
+
+    cell_log = 0
+    while ((mtu or 1600) >> cell_log) > 255:  # pyroute2's (and tc's) choice of table cells
+        cell_log += 1
+    largest = 256 << cell_log
+    fitting = rate
+    while fitting > 0 and calc_xmittime(fitting, largest) > U32_MAX:
+        fitting = max(fitting + 1, math.ceil(fitting * calc_xmittime(fitting, largest) / U32_MAX))
+    return fitting
+
+
+def fitting_burst(rate: int, burst: int) -> int:
+    """`burst` bytes, or fewer: the most whose transmission time at `rate` fits HTB's 32-bit buffer
+    field (about 274 s at any rate with 64 ns ticks). A validated flowspec may ask for a bucket of
+    2^40 bytes at 1 B/s; the kernel cannot hold that burst, and a class with the longest burst it
+    can hold still keeps the reserved rate."""
+    from pyroute2.netlink.rtnl.tcmsg.common import calc_xmittime, time2tick  # as pyroute2 encodes it
+
+    if rate <= 0 or calc_xmittime(rate, burst) <= U32_MAX:
+        return burst
+    fitting = int(U32_MAX * rate / time2tick(1_000_000))  # bytes sent in the longest buffer
+    while fitting > 1 and calc_xmittime(rate, fitting) > U32_MAX:  # rounding: a few steps at most
+        fitting -= max(1, fitting // 1_000_000)
+    return max(1, min(burst, fitting))
 
 
 def netns_path(netns: str) -> str:
@@ -191,6 +229,7 @@ class Interface:
         self._request("adding the HTB root qdisc", "tc", "add", "htb", self.index(), handle, default=default_minor)
 
     def put_class(self, classid: int, parent: int, spec: HtbClass, mtu: int, *, create: bool) -> None:
+        rate, ceil = fitting_rate(spec.rate, mtu), fitting_rate(spec.ceil, mtu)
         self._request(
             f"{'adding' if create else 'changing'} HTB class {classid >> 16:x}:{classid & 0xFFFF:x}",
             "tc",
@@ -199,10 +238,10 @@ class Interface:
             self.index(),
             classid,
             parent=parent,
-            rate=spec.rate,
-            ceil=spec.ceil,
-            burst=spec.burst,
-            cburst=spec.burst,
+            rate=rate,
+            ceil=ceil,
+            burst=fitting_burst(rate, spec.burst),
+            cburst=fitting_burst(ceil, spec.burst),
             prio=spec.prio,
             mtu=mtu,
             # The quantum only divides borrowed bandwidth; one full frame avoids the kernel's
@@ -221,8 +260,9 @@ class Interface:
     def put_leaf(self, handle: int, parent: int, limit_packets: int) -> None:
         """A packet FIFO under a call's class: how much it may queue (bfifo has no pyroute2
         encoder; the limit is computed in packets of the flow's maximum SDU instead)."""
+        limit = min(limit_packets, FIFO_LIMIT_MAX)  # a queue that long never fills anyway
         self._request(
-            "setting a class queue", "tc", "replace", "pfifo", self.index(), handle, parent=parent, limit=limit_packets
+            "setting a class queue", "tc", "replace", "pfifo", self.index(), handle, parent=parent, limit=limit
         )
 
     def add_filter(self, parent: int, pref: int, ethertype: int, keys: list[str], classid: int) -> None:
