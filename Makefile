@@ -30,7 +30,7 @@ DIST_DIR := dist
 help:
 	@echo "make run        serve on the embedded defaults (127.0.0.1:50051, SQLite under ./callqos-data)"
 	@echo "make test       install everything needed and run every test"
-	@echo "make bench      benchmarks, with ratios against a bare grpc.aio baseline measured in the same run"
+	@echo "make bench      benchmarks: each target judged against a bare grpc.aio baseline of the same run; replicas on PostgreSQL"
 	@echo "make bench-watch  the WatchEvents benchmark alone (1,000 watchers, 10,000 opened at once)"
 	@echo "make profile    where the server's CPU goes under load (py-spy; PROFILE=make_drop|renegotiate|get|watch)"
 	@echo "make soak       the ledger's state machine for CALLQOS_SOAK_STEPS steps (default 100000) or CALLQOS_SOAK_SECONDS"
@@ -46,7 +46,7 @@ help:
 $(STAMP): pyproject.toml $(addsuffix /pyproject.toml,$(DISTS))
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade 'pip>=25.1'
-	$(PY) -m pip install --quiet -e clients/python -e server -e 'conformance[server]' --group dev
+	$(PY) -m pip install --quiet -e clients/python -e 'server[postgresql]' -e 'conformance[server]' --group dev
 	touch $@
 
 .PHONY: venv
@@ -106,8 +106,23 @@ typecheck: $(STAMP)
 .PHONY: test test-python test-clients
 test: lint check-generated typecheck test-python test-clients check-dist
 
-test-python: $(STAMP)
-	$(PY) -m pytest
+# The PostgreSQL tests (the store suite on PostgreSQL, three replicas on one database) start their
+# own PostgreSQL with initdb and pg_ctl: the distribution's package is installed when they are
+# missing. Where it cannot be, those tests are skipped, saying why; where it is, they must run
+# (CALLQOS_REQUIRE_POSTGRES turns a PostgreSQL that does not start into a failure, not a skip).
+HAVE_POSTGRES := $(PY) -c 'import sys; from callqos.server.testing import postgres_bin_dir; sys.exit(postgres_bin_dir() is None)'
+
+.PHONY: postgres
+postgres: $(STAMP)
+	@$(HAVE_POSTGRES) || { \
+	  echo "installing PostgreSQL (initdb, pg_ctl) for the replica tests"; \
+	  sudo=$$([ "$$(id -u)" = 0 ] || echo sudo -n); \
+	  { $$sudo apt-get install -y -q --no-install-recommends postgresql >/dev/null \
+	    || { $$sudo apt-get update -q >/dev/null && $$sudo apt-get install -y -q --no-install-recommends postgresql >/dev/null; }; } \
+	  || echo "could not install PostgreSQL (apt-get install postgresql failed): its tests will be skipped"; }
+
+test-python: $(STAMP) postgres
+	if $(HAVE_POSTGRES); then export CALLQOS_REQUIRE_POSTGRES=1; fi; $(PY) -m pytest
 
 # Every shipped broken provider certified in process and out of process (make test runs every fourth).
 .PHONY: parity
@@ -157,6 +172,8 @@ bench: $(STAMP)
 	$(PY) server/benchmarks/bench_watch.py --results $$results $(BENCH_ARGS); \
 	$(PY) server/benchmarks/bench_tracing.py $(BENCH_ARGS); \
 	$(PY) server/benchmarks/bench_auth.py $(BENCH_ARGS); \
+	$(MAKE) --no-print-directory postgres; \
+	$(PY) server/benchmarks/bench_replicas.py $(BENCH_ARGS); \
 	echo; $(PY) server/benchmarks/targets.py $$results
 
 # WatchEvents alone: 1,000 watchers' delivery times and memory, 10,000 opened at once.

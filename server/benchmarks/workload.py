@@ -10,10 +10,11 @@ server they measure is started as its own process by `callqos.server.testing.Ser
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -90,6 +91,31 @@ def process_cpu_seconds(pid: int) -> Callable[[], float]:
     return read
 
 
+def process_tree_cpu_seconds(pid: int) -> Callable[[], float]:
+    """A probe: CPU seconds process `pid` and its children have used so far: its own, what its
+    children that ended used (reaped by it), and what those still running have used (Linux).
+    For PostgreSQL: the postmaster and its backends."""
+    ticks = os.sysconf("SC_CLK_TCK")
+
+    def stat(each: int) -> list[str]:
+        return Path(f"/proc/{each}/stat").read_text().rpartition(")")[2].split()
+
+    def read() -> float:
+        fields = stat(pid)
+        total = sum(int(fields[index]) for index in (11, 12, 13, 14))  # utime, stime, cutime, cstime
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit():
+                try:
+                    child = stat(int(entry.name))
+                except (FileNotFoundError, ProcessLookupError):
+                    continue  # ended meanwhile: its time is in the parent's cutime by now
+                if int(child[1]) == pid:  # its ppid (field 4)
+                    total += int(child[11]) + int(child[12])
+        return total / ticks
+
+    return read
+
+
 def qos(rate: int) -> flowspec_pb2.QosSpec:
     """CONTROLLED_LOAD sending at `rate` bytes/s, best effort receiving."""
     ST = flowspec_pb2.ServiceType
@@ -99,13 +125,19 @@ def qos(rate: int) -> flowspec_pb2.QosSpec:
     )
 
 
-async def make_drop(target: str, seconds: float, probe: Callable[[], float] | None = None) -> Measured:
-    """CreateCall + DropCall cycles per second (and `probe` growth per cycle)."""
-    async with grpc.aio.insecure_channel(target) as channel:
-        stub = svc_grpc.CallQosServiceStub(channel)  # type: ignore[no-untyped-call]
+async def make_drop(target: str | Sequence[str], seconds: float, probe: Callable[[], float] | None = None) -> Measured:
+    """CreateCall + DropCall cycles per second (and `probe` growth per cycle). Given several
+    targets (replicas), the loops are spread over them evenly, as a load balancer would."""
+    targets = [target] if isinstance(target, str) else list(target)
+    async with contextlib.AsyncExitStack() as stack:
+        stubs = [
+            svc_grpc.CallQosServiceStub(await stack.enter_async_context(grpc.aio.insecure_channel(each)))  # type: ignore[no-untyped-call]
+            for each in targets
+        ]
         request = svc.CreateCallRequest(call=call_pb2.Call(destination="sip:bench", requested_qos=qos(1000)))
 
-        async def cycle(_: int) -> int:
+        async def cycle(worker: int) -> int:
+            stub = stubs[worker % len(stubs)]
             call = await stub.CreateCall(request)
             await stub.DropCall(svc.DropCallRequest(name=call.name))
             return 1

@@ -5,6 +5,7 @@ kill/restart/signal tests), and a stub talking real gRPC to it. Both come from
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from collections.abc import AsyncIterator, Generator, Iterator
 from pathlib import Path
@@ -56,6 +57,29 @@ def server_process(tmp_path: Path) -> Iterator[testing.ServerProcess]:
         process.close()
 
 
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[testing.PostgresServer]:
+    """One throwaway PostgreSQL cluster for the whole run (initdb + pg_ctl on a free port; see
+    callqos.server.testing.PostgresServer). Without PostgreSQL installed its tests are skipped,
+    unless CALLQOS_REQUIRE_POSTGRES is set (as `make test`, which installs it, sets it)."""
+    try:
+        server = testing.PostgresServer().start()
+    except testing.PostgresUnavailable as exc:
+        if os.environ.get("CALLQOS_REQUIRE_POSTGRES"):
+            raise
+        pytest.skip(f"PostgreSQL cannot be run here: {exc}")
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def database_url(postgres: testing.PostgresServer) -> str:
+    """An empty database of its own for the test, in the session's PostgreSQL."""
+    return postgres.database()
+
+
 @pytest.fixture
 def pki(tmp_path: Path) -> TestPki:
     """A certificate authority made for the test (see callqos.server.testpki)."""
@@ -85,10 +109,12 @@ def audit_lines() -> Iterator[AuditLines]:
 
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Generator[None, pytest.TestReport]:
-    """A failed test's report shows the output of the server subprocess it used."""
+    """A failed test's report shows the output of the server subprocesses it used (one, or the
+    `replicas` of a fixture that started several)."""
     report: pytest.TestReport = yield
     if report.failed:
         for value in getattr(item, "funcargs", {}).values():
-            if isinstance(value, testing.ServerProcess):
-                report.sections.append((f"callqos server log ({value.log_path})", value.log()))
+            for process in [value, *getattr(value, "replicas", ())]:
+                if isinstance(process, testing.ServerProcess):
+                    report.sections.append((f"callqos server log ({process.log_path})", process.log()))
     return report

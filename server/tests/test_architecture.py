@@ -270,7 +270,7 @@ FLOW = (
     # The switchboard is the call manager with lines: it validates what providers offer.
     ("incoming",),
     ("validation",),
-    ("calls", "idempotency", "lines", "ledger"),
+    ("calls", "idempotency", "lines", "leases", "ledger"),
     ("hosting",),
     ("events",),
     ("store",),

@@ -1,7 +1,7 @@
 """`make bench` is not run by CI; this runs each benchmark briefly, so that it keeps working and
 keeps measuring what it says: real server processes, every target row judged, a traced make+drop
 cycle recording its four spans and the production variant exporting only a sample of them, every
-event reaching every watcher."""
+event reaching every watcher, one SQLite process beside one and two replicas on PostgreSQL."""
 
 from __future__ import annotations
 
@@ -10,9 +10,12 @@ from pathlib import Path
 
 import bench  # server/benchmarks (conftest.py puts it on sys.path)
 import bench_auth
+import bench_replicas
 import bench_tracing
 import bench_watch
 import targets
+
+from callqos.server.testing import PostgresServer
 
 
 def test_tracing_benchmark_measures_every_variant_and_the_traced_span_tree() -> None:
@@ -78,6 +81,17 @@ def test_watch_benchmark_delivers_every_event_to_every_watcher_of_both_servers()
         assert measured.at_once is not None and measured.at_once.opened == 60, name
         assert measured.at_once.missing == 0, name
     assert {row.key for row in bench_watch.rows(results)} == {"watch_p99", "watch_memory", "watch_open_failed"}
+
+
+def test_replicas_benchmark_measures_sqlite_and_one_and_two_replicas(postgres: PostgresServer) -> None:
+    results = asyncio.run(bench_replicas.run(seconds=0.3, postgres=postgres))
+    assert set(results.variants) == set(bench_replicas.VARIANTS)
+    for name, variant in results.variants.items():
+        assert variant.rate > 0 and variant.server_cpu_ms > 0, name
+        assert (variant.database_cpu_ms > 0) == name.startswith("postgresql"), name
+    assert results.event_commits_per_s > 0
+    text = bench_replicas.report(results)
+    assert "2 replicas against 1" in text and "projection" in text
 
 
 def test_remote_provider_benchmark_measures_both_ways_with_the_provider_process_cpu() -> None:

@@ -4,6 +4,8 @@ the server's Config and with each other. (No container engine here: nothing is r
 from __future__ import annotations
 
 import re
+import shutil
+import subprocess
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -19,11 +21,20 @@ from callqos.server.config import SETTINGS, Config, load
 
 DEPLOY = ROOT / "deploy"
 K8S = DEPLOY / "k8s"
-MANIFESTS = sorted([*DEPLOY.glob("*.yaml"), *K8S.glob("*.yaml")])
+REPLICAS = DEPLOY / "k8s-replicas"
+MANIFESTS = sorted([*DEPLOY.glob("*.yaml"), *K8S.glob("*.yaml"), *REPLICAS.glob("*.yaml")])
+
+
+class ComposeLoader(yaml.SafeLoader):
+    """YAML with compose's merge tags (`!override`, `!reset`), read as their plain values."""
+
+
+ComposeLoader.add_constructor("!override", lambda loader, node: loader.construct_sequence(node))  # type: ignore[arg-type]
+ComposeLoader.add_constructor("!reset", lambda loader, node: [])
 
 
 def documents(path: Path) -> list[dict[str, Any]]:
-    return [doc for doc in yaml.safe_load_all(path.read_text()) if doc is not None]
+    return [doc for doc in yaml.load_all(path.read_text(), Loader=ComposeLoader) if doc is not None]
 
 
 def k8s(kind: str) -> dict[str, Any]:
@@ -130,7 +141,10 @@ RESTRICTED_VOLUMES = {
 
 
 def test_the_pod_meets_the_restricted_pod_security_standard() -> None:
-    pod = k8s("Deployment")["spec"]["template"]["spec"]
+    check_restricted(k8s("Deployment")["spec"]["template"]["spec"])
+
+
+def check_restricted(pod: dict[str, Any]) -> None:
     pod_context = pod.get("securityContext", {})
     # Baseline: nothing privileged, no host namespaces, ports or paths.
     assert not any(pod.get(key) for key in ("hostNetwork", "hostPID", "hostIPC"))
@@ -177,7 +191,10 @@ def test_service_targets_the_container_ports() -> None:
 def test_dockerfile_installs_the_client_and_the_server_distributions() -> None:
     text = (DEPLOY / "Dockerfile").read_text()
     (install,) = re.findall(r"^RUN pip install (.*?) &&", text, re.M)
-    dirs = [arg.removeprefix("./") for arg in install.split() if not arg.startswith("-")]
+    args = [arg.strip("'") for arg in install.split() if not arg.startswith("-")]
+    dirs = [arg.removeprefix("./").partition("[")[0] for arg in args]
+    # The server with the PostgreSQL driver, so that the one image also runs as replicas.
+    assert "./server[postgresql]" in args
     projects = {d: tomllib.loads((ROOT / d / "pyproject.toml").read_text())["project"] for d in dirs}
     by_name = {project["name"]: project for project in projects.values()}
     # The server and the client it is pinned to, built from the tree; not the suite.
@@ -261,3 +278,95 @@ def test_callqos_commands_in_the_deploy_files_parse() -> None:
             parser.parse_args(argv)
         except SystemExit as exit_:
             raise AssertionError(f"{name}: `{command}` does not parse") from exit_
+
+
+# -- several replicas on PostgreSQL (deploy/k8s-replicas, deploy/compose.replicas.yaml) ------------
+@pytest.fixture(scope="module")
+def replicas() -> list[dict[str, Any]]:
+    """The overlay as Kubernetes gets it (`kubectl kustomize`, which is kustomize itself)."""
+    kubectl = shutil.which("kubectl")
+    if kubectl is None:
+        pytest.skip("kubectl is not installed: deploy/k8s-replicas cannot be rendered here")
+    rendered = subprocess.run([kubectl, "kustomize", str(REPLICAS)], capture_output=True, text=True, check=True)
+    return [doc for doc in yaml.safe_load_all(rendered.stdout) if doc]
+
+
+def replica_kind(rendered: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
+    return [doc for doc in rendered if doc["kind"] == kind]
+
+
+def test_the_replicas_overlay_runs_several_stateless_replicas_on_the_database_from_a_secret(
+    replicas: list[dict[str, Any]], tmp_path: Path
+) -> None:
+    (deployment,) = replica_kind(replicas, "Deployment")
+    spec, pod = deployment["spec"], deployment["spec"]["template"]["spec"]
+    (main,) = pod["containers"]
+    assert spec["replicas"] >= 3 and spec["strategy"]["type"] == "RollingUpdate"
+    # Nothing on a volume: no PVC, no volume but the config, the TLS secret and /tmp.
+    assert not replica_kind(replicas, "PersistentVolumeClaim")
+    assert {volume["name"] for volume in pod["volumes"]} == {"config", "tls", "tmp"}
+    assert all("persistentVolumeClaim" not in volume for volume in pod["volumes"])
+    # storage = "postgresql" over the ConfigMap's file, the DSN from a Secret and nowhere else.
+    env = {each["name"]: each for each in main["env"]}
+    assert env["CALLQOS_STORAGE"]["value"] == "postgresql"
+    assert "value" not in env["CALLQOS_DATABASE_URL"]
+    assert env["CALLQOS_DATABASE_URL"]["valueFrom"]["secretKeyRef"] == {"name": "callqos-database", "key": "url"}
+    (configmap,) = replica_kind(replicas, "ConfigMap")
+    assert "database_url" not in configmap["data"]["callqos.toml"]
+    toml = tmp_path / "callqos.toml"
+    toml.write_text(configmap["data"]["callqos.toml"])
+    variables = {"CALLQOS_STORAGE": "postgresql", "CALLQOS_DATABASE_URL": "postgresql://callqos@db/callqos"}
+    config = load(toml, env=variables)
+    assert config.storage == "postgresql" and config.database_url
+    check_callqos_env({name: "" for name in env})
+    # Readiness asks for the API service, which a replica that cannot reach the database
+    # reports NOT_SERVING (app.Running.set_serving); liveness for the whole server, which it does not.
+    assert main["readinessProbe"]["grpc"]["service"] == app.SERVICE_NAME
+    assert main["livenessProbe"]["grpc"]["service"] == ""
+    check_restricted(pod)
+    assert pod["terminationGracePeriodSeconds"] > config.shutdown_timeout_seconds
+    # Spread over nodes, and disrupted one at a time, so that some replicas always serve.
+    (spread,) = pod["topologySpreadConstraints"]
+    assert spread["labelSelector"]["matchLabels"].items() <= pod_labels(deployment).items()
+    (budget,) = replica_kind(replicas, "PodDisruptionBudget")
+    assert budget["spec"]["selector"]["matchLabels"].items() <= pod_labels(deployment).items()
+    assert 0 < budget["spec"]["maxUnavailable"] < spec["replicas"]
+    # The network policy lets the replicas reach the database.
+    (policy,) = replica_kind(replicas, "NetworkPolicy")
+    assert {"port": 5432, "protocol": "TCP"} in [port for rule in policy["spec"]["egress"] for port in rule["ports"]]
+
+
+def pod_labels(deployment: dict[str, Any]) -> dict[str, str]:
+    labels: dict[str, str] = deployment["spec"]["template"]["metadata"]["labels"]
+    return labels
+
+
+def test_compose_replicas_share_one_postgres_and_publish_each_on_its_own_loopback_port() -> None:
+    (base,) = documents(DEPLOY / "compose.yaml")
+    (over,) = documents(DEPLOY / "compose.replicas.yaml")
+    services = over["services"]
+    replicas = [name for name in services if name.startswith("callqos")]
+    assert len(replicas) == 3
+    postgres = services["postgres"]
+    assert "ports" not in postgres  # reached by the replicas only
+    published = [base["services"]["callqos"]["ports"][0]]
+    for name in replicas:
+        replica = services[name]
+        env = {k: str(v) for k, v in {**base["services"]["callqos"]["environment"], **replica["environment"]}.items()}
+        check_callqos_env(env)
+        config = load(env=env)
+        assert config.storage == "postgresql"
+        assert urlparse(config.database_url).hostname == "postgres"
+        assert replica["depends_on"]["postgres"]["condition"] == "service_healthy"
+        if name != "callqos":
+            assert replica["extends"] == {"file": "compose.yaml", "service": "callqos"}
+            published.extend(replica["ports"])
+    assert all(port.startswith("127.0.0.1:") for port in published)
+    assert len({port.split(":")[1] for port in published}) == 3  # one host port each
+    dsn = urlparse(services["callqos"]["environment"]["CALLQOS_DATABASE_URL"])
+    database = postgres["environment"]
+    assert (dsn.username, dsn.password, dsn.path) == (
+        database["POSTGRES_USER"],
+        database["POSTGRES_PASSWORD"],
+        "/" + database["POSTGRES_DB"],
+    )

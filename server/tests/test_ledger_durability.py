@@ -205,17 +205,21 @@ def test_the_data_directory_that_bricked_the_server_opens(tmp_path: Path) -> Non
 
 
 def test_a_schema_version_3_data_directory_is_migrated(tmp_path: Path) -> None:
-    """A data directory written by the previous release (schema 3: no link capacities, no owed
-    releases) opens: the tables are added (test_store_migration.py migrates every earlier file)."""
+    """A data directory written by the release before the ledger (schema 3: no link capacities, no
+    owed releases, nor the lease column of schema 5) opens: the tables are added
+    (test_store_migration.py migrates every earlier file)."""
     path = tmp_path / "callqos.db"
     asyncio.run(SqliteStore(path).close())
     db = sqlite3.connect(path)
-    db.executescript("DROP TABLE link_capacities; DROP TABLE pending_releases; PRAGMA user_version = 3;")
+    db.executescript(
+        "DROP TABLE link_capacities; DROP TABLE pending_releases; DROP INDEX calls_lease; "
+        "ALTER TABLE calls DROP COLUMN lease_expire_us; PRAGMA user_version = 3;"
+    )
     db.close()
     store = SqliteStore(path)
     try:
         assert asyncio.run(store.link_capacities()) == [] and asyncio.run(store.pending_releases()) == []
-        assert sqlite3.connect(path).execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
+        assert sqlite3.connect(path).execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 5
     finally:
         asyncio.run(store.close())
     db = sqlite3.connect(path)

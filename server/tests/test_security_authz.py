@@ -39,6 +39,7 @@ def requests(call: str, line: str = "lines/x", offered: str = "calls/y", n: int 
         "ListCalls": ("ListCalls", svc.ListCallsRequest()),
         "RenegotiateCall": ("RenegotiateCall", svc.RenegotiateCallRequest(name=call, qos=qos(50_000))),
         "DropCall": ("DropCall", svc.DropCallRequest(name=call)),
+        "ExtendCall": ("ExtendCall", svc.ExtendCallRequest(name=call)),
         "GetProvider": ("GetProvider", svc.GetProviderRequest(name="providers/reference")),
         "ListProviders": ("ListProviders", svc.ListProvidersRequest()),
         "ListLinks": ("ListLinks", svc.ListLinksRequest(parent="providers/reference")),
@@ -117,6 +118,7 @@ async def test_monitors_read_callers_own_operators_change_links_admins_drop(
         for attempt in (
             stub.CreateCall(make_request(), metadata=monitor),
             stub.DropCall(svc.DropCallRequest(name=call.name), metadata=monitor),
+            stub.ExtendCall(svc.ExtendCallRequest(name=call.name), metadata=monitor),
             stub.RenegotiateCall(svc.RenegotiateCallRequest(name=call.name, qos=qos(1)), metadata=monitor),
         ):
             assert (await rpc_error(attempt)).code() == DENIED

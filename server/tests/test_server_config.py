@@ -53,11 +53,20 @@ def test_config_file_from_environment(tmp_path: Path) -> None:
         ({"CALLQOS_MAX_CONCURRENT_STREAMS": "1000"}, r"max_pending_rpcs \(128000\) must be at least"),
         ({"CALLQOS_SHUTDOWN_GRACE_SECONDS": "30"}, "shutdown_timeout_seconds"),
         ({"CALLQOS_MAX_WATCHERS_PER_PRINCIPAL": "0"}, "max_watchers_per_principal"),
+        ({"CALLQOS_MAX_LEASE_SECONDS": "0.5"}, r"max_lease_seconds must be 0 \(no maximum\) or between 1 and"),
+        ({"CALLQOS_MAX_LEASE_SECONDS": "31622401"}, r"between 1 and 31622400 \(366 days\)"),
+        ({"CALLQOS_MAX_LEASE_SECONDS": "-1"}, "max_lease_seconds"),
     ],
 )
 def test_bad_settings_are_named(env: dict[str, str], message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         load(env=env)
+
+
+def test_the_lease_maximum_from_the_environment_and_flags() -> None:
+    assert load(env={}).max_lease_seconds == 0.0  # no maximum: a call asking no lease has none
+    assert load(env={"CALLQOS_MAX_LEASE_SECONDS": "3600"}).max_lease_seconds == 3600.0
+    assert load(env={"CALLQOS_MAX_LEASE_SECONDS": "3600"}, flags={"max_lease_seconds": 1.5}).max_lease_seconds == 1.5
 
 
 def test_unknown_toml_key_is_an_error(tmp_path: Path) -> None:

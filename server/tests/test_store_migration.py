@@ -7,7 +7,8 @@ in exactly the schema of a new file.
 - Version 2 (tenants, quota columns) → 3 (lines under tenants; the `active` quota column that
   counts a call between two applications once).
 - Version 3 → 4 (the admission ledger: link capacities kept from UpdateLink, releases owed to
-  providers; both start empty).
+  providers; both start empty) → 5 (call leases: the `lease_expire_us` column the lease timer
+  reads).
 
 After migrating, every call, line, event and request_id belongs to the default tenant, the quota
 columns hold what each call reserves (a connected pair once), and a server serves the file as
@@ -17,7 +18,7 @@ from __future__ import annotations
 
 import re
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import grpc
@@ -101,6 +102,16 @@ CREATE UNIQUE INDEX lines_open_address ON lines (tenant, address) WHERE state = 
 CREATE INDEX lines_tenant ON lines (tenant, seq);
 PRAGMA user_version = 3;
 """
+
+# The schema of version 4, as the release with the admission ledger created it: version 3 and the
+# ledger's two tables.
+SCHEMA_4 = SCHEMA_3.replace(
+    "PRAGMA user_version = 3;",
+    """CREATE TABLE link_capacities (link TEXT PRIMARY KEY, capacity TEXT NOT NULL, configured TEXT NOT NULL);
+CREATE TABLE pending_releases (call TEXT PRIMARY KEY, provider TEXT NOT NULL, attempts INTEGER NOT NULL,
+    next_us INTEGER NOT NULL, last_error TEXT NOT NULL, seq INTEGER NOT NULL);
+PRAGMA user_version = 4;""",
+)
 
 OLD = Call(
     name="calls/old",
@@ -215,21 +226,30 @@ def write_version_1_with_lines(path: Path) -> None:
     db.close()
 
 
-def _write_with_tenants(path: Path, schema: str, *, active: bool) -> None:
-    """The connected call, of the default tenant, with its quota columns (and `active`, from
-    version 3 on), its events and its request_id, in a file of `schema`."""
+def _write_with_tenants(path: Path, schema: str, *, active: bool, calls: Sequence[Call] = ()) -> None:
+    """The connected call (and `calls`, connected), of the default tenant, with their quota
+    columns (and `active`, from version 3 on), its events and its request_id, in a file of
+    `schema`."""
     path.parent.mkdir(parents=True, exist_ok=True)
     db = sqlite3.connect(path)
     db.executescript(schema)
-    old = Call()
-    old.CopyFrom(OLD)
-    old.tenant = "default"
     column, value = (", active", ", 1") if active else ("", "")
-    db.execute(
-        f"INSERT INTO calls (name, provider, state, data, tenant, reserved_sending, reserved_receiving{column}) "
-        f"VALUES (?, ?, ?, ?, 'default', 100000, 20000{value})",
-        (old.name, old.provider, old.state, old.SerializeToString()),
-    )
+    for each in (OLD, *calls):
+        stored = Call()
+        stored.CopyFrom(each)
+        stored.tenant = "default"
+        db.execute(
+            f"INSERT INTO calls (name, provider, state, data, tenant, reserved_sending, reserved_receiving{column}) "
+            f"VALUES (?, ?, ?, ?, 'default', ?, ?{value})",
+            (
+                stored.name,
+                stored.provider,
+                stored.state,
+                stored.SerializeToString(),
+                stored.granted_qos.sending.token_rate_bytes_per_second,
+                stored.granted_qos.receiving.token_rate_bytes_per_second,
+            ),
+        )
     _insert_history(db, "default")
     db.execute("INSERT INTO requests VALUES ('default', 'alice', 'r1', 'CreateCall', 'f', 'calls/old', x'', 1)")
     db.commit()
@@ -244,6 +264,11 @@ def write_version_2(path: Path) -> None:
 def write_version_3(path: Path) -> None:
     """What the release with lines under tenants left: the same, counted toward its quotas."""
     _write_with_tenants(path, SCHEMA_3, active=True)
+
+
+def write_version_4(path: Path, *calls: Call) -> None:
+    """What the release before leases left (the admission ledger's): the same, and `calls`."""
+    _write_with_tenants(path, SCHEMA_4, active=True, calls=calls)
 
 
 def schema_of(path: Path) -> dict[str, object]:
@@ -267,7 +292,9 @@ def schema_of(path: Path) -> dict[str, object]:
         db.close()
 
 
-@pytest.mark.parametrize("write", [write_version_1, write_version_1_with_lines, write_version_2, write_version_3])
+@pytest.mark.parametrize(
+    "write", [write_version_1, write_version_1_with_lines, write_version_2, write_version_3, write_version_4]
+)
 async def test_every_earlier_file_ends_in_the_schema_of_a_new_file(
     tmp_path: Path, write: Callable[[Path], None]
 ) -> None:
@@ -277,10 +304,10 @@ async def test_every_earlier_file_ends_in_the_schema_of_a_new_file(
     for path in (old, new):
         await SqliteStore(path).close()
     assert schema_of(old) == schema_of(new)
-    assert schema_of(new)["version"] == SCHEMA_VERSION == 4
+    assert schema_of(new)["version"] == SCHEMA_VERSION == 5
 
 
-@pytest.mark.parametrize("write", [write_version_1, write_version_2, write_version_3])
+@pytest.mark.parametrize("write", [write_version_1, write_version_2, write_version_3, write_version_4])
 async def test_an_earlier_file_keeps_its_calls_events_and_request_ids_in_the_default_tenant(
     tmp_path: Path, write: Callable[[Path], None]
 ) -> None:
@@ -329,7 +356,7 @@ async def test_a_version_1_file_with_lines_keeps_them_in_the_default_tenant(tmp_
         await store.close()
 
 
-@pytest.mark.parametrize("write", [write_version_1, write_version_3])
+@pytest.mark.parametrize("write", [write_version_1, write_version_3, write_version_4])
 async def test_a_server_serves_a_migrated_file(tmp_path: Path, write: Callable[[Path], None]) -> None:
     write(tmp_path / "data" / "callqos.db")
     async with (
@@ -370,3 +397,34 @@ async def test_a_server_serves_a_migrated_file_with_lines(tmp_path: Path) -> Non
         )
         caller = await stub.GetCall(svc.GetCallRequest(name="calls/ring-a"))
         assert caller.disconnect_reason == call_pb2.DisconnectReason.DISCONNECT_REASON_REJECTED
+
+
+async def test_the_lease_step_indexes_what_a_call_holds(tmp_path: Path) -> None:
+    """Step 5 reads each call's lease into the column the lease timer uses (version-4 calls have
+    none; one that has, say from a build of the leases branch, is indexed as a new file would), so
+    a lease that ended while the server was down ends the call at the first start — released
+    through the ledger's owed release like any other end (nothing is left owed)."""
+    leased = Call()
+    leased.CopyFrom(OLD)
+    leased.name = "calls/leased"
+    leased.lease_duration.FromSeconds(5)
+    leased.lease_expire_time.FromSeconds(1_000_000_000)  # long ago
+    write_version_4(tmp_path / "data" / "callqos.db", leased)
+    store = SqliteStore(tmp_path / "data" / "callqos.db")
+    try:
+        assert await store.expired_leases(2_000_000_000 * 10**6, 10) == ["calls/leased"]
+        assert await store.next_lease_expiry() == 1_000_000_000 * 10**6
+    finally:
+        await store.close()
+    async with (
+        InProcessServer(tmp_path, storage="sqlite") as server,
+        grpc.aio.insecure_channel(server.target) as channel,
+    ):
+        stub = svc_grpc.CallQosServiceStub(channel)
+        ended = await stub.GetCall(svc.GetCallRequest(name="calls/leased"))
+        assert ended.disconnect_reason == call_pb2.DisconnectReason.DISCONNECT_REASON_LEASE_EXPIRED
+        kept = await stub.GetCall(svc.GetCallRequest(name=OLD.name))
+        assert kept.state == State.STATE_CONNECTED and not kept.HasField("lease_expire_time")
+        [link] = (await stub.ListLinks(svc.ListLinksRequest(parent="providers/reference"))).links
+        assert link.sending_reserved_bytes_per_second == 100_000, "the expired call was released"
+        assert await server.running.store.pending_releases() == [], "and the release is owed no more"

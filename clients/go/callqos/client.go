@@ -177,6 +177,14 @@ func (c *Client) DropCall(ctx context.Context, name string) (*callqosv1.Call, er
 	return unary(c, ctx, &callqosv1.DropCallRequest{Name: name}, c.api.DropCall)
 }
 
+// ExtendCall renews a call's lease (owner only): it then ends req.LeaseDuration (nil: the
+// call's own lease_duration) after now. Too late fails with reason LEASE_EXPIRED (the call is
+// disconnected); a call without a lease with CALL_NOT_LEASED. Without a request_id, one is
+// generated, so a retried renewal extends once. See KeepAlive for renewing it in the background.
+func (c *Client) ExtendCall(ctx context.Context, req *callqosv1.ExtendCallRequest) (*callqosv1.Call, error) {
+	return unary(c, ctx, req, c.api.ExtendCall)
+}
+
 // CreateLine opens a line (lineOpen): calls made to req.Line.Address are offered to this
 // client's principal, its owner. ALREADY_EXISTS (ADDRESS_IN_USE) while another line is open for
 // the address. Without a request_id, one is generated, so it can be retried safely.
@@ -217,8 +225,8 @@ func (c *Client) ListProviders(ctx context.Context, req *callqosv1.ListProviders
 	return unary(c, ctx, req, c.api.ListProviders)
 }
 
-// withRequestIDs gives every CreateCall, RenegotiateCall, CreateLine, AnswerCall and RejectCall
-// on the connection, including those made through API(), a request_id (AIP-155) when the caller
+// withRequestIDs gives every CreateCall, RenegotiateCall, ExtendCall, CreateLine, AnswerCall and
+// RejectCall on the connection, including those made through API(), a request_id (AIP-155) when the caller
 // set none. The service config may then retry them: a retry whose first attempt did reach the
 // server gets that attempt's outcome back instead of making a second call, renegotiating or
 // answering twice. The caller's message is not changed; a copy is sent.
@@ -229,6 +237,8 @@ func withRequestIDs(ctx context.Context, method string, req, reply any, cc *grpc
 		req = withID(r, r.GetRequestId(), func(m *callqosv1.CreateCallRequest) { m.RequestId = newRequestID() })
 	case *callqosv1.RenegotiateCallRequest:
 		req = withID(r, r.GetRequestId(), func(m *callqosv1.RenegotiateCallRequest) { m.RequestId = newRequestID() })
+	case *callqosv1.ExtendCallRequest:
+		req = withID(r, r.GetRequestId(), func(m *callqosv1.ExtendCallRequest) { m.RequestId = newRequestID() })
 	case *callqosv1.CreateLineRequest:
 		req = withID(r, r.GetRequestId(), func(m *callqosv1.CreateLineRequest) { m.RequestId = newRequestID() })
 	case *callqosv1.AnswerCallRequest:

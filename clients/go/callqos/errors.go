@@ -25,6 +25,9 @@ const (
 	ReasonCursorExpired    = "CURSOR_EXPIRED"
 	ReasonCallNotOffering  = "CALL_NOT_OFFERING"
 	ReasonAddressInUse     = "ADDRESS_IN_USE"
+	ReasonLeaseExpired     = "LEASE_EXPIRED"
+	ReasonCallNotLeased    = "CALL_NOT_LEASED"
+	ReasonCallNotConnected = "CALL_NOT_CONNECTED"
 )
 
 // Reason is the ErrorInfo.reason string of r, e.g. "QOS_UNAVAILABLE".

@@ -17,6 +17,7 @@ import {
   type AnswerCallRequestSchema,
   type CreateCallRequestSchema,
   type CreateLineRequestSchema,
+  type ExtendCallRequestSchema,
   type ListLinesRequestSchema,
   type ListLinesResponse,
   type ListCallsRequestSchema,
@@ -31,6 +32,7 @@ import { requestIdInterceptor, retryInterceptor } from "./policy.js";
 import { tracingInterceptor } from "./tracing.js";
 import { OfferWatcher } from "./offers.js";
 import { EventWatcher, type WatchOptions } from "./watch.js";
+import { KeepAlive, type KeepAliveOptions } from "./keepalive.js";
 
 /** The request metadata that names the caller; only a call's owner may change or drop it. */
 export const PRINCIPAL_HEADER = "x-callqos-principal";
@@ -180,6 +182,43 @@ export class CallQosClient {
   /** Drops a call and releases what it reserved. */
   dropCall(name: string, options?: CallOptions): Promise<Call> {
     return this.unary((o) => this.raw.dropCall({ name }, o), options);
+  }
+
+  /**
+   * Renews a call's lease (owner only): it then ends `req.leaseDuration` (unset: the call's own
+   * lease) after now. Too late throws CallQosError LEASE_EXPIRED (the call is disconnected); a
+   * call without a lease, CALL_NOT_LEASED. Without a requestId, one is generated, so a retried
+   * renewal extends once.
+   */
+  extendCall(req: MessageInitShape<typeof ExtendCallRequestSchema>, options?: CallOptions): Promise<Call> {
+    return this.unary((o) => this.raw.extendCall(req, o), options);
+  }
+
+  /**
+   * Keeps a leased call alive: renews its lease every third of it until `close()`, which then
+   * drops the call (unless `drop: false`) and rejects with a LeaseLostError if the lease was lost.
+   * Use it in try/finally, or `withKeepAlive`.
+   */
+  keepAlive(call: Call, options?: KeepAliveOptions): KeepAlive {
+    return new KeepAlive(this, call, options);
+  }
+
+  /**
+   * Runs `body` while `call` is kept alive (its `lease.signal` aborts if the lease is lost), then
+   * closes the keep-alive: the call is dropped (unless `drop: false`), and a lost lease throws
+   * LeaseLostError unless `body` threw first.
+   */
+  async withKeepAlive<T>(call: Call, body: (lease: KeepAlive) => Promise<T>, options?: KeepAliveOptions): Promise<T> {
+    const lease = this.keepAlive(call, options);
+    let result: T;
+    try {
+      result = await body(lease);
+    } catch (err) {
+      await lease.close().catch(() => undefined);
+      throw err;
+    }
+    await lease.close();
+    return result;
   }
 
   /**

@@ -14,6 +14,7 @@ export { ControlledLoad } from "./qos.js";
 export { DEFAULT_ADDRESS, LISTEN_ENV, TARGET_ENV, defaultTarget } from "./target.js";
 export { EventWatcher, START_SEQUENCE_HEADER, type WatchOptions } from "./watch.js";
 export { OfferWatcher } from "./offers.js";
+export { KeepAlive, LeaseLostError, type KeepAliveOptions } from "./keepalive.js";
 export { tracingInterceptor } from "./tracing.js";
 export * from "./gen/callqos/v1/call_pb.js";
 export * from "./gen/callqos/v1/callqos_service_pb.js";

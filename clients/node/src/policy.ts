@@ -10,6 +10,7 @@ import {
   AnswerCallRequestSchema,
   CreateCallRequestSchema,
   CreateLineRequestSchema,
+  ExtendCallRequestSchema,
   RejectCallRequestSchema,
   RenegotiateCallRequestSchema,
 } from "./gen/callqos/v1/callqos_service_pb.js";
@@ -136,7 +137,7 @@ export function retryInterceptor(policies: ReadonlyMap<string, RetryPolicy> = RE
 }
 
 /**
- * Gives every CreateCall, RenegotiateCall, CreateLine, AnswerCall and RejectCall a request_id
+ * Gives every CreateCall, RenegotiateCall, ExtendCall, CreateLine, AnswerCall and RejectCall a request_id
  * (AIP-155) when the caller set none, so that retrying them is safe: a retry whose first attempt did reach the server gets that
  * attempt's outcome back. Runs before retryInterceptor, so every attempt carries the same id.
  * The caller's message is not changed; a copy is sent.
@@ -161,6 +162,7 @@ export function requestIdInterceptor(): Interceptor {
 const IDEMPOTENT_BY_REQUEST_ID: readonly DescMessage[] = [
   CreateCallRequestSchema,
   RenegotiateCallRequestSchema,
+  ExtendCallRequestSchema,
   CreateLineRequestSchema,
   AnswerCallRequestSchema,
   RejectCallRequestSchema,

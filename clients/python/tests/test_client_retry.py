@@ -116,6 +116,20 @@ def test_a_renegotiation_is_retried_with_the_same_request_id(front: FaultFront, 
         via_front.drop(call.name)
 
 
+def test_an_extension_whose_answer_was_lost_is_retried_with_the_same_request_id(
+    front: FaultFront, via_front: Client
+) -> None:
+    call = via_front.make_call("sip:extended@example.com", lease=30)
+    try:
+        front.fail("ExtendCall", Fault(after_forwarding=True))
+        renewed = via_front.extend(call.name)
+        sent = front.requests("ExtendCall", callqos_service_pb2.ExtendCallRequest)
+        assert len(sent) == 2 and sent[0].request_id and sent[0] == sent[1]
+        assert via_front.get_call(call.name).lease_expire_time == renewed.lease_expire_time, "extended once"
+    finally:
+        via_front.drop(call.name)
+
+
 def test_a_qos_refusal_is_not_retried(
     front: FaultFront, via_front: Client, free_sending: Callable[[Client], int]
 ) -> None:

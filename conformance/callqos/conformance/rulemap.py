@@ -12,9 +12,11 @@ from callqos.conformance.spec import Clause, clauses
 # The hosting server's own rules, whatever provider it hosts, that a client of a target cannot
 # exercise: they need a server configured with credentials, tenants, quotas or limits, a client that
 # stops reading, an overload, a provider that misbehaves on purpose or one that takes calls from its
-# network. They are MUSTs all the same, so each maps to the server tests that verify it instead
-# of a check; SPEC.md says so under "Not checked by the suite", and test_rule_map.py holds this
-# list closed (a clause joins it only by a change here, and every file named must exist).
+# network, calls whose leases run out (to a provider a lease is only a release), or several server
+# processes on one database. They are MUSTs all the same, so each maps to the server tests that
+# verify it instead of a check; SPEC.md says so under "Not checked by the suite", and
+# test_rule_map.py holds this list closed (a clause joins it only by a change here, and every file
+# named must exist).
 SERVER_TESTED: dict[str, tuple[str, ...]] = {
     "PROV-14": ("server/tests/test_incoming_network.py",),
     "PROV-15": ("server/tests/test_provider_containment.py",),
@@ -44,6 +46,20 @@ SERVER_TESTED: dict[str, tuple[str, ...]] = {
     "PROV-19": ("server/tests/test_ledger_faults.py", "server/tests/test_remote_ledger.py"),
     "PROV-20": ("server/tests/test_ledger_arithmetic.py", "server/tests/test_ledger_state_machine.py"),
     "PROV-21": ("server/tests/test_ledger_arithmetic.py",),
+    "LEASE-1": ("server/tests/test_leases.py",),
+    "LEASE-2": ("server/tests/test_leases.py",),
+    "LEASE-3": ("server/tests/test_leases.py", "server/tests/test_lease_model.py", "server/tests/test_replicas.py"),
+    "LEASE-4": ("server/tests/test_leases.py", "server/tests/test_lease_model.py"),
+    "LEASE-5": ("server/tests/test_leases.py", "server/tests/test_lease_model.py"),
+    "LEASE-6": (
+        "server/tests/test_lease_durability.py",
+        "server/tests/test_store_migration.py",
+        "server/tests/test_store_contract.py",
+    ),
+    "REPL-1": ("server/tests/test_replicas.py", "server/tests/test_postgres_store.py"),
+    "REPL-2": ("server/tests/test_replicas.py", "server/tests/test_postgres_store.py"),
+    "REPL-3": ("server/tests/test_replicas.py",),
+    "REPL-4": ("server/tests/test_replicas.py",),
 }
 
 

@@ -23,7 +23,7 @@ FIELD = re.compile(r"^- (Level|Why this level|Rule|Source|Checked by|Not checked
 PREFIXES = (
     *("PROV", "FLOW", "REQ", "GRANT", "DELAY", "LEVEL", "ADMIT"),
     *("CALL", "OWNER", "SETQOS", "EVENT", "WATCH", "LINK", "API"),
-    *("LINE", "OFFER", "ANSWER", "PAIR", "SEC", "REMOTE"),
+    *("LINE", "OFFER", "ANSWER", "PAIR", "SEC", "REMOTE", "LEASE", "REPL"),
 )
 
 

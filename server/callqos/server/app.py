@@ -1,6 +1,6 @@
 """Wiring: build the store, the providers and the service from a Config, serve gRPC with health
 and reflection (over TLS when configured, with the proxy socket and the plaintext health port when
-asked for), and shut down gracefully on SIGTERM/SIGINT.
+asked for), run the background work (`background`), and shut down gracefully on SIGTERM/SIGINT.
 """
 
 from __future__ import annotations
@@ -22,16 +22,19 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from callqos.server import reflection
+from callqos.server.background import Background
 from callqos.server.config import Config, ConfigError, is_loopback
 from callqos.server.containment import Containment, LoopLag
 from callqos.server.events import EventHub
 from callqos.server.hosting import HostedProviders
 from callqos.server.incoming import Switchboard
+from callqos.server.leases import Clock, LeasePolicy
 from callqos.server.ledger import Ledger
 from callqos.server.lines import LineManager
 from callqos.server.security.guard import Guard
 from callqos.server.security.tls import CertificateFiles
 from callqos.server.service import CallQosServicer, add_to_server
+from callqos.server.store.base import Store
 from callqos.server.store.sqlite import MEMORY, SqliteStore
 from callqos.server.telemetry import Telemetry
 from callqos.server.telemetry import setup as telemetry_setup
@@ -42,7 +45,6 @@ from callqos.v1 import callqos_service_pb2 as svc
 log = logging.getLogger("callqos.server")
 
 SERVICE_NAME = svc.DESCRIPTOR.services_by_name["CallQosService"].full_name
-PRUNE_INTERVAL_SECONDS = 60.0
 GC_YOUNG_THRESHOLD = 10_000
 
 
@@ -116,7 +118,7 @@ class Running:
     hub: EventHub
     calls: Switchboard
     providers: HostedProviders
-    store: SqliteStore
+    store: Store
     ledger: Ledger
     servicer: CallQosServicer
     config: Config
@@ -126,7 +128,9 @@ class Running:
     certificates: CertificateFiles | None = None
     health_server: grpc.aio.Server | None = None
     health_port: int = 0
-    # The pruner, the watchers' supervisor and the loop-lag probe.
+    # The leader's duties and readiness (`background`); the watchers' supervisor and the
+    # loop-lag probe.
+    background: Background | None = None
     _background: list[asyncio.Task[None]] = field(default_factory=list)
     _owns_telemetry: bool = True
 
@@ -140,6 +144,8 @@ class Running:
         await self.calls.stop()
         if self.health_server is not None:
             await self.health_server.stop(0)
+        if self.background is not None:
+            await self.background.stop()
         for task in self._background:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -159,29 +165,52 @@ class Running:
             older_than_us = (time.time_ns() // 1000) - self.config.event_retention_seconds * 1_000_000
         return await self.store.prune_events(keep_last=self.config.event_retention_count, older_than_us=older_than_us)
 
-    async def _prune_forever(self) -> None:
-        while True:
-            try:
-                dropped = await self.prune()
-                if dropped:
-                    log.info("pruned events beyond retention", extra={"dropped": dropped})
-            except Exception:
-                log.exception("event pruning failed")
-            await asyncio.sleep(PRUNE_INTERVAL_SECONDS)
+    async def set_serving(self, serving: bool) -> None:
+        """Readiness: the API service NOT_SERVING while the store cannot be reached (see
+        `background`), so that a load balancer sends its requests to other replicas. The whole
+        server ("", what liveness asks) stays SERVING: restarting it would not bring the
+        database back."""
+        status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        await self.health.set(SERVICE_NAME, status)
+
+
+async def open_store(config: Config) -> Store:
+    """The store the configuration names: SQLite (a file one process owns, or memory), or the
+    PostgreSQL database at `database_url` that any number of replicas share.
+
+    How commits reach the disk differs, what a caller sees does not. SQLite groups the commits
+    ready in the same turn of the loop into one transaction (group commit, store.group): one
+    writer per file, so sharing its one WAL sync is what makes it fast. PostgreSQL does not use
+    store.group: each commit keeps its own transaction on a pooled connection (several run at once,
+    ordered by the event_log row across replicas; the database itself shares a WAL flush among
+    concurrent COMMITs). On both, a commit is acknowledged only once durable, and one the storage
+    cannot take (a full disk; a database away) raises StoreUnavailable with nothing of it written
+    — on SQLite for every commit of its group — which the call manager compensates for and
+    answers with UNAVAILABLE / STORAGE_UNAVAILABLE, the same for both backends."""
+    if config.storage == "postgresql":
+        # psycopg comes with the [postgresql] extra: only a server that uses it imports it.
+        from callqos.server.store.postgres import PostgresStore
+
+        return await PostgresStore.open(
+            config.database_url, pool_size=config.database_pool_size, poll_seconds=config.event_poll_seconds
+        )
+    return SqliteStore(MEMORY if config.storage == "memory" else config.database_path)
 
 
 async def start(
     config: Config,
     interceptors: list[grpc.aio.ServerInterceptor] | None = None,
     telemetry: Telemetry | None = None,
+    lease_clock: Clock | None = None,
 ) -> Running:
     """Serve `config`. Telemetry comes from the OTEL_* environment unless given (tests pass
-    providers with in-memory exporters); a given one is not shut down by `stop`."""
+    providers with in-memory exporters); a given one is not shut down by `stop`. Leases are
+    timed by the system clock unless `lease_clock` is given (tests pass a `testing.ManualClock`)."""
     owns_telemetry = telemetry is None
     if telemetry is None:
         telemetry = telemetry_setup.from_environment(config.metrics_listen)
     try:
-        running = await _start(config, interceptors, telemetry)
+        running = await _start(config, interceptors, telemetry, lease_clock)
     except BaseException:
         if owns_telemetry:
             telemetry.shutdown()
@@ -191,10 +220,29 @@ async def start(
 
 
 async def _start(
-    config: Config, interceptors: list[grpc.aio.ServerInterceptor] | None, telemetry: Telemetry
+    config: Config,
+    interceptors: list[grpc.aio.ServerInterceptor] | None,
+    telemetry: Telemetry,
+    lease_clock: Clock | None,
+) -> Running:
+    store = await open_store(config)
+    try:
+        return await _start_on(store, config, interceptors, telemetry, lease_clock)
+    except BaseException:
+        # A start that fails lets go of the store: a database's pool, listener and locks too.
+        with contextlib.suppress(Exception):
+            await store.close()
+        raise
+
+
+async def _start_on(
+    store: Store,
+    config: Config,
+    interceptors: list[grpc.aio.ServerInterceptor] | None,
+    telemetry: Telemetry,
+    lease_clock: Clock | None,
 ) -> Running:
     instruments = telemetry.instruments()
-    store = SqliteStore(MEMORY if config.storage == "memory" else config.database_path)
     hub = EventHub(store)
     await hub.start()
     containment = Containment(config.provider_cancel_grace_seconds, config.loop_lag_warning_seconds)
@@ -204,12 +252,23 @@ async def _start(
         config.provider_timeout_seconds,
         telemetry=instruments,
         containment=containment,
+        ledger=store.shared_ledger(),
         start_timeout=config.provider_start_timeout_seconds,
     )
     guard = Guard(config)
     await guard.start()
     lines = LineManager(store, config.no_answer_seconds)
-    calls = Switchboard(store, hub, providers, instruments, lines, quotas=guard.quotas)
+    calls = Switchboard(
+        store,
+        hub,
+        providers,
+        instruments,
+        lines,
+        quotas=guard.quotas,
+        leases=LeasePolicy(config.max_lease_seconds),
+        lease_clock=lease_clock,
+    )
+    background: Background | None = None  # made once serving; the ledger asks it who leads
     ledger = Ledger(
         store,
         providers,
@@ -217,6 +276,7 @@ async def _start(
         instruments,
         reconcile_interval_seconds=config.reconcile_interval_seconds,
         release_retry_max_seconds=config.release_retry_max_seconds,
+        leading=lambda: background is not None and background.leading,
     )
     # The providers reached (a remote one's process: its capabilities and links); the capacities
     # set with UpdateLink put back, so that restored calls are re-taken under them; then the calls;
@@ -227,9 +287,8 @@ async def _start(
         await calls.start()
     except BaseException:
         # A provider that could not start (ProviderStartError): stop the others, whose processes
-        # or threads would otherwise outlive this failed start, and close the store.
+        # or threads would otherwise outlive this failed start (`_start` closes the store).
         await providers.stop()
-        await store.close()
         raise
     for call in await store.connected_calls():
         instruments.call_committed(call)
@@ -308,8 +367,15 @@ async def _start(
         health_server=health_server,
         health_port=health_port,
     )
+    running.background = background = Background(
+        store,
+        calls,
+        prune=running.prune,
+        leader_check_seconds=config.leader_check_seconds,
+        set_serving=running.set_serving,
+    )
+    background.start()
     running._background = [
-        asyncio.create_task(running._prune_forever()),
         asyncio.create_task(watchers.supervise(lambda: hub.last_sequence)),
         asyncio.create_task(
             LoopLag(containment.clock, instruments.record_loop_lag, config.loop_lag_warning_seconds).run()
@@ -321,7 +387,7 @@ async def _start(
         extra={
             "address": f"{host}:{port}",
             "storage": config.storage,
-            "database": str(config.database_path) if config.storage == "sqlite" else None,
+            "database": _database_shown(config),
             "providers": [info.id for info in providers.all()],
             "default_provider": config.default_provider,
             "tls": "mtls" if config.tls_client_ca else "tls" if certificates else "off",
@@ -336,6 +402,17 @@ async def _start(
         tmp.write_text(f"{port}\n")
         tmp.replace(config.port_file)  # atomic: a reader never sees a half-written file
     return running
+
+
+def _database_shown(config: Config) -> str | None:
+    """Where the data is, as it may be logged (a DSN without its password)."""
+    if config.storage == "sqlite":
+        return str(config.database_path)
+    if config.storage == "postgresql":
+        from callqos.server.store.pg_coordination import shown
+
+        return shown(config.database_url)
+    return None
 
 
 def _warn_if_exposed(config: Config) -> None:

@@ -1,19 +1,21 @@
 """The life of a call: make, renegotiate, drop, and provider-initiated change — and how each ends.
 
 Every operation follows one path: (idempotency) → lock the call → ask the provider → check its
-answer → settle. Requests arrive validated (`validation`, called by the service); nothing here
-re-checks their content. What is decided here is everything about the call itself: whether it
-exists and who owns it, its etag and state, what the provider is asked, whether its answer keeps
-the contract, the call's new state and the events that announce it. Provider-initiated changes
-(`report_change`, the `ProviderHost` side) enter the same way.
+answer → settle. A call's lease (`leases`) is renewed here (`extend`) and ended here
+(`expire_lease`, which the lease timer calls), like any other outcome. Requests arrive validated
+(`validation`, called by the service); nothing here re-checks their content. What is decided here
+is everything about the call itself: whether it exists and who owns it, its etag and state, what
+the provider is asked, whether its answer keeps the contract, the call's new state and the events
+that announce it. Provider-initiated changes (`report_change`, the `ProviderHost` side) enter the
+same way.
 
-Every outcome — a grant, a refusal, a provider error, a drop, a change the provider made — takes
-effect through one step, `_settle`, which owns for all of them: the telemetry of a provider
-decision; the commit of the call (with the other leg of a call between two lines, `incoming`),
-its events and the request_id's first outcome in one store transaction, then the watchers woken;
-what becomes of the provider's reservation (`Release`); what is undone when the commit fails
-(`Release`, `Restore`); and the answer (the call, or the failure, raised once recorded). An
-`Outcome` names each of those, so a new kind of outcome cannot leave one out.
+Every outcome — a grant, a refusal, a provider error, a drop, a lease that ends, a change the
+provider made — takes effect through one step, `_settle`, which owns for all of them: the
+telemetry of a provider decision; the commit of the call (with the other leg of a call between two
+lines, `incoming`), its events and the request_id's first outcome in one store transaction, then
+the watchers woken; what becomes of the provider's reservation (`Release`); what is undone when
+the commit fails (`Release`, `Restore`); and the answer (the call, or the failure, raised once
+recorded). An `Outcome` names each of those, so a new kind of outcome cannot leave one out.
 
 The store and the provider agree under every failure (conformance/SPEC.md CALL-5, CALL-6):
 - the provider decides first and the store records after; when the record fails — the storage
@@ -40,13 +42,14 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from google.protobuf import timestamp_pb2
+from google.protobuf import duration_pb2, timestamp_pb2
 
 from callqos.server import names
 from callqos.server.errors import Reason, ServiceError, reason_name, refused, storage_unavailable
 from callqos.server.events import EventHub
 from callqos.server.hosting import HostedProvider, HostedProviders, ProviderStartError, why_start_failed
 from callqos.server.idempotency import Idempotency, RequestKey
+from callqos.server.leases import Clock, LeasePolicy, LeaseTimer, expiry
 from callqos.server.locks import KeyedLocks, to_completion
 from callqos.server.providers.base import (
     AdmissionRequest,
@@ -71,6 +74,7 @@ from callqos.server.store.base import (
     Usage,
     UsageLimits,
     holds_reservation,
+    lease_deadline_us,
 )
 from callqos.server.telemetry import Instruments, current_trace_id
 from callqos.v1 import call_pb2, event_pb2, flowspec_pb2
@@ -108,16 +112,26 @@ def rates_of(qos: QosSpec) -> Rates:
     return reserved_rate(qos.sending), reserved_rate(qos.receiving)
 
 
+_UNHASHED_LEASE = ("lease_duration", "lease_expire_time")
+
+
 def etag_of(call: Call) -> str:
-    """A strong etag (AIP-154): changes whenever any field of the call changes. (Hashed with
-    the call's own etag left out for the moment, rather than from a copy without it: copying a
-    call cost more than hashing it.)"""
+    """A strong etag (AIP-154): changes whenever any field of the call changes — but its lease,
+    which renewing moves without changing the call (so a keep-alive renewing in the background
+    never makes its owner's conditional change fail). (Hashed with the etag and the lease left out
+    for the moment, rather than from a copy without them: copying a call cost more than hashing it.)"""
     etag = call.etag
+    lease = Call()  # the lease fields set aside, put back below
+    for name in _UNHASHED_LEASE:
+        if call.HasField(name):
+            getattr(lease, name).CopyFrom(getattr(call, name))
+            call.ClearField(name)
     call.ClearField("etag")
     try:
         return hashlib.sha256(call.SerializeToString(deterministic=True)).hexdigest()[:16]
     finally:
         call.etag = etag
+        call.MergeFrom(lease)
 
 
 def _now() -> timestamp_pb2.Timestamp:
@@ -222,14 +236,18 @@ class CallManager:
         providers: HostedProviders,
         telemetry: Instruments,
         quotas: Quotas | None = None,
+        leases: LeasePolicy | None = None,
+        lease_clock: Clock | None = None,
     ) -> None:
         self.store = store
         self.hub = hub
         self.providers = providers
         self.telemetry = telemetry
         self.quotas = quotas  # None: no tenant has quotas
+        self.lease_policy = leases or LeasePolicy()
+        self.leases = LeaseTimer(store, self.expire_lease, *(() if lease_clock is None else (lease_clock,)))
         self._requests = Idempotency(store)
-        self._locks = KeyedLocks()
+        self._locks = KeyedLocks(store.shared_locks(), "call")
         # Releases owed where the store could not record them (the call itself was never
         # recorded): the ledger retries them with the durable ones.
         self.owed: dict[str, PendingRelease] = {}
@@ -237,8 +255,22 @@ class CallManager:
         # compensation that could not be recorded or undone): the ledger reconciles them first.
         self.suspects: set[str] = set()
 
-    # -- start-up ---------------------------------------------------------------------------
+    # -- start-up and shutdown ----------------------------------------------------------------
     async def start(self) -> None:
+        """Hand every connected call back to its provider; apply what no longer fits; end the
+        calls whose lease ran out while no server ran (released to their provider, which has just
+        re-taken them, through the same owed release as a drop), then start the lease timer. A
+        provider that cannot start even without calls raises ProviderStartError (`_restore_calls`)
+        before any lease is ended or the timer started."""
+        await self._restore_calls()
+        await self.leases.expire_overdue()
+        self.leases.start()
+
+    async def stop(self) -> None:
+        """Stop the lease timer (leases stay stored; the next start honours them)."""
+        await self.leases.stop()
+
+    async def _restore_calls(self) -> None:
         """Hand every connected call back to its provider; apply what no longer fits. No stored
         value stops the server (CALL-7): a call whose provider is no longer hosted, or that its
         provider cannot restore, is disconnected with its events and a reason, never a crash. A
@@ -485,6 +517,7 @@ class CallManager:
             call.state = _CONNECTED
             call.granted_qos.CopyFrom(decision.qos)
             call.features.set_qos = info.capabilities.renegotiation
+            self._lease(call, self._asked_lease(request))
             call.etag = etag_of(call)
             granted = self._event(call, _GRANTED, request.request_id, current=decision.qos)
             # Over quota after all (a concurrent admission of the tenant committed first): the
@@ -723,6 +756,157 @@ class CallManager:
                     restore=None,
                 )
             )
+
+    # -- leases -----------------------------------------------------------------------------
+    def _asked_lease(self, request: svc.CreateCallRequest) -> duration_pb2.Duration | None:
+        """The lease a CreateCall gets: the one it asked for (validated), else the server's."""
+        return self.lease_policy.lease_for(
+            request.call.lease_duration if request.call.HasField("lease_duration") else None
+        )
+
+    def _lease(self, call: Call, duration: duration_pb2.Duration | None) -> None:
+        """Give `call` a lease of `duration` from now (none: no lease)."""
+        if duration is not None:
+            call.lease_duration.CopyFrom(duration)
+            call.lease_expire_time.CopyFrom(expiry(self.leases.clock(), duration))
+
+    @staticmethod
+    def _copy_lease(source: Call, target: Call) -> None:
+        target.lease_duration.CopyFrom(source.lease_duration)
+        target.lease_expire_time.CopyFrom(source.lease_expire_time)
+
+    async def extend(self, request: svc.ExtendCallRequest, caller: Caller) -> Call:
+        """Renew the lease of the call `request` names (validated), to end lease_duration after now."""
+        return await to_completion(
+            self._requests.once(
+                "ExtendCall",
+                request,
+                caller.principal,
+                lambda key: self._extend(request, caller, key),
+                lambda name: self.get(name, caller),
+                tenant=caller.tenant,
+            )
+        )
+
+    async def _extend(self, request: svc.ExtendCallRequest, caller: Caller, key: RequestKey | None) -> Call:
+        async with self._locks.hold(request.name):
+            call = await self.get(request.name, caller)
+            if call.owner != caller.principal:
+                raise self._not_owner(call)
+            self._check_etag(call, request.etag)
+            if not holds_reservation(call) or not call.HasField("lease_duration"):
+                raise ServiceError(
+                    Reason.ERROR_REASON_CALL_NOT_LEASED,
+                    f"{call.name} has no lease"
+                    + (f"; the lease of the pair is its caller's, {call.peer}" if call.peer else ""),
+                    metadata={"call": call.name, **({"peer": call.peer} if call.peer else {})},
+                )
+            if call.disconnect_reason == Disconnect.DISCONNECT_REASON_LEASE_EXPIRED:
+                raise self._lease_expired(call)
+            if call.state not in (State.STATE_CONNECTED, State.STATE_RINGBACK):
+                raise ServiceError(
+                    Reason.ERROR_REASON_CALL_NOT_CONNECTED,
+                    f"{call.name} is {State.Name(call.state).removeprefix('STATE_')}; only a live call's lease "
+                    "can be extended",
+                    metadata={"call": call.name, "state": State.Name(call.state)},
+                )
+            if lease_deadline_us(call) <= self.leases.now_us():
+                # Too late, though the timer has not got to it yet: the lease has ended, and the
+                # call ends now, recorded with this request_id's outcome.
+                return await self._end_lease(call, self._lease_expired(call), key)
+            peer = await self._stored(call.peer) if call.peer else None
+            duration = request.lease_duration if request.HasField("lease_duration") else call.lease_duration
+            self._lease(call, duration)
+            if peer is not None:  # the answering leg shows its caller's lease
+                self._copy_lease(call, peer)
+            # No event and no etag change: the call itself did not change.
+            return await self._settle(
+                Outcome(
+                    call=call,
+                    peers=[peer] if peer else (),
+                    events=[],
+                    failure=None,
+                    key=key,
+                    decided=None,
+                    release=None,
+                    restore=None,
+                )
+            )
+
+    async def expire_lease(self, name: str) -> bool:
+        """End the call `name` if its lease has ended (the lease timer asks); whether it did. A
+        lease extended meanwhile, or a call that ended otherwise, is left alone. With several
+        replicas, each replica's timer may ask for the same call: the call is re-read under its
+        lock (held across the replicas), so only the first ends it; a call already ended is seen
+        without taking the lock at all."""
+        if not self._lease_ended(await self.store.get_call(name)):
+            return False
+        async with self._locks.hold(name):
+            call = await self.store.get_call(name)
+            if call is None or not self._lease_ended(call):
+                return False
+            with self.telemetry.background("callqos.lease.expire", {"callqos.call": name}):
+                await self._end_lease(call, None, None)
+            return True
+
+    def _lease_ended(self, call: Call | None) -> bool:
+        """Whether `call` has a live lease that has ended by now (the lease timer's clock)."""
+        return call is not None and 0 < lease_deadline_us(call) <= self.leases.now_us()
+
+    async def _end_lease(self, call: Call, failure: ServiceError | None, key: RequestKey | None) -> Call:
+        """Disconnect `call` (and its peer) LEASE_EXPIRED, each leg announced to its owner and
+        monitors; its reservation is released as a drop's is (`Release.after_commit`: owed in the
+        same transaction, freed once recorded, retried by the ledger if the provider fails)."""
+        log.info("a call's lease ran out", extra={"call": call.name, "provider": call.provider})
+        peer = await self._stored(call.peer) if call.peer else None
+        connected = call.state == State.STATE_CONNECTED
+        info = self.providers.get(call.provider)
+        now = _now()
+        expired = reason_name(Reason.ERROR_REASON_LEASE_EXPIRED)
+        events: list[QosEvent] = []
+        for each in (call, peer):
+            if each is None:
+                continue
+            previous = QosSpec()
+            previous.CopyFrom(each.granted_qos)
+            self._end(each, Disconnect.DISCONNECT_REASON_LEASE_EXPIRED, now)
+            events.append(
+                self._event(
+                    each,
+                    EventType.QOS_EVENT_TYPE_CALL_DISCONNECTED,
+                    "",
+                    previous=previous if connected else None,
+                    disconnect=Disconnect.DISCONNECT_REASON_LEASE_EXPIRED,
+                    reason=expired,
+                    message=f"its lease ended at {call.lease_expire_time.ToJsonString()} without being extended",
+                )
+            )
+        outcome = Outcome(
+            call=call,
+            peers=[peer] if peer else (),
+            events=events,
+            failure=failure,
+            key=key,
+            decided=None,
+            release=Release.after_commit(info) if connected else None,
+            restore=None,
+        )
+        try:
+            ended = await self._settle(outcome)
+        except ServiceError as raised:
+            if raised is failure:  # recorded: the call did end
+                self.telemetry.lease_expired(call.provider)
+            raise
+        self.telemetry.lease_expired(call.provider)
+        return ended
+
+    @staticmethod
+    def _lease_expired(call: Call) -> ServiceError:
+        return ServiceError(
+            Reason.ERROR_REASON_LEASE_EXPIRED,
+            f"the lease of {call.name} ended at {call.lease_expire_time.ToJsonString()}; the call is disconnected",
+            metadata={"call": call.name, "lease_expire_time": call.lease_expire_time.ToJsonString()},
+        )
 
     # -- provider-initiated change and offers (ProviderHost) ---------------------------------
     async def offer(self, provider: str, offer: IncomingOffer) -> str | None:
@@ -1128,6 +1312,9 @@ class CallManager:
             raise usage_exceeded(exceeded) from None
         for call in calls:
             self.telemetry.call_committed(call)
+            deadline = lease_deadline_us(call)
+            if deadline:
+                self.leases.scheduled(deadline)
         await self.hub.publish(numbered)
 
     async def _release(self, info: HostedProvider, name: str, call: Call | None, *, durable: bool) -> bool:
@@ -1218,6 +1405,13 @@ class CallManager:
                 f"{call.name} changed since etag {etag}; read it again",
                 metadata={"call": call.name, "etag": call.etag},
             )
+
+    def _end(self, call: Call, reason: call_pb2.DisconnectReason, when: timestamp_pb2.Timestamp) -> None:
+        """`call` DISCONNECTED with `reason`: nothing may be done with it any more (an offered
+        leg can no longer be answered, and rings no more)."""
+        call.features.answer = False
+        call.ClearField("offer_expire_time")
+        self._disconnect(call, reason, when)
 
     @staticmethod
     def _disconnect(call: Call, reason: call_pb2.DisconnectReason, when: timestamp_pb2.Timestamp) -> None:

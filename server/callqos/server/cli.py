@@ -24,6 +24,7 @@ from callqos import wire
 from callqos.server import app, logs
 from callqos.server import config as config_module
 from callqos.server.providers.registry import ProviderLoadError
+from callqos.server.store.base import StoreUnavailable
 from callqos.server.telemetry import TelemetryConfigError
 
 # The flags of `serve`: (flag, setting, type, what). Every other setting is TOML or environment
@@ -31,7 +32,7 @@ from callqos.server.telemetry import TelemetryConfigError
 FLAGS: tuple[tuple[str, str, Any, str], ...] = (
     ("--listen", "listen", str, "HOST:PORT to listen on (port 0: any free port)"),
     ("--data-dir", "data_dir", Path, "directory of the SQLite database"),
-    ("--storage", "storage", str, "sqlite or memory"),
+    ("--storage", "storage", str, "sqlite, memory or postgresql (database_url: CALLQOS_DATABASE_URL)"),
     ("--providers", "providers", str, "comma-separated provider ids to host"),
     ("--default-provider", "default_provider", str, "provider for calls that name none"),
     ("--provider-timeout", "provider_timeout_seconds", float, "seconds a provider may take"),
@@ -39,6 +40,7 @@ FLAGS: tuple[tuple[str, str, Any, str], ...] = (
     ("--event-retention-seconds", "event_retention_seconds", int, "max event age (0 = unlimited)"),
     ("--max-watchers", "max_watchers", int, "open WatchEvents streams allowed"),
     ("--max-connections", "max_connections", int, "client connections allowed"),
+    ("--max-lease", "max_lease_seconds", float, "longest lease of a call, and the lease of one asking none (0: none)"),
     ("--shutdown-grace", "shutdown_grace_seconds", float, "seconds in-flight RPCs get after SIGTERM"),
     ("--shutdown-timeout", "shutdown_timeout_seconds", float, "seconds after SIGTERM by which the process exits"),
     ("--log-level", "log_level", str, "debug (one line per RPC), info, warning or error"),
@@ -156,7 +158,7 @@ def run_serve(args: argparse.Namespace) -> int:
         app.run(config)
     except (TelemetryConfigError, config_module.ConfigError, app.ListenError) as exc:
         return _configuration_error(exc)
-    except (ProviderLoadError, OSError) as exc:
+    except (ProviderLoadError, OSError, StoreUnavailable) as exc:
         logging.getLogger("callqos.server").error("cannot start: %s", exc)
         return 1
     return 0

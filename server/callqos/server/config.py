@@ -17,7 +17,7 @@ from typing import Any
 from callqos import wire
 
 ENV_PREFIX = "CALLQOS_"
-STORAGES = ("sqlite", "memory")
+STORAGES = ("sqlite", "memory", "postgresql")
 # "auto": uvloop where it is installed (a dependency of callqos-server except on Windows), else
 # asyncio's own loop.
 EVENT_LOOPS = ("auto", "uvloop", "asyncio")
@@ -31,6 +31,10 @@ MAX_JWT_LEEWAY_SECONDS = 300.0
 # The range of a no-answer timeout, the server's default and a line's own alike.
 MIN_NO_ANSWER_SECONDS = 1.0
 MAX_NO_ANSWER_SECONDS = 600.0
+# The range of a call's lease (CreateCall's lease_duration, ExtendCall's), and of the server's
+# max_lease_seconds: at least a second, and at most 366 days even on a server without a maximum.
+MIN_LEASE_SECONDS = 1.0
+LEASE_CEILING_SECONDS = 366 * 24 * 3600.0
 
 
 class ConfigError(Exception):
@@ -49,8 +53,23 @@ class Config:
     listen: str = wire.DEFAULT_TARGET
     # SQLite file lives here (callqos.db).
     data_dir: Path = Path("callqos-data")
-    # "sqlite" (durable, default) or "memory" (lost at exit; for tests and demos).
+    # "sqlite" (durable, default; one process owns the file), "memory" (lost at exit; for tests
+    # and demos) or "postgresql" (the database at `database_url`, shared by any number of replicas).
     storage: str = "sqlite"
+    # storage = "postgresql": the libpq connection string or URL (postgresql://user:pass@host/db).
+    # The operator's, like every setting; best from the CALLQOS_DATABASE_URL environment variable
+    # (a Secret), not a file or a flag. Never logged with its password.
+    database_url: str = field(default="", repr=False)
+    # storage = "postgresql": pooled connections per replica (each also keeps 4 of its own: the
+    # commit listener, the leader's lock and two for key locks).
+    database_pool_size: int = 10
+    # storage = "postgresql": a watcher learns of other replicas' events by NOTIFY at once, and by
+    # polling this often in any case (a notification lost with a dropped connection).
+    event_poll_seconds: float = 1.0
+    # storage = "postgresql": how often a replica that does not lead tries to take the lead, and
+    # the leader runs its duties (ringing out offers whose replica died, reconciling the shared
+    # admission ledger); a dead leader is replaced within about this long.
+    leader_check_seconds: float = 2.0
     # Provider id → its settings table; `plugin` in the table names the entry point or
     # module:Class (default: the id itself); `threaded = true` runs it on a thread of its own.
     providers: dict[str, dict[str, Any]] = field(default_factory=_default_providers)
@@ -93,7 +112,9 @@ class Config:
     # The whole shutdown takes at most this long; then the process exits whatever a provider does.
     shutdown_timeout_seconds: float = 10.0
     # The ledger (operator settings): how often the providers that list their reservations are
-    # reconciled with the connected calls (0 = only at start-up), and the longest wait between two
+    # reconciled with the connected calls (0 = only at start-up; with storage = "postgresql" it
+    # must be positive: the leading replica's passes are what put right a replica that died
+    # mid-operation), and the longest wait between two
     # attempts at a release a provider has not confirmed (the wait doubles from 0.5 s up to it).
     reconcile_interval_seconds: float = 60.0
     release_retry_max_seconds: float = 60.0
@@ -113,6 +134,11 @@ class Config:
     # How long a call offered on a line rings before it is disconnected NO_ANSWER, unless the
     # line sets its own no_answer_timeout when it is opened (whoever opens a line may).
     no_answer_seconds: float = 30.0
+    # The longest lease a call may have (CreateCall and ExtendCall ask at most this; more is
+    # INVALID_ARGUMENT), and the lease of a call that asks for none. 0: no maximum, and a call
+    # that asks for no lease has none. Set, no call holds a reservation longer than this after
+    # its owner last made or extended it.
+    max_lease_seconds: float = 0.0
 
     # -- security (README "Security") -----------------------------------------------------------
     # TLS on `listen`: the server's certificate chain and key (PEM files, re-read when they change).
@@ -173,6 +199,22 @@ class Config:
             raise ConfigError(f"storage must be one of {', '.join(STORAGES)}, not {self.storage!r}")
         if self.event_loop not in EVENT_LOOPS:
             raise ConfigError(f"event_loop must be one of {', '.join(EVENT_LOOPS)}, not {self.event_loop!r}")
+        if self.storage == "postgresql" and not self.database_url:
+            raise ConfigError("storage = postgresql needs database_url (or CALLQOS_DATABASE_URL)")
+        remote = [pid for pid, settings in self.providers.items() if str(settings.get("plugin", pid)) == "remote"]
+        if self.storage == "postgresql" and remote:
+            # Each replica would mirror only its own calls into the provider (one replica's
+            # Restore would release the others'), or launch a provider of its own (each admitting
+            # the whole capacity): refused rather than over-admitting (SPEC.md REPL-2).
+            raise ConfigError(
+                f"provider {', '.join(remote)} runs out of process (plugin = remote), which several replicas "
+                "cannot share yet (storage = postgresql): host it in one server process on SQLite"
+            )
+        if self.database_pool_size < 2:
+            raise ConfigError("database_pool_size must be at least 2")
+        for name in ("event_poll_seconds", "leader_check_seconds"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name} must be positive")
         if self.default_provider not in self.providers:
             raise ConfigError(
                 f"default_provider {self.default_provider!r} is not among the configured providers "
@@ -195,6 +237,11 @@ class Config:
                 raise ConfigError(f"{name} must be positive")
         if self.reconcile_interval_seconds < 0:
             raise ConfigError("reconcile_interval_seconds must not be negative")
+        if self.storage == "postgresql" and self.reconcile_interval_seconds == 0:
+            raise ConfigError(
+                "reconcile_interval_seconds must be positive with storage = postgresql: replicas reconcile only "
+                "periodically, on the leading replica (what a replica that died mid-operation left behind)"
+            )
         for name in (
             "event_retention_count",
             "max_message_bytes",
@@ -215,6 +262,11 @@ class Config:
         if not MIN_NO_ANSWER_SECONDS <= self.no_answer_seconds <= MAX_NO_ANSWER_SECONDS:
             raise ConfigError(
                 f"no_answer_seconds must be between {MIN_NO_ANSWER_SECONDS:g} and {MAX_NO_ANSWER_SECONDS:g}"
+            )
+        if self.max_lease_seconds and not MIN_LEASE_SECONDS <= self.max_lease_seconds <= LEASE_CEILING_SECONDS:
+            raise ConfigError(
+                f"max_lease_seconds must be 0 (no maximum) or between {MIN_LEASE_SECONDS:g} and "
+                f"{LEASE_CEILING_SECONDS:.10g} (366 days)"
             )
         if self.max_pending_rpcs < self.max_connections * self.max_concurrent_streams:
             raise ConfigError(

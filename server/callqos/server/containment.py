@@ -26,16 +26,26 @@ host (`hosting`) runs each provider call through `Containment.run`, which guaran
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import contextlib
 import contextvars
 import inspect
 import logging
 import threading
 import time
-from collections.abc import Awaitable, Callable, Coroutine, Generator
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Generator, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from callqos.server.providers.base import IncomingOffer, ProviderChange, ProviderHost
+from callqos.server.providers.base import (
+    BookedLink,
+    BookedReservation,
+    IncomingOffer,
+    LedgerBooks,
+    ProviderChange,
+    ProviderHost,
+    SharedLedger,
+)
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -200,23 +210,103 @@ class ProviderThread:
         self.loop.call_soon_threadsafe(self.loop.stop)
 
 
+async def _on_loop(loop: asyncio.AbstractEventLoop, work: Coroutine[Any, Any, T]) -> T:
+    """`work` run on `loop` (the server's), awaited from whichever loop calls."""
+    if asyncio.get_running_loop() is loop:
+        return await work
+    return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(work, loop))
+
+
 class HostOnLoop:
     """The `ProviderHost` a threaded provider gets: each change it reports and each call it
-    offers is handled on the server's loop."""
+    offers is handled on the server's loop, and its shared ledger (if any) runs there too."""
 
     def __init__(self, host: ProviderHost, loop: asyncio.AbstractEventLoop) -> None:
         self._host, self._loop = host, loop
-
-    async def _on_loop(self, work: Coroutine[Any, Any, T]) -> T:
-        if asyncio.get_running_loop() is self._loop:
-            return await work
-        return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(work, self._loop))
+        self.ledger: SharedLedger | None = None if host.ledger is None else LedgerOnLoop(host.ledger, loop)
 
     async def report_change(self, change: ProviderChange) -> None:
-        await self._on_loop(self._host.report_change(change))
+        await _on_loop(self._loop, self._host.report_change(change))
 
     async def offer_call(self, offer: IncomingOffer) -> str | None:
-        return await self._on_loop(self._host.offer_call(offer))
+        return await _on_loop(self._loop, self._host.offer_call(offer))
+
+
+class _RolledBack(Exception):
+    """Ends a transaction held for a threaded provider whose block raised."""
+
+
+class LedgerOnLoop(SharedLedger):
+    """A shared ledger for a threaded provider. Its database connections belong to the server's
+    loop, so each transaction is held open by a task there (`_hold`), and every step the
+    provider takes in it is handed over and awaited; the provider's block ending commits it,
+    its raising rolls it back."""
+
+    def __init__(self, ledger: SharedLedger, loop: asyncio.AbstractEventLoop) -> None:
+        self._ledger, self._loop = ledger, loop
+
+    async def add_links(self, provider: str, links: Sequence[BookedLink]) -> None:
+        await _on_loop(self._loop, self._ledger.add_links(provider, links))
+
+    @contextlib.asynccontextmanager
+    async def books(self, provider: str) -> AsyncIterator[LedgerBooks]:
+        opened: concurrent.futures.Future[LedgerBooks] = concurrent.futures.Future()
+        outcome: concurrent.futures.Future[bool] = concurrent.futures.Future()  # True: commit
+        held = asyncio.run_coroutine_threadsafe(self._hold(provider, opened, outcome), self._loop)
+        try:
+            books = await asyncio.wrap_future(opened)
+        except BaseException:
+            held.cancel()
+            raise
+        try:
+            yield _BooksOnLoop(books, self._loop)
+        except BaseException:
+            outcome.set_result(False)
+            with contextlib.suppress(Exception):
+                await asyncio.wrap_future(held)
+            raise
+        outcome.set_result(True)
+        await asyncio.wrap_future(held)  # committed, or the commit's failure raised here
+
+    async def _hold(
+        self,
+        provider: str,
+        opened: concurrent.futures.Future[LedgerBooks],
+        outcome: concurrent.futures.Future[bool],
+    ) -> None:
+        try:
+            async with self._ledger.books(provider) as books:
+                opened.set_result(books)
+                if not await asyncio.wrap_future(outcome):
+                    raise _RolledBack
+        except _RolledBack:
+            pass
+        except BaseException as error:
+            if not opened.done():
+                opened.set_exception(error)
+            raise
+
+
+class _BooksOnLoop:
+    """A transaction's books, each step run on the server's loop."""
+
+    def __init__(self, books: LedgerBooks, loop: asyncio.AbstractEventLoop) -> None:
+        self._books, self._loop = books, loop
+
+    async def links(self, ids: Sequence[str], *, lock: bool) -> dict[str, BookedLink]:
+        return await _on_loop(self._loop, self._books.links(ids, lock=lock))
+
+    async def reservations(self, *, calls: Sequence[str] = (), links: Sequence[str] = ()) -> list[BookedReservation]:
+        return await _on_loop(self._loop, self._books.reservations(calls=calls, links=links))
+
+    async def put_link(self, link: BookedLink) -> None:
+        await _on_loop(self._loop, self._books.put_link(link))
+
+    async def put_reservation(self, reservation: BookedReservation) -> None:
+        await _on_loop(self._loop, self._books.put_reservation(reservation))
+
+    async def delete_reservation(self, call: str) -> None:
+        await _on_loop(self._loop, self._books.delete_reservation(call))
 
 
 class Containment:

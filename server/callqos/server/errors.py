@@ -161,7 +161,7 @@ def refused(
 
 def storage_unavailable(cause: str, doing: str) -> ServiceError:
     """UNAVAILABLE / STORAGE_UNAVAILABLE: the server could not `doing` because its storage failed
-    (`cause`, e.g. "disk is full"); nothing changed, and a retry may succeed."""
+    or cannot be reached (`cause`, e.g. "disk is full"); nothing changed, and a retry may succeed."""
     return ServiceError(
         Reason.ERROR_REASON_STORAGE_UNAVAILABLE,
         f"could not {doing}: {cause}; nothing changed, retry later",

@@ -5,11 +5,22 @@ when their cursor is inside it, otherwise from the store — so resuming after a
 after a restart is the same code path, and a slow watcher can never make the hub drop an event
 (it just reads further behind, from the store). conformance/SPEC.md WATCH-1 … WATCH-9 state the
 contract this serves.
+
+The window only ever grows by contiguous sequence numbers: the events a commit publishes are
+appended when they follow the newest one the hub has, and anything else — another replica's
+events (a store several replicas share), or this process's own published out of turn (the commits
+of one SQLite group, `store.group`, resume one after another; concurrent tasks on PostgreSQL) — is
+read from the store after the newest one it has (`_catch_up`), for other replicas woken by the
+store's `changes()` (NOTIFY, or a poll). Because the store's sequence
+order is commit order, a read after N that returns N+1 … M can never later be missing an event
+in between: every replica's watchers see every event, in order, exactly once.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Sequence
 
@@ -17,6 +28,8 @@ from callqos.server.errors import Reason, ServiceError
 from callqos.server.store.base import Store
 from callqos.v1 import event_pb2
 from callqos.wire import DEFAULT_TENANT
+
+log = logging.getLogger(__name__)
 
 QosEvent = event_pb2.QosEvent
 _BATCH = 256
@@ -32,9 +45,13 @@ class EventHub:
         self._waiting: set[asyncio.Future[None]] = set()
         self._last = 0
         self._closed = False
+        self._catching_up = asyncio.Lock()
+        self._follower: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         self._last = (await self._store.event_bounds()).last
+        if self._store.shared:
+            self._follower = asyncio.create_task(self._follow(), name="callqos event follower")
 
     @property
     def last_sequence(self) -> int:
@@ -43,23 +60,56 @@ class EventHub:
 
     async def publish(self, events: Sequence[QosEvent]) -> None:
         """Called after the events are committed, normally in sequence order. The window only
-        ever holds consecutive sequences: events that do not follow it (commits of one group
-        published out of order) start it afresh, and a watcher behind its start reads from the
-        store, where every committed event is."""
+        ever holds consecutive sequences: events that do not follow it are read from the store
+        instead, with whatever came between (`_catch_up`)."""
         if not events:
             return
-        recent = self._recent
-        if recent and events[0].sequence != recent[-1].sequence + 1:
-            if events[-1].sequence <= recent[-1].sequence:
-                return  # published late: the store has them, and the watchers were woken
-            recent.clear()
-        recent.extend(events)
-        self._last = max(self._last, events[-1].sequence)
+        if events[0].sequence != self._last + 1:
+            # Another replica's events, or this one's published out of turn (the commits of one
+            # SQLite group resume one by one; tasks on PostgreSQL commit concurrently), come
+            # between: read them in order from the store, where every committed event is.
+            if events[-1].sequence > self._last:
+                await self._catch_up()
+            return
+        self._append(events)
         self._wake()
+
+    def _append(self, events: Sequence[QosEvent]) -> None:
+        self._recent.extend(events)
+        self._last = events[-1].sequence
+
+    async def _catch_up(self) -> None:
+        """Read every committed event after the newest one this hub has, into the window."""
+        async with self._catching_up:
+            while True:
+                read = await self._store.events_after(self._last, _BATCH)
+                # (A publish that followed the window while the store was read appended some.)
+                events = [event for event in read if event.sequence > self._last]
+                if events:
+                    if events[0].sequence != self._last + 1:
+                        # Pruned past this hub (it is behind by more than retention): restart the
+                        # window there; watchers behind it get CURSOR_EXPIRED from the store.
+                        self._recent.clear()
+                    self._append(events)
+                    self._wake()
+                if len(read) < _BATCH:
+                    break
+
+    async def _follow(self) -> None:
+        """Catch up whenever the store says another replica may have committed."""
+        async for _ in self._store.changes():
+            try:
+                await self._catch_up()
+            except Exception:  # the store may be unreachable for a while; the next change retries
+                log.warning("could not read other replicas' events; trying again", exc_info=True)
 
     async def close(self) -> None:
         """Ends every watch (they raise SHUTTING_DOWN so clients reconnect and resume)."""
         self._closed = True
+        if self._follower is not None:
+            self._follower.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._follower
         self._wake()
 
     def _wake(self) -> None:

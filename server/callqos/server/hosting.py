@@ -38,6 +38,7 @@ from callqos.server.providers.base import (
     ProviderHost,
     Refusal,
     Restored,
+    SharedLedger,
 )
 from callqos.server.telemetry.instruments import Instruments
 from callqos.v1 import flowspec_pb2, provider_pb2
@@ -76,12 +77,14 @@ class Host(Protocol):
     async def offer(self, provider: str, offer: IncomingOffer) -> str | None: ...
 
 
-@dataclass(frozen=True)
+@dataclass
 class ProviderHostView:
-    """The `ProviderHost` one provider is given: the server's host, with its offers its own."""
+    """The `ProviderHost` one provider is given: the server's host, with its offers its own, and
+    the ledger the server's replicas share (None when this process owns its store)."""
 
     host: Host
     provider: str  # `providers/{provider}`
+    ledger: SharedLedger | None = None
 
     async def report_change(self, change: ProviderChange) -> None:
         await self.host.report_change(change)
@@ -121,6 +124,7 @@ class HostedProviders:
         timeout: float,
         telemetry: Instruments,
         containment: Containment | None = None,
+        ledger: SharedLedger | None = None,
         start_timeout: float | None = None,
     ) -> None:
         self.timeout = timeout
@@ -129,6 +133,7 @@ class HostedProviders:
         self.start_timeout = timeout if start_timeout is None else start_timeout
         self.telemetry = telemetry
         self.containment = containment or Containment(cancel_grace=1.0, warn_after=0.25)
+        self.ledger = ledger  # offered to every provider (ProviderHost.ledger)
         self._by_id: dict[str, HostedProvider] = {}
         for provider_id, settings in configured.items():
             if not names.is_resource_id(provider_id):
@@ -197,7 +202,7 @@ class HostedProviders:
         (or PROVIDER_CONTRACT_VIOLATION), logged with why; the host then restores its calls one by
         one (conformance/SPEC.md CALL-7), or, when it fails without calls, does not start
         (`ProviderStartError`)."""
-        view = ProviderHostView(host, info.name)
+        view = ProviderHostView(host, info.name, self.ledger)
         held = list(restored)
         # A threaded provider reaches the server's loop through HostOnLoop, made here, on it.
         target: ProviderHost = HostOnLoop(view, asyncio.get_running_loop()) if info.thread is not None else view

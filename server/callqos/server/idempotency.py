@@ -1,5 +1,5 @@
-"""Idempotent requests (AIP-155): a request_id makes CreateCall, RenegotiateCall, AnswerCall,
-RejectCall and CreateLine run at most once per principal (of a tenant), and a repeat answers with
+"""Idempotent requests (AIP-155): a request_id makes CreateCall, RenegotiateCall, ExtendCall,
+AnswerCall, RejectCall and CreateLine run at most once per principal (of a tenant), and a repeat answers with
 the first outcome.
 
 A request is known by its `RequestKey`: who sent it, to which method, and a fingerprint of its
@@ -29,6 +29,7 @@ from callqos.wire import DEFAULT_TENANT
 IdempotentRequest = (
     svc.CreateCallRequest
     | svc.RenegotiateCallRequest
+    | svc.ExtendCallRequest
     | svc.AnswerCallRequest
     | svc.RejectCallRequest
     | svc.CreateLineRequest
@@ -68,7 +69,7 @@ class Idempotency:
 
     def __init__(self, store: Store) -> None:
         self._store = store
-        self._locks = KeyedLocks()
+        self._locks = KeyedLocks(store.shared_locks(), "request")
 
     async def once(
         self,

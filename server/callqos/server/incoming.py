@@ -62,6 +62,7 @@ from callqos.server.errors import Reason, ServiceError, refused
 from callqos.server.events import EventHub
 from callqos.server.hosting import HostedProvider, HostedProviders
 from callqos.server.idempotency import RequestKey
+from callqos.server.leases import Clock, LeasePolicy
 from callqos.server.lines import LineManager
 from callqos.server.locks import to_completion
 from callqos.server.providers.base import AdmissionRequest, Grant, IncomingOffer, ProviderChange, Refusal
@@ -118,8 +119,10 @@ class Switchboard(CallManager):
         telemetry: Instruments,
         lines: LineManager,
         quotas: Quotas | None = None,
+        leases: LeasePolicy | None = None,
+        lease_clock: Clock | None = None,
     ) -> None:
-        super().__init__(store, hub, providers, telemetry, quotas)
+        super().__init__(store, hub, providers, telemetry, quotas, leases, lease_clock)
         self.lines = lines
         self._rings: dict[str, asyncio.TimerHandle] = {}  # offered call → its no-answer timer
         self._ringing_out: set[asyncio.Task[None]] = set()
@@ -140,8 +143,9 @@ class Switchboard(CallManager):
                 self._ring(call)
 
     async def stop(self) -> None:
-        """Stop the ring timers (their calls keep their offer_expire_time, which the next start
-        honours) and let ring-outs already running finish."""
+        """Stop the lease and ring timers (calls keep their lease_expire_time and
+        offer_expire_time, which the next start honours) and let ring-outs already running finish."""
+        await super().stop()
         for handle in self._rings.values():
             handle.cancel()
         self._rings.clear()
@@ -225,6 +229,10 @@ class Switchboard(CallManager):
                 update_time=now,
             )
             callee.features.answer = True
+            # The caller's lease governs the pair from now on; the answering leg shows it.
+            self._lease(calling, self._asked_lease(request))
+            if calling.HasField("lease_duration"):
+                self._copy_lease(calling, callee)
             calling.etag, callee.etag = etag_of(calling), etag_of(callee)
             events = [
                 self._event(callee, EventType.QOS_EVENT_TYPE_CALL_OFFERED, request.request_id),
@@ -610,6 +618,11 @@ class Switchboard(CallManager):
         if handle is not None:
             handle.cancel()
 
+    async def ring_out(self, name: str, message: str) -> None:
+        """End the offered call `name` NO_ANSWER if its time is up (the leading replica does this
+        for the offers of a replica that died, whose timers died with it). Never raises."""
+        await self._ring_out(name, message)
+
     async def _ring_out(self, name: str, message: str, *, force: bool = False) -> None:
         """End the offered call `name` NO_ANSWER, if it is still offering and its time is up (or
         `force`: its line closed). Never raises: it runs on its own."""
@@ -888,6 +901,25 @@ class Switchboard(CallManager):
             return None
         return await super()._apply_change(change)
 
+    async def _end_lease(self, call: Call, failure: ServiceError | None, key: RequestKey | None) -> Call:
+        """A lease that ends while its pair still rings ends the offer too: the answering leg rings
+        no more, and the offer counts as canceled (its caller gave up)."""
+        ringing = call.peer if call.state == State.STATE_RINGBACK else ""
+
+        def after() -> None:
+            if ringing:
+                self._stop_ringing(ringing)
+                self.telemetry.incoming_call("canceled", call.provider)
+
+        try:
+            ended = await super()._end_lease(call, failure, key)
+        except ServiceError as raised:
+            if raised is failure:
+                after()
+            raise
+        after()
+        return ended
+
     # -- helpers ------------------------------------------------------------------------------
     async def _check_offering(self, leg: Call, principal: str, etag: str, verb: str) -> None:
         """`leg` may be answered or rejected by `principal` now: its owner, the etag current, an
@@ -943,9 +975,3 @@ class Switchboard(CallManager):
     @staticmethod
     def _expired(call: Call) -> bool:
         return time.time_ns() >= call.offer_expire_time.ToNanoseconds()
-
-    def _end(self, call: Call, reason: call_pb2.DisconnectReason, when: timestamp_pb2.Timestamp) -> None:
-        """`call` DISCONNECTED with `reason`: nothing may be done with it any more."""
-        call.features.answer = False
-        call.ClearField("offer_expire_time")
-        self._disconnect(call, reason, when)

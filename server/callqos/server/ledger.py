@@ -25,6 +25,18 @@ module does what no single operation can:
   store is never mistaken for one), at once at start-up and for calls an operation could not put
   right itself (`CallManager.suspects`). Every repair is logged, counted
   (`callqos.ledger.repairs`) and, when it changes a call, announced by that call's events.
+
+Several replicas on one database (conformance/SPEC.md REPL-4): the owed releases in the store
+and the periodic reconciliation are the duties of the one replica that leads background work
+(`leading`, from `background.Background`), so that a release is retried, and a difference acted
+on, once, and they outlive a replica that dies (the next leader takes them over within its
+`leader_check_seconds`). Every replica still retries the releases it owes in memory (no other
+knows of them) and reconciles the calls it made suspect itself. No start-up pass acts at once
+there (the other replicas have operations in flight): every difference waits for its second
+sighting, and each is put right under the call's lock, which is held across the replicas
+(`locks.KeyedLocks` on the store's shared locks), so an operation in flight on another replica
+finishes before reconciliation looks at its call. UpdateLink holds its link's lock across the
+replicas too, so that two replicas changing one link apply their capacities in one order.
 """
 
 from __future__ import annotations
@@ -34,13 +46,14 @@ import contextlib
 import logging
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from callqos.server import names
 from callqos.server.calls import LINK_CHANGES, CallManager, rates_of
 from callqos.server.errors import Reason, ServiceError, storage_unavailable
 from callqos.server.hosting import HostedProvider, HostedProviders
-from callqos.server.locks import to_completion
+from callqos.server.locks import KeyedLocks, to_completion
 from callqos.server.store.base import LinkCapacity, Store, StoreUnavailable, holds_reservation
 from callqos.server.telemetry import Instruments
 from callqos.v1 import callqos_service_pb2 as svc
@@ -71,6 +84,7 @@ class Ledger:
         *,
         reconcile_interval_seconds: float,
         release_retry_max_seconds: float,
+        leading: Callable[[], bool] = lambda: True,
     ) -> None:
         self.store = store
         self.providers = providers
@@ -82,6 +96,9 @@ class Ledger:
         # a capacity change is shedding half-way), nor do two UpdateLinks (their kept capacity
         # and the provider's would be applied in different orders).
         self._admin = asyncio.Lock()
+        self._link_locks = KeyedLocks(store.shared_locks(), "link")
+        # Whether this replica leads background work now (asked only when the store is shared).
+        self._leading = leading
         self._retries: dict[str, _Retry] = {}
         self._seen: set[tuple[str, str, tuple[int, int] | None, tuple[int, int] | None]] = set()
         self._task: asyncio.Task[None] | None = None
@@ -130,11 +147,18 @@ class Ledger:
         except StoreUnavailable as exc:
             log.warning("could not forget the capacity kept for %s: %s", link, exc.cause)
 
+    def leads(self) -> bool:
+        """Whether this process does the duties that must happen once: always, when it owns its
+        store; the leading replica's, when several share it."""
+        return not self.store.shared or self._leading()
+
     async def start(self) -> None:
         """After the calls are restored, before serving: retry every owed release, reconcile
-        every provider that lists its reservations, then keep doing both in the background."""
-        await self.retry_releases(everything=True)
-        await self.reconcile(confirm=False)
+        every provider that lists its reservations, then keep doing both in the background. On
+        a shared store, only the background passes (confirmed, on the leader)."""
+        if not self.store.shared:
+            await self.retry_releases(everything=True)
+            await self.reconcile(confirm=False)
         self._task = asyncio.create_task(self._run(), name="callqos ledger")
 
     async def stop(self) -> None:
@@ -171,7 +195,7 @@ class Ledger:
 
     async def _update_link(self, info: HostedProvider, link_id: str, capacity: int) -> svc.UpdateLinkResponse:
         link = names.link_name(info.id, link_id)
-        async with self._admin:
+        async with self._admin, self._link_locks.hold(link):
             if not any(known.name == link for known in await self.providers.list_links(info)):
                 raise ServiceError(Reason.ERROR_REASON_LINK_NOT_FOUND, f"no link {link}", metadata={"link": link})
             configured = self.providers.configured_capacity.get(link, capacity)
@@ -197,8 +221,9 @@ class Ledger:
     # -- owed releases -----------------------------------------------------------------------
     async def retry_releases(self, *, everything: bool = False) -> None:
         """Try each owed release that is due (`everything`: all of them, as at start-up). One
-        first seen now waits a little: the operation that owes it is likely still releasing."""
-        owed = {item.call: item for item in await self.store.pending_releases()}
+        first seen now waits a little: the operation that owes it is likely still releasing. The
+        releases owed in the store are the leader's alone on a shared store."""
+        owed = {item.call: item for item in await self.store.pending_releases()} if self.leads() else {}
         owed.update(self.calls.owed)
         self.pending = len(owed)
         now = time.monotonic()
@@ -222,8 +247,12 @@ class Ledger:
     async def reconcile(self, *, confirm: bool) -> Counter[str]:
         """One pass over every provider that lists its reservations (PROV-19). With `confirm`, a
         difference is acted on only when the previous pass saw the same one (or its call is a
-        suspect); without, at once. Returns the outcomes by kind ("released", "re-taken", ...)."""
+        suspect); without, at once. A replica that does not lead looks only at its own suspects.
+        Returns the outcomes by kind ("released", "re-taken", ...)."""
         outcomes: Counter[str] = Counter()
+        leads = self.leads()
+        if not leads and not self.calls.suspects:
+            return outcomes
         async with self._admin:
             suspects = set(self.calls.suspects)
             failed: set[str] = set()
@@ -247,6 +276,8 @@ class Ledger:
                 differing = {name for name, rates in held.items() if stored.get(name) != rates}
                 differing |= {name for name, rates in stored.items() if name not in held and rates != (0, 0)}
                 differing |= suspects & (held.keys() | stored.keys())
+                if not leads:
+                    differing &= suspects
                 for name in sorted(differing):
                     key = (info.id, name, held.get(name), stored.get(name))
                     if confirm and name not in suspects and key not in self._seen:
@@ -266,7 +297,8 @@ class Ledger:
                             outcome,
                         )
                     self.telemetry.ledger_repair(info.name, outcome)
-            self._seen = seen_now
+            if leads:
+                self._seen = seen_now
             # A suspect is cleared once a pass found nothing to do for it, or put it right.
             self.calls.suspects -= suspects - failed
         self.repairs.update(outcomes)

@@ -61,7 +61,7 @@ class LineManager:
         self.store = store
         self.no_answer_seconds = no_answer_seconds
         self._requests = Idempotency(store)
-        self._locks = KeyedLocks()
+        self._locks = KeyedLocks(store.shared_locks(), "line")
 
     def hold(self, name: str) -> contextlib.AbstractAsyncContextManager[None]:
         return self._locks.hold(("line", name))

@@ -1,10 +1,15 @@
-"""Concurrency helpers: per-key locks, and running a mutation to completion."""
+"""Concurrency helpers: per-key locks (across replicas when the store is shared), and running a
+mutation to completion."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Hashable
+from contextlib import AbstractAsyncContextManager
+from types import TracebackType
 from typing import TypeVar
+
+from callqos.server.store.base import SharedLocks
 
 T = TypeVar("T")
 
@@ -24,8 +29,16 @@ async def to_completion(work: Awaitable[T]) -> T:
 
 
 class KeyedLocks:
-    def __init__(self) -> None:
+    """One holder per key at a time. With `shared` (the store's `shared_locks()`: several
+    replicas on one database), one holder among every replica: this process's holders of a key
+    queue here first, then the one at the front takes the key from the other replicas too.
+    `namespace` keeps the keys of different lock sets apart there (a call's name and a line's
+    may be equal strings)."""
+
+    def __init__(self, shared: SharedLocks | None = None, namespace: str = "") -> None:
         self._locks: dict[Hashable, tuple[asyncio.Lock, int]] = {}
+        self._shared = shared
+        self._namespace = namespace
 
     def hold(self, key: Hashable) -> _Held:
         """`async with locks.hold(key)`: the lock of `key`, made when first asked for and dropped
@@ -37,13 +50,15 @@ class _Held:
     """One `hold`: a plain async context manager (every mutation takes one or two; a generator-
     based one costs several times as much to enter and leave)."""
 
-    __slots__ = ("_key", "_locks")
+    __slots__ = ("_key", "_locks", "_shared")
 
     def __init__(self, locks: KeyedLocks, key: Hashable) -> None:
         self._locks, self._key = locks, key
+        self._shared: AbstractAsyncContextManager[None] | None = None  # the other replicas' turn, held
 
     async def __aenter__(self) -> None:
-        table = self._locks._locks
+        locks = self._locks
+        table = locks._locks
         lock, users = table.get(self._key, (None, 0))
         if lock is None:
             lock = asyncio.Lock()
@@ -53,9 +68,24 @@ class _Held:
         except BaseException:
             self._leave(held=False)
             raise
+        if locks._shared is not None:
+            shared = locks._shared.hold(f"{locks._namespace}:{self._key!r}")
+            try:
+                await shared.__aenter__()
+            except BaseException:
+                self._leave(held=True)
+                raise
+            self._shared = shared
 
-    async def __aexit__(self, *exc_info: object) -> None:
-        self._leave(held=True)
+    async def __aexit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None
+    ) -> None:
+        shared, self._shared = self._shared, None
+        try:
+            if shared is not None:
+                await shared.__aexit__(kind, error, trace)
+        finally:
+            self._leave(held=True)
 
     def _leave(self, *, held: bool) -> None:
         table = self._locks._locks

@@ -76,7 +76,12 @@ def _cancel_unless_done(handler: asyncio.Task[Any], sending: asyncio.Task[None])
         sending.cancel()
 
 
-def _internal(method: str) -> ServiceError:
+def _unexpected(method: str, error: Exception) -> ServiceError:
+    """The status of an exception no layer turned into one: the storage unavailable (a read or a
+    write it could not take: retryable, never INTERNAL), or a bug."""
+    if isinstance(error, StoreUnavailable):
+        log.warning("%s failed: the storage is unavailable: %s", method, error.cause)
+        return storage_unavailable(error.cause, f"answer {method}")
     log.exception("unexpected failure in %s", method)
     return ServiceError(Reason.ERROR_REASON_INTERNAL, f"internal error in {method}; it was logged")
 
@@ -180,12 +185,8 @@ def unary(method: Handler[R]) -> Handler[R]:
         except (ServiceError, ReplayedStatus) as error:
             self.guard.audit(name, caller, context.peer(), _resource(request), error)
             await _abort(context, error)
-        except StoreUnavailable as error:  # a read the storage failed: retryable, never INTERNAL
-            unavailable = storage_unavailable(error.cause, f"answer {name}")
-            self.guard.audit(name, caller, context.peer(), _resource(request), unavailable)
-            await _abort(context, unavailable)
-        except Exception:
-            internal = _internal(name)
+        except Exception as unexpected:
+            internal = _unexpected(name, unexpected)
             self.guard.audit(name, caller, context.peer(), _resource(request), internal)
             await _abort(context, internal)
         else:
@@ -232,6 +233,7 @@ class CallQosServicer(svc_grpc.CallQosServiceServicer):
             request,
             named.capabilities if named else None,
             named.provider.validate_provider_specific if named else None,
+            self._calls.lease_policy.max_seconds,
         )
         return await self._calls.create(request, caller, self._providers.get(request.call.provider))
 
@@ -275,6 +277,13 @@ class CallQosServicer(svc_grpc.CallQosServiceServicer):
     ) -> call_pb2.Call:
         validation.drop(request)
         return await self._calls.drop(request, caller)
+
+    @unary
+    async def ExtendCall(
+        self, request: svc.ExtendCallRequest, context: grpc.aio.ServicerContext, caller: Caller
+    ) -> call_pb2.Call:
+        validation.extend(request, self._calls.lease_policy.max_seconds)
+        return await self._calls.extend(request, caller)
 
     @unary
     async def AnswerCall(
@@ -349,8 +358,8 @@ class CallQosServicer(svc_grpc.CallQosServiceServicer):
             self.guard.audit("WatchEvents", caller, context.peer(), "", error)
             await _abort(context, error)
             return
-        except Exception:
-            await _abort(context, _internal("WatchEvents"))
+        except Exception as unexpected:
+            await _abort(context, _unexpected("WatchEvents", unexpected))
             return
         try:
             after = request.after_sequence if request.HasField("after_sequence") else None
@@ -380,8 +389,8 @@ class CallQosServicer(svc_grpc.CallQosServiceServicer):
         except (ServiceError, ReplayedStatus) as error:
             self.guard.audit("WatchEvents", caller, context.peer(), "", error)
             await _abort(context, error)
-        except Exception:
-            await _abort(context, _internal("WatchEvents"))
+        except Exception as unexpected:
+            await _abort(context, _unexpected("WatchEvents", unexpected))
         finally:
             watcher.cut = None
             self.watchers.release(watcher)

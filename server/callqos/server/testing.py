@@ -26,17 +26,32 @@ Both take the server's settings as keyword arguments named like its configuratio
         print(server.log())  # the server's output, to show when a test fails
 
 Without a directory, each makes a temporary one and removes it when closed.
+
+For PostgreSQL storage, `PostgresServer` runs a throwaway PostgreSQL cluster (initdb and pg_ctl
+on a temporary directory and a free loopback port; as the `postgres` user when run as root,
+which PostgreSQL refuses to run as), and `database()` makes an empty database in it:
+
+    with PostgresServer() as postgres:
+        url = postgres.database()
+        replicas = [ServerProcess(storage="postgresql", database_url=url).start() for _ in range(3)]
+
+An `InProcessServer` given `lease_clock=ManualClock()` times call leases by that clock, which only
+moves when the test says (`clock.advance(seconds)`; then `server.running.calls.leases.expire_overdue()`
+does what the lease timer would): lease tests explore time without waiting for it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
+import glob
+import itertools
 import json
 import os
 import shlex
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -57,6 +72,9 @@ from callqos.server.telemetry import Telemetry
 __all__ = [
     "SERVER_PROGRAM",
     "InProcessServer",
+    "ManualClock",
+    "PostgresServer",
+    "PostgresUnavailable",
     "ServerError",
     "ServerProcess",
     "server_config",
@@ -105,6 +123,20 @@ def _remove(directory: Path, owned: bool) -> None:
         shutil.rmtree(directory, ignore_errors=True)
 
 
+class ManualClock:
+    """A clock for call leases (`leases.Clock`) that moves only when told: nanoseconds since the
+    epoch, starting at the real time it was made."""
+
+    def __init__(self) -> None:
+        self.now_ns = time.time_ns()
+
+    def __call__(self) -> int:
+        return self.now_ns
+
+    def advance(self, seconds: float) -> None:
+        self.now_ns += round(seconds * 1e9)
+
+
 class InProcessServer:
     """A server on the caller's event loop, started with `app.start` (as `serve` does, minus the
     signal handlers). `start()` returns once the server is SERVING; `stop()` is the graceful
@@ -119,6 +151,7 @@ class InProcessServer:
         *,
         telemetry: Telemetry | None = None,
         interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
+        lease_clock: ManualClock | None = None,
         **settings: Any,
     ) -> None:
         self.directory, self._owns_directory = _directory(directory)
@@ -129,6 +162,7 @@ class InProcessServer:
             raise
         self.telemetry = telemetry
         self.interceptors = list(interceptors)
+        self.lease_clock = lease_clock
         self.port = 0
         self._running: app.Running | None = None
 
@@ -148,7 +182,7 @@ class InProcessServer:
         if self._running is not None:
             raise RuntimeError("the server is already running")
         config = dataclasses.replace(self.config, listen=f"{LOOPBACK}:{self.port}")
-        self._running = await app.start(config, self.interceptors, self.telemetry)
+        self._running = await app.start(config, self.interceptors, self.telemetry, self.lease_clock)
         self.port = self._running.port
         return self
 
@@ -445,3 +479,149 @@ def _toml_value(value: Any) -> str:
             + "}"
         )
     raise TypeError(f"a server setting cannot be a {type(value).__name__}: {value!r}")
+
+
+class PostgresUnavailable(RuntimeError):
+    """PostgreSQL's server programs (initdb, pg_ctl) are not installed, or cannot be run here."""
+
+
+def postgres_bin_dir() -> Path | None:
+    """Where initdb and pg_ctl are: $CALLQOS_POSTGRES_BIN, the PATH, or the newest
+    /usr/lib/postgresql/N/bin (Debian's layout); None when PostgreSQL is not installed."""
+    candidates = [os.environ.get("CALLQOS_POSTGRES_BIN", "")]
+    found = shutil.which("initdb")
+    candidates.append(str(Path(found).resolve().parent) if found else "")
+    versions = sorted(glob.glob("/usr/lib/postgresql/*/bin"), key=lambda d: int(Path(d).parent.name), reverse=True)
+    for candidate in [*candidates, *versions]:
+        if candidate and (Path(candidate) / "initdb").exists() and (Path(candidate) / "pg_ctl").exists():
+            return Path(candidate)
+    return None
+
+
+class PostgresServer:
+    """A throwaway PostgreSQL cluster on 127.0.0.1 and a free port, for tests and benchmarks.
+
+    `start()` runs initdb (trust authentication for the `postgres` role, UTF-8) on a directory of
+    its own and `pg_ctl start`s the server with fsync off (nothing here needs to survive a crash
+    of PostgreSQL itself; the servers under test are the ones killed) — unless `durable`, for a
+    benchmark that must pay for commits as production does (fsync and synchronous commit on).
+    Run as root, the programs run as the `postgres` user, who owns the directory. `database()`
+    creates an empty database and returns its URL. `stop()` stops the cluster and removes the
+    directory; `postmaster_pid` is its main process (a benchmark measures the CPU of its tree)."""
+
+    def __init__(self, *, max_connections: int = 300, durable: bool = False) -> None:
+        bin_dir = postgres_bin_dir()
+        if bin_dir is None:
+            raise PostgresUnavailable("PostgreSQL is not installed (no initdb): apt-get install postgresql")
+        self.bin_dir = bin_dir
+        self.max_connections = max_connections
+        self.durable = durable
+        self.port = 0
+        self.directory: Path | None = None
+        self._names = itertools.count(1)
+        self._as_user: list[str] = []
+        if os.geteuid() == 0:
+            if shutil.which("runuser") is None:
+                raise PostgresUnavailable("running as root, but runuser (to run PostgreSQL as postgres) is missing")
+            self._as_user = ["runuser", "-u", "postgres", "--"]
+
+    @property
+    def data_dir(self) -> Path:
+        if self.directory is None:
+            raise RuntimeError("the PostgreSQL server was never started")
+        return self.directory / "data"
+
+    def url(self, database: str = "postgres") -> str:
+        return f"postgresql://postgres@{LOOPBACK}:{self.port}/{database}"
+
+    def _run(self, *command: str) -> None:
+        result = subprocess.run(
+            [*self._as_user, str(self.bin_dir / command[0]), *command[1:]],
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if result.returncode != 0:
+            raise PostgresUnavailable(f"{command[0]} failed ({result.returncode}):\n{result.stdout}{result.stderr}")
+
+    def start(self) -> Self:
+        self.directory = Path(tempfile.mkdtemp(prefix="callqos-postgres-"))
+        if self._as_user:
+            shutil.chown(self.directory, "postgres", "postgres")
+        self._run("initdb", "-D", str(self.data_dir), "-U", "postgres", "-A", "trust", "-E", "UTF8", "-N")
+        for attempt in range(5):
+            with socket.socket() as probe:
+                probe.bind((LOOPBACK, 0))
+                self.port = probe.getsockname()[1]
+            options = (
+                f"-p {self.port} -c listen_addresses={LOOPBACK} -c unix_socket_directories={self.directory} "
+                f"-c max_connections={self.max_connections}"
+            )
+            if not self.durable:
+                options += " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
+            try:
+                self._run(
+                    "pg_ctl",
+                    "start",
+                    "-w",
+                    "-t",
+                    "60",
+                    "-D",
+                    str(self.data_dir),
+                    "-l",
+                    str(self.log_path),
+                    "-o",
+                    options,
+                )
+                return self
+            except PostgresUnavailable:
+                if attempt == 4:
+                    raise PostgresUnavailable(f"PostgreSQL did not start:\n{self.log()}") from None
+        return self
+
+    @property
+    def log_path(self) -> Path:
+        assert self.directory is not None
+        return self.directory / "postgres.log"
+
+    def log(self, tail: int = _LOG_TAIL_CHARS) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-tail:]
+        except (FileNotFoundError, RuntimeError, AssertionError):
+            return ""
+
+    @property
+    def postmaster_pid(self) -> int:
+        return int((self.data_dir / "postmaster.pid").read_text().split()[0])
+
+    def database(self, name: str | None = None) -> str:
+        """Create an empty database (named `name`, or test_N) and return its URL."""
+        import psycopg  # the [postgresql] extra: only what uses PostgreSQL needs it
+
+        name = name or f"test_{os.getpid()}_{next(self._names)}"
+        with psycopg.connect(self.url(), autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{name}"'.encode())
+        return self.url(name)
+
+    def stop(self) -> None:
+        if self.directory is None:
+            return
+        try:
+            if (self.data_dir / "postmaster.pid").exists():
+                self._run("pg_ctl", "stop", "-m", "immediate", "-w", "-D", str(self.data_dir))
+        finally:
+            shutil.rmtree(self.directory, ignore_errors=True)
+            self.directory = None
+
+    def __enter__(self) -> Self:
+        try:
+            return self.start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def __exit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, traceback: TracebackType | None
+    ) -> None:
+        self.stop()

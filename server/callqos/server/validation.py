@@ -29,8 +29,10 @@ import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
+from google.protobuf import duration_pb2
+
 from callqos.server import names
-from callqos.server.config import MAX_NO_ANSWER_SECONDS, MIN_NO_ANSWER_SECONDS
+from callqos.server.config import LEASE_CEILING_SECONDS, MAX_NO_ANSWER_SECONDS, MIN_LEASE_SECONDS, MIN_NO_ANSWER_SECONDS
 from callqos.server.errors import FieldViolation, invalid
 from callqos.server.providers.base import IncomingOffer
 from callqos.server.qos import NOTIFICATION_ONLY, RESERVING, SENTINELS, answer_excess
@@ -204,14 +206,30 @@ def address_violations(address: str, path: str) -> Iterator[FieldViolation]:
         yield FieldViolation(path, f"1-{MAX_DESTINATION} printable characters")
 
 
+def lease_violations(duration: duration_pb2.Duration, path: str, max_seconds: float) -> Iterator[FieldViolation]:
+    """A lease's length (LEASE-2): a well-formed duration of at least MIN_LEASE_SECONDS and at most
+    the server's max_lease_seconds (`max_seconds`; without one, LEASE_CEILING_SECONDS). Above the
+    maximum is refused, not cut to it: a caller that asked for more must know it did not get it."""
+    if duration.seconds < 0 or not 0 <= duration.nanos < 1_000_000_000:
+        yield FieldViolation(path, "not a valid duration: seconds and nanos must be positive, nanos below 1e9")
+        return
+    seconds = duration.seconds + duration.nanos / 1e9
+    ceiling = max_seconds or LEASE_CEILING_SECONDS
+    if not MIN_LEASE_SECONDS <= seconds <= ceiling:
+        limit = "the server's max_lease_seconds" if max_seconds else "366 days"
+        yield FieldViolation(path, f"between {MIN_LEASE_SECONDS:g} s and {ceiling:.10g} s ({limit})")
+
+
 def create_violations(
     request: svc.CreateCallRequest,
     caps: provider_pb2.ProviderCapabilities | None,
     provider_specific: ProviderSpecificCheck | None = None,
+    max_lease_seconds: float = 0.0,
 ) -> list[FieldViolation]:
     """Every violation in a CreateCallRequest. `caps` are those of the provider it names (None
-    when the provider is unknown: that is reported as NOT_FOUND after validation), and
-    `provider_specific` its check of the provider-specific bytes."""
+    when the provider is unknown: that is reported as NOT_FOUND after validation),
+    `provider_specific` its check of the provider-specific bytes, and `max_lease_seconds` the
+    server's longest lease (0: none)."""
     call = request.call
     found: list[FieldViolation] = []
     if not request.HasField("call"):
@@ -229,6 +247,8 @@ def create_violations(
             provider_specific=provider_specific,
         )
     )
+    if call.HasField("lease_duration"):
+        found.extend(lease_violations(call.lease_duration, "call.lease_duration", max_lease_seconds))
     if request.call_id and not names.USER_CALL_ID.fullmatch(request.call_id):
         found.append(
             FieldViolation("call_id", "1-63 characters of [a-z0-9-], starting with a letter, not ending with -")
@@ -303,12 +323,14 @@ def create(
     request: svc.CreateCallRequest,
     caps: provider_pb2.ProviderCapabilities | None,
     provider_specific: ProviderSpecificCheck | None = None,
+    max_lease_seconds: float = 0.0,
 ) -> None:
     """A CreateCallRequest, against the capabilities of the provider it names (None when that
-    provider is unknown: the caller learns that as NOT_FOUND, once the request is valid) and that
-    provider's own check of its provider-specific bytes. An absent direction is filled in as
-    BEST_EFFORT (FLOW-20), so that the call records what it asked for."""
-    check(create_violations(request, caps, provider_specific))
+    provider is unknown: the caller learns that as NOT_FOUND, once the request is valid), that
+    provider's own check of its provider-specific bytes, and the server's longest lease. An
+    absent direction is filled in as BEST_EFFORT (FLOW-20), so that the call records what it asked
+    for."""
+    check(create_violations(request, caps, provider_specific, max_lease_seconds))
     absent_directions(request.call.requested_qos, ST.SERVICE_TYPE_BEST_EFFORT)
 
 
@@ -336,6 +358,15 @@ def absent_directions(qos: flowspec_pb2.QosSpec, meaning: int) -> None:
 
 def drop(request: svc.DropCallRequest) -> None:
     check([*call_name_violations(request.name), *etag_violations(request.etag)])
+
+
+def extend(request: svc.ExtendCallRequest, max_lease_seconds: float) -> None:
+    """An ExtendCallRequest: its name, its lease (LEASE-2, against the server's longest lease),
+    etag and request_id."""
+    found = [*call_name_violations(request.name)]
+    if request.HasField("lease_duration"):
+        found.extend(lease_violations(request.lease_duration, "lease_duration", max_lease_seconds))
+    check([*found, *etag_violations(request.etag), *request_id_violations(request.request_id)])
 
 
 # -- lines ----------------------------------------------------------------------------------------

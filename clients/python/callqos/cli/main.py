@@ -66,6 +66,17 @@ def _field_bits(field: str) -> int:
     return 32 if kind == FieldDescriptor.TYPE_UINT32 else 64
 
 
+def seconds(text: str) -> float:
+    """An argparse type: a positive number of seconds (the server says whether it is in range)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"{value:g} is not a positive number of seconds")
+    return value
+
+
 def _peak(text: str) -> int | str:
     if text.lower() in ("unbounded", "inf", "infinity"):
         return specs.UNBOUNDED
@@ -182,8 +193,14 @@ def cmd_make(client: Client, args: argparse.Namespace) -> None:
         provider=args.provider,
         call_id=args.call_id,
         request_id=args.request_id,
+        lease=args.duration,
         **_qos_args(args),
     )
+    _show_call(args, call)
+
+
+def cmd_extend(client: Client, args: argparse.Namespace) -> None:
+    call = client.extend(args.name, lease=args.duration, etag=args.etag, request_id=args.request_id)
     _show_call(args, call)
 
 
@@ -427,6 +444,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--provider", help="providers/{provider} (default: the default provider)")
     p.add_argument("--call-id", help="the {call} in calls/{call} (default: server UUID)")
     p.add_argument("--request-id", help="idempotency key (default: a fresh UUID)")
+    p.add_argument(
+        "--duration",
+        type=seconds,
+        metavar="SECONDS",
+        help="a lease: the call ends (lease-expired) unless extended within it (callqos extend); "
+        "default: the server's maximum lease, or none",
+    )
     _add_flowspec_flags(p, "best effort")
 
     p = command("get", cmd_get, "show a call")
@@ -448,6 +472,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("drop", cmd_drop, "drop a call and release its reservation")
     p.add_argument("name", help="calls/{call} or {call}")
     p.add_argument("--etag", help="fail with ETAG_MISMATCH if the call changed since")
+
+    p = command("extend", cmd_extend, "extend a call's lease: it then ends its lease's length from now")
+    p.add_argument("name", help="calls/{call} or {call}")
+    p.add_argument("--duration", type=seconds, metavar="SECONDS", help="a new lease length (default: the call's own)")
+    p.add_argument("--etag", help="fail with ETAG_MISMATCH if the call changed since")
+    p.add_argument("--request-id", help="idempotency key (default: a fresh UUID)")
 
     p = sub.add_parser("line", help="open, close, show and list lines", description="lines: receive calls")
     _add_common(p, top=False)

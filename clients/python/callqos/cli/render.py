@@ -7,7 +7,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, TextIO
 
-from google.protobuf import json_format, message, timestamp_pb2
+from google.protobuf import duration_pb2, json_format, message, timestamp_pb2
 
 from callqos.client import errors, specs
 from callqos.v1 import call_pb2, callqos_service_pb2, event_pb2, flowspec_pb2, line_pb2, provider_pb2
@@ -28,6 +28,24 @@ def _time(ts: timestamp_pb2.Timestamp) -> str:
         return "-"
     text: str = ts.ToDatetime().strftime("%Y-%m-%d %H:%M:%S")
     return text
+
+
+def _seconds(duration: duration_pb2.Duration) -> str:
+    return f"{duration.ToNanoseconds() / 1e9:g} s"
+
+
+_LIVE = (call_pb2.Call.State.STATE_CONNECTED, call_pb2.Call.State.STATE_RINGBACK)
+
+
+def lease_text(call: call_pb2.Call) -> str:
+    """When the call's lease ends (a live call), or ended (one it ended), or "-" (no lease)."""
+    if not call.HasField("lease_expire_time"):
+        return "-"
+    if call.state in _LIVE:
+        return f"until {_time(call.lease_expire_time)}"
+    if call.disconnect_reason == call_pb2.DisconnectReason.DISCONNECT_REASON_LEASE_EXPIRED:
+        return f"ran out {_time(call.lease_expire_time)}"
+    return "-"
 
 
 def _rate(value: int) -> str:
@@ -131,6 +149,9 @@ def call_text(call: call_pb2.Call) -> str:
         lines.append(f"  peer:        {call.peer}")
     if call.HasField("offer_expire_time"):
         lines.append(f"  rings until: {_time(call.offer_expire_time)}")
+    if call.HasField("lease_duration"):
+        until = lease_text(call)
+        lines.append(f"  lease:       {_seconds(call.lease_duration)}" + (f", {until}" if until != "-" else ""))
     lines += [
         f"  etag:        {call.etag}",
         f"  created:     {_time(call.create_time)}   updated: {_time(call.update_time)}",
@@ -186,7 +207,7 @@ def state_text(call: call_pb2.Call) -> str:
 
 
 def calls_table(calls: Iterable[call_pb2.Call], out: TextIO) -> None:
-    rows = [["NAME", "STATE", "LEVEL", "SEND (granted)", "RECV (granted)", "OWNER", "PROVIDER"]]
+    rows = [["NAME", "STATE", "LEVEL", "SEND (granted)", "RECV (granted)", "OWNER", "PROVIDER", "LEASE"]]
     for call in calls:
         send, recv = _short_qos(call.granted_qos, call.HasField("granted_qos"))
         rows.append(
@@ -198,6 +219,7 @@ def calls_table(calls: Iterable[call_pb2.Call], out: TextIO) -> None:
                 recv,
                 call.owner,
                 call.provider,
+                lease_text(call),
             ]
         )
     table(rows, out)

@@ -30,6 +30,7 @@ from ._security import FileToken, TokenSource, tls_credentials
 from .aio import AsyncClient, AsyncEventStream, AsyncOfferStream
 from .errors import *  # noqa: F403 - the error hierarchy is part of the public surface
 from .errors import __all__ as _errors_all
+from .keepalive import AsyncKeepAlive, KeepAlive, LeaseLostError
 from .specs import (
     UNBOUNDED,
     FlowSpec,
@@ -51,6 +52,9 @@ __all__ = [
     "AsyncEventStream",
     "OfferStream",
     "AsyncOfferStream",
+    "KeepAlive",
+    "AsyncKeepAlive",
+    "LeaseLostError",
     "ResumePolicy",
     "FileToken",
     "TokenSource",

@@ -61,6 +61,7 @@ def create_call(
     provider: str | None,
     call_id: str | None,
     request_id: str | None,
+    lease: float | None = None,
 ) -> callqos_service_pb2.CreateCallRequest:
     call = call_pb2.Call(
         destination=destination,
@@ -69,6 +70,8 @@ def create_call(
     )
     if level is not None:
         call.service_level = specs.parse_service_level(level)  # type: ignore[assignment]
+    if lease is not None:
+        call.lease_duration.CopyFrom(duration(lease))
     return callqos_service_pb2.CreateCallRequest(
         call=call, call_id=call_id or "", request_id=request_id or new_request_id()
     )
@@ -93,6 +96,25 @@ def renegotiate_call(
     )
     if level is not None:
         request.service_level = specs.parse_service_level(level)  # type: ignore[assignment]
+    return request
+
+
+def duration(seconds: float) -> duration_pb2.Duration:
+    """``seconds`` as a protobuf Duration."""
+    value = duration_pb2.Duration()
+    value.FromNanoseconds(round(seconds * 1e9))
+    return value
+
+
+def extend_call(
+    name: str, *, lease: float | None, etag: str | None, request_id: str | None
+) -> callqos_service_pb2.ExtendCallRequest:
+    """An extension: the lease renewed to ``lease`` seconds from now (None: the call's own length)."""
+    request = callqos_service_pb2.ExtendCallRequest(
+        name=call_name(name), etag=etag or "", request_id=request_id or new_request_id()
+    )
+    if lease is not None:
+        request.lease_duration.CopyFrom(duration(lease))
     return request
 
 
@@ -128,9 +150,7 @@ def create_line(
 ) -> callqos_service_pb2.CreateLineRequest:
     line = line_pb2.Line(address=address)
     if no_answer_timeout is not None:
-        timeout = duration_pb2.Duration()
-        timeout.FromNanoseconds(round(no_answer_timeout * 1e9))
-        line.no_answer_timeout.CopyFrom(timeout)
+        line.no_answer_timeout.CopyFrom(duration(no_answer_timeout))
     return callqos_service_pb2.CreateLineRequest(
         line=line, line_id=line_id or "", request_id=request_id or new_request_id()
     )

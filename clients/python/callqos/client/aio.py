@@ -35,6 +35,7 @@ from . import _channel, _requests, specs
 from ._resume import START_SEQUENCE_HEADER, STREAM_ENDED, ResumePolicy, WatchState
 from ._security import TokenSource, bearer_metadata, check_token_transport, token_getter
 from .errors import CallQosError, UnavailableError, from_grpc_error
+from .keepalive import AsyncKeepAlive, LeaseLostError
 
 __all__ = ["AsyncClient", "AsyncEventStream", "AsyncOfferStream"]
 
@@ -123,6 +124,7 @@ class AsyncClient:
         provider: str | None = None,
         call_id: str | None = None,
         request_id: str | None = None,
+        lease: float | None = None,
         timeout: float | None = None,
     ) -> call_pb2.Call:
         """See :meth:`Client.make_call <callqos.client.sync.Client.make_call>`."""
@@ -135,6 +137,7 @@ class AsyncClient:
             provider=provider,
             call_id=call_id,
             request_id=request_id,
+            lease=lease,
         )
         call: call_pb2.Call = await self._unary(self._stub.CreateCall, request, timeout)
         return call
@@ -190,6 +193,34 @@ class AsyncClient:
         request = callqos_service_pb2.DropCallRequest(name=_requests.call_name(name), etag=etag or "")
         call: call_pb2.Call = await self._unary(self._stub.DropCall, request, timeout)
         return call
+
+    async def extend(
+        self,
+        name: str,
+        *,
+        lease: float | None = None,
+        etag: str | None = None,
+        request_id: str | None = None,
+        timeout: float | None = None,
+    ) -> call_pb2.Call:
+        """See :meth:`Client.extend <callqos.client.sync.Client.extend>`."""
+        request = _requests.extend_call(name, lease=lease, etag=etag, request_id=request_id)
+        call: call_pb2.Call = await self._unary(self._stub.ExtendCall, request, timeout)
+        return call
+
+    def keep_alive(
+        self,
+        call: call_pb2.Call,
+        *,
+        interval: float | None = None,
+        drop: bool = True,
+        on_lost: Callable[[LeaseLostError], object] | None = None,
+    ) -> AsyncKeepAlive:
+        """Renew ``call``'s lease from a task while ``async with client.keep_alive(call) as
+        lease:`` runs, then drop it (unless ``drop=False``); see
+        :meth:`Client.keep_alive <callqos.client.sync.Client.keep_alive>`. Without ``async with``,
+        ``start()`` it and ``await close()`` it."""
+        return AsyncKeepAlive(self, call, interval=interval, drop=drop, on_lost=on_lost)
 
     # -- lines and incoming calls -----------------------------------------------------------
 

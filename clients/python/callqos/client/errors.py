@@ -50,6 +50,7 @@ __all__ = [
     "CallAlreadyExistsError",
     "CallNotConnectedError",
     "CallNotFoundError",
+    "CallNotLeasedError",
     "CallNotOfferingError",
     "CallQosError",
     "ClientError",
@@ -63,6 +64,7 @@ __all__ = [
     "InternalError",
     "InvalidArgumentError",
     "InvalidRequestError",
+    "LeaseExpiredError",
     "LineAlreadyExistsError",
     "LineNotFoundError",
     "LinkAdminUnsupportedError",
@@ -325,6 +327,20 @@ class CallNotOfferingError(FailedPreconditionError):
     error_reason = "CALL_NOT_OFFERING"
 
 
+class LeaseExpiredError(FailedPreconditionError):
+    """The call's lease ended before the extension arrived: the call is disconnected
+    LEASE_EXPIRED and what it reserved released (``metadata["lease_expire_time"]``)."""
+
+    error_reason = "LEASE_EXPIRED"
+
+
+class CallNotLeasedError(FailedPreconditionError):
+    """The call has no lease to extend: made without one, or the answering leg of a call between
+    two applications, whose lease is its caller's (``metadata["peer"]``)."""
+
+    error_reason = "CALL_NOT_LEASED"
+
+
 class PermissionDeniedError(ClientError):
     """PERMISSION_DENIED."""
 
@@ -513,8 +529,9 @@ class WatcherTooSlowError(UnavailableError):
 
 
 class StorageUnavailableError(UnavailableError):
-    """The server could not record the outcome (its disk is full, its storage failed; ErrorInfo
-    metadata ``cause`` says which); nothing changed. Retry later."""
+    """The server could not read or record what the request needs (its disk is full, its storage
+    failed or cannot be reached; ErrorInfo metadata ``cause`` says which); nothing changed. Retry
+    later."""
 
     error_reason = "STORAGE_UNAVAILABLE"
 

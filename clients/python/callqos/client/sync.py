@@ -34,6 +34,7 @@ from . import _channel, _requests, specs
 from ._resume import START_SEQUENCE_HEADER, STREAM_ENDED, ResumePolicy, WatchState
 from ._security import TokenSource, bearer_metadata, check_token_transport, token_getter
 from .errors import CallQosError, UnavailableError, from_grpc_error
+from .keepalive import KeepAlive, LeaseLostError
 
 __all__ = ["Client", "EventStream", "OfferStream"]
 
@@ -124,6 +125,7 @@ class Client:
         provider: str | None = None,
         call_id: str | None = None,
         request_id: str | None = None,
+        lease: float | None = None,
         timeout: float | None = None,
     ) -> call_pb2.Call:
         """Make a call (lineMakeCall). A direction left out is best effort.
@@ -131,6 +133,9 @@ class Client:
         ``level`` is ``"needed"`` (the server's default), ``"if-available"`` or
         ``"best-effort"``. A ``request_id`` is generated when not given, so the request is
         safely retried on UNAVAILABLE; pass your own to make retries across processes safe.
+        ``lease`` (seconds, at least 1) makes the call end LEASE_EXPIRED unless it is extended
+        in time (:meth:`extend`, or :meth:`keep_alive`); without it the call has the server's
+        maximum lease, or none when the server sets no maximum.
 
         Raises:
             QosUnavailableError: at NEEDED, not enough capacity; see ``counter_offer``.
@@ -146,6 +151,7 @@ class Client:
             provider=provider,
             call_id=call_id,
             request_id=request_id,
+            lease=lease,
         )
         call: call_pb2.Call = self._unary(self._stub.CreateCall, request, timeout)
         return call
@@ -210,6 +216,42 @@ class Client:
         request = callqos_service_pb2.DropCallRequest(name=_requests.call_name(name), etag=etag or "")
         call: call_pb2.Call = self._unary(self._stub.DropCall, request, timeout)
         return call
+
+    def extend(
+        self,
+        name: str,
+        *,
+        lease: float | None = None,
+        etag: str | None = None,
+        request_id: str | None = None,
+        timeout: float | None = None,
+    ) -> call_pb2.Call:
+        """Renew a call's lease: it then ends ``lease`` seconds from now (None: the call's own
+        lease length). Only the call's owner may. A ``request_id`` is generated when not given,
+        so a retried renewal extends once.
+
+        Raises:
+            LeaseExpiredError: too late: the lease had ended, and the call is disconnected.
+            CallNotLeasedError: the call has no lease (or is the answering leg of a pair).
+            CallNotConnectedError: the call ended otherwise.
+        """
+        request = _requests.extend_call(name, lease=lease, etag=etag, request_id=request_id)
+        call: call_pb2.Call = self._unary(self._stub.ExtendCall, request, timeout)
+        return call
+
+    def keep_alive(
+        self,
+        call: call_pb2.Call,
+        *,
+        interval: float | None = None,
+        drop: bool = True,
+        on_lost: Callable[[LeaseLostError], object] | None = None,
+    ) -> KeepAlive:
+        """Renew ``call``'s lease from a thread every ``interval`` seconds (a third of its lease)
+        until the returned :class:`~callqos.client.keepalive.KeepAlive` is closed — use it as a
+        ``with`` block — then drop the call (unless ``drop=False``). A lost lease shows as
+        ``lost`` / ``error``, ``on_lost(error)``, and :class:`LeaseLostError` at the block's end."""
+        return KeepAlive(self, call, interval=interval, drop=drop, on_lost=on_lost).start()
 
     # -- lines and incoming calls -----------------------------------------------------------
 

@@ -23,10 +23,11 @@ _sym_db = _symbol_database.Default()
 
 
 from callqos.v1 import flowspec_pb2 as callqos_dot_v1_dot_flowspec__pb2
+from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15\x63\x61llqos/v1/call.proto\x12\ncallqos.v1\x1a\x19\x63\x61llqos/v1/flowspec.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x88\x07\n\x04\x43\x61ll\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65stination\x18\x02 \x01(\t\x12\x10\n\x08provider\x18\x03 \x01(\t\x12%\n\x05state\x18\x04 \x01(\x0e\x32\x16.callqos.v1.Call.State\x12\x37\n\x11\x64isconnect_reason\x18\x05 \x01(\x0e\x32\x1c.callqos.v1.DisconnectReason\x12/\n\rservice_level\x18\x06 \x01(\x0e\x32\x18.callqos.v1.ServiceLevel\x12*\n\rrequested_qos\x18\x07 \x01(\x0b\x32\x13.callqos.v1.QosSpec\x12(\n\x0bgranted_qos\x18\x08 \x01(\x0b\x32\x13.callqos.v1.QosSpec\x12+\n\x08\x66\x65\x61tures\x18\t \x01(\x0b\x32\x19.callqos.v1.Call.Features\x12\r\n\x05owner\x18\n \x01(\t\x12\x0c\n\x04\x65tag\x18\x0b \x01(\t\x12/\n\x0b\x63reate_time\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\r \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12-\n\tdirection\x18\x0e \x01(\x0e\x32\x1a.callqos.v1.Call.Direction\x12\x0c\n\x04line\x18\x0f \x01(\t\x12\x0c\n\x04peer\x18\x10 \x01(\t\x12\x11\n\tcaller_id\x18\x11 \x01(\t\x12\x35\n\x11offer_expire_time\x18\x12 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x19\n\x11offer_traceparent\x18\x13 \x01(\t\x12\x0e\n\x06tenant\x18\x14 \x01(\t\x1a+\n\x08\x46\x65\x61tures\x12\x0f\n\x07set_qos\x18\x01 \x01(\x08\x12\x0e\n\x06\x61nswer\x18\x02 \x01(\x08\"s\n\x05State\x12\x15\n\x11STATE_UNSPECIFIED\x10\x00\x12\x13\n\x0fSTATE_CONNECTED\x10\x01\x12\x16\n\x12STATE_DISCONNECTED\x10\x02\x12\x12\n\x0eSTATE_OFFERING\x10\x03\x12\x12\n\x0eSTATE_RINGBACK\x10\x04\"V\n\tDirection\x12\x19\n\x15\x44IRECTION_UNSPECIFIED\x10\x00\x12\x16\n\x12\x44IRECTION_OUTGOING\x10\x01\x12\x16\n\x12\x44IRECTION_INCOMING\x10\x02\"V\n\nQosRefusal\x12\x0c\n\x04\x63\x61ll\x18\x01 \x01(\t\x12*\n\rcounter_offer\x18\x02 \x01(\x0b\x32\x13.callqos.v1.QosSpec\x12\x0e\n\x06\x64\x65tail\x18\x03 \x01(\t*\x86\x01\n\x0cServiceLevel\x12\x1d\n\x19SERVICE_LEVEL_UNSPECIFIED\x10\x00\x12\x18\n\x14SERVICE_LEVEL_NEEDED\x10\x01\x12\x1e\n\x1aSERVICE_LEVEL_IF_AVAILABLE\x10\x02\x12\x1d\n\x19SERVICE_LEVEL_BEST_EFFORT\x10\x03*\x85\x02\n\x10\x44isconnectReason\x12!\n\x1d\x44ISCONNECT_REASON_UNSPECIFIED\x10\x00\x12\x1c\n\x18\x44ISCONNECT_REASON_NORMAL\x10\x01\x12%\n!DISCONNECT_REASON_QOS_UNAVAILABLE\x10\x02\x12$\n DISCONNECT_REASON_PROVIDER_ERROR\x10\x03\x12\x1e\n\x1a\x44ISCONNECT_REASON_REJECTED\x10\x04\x12\x1f\n\x1b\x44ISCONNECT_REASON_NO_ANSWER\x10\x05\x12\"\n\x1e\x44ISCONNECT_REASON_PEER_DROPPED\x10\x06\x42]\n\x0e\x64\x65v.callqos.v1B\tCallProtoP\x01Z>github.com/callqos/callqos/clients/go/gen/callqos/v1;callqosv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15\x63\x61llqos/v1/call.proto\x12\ncallqos.v1\x1a\x19\x63\x61llqos/v1/flowspec.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xf2\x07\n\x04\x43\x61ll\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65stination\x18\x02 \x01(\t\x12\x10\n\x08provider\x18\x03 \x01(\t\x12%\n\x05state\x18\x04 \x01(\x0e\x32\x16.callqos.v1.Call.State\x12\x37\n\x11\x64isconnect_reason\x18\x05 \x01(\x0e\x32\x1c.callqos.v1.DisconnectReason\x12/\n\rservice_level\x18\x06 \x01(\x0e\x32\x18.callqos.v1.ServiceLevel\x12*\n\rrequested_qos\x18\x07 \x01(\x0b\x32\x13.callqos.v1.QosSpec\x12(\n\x0bgranted_qos\x18\x08 \x01(\x0b\x32\x13.callqos.v1.QosSpec\x12+\n\x08\x66\x65\x61tures\x18\t \x01(\x0b\x32\x19.callqos.v1.Call.Features\x12\r\n\x05owner\x18\n \x01(\t\x12\x0c\n\x04\x65tag\x18\x0b \x01(\t\x12/\n\x0b\x63reate_time\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\r \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12-\n\tdirection\x18\x0e \x01(\x0e\x32\x1a.callqos.v1.Call.Direction\x12\x0c\n\x04line\x18\x0f \x01(\t\x12\x0c\n\x04peer\x18\x10 \x01(\t\x12\x11\n\tcaller_id\x18\x11 \x01(\t\x12\x35\n\x11offer_expire_time\x18\x12 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x19\n\x11offer_traceparent\x18\x13 \x01(\t\x12\x0e\n\x06tenant\x18\x14 \x01(\t\x12\x31\n\x0elease_duration\x18\x1e \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x35\n\x11lease_expire_time\x18\x1f \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x1a+\n\x08\x46\x65\x61tures\x12\x0f\n\x07set_qos\x18\x01 \x01(\x08\x12\x0e\n\x06\x61nswer\x18\x02 \x01(\x08\"s\n\x05State\x12\x15\n\x11STATE_UNSPECIFIED\x10\x00\x12\x13\n\x0fSTATE_CONNECTED\x10\x01\x12\x16\n\x12STATE_DISCONNECTED\x10\x02\x12\x12\n\x0eSTATE_OFFERING\x10\x03\x12\x12\n\x0eSTATE_RINGBACK\x10\x04\"V\n\tDirection\x12\x19\n\x15\x44IRECTION_UNSPECIFIED\x10\x00\x12\x16\n\x12\x44IRECTION_OUTGOING\x10\x01\x12\x16\n\x12\x44IRECTION_INCOMING\x10\x02\"V\n\nQosRefusal\x12\x0c\n\x04\x63\x61ll\x18\x01 \x01(\t\x12*\n\rcounter_offer\x18\x02 \x01(\x0b\x32\x13.callqos.v1.QosSpec\x12\x0e\n\x06\x64\x65tail\x18\x03 \x01(\t*\x86\x01\n\x0cServiceLevel\x12\x1d\n\x19SERVICE_LEVEL_UNSPECIFIED\x10\x00\x12\x18\n\x14SERVICE_LEVEL_NEEDED\x10\x01\x12\x1e\n\x1aSERVICE_LEVEL_IF_AVAILABLE\x10\x02\x12\x1d\n\x19SERVICE_LEVEL_BEST_EFFORT\x10\x03*\xaa\x02\n\x10\x44isconnectReason\x12!\n\x1d\x44ISCONNECT_REASON_UNSPECIFIED\x10\x00\x12\x1c\n\x18\x44ISCONNECT_REASON_NORMAL\x10\x01\x12%\n!DISCONNECT_REASON_QOS_UNAVAILABLE\x10\x02\x12$\n DISCONNECT_REASON_PROVIDER_ERROR\x10\x03\x12\x1e\n\x1a\x44ISCONNECT_REASON_REJECTED\x10\x04\x12\x1f\n\x1b\x44ISCONNECT_REASON_NO_ANSWER\x10\x05\x12\"\n\x1e\x44ISCONNECT_REASON_PEER_DROPPED\x10\x06\x12#\n\x1f\x44ISCONNECT_REASON_LEASE_EXPIRED\x10\x07\x42]\n\x0e\x64\x65v.callqos.v1B\tCallProtoP\x01Z>github.com/callqos/callqos/clients/go/gen/callqos/v1;callqosv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,18 +35,18 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'callqos.v1.call_pb2', _glob
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'\n\016dev.callqos.v1B\tCallProtoP\001Z>github.com/callqos/callqos/clients/go/gen/callqos/v1;callqosv1'
-  _globals['_SERVICELEVEL']._serialized_start=1093
-  _globals['_SERVICELEVEL']._serialized_end=1227
-  _globals['_DISCONNECTREASON']._serialized_start=1230
-  _globals['_DISCONNECTREASON']._serialized_end=1491
-  _globals['_CALL']._serialized_start=98
-  _globals['_CALL']._serialized_end=1002
-  _globals['_CALL_FEATURES']._serialized_start=754
-  _globals['_CALL_FEATURES']._serialized_end=797
-  _globals['_CALL_STATE']._serialized_start=799
-  _globals['_CALL_STATE']._serialized_end=914
-  _globals['_CALL_DIRECTION']._serialized_start=916
-  _globals['_CALL_DIRECTION']._serialized_end=1002
-  _globals['_QOSREFUSAL']._serialized_start=1004
-  _globals['_QOSREFUSAL']._serialized_end=1090
+  _globals['_SERVICELEVEL']._serialized_start=1231
+  _globals['_SERVICELEVEL']._serialized_end=1365
+  _globals['_DISCONNECTREASON']._serialized_start=1368
+  _globals['_DISCONNECTREASON']._serialized_end=1666
+  _globals['_CALL']._serialized_start=130
+  _globals['_CALL']._serialized_end=1140
+  _globals['_CALL_FEATURES']._serialized_start=892
+  _globals['_CALL_FEATURES']._serialized_end=935
+  _globals['_CALL_STATE']._serialized_start=937
+  _globals['_CALL_STATE']._serialized_end=1052
+  _globals['_CALL_DIRECTION']._serialized_start=1054
+  _globals['_CALL_DIRECTION']._serialized_end=1140
+  _globals['_QOSREFUSAL']._serialized_start=1142
+  _globals['_QOSREFUSAL']._serialized_end=1228
 # @@protoc_insertion_point(module_scope)

@@ -1,6 +1,7 @@
 import datetime
 
 from callqos.v1 import flowspec_pb2 as _flowspec_pb2
+from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
@@ -26,6 +27,7 @@ class DisconnectReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     DISCONNECT_REASON_REJECTED: _ClassVar[DisconnectReason]
     DISCONNECT_REASON_NO_ANSWER: _ClassVar[DisconnectReason]
     DISCONNECT_REASON_PEER_DROPPED: _ClassVar[DisconnectReason]
+    DISCONNECT_REASON_LEASE_EXPIRED: _ClassVar[DisconnectReason]
 SERVICE_LEVEL_UNSPECIFIED: ServiceLevel
 SERVICE_LEVEL_NEEDED: ServiceLevel
 SERVICE_LEVEL_IF_AVAILABLE: ServiceLevel
@@ -37,9 +39,10 @@ DISCONNECT_REASON_PROVIDER_ERROR: DisconnectReason
 DISCONNECT_REASON_REJECTED: DisconnectReason
 DISCONNECT_REASON_NO_ANSWER: DisconnectReason
 DISCONNECT_REASON_PEER_DROPPED: DisconnectReason
+DISCONNECT_REASON_LEASE_EXPIRED: DisconnectReason
 
 class Call(_message.Message):
-    __slots__ = ("name", "destination", "provider", "state", "disconnect_reason", "service_level", "requested_qos", "granted_qos", "features", "owner", "etag", "create_time", "update_time", "direction", "line", "peer", "caller_id", "offer_expire_time", "offer_traceparent", "tenant")
+    __slots__ = ("name", "destination", "provider", "state", "disconnect_reason", "service_level", "requested_qos", "granted_qos", "features", "owner", "etag", "create_time", "update_time", "direction", "line", "peer", "caller_id", "offer_expire_time", "offer_traceparent", "tenant", "lease_duration", "lease_expire_time")
     class State(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
         __slots__ = ()
         STATE_UNSPECIFIED: _ClassVar[Call.State]
@@ -87,6 +90,8 @@ class Call(_message.Message):
     OFFER_EXPIRE_TIME_FIELD_NUMBER: _ClassVar[int]
     OFFER_TRACEPARENT_FIELD_NUMBER: _ClassVar[int]
     TENANT_FIELD_NUMBER: _ClassVar[int]
+    LEASE_DURATION_FIELD_NUMBER: _ClassVar[int]
+    LEASE_EXPIRE_TIME_FIELD_NUMBER: _ClassVar[int]
     name: str
     destination: str
     provider: str
@@ -107,7 +112,9 @@ class Call(_message.Message):
     offer_expire_time: _timestamp_pb2.Timestamp
     offer_traceparent: str
     tenant: str
-    def __init__(self, name: _Optional[str] = ..., destination: _Optional[str] = ..., provider: _Optional[str] = ..., state: _Optional[_Union[Call.State, str]] = ..., disconnect_reason: _Optional[_Union[DisconnectReason, str]] = ..., service_level: _Optional[_Union[ServiceLevel, str]] = ..., requested_qos: _Optional[_Union[_flowspec_pb2.QosSpec, _Mapping]] = ..., granted_qos: _Optional[_Union[_flowspec_pb2.QosSpec, _Mapping]] = ..., features: _Optional[_Union[Call.Features, _Mapping]] = ..., owner: _Optional[str] = ..., etag: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., direction: _Optional[_Union[Call.Direction, str]] = ..., line: _Optional[str] = ..., peer: _Optional[str] = ..., caller_id: _Optional[str] = ..., offer_expire_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., offer_traceparent: _Optional[str] = ..., tenant: _Optional[str] = ...) -> None: ...
+    lease_duration: _duration_pb2.Duration
+    lease_expire_time: _timestamp_pb2.Timestamp
+    def __init__(self, name: _Optional[str] = ..., destination: _Optional[str] = ..., provider: _Optional[str] = ..., state: _Optional[_Union[Call.State, str]] = ..., disconnect_reason: _Optional[_Union[DisconnectReason, str]] = ..., service_level: _Optional[_Union[ServiceLevel, str]] = ..., requested_qos: _Optional[_Union[_flowspec_pb2.QosSpec, _Mapping]] = ..., granted_qos: _Optional[_Union[_flowspec_pb2.QosSpec, _Mapping]] = ..., features: _Optional[_Union[Call.Features, _Mapping]] = ..., owner: _Optional[str] = ..., etag: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., direction: _Optional[_Union[Call.Direction, str]] = ..., line: _Optional[str] = ..., peer: _Optional[str] = ..., caller_id: _Optional[str] = ..., offer_expire_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., offer_traceparent: _Optional[str] = ..., tenant: _Optional[str] = ..., lease_duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., lease_expire_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class QosRefusal(_message.Message):
     __slots__ = ("call", "counter_offer", "detail")

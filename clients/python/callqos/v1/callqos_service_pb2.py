@@ -27,10 +27,11 @@ from callqos.v1 import event_pb2 as callqos_dot_v1_dot_event__pb2
 from callqos.v1 import flowspec_pb2 as callqos_dot_v1_dot_flowspec__pb2
 from callqos.v1 import line_pb2 as callqos_dot_v1_dot_line__pb2
 from callqos.v1 import provider_pb2 as callqos_dot_v1_dot_provider__pb2
+from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
 from google.protobuf import field_mask_pb2 as google_dot_protobuf_dot_field__mask__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n callqos/v1/callqos_service.proto\x12\ncallqos.v1\x1a\x15\x63\x61llqos/v1/call.proto\x1a\x16\x63\x61llqos/v1/event.proto\x1a\x19\x63\x61llqos/v1/flowspec.proto\x1a\x15\x63\x61llqos/v1/line.proto\x1a\x19\x63\x61llqos/v1/provider.proto\x1a google/protobuf/field_mask.proto\"X\n\x11\x43reateCallRequest\x12\x1e\n\x04\x63\x61ll\x18\x01 \x01(\x0b\x32\x10.callqos.v1.Call\x12\x0f\n\x07\x63\x61ll_id\x18\x02 \x01(\t\x12\x12\n\nrequest_id\x18\x03 \x01(\t\"\x1e\n\x0eGetCallRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"I\n\x10ListCallsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x0e\n\x06\x66ilter\x18\x03 \x01(\t\"M\n\x11ListCallsResponse\x12\x1f\n\x05\x63\x61lls\x18\x01 \x03(\x0b\x32\x10.callqos.v1.Call\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x9b\x01\n\x16RenegotiateCallRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12 \n\x03qos\x18\x02 \x01(\x0b\x32\x13.callqos.v1.QosSpec\x12\x0c\n\x04\x65tag\x18\x03 \x01(\t\x12\x12\n\nrequest_id\x18\x04 \x01(\t\x12/\n\rservice_level\x18\x05 \x01(\x0e\x32\x18.callqos.v1.ServiceLevel\"-\n\x0f\x44ropCallRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04\x65tag\x18\x02 \x01(\t\"\x89\x01\n\x12WatchEventsRequest\x12\x1b\n\x0e\x61\x66ter_sequence\x18\x01 \x01(\x04H\x00\x88\x01\x01\x12\x0c\n\x04\x63\x61ll\x18\x02 \x01(\t\x12\'\n\x05types\x18\x03 \x03(\x0e\x32\x18.callqos.v1.QosEventType\x12\x0c\n\x04line\x18\x04 \x01(\tB\x11\n\x0f_after_sequence\":\n\x13WatchEventsResponse\x12#\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x14.callqos.v1.QosEvent\"\"\n\x12GetProviderRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"=\n\x14ListProvidersRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"Y\n\x15ListProvidersResponse\x12\'\n\tproviders\x18\x01 \x03(\x0b\x32\x14.callqos.v1.Provider\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"I\n\x10ListLinksRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"M\n\x11ListLinksResponse\x12\x1f\n\x05links\x18\x01 \x03(\x0b\x32\x10.callqos.v1.Link\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"d\n\x11UpdateLinkRequest\x12\x1e\n\x04link\x18\x01 \x01(\x0b\x32\x10.callqos.v1.Link\x12/\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\"X\n\x11\x43reateLineRequest\x12\x1e\n\x04line\x18\x01 \x01(\x0b\x32\x10.callqos.v1.Line\x12\x0f\n\x07line_id\x18\x02 \x01(\t\x12\x12\n\nrequest_id\x18\x03 \x01(\t\"\x1e\n\x0eGetLineRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"I\n\x10ListLinesRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x0e\n\x06\x66ilter\x18\x03 \x01(\t\"M\n\x11ListLinesResponse\x12\x1f\n\x05lines\x18\x01 \x03(\x0b\x32\x10.callqos.v1.Line\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\".\n\x10\x43loseLineRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04\x65tag\x18\x02 \x01(\t\"e\n\x11\x41nswerCallRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12 \n\x03qos\x18\x02 \x01(\x0b\x32\x13.callqos.v1.QosSpec\x12\x0c\n\x04\x65tag\x18\x03 \x01(\t\x12\x12\n\nrequest_id\x18\x04 \x01(\t\"C\n\x11RejectCallRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04\x65tag\x18\x02 \x01(\t\x12\x12\n\nrequest_id\x18\x03 \x01(\t\"]\n\x12UpdateLinkResponse\x12\x1e\n\x04link\x18\x01 \x01(\x0b\x32\x10.callqos.v1.Link\x12\'\n\x07\x63hanges\x18\x02 \x03(\x0b\x32\x16.callqos.v1.LinkChange\"\x97\x02\n\nLinkChange\x12\x0c\n\x04\x63\x61ll\x18\x01 \x01(\t\x12/\n\x07outcome\x18\x02 \x01(\x0e\x32\x1e.callqos.v1.LinkChange.Outcome\x12)\n\x0cprevious_qos\x18\x03 \x01(\x0b\x32\x13.callqos.v1.QosSpec\x12(\n\x0b\x63urrent_qos\x18\x04 \x01(\x0b\x32\x13.callqos.v1.QosSpec\x12\x0f\n\x07message\x18\x05 \x01(\t\x12\x10\n\x08recorded\x18\x06 \x01(\x08\"R\n\x07Outcome\x12\x17\n\x13OUTCOME_UNSPECIFIED\x10\x00\x12\x14\n\x10OUTCOME_DEGRADED\x10\x01\x12\x18\n\x14OUTCOME_DISCONNECTED\x10\x02\x32\xd7\x08\n\x0e\x43\x61llQosService\x12=\n\nCreateCall\x12\x1d.callqos.v1.CreateCallRequest\x1a\x10.callqos.v1.Call\x12\x37\n\x07GetCall\x12\x1a.callqos.v1.GetCallRequest\x1a\x10.callqos.v1.Call\x12H\n\tListCalls\x12\x1c.callqos.v1.ListCallsRequest\x1a\x1d.callqos.v1.ListCallsResponse\x12G\n\x0fRenegotiateCall\x12\".callqos.v1.RenegotiateCallRequest\x1a\x10.callqos.v1.Call\x12\x39\n\x08\x44ropCall\x12\x1b.callqos.v1.DropCallRequest\x1a\x10.callqos.v1.Call\x12P\n\x0bWatchEvents\x12\x1e.callqos.v1.WatchEventsRequest\x1a\x1f.callqos.v1.WatchEventsResponse0\x01\x12\x43\n\x0bGetProvider\x12\x1e.callqos.v1.GetProviderRequest\x1a\x14.callqos.v1.Provider\x12T\n\rListProviders\x12 .callqos.v1.ListProvidersRequest\x1a!.callqos.v1.ListProvidersResponse\x12H\n\tListLinks\x12\x1c.callqos.v1.ListLinksRequest\x1a\x1d.callqos.v1.ListLinksResponse\x12K\n\nUpdateLink\x12\x1d.callqos.v1.UpdateLinkRequest\x1a\x1e.callqos.v1.UpdateLinkResponse\x12=\n\nCreateLine\x12\x1d.callqos.v1.CreateLineRequest\x1a\x10.callqos.v1.Line\x12\x37\n\x07GetLine\x12\x1a.callqos.v1.GetLineRequest\x1a\x10.callqos.v1.Line\x12H\n\tListLines\x12\x1c.callqos.v1.ListLinesRequest\x1a\x1d.callqos.v1.ListLinesResponse\x12;\n\tCloseLine\x12\x1c.callqos.v1.CloseLineRequest\x1a\x10.callqos.v1.Line\x12=\n\nAnswerCall\x12\x1d.callqos.v1.AnswerCallRequest\x1a\x10.callqos.v1.Call\x12=\n\nRejectCall\x12\x1d.callqos.v1.RejectCallRequest\x1a\x10.callqos.v1.CallBg\n\x0e\x64\x65v.callqos.v1B\x13\x43\x61llqosServiceProtoP\x01Z>github.com/callqos/callqos/clients/go/gen/callqos/v1;callqosv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n callqos/v1/callqos_service.proto\x12\ncallqos.v1\x1a\x15\x63\x61llqos/v1/call.proto\x1a\x16\x63\x61llqos/v1/event.proto\x1a\x19\x63\x61llqos/v1/flowspec.proto\x1a\x15\x63\x61llqos/v1/line.proto\x1a\x19\x63\x61llqos/v1/provider.proto\x1a\x1egoogle/protobuf/duration.proto\x1a google/protobuf/field_mask.proto\"X\n\x11\x43reateCallRequest\x12\x1e\n\x04\x63\x61ll\x18\x01 \x01(\x0b\x32\x10.callqos.v1.Call\x12\x0f\n\x07\x63\x61ll_id\x18\x02 \x01(\t\x12\x12\n\nrequest_id\x18\x03 \x01(\t\"\x1e\n\x0eGetCallRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"I\n\x10ListCallsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x0e\n\x06\x66ilter\x18\x03 \x01(\t\"M\n\x11ListCallsResponse\x12\x1f\n\x05\x63\x61lls\x18\x01 \x03(\x0b\x32\x10.callqos.v1.Call\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x9b\x01\n\x16RenegotiateCallRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12 \n\x03qos\x18\x02 \x01(\x0b\x32\x13.callqos.v1.QosSpec\x12\x0c\n\x04\x65tag\x18\x03 \x01(\t\x12\x12\n\nrequest_id\x18\x04 \x01(\t\x12/\n\rservice_level\x18\x05 \x01(\x0e\x32\x18.callqos.v1.ServiceLevel\"-\n\x0f\x44ropCallRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04\x65tag\x18\x02 \x01(\t\"v\n\x11\x45xtendCallRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x31\n\x0elease_duration\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x0c\n\x04\x65tag\x18\x03 \x01(\t\x12\x12\n\nrequest_id\x18\x04 \x01(\t\"\x89\x01\n\x12WatchEventsRequest\x12\x1b\n\x0e\x61\x66ter_sequence\x18\x01 \x01(\x04H\x00\x88\x01\x01\x12\x0c\n\x04\x63\x61ll\x18\x02 \x01(\t\x12\'\n\x05types\x18\x03 \x03(\x0e\x32\x18.callqos.v1.QosEventType\x12\x0c\n\x04line\x18\x04 \x01(\tB\x11\n\x0f_after_sequence\":\n\x13WatchEventsResponse\x12#\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x14.callqos.v1.QosEvent\"\"\n\x12GetProviderRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"=\n\x14ListProvidersRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"Y\n\x15ListProvidersResponse\x12\'\n\tproviders\x18\x01 \x03(\x0b\x32\x14.callqos.v1.Provider\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"I\n\x10ListLinksRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"M\n\x11ListLinksResponse\x12\x1f\n\x05links\x18\x01 \x03(\x0b\x32\x10.callqos.v1.Link\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"d\n\x11UpdateLinkRequest\x12\x1e\n\x04link\x18\x01 \x01(\x0b\x32\x10.callqos.v1.Link\x12/\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\"X\n\x11\x43reateLineRequest\x12\x1e\n\x04line\x18\x01 \x01(\x0b\x32\x10.callqos.v1.Line\x12\x0f\n\x07line_id\x18\x02 \x01(\t\x12\x12\n\nrequest_id\x18\x03 \x01(\t\"\x1e\n\x0eGetLineRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"I\n\x10ListLinesRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x0e\n\x06\x66ilter\x18\x03 \x01(\t\"M\n\x11ListLinesResponse\x12\x1f\n\x05lines\x18\x01 \x03(\x0b\x32\x10.callqos.v1.Line\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\".\n\x10\x43loseLineRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04\x65tag\x18\x02 \x01(\t\"e\n\x11\x41nswerCallRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12 \n\x03qos\x18\x02 \x01(\x0b\x32\x13.callqos.v1.QosSpec\x12\x0c\n\x04\x65tag\x18\x03 \x01(\t\x12\x12\n\nrequest_id\x18\x04 \x01(\t\"C\n\x11RejectCallRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04\x65tag\x18\x02 \x01(\t\x12\x12\n\nrequest_id\x18\x03 \x01(\t\"]\n\x12UpdateLinkResponse\x12\x1e\n\x04link\x18\x01 \x01(\x0b\x32\x10.callqos.v1.Link\x12\'\n\x07\x63hanges\x18\x02 \x03(\x0b\x32\x16.callqos.v1.LinkChange\"\x97\x02\n\nLinkChange\x12\x0c\n\x04\x63\x61ll\x18\x01 \x01(\t\x12/\n\x07outcome\x18\x02 \x01(\x0e\x32\x1e.callqos.v1.LinkChange.Outcome\x12)\n\x0cprevious_qos\x18\x03 \x01(\x0b\x32\x13.callqos.v1.QosSpec\x12(\n\x0b\x63urrent_qos\x18\x04 \x01(\x0b\x32\x13.callqos.v1.QosSpec\x12\x0f\n\x07message\x18\x05 \x01(\t\x12\x10\n\x08recorded\x18\x06 \x01(\x08\"R\n\x07Outcome\x12\x17\n\x13OUTCOME_UNSPECIFIED\x10\x00\x12\x14\n\x10OUTCOME_DEGRADED\x10\x01\x12\x18\n\x14OUTCOME_DISCONNECTED\x10\x02\x32\x96\t\n\x0e\x43\x61llQosService\x12=\n\nCreateCall\x12\x1d.callqos.v1.CreateCallRequest\x1a\x10.callqos.v1.Call\x12\x37\n\x07GetCall\x12\x1a.callqos.v1.GetCallRequest\x1a\x10.callqos.v1.Call\x12H\n\tListCalls\x12\x1c.callqos.v1.ListCallsRequest\x1a\x1d.callqos.v1.ListCallsResponse\x12G\n\x0fRenegotiateCall\x12\".callqos.v1.RenegotiateCallRequest\x1a\x10.callqos.v1.Call\x12\x39\n\x08\x44ropCall\x12\x1b.callqos.v1.DropCallRequest\x1a\x10.callqos.v1.Call\x12=\n\nExtendCall\x12\x1d.callqos.v1.ExtendCallRequest\x1a\x10.callqos.v1.Call\x12P\n\x0bWatchEvents\x12\x1e.callqos.v1.WatchEventsRequest\x1a\x1f.callqos.v1.WatchEventsResponse0\x01\x12\x43\n\x0bGetProvider\x12\x1e.callqos.v1.GetProviderRequest\x1a\x14.callqos.v1.Provider\x12T\n\rListProviders\x12 .callqos.v1.ListProvidersRequest\x1a!.callqos.v1.ListProvidersResponse\x12H\n\tListLinks\x12\x1c.callqos.v1.ListLinksRequest\x1a\x1d.callqos.v1.ListLinksResponse\x12K\n\nUpdateLink\x12\x1d.callqos.v1.UpdateLinkRequest\x1a\x1e.callqos.v1.UpdateLinkResponse\x12=\n\nCreateLine\x12\x1d.callqos.v1.CreateLineRequest\x1a\x10.callqos.v1.Line\x12\x37\n\x07GetLine\x12\x1a.callqos.v1.GetLineRequest\x1a\x10.callqos.v1.Line\x12H\n\tListLines\x12\x1c.callqos.v1.ListLinesRequest\x1a\x1d.callqos.v1.ListLinesResponse\x12;\n\tCloseLine\x12\x1c.callqos.v1.CloseLineRequest\x1a\x10.callqos.v1.Line\x12=\n\nAnswerCall\x12\x1d.callqos.v1.AnswerCallRequest\x1a\x10.callqos.v1.Call\x12=\n\nRejectCall\x12\x1d.callqos.v1.RejectCallRequest\x1a\x10.callqos.v1.CallBg\n\x0e\x64\x65v.callqos.v1B\x13\x43\x61llqosServiceProtoP\x01Z>github.com/callqos/callqos/clients/go/gen/callqos/v1;callqosv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -38,54 +39,56 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'callqos.v1.callqos_service_
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'\n\016dev.callqos.v1B\023CallqosServiceProtoP\001Z>github.com/callqos/callqos/clients/go/gen/callqos/v1;callqosv1'
-  _globals['_CREATECALLREQUEST']._serialized_start=206
-  _globals['_CREATECALLREQUEST']._serialized_end=294
-  _globals['_GETCALLREQUEST']._serialized_start=296
-  _globals['_GETCALLREQUEST']._serialized_end=326
-  _globals['_LISTCALLSREQUEST']._serialized_start=328
-  _globals['_LISTCALLSREQUEST']._serialized_end=401
-  _globals['_LISTCALLSRESPONSE']._serialized_start=403
-  _globals['_LISTCALLSRESPONSE']._serialized_end=480
-  _globals['_RENEGOTIATECALLREQUEST']._serialized_start=483
-  _globals['_RENEGOTIATECALLREQUEST']._serialized_end=638
-  _globals['_DROPCALLREQUEST']._serialized_start=640
-  _globals['_DROPCALLREQUEST']._serialized_end=685
-  _globals['_WATCHEVENTSREQUEST']._serialized_start=688
-  _globals['_WATCHEVENTSREQUEST']._serialized_end=825
-  _globals['_WATCHEVENTSRESPONSE']._serialized_start=827
-  _globals['_WATCHEVENTSRESPONSE']._serialized_end=885
-  _globals['_GETPROVIDERREQUEST']._serialized_start=887
-  _globals['_GETPROVIDERREQUEST']._serialized_end=921
-  _globals['_LISTPROVIDERSREQUEST']._serialized_start=923
-  _globals['_LISTPROVIDERSREQUEST']._serialized_end=984
-  _globals['_LISTPROVIDERSRESPONSE']._serialized_start=986
-  _globals['_LISTPROVIDERSRESPONSE']._serialized_end=1075
-  _globals['_LISTLINKSREQUEST']._serialized_start=1077
-  _globals['_LISTLINKSREQUEST']._serialized_end=1150
-  _globals['_LISTLINKSRESPONSE']._serialized_start=1152
-  _globals['_LISTLINKSRESPONSE']._serialized_end=1229
-  _globals['_UPDATELINKREQUEST']._serialized_start=1231
-  _globals['_UPDATELINKREQUEST']._serialized_end=1331
-  _globals['_CREATELINEREQUEST']._serialized_start=1333
-  _globals['_CREATELINEREQUEST']._serialized_end=1421
-  _globals['_GETLINEREQUEST']._serialized_start=1423
-  _globals['_GETLINEREQUEST']._serialized_end=1453
-  _globals['_LISTLINESREQUEST']._serialized_start=1455
-  _globals['_LISTLINESREQUEST']._serialized_end=1528
-  _globals['_LISTLINESRESPONSE']._serialized_start=1530
-  _globals['_LISTLINESRESPONSE']._serialized_end=1607
-  _globals['_CLOSELINEREQUEST']._serialized_start=1609
-  _globals['_CLOSELINEREQUEST']._serialized_end=1655
-  _globals['_ANSWERCALLREQUEST']._serialized_start=1657
-  _globals['_ANSWERCALLREQUEST']._serialized_end=1758
-  _globals['_REJECTCALLREQUEST']._serialized_start=1760
-  _globals['_REJECTCALLREQUEST']._serialized_end=1827
-  _globals['_UPDATELINKRESPONSE']._serialized_start=1829
-  _globals['_UPDATELINKRESPONSE']._serialized_end=1922
-  _globals['_LINKCHANGE']._serialized_start=1925
-  _globals['_LINKCHANGE']._serialized_end=2204
-  _globals['_LINKCHANGE_OUTCOME']._serialized_start=2122
-  _globals['_LINKCHANGE_OUTCOME']._serialized_end=2204
-  _globals['_CALLQOSSERVICE']._serialized_start=2207
-  _globals['_CALLQOSSERVICE']._serialized_end=3318
+  _globals['_CREATECALLREQUEST']._serialized_start=238
+  _globals['_CREATECALLREQUEST']._serialized_end=326
+  _globals['_GETCALLREQUEST']._serialized_start=328
+  _globals['_GETCALLREQUEST']._serialized_end=358
+  _globals['_LISTCALLSREQUEST']._serialized_start=360
+  _globals['_LISTCALLSREQUEST']._serialized_end=433
+  _globals['_LISTCALLSRESPONSE']._serialized_start=435
+  _globals['_LISTCALLSRESPONSE']._serialized_end=512
+  _globals['_RENEGOTIATECALLREQUEST']._serialized_start=515
+  _globals['_RENEGOTIATECALLREQUEST']._serialized_end=670
+  _globals['_DROPCALLREQUEST']._serialized_start=672
+  _globals['_DROPCALLREQUEST']._serialized_end=717
+  _globals['_EXTENDCALLREQUEST']._serialized_start=719
+  _globals['_EXTENDCALLREQUEST']._serialized_end=837
+  _globals['_WATCHEVENTSREQUEST']._serialized_start=840
+  _globals['_WATCHEVENTSREQUEST']._serialized_end=977
+  _globals['_WATCHEVENTSRESPONSE']._serialized_start=979
+  _globals['_WATCHEVENTSRESPONSE']._serialized_end=1037
+  _globals['_GETPROVIDERREQUEST']._serialized_start=1039
+  _globals['_GETPROVIDERREQUEST']._serialized_end=1073
+  _globals['_LISTPROVIDERSREQUEST']._serialized_start=1075
+  _globals['_LISTPROVIDERSREQUEST']._serialized_end=1136
+  _globals['_LISTPROVIDERSRESPONSE']._serialized_start=1138
+  _globals['_LISTPROVIDERSRESPONSE']._serialized_end=1227
+  _globals['_LISTLINKSREQUEST']._serialized_start=1229
+  _globals['_LISTLINKSREQUEST']._serialized_end=1302
+  _globals['_LISTLINKSRESPONSE']._serialized_start=1304
+  _globals['_LISTLINKSRESPONSE']._serialized_end=1381
+  _globals['_UPDATELINKREQUEST']._serialized_start=1383
+  _globals['_UPDATELINKREQUEST']._serialized_end=1483
+  _globals['_CREATELINEREQUEST']._serialized_start=1485
+  _globals['_CREATELINEREQUEST']._serialized_end=1573
+  _globals['_GETLINEREQUEST']._serialized_start=1575
+  _globals['_GETLINEREQUEST']._serialized_end=1605
+  _globals['_LISTLINESREQUEST']._serialized_start=1607
+  _globals['_LISTLINESREQUEST']._serialized_end=1680
+  _globals['_LISTLINESRESPONSE']._serialized_start=1682
+  _globals['_LISTLINESRESPONSE']._serialized_end=1759
+  _globals['_CLOSELINEREQUEST']._serialized_start=1761
+  _globals['_CLOSELINEREQUEST']._serialized_end=1807
+  _globals['_ANSWERCALLREQUEST']._serialized_start=1809
+  _globals['_ANSWERCALLREQUEST']._serialized_end=1910
+  _globals['_REJECTCALLREQUEST']._serialized_start=1912
+  _globals['_REJECTCALLREQUEST']._serialized_end=1979
+  _globals['_UPDATELINKRESPONSE']._serialized_start=1981
+  _globals['_UPDATELINKRESPONSE']._serialized_end=2074
+  _globals['_LINKCHANGE']._serialized_start=2077
+  _globals['_LINKCHANGE']._serialized_end=2356
+  _globals['_LINKCHANGE_OUTCOME']._serialized_start=2274
+  _globals['_LINKCHANGE_OUTCOME']._serialized_end=2356
+  _globals['_CALLQOSSERVICE']._serialized_start=2359
+  _globals['_CALLQOSSERVICE']._serialized_end=3533
 # @@protoc_insertion_point(module_scope)

@@ -1,8 +1,11 @@
+import datetime
+
 from callqos.v1 import call_pb2 as _call_pb2
 from callqos.v1 import event_pb2 as _event_pb2
 from callqos.v1 import flowspec_pb2 as _flowspec_pb2
 from callqos.v1 import line_pb2 as _line_pb2
 from callqos.v1 import provider_pb2 as _provider_pb2
+from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import field_mask_pb2 as _field_mask_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
@@ -68,6 +71,18 @@ class DropCallRequest(_message.Message):
     name: str
     etag: str
     def __init__(self, name: _Optional[str] = ..., etag: _Optional[str] = ...) -> None: ...
+
+class ExtendCallRequest(_message.Message):
+    __slots__ = ("name", "lease_duration", "etag", "request_id")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    LEASE_DURATION_FIELD_NUMBER: _ClassVar[int]
+    ETAG_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    lease_duration: _duration_pb2.Duration
+    etag: str
+    request_id: str
+    def __init__(self, name: _Optional[str] = ..., lease_duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., etag: _Optional[str] = ..., request_id: _Optional[str] = ...) -> None: ...
 
 class WatchEventsRequest(_message.Message):
     __slots__ = ("after_sequence", "call", "types", "line")

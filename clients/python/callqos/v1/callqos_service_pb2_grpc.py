@@ -73,6 +73,11 @@ class CallQosServiceStub:
                 request_serializer=callqos_dot_v1_dot_callqos__service__pb2.DropCallRequest.SerializeToString,
                 response_deserializer=callqos_dot_v1_dot_call__pb2.Call.FromString,
                 _registered_method=True)
+        self.ExtendCall = channel.unary_unary(
+                '/callqos.v1.CallQosService/ExtendCall',
+                request_serializer=callqos_dot_v1_dot_callqos__service__pb2.ExtendCallRequest.SerializeToString,
+                response_deserializer=callqos_dot_v1_dot_call__pb2.Call.FromString,
+                _registered_method=True)
         self.WatchEvents = channel.unary_stream(
                 '/callqos.v1.CallQosService/WatchEvents',
                 request_serializer=callqos_dot_v1_dot_callqos__service__pb2.WatchEventsRequest.SerializeToString,
@@ -153,6 +158,8 @@ class CallQosServiceServicer:
         offered to the line's owner (an INCOMING call, OFFERING) and returned RINGBACK; the QoS is
         negotiated when the owner answers (AnswerCall), and the caller learns the outcome from its
         call's events. Another tenant's lines are never rung: such a call goes out to its provider.
+        With a lease (`call.lease_duration`, or the server's max_lease_seconds) the call lives until
+        its lease_expire_time unless its owner extends it (ExtendCall).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -183,6 +190,22 @@ class CallQosServiceServicer:
     def DropCall(self, request, context):
         """Drops a call (lineDrop) and releases what it reserved. The call stays readable as
         DISCONNECTED. Owner only. Dropping a disconnected call returns it unchanged.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ExtendCall(self, request, context):
+        """Extends a call's lease (AIP-136 custom method `:extend`): its lease then ends lease_duration
+        after now (the request's, or the call's own). A call whose lease ends is disconnected
+        LEASE_EXPIRED and its reservation released, so an application keeps a call by extending it
+        well within each lease (the clients' keep-alive helpers renew at a third of it). Owner of the
+        leased leg only (permission calls.extend, role caller): NOT_OWNER otherwise. The call must be
+        CONNECTED or RINGBACK: FAILED_PRECONDITION LEASE_EXPIRED once its lease has ended (even if
+        the server has not disconnected it yet), CALL_NOT_CONNECTED when it ended otherwise,
+        CALL_NOT_LEASED when it has no lease (or is the answering leg: the caller's lease governs a
+        pair). Renewing changes only lease_expire_time (and lease_duration), not the etag; it sends no
+        event.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -315,6 +338,11 @@ def add_CallQosServiceServicer_to_server(servicer, server):
             'DropCall': grpc.unary_unary_rpc_method_handler(
                     servicer.DropCall,
                     request_deserializer=callqos_dot_v1_dot_callqos__service__pb2.DropCallRequest.FromString,
+                    response_serializer=callqos_dot_v1_dot_call__pb2.Call.SerializeToString,
+            ),
+            'ExtendCall': grpc.unary_unary_rpc_method_handler(
+                    servicer.ExtendCall,
+                    request_deserializer=callqos_dot_v1_dot_callqos__service__pb2.ExtendCallRequest.FromString,
                     response_serializer=callqos_dot_v1_dot_call__pb2.Call.SerializeToString,
             ),
             'WatchEvents': grpc.unary_stream_rpc_method_handler(
@@ -518,6 +546,33 @@ class CallQosService:
             target,
             '/callqos.v1.CallQosService/DropCall',
             callqos_dot_v1_dot_callqos__service__pb2.DropCallRequest.SerializeToString,
+            callqos_dot_v1_dot_call__pb2.Call.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ExtendCall(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/callqos.v1.CallQosService/ExtendCall',
+            callqos_dot_v1_dot_callqos__service__pb2.ExtendCallRequest.SerializeToString,
             callqos_dot_v1_dot_call__pb2.Call.FromString,
             options,
             channel_credentials,

@@ -37,6 +37,8 @@ class ErrorReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     ERROR_REASON_UNAUTHENTICATED: _ClassVar[ErrorReason]
     ERROR_REASON_PERMISSION_DENIED: _ClassVar[ErrorReason]
     ERROR_REASON_QUOTA_EXCEEDED: _ClassVar[ErrorReason]
+    ERROR_REASON_LEASE_EXPIRED: _ClassVar[ErrorReason]
+    ERROR_REASON_CALL_NOT_LEASED: _ClassVar[ErrorReason]
 
 class GrpcCode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -87,6 +89,8 @@ ERROR_REASON_STORAGE_UNAVAILABLE: ErrorReason
 ERROR_REASON_UNAUTHENTICATED: ErrorReason
 ERROR_REASON_PERMISSION_DENIED: ErrorReason
 ERROR_REASON_QUOTA_EXCEEDED: ErrorReason
+ERROR_REASON_LEASE_EXPIRED: ErrorReason
+ERROR_REASON_CALL_NOT_LEASED: ErrorReason
 GRPC_CODE_UNSPECIFIED: GrpcCode
 GRPC_CODE_CANCELLED: GrpcCode
 GRPC_CODE_UNKNOWN: GrpcCode

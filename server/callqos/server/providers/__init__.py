@@ -6,7 +6,8 @@ A provider imports from here only (plus the `callqos.v1` messages of the public 
   the `Decision` it answers, a `Grant` or a `Refusal` of a `RefusalKind`; `Restored` calls it is
   handed back at start-up; the `ProviderHost` it reports each `ProviderChange` to, and offers
   each `IncomingOffer` from its network to; the `Holding`s it lists for the server's
-  reconciliation;
+  reconciliation; the `SharedLedger` a host of several replicas offers (`ProviderHost.ledger`),
+  with its `LedgerBooks`, `BookedLink` and `BookedReservation`;
 - the QoS arithmetic (from `qos`): what a flowspec reserves (`reserved_rate`, `RESERVING`), whether
   a grant satisfies a request (`shortfalls`, `qos_shortfalls`), best-effort flowspecs, the
   RFC 2212 delay bound of a GUARANTEED flow over a path (`PathTerms`, `guaranteed_delay_bound_us`,
@@ -25,16 +26,20 @@ party's would be. How the server finds, hosts and calls providers (`registry`, a
 from callqos.server.names import is_resource_id, link_name
 from callqos.server.providers.base import (
     AdmissionRequest,
+    BookedLink,
+    BookedReservation,
     Decision,
     Grant,
     Holding,
     IncomingOffer,
+    LedgerBooks,
     Provider,
     ProviderChange,
     ProviderHost,
     Refusal,
     RefusalKind,
     Restored,
+    SharedLedger,
 )
 from callqos.server.providers.spans import annotate_link
 from callqos.server.qos import (
@@ -59,10 +64,13 @@ __all__ = [
     "LARGEST_UINT64",
     "RESERVING",
     "AdmissionRequest",
+    "BookedLink",
+    "BookedReservation",
     "Decision",
     "Grant",
     "Holding",
     "IncomingOffer",
+    "LedgerBooks",
     "PathTerms",
     "Provider",
     "ProviderChange",
@@ -70,6 +78,7 @@ __all__ = [
     "Refusal",
     "RefusalKind",
     "Restored",
+    "SharedLedger",
     "annotate_link",
     "best_effort_qos",
     "best_effort_spec",

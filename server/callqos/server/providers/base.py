@@ -22,7 +22,9 @@ conformance checks that verify it):
 - `renegotiate` replaces the call's reservation atomically: on `Refusal` the previous
   reservation stays exactly as it was (PROV-3).
 - `release` frees everything the call holds (PROV-4); releasing twice, or an unknown call, is
-  harmless (PROV-5).
+  harmless (PROV-5). A call whose lease runs out is released exactly as a dropped one is: a
+  provider sees nothing else of leases (LEASE-3), and after a restart it may be asked to release
+  a call it has just re-taken (LEASE-6).
 - Concurrent calls never make the sum of reservations exceed capacity (PROV-6).
 - Provider-initiated changes are reported through `ProviderHost.report_change`, never by
   writing to the server's state directly (PROV-7).
@@ -59,6 +61,22 @@ grant, renegotiates a call back to its previous QoS); a release it could not com
 with backoff until it succeeds; and at start-up and periodically it compares `reservations()` with
 the connected calls it recorded, releasing what no call holds and re-taking, or disconnecting,
 what a call lost (CALL-5, CALL-6, PROV-19).
+
+Several replicas. A server may run as several processes (replicas) on one database; each hosts
+its own instance of every provider, and any of them may be asked to admit, release or change a
+link. A provider whose books live in its own memory would then let each replica admit the whole
+capacity. So the host offers one capability: `ProviderHost.ledger`, a `SharedLedger` when the
+server's replicas share a database (None when one process owns its store, where memory is
+right). A provider that keeps admission books keeps them there when it is offered one: each
+decision opens `ledger.books(provider_id)`, locks the rows of the links it decides on
+(`LedgerBooks.links(..., lock=True)`: every other replica deciding on those links waits), reads
+and writes reservations, and commits at the end of the block, before it answers (as the
+reference provider does); `reservations()` then lists the shared books, so that the server's
+reconciliation — run by the one replica that leads background work — puts right what a replica
+that died between a decision and the server's commit left behind. A threaded provider's ledger
+runs each transaction on the server's loop, where the database connections are, handing every
+step over. (A provider in another process, `remote`, keeps its books there and is refused on
+replicas for now.)
 """
 
 from __future__ import annotations
@@ -66,6 +84,7 @@ from __future__ import annotations
 import abc
 import enum
 from collections.abc import Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -146,8 +165,78 @@ class IncomingOffer:
     caller_qos: QosSpec
 
 
+@dataclass
+class BookedLink:
+    """A link as a shared ledger keeps it: its capacity (bytes/s, each direction), the capacity
+    the configuration gave it (`SharedLedger.add_links` compares them), the rate reserved on it
+    in each direction, the last admission order given on it, and (read only) how many
+    reservations on it reserve anything."""
+
+    id: str  # the provider's own link id
+    capacity: int
+    configured: int
+    sending: int = 0
+    receiving: int = 0
+    last_order: int = 0
+    reserving: int = 0
+
+
+@dataclass
+class BookedReservation:
+    """What one call holds in a shared ledger: on which link, at which level and QoS, the rate
+    it reserves in each direction, and its admission order on the link."""
+
+    call: str  # `calls/{call}`
+    link: str
+    level: int
+    qos: QosSpec
+    sending: int
+    receiving: int
+    order: int
+
+
+class LedgerBooks(Protocol):
+    """A provider's books inside one transaction of a shared ledger. Rows read with `lock=True`
+    stay locked against every other replica until the transaction ends."""
+
+    async def links(self, ids: Sequence[str], *, lock: bool) -> dict[str, BookedLink]:
+        """The rows of the links `ids` that exist; `lock`: locked until the end (in id order, so
+        that two deciders never wait for each other)."""
+
+    async def reservations(self, *, calls: Sequence[str] = (), links: Sequence[str] = ()) -> list[BookedReservation]:
+        """The reservations of `calls`, and every reservation on `links`."""
+
+    async def put_link(self, link: BookedLink) -> None:
+        """Write a link's capacity, reserved rates and last order (a locked link's)."""
+
+    async def put_reservation(self, reservation: BookedReservation) -> None:
+        """Insert or replace the reservation of `reservation.call`."""
+
+    async def delete_reservation(self, call: str) -> None: ...
+
+
+class SharedLedger(abc.ABC):
+    """Admission books shared by every replica of a server (`ProviderHost.ledger`): link rows and
+    reservation rows in the replicas' database, one set per provider id."""
+
+    @abc.abstractmethod
+    def books(self, provider: str) -> AbstractAsyncContextManager[LedgerBooks]:
+        """One transaction on `provider`'s books: committed when the block ends, rolled back (and
+        nothing written) when it raises."""
+
+    @abc.abstractmethod
+    async def add_links(self, provider: str, links: Sequence[BookedLink]) -> None:
+        """At start-up: add each configured link the books lack. A link already there keeps its
+        capacity (set by UpdateLink on any replica) while its configured capacity is unchanged;
+        once the configuration gives it another, the configuration wins."""
+
+
 class ProviderHost(Protocol):
     """What the server offers a running provider."""
+
+    # A ledger shared by every replica of the server, or None when this process owns its
+    # store alone (keep admission books in memory then). See the module docstring.
+    ledger: SharedLedger | None
 
     async def report_change(self, change: ProviderChange) -> None:
         """Apply a provider-initiated change: store it and emit its events. For a call still
@@ -212,7 +301,11 @@ class Provider(abc.ABC):
         If it raises, the host calls it once more with no calls, then re-takes each call with
         `admit` (oldest first) and disconnects those that fail, with a reason: no stored call
         stops the server (CALL-7). If it raises with no calls, the server does not start. It runs
-        under the start deadline (`provider_start_timeout_seconds`), not the provider deadline."""
+        under the start deadline (`provider_start_timeout_seconds`), not the provider deadline.
+
+        Offered a shared ledger (`host.ledger`), there is nothing to re-take: the books outlive
+        every replica. Add the configured links the books lack (`SharedLedger.add_links`) and
+        return a change for each call that no longer fits a link whose capacity changed."""
         self.host = host
         return []
 

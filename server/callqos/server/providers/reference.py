@@ -16,6 +16,14 @@
 - Each decision, and the shedding after a capacity change, takes effect whole or not at all
   (PROV-21); `reservations()` lists what the books hold, for the server's reconciliation
   (PROV-19).
+- Its books (each link's capacity and reserved rates, each call's reservation) are in memory when
+  the server runs alone, and in the host's shared ledger (`ProviderHost.ledger`) when it runs as
+  several replicas on one database: every decision then locks the rows of its link, reads them,
+  decides exactly as in memory, and writes back what changed before it answers, so replicas
+  deciding on one link take turns and together never reserve more than its capacity.
+  `reservations()` then lists the shared books, so that what a replica that died between a
+  decision and the server's commit left behind is put right by the server's reconciliation, on
+  the replica that leads background work.
 
 Settings (the `[providers.reference]` table of the server configuration):
 
@@ -33,7 +41,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -42,9 +50,12 @@ from callqos.server.providers import (
     LARGEST_UINT64,
     RESERVING,
     AdmissionRequest,
+    BookedLink,
+    BookedReservation,
     Decision,
     Grant,
     Holding,
+    LedgerBooks,
     PathTerms,
     Provider,
     ProviderChange,
@@ -52,6 +63,7 @@ from callqos.server.providers import (
     Refusal,
     RefusalKind,
     Restored,
+    SharedLedger,
     annotate_link,
     best_effort_spec,
     delay_bound_ceil_us,
@@ -191,6 +203,11 @@ class ReferenceProvider(Provider):
         # Admission is check-then-reserve; the lock keeps it atomic even if a later change
         # adds an await between the two.
         self._lock = asyncio.Lock()
+        # The host's shared ledger, when the server runs as replicas (see `_books`).
+        self._ledger: SharedLedger | None = None
+        # Each link's capacity as configured: the shared books compare it with the one they were
+        # given (`SharedLedger.add_links`), whatever capacity was put back before start().
+        self._configured = {link.id: link.capacity for link in self._links.values()}
 
     # -- what it can do -------------------------------------------------------------------
     def capabilities(self) -> provider_pb2.ProviderCapabilities:
@@ -214,6 +231,20 @@ class ReferenceProvider(Provider):
     # -- admission ------------------------------------------------------------------------
     async def start(self, host: ProviderHost, restored: Sequence[Restored]) -> list[ProviderChange]:
         self.host = host
+        # A host of a single process (or one written before replicas) offers no ledger.
+        self._ledger = getattr(host, "ledger", None)
+        if self._ledger is not None:
+            # The shared books outlive every replica: nothing to re-take (what a replica that died
+            # left half-done is the server's reconciliation). A capacity put back before start()
+            # (LINK-5) is the one a new link gets; an existing link keeps its books' capacity
+            # unless the configuration changed it, and then what no longer fits is shed.
+            await self._ledger.add_links(
+                self.id,
+                [BookedLink(link.id, link.capacity, self._configured[link.id]) for link in self._links.values()],
+            )
+            async with self._books(list(self._links), [], whole=True):
+                with self._all_or_nothing():
+                    return self._shed_all()
         async with self._lock:
             with self._all_or_nothing():
                 for item in restored:
@@ -222,27 +253,31 @@ class ReferenceProvider(Provider):
                 return self._shed_all()
 
     async def admit(self, request: AdmissionRequest) -> Decision:
-        async with self._lock:
+        async with self._books([self._route(request.destination).id], [request.call]):
             with self._all_or_nothing():
                 decision = self._decide(request)
             self._annotate(self._route(request.destination))
             return decision
 
     async def renegotiate(self, request: AdmissionRequest) -> Decision:
-        async with self._lock:
+        async with self._books([self._route(request.destination).id], [request.call]):
             with self._all_or_nothing():
                 decision = self._decide(request)
             self._annotate(self._route(request.destination))
             return decision
 
     async def release(self, call: str) -> None:
-        async with self._lock:
+        async with self._books(None, [call]):
             held = self._calls.get(call)
             self._unreserve(call)
             if held is not None:
                 self._annotate(held.link)
 
     async def reservations(self) -> list[Holding]:
+        if self._ledger is not None:  # the shared books, as committed now
+            async with self._ledger.books(self.id) as books:
+                rows = await books.reservations(links=list(self._links))
+            return [Holding(row.call, row.sending, row.receiving, link_name(self.id, row.link)) for row in rows]
         async with self._lock:
             return [
                 Holding(call, held.rates["sending"], held.rates["receiving"], link_name(self.id, held.link.id))
@@ -255,10 +290,23 @@ class ReferenceProvider(Provider):
 
     # -- links ----------------------------------------------------------------------------
     async def list_links(self) -> list[provider_pb2.Link]:
-        return [self._link_proto(link) for link in self._links.values()]
+        if self._ledger is None:
+            return [self._link_proto(link) for link in self._links.values()]
+        async with self._ledger.books(self.id) as books:
+            rows = await books.links(list(self._links), lock=False)
+        links = []
+        for link_id, link in self._links.items():
+            row = rows.get(link_id)
+            shown = LinkState(link.id, link.capacity, link.terms, link.destinations)
+            if row is not None:
+                shown.capacity, shown.reserved = row.capacity, {"sending": row.sending, "receiving": row.receiving}
+            links.append(self._link_proto(shown, row.reserving if row is not None else 0))
+        return links
 
     async def update_link(self, link_id: str, capacity: int) -> provider_pb2.Link:
-        async with self._lock:
+        if link_id not in self._links:
+            raise KeyError(link_id)
+        async with self._books([link_id], [], whole=True):
             link = self._links[link_id]
             with self._all_or_nothing():
                 link.capacity = capacity
@@ -522,15 +570,102 @@ class ReferenceProvider(Provider):
                     )
         return changes
 
-    def _link_proto(self, link: LinkState) -> provider_pb2.Link:
+    def _link_proto(self, link: LinkState, reserving: int | None = None) -> provider_pb2.Link:
+        """`reserving`: how many reservations on it reserve anything (counted from `_calls`
+        when not given)."""
+        if reserving is None:
+            reserving = sum(1 for held in self._calls.values() if held.link is link and any(held.rates.values()))
         return provider_pb2.Link(
             name=link_name(self.id, link.id),
             capacity_bytes_per_second=link.capacity,
             sending_reserved_bytes_per_second=link.reserved["sending"],
             receiving_reserved_bytes_per_second=link.reserved["receiving"],
             mtu_bytes=link.terms.mtu_bytes,
-            reservation_count=sum(1 for held in self._calls.values() if held.link is link and any(held.rates.values())),
+            reservation_count=reserving,
             error_term_c_bytes=link.terms.c_bytes,
             error_term_d_microseconds=link.terms.d_microseconds,
             min_path_latency_microseconds=link.terms.min_path_latency_microseconds,
         )
+
+    # -- the books: in memory, or shared by the server's replicas -------------------------------
+    @contextlib.asynccontextmanager
+    async def _books(
+        self, links: Sequence[str] | None, calls: Sequence[str], *, whole: bool = False
+    ) -> AsyncIterator[None]:
+        """Hold the books for one decision: the provider's lock and, with a shared ledger, one
+        ledger transaction. In it the rows of `links` (None: the links `calls` hold reservations
+        on) are locked and read into `_links`, and the reservations of `calls` on them (`whole`:
+        every reservation on them) into `_calls`; the block decides on them as it would in
+        memory; what it changed is written back and committed as it ends (nothing if it raises).
+        Outside a block, `_calls` is empty: another replica may have changed anything since."""
+        async with self._lock:
+            if self._ledger is None:
+                yield
+                return
+            async with self._ledger.books(self.id) as books:
+                if links is None:
+                    links = sorted({held.link for held in await books.reservations(calls=calls)})
+                rows = await books.links([link for link in links if link in self._links], lock=True)
+                self._load(rows, await books.reservations(calls=calls, links=list(rows) if whole else ()))
+                before = self._snapshot()
+                try:
+                    yield
+                    await self._write_back(books, rows, before)
+                finally:
+                    self._calls = {}
+
+    def _load(self, rows: Mapping[str, BookedLink], reservations: Sequence[BookedReservation]) -> None:
+        for link_id, row in rows.items():
+            link = self._links[link_id]
+            link.capacity, link.reserved = row.capacity, {"sending": row.sending, "receiving": row.receiving}
+        self._order = max((row.last_order for row in rows.values()), default=0)
+        self._calls = {
+            held.call: Reservation(
+                self._links[held.link],
+                held.level,
+                held.qos,
+                {"sending": held.sending, "receiving": held.receiving},
+                held.order,
+            )
+            for held in reservations
+            if held.link in rows  # only what is locked may be changed
+        }
+
+    def _snapshot(self) -> dict[str, tuple[object, ...]]:
+        return {
+            call: (held.link.id, held.level, held.qos.SerializeToString(deterministic=True), held.rates, held.order)
+            for call, held in self._calls.items()
+        }
+
+    async def _write_back(
+        self, books: LedgerBooks, rows: Mapping[str, BookedLink], before: Mapping[str, tuple[object, ...]]
+    ) -> None:
+        after = self._snapshot()
+        for call, state in after.items():
+            if before.get(call) != state:
+                held = self._calls[call]
+                await books.put_reservation(
+                    BookedReservation(
+                        call,
+                        held.link.id,
+                        held.level,
+                        held.qos,
+                        held.rates["sending"],
+                        held.rates["receiving"],
+                        held.order,
+                    )
+                )
+        for call in before.keys() - after.keys():
+            await books.delete_reservation(call)
+        for link_id, row in rows.items():
+            link = self._links[link_id]
+            written = BookedLink(
+                link_id,
+                link.capacity,
+                row.configured,
+                link.reserved["sending"],
+                link.reserved["receiving"],
+                max(row.last_order, self._order),
+            )
+            if written != row:
+                await books.put_link(written)

@@ -54,6 +54,7 @@ from callqos.server.providers.base import (
     ProviderChange,
     ProviderHost,
     Restored,
+    SharedLedger,
 )
 from callqos.server.remote import protocol
 from callqos.v1 import errors_pb2, flowspec_pb2
@@ -136,6 +137,9 @@ class Deciding:
 class ProviderServicer(pb_grpc.ProviderServiceServicer):
     """`callqos.provider.v1.ProviderService` over one in-process provider. It is also the
     provider's `ProviderHost`: what the provider reports goes into the journal."""
+
+    # No ledger shared with other replicas: a provider in its own process keeps its books there.
+    ledger: SharedLedger | None = None
 
     def __init__(
         self,

@@ -60,6 +60,7 @@ from callqos.server.providers.base import (
     ProviderHost,
     Restored,
 )
+from callqos.server.providers.registry import ProviderLoadError
 from callqos.server.remote import protocol
 from callqos.server.remote.decisions import DecisionStream, StreamClosed, grpc_code
 from callqos.server.remote.process import PluginProcess, PluginStartError
@@ -168,6 +169,14 @@ class RemoteProvider(Provider):
         `prepare` did) and restore them there; the changes that answers are applied through
         `host` as they come. The server does not start without its providers' capabilities, so a
         provider not connected and restored within the start timeout fails the start."""
+        if host.ledger is not None:
+            # Several replicas on one database: each would mirror only its own calls into the
+            # provider (one replica's Restore would release the others'), or launch a provider
+            # of its own (each admitting the whole capacity). Refused rather than over-admitting.
+            raise ProviderLoadError(
+                f"provider {self.name} runs out of process, which several replicas cannot share yet "
+                "(storage = postgresql): host it in one server process on SQLite, or in process"
+            )
         self.host = host
         self.held = {item.call: HeldCall(item.destination, item.level, item.qos) for item in restored}
         self._supervise_once()

@@ -28,6 +28,7 @@ class Permission:
     RENEGOTIATE_CALL = "calls.renegotiate"  # the caller's own calls
     DROP_CALL = "calls.drop"  # the caller's own calls
     DROP_ANY_CALL = "calls.drop.any"  # any call of the caller's tenant
+    EXTEND_CALL = "calls.extend"  # the lease of the caller's own calls
     ANSWER_CALL = "calls.answer"  # the caller's own offered calls (those offered on its lines)
     REJECT_CALL = "calls.reject"  # the caller's own offered calls
     CREATE_LINE = "lines.create"  # the line is the caller's, in its tenant
@@ -50,7 +51,7 @@ READ_PLATFORM = (P.READ_PROVIDERS, P.READ_LINKS)
 READ_TENANT = (P.GET_CALL, P.LIST_CALLS, P.GET_LINE, P.LIST_LINES, P.WATCH_EVENTS)
 
 #: The built-in roles. caller: makes calls, opens lines and answers or rejects the calls offered on
-#: them, changes its own calls and lines, reads and watches its tenant's; monitor: reads and
+#: them, changes (and extends the lease of) its own calls and lines, reads and watches its tenant's; monitor: reads and
 #: watches its tenant's calls and lines; operator: changes link capacity (platform-wide); admin: a
 #: monitor who may also drop any call of its tenant.
 BUILTIN_ROLES: Mapping[str, frozenset[str]] = MappingProxyType(
@@ -60,6 +61,7 @@ BUILTIN_ROLES: Mapping[str, frozenset[str]] = MappingProxyType(
                 P.CREATE_CALL,
                 P.RENEGOTIATE_CALL,
                 P.DROP_CALL,
+                P.EXTEND_CALL,
                 P.ANSWER_CALL,
                 P.REJECT_CALL,
                 P.CREATE_LINE,
@@ -82,6 +84,7 @@ METHOD_PERMISSIONS: Mapping[str, str] = MappingProxyType(
         "ListCalls": P.LIST_CALLS,
         "RenegotiateCall": P.RENEGOTIATE_CALL,
         "DropCall": P.DROP_CALL,
+        "ExtendCall": P.EXTEND_CALL,
         "WatchEvents": P.WATCH_EVENTS,
         "GetProvider": P.READ_PROVIDERS,
         "ListProviders": P.READ_PROVIDERS,
@@ -96,7 +99,10 @@ METHOD_PERMISSIONS: Mapping[str, str] = MappingProxyType(
     }
 )
 MUTATIONS = frozenset(
-    {"CreateCall", "RenegotiateCall", "DropCall", "UpdateLink", "CreateLine", "CloseLine", "AnswerCall", "RejectCall"}
+    {
+        *("CreateCall", "RenegotiateCall", "DropCall", "ExtendCall", "UpdateLink"),
+        *("CreateLine", "CloseLine", "AnswerCall", "RejectCall"),
+    }
 )
 
 

@@ -9,27 +9,41 @@ Guarantees every backend gives:
 - Sequence order is commit order: once `commit` returns, no event with a lower sequence can
   appear later (a watcher that has read up to N never misses an event below N).
 - `events_after(n)` returns retained events with sequence > n in order.
+- A call's live lease (`lease_deadline_us`) is indexed as it is committed: `next_lease_expiry`
+  and `expired_leases` read it back, so the lease timer needs nothing but the store to find, after
+  any restart, every lease that ended while no server ran.
 - Calls, lines, events and request_ids belong to a tenant (`Call.tenant`, `Line.tenant`,
   `QosEvent.tenant`); listing, finding a line by address and request_id lookup are per tenant,
   and `commit` given a tenant's `UsageLimits` refuses, in the same transaction, a commit that
   would take the tenant beyond them (so concurrent admissions, or several replicas sharing a
   database, cannot overshoot a quota together).
-- A write the storage cannot take now (the disk is full, an I/O error, the file is locked or
-  read-only) raises `StoreUnavailable`, naming the cause, with nothing written; the next write
-  may succeed (no restart needed once space is freed).
+- A write (or read) the storage cannot take now (the disk is full, an I/O error, the file is
+  locked or read-only, the database cannot be reached) raises `StoreUnavailable`, naming the
+  cause, with nothing written; the next one may succeed (no restart needed once space is freed
+  or the database is back).
 - The releases the server owes its providers (`PendingRelease`) are written in the same
   transaction as the call's end, and forgotten only once the provider confirmed the release
   (conformance/SPEC.md CALL-6).
 - A link capacity set with UpdateLink is kept (`LinkCapacity`) with the configured capacity it
   overrode, so that a changed configuration can win over it (LINK-5).
+- A store that several server processes share (`shared`: PostgreSQL) gives them, besides: sequence
+  order equal to commit order ACROSS processes; `changes()`, to learn of events the others
+  committed; `shared_locks()`, mutual exclusion by key among them (the call manager's per-call,
+  per-line and per-request_id locks); `shared_ledger()`, admission books every process decides
+  against (`ProviderHost.ledger`); and `leadership()`, which one of them does the background work
+  that must happen once. A store one process owns (SQLite) keeps the defaults below: no locks or
+  ledger to share, and it always leads.
 """
 
 from __future__ import annotations
 
 import abc
-from collections.abc import Sequence
+import asyncio
+from collections.abc import AsyncIterator, Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 
+from callqos.server.providers.base import SharedLedger
 from callqos.server.qos import reserved_rate
 from callqos.v1 import call_pb2, event_pb2, line_pb2
 from callqos.wire import DEFAULT_TENANT
@@ -66,6 +80,16 @@ def holds_reservation(call: call_pb2.Call) -> bool:
     return not (call.direction == call_pb2.Call.Direction.DIRECTION_INCOMING and call.peer)
 
 
+# Rates are uint64 and a database's integers int64: a rate beyond it is stored as the int64
+# maximum, far above any quota (every quantity is bounded, none overflows), by every backend.
+INT64_MAX = 2**63 - 1
+
+
+def stored_rate(rate: int) -> int:
+    """A rate as a database stores it (saturated at INT64_MAX)."""
+    return min(rate, INT64_MAX)
+
+
 def held_usage(call: call_pb2.Call) -> Usage:
     """What `call` counts toward its tenant's quotas: while connected, one active call and the
     bytes/s its grant reserves — unless its pair's reservation is held under its peer, which
@@ -73,6 +97,18 @@ def held_usage(call: call_pb2.Call) -> Usage:
     if call.state != call_pb2.Call.State.STATE_CONNECTED or not holds_reservation(call):
         return Usage()
     return Usage(1, reserved_rate(call.granted_qos.sending), reserved_rate(call.granted_qos.receiving))
+
+
+_LIVE = (call_pb2.Call.State.STATE_CONNECTED, call_pb2.Call.State.STATE_RINGBACK)
+
+
+def lease_deadline_us(call: call_pb2.Call) -> int:
+    """When `call`'s live lease ends, in microseconds since the epoch, or 0 when there is none to
+    act on: the call is not CONNECTED or RINGBACK, has no lease, or is the answering leg of a pair
+    (which shows its caller's lease; the caller's leg holds it, as it holds the reservation)."""
+    if call.state not in _LIVE or not call.HasField("lease_expire_time") or not holds_reservation(call):
+        return 0
+    return max(1, call.lease_expire_time.ToMicroseconds())
 
 
 @dataclass(frozen=True)
@@ -104,15 +140,6 @@ class QuotaExceededError(Exception):
     def __init__(self, limits: UsageLimits, quotas: list[str], usage: Usage) -> None:
         super().__init__(f"tenant {limits.tenant}: {', '.join(quotas)} exceeded")
         self.limits, self.quotas, self.usage = limits, quotas, usage
-
-
-class StoreUnavailable(Exception):
-    """The storage cannot take a write (or a read) now; nothing was written. `cause` says why, in
-    words an operator acts on ("disk is full")."""
-
-    def __init__(self, cause: str) -> None:
-        super().__init__(cause)
-        self.cause = cause
 
 
 @dataclass(frozen=True)
@@ -158,6 +185,46 @@ class AddressInUseError(Exception):
     """`commit` would open a second line of a tenant for an address; nothing was stored."""
 
 
+class StoreUnavailable(Exception):
+    """The storage cannot take a write (or a read) now; nothing was written. `cause` says why, in
+    words an operator acts on ("disk is full", "the database cannot be reached")."""
+
+    def __init__(self, cause: str) -> None:
+        super().__init__(cause)
+        self.cause = cause
+
+
+class SharedLocks(abc.ABC):
+    """Mutual exclusion by key among every server process sharing a store: while one process
+    holds a key, another that asks for it waits. Not re-entrant: a process serialises its own
+    holders of one key first (`locks.KeyedLocks` does)."""
+
+    @abc.abstractmethod
+    def hold(self, key: str) -> AbstractAsyncContextManager[None]: ...
+
+
+class Leadership(abc.ABC):
+    """Which of the processes sharing a store does the background work that must happen once
+    (pruning, ringing out offers, reconciling a shared ledger). At most one leads at a time as
+    far as the store can tell; every duty is written so that a second leader (one that lost the
+    lead without knowing it yet) only repeats harmlessly what the first did."""
+
+    @abc.abstractmethod
+    async def lead(self) -> bool:
+        """Whether this process leads now, taking the lead if no process holds it. Asked before
+        every round of duties, so that a leader that died is replaced within one round."""
+
+    async def close(self) -> None:
+        """Give the lead up (at shutdown), so that another process takes it at once."""
+
+
+class SoleLeader(Leadership):
+    """The one process that owns its store leads, always."""
+
+    async def lead(self) -> bool:
+        return True
+
+
 class Store(abc.ABC):
     @abc.abstractmethod
     async def get_call(self, name: str) -> call_pb2.Call | None: ...
@@ -185,6 +252,16 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def calls_in_state(self, state: int) -> list[call_pb2.Call]:
         """Every call in `state`, oldest first (the offered calls to ring out at start-up)."""
+
+    @abc.abstractmethod
+    async def next_lease_expiry(self) -> int | None:
+        """The earliest `lease_deadline_us` of any call (of any tenant) that has one, None when no
+        call has a live lease."""
+
+    @abc.abstractmethod
+    async def expired_leases(self, now_us: int, limit: int) -> list[str]:
+        """The names of at most `limit` calls whose live lease ended at or before `now_us`
+        (`lease_deadline_us`), the earliest ending first."""
 
     @abc.abstractmethod
     async def pending_releases(self) -> list[PendingRelease]:
@@ -260,3 +337,27 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def close(self) -> None: ...
+
+    # -- several server processes on one store (see the module docstring) ---------------------
+    shared = False  # True: other server processes may commit to this store at the same time
+
+    def shared_locks(self) -> SharedLocks | None:
+        """Locks held across every process sharing the store; None when one process owns it."""
+        return None
+
+    def shared_ledger(self) -> SharedLedger | None:
+        """Admission books shared by every process (`ProviderHost.ledger`); None when one owns it."""
+        return None
+
+    def leadership(self) -> Leadership:
+        return SoleLeader()
+
+    async def changes(self) -> AsyncIterator[None]:
+        """Yields whenever another process may have committed events (the store notified it, or
+        a poll interval passed: notifications can be lost): read `events_after` your cursor.
+        A store one process owns never yields."""
+        await asyncio.Event().wait()
+        yield
+
+    async def check(self) -> None:
+        """Raise StoreUnavailable when the storage cannot be reached now (readiness)."""

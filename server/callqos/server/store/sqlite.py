@@ -36,8 +36,11 @@ from callqos.server.store.base import (
     Usage,
     UsageLimits,
     held_usage,
+    lease_deadline_us,
+    stored_rate,
 )
 from callqos.server.store.group import GroupCommitter
+from callqos.server.store.paging import newest_first, next_cursor
 from callqos.v1 import call_pb2, event_pb2, line_pb2
 from callqos.wire import DEFAULT_TENANT
 
@@ -52,12 +55,14 @@ CREATE TABLE IF NOT EXISTS calls (
     reserved_sending   INTEGER NOT NULL DEFAULT 0,  -- bytes/s held while connected (quotas)
     reserved_receiving INTEGER NOT NULL DEFAULT 0,
     line     TEXT NOT NULL DEFAULT '',           -- Call.line: the line an INCOMING call was offered on
-    active   INTEGER NOT NULL DEFAULT 0          -- 1: counts toward its tenant's active calls (held_usage)
+    active   INTEGER NOT NULL DEFAULT 0,         -- 1: counts toward its tenant's active calls (held_usage)
+    lease_expire_us INTEGER NOT NULL DEFAULT 0   -- when its live lease ends (lease_deadline_us); 0: none
 );
 CREATE INDEX IF NOT EXISTS calls_state ON calls (state, seq);
 CREATE INDEX IF NOT EXISTS calls_tenant ON calls (tenant, seq);
 CREATE INDEX IF NOT EXISTS calls_line ON calls (line, seq) WHERE line != '';
 CREATE INDEX IF NOT EXISTS calls_active ON calls (tenant, active, reserved_sending, reserved_receiving);
+CREATE INDEX IF NOT EXISTS calls_lease ON calls (lease_expire_us) WHERE lease_expire_us > 0;
 CREATE TABLE IF NOT EXISTS events (
     seq          INTEGER PRIMARY KEY AUTOINCREMENT,
     create_us    INTEGER NOT NULL,
@@ -110,7 +115,7 @@ MEMORY = ":memory:"
 # transaction. A step is self-contained: it names its own DDL (never _SCHEMA, which keeps
 # moving) so that it means the same thing whatever steps come after it. A newer file is refused,
 # not guessed at.
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 # SQLite primary result codes (`sqlite_errorcode & 0xFF`) that mean "the storage cannot take
 # this now" rather than a bug, with the cause an operator reads.
 _UNAVAILABLE = {
@@ -122,17 +127,10 @@ _UNAVAILABLE = {
     13: "disk is full (SQLITE_FULL)",
     14: "cannot open the database file (SQLITE_CANTOPEN)",
 }
-INT64_MAX = 2**63 - 1
 # Serialized calls kept in memory, newest used last. Safe because one process owns the file
 # (see the lock below), so every write to a call passes through `commit` here.
 CACHED_CALLS = 10_000
 _LINE_OPEN = line_pb2.Line.State.STATE_OPEN
-
-
-def _int64(rate: int) -> int:
-    """A rate as an SQLite INTEGER (int64): a uint64 rate beyond it is stored as the int64
-    maximum, far above any quota (issue #11: every quantity is bounded, none overflows)."""
-    return min(rate, INT64_MAX)
 
 
 def _nothing() -> None:
@@ -177,8 +175,8 @@ def _migrate_to_2(db: sqlite3.Connection) -> None:
             "UPDATE calls SET data = ?, reserved_sending = ?, reserved_receiving = ? WHERE seq = ?",
             (
                 call.SerializeToString(),
-                _int64(reserved_rate(call.granted_qos.sending)) if held else 0,
-                _int64(reserved_rate(call.granted_qos.receiving)) if held else 0,
+                stored_rate(reserved_rate(call.granted_qos.sending)) if held else 0,
+                stored_rate(reserved_rate(call.granted_qos.receiving)) if held else 0,
                 seq,
             ),
         )
@@ -254,7 +252,7 @@ def _migrate_to_3(db: sqlite3.Connection) -> None:
         held = held_usage(call)
         db.execute(
             "UPDATE calls SET line = ?, active = ?, reserved_sending = ?, reserved_receiving = ? WHERE seq = ?",
-            (call.line, held.active_calls, _int64(held.sending), _int64(held.receiving), seq),
+            (call.line, held.active_calls, stored_rate(held.sending), stored_rate(held.receiving), seq),
         )
 
 
@@ -283,8 +281,29 @@ def _migrate_to_4(db: sqlite3.Connection) -> None:
     )
 
 
+def _migrate_to_5(db: sqlite3.Connection) -> None:
+    """Version 4 → 5: call leases (issue #14). Each call gets the column the lease timer reads,
+    from the call itself (no call of an earlier version has a lease, so it stays 0)."""
+    _script(
+        db,
+        """
+        ALTER TABLE calls ADD COLUMN lease_expire_us INTEGER NOT NULL DEFAULT 0;
+        CREATE INDEX IF NOT EXISTS calls_lease ON calls (lease_expire_us) WHERE lease_expire_us > 0;
+        """,
+    )
+    for seq, data in db.execute("SELECT seq, data FROM calls").fetchall():
+        deadline = lease_deadline_us(call_pb2.Call.FromString(data))
+        if deadline:
+            db.execute("UPDATE calls SET lease_expire_us = ? WHERE seq = ?", (deadline, seq))
+
+
 # Version N → the step that makes a version N-1 file version N.
-_MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {2: _migrate_to_2, 3: _migrate_to_3, 4: _migrate_to_4}
+_MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {
+    2: _migrate_to_2,
+    3: _migrate_to_3,
+    4: _migrate_to_4,
+    5: _migrate_to_5,
+}
 
 
 class StoreInUseError(OSError):
@@ -371,23 +390,10 @@ class SqliteStore(Store):
         before: int,
         line: str | None = None,
     ) -> CallPage:
-        sql = "SELECT seq, data FROM calls WHERE tenant = ? AND seq < ?"
-        args: list[object] = [tenant, before or (1 << 62)]
-        if state is not None:
-            sql += " AND state = ?"
-            args.append(state)
-        if provider is not None:
-            sql += " AND provider = ?"
-            args.append(provider)
-        if line is not None:
-            sql += " AND line = ?"
-            args.append(line)
-        sql += " ORDER BY seq DESC LIMIT ?"
-        args.append(limit + 1)  # one more tells whether another page exists
+        filters = {"state": state, "provider": provider, "line": line}
+        sql, args = newest_first("calls", tenant, filters, limit=limit, before=before, mark="?")
         rows = self._db.execute(sql, args).fetchall()
-        calls = [call_pb2.Call.FromString(data) for _, data in rows[:limit]]
-        next_cursor = rows[limit - 1][0] if len(rows) > limit else 0
-        return CallPage(calls, next_cursor)
+        return CallPage([call_pb2.Call.FromString(data) for _, data in rows[:limit]], next_cursor(rows, limit))
 
     async def usage(self, tenant: str) -> Usage:
         return self._usage(tenant)
@@ -414,6 +420,18 @@ class SqliteStore(Store):
     async def calls_in_state(self, state: int) -> list[call_pb2.Call]:
         rows = self._db.execute("SELECT data FROM calls WHERE state = ? ORDER BY seq", (state,)).fetchall()
         return [call_pb2.Call.FromString(data) for (data,) in rows]
+
+    async def next_lease_expiry(self) -> int | None:
+        row = self._db.execute("SELECT MIN(lease_expire_us) FROM calls WHERE lease_expire_us > 0").fetchone()
+        return int(row[0]) if row[0] is not None else None
+
+    async def expired_leases(self, now_us: int, limit: int) -> list[str]:
+        rows = self._db.execute(
+            "SELECT name FROM calls WHERE lease_expire_us > 0 AND lease_expire_us <= ? "
+            "ORDER BY lease_expire_us LIMIT ?",
+            (now_us, limit),
+        ).fetchall()
+        return [name for (name,) in rows]
 
     # -- lines ----------------------------------------------------------------------------
     async def get_line(self, name: str) -> line_pb2.Line | None:
@@ -444,17 +462,10 @@ class SqliteStore(Store):
         limit: int,
         before: int,
     ) -> LinePage:
-        sql = "SELECT seq, data FROM lines WHERE tenant = ? AND seq < ?"
-        args: list[object] = [tenant, before or (1 << 62)]
-        for column, value in (("state", state), ("address", address), ("owner", owner)):
-            if value is not None:
-                sql += f" AND {column} = ?"
-                args.append(value)
-        sql += " ORDER BY seq DESC LIMIT ?"
-        args.append(limit + 1)
+        filters = {"state": state, "address": address, "owner": owner}
+        sql, args = newest_first("lines", tenant, filters, limit=limit, before=before, mark="?")
         rows = self._db.execute(sql, args).fetchall()
-        lines = [line_pb2.Line.FromString(data) for _, data in rows[:limit]]
-        return LinePage(lines, rows[limit - 1][0] if len(rows) > limit else 0)
+        return LinePage([line_pb2.Line.FromString(data) for _, data in rows[:limit]], next_cursor(rows, limit))
 
     # -- writes ---------------------------------------------------------------------------
     @contextlib.contextmanager
@@ -548,19 +559,21 @@ class SqliteStore(Store):
                 held = held_usage(each)
                 self._db.execute(
                     "INSERT INTO calls (name, provider, state, data, tenant, reserved_sending, reserved_receiving, "
-                    "line, active) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (name) DO UPDATE SET "
-                    "state = excluded.state, data = excluded.data, reserved_sending = excluded.reserved_sending, "
-                    "reserved_receiving = excluded.reserved_receiving, active = excluded.active",
+                    "line, active, lease_expire_us) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (name) DO "
+                    "UPDATE SET state = excluded.state, data = excluded.data, "
+                    "reserved_sending = excluded.reserved_sending, reserved_receiving = excluded.reserved_receiving, "
+                    "active = excluded.active, lease_expire_us = excluded.lease_expire_us",
                     (
                         each.name,
                         each.provider,
                         each.state,
                         data,
                         each.tenant or DEFAULT_TENANT,
-                        _int64(held.sending),
-                        _int64(held.receiving),
+                        stored_rate(held.sending),
+                        stored_rate(held.receiving),
                         each.line,
                         held.active_calls,
+                        lease_deadline_us(each),
                     ),
                 )
             if limits is not None and before is not None:

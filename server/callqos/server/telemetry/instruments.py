@@ -14,6 +14,7 @@ units as suffixes):
 - callqos.renegotiations: renegotiations, by provider, outcome and reason
 - callqos.incoming_calls: calls offered on lines and how each offer ended, by provider and
   outcome (offered, answered, refused, rejected, no_answer, canceled, failed)
+- callqos.leases.expired: calls ended because their lease ran out, by provider
 - callqos.calls.active: connected calls, by provider and service type
 - callqos.link.capacity / callqos.link.reserved (By/s): per link (and direction), for
   providers that administer links
@@ -187,6 +188,9 @@ class Instruments:
         self._incoming = meter.create_counter(
             "callqos.incoming_calls", unit="{call}", description="Calls offered on lines, and how each offer ended"
         )
+        self._leases_expired = meter.create_counter(
+            "callqos.leases.expired", unit="{call}", description="Calls ended because their lease ran out"
+        )
         meter.create_observable_up_down_counter(
             "callqos.calls.active", [self._observe_calls], unit="{call}", description="Connected calls"
         )
@@ -335,6 +339,11 @@ class Instruments:
         gave up) or `failed` (the provider failed at answer)."""
         if self.metrics_enabled:
             self._incoming.add(1, {"callqos.provider": provider, "callqos.outcome": outcome})
+
+    def lease_expired(self, provider: str) -> None:
+        """A call (a pair counts once) ended because its lease ran out."""
+        if self.metrics_enabled:
+            self._leases_expired.add(1, {"callqos.provider": provider})
 
     def continued(
         self, traceparent: str, name: str, attributes: dict[str, str | int]

@@ -9,6 +9,7 @@ package callqosv1
 import (
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
+	durationpb "google.golang.org/protobuf/types/known/durationpb"
 	timestamppb "google.golang.org/protobuf/types/known/timestamppb"
 	reflect "reflect"
 	sync "sync"
@@ -101,6 +102,10 @@ const (
 	// The other party of a call between two applications dropped its leg, or the caller gave up
 	// before the call was answered (what LINEDISCONNECTMODE_NORMAL tells the remote end).
 	DisconnectReason_DISCONNECT_REASON_PEER_DROPPED DisconnectReason = 6
+	// The call's lease ran out: its owner did not extend it (ExtendCall) before its
+	// lease_expire_time, so the call was ended and what it reserved released. For a call between
+	// two applications, both legs end so (the caller's lease governs the pair).
+	DisconnectReason_DISCONNECT_REASON_LEASE_EXPIRED DisconnectReason = 7
 )
 
 // Enum value maps for DisconnectReason.
@@ -113,6 +118,7 @@ var (
 		4: "DISCONNECT_REASON_REJECTED",
 		5: "DISCONNECT_REASON_NO_ANSWER",
 		6: "DISCONNECT_REASON_PEER_DROPPED",
+		7: "DISCONNECT_REASON_LEASE_EXPIRED",
 	}
 	DisconnectReason_value = map[string]int32{
 		"DISCONNECT_REASON_UNSPECIFIED":     0,
@@ -122,6 +128,7 @@ var (
 		"DISCONNECT_REASON_REJECTED":        4,
 		"DISCONNECT_REASON_NO_ANSWER":       5,
 		"DISCONNECT_REASON_PEER_DROPPED":    6,
+		"DISCONNECT_REASON_LEASE_EXPIRED":   7,
 	}
 )
 
@@ -330,9 +337,24 @@ type Call struct {
 	// line; both legs of a call between two applications are of one tenant). A call is visible only
 	// to callers of its tenant ("default" when the server runs without tenants). (Numbered 20 to
 	// stay clear of other additions.)
-	Tenant        string `protobuf:"bytes,20,opt,name=tenant,proto3" json:"tenant,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Tenant string `protobuf:"bytes,20,opt,name=tenant,proto3" json:"tenant,omitempty"`
+	// Optional in CreateCall: how long the call lives unless its owner extends it (a lease, as
+	// CAMARA Quality-on-Demand sessions have a duration). At least 1 s, at most the server's
+	// max_lease_seconds (above it: INVALID_ARGUMENT); at most 366 days on a server without one.
+	// Unset: the server's max_lease_seconds when it has one, else no lease (the call lives until it
+	// is dropped). Then output: the length of each renewal, what ExtendCall renews to when it names
+	// none. For a call between two applications the caller's lease governs the pair: the answering
+	// leg shows it too, and an INCOMING call from a provider's network has none. (Numbered 30 to
+	// stay clear of other additions.)
+	LeaseDuration *durationpb.Duration `protobuf:"bytes,30,opt,name=lease_duration,json=leaseDuration,proto3" json:"lease_duration,omitempty"`
+	// Output only. While the call is CONNECTED or RINGBACK and has a lease: when the lease ends.
+	// Unless ExtendCall moves it, the call is then disconnected LEASE_EXPIRED (both legs of a pair)
+	// and its reservation released. Kept after the call ends, as the time its lease ran to. Not
+	// part of the etag: renewing a lease does not change the call, so it never makes a
+	// conditional RenegotiateCall or DropCall fail.
+	LeaseExpireTime *timestamppb.Timestamp `protobuf:"bytes,31,opt,name=lease_expire_time,json=leaseExpireTime,proto3" json:"lease_expire_time,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
 }
 
 func (x *Call) Reset() {
@@ -505,6 +527,20 @@ func (x *Call) GetTenant() string {
 	return ""
 }
 
+func (x *Call) GetLeaseDuration() *durationpb.Duration {
+	if x != nil {
+		return x.LeaseDuration
+	}
+	return nil
+}
+
+func (x *Call) GetLeaseExpireTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.LeaseExpireTime
+	}
+	return nil
+}
+
 // Sent in the status details of a refused CreateCall or RenegotiateCall, next to
 // google.rpc.ErrorInfo: the call it concerns and the provider's counter-offer.
 type QosRefusal struct {
@@ -634,7 +670,7 @@ var File_callqos_v1_call_proto protoreflect.FileDescriptor
 const file_callqos_v1_call_proto_rawDesc = "" +
 	"\n" +
 	"\x15callqos/v1/call.proto\x12\n" +
-	"callqos.v1\x1a\x19callqos/v1/flowspec.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xf1\b\n" +
+	"callqos.v1\x1a\x19callqos/v1/flowspec.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xfb\t\n" +
 	"\x04Call\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12 \n" +
 	"\vdestination\x18\x02 \x01(\tR\vdestination\x12\x1a\n" +
@@ -659,7 +695,9 @@ const file_callqos_v1_call_proto_rawDesc = "" +
 	"\tcaller_id\x18\x11 \x01(\tR\bcallerId\x12F\n" +
 	"\x11offer_expire_time\x18\x12 \x01(\v2\x1a.google.protobuf.TimestampR\x0fofferExpireTime\x12+\n" +
 	"\x11offer_traceparent\x18\x13 \x01(\tR\x10offerTraceparent\x12\x16\n" +
-	"\x06tenant\x18\x14 \x01(\tR\x06tenant\x1a;\n" +
+	"\x06tenant\x18\x14 \x01(\tR\x06tenant\x12@\n" +
+	"\x0elease_duration\x18\x1e \x01(\v2\x19.google.protobuf.DurationR\rleaseDuration\x12F\n" +
+	"\x11lease_expire_time\x18\x1f \x01(\v2\x1a.google.protobuf.TimestampR\x0fleaseExpireTime\x1a;\n" +
 	"\bFeatures\x12\x17\n" +
 	"\aset_qos\x18\x01 \x01(\bR\x06setQos\x12\x16\n" +
 	"\x06answer\x18\x02 \x01(\bR\x06answer\"s\n" +
@@ -682,7 +720,7 @@ const file_callqos_v1_call_proto_rawDesc = "" +
 	"\x19SERVICE_LEVEL_UNSPECIFIED\x10\x00\x12\x18\n" +
 	"\x14SERVICE_LEVEL_NEEDED\x10\x01\x12\x1e\n" +
 	"\x1aSERVICE_LEVEL_IF_AVAILABLE\x10\x02\x12\x1d\n" +
-	"\x19SERVICE_LEVEL_BEST_EFFORT\x10\x03*\x85\x02\n" +
+	"\x19SERVICE_LEVEL_BEST_EFFORT\x10\x03*\xaa\x02\n" +
 	"\x10DisconnectReason\x12!\n" +
 	"\x1dDISCONNECT_REASON_UNSPECIFIED\x10\x00\x12\x1c\n" +
 	"\x18DISCONNECT_REASON_NORMAL\x10\x01\x12%\n" +
@@ -690,7 +728,8 @@ const file_callqos_v1_call_proto_rawDesc = "" +
 	" DISCONNECT_REASON_PROVIDER_ERROR\x10\x03\x12\x1e\n" +
 	"\x1aDISCONNECT_REASON_REJECTED\x10\x04\x12\x1f\n" +
 	"\x1bDISCONNECT_REASON_NO_ANSWER\x10\x05\x12\"\n" +
-	"\x1eDISCONNECT_REASON_PEER_DROPPED\x10\x06B]\n" +
+	"\x1eDISCONNECT_REASON_PEER_DROPPED\x10\x06\x12#\n" +
+	"\x1fDISCONNECT_REASON_LEASE_EXPIRED\x10\aB]\n" +
 	"\x0edev.callqos.v1B\tCallProtoP\x01Z>github.com/callqos/callqos/clients/go/gen/callqos/v1;callqosv1b\x06proto3"
 
 var (
@@ -717,6 +756,7 @@ var file_callqos_v1_call_proto_goTypes = []any{
 	(*Call_Features)(nil),         // 6: callqos.v1.Call.Features
 	(*QosSpec)(nil),               // 7: callqos.v1.QosSpec
 	(*timestamppb.Timestamp)(nil), // 8: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),   // 9: google.protobuf.Duration
 }
 var file_callqos_v1_call_proto_depIdxs = []int32{
 	2,  // 0: callqos.v1.Call.state:type_name -> callqos.v1.Call.State
@@ -729,12 +769,14 @@ var file_callqos_v1_call_proto_depIdxs = []int32{
 	8,  // 7: callqos.v1.Call.update_time:type_name -> google.protobuf.Timestamp
 	3,  // 8: callqos.v1.Call.direction:type_name -> callqos.v1.Call.Direction
 	8,  // 9: callqos.v1.Call.offer_expire_time:type_name -> google.protobuf.Timestamp
-	7,  // 10: callqos.v1.QosRefusal.counter_offer:type_name -> callqos.v1.QosSpec
-	11, // [11:11] is the sub-list for method output_type
-	11, // [11:11] is the sub-list for method input_type
-	11, // [11:11] is the sub-list for extension type_name
-	11, // [11:11] is the sub-list for extension extendee
-	0,  // [0:11] is the sub-list for field type_name
+	9,  // 10: callqos.v1.Call.lease_duration:type_name -> google.protobuf.Duration
+	8,  // 11: callqos.v1.Call.lease_expire_time:type_name -> google.protobuf.Timestamp
+	7,  // 12: callqos.v1.QosRefusal.counter_offer:type_name -> callqos.v1.QosSpec
+	13, // [13:13] is the sub-list for method output_type
+	13, // [13:13] is the sub-list for method input_type
+	13, // [13:13] is the sub-list for extension type_name
+	13, // [13:13] is the sub-list for extension extendee
+	0,  // [0:13] is the sub-list for field type_name
 }
 
 func init() { file_callqos_v1_call_proto_init() }

@@ -9,6 +9,7 @@ package callqosv1
 import (
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
+	durationpb "google.golang.org/protobuf/types/known/durationpb"
 	fieldmaskpb "google.golang.org/protobuf/types/known/fieldmaskpb"
 	reflect "reflect"
 	sync "sync"
@@ -72,7 +73,7 @@ func (x LinkChange_Outcome) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use LinkChange_Outcome.Descriptor instead.
 func (LinkChange_Outcome) EnumDescriptor() ([]byte, []int) {
-	return file_callqos_v1_callqos_service_proto_rawDescGZIP(), []int{22, 0}
+	return file_callqos_v1_callqos_service_proto_rawDescGZIP(), []int{23, 0}
 }
 
 // Request for CreateCall.
@@ -446,6 +447,82 @@ func (x *DropCallRequest) GetEtag() string {
 	return ""
 }
 
+// Request for ExtendCall.
+type ExtendCallRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// `calls/{call}`.
+	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// Optional: the new lease length, from now (at least 1 s, at most the server's
+	// max_lease_seconds: INVALID_ARGUMENT otherwise). It becomes the call's lease_duration. Unset:
+	// the call's lease_duration.
+	LeaseDuration *durationpb.Duration `protobuf:"bytes,2,opt,name=lease_duration,json=leaseDuration,proto3" json:"lease_duration,omitempty"`
+	// Optional: the call's etag; ABORTED (ETAG_MISMATCH) if the call changed since.
+	Etag string `protobuf:"bytes,3,opt,name=etag,proto3" json:"etag,omitempty"`
+	// Optional idempotency key (AIP-155). A repeat returns the first outcome (and extends nothing
+	// further).
+	RequestId     string `protobuf:"bytes,4,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ExtendCallRequest) Reset() {
+	*x = ExtendCallRequest{}
+	mi := &file_callqos_v1_callqos_service_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ExtendCallRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ExtendCallRequest) ProtoMessage() {}
+
+func (x *ExtendCallRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_callqos_v1_callqos_service_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ExtendCallRequest.ProtoReflect.Descriptor instead.
+func (*ExtendCallRequest) Descriptor() ([]byte, []int) {
+	return file_callqos_v1_callqos_service_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *ExtendCallRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *ExtendCallRequest) GetLeaseDuration() *durationpb.Duration {
+	if x != nil {
+		return x.LeaseDuration
+	}
+	return nil
+}
+
+func (x *ExtendCallRequest) GetEtag() string {
+	if x != nil {
+		return x.Etag
+	}
+	return ""
+}
+
+func (x *ExtendCallRequest) GetRequestId() string {
+	if x != nil {
+		return x.RequestId
+	}
+	return ""
+}
+
 // Request for WatchEvents.
 type WatchEventsRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -465,7 +542,7 @@ type WatchEventsRequest struct {
 
 func (x *WatchEventsRequest) Reset() {
 	*x = WatchEventsRequest{}
-	mi := &file_callqos_v1_callqos_service_proto_msgTypes[6]
+	mi := &file_callqos_v1_callqos_service_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -477,7 +554,7 @@ func (x *WatchEventsRequest) String() string {
 func (*WatchEventsRequest) ProtoMessage() {}
 
 func (x *WatchEventsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_callqos_v1_callqos_service_proto_msgTypes[6]
+	mi := &file_callqos_v1_callqos_service_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -490,7 +567,7 @@ func (x *WatchEventsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchEventsRequest.ProtoReflect.Descriptor instead.
 func (*WatchEventsRequest) Descriptor() ([]byte, []int) {
-	return file_callqos_v1_callqos_service_proto_rawDescGZIP(), []int{6}
+	return file_callqos_v1_callqos_service_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *WatchEventsRequest) GetAfterSequence() uint64 {
@@ -532,7 +609,7 @@ type WatchEventsResponse struct {
 
 func (x *WatchEventsResponse) Reset() {
 	*x = WatchEventsResponse{}
-	mi := &file_callqos_v1_callqos_service_proto_msgTypes[7]
+	mi := &file_callqos_v1_callqos_service_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -544,7 +621,7 @@ func (x *WatchEventsResponse) String() string {
 func (*WatchEventsResponse) ProtoMessage() {}
 
 func (x *WatchEventsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_callqos_v1_callqos_service_proto_msgTypes[7]
+	mi := &file_callqos_v1_callqos_service_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -557,7 +634,7 @@ func (x *WatchEventsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchEventsResponse.ProtoReflect.Descriptor instead.
 func (*WatchEventsResponse) Descriptor() ([]byte, []int) {
-	return file_callqos_v1_callqos_service_proto_rawDescGZIP(), []int{7}
+	return file_callqos_v1_callqos_service_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *WatchEventsResponse) GetEvent() *QosEvent {
@@ -578,7 +655,7 @@ type GetProviderRequest struct {
 
 func (x *GetProviderRequest) Reset() {
 	*x = GetProviderRequest{}
-	mi := &file_callqos_v1_callqos_service_proto_msgTypes[8]
+	mi := &file_callqos_v1_callqos_service_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -590,7 +667,7 @@ func (x *GetProviderRequest) String() string {
 func (*GetProviderRequest) ProtoMessage() {}
 
 func (x *GetProviderRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_callqos_v1_callqos_service_proto_msgTypes[8]
+	mi := &file_callqos_v1_callqos_service_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -603,7 +680,7 @@ func (x *GetProviderRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetProviderRequest.ProtoReflect.Descriptor instead.
 func (*GetProviderRequest) Descriptor() ([]byte, []int) {
-	return file_callqos_v1_callqos_service_proto_rawDescGZIP(), []int{8}
+	return file_callqos_v1_callqos_service_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *GetProviderRequest) GetName() string {
@@ -626,7 +703,7 @@ type ListProvidersRequest struct {
 
 func (x *ListProvidersRequest) Reset() {
 	*x = ListProvidersRequest{}
-	mi := &file_callqos_v1_callqos_service_proto_msgTypes[9]
+	mi := &file_callqos_v1_callqos_service_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -638,7 +715,7 @@ func (x *ListProvidersRequest) String() string {
 func (*ListProvidersRequest) ProtoMessage() {}
 
 func (x *ListProvidersRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_callqos_v1_callqos_service_proto_msgTypes[9]
+	mi := &file_callqos_v1_callqos_service_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -651,7 +728,7 @@ func (x *ListProvidersRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListProvidersRequest.ProtoReflect.Descriptor instead.
 func (*ListProvidersRequest) Descriptor() ([]byte, []int) {
-	return file_callqos_v1_callqos_service_proto_rawDescGZIP(), []int{9}
+	return file_callqos_v1_callqos_service_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *ListProvidersRequest) GetPageSize() int32 {
@@ -681,7 +758,7 @@ type ListProvidersResponse struct {
 
 func (x *ListProvidersResponse) Reset() {
 	*x = ListProvidersResponse{}
-	mi := &file_callqos_v1_callqos_service_proto_msgTypes[10]
+	mi := &file_callqos_v1_callqos_service_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -693,7 +770,7 @@ func (x *ListProvidersResponse) String() string {
 func (*ListProvidersResponse) ProtoMessage() {}
 
 func (x *ListProvidersResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_callqos_v1_callqos_service_proto_msgTypes[10]
+	mi := &file_callqos_v1_callqos_service_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -706,7 +783,7 @@ func (x *ListProvidersResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListProvidersResponse.ProtoReflect.Descriptor instead.
 func (*ListProvidersResponse) Descriptor() ([]byte, []int) {
-	return file_callqos_v1_callqos_service_proto_rawDescGZIP(), []int{10}
+	return file_callqos_v1_callqos_service_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *ListProvidersResponse) GetProviders() []*Provider {
@@ -738,7 +815,7 @@ type ListLinksRequest struct {
 
 func (x *ListLinksRequest) Reset() {
 	*x = ListLinksRequest{}
-	mi := &file_callqos_v1_callqos_service_proto_msgTypes[11]
+	mi := &file_callqos_v1_callqos_service_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -750,7 +827,7 @@ func (x *ListLinksRequest) String() string {
 func (*ListLinksRequest) ProtoMessage() {}
 
 func (x *ListLinksRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_callqos_v1_callqos_service_proto_msgTypes[11]
+	mi := &file_callqos_v1_callqos_service_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -763,7 +840,7 @@ func (x *ListLinksRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListLinksRequest.ProtoReflect.Descriptor instead.
 func (*ListLinksRequest) Descriptor() ([]byte, []int) {
-	return file_callqos_v1_callqos_service_proto_rawDescGZIP(), []int{11}
+	return file_callqos_v1_callqos_service_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *ListLinksRequest) GetParent() string {
@@ -800,7 +877,7 @@ type ListLinksResponse struct {
 
 func (x *ListLinksResponse) Reset() {
 	*x = ListLinksResponse{}
-	mi := &file_callqos_v1_callqos_service_proto_msgTypes[12]
+	mi := &file_callqos_v1_callqos_service_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -812,7 +889,7 @@ func (x *ListLinksResponse) String() string {
 func (*ListLinksResponse) ProtoMessage() {}
 
 func (x *ListLinksResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_callqos_v1_callqos_service_proto_msgTypes[12]
+	mi := &file_callqos_v1_callqos_service_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -825,7 +902,7 @@ func (x *ListLinksResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListLinksResponse.ProtoReflect.Descriptor instead.
 func (*ListLinksResponse) Descriptor() ([]byte, []int) {
-	return file_callqos_v1_callqos_service_proto_rawDescGZIP(), []int{12}
+	return file_callqos_v1_callqos_service_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *ListLinksResponse) GetLinks() []*Link {
@@ -855,7 +932,7 @@ type UpdateLinkRequest struct {
 
 func (x *UpdateLinkRequest) Reset() {
 	*x = UpdateLinkRequest{}
-	mi := &file_callqos_v1_callqos_service_proto_msgTypes[13]
+	mi := &file_callqos_v1_callqos_service_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -867,7 +944,7 @@ func (x *UpdateLinkRequest) String() string {
 func (*UpdateLinkRequest) ProtoMessage() {}
 
 func (x *UpdateLinkRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_callqos_v1_callqos_service_proto_msgTypes[13]
+	mi := &file_callqos_v1_callqos_service_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -880,7 +957,7 @@ func (x *UpdateLinkRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateLinkRequest.ProtoReflect.Descriptor instead.
 func (*UpdateLinkRequest) Descriptor() ([]byte, []int) {
-	return file_callqos_v1_callqos_service_proto_rawDescGZIP(), []int{13}
+	return file_callqos_v1_callqos_service_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *UpdateLinkRequest) GetLink() *Link {
@@ -913,7 +990,7 @@ type CreateLineRequest struct {
 
 func (x *CreateLineRequest) Reset() {
 	*x = CreateLineRequest{}
-	mi := &file_callqos_v1_callqos_service_proto_msgTypes[14]
+	mi := &file_callqos_v1_callqos_service_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -925,7 +1002,7 @@ func (x *CreateLineRequest) String() string {
 func (*CreateLineRequest) ProtoMessage() {}
 
 func (x *CreateLineRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_callqos_v1_callqos_service_proto_msgTypes[14]
+	mi := &file_callqos_v1_callqos_service_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -938,7 +1015,7 @@ func (x *CreateLineRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateLineRequest.ProtoReflect.Descriptor instead.
 func (*CreateLineRequest) Descriptor() ([]byte, []int) {
-	return file_callqos_v1_callqos_service_proto_rawDescGZIP(), []int{14}
+	return file_callqos_v1_callqos_service_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *CreateLineRequest) GetLine() *Line {
@@ -973,7 +1050,7 @@ type GetLineRequest struct {
 
 func (x *GetLineRequest) Reset() {
 	*x = GetLineRequest{}
-	mi := &file_callqos_v1_callqos_service_proto_msgTypes[15]
+	mi := &file_callqos_v1_callqos_service_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -985,7 +1062,7 @@ func (x *GetLineRequest) String() string {
 func (*GetLineRequest) ProtoMessage() {}
 
 func (x *GetLineRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_callqos_v1_callqos_service_proto_msgTypes[15]
+	mi := &file_callqos_v1_callqos_service_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -998,7 +1075,7 @@ func (x *GetLineRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetLineRequest.ProtoReflect.Descriptor instead.
 func (*GetLineRequest) Descriptor() ([]byte, []int) {
-	return file_callqos_v1_callqos_service_proto_rawDescGZIP(), []int{15}
+	return file_callqos_v1_callqos_service_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *GetLineRequest) GetName() string {
@@ -1024,7 +1101,7 @@ type ListLinesRequest struct {
 
 func (x *ListLinesRequest) Reset() {
 	*x = ListLinesRequest{}
-	mi := &file_callqos_v1_callqos_service_proto_msgTypes[16]
+	mi := &file_callqos_v1_callqos_service_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1036,7 +1113,7 @@ func (x *ListLinesRequest) String() string {
 func (*ListLinesRequest) ProtoMessage() {}
 
 func (x *ListLinesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_callqos_v1_callqos_service_proto_msgTypes[16]
+	mi := &file_callqos_v1_callqos_service_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1049,7 +1126,7 @@ func (x *ListLinesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListLinesRequest.ProtoReflect.Descriptor instead.
 func (*ListLinesRequest) Descriptor() ([]byte, []int) {
-	return file_callqos_v1_callqos_service_proto_rawDescGZIP(), []int{16}
+	return file_callqos_v1_callqos_service_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *ListLinesRequest) GetPageSize() int32 {
@@ -1086,7 +1163,7 @@ type ListLinesResponse struct {
 
 func (x *ListLinesResponse) Reset() {
 	*x = ListLinesResponse{}
-	mi := &file_callqos_v1_callqos_service_proto_msgTypes[17]
+	mi := &file_callqos_v1_callqos_service_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1098,7 +1175,7 @@ func (x *ListLinesResponse) String() string {
 func (*ListLinesResponse) ProtoMessage() {}
 
 func (x *ListLinesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_callqos_v1_callqos_service_proto_msgTypes[17]
+	mi := &file_callqos_v1_callqos_service_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1111,7 +1188,7 @@ func (x *ListLinesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListLinesResponse.ProtoReflect.Descriptor instead.
 func (*ListLinesResponse) Descriptor() ([]byte, []int) {
-	return file_callqos_v1_callqos_service_proto_rawDescGZIP(), []int{17}
+	return file_callqos_v1_callqos_service_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *ListLinesResponse) GetLines() []*Line {
@@ -1141,7 +1218,7 @@ type CloseLineRequest struct {
 
 func (x *CloseLineRequest) Reset() {
 	*x = CloseLineRequest{}
-	mi := &file_callqos_v1_callqos_service_proto_msgTypes[18]
+	mi := &file_callqos_v1_callqos_service_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1153,7 +1230,7 @@ func (x *CloseLineRequest) String() string {
 func (*CloseLineRequest) ProtoMessage() {}
 
 func (x *CloseLineRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_callqos_v1_callqos_service_proto_msgTypes[18]
+	mi := &file_callqos_v1_callqos_service_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1166,7 +1243,7 @@ func (x *CloseLineRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CloseLineRequest.ProtoReflect.Descriptor instead.
 func (*CloseLineRequest) Descriptor() ([]byte, []int) {
-	return file_callqos_v1_callqos_service_proto_rawDescGZIP(), []int{18}
+	return file_callqos_v1_callqos_service_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *CloseLineRequest) GetName() string {
@@ -1204,7 +1281,7 @@ type AnswerCallRequest struct {
 
 func (x *AnswerCallRequest) Reset() {
 	*x = AnswerCallRequest{}
-	mi := &file_callqos_v1_callqos_service_proto_msgTypes[19]
+	mi := &file_callqos_v1_callqos_service_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1216,7 +1293,7 @@ func (x *AnswerCallRequest) String() string {
 func (*AnswerCallRequest) ProtoMessage() {}
 
 func (x *AnswerCallRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_callqos_v1_callqos_service_proto_msgTypes[19]
+	mi := &file_callqos_v1_callqos_service_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1229,7 +1306,7 @@ func (x *AnswerCallRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AnswerCallRequest.ProtoReflect.Descriptor instead.
 func (*AnswerCallRequest) Descriptor() ([]byte, []int) {
-	return file_callqos_v1_callqos_service_proto_rawDescGZIP(), []int{19}
+	return file_callqos_v1_callqos_service_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *AnswerCallRequest) GetName() string {
@@ -1275,7 +1352,7 @@ type RejectCallRequest struct {
 
 func (x *RejectCallRequest) Reset() {
 	*x = RejectCallRequest{}
-	mi := &file_callqos_v1_callqos_service_proto_msgTypes[20]
+	mi := &file_callqos_v1_callqos_service_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1287,7 +1364,7 @@ func (x *RejectCallRequest) String() string {
 func (*RejectCallRequest) ProtoMessage() {}
 
 func (x *RejectCallRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_callqos_v1_callqos_service_proto_msgTypes[20]
+	mi := &file_callqos_v1_callqos_service_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1300,7 +1377,7 @@ func (x *RejectCallRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RejectCallRequest.ProtoReflect.Descriptor instead.
 func (*RejectCallRequest) Descriptor() ([]byte, []int) {
-	return file_callqos_v1_callqos_service_proto_rawDescGZIP(), []int{20}
+	return file_callqos_v1_callqos_service_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *RejectCallRequest) GetName() string {
@@ -1339,7 +1416,7 @@ type UpdateLinkResponse struct {
 
 func (x *UpdateLinkResponse) Reset() {
 	*x = UpdateLinkResponse{}
-	mi := &file_callqos_v1_callqos_service_proto_msgTypes[21]
+	mi := &file_callqos_v1_callqos_service_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1351,7 +1428,7 @@ func (x *UpdateLinkResponse) String() string {
 func (*UpdateLinkResponse) ProtoMessage() {}
 
 func (x *UpdateLinkResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_callqos_v1_callqos_service_proto_msgTypes[21]
+	mi := &file_callqos_v1_callqos_service_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1364,7 +1441,7 @@ func (x *UpdateLinkResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateLinkResponse.ProtoReflect.Descriptor instead.
 func (*UpdateLinkResponse) Descriptor() ([]byte, []int) {
-	return file_callqos_v1_callqos_service_proto_rawDescGZIP(), []int{21}
+	return file_callqos_v1_callqos_service_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *UpdateLinkResponse) GetLink() *Link {
@@ -1404,7 +1481,7 @@ type LinkChange struct {
 
 func (x *LinkChange) Reset() {
 	*x = LinkChange{}
-	mi := &file_callqos_v1_callqos_service_proto_msgTypes[22]
+	mi := &file_callqos_v1_callqos_service_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1416,7 +1493,7 @@ func (x *LinkChange) String() string {
 func (*LinkChange) ProtoMessage() {}
 
 func (x *LinkChange) ProtoReflect() protoreflect.Message {
-	mi := &file_callqos_v1_callqos_service_proto_msgTypes[22]
+	mi := &file_callqos_v1_callqos_service_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1429,7 +1506,7 @@ func (x *LinkChange) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LinkChange.ProtoReflect.Descriptor instead.
 func (*LinkChange) Descriptor() ([]byte, []int) {
-	return file_callqos_v1_callqos_service_proto_rawDescGZIP(), []int{22}
+	return file_callqos_v1_callqos_service_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *LinkChange) GetCall() string {
@@ -1479,7 +1556,7 @@ var File_callqos_v1_callqos_service_proto protoreflect.FileDescriptor
 const file_callqos_v1_callqos_service_proto_rawDesc = "" +
 	"\n" +
 	" callqos/v1/callqos_service.proto\x12\n" +
-	"callqos.v1\x1a\x15callqos/v1/call.proto\x1a\x16callqos/v1/event.proto\x1a\x19callqos/v1/flowspec.proto\x1a\x15callqos/v1/line.proto\x1a\x19callqos/v1/provider.proto\x1a google/protobuf/field_mask.proto\"q\n" +
+	"callqos.v1\x1a\x15callqos/v1/call.proto\x1a\x16callqos/v1/event.proto\x1a\x19callqos/v1/flowspec.proto\x1a\x15callqos/v1/line.proto\x1a\x19callqos/v1/provider.proto\x1a\x1egoogle/protobuf/duration.proto\x1a google/protobuf/field_mask.proto\"q\n" +
 	"\x11CreateCallRequest\x12$\n" +
 	"\x04call\x18\x01 \x01(\v2\x10.callqos.v1.CallR\x04call\x12\x17\n" +
 	"\acall_id\x18\x02 \x01(\tR\x06callId\x12\x1d\n" +
@@ -1504,7 +1581,13 @@ const file_callqos_v1_callqos_service_proto_rawDesc = "" +
 	"\rservice_level\x18\x05 \x01(\x0e2\x18.callqos.v1.ServiceLevelR\fserviceLevel\"9\n" +
 	"\x0fDropCallRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x12\n" +
-	"\x04etag\x18\x02 \x01(\tR\x04etag\"\xab\x01\n" +
+	"\x04etag\x18\x02 \x01(\tR\x04etag\"\x9c\x01\n" +
+	"\x11ExtendCallRequest\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12@\n" +
+	"\x0elease_duration\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\rleaseDuration\x12\x12\n" +
+	"\x04etag\x18\x03 \x01(\tR\x04etag\x12\x1d\n" +
+	"\n" +
+	"request_id\x18\x04 \x01(\tR\trequestId\"\xab\x01\n" +
 	"\x12WatchEventsRequest\x12*\n" +
 	"\x0eafter_sequence\x18\x01 \x01(\x04H\x00R\rafterSequence\x88\x01\x01\x12\x12\n" +
 	"\x04call\x18\x02 \x01(\tR\x04call\x12.\n" +
@@ -1578,14 +1661,16 @@ const file_callqos_v1_callqos_service_proto_rawDesc = "" +
 	"\aOutcome\x12\x17\n" +
 	"\x13OUTCOME_UNSPECIFIED\x10\x00\x12\x14\n" +
 	"\x10OUTCOME_DEGRADED\x10\x01\x12\x18\n" +
-	"\x14OUTCOME_DISCONNECTED\x10\x022\xd7\b\n" +
+	"\x14OUTCOME_DISCONNECTED\x10\x022\x96\t\n" +
 	"\x0eCallQosService\x12=\n" +
 	"\n" +
 	"CreateCall\x12\x1d.callqos.v1.CreateCallRequest\x1a\x10.callqos.v1.Call\x127\n" +
 	"\aGetCall\x12\x1a.callqos.v1.GetCallRequest\x1a\x10.callqos.v1.Call\x12H\n" +
 	"\tListCalls\x12\x1c.callqos.v1.ListCallsRequest\x1a\x1d.callqos.v1.ListCallsResponse\x12G\n" +
 	"\x0fRenegotiateCall\x12\".callqos.v1.RenegotiateCallRequest\x1a\x10.callqos.v1.Call\x129\n" +
-	"\bDropCall\x12\x1b.callqos.v1.DropCallRequest\x1a\x10.callqos.v1.Call\x12P\n" +
+	"\bDropCall\x12\x1b.callqos.v1.DropCallRequest\x1a\x10.callqos.v1.Call\x12=\n" +
+	"\n" +
+	"ExtendCall\x12\x1d.callqos.v1.ExtendCallRequest\x1a\x10.callqos.v1.Call\x12P\n" +
 	"\vWatchEvents\x12\x1e.callqos.v1.WatchEventsRequest\x1a\x1f.callqos.v1.WatchEventsResponse0\x01\x12C\n" +
 	"\vGetProvider\x12\x1e.callqos.v1.GetProviderRequest\x1a\x14.callqos.v1.Provider\x12T\n" +
 	"\rListProviders\x12 .callqos.v1.ListProvidersRequest\x1a!.callqos.v1.ListProvidersResponse\x12H\n" +
@@ -1616,7 +1701,7 @@ func file_callqos_v1_callqos_service_proto_rawDescGZIP() []byte {
 }
 
 var file_callqos_v1_callqos_service_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_callqos_v1_callqos_service_proto_msgTypes = make([]protoimpl.MessageInfo, 23)
+var file_callqos_v1_callqos_service_proto_msgTypes = make([]protoimpl.MessageInfo, 24)
 var file_callqos_v1_callqos_service_proto_goTypes = []any{
 	(LinkChange_Outcome)(0),        // 0: callqos.v1.LinkChange.Outcome
 	(*CreateCallRequest)(nil),      // 1: callqos.v1.CreateCallRequest
@@ -1625,89 +1710,94 @@ var file_callqos_v1_callqos_service_proto_goTypes = []any{
 	(*ListCallsResponse)(nil),      // 4: callqos.v1.ListCallsResponse
 	(*RenegotiateCallRequest)(nil), // 5: callqos.v1.RenegotiateCallRequest
 	(*DropCallRequest)(nil),        // 6: callqos.v1.DropCallRequest
-	(*WatchEventsRequest)(nil),     // 7: callqos.v1.WatchEventsRequest
-	(*WatchEventsResponse)(nil),    // 8: callqos.v1.WatchEventsResponse
-	(*GetProviderRequest)(nil),     // 9: callqos.v1.GetProviderRequest
-	(*ListProvidersRequest)(nil),   // 10: callqos.v1.ListProvidersRequest
-	(*ListProvidersResponse)(nil),  // 11: callqos.v1.ListProvidersResponse
-	(*ListLinksRequest)(nil),       // 12: callqos.v1.ListLinksRequest
-	(*ListLinksResponse)(nil),      // 13: callqos.v1.ListLinksResponse
-	(*UpdateLinkRequest)(nil),      // 14: callqos.v1.UpdateLinkRequest
-	(*CreateLineRequest)(nil),      // 15: callqos.v1.CreateLineRequest
-	(*GetLineRequest)(nil),         // 16: callqos.v1.GetLineRequest
-	(*ListLinesRequest)(nil),       // 17: callqos.v1.ListLinesRequest
-	(*ListLinesResponse)(nil),      // 18: callqos.v1.ListLinesResponse
-	(*CloseLineRequest)(nil),       // 19: callqos.v1.CloseLineRequest
-	(*AnswerCallRequest)(nil),      // 20: callqos.v1.AnswerCallRequest
-	(*RejectCallRequest)(nil),      // 21: callqos.v1.RejectCallRequest
-	(*UpdateLinkResponse)(nil),     // 22: callqos.v1.UpdateLinkResponse
-	(*LinkChange)(nil),             // 23: callqos.v1.LinkChange
-	(*Call)(nil),                   // 24: callqos.v1.Call
-	(*QosSpec)(nil),                // 25: callqos.v1.QosSpec
-	(ServiceLevel)(0),              // 26: callqos.v1.ServiceLevel
-	(QosEventType)(0),              // 27: callqos.v1.QosEventType
-	(*QosEvent)(nil),               // 28: callqos.v1.QosEvent
-	(*Provider)(nil),               // 29: callqos.v1.Provider
-	(*Link)(nil),                   // 30: callqos.v1.Link
-	(*fieldmaskpb.FieldMask)(nil),  // 31: google.protobuf.FieldMask
-	(*Line)(nil),                   // 32: callqos.v1.Line
+	(*ExtendCallRequest)(nil),      // 7: callqos.v1.ExtendCallRequest
+	(*WatchEventsRequest)(nil),     // 8: callqos.v1.WatchEventsRequest
+	(*WatchEventsResponse)(nil),    // 9: callqos.v1.WatchEventsResponse
+	(*GetProviderRequest)(nil),     // 10: callqos.v1.GetProviderRequest
+	(*ListProvidersRequest)(nil),   // 11: callqos.v1.ListProvidersRequest
+	(*ListProvidersResponse)(nil),  // 12: callqos.v1.ListProvidersResponse
+	(*ListLinksRequest)(nil),       // 13: callqos.v1.ListLinksRequest
+	(*ListLinksResponse)(nil),      // 14: callqos.v1.ListLinksResponse
+	(*UpdateLinkRequest)(nil),      // 15: callqos.v1.UpdateLinkRequest
+	(*CreateLineRequest)(nil),      // 16: callqos.v1.CreateLineRequest
+	(*GetLineRequest)(nil),         // 17: callqos.v1.GetLineRequest
+	(*ListLinesRequest)(nil),       // 18: callqos.v1.ListLinesRequest
+	(*ListLinesResponse)(nil),      // 19: callqos.v1.ListLinesResponse
+	(*CloseLineRequest)(nil),       // 20: callqos.v1.CloseLineRequest
+	(*AnswerCallRequest)(nil),      // 21: callqos.v1.AnswerCallRequest
+	(*RejectCallRequest)(nil),      // 22: callqos.v1.RejectCallRequest
+	(*UpdateLinkResponse)(nil),     // 23: callqos.v1.UpdateLinkResponse
+	(*LinkChange)(nil),             // 24: callqos.v1.LinkChange
+	(*Call)(nil),                   // 25: callqos.v1.Call
+	(*QosSpec)(nil),                // 26: callqos.v1.QosSpec
+	(ServiceLevel)(0),              // 27: callqos.v1.ServiceLevel
+	(*durationpb.Duration)(nil),    // 28: google.protobuf.Duration
+	(QosEventType)(0),              // 29: callqos.v1.QosEventType
+	(*QosEvent)(nil),               // 30: callqos.v1.QosEvent
+	(*Provider)(nil),               // 31: callqos.v1.Provider
+	(*Link)(nil),                   // 32: callqos.v1.Link
+	(*fieldmaskpb.FieldMask)(nil),  // 33: google.protobuf.FieldMask
+	(*Line)(nil),                   // 34: callqos.v1.Line
 }
 var file_callqos_v1_callqos_service_proto_depIdxs = []int32{
-	24, // 0: callqos.v1.CreateCallRequest.call:type_name -> callqos.v1.Call
-	24, // 1: callqos.v1.ListCallsResponse.calls:type_name -> callqos.v1.Call
-	25, // 2: callqos.v1.RenegotiateCallRequest.qos:type_name -> callqos.v1.QosSpec
-	26, // 3: callqos.v1.RenegotiateCallRequest.service_level:type_name -> callqos.v1.ServiceLevel
-	27, // 4: callqos.v1.WatchEventsRequest.types:type_name -> callqos.v1.QosEventType
-	28, // 5: callqos.v1.WatchEventsResponse.event:type_name -> callqos.v1.QosEvent
-	29, // 6: callqos.v1.ListProvidersResponse.providers:type_name -> callqos.v1.Provider
-	30, // 7: callqos.v1.ListLinksResponse.links:type_name -> callqos.v1.Link
-	30, // 8: callqos.v1.UpdateLinkRequest.link:type_name -> callqos.v1.Link
-	31, // 9: callqos.v1.UpdateLinkRequest.update_mask:type_name -> google.protobuf.FieldMask
-	32, // 10: callqos.v1.CreateLineRequest.line:type_name -> callqos.v1.Line
-	32, // 11: callqos.v1.ListLinesResponse.lines:type_name -> callqos.v1.Line
-	25, // 12: callqos.v1.AnswerCallRequest.qos:type_name -> callqos.v1.QosSpec
-	30, // 13: callqos.v1.UpdateLinkResponse.link:type_name -> callqos.v1.Link
-	23, // 14: callqos.v1.UpdateLinkResponse.changes:type_name -> callqos.v1.LinkChange
-	0,  // 15: callqos.v1.LinkChange.outcome:type_name -> callqos.v1.LinkChange.Outcome
-	25, // 16: callqos.v1.LinkChange.previous_qos:type_name -> callqos.v1.QosSpec
-	25, // 17: callqos.v1.LinkChange.current_qos:type_name -> callqos.v1.QosSpec
-	1,  // 18: callqos.v1.CallQosService.CreateCall:input_type -> callqos.v1.CreateCallRequest
-	2,  // 19: callqos.v1.CallQosService.GetCall:input_type -> callqos.v1.GetCallRequest
-	3,  // 20: callqos.v1.CallQosService.ListCalls:input_type -> callqos.v1.ListCallsRequest
-	5,  // 21: callqos.v1.CallQosService.RenegotiateCall:input_type -> callqos.v1.RenegotiateCallRequest
-	6,  // 22: callqos.v1.CallQosService.DropCall:input_type -> callqos.v1.DropCallRequest
-	7,  // 23: callqos.v1.CallQosService.WatchEvents:input_type -> callqos.v1.WatchEventsRequest
-	9,  // 24: callqos.v1.CallQosService.GetProvider:input_type -> callqos.v1.GetProviderRequest
-	10, // 25: callqos.v1.CallQosService.ListProviders:input_type -> callqos.v1.ListProvidersRequest
-	12, // 26: callqos.v1.CallQosService.ListLinks:input_type -> callqos.v1.ListLinksRequest
-	14, // 27: callqos.v1.CallQosService.UpdateLink:input_type -> callqos.v1.UpdateLinkRequest
-	15, // 28: callqos.v1.CallQosService.CreateLine:input_type -> callqos.v1.CreateLineRequest
-	16, // 29: callqos.v1.CallQosService.GetLine:input_type -> callqos.v1.GetLineRequest
-	17, // 30: callqos.v1.CallQosService.ListLines:input_type -> callqos.v1.ListLinesRequest
-	19, // 31: callqos.v1.CallQosService.CloseLine:input_type -> callqos.v1.CloseLineRequest
-	20, // 32: callqos.v1.CallQosService.AnswerCall:input_type -> callqos.v1.AnswerCallRequest
-	21, // 33: callqos.v1.CallQosService.RejectCall:input_type -> callqos.v1.RejectCallRequest
-	24, // 34: callqos.v1.CallQosService.CreateCall:output_type -> callqos.v1.Call
-	24, // 35: callqos.v1.CallQosService.GetCall:output_type -> callqos.v1.Call
-	4,  // 36: callqos.v1.CallQosService.ListCalls:output_type -> callqos.v1.ListCallsResponse
-	24, // 37: callqos.v1.CallQosService.RenegotiateCall:output_type -> callqos.v1.Call
-	24, // 38: callqos.v1.CallQosService.DropCall:output_type -> callqos.v1.Call
-	8,  // 39: callqos.v1.CallQosService.WatchEvents:output_type -> callqos.v1.WatchEventsResponse
-	29, // 40: callqos.v1.CallQosService.GetProvider:output_type -> callqos.v1.Provider
-	11, // 41: callqos.v1.CallQosService.ListProviders:output_type -> callqos.v1.ListProvidersResponse
-	13, // 42: callqos.v1.CallQosService.ListLinks:output_type -> callqos.v1.ListLinksResponse
-	22, // 43: callqos.v1.CallQosService.UpdateLink:output_type -> callqos.v1.UpdateLinkResponse
-	32, // 44: callqos.v1.CallQosService.CreateLine:output_type -> callqos.v1.Line
-	32, // 45: callqos.v1.CallQosService.GetLine:output_type -> callqos.v1.Line
-	18, // 46: callqos.v1.CallQosService.ListLines:output_type -> callqos.v1.ListLinesResponse
-	32, // 47: callqos.v1.CallQosService.CloseLine:output_type -> callqos.v1.Line
-	24, // 48: callqos.v1.CallQosService.AnswerCall:output_type -> callqos.v1.Call
-	24, // 49: callqos.v1.CallQosService.RejectCall:output_type -> callqos.v1.Call
-	34, // [34:50] is the sub-list for method output_type
-	18, // [18:34] is the sub-list for method input_type
-	18, // [18:18] is the sub-list for extension type_name
-	18, // [18:18] is the sub-list for extension extendee
-	0,  // [0:18] is the sub-list for field type_name
+	25, // 0: callqos.v1.CreateCallRequest.call:type_name -> callqos.v1.Call
+	25, // 1: callqos.v1.ListCallsResponse.calls:type_name -> callqos.v1.Call
+	26, // 2: callqos.v1.RenegotiateCallRequest.qos:type_name -> callqos.v1.QosSpec
+	27, // 3: callqos.v1.RenegotiateCallRequest.service_level:type_name -> callqos.v1.ServiceLevel
+	28, // 4: callqos.v1.ExtendCallRequest.lease_duration:type_name -> google.protobuf.Duration
+	29, // 5: callqos.v1.WatchEventsRequest.types:type_name -> callqos.v1.QosEventType
+	30, // 6: callqos.v1.WatchEventsResponse.event:type_name -> callqos.v1.QosEvent
+	31, // 7: callqos.v1.ListProvidersResponse.providers:type_name -> callqos.v1.Provider
+	32, // 8: callqos.v1.ListLinksResponse.links:type_name -> callqos.v1.Link
+	32, // 9: callqos.v1.UpdateLinkRequest.link:type_name -> callqos.v1.Link
+	33, // 10: callqos.v1.UpdateLinkRequest.update_mask:type_name -> google.protobuf.FieldMask
+	34, // 11: callqos.v1.CreateLineRequest.line:type_name -> callqos.v1.Line
+	34, // 12: callqos.v1.ListLinesResponse.lines:type_name -> callqos.v1.Line
+	26, // 13: callqos.v1.AnswerCallRequest.qos:type_name -> callqos.v1.QosSpec
+	32, // 14: callqos.v1.UpdateLinkResponse.link:type_name -> callqos.v1.Link
+	24, // 15: callqos.v1.UpdateLinkResponse.changes:type_name -> callqos.v1.LinkChange
+	0,  // 16: callqos.v1.LinkChange.outcome:type_name -> callqos.v1.LinkChange.Outcome
+	26, // 17: callqos.v1.LinkChange.previous_qos:type_name -> callqos.v1.QosSpec
+	26, // 18: callqos.v1.LinkChange.current_qos:type_name -> callqos.v1.QosSpec
+	1,  // 19: callqos.v1.CallQosService.CreateCall:input_type -> callqos.v1.CreateCallRequest
+	2,  // 20: callqos.v1.CallQosService.GetCall:input_type -> callqos.v1.GetCallRequest
+	3,  // 21: callqos.v1.CallQosService.ListCalls:input_type -> callqos.v1.ListCallsRequest
+	5,  // 22: callqos.v1.CallQosService.RenegotiateCall:input_type -> callqos.v1.RenegotiateCallRequest
+	6,  // 23: callqos.v1.CallQosService.DropCall:input_type -> callqos.v1.DropCallRequest
+	7,  // 24: callqos.v1.CallQosService.ExtendCall:input_type -> callqos.v1.ExtendCallRequest
+	8,  // 25: callqos.v1.CallQosService.WatchEvents:input_type -> callqos.v1.WatchEventsRequest
+	10, // 26: callqos.v1.CallQosService.GetProvider:input_type -> callqos.v1.GetProviderRequest
+	11, // 27: callqos.v1.CallQosService.ListProviders:input_type -> callqos.v1.ListProvidersRequest
+	13, // 28: callqos.v1.CallQosService.ListLinks:input_type -> callqos.v1.ListLinksRequest
+	15, // 29: callqos.v1.CallQosService.UpdateLink:input_type -> callqos.v1.UpdateLinkRequest
+	16, // 30: callqos.v1.CallQosService.CreateLine:input_type -> callqos.v1.CreateLineRequest
+	17, // 31: callqos.v1.CallQosService.GetLine:input_type -> callqos.v1.GetLineRequest
+	18, // 32: callqos.v1.CallQosService.ListLines:input_type -> callqos.v1.ListLinesRequest
+	20, // 33: callqos.v1.CallQosService.CloseLine:input_type -> callqos.v1.CloseLineRequest
+	21, // 34: callqos.v1.CallQosService.AnswerCall:input_type -> callqos.v1.AnswerCallRequest
+	22, // 35: callqos.v1.CallQosService.RejectCall:input_type -> callqos.v1.RejectCallRequest
+	25, // 36: callqos.v1.CallQosService.CreateCall:output_type -> callqos.v1.Call
+	25, // 37: callqos.v1.CallQosService.GetCall:output_type -> callqos.v1.Call
+	4,  // 38: callqos.v1.CallQosService.ListCalls:output_type -> callqos.v1.ListCallsResponse
+	25, // 39: callqos.v1.CallQosService.RenegotiateCall:output_type -> callqos.v1.Call
+	25, // 40: callqos.v1.CallQosService.DropCall:output_type -> callqos.v1.Call
+	25, // 41: callqos.v1.CallQosService.ExtendCall:output_type -> callqos.v1.Call
+	9,  // 42: callqos.v1.CallQosService.WatchEvents:output_type -> callqos.v1.WatchEventsResponse
+	31, // 43: callqos.v1.CallQosService.GetProvider:output_type -> callqos.v1.Provider
+	12, // 44: callqos.v1.CallQosService.ListProviders:output_type -> callqos.v1.ListProvidersResponse
+	14, // 45: callqos.v1.CallQosService.ListLinks:output_type -> callqos.v1.ListLinksResponse
+	23, // 46: callqos.v1.CallQosService.UpdateLink:output_type -> callqos.v1.UpdateLinkResponse
+	34, // 47: callqos.v1.CallQosService.CreateLine:output_type -> callqos.v1.Line
+	34, // 48: callqos.v1.CallQosService.GetLine:output_type -> callqos.v1.Line
+	19, // 49: callqos.v1.CallQosService.ListLines:output_type -> callqos.v1.ListLinesResponse
+	34, // 50: callqos.v1.CallQosService.CloseLine:output_type -> callqos.v1.Line
+	25, // 51: callqos.v1.CallQosService.AnswerCall:output_type -> callqos.v1.Call
+	25, // 52: callqos.v1.CallQosService.RejectCall:output_type -> callqos.v1.Call
+	36, // [36:53] is the sub-list for method output_type
+	19, // [19:36] is the sub-list for method input_type
+	19, // [19:19] is the sub-list for extension type_name
+	19, // [19:19] is the sub-list for extension extendee
+	0,  // [0:19] is the sub-list for field type_name
 }
 
 func init() { file_callqos_v1_callqos_service_proto_init() }
@@ -1720,14 +1810,14 @@ func file_callqos_v1_callqos_service_proto_init() {
 	file_callqos_v1_flowspec_proto_init()
 	file_callqos_v1_line_proto_init()
 	file_callqos_v1_provider_proto_init()
-	file_callqos_v1_callqos_service_proto_msgTypes[6].OneofWrappers = []any{}
+	file_callqos_v1_callqos_service_proto_msgTypes[7].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_callqos_v1_callqos_service_proto_rawDesc), len(file_callqos_v1_callqos_service_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   23,
+			NumMessages:   24,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

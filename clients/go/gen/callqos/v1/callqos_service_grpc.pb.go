@@ -24,6 +24,7 @@ const (
 	CallQosService_ListCalls_FullMethodName       = "/callqos.v1.CallQosService/ListCalls"
 	CallQosService_RenegotiateCall_FullMethodName = "/callqos.v1.CallQosService/RenegotiateCall"
 	CallQosService_DropCall_FullMethodName        = "/callqos.v1.CallQosService/DropCall"
+	CallQosService_ExtendCall_FullMethodName      = "/callqos.v1.CallQosService/ExtendCall"
 	CallQosService_WatchEvents_FullMethodName     = "/callqos.v1.CallQosService/WatchEvents"
 	CallQosService_GetProvider_FullMethodName     = "/callqos.v1.CallQosService/GetProvider"
 	CallQosService_ListProviders_FullMethodName   = "/callqos.v1.CallQosService/ListProviders"
@@ -61,6 +62,8 @@ type CallQosServiceClient interface {
 	// offered to the line's owner (an INCOMING call, OFFERING) and returned RINGBACK; the QoS is
 	// negotiated when the owner answers (AnswerCall), and the caller learns the outcome from its
 	// call's events. Another tenant's lines are never rung: such a call goes out to its provider.
+	// With a lease (`call.lease_duration`, or the server's max_lease_seconds) the call lives until
+	// its lease_expire_time unless its owner extends it (ExtendCall).
 	CreateCall(ctx context.Context, in *CreateCallRequest, opts ...grpc.CallOption) (*Call, error)
 	// Gets a call.
 	GetCall(ctx context.Context, in *GetCallRequest, opts ...grpc.CallOption) (*Call, error)
@@ -72,6 +75,17 @@ type CallQosServiceClient interface {
 	// Drops a call (lineDrop) and releases what it reserved. The call stays readable as
 	// DISCONNECTED. Owner only. Dropping a disconnected call returns it unchanged.
 	DropCall(ctx context.Context, in *DropCallRequest, opts ...grpc.CallOption) (*Call, error)
+	// Extends a call's lease (AIP-136 custom method `:extend`): its lease then ends lease_duration
+	// after now (the request's, or the call's own). A call whose lease ends is disconnected
+	// LEASE_EXPIRED and its reservation released, so an application keeps a call by extending it
+	// well within each lease (the clients' keep-alive helpers renew at a third of it). Owner of the
+	// leased leg only (permission calls.extend, role caller): NOT_OWNER otherwise. The call must be
+	// CONNECTED or RINGBACK: FAILED_PRECONDITION LEASE_EXPIRED once its lease has ended (even if
+	// the server has not disconnected it yet), CALL_NOT_CONNECTED when it ended otherwise,
+	// CALL_NOT_LEASED when it has no lease (or is the answering leg: the caller's lease governs a
+	// pair). Renewing changes only lease_expire_time (and lease_duration), not the etag; it sends no
+	// event.
+	ExtendCall(ctx context.Context, in *ExtendCallRequest, opts ...grpc.CallOption) (*Call, error)
 	// Streams QoS events in sequence order, from a cursor, without loss across reconnects and
 	// restarts. A cursor older than the retained events gives OUT_OF_RANGE (CURSOR_EXPIRED).
 	// The initial metadata `x-callqos-start-sequence` holds the sequence the stream starts after,
@@ -172,6 +186,16 @@ func (c *callQosServiceClient) DropCall(ctx context.Context, in *DropCallRequest
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(Call)
 	err := c.cc.Invoke(ctx, CallQosService_DropCall_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *callQosServiceClient) ExtendCall(ctx context.Context, in *ExtendCallRequest, opts ...grpc.CallOption) (*Call, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(Call)
+	err := c.cc.Invoke(ctx, CallQosService_ExtendCall_FullMethodName, in, out, cOpts...)
 	if err != nil {
 		return nil, err
 	}
@@ -321,6 +345,8 @@ type CallQosServiceServer interface {
 	// offered to the line's owner (an INCOMING call, OFFERING) and returned RINGBACK; the QoS is
 	// negotiated when the owner answers (AnswerCall), and the caller learns the outcome from its
 	// call's events. Another tenant's lines are never rung: such a call goes out to its provider.
+	// With a lease (`call.lease_duration`, or the server's max_lease_seconds) the call lives until
+	// its lease_expire_time unless its owner extends it (ExtendCall).
 	CreateCall(context.Context, *CreateCallRequest) (*Call, error)
 	// Gets a call.
 	GetCall(context.Context, *GetCallRequest) (*Call, error)
@@ -332,6 +358,17 @@ type CallQosServiceServer interface {
 	// Drops a call (lineDrop) and releases what it reserved. The call stays readable as
 	// DISCONNECTED. Owner only. Dropping a disconnected call returns it unchanged.
 	DropCall(context.Context, *DropCallRequest) (*Call, error)
+	// Extends a call's lease (AIP-136 custom method `:extend`): its lease then ends lease_duration
+	// after now (the request's, or the call's own). A call whose lease ends is disconnected
+	// LEASE_EXPIRED and its reservation released, so an application keeps a call by extending it
+	// well within each lease (the clients' keep-alive helpers renew at a third of it). Owner of the
+	// leased leg only (permission calls.extend, role caller): NOT_OWNER otherwise. The call must be
+	// CONNECTED or RINGBACK: FAILED_PRECONDITION LEASE_EXPIRED once its lease has ended (even if
+	// the server has not disconnected it yet), CALL_NOT_CONNECTED when it ended otherwise,
+	// CALL_NOT_LEASED when it has no lease (or is the answering leg: the caller's lease governs a
+	// pair). Renewing changes only lease_expire_time (and lease_duration), not the etag; it sends no
+	// event.
+	ExtendCall(context.Context, *ExtendCallRequest) (*Call, error)
 	// Streams QoS events in sequence order, from a cursor, without loss across reconnects and
 	// restarts. A cursor older than the retained events gives OUT_OF_RANGE (CURSOR_EXPIRED).
 	// The initial metadata `x-callqos-start-sequence` holds the sequence the stream starts after,
@@ -402,6 +439,9 @@ func (UnimplementedCallQosServiceServer) RenegotiateCall(context.Context, *Reneg
 }
 func (UnimplementedCallQosServiceServer) DropCall(context.Context, *DropCallRequest) (*Call, error) {
 	return nil, status.Error(codes.Unimplemented, "method DropCall not implemented")
+}
+func (UnimplementedCallQosServiceServer) ExtendCall(context.Context, *ExtendCallRequest) (*Call, error) {
+	return nil, status.Error(codes.Unimplemented, "method ExtendCall not implemented")
 }
 func (UnimplementedCallQosServiceServer) WatchEvents(*WatchEventsRequest, grpc.ServerStreamingServer[WatchEventsResponse]) error {
 	return status.Error(codes.Unimplemented, "method WatchEvents not implemented")
@@ -543,6 +583,24 @@ func _CallQosService_DropCall_Handler(srv interface{}, ctx context.Context, dec 
 	}
 	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
 		return srv.(CallQosServiceServer).DropCall(ctx, req.(*DropCallRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _CallQosService_ExtendCall_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ExtendCallRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(CallQosServiceServer).ExtendCall(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: CallQosService_ExtendCall_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(CallQosServiceServer).ExtendCall(ctx, req.(*ExtendCallRequest))
 	}
 	return interceptor(ctx, in, info, handler)
 }
@@ -764,6 +822,10 @@ var CallQosService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "DropCall",
 			Handler:    _CallQosService_DropCall_Handler,
+		},
+		{
+			MethodName: "ExtendCall",
+			Handler:    _CallQosService_ExtendCall_Handler,
 		},
 		{
 			MethodName: "GetProvider",

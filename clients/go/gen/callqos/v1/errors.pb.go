@@ -91,9 +91,10 @@ const (
 	// stopped reading), so the server ended it. Resumable: reconnect after the last event
 	// received; metadata "after_sequence" is where the server had got to.
 	ErrorReason_ERROR_REASON_WATCHER_TOO_SLOW ErrorReason = 25
-	// The server could not record the outcome (the data directory's disk is full, or its storage
-	// failed); ErrorInfo metadata `cause` says which. Nothing changed: the provider was put back
-	// as it was. Retry later.
+	// The server could not read or record what the request needs: its storage failed or cannot be
+	// reached now (the data directory's disk is full, the database several replicas share is
+	// away); ErrorInfo metadata `cause` says which. Nothing changed: a provider's decision was put
+	// back as it was. Retry later (on any replica).
 	ErrorReason_ERROR_REASON_STORAGE_UNAVAILABLE ErrorReason = 26
 	// Access control (README "Security"), numbered from 40 so that other additions to this enum
 	// do not collide with them.
@@ -111,6 +112,15 @@ const (
 	// the quota (`subject` tenant:{tenant} or principal:{tenant}/{principal}). Nothing changed;
 	// retry after a call of the tenant ends.
 	ErrorReason_ERROR_REASON_QUOTA_EXCEEDED ErrorReason = 42
+	// Leases (ExtendCall), numbered from 50 so that other additions to this enum do not collide.
+	//
+	// The call's lease ended before the extension arrived: the call is disconnected LEASE_EXPIRED
+	// (or is being disconnected) and what it reserved released. Not retried: make a new call.
+	// Metadata: `call`, `lease_expire_time` (RFC 3339).
+	ErrorReason_ERROR_REASON_LEASE_EXPIRED ErrorReason = 50
+	// The call has no lease to extend: it was made without one, or it is the answering leg of a
+	// call between two applications, whose lease is the caller's (metadata `peer`).
+	ErrorReason_ERROR_REASON_CALL_NOT_LEASED ErrorReason = 51
 )
 
 // Enum value maps for ErrorReason.
@@ -146,6 +156,8 @@ var (
 		40: "ERROR_REASON_UNAUTHENTICATED",
 		41: "ERROR_REASON_PERMISSION_DENIED",
 		42: "ERROR_REASON_QUOTA_EXCEEDED",
+		50: "ERROR_REASON_LEASE_EXPIRED",
+		51: "ERROR_REASON_CALL_NOT_LEASED",
 	}
 	ErrorReason_value = map[string]int32{
 		"ERROR_REASON_UNSPECIFIED":                 0,
@@ -178,6 +190,8 @@ var (
 		"ERROR_REASON_UNAUTHENTICATED":             40,
 		"ERROR_REASON_PERMISSION_DENIED":           41,
 		"ERROR_REASON_QUOTA_EXCEEDED":              42,
+		"ERROR_REASON_LEASE_EXPIRED":               50,
+		"ERROR_REASON_CALL_NOT_LEASED":             51,
 	}
 )
 
@@ -345,7 +359,8 @@ var File_callqos_v1_errors_proto protoreflect.FileDescriptor
 const file_callqos_v1_errors_proto_rawDesc = "" +
 	"\n" +
 	"\x17callqos/v1/errors.proto\x12\n" +
-	"callqos.v1\x1a google/protobuf/descriptor.proto*\xdb\t\n" +
+	"callqos.v1\x1a google/protobuf/descriptor.proto*\xa9\n" +
+	"\n" +
 	"\vErrorReason\x12\x1c\n" +
 	"\x18ERROR_REASON_UNSPECIFIED\x10\x00\x12&\n" +
 	"\x1cERROR_REASON_INVALID_REQUEST\x10\x01\x1a\x04\xa8\xed\x18\x03\x12(\n" +
@@ -378,7 +393,9 @@ const file_callqos_v1_errors_proto_rawDesc = "" +
 	" ERROR_REASON_STORAGE_UNAVAILABLE\x10\x1a\x1a\x04\xa8\xed\x18\x0e\x12&\n" +
 	"\x1cERROR_REASON_UNAUTHENTICATED\x10(\x1a\x04\xa8\xed\x18\x10\x12(\n" +
 	"\x1eERROR_REASON_PERMISSION_DENIED\x10)\x1a\x04\xa8\xed\x18\a\x12%\n" +
-	"\x1bERROR_REASON_QUOTA_EXCEEDED\x10*\x1a\x04\xa8\xed\x18\b*\xee\x03\n" +
+	"\x1bERROR_REASON_QUOTA_EXCEEDED\x10*\x1a\x04\xa8\xed\x18\b\x12$\n" +
+	"\x1aERROR_REASON_LEASE_EXPIRED\x102\x1a\x04\xa8\xed\x18\t\x12&\n" +
+	"\x1cERROR_REASON_CALL_NOT_LEASED\x103\x1a\x04\xa8\xed\x18\t*\xee\x03\n" +
 	"\bGrpcCode\x12\x19\n" +
 	"\x15GRPC_CODE_UNSPECIFIED\x10\x00\x12\x17\n" +
 	"\x13GRPC_CODE_CANCELLED\x10\x01\x12\x15\n" +

@@ -6,15 +6,15 @@ import type { GenEnum, GenFile, GenMessage } from "@bufbuild/protobuf/codegenv2"
 import { enumDesc, fileDesc, messageDesc } from "@bufbuild/protobuf/codegenv2";
 import type { QosSpec } from "./flowspec_pb.js";
 import { file_callqos_v1_flowspec } from "./flowspec_pb.js";
-import type { Timestamp } from "@bufbuild/protobuf/wkt";
-import { file_google_protobuf_timestamp } from "@bufbuild/protobuf/wkt";
+import type { Duration, Timestamp } from "@bufbuild/protobuf/wkt";
+import { file_google_protobuf_duration, file_google_protobuf_timestamp } from "@bufbuild/protobuf/wkt";
 import type { Message } from "@bufbuild/protobuf";
 
 /**
  * Describes the file callqos/v1/call.proto.
  */
 export const file_callqos_v1_call: GenFile = /*@__PURE__*/
-  fileDesc("ChVjYWxscW9zL3YxL2NhbGwucHJvdG8SCmNhbGxxb3MudjEiiAcKBENhbGwSDAoEbmFtZRgBIAEoCRITCgtkZXN0aW5hdGlvbhgCIAEoCRIQCghwcm92aWRlchgDIAEoCRIlCgVzdGF0ZRgEIAEoDjIWLmNhbGxxb3MudjEuQ2FsbC5TdGF0ZRI3ChFkaXNjb25uZWN0X3JlYXNvbhgFIAEoDjIcLmNhbGxxb3MudjEuRGlzY29ubmVjdFJlYXNvbhIvCg1zZXJ2aWNlX2xldmVsGAYgASgOMhguY2FsbHFvcy52MS5TZXJ2aWNlTGV2ZWwSKgoNcmVxdWVzdGVkX3FvcxgHIAEoCzITLmNhbGxxb3MudjEuUW9zU3BlYxIoCgtncmFudGVkX3FvcxgIIAEoCzITLmNhbGxxb3MudjEuUW9zU3BlYxIrCghmZWF0dXJlcxgJIAEoCzIZLmNhbGxxb3MudjEuQ2FsbC5GZWF0dXJlcxINCgVvd25lchgKIAEoCRIMCgRldGFnGAsgASgJEi8KC2NyZWF0ZV90aW1lGAwgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIvCgt1cGRhdGVfdGltZRgNIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLQoJZGlyZWN0aW9uGA4gASgOMhouY2FsbHFvcy52MS5DYWxsLkRpcmVjdGlvbhIMCgRsaW5lGA8gASgJEgwKBHBlZXIYECABKAkSEQoJY2FsbGVyX2lkGBEgASgJEjUKEW9mZmVyX2V4cGlyZV90aW1lGBIgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIZChFvZmZlcl90cmFjZXBhcmVudBgTIAEoCRIOCgZ0ZW5hbnQYFCABKAkaKwoIRmVhdHVyZXMSDwoHc2V0X3FvcxgBIAEoCBIOCgZhbnN3ZXIYAiABKAgicwoFU3RhdGUSFQoRU1RBVEVfVU5TUEVDSUZJRUQQABITCg9TVEFURV9DT05ORUNURUQQARIWChJTVEFURV9ESVNDT05ORUNURUQQAhISCg5TVEFURV9PRkZFUklORxADEhIKDlNUQVRFX1JJTkdCQUNLEAQiVgoJRGlyZWN0aW9uEhkKFURJUkVDVElPTl9VTlNQRUNJRklFRBAAEhYKEkRJUkVDVElPTl9PVVRHT0lORxABEhYKEkRJUkVDVElPTl9JTkNPTUlORxACIlYKClFvc1JlZnVzYWwSDAoEY2FsbBgBIAEoCRIqCg1jb3VudGVyX29mZmVyGAIgASgLMhMuY2FsbHFvcy52MS5Rb3NTcGVjEg4KBmRldGFpbBgDIAEoCSqGAQoMU2VydmljZUxldmVsEh0KGVNFUlZJQ0VfTEVWRUxfVU5TUEVDSUZJRUQQABIYChRTRVJWSUNFX0xFVkVMX05FRURFRBABEh4KGlNFUlZJQ0VfTEVWRUxfSUZfQVZBSUxBQkxFEAISHQoZU0VSVklDRV9MRVZFTF9CRVNUX0VGRk9SVBADKoUCChBEaXNjb25uZWN0UmVhc29uEiEKHURJU0NPTk5FQ1RfUkVBU09OX1VOU1BFQ0lGSUVEEAASHAoYRElTQ09OTkVDVF9SRUFTT05fTk9STUFMEAESJQohRElTQ09OTkVDVF9SRUFTT05fUU9TX1VOQVZBSUxBQkxFEAISJAogRElTQ09OTkVDVF9SRUFTT05fUFJPVklERVJfRVJST1IQAxIeChpESVNDT05ORUNUX1JFQVNPTl9SRUpFQ1RFRBAEEh8KG0RJU0NPTk5FQ1RfUkVBU09OX05PX0FOU1dFUhAFEiIKHkRJU0NPTk5FQ1RfUkVBU09OX1BFRVJfRFJPUFBFRBAGQl0KDmRldi5jYWxscW9zLnYxQglDYWxsUHJvdG9QAVo+Z2l0aHViLmNvbS9jYWxscW9zL2NhbGxxb3MvY2xpZW50cy9nby9nZW4vY2FsbHFvcy92MTtjYWxscW9zdjFiBnByb3RvMw", [file_callqos_v1_flowspec, file_google_protobuf_timestamp]);
+  fileDesc("ChVjYWxscW9zL3YxL2NhbGwucHJvdG8SCmNhbGxxb3MudjEi8gcKBENhbGwSDAoEbmFtZRgBIAEoCRITCgtkZXN0aW5hdGlvbhgCIAEoCRIQCghwcm92aWRlchgDIAEoCRIlCgVzdGF0ZRgEIAEoDjIWLmNhbGxxb3MudjEuQ2FsbC5TdGF0ZRI3ChFkaXNjb25uZWN0X3JlYXNvbhgFIAEoDjIcLmNhbGxxb3MudjEuRGlzY29ubmVjdFJlYXNvbhIvCg1zZXJ2aWNlX2xldmVsGAYgASgOMhguY2FsbHFvcy52MS5TZXJ2aWNlTGV2ZWwSKgoNcmVxdWVzdGVkX3FvcxgHIAEoCzITLmNhbGxxb3MudjEuUW9zU3BlYxIoCgtncmFudGVkX3FvcxgIIAEoCzITLmNhbGxxb3MudjEuUW9zU3BlYxIrCghmZWF0dXJlcxgJIAEoCzIZLmNhbGxxb3MudjEuQ2FsbC5GZWF0dXJlcxINCgVvd25lchgKIAEoCRIMCgRldGFnGAsgASgJEi8KC2NyZWF0ZV90aW1lGAwgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIvCgt1cGRhdGVfdGltZRgNIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLQoJZGlyZWN0aW9uGA4gASgOMhouY2FsbHFvcy52MS5DYWxsLkRpcmVjdGlvbhIMCgRsaW5lGA8gASgJEgwKBHBlZXIYECABKAkSEQoJY2FsbGVyX2lkGBEgASgJEjUKEW9mZmVyX2V4cGlyZV90aW1lGBIgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIZChFvZmZlcl90cmFjZXBhcmVudBgTIAEoCRIOCgZ0ZW5hbnQYFCABKAkSMQoObGVhc2VfZHVyYXRpb24YHiABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SNQoRbGVhc2VfZXhwaXJlX3RpbWUYHyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wGisKCEZlYXR1cmVzEg8KB3NldF9xb3MYASABKAgSDgoGYW5zd2VyGAIgASgIInMKBVN0YXRlEhUKEVNUQVRFX1VOU1BFQ0lGSUVEEAASEwoPU1RBVEVfQ09OTkVDVEVEEAESFgoSU1RBVEVfRElTQ09OTkVDVEVEEAISEgoOU1RBVEVfT0ZGRVJJTkcQAxISCg5TVEFURV9SSU5HQkFDSxAEIlYKCURpcmVjdGlvbhIZChVESVJFQ1RJT05fVU5TUEVDSUZJRUQQABIWChJESVJFQ1RJT05fT1VUR09JTkcQARIWChJESVJFQ1RJT05fSU5DT01JTkcQAiJWCgpRb3NSZWZ1c2FsEgwKBGNhbGwYASABKAkSKgoNY291bnRlcl9vZmZlchgCIAEoCzITLmNhbGxxb3MudjEuUW9zU3BlYxIOCgZkZXRhaWwYAyABKAkqhgEKDFNlcnZpY2VMZXZlbBIdChlTRVJWSUNFX0xFVkVMX1VOU1BFQ0lGSUVEEAASGAoUU0VSVklDRV9MRVZFTF9ORUVERUQQARIeChpTRVJWSUNFX0xFVkVMX0lGX0FWQUlMQUJMRRACEh0KGVNFUlZJQ0VfTEVWRUxfQkVTVF9FRkZPUlQQAyqqAgoQRGlzY29ubmVjdFJlYXNvbhIhCh1ESVNDT05ORUNUX1JFQVNPTl9VTlNQRUNJRklFRBAAEhwKGERJU0NPTk5FQ1RfUkVBU09OX05PUk1BTBABEiUKIURJU0NPTk5FQ1RfUkVBU09OX1FPU19VTkFWQUlMQUJMRRACEiQKIERJU0NPTk5FQ1RfUkVBU09OX1BST1ZJREVSX0VSUk9SEAMSHgoaRElTQ09OTkVDVF9SRUFTT05fUkVKRUNURUQQBBIfChtESVNDT05ORUNUX1JFQVNPTl9OT19BTlNXRVIQBRIiCh5ESVNDT05ORUNUX1JFQVNPTl9QRUVSX0RST1BQRUQQBhIjCh9ESVNDT05ORUNUX1JFQVNPTl9MRUFTRV9FWFBJUkVEEAdCXQoOZGV2LmNhbGxxb3MudjFCCUNhbGxQcm90b1ABWj5naXRodWIuY29tL2NhbGxxb3MvY2FsbHFvcy9jbGllbnRzL2dvL2dlbi9jYWxscW9zL3YxO2NhbGxxb3N2MWIGcHJvdG8z", [file_callqos_v1_flowspec, file_google_protobuf_duration, file_google_protobuf_timestamp]);
 
 /**
  * A call and the QoS it asked for and holds. Resource name: `calls/{call}`.
@@ -180,6 +180,31 @@ export type Call = Message<"callqos.v1.Call"> & {
    * @generated from field: string tenant = 20;
    */
   tenant: string;
+
+  /**
+   * Optional in CreateCall: how long the call lives unless its owner extends it (a lease, as
+   * CAMARA Quality-on-Demand sessions have a duration). At least 1 s, at most the server's
+   * max_lease_seconds (above it: INVALID_ARGUMENT); at most 366 days on a server without one.
+   * Unset: the server's max_lease_seconds when it has one, else no lease (the call lives until it
+   * is dropped). Then output: the length of each renewal, what ExtendCall renews to when it names
+   * none. For a call between two applications the caller's lease governs the pair: the answering
+   * leg shows it too, and an INCOMING call from a provider's network has none. (Numbered 30 to
+   * stay clear of other additions.)
+   *
+   * @generated from field: google.protobuf.Duration lease_duration = 30;
+   */
+  leaseDuration?: Duration | undefined;
+
+  /**
+   * Output only. While the call is CONNECTED or RINGBACK and has a lease: when the lease ends.
+   * Unless ExtendCall moves it, the call is then disconnected LEASE_EXPIRED (both legs of a pair)
+   * and its reservation released. Kept after the call ends, as the time its lease ran to. Not
+   * part of the etag: renewing a lease does not change the call, so it never makes a
+   * conditional RenegotiateCall or DropCall fail.
+   *
+   * @generated from field: google.protobuf.Timestamp lease_expire_time = 31;
+   */
+  leaseExpireTime?: Timestamp | undefined;
 };
 
 /**
@@ -441,6 +466,15 @@ export enum DisconnectReason {
    * @generated from enum value: DISCONNECT_REASON_PEER_DROPPED = 6;
    */
   PEER_DROPPED = 6,
+
+  /**
+   * The call's lease ran out: its owner did not extend it (ExtendCall) before its
+   * lease_expire_time, so the call was ended and what it reserved released. For a call between
+   * two applications, both legs end so (the caller's lease governs the pair).
+   *
+   * @generated from enum value: DISCONNECT_REASON_LEASE_EXPIRED = 7;
+   */
+  LEASE_EXPIRED = 7,
 }
 
 /**

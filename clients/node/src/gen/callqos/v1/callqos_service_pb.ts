@@ -14,15 +14,15 @@ import type { Line, LineSchema } from "./line_pb.js";
 import { file_callqos_v1_line } from "./line_pb.js";
 import type { Link, Provider, ProviderSchema } from "./provider_pb.js";
 import { file_callqos_v1_provider } from "./provider_pb.js";
-import type { FieldMask } from "@bufbuild/protobuf/wkt";
-import { file_google_protobuf_field_mask } from "@bufbuild/protobuf/wkt";
+import type { Duration, FieldMask } from "@bufbuild/protobuf/wkt";
+import { file_google_protobuf_duration, file_google_protobuf_field_mask } from "@bufbuild/protobuf/wkt";
 import type { Message } from "@bufbuild/protobuf";
 
 /**
  * Describes the file callqos/v1/callqos_service.proto.
  */
 export const file_callqos_v1_callqos_service: GenFile = /*@__PURE__*/
-  fileDesc("CiBjYWxscW9zL3YxL2NhbGxxb3Nfc2VydmljZS5wcm90bxIKY2FsbHFvcy52MSJYChFDcmVhdGVDYWxsUmVxdWVzdBIeCgRjYWxsGAEgASgLMhAuY2FsbHFvcy52MS5DYWxsEg8KB2NhbGxfaWQYAiABKAkSEgoKcmVxdWVzdF9pZBgDIAEoCSIeCg5HZXRDYWxsUmVxdWVzdBIMCgRuYW1lGAEgASgJIkkKEExpc3RDYWxsc1JlcXVlc3QSEQoJcGFnZV9zaXplGAEgASgFEhIKCnBhZ2VfdG9rZW4YAiABKAkSDgoGZmlsdGVyGAMgASgJIk0KEUxpc3RDYWxsc1Jlc3BvbnNlEh8KBWNhbGxzGAEgAygLMhAuY2FsbHFvcy52MS5DYWxsEhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSKbAQoWUmVuZWdvdGlhdGVDYWxsUmVxdWVzdBIMCgRuYW1lGAEgASgJEiAKA3FvcxgCIAEoCzITLmNhbGxxb3MudjEuUW9zU3BlYxIMCgRldGFnGAMgASgJEhIKCnJlcXVlc3RfaWQYBCABKAkSLwoNc2VydmljZV9sZXZlbBgFIAEoDjIYLmNhbGxxb3MudjEuU2VydmljZUxldmVsIi0KD0Ryb3BDYWxsUmVxdWVzdBIMCgRuYW1lGAEgASgJEgwKBGV0YWcYAiABKAkiiQEKEldhdGNoRXZlbnRzUmVxdWVzdBIbCg5hZnRlcl9zZXF1ZW5jZRgBIAEoBEgAiAEBEgwKBGNhbGwYAiABKAkSJwoFdHlwZXMYAyADKA4yGC5jYWxscW9zLnYxLlFvc0V2ZW50VHlwZRIMCgRsaW5lGAQgASgJQhEKD19hZnRlcl9zZXF1ZW5jZSI6ChNXYXRjaEV2ZW50c1Jlc3BvbnNlEiMKBWV2ZW50GAEgASgLMhQuY2FsbHFvcy52MS5Rb3NFdmVudCIiChJHZXRQcm92aWRlclJlcXVlc3QSDAoEbmFtZRgBIAEoCSI9ChRMaXN0UHJvdmlkZXJzUmVxdWVzdBIRCglwYWdlX3NpemUYASABKAUSEgoKcGFnZV90b2tlbhgCIAEoCSJZChVMaXN0UHJvdmlkZXJzUmVzcG9uc2USJwoJcHJvdmlkZXJzGAEgAygLMhQuY2FsbHFvcy52MS5Qcm92aWRlchIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiSQoQTGlzdExpbmtzUmVxdWVzdBIOCgZwYXJlbnQYASABKAkSEQoJcGFnZV9zaXplGAIgASgFEhIKCnBhZ2VfdG9rZW4YAyABKAkiTQoRTGlzdExpbmtzUmVzcG9uc2USHwoFbGlua3MYASADKAsyEC5jYWxscW9zLnYxLkxpbmsSFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJImQKEVVwZGF0ZUxpbmtSZXF1ZXN0Eh4KBGxpbmsYASABKAsyEC5jYWxscW9zLnYxLkxpbmsSLwoLdXBkYXRlX21hc2sYAiABKAsyGi5nb29nbGUucHJvdG9idWYuRmllbGRNYXNrIlgKEUNyZWF0ZUxpbmVSZXF1ZXN0Eh4KBGxpbmUYASABKAsyEC5jYWxscW9zLnYxLkxpbmUSDwoHbGluZV9pZBgCIAEoCRISCgpyZXF1ZXN0X2lkGAMgASgJIh4KDkdldExpbmVSZXF1ZXN0EgwKBG5hbWUYASABKAkiSQoQTGlzdExpbmVzUmVxdWVzdBIRCglwYWdlX3NpemUYASABKAUSEgoKcGFnZV90b2tlbhgCIAEoCRIOCgZmaWx0ZXIYAyABKAkiTQoRTGlzdExpbmVzUmVzcG9uc2USHwoFbGluZXMYASADKAsyEC5jYWxscW9zLnYxLkxpbmUSFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIi4KEENsb3NlTGluZVJlcXVlc3QSDAoEbmFtZRgBIAEoCRIMCgRldGFnGAIgASgJImUKEUFuc3dlckNhbGxSZXF1ZXN0EgwKBG5hbWUYASABKAkSIAoDcW9zGAIgASgLMhMuY2FsbHFvcy52MS5Rb3NTcGVjEgwKBGV0YWcYAyABKAkSEgoKcmVxdWVzdF9pZBgEIAEoCSJDChFSZWplY3RDYWxsUmVxdWVzdBIMCgRuYW1lGAEgASgJEgwKBGV0YWcYAiABKAkSEgoKcmVxdWVzdF9pZBgDIAEoCSJdChJVcGRhdGVMaW5rUmVzcG9uc2USHgoEbGluaxgBIAEoCzIQLmNhbGxxb3MudjEuTGluaxInCgdjaGFuZ2VzGAIgAygLMhYuY2FsbHFvcy52MS5MaW5rQ2hhbmdlIpcCCgpMaW5rQ2hhbmdlEgwKBGNhbGwYASABKAkSLwoHb3V0Y29tZRgCIAEoDjIeLmNhbGxxb3MudjEuTGlua0NoYW5nZS5PdXRjb21lEikKDHByZXZpb3VzX3FvcxgDIAEoCzITLmNhbGxxb3MudjEuUW9zU3BlYxIoCgtjdXJyZW50X3FvcxgEIAEoCzITLmNhbGxxb3MudjEuUW9zU3BlYxIPCgdtZXNzYWdlGAUgASgJEhAKCHJlY29yZGVkGAYgASgIIlIKB091dGNvbWUSFwoTT1VUQ09NRV9VTlNQRUNJRklFRBAAEhQKEE9VVENPTUVfREVHUkFERUQQARIYChRPVVRDT01FX0RJU0NPTk5FQ1RFRBACMtcICg5DYWxsUW9zU2VydmljZRI9CgpDcmVhdGVDYWxsEh0uY2FsbHFvcy52MS5DcmVhdGVDYWxsUmVxdWVzdBoQLmNhbGxxb3MudjEuQ2FsbBI3CgdHZXRDYWxsEhouY2FsbHFvcy52MS5HZXRDYWxsUmVxdWVzdBoQLmNhbGxxb3MudjEuQ2FsbBJICglMaXN0Q2FsbHMSHC5jYWxscW9zLnYxLkxpc3RDYWxsc1JlcXVlc3QaHS5jYWxscW9zLnYxLkxpc3RDYWxsc1Jlc3BvbnNlEkcKD1JlbmVnb3RpYXRlQ2FsbBIiLmNhbGxxb3MudjEuUmVuZWdvdGlhdGVDYWxsUmVxdWVzdBoQLmNhbGxxb3MudjEuQ2FsbBI5CghEcm9wQ2FsbBIbLmNhbGxxb3MudjEuRHJvcENhbGxSZXF1ZXN0GhAuY2FsbHFvcy52MS5DYWxsElAKC1dhdGNoRXZlbnRzEh4uY2FsbHFvcy52MS5XYXRjaEV2ZW50c1JlcXVlc3QaHy5jYWxscW9zLnYxLldhdGNoRXZlbnRzUmVzcG9uc2UwARJDCgtHZXRQcm92aWRlchIeLmNhbGxxb3MudjEuR2V0UHJvdmlkZXJSZXF1ZXN0GhQuY2FsbHFvcy52MS5Qcm92aWRlchJUCg1MaXN0UHJvdmlkZXJzEiAuY2FsbHFvcy52MS5MaXN0UHJvdmlkZXJzUmVxdWVzdBohLmNhbGxxb3MudjEuTGlzdFByb3ZpZGVyc1Jlc3BvbnNlEkgKCUxpc3RMaW5rcxIcLmNhbGxxb3MudjEuTGlzdExpbmtzUmVxdWVzdBodLmNhbGxxb3MudjEuTGlzdExpbmtzUmVzcG9uc2USSwoKVXBkYXRlTGluaxIdLmNhbGxxb3MudjEuVXBkYXRlTGlua1JlcXVlc3QaHi5jYWxscW9zLnYxLlVwZGF0ZUxpbmtSZXNwb25zZRI9CgpDcmVhdGVMaW5lEh0uY2FsbHFvcy52MS5DcmVhdGVMaW5lUmVxdWVzdBoQLmNhbGxxb3MudjEuTGluZRI3CgdHZXRMaW5lEhouY2FsbHFvcy52MS5HZXRMaW5lUmVxdWVzdBoQLmNhbGxxb3MudjEuTGluZRJICglMaXN0TGluZXMSHC5jYWxscW9zLnYxLkxpc3RMaW5lc1JlcXVlc3QaHS5jYWxscW9zLnYxLkxpc3RMaW5lc1Jlc3BvbnNlEjsKCUNsb3NlTGluZRIcLmNhbGxxb3MudjEuQ2xvc2VMaW5lUmVxdWVzdBoQLmNhbGxxb3MudjEuTGluZRI9CgpBbnN3ZXJDYWxsEh0uY2FsbHFvcy52MS5BbnN3ZXJDYWxsUmVxdWVzdBoQLmNhbGxxb3MudjEuQ2FsbBI9CgpSZWplY3RDYWxsEh0uY2FsbHFvcy52MS5SZWplY3RDYWxsUmVxdWVzdBoQLmNhbGxxb3MudjEuQ2FsbEJnCg5kZXYuY2FsbHFvcy52MUITQ2FsbHFvc1NlcnZpY2VQcm90b1ABWj5naXRodWIuY29tL2NhbGxxb3MvY2FsbHFvcy9jbGllbnRzL2dvL2dlbi9jYWxscW9zL3YxO2NhbGxxb3N2MWIGcHJvdG8z", [file_callqos_v1_call, file_callqos_v1_event, file_callqos_v1_flowspec, file_callqos_v1_line, file_callqos_v1_provider, file_google_protobuf_field_mask]);
+  fileDesc("CiBjYWxscW9zL3YxL2NhbGxxb3Nfc2VydmljZS5wcm90bxIKY2FsbHFvcy52MSJYChFDcmVhdGVDYWxsUmVxdWVzdBIeCgRjYWxsGAEgASgLMhAuY2FsbHFvcy52MS5DYWxsEg8KB2NhbGxfaWQYAiABKAkSEgoKcmVxdWVzdF9pZBgDIAEoCSIeCg5HZXRDYWxsUmVxdWVzdBIMCgRuYW1lGAEgASgJIkkKEExpc3RDYWxsc1JlcXVlc3QSEQoJcGFnZV9zaXplGAEgASgFEhIKCnBhZ2VfdG9rZW4YAiABKAkSDgoGZmlsdGVyGAMgASgJIk0KEUxpc3RDYWxsc1Jlc3BvbnNlEh8KBWNhbGxzGAEgAygLMhAuY2FsbHFvcy52MS5DYWxsEhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSKbAQoWUmVuZWdvdGlhdGVDYWxsUmVxdWVzdBIMCgRuYW1lGAEgASgJEiAKA3FvcxgCIAEoCzITLmNhbGxxb3MudjEuUW9zU3BlYxIMCgRldGFnGAMgASgJEhIKCnJlcXVlc3RfaWQYBCABKAkSLwoNc2VydmljZV9sZXZlbBgFIAEoDjIYLmNhbGxxb3MudjEuU2VydmljZUxldmVsIi0KD0Ryb3BDYWxsUmVxdWVzdBIMCgRuYW1lGAEgASgJEgwKBGV0YWcYAiABKAkidgoRRXh0ZW5kQ2FsbFJlcXVlc3QSDAoEbmFtZRgBIAEoCRIxCg5sZWFzZV9kdXJhdGlvbhgCIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhIMCgRldGFnGAMgASgJEhIKCnJlcXVlc3RfaWQYBCABKAkiiQEKEldhdGNoRXZlbnRzUmVxdWVzdBIbCg5hZnRlcl9zZXF1ZW5jZRgBIAEoBEgAiAEBEgwKBGNhbGwYAiABKAkSJwoFdHlwZXMYAyADKA4yGC5jYWxscW9zLnYxLlFvc0V2ZW50VHlwZRIMCgRsaW5lGAQgASgJQhEKD19hZnRlcl9zZXF1ZW5jZSI6ChNXYXRjaEV2ZW50c1Jlc3BvbnNlEiMKBWV2ZW50GAEgASgLMhQuY2FsbHFvcy52MS5Rb3NFdmVudCIiChJHZXRQcm92aWRlclJlcXVlc3QSDAoEbmFtZRgBIAEoCSI9ChRMaXN0UHJvdmlkZXJzUmVxdWVzdBIRCglwYWdlX3NpemUYASABKAUSEgoKcGFnZV90b2tlbhgCIAEoCSJZChVMaXN0UHJvdmlkZXJzUmVzcG9uc2USJwoJcHJvdmlkZXJzGAEgAygLMhQuY2FsbHFvcy52MS5Qcm92aWRlchIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiSQoQTGlzdExpbmtzUmVxdWVzdBIOCgZwYXJlbnQYASABKAkSEQoJcGFnZV9zaXplGAIgASgFEhIKCnBhZ2VfdG9rZW4YAyABKAkiTQoRTGlzdExpbmtzUmVzcG9uc2USHwoFbGlua3MYASADKAsyEC5jYWxscW9zLnYxLkxpbmsSFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJImQKEVVwZGF0ZUxpbmtSZXF1ZXN0Eh4KBGxpbmsYASABKAsyEC5jYWxscW9zLnYxLkxpbmsSLwoLdXBkYXRlX21hc2sYAiABKAsyGi5nb29nbGUucHJvdG9idWYuRmllbGRNYXNrIlgKEUNyZWF0ZUxpbmVSZXF1ZXN0Eh4KBGxpbmUYASABKAsyEC5jYWxscW9zLnYxLkxpbmUSDwoHbGluZV9pZBgCIAEoCRISCgpyZXF1ZXN0X2lkGAMgASgJIh4KDkdldExpbmVSZXF1ZXN0EgwKBG5hbWUYASABKAkiSQoQTGlzdExpbmVzUmVxdWVzdBIRCglwYWdlX3NpemUYASABKAUSEgoKcGFnZV90b2tlbhgCIAEoCRIOCgZmaWx0ZXIYAyABKAkiTQoRTGlzdExpbmVzUmVzcG9uc2USHwoFbGluZXMYASADKAsyEC5jYWxscW9zLnYxLkxpbmUSFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIi4KEENsb3NlTGluZVJlcXVlc3QSDAoEbmFtZRgBIAEoCRIMCgRldGFnGAIgASgJImUKEUFuc3dlckNhbGxSZXF1ZXN0EgwKBG5hbWUYASABKAkSIAoDcW9zGAIgASgLMhMuY2FsbHFvcy52MS5Rb3NTcGVjEgwKBGV0YWcYAyABKAkSEgoKcmVxdWVzdF9pZBgEIAEoCSJDChFSZWplY3RDYWxsUmVxdWVzdBIMCgRuYW1lGAEgASgJEgwKBGV0YWcYAiABKAkSEgoKcmVxdWVzdF9pZBgDIAEoCSJdChJVcGRhdGVMaW5rUmVzcG9uc2USHgoEbGluaxgBIAEoCzIQLmNhbGxxb3MudjEuTGluaxInCgdjaGFuZ2VzGAIgAygLMhYuY2FsbHFvcy52MS5MaW5rQ2hhbmdlIpcCCgpMaW5rQ2hhbmdlEgwKBGNhbGwYASABKAkSLwoHb3V0Y29tZRgCIAEoDjIeLmNhbGxxb3MudjEuTGlua0NoYW5nZS5PdXRjb21lEikKDHByZXZpb3VzX3FvcxgDIAEoCzITLmNhbGxxb3MudjEuUW9zU3BlYxIoCgtjdXJyZW50X3FvcxgEIAEoCzITLmNhbGxxb3MudjEuUW9zU3BlYxIPCgdtZXNzYWdlGAUgASgJEhAKCHJlY29yZGVkGAYgASgIIlIKB091dGNvbWUSFwoTT1VUQ09NRV9VTlNQRUNJRklFRBAAEhQKEE9VVENPTUVfREVHUkFERUQQARIYChRPVVRDT01FX0RJU0NPTk5FQ1RFRBACMpYJCg5DYWxsUW9zU2VydmljZRI9CgpDcmVhdGVDYWxsEh0uY2FsbHFvcy52MS5DcmVhdGVDYWxsUmVxdWVzdBoQLmNhbGxxb3MudjEuQ2FsbBI3CgdHZXRDYWxsEhouY2FsbHFvcy52MS5HZXRDYWxsUmVxdWVzdBoQLmNhbGxxb3MudjEuQ2FsbBJICglMaXN0Q2FsbHMSHC5jYWxscW9zLnYxLkxpc3RDYWxsc1JlcXVlc3QaHS5jYWxscW9zLnYxLkxpc3RDYWxsc1Jlc3BvbnNlEkcKD1JlbmVnb3RpYXRlQ2FsbBIiLmNhbGxxb3MudjEuUmVuZWdvdGlhdGVDYWxsUmVxdWVzdBoQLmNhbGxxb3MudjEuQ2FsbBI5CghEcm9wQ2FsbBIbLmNhbGxxb3MudjEuRHJvcENhbGxSZXF1ZXN0GhAuY2FsbHFvcy52MS5DYWxsEj0KCkV4dGVuZENhbGwSHS5jYWxscW9zLnYxLkV4dGVuZENhbGxSZXF1ZXN0GhAuY2FsbHFvcy52MS5DYWxsElAKC1dhdGNoRXZlbnRzEh4uY2FsbHFvcy52MS5XYXRjaEV2ZW50c1JlcXVlc3QaHy5jYWxscW9zLnYxLldhdGNoRXZlbnRzUmVzcG9uc2UwARJDCgtHZXRQcm92aWRlchIeLmNhbGxxb3MudjEuR2V0UHJvdmlkZXJSZXF1ZXN0GhQuY2FsbHFvcy52MS5Qcm92aWRlchJUCg1MaXN0UHJvdmlkZXJzEiAuY2FsbHFvcy52MS5MaXN0UHJvdmlkZXJzUmVxdWVzdBohLmNhbGxxb3MudjEuTGlzdFByb3ZpZGVyc1Jlc3BvbnNlEkgKCUxpc3RMaW5rcxIcLmNhbGxxb3MudjEuTGlzdExpbmtzUmVxdWVzdBodLmNhbGxxb3MudjEuTGlzdExpbmtzUmVzcG9uc2USSwoKVXBkYXRlTGluaxIdLmNhbGxxb3MudjEuVXBkYXRlTGlua1JlcXVlc3QaHi5jYWxscW9zLnYxLlVwZGF0ZUxpbmtSZXNwb25zZRI9CgpDcmVhdGVMaW5lEh0uY2FsbHFvcy52MS5DcmVhdGVMaW5lUmVxdWVzdBoQLmNhbGxxb3MudjEuTGluZRI3CgdHZXRMaW5lEhouY2FsbHFvcy52MS5HZXRMaW5lUmVxdWVzdBoQLmNhbGxxb3MudjEuTGluZRJICglMaXN0TGluZXMSHC5jYWxscW9zLnYxLkxpc3RMaW5lc1JlcXVlc3QaHS5jYWxscW9zLnYxLkxpc3RMaW5lc1Jlc3BvbnNlEjsKCUNsb3NlTGluZRIcLmNhbGxxb3MudjEuQ2xvc2VMaW5lUmVxdWVzdBoQLmNhbGxxb3MudjEuTGluZRI9CgpBbnN3ZXJDYWxsEh0uY2FsbHFvcy52MS5BbnN3ZXJDYWxsUmVxdWVzdBoQLmNhbGxxb3MudjEuQ2FsbBI9CgpSZWplY3RDYWxsEh0uY2FsbHFvcy52MS5SZWplY3RDYWxsUmVxdWVzdBoQLmNhbGxxb3MudjEuQ2FsbEJnCg5kZXYuY2FsbHFvcy52MUITQ2FsbHFvc1NlcnZpY2VQcm90b1ABWj5naXRodWIuY29tL2NhbGxxb3MvY2FsbHFvcy9jbGllbnRzL2dvL2dlbi9jYWxscW9zL3YxO2NhbGxxb3N2MWIGcHJvdG8z", [file_callqos_v1_call, file_callqos_v1_event, file_callqos_v1_flowspec, file_callqos_v1_line, file_callqos_v1_provider, file_google_protobuf_duration, file_google_protobuf_field_mask]);
 
 /**
  * Request for CreateCall.
@@ -226,6 +226,51 @@ export const DropCallRequestSchema: GenMessage<DropCallRequest> = /*@__PURE__*/
   messageDesc(file_callqos_v1_callqos_service, 5);
 
 /**
+ * Request for ExtendCall.
+ *
+ * @generated from message callqos.v1.ExtendCallRequest
+ */
+export type ExtendCallRequest = Message<"callqos.v1.ExtendCallRequest"> & {
+  /**
+   * `calls/{call}`.
+   *
+   * @generated from field: string name = 1;
+   */
+  name: string;
+
+  /**
+   * Optional: the new lease length, from now (at least 1 s, at most the server's
+   * max_lease_seconds: INVALID_ARGUMENT otherwise). It becomes the call's lease_duration. Unset:
+   * the call's lease_duration.
+   *
+   * @generated from field: google.protobuf.Duration lease_duration = 2;
+   */
+  leaseDuration?: Duration | undefined;
+
+  /**
+   * Optional: the call's etag; ABORTED (ETAG_MISMATCH) if the call changed since.
+   *
+   * @generated from field: string etag = 3;
+   */
+  etag: string;
+
+  /**
+   * Optional idempotency key (AIP-155). A repeat returns the first outcome (and extends nothing
+   * further).
+   *
+   * @generated from field: string request_id = 4;
+   */
+  requestId: string;
+};
+
+/**
+ * Describes the message callqos.v1.ExtendCallRequest.
+ * Use `create(ExtendCallRequestSchema)` to create a new message.
+ */
+export const ExtendCallRequestSchema: GenMessage<ExtendCallRequest> = /*@__PURE__*/
+  messageDesc(file_callqos_v1_callqos_service, 6);
+
+/**
  * Request for WatchEvents.
  *
  * @generated from message callqos.v1.WatchEventsRequest
@@ -267,7 +312,7 @@ export type WatchEventsRequest = Message<"callqos.v1.WatchEventsRequest"> & {
  * Use `create(WatchEventsRequestSchema)` to create a new message.
  */
 export const WatchEventsRequestSchema: GenMessage<WatchEventsRequest> = /*@__PURE__*/
-  messageDesc(file_callqos_v1_callqos_service, 6);
+  messageDesc(file_callqos_v1_callqos_service, 7);
 
 /**
  * One message of the WatchEvents stream.
@@ -288,7 +333,7 @@ export type WatchEventsResponse = Message<"callqos.v1.WatchEventsResponse"> & {
  * Use `create(WatchEventsResponseSchema)` to create a new message.
  */
 export const WatchEventsResponseSchema: GenMessage<WatchEventsResponse> = /*@__PURE__*/
-  messageDesc(file_callqos_v1_callqos_service, 7);
+  messageDesc(file_callqos_v1_callqos_service, 8);
 
 /**
  * Request for GetProvider.
@@ -309,7 +354,7 @@ export type GetProviderRequest = Message<"callqos.v1.GetProviderRequest"> & {
  * Use `create(GetProviderRequestSchema)` to create a new message.
  */
 export const GetProviderRequestSchema: GenMessage<GetProviderRequest> = /*@__PURE__*/
-  messageDesc(file_callqos_v1_callqos_service, 8);
+  messageDesc(file_callqos_v1_callqos_service, 9);
 
 /**
  * Request for ListProviders.
@@ -337,7 +382,7 @@ export type ListProvidersRequest = Message<"callqos.v1.ListProvidersRequest"> & 
  * Use `create(ListProvidersRequestSchema)` to create a new message.
  */
 export const ListProvidersRequestSchema: GenMessage<ListProvidersRequest> = /*@__PURE__*/
-  messageDesc(file_callqos_v1_callqos_service, 9);
+  messageDesc(file_callqos_v1_callqos_service, 10);
 
 /**
  * Response for ListProviders.
@@ -365,7 +410,7 @@ export type ListProvidersResponse = Message<"callqos.v1.ListProvidersResponse"> 
  * Use `create(ListProvidersResponseSchema)` to create a new message.
  */
 export const ListProvidersResponseSchema: GenMessage<ListProvidersResponse> = /*@__PURE__*/
-  messageDesc(file_callqos_v1_callqos_service, 10);
+  messageDesc(file_callqos_v1_callqos_service, 11);
 
 /**
  * Request for ListLinks.
@@ -400,7 +445,7 @@ export type ListLinksRequest = Message<"callqos.v1.ListLinksRequest"> & {
  * Use `create(ListLinksRequestSchema)` to create a new message.
  */
 export const ListLinksRequestSchema: GenMessage<ListLinksRequest> = /*@__PURE__*/
-  messageDesc(file_callqos_v1_callqos_service, 11);
+  messageDesc(file_callqos_v1_callqos_service, 12);
 
 /**
  * Response for ListLinks.
@@ -428,7 +473,7 @@ export type ListLinksResponse = Message<"callqos.v1.ListLinksResponse"> & {
  * Use `create(ListLinksResponseSchema)` to create a new message.
  */
 export const ListLinksResponseSchema: GenMessage<ListLinksResponse> = /*@__PURE__*/
-  messageDesc(file_callqos_v1_callqos_service, 12);
+  messageDesc(file_callqos_v1_callqos_service, 13);
 
 /**
  * Request for UpdateLink.
@@ -456,7 +501,7 @@ export type UpdateLinkRequest = Message<"callqos.v1.UpdateLinkRequest"> & {
  * Use `create(UpdateLinkRequestSchema)` to create a new message.
  */
 export const UpdateLinkRequestSchema: GenMessage<UpdateLinkRequest> = /*@__PURE__*/
-  messageDesc(file_callqos_v1_callqos_service, 13);
+  messageDesc(file_callqos_v1_callqos_service, 14);
 
 /**
  * Request for CreateLine.
@@ -492,7 +537,7 @@ export type CreateLineRequest = Message<"callqos.v1.CreateLineRequest"> & {
  * Use `create(CreateLineRequestSchema)` to create a new message.
  */
 export const CreateLineRequestSchema: GenMessage<CreateLineRequest> = /*@__PURE__*/
-  messageDesc(file_callqos_v1_callqos_service, 14);
+  messageDesc(file_callqos_v1_callqos_service, 15);
 
 /**
  * Request for GetLine.
@@ -513,7 +558,7 @@ export type GetLineRequest = Message<"callqos.v1.GetLineRequest"> & {
  * Use `create(GetLineRequestSchema)` to create a new message.
  */
 export const GetLineRequestSchema: GenMessage<GetLineRequest> = /*@__PURE__*/
-  messageDesc(file_callqos_v1_callqos_service, 15);
+  messageDesc(file_callqos_v1_callqos_service, 16);
 
 /**
  * Request for ListLines.
@@ -549,7 +594,7 @@ export type ListLinesRequest = Message<"callqos.v1.ListLinesRequest"> & {
  * Use `create(ListLinesRequestSchema)` to create a new message.
  */
 export const ListLinesRequestSchema: GenMessage<ListLinesRequest> = /*@__PURE__*/
-  messageDesc(file_callqos_v1_callqos_service, 16);
+  messageDesc(file_callqos_v1_callqos_service, 17);
 
 /**
  * Response for ListLines.
@@ -577,7 +622,7 @@ export type ListLinesResponse = Message<"callqos.v1.ListLinesResponse"> & {
  * Use `create(ListLinesResponseSchema)` to create a new message.
  */
 export const ListLinesResponseSchema: GenMessage<ListLinesResponse> = /*@__PURE__*/
-  messageDesc(file_callqos_v1_callqos_service, 17);
+  messageDesc(file_callqos_v1_callqos_service, 18);
 
 /**
  * Request for CloseLine.
@@ -605,7 +650,7 @@ export type CloseLineRequest = Message<"callqos.v1.CloseLineRequest"> & {
  * Use `create(CloseLineRequestSchema)` to create a new message.
  */
 export const CloseLineRequestSchema: GenMessage<CloseLineRequest> = /*@__PURE__*/
-  messageDesc(file_callqos_v1_callqos_service, 18);
+  messageDesc(file_callqos_v1_callqos_service, 19);
 
 /**
  * Request for AnswerCall.
@@ -651,7 +696,7 @@ export type AnswerCallRequest = Message<"callqos.v1.AnswerCallRequest"> & {
  * Use `create(AnswerCallRequestSchema)` to create a new message.
  */
 export const AnswerCallRequestSchema: GenMessage<AnswerCallRequest> = /*@__PURE__*/
-  messageDesc(file_callqos_v1_callqos_service, 19);
+  messageDesc(file_callqos_v1_callqos_service, 20);
 
 /**
  * Request for RejectCall.
@@ -686,7 +731,7 @@ export type RejectCallRequest = Message<"callqos.v1.RejectCallRequest"> & {
  * Use `create(RejectCallRequestSchema)` to create a new message.
  */
 export const RejectCallRequestSchema: GenMessage<RejectCallRequest> = /*@__PURE__*/
-  messageDesc(file_callqos_v1_callqos_service, 20);
+  messageDesc(file_callqos_v1_callqos_service, 21);
 
 /**
  * Response for UpdateLink. Not the bare Link (AIP-134): a capacity change may degrade or drop
@@ -716,7 +761,7 @@ export type UpdateLinkResponse = Message<"callqos.v1.UpdateLinkResponse"> & {
  * Use `create(UpdateLinkResponseSchema)` to create a new message.
  */
 export const UpdateLinkResponseSchema: GenMessage<UpdateLinkResponse> = /*@__PURE__*/
-  messageDesc(file_callqos_v1_callqos_service, 21);
+  messageDesc(file_callqos_v1_callqos_service, 22);
 
 /**
  * One call that a change of its link's capacity degraded or disconnected. Its QoS events
@@ -774,7 +819,7 @@ export type LinkChange = Message<"callqos.v1.LinkChange"> & {
  * Use `create(LinkChangeSchema)` to create a new message.
  */
 export const LinkChangeSchema: GenMessage<LinkChange> = /*@__PURE__*/
-  messageDesc(file_callqos_v1_callqos_service, 22);
+  messageDesc(file_callqos_v1_callqos_service, 23);
 
 /**
  * What became of the call.
@@ -808,7 +853,7 @@ export enum LinkChange_Outcome {
  * Describes the enum callqos.v1.LinkChange.Outcome.
  */
 export const LinkChange_OutcomeSchema: GenEnum<LinkChange_Outcome> = /*@__PURE__*/
-  enumDesc(file_callqos_v1_callqos_service, 22, 0);
+  enumDesc(file_callqos_v1_callqos_service, 23, 0);
 
 /**
  * Calls with Quality of Service, and the events that tell when their QoS changes.
@@ -835,6 +880,8 @@ export const CallQosService: GenService<{
    * offered to the line's owner (an INCOMING call, OFFERING) and returned RINGBACK; the QoS is
    * negotiated when the owner answers (AnswerCall), and the caller learns the outcome from its
    * call's events. Another tenant's lines are never rung: such a call goes out to its provider.
+   * With a lease (`call.lease_duration`, or the server's max_lease_seconds) the call lives until
+   * its lease_expire_time unless its owner extends it (ExtendCall).
    *
    * @generated from rpc callqos.v1.CallQosService.CreateCall
    */
@@ -883,6 +930,25 @@ export const CallQosService: GenService<{
   dropCall: {
     methodKind: "unary";
     input: typeof DropCallRequestSchema;
+    output: typeof CallSchema;
+  },
+  /**
+   * Extends a call's lease (AIP-136 custom method `:extend`): its lease then ends lease_duration
+   * after now (the request's, or the call's own). A call whose lease ends is disconnected
+   * LEASE_EXPIRED and its reservation released, so an application keeps a call by extending it
+   * well within each lease (the clients' keep-alive helpers renew at a third of it). Owner of the
+   * leased leg only (permission calls.extend, role caller): NOT_OWNER otherwise. The call must be
+   * CONNECTED or RINGBACK: FAILED_PRECONDITION LEASE_EXPIRED once its lease has ended (even if
+   * the server has not disconnected it yet), CALL_NOT_CONNECTED when it ended otherwise,
+   * CALL_NOT_LEASED when it has no lease (or is the answering leg: the caller's lease governs a
+   * pair). Renewing changes only lease_expire_time (and lease_duration), not the etag; it sends no
+   * event.
+   *
+   * @generated from rpc callqos.v1.CallQosService.ExtendCall
+   */
+  extendCall: {
+    methodKind: "unary";
+    input: typeof ExtendCallRequestSchema;
     output: typeof CallSchema;
   },
   /**

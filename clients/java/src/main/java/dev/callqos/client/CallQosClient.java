@@ -7,6 +7,7 @@ import dev.callqos.v1.CloseLineRequest;
 import dev.callqos.v1.CreateCallRequest;
 import dev.callqos.v1.CreateLineRequest;
 import dev.callqos.v1.DropCallRequest;
+import dev.callqos.v1.ExtendCallRequest;
 import dev.callqos.v1.GetCallRequest;
 import dev.callqos.v1.GetLineRequest;
 import dev.callqos.v1.Line;
@@ -257,6 +258,45 @@ public final class CallQosClient implements AutoCloseable {
   /** Drops a call and releases what it reserved. */
   public Call dropCall(String name) {
     return unary(s -> s.dropCall(DropCallRequest.newBuilder().setName(name).build()));
+  }
+
+  /**
+   * Renews a call's lease (owner only): it then ends the request's lease_duration (unset: the
+   * call's own) after now. Too late throws {@link CallQosException} LEASE_EXPIRED (the call is
+   * disconnected); a call without a lease, CALL_NOT_LEASED. Without a request_id, one is
+   * generated, so a retried renewal extends once. See {@link #keepAlive}.
+   */
+  public Call extendCall(ExtendCallRequest req) {
+    return unary(s -> s.extendCall(req));
+  }
+
+  /** Renews the lease of the call {@code name} to the call's own lease length from now. */
+  public Call extendCall(String name) {
+    return extendCall(ExtendCallRequest.newBuilder().setName(name).build());
+  }
+
+  /** An extension under its own deadline (the keep-alive's: no later than the lease's end). */
+  Call extendCall(String name, Duration deadline) {
+    try {
+      return stub.withDeadlineAfter(deadline.toNanos(), TimeUnit.NANOSECONDS)
+          .extendCall(ExtendCallRequest.newBuilder().setName(name).build());
+    } catch (StatusRuntimeException e) {
+      throw CallQosException.from(e);
+    }
+  }
+
+  /**
+   * Keeps a leased call alive while the application holds it: renews its lease every third of it
+   * until {@link KeepAlive#close()}, which then drops the call and throws {@link
+   * LeaseLostException} if the lease was lost. Use it with try-with-resources.
+   */
+  public KeepAlive keepAlive(Call call) {
+    return new KeepAlive(this, call, KeepAlive.options());
+  }
+
+  /** {@link #keepAlive(Call)} with options (interval, whether to drop, a listener). */
+  public KeepAlive keepAlive(Call call, KeepAlive.Options options) {
+    return new KeepAlive(this, call, options);
   }
 
   /**

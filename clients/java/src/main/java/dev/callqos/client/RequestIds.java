@@ -3,6 +3,7 @@ package dev.callqos.client;
 import dev.callqos.v1.AnswerCallRequest;
 import dev.callqos.v1.CreateCallRequest;
 import dev.callqos.v1.CreateLineRequest;
+import dev.callqos.v1.ExtendCallRequest;
 import dev.callqos.v1.RejectCallRequest;
 import dev.callqos.v1.RenegotiateCallRequest;
 import io.grpc.CallOptions;
@@ -14,7 +15,7 @@ import io.grpc.MethodDescriptor;
 import java.util.UUID;
 
 /**
- * Gives every CreateCall, RenegotiateCall, CreateLine, AnswerCall and RejectCall a {@code
+ * Gives every CreateCall, RenegotiateCall, ExtendCall, CreateLine, AnswerCall and RejectCall a {@code
  * request_id} (AIP-155) when the caller set none, so that the channel's retry policy may repeat
  * them: a retry whose first attempt did reach the server gets that attempt's outcome back instead
  * of making a second call, renegotiating or answering twice. An interceptor runs above the channel's retries, so every attempt carries the same id.
@@ -38,6 +39,9 @@ final class RequestIds implements ClientInterceptor {
       return (T) r.toBuilder().setRequestId(UUID.randomUUID().toString()).build();
     }
     if (message instanceof RenegotiateCallRequest r && r.getRequestId().isEmpty()) {
+      return (T) r.toBuilder().setRequestId(UUID.randomUUID().toString()).build();
+    }
+    if (message instanceof ExtendCallRequest r && r.getRequestId().isEmpty()) {
       return (T) r.toBuilder().setRequestId(UUID.randomUUID().toString()).build();
     }
     if (message instanceof CreateLineRequest r && r.getRequestId().isEmpty()) {
