@@ -9,22 +9,27 @@ request answered UNAVAILABLE / STORAGE_UNAVAILABLE."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import sqlite3
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import grpc
+import psycopg
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from server_testkit import details, make_request, qos, reason, reserved
 from test_ledger_faults import serving
 
-from callqos.server.providers import AdmissionRequest, Decision
+from callqos.server.hosting import ProviderHostView
+from callqos.server.providers import AdmissionRequest, Decision, ProviderChange, ProviderHost, Restored
 from callqos.server.providers.reference import ReferenceProvider
 from callqos.server.store.base import QuotaExceededError, StoreUnavailable, UsageLimits
 from callqos.server.store.sqlite import SqliteStore
+from callqos.server.testing import PostgresServer
 from callqos.v1 import call_pb2, event_pb2
 from callqos.v1 import callqos_service_pb2 as svc
 
@@ -253,3 +258,81 @@ async def test_a_group_whose_commit_fails_compensates_every_call_in_it_and_answe
         await stub.DropCall(svc.DropCallRequest(name=victim.name))
         assert await reserved(stub) == (650_000, 100_000)
         assert (await store.event_bounds()).last > before_events
+
+
+# -- the same on PostgreSQL, which commits without store.group (each commit its own transaction) --
+class GatedOwnBooks(Gated):
+    """`Gated` keeping its books in memory on PostgreSQL too (the host's shared ledger declined),
+    so that its decisions and releases go on while the database is away."""
+
+    async def start(self, host: ProviderHost, restored: Sequence[Restored]) -> list[ProviderChange]:
+        assert isinstance(host, ProviderHostView)
+        return await super().start(dataclasses.replace(host, ledger=None), restored)
+
+
+async def test_on_postgresql_a_commit_that_meets_the_database_away_is_compensated_and_answered_the_same(
+    tmp_path: Path, postgres: PostgresServer
+) -> None:
+    """PostgreSQL does not group commits, but a decision whose commit the storage cannot take is
+    handled as on SQLite: the provider's fresh reservation released, a renegotiation put back,
+    nothing acknowledged, each request answered UNAVAILABLE / STORAGE_UNAVAILABLE naming the
+    cause; with the database back, the same requests go through without a restart."""
+    url = postgres.database()
+    database = url.rsplit("/", 1)[1]
+
+    async def allow_connections(allowed: bool) -> None:
+        async with await psycopg.AsyncConnection.connect(postgres.url(), autocommit=True) as admin:
+            await admin.execute(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS {str(allowed).lower()}'.encode())
+            if not allowed:
+                await admin.execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (database,)
+                )
+
+    providers = {"reference": {"plugin": f"{__name__}:GatedOwnBooks"}}
+    async with serving(tmp_path, storage="postgresql", database_url=url, providers=providers) as served:
+        stub, store, provider = served.stub, served.server.running.store, served.provider
+        kept = await stub.CreateCall(make_request(qos(300_000, recv_rate=100_000), destination="sip:kept@example.test"))
+        before_link = await reserved(stub)
+        before_holdings = {holding.call: holding for holding in await provider.reservations()}
+        before_events = (await store.event_bounds()).last
+
+        provider.gate, provider.waiting = asyncio.Event(), 0
+        creates = [
+            asyncio.ensure_future(stub.CreateCall(make_request(qos(50_000), destination=f"sip:new{i}@example.test")))
+            for i in range(3)
+        ]
+        renegotiation = asyncio.ensure_future(
+            stub.RenegotiateCall(svc.RenegotiateCallRequest(name=kept.name, qos=qos(600_000, recv_rate=100_000)))
+        )
+        deadline = time.monotonic() + 20
+        while provider.waiting < 4:
+            assert time.monotonic() < deadline, f"only {provider.waiting} of 4 decisions reached the provider"
+            await asyncio.sleep(0.01)
+        await allow_connections(False)  # decided, not yet recorded: the database goes away
+        provider.gate.set()
+        outcomes = await asyncio.gather(*creates, renegotiation, return_exceptions=True)
+
+        for outcome in outcomes:
+            assert isinstance(outcome, grpc.aio.AioRpcError), outcome
+            assert outcome.code() == grpc.StatusCode.UNAVAILABLE and reason(outcome) == "STORAGE_UNAVAILABLE"
+            assert "the database cannot be reached" in details(outcome)["ErrorInfo"].metadata["cause"]
+        assert await reserved(stub) == before_link  # every decision undone at the provider
+        assert {holding.call: holding for holding in await provider.reservations()} == before_holdings
+
+        await allow_connections(True)
+        provider.gate = None
+        deadline = time.monotonic() + 20
+        while True:  # the pool reconnects by itself
+            try:
+                assert await stub.GetCall(svc.GetCallRequest(name=kept.name)) == kept
+                break
+            except grpc.aio.AioRpcError as error:
+                assert reason(error) == "STORAGE_UNAVAILABLE" and time.monotonic() < deadline, error
+                await asyncio.sleep(0.2)
+        assert (await store.event_bounds()).last == before_events  # nothing of it was recorded
+        page = await stub.ListCalls(svc.ListCallsRequest(page_size=100))
+        assert [call.name for call in page.calls] == [kept.name]
+        made = await stub.CreateCall(make_request(qos(50_000), destination="sip:after@example.test"))
+        assert made.state == State.STATE_CONNECTED
+        await stub.RenegotiateCall(svc.RenegotiateCallRequest(name=kept.name, qos=qos(600_000, recv_rate=100_000)))
+        assert await reserved(stub) == (650_000, 100_000)
