@@ -4,7 +4,14 @@ PostgreSQL backend (several replicas sharing admission and events) slots in besi
 Guarantees every backend gives:
 - `commit` stores the new state of a call — or of several: both legs of a call between two lines
   — and of any lines it changes, the events that announce it and the idempotency record in ONE
-  transaction, and assigns the events strictly increasing sequence numbers, never reused.
+  transaction, and assigns the events strictly increasing sequence numbers, never reused once
+  acknowledged. It returns only once all of that is durable.
+- A backend may write several commits in one transaction (SQLite's group commit, store.group;
+  PostgreSQL gives each its own): then a commit that fails on its own (over quota, an address in
+  use) fails alone and the others commit as if it had never been tried, while a failure of the
+  storage fails every commit of the transaction with `StoreUnavailable` — to each caller exactly
+  what a commit alone would have got, so the call manager compensates the same way whichever the
+  backend.
 - At most one line of a tenant is open per address, whatever commits race.
 - Sequence order is commit order: once `commit` returns, no event with a lower sequence can
   appear later (a watcher that has read up to N never misses an event below N).

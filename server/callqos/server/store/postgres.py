@@ -1,10 +1,12 @@
 """PostgreSQL storage, shared by several server processes (replicas) on one database.
 
 The same contract as SQLite (store.base), with what several processes need on top:
-- One transaction per commit, on a pooled connection: the calls (and lines) first, then, with
-  `limits`, the tenant's quota checked against every replica's committed calls under a
-  transaction-level advisory lock of that tenant (two replicas admitting for one tenant take
-  turns, so together they cannot overshoot it); then the idempotency record; then, as the last
+- One transaction per commit, on a pooled connection (no group commit: store.group is SQLite's,
+  see app.open_store; concurrent commits here run on connections of their own, and PostgreSQL
+  shares a WAL flush among them): the calls (and lines) first, then, with `limits`, the tenant's
+  quota checked against every replica's committed calls under a transaction-level advisory lock
+  of that tenant (two replicas admitting for one tenant take turns, so together they cannot
+  overshoot it); then the idempotency record; then, as the last
   statement, the events numbered from the one `event_log` row (its lock orders the commits that
   carry events, so sequence order is commit order across replicas: see store.pg_schema), and a
   NOTIFY that PostgreSQL delivers at commit to every replica listening (`changes()`; the
