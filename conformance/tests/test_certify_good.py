@@ -25,7 +25,7 @@ def by_id(report: Report) -> dict[str, object]:
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory: pytest.TempPathFactory) -> Report:
     return run_conformance(
-        RunOptions(provider="reference", seed=11, budget_seconds=5, output_dir=tmp_path_factory.mktemp("reference"))
+        RunOptions(provider="reference", seed=11, histories=10, output_dir=tmp_path_factory.mktemp("reference"))
     )
 
 
@@ -37,7 +37,7 @@ def test_the_reference_provider_is_conformant(reference: Report) -> None:
 
 
 def test_a_correct_provider_is_conformant_and_reports_are_written(tmp_path: Path) -> None:
-    report = run_conformance(RunOptions(provider=LEDGER, seed=11, budget_seconds=5, output_dir=tmp_path))
+    report = run_conformance(RunOptions(provider=LEDGER, seed=11, histories=10, output_dir=tmp_path))
     assert report.verdict == "conformant", [(r.check.id, r.reason) for r in report.unexpected]
     assert report.exit_code == 0
     assert all(v["result"] == "conformant" for v in report.verdicts.values())
@@ -45,6 +45,8 @@ def test_a_correct_provider_is_conformant_and_reports_are_written(tmp_path: Path
     assert "histories" in results["MODEL-001"].detail  # type: ignore[attr-defined]
     data = json.loads((tmp_path / "report.json").read_text())
     assert data["verdict"] == "conformant" and data["seed"] == 11 and data["failures"] == []
+    # The seed and the number of histories run say what to pass to run exactly this again.
+    assert data["histories"] == 10 and data["reproduce"] == "--seed 11 --histories 10"
     assert data["suite_version"] and data["spec_version"] == "callqos.v1"
     assert data["provider"]["capabilities"]["renegotiation"] is True
     assert {c["outcome"] for c in data["checks"]} <= {"passed", "skipped"}
@@ -55,11 +57,13 @@ def test_a_correct_provider_is_conformant_and_reports_are_written(tmp_path: Path
     assert suite.get("failures") == "0" and int(suite.get("tests") or 0) == len(data["checks"])
     assert "**Verdict: conformant**" in (tmp_path / "report.md").read_text()
     assert "VERDICT: conformant" in (tmp_path / "summary.txt").read_text()
+    assert "(reproduce with --seed 11 --histories 10)" in (tmp_path / "summary.txt").read_text()
+    assert "reproduce with `--seed 11 --histories 10`" in (tmp_path / "report.md").read_text()
     assert (tmp_path / "server.log").exists()
 
 
 def test_no_qos_provider_is_conformant_with_reasoned_skips() -> None:
-    report = run_conformance(RunOptions(provider="no-qos", seed=5, budget_seconds=1))
+    report = run_conformance(RunOptions(provider="no-qos", seed=5, histories=1))
     assert report.verdict == "conformant", [(r.check.id, r.reason) for r in report.unexpected]
     results = by_id(report)
     assert results["RENEG-007"].outcome == Outcome.PASSED  # type: ignore[attr-defined]  # UNIMPLEMENTED probe

@@ -6,20 +6,22 @@ from __future__ import annotations
 
 import asyncio
 import shlex
+from typing import cast
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from callqos.cli.main import build_parser
+from callqos.conformance.harness import CheckContext
 from callqos.conformance.model_based import generate
-from callqos.conformance.model_based.execute import Violation
+from callqos.conformance.model_based.execute import Run, Violation
 from callqos.conformance.model_based.ops import Burst, Drop, Make, Op, Renegotiate, Restart, SetCapacity, calls_of
 from callqos.conformance.model_based.oracle import admissible, generous_latency
 from callqos.conformance.model_based.repro import script
 from callqos.conformance.model_based.shrink import consistent, renumbered, shrink, size
 from callqos.conformance.model_based.world import World
 from callqos.conformance.rules import ST, Path, QosSpec, best_effort, cl, flow, qos_problems
-from callqos.conformance.verify import Limits
+from callqos.conformance.verify import Limits, grant_problems, refusal_problems
 from callqos.v1 import call_pb2
 
 Level = call_pb2.ServiceLevel
@@ -168,3 +170,25 @@ def test_a_reproduction_is_made_of_commands_the_cli_accepts() -> None:
             words = shlex.split(command.replace("wait", "").replace("$R", "1").strip())
             if words and words[0] == "callqos":
                 parser.parse_args(words[1:])  # exits (SystemExit) on a flag the CLI does not have
+
+
+def test_grants_and_counter_offers_are_judged_by_the_capacity_the_link_has_now() -> None:
+    run = Run(cast(CheckContext, None), WORLD, "q")  # judging alone needs no target
+
+    def clauses(problems: list[str]) -> list[str]:
+        return [problem.split("]")[0] + "]" for problem in problems]
+
+    def offered(rate: int) -> list[str]:
+        refusal = call_pb2.QosRefusal(call="calls/q", counter_offer=QosSpec(sending=best_effort(), receiving=cl(rate)))
+        return clauses(refusal_problems("calls/q", refusal, run.limits))
+
+    def granted(rate: int) -> list[str]:
+        qos = QosSpec(sending=cl(rate), receiving=best_effort())
+        return clauses(grant_problems(Level.SERVICE_LEVEL_NEEDED, qos, qos, run.limits))
+
+    run.model.capacity = CAPACITY + 1  # UpdateLink raised the link above the advertised maximum
+    assert offered(CAPACITY + 1) == granted(CAPACITY + 1) == []
+    assert offered(CAPACITY + 2) == ["[PROV-2]"] and granted(CAPACITY + 2) == ["[ADMIT-1]"]
+    run.model.capacity = CAPACITY // 2  # and lowered it below
+    assert offered(CAPACITY // 2) == granted(CAPACITY // 2) == []
+    assert offered(CAPACITY // 2 + 1) == ["[PROV-2]"] and granted(CAPACITY // 2 + 1) == ["[ADMIT-1]"]

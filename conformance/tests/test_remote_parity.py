@@ -65,7 +65,7 @@ def test_a_broken_provider_fails_the_same_checks_out_of_process(fault: Fault) ->
 @pytest.mark.slow
 @pytest.mark.parametrize("plugin", ["reference", "no-qos"])
 def test_the_shipped_providers_are_conformant_out_of_process(plugin: str) -> None:
-    report = run_conformance(RunOptions(provider_command=(*SERVE, plugin), seed=7, budget_seconds=5))
+    report = run_conformance(RunOptions(provider_command=(*SERVE, plugin), seed=7, histories=10))
     failed = {r.check.id for r in report.failures}
     assert failed <= (REFERENCE_BUGS if plugin == "reference" else set()), [
         (r.check.id, r.reason[:200]) for r in report.failures

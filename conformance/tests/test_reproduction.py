@@ -28,13 +28,17 @@ def test_a_shrunk_history_is_a_runnable_reproduction(tmp_path: Path) -> None:
     # A provider that keeps a link's new capacity in memory only: the model-based histories find it on
     # their own (capacity changes and restarts are among their operations) and shrink it to two steps.
     report = run_conformance(
-        RunOptions(provider=P + "ForgetsCapacityOnRestart", checks=("MODEL-001",), seed=11, budget_seconds=5)
+        RunOptions(provider=P + "ForgetsCapacityOnRestart", checks=("MODEL-001",), seed=11, histories=10)
     )
     result = next(r for r in report.results if r.check.id == "MODEL-001")
     assert result.outcome.value == "failed", result.reason
     found = re.search(r"\[LINK-4\] \S+ reports capacity (\d+) B/s; it was set to (\d+)", result.reason)
     assert found, result.reason
     assert "seed 11" in result.reason and "of a history of 2 operations" in result.reason
+    # The histories up to the failing one are run again by the flags the message and the report give.
+    rerun = re.search(r"history (\d+); run again with --seed 11 --histories (\d+)\)", result.reason)
+    assert rerun and int(rerun.group(2)) == int(rerun.group(1)) + 1 == report.histories, result.reason
+    assert report.reproduce == f"--seed 11 --histories {report.histories}"
     assert "restart_server" in result.reproduction
     script = tmp_path / "repro.sh"
     script.write_text(result.reproduction)

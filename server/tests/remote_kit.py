@@ -109,6 +109,23 @@ class MisbookingReference(ReferenceProvider):
         return decision
 
 
+@contextlib.asynccontextmanager
+async def serving_launched(
+    directory: Path, plugin: str, **settings: Any
+) -> AsyncIterator[tuple[testing.InProcessServer, svc_grpc.CallQosServiceStub]]:
+    """A server launching `plugin` as its provider `acme` (the default), with the server's
+    `settings`, and a stub on it."""
+    server = testing.InProcessServer(
+        directory, providers={"acme": launched(plugin)}, default_provider="acme", **settings
+    )
+    await server.start()
+    try:
+        async with grpc.aio.insecure_channel(server.target) as channel:
+            yield server, svc_grpc.CallQosServiceStub(channel)
+    finally:
+        await server.close()
+
+
 # -- a provider served in this process --------------------------------------------------------
 class Kit:
     """A provider served over the protocol in this process, on a Unix socket of its own. `stop()`

@@ -4,6 +4,8 @@ RPC's trace), a line for each call a capacity cut sheds, and no gRPC or asyncio 
 from __future__ import annotations
 
 import json
+import logging
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +15,7 @@ from server_testkit import qos
 
 from callqos.client import CallNotFoundError, Client
 from callqos.server import testing
+from callqos.server.logs import AnswerAfterTheCallerLeft
 from callqos.v1 import call_pb2
 
 LINK = "providers/reference/links/default"
@@ -61,3 +64,31 @@ def test_info_logs_no_line_per_rpc(tmp_path: Path) -> None:
             client.drop(client.make_call("sip:c@example.test", qos=qos(1000)).name)
         server.stop()
         assert not [line for line in entries(server) if line["message"] == "rpc"]
+
+
+def test_an_answer_the_caller_left_before_is_not_logged_as_an_error() -> None:
+    """gRPC's ERROR line (with a traceback) for an answer it could not send because the caller's deadline
+    had passed (CreateCall with a 1 ms deadline runs to its end) is one of its internals: below the level
+    gRPC's lines show at, so not in the log; any other gRPC error still is."""
+    gone = AnswerAfterTheCallerLeft()
+
+    def record(message: str) -> logging.LogRecord:
+        try:
+            raise RuntimeError('Failed "execute_batch"')
+        except RuntimeError:
+            return logging.getLogger("grpc._cython.cygrpc").makeRecord(
+                "grpc._cython.cygrpc", logging.ERROR, "server.pyx.pxi", 1, message, (), sys.exc_info()
+            )
+
+    quiet = logging.getLogger("grpc")
+    level = quiet.level
+    quiet.setLevel(logging.WARNING)  # as logs.configure sets it (QUIET_LIBRARIES)
+    left = record("ExecuteBatchError raised in core by servicer method [/callqos.v1.CallQosService/CreateCall]")
+    try:
+        assert not gone.filter(left)
+    finally:
+        quiet.setLevel(level)
+    assert left.levelno == logging.INFO and left.exc_info is None
+    other = record("Unexpected [ValueError] raised by servicer method [/callqos.v1.CallQosService/CreateCall]")
+    assert gone.filter(other) and other.levelno == logging.ERROR and other.exc_info is not None
+    assert gone.filter(logging.makeLogRecord({"name": "callqos.calls", "msg": "ExecuteBatchError raised in core"}))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 from pathlib import Path
 
@@ -87,3 +88,32 @@ def test_the_handshake_names_where_the_kit_listens() -> None:
     assert handshake_for("unix:///tmp/a/p.sock", 1).line() == "CALLQOS_PROVIDER|1|unix|/tmp/a/p.sock|grpc"
     assert handshake_for("127.0.0.1:0", 4242).target == "127.0.0.1:4242"
     assert protocol.Handshake.parse(handshake_for("unix:/x.sock", 1).line()).address == "/x.sock"
+
+
+def test_a_launched_kit_stops_cleanly_on_sigterm_from_its_handshake_on(tmp_path: Path) -> None:
+    """The host may stop a provider as soon as it has read its handshake (a server shut down while
+    starting), with its stdin still open or just closed: the kit exits 0, not killed by the signal, and
+    does not abort in the interpreter's shutdown."""
+    env = {
+        **os.environ,
+        protocol.MAGIC_COOKIE_ENV: protocol.MAGIC_COOKIE,
+        protocol.PROTOCOL_VERSIONS_ENV: str(protocol.PROTOCOL_VERSION),
+        protocol.SOCKET_ENV: str(tmp_path / "provider.sock"),
+    }
+    for close_stdin in (False, True):
+        kit = subprocess.Popen(
+            [*SERVE, "reference"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env
+        )
+        assert kit.stdin is not None and kit.stdout is not None and kit.stderr is not None
+        try:
+            assert kit.stdout.readline().startswith(protocol.MAGIC.encode())
+            if close_stdin:
+                kit.stdin.close()  # as the host does, right before SIGTERM
+            kit.send_signal(signal.SIGTERM)
+            status = kit.wait(timeout=30)
+            stderr = kit.stderr.read()
+        finally:
+            kit.kill()
+            for stream in (kit.stdin, kit.stdout, kit.stderr):
+                stream.close()
+        assert status == 0 and b"Fatal Python error" not in stderr, (close_stdin, status, stderr[-2000:])

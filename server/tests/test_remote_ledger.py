@@ -13,7 +13,7 @@ from pathlib import Path
 
 import grpc
 import pytest
-from remote_kit import assert_agree, launched, remote_of, until
+from remote_kit import assert_agree, launched, remote_of, serving_launched, until
 from server_testkit import make_request, qos
 
 from callqos.server import testing
@@ -28,18 +28,8 @@ LINK = "providers/acme/links/default"
 
 @pytest.fixture
 async def misbooking(tmp_path: Path) -> AsyncIterator[tuple[testing.InProcessServer, svc_grpc.CallQosServiceStub]]:
-    server = testing.InProcessServer(
-        tmp_path,
-        providers={"acme": launched("remote_kit:MisbookingReference")},
-        default_provider="acme",
-        reconcile_interval_seconds=0.3,
-    )
-    await server.start()
-    try:
-        async with grpc.aio.insecure_channel(server.target) as channel:
-            yield server, svc_grpc.CallQosServiceStub(channel)
-    finally:
-        await server.close()
+    async with serving_launched(tmp_path, "remote_kit:MisbookingReference", reconcile_interval_seconds=0.3) as served:
+        yield served
 
 
 async def link_reserved(stub: svc_grpc.CallQosServiceStub) -> int:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import grpc
 import pytest
-from remote_kit import assert_agree, launched, remote_of, until
+from remote_kit import assert_agree, launched, remote_of, serving_launched, until
 from server_testkit import CAPACITY, make_request, qos, reason, rpc_error
 from test_remote_provider import retry_delay
 
@@ -35,18 +35,8 @@ ACME = "providers/acme"
 @pytest.fixture
 async def gated(tmp_path: Path) -> AsyncIterator[tuple[testing.InProcessServer, svc_grpc.CallQosServiceStub]]:
     """A server launching `remote_kit:GatedReference` as its provider `acme`."""
-    server = testing.InProcessServer(
-        tmp_path,
-        providers={"acme": launched("remote_kit:GatedReference")},
-        default_provider="acme",
-        provider_timeout_seconds=1.0,
-    )
-    await server.start()
-    try:
-        async with grpc.aio.insecure_channel(server.target) as channel:
-            yield server, svc_grpc.CallQosServiceStub(channel)
-    finally:
-        await server.close()
+    async with serving_launched(tmp_path, "remote_kit:GatedReference", provider_timeout_seconds=1.0) as served:
+        yield served
 
 
 def alive(pid: int) -> bool:

@@ -8,6 +8,7 @@ The provider here is served by the Python kit in this process, on a Unix socket 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import shutil
 import tempfile
@@ -43,6 +44,7 @@ from server_testkit import CAPACITY, PickyProvider, details, make_request, qos, 
 
 from callqos.provider.v1 import provider_service_pb2 as pb
 from callqos.server import testing
+from callqos.server.errors import ServiceError
 from callqos.server.providers import AdmissionRequest, Decision, ProviderChange, RefusalKind
 from callqos.server.providers.noqos import NoQosProvider
 from callqos.server.providers.reference import ReferenceProvider
@@ -701,3 +703,56 @@ async def _state(stub: svc_grpc.CallQosServiceStub, name: str, state: int) -> bo
 
 def test_the_kit_refusal_kinds_cover_the_contracts() -> None:
     assert {kind.name for kind in RefusalKind} == {"ADMISSION", "POLICY"}
+
+
+async def test_a_decision_cancelled_at_any_moment_leaves_the_provider_connected(
+    host: tuple[testing.InProcessServer, svc_grpc.CallQosServiceStub],
+) -> None:
+    """A caller's deadline can end a decision at any moment, also while its request is being written
+    on the Decide stream (a busy machine makes that moment long). Only that request is given up: the
+    stream the other decisions share stays open and the provider stays connected; the host releases
+    the call as it does after any failed decision."""
+    server, stub = host
+    remote = remote_of(server)
+    assert remote.deciding_on_stream
+    for steps in range(40):  # cancelled after 0, 1, 2, … turns of the event loop: before, during, after the write
+        request = AdmissionRequest(f"calls/cut-{steps}", "sip:cut", Level.SERVICE_LEVEL_NEEDED, qos(1000), "alice")
+        deciding = asyncio.ensure_future(remote.admit(request))
+        for _ in range(steps):
+            await asyncio.sleep(0)
+        deciding.cancel()
+        with contextlib.suppress(asyncio.CancelledError, ServiceError):
+            await deciding
+        await remote.release(request.call)
+        await asyncio.sleep(0.01)  # a lost connection is noticed in a few turns; a reconnection takes 50 ms
+        assert remote.ready, f"cancelled after {steps} turns of the event loop, the provider is no longer connected"
+    call = await stub.CreateCall(make_request(qos(1000), call_id="after"))
+    assert call.state == State.STATE_CONNECTED
+    assert await assert_agree(stub, remote) == {call.name: call.granted_qos}
+
+
+async def test_only_stopping_the_server_ends_the_supervision(
+    reference_kit: Kit,
+    host: tuple[testing.InProcessServer, svc_grpc.CallQosServiceStub],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """gRPC raises CancelledError in the awaiting task for a call cancelled under it; that is a lost
+    connection like any other, not the server stopping the provider for good."""
+    server, stub = host
+    remote = remote_of(server)
+    connect = remote._connect
+    cancelled: list[bool] = []
+
+    async def cancelled_once() -> None:
+        if not cancelled:
+            cancelled.append(True)
+            raise asyncio.CancelledError  # as from a gRPC call cancelled under the supervisor
+        await connect()
+
+    monkeypatch.setattr(remote, "_connect", cancelled_once)
+    await reference_kit.stop()
+    await until(lambda: not remote.ready, what="the host noticed the provider is gone")
+    await reference_kit.start()
+    await until(lambda: bool(cancelled) and remote.ready, what="connected again after the cancelled attempt")
+    call = await stub.CreateCall(make_request(qos(1000), call_id="after"))
+    assert call.state == State.STATE_CONNECTED

@@ -116,6 +116,9 @@ class Session:
     budget_seconds: float = 0.0
     histories: int = 0
     seed: int = 0
+    # How many histories the model-based checker ran (the failing one included): with the seed, what
+    # `--histories N` needs to run them again, whatever the time budget let it run.
+    histories_run: int = 0
     # Set when the target holds capacity for no call and could not be made to release it (CORE-IDLE-001).
     leaked: str = ""
     # What the provider advertised, for verifying every answer.

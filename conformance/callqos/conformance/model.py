@@ -150,6 +150,14 @@ class Report:
     verdicts: dict[str, dict[str, object]]
     verdict: str
     harness_error: str = ""
+    # How many model-based histories ran (0: none): the time budget decides it unless --histories
+    # does, so a seed alone does not say which histories a run saw; the seed and this count do.
+    histories: int = 0
+
+    @property
+    def reproduce(self) -> str:
+        """The flags that run the same checks in the same order on the same generated values and histories."""
+        return f"--seed {self.seed}" + (f" --histories {self.histories}" if self.histories else "")
 
     @property
     def unexpected(self) -> list[CheckResult]:

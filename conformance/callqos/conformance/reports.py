@@ -31,7 +31,9 @@ MARK = {
 def console(report: Report) -> str:
     lines = [
         f"callqos conformance {SUITE_VERSION} (spec {SPEC_VERSION}, clauses of {SPEC_DOCUMENT})",
-        f"target {report.target or '-'}  provider {report.provider or '-'}  seed {report.seed}",
+        f"target {report.target or '-'}  provider {report.provider or '-'}  seed {report.seed}"
+        + (f"  histories {report.histories}" if report.histories else "")
+        + f"  (reproduce with {report.reproduce})",
     ]
     if report.harness_error:
         lines.append(f"HARNESS ERROR: {report.harness_error}")
@@ -117,6 +119,8 @@ def as_json(report: Report) -> dict[str, Any]:
         },
         "parameters": _parameters(report),
         "seed": report.seed,
+        "histories": report.histories,
+        "reproduce": report.reproduce,
         "timeout_scale": report.options.timeout_scale,
         "known_failing": list(report.options.known_failing),
         "verdict": report.verdict,
@@ -186,6 +190,7 @@ def junit(report: Report) -> str:
         ("target", report.target),
         ("provider", report.provider),
         ("seed", str(report.seed)),
+        ("histories", str(report.histories)),
         ("verdict", report.verdict),
     ):
         ET.SubElement(props, "property", name=key, value=value)
@@ -233,7 +238,7 @@ def markdown(report: Report) -> str:
         f"| Spec | {SPEC_VERSION} (clauses of `{SPEC_DOCUMENT}`) |",
         f"| Target | `{report.target}` ({spawned_with(report)}) |",
         f"| Implementation | `{info.implementation if info else ''}` |",
-        f"| Seed | {report.seed} (reproduce with `--seed {report.seed}`) |",
+        f"| Seed | {report.seed} (reproduce with `{report.reproduce}`) |",
         f"| Timeout scale | {report.options.timeout_scale:g} |",
         f"| Duration | {report.duration_seconds:.1f} s |",
         "",

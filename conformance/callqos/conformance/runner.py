@@ -274,6 +274,7 @@ async def run_async(options: RunOptions) -> Report:
     results: list[CheckResult] = []
     harness_error = ""
     channel: grpc.aio.Channel | None = None
+    session: Session | None = None
     try:
         table = load_file(options.parameters_file)
         if options.provider or options.provider_command or options.provider_endpoint:
@@ -359,6 +360,7 @@ async def run_async(options: RunOptions) -> Report:
         verdicts,
         verdict,
         harness_error,
+        histories=session.histories_run if session is not None else 0,
     )
 
 

@@ -84,12 +84,14 @@ async def histories(ctx: CheckContext) -> None:
         run = Run(ctx, world, f"q{token}-h{index}")
         violation = await run.execute(history)
         if violation is not None:
+            ctx.session.histories_run = index + 1
             await report(ctx, world, budget, index, history, violation)
         problem = await reset(ctx, world)
         if problem:
             raise CheckFailed(f"after history {index} (every call dropped, each drop judged): {problem}")
         index += 1
         steps += size(history)
+        ctx.session.histories_run = index
     ctx.detail = f"{index} histories, {steps} operations, seed {ctx.session.seed}, in {time.monotonic() - started:.1f}s"
 
 
@@ -132,5 +134,6 @@ async def report(
     await reset(ctx, world)
     raise CheckFailed(
         f"{shown} — at step {failing} of a history of {size(smallest)} operations "
-        f"(shrunk from {size(history)} in {replays} replays; seed {ctx.session.seed}, history {index}):\n{steps}"
+        f"(shrunk from {size(history)} in {replays} replays; seed {ctx.session.seed}, history {index}; run again with "
+        f"--seed {ctx.session.seed} --histories {index + 1}):\n{steps}"
     )

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import grpc
@@ -47,7 +47,7 @@ from callqos.conformance.model_based.oracle import (
 )
 from callqos.conformance.model_based.world import World
 from callqos.conformance.rules import ST, QosSpec, ServiceLevel, qos_rates, qos_shortfalls
-from callqos.conformance.verify import grant_problems, refusal_problems
+from callqos.conformance.verify import Limits, grant_problems, refusal_problems
 from callqos.v1 import callqos_service_pb2 as svc
 from callqos.v1 import provider_pb2
 
@@ -102,6 +102,14 @@ class Run:
 
     def __post_init__(self) -> None:
         self.model = Model(self.world.capacity)
+
+    @property
+    def limits(self) -> Limits:
+        """What grants and counter-offers are verified against: the advertised limits with the capacity the
+        link has now. UpdateLink may set it above the advertised maximum as well as below (LINK-3), and what
+        a provider grants or offers after that is bounded by the new capacity, not the one advertised at the
+        start of the run."""
+        return replace(self.world.limits, capacity=self.model.capacity)
 
     # -- judging ------------------------------------------------------------------------------
     def fail(self, clause: str, message: str) -> Broken:
@@ -220,7 +228,7 @@ class Run:
                 f"refused although it fits: it needs {qos_rates(op.qos)} B/s (sending, receiving), "
                 f"{free} B/s are free{'' if sequential else ' even counting every grant of the burst'} ({result})",
             )
-        self.fail_all(refusal_problems(name, result.refusal, self.world.limits), "the refusal")
+        self.fail_all(refusal_problems(name, result.refusal, self.limits), "the refusal")
         self.model.calls[key] = ModelCall(key, name, op.level, op.qos, QosSpec(), False, "")
         if sequential and offer is not None:
             self.offers[self.step] = offer
@@ -237,7 +245,7 @@ class Run:
     ) -> None:
         if call.state != State.STATE_CONNECTED:
             raise self.fail("CALL-1", f"CreateCall answered with {call.name} {State.Name(call.state)}, not CONNECTED")
-        problems = grant_problems(level, asked, call.granted_qos, self.world.limits)
+        problems = grant_problems(level, asked, call.granted_qos, self.limits)
         problems += if_available_problems(level, asked, call.granted_qos, fits)
         if free is not None and over(qos_rates(call.granted_qos), free):
             problems.append(f"[ADMIT-1] over-admission: the grant holds {over(qos_rates(call.granted_qos), free)}")
@@ -313,7 +321,7 @@ class Run:
                 f"renegotiation refused although it fits: it needs {qos_rates(target)} B/s, {room} B/s are free "
                 f"counting the call's own reservation ({result})",
             )
-        self.fail_all(refusal_problems(before.name, result.refusal, self.world.limits), "the refusal")
+        self.fail_all(refusal_problems(before.name, result.refusal, self.limits), "the refusal")
         now = await self.rpc("GetCall", svc.GetCallRequest(name=before.name))
         if not isinstance(now, Call):
             raise self.unexpected("GetCall", now)
@@ -349,7 +357,7 @@ class Run:
         room: tuple[int, int] | None,
         fits: bool | None,
     ) -> None:
-        problems = grant_problems(level, target, call.granted_qos, self.world.limits)
+        problems = grant_problems(level, target, call.granted_qos, self.limits)
         problems += if_available_problems(level, target, call.granted_qos, fits)
         if call.state != State.STATE_CONNECTED:
             problems.append(f"[SETQOS-1] the renegotiated call is {State.Name(call.state)}")

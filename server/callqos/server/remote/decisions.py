@@ -5,6 +5,12 @@ message on an open stream does, and a decision is the hot path of CreateCall and
 Requests are numbered and written one at a time; a reader matches each answer to the request
 waiting for it. When the stream ends, every request still waiting fails with StreamClosed, and
 the connection is over (the supervisor reconnects and restores, as for any other loss).
+
+A request's caller may give up at any moment (its deadline, or the caller's). gRPC cancels the
+whole stream when a write on it is cancelled, and the stream is every decision's: so a write,
+once started, runs to its end whoever stops waiting for it, and a request whose caller gave up
+before its turn to be written is not written at all (the host releases the call after a failed
+decision, as it does for a provider that answered too late).
 """
 
 from __future__ import annotations
@@ -41,12 +47,25 @@ class DecisionStream:
         request.id = self._next
         answer: asyncio.Future[pb.DecideResponse] = asyncio.get_running_loop().create_future()
         self._waiting[request.id] = answer
+        sending = asyncio.ensure_future(self._send(request))
+        sending.add_done_callback(_retrieved)  # its failure is the caller's, if the caller still waits
         try:
-            async with self._writing:
-                await self._call.write(request)
+            await asyncio.shield(sending)  # a caller that gives up must not cancel the write (the stream)
             return await answer
         finally:
             self._waiting.pop(request.id, None)
+
+    async def _send(self, request: pb.DecideRequest) -> None:
+        """Write `request` in its turn, unless its caller gave up meanwhile."""
+        async with self._writing:
+            if request.id not in self._waiting:
+                return  # given up before its turn: the provider never sees it
+            if self._closed:
+                raise StreamClosed("the Decide stream is closed")
+            try:
+                await self._call.write(request)
+            except (asyncio.InvalidStateError, grpc.aio.AioRpcError) as ended:  # the stream ended meanwhile
+                raise StreamClosed(f"the Decide stream ended: {ended}") from ended
 
     async def read(self) -> None:
         """Hand each answer to its request until the stream ends; then fail those still waiting.
@@ -57,6 +76,13 @@ class DecisionStream:
                 if waiting is not None and not waiting.done():
                     waiting.set_result(response)
             raise StreamClosed("the provider ended the Decide stream")
+        except asyncio.CancelledError:
+            # gRPC ends the reading of a cancelled call with CancelledError; only the cancellation of
+            # this reader itself is one (the connection is being closed), anything else is the stream's end.
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise
+            raise StreamClosed("the Decide stream was cancelled") from None
         finally:
             self.close()
 
@@ -67,6 +93,13 @@ class DecisionStream:
                 waiting.set_exception(StreamClosed("the Decide stream ended"))
         self._waiting.clear()
         self._call.cancel()
+
+
+def _retrieved(task: asyncio.Task[None]) -> None:
+    """Retrieve a finished write's exception (a stream that ended meanwhile), so that a write whose
+    caller gave up is not reported as an exception never retrieved."""
+    if not task.cancelled():
+        task.exception()
 
 
 def grpc_code(code: int) -> grpc.StatusCode:

@@ -236,8 +236,13 @@ class RemoteProvider(Provider):
                 ready_since = time.monotonic()
                 await self._watch()
             except asyncio.CancelledError:
-                self._set_unready("stopped")
-                raise
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():  # stop(): the only end of supervision
+                    self._set_unready("stopped")
+                    raise
+                # A gRPC call cancelled under the connection (gRPC raises CancelledError for it), not this
+                # supervisor: the connection is lost, and is made again like after any other loss.
+                self._set_unready("a call to the provider was cancelled")
             except (
                 grpc.aio.AioRpcError,
                 ConnectionLost,

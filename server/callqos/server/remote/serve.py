@@ -225,14 +225,14 @@ async def serve(
         tmp.replace(port_file)
     where = {"plugin": implementation, "address": handshake.address, "instance": kit.servicer.instance_id}
     log.info("serving", extra=where)
-    print(handshake.line(), flush=True)  # last: the host dials as soon as it reads it
-
+    # SIGTERM stops the kit cleanly from the moment the host can know it runs (the handshake).
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     if launched:
         _stop_when_stdin_closes(loop, stop)
+    print(handshake.line(), flush=True)  # last: the host dials as soon as it reads it
     await stop.wait()
     log.info("stopping")
     await kit.stop()
@@ -241,11 +241,15 @@ async def serve(
 
 def _stop_when_stdin_closes(loop: asyncio.AbstractEventLoop, stop: asyncio.Event) -> None:
     """The launching server holds our stdin open; end of file means it is gone (however it
-    went), and a provider must not outlive its host. Read in a daemon thread: it blocks."""
+    went), and a provider must not outlive its host. Read in a daemon thread: it blocks. Read from
+    the file descriptor, not sys.stdin: a daemon thread blocked in a buffered read holds the buffer's
+    lock, and the interpreter's shutdown then aborts ("Fatal Python error: could not acquire lock
+    for <stdin>") when the provider stops on SIGTERM before the end of file arrives."""
 
     def watch() -> None:
         with contextlib.suppress(OSError, ValueError):
-            while sys.stdin.buffer.read(4096):
+            descriptor = sys.stdin.fileno()
+            while os.read(descriptor, 4096):
                 pass
         with contextlib.suppress(RuntimeError):  # the loop may be closed already
             loop.call_soon_threadsafe(stop.set)

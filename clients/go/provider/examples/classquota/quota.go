@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"math"
+	"math/big"
 	"sort"
 	"strings"
 	"sync"
@@ -236,7 +237,11 @@ func (q *Quota) counterOffer(call string, asked *callqosv1.QosSpec) *callqosv1.Q
 				spec.PeakBandwidthBytesPerSecond = proto.Uint64(max(min(spec.GetPeakBandwidthBytesPerSecond(), free), spec.GetTokenRateBytesPerSecond()))
 			}
 			if kind == guaranteed {
-				spec.LatencyMicroseconds = proto.Uint32(max(spec.GetLatencyMicroseconds(), uint32(math.Ceil(q.delayBound(spec)))))
+				if !q.fitBound(spec) {
+					spec = &callqosv1.FlowSpec{ServiceType: bestEffort} // no bucket makes its bound statable
+				} else {
+					spec.LatencyMicroseconds = proto.Uint32(max(spec.GetLatencyMicroseconds(), q.latency(spec)))
+				}
 			}
 		}
 		if d == 0 {
@@ -275,9 +280,45 @@ func (q *Quota) resolve(spec, sender *callqosv1.FlowSpec) *callqosv1.FlowSpec {
 		out.PeakBandwidthUnbounded = true
 	}
 	if out.GetServiceType() == guaranteed && out.LatencyMicroseconds == nil {
-		out.LatencyMicroseconds = proto.Uint32(uint32(math.Ceil(q.delayBound(out))))
+		out.LatencyMicroseconds = proto.Uint32(q.latency(out))
 	}
 	return out
+}
+
+// largestLatency is the largest latency a flowspec carries (0xFFFFFFFE and 0xFFFFFFFF are
+// Winsock sentinels): a GUARANTEED flow whose delay bound exceeds it cannot be promised
+// (conformance/SPEC.md DELAY-5).
+const largestLatency = 0xFFFFFFFD
+
+// latency is the delay bound rounded up to a whole microsecond, at most largestLatency (a bound
+// beyond it is then refused: it exceeds the latency it is given).
+func (q *Quota) latency(spec *callqosv1.FlowSpec) uint32 {
+	return uint32(min(math.Ceil(q.delayBound(spec)), largestLatency))
+}
+
+// fitBound cuts a GUARANTEED offer's token bucket to the largest with which its delay bound fits
+// in a latency (DELAY-5); false when no bucket can (the rate is too low, or a bounded peak keeps
+// the bucket out of the bound).
+func (q *Quota) fitBound(spec *callqosv1.FlowSpec) bool {
+	if q.delayBound(spec) <= largestLatency {
+		return true
+	}
+	if spec.PeakBandwidthBytesPerSecond != nil && !spec.GetPeakBandwidthUnbounded() {
+		return false
+	}
+	// (b + C) / R s + D + L <= largest  ⟺  b <= (largest - D - L) R / 1e6 - C, in whole bytes.
+	fixed := uint64(q.ErrorTermD + q.PathLatency)
+	if fixed >= largestLatency {
+		return false
+	}
+	budget := new(big.Int).Mul(new(big.Int).SetUint64(largestLatency-fixed), new(big.Int).SetUint64(reservedRate(spec)))
+	budget.Div(budget, big.NewInt(1_000_000))
+	budget.Sub(budget, new(big.Int).SetUint64(uint64(q.ErrorTermC)))
+	if budget.Cmp(new(big.Int).SetUint64(uint64(spec.GetMaxSduSizeBytes()))) < 0 {
+		return false // even a bucket of one packet is too much at this rate
+	}
+	spec.TokenBucketSizeBytes = proto.Uint64(min(budget.Uint64(), spec.GetTokenBucketSizeBytes()))
+	return true
 }
 
 // delayBound is the RFC 2212 end-to-end delay bound of a GUARANTEED flow over the link, in
