@@ -17,12 +17,12 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-import psycopg
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from server_testkit import details, make_request, qos, reason, reserved
 from test_ledger_faults import serving
+from test_postgres_store import allow_connections
 
 from callqos.server.hosting import ProviderHostView
 from callqos.server.providers import AdmissionRequest, Decision, ProviderChange, ProviderHost, Restored
@@ -32,6 +32,7 @@ from callqos.server.store.sqlite import SqliteStore
 from callqos.server.testing import PostgresServer
 from callqos.v1 import call_pb2, event_pb2
 from callqos.v1 import callqos_service_pb2 as svc
+from callqos.v1 import callqos_service_pb2_grpc as svc_grpc
 
 State = call_pb2.Call.State
 QosEvent = event_pb2.QosEvent
@@ -166,6 +167,36 @@ class Gated(ReferenceProvider):
         return await super().renegotiate(request)
 
 
+async def decided_together(
+    stub: svc_grpc.CallQosServiceStub, provider: Gated, kept: call_pb2.Call, *, creates: int
+) -> list[asyncio.Future[Any]]:
+    """`creates` CreateCalls and a renegotiation of `kept`, sent at once and held at `provider`'s
+    gate until every one of them is there (the gate is then set by the caller)."""
+    provider.gate, provider.waiting = asyncio.Event(), 0
+    sent: list[asyncio.Future[Any]] = [
+        asyncio.ensure_future(stub.CreateCall(make_request(qos(50_000), destination=f"sip:new{i}@example.test")))
+        for i in range(creates)
+    ]
+    sent.append(
+        asyncio.ensure_future(
+            stub.RenegotiateCall(svc.RenegotiateCallRequest(name=kept.name, qos=qos(600_000, recv_rate=100_000)))
+        )
+    )
+    deadline = time.monotonic() + 20
+    while provider.waiting < len(sent):
+        assert time.monotonic() < deadline, f"only {provider.waiting} of {len(sent)} decisions reached the provider"
+        await asyncio.sleep(0.01)
+    return sent
+
+
+def answered_storage_unavailable(outcomes: Sequence[object], cause: str) -> None:
+    """Each request answered with the retryable status, naming the cause."""
+    for outcome in outcomes:
+        assert isinstance(outcome, grpc.aio.AioRpcError), outcome
+        assert outcome.code() == grpc.StatusCode.UNAVAILABLE and reason(outcome) == "STORAGE_UNAVAILABLE"
+        assert cause in details(outcome)["ErrorInfo"].metadata["cause"]
+
+
 def disk_full() -> sqlite3.Error:
     """The very error SQLite raises when the file cannot grow (SQLITE_FULL), made for real."""
     db = sqlite3.connect(":memory:", isolation_level=None)
@@ -215,26 +246,11 @@ async def test_a_group_whose_commit_fails_compensates_every_call_in_it_and_answe
         # Every COMMIT fails as on a full disk; eight admissions and a renegotiation decided
         # together, and a drop, meet in the group(s) that fail.
         committer._db = CommitFails(committer._db, disk_full())
-        provider.gate, provider.waiting = asyncio.Event(), 0
-        creates = [
-            asyncio.ensure_future(stub.CreateCall(make_request(qos(50_000), destination=f"sip:new{i}@example.test")))
-            for i in range(8)
-        ]
-        renegotiation = asyncio.ensure_future(
-            stub.RenegotiateCall(svc.RenegotiateCallRequest(name=kept.name, qos=qos(600_000, recv_rate=100_000)))
-        )
+        decisions = await decided_together(stub, provider, kept, creates=8)
         drop = asyncio.ensure_future(stub.DropCall(svc.DropCallRequest(name=victim.name)))
-        deadline = time.monotonic() + 10
-        while provider.waiting < 9:
-            assert time.monotonic() < deadline, f"only {provider.waiting} of 9 decisions reached the provider"
-            await asyncio.sleep(0.01)
         provider.gate.set()
-        outcomes = await asyncio.gather(*creates, renegotiation, drop, return_exceptions=True)
-
-        for outcome in outcomes:  # each request answered with the retryable status, naming the cause
-            assert isinstance(outcome, grpc.aio.AioRpcError), outcome
-            assert outcome.code() == grpc.StatusCode.UNAVAILABLE and reason(outcome) == "STORAGE_UNAVAILABLE"
-            assert details(outcome)["ErrorInfo"].metadata["cause"] == "disk is full (SQLITE_FULL)"
+        outcomes = await asyncio.gather(*decisions, drop, return_exceptions=True)
+        answered_storage_unavailable(outcomes, "disk is full (SQLITE_FULL)")
         # The ten commits went through the group committer, and the eight admissions and the
         # renegotiation let through together shared a group: one failed group held several calls.
         assert committer.writes - writes == 10
@@ -278,16 +294,6 @@ async def test_on_postgresql_a_commit_that_meets_the_database_away_is_compensate
     nothing acknowledged, each request answered UNAVAILABLE / STORAGE_UNAVAILABLE naming the
     cause; with the database back, the same requests go through without a restart."""
     url = postgres.database()
-    database = url.rsplit("/", 1)[1]
-
-    async def allow_connections(allowed: bool) -> None:
-        async with await psycopg.AsyncConnection.connect(postgres.url(), autocommit=True) as admin:
-            await admin.execute(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS {str(allowed).lower()}'.encode())
-            if not allowed:
-                await admin.execute(
-                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (database,)
-                )
-
     providers = {"reference": {"plugin": f"{__name__}:GatedOwnBooks"}}
     async with serving(tmp_path, storage="postgresql", database_url=url, providers=providers) as served:
         stub, store, provider = served.stub, served.server.running.store, served.provider
@@ -296,30 +302,15 @@ async def test_on_postgresql_a_commit_that_meets_the_database_away_is_compensate
         before_holdings = {holding.call: holding for holding in await provider.reservations()}
         before_events = (await store.event_bounds()).last
 
-        provider.gate, provider.waiting = asyncio.Event(), 0
-        creates = [
-            asyncio.ensure_future(stub.CreateCall(make_request(qos(50_000), destination=f"sip:new{i}@example.test")))
-            for i in range(3)
-        ]
-        renegotiation = asyncio.ensure_future(
-            stub.RenegotiateCall(svc.RenegotiateCallRequest(name=kept.name, qos=qos(600_000, recv_rate=100_000)))
-        )
-        deadline = time.monotonic() + 20
-        while provider.waiting < 4:
-            assert time.monotonic() < deadline, f"only {provider.waiting} of 4 decisions reached the provider"
-            await asyncio.sleep(0.01)
-        await allow_connections(False)  # decided, not yet recorded: the database goes away
+        decisions = await decided_together(stub, provider, kept, creates=3)
+        await allow_connections(postgres, url, False)  # decided, not yet recorded: the database goes away
         provider.gate.set()
-        outcomes = await asyncio.gather(*creates, renegotiation, return_exceptions=True)
-
-        for outcome in outcomes:
-            assert isinstance(outcome, grpc.aio.AioRpcError), outcome
-            assert outcome.code() == grpc.StatusCode.UNAVAILABLE and reason(outcome) == "STORAGE_UNAVAILABLE"
-            assert "the database cannot be reached" in details(outcome)["ErrorInfo"].metadata["cause"]
+        outcomes = await asyncio.gather(*decisions, return_exceptions=True)
+        answered_storage_unavailable(outcomes, "the database cannot be reached")
         assert await reserved(stub) == before_link  # every decision undone at the provider
         assert {holding.call: holding for holding in await provider.reservations()} == before_holdings
 
-        await allow_connections(True)
+        await allow_connections(postgres, url, True)
         provider.gate = None
         deadline = time.monotonic() + 20
         while True:  # the pool reconnects by itself

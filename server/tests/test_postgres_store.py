@@ -65,6 +65,17 @@ async def test_a_fresh_database_is_migrated_once_and_a_newer_one_refused(databas
         await PostgresStore.open(database_url)
 
 
+async def allow_connections(postgres: PostgresServer, database_url: str, allowed: bool) -> None:
+    """The database of `database_url` away (new connections refused, open ones cut) or back."""
+    database = database_url.rsplit("/", 1)[1]
+    async with await psycopg.AsyncConnection.connect(postgres.url(), autocommit=True) as admin:
+        await admin.execute(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS {str(allowed).lower()}'.encode())
+        if not allowed:
+            await admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (database,)
+            )
+
+
 async def test_an_unreachable_database_is_store_unavailable() -> None:
     with pytest.raises(StoreUnavailable, match="cannot be reached"):
         await PostgresStore.open("postgresql://callqos:secret@127.0.0.1:1/none?connect_timeout=2")

@@ -30,13 +30,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
-import psycopg
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from incoming_kit import CAROL, get, open_line, wait_for_state
 from lease_kit import leased
 from server_testkit import CAPACITY, details, make_request, qos, reason, rpc_error
-from test_postgres_store import Host, request
+from test_postgres_store import Host, allow_connections, request
 
 from callqos.server import app
 from callqos.server.config import ConfigError
@@ -482,23 +481,15 @@ async def test_readiness_follows_the_database_and_liveness_does_not(postgres: Po
     async with AsyncExitStack() as stack:
         cluster = await start_cluster(postgres, 1, stack)
         (channel,) = cluster.channels
-        database = cluster.replicas[0].config.database_url.rsplit("/", 1)[1]
+        database_url = cluster.replicas[0].config.database_url
         await cluster.leader()
-
-        async def allow_connections(allowed: bool) -> None:
-            async with await psycopg.AsyncConnection.connect(postgres.url(), autocommit=True) as admin:
-                await admin.execute(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS {str(allowed).lower()}'.encode())
-                if not allowed:
-                    await admin.execute(
-                        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (database,)
-                    )
 
         async def until(service: str, status: int) -> None:
             async with asyncio.timeout(20):
                 while await health_of(channel, service) != status:  # noqa: ASYNC110 -- another process's state
                     await asyncio.sleep(0.2)
 
-        await allow_connections(False)
+        await allow_connections(postgres, database_url, False)
         await until(app.SERVICE_NAME, SERVING_STATUS.NOT_SERVING)
         assert await health_of(channel, "") == SERVING_STATUS.SERVING
         # A request that reaches it anyway fails as retryable, naming the cause; never INTERNAL.
@@ -509,7 +500,7 @@ async def test_readiness_follows_the_database_and_liveness_does_not(postgres: Po
             error = await rpc_error(attempt)
             assert (error.code(), reason(error)) == (grpc.StatusCode.UNAVAILABLE, "STORAGE_UNAVAILABLE")
             assert "the database cannot be reached" in details(error)["ErrorInfo"].metadata["cause"]
-        await allow_connections(True)
+        await allow_connections(postgres, database_url, True)
         await until(app.SERVICE_NAME, SERVING_STATUS.SERVING)
         call = await cluster.stubs[0].CreateCall(make_request(qos(10_000)))
         assert call.state == State.STATE_CONNECTED
