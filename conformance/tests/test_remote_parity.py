@@ -26,9 +26,6 @@ PROVIDER_FAULTS = [fault for fault in FAULTS if fault.kind == "provider"]
 # Every shipped broken provider takes about 4 minutes both ways, too long for `make test`: it runs every
 # fourth (a fixed spread over the list), `make parity` (CALLQOS_PARITY=all) runs them all.
 PARITY_FAULTS = PROVIDER_FAULTS if os.environ.get("CALLQOS_PARITY") == "all" else PROVIDER_FAULTS[::4]
-# The reference provider's ledger faults the suite finds (conformance/tests/test_certify_good.py), fixed
-# by #11: until then they are the only failures allowed of it, in process or out of process.
-REFERENCE_BUGS = {"CORE-ADM-019", "PCHG-004", "RESTART-002", "MODEL-001"}
 
 
 async def out_of_process(fault: Fault, *, seed: int = 7) -> Report:
@@ -66,10 +63,8 @@ def test_a_broken_provider_fails_the_same_checks_out_of_process(fault: Fault) ->
 @pytest.mark.parametrize("plugin", ["reference", "no-qos"])
 def test_the_shipped_providers_are_conformant_out_of_process(plugin: str) -> None:
     report = run_conformance(RunOptions(provider_command=(*SERVE, plugin), seed=7, histories=10))
-    failed = {r.check.id for r in report.failures}
-    assert failed <= (REFERENCE_BUGS if plugin == "reference" else set()), [
-        (r.check.id, r.reason[:200]) for r in report.failures
-    ]
+    # No failure is allowed: the shipped providers are conformant out of process as in process.
+    assert not report.failures, [(r.check.id, r.reason[:200]) for r in report.failures]
     assert not report.harness_error, report.harness_error
     assert report.provider_info is not None and report.provider_info.name == "providers/remote"
 
@@ -79,7 +74,7 @@ def test_a_provider_someone_else_runs_is_certified_by_endpoint() -> None:
     # The kit takes the flags a test server takes (--listen 127.0.0.1:0 --port-file F).
     with ServerProcess(program=[*SERVE, "reference"]) as provider:
         report = run_conformance(RunOptions(provider_endpoint=provider.target, checks=("CORE-ADM",), seed=7))
-    assert {r.check.id for r in report.failures} <= REFERENCE_BUGS, [(r.check.id, r.reason) for r in report.failures]
+    assert not report.failures, [(r.check.id, r.reason) for r in report.failures]
     assert report.results and not report.harness_error
 
 
