@@ -415,6 +415,27 @@ async def test_an_unreachable_provider_never_admits_and_says_when_to_retry(
     assert (await stub.CreateCall(make_request(qos(1000), call_id="after"))).state == State.STATE_CONNECTED
 
 
+async def test_a_provider_process_that_comes_back_gets_the_capacity_set_with_update_link(
+    reference_kit: Kit, host: tuple[testing.InProcessServer, svc_grpc.CallQosServiceStub]
+) -> None:
+    """LINK-5 across a provider restart: the new process starts on its configured capacity, and
+    the host puts back the one the operator set before anything is decided there."""
+    server, stub = host
+    remote = remote_of(server)
+    (link,) = (await stub.ListLinks(svc.ListLinksRequest(parent=ACME))).links
+    link.capacity_bytes_per_second = 1_000
+    await stub.UpdateLink(svc.UpdateLinkRequest(link=link))
+    await reference_kit.stop()
+    await until(lambda: not remote.ready)
+    await reference_kit.start()
+    await until(lambda: remote.ready, what="restored")
+    (after,) = (await stub.ListLinks(svc.ListLinksRequest(parent=ACME))).links
+    assert after.capacity_bytes_per_second == 1_000
+    refused = await rpc_error(stub.CreateCall(make_request(qos(1_001), call_id="more-than-the-link")))
+    assert refused.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and reason(refused) == "QOS_UNAVAILABLE"
+    assert (await stub.CreateCall(make_request(qos(1_000), call_id="fits"))).state == State.STATE_CONNECTED
+
+
 async def test_a_drop_while_the_provider_is_away_is_released_when_it_returns(
     reference_kit: Kit, host: tuple[testing.InProcessServer, svc_grpc.CallQosServiceStub]
 ) -> None:

@@ -162,11 +162,12 @@ class RemoteProviderRun(RuleBasedStateMachine):
     @precondition(lambda self: not self.up)
     @rule()
     def provider_comes_back(self) -> None:
-        """As a new process: it holds nothing, and its link has its configured capacity again."""
+        """As a new process: it holds nothing until the host restores what it holds, and the host
+        puts back the capacity set with UpdateLink first (LINK-5), so the link's capacity is the
+        one set last, not the provider's configured one."""
         self.run(self.kit.start())
         self.run(until(lambda: remote_of(self.server).ready, what="restored"))
         self.up = True
-        self.capacity = CAPACITY
 
     @precondition(lambda self: self.up)
     @rule()
