@@ -23,6 +23,7 @@ from google.protobuf import any_pb2
 from google.rpc import error_details_pb2
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_status import rpc_status
+from incoming_kit import BOB, CAROL, answer_request, call_line, events_of, open_line
 from opentelemetry import propagate, trace
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.trace import TracerProvider
@@ -264,6 +265,35 @@ async def test_provider_specific_bytes_the_provider_refuses_are_a_bad_request_th
             assert violated_fields(again) == {"qos.provider_specific"}
             assert await stub.GetCall(svc.GetCallRequest(name=call.name)) == call  # unchanged
             await assert_agree(stub, remote_of(server))
+        finally:
+            await channel.close()
+            await server.close()
+
+
+async def test_provider_specific_bytes_refused_on_a_renegotiated_pair_are_a_bad_request_too(tmp_path: Path) -> None:
+    """The same rule for a call answered on a line of this server (two legs, one reservation):
+    the refusal of the bytes is INVALID_ARGUMENT, not a failed renegotiation, and neither leg
+    changes."""
+    async with kit(PickyProvider) as served:
+        server, stub, channel = await hosting(served, tmp_path)
+        try:
+            await open_line(stub)
+            caller, callee = await call_line(stub, qos(1000, provider_specific=b"ok"))
+            await stub.AnswerCall(answer_request(callee.name), metadata=BOB)
+            legs = [await stub.GetCall(svc.GetCallRequest(name=leg.name)) for leg in (caller, callee)]
+            events_before = await events_of(stub, caller.name)
+            error = await rpc_error(
+                stub.RenegotiateCall(
+                    svc.RenegotiateCallRequest(name=caller.name, qos=qos(2000, provider_specific=b"bad")),
+                    metadata=CAROL,
+                )
+            )
+            assert error.code() == grpc.StatusCode.INVALID_ARGUMENT and reason(error) == "INVALID_REQUEST"
+            assert violated_fields(error) == {"qos.provider_specific"}
+            assert [await stub.GetCall(svc.GetCallRequest(name=leg.name)) for leg in legs] == legs  # unchanged
+            assert await events_of(stub, caller.name) == events_before  # no RENEGOTIATION_FAILED either
+            # The pair's one reservation, as it was.
+            assert list((await remote_of(server).list_reservations()).values()) == [legs[0].granted_qos]
         finally:
             await channel.close()
             await server.close()

@@ -39,7 +39,7 @@ import enum
 import hashlib
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from google.protobuf import duration_pb2, timestamp_pb2
@@ -602,66 +602,9 @@ class CallManager:
             decided = Decided("renegotiate", offered)
             # On a failure or a refusal "the call continues with the previous QOS": the call
             # itself is not touched, and the provider keeps the reservation it had.
-            try:
-                decision = await self.providers.call(
-                    info, "renegotiate", lambda: info.provider.renegotiate(admission), request=admission
-                )
-                if isinstance(decision, Grant):
-                    self._check_grant(info, level, offered, decision.qos)
-            except ServiceError as error:
-                if error.reason == Reason.ERROR_REASON_INVALID_REQUEST:
-                    raise  # an out-of-process provider refused its provider_specific bytes: a bad request
-                failed = self._event(
-                    call,
-                    EventType.QOS_EVENT_TYPE_RENEGOTIATION_FAILED,
-                    request.request_id,
-                    previous=call.granted_qos,
-                    current=call.granted_qos,
-                    reason=error.reason_name,
-                    message=error.message,
-                )
-                return await self._settle(
-                    Outcome(
-                        call=call,
-                        peers=(),
-                        events=[failed],
-                        failure=error,
-                        key=key,
-                        decided=decided,
-                        release=None,
-                        restore=None,
-                    )
-                )
-            if isinstance(decision, Refusal):
-                refusal = refused(
-                    _refusal_reason(decision.kind),
-                    call.name,
-                    decision.message,
-                    decision.counter_offer,
-                    {"provider": call.provider},
-                )
-                failed = self._event(
-                    call,
-                    EventType.QOS_EVENT_TYPE_RENEGOTIATION_FAILED,
-                    request.request_id,
-                    previous=call.granted_qos,
-                    current=call.granted_qos,
-                    reason=refusal.reason_name,
-                    message=decision.message,
-                    counter_offer=decision.counter_offer,
-                )
-                return await self._settle(
-                    Outcome(
-                        call=call,
-                        peers=(),
-                        events=[failed],
-                        failure=refusal,
-                        key=key,
-                        decided=decided,
-                        release=None,
-                        restore=None,
-                    )
-                )
+            decision = await self._ask_to_renegotiate(info, call, admission, level)
+            if not isinstance(decision, Grant):
+                return await self._renegotiation_failed(call, request.request_id, decision, key, decided)
             previous = QosSpec()
             previous.CopyFrom(call.granted_qos)
             # If the new grant cannot be recorded (the storage failed, or the tenant filled its
@@ -698,6 +641,68 @@ class CallManager:
                 ),
                 limits,
             )
+
+    async def _ask_to_renegotiate(
+        self,
+        info: HostedProvider,
+        call: Call,
+        admission: AdmissionRequest,
+        level: int,
+        in_calls_terms: Callable[[QosSpec], QosSpec] = lambda qos: qos,
+    ) -> Grant | ServiceError:
+        """The provider's answer to renegotiating `call`: its grant (checked against what was
+        asked, GRANT-1), or why the call keeps its QoS — the provider's failure, or its refusal as
+        QOS_UNAVAILABLE / QOS_POLICY_FAILURE with the counter-offer in the call's terms
+        (`in_calls_terms` turns the provider's into them: a leg of a pair may not be the one that
+        holds the reservation). Provider-specific bytes an out-of-process provider refuses are
+        the caller's bad request, raised as such: nothing was renegotiated, nobody is told."""
+        try:
+            decision = await self.providers.call(
+                info, "renegotiate", lambda: info.provider.renegotiate(admission), request=admission
+            )
+            if isinstance(decision, Grant):
+                self._check_grant(info, level, admission.qos, decision.qos)
+        except ServiceError as error:
+            if error.reason == Reason.ERROR_REASON_INVALID_REQUEST:
+                raise
+            return error
+        if isinstance(decision, Grant):
+            return decision
+        counter = in_calls_terms(decision.counter_offer) if decision.counter_offer is not None else None
+        return refused(
+            _refusal_reason(decision.kind), call.name, decision.message, counter, {"provider": call.provider}
+        )
+
+    async def _renegotiation_failed(
+        self, call: Call, request_id: str, failure: ServiceError, key: RequestKey | None, decided: Decided
+    ) -> Call:
+        """Settle a renegotiation of `call` that the provider failed or refused with `failure`:
+        "the call continues with the previous QOS" — untouched, the provider keeping the
+        reservation it had — its owners are told RENEGOTIATION_FAILED (with the counter-offer,
+        if any), and the outcome is recorded for the request_id like any other."""
+        refusal = failure.refusal
+        failed = self._event(
+            call,
+            EventType.QOS_EVENT_TYPE_RENEGOTIATION_FAILED,
+            request_id,
+            previous=call.granted_qos,
+            current=call.granted_qos,
+            reason=failure.reason_name,
+            message=failure.message,
+            counter_offer=refusal.counter_offer if refusal is not None and refusal.HasField("counter_offer") else None,
+        )
+        return await self._settle(
+            Outcome(
+                call=call,
+                peers=(),
+                events=[failed],
+                failure=failure,
+                key=key,
+                decided=decided,
+                release=None,
+                restore=None,
+            )
+        )
 
     @staticmethod
     def _desired(asked: QosSpec, call: Call, level: int) -> QosSpec:

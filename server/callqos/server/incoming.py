@@ -777,61 +777,9 @@ class Switchboard(CallManager):
                 holder.name, holder.destination, level, offered, principal, current=holder.granted_qos
             )
             decided = Decided("renegotiate", offered)
-            try:
-                decision = await self.providers.call(
-                    info, "renegotiate", lambda: info.provider.renegotiate(admission), request=admission
-                )
-                if isinstance(decision, Grant):
-                    self._check_grant(info, level, offered, decision.qos)
-            except ServiceError as error:
-                failed = self._event(
-                    leg,
-                    EventType.QOS_EVENT_TYPE_RENEGOTIATION_FAILED,
-                    request.request_id,
-                    previous=leg.granted_qos,
-                    current=leg.granted_qos,
-                    reason=error.reason_name,
-                    message=error.message,
-                )
-                return await self._settle(
-                    Outcome(
-                        call=leg,
-                        peers=(),
-                        events=[failed],
-                        failure=error,
-                        key=key,
-                        decided=decided,
-                        release=None,
-                        restore=None,
-                    )
-                )
-            if isinstance(decision, Refusal):
-                counter = ours(decision.counter_offer) if decision.counter_offer is not None else None
-                refusal = refused(
-                    _refusal_reason(decision.kind), leg.name, decision.message, counter, {"provider": leg.provider}
-                )
-                failed = self._event(
-                    leg,
-                    EventType.QOS_EVENT_TYPE_RENEGOTIATION_FAILED,
-                    request.request_id,
-                    previous=leg.granted_qos,
-                    current=leg.granted_qos,
-                    reason=refusal.reason_name,
-                    message=decision.message,
-                    counter_offer=counter,
-                )
-                return await self._settle(
-                    Outcome(
-                        call=leg,
-                        peers=(),
-                        events=[failed],
-                        failure=refusal,
-                        key=key,
-                        decided=decided,
-                        release=None,
-                        restore=None,
-                    )
-                )
+            decision = await self._ask_to_renegotiate(info, leg, admission, level, ours)
+            if not isinstance(decision, Grant):
+                return await self._renegotiation_failed(leg, request.request_id, decision, key, decided)
             now = _now()
             holder_requested = ours(desired)
             # If the new grant cannot be recorded (the storage failed, or the tenant filled its
