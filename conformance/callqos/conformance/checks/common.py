@@ -8,7 +8,7 @@ import grpc
 
 from callqos.conformance.exceptions import CheckFailed
 from callqos.conformance.harness import Call, CheckContext, EventType, Level, QosEvent, RpcFailed, RpcFailure, describe
-from callqos.conformance.rules import QosSpec, qos_rates
+from callqos.conformance.rules import QosSpec, best_effort, cl, qos_rates
 from callqos.v1 import callqos_service_pb2 as svc
 
 REFUSED = grpc.StatusCode.RESOURCE_EXHAUSTED
@@ -22,6 +22,22 @@ LOSS_EVENTS = (
 
 def is_qos_refusal(failure: RpcFailure) -> bool:
     return failure.code == REFUSED and failure.reason == "QOS_UNAVAILABLE"
+
+
+def one_direction_too_much(capacity: int) -> tuple[tuple[QosSpec, QosSpec], ...]:
+    """(what another call holds, a request where one direction fits and the other does not),
+    each way round: a provider that reserves the direction that fits and refuses the other is
+    half-refusing (PROV-1)."""
+    return (
+        (
+            QosSpec(sending=best_effort(), receiving=cl(capacity // 2)),
+            QosSpec(sending=cl(capacity // 4), receiving=cl(3 * capacity // 4)),
+        ),
+        (
+            QosSpec(sending=cl(capacity // 2), receiving=best_effort()),
+            QosSpec(sending=cl(3 * capacity // 4), receiving=cl(capacity // 4)),
+        ),
+    )
 
 
 async def fill(ctx: CheckContext, qos: QosSpec, level: Level) -> tuple[list[Call], RpcFailure | None]:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import grpc
 
-from callqos.conformance.checks.common import is_qos_refusal
+from callqos.conformance.checks.common import is_qos_refusal, one_direction_too_much
 from callqos.conformance.checks.registry import MUST, check
 from callqos.conformance.exceptions import CheckFailed, CheckSkipped
 from callqos.conformance.harness import Call, CheckContext, Level, RpcFailure, brief, needs_capacity
@@ -372,16 +372,7 @@ async def half_refusal(ctx: CheckContext) -> None:
     """A call holds c/2 receiving; CreateCall(send c/4, receive 3c/4, NEEDED) → refused, links unchanged in both
     directions; and the mirror (send 3c/4 with c/2 held sending, receive c/4)."""
     capacity = needs_capacity(ctx)
-    for held, asked in (
-        (
-            QosSpec(sending=best_effort(), receiving=cl(capacity // 2)),
-            QosSpec(sending=cl(capacity // 4), receiving=cl(3 * capacity // 4)),
-        ),
-        (
-            QosSpec(sending=cl(capacity // 2), receiving=best_effort()),
-            QosSpec(sending=cl(3 * capacity // 4), receiving=cl(capacity // 4)),
-        ),
-    ):
+    for held, asked in one_direction_too_much(capacity):
         holder = await ctx.create(held, NEEDED)
         before = await ctx.reserved()
         result = await ctx.try_create(asked, NEEDED)

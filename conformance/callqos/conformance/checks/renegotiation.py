@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import grpc
 
-from callqos.conformance.checks.common import call_events, expect_types, is_qos_refusal
+from callqos.conformance.checks.common import call_events, expect_types, is_qos_refusal, one_direction_too_much
 from callqos.conformance.checks.core_api import MAX_PROVIDER_SPECIFIC, blob, carries_blob, drop_with_etag, with_blob
 from callqos.conformance.checks.registry import MUST, check
 from callqos.conformance.exceptions import CheckFailed
@@ -420,16 +420,7 @@ async def refused_one_direction(ctx: CheckContext) -> None:
     call's granted QoS and etag are unchanged and the links hold exactly what they held in both directions; and the
     mirror."""
     capacity = needs_capacity(ctx)
-    for held, asked in (
-        (
-            QosSpec(sending=best_effort(), receiving=cl(capacity // 2)),
-            QosSpec(sending=cl(capacity // 4), receiving=cl(3 * capacity // 4)),
-        ),
-        (
-            QosSpec(sending=cl(capacity // 2), receiving=best_effort()),
-            QosSpec(sending=cl(3 * capacity // 4), receiving=cl(capacity // 4)),
-        ),
-    ):
+    for held, asked in one_direction_too_much(capacity):
         holder = await ctx.create(held, NEEDED)
         call = await ctx.create(both(capacity // 10), NEEDED)
         before = await ctx.reserved()
