@@ -137,6 +137,17 @@ class Run:
     def call_id(self, key: str) -> str:
         return f"{self.prefix}-{key}"
 
+    async def as_it_is(self, before: ModelCall) -> tuple[Call, bool]:
+        """The call `before` models, read from the target, and whether it is still CONNECTED
+        with exactly the grant the model holds."""
+        now = await self.rpc("GetCall", svc.GetCallRequest(name=before.name))
+        if not isinstance(now, Call):
+            raise self.unexpected("GetCall", now)
+        kept = now.state == State.STATE_CONNECTED and now.granted_qos.SerializeToString(
+            deterministic=True
+        ) == before.granted.SerializeToString(deterministic=True)
+        return now, kept
+
     # -- the run ------------------------------------------------------------------------------
     async def execute(self, history: list[Op]) -> Violation | None:
         try:
@@ -322,12 +333,8 @@ class Run:
                 f"counting the call's own reservation ({result})",
             )
         self.fail_all(refusal_problems(before.name, result.refusal, self.limits), "the refusal")
-        now = await self.rpc("GetCall", svc.GetCallRequest(name=before.name))
-        if not isinstance(now, Call):
-            raise self.unexpected("GetCall", now)
-        if now.state != State.STATE_CONNECTED or now.granted_qos.SerializeToString(
-            deterministic=True
-        ) != before.granted.SerializeToString(deterministic=True):
+        now, kept = await self.as_it_is(before)
+        if not kept:
             raise self.fail(
                 "SETQOS-2",
                 f"the refused renegotiation changed {before.name}: {qos_text(before.granted)} → "
@@ -475,13 +482,8 @@ class Run:
         for key, before in list(self.model.calls.items()):
             if not before.connected:
                 continue
-            now = await self.rpc("GetCall", svc.GetCallRequest(name=before.name))
-            if not isinstance(now, Call):
-                raise self.unexpected("GetCall", now)
-            same = now.state == State.STATE_CONNECTED and now.granted_qos.SerializeToString(
-                deterministic=True
-            ) == before.granted.SerializeToString(deterministic=True)
-            if same:
+            now, kept = await self.as_it_is(before)
+            if kept:
                 continue
             changed.append(f"{key} {'dropped' if now.state != State.STATE_CONNECTED else qos_text(now.granted_qos)}")
             if fitted:
@@ -516,12 +518,8 @@ class Run:
         for before in self.model.calls.values():
             if not before.connected:
                 continue
-            now = await self.rpc("GetCall", svc.GetCallRequest(name=before.name))
-            if not isinstance(now, Call):
-                raise self.unexpected("GetCall", now)
-            if now.state != State.STATE_CONNECTED or now.granted_qos.SerializeToString(
-                deterministic=True
-            ) != before.granted.SerializeToString(deterministic=True):
+            now, kept = await self.as_it_is(before)
+            if not kept:
                 raise self.fail(
                     "PROV-11",
                     f"after a restart {before.name} is {State.Name(now.state)} {qos_text(now.granted_qos)}; before it "
