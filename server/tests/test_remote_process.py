@@ -171,6 +171,33 @@ async def test_a_provider_that_does_not_shake_hands_fails_the_start_and_is_not_l
     assert pids and not any(alive(pid) for pid in pids)
 
 
+async def test_a_start_that_fails_after_the_providers_started_leaves_nothing_running(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """TLS files that cannot be used are found only when the port is bound, after the providers
+    started and the calls were restored: the failed start stops the provider process it launched
+    and the server's own tasks (the lease timer among them), not only the store."""
+    caplog.set_level(logging.INFO)
+    (tmp_path / "cert.pem").write_text("not a certificate")
+    (tmp_path / "key.pem").write_text("not a key")
+    before = {task for task in asyncio.all_tasks() if not task.done()}
+    server = testing.InProcessServer(
+        tmp_path,
+        providers={"acme": launched("reference")},
+        default_provider="acme",
+        tls_cert=tmp_path / "cert.pem",
+        tls_key=tmp_path / "key.pem",
+    )
+    with pytest.raises(OSError):
+        await server.start()
+    pids = [r.pid for r in caplog.records if r.getMessage() == "provider process started"]  # type: ignore[attr-defined]
+    assert pids and not any(alive(pid) for pid in pids)
+    await asyncio.sleep(0.1)
+    left = {task for task in asyncio.all_tasks() if not task.done()} - before - {asyncio.current_task()}
+    assert not left, f"still running after the failed start: {sorted(task.get_name() for task in left)}"
+    await server.close()
+
+
 async def test_a_launched_provider_starts_under_the_start_deadline_not_the_provider_deadline(tmp_path: Path) -> None:
     """Launching a Python process takes longer than a decision may (here 0.3 s): the start has a
     deadline of its own (provider_start_timeout_seconds), and decisions keep theirs."""

@@ -242,9 +242,28 @@ async def _start_on(
     telemetry: Telemetry,
     lease_clock: Clock | None,
 ) -> Running:
+    """Start everything on `store`, in the order a request flows backwards (the providers before
+    the calls they hold, the calls before the port that takes requests). A start that fails at
+    any step stops, newest first, what the steps before it started — a launched provider process,
+    the lease timer, the event hub — so nothing outlives it; `_start` then closes the store."""
+    async with contextlib.AsyncExitStack() as undo:
+        running = await _start_steps(store, config, interceptors, telemetry, lease_clock, undo)
+        undo.pop_all()  # started: the Running server stops them from now on (`Running.stop`)
+        return running
+
+
+async def _start_steps(
+    store: Store,
+    config: Config,
+    interceptors: list[grpc.aio.ServerInterceptor] | None,
+    telemetry: Telemetry,
+    lease_clock: Clock | None,
+    undo: contextlib.AsyncExitStack,
+) -> Running:
     instruments = telemetry.instruments()
     hub = EventHub(store)
     await hub.start()
+    undo.push_async_callback(hub.close)
     containment = Containment(config.provider_cancel_grace_seconds, config.loop_lag_warning_seconds)
     providers = HostedProviders(
         config.providers,
@@ -281,15 +300,13 @@ async def _start_on(
     # The providers reached (a remote one's process: its capabilities and links); the capacities
     # set with UpdateLink put back, so that restored calls are re-taken under them; then the calls;
     # then (once the ports are bound) the releases still owed and a reconciliation, before serving.
-    try:
-        await providers.prepare()
-        await ledger.put_back_link_capacities()
-        await calls.start()
-    except BaseException:
-        # A provider that could not start (ProviderStartError): stop the others, whose processes
-        # or threads would otherwise outlive this failed start (`_start` closes the store).
-        await providers.stop()
-        raise
+    # From here a provider may have started (a process launched, a thread): a failed start
+    # stops them all, also after a ProviderStartError of one.
+    undo.push_async_callback(providers.stop)
+    await providers.prepare()
+    await ledger.put_back_link_capacities()
+    await calls.start()
+    undo.push_async_callback(calls.stop)
     for call in await store.connected_calls():
         instruments.call_committed(call)
     for info in providers.all():
@@ -326,10 +343,8 @@ async def _start_on(
         if config.proxy_listen and server.add_insecure_port(config.proxy_listen) == 0:
             raise ListenError(f"cannot listen on {config.proxy_listen} (proxy_listen)")
     except RuntimeError as exc:  # in use since check_listen looked, or a host gRPC cannot bind
-        await store.close()
         raise ListenError(f"cannot listen on {config.listen} (listen): {exc}") from exc
     except (OSError, ValueError) as exc:  # ListenError, or TLS files that cannot be read or used
-        await store.close()
         if isinstance(exc, ListenError):
             raise
         raise OSError(str(exc)) from exc
@@ -343,11 +358,13 @@ async def _start_on(
         except RuntimeError:
             health_port = 0
         if health_port == 0:
-            await store.close()
             raise ListenError(f"cannot listen on {config.health_listen} (health_listen)")
         await health_server.start()
+        undo.push_async_callback(health_server.stop, 0)
     await ledger.start()
+    undo.push_async_callback(ledger.stop)
     await server.start()
+    undo.push_async_callback(server.stop, 0)
     for name in ("", SERVICE_NAME):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     running = Running(
