@@ -27,8 +27,13 @@ def free_port() -> int:
 def test_a_shrunk_history_is_a_runnable_reproduction(tmp_path: Path) -> None:
     # A provider that keeps a link's new capacity in memory only: the model-based histories find it on
     # their own (capacity changes and restarts are among their operations) and shrink it to two steps.
+    # Shrinking is bounded by time (a quarter of the budget, at least 15 s); a budget of 120 s gives
+    # it 30 s, so that a busy machine's slower replays still reach the two steps (once, under load,
+    # the 15 s ran out at eight).
     report = run_conformance(
-        RunOptions(provider=P + "ForgetsCapacityOnRestart", checks=("MODEL-001",), seed=11, histories=10)
+        RunOptions(
+            provider=P + "ForgetsCapacityOnRestart", checks=("MODEL-001",), seed=11, histories=10, budget_seconds=120
+        )
     )
     result = next(r for r in report.results if r.check.id == "MODEL-001")
     assert result.outcome.value == "failed", result.reason
