@@ -523,3 +523,46 @@ async def test_a_provider_out_of_process_is_refused_on_replicas(database_url: st
             await provider.start(Host(store.shared_ledger()), [])
     finally:
         await store.close()
+
+
+async def test_a_replica_with_another_provider_list_does_not_start_and_cuts_no_call(postgres: PostgresServer) -> None:
+    """REPL-5: a server starting with providers other than a live replica's would disconnect the
+    calls of each provider it does not host — calls the other replica serves. It does not start
+    (a configuration error, exit 2), and the other replica's calls stay as they were. With the
+    other replica gone (`kill -9` included: the mark goes with its connection), the new list
+    starts, and ends what no provider of it hosts any more (CALL-7)."""
+    url = postgres.database()
+    settings = {**REPLICA_SETTINGS, "providers": {"reference": {}, "no-qos": {}}}
+    async with AsyncExitStack() as stack:
+        first = ServerProcess(storage="postgresql", database_url=url, **settings)
+        stack.callback(first.close)
+        await asyncio.to_thread(first.start)
+        channel = await stack.enter_async_context(grpc.aio.insecure_channel(first.target))
+        stub = svc_grpc.CallQosServiceStub(channel)
+        best_effort = await stub.CreateCall(
+            make_request(qos(1_000), call_pb2.ServiceLevel.SERVICE_LEVEL_BEST_EFFORT, provider="providers/no-qos")
+        )
+        reserved = await stub.CreateCall(make_request(qos(10_000)))
+
+        other = ServerProcess(storage="postgresql", database_url=url, **{**settings, "providers": {"reference": {}}})
+        stack.callback(other.close)
+        with pytest.raises(Exception):  # noqa: B017 -- the process exits before it serves
+            await asyncio.to_thread(other.start)
+        assert other.stop() == 2
+        assert "another replica on this database hosts other providers" in other.log()
+        for call in (best_effort, reserved):
+            assert (await stub.GetCall(svc.GetCallRequest(name=call.name))).state == State.STATE_CONNECTED
+
+        same = ServerProcess(storage="postgresql", database_url=url, **settings)  # the same list starts
+        stack.callback(same.close)
+        await asyncio.to_thread(same.start)
+        same.stop()
+
+        first.kill()
+        await asyncio.to_thread(other.start)
+        async with grpc.aio.insecure_channel(other.target) as again:
+            stub = svc_grpc.CallQosServiceStub(again)
+            ended = await stub.GetCall(svc.GetCallRequest(name=best_effort.name))
+            assert ended.state == State.STATE_DISCONNECTED  # no-qos is hosted by no replica any more
+            kept = await stub.GetCall(svc.GetCallRequest(name=reserved.name))
+            assert kept.state == State.STATE_CONNECTED

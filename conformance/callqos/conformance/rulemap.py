@@ -60,6 +60,7 @@ SERVER_TESTED: dict[str, tuple[str, ...]] = {
     "REPL-2": ("server/tests/test_replicas.py", "server/tests/test_postgres_store.py"),
     "REPL-3": ("server/tests/test_replicas.py",),
     "REPL-4": ("server/tests/test_replicas.py",),
+    "REPL-5": ("server/tests/test_replicas.py",),
 }
 
 

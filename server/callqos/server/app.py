@@ -300,6 +300,15 @@ async def _start_steps(
     # The providers reached (a remote one's process: its capabilities and links); the capacities
     # set with UpdateLink put back, so that restored calls are re-taken under them; then the calls;
     # then (once the ports are bound) the releases still owed and a reconciliation, before serving.
+    # Replicas on one database host one provider list (REPL-5): a replica with another would
+    # disconnect the calls of each provider it does not host, which the others serve.
+    hosted = sorted(info.id for info in providers.all())
+    if not await store.host_providers(hosted):
+        raise ConfigError(
+            f"another replica on this database hosts other providers than this one ({', '.join(hosted)}): "
+            "replicas must host the same providers; to change them, stop every replica and start them "
+            "with the new list (README: Running replicas in production)"
+        )
     # From here a provider may have started (a process launched, a thread): a failed start
     # stops them all, also after a ProviderStartError of one.
     undo.push_async_callback(providers.stop)

@@ -359,6 +359,12 @@ class Store(abc.ABC):
     def leadership(self) -> Leadership:
         return SoleLeader()
 
+    async def host_providers(self, ids: Sequence[str]) -> bool:
+        """Tell every process sharing the store that this one hosts the providers `ids`, for as
+        long as it runs; False when a live one hosts a different list (REPL-5). A store one
+        process owns: always True."""
+        return True
+
     async def changes(self) -> AsyncIterator[None]:
         """Yields whenever another process may have committed events (the store notified it, or
         a poll interval passed: notifications can be lost): read `events_after` your cursor.

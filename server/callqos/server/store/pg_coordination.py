@@ -22,7 +22,7 @@ import hashlib
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from typing import Any
 
 import psycopg
@@ -40,6 +40,9 @@ Connection = psycopg.AsyncConnection[TupleRow]
 CHANNEL = "callqos_events"
 # pg_try_advisory_lock(LEADER_LOCK): the replica that holds it leads.
 LEADER_LOCK = (7117, 2)
+# pg_advisory_lock_shared(PROVIDER_LIST_LOCK, key of a provider list): held by every replica for
+# as long as it runs, so that one starting with another list sees it in pg_locks (REPL-5).
+PROVIDER_LIST_LOCK = 7118
 # How long an operation waits for a key another replica holds before it fails (a replica that
 # holds a key that long is stuck; PostgreSQL releases it when that replica's connection drops).
 KEY_WAIT_SECONDS = 30.0
@@ -205,6 +208,39 @@ class AdvisoryLeader(Leadership):
             with contextlib.suppress(StoreUnavailable):
                 await self._conn.run("SELECT pg_advisory_unlock(%s, %s)", LEADER_LOCK)
         await self._conn.close()
+
+
+def provider_list_key(ids: Iterable[str]) -> int:
+    """The advisory lock key of a list of provider ids (order does not matter): 31 bits of its
+    SHA-256, so that it reads back from pg_locks.objid (an unsigned oid) unchanged."""
+    digest = hashlib.sha256("\n".join(sorted(ids)).encode()).digest()
+    return int.from_bytes(digest[:4], "big") & 0x7FFFFFFF
+
+
+class ProviderListMark:
+    """What a replica says to the others about the providers it hosts: a shared session advisory
+    lock on (PROVIDER_LIST_LOCK, the list's key), held on a dedicated connection for the
+    replica's life and gone with it (`kill -9` included). A replica starting with another list
+    finds the others' keys in pg_locks and does not start (REPL-5): it would disconnect the calls
+    of every provider it does not host, which the others serve."""
+
+    def __init__(self, conninfo: str) -> None:
+        self._conn = DedicatedConnection(conninfo, "provider list")
+
+    async def hold(self, ids: Iterable[str]) -> set[int]:
+        """Hold the mark of `ids`; the keys of the other provider lists live replicas hold."""
+        key = provider_list_key(ids)
+        await self._conn.run("SELECT pg_advisory_lock_shared(%s, %s)", (PROVIDER_LIST_LOCK, key))
+        _, held = await self._conn.run(
+            "SELECT array_agg(DISTINCT objid::bigint) FROM pg_locks WHERE locktype = 'advisory' "
+            "AND classid = %s AND objsubid = 2 AND granted "
+            "AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
+            (PROVIDER_LIST_LOCK,),
+        )
+        return {int(other) for other in held or ()} - {key}
+
+    async def close(self) -> None:
+        await self._conn.close()  # the lock goes with the session
 
 
 class CommitListener:

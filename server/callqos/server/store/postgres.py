@@ -62,6 +62,7 @@ from callqos.server.store.pg_coordination import (
     AdvisoryLeader,
     CommitListener,
     Connection,
+    ProviderListMark,
     connection_info,
     shown,
     unavailable,
@@ -114,12 +115,14 @@ class PostgresStore(Store):
         listener: CommitListener,
         locks: AdvisoryKeyLocks,
         leader: AdvisoryLeader,
+        provider_list: ProviderListMark,
     ) -> None:
         self.dsn = dsn
         self._pool = pool
         self._listener = listener
         self._locks = locks
         self._leader = leader
+        self._provider_list = provider_list
         self._ledger = PostgresLedger(pool)
 
     @classmethod
@@ -152,7 +155,8 @@ class PostgresStore(Store):
         listener = CommitListener(conninfo, poll_seconds)
         listener.start()
         log.info("using PostgreSQL", extra={"database": shown(dsn), "schema_version": version})
-        return cls(dsn, pool, listener, AdvisoryKeyLocks(conninfo), AdvisoryLeader(conninfo))
+        marks = AdvisoryKeyLocks(conninfo), AdvisoryLeader(conninfo), ProviderListMark(conninfo)
+        return cls(dsn, pool, listener, *marks)
 
     @contextlib.asynccontextmanager
     async def _connection(self) -> AsyncIterator[Connection]:
@@ -420,6 +424,9 @@ class PostgresStore(Store):
     def leadership(self) -> Leadership:
         return self._leader
 
+    async def host_providers(self, ids: Sequence[str]) -> bool:
+        return not await self._provider_list.hold(ids)
+
     async def changes(self) -> AsyncIterator[None]:
         async for _ in self._listener.changes():
             yield
@@ -430,6 +437,7 @@ class PostgresStore(Store):
     async def close(self) -> None:
         await self._listener.close()
         await self._leader.close()
+        await self._provider_list.close()
         await self._locks.close()
         await self._pool.close()
 
