@@ -566,3 +566,33 @@ async def test_a_replica_with_another_provider_list_does_not_start_and_cuts_no_c
             assert ended.state == State.STATE_DISCONNECTED  # no-qos is hosted by no replica any more
             kept = await stub.GetCall(svc.GetCallRequest(name=reserved.name))
             assert kept.state == State.STATE_CONNECTED
+
+
+async def test_a_replica_says_again_which_providers_it_hosts_after_the_database_was_away(
+    postgres: PostgresServer,
+) -> None:
+    """REPL-5 across a database outage: the mark of a replica's provider list goes with its
+    session, so the replica takes it again once the database is back (its readiness check), and
+    a replica with another list is still refused."""
+    async with AsyncExitStack() as stack:
+        cluster = await start_cluster(postgres, 1, stack)
+        (channel,) = cluster.channels
+        database_url = cluster.replicas[0].config.database_url
+
+        async def until(status: int) -> None:
+            async with asyncio.timeout(20):
+                while await health_of(channel, app.SERVICE_NAME) != status:  # noqa: ASYNC110 -- another process's state
+                    await asyncio.sleep(0.2)
+
+        await allow_connections(postgres, database_url, False)  # every session cut: the mark with them
+        await until(SERVING_STATUS.NOT_SERVING)
+        await allow_connections(postgres, database_url, True)
+        await until(SERVING_STATUS.SERVING)
+        other = ServerProcess(
+            storage="postgresql", database_url=database_url, **{**REPLICA_SETTINGS, "providers": {"reference": {}}}
+        )
+        stack.callback(other.close)
+        with pytest.raises(Exception):  # noqa: B017 -- the process exits before it serves
+            await asyncio.to_thread(other.start)
+        assert other.stop() == 2
+        assert "another replica on this database hosts other providers" in other.log()

@@ -226,11 +226,13 @@ class ProviderListMark:
 
     def __init__(self, conninfo: str) -> None:
         self._conn = DedicatedConnection(conninfo, "provider list")
+        self._key: int | None = None
+        self._epoch = 0  # the connection the mark was taken on
 
     async def hold(self, ids: Iterable[str]) -> set[int]:
         """Hold the mark of `ids`; the keys of the other provider lists live replicas hold."""
-        key = provider_list_key(ids)
-        await self._conn.run("SELECT pg_advisory_lock_shared(%s, %s)", (PROVIDER_LIST_LOCK, key))
+        self._key = key = provider_list_key(ids)
+        self._epoch, _ = await self._conn.run("SELECT pg_advisory_lock_shared(%s, %s)", (PROVIDER_LIST_LOCK, key))
         _, held = await self._conn.run(
             "SELECT array_agg(DISTINCT objid::bigint) FROM pg_locks WHERE locktype = 'advisory' "
             "AND classid = %s AND objsubid = 2 AND granted "
@@ -238,6 +240,17 @@ class ProviderListMark:
             (PROVIDER_LIST_LOCK,),
         )
         return {int(other) for other in held or ()} - {key}
+
+    async def keep(self) -> None:
+        """Take the mark again if the connection that held it broke (a database restart ends
+        the session, and the lock with it). StoreUnavailable while the database is away."""
+        if self._key is None:
+            return
+        epoch, _ = await self._conn.run("SELECT 1")
+        if epoch != self._epoch:
+            self._epoch, _ = await self._conn.run(
+                "SELECT pg_advisory_lock_shared(%s, %s)", (PROVIDER_LIST_LOCK, self._key)
+            )
 
     async def close(self) -> None:
         await self._conn.close()  # the lock goes with the session

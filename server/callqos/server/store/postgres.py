@@ -433,6 +433,7 @@ class PostgresStore(Store):
 
     async def check(self) -> None:
         await self._rows("SELECT 1")
+        await self._provider_list.keep()  # after a database restart, say again which providers (REPL-5)
 
     async def close(self) -> None:
         await self._listener.close()
