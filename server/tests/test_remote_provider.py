@@ -299,6 +299,31 @@ async def test_provider_specific_bytes_refused_on_a_renegotiated_pair_are_a_bad_
             await server.close()
 
 
+async def test_provider_specific_bytes_refused_on_an_answer_are_a_bad_request_and_the_call_rings_on(
+    tmp_path: Path,
+) -> None:
+    """The same rule for AnswerCall: the answer is INVALID_ARGUMENT, the offered call keeps
+    ringing (not ended as a provider error), and an answer with bytes the provider takes connects."""
+    async with kit(PickyProvider) as served:
+        server, stub, channel = await hosting(served, tmp_path)
+        try:
+            await open_line(stub)
+            caller, callee = await call_line(stub, qos(1000, provider_specific=b"ok"))
+            bad = flowspec_pb2.QosSpec()
+            bad.CopyFrom(callee.requested_qos)  # the offer, as it is, but for the bytes
+            bad.provider_specific = b"bad"
+            error = await rpc_error(stub.AnswerCall(answer_request(callee.name, bad), metadata=BOB))
+            assert error.code() == grpc.StatusCode.INVALID_ARGUMENT and reason(error) == "INVALID_REQUEST"
+            assert (await stub.GetCall(svc.GetCallRequest(name=callee.name))) == callee  # still offered
+            assert (await stub.GetCall(svc.GetCallRequest(name=caller.name))) == caller
+            assert await remote_of(server).list_reservations() == {}
+            answered = await stub.AnswerCall(answer_request(callee.name), metadata=BOB)
+            assert answered.state == State.STATE_CONNECTED
+        finally:
+            await channel.close()
+            await server.close()
+
+
 # -- the protocol's own rules, at the provider end ----------------------------------------------
 def admit_message(call: str, request_id: str, rate: int, destination: str = "sip:a") -> pb.AdmitRequest:
     return pb.AdmitRequest(

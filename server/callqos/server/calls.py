@@ -41,6 +41,7 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 from google.protobuf import duration_pb2, timestamp_pb2
 
@@ -436,15 +437,9 @@ class CallManager:
             )
             admission = AdmissionRequest(name, call.destination, level, offered, principal)
             decided = Decided("admit", offered)
-            try:
-                decision = await self.providers.call(
-                    info, "admit", lambda: info.provider.admit(admission), request=admission
-                )
-                if isinstance(decision, Grant):
-                    self._check_grant(info, level, offered, decision.qos)
-            except ServiceError as error:
-                if error.reason == Reason.ERROR_REASON_INVALID_REQUEST:
-                    raise  # an out-of-process provider refused its provider_specific bytes: a bad request
+            decision = await self._decide(info, "admit", admission, level)
+            if isinstance(decision, ServiceError):
+                error = decision
                 # The provider failed: whatever it may have reserved is released, and the call
                 # is recorded as failed so watchers learn of it too.
                 self._disconnect(call, Disconnect.DISCONNECT_REASON_PROVIDER_ERROR, now)
@@ -656,22 +651,32 @@ class CallManager:
         (`in_calls_terms` turns the provider's into them: a leg of a pair may not be the one that
         holds the reservation). Provider-specific bytes an out-of-process provider refuses are
         the caller's bad request, raised as such: nothing was renegotiated, nobody is told."""
+        decision = await self._decide(info, "renegotiate", admission, level)
+        if not isinstance(decision, Refusal):
+            return decision
+        counter = in_calls_terms(decision.counter_offer) if decision.counter_offer is not None else None
+        return refused(
+            _refusal_reason(decision.kind), call.name, decision.message, counter, {"provider": call.provider}
+        )
+
+    async def _decide(
+        self, info: HostedProvider, operation: Literal["admit", "renegotiate"], admission: AdmissionRequest, level: int
+    ) -> Grant | Refusal | ServiceError:
+        """The provider's decision on `admission`, a grant checked against what was asked
+        (GRANT-1), or how the provider failed. Provider-specific bytes an out-of-process provider
+        refuses are not its failure but the caller's bad request: raised as such (INVALID_ARGUMENT),
+        nothing decided, nothing recorded, nobody told — whichever request asked (CreateCall,
+        AnswerCall, RenegotiateCall)."""
+        decide = info.provider.admit if operation == "admit" else info.provider.renegotiate
         try:
-            decision = await self.providers.call(
-                info, "renegotiate", lambda: info.provider.renegotiate(admission), request=admission
-            )
+            decision = await self.providers.call(info, operation, lambda: decide(admission), request=admission)
             if isinstance(decision, Grant):
                 self._check_grant(info, level, admission.qos, decision.qos)
         except ServiceError as error:
             if error.reason == Reason.ERROR_REASON_INVALID_REQUEST:
                 raise
             return error
-        if isinstance(decision, Grant):
-            return decision
-        counter = in_calls_terms(decision.counter_offer) if decision.counter_offer is not None else None
-        return refused(
-            _refusal_reason(decision.kind), call.name, decision.message, counter, {"provider": call.provider}
-        )
+        return decision
 
     async def _renegotiation_failed(
         self, call: Call, request_id: str, failure: ServiceError, key: RequestKey | None, decided: Decided

@@ -387,13 +387,9 @@ class Switchboard(CallManager):
             holder.name, holder.destination, level, offered, holder.owner, incoming=peer is None
         )
         decided = Decided("admit", offered)
-        try:
-            decision = await self.providers.call(
-                info, "admit", lambda: info.provider.admit(admission), request=admission
-            )
-            if isinstance(decision, Grant):
-                self._check_grant(info, level, offered, decision.qos)
-        except ServiceError as error:
+        decision = await self._decide(info, "admit", admission, level)
+        if isinstance(decision, ServiceError):
+            error = decision
             legs = [each for each in (leg, peer) if each is not None]
             events: list[QosEvent] = []
             for each in legs:
