@@ -314,6 +314,7 @@ async def test_provider_specific_bytes_refused_on_an_answer_are_a_bad_request_an
             bad.provider_specific = b"bad"
             error = await rpc_error(stub.AnswerCall(answer_request(callee.name, bad), metadata=BOB))
             assert error.code() == grpc.StatusCode.INVALID_ARGUMENT and reason(error) == "INVALID_REQUEST"
+            assert violated_fields(error) == {"qos.provider_specific"}  # AnswerCallRequest's field
             assert (await stub.GetCall(svc.GetCallRequest(name=callee.name))) == callee  # still offered
             assert (await stub.GetCall(svc.GetCallRequest(name=caller.name))) == caller
             assert await remote_of(server).list_reservations() == {}
@@ -489,6 +490,42 @@ async def test_a_provider_process_that_comes_back_gets_the_capacity_set_with_upd
     refused = await rpc_error(stub.CreateCall(make_request(qos(1_001), call_id="more-than-the-link")))
     assert refused.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and reason(refused) == "QOS_UNAVAILABLE"
     assert (await stub.CreateCall(make_request(qos(1_000), call_id="fits"))).state == State.STATE_CONNECTED
+
+
+async def test_the_capacity_set_with_update_link_outlives_a_server_restart_the_provider_process_outlived(
+    reference_kit: Kit, tmp_path: Path
+) -> None:
+    """LINK-5 when the provider process outlives the server: at the server's next start the
+    process still reports the capacity UpdateLink set. That is the set capacity, not a changed
+    configuration: the host keeps it, so a provider process that comes back later gets it again.
+    (Found by test_remote_stateful: "change capacity → server restarts → provider away → back".)"""
+    server, stub, channel = await hosting(reference_kit, tmp_path, storage="sqlite")
+    try:
+        (link,) = (await stub.ListLinks(svc.ListLinksRequest(parent=ACME))).links
+        configured = link.capacity_bytes_per_second
+        link.capacity_bytes_per_second = 1_000
+        await stub.UpdateLink(svc.UpdateLinkRequest(link=link))
+        await channel.close()
+        await server.stop()
+        await server.start()
+        channel = grpc.aio.insecure_channel(server.target)
+        stub = svc_grpc.CallQosServiceStub(channel)
+        remote = remote_of(server)
+        await reference_kit.stop()
+        await until(lambda: not remote.ready)
+        await reference_kit.start()
+        await until(lambda: remote.ready, what="restored")
+        (after,) = (await stub.ListLinks(svc.ListLinksRequest(parent=ACME))).links
+        assert after.capacity_bytes_per_second == 1_000
+        refused = await rpc_error(stub.CreateCall(make_request(qos(1_001), call_id="more-than-the-link")))
+        assert refused.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and reason(refused) == "QOS_UNAVAILABLE"
+        # Setting it back to the configured capacity is still recognised as such (and forgotten).
+        after.capacity_bytes_per_second = configured
+        await stub.UpdateLink(svc.UpdateLinkRequest(link=after))
+        assert await server.running.store.link_capacities() == []
+    finally:
+        await channel.close()
+        await server.close()
 
 
 async def test_a_drop_while_the_provider_is_away_is_released_when_it_returns(

@@ -46,7 +46,15 @@ from typing import Literal
 from google.protobuf import duration_pb2, timestamp_pb2
 
 from callqos.server import names
-from callqos.server.errors import Reason, ServiceError, reason_name, refused, storage_unavailable
+from callqos.server.errors import (
+    FieldViolation,
+    Reason,
+    ServiceError,
+    invalid,
+    reason_name,
+    refused,
+    storage_unavailable,
+)
 from callqos.server.events import EventHub
 from callqos.server.hosting import HostedProvider, HostedProviders, ProviderStartError, why_start_failed
 from callqos.server.idempotency import Idempotency, RequestKey
@@ -437,7 +445,7 @@ class CallManager:
             )
             admission = AdmissionRequest(name, call.destination, level, offered, principal)
             decided = Decided("admit", offered)
-            decision = await self._decide(info, "admit", admission, level)
+            decision = await self._decide(info, "admit", admission, level, "call.requested_qos")
             if isinstance(decision, ServiceError):
                 error = decision
                 # The provider failed: whatever it may have reserved is released, and the call
@@ -651,7 +659,7 @@ class CallManager:
         (`in_calls_terms` turns the provider's into them: a leg of a pair may not be the one that
         holds the reservation). Provider-specific bytes an out-of-process provider refuses are
         the caller's bad request, raised as such: nothing was renegotiated, nobody is told."""
-        decision = await self._decide(info, "renegotiate", admission, level)
+        decision = await self._decide(info, "renegotiate", admission, level, "qos")
         if not isinstance(decision, Refusal):
             return decision
         counter = in_calls_terms(decision.counter_offer) if decision.counter_offer is not None else None
@@ -660,11 +668,17 @@ class CallManager:
         )
 
     async def _decide(
-        self, info: HostedProvider, operation: Literal["admit", "renegotiate"], admission: AdmissionRequest, level: int
+        self,
+        info: HostedProvider,
+        operation: Literal["admit", "renegotiate"],
+        admission: AdmissionRequest,
+        level: int,
+        qos_field: str,
     ) -> Grant | Refusal | ServiceError:
         """The provider's decision on `admission`, a grant checked against what was asked
         (GRANT-1), or how the provider failed. Provider-specific bytes an out-of-process provider
-        refuses are not its failure but the caller's bad request: raised as such (INVALID_ARGUMENT),
+        refuses are not its failure but the caller's bad request: raised as such (INVALID_ARGUMENT,
+        each violation named under `qos_field`, where the request that asked holds the QoS),
         nothing decided, nothing recorded, nobody told — whichever request asked (CreateCall,
         AnswerCall, RenegotiateCall)."""
         decide = info.provider.admit if operation == "admit" else info.provider.renegotiate
@@ -674,7 +688,9 @@ class CallManager:
                 self._check_grant(info, level, admission.qos, decision.qos)
         except ServiceError as error:
             if error.reason == Reason.ERROR_REASON_INVALID_REQUEST:
-                raise
+                raise invalid(
+                    FieldViolation(f"{qos_field}.{v.field}", v.description) for v in error.violations
+                ) from None
             return error
         return decision
 

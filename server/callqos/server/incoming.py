@@ -387,7 +387,7 @@ class Switchboard(CallManager):
             holder.name, holder.destination, level, offered, holder.owner, incoming=peer is None
         )
         decided = Decided("admit", offered)
-        decision = await self._decide(info, "admit", admission, level)
+        decision = await self._decide(info, "admit", admission, level, "qos")  # AnswerCallRequest.qos
         if isinstance(decision, ServiceError):
             error = decision
             legs = [each for each in (leg, peer) if each is not None]

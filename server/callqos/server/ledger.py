@@ -121,6 +121,12 @@ class Ledger:
                 log.warning("forgetting the capacity set for %s: no hosted provider administers it", kept.link)
                 await self._forget_capacity(kept.link)
                 continue
+            if configured == kept.capacity != kept.configured:
+                # The provider still holds the capacity UpdateLink set: a provider process that
+                # outlived the server reports its running capacity, not its configured one. The
+                # set one is kept (and put back if that process restarts), and the configured one
+                # is the one recorded when it was set.
+                self.providers.configured_capacity[kept.link] = configured = kept.configured
             if configured != kept.configured:
                 log.warning(
                     "link %s: its configured capacity changed from %d to %d B/s since UpdateLink set %d B/s; "

@@ -79,8 +79,11 @@ MAX_MESSAGE_BYTES = 64 << 20  # Restore and ListReservations carry every call th
 # Answers to offers remembered per provider instance, for offers sent again after a reconnection
 # (only an offer unanswered when a stream ended is): the newest this many are plenty.
 OFFERS_REMEMBERED = 4096
-# Where the provider's decision failed, in the caller's request: its BadRequest field paths.
-PROVIDER_SPECIFIC_FIELD = {"admit": "call.requested_qos.provider_specific", "renegotiate": "qos.provider_specific"}
+# The operations whose INVALID_ARGUMENT is the caller's bad request: provider_specific bytes the
+# provider refused. The violation names the field within the QoS decided; the host, which knows
+# the request that asked, names it in that request (CallManager._decide).
+DECIDING = frozenset({"admit", "renegotiate"})
+PROVIDER_SPECIFIC_FIELD = "provider_specific"
 
 
 class ProviderUnreachable(Exception):
@@ -764,9 +767,8 @@ class RemoteProvider(Provider):
         """The ServiceError for a provider request that failed with status `code`: the caller's
         bad request (the provider refused its provider_specific bytes), the provider's contract
         violation, or the provider unavailable (with why)."""
-        if code == grpc.StatusCode.INVALID_ARGUMENT and problems and operation in PROVIDER_SPECIFIC_FIELD:
-            field = PROVIDER_SPECIFIC_FIELD[operation]
-            return invalid([FieldViolation(field, problem) for problem in problems])
+        if code == grpc.StatusCode.INVALID_ARGUMENT and problems and operation in DECIDING:
+            return invalid([FieldViolation(PROVIDER_SPECIFIC_FIELD, problem) for problem in problems])
         if code == grpc.StatusCode.DEADLINE_EXCEEDED:
             cause, detail = "timeout", f"did not answer {operation} in time"
         elif code == grpc.StatusCode.UNAVAILABLE:
