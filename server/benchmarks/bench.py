@@ -8,7 +8,11 @@ with like on the same noisy machine at the same moment:
 - CreateCall + DropCall against the default server (SQLite file storage, reference provider),
   with tracing off (the embedded default), at the production 10 % head sampling, and with every
   trace sampled (`programs.py` says what "tracing on" exports);
-- RenegotiateCall (each loop alternating its connected call between two rates) and GetCall.
+- RenegotiateCall (each loop alternating its connected call between two rates) and GetCall;
+- the same RPCs against two floor servers (`programs.FloorServicer`): one doing only what
+  durability needs (the call and its event committed to SQLite by callqos's own store), and one
+  that also validates each request and has the reference provider decide ("floor+decide"): the
+  least callqos must do, whose ratio is the closest a row can come on this machine.
 
 Printed per variant: RPCs/s and the throughput ratio to the echo of the same round (median and
 range over rounds): the targets are judged on that ratio, as issue #17 states them. Beside it, in
@@ -79,6 +83,23 @@ VARIANTS = {
     "make_drop_all": Variant("CreateCall + DropCall, all sampled", "all", workload.make_drop, 2, MAKE_DROP_COMMITS),
     "renegotiate": Variant("RenegotiateCall", "off", workload.renegotiate, 1, 1),
     "get": Variant("GetCall", "off", workload.get, 1, 0),
+    # The floors (programs.FloorServicer): the same RPCs doing only what durability needs, and
+    # that plus validation and the reference provider's decisions (the least callqos must do).
+    "floor_make_drop": Variant("floor: CreateCall + DropCall", "floor", workload.make_drop, 2, MAKE_DROP_COMMITS),
+    "floor_renegotiate": Variant("floor: RenegotiateCall", "floor", workload.renegotiate, 1, 1),
+    "floor_get": Variant("floor: GetCall", "floor", workload.get, 1, 0),
+    "least_make_drop": Variant(
+        "floor+decide: CreateCall + DropCall", "least", workload.make_drop, 2, MAKE_DROP_COMMITS
+    ),
+    "least_renegotiate": Variant("floor+decide: RenegotiateCall", "least", workload.renegotiate, 1, 1),
+    "least_get": Variant("floor+decide: GetCall", "least", workload.get, 1, 0),
+}
+# Each judged row's floors: durability alone, and durability with validation and decisions.
+FLOORS = {
+    "make_drop": ("floor_make_drop", "least_make_drop"),
+    "make_drop_sampled": ("floor_make_drop", "least_make_drop"),
+    "renegotiate": ("floor_renegotiate", "least_renegotiate"),
+    "get": ("floor_get", "least_get"),
 }
 
 
@@ -103,7 +124,11 @@ def servers(workdir: Path) -> dict[str, ServerProcess]:
     """The echo baseline, and the default callqos server untraced, at the production sampling and
     with every trace sampled."""
     callqos = {"off": None, "sampled": programs.PRODUCTION_SAMPLING, "all": 1.0}
-    made = {"echo": ServerProcess(workdir / "echo", program=programs.echo_program(), health_check=False)}
+    made = {
+        "echo": ServerProcess(workdir / "echo", program=programs.echo_program(), health_check=False),
+        "floor": ServerProcess(workdir / "floor", program=programs.floor_program(), health_check=False),
+        "least": ServerProcess(workdir / "least", program=programs.floor_program(decide=True), health_check=False),
+    }
     for name, sampling in callqos.items():
         made[name] = ServerProcess(
             workdir / name, program=programs.callqos_program(sampling), storage="sqlite", log_level="warning"
@@ -195,13 +220,18 @@ def _per_round_cpu(results: dict[str, Series], name: str, base: str) -> list[flo
 
 def rows(results: dict[str, Series], commit_us: float) -> list[Row]:
     """The targets this benchmark measures, each judged on the median of its per-round throughput
-    ratios to the echo of the same run (issue #17); the CPU-normalised figure and its limit (see
-    `limit`) are in each row's note."""
+    ratios to the echo of the same run (issue #17); the CPU-normalised figure and the floors' (see
+    `programs.FloorServicer`: the closest the row could come) are in each row's note."""
     judged = []
     for key in ("make_drop", "make_drop_sampled", "renegotiate", "get"):
         ratios = _per_round(results, key, "echo")
         normalised = statistics.median(_per_round_cpu(results, key, "echo"))
-        note = f"CPU-normalised {normalised:.2f} (limit {limit(results, key, commit_us):.2f})"
+        floor, least = FLOORS[key]
+        note = (
+            f"CPU-normalised {normalised:.2f}; floor {statistics.median(_per_round(results, floor, 'echo')):.2f}, "
+            f"floor+decide {statistics.median(_per_round(results, least, 'echo')):.2f} "
+            f"(CPU-normalised {statistics.median(_per_round_cpu(results, least, 'echo')):.2f})"
+        )
         judged.append(Row(key, statistics.median(ratios), min(ratios), max(ratios), note))
     for key, traced in (("tracing_sampled", "make_drop_sampled"), ("tracing_all", "make_drop_all")):
         overheads = [1 - ratio for ratio in _per_round(results, traced, "make_drop")]

@@ -52,11 +52,15 @@ async def drive(name: str, server: ServerProcess, seconds: float) -> None:
     await load(server.target, seconds)
 
 
-async def profile(name: str, seconds: float, out: Path, rate: int, native: bool) -> Path:
-    stacks = out / f"profile-{name}.txt"
+async def profile(name: str, seconds: float, out: Path, rate: int, native: bool, floor: bool = False) -> Path:
+    stacks = out / f"profile-{'floor-' if floor else ''}{name}.txt"
     with tempfile.TemporaryDirectory(prefix="callqos-profile-") as tmp:
-        server = ServerProcess(
-            Path(tmp), program=programs.callqos_program(), storage="sqlite", log_level="warning", max_watchers=2000
+        server = (
+            ServerProcess(Path(tmp), program=programs.floor_program(), health_check=False)
+            if floor
+            else ServerProcess(
+                Path(tmp), program=programs.callqos_program(), storage="sqlite", log_level="warning", max_watchers=2000
+            )
         )
         async with server:
             command = [py_spy(), "record", "--pid", str(server.pid), "--format", "raw", "--nolineno"]
@@ -108,10 +112,15 @@ def main() -> None:
     parser.add_argument("--rate", type=int, default=200, help="samples per second")
     parser.add_argument("--native", action="store_true", help="include C frames (grpc core, sqlite, protobuf)")
     parser.add_argument("--top", type=int, default=30)
+    parser.add_argument(
+        "--floor",
+        action="store_true",
+        help="profile the floor server (bench.py) instead of callqos: what it cannot skip",
+    )
     parser.add_argument("--out", type=Path, default=Path("."), help="directory for the collapsed stacks")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
-    stacks = asyncio.run(profile(args.workload, args.seconds, args.out, args.rate, args.native))
+    stacks = asyncio.run(profile(args.workload, args.seconds, args.out, args.rate, args.native, args.floor))
     print(summarise(stacks, args.top))
 
 

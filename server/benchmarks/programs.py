@@ -19,6 +19,7 @@ import sys
 import time
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2
@@ -29,11 +30,16 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, Spa
 from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
 from opentelemetry.trace import SpanKind
 
-from callqos.server import app, logs
+from callqos.server import app, logs, validation
 from callqos.server import config as config_module
+from callqos.server.providers import AdmissionRequest, Grant
+from callqos.server.providers.reference import ReferenceProvider
+from callqos.server.store.base import PendingRelease
+from callqos.server.store.sqlite import SqliteStore
 from callqos.server.telemetry import Telemetry, setup
+from callqos.v1 import call_pb2, event_pb2, flowspec_pb2
 from callqos.v1 import callqos_service_pb2 as svc
-from callqos.v1 import event_pb2
+from callqos.v1 import callqos_service_pb2_grpc as svc_grpc
 from callqos.wire import START_SEQUENCE_HEADER
 
 HERE = Path(__file__).resolve().parent
@@ -42,6 +48,8 @@ PUBLISH_METHOD = "/bench.Fanout/Publish"
 HEALTH_SERVICE = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
 # The head-sampling ratio deploy/k8s/deployment.yaml configures (a test keeps the two equal).
 PRODUCTION_SAMPLING = 0.1
+# The service level the floor's decisions are asked at (what a CreateCall without one gets).
+LEVEL = call_pb2.ServiceLevel.SERVICE_LEVEL_NEEDED
 
 
 def command(*arguments: str) -> list[str]:
@@ -55,6 +63,11 @@ def echo_program() -> list[str]:
 
 def fanout_program() -> list[str]:
     return command("fanout")
+
+
+def floor_program(decide: bool = False) -> list[str]:
+    """The floor server (FloorServicer); `decide`: with validation and the reference provider."""
+    return command("floor", *(["--decide"] if decide else []))
 
 
 def callqos_program(sampling: float | None = None, stats_file: Path | None = None) -> list[str]:
@@ -132,6 +145,101 @@ async def _fanout(listen: str, port_file: Path) -> None:
     await _serve_until_sigterm(server, listen, port_file)
 
 
+# -- the floor: the least a durable CallQosService does -----------------------------------------
+class FloorServicer(svc_grpc.CallQosServiceServicer):
+    """CreateCall, DropCall, RenegotiateCall and GetCall doing only what no durable implementation
+    of them can skip: take the request, make the call and its event, commit them to SQLite through
+    callqos's own store (the same group commit, the same three commits per make+drop cycle: the
+    call, the drop with the release it owes, the owed release forgotten), answer the call. No
+    validation, no provider, no interceptor, no telemetry, no authorisation, no idempotency, no
+    concurrency control. What it reaches, against the bare echo of the same run, is the ceiling
+    any Python implementation of this API on grpc.aio and SQLite reaches on this machine.
+
+    With `provider` (the reference provider, in process), it also does what the API promises
+    beyond durability: validates each request as callqos does (`callqos.server.validation`) and
+    has the provider decide (admit, renegotiate, release). That is the least callqos itself could
+    do: its ratio is the closest any row can come (`bench.py`, README "Performance")."""
+
+    def __init__(self, store: SqliteStore, provider: ReferenceProvider | None = None) -> None:
+        self.store = store
+        self.provider = provider
+        self.caps = provider.capabilities() if provider is not None else None
+        self.made = 0
+
+    def _event(self, call: call_pb2.Call, kind: event_pb2.QosEventType) -> event_pb2.QosEvent:
+        return event_pb2.QosEvent(
+            type=kind, call=call.name, tenant=call.tenant, provider=call.provider, current_qos=call.granted_qos
+        )
+
+    async def _decided(self, call: call_pb2.Call, current: flowspec_pb2.QosSpec | None) -> flowspec_pb2.QosSpec:
+        """What the provider grants the call (the floor's load always fits)."""
+        if self.provider is None:
+            return call.requested_qos
+        asked = AdmissionRequest(call.name, call.destination, LEVEL, call.requested_qos, call.owner, current=current)
+        decision = await (self.provider.admit(asked) if current is None else self.provider.renegotiate(asked))
+        assert isinstance(decision, Grant), decision
+        return decision.qos
+
+    async def CreateCall(self, request: svc.CreateCallRequest, context: Any) -> call_pb2.Call:
+        if self.provider is not None:
+            validation.create(request, self.caps, self.provider.validate_provider_specific)
+        self.made += 1
+        call = call_pb2.Call()
+        call.CopyFrom(request.call)
+        call.name = f"calls/f{self.made}"
+        call.provider, call.owner, call.tenant = "providers/reference", "anonymous", "default"
+        call.state = call_pb2.Call.State.STATE_CONNECTED
+        call.granted_qos.CopyFrom(await self._decided(call, None))
+        call.create_time.GetCurrentTime()
+        await self.store.commit(call, [self._event(call, event_pb2.QosEventType.QOS_EVENT_TYPE_QOS_GRANTED)])
+        return call
+
+    async def DropCall(self, request: svc.DropCallRequest, context: Any) -> call_pb2.Call:
+        if self.provider is not None:
+            validation.drop(request)
+        call = await self.store.get_call(request.name)
+        assert call is not None
+        call.state = call_pb2.Call.State.STATE_DISCONNECTED
+        owe = PendingRelease(call.name, call.provider)
+        await self.store.commit(
+            call, [self._event(call, event_pb2.QosEventType.QOS_EVENT_TYPE_CALL_DISCONNECTED)], owe=owe
+        )
+        if self.provider is not None:
+            await self.provider.release(call.name)
+        await self.store.forget_release(call.name)
+        return call
+
+    async def RenegotiateCall(self, request: svc.RenegotiateCallRequest, context: Any) -> call_pb2.Call:
+        if self.provider is not None:
+            validation.renegotiation(request, self.caps, self.provider.validate_provider_specific)
+        call = await self.store.get_call(request.name)
+        assert call is not None
+        current = flowspec_pb2.QosSpec()
+        current.CopyFrom(call.granted_qos)
+        call.requested_qos.CopyFrom(request.qos)
+        call.granted_qos.CopyFrom(await self._decided(call, current))
+        await self.store.commit(call, [self._event(call, event_pb2.QosEventType.QOS_EVENT_TYPE_QOS_CHANGED)])
+        return call
+
+    async def GetCall(self, request: svc.GetCallRequest, context: Any) -> call_pb2.Call:
+        if self.provider is not None:
+            validation.call_name(request.name)
+        call = await self.store.get_call(request.name)
+        assert call is not None
+        return call
+
+
+async def _floor(listen: str, port_file: Path, data_dir: Path, decide: bool) -> None:
+    store = SqliteStore(data_dir / "floor.db")
+    provider = ReferenceProvider({}) if decide else None
+    server = grpc.aio.server()
+    svc_grpc.add_CallQosServiceServicer_to_server(FloorServicer(store, provider), server)  # type: ignore[no-untyped-call]
+    try:
+        await _serve_until_sigterm(server, listen, port_file)
+    finally:
+        await store.close()
+
+
 # -- callqos, traced or not ------------------------------------------------------------------
 class EncodeAndDiscardExporter(SpanExporter):
     """Does an OTLP exporter's work up to the wire: encode the batch, then drop it. Counts what
@@ -176,14 +284,19 @@ def _callqos(listen: str, port_file: Path, sampling: float | None, stats_file: P
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("program", choices=("echo", "fanout", "callqos"))
+    parser.add_argument("program", choices=("echo", "fanout", "floor", "callqos"))
     parser.add_argument("--sampling", type=float)
     parser.add_argument("--stats-file", type=Path)
+    parser.add_argument("--decide", action="store_true", help="floor: validate, and have the reference provider decide")
     parser.add_argument("--listen", required=True)
     parser.add_argument("--port-file", type=Path, required=True)
     args = parser.parse_args()
     if args.program == "echo":
         asyncio.run(_echo(args.listen, args.port_file))
+    elif args.program == "floor":
+        # On callqos's event loop: what callqos could reach, not what the echo does.
+        with asyncio.Runner(loop_factory=app.loop_factory("auto")) as runner:
+            runner.run(_floor(args.listen, args.port_file, args.port_file.parent, args.decide))
     elif args.program == "fanout":
         # On the event loop callqos serves on (uvloop where installed): the watchers' figures are
         # floors, not ratios, and the floor is the fastest bare grpc.aio this machine has.
