@@ -63,6 +63,8 @@ def test_throughput_benchmark_judges_every_row_against_the_echo_of_its_run(tmp_p
         "tracing_sampled",
         "tracing_all",
     }
+    # Each ratio row says how close it could come: the floors of the same run.
+    assert all("floor+decide" in row.note for row in judged if row.key in bench.FLOORS)
     text = targets.report(judged, tmp_path / "results.jsonl")
     assert text.count("PASS") + text.count("FAIL") == len(judged)
     assert "watchers" in targets.summary(tmp_path / "results.jsonl")  # the rows not measured are listed too
