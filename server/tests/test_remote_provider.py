@@ -477,19 +477,28 @@ async def test_a_provider_process_that_comes_back_gets_the_capacity_set_with_upd
     """LINK-5 across a provider restart: the new process starts on its configured capacity, and
     the host puts back the one the operator set before anything is decided there."""
     server, stub = host
-    remote = remote_of(server)
     (link,) = (await stub.ListLinks(svc.ListLinksRequest(parent=ACME))).links
     link.capacity_bytes_per_second = 1_000
     await stub.UpdateLink(svc.UpdateLinkRequest(link=link))
-    await reference_kit.stop()
+    await _the_provider_process_restarts_on_the_set_capacity(reference_kit, server, stub, 1_000)
+    assert (await stub.CreateCall(make_request(qos(1_000), call_id="fits"))).state == State.STATE_CONNECTED
+
+
+async def _the_provider_process_restarts_on_the_set_capacity(
+    served: Kit, server: testing.InProcessServer, stub: svc_grpc.CallQosServiceStub, capacity: int
+) -> provider_pb2.Link:
+    """Restart the provider process `server` hosts; check that it comes back on `capacity` (the
+    one set with UpdateLink) and refuses a call above it. Returns the link."""
+    remote = remote_of(server)
+    await served.stop()
     await until(lambda: not remote.ready)
-    await reference_kit.start()
+    await served.start()
     await until(lambda: remote.ready, what="restored")
     (after,) = (await stub.ListLinks(svc.ListLinksRequest(parent=ACME))).links
-    assert after.capacity_bytes_per_second == 1_000
-    refused = await rpc_error(stub.CreateCall(make_request(qos(1_001), call_id="more-than-the-link")))
+    assert after.capacity_bytes_per_second == capacity
+    refused = await rpc_error(stub.CreateCall(make_request(qos(capacity + 1), call_id="more-than-the-link")))
     assert refused.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and reason(refused) == "QOS_UNAVAILABLE"
-    assert (await stub.CreateCall(make_request(qos(1_000), call_id="fits"))).state == State.STATE_CONNECTED
+    return after
 
 
 async def test_the_capacity_set_with_update_link_outlives_a_server_restart_the_provider_process_outlived(
@@ -510,15 +519,7 @@ async def test_the_capacity_set_with_update_link_outlives_a_server_restart_the_p
         await server.start()
         channel = grpc.aio.insecure_channel(server.target)
         stub = svc_grpc.CallQosServiceStub(channel)
-        remote = remote_of(server)
-        await reference_kit.stop()
-        await until(lambda: not remote.ready)
-        await reference_kit.start()
-        await until(lambda: remote.ready, what="restored")
-        (after,) = (await stub.ListLinks(svc.ListLinksRequest(parent=ACME))).links
-        assert after.capacity_bytes_per_second == 1_000
-        refused = await rpc_error(stub.CreateCall(make_request(qos(1_001), call_id="more-than-the-link")))
-        assert refused.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and reason(refused) == "QOS_UNAVAILABLE"
+        after = await _the_provider_process_restarts_on_the_set_capacity(reference_kit, server, stub, 1_000)
         # Setting it back to the configured capacity is still recognised as such (and forgotten).
         after.capacity_bytes_per_second = configured
         await stub.UpdateLink(svc.UpdateLinkRequest(link=after))
