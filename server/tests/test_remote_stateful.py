@@ -137,7 +137,11 @@ class RemoteProviderRun(RuleBasedStateMachine):
         fits = rate <= self.free(without=name)
         request = svc.RenegotiateCallRequest(name=name, qos=qos(rate), service_level=Level.SERVICE_LEVEL_NEEDED)
         outcome = self.run(self._outcome(self.stub.RenegotiateCall(request)))
-        if not self.up:
+        if before.service_level == request.service_level and before.requested_qos == request.qos:
+            # Nothing to change (SETQOS-8): answered without the provider, also while it is away.
+            assert not isinstance(outcome, grpc.aio.AioRpcError), outcome
+            assert outcome.granted_qos == before.granted_qos
+        elif not self.up:
             self.assert_refused_for_absence(outcome)
         else:
             assert (not isinstance(outcome, grpc.aio.AioRpcError)) == fits, (rate, fits, outcome)
