@@ -194,10 +194,14 @@ profile: $(STAMP)
 # CALLQOS_SOAK_SECONDS have passed). CALLQOS_SOAK_SEED=<seed> replays one round and shrinks a
 # failure to the shortest sequence of steps that shows it.
 CALLQOS_SOAK_STEPS ?= 100000
+# Then the remote provider's stateful test, this many runs with fresh seeds (make test: 15, fixed).
+CALLQOS_REMOTE_EXAMPLES ?= 300
 .PHONY: soak
 soak: $(STAMP)
 	CALLQOS_SOAK_STEPS=$(if $(CALLQOS_SOAK_SECONDS),0,$(CALLQOS_SOAK_STEPS)) \
 	  $(PY) -m pytest server/tests/test_ledger_state_machine.py -k test_soak -s -q -p no:cacheprovider
+	CALLQOS_REMOTE_EXAMPLES=$(CALLQOS_REMOTE_EXAMPLES) \
+	  $(PY) -m pytest server/tests/test_remote_stateful.py -q -p no:cacheprovider -o timeout=3600
 
 .PHONY: clean
 clean:
