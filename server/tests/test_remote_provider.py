@@ -515,8 +515,7 @@ async def test_the_capacity_set_with_update_link_outlives_a_server_restart_the_p
         link.capacity_bytes_per_second = 1_000
         await stub.UpdateLink(svc.UpdateLinkRequest(link=link))
         await channel.close()
-        await server.stop()
-        await server.start()
+        await server.restart()
         channel = grpc.aio.insecure_channel(server.target)
         stub = svc_grpc.CallQosServiceStub(channel)
         after = await _the_provider_process_restarts_on_the_set_capacity(reference_kit, server, stub, 1_000)
