@@ -121,8 +121,8 @@ class Series:
 
 
 def servers(workdir: Path) -> dict[str, ServerProcess]:
-    """The echo baseline, and the default callqos server untraced, at the production sampling and
-    with every trace sampled."""
+    """The echo baseline, the two floor servers, and the default callqos server untraced, at the
+    production sampling and with every trace sampled."""
     callqos = {"off": None, "sampled": programs.PRODUCTION_SAMPLING, "all": 1.0}
     made = {
         "echo": ServerProcess(workdir / "echo", program=programs.echo_program(), health_check=False),

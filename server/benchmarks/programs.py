@@ -17,7 +17,7 @@ import json
 import signal
 import sys
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Coroutine, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -282,6 +282,12 @@ def _callqos(listen: str, port_file: Path, sampling: float | None, stats_file: P
     app.run(config, telemetry)
 
 
+def _on_callqos_loop(server: Coroutine[Any, Any, None]) -> None:
+    """Run `server` on the event loop callqos serves on (uvloop where installed)."""
+    with asyncio.Runner(loop_factory=app.loop_factory("auto")) as runner:
+        runner.run(server)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("program", choices=("echo", "fanout", "floor", "callqos"))
@@ -294,14 +300,12 @@ def main() -> None:
     if args.program == "echo":
         asyncio.run(_echo(args.listen, args.port_file))
     elif args.program == "floor":
-        # On callqos's event loop: what callqos could reach, not what the echo does.
-        with asyncio.Runner(loop_factory=app.loop_factory("auto")) as runner:
-            runner.run(_floor(args.listen, args.port_file, args.port_file.parent, args.decide))
+        # What callqos could reach, not what the echo does.
+        _on_callqos_loop(_floor(args.listen, args.port_file, args.port_file.parent, args.decide))
     elif args.program == "fanout":
-        # On the event loop callqos serves on (uvloop where installed): the watchers' figures are
-        # floors, not ratios, and the floor is the fastest bare grpc.aio this machine has.
-        with asyncio.Runner(loop_factory=app.loop_factory("auto")) as runner:
-            runner.run(_fanout(args.listen, args.port_file))
+        # The watchers' figures are floors, not ratios, and the floor is the fastest bare grpc.aio
+        # this machine has.
+        _on_callqos_loop(_fanout(args.listen, args.port_file))
     else:
         _callqos(args.listen, args.port_file, args.sampling, args.stats_file)
 
