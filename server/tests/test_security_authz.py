@@ -13,12 +13,13 @@ import pytest
 from security_testkit import COUNTING, PROVIDER_CALLS, AuditLines, bearer, jwt_settings
 from server_testkit import make_request, qos, reason, rpc_error
 
+from callqos.server.security import guard as guard_module
 from callqos.server.security.authz import BUILTIN_ROLES, METHOD_PERMISSIONS
 from callqos.server.testing import InProcessServer
 from callqos.server.testpki import TestIssuer
+from callqos.v1 import call_pb2, line_pb2
 from callqos.v1 import callqos_service_pb2 as svc
 from callqos.v1 import callqos_service_pb2_grpc as svc_grpc
-from callqos.v1 import line_pb2
 
 DENIED = grpc.StatusCode.PERMISSION_DENIED
 ROLES = sorted(BUILTIN_ROLES)
@@ -190,3 +191,31 @@ async def test_development_mode_keeps_the_header_behaviour(tmp_path: Path) -> No
         error = await rpc_error(stub.DropCall(svc.DropCallRequest(name=call.name)))
         assert reason(error) == "NOT_OWNER"
         await stub.UpdateLink(requests(call.name)["UpdateLink"][1])
+
+
+async def test_development_mode_reads_the_principal_of_every_request(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The Guard keeps the callers of development mode for reuse (`Guard._development_caller`):
+    still, each request on one connection acts as the principal it names, a repeated header counts
+    once (the first), a malformed one is refused every time, and a full cache forgets, not mixes up."""
+    monkeypatch.setattr(guard_module, "DEVELOPMENT_CALLERS", 2)
+    as_ = {name: (("x-callqos-principal", name),) for name in ("alice", "bob", "carol")}
+    async with InProcessServer(tmp_path) as server, grpc.aio.insecure_channel(server.target) as channel:
+        stub = svc_grpc.CallQosServiceStub(channel)
+        calls = {name: await stub.CreateCall(make_request(), metadata=metadata) for name, metadata in as_.items()}
+        assert {name: call.owner for name, call in calls.items()} == {name: name for name in as_}
+        twice = (("x-callqos-principal", "bob"), ("x-callqos-principal", "alice"))
+        assert (await stub.CreateCall(make_request(), metadata=twice)).owner == "bob"
+        for _ in range(2):
+            malformed = await rpc_error(
+                stub.GetCall(
+                    svc.GetCallRequest(name=calls["alice"].name), metadata=(("x-callqos-principal", "x" * 129),)
+                )
+            )
+            assert malformed.code() == grpc.StatusCode.INVALID_ARGUMENT
+        for name, other in (("alice", "bob"), ("bob", "carol"), ("carol", "alice")):
+            error = await rpc_error(stub.DropCall(svc.DropCallRequest(name=calls[name].name), metadata=as_[other]))
+            assert reason(error) == "NOT_OWNER"
+            dropped = await stub.DropCall(svc.DropCallRequest(name=calls[name].name), metadata=as_[name])
+            assert dropped.state == call_pb2.Call.State.STATE_DISCONNECTED

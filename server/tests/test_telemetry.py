@@ -283,6 +283,27 @@ async def test_embedded_default_records_nothing_but_still_hands_out_trace_ids(
         await running.stop()
 
 
+async def test_embedded_default_gives_each_rpc_a_trace_of_its_own(
+    config: Config, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Unrecorded spans draw their ids only when asked (`UntracedSpan`): still, the events of two
+    RPCs carry two trace ids, and an RPC's events carry one."""
+    for variable in ("OTEL_TRACES_EXPORTER", "OTEL_METRICS_EXPORTER", "OTEL_SDK_DISABLED"):
+        monkeypatch.delenv(variable, raising=False)
+    running = await app.start(config)
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+            stub = svc_grpc.CallQosServiceStub(channel)
+            first = await stub.CreateCall(make_request(qos(1000)))
+            await stub.CreateCall(make_request(qos(1000)))
+            await stub.DropCall(svc.DropCallRequest(name=first.name))
+            events = await collect(stub, 3, after_sequence=0)
+        assert all(len(event.trace_id) == 32 and int(event.trace_id, 16) for event in events)
+        assert len({event.trace_id for event in events}) == 3
+    finally:
+        await running.stop()
+
+
 async def test_embedded_default_keeps_the_callers_trace_id(config: Config, monkeypatch: pytest.MonkeyPatch) -> None:
     for variable in ("OTEL_TRACES_EXPORTER", "OTEL_METRICS_EXPORTER", "OTEL_SDK_DISABLED"):
         monkeypatch.delenv(variable, raising=False)

@@ -469,11 +469,30 @@ class _CurrentSpan:
         self.span.end()
 
 
-def untraced_span(trace_id: int = 0) -> trace.NonRecordingSpan:
+class UntracedSpan(trace.NonRecordingSpan):
     """A span that records nothing but gives the work under it a trace id (`trace_id`, or a new
-    one) for QoS events and logs: what runs instead of an SDK span when nothing would be recorded."""
-    context = trace.SpanContext(trace_id or random.getrandbits(128), random.getrandbits(64), is_remote=False)
-    return trace.NonRecordingSpan(context)
+    one) for QoS events and logs: what runs instead of an SDK span when nothing would be recorded.
+    Its ids are drawn when something first asks for them (an event, a log line, the audit), so
+    that an RPC that writes none, a GetCall say, does not pay for them."""
+
+    def __init__(self, trace_id: int = 0) -> None:
+        self._trace_id = trace_id
+        self._context: trace.SpanContext | None = None  # type: ignore[assignment]
+
+    def get_span_context(self) -> trace.SpanContext:
+        if self._context is None:
+            self._context = trace.SpanContext(
+                self._trace_id or random.getrandbits(128), random.getrandbits(64), is_remote=False
+            )
+        return self._context
+
+    def __repr__(self) -> str:
+        return f"UntracedSpan({self.get_span_context()!r})"
+
+
+def untraced_span(trace_id: int = 0) -> trace.NonRecordingSpan:
+    """An `UntracedSpan` in the trace `trace_id` (0: a new trace)."""
+    return UntracedSpan(trace_id)
 
 
 def current_traceparent() -> str:

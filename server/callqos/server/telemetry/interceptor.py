@@ -50,6 +50,11 @@ _GETTER = _MetadataGetter()
 _NO_PARENT = otel_context.Context()
 
 
+def _unrecorded(parent: otel_context.Context) -> trace.Span:
+    """A span that records nothing, in the caller's trace (`parent`) or else in a new one."""
+    return untraced_span(0 if parent is _NO_PARENT else trace.get_current_span(parent).get_span_context().trace_id)
+
+
 class _Rpc:
     """One RPC being traced: its span, the context to run the handler in, and how it ended."""
 
@@ -65,7 +70,7 @@ class _Rpc:
         if not self.instruments.tracing_enabled:
             # Nothing is recorded, but the RPC still runs in a trace: the caller's, or a new id,
             # so that QoS events and log lines carry a trace id. Far cheaper than an SDK span.
-            self.span: trace.Span = untraced_span(trace.get_current_span(parent).get_span_context().trace_id)
+            self.span: trace.Span = _unrecorded(parent)
             self.context = trace.set_span_in_context(self.span)
             return
         self.span = self.instruments.tracer.start_span(
@@ -187,6 +192,20 @@ class TelemetryInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]  #
 
     def _wrap_coroutine(self, behaviour: Behaviour, service: str, method: str) -> Behaviour:
         """Unary responses, and streams written with `await context.write()`."""
+        instruments = self.instruments
+
+        async def untraced(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            """What `traced` does when there is nothing to record (the embedded default): the
+            handler runs in the caller's trace, or a new one, so that its QoS events and log
+            lines carry a trace id; no span, no duration, no status to read."""
+            if log.isEnabledFor(logging.DEBUG):  # the one line per RPC needs its status and time
+                return await traced(request, context)
+            parent = self.extract(context.invocation_metadata())
+            token = otel_context.attach(trace.set_span_in_context(_unrecorded(parent)))
+            try:
+                return await behaviour(request, context)
+            finally:
+                otel_context.detach(token)
 
         async def traced(request: Any, context: grpc.aio.ServicerContext) -> Any:
             rpc = _Rpc(self, service, method, context)
@@ -201,7 +220,7 @@ class TelemetryInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]  #
                 rpc.leave(token)
                 rpc.end(*_ended(context, error), error)
 
-        return traced
+        return traced if instruments.tracing_enabled or instruments.metrics_enabled else untraced
 
     def _wrap_generator(self, behaviour: Behaviour, service: str, method: str) -> Behaviour:
         """Streams written as async generators (WatchEvents)."""
