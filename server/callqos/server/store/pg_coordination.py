@@ -267,17 +267,22 @@ class CommitListener:
         self.instance = uuid.uuid4().hex
         self._conninfo = conninfo
         self._poll = poll_seconds
-        self._changed = asyncio.Condition()
-        self._generation = 0  # wake-ups so far: one that comes while a consumer is busy is not lost
+        # Wake-ups so far: one that comes while a consumer is busy is not lost. `_woken` is set
+        # (and replaced by a fresh one) at each. An Event and `asyncio.timeout`, not a Condition
+        # waited on through `asyncio.wait_for`: on Python 3.11 a consumer cancelled while that
+        # wait timed out or was woken could wait for ever for the lock the Condition re-takes,
+        # and a replica that failed to start hung instead of exiting (test_pg_coordination).
+        self._generation = 0
+        self._woken = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._listen(), name="callqos commit listener")
 
-    async def _wake(self) -> None:
-        async with self._changed:
-            self._generation += 1
-            self._changed.notify_all()
+    def _wake(self) -> None:
+        self._generation += 1
+        woken, self._woken = self._woken, asyncio.Event()
+        woken.set()
 
     async def _listen(self) -> None:
         pause = 0.1
@@ -286,10 +291,10 @@ class CommitListener:
                 async with await psycopg.AsyncConnection.connect(self._conninfo, autocommit=True) as conn:
                     await conn.execute(f"LISTEN {CHANNEL}")
                     pause = 0.1
-                    await self._wake()
+                    self._wake()
                     async for notification in conn.notifies():
                         if notification.payload != self.instance:
-                            await self._wake()
+                            self._wake()
             except psycopg.Error as exc:
                 log.warning("listening for other replicas' commits failed (%s); polling until it is back", exc)
                 await asyncio.sleep(pause)
@@ -298,10 +303,11 @@ class CommitListener:
     async def changes(self) -> AsyncIterator[None]:
         seen = -1
         while True:
-            async with self._changed:
+            if self._generation == seen:  # nothing new since the last: wait for a wake-up or the poll
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._changed.wait_for(lambda: self._generation != seen), self._poll)  # noqa: B023
-                seen = self._generation
+                    async with asyncio.timeout(self._poll):
+                        await self._woken.wait()
+            seen = self._generation
             yield
 
     async def close(self) -> None:
