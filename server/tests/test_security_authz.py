@@ -196,7 +196,7 @@ async def test_development_mode_keeps_the_header_behaviour(tmp_path: Path) -> No
 async def test_development_mode_reads_the_principal_of_every_request(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The Guard keeps the callers of development mode for reuse (`Guard._development_caller`):
+    """The Guard keeps the callers of development mode for reuse (`guard._development_key`):
     still, each request on one connection acts as the principal it names, a repeated header counts
     once (the first), a malformed one is refused every time, and a full cache forgets, not mixes up."""
     monkeypatch.setattr(guard_module, "DEVELOPMENT_CALLERS", 2)

@@ -35,11 +35,11 @@ from callqos.server.security.authz import METHOD_PERMISSIONS, MUTATIONS, Roles
 from callqos.server.security.identity import DEFAULT_TENANT, Caller
 from callqos.server.security.jwks import JwksError, JwksKeys
 from callqos.server.security.quotas import Quotas
-from callqos.wire import ANONYMOUS_PRINCIPAL, PRINCIPAL_HEADER
+from callqos.wire import PRINCIPAL_HEADER
 
 log = logging.getLogger("callqos.server.security")
 
-# Development mode's callers kept for reuse (see `Guard._development_caller`): a few per connection.
+# Development mode's callers kept for reuse (see `_development_key`): a few per connection.
 DEVELOPMENT_CALLERS = 4096
 
 # Reasons that are access-control decisions: audited on every method, not only on mutations.
@@ -59,6 +59,19 @@ class Binding:
 
     tenant: str | None
     roles: frozenset[str]
+
+
+def _development_key(context: grpc.aio.ServicerContext) -> tuple[str | None, str]:
+    """What a caller depends on in development mode (no authenticator configured): the principal
+    the request asserts (the first value, as `Credentials.of` reads it) and its peer. The Guard
+    keeps each such caller for reuse (a Caller is immutable), a bounded number of them: a peer is
+    a connection, and connections come and go. A malformed principal is refused, never kept."""
+    asserted = None
+    for key, value in context.invocation_metadata() or ():
+        if key == PRINCIPAL_HEADER and isinstance(value, str):
+            asserted = value
+            break
+    return asserted, context.peer() or ""
 
 
 def _bindings(table: Mapping[str, Mapping[str, Any]], roles: Roles) -> dict[str, Binding]:
@@ -130,33 +143,20 @@ class Guard:
     async def authenticate(self, context: grpc.aio.ServicerContext) -> Caller:
         """The caller, from the first authenticator that vouches for the request; UNAUTHENTICATED
         when none does (a request with no credentials is never anonymous once one is configured)."""
-        if self.development:
-            return self._development_caller(context)
+        key = _development_key(context) if self.development else None
+        if key is not None and (known := self._development_callers.get(key)) is not None:
+            return known
         credentials = self.credentials(context)
         for authenticator in self._chain:
             identity = await authenticator.authenticate(credentials)
             if identity is not None:
-                return self._caller(identity, credentials.peer)
+                caller = self._caller(identity, credentials.peer)
+                if key is not None:
+                    if len(self._development_callers) >= DEVELOPMENT_CALLERS:
+                        self._development_callers.clear()
+                    self._development_callers[key] = caller
+                return caller
         raise unauthenticated(",".join(a.name for a in self._chain), "no credentials")
-
-    def _development_caller(self, context: grpc.aio.ServicerContext) -> Caller:
-        """No authenticator configured: the caller is a function of the principal the request
-        asserts and its peer alone, so each one is made once and then reused (the Caller is
-        immutable). The cache is bounded: a peer is a connection, and connections come and go."""
-        asserted = None
-        for key, value in context.invocation_metadata() or ():
-            if key == PRINCIPAL_HEADER and isinstance(value, str):
-                asserted = value  # the first one, as `Credentials.of` reads it
-                break
-        peer = context.peer() or ""
-        caller = self._development_callers.get((asserted, peer))
-        if caller is None:
-            principal = ANONYMOUS_PRINCIPAL if asserted is None else validation.principal(asserted, PRINCIPAL_HEADER)
-            caller = self._caller(Identity(DevelopmentAuthenticator.name, principal), peer)
-            if len(self._development_callers) >= DEVELOPMENT_CALLERS:
-                self._development_callers.clear()
-            self._development_callers[(asserted, peer)] = caller
-        return caller
 
     def _caller(self, identity: Identity, peer: str) -> Caller:
         if self.development:
