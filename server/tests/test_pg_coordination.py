@@ -8,8 +8,7 @@ import random
 
 import psycopg
 
-from callqos.server.store.pg_coordination import CommitListener, ProviderListMark
-from callqos.server.store.postgres import TENANT_LOCK
+from callqos.server.store.pg_coordination import TENANT_LOCK, CommitListener, ProviderListMark
 from callqos.server.testing import PostgresServer
 
 

@@ -38,11 +38,19 @@ Connection = psycopg.AsyncConnection[TupleRow]
 # The channel commits with events NOTIFY. The payload names the store that committed (a wake-up,
 # never the data), so that a replica skips its own: it has its own events already.
 CHANNEL = "callqos_events"
+# The advisory locks callqos takes, all here so that no two share a key by accident. Each
+# two-key class is its own: REPL-5 reads PROVIDER_LIST_LOCK's class from pg_locks, where a
+# tenant's lock once read as another replica's provider list.
+# pg_advisory_xact_lock(MIGRATION_LOCK): one migrator at a time (`pg_schema`).
+MIGRATION_LOCK = (7117, 1)
 # pg_try_advisory_lock(LEADER_LOCK): the replica that holds it leads.
 LEADER_LOCK = (7117, 2)
 # pg_advisory_lock_shared(PROVIDER_LIST_LOCK, key of a provider list): held by every replica for
 # as long as it runs, so that one starting with another list sees it in pg_locks (REPL-5).
 PROVIDER_LIST_LOCK = 7118
+# pg_advisory_xact_lock(TENANT_LOCK, hashtext(tenant)): one quota-checked commit of a tenant at a
+# time (`postgres`).
+TENANT_LOCK = 7119
 # How long an operation waits for a key another replica holds before it fails (a replica that
 # holds a key that long is stuck; PostgreSQL releases it when that replica's connection drops).
 KEY_WAIT_SECONDS = 30.0

@@ -36,6 +36,8 @@ from dataclasses import dataclass
 
 import psycopg
 
+from callqos.server.store.pg_coordination import MIGRATION_LOCK
+
 
 @dataclass(frozen=True)
 class Migration:
@@ -144,8 +146,6 @@ MIGRATIONS: tuple[Migration, ...] = (
     ),
 )
 SCHEMA_VERSION = MIGRATIONS[-1].version
-# pg_advisory_xact_lock(MIGRATION_LOCK): one migrator at a time.
-MIGRATION_LOCK = (7117, 1)
 
 
 class SchemaError(OSError):

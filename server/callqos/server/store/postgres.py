@@ -58,6 +58,7 @@ from callqos.server.store.base import (
 from callqos.server.store.paging import newest_first, next_cursor
 from callqos.server.store.pg_coordination import (
     CHANNEL,
+    TENANT_LOCK,
     AdvisoryKeyLocks,
     AdvisoryLeader,
     CommitListener,
@@ -76,11 +77,6 @@ log = logging.getLogger(__name__)
 
 # How long a request waits for a pooled connection before it fails with StoreUnavailable.
 POOL_WAIT_SECONDS = 10.0
-# pg_advisory_xact_lock(TENANT_LOCK, hashtext(tenant)): one quota-checked commit of a tenant at a time.
-# A class of its own: replicas read PROVIDER_LIST_LOCK's (7118) from pg_locks, where a tenant's lock
-# once read as another replica's provider list (REPL-5). Classes taken: 7117 (migration, leader),
-# 7118 (provider lists), 7119 (tenants).
-TENANT_LOCK = 7119
 _NOW_US = "(extract(epoch FROM clock_timestamp()) * 1000000)::bigint"
 _UPSERT_CALL = (
     "INSERT INTO calls (name, provider, state, data, tenant, reserved_sending, reserved_receiving, line, active, "
