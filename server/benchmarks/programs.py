@@ -6,7 +6,9 @@ with tracing at a given sampling ratio.
 "Tracing on" means spans handed to a BatchSpanProcessor whose exporter encodes each batch to OTLP
 protobuf and discards the bytes: the SDK and serialization work of a real OTLP exporter, without
 the network (there is no collector to send to here). The exporter writes what it saw (spans,
-attributes, its thread's CPU time) as JSON to `--stats-file` at shutdown.
+attributes, its thread's CPU time) as JSON to `--stats-file` at shutdown. With `--no-export` the
+sampled spans are recorded as before and then dropped by a span processor that does nothing:
+what recording costs without what exporting costs.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import grpc
 from grpc_health.v1 import health_pb2
 from opentelemetry import metrics
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
 from opentelemetry.trace import SpanKind
@@ -70,15 +72,17 @@ def floor_program(decide: bool = False) -> list[str]:
     return command("floor", *(["--decide"] if decide else []))
 
 
-def callqos_program(sampling: float | None = None, stats_file: Path | None = None) -> list[str]:
+def callqos_program(sampling: float | None = None, stats_file: Path | None = None, export: bool = True) -> list[str]:
     """The callqos server as `callqos serve` runs it (configuration from CALLQOS_CONFIG and the
     flags), with the embedded default telemetry (`sampling` None: nothing recorded) or tracing
-    `sampling` of the traces."""
+    `sampling` of the traces (`export` False: recorded, then dropped)."""
     arguments = ["callqos"]
     if sampling is not None:
         arguments += ["--sampling", str(sampling)]
     if stats_file is not None:
         arguments += ["--stats-file", str(stats_file)]
+    if not export:
+        arguments.append("--no-export")
     return command(*arguments)
 
 
@@ -267,18 +271,19 @@ class EncodeAndDiscardExporter(SpanExporter):
             self.stats_file.write_text(json.dumps(vars(self) | {"stats_file": None}))
 
 
-def tracing_telemetry(ratio: float, stats_file: Path | None) -> Telemetry:
+def tracing_telemetry(ratio: float, stats_file: Path | None, export: bool = True) -> Telemetry:
     provider = TracerProvider(sampler=ParentBased(TraceIdRatioBased(ratio)))
-    provider.add_span_processor(BatchSpanProcessor(EncodeAndDiscardExporter(stats_file)))
+    # SpanProcessor's own methods do nothing: each sampled span is recorded, then dropped.
+    provider.add_span_processor(BatchSpanProcessor(EncodeAndDiscardExporter(stats_file)) if export else SpanProcessor())
     # Health checks (the start-up wait here; kubelet probes in deploy/k8s) stay out of traces, as
     # the deployment's OTEL_PYTHON_GRPC_EXCLUDED_SERVICES keeps them: only the measured RPCs count.
     return Telemetry(provider, metrics.NoOpMeterProvider(), excluded_services=frozenset({HEALTH_SERVICE}))
 
 
-def _callqos(listen: str, port_file: Path, sampling: float | None, stats_file: Path | None) -> None:
+def _callqos(listen: str, port_file: Path, sampling: float | None, stats_file: Path | None, export: bool) -> None:
     config = config_module.load(flags={"listen": listen, "port_file": port_file})
     logs.configure(config.log_level)
-    telemetry = setup.from_environment(env={}) if sampling is None else tracing_telemetry(sampling, stats_file)
+    telemetry = setup.from_environment(env={}) if sampling is None else tracing_telemetry(sampling, stats_file, export)
     app.run(config, telemetry)
 
 
@@ -293,6 +298,7 @@ def main() -> None:
     parser.add_argument("program", choices=("echo", "fanout", "floor", "callqos"))
     parser.add_argument("--sampling", type=float)
     parser.add_argument("--stats-file", type=Path)
+    parser.add_argument("--no-export", action="store_true", help="callqos: record the sampled spans, export none")
     parser.add_argument("--decide", action="store_true", help="floor: validate, and have the reference provider decide")
     parser.add_argument("--listen", required=True)
     parser.add_argument("--port-file", type=Path, required=True)
@@ -307,7 +313,7 @@ def main() -> None:
         # this machine has.
         _on_callqos_loop(_fanout(args.listen, args.port_file))
     else:
-        _callqos(args.listen, args.port_file, args.sampling, args.stats_file)
+        _callqos(args.listen, args.port_file, args.sampling, args.stats_file, not args.no_export)
 
 
 if __name__ == "__main__":

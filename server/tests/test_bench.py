@@ -33,9 +33,13 @@ def test_tracing_benchmark_measures_every_variant_and_the_traced_span_tree() -> 
     assert every.encode_us_per_span > 0
     production = results["production"].export
     assert production is not None and production.spans < every.spans
+    # Nothing sampled records nothing; recorded-not-exported hands no span to an exporter.
+    assert results["unsampled"].export is not None and results["unsampled"].export.spans == 0
+    assert results["production_recorded"].export is None
 
     text = bench_tracing.report(results)
     assert "the 10% target" in text and "spans per cycle" in text
+    assert "recording the sampled spans" in text and "exporting them" in text
 
 
 def test_authentication_benchmark_measures_every_variant() -> None:

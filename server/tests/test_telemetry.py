@@ -5,6 +5,7 @@ drop, trace context from the client, trace ids in QoS events, and metric values.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -19,6 +20,7 @@ from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
+from security_testkit import AuditLines
 from server_testkit import CAPACITY, details, make_request, qos, reason, rpc_error
 from test_watch_events import collect
 
@@ -283,42 +285,59 @@ async def test_embedded_default_records_nothing_but_still_hands_out_trace_ids(
         await running.stop()
 
 
+@contextlib.asynccontextmanager
+async def _embedded_default(
+    config: Config, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[svc_grpc.CallQosServiceStub]:
+    """A stub of the server started with the embedded default telemetry (no OTEL_* exporter set)."""
+    for variable in ("OTEL_TRACES_EXPORTER", "OTEL_METRICS_EXPORTER", "OTEL_SDK_DISABLED"):
+        monkeypatch.delenv(variable, raising=False)
+    running = await app.start(config)
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+            yield svc_grpc.CallQosServiceStub(channel)
+    finally:
+        await running.stop()
+
+
 async def test_embedded_default_gives_each_rpc_a_trace_of_its_own(
     config: Config, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Unrecorded spans draw their ids only when asked (`UntracedSpan`): still, the events of two
     RPCs carry two trace ids, and an RPC's events carry one."""
-    for variable in ("OTEL_TRACES_EXPORTER", "OTEL_METRICS_EXPORTER", "OTEL_SDK_DISABLED"):
-        monkeypatch.delenv(variable, raising=False)
-    running = await app.start(config)
-    try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
-            stub = svc_grpc.CallQosServiceStub(channel)
-            first = await stub.CreateCall(make_request(qos(1000)))
-            await stub.CreateCall(make_request(qos(1000)))
-            await stub.DropCall(svc.DropCallRequest(name=first.name))
-            events = await collect(stub, 3, after_sequence=0)
-        assert all(len(event.trace_id) == 32 and int(event.trace_id, 16) for event in events)
-        assert len({event.trace_id for event in events}) == 3
-    finally:
-        await running.stop()
+    async with _embedded_default(config, monkeypatch) as stub:
+        first = await stub.CreateCall(make_request(qos(1000)))
+        await stub.CreateCall(make_request(qos(1000)))
+        await stub.DropCall(svc.DropCallRequest(name=first.name))
+        events = await collect(stub, 3, after_sequence=0)
+    assert all(len(event.trace_id) == 32 and int(event.trace_id, 16) for event in events)
+    assert len({event.trace_id for event in events}) == 3
 
 
 async def test_embedded_default_keeps_the_callers_trace_id(config: Config, monkeypatch: pytest.MonkeyPatch) -> None:
-    for variable in ("OTEL_TRACES_EXPORTER", "OTEL_METRICS_EXPORTER", "OTEL_SDK_DISABLED"):
-        monkeypatch.delenv(variable, raising=False)
     caller = "4bf92f3577b34da6a3ce929d0e0e4736"
-    running = await app.start(config)
-    try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
-            stub = svc_grpc.CallQosServiceStub(channel)
-            await stub.CreateCall(
-                make_request(qos(1000)), metadata=(("traceparent", f"00-{caller}-00f067aa0ba902b7-01"),)
-            )
-            (event,) = await collect(stub, 1, after_sequence=0)
-        assert event.trace_id == caller
-    finally:
-        await running.stop()
+    async with _embedded_default(config, monkeypatch) as stub:
+        await stub.CreateCall(make_request(qos(1000)), metadata=(("traceparent", f"00-{caller}-00f067aa0ba902b7-01"),))
+        (event,) = await collect(stub, 1, after_sequence=0)
+    assert event.trace_id == caller
+
+
+async def test_embedded_default_reads_the_callers_trace_where_it_is_needed(
+    config: Config, monkeypatch: pytest.MonkeyPatch, audit_lines: AuditLines
+) -> None:
+    """With nothing recorded no interceptor runs; each handler puts its RPC in the caller's trace,
+    read from the metadata only when something asks (the events, the audit); a malformed
+    traceparent starts a new trace instead."""
+    dropper = "0af7651916cd43dd8448eb211c80319c"
+    async with _embedded_default(config, monkeypatch) as stub:
+        made = await stub.CreateCall(make_request(qos(1000)), metadata=(("traceparent", "00-not-a-trace-01"),))
+        await stub.DropCall(
+            svc.DropCallRequest(name=made.name), metadata=(("traceparent", f"00-{dropper}-00f067aa0ba902b7-01"),)
+        )
+        made_event, dropped_event = await collect(stub, 2, after_sequence=0)
+    assert len(made_event.trace_id) == 32 and int(made_event.trace_id, 16)  # a new trace
+    assert dropped_event.trace_id == dropper
+    assert audit_lines.where(method="DropCall", outcome="ok", trace_id=dropper)
 
 
 async def _restart_onto_a_smaller_link(config: Config, traced: bool) -> tuple[list[Any], list[ReadableSpan]]:

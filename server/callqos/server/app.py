@@ -38,7 +38,7 @@ from callqos.server.store.base import Store
 from callqos.server.store.sqlite import MEMORY, SqliteStore
 from callqos.server.telemetry import Telemetry
 from callqos.server.telemetry import setup as telemetry_setup
-from callqos.server.telemetry.interceptor import TelemetryInterceptor
+from callqos.server.telemetry.interceptor import TelemetryInterceptor, observes_rpcs
 from callqos.server.watchers import Watchers, WatchLimits
 from callqos.v1 import callqos_service_pb2 as svc
 
@@ -322,9 +322,12 @@ async def _start_steps(
         await providers.refresh_link_metrics(info)
     instruments.providers_hosted(info.name for info in providers.all())
 
-    # The telemetry interceptor runs first, so the span covers the other interceptors too.
-    tracing = TelemetryInterceptor(instruments, telemetry.excluded_services)
-    server = grpc.aio.server(options=grpc_options(config), interceptors=[tracing, *(interceptors or [])])
+    # The telemetry interceptor runs first, so the span covers the other interceptors too. When
+    # nothing would observe an RPC (the embedded default) there is none: the handlers make each
+    # RPC's trace current themselves (`enters_traces`).
+    observed = observes_rpcs(instruments)
+    tracing = [TelemetryInterceptor(instruments, telemetry.excluded_services)] if observed else []
+    server = grpc.aio.server(options=grpc_options(config), interceptors=[*tracing, *(interceptors or [])])
     watchers = Watchers(
         WatchLimits(
             total=config.max_watchers,
@@ -333,7 +336,7 @@ async def _start_steps(
             backlog_events=config.watch_backlog_events,
         )
     )
-    servicer = CallQosServicer(calls, hub, providers, watchers, guard, lines, ledger)
+    servicer = CallQosServicer(calls, hub, providers, watchers, guard, lines, ledger, enters_traces=not observed)
     instruments.open_watch_streams = lambda: servicer.open_watchers
     add_to_server(servicer, server)
     health_servicer = health.aio.HealthServicer()

@@ -28,6 +28,7 @@ import grpc
 from google.protobuf import message_factory
 from google.protobuf.message import DecodeError, Message
 from grpc_status import rpc_status
+from opentelemetry import context as otel_context
 
 from callqos.server import names, validation
 from callqos.server.errors import FieldViolation, Reason, ReplayedStatus, ServiceError, invalid, storage_unavailable
@@ -40,6 +41,7 @@ from callqos.server.security.authz import MUTATIONS
 from callqos.server.security.guard import Guard
 from callqos.server.security.identity import Caller
 from callqos.server.store.base import StoreUnavailable
+from callqos.server.telemetry.interceptor import enter_rpc_trace
 from callqos.server.validation import DEFAULT_PAGE, MAX_PAGE, MAX_PROVIDER_PAGE
 from callqos.server.watchers import Watchers
 from callqos.v1 import call_pb2, event_pb2, line_pb2
@@ -166,12 +168,14 @@ def _resource(request: Any, answer: Any = None) -> str:
 
 
 def unary(method: Handler[R]) -> Handler[R]:
-    """The Guard admits the caller first; every failure leaves as a status with ErrorInfo (nothing
+    """The RPC runs in its trace (made current here when no interceptor does: `enters_traces`);
+    the Guard admits the caller first; every failure leaves as a status with ErrorInfo (nothing
     escapes as UNKNOWN); mutations and denials are audited."""
     name = method.__name__
 
     @functools.wraps(method)
     async def wrapper(self: CallQosServicer, request: Any, context: grpc.aio.ServicerContext) -> R:
+        token = enter_rpc_trace(context) if self.enters_traces else None
         remaining = context.time_remaining()
         if remaining is not None:
             CALLER_DEADLINE.set(time.monotonic() + remaining)
@@ -193,6 +197,9 @@ def unary(method: Handler[R]) -> Handler[R]:
             if name in MUTATIONS and self.guard.audits_success():
                 self.guard.audit(name, caller, context.peer(), _resource(request, answer), None)
             return answer
+        finally:
+            if token is not None:
+                otel_context.detach(token)  # type: ignore[arg-type]
         raise AssertionError("unreachable: abort raises")
 
     return wrapper
@@ -208,7 +215,12 @@ class CallQosServicer(svc_grpc.CallQosServiceServicer):
         guard: Guard,
         lines: LineManager,
         ledger: Ledger,
+        *,
+        enters_traces: bool,
     ) -> None:
+        # True when no interceptor observes RPCs (`observes_rpcs`): each handler then makes its
+        # RPC's trace current itself, so that its events and log lines carry a trace id.
+        self.enters_traces = enters_traces
         self._calls = calls
         self._lines = lines
         self._hub = hub
@@ -343,6 +355,11 @@ class CallQosServicer(svc_grpc.CallQosServiceServicer):
     ) -> AsyncIterator[bytes]:
         # An async generator (not the context.write style), so tracing interceptors that
         # iterate the handler work (opentelemetry-python-contrib#3066).
+        if self.enters_traces:
+            # Not detached: a generator closed by the garbage collector runs in another Context,
+            # where the token would not reset (grpc/grpc#42295). The stream is a task of its own,
+            # whose Context ends with it.
+            enter_rpc_trace(context)
         caller: Caller | None = None
         try:
             caller = await self.guard.authenticate(context)

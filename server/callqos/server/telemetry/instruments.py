@@ -479,10 +479,14 @@ class UntracedSpan(trace.NonRecordingSpan):
         self._trace_id = trace_id
         self._context: trace.SpanContext | None = None  # type: ignore[assignment]
 
+    def _chosen_trace_id(self) -> int:
+        """The trace this span stands in (0: a new one), asked once, when its ids are first needed."""
+        return self._trace_id
+
     def get_span_context(self) -> trace.SpanContext:
         if self._context is None:
             self._context = trace.SpanContext(
-                self._trace_id or random.getrandbits(128), random.getrandbits(64), is_remote=False
+                self._chosen_trace_id() or random.getrandbits(128), random.getrandbits(64), is_remote=False
             )
         return self._context
 

@@ -10,6 +10,10 @@ Why in-house rather than opentelemetry-instrumentation-grpc's `aio_server_interc
 - it measured +133 µs of server CPU per RPC here against +75 µs for a minimal hand-written one
   (measured when this was chosen; `make bench` measures what tracing costs now), and tracing is
   the largest single cost of this service.
+It is installed only when something observes RPCs (`observes_rpcs`: spans, metrics, the debug
+line per RPC). In the embedded default nothing does, and each CallQosService handler makes its
+RPC's trace current itself (`enter_rpc_trace`), reading the caller's trace context only if
+something asks for the trace id.
 The ServicerContext is passed through untouched, so `abort_with_status` trailers (our rich
 errors in `grpc-status-details-bin`) reach the client as they are (contrib#2065 was the
 wrapped-context variant of that bug); a test checks it.
@@ -30,7 +34,7 @@ from opentelemetry import propagate, trace
 from opentelemetry.propagators.textmap import Getter
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
-from callqos.server.telemetry.instruments import Instruments, untraced_span
+from callqos.server.telemetry.instruments import Instruments, UntracedSpan, untraced_span
 from callqos.server.telemetry.semconv import SERVER_ERROR_CODES, peer_attributes, rpc_attributes, status_attributes
 
 Metadata = Sequence[tuple[str, str | bytes]]
@@ -50,9 +54,59 @@ _GETTER = _MetadataGetter()
 _NO_PARENT = otel_context.Context()
 
 
+def _extract(metadata: Metadata | None, keys: frozenset[str]) -> otel_context.Context:
+    """The caller's trace context from an RPC's metadata (an empty context when it sent none of
+    the propagator's `keys`)."""
+    if not metadata or not any(key in keys for key, _ in metadata):
+        return _NO_PARENT
+    return propagate.extract(metadata, getter=_GETTER)
+
+
+def _propagation_keys() -> frozenset[str]:
+    """The metadata keys the configured propagator reads (W3C traceparent, tracestate, baggage by
+    default; OTEL_PROPAGATORS may change them)."""
+    return frozenset(propagate.get_global_textmap().fields)
+
+
+def _callers_trace_id(parent: otel_context.Context) -> int:
+    """The trace id of the caller's context `parent` (0 when it has none: a new trace)."""
+    return 0 if parent is _NO_PARENT else trace.get_current_span(parent).get_span_context().trace_id
+
+
 def _unrecorded(parent: otel_context.Context) -> trace.Span:
     """A span that records nothing, in the caller's trace (`parent`) or else in a new one."""
-    return untraced_span(0 if parent is _NO_PARENT else trace.get_current_span(parent).get_span_context().trace_id)
+    return untraced_span(_callers_trace_id(parent))
+
+
+def observes_rpcs(instruments: Instruments) -> bool:
+    """Whether RPCs need the interceptor: something records them (spans, the duration metric, the
+    debug line per RPC, as the log level stands when the server starts). When nothing does (the
+    embedded default), the server installs none, and each handler makes its RPC's trace current
+    itself with `enter_rpc_trace`: even a pass-through interceptor costs every RPC a coroutine
+    and grpc.aio's interception, measured at 5-7 % of a GetCall's server CPU (README
+    "Performance")."""
+    return instruments.tracing_enabled or instruments.metrics_enabled or log.isEnabledFor(logging.DEBUG)
+
+
+class _CallersTrace(UntracedSpan):
+    """The unrecorded span of an RPC that no interceptor observes: in the caller's trace (the W3C
+    context in the RPC's metadata) or a new one, like the interceptor's unrecorded span, but
+    reading the metadata only when something first asks for its ids (a QoS event, a log line,
+    the audit, a call to an out-of-process provider), which most RPCs (a GetCall) never do."""
+
+    def __init__(self, servicer_context: grpc.aio.ServicerContext) -> None:
+        super().__init__()
+        self._rpc: grpc.aio.ServicerContext | None = servicer_context
+
+    def _chosen_trace_id(self) -> int:
+        rpc, self._rpc = self._rpc, None  # asked once; the span may outlive the RPC
+        return _callers_trace_id(_extract(rpc.invocation_metadata() if rpc else None, _propagation_keys()))
+
+
+def enter_rpc_trace(servicer_context: grpc.aio.ServicerContext) -> object:
+    """Make the RPC's trace current in a handler that no interceptor observes (`observes_rpcs`
+    false); returns the token for `otel_context.detach`."""
+    return otel_context.attach(trace.set_span_in_context(_CallersTrace(servicer_context)))
 
 
 class _Rpc:
@@ -142,10 +196,9 @@ class TelemetryInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]  #
         # context, so one wrapped handler per method serves every call (rather than a new
         # closure and namedtuple per RPC).
         self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
-        # The metadata keys the configured propagator reads (W3C traceparent, tracestate,
-        # baggage by default; OTEL_PROPAGATORS may change them). An RPC that sent none of them
-        # starts a new trace without running the extractors.
-        self._propagation_keys = frozenset(propagate.get_global_textmap().fields)
+        # An RPC that sent none of the propagator's keys starts a new trace without running the
+        # extractors.
+        self._propagation_keys = _propagation_keys()
 
     def static_attributes(self, service: str, method: str) -> dict[str, str]:
         key = (service, method)
@@ -156,9 +209,7 @@ class TelemetryInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]  #
 
     def extract(self, metadata: Metadata | None) -> otel_context.Context:
         """The caller's trace context from the RPC's metadata (an empty context when it sent none)."""
-        if not metadata or not any(key in self._propagation_keys for key, _ in metadata):
-            return _NO_PARENT
-        return propagate.extract(metadata, getter=_GETTER)
+        return _extract(metadata, self._propagation_keys)
 
     async def intercept_service(
         self,
@@ -192,20 +243,6 @@ class TelemetryInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]  #
 
     def _wrap_coroutine(self, behaviour: Behaviour, service: str, method: str) -> Behaviour:
         """Unary responses, and streams written with `await context.write()`."""
-        instruments = self.instruments
-
-        async def untraced(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            """What `traced` does when there is nothing to record (the embedded default): the
-            handler runs in the caller's trace, or a new one, so that its QoS events and log
-            lines carry a trace id; no span, no duration, no status to read."""
-            if log.isEnabledFor(logging.DEBUG):  # the one line per RPC needs its status and time
-                return await traced(request, context)
-            parent = self.extract(context.invocation_metadata())
-            token = otel_context.attach(trace.set_span_in_context(_unrecorded(parent)))
-            try:
-                return await behaviour(request, context)
-            finally:
-                otel_context.detach(token)
 
         async def traced(request: Any, context: grpc.aio.ServicerContext) -> Any:
             rpc = _Rpc(self, service, method, context)
@@ -220,7 +257,7 @@ class TelemetryInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]  #
                 rpc.leave(token)
                 rpc.end(*_ended(context, error), error)
 
-        return traced if instruments.tracing_enabled or instruments.metrics_enabled else untraced
+        return traced
 
     def _wrap_generator(self, behaviour: Behaviour, service: str, method: str) -> Behaviour:
         """Streams written as async generators (WatchEvents)."""
