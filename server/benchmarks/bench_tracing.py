@@ -148,15 +148,15 @@ async def run(seconds: float, rounds: int = ROUNDS) -> dict[str, VariantResult]:
 
 def report(results: dict[str, VariantResult]) -> str:
     off = results["off"]
-    lines = [f"{LABELS['off']:<40}{off.rate:>8.0f} cycles/s{'':<47}server CPU {off.cpu_us_per_cycle:>5.0f} µs/cycle"]
+    lines = [f"{LABELS['off']:<40}{off.rate:>8.0f} cycles/s{'':<58}server CPU {off.cpu_us_per_cycle:>5.0f} µs/cycle"]
     for variant in ("unsampled", "production", "production_recorded", "all"):
         on = results[variant]
         overhead = 1 - on.rate / off.rate
         bound = {"production": TARGET_OVERHEAD, "all": TARGET_OVERHEAD_ALL}.get(variant)
-        verdict = "" if bound is None else f"{'within' if overhead <= bound else 'OVER'} the {bound:.0%} target"
+        verdict = "" if bound is None else f", {'within' if overhead <= bound else 'OVER'} the {bound:.0%} target"
+        judged = f"(ratio {on.rate / off.rate:.2f}; overhead {overhead:>3.0%}{verdict})"
         lines.append(
-            f"{LABELS[variant]:<40}{on.rate:>8.0f} cycles/s "
-            f"(ratio {on.rate / off.rate:.2f}; overhead {overhead:>3.0%}{', ' if verdict else ''}{verdict:<23}) "
+            f"{LABELS[variant]:<40}{on.rate:>8.0f} cycles/s {judged:<56} "
             f"server CPU {on.cpu_us_per_cycle:>5.0f} µs/cycle ({on.cpu_us_per_cycle / off.cpu_us_per_cycle - 1:+.0%})"
         )
     lines += _where_sampling_goes(results)
