@@ -19,7 +19,7 @@ from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
+from opentelemetry.sdk.trace.sampling import ParentBased, Sampler, TraceIdRatioBased
 from opentelemetry.trace import SpanKind, StatusCode
 from security_testkit import AuditLines
 from server_testkit import CAPACITY, details, make_request, qos, reason, rpc_error
@@ -90,9 +90,11 @@ class Traced:
         return points
 
 
-async def _traced(config: Config, semconv: Semconv, excluded: frozenset[str] = frozenset()) -> AsyncIterator[Traced]:
+async def _traced(
+    config: Config, semconv: Semconv, excluded: frozenset[str] = frozenset(), sampler: Sampler | None = None
+) -> AsyncIterator[Traced]:
     spans = InMemorySpanExporter()
-    tracer_provider = TracerProvider()
+    tracer_provider = TracerProvider(sampler=sampler)
     tracer_provider.add_span_processor(SimpleSpanProcessor(spans))
     reader = InMemoryMetricReader()
     meter_provider = MeterProvider(metric_readers=[reader])
@@ -422,35 +424,18 @@ async def test_excluded_services_are_not_traced(config: Config) -> None:
 async def test_an_rpc_sampled_out_is_still_measured(config: Config) -> None:
     """Head sampling that keeps no trace records no span, yet every RPC's duration and status are
     still measured, and its events still carry the caller's trace id."""
-    spans = InMemorySpanExporter()
-    tracer_provider = TracerProvider(sampler=ParentBased(TraceIdRatioBased(0.0)))
-    tracer_provider.add_span_processor(SimpleSpanProcessor(spans))
-    reader = InMemoryMetricReader()
-    meter_provider = MeterProvider(metric_readers=[reader])
-    running = await app.start(config, telemetry=Telemetry(tracer_provider, meter_provider, Semconv()))
     caller = "1f0e9b2cf3a84d5e8a7b6c5d4e3f2a1b"
-    try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
-            stub = svc_grpc.CallQosServiceStub(channel)
-            await stub.CreateCall(
-                make_request(qos(1000)), metadata=(("traceparent", f"00-{caller}-00f067aa0ba902b7-00"),)
-            )
-            await rpc_error(stub.GetCall(svc.GetCallRequest(name="calls/nope")))
-            (event,) = await collect(stub, 1, after_sequence=0)
-        data = reader.get_metrics_data()
+    async for traced in _traced(config, Semconv(), sampler=ParentBased(TraceIdRatioBased(0.0))):
+        await traced.stub.CreateCall(
+            make_request(qos(1000)), metadata=(("traceparent", f"00-{caller}-00f067aa0ba902b7-00"),)
+        )
+        await rpc_error(traced.stub.GetCall(svc.GetCallRequest(name="calls/nope")))
+        (event,) = await collect(traced.stub, 1, after_sequence=0)
         durations = {
-            (dict(point.attributes)["rpc.method"], dict(point.attributes)["rpc.grpc.status_code"]): point.count
-            for resource in (data.resource_metrics if data else ())
-            for scope in resource.scope_metrics
-            for metric in scope.metrics
-            if metric.name == "rpc.server.call.duration"
-            for point in metric.data.data_points
+            (attributes["rpc.method"], attributes["rpc.grpc.status_code"]): point.count
+            for attributes, point in traced.metric("rpc.server.call.duration")
         }
-    finally:
-        await running.stop()
-        tracer_provider.shutdown()
-        meter_provider.shutdown()
-    assert spans.get_finished_spans() == ()
+        assert traced.finished() == []
     assert event.trace_id == caller
     assert durations[("CreateCall", 0)] == 1
     assert durations[("GetCall", grpc.StatusCode.NOT_FOUND.value[0])] == 1
