@@ -31,10 +31,16 @@ func (s *Server) Decide(stream grpc.BidiStreamingServer[providerv1.DecideRequest
 		if err != nil {
 			return nil // the server closed its side, or the stream broke: either way, done
 		}
+		claim := s.claim(request) // in the stream's order, before any later request is answered
 		answering.Add(1)
 		go func() {
 			defer answering.Done()
-			response := s.decideOne(stream.Context(), request)
+			ctx := stream.Context()
+			if claim != nil {
+				ctx = context.WithValue(ctx, claimKey{}, claim)
+				defer s.unclaim(claim)
+			}
+			response := s.decideOne(ctx, request)
 			writing.Lock()
 			defer writing.Unlock()
 			_ = stream.Send(response)

@@ -33,11 +33,69 @@ type held struct {
 	qos         *callqosv1.QosSpec
 }
 
-// deciding is an Admit or Renegotiate running in the provider.
+// deciding is an Admit or Renegotiate of a call, from the moment the kit takes its request
+// (read off the Decide stream, in the stream's order, or its RPC started) until its outcome is in
+// the ledger. A Release of the call that comes meanwhile wins: the decision grants nothing.
 type deciding struct {
-	cancel   context.CancelFunc
-	done     chan struct{}
-	released bool // a Release came while it ran: its grant must not stand
+	call     string
+	cancel   context.CancelFunc // set once the provider runs it
+	done     chan struct{}      // closed when it has finished, whatever its outcome
+	released bool               // a Release came first: its grant must not stand
+	finished bool
+}
+
+// claimKey carries, in a request's context, the deciding entry the Decide stream claimed for it.
+type claimKey struct{}
+
+// claim registers an Admit or Renegotiate read off the Decide stream as deciding its call, before
+// any request read after it is answered: the host writes the Release of an Admit it gave up on
+// after that Admit, and the kit answers them concurrently, so without the claim the Release could
+// run first, find nothing, and let the Admit reserve for a call the host has already failed. Nil
+// for a Release, or when another decision of the call holds it (the request then says so).
+func (s *Server) claim(request *providerv1.DecideRequest) *deciding {
+	var call string
+	switch r := request.GetRequest().(type) {
+	case *providerv1.DecideRequest_Admit:
+		call = r.Admit.GetCall()
+	case *providerv1.DecideRequest_Renegotiate:
+		call = r.Renegotiate.GetCall()
+	default:
+		return nil
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if _, ok := s.deciding[call]; ok {
+		return nil
+	}
+	d := &deciding{call: call, done: make(chan struct{})}
+	s.deciding[call] = d
+	return d
+}
+
+// claimed is the entry claimed for the request ctx belongs to, if any.
+func claimed(ctx context.Context) *deciding {
+	d, _ := ctx.Value(claimKey{}).(*deciding)
+	return d
+}
+
+// unclaim ends a claimed request that never reached its decision (it was answered before: a
+// repeated request, a refusal of its provider-specific bytes, ...).
+func (s *Server) unclaim(d *deciding) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.finishLocked(d)
+}
+
+// finishLocked ends d (once) and frees its call for the next decision; s.mu is held.
+func (s *Server) finishLocked(d *deciding) {
+	if d.finished {
+		return
+	}
+	d.finished = true
+	close(d.done)
+	if s.deciding[d.call] == d {
+		delete(s.deciding, d.call)
+	}
 }
 
 // Server is the callqos.provider.v1 service around one Provider. Serve and Main make one; use
@@ -222,7 +280,7 @@ func (s *Server) Admit(ctx context.Context, req *providerv1.AdmitRequest) (*prov
 		s.mu.Unlock()
 		return nil, status.Errorf(codes.FailedPrecondition, "%s is held: release it first", req.GetCall())
 	}
-	if _, ok := s.deciding[req.GetCall()]; ok {
+	if d, ok := s.deciding[req.GetCall()]; ok && d != claimed(ctx) {
 		s.mu.Unlock()
 		return nil, status.Errorf(codes.FailedPrecondition, "%s is being decided", req.GetCall())
 	}
@@ -231,7 +289,11 @@ func (s *Server) Admit(ctx context.Context, req *providerv1.AdmitRequest) (*prov
 		return nil, err
 	}
 	request := Request{Call: req.GetCall(), Destination: req.GetDestination(), Level: req.GetServiceLevel(), QoS: req.GetQos(), Principal: req.GetPrincipal(), Incoming: req.GetIncoming()}
-	decision, err := s.decide(ctx, req.GetCall(), func(ctx context.Context) (Decision, error) { return s.provider.Admit(ctx, request) })
+	decision, err := s.decide(ctx, req.GetCall(),
+		func(ctx context.Context) (Decision, error) { return s.provider.Admit(ctx, request) },
+		func(granted *callqosv1.QosSpec) {
+			s.ledger[req.GetCall()] = &held{req.GetDestination(), req.GetServiceLevel(), granted}
+		})
 	if err != nil {
 		return nil, err
 	}
@@ -242,9 +304,6 @@ func (s *Server) Admit(ctx context.Context, req *providerv1.AdmitRequest) (*prov
 		answer.Decision = &providerv1.AdmitResponse_Refusal{Refusal: refusalMessage(decision.Refusal)}
 	}
 	s.mu.Lock()
-	if decision.Granted != nil {
-		s.ledger[req.GetCall()] = &held{req.GetDestination(), req.GetServiceLevel(), decision.Granted}
-	}
 	s.remember(key, answer)
 	s.mu.Unlock()
 	return answer, nil
@@ -271,7 +330,13 @@ func (s *Server) Renegotiate(ctx context.Context, req *providerv1.RenegotiateReq
 		return nil, err
 	}
 	request := Request{Call: req.GetCall(), Destination: req.GetDestination(), Level: req.GetServiceLevel(), QoS: req.GetQos(), Principal: req.GetPrincipal(), Current: req.GetCurrentQos()}
-	decision, err := s.decide(ctx, req.GetCall(), func(ctx context.Context) (Decision, error) { return renegotiator.Renegotiate(ctx, request) })
+	decision, err := s.decide(ctx, req.GetCall(),
+		func(ctx context.Context) (Decision, error) { return renegotiator.Renegotiate(ctx, request) },
+		func(granted *callqosv1.QosSpec) {
+			if h, ok := s.ledger[req.GetCall()]; ok {
+				h.qos, h.level = granted, req.GetServiceLevel()
+			}
+		})
 	if err != nil {
 		return nil, err
 	}
@@ -282,28 +347,41 @@ func (s *Server) Renegotiate(ctx context.Context, req *providerv1.RenegotiateReq
 		answer.Decision = &providerv1.RenegotiateResponse_Refusal{Refusal: refusalMessage(decision.Refusal)}
 	}
 	s.mu.Lock()
-	if h, ok := s.ledger[req.GetCall()]; ok && decision.Granted != nil {
-		h.qos, h.level = decision.Granted, req.GetServiceLevel()
-	}
 	s.remember(key, answer)
 	s.mu.Unlock()
 	return answer, nil
 }
 
 // decide runs one decision of the provider under the request's deadline, cancellable by a
-// Release of the same call.
-func (s *Server) decide(ctx context.Context, call string, run func(context.Context) (Decision, error)) (Decision, error) {
+// Release of the same call; a grant that stands is recorded (by `granted`, with s.mu held) in
+// the same step that ends the decision, so that no Release finds the call neither deciding nor
+// held.
+func (s *Server) decide(ctx context.Context, call string, run func(context.Context) (Decision, error), granted func(*callqosv1.QosSpec)) (Decision, error) {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	d := &deciding{cancel: cancel, done: make(chan struct{})}
 	s.mu.Lock()
-	s.deciding[call] = d
+	d := claimed(ctx)
+	if d == nil || s.deciding[call] != d { // an RPC, not a request claimed on the stream
+		d = &deciding{call: call, done: make(chan struct{})}
+		s.deciding[call] = d
+	}
+	d.cancel = cancel
+	releasedFirst := d.released
+	if releasedFirst {
+		s.finishLocked(d)
+	}
 	s.mu.Unlock()
+	if releasedFirst { // the host gave up on it and released the call before it started
+		return Decision{}, status.Errorf(codes.Aborted, "%s was released before being decided", call)
+	}
 	decision, err := run(ctx)
+	valid := err == nil && (decision.Granted == nil) != (decision.Refusal == nil)
 	s.mu.Lock()
 	released := d.released
-	delete(s.deciding, call)
-	close(d.done)
+	if !released && valid && decision.Granted != nil {
+		granted(decision.Granted)
+	}
+	s.finishLocked(d)
 	s.mu.Unlock()
 	if released {
 		// The server gave up on this decision and released the call: whatever the provider
@@ -316,7 +394,7 @@ func (s *Server) decide(ctx context.Context, call string, run func(context.Conte
 	if err != nil {
 		return Decision{}, failure("the decision", err)
 	}
-	if (decision.Granted == nil) == (decision.Refusal == nil) {
+	if !valid {
 		return Decision{}, status.Error(codes.Internal, "the provider returned neither a grant nor a refusal (or both)")
 	}
 	return decision, nil
@@ -340,7 +418,9 @@ func (s *Server) release(ctx context.Context, call string) error {
 	d := s.deciding[call]
 	if d != nil {
 		d.released = true
-		d.cancel()
+		if d.cancel != nil {
+			d.cancel()
+		}
 	}
 	s.mu.Unlock()
 	if d != nil {

@@ -39,6 +39,7 @@ type ledger struct {
 	traces    []trace.TraceID
 	block     chan struct{} // when set, Admit waits on it (or its ctx)
 	ignoreCtx bool          // and then grants anyway
+	checking  chan struct{} // when set, ValidateProviderSpecific waits on it (before any decision starts)
 }
 
 func newLedger(capacity uint64) *ledger {
@@ -148,6 +149,12 @@ func (l *ledger) UpdateLink(ctx context.Context, link string, capacity uint64) (
 }
 
 func (l *ledger) ValidateProviderSpecific(data []byte) []string {
+	l.mu.Lock()
+	checking := l.checking
+	l.mu.Unlock()
+	if checking != nil {
+		<-checking
+	}
 	if bytes.HasPrefix(data, []byte("ok")) {
 		return nil
 	}
@@ -558,6 +565,76 @@ func TestTheDecideStreamAnswersAsTheMethodsDo(t *testing.T) {
 	}
 	if !found {
 		t.Fatalf("no decision ran in the caller's trace: %v", traces)
+	}
+	stream.CloseSend()
+}
+
+// The host writes a Release after the Admit it gave up on, on the same stream. The kit answers
+// them concurrently, so the Release may start before the Admit's decision does (here: the Admit
+// is held in the provider-specific check). It must still win: the Admit grants nothing, and
+// nothing stays reserved for the call (CORE-CANCEL-001 found this leak in the classquota example).
+func TestAReleaseOnTheStreamStopsTheAdmitWrittenBeforeIt(t *testing.T) {
+	p := newLedger(1000)
+	p.checking = make(chan struct{})
+	client, _, _ := serve(t, p)
+	ctx := testContext(t)
+	client.Restore(ctx, &providerv1.RestoreRequest{})
+	stream, err := client.Decide(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	given := admit("calls/late", "r1", 600)
+	given.Qos.ProviderSpecific = []byte("ok")
+	for _, r := range []*providerv1.DecideRequest{
+		{Id: 1, Request: &providerv1.DecideRequest_Admit{Admit: given}},
+		{Id: 2, Request: &providerv1.DecideRequest_Release{Release: &providerv1.ReleaseRequest{Call: "calls/late", RequestId: "r2"}}},
+	} {
+		if err := stream.Send(r); err != nil {
+			t.Fatal(err)
+		}
+	}
+	answers := make(chan *providerv1.DecideResponse, 2)
+	go func() {
+		for {
+			answer, err := stream.Recv()
+			if err != nil {
+				return
+			}
+			answers <- answer
+		}
+	}()
+	got := map[uint64]*providerv1.DecideResponse{}
+	select { // a Release that does not wait for the Admit before it answers now
+	case answer := <-answers:
+		got[answer.GetId()] = answer
+	case <-time.After(300 * time.Millisecond):
+	}
+	close(p.checking)
+	for len(got) < 2 {
+		select {
+		case answer := <-answers:
+			got[answer.GetId()] = answer
+		case <-ctx.Done():
+			t.Fatalf("answers: %v", got)
+		}
+	}
+	if got[2].GetRelease() == nil {
+		t.Fatalf("the release answered %v", got[2])
+	}
+	if got[1].GetAdmit().GetGrant() != nil {
+		t.Fatalf("the admit released before it was decided was granted: %v", got[1])
+	}
+	if held := p.holds(); len(held) != 0 {
+		t.Fatalf("the provider still holds %v after the release", held)
+	}
+	listed, err := client.ListReservations(ctx, &providerv1.ListReservationsRequest{})
+	if err != nil || len(listed.GetReservations()) != 0 {
+		t.Fatalf("the kit lists %v (%v) after the release", listed, err)
+	}
+	// The call's name is free again: the host may admit it anew after the release (a retry).
+	again, err := client.Admit(ctx, admit("calls/late", "r3", 600))
+	if err != nil || again.GetGrant() == nil {
+		t.Fatalf("a new admission after the release: %v %v", again, err)
 	}
 	stream.CloseSend()
 }
