@@ -71,6 +71,25 @@ class WedgedAdmit(ReferenceProvider):
                 continue
 
 
+class LateRenegotiate(ReferenceProvider):
+    """Its first renegotiation ignores cancellation and grants after `late_seconds`, long after
+    the host gave up on it (a provider whose network answers late); the others are the reference
+    provider's."""
+
+    late_done = False
+
+    async def renegotiate(self, request: AdmissionRequest) -> Any:
+        if not self.late_done:
+            self.late_done = True
+            until = time.monotonic() + float(self.settings.get("late_seconds", 2.0))
+            while time.monotonic() < until:
+                try:
+                    await asyncio.sleep(until - time.monotonic())
+                except asyncio.CancelledError:
+                    continue
+        return await super().renegotiate(request)
+
+
 class WedgedStop(ReferenceProvider):
     """Stops never, and swallows every cancellation; a worker thread of its own blocks for ever too."""
 

@@ -144,6 +144,44 @@ def test_a_wedged_admit_fails_its_call_frees_its_key_and_sigterm_still_stops(tmp
     assert "ignored cancellation" in server.log()
 
 
+def test_a_renegotiation_granted_after_the_host_gave_up_is_put_back(tmp_path: Path) -> None:
+    """A renegotiation that ignores its cancellation fails its caller (PROVIDER_UNAVAILABLE,
+    wedged) and the call keeps its QoS; when the provider grants it after all, its reservation is
+    put back to what the call holds, within seconds, not at the next periodic reconciliation (an
+    hour away here): what callqos says is reserved stays what the provider holds."""
+    settings = {
+        "providers": {"reference": {}, "late": plugin("LateRenegotiate", late_seconds=1.5)},
+        "provider_timeout_seconds": 0.5,
+        "provider_cancel_grace_seconds": 0.2,
+        "reconcile_interval_seconds": 3600.0,
+    }
+    with (
+        testing.ServerProcess(tmp_path, env=ENV, **settings) as server,
+        grpc.insecure_channel(server.target) as channel,
+    ):
+        stub = svc_grpc.CallQosServiceStub(channel)
+
+        def link() -> tuple[int, int]:
+            only = stub.ListLinks(svc.ListLinksRequest(parent="providers/late"), timeout=5).links[0]
+            return only.sending_reserved_bytes_per_second, only.receiving_reserved_bytes_per_second
+
+        call = stub.CreateCall(make_request(qos(1000), provider="providers/late"), timeout=5)
+        assert link() == (1000, 0)
+        with pytest.raises(grpc.RpcError) as raised:
+            stub.RenegotiateCall(svc.RenegotiateCallRequest(name=call.name, qos=qos(3000)), timeout=10)
+        assert reason(raised.value) == "PROVIDER_UNAVAILABLE"
+        kept = stub.GetCall(svc.GetCallRequest(name=call.name), timeout=5)
+        assert kept.granted_qos.sending.token_rate_bytes_per_second == 1000
+        time.sleep(1.5)  # the provider has granted 3000 by now
+        deadline = time.monotonic() + 10
+        while link() != (1000, 0) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        now = stub.GetCall(svc.GetCallRequest(name=call.name), timeout=5)
+        assert now.state == call_pb2.Call.State.STATE_CONNECTED
+        assert (now.granted_qos.sending.token_rate_bytes_per_second, link()) == (1000, (1000, 0)), server.log()
+        assert "after it was abandoned: reconciling it" in server.log()  # it did grant, late
+
+
 @pytest.mark.parametrize(
     ("provider", "status", "said"),
     [

@@ -6,6 +6,7 @@ server and of the provider process. Real provider processes the server launches.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 from collections.abc import AsyncIterator
@@ -71,6 +72,40 @@ async def test_the_ledger_repairs_what_a_remote_providers_books_lose_or_leak(
     # The calls themselves are untouched: the repair was the provider's books, not the calls.
     for call in (kept, leaked, lost):
         assert await stub.GetCall(svc.GetCallRequest(name=call.name)) == call
+
+
+async def test_a_renegotiation_a_remote_provider_grants_after_the_host_gave_up_is_put_back(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The host gives up on a renegotiation at its deadline (the caller gets PROVIDER_UNAVAILABLE,
+    the call keeps its QoS); the provider, ignoring its cancellation, grants it two seconds later
+    and its kit answers on the Decide stream, though nobody waits for that answer any more. The
+    host reconciles the call on that late answer: the provider holds again what the call says,
+    within seconds, not at the next periodic pass (an hour away here)."""
+    async with serving_launched(
+        tmp_path,
+        "misbehaving:LateRenegotiate",
+        provider_timeout_seconds=0.5,
+        provider_cancel_grace_seconds=0.2,
+        reconcile_interval_seconds=3600.0,
+    ) as (_, stub):
+        call = await stub.CreateCall(make_request(qos(1000)))
+        assert await link_reserved(stub) == 1000
+        with pytest.raises(grpc.aio.AioRpcError) as raised:
+            await stub.RenegotiateCall(svc.RenegotiateCallRequest(name=call.name, qos=qos(3000)), timeout=10)
+        assert raised.value.code() == grpc.StatusCode.UNAVAILABLE
+        kept = await stub.GetCall(svc.GetCallRequest(name=call.name))
+        assert kept.granted_qos.sending.token_rate_bytes_per_second == 1000
+        await asyncio.sleep(2.0)  # the provider has granted 3000 by now
+
+        async def put_back() -> bool:
+            return await link_reserved(stub) == 1000
+
+        await until(put_back, timeout=10, what="the link reserving what the call holds again")
+        assert any("after the host gave up on it" in record.getMessage() for record in caplog.records)
+        now = await stub.GetCall(svc.GetCallRequest(name=call.name))
+        assert now.state == call_pb2.Call.State.STATE_CONNECTED
+        assert now.granted_qos.sending.token_rate_bytes_per_second == 1000
 
 
 async def test_a_remote_providers_link_capacity_survives_restarts_of_the_server_and_of_the_process(

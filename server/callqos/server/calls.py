@@ -263,6 +263,13 @@ class CallManager:
         # Calls whose provider may hold something other than what the store says (a change or a
         # compensation that could not be recorded or undone): the ledger reconciles them first.
         self.suspects: set[str] = set()
+        providers.changed_late = self.reconcile_soon
+
+    def reconcile_soon(self, call: str) -> None:
+        """`call`'s provider may hold something other than what the store says (it changed the
+        reservation after the host gave up on the change): the ledger reconciles it at its next
+        pass for suspects, within about a second (PROV-19)."""
+        self.suspects.add(call)
 
     # -- start-up and shutdown ----------------------------------------------------------------
     async def start(self) -> None:
@@ -660,7 +667,13 @@ class CallManager:
         holds the reservation). Provider-specific bytes an out-of-process provider refuses are
         the caller's bad request, raised as such: nothing was renegotiated, nobody is told."""
         decision = await self._decide(info, "renegotiate", admission, level, "qos")
-        if not isinstance(decision, Refusal):
+        if isinstance(decision, ServiceError):
+            # The provider failed: the call keeps its QoS, but what the provider holds is not
+            # known (one that missed its deadline may still be changing it), so the ledger looks
+            # at the call at its next pass for suspects (PROV-19).
+            self.reconcile_soon(admission.call)
+            return decision
+        if isinstance(decision, Grant):
             return decision
         counter = in_calls_terms(decision.counter_offer) if decision.counter_offer is not None else None
         return refused(

@@ -76,6 +76,8 @@ class Host(Protocol):
 
     async def offer(self, provider: str, offer: IncomingOffer) -> str | None: ...
 
+    def reconcile_soon(self, call: str) -> None: ...
+
 
 @dataclass
 class ProviderHostView:
@@ -91,6 +93,12 @@ class ProviderHostView:
 
     async def offer_call(self, offer: IncomingOffer) -> str | None:
         return await self.host.offer(self.provider, offer)
+
+    def reconcile_soon(self, call: str) -> None:
+        """Not part of `ProviderHost`: the server's own out-of-process provider says that the
+        provider changed `call`'s reservation in a way the host did not record (a renegotiation
+        answered after the host gave up on it), for the ledger to put right at its next pass."""
+        self.host.reconcile_soon(call)
 
 
 @dataclass
@@ -134,6 +142,9 @@ class HostedProviders:
         self.telemetry = telemetry
         self.containment = containment or Containment(cancel_grace=1.0, warn_after=0.25)
         self.ledger = ledger  # offered to every provider (ProviderHost.ledger)
+        # Told the name of a call whose reservation an abandoned provider call changed after all
+        # (a late renegotiation): the call manager makes it a suspect, for the ledger to put right.
+        self.changed_late: Callable[[str], None] = lambda call: None
         self._by_id: dict[str, HostedProvider] = {}
         for provider_id, settings in configured.items():
             if not names.is_resource_id(provider_id):
@@ -356,7 +367,8 @@ class HostedProviders:
 
     def _late(self, info: HostedProvider, operation: str, request: AdmissionRequest | None) -> Callable[[Any], None]:
         """What to do with the answer of an abandoned call that returns after all: the call has
-        failed meanwhile, so a late grant of a new call is released."""
+        failed meanwhile, so a late grant of a new call is released, and a call renegotiated late
+        is reconciled (the provider holds what the call, which kept its QoS, does not say)."""
 
         def late(result: Any) -> None:
             if operation == "admit" and request is not None and isinstance(result, Grant):
@@ -365,8 +377,9 @@ class HostedProviders:
                     self.call(info, "release", lambda: info.provider.release(request.call), call=request.call)
                 )
                 task.add_done_callback(lambda done: done.cancelled() or done.exception())
-            elif operation == "renegotiate" and isinstance(result, Grant):
-                log.error("provider %s renegotiated %s after it was abandoned", info.id, getattr(request, "call", "?"))
+            elif operation == "renegotiate" and request is not None and isinstance(result, Grant):
+                log.error("provider %s renegotiated %s after it was abandoned: reconciling it", info.id, request.call)
+                self.changed_late(request.call)
 
         return late
 

@@ -10,17 +10,27 @@ A request's caller may give up at any moment (its deadline, or the caller's). gR
 whole stream when a write on it is cancelled, and the stream is every decision's: so a write,
 once started, runs to its end whoever stops waiting for it, and a request whose caller gave up
 before its turn to be written is not written at all (the host releases the call after a failed
-decision, as it does for a provider that answered too late).
+decision, as it does for a provider that answered too late). A request given up after it was
+written may still be answered: that late answer goes to `late`, for the host to learn what the
+provider did with a request it no longer waited for (a renegotiation granted after all).
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections import OrderedDict
+from collections.abc import Callable
 
 import grpc
 
 from callqos.provider.v1 import provider_service_pb2 as pb
 from callqos.provider.v1 import provider_service_pb2_grpc as pb_grpc
+
+# Given-up requests remembered for their late answers, at most: a provider that never answers
+# them must not grow the host's memory.
+GIVEN_UP_REMEMBERED = 1024
+
+Late = Callable[[pb.DecideRequest, pb.DecideResponse], None]
 
 
 class StreamClosed(Exception):
@@ -30,10 +40,12 @@ class StreamClosed(Exception):
 class DecisionStream:
     """One open Decide stream."""
 
-    def __init__(self, stub: pb_grpc.ProviderServiceStub) -> None:
+    def __init__(self, stub: pb_grpc.ProviderServiceStub, late: Late | None = None) -> None:
         self._call = stub.Decide()
         self._next = 0
         self._waiting: dict[int, asyncio.Future[pb.DecideResponse]] = {}
+        self._late = late
+        self._given_up: OrderedDict[int, pb.DecideRequest] = OrderedDict()
         self._writing = asyncio.Lock()
         self._closed = False
 
@@ -54,11 +66,17 @@ class DecisionStream:
             return await answer
         finally:
             self._waiting.pop(request.id, None)
+            given_up = answer.cancelled() or not answer.done()  # (a caller cancelled awaiting it cancels it)
+            if given_up and not self._closed:  # its answer may still come
+                self._given_up[request.id] = request
+                while len(self._given_up) > GIVEN_UP_REMEMBERED:
+                    self._given_up.popitem(last=False)
 
     async def _send(self, request: pb.DecideRequest) -> None:
         """Write `request` in its turn, unless its caller gave up meanwhile."""
         async with self._writing:
             if request.id not in self._waiting:
+                self._given_up.pop(request.id, None)
                 return  # given up before its turn: the provider never sees it
             if self._closed:
                 raise StreamClosed("the Decide stream is closed")
@@ -75,6 +93,10 @@ class DecisionStream:
                 waiting = self._waiting.get(response.id)
                 if waiting is not None and not waiting.done():
                     waiting.set_result(response)
+                    continue
+                given_up = self._given_up.pop(response.id, None)
+                if given_up is not None and self._late is not None:
+                    self._late(given_up, response)
             raise StreamClosed("the provider ended the Decide stream")
         except asyncio.CancelledError:
             # gRPC ends the reading of a cancelled call with CancelledError; only the cancellation of
@@ -92,6 +114,7 @@ class DecisionStream:
             if not waiting.done():
                 waiting.set_exception(StreamClosed("the Decide stream ended"))
         self._waiting.clear()
+        self._given_up.clear()
         self._call.cancel()
 
 

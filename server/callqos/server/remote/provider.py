@@ -234,7 +234,7 @@ class RemoteProvider(Provider):
                 await self._begun.wait()  # prepared: the links may be read and set until start
                 await self._resync()
                 if self._decide_stream:
-                    self._decisions = DecisionStream(self._need_stub())
+                    self._decisions = DecisionStream(self._need_stub(), late=self._answered_late)
                 self._set_ready()
                 ready_since = time.monotonic()
                 await self._watch()
@@ -813,6 +813,21 @@ class RemoteProvider(Provider):
         if which != request.WhichOneof("request"):
             raise self._violation(operation, f"an answer of another kind ({which or 'none'}) on the Decide stream")
         return answer
+
+    def _answered_late(self, request: pb.DecideRequest, answer: pb.DecideResponse) -> None:
+        """The answer to a decision the host gave up on (its deadline passed). A late admission
+        needs nothing: the host released the call when it failed, after writing the admission. A
+        late renegotiation that granted changed what the provider holds for a call that kept its
+        QoS: the host reconciles that call (as for an in-process provider's late grant)."""
+        if request.WhichOneof("request") != "renegotiate" or answer.WhichOneof("response") != "renegotiate":
+            return
+        if answer.renegotiate.WhichOneof("decision") != "grant":
+            return
+        call = request.renegotiate.call
+        log.error("provider %s renegotiated %s after the host gave up on it: reconciling it", self.name, call)
+        reconcile_soon = getattr(self.host, "reconcile_soon", None)  # the server's own view (ProviderHostView)
+        if reconcile_soon is not None:
+            reconcile_soon(call)
 
     async def _flush_release(self, call: str) -> None:
         """A release of `call` the provider has not confirmed goes before a new admission of it."""
