@@ -39,6 +39,13 @@ SERVER_ONLY = {
     "refusal exactly as it sees any other (see the skips-* proxies for the opposite fault)",
 }
 
+# Rules whose broken implementation is not in FAULTS, because it is a provider kit's and not a provider
+# plugin's or a proxy's, with the test that certifies it.
+KIT_FAULTS = {
+    "REMOTE-4": "a Release losing to the Admit written before it: broken/kit.py, certified with --provider-command "
+    "(PROTO-001) by test_remote_parity.py",
+}
+
 
 def test_at_least_thirty_distinct_broken_providers_each_a_plain_provider_class() -> None:
     providers = [fault for fault in FAULTS if fault.kind == "provider"]
@@ -66,7 +73,8 @@ def test_every_fault_names_real_checks_and_clauses_and_each_proxy_fault_exists()
 def test_the_broken_set_breaks_every_rule_in_the_map() -> None:
     broken = {clause for fault in FAULTS for clause in fault.clauses}
     must_check = {row.clause.id for row in rule_map() if row.must_be_checked}
-    assert must_check - broken == set(SERVER_ONLY), sorted(must_check - broken - set(SERVER_ONLY))
+    expected = set(SERVER_ONLY) | set(KIT_FAULTS)
+    assert must_check - broken == expected, sorted((must_check - broken) ^ expected)
 
 
 @pytest.mark.slow

@@ -17,7 +17,7 @@ import pytest
 from callqos.conformance.broken import FAULTS, Fault
 from callqos.conformance.broken.selftest import certify, failed_ids
 from callqos.conformance.cli import main
-from callqos.conformance.model import Report
+from callqos.conformance.model import Outcome, Report
 from callqos.conformance.runner import RunOptions, run_async, run_conformance
 from callqos.server.testing import ServerProcess
 
@@ -85,3 +85,24 @@ def test_the_command_line_takes_a_provider_command(capsys: pytest.CaptureFixture
     with pytest.raises(SystemExit) as both:
         main(["--provider-command", command, "--target", "127.0.0.1:1"])
     assert both.value.code == 2
+
+
+@pytest.mark.slow
+def test_a_kit_whose_release_loses_to_the_admit_is_caught_on_an_instance_of_its_own() -> None:
+    """PROTO-001 speaks the provider protocol to an instance of the --provider-command provider it
+    launches itself: the broken kit (an Admit taken after the Release written behind it has been
+    answered) fails it, and only it; the Python kit passes it; a provider in process skips it."""
+    broken = run_conformance(
+        RunOptions(
+            provider_command=(sys.executable, "-m", "callqos.conformance.broken.kit"),
+            checks=("CORE-RESP-001", "CORE-IDLE-001", "PROTO-001"),
+            seed=7,
+        )
+    )
+    assert failed_ids(broken) == ["PROTO-001"], [(r.check.id, r.reason[:200]) for r in broken.failures]
+    assert "still reserved" in broken.failures[0].reason
+    good = run_conformance(RunOptions(provider_command=(*SERVE, "reference"), checks=("PROTO-001",), seed=7))
+    assert [(r.check.id, r.outcome) for r in good.results] == [("PROTO-001", Outcome.PASSED)], good.results
+    in_process = run_conformance(RunOptions(provider="reference", checks=("PROTO-001",), seed=7))
+    (skipped,) = in_process.results
+    assert skipped.outcome == Outcome.SKIPPED and skipped.reason.startswith("mode:"), skipped

@@ -31,7 +31,6 @@ SERVER_TESTED: dict[str, tuple[str, ...]] = {
     "REMOTE-1": ("server/tests/test_remote_provider.py", "server/tests/test_remote_process.py"),
     "REMOTE-2": ("server/tests/test_remote_provider.py",),
     "REMOTE-3": ("server/tests/test_remote_provider.py",),
-    "REMOTE-4": ("server/tests/test_remote_provider.py",),
     "REMOTE-5": ("server/tests/test_remote_provider.py",),
     "REMOTE-6": ("server/tests/test_remote_provider.py",),
     "REMOTE-7": ("server/tests/test_remote_process.py",),

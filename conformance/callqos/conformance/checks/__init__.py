@@ -14,6 +14,7 @@ from callqos.conformance.checks import (  # noqa: F401  (imported for registrati
     host,
     incoming,
     model_based,
+    protocol,
     provider_change,
     renegotiation,
     restart,

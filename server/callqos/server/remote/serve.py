@@ -202,9 +202,10 @@ async def serve(
     port_file: Path | None = None,
     launched: bool = False,
     credentials: grpc.ServerCredentials | None = None,
+    servicer: type[ProviderServicer] = ProviderServicer,
 ) -> None:
     """Serve `plugin` on `address` until SIGTERM/SIGINT (or, when `launched`, until the server
-    closes stdin)."""
+    closes stdin). `servicer` is the kit's (the conformance suite's broken kits subclass it)."""
     settings = dict(settings)
     # As in the server: `threaded = true` runs the whole provider on an event loop of its own, in a
     # thread of its own (a provider that blocks), so that it never holds up the protocol.
@@ -216,8 +217,12 @@ async def serve(
     env.setdefault("OTEL_SERVICE_NAME", "callqos-provider")
     telemetry = telemetry_setup.from_environment(env=env)
     telemetry.install_global()  # the provider's own spans join the server's traces
-    servicer = ProviderServicer(provider, implementation, f"{implementation} (callqos-provider)", threaded=threaded)
-    kit = await start_kit(servicer, address, telemetry, credentials)
+    kit = await start_kit(
+        servicer(provider, implementation, f"{implementation} (callqos-provider)", threaded=threaded),
+        address,
+        telemetry,
+        credentials,
+    )
     handshake = kit.handshake
     if port_file is not None and handshake.network == "tcp":
         tmp = port_file.with_suffix(".tmp")
