@@ -87,22 +87,35 @@ def test_the_command_line_takes_a_provider_command(capsys: pytest.CaptureFixture
     assert both.value.code == 2
 
 
+KITS = (sys.executable, "-m", "callqos.conformance.broken.kit")
+
+
 @pytest.mark.slow
-def test_a_kit_whose_release_loses_to_the_admit_is_caught_on_an_instance_of_its_own() -> None:
-    """PROTO-001 speaks the provider protocol to an instance of the --provider-command provider it
-    launches itself: the broken kit (an Admit taken after the Release written behind it has been
-    answered) fails it, and only it; the Python kit passes it; a provider in process skips it."""
-    broken = run_conformance(
-        RunOptions(
-            provider_command=(sys.executable, "-m", "callqos.conformance.broken.kit"),
-            checks=("CORE-RESP-001", "CORE-IDLE-001", "PROTO-001"),
-            seed=7,
-        )
+@pytest.mark.parametrize(
+    ("fault", "caught_by", "said"),
+    [
+        ("release-loses-to-admit", "PROTO-001", "still reserved"),
+        ("forgets-answers", "PROTO-002", "a repeated Admit (same call and request id) was answered failure"),
+    ],
+)
+def test_a_broken_kit_is_caught_on_an_instance_of_its_own(fault: str, caught_by: str, said: str) -> None:
+    """The PROTO checks speak the provider protocol to an instance of the --provider-command provider
+    they launch themselves: each broken kit (broken/kit.py) fails the check that names its fault,
+    and only that one."""
+    report = run_conformance(
+        RunOptions(provider_command=(*KITS, fault), checks=("CORE-RESP-001", "CORE-IDLE-001", "PROTO"), seed=7)
     )
-    assert failed_ids(broken) == ["PROTO-001"], [(r.check.id, r.reason[:200]) for r in broken.failures]
-    assert "still reserved" in broken.failures[0].reason
-    good = run_conformance(RunOptions(provider_command=(*SERVE, "reference"), checks=("PROTO-001",), seed=7))
-    assert [(r.check.id, r.outcome) for r in good.results] == [("PROTO-001", Outcome.PASSED)], good.results
-    in_process = run_conformance(RunOptions(provider="reference", checks=("PROTO-001",), seed=7))
-    (skipped,) = in_process.results
-    assert skipped.outcome == Outcome.SKIPPED and skipped.reason.startswith("mode:"), skipped
+    assert failed_ids(report) == [caught_by], [(r.check.id, r.reason[:200]) for r in report.failures]
+    assert said in report.failures[0].reason
+
+
+@pytest.mark.slow
+def test_the_python_kit_passes_the_protocol_checks_and_a_provider_in_process_skips_them() -> None:
+    good = run_conformance(RunOptions(provider_command=(*SERVE, "reference"), checks=("PROTO",), seed=7))
+    assert sorted((r.check.id, r.outcome) for r in good.results) == [
+        ("PROTO-001", Outcome.PASSED),
+        ("PROTO-002", Outcome.PASSED),
+    ], good.results
+    in_process = run_conformance(RunOptions(provider="reference", checks=("PROTO",), seed=7))
+    assert {r.outcome for r in in_process.results} == {Outcome.SKIPPED}
+    assert all(r.reason.startswith("mode:") for r in in_process.results)

@@ -1,13 +1,15 @@
-"""A provider kit with one fault on the provider protocol, for PROTO-001 to catch: the reference
-provider served over `callqos.provider.v1` by the Python kit, except that an Admit is taken (made
-"being decided", so that a Release of its call cancels it) only after a pause, by which time a
-Release written after it on the Decide stream has been answered. That Release finds nothing to
-cancel, and the Admit then reserves for a call its host has already given up: the fault the Go
-kit had (REMOTE-4). No API-level check sees it deterministically, which is why PROTO-001 speaks
-the protocol itself.
+"""Provider kits with one fault each on the provider protocol (REMOTE-4), for the PROTO checks to
+catch: the reference provider served over `callqos.provider.v1` by the Python kit, except for
+- `release-loses-to-admit` (the default): an Admit is taken (made "being decided", so that a
+  Release of its call cancels it) only after a pause, by which time a Release written after it on
+  the Decide stream has been answered. That Release finds nothing to cancel, and the Admit then
+  reserves for a call its host has already given up: the fault the Go kit had. No API-level check
+  sees it deterministically, which is why PROTO-001 speaks the protocol itself.
+- `forgets-answers`: no answer is remembered for its request id, so a repeated Admit is decided
+  again (and refused: the call is held) instead of getting the first answer (PROTO-002).
 
 Run as a provider command, by the suite or by hand:
-`callqos-conformance --provider-command "python -m callqos.conformance.broken.kit" --check PROTO-001`.
+`callqos-conformance --provider-command "python -m callqos.conformance.broken.kit [FAULT]" --check PROTO`.
 """
 
 from __future__ import annotations
@@ -29,12 +31,28 @@ class ReleaseLosesToAdmit(ProviderServicer):
         return await super().Admit(request, context)
 
 
-def main() -> int:
+class ForgetsAnswers(ProviderServicer):
+    def _remember(self, key: Any, response: Any) -> None:
+        pass  # the fault: a repeat is decided again
+
+
+FAULTS: dict[str, type[ProviderServicer]] = {
+    "release-loses-to-admit": ReleaseLosesToAdmit,
+    "forgets-answers": ForgetsAnswers,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    arguments = sys.argv[1:] if argv is None else argv
+    fault = arguments[0] if arguments else "release-loses-to-admit"
     address = listen_address(os.environ)
-    if not address:
-        print("run by a hosting server, or by callqos-conformance --provider-command", file=sys.stderr)
+    if fault not in FAULTS or not address:
+        print(
+            f"usage (by a hosting server, or callqos-conformance --provider-command): {', '.join(FAULTS)}",
+            file=sys.stderr,
+        )
         return 2
-    asyncio.run(serve("reference", {}, address, launched=True, servicer=ReleaseLosesToAdmit))
+    asyncio.run(serve("reference", {}, address, launched=True, servicer=FAULTS[fault]))
     return 0
 
 

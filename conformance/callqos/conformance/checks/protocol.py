@@ -100,6 +100,156 @@ async def release_after_admit(ctx: CheckContext) -> None:
                 raise CheckFailed(f"[REMOTE-4] after every call was released, {busy[0]} still reserves capacity")
 
 
+@check(
+    "PROTO-002",
+    "A repeated Admit or Renegotiate gets the first answer and reserves once",
+    MUST,
+    "concurrency",
+    spec=("REMOTE-4",),
+    source="provider_service.proto AdmitRequest.request_id; AIP-155",
+    timeout=60,
+)
+async def repeated_decisions(ctx: CheckContext) -> None:
+    """On a fresh instance of the provider: Admit(call, request id r1) twice, then (when it
+    renegotiates and the call was granted) Renegotiate(call, r2) twice, each on the way the host
+    would send it (the Decide stream when served, else the RPC). Each repeat gets exactly the first
+    answer, and reserves nothing more: the provider lists the call once, its links reserve what
+    they did after the first; after a Release, nothing is reserved."""
+    async with own_instance(ctx) as stub:
+        info = await stub.GetProviderInfo(pb.GetProviderInfoRequest(), timeout=ctx.rpc_timeout())
+        ask = _Asker(ctx, stub, streamed=info.decide_stream)
+        try:
+            call = f"calls/proto-002-{ctx.unique()}"
+            template = ctx.request(ctx.params.feasible or BE_QOS, Level.SERVICE_LEVEL_IF_AVAILABLE).call
+            admit = pb.AdmitRequest(
+                call=call,
+                request_id="r1",
+                destination=template.destination,
+                service_level=template.service_level,
+                qos=template.requested_qos,
+                principal="conformance",
+            )
+            first = await ask.decide(pb.DecideRequest(admit=admit))
+            held = await _holdings(ctx, stub, info)
+            await _same_answer(ctx, stub, info, ask, pb.DecideRequest(admit=admit), first, held, "Admit")
+            granted = first.WhichOneof("response") == "admit" and first.admit.WhichOneof("decision") == "grant"
+            if granted and info.capabilities.renegotiation:
+                qos = ctx.params.feasible or BE_QOS
+                renegotiate = pb.RenegotiateRequest(
+                    call=call,
+                    request_id="r2",
+                    destination=template.destination,
+                    service_level=Level.SERVICE_LEVEL_BEST_EFFORT,
+                    qos=QosSpec(
+                        provider_specific=qos.provider_specific, sending=best_effort(), receiving=best_effort()
+                    ),
+                    principal="conformance",
+                    current_qos=first.admit.grant.qos,
+                )
+                again = await ask.decide(pb.DecideRequest(renegotiate=renegotiate))
+                held = await _holdings(ctx, stub, info)
+                await _same_answer(
+                    ctx, stub, info, ask, pb.DecideRequest(renegotiate=renegotiate), again, held, "Renegotiate"
+                )
+            await ask.decide(pb.DecideRequest(release=pb.ReleaseRequest(call=call, request_id="r3")))
+            listed, links = await _holdings(ctx, stub, info)
+            if call in listed or any(any(reserved) for reserved in links.values()):
+                raise CheckFailed(f"[REMOTE-4] after its Release, {call} still holds: {listed or links}")
+        finally:
+            await ask.close()
+
+
+Holdings = tuple[dict[str, int], dict[str, tuple[int, int]]]
+
+
+async def _holdings(ctx: CheckContext, stub: pb_grpc.ProviderServiceStub, info: Any) -> Holdings:
+    """How many times ListReservations lists each call, and what each link reserves (if it has any)."""
+    listed: dict[str, int] = {}
+    for reservation in (
+        await stub.ListReservations(pb.ListReservationsRequest(), timeout=ctx.rpc_timeout())
+    ).reservations:
+        listed[reservation.call] = listed.get(reservation.call, 0) + 1
+    links: dict[str, tuple[int, int]] = {}
+    if info.capabilities.link_admin:
+        for link in (await stub.ListLinks(pb.ListLinksRequest(), timeout=ctx.rpc_timeout())).links:
+            links[link.name] = (link.sending_reserved_bytes_per_second, link.receiving_reserved_bytes_per_second)
+    return listed, links
+
+
+async def _same_answer(
+    ctx: CheckContext,
+    stub: pb_grpc.ProviderServiceStub,
+    info: Any,
+    ask: _Asker,
+    request: pb.DecideRequest,
+    first: pb.DecideResponse,
+    held: Holdings,
+    method: str,
+) -> None:
+    """`request` sent again gets `first` again, and the provider holds what it held before."""
+    repeat = await ask.decide(request)
+    first.id = repeat.id = 0
+    if repeat != first:
+        raise CheckFailed(
+            f"[REMOTE-4] a repeated {method} (same call and request id) was answered {_brief(repeat)}, "
+            f"the first time {_brief(first)}"
+        )
+    now = await _holdings(ctx, stub, info)
+    if now != held:
+        raise CheckFailed(f"[REMOTE-4] a repeated {method} changed what the provider holds: {held} before, {now} after")
+    listed = now[0]
+    twice = [call for call, count in listed.items() if count > 1]
+    if twice:
+        raise CheckFailed(f"[REMOTE-4] ListReservations lists {twice[0]} {listed[twice[0]]} times")
+
+
+def _brief(answer: pb.DecideResponse) -> str:
+    return " ".join(str(answer).split())[:300] or "(empty)"
+
+
+class _Asker:
+    """One decision at a time, the way the host sends it: on one Decide stream when the provider
+    serves it, else by RPC."""
+
+    def __init__(self, ctx: CheckContext, stub: pb_grpc.ProviderServiceStub, *, streamed: bool) -> None:
+        self.ctx = ctx
+        self.stub = stub
+        self.stream: Any = stub.Decide() if streamed else None
+        self.next = 0
+
+    async def decide(self, request: pb.DecideRequest) -> pb.DecideResponse:
+        timeout = self.ctx.rpc_timeout()
+        which = request.WhichOneof("request")
+        if self.stream is None:
+            try:
+                if which == "admit":
+                    return pb.DecideResponse(admit=await self.stub.Admit(request.admit, timeout=timeout))
+                if which == "renegotiate":
+                    return pb.DecideResponse(
+                        renegotiate=await self.stub.Renegotiate(request.renegotiate, timeout=timeout)
+                    )
+                return pb.DecideResponse(release=await self.stub.Release(request.release, timeout=timeout))
+            except grpc.aio.AioRpcError as failed:
+                return pb.DecideResponse(
+                    failure=pb.DecideFailure(code=failed.code().value[0], message=failed.details() or "")
+                )
+        self.next += 1
+        request.id = self.next
+        await self.stream.write(request)
+        async with asyncio.timeout(timeout):
+            answer = await self.stream.read()
+        if answer is grpc.aio.EOF or answer.id != request.id:
+            raise CheckFailed(f"[REMOTE-4] the Decide stream answered {answer!r} to request {request.id}")
+        assert isinstance(answer, pb.DecideResponse)
+        return answer
+
+    async def close(self) -> None:
+        if self.stream is not None:
+            with contextlib.suppress(grpc.aio.AioRpcError):
+                await self.stream.done_writing()
+            self.stream.cancel()
+
+
 async def _release_right_after_admit(
     ctx: CheckContext, stream: Any, calls: list[str], template: Any, *, first: int
 ) -> None:
