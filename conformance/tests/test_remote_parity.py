@@ -119,3 +119,24 @@ def test_the_python_kit_passes_the_protocol_checks_and_a_provider_in_process_ski
     in_process = run_conformance(RunOptions(provider="reference", checks=("PROTO",), seed=7))
     assert {r.outcome for r in in_process.results} == {Outcome.SKIPPED}
     assert all(r.reason.startswith("mode:") for r in in_process.results)
+
+
+# The Python kit serving the reference provider without the Decide stream: a host (and the PROTO
+# checks) then send each decision as an RPC.
+RPC_ONLY = (
+    sys.executable,
+    "-c",
+    "import asyncio, functools, os\n"
+    "from callqos.server.remote.kit import ProviderServicer\n"
+    "from callqos.server.remote.serve import listen_address, serve\n"
+    "servicer = functools.partial(ProviderServicer, decide_stream=False)\n"
+    "asyncio.run(serve('reference', {}, listen_address(os.environ), launched=True, servicer=servicer))\n",
+)
+
+
+@pytest.mark.slow
+def test_a_provider_without_the_decide_stream_gets_its_repeats_checked_by_rpc() -> None:
+    report = run_conformance(RunOptions(provider_command=RPC_ONLY, checks=("PROTO",), seed=7))
+    outcomes = {r.check.id: (r.outcome, r.reason) for r in report.results}
+    assert outcomes["PROTO-002"][0] == Outcome.PASSED, outcomes
+    assert outcomes["PROTO-001"][0] == Outcome.SKIPPED and "Decide stream" in outcomes["PROTO-001"][1], outcomes
