@@ -42,6 +42,8 @@ SERVER_ONLY = {
 # Rules whose broken implementation is not in FAULTS, because it is a provider kit's and not a provider
 # plugin's or a proxy's, with the test that certifies it.
 KIT_FAULTS = {
+    "REMOTE-2": "a Restore keeping what the host no longer lists: broken/kit.py, certified with --provider-command "
+    "(PROTO-003) by test_remote_parity.py",
     "REMOTE-4": "a Release losing to the Admit written before it, a repeat decided again: broken/kit.py, certified "
     "with --provider-command (PROTO-001, PROTO-002) by test_remote_parity.py",
 }

@@ -96,6 +96,7 @@ KITS = (sys.executable, "-m", "callqos.conformance.broken.kit")
     [
         ("release-loses-to-admit", "PROTO-001", "still reserved"),
         ("forgets-answers", "PROTO-002", "a repeated Admit (same call and request id) was answered failure"),
+        ("restore-keeps-everything", "PROTO-003", "after a Restore listing"),
     ],
 )
 def test_a_broken_kit_is_caught_on_an_instance_of_its_own(fault: str, caught_by: str, said: str) -> None:
@@ -115,6 +116,7 @@ def test_the_python_kit_passes_the_protocol_checks_and_a_provider_in_process_ski
     assert sorted((r.check.id, r.outcome) for r in good.results) == [
         ("PROTO-001", Outcome.PASSED),
         ("PROTO-002", Outcome.PASSED),
+        ("PROTO-003", Outcome.PASSED),
     ], good.results
     in_process = run_conformance(RunOptions(provider="reference", checks=("PROTO",), seed=7))
     assert {r.outcome for r in in_process.results} == {Outcome.SKIPPED}
@@ -138,5 +140,5 @@ RPC_ONLY = (
 def test_a_provider_without_the_decide_stream_gets_its_repeats_checked_by_rpc() -> None:
     report = run_conformance(RunOptions(provider_command=RPC_ONLY, checks=("PROTO",), seed=7))
     outcomes = {r.check.id: (r.outcome, r.reason) for r in report.results}
-    assert outcomes["PROTO-002"][0] == Outcome.PASSED, outcomes
+    assert outcomes["PROTO-002"][0] == outcomes["PROTO-003"][0] == Outcome.PASSED, outcomes
     assert outcomes["PROTO-001"][0] == Outcome.SKIPPED and "Decide stream" in outcomes["PROTO-001"][1], outcomes

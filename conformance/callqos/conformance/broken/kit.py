@@ -7,6 +7,8 @@ catch: the reference provider served over `callqos.provider.v1` by the Python ki
   sees it deterministically, which is why PROTO-001 speaks the protocol itself.
 - `forgets-answers`: no answer is remembered for its request id, so a repeated Admit is decided
   again (and refused: the call is held) instead of getting the first answer (PROTO-002).
+- `restore-keeps-everything`: a Restore keeps the calls it holds that the host no longer lists,
+  so after a reconnection their capacity stays reserved for nobody (REMOTE-2, PROTO-003).
 
 Run as a provider command, by the suite or by hand:
 `callqos-conformance --provider-command "python -m callqos.conformance.broken.kit [FAULT]" --check PROTO`.
@@ -19,6 +21,7 @@ import os
 import sys
 from typing import Any
 
+from callqos.provider.v1 import provider_service_pb2 as pb
 from callqos.server.remote.kit import ProviderServicer
 from callqos.server.remote.serve import listen_address, serve
 
@@ -36,9 +39,21 @@ class ForgetsAnswers(ProviderServicer):
         pass  # the fault: a repeat is decided again
 
 
+class RestoreKeepsEverything(ProviderServicer):
+    async def Restore(self, request: Any, context: Any) -> Any:
+        listed = {item.call for item in request.calls}
+        for call, held in self.held.items():  # the fault: what the host no longer holds is kept
+            if call not in listed:
+                request.calls.append(
+                    pb.HeldCall(call=call, destination=held.destination, service_level=held.level, qos=held.qos)  # type: ignore[arg-type]
+                )
+        return await super().Restore(request, context)
+
+
 FAULTS: dict[str, type[ProviderServicer]] = {
     "release-loses-to-admit": ReleaseLosesToAdmit,
     "forgets-answers": ForgetsAnswers,
+    "restore-keeps-everything": RestoreKeepsEverything,
 }
 
 

@@ -159,6 +159,77 @@ async def repeated_decisions(ctx: CheckContext) -> None:
             await ask.close()
 
 
+@check(
+    "PROTO-003",
+    "Restore makes the provider hold exactly the calls listed",
+    MUST,
+    "concurrency",
+    spec=("REMOTE-2",),
+    source="provider_service.proto Restore; project decision",
+    timeout=60,
+)
+async def restore_holds_what_is_listed(ctx: CheckContext) -> None:
+    """On a fresh instance of the provider: Admit calls A and B; then Restore listing A (at its
+    granted QoS) and C (never admitted here, as after the provider's own restart), twice (it is
+    safe to repeat). Afterwards the provider lists A and C, each at what it held or re-took, unless
+    the Restore answered a change dropping it, and never B; after releasing A and C, nothing."""
+    async with own_instance(ctx) as stub:
+        info = await stub.GetProviderInfo(pb.GetProviderInfoRequest(), timeout=ctx.rpc_timeout())
+        ask = _Asker(ctx, stub, streamed=info.decide_stream)
+        try:
+            template = ctx.request(ctx.params.feasible or BE_QOS, Level.SERVICE_LEVEL_IF_AVAILABLE).call
+            kept, forgotten, retaken = (f"calls/proto-003-{ctx.unique()}" for _ in range(3))
+            granted: dict[str, pb.AdmitResponse] = {}
+            for call in (kept, forgotten):
+                admit = pb.AdmitRequest(
+                    call=call,
+                    request_id="r1",
+                    destination=template.destination,
+                    service_level=template.service_level,
+                    qos=template.requested_qos,
+                    principal="conformance",
+                )
+                answer = await ask.decide(pb.DecideRequest(admit=admit))
+                if answer.WhichOneof("response") != "admit" or answer.admit.WhichOneof("decision") != "grant":
+                    raise CheckSkipped(
+                        f"not applicable: an idle instance did not grant the feasible flowspec ({_brief(answer)})"
+                    )
+                granted[call] = answer.admit
+            held = [
+                pb.HeldCall(
+                    call=kept,
+                    destination=template.destination,
+                    service_level=template.service_level,
+                    qos=granted[kept].grant.qos,
+                ),
+                pb.HeldCall(
+                    call=retaken,
+                    destination=template.destination,
+                    service_level=template.service_level,
+                    qos=template.requested_qos,
+                ),
+            ]
+            for attempt in ("a Restore", "the same Restore again"):
+                restored = await stub.Restore(pb.RestoreRequest(calls=held), timeout=ctx.rpc_timeout())
+                dropped = {change.call for change in restored.changes if not change.HasField("qos")}
+                listed, _ = await _holdings(ctx, stub, info)
+                expected = {kept, retaken} - dropped
+                ours = set(listed) & {kept, forgotten, retaken}
+                if ours != expected:
+                    raise CheckFailed(
+                        f"[REMOTE-2] after {attempt} listing {kept} and {retaken} (not {forgotten}), the provider "
+                        f"lists {sorted(ours)}, expected {sorted(expected)}"
+                    )
+            for call in (kept, retaken):
+                await ask.decide(pb.DecideRequest(release=pb.ReleaseRequest(call=call, request_id="r2")))
+            listed, links = await _holdings(ctx, stub, info)
+            left = set(listed) & {kept, forgotten, retaken}
+            if left or any(any(reserved) for reserved in links.values()):
+                raise CheckFailed(f"[REMOTE-2] after releasing what it held, the provider still holds {left or links}")
+        finally:
+            await ask.close()
+
+
 Holdings = tuple[dict[str, int], dict[str, tuple[int, int]]]
 
 
