@@ -121,14 +121,7 @@ async def repeated_decisions(ctx: CheckContext) -> None:
         try:
             call = f"calls/proto-002-{ctx.unique()}"
             template = ctx.request(ctx.params.feasible or BE_QOS, Level.SERVICE_LEVEL_IF_AVAILABLE).call
-            admit = pb.AdmitRequest(
-                call=call,
-                request_id="r1",
-                destination=template.destination,
-                service_level=template.service_level,
-                qos=template.requested_qos,
-                principal="conformance",
-            )
+            admit = _admission(template, call, "r1")
             first = await ask.decide(pb.DecideRequest(admit=admit))
             held = await _holdings(ctx, stub, info)
             await _same_answer(ctx, stub, info, ask, pb.DecideRequest(admit=admit), first, held, "Admit")
@@ -181,14 +174,7 @@ async def restore_holds_what_is_listed(ctx: CheckContext) -> None:
             kept, forgotten, retaken = (f"calls/proto-003-{ctx.unique()}" for _ in range(3))
             granted: dict[str, pb.AdmitResponse] = {}
             for call in (kept, forgotten):
-                admit = pb.AdmitRequest(
-                    call=call,
-                    request_id="r1",
-                    destination=template.destination,
-                    service_level=template.service_level,
-                    qos=template.requested_qos,
-                    principal="conformance",
-                )
+                admit = _admission(template, call, "r1")
                 answer = await ask.decide(pb.DecideRequest(admit=admit))
                 if answer.WhichOneof("response") != "admit" or answer.admit.WhichOneof("decision") != "grant":
                     raise CheckSkipped(
@@ -228,6 +214,18 @@ async def restore_holds_what_is_listed(ctx: CheckContext) -> None:
                 raise CheckFailed(f"[REMOTE-2] after releasing what it held, the provider still holds {left or links}")
         finally:
             await ask.close()
+
+
+def _admission(template: Any, call: str, request_id: str) -> pb.AdmitRequest:
+    """An Admit of `call` asking what `template` (a Call the suite would create) asks."""
+    return pb.AdmitRequest(
+        call=call,
+        request_id=request_id,
+        destination=template.destination,
+        service_level=template.service_level,
+        qos=template.requested_qos,
+        principal="conformance",
+    )
 
 
 Holdings = tuple[dict[str, int], dict[str, tuple[int, int]]]
@@ -328,14 +326,7 @@ async def _release_right_after_admit(
     `first` + 1), then read every answer: each request answered, each Release a success (an Admit
     may be granted, refused or aborted)."""
     for number, call in enumerate(calls):
-        admit = pb.AdmitRequest(
-            call=call,
-            request_id=f"admit-{number}",
-            destination=template.destination,
-            service_level=template.service_level,
-            qos=template.requested_qos,
-            principal="conformance",
-        )
+        admit = _admission(template, call, f"admit-{number}")
         await stream.write(pb.DecideRequest(id=first + 2 * number + 1, admit=admit))
         release = pb.ReleaseRequest(call=call, request_id=f"release-{number}")
         await stream.write(pb.DecideRequest(id=first + 2 * number + 2, release=release))
