@@ -44,6 +44,8 @@ SERVER_ONLY = {
 KIT_FAULTS = {
     "REMOTE-2": "a Restore keeping what the host no longer lists: broken/kit.py, certified with --provider-command "
     "(PROTO-003) by test_remote_parity.py",
+    "REMOTE-3": "a change forgotten once sent: broken/kit.py, certified with --provider-command (PROTO-004) by "
+    "test_remote_parity.py",
     "REMOTE-4": "a Release losing to the Admit written before it, a repeat decided again: broken/kit.py, certified "
     "with --provider-command (PROTO-001, PROTO-002) by test_remote_parity.py",
 }

@@ -97,6 +97,7 @@ KITS = (sys.executable, "-m", "callqos.conformance.broken.kit")
         ("release-loses-to-admit", "PROTO-001", "still reserved"),
         ("forgets-answers", "PROTO-002", "a repeated Admit (same call and request id) was answered failure"),
         ("restore-keeps-everything", "PROTO-003", "after a Restore listing"),
+        ("forgets-unacknowledged", "PROTO-004", "a change not acknowledged was not replayed"),
     ],
 )
 def test_a_broken_kit_is_caught_on_an_instance_of_its_own(fault: str, caught_by: str, said: str) -> None:
@@ -117,6 +118,7 @@ def test_the_python_kit_passes_the_protocol_checks_and_a_provider_in_process_ski
         ("PROTO-001", Outcome.PASSED),
         ("PROTO-002", Outcome.PASSED),
         ("PROTO-003", Outcome.PASSED),
+        ("PROTO-004", Outcome.PASSED),
     ], good.results
     in_process = run_conformance(RunOptions(provider="reference", checks=("PROTO",), seed=7))
     assert {r.outcome for r in in_process.results} == {Outcome.SKIPPED}

@@ -29,7 +29,6 @@ SERVER_TESTED: dict[str, tuple[str, ...]] = {
     "SEC-5": ("server/tests/test_security_quotas.py",),
     "SEC-6": ("server/tests/test_security_authz.py", "server/tests/test_security_tenants.py"),
     "REMOTE-1": ("server/tests/test_remote_provider.py", "server/tests/test_remote_process.py"),
-    "REMOTE-3": ("server/tests/test_remote_provider.py",),
     "REMOTE-5": ("server/tests/test_remote_provider.py",),
     "REMOTE-6": ("server/tests/test_remote_provider.py",),
     "REMOTE-7": ("server/tests/test_remote_process.py",),

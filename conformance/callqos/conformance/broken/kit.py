@@ -9,6 +9,8 @@ catch: the reference provider served over `callqos.provider.v1` by the Python ki
   again (and refused: the call is held) instead of getting the first answer (PROTO-002).
 - `restore-keeps-everything`: a Restore keeps the calls it holds that the host no longer lists,
   so after a reconnection their capacity stays reserved for nobody (REMOTE-2, PROTO-003).
+- `forgets-unacknowledged`: a change is forgotten once it is sent, acknowledged or not, so a host
+  that reconnects never learns of it (REMOTE-3, PROTO-004).
 
 Run as a provider command, by the suite or by hand:
 `callqos-conformance --provider-command "python -m callqos.conformance.broken.kit [FAULT]" --check PROTO`.
@@ -50,10 +52,18 @@ class RestoreKeepsEverything(ProviderServicer):
         return await super().Restore(request, context)
 
 
+class ForgetsUnacknowledged(ProviderServicer):
+    async def WatchChanges(self, request: Any, context: Any) -> Any:
+        async for response in super().WatchChanges(request, context):
+            yield response
+            self.journal.acknowledge(response.change.sequence)  # the fault: forgotten once sent
+
+
 FAULTS: dict[str, type[ProviderServicer]] = {
     "release-loses-to-admit": ReleaseLosesToAdmit,
     "forgets-answers": ForgetsAnswers,
     "restore-keeps-everything": RestoreKeepsEverything,
+    "forgets-unacknowledged": ForgetsUnacknowledged,
 }
 
 

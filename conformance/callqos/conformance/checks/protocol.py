@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -52,6 +53,34 @@ async def own_instance(ctx: CheckContext) -> AsyncIterator[pb_grpc.ProviderServi
             yield stub
     finally:
         await process.stop()
+
+
+@dataclasses.dataclass
+class Instance:
+    """The suite's own instance of the provider, with what the checks on it share."""
+
+    stub: pb_grpc.ProviderServiceStub
+    info: pb.GetProviderInfoResponse
+    ask: _Asker
+    template: Any  # the Call the suite would create: its destination, level and feasible QoS
+
+
+@contextlib.asynccontextmanager
+async def own_session(ctx: CheckContext) -> AsyncIterator[Instance]:
+    """`own_instance`, with its provider info, one way of asking for decisions, and the call to ask for."""
+    async with own_instance(ctx) as stub:
+        info = await stub.GetProviderInfo(pb.GetProviderInfoRequest(), timeout=ctx.rpc_timeout())
+        ask = _Asker(ctx, stub, streamed=info.decide_stream)
+        try:
+            template = ctx.request(ctx.params.feasible or BE_QOS, Level.SERVICE_LEVEL_IF_AVAILABLE).call
+            yield Instance(stub, info, ask, template)
+        finally:
+            await ask.close()
+
+
+def _granted(answer: pb.DecideResponse) -> bool:
+    """Whether `answer` is an Admit's grant."""
+    return answer.WhichOneof("response") == "admit" and answer.admit.WhichOneof("decision") == "grant"  # type: ignore[no-any-return]
 
 
 @check(
@@ -115,41 +144,33 @@ async def repeated_decisions(ctx: CheckContext) -> None:
     would send it (the Decide stream when served, else the RPC). Each repeat gets exactly the first
     answer, and reserves nothing more: the provider lists the call once, its links reserve what
     they did after the first; after a Release, nothing is reserved."""
-    async with own_instance(ctx) as stub:
-        info = await stub.GetProviderInfo(pb.GetProviderInfoRequest(), timeout=ctx.rpc_timeout())
-        ask = _Asker(ctx, stub, streamed=info.decide_stream)
-        try:
-            call = f"calls/proto-002-{ctx.unique()}"
-            template = ctx.request(ctx.params.feasible or BE_QOS, Level.SERVICE_LEVEL_IF_AVAILABLE).call
-            admit = _admission(template, call, "r1")
-            first = await ask.decide(pb.DecideRequest(admit=admit))
+    async with own_session(ctx) as own:
+        stub, info, ask, template = own.stub, own.info, own.ask, own.template
+        call = f"calls/proto-002-{ctx.unique()}"
+        admit = _admission(template, call, "r1")
+        first = await ask.decide(pb.DecideRequest(admit=admit))
+        held = await _holdings(ctx, stub, info)
+        await _same_answer(ctx, stub, info, ask, pb.DecideRequest(admit=admit), first, held, "Admit")
+        if _granted(first) and info.capabilities.renegotiation:
+            qos = ctx.params.feasible or BE_QOS
+            renegotiate = pb.RenegotiateRequest(
+                call=call,
+                request_id="r2",
+                destination=template.destination,
+                service_level=Level.SERVICE_LEVEL_BEST_EFFORT,
+                qos=QosSpec(provider_specific=qos.provider_specific, sending=best_effort(), receiving=best_effort()),
+                principal="conformance",
+                current_qos=first.admit.grant.qos,
+            )
+            again = await ask.decide(pb.DecideRequest(renegotiate=renegotiate))
             held = await _holdings(ctx, stub, info)
-            await _same_answer(ctx, stub, info, ask, pb.DecideRequest(admit=admit), first, held, "Admit")
-            granted = first.WhichOneof("response") == "admit" and first.admit.WhichOneof("decision") == "grant"
-            if granted and info.capabilities.renegotiation:
-                qos = ctx.params.feasible or BE_QOS
-                renegotiate = pb.RenegotiateRequest(
-                    call=call,
-                    request_id="r2",
-                    destination=template.destination,
-                    service_level=Level.SERVICE_LEVEL_BEST_EFFORT,
-                    qos=QosSpec(
-                        provider_specific=qos.provider_specific, sending=best_effort(), receiving=best_effort()
-                    ),
-                    principal="conformance",
-                    current_qos=first.admit.grant.qos,
-                )
-                again = await ask.decide(pb.DecideRequest(renegotiate=renegotiate))
-                held = await _holdings(ctx, stub, info)
-                await _same_answer(
-                    ctx, stub, info, ask, pb.DecideRequest(renegotiate=renegotiate), again, held, "Renegotiate"
-                )
-            await ask.decide(pb.DecideRequest(release=pb.ReleaseRequest(call=call, request_id="r3")))
-            listed, links = await _holdings(ctx, stub, info)
-            if call in listed or any(any(reserved) for reserved in links.values()):
-                raise CheckFailed(f"[REMOTE-4] after its Release, {call} still holds: {listed or links}")
-        finally:
-            await ask.close()
+            await _same_answer(
+                ctx, stub, info, ask, pb.DecideRequest(renegotiate=renegotiate), again, held, "Renegotiate"
+            )
+        await ask.decide(pb.DecideRequest(release=pb.ReleaseRequest(call=call, request_id="r3")))
+        listed, links = await _holdings(ctx, stub, info)
+        if call in listed or any(any(reserved) for reserved in links.values()):
+            raise CheckFailed(f"[REMOTE-4] after its Release, {call} still holds: {listed or links}")
 
 
 @check(
@@ -166,54 +187,123 @@ async def restore_holds_what_is_listed(ctx: CheckContext) -> None:
     granted QoS) and C (never admitted here, as after the provider's own restart), twice (it is
     safe to repeat). Afterwards the provider lists A and C, each at what it held or re-took, unless
     the Restore answered a change dropping it, and never B; after releasing A and C, nothing."""
-    async with own_instance(ctx) as stub:
-        info = await stub.GetProviderInfo(pb.GetProviderInfoRequest(), timeout=ctx.rpc_timeout())
-        ask = _Asker(ctx, stub, streamed=info.decide_stream)
-        try:
-            template = ctx.request(ctx.params.feasible or BE_QOS, Level.SERVICE_LEVEL_IF_AVAILABLE).call
-            kept, forgotten, retaken = (f"calls/proto-003-{ctx.unique()}" for _ in range(3))
-            granted: dict[str, pb.AdmitResponse] = {}
-            for call in (kept, forgotten):
-                admit = _admission(template, call, "r1")
-                answer = await ask.decide(pb.DecideRequest(admit=admit))
-                if answer.WhichOneof("response") != "admit" or answer.admit.WhichOneof("decision") != "grant":
-                    raise CheckSkipped(
-                        f"not applicable: an idle instance did not grant the feasible flowspec ({_brief(answer)})"
-                    )
-                granted[call] = answer.admit
-            held = [
-                pb.HeldCall(
-                    call=kept,
-                    destination=template.destination,
-                    service_level=template.service_level,
-                    qos=granted[kept].grant.qos,
-                ),
-                pb.HeldCall(
-                    call=retaken,
-                    destination=template.destination,
-                    service_level=template.service_level,
-                    qos=template.requested_qos,
-                ),
-            ]
-            for attempt in ("a Restore", "the same Restore again"):
-                restored = await stub.Restore(pb.RestoreRequest(calls=held), timeout=ctx.rpc_timeout())
-                dropped = {change.call for change in restored.changes if not change.HasField("qos")}
-                listed, _ = await _holdings(ctx, stub, info)
-                expected = {kept, retaken} - dropped
-                ours = set(listed) & {kept, forgotten, retaken}
-                if ours != expected:
-                    raise CheckFailed(
-                        f"[REMOTE-2] after {attempt} listing {kept} and {retaken} (not {forgotten}), the provider "
-                        f"lists {sorted(ours)}, expected {sorted(expected)}"
-                    )
-            for call in (kept, retaken):
-                await ask.decide(pb.DecideRequest(release=pb.ReleaseRequest(call=call, request_id="r2")))
-            listed, links = await _holdings(ctx, stub, info)
-            left = set(listed) & {kept, forgotten, retaken}
-            if left or any(any(reserved) for reserved in links.values()):
-                raise CheckFailed(f"[REMOTE-2] after releasing what it held, the provider still holds {left or links}")
-        finally:
-            await ask.close()
+    async with own_session(ctx) as own:
+        stub, info, ask, template = own.stub, own.info, own.ask, own.template
+        kept, forgotten, retaken = (f"calls/proto-003-{ctx.unique()}" for _ in range(3))
+        granted: dict[str, pb.AdmitResponse] = {}
+        for call in (kept, forgotten):
+            admit = _admission(template, call, "r1")
+            answer = await ask.decide(pb.DecideRequest(admit=admit))
+            if not _granted(answer):
+                raise CheckSkipped(
+                    f"not applicable: an idle instance did not grant the feasible flowspec ({_brief(answer)})"
+                )
+            granted[call] = answer.admit
+        held = [
+            pb.HeldCall(
+                call=kept,
+                destination=template.destination,
+                service_level=template.service_level,
+                qos=granted[kept].grant.qos,
+            ),
+            pb.HeldCall(
+                call=retaken,
+                destination=template.destination,
+                service_level=template.service_level,
+                qos=template.requested_qos,
+            ),
+        ]
+        for attempt in ("a Restore", "the same Restore again"):
+            restored = await stub.Restore(pb.RestoreRequest(calls=held), timeout=ctx.rpc_timeout())
+            dropped = {change.call for change in restored.changes if not change.HasField("qos")}
+            listed, _ = await _holdings(ctx, stub, info)
+            expected = {kept, retaken} - dropped
+            ours = set(listed) & {kept, forgotten, retaken}
+            if ours != expected:
+                raise CheckFailed(
+                    f"[REMOTE-2] after {attempt} listing {kept} and {retaken} (not {forgotten}), the provider "
+                    f"lists {sorted(ours)}, expected {sorted(expected)}"
+                )
+        for call in (kept, retaken):
+            await ask.decide(pb.DecideRequest(release=pb.ReleaseRequest(call=call, request_id="r2")))
+        listed, links = await _holdings(ctx, stub, info)
+        left = set(listed) & {kept, forgotten, retaken}
+        if left or any(any(reserved) for reserved in links.values()):
+            raise CheckFailed(f"[REMOTE-2] after releasing what it held, the provider still holds {left or links}")
+
+
+@check(
+    "PROTO-004",
+    "A change the provider made is replayed until it is acknowledged, and not after",
+    MUST,
+    "concurrency",
+    spec=("REMOTE-3",),
+    source="provider_service.proto WatchChanges, AckChanges",
+    needs=("link_admin", "provider_initiated_changes"),
+    timeout=60,
+)
+async def changes_replayed_until_acknowledged(ctx: CheckContext) -> None:
+    """On a fresh instance of the provider: a call admitted, then its link shrunk to 0 with
+    UpdateLink, so that the provider drops (or degrades) the call and reports the change. A
+    WatchChanges stream delivers it; a second stream, opened without acknowledging it, delivers it
+    again (same sequence, same change); after AckChanges up to it, a third stream does not."""
+    async with own_session(ctx) as own:
+        stub, info, ask, template = own.stub, own.info, own.ask, own.template
+        call = f"calls/proto-004-{ctx.unique()}"
+        answer = await ask.decide(pb.DecideRequest(admit=_admission(template, call, "r1")))
+        if not _granted(answer):
+            raise CheckSkipped(
+                f"not applicable: an idle instance did not grant the feasible flowspec ({_brief(answer)})"
+            )
+        links = (await stub.ListLinks(pb.ListLinksRequest(), timeout=ctx.rpc_timeout())).links
+        busy = [
+            link for link in links if link.sending_reserved_bytes_per_second or link.receiving_reserved_bytes_per_second
+        ]
+        if not busy:
+            raise CheckSkipped("not applicable: the feasible flowspec reserves nothing on any link")
+        link = "links/" + busy[0].name.rpartition("/")[2]  # UpdateLinkRequest.link is `links/{link}`
+        await stub.UpdateLink(
+            pb.UpdateLinkRequest(link=link, capacity_bytes_per_second=0, request_id="shrink"),
+            timeout=ctx.rpc_timeout(),
+        )
+        first = await _change_of(ctx, stub, info.instance_id, call)
+        if first is None:
+            raise CheckFailed(f"[REMOTE-3] shrinking {busy[0].name} to 0 reported no change of {call} on WatchChanges")
+        again = await _change_of(ctx, stub, info.instance_id, call)
+        if again != first:
+            raise CheckFailed(
+                f"[REMOTE-3] a change not acknowledged was not replayed to the next WatchChanges: first "
+                f"{_brief_change(first)}, then {_brief_change(again)}"
+            )
+        await stub.AckChanges(
+            pb.AckChangesRequest(instance_id=info.instance_id, sequence=first.sequence), timeout=ctx.rpc_timeout()
+        )
+        after = await _change_of(ctx, stub, info.instance_id, call, wait=1.0)
+        if after is not None and after.sequence <= first.sequence:
+            raise CheckFailed(f"[REMOTE-3] a change acknowledged was replayed: {_brief_change(after)}")
+
+
+async def _change_of(
+    ctx: CheckContext, stub: pb_grpc.ProviderServiceStub, instance: str, call: str, *, wait: float = 0.0
+) -> pb.Change | None:
+    """The first change of `call` a new WatchChanges stream (from the start) delivers within `wait`
+    seconds (the RPC deadline when 0), or None."""
+    stream = stub.WatchChanges(pb.WatchChangesRequest(instance_id=instance, after_sequence=0))
+    try:
+        async with asyncio.timeout(wait or ctx.rpc_timeout()):
+            async for response in stream:
+                if response.change.call == call:
+                    found: pb.Change = response.change
+                    return found
+    except TimeoutError:
+        pass
+    finally:
+        stream.cancel()
+    return None
+
+
+def _brief_change(change: pb.Change | None) -> str:
+    return " ".join(str(change).split())[:300] if change is not None else "nothing"
 
 
 def _admission(template: Any, call: str, request_id: str) -> pb.AdmitRequest:
