@@ -1,8 +1,8 @@
 """Provider kits with one fault each on the provider protocol (REMOTE-4), for the PROTO checks to
 catch: the reference provider served over `callqos.provider.v1` by the Python kit, except for
 - `release-loses-to-admit` (the default): an Admit is taken (made "being decided", so that a
-  Release of its call cancels it) only after a pause, by which time a Release written after it on
-  the Decide stream has been answered. That Release finds nothing to cancel, and the Admit then
+  Release of its call cancels it) only once a Release of its call has been answered (or after
+  half a second, when none comes). That Release finds nothing to cancel, and the Admit then
   reserves for a call its host has already given up: the fault the Go kit had. No API-level check
   sees it deterministically, which is why PROTO-001 speaks the protocol itself.
 - `forgets-answers`: no answer is remembered for its request id, so a repeated Admit is decided
@@ -19,6 +19,7 @@ Run as a provider command, by the suite or by hand:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import sys
 from typing import Any
@@ -27,13 +28,26 @@ from callqos.provider.v1 import provider_service_pb2 as pb
 from callqos.server.remote.kit import ProviderServicer
 from callqos.server.remote.serve import listen_address, serve
 
-TAKEN_AFTER_SECONDS = 0.01
+TAKEN_AFTER_SECONDS = 0.5
 
 
 class ReleaseLosesToAdmit(ProviderServicer):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.released: dict[str, asyncio.Event] = {}
+
     async def Admit(self, request: Any, context: Any) -> Any:
-        await asyncio.sleep(TAKEN_AFTER_SECONDS)  # the fault: the next request is answered first
+        # The fault: the Admit is taken only once a Release of its call has been answered (or
+        # after a while, when none comes), so a Release written right after it finds nothing.
+        released = self.released.setdefault(request.call, asyncio.Event())
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(released.wait(), TAKEN_AFTER_SECONDS)
         return await super().Admit(request, context)
+
+    async def Release(self, request: Any, context: Any) -> Any:
+        answer = await super().Release(request, context)
+        self.released.setdefault(request.call, asyncio.Event()).set()
+        return answer
 
 
 class ForgetsAnswers(ProviderServicer):
@@ -55,8 +69,10 @@ class RestoreKeepsEverything(ProviderServicer):
 class ForgetsUnacknowledged(ProviderServicer):
     async def WatchChanges(self, request: Any, context: Any) -> Any:
         async for response in super().WatchChanges(request, context):
+            # The fault: forgotten as it is sent. (Forgetting it after the yield would depend on
+            # the stream asking for the next change, which a watcher that stops reading never does.)
+            self.journal.acknowledge(response.change.sequence)
             yield response
-            self.journal.acknowledge(response.change.sequence)  # the fault: forgotten once sent
 
 
 FAULTS: dict[str, type[ProviderServicer]] = {
