@@ -12,7 +12,9 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
+from google.protobuf.message import Message
 
+from callqos.conformance.checks.core_api import BE_QOS
 from callqos.conformance.checks.registry import MUST, check
 from callqos.conformance.exceptions import CheckFailed, CheckSkipped
 from callqos.conformance.harness import CheckContext, Level
@@ -27,7 +29,6 @@ PAIRS = 64
 BURSTS = 8
 PAUSE_SECONDS = 0.002
 START_SECONDS = 20.0  # the provider's handshake, before --timeout-scale
-BE_QOS = QosSpec(sending=best_effort(), receiving=best_effort())
 
 
 @contextlib.asynccontextmanager
@@ -78,6 +79,14 @@ async def own_session(ctx: CheckContext) -> AsyncIterator[Instance]:
             await ask.close()
 
 
+async def _admitted(own: Instance, call: str) -> pb.AdmitResponse:
+    """`call` admitted with the feasible flowspec (the check does not apply where an idle instance refuses it)."""
+    answer = await own.ask.decide(pb.DecideRequest(admit=_admission(own.template, call, "r1")))
+    if not _granted(answer):
+        raise CheckSkipped(f"not applicable: an idle instance did not grant the feasible flowspec ({_brief(answer)})")
+    return answer.admit
+
+
 def _granted(answer: pb.DecideResponse) -> bool:
     """Whether `answer` is an Admit's grant."""
     return answer.WhichOneof("response") == "admit" and answer.admit.WhichOneof("decision") == "grant"  # type: ignore[no-any-return]
@@ -98,35 +107,24 @@ async def release_after_admit(ctx: CheckContext) -> None:
     as a host does when it gives up on an admission. Every request is answered, every Release
     succeeds; afterwards ListReservations lists none of the calls, and the provider's links (if it
     has any) reserve nothing."""
-    async with own_instance(ctx) as stub:
-        info = await stub.GetProviderInfo(pb.GetProviderInfoRequest(), timeout=ctx.rpc_timeout())
-        if not info.decide_stream:
+    async with own_session(ctx) as own:
+        if own.ask.stream is None:
             raise CheckSkipped("not applicable: the provider does not serve the Decide stream")
-        template = ctx.request(ctx.params.feasible or BE_QOS, Level.SERVICE_LEVEL_IF_AVAILABLE).call
         calls: list[str] = []
-        stream = stub.Decide()
         for _ in range(BURSTS):
             burst = [f"calls/proto-001-{ctx.unique()}" for _ in range(PAIRS)]
-            await _release_right_after_admit(ctx, stream, burst, template, first=2 * len(calls))
+            await _release_right_after_admit(ctx, own.ask.stream, burst, own.template, first=2 * len(calls))
             calls += burst
-        await stream.done_writing()
-        stream.cancel()
-        listed = await stub.ListReservations(pb.ListReservationsRequest(), timeout=ctx.rpc_timeout())
-        held = sorted({reservation.call for reservation in listed.reservations} & set(calls))
+        listed, links = await _holdings(ctx, own)
+        held = sorted(set(listed) & set(calls))
         if held:
             raise CheckFailed(
                 f"[REMOTE-4] {len(held)} of {len(calls)} calls, each released right after its Admit on the Decide "
                 f"stream, are still reserved (e.g. {held[0]}): a Release did not win over the Admit written before it"
             )
-        if info.capabilities.link_admin:
-            links = await stub.ListLinks(pb.ListLinksRequest(), timeout=ctx.rpc_timeout())
-            busy = [
-                link.name
-                for link in links.links
-                if link.sending_reserved_bytes_per_second or link.receiving_reserved_bytes_per_second
-            ]
-            if busy:
-                raise CheckFailed(f"[REMOTE-4] after every call was released, {busy[0]} still reserves capacity")
+        busy = _reserving(links)
+        if busy:
+            raise CheckFailed(f"[REMOTE-4] after every call was released, {busy[0]} still reserves capacity")
 
 
 @check(
@@ -145,12 +143,12 @@ async def repeated_decisions(ctx: CheckContext) -> None:
     answer, and reserves nothing more: the provider lists the call once, its links reserve what
     they did after the first; after a Release, nothing is reserved."""
     async with own_session(ctx) as own:
-        stub, info, ask, template = own.stub, own.info, own.ask, own.template
+        info, ask, template = own.info, own.ask, own.template
         call = f"calls/proto-002-{ctx.unique()}"
         admit = _admission(template, call, "r1")
         first = await ask.decide(pb.DecideRequest(admit=admit))
-        held = await _holdings(ctx, stub, info)
-        await _same_answer(ctx, stub, info, ask, pb.DecideRequest(admit=admit), first, held, "Admit")
+        held = await _holdings(ctx, own)
+        await _same_answer(ctx, own, pb.DecideRequest(admit=admit), first, held, "Admit")
         if _granted(first) and info.capabilities.renegotiation:
             qos = ctx.params.feasible or BE_QOS
             renegotiate = pb.RenegotiateRequest(
@@ -163,13 +161,11 @@ async def repeated_decisions(ctx: CheckContext) -> None:
                 current_qos=first.admit.grant.qos,
             )
             again = await ask.decide(pb.DecideRequest(renegotiate=renegotiate))
-            held = await _holdings(ctx, stub, info)
-            await _same_answer(
-                ctx, stub, info, ask, pb.DecideRequest(renegotiate=renegotiate), again, held, "Renegotiate"
-            )
+            held = await _holdings(ctx, own)
+            await _same_answer(ctx, own, pb.DecideRequest(renegotiate=renegotiate), again, held, "Renegotiate")
         await ask.decide(pb.DecideRequest(release=pb.ReleaseRequest(call=call, request_id="r3")))
-        listed, links = await _holdings(ctx, stub, info)
-        if call in listed or any(any(reserved) for reserved in links.values()):
+        listed, links = await _holdings(ctx, own)
+        if call in listed or _reserving(links):
             raise CheckFailed(f"[REMOTE-4] after its Release, {call} still holds: {listed or links}")
 
 
@@ -188,17 +184,9 @@ async def restore_holds_what_is_listed(ctx: CheckContext) -> None:
     safe to repeat). Afterwards the provider lists A and C, each at what it held or re-took, unless
     the Restore answered a change dropping it, and never B; after releasing A and C, nothing."""
     async with own_session(ctx) as own:
-        stub, info, ask, template = own.stub, own.info, own.ask, own.template
+        stub, ask, template = own.stub, own.ask, own.template
         kept, forgotten, retaken = (f"calls/proto-003-{ctx.unique()}" for _ in range(3))
-        granted: dict[str, pb.AdmitResponse] = {}
-        for call in (kept, forgotten):
-            admit = _admission(template, call, "r1")
-            answer = await ask.decide(pb.DecideRequest(admit=admit))
-            if not _granted(answer):
-                raise CheckSkipped(
-                    f"not applicable: an idle instance did not grant the feasible flowspec ({_brief(answer)})"
-                )
-            granted[call] = answer.admit
+        granted = {call: await _admitted(own, call) for call in (kept, forgotten)}
         held = [
             pb.HeldCall(
                 call=kept,
@@ -216,7 +204,7 @@ async def restore_holds_what_is_listed(ctx: CheckContext) -> None:
         for attempt in ("a Restore", "the same Restore again"):
             restored = await stub.Restore(pb.RestoreRequest(calls=held), timeout=ctx.rpc_timeout())
             dropped = {change.call for change in restored.changes if not change.HasField("qos")}
-            listed, _ = await _holdings(ctx, stub, info)
+            listed, _ = await _holdings(ctx, own)
             expected = {kept, retaken} - dropped
             ours = set(listed) & {kept, forgotten, retaken}
             if ours != expected:
@@ -226,9 +214,9 @@ async def restore_holds_what_is_listed(ctx: CheckContext) -> None:
                 )
         for call in (kept, retaken):
             await ask.decide(pb.DecideRequest(release=pb.ReleaseRequest(call=call, request_id="r2")))
-        listed, links = await _holdings(ctx, stub, info)
+        listed, links = await _holdings(ctx, own)
         left = set(listed) & {kept, forgotten, retaken}
-        if left or any(any(reserved) for reserved in links.values()):
+        if left or _reserving(links):
             raise CheckFailed(f"[REMOTE-2] after releasing what it held, the provider still holds {left or links}")
 
 
@@ -248,47 +236,38 @@ async def changes_replayed_until_acknowledged(ctx: CheckContext) -> None:
     WatchChanges stream delivers it; a second stream, opened without acknowledging it, delivers it
     again (same sequence, same change); after AckChanges up to it, a third stream does not."""
     async with own_session(ctx) as own:
-        stub, info, ask, template = own.stub, own.info, own.ask, own.template
+        stub, info = own.stub, own.info
         call = f"calls/proto-004-{ctx.unique()}"
-        answer = await ask.decide(pb.DecideRequest(admit=_admission(template, call, "r1")))
-        if not _granted(answer):
-            raise CheckSkipped(
-                f"not applicable: an idle instance did not grant the feasible flowspec ({_brief(answer)})"
-            )
-        links = (await stub.ListLinks(pb.ListLinksRequest(), timeout=ctx.rpc_timeout())).links
-        busy = [
-            link for link in links if link.sending_reserved_bytes_per_second or link.receiving_reserved_bytes_per_second
-        ]
+        await _admitted(own, call)
+        busy = _reserving((await _holdings(ctx, own))[1])
         if not busy:
             raise CheckSkipped("not applicable: the feasible flowspec reserves nothing on any link")
-        link = "links/" + busy[0].name.rpartition("/")[2]  # UpdateLinkRequest.link is `links/{link}`
+        link = "links/" + busy[0].rpartition("/")[2]  # UpdateLinkRequest.link is `links/{link}`
         await stub.UpdateLink(
             pb.UpdateLinkRequest(link=link, capacity_bytes_per_second=0, request_id="shrink"),
             timeout=ctx.rpc_timeout(),
         )
-        first = await _change_of(ctx, stub, info.instance_id, call)
+        first = await _change_of(ctx, own, call)
         if first is None:
-            raise CheckFailed(f"[REMOTE-3] shrinking {busy[0].name} to 0 reported no change of {call} on WatchChanges")
-        again = await _change_of(ctx, stub, info.instance_id, call)
+            raise CheckFailed(f"[REMOTE-3] shrinking {busy[0]} to 0 reported no change of {call} on WatchChanges")
+        again = await _change_of(ctx, own, call)
         if again != first:
             raise CheckFailed(
                 f"[REMOTE-3] a change not acknowledged was not replayed to the next WatchChanges: first "
-                f"{_brief_change(first)}, then {_brief_change(again)}"
+                f"{_brief(first)}, then {_brief(again)}"
             )
         await stub.AckChanges(
             pb.AckChangesRequest(instance_id=info.instance_id, sequence=first.sequence), timeout=ctx.rpc_timeout()
         )
-        after = await _change_of(ctx, stub, info.instance_id, call, wait=1.0)
+        after = await _change_of(ctx, own, call, wait=1.0)
         if after is not None and after.sequence <= first.sequence:
-            raise CheckFailed(f"[REMOTE-3] a change acknowledged was replayed: {_brief_change(after)}")
+            raise CheckFailed(f"[REMOTE-3] a change acknowledged was replayed: {_brief(after)}")
 
 
-async def _change_of(
-    ctx: CheckContext, stub: pb_grpc.ProviderServiceStub, instance: str, call: str, *, wait: float = 0.0
-) -> pb.Change | None:
+async def _change_of(ctx: CheckContext, own: Instance, call: str, *, wait: float = 0.0) -> pb.Change | None:
     """The first change of `call` a new WatchChanges stream (from the start) delivers within `wait`
     seconds (the RPC deadline when 0), or None."""
-    stream = stub.WatchChanges(pb.WatchChangesRequest(instance_id=instance, after_sequence=0))
+    stream = own.stub.WatchChanges(pb.WatchChangesRequest(instance_id=own.info.instance_id, after_sequence=0))
     try:
         async with asyncio.timeout(wait or ctx.rpc_timeout()):
             async for response in stream:
@@ -300,10 +279,6 @@ async def _change_of(
     finally:
         stream.cancel()
     return None
-
-
-def _brief_change(change: pb.Change | None) -> str:
-    return " ".join(str(change).split())[:300] if change is not None else "nothing"
 
 
 def _admission(template: Any, call: str, request_id: str) -> pb.AdmitRequest:
@@ -321,39 +296,37 @@ def _admission(template: Any, call: str, request_id: str) -> pb.AdmitRequest:
 Holdings = tuple[dict[str, int], dict[str, tuple[int, int]]]
 
 
-async def _holdings(ctx: CheckContext, stub: pb_grpc.ProviderServiceStub, info: Any) -> Holdings:
+async def _holdings(ctx: CheckContext, own: Instance) -> Holdings:
     """How many times ListReservations lists each call, and what each link reserves (if it has any)."""
     listed: dict[str, int] = {}
     for reservation in (
-        await stub.ListReservations(pb.ListReservationsRequest(), timeout=ctx.rpc_timeout())
+        await own.stub.ListReservations(pb.ListReservationsRequest(), timeout=ctx.rpc_timeout())
     ).reservations:
         listed[reservation.call] = listed.get(reservation.call, 0) + 1
     links: dict[str, tuple[int, int]] = {}
-    if info.capabilities.link_admin:
-        for link in (await stub.ListLinks(pb.ListLinksRequest(), timeout=ctx.rpc_timeout())).links:
+    if own.info.capabilities.link_admin:
+        for link in (await own.stub.ListLinks(pb.ListLinksRequest(), timeout=ctx.rpc_timeout())).links:
             links[link.name] = (link.sending_reserved_bytes_per_second, link.receiving_reserved_bytes_per_second)
     return listed, links
 
 
+def _reserving(links: dict[str, tuple[int, int]]) -> list[str]:
+    """The links (of `_holdings`) that reserve anything, in either direction."""
+    return [name for name, reserved in links.items() if any(reserved)]
+
+
 async def _same_answer(
-    ctx: CheckContext,
-    stub: pb_grpc.ProviderServiceStub,
-    info: Any,
-    ask: _Asker,
-    request: pb.DecideRequest,
-    first: pb.DecideResponse,
-    held: Holdings,
-    method: str,
+    ctx: CheckContext, own: Instance, request: pb.DecideRequest, first: pb.DecideResponse, held: Holdings, method: str
 ) -> None:
     """`request` sent again gets `first` again, and the provider holds what it held before."""
-    repeat = await ask.decide(request)
+    repeat = await own.ask.decide(request)
     first.id = repeat.id = 0
     if repeat != first:
         raise CheckFailed(
             f"[REMOTE-4] a repeated {method} (same call and request id) was answered {_brief(repeat)}, "
             f"the first time {_brief(first)}"
         )
-    now = await _holdings(ctx, stub, info)
+    now = await _holdings(ctx, own)
     if now != held:
         raise CheckFailed(f"[REMOTE-4] a repeated {method} changed what the provider holds: {held} before, {now} after")
     listed = now[0]
@@ -362,8 +335,11 @@ async def _same_answer(
         raise CheckFailed(f"[REMOTE-4] ListReservations lists {twice[0]} {listed[twice[0]]} times")
 
 
-def _brief(answer: pb.DecideResponse) -> str:
-    return " ".join(str(answer).split())[:300] or "(empty)"
+def _brief(message: Message | None) -> str:
+    """`message` on one line, cut to 300 characters, for a failure's reason."""
+    if message is None:
+        return "nothing"
+    return " ".join(str(message).split())[:300] or "(empty)"
 
 
 class _Asker:
