@@ -263,7 +263,6 @@ class CallManager:
         # Calls whose provider may hold something other than what the store says (a change or a
         # compensation that could not be recorded or undone): the ledger reconciles them first.
         self.suspects: set[str] = set()
-        providers.changed_late = self.reconcile_soon
 
     def reconcile_soon(self, call: str) -> None:
         """`call`'s provider may hold something other than what the store says (it changed the

@@ -95,9 +95,10 @@ class ProviderHostView:
         return await self.host.offer(self.provider, offer)
 
     def reconcile_soon(self, call: str) -> None:
-        """Not part of `ProviderHost`: the server's own out-of-process provider says that the
-        provider changed `call`'s reservation in a way the host did not record (a renegotiation
-        answered after the host gave up on it), for the ledger to put right at its next pass."""
+        """Not part of `ProviderHost`: the provider changed `call`'s reservation in a way the host
+        did not record (a renegotiation granted after the host gave up on it: `HostedProviders`
+        for a provider in process, the remote provider for one in another process), for the
+        ledger to put right at its next pass."""
         self.host.reconcile_soon(call)
 
 
@@ -115,6 +116,9 @@ class HostedProvider:
     incoming_tenant: str = DEFAULT_TENANT
     # The provider's own event loop thread, when its settings say `threaded = true`.
     thread: ProviderThread | None = None
+    # The host it was started with (`HostedProviders.start`): where what it did behind the host's
+    # back (a late renegotiation) is reported.
+    host: ProviderHostView | None = None
 
     @property
     def name(self) -> str:
@@ -142,9 +146,6 @@ class HostedProviders:
         self.telemetry = telemetry
         self.containment = containment or Containment(cancel_grace=1.0, warn_after=0.25)
         self.ledger = ledger  # offered to every provider (ProviderHost.ledger)
-        # Told the name of a call whose reservation an abandoned provider call changed after all
-        # (a late renegotiation): the call manager makes it a suspect, for the ledger to put right.
-        self.changed_late: Callable[[str], None] = lambda call: None
         self._by_id: dict[str, HostedProvider] = {}
         for provider_id, settings in configured.items():
             if not names.is_resource_id(provider_id):
@@ -213,7 +214,7 @@ class HostedProviders:
         (or PROVIDER_CONTRACT_VIOLATION), logged with why; the host then restores its calls one by
         one (conformance/SPEC.md CALL-7), or, when it fails without calls, does not start
         (`ProviderStartError`)."""
-        view = ProviderHostView(host, info.name, self.ledger)
+        view = info.host = ProviderHostView(host, info.name, self.ledger)
         held = list(restored)
         # A threaded provider reaches the server's loop through HostOnLoop, made here, on it.
         target: ProviderHost = HostOnLoop(view, asyncio.get_running_loop()) if info.thread is not None else view
@@ -379,7 +380,8 @@ class HostedProviders:
                 task.add_done_callback(lambda done: done.cancelled() or done.exception())
             elif operation == "renegotiate" and request is not None and isinstance(result, Grant):
                 log.error("provider %s renegotiated %s after it was abandoned: reconciling it", info.id, request.call)
-                self.changed_late(request.call)
+                if info.host is not None:
+                    info.host.reconcile_soon(request.call)
 
         return late
 
